@@ -1,0 +1,211 @@
+"""The Ray Data image cache: decode, grayscale and resize every image once, keep it as Parquet.
+
+Key: a fingerprint of the files' contents (their hashes), the image size and
+:data:`~cxr_tune.data.imaging.PREPROCESS_VERSION`, so a moved folder still hits and a changed
+file, size or pixel pipeline misses. Byte-identical files are decoded and stored once.
+
+A build writes into a temporary folder, renames it into place and only then writes
+``meta.json``; a folder without ``meta.json`` is an interrupted build and is never reused. On
+object stores (``s3://``) the rename is a copy, which is why the marker comes last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cxr_tune import storage
+from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD, try_decode_gray
+
+META = "meta.json"
+CACHE_FORMAT = 2  # layout of the Parquet files (2: raw image bytes in a binary column)
+MIN_SIZE, MAX_SIZE = 16, 1024
+
+
+@dataclass(frozen=True)
+class ImageCache:
+    """A committed cache folder and what its build found."""
+
+    path: str
+    image_size: int
+    n_images: int
+    failures: pd.DataFrame  # content_hash, path, reason: files that passed the scan but not decoding
+    reused: bool
+    build_seconds: float
+
+    @property
+    def data_path(self) -> str:
+        return storage.join(self.path, "data")
+
+
+def cache_key(manifest: pd.DataFrame, image_size: int) -> str:
+    """Fingerprint of (file contents, image size, preprocessing version)."""
+    digest = hashlib.sha256(f"v{PREPROCESS_VERSION}|format{CACHE_FORMAT}|size{image_size}|".encode())
+    for content_hash in sorted(set(manifest["content_hash"])):
+        digest.update(content_hash.encode())
+    return digest.hexdigest()[:24]
+
+
+def cache_path(cache_dir: str, manifest: pd.DataFrame, image_size: int) -> str:
+    return storage.join(cache_dir, "images", f"{image_size}px-{cache_key(manifest, image_size)}")
+
+
+def find_cache(cache_dir: str, manifest: pd.DataFrame, image_size: int) -> ImageCache | None:
+    """The committed cache for these inputs, or None. Reads one small JSON file, decodes nothing."""
+    path = cache_path(cache_dir, manifest, image_size)
+    meta_path = storage.join(path, META)
+    if not storage.exists(meta_path):
+        return None
+    meta = json.loads(storage.read_text(meta_path))
+    return ImageCache(
+        path=path,
+        image_size=image_size,
+        n_images=int(meta["n_images"]),
+        failures=pd.DataFrame(meta["failures"], columns=["content_hash", "path", "reason"]),
+        reused=True,
+        build_seconds=float(meta["build_seconds"]),
+    )
+
+
+def prepare_cache(manifest: pd.DataFrame, image_size: int, cache_dir: str) -> ImageCache:
+    """Return the cache for ``manifest`` at ``image_size``, building it with Ray Data if missing.
+
+    Needs a running Ray (see :func:`cxr_tune.ray_session.ray_session`).
+    """
+    check_image_size(image_size)
+    found = find_cache(cache_dir, manifest, image_size)
+    if found is not None:
+        return found
+    import ray.data
+
+    start = time.perf_counter()
+    final = cache_path(cache_dir, manifest, image_size)
+    tmp = storage.join(cache_dir, "images", f".building-{uuid.uuid4().hex[:12]}")
+    unique = manifest.drop_duplicates("content_hash")[["content_hash", "path"]].reset_index(drop=True)
+    try:
+        blocks = max(1, min(len(unique) // 100, 64))
+        chunks = [unique.iloc[i::blocks].reset_index(drop=True) for i in range(blocks)]
+        (
+            ray.data.from_pandas(chunks)
+            .map_batches(decode_batch, fn_kwargs={"size": image_size}, batch_format="numpy", batch_size=None)
+            .write_parquet(storage.join(tmp, "data"), mode="overwrite")
+        )
+        failures = _failures(storage.join(tmp, "data"), unique)
+        storage.remove_tree(final)  # an interrupted build of the same key, never committed
+        storage.move(tmp, final)
+    finally:
+        storage.remove_tree(tmp)
+    seconds = time.perf_counter() - start
+    meta = {
+        "image_size": image_size,
+        "preprocess_version": PREPROCESS_VERSION,
+        "resize": RESIZE_METHOD,
+        "n_images": int(len(unique) - len(failures)),
+        "failures": failures.to_dict(orient="records"),
+        "build_seconds": round(seconds, 3),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    storage.write_text_atomic(storage.join(final, META), json.dumps(meta, indent=2))
+    return ImageCache(final, image_size, meta["n_images"], failures, reused=False, build_seconds=seconds)
+
+
+def check_image_size(image_size: int) -> None:
+    from cxr_tune.errors import UserError
+
+    if not MIN_SIZE <= image_size <= MAX_SIZE:
+        raise UserError(f"--image-size {image_size} is out of range; use {MIN_SIZE}..{MAX_SIZE} (64-224 is usual)")
+
+
+def decode_batch(batch: dict[str, np.ndarray], size: int) -> pa.Table:
+    """Ray Data UDF: paths to images, stored as raw ``size*size`` uint8 bytes; a failed file gets an ``error``.
+
+    Raw bytes in a binary column, not a tensor column: Parquet writes a tensor column one value
+    at a time, which made writing the cache slower than decoding it.
+    """
+    images, errors = [], []
+    for path in batch["path"]:
+        pixels, error = try_decode_gray(storage.read_bytes(str(path)), size)
+        images.append(b"" if pixels is None else pixels.tobytes())
+        errors.append(error or "")
+    return pa.table({
+        "content_hash": pa.array(batch["content_hash"].astype(str)),
+        "image": pa.array(images, type=pa.binary()),
+        "error": pa.array(errors, type=pa.string()),
+    })
+
+
+def role_datasets(cache: ImageCache, roles_frame: pd.DataFrame, roles: tuple[str, ...] = ("train", "val")) -> dict:
+    """One materialized Ray Dataset per role: ``image`` (uint8 HxW), ``label`` and, except for
+    ``train``, ``content_hash``. Each distinct image appears once per role.
+
+    Materialized here, once, so that trials iterate blocks already in the object store and never
+    need a Ray Data task (and a free CPU) of their own.
+    """
+    import ray.data
+
+    out = {}
+    for role in roles:
+        rows = roles_frame.loc[roles_frame["role"] == role].drop_duplicates("content_hash")
+        labels = dict(zip(rows["content_hash"], rows["label"].astype(int), strict=True))
+        dataset = ray.data.read_parquet(cache.data_path, columns=["content_hash", "image", "error"]).map_batches(
+            _select, fn_kwargs={"labels": labels, "size": cache.image_size}, batch_format="numpy", batch_size=None
+        )
+        if role == "train":  # tensors only: the training loop converts every column to torch
+            dataset = dataset.select_columns(["image", "label"])
+        out[role] = dataset.materialize()
+    return out
+
+
+def _select(batch: dict[str, np.ndarray], labels: dict[str, int], size: int) -> dict[str, np.ndarray]:
+    hashes = batch["content_hash"].astype(str)
+    keep = np.array([h in labels for h in hashes], dtype=bool) & (batch["error"].astype(str) == "")
+    raw = [batch["image"][i] for i in np.flatnonzero(keep)]
+    images = np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(len(raw), size, size)
+    return {
+        "image": images,
+        "label": np.array([labels[h] for h in hashes[keep]], dtype=np.float32),
+        "content_hash": hashes[keep],
+    }
+
+
+def load_images(rows: pd.DataFrame, image_size: int, cache_dir: str, manifest: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """Pixels for ``rows`` (``content_hash``, ``path``, ``label``), one per distinct image, without Ray.
+
+    Reads them from the image cache when it exists, else decodes the files (the same
+    :func:`decode_gray`). Returns ``(images (N, S, S) uint8, the rows kept, in the same order)``;
+    files that fail to decode are left out.
+    """
+    rows = rows.drop_duplicates("content_hash").reset_index(drop=True)
+    cache = find_cache(cache_dir, manifest, image_size)
+    pixels: dict[str, bytes] = {}
+    if cache is not None:
+        fs, inner = storage.filesystem(cache.data_path)
+        table = pq.read_table(inner, filesystem=fs, columns=["content_hash", "image", "error"],
+                              filters=[("content_hash", "in", list(rows["content_hash"]))])
+        for content_hash, image, error in zip(*(table.column(c).to_pylist() for c in ("content_hash", "image", "error")), strict=True):
+            if not error:
+                pixels[content_hash] = image
+    else:
+        for row in rows.itertuples():
+            image, _ = try_decode_gray(storage.read_bytes(row.path), image_size)
+            if image is not None:
+                pixels[row.content_hash] = image.tobytes()
+    kept = rows[rows["content_hash"].isin(pixels)].reset_index(drop=True)
+    images = np.frombuffer(b"".join(pixels[h] for h in kept["content_hash"]), dtype=np.uint8)
+    return images.reshape(len(kept), image_size, image_size), kept
+
+
+def _failures(data_path: str, unique: pd.DataFrame) -> pd.DataFrame:
+    fs, inner = storage.filesystem(data_path)
+    table = pq.read_table(inner, filesystem=fs, columns=["content_hash", "error"]).to_pandas()
+    bad = table[table["error"].astype(str) != ""].rename(columns={"error": "reason"})
+    bad = bad.merge(unique, on="content_hash", how="left")
+    return bad[["content_hash", "path", "reason"]].reset_index(drop=True)

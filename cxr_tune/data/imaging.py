@@ -1,0 +1,113 @@
+"""Decode any image Pillow reads into an 8-bit grayscale square; the one place pixels are made.
+
+The cache build, ``inspect`` and ``predict`` all call :func:`decode_gray`, so a model sees exactly
+the same pixels at prediction time as it saw in training. Change what it does and bump
+:data:`PREPROCESS_VERSION`: every image cache keyed on the old version is then rebuilt.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+#: Version of the pixel pipeline below; part of every image-cache key.
+PREPROCESS_VERSION = 1
+
+#: How a non-square X-ray becomes square: plain resize (squash). Recorded in exported models.
+RESIZE_METHOD = "bilinear resize of the whole image to size x size (aspect ratio not kept)"
+
+_HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a header-and-decode check learned about one file."""
+
+    width: int
+    height: int
+    mode: str
+
+
+def to_gray8(image: Image.Image) -> Image.Image:
+    """Any Pillow mode (L, RGB, RGBA, P, CMYK, I;16, I, F, 1, LA) as 8-bit grayscale ``L``.
+
+    High-bit-depth images (16-bit PNG/TIFF exported from DICOM) are min-max scaled to 0..255;
+    Pillow's own ``convert("L")`` would clip everything above 255 to white.
+    """
+    if image.mode == "L":
+        return image
+    if image.mode in _HIGH_BIT_MODES:
+        pixels = np.asarray(image, dtype=np.float64)
+        lo, hi = float(pixels.min()), float(pixels.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        return Image.fromarray(np.round((pixels - lo) * scale).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA"):
+        # A transparent background counts as black, like the film border around an X-ray.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("L")
+    if image.mode == "CMYK":
+        return image.convert("RGB").convert("L")
+    return image.convert("L")
+
+
+def _open(source: str | Path | bytes) -> Image.Image:
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def decode_gray(source: str | Path | bytes, size: int) -> np.ndarray:
+    """Decode ``source`` (a path or the file's bytes) to a ``(size, size)`` uint8 array.
+
+    Raises whatever Pillow raises for an unreadable, truncated or non-image file; callers that
+    must not stop on one bad file use :func:`try_decode_gray`.
+    """
+    with _open(source) as image:
+        # JPEG only: let libjpeg decode at the smallest scale that is still >= size (much faster
+        # on full-resolution X-rays, same result after the resize below up to rounding).
+        image.draft("L", (size, size))
+        image = ImageOps.exif_transpose(image)
+        gray = to_gray8(image)
+        if gray.size != (size, size):
+            gray = gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        return np.asarray(gray, dtype=np.uint8).copy()
+
+
+def try_decode_gray(source: str | Path | bytes, size: int) -> tuple[np.ndarray | None, str | None]:
+    """:func:`decode_gray`, returning ``(None, reason)`` instead of raising on a bad file."""
+    try:
+        return decode_gray(source, size), None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a per-file skip, not a crash
+        return None, describe_failure(exc)
+
+
+def probe(data: bytes) -> ImageInfo:
+    """Check that ``data`` is a complete image Pillow can decode; return its size and mode.
+
+    Decodes the whole stream (at a reduced JPEG scale, so it is cheap) because a truncated file
+    opens fine and only fails when its pixels are read.
+    """
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    with _open(data) as image:
+        info = ImageInfo(width=image.width, height=image.height, mode=image.mode)
+        image.draft(image.mode if image.mode in ("L", "RGB") else None, (32, 32))
+        image.load()
+    return info
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A short reason a person understands for why a file could not be used."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can read"
+    text = str(exc).split("\n")[0]
+    if "truncated" in text.lower():
+        return "truncated image (file ends before the image data does)"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,315 @@
+"""Turn a data location into a manifest: one row per readable image, with patient and group.
+
+The manifest is a pandas DataFrame with columns ``path, label, patient_id, group_id, split,
+content_hash, width, height, mode``. ``label`` is 1 for PNEUMONIA. ``split`` is the folder the file
+came from (train/val/test). ``group_id`` joins images of one patient *and* byte-identical files,
+even when the copies carry different patient ids, so that no split can leak a patient or an image.
+
+Building a manifest reads and decodes every file once (threaded, with a progress bar); the result
+is cached under the cache directory keyed by the folder's file names, sizes and modification
+times, so the second call on unchanged data costs one directory listing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+import pandas as pd
+import pyarrow.fs as pafs
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from tqdm.auto import tqdm
+
+from cxr_tune import storage
+from cxr_tune.data.imaging import describe_failure, probe
+from cxr_tune.errors import UserError
+
+CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, 1
+SPLITS = ("train", "val", "test")
+MANIFEST_VERSION = 1
+MANIFEST_COLUMNS = [
+    "path", "label", "patient_id", "group_id", "split", "content_hash", "width", "height", "mode",
+]
+SKIPPED_COLUMNS = ["path", "split", "reason"]
+LAYOUT_HINT = "ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/<images> (the Kermany chest_xray layout; val and test optional)"
+SYNTHETIC_MARKER = "SYNTHETIC.json"
+
+_PATIENT_PATTERNS = (
+    re.compile(r"^(person\d+)_(?:bacteria|virus)_"),
+    re.compile(r"^(NORMAL2-IM-\d+)-\d+"),
+    re.compile(r"^(IM-\d+)-\d+"),
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A data set ready to split: the readable images and the files that were skipped, and why."""
+
+    root: str
+    manifest: pd.DataFrame
+    skipped: pd.DataFrame
+    synthetic: bool
+
+    @property
+    def description(self) -> str:
+        """How every report names this data; synthetic data always says SYNTHETIC."""
+        if self.synthetic:
+            return f"SYNTHETIC chest X-rays (generated, not real patients) at {self.root}"
+        return f"real data at {self.root}"
+
+
+@dataclass(frozen=True)
+class _File:
+    path: str
+    split: str
+    label: int
+    size: int
+    mtime_ns: int
+
+
+def patient_id(file_name: str) -> str | None:
+    """The patient a Kermany file name belongs to, or None when the name has no patient in it.
+
+    >>> patient_id("person1000_bacteria_2931.jpeg"), patient_id("NORMAL2-IM-0123-0001.jpeg")
+    ('person1000', 'NORMAL2-IM-0123')
+    """
+    for pattern in _PATIENT_PATTERNS:
+        match = pattern.match(file_name)
+        if match:
+            return match.group(1)
+    return None
+
+
+def locate_root(data: str) -> str:
+    """The folder that holds ``train/``; steps into ``chest_xray/`` the way the downloads nest it.
+
+    Raises :class:`UserError` naming the path and the expected layout when there is no such folder.
+    """
+    root = storage.resolve(data)
+    fs, inner = storage.filesystem(root)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"data path '{data}' does not exist; expected {LAYOUT_HINT}")
+    if info.type != pafs.FileType.Directory:
+        raise UserError(f"data path '{data}' is a file, not a folder; expected {LAYOUT_HINT}")
+    for _ in range(3):  # Mendeley: chest_xray/; Kaggle: chest_xray/chest_xray/
+        names = _child_dirs(fs, inner)
+        if _find(names, "train") is not None:
+            break
+        nested = _find(names, "chest_xray")
+        if nested is None:
+            break
+        inner, root = f"{inner}/{nested}", storage.join(root, nested)
+    names = _child_dirs(fs, inner)
+    train = _find(names, "train")
+    if train is None:
+        if any(_find(names, c) for c in CLASSES):
+            raise UserError(
+                f"'{data}' holds NORMAL/PNEUMONIA directly, like a single split; pass the folder "
+                f"above it instead, laid out as {LAYOUT_HINT}"
+            )
+        raise UserError(f"'{data}' has no train/ folder; expected {LAYOUT_HINT}")
+    missing = [c for c in CLASSES if _find(_child_dirs(fs, f"{inner}/{train}"), c) is None]
+    if missing:
+        raise UserError(
+            f"'{storage.join(root, train)}' has no {' or '.join(missing)} folder; expected {LAYOUT_HINT}"
+        )
+    return root
+
+
+def build_manifest(data: str, cache_dir: str | None = None, *, progress: bool = True) -> Source:
+    """Scan ``data`` (Kermany layout) into a :class:`Source`; reuse the cached scan when unchanged."""
+    root = locate_root(data)
+    files, folders, ignored = _list_files(root)
+    synthetic = storage.exists(storage.join(root, SYNTHETIC_MARKER))
+    key = _scan_fingerprint(root, files)
+    cached = _load_cached(cache_dir, key)
+    if cached is not None:
+        manifest, skipped = cached
+    else:
+        manifest, skipped = _scan(files, progress=progress)
+        skipped = pd.concat([skipped, ignored], ignore_index=True)
+        manifest = add_groups(manifest)
+        _save_cached(cache_dir, key, manifest, skipped)
+    _check_classes(folders, manifest, skipped)
+    return Source(root=root, manifest=manifest, skipped=skipped, synthetic=synthetic)
+
+
+def load_source(
+    data: str | None,
+    cache_dir: str | None = None,
+    *,
+    synthetic_n: int | None = None,
+    synthetic_seed: int = 0,
+    progress: bool = True,
+) -> Source:
+    """``data`` if given, else the built-in synthetic set (generated once into the cache)."""
+    if data is not None:
+        return build_manifest(data, cache_dir, progress=progress)
+    from cxr_tune.data.synthetic import DEFAULT_N, ensure_synthetic
+
+    cache_dir = cache_dir or storage.default_cache_dir()
+    root = ensure_synthetic(cache_dir, n=synthetic_n or DEFAULT_N, seed=synthetic_seed)
+    return build_manifest(root, cache_dir, progress=progress)
+
+
+def add_groups(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Set ``group_id``: connected components of "same patient" and "byte-identical file".
+
+    The group is named after the smallest patient id in it, so it stays stable across runs.
+    """
+    frame = manifest.copy()
+    if frame.empty:
+        frame["group_id"] = pd.Series(dtype=str)
+        return frame
+    patients, patient_idx = np.unique(frame["patient_id"].to_numpy(str), return_inverse=True)
+    _, hash_idx = np.unique(frame["content_hash"].to_numpy(str), return_inverse=True)
+    n_nodes = len(patients) + int(hash_idx.max()) + 1
+    graph = coo_matrix(
+        (np.ones(len(frame)), (patient_idx, hash_idx + len(patients))), shape=(n_nodes, n_nodes)
+    )
+    _, component = connected_components(graph, directed=False)
+    patient_component = component[: len(patients)]
+    names = pd.Series(patients).groupby(patient_component).min()
+    frame["group_id"] = names.loc[patient_component[patient_idx]].to_numpy()
+    return frame[MANIFEST_COLUMNS]
+
+
+# --- scanning -----------------------------------------------------------------------------------
+
+
+def _child_dirs(fs: pafs.FileSystem, inner: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    return [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+
+
+def _find(names: Iterable[str], wanted: str) -> str | None:
+    """The entry of ``names`` equal to ``wanted`` ignoring case (NORMAL, normal, Normal)."""
+    return next((n for n in names if n.lower() == wanted.lower()), None)
+
+
+def _list_files(root: str) -> tuple[list[_File], dict[tuple[str, int], str], pd.DataFrame]:
+    """Every file under ``root/<split>/<class>/`` and the class folders found (split, label) -> path.
+
+    Other folders are reported as ignored, not read.
+    """
+    fs, inner = storage.filesystem(root)
+    files: list[_File] = []
+    folders: dict[tuple[str, int], str] = {}
+    ignored: list[dict] = []
+    for split_dir in _child_dirs(fs, inner):
+        split = split_dir.lower()
+        if split not in SPLITS:
+            if not split_dir.startswith((".", "__MACOSX")):
+                ignored.append({"path": storage.join(root, split_dir), "split": "", "reason": "folder is not train/val/test; ignored"})
+            continue
+        for class_dir in _child_dirs(fs, f"{inner}/{split_dir}"):
+            label = next((i for i, c in enumerate(CLASSES) if c.lower() == class_dir.lower()), None)
+            if label is None:
+                ignored.append({"path": storage.join(root, split_dir, class_dir), "split": split, "reason": "folder is not NORMAL/PNEUMONIA; ignored"})
+                continue
+            folders[(split, label)] = storage.join(root, split_dir, class_dir)
+            selector = pafs.FileSelector(f"{inner}/{split_dir}/{class_dir}", recursive=True)
+            for info in fs.get_file_info(selector):
+                if info.type != pafs.FileType.File:
+                    continue
+                relative = PurePosixPath(info.path).relative_to(PurePosixPath(inner))
+                files.append(_File(
+                    path=storage.join(root, *relative.parts),
+                    split=split,
+                    label=label,
+                    size=int(info.size or 0),
+                    mtime_ns=int(info.mtime_ns or 0),
+                ))
+    files.sort(key=lambda f: f.path)
+    return files, folders, pd.DataFrame(ignored, columns=SKIPPED_COLUMNS)
+
+
+def _scan_fingerprint(root: str, files: list[_File]) -> str:
+    digest = hashlib.sha256(f"v{MANIFEST_VERSION}|{root}".encode())
+    for f in files:
+        digest.update(f"{f.path}|{f.size}|{f.mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def _inspect_file(file: _File) -> dict:
+    row: dict = {"path": file.path, "split": file.split, "label": file.label}
+    try:
+        data = storage.read_bytes(file.path)
+        if not data:
+            return {**row, "reason": "empty file (0 bytes)"}
+        info = probe(data)
+    except Exception as exc:  # noqa: BLE001 - one bad file is reported, never fatal
+        return {**row, "reason": describe_failure(exc)}
+    name = PurePosixPath(file.path).name
+    return {
+        **row,
+        "reason": None,
+        "patient_id": patient_id(name) or f"image:{file.split}/{name}",
+        "content_hash": hashlib.blake2b(data, digest_size=16).hexdigest(),
+        "width": info.width,
+        "height": info.height,
+        "mode": info.mode,
+    }
+
+
+def _scan(files: list[_File], *, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        rows = list(tqdm(
+            pool.map(_inspect_file, files),
+            total=len(files),
+            desc="Checking images",
+            unit="img",
+            disable=not progress or len(files) < 200,
+            leave=False,
+        ))
+    frame = pd.DataFrame(rows, columns=[*SKIPPED_COLUMNS, "label", "patient_id", "content_hash", "width", "height", "mode"])
+    bad = frame["reason"].notna()
+    skipped = frame.loc[bad, SKIPPED_COLUMNS].reset_index(drop=True)
+    good = frame.loc[~bad].drop(columns="reason").reset_index(drop=True)
+    good = good.astype({"label": "int64", "width": "int64", "height": "int64"})
+    good["group_id"] = good["patient_id"]
+    return good[MANIFEST_COLUMNS], skipped
+
+
+def _check_classes(folders: dict[tuple[str, int], str], manifest: pd.DataFrame, skipped: pd.DataFrame) -> None:
+    """Stop with one line when a class folder holds no readable image."""
+    present = set(zip(manifest["split"], manifest["label"], strict=True))
+    for key, folder in sorted(folders.items()):
+        if key in present:
+            continue
+        bad = skipped[skipped["path"].str.startswith(folder + ("/" if storage.is_uri(folder) else os.sep))]
+        detail = f"{len(bad)} file(s) skipped, e.g. {bad['path'].iloc[0]}: {bad['reason'].iloc[0]}" if len(bad) else "it is empty"
+        raise UserError(f"'{folder}' has no readable image ({detail}); every class folder needs at least one")
+
+
+def _cache_paths(cache_dir: str, key: str) -> tuple[str, str]:
+    base = storage.join(cache_dir, "manifests")
+    return storage.join(base, f"{key}.parquet"), storage.join(base, f"{key}.skipped.json")
+
+
+def _load_cached(cache_dir: str | None, key: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    if cache_dir is None:
+        return None
+    manifest_path, skipped_path = _cache_paths(cache_dir, key)
+    if not (storage.exists(manifest_path) and storage.exists(skipped_path)):
+        return None
+    skipped = pd.DataFrame(json.loads(storage.read_text(skipped_path)), columns=SKIPPED_COLUMNS)
+    return storage.read_frame(manifest_path), skipped
+
+
+def _save_cached(cache_dir: str | None, key: str, manifest: pd.DataFrame, skipped: pd.DataFrame) -> None:
+    if cache_dir is None:
+        return
+    manifest_path, skipped_path = _cache_paths(cache_dir, key)
+    storage.write_frame(manifest_path, manifest)
+    # Written last: its presence marks the pair complete.
+    storage.write_text_atomic(skipped_path, skipped.to_json(orient="records"))

@@ -1,0 +1,288 @@
+"""Run (or resume) one search: Ray Tune + OptunaSearch (multivariate TPE) + ASHA over a space file.
+
+Everything a later step needs is written to the experiment directory ``STORAGE/NAME``:
+``experiment.json`` (the options, so ``--resume`` and ``export`` need nothing else),
+``space.yaml`` (the space as it was), ``splits.csv`` (every image's role) and ``study.db`` (the
+Optuna study; ``optuna-dashboard sqlite:///.../study.db`` opens it). Tune keeps its own state
+beside them, and every trial's Train checkpoints live under ``train/<trial_id>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cxr_tune import __version__, storage
+from cxr_tune.data.prepared import DataOptions, SplitData, datasets_by_size, split_data
+from cxr_tune.errors import UserError
+from cxr_tune.search.space import Space, SpaceSampler, load_space
+from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings, run_trial, trial_hparams
+from cxr_tune.train.trainer import Resources
+
+EXPERIMENT_FILE = "experiment.json"
+STUDY_FILE = "study.db"
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Every flag of ``python -m cxr_tune.search``; saved to ``experiment.json``."""
+
+    space: str = "wide"
+    name: str = ""
+    storage: str = "results"
+    trials: int | None = None
+    max_epochs: int | None = None
+    time_budget_min: float | None = None
+    seed: int = 0
+    select: str = "balanced_accuracy"
+    min_sensitivity: float = 0.0
+    address: str | None = None
+    workers_per_trial: int | None = None
+    cpus_per_worker: float | None = None
+    gpus_per_worker: float | None = None
+    concurrency: int | None = None
+    data: DataOptions = field(default_factory=DataOptions)
+
+    @property
+    def experiment_dir(self) -> str:
+        return storage.join(storage.resolve(self.storage), self.name)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> SearchOptions:
+        return cls(**{**values, "data": DataOptions(**values["data"])})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked search: the space, trial count, epochs and resources actually used."""
+
+    space: Space
+    trials: int
+    max_epochs: int
+    resources: Resources
+    concurrency: int
+
+
+def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float]) -> Plan:
+    """Apply flags over the space's settings and pick resources that use this cluster well.
+
+    Defaults: on GPUs one GPU per trial and as many trials at once as GPUs; on CPUs one worker
+    per trial and up to 8 trials at once, each with an equal share of the CPUs (a little is kept
+    back for the trial drivers, which each hold a hundredth of a CPU).
+    """
+    trials = options.trials or space.settings.trials
+    max_epochs = options.max_epochs or space.settings.max_epochs
+    cpus, gpus = float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0))
+    gpus_per_worker = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
+    if gpus_per_worker > 0 and gpus < gpus_per_worker:
+        raise UserError(f"--gpus-per-worker {gpus_per_worker} but the Ray cluster has {gpus:g} GPU(s)")
+    workers = options.workers_per_trial or 1
+    if options.concurrency:
+        concurrency = options.concurrency
+    elif gpus_per_worker > 0:
+        concurrency = max(1, int(gpus // (gpus_per_worker * workers)))
+    else:
+        concurrency = max(1, min(8, int(cpus // workers)))
+    concurrency = min(concurrency, trials)
+    if options.cpus_per_worker is not None:
+        cpus_per_worker = options.cpus_per_worker
+    else:
+        share = (cpus - concurrency * TRIAL_DRIVER_CPU) / (concurrency * workers)
+        cpus_per_worker = math.floor(share * 100) / 100
+    needed = concurrency * (workers * cpus_per_worker + TRIAL_DRIVER_CPU)
+    if cpus_per_worker <= 0 or workers * cpus_per_worker + TRIAL_DRIVER_CPU > cpus + 1e-9:
+        raise UserError(f"one trial needs {workers} x {cpus_per_worker:g} CPUs but the Ray cluster has {cpus:g}; lower --workers-per-trial or --cpus-per-worker")
+    if needed > cpus + 1e-9 and options.concurrency:
+        print(f"Note: --concurrency {concurrency} needs {needed:g} CPUs, the cluster has {cpus:g}; trials will queue.")
+    return Plan(space, trials, max_epochs, Resources(workers, cpus_per_worker, gpus_per_worker), concurrency)
+
+
+def run_search(options: SearchOptions, *, resume: bool = False) -> tuple[str, str]:
+    """Run or resume the search. Returns (experiment directory, outcome: complete, time budget or interrupted)."""
+    from cxr_tune.ray_session import ray_session
+
+    space = load_space(options.space)
+    split = split_data(options.data)
+    experiment = options.experiment_dir
+    if not resume:
+        _start_experiment(options, space, split)
+    print(f"Data: {split.source.description}")
+    print(f"Experiment: {experiment}")
+    with ray_session(options.address):
+        import ray
+
+        plan = plan_search(options, space, ray.cluster_resources())
+        print(
+            f"Search '{space.name}': {plan.trials} trials, up to {plan.max_epochs} epochs each, "
+            f"{plan.concurrency} at a time, {plan.resources.workers} worker(s) x {plan.resources.cpus_per_worker:g} CPU"
+            + (f" + {plan.resources.gpus_per_worker:g} GPU" if plan.resources.use_gpu else "")
+            + f" per trial; selecting on {options.select}"
+            + (f" with sensitivity >= {options.min_sensitivity:g}" if options.min_sensitivity else ""),
+            flush=True,
+        )
+        sizes = _image_sizes(space)
+        datasets = datasets_by_size(split, sizes)
+        tuner = _tuner(options, plan, split, datasets, resume=resume)
+        started = time.monotonic()
+        grid = tuner.fit()
+    _copy_study(options)
+    return experiment, _outcome(grid, plan, options, started)
+
+
+def load_options(experiment_dir: str) -> SearchOptions:
+    path = storage.join(experiment_dir, EXPERIMENT_FILE)
+    if not storage.exists(path):
+        raise UserError(f"'{experiment_dir}' is not a cxr_tune experiment (no {EXPERIMENT_FILE})")
+    return SearchOptions.from_json(json.loads(storage.read_text(path))["options"])
+
+
+def experiment_info(experiment_dir: str) -> dict[str, Any]:
+    return json.loads(storage.read_text(storage.join(experiment_dir, EXPERIMENT_FILE)))
+
+
+def can_resume(experiment_dir: str) -> bool:
+    from ray.tune import Tuner
+
+    return storage.exists(storage.join(experiment_dir, EXPERIMENT_FILE)) and Tuner.can_restore(experiment_dir)
+
+
+# --- internals ----------------------------------------------------------------------------------
+
+
+def _start_experiment(options: SearchOptions, space: Space, split: SplitData) -> None:
+    experiment = options.experiment_dir
+    if storage.exists(storage.join(experiment, EXPERIMENT_FILE)):
+        raise UserError(f"experiment '{experiment}' already exists; pass --resume to continue it or choose another --name")
+    storage.makedirs(experiment)
+    storage.write_text_atomic(storage.join(experiment, "space.yaml"), Path(space.path).read_text(encoding="utf-8"))
+    roles = split.roles[["path", "content_hash", "label", "patient_id", "group_id", "split", "role", "role_note"]]
+    storage.write_bytes_atomic(storage.join(experiment, "splits.csv"), roles.to_csv(index=False).encode())
+    info = {
+        "options": options.to_json(),
+        "command": " ".join(["python -m cxr_tune.search", *sys.argv[1:]]),
+        "space_path": space.path,
+        "data_description": split.source.description,
+        "synthetic": split.source.synthetic,
+        "data_root": split.source.root,
+        "has_test": split.has_test,
+        "class_counts_train": split.class_counts("train"),
+        "class_counts_val": split.class_counts("val"),
+        "cxr_tune_version": __version__,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    storage.write_text_atomic(storage.join(experiment, EXPERIMENT_FILE), json.dumps(info, indent=2))
+
+
+def _image_sizes(space: Space) -> list[int]:
+    from cxr_tune.train.hparams import HParams
+
+    for param in space.params:
+        if param.name == "image_size":
+            if param.type != "categorical":
+                raise UserError(f"{space.path}: params.image_size: use a categorical list of sizes (each size is one image cache)")
+            return [int(v) for v in param.choices]
+    return [int(space.fixed.get("image_size", HParams().image_size))]
+
+
+def study_path(options: SearchOptions) -> str:
+    """The SQLite file of the Optuna study: in the experiment folder, or in the local cache when
+    the experiment lives on object storage (SQLite needs a local file; it is copied up after)."""
+    if storage.is_uri(options.experiment_dir):
+        return str(Path(options.data.resolved_cache_dir, "studies", options.name, STUDY_FILE))
+    return str(Path(options.experiment_dir, STUDY_FILE))
+
+
+def _copy_study(options: SearchOptions) -> None:
+    if storage.is_uri(options.experiment_dir):
+        local = Path(study_path(options))
+        if local.exists():
+            storage.write_bytes_atomic(storage.join(options.experiment_dir, STUDY_FILE), local.read_bytes())
+
+
+def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict, *, resume: bool) -> Any:
+    import optuna
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from cxr_tune.search.progress import ProgressPrinter
+
+    settings = TrialSettings(
+        max_epochs=plan.max_epochs,
+        criterion=options.select,
+        min_sensitivity=options.min_sensitivity,
+        seed=options.seed,
+        resources=plan.resources,
+        train_storage=storage.join(options.experiment_dir, "train"),
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, datasets=datasets, class_counts=split.class_counts(), settings=settings),
+        {"cpu": TRIAL_DRIVER_CPU},
+    )
+    run_config = tune.RunConfig(
+        name=options.name,
+        storage_path=storage.resolve(options.storage),
+        callbacks=[JsonLoggerCallback(), ProgressPrinter(plan.trials, plan.max_epochs, options.select)],
+        failure_config=tune.FailureConfig(max_failures=0),  # Train already retries worker failures
+        verbose=0,
+    )
+    if resume:
+        return tune.Tuner.restore(options.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+
+    db = Path(study_path(options))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    sampler = optuna.samplers.TPESampler(
+        seed=options.seed,
+        multivariate=True,
+        group=True,  # conditional parameters (per-block widths) get their own joint model
+        constant_liar=True,  # parallel trials do not all pick the same promising point
+        n_startup_trials=min(plan.space.settings.startup_trials, plan.trials),
+    )
+    searcher = OptunaSearch(
+        space=SpaceSampler(plan.space),
+        metric="objective",
+        mode="max",
+        sampler=sampler,
+        study_name=options.name,
+        storage=optuna.storages.RDBStorage(f"sqlite:///{db}"),
+    )
+    scheduler = ASHAScheduler(
+        metric="objective",
+        mode="max",
+        time_attr="training_iteration",
+        max_t=plan.max_epochs,
+        grace_period=plan.space.settings.grace_period,
+        reduction_factor=plan.space.settings.reduction_factor,
+    )
+    tune_config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=plan.trials,
+        max_concurrent_trials=plan.concurrency,
+        time_budget_s=options.time_budget_min * 60 if options.time_budget_min else None,
+        trial_dirname_creator=_trial_dirname,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return trial.trial_id
+
+
+def _outcome(grid: Any, plan: Plan, options: SearchOptions, started: float) -> str:
+    """``complete``, ``time budget`` or ``interrupted`` (Ctrl-C / SIGTERM: resume with --resume)."""
+    done = grid.num_terminated + grid.num_errors
+    if done >= plan.trials:
+        return "complete"
+    if options.time_budget_min and time.monotonic() - started >= options.time_budget_min * 60 - 5:
+        return "time budget"
+    return "interrupted"

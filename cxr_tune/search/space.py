@@ -1,0 +1,275 @@
+"""Search-space files: parse, check, and turn into an Optuna define-by-run function.
+
+A space file (``search_spaces/*.yaml``) has four sections::
+
+    description: one line on what the space is for
+    search:                       # how long and how hard to search
+      trials: 16                  # Tune samples
+      max_epochs: 10              # epochs of a trial that ASHA never stops
+      grace_period: 2             # ASHA: epochs before a trial can be stopped
+      reduction_factor: 3         # ASHA: keep the best 1/3 at each rung
+      startup_trials: 6           # TPE: random trials before the model takes over
+    fixed:                        # hyperparameters every trial shares
+      image_size: 64
+    params:                       # what is searched, in sampling order
+      depth: {type: int, low: 2, high: 5}
+      filters: {type: int, low: 8, high: 64, log: true, per_block: depth}   # filters_0..filters_{depth-1}
+      lr: {type: logfloat, low: 1.0e-4, high: 3.0e-3}
+      momentum: {type: float, low: 0.8, high: 0.99, when: {optimizer: sgd}}
+      class_weighting: {type: categorical, choices: [none, balanced, 2.0]}
+
+Types: ``int`` (``low``, ``high``, optional ``step`` or ``log``), ``float`` (``low``, ``high``,
+optional ``step``), ``logfloat`` (``low`` > 0, ``high``), ``categorical`` (``choices``).
+Conditions: ``per_block: P`` repeats the parameter once per block up to the sampled value of the
+int parameter ``P`` (named ``NAME_0``, ``NAME_1``, ...); ``when: {P: value or [values]}`` samples
+it only when the parameter ``P`` took one of those values. Every name must be a hyperparameter
+(see :class:`cxr_tune.train.hparams.HParams`); a bad file stops with one line naming the file, the
+key and the problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cxr_tune.errors import UserError
+from cxr_tune.train.hparams import HParams, HParamsError
+from cxr_tune.train.model import max_depth
+from cxr_tune.yamlfile import load_mapping
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+TYPES = ("int", "float", "logfloat", "categorical")
+_SECTIONS = ("description", "search", "fixed", "params")
+_PARAM_KEYS = {"type", "low", "high", "step", "log", "choices", "per_block", "when"}
+_NOT_SEARCHABLE = {"epochs", "criterion", "min_sensitivity", "block_filters"}  # set by the search itself
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The ``search:`` section; CLI flags override trials and max_epochs."""
+
+    trials: int = 16
+    max_epochs: int = 10
+    grace_period: int = 2
+    reduction_factor: int = 3
+    startup_trials: int = 6
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched hyperparameter."""
+
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+    per_block: str | None = None
+    when: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        """Draw this parameter from an Optuna trial under ``name``."""
+        if self.type == "categorical":
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.type == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.type == "logfloat")
+
+    @property
+    def values(self) -> tuple[Any, ...]:
+        """The extreme values it can take (for checking the space before any trial runs)."""
+        if self.type == "categorical":
+            return self.choices
+        return (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class Space:
+    """A parsed, checked search-space file."""
+
+    name: str
+    path: str
+    description: str
+    settings: SearchSettings
+    fixed: dict[str, Any]
+    params: tuple[Param, ...]
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """Optuna define-by-run: draw every active parameter; return the fixed values as constants."""
+        drawn: dict[str, Any] = {}
+        for param in self.params:
+            if any(drawn.get(key, self.fixed.get(key)) not in allowed for key, allowed in param.when.items()):
+                continue
+            if param.per_block:
+                for i in range(int(drawn.get(param.per_block, self.fixed.get(param.per_block)))):
+                    drawn[f"{param.name}_{i}"] = param.suggest(trial, f"{param.name}_{i}")
+            else:
+                drawn[param.name] = param.suggest(trial, param.name)
+        return dict(self.fixed)
+
+
+class SpaceSampler:
+    """Picklable define-by-run callable for ``OptunaSearch`` (Tune pickles the searcher to resume)."""
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        return self.space.sample(trial)
+
+
+def resolve_space_path(name_or_path: str) -> Path:
+    """``wide`` → ``search_spaces/wide.yaml``; a path is used as it is."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise UserError(f"search space file '{name_or_path}' does not exist")
+        return candidate
+    named = SPACES_DIR / f"{name_or_path}.yaml"
+    if not named.is_file():
+        known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+        raise UserError(f"no search space named '{name_or_path}' in {SPACES_DIR}; known: {known} (or pass a .yaml path)")
+    return named
+
+
+def load_space(name_or_path: str) -> Space:
+    """Read and check a space file; :class:`UserError` names the file, key and problem."""
+    path = resolve_space_path(name_or_path)
+    raw = load_mapping(path, "search space")
+
+    def fail(key: str, problem: str) -> UserError:
+        return UserError(f"{path}: {key}: {problem}")
+
+    for key in raw:
+        if key not in _SECTIONS:
+            raise fail(key, f"unknown section; use {', '.join(_SECTIONS)}")
+    settings = _settings(raw.get("search") or {}, fail)
+    fixed = raw.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise fail("fixed", "must be a mapping of hyperparameter: value")
+    params_raw = raw.get("params") or {}
+    if not isinstance(params_raw, dict):
+        raise fail("params", "must be a mapping of hyperparameter: {type: ..., ...}")
+    known = {f.name for f in fields(HParams)}
+    for key in fixed:
+        if key not in known:
+            raise fail(f"fixed.{key}", "unknown hyperparameter")
+    params = tuple(_param(name, spec, known, fail) for name, spec in params_raw.items())
+    _check_links(params, fixed, fail)
+    space = Space(path.stem, str(path), str(raw.get("description", "")), settings, dict(fixed), params)
+    _check_corners(space, fail)
+    return space
+
+
+def _settings(raw: Any, fail: Any) -> SearchSettings:
+    if not isinstance(raw, dict):
+        raise fail("search", "must be a mapping")
+    allowed = {f.name for f in fields(SearchSettings)}
+    values = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            raise fail(f"search.{key}", f"unknown setting; use {', '.join(sorted(allowed))}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < (2 if key == "reduction_factor" else 0 if key == "startup_trials" else 1):
+            raise fail(f"search.{key}", f"must be a whole number >= {2 if key == 'reduction_factor' else 0 if key == 'startup_trials' else 1}, got {value!r}")
+        values[key] = value
+    settings = SearchSettings(**values)
+    if settings.grace_period > settings.max_epochs:
+        raise fail("search.grace_period", f"{settings.grace_period} is more than max_epochs {settings.max_epochs}")
+    return settings
+
+
+def _param(name: str, spec: Any, known: set[str], fail: Any) -> Param:
+    key = f"params.{name}"
+    if name not in known:
+        raise fail(key, "unknown hyperparameter")
+    if name in _NOT_SEARCHABLE:
+        raise fail(key, "is set by the search itself (epochs from max_epochs; criterion and min_sensitivity from --select and --min-sensitivity); use per_block for block widths")
+    if not isinstance(spec, dict):
+        raise fail(key, "must be a mapping like {type: float, low: 0.0, high: 0.5}")
+    unknown = set(spec) - _PARAM_KEYS
+    if unknown:
+        raise fail(f"{key}.{sorted(unknown)[0]}", f"unknown key; use {', '.join(sorted(_PARAM_KEYS))}")
+    kind = spec.get("type")
+    if kind not in TYPES:
+        raise fail(f"{key}.type", f"unknown type {kind!r}; use {', '.join(TYPES)}")
+    when = spec.get("when") or {}
+    if not isinstance(when, dict):
+        raise fail(f"{key}.when", "must be a mapping like {optimizer: sgd}")
+    when = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in when.items()}
+    per_block = spec.get("per_block")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise fail(f"{key}.choices", "must be a non-empty list")
+        if any(k in spec for k in ("low", "high", "step", "log")):
+            raise fail(key, "a categorical parameter takes choices, not low/high/step/log")
+        return Param(name, kind, choices=tuple(choices), per_block=per_block, when=when)
+    if "choices" in spec:
+        raise fail(f"{key}.choices", f"only categorical parameters take choices; {name} is {kind}")
+    for bound in ("low", "high"):
+        value = spec.get(bound)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise fail(f"{key}.{bound}", f"must be a number, got {value!r}")
+    low, high = spec["low"], spec["high"]
+    if low > high:
+        raise fail(key, f"low {low} > high {high}")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise fail(key, f"an int parameter needs whole-number bounds, got {low}..{high}")
+    log = bool(spec.get("log", False))
+    if (kind == "logfloat" or log) and low <= 0:
+        raise fail(f"{key}.low", f"must be > 0 on a log scale, got {low}")
+    step = spec.get("step")
+    if step is not None and (not isinstance(step, (int, float)) or step <= 0 or log or kind == "logfloat"):
+        raise fail(f"{key}.step", "must be a positive number, and not combined with a log scale")
+    return Param(name, kind, low=low, high=high, step=step, log=log, per_block=per_block, when=when)
+
+
+def _check_links(params: tuple[Param, ...], fixed: dict[str, Any], fail: Any) -> None:
+    """``per_block`` and ``when`` must refer to a parameter sampled earlier (or fixed)."""
+    seen: dict[str, Param] = {}
+    for param in params:
+        key = f"params.{param.name}"
+        if param.name in fixed:
+            raise fail(key, "is both fixed and searched")
+        if param.per_block is not None:
+            if param.name != "filters":
+                raise fail(f"{key}.per_block", "only filters can vary per block (as filters_0, filters_1, ...)")
+            source = seen.get(param.per_block)
+            if source is None and param.per_block not in fixed:
+                raise fail(f"{key}.per_block", f"'{param.per_block}' must be an int parameter listed before {param.name} (or fixed)")
+            if source is not None and source.type != "int" and not all(isinstance(c, int) for c in source.choices):
+                raise fail(f"{key}.per_block", f"'{param.per_block}' must take whole numbers")
+        for other in param.when:
+            if other not in seen and other not in fixed:
+                raise fail(f"{key}.when.{other}", f"'{other}' must be a parameter listed before {param.name} (or fixed)")
+        seen[param.name] = param
+
+
+def _check_corners(space: Space, fail: Any) -> None:
+    """Every fixed value, and each searched value's extremes, must make a valid HParams and model."""
+    try:
+        base = HParams.from_config(space.fixed)
+    except HParamsError as exc:
+        raise fail("fixed", str(exc)) from None
+    for param in space.params:
+        if param.per_block:
+            continue
+        for value in param.values:
+            try:
+                HParams.from_config({**space.fixed, param.name: value})
+            except HParamsError as exc:
+                raise fail(f"params.{param.name}", str(exc)) from None
+    depths = _extremes(space, "depth", base.depth)
+    sizes = _extremes(space, "image_size", base.image_size)
+    if max(depths) > max_depth(min(sizes)):
+        raise fail("params.depth", f"depth up to {max(depths)} would shrink {min(sizes)} px images below 1x1; keep depth <= {max_depth(min(sizes))}")
+
+
+def _extremes(space: Space, name: str, default: Any) -> tuple[Any, ...]:
+    for param in space.params:
+        if param.name == name:
+            return tuple(v for v in param.values if isinstance(v, (int, float)))
+    return (space.fixed.get(name, default),)

@@ -1,0 +1,116 @@
+"""``python -m cxr_tune.train``: train one configuration end to end through Ray Train.
+
+The same loop the search runs, for one set of hyperparameters: prints the validation metrics of
+every epoch and of the best one, and where its checkpoint is. Without ``--data`` it trains on the
+built-in SYNTHETIC set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+
+from cxr_tune import storage
+from cxr_tune.data.__main__ import add_data_arguments
+from cxr_tune.data.prepared import DataOptions, datasets_by_size, split_data
+from cxr_tune.errors import UserError, run_cli
+from cxr_tune.train.hparams import HParams, HParamsError
+from cxr_tune.train.trainer import Resources, make_trainer
+from cxr_tune.yamlfile import load_mapping
+
+SHOWN = ["epoch", "train_loss", "val_loss", "val_auc", "val_threshold", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "epoch_seconds"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cxr_tune.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="data folder in the Kermany layout (default: the built-in SYNTHETIC set)")
+    parser.add_argument("--params", default=None, help="YAML file of hyperparameters (any HParams field; a model.json from an export works too); default: the HParams defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one hyperparameter, e.g. --set epochs=3 (repeatable)")
+    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP when > 1) (default: 1)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default: 1)")
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker (default: CPU)")
+    parser.add_argument("--storage", default="results", help="folder or URI for runs (default: results)")
+    parser.add_argument("--name", default=None, help="run name; the run folder is STORAGE/NAME (default: train-<timestamp>)")
+    parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' for the running one; default: start Ray locally)")
+    add_data_arguments(parser)
+    return parser
+
+
+def read_params(path: str | None, overrides: list[str]) -> HParams:
+    """HParams from a YAML file (flat, or under a top-level ``hparams`` key) plus ``KEY=VALUE`` overrides."""
+    import yaml
+
+    values = {}
+    if path:
+        values = load_mapping(path, "params")
+        values = values.get("hparams", values) if isinstance(values.get("hparams"), dict) else values
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r} must look like KEY=VALUE, e.g. --set epochs=3")
+        values[key.strip()] = yaml.safe_load(text)
+    try:
+        return HParams.from_config(values)
+    except HParamsError as exc:
+        raise UserError(f"{path or '--set'}: {exc}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    hp = read_params(args.params, args.overrides)
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers} must be at least 1")
+    from cxr_tune.train.model import build_model
+
+    try:
+        build_model(hp)  # refuse an impossible depth here, not inside a Ray worker
+    except HParamsError as exc:
+        raise UserError(f"{args.params or 'hyperparameters'}: {exc}") from None
+    options = DataOptions(args.data, args.cache_dir, args.val_fraction, args.split_seed, args.use_official_val, args.synthetic_n)
+    split = split_data(options)
+    name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
+    storage_path = storage.resolve(args.storage)
+    print(f"Data: {split.source.description}")
+    resources = Resources(args.workers, args.cpus_per_worker, 1.0 if args.use_gpu else 0.0)
+
+    from cxr_tune.ray_session import ray_session
+
+    with ray_session(args.address):
+        datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
+        trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name)
+        result = trainer.fit()
+    return report(result, hp, split, storage.join(storage_path, name))
+
+
+def report(result, hp: HParams, split, run_dir: str) -> int:
+    import pandas as pd
+
+    from cxr_tune.train.checkpoints import load_state
+
+    if result.error:
+        raise result.error
+    with result.checkpoint.as_directory() as folder:
+        history = pd.DataFrame(load_state(folder)["history"])
+    print(history[[c for c in SHOWN if c in history]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    checkpoint, metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["objective"])
+    summary = {
+        "data": split.source.description,
+        "synthetic": split.source.synthetic,
+        "hparams": hp.to_dict(),
+        "best_epoch": metrics.get("epoch"),
+        "best_checkpoint": checkpoint.path if checkpoint else None,
+        "val_metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
+    }
+    storage.write_text_atomic(storage.join(run_dir, "metrics.json"), json.dumps(summary, indent=2, default=str))
+    tag = " [SYNTHETIC DATA]" if split.source.synthetic else ""
+    print(f"\nBest epoch {summary['best_epoch']}{tag}: val AUC {metrics['val_auc']:.4f}, "
+          f"sensitivity {metrics['val_sensitivity']:.4f}, specificity {metrics['val_specificity']:.4f}, "
+          f"balanced accuracy {metrics['val_balanced_accuracy']:.4f} at threshold {metrics['val_threshold']:.4f}")
+    print(f"Checkpoint: {summary['best_checkpoint']}\nMetrics:    {storage.join(run_dir, 'metrics.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

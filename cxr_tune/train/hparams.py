@@ -1,0 +1,182 @@
+"""Every hyperparameter of one trial, in one typed place with defaults and checked ranges.
+
+The model, augmentation, loss and optimizer are built from :class:`HParams`; nothing reads the Tune
+``config`` dict anywhere else. Search spaces may give per-block widths as ``filters_0 ...
+filters_{depth-1}`` (conditional on the sampled depth); :meth:`HParams.from_config` folds them
+into ``block_filters``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+CLASS_WEIGHTINGS = ("none", "balanced")
+OPTIMIZERS = ("adamw", "sgd")
+INTENSITY = ("none", "zscore", "equalize")
+CRITERIA = ("balanced_accuracy", "youden", "gmean", "min_sens_spec")
+
+# Inclusive ranges for numeric fields: a value outside is a configuration mistake.
+_RANGES: dict[str, tuple[float, float]] = {
+    "depth": (1, 10),
+    "filters": (1, 1024),
+    "width_growth": (1.0, 4.0),
+    "kernel_size": (1, 11),
+    "convs_per_block": (1, 4),
+    "dropout": (0.0, 0.95),
+    "augment_strength": (0.0, 1.0),
+    "lr": (1e-7, 10.0),
+    "weight_decay": (0.0, 1.0),
+    "batch_size": (1, 4096),
+    "epochs": (1, 1000),
+    "warmup_epochs": (0, 100),
+    "image_size": (16, 1024),
+    "momentum": (0.0, 0.999),
+    "label_smoothing": (0.0, 0.5),
+    "mixup": (0.0, 10.0),
+    "min_sensitivity": (0.0, 1.0),
+    "seed": (0, 2**31 - 1),
+}
+_BLOCK_KEY = re.compile(r"^filters_(\d+)$")
+
+
+class HParamsError(ValueError):
+    """A config that cannot be a trial: unknown key, wrong type, value out of range."""
+
+
+@dataclass(frozen=True)
+class HParams:
+    """One trial's hyperparameters. Defaults are a sound small CNN for 128 px X-rays."""
+
+    # Model: ``depth`` conv blocks; block i is ``filters * width_growth**i`` wide unless
+    # ``block_filters`` gives every width.
+    depth: int = 4
+    filters: int = 32
+    width_growth: float = 2.0
+    block_filters: tuple[int, ...] = ()
+    kernel_size: int = 3
+    convs_per_block: int = 1
+    dropout: float = 0.3
+    # Input: side of the square image and per-image intensity normalization.
+    image_size: int = 128
+    intensity: str = "zscore"
+    # Augmentation: one knob from 0 (identity) to 1; flipping moves the heart, so off by default.
+    augment_strength: float = 0.5
+    hflip: bool = False
+    noise: bool = True
+    # Loss: class weighting through pos_weight ("none", "balanced" or an explicit weight).
+    class_weighting: str | float = "balanced"
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    # Optimization.
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    batch_size: int = 32
+    epochs: int = 10
+    warmup_epochs: int = 1
+    seed: int = 0
+    # Decision threshold: chosen on validation to maximize this balance of sensitivity and
+    # specificity, subject to sensitivity >= min_sensitivity where any threshold reaches it.
+    criterion: str = "balanced_accuracy"
+    min_sensitivity: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in _RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise HParamsError(f"{name}={value} is out of range [{low}, {high}]")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("intensity", INTENSITY), ("criterion", CRITERIA)):
+            if getattr(self, name) not in allowed:
+                raise HParamsError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        weighting = self.class_weighting
+        if isinstance(weighting, str) and weighting not in CLASS_WEIGHTINGS:
+            raise HParamsError(f"class_weighting={weighting!r} is not 'none', 'balanced' or a positive number")
+        if not isinstance(weighting, str) and not (weighting > 0 and math.isfinite(weighting)):
+            raise HParamsError(f"class_weighting={weighting} must be a positive number")
+        if self.block_filters and len(self.block_filters) != self.depth:
+            raise HParamsError(f"block_filters has {len(self.block_filters)} widths but depth={self.depth}")
+        if any(w < 1 for w in self.block_filters):
+            raise HParamsError(f"block_filters={list(self.block_filters)} must all be >= 1")
+        if self.kernel_size % 2 == 0:
+            raise HParamsError(f"kernel_size={self.kernel_size} must be odd so the map keeps its size")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Output channels of each conv block."""
+        if self.block_filters:
+            return tuple(self.block_filters)
+        return tuple(max(1, round(self.filters * self.width_growth**i)) for i in range(self.depth))
+
+    def pos_weight(self, n_negative: int, n_positive: int) -> float:
+        """The BCE ``pos_weight`` for the PNEUMONIA class."""
+        if self.class_weighting == "none":
+            return 1.0
+        if self.class_weighting == "balanced":
+            return n_negative / max(n_positive, 1)
+        return float(self.class_weighting)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (what checkpoints and ``model.json`` store)."""
+        out = asdict(self)
+        out["block_filters"] = list(self.block_filters)
+        return out
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> HParams:
+        """Build from a Tune ``config`` (or a params file), checking every key and value.
+
+        >>> HParams.from_config({"depth": 2, "filters_0": 8, "filters_1": 16}).widths
+        (8, 16)
+        """
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        blocks: dict[int, int] = {}
+        for key, value in config.items():
+            match = _BLOCK_KEY.match(key)
+            if match:
+                blocks[int(match.group(1))] = _coerce(key, "int", value)
+            elif key in known:
+                values[key] = _coerce(key, known[key].type, value)
+            else:
+                raise HParamsError(f"unknown hyperparameter {key!r}; known: {', '.join(sorted(known))}, filters_<i>")
+        if blocks:
+            depth = values.get("depth", cls.depth)
+            missing = [i for i in range(depth) if i not in blocks]
+            if missing:
+                raise HParamsError(f"filters_{missing[0]} is missing for depth={depth}")
+            values["block_filters"] = tuple(blocks[i] for i in range(depth))  # widths past depth are unused
+        return cls(**values)
+
+
+def _coerce(name: str, kind: str, value: Any) -> Any:
+    """Accept what YAML and Optuna produce (ints for floats, numpy scalars) but not nonsense.
+
+    ``kind`` is the field's annotation as a string (this module uses postponed annotations).
+    """
+    if hasattr(value, "item"):  # numpy scalar
+        value = value.item()
+    ok = True
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
+        value = int(value) if ok else value
+    elif kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    elif kind == "str | float":
+        ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        value = value if isinstance(value, str) or not ok else float(value)
+    elif kind.startswith("tuple"):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        value = tuple(value) if ok else value
+    if not ok:
+        raise HParamsError(f"{name}={value!r} has the wrong type (expected {kind})")
+    return value
