@@ -84,7 +84,7 @@ def write_export(checkpoint: str, target: Path, splits: pd.DataFrame, info: dict
         val_images, val_kept = load_images(val_rows, hp.image_size, cache_dir, splits)
         onnx_scores = probabilities(loaded, val_images)
         with torch.no_grad():
-            torch_scores = serving(torch.from_numpy(val_images[:, None])).numpy()
+            torch_scores = serving(torch.from_numpy(val_images[:, None].copy())).numpy()
         _check_scores(onnx_scores, torch_scores, "the PyTorch model")
         stored_scores = stored.set_index("content_hash").loc[val_kept["content_hash"], "score"].to_numpy()
         _check_scores(onnx_scores, stored_scores, "the validation scores stored in the checkpoint")

@@ -155,12 +155,17 @@ def role_datasets(cache: ImageCache, roles_frame: pd.DataFrame, roles: tuple[str
     for role in roles:
         rows = roles_frame.loc[roles_frame["role"] == role].drop_duplicates("content_hash")
         labels = dict(zip(rows["content_hash"], rows["label"].astype(int), strict=True))
-        dataset = ray.data.read_parquet(cache.data_path, columns=["content_hash", "image", "error"]).map_batches(
+        dataset = ray.data.read_parquet(cache.data_path).map_batches(
             _select, fn_kwargs={"labels": labels, "size": cache.image_size}, batch_format="numpy", batch_size=None
         )
         if role == "train":  # tensors only: the training loop converts every column to torch
             dataset = dataset.select_columns(["image", "label"])
-        out[role] = dataset.materialize()
+        dataset = dataset.materialize()
+        # Trials iterate these every epoch; per-epoch progress bars from every worker would bury
+        # the search's own progress lines.
+        dataset.context.enable_progress_bars = False
+        dataset.context.print_on_execution_start = False
+        out[role] = dataset
     return out
 
 

@@ -217,20 +217,29 @@ def _list_files(root: str) -> tuple[list[_File], dict[tuple[str, int], str], pd.
                 ignored.append({"path": storage.join(root, split_dir, class_dir), "split": split, "reason": "folder is not NORMAL/PNEUMONIA; ignored"})
                 continue
             folders[(split, label)] = storage.join(root, split_dir, class_dir)
-            selector = pafs.FileSelector(f"{inner}/{split_dir}/{class_dir}", recursive=True)
-            for info in fs.get_file_info(selector):
-                if info.type != pafs.FileType.File:
-                    continue
-                relative = PurePosixPath(info.path).relative_to(PurePosixPath(inner))
-                files.append(_File(
-                    path=storage.join(root, *relative.parts),
-                    split=split,
-                    label=label,
-                    size=int(info.size or 0),
-                    mtime_ns=int(info.mtime_ns or 0),
-                ))
+            for path, size, mtime_ns in _walk_files(storage.join(root, split_dir, class_dir)):
+                files.append(_File(path=path, split=split, label=label, size=size, mtime_ns=mtime_ns))
     files.sort(key=lambda f: f.path)
     return files, folders, pd.DataFrame(ignored, columns=SKIPPED_COLUMNS)
+
+
+def _walk_files(folder: str) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of every file under ``folder``, including dangling links locally."""
+    if storage.is_uri(folder):
+        fs, inner = storage.filesystem(folder)
+        scheme = folder.split("://", 1)[0]
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+        return [(f"{scheme}://{i.path}", int(i.size or 0), int(i.mtime_ns or 0)) for i in infos if i.type == pafs.FileType.File]
+    out = []
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                stat = os.stat(path)
+            except OSError:
+                stat = os.lstat(path)  # a dangling link is still listed, and reported unreadable
+            out.append((path, stat.st_size, stat.st_mtime_ns))
+    return out
 
 
 def _scan_fingerprint(root: str, files: list[_File]) -> str:

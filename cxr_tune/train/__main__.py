@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params", default=None, help="YAML file of hyperparameters (any HParams field; a model.json from an export works too); default: the HParams defaults")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one hyperparameter, e.g. --set epochs=3 (repeatable)")
     parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP when > 1) (default: 1)")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default: 1)")
+    parser.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per worker; also its torch threads (default: the cluster's CPUs divided among the workers)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker (default: CPU)")
     parser.add_argument("--storage", default="results", help="folder or URI for runs (default: results)")
     parser.add_argument("--name", default=None, help="run name; the run folder is STORAGE/NAME (default: train-<timestamp>)")
@@ -73,11 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
     storage_path = storage.resolve(args.storage)
     print(f"Data: {split.source.description}")
-    resources = Resources(args.workers, args.cpus_per_worker, 1.0 if args.use_gpu else 0.0)
-
     from cxr_tune.ray_session import ray_session
 
     with ray_session(args.address):
+        import ray
+
+        cpus = args.cpus_per_worker or max(1.0, float(int(ray.cluster_resources().get("CPU", 1) // args.workers)))
+        resources = Resources(args.workers, cpus, 1.0 if args.use_gpu else 0.0)
         datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
         trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name)
         result = trainer.fit()

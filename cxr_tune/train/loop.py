@@ -136,7 +136,11 @@ def _gather_scores(parts: tuple[np.ndarray, ...], world: int) -> tuple[np.ndarra
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config``: ``hparams`` (dict), ``class_counts`` ([n_normal, n_pneumonia])."""
+    """Ray Train entry point.
+
+    ``config``: ``hparams`` (dict), ``class_counts`` ([n_normal, n_pneumonia]), ``threads`` (torch
+    threads), and for fault-tolerance tests ``fail_at_epoch`` (raise once, in a run started fresh).
+    """
     import ray
     import ray.train
     import ray.train.torch
@@ -149,7 +153,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     seed_everything(hp.seed * 1000 + rank)
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
+    # One torch thread per reserved CPU, so concurrent trials do not fight over cores.
+    torch.set_num_threads(max(1, int(config.get("threads") or os.environ.get("OMP_NUM_THREADS") or 1)))
 
     net = build_model(hp)
     model = ray.train.torch.prepare_model(net)  # moves to device; DDP when world > 1
@@ -171,8 +176,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"] + 1, state["history"]
 
+    fail_at = config.get("fail_at_epoch")  # fault injection for tests: crash once, before this epoch
     for epoch in range(start_epoch, hp.epochs):
+        if fail_at is not None and epoch + 1 == fail_at and start_epoch == 0:
+            raise RuntimeError(f"injected failure before epoch {fail_at}")
         started = time.perf_counter()
+        # Reseed every epoch so that a run resumed at this epoch continues exactly as an
+        # uninterrupted one would (dropout draws from the global generator).
+        seed_everything(hp.seed * 1000 + epoch * 10 + rank)
         generator = torch.Generator(device=device).manual_seed(hp.seed * 100_003 + epoch * 101 + rank)
         batches = train_shard.iter_torch_batches(
             batch_size=hp.batch_size,

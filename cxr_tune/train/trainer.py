@@ -32,6 +32,7 @@ def make_trainer(
     name: str,
     callbacks: list[Any] | None = None,
     max_failures: int = 2,
+    loop_options: dict[str, Any] | None = None,
 ) -> Any:
     """A ``TorchTrainer`` that trains ``hp`` on ``datasets`` (``train`` sharded, ``val`` whole).
 
@@ -47,7 +48,12 @@ def make_trainer(
         per_worker["GPU"] = resources.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"hparams": hp.to_dict(), "class_counts": list(class_counts)},
+        train_loop_config={
+            "hparams": hp.to_dict(),
+            "class_counts": list(class_counts),
+            "threads": max(1, round(resources.cpus_per_worker)),
+            **(loop_options or {}),
+        },
         scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker),
         datasets={"train": datasets["train"], "val": datasets["val"]},
         dataset_config=DataConfig(datasets_to_split=["train"]),

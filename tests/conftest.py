@@ -1,0 +1,86 @@
+"""Shared fixtures: a private cache folder, small image folders, one Ray session per module."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Quiet, self-contained Ray for tests; set before anything imports Ray.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "chest_xray_224"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test uses its own cache folder, never the user's."""
+    cache = tmp_path_factory.mktemp("cxr_cache")
+    os.environ["CXR_TUNE_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(private_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small SYNTHETIC set (train + test) shared by the whole session."""
+    from cxr_tune.data.synthetic import synthesize
+
+    out = tmp_path_factory.mktemp("synthetic") / "chest_xray"
+    synthesize(str(out), n=300, seed=3)
+    return out
+
+
+def write_image(path: Path, *, mode: str = "L", size: tuple[int, int] = (40, 30), seed: int = 0, fmt: str | None = None) -> Path:
+    """A small random image in ``mode``; distinct seeds give distinct bytes."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 4096, size[::-1], dtype=np.uint16))
+    else:
+        image = Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8), "RGB").convert(mode)
+    image.save(path, format=fmt)
+    return path
+
+
+def kermany_folder(root: Path, layout: dict[str, dict[str, list[str]]], seed: int = 0) -> Path:
+    """``{split: {class: [file names]}}`` → real images at ``root/split/class/name``."""
+    for split, classes in layout.items():
+        for cls, names in classes.items():
+            for i, name in enumerate(names):
+                write_image(root / split / cls / name, seed=hash((seed, split, cls, i)) % 2**32)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray per test module (start-up costs seconds), set up as the CLIs set it up."""
+    import ray
+
+    from cxr_tune.ray_session import ray_session as project_ray_session
+
+    with project_ray_session(num_cpus=2):
+        yield ray
+
+
+def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m <args>`` as a user would; returns the finished process (never raises)."""
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})}, cwd=ROOT,
+    )
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,84 @@
+"""The Ray Data image cache: built once, reused without decoding, atomic, keyed by its inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cxr_tune.data.cache as cache_module
+from cxr_tune import storage
+from cxr_tune.data.cache import cache_path, find_cache, load_images, prepare_cache, role_datasets
+from cxr_tune.data.imaging import decode_gray
+from cxr_tune.data.sources import build_manifest
+from cxr_tune.data.splits import assign_roles
+
+
+@pytest.fixture(scope="module")
+def source(synthetic_root):
+    return build_manifest(str(synthetic_root))
+
+
+def test_build_then_reuse_without_decoding(ray_session, source, tmp_path, monkeypatch):
+    built = prepare_cache(source.manifest, 24, str(tmp_path))
+    assert not built.reused and built.n_images == source.manifest["content_hash"].nunique()
+    monkeypatch.setattr(cache_module, "decode_batch", lambda *a, **k: pytest.fail("decoded on a cache hit"))
+    again = prepare_cache(source.manifest, 24, str(tmp_path))
+    assert again.reused and again.path == built.path
+
+
+def test_key_changes_with_size_files_and_preprocessing(source, monkeypatch):
+    base = cache_path("/c", source.manifest, 24)
+    assert cache_path("/c", source.manifest, 32) != base
+    assert cache_path("/c", source.manifest.iloc[1:], 24) != base
+    monkeypatch.setattr(cache_module, "PREPROCESS_VERSION", 999)
+    assert cache_path("/c", source.manifest, 24) != base
+
+
+def test_an_interrupted_build_is_never_reused(ray_session, source, tmp_path):
+    # What a build killed before its commit leaves: the folder without meta.json, and a temp folder.
+    final = cache_path(str(tmp_path), source.manifest, 16)
+    storage.makedirs(storage.join(final, "data"))
+    storage.makedirs(storage.join(str(tmp_path), "images", ".building-dead"))
+    assert find_cache(str(tmp_path), source.manifest, 16) is None
+    cache = prepare_cache(source.manifest, 16, str(tmp_path))
+    assert not cache.reused and cache.n_images == source.manifest["content_hash"].nunique()
+
+
+def test_role_datasets_hold_each_distinct_image_once_with_its_label(ray_session, source, tmp_path):
+    roles = assign_roles(source.manifest)
+    cache = prepare_cache(source.manifest, 24, str(tmp_path))
+    datasets = role_datasets(cache, roles, ("train", "val"))
+    for role, dataset in datasets.items():
+        expected = roles[roles["role"] == role].drop_duplicates("content_hash")
+        rows = dataset.take_all()
+        assert len(rows) == len(expected)
+        assert sum(r["label"] for r in rows) == expected["label"].sum()
+        assert rows[0]["image"].shape == (24, 24) and rows[0]["image"].dtype == np.uint8
+    val = datasets["val"].take(1)[0]
+    path = roles.loc[roles["content_hash"] == val["content_hash"], "path"].iloc[0]
+    assert np.array_equal(val["image"], decode_gray(path, 24))  # the cache holds exactly decode_gray's pixels
+
+
+def test_a_file_that_breaks_after_the_scan_is_listed_not_fatal(ray_session, tmp_path, synthetic_root):
+    from tests.conftest import copy_tree
+
+    root = copy_tree(synthetic_root, tmp_path / "copy")
+    source = build_manifest(str(root))
+    victim = source.manifest["path"].iloc[0]
+    with open(victim, "r+b") as handle:  # same size and hash in the manifest, broken content on disk
+        handle.truncate(10)
+    cache = prepare_cache(source.manifest, 16, str(tmp_path / "cache"))
+    assert list(cache.failures["path"]) == [victim] and cache.failures["reason"].iloc[0]
+
+
+def test_load_images_reads_the_cache_or_decodes(ray_session, source, tmp_path):
+    rows = source.manifest.iloc[:5]
+    prepare_cache(source.manifest, 24, str(tmp_path / "a"))
+    from_cache, kept = load_images(rows, 24, str(tmp_path / "a"), source.manifest)
+    decoded, _ = load_images(rows, 24, str(tmp_path / "empty"), source.manifest)
+    assert np.array_equal(from_cache, decoded) and len(kept) == 5
+
+
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXR_TUNE_CACHE", str(tmp_path / "elsewhere"))
+    assert storage.default_cache_dir() == str(tmp_path / "elsewhere")

@@ -1,0 +1,116 @@
+"""Manifests from the Kermany layout: patients, groups of identical files, and every bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from cxr_tune.data.sources import build_manifest, patient_id
+from cxr_tune.errors import UserError
+from tests.conftest import kermany_folder, write_image
+
+GOOD = {
+    "train": {
+        "NORMAL": ["IM-0001-0001.jpeg", "IM-0001-0002.jpeg", "NORMAL2-IM-0002-0001.jpeg"],
+        "PNEUMONIA": ["person1_bacteria_1.jpeg", "person1_virus_2.jpeg", "person2_bacteria_3.jpeg"],
+    },
+    "test": {"NORMAL": ["IM-0100-0001.jpeg"], "PNEUMONIA": ["person100_virus_1.jpeg"]},
+}
+
+
+@pytest.mark.parametrize(("name", "patient"), [
+    ("person1000_bacteria_2931.jpeg", "person1000"),
+    ("person1_virus_7.jpeg", "person1"),
+    ("IM-0115-0001.jpeg", "IM-0115"),
+    ("NORMAL2-IM-0587-0001-0002.jpeg", "NORMAL2-IM-0587"),
+    ("IM-0023-0001-0002.jpeg", "IM-0023"),
+    ("scan_42.png", None),
+])
+def test_patient_ids_from_kermany_names(name, patient):
+    assert patient_id(name) == patient
+
+
+def test_manifest_columns_labels_and_patients(tmp_path):
+    source = build_manifest(str(kermany_folder(tmp_path / "chest_xray", GOOD)))
+    manifest = source.manifest
+    assert list(manifest.columns[:6]) == ["path", "label", "patient_id", "group_id", "split", "content_hash"]
+    assert len(manifest) == 8 and not source.synthetic and source.skipped.empty
+    train = manifest[manifest["split"] == "train"]
+    assert train.groupby("label").size().to_dict() == {0: 3, 1: 3}
+    assert train.groupby("patient_id").size().to_dict() == {"IM-0001": 2, "NORMAL2-IM-0002": 1, "person1": 2, "person2": 1}
+
+
+def test_identical_files_join_one_group_across_patient_ids(tmp_path):
+    root = kermany_folder(tmp_path / "chest_xray", GOOD)
+    copy = root / "train" / "PNEUMONIA" / "person77_bacteria_9.jpeg"
+    shutil.copy(root / "train" / "PNEUMONIA" / "person2_bacteria_3.jpeg", copy)
+    manifest = build_manifest(str(root)).manifest.set_index("path")
+    original = manifest.loc[str(root / "train" / "PNEUMONIA" / "person2_bacteria_3.jpeg")]
+    duplicate = manifest.loc[str(copy)]
+    assert duplicate["patient_id"] == "person77" and original["patient_id"] == "person2"
+    assert duplicate["group_id"] == original["group_id"] == "person2"
+    assert duplicate["content_hash"] == original["content_hash"]
+
+
+def test_bad_files_are_skipped_and_listed_with_a_reason(tmp_path):
+    root = kermany_folder(tmp_path / "chest_xray", GOOD)
+    normal = root / "train" / "NORMAL"
+    good = (normal / "IM-0001-0001.jpeg").read_bytes()
+    (normal / "IM-0009-0001.jpeg").write_bytes(good[: len(good) // 2])  # truncated
+    (normal / "IM-0010-0001.jpeg").write_bytes(b"")  # zero bytes
+    (normal / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (normal / "notes.txt").write_text("radiologist notes")
+    (normal / "IM-0011-0001.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # corrupt
+    os.symlink(tmp_path / "gone.jpeg", normal / "IM-0012-0001.jpeg")  # unreadable: dangling link
+    source = build_manifest(str(root))
+    reasons = {os.path.basename(p): r for p, r in zip(source.skipped["path"], source.skipped["reason"], strict=True)}
+    assert reasons["IM-0009-0001.jpeg"].startswith("truncated")
+    assert reasons["IM-0010-0001.jpeg"] == "empty file (0 bytes)"
+    assert reasons[".DS_Store"] == reasons["notes.txt"] == "not an image Pillow can read"
+    assert "IM-0011-0001.jpeg" in reasons
+    assert "FileNotFoundError" in reasons["IM-0012-0001.jpeg"] or "No such file" in reasons["IM-0012-0001.jpeg"]
+    assert len(source.manifest) == 8  # the good images are all still there
+
+
+def test_missing_path_is_a_one_line_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist; expected ROOT/"):
+        build_manifest(str(tmp_path / "nowhere"))
+
+
+def test_layout_without_class_folders_is_an_error(tmp_path):
+    (tmp_path / "data" / "train" / "cats").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"has no NORMAL or PNEUMONIA folder"):
+        build_manifest(str(tmp_path / "data"))
+    (tmp_path / "flat" / "NORMAL").mkdir(parents=True)
+    with pytest.raises(UserError, match="single split"):
+        build_manifest(str(tmp_path / "flat"))
+
+
+def test_class_with_no_readable_image_is_an_error(tmp_path):
+    root = kermany_folder(tmp_path / "chest_xray", {"train": {"NORMAL": ["IM-0001-0001.jpeg"], "PNEUMONIA": []}})
+    (root / "train" / "PNEUMONIA").mkdir(parents=True, exist_ok=True)
+    (root / "train" / "PNEUMONIA" / "person1_bacteria_1.jpeg").write_bytes(b"")
+    with pytest.raises(UserError, match=r"PNEUMONIA' has no readable image \(1 file\(s\) skipped.*empty file"):
+        build_manifest(str(root))
+
+
+def test_nested_download_folders_are_found(tmp_path):
+    kermany_folder(tmp_path / "download" / "chest_xray" / "chest_xray", GOOD)
+    source = build_manifest(str(tmp_path / "download"))
+    assert source.root.endswith(os.path.join("chest_xray", "chest_xray")) and len(source.manifest) == 8
+
+
+def test_manifest_is_cached_until_a_file_changes(tmp_path, monkeypatch):
+    import cxr_tune.data.sources as sources
+
+    root = kermany_folder(tmp_path / "chest_xray", GOOD)
+    first = build_manifest(str(root), str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(sources, "_inspect_file", lambda f: calls.append(f) or pytest.fail("re-read an unchanged folder"))
+    again = build_manifest(str(root), str(tmp_path / "cache"))
+    assert again.manifest.equals(first.manifest) and not calls
+    monkeypatch.undo()
+    write_image(root / "train" / "NORMAL" / "IM-0003-0001.jpeg", seed=99)
+    assert len(build_manifest(str(root), str(tmp_path / "cache")).manifest) == 9

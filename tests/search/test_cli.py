@@ -1,0 +1,63 @@
+"""``python -m cxr_tune.search`` flags: every bad one stops with one line, before Ray starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from cxr_tune.errors import UserError
+from cxr_tune.search.__main__ import main
+from cxr_tune.search.runner import SearchOptions, plan_search
+from cxr_tune.search.space import load_space
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--trials", "0"], "--trials 0 must be at least 1"),
+    (["--max-epochs", "0"], "--max-epochs 0 must be at least 1"),
+    (["--space", "wide", "--max-epochs", "1"], "less than the space's ASHA grace_period 2"),
+    (["--time-budget", "-5"], "--time-budget -5.0 must be positive"),
+    (["--min-sensitivity", "1.5"], "--min-sensitivity 1.5 must be between 0 and 1"),
+    (["--workers-per-trial", "0"], "--workers-per-trial 0 must be at least 1"),
+    (["--cpus-per-worker", "0"], "--cpus-per-worker 0.0 must be positive"),
+    (["--gpus-per-worker", "-1"], "must not be negative"),
+    (["--concurrency", "0"], "--concurrency 0 must be at least 1"),
+    (["--space", "nope"], "no search space named 'nope'"),
+    (["--name", "a/b"], "must be a plain folder name"),
+    (["--resume"], "--resume needs --name"),
+    (["--resume", "--name", "never-ran"], "is not a cxr_tune experiment"),
+    (["--data", "/no/such/folder"], "does not exist"),
+    (["--val-fraction", "0"], "--val-fraction 0.0 must be between 0 and 0.9"),
+])
+def test_bad_flags_are_user_errors(tmp_path, flags, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        main(["--space", "smoke", "--storage", str(tmp_path), "--synthetic-n", "60", *flags])
+
+
+def test_an_existing_experiment_is_not_overwritten(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "experiment.json").write_text("{}")
+    with pytest.raises(UserError, match="already exists; pass --resume"):
+        main(["--space", "smoke", "--storage", str(tmp_path), "--name", "taken", "--synthetic-n", "60"])
+
+
+def test_one_line_exit_status_2_and_no_ray(tmp_path):
+    done = run_cli("cxr_tune.search", "--space", str(tmp_path / "missing.yaml"), "--storage", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: search space file '{tmp_path / 'missing.yaml'}' does not exist"]
+    unknown = run_cli("cxr_tune.search", "--select", "accuracy")
+    assert unknown.returncode == 2 and "invalid choice: 'accuracy'" in unknown.stderr
+
+
+def test_defaults_use_the_machine_well_and_impossible_resources_are_refused():
+    space = load_space("smoke")
+    cpu = plan_search(SearchOptions(space="smoke", trials=8), space, {"CPU": 2})
+    assert cpu.concurrency == 2 and cpu.resources.workers == 1 and not cpu.resources.use_gpu
+    assert cpu.concurrency * (cpu.resources.cpus_per_worker + 0.01) <= 2
+    big = plan_search(SearchOptions(space="smoke", trials=20), space, {"CPU": 16})
+    assert big.concurrency == 8 and big.resources.cpus_per_worker >= 1.9
+    gpu = plan_search(SearchOptions(space="smoke", trials=8), space, {"CPU": 16, "GPU": 4})
+    assert gpu.resources.use_gpu and gpu.concurrency == 4
+    with pytest.raises(UserError, match="GPU"):
+        plan_search(SearchOptions(space="smoke", gpus_per_worker=1), space, {"CPU": 2})
+    with pytest.raises(UserError, match="one trial needs 2 x 4 CPUs"):
+        plan_search(SearchOptions(space="smoke", workers_per_trial=2, cpus_per_worker=4), space, {"CPU": 2})

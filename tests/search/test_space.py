@@ -1,0 +1,100 @@
+"""Search-space files: the shipped ones work, conditional sampling works, bad files fail clearly."""
+
+from __future__ import annotations
+
+import textwrap
+
+import optuna
+import pytest
+
+from cxr_tune.errors import UserError
+from cxr_tune.search.space import load_space
+from cxr_tune.search.trial import TrialSettings, trial_hparams
+from cxr_tune.train.model import build_model
+from cxr_tune.train.trainer import Resources
+
+SETTINGS = TrialSettings(max_epochs=3, criterion="balanced_accuracy", min_sensitivity=0.0, seed=0, resources=Resources(), train_storage="/tmp")
+
+
+def sample(space, n: int = 25) -> list[dict]:
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, multivariate=True, group=True, n_startup_trials=5))
+    configs = []
+    for _ in range(n):
+        trial = study.ask()
+        constants = space.sample(trial)
+        configs.append({**trial.params, **constants})
+        study.tell(trial, 0.5)
+    return configs
+
+
+@pytest.mark.parametrize("name", ["wide", "narrow", "smoke", "real"])
+def test_shipped_spaces_sample_valid_buildable_models(name):
+    space = load_space(name)
+    for config in sample(space):
+        hp = trial_hparams(config, SETTINGS)
+        build_model(hp)
+        if any(p.per_block for p in space.params):
+            assert len(hp.block_filters) == hp.depth  # one width per sampled block, none beyond
+
+
+def write(tmp_path, body: str):
+    path = tmp_path / "space.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_when_samples_a_parameter_only_under_its_condition(tmp_path):
+    space = load_space(str(write(tmp_path, """
+        params:
+          optimizer: {type: categorical, choices: [adamw, sgd]}
+          momentum: {type: float, low: 0.8, high: 0.99, when: {optimizer: sgd}}
+        """)))
+    configs = sample(space, 20)
+    assert all(("momentum" in c) == (c["optimizer"] == "sgd") for c in configs)
+    assert {c["optimizer"] for c in configs} == {"adamw", "sgd"}
+
+
+def test_fixed_values_reach_every_trial(tmp_path):
+    space = load_space(str(write(tmp_path, """
+        fixed: {image_size: 48, dropout: 0.25}
+        params:
+          lr: {type: logfloat, low: 1.0e-4, high: 1.0e-2}
+        """)))
+    assert all(c["image_size"] == 48 and c["dropout"] == 0.25 for c in sample(space, 5))
+
+
+@pytest.mark.parametrize(("body", "key", "problem"), [
+    ("params:\n  lr: {type: logfloat, low: 1.0e-4, high: 1.0e-2\n", "YAML syntax error", "line"),
+    ("paramz: {}\n", "paramz", "unknown section"),
+    ("params:\n  lr: {type: logfloat, low: 1.0e-4, high: 1.0e-2, scale: 2}\n", "params.lr.scale", "unknown key"),
+    ("params:\n  learning_rate: {type: float, low: 0.1, high: 0.2}\n", "params.learning_rate", "unknown hyperparameter"),
+    ("params:\n  dropout: {type: float, low: 0.5, high: 0.1}\n", "params.dropout", "low 0.5 > high 0.1"),
+    ("params:\n  dropout: {type: beta, low: 0.1, high: 0.5}\n", "params.dropout.type", "unknown type 'beta'"),
+    ("params:\n  batch_size: {type: categorical, choices: []}\n", "params.batch_size.choices", "non-empty list"),
+    ("params:\n  lr: {type: logfloat, low: 0.0, high: 0.1}\n", "params.lr.low", "must be > 0 on a log scale"),
+    ("params:\n  dropout: {type: float, low: 0.1, high: 1.5}\n", "params.dropout", "out of range"),
+    ("fixed: {image_size: 32}\nparams:\n  depth: {type: int, low: 2, high: 7}\n", "params.depth", "below 1x1"),
+    ("params:\n  filters: {type: int, low: 4, high: 8, per_block: depth}\n", "params.filters.per_block", "must be an int parameter listed before"),
+    ("params:\n  depth: {type: int, low: 2, high: 3}\n  dropout: {type: float, low: 0, high: 0.2, per_block: depth}\n", "params.dropout.per_block", "only filters"),
+    ("params:\n  momentum: {type: float, low: 0.8, high: 0.9, when: {optimizer: sgd}}\n", "params.momentum.when.optimizer", "listed before"),
+    ("fixed: {optimizer: adam9}\n", "fixed", "optimizer='adam9'"),
+    ("fixed: {colour: red}\n", "fixed.colour", "unknown hyperparameter"),
+    ("search: {trials: 0}\n", "search.trials", "whole number >= 1"),
+    ("search: {patience: 3}\n", "search.patience", "unknown setting"),
+    ("search: {max_epochs: 3, grace_period: 5}\n", "search.grace_period", "more than max_epochs"),
+    ("params:\n  epochs: {type: int, low: 1, high: 9}\n", "params.epochs", "set by the search itself"),
+    ("- just\n- a list\n", "must be a mapping", "list"),
+    ("", "empty", "empty"),
+])
+def test_a_bad_space_file_names_the_file_the_key_and_the_problem(tmp_path, body, key, problem):
+    path = write(tmp_path, body)
+    with pytest.raises(UserError) as caught:
+        load_space(str(path))
+    message = str(caught.value)
+    assert str(path) in message and key in message and problem in message
+    assert "\n" not in message
+
+
+def test_an_unknown_space_name_lists_the_known_ones():
+    with pytest.raises(UserError, match="no search space named 'huge'.*known: .*smoke.*wide"):
+        load_space("huge")

@@ -1,0 +1,41 @@
+"""Hyperparameters: one typed place, defaults, and clear errors for bad configs."""
+
+from __future__ import annotations
+
+import pytest
+
+from cxr_tune.train.hparams import HParams, HParamsError
+
+
+def test_defaults_are_valid_and_round_trip():
+    hp = HParams()
+    assert HParams.from_config(hp.to_dict()) == hp
+
+
+def test_per_block_widths_follow_the_sampled_depth():
+    hp = HParams.from_config({"depth": 3, "filters_0": 8, "filters_1": 16, "filters_2": 24, "filters_3": 99})
+    assert hp.widths == (8, 16, 24)  # filters_3 is beyond depth: ignored
+    assert HParams(depth=3, filters=8, width_growth=2.0).widths == (8, 16, 32)
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"bogus": 1}, "unknown hyperparameter 'bogus'"),
+    ({"dropout": 1.5}, "dropout=1.5 is out of range"),
+    ({"depth": 0}, "depth=0 is out of range"),
+    ({"lr": "fast"}, "lr='fast' has the wrong type"),
+    ({"depth": 2.5}, "wrong type"),
+    ({"optimizer": "adam9"}, "optimizer='adam9' is not one of"),
+    ({"class_weighting": "sometimes"}, "class_weighting='sometimes'"),
+    ({"class_weighting": -1.0}, "must be a positive number"),
+    ({"kernel_size": 4}, "must be odd"),
+    ({"depth": 3, "filters_0": 8}, "filters_1 is missing"),
+    ({"hflip": "yes"}, "wrong type"),
+])
+def test_bad_configs_are_rejected_with_the_reason(config, message):
+    with pytest.raises(HParamsError, match=message):
+        HParams.from_config(config)
+
+
+@pytest.mark.parametrize(("weighting", "expected"), [("none", 1.0), ("balanced", 0.25), (3.0, 3.0)])
+def test_class_weighting_sets_pos_weight(weighting, expected):
+    assert HParams(class_weighting=weighting).pos_weight(n_negative=100, n_positive=400) == expected
