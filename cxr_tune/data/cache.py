@@ -91,7 +91,10 @@ def prepare_cache(manifest: pd.DataFrame, image_size: int, cache_dir: str) -> Im
     tmp = storage.join(cache_dir, "images", f".building-{uuid.uuid4().hex[:12]}")
     unique = manifest.drop_duplicates("content_hash")[["content_hash", "path"]].reset_index(drop=True)
     try:
-        blocks = max(1, min(len(unique) // 100, 64))
+        # Few, large blocks: each Ray task costs real time on small machines, so two tasks per CPU
+        # keep every core busy without paying for dozens of them.
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        blocks = max(1, min(2 * cpus, len(unique) // 50))
         chunks = [unique.iloc[i::blocks].reset_index(drop=True) for i in range(blocks)]
         (
             ray.data.from_pandas(chunks)

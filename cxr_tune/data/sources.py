@@ -24,9 +24,6 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from tqdm.auto import tqdm
 
 from cxr_tune import storage
 from cxr_tune.data.imaging import describe_failure, probe
@@ -166,6 +163,9 @@ def add_groups(manifest: pd.DataFrame) -> pd.DataFrame:
 
     The group is named after the smallest patient id in it, so it stays stable across runs.
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     frame = manifest.copy()
     if frame.empty:
         frame["group_id"] = pd.Series(dtype=str)
@@ -271,6 +271,8 @@ def _inspect_file(file: _File) -> dict:
 
 
 def _scan(files: list[_File], *, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from tqdm.auto import tqdm
+
     with ThreadPoolExecutor(max_workers=8) as pool:
         rows = list(tqdm(
             pool.map(_inspect_file, files),

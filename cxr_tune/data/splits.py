@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
-
 from cxr_tune.errors import UserError
 
 ROLES = ("train", "val", "test", "unused", "excluded")
@@ -78,6 +76,8 @@ def assign_roles(
 
 def group_kfold(frame: pd.DataFrame, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """``k`` (train, val) index pairs over ``frame`` rows, stratified by label, grouped by patient."""
+    from sklearn.model_selection import StratifiedGroupKFold  # heavy import; only k-fold needs it
+
     folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     return list(folds.split(np.zeros(len(frame)), frame["label"].to_numpy(), frame["group_id"].to_numpy()))
 

@@ -1,0 +1,46 @@
+"""``python -m cxr_tune.bench {data,train,search,scaling}``: measurements for results/benchmarks/."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from cxr_tune.errors import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cxr_tune.bench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    data = commands.add_parser("data", help="Ray Data cache build vs a plain Pillow loop, and a cache hit")
+    data.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
+    data.add_argument("--image-size", type=int, default=128, help="image size (default: 128)")
+    train = commands.add_parser("train", help="training images/s through Ray Data + Ray Train vs a bare PyTorch loop")
+    train.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
+    train.add_argument("--image-size", type=int, default=128, help="image size (default: 128)")
+    train.add_argument("--epochs", type=int, default=2, help="epochs over the training split per path (default: 2)")
+    search = commands.add_parser("search", help="TPE + ASHA vs random search without early stopping, same trials")
+    search.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
+    search.add_argument("--trials", type=int, default=12, help="trials per search (default: 12)")
+    search.add_argument("--storage", default="results/benchmarks/search_runs", help="where the two experiments go")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "data":
+        from cxr_tune.bench.data import run
+
+        run(args.data, args.image_size)
+    elif args.command == "train":
+        from cxr_tune.bench.train import run
+
+        run(args.data, args.image_size, args.epochs)
+    elif args.command == "search":
+        from cxr_tune.bench.search import run
+
+        run(args.data, args.trials, args.storage)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,54 @@
+"""What every benchmark shares: where the real data is, the machine it ran on, how results are written."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cxr_tune.errors import UserError
+
+PROJECT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "chest_xray_224"
+RESULTS = PROJECT / "results" / "benchmarks"
+
+
+def real_data(path: str | None) -> str:
+    data = Path(path) if path else DEFAULT_DATA
+    if not data.exists():
+        raise UserError(f"benchmark data '{data}' does not exist; pass --data with the Kermany chest_xray folder")
+    return str(data)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    import ray
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def write_result(name: str, title: str, summary: list[str], details: dict[str, Any]) -> Path:
+    """``results/benchmarks/<name>.md`` (for people) and ``.json`` (for tools), with the command."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = "python -m cxr_tune.bench " + " ".join(sys.argv[1:])
+    record = {"benchmark": name, "command": command, "measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), **details}
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
+    lines = [f"# {title}", "", f"Command: `{command}`  ", f"Measured: {record['measured_at']} on {record['machine']['cpus']} CPU(s)"
+             + (f", GPU {record['machine']['gpu']}" if record["machine"]["gpu"] else ", no GPU")
+             + f"; torch {record['machine']['torch']}, Ray {record['machine']['ray']}", "", *summary, ""]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines))
+    print("\n".join(summary))
+    print(f"\nWritten: {RESULTS / f'{name}.md'}")
+    return RESULTS / f"{name}.md"
