@@ -33,7 +33,11 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         return
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    quiet = {"logging_level": logging.WARNING, "runtime_env": {"env_vars": {k: os.environ[k] for k in _QUIET_ENV}}}
+    workers_env = {k: os.environ[k] for k in _QUIET_ENV}
+    # Inside trials Ray Data only iterates materialized blocks; its one warning there is that the
+    # (deliberately) disabled progress bars are disabled, once per worker process.
+    workers_env["RAY_DATA_LOG_LEVEL"] = "ERROR"
+    quiet = {"logging_level": logging.WARNING, "runtime_env": {"env_vars": workers_env}}
     if address:
         ray.init(address=address, **quiet)
     else:

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per worker (default: an equal share of the cluster's CPUs per running trial)")
     parser.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (default: 1 when the cluster has GPUs, else 0)")
     parser.add_argument("--concurrency", type=int, default=None, help="trials running at once (default: #GPUs, or #CPUs up to 8)")
+    parser.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler: seeded multivariate TPE, or random search as a baseline (default: tpe)")
+    parser.add_argument("--no-early-stopping", action="store_true", help="run every trial to --max-epochs instead of letting ASHA stop poor ones")
     parser.add_argument("--no-export", action="store_true", help="skip exporting the selected trial to NAME/best")
     add_data_arguments(parser)
     return parser
@@ -68,7 +70,8 @@ def options_from_args(args: argparse.Namespace) -> "SearchOptions":  # noqa: F82
         space=str(args.space), name=name, storage=args.storage, trials=args.trials, max_epochs=args.max_epochs,
         time_budget_min=args.time_budget, seed=args.seed, select=args.select, min_sensitivity=args.min_sensitivity,
         address=args.address, workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-        gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency, data=data,
+        gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency, sampler=args.sampler,
+        early_stopping=not args.no_early_stopping, data=data,
     )
 
 

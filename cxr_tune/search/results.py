@@ -21,6 +21,7 @@ METRICS = [
     "objective", "val_auc", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "val_youden",
     "val_gmean", "val_min_sens_spec", "val_threshold", "val_loss", "val_brier", "val_accuracy",
     "val_sensitivity_at_0.5", "val_specificity_at_0.5", "train_loss", "train_images_per_s",
+    "worker_nodes", "worker_images",
 ]
 ID_COLUMNS = ["trial_id", "status", "stop_reason", "epochs", "best_epoch", "run_seconds"]
 

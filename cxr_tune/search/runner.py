@@ -46,6 +46,8 @@ class SearchOptions:
     cpus_per_worker: float | None = None
     gpus_per_worker: float | None = None
     concurrency: int | None = None
+    sampler: str = "tpe"  # or "random": the baseline TPE is measured against
+    early_stopping: bool = True  # ASHA; off runs every trial to max_epochs
     data: DataOptions = field(default_factory=DataOptions)
 
     @property
@@ -124,7 +126,9 @@ def run_search(options: SearchOptions, *, resume: bool = False) -> tuple[str, st
             f"Search '{space.name}': {plan.trials} trials, up to {plan.max_epochs} epochs each, "
             f"{plan.concurrency} at a time, {plan.resources.workers} worker(s) x {plan.resources.cpus_per_worker:g} CPU"
             + (f" + {plan.resources.gpus_per_worker:g} GPU" if plan.resources.use_gpu else "")
-            + f" per trial; selecting on {options.select}"
+            + f" per trial; {'TPE' if options.sampler == 'tpe' else 'random'} sampling, "
+            + ("ASHA early stopping" if options.early_stopping else "no early stopping")
+            + f"; selecting on {options.select}"
             + (f" with sensitivity >= {options.min_sensitivity:g}" if options.min_sensitivity else ""),
             flush=True,
         )
@@ -211,7 +215,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
     import optuna
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from cxr_tune.search.progress import ProgressPrinter
@@ -232,7 +236,9 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         name=options.name,
         storage_path=storage.resolve(options.storage),
         callbacks=[JsonLoggerCallback(), ProgressPrinter(plan.trials, plan.max_epochs, options.select)],
-        failure_config=tune.FailureConfig(max_failures=0),  # Train already retries worker failures
+        # Train restarts a trial's workers from its last checkpoint when they fail; this covers the
+        # trial's own driver dying with its node (it then resumes from the same Train checkpoints).
+        failure_config=tune.FailureConfig(max_failures=2),
         verbose=0,
     )
     if resume:
@@ -240,13 +246,16 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
 
     db = Path(study_path(options))
     db.parent.mkdir(parents=True, exist_ok=True)
-    sampler = optuna.samplers.TPESampler(
-        seed=options.seed,
-        multivariate=True,
-        group=True,  # conditional parameters (per-block widths) get their own joint model
-        constant_liar=True,  # parallel trials do not all pick the same promising point
-        n_startup_trials=min(plan.space.settings.startup_trials, plan.trials),
-    )
+    if options.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=options.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(
+            seed=options.seed,
+            multivariate=True,
+            group=True,  # conditional parameters (per-block widths) get their own joint model
+            constant_liar=True,  # parallel trials do not all pick the same promising point
+            n_startup_trials=min(plan.space.settings.startup_trials, plan.trials),
+        )
     searcher = OptunaSearch(
         space=SpaceSampler(plan.space),
         metric="objective",
@@ -258,11 +267,11 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
     scheduler = ASHAScheduler(
         metric="objective",
         mode="max",
-        time_attr="training_iteration",
+        time_attr="epoch",  # our own epoch count: it survives restarts, Tune's iteration counter does not
         max_t=plan.max_epochs,
         grace_period=plan.space.settings.grace_period,
         reduction_factor=plan.space.settings.reduction_factor,
-    )
+    ) if options.early_stopping else FIFOScheduler()
     tune_config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=scheduler,

@@ -206,6 +206,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "lr": optimizer.param_groups[0]["lr"],
             "objective": metrics["val_objective"],
             "world_size": world,
+            "start_epoch": start_epoch,  # > 0 when this run resumed from a checkpoint
             # Where each rank ran and how many training images its shard gave it this epoch.
             "worker_nodes": ",".join(node for node, _ in workers),
             "worker_images": ",".join(str(n) for _, n in workers),
