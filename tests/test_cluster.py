@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, run_cli
-from tests.local_cluster import LocalCluster, start_cluster
+from cxr_tune.bench.local_cluster import LocalCluster, start_cluster
 
 CLUSTER_YAML = ROOT / "cluster.yaml"
 
@@ -60,8 +60,7 @@ def test_a_broken_cluster_yaml_is_rejected(break_it):
         _validate(config)
 
 
-@pytest.fixture(scope="module")
-def cluster() -> LocalCluster:
+def _cluster() -> LocalCluster:
     # A short folder: Ray's Unix socket paths inside it must stay under 108 bytes.
     folder = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))
     started = start_cluster(folder, workers=2, cpus=1, head_cpus=0)
@@ -70,6 +69,11 @@ def cluster() -> LocalCluster:
     finally:
         started.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# Each test gets a cluster of its own: a fault a test injects (a dead node, a killed driver) must
+# not leave state behind for the next one, and a healthy test must not hide what the fault left.
+cluster = pytest.fixture(_cluster)
 
 
 def results_of(experiment: Path) -> dict[str, list[dict]]:

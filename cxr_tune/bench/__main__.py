@@ -1,4 +1,4 @@
-"""``python -m cxr_tune.bench {data,train,search,scaling}``: measurements for results/benchmarks/."""
+"""``python -m cxr_tune.bench {data,train,search,ablation}``: measurements for results/."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
     search.add_argument("--trials", type=int, default=12, help="trials per search (default: 12)")
     search.add_argument("--storage", default="results/benchmarks/search_runs", help="where the two experiments go")
+    commands.add_parser("scaling", help="search throughput on a local cluster of 1 vs 2 worker nodes")
+    ablation = commands.add_parser("ablation", help="real-data recipe: ensemble and threshold rule post hoc, and one-change retrains")
+    ablation.add_argument("experiment", help="a finished real-data experiment folder")
+    ablation.add_argument("--vary", nargs="*", default=[], metavar="KEY=VALUE", help="one-change variants of the selected configuration to retrain")
+    ablation.add_argument("--epochs", type=int, default=10, help="epochs per retrained run (default: 10)")
+    ablation.add_argument("--ensemble", type=int, default=3, help="trials in the averaging ensemble (default: 3)")
     return parser
 
 
@@ -39,6 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cxr_tune.bench.search import run
 
         run(args.data, args.trials, args.storage)
+    elif args.command == "scaling":
+        from cxr_tune.bench.scaling import run
+
+        run()
+    elif args.command == "ablation":
+        from cxr_tune.bench.ablation import run
+
+        run(args.experiment, args.vary, args.epochs, args.ensemble)
     return 0
 
 

@@ -39,16 +39,16 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_result(name: str, title: str, summary: list[str], details: dict[str, Any]) -> Path:
-    """``results/benchmarks/<name>.md`` (for people) and ``.json`` (for tools), with the command."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_result(name: str, title: str, summary: list[str], details: dict[str, Any], folder: Path = RESULTS) -> Path:
+    """``<folder>/<name>.md`` (for people) and ``.json`` (for tools), with the command."""
+    folder.mkdir(parents=True, exist_ok=True)
     command = "python -m cxr_tune.bench " + " ".join(sys.argv[1:])
     record = {"benchmark": name, "command": command, "measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), **details}
-    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
+    (folder / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
     lines = [f"# {title}", "", f"Command: `{command}`  ", f"Measured: {record['measured_at']} on {record['machine']['cpus']} CPU(s)"
              + (f", GPU {record['machine']['gpu']}" if record["machine"]["gpu"] else ", no GPU")
              + f"; torch {record['machine']['torch']}, Ray {record['machine']['ray']}", "", *summary, ""]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines))
+    (folder / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(summary))
-    print(f"\nWritten: {RESULTS / f'{name}.md'}")
-    return RESULTS / f"{name}.md"
+    print(f"\nWritten: {folder / f'{name}.md'}")
+    return folder / f"{name}.md"

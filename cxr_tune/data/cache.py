@@ -145,24 +145,33 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> pa.Table:
     })
 
 
+# CPUs asked by the tasks that select a role's rows from the cache (see role_datasets).
+REBUILD_CPUS = 0.05
+
+
 def role_datasets(cache: ImageCache, roles_frame: pd.DataFrame, roles: tuple[str, ...] = ("train", "val")) -> dict:
     """One materialized Ray Dataset per role: ``image`` (uint8 HxW), ``label`` and, except for
     ``train``, ``content_hash``. Each distinct image appears once per role.
 
     Materialized here, once, so that trials iterate blocks already in the object store and never
-    need a Ray Data task (and a free CPU) of their own.
+    need a Ray Data task of their own. The tasks ask for only a sliver of a CPU: when a node dies,
+    Ray rebuilds the blocks it held by re-running them while the trials' workers hold nearly every
+    CPU, and a task that waited for a whole free CPU would wait forever.
     """
+    import ray
     import ray.data
 
     out = {}
+    parallel = max(1, int(ray.cluster_resources().get("CPU", 1)))
     for role in roles:
         rows = roles_frame.loc[roles_frame["role"] == role].drop_duplicates("content_hash")
         labels = dict(zip(rows["content_hash"], rows["label"].astype(int), strict=True))
-        dataset = ray.data.read_parquet(cache.data_path).map_batches(
-            _select, fn_kwargs={"labels": labels, "size": cache.image_size}, batch_format="numpy", batch_size=None
+        dataset = ray.data.read_parquet(cache.data_path, num_cpus=REBUILD_CPUS, concurrency=parallel).map_batches(
+            # Train gets tensors only: the training loop converts every column to torch. (Selected
+            # here, not by a separate select_columns task that would need a whole CPU to rebuild.)
+            _select, fn_kwargs={"labels": labels, "size": cache.image_size, "with_hash": role != "train"},
+            batch_format="numpy", batch_size=None, num_cpus=REBUILD_CPUS, compute=ray.data.TaskPoolStrategy(size=parallel),
         )
-        if role == "train":  # tensors only: the training loop converts every column to torch
-            dataset = dataset.select_columns(["image", "label"])
         dataset = dataset.materialize()
         # Trials iterate these every epoch; per-epoch progress bars from every worker would bury
         # the search's own progress lines.
@@ -172,16 +181,15 @@ def role_datasets(cache: ImageCache, roles_frame: pd.DataFrame, roles: tuple[str
     return out
 
 
-def _select(batch: dict[str, np.ndarray], labels: dict[str, int], size: int) -> dict[str, np.ndarray]:
+def _select(batch: dict[str, np.ndarray], labels: dict[str, int], size: int, with_hash: bool) -> dict[str, np.ndarray]:
     hashes = batch["content_hash"].astype(str)
     keep = np.array([h in labels for h in hashes], dtype=bool) & (batch["error"].astype(str) == "")
     raw = [batch["image"][i] for i in np.flatnonzero(keep)]
     images = np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(len(raw), size, size)
-    return {
-        "image": images,
-        "label": np.array([labels[h] for h in hashes[keep]], dtype=np.float32),
-        "content_hash": hashes[keep],
-    }
+    out = {"image": images, "label": np.array([labels[h] for h in hashes[keep]], dtype=np.float32)}
+    if with_hash:
+        out["content_hash"] = hashes[keep]
+    return out
 
 
 def load_images(rows: pd.DataFrame, image_size: int, cache_dir: str, manifest: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-budget", type=float, default=None, metavar="MINUTES", help="stop starting/running trials after this many minutes (default: no limit)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler and of every trial's initialization (default: 0)")
     parser.add_argument("--select", choices=sorted(CRITERIA), default="balanced_accuracy", help="balance of sensitivity and specificity that picks the threshold and the best trial (default: balanced_accuracy)")
+    parser.add_argument("--select-tolerance", type=float, default=0.005, help="trials within this much of the best --select value count as tied and go by lowest validation log loss (default: 0.005)")
     parser.add_argument("--min-sensitivity", type=float, default=0.0, help="only thresholds with validation sensitivity >= this compete, e.g. 0.95 for screening (default: 0, no floor)")
     parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' for the running one; default: start Ray on this machine)")
     parser.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers per trial, DDP when > 1 (default: 1)")
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=None, help="trials running at once (default: #GPUs, or #CPUs up to 8)")
     parser.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler: seeded multivariate TPE, or random search as a baseline (default: tpe)")
     parser.add_argument("--no-early-stopping", action="store_true", help="run every trial to --max-epochs instead of letting ASHA stop poor ones")
+    parser.add_argument("--report-only", action="store_true", help="with --name: rewrite the trial table, report and best/ of an existing experiment; run nothing")
     parser.add_argument("--no-export", action="store_true", help="skip exporting the selected trial to NAME/best")
     add_data_arguments(parser)
     return parser
@@ -57,6 +59,8 @@ def options_from_args(args: argparse.Namespace) -> "SearchOptions":  # noqa: F82
             raise UserError(f"{flag} {value} must be positive")
     if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
         raise UserError(f"--gpus-per-worker {args.gpus_per_worker} must not be negative")
+    if not 0.0 <= args.select_tolerance <= 0.2:
+        raise UserError(f"--select-tolerance {args.select_tolerance} must be between 0 and 0.2")
     if not 0.0 <= args.min_sensitivity <= 1.0:
         raise UserError(f"--min-sensitivity {args.min_sensitivity} must be between 0 and 1")
     space = load_space(args.space)  # a bad file stops here, before Ray starts
@@ -68,7 +72,8 @@ def options_from_args(args: argparse.Namespace) -> "SearchOptions":  # noqa: F82
     data = DataOptions(args.data, args.cache_dir, args.val_fraction, args.split_seed, args.use_official_val, args.synthetic_n)
     return SearchOptions(
         space=str(args.space), name=name, storage=args.storage, trials=args.trials, max_epochs=args.max_epochs,
-        time_budget_min=args.time_budget, seed=args.seed, select=args.select, min_sensitivity=args.min_sensitivity,
+        time_budget_min=args.time_budget, seed=args.seed, select=args.select, select_tolerance=args.select_tolerance,
+        min_sensitivity=args.min_sensitivity,
         address=args.address, workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency, sampler=args.sampler,
         early_stopping=not args.no_early_stopping, data=data,
@@ -80,6 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxr_tune.search.runner import can_resume, load_options, run_search
 
     args = build_parser().parse_args(argv)
+    if args.report_only:
+        if not args.name:
+            raise UserError("--report-only needs --name of the experiment")
+        experiment = storage.join(storage.resolve(args.storage), args.name)
+        load_options(experiment)  # one-line error when it is not an experiment
+        finish_experiment(experiment, export=not args.no_export)
+        return 0
     if args.resume:
         if not args.name:
             raise UserError("--resume needs --name of the experiment to continue")

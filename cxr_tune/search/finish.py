@@ -7,21 +7,20 @@ from typing import Any
 import pandas as pd
 
 from cxr_tune import storage
-from cxr_tune.search.results import select_best, trials_table
+from cxr_tune.search.results import asha_rungs, select_best, trials_table
 from cxr_tune.search.runner import experiment_info, load_options
 from cxr_tune.search.space import load_space
 
 SUMMARY_COLUMNS = ["val_auc", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "val_threshold", "val_loss"]
 
 
-def max_epochs_of(experiment_dir: str) -> int:
-    options = load_options(experiment_dir)
-    return options.max_epochs or load_space(storage.join(experiment_dir, "space.yaml")).settings.max_epochs
-
-
 def load_trials(experiment_dir: str) -> pd.DataFrame:
     """The trial table, computed from Tune's state (works while trials are unfinished)."""
-    return trials_table(experiment_dir, max_epochs_of(experiment_dir))
+    options = load_options(experiment_dir)
+    settings = load_space(storage.join(experiment_dir, "space.yaml")).settings
+    max_epochs = options.max_epochs or settings.max_epochs
+    rungs = asha_rungs(settings.grace_period, settings.reduction_factor, max_epochs) if options.early_stopping else ()
+    return trials_table(experiment_dir, max_epochs, rungs)
 
 
 def finish_experiment(experiment_dir: str, *, export: bool = True) -> dict[str, Any]:
@@ -33,7 +32,7 @@ def finish_experiment(experiment_dir: str, *, export: bool = True) -> dict[str, 
     table = load_trials(experiment_dir)
     storage.write_bytes_atomic(storage.join(experiment_dir, "trials.csv"), table.to_csv(index=False).encode())
     storage.write_frame(storage.join(experiment_dir, "trials.parquet"), table.astype({"error": str}))
-    selected = select_best(table, options.select)
+    selected = select_best(table, options.select, options.select_tolerance)
     exported = None
     if export:
         from cxr_tune.export import export_trial, summary

@@ -58,3 +58,29 @@ class ProgressPrinter(Callback):
 
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+class TrialEventLog(Callback):
+    """Appends why each trial ended to ``trial_events.jsonl`` in the experiment folder.
+
+    Tune marks a trial TERMINATED whether ASHA stopped it, it ran all its epochs, or the search
+    ended around it (time budget, Ctrl-C); only this log tells them apart afterwards.
+    """
+
+    def __init__(self, path: str, max_epochs: int) -> None:
+        self.path = path
+        self.max_epochs = max_epochs
+
+    def _write(self, trial: Any, event: str) -> None:
+        import json
+
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"trial_id": trial.trial_id, "event": event, "epochs": epochs, "time": time.time()}) + "\n")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        self._write(trial, "completed" if epochs >= self.max_epochs else "ASHA stopped")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trial, "error")

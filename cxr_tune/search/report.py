@@ -68,7 +68,8 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         f"- Space: `{info['space_path']}` (copied to `space.yaml`)",
         f"- Selection: validation {criterion} at a validation-chosen threshold"
         + (f", sensitivity >= {options.min_sensitivity:g}" if options.min_sensitivity else "")
-        + "; ties broken by AUC, then loss. The test split never selects anything.",
+        + f"; trials within {options.select_tolerance:g} of the best count as tied and go by lowest validation log loss."
+        + " The test split never selects anything.",
         f"- Trials: {len(table)} ({counts})",
         f"- Written {time.strftime('%Y-%m-%d %H:%M')}",
         "",
@@ -82,7 +83,15 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         "",
     ]
     if exported:
-        lines += [f"Exported to `best/` (ONNX, loaded back and checked). Decision threshold {exported['threshold']:.4f}."]
+        members = [m["trial_id"] for m in exported.get("members", [])]
+        what = f"the average of trials {', '.join(f'`{m}`' for m in members)}" if len(members) > 1 else "this trial"
+        val = exported["validation"]
+        lines += [
+            f"Exported to `best/`: {what} (ONNX, loaded back and checked against PyTorch and the stored scores). "
+            f"Decision threshold {exported['threshold']:.4f} ({exported['threshold_rule']}); validation at it: "
+            f"AUC {val['auc']:.4f}, sensitivity {val['sensitivity']:.4f}, specificity {val['specificity']:.4f}, "
+            f"balanced accuracy {val['balanced_accuracy']:.4f}."
+        ]
         if "test" in exported:
             test, ci = exported["test"], exported["test"]["ci95"]
             lines += ["", "Held-out test split, scored once at the stored threshold (95 % bootstrap intervals):", ""]

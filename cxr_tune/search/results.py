@@ -37,9 +37,14 @@ def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFr
     return analysis.trials, analysis.trial_dataframes
 
 
-def trials_table(experiment_dir: str, max_epochs: int) -> pd.DataFrame:
-    """The table written to ``trials.csv`` / ``trials.parquet``; sorted by trial start."""
+def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...] = ()) -> pd.DataFrame:
+    """The table written to ``trials.csv`` / ``trials.parquet``; sorted by trial id.
+
+    ``rungs`` (the epochs at which ASHA may stop a trial) tell an ASHA stop from a trial the
+    search's end cut short when the experiment has no ``trial_events.jsonl``.
+    """
     trials, histories = trial_histories(experiment_dir)
+    events = _events(experiment_dir)
     rows = []
     params: list[str] = []
     for trial in trials:
@@ -62,7 +67,7 @@ def trials_table(experiment_dir: str, max_epochs: int) -> pd.DataFrame:
                 **{m: best.get(m, math.nan) for m in METRICS},
             })
         row["error"] = _error(trial) if trial.status == "ERROR" else ""
-        row["stop_reason"] = _stop_reason(trial.status, row["epochs"], max_epochs)
+        row["stop_reason"] = _stop_reason(trial.status, row["epochs"], max_epochs, events.get(trial.trial_id), rungs)
         row["started"] = trial.run_metadata.start_time if getattr(trial, "run_metadata", None) else math.nan
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -79,18 +84,28 @@ def best_epoch(history: pd.DataFrame) -> pd.Series:
     return ranked.iloc[0]
 
 
-def select_best(table: pd.DataFrame, criterion: str) -> pd.Series:
-    """The trial with the best validation balance (``val_<criterion>`` at its chosen threshold).
+def ranked_trials(table: pd.DataFrame, criterion: str, tolerance: float = 0.0) -> pd.DataFrame:
+    """Trials that reported results, best first by validation balance (``val_<criterion>`` at
+    each trial's validation-chosen threshold).
 
-    Ties (common: validation carved from train saturates) go to the higher AUC, then the lower
-    validation loss. Trials that failed or never reported are not candidates.
+    Validation carved from train saturates: many trials land within a few images of each other.
+    Trials within ``tolerance`` of the best value therefore count as tied and are ordered by
+    validation log loss (lower first: fewer confident mistakes), then AUC; the rest follow by
+    value. Trials that failed or never reported are not candidates.
     """
     column = f"val_{criterion}"
     candidates = table[table["epochs"] > 0].dropna(subset=[column]) if not table.empty else table
     if candidates.empty:
         raise UserError("no trial has reported a validation result yet; nothing to select")
-    ranked = candidates.sort_values([column, "val_auc", "val_loss"], ascending=[False, False, True])
-    return ranked.iloc[0]
+    top = candidates[column] >= candidates[column].max() - tolerance - 1e-12
+    tied = candidates[top].sort_values(["val_loss", "val_auc", column], ascending=[True, False, False])
+    rest = candidates[~top].sort_values([column, "val_auc", "val_loss"], ascending=[False, False, True])
+    return pd.concat([tied, rest])
+
+
+def select_best(table: pd.DataFrame, criterion: str, tolerance: float = 0.0) -> pd.Series:
+    """The selected trial: the first of :func:`ranked_trials`."""
+    return ranked_trials(table, criterion, tolerance).iloc[0]
 
 
 def pareto_front(sensitivity: np.ndarray, specificity: np.ndarray) -> np.ndarray:
@@ -104,23 +119,62 @@ def pareto_front(sensitivity: np.ndarray, specificity: np.ndarray) -> np.ndarray
 
 
 def checkpoint_for(row: pd.Series, experiment_dir: str) -> str:
-    """The trial's best checkpoint; falls back to its newest one if that was removed."""
+    """The trial's checkpoint from its best epoch; its newest checkpoint if that one is gone.
+
+    Ray Train keeps each trial's checkpoints as ``checkpoint_<time>`` folders next to its own
+    bookkeeping files, so only folders holding a saved state count.
+    """
+    from cxr_tune.train.checkpoints import STATE, load_state
+
     path = row.get("checkpoint_path")
     if isinstance(path, str) and storage.exists(path):
         return path
     runs = Path(storage.join(experiment_dir, "train", str(row["trial_id"])))
-    found = sorted(runs.glob("checkpoint_*")) if runs.exists() else []
+    found = sorted(p for p in runs.glob("checkpoint_*") if (p / STATE).is_file()) if runs.exists() else []
     if not found:
         raise UserError(f"trial {row['trial_id']} has no checkpoint under {runs}")
+    best_epoch = row.get("best_epoch")
+    if isinstance(best_epoch, (int, float, np.integer, np.floating)) and not math.isnan(best_epoch):
+        for folder in found:
+            if load_state(folder)["epoch"] + 1 == int(best_epoch):  # the state counts epochs from 0
+                return str(folder)
     return str(found[-1])
 
 
-def _stop_reason(status: str, epochs: int, max_epochs: int) -> str:
+def _stop_reason(status: str, epochs: int, max_epochs: int, event: str | None, rungs: tuple[int, ...]) -> str:
     if status == "ERROR":
         return "error"
-    if status == "TERMINATED":
-        return "completed" if epochs >= max_epochs else "ASHA stopped"
-    return f"unfinished ({status.lower()})"
+    if status != "TERMINATED":
+        return f"unfinished ({status.lower()})"
+    if epochs >= max_epochs:
+        return "completed"
+    if event == "ASHA stopped" or (event is None and epochs in rungs):
+        return "ASHA stopped"
+    return "cut short by the end of the search" if epochs else "never trained (the search ended first)"
+
+
+def _events(experiment_dir: str) -> dict[str, str]:
+    """The last recorded end of each trial, from ``trial_events.jsonl`` (empty if there is none)."""
+    import json
+
+    path = Path(experiment_dir, "trial_events.jsonl")
+    if storage.is_uri(experiment_dir) or not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            out[record["trial_id"]] = record["event"]
+    return out
+
+
+def asha_rungs(grace_period: int, reduction_factor: int, max_epochs: int) -> tuple[int, ...]:
+    """Epochs at which ASHA compares trials: grace * rf^k below max_epochs."""
+    rungs, epoch = [], grace_period
+    while epoch < max_epochs:
+        rungs.append(epoch)
+        epoch *= reduction_factor
+    return tuple(rungs)
 
 
 def _error(trial: Any) -> str:

@@ -25,6 +25,7 @@ from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings, run_trial, tr
 from cxr_tune.train.trainer import Resources
 
 EXPERIMENT_FILE = "experiment.json"
+EVENTS_FILE = "trial_events.jsonl"
 STUDY_FILE = "study.db"
 
 
@@ -40,6 +41,7 @@ class SearchOptions:
     time_budget_min: float | None = None
     seed: int = 0
     select: str = "balanced_accuracy"
+    select_tolerance: float = 0.005
     min_sensitivity: float = 0.0
     address: str | None = None
     workers_per_trial: int | None = None
@@ -59,7 +61,8 @@ class SearchOptions:
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> SearchOptions:
-        return cls(**{**values, "data": DataOptions(**values["data"])})
+        known = {f for f in cls.__dataclass_fields__}  # experiments written by older versions lack newer fields
+        return cls(**{**{k: v for k, v in values.items() if k in known}, "data": DataOptions(**values["data"])})
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from cxr_tune.search.progress import ProgressPrinter
+    from cxr_tune.search.progress import ProgressPrinter, TrialEventLog
 
     settings = TrialSettings(
         max_epochs=plan.max_epochs,
@@ -235,7 +238,12 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
     run_config = tune.RunConfig(
         name=options.name,
         storage_path=storage.resolve(options.storage),
-        callbacks=[JsonLoggerCallback(), ProgressPrinter(plan.trials, plan.max_epochs, options.select)],
+        callbacks=[
+            JsonLoggerCallback(),
+            ProgressPrinter(plan.trials, plan.max_epochs, options.select),
+            # Event logs need a local file; on object storage the rung rule in results.py applies.
+            *([] if storage.is_uri(options.experiment_dir) else [TrialEventLog(str(Path(options.experiment_dir, EVENTS_FILE)), plan.max_epochs)]),
+        ],
         # Train restarts a trial's workers from its last checkpoint when they fail; this covers the
         # trial's own driver dying with its node (it then resumes from the same Train checkpoints).
         failure_config=tune.FailureConfig(max_failures=2),

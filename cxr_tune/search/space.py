@@ -9,6 +9,7 @@ A space file (``search_spaces/*.yaml``) has four sections::
       grace_period: 2             # ASHA: epochs before a trial can be stopped
       reduction_factor: 3         # ASHA: keep the best 1/3 at each rung
       startup_trials: 6           # TPE: random trials before the model takes over
+      ensemble: 1                 # export the best K trials as one model averaging them
     fixed:                        # hyperparameters every trial shares
       image_size: 64
     params:                       # what is searched, in sampling order
@@ -54,6 +55,7 @@ class SearchSettings:
     grace_period: int = 2
     reduction_factor: int = 3
     startup_trials: int = 6
+    ensemble: int = 1  # export the best K trials as one averaging model
 
 
 @dataclass(frozen=True)

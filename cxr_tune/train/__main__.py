@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker (default: CPU)")
     parser.add_argument("--storage", default="results", help="folder or URI for runs (default: results)")
     parser.add_argument("--name", default=None, help="run name; the run folder is STORAGE/NAME (default: train-<timestamp>)")
+    parser.add_argument("--cv", type=int, default=None, metavar="K", help="instead of one run, K-fold cross-validation by patient group over the training folder (writes cv.md and cv.csv)")
     parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' for the running one; default: start Ray locally)")
     add_data_arguments(parser)
     return parser
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hp = read_params(args.params, args.overrides)
     if args.workers < 1:
         raise UserError(f"--workers {args.workers} must be at least 1")
+    if args.cv is not None and not 2 <= args.cv <= 20:
+        raise UserError(f"--cv {args.cv} must be between 2 and 20 folds")
     from cxr_tune.train.model import build_model
 
     try:
@@ -80,10 +83,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         cpus = args.cpus_per_worker or max(1.0, float(int(ray.cluster_resources().get("CPU", 1) // args.workers)))
         resources = Resources(args.workers, cpus, 1.0 if args.use_gpu else 0.0)
+        if args.cv:
+            return run_cv(args, hp, split, resources, storage_path, name)
         datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
         trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name)
         result = trainer.fit()
     return report(result, hp, split, storage.join(storage_path, name))
+
+
+def run_cv(args: argparse.Namespace, hp: HParams, split, resources: Resources, storage_path: str, name: str) -> int:
+    import sys
+
+    from cxr_tune.train.crossval import cross_validate, markdown
+
+    folds = cross_validate(hp, split, args.cv, resources=resources, storage_path=storage_path, name=name, seed=args.split_seed)
+    run_dir = storage.join(storage_path, name)
+    command = "python -m cxr_tune.train " + " ".join(sys.argv[1:])
+    text = markdown(folds, hp, command, split.source.description)
+    storage.write_text_atomic(storage.join(run_dir, "cv.md"), text)
+    storage.write_bytes_atomic(storage.join(run_dir, "cv.csv"), folds.to_csv(index=False).encode())
+    print(text)
+    print(f"Written: {storage.join(run_dir, 'cv.md')}")
+    return 0
 
 
 def report(result, hp: HParams, split, run_dir: str) -> int:

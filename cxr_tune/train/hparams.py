@@ -38,6 +38,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "label_smoothing": (0.0, 0.5),
     "mixup": (0.0, 10.0),
     "min_sensitivity": (0.0, 1.0),
+    "threshold_tolerance": (0.0, 0.2),
     "seed": (0, 2**31 - 1),
 }
 _BLOCK_KEY = re.compile(r"^filters_(\d+)$")
@@ -84,6 +85,9 @@ class HParams:
     # specificity, subject to sensitivity >= min_sensitivity where any threshold reaches it.
     criterion: str = "balanced_accuracy"
     min_sensitivity: float = 0.0
+    # Thresholds within this much of the best criterion value count as best; the middle of that
+    # range (in logit space) is used, for a margin on both sides.
+    threshold_tolerance: float = 0.005
 
     def __post_init__(self) -> None:
         for name, (low, high) in _RANGES.items():

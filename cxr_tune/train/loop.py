@@ -197,7 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         val_batches = val_data.iter_batches(batch_size=256, batch_format="numpy")
         labels, scores, hashes = _gather_scores(predict_batches(net, val_batches, hp, device, rank, world), world)
         workers = _all_gather((ray.get_runtime_context().get_node_id()[:12], seen), world)
-        metrics = {f"val_{k}": v for k, v in evaluate_scores(labels, scores, hp.criterion, hp.min_sensitivity).items()}
+        metrics = {f"val_{k}": v for k, v in evaluate_scores(labels, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance).items()}
         metrics.update({
             "epoch": epoch + 1,
             "train_loss": train_loss,

@@ -41,35 +41,68 @@ def rates_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[s
     return out
 
 
-def choose_threshold(labels: np.ndarray, scores: np.ndarray, criterion: str = "balanced_accuracy", min_sensitivity: float = 0.0) -> float:
-    """The threshold that maximizes ``criterion`` on these scores (ties: the most specific one).
+def choose_threshold(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    criterion: str = "balanced_accuracy",
+    min_sensitivity: float = 0.0,
+    tolerance: float = 0.0,
+) -> float:
+    """A threshold that maximizes ``criterion`` on these scores; ``score >= threshold`` is positive.
 
-    Only thresholds with sensitivity >= ``min_sensitivity`` compete; the threshold sits halfway
-    between the chosen score and the next lower one, so it does not hinge on one image. With a
-    single class present there is nothing to balance and 0.5 is returned.
+    Only thresholds with sensitivity >= ``min_sensitivity`` compete. Every threshold within
+    ``tolerance`` of the best value counts as best, and the one returned sits in the middle of
+    that range in logit space, as far as it can from the images on either side: validation carved
+    from train is easier than new data, and a threshold pressed against the last NORMAL or the
+    first PNEUMONIA image of validation does not transfer. With ``tolerance`` 0 this is halfway
+    between the best cut and the next lower score. With one class present, 0.5 is returned.
     """
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
     if len(np.unique(labels)) < 2:
         return 0.5
-    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    fpr, tpr, cuts = roc_curve(labels, scores, drop_intermediate=False)
     values = CRITERIA[criterion](tpr, 1 - fpr)
-    values = np.where(tpr >= min_sensitivity - 1e-12, values, -np.inf)
-    values[~np.isfinite(thresholds)] = -np.inf  # the "nothing is positive" point
-    best = int(np.argmax(values))  # first maximum = highest threshold = most specific
-    upper = thresholds[best]
-    lower_scores = scores[scores < upper]
-    lower = lower_scores.max() if lower_scores.size else 0.0
-    return float((upper + lower) / 2)
+    values = np.where((tpr >= min_sensitivity - 1e-12) & np.isfinite(cuts), values, -np.inf)
+    best = float(values.max())
+    near = np.flatnonzero(values >= best - tolerance - 1e-12)
+    upper = cuts[near].max()  # the most specific near-best cut
+    lowest = cuts[near].min()
+    below = scores[scores < lowest]
+    lower = below.max() if below.size else 0.0  # thresholds in (lower, lowest] behave like the cut at ``lowest``
+    centre = _sigmoid((_logit(upper) + _logit(lower)) / 2)
+    if CRITERIA[criterion](*_rates(labels, scores, centre)) >= best - tolerance - 1e-12 and _sensitivity(labels, scores, centre) >= min_sensitivity - 1e-12:
+        return centre
+    top = cuts[int(np.argmax(values))]  # near-best cuts are not contiguous: fall back to the best one
+    lower_top = scores[scores < top]
+    return float((top + (lower_top.max() if lower_top.size else 0.0)) / 2)
 
 
-def evaluate_scores(labels: np.ndarray, scores: np.ndarray, criterion: str = "balanced_accuracy", min_sensitivity: float = 0.0) -> dict[str, float]:
+def _logit(p: float) -> float:
+    p = float(np.clip(p, 1e-7, 1 - 1e-7))
+    return float(np.log(p / (1 - p)))
+
+
+def _sigmoid(x: float) -> float:
+    return float(1 / (1 + np.exp(-x)))
+
+
+def _rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
+    predicted = scores >= threshold
+    return float(predicted[labels == 1].mean()), float(1 - predicted[labels == 0].mean())
+
+
+def _sensitivity(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
+    return _rates(labels, scores, threshold)[0]
+
+
+def evaluate_scores(labels: np.ndarray, scores: np.ndarray, criterion: str = "balanced_accuracy", min_sensitivity: float = 0.0, tolerance: float = 0.0) -> dict[str, float]:
     """Everything reported per epoch: AUC, loss, calibration, and rates at the chosen threshold and at 0.5."""
     labels, scores = np.asarray(labels).astype(int), np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7)
     two_classes = len(np.unique(labels)) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         auc = float(roc_auc_score(labels, scores)) if two_classes else math.nan
-    threshold = choose_threshold(labels, scores, criterion, min_sensitivity)
+    threshold = choose_threshold(labels, scores, criterion, min_sensitivity, tolerance)
     out = {
         "auc": auc,
         "loss": float(log_loss(labels, scores, labels=[0, 1])),

@@ -76,3 +76,12 @@ def test_any_trial_can_be_re_exported_and_predict_refuses_pickles(experiment):
     checkpoint = next((experiment / "train").rglob("state.pt"))
     refused = run_cli("cxr_tune.predict", "--model", str(checkpoint), str(checkpoint))
     assert refused.returncode == 2 and "would need unpickling" in refused.stderr
+
+
+def test_an_ensemble_of_the_best_trials_exports_and_predicts(experiment, tmp_path):
+    done = run_cli("cxr_tune.export", str(experiment), "--ensemble", "2", "--out", str(tmp_path / "ensemble"))
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((tmp_path / "ensemble" / "model.json").read_text())
+    assert len(meta["members"]) == 2 and "mean of 2 models" in meta["output"]["meaning"]
+    val = pd.read_csv(tmp_path / "ensemble" / "val_predictions.csv")
+    assert ((val["probability"] >= meta["threshold"]).astype(int) == val["prediction"]).all()

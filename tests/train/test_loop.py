@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -74,3 +75,19 @@ def test_validation_loss_falls_on_synthetic_data(data, tmp_path):
     losses = [h["val_loss"] for h in history]
     assert min(losses[-3:]) < losses[0] - 0.05, losses
     assert max(h["val_auc"] for h in history) > 0.75
+
+
+def test_cross_validation_folds_are_patient_groups_and_each_trains(data, tmp_path):
+    from cxr_tune.train.crossval import cross_validate, fold_roles
+
+    split, _ = data
+    folds = fold_roles(split, 3)
+    pool = split.roles["role"].isin(["train", "val"])
+    seen = pd.concat([f.loc[f["role"] == "val", "path"] for f in folds])
+    assert sorted(seen) == sorted(split.roles.loc[pool, "path"])  # every training-folder image validates once
+    for fold in folds:
+        assert not set(fold.loc[fold["role"] == "train", "group_id"]) & set(fold.loc[fold["role"] == "val", "group_id"])
+        assert fold.loc[~pool, "role"].equals(split.roles.loc[~pool, "role"])  # test and excluded rows untouched
+    hp = HParams(image_size=SIZE, depth=2, filters=4, epochs=1)
+    result = cross_validate(hp, split, 2, resources=Resources(1, 0.9), storage_path=str(tmp_path), name="cv")
+    assert list(result["fold"]) == [1, 2] and result["best_val_auc"].between(0, 1).all()

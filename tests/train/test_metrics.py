@@ -26,7 +26,8 @@ def test_threshold_separates_perfectly_separable_scores_between_the_classes():
     labels = np.array([0, 0, 0, 1, 1])
     scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
     threshold = choose_threshold(labels, scores)
-    assert threshold == pytest.approx(0.55)  # halfway between 0.3 and 0.8
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    assert logit(threshold) == pytest.approx((logit(0.3) + logit(0.8)) / 2)  # halfway between 0.3 and 0.8, in logits
     metrics = evaluate_scores(labels, scores)
     assert metrics["auc"] == 1.0 and metrics["balanced_accuracy"] == 1.0 and metrics["threshold"] == threshold
 
@@ -62,3 +63,16 @@ def test_one_class_only_gives_nan_auc_and_threshold_one_half(label):
     metrics = evaluate_scores(labels, np.linspace(0.1, 0.9, 5))
     assert math.isnan(metrics["auc"]) and metrics["threshold"] == 0.5
     assert math.isnan(metrics["specificity" if label else "sensitivity"])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tolerance_buys_margin_for_at_most_the_tolerance(seed):
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(60), np.ones(140)].astype(int)
+    scores = 1 / (1 + np.exp(-np.r_[rng.normal(-2, 1.2, 60), rng.normal(2, 1.2, 140)]))
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    margin = lambda t: np.min(np.abs(logit(scores) - logit(t)))  # noqa: E731
+    strict, tolerant = choose_threshold(labels, scores), choose_threshold(labels, scores, tolerance=0.01)
+    best = rates_at(labels, scores, strict)["balanced_accuracy"]
+    assert rates_at(labels, scores, tolerant)["balanced_accuracy"] >= best - 0.01 - 1e-9
+    assert margin(tolerant) >= margin(strict) - 1e-9 or rates_at(labels, scores, tolerant)["balanced_accuracy"] >= best

@@ -1,8 +1,9 @@
 """A real multi-node Ray cluster on one machine: a head and worker nodes as separate processes.
 
-Each node is ``ray start --block`` in its own process group with its own ports, so a test can
-kill exactly one node (as if the machine died) and stop everything by PID afterwards; ``ray
-stop`` would kill every Ray process on the host, including other tests' sessions.
+Used by the multi-node tests and the scaling benchmark. Each node is ``ray start --block`` in
+its own process group, temp folder and ports, so a test can kill exactly one node (as if its
+machine died) and stop everything by PID afterwards; ``ray stop`` would kill every Ray process on
+the host, including other sessions.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def free_port() -> int:
 
 def _node_ports() -> list[str]:
     """Explicit ports for everything a node binds, so two nodes on one host never collide."""
-    worker_low = 20000 + (free_port() % 400) * 100
+    # Worker ports from 10100-29999: below Linux's ephemeral range (32768+), where free_port()'s
+    # picks come from, so a node's own ports never land inside its worker range.
+    worker_low = 10100 + (free_port() % 199) * 100
     return [
         f"--node-manager-port={free_port()}",
         f"--object-manager-port={free_port()}",
@@ -51,7 +54,10 @@ class LocalCluster:
         return f"127.0.0.1:{self.port}"
 
     def _start(self, args: list[str], log: str) -> subprocess.Popen:
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        # RAY_ADDRESS names this cluster to every process its nodes start: Ray's own helpers (Train's
+        # placement-group cleaner among them) otherwise look for "the" local cluster and give up
+        # when a host runs more than one.
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": self.address}
         handle = open(self.temp_dir / log, "w")  # noqa: SIM115 - closed with the process
         # Every node its own temp folder: nodes of one host would otherwise share socket files.
         node_dir = self.temp_dir / f"node{len(self.nodes)}"
@@ -110,9 +116,13 @@ class LocalCluster:
 
 def start_cluster(temp_dir: Path, workers: int, cpus: int = 1, head_cpus: int = 1) -> LocalCluster:
     cluster = LocalCluster(temp_dir)
-    cluster.start_head(head_cpus)
-    for _ in range(workers):
-        cluster.add_worker(cpus)
-        time.sleep(1)
-    cluster.wait_for_nodes(workers + 1)
+    try:
+        cluster.start_head(head_cpus)
+        for _ in range(workers):
+            cluster.add_worker(cpus)
+            time.sleep(1)
+        cluster.wait_for_nodes(workers + 1)
+    except BaseException:
+        cluster.stop()  # never leave half a cluster running
+        raise
     return cluster

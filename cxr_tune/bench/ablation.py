@@ -1,0 +1,116 @@
+"""What each choice of the real-data recipe does to validation metrics, measured side by side.
+
+Two kinds of comparison, both on the experiment's own validation split:
+
+- post hoc, from the stored validation scores of the search's best trials (no training): one model
+  vs the averaging ensemble, and the threshold at the best cut vs in the middle of the near-best
+  range;
+- retraining: the selected configuration and one-change variants of it (class weighting,
+  augmentation, intensity normalization, resolution), same split, seed and epochs, one after
+  another in one Ray session.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from cxr_tune import storage
+from cxr_tune.bench.common import PROJECT, write_result
+from cxr_tune.data.prepared import datasets_by_size, split_data
+from cxr_tune.search.finish import load_trials
+from cxr_tune.search.results import checkpoint_for, ranked_trials
+from cxr_tune.search.runner import load_options
+from cxr_tune.train.checkpoints import load_predictions, load_state
+from cxr_tune.train.hparams import HParams
+from cxr_tune.train.metrics import choose_threshold, evaluate_scores, rates_at
+from cxr_tune.train.trainer import Resources, make_trainer
+
+COLUMNS = ["val_auc", "val_balanced_accuracy", "val_sensitivity", "val_specificity", "val_loss", "val_brier"]
+
+
+def margin(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
+    """Logit distance from the threshold to the nearest validation score (how far images may drift)."""
+    logit = lambda p: np.log(np.clip(p, 1e-7, 1 - 1e-7) / (1 - np.clip(p, 1e-7, 1 - 1e-7)))  # noqa: E731
+    return float(np.min(np.abs(logit(scores) - logit(np.array(threshold)))))
+
+
+def post_hoc(experiment: str, k: int) -> pd.DataFrame:
+    options = load_options(experiment)
+    ranked = ranked_trials(load_trials(experiment), options.select, options.select_tolerance)
+    members = [ranked.iloc[i] for i in range(min(k, len(ranked)))]
+    predictions = [load_predictions(checkpoint_for(row, experiment)).set_index("content_hash") for row in members]
+    hp = HParams.from_config(load_state(checkpoint_for(members[0], experiment))["hparams"])
+    labels = predictions[0]["label"].to_numpy()
+    rows = []
+    for name, scores in (("best trial alone", predictions[0]["score"]),
+                         (f"average of the {len(members)} best trials", pd.concat([p["score"] for p in predictions], axis=1).mean(axis=1))):
+        scores = scores.loc[predictions[0].index].to_numpy()
+        for rule, tolerance in (("best cut", 0.0), (f"middle of near-best (tolerance {hp.threshold_tolerance:g})", hp.threshold_tolerance)):
+            threshold = choose_threshold(labels, scores, hp.criterion, hp.min_sensitivity, tolerance)
+            metrics = {**evaluate_scores(labels, scores, hp.criterion, hp.min_sensitivity, tolerance), **rates_at(labels, scores, threshold)}
+            rows.append({"model": name, "threshold rule": rule, "threshold": threshold, "margin (logit)": margin(labels, scores, threshold),
+                         **{c: metrics[c.removeprefix("val_")] for c in COLUMNS}})
+    return pd.DataFrame(rows)
+
+
+def retrain(experiment: str, variants: list[str], epochs: int) -> pd.DataFrame:
+    import ray
+
+    from cxr_tune.ray_session import ray_session
+
+    options = load_options(experiment)
+    base = yaml.safe_load(Path(experiment, "best", "model.json").read_text())["hparams"]
+    base["epochs"] = epochs
+    configs = [("selected configuration", base)]
+    for variant in variants:
+        key, _, value = variant.partition("=")
+        configs.append((f"with {variant}", {**base, key: yaml.safe_load(value)}))
+    split = split_data(options.data)
+    rows = []
+    with ray_session(), tempfile.TemporaryDirectory() as scratch:
+        cpus = float(int(ray.cluster_resources()["CPU"]))
+        for name, config in configs:
+            hp = HParams.from_config(config)
+            datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
+            result = make_trainer(hp, datasets, split.class_counts(), resources=Resources(1, cpus), storage_path=scratch,
+                                  name=name.replace(" ", "_").replace("=", "-")).fit()
+            with result.checkpoint.as_directory() as folder:
+                history = pd.DataFrame(load_state(folder)["history"])
+            best = history.sort_values(["objective", "val_auc"], ascending=False).iloc[0]
+            rows.append({"run": name, "best epoch": int(best["epoch"]), **{c: float(best[c]) for c in COLUMNS},
+                         "last-epoch val_balanced_accuracy": float(history.iloc[-1]["val_balanced_accuracy"]),
+                         "last-epoch val_loss": float(history.iloc[-1]["val_loss"])})
+            print(rows[-1], flush=True)
+    frame = pd.DataFrame(rows)
+    for column in COLUMNS:
+        frame[f"Δ {column}"] = frame[column] - frame[column].iloc[0]
+    return frame
+
+
+def run(experiment: str, variants: list[str], epochs: int, k: int) -> None:
+    experiment = storage.resolve(experiment)
+    hoc = post_hoc(experiment, k)
+    trained = retrain(experiment, variants, epochs) if variants else pd.DataFrame()
+    summary = [
+        f"Experiment `{experiment}`; all numbers on its validation split (carved from train by patient).",
+        "",
+        "## Post hoc: ensemble and threshold rule (stored validation scores, no retraining)",
+        "",
+        hoc.to_markdown(index=False, floatfmt=".4f"),
+    ]
+    if not trained.empty:
+        summary += [
+            "",
+            f"## Retrained, {epochs} epochs each, same split and seed (best epoch by the objective)",
+            "",
+            trained.to_markdown(index=False, floatfmt=".4f"),
+        ]
+    write_result("ablation", "Real data: what each choice does on validation", summary,
+                 {"post_hoc": hoc.to_dict(orient="records"), "retrained": trained.to_dict(orient="records")},
+                 folder=PROJECT / "results" / "real")
+

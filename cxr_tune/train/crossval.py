@@ -1,0 +1,88 @@
+"""K-fold cross-validation of one configuration, folds grouped by patient and stratified by class.
+
+How stable is a configuration the search chose? One carved validation split is a single draw;
+training the same hyperparameters k times, each time validating on another fifth of the training
+folder's patients, gives the spread. The test folder stays out of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from cxr_tune.data.prepared import SplitData
+from cxr_tune.data.splits import group_kfold
+from cxr_tune.train.checkpoints import load_state
+from cxr_tune.train.hparams import HParams
+from cxr_tune.train.trainer import Resources, make_trainer
+
+REPORTED = ["val_auc", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "val_threshold", "val_loss", "val_brier"]
+
+
+def fold_roles(split: SplitData, k: int, seed: int = 0) -> list[pd.DataFrame]:
+    """``k`` copies of the roles table; in copy i, fold i of the training folder is ``val``."""
+    roles = split.roles
+    pool = roles[roles["role"].isin(["train", "val"])]
+    out = []
+    for fit, val in group_kfold(pool.reset_index(drop=True), k, seed):
+        fold = roles.copy()
+        fold.loc[pool.index[fit], "role"] = "train"
+        fold.loc[pool.index[val], "role"] = "val"
+        out.append(fold)
+    return out
+
+
+def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resources, storage_path: str, name: str, seed: int = 0) -> pd.DataFrame:
+    """Train ``hp`` once per fold through Ray Train; one row per fold (best and last epoch). Needs Ray."""
+    from cxr_tune.data.cache import prepare_cache, role_datasets
+
+    cache = prepare_cache(split.source.manifest, hp.image_size, split.cache_dir)
+    rows = []
+    for index, roles in enumerate(fold_roles(split, k, seed)):
+        train = roles[roles["role"] == "train"].drop_duplicates("content_hash")
+        counts = (int((train["label"] == 0).sum()), int((train["label"] == 1).sum()))
+        datasets = role_datasets(cache, roles)
+        result = make_trainer(hp, datasets, counts, resources=resources, storage_path=storage_path, name=f"{name}-fold{index + 1}").fit()
+        with result.checkpoint.as_directory() as folder:
+            history = pd.DataFrame(load_state(folder)["history"])
+        best = history.sort_values(["objective", "val_auc"], ascending=False).iloc[0]
+        last = history.iloc[-1]
+        row: dict[str, Any] = {"fold": index + 1, "val_images": int(best["val_n"]), "best_epoch": int(best["epoch"])}
+        row.update({f"best_{m}": float(best[m]) for m in REPORTED})
+        row.update({f"last_{m}": float(last[m]) for m in REPORTED})
+        rows.append(row)
+        print(f"Fold {index + 1}/{k}: best epoch {row['best_epoch']}, balanced accuracy {row['best_val_balanced_accuracy']:.4f}, "
+              f"AUC {row['best_val_auc']:.4f}; last epoch {row['last_val_balanced_accuracy']:.4f} / {row['last_val_auc']:.4f}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def summary(folds: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation, min and max over folds of every reported metric."""
+    numeric = folds.drop(columns=["fold"])
+    return pd.DataFrame({"mean": numeric.mean(), "std": numeric.std(ddof=1), "min": numeric.min(), "max": numeric.max()})
+
+
+def markdown(folds: pd.DataFrame, hp: HParams, command: str, description: str) -> str:
+    stats = summary(folds)
+    key = [f"{when}_{m}" for when in ("best", "last") for m in ("val_auc", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "val_loss")]
+    lines = [
+        f"# {len(folds)}-fold cross-validation by patient group",
+        "",
+        f"Command: `{command}`  ",
+        f"Data: {description}  ",
+        f"Hyperparameters: {', '.join(f'`{k}={v}`' for k, v in hp.to_dict().items())}",
+        "",
+        "Per fold (`best_`: the epoch with the best validation objective, as the search picks; `last_`: the final epoch):",
+        "",
+        folds.to_markdown(index=False, floatfmt=".4f"),
+        "",
+        "Spread over folds:",
+        "",
+        stats.loc[key].to_markdown(floatfmt=".4f"),
+        "",
+        f"Balanced accuracy at the chosen epoch: {stats.loc['best_val_balanced_accuracy', 'mean']:.4f} +- "
+        f"{stats.loc['best_val_balanced_accuracy', 'std']:.4f} (mean +- sd); AUC {stats.loc['best_val_auc', 'mean']:.4f} +- "
+        f"{stats.loc['best_val_auc', 'std']:.4f}. Folds are grouped by patient, so no patient is in a fold's training and validation at once.",
+    ]
+    return "\n".join(lines) + "\n"
