@@ -158,9 +158,13 @@ def role_datasets(cache: ImageCache, roles_frame: pd.DataFrame, roles: tuple[str
     Ray rebuilds the blocks it held by re-running them while the trials' workers hold nearly every
     CPU, and a task that waited for a whole free CPU would wait forever.
     """
+    import warnings
+
     import ray
     import ray.data
 
+    # Ray Data warns when a small cache has fewer files than the task cap below; nothing to act on.
+    warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
     out = {}
     parallel = max(1, int(ray.cluster_resources().get("CPU", 1)))
     for role in roles:

@@ -10,6 +10,7 @@ table and a report with plots, and exports the selected model to ``STORAGE/NAME/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Sequence
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue the interrupted experiment STORAGE/NAME (needs --name)")
     parser.add_argument("--trials", type=int, default=None, help="number of trials (default: the space's search.trials)")
     parser.add_argument("--max-epochs", type=int, default=None, help="epochs of a trial ASHA never stops (default: the space's search.max_epochs)")
-    parser.add_argument("--time-budget", type=float, default=None, metavar="MINUTES", help="stop starting/running trials after this many minutes (default: no limit)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="MINUTES", help="stop starting/running trials after this many minutes; with --resume, minutes for this run (default: no limit)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler and of every trial's initialization (default: 0)")
     parser.add_argument("--select", choices=sorted(CRITERIA), default="balanced_accuracy", help="balance of sensitivity and specificity that picks the threshold and the best trial (default: balanced_accuracy)")
     parser.add_argument("--select-tolerance", type=float, default=0.005, help="trials within this much of the best --select value count as tied and go by lowest validation log loss (default: 0.005)")
@@ -97,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError("--resume needs --name of the experiment to continue")
         experiment = storage.join(storage.resolve(args.storage), args.name)
         options = load_options(experiment)
+        if args.time_budget is not None:  # "continue for N more minutes"
+            if args.time_budget <= 0:
+                raise UserError(f"--time-budget {args.time_budget} must be positive")
+            options = dataclasses.replace(options, time_budget_min=args.time_budget)
         if not can_resume(experiment):
             raise UserError(f"experiment '{experiment}' has no Tune state to resume from")
     else:

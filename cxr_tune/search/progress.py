@@ -23,6 +23,14 @@ class ProgressPrinter(Callback):
         self.best: tuple[float, str] | None = None
         self.finished = 0
 
+    def _count(self, trials: list, ending: Any = None) -> int:
+        """Trials that have ended, counted from Tune's list so a resumed search counts the earlier ones."""
+        ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+        if ending is not None:
+            ended.add(ending.trial_id)
+        self.finished = max(self.finished, len(ended))
+        return self.finished
+
     def _clock(self) -> str:
         minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
         return f"[{minutes:02d}:{seconds:02d}]"
@@ -41,18 +49,18 @@ class ProgressPrinter(Callback):
             f"{self._clock()} trial {trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs} "
             f"{self.criterion} {objective:.4f} (AUC {result.get('val_auc', float('nan')):.4f}, "
             f"sens {result.get('val_sensitivity', float('nan')):.3f}, spec {result.get('val_specificity', float('nan')):.3f}) "
-            f"| best {self.best[0]:.4f} ({self.best[1]}) | {self.finished}/{self.total} trials done",
+            f"| best {self.best[0]:.4f} ({self.best[1]}) | {self._count(trials)}/{self.total} trials done",
             flush=True,
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.finished += 1
+        self._count(trials, trial)
         epochs = (trial.last_result or {}).get("epoch", 0)
         how = "finished" if epochs >= self.max_epochs else f"stopped early by ASHA after {epochs} epoch(s)"
         print(f"{self._clock()} trial {trial.trial_id} {how} ({self.finished}/{self.total} done)", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.finished += 1
+        self._count(trials, trial)
         print(f"{self._clock()} trial {trial.trial_id} FAILED; the search goes on ({self.finished}/{self.total} done)", flush=True)
 
 

@@ -65,7 +65,7 @@ def summary(folds: pd.DataFrame) -> pd.DataFrame:
 
 def markdown(folds: pd.DataFrame, hp: HParams, command: str, description: str) -> str:
     stats = summary(folds)
-    key = [f"{when}_{m}" for when in ("best", "last") for m in ("val_auc", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "val_loss")]
+    key = [f"{when}_{m}" for when in ("best", "last") for m in ("val_auc", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "val_threshold", "val_loss")]
     lines = [
         f"# {len(folds)}-fold cross-validation by patient group",
         "",
@@ -75,7 +75,7 @@ def markdown(folds: pd.DataFrame, hp: HParams, command: str, description: str) -
         "",
         "Per fold (`best_`: the epoch with the best validation objective, as the search picks; `last_`: the final epoch):",
         "",
-        folds.to_markdown(index=False, floatfmt=".4f"),
+        folds.to_markdown(index=False, floatfmt=[".0f" if c in ("fold", "val_images", "best_epoch") else ".4f" for c in folds.columns]),
         "",
         "Spread over folds:",
         "",
