@@ -105,8 +105,9 @@ def write_export(members: list[Member], target: Path, splits: pd.DataFrame, info
         servings.append(ServingModel(net, hp.intensity).eval())
     serving = servings[0] if len(servings) == 1 else EnsembleModel(servings).eval()
     hp = hps[0]  # the selected trial: its threshold rule applies to the ensemble too
-    stored = pd.concat([load_predictions(m.checkpoint).set_index("content_hash")["score"] for m in members], axis=1).mean(axis=1)
-    stored_labels = load_predictions(members[0].checkpoint).set_index("content_hash")["label"]
+    predictions = [load_predictions(m.checkpoint).set_index("content_hash") for m in members]
+    stored = pd.concat([p["score"] for p in predictions], axis=1).mean(axis=1)
+    stored_labels = predictions[0]["label"]
     if len(members) == 1:
         threshold = float(states[0]["threshold"])
     else:

@@ -55,9 +55,8 @@ def options_from_args(args: argparse.Namespace) -> "SearchOptions":  # noqa: F82
     for flag, value, low in (("--trials", args.trials, 1), ("--max-epochs", args.max_epochs, 1), ("--workers-per-trial", args.workers_per_trial, 1), ("--concurrency", args.concurrency, 1)):
         if value is not None and value < low:
             raise UserError(f"{flag} {value} must be at least {low}")
-    for flag, value in (("--time-budget", args.time_budget), ("--cpus-per-worker", args.cpus_per_worker)):
-        if value is not None and value <= 0:
-            raise UserError(f"{flag} {value} must be positive")
+    if args.cpus_per_worker is not None and args.cpus_per_worker <= 0:
+        raise UserError(f"--cpus-per-worker {args.cpus_per_worker} must be positive")
     if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
         raise UserError(f"--gpus-per-worker {args.gpus_per_worker} must not be negative")
     if not 0.0 <= args.select_tolerance <= 0.2:
@@ -86,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxr_tune.search.runner import can_resume, load_options, run_search
 
     args = build_parser().parse_args(argv)
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise UserError(f"--time-budget {args.time_budget} must be positive")
     if args.report_only:
         if not args.name:
             raise UserError("--report-only needs --name of the experiment")
@@ -99,8 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         experiment = storage.join(storage.resolve(args.storage), args.name)
         options = load_options(experiment)
         if args.time_budget is not None:  # "continue for N more minutes"
-            if args.time_budget <= 0:
-                raise UserError(f"--time-budget {args.time_budget} must be positive")
             options = dataclasses.replace(options, time_budget_min=args.time_budget)
         if not can_resume(experiment):
             raise UserError(f"experiment '{experiment}' has no Tune state to resume from")

@@ -28,7 +28,7 @@ class ProgressPrinter(Callback):
         ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
         if ending is not None:
             ended.add(ending.trial_id)
-        self.finished = max(self.finished, len(ended))
+        self.finished = len(ended)
         return self.finished
 
     def _clock(self) -> str:
