@@ -32,7 +32,7 @@ def run(data: str | None, trials: int, storage: str) -> None:
         experiment, outcome = run_search(options)
         minutes = (time.perf_counter() - started) / 60
         table = finish_experiment(experiment, export=False)["table"]
-        table.to_csv(RESULTS / f"search_{sampler}_{'asha' if early else 'full'}.trials.csv", index=False)
+        table.to_csv(RESULTS / f"search_{sampler}_{'asha' if early else 'full'}_{trials}trials.trials.csv", index=False)
         rows.append({"search": label, "experiment": experiment, "outcome": outcome, "trials": len(table),
                      "trial_epochs": int(table["epochs"].sum()), "best_balanced_accuracy": float(table["val_balanced_accuracy"].max()),
                      "best_auc": float(table["val_auc"].max()), "minutes": minutes})
@@ -50,5 +50,6 @@ def run(data: str | None, trials: int, storage: str) -> None:
         "",
         f"Experiments: `{storage_paths.resolve(tpe['experiment'])}` and `{storage_paths.resolve(rnd['experiment'])}`.",
     ]
-    write_result("search_tpe_asha_vs_random", "Search: TPE + ASHA vs random search without early stopping", summary,
+    # One file per trial count: ASHA's saving grows with the number of trials (see the README there).
+    write_result(f"search_tpe_asha_vs_random_{trials}trials", f"Search: TPE + ASHA vs random search without early stopping, {trials} trials", summary,
                  {"rows": rows, "epoch_share": share})

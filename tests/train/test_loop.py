@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from cxr_tune.data.prepared import DataOptions, datasets_by_size, split_data
 from cxr_tune.train.checkpoints import load_state
@@ -69,12 +71,38 @@ def test_same_seed_same_data_same_weights_on_cpu(data, tmp_path):
     assert not torch.equal(first["features.0.weight"], other["features.0.weight"])
 
 
-def test_validation_loss_falls_on_synthetic_data(data, tmp_path):
-    _, state = fit(data, tmp_path, "learn", epochs=8, lr=3e-3, class_weighting="none", augment_strength=0.2)
+@pytest.fixture(scope="module")
+def blob_data(ray_session, tmp_path_factory):
+    """Images whose class is plain to see: PNEUMONIA adds one bright blob to a noisy background.
+
+    The SYNTHETIC set needs ~1000 images at 64 px before a small CNN separates it (see
+    results/synthetic_learnability.md); at test size its validation AUC is noise, so the loop's
+    learning is checked on a signal any working loop must pick up within a few epochs.
+    """
+    root = tmp_path_factory.mktemp("blobs") / "chest_xray"
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    for i in range(200):
+        sick = i % 2 == 1
+        image = rng.normal(110, 25, (SIZE, SIZE))
+        if sick:
+            cy, cx, r = rng.uniform(8, SIZE - 8, 2).tolist() + [rng.uniform(3, 6)]
+            image += rng.uniform(70, 110) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        name = f"PNEUMONIA/person{i}_bacteria_{i}.png" if sick else f"NORMAL/IM-{i:04d}-0001.png"
+        path = root / "train" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
+    split = split_data(DataOptions(data=str(root)), progress=False)
+    return split, datasets_by_size(split, [SIZE])[SIZE]
+
+
+def test_the_loop_learns_a_visible_signal_and_validation_shows_it(blob_data, tmp_path):
+    _, state = fit(blob_data, tmp_path, "learn", epochs=6, lr=1e-2, class_weighting="none", augment_strength=0.2)
     history = state["history"]
     losses = [h["val_loss"] for h in history]
-    assert min(losses[-3:]) < losses[0] - 0.05, losses
-    assert max(h["val_auc"] for h in history) > 0.75
+    assert losses[-1] < min(losses[0] - 0.1, 0.4), losses  # ln 2 = 0.69 is chance on this 50/50 set
+    assert history[-1]["val_auc"] > 0.95, [h["val_auc"] for h in history]
+    assert history[-1]["val_balanced_accuracy"] > 0.85
 
 
 def test_cross_validation_folds_are_patient_groups_and_each_trains(data, tmp_path):
