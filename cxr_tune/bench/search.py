@@ -50,6 +50,6 @@ def run(data: str | None, trials: int, storage: str) -> None:
         "",
         f"Experiments: `{storage_paths.resolve(tpe['experiment'])}` and `{storage_paths.resolve(rnd['experiment'])}`.",
     ]
-    # One file per trial count: ASHA's saving grows with the number of trials (see the README there).
+    # One file per trial count: ASHA saves more as trials grow (it lets the first trials through).
     write_result(f"search_tpe_asha_vs_random_{trials}trials", f"Search: TPE + ASHA vs random search without early stopping, {trials} trials", summary,
                  {"rows": rows, "epoch_share": share})

@@ -76,7 +76,7 @@ def blob_data(ray_session, tmp_path_factory):
     """Images whose class is plain to see: PNEUMONIA adds one bright blob to a noisy background.
 
     The SYNTHETIC set needs ~1000 images at 64 px before a small CNN separates it (see
-    results/synthetic_learnability.md); at test size its validation AUC is noise, so the loop's
+    results/synthetic/README.md); at test size its validation AUC is noise, so the loop's
     learning is checked on a signal any working loop must pick up within a few epochs.
     """
     root = tmp_path_factory.mktemp("blobs") / "chest_xray"
