@@ -14,6 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="Ray Data cache build vs a plain Pillow loop, and a cache hit")
     data.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
     data.add_argument("--image-size", type=int, default=128, help="image size (default: 128)")
+    data.add_argument("--full-res-images", type=int, default=0,
+                      help="how many images to re-encode at the original download's resolution for the second comparison (default: 0 = all)")
     train = commands.add_parser("train", help="training images/s through Ray Data + Ray Train vs a bare PyTorch loop")
     train.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
     train.add_argument("--image-size", type=int, default=128, help="image size (default: 128)")
@@ -36,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "data":
         from cxr_tune.bench.data import run
 
-        run(args.data, args.image_size)
+        run(args.data, args.image_size, args.full_res_images)
     elif args.command == "train":
         from cxr_tune.bench.train import run
 

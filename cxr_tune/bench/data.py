@@ -27,7 +27,7 @@ def plain_loop(paths: list[str], size: int) -> float:
     return time.perf_counter() - started
 
 
-def run(data: str | None, size: int) -> None:
+def run(data: str | None, size: int, full_res_images: int = 0) -> None:
     import ray
 
     from cxr_tune.data.cache import prepare_cache
@@ -46,7 +46,8 @@ def run(data: str | None, size: int) -> None:
         cpus = int(ray.cluster_resources()["CPU"])
         cold = prepare_cache(source.manifest, size, str(work / "cold")).build_seconds
         warm = prepare_cache(source.manifest, size, str(work / "warm")).build_seconds
-        full = _full_resolution(paths[:: max(1, n // FULL_RES_IMAGES)][:FULL_RES_IMAGES], work / "full", size)
+        keep = full_res_images or n
+        full = _full_resolution(paths[:: max(1, n // keep)][:keep], work / "full", size)
     plain_after = plain_loop(paths, size)
     plain = (plain_before + plain_after) / 2
     hit = _cache_hit_seconds(root, size, str(work / "warm"))
@@ -75,7 +76,6 @@ def run(data: str | None, size: int) -> None:
 
 
 FULL_RES = (1400, 1100)
-FULL_RES_IMAGES = 1000
 
 
 def _full_resolution(paths: list[str], folder: Path, size: int) -> dict[str, float]:
