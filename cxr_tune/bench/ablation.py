@@ -25,7 +25,7 @@ from cxr_tune.data.prepared import datasets_by_size, split_data
 from cxr_tune.search.finish import load_trials
 from cxr_tune.search.results import checkpoint_for, ranked_trials
 from cxr_tune.search.runner import load_options
-from cxr_tune.train.checkpoints import load_predictions, load_state
+from cxr_tune.train.checkpoints import best_epoch, load_predictions, load_state
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.metrics import choose_threshold, evaluate_scores, rates_at
 from cxr_tune.train.trainer import Resources, make_trainer
@@ -81,7 +81,7 @@ def retrain(experiment: str, variants: list[str], epochs: int) -> pd.DataFrame:
                                   name=name.replace(" ", "_").replace("=", "-")).fit()
             with result.checkpoint.as_directory() as folder:
                 history = pd.DataFrame(load_state(folder)["history"])
-            best = history.sort_values(["objective", "val_auc"], ascending=False).iloc[0]
+            best = best_epoch(history)
             rows.append({"run": name, "best epoch": int(best["epoch"]), **{c: float(best[c]) for c in COLUMNS},
                          "last-epoch val_balanced_accuracy": float(history.iloc[-1]["val_balanced_accuracy"]),
                          "last-epoch val_loss": float(history.iloc[-1]["val_loss"])})

@@ -43,6 +43,8 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...] = 
     ``rungs`` (the epochs at which ASHA may stop a trial) tell an ASHA stop from a trial the
     search's end cut short when the experiment has no ``trial_events.jsonl``.
     """
+    from cxr_tune.train.checkpoints import best_epoch
+
     trials, histories = trial_histories(experiment_dir)
     events = _events(experiment_dir)
     rows = []
@@ -76,12 +78,6 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...] = 
     ordered = ID_COLUMNS + params + [m for m in METRICS if m in table] + ["checkpoint_path", "error"]
     table = table.reindex(columns=[c for c in ordered if c in table] + [c for c in table if c not in ordered])
     return table.sort_values("trial_id").reset_index(drop=True)
-
-
-def best_epoch(history: pd.DataFrame) -> pd.Series:
-    """The epoch a trial is judged by: highest objective; ties go to higher AUC, then lower loss."""
-    ranked = history.sort_values(["objective", "val_auc", "val_loss", "epoch"], ascending=[False, False, True, True])
-    return ranked.iloc[0]
 
 
 def ranked_trials(table: pd.DataFrame, criterion: str, tolerance: float = 0.0) -> pd.DataFrame:
@@ -133,10 +129,10 @@ def checkpoint_for(row: pd.Series, experiment_dir: str) -> str:
     found = sorted(p for p in runs.glob("checkpoint_*") if (p / STATE).is_file()) if runs.exists() else []
     if not found:
         raise UserError(f"trial {row['trial_id']} has no checkpoint under {runs}")
-    best_epoch = row.get("best_epoch")
-    if isinstance(best_epoch, (int, float, np.integer, np.floating)) and not math.isnan(best_epoch):
+    wanted = row.get("best_epoch")
+    if isinstance(wanted, (int, float, np.integer, np.floating)) and not math.isnan(wanted):
         for folder in found:
-            if load_state(folder)["epoch"] + 1 == int(best_epoch):  # the state counts epochs from 0
+            if load_state(folder)["epoch"] + 1 == int(wanted):  # the state counts epochs from 0
                 return str(folder)
     return str(found[-1])
 

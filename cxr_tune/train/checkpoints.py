@@ -32,3 +32,10 @@ def load_state(folder: str | Path) -> dict[str, Any]:
 
 def load_predictions(folder: str | Path) -> pd.DataFrame:
     return pd.read_parquet(Path(folder) / PREDICTIONS)
+
+
+def best_epoch(history: pd.DataFrame) -> pd.Series:
+    """The epoch a run is judged by (search, cross-validation and ablation alike): highest
+    objective; ties go to higher AUC, then lower loss, then the earlier epoch."""
+    ranked = history.sort_values(["objective", "val_auc", "val_loss", "epoch"], ascending=[False, False, True, True])
+    return ranked.iloc[0]

@@ -1,19 +1,20 @@
 """K-fold cross-validation of one configuration, folds grouped by patient and stratified by class.
 
 How stable is a configuration the search chose? One carved validation split is a single draw;
-training the same hyperparameters k times, each time validating on another fifth of the training
+training the same hyperparameters k times, each time validating on another k-th of the training
 folder's patients, gives the spread. The test folder stays out of it.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 
 from cxr_tune.data.prepared import SplitData
 from cxr_tune.data.splits import group_kfold
-from cxr_tune.train.checkpoints import load_state
+from cxr_tune.train.checkpoints import best_epoch, load_state
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.trainer import Resources, make_trainer
 
@@ -40,13 +41,11 @@ def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resource
     cache = prepare_cache(split.source.manifest, hp.image_size, split.cache_dir)
     rows = []
     for index, roles in enumerate(fold_roles(split, k, seed)):
-        train = roles[roles["role"] == "train"].drop_duplicates("content_hash")
-        counts = (int((train["label"] == 0).sum()), int((train["label"] == 1).sum()))
         datasets = role_datasets(cache, roles)
-        result = make_trainer(hp, datasets, counts, resources=resources, storage_path=storage_path, name=f"{name}-fold{index + 1}").fit()
+        result = make_trainer(hp, datasets, replace(split, roles=roles).class_counts(), resources=resources, storage_path=storage_path, name=f"{name}-fold{index + 1}").fit()
         with result.checkpoint.as_directory() as folder:
             history = pd.DataFrame(load_state(folder)["history"])
-        best = history.sort_values(["objective", "val_auc"], ascending=False).iloc[0]
+        best = best_epoch(history)
         last = history.iloc[-1]
         row: dict[str, Any] = {"fold": index + 1, "val_images": int(best["val_n"]), "best_epoch": int(best["epoch"])}
         row.update({f"best_{m}": float(best[m]) for m in REPORTED})
