@@ -1,4 +1,4 @@
-"""``python -m cxr_tune.bench {data,train,search,ablation}``: measurements for results/."""
+"""``python -m cxr_tune.bench {data,train,search,scaling,ablation}``: measurements for results/."""
 
 from __future__ import annotations
 
