@@ -1,9 +1,13 @@
 """``python -m cxr_tune.predict --model EXPERIMENT/best IMAGE_OR_DIR ...``: score new X-rays.
 
+``--model`` may be a folder on object storage (``s3://bucket/experiments/NAME/best``); the images
+are local files.
+
 Prints, per image, the PNEUMONIA probability and the label at the model's stored threshold
 (chosen on validation when it was trained). Folders are searched recursively. Images under a
 folder named NORMAL or PNEUMONIA (the Kermany layout) count as labelled, and for them it also
-prints sensitivity, specificity, balanced accuracy, AUC and the confusion matrix. Unreadable
+prints sensitivity, specificity, balanced accuracy, AUC and the confusion matrix; a rate the
+labelled images cannot measure (AUC, say, when all are of one class) prints as ``n/a``. Unreadable
 files are listed with the reason and skipped. Only the pickle-free ONNX export is loaded.
 """
 
@@ -79,8 +83,8 @@ def evaluation(frame: pd.DataFrame, threshold: float) -> str | None:
     auc = roc_auc_score(labels, scores) if len(np.unique(labels)) == 2 else float("nan")
     return "\n".join([
         f"Labelled images: {len(labelled)} (NORMAL {int((labels == 0).sum())}, PNEUMONIA {int((labels == 1).sum())}) at threshold {threshold:.4f}",
-        f"  sensitivity {rates['sensitivity']:.4f}  specificity {rates['specificity']:.4f}  "
-        f"balanced accuracy {rates['balanced_accuracy']:.4f}  accuracy {rates['accuracy']:.4f}  AUC {auc:.4f}",
+        f"  sensitivity {_rate(rates['sensitivity'])}  specificity {_rate(rates['specificity'])}  "
+        f"balanced accuracy {_rate(rates['balanced_accuracy'])}  accuracy {_rate(rates['accuracy'])}  AUC {_rate(auc)}",
         "  confusion matrix (rows: true, columns: predicted)",
         "                 NORMAL  PNEUMONIA",
         f"    NORMAL     {rates['tn']:7d}  {rates['fp']:9d}",
@@ -88,10 +92,15 @@ def evaluation(frame: pd.DataFrame, threshold: float) -> str | None:
     ])
 
 
+def _rate(value: float) -> str:
+    """Four decimals, or ``n/a`` when the images cannot measure it (a class with no images gives NaN)."""
+    return f"{value:.4f}" if np.isfinite(value) else "n/a"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
-    parser.add_argument("--model", required=True, help="export folder with model.onnx and model.json, e.g. results/<experiment>/best")
+    parser.add_argument("--model", required=True, help="export folder with model.onnx and model.json, local or on object storage, e.g. results/<experiment>/best or s3://bucket/experiments/<experiment>/best, or its .onnx file (loaded exactly, with the model.json beside it)")
     parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path,probability,prediction (0/1) to this CSV file")
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not one line per image")
     return parser

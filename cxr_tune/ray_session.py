@@ -1,15 +1,24 @@
 """Start (or join) Ray once per command, with the settings this project relies on.
 
-Local runs keep the dashboard on but bound to 127.0.0.1: Tune's trial clean-up asks the State API,
-which needs it (see ``RAY_NOTES.md``). ``--address auto`` joins a running cluster instead.
+Local runs keep the dashboard on, bound to 127.0.0.1: each trial's Ray Train run starts a
+placement-group cleaner that asks Ray's State API whether the trial's controller is still alive
+before it frees the trial's reserved CPUs, and the dashboard is what serves the State API.
+``--address auto`` joins a running cluster instead.
+
+Every worker process pins ``RAY_ADDRESS`` to the cluster it belongs to as it starts: Ray's own
+helpers inside trials (that placement-group cleaner among them) otherwise look for "the" local
+cluster and give up when a machine runs more than one (two searches, or a search beside a test).
+Ray's and Optuna's console output can be routed to a log file (:mod:`cxr_tune.console`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 _QUIET_ENV = {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
@@ -20,12 +29,31 @@ _QUIET_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     # Ray Train's own ingest options trip a Ray Data deprecation warning in every trial.
     "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    # Tune's legacy reporter honours verbose=0; the newer one prints a configuration box regardless.
+    "RAY_AIR_NEW_OUTPUT": "0",
 }
+
+# Where object storage is and how to reach it, forwarded to every worker when the driver has them
+# set (workers read and write s3:// too: the image cache, checkpoints). Credentials are not
+# forwarded: each node carries its own (instance role, its own environment).
+_STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
+
+
+def pin_cluster_address() -> None:
+    """Worker-process setup hook: this worker's cluster is the one Ray helpers should talk to."""
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 @contextmanager
-def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator[None]:
-    """Ray for the duration of a ``with`` block; reuses an already-initialized Ray (tests do that)."""
+def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
+                log: TextIO | None = None, verbose: bool = False) -> Iterator[None]:
+    """Ray for the duration of a ``with`` block; reuses an already-initialized Ray (tests do that).
+
+    ``log``: an open file that receives Ray's workers' output instead of the console (see
+    :func:`cxr_tune.console.route_worker_output`; both with ``verbose``).
+    """
     import ray
 
     if ray.is_initialized():
@@ -37,12 +65,22 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
     # Inside trials Ray Data only iterates materialized blocks; its one warning there is that the
     # (deliberately) disabled progress bars are disabled, once per worker process.
     workers_env["RAY_DATA_LOG_LEVEL"] = "ERROR"
-    quiet = {"logging_level": logging.WARNING, "runtime_env": {"env_vars": workers_env}}
+    workers_env.update({k: os.environ[k] for k in _STORAGE_ENV if k in os.environ})
+    if log is not None and not (verbose and sys.stdout.isatty()):
+        os.environ["RAY_COLOR_PREFIX"] = "0"  # no colour codes in a file or a pipe
+    runtime_env = {"env_vars": workers_env, "worker_process_setup_hook": "cxr_tune.ray_session.pin_cluster_address"}
+    quiet = {"logging_level": logging.WARNING, "runtime_env": runtime_env}
     if address:
         ray.init(address=address, **quiet)
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+    undo = lambda: None  # noqa: E731
+    if log is not None:
+        from cxr_tune.console import route_worker_output
+
+        undo = route_worker_output(log, verbose=verbose)
     try:
         yield
     finally:
         ray.shutdown()
+        undo()

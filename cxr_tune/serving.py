@@ -3,12 +3,16 @@
 The ONNX graph takes uint8 grayscale images ``(N, 1, S, S)`` exactly as
 :func:`cxr_tune.data.imaging.decode_gray` makes them, and returns PNEUMONIA probabilities; the
 intensity normalization is inside the graph. ``model.json`` carries the image size, the decision
-threshold chosen on validation and the metrics behind it.
+threshold chosen on validation and the metrics behind it; :func:`load_model` checks the keys
+prediction reads and stops with one line naming the file when one is missing or out of range.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr_tune import storage
 from cxr_tune.errors import UserError
 
 MODEL_FILE = "model.onnx"
@@ -25,7 +30,7 @@ PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib"}
 
 @dataclass(frozen=True)
 class LoadedModel:
-    folder: Path
+    folder: Path | str  # a local folder, or the URI of one on object storage
     session: Any  # onnxruntime.InferenceSession
     meta: dict[str, Any]
 
@@ -38,11 +43,16 @@ class LoadedModel:
         return float(self.meta["threshold"])
 
 
-def refuse_pickle(path: Path) -> None:
-    """Stop on any file that would need Python unpickling to load (arbitrary code on load)."""
-    looks_pickled = path.suffix.lower() in PICKLE_SUFFIXES
-    if not looks_pickled and path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
+def refuse_pickle(path: Path | str, data: bytes | None = None) -> None:
+    """Stop on any file that would need Python unpickling to load (arbitrary code on load).
+
+    ``data``: the file's bytes when they were read already (a model on object storage).
+    """
+    looks_pickled = os.path.splitext(storage.name(str(path)))[1].lower() in PICKLE_SUFFIXES
+    if not looks_pickled and data is None and storage.is_file(str(path)):
+        data = storage.read_bytes(str(path))
+    if not looks_pickled and data is not None and zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             looks_pickled = any(name.endswith(".pkl") for name in archive.namelist())
     if looks_pickled:
         raise UserError(
@@ -52,24 +62,106 @@ def refuse_pickle(path: Path) -> None:
 
 
 def load_model(path: str | Path) -> LoadedModel:
-    """Open an export folder (or its ``model.onnx``); refuse pickles; one-line errors."""
+    """Open an export; refuse pickles and broken exports with one line naming the file.
+
+    ``path`` is an export folder (loads the ONNX file its ``model.json`` names, ``model.onnx``),
+    that folder's ``model.json``, or one ``.onnx`` file. A ``.onnx`` file loads exactly that file,
+    with the ``model.json`` beside it; when that ``model.json`` names another file, the threshold
+    and image size in it belong to another model, so loading stops instead of guessing::
+
+        load_model("results/wide-20240101/best")             # folder
+        load_model("results/wide-20240101/best/model.onnx")  # the same model
+    """
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.exists():
+    # Local paths and object-store URIs alike (``s3://bucket/exp/best``), through cxr_tune.storage.
+    path = str(path).rstrip("/") if storage.is_uri(str(path)) else str(Path(path))
+    if not storage.exists(path):
         raise UserError(f"model '{path}' does not exist; pass an export folder such as results/<experiment>/best")
-    if path.is_file():
+    requested = None
+    if storage.is_file(path):
         refuse_pickle(path)
-        path = path.parent
-    for name in (MODEL_FILE, META_FILE):
-        if not (path / name).is_file():
-            raise UserError(f"model folder '{path}' has no {name}; export one with python -m cxr_tune.export EXPERIMENT")
-    meta = json.loads((path / META_FILE).read_text())
+        if os.path.splitext(storage.name(path))[1].lower() == ".onnx":
+            requested = storage.name(path)
+        elif storage.name(path) != META_FILE:
+            raise UserError(f"model '{path}' is neither an export folder nor its .onnx or {META_FILE} file")
+        path = storage.parent(path)
+    meta_path = storage.join(path, META_FILE)
+    if not storage.is_file(meta_path):
+        raise UserError(f"model folder '{path}' has no {META_FILE}; export one with python -m cxr_tune.export EXPERIMENT")
+    meta = read_meta(meta_path)
+    model_file = meta.get("model_file", MODEL_FILE)
+    if requested is not None and requested != model_file:
+        raise UserError(
+            f"'{storage.join(path, requested)}' is not the model '{meta_path}' describes (its model_file is {model_file!r}); "
+            f"pass the folder '{path}', or set model_file in {META_FILE} if you renamed the file"
+        )
+    model_path = storage.join(path, model_file)
+    if not storage.is_file(model_path):
+        raise UserError(f"model folder '{path}' has no {model_file} (named by its {META_FILE}); export one with python -m cxr_tune.export EXPERIMENT")
+    data = storage.read_bytes(model_path)  # one read: checked for pickles, then loaded from memory
+    refuse_pickle(model_path, data)
     try:
-        session = ort.InferenceSession(str(path / MODEL_FILE), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - a broken file is the user's to fix
-        raise UserError(f"'{path / MODEL_FILE}' is not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
-    return LoadedModel(path, session, meta)
+        raise UserError(f"'{model_path}' is not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
+    _check_input(session, model_path, meta_path, int(meta["preprocessing"]["image_size"]))
+    return LoadedModel(path if storage.is_uri(path) else Path(path), session, meta)
+
+
+def read_meta(file: Path | str) -> dict[str, Any]:
+    """``model.json`` parsed and checked: the keys prediction uses must be there and sane.
+
+    Checked: ``preprocessing.image_size`` (whole number, 16..1024), ``threshold`` (finite, 0..1),
+    ``model_file`` (optional, default ``model.onnx``: a plain ``.onnx`` file name beside it) and
+    ``data`` (optional object). Anything else in the file is information for people.
+    """
+    from cxr_tune.data.cache import MAX_SIZE, MIN_SIZE
+
+    try:
+        meta = json.loads(storage.read_bytes(str(file)))
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"'{file}' is not readable JSON ({str(exc).splitlines()[0]}); export the model again with python -m cxr_tune.export EXPERIMENT") from None
+
+    def bad(key: str, problem: str) -> UserError:
+        return UserError(f"'{file}': {key} {problem}; export the model again with python -m cxr_tune.export EXPERIMENT")
+
+    if not isinstance(meta, dict):
+        raise bad("the top level", f"must be a JSON object, not {type(meta).__name__}")
+    preprocessing = meta.get("preprocessing")
+    if not isinstance(preprocessing, dict):
+        raise bad("preprocessing", "is missing" if preprocessing is None else "must be an object")
+    size = preprocessing.get("image_size")
+    if size is None:
+        raise bad("preprocessing.image_size", "is missing")
+    if not _is_int(size) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise bad("preprocessing.image_size", f"is {size!r}; it must be a whole number of pixels in {MIN_SIZE}..{MAX_SIZE}")
+    threshold = meta.get("threshold")
+    if threshold is None:
+        raise bad("threshold", "is missing")
+    if not _is_number(threshold) or not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
+        raise bad("threshold", f"is {threshold!r}; it must be a probability between 0 and 1")
+    model_file = meta.get("model_file", MODEL_FILE)
+    if not isinstance(model_file, str) or Path(model_file).name != model_file or not model_file.lower().endswith(".onnx") or model_file.startswith("."):
+        raise bad("model_file", f"is {model_file!r}; it must be the name of an .onnx file in the same folder")
+    if not isinstance(meta.get("data", {}), dict):
+        raise bad("data", "must be an object")
+    return meta
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_input(session: Any, model_file: Path | str, meta_file: Path | str, image_size: int) -> None:
+    """The graph's fixed input side must be the image size ``model.json`` promises."""
+    shape = session.get_inputs()[0].shape
+    if len(shape) == 4 and any(isinstance(side, int) and side != image_size for side in shape[2:]):
+        raise UserError(f"'{model_file}' takes {shape[2]}x{shape[3]} images but '{meta_file}' says image_size {image_size}; export the model again")
 
 
 def probabilities(model: LoadedModel | Any, images: np.ndarray, batch_size: int = 128) -> np.ndarray:

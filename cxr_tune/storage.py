@@ -2,13 +2,20 @@
 
 On a laptop everything is a local folder; on a cluster the cache and the experiments live on
 shared storage every node can see. One small set of helpers covers both, so no other module has to
-care which it is.
+care which it is: never build a :class:`pathlib.Path` from a location that may be a URI
+(``Path("s3://b/x")`` is ``s3:/b/x``); use :func:`join`, :func:`parent` and :func:`name`.
+
+S3-compatible stores other than AWS (MinIO, Ceph, a test server) are reached with the standard
+``AWS_ENDPOINT_URL`` variable, which pyarrow's S3 filesystem reads itself, like the other
+``AWS_*`` variables (credentials, ``AWS_REGION``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -40,8 +47,34 @@ def join(base: str, *parts: str) -> str:
     return str(Path(base, *parts))
 
 
+def parent(path: str) -> str:
+    """The folder that holds ``path``: ``s3://b/x/y.png`` -> ``s3://b/x``; a bucket is its own parent.
+
+    >>> parent("s3://bucket/runs/a.csv"), parent("/data/runs/a.csv")
+    ('s3://bucket/runs', '/data/runs')
+    """
+    text = str(path)
+    if not is_uri(text):
+        return str(Path(text).parent)
+    scheme, rest = text.split("://", 1)
+    rest = rest.rstrip("/")
+    return f"{scheme}://{rest.rsplit('/', 1)[0] if '/' in rest else rest}"
+
+
+def name(path: str) -> str:
+    """The last part of ``path``: ``s3://b/x/y.png`` -> ``y.png`` (a bucket's name for a bucket)."""
+    text = str(path)
+    if not is_uri(text):
+        return Path(text).name
+    return text.split("://", 1)[1].rstrip("/").rsplit("/", 1)[-1]
+
+
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem for ``path`` and the path inside it."""
+    """The pyarrow filesystem for ``path`` and the path inside it.
+
+    For ``s3://`` pyarrow reads ``AWS_ENDPOINT_URL`` (and credentials, region) from the
+    environment, so the same URI reaches AWS, MinIO or a test server.
+    """
     if is_uri(path):
         return pafs.FileSystem.from_uri(path)
     return pafs.LocalFileSystem(), resolve(path)
@@ -52,9 +85,47 @@ def default_cache_dir() -> str:
     return resolve(os.environ.get(CACHE_ENV) or user_cache_dir("cxr_tune"))
 
 
-def exists(path: str) -> bool:
+# --- asking -------------------------------------------------------------------------------------
+
+
+def _type(path: str) -> pafs.FileType:
     fs, inner = filesystem(path)
-    return fs.get_file_info(inner).type != pafs.FileType.NotFound
+    return fs.get_file_info(inner).type
+
+
+def exists(path: str) -> bool:
+    return _type(path) != pafs.FileType.NotFound
+
+
+def is_dir(path: str) -> bool:
+    """True for a folder (on object stores: a prefix with objects under it, or a folder marker)."""
+    return _type(path) == pafs.FileType.Directory
+
+
+def is_file(path: str) -> bool:
+    return _type(path) == pafs.FileType.File
+
+
+def listdir(path: str) -> list[str]:
+    """Names of the files and folders directly inside ``path``, sorted; empty when it does not exist.
+
+    >>> listdir("s3://bucket/runs")  # doctest: +SKIP
+    ['checkpoint_000', 'checkpoint_001', 'trials.csv']
+    """
+    fs, inner = filesystem(path)
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    return sorted(i.base_name for i in infos)
+
+
+def glob(path: str, pattern: str = "*") -> list[str]:
+    """Full paths of the children of ``path`` whose names match ``pattern`` (``fnmatch``), sorted.
+
+    One level only, like ``Path(path).glob("checkpoint_*")``: ``glob(runs, "checkpoint_*")``.
+    """
+    return [join(path, child) for child in listdir(path) if fnmatch.fnmatchcase(child, pattern)]
+
+
+# --- reading ------------------------------------------------------------------------------------
 
 
 def read_bytes(path: str) -> bytes:
@@ -69,21 +140,85 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` so that readers see the old file or the whole new one, never half of it."""
+def read_frame(path: str) -> pd.DataFrame:
+    """A Parquet file (or a folder of them) as a DataFrame."""
     fs, inner = filesystem(path)
-    parent = inner.rsplit("/", 1)[0] if is_uri(path) else str(Path(inner).parent)
-    fs.create_dir(parent, recursive=True)
-    if is_uri(path):  # an object PUT is atomic already
-        with fs.open_output_stream(inner) as stream:
-            stream.write(data)
-        return
+    return pq.read_table(inner, filesystem=fs).to_pandas()
+
+
+def read_csv(path: str, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` for local paths and URIs alike (pandas alone would need s3fs for ``s3://``).
+
+    >>> read_csv("s3://bucket/exp/trials.csv")  # doctest: +SKIP
+    """
+    return pd.read_csv(io.BytesIO(read_bytes(path)), **kwargs)
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def makedirs(path: str) -> None:
+    fs, inner = filesystem(path)
+    fs.create_dir(inner, recursive=True)
+
+
+def _local_tmp(inner: str, data: bytes) -> str:
+    """``data`` in a synced temporary file beside ``inner``, for an atomic rename or link."""
+    Path(inner).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{inner}.tmp-{uuid.uuid4().hex[:8]}"
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, inner)
+    return tmp
+
+
+def _put(path: str, data: bytes) -> None:
+    """One object PUT: atomic already. No folder is created first: object stores have none, and a
+    policy that allows writing under a prefix may forbid looking at the folders above it."""
+    fs, inner = filesystem(path)
+    with fs.open_output_stream(inner) as stream:
+        stream.write(data)
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` so that readers see the old file or the whole new one, never half of it."""
+    if is_uri(path):
+        _put(path, data)
+        return
+    inner = resolve(path)
+    os.replace(_local_tmp(inner, data), inner)
+
+
+def write_bytes_once(path: str, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists already; True when this call created it.
+
+    Readers never see half a file. Local folders: exclusive and atomic (a hard link of a complete
+    temporary file; two callers racing, exactly one wins). Object stores cannot create-if-absent
+    through pyarrow: there it is a check and then a PUT, and two callers within that moment both
+    get True, the later PUT winning. Callers must treat a True as "mine may be replaced", never
+    delete what another caller may have written.
+    """
+    if is_uri(path):
+        if exists(path):
+            return False
+        _put(path, data)
+        return True
+    inner = resolve(path)
+    tmp = _local_tmp(inner, data)
+    try:
+        os.link(tmp, inner)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: the object-store guarantee
+        if os.path.exists(inner):
+            return False
+        os.replace(tmp, inner)
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -97,24 +232,110 @@ def write_frame(path: str, frame: pd.DataFrame) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def read_frame(path: str) -> pd.DataFrame:
-    fs, inner = filesystem(path)
-    return pq.read_table(inner, filesystem=fs).to_pandas()
+def write_csv(path: str, frame: pd.DataFrame, **kwargs) -> None:
+    """Write a DataFrame as CSV (without its index unless ``index=True``), atomically."""
+    kwargs.setdefault("index", False)
+    write_bytes_atomic(path, frame.to_csv(**kwargs).encode("utf-8"))
 
 
-def makedirs(path: str) -> None:
+# --- copying, moving, removing ------------------------------------------------------------------
+
+
+def copy(src: str, dst: str) -> None:
+    """Copy a file or a whole folder from ``src`` to ``dst``, each local or a URI.
+
+    Uploads (``copy("runs/exp1", "s3://b/exp1")``), downloads and copies within one store alike.
+    A folder lands *as* ``dst`` (not inside it); files already in ``dst`` with other names stay.
+    """
+    src_fs, src_inner = filesystem(src)
+    dst_fs, dst_inner = filesystem(dst)
+    kind = src_fs.get_file_info(src_inner).type
+    if kind == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"'{src}' does not exist")
+    if kind == pafs.FileType.File and not is_uri(dst):
+        Path(dst_inner).parent.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(src_inner, dst_inner, source_filesystem=src_fs, destination_filesystem=dst_fs)
+
+
+def remove(path: str) -> None:
+    """Delete a file or a whole folder; nothing happens when it does not exist."""
     fs, inner = filesystem(path)
-    fs.create_dir(inner, recursive=True)
+    kind = fs.get_file_info(inner).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(inner)
+    elif kind != pafs.FileType.NotFound:
+        fs.delete_file(inner)
 
 
 def remove_tree(path: str) -> None:
+    """Delete the folder ``path`` and everything in it; nothing happens when it does not exist."""
     fs, inner = filesystem(path)
     if fs.get_file_info(inner).type != pafs.FileType.NotFound:
         fs.delete_dir(inner)
 
 
 def move(src: str, dst: str) -> None:
-    """Rename ``src`` to ``dst``: atomic for local folders; a copy on object stores."""
-    fs, src_inner = filesystem(src)
-    _, dst_inner = filesystem(dst)
-    fs.move(src_inner, dst_inner)
+    """Move a file or folder. Local to local: one atomic rename. Anything involving a URI (object
+    stores cannot rename folders): a copy, then deleting ``src``, so readers may see both for a
+    while and a crash in between leaves both. ``dst`` must not be a folder that holds anything.
+    """
+    if not is_uri(src) and not is_uri(dst):
+        src_inner, dst_inner = resolve(src), resolve(dst)
+        if os.path.isdir(dst_inner) and os.listdir(dst_inner):
+            raise FileExistsError(f"cannot move '{src}' to '{dst}': it exists and is not empty")
+        Path(dst_inner).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src_inner, dst_inner)
+        return
+    if is_dir(dst) and listdir(dst):
+        raise FileExistsError(f"cannot move '{src}' to '{dst}': it exists and is not empty")
+    copy(src, dst)
+    remove(src)
+
+
+def sibling_tmp(path: str) -> str:
+    """A fresh temporary path beside ``path``: same folder, so a rename stays on one filesystem."""
+    return join(parent(path), f".{name(path)}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def replace_dir(src: str, dst: str, *, last: str = "model.json") -> None:
+    """Put the folder ``src`` in the place of ``dst``, so readers find the old folder or the new one,
+    never neither and never a mix; ``src`` is gone afterwards.
+
+    Local: one atomic exchange of the two folders (Linux ``renameat2(RENAME_EXCHANGE)``), then the
+    old one is deleted; where the system cannot exchange, two renames with the old folder kept
+    until the new one is in place. Object stores cannot rename: the new files are copied over the
+    old ones, the file named ``last`` (the one that marks a folder complete) at the end, and files
+    only the old folder had are deleted.
+    """
+    if is_uri(src) or is_uri(dst):
+        files = sorted(listdir(src), key=lambda child: child == last)
+        for child in files:
+            copy(join(src, child), join(dst, child))
+        for child in set(listdir(dst)) - set(files):
+            remove(join(dst, child))
+        remove_tree(src)
+        return
+    src_inner, dst_inner = resolve(src), resolve(dst)
+    if not os.path.exists(dst_inner):
+        Path(dst_inner).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(src_inner, dst_inner)
+        return
+    if not _exchange(src_inner, dst_inner):
+        old = f"{dst_inner}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(dst_inner, old)
+        os.rename(src_inner, dst_inner)
+        src_inner = old
+    shutil.rmtree(src_inner, ignore_errors=True)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths atomically (Linux >= 3.15, glibc >= 2.28); False where that is not available."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, a.encode(), at_fdcwd, b.encode(), rename_exchange) == 0

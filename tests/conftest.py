@@ -84,3 +84,41 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subproce
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+S3_BUCKET = "cxr-tune-test"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A local S3 server (moto) for the session, with bucket ``S3_BUCKET``; ``s3://`` reaches it.
+
+    It sets the standard ``AWS_*`` variables in ``os.environ`` for the rest of the session, so it
+    must start before Ray does: a local Ray's workers inherit the environment of ``ray.init``.
+    (Being session-scoped, pytest sets it up before the module-scoped ``ray_session``.)
+    """
+    from tests.s3server import clear_foreign_aws_settings, moto_server
+
+    folder = tmp_path_factory.mktemp("moto")
+    with moto_server(str(folder / "moto.log")) as server:
+        saved = {**clear_foreign_aws_settings()}
+        settings = server.environment(str(folder))
+        saved.update({k: os.environ[k] for k in settings if k in os.environ})
+        os.environ.update(settings)
+        try:
+            server.create_bucket(S3_BUCKET)
+            yield server
+        finally:
+            for key in settings:
+                os.environ.pop(key, None)
+            os.environ.update(saved)
+
+
+@pytest.fixture
+def s3_dir(s3_server, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty ``s3://`` folder for one test."""
+    import re
+    import uuid
+
+    label = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:40]
+    return f"s3://{S3_BUCKET}/{label}-{uuid.uuid4().hex[:8]}"

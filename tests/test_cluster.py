@@ -6,31 +6,59 @@ without CPUs and worker nodes with one CPU each) and run the real search CLI aga
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import jsonschema
 import pandas as pd
 import pytest
 import yaml
 
 from tests.conftest import ROOT, run_cli
-from cxr_tune.bench.local_cluster import LocalCluster, start_cluster
+from cxr_tune.bench import local_cluster
+from cxr_tune.bench.local_cluster import LocalCluster, Node, NodeStartError, PortTaken, node_processes, start_cluster
 
 CLUSTER_YAML = ROOT / "cluster.yaml"
+DELETE = object()
+T = TypeVar("T")
 
 
 def _validate(config: dict) -> None:
+    """Ray's schema on the file as written (``prepare_config`` crashes on a missing provider), then Ray's own checks."""
+    import ray.autoscaler
     from ray.autoscaler._private.util import prepare_config, validate_config
 
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(config, schema)
     validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def _edited(config: dict, path: tuple[str, ...], value: object) -> dict:
+    """A copy with ``path`` set to ``value`` (or deleted); the path up to its last key must exist."""
+    out = copy.deepcopy(config)
+    parent = out
+    for key in path[:-1]:
+        assert isinstance(parent, dict) and key in parent, f"cluster.yaml has no {'.'.join(path[:-1])}"
+        parent = parent[key]
+    if value is DELETE:
+        assert path[-1] in parent, f"cluster.yaml has no {'.'.join(path)}"
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return out
 
 
 def test_cluster_yaml_is_valid_for_the_ray_cluster_launcher():
@@ -47,17 +75,131 @@ def test_cluster_yaml_is_valid_for_the_ray_cluster_launcher():
     assert any("pip install -e" in c for c in config["setup_commands"])
 
 
-@pytest.mark.parametrize("break_it", [
-    lambda c: c["available_node_types"]["gpu_worker"].update(min_workers="none"),
-    lambda c: c.pop("provider"),
-    lambda c: c.update(head_node_type="no_such_type"),
-    lambda c: c["provider"]["security_group"].update(Ports=[22]),
-])
-def test_a_broken_cluster_yaml_is_rejected(break_it):
+@pytest.mark.parametrize(("path", "value", "rejection", "message"), [
+    (("available_node_types", "gpu_worker", "min_workers"), "none", jsonschema.ValidationError, "'none' is not of type 'integer'"),
+    (("provider",), DELETE, jsonschema.ValidationError, "'provider' is a required property"),
+    (("head_node_type",), "no_such_type", ValueError, "`head_node_type` must be one of `available_node_types`."),
+    (("provider", "security_group", "Ports"), [22], jsonschema.ValidationError,
+     "Additional properties are not allowed ('Ports' was unexpected)"),
+], ids=["min-workers-not-a-number", "no-provider", "unknown-head-type", "unknown-security-group-key"])
+def test_a_broken_cluster_yaml_is_rejected(path, value, rejection, message):
     config = yaml.safe_load(CLUSTER_YAML.read_text())
-    break_it(config)
-    with pytest.raises(Exception):  # noqa: B017 - jsonschema or Ray's own checks, either is a rejection
-        _validate(config)
+    broken = _edited(config, path, value)
+    _validate(config)  # the edit, not something else, is what gets rejected
+    with pytest.raises(rejection) as caught:
+        _validate(broken)
+    assert str(caught.value).splitlines()[0] == message
+    if isinstance(caught.value, jsonschema.ValidationError):
+        assert tuple(caught.value.absolute_path) in {path, path[:-1]}
+
+
+def _fake_node(cluster: LocalCluster, label: str, logs: dict[str, str], script: str) -> Node:
+    """A node that is a shell ``script`` with Ray-style log files already in its folder."""
+    node = cluster.spawn(label, ["sh", "-c", script])
+    (node.folder / "session_latest" / "logs").mkdir(parents=True, exist_ok=True)
+    for name, text in logs.items():
+        (node.folder / "session_latest" / "logs" / name).write_text(text)
+    return node
+
+
+RAYLET_PORT_TAKEN = ("[2026-01-01 00:00:00,000 C 1 1] (raylet) grpc_server.cc:134: Check failed: server_ Failed to start "
+                     "the grpc server. The specified port is 50853. This means that Ray's core components will not be able "
+                     "to function correctly.\n*** StackTrace Information ***\n")
+
+
+def test_a_node_whose_port_was_taken_is_started_again_and_the_cause_is_kept(tmp_path):
+    cluster = LocalCluster(tmp_path, start_timeout=30)
+    launches = []
+
+    def launch(label: str) -> Node:
+        launches.append(label)
+        if len(launches) == 1:
+            return _fake_node(cluster, label, {"raylet.out": RAYLET_PORT_TAKEN}, "exit 1")
+        return _fake_node(cluster, label, {}, "echo 'Ray runtime started.'; exec sleep 300")
+
+    try:
+        node = cluster.start_node("worker1", launch)
+        assert launches == ["worker1", "worker1-try2"] and cluster.nodes == [node]
+        assert len(cluster.restarted) == 1
+        quoted = "raylet.out: Check failed: server_ Failed to start the grpc server. The specified port is 50853."
+        assert quoted in cluster.restarted[0]
+    finally:
+        cluster.stop()
+
+
+def test_a_node_that_fails_otherwise_is_not_retried_and_raises_with_its_own_error(tmp_path):
+    cluster = LocalCluster(tmp_path, start_timeout=30)
+    launches = []
+
+    def launch(label: str) -> Node:
+        launches.append(label)
+        crash = "Traceback (most recent call last):\nRuntimeError: the plasma store is out of disk\n"
+        return _fake_node(cluster, label, {"raylet.err": crash}, "echo 'Some Ray subprocesses exited unexpectedly:'; exit 3")
+
+    with pytest.raises(NodeStartError, match="exited with code 3") as caught:
+        cluster.start_node("worker1", launch)
+    assert not isinstance(caught.value, PortTaken) and launches == ["worker1"] and cluster.nodes == []
+    message = str(caught.value)
+    assert "raylet.err: RuntimeError: the plasma store is out of disk" in message
+    assert "worker1.log: Some Ray subprocesses exited unexpectedly:" in message
+
+
+def _alive(pid: int) -> bool:
+    stat = local_cluster._proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def test_stop_kills_what_the_nodes_started_even_after_it_left_their_group_and_nothing_else(tmp_path):
+    cluster = LocalCluster(tmp_path, start_timeout=30)
+    pid_file = tmp_path / "orphan.pid"
+    # Like a Ray worker: a process group of its own, re-parented to init when its parent exits.
+    orphan = f"import os, time; os.setpgid(0, 0); open('{pid_file}', 'w').write(str(os.getpid())); time.sleep(300)"
+    script = f"('{sys.executable}' -c \"{orphan}\" &); echo 'Ray runtime started.'; exec sleep 300"
+    # Not the harness's, though its command line names the temp folder (what `pkill -f` would match).
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", str(tmp_path)])
+    try:
+        node = cluster.start_node("worker1", lambda label: _fake_node(cluster, label, {}, script))
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the orphan did not start"
+            time.sleep(0.1)
+        orphan_pid = int(pid_file.read_text())
+        assert os.getpgid(orphan_pid) != node.pid and orphan_pid in node_processes(node.pid)
+        cluster.stop()
+        assert not _alive(orphan_pid) and node.process.returncode == -signal.SIGKILL
+        assert bystander.poll() is None
+    finally:
+        cluster.stop()
+        bystander.kill()
+        bystander.wait()
+
+
+@pytest.mark.slow  # starts Ray
+@pytest.mark.parametrize("taken", ["gcs", "ray-client-server"])
+def test_a_head_whose_picked_port_another_process_took_is_started_again(taken, monkeypatch):
+    folder = Path(tempfile.mkdtemp(prefix="rp", dir="/tmp"))
+    cluster = LocalCluster(folder)
+    holder = socket.socket()
+    holder.bind(("", local_cluster.spare_port()))
+    holder.listen()
+    held = holder.getsockname()[1]
+    picks = [held] if taken == "gcs" else [local_cluster.spare_port(), held]
+    real_spare_port = local_cluster.spare_port
+    monkeypatch.setattr(local_cluster, "spare_port", lambda: picks.pop(0) if picks else real_spare_port())
+    started: set[int] = set()
+    try:
+        head = cluster.start_head(cpus=0)
+        assert head.name == "head-try2" and held not in head.ports and cluster.port == head.ports[0]
+        assert len(cluster.restarted) == 1 and str(held) in cluster.restarted[0]
+        assert local_cluster.PORT_TAKEN.search(cluster.restarted[0])
+        cluster.wait_for_nodes(1)
+        started = node_processes(head.pid)
+        assert len(started) > 3  # GCS, raylet, dashboard, agents, ...
+    finally:
+        cluster.stop()
+        holder.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert not any(_alive(pid) for pid in started)
 
 
 def _cluster() -> LocalCluster:
@@ -90,6 +232,7 @@ def search_args(synthetic_root, storage: Path, name: str, cluster: LocalCluster,
             "--address", cluster.address, "--workers-per-trial", "2", "--cpus-per-worker", "0.9", "--concurrency", "1", *extra]
 
 
+@pytest.mark.slow  # starts a multi-node Ray cluster
 def test_trial_workers_run_on_different_nodes_and_each_reads_a_shard(cluster, synthetic_root, tmp_path):
     done = run_cli("cxr_tune.search", *search_args(synthetic_root, tmp_path, "multi", cluster, "--trials", "1", "--no-export"), timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -103,42 +246,93 @@ def test_trial_workers_run_on_different_nodes_and_each_reads_a_shard(cluster, sy
             assert all(n > 0 for n in shards)  # each worker trained on its own share of the data
 
 
-def test_a_trial_survives_losing_a_node_and_resumes_from_its_checkpoint(cluster, synthetic_root, tmp_path):
-    args = search_args(synthetic_root, tmp_path, "fault", cluster, "--trials", "1", "--max-epochs", "5", "--no-export")
+class Output:
+    """A process's output, read in the background so its pipe never fills while a test waits."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(process.stdout), daemon=True)
+        self._reader.start()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, probe: Callable[[], T | None], what: str, timeout: float = 900) -> T:
+        """``probe()``'s first answer other than None; fails once the process has ended without one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = self.process.poll() is not None  # before the probe, so the probe sees all it left
+            if (found := probe()) is not None:
+                return found
+            if ended:
+                pytest.fail(f"the search ended before {what}:\n{self.text()[-4000:]}")
+            assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s:\n{self.text()[-4000:]}"
+            time.sleep(0.2)
+
+    def finish(self, timeout: float = 900) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=60)
+        return code
+
+
+def _start_search(*args: str) -> Output:
     search = subprocess.Popen([sys.executable, "-m", "cxr_tune.search", *args], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
-    seen = []
-    for line in search.stdout:
-        seen.append(line)
-        if " epoch 2/5 " in line:
-            break
+    return Output(search)
+
+
+def _registered_checkpoint(experiment: Path) -> Path | None:
+    """A Train run of the experiment whose controller has registered a checkpoint: what a restart resumes from.
+
+    Train's checkpoint manager writes this snapshot as it registers each reported checkpoint.
+    """
+    for path in experiment.glob("train/*/checkpoint_manager_snapshot.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):  # caught while being written
+            if json.loads(path.read_text())["checkpoint_results"]:
+                return path.parent
+    return None
+
+
+def _finished_in_snapshot(experiment: Path) -> str | None:
+    """A trial that Tune's newest experiment snapshot in storage (what ``--resume`` reads) records as finished."""
+    snapshots = sorted(experiment.glob("experiment_state-*.json"), key=lambda path: path.stat().st_mtime)
+    try:
+        trials = [json.loads(trial) for trial, _ in json.loads(snapshots[-1].read_text())["trial_data"]]
+    except (IndexError, OSError, ValueError):  # none yet, or caught while being copied
+        return None
+    return next((trial["trial_id"] for trial in trials if trial["status"] == "TERMINATED"), None)
+
+
+@pytest.mark.slow  # starts a multi-node Ray cluster
+def test_a_trial_survives_losing_a_node_and_resumes_from_its_checkpoint(cluster, synthetic_root, tmp_path):
+    search = _start_search(*search_args(synthetic_root, tmp_path, "fault", cluster, "--trials", "1", "--max-epochs", "6", "--no-export"))
+    # Kill once Train has registered a checkpoint. Its controller takes one report per worker per poll
+    # (every 2 s), so the 5 epochs left keep the run going for 10 s or more after this: the kill lands
+    # mid-run. (Waiting for a later epoch's console line can land after training ended.)
+    search.wait_for(lambda: _registered_checkpoint(tmp_path / "fault"), "Train registered a checkpoint")
     victim = cluster.nodes[1]  # a worker node: with a CPU-less head, every trial worker is on one
     cluster.kill_node(victim)
     cluster.add_worker(1)  # the replacement an autoscaler would launch
-    rest = search.communicate(timeout=900)[0]
-    assert search.returncode == 0, "".join(seen)[-2000:] + rest[-3000:]
+    assert search.finish() == 0, search.text()[-5000:]
     table = pd.read_csv(tmp_path / "fault" / "trials.csv")
     assert len(table) == 1 and set(table["status"]) == {"TERMINATED"}
     first = next(iter(results_of(tmp_path / "fault").values()))
     epochs = [row["epoch"] for row in first]
-    assert epochs[-1] == 5
-    assert any(row["start_epoch"] > 0 for row in first), epochs  # it resumed from a checkpoint, not from scratch
+    assert epochs[-1] == 6
+    # It resumed from a checkpoint, not from scratch.
+    assert any(row["start_epoch"] > 0 for row in first), (epochs, search.text()[-5000:])
     assert max(epochs) == len(set(epochs))  # no epoch lost
 
 
+@pytest.mark.slow  # starts a multi-node Ray cluster
 def test_a_killed_driver_resumes_with_every_trial_exactly_once(cluster, synthetic_root, tmp_path):
-    args = search_args(synthetic_root, tmp_path, "killed", cluster, "--trials", "2", "--no-export")
-    search = subprocess.Popen([sys.executable, "-m", "cxr_tune.search", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
-    first_done = None
-    for line in search.stdout:
-        if "(1/2 done)" in line:
-            first_done = line.split(" trial ")[1].split()[0]
-            break
-    assert first_done, "no trial finished"
-    time.sleep(12)  # Tune snapshots the experiment every few seconds; the kill comes after one
-    search.send_signal(signal.SIGKILL)  # kill -9: no clean-up of any kind
-    search.wait()
+    search = _start_search(*search_args(synthetic_root, tmp_path, "killed", cluster, "--trials", "2", "--no-export"))
+    # Kill once a snapshot that --resume reads records a finished trial (Tune writes one every 10 s or more).
+    first_done = search.wait_for(lambda: _finished_in_snapshot(tmp_path / "killed"), "a snapshot recorded a finished trial")
+    time.sleep(2)  # the searcher's state is copied to storage along with that snapshot
+    search.process.send_signal(signal.SIGKILL)  # kill -9: no clean-up of any kind
+    search.finish()
     before = results_of(tmp_path / "killed")[first_done]
 
     resumed = run_cli("cxr_tune.search", "--resume", "--name", "killed", "--storage", str(tmp_path), "--no-export", timeout=900)

@@ -23,11 +23,12 @@ from cxr_tune import storage
 from cxr_tune.bench.common import PROJECT, write_result
 from cxr_tune.data.prepared import datasets_by_size, split_data
 from cxr_tune.search.finish import load_trials
-from cxr_tune.search.results import checkpoint_for, ranked_trials
+from cxr_tune.search.results import checkpoint_for
 from cxr_tune.search.runner import load_options
-from cxr_tune.train.checkpoints import best_epoch, load_predictions, load_state
+from cxr_tune.selection import best_epoch, choose_threshold, ensemble_members, ranked_trials
+from cxr_tune.train.checkpoints import load_predictions, load_state
 from cxr_tune.train.hparams import HParams
-from cxr_tune.train.metrics import choose_threshold, evaluate_scores, rates_at
+from cxr_tune.train.metrics import evaluate_scores, rates_at
 from cxr_tune.train.trainer import Resources, make_trainer
 
 COLUMNS = ["val_auc", "val_balanced_accuracy", "val_sensitivity", "val_specificity", "val_loss", "val_brier"]
@@ -40,9 +41,7 @@ def margin(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
 
 
 def post_hoc(experiment: str, k: int) -> pd.DataFrame:
-    options = load_options(experiment)
-    ranked = ranked_trials(load_trials(experiment), options.select, options.select_tolerance)
-    members = [ranked.iloc[i] for i in range(min(k, len(ranked)))]
+    members = [row for _, row in ensemble_members(ranked_trials(load_trials(experiment)), k).iterrows()]
     predictions = [load_predictions(checkpoint_for(row, experiment)).set_index("content_hash") for row in members]
     hp = HParams.from_config(load_state(checkpoint_for(members[0], experiment))["hparams"])
     labels = predictions[0]["label"].to_numpy()

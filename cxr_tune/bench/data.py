@@ -1,4 +1,4 @@
-"""Issue: build the image cache with Ray Data vs a plain single-process Pillow loop; time a cache hit.
+"""Time the image-cache build through Ray Data against a plain single-process Pillow loop, and a cache hit.
 
 Both paths decode the same files with the same function (:func:`decode_gray`) at the same size.
 The Ray Data build is timed twice in one Ray session: cold (the first Data job: worker processes

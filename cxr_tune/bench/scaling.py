@@ -1,4 +1,4 @@
-"""Issue: how the search scales with nodes: trial throughput with 1 vs 2 worker nodes.
+"""Measure how the search scales with nodes: trial throughput with 1 vs 2 worker nodes.
 
 Two real Ray clusters on this machine, started as separate node processes (a head without CPUs
 plus one or two worker nodes of one CPU each), run the same search (same space, trials, seed and

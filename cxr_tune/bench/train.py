@@ -1,4 +1,4 @@
-"""Issue: training throughput through Ray Data + Ray Train vs a bare PyTorch loop, same model and steps.
+"""Measure training throughput through Ray Data + Ray Train against a bare PyTorch loop, same model and steps.
 
 Both paths run the same :func:`cxr_tune.train.loop.train_one_epoch` (augmentation, intensity
 normalization, forward, backward, optimizer and scheduler step) on the same cached 128 px images

@@ -6,9 +6,10 @@ import argparse
 from collections.abc import Sequence
 
 from cxr_tune import storage
+from cxr_tune.cliargs import float_between, int_between, nonnegative_int, positive_int
+from cxr_tune.data.cache import MAX_SIZE, MIN_SIZE
+from cxr_tune.data.prepared import DataOptions, SplitData, split_data
 from cxr_tune.data.report import inspect_report, roles_table, skipped_report
-from cxr_tune.data.sources import load_source
-from cxr_tune.data.splits import assign_roles
 from cxr_tune.data.synthetic import DEFAULT_N, synthesize
 from cxr_tune.errors import run_cli
 
@@ -16,10 +17,15 @@ from cxr_tune.errors import run_cli
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by every command that reads data (also used by train and search)."""
     parser.add_argument("--cache-dir", default=None, help="where manifests and image caches live (default: $CXR_TUNE_CACHE or the user cache folder)")
-    parser.add_argument("--val-fraction", type=float, default=0.15, help="share of the training folder carved out, by patient group, for validation (default: 0.15)")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (default: 0)")
-    parser.add_argument("--use-official-val", action="store_true", help="also put the official val/ folder (16 images) into validation (default: set aside)")
-    parser.add_argument("--synthetic-n", type=int, default=DEFAULT_N, help=f"images in the built-in SYNTHETIC set used when no data is given (default: {DEFAULT_N})")
+    parser.add_argument("--val-fraction", type=float_between(0.0, 0.9, low_open=True, high_open=True), default=0.15, help="share of the training folder carved out, by patient group, for validation (default: 0.15)")
+    parser.add_argument("--split-seed", type=nonnegative_int, default=0, help="seed of the validation split (default: 0)")
+    parser.add_argument("--use-official-val", action="store_true", help="put the data's own val/ folder into carved validation instead of using it as the external set (default: off)")
+    parser.add_argument("--val-data", default="auto", metavar="PATH|auto|none",
+                        help="external validation: a folder of NORMAL/ and PNEUMONIA/ images from the site the model will meet; it selects "
+                             "trials, epochs, ensemble members and the threshold, and is never trained on. 'auto': the data's own val/ folder "
+                             "when it holds at least 20 images of each class (the official 16-image folder is set aside); 'none': carved "
+                             "validation only (default: auto)")
+    parser.add_argument("--synthetic-n", type=positive_int, default=DEFAULT_N, help=f"images in the built-in SYNTHETIC set used when no data is given (default: {DEFAULT_N})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,18 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     inspect = commands.add_parser("inspect", help="counts, patients, duplicates, sizes, leakage and unreadable files")
-    inspect.add_argument("path", nargs="?", help="data folder in the Kermany layout (default: the built-in SYNTHETIC set)")
+    inspect.add_argument("data", nargs="?", metavar="PATH", help="data folder in the Kermany layout (default: the built-in SYNTHETIC set)")
     add_data_arguments(inspect)
 
     prepare = commands.add_parser("prepare", help="build (or reuse) the Ray Data image cache at one image size")
-    prepare.add_argument("path", nargs="?", help="data folder in the Kermany layout (default: the built-in SYNTHETIC set)")
-    prepare.add_argument("--image-size", type=int, default=128, help="side of the square grayscale images in pixels (default: 128)")
+    prepare.add_argument("data", nargs="?", metavar="PATH", help="data folder in the Kermany layout (default: the built-in SYNTHETIC set)")
+    prepare.add_argument("--image-size", type=int_between(MIN_SIZE, MAX_SIZE), default=128, help=f"side of the square grayscale images in pixels, {MIN_SIZE}..{MAX_SIZE} (default: 128)")
     add_data_arguments(prepare)
 
     synth = commands.add_parser("synthesize", help="write the SYNTHETIC chest X-ray set to a folder")
     synth.add_argument("out", help="new folder to write (Kermany layout)")
-    synth.add_argument("--n", type=int, default=DEFAULT_N, help=f"number of images (default: {DEFAULT_N})")
-    synth.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    synth.add_argument("--n", type=positive_int, default=DEFAULT_N, help=f"number of images (default: {DEFAULT_N})")
+    synth.add_argument("--seed", type=nonnegative_int, default=0, help="generator seed (default: 0)")
     return parser
 
 
@@ -48,27 +54,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = synthesize(args.out, n=args.n, seed=args.seed)
         print(f"Wrote {args.n} SYNTHETIC images (seed {args.seed}) to {out}")
         return 0
-    cache_dir = args.cache_dir or storage.default_cache_dir()
-    source = load_source(args.path, cache_dir, synthetic_n=args.synthetic_n)
+    split = split_data(DataOptions.from_args(args))
     if args.command == "inspect":
-        print(inspect_report(source))
+        print(inspect_report(split))
         return 0
-    return _prepare(args, source, cache_dir)
+    return _prepare(args, split)
 
 
-def _prepare(args: argparse.Namespace, source, cache_dir: str) -> int:
+def _prepare(args: argparse.Namespace, split: SplitData) -> int:
     from cxr_tune.data.cache import check_image_size, find_cache, prepare_cache
     from cxr_tune.ray_session import ray_session
 
     check_image_size(args.image_size)
-    roles = assign_roles(source.manifest, val_fraction=args.val_fraction, seed=args.split_seed, use_official_val=args.use_official_val)
-    print(f"Data: {source.description}")
-    print(roles_table(roles).to_string())
-    print(skipped_report(source.skipped))
-    cache = find_cache(cache_dir, source.manifest, args.image_size)
+    print(f"Data: {split.source.description}")
+    print(split.describe_external("external"))
+    print(roles_table(split.roles).to_string())
+    print(skipped_report(split.source.skipped))
+    cache = find_cache(split.cache_dir, split.source.manifest, args.image_size)
     if cache is None:  # only a build needs Ray
         with ray_session():
-            cache = prepare_cache(source.manifest, args.image_size, cache_dir)
+            cache = prepare_cache(split.source.manifest, args.image_size, split.cache_dir)
     verb = "Reused" if cache.reused else f"Built in {cache.build_seconds:.1f} s:"
     print(f"{verb} image cache of {cache.n_images} images at {args.image_size}x{args.image_size} px: {cache.path}")
     if not cache.failures.empty:

@@ -4,9 +4,16 @@ Key: a fingerprint of the files' contents (their hashes), the image size and
 :data:`~cxr_tune.data.imaging.PREPROCESS_VERSION`, so a moved folder still hits and a changed
 file, size or pixel pipeline misses. Byte-identical files are decoded and stored once.
 
-A build writes into a temporary folder, renames it into place and only then writes
-``meta.json``; a folder without ``meta.json`` is an interrupted build and is never reused. On
-object stores (``s3://``) the rename is a copy, which is why the marker comes last.
+Layout of one cache folder (``<cache>/images/<size>px-<key>/``)::
+
+    data-<build id>/   Parquet files of one build
+    meta.json          the commit: names the data folder readers use, written last, once
+
+A build writes its Parquet files under its own ``data-<build id>/`` and commits by creating
+``meta.json`` in one write that never replaces an existing one. Nothing is renamed (object stores
+cannot rename folders) and no committed data is ever deleted: a builder that finds ``meta.json``
+already there (another process won the race) uses that cache and deletes only its own folder. A
+``data-*`` folder that no ``meta.json`` names is an interrupted build and is never read.
 """
 
 from __future__ import annotations
@@ -23,10 +30,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cxr_tune import storage
-from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD, try_decode_gray
+from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD, describe_failure, try_decode_gray
 
 META = "meta.json"
-CACHE_FORMAT = 2  # layout of the Parquet files (2: raw image bytes in a binary column)
+CACHE_FORMAT = 3  # layout (2: raw image bytes in a binary column; 3: data-<build id>/ named by meta.json)
 MIN_SIZE, MAX_SIZE = 16, 1024
 
 
@@ -40,10 +47,12 @@ class ImageCache:
     failures: pd.DataFrame  # content_hash, path, reason: files that passed the scan but not decoding
     reused: bool
     build_seconds: float
+    data_name: str = "data"  # the folder meta.json names, inside ``path``
 
     @property
     def data_path(self) -> str:
-        return storage.join(self.path, "data")
+        """The Parquet folder every reader opens (the one the commit named)."""
+        return storage.join(self.path, self.data_name)
 
 
 def cache_key(manifest: pd.DataFrame, image_size: int) -> str:
@@ -64,14 +73,18 @@ def find_cache(cache_dir: str, manifest: pd.DataFrame, image_size: int) -> Image
     meta_path = storage.join(path, META)
     if not storage.exists(meta_path):
         return None
-    meta = json.loads(storage.read_text(meta_path))
+    return _from_meta(path, image_size, json.loads(storage.read_text(meta_path)), reused=True)
+
+
+def _from_meta(path: str, image_size: int, meta: dict, *, reused: bool) -> ImageCache:
     return ImageCache(
         path=path,
         image_size=image_size,
         n_images=int(meta["n_images"]),
         failures=pd.DataFrame(meta["failures"], columns=["content_hash", "path", "reason"]),
-        reused=True,
+        reused=reused,
         build_seconds=float(meta["build_seconds"]),
+        data_name=str(meta.get("data", "data")),
     )
 
 
@@ -88,8 +101,10 @@ def prepare_cache(manifest: pd.DataFrame, image_size: int, cache_dir: str) -> Im
 
     start = time.perf_counter()
     final = cache_path(cache_dir, manifest, image_size)
-    tmp = storage.join(cache_dir, "images", f".building-{uuid.uuid4().hex[:12]}")
+    data_name = f"data-{uuid.uuid4().hex[:12]}"
+    data_path = storage.join(final, data_name)
     unique = manifest.drop_duplicates("content_hash")[["content_hash", "path"]].reset_index(drop=True)
+    committed: bool | None = False
     try:
         # Few, large blocks: each Ray task costs real time on small machines, so two tasks per CPU
         # keep every core busy without paying for dozens of them.
@@ -99,25 +114,37 @@ def prepare_cache(manifest: pd.DataFrame, image_size: int, cache_dir: str) -> Im
         (
             ray.data.from_pandas(chunks)
             .map_batches(decode_batch, fn_kwargs={"size": image_size}, batch_format="numpy", batch_size=None)
-            .write_parquet(storage.join(tmp, "data"), mode="overwrite")
+            .write_parquet(data_path, mode="overwrite")
         )
-        failures = _failures(storage.join(tmp, "data"), unique)
-        storage.remove_tree(final)  # an interrupted build of the same key, never committed
-        storage.move(tmp, final)
+        failures = _failures(data_path, unique)
+        seconds = time.perf_counter() - start
+        meta = {
+            "cache_format": CACHE_FORMAT,
+            "data": data_name,
+            "image_size": image_size,
+            "preprocess_version": PREPROCESS_VERSION,
+            "resize": RESIZE_METHOD,
+            "n_images": int(len(unique) - len(failures)),
+            "failures": failures.to_dict(orient="records"),
+            "build_seconds": round(seconds, 3),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        committed = None  # unknown while the commit runs: a failed PUT may still have landed
+        committed = _commit(final, meta)
     finally:
-        storage.remove_tree(tmp)
-    seconds = time.perf_counter() - start
-    meta = {
-        "image_size": image_size,
-        "preprocess_version": PREPROCESS_VERSION,
-        "resize": RESIZE_METHOD,
-        "n_images": int(len(unique) - len(failures)),
-        "failures": failures.to_dict(orient="records"),
-        "build_seconds": round(seconds, 3),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    storage.write_text_atomic(storage.join(final, META), json.dumps(meta, indent=2))
-    return ImageCache(final, image_size, meta["n_images"], failures, reused=False, build_seconds=seconds)
+        if committed is False:  # failed before committing, or lost the race: only our own folder goes
+            storage.remove_tree(data_path)
+    if committed:
+        return _from_meta(final, image_size, meta, reused=False)
+    found = find_cache(cache_dir, manifest, image_size)  # another build committed first: use it
+    if found is None:
+        raise RuntimeError(f"'{storage.join(final, META)}' vanished after another build committed it; was the cache folder deleted?")
+    return found
+
+
+def _commit(folder: str, meta: dict) -> bool:
+    """Create ``folder/meta.json`` naming this build's data; False when another build committed first."""
+    return storage.write_bytes_once(storage.join(folder, META), json.dumps(meta, indent=2).encode("utf-8"))
 
 
 def check_image_size(image_size: int) -> None:
@@ -135,7 +162,7 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> pa.Table:
     """
     images, errors = [], []
     for path in batch["path"]:
-        pixels, error = try_decode_gray(storage.read_bytes(str(path)), size)
+        pixels, error = _read_and_decode(str(path), size)
         images.append(b"" if pixels is None else pixels.tobytes())
         errors.append(error or "")
     return pa.table({
@@ -143,6 +170,15 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> pa.Table:
         "image": pa.array(images, type=pa.binary()),
         "error": pa.array(errors, type=pa.string()),
     })
+
+
+def _read_and_decode(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
+    """:func:`try_decode_gray` of the file at ``path``; a file that cannot be read is a failure too."""
+    try:
+        data = storage.read_bytes(path)
+    except Exception as exc:  # noqa: BLE001 - one unreadable file is reported, never fatal
+        return None, describe_failure(exc)
+    return try_decode_gray(data, size)
 
 
 # CPUs asked by the tasks that select a role's rows from the cache (see role_datasets).
@@ -215,7 +251,7 @@ def load_images(rows: pd.DataFrame, image_size: int, cache_dir: str, manifest: p
                 pixels[content_hash] = image
     else:
         for row in rows.itertuples():
-            image, _ = try_decode_gray(storage.read_bytes(row.path), image_size)
+            image, _ = _read_and_decode(row.path, image_size)
             if image is not None:
                 pixels[row.content_hash] = image.tobytes()
     kept = rows[rows["content_hash"].isin(pixels)].reset_index(drop=True)

@@ -2,17 +2,28 @@
 
 Used by ``python -m cxr_tune.train`` and ``python -m cxr_tune.search`` alike, so both see the same
 split and the same cached pixels.
+
+External validation (``--val-data``): ``auto`` (the default) uses the data's own ``val/`` folder
+when it holds at least :data:`MIN_EXTERNAL_PER_CLASS` images of each class, and sets it aside
+otherwise (the official download's 16 images are too few to tell trials apart); ``none`` never
+uses one; a path names a folder of ``NORMAL/`` and ``PNEUMONIA/`` images from the target site.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
 from cxr_tune import storage
-from cxr_tune.data.sources import Source, load_source
+from cxr_tune.data.sources import EXTERNAL, Source, add_groups, load_external, load_source
 from cxr_tune.data.splits import assign_roles
+from cxr_tune.errors import UserError
+
+#: Fewer labelled images per class than this cannot rank trials: one image moves balanced
+#: accuracy by more than 2.5 points, and bootstrap intervals span most of the range.
+MIN_EXTERNAL_PER_CLASS = 20
 
 
 @dataclass(frozen=True)
@@ -25,6 +36,18 @@ class DataOptions:
     split_seed: int = 0
     use_official_val: bool = False
     synthetic_n: int | None = None
+    val_data: str = "auto"  # "auto", "none", or a folder of NORMAL/ and PNEUMONIA/ images
+
+    @classmethod
+    def from_args(cls, args: Any) -> DataOptions:
+        """The data flags every command shares (see ``add_data_arguments``), with paths made absolute
+        so that a saved experiment reads the same data from any working directory."""
+        def absolute(path: str | None) -> str | None:
+            return storage.resolve(path) if path else None
+
+        val_data = args.val_data if args.val_data in ("auto", "none") else absolute(args.val_data)
+        return cls(absolute(args.data), absolute(args.cache_dir), args.val_fraction, args.split_seed, args.use_official_val,
+                   args.synthetic_n, val_data)
 
     @property
     def resolved_cache_dir(self) -> str:
@@ -39,6 +62,8 @@ class SplitData:
     roles: pd.DataFrame
     cache_dir: str
     options: DataOptions = field(default_factory=DataOptions)
+    external: str = ""  # where the external validation set came from ("" when there is none)
+    external_note: str = ""  # why there is none, when a val/ folder was set aside
 
     def class_counts(self, role: str = "train") -> tuple[int, int]:
         """(NORMAL, PNEUMONIA) distinct images in ``role``; what ``balanced`` weighting uses."""
@@ -49,26 +74,87 @@ class SplitData:
     def has_test(self) -> bool:
         return bool((self.roles["role"] == "test").any())
 
+    @property
+    def has_external(self) -> bool:
+        return bool((self.roles["role"] == "external").any())
+
+    def deciding_set(self, select_on: str) -> str:
+        """``external`` when runs on this data are selected on an external set, else ``carved``."""
+        return "external" if self.has_external and select_on == "external" else "carved"
+
+    def describe_external(self, select_on: str) -> str:
+        """One line on what selects: the external set (a selection set) or carved validation, and why."""
+        if self.has_external:
+            counts = self.roles.loc[self.roles["role"] == "external", "label"].value_counts()
+            what = f"External validation: {self.external} ({counts.get(0, 0)} NORMAL, {counts.get(1, 0)} PNEUMONIA images)"
+            if select_on == "external":
+                return (f"{what} selects epochs, trials, ensemble members and the threshold; it is never trained on, "
+                        f"and every number on it is a selection-set number (optimistic).")
+            return f"{what} is scored every epoch for comparison; selection uses validation carved from train (--select-on carved)."
+        note = f" ({self.external_note})" if self.external_note else ""
+        return f"No external validation set: selection uses validation carved from train{note}."
+
+    @property
+    def roles_used(self) -> tuple[str, ...]:
+        """The roles a training run reads: train, carved validation and the external set if any."""
+        return ("train", "val", "external") if self.has_external else ("train", "val")
+
 
 def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
-    """Load the manifest (or the SYNTHETIC default) and assign train/val/test roles."""
+    """Load the manifest (or the SYNTHETIC default), the external set, and assign roles."""
     cache_dir = options.resolved_cache_dir
     source = load_source(options.data, cache_dir, synthetic_n=options.synthetic_n, progress=progress)
+    manifest, external_splits, external, note = source.manifest, (), "", ""
+    if options.val_data not in ("auto", "none"):
+        outside = load_external(options.val_data, cache_dir, progress=progress)
+        check_external_size(outside.manifest, f"--val-data '{options.val_data}'")
+        manifest = add_groups(pd.concat([source.manifest, outside.manifest], ignore_index=True))
+        source = Source(source.root, manifest, pd.concat([source.skipped, outside.skipped], ignore_index=True), source.synthetic)
+        external_splits, external = (EXTERNAL,), outside.root
+    elif options.val_data == "auto" and not options.use_official_val:
+        own = manifest[manifest["split"] == "val"]
+        if not own.empty:
+            counts = own.drop_duplicates("content_hash")["label"].value_counts()
+            normal, pneumonia = int(counts.get(0, 0)), int(counts.get(1, 0))
+            if min(normal, pneumonia) >= MIN_EXTERNAL_PER_CLASS:
+                external_splits, external = ("val",), storage.join(source.root, "val")
+            else:
+                note = (f"the val/ folder holds {normal} NORMAL and {pneumonia} PNEUMONIA images, too few to select on "
+                        f"(at least {MIN_EXTERNAL_PER_CLASS} of each are needed); it is set aside and selection uses "
+                        f"validation carved from train. Pass --val-data PATH with a larger labelled sample from the target site.")
     roles = assign_roles(
-        source.manifest,
+        manifest,
         val_fraction=options.val_fraction,
         seed=options.split_seed,
         use_official_val=options.use_official_val,
+        external_splits=external_splits,
     )
-    return SplitData(source=source, roles=roles, cache_dir=cache_dir, options=options)
+    return SplitData(source=source, roles=roles, cache_dir=cache_dir, options=options, external=external, external_note=note)
 
 
-def datasets_by_size(split: SplitData, sizes: list[int], roles: tuple[str, ...] = ("train", "val")) -> dict[int, dict]:
-    """``{image_size: {role: materialized Dataset}}``, building each size's cache once. Needs Ray."""
-    from cxr_tune.data.cache import prepare_cache, role_datasets
+def check_external_size(manifest: pd.DataFrame, what: str) -> None:
+    counts = manifest.drop_duplicates("content_hash")["label"].value_counts()
+    normal, pneumonia = int(counts.get(0, 0)), int(counts.get(1, 0))
+    if min(normal, pneumonia) < MIN_EXTERNAL_PER_CLASS:
+        raise UserError(
+            f"{what} holds {normal} NORMAL and {pneumonia} PNEUMONIA readable images; selecting on it needs at least "
+            f"{MIN_EXTERNAL_PER_CLASS} of each (fewer cannot tell trials apart). Add images or pass --val-data none"
+        )
 
+
+def datasets_by_size(split: SplitData, sizes: list[int], roles: tuple[str, ...] | None = None) -> dict[int, dict]:
+    """``{image_size: {role: materialized Dataset}}``, building each size's cache once. Needs Ray.
+
+    ``roles`` defaults to what a training run reads (:attr:`SplitData.roles_used`).
+    """
+    from cxr_tune.data.cache import find_cache, prepare_cache, role_datasets
+
+    roles = roles or split.roles_used
     out = {}
     for size in sorted(set(sizes)):
+        if find_cache(split.cache_dir, split.source.manifest, size) is None:
+            images = split.source.manifest["content_hash"].nunique()
+            print(f"Building the image cache: {images} images at {size}x{size} px (once; later runs reuse it) ...", flush=True)
         cache = prepare_cache(split.source.manifest, size, split.cache_dir)
         state = "reused" if cache.reused else f"built in {cache.build_seconds:.1f} s"
         print(f"Image cache {size}x{size} px ({state}): {cache.path}", flush=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cxr_tune.data.sources import CLASSES, Source
+from cxr_tune.data.prepared import SplitData
+from cxr_tune.data.sources import CLASSES
 from cxr_tune.data.splits import leakage
 
 MAX_LISTED = 30
@@ -32,8 +33,10 @@ def summary_table(manifest: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def inspect_report(source: Source) -> str:
-    """The full ``inspect`` text: counts, duplicates, leakage, unparsed names, skipped files."""
+def inspect_report(split: SplitData) -> str:
+    """The full ``inspect`` text: counts, duplicates, patient ids, leakage and what is done about it,
+    the roles every image gets with these options, and the skipped files."""
+    source, roles = split.source, split.roles
     manifest = source.manifest
     lines = [f"Data: {source.description}", ""]
     lines += [summary_table(manifest).to_string(index=False), ""]
@@ -41,20 +44,48 @@ def inspect_report(source: Source) -> str:
     unparsed = int(manifest["patient_id"].str.startswith("image:").sum())
     if unparsed:
         lines.append(f"Patient ids: {unparsed} file name(s) carry no Kermany patient id; each is treated as its own patient.")
-    lines.append(leakage_report(manifest))
+    lines.append(numbering_report(manifest))
+    lines.append(leakage_report(roles))
+    lines += ["", split.describe_external("external"), "", "Roles with these options (what training and selection will use):",
+              roles_table(roles).to_string(), ""]
     lines.append(skipped_report(source.skipped))
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line is not None)
 
 
-def leakage_report(manifest: pd.DataFrame) -> str:
-    crossing = leakage(manifest, "split")
-    if crossing.empty:
-        return "Leakage check: no patient or identical image crosses train/val/test."
-    listed = crossing.head(MAX_LISTED).to_string(index=False)
+def numbering_report(manifest: pd.DataFrame) -> str | None:
+    """Kermany person numbers shared across infection types: a warning, not a leak (see sources.py)."""
+    parts = manifest["patient_id"].str.extract(r"^person(\d+)_(bacteria|virus)$").dropna()
+    if parts.empty:
+        return None
+    frame = parts.set_axis(["number", "type"], axis=1).assign(split=manifest.loc[parts.index, "split"])
+    types = frame.groupby("number")["type"].nunique()
+    spans = frame.groupby("number")["split"].nunique()
+    same_type_across = frame.groupby(["number", "type"])["split"].nunique()
+    crossing = spans[spans > 1].index
+    crossing_other_type = [n for n in crossing if not (same_type_across.loc[n] > 1).any()]
     return (
-        f"Leakage check: WARNING {len(crossing)} group(s) cross the train/val/test folders "
-        f"({int(crossing['images'].sum())} images). Copies outside test are excluded from training:\n{listed}"
+        f"Patient numbers: Kermany numbers pneumonia patients per infection type, so personN_bacteria and personN_virus are "
+        f"two children and the patient key keeps the type. {int((types > 1).sum())} of {len(types)} person numbers carry both types; "
+        f"{len(crossing_other_type)} number(s) appear in more than one folder with a different type only "
+        f"(WARNING, not a leak: treated as different patients, nothing excluded)."
     )
+
+
+def leakage_report(roles: pd.DataFrame) -> str:
+    """Patients or identical files that cross the folders, and what is done about each."""
+    crossing = leakage(roles, "split")
+    if crossing.empty:
+        head = "Leakage check: no patient or identical image crosses the folders."
+    else:
+        listed = crossing.head(MAX_LISTED).to_string(index=False)
+        head = (f"Leakage check: WARNING {len(crossing)} group(s) (patients or identical files) cross the folders "
+                f"({int(crossing['images'].sum())} images):\n{listed}")
+    excluded = roles[roles["role"] == "excluded"]
+    if excluded.empty:
+        return head + "\nNothing is excluded: no training or validation image shares a patient or a file with test or the external set."
+    done = [f"  {len(part)} image(s) of {part['group_id'].nunique()} group(s) excluded from training and validation: {note}"
+            for note, part in excluded.groupby("role_note")]
+    return head + "\nWhat is done about it:\n" + "\n".join(done)
 
 
 def skipped_report(skipped: pd.DataFrame, title: str = "Skipped files") -> str:

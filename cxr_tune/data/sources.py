@@ -31,7 +31,8 @@ from cxr_tune.errors import UserError
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, 1
 SPLITS = ("train", "val", "test")
-MANIFEST_VERSION = 1
+EXTERNAL = "external"  # the split name of a separate external-validation folder (--val-data PATH)
+MANIFEST_VERSION = 2  # 2: pneumonia patient ids keep the infection type
 MANIFEST_COLUMNS = [
     "path", "label", "patient_id", "group_id", "split", "content_hash", "width", "height", "mode",
 ]
@@ -39,8 +40,12 @@ SKIPPED_COLUMNS = ["path", "split", "reason"]
 LAYOUT_HINT = "ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/<images> (the Kermany chest_xray layout; val and test optional)"
 SYNTHETIC_MARKER = "SYNTHETIC.json"
 
+# Kermany numbers pneumonia patients per infection type: ``person12_bacteria`` and ``person12_virus``
+# are two children. In the official training split 808 of 1,635 person numbers carry both types,
+# and the 170 numbers that recur between the official train and test splits never recur with the
+# same type; the trailing image numbers are one counter per type. So the patient key keeps the type.
 _PATIENT_PATTERNS = (
-    re.compile(r"^(person\d+)_(?:bacteria|virus)_"),
+    re.compile(r"^(person\d+_(?:bacteria|virus))_"),
     re.compile(r"^(NORMAL2-IM-\d+)-\d+"),
     re.compile(r"^(IM-\d+)-\d+"),
 )
@@ -76,7 +81,7 @@ def patient_id(file_name: str) -> str | None:
     """The patient a Kermany file name belongs to, or None when the name has no patient in it.
 
     >>> patient_id("person1000_bacteria_2931.jpeg"), patient_id("NORMAL2-IM-0123-0001.jpeg")
-    ('person1000', 'NORMAL2-IM-0123')
+    ('person1000_bacteria', 'NORMAL2-IM-0123')
     """
     for pattern in _PATIENT_PATTERNS:
         match = pattern.match(file_name)
@@ -154,8 +159,45 @@ def load_source(
     from cxr_tune.data.synthetic import DEFAULT_N, ensure_synthetic
 
     cache_dir = cache_dir or storage.default_cache_dir()
-    root = ensure_synthetic(cache_dir, n=synthetic_n or DEFAULT_N, seed=synthetic_seed)
+    root = ensure_synthetic(cache_dir, n=DEFAULT_N if synthetic_n is None else synthetic_n, seed=synthetic_seed)
     return build_manifest(root, cache_dir, progress=progress)
+
+
+def load_external(path: str, cache_dir: str | None = None, *, progress: bool = True) -> Source:
+    """A labelled external-validation folder (``PATH/NORMAL``, ``PATH/PNEUMONIA``) as a source whose
+    rows have split ``external``.
+
+    Raises :class:`UserError` naming the folder when it is missing, lacks a class folder, or a
+    class holds no readable image: selecting on one class cannot measure a balance.
+    """
+    root = storage.resolve(path)
+    fs, inner = storage.filesystem(root)
+    info = fs.get_file_info(inner)
+    if info.type != pafs.FileType.Directory:
+        what = "does not exist" if info.type == pafs.FileType.NotFound else "is a file, not a folder"
+        raise UserError(f"--val-data '{path}' {what}; expected a folder holding NORMAL/ and PNEUMONIA/ image folders")
+    files: list[_File] = []
+    folders: dict[tuple[str, int], str] = {}
+    ignored: list[dict] = []
+    _list_classes(root, EXTERNAL, files, folders, ignored)
+    missing = [c for i, c in enumerate(CLASSES) if (EXTERNAL, i) not in folders]
+    if missing:
+        raise UserError(
+            f"--val-data '{path}' has no {' or '.join(missing)} folder; external validation needs labelled images "
+            f"of both classes in PATH/NORMAL and PATH/PNEUMONIA"
+        )
+    files.sort(key=lambda f: f.path)
+    key = _scan_fingerprint(root, files)
+    cached = _load_cached(cache_dir, key)
+    if cached is not None:
+        manifest, skipped = cached
+    else:
+        manifest, skipped = _scan(files, progress=progress)
+        skipped = pd.concat([skipped, pd.DataFrame(ignored, columns=SKIPPED_COLUMNS)], ignore_index=True)
+        manifest = add_groups(manifest)
+        _save_cached(cache_dir, key, manifest, skipped)
+    _check_classes(folders, manifest, skipped)
+    return Source(root=root, manifest=manifest, skipped=skipped, synthetic=storage.exists(storage.join(root, SYNTHETIC_MARKER)))
 
 
 def add_groups(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -211,16 +253,23 @@ def _list_files(root: str) -> tuple[list[_File], dict[tuple[str, int], str], pd.
             if not split_dir.startswith((".", "__MACOSX")):
                 ignored.append({"path": storage.join(root, split_dir), "split": "", "reason": "folder is not train/val/test; ignored"})
             continue
-        for class_dir in _child_dirs(fs, f"{inner}/{split_dir}"):
-            label = next((i for i, c in enumerate(CLASSES) if c.lower() == class_dir.lower()), None)
-            if label is None:
-                ignored.append({"path": storage.join(root, split_dir, class_dir), "split": split, "reason": "folder is not NORMAL/PNEUMONIA; ignored"})
-                continue
-            folders[(split, label)] = storage.join(root, split_dir, class_dir)
-            for path, size, mtime_ns in _walk_files(storage.join(root, split_dir, class_dir)):
-                files.append(_File(path=path, split=split, label=label, size=size, mtime_ns=mtime_ns))
+        _list_classes(storage.join(root, split_dir), split, files, folders, ignored)
     files.sort(key=lambda f: f.path)
     return files, folders, pd.DataFrame(ignored, columns=SKIPPED_COLUMNS)
+
+
+def _list_classes(folder: str, split: str, files: list[_File], folders: dict[tuple[str, int], str], ignored: list[dict]) -> None:
+    """Add the files under ``folder/{NORMAL,PNEUMONIA}/`` to ``files``; other folders to ``ignored``."""
+    fs, inner = storage.filesystem(folder)
+    for class_dir in _child_dirs(fs, inner):
+        label = next((i for i, c in enumerate(CLASSES) if c.lower() == class_dir.lower()), None)
+        if label is None:
+            if not class_dir.startswith((".", "__MACOSX")):
+                ignored.append({"path": storage.join(folder, class_dir), "split": split, "reason": "folder is not NORMAL/PNEUMONIA; ignored"})
+            continue
+        folders[(split, label)] = storage.join(folder, class_dir)
+        for path, size, mtime_ns in _walk_files(storage.join(folder, class_dir)):
+            files.append(_File(path=path, split=split, label=label, size=size, mtime_ns=mtime_ns))
 
 
 def _walk_files(folder: str) -> list[tuple[str, int, int]]:
@@ -279,7 +328,7 @@ def _scan(files: list[_File], *, progress: bool) -> tuple[pd.DataFrame, pd.DataF
             total=len(files),
             desc="Checking images",
             unit="img",
-            disable=not progress or len(files) < 200,
+            disable=None if progress and len(files) >= 200 else True,  # None: no bar when not a terminal
             leave=False,
         ))
     frame = pd.DataFrame(rows, columns=[*SKIPPED_COLUMNS, "label", "patient_id", "content_hash", "width", "height", "mode"])

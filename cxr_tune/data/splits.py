@@ -1,12 +1,15 @@
-"""Leak-free splits: validation carved from train by patient group, stratified by class.
+"""Leak-free splits: validation carved from train by patient group, stratified by class, and an
+external validation set when there is one.
 
-Every decision the project makes (model, threshold, hyperparameters) is taken on the ``val`` role,
-which is carved out of the *training* folder. The test folder is only ever scored, and the official
-16-image ``val`` folder is set aside (role ``unused``) unless asked for.
+Carved validation (role ``val``) comes out of the *training* folder, so it shares the training
+population and saturates. An external set (role ``external``: a labelled sample from the site the
+model will meet, ``--val-data``) is what selection trusts when it exists. The test folder is only
+ever scored. The official 16-image ``val`` folder is too small to select on: it is set aside
+(role ``unused``) unless asked for.
 
-Roles: ``train``, ``val``, ``test``, ``unused`` (official val folder, not asked for) and
-``excluded`` (an image that would leak: its group also sits in test, or the identical file is filed
-under both classes). ``role_note`` says why a row was excluded.
+Roles: ``train``, ``val``, ``external``, ``test``, ``unused`` and ``excluded`` (an image that would
+leak: its patient also sits in test or in the external set, or the identical file is filed under
+both classes). ``role_note`` says why a row was excluded.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import numpy as np
 import pandas as pd
 from cxr_tune.errors import UserError
 
-ROLES = ("train", "val", "test", "unused", "excluded")
+ROLES = ("train", "val", "external", "test", "unused", "excluded")
+MAX_NAMED = 3
 
 
 def leakage(manifest: pd.DataFrame, column: str = "split") -> pd.DataFrame:
@@ -40,24 +44,38 @@ def assign_roles(
     val_fraction: float = 0.15,
     seed: int = 0,
     use_official_val: bool = False,
+    external_splits: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """A copy of ``manifest`` with ``role`` and ``role_note`` columns; no group spans two roles.
 
     ``val_fraction`` of the training folder's images (rounded to whole patient groups, stratified
     by class) become validation; with ``use_official_val`` the official ``val`` folder joins it.
+    Rows whose ``split`` is in ``external_splits`` become the external validation set: a file
+    that is also in the training folder or the test folder is an error; the training folder's
+    images of a patient in the external set are excluded, so the external set stays unseen.
     """
     if not 0.0 < val_fraction < 0.9:
         raise UserError(f"--val-fraction {val_fraction} must be between 0 and 0.9 (0.15 is usual)")
     frame = manifest.copy()
     frame["role"] = frame["split"].map({"train": "train", "test": "test", "val": "val" if use_official_val else "unused"})
+    frame.loc[frame["split"].isin(external_splits), "role"] = "external"
+    frame["role"] = frame["role"].fillna("unused")
     frame["role_note"] = ""
+    if external_splits:
+        external = frame[frame["role"] == "external"]
+        refuse_shared_files(external, frame[frame["split"] == "train"], "training-folder")
+        refuse_shared_files(external, frame[frame["split"] == "test"], "test")
 
     conflicting = frame.groupby("content_hash")["label"].transform("nunique") > 1
     frame.loc[conflicting, ["role", "role_note"]] = ["excluded", "identical file filed under NORMAL and PNEUMONIA"]
 
-    test_groups = set(frame.loc[frame["role"] == "test", "group_id"])
-    leaks = frame["role"].isin(["train", "val", "unused"]) & frame["group_id"].isin(test_groups)
-    frame.loc[leaks, ["role", "role_note"]] = ["excluded", "same patient or identical file is in the test folder"]
+    for role, note in (("test", "same patient or identical file is in the test folder"),
+                       ("external", "same patient is in the external validation set")):
+        groups = set(frame.loc[frame["role"] == role, "group_id"])
+        leaks = frame["role"].isin(["train", "val", "unused"]) & frame["group_id"].isin(groups)
+        frame.loc[leaks, ["role", "role_note"]] = ["excluded", note]
+    in_test = frame["role"].eq("external") & frame["group_id"].isin(set(frame.loc[frame["role"] == "test", "group_id"]))
+    frame.loc[in_test, ["role", "role_note"]] = ["excluded", "same patient is in the test folder"]
 
     forced = set(frame.loc[frame["role"] == "val", "group_id"])
     trainable = frame["role"] == "train"
@@ -71,7 +89,22 @@ def assign_roles(
                 f"the {role} split would hold only {'PNEUMONIA' if labels == {1} else 'NORMAL' if labels == {0} else 'no'} "
                 f"images; add images of both classes or change --val-fraction ({val_fraction})"
             )
+    if external_splits and set(frame.loc[frame["role"] == "external", "label"]) != {0, 1}:
+        raise UserError("the external validation set would hold only one class once patients shared with the test folder are left out")
     return frame
+
+
+def refuse_shared_files(external: pd.DataFrame, other: pd.DataFrame, what: str) -> None:
+    """An external image byte-identical to one of ``other``'s images is an error naming both files."""
+    shared = external[["content_hash", "path"]].merge(other[["content_hash", "path"]], on="content_hash", suffixes=("", "_other"))
+    if shared.empty:
+        return
+    pairs = "; ".join(f"{row.path} = {row.path_other}" for row in shared.head(MAX_NAMED).itertuples())
+    more = f" and {len(shared) - MAX_NAMED} more" if len(shared) > MAX_NAMED else ""
+    raise UserError(
+        f"{len(shared)} external validation image(s) are byte-identical to {what} images ({pairs}{more}); "
+        f"the external set must be images the model never trains on or is tested on"
+    )
 
 
 def group_kfold(frame: pd.DataFrame, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -1,8 +1,8 @@
 """``python -m cxr_tune.search``: hyperparameter search with Ray Tune + Optuna (TPE) + ASHA.
 
 Runs on this machine (local Ray) or joins a cluster (``--address auto``), picks the trial with the
-best sensitivity/specificity balance on validation (carved from train by patient), writes the trial
-table and a report with plots, and exports the selected model to ``STORAGE/NAME/best``. With no
+best sensitivity/specificity balance on the external validation set when there is one (else on
+validation carved from train by patient), writes the trial table and a report with plots, and exports the selected model to ``STORAGE/NAME/best``. With no
 ``--data`` it runs on the built-in SYNTHETIC set. Interrupted? Run the same command with
 ``--resume``.
 """
@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from cxr_tune import storage
+from cxr_tune.cliargs import fraction, nonnegative_float, nonnegative_int, positive_float, positive_int
 from cxr_tune.data.__main__ import add_data_arguments
 from cxr_tune.data.prepared import DataOptions
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.search.space import load_space
+from cxr_tune.search.space import SPACES_DIR, load_space
+from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import CRITERIA
 
 
@@ -29,22 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None, help="experiment name; results go to STORAGE/NAME (default: <space>-<timestamp>)")
     parser.add_argument("--storage", default="results", help="folder or URI (s3://...) for experiments (default: results)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted experiment STORAGE/NAME (needs --name)")
-    parser.add_argument("--trials", type=int, default=None, help="number of trials (default: the space's search.trials)")
-    parser.add_argument("--max-epochs", type=int, default=None, help="epochs of a trial ASHA never stops (default: the space's search.max_epochs)")
-    parser.add_argument("--time-budget", type=float, default=None, metavar="MINUTES", help="stop starting/running trials after this many minutes; with --resume, minutes for this run (default: no limit)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler and of every trial's initialization (default: 0)")
+    parser.add_argument("--trials", type=positive_int, default=None, help="number of trials (default: the space's search.trials)")
+    parser.add_argument("--max-epochs", type=positive_int, default=None, help="epochs of a trial ASHA never stops (default: the space's search.max_epochs)")
+    parser.add_argument("--time-budget", type=positive_float, default=None, metavar="MINUTES", help="stop starting/running trials after this many minutes; with --resume, minutes for this run (default: no limit)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the TPE sampler and of every trial's initialization (default: 0)")
     parser.add_argument("--select", choices=sorted(CRITERIA), default="balanced_accuracy", help="balance of sensitivity and specificity that picks the threshold and the best trial (default: balanced_accuracy)")
-    parser.add_argument("--select-tolerance", type=float, default=0.005, help="trials within this much of the best --select value count as tied and go by lowest validation log loss (default: 0.005)")
-    parser.add_argument("--min-sensitivity", type=float, default=0.0, help="only thresholds with validation sensitivity >= this compete, e.g. 0.95 for screening (default: 0, no floor)")
+    add_select_on_argument(parser)
+    parser.add_argument("--min-sensitivity", type=fraction, default=0.0, help="only thresholds with validation sensitivity >= this compete, e.g. 0.95 for screening (default: 0, no floor)")
     parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' for the running one; default: start Ray on this machine)")
-    parser.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers per trial, DDP when > 1 (default: 1)")
-    parser.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per worker (default: an equal share of the cluster's CPUs per running trial)")
-    parser.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (default: 1 when the cluster has GPUs, else 0)")
-    parser.add_argument("--concurrency", type=int, default=None, help="trials running at once (default: #GPUs, or #CPUs up to 8)")
+    parser.add_argument("--workers-per-trial", type=positive_int, default=None, help="Ray Train workers per trial, DDP when > 1 (default: 1)")
+    parser.add_argument("--cpus-per-worker", type=positive_float, default=None, help="CPUs per worker (default: an equal share of the cluster's CPUs per running trial)")
+    parser.add_argument("--gpus-per-worker", type=nonnegative_float, default=None, help="GPUs per worker (default: 1 when the cluster has GPUs, else 0)")
+    parser.add_argument("--concurrency", type=positive_int, default=None, help="trials running at once (default: #GPUs, or #CPUs up to 8)")
     parser.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler: seeded multivariate TPE, or random search as a baseline (default: tpe)")
     parser.add_argument("--no-early-stopping", action="store_true", help="run every trial to --max-epochs instead of letting ASHA stop poor ones")
     parser.add_argument("--report-only", action="store_true", help="with --name: rewrite the trial table, report and best/ of an existing experiment; run nothing")
     parser.add_argument("--no-export", action="store_true", help="skip exporting the selected trial to NAME/best")
+    parser.add_argument("--verbose", action="store_true", help="also show Ray's and Optuna's own output (always in NAME/search.log) and a line per trial epoch")
     add_data_arguments(parser)
     return parser
 
@@ -52,27 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> "SearchOptions":  # noqa: F821
     from cxr_tune.search.runner import SearchOptions
 
-    for flag, value, low in (("--trials", args.trials, 1), ("--max-epochs", args.max_epochs, 1), ("--workers-per-trial", args.workers_per_trial, 1), ("--concurrency", args.concurrency, 1)):
-        if value is not None and value < low:
-            raise UserError(f"{flag} {value} must be at least {low}")
-    if args.cpus_per_worker is not None and args.cpus_per_worker <= 0:
-        raise UserError(f"--cpus-per-worker {args.cpus_per_worker} must be positive")
-    if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
-        raise UserError(f"--gpus-per-worker {args.gpus_per_worker} must not be negative")
-    if not 0.0 <= args.select_tolerance <= 0.2:
-        raise UserError(f"--select-tolerance {args.select_tolerance} must be between 0 and 0.2")
-    if not 0.0 <= args.min_sensitivity <= 1.0:
-        raise UserError(f"--min-sensitivity {args.min_sensitivity} must be between 0 and 1")
     space = load_space(args.space)  # a bad file stops here, before Ray starts
     if args.max_epochs is not None and args.max_epochs < space.settings.grace_period:
         raise UserError(f"--max-epochs {args.max_epochs} is less than the space's ASHA grace_period {space.settings.grace_period}")
     name = args.name or time.strftime(f"{space.name}-%Y%m%d-%H%M%S")
     if "/" in name or name.startswith("."):
         raise UserError(f"--name {name!r} must be a plain folder name")
-    data = DataOptions(args.data, args.cache_dir, args.val_fraction, args.split_seed, args.use_official_val, args.synthetic_n)
+    data = DataOptions.from_args(args)
+    # Saved absolute, so that experiment.json means the same from any working directory.
+    named = Path(space.path) == SPACES_DIR / f"{args.space}.yaml"
     return SearchOptions(
-        space=str(args.space), name=name, storage=args.storage, trials=args.trials, max_epochs=args.max_epochs,
-        time_budget_min=args.time_budget, seed=args.seed, select=args.select, select_tolerance=args.select_tolerance,
+        space=str(args.space) if named else str(Path(space.path).resolve()), name=name, storage=storage.resolve(args.storage),
+        trials=args.trials, max_epochs=args.max_epochs,
+        time_budget_min=args.time_budget, seed=args.seed, select=args.select, select_on=args.select_on,
         min_sensitivity=args.min_sensitivity,
         address=args.address, workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency, sampler=args.sampler,
@@ -80,14 +77,33 @@ def options_from_args(args: argparse.Namespace) -> "SearchOptions":  # noqa: F82
     )
 
 
+#: What --resume may be given besides the experiment's name and storage: this run's time budget,
+#: and the cluster and resources it runs on (the search itself is fixed by experiment.json).
+RESUME_FLAGS = ("--time-budget", "--address", "--workers-per-trial", "--cpus-per-worker", "--gpus-per-worker", "--no-export", "--verbose")
+REPORT_FLAGS = ("--no-export", "--verbose")
+
+
+def given_flags(args: argparse.Namespace, argv: Sequence[str] | None) -> list[str]:
+    """The flags typed on the command line (``--trials``, ...), whatever their values."""
+    untyped = object()  # argparse fills in a default only where the namespace has no value yet
+    typed = build_parser().parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(vars(args), untyped)))
+    return ["--" + dest.replace("_", "-") for dest, value in vars(typed).items() if value is not untyped]
+
+
+def refuse_flags(args: argparse.Namespace, argv: Sequence[str] | None, mode: str, allowed: tuple[str, ...], why: str, other: str = "") -> None:
+    """One line naming every flag that cannot apply with ``mode`` (``--resume``, ``--report-only``)."""
+    bad = [flag for flag in given_flags(args, argv) if flag not in (mode, "--name", "--storage", *allowed)]
+    if bad:
+        raise UserError(f"{mode} {why}; {', '.join(bad)} cannot apply (drop {'them' if len(bad) > 1 else 'it'}{other})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from cxr_tune.search.finish import finish_experiment
-    from cxr_tune.search.runner import can_resume, load_options, run_search
+    from cxr_tune.search.runner import can_resume, load_options, resume_command, run_search
 
     args = build_parser().parse_args(argv)
-    if args.time_budget is not None and args.time_budget <= 0:
-        raise UserError(f"--time-budget {args.time_budget} must be positive")
     if args.report_only:
+        refuse_flags(args, argv, "--report-only", REPORT_FLAGS, "rewrites the table, report and best/ of an existing experiment and runs nothing")
         if not args.name:
             raise UserError("--report-only needs --name of the experiment")
         experiment = storage.join(storage.resolve(args.storage), args.name)
@@ -95,20 +111,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         finish_experiment(experiment, export=not args.no_export)
         return 0
     if args.resume:
+        refuse_flags(args, argv, "--resume", RESUME_FLAGS, "continues an experiment with the space, data and settings it was started with",
+                     ", or start a new search under another --name")
         if not args.name:
             raise UserError("--resume needs --name of the experiment to continue")
         experiment = storage.join(storage.resolve(args.storage), args.name)
-        options = load_options(experiment)
-        if args.time_budget is not None:  # "continue for N more minutes"
-            options = dataclasses.replace(options, time_budget_min=args.time_budget)
-        if not can_resume(experiment):
-            raise UserError(f"experiment '{experiment}' has no Tune state to resume from")
+        given = given_flags(args, argv)
+        overrides = {field: getattr(args, field) for field in ("address", "workers_per_trial", "cpus_per_worker", "gpus_per_worker")
+                     if "--" + field.replace("_", "-") in given}
+        # Found here, wherever it was started from; --time-budget is minutes for this run (none: no limit).
+        options = dataclasses.replace(load_options(experiment), storage=storage.resolve(args.storage), time_budget_min=args.time_budget, **overrides)
     else:
         options = options_from_args(args)
-    experiment, outcome = run_search(options, resume=args.resume)
+    try:
+        experiment, outcome = run_search(options, resume=args.resume, verbose=args.verbose)
+    except KeyboardInterrupt:
+        if not can_resume(options.experiment_dir):
+            raise
+        # Before Tune took over Ctrl-C (say, in the first image-cache build): the experiment exists.
+        print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}", file=sys.stderr)
+        return 130
     finish_experiment(experiment, export=not args.no_export)
     if outcome == "interrupted":
-        print(f"\nThe search was interrupted; continue it with:\n  python -m cxr_tune.search --name {options.name} --storage {options.storage} --resume")
+        print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}")
         return 130
     if outcome == "time budget":
         print(f"\nThe time budget of {options.time_budget_min:g} min ended the search before every trial ran.")

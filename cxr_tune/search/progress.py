@@ -1,27 +1,63 @@
-"""One console line per trial epoch and per finished trial, with the best so far.
+"""Search progress for a person watching: trials starting and ending, each new best, time left.
 
-Tune's own status tables are switched off (verbose=0): they do not know our selection metric and
-print every field of every result. This callback prints what a person watching wants.
+Tune's own status tables are switched off: they do not know the selection metric and print every
+field of every result. By default one line per trial start, per trial end and per new best, and
+(on a terminal) an overall progress bar with an estimate of the time left; ``verbose`` adds a
+line per trial epoch.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from ray.tune import Callback
 
 
 class ProgressPrinter(Callback):
-    """Prints ``[mm:ss] trial <id> epoch e/E objective ... | best ... | done/total``."""
+    """Prints ``[mm:ss] ...`` lines and keeps a tqdm bar of trial-epochs (ASHA's skipped epochs count as done)."""
 
-    def __init__(self, total_trials: int, max_epochs: int, criterion: str) -> None:
+    def __init__(self, total_trials: int, max_epochs: int, criterion: str, deciding: str, *, verbose: bool = False,
+                 stream: TextIO | None = None) -> None:
         self.total = total_trials
         self.max_epochs = max_epochs
-        self.criterion = criterion
+        self.criterion = criterion.replace("_", " ")
+        self.prefix = "ext" if deciding == "external" else "val"
+        self.deciding = deciding
+        self.verbose = verbose
+        self.stream = stream or sys.stdout
         self.started = time.monotonic()
         self.best: tuple[float, str] | None = None
         self.finished = 0
+        self.epochs: dict[str, int] = {}
+        self._bar: Any = None
+
+    @property
+    def bar(self) -> Any:
+        """The tqdm bar, made on first use. ``disable=None``: no bar (and no escape codes) when the
+        output is not a terminal; the lines still say how many trials are done and the time left."""
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total * self.max_epochs, unit="epoch", desc="Search", disable=None, leave=False,
+                             dynamic_ncols=True, file=self.stream,
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} trial-epochs [{elapsed}<{remaining}]")
+        return self._bar
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune saves its callbacks with the experiment; a bar and a console are not saved."""
+        return {**self.__dict__, "_bar": None, "stream": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.stream = self.stream or sys.stdout
+
+    def say(self, text: str) -> None:
+        """One line on the console, above the bar."""
+        self.bar.write(text, file=self.stream)
+        self.stream.flush()
 
     def _count(self, trials: list, ending: Any = None) -> int:
         """Trials that have ended, counted from Tune's list so a resumed search counts the earlier ones."""
@@ -35,33 +71,52 @@ class ProgressPrinter(Callback):
         minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
         return f"[{minutes:02d}:{seconds:02d}]"
 
+    def _left(self) -> str:
+        """Time left, from the trial-epochs done (or skipped by ASHA) so far; an estimate."""
+        done, total, elapsed = sum(self.epochs.values()), self.total * self.max_epochs, time.monotonic() - self.started
+        if not done or done >= total:
+            return ""
+        minutes = elapsed / done * (total - done) / 60
+        return f", about {math.ceil(minutes)} min left" if minutes >= 1 else ", under a minute left"
+
+    def _advance(self, trial_id: str, epoch: int) -> None:
+        step = max(0, epoch - self.epochs.get(trial_id, 0))
+        self.epochs[trial_id] = max(epoch, self.epochs.get(trial_id, 0))
+        self.bar.update(step)
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.config.items()))
-        print(f"{self._clock()} trial {trial.trial_id} started: {params}", flush=True)
+        self.say(f"{self._clock()} trial {trial.trial_id} started: {params}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         objective = result.get("objective")
         if objective is None:
             return
+        self._advance(trial.trial_id, int(result.get("epoch", 0)))
+        summary = (f"{self.criterion} {objective:.4f} [{result.get('objective_low', math.nan):.3f}, {result.get('objective_high', math.nan):.3f}] "
+                   f"on {self.deciding} validation (AUC {result.get(f'{self.prefix}_auc', math.nan):.4f}, "
+                   f"sens {result.get(f'{self.prefix}_sensitivity', math.nan):.3f}, spec {result.get(f'{self.prefix}_specificity', math.nan):.3f})")
+        if self.verbose:
+            self.say(f"{self._clock()} trial {trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs} {summary}")
         if self.best is None or objective > self.best[0]:
             self.best = (objective, trial.trial_id)
-        print(
-            f"{self._clock()} trial {trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs} "
-            f"{self.criterion} {objective:.4f} (AUC {result.get('val_auc', float('nan')):.4f}, "
-            f"sens {result.get('val_sensitivity', float('nan')):.3f}, spec {result.get('val_specificity', float('nan')):.3f}) "
-            f"| best {self.best[0]:.4f} ({self.best[1]}) | {self._count(trials)}/{self.total} trials done",
-            flush=True,
-        )
+            self.say(f"{self._clock()} new best: trial {trial.trial_id} epoch {result.get('epoch')}, {summary}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._count(trials, trial)
-        epochs = (trial.last_result or {}).get("epoch", 0)
-        how = "finished" if epochs >= self.max_epochs else f"stopped early by ASHA after {epochs} epoch(s)"
-        print(f"{self._clock()} trial {trial.trial_id} {how} ({self.finished}/{self.total} done)", flush=True)
+        epochs = int((trial.last_result or {}).get("epoch", 0))
+        self._advance(trial.trial_id, self.max_epochs)  # epochs ASHA saved are done too
+        how = "finished" if epochs >= self.max_epochs else f"stopped by ASHA after {epochs} epoch(s)"
+        self.say(f"{self._clock()} trial {trial.trial_id} {how} ({self.finished}/{self.total} trials done{self._left()})")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._count(trials, trial)
-        print(f"{self._clock()} trial {trial.trial_id} FAILED; the search goes on ({self.finished}/{self.total} done)", flush=True)
+        self._advance(trial.trial_id, self.max_epochs)
+        self.say(f"{self._clock()} trial {trial.trial_id} FAILED; the search goes on ({self.finished}/{self.total} trials done{self._left()})")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _short(value: Any) -> str:

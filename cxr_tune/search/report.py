@@ -1,5 +1,7 @@
 """``report.md`` and its PNG plots: search progress, parameter importances, the sensitivity/
-specificity Pareto front, and the selected trial's ROC curve, confusion matrix and learning curves.
+specificity Pareto front, carved validation vs the external set (what transfers), and the
+selected trial's ROC curve, confusion matrix and learning curves. Trials appear in the order
+:mod:`cxr_tune.selection` ranks them, so no table disagrees with the selection.
 """
 
 from __future__ import annotations
@@ -17,67 +19,81 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cxr_tune import storage  # noqa: E402
+from cxr_tune.export import fmt  # noqa: E402
+from cxr_tune.search import transfer  # noqa: E402
 from cxr_tune.search.results import checkpoint_for, pareto_front, trial_histories  # noqa: E402
 from cxr_tune.search.runner import experiment_info, load_options, study_path  # noqa: E402
-from cxr_tune.train.checkpoints import load_predictions  # noqa: E402
+from cxr_tune.selection import deciding_prefix  # noqa: E402
+from cxr_tune.train.checkpoints import has_predictions, load_predictions  # noqa: E402
 
 TOP = 10
-TABLE_COLUMNS = ["trial_id", "stop_reason", "epochs", "objective", "val_auc", "val_sensitivity", "val_specificity", "val_threshold", "val_loss"]
+SET_NAMES = {"val": "carved validation", "ext": "external validation"}
 
 
-def write_report(experiment_dir: str, table: pd.DataFrame, selected: pd.Series, exported: dict[str, Any] | None) -> str:
-    """Write ``report.md`` and ``plots/*.png``; returns the report's path."""
-    if storage.is_uri(experiment_dir):  # plots are drawn locally and uploaded
-        local = Path(load_options(experiment_dir).data.resolved_cache_dir, "reports", Path(experiment_dir).name)
-    else:
-        local = Path(experiment_dir)
-    plots = local / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+def write_report(experiment_dir: str, table: pd.DataFrame, exported: dict[str, Any] | None) -> str:
+    """Write ``report.md`` and ``plots/*.png`` (drawn locally, then written through storage); returns the report's path.
+
+    ``table``: the trial table with the selection's ``rank`` and ``tied`` columns.
+    """
+    import tempfile
+
     options = load_options(experiment_dir)
     info = experiment_info(experiment_dir)
+    selected = table.sort_values("rank").iloc[0]
+    prefix = deciding_prefix(table)
     _, histories = trial_histories(experiment_dir)
     checkpoint = checkpoint_for(selected, experiment_dir)
-    predictions = load_predictions(checkpoint)
-    notes = {
-        "progress": _plot_progress(plots / "progress.png", histories),
-        "importances": _plot_importances(plots / "importances.png", options),
-        "pareto": _plot_pareto(plots / "pareto.png", table, selected),
-        "roc": _plot_roc(plots / "roc.png", predictions, float(selected["val_threshold"])),
-        "confusion": _plot_confusion(plots / "confusion.png", predictions, float(selected["val_threshold"])),
-        "learning": _plot_learning(plots / "learning_curves.png", histories.get(selected["trial_id"], pd.DataFrame())),
-    }
-    text = _markdown(info, options, table, selected, exported, notes)
-    (local / "report.md").write_text(text, encoding="utf-8")
-    if local != Path(experiment_dir):
-        for file in [local / "report.md", *plots.glob("*.png")]:
-            storage.write_bytes_atomic(storage.join(experiment_dir, str(file.relative_to(local))), file.read_bytes())
-    return storage.join(experiment_dir, "report.md")
+    predictions = load_predictions(checkpoint, prefix) if has_predictions(checkpoint, prefix) else load_predictions(checkpoint)
+    threshold = float(selected[f"{prefix}_threshold"])
+    with tempfile.TemporaryDirectory() as scratch:
+        plots = Path(scratch)
+        notes = {
+            "progress": _plot_progress(plots / "progress.png", histories),
+            "importances": _plot_importances(plots / "importances.png", options),
+            "pareto": _plot_pareto(plots / "pareto.png", table, selected, prefix),
+            "transfer": transfer.plot_transfer(plots / "transfer.png", table) if transfer.has_external(table) else "No external set.",
+            "roc": _plot_roc(plots / "roc.png", predictions, threshold, SET_NAMES[prefix]),
+            "confusion": _plot_confusion(plots / "confusion.png", predictions, threshold, SET_NAMES[prefix]),
+            "learning": _plot_learning(plots / "learning_curves.png", histories.get(selected["trial_id"], pd.DataFrame())),
+        }
+        for png in plots.glob("*.png"):
+            storage.write_bytes_atomic(storage.join(experiment_dir, "plots", png.name), png.read_bytes())
+    report = storage.join(experiment_dir, "report.md")
+    storage.write_text_atomic(report, _markdown(info, options, table, selected, prefix, exported, notes))
+    return report
 
 
-def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series, exported: dict | None, notes: dict[str, str | None]) -> str:
+def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series, prefix: str, exported: dict | None, notes: dict[str, str | None]) -> str:
     criterion = options.select.replace("_", " ")
+    deciding = SET_NAMES[prefix]
     lines = [f"# Search report: {options.name}", ""]
     if info["synthetic"]:
         lines += ["> **SYNTHETIC DATA.** Every number below comes from procedurally drawn images, not patients.", ""]
+    if prefix == "ext":
+        lines += ["> **External validation numbers are selection-set numbers.** The external set chose the epochs, the trial, the ensemble "
+                  "and the threshold, so its numbers are optimistic; the honest score is on images no choice saw.", ""]
     counts = ", ".join(f"{v} {k}" for k, v in table["stop_reason"].value_counts().items())
+    external = info.get("external")
     lines += [
         f"- Command: `{info['command']}`",
         f"- Data: {info['data_description']}",
-        f"- Train / validation images (distinct, NORMAL/PNEUMONIA): {tuple(info['class_counts_train'])} / {tuple(info['class_counts_val'])}; "
+        f"- Train / carved validation images (distinct, NORMAL/PNEUMONIA): {tuple(info['class_counts_train'])} / {tuple(info['class_counts_val'])}; "
         f"validation is carved from the training folder by patient group ({options.data.val_fraction:.0%}, split seed {options.data.split_seed})",
+        f"- External validation: `{external}` ({tuple(info.get('class_counts_external', ()))}, NORMAL/PNEUMONIA)" if external
+        else f"- External validation: none{(' (' + info['external_note'] + ')') if info.get('external_note') else ''}",
         f"- Space: `{info['space_path']}` (copied to `space.yaml`)",
-        f"- Selection: validation {criterion} at a validation-chosen threshold"
-        + (f", sensitivity >= {options.min_sensitivity:g}" if options.min_sensitivity else "")
-        + f"; trials within {options.select_tolerance:g} of the best count as tied and go by lowest validation log loss."
-        + " The test split never selects anything.",
+        f"- Selection on **{deciding}**: each epoch's {criterion} at a threshold chosen on the same set"
+        + (f" (sensitivity >= {options.min_sensitivity:g})" if options.min_sensitivity else "")
+        + "; trials whose 95 % bootstrap interval overlaps the best trial's are tied, and the tied trial with the highest AUC on "
+        + f"{deciding} wins (then lowest log loss). The test split never selects anything.",
         f"- Trials: {len(table)} ({counts})",
         f"- Written {time.strftime('%Y-%m-%d %H:%M')}",
         "",
         f"## Selected trial `{selected['trial_id']}`",
         "",
-        f"Best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}, threshold {selected['val_threshold']:.4f}.",
+        f"Best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}; {int(table['tied'].fillna(False).sum())} trial(s) tied with the best.",
         "",
-        _table(pd.DataFrame([{c: selected.get(c) for c in TABLE_COLUMNS[3:] + ["val_balanced_accuracy", "val_gmean", "val_youden"]}])),
+        _table(_set_rows(selected)),
         "",
         "Parameters: " + ", ".join(f"`{k}={_fmt(selected[k])}`" for k in _param_columns(table) if not _missing(selected.get(k))),
         "",
@@ -85,38 +101,62 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     if exported:
         members = [m["trial_id"] for m in exported.get("members", [])]
         what = f"the average of trials {', '.join(f'`{m}`' for m in members)}" if len(members) > 1 else "this trial"
-        val = exported["validation"]
         lines += [
             f"Exported to `best/`: {what} (ONNX, loaded back and checked against PyTorch and the stored scores). "
-            f"Decision threshold {exported['threshold']:.4f} ({exported['threshold_rule']}); validation at it: "
-            f"AUC {val['auc']:.4f}, sensitivity {val['sensitivity']:.4f}, specificity {val['specificity']:.4f}, "
-            f"balanced accuracy {val['balanced_accuracy']:.4f}."
+            f"Decision threshold {exported['threshold']:.4f} ({exported['threshold_rule']}). At it:",
+            "",
+            _table(_export_rows(exported)),
+            "",
         ]
         if "test" in exported:
             test, ci = exported["test"], exported["test"]["ci95"]
-            lines += ["", "Held-out test split, scored once at the stored threshold (95 % bootstrap intervals):", ""]
-            lines += [_table(pd.DataFrame([{k: f"{test[k]:.4f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" for k in ci}]))]
-        lines.append("")
+            lines += ["Held-out test split, scored once at the stored threshold (95 % bootstrap intervals):", ""]
+            lines += [_table(pd.DataFrame([{k: fmt(test.get(k)) + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else "")
+                                            for k in ("auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy")}])), ""]
+    if transfer.has_external(table):
+        lines += ["## What transfers: carved validation vs the external set", ""]
+        lines += transfer.markdown(table, "plots/transfer.png", notes["transfer"])
     lines += ["## Plots", ""]
     captions = {
-        "progress": ("progress.png", "Search progress: every epoch's validation objective over time, and the best so far."),
+        "progress": ("progress.png", "Search progress: every epoch's objective over time, and the best so far."),
         "importances": ("importances.png", "Parameter importances (Optuna fANOVA over finished trials)."),
-        "pareto": ("pareto.png", "Validation sensitivity vs specificity of every trial's best epoch; the Pareto front and the selected trial."),
-        "roc": ("roc.png", "Selected trial: validation ROC curve and the chosen threshold."),
-        "confusion": ("confusion.png", "Selected trial: validation confusion matrix at the chosen threshold."),
+        "pareto": ("pareto.png", f"Sensitivity vs specificity on {deciding} of every trial's best epoch; the Pareto front and the selected trial."),
+        "roc": ("roc.png", f"Selected trial: ROC curve on {deciding} and the chosen threshold."),
+        "confusion": ("confusion.png", f"Selected trial: confusion matrix on {deciding} at the chosen threshold."),
         "learning": ("learning_curves.png", "Selected trial: learning curves."),
     }
     for key, (file, caption) in captions.items():
         lines += [f"**{caption}**", ""]
         lines += [f"_{notes[key]}_" if notes[key] else f"![{key}](plots/{file})", ""]
-    lines += [f"## Top {min(TOP, len(table))} trials", ""]
-    ranked = table.sort_values(["objective", "val_auc"], ascending=False, na_position="last").head(TOP)
-    lines += [_table(ranked[[c for c in TABLE_COLUMNS + _param_columns(table) if c in ranked]]), ""]
+    ranked = table.sort_values("rank", na_position="last").head(TOP)
+    lines += [f"## Top {len(ranked)} trials, in selection order", ""]
+    columns = ["rank", "tied", "trial_id", "stop_reason", "epochs", "objective", "objective_low", "objective_high",
+               f"{prefix}_auc", f"{prefix}_sensitivity", f"{prefix}_specificity", f"{prefix}_threshold", f"{prefix}_loss"]
+    if prefix == "ext":
+        columns += ["val_balanced_accuracy", "val_auc"]
+    lines += [_table(ranked[[c for c in columns + _param_columns(table) if c in ranked]]), ""]
     errors = table[table["status"] == "ERROR"]
     if not errors.empty:
         lines += ["## Failed trials", "", _table(errors[["trial_id", "error"]]), ""]
     lines += ["All trials: `trials.csv` / `trials.parquet`. Optuna study: `study.db` (open with `optuna-dashboard`).", ""]
     return "\n".join(lines)
+
+
+def _set_rows(selected: pd.Series) -> pd.DataFrame:
+    rows = []
+    for prefix, name in SET_NAMES.items():
+        if pd.notna(selected.get(f"{prefix}_auc")):
+            rows.append({"set": name, **{m: selected.get(f"{prefix}_{m}") for m in ("auc", "sensitivity", "specificity", "balanced_accuracy", "threshold", "loss")}})
+    return pd.DataFrame(rows)
+
+
+def _export_rows(exported: dict[str, Any]) -> pd.DataFrame:
+    rows = [{"set": "carved validation", **exported["validation"]}]
+    if "external" in exported:
+        label = "external validation (selection set)" if exported["external"]["selection_set"] else "external validation"
+        rows.append({"set": label, **exported["external"]})
+    keys = ["set", "n", "auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy"]
+    return pd.DataFrame([{k: (fmt(r.get(k)) if k not in ("set", "n") else r.get(k)) for k in keys} for r in rows])
 
 
 def _plot_progress(path: Path, histories: dict[str, pd.DataFrame]) -> str | None:
@@ -155,41 +195,41 @@ def _plot_importances(path: Path, options: Any) -> str | None:
     return None
 
 
-def _plot_pareto(path: Path, table: pd.DataFrame, selected: pd.Series) -> str | None:
-    done = table.dropna(subset=["val_sensitivity", "val_specificity"])
+def _plot_pareto(path: Path, table: pd.DataFrame, selected: pd.Series, prefix: str) -> str | None:
+    done = table.dropna(subset=[f"{prefix}_sensitivity", f"{prefix}_specificity"])
     if done.empty:
         return "No finished trials."
-    sens, spec = done["val_sensitivity"].to_numpy(), done["val_specificity"].to_numpy()
+    sens, spec = done[f"{prefix}_sensitivity"].to_numpy(), done[f"{prefix}_specificity"].to_numpy()
     front = pareto_front(sens, spec)
     order = np.argsort(spec[front])
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.scatter(spec, sens, s=20, alpha=0.6, label="trials (best epoch)")
     ax.plot(spec[front][order], sens[front][order], "-o", color="C2", ms=5, label="Pareto front")
-    ax.scatter([selected["val_specificity"]], [selected["val_sensitivity"]], s=120, marker="*", color="C3", label="selected", zorder=5)
-    ax.set(xlabel="validation specificity", ylabel="validation sensitivity", title="Sensitivity vs specificity")
+    ax.scatter([selected[f"{prefix}_specificity"]], [selected[f"{prefix}_sensitivity"]], s=120, marker="*", color="C3", label="selected", zorder=5)
+    ax.set(xlabel=f"{SET_NAMES[prefix]} specificity", ylabel=f"{SET_NAMES[prefix]} sensitivity", title="Sensitivity vs specificity")
     ax.legend(loc="lower left")
     _save(fig, path)
     return None
 
 
-def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float) -> str | None:
+def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float, name: str) -> str | None:
     from sklearn.metrics import RocCurveDisplay
 
     labels, scores = predictions["label"].to_numpy(), predictions["score"].to_numpy()
     if len(np.unique(labels)) < 2:
-        return "Validation holds one class only; no ROC curve."
+        return f"The {name} set holds one class only; no ROC curve."
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    RocCurveDisplay.from_predictions(labels, scores, ax=ax, name="validation")
+    RocCurveDisplay.from_predictions(labels, scores, ax=ax, name=name)
     predicted = scores >= threshold
     sens, spec = predicted[labels == 1].mean(), 1 - predicted[labels == 0].mean()
     ax.scatter([1 - spec], [sens], s=80, color="C3", zorder=5, label=f"threshold {threshold:.3f}")
     ax.legend(loc="lower right")
-    ax.set(title="Selected trial: validation ROC")
+    ax.set(title=f"Selected trial: ROC on {name}")
     _save(fig, path)
     return None
 
 
-def _plot_confusion(path: Path, predictions: pd.DataFrame, threshold: float) -> str | None:
+def _plot_confusion(path: Path, predictions: pd.DataFrame, threshold: float, name: str) -> str | None:
     from sklearn.metrics import ConfusionMatrixDisplay
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -197,7 +237,7 @@ def _plot_confusion(path: Path, predictions: pd.DataFrame, threshold: float) -> 
         predictions["label"], (predictions["score"] >= threshold).astype(int), labels=[0, 1],
         display_labels=["NORMAL", "PNEUMONIA"], ax=ax, colorbar=False,
     )
-    ax.set(title=f"Validation at threshold {threshold:.3f}")
+    ax.set(title=f"{name.capitalize()} at threshold {threshold:.3f}")
     _save(fig, path)
     return None
 
@@ -207,13 +247,15 @@ def _plot_learning(path: Path, history: pd.DataFrame) -> str | None:
         return "No per-epoch history for the selected trial."
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(history["epoch"], history["train_loss"], "-o", label="train loss (weighted, augmented)")
-    left.plot(history["epoch"], history["val_loss"], "-o", label="validation log loss")
+    for prefix, name in SET_NAMES.items():
+        if f"{prefix}_loss" in history and history[f"{prefix}_loss"].notna().any():
+            left.plot(history["epoch"], history[f"{prefix}_loss"], "-o", label=f"{name} log loss")
+            right.plot(history["epoch"], history[f"{prefix}_auc"], "-o", ms=3, label=f"{name} AUC")
+            right.plot(history["epoch"], history[f"{prefix}_balanced_accuracy"], "--o", ms=3, label=f"{name} balanced accuracy")
     left.set(xlabel="epoch", title="Loss")
     left.legend()
-    for column, label in (("val_auc", "validation AUC"), ("objective", "validation objective"), ("val_sensitivity", "sensitivity"), ("val_specificity", "specificity")):
-        right.plot(history["epoch"], history[column], "-o", label=label, ms=3)
-    right.set(xlabel="epoch", title="Validation metrics")
-    right.legend(loc="lower right")
+    right.set(xlabel="epoch", title="Validation metrics (each at its own threshold)")
+    right.legend(loc="lower right", fontsize=8)
     _save(fig, path)
     return None
 
@@ -225,9 +267,11 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def _param_columns(table: pd.DataFrame) -> list[str]:
-    start = table.columns.get_loc("run_seconds") + 1 if "run_seconds" in table else 0
-    end = table.columns.get_loc("objective") if "objective" in table else len(table.columns)
-    return list(table.columns[start:end])
+    """The sampled parameters: the trial table places them between its id columns and its metrics."""
+    from cxr_tune.search.results import ID_COLUMNS, METRICS
+
+    known = set(ID_COLUMNS) | set(METRICS) | {"checkpoint_path", "error", "started", "rank", "tied"}
+    return [c for c in table.columns if c not in known]
 
 
 def _table(frame: pd.DataFrame) -> str:

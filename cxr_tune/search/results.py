@@ -1,14 +1,15 @@
-"""The trial table of an experiment (finished or interrupted) and the choice of the best trial.
+"""The trial table of an experiment (finished or interrupted).
 
-One row per trial: its sampled parameters, the metrics of its best epoch (by the objective), how
-many epochs it ran, whether ASHA stopped it, how long it ran, where its best checkpoint is and,
-for a trial that failed, why.
+One row per trial: its sampled parameters, the metrics of its best epoch (by
+:func:`cxr_tune.selection.best_epoch`) on carved validation (``val_``) and, when there is one, on
+the external set (``ext_``), how many epochs it ran, whether ASHA stopped it, how long it ran,
+where its best checkpoint is and, for a trial that failed, why. Which trial wins is
+:mod:`cxr_tune.selection`'s business.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,11 +18,14 @@ import pandas as pd
 from cxr_tune import storage
 from cxr_tune.errors import UserError
 
+SET_METRICS = [
+    "objective", "objective_low", "objective_high", "auc", "sensitivity", "specificity", "balanced_accuracy", "youden",
+    "gmean", "min_sens_spec", "threshold", "loss", "brier", "accuracy", "sensitivity_at_0.5", "specificity_at_0.5",
+]
 METRICS = [
-    "objective", "val_auc", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "val_youden",
-    "val_gmean", "val_min_sens_spec", "val_threshold", "val_loss", "val_brier", "val_accuracy",
-    "val_sensitivity_at_0.5", "val_specificity_at_0.5", "train_loss", "train_images_per_s",
-    "worker_nodes", "worker_images",
+    "objective", "objective_low", "objective_high",
+    *(f"{prefix}_{m}" for prefix in ("ext", "val") for m in SET_METRICS),
+    "train_loss", "train_images_per_s", "worker_nodes", "worker_images",
 ]
 ID_COLUMNS = ["trial_id", "status", "stop_reason", "epochs", "best_epoch", "run_seconds"]
 
@@ -43,7 +47,7 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...] = 
     ``rungs`` (the epochs at which ASHA may stop a trial) tell an ASHA stop from a trial the
     search's end cut short when the experiment has no ``trial_events.jsonl``.
     """
-    from cxr_tune.train.checkpoints import best_epoch
+    from cxr_tune.selection import best_epoch
 
     trials, histories = trial_histories(experiment_dir)
     events = _events(experiment_dir)
@@ -66,7 +70,7 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...] = 
                 "best_epoch": int(best["epoch"]),
                 "run_seconds": float(history["time_total_s"].max()) if "time_total_s" in history else math.nan,
                 "checkpoint_path": best.get("checkpoint_path"),
-                **{m: best.get(m, math.nan) for m in METRICS},
+                **{m: best[m] for m in METRICS if m in best},
             })
         row["error"] = _error(trial) if trial.status == "ERROR" else ""
         row["stop_reason"] = _stop_reason(trial.status, row["epochs"], max_epochs, events.get(trial.trial_id), rungs)
@@ -78,30 +82,6 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...] = 
     ordered = ID_COLUMNS + params + [m for m in METRICS if m in table] + ["checkpoint_path", "error"]
     table = table.reindex(columns=[c for c in ordered if c in table] + [c for c in table if c not in ordered])
     return table.sort_values("trial_id").reset_index(drop=True)
-
-
-def ranked_trials(table: pd.DataFrame, criterion: str, tolerance: float = 0.0) -> pd.DataFrame:
-    """Trials that reported results, best first by validation balance (``val_<criterion>`` at
-    each trial's validation-chosen threshold).
-
-    Validation carved from train saturates: many trials land within a few images of each other.
-    Trials within ``tolerance`` of the best value therefore count as tied and are ordered by
-    validation log loss (lower first: fewer confident mistakes), then AUC; the rest follow by
-    value. Trials that failed or never reported are not candidates.
-    """
-    column = f"val_{criterion}"
-    candidates = table[table["epochs"] > 0].dropna(subset=[column]) if not table.empty else table
-    if candidates.empty:
-        raise UserError("no trial has reported a validation result yet; nothing to select")
-    top = candidates[column] >= candidates[column].max() - tolerance - 1e-12
-    tied = candidates[top].sort_values(["val_loss", "val_auc", column], ascending=[True, False, False])
-    rest = candidates[~top].sort_values([column, "val_auc", "val_loss"], ascending=[False, False, True])
-    return pd.concat([tied, rest])
-
-
-def select_best(table: pd.DataFrame, criterion: str, tolerance: float = 0.0) -> pd.Series:
-    """The selected trial: the first of :func:`ranked_trials`."""
-    return ranked_trials(table, criterion, tolerance).iloc[0]
 
 
 def pareto_front(sensitivity: np.ndarray, specificity: np.ndarray) -> np.ndarray:
@@ -123,18 +103,18 @@ def checkpoint_for(row: pd.Series, experiment_dir: str) -> str:
     from cxr_tune.train.checkpoints import STATE, load_state
 
     path = row.get("checkpoint_path")
-    if isinstance(path, str) and storage.exists(path):
+    if isinstance(path, str) and storage.exists(storage.join(path, STATE)):
         return path
-    runs = Path(storage.join(experiment_dir, "train", str(row["trial_id"])))
-    found = sorted(p for p in runs.glob("checkpoint_*") if (p / STATE).is_file()) if runs.exists() else []
+    runs = storage.join(experiment_dir, "train", str(row["trial_id"]))
+    found = [p for p in storage.glob(runs, "checkpoint_*") if storage.exists(storage.join(p, STATE))]
     if not found:
         raise UserError(f"trial {row['trial_id']} has no checkpoint under {runs}")
     wanted = row.get("best_epoch")
     if isinstance(wanted, (int, float, np.integer, np.floating)) and not math.isnan(wanted):
         for folder in found:
             if load_state(folder)["epoch"] + 1 == int(wanted):  # the state counts epochs from 0
-                return str(folder)
-    return str(found[-1])
+                return folder
+    return found[-1]
 
 
 def _stop_reason(status: str, epochs: int, max_epochs: int, event: str | None, rungs: tuple[int, ...]) -> str:
@@ -150,17 +130,22 @@ def _stop_reason(status: str, epochs: int, max_epochs: int, event: str | None, r
 
 
 def _events(experiment_dir: str) -> dict[str, str]:
-    """The last recorded end of each trial, from ``trial_events.jsonl`` (empty if there is none)."""
+    """The last recorded end of each trial, from ``trial_events.jsonl`` (empty if there is none).
+
+    A line cut short by a kill mid-write is skipped: the rung rule then tells that trial's end.
+    """
     import json
 
-    path = Path(experiment_dir, "trial_events.jsonl")
-    if storage.is_uri(experiment_dir) or not path.exists():
+    path = storage.join(experiment_dir, "trial_events.jsonl")
+    if not storage.exists(path):
         return {}
     out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
+    for line in storage.read_text(path).splitlines():
+        try:
             record = json.loads(line)
             out[record["trial_id"]] = record["event"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
     return out
 
 
@@ -175,8 +160,8 @@ def asha_rungs(grace_period: int, reduction_factor: int, max_epochs: int) -> tup
 
 def _error(trial: Any) -> str:
     """The last meaningful line of the trial's error (the worker's exception, not Ray's wrapper)."""
-    path = Path(trial.local_path or "", "error.txt") if getattr(trial, "local_path", None) else None
-    text = path.read_text(errors="replace") if path and path.exists() else str(getattr(trial, "error_msg", "") or "")
+    path = storage.join(trial.local_path, "error.txt") if getattr(trial, "local_path", None) else None
+    text = storage.read_bytes(path).decode(errors="replace") if path and storage.exists(path) else str(getattr(trial, "error_msg", "") or "")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith((" ", "File ", "Traceback", "^"))]
     candidates = [ln for ln in lines if "Error" in ln or "Exception" in ln] or lines
     return candidates[-1][:300] if candidates else "failed (no error text recorded)"

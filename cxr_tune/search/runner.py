@@ -5,17 +5,33 @@ Everything a later step needs is written to the experiment directory ``STORAGE/N
 ``space.yaml`` (the space as it was), ``splits.csv`` (every image's role) and ``study.db`` (the
 Optuna study; ``optuna-dashboard sqlite:///.../study.db`` opens it). Tune keeps its own state
 beside them, and every trial's Train checkpoints live under ``train/<trial_id>/``.
+
+``--resume`` continues from those files alone: the space in ``space.yaml`` and the images and
+roles in ``splits.csv``, never today's space file or data folder, so it reads the same data from
+any working directory. Its ``--time-budget`` is minutes for the resumed run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
+import os
+import shlex
+import sqlite3
 import sys
+import tempfile
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from platformdirs import user_cache_dir
+from ray.tune import Callback, Stopper
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+from ray.tune.search.optuna import OptunaSearch
 
 from cxr_tune import __version__, storage
 from cxr_tune.data.prepared import DataOptions, SplitData, datasets_by_size, split_data
@@ -27,6 +43,10 @@ from cxr_tune.train.trainer import Resources
 EXPERIMENT_FILE = "experiment.json"
 EVENTS_FILE = "trial_events.jsonl"
 STUDY_FILE = "study.db"
+SPACE_FILE = "space.yaml"
+SPLITS_FILE = "splits.csv"
+TUNE_TRIAL_ATTR = "tune_trial_id"  # user attribute of each Optuna trial: the Tune trial it is
+LOG_FILE = "search.log"
 
 
 @dataclass(frozen=True)
@@ -41,7 +61,7 @@ class SearchOptions:
     time_budget_min: float | None = None
     seed: int = 0
     select: str = "balanced_accuracy"
-    select_tolerance: float = 0.005
+    select_on: str = "external"  # or "carved"; "external" falls back to carved when there is no external set
     min_sensitivity: float = 0.0
     address: str | None = None
     workers_per_trial: int | None = None
@@ -110,18 +130,31 @@ def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float])
     return Plan(space, trials, max_epochs, Resources(workers, cpus_per_worker, gpus_per_worker), concurrency)
 
 
-def run_search(options: SearchOptions, *, resume: bool = False) -> tuple[str, str]:
-    """Run or resume the search. Returns (experiment directory, outcome: complete, time budget or interrupted)."""
+def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = False) -> tuple[str, str]:
+    """Run or resume the search. Returns (experiment directory, outcome: complete, time budget or interrupted).
+
+    The console gets the product's own lines; Ray's and Optuna's output goes to ``search.log`` in
+    the experiment (``verbose``: to the console as well, with a line per trial epoch).
+    """
+    from cxr_tune.console import library_output_to
     from cxr_tune.ray_session import ray_session
 
-    space = load_space(options.space)
-    split = split_data(options.data)
     experiment = options.experiment_dir
-    if not resume:
+    if resume:  # the experiment's own space and roles, never today's files
+        space, split = experiment_space(experiment), experiment_split(experiment, options.data)
+    else:
+        _refuse_existing(options)  # before the data scan, which can take minutes
+        space = load_space(options.space)
+        split = split_data(options.data)
         _start_experiment(options, space, split)
+    restore = resume and has_tune_state(experiment)  # else Tune never saved a step: start it afresh
+    _prepare_study(options, fresh=not resume)
     print(f"Data: {split.source.description}")
+    print(split.describe_external(options.select_on))
     print(f"Experiment: {experiment}")
-    with ray_session(options.address):
+    log_path = _log_path(options)
+    print(f"Ray and Optuna logs: {log_path}" + ("" if verbose else " (--verbose shows them here too)"), flush=True)
+    with library_output_to(log_path, verbose=verbose) as log, ray_session(options.address, log=log, verbose=verbose):
         import ray
 
         plan = plan_search(options, space, ray.cluster_resources())
@@ -137,10 +170,12 @@ def run_search(options: SearchOptions, *, resume: bool = False) -> tuple[str, st
         )
         sizes = _image_sizes(space)
         datasets = datasets_by_size(split, sizes)
-        tuner = _tuner(options, plan, split, datasets, resume=resume)
-        started = time.time()  # wall clock, as Tune measures its time_budget_s
+        tuner = _tuner(options, plan, split, datasets, resume=restore, verbose=verbose)
+        started = time.time()  # wall clock, as SessionBudget measures the time budget
         grid = tuner.fit()
     _copy_study(options)
+    if storage.is_uri(experiment) and Path(log_path).exists():
+        storage.copy(log_path, storage.join(experiment, LOG_FILE))
     return experiment, _outcome(grid, plan, options, started)
 
 
@@ -156,22 +191,75 @@ def experiment_info(experiment_dir: str) -> dict[str, Any]:
 
 
 def can_resume(experiment_dir: str) -> bool:
+    """True for any experiment: with Tune's state ``--resume`` continues it, without (stopped
+    before Tune's first step, say in the first image-cache build) it starts the search afresh."""
+    return storage.exists(storage.join(experiment_dir, EXPERIMENT_FILE))
+
+
+def has_tune_state(experiment_dir: str) -> bool:
+    """True once Tune has saved the search's state, which it does at its first step."""
     from ray.tune import Tuner
 
-    return storage.exists(storage.join(experiment_dir, EXPERIMENT_FILE)) and Tuner.can_restore(experiment_dir)
+    return Tuner.can_restore(experiment_dir) and bool(storage.glob(experiment_dir, "experiment_state-*.json"))
+
+
+def resume_command(options: SearchOptions) -> str:
+    """The command that continues this experiment, as a user would type it."""
+    return shlex.join(["python", "-m", "cxr_tune.search", "--name", options.name, "--storage", storage.resolve(options.storage), "--resume"])
+
+
+def experiment_space(experiment_dir: str) -> Space:
+    """The space the experiment was started with (its own ``space.yaml``), under the name it had then."""
+    info = experiment_info(experiment_dir)
+    copy = storage.join(experiment_dir, SPACE_FILE)
+    name = os.path.splitext(storage.name(info.get("space_path") or SPACE_FILE))[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, f"{name}.yaml")  # load_space names a space after its file
+        with open(local, "wb") as handle:
+            handle.write(storage.read_bytes(copy))
+        space = load_space(local)
+    return dataclasses.replace(space, path=copy)
+
+
+def experiment_split(experiment_dir: str, data: DataOptions) -> SplitData:
+    """The images and roles the experiment was started with, rebuilt from its own ``splits.csv``.
+
+    Nothing is scanned or split again: whatever the data folder holds today, a resumed search
+    trains and selects on exactly these images. Their paths are absolute (or URIs), and the
+    image cache is found by their content hashes (and rebuilt from those paths if it is gone)::
+
+        split = experiment_split("results/wide-20240101", load_options("results/wide-20240101").data)
+    """
+    import pandas as pd
+
+    from cxr_tune.data.sources import SKIPPED_COLUMNS, Source
+
+    info = experiment_info(experiment_dir)
+    text = ("path", "content_hash", "patient_id", "group_id", "split", "role", "role_note")
+    roles = storage.read_csv(storage.join(experiment_dir, SPLITS_FILE), dtype={c: str for c in text}, keep_default_na=False)
+    roles["label"] = roles["label"].astype(int)
+    manifest = roles[["path", "label", "patient_id", "group_id", "split", "content_hash"]]
+    source = Source(root=info["data_root"], manifest=manifest, skipped=pd.DataFrame(columns=SKIPPED_COLUMNS), synthetic=bool(info["synthetic"]))
+    return SplitData(source=source, roles=roles, cache_dir=data.resolved_cache_dir, options=data,
+                     external=info.get("external") or "", external_note=info.get("external_note") or "")
 
 
 # --- internals ----------------------------------------------------------------------------------
 
 
-def _start_experiment(options: SearchOptions, space: Space, split: SplitData) -> None:
+def _refuse_existing(options: SearchOptions) -> None:
     experiment = options.experiment_dir
     if storage.exists(storage.join(experiment, EXPERIMENT_FILE)):
-        raise UserError(f"experiment '{experiment}' already exists; pass --resume to continue it or choose another --name")
+        raise UserError(f"experiment '{experiment}' already exists; continue it with: {resume_command(options)} (or choose another --name)")
+
+
+def _start_experiment(options: SearchOptions, space: Space, split: SplitData) -> None:
+    experiment = options.experiment_dir
+    _refuse_existing(options)
     storage.makedirs(experiment)
-    storage.write_text_atomic(storage.join(experiment, "space.yaml"), Path(space.path).read_text(encoding="utf-8"))
+    storage.write_text_atomic(storage.join(experiment, SPACE_FILE), Path(space.path).read_text(encoding="utf-8"))
     roles = split.roles[["path", "content_hash", "label", "patient_id", "group_id", "split", "role", "role_note"]]
-    storage.write_bytes_atomic(storage.join(experiment, "splits.csv"), roles.to_csv(index=False).encode())
+    storage.write_bytes_atomic(storage.join(experiment, SPLITS_FILE), roles.to_csv(index=False).encode())
     info = {
         "options": options.to_json(),
         "command": " ".join(["python -m cxr_tune.search", *sys.argv[1:]]),
@@ -180,8 +268,12 @@ def _start_experiment(options: SearchOptions, space: Space, split: SplitData) ->
         "synthetic": split.source.synthetic,
         "data_root": split.source.root,
         "has_test": split.has_test,
+        "external": split.external,
+        "external_note": split.external_note,
+        "deciding_set": split.deciding_set(options.select_on),
         "class_counts_train": split.class_counts("train"),
         "class_counts_val": split.class_counts("val"),
+        "class_counts_external": split.class_counts("external"),
         "cxr_tune_version": __version__,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -199,27 +291,188 @@ def _image_sizes(space: Space) -> list[int]:
     return [int(space.fixed.get("image_size", HParams().image_size))]
 
 
-def study_path(options: SearchOptions) -> str:
-    """The SQLite file of the Optuna study: in the experiment folder, or in the local cache when
-    the experiment lives on object storage (SQLite needs a local file; it is copied up after)."""
+def _log_path(options: SearchOptions) -> str:
+    """Where Ray's and Optuna's output goes: ``search.log`` in a local experiment; for one on
+    object storage a local file in the cache (uploaded beside the experiment when the search ends)."""
     if storage.is_uri(options.experiment_dir):
-        return str(Path(options.data.resolved_cache_dir, "studies", options.name, STUDY_FILE))
-    return str(Path(options.experiment_dir, STUDY_FILE))
+        import hashlib
+
+        key = hashlib.sha256(options.experiment_dir.encode()).hexdigest()[:16]
+        return str(Path(_local_cache_dir(options), "logs", key, LOG_FILE))
+    return storage.join(options.experiment_dir, LOG_FILE)
+
+
+def _local_cache_dir(options: SearchOptions) -> str:
+    """A local folder for what must be a local file (SQLite, logs): the cache folder, or the user's
+    cache folder when the cache is on object storage."""
+    for folder in (options.data.resolved_cache_dir, storage.default_cache_dir()):
+        if not storage.is_uri(folder):
+            return folder
+    return user_cache_dir("cxr_tune")
+
+
+def study_path(options: SearchOptions) -> str:
+    """The SQLite file of the Optuna study: in the experiment folder, or, when the experiment lives
+    on object storage, a local copy (SQLite needs a local file) keyed by the experiment's full URI,
+    so one ``--name`` under two storages is two studies. The copy goes up as trials start and end.
+    """
+    if storage.is_uri(options.experiment_dir):
+        key = hashlib.sha256(options.experiment_dir.encode()).hexdigest()[:16]
+        return str(Path(_local_cache_dir(options), "studies", key, STUDY_FILE))
+    return storage.join(options.experiment_dir, STUDY_FILE)
+
+
+def _prepare_study(options: SearchOptions, *, fresh: bool) -> None:
+    """Make the local study file right for this run of an experiment on object storage: a new
+    experiment starts from none (a copy left by an earlier experiment at the same URI is stale);
+    a resumed one starts from the uploaded study, the newest there is (it goes up whenever a trial
+    starts, before Tune can save a state that knows the trial)."""
+    if not storage.is_uri(options.experiment_dir):
+        return
+    local, remote = study_path(options), storage.join(options.experiment_dir, STUDY_FILE)
+    if fresh:
+        storage.remove(local)
+    elif storage.exists(remote):
+        storage.copy(remote, local)
 
 
 def _copy_study(options: SearchOptions) -> None:
     if storage.is_uri(options.experiment_dir):
-        local = Path(study_path(options))
-        if local.exists():
-            storage.write_bytes_atomic(storage.join(options.experiment_dir, STUDY_FILE), local.read_bytes())
+        upload_study(study_path(options), storage.join(options.experiment_dir, STUDY_FILE))
 
 
-def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict, *, resume: bool) -> Any:
+def upload_study(database: str, remote: str) -> None:
+    """Copy the local SQLite study to ``remote``: a consistent snapshot (SQLite's backup API), even
+    while the search writes to it."""
+    if not os.path.exists(database):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        snapshot = os.path.join(tmp, STUDY_FILE)
+        with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(snapshot)) as target:
+            source.backup(target)
+        with open(snapshot, "rb") as handle:
+            storage.write_bytes_atomic(remote, handle.read())
+
+
+class StudySearch(OptunaSearch):
+    """Ray's ``OptunaSearch`` with a study (``study.db``) that stays in step with Tune's trials.
+
+    - Each Optuna trial carries its Tune trial id (user attribute ``tune_trial_id``).
+    - Optuna writes a trial to the study, RUNNING, the moment it is suggested; Tune saves its own
+      state (this searcher's included) only every ~10 s. A driver killed in between leaves a
+      RUNNING trial that no resumed search knows, will never finish, and that TPE's constant liar
+      keeps counting as a point being evaluated. So whenever this searcher starts or is restored,
+      RUNNING trials outside its own record are marked FAIL.
+    - For an experiment on object storage (``remote``: the study's URI) the local SQLite file is
+      uploaded whenever a trial starts and ends, so a lost head node loses only the running
+      trials' intermediate values.
+    """
+
+    def __init__(self, *, database: str, remote: str | None = None, **kwargs: Any) -> None:
+        import optuna
+
+        self._database, self._remote = database, remote
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(storage=optuna.storages.RDBStorage(f"sqlite:///{database}"), **kwargs)
+        self._fail_abandoned()
+
+    def suggest(self, trial_id: str) -> dict | None:
+        new = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if new and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            self._upload()
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, result, error)
+        self._upload()
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._fail_abandoned()
+        self._upload()
+
+    def _fail_abandoned(self) -> None:
+        from optuna.trial import TrialState
+
+        known = {trial.number for trial in self._ot_trials.values()}
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in known:
+                self._ot_study.tell(trial.number, state=TrialState.FAIL)
+
+    def _upload(self) -> None:
+        if self._remote:
+            upload_study(self._database, self._remote)
+
+
+class SessionBudget(Stopper):
+    """Ends the search :attr:`minutes` after the first Tune step of *this* command, whether it
+    started the search or resumed it (None: no limit).
+
+    Tune saves its stopper with the experiment, and a resumed search runs with the saved copy, not
+    the one it was given: Tune's own ``TimeoutStopper`` came back with its budget spent (a search
+    its budget had stopped stopped again at once) or, for a search started without one, with no
+    budget at all. This one keeps no budget of its own: it reads the running command's
+    :attr:`minutes`, and a restored copy starts its clock afresh.
+    """
+
+    minutes: ClassVar[float | None] = None  # set for each command by _tuner
+
+    def __init__(self) -> None:
+        self._deadline: float | None = None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        if SessionBudget.minutes is None:
+            return False
+        if self._deadline is None:
+            self._deadline = time.time() + SessionBudget.minutes * 60
+        return time.time() >= self._deadline
+
+    def __setstate__(self, state: dict) -> None:
+        self._deadline = None
+
+
+class ResumableTrials(SearchGenerator):
+    """Tune's trial generator, except that a restored one generates trials again.
+
+    When a stopper ends a search (the time budget), Tune marks its generator finished and saves
+    it that way; restored as saved, a resumed search would start no new trial.
+    """
+
+    def set_state(self, state: dict) -> None:
+        super().set_state({**state, "finished": False})
+
+
+class TrialsCatchUp(Callback):
+    """Tells the searcher about trials Tune ended without telling it.
+
+    When a stopper ends the search (the time budget), Tune marks the running trials TERMINATED
+    but never reports them to the searcher: the concurrency limiter keeps their places, so a
+    resumed search would wait forever for a free one, and the study keeps them RUNNING. At each
+    step (the first of a resumed search among them) such trials are reported ended, with their
+    last result. (Only at a step: at the end of a search Tune ends trials cut short by Ctrl-C the
+    same way, and those a resume continues.)
+    """
+
+    def __init__(self, search_alg: ResumableTrials) -> None:
+        self.search_alg = search_alg  # the very object Tune uses: both are saved in tuner.pkl
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        live = self.search_alg.searcher.live_trials  # the ConcurrencyLimiter's
+        for trial in trials:
+            if trial.trial_id in live and trial.status in ("TERMINATED", "ERROR"):
+                self.search_alg.on_trial_complete(trial.trial_id, result=trial.last_result or None, error=trial.status == "ERROR")
+
+
+def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict, *, resume: bool, verbose: bool = False) -> Any:
     import optuna
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from cxr_tune.search.progress import ProgressPrinter, TrialEventLog
 
@@ -230,6 +483,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         seed=options.seed,
         resources=plan.resources,
         train_storage=storage.join(options.experiment_dir, "train"),
+        select_on=options.select_on,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, datasets=datasets, class_counts=split.class_counts(), settings=settings),
@@ -240,20 +494,20 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         storage_path=storage.resolve(options.storage),
         callbacks=[
             JsonLoggerCallback(),
-            ProgressPrinter(plan.trials, plan.max_epochs, options.select),
+            ProgressPrinter(plan.trials, plan.max_epochs, options.select, split.deciding_set(options.select_on), verbose=verbose),
             # Event logs need a local file; on object storage the rung rule in results.py applies.
             *([] if storage.is_uri(options.experiment_dir) else [TrialEventLog(str(Path(options.experiment_dir, EVENTS_FILE)), plan.max_epochs)]),
         ],
         # Train restarts a trial's workers from its last checkpoint when they fail; this covers the
         # trial's own driver dying with its node (it then resumes from the same Train checkpoints).
         failure_config=tune.FailureConfig(max_failures=2),
+        stop=SessionBudget(),  # --time-budget; a resumed search gets the copy Tune saved, see SessionBudget
         verbose=0,
     )
+    SessionBudget.minutes = options.time_budget_min  # this command's budget, fresh or resumed
     if resume:
         return tune.Tuner.restore(options.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
 
-    db = Path(study_path(options))
-    db.parent.mkdir(parents=True, exist_ok=True)
     if options.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=options.seed)
     else:
@@ -264,13 +518,14 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
             constant_liar=True,  # parallel trials do not all pick the same promising point
             n_startup_trials=min(plan.space.settings.startup_trials, plan.trials),
         )
-    searcher = OptunaSearch(
+    searcher = StudySearch(
         space=SpaceSampler(plan.space),
         metric="objective",
         mode="max",
         sampler=sampler,
         study_name=options.name,
-        storage=optuna.storages.RDBStorage(f"sqlite:///{db}"),
+        database=study_path(options),
+        remote=storage.join(options.experiment_dir, STUDY_FILE) if storage.is_uri(options.experiment_dir) else None,
     )
     scheduler = ASHAScheduler(
         metric="objective",
@@ -280,12 +535,13 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         grace_period=plan.space.settings.grace_period,
         reduction_factor=plan.space.settings.reduction_factor,
     ) if options.early_stopping else FIFOScheduler()
+    # What TuneConfig(max_concurrent_trials=...) builds, in a generator a resume can restart.
+    search_alg = ResumableTrials(ConcurrencyLimiter(searcher, max_concurrent=plan.concurrency))
+    run_config.callbacks.append(TrialsCatchUp(search_alg))
     tune_config = tune.TuneConfig(
-        search_alg=searcher,
+        search_alg=search_alg,
         scheduler=scheduler,
         num_samples=plan.trials,
-        max_concurrent_trials=plan.concurrency,
-        time_budget_s=options.time_budget_min * 60 if options.time_budget_min else None,
         trial_dirname_creator=_trial_dirname,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)

@@ -31,6 +31,7 @@ key and the problem.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ from cxr_tune.train.hparams import HParams, HParamsError
 from cxr_tune.train.model import max_depth
 from cxr_tune.yamlfile import load_mapping
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+# The named spaces ship inside the package: in a checkout cxr_tune/spaces is a symlink to the
+# top-level search_spaces/ (resolved, so messages name that folder); a built wheel holds copies.
+SPACES_DIR = Path(str(resources.files("cxr_tune") / "spaces")).resolve()
 TYPES = ("int", "float", "logfloat", "categorical")
 _SECTIONS = ("description", "search", "fixed", "params")
 _PARAM_KEYS = {"type", "low", "high", "step", "log", "choices", "per_block", "when"}

@@ -28,6 +28,7 @@ class TrialSettings:
     resources: Resources
     train_storage: str  # where each trial's Train run (and checkpoints) lives
     max_failures: int = 2
+    select_on: str = "external"  # or "carved": the set the objective follows when there is an external one
 
 
 def trial_hparams(config: dict[str, Any], settings: TrialSettings) -> HParams:
@@ -56,5 +57,6 @@ def run_trial(config: dict[str, Any], *, datasets: dict[int, dict[str, Any]], cl
         name=tune.get_context().get_trial_id(),
         callbacks=[TuneReportCallback()],
         max_failures=settings.max_failures,
+        select_on=settings.select_on,
     )
     trainer.fit()

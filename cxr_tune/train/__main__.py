@@ -13,14 +13,17 @@ import time
 from collections.abc import Sequence
 
 from cxr_tune import storage
+from cxr_tune.cliargs import int_between, positive_float, positive_int
 from cxr_tune.data.__main__ import add_data_arguments
 from cxr_tune.data.prepared import DataOptions, datasets_by_size, split_data
 from cxr_tune.errors import UserError, run_cli
+from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import HParams, HParamsError
 from cxr_tune.train.trainer import Resources, make_trainer
 from cxr_tune.yamlfile import load_mapping
 
 SHOWN = ["epoch", "train_loss", "val_loss", "val_auc", "val_threshold", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "epoch_seconds"]
+EXTERNAL_SHOWN = ["ext_loss", "ext_auc", "ext_threshold", "ext_balanced_accuracy"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,13 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="data folder in the Kermany layout (default: the built-in SYNTHETIC set)")
     parser.add_argument("--params", default=None, help="YAML file of hyperparameters (any HParams field; a model.json from an export works too); default: the HParams defaults")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one hyperparameter, e.g. --set epochs=3 (repeatable)")
-    parser.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP when > 1) (default: 1)")
-    parser.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per worker; also its torch threads (default: the cluster's CPUs divided among the workers)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (DDP when > 1) (default: 1)")
+    parser.add_argument("--cpus-per-worker", type=positive_float, default=None, help="CPUs reserved per worker; also its torch threads (default: the cluster's CPUs divided among the workers)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker (default: CPU)")
     parser.add_argument("--storage", default="results", help="folder or URI for runs (default: results)")
     parser.add_argument("--name", default=None, help="run name; the run folder is STORAGE/NAME (default: train-<timestamp>)")
-    parser.add_argument("--cv", type=int, default=None, metavar="K", help="instead of one run, K-fold cross-validation by patient group over the training folder (writes cv.md and cv.csv)")
+    parser.add_argument("--cv", type=int_between(2, 20), default=None, metavar="K", help="instead of one run, K-fold cross-validation by patient group over the training folder (writes cv.md and cv.csv)")
     parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' for the running one; default: start Ray locally)")
+    add_select_on_argument(parser)
     add_data_arguments(parser)
     return parser
 
@@ -61,21 +65,18 @@ def read_params(path: str | None, overrides: list[str]) -> HParams:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     hp = read_params(args.params, args.overrides)
-    if args.workers < 1:
-        raise UserError(f"--workers {args.workers} must be at least 1")
-    if args.cv is not None and not 2 <= args.cv <= 20:
-        raise UserError(f"--cv {args.cv} must be between 2 and 20 folds")
     from cxr_tune.train.model import build_model
 
     try:
         build_model(hp)  # refuse an impossible depth here, not inside a Ray worker
     except HParamsError as exc:
         raise UserError(f"{args.params or 'hyperparameters'}: {exc}") from None
-    options = DataOptions(args.data, args.cache_dir, args.val_fraction, args.split_seed, args.use_official_val, args.synthetic_n)
+    options = DataOptions.from_args(args)
     split = split_data(options)
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
     storage_path = storage.resolve(args.storage)
     print(f"Data: {split.source.description}")
+    print(split.describe_external(args.select_on))
     from cxr_tune.ray_session import ray_session
 
     with ray_session(args.address):
@@ -86,9 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cv:
             return run_cv(args, hp, split, resources, storage_path, name)
         datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
-        trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name)
+        trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name, select_on=args.select_on)
         result = trainer.fit()
-    return report(result, hp, split, storage.join(storage_path, name))
+    return report(result, hp, split, storage.join(storage_path, name), args.select_on)
 
 
 def run_cv(args: argparse.Namespace, hp: HParams, split, resources: Resources, storage_path: str, name: str) -> int:
@@ -107,30 +108,39 @@ def run_cv(args: argparse.Namespace, hp: HParams, split, resources: Resources, s
     return 0
 
 
-def report(result, hp: HParams, split, run_dir: str) -> int:
+def report(result, hp: HParams, split, run_dir: str, select_on: str) -> int:
     import pandas as pd
 
+    from cxr_tune.export import fmt
+    from cxr_tune.selection import best_epoch
     from cxr_tune.train.checkpoints import load_state
 
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as folder:
         history = pd.DataFrame(load_state(folder)["history"])
-    print(history[[c for c in SHOWN if c in history]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    checkpoint, metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["objective"])
+    shown = [c for c in SHOWN if c in history] + [c for c in EXTERNAL_SHOWN if c in history]
+    print(history[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    best = best_epoch(history)  # the search's own rule
+    checkpoint = next((c for c, m in result.best_checkpoints if m.get("epoch") == best["epoch"]), None)
     summary = {
         "data": split.source.description,
         "synthetic": split.source.synthetic,
         "hparams": hp.to_dict(),
-        "best_epoch": metrics.get("epoch"),
-        "best_checkpoint": checkpoint.path if checkpoint else None,
-        "val_metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
+        "deciding_set": split.deciding_set(select_on),
+        "best_epoch": int(best["epoch"]),
+        "best_checkpoint": checkpoint.path if checkpoint else "(not kept: only the best checkpoint by objective and the latest are)",
+        "val_metrics": {k: v for k, v in best.items() if k.startswith("val_")},
+        "ext_metrics": {k: v for k, v in best.items() if k.startswith("ext_")},
     }
     storage.write_text_atomic(storage.join(run_dir, "metrics.json"), json.dumps(summary, indent=2, default=str))
     tag = " [SYNTHETIC DATA]" if split.source.synthetic else ""
-    print(f"\nBest epoch {summary['best_epoch']}{tag}: val AUC {metrics['val_auc']:.4f}, "
-          f"sensitivity {metrics['val_sensitivity']:.4f}, specificity {metrics['val_specificity']:.4f}, "
-          f"balanced accuracy {metrics['val_balanced_accuracy']:.4f} at threshold {metrics['val_threshold']:.4f}")
+    print(f"\nBest epoch {summary['best_epoch']}{tag}, chosen on {summary['deciding_set']} validation:")
+    for prefix, name in (("val", "carved validation"), ("ext", "external validation (selection set)")):
+        if f"{prefix}_auc" in best:
+            print(f"  {name}: AUC {fmt(best[f'{prefix}_auc'])}, sensitivity {fmt(best[f'{prefix}_sensitivity'])}, "
+                  f"specificity {fmt(best[f'{prefix}_specificity'])}, balanced accuracy {fmt(best[f'{prefix}_balanced_accuracy'])} "
+                  f"at threshold {fmt(best[f'{prefix}_threshold'])}")
     print(f"Checkpoint: {summary['best_checkpoint']}\nMetrics:    {storage.join(run_dir, 'metrics.json')}")
     return 0
 

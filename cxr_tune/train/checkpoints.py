@@ -2,40 +2,44 @@
 
 ``state.pt`` holds tensors and plain values only (model, optimizer and scheduler state, epoch,
 threshold, hyperparameters, metric history) and is always loaded with ``weights_only=True``.
-``val_predictions.parquet`` holds the validation scores behind the threshold, so ROC curves and
-exports never need to re-run the model on validation.
+``val_predictions.parquet`` (carved validation) and ``ext_predictions.parquet`` (the external set,
+when there is one) hold the scores behind the metrics and the threshold, so ROC curves, ensembles
+and exports never need to re-run the model on them.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from cxr_tune import storage
+
 STATE = "state.pt"
-PREDICTIONS = "val_predictions.parquet"
+PREDICTIONS = {"val": "val_predictions.parquet", "ext": "ext_predictions.parquet"}
 
 
-def save_state(folder: str | Path, state: dict[str, Any], labels: np.ndarray, scores: np.ndarray, hashes: np.ndarray) -> None:
-    folder = Path(folder)
-    torch.save(state, folder / STATE)
-    pd.DataFrame({"content_hash": hashes, "label": labels.astype(int), "score": scores}).to_parquet(folder / PREDICTIONS, index=False)
+def save_state(folder: str, state: dict[str, Any], scored: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    """``scored``: per set prefix (``val``, ``ext``), its (labels, scores, content hashes)."""
+    torch.save(state, storage.join(folder, STATE))
+    for prefix, (labels, scores, hashes) in scored.items():
+        frame = pd.DataFrame({"content_hash": hashes, "label": labels.astype(int), "score": scores})
+        frame.to_parquet(storage.join(folder, PREDICTIONS[prefix]), index=False)
 
 
-def load_state(folder: str | Path) -> dict[str, Any]:
+def load_state(folder: str) -> dict[str, Any]:
     """The checkpoint's state; refuses anything that is not tensors and plain values."""
-    return torch.load(Path(folder) / STATE, map_location="cpu", weights_only=True)
+    data = storage.read_bytes(storage.join(folder, STATE))
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def load_predictions(folder: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(folder) / PREDICTIONS)
+def load_predictions(folder: str, prefix: str = "val") -> pd.DataFrame:
+    """Scores a checkpoint stored for one set: ``val`` (carved) or ``ext`` (external)."""
+    return storage.read_frame(storage.join(folder, PREDICTIONS[prefix]))
 
 
-def best_epoch(history: pd.DataFrame) -> pd.Series:
-    """The epoch a run is judged by (search, cross-validation and ablation alike): highest
-    objective; ties go to higher AUC, then lower loss, then the earlier epoch."""
-    ranked = history.sort_values(["objective", "val_auc", "val_loss", "epoch"], ascending=[False, False, True, True])
-    return ranked.iloc[0]
+def has_predictions(folder: str, prefix: str) -> bool:
+    return storage.exists(storage.join(folder, PREDICTIONS[prefix]))

@@ -14,7 +14,8 @@ import pandas as pd
 
 from cxr_tune.data.prepared import SplitData
 from cxr_tune.data.splits import group_kfold
-from cxr_tune.train.checkpoints import best_epoch, load_state
+from cxr_tune.selection import best_epoch
+from cxr_tune.train.checkpoints import load_state
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.trainer import Resources, make_trainer
 

@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from cxr_tune.selection import CRITERIA as SELECTION_CRITERIA
+
 CLASS_WEIGHTINGS = ("none", "balanced")
 OPTIMIZERS = ("adamw", "sgd")
 INTENSITY = ("none", "zscore", "equalize")
-CRITERIA = ("balanced_accuracy", "youden", "gmean", "min_sens_spec")
+CRITERIA = tuple(SELECTION_CRITERIA)
 
 # Inclusive ranges for numeric fields: a value outside is a configuration mistake.
 _RANGES: dict[str, tuple[float, float]] = {
@@ -28,6 +30,14 @@ _RANGES: dict[str, tuple[float, float]] = {
     "convs_per_block": (1, 4),
     "dropout": (0.0, 0.95),
     "augment_strength": (0.0, 1.0),
+    "aug_rotation": (0.0, 30.0),
+    "aug_shift": (0.0, 0.25),
+    "aug_scale": (0.0, 0.5),
+    "aug_blur": (0.0, 3.0),
+    "aug_brightness": (0.0, 0.5),
+    "aug_contrast": (0.0, 0.8),
+    "aug_gamma": (0.0, 1.0),
+    "aug_noise": (0.0, 0.2),
     "lr": (1e-7, 10.0),
     "weight_decay": (0.0, 1.0),
     "batch_size": (1, 4096),
@@ -64,10 +74,18 @@ class HParams:
     # Input: side of the square image and per-image intensity normalization.
     image_size: int = 128
     intensity: str = "zscore"
-    # Augmentation: one knob from 0 (identity) to 1; flipping moves the heart, so off by default.
+    # Augmentation (see train/augment.py): ``augment_strength`` from 0 (identity) to 1 scales every
+    # family's maximum below; flipping moves the heart, so off by default.
     augment_strength: float = 0.5
     hflip: bool = False
-    noise: bool = True
+    aug_rotation: float = 10.0  # degrees
+    aug_shift: float = 0.08  # share of the image side
+    aug_scale: float = 0.12  # zoom within 1 ± this (zooming in is a random crop)
+    aug_blur: float = 0.0  # Gaussian blur sigma in pixels of the network's input
+    aug_brightness: float = 0.15
+    aug_contrast: float = 0.3
+    aug_gamma: float = 0.35  # log-gamma
+    aug_noise: float = 0.03  # noise standard deviation (images in [0, 1])
     # Loss: class weighting through pos_weight ("none", "balanced" or an explicit weight).
     class_weighting: str | float = "balanced"
     label_smoothing: float = 0.0
@@ -138,6 +156,10 @@ class HParams:
         (8, 16)
         """
         known = {f.name: f for f in fields(cls)}
+        config = dict(config)
+        if isinstance(config.get("noise"), bool):  # written by versions before aug_noise: on/off only
+            noise = config.pop("noise")
+            config.setdefault("aug_noise", cls.aug_noise if noise else 0.0)
         values: dict[str, Any] = {}
         blocks: dict[int, int] = {}
         for key, value in config.items():

@@ -1,10 +1,11 @@
 """The per-worker Ray Train loop: one trial's training, evaluation, checkpoint and report per epoch.
 
-Reads ``train`` from its Ray Data shard and ``val`` whole (each worker scores every
-``world_size``-th batch; the scores are gathered so every worker computes the same metrics on the
-full validation set). Wraps the model in DDP when there are several workers. Each epoch rank 0
-writes a checkpoint (model, optimizer, scheduler, epoch, threshold, hyperparameters, history and
-the validation scores) and every rank calls ``ray.train.report``. A restarted run resumes at the
+Reads ``train`` from its Ray Data shard and ``val`` (and ``external``, when there is an external
+validation set) whole: each worker scores every ``world_size``-th batch and the scores are
+gathered, so every worker computes the same metrics on the full sets. Wraps the model in DDP when
+there are several workers. Each epoch rank 0 writes a checkpoint (model, optimizer, scheduler,
+epoch, threshold, hyperparameters, history and the scores of every validation set) and every
+rank calls ``ray.train.report``. A restarted run resumes at the
 epoch after its last checkpoint.
 """
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from cxr_tune.train import checkpoints
-from cxr_tune.train.augment import Augment
+from cxr_tune.train.augment import augment_for
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.metrics import evaluate_scores
@@ -83,7 +84,7 @@ def train_one_epoch(
     generator: torch.Generator,
 ) -> tuple[float, int]:
     """One pass over this worker's shard; returns (mean loss, images seen)."""
-    augment = Augment(hp.augment_strength, hflip=hp.hflip, noise=hp.noise)
+    augment = augment_for(hp)
     model.train()
     total_loss, seen = 0.0, 0
     for batch in batches:
@@ -139,7 +140,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point.
 
     ``config``: ``hparams`` (dict), ``class_counts`` ([n_normal, n_pneumonia]), ``threads`` (torch
-    threads), and for fault-tolerance tests ``fail_at_epoch`` (raise once, in a run started fresh).
+    threads), ``has_external`` (an ``external`` dataset is there to score), ``select_on``
+    (``external`` or ``carved``: which set the objective and threshold follow when both are there),
+    and for fault-tolerance tests ``fail_at_epoch`` (raise once, in a run started fresh).
     """
     import ray
     import ray.train
@@ -160,7 +163,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(net)  # moves to device; DDP when world > 1
     optimizer = build_optimizer(hp, model)
     train_shard = ray.train.get_dataset_shard("train")
-    val_data = ray.train.get_dataset_shard("val")
+    # Every epoch is scored on carved validation and, when there is one, on the external set;
+    # the deciding set (external unless told otherwise) is what the objective and threshold follow.
+    sets = {"val": ray.train.get_dataset_shard("val")}
+    if config.get("has_external"):
+        sets["ext"] = ray.train.get_dataset_shard("external")
+    deciding = "ext" if "ext" in sets and config.get("select_on", "external") == "external" else "val"
     n_normal, n_pneumonia = config["class_counts"]
     steps_per_epoch = math.ceil((n_normal + n_pneumonia) // world / hp.batch_size)
     scheduler = build_scheduler(hp, optimizer, steps_per_epoch)
@@ -194,17 +202,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         train_loss, seen = train_one_epoch(model, batches, hp, optimizer, scheduler, pos_weight, generator)
         train_seconds = time.perf_counter() - started
-        val_batches = val_data.iter_batches(batch_size=256, batch_format="numpy")
-        labels, scores, hashes = _gather_scores(predict_batches(net, val_batches, hp, device, rank, world), world)
+        scored = {prefix: _gather_scores(predict_batches(net, sets[prefix].iter_batches(batch_size=256, batch_format="numpy"), hp, device, rank, world), world)
+                  for prefix in sets}
         workers = _all_gather((ray.get_runtime_context().get_node_id()[:12], seen), world)
-        metrics = {f"val_{k}": v for k, v in evaluate_scores(labels, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance).items()}
+        metrics = {}
+        for prefix, (labels, scores, _) in scored.items():
+            metrics.update({f"{prefix}_{k}": v for k, v in evaluate_scores(labels, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance).items()})
         metrics.update({
             "epoch": epoch + 1,
             "train_loss": train_loss,
             "train_images_per_s": sum(n for _, n in workers) / max(train_seconds, 1e-9),
             "epoch_seconds": time.perf_counter() - started,
             "lr": optimizer.param_groups[0]["lr"],
-            "objective": metrics["val_objective"],
+            # What ASHA, Optuna and the selection read: the deciding set's balance and its interval.
+            "objective": metrics[f"{deciding}_objective"],
+            "objective_low": metrics[f"{deciding}_objective_low"],
+            "objective_high": metrics[f"{deciding}_objective_high"],
             "world_size": world,
             "start_epoch": start_epoch,  # > 0 when this run resumed from a checkpoint
             # Where each rank ran and how many training images its shard gave it this epoch.
@@ -220,9 +233,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "epoch": epoch,
-                    "threshold": metrics["val_threshold"],
+                    "threshold": metrics[f"{deciding}_threshold"],
+                    "deciding_set": deciding,
                     "hparams": hp.to_dict(),
                     "history": history,
-                }, labels, scores, hashes)
+                }, scored)
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=checkpoint)

@@ -1,8 +1,7 @@
-"""Validation metrics that decide which trial wins, and the decision threshold they imply.
+"""Metrics of a set of scores: AUC, log loss, calibration, and rates at the chosen threshold.
 
-The threshold is chosen on validation to maximize a balance of sensitivity and specificity
-(:data:`CRITERIA`), optionally only among thresholds that keep sensitivity at or above a floor
-(screening wants few missed pneumonias). Everything else is computed by scikit-learn.
+The threshold and the objective's interval come from :mod:`cxr_tune.selection` (the one home of
+every selection rule); everything else is computed by scikit-learn.
 """
 
 from __future__ import annotations
@@ -12,14 +11,9 @@ import warnings
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import brier_score_loss, confusion_matrix, log_loss, roc_auc_score, roc_curve
+from sklearn.metrics import brier_score_loss, confusion_matrix, log_loss, roc_auc_score
 
-CRITERIA = {
-    "balanced_accuracy": lambda sens, spec: (sens + spec) / 2,
-    "youden": lambda sens, spec: sens + spec - 1,
-    "gmean": lambda sens, spec: np.sqrt(sens * spec),
-    "min_sens_spec": np.minimum,
-}
+from cxr_tune.selection import CRITERIA, choose_threshold, objective_interval
 
 
 def rates_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -41,60 +35,6 @@ def rates_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[s
     return out
 
 
-def choose_threshold(
-    labels: np.ndarray,
-    scores: np.ndarray,
-    criterion: str = "balanced_accuracy",
-    min_sensitivity: float = 0.0,
-    tolerance: float = 0.0,
-) -> float:
-    """A threshold that maximizes ``criterion`` on these scores; ``score >= threshold`` is positive.
-
-    Only thresholds with sensitivity >= ``min_sensitivity`` compete. Every threshold within
-    ``tolerance`` of the best value counts as best, and the one returned sits in the middle of
-    that range in logit space, as far as it can from the images on either side: validation carved
-    from train is easier than new data, and a threshold pressed against the last NORMAL or the
-    first PNEUMONIA image of validation does not transfer. With ``tolerance`` 0 this is halfway
-    between the best cut and the next lower score. With one class present, 0.5 is returned.
-    """
-    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
-    if len(np.unique(labels)) < 2:
-        return 0.5
-    fpr, tpr, cuts = roc_curve(labels, scores, drop_intermediate=False)
-    values = CRITERIA[criterion](tpr, 1 - fpr)
-    values = np.where((tpr >= min_sensitivity - 1e-12) & np.isfinite(cuts), values, -np.inf)
-    best = float(values.max())
-    near = np.flatnonzero(values >= best - tolerance - 1e-12)
-    upper = cuts[near].max()  # the most specific near-best cut
-    lowest = cuts[near].min()
-    below = scores[scores < lowest]
-    lower = below.max() if below.size else 0.0  # thresholds in (lower, lowest] behave like the cut at ``lowest``
-    centre = _sigmoid((_logit(upper) + _logit(lower)) / 2)
-    if CRITERIA[criterion](*_rates(labels, scores, centre)) >= best - tolerance - 1e-12 and _sensitivity(labels, scores, centre) >= min_sensitivity - 1e-12:
-        return centre
-    top = cuts[int(np.argmax(values))]  # near-best cuts are not contiguous: fall back to the best one
-    lower_top = scores[scores < top]
-    return float((top + (lower_top.max() if lower_top.size else 0.0)) / 2)
-
-
-def _logit(p: float) -> float:
-    p = float(np.clip(p, 1e-7, 1 - 1e-7))
-    return float(np.log(p / (1 - p)))
-
-
-def _sigmoid(x: float) -> float:
-    return float(1 / (1 + np.exp(-x)))
-
-
-def _rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
-    predicted = scores >= threshold
-    return float(predicted[labels == 1].mean()), float(1 - predicted[labels == 0].mean())
-
-
-def _sensitivity(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
-    return _rates(labels, scores, threshold)[0]
-
-
 def evaluate_scores(labels: np.ndarray, scores: np.ndarray, criterion: str = "balanced_accuracy", min_sensitivity: float = 0.0, tolerance: float = 0.0) -> dict[str, float]:
     """Everything reported per epoch: AUC, loss, calibration, and rates at the chosen threshold and at 0.5."""
     labels, scores = np.asarray(labels).astype(int), np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7)
@@ -114,4 +54,5 @@ def evaluate_scores(labels: np.ndarray, scores: np.ndarray, criterion: str = "ba
     out.update(rates_at(labels, scores, threshold))
     out.update({f"{k}_at_0.5": v for k, v in rates_at(labels, scores, 0.5).items() if k in ("sensitivity", "specificity", *CRITERIA)})
     out["objective"] = out[criterion]
+    out["objective_low"], out["objective_high"] = objective_interval(labels, scores, threshold, criterion)
     return out

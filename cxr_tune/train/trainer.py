@@ -33,8 +33,11 @@ def make_trainer(
     callbacks: list[Any] | None = None,
     max_failures: int = 2,
     loop_options: dict[str, Any] | None = None,
+    select_on: str = "external",
 ) -> Any:
-    """A ``TorchTrainer`` that trains ``hp`` on ``datasets`` (``train`` sharded, ``val`` whole).
+    """A ``TorchTrainer`` that trains ``hp`` on ``datasets`` (``train`` sharded; ``val`` and, when
+    given, ``external`` whole). ``select_on`` (``external`` or ``carved``) is the set the objective
+    and threshold follow when there is an external set.
 
     Checkpoints go to ``storage_path/name``; a trainer created again with the same name resumes
     from the latest one there. Worker failures (a lost node) restart from the last checkpoint up
@@ -52,10 +55,12 @@ def make_trainer(
             "hparams": hp.to_dict(),
             "class_counts": list(class_counts),
             "threads": max(1, round(resources.cpus_per_worker)),
+            "has_external": "external" in datasets,
+            "select_on": select_on,
             **(loop_options or {}),
         },
         scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker),
-        datasets={"train": datasets["train"], "val": datasets["val"]},
+        datasets={role: datasets[role] for role in ("train", "val", "external") if role in datasets},
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
             name=name,

@@ -12,6 +12,8 @@ from cxr_tune.data.imaging import decode_gray
 from cxr_tune.data.sources import build_manifest
 from cxr_tune.data.splits import assign_roles
 
+pytestmark = pytest.mark.slow  # builds caches through Ray
+
 
 @pytest.fixture(scope="module")
 def source(synthetic_root):

@@ -9,15 +9,19 @@ from tests.conftest import SHARED_DATA, kermany_folder, run_cli
 
 def test_inspect_reports_counts_duplicates_leakage_and_skipped(tmp_path):
     root = kermany_folder(tmp_path / "chest_xray", {
-        "train": {"NORMAL": ["IM-0001-0001.jpeg", "IM-0002-0001.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg", "person2_virus_2.jpeg"]},
-        "test": {"NORMAL": ["IM-0005-0001.jpeg"], "PNEUMONIA": ["person1_bacteria_9.jpeg"]},  # person1 also in train
+        "train": {"NORMAL": ["IM-0001-0001.jpeg", "IM-0002-0001.jpeg"],
+                  "PNEUMONIA": ["person1_virus_1.jpeg", "person2_virus_2.jpeg", "person3_bacteria_3.jpeg"]},
+        # person2_virus is also in train (one child: a leak); person1_bacteria is another child than person1_virus
+        "test": {"NORMAL": ["IM-0005-0001.jpeg"], "PNEUMONIA": ["person1_bacteria_9.jpeg", "person2_virus_8.jpeg"]},
     })
     (root / "train" / "NORMAL" / ".DS_Store").write_bytes(b"junk")
     done = run_cli("cxr_tune.data", "inspect", str(root), "--cache-dir", str(tmp_path / "c"))
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "real data at" in out and "train" in out and "PNEUMONIA" in out
-    assert "WARNING 1 group(s) cross the train/val/test folders" in out and "person1" in out
+    assert "WARNING 1 group(s) (patients or identical files) cross the folders" in out and "person2_virus" in out
+    assert "1 image(s) of 1 group(s) excluded from training and validation: same patient or identical file is in the test folder" in out
+    assert "1 number(s) appear in more than one folder with a different type only (WARNING, not a leak" in out
     assert ".DS_Store: not an image Pillow can read" in out
 
 
@@ -62,4 +66,12 @@ def test_inspect_real_training_split(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = {tuple(line.split()[:2]): line.split() for line in done.stdout.splitlines() if line.startswith("train ")}
     assert rows[("train", "NORMAL")][2] == "1341" and rows[("train", "PNEUMONIA")][2] == "3875"
-    assert int(rows[("train", "NORMAL")][2]) + int(rows[("train", "PNEUMONIA")][2]) == 5216
+    # Roles: every image of the training folder trains or validates (nothing leaks to exclude), the
+    # carved share is --val-fraction's 15 % by patient, and each keeps the class balance.
+    roles = {line.split()[0]: [int(v) for v in line.split()[1:4]] for line in done.stdout.splitlines()
+             if line.split()[:1] in (["train"], ["val"], ["external"], ["excluded"]) and len(line.split()) == 6}
+    assert "excluded" not in roles and "Nothing is excluded" in done.stdout
+    assert roles["train"][0] + roles["val"][0] == 1341 and roles["train"][1] + roles["val"][1] == 3875
+    assert 0.13 < roles["val"][2] / 5216 < 0.17 and 0.72 < roles["val"][1] / roles["val"][2] < 0.77
+    if (SHARED_DATA / "val").exists():  # the 315-image external sample (see ../shared/data/README.md)
+        assert roles["external"] == [118, 197, 315] and f"External validation: {SHARED_DATA / 'val'}" in done.stdout

@@ -39,3 +39,42 @@ def test_truncated_and_non_images_fail_with_a_reason(tmp_path):
     assert try_decode_gray(b"hello", 16) == (None, "not an image Pillow can read")
     with pytest.raises(ValueError, match="empty"):
         probe(b"")
+
+
+def _old_to_gray8(image: Image.Image) -> np.ndarray:
+    """The whole-array float64 scaling decode_gray used before; the reference for the banded one."""
+    pixels = np.asarray(image, dtype=np.float64)
+    lo, hi = float(pixels.min()), float(pixels.max())
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return np.round((pixels - lo) * scale).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I", "F"])
+def test_high_bit_scaling_gives_the_same_pixels_as_before(mode):
+    values = np.random.default_rng(1).integers(0, 65535, (613, 389)).astype(np.uint16)  # several row bands
+    if mode == "I;16B":
+        image = Image.frombytes(mode, values.shape[::-1], values.astype(">u2").tobytes())
+    else:
+        image = Image.fromarray(values).convert(mode) if mode != "I;16" else Image.fromarray(values)
+    new = np.asarray(to_gray8(image)).astype(int)
+    assert np.abs(new - _old_to_gray8(image)).max() <= 1
+    flat = Image.fromarray(np.full((40, 30), 700, dtype=np.uint16))
+    assert np.asarray(to_gray8(flat)).max() == 0
+
+
+def test_a_large_sixteen_bit_image_decodes_in_bounded_memory(tmp_path):
+    import tracemalloc
+
+    values = np.random.default_rng(2).integers(100, 4000, (4000, 4000), dtype=np.uint16)
+    path = tmp_path / "big.tif"
+    Image.fromarray(values).save(path)  # uncompressed TIFF: quick to write and read
+    tracemalloc.start()
+    try:
+        pixels = decode_gray(path, 64)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert pixels.shape == (64, 64) and pixels.dtype == np.uint8
+    # float64 at full resolution alone is 4x the 16-bit array (128 MB here); now the 8-bit result
+    # (16 MB) plus one small band is all that is allocated
+    assert peak < values.nbytes, f"peak {peak / 1e6:.0f} MB"

@@ -21,8 +21,8 @@ GOOD = {
 
 
 @pytest.mark.parametrize(("name", "patient"), [
-    ("person1000_bacteria_2931.jpeg", "person1000"),
-    ("person1_virus_7.jpeg", "person1"),
+    ("person1000_bacteria_2931.jpeg", "person1000_bacteria"),
+    ("person1_virus_7.jpeg", "person1_virus"),  # Kermany numbers patients per infection type
     ("IM-0115-0001.jpeg", "IM-0115"),
     ("NORMAL2-IM-0587-0001-0002.jpeg", "NORMAL2-IM-0587"),
     ("IM-0023-0001-0002.jpeg", "IM-0023"),
@@ -39,7 +39,7 @@ def test_manifest_columns_labels_and_patients(tmp_path):
     assert len(manifest) == 8 and not source.synthetic and source.skipped.empty
     train = manifest[manifest["split"] == "train"]
     assert train.groupby("label").size().to_dict() == {0: 3, 1: 3}
-    assert train.groupby("patient_id").size().to_dict() == {"IM-0001": 2, "NORMAL2-IM-0002": 1, "person1": 2, "person2": 1}
+    assert train.groupby("patient_id").size().to_dict() == {"IM-0001": 2, "NORMAL2-IM-0002": 1, "person1_bacteria": 1, "person1_virus": 1, "person2_bacteria": 1}
 
 
 def test_identical_files_join_one_group_across_patient_ids(tmp_path):
@@ -49,8 +49,8 @@ def test_identical_files_join_one_group_across_patient_ids(tmp_path):
     manifest = build_manifest(str(root)).manifest.set_index("path")
     original = manifest.loc[str(root / "train" / "PNEUMONIA" / "person2_bacteria_3.jpeg")]
     duplicate = manifest.loc[str(copy)]
-    assert duplicate["patient_id"] == "person77" and original["patient_id"] == "person2"
-    assert duplicate["group_id"] == original["group_id"] == "person2"
+    assert duplicate["patient_id"] == "person77_bacteria" and original["patient_id"] == "person2_bacteria"
+    assert duplicate["group_id"] == original["group_id"] == "person2_bacteria"
     assert duplicate["content_hash"] == original["content_hash"]
 
 

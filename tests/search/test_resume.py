@@ -1,22 +1,37 @@
-"""A search interrupted with Ctrl-C continues with --resume and ends with exactly the trials asked for."""
+"""--resume: an interrupted, killed or budget-stopped search continues from its own files.
+
+It continues with the experiment's own ``space.yaml`` and ``splits.csv`` (never today's files),
+from any working directory, with ``--time-budget`` as minutes for the resumed run; kept trials are
+not re-run, an unfinished trial goes on from its checkpoint, and the Optuna study ends up with
+exactly the trials Tune ran.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
+
+SMOKE = (ROOT / "search_spaces" / "smoke.yaml").read_text()
 
 
-def start_search(*args: str) -> subprocess.Popen:
+def start_search(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """The search CLI in a session of its own, so that a test can kill it and every Ray process it started."""
     return subprocess.Popen([sys.executable, "-m", "cxr_tune.search", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}, start_new_session=True)
 
 
 def wait_for_line(process: subprocess.Popen, needle: str, timeout: float) -> list[str]:
@@ -28,17 +43,114 @@ def wait_for_line(process: subprocess.Popen, needle: str, timeout: float) -> lis
     return lines
 
 
+def study_trials(experiment: Path) -> pd.DataFrame:
+    """Every Optuna trial of the experiment: number, state, and the Tune trial it belongs to (if recorded)."""
+    with sqlite3.connect(experiment / "study.db") as db:
+        trials = pd.read_sql("select trial_id, number, state from trials order by number", db)
+        attrs = pd.read_sql("select trial_id, value_json from trial_user_attributes where key = 'tune_trial_id'", db)
+    attrs["tune_trial_id"] = attrs["value_json"].map(json.loads)
+    return trials.merge(attrs[["trial_id", "tune_trial_id"]], on="trial_id", how="left")
+
+
+def results_of(experiment: Path, trial_id: str) -> pd.DataFrame:
+    """The results Tune recorded for one trial, in order (``result.json``, one line per epoch)."""
+    lines = (experiment / trial_id / "result.json").read_text().splitlines()
+    return pd.DataFrame([json.loads(line) for line in lines if line.strip()])
+
+
+# --- the pieces that make a resumed time budget work --------------------------------------------
+
+
+def test_the_time_budget_belongs_to_the_running_command_even_in_tunes_saved_copy(monkeypatch):
+    import ray.cloudpickle as cloudpickle
+    from ray.tune.stopper import TimeoutStopper
+
+    from cxr_tune.search.runner import SessionBudget
+
+    # Why: Tune saves its stopper with the experiment and resumes with that copy. Its own
+    # TimeoutStopper comes back spent, so a search its budget stopped would stop again at once.
+    spent = TimeoutStopper(0.2)
+    spent.stop_all()
+    time.sleep(0.3)
+    assert spent.stop_all() and cloudpickle.loads(cloudpickle.dumps(spent)).stop_all()
+
+    monkeypatch.setattr(SessionBudget, "minutes", 0.3 / 60)
+    budget = SessionBudget()
+    assert not budget.stop_all()
+    time.sleep(0.4)
+    assert budget.stop_all()
+    restored = cloudpickle.loads(cloudpickle.dumps(budget))  # as Tune brings it back on resume
+    assert not restored.stop_all()  # this command's clock starts afresh
+    monkeypatch.setattr(SessionBudget, "minutes", None)  # resumed without --time-budget: no limit
+    time.sleep(0.4)
+    assert not restored.stop_all()
+
+
+def test_a_restored_trial_generator_starts_trials_again():
+    from ray.tune.search import SearchGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from cxr_tune.search.runner import ResumableTrials
+
+    ended_by_budget = {"counter": 2, "total_samples": 4, "finished": True, "experiment": None}
+    plain = SearchGenerator(OptunaSearch())
+    plain.set_state(dict(ended_by_budget))
+    assert plain.is_finished()  # Tune's own: a resumed search would start no trial
+    ours = ResumableTrials(OptunaSearch())
+    ours.set_state(dict(ended_by_budget))
+    assert not ours.is_finished()
+    ours.set_state({**ended_by_budget, "counter": 4})
+    assert ours.is_finished()  # every trial asked for has been started
+
+
+def test_trials_a_stopper_ended_are_reported_to_the_searcher_at_the_next_step(tmp_path):
+    """A stopper (the time budget) ends trials without telling the searcher: the concurrency
+    limiter would keep their places, and a resumed search wait forever for one."""
+    from types import SimpleNamespace
+
+    import optuna
+    import ray.cloudpickle as pickle  # as Tune writes tuner.pkl
+    from ray.tune.search import ConcurrencyLimiter
+
+    from cxr_tune.search.runner import ResumableTrials, StudySearch, TrialsCatchUp
+    from cxr_tune.search.space import SpaceSampler, load_space
+
+    searcher = StudySearch(space=SpaceSampler(load_space("smoke")), metric="objective", mode="max", study_name="exp",
+                           sampler=optuna.samplers.RandomSampler(seed=0), database=str(tmp_path / "study.db"))
+    search_alg = ResumableTrials(ConcurrencyLimiter(searcher, max_concurrent=1))
+    # Tuner(...) saves both in one file (tuner.pkl); restored, the callback holds the generator Tune uses.
+    search_alg, catch_up = pickle.loads(pickle.dumps((search_alg, TrialsCatchUp(search_alg))))
+    assert catch_up.search_alg is search_alg
+    search_alg.searcher.suggest("trial_a")
+    assert search_alg.searcher.suggest("trial_b") is None  # its one place is taken
+    cut_short = SimpleNamespace(trial_id="trial_a", status="TERMINATED", last_result={"objective": 0.625, "epoch": 1})
+    catch_up.on_step_begin(iteration=1, trials=[cut_short])
+    assert search_alg.searcher.suggest("trial_b") is not None
+    [done, _] = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'study.db'}").get_trials()
+    assert done.state == optuna.trial.TrialState.COMPLETE and done.value == 0.625
+
+
+def test_flags_that_cannot_apply_to_a_resumed_search_are_one_line_errors(tmp_path):
+    done = run_cli("cxr_tune.search", "--resume", "--name", "exp", "--storage", str(tmp_path), "--trials", "9")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --resume ") and "--trials cannot apply" in lines[0], done.stderr
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+@pytest.mark.slow
 def test_interrupted_search_resumes_to_exactly_the_requested_trials(synthetic_root, tmp_path):
     common = ["--storage", str(tmp_path), "--name", "resumable"]
     search = start_search("--space", "smoke", "--data", str(synthetic_root), "--concurrency", "1", "--trials", "3", *common)
-    seen = wait_for_line(search, "(1/3 done)", timeout=600)
-    assert any("(1/3 done)" in line for line in seen), "".join(seen)
+    seen = wait_for_line(search, "(1/3 ", timeout=600)
+    assert any("(1/3 " in line for line in seen), "".join(seen)
     search.send_signal(signal.SIGINT)  # Ctrl-C
     rest = search.communicate(timeout=300)[0]
     assert search.returncode == 130, rest[-2000:]
     assert "--resume" in rest
     before = pd.read_csv(tmp_path / "resumable" / "trials.csv")
-    finished_before = before[before["status"] == "TERMINATED"]
+    finished_before = before[before["status"] == "TERMINATED"].set_index("trial_id")
     assert 1 <= len(finished_before) < 3
 
     resumed = subprocess.run([sys.executable, "-m", "cxr_tune.search", "--resume", *common], cwd=ROOT,
@@ -46,7 +158,136 @@ def test_interrupted_search_resumes_to_exactly_the_requested_trials(synthetic_ro
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     after = pd.read_csv(tmp_path / "resumable" / "trials.csv")
     assert len(after) == 3 and after["trial_id"].is_unique and set(after["status"]) == {"TERMINATED"}
-    kept = after.set_index("trial_id").loc[finished_before["trial_id"]]
-    pd.testing.assert_series_equal(kept["objective"], finished_before.set_index("trial_id")["objective"], check_names=False)
-    with sqlite3.connect(tmp_path / "resumable" / "study.db") as db:
-        assert db.execute("select count(*) from trials").fetchone()[0] == 3
+    # Kept trials were not run again: same start time, same epochs, no new results.
+    kept = after.set_index("trial_id").loc[finished_before.index]
+    assert kept["started"].tolist() == finished_before["started"].tolist()
+    assert kept["epochs"].tolist() == finished_before["epochs"].tolist()
+    for trial_id, epochs in finished_before["epochs"].items():
+        assert len(results_of(tmp_path / "resumable", trial_id)) == epochs
+    study = study_trials(tmp_path / "resumable")
+    assert len(study) == 3 and set(study["state"]) == {"COMPLETE"}
+    assert set(study["tune_trial_id"]) == set(after["trial_id"])
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_its_unfinished_trial_from_its_checkpoint_and_the_study_agrees(synthetic_root, tmp_path):
+    """kill -9 between Optuna suggesting a trial and Tune saving its state, then --resume.
+
+    Made to happen every time: Tune saves its state only at its first step (as if its ~10 s
+    period had not come round) and asks for one trial at a time, so its state knows the first
+    trial only; the second is suggested (RUNNING in the study) as soon as the first starts. The
+    kill comes once the first trial has a checkpoint, many epochs before its end.
+    """
+    experiment = tmp_path / "killed"
+    common = ["--storage", str(tmp_path), "--name", "killed"]
+    search = start_search("--space", "smoke", "--data", str(synthetic_root), "--trials", "2", "--concurrency", "2",
+                          "--max-epochs", "20", "--no-early-stopping", *common,
+                          env={"TUNE_GLOBAL_CHECKPOINT_S": "3600", "TUNE_MAX_PENDING_TRIALS_PG": "1"})
+    try:
+        deadline, known, checkpointed = time.monotonic() + 600, [], []
+        while time.monotonic() < deadline and search.poll() is None and not checkpointed:
+            states = list(experiment.glob("experiment_state-*.json"))
+            if states and (experiment / "study.db").exists():
+                known = [json.loads(t[0])["trial_id"] for t in json.loads(states[0].read_text())["trial_data"]]
+                with sqlite3.connect(experiment / "study.db") as db:
+                    suggested = db.execute("select count(*) from trials").fetchone()[0]
+                if suggested > len(known):
+                    checkpointed = [t for t in known if list((experiment / "train" / t).glob("checkpoint_*"))]
+            time.sleep(0.2)
+        if not checkpointed:
+            pytest.fail(f"the search never reached the state to kill it in: {search.stdout.read()[-3000:] if search.poll() is not None else ''}")
+        os.killpg(search.pid, signal.SIGKILL)  # the driver and every Ray process it started: a lost head node
+    finally:
+        if search.poll() is None:
+            os.killpg(search.pid, signal.SIGKILL)
+        search.wait(timeout=60)
+    [unfinished] = known  # in Tune's state, mid-training when killed
+
+    resumed = run_cli("cxr_tune.search", "--resume", *common, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    table = pd.read_csv(experiment / "trials.csv")
+    assert len(table) == 2 and table["trial_id"].is_unique and set(table["status"]) == {"TERMINATED"}
+    study = study_trials(experiment)
+    assert not (study["state"] == "RUNNING").any(), study  # before: the abandoned trial stayed RUNNING for good
+    complete = study[study["state"] == "COMPLETE"]
+    assert len(complete) == len(table) and set(complete["tune_trial_id"]) == set(table["trial_id"])
+    assert (study["state"] == "FAIL").sum() == 1  # the abandoned one, which no table shows
+    # The unfinished trial went on from its checkpoint, not from scratch.
+    results = results_of(experiment, unfinished)
+    assert (results["start_epoch"] > 0).all() and results["epoch"].min() > 1, results[["epoch", "start_epoch"]]
+    assert table.set_index("trial_id").loc[unfinished, "epochs"] == 20
+
+
+@pytest.mark.slow
+def test_a_resumed_time_budget_governs_the_resumed_run(synthetic_root, tmp_path):
+    """Stopped by its budget, resumed with a budget: it starts more trials and stops again when
+    that budget ends; resumed without one: it runs to the end. (Trials a budget cut short stay cut
+    short: Tune ends them as finished.)"""
+    experiment = tmp_path / "budget"
+    common = ["--storage", str(tmp_path), "--name", "budget"]
+
+    def suggested() -> int:
+        with sqlite3.connect(experiment / "study.db") as db:
+            return db.execute("select count(*) from trials").fetchone()[0]
+
+    def ended(run: subprocess.CompletedProcess) -> bool:
+        # A budget that ends before any trial reported leaves nothing to select: that one line, exit 2.
+        return run.returncode == 0 or "no trial has reported" in run.stderr
+
+    first = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--trials", "8", "--concurrency", "1",
+                    "--max-epochs", "1", "--time-budget", "0.75", *common, timeout=900)
+    assert ended(first), first.stdout[-3000:] + first.stderr[-3000:]
+    started_first = suggested()
+    assert 1 <= started_first < 8, first.stdout[-3000:]
+
+    second = run_cli("cxr_tune.search", "--resume", "--time-budget", "0.5", *common, timeout=900)
+    assert ended(second), second.stdout[-3000:] + second.stderr[-3000:]
+    started_second = suggested()
+    assert started_second > started_first, second.stdout[-3000:]  # before: stopped again at once, no new trial
+    assert started_second < 8, second.stdout[-3000:]  # this run's budget ended it
+
+    third = run_cli("cxr_tune.search", "--resume", *common, timeout=900)  # no budget: to the end
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "time budget" not in third.stdout
+    table = pd.read_csv(experiment / "trials.csv")
+    assert len(table) == 8 and set(table["status"]) == {"TERMINATED"} and suggested() == 8
+
+
+@pytest.mark.slow
+def test_an_experiment_tune_never_started_resumes_with_the_command_named_from_its_own_files(synthetic_root, tmp_path, monkeypatch):
+    """Ctrl-C in the first cache build leaves experiment.json and no Tune state. The same command
+    names the command that continues it, which runs from another folder on the experiment's own
+    space and data even after the space file changed."""
+    from cxr_tune.data.prepared import split_data
+    from cxr_tune.errors import UserError
+    from cxr_tune.search import runner
+    from cxr_tune.search.__main__ import build_parser, main, options_from_args
+    from cxr_tune.search.space import load_space
+
+    work = tmp_path / "work"
+    shutil.copytree(synthetic_root, work / "data")
+    space_file = work / "spaces" / "tiny.yaml"
+    space_file.parent.mkdir()
+    space_file.write_text(SMOKE.replace("trials: 4", "trials: 1").replace("max_epochs: 3", "max_epochs: 2"))
+    monkeypatch.chdir(work)
+    argv = ["--space", "spaces/tiny.yaml", "--data", "data", "--storage", "runs", "--name", "moved", "--no-early-stopping"]
+    options = options_from_args(build_parser().parse_args(argv))
+    runner._start_experiment(options, load_space(options.space), split_data(options.data))  # then Ctrl-C
+    saved = json.loads((work / "runs" / "moved" / "experiment.json").read_text())["options"]
+    assert saved["storage"] == str((work / "runs").resolve()) and saved["data"]["data"] == str((work / "data").resolve())
+    assert saved["space"] == str(space_file.resolve())
+
+    with pytest.raises(UserError) as refused:  # the same command again
+        main(argv)
+    named = re.search(r"continue it with: (python -m cxr_tune\.search .*--resume)", str(refused.value))
+    assert named, str(refused.value)
+    command = shlex.split(named.group(1))
+
+    space_file.write_text(SMOKE)  # today's space file says 4 trials of 3 epochs
+    splits_before = (work / "runs" / "moved" / "splits.csv").read_text()
+    resumed = run_cli(*command[2:], timeout=900)  # from the repository root, not from work/
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"Data: SYNTHETIC chest X-rays (generated, not real patients) at {(work / 'data').resolve()}" in resumed.stdout
+    table = pd.read_csv(work / "runs" / "moved" / "trials.csv")
+    assert len(table) == 1 and table["epochs"].tolist() == [2]  # the space the experiment started with
+    assert (work / "runs" / "moved" / "splits.csv").read_text() == splits_before

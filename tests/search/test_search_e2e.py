@@ -6,20 +6,42 @@ import json
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pandas as pd
 import pytest
 
+from cxr_tune.selection import CRITERIA, choose_threshold, ranked_trials, select_best
 from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def experiment(synthetic_root, tmp_path_factory) -> Path:
+def search(synthetic_root, tmp_path_factory) -> tuple[Path, str]:
+    """One smoke search for the whole module: (experiment folder, what it printed)."""
     storage = tmp_path_factory.mktemp("experiments")
     done = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--storage", str(storage), "--name", "e2e", timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "SYNTHETIC" in done.stdout and "Selected trial" in done.stdout
-    return storage / "e2e"
+    return storage / "e2e", done.stdout
+
+
+@pytest.fixture(scope="module")
+def experiment(search) -> Path:
+    return search[0]
+
+
+@pytest.fixture(scope="module")
+def val_folder(experiment, tmp_path_factory) -> Path:
+    """The experiment's carved validation images, laid out as a Kermany folder (symlinks)."""
+    folder = tmp_path_factory.mktemp("val") / "val"
+    splits = pd.read_csv(experiment / "splits.csv")
+    for row in splits[splits["role"] == "val"].drop_duplicates("content_hash").itertuples():
+        target = folder / ("PNEUMONIA" if row.label else "NORMAL") / Path(row.path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(row.path)
+    return folder
 
 
 def test_experiment_holds_table_report_plots_study_and_export(experiment):
@@ -46,16 +68,12 @@ def test_export_is_onnx_and_loads_without_pickle(experiment):
     onnx.checker.check_model(onnx.load(str(experiment / "best" / "model.onnx")))
 
 
-def test_predict_reproduces_the_exported_validation_metrics(experiment, tmp_path):
+def test_predict_reproduces_the_exported_validation_metrics(experiment, val_folder, tmp_path):
     meta = json.loads((experiment / "best" / "model.json").read_text())
-    splits = pd.read_csv(experiment / "splits.csv")
-    val = splits[splits["role"] == "val"].drop_duplicates("content_hash")
-    for row in val.itertuples():  # the validation images, laid out as a Kermany folder
-        target = tmp_path / "val" / ("PNEUMONIA" if row.label else "NORMAL") / Path(row.path).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(row.path)
-    (tmp_path / "val" / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8 broken")
-    done = run_cli("cxr_tune.predict", "--model", str(experiment / "best"), str(tmp_path / "val"), "--csv", str(tmp_path / "out.csv"))
+    val = list(val_folder.rglob("*.jpeg"))
+    (tmp_path / "NORMAL").mkdir()
+    (tmp_path / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8 broken")
+    done = run_cli("cxr_tune.predict", "--model", str(experiment / "best"), str(val_folder), str(tmp_path / "NORMAL"), "--csv", str(tmp_path / "out.csv"))
     assert done.returncode == 0, done.stderr
     expected = meta["validation"]
     line = next(ln for ln in done.stdout.splitlines() if ln.strip().startswith("sensitivity"))
@@ -78,10 +96,58 @@ def test_any_trial_can_be_re_exported_and_predict_refuses_pickles(experiment):
     assert refused.returncode == 2 and "would need unpickling" in refused.stderr
 
 
-def test_an_ensemble_of_the_best_trials_exports_and_predicts(experiment, tmp_path):
+def test_best_is_the_trial_the_ranking_selects(search):
+    """best/ holds the rank-1 trial of trials.csv, which is what the selection rule picks from the
+    table, at the epoch the table calls its best; the console says the same."""
+    experiment, stdout = search
+    table = pd.read_csv(experiment / "trials.csv")
+    meta = json.loads((experiment / "best" / "model.json").read_text())
+    ranked = table.dropna(subset=["rank"]).sort_values("rank")
+    assert ranked["rank"].tolist() == list(range(1, len(ranked) + 1)) and len(ranked) == (table["epochs"] > 0).sum()
+    assert ranked["trial_id"].tolist() == ranked_trials(table)["trial_id"].tolist()
+    assert ranked["tied"].tolist() == ranked_trials(table)["tied"].tolist()
+    selected = ranked.iloc[0]
+    assert meta["trial_id"] == selected["trial_id"] == select_best(table)["trial_id"]
+    assert meta["epoch"] == int(selected["best_epoch"]) and [m["trial_id"] for m in meta["members"]] == [meta["trial_id"]]
+    assert meta["deciding_set"] == "carved" and "external" not in meta  # no external set in this data
+    assert meta["threshold"] == pytest.approx(selected["val_threshold"], abs=1e-12)  # the threshold the trial reported
+    assert f"Selected trial {selected['trial_id']} (best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}" in stdout
+
+
+def test_an_ensemble_predicts_the_mean_of_its_members(experiment, val_folder, tmp_path):
+    """The ensemble's ONNX output is the average of its members' own exports, and its threshold is
+    the best for those averaged scores (not one member's)."""
+    from cxr_tune.export import export_trial
+    from cxr_tune.predict import collect, predict
+    from cxr_tune.serving import load_model
+
     done = run_cli("cxr_tune.export", str(experiment), "--ensemble", "2", "--out", str(tmp_path / "ensemble"))
     assert done.returncode == 0, done.stderr
     meta = json.loads((tmp_path / "ensemble" / "model.json").read_text())
-    assert len(meta["members"]) == 2 and "mean of 2 models" in meta["output"]["meaning"]
-    val = pd.read_csv(tmp_path / "ensemble" / "val_predictions.csv")
-    assert ((val["probability"] >= meta["threshold"]).astype(int) == val["prediction"]).all()
+    members = [m["trial_id"] for m in meta["members"]]
+    assert "mean of 2 models" in meta["output"]["meaning"] and meta["trial_id"] == members[0]
+    table = pd.read_csv(experiment / "trials.csv")
+    assert members == table.sort_values("rank")["trial_id"].head(2).tolist()  # the smoke space has one image size
+
+    files = collect([str(val_folder)])
+    ensemble, _ = predict(load_model(tmp_path / "ensemble"), files)
+    alone = []
+    for trial in members:
+        export_trial(str(experiment), trial, str(tmp_path / trial))
+        alone.append(predict(load_model(tmp_path / trial), files)[0])
+    assert all(frame["path"].tolist() == ensemble["path"].tolist() for frame in alone)
+    mean = np.mean([frame["probability"].to_numpy() for frame in alone], axis=0)
+    assert np.abs(ensemble["probability"].to_numpy() - mean).max() < 1e-4
+    assert not np.allclose(alone[0]["probability"], alone[1]["probability"], atol=1e-4)  # two different models
+
+    threshold, labels = meta["threshold"], ensemble["label"].astype(int).to_numpy()
+    clear = np.abs(mean - threshold) > 1e-4  # an image on the threshold may fall either way
+    assert (ensemble["prediction"].to_numpy() == (mean >= threshold))[clear].all()
+    hp = meta["hparams"]
+
+    def balance(t: float) -> float:
+        predicted = mean >= t
+        return float(CRITERIA[hp["criterion"]](predicted[labels == 1].mean(), 1 - predicted[labels == 0].mean()))
+
+    best = balance(choose_threshold(labels, mean, hp["criterion"], hp["min_sensitivity"], hp["threshold_tolerance"]))
+    assert balance(threshold) >= best - hp["threshold_tolerance"] - 0.5 / min(np.bincount(labels))  # one image of slack

@@ -13,6 +13,8 @@ from cxr_tune.train.checkpoints import load_state
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.trainer import Resources, make_trainer
 
+pytestmark = pytest.mark.slow  # starts Ray and trains
+
 SIZE = 32
 
 
@@ -51,6 +53,10 @@ def test_a_checkpoint_resumes_at_the_next_epoch_with_the_same_weights(data, tmp_
     # The worker crashes before epoch 3; Train restarts it from the epoch-2 checkpoint.
     result, resumed = fit(data, tmp_path, "crashed", epochs=3, loop_options={"fail_at_epoch": 3})
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3] and resumed["epoch"] == 2
+    # The failure fired: epochs 1-2 ran in the first attempt, epoch 3 in a run restored from the
+    # epoch-2 checkpoint (an uninterrupted run reports start_epoch 0 throughout, as "straight" does).
+    assert [h["start_epoch"] for h in resumed["history"]] == [0, 0, 2] and result.metrics["start_epoch"] == 2
+    assert [h["start_epoch"] for h in straight["history"]] == [0, 0, 0]
     for key, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][key]), key
 

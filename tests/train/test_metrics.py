@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from cxr_tune.train.metrics import choose_threshold, evaluate_scores, rates_at
+from cxr_tune.selection import choose_threshold
+from cxr_tune.train.metrics import evaluate_scores, rates_at
 
 
 def test_rates_on_a_hand_counted_example():

@@ -1,0 +1,155 @@
+"""``python -m cxr_tune.adapt --model DIR --images SITE_DIR --out DIR2``: label-free site adaptation.
+
+For a site with images but no labels. **AdaBN** (Li et al. 2016, "Revisiting Batch Normalization
+for Practical Domain Adaptation"): every BatchNorm layer's running mean and variance are
+re-estimated on the site's images, so features are normalized the way the site's films need;
+no weight changes, nothing else. The decision threshold is kept.
+
+``--prior-shift`` also re-estimates the site's pneumonia prevalence from the model's own scores
+with EM (Saerens, Latinne & Decaestecker 2002) and moves the threshold so that the share of
+images called PNEUMONIA matches that estimate. It is off by default: measured on this project's
+external validation sample, it did not help (``results/real/README.md``).
+
+Writes a new model folder (:mod:`cxr_tune.modelfile`): ONNX, safetensors weights and
+``model.json`` saying what was adapted, on how many images. Labels are never read: files under
+NORMAL/PNEUMONIA folders are used as unlabelled images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxr_tune import storage
+from cxr_tune.errors import UserError, run_cli
+from cxr_tune.modelfile import Members, build_files, load_members, read_meta, serving_model, torch_scores, write_model_folder
+from cxr_tune.train.intensity import normalize_intensity
+
+MIN_IMAGES = 16
+EM_ITERATIONS = 200
+
+
+def adapt_batchnorm(members: Members, images: np.ndarray, batch_size: int = 64) -> Members:
+    """A copy of ``members`` whose BatchNorm running statistics are the site's (cumulative average
+    over ``images``, uint8 ``(N, S, S)``); weights, biases and everything else are untouched."""
+    nets = []
+    for net, hp in zip(members.nets, members.hparams, strict=True):
+        adapted = copy.deepcopy(net).eval()
+        norms = [m for m in adapted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a plain average over every batch, not an exponential one
+            norm.train()  # only the norms collect statistics; dropout stays off
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                x = torch.from_numpy(images[start : start + batch_size, None].copy()).float() / 255.0
+                adapted(normalize_intensity(x, hp.intensity))
+        nets.append(adapted.eval())
+    return Members(nets, list(members.hparams))
+
+
+def em_prevalence(scores: np.ndarray, training_prior: float, iterations: int = EM_ITERATIONS, tolerance: float = 1e-6) -> float:
+    """The site's PNEUMONIA prevalence estimated by EM from posteriors made under ``training_prior``."""
+    scores = np.clip(np.asarray(scores, dtype=float), 1e-6, 1 - 1e-6)
+    prior = training_prior
+    for _ in range(iterations):
+        ratio_pos, ratio_neg = prior / training_prior, (1 - prior) / (1 - training_prior)
+        adjusted = ratio_pos * scores / (ratio_pos * scores + ratio_neg * (1 - scores))
+        new = float(adjusted.mean())
+        if abs(new - prior) < tolerance:
+            return new
+        prior = new
+    return prior
+
+
+def effective_prior(n_normal: int, n_pneumonia: int, class_weighting: str | float) -> float:
+    """The PNEUMONIA prior a model's probabilities are calibrated to, given how its loss weighted the classes."""
+    prior = n_pneumonia / (n_normal + n_pneumonia)
+    if class_weighting == "none":
+        return prior
+    weight = n_normal / n_pneumonia if class_weighting == "balanced" else float(class_weighting)
+    return prior * weight / (prior * weight + 1 - prior)
+
+
+def adapt(model: str, images_dir: str, out: str, *, prior_shift: bool = False) -> dict[str, Any]:
+    """Adapt the model folder ``model`` to the images under ``images_dir``; write it to ``out``."""
+    from cxr_tune.predict import collect
+    from cxr_tune.data.imaging import try_decode_gray
+
+    meta = read_meta(model)
+    try:
+        members = load_members(model)
+    except FileNotFoundError:
+        raise UserError(f"'{model}' has no weights.safetensors; re-export it with this version (python -m cxr_tune.export) to adapt it") from None
+    files = collect([images_dir])
+    readable = [image for image, _ in (try_decode_gray(path, members.image_size) for path in files) if image is not None]
+    if len(readable) < MIN_IMAGES:
+        raise UserError(f"'{images_dir}' holds {len(readable)} readable image(s); BatchNorm statistics need at least {MIN_IMAGES}")
+    images, skipped = np.stack(readable), len(files) - len(readable)
+    tta = int(meta.get("tta_views", 1))
+    adapted = adapt_batchnorm(members, images)
+    threshold = float(meta["threshold"])
+    record: dict[str, Any] = {
+        "method": "AdaBN (Li et al. 2016): BatchNorm running statistics re-estimated on unlabelled site images; weights unchanged",
+        "images": int(len(images)),
+        "skipped_files": int(skipped),
+        "source": storage.resolve(images_dir),
+        "from_model": storage.resolve(model),
+        "threshold": f"kept from the unadapted model ({threshold:.4f})",
+        "adapted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if prior_shift:
+        threshold, record["prior_shift"] = _prior_shift_threshold(meta, torch_scores(serving_model(adapted, tta), images))
+        record["threshold"] = f"moved to {threshold:.4f} so the share called PNEUMONIA matches the EM prevalence estimate"
+    files_out = build_files(adapted, tta, check_images=images[:64])
+    new_meta = {key: value for key, value in meta.items() if key not in ("validation", "external", "test", "files")}
+    new_meta.update({"threshold": threshold, "adaptation": record,
+                     "before_adaptation": {key: meta[key] for key in ("validation", "external", "test") if key in meta}})
+    write_model_folder(storage.resolve(out), files_out, new_meta)
+    return new_meta
+
+
+def _prior_shift_threshold(meta: dict[str, Any], scores: np.ndarray) -> tuple[float, dict[str, Any]]:
+    counts = meta.get("train_class_counts")
+    if not counts:
+        raise UserError("--prior-shift needs the training class counts in model.json (train_class_counts); re-export the model")
+    prior = effective_prior(int(counts[0]), int(counts[1]), meta["hparams"].get("class_weighting", "balanced"))
+    prevalence = em_prevalence(scores, prior)
+    threshold = float(np.quantile(scores, 1 - prevalence))
+    return threshold, {"estimated_prevalence": prevalence, "effective_training_prior": prior,
+                       "method": "EM on the adapted model's probabilities (Saerens et al. 2002); threshold at the matching quantile"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cxr_tune.adapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="export folder to adapt (model.json, model.onnx, weights.safetensors), e.g. results/<experiment>/best")
+    parser.add_argument("--images", required=True, help="folder of the site's images (searched recursively; labels, if any, are not read)")
+    parser.add_argument("--out", required=True, help="new folder for the adapted model")
+    parser.add_argument("--prior-shift", action="store_true", help="also move the threshold to the site's EM-estimated prevalence (default: off; it did not help where measured)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not storage.exists(storage.join(args.model, "model.json")):
+        raise UserError(f"'{args.model}' is not an exported model folder (no model.json); export one with python -m cxr_tune.export EXPERIMENT")
+    if storage.resolve(args.out) == storage.resolve(args.model):
+        raise UserError("--out must be a new folder, not the model being adapted")
+    meta = adapt(args.model, args.images, args.out, prior_shift=args.prior_shift)
+    record = meta["adaptation"]
+    print(f"Adapted {args.model} to {record['images']} image(s) from {args.images} (AdaBN; {record['skipped_files']} unreadable file(s) skipped); "
+          f"threshold {record['threshold']}.")
+    if "prior_shift" in record:
+        print(f"  EM prevalence estimate {record['prior_shift']['estimated_prevalence']:.3f} (training prior {record['prior_shift']['effective_training_prior']:.3f})")
+    print(f"Written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

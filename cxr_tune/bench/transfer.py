@@ -1,0 +1,104 @@
+"""What transfers: carved validation vs the external set for a finished search, and what each rule would ship.
+
+For every trial: its best epoch on carved validation and on the external set side by side, their
+rank correlation, the tie set and a plot (the report's own section). Then the external metrics of
+the model each selection rule would have picked:
+
+- *carved only*: the best trial by carved validation, at its carved-validation threshold;
+- *carved + adapt*: that trial with its BatchNorm statistics re-estimated on the external images
+  (AdaBN, labels unused), same threshold;
+- *external*: the best trial by the external set, at its external threshold (a selection-set
+  number: the same images chose it).
+
+The cleanest comparison comes from a search run with ``--select-on carved``: the external set was
+scored but never steered it. In a search steered by the external set, ASHA and TPE already chose
+which trials ran long on it, so even the carved-only pick saw it indirectly.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxr_tune import storage
+from cxr_tune.bench.common import RESULTS, write_result
+from cxr_tune.errors import UserError
+
+COLUMNS = ["auc", "sensitivity", "specificity", "balanced_accuracy"]
+
+
+def rule_rows(experiment: str, table: pd.DataFrame) -> list[dict[str, Any]]:
+    """External metrics of the model each rule would select (see the module docstring)."""
+    from cxr_tune.adapt import adapt_batchnorm
+    from cxr_tune.data.cache import load_images
+    from cxr_tune.modelfile import members_from_states, serving_model, torch_scores
+    from cxr_tune.search.results import checkpoint_for
+    from cxr_tune.search.runner import load_options
+    from cxr_tune.selection import select_best
+    from cxr_tune.train.checkpoints import load_predictions, load_state
+
+    options = load_options(experiment)
+    splits = storage.read_csv(storage.join(experiment, "splits.csv"))
+    carved, external = select_best(table, "carved"), select_best(table, "external")
+    rows = []
+    checkpoint = checkpoint_for(carved, experiment)
+    stored = load_predictions(checkpoint, "ext")
+    threshold = float(carved["val_threshold"])
+    rows.append(_row("carved only", carved, stored["label"].to_numpy(), stored["score"].to_numpy(), threshold,
+                     "threshold chosen on carved validation"))
+    members = members_from_states([load_state(checkpoint)])
+    images, kept = load_images(splits[splits["role"] == "external"], members.image_size, options.data.resolved_cache_dir, splits)
+    adapted = torch_scores(serving_model(adapt_batchnorm(members, images)), images)
+    rows.append(_row("carved + adapt (AdaBN on the external images, unlabelled)", carved, kept["label"].to_numpy(), adapted, threshold,
+                     "threshold chosen on carved validation, kept"))
+    stored = load_predictions(checkpoint_for(external, experiment), "ext")
+    rows.append(_row("external (selection set: optimistic)", external, stored["label"].to_numpy(), stored["score"].to_numpy(),
+                     float(external["ext_threshold"]), "threshold chosen on the external set itself"))
+    return rows
+
+
+def _row(rule: str, trial: pd.Series, labels: np.ndarray, scores: np.ndarray, threshold: float, how: str) -> dict[str, Any]:
+    from sklearn.metrics import roc_auc_score
+
+    from cxr_tune.train.metrics import rates_at
+
+    rates = rates_at(labels, scores, threshold)
+    return {"rule": rule, "trial": trial["trial_id"], "threshold": threshold, "threshold from": how,
+            "auc": float(roc_auc_score(labels, scores)), **{k: rates[k] for k in COLUMNS[1:]}}
+
+
+def run(experiment: str) -> None:
+    from cxr_tune.search import transfer
+    from cxr_tune.search.finish import load_trials, ranked_table
+
+    experiment = storage.resolve(experiment)
+    table = ranked_table(load_trials(experiment))
+    if not transfer.has_external(table):
+        raise UserError(f"'{experiment}' has no external validation metrics; run the search with --val-data (or a data folder with a val/ split)")
+    name = storage.name(experiment)
+    rules = pd.DataFrame(rule_rows(experiment, table))
+    with tempfile.TemporaryDirectory() as scratch:
+        png = Path(scratch, "plot.png")
+        note = transfer.plot_transfer(png, table, f"{name}: carved validation vs external set")
+        plot_name = f"transfer_{name}.png"
+        if note is None:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / plot_name).write_bytes(png.read_bytes())
+    summary = [
+        f"Experiment `{experiment}`. Carved validation: carved from the training folder by patient. External: the experiment's "
+        "external validation set; **every number on it is a selection-set number** (it is the set these rules choose on or compare with).",
+        "",
+        "## What each rule would ship, measured on the external set",
+        "",
+        rules.to_markdown(index=False, floatfmt=".4f"),
+        "",
+        "## Every trial, carved vs external",
+        "",
+        *transfer.markdown(table, plot_name, note),
+    ]
+    write_result(f"transfer_{name}", f"What transfers: {name}", summary, {"rules": rules.to_dict(orient="records"),
+                 "rank_correlations": transfer.rank_correlations(table)})

@@ -1,0 +1,77 @@
+"""argparse ``type=`` helpers for numeric flags: finite numbers in range, or a one-line usage error.
+
+Plain ``type=float`` accepts ``nan`` and ``inf``, and ``nan`` slips through every ``<= 0`` check;
+these helpers refuse both while parsing, so a bad flag stops with argparse's usage line and exit
+status 2 before anything starts::
+
+    parser.add_argument("--cpus-per-worker", type=positive_float, default=None)
+    parser.add_argument("--image-size", type=int_between(16, 1024), default=128)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+__all__ = [
+    "float_between", "fraction", "int_between", "nonnegative_float", "nonnegative_int", "positive_float", "positive_int",
+]
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def float_between(low: float | None, high: float | None, *, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+    """A ``type=`` for finite floats in ``[low, high]`` (``None``: unbounded; ``*_open``: bound excluded)."""
+    parts = [f"{'>' if low_open else '>='} {low:g}" if low is not None else "", f"{'<' if high_open else '<='} {high:g}" if high is not None else ""]
+    wanted = " and ".join(p for p in parts if p)
+
+    def parse(text: str) -> float:
+        value = _finite(text)
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"{text} must be {wanted}")
+        return value
+
+    return parse
+
+
+def int_between(low: int, high: int | None = None) -> Callable[[str], int]:
+    """A ``type=`` for whole numbers in ``[low, high]`` (``high=None``: no upper bound)."""
+    wanted = f"at least {low}" if high is None else f"between {low} and {high}"
+
+    def parse(text: str) -> int:
+        value = _whole(text)
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} must be {wanted}")
+        return value
+
+    return parse
+
+
+#: ``> 0``, finite: CPUs, minutes.
+positive_float = float_between(0.0, None, low_open=True)
+#: ``>= 0``, finite: GPUs per worker.
+nonnegative_float = float_between(0.0, None)
+#: ``0 <= x <= 1``: a rate such as a sensitivity floor.
+fraction = float_between(0.0, 1.0)
+#: ``>= 1``: counts of trials, epochs, workers.
+positive_int = int_between(1)
+#: ``>= 0``: seeds, "0 means all".
+nonnegative_int = int_between(0)

@@ -1,0 +1,108 @@
+"""What reaches the console: the product's own lines. Ray's and Optuna's go to a log file.
+
+A search prints what a person watching wants (where things are, trials starting and ending, the
+best so far, time left, the result). Ray's loggers and its workers' output (actor warnings,
+placement-group clean-up, worker-start notices), Optuna's logger and library warnings are written
+to a log file instead, named at the start; ``--verbose`` sends them to the console as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+LIBRARY_LOGGERS = ("ray", "ray.data", "optuna", "py.warnings")  # ray.data keeps handlers of its own
+
+
+@contextmanager
+def library_output_to(path: str | None, *, verbose: bool = False) -> Iterator[TextIO | None]:
+    """Route library logging and warnings to the local file ``path`` for the ``with`` block.
+
+    Yields the open file (Ray's worker output is routed there by
+    :func:`cxr_tune.ray_session.ray_session`), or None when ``path`` is None. With ``verbose`` the
+    file gets everything and the console keeps what it would show anyway.
+    """
+    if path is None:
+        yield None
+        return
+    from pathlib import Path
+
+    import ray.data  # noqa: F401 - Ray Data installs its console handler on import: let it, then replace it
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed below
+    handler = logging.StreamHandler(handle)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = []
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, list(logger.handlers), logger.propagate))
+        kept = logger.handlers if verbose else [h for h in logger.handlers if not _to_console(h)]
+        logger.handlers = [*kept, handler]
+        logger.propagate = verbose and name != "ray.data"
+    _quiet_optuna(verbose)
+    logging.captureWarnings(True)
+    try:
+        yield handle
+    finally:
+        logging.captureWarnings(False)
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+        handle.close()
+
+
+def route_worker_output(handle: TextIO, *, verbose: bool = False) -> Callable[[], None]:
+    """Send what Ray prints on the driver's console for its processes (workers' stdout/stderr,
+    the raylet's warnings) to ``handle`` instead (as well, with ``verbose``). Returns a function
+    that undoes it.
+
+    Ray streams worker output through one dispatcher and prints the raylet's warnings from a
+    listener thread; both end in ``ray._private.worker.print_to_stdstream``, which is swapped
+    here (Ray 2.60's private API: tests/test_console.py checks the console stays quiet).
+    """
+    from functools import partial
+
+    from ray._private import worker as ray_worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    original = ray_worker.print_to_stdstream
+
+    def to_log(data: dict, ignore_prefix: bool) -> None:
+        ray_worker.print_worker_logs(data, handle, ignore_prefix)
+        if verbose:
+            original(data, ignore_prefix)
+
+    ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+    ray_worker.print_to_stdstream = to_log
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", partial(to_log, ignore_prefix=ignore_prefix))
+
+    def undo() -> None:
+        ray_worker.print_to_stdstream = original
+
+    return undo
+
+
+def _to_console(handler: logging.Handler) -> bool:
+    """A handler that writes to the console (not to a file of its own)."""
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
+        and getattr(handler, "stream", None) in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__, None) \
+        or type(handler).__name__ == "PlainRayHandler"
+
+
+def is_terminal(stream: TextIO | None = None) -> bool:
+    """True when ``stream`` (default stdout) is an interactive terminal: progress bars and colours only then."""
+    stream = stream or sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def _quiet_optuna(verbose: bool) -> None:
+    import optuna
+
+    if verbose:
+        optuna.logging.enable_default_handler()
+    else:
+        optuna.logging.disable_default_handler()  # its records still reach the log file's handler

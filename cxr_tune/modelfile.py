@@ -1,0 +1,238 @@
+"""An exported model folder: ``model.onnx`` + ``weights.safetensors`` + ``model.json``.
+
+- ``model.onnx``: uint8 grayscale images ``(N, 1, S, S)`` in, PNEUMONIA probability out; intensity
+  normalization, the ensemble average and test-time augmentation are inside the graph. ``predict``
+  loads only this file (with ``model.json``), never anything that needs unpickling.
+- ``weights.safetensors``: every member network's weights and BatchNorm statistics, pickle-free,
+  so the model can be rebuilt in PyTorch: ``adapt`` re-estimates BatchNorm statistics on a new
+  site's images, which the ONNX graph (with BatchNorm folded into the convolutions) cannot.
+- ``model.json``: hyperparameters of every member, preprocessing, threshold, metrics, and the
+  SHA-256 of the two binary files, so a folder mixed from two exports is refused.
+
+A folder is written beside its target, checked (ONNX loaded back with onnxruntime and compared
+with PyTorch), and only then swapped in, so a kill at any moment leaves the old or the new model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cxr_tune import storage
+from cxr_tune.serving import META_FILE, MODEL_FILE, probabilities
+from cxr_tune.train.hparams import HParams
+from cxr_tune.train.model import PneumoniaCNN, ServingModel, build_model
+
+WEIGHTS_FILE = "weights.safetensors"
+SCORE_TOLERANCE = 1e-4
+
+#: Test-time augmentation views: (zoom, shift x, shift y, rotation in degrees), identity first.
+#: Small changes of positioning and scale, the kind a new site's films differ by.
+TTA_VIEWS = (
+    (1.0, 0.0, 0.0, 0.0),
+    (1.08, 0.0, 0.0, 0.0),
+    (0.93, 0.0, 0.0, 0.0),
+    (1.0, 0.04, 0.0, 0.0),
+    (1.0, -0.04, 0.0, 0.0),
+    (1.0, 0.0, 0.04, 0.0),
+    (1.0, 0.0, -0.04, 0.0),
+    (1.0, 0.0, 0.0, 5.0),
+    (1.0, 0.0, 0.0, -5.0),
+)
+
+
+@dataclass(frozen=True)
+class Members:
+    """The networks of a model (one, or several averaged) and their hyperparameters."""
+
+    nets: list[PneumoniaCNN]
+    hparams: list[HParams]
+
+    @property
+    def image_size(self) -> int:
+        return self.hparams[0].image_size
+
+
+class EnsembleModel(nn.Module):
+    """The mean PNEUMONIA probability of several serving models (same input size)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(images) for member in self.members]).mean(dim=0)
+
+
+class TTAModel(nn.Module):
+    """The mean probability over fixed views of each image (:data:`TTA_VIEWS`), uint8 in and out of
+    the views, so the inner model sees exactly the pixel type it was trained on."""
+
+    def __init__(self, model: nn.Module, views: int) -> None:
+        super().__init__()
+        self.model = model
+        thetas = []
+        for zoom, dx, dy, degrees in TTA_VIEWS[:views]:
+            angle = math.radians(degrees)
+            cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+            thetas.append([[cos, -sin, 2 * dx], [sin, cos, 2 * dy]])
+        self.register_buffer("thetas", torch.tensor(thetas, dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        outputs = []
+        for theta in self.thetas:
+            grid = F.affine_grid(theta.unsqueeze(0).expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+            view = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            outputs.append(self.model(view.round().clamp(0, 255).to(torch.uint8)))
+        return torch.stack(outputs).mean(dim=0)
+
+
+def serving_model(members: Members, tta: int = 1) -> nn.Module:
+    """uint8 images → probability: one network or the average of several, optionally over TTA views."""
+    servings = [ServingModel(net, hp.intensity).eval() for net, hp in zip(members.nets, members.hparams, strict=True)]
+    model: nn.Module = servings[0] if len(servings) == 1 else EnsembleModel(servings)
+    if tta > 1:
+        model = TTAModel(model, tta)
+    return model.eval()
+
+
+def members_from_states(states: list[dict[str, Any]]) -> Members:
+    """Networks rebuilt from trial checkpoint states (``model`` and ``hparams`` of each)."""
+    hps = [HParams.from_config(state["hparams"]) for state in states]
+    nets = []
+    for state, hp in zip(states, hps, strict=True):
+        net = build_model(hp)
+        net.load_state_dict(state["model"])
+        nets.append(net.eval())
+    return Members(nets, hps)
+
+
+def torch_scores(model: nn.Module, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """PNEUMONIA probability per image with the PyTorch model; ``images`` is ``(N, S, S)`` uint8."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            out.append(model(torch.from_numpy(images[start : start + batch_size, None].copy())).numpy())
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The two binary files of a model folder, built and loaded back, before anything is written."""
+
+    onnx: bytes
+    weights: bytes
+    session: Any  # onnxruntime.InferenceSession over ``onnx``: score with it exactly as predict will
+
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        return probabilities(self.session, images)
+
+
+def build_files(members: Members, tta: int = 1, *, check_images: np.ndarray | None = None) -> ModelFiles:
+    """Export ``members`` to ONNX (checked against PyTorch on ``check_images``) and their weights to safetensors."""
+    import onnxruntime as ort
+    from safetensors.torch import save
+
+    serving = serving_model(members, tta)
+    onnx_bytes = _to_onnx(serving, members.image_size)
+    weights = save({f"member{i}.{name}": tensor.contiguous() for i, net in enumerate(members.nets)
+                    for name, tensor in net.state_dict().items()})
+    files = ModelFiles(onnx_bytes, weights, ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"]))
+    if check_images is not None:
+        check_scores(files.scores(check_images), torch_scores(serving, check_images), "the PyTorch model")
+    return files
+
+
+def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], extra: dict[str, bytes] | None = None) -> None:
+    """Write ``model.onnx``, ``weights.safetensors``, ``model.json`` (``meta`` plus the files' hashes)
+    and ``extra`` files beside ``target``, then swap the folder in: a kill at any moment leaves the
+    old model or the new one, never neither."""
+    meta = {**meta, "files": {MODEL_FILE: _sha256(files.onnx), WEIGHTS_FILE: _sha256(files.weights)}}
+    tmp = storage.sibling_tmp(target)
+    try:
+        for name, data in {MODEL_FILE: files.onnx, WEIGHTS_FILE: files.weights, **(extra or {})}.items():
+            storage.write_bytes_atomic(storage.join(tmp, name), data)
+        # Written last: on object stores, where the swap is a copy, its presence marks a complete folder.
+        storage.write_text_atomic(storage.join(tmp, META_FILE), json.dumps(json_safe(meta), indent=2))
+        storage.replace_dir(tmp, target)
+    finally:
+        storage.remove_tree(tmp)
+
+
+def read_meta(folder: str) -> dict[str, Any]:
+    return json.loads(storage.read_text(storage.join(folder, META_FILE)))
+
+
+def load_members(folder: str) -> Members:
+    """The member networks of an export folder, from ``weights.safetensors`` and ``model.json``.
+
+    Raises ``FileNotFoundError`` when the folder has no weights file (exports from before it existed).
+    """
+    from safetensors.torch import load
+
+    meta = read_meta(folder)
+    path = storage.join(folder, WEIGHTS_FILE)
+    if not storage.exists(path):
+        raise FileNotFoundError(path)
+    data = storage.read_bytes(path)
+    expected = meta.get("files", {}).get(WEIGHTS_FILE)
+    if expected and expected != _sha256(data):
+        raise ValueError(f"{path} does not match the hash in {META_FILE}; the folder mixes two exports")
+    tensors = load(data)
+    nets, hps = [], []
+    for i, member in enumerate(meta["members"]):
+        hp = HParams.from_config(member["hparams"])
+        net = build_model(hp)
+        prefix = f"member{i}."
+        net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        nets.append(net.eval())
+        hps.append(hp)
+    return Members(nets, hps)
+
+
+def _to_onnx(model: nn.Module, size: int) -> bytes:
+    import io
+
+    example = torch.zeros(2, 1, size, size, dtype=torch.uint8)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but still the simplest pickle-free path
+        torch.onnx.export(
+            model, (example,), buffer, dynamo=False, opset_version=17,
+            input_names=["image"], output_names=["probability"],
+            dynamic_axes={"image": {0: "batch"}, "probability": {0: "batch"}},
+        )
+    return buffer.getvalue()
+
+
+def check_scores(onnx: np.ndarray, reference: np.ndarray, what: str) -> None:
+    """Refuse an export whose ONNX scores drift from a reference by more than :data:`SCORE_TOLERANCE`."""
+    if len(onnx) and float(np.max(np.abs(onnx - reference))) > SCORE_TOLERANCE:
+        raise RuntimeError(f"the ONNX export disagrees with {what} (max difference {np.max(np.abs(onnx - reference)):.2e})")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN as None (JSON has no NaN: "n/a" where a metric is undefined) and numpy scalars as Python's."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

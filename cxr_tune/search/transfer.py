@@ -1,0 +1,99 @@
+"""Does carved validation predict the external set? Per trial, side by side, ranked and plotted.
+
+Used by ``report.md`` and by ``python -m cxr_tune.bench transfer``: both show every trial's best
+epoch on validation carved from train and on the external set, the rank correlation between the
+two, and which trials the selection counts as tied with the best.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+PAIRS = (("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
+TABLE_COLUMNS = ["trial_id", "rank", "tied", "val_balanced_accuracy", "ext_balanced_accuracy", "ext_objective_low", "ext_objective_high",
+                 "val_auc", "ext_auc", "val_loss", "ext_loss", "epochs"]
+
+
+def has_external(table: pd.DataFrame) -> bool:
+    return "ext_auc" in table and table["ext_auc"].notna().any()
+
+
+def side_by_side(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial that reported, in selection order: carved and external metrics next to each other."""
+    done = table.dropna(subset=["val_auc"])
+    if "rank" in done:
+        done = done.sort_values("rank")
+    return done[[c for c in TABLE_COLUMNS if c in done]].reset_index(drop=True)
+
+
+def rank_correlations(table: pd.DataFrame) -> dict[str, float]:
+    """Spearman correlation between carved and external values of each metric over trials (NaN if < 3 trials)."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for metric, _ in PAIRS:
+        pair = table[[f"val_{metric}", f"ext_{metric}"]].dropna()
+        if len(pair) < 3 or pair.nunique().min() < 2:
+            out[metric] = math.nan
+            continue
+        out[metric] = float(spearmanr(pair.iloc[:, 0], pair.iloc[:, 1]).statistic)
+    return out
+
+
+def plot_transfer(path: Path, table: pd.DataFrame, title: str = "Carved validation vs external set") -> str | None:
+    """Scatter of carved vs external balanced accuracy and AUC, one point per trial; selected and tied trials marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = table.dropna(subset=["val_auc", "ext_auc"])
+    if done.empty:
+        return "No trial has both carved and external metrics."
+    correlations = rank_correlations(done)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    tied = done["tied"].fillna(False).astype(bool) if "tied" in done else pd.Series(False, index=done.index)
+    selected = done["rank"] == 1 if "rank" in done else pd.Series(False, index=done.index)
+    for ax, (metric, label) in zip(axes, PAIRS, strict=True):
+        x, y = done[f"val_{metric}"], done[f"ext_{metric}"]
+        ax.scatter(x[~tied], y[~tied], s=22, alpha=0.6, label="trial (best epoch)")
+        ax.scatter(x[tied & ~selected], y[tied & ~selected], s=30, color="C1", label="tied with the best")
+        ax.scatter(x[selected], y[selected], s=140, marker="*", color="C3", label="selected", zorder=5)
+        rho = correlations[metric]
+        ax.set(xlabel=f"carved validation {label}", ylabel=f"external {label}",
+               title=f"{label}: Spearman {'n/a' if math.isnan(rho) else f'{rho:.2f}'}")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def markdown(table: pd.DataFrame, plot: str | None, plot_note: str | None) -> list[str]:
+    """The report section: correlations, the tie set and the side-by-side table."""
+    correlations = rank_correlations(table)
+    tied = table[table["tied"].fillna(False).astype(bool)]["trial_id"].tolist() if "tied" in table else []
+    lines = [
+        "Every trial's best epoch on validation carved from train (`val_`) and on the external set (`ext_`, a selection set: "
+        "its numbers chose things and are optimistic).",
+        "",
+        "Rank correlation (Spearman) of carved vs external over trials: "
+        + ", ".join(f"{label} {_fmt(correlations[metric], 2)}" for metric, label in PAIRS) + ".",
+        "",
+        f"Tie set ({len(tied)} trial(s) whose external 95 % interval overlaps the best one's; the one with the highest external AUC "
+        f"is selected): {', '.join(f'`{t}`' for t in tied) or 'none'}.",
+        "",
+    ]
+    lines += [f"_{plot_note}_" if plot_note else f"![carved vs external]({plot})", ""]
+    lines += [side_by_side(table).to_markdown(index=False, floatfmt=".4f"), ""]
+    return lines
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+

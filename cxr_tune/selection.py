@@ -1,0 +1,187 @@
+"""Every selection rule in one place: the threshold, a run's best epoch, the trial ranking, the ensemble.
+
+The search, ASHA (through the reported ``objective``), export, the report, cross-validation and the
+benchmarks all call these functions, so a table can never disagree with what was selected.
+
+**The deciding set.** A run scored on an external validation set (metrics prefixed ``ext_``) is
+judged on it; otherwise on validation carved from train (``val_``). Carved validation shares the
+training population and saturates (AUC 0.999), so it cannot see the shift to new patients.
+
+**The rules.**
+
+- *Threshold*: maximize the criterion (default balanced accuracy) on the deciding set, optionally
+  only among thresholds keeping sensitivity >= a floor; thresholds within ``tolerance`` of the best
+  count as best and the middle of their range (logit scale) is used (:func:`choose_threshold`).
+- *Objective*: the criterion at that threshold, with a 95 % stratified bootstrap interval
+  (:func:`objective_interval`): with a few hundred images one image moves it by a fraction of a point.
+- *Best epoch* of a run: the highest objective; ties go to higher AUC, then lower log loss, then
+  the earlier epoch (:func:`best_epoch`).
+- *Trial ranking*: trials whose objective interval overlaps the best trial's interval are tied
+  with it; tied trials go by AUC on the deciding set (threshold-free, so not fitted to the same
+  images the threshold was), then by lower log loss; the others follow by objective
+  (:func:`ranked_trials`).
+- *Ensemble*: the first K trials of the ranking that share the selected trial's image size; its
+  threshold is chosen by the same rule on their averaged scores (:func:`ensemble_members`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+CRITERIA = {
+    "balanced_accuracy": lambda sens, spec: (sens + spec) / 2,
+    "youden": lambda sens, spec: sens + spec - 1,
+    "gmean": lambda sens, spec: np.sqrt(sens * spec),
+    "min_sens_spec": np.minimum,
+}
+PREFIXES = {"external": "ext", "carved": "val"}
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_LEVEL = 0.95
+
+
+def add_select_on_argument(parser: Any) -> None:
+    """``--select-on``, shared by train and search."""
+    parser.add_argument("--select-on", choices=tuple(PREFIXES), default="external",
+                        help="the set that chooses epochs, trials, ensemble members and the threshold when there is an external one: "
+                             "external, or carved (validation carved from train; the external set is then scored for comparison only) "
+                             "(default: external; carved when there is no external set)")
+
+
+def choose_threshold(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    criterion: str = "balanced_accuracy",
+    min_sensitivity: float = 0.0,
+    tolerance: float = 0.0,
+) -> float:
+    """A threshold that maximizes ``criterion`` on these scores; ``score >= threshold`` is positive.
+
+    Only thresholds with sensitivity >= ``min_sensitivity`` compete. Every threshold within
+    ``tolerance`` of the best value counts as best, and the one returned sits in the middle of
+    that range in logit space, as far as it can from the images on either side: a threshold
+    pressed against the last NORMAL or the first PNEUMONIA image of validation does not transfer.
+    With ``tolerance`` 0 this is halfway between the best cut and the next lower score. With one
+    class present, 0.5 is returned.
+    """
+    from sklearn.metrics import roc_curve
+
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    fpr, tpr, cuts = roc_curve(labels, scores, drop_intermediate=False)
+    values = CRITERIA[criterion](tpr, 1 - fpr)
+    values = np.where((tpr >= min_sensitivity - 1e-12) & np.isfinite(cuts), values, -np.inf)
+    best = float(values.max())
+    near = np.flatnonzero(values >= best - tolerance - 1e-12)
+    upper = cuts[near].max()  # the most specific near-best cut
+    lowest = cuts[near].min()
+    below = scores[scores < lowest]
+    lower = below.max() if below.size else 0.0  # thresholds in (lower, lowest] behave like the cut at ``lowest``
+    centre = _sigmoid((_logit(upper) + _logit(lower)) / 2)
+    sens, spec = _rates(labels, scores, centre)
+    if CRITERIA[criterion](sens, spec) >= best - tolerance - 1e-12 and sens >= min_sensitivity - 1e-12:
+        return centre
+    top = cuts[int(np.argmax(values))]  # near-best cuts are not contiguous: fall back to the best one
+    lower_top = scores[scores < top]
+    return float((top + (lower_top.max() if lower_top.size else 0.0)) / 2)
+
+
+def objective_interval(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    criterion: str = "balanced_accuracy",
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = BOOTSTRAP_LEVEL,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``criterion`` at a fixed ``threshold``.
+
+    Stratified: each resample draws the NORMAL and the PNEUMONIA images separately, keeping the
+    class sizes (and so sensitivity and specificity always defined). Seeded, so a trial's interval
+    is the same every time it is computed.
+    """
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
+    positive, negative = scores[labels == 1] >= threshold, scores[labels == 0] >= threshold
+    if not len(positive) or not len(negative):
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    sens = positive[rng.integers(0, len(positive), (resamples, len(positive)))].mean(axis=1)
+    spec = 1.0 - negative[rng.integers(0, len(negative), (resamples, len(negative)))].mean(axis=1)
+    values = CRITERIA[criterion](sens, spec)
+    tail = (1.0 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def deciding_prefix(frame: pd.DataFrame | pd.Series) -> str:
+    """``ext`` when the rows carry external-validation metrics, else ``val`` (carved validation)."""
+    columns = frame.index if isinstance(frame, pd.Series) else frame.columns
+    if "ext_objective" in columns and pd.notna(pd.Series(frame["ext_objective"])).any():
+        return "ext"
+    return "val"
+
+
+def best_epoch(history: pd.DataFrame) -> pd.Series:
+    """The epoch a run is judged by: highest objective; ties go to higher AUC, then lower log
+    loss, then the earlier epoch (on the deciding set)."""
+    prefix = deciding_prefix(history)
+    ranked = history.sort_values(["objective", f"{prefix}_auc", f"{prefix}_loss", "epoch"], ascending=[False, False, True, True])
+    return ranked.iloc[0]
+
+
+def ranked_trials(table: pd.DataFrame, on: str | None = None) -> pd.DataFrame:
+    """Trials that reported results, best first, with a boolean ``tied`` column (tied with the best).
+
+    ``on``: ``external`` or ``carved`` to rank on that set's metrics at each trial's best epoch
+    (default: the deciding set, i.e. the ``objective`` the search optimized). Trials that failed
+    or never reported are not candidates. Raises ``ValueError`` when there is no candidate.
+    """
+    prefix = PREFIXES[on] if on else deciding_prefix(table)
+    objective = "objective" if on is None else f"{prefix}_objective"
+    reported = not table.empty and objective in table
+    candidates = table[(table["epochs"] > 0) & table[objective].notna()] if reported else table.iloc[0:0]
+    if candidates.empty:
+        raise ValueError("no trial has reported a validation result yet; nothing to select")
+    low, high = (_column(candidates, f"{objective}_{end}").fillna(candidates[objective]) for end in ("low", "high"))
+    keys = [objective, f"{prefix}_auc", f"{prefix}_loss"]
+    best = candidates.sort_values(keys, ascending=[False, False, True]).index[0]
+    top = high >= low[best] - 1e-12
+    tied = candidates[top].sort_values([f"{prefix}_auc", f"{prefix}_loss", objective], ascending=[False, True, False])
+    rest = candidates[~top].sort_values(keys, ascending=[False, False, True])
+    return pd.concat([tied.assign(tied=True), rest.assign(tied=False)])
+
+
+def select_best(table: pd.DataFrame, on: str | None = None) -> pd.Series:
+    """The selected trial: the first of :func:`ranked_trials`."""
+    return ranked_trials(table, on).iloc[0]
+
+
+def ensemble_members(ranked: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The first ``k`` ranked trials at the selected trial's image size (one ONNX input size)."""
+    if "image_size" in ranked and ranked["image_size"].notna().any():
+        ranked = ranked[ranked["image_size"] == ranked.iloc[0]["image_size"]]
+    return ranked.head(max(1, k))
+
+
+def _column(table: pd.DataFrame, name: str) -> pd.Series:
+    """A column, or NaN where the table lacks it (experiments from before intervals existed)."""
+    return table[name] if name in table else pd.Series(math.nan, index=table.index)
+
+
+def _logit(p: float) -> float:
+    p = float(np.clip(p, 1e-7, 1 - 1e-7))
+    return float(np.log(p / (1 - p)))
+
+
+def _sigmoid(x: float) -> float:
+    return float(1 / (1 + np.exp(-x)))
+
+
+def _rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
+    predicted = scores >= threshold
+    return float(predicted[labels == 1].mean()), float(1 - predicted[labels == 0].mean())

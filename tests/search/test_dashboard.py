@@ -1,0 +1,82 @@
+"""The ``optuna-dashboard`` command a finished search prints opens the study the search wrote."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from wsgiref.util import setup_testing_defaults
+
+import optuna
+import optuna_dashboard  # in the test extra, pinned like the dashboard extra
+import pytest
+
+from cxr_tune.search import finish
+from cxr_tune.search.runner import SearchOptions
+from cxr_tune.search.space import load_space
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED_STUDY = ROOT / "results" / "real" / "real-96px" / "study.db"
+
+
+def printed_dashboard_command(experiment_dir: Path) -> list[str]:
+    """The ``Optuna:`` command a finished search prints for ``experiment_dir``, split into words."""
+    return finish.dashboard_command(SearchOptions(name=experiment_dir.name, storage=str(experiment_dir.parent))).split()
+
+
+def dashboard_get(storage_url: str, path: str) -> dict:
+    """GET ``path`` from the dashboard's WSGI app, which loads the storage URL as its CLI does."""
+    app = optuna_dashboard.wsgi(storage_url)
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ.update(REQUEST_METHOD="GET", PATH_INFO=path)
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    assert status[0].startswith("200"), f"{path}: {status[0]} {body[:200]!r}"
+    return json.loads(body)
+
+
+def listed_trials(storage_url: str, study_name: str) -> list[dict]:
+    studies = dashboard_get(storage_url, "/api/studies")["study_summaries"]
+    (study,) = [s for s in studies if s["study_name"] == study_name]
+    return dashboard_get(storage_url, f"/api/studies/{study['study_id']}")["trials"]
+
+
+def test_printed_command_opens_the_study_a_search_writes(tmp_path: Path):
+    experiment = tmp_path / "smoke-20261126-101010"
+    experiment.mkdir()
+    # As runner.py sets up OptunaSearch: an RDBStorage SQLite file named study.db in the
+    # experiment folder, the experiment name as study name, the objective maximized.
+    study = optuna.create_study(study_name=experiment.name, direction="maximize",
+                                storage=optuna.storages.RDBStorage(f"sqlite:///{experiment / 'study.db'}"),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    space = load_space("smoke")
+
+    def objective(trial: optuna.Trial) -> float:
+        space.sample(trial)  # the search's own define-by-run sampling
+        return 0.5 + trial.number / 10
+
+    study.optimize(objective, n_trials=2)
+
+    words = printed_dashboard_command(experiment)
+    assert words[0] == "optuna-dashboard" and "'.[dashboard]'" in words, words  # names the extra that installs it
+    trials = listed_trials(words[1], experiment.name)
+    assert len(trials) == 2
+    assert [t["values"][0] for t in trials] == [t.value for t in study.trials]
+    for listed, stored in zip(trials, study.trials):
+        assert {p["name"] for p in listed["params"]} == set(stored.params) != set()
+
+
+def test_dashboard_opens_the_committed_real_data_study(tmp_path: Path):
+    """The study a real search wrote (``results/real/real-96px``), read from a copy."""
+    if not COMMITTED_STUDY.exists():
+        pytest.skip(f"{COMMITTED_STUDY} is not in this checkout")
+    db = tmp_path / "study.db"
+    shutil.copy(COMMITTED_STUDY, db)
+    (name,) = optuna.get_all_study_names(f"sqlite:///{db}")
+    stored = optuna.load_study(study_name=name, storage=f"sqlite:///{db}").trials
+    trials = listed_trials(f"sqlite:///{db}", name)
+    assert len(trials) == len(stored) > 0
+    for listed, trial in zip(trials, stored):
+        assert {p["name"] for p in listed["params"]} == set(trial.params)
+        assert (listed.get("values") or [None])[0] == trial.value  # a trial cut off by the budget has none

@@ -1,0 +1,106 @@
+"""The Optuna study of a search: one per experiment URI, uploaded as trials start and end, and
+never left holding trials a killed driver abandoned."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import replace
+
+import optuna
+from optuna.trial import TrialState
+
+from cxr_tune import storage
+from cxr_tune.data.prepared import DataOptions
+from cxr_tune.search.runner import SearchOptions, study_path
+from cxr_tune.search.space import SpaceSampler, load_space
+
+STUDY_FILE, TUNE_TRIAL_ATTR = "study.db", "tune_trial_id"
+
+
+def make_searcher(database: str, remote: str | None = None):
+    from cxr_tune.search.runner import StudySearch
+
+    return StudySearch(space=SpaceSampler(load_space("smoke")), metric="objective", mode="max", study_name="exp",
+                       sampler=optuna.samplers.RandomSampler(seed=0), database=str(database), remote=remote)
+
+
+def trials_in(database: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="exp", storage=f"sqlite:///{database}").get_trials()
+
+
+def trials_at(remote: str, tmp_path) -> list[optuna.trial.FrozenTrial]:
+    local = str(tmp_path / f"download-{len(os.listdir(tmp_path))}.db")
+    storage.copy(remote, local)
+    return trials_in(local)
+
+
+def test_one_name_under_two_storages_is_two_studies_each_in_a_local_file(tmp_path):
+    team_a = SearchOptions(name="exp", storage="s3://bucket/team-a", data=DataOptions(cache_dir=str(tmp_path / "cache")))
+    team_b = replace(team_a, storage="s3://bucket/team-b")
+    assert study_path(team_a) != study_path(team_b)  # before: both were <cache>/studies/exp/study.db
+    assert all(path.startswith(str(tmp_path / "cache")) for path in (study_path(team_a), study_path(team_b)))
+    # A cache on object storage cannot hold SQLite: the study still gets a local, absolute file.
+    remote_cache = replace(team_a, data=DataOptions(cache_dir="s3://bucket/cache"))
+    assert not storage.is_uri(study_path(remote_cache)) and os.path.isabs(study_path(remote_cache))
+    local = SearchOptions(name="exp", storage=str(tmp_path / "runs"))
+    assert study_path(local) == str(tmp_path / "runs" / "exp" / STUDY_FILE)
+
+
+def test_the_study_goes_up_to_object_storage_as_trials_start_and_end(s3_dir, tmp_path):
+    remote = storage.join(s3_dir, STUDY_FILE)
+    searcher = make_searcher(tmp_path / STUDY_FILE, remote)
+    searcher.suggest("trial_a")
+    [started] = trials_at(remote, tmp_path)  # before: uploaded only when the whole search ended
+    assert started.state == TrialState.RUNNING and started.user_attrs == {TUNE_TRIAL_ATTR: "trial_a"}
+    searcher.on_trial_complete("trial_a", {"objective": 0.75, "training_iteration": 1})
+    [done] = trials_at(remote, tmp_path)
+    assert done.state == TrialState.COMPLETE and done.value == 0.75
+
+
+def test_a_resumed_search_starts_from_the_uploaded_study_and_a_new_one_from_none(s3_dir, tmp_path):
+    from cxr_tune.search.runner import _prepare_study
+
+    options = SearchOptions(name="exp", storage=s3_dir, data=DataOptions(cache_dir=str(tmp_path / "cache")))
+    local = study_path(options)
+    searcher = make_searcher(local, storage.join(options.experiment_dir, STUDY_FILE))
+    searcher.suggest("trial_a")
+    searcher.on_trial_complete("trial_a", {"objective": 0.5, "training_iteration": 1})
+    os.remove(local)  # the head node is gone; a new one resumes
+    _prepare_study(options, fresh=False)
+    assert [t.state for t in trials_in(local)] == [TrialState.COMPLETE]
+    _prepare_study(options, fresh=True)  # a new experiment at the same URI must not continue this study
+    assert not os.path.exists(local)
+
+
+def test_trials_a_killed_driver_left_running_are_failed_when_the_search_is_restored(tmp_path):
+    """Optuna records a trial RUNNING when it is suggested; Tune saves its state (the searcher's
+    included) every ~10 s. Killed in between, the study keeps a RUNNING trial no resumed search
+    knows: the sequence below is what Tuner(...), a step, a kill and Tuner.restore do."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    def run_then_kill(searcher: OptunaSearch, folder) -> tuple[bytes, str]:
+        folder.mkdir()
+        constructed = pickle.dumps(searcher)  # Tuner(...) saves the searcher as constructed (tuner.pkl)
+        searcher.suggest("trial_a")
+        saved = str(folder / "searcher-state.pkl")
+        searcher.save(saved)  # Tune's periodic save of its state
+        searcher.suggest("trial_b")  # the next trial is suggested; then the driver is killed
+        return constructed, saved
+
+    # Ray's own OptunaSearch: the abandoned trial stays RUNNING for good (what TPE's constant liar keeps counting).
+    plain = OptunaSearch(space=SpaceSampler(load_space("smoke")), metric="objective", mode="max", study_name="exp",
+                         sampler=optuna.samplers.RandomSampler(seed=0), storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'plain.db'}"))
+    constructed, saved = run_then_kill(plain, tmp_path / "plain")
+    pickle.loads(constructed).restore(saved)
+    assert [t.state for t in trials_in(tmp_path / "plain.db")] == [TrialState.RUNNING, TrialState.RUNNING]
+
+    constructed, saved = run_then_kill(make_searcher(tmp_path / STUDY_FILE), tmp_path / "ours")
+    restored = pickle.loads(constructed)
+    restored.restore(saved)
+    running, abandoned = trials_in(tmp_path / STUDY_FILE)
+    assert running.state == TrialState.RUNNING and running.user_attrs[TUNE_TRIAL_ATTR] == "trial_a"  # Tune resumes it
+    assert abandoned.state == TrialState.FAIL and abandoned.user_attrs[TUNE_TRIAL_ATTR] == "trial_b"
+    # A search started afresh over the study (Tune never saved a step) knows no trial at all.
+    make_searcher(tmp_path / STUDY_FILE)
+    assert [t.state for t in trials_in(tmp_path / STUDY_FILE)] == [TrialState.FAIL, TrialState.FAIL]

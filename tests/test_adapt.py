@@ -1,0 +1,167 @@
+"""``cxr_tune.adapt``: AdaBN changes BatchNorm running statistics and nothing else; the CLI writes
+a model predict can load. No training and no Ray: the networks are freshly built and their
+BatchNorm layers given non-default values, so "unchanged" means something."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from cxr_tune.adapt import MIN_IMAGES, adapt_batchnorm
+from cxr_tune.data.imaging import try_decode_gray
+from cxr_tune.errors import UserError
+from cxr_tune.export import Scored, write_export
+from cxr_tune.modelfile import Members, load_members, serving_model, torch_scores
+from cxr_tune.train.hparams import HParams
+from cxr_tune.train.intensity import normalize_intensity
+from cxr_tune.train.model import build_model
+from tests.conftest import run_cli
+
+SIZE = 32
+BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def make_members(seeds: tuple[int, ...] = (0,)) -> Members:
+    """Networks as a trained model would have them: BatchNorm affine and statistics away from their defaults."""
+    nets, hps = [], []
+    for seed in seeds:
+        hp = HParams(image_size=SIZE, depth=2, filters=4, intensity="zscore", seed=seed)
+        torch.manual_seed(seed)
+        net = build_model(hp)
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.data.uniform_(0.5, 1.5)
+                module.bias.data.uniform_(-0.2, 0.2)
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.num_batches_tracked.fill_(123)
+        nets.append(net.eval())
+        hps.append(hp)
+    return Members(nets, hps)
+
+
+def site_images(n: int, seed: int = 0) -> np.ndarray:
+    """Brighter, lower-contrast films than anything the networks were set up for."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(170, 20, (n, SIZE, SIZE)), 0, 255).astype(np.uint8)
+
+
+def split_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    stats = {k: v for k, v in state.items() if k.endswith(BN_STATS)}
+    return stats, {k: v for k, v in state.items() if k not in stats}
+
+
+def test_adapt_batchnorm_changes_running_statistics_and_nothing_else():
+    members = make_members((0, 1))  # an ensemble: every member is adapted
+    before = [{k: v.clone() for k, v in net.state_dict().items()} for net in members.nets]
+    images = site_images(24)
+    adapted = adapt_batchnorm(members, images, batch_size=8)
+
+    assert adapted.hparams == members.hparams and len(adapted.nets) == 2
+    for net, original, kept in zip(adapted.nets, members.nets, before, strict=True):
+        assert not net.training and all(not m.training for m in net.modules())  # returned ready to score
+        assert all(torch.equal(v, kept[k]) for k, v in original.state_dict().items())  # the input is untouched
+        stats, rest = split_state(net.state_dict())
+        old_stats, old_rest = split_state(kept)
+        assert rest.keys() == old_rest.keys() and stats.keys() == old_stats.keys()
+        for key, tensor in rest.items():  # conv, BatchNorm affine, linear head: bit for bit
+            assert torch.equal(tensor, old_rest[key]), key
+        for key in (k for k in stats if k.endswith(("running_mean", "running_var"))):
+            assert not torch.allclose(stats[key], old_stats[key]), key
+        # The first BatchNorm's mean is the plain average of the site's first-layer features
+        # (equal batches: the cumulative average of the batch means is the overall mean).
+        x = normalize_intensity(torch.from_numpy(images[:, None].copy()).float() / 255.0, "zscore")
+        with torch.no_grad():
+            features = net.features[0](x)
+        assert torch.allclose(net.features[1].running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
+
+
+def test_adapted_statistics_do_not_depend_on_the_old_ones():
+    """AdaBN re-estimates from the site alone: two networks that differ only in their BatchNorm
+    running statistics end up identical."""
+    a, b = make_members((0,)), make_members((0,))
+    for module in b.nets[0].modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.add_(3.0)
+            module.running_var.mul_(4.0)
+    images = site_images(20, seed=1)
+    left, right = adapt_batchnorm(a, images).nets[0].state_dict(), adapt_batchnorm(b, images).nets[0].state_dict()
+    assert all(torch.allclose(left[k].float(), right[k].float()) for k in left)
+
+
+@pytest.fixture
+def exported(tmp_path) -> Path:
+    """A real export folder (model.onnx, weights.safetensors, model.json) of ``make_members()``."""
+    members = make_members((0,))
+    images = site_images(12, seed=5)
+    rows = pd.DataFrame({"content_hash": [f"h{i}" for i in range(12)], "path": [f"v{i}.png" for i in range(12)], "label": [0, 1] * 6})
+    info = {"data_description": "SYNTHETIC test", "synthetic": True, "data_root": str(tmp_path), "class_counts_train": [10, 30]}
+    folder = tmp_path / "model"
+    write_export(members, str(folder), ["trial_0"], [{"epoch": 0}], {"val": Scored(rows, images)}, "val", {}, info, None)
+    return folder
+
+
+def write_site(folder: Path, n_per_class: int) -> Path:
+    """A site folder laid out NORMAL/PNEUMONIA (adapt must not read the labels), plus one broken file."""
+    images = site_images(2 * n_per_class, seed=9)
+    for i, pixels in enumerate(images):
+        path = folder / ("PNEUMONIA" if i % 2 else "NORMAL") / f"site-{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path)
+    (folder / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8 not a jpeg")
+    return folder
+
+
+def test_the_cli_writes_an_adapted_model_that_predict_loads(exported, tmp_path):
+    site = write_site(tmp_path / "site", 10)
+    out = tmp_path / "adapted"
+    done = run_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(site), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "Adapted" in done.stdout and "20 image(s)" in done.stdout and "1 unreadable" in done.stdout
+
+    old_meta, meta = (json.loads((folder / "model.json").read_text()) for folder in (exported, out))
+    record = meta["adaptation"]
+    assert "AdaBN" in record["method"] and record["images"] == 20 and record["skipped_files"] == 1
+    assert Path(record["source"]) == site.resolve() and Path(record["from_model"]) == exported.resolve()
+    assert meta["threshold"] == old_meta["threshold"] and "kept" in record["threshold"]
+    assert meta["before_adaptation"]["validation"] == old_meta["validation"] and "validation" not in meta
+    assert meta["members"] == old_meta["members"] and meta["preprocessing"] == old_meta["preprocessing"]
+
+    # The weights file: only BatchNorm statistics moved, and to exactly what adapt_batchnorm gives
+    # on the site's decodable images.
+    original, adapted = load_members(str(exported)), load_members(str(out))
+    stats, rest = split_state(adapted.nets[0].state_dict())
+    old_stats, old_rest = split_state(original.nets[0].state_dict())
+    assert all(torch.equal(rest[k], old_rest[k]) for k in rest)
+    assert any(not torch.allclose(stats[k].float(), old_stats[k].float()) for k in stats)
+    files = sorted(p for p in site.rglob("*") if p.is_file())
+    decoded = np.stack([image for image, _ in (try_decode_gray(p, SIZE) for p in files) if image is not None])
+    expected = adapt_batchnorm(original, decoded).nets[0].state_dict()
+    assert all(torch.allclose(stats[k].float(), expected[k].float(), atol=1e-5) for k in stats)
+
+    # predict scores with the new ONNX file, and its scores are the adapted network's.
+    predicted = run_cli("cxr_tune.predict", "--model", str(out), str(site), "--csv", str(tmp_path / "p.csv"), "--quiet")
+    assert predicted.returncode == 0, predicted.stderr
+    assert "Labelled images: 20" in predicted.stdout and "Skipped 1 unreadable" in predicted.stdout
+    scores = pd.read_csv(tmp_path / "p.csv")["probability"].to_numpy()
+    assert np.allclose(scores, torch_scores(serving_model(adapted), decoded), atol=1e-4)
+    assert not np.allclose(scores, torch_scores(serving_model(original), decoded), atol=1e-3)  # adaptation changed the outputs
+
+
+def test_the_cli_refuses_too_few_images_and_overwriting_the_model(exported, tmp_path):
+    from cxr_tune.adapt import main
+
+    few = write_site(tmp_path / "few", (MIN_IMAGES - 1) // 2)
+    with pytest.raises(UserError, match=f"at least {MIN_IMAGES}"):
+        main(["--model", str(exported), "--images", str(few), "--out", str(tmp_path / "x")])
+    with pytest.raises(UserError, match="new folder"):
+        main(["--model", str(exported), "--images", str(few), "--out", str(exported)])
+    with pytest.raises(UserError, match="no model.json"):
+        main(["--model", str(tmp_path / "nowhere"), "--images", str(few), "--out", str(tmp_path / "y")])
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,113 @@
+"""Numeric flags: nan, inf and out-of-range values stop at parse time with exit status 2, in every CLI."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from cxr_tune.bench.__main__ import build_parser as bench_parser
+from cxr_tune.cliargs import float_between, fraction, int_between, nonnegative_float, nonnegative_int, positive_float, positive_int
+from cxr_tune.data.__main__ import build_parser as data_parser
+from cxr_tune.export import build_parser as export_parser
+from cxr_tune.predict import build_parser as predict_parser
+from cxr_tune.search.__main__ import build_parser as search_parser
+from cxr_tune.train.__main__ import build_parser as train_parser
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize(("parse", "good", "bad"), [
+    (positive_float, {"0.5": 0.5, "1e3": 1000.0}, ["0", "-1", "nan", "NaN", "inf", "-inf", "x", ""]),
+    (nonnegative_float, {"0": 0.0, "2": 2.0}, ["-0.1", "nan", "inf"]),
+    (fraction, {"0": 0.0, "1": 1.0, "0.95": 0.95}, ["1.5", "-0.1", "nan", "inf"]),
+    (float_between(0.0, 0.9, low_open=True, high_open=True), {"0.15": 0.15}, ["0", "0.9", "nan"]),
+    (positive_int, {"1": 1, "12": 12}, ["0", "-3", "1.5", "nan", "inf", "x"]),
+    (nonnegative_int, {"0": 0, "7": 7}, ["-1", "nan"]),
+    (int_between(2, 20), {"2": 2, "20": 20}, ["1", "21", "nan"]),
+])
+def test_helpers_accept_the_range_and_refuse_the_rest(parse, good, bad):
+    for text, value in good.items():
+        assert parse(text) == value
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+
+
+def test_the_message_says_what_is_wanted():
+    with pytest.raises(argparse.ArgumentTypeError, match="'nan' is not a finite number"):
+        positive_float("nan")
+    with pytest.raises(argparse.ArgumentTypeError, match="0 must be > 0"):
+        positive_float("0")
+    with pytest.raises(argparse.ArgumentTypeError, match="1.5 must be >= 0 and <= 1"):
+        fraction("1.5")
+    with pytest.raises(argparse.ArgumentTypeError, match="21 must be between 2 and 20"):
+        int_between(2, 20)("21")
+    with pytest.raises(argparse.ArgumentTypeError, match="0 must be at least 1"):
+        positive_int("0")
+
+
+SEARCH = [
+    ("--time-budget", "nan"), ("--time-budget", "-5"), ("--time-budget", "inf"),
+    ("--min-sensitivity", "nan"), ("--min-sensitivity", "1.5"),
+    ("--cpus-per-worker", "nan"), ("--cpus-per-worker", "0"),
+    ("--gpus-per-worker", "nan"), ("--gpus-per-worker", "-1"),
+    ("--trials", "0"), ("--max-epochs", "0"), ("--concurrency", "0"), ("--workers-per-trial", "0"), ("--seed", "-1"),
+    ("--val-fraction", "nan"), ("--val-fraction", "0"), ("--synthetic-n", "0"), ("--split-seed", "-1"),
+]
+TRAIN = [("--workers", "0"), ("--cpus-per-worker", "nan"), ("--cpus-per-worker", "-1"), ("--cv", "1"), ("--cv", "21"),
+         ("--val-fraction", "inf"), ("--synthetic-n", "0")]
+
+
+@pytest.mark.parametrize(("parser", "prefix", "flag", "value"), [
+    *[(search_parser, [], f, v) for f, v in SEARCH],
+    *[(train_parser, [], f, v) for f, v in TRAIN],
+    (data_parser, ["prepare"], "--image-size", "8"),
+    (data_parser, ["prepare"], "--image-size", "2000"),
+    (data_parser, ["inspect"], "--val-fraction", "nan"),
+    (data_parser, ["inspect"], "--synthetic-n", "0"),
+    (data_parser, ["synthesize", "out"], "--n", "0"),
+    (data_parser, ["synthesize", "out"], "--seed", "-1"),
+    (export_parser, ["experiment"], "--ensemble", "0"),
+    (export_parser, ["experiment"], "--tta", "0"),
+    (export_parser, ["experiment"], "--tta", "nan"),
+    (bench_parser, ["data"], "--image-size", "nan"),
+    (bench_parser, ["data"], "--full-res-images", "-1"),
+    (bench_parser, ["train"], "--epochs", "0"),
+    (bench_parser, ["search"], "--trials", "0"),
+    (bench_parser, ["ablation", "experiment"], "--ensemble", "0"),
+])
+def test_every_cli_refuses_bad_numbers_while_parsing(capsys, parser, prefix, flag, value):
+    with pytest.raises(SystemExit) as caught:
+        parser().parse_args([*prefix, f"{flag}={value}"])
+    assert caught.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: argument {flag}: " in last and value in last.split(f"argument {flag}: ", 1)[1]
+
+
+def test_no_numeric_flag_is_left_as_plain_int_or_float():
+    """Plain ``type=float`` lets nan through; every numeric flag uses a checked type."""
+    def actions(parser: argparse.ArgumentParser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from actions(sub)
+            else:
+                yield action
+
+    for build in (search_parser, train_parser, data_parser, export_parser, predict_parser, bench_parser):
+        plain = [a.option_strings for a in actions(build()) if a.type in (int, float)]
+        assert plain == [], f"{build.__module__}: {plain}"
+
+
+def test_a_bad_number_stops_the_cli_with_usage_and_status_2():
+    done = run_cli("cxr_tune.data", "inspect", "--val-fraction", "nan")
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage:") and done.stderr.strip().splitlines()[-1].endswith("argument --val-fraction: 'nan' is not a finite number")
+
+
+def test_synthetic_n_zero_is_not_the_default(tmp_path):
+    from cxr_tune.data.sources import load_source
+    from cxr_tune.errors import UserError
+
+    with pytest.raises(UserError, match="--n 0 is too small"):  # before: silently 1500 images
+        load_source(None, str(tmp_path), synthetic_n=0)

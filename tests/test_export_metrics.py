@@ -1,0 +1,27 @@
+"""Export's metrics stay readable when a metric is undefined: a test split of one class reads n/a."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from cxr_tune.export import fmt, held_out_metrics, summary
+from cxr_tune.modelfile import json_safe
+
+
+def test_a_one_class_test_split_gives_na_not_a_crash():
+    labels = np.ones(40, dtype=int)
+    scores = np.linspace(0.2, 0.9, 40)
+    metrics = held_out_metrics(labels, scores, 0.5)
+    assert np.isnan(metrics["auc"]) and np.isnan(metrics["specificity"]) and metrics["sensitivity"] > 0
+    assert "auc" not in metrics["ci95"] and "sensitivity" in metrics["ci95"]
+    meta = {"trial_id": "t1", "epoch": 3, "members": [{}], "threshold": 0.5, "threshold_rule": "rule", "data": {"synthetic": False},
+            "validation": {"auc": 0.9, "sensitivity": 0.8, "specificity": 0.7, "balanced_accuracy": 0.75}, "test": metrics}
+    text = summary(json.loads(json.dumps(json_safe(meta))), "best")
+    assert "auc n/a" in text and "specificity n/a" in text and "nan" not in text.lower()
+
+
+def test_fmt_writes_na_for_missing_and_nan():
+    assert fmt(None) == fmt(float("nan")) == fmt(float("inf")) == "n/a"
+    assert fmt(0.91234) == "0.9123"

@@ -1,0 +1,81 @@
+"""Every file the README points at is in git, so a fresh clone has it.
+
+Checked: the targets of relative markdown links, and inline code that names a path in the
+project (`results/real/README.md`, `search_spaces/*.yaml`), outside fenced code blocks, which show
+example output. Placeholders (`results/<experiment>/`, `results/NAME/study.db`) and paths outside
+the project are not files to find.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+CODE = re.compile(r"`([^`\s]+)`")
+PLACEHOLDER = re.compile(r"[<>{}$~]|(^|/)[A-Z][A-Z_]+(/|$)")  # <experiment>, NAME, PATH
+
+
+def committed_files() -> set[str]:
+    """Tracked files plus untracked ones git does not ignore: in CI's fresh clone, the tracked ones.
+
+    An ignored file is what a clone would miss; counting the not-yet-added ones lets a new file
+    and the README line naming it be checked before they are committed together.
+    """
+    try:
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return set(out.splitlines())
+
+
+def prose(text: str) -> str:
+    """The README without its fenced code blocks."""
+    return re.sub(r"^\s*```.*?^\s*```", "", text, flags=re.S | re.M)
+
+
+def link_targets(text: str) -> list[str]:
+    targets = [t.split("#")[0] for t in LINK.findall(text)]
+    return [t for t in targets if t and not re.match(r"[a-z][a-z0-9+.-]*:", t)]  # not http:, mailto:
+
+
+def code_paths(text: str, top_level: set[str]) -> list[str]:
+    """Inline code that starts with a top-level name of the project and is not a placeholder."""
+    return [c for c in CODE.findall(text) if c.split("/")[0] in top_level and not PLACEHOLDER.search(c)]
+
+
+def missing(target: str, files: set[str]) -> bool:
+    """A file, a folder holding files, or a glob matching some, in ``files``."""
+    path = target.rstrip("/")
+    if "*" in path:
+        return not fnmatch.filter(files, path)
+    return path not in files and not any(f.startswith(path + "/") for f in files)
+
+
+def test_readme_points_only_at_committed_files():
+    files = committed_files()
+    text = prose(README.read_text(encoding="utf-8"))
+    links = link_targets(text)
+    paths = code_paths(text, {f.split("/")[0] for f in files})
+    assert links and paths, "found no links or paths in README.md; the patterns above no longer match it"
+    absent = sorted({t for t in links + paths if missing(t, files)})
+    assert not absent, f"README.md points at files a fresh clone lacks (untracked or ignored): {absent}"
+
+
+def test_checker_sees_what_it_should():
+    """The rules above, on lines like the README's own."""
+    files = {"results/real/README.md", "search_spaces/wide.yaml", "cluster.yaml"}
+    text = prose("See [it](results/real/README.md#top), [web](https://docs.ray.io), `search_spaces/*.yaml`,\n"
+                 "`results/<experiment>/`, `results/NAME/study.db`, `../shared/data`, `report.md`, `results/synthetic/README.md`.\n"
+                 "```\nExported to results/wide-1/best\n`results/inside-a-fence.md`\n```\n")
+    assert link_targets(text) == ["results/real/README.md"]
+    paths = code_paths(text, {"results", "search_spaces", "cluster.yaml"})
+    assert paths == ["search_spaces/*.yaml", "results/synthetic/README.md"]
+    assert [p for p in paths if missing(p, files)] == ["results/synthetic/README.md"]

@@ -1,0 +1,83 @@
+"""The selection rules: the deciding set, bootstrap ties, the tie-break, best epochs, ensembles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_tune.selection import best_epoch, choose_threshold, deciding_prefix, ensemble_members, objective_interval, ranked_trials, select_best
+
+
+def trials(**columns) -> pd.DataFrame:
+    base = {"trial_id": ["a", "b", "c", "d"], "epochs": [5, 5, 5, 0], "image_size": [64, 64, 96, 64]}
+    return pd.DataFrame({**base, **columns})
+
+
+def carved_and_external() -> pd.DataFrame:
+    """Carved validation prefers a, the external set prefers c, with intervals that do not overlap."""
+    return trials(
+        val_objective=[0.99, 0.95, 0.90, np.nan], val_auc=[0.999, 0.99, 0.98, np.nan], val_loss=[0.05, 0.1, 0.2, np.nan],
+        ext_objective=[0.70, 0.80, 0.92, np.nan], ext_objective_low=[0.64, 0.75, 0.88, np.nan], ext_objective_high=[0.76, 0.85, 0.96, np.nan],
+        ext_auc=[0.80, 0.88, 0.97, np.nan], ext_loss=[0.9, 0.5, 0.3, np.nan],
+        objective=[0.70, 0.80, 0.92, np.nan], objective_low=[0.64, 0.75, 0.88, np.nan], objective_high=[0.76, 0.85, 0.96, np.nan],
+    )
+
+
+def test_selection_follows_the_external_set_when_the_two_disagree():
+    table = carved_and_external()
+    assert deciding_prefix(table) == "ext"
+    assert select_best(table)["trial_id"] == "c"
+    assert select_best(table, "carved")["trial_id"] == "a"  # what carved validation alone would pick
+    assert list(ranked_trials(table)["trial_id"]) == ["c", "b", "a"]  # d never reported
+
+
+def test_overlapping_intervals_tie_and_the_tie_goes_to_the_higher_auc():
+    table = carved_and_external()
+    table.loc[1, ["objective", "objective_low", "objective_high"]] = [0.90, 0.86, 0.94]  # b now overlaps c
+    table.loc[1, "ext_auc"] = 0.99
+    ranked = ranked_trials(table)
+    assert list(ranked["trial_id"][:2]) == ["b", "c"] and ranked["tied"].tolist() == [True, True, False]
+
+
+def test_without_an_external_set_carved_validation_decides():
+    table = trials(objective=[0.90, 0.95, 0.80, np.nan], val_objective=[0.90, 0.95, 0.80, np.nan],
+                   val_auc=[0.9, 0.9, 0.9, np.nan], val_loss=[0.2, 0.5, 0.1, np.nan])
+    assert deciding_prefix(table) == "val"
+    assert select_best(table)["trial_id"] == "b"  # no intervals recorded: only exact ties tie
+    with pytest.raises(ValueError, match="no trial has reported"):
+        select_best(table.assign(epochs=0))
+
+
+def test_the_ensemble_takes_the_best_trials_at_the_selected_image_size():
+    ranked = ranked_trials(carved_and_external())
+    assert list(ensemble_members(ranked, 3)["trial_id"]) == ["c"]  # b and a are 64 px, c is 96 px
+    table = carved_and_external().assign(image_size=64)
+    assert list(ensemble_members(ranked_trials(table), 2)["trial_id"]) == ["c", "b"]
+
+
+def test_best_epoch_uses_the_deciding_set_and_breaks_ties_by_auc_then_loss_then_earlier():
+    history = pd.DataFrame({
+        "epoch": [1, 2, 3, 4], "objective": [0.8, 0.9, 0.9, 0.9], "ext_objective": [0.8, 0.9, 0.9, 0.9],
+        "ext_auc": [0.9, 0.95, 0.97, 0.97], "ext_loss": [0.4, 0.3, 0.35, 0.3], "val_auc": [1.0, 0.9, 0.9, 0.9], "val_loss": [0.0] * 4,
+    })
+    assert int(best_epoch(history)["epoch"]) == 4
+
+
+def test_objective_interval_brackets_the_value_and_narrows_with_more_images():
+    rng = np.random.default_rng(0)
+
+    def interval(n: int) -> tuple[float, float, float]:
+        labels = np.r_[np.zeros(n), np.ones(n)].astype(int)
+        scores = np.clip(labels * 0.3 + rng.random(2 * n) * 0.7, 0, 1)
+        threshold = choose_threshold(labels, scores)
+        predicted = scores >= threshold
+        value = (predicted[labels == 1].mean() + 1 - predicted[labels == 0].mean()) / 2
+        low, high = objective_interval(labels, scores, threshold)
+        return low, value, high
+
+    low, value, high = interval(50)
+    assert low <= value <= high
+    small, large = interval(50), interval(2000)
+    assert large[2] - large[0] < (small[2] - small[0]) / 3
+    assert all(np.isnan(objective_interval(np.ones(5), np.ones(5) * 0.7, 0.5)))  # one class: no balance to bound

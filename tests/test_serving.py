@@ -1,0 +1,89 @@
+"""Loading an export: a broken ``model.json`` or a mismatched ``.onnx`` stops with one line naming the file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cxr_tune.errors import UserError
+from cxr_tune.serving import load_model, probabilities
+from tests.conftest import run_cli
+from tests.exports import meta, tiny_onnx, write_export
+
+
+def test_a_good_export_loads_from_its_folder_its_onnx_and_its_json(tmp_path):
+    folder = write_export(tmp_path / "best", image_size=16, threshold=0.25)
+    for path in (folder, folder / "model.onnx", folder / "model.json"):
+        model = load_model(path)
+        assert model.folder == folder and model.image_size == 16 and model.threshold == 0.25
+    images = np.full((3, 16, 16), 51, dtype=np.uint8)
+    assert np.allclose(probabilities(model, images), 0.2)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("{not json", "is not readable JSON"),
+    ("", "is not readable JSON"),
+    ("[1, 2]", "the top level must be a JSON object, not list"),
+    (json.dumps({"threshold": 0.5}), "preprocessing is missing"),
+    (json.dumps({"preprocessing": {}, "threshold": 0.5}), "preprocessing.image_size is missing"),
+    (json.dumps({"preprocessing": {"image_size": 16}}), "threshold is missing"),
+    (json.dumps(meta(image_size=100000)), "preprocessing.image_size is 100000; it must be a whole number of pixels in 16..1024"),
+    (json.dumps(meta(image_size=8)), "preprocessing.image_size is 8"),
+    (json.dumps({**meta(), "preprocessing": {"image_size": "16"}}), "preprocessing.image_size is '16'"),
+    (json.dumps({**meta(), "preprocessing": {"image_size": 16.5}}), "preprocessing.image_size is 16.5"),
+    (json.dumps({**meta(), "preprocessing": {"image_size": True}}), "preprocessing.image_size is True"),
+    (json.dumps(meta(threshold=1.5)), "threshold is 1.5; it must be a probability between 0 and 1"),
+    (json.dumps(meta(threshold="0.5")), "threshold is '0.5'"),
+    ('{"preprocessing": {"image_size": 16}, "threshold": NaN}', "threshold is nan"),
+    ('{"preprocessing": {"image_size": 16}, "threshold": Infinity}', "threshold is inf"),
+    (json.dumps(meta(model_file="../elsewhere/model.onnx")), "model_file is '../elsewhere/model.onnx'"),
+    (json.dumps(meta(model_file="model.pt")), "model_file is 'model.pt'"),
+    (json.dumps(meta(data="synthetic")), "data must be an object"),
+])
+def test_a_bad_model_json_is_a_user_error_naming_the_file_and_the_key(tmp_path, text, message):
+    folder = write_export(tmp_path / "best", meta_text=text)
+    with pytest.raises(UserError) as caught:
+        load_model(folder)
+    assert message in str(caught.value) and str(folder / "model.json") in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_onnx_path_loads_exactly_that_file(tmp_path):
+    folder = write_export(tmp_path / "best")
+    tiny_onnx(folder / "other.onnx", constant=0.9)
+    with pytest.raises(UserError, match=r"other.onnx' is not the model .*model.json' describes \(its model_file is 'model.onnx'\)"):
+        load_model(folder / "other.onnx")  # before: silently loaded model.onnx
+    (folder / "model.json").write_text(json.dumps(meta(model_file="other.onnx")))
+    images = np.zeros((2, 16, 16), dtype=np.uint8)
+    assert np.allclose(probabilities(load_model(folder / "other.onnx"), images), 0.9)
+    assert np.allclose(probabilities(load_model(folder), images), 0.9)  # the folder follows model_file
+
+
+def test_the_graph_must_take_the_image_size_model_json_promises(tmp_path):
+    folder = write_export(tmp_path / "best", image_size=16)
+    (folder / "model.json").write_text(json.dumps(meta(image_size=32)))
+    with pytest.raises(UserError, match="takes 16x16 images but .* says image_size 32"):
+        load_model(folder)
+
+
+def test_missing_files_and_other_files_are_refused(tmp_path):
+    folder = write_export(tmp_path / "best")
+    (folder / "notes.txt").write_text("hi")
+    with pytest.raises(UserError, match="neither an export folder nor its .onnx or model.json file"):
+        load_model(folder / "notes.txt")
+    (folder / "model.onnx").unlink()
+    with pytest.raises(UserError, match="has no model.onnx"):
+        load_model(folder)
+    (folder / "model.json").unlink()
+    with pytest.raises(UserError, match="has no model.json"):
+        load_model(folder)
+
+
+def test_predict_with_a_broken_model_json_prints_one_line_and_exits_2(tmp_path):
+    folder = write_export(tmp_path / "best", meta_text="{broken")
+    done = run_cli("cxr_tune.predict", "--model", str(folder), str(tmp_path))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(folder / "model.json") in lines[0]

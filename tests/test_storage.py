@@ -1,0 +1,158 @@
+"""storage: the same helpers, the same results, on a local folder and on an S3 bucket (moto)."""
+
+from __future__ import annotations
+
+import threading
+
+import pandas as pd
+import pyarrow.fs as pafs
+import pytest
+
+from cxr_tune import storage
+
+
+@pytest.fixture(params=["local", "s3"])
+def base(request: pytest.FixtureRequest, tmp_path) -> str:
+    """An empty folder: a local one, or a fresh prefix in the test bucket."""
+    if request.param == "local":
+        return str(tmp_path / "base")
+    return request.getfixturevalue("s3_dir")
+
+
+def tree(path: str) -> dict[str, bytes]:
+    """Every file under ``path`` by its relative name, with its bytes."""
+    fs, inner = storage.filesystem(path)
+    infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
+    return {
+        i.path[len(inner):].lstrip("/\\").replace("\\", "/"): storage.read_bytes(storage.join(path, i.path[len(inner):].lstrip("/\\")))
+        for i in infos if i.type == pafs.FileType.File
+    }
+
+
+# --- names -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "parent", "name"), [
+    ("s3://bucket/runs/exp1/trials.csv", "s3://bucket/runs/exp1", "trials.csv"),
+    ("s3://bucket/runs/exp1/", "s3://bucket/runs", "exp1"),
+    ("s3://bucket/top", "s3://bucket", "top"),
+    ("s3://bucket", "s3://bucket", "bucket"),
+    ("gs://b/a/b", "gs://b/a", "b"),
+    ("/data/runs/trials.csv", "/data/runs", "trials.csv"),
+    ("runs/exp1", "runs", "exp1"),
+])
+def test_parent_and_name_keep_the_scheme(path, parent, name):
+    assert storage.parent(path) == parent
+    assert storage.name(path) == name
+
+
+# --- round trips on both kinds ---------------------------------------------------------------
+
+
+def test_bytes_text_frame_and_csv_round_trip(base):
+    frame = pd.DataFrame({"trial": ["a", "b"], "auc": [0.91, 0.87], "epochs": [3, 5]})
+    storage.write_bytes_atomic(storage.join(base, "deep", "er", "blob.bin"), b"\x00\x01")
+    storage.write_text_atomic(storage.join(base, "note.txt"), "héllo")
+    storage.write_frame(storage.join(base, "t.parquet"), frame)
+    storage.write_csv(storage.join(base, "t.csv"), frame)
+    assert storage.read_bytes(storage.join(base, "deep", "er", "blob.bin")) == b"\x00\x01"
+    assert storage.read_text(storage.join(base, "note.txt")) == "héllo"
+    pd.testing.assert_frame_equal(storage.read_frame(storage.join(base, "t.parquet")), frame)
+    pd.testing.assert_frame_equal(storage.read_csv(storage.join(base, "t.csv")), frame)
+    assert storage.read_text(storage.join(base, "t.csv")).splitlines()[0] == "trial,auc,epochs"  # no index column
+    assert storage.read_csv(storage.join(base, "t.csv"), usecols=["auc"]).columns.tolist() == ["auc"]
+
+
+def test_listdir_glob_and_kinds(base):
+    for rel in ("checkpoint_000/state.pt", "checkpoint_001/state.pt", "trials.csv", ".hidden"):
+        storage.write_bytes_atomic(storage.join(base, *rel.split("/")), b"x")
+    assert storage.listdir(base) == [".hidden", "checkpoint_000", "checkpoint_001", "trials.csv"]
+    assert storage.glob(base, "checkpoint_*") == [storage.join(base, "checkpoint_000"), storage.join(base, "checkpoint_001")]
+    assert storage.glob(base, "*.csv") == [storage.join(base, "trials.csv")]
+    assert storage.listdir(storage.join(base, "missing")) == []
+    assert storage.is_dir(storage.join(base, "checkpoint_000")) and not storage.is_file(storage.join(base, "checkpoint_000"))
+    assert storage.is_file(storage.join(base, "trials.csv")) and not storage.is_dir(storage.join(base, "trials.csv"))
+    assert not storage.exists(storage.join(base, "missing"))
+
+
+def test_copy_a_folder_and_a_file_up_and_down(base, tmp_path):
+    local = tmp_path / "src"
+    (local / "sub").mkdir(parents=True)
+    (local / "sub" / "a.bin").write_bytes(b"a" * 1000)
+    (local / "b.txt").write_text("b")
+    storage.copy(str(local), storage.join(base, "up"))
+    assert tree(storage.join(base, "up")) == {"sub/a.bin": b"a" * 1000, "b.txt": b"b"}
+    storage.copy(storage.join(base, "up"), str(tmp_path / "down" / "again"))
+    assert tree(str(tmp_path / "down" / "again")) == {"sub/a.bin": b"a" * 1000, "b.txt": b"b"}
+    storage.copy(storage.join(base, "up", "b.txt"), str(tmp_path / "one" / "nested" / "b.txt"))
+    assert (tmp_path / "one" / "nested" / "b.txt").read_text() == "b"
+    storage.copy(str(local / "b.txt"), storage.join(base, "single", "b.txt"))
+    assert storage.read_text(storage.join(base, "single", "b.txt")) == "b"
+    with pytest.raises(FileNotFoundError):
+        storage.copy(storage.join(base, "nothing"), str(tmp_path / "x"))
+
+
+def test_move_a_folder_and_a_file(base):
+    storage.write_bytes_atomic(storage.join(base, "build", "part-0.parquet"), b"0")
+    storage.write_bytes_atomic(storage.join(base, "build", "nested", "part-1.parquet"), b"1")
+    storage.move(storage.join(base, "build"), storage.join(base, "final"))
+    assert tree(storage.join(base, "final")) == {"part-0.parquet": b"0", "nested/part-1.parquet": b"1"}
+    assert not storage.exists(storage.join(base, "build"))
+    storage.move(storage.join(base, "final", "part-0.parquet"), storage.join(base, "moved.parquet"))
+    assert storage.read_bytes(storage.join(base, "moved.parquet")) == b"0"
+    assert not storage.exists(storage.join(base, "final", "part-0.parquet"))
+
+
+def test_move_never_merges_into_a_folder_that_holds_something(base):
+    storage.write_bytes_atomic(storage.join(base, "a", "x"), b"new")
+    storage.write_bytes_atomic(storage.join(base, "b", "y"), b"old")
+    with pytest.raises(FileExistsError):
+        storage.move(storage.join(base, "a"), storage.join(base, "b"))
+    assert tree(storage.join(base, "b")) == {"y": b"old"} and tree(storage.join(base, "a")) == {"x": b"new"}
+
+
+def test_remove_a_file_a_folder_and_nothing(base):
+    storage.write_bytes_atomic(storage.join(base, "f.txt"), b"x")
+    storage.write_bytes_atomic(storage.join(base, "d", "g.txt"), b"y")
+    storage.remove(storage.join(base, "f.txt"))
+    storage.remove(storage.join(base, "d"))
+    storage.remove(storage.join(base, "never"))
+    assert storage.listdir(base) == []
+
+
+def test_write_once_keeps_the_first_complete_file(base):
+    path = storage.join(base, "meta.json")
+    assert storage.write_bytes_once(path, b"first")
+    assert not storage.write_bytes_once(path, b"second")
+    assert storage.read_bytes(path) == b"first"
+
+
+def test_write_once_has_exactly_one_winner_locally(tmp_path):
+    path = str(tmp_path / "meta.json")
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        results.append(storage.write_bytes_once(path, f"writer {i}".encode() * 1000))
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count(True) == 1
+    content = (tmp_path / "meta.json").read_bytes()  # any writer may win; its file is whole
+    assert content.startswith(b"writer ") and content == content[:8] * 1000
+    assert [p.name for p in tmp_path.iterdir()] == ["meta.json"]  # no temporary file left
+
+
+# --- the object store is the one AWS_ENDPOINT_URL names ----------------------------------------
+
+
+def test_s3_uris_reach_the_endpoint_in_aws_endpoint_url(s3_server, s3_dir):
+    storage.write_bytes_atomic(storage.join(s3_dir, "hello.txt"), b"hi")
+    bucket_and_key = s3_dir.split("://", 1)[1] + "/hello.txt"
+    direct = pafs.S3FileSystem(endpoint_override=s3_server.endpoint, region="us-east-1", access_key="testing", secret_key="testing")
+    with direct.open_input_stream(bucket_and_key) as stream:
+        assert stream.readall() == b"hi"
