@@ -3,12 +3,21 @@
 For a site with images but no labels. **AdaBN** (Li et al. 2016, "Revisiting Batch Normalization
 for Practical Domain Adaptation"): every BatchNorm layer's running mean and variance are
 re-estimated on the site's images, so features are normalized the way the site's films need;
-no weight changes, nothing else. The decision threshold is kept.
+no weight changes, nothing else.
 
-``--prior-shift`` also re-estimates the site's pneumonia prevalence from the model's own scores
-with EM (Saerens, Latinne & Decaestecker 2002) and moves the threshold so that the share of
-images called PNEUMONIA matches that estimate. It is off by default: measured on this project's
-external validation sample, it did not help (``results/real/README.md``).
+**The threshold** (``--threshold``), chosen from the site's unlabelled scores of the adapted model:
+
+- ``mixture`` (default): a two-component Gaussian mixture of the scores' logits (the site's
+  NORMAL-like and PNEUMONIA-like images) and the threshold where the two weighted components
+  cross. A threshold chosen on the training population does not transfer (that is the shift);
+  the site's own score distribution shows where its two groups separate. Falls back to ``keep``
+  when the mixture finds no two groups (a component under 5 % of the images).
+- ``keep``: the unadapted model's threshold.
+- ``prior-shift``: the site's pneumonia prevalence estimated from the scores with EM (Saerens,
+  Latinne & Decaestecker 2002), and the threshold that calls that share of images PNEUMONIA.
+
+Measured on this project's external validation sample (labels used only to score; see
+``results/real/README.md``), ``mixture`` helped and ``prior-shift`` did not.
 
 Writes a new model folder (:mod:`cxr_tune.modelfile`): ONNX, safetensors weights and
 ``model.json`` saying what was adapted, on how many images. Labels are never read: files under
@@ -32,6 +41,7 @@ from cxr_tune.modelfile import Members, build_files, load_members, read_meta, se
 from cxr_tune.train.intensity import normalize_intensity
 
 MIN_IMAGES = 16
+THRESHOLD_RULES = ("mixture", "keep", "prior-shift")
 EM_ITERATIONS = 200
 
 
@@ -77,7 +87,28 @@ def effective_prior(n_normal: int, n_pneumonia: int, class_weighting: str | floa
     return prior * weight / (prior * weight + 1 - prior)
 
 
-def adapt(model: str, images_dir: str, out: str, *, prior_shift: bool = False) -> dict[str, Any]:
+def mixture_threshold(scores: np.ndarray, min_weight: float = 0.05) -> tuple[float, dict[str, Any]] | None:
+    """Where the two weighted components of a Gaussian mixture of the scores' logits cross, or None
+    when the scores do not hold two groups (a component under ``min_weight`` of the images)."""
+    from scipy.stats import norm
+    from sklearn.mixture import GaussianMixture
+
+    logits = np.log(np.clip(scores, 1e-6, 1 - 1e-6) / (1 - np.clip(scores, 1e-6, 1 - 1e-6))).reshape(-1, 1)
+    mixture = GaussianMixture(2, n_init=5, random_state=0).fit(logits)
+    means, sds, weights = mixture.means_.ravel(), np.sqrt(mixture.covariances_.ravel()), mixture.weights_
+    low, high = np.argsort(means)
+    if weights.min() < min_weight:
+        return None
+    grid = np.linspace(means[low], means[high], 4001)
+    above = weights[high] * norm.pdf(grid, means[high], sds[high]) >= weights[low] * norm.pdf(grid, means[low], sds[low])
+    crossing = float(grid[np.argmax(above)])
+    details = {"method": "two-component Gaussian mixture of the adapted model's logits on the site's images; threshold where the weighted components cross",
+               "pneumonia_like_share": float(weights[high]), "logit_means": [float(means[low]), float(means[high])],
+               "logit_sds": [float(sds[low]), float(sds[high])]}
+    return float(1 / (1 + np.exp(-crossing))), details
+
+
+def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixture") -> dict[str, Any]:
     """Adapt the model folder ``model`` to the images under ``images_dir``; write it to ``out``."""
     from cxr_tune.predict import collect
     from cxr_tune.data.imaging import try_decode_gray
@@ -94,36 +125,46 @@ def adapt(model: str, images_dir: str, out: str, *, prior_shift: bool = False) -
     images, skipped = np.stack(readable), len(files) - len(readable)
     tta = int(meta.get("tta_views", 1))
     adapted = adapt_batchnorm(members, images)
-    threshold = float(meta["threshold"])
+    kept = float(meta["threshold"])
+    threshold, how = site_threshold(threshold_rule, torch_scores(serving_model(adapted, tta), images), meta)
     record: dict[str, Any] = {
         "method": "AdaBN (Li et al. 2016): BatchNorm running statistics re-estimated on unlabelled site images; weights unchanged",
         "images": int(len(images)),
         "skipped_files": int(skipped),
         "source": storage.resolve(images_dir),
         "from_model": storage.resolve(model),
-        "threshold": f"kept from the unadapted model ({threshold:.4f})",
+        "threshold_rule": threshold_rule if how else "keep",
+        "threshold": f"{threshold:.4f}, " + (how["summary"] if how else "kept from the unadapted model"),
+        "threshold_details": how or {},
+        "unadapted_threshold": kept,
         "adapted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if prior_shift:
-        threshold, record["prior_shift"] = _prior_shift_threshold(meta, torch_scores(serving_model(adapted, tta), images))
-        record["threshold"] = f"moved to {threshold:.4f} so the share called PNEUMONIA matches the EM prevalence estimate"
     files_out = build_files(adapted, tta, check_images=images[:64])
     new_meta = {key: value for key, value in meta.items() if key not in ("validation", "external", "test", "files")}
-    new_meta.update({"threshold": threshold, "adaptation": record,
-                     "before_adaptation": {key: meta[key] for key in ("validation", "external", "test") if key in meta}})
+    new_meta.update({"threshold": threshold, "threshold_rule": record["threshold"], "adaptation": record,
+                     "before_adaptation": {key: meta[key] for key in ("validation", "external", "test", "threshold", "threshold_rule") if key in meta}})
     write_model_folder(storage.resolve(out), files_out, new_meta)
     return new_meta
 
 
-def _prior_shift_threshold(meta: dict[str, Any], scores: np.ndarray) -> tuple[float, dict[str, Any]]:
-    counts = meta.get("train_class_counts")
-    if not counts:
-        raise UserError("--prior-shift needs the training class counts in model.json (train_class_counts); re-export the model")
-    prior = effective_prior(int(counts[0]), int(counts[1]), meta["hparams"].get("class_weighting", "balanced"))
-    prevalence = em_prevalence(scores, prior)
-    threshold = float(np.quantile(scores, 1 - prevalence))
-    return threshold, {"estimated_prevalence": prevalence, "effective_training_prior": prior,
-                       "method": "EM on the adapted model's probabilities (Saerens et al. 2002); threshold at the matching quantile"}
+def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """The threshold ``rule`` gives on the site's unlabelled ``scores``, and how (None: the model's own was kept)."""
+    if rule == "mixture":
+        found = mixture_threshold(scores)
+        if found is not None:
+            threshold, details = found
+            return threshold, {**details, "summary": f"where a two-group mixture of the site's scores crosses (PNEUMONIA-like share {details['pneumonia_like_share']:.2f})"}
+    if rule == "prior-shift":
+        counts = meta.get("train_class_counts")
+        if not counts:
+            raise UserError("--threshold prior-shift needs the training class counts in model.json (train_class_counts); re-export the model")
+        prior = effective_prior(int(counts[0]), int(counts[1]), meta["hparams"].get("class_weighting", "balanced"))
+        prevalence = em_prevalence(scores, prior)
+        return float(np.quantile(scores, 1 - prevalence)), {
+            "method": "EM on the adapted model's probabilities (Saerens et al. 2002); threshold at the matching quantile",
+            "estimated_prevalence": prevalence, "effective_training_prior": prior,
+            "summary": f"calls the EM-estimated prevalence {prevalence:.3f} PNEUMONIA"}
+    return float(meta["threshold"]), None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="export folder to adapt (model.json, model.onnx, weights.safetensors), e.g. results/<experiment>/best")
     parser.add_argument("--images", required=True, help="folder of the site's images (searched recursively; labels, if any, are not read)")
     parser.add_argument("--out", required=True, help="new folder for the adapted model")
-    parser.add_argument("--prior-shift", action="store_true", help="also move the threshold to the site's EM-estimated prevalence (default: off; it did not help where measured)")
+    parser.add_argument("--threshold", dest="threshold_rule", choices=THRESHOLD_RULES, default="mixture",
+                        help="how the site's threshold is chosen from its unlabelled scores: mixture (where a two-group Gaussian mixture of "
+                             "the logits crosses), keep (the unadapted model's), prior-shift (the EM-estimated prevalence) (default: mixture)")
     return parser
 
 
@@ -141,12 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"'{args.model}' is not an exported model folder (no model.json); export one with python -m cxr_tune.export EXPERIMENT")
     if storage.resolve(args.out) == storage.resolve(args.model):
         raise UserError("--out must be a new folder, not the model being adapted")
-    meta = adapt(args.model, args.images, args.out, prior_shift=args.prior_shift)
+    meta = adapt(args.model, args.images, args.out, threshold_rule=args.threshold_rule)
     record = meta["adaptation"]
-    print(f"Adapted {args.model} to {record['images']} image(s) from {args.images} (AdaBN; {record['skipped_files']} unreadable file(s) skipped); "
-          f"threshold {record['threshold']}.")
-    if "prior_shift" in record:
-        print(f"  EM prevalence estimate {record['prior_shift']['estimated_prevalence']:.3f} (training prior {record['prior_shift']['effective_training_prior']:.3f})")
+    print(f"Adapted {args.model} to {record['images']} image(s) from {args.images} (AdaBN; {record['skipped_files']} unreadable file(s) skipped).")
+    print(f"  threshold {record['threshold']} (unadapted: {record['unadapted_threshold']:.4f})")
+    if args.threshold_rule != record["threshold_rule"]:
+        print(f"  the site's scores do not fall into two groups, so the {args.threshold_rule} threshold could not be found; the model's own is kept")
     print(f"Written: {args.out}")
     return 0
 

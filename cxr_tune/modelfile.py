@@ -74,10 +74,12 @@ class EnsembleModel(nn.Module):
 
 
 class TTAModel(nn.Module):
-    """The mean probability over fixed views of each image (:data:`TTA_VIEWS`), uint8 in and out of
-    the views, so the inner model sees exactly the pixel type it was trained on."""
+    """The mean probability over fixed views of each image (:data:`TTA_VIEWS`). The views' sampling
+    grids are computed once for the model's input size and kept as constants (ONNX opset 17 has no
+    affine-grid operator), and each view is rounded back to uint8, the pixel type the inner model
+    was trained on."""
 
-    def __init__(self, model: nn.Module, views: int) -> None:
+    def __init__(self, model: nn.Module, views: int, size: int) -> None:
         super().__init__()
         self.model = model
         thetas = []
@@ -85,14 +87,14 @@ class TTAModel(nn.Module):
             angle = math.radians(degrees)
             cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
             thetas.append([[cos, -sin, 2 * dx], [sin, cos, 2 * dy]])
-        self.register_buffer("thetas", torch.tensor(thetas, dtype=torch.float32))
+        grids = F.affine_grid(torch.tensor(thetas, dtype=torch.float32), [len(thetas), 1, size, size], align_corners=False)
+        self.register_buffer("grids", grids)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()
         outputs = []
-        for theta in self.thetas:
-            grid = F.affine_grid(theta.unsqueeze(0).expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
-            view = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        for grid in self.grids:
+            view = F.grid_sample(x, grid.unsqueeze(0).expand(x.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False)
             outputs.append(self.model(view.round().clamp(0, 255).to(torch.uint8)))
         return torch.stack(outputs).mean(dim=0)
 
@@ -102,7 +104,7 @@ def serving_model(members: Members, tta: int = 1) -> nn.Module:
     servings = [ServingModel(net, hp.intensity).eval() for net, hp in zip(members.nets, members.hparams, strict=True)]
     model: nn.Module = servings[0] if len(servings) == 1 else EnsembleModel(servings)
     if tta > 1:
-        model = TTAModel(model, tta)
+        model = TTAModel(model, tta, members.image_size)
     return model.eval()
 
 

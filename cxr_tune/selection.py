@@ -119,11 +119,16 @@ def objective_interval(
 
 
 def deciding_prefix(frame: pd.DataFrame | pd.Series) -> str:
-    """``ext`` when the rows carry external-validation metrics, else ``val`` (carved validation)."""
-    columns = frame.index if isinstance(frame, pd.Series) else frame.columns
-    if "ext_objective" in columns and pd.notna(pd.Series(frame["ext_objective"])).any():
-        return "ext"
-    return "val"
+    """``ext`` when the rows' ``objective`` is their external-set objective, else ``val`` (carved).
+
+    Read from the numbers themselves: a run selected on carved validation (``--select-on carved``)
+    still carries ``ext_*`` metrics, and nothing about the external set may decide its ties.
+    """
+    rows = frame.to_frame().T if isinstance(frame, pd.Series) else frame
+    if "ext_objective" not in rows or "objective" not in rows:
+        return "val"
+    both = rows[["objective", "ext_objective"]].dropna().astype(float)
+    return "ext" if len(both) and bool((both["objective"] == both["ext_objective"]).all()) else "val"
 
 
 def best_epoch(history: pd.DataFrame) -> pd.Series:

@@ -121,7 +121,7 @@ def write_site(folder: Path, n_per_class: int) -> Path:
 def test_the_cli_writes_an_adapted_model_that_predict_loads(exported, tmp_path):
     site = write_site(tmp_path / "site", 10)
     out = tmp_path / "adapted"
-    done = run_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(site), "--out", str(out))
+    done = run_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(site), "--out", str(out), "--threshold", "keep")
     assert done.returncode == 0, done.stderr
     assert "Adapted" in done.stdout and "20 image(s)" in done.stdout and "1 unreadable" in done.stdout
 
@@ -129,7 +129,7 @@ def test_the_cli_writes_an_adapted_model_that_predict_loads(exported, tmp_path):
     record = meta["adaptation"]
     assert "AdaBN" in record["method"] and record["images"] == 20 and record["skipped_files"] == 1
     assert Path(record["source"]) == site.resolve() and Path(record["from_model"]) == exported.resolve()
-    assert meta["threshold"] == old_meta["threshold"] and "kept" in record["threshold"]
+    assert meta["threshold"] == old_meta["threshold"] and "kept" in record["threshold"] and record["threshold_rule"] == "keep"
     assert meta["before_adaptation"]["validation"] == old_meta["validation"] and "validation" not in meta
     assert meta["members"] == old_meta["members"] and meta["preprocessing"] == old_meta["preprocessing"]
 
@@ -165,3 +165,27 @@ def test_the_cli_refuses_too_few_images_and_overwriting_the_model(exported, tmp_
     with pytest.raises(UserError, match="no model.json"):
         main(["--model", str(tmp_path / "nowhere"), "--images", str(few), "--out", str(tmp_path / "y")])
     assert not (tmp_path / "x").exists()
+
+
+def test_the_mixture_threshold_separates_two_groups_of_site_scores_and_declines_one():
+    from cxr_tune.adapt import mixture_threshold
+
+    rng = np.random.default_rng(0)
+    logits = np.r_[rng.normal(-1.0, 1.5, 120), rng.normal(4.0, 0.6, 200)]  # a broad NORMAL-like and a tight PNEUMONIA-like group
+    threshold, details = mixture_threshold(1 / (1 + np.exp(-logits)))
+    cut = np.log(threshold / (1 - threshold))
+    assert 1.0 < cut < 3.5 and abs(details["pneumonia_like_share"] - 200 / 320) < 0.05
+    called = logits >= cut
+    assert called[120:].mean() > 0.95 and called[:120].mean() < 0.15
+    assert mixture_threshold(1 / (1 + np.exp(-rng.normal(2.0, 1.0, 300))), min_weight=0.45) is None  # one group: no split
+
+
+def test_the_default_site_threshold_is_the_mixtures_and_says_so(exported, tmp_path):
+    from cxr_tune.adapt import adapt
+
+    meta = adapt(str(exported), str(write_site(tmp_path / "site", 10)), str(tmp_path / "out"))
+    record = meta["adaptation"]
+    assert record["threshold_rule"] in ("mixture", "keep")  # keep only when the scores hold no two groups
+    if record["threshold_rule"] == "mixture":
+        assert meta["threshold"] != record["unadapted_threshold"] and "mixture" in record["threshold_details"]["method"]
+    assert json.loads((tmp_path / "out" / "model.json").read_text())["threshold"] == meta["threshold"]

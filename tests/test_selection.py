@@ -81,3 +81,15 @@ def test_objective_interval_brackets_the_value_and_narrows_with_more_images():
     small, large = interval(50), interval(2000)
     assert large[2] - large[0] < (small[2] - small[0]) / 3
     assert all(np.isnan(objective_interval(np.ones(5), np.ones(5) * 0.7, 0.5)))  # one class: no balance to bound
+
+
+def test_a_run_selected_on_carved_validation_never_breaks_ties_on_the_external_set():
+    table = carved_and_external()
+    table["objective"], table["objective_low"], table["objective_high"] = table["val_objective"], table["val_objective"] - 0.05, table["val_objective"] + 0.05
+    assert deciding_prefix(table) == "val"
+    table["val_loss"] = [0.3, 0.1, 0.2, np.nan]
+    table["val_auc"] = [0.990, 0.999, 0.995, np.nan]  # a and b tie on carved; b has the higher carved AUC, c the higher external AUC
+    assert select_best(table)["trial_id"] == "b"
+    history = pd.DataFrame({"epoch": [1, 2], "objective": [0.9, 0.9], "val_objective": [0.9, 0.9], "ext_objective": [0.7, 0.8],
+                            "val_auc": [0.99, 0.98], "val_loss": [0.1, 0.1], "ext_auc": [0.8, 0.95], "ext_loss": [0.5, 0.2]})
+    assert int(best_epoch(history)["epoch"]) == 1  # the carved AUC breaks the tie, not the external one

@@ -7,6 +7,9 @@ the model each selection rule would have picked:
 - *carved only*: the best trial by carved validation, at its carved-validation threshold;
 - *carved + adapt*: that trial with its BatchNorm statistics re-estimated on the external images
   (AdaBN, labels unused), same threshold;
+- *+ mixture threshold* / *+ EM prior shift*: the same two with the threshold the site's
+  unlabelled scores give (``adapt --threshold mixture``: where a two-group mixture of the logits
+  crosses; ``--threshold prior-shift``: the share called PNEUMONIA matches EM's prevalence estimate);
 - *external*: the best trial by the external set, at its external threshold (a selection-set
   number: the same images chose it).
 
@@ -33,11 +36,11 @@ COLUMNS = ["auc", "sensitivity", "specificity", "balanced_accuracy"]
 
 def rule_rows(experiment: str, table: pd.DataFrame) -> list[dict[str, Any]]:
     """External metrics of the model each rule would select (see the module docstring)."""
-    from cxr_tune.adapt import adapt_batchnorm
+    from cxr_tune.adapt import adapt_batchnorm, site_threshold
     from cxr_tune.data.cache import load_images
     from cxr_tune.modelfile import members_from_states, serving_model, torch_scores
     from cxr_tune.search.results import checkpoint_for
-    from cxr_tune.search.runner import load_options
+    from cxr_tune.search.runner import experiment_info, load_options
     from cxr_tune.selection import select_best
     from cxr_tune.train.checkpoints import load_predictions, load_state
 
@@ -55,6 +58,13 @@ def rule_rows(experiment: str, table: pd.DataFrame) -> list[dict[str, Any]]:
     adapted = torch_scores(serving_model(adapt_batchnorm(members, images)), images)
     rows.append(_row("carved + adapt (AdaBN on the external images, unlabelled)", carved, kept["label"].to_numpy(), adapted, threshold,
                      "threshold chosen on carved validation, kept"))
+    meta = {"threshold": threshold, "train_class_counts": experiment_info(experiment)["class_counts_train"], "hparams": members.hparams[0].to_dict()}
+    for rule, how in (("mixture", "mixture threshold"), ("prior-shift", "EM prior shift")):
+        for name, labels, scores in (("carved", stored["label"].to_numpy(), stored["score"].to_numpy()),
+                                     ("carved + adapt", kept["label"].to_numpy(), adapted)):
+            moved, details = site_threshold(rule, scores, meta)
+            rows.append(_row(f"{name} + {how}", carved, labels, scores, moved,
+                             details["summary"] if details else "no two groups in the scores: threshold kept"))
     stored = load_predictions(checkpoint_for(external, experiment), "ext")
     rows.append(_row("external (selection set: optimistic)", external, stored["label"].to_numpy(), stored["score"].to_numpy(),
                      float(external["ext_threshold"]), "threshold chosen on the external set itself"))
@@ -71,7 +81,8 @@ def _row(rule: str, trial: pd.Series, labels: np.ndarray, scores: np.ndarray, th
             "auc": float(roc_auc_score(labels, scores)), **{k: rates[k] for k in COLUMNS[1:]}}
 
 
-def run(experiment: str) -> None:
+def run(experiment: str, folder: Path = RESULTS) -> Path:
+    """Write ``transfer_<experiment name>.md`` / ``.json`` / ``.png`` into ``folder``; returns the ``.md``."""
     from cxr_tune.search import transfer
     from cxr_tune.search.finish import load_trials, ranked_table
 
@@ -86,8 +97,8 @@ def run(experiment: str) -> None:
         note = transfer.plot_transfer(png, table, f"{name}: carved validation vs external set")
         plot_name = f"transfer_{name}.png"
         if note is None:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / plot_name).write_bytes(png.read_bytes())
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / plot_name).write_bytes(png.read_bytes())
     summary = [
         f"Experiment `{experiment}`. Carved validation: carved from the training folder by patient. External: the experiment's "
         "external validation set; **every number on it is a selection-set number** (it is the set these rules choose on or compare with).",
@@ -100,5 +111,5 @@ def run(experiment: str) -> None:
         "",
         *transfer.markdown(table, plot_name, note),
     ]
-    write_result(f"transfer_{name}", f"What transfers: {name}", summary, {"rules": rules.to_dict(orient="records"),
-                 "rank_correlations": transfer.rank_correlations(table)})
+    return write_result(f"transfer_{name}", f"What transfers: {name}", summary, {"rules": rules.to_dict(orient="records"),
+                        "rank_correlations": transfer.rank_correlations(table)}, folder=folder)

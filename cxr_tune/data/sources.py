@@ -132,15 +132,7 @@ def build_manifest(data: str, cache_dir: str | None = None, *, progress: bool = 
     root = locate_root(data)
     files, folders, ignored = _list_files(root)
     synthetic = storage.exists(storage.join(root, SYNTHETIC_MARKER))
-    key = _scan_fingerprint(root, files)
-    cached = _load_cached(cache_dir, key)
-    if cached is not None:
-        manifest, skipped = cached
-    else:
-        manifest, skipped = _scan(files, progress=progress)
-        skipped = pd.concat([skipped, ignored], ignore_index=True)
-        manifest = add_groups(manifest)
-        _save_cached(cache_dir, key, manifest, skipped)
+    manifest, skipped = _scan_cached(root, files, ignored, cache_dir, progress=progress)
     _check_classes(folders, manifest, skipped)
     return Source(root=root, manifest=manifest, skipped=skipped, synthetic=synthetic)
 
@@ -187,15 +179,7 @@ def load_external(path: str, cache_dir: str | None = None, *, progress: bool = T
             f"of both classes in PATH/NORMAL and PATH/PNEUMONIA"
         )
     files.sort(key=lambda f: f.path)
-    key = _scan_fingerprint(root, files)
-    cached = _load_cached(cache_dir, key)
-    if cached is not None:
-        manifest, skipped = cached
-    else:
-        manifest, skipped = _scan(files, progress=progress)
-        skipped = pd.concat([skipped, pd.DataFrame(ignored, columns=SKIPPED_COLUMNS)], ignore_index=True)
-        manifest = add_groups(manifest)
-        _save_cached(cache_dir, key, manifest, skipped)
+    manifest, skipped = _scan_cached(root, files, pd.DataFrame(ignored, columns=SKIPPED_COLUMNS), cache_dir, progress=progress)
     _check_classes(folders, manifest, skipped)
     return Source(root=root, manifest=manifest, skipped=skipped, synthetic=storage.exists(storage.join(root, SYNTHETIC_MARKER)))
 
@@ -289,6 +273,19 @@ def _walk_files(folder: str) -> list[tuple[str, int, int]]:
                 stat = os.lstat(path)  # a dangling link is still listed, and reported unreadable
             out.append((path, stat.st_size, stat.st_mtime_ns))
     return out
+
+
+def _scan_cached(root: str, files: list[_File], ignored: pd.DataFrame, cache_dir: str | None, *, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(manifest with groups, skipped files) of ``files``: from the cache when nothing changed, else read and cached."""
+    key = _scan_fingerprint(root, files)
+    cached = _load_cached(cache_dir, key)
+    if cached is not None:
+        return cached
+    manifest, skipped = _scan(files, progress=progress)
+    skipped = pd.concat([skipped, ignored], ignore_index=True)
+    manifest = add_groups(manifest)
+    _save_cached(cache_dir, key, manifest, skipped)
+    return manifest, skipped
 
 
 def _scan_fingerprint(root: str, files: list[_File]) -> str:

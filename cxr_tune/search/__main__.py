@@ -2,9 +2,9 @@
 
 Runs on this machine (local Ray) or joins a cluster (``--address auto``), picks the trial with the
 best sensitivity/specificity balance on the external validation set when there is one (else on
-validation carved from train by patient), writes the trial table and a report with plots, and exports the selected model to ``STORAGE/NAME/best``. With no
-``--data`` it runs on the built-in SYNTHETIC set. Interrupted? Run the same command with
-``--resume``.
+validation carved from train by patient), writes the trial table and a report with plots, and
+exports the selected model to ``STORAGE/NAME/best``. With no ``--data`` it runs on the built-in
+SYNTHETIC set. Interrupted? ``--name NAME --resume`` continues it.
 """
 
 from __future__ import annotations

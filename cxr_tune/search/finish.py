@@ -9,7 +9,8 @@ import pandas as pd
 from cxr_tune import storage
 from cxr_tune.errors import UserError
 from cxr_tune.search.results import asha_rungs, trials_table
-from cxr_tune.search.runner import SearchOptions, experiment_info, experiment_space, load_options, study_path
+from cxr_tune.search.runner import SearchOptions, experiment_info, experiment_space, load_options
+from cxr_tune.search.study import study_path
 from cxr_tune.selection import deciding_prefix, ranked_trials
 
 

@@ -22,7 +22,8 @@ from cxr_tune import storage  # noqa: E402
 from cxr_tune.export import fmt  # noqa: E402
 from cxr_tune.search import transfer  # noqa: E402
 from cxr_tune.search.results import checkpoint_for, pareto_front, trial_histories  # noqa: E402
-from cxr_tune.search.runner import experiment_info, load_options, study_path  # noqa: E402
+from cxr_tune.search.runner import experiment_info, load_options  # noqa: E402
+from cxr_tune.search.study import study_path  # noqa: E402
 from cxr_tune.selection import deciding_prefix  # noqa: E402
 from cxr_tune.train.checkpoints import has_predictions, load_predictions  # noqa: E402
 
@@ -79,7 +80,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         f"- Data: {info['data_description']}",
         f"- Train / carved validation images (distinct, NORMAL/PNEUMONIA): {tuple(info['class_counts_train'])} / {tuple(info['class_counts_val'])}; "
         f"validation is carved from the training folder by patient group ({options.data.val_fraction:.0%}, split seed {options.data.split_seed})",
-        f"- External validation: `{external}` ({tuple(info.get('class_counts_external', ()))}, NORMAL/PNEUMONIA)" if external
+        f"- External validation: `{external}` (distinct images, NORMAL/PNEUMONIA: {tuple(info.get('class_counts_external', ()))})" if external
         else f"- External validation: none{(' (' + info['external_note'] + ')') if info.get('external_note') else ''}",
         f"- Space: `{info['space_path']}` (copied to `space.yaml`)",
         f"- Selection on **{deciding}**: each epoch's {criterion} at a threshold chosen on the same set"

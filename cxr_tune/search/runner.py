@@ -19,33 +19,30 @@ import json
 import math
 import os
 import shlex
-import sqlite3
 import sys
 import tempfile
 import time
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from platformdirs import user_cache_dir
-from ray.tune import Callback, Stopper
-from ray.tune.search import ConcurrencyLimiter, SearchGenerator
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import ConcurrencyLimiter
 
 from cxr_tune import __version__, storage
 from cxr_tune.data.prepared import DataOptions, SplitData, datasets_by_size, split_data
 from cxr_tune.errors import UserError
+# Tune saves these objects with an experiment; they are imported here under the names experiments
+# saved before they moved to their own modules use.
+from cxr_tune.search.budget import ResumableTrials, SessionBudget, TrialsCatchUp
 from cxr_tune.search.space import Space, SpaceSampler, load_space
+from cxr_tune.search.study import STUDY_FILE, StudySearch, copy_study, local_cache_dir, prepare_study, study_path
 from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings, run_trial, trial_hparams
 from cxr_tune.train.trainer import Resources
 
 EXPERIMENT_FILE = "experiment.json"
 EVENTS_FILE = "trial_events.jsonl"
-STUDY_FILE = "study.db"
 SPACE_FILE = "space.yaml"
 SPLITS_FILE = "splits.csv"
-TUNE_TRIAL_ATTR = "tune_trial_id"  # user attribute of each Optuna trial: the Tune trial it is
 LOG_FILE = "search.log"
 
 
@@ -148,7 +145,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
         split = split_data(options.data)
         _start_experiment(options, space, split)
     restore = resume and has_tune_state(experiment)  # else Tune never saved a step: start it afresh
-    _prepare_study(options, fresh=not resume)
+    prepare_study(options, fresh=not resume)
     print(f"Data: {split.source.description}")
     print(split.describe_external(options.select_on))
     print(f"Experiment: {experiment}")
@@ -173,7 +170,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
         tuner = _tuner(options, plan, split, datasets, resume=restore, verbose=verbose)
         started = time.time()  # wall clock, as SessionBudget measures the time budget
         grid = tuner.fit()
-    _copy_study(options)
+    copy_study(options)
     if storage.is_uri(experiment) and Path(log_path).exists():
         storage.copy(log_path, storage.join(experiment, LOG_FILE))
     return experiment, _outcome(grid, plan, options, started)
@@ -295,177 +292,9 @@ def _log_path(options: SearchOptions) -> str:
     """Where Ray's and Optuna's output goes: ``search.log`` in a local experiment; for one on
     object storage a local file in the cache (uploaded beside the experiment when the search ends)."""
     if storage.is_uri(options.experiment_dir):
-        import hashlib
-
         key = hashlib.sha256(options.experiment_dir.encode()).hexdigest()[:16]
-        return str(Path(_local_cache_dir(options), "logs", key, LOG_FILE))
+        return str(Path(local_cache_dir(options), "logs", key, LOG_FILE))
     return storage.join(options.experiment_dir, LOG_FILE)
-
-
-def _local_cache_dir(options: SearchOptions) -> str:
-    """A local folder for what must be a local file (SQLite, logs): the cache folder, or the user's
-    cache folder when the cache is on object storage."""
-    for folder in (options.data.resolved_cache_dir, storage.default_cache_dir()):
-        if not storage.is_uri(folder):
-            return folder
-    return user_cache_dir("cxr_tune")
-
-
-def study_path(options: SearchOptions) -> str:
-    """The SQLite file of the Optuna study: in the experiment folder, or, when the experiment lives
-    on object storage, a local copy (SQLite needs a local file) keyed by the experiment's full URI,
-    so one ``--name`` under two storages is two studies. The copy goes up as trials start and end.
-    """
-    if storage.is_uri(options.experiment_dir):
-        key = hashlib.sha256(options.experiment_dir.encode()).hexdigest()[:16]
-        return str(Path(_local_cache_dir(options), "studies", key, STUDY_FILE))
-    return storage.join(options.experiment_dir, STUDY_FILE)
-
-
-def _prepare_study(options: SearchOptions, *, fresh: bool) -> None:
-    """Make the local study file right for this run of an experiment on object storage: a new
-    experiment starts from none (a copy left by an earlier experiment at the same URI is stale);
-    a resumed one starts from the uploaded study, the newest there is (it goes up whenever a trial
-    starts, before Tune can save a state that knows the trial)."""
-    if not storage.is_uri(options.experiment_dir):
-        return
-    local, remote = study_path(options), storage.join(options.experiment_dir, STUDY_FILE)
-    if fresh:
-        storage.remove(local)
-    elif storage.exists(remote):
-        storage.copy(remote, local)
-
-
-def _copy_study(options: SearchOptions) -> None:
-    if storage.is_uri(options.experiment_dir):
-        upload_study(study_path(options), storage.join(options.experiment_dir, STUDY_FILE))
-
-
-def upload_study(database: str, remote: str) -> None:
-    """Copy the local SQLite study to ``remote``: a consistent snapshot (SQLite's backup API), even
-    while the search writes to it."""
-    if not os.path.exists(database):
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        snapshot = os.path.join(tmp, STUDY_FILE)
-        with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(snapshot)) as target:
-            source.backup(target)
-        with open(snapshot, "rb") as handle:
-            storage.write_bytes_atomic(remote, handle.read())
-
-
-class StudySearch(OptunaSearch):
-    """Ray's ``OptunaSearch`` with a study (``study.db``) that stays in step with Tune's trials.
-
-    - Each Optuna trial carries its Tune trial id (user attribute ``tune_trial_id``).
-    - Optuna writes a trial to the study, RUNNING, the moment it is suggested; Tune saves its own
-      state (this searcher's included) only every ~10 s. A driver killed in between leaves a
-      RUNNING trial that no resumed search knows, will never finish, and that TPE's constant liar
-      keeps counting as a point being evaluated. So whenever this searcher starts or is restored,
-      RUNNING trials outside its own record are marked FAIL.
-    - For an experiment on object storage (``remote``: the study's URI) the local SQLite file is
-      uploaded whenever a trial starts and ends, so a lost head node loses only the running
-      trials' intermediate values.
-    """
-
-    def __init__(self, *, database: str, remote: str | None = None, **kwargs: Any) -> None:
-        import optuna
-
-        self._database, self._remote = database, remote
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-        super().__init__(storage=optuna.storages.RDBStorage(f"sqlite:///{database}"), **kwargs)
-        self._fail_abandoned()
-
-    def suggest(self, trial_id: str) -> dict | None:
-        new = trial_id not in self._ot_trials
-        config = super().suggest(trial_id)
-        if new and trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
-            self._upload()
-        return config
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, result, error)
-        self._upload()
-
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        self._fail_abandoned()
-        self._upload()
-
-    def _fail_abandoned(self) -> None:
-        from optuna.trial import TrialState
-
-        known = {trial.number for trial in self._ot_trials.values()}
-        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number not in known:
-                self._ot_study.tell(trial.number, state=TrialState.FAIL)
-
-    def _upload(self) -> None:
-        if self._remote:
-            upload_study(self._database, self._remote)
-
-
-class SessionBudget(Stopper):
-    """Ends the search :attr:`minutes` after the first Tune step of *this* command, whether it
-    started the search or resumed it (None: no limit).
-
-    Tune saves its stopper with the experiment, and a resumed search runs with the saved copy, not
-    the one it was given: Tune's own ``TimeoutStopper`` came back with its budget spent (a search
-    its budget had stopped stopped again at once) or, for a search started without one, with no
-    budget at all. This one keeps no budget of its own: it reads the running command's
-    :attr:`minutes`, and a restored copy starts its clock afresh.
-    """
-
-    minutes: ClassVar[float | None] = None  # set for each command by _tuner
-
-    def __init__(self) -> None:
-        self._deadline: float | None = None
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
-
-    def stop_all(self) -> bool:
-        if SessionBudget.minutes is None:
-            return False
-        if self._deadline is None:
-            self._deadline = time.time() + SessionBudget.minutes * 60
-        return time.time() >= self._deadline
-
-    def __setstate__(self, state: dict) -> None:
-        self._deadline = None
-
-
-class ResumableTrials(SearchGenerator):
-    """Tune's trial generator, except that a restored one generates trials again.
-
-    When a stopper ends a search (the time budget), Tune marks its generator finished and saves
-    it that way; restored as saved, a resumed search would start no new trial.
-    """
-
-    def set_state(self, state: dict) -> None:
-        super().set_state({**state, "finished": False})
-
-
-class TrialsCatchUp(Callback):
-    """Tells the searcher about trials Tune ended without telling it.
-
-    When a stopper ends the search (the time budget), Tune marks the running trials TERMINATED
-    but never reports them to the searcher: the concurrency limiter keeps their places, so a
-    resumed search would wait forever for a free one, and the study keeps them RUNNING. At each
-    step (the first of a resumed search among them) such trials are reported ended, with their
-    last result. (Only at a step: at the end of a search Tune ends trials cut short by Ctrl-C the
-    same way, and those a resume continues.)
-    """
-
-    def __init__(self, search_alg: ResumableTrials) -> None:
-        self.search_alg = search_alg  # the very object Tune uses: both are saved in tuner.pkl
-
-    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        live = self.search_alg.searcher.live_trials  # the ConcurrencyLimiter's
-        for trial in trials:
-            if trial.trial_id in live and trial.status in ("TERMINATED", "ERROR"):
-                self.search_alg.on_trial_complete(trial.trial_id, result=trial.last_result or None, error=trial.status == "ERROR")
 
 
 def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict, *, resume: bool, verbose: bool = False) -> Any:

@@ -76,8 +76,11 @@ def plot_transfer(path: Path, table: pd.DataFrame, title: str = "Carved validati
 
 def markdown(table: pd.DataFrame, plot: str | None, plot_note: str | None) -> list[str]:
     """The report section: correlations, the tie set and the side-by-side table."""
+    from cxr_tune.selection import deciding_prefix
+
     correlations = rank_correlations(table)
     tied = table[table["tied"].fillna(False).astype(bool)]["trial_id"].tolist() if "tied" in table else []
+    deciding = "the external set" if deciding_prefix(table) == "ext" else "carved validation (the external set chose nothing)"
     lines = [
         "Every trial's best epoch on validation carved from train (`val_`) and on the external set (`ext_`, a selection set: "
         "its numbers chose things and are optimistic).",
@@ -85,7 +88,7 @@ def markdown(table: pd.DataFrame, plot: str | None, plot_note: str | None) -> li
         "Rank correlation (Spearman) of carved vs external over trials: "
         + ", ".join(f"{label} {_fmt(correlations[metric], 2)}" for metric, label in PAIRS) + ".",
         "",
-        f"Tie set ({len(tied)} trial(s) whose external 95 % interval overlaps the best one's; the one with the highest external AUC "
+        f"Tie set ({len(tied)} trial(s) whose 95 % interval on {deciding} overlaps the best one's; the one with the highest AUC there "
         f"is selected): {', '.join(f'`{t}`' for t in tied) or 'none'}.",
         "",
     ]

@@ -16,7 +16,7 @@ from cxr_tune.search.runner import SearchOptions
 from cxr_tune.search.space import load_space
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED_STUDY = ROOT / "results" / "real" / "real-96px" / "study.db"
+COMMITTED_STUDY = ROOT / "results" / "real" / "external" / "study.db"
 
 
 def printed_dashboard_command(experiment_dir: Path) -> list[str]:
@@ -68,7 +68,7 @@ def test_printed_command_opens_the_study_a_search_writes(tmp_path: Path):
 
 
 def test_dashboard_opens_the_committed_real_data_study(tmp_path: Path):
-    """The study a real search wrote (``results/real/real-96px``), read from a copy."""
+    """The study a real search wrote (``results/real/external``), read from a copy."""
     if not COMMITTED_STUDY.exists():
         pytest.skip(f"{COMMITTED_STUDY} is not in this checkout")
     db = tmp_path / "study.db"

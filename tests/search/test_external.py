@@ -150,3 +150,20 @@ def test_export_val_data_refuses_a_missing_or_small_folder(experiment, site, tmp
     with pytest.raises(UserError, match="holds 5 NORMAL and 5 PNEUMONIA readable images"):
         export_trial(str(experiment), out=str(tmp_path / "b"), val_data=str(small))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_report_shows_what_transfers_and_the_benchmark_adds_what_each_rule_ships(experiment, tmp_path):
+    from cxr_tune.bench.transfer import run
+
+    report = (experiment / "report.md").read_text()
+    assert "## What transfers: carved validation vs the external set" in report and "Spearman" in report and "Tie set" in report
+    assert (experiment / "plots" / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = pd.read_csv(experiment / "trials.csv")
+    written = run(str(experiment), tmp_path).read_text()
+    for rule in ("carved only", "carved + adapt", "carved + mixture threshold", "carved + adapt + EM prior shift", "external (selection set"):
+        assert rule in written
+    details = json.loads((tmp_path / "transfer_ext.json").read_text())
+    by_rule = {row["rule"].split(" (")[0]: row for row in details["rules"]}
+    assert by_rule["carved only"]["trial"] == select_best(table, "carved")["trial_id"]
+    assert by_rule["external"]["trial"] == select_best(table, "external")["trial_id"]
+    assert by_rule["carved only"]["threshold"] == pytest.approx(select_best(table, "carved")["val_threshold"])

@@ -65,7 +65,7 @@ def test_the_time_budget_belongs_to_the_running_command_even_in_tunes_saved_copy
     import ray.cloudpickle as cloudpickle
     from ray.tune.stopper import TimeoutStopper
 
-    from cxr_tune.search.runner import SessionBudget
+    from cxr_tune.search.budget import SessionBudget
 
     # Why: Tune saves its stopper with the experiment and resumes with that copy. Its own
     # TimeoutStopper comes back spent, so a search its budget stopped would stop again at once.
@@ -90,7 +90,7 @@ def test_a_restored_trial_generator_starts_trials_again():
     from ray.tune.search import SearchGenerator
     from ray.tune.search.optuna import OptunaSearch
 
-    from cxr_tune.search.runner import ResumableTrials
+    from cxr_tune.search.budget import ResumableTrials
 
     ended_by_budget = {"counter": 2, "total_samples": 4, "finished": True, "experiment": None}
     plain = SearchGenerator(OptunaSearch())
@@ -112,7 +112,8 @@ def test_trials_a_stopper_ended_are_reported_to_the_searcher_at_the_next_step(tm
     import ray.cloudpickle as pickle  # as Tune writes tuner.pkl
     from ray.tune.search import ConcurrencyLimiter
 
-    from cxr_tune.search.runner import ResumableTrials, StudySearch, TrialsCatchUp
+    from cxr_tune.search.budget import ResumableTrials, TrialsCatchUp
+    from cxr_tune.search.study import StudySearch
     from cxr_tune.search.space import SpaceSampler, load_space
 
     searcher = StudySearch(space=SpaceSampler(load_space("smoke")), metric="objective", mode="max", study_name="exp",

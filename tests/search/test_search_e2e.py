@@ -1,9 +1,10 @@
-"""The real CLI, end to end: smoke search → trial table, report, plots, best/ → predict → export."""
+"""The real CLI, end to end: smoke search → trial table, report, plots, best/ → predict → export; and what its console shows."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +17,26 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
+LIBRARY_NOISE = (
+    "(raylet)", "PreemptionWatcher", "PlacementGroupCleaner", "TrainController", "core_worker", "Configuration for experiment",
+    "View detailed results", "ExperimentalWarning", "A new study created", "optuna_warn", "Traceback", "pid=",
+)
+
 
 @pytest.fixture(scope="module")
-def search(synthetic_root, tmp_path_factory) -> tuple[Path, str]:
-    """One smoke search for the whole module: (experiment folder, what it printed)."""
+def run(synthetic_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One smoke search for the whole module, its output piped as in a log: (experiment folder, the finished process)."""
     storage = tmp_path_factory.mktemp("experiments")
     done = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--storage", str(storage), "--name", "e2e", timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "SYNTHETIC" in done.stdout and "Selected trial" in done.stdout
-    return storage / "e2e", done.stdout
+    return storage / "e2e", done
+
+
+@pytest.fixture(scope="module")
+def search(run) -> tuple[Path, str]:
+    """(experiment folder, what the search printed on stdout)."""
+    return run[0], run[1].stdout
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +163,24 @@ def test_an_ensemble_predicts_the_mean_of_its_members(experiment, val_folder, tm
 
     best = balance(choose_threshold(labels, mean, hp["criterion"], hp["min_sensitivity"], hp["threshold_tolerance"]))
     assert balance(threshold) >= best - hp["threshold_tolerance"] - 0.5 / min(np.bincount(labels))  # one image of slack
+
+
+# The console: the product's own lines only; Ray's and Optuna's go to search.log.
+
+
+def test_the_console_has_no_library_lines_and_no_escape_codes_when_piped(run):
+    _, done = run
+    console = done.stdout + done.stderr
+    assert not [line for line in console.splitlines() if any(noise in line for noise in LIBRARY_NOISE)], console
+    assert "\x1b[" not in console and "\r" not in console
+    assert "trial" in done.stdout and "Search finished" in done.stdout and "trials done" in done.stdout
+
+
+def test_the_log_file_is_named_at_the_start_and_holds_the_library_output(run):
+    experiment, done = run
+    log = experiment / "search.log"
+    lines = done.stdout.splitlines()
+    named = next(i for i, line in enumerate(lines) if line.startswith(f"Ray and Optuna logs: {log}"))
+    assert named < next(i for i, line in enumerate(lines) if " trial " in line)  # named before any trial runs
+    text = log.read_text()
+    assert "A new study created" in text  # Optuna's own line went to the file

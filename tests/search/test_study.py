@@ -12,14 +12,15 @@ from optuna.trial import TrialState
 
 from cxr_tune import storage
 from cxr_tune.data.prepared import DataOptions
-from cxr_tune.search.runner import SearchOptions, study_path
+from cxr_tune.search.runner import SearchOptions
+from cxr_tune.search.study import study_path
 from cxr_tune.search.space import SpaceSampler, load_space
 
 STUDY_FILE, TUNE_TRIAL_ATTR = "study.db", "tune_trial_id"
 
 
 def make_searcher(database: str, remote: str | None = None):
-    from cxr_tune.search.runner import StudySearch
+    from cxr_tune.search.study import StudySearch
 
     return StudySearch(space=SpaceSampler(load_space("smoke")), metric="objective", mode="max", study_name="exp",
                        sampler=optuna.samplers.RandomSampler(seed=0), database=str(database), remote=remote)
@@ -59,7 +60,7 @@ def test_the_study_goes_up_to_object_storage_as_trials_start_and_end(s3_dir, tmp
 
 
 def test_a_resumed_search_starts_from_the_uploaded_study_and_a_new_one_from_none(s3_dir, tmp_path):
-    from cxr_tune.search.runner import _prepare_study
+    from cxr_tune.search.study import prepare_study as _prepare_study
 
     options = SearchOptions(name="exp", storage=s3_dir, data=DataOptions(cache_dir=str(tmp_path / "cache")))
     local = study_path(options)

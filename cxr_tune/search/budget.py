@@ -1,0 +1,77 @@
+"""Time budgets and trial bookkeeping that survive ``--resume``.
+
+Tune saves its stopper, its trial generator and its callbacks with the experiment and, on resume,
+runs with the saved copies. The classes here are written for that: the budget belongs to the
+running command, a generator a budget ended generates again, and trials a budget ended are
+reported to the searcher.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+from ray.tune import Callback, Stopper
+from ray.tune.search import SearchGenerator
+
+
+class SessionBudget(Stopper):
+    """Ends the search :attr:`minutes` after the first Tune step of *this* command, whether it
+    started the search or resumed it (None: no limit).
+
+    Tune saves its stopper with the experiment, and a resumed search runs with the saved copy, not
+    the one it was given: Tune's own ``TimeoutStopper`` came back with its budget spent (a search
+    its budget had stopped stopped again at once) or, for a search started without one, with no
+    budget at all. This one keeps no budget of its own: it reads the running command's
+    :attr:`minutes`, and a restored copy starts its clock afresh.
+    """
+
+    minutes: ClassVar[float | None] = None  # set for each command by _tuner
+
+    def __init__(self) -> None:
+        self._deadline: float | None = None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        if SessionBudget.minutes is None:
+            return False
+        if self._deadline is None:
+            self._deadline = time.time() + SessionBudget.minutes * 60
+        return time.time() >= self._deadline
+
+    def __setstate__(self, state: dict) -> None:
+        self._deadline = None
+
+
+class ResumableTrials(SearchGenerator):
+    """Tune's trial generator, except that a restored one generates trials again.
+
+    When a stopper ends a search (the time budget), Tune marks its generator finished and saves
+    it that way; restored as saved, a resumed search would start no new trial.
+    """
+
+    def set_state(self, state: dict) -> None:
+        super().set_state({**state, "finished": False})
+
+
+class TrialsCatchUp(Callback):
+    """Tells the searcher about trials Tune ended without telling it.
+
+    When a stopper ends the search (the time budget), Tune marks the running trials TERMINATED
+    but never reports them to the searcher: the concurrency limiter keeps their places, so a
+    resumed search would wait forever for a free one, and the study keeps them RUNNING. At each
+    step (the first of a resumed search among them) such trials are reported ended, with their
+    last result. (Only at a step: at the end of a search Tune ends trials cut short by Ctrl-C the
+    same way, and those a resume continues.)
+    """
+
+    def __init__(self, search_alg: ResumableTrials) -> None:
+        self.search_alg = search_alg  # the very object Tune uses: both are saved in tuner.pkl
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        live = self.search_alg.searcher.live_trials  # the ConcurrencyLimiter's
+        for trial in trials:
+            if trial.trial_id in live and trial.status in ("TERMINATED", "ERROR"):
+                self.search_alg.on_trial_complete(trial.trial_id, result=trial.last_result or None, error=trial.status == "ERROR")

@@ -1,0 +1,130 @@
+"""The Optuna study of a search (``study.db``): where it lives, and a searcher that keeps it in step with Tune.
+
+SQLite needs a local file. A local experiment keeps its study in its own folder; one on object
+storage keeps a local copy in the cache, keyed by the experiment's full URI (so one ``--name``
+under two storages is two studies), uploaded whenever a trial starts or ends and downloaded when
+the search resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import tempfile
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_cache_dir
+from ray.tune.search.optuna import OptunaSearch
+
+from cxr_tune import storage
+
+STUDY_FILE = "study.db"
+TUNE_TRIAL_ATTR = "tune_trial_id"  # user attribute of each Optuna trial: the Tune trial it is
+
+
+def local_cache_dir(options: Any) -> str:
+    """A local folder for what must be a local file (SQLite, logs): the cache folder, or the user's
+    cache folder when the cache is on object storage."""
+    for folder in (options.data.resolved_cache_dir, storage.default_cache_dir()):
+        if not storage.is_uri(folder):
+            return folder
+    return user_cache_dir("cxr_tune")
+
+
+def study_path(options: Any) -> str:
+    """The SQLite file of the Optuna study: in the experiment folder, or, when the experiment lives
+    on object storage, a local copy (SQLite needs a local file) keyed by the experiment's full URI,
+    so one ``--name`` under two storages is two studies. The copy goes up as trials start and end.
+    """
+    if storage.is_uri(options.experiment_dir):
+        key = hashlib.sha256(options.experiment_dir.encode()).hexdigest()[:16]
+        return str(Path(local_cache_dir(options), "studies", key, STUDY_FILE))
+    return storage.join(options.experiment_dir, STUDY_FILE)
+
+
+def prepare_study(options: Any, *, fresh: bool) -> None:
+    """Make the local study file right for this run of an experiment on object storage: a new
+    experiment starts from none (a copy left by an earlier experiment at the same URI is stale);
+    a resumed one starts from the uploaded study, the newest there is (it goes up whenever a trial
+    starts, before Tune can save a state that knows the trial)."""
+    if not storage.is_uri(options.experiment_dir):
+        return
+    local, remote = study_path(options), storage.join(options.experiment_dir, STUDY_FILE)
+    if fresh:
+        storage.remove(local)
+    elif storage.exists(remote):
+        storage.copy(remote, local)
+
+
+def copy_study(options: Any) -> None:
+    """Upload the local study of an experiment on object storage (at the end of a search)."""
+    if storage.is_uri(options.experiment_dir):
+        upload_study(study_path(options), storage.join(options.experiment_dir, STUDY_FILE))
+
+
+def upload_study(database: str, remote: str) -> None:
+    """Copy the local SQLite study to ``remote``: a consistent snapshot (SQLite's backup API), even
+    while the search writes to it."""
+    if not os.path.exists(database):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        snapshot = os.path.join(tmp, STUDY_FILE)
+        with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(snapshot)) as target:
+            source.backup(target)
+        with open(snapshot, "rb") as handle:
+            storage.write_bytes_atomic(remote, handle.read())
+
+
+class StudySearch(OptunaSearch):
+    """Ray's ``OptunaSearch`` with a study (``study.db``) that stays in step with Tune's trials.
+
+    - Each Optuna trial carries its Tune trial id (user attribute ``tune_trial_id``).
+    - Optuna writes a trial to the study, RUNNING, the moment it is suggested; Tune saves its own
+      state (this searcher's included) only every ~10 s. A driver killed in between leaves a
+      RUNNING trial that no resumed search knows, will never finish, and that TPE's constant liar
+      keeps counting as a point being evaluated. So whenever this searcher starts or is restored,
+      RUNNING trials outside its own record are marked FAIL.
+    - For an experiment on object storage (``remote``: the study's URI) the local SQLite file is
+      uploaded whenever a trial starts and ends, so a lost head node loses only the running
+      trials' intermediate values.
+    """
+
+    def __init__(self, *, database: str, remote: str | None = None, **kwargs: Any) -> None:
+        import optuna
+
+        self._database, self._remote = database, remote
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(storage=optuna.storages.RDBStorage(f"sqlite:///{database}"), **kwargs)
+        self._fail_abandoned()
+
+    def suggest(self, trial_id: str) -> dict | None:
+        new = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if new and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            self._upload()
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, result, error)
+        self._upload()
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._fail_abandoned()
+        self._upload()
+
+    def _fail_abandoned(self) -> None:
+        from optuna.trial import TrialState
+
+        known = {trial.number for trial in self._ot_trials.values()}
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in known:
+                self._ot_study.tell(trial.number, state=TrialState.FAIL)
+
+    def _upload(self) -> None:
+        if self._remote:
+            upload_study(self._database, self._remote)
