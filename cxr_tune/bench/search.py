@@ -24,6 +24,15 @@ from cxr_tune.selection import deciding_prefix
 SPACE = "bench"
 
 
+def _interval(row: dict) -> str:
+    low, high = row["best_interval"]
+    return f"[{low:.3f}, {high:.3f}]"
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["best_interval"][0] <= b["best_interval"][1] and b["best_interval"][0] <= a["best_interval"][1]
+
+
 def run(data: str | None, trials: int, storage: str) -> None:
     root = real_data(data)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -41,10 +50,12 @@ def run(data: str | None, trials: int, storage: str) -> None:
         rows.append({"search": label, "experiment": experiment, "outcome": outcome, "trials": len(table),
                      "trial_epochs": int(table["epochs"].sum()), "deciding set": SET_NAMES[prefix],
                      "best_balanced_accuracy": float(table["objective"].max()),
+                     "best_interval": tuple(table.loc[table["objective"].idxmax(), ["objective_low", "objective_high"]].astype(float)),
                      "best_auc": float(table[f"{prefix}_auc"].max()), "minutes": minutes})
     tpe, rnd = rows
+    on_file = "external_" if tpe["deciding set"].startswith("external") else ""
     share = tpe["trial_epochs"] / rnd["trial_epochs"]
-    frame = pd.DataFrame(rows).drop(columns="experiment")
+    frame = pd.DataFrame(rows).drop(columns=["experiment", "best_interval"])
     summary = [
         f"Space `search_spaces/{SPACE}.yaml`, {trials} trials each, seed 0, real training split; objective: balanced accuracy on the "
         f"{tpe['deciding set']}" + (" (a selection set: its numbers are optimistic)." if tpe["deciding set"].startswith("external") else "."),
@@ -53,12 +64,15 @@ def run(data: str | None, trials: int, storage: str) -> None:
         "",
         f"**TPE + ASHA used {share:.0%} of the trial-epochs of random search** (goal: <= 40 %) and reached a best "
         f"balanced accuracy of {tpe['best_balanced_accuracy']:.4f} vs {rnd['best_balanced_accuracy']:.4f} "
-        f"(difference {tpe['best_balanced_accuracy'] - rnd['best_balanced_accuracy']:+.4f}; goal: >= 0).",
+        f"(difference {tpe['best_balanced_accuracy'] - rnd['best_balanced_accuracy']:+.4f}; goal: >= 0). 95 % bootstrap "
+        f"intervals of the two best trials: {_interval(tpe)} and {_interval(rnd)}"
+        + (" (they overlap: the difference is within the deciding set's noise)." if _overlap(tpe, rnd) else "."),
         "",
-        f"Experiments: `{storage_paths.resolve(tpe['experiment'])}` and `{storage_paths.resolve(rnd['experiment'])}`.",
+        f"Trial tables: `search_tpe_asha_{on_file}{trials}trials.trials.csv` and `search_random_full_{on_file}{trials}trials.trials.csv` "
+        f"beside this file. The experiment folders (`{storage_paths.resolve(tpe['experiment'])}`, "
+        f"`{storage_paths.resolve(rnd['experiment'])}`) are not committed.",
     ]
     # One file per trial count: ASHA saves more as trials grow (it lets the first trials through).
-    on = "external_" if tpe["deciding set"].startswith("external") else ""
-    write_result(f"search_tpe_asha_vs_random_{on}{trials}trials", f"Search: TPE + ASHA vs random search without early stopping, {trials} trials"
-                 + (", external objective" if on else ""), summary,
+    write_result(f"search_tpe_asha_vs_random_{on_file}{trials}trials", f"Search: TPE + ASHA vs random search without early stopping, {trials} trials"
+                 + (", external objective" if on_file else ""), summary,
                  {"rows": rows, "epoch_share": share})

@@ -50,7 +50,7 @@ def write_report(experiment_dir: str, table: pd.DataFrame, exported: dict[str, A
         plots = Path(scratch)
         notes = {
             "progress": _plot_progress(plots / "progress.png", histories),
-            "importances": _plot_importances(plots / "importances.png", options),
+            **plot_importances(plots / "importances.png", options),
             "pareto": _plot_pareto(plots / "pareto.png", table, selected, prefix),
             "transfer": transfer.plot_transfer(plots / "transfer.png", table) if transfer.has_external(table) else "No external set.",
             "roc": _plot_roc(plots / "roc.png", predictions, threshold, SET_NAMES[prefix]),
@@ -120,7 +120,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     lines += ["## Plots", ""]
     captions = {
         "progress": ("progress.png", "Search progress: every epoch's objective over time, and the best so far."),
-        "importances": ("importances.png", "Parameter importances (Optuna fANOVA over finished trials)."),
+        "importances": ("importances.png", "Parameter importances (Optuna's PED-ANOVA over finished trials)."),
         "pareto": ("pareto.png", f"Sensitivity vs specificity on {deciding} of every trial's best epoch; the Pareto front and the selected trial."),
         "roc": ("roc.png", f"Selected trial: ROC curve on {deciding} and the chosen threshold."),
         "confusion": ("confusion.png", f"Selected trial: confusion matrix on {deciding} at the chosen threshold."),
@@ -129,6 +129,8 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     for key, (file, caption) in captions.items():
         lines += [f"**{caption}**", ""]
         lines += [f"_{notes[key]}_" if notes[key] else f"![{key}](plots/{file})", ""]
+        if notes.get(f"{key}_caveat"):
+            lines += [f"_{notes[key + '_caveat']}_", ""]
     ranked = table.sort_values("rank", na_position="last").head(TOP)
     lines += [f"## Top {len(ranked)} trials, in selection order", ""]
     columns = ["rank", "tied", "trial_id", "stop_reason", "epochs", "objective", "objective_low", "objective_high",
@@ -175,25 +177,33 @@ def _plot_progress(path: Path, histories: dict[str, pd.DataFrame]) -> str | None
     return None
 
 
-def _plot_importances(path: Path, options: Any) -> str | None:
+def plot_importances(path: Path, options: Any) -> dict[str, str | None]:
+    """``{"importances": note or None, "importances_caveat": ...}``: Optuna's own doubts about the
+    estimate (too few trials for some parameter values) go into the report, not onto the console."""
+    import warnings
+
     import optuna
 
     db = study_path(options)
     if not Path(db).exists():
-        return "No Optuna study file."
-    try:
-        study = optuna.load_study(study_name=options.name, storage=f"sqlite:///{db}")
-        importances = optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError) as exc:
-        return f"Parameter importances are not available: {exc}"
+        return {"importances": "No Optuna study file."}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            study = optuna.load_study(study_name=options.name, storage=f"sqlite:///{db}")
+            importances = optuna.importance.get_param_importances(study)
+        except (RuntimeError, ValueError) as exc:
+            return {"importances": f"Parameter importances are not available: {exc}"}
+    doubts = sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)
+                     and not issubclass(w.category, optuna.exceptions.ExperimentalWarning)})
     if not importances:
-        return "Parameter importances are not available (fewer than two finished trials)."
+        return {"importances": "Parameter importances are not available (fewer than two finished trials)."}
     names, values = list(importances)[::-1], list(importances.values())[::-1]
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.4 * len(names))))
     ax.barh(names, values)
-    ax.set(xlabel="importance (fANOVA)", title="Parameter importances")
+    ax.set(xlabel="importance (PED-ANOVA)", title="Parameter importances")
     _save(fig, path)
-    return None
+    return {"importances": None, "importances_caveat": ("Optuna: " + " ".join(doubts)) if doubts else None}
 
 
 def _plot_pareto(path: Path, table: pd.DataFrame, selected: pd.Series, prefix: str) -> str | None:

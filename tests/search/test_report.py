@@ -1,0 +1,32 @@
+import types
+import warnings
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from cxr_tune.search import report
+
+
+@pytest.fixture
+def lopsided_study(tmp_path, monkeypatch):
+    """Four finished trials, one of them deep: ``filters_2`` has a single trial, which Optuna doubts."""
+    db = tmp_path / "study.db"
+    study = optuna.create_study(study_name="lopsided", storage=f"sqlite:///{db}", direction="maximize")
+    for i, depth in enumerate([2, 3, 2, 2]):
+        distributions = {"depth": IntDistribution(2, 3), "lr": FloatDistribution(1e-3, 1e-2)}
+        params = {"depth": depth, "lr": 1e-3 * (i + 1)}
+        if depth == 3:
+            distributions["filters_2"], params["filters_2"] = CategoricalDistribution([4, 8]), 4
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=0.5 + 0.1 * i))
+    monkeypatch.setattr(report, "study_path", lambda options: db)
+    return types.SimpleNamespace(name="lopsided")
+
+
+def test_optunas_doubts_about_importances_go_into_the_report_not_the_console(lopsided_study, tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning that escaped would raise here
+        notes = report.plot_importances(tmp_path / "importances.png", lopsided_study)
+    assert notes["importances"] is None and (tmp_path / "importances.png").stat().st_size > 0
+    assert "filters_2" in notes["importances_caveat"] and "may be inaccurate" in notes["importances_caveat"]
+    assert capsys.readouterr() == ("", "")
