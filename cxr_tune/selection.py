@@ -139,6 +139,18 @@ def best_epoch(history: pd.DataFrame) -> pd.Series:
     return ranked.iloc[0]
 
 
+def checkpoint_score(history: list[dict]) -> float:
+    """What Ray Train keeps a run's checkpoints by (it keeps the highest score and the latest).
+
+    The newest epoch's number when :func:`best_epoch` picks it over every earlier one, else 0, so
+    the checkpoint kept is always the one :func:`best_epoch` names. (Scoring by the objective
+    alone kept the later of two epochs with equal objectives, while the rule picks by AUC, and
+    export then fell back to another epoch's weights.)
+    """
+    newest = int(history[-1]["epoch"])
+    return float(newest) if int(best_epoch(pd.DataFrame(history))["epoch"]) == newest else 0.0
+
+
 def ranked_trials(table: pd.DataFrame, on: str | None = None) -> pd.DataFrame:
     """Trials that reported results, best first, with a boolean ``tied`` column (tied with the best).
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_tune.selection import best_epoch, choose_threshold, deciding_prefix, ensemble_members, objective_interval, ranked_trials, select_best
+from cxr_tune.selection import best_epoch, checkpoint_score, choose_threshold, deciding_prefix, ensemble_members, objective_interval, ranked_trials, select_best
 
 
 def trials(**columns) -> pd.DataFrame:
@@ -93,3 +93,30 @@ def test_a_run_selected_on_carved_validation_never_breaks_ties_on_the_external_s
     history = pd.DataFrame({"epoch": [1, 2], "objective": [0.9, 0.9], "val_objective": [0.9, 0.9], "ext_objective": [0.7, 0.8],
                             "val_auc": [0.99, 0.98], "val_loss": [0.1, 0.1], "ext_auc": [0.8, 0.95], "ext_loss": [0.5, 0.2]})
     assert int(best_epoch(history)["epoch"]) == 1  # the carved AUC breaks the tie, not the external one
+
+
+def _kept_by_train(scores: list[float]) -> int:
+    """The epoch whose checkpoint Ray Train keeps as its best (num_to_keep=1, highest score; of equal
+    scores the later report ranks higher)."""
+    return max(range(len(scores)), key=lambda i: (scores[i], i)) + 1
+
+
+def _history(objective, auc, loss) -> list[dict]:
+    return [{"epoch": e + 1, "objective": o, "val_auc": a, "val_loss": lo} for e, (o, a, lo) in enumerate(zip(objective, auc, loss))]
+
+
+def test_the_checkpoint_train_keeps_is_the_best_epoch_even_when_objectives_tie():
+    history = _history(objective=[0.80, 0.70, 0.80, 0.75], auc=[0.90, 0.85, 0.88, 0.95], loss=[0.4, 0.5, 0.3, 0.2])
+    scores = [checkpoint_score(history[: e + 1]) for e in range(len(history))]
+    assert int(best_epoch(pd.DataFrame(history))["epoch"]) == 1  # epoch 3 ties on the objective, epoch 1 has the higher AUC
+    assert _kept_by_train(scores) == 1
+    assert _kept_by_train([h["objective"] for h in history]) == 3  # what scoring by the objective kept
+
+
+def test_the_kept_checkpoint_follows_the_rule_on_any_history():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 9))
+        history = _history(objective=rng.choice([0.7, 0.8, 0.9], n), auc=rng.choice([0.8, 0.9, np.nan], n), loss=rng.choice([0.2, 0.3], n))
+        scores = [checkpoint_score(history[: e + 1]) for e in range(n)]
+        assert _kept_by_train(scores) == int(best_epoch(pd.DataFrame(history))["epoch"])

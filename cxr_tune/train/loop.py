@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxr_tune.selection import checkpoint_score
 from cxr_tune.train import checkpoints
 from cxr_tune.train.augment import augment_for
 from cxr_tune.train.hparams import HParams
@@ -225,6 +226,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "worker_images": ",".join(str(n) for _, n in workers),
         })
         history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        metrics["checkpoint_score"] = checkpoint_score(history)  # Train keeps the best epoch's checkpoint by it
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:

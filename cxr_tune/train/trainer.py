@@ -65,7 +65,7 @@ def make_trainer(
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
-            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="objective", checkpoint_score_order="max"),
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=3),
             callbacks=callbacks or [],
             logging_config=LoggingConfig(log_level="WARNING"),
