@@ -236,16 +236,19 @@ def test_a_resumed_time_budget_governs_the_resumed_run(synthetic_root, tmp_path)
         return run.returncode == 0 or "no trial has reported" in run.stderr
 
     first = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--trials", "8", "--concurrency", "1",
-                    "--max-epochs", "1", "--time-budget", "0.75", *common, timeout=900)
+                    "--max-epochs", "1", "--time-budget", "0.3", *common, timeout=900)
     assert ended(first), first.stdout[-3000:] + first.stderr[-3000:]
     started_first = suggested()
     assert 1 <= started_first < 8, first.stdout[-3000:]
 
-    second = run_cli("cxr_tune.search", "--resume", "--time-budget", "0.5", *common, timeout=900)
+    # Short budgets: a 1-epoch trial takes 7-12 s here, so the two cannot start all 8 trials (0.75 +
+    # 0.5 min once did, and then the run without a budget had nothing left to show).
+    second = run_cli("cxr_tune.search", "--resume", "--time-budget", "0.25", *common, timeout=900)
     assert ended(second), second.stdout[-3000:] + second.stderr[-3000:]
     started_second = suggested()
     assert started_second > started_first, second.stdout[-3000:]  # before: stopped again at once, no new trial
     assert started_second < 8, second.stdout[-3000:]  # this run's budget ended it
+    assert second.returncode != 0 or "The time budget of 0.25 min ended the search" in second.stdout
 
     third = run_cli("cxr_tune.search", "--resume", *common, timeout=900)  # no budget: to the end
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
