@@ -93,12 +93,6 @@ def _to_console(handler: logging.Handler) -> bool:
         or type(handler).__name__ == "PlainRayHandler"
 
 
-def is_terminal(stream: TextIO | None = None) -> bool:
-    """True when ``stream`` (default stdout) is an interactive terminal: progress bars and colours only then."""
-    stream = stream or sys.stdout
-    return bool(getattr(stream, "isatty", lambda: False)())
-
-
 def _quiet_optuna(verbose: bool) -> None:
     import optuna
 
