@@ -37,7 +37,8 @@ import torch
 
 from cxr_tune import storage
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.modelfile import Members, build_files, load_members, read_meta, serving_model, torch_scores, write_model_folder
+from cxr_tune.modelfile import Members, build_files, load_members, serving_model, torch_scores, write_model_folder
+from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.intensity import normalize_intensity
 
 MIN_IMAGES = 16
@@ -113,9 +114,9 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     from cxr_tune.predict import collect
     from cxr_tune.data.imaging import try_decode_gray
 
-    meta = read_meta(model)
+    meta = read_meta(storage.join(model, META_FILE))
     try:
-        members = load_members(model)
+        members = load_members(model, meta)
     except FileNotFoundError:
         raise UserError(f"'{model}' has no weights.safetensors; re-export it with this version (python -m cxr_tune.export) to adapt it") from None
     files = collect([images_dir])

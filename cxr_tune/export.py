@@ -141,6 +141,7 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
             "preprocess_version": PREPROCESS_VERSION,
             "function": "cxr_tune.data.imaging.decode_gray",
         },
+        "tta_views": tta,  # what adapt builds again
         "threshold": threshold,
         "deciding_set": "external" if deciding == "ext" else "carved",
         "threshold_rule": f"middle (logit scale) of the thresholds within {hp.threshold_tolerance:g} of the best {hp.criterion} on "
@@ -290,7 +291,9 @@ def _rescored(table: pd.DataFrame, experiment_dir: str, site: pd.DataFrame) -> p
     for index, row in table[table["epochs"] > 0].iterrows():
         state = load_state(checkpoint_for(row, experiment_dir))
         members = members_from_states([state])
-        images = cache.setdefault(members.image_size, _decode(site, members.image_size))
+        if members.image_size not in cache:
+            cache[members.image_size] = _decode(site, members.image_size)
+        images = cache[members.image_size]
         hp = members.hparams[0]
         metrics = evaluate_scores(site["label"].to_numpy(), torch_scores(serving_model(members), images), hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
         for key, value in metrics.items():

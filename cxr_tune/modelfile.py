@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cxr_tune import storage
+from cxr_tune.errors import UserError
 from cxr_tune.serving import META_FILE, MODEL_FILE, probabilities
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.model import PneumoniaCNN, ServingModel, build_model
@@ -171,25 +172,23 @@ def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], ext
         storage.remove_tree(tmp)
 
 
-def read_meta(folder: str) -> dict[str, Any]:
-    return json.loads(storage.read_text(storage.join(folder, META_FILE)))
-
-
-def load_members(folder: str) -> Members:
-    """The member networks of an export folder, from ``weights.safetensors`` and ``model.json``.
+def load_members(folder: str, meta: dict[str, Any]) -> Members:
+    """The member networks of an export folder, from ``weights.safetensors`` and its ``model.json``
+    (``meta``, as :func:`cxr_tune.serving.read_meta` read and checked it).
 
     Raises ``FileNotFoundError`` when the folder has no weights file (exports from before it existed).
     """
     from safetensors.torch import load
 
-    meta = read_meta(folder)
     path = storage.join(folder, WEIGHTS_FILE)
     if not storage.exists(path):
         raise FileNotFoundError(path)
     data = storage.read_bytes(path)
     expected = meta.get("files", {}).get(WEIGHTS_FILE)
     if expected and expected != _sha256(data):
-        raise ValueError(f"{path} does not match the hash in {META_FILE}; the folder mixes two exports")
+        raise UserError(f"'{path}' does not match the hash in {META_FILE}; the folder mixes two exports: export the model again")
+    if not isinstance(meta.get("members"), list) or not meta["members"]:
+        raise UserError(f"'{storage.join(folder, META_FILE)}' lists no members; export the model again")
     tensors = load(data)
     nets, hps = [], []
     for i, member in enumerate(meta["members"]):

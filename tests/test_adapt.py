@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr_tune.adapt import MIN_IMAGES, adapt_batchnorm
+from cxr_tune.adapt import MIN_IMAGES, adapt, adapt_batchnorm
 from cxr_tune.data.imaging import try_decode_gray
 from cxr_tune.errors import UserError
 from cxr_tune.export import Scored, write_export
 from cxr_tune.modelfile import Members, load_members, serving_model, torch_scores
+from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.model import build_model
@@ -135,7 +136,7 @@ def test_the_cli_writes_an_adapted_model_that_predict_loads(exported, tmp_path):
 
     # The weights file: only BatchNorm statistics moved, and to exactly what adapt_batchnorm gives
     # on the site's decodable images.
-    original, adapted = load_members(str(exported)), load_members(str(out))
+    original, adapted = (load_members(str(folder), read_meta(folder / META_FILE)) for folder in (exported, out))
     stats, rest = split_state(adapted.nets[0].state_dict())
     old_stats, old_rest = split_state(original.nets[0].state_dict())
     assert all(torch.equal(rest[k], old_rest[k]) for k in rest)
@@ -189,3 +190,23 @@ def test_the_default_site_threshold_is_the_mixtures_and_says_so(exported, tmp_pa
     if record["threshold_rule"] == "mixture":
         assert meta["threshold"] != record["unadapted_threshold"] and "mixture" in record["threshold_details"]["method"]
     assert json.loads((tmp_path / "out" / "model.json").read_text())["threshold"] == meta["threshold"]
+
+
+def test_an_export_with_test_time_views_keeps_them_when_adapted(tmp_path):
+    members = make_members((0,))
+    images = site_images(12, seed=5)
+    rows = pd.DataFrame({"content_hash": [f"h{i}" for i in range(12)], "path": [f"v{i}.png" for i in range(12)], "label": [0, 1] * 6})
+    info = {"data_description": "SYNTHETIC test", "synthetic": True, "data_root": str(tmp_path), "class_counts_train": [10, 30]}
+    write_export(members, str(tmp_path / "model"), ["trial_0"], [{"epoch": 0}], {"val": Scored(rows, images)}, "val", {}, info, None, tta=3)
+    site = write_site(tmp_path / "site", 10)
+    meta = adapt(str(tmp_path / "model"), str(site), str(tmp_path / "adapted"), threshold_rule="keep")
+    assert json.loads((tmp_path / "model" / "model.json").read_text())["tta_views"] == 3
+    assert meta["tta_views"] == 3 and "3 test-time views" in meta["output"]["meaning"]
+    adapted = load_members(str(tmp_path / "adapted"), meta)
+    files = sorted(p for p in site.rglob("*") if p.is_file())
+    decoded = np.stack([image for image, _ in (try_decode_gray(p, SIZE) for p in files) if image is not None])
+    predicted = run_cli("cxr_tune.predict", "--model", str(tmp_path / "adapted"), str(site), "--csv", str(tmp_path / "p.csv"), "--quiet")
+    assert predicted.returncode == 0, predicted.stderr
+    scores = pd.read_csv(tmp_path / "p.csv")["probability"].to_numpy()
+    assert np.allclose(scores, torch_scores(serving_model(adapted, 3), decoded), atol=1e-4)  # the ONNX file averages the 3 views
+    assert not np.allclose(scores, torch_scores(serving_model(adapted), decoded), atol=1e-4)
