@@ -11,27 +11,36 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 from ray.tune import Callback
 
 
 class ProgressPrinter(Callback):
-    """Prints ``[mm:ss] ...`` lines and keeps a tqdm bar of trial-epochs (ASHA's skipped epochs count as done)."""
+    """Prints ``[mm:ss] ...`` lines and keeps a tqdm bar of trial-epochs (ASHA's skipped epochs count as done).
 
-    def __init__(self, total_trials: int, max_epochs: int, criterion: str, deciding: str, *, verbose: bool = False,
-                 stream: TextIO | None = None) -> None:
+    Tune saves its callbacks with the experiment and a resumed search runs with the saved copy, so
+    what belongs to the running command (``verbose``, the clock) is not taken from that copy.
+    """
+
+    verbose: ClassVar[bool] = False  # set for each command by the runner, fresh or resumed
+
+    def __init__(self, total_trials: int, max_epochs: int, criterion: str, deciding: str, *, stream: TextIO | None = None) -> None:
         self.total = total_trials
         self.max_epochs = max_epochs
         self.criterion = criterion.replace("_", " ")
         self.prefix = "ext" if deciding == "external" else "val"
         self.deciding = deciding
-        self.verbose = verbose
         self.stream = stream or sys.stdout
-        self.started = time.monotonic()
         self.best: tuple[float, str] | None = None
         self.finished = 0
         self.epochs: dict[str, int] = {}
+        self._start_clock()
+
+    def _start_clock(self) -> None:
+        """This command's clock; the time-left estimate counts only the trial-epochs done since."""
+        self.started = time.monotonic()
+        self.done_before = sum(self.epochs.values())
         self._bar: Any = None
 
     @property
@@ -41,7 +50,7 @@ class ProgressPrinter(Callback):
         if self._bar is None:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total * self.max_epochs, unit="epoch", desc="Search", disable=None, leave=False,
+            self._bar = tqdm(total=self.total * self.max_epochs, initial=self.done_before, unit="epoch", desc="Search", disable=None, leave=False,
                              dynamic_ncols=True, file=self.stream,
                              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} trial-epochs [{elapsed}<{remaining}]")
         return self._bar
@@ -53,6 +62,7 @@ class ProgressPrinter(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.stream = self.stream or sys.stdout
+        self._start_clock()  # a monotonic reading from another process means nothing here
 
     def say(self, text: str) -> None:
         """One line on the console, above the bar."""
@@ -74,9 +84,9 @@ class ProgressPrinter(Callback):
     def _left(self) -> str:
         """Time left, from the trial-epochs done (or skipped by ASHA) so far; an estimate."""
         done, total, elapsed = sum(self.epochs.values()), self.total * self.max_epochs, time.monotonic() - self.started
-        if not done or done >= total:
+        if done <= self.done_before or done >= total:
             return ""
-        minutes = elapsed / done * (total - done) / 60
+        minutes = elapsed / (done - self.done_before) * (total - done) / 60
         return f", about {math.ceil(minutes)} min left" if minutes >= 1 else ", under a minute left"
 
     def _advance(self, trial_id: str, epoch: int) -> None:

@@ -323,7 +323,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         storage_path=storage.resolve(options.storage),
         callbacks=[
             JsonLoggerCallback(),
-            ProgressPrinter(plan.trials, plan.max_epochs, options.select, split.deciding_set(options.select_on), verbose=verbose),
+            ProgressPrinter(plan.trials, plan.max_epochs, options.select, split.deciding_set(options.select_on)),
             # Event logs need a local file; on object storage the rung rule in results.py applies.
             *([] if storage.is_uri(options.experiment_dir) else [TrialEventLog(str(Path(options.experiment_dir, EVENTS_FILE)), plan.max_epochs)]),
         ],
@@ -334,6 +334,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         verbose=0,
     )
     SessionBudget.minutes = options.time_budget_min  # this command's budget, fresh or resumed
+    ProgressPrinter.verbose = verbose  # this command's console, fresh or resumed
     if resume:
         return tune.Tuner.restore(options.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
 
