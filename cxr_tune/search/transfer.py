@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
+
+from cxr_tune.export import fmt
 
 PAIRS = (("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
 TABLE_COLUMNS = ["trial_id", "rank", "tied", "val_balanced_accuracy", "ext_balanced_accuracy", "ext_objective_low", "ext_objective_high",
@@ -86,7 +87,7 @@ def markdown(table: pd.DataFrame, plot: str | None, plot_note: str | None) -> li
         "its numbers chose things and are optimistic).",
         "",
         "Rank correlation (Spearman) of carved vs external over trials: "
-        + ", ".join(f"{label} {_fmt(correlations[metric], 2)}" for metric, label in PAIRS) + ".",
+        + ", ".join(f"{label} {fmt(correlations[metric], 2)}" for metric, label in PAIRS) + ".",
         "",
         f"Tie set ({len(tied)} trial(s) whose 95 % interval on {deciding} overlaps the best one's; the one with the highest AUC there "
         f"is selected): {', '.join(f'`{t}`' for t in tied) or 'none'}.",
@@ -95,8 +96,3 @@ def markdown(table: pd.DataFrame, plot: str | None, plot_note: str | None) -> li
     lines += [f"_{plot_note}_" if plot_note else f"![carved vs external]({plot})", ""]
     lines += [side_by_side(table).to_markdown(index=False, floatfmt=".4f"), ""]
     return lines
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
