@@ -31,14 +31,47 @@ ID_COLUMNS = ["trial_id", "status", "stop_reason", "epochs", "best_epoch", "run_
 
 
 def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFrame]]:
-    """Tune's trials and each trial's per-epoch results (from its ``result.json``)."""
+    """Tune's trials and each trial's per-epoch results (from its ``result.json``), completed from
+    its newest checkpoint where Tune missed an epoch (see :func:`with_checkpointed_epochs`)."""
     from ray.tune import ExperimentAnalysis
 
     try:
         analysis = ExperimentAnalysis(experiment_dir)
     except ValueError:
         raise UserError(f"'{experiment_dir}' holds no Tune experiment state yet (did the search start?)") from None
-    return analysis.trials, analysis.trial_dataframes
+    histories = analysis.trial_dataframes
+    for trial in analysis.trials:
+        reported = histories.get(trial.trial_id, pd.DataFrame())
+        histories[trial.trial_id] = with_checkpointed_epochs(reported, storage.join(experiment_dir, "train", str(trial.trial_id)))
+    return analysis.trials, histories
+
+
+def with_checkpointed_epochs(reported: pd.DataFrame, train_run: str) -> pd.DataFrame:
+    """``reported`` plus the epochs it lacks that the run's newest checkpoint recorded.
+
+    A node lost just after Ray Train registered an epoch's checkpoint, before that epoch's report
+    reached Tune, leaves a gap: the restarted trial resumes after the checkpointed epoch and never
+    reports it again. Each checkpoint's state holds the run's metric history, so nothing is lost;
+    recovered rows carry ``recovered_from_checkpoint``. A trial with no gap costs no reading.
+    """
+    epochs = set(reported["epoch"].dropna().astype(int)) if "epoch" in reported else set()
+    if epochs and epochs == set(range(1, max(epochs) + 1)):
+        return reported
+    newest = _newest_checkpoint_history(train_run)
+    missing = [row for row in newest if int(row["epoch"]) not in epochs]
+    if not missing:
+        return reported
+    recovered = pd.DataFrame(missing).assign(recovered_from_checkpoint=True)
+    merged = pd.concat([reported, recovered], ignore_index=True) if not reported.empty else recovered
+    return merged.sort_values("epoch", kind="stable").reset_index(drop=True)
+
+
+def _newest_checkpoint_history(train_run: str) -> list[dict[str, Any]]:
+    """The metric history in the run's checkpoint of the latest epoch (empty without one)."""
+    from cxr_tune.train.checkpoints import STATE, load_state
+
+    states = [load_state(p) for p in storage.glob(train_run, "checkpoint_*") if storage.exists(storage.join(p, STATE))]
+    return max(states, key=lambda state: state["epoch"])["history"] if states else []
 
 
 def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...] = ()) -> pd.DataFrame:

@@ -225,7 +225,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "worker_nodes": ",".join(node for node, _ in workers),
             "worker_images": ",".join(str(n) for _, n in workers),
         })
-        history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
         metrics["checkpoint_score"] = checkpoint_score(history)  # Train keeps the best epoch's checkpoint by it
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None

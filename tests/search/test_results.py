@@ -1,13 +1,52 @@
-"""The Pareto front of trials (selection itself is tested in tests/test_selection.py)."""
+"""The Pareto front of trials and each trial's per-epoch history (selection itself is tested in
+tests/test_selection.py)."""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-from cxr_tune.search.results import pareto_front
+import numpy as np
+import pandas as pd
+
+from cxr_tune.search.results import pareto_front, with_checkpointed_epochs
+from cxr_tune.train.checkpoints import save_state
 
 
 def test_pareto_front_keeps_only_undominated_points():
     sensitivity = np.array([0.99, 0.95, 0.90, 0.94])
     specificity = np.array([0.80, 0.90, 0.95, 0.85])
     assert pareto_front(sensitivity, specificity).tolist() == [True, True, True, False]
+
+
+def _checkpoint(folder: Path, history: list[dict]) -> None:
+    folder.mkdir(parents=True)
+    save_state(str(folder), {"epoch": int(history[-1]["epoch"]) - 1, "history": history}, {})
+
+
+def test_an_epoch_tune_never_received_is_taken_from_the_newest_checkpoint(tmp_path):
+    # A node lost after Train registered epoch 2's checkpoint, before its report reached Tune:
+    # the restarted trial resumed at epoch 3.
+    history = [{"epoch": e, "objective": 0.5 + e / 10, "worker_nodes": f"n{e},m{e}"} for e in (1, 2, 3, 4)]
+    _checkpoint(tmp_path / "checkpoint_a", history[:2])  # the best-epoch copy Train kept
+    _checkpoint(tmp_path / "checkpoint_b", history)  # the latest
+    reported = pd.DataFrame([{**row, "checkpoint_path": f"c{row['epoch']}"} for row in history if row["epoch"] != 2])
+
+    merged = with_checkpointed_epochs(reported, str(tmp_path))
+
+    assert merged["epoch"].tolist() == [1, 2, 3, 4]
+    assert merged.loc[1, "objective"] == history[1]["objective"] and merged.loc[1, "worker_nodes"] == "n2,m2"
+    assert merged["recovered_from_checkpoint"].fillna(False).tolist() == [False, True, False, False]
+    assert merged.loc[0, "checkpoint_path"] == "c1"
+
+
+def test_a_history_without_gaps_is_returned_as_reported_without_reading_checkpoints(tmp_path):
+    reported = pd.DataFrame({"epoch": [1, 2, 3], "objective": [0.6, 0.7, 0.8]})
+    (tmp_path / "checkpoint_x").mkdir()
+    (tmp_path / "checkpoint_x" / "state.pt").write_bytes(b"not a checkpoint")  # would fail if read
+    assert with_checkpointed_epochs(reported, str(tmp_path)) is reported
+
+
+def test_a_trial_that_reported_nothing_gets_its_checkpointed_epochs_and_one_without_any_stays_empty(tmp_path):
+    _checkpoint(tmp_path / "run" / "checkpoint_a", [{"epoch": 1, "objective": 0.7}])
+    assert with_checkpointed_epochs(pd.DataFrame(), str(tmp_path / "run"))["epoch"].tolist() == [1]
+    assert with_checkpointed_epochs(pd.DataFrame(), str(tmp_path / "none")).empty
