@@ -42,11 +42,11 @@ def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFr
     histories = analysis.trial_dataframes
     for trial in analysis.trials:
         reported = histories.get(trial.trial_id, pd.DataFrame())
-        histories[trial.trial_id] = with_checkpointed_epochs(reported, storage.join(experiment_dir, "train", str(trial.trial_id)))
+        histories[trial.trial_id] = with_checkpointed_epochs(reported, train_run(experiment_dir, trial.trial_id))
     return analysis.trials, histories
 
 
-def with_checkpointed_epochs(reported: pd.DataFrame, train_run: str) -> pd.DataFrame:
+def with_checkpointed_epochs(reported: pd.DataFrame, run: str) -> pd.DataFrame:
     """``reported`` plus the epochs it lacks that the run's newest checkpoint recorded.
 
     A node lost just after Ray Train registered an epoch's checkpoint, before that epoch's report
@@ -57,7 +57,7 @@ def with_checkpointed_epochs(reported: pd.DataFrame, train_run: str) -> pd.DataF
     epochs = set(reported["epoch"].dropna().astype(int)) if "epoch" in reported else set()
     if epochs and epochs == set(range(1, max(epochs) + 1)):
         return reported
-    newest = _newest_checkpoint_history(train_run)
+    newest = _newest_checkpoint_history(run)
     missing = [row for row in newest if int(row["epoch"]) not in epochs]
     if not missing:
         return reported
@@ -66,11 +66,27 @@ def with_checkpointed_epochs(reported: pd.DataFrame, train_run: str) -> pd.DataF
     return merged.sort_values("epoch", kind="stable").reset_index(drop=True)
 
 
-def _newest_checkpoint_history(train_run: str) -> list[dict[str, Any]]:
-    """The metric history in the run's checkpoint of the latest epoch (empty without one)."""
-    from cxr_tune.train.checkpoints import STATE, load_state
+def train_run(experiment_dir: str, trial_id: str) -> str:
+    """Where a trial's Ray Train run (its checkpoints) lives."""
+    return storage.join(experiment_dir, "train", str(trial_id))
 
-    states = [load_state(p) for p in storage.glob(train_run, "checkpoint_*") if storage.exists(storage.join(p, STATE))]
+
+def saved_checkpoints(run: str) -> list[str]:
+    """The run's checkpoint folders that hold a saved state.
+
+    Ray Train keeps each checkpoint as a ``checkpoint_<time>`` folder next to its own bookkeeping
+    files, so only folders holding a state count.
+    """
+    from cxr_tune.train.checkpoints import STATE
+
+    return [p for p in storage.glob(run, "checkpoint_*") if storage.exists(storage.join(p, STATE))]
+
+
+def _newest_checkpoint_history(run: str) -> list[dict[str, Any]]:
+    """The metric history in the run's checkpoint of the latest epoch (empty without one)."""
+    from cxr_tune.train.checkpoints import load_state
+
+    states = [load_state(folder) for folder in saved_checkpoints(run)]
     return max(states, key=lambda state: state["epoch"])["history"] if states else []
 
 
@@ -128,20 +144,16 @@ def pareto_front(sensitivity: np.ndarray, specificity: np.ndarray) -> np.ndarray
 
 
 def checkpoint_for(row: pd.Series, experiment_dir: str) -> str:
-    """The trial's checkpoint from its best epoch; its newest checkpoint if that one is gone.
-
-    Ray Train keeps each trial's checkpoints as ``checkpoint_<time>`` folders next to its own
-    bookkeeping files, so only folders holding a saved state count.
-    """
+    """The trial's checkpoint from its best epoch; its newest checkpoint if that one is gone."""
     from cxr_tune.train.checkpoints import STATE, load_state
 
     path = row.get("checkpoint_path")
     if isinstance(path, str) and storage.exists(storage.join(path, STATE)):
         return path
-    runs = storage.join(experiment_dir, "train", str(row["trial_id"]))
-    found = [p for p in storage.glob(runs, "checkpoint_*") if storage.exists(storage.join(p, STATE))]
+    run = train_run(experiment_dir, row["trial_id"])
+    found = saved_checkpoints(run)
     if not found:
-        raise UserError(f"trial {row['trial_id']} has no checkpoint under {runs}")
+        raise UserError(f"trial {row['trial_id']} has no checkpoint under {run}")
     wanted = row.get("best_epoch")
     if isinstance(wanted, (int, float, np.integer, np.floating)) and not math.isnan(wanted):
         for folder in found:
