@@ -36,7 +36,7 @@ from cxr_tune.errors import UserError
 from cxr_tune.search.budget import ResumableTrials, SessionBudget, TrialsCatchUp
 from cxr_tune.search.space import Space, SpaceSampler, load_space
 from cxr_tune.search.study import STUDY_FILE, StudySearch, copy_study, local_cache_dir, prepare_study, study_path
-from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings, run_trial, trial_hparams
+from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings, run_trial
 from cxr_tune.train.trainer import Resources
 
 EXPERIMENT_FILE = "experiment.json"
