@@ -328,7 +328,7 @@ def test_a_trial_spans_nodes_survives_losing_one_and_resumes_from_its_checkpoint
     victim = cluster.nodes[1]  # a worker node: with a CPU-less head, every trial worker is on one
     cluster.kill_node(victim)
     cluster.add_worker(1)  # the replacement an autoscaler would launch
-    assert search.finish(timeout=600, explain=lambda: _state_of(cluster, tmp_path / "fault")) == 0, search.text()[-5000:]
+    assert search.finish(timeout=540, explain=lambda: _state_of(cluster, tmp_path / "fault")) == 0, search.text()[-5000:]
     table = pd.read_csv(tmp_path / "fault" / "trials.csv")
     assert len(table) == 1 and set(table["status"]) == {"TERMINATED"}
     # Every epoch once, before and after the loss: an epoch whose report the lost node took with it
