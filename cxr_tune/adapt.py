@@ -19,8 +19,11 @@ no weight changes, nothing else.
 Measured on this project's external validation sample (labels used only to score; see
 ``results/real/README.md``), ``mixture`` helped and ``prior-shift`` did not.
 
-Writes a new model folder (:mod:`cxr_tune.modelfile`): ONNX, safetensors weights and
-``model.json`` saying what was adapted, on how many images. Labels are never read: files under
+Writes a new model folder (:mod:`cxr_tune.modelfile`): ONNX, safetensors weights,
+``model.json`` saying what was adapted, on how many images, and ``MODEL_CARD.md``
+(:mod:`cxr_tune.modelcard`). The unadapted model's measurements and operating points move under
+``before_adaptation``: only the site's threshold (``balanced``) carries over, and a calibration
+map stays in the graph as it was fitted. Labels are never read: files under
 NORMAL/PNEUMONIA folders are used as unlabelled images.
 """
 
@@ -36,8 +39,10 @@ import numpy as np
 import torch
 
 from cxr_tune import storage
+from cxr_tune.calibration import Calibration
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.modelfile import Members, build_files, load_members, serving_model, torch_scores, write_model_folder
+from cxr_tune.modelcard import CARD_FILE, model_card
+from cxr_tune.modelfile import Members, build_files, json_safe, load_members, serving_model, torch_scores, write_model_folder
 from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.intensity import normalize_intensity
 
@@ -88,25 +93,44 @@ def effective_prior(n_normal: int, n_pneumonia: int, class_weighting: str | floa
     return prior * weight / (prior * weight + 1 - prior)
 
 
-def mixture_threshold(scores: np.ndarray, min_weight: float = 0.05) -> tuple[float, dict[str, Any]] | None:
-    """Where the two weighted components of a Gaussian mixture of the scores' logits cross, or None
-    when the scores do not hold two groups (a component under ``min_weight`` of the images)."""
-    from scipy.stats import norm
+def mixture_threshold(scores: np.ndarray, min_weight: float = 0.05) -> tuple[float | None, dict[str, Any]]:
+    """Where the two weighted components of a Gaussian mixture of the scores' logits cross, with the
+    mixture's details; ``(None, details)`` with ``details["fallback"]`` saying why when there is no
+    such threshold: one Gaussian fits the logits as well as two (by BIC) or a component holds under
+    ``min_weight`` of the images (no two groups), or the
+    weighted components never cross between their means (one swamps the other there, and the
+    grid's first point would be a component's mean, not a boundary)."""
     from sklearn.mixture import GaussianMixture
 
     logits = np.log(np.clip(scores, 1e-6, 1 - 1e-6) / (1 - np.clip(scores, 1e-6, 1 - 1e-6))).reshape(-1, 1)
     mixture = GaussianMixture(2, n_init=5, random_state=0).fit(logits)
+    single = GaussianMixture(1, random_state=0).fit(logits)
     means, sds, weights = mixture.means_.ravel(), np.sqrt(mixture.covariances_.ravel()), mixture.weights_
     low, high = np.argsort(means)
-    if weights.min() < min_weight:
-        return None
-    grid = np.linspace(means[low], means[high], 4001)
-    above = weights[high] * norm.pdf(grid, means[high], sds[high]) >= weights[low] * norm.pdf(grid, means[low], sds[low])
-    crossing = float(grid[np.argmax(above)])
     details = {"method": "two-component Gaussian mixture of the adapted model's logits on the site's images; threshold where the weighted components cross",
                "pneumonia_like_share": float(weights[high]), "logit_means": [float(means[low]), float(means[high])],
-               "logit_sds": [float(sds[low]), float(sds[high])]}
+               "logit_sds": [float(sds[low]), float(sds[high])], "bic_one_group": float(single.bic(logits)), "bic_two_groups": float(mixture.bic(logits))}
+    if details["bic_one_group"] <= details["bic_two_groups"]:
+        return None, {**details, "fallback": "the scores hold no two groups (one Gaussian describes them as well as two, by BIC)"}
+    if weights.min() < min_weight:
+        return None, {**details, "fallback": f"the scores hold no two groups (the smaller mixture component has {weights.min():.1%} of the images)"}
+    crossing = crossing_logit(means, sds, weights)
+    if crossing is None:
+        return None, {**details, "fallback": "the two weighted mixture components never cross between their means (one is above the other all the way)"}
     return float(1 / (1 + np.exp(-crossing))), details
+
+
+def crossing_logit(means: np.ndarray, sds: np.ndarray, weights: np.ndarray) -> float | None:
+    """The logit between the two components' means where the higher-mean (PNEUMONIA-like) weighted
+    density takes over from the other, or None when it never does there (one swamps the other)."""
+    from scipy.stats import norm
+
+    low, high = np.argsort(means)
+    grid = np.linspace(means[low], means[high], 4001)
+    above = weights[high] * norm.pdf(grid, means[high], sds[high]) >= weights[low] * norm.pdf(grid, means[low], sds[low])
+    if above[0] or not above[-1]:
+        return None
+    return float(grid[np.argmax(above)])  # the first grid point where the PNEUMONIA-like component takes over
 
 
 def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixture") -> dict[str, Any]:
@@ -127,34 +151,42 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     tta = int(meta.get("tta_views", 1))
     adapted = adapt_batchnorm(members, images)
     kept = float(meta["threshold"])
-    threshold, how = site_threshold(threshold_rule, torch_scores(serving_model(adapted, tta), images), meta)
+    # A calibration map in the graph stays (the thresholds are on its scale); it was fitted before
+    # adaptation, and nothing here can re-measure it without labels.
+    calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration", {}).get("method", "none") != "none" else None
+    threshold, how = site_threshold(threshold_rule, torch_scores(serving_model(adapted, tta, calibration=calibration), images), meta)
     record: dict[str, Any] = {
         "method": "AdaBN (Li et al. 2016): BatchNorm running statistics re-estimated on unlabelled site images; weights unchanged",
         "images": int(len(images)),
         "skipped_files": int(skipped),
         "source": storage.resolve(images_dir),
         "from_model": storage.resolve(model),
-        "threshold_rule": threshold_rule if how else "keep",
+        "threshold_rule": threshold_rule if how and not how.get("kept") else "keep",
         "threshold": f"{threshold:.4f}, " + (how["summary"] if how else "kept from the unadapted model"),
+        "threshold_fallback": (how or {}).get("fallback", ""),
         "threshold_details": how or {},
         "unadapted_threshold": kept,
         "adapted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    files_out = build_files(adapted, tta, check_images=images[:64])
-    new_meta = {key: value for key, value in meta.items() if key not in ("validation", "external", "test", "files")}
+    files_out = build_files(adapted, tta, check_images=images[:64], calibration=calibration)
+    # Measured sets and operating points belong to the unadapted model; only ``balanced`` (the site's threshold) carries over.
+    moved = ("validation", "external", "test", "threshold", "threshold_rule", "operating_points")
+    new_meta = {key: value for key, value in meta.items() if key not in (*moved, "files")}
     new_meta.update({"threshold": threshold, "threshold_rule": record["threshold"], "adaptation": record,
-                     "before_adaptation": {key: meta[key] for key in ("validation", "external", "test", "threshold", "threshold_rule") if key in meta}})
-    write_model_folder(storage.resolve(out), files_out, new_meta)
+                     "before_adaptation": {key: meta[key] for key in moved if key in meta}})
+    if calibration is not None:
+        new_meta["calibration"] = {**meta["calibration"], "note": "fitted before adaptation; not measured on the site (adaptation reads no labels)"}
+    write_model_folder(storage.resolve(out), files_out, new_meta, {CARD_FILE: model_card(json_safe(new_meta)).encode()})
     return new_meta
 
 
 def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     """The threshold ``rule`` gives on the site's unlabelled ``scores``, and how (None: the model's own was kept)."""
     if rule == "mixture":
-        found = mixture_threshold(scores)
-        if found is not None:
-            threshold, details = found
+        threshold, details = mixture_threshold(scores)
+        if threshold is not None:
             return threshold, {**details, "summary": f"where a two-group mixture of the site's scores crosses (PNEUMONIA-like share {details['pneumonia_like_share']:.2f})"}
+        return float(meta["threshold"]), {**details, "summary": f"kept from the unadapted model: {details['fallback']}", "kept": True}
     if rule == "prior-shift":
         counts = meta.get("train_class_counts")
         if not counts:
@@ -190,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Adapted {args.model} to {record['images']} image(s) from {args.images} (AdaBN; {record['skipped_files']} unreadable file(s) skipped).")
     print(f"  threshold {record['threshold']} (unadapted: {record['unadapted_threshold']:.4f})")
     if args.threshold_rule != record["threshold_rule"]:
-        print(f"  the site's scores do not fall into two groups, so the {args.threshold_rule} threshold could not be found; the model's own is kept")
+        print(f"  no {args.threshold_rule} threshold: {record['threshold_fallback'] or 'none found'}; the model's own is kept")
     print(f"Written: {args.out}")
     return 0
 

@@ -1,4 +1,4 @@
-"""``python -m cxr_tune.export EXPERIMENT [--trial ID] [--ensemble K] [--val-data PATH] [--tta N]``.
+"""``python -m cxr_tune.export EXPERIMENT [--trial ID] [--ensemble K] [--val-data PATH] [--tta N] [--calibrate METHOD]``.
 
 Exports the selected trial of a search (or any trial, or the K best as one averaging model) as a
 pickle-free model folder (:mod:`cxr_tune.modelfile`): ``model.onnx``, ``weights.safetensors`` and
@@ -12,6 +12,13 @@ Which trials, which threshold: :mod:`cxr_tune.selection`, on the experiment's de
 ``--val-data PATH`` a labelled folder from the target site decides instead: every candidate
 trial's best checkpoint is scored on it, and the ranking, ensemble members and threshold follow
 those scores.
+
+For a clinician to check, every labelled set also gets its calibration (ECE and Brier
+score with intervals, :mod:`cxr_tune.calibration`; ``reliability.png``), its rates at a few named
+operating points chosen on the deciding set (:mod:`cxr_tune.operating_points`) and, where the file
+names carry them, per subgroup (:mod:`cxr_tune.subgroups`); ``MODEL_CARD.md``
+(:mod:`cxr_tune.modelcard`) says all of it from ``model.json``. ``--calibrate platt|temperature``
+builds a calibration map fitted on the deciding set into the graph.
 """
 
 from __future__ import annotations
@@ -27,15 +34,28 @@ import pandas as pd
 
 from cxr_tune import __version__, storage
 from cxr_tune.cliargs import int_between, positive_int
+from cxr_tune.calibration import METHODS as CALIBRATION_METHODS
+from cxr_tune.calibration import Calibration, calibration_metrics, plot_reliability
+from cxr_tune.calibration import fit as fit_calibration
 from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.modelfile import TTA_VIEWS, Members, build_files, check_scores, members_from_states, serving_model, torch_scores, write_model_folder
-from cxr_tune.selection import choose_threshold, ensemble_members, ranked_trials
+from cxr_tune.modelcard import CARD_FILE, model_card
+from cxr_tune.modelfile import (TTA_VIEWS, Members, build_files, check_scores, json_safe, load_members, members_from_states, serving_model,
+                                 torch_scores, write_model_folder)
+from cxr_tune.experiment import Experiment
+from cxr_tune.formatting import fmt, metric_line
+from cxr_tune.operating_points import choose_points
+from cxr_tune.selection import choose_threshold, ensemble_members, prefix_of, ranked_trials
+from cxr_tune.serving import META_FILE, read_meta
+from cxr_tune.subgroups import subgroup_rates
 from cxr_tune.train.checkpoints import has_predictions, load_predictions, load_state
 from cxr_tune.train.metrics import evaluate_scores, rates_at
 
 CI_METRICS = ("sensitivity", "specificity", "balanced_accuracy", "auc", "accuracy")
+RELIABILITY_FILE = "reliability.png"
+TIE_RULE = ("Trials whose 95 % bootstrap interval of the objective overlaps the best trial's are tied with it; the tied trial with the "
+            "highest AUC on the deciding set wins, then the lowest log loss.")
 SELECTION_NOTE = ("selection-set numbers: these images chose the epoch, the trials and the threshold, so they are optimistic; "
                   "the honest score is on images no choice saw")
 
@@ -62,31 +82,34 @@ def export_trial(
     val_data: str | None = None,
     tta: int = 1,
 ) -> dict[str, Any]:
-    """Export the selected trial(s) of an experiment (or ``trial_id``); returns ``model.json``'s content."""
-    from cxr_tune.search.finish import load_trials
-    from cxr_tune.search.results import checkpoint_for
-    from cxr_tune.search.runner import experiment_info, experiment_space, load_options
+    """Export the selected trial(s) of an experiment (or ``trial_id``); returns ``model.json``'s content.
 
-    options = load_options(experiment_dir)
-    info = experiment_info(experiment_dir)
-    cache_dir = options.data.resolved_cache_dir
-    splits = storage.read_csv(storage.join(experiment_dir, "splits.csv"))
-    table = load_trials(experiment_dir)
+    Every choice (trials, epochs, ensemble members, threshold) is made on the experiment's
+    recorded deciding set, or on ``val_data`` when given; under a carved deciding set no external
+    label takes part in any of them.
+    """
+    experiment = Experiment(experiment_dir)
+    splits, cache_dir = experiment.splits, experiment.cache_dir
     site = _external_folder(val_data, splits, cache_dir) if val_data else None
-    if trial_id is not None:
+    deciding = "external" if site is not None else experiment.deciding_set
+    table = experiment.trials(ranked=False)
+    final_fit = trial_id is None and ensemble is None and site is None and experiment.final_fit_complete()
+    if final_fit:  # the final-fit stage's runs, at their last epochs (see cxr_tune.search.finalfit)
+        rows = pd.DataFrame([{"trial_id": run.name, "checkpoint_path": path} for run, path in experiment.final_fit_checkpoints()])
+    elif trial_id is not None:
         rows = table[table["trial_id"] == trial_id]
         if rows.empty:
-            raise UserError(f"no trial {trial_id!r} in {experiment_dir}; trials: {', '.join(table['trial_id'])}")
+            raise UserError(f"no trial {trial_id!r} in {experiment.path}; trials: {', '.join(table['trial_id'])}")
     else:
         if site is not None:
-            table = _rescored(table, experiment_dir, site)
+            table = _rescored(table, experiment, site)
         try:
-            ranked = ranked_trials(table)
+            ranked = ranked_trials(table, deciding)
         except ValueError as exc:
-            raise UserError(f"{experiment_dir}: {exc}") from None
-        k = ensemble or experiment_space(experiment_dir).settings.ensemble
+            raise UserError(f"{experiment.path}: {exc}") from None
+        k = ensemble or experiment.space().settings.ensemble
         rows = ensemble_members(ranked, k)
-    checkpoints = [checkpoint_for(row, experiment_dir) for _, row in rows.iterrows()]
+    checkpoints = [experiment.checkpoint_for(row) for _, row in rows.iterrows()]
     states = [load_state(path) for path in checkpoints]
     members = members_from_states(states)
     if len({hp.image_size for hp in members.hparams}) != 1:
@@ -97,25 +120,30 @@ def export_trial(
         sets["ext"] = Scored(site, _decode(site, size))
     elif (splits["role"] == "external").any():
         sets["ext"] = _role_images(splits, "external", size, cache_dir)
-    if info.get("has_test"):
+    if experiment.has_test:
         sets["test"] = _role_images(splits, "test", size, cache_dir)
-    # The deciding set: the one the search selected on, unless a site folder was given here.
-    deciding = "ext" if site is not None or ("ext" in sets and all(s.get("deciding_set") == "ext" for s in states)) else "val"
     # The scores the search itself saw (stored with each checkpoint) choose the threshold, so a
     # single trial keeps the threshold it reported; new images or new views are scored afresh.
     stored = {prefix: _stored_scores(checkpoints, prefix, sets[prefix]) for prefix in ("val", "ext") if prefix in sets and site is None and tta == 1}
-    target = out or storage.join(experiment_dir, "best" if trial_id is None else f"exports/{trial_id}")
-    source = val_data or (info.get("external") or None)
-    return write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, deciding, stored, info, source, tta)
+    target = out or experiment.file("best" if trial_id is None else f"exports/{trial_id}")
+    source = val_data or (experiment.external or None)
+    return write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, prefix_of(deciding), stored,
+                        experiment.info, source, tta)
 
 
 def write_export(members: Members, target: str, trial_ids: list[str], states: list[dict[str, Any]], sets: dict[str, Scored], deciding: str,
-                 stored: dict[str, np.ndarray | None], info: dict[str, Any], external_source: str | None, tta: int = 1) -> dict[str, Any]:
+                 stored: dict[str, np.ndarray | None], info: dict[str, Any], external_source: str | None, tta: int = 1, *,
+                 calibrate: str = "none") -> dict[str, Any]:
     """Choose the threshold on the deciding set, measure every set with the ONNX file, write the folder.
 
     ``sets``: ``val`` (carved), optionally ``ext`` (external) and ``test``. ``stored``: per set, the
     members' mean scores stored with their checkpoints (None where there are none); the ONNX
-    scores must match them.
+    scores must match them. The operating points are chosen on the deciding set too
+    (:mod:`cxr_tune.operating_points`). ``calibrate``: ``none``, or ``platt`` / ``temperature``
+    to fit that map on the deciding set's scores and build it into the graph
+    (:mod:`cxr_tune.calibration`); the thresholds are then re-expressed on the calibrated scale,
+    so every decision stays the same. Writes ``MODEL_CARD.md`` and ``reliability.png`` beside
+    ``model.json``.
     """
     hp = members.hparams[0]  # the selected trial: its threshold rule applies to an ensemble too
     files = build_files(members, tta, check_images=sets["val"].images)
@@ -126,13 +154,27 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
     decide = stored.get(deciding)
     decide = scores[deciding] if decide is None else decide
     threshold = choose_threshold(sets[deciding].labels, decide, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
+    points = choose_points(sets[deciding].labels, decide, threshold)
+    deciding_name = "external" if deciding == "ext" else "carved"
+    uncalibrated, calibration = scores, _fit_calibration(calibrate, sets[deciding].labels, decide, deciding)
+    calibration_record: dict[str, Any] = {"method": "none"}
+    if calibration is not None:  # the same networks with the map in the graph, every threshold re-expressed on its scale
+        calibration_record = {**calibration.to_dict(), "fitted_on": deciding_name, "threshold_uncalibrated": threshold,
+                              "operating_points_uncalibrated": {name: point["threshold"] for name, point in points.items()}}
+        threshold = float(calibration.apply(threshold))
+        points = {name: {**point, "threshold": float(calibration.apply(point["threshold"]))} for name, point in points.items()}
+        files = build_files(members, tta, check_images=sets["val"].images, calibration=calibration)
+        scores = {prefix: files.scores(scored.images) for prefix, scored in sets.items()}
+        for prefix in sets:
+            _check_same_decisions(uncalibrated[prefix], scores[prefix], calibration_record["threshold_uncalibrated"], threshold, prefix)
     meta: dict[str, Any] = {
         "format": "onnx",
         "model_file": "model.onnx",
         "weights_file": "weights.safetensors",
         "input": {"name": "image", "dtype": "uint8", "shape": ["batch", 1, hp.image_size, hp.image_size]},
         "output": {"name": "probability", "meaning": "probability of PNEUMONIA" + (f" (mean of {len(members.nets)} models)" if len(members.nets) > 1 else "")
-                   + (f" (mean over {tta} test-time views)" if tta > 1 else "")},
+                   + (f" (mean over {tta} test-time views)" if tta > 1 else "")
+                   + (f" ({calibration.method}-calibrated on the deciding set, {'external' if deciding == 'ext' else 'carved'} validation)" if calibration is not None else "")},
         "preprocessing": {
             "image_size": hp.image_size,
             "grayscale": "8-bit (16-bit images min-max scaled; RGB/CMYK/palette converted; alpha over black)",
@@ -143,18 +185,23 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
         },
         "tta_views": tta,  # what adapt builds again
         "threshold": threshold,
-        "deciding_set": "external" if deciding == "ext" else "carved",
+        "deciding_set": deciding_name,
         "threshold_rule": f"middle (logit scale) of the thresholds within {hp.threshold_tolerance:g} of the best {hp.criterion} on "
         + ("the external validation set" if deciding == "ext" else "validation carved from train")
-        + (f", sensitivity >= {hp.min_sensitivity:g}" if hp.min_sensitivity else ""),
+        + (f", sensitivity >= {hp.min_sensitivity:g}" if hp.min_sensitivity else "")
+        + (f"; re-expressed on the calibrated scale ({calibration_record['threshold_uncalibrated']:.4f} before)" if calibration is not None else ""),
+        "operating_points": points,
+        "calibration": calibration_record,
         "hparams": hp.to_dict(),
         "trial_id": trial_ids[0],
         "epoch": int(states[0]["epoch"]) + 1,
         "members": [{"trial_id": trial, "epoch": int(state["epoch"]) + 1, "hparams": h.to_dict()}
                     for trial, state, h in zip(trial_ids, states, members.hparams, strict=True)],
-        "validation": {**set_metrics(sets["val"].labels, scores["val"], threshold, hp), "what": "validation carved from the training folder by patient"},
+        "validation": {**set_metrics(sets["val"].labels, scores["val"], threshold, hp), "what": "validation carved from the training folder by patient",
+                       "selection_set": deciding == "val", **({"note": SELECTION_NOTE} if deciding == "val" else {})},
         "data": {"description": info["data_description"], "synthetic": info["synthetic"], "root": info["data_root"]},
         "train_class_counts": info.get("class_counts_train"),  # NORMAL, PNEUMONIA: the prior the probabilities were trained under
+        "search": _search_record(info, hp),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cxr_tune_version": __version__,
     }
@@ -163,16 +210,24 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
                             "source": external_source, "note": SELECTION_NOTE if deciding == "ext" else "scored for comparison only; it chose nothing"}
     if "test" in sets and len(sets["test"].rows):
         meta["test"] = held_out_metrics(sets["test"].labels, scores["test"], threshold)
-    names = {"val": "val", "ext": "external", "test": "test"}
-    extra = {f"{names[prefix]}_predictions.csv": _predictions(sets[prefix], scores[prefix], threshold).to_csv(index=False).encode() for prefix in sets}
+    names = {"val": "validation", "ext": "external", "test": "test"}
+    for prefix in sets:
+        if names[prefix] in meta:
+            meta[names[prefix]].update(clinical_metrics(sets[prefix], scores[prefix], threshold, points,
+                                                        uncalibrated[prefix] if calibration is not None else None))
+    files_out = {"val": "val", "ext": "external", "test": "test"}
+    extra = {f"{files_out[prefix]}_predictions.csv": _predictions(sets[prefix], scores[prefix], threshold).to_csv(index=False).encode() for prefix in sets}
+    extra[CARD_FILE] = model_card(json_safe(meta)).encode()
+    extra[RELIABILITY_FILE] = _reliability_png(meta)
     write_model_folder(target, files, meta, extra)
     return meta
 
 
 def set_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float, hp: Any) -> dict[str, Any]:
-    """Metrics of one set at the stored threshold (as predict will use it); NaN where undefined."""
+    """Metrics of one set at the stored threshold (as predict will use it), with 95 % bootstrap
+    intervals (``ci95``); NaN where undefined."""
     return {**evaluate_scores(labels, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance), **rates_at(labels, scores, threshold),
-            "threshold": threshold, "n": int(len(labels))}
+            "threshold": threshold, "n": int(len(labels)), "ci95": bootstrap_intervals(labels, scores, threshold)}
 
 
 def held_out_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -184,6 +239,25 @@ def held_out_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -
     metrics["n"] = int(len(labels))
     metrics["ci95"] = bootstrap_intervals(labels, scores, threshold)
     return metrics
+
+
+def clinical_metrics(scored: Scored, scores: np.ndarray, threshold: float, points: dict[str, dict[str, Any]],
+                     uncalibrated: np.ndarray | None = None) -> dict[str, Any]:
+    """What a clinician checks on one labelled set: class counts, calibration (and before the
+    calibration map, when there is one), the rates at every operating point with bootstrap
+    intervals, and the subgroups the file names carry (at ``threshold``; absent when none)."""
+    labels = scored.labels
+    out: dict[str, Any] = {
+        "class_counts": [int((labels == 0).sum()), int((labels == 1).sum())],
+        "calibration": calibration_metrics(labels, scores),
+        "operating_points": {name: _rates_with_intervals(labels, scores, point["threshold"]) for name, point in points.items()},
+    }
+    if uncalibrated is not None:
+        out["calibration"]["before"] = calibration_metrics(labels, uncalibrated)
+    groups = subgroup_rates(scored.rows["path"].astype(str).tolist(), labels, (scores >= threshold).astype(int))
+    if groups is not None:
+        out["subgroups"] = groups
+    return out
 
 
 def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, *, resamples: int = 2000, seed: int = 0) -> dict[str, list[float]]:
@@ -216,34 +290,34 @@ def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float
 def summary(meta: dict[str, Any], target: str) -> str:
     """What an export holds, for the console."""
     tag = " [SYNTHETIC DATA]" if meta["data"]["synthetic"] else ""
+    carved = "carved validation (SELECTION SET, optimistic)" if meta["validation"].get("selection_set") else "carved validation"
     lines = [
         f"Exported trial {meta['trial_id']} (epoch {meta['epoch']})"
         + (f" with {len(meta['members']) - 1} more trial(s) as an averaging ensemble" if len(meta["members"]) > 1 else "")
         + f"{tag} to {target}",
         f"  threshold {meta['threshold']:.4f} ({meta['threshold_rule']})",
-        "  carved validation: " + _line(meta["validation"]),
+        f"  {carved}: " + metric_line(meta["validation"], meta["validation"].get("ci95")),
     ]
     if "external" in meta:
         label = "external validation (SELECTION SET, optimistic)" if meta["external"]["selection_set"] else "external validation (not used to select)"
-        lines.append(f"  {label}: " + _line(meta["external"]))
+        lines.append(f"  {label}: " + metric_line(meta["external"], meta["external"].get("ci95")))
     if "test" in meta:
-        test, ci = meta["test"], meta["test"]["ci95"]
-        lines.append("  test (held out, stored threshold): " + ", ".join(
-            f"{k.replace('_', ' ')} {fmt(test.get(k))}" + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else "")
-            for k in ("auc", "sensitivity", "specificity", "balanced_accuracy")))
+        lines.append("  test (held out, stored threshold): " + metric_line(meta["test"], meta["test"]["ci95"]))
+    measured = [(key, name) for key, name in (("validation", "carved validation"), ("external", "external"), ("test", "test"))
+                if isinstance(meta.get(key), dict) and "calibration" in meta[key]]
+    if measured:
+        method = meta.get("calibration", {}).get("method", "none")
+        lines.append(f"  calibration ({'none' if method == 'none' else method + '-calibrated'}), ECE / Brier: "
+                     + "; ".join(f"{name} {fmt(meta[key]['calibration']['ece'])} / {fmt(meta[key]['calibration']['brier'])}" for key, name in measured))
+    deciding = "external" if meta.get("deciding_set") == "external" else "validation"
+    if isinstance(meta.get("operating_points"), dict) and "operating_points" in meta.get(deciding, {}):
+        at = meta[deciding]["operating_points"]
+        lines.append(f"  operating points (threshold: sensitivity / specificity on the {'external' if deciding == 'external' else 'carved validation'} "
+                     "selection set; predict --operating-point NAME): "
+                     + ", ".join(f"{name} {fmt(point['threshold'])}: {fmt(at.get(name, {}).get('sensitivity'), 3)} / {fmt(at.get(name, {}).get('specificity'), 3)}"
+                                 for name, point in meta["operating_points"].items()))
+    lines.append(f"  model card: {storage.join(target, CARD_FILE)}")
     return "\n".join(lines)
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    """A metric for people: ``n/a`` where it is undefined (AUC of one class, an empty set)."""
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
-def _line(metrics: dict[str, Any]) -> str:
-    return ", ".join(f"{name} {fmt(metrics.get(key))}" for name, key in (
-        ("AUC", "auc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("balanced accuracy", "balanced_accuracy")))
 
 
 # --- internals ----------------------------------------------------------------------------------
@@ -269,27 +343,29 @@ def _decode(rows: pd.DataFrame, size: int) -> np.ndarray:
 
 
 def _external_folder(val_data: str, splits: pd.DataFrame, cache_dir: str) -> pd.DataFrame:
-    """The rows of a labelled site folder for export-time selection; refused if it shares a file with the experiment's data."""
+    """The rows of a labelled site folder for export-time selection; refused if it shares a file,
+    or a patient (the patient-group rule of the splits), with the images the model trained on or
+    is tested on."""
     from cxr_tune.data.prepared import check_external_size
     from cxr_tune.data.sources import load_external
-    from cxr_tune.data.splits import refuse_shared_files
+    from cxr_tune.data.splits import refuse_shared_files, refuse_shared_patients
 
     source = load_external(storage.resolve(val_data), cache_dir)
     check_external_size(source.manifest, f"--val-data '{val_data}'")
     refuse_shared_files(source.manifest, splits[splits["split"] == "train"], "training-folder")
     refuse_shared_files(source.manifest, splits[splits["role"] == "test"], "test")
+    refuse_shared_patients(source.manifest, splits[splits["role"] == "train"], "training")
+    refuse_shared_patients(source.manifest, splits[splits["role"] == "test"], "test")
     return source.manifest.drop_duplicates("content_hash")[["content_hash", "path", "label"]].reset_index(drop=True)
 
 
-def _rescored(table: pd.DataFrame, experiment_dir: str, site: pd.DataFrame) -> pd.DataFrame:
+def _rescored(table: pd.DataFrame, experiment: Experiment, site: pd.DataFrame) -> pd.DataFrame:
     """The trial table with ``ext_*`` metrics and the objective measured on a new site folder, at
     each trial's best checkpoint (best by the experiment's own rule)."""
-    from cxr_tune.search.results import checkpoint_for
-
     out = table.copy()
     cache: dict[int, np.ndarray] = {}
     for index, row in table[table["epochs"] > 0].iterrows():
-        state = load_state(checkpoint_for(row, experiment_dir))
+        state = load_state(experiment.checkpoint_for(row))
         members = members_from_states([state])
         if members.image_size not in cache:
             cache[members.image_size] = _decode(site, members.image_size)
@@ -318,6 +394,88 @@ def _predictions(scored: Scored, scores: np.ndarray, threshold: float) -> pd.Dat
                          "prediction": (scores >= threshold).astype(int)})
 
 
+def calibrate_export(folder: str, method: str, info: dict[str, Any]) -> dict[str, Any]:
+    """Write the export in ``folder`` again with a ``method`` calibration map fitted on its deciding
+    set (``--calibrate``): the same members from ``weights.safetensors``, the same images (decoded
+    from the paths in its prediction files) and the same scores, checked against those files, then
+    :func:`write_export` with ``calibrate``. ``info``: the experiment's recorded facts."""
+    meta = read_meta(storage.join(folder, META_FILE))
+    members = load_members(folder, meta)
+    sets, stored = {}, {}
+    for prefix, name in (("val", "val"), ("ext", "external"), ("test", "test")):
+        path = storage.join(folder, f"{name}_predictions.csv")
+        if storage.exists(path):
+            frame = storage.read_csv(path, dtype={"path": str})
+            rows = pd.DataFrame({"content_hash": frame["path"], "path": frame["path"], "label": frame["label"].astype(int)})
+            sets[prefix], stored[prefix] = Scored(rows, _decode(rows, members.image_size)), frame["probability"].to_numpy(dtype=float)
+    states = [{"epoch": member["epoch"] - 1} for member in meta["members"]]
+    return write_export(members, folder, [member["trial_id"] for member in meta["members"]], states, sets, prefix_of(meta["deciding_set"]), stored,
+                        info, (meta.get("external") or {}).get("source"), int(meta.get("tta_views", 1)), calibrate=method)
+
+
+def _fit_calibration(method: str, labels: np.ndarray, scores: np.ndarray, deciding: str) -> Calibration | None:
+    if method == "none":
+        return None
+    try:
+        return fit_calibration(method, labels, scores)
+    except ValueError as exc:
+        raise UserError(f"cannot calibrate on the {'external' if deciding == 'ext' else 'carved validation'} set: {exc}") from None
+
+
+def _check_same_decisions(before: np.ndarray, after: np.ndarray, threshold: float, calibrated_threshold: float, prefix: str) -> None:
+    """A calibration map is increasing: every image must fall on the same side of the re-expressed
+    threshold (an image within float32 rounding of it may go either way)."""
+    clear = np.abs(before - threshold) > 1e-5
+    if not np.array_equal((before >= threshold)[clear], (after >= calibrated_threshold)[clear]):
+        raise RuntimeError(f"the calibrated model decides differently from the uncalibrated one on the {prefix} set")
+
+
+def _rates_with_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    rates, ci = rates_at(labels, scores, threshold), bootstrap_intervals(labels, scores, threshold)
+    return {**{key: rates[key] for key in ("sensitivity", "specificity", "ppv", "npv", "tp", "fp", "tn", "fn")},
+            "threshold": threshold, "ci95": {key: ci[key] for key in ("sensitivity", "specificity") if key in ci}}
+
+
+def _search_record(info: dict[str, Any], hp: Any) -> dict[str, Any]:
+    """What the experiment recorded about the search that chose this model (for the model card)."""
+    options = info.get("options") or {}
+    data = options.get("data") or {}
+    return {
+        "command": info.get("command"),
+        "space": info.get("space_path"),
+        "trials": options.get("trials"),
+        "sampler": options.get("sampler"),
+        "early_stopping": options.get("early_stopping"),
+        "max_epochs": options.get("max_epochs"),
+        "time_budget_min": options.get("time_budget_min"),
+        "seed": options.get("seed"),
+        "criterion": options.get("select", hp.criterion),
+        "min_sensitivity": options.get("min_sensitivity", hp.min_sensitivity),
+        "ties": TIE_RULE,
+        "split": {"val_fraction": data.get("val_fraction"), "split_seed": data.get("split_seed")} if data else {},
+        "class_counts": {"train": info.get("class_counts_train"), "validation": info.get("class_counts_val"), "external": info.get("class_counts_external")},
+        "external_note": info.get("external_note") or "",
+    }
+
+
+def _reliability_png(meta: dict[str, Any]) -> bytes:
+    """``reliability.png``: the reliability curve of every set ``meta`` measured (and before calibration)."""
+    import tempfile
+    from pathlib import Path
+
+    curves = {}
+    for key, name in (("validation", "carved validation"), ("external", "external validation"), ("test", "test")):
+        calibration = (meta.get(key) or {}).get("calibration")
+        if calibration:
+            curves[name + (" (selection set)" if meta[key].get("selection_set") else "")] = calibration["reliability"]
+            if "before" in calibration:
+                curves[f"{name}, before calibration"] = calibration["before"]["reliability"]
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / RELIABILITY_FILE
+        plot_reliability(path, curves, "Reliability of the exported model")
+        return path.read_bytes()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", help="experiment folder or URI (STORAGE/NAME) of a finished or interrupted search")
@@ -328,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "the threshold on it instead of the experiment's own deciding set (default: the experiment's)")
     parser.add_argument("--tta", type=int_between(1, len(TTA_VIEWS)), default=1, metavar="N",
                         help=f"average the model over N fixed test-time views (1 to {len(TTA_VIEWS)}: identity, zoom, shifts, small rotations) inside the ONNX graph (default: 1, none)")
+    parser.add_argument("--calibrate", choices=CALIBRATION_METHODS, default="none",
+                        help="fit a calibration map on the deciding set's scores and build it into the ONNX graph: platt (logistic on the "
+                             "logit: slope and intercept) or temperature (logit / T); increasing, so the ranking, the AUC and every decision "
+                             "stay the same and the thresholds are re-expressed (default: none)")
     parser.add_argument("--out", default=None, help="output folder (default: EXPERIMENT/best, or EXPERIMENT/exports/<trial> with --trial)")
     return parser
 
@@ -339,6 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--ensemble K needs no --trial")
     target = storage.resolve(args.out) if args.out else storage.join(experiment, "best" if args.trial is None else f"exports/{args.trial}")
     meta = export_trial(experiment, args.trial, target, args.ensemble, val_data=args.val_data, tta=args.tta)
+    if args.calibrate != "none":
+        meta = calibrate_export(target, args.calibrate, Experiment(experiment).info)
     print(summary(meta, target))
     return 0
 

@@ -1,7 +1,8 @@
 """An exported model folder: ``model.onnx`` + ``weights.safetensors`` + ``model.json``.
 
 - ``model.onnx``: uint8 grayscale images ``(N, 1, S, S)`` in, PNEUMONIA probability out; intensity
-  normalization, the ensemble average and test-time augmentation are inside the graph. ``predict``
+  normalization, the ensemble average, test-time augmentation and a fitted calibration
+  (``export --calibrate``) are inside the graph. ``predict``
   loads only this file (with ``model.json``), never anything that needs unpickling.
 - ``weights.safetensors``: every member network's weights and BatchNorm statistics, pickle-free,
   so the model can be rebuilt in PyTorch: ``adapt`` re-estimates BatchNorm statistics on a new
@@ -28,10 +29,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from cxr_tune import storage
+from cxr_tune.calibration import Calibration
 from cxr_tune.errors import UserError
 from cxr_tune.serving import META_FILE, MODEL_FILE, probabilities
 from cxr_tune.train.hparams import HParams
-from cxr_tune.train.model import PneumoniaCNN, ServingModel, build_model
+from cxr_tune.train.intensity import normalize_intensity
+from cxr_tune.train.model import ServingModel, build_model
 
 WEIGHTS_FILE = "weights.safetensors"
 SCORE_TOLERANCE = 1e-4
@@ -55,7 +58,7 @@ TTA_VIEWS = (
 class Members:
     """The networks of a model (one, or several averaged) and their hyperparameters."""
 
-    nets: list[PneumoniaCNN]
+    nets: list[nn.Module]
     hparams: list[HParams]
 
     @property
@@ -92,20 +95,52 @@ class TTAModel(nn.Module):
         self.register_buffer("grids", grids)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.model(view) for view in self.views(images)]).mean(dim=0)
+
+    def views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Every view of ``images`` (uint8), identity first."""
         x = images.float()
-        outputs = []
-        for grid in self.grids:
-            view = F.grid_sample(x, grid.unsqueeze(0).expand(x.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False)
-            outputs.append(self.model(view.round().clamp(0, 255).to(torch.uint8)))
-        return torch.stack(outputs).mean(dim=0)
+        return [F.grid_sample(x, grid.unsqueeze(0).expand(x.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border",
+                              align_corners=False).round().clamp(0, 255).to(torch.uint8) for grid in self.grids]
 
 
-def serving_model(members: Members, tta: int = 1) -> nn.Module:
-    """uint8 images → probability: one network or the average of several, optionally over TTA views."""
+class CalibratedModel(nn.Module):
+    """The probability ``model`` gives, mapped by a fitted calibration
+    (:class:`cxr_tune.calibration.Calibration`): ``sigmoid(slope * logit(p) + intercept)``, strictly
+    increasing, so the ranking is kept. ``p`` is the ensemble's and the views' mean probability (what
+    the threshold was chosen on), but its logit is computed from the members' logits,
+    ``log(sum p_i) - log(sum (1 - p_i))`` with ``log p_i = -softplus(-z_i)``: a probability rounded to
+    float32 near 0 or 1 has lost the digits an overconfident model's calibration needs."""
+
+    def __init__(self, model: nn.Module, slope: float, intercept: float) -> None:
+        super().__init__()
+        self.model = model  # ServingModel, EnsembleModel of them, or TTAModel over either
+        self.slope, self.intercept = float(slope), float(intercept)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        z = self._logits(images)
+        mean_logit = torch.logsumexp(-F.softplus(-z), dim=0) - torch.logsumexp(-F.softplus(z), dim=0)
+        return torch.sigmoid(self.slope * mean_logit + self.intercept)
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Every (view, member) logit, ``(views * members, B)``."""
+        tta = self.model if isinstance(self.model, TTAModel) else None
+        inner = tta.model if tta is not None else self.model
+        servings = list(inner.members) if isinstance(inner, EnsembleModel) else [inner]
+        views = tta.views(images) if tta is not None else [images]
+        # ServingModel's own input pipeline, stopped before its sigmoid.
+        return torch.stack([serving.net(normalize_intensity(view.float() / 255.0, serving.intensity)) for view in views for serving in servings])
+
+
+def serving_model(members: Members, tta: int = 1, *, calibration: Calibration | None = None) -> nn.Module:
+    """uint8 images → probability: one network or the average of several, optionally over TTA views,
+    optionally mapped by a fitted calibration."""
     servings = [ServingModel(net, hp.intensity).eval() for net, hp in zip(members.nets, members.hparams, strict=True)]
     model: nn.Module = servings[0] if len(servings) == 1 else EnsembleModel(servings)
     if tta > 1:
         model = TTAModel(model, tta, members.image_size)
+    if calibration is not None and calibration.method != "none":
+        model = CalibratedModel(model, calibration.slope, calibration.intercept)
     return model.eval()
 
 
@@ -141,12 +176,13 @@ class ModelFiles:
         return probabilities(self.session, images)
 
 
-def build_files(members: Members, tta: int = 1, *, check_images: np.ndarray | None = None) -> ModelFiles:
-    """Export ``members`` to ONNX (checked against PyTorch on ``check_images``) and their weights to safetensors."""
+def build_files(members: Members, tta: int = 1, *, check_images: np.ndarray | None = None, calibration: Calibration | None = None) -> ModelFiles:
+    """Export ``members`` (with ``calibration`` in the graph, if given) to ONNX, checked against
+    PyTorch on ``check_images``, and their weights to safetensors."""
     import onnxruntime as ort
     from safetensors.torch import save
 
-    serving = serving_model(members, tta)
+    serving = serving_model(members, tta, calibration=calibration)
     onnx_bytes = _to_onnx(serving, members.image_size)
     weights = save({f"member{i}.{name}": tensor.contiguous() for i, net in enumerate(members.nets)
                     for name, tensor in net.state_dict().items()})

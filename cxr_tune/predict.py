@@ -1,14 +1,20 @@
-"""``python -m cxr_tune.predict --model EXPERIMENT/best IMAGE_OR_DIR ...``: score new X-rays.
+"""``python -m cxr_tune.predict --model EXPERIMENT/best IMAGE_OR_DIR ... [--operating-point NAME] [--explain OUT_DIR]``: score new X-rays.
 
 ``--model`` may be a folder on object storage (``s3://bucket/experiments/NAME/best``); the images
 are local files.
 
-Prints, per image, the PNEUMONIA probability and the label at the model's stored threshold
-(chosen on validation when it was trained). Folders are searched recursively. Images under a
-folder named NORMAL or PNEUMONIA (the Kermany layout) count as labelled, and for them it also
-prints sensitivity, specificity, balanced accuracy, AUC and the confusion matrix; a rate the
-labelled images cannot measure (AUC, say, when all are of one class) prints as ``n/a``. Unreadable
-files are listed with the reason and skipped. Only the pickle-free ONNX export is loaded.
+Prints, per image, the PNEUMONIA probability and the label at one of the model's operating points
+(``--operating-point``, default ``balanced``: the stored threshold, chosen on validation when it
+was trained; ``sens95``, ``spec90`` and the others were chosen on the same set, see
+:mod:`cxr_tune.operating_points`). Folders are searched recursively. Images under a folder named
+NORMAL or PNEUMONIA (the Kermany layout) count as labelled, and for them it also prints
+sensitivity, specificity, balanced accuracy, AUC, the confusion matrix, the calibration (ECE and
+Brier score with bootstrap intervals) and, where the file names carry them, the subgroups
+(bacterial/viral pneumonia, IM-/NORMAL2-IM- normals); a rate the labelled images cannot measure
+(AUC, say, when all are of one class) prints as ``n/a``. Unreadable files are listed with the
+reason and skipped. Only the pickle-free ONNX export is loaded; ``--explain`` also rebuilds the
+networks from ``weights.safetensors`` (never unpickled) for Grad-CAM maps
+(:mod:`cxr_tune.saliency`).
 """
 
 from __future__ import annotations
@@ -18,15 +24,25 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from cxr_tune import storage
+from cxr_tune.calibration import calibration_metrics
 from cxr_tune.data.imaging import try_decode_gray
 from cxr_tune.data.sources import CLASSES
 from cxr_tune.errors import UserError, run_cli
+from cxr_tune.formatting import fmt, interval
+from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
+from cxr_tune.operating_points import threshold_for
 from cxr_tune.serving import LoadedModel, load_model, probabilities
+from cxr_tune.subgroups import subgroup_rates
 from cxr_tune.train.metrics import rates_at
+
+if TYPE_CHECKING:  # torch is imported only for --explain: scoring needs onnxruntime alone, and starts faster without it
+    from cxr_tune.modelfile import Members
 
 
 def collect(inputs: Sequence[str]) -> list[Path]:
@@ -54,10 +70,11 @@ def label_of(path: Path) -> int | None:
     return None
 
 
-def predict(model: LoadedModel, files: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(predictions: path, probability, prediction, label; skipped: path, reason)."""
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        decoded = list(pool.map(lambda f: try_decode_gray(f, model.image_size), files))
+def predict(model: LoadedModel, files: list[Path], threshold: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(predictions: path, probability, prediction, label; skipped: path, reason), predictions at
+    ``threshold`` (default: the model's own)."""
+    threshold = model.threshold if threshold is None else threshold
+    decoded = _decode_all(files, model.image_size)
     ok = [i for i, (image, _) in enumerate(decoded) if image is not None]
     skipped = pd.DataFrame([{"path": str(files[i]), "reason": reason} for i, (image, reason) in enumerate(decoded) if image is None], columns=["path", "reason"])
     images = np.stack([decoded[i][0] for i in ok]) if ok else np.zeros((0, model.image_size, model.image_size), np.uint8)
@@ -65,14 +82,14 @@ def predict(model: LoadedModel, files: list[Path]) -> tuple[pd.DataFrame, pd.Dat
     frame = pd.DataFrame({
         "path": [str(files[i]) for i in ok],
         "probability": scores,
-        "prediction": (scores >= model.threshold).astype(int),
+        "prediction": (scores >= threshold).astype(int),
         "label": [label_of(files[i]) for i in ok],
     })
     return frame, skipped
 
 
-def evaluation(frame: pd.DataFrame, threshold: float) -> str | None:
-    """Metrics on the labelled images, or None when none is labelled."""
+def evaluation(frame: pd.DataFrame, threshold: float, point: str = DEFAULT_POINT) -> str | None:
+    """Metrics on the labelled images (at ``threshold``, operating point ``point``), or None when none is labelled."""
     from sklearn.metrics import roc_auc_score
 
     labelled = frame.dropna(subset=["label"])
@@ -82,14 +99,65 @@ def evaluation(frame: pd.DataFrame, threshold: float) -> str | None:
     rates = rates_at(labels, scores, threshold)
     auc = roc_auc_score(labels, scores) if len(np.unique(labels)) == 2 else float("nan")
     return "\n".join([
-        f"Labelled images: {len(labelled)} (NORMAL {int((labels == 0).sum())}, PNEUMONIA {int((labels == 1).sum())}) at threshold {threshold:.4f}",
+        f"Labelled images: {len(labelled)} (NORMAL {int((labels == 0).sum())}, PNEUMONIA {int((labels == 1).sum())}) at threshold {threshold:.4f}"
+        + f" (operating point {point})",
         f"  sensitivity {_rate(rates['sensitivity'])}  specificity {_rate(rates['specificity'])}  "
         f"balanced accuracy {_rate(rates['balanced_accuracy'])}  accuracy {_rate(rates['accuracy'])}  AUC {_rate(auc)}",
         "  confusion matrix (rows: true, columns: predicted)",
         "                 NORMAL  PNEUMONIA",
         f"    NORMAL     {rates['tn']:7d}  {rates['fp']:9d}",
         f"    PNEUMONIA  {rates['fn']:7d}  {rates['tp']:9d}",
+        *calibration_lines(labels, scores),
+        *subgroup_lines(labelled["path"].tolist(), labels, (scores >= threshold).astype(int)),
     ])
+
+
+def calibration_lines(labels: np.ndarray, scores: np.ndarray) -> list[str]:
+    """ECE and Brier score of the labelled images, with 95 % bootstrap intervals."""
+    metrics = calibration_metrics(labels, scores)
+    ci = metrics["ci95"]
+    return [f"  calibration: ECE {fmt(metrics['ece'])}{interval(ci.get('ece'))} ({metrics['bins']} bins), "
+            f"Brier {fmt(metrics['brier'])}{interval(ci.get('brier'))} (95 % bootstrap intervals)"]
+
+
+def subgroup_lines(paths: list[str], labels: np.ndarray, predictions: np.ndarray) -> list[str]:
+    """Sensitivity per pneumonia type and specificity per normal batch, from the file names (none when they carry no group)."""
+    groups = subgroup_rates(paths, labels, predictions)
+    if groups is None:
+        return []
+    return ["  subgroups (from file names; 95 % Wilson intervals):"] + [
+        f"    {group['description']:<26} {group['rate']:<11} {fmt(group['value'])}{interval(group['ci95'])}  ({group['correct']} of {group['n']})"
+        for group in groups.values()]
+
+
+def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: str, point: str) -> list[Path]:
+    """One PNG per scored image in ``out_dir``: the image, its Grad-CAM map over it, the
+    probability and the label at operating point ``point`` (and the folder's label, if any)."""
+    from cxr_tune.saliency import explain_figure, grad_cam
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = np.stack([image for image, _ in _decode_all([Path(p) for p in frame["path"]], model.image_size)])
+    maps = grad_cam(members, images)
+    threshold = threshold_for(model.meta, point)
+    written: list[Path] = []
+    used: set[str] = set()
+    for row, image, heat in zip(frame.itertuples(), images, maps, strict=True):
+        name, copy = Path(row.path).stem, 1
+        while name in used:  # the same file name in two folders (NORMAL/x.jpeg, PNEUMONIA/x.jpeg)
+            name, copy = f"{Path(row.path).stem}-{copy}", copy + 1
+        used.add(name)
+        truth = "" if pd.isna(row.label) else f"; labelled {CLASSES[int(row.label)]}"
+        caption = (f"{Path(row.path).name}\nP(PNEUMONIA) {row.probability:.3f}: {CLASSES[row.prediction]} at {point} "
+                   f"(threshold {threshold:.3f}){truth}")
+        explain_figure(out / f"{name}.png", image, heat, caption)
+        written.append(out / f"{name}.png")
+    return written
+
+
+def _decode_all(files: Sequence[Path], size: int) -> list[tuple[np.ndarray | None, str | None]]:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda f: try_decode_gray(f, size), files))
 
 
 def _rate(value: float) -> str:
@@ -103,24 +171,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="export folder with model.onnx and model.json, local or on object storage, e.g. results/<experiment>/best or s3://bucket/experiments/<experiment>/best, or its .onnx file (loaded exactly, with the model.json beside it)")
     parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path,probability,prediction (0/1) to this CSV file")
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not one line per image")
+    parser.add_argument("--operating-point", default=DEFAULT_POINT, metavar="NAME",
+                        help="which of the model's thresholds decides: balanced (its own), sens90, sens95, sens98 (sensitivity >= 0.90/0.95/0.98 "
+                             "on the set that chose them), spec90, spec95 (specificity >= 0.90/0.95); the model's model.json lists them "
+                             f"(default: {DEFAULT_POINT})")
+    parser.add_argument("--explain", default=None, metavar="OUT_DIR",
+                        help="also write one PNG per image to OUT_DIR: the image, its Grad-CAM map, the probability and the label at the "
+                             "operating point (needs the export's weights.safetensors; default: off)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model = load_model(args.model)
+    threshold = threshold_for(model.meta, args.operating_point)  # an unknown name stops here, before any image is read
+    members = _explainable(model) if args.explain else None
     if model.meta.get("data", {}).get("synthetic"):
         print("Note: this model was trained on SYNTHETIC data; its outputs mean nothing for real patients.", file=sys.stderr)
-    frame, skipped = predict(model, collect(args.inputs))
+    frame, skipped = predict(model, collect(args.inputs), threshold)
     if not args.quiet:
         for row in frame.itertuples():
             print(f"{row.probability:.4f}  {CLASSES[row.prediction]:<9}  {row.path}")
     if args.csv:
         frame[["path", "probability", "prediction"]].to_csv(args.csv, index=False)
         print(f"Wrote {len(frame)} predictions to {args.csv}")
-    summary = evaluation(frame, model.threshold)
+    summary = evaluation(frame, threshold, args.operating_point)
     if summary:
         print(summary)
+    if members is not None and not frame.empty:
+        written = explain(model, members, frame, args.explain, args.operating_point)
+        print(f"Wrote {len(written)} Grad-CAM explanation(s) to {args.explain}")
     if not skipped.empty:
         print(f"Skipped {len(skipped)} unreadable file(s):")
         for row in skipped.itertuples():
@@ -128,6 +208,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if frame.empty:
         raise UserError("none of the files could be read as an image")
     return 0
+
+
+def _explainable(model: LoadedModel) -> Members:
+    """The networks behind the ONNX file, for ``--explain`` (a :class:`UserError` when the export has no weights)."""
+    from cxr_tune.modelfile import load_members
+
+    try:
+        return load_members(str(model.folder), model.meta)
+    except FileNotFoundError:
+        raise UserError(f"'{storage.join(str(model.folder), 'weights.safetensors')}' is missing; --explain needs the networks' weights: "
+                        "re-export the model with this version (python -m cxr_tune.export EXPERIMENT)") from None
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 The search, ASHA (through the reported ``objective``), export, the report, cross-validation and the
 benchmarks all call these functions, so a table can never disagree with what was selected.
 
-**The deciding set.** A run scored on an external validation set (metrics prefixed ``ext_``) is
-judged on it; otherwise on validation carved from train (``val_``). Carved validation shares the
-training population and saturates (AUC 0.999), so it cannot see the shift to new patients.
+**The deciding set** (``deciding``: ``external`` or ``carved``) is a recorded fact of every run
+(``experiment.json``, every checkpoint) and every rule below takes it as an argument; nothing is
+inferred from the numbers. ``external`` judges on the external validation set (metrics prefixed
+``ext_``), ``carved`` on validation carved from train (``val_``). Carved validation shares the
+training population and saturates (AUC 0.999), so it cannot see the shift to new patients; under
+``carved`` no ``ext_`` number takes part in any choice, tie-breaks included.
 
 **The rules.**
 
@@ -27,10 +30,12 @@ training population and saturates (AUC 0.999), so it cannot see the shift to new
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where tables are ranked, so the training step (CRITERIA) needs only numpy
+    import pandas as pd
 
 CRITERIA = {
     "balanced_accuracy": lambda sens, spec: (sens + spec) / 2,
@@ -118,28 +123,23 @@ def objective_interval(
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
 
-def deciding_prefix(frame: pd.DataFrame | pd.Series) -> str:
-    """``ext`` when the rows' ``objective`` is their external-set objective, else ``val`` (carved).
-
-    Read from the numbers themselves: a run selected on carved validation (``--select-on carved``)
-    still carries ``ext_*`` metrics, and nothing about the external set may decide its ties.
-    """
-    rows = frame.to_frame().T if isinstance(frame, pd.Series) else frame
-    if "ext_objective" not in rows or "objective" not in rows:
-        return "val"
-    both = rows[["objective", "ext_objective"]].dropna().astype(float)
-    return "ext" if len(both) and bool((both["objective"] == both["ext_objective"]).all()) else "val"
+def prefix_of(deciding: str) -> str:
+    """``ext`` for the external set, ``val`` for carved validation: the column prefix of a deciding set."""
+    try:
+        return PREFIXES[deciding]
+    except KeyError:
+        raise ValueError(f"deciding set {deciding!r} is not one of {', '.join(PREFIXES)}") from None
 
 
-def best_epoch(history: pd.DataFrame) -> pd.Series:
-    """The epoch a run is judged by: highest objective; ties go to higher AUC, then lower log
-    loss, then the earlier epoch (on the deciding set)."""
-    prefix = deciding_prefix(history)
-    ranked = history.sort_values(["objective", f"{prefix}_auc", f"{prefix}_loss", "epoch"], ascending=[False, False, True, True])
+def best_epoch(history: pd.DataFrame, deciding: str) -> pd.Series:
+    """The epoch a run is judged by: highest objective on the ``deciding`` set; ties go to higher
+    AUC, then lower log loss (on the same set), then the earlier epoch."""
+    prefix = prefix_of(deciding)
+    ranked = history.sort_values([f"{prefix}_objective", f"{prefix}_auc", f"{prefix}_loss", "epoch"], ascending=[False, False, True, True])
     return ranked.iloc[0]
 
 
-def checkpoint_score(history: list[dict]) -> float:
+def checkpoint_score(history: list[dict], deciding: str) -> float:
     """What Ray Train keeps a run's checkpoints by (it keeps the highest score and the latest).
 
     The newest epoch's number when :func:`best_epoch` picks it over every earlier one, else 0, so
@@ -147,19 +147,23 @@ def checkpoint_score(history: list[dict]) -> float:
     alone kept the later of two epochs with equal objectives, while the rule picks by AUC, and
     export then fell back to another epoch's weights.)
     """
+    import pandas as pd
+
     newest = int(history[-1]["epoch"])
-    return float(newest) if int(best_epoch(pd.DataFrame(history))["epoch"]) == newest else 0.0
+    return float(newest) if int(best_epoch(pd.DataFrame(history), deciding)["epoch"]) == newest else 0.0
 
 
-def ranked_trials(table: pd.DataFrame, on: str | None = None) -> pd.DataFrame:
+def ranked_trials(table: pd.DataFrame, deciding: str) -> pd.DataFrame:
     """Trials that reported results, best first, with a boolean ``tied`` column (tied with the best).
 
-    ``on``: ``external`` or ``carved`` to rank on that set's metrics at each trial's best epoch
-    (default: the deciding set, i.e. the ``objective`` the search optimized). Trials that failed
-    or never reported are not candidates. Raises ``ValueError`` when there is no candidate.
+    Ranks on the ``deciding`` set's metrics (``external`` or ``carved``) at each trial's best
+    epoch. Trials that failed or never reported are not candidates. Raises ``ValueError`` when
+    there is no candidate.
     """
-    prefix = PREFIXES[on] if on else deciding_prefix(table)
-    objective = "objective" if on is None else f"{prefix}_objective"
+    import pandas as pd
+
+    prefix = prefix_of(deciding)
+    objective = f"{prefix}_objective"
     reported = not table.empty and objective in table
     candidates = table[(table["epochs"] > 0) & table[objective].notna()] if reported else table.iloc[0:0]
     if candidates.empty:
@@ -173,9 +177,9 @@ def ranked_trials(table: pd.DataFrame, on: str | None = None) -> pd.DataFrame:
     return pd.concat([tied.assign(tied=True), rest.assign(tied=False)])
 
 
-def select_best(table: pd.DataFrame, on: str | None = None) -> pd.Series:
+def select_best(table: pd.DataFrame, deciding: str) -> pd.Series:
     """The selected trial: the first of :func:`ranked_trials`."""
-    return ranked_trials(table, on).iloc[0]
+    return ranked_trials(table, deciding).iloc[0]
 
 
 def ensemble_members(ranked: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -187,6 +191,8 @@ def ensemble_members(ranked: pd.DataFrame, k: int) -> pd.DataFrame:
 
 def _column(table: pd.DataFrame, name: str) -> pd.Series:
     """A column, or NaN where the table lacks it (experiments from before intervals existed)."""
+    import pandas as pd
+
     return table[name] if name in table else pd.Series(math.nan, index=table.index)
 
 

@@ -113,8 +113,9 @@ def read_meta(file: Path | str) -> dict[str, Any]:
     """``model.json`` parsed and checked: the keys prediction uses must be there and sane.
 
     Checked: ``preprocessing.image_size`` (whole number, 16..1024), ``threshold`` (finite, 0..1),
-    ``model_file`` (optional, default ``model.onnx``: a plain ``.onnx`` file name beside it) and
-    ``data`` (optional object). Anything else in the file is information for people.
+    ``model_file`` (optional, default ``model.onnx``: a plain ``.onnx`` file name beside it),
+    ``data`` (optional object) and ``operating_points`` (optional: ``{name: {"threshold": p}}``, the
+    thresholds ``predict --operating-point`` picks from). Anything else in the file is information for people.
     """
     from cxr_tune.data.cache import MAX_SIZE, MIN_SIZE
 
@@ -146,6 +147,13 @@ def read_meta(file: Path | str) -> dict[str, Any]:
         raise bad("model_file", f"is {model_file!r}; it must be the name of an .onnx file in the same folder")
     if not isinstance(meta.get("data", {}), dict):
         raise bad("data", "must be an object")
+    points = meta.get("operating_points", {})
+    if not isinstance(points, dict):
+        raise bad("operating_points", "must be an object of named thresholds")
+    for name, point in points.items():
+        value = point.get("threshold") if isinstance(point, dict) else None
+        if not _is_number(value) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+            raise bad(f"operating_points.{name}.threshold", f"is {value!r}; it must be a probability between 0 and 1")
     return meta
 
 

@@ -178,18 +178,54 @@ def test_the_mixture_threshold_separates_two_groups_of_site_scores_and_declines_
     assert 1.0 < cut < 3.5 and abs(details["pneumonia_like_share"] - 200 / 320) < 0.05
     called = logits >= cut
     assert called[120:].mean() > 0.95 and called[:120].mean() < 0.15
-    assert mixture_threshold(1 / (1 + np.exp(-rng.normal(2.0, 1.0, 300))), min_weight=0.45) is None  # one group: no split
+    threshold, details = mixture_threshold(1 / (1 + np.exp(-rng.normal(2.0, 1.0, 300))), min_weight=0.45)
+    assert threshold is None and "no two groups" in details["fallback"]  # one group: no split, and why
 
 
-def test_the_default_site_threshold_is_the_mixtures_and_says_so(exported, tmp_path):
-    from cxr_tune.adapt import adapt
+def test_components_that_never_cross_give_no_threshold_not_a_component_mean():
+    """A narrow NORMAL-like group inside a broad, heavier PNEUMONIA-like one: the weighted densities
+    never cross between the means. The old rule returned the first grid point, the NORMAL-like mean."""
+    from cxr_tune.adapt import crossing_logit
 
-    meta = adapt(str(exported), str(write_site(tmp_path / "site", 10)), str(tmp_path / "out"))
+    assert crossing_logit(np.array([0.0, 0.5]), np.array([1.0, 3.0]), np.array([0.1, 0.9])) is None
+    assert crossing_logit(np.array([0.5, 0.0]), np.array([3.0, 1.0]), np.array([0.9, 0.1])) is None  # order of components does not matter
+    cut = crossing_logit(np.array([-2.0, 2.0]), np.array([1.0, 1.0]), np.array([0.5, 0.5]))
+    assert cut == pytest.approx(0.0, abs=0.01)  # equal groups cross halfway
+
+
+def two_group_site(folder: Path, n: int, *, groups: int = 2) -> Path:
+    """Smooth films and films with a bright opacity (two groups a network scores apart), under
+    NORMAL/ and PNEUMONIA/ folders that adapt never reads; ``groups=1``: smooth films only."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    opacity = ((yy - SIZE // 2) ** 2 + (xx - SIZE // 2) ** 2 < (SIZE // 4) ** 2) * 80
+    for i in range(2 * n):
+        blob = groups == 2 and i % 2 == 1
+        pixels = np.clip(rng.normal(150, 4, (SIZE, SIZE)) + (opacity if blob else 0), 0, 255).astype(np.uint8)
+        path = folder / ("PNEUMONIA" if i % 2 else "NORMAL") / f"site-{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path)
+    return folder
+
+
+def test_the_default_site_threshold_splits_a_two_group_site_and_a_one_group_site_keeps_and_says_why(exported, tmp_path):
+    meta = adapt(str(exported), str(two_group_site(tmp_path / "two", 20)), str(tmp_path / "out"))
     record = meta["adaptation"]
-    assert record["threshold_rule"] in ("mixture", "keep")  # keep only when the scores hold no two groups
-    if record["threshold_rule"] == "mixture":
-        assert meta["threshold"] != record["unadapted_threshold"] and "mixture" in record["threshold_details"]["method"]
+    assert record["threshold_rule"] == "mixture" and "mixture" in record["threshold_details"]["method"]
+    assert meta["threshold"] != record["unadapted_threshold"]
     assert json.loads((tmp_path / "out" / "model.json").read_text())["threshold"] == meta["threshold"]
+    scored = run_cli("cxr_tune.predict", "--model", str(tmp_path / "out"), str(tmp_path / "two"), "--csv", str(tmp_path / "p.csv"), "--quiet")
+    predictions = pd.read_csv(tmp_path / "p.csv")
+    opacity = predictions["path"].str.contains("PNEUMONIA")
+    # The threshold falls between the two groups: each is called one way (which way is the untrained network's business).
+    assert scored.returncode == 0 and predictions.groupby(opacity)["prediction"].nunique().eq(1).all()
+    assert predictions.groupby(opacity)["prediction"].first().nunique() == 2
+
+    one = run_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(two_group_site(tmp_path / "one", 20, groups=1)), "--out", str(tmp_path / "kept"))
+    assert one.returncode == 0, one.stderr
+    kept = json.loads((tmp_path / "kept" / "model.json").read_text())
+    assert kept["adaptation"]["threshold_rule"] == "keep" and kept["threshold"] == kept["adaptation"]["unadapted_threshold"]
+    assert "no mixture threshold:" in one.stdout and kept["adaptation"]["threshold_fallback"] in one.stdout
 
 
 def test_an_export_with_test_time_views_keeps_them_when_adapted(tmp_path):

@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 
-from cxr_tune.export import fmt, held_out_metrics, summary
+from cxr_tune.export import held_out_metrics, summary
+from cxr_tune.formatting import fmt
 from cxr_tune.modelfile import json_safe
 
 
@@ -19,7 +20,7 @@ def test_a_one_class_test_split_gives_na_not_a_crash():
     meta = {"trial_id": "t1", "epoch": 3, "members": [{}], "threshold": 0.5, "threshold_rule": "rule", "data": {"synthetic": False},
             "validation": {"auc": 0.9, "sensitivity": 0.8, "specificity": 0.7, "balanced_accuracy": 0.75}, "test": metrics}
     text = summary(json.loads(json.dumps(json_safe(meta))), "best")
-    assert "auc n/a" in text and "specificity n/a" in text and "nan" not in text.lower()
+    assert "AUC n/a" in text and "specificity n/a" in text and "nan" not in text.lower()
 
 
 def test_fmt_writes_na_for_missing_and_nan():

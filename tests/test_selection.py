@@ -1,4 +1,4 @@
-"""The selection rules: the deciding set, bootstrap ties, the tie-break, best epochs, ensembles."""
+"""The selection rules: the deciding set (always passed in), bootstrap ties, the tie-break, best epochs, ensembles."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_tune.selection import best_epoch, checkpoint_score, choose_threshold, deciding_prefix, ensemble_members, objective_interval, ranked_trials, select_best
+from cxr_tune.selection import best_epoch, checkpoint_score, choose_threshold, ensemble_members, objective_interval, ranked_trials, select_best
 
 
 def trials(**columns) -> pd.DataFrame:
@@ -26,34 +26,34 @@ def carved_and_external() -> pd.DataFrame:
 
 def test_selection_follows_the_external_set_when_the_two_disagree():
     table = carved_and_external()
-    assert deciding_prefix(table) == "ext"
-    assert select_best(table)["trial_id"] == "c"
+    assert select_best(table, "external")["trial_id"] == "c"
     assert select_best(table, "carved")["trial_id"] == "a"  # what carved validation alone would pick
-    assert list(ranked_trials(table)["trial_id"]) == ["c", "b", "a"]  # d never reported
+    assert list(ranked_trials(table, "external")["trial_id"]) == ["c", "b", "a"]  # d never reported
 
 
 def test_overlapping_intervals_tie_and_the_tie_goes_to_the_higher_auc():
     table = carved_and_external()
-    table.loc[1, ["objective", "objective_low", "objective_high"]] = [0.90, 0.86, 0.94]  # b now overlaps c
+    table.loc[1, ["ext_objective", "ext_objective_low", "ext_objective_high"]] = [0.90, 0.86, 0.94]  # b now overlaps c
     table.loc[1, "ext_auc"] = 0.99
-    ranked = ranked_trials(table)
+    ranked = ranked_trials(table, "external")
     assert list(ranked["trial_id"][:2]) == ["b", "c"] and ranked["tied"].tolist() == [True, True, False]
 
 
 def test_without_an_external_set_carved_validation_decides():
     table = trials(objective=[0.90, 0.95, 0.80, np.nan], val_objective=[0.90, 0.95, 0.80, np.nan],
                    val_auc=[0.9, 0.9, 0.9, np.nan], val_loss=[0.2, 0.5, 0.1, np.nan])
-    assert deciding_prefix(table) == "val"
-    assert select_best(table)["trial_id"] == "b"  # no intervals recorded: only exact ties tie
+    assert select_best(table, "carved")["trial_id"] == "b"  # no intervals recorded: only exact ties tie
     with pytest.raises(ValueError, match="no trial has reported"):
-        select_best(table.assign(epochs=0))
+        select_best(table.assign(epochs=0), "carved")
+    with pytest.raises(ValueError, match="deciding set"):
+        select_best(table, "val")
 
 
 def test_the_ensemble_takes_the_best_trials_at_the_selected_image_size():
-    ranked = ranked_trials(carved_and_external())
+    ranked = ranked_trials(carved_and_external(), "external")
     assert list(ensemble_members(ranked, 3)["trial_id"]) == ["c"]  # b and a are 64 px, c is 96 px
     table = carved_and_external().assign(image_size=64)
-    assert list(ensemble_members(ranked_trials(table), 2)["trial_id"]) == ["c", "b"]
+    assert list(ensemble_members(ranked_trials(table, "external"), 2)["trial_id"]) == ["c", "b"]
 
 
 def test_best_epoch_uses_the_deciding_set_and_breaks_ties_by_auc_then_loss_then_earlier():
@@ -61,7 +61,7 @@ def test_best_epoch_uses_the_deciding_set_and_breaks_ties_by_auc_then_loss_then_
         "epoch": [1, 2, 3, 4], "objective": [0.8, 0.9, 0.9, 0.9], "ext_objective": [0.8, 0.9, 0.9, 0.9],
         "ext_auc": [0.9, 0.95, 0.97, 0.97], "ext_loss": [0.4, 0.3, 0.35, 0.3], "val_auc": [1.0, 0.9, 0.9, 0.9], "val_loss": [0.0] * 4,
     })
-    assert int(best_epoch(history)["epoch"]) == 4
+    assert int(best_epoch(history, "external")["epoch"]) == 4
 
 
 def test_objective_interval_brackets_the_value_and_narrows_with_more_images():
@@ -86,13 +86,34 @@ def test_objective_interval_brackets_the_value_and_narrows_with_more_images():
 def test_a_run_selected_on_carved_validation_never_breaks_ties_on_the_external_set():
     table = carved_and_external()
     table["objective"], table["objective_low"], table["objective_high"] = table["val_objective"], table["val_objective"] - 0.05, table["val_objective"] + 0.05
-    assert deciding_prefix(table) == "val"
+    table["val_objective_low"], table["val_objective_high"] = table["objective_low"], table["objective_high"]
     table["val_loss"] = [0.3, 0.1, 0.2, np.nan]
     table["val_auc"] = [0.990, 0.999, 0.995, np.nan]  # a and b tie on carved; b has the higher carved AUC, c the higher external AUC
-    assert select_best(table)["trial_id"] == "b"
+    assert select_best(table, "carved")["trial_id"] == "b"
     history = pd.DataFrame({"epoch": [1, 2], "objective": [0.9, 0.9], "val_objective": [0.9, 0.9], "ext_objective": [0.7, 0.8],
                             "val_auc": [0.99, 0.98], "val_loss": [0.1, 0.1], "ext_auc": [0.8, 0.95], "ext_loss": [0.5, 0.2]})
-    assert int(best_epoch(history)["epoch"]) == 1  # the carved AUC breaks the tie, not the external one
+    assert int(best_epoch(history, "carved")["epoch"]) == 1  # the carved AUC breaks the tie, not the external one
+
+
+def _equal_objectives_history(val_auc: list[float], ext_auc: list[float]) -> list[dict]:
+    """A constant-output or saturated trial: carved and external objectives equal at every epoch."""
+    return [{"epoch": e + 1, "objective": 0.5, "val_objective": 0.5, "ext_objective": 0.5, "val_auc": v, "ext_auc": x,
+             "val_loss": 0.69, "ext_loss": 0.69} for e, (v, x) in enumerate(zip(val_auc, ext_auc, strict=True))]
+
+
+def test_equal_carved_and_external_objectives_never_hand_the_choice_to_external_labels():
+    """The deciding set is a recorded fact passed in, not guessed from equal columns: under carved,
+    a trial whose two objectives coincide at every epoch is judged by carved AUC alone."""
+    history = _equal_objectives_history(val_auc=[0.60, 0.70, 0.65], ext_auc=[0.90, 0.50, 0.55])
+    assert int(best_epoch(pd.DataFrame(history), "carved")["epoch"]) == 2  # carved AUC; the external AUC would say 1
+    assert int(best_epoch(pd.DataFrame(history), "external")["epoch"]) == 1
+    kept = [checkpoint_score(history[: e + 1], "carved") for e in range(len(history))]
+    assert _kept_by_train(kept) == 2  # the checkpoint Ray Train keeps
+    table = pd.DataFrame([{"trial_id": t, "epochs": 3, "objective": 0.5, "objective_low": 0.45, "objective_high": 0.55,
+                           **{f"{p}_{k}": v for p in ("val", "ext") for k, v in (("objective", 0.5), ("objective_low", 0.45), ("objective_high", 0.55), ("loss", 0.69))},
+                           "val_auc": va, "ext_auc": xa} for t, va, xa in (("x", 0.70, 0.50), ("y", 0.60, 0.95))])
+    assert ranked_trials(table, "carved")["trial_id"].tolist() == ["x", "y"]  # the external AUC would rank y first
+    assert ranked_trials(table.drop(columns=[c for c in table if c.startswith("ext_")]), "carved")["trial_id"].tolist() == ["x", "y"]
 
 
 def _kept_by_train(scores: list[float]) -> int:
@@ -102,13 +123,13 @@ def _kept_by_train(scores: list[float]) -> int:
 
 
 def _history(objective, auc, loss) -> list[dict]:
-    return [{"epoch": e + 1, "objective": o, "val_auc": a, "val_loss": lo} for e, (o, a, lo) in enumerate(zip(objective, auc, loss))]
+    return [{"epoch": e + 1, "objective": o, "val_objective": o, "val_auc": a, "val_loss": lo} for e, (o, a, lo) in enumerate(zip(objective, auc, loss))]
 
 
 def test_the_checkpoint_train_keeps_is_the_best_epoch_even_when_objectives_tie():
     history = _history(objective=[0.80, 0.70, 0.80, 0.75], auc=[0.90, 0.85, 0.88, 0.95], loss=[0.4, 0.5, 0.3, 0.2])
-    scores = [checkpoint_score(history[: e + 1]) for e in range(len(history))]
-    assert int(best_epoch(pd.DataFrame(history))["epoch"]) == 1  # epoch 3 ties on the objective, epoch 1 has the higher AUC
+    scores = [checkpoint_score(history[: e + 1], "carved") for e in range(len(history))]
+    assert int(best_epoch(pd.DataFrame(history), "carved")["epoch"]) == 1  # epoch 3 ties on the objective, epoch 1 has the higher AUC
     assert _kept_by_train(scores) == 1
     assert _kept_by_train([h["objective"] for h in history]) == 3  # what scoring by the objective kept
 
@@ -118,5 +139,5 @@ def test_the_kept_checkpoint_follows_the_rule_on_any_history():
     for _ in range(200):
         n = int(rng.integers(1, 9))
         history = _history(objective=rng.choice([0.7, 0.8, 0.9], n), auc=rng.choice([0.8, 0.9, np.nan], n), loss=rng.choice([0.2, 0.3], n))
-        scores = [checkpoint_score(history[: e + 1]) for e in range(n)]
-        assert _kept_by_train(scores) == int(best_epoch(pd.DataFrame(history))["epoch"])
+        scores = [checkpoint_score(history[: e + 1], "carved") for e in range(n)]
+        assert _kept_by_train(scores) == int(best_epoch(pd.DataFrame(history), "carved")["epoch"])

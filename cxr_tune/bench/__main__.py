@@ -1,39 +1,71 @@
-"""``python -m cxr_tune.bench {data,train,search,scaling,ablation,transfer}``: measurements for results/."""
+"""``python -m cxr_tune.bench {data,train,precision,gpu,search,value,scaling,ablation,transfer}``: measurements for results/.
+
+Each benchmark measures its alternatives side by side in one run and writes its result, with the
+command, under ``results/``. ``gpu`` needs only PyTorch (it runs on the lent GPU machine, where Ray
+is not installed); the others read the real data in ``../shared/data/chest_xray_224`` by default.
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
-from cxr_tune.cliargs import int_between, nonnegative_int, positive_int
-from cxr_tune.data.cache import MAX_SIZE, MIN_SIZE
+from cxr_tune.cliargs import int_between, nonnegative_int, positive_float, positive_int
 from cxr_tune.errors import run_cli
+
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    size = int_between(16, 1024)
     data = commands.add_parser("data", help="Ray Data cache build vs a plain Pillow loop, and a cache hit")
     data.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
-    data.add_argument("--image-size", type=int_between(MIN_SIZE, MAX_SIZE), default=128, help="image size (default: 128)")
+    data.add_argument("--image-size", type=size, default=128, help="image size (default: 128)")
     data.add_argument("--full-res-images", type=nonnegative_int, default=0,
                       help="how many images to re-encode at the original download's resolution for the second comparison (default: 0 = all)")
-    train = commands.add_parser("train", help="training images/s through Ray Data + Ray Train vs a bare PyTorch loop")
+    train = commands.add_parser("train", help="training images/s by precision and layout, Ray Data + Ray Train vs a bare loop")
     train.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
-    train.add_argument("--image-size", type=int_between(MIN_SIZE, MAX_SIZE), default=128, help="image size (default: 128)")
-    train.add_argument("--epochs", type=positive_int, default=2, help="epochs over the training split per path (default: 2)")
+    train.add_argument("--sizes", type=size, nargs="+", default=[64, 128, 224], help="image sizes (default: 64 128 224)")
+    train.add_argument("--precision", choices=PRECISION_CHOICES, nargs="+", default=["fp32", "auto"],
+                       help="precisions to compare, each with and without channels_last; auto is what --precision auto picks here (default: fp32 auto)")
+    train.add_argument("--epochs", type=int_between(2, 100), default=2, help="epochs per path; the first is a warm-up (default: 2)")
+    train.add_argument("--images", type=nonnegative_int, default=1024, help="training images per epoch, drawn from the training role (default: 1024; 0: all)")
+    precision = commands.add_parser("precision", help="fp32 vs bf16 training: half-A AUC and balanced accuracy over seeds on the real data")
+    precision.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
+    precision.add_argument("--params", default=None, help="model.json or YAML of hyperparameters (default: results/real/best/model.json)")
+    precision.add_argument("--sizes", type=size, nargs="*", default=[], help="image sizes to train the configuration at (default: its own)")
+    precision.add_argument("--seeds", type=int_between(2, 20), default=3, help="seeds per precision (default: 3)")
+    precision.add_argument("--epochs", type=positive_int, default=6, help="epochs per run (default: 6)")
+    precision.add_argument("--precision", choices=PRECISION_CHOICES[1:], nargs="+", default=["fp32", "bf16"], help="precisions (default: fp32 bf16)")
+    gpu = commands.add_parser("gpu", help="the device check: the training step on one GPU by precision, layout, size, and 1-8 packed trials (no Ray needed)")
+    gpu.add_argument("--device", default="cuda", help="torch device (default: cuda; cpu runs the same code on the CPU)")
+    gpu.add_argument("--sizes", type=size, nargs="+", default=[64, 128, 224], help="image sizes (default: 64 128 224)")
+    gpu.add_argument("--precision", choices=PRECISION_CHOICES[1:], nargs="+", default=["fp32", "bf16", "fp16"], help="precisions (default: fp32 bf16 fp16)")
+    gpu.add_argument("--packed", type=int_between(1, 64), nargs="+", default=[1, 2, 4, 8], help="trial processes at once (default: 1 2 4 8)")
+    gpu.add_argument("--packed-size", type=size, default=128, help="image size of the packed trials (default: 128)")
+    gpu.add_argument("--images", type=positive_int, default=2048, help="random images per timed epoch (default: 2048)")
+    gpu.add_argument("--epochs", type=positive_int, default=2, help="timed epochs after a warm-up (default: 2)")
+    gpu.add_argument("--seconds", type=positive_float, default=20.0, help="seconds each packed configuration trains (default: 20)")
+    gpu.add_argument("--trial-epochs", type=positive_int, default=12, help="epochs of one trial, for trials per hour (default: 12)")
+    gpu.add_argument("--out", default=None, help="folder for gpu.md and gpu.json (default: results/benchmarks)")
     search = commands.add_parser("search", help="TPE + ASHA vs random search without early stopping, same trials")
     search.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
     search.add_argument("--trials", type=positive_int, default=12, help="trials per search (default: 12)")
     search.add_argument("--storage", default="results/benchmarks/search_runs", help="where the two experiments go")
+    value = commands.add_parser("value", help="does searching pay? the selected model vs the default configuration, and vs the default given the search's compute")
+    value.add_argument("experiment", help="the finished real-data search (default configuration runs use its data, split and external set)")
+    value.add_argument("--seeds", type=positive_int, default=None, help="seeds of the default configuration given the search's compute (default: as many as fit in it)")
     commands.add_parser("scaling", help="search throughput on a local cluster of 1 vs 2 worker nodes")
     ablation = commands.add_parser("ablation", help="real-data recipe: ensemble and threshold rule post hoc, and one-change retrains")
     ablation.add_argument("experiment", help="a finished real-data experiment folder")
     ablation.add_argument("--vary", nargs="*", default=[], metavar="KEY=VALUE", help="one-change variants of the selected configuration to retrain")
     ablation.add_argument("--epochs", type=positive_int, default=10, help="epochs per retrained run (default: 10)")
     ablation.add_argument("--ensemble", type=positive_int, default=3, help="trials in the averaging ensemble (default: 3)")
-    transfer = commands.add_parser("transfer", help="carved validation vs the external set of a finished search, and what each selection rule would ship")
-    transfer.add_argument("experiment", help="a finished experiment folder whose data had an external validation set")
+    transfer = commands.add_parser("transfer", help="carved validation vs the external set of a --select-on carved search, and what each selection rule would ship")
+    transfer.add_argument("experiment", help="a finished experiment searched with --select-on carved on data with an external validation set")
     return parser
 
 
@@ -46,11 +78,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "train":
         from cxr_tune.bench.train import run
 
-        run(args.data, args.image_size, args.epochs)
+        run(args.data, args.sizes, args.precision, args.epochs, args.images)
+    elif args.command == "precision":
+        from cxr_tune.bench.precision import run
+
+        run(args.data, args.params, args.sizes, args.seeds, args.epochs, args.precision)
+    elif args.command == "gpu":
+        from cxr_tune.bench.gpu import run
+
+        out = Path(args.out) if args.out else Path(__file__).resolve().parents[2] / "results" / "benchmarks"
+        run(args.device, args.sizes, args.precision, args.packed, args.packed_size, args.images, args.epochs, args.seconds, args.trial_epochs, out)
     elif args.command == "search":
         from cxr_tune.bench.search import run
 
         run(args.data, args.trials, args.storage)
+    elif args.command == "value":
+        from cxr_tune.bench.value import run
+
+        run(args.experiment, args.seeds)
     elif args.command == "scaling":
         from cxr_tune.bench.scaling import run
 

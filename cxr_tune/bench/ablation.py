@@ -19,17 +19,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cxr_tune import storage
 from cxr_tune.bench.common import PROJECT, write_result
 from cxr_tune.data.prepared import datasets_by_size, split_data
-from cxr_tune.search.finish import load_trials
-from cxr_tune.search.results import checkpoint_for
-from cxr_tune.search.runner import load_options
+from cxr_tune.experiment import Experiment
 from cxr_tune.selection import best_epoch, choose_threshold, ensemble_members, ranked_trials
 from cxr_tune.train.checkpoints import load_predictions, load_state
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.metrics import evaluate_scores, rates_at
-from cxr_tune.train.trainer import Resources, make_trainer
+from cxr_tune.train.trainer import Resources, deciding_set_of, make_trainer
 
 COLUMNS = ["val_auc", "val_balanced_accuracy", "val_sensitivity", "val_specificity", "val_loss", "val_brier"]
 
@@ -40,10 +37,11 @@ def margin(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
     return float(np.min(np.abs(logit(scores) - logit(np.array(threshold)))))
 
 
-def post_hoc(experiment: str, k: int) -> pd.DataFrame:
-    members = [row for _, row in ensemble_members(ranked_trials(load_trials(experiment)), k).iterrows()]
-    predictions = [load_predictions(checkpoint_for(row, experiment)).set_index("content_hash") for row in members]
-    hp = HParams.from_config(load_state(checkpoint_for(members[0], experiment))["hparams"])
+def post_hoc(experiment: Experiment, k: int) -> pd.DataFrame:
+    ranked = ranked_trials(experiment.trials(ranked=False), experiment.deciding_set)
+    members = [row for _, row in ensemble_members(ranked, k).iterrows()]
+    predictions = [load_predictions(experiment.checkpoint_for(row)).set_index("content_hash") for row in members]
+    hp = HParams.from_config(load_state(experiment.checkpoint_for(members[0]))["hparams"])
     labels = predictions[0]["label"].to_numpy()
     rows = []
     for name, scores in (("best trial alone", predictions[0]["score"]),
@@ -57,13 +55,13 @@ def post_hoc(experiment: str, k: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def retrain(experiment: str, variants: list[str], epochs: int) -> pd.DataFrame:
+def retrain(experiment: Experiment, variants: list[str], epochs: int) -> pd.DataFrame:
     import ray
 
     from cxr_tune.ray_session import ray_session
 
-    options = load_options(experiment)
-    base = yaml.safe_load(Path(experiment, "best", "model.json").read_text())["hparams"]
+    options = experiment.options
+    base = yaml.safe_load(Path(experiment.file("best", "model.json")).read_text())["hparams"]
     base["epochs"] = epochs
     configs = [("selected configuration", base)]
     for variant in variants:
@@ -80,7 +78,7 @@ def retrain(experiment: str, variants: list[str], epochs: int) -> pd.DataFrame:
                                   name=name.replace(" ", "_").replace("=", "-")).fit()
             with result.checkpoint.as_directory() as folder:
                 history = pd.DataFrame(load_state(folder)["history"])
-            best = best_epoch(history)
+            best = best_epoch(history, deciding_set_of(datasets, options.select_on))
             rows.append({"run": name, "best epoch": int(best["epoch"]), **{c: float(best[c]) for c in COLUMNS},
                          "last-epoch val_balanced_accuracy": float(history.iloc[-1]["val_balanced_accuracy"]),
                          "last-epoch val_loss": float(history.iloc[-1]["val_loss"])})
@@ -92,11 +90,11 @@ def retrain(experiment: str, variants: list[str], epochs: int) -> pd.DataFrame:
 
 
 def run(experiment: str, variants: list[str], epochs: int, k: int) -> None:
-    experiment = storage.resolve(experiment)
+    experiment = Experiment(experiment)
     hoc = post_hoc(experiment, k)
     trained = retrain(experiment, variants, epochs) if variants else pd.DataFrame()
     summary = [
-        f"Experiment `{experiment}`; all numbers on its validation split (carved from train by patient).",
+        f"Experiment `{experiment.path}`; all numbers on its validation split (carved from train by patient).",
         "",
         "## Post hoc: ensemble and threshold rule (stored validation scores, no retraining)",
         "",

@@ -25,16 +25,22 @@ def real_data(path: str | None) -> str:
 
 
 def machine() -> dict[str, Any]:
+    """What ran a benchmark (works without Ray installed: the GPU device check runs there)."""
     import torch
 
-    import ray
+    try:
+        import ray
 
+        ray_version = ray.__version__
+    except ImportError:
+        ray_version = "not installed"
     return {
         "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "ray": ray.__version__,
+        "ray": ray_version,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 

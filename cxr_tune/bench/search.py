@@ -16,10 +16,12 @@ import pandas as pd
 from cxr_tune import storage as storage_paths
 from cxr_tune.bench.common import RESULTS, real_data, write_result
 from cxr_tune.data.prepared import DataOptions
+from cxr_tune.experiment import Experiment
 from cxr_tune.search.finish import finish_experiment
+from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.report import SET_NAMES
-from cxr_tune.search.runner import SearchOptions, run_search
-from cxr_tune.selection import deciding_prefix
+from cxr_tune.search.runner import run_search
+from cxr_tune.selection import prefix_of
 
 SPACE = "bench"
 
@@ -44,7 +46,7 @@ def run(data: str | None, trials: int, storage: str) -> None:
         experiment, outcome = run_search(options)
         minutes = (time.perf_counter() - started) / 60
         table = finish_experiment(experiment, export=False)["table"]
-        prefix = deciding_prefix(table)
+        prefix = prefix_of(Experiment(experiment).deciding_set)
         on = "external_" if prefix == "ext" else ""
         table.to_csv(RESULTS / f"search_{sampler}_{'asha' if early else 'full'}_{on}{trials}trials.trials.csv", index=False)
         rows.append({"search": label, "experiment": experiment, "outcome": outcome, "trials": len(table),

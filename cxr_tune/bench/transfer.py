@@ -13,9 +13,11 @@ the model each selection rule would have picked:
 - *external*: the best trial by the external set, at its external threshold (a selection-set
   number: the same images chose it).
 
-The cleanest comparison comes from a search run with ``--select-on carved``: the external set was
-scored but never steered it. In a search steered by the external set, ASHA and TPE already chose
-which trials ran long on it, so even the carved-only pick saw it indirectly.
+Only a search run with ``--select-on carved`` can say what carved selection ships: there the
+external set was scored every epoch but never chose anything. In a search steered by the
+external set, every trial's best epoch and kept checkpoint, which trials ASHA let run and what TPE
+sampled were chosen on it, so a "carved only" pick from it is not carved-only; such an experiment
+is refused.
 """
 
 from __future__ import annotations
@@ -27,46 +29,43 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_tune import storage
 from cxr_tune.bench.common import RESULTS, write_result
 from cxr_tune.errors import UserError
+from cxr_tune.experiment import Experiment
 
 COLUMNS = ["auc", "sensitivity", "specificity", "balanced_accuracy"]
 
 
-def rule_rows(experiment: str, table: pd.DataFrame) -> list[dict[str, Any]]:
+def rule_rows(experiment: Experiment, table: pd.DataFrame) -> list[dict[str, Any]]:
     """External metrics of the model each rule would select (see the module docstring)."""
     from cxr_tune.adapt import adapt_batchnorm, site_threshold
     from cxr_tune.data.cache import load_images
     from cxr_tune.modelfile import members_from_states, serving_model, torch_scores
-    from cxr_tune.search.results import checkpoint_for
-    from cxr_tune.search.runner import experiment_info, load_options
     from cxr_tune.selection import select_best
     from cxr_tune.train.checkpoints import load_predictions, load_state
 
-    options = load_options(experiment)
-    splits = storage.read_csv(storage.join(experiment, "splits.csv"))
+    splits = experiment.splits
     carved, external = select_best(table, "carved"), select_best(table, "external")
     rows = []
-    checkpoint = checkpoint_for(carved, experiment)
+    checkpoint = experiment.checkpoint_for(carved)
     stored = load_predictions(checkpoint, "ext")
     threshold = float(carved["val_threshold"])
     rows.append(_row("carved only", carved, stored["label"].to_numpy(), stored["score"].to_numpy(), threshold,
                      "threshold chosen on carved validation"))
     members = members_from_states([load_state(checkpoint)])
-    images, kept = load_images(splits[splits["role"] == "external"], members.image_size, options.data.resolved_cache_dir, splits)
+    images, kept = load_images(splits[splits["role"] == "external"], members.image_size, experiment.cache_dir, splits)
     adapted = torch_scores(serving_model(adapt_batchnorm(members, images)), images)
     rows.append(_row("carved + adapt (AdaBN on the external images, unlabelled)", carved, kept["label"].to_numpy(), adapted, threshold,
                      "threshold chosen on carved validation, kept"))
-    meta = {"threshold": threshold, "train_class_counts": experiment_info(experiment)["class_counts_train"], "hparams": members.hparams[0].to_dict()}
+    meta = {"threshold": threshold, "train_class_counts": experiment.info["class_counts_train"], "hparams": members.hparams[0].to_dict()}
     for rule, how in (("mixture", "mixture threshold"), ("prior-shift", "EM prior shift")):
         for name, labels, scores in (("carved", stored["label"].to_numpy(), stored["score"].to_numpy()),
                                      ("carved + adapt", kept["label"].to_numpy(), adapted)):
             moved, details = site_threshold(rule, scores, meta)
             rows.append(_row(f"{name} + {how}", carved, labels, scores, moved,
                              details["summary"] if details else "no two groups in the scores: threshold kept"))
-    stored = load_predictions(checkpoint_for(external, experiment), "ext")
-    rows.append(_row("external (selection set: optimistic)", external, stored["label"].to_numpy(), stored["score"].to_numpy(),
+    stored = load_predictions(experiment.checkpoint_for(external), "ext")
+    rows.append(_row("external (selection set: optimistic; the same trials ranked on the external set)", external, stored["label"].to_numpy(), stored["score"].to_numpy(),
                      float(external["ext_threshold"]), "threshold chosen on the external set itself"))
     return rows
 
@@ -81,16 +80,19 @@ def _row(rule: str, trial: pd.Series, labels: np.ndarray, scores: np.ndarray, th
             "auc": float(roc_auc_score(labels, scores)), **{k: rates[k] for k in COLUMNS[1:]}}
 
 
-def run(experiment: str, folder: Path = RESULTS) -> Path:
+def run(experiment_dir: str, folder: Path = RESULTS) -> Path:
     """Write ``transfer_<experiment name>.md`` / ``.json`` / ``.png`` into ``folder``; returns the ``.md``."""
     from cxr_tune.search import transfer
-    from cxr_tune.search.finish import load_trials, ranked_table
 
-    experiment = storage.resolve(experiment)
-    table = ranked_table(load_trials(experiment))
+    experiment = Experiment(experiment_dir)
+    if experiment.deciding_set != "carved":
+        raise UserError(f"'{experiment.path}' was selected on the external set, so its epochs, checkpoints and trials already saw it and "
+                        "a carved-only pick from it would not be carved-only; run a search with --select-on carved (and --val-data) "
+                        "and pass that experiment")
+    table = experiment.trials()
     if not transfer.has_external(table):
-        raise UserError(f"'{experiment}' has no external validation metrics; run the search with --val-data (or a data folder with a val/ split)")
-    name = storage.name(experiment)
+        raise UserError(f"'{experiment.path}' has no external validation metrics; run the search with --val-data (or a data folder with a val/ split)")
+    name = experiment.name
     rules = pd.DataFrame(rule_rows(experiment, table))
     with tempfile.TemporaryDirectory() as scratch:
         png = Path(scratch, "plot.png")
@@ -100,7 +102,7 @@ def run(experiment: str, folder: Path = RESULTS) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / plot_name).write_bytes(png.read_bytes())
     summary = [
-        f"Experiment `{experiment}`. Carved validation: carved from the training folder by patient. External: the experiment's "
+        f"Experiment `{experiment.path}` (searched with --select-on carved: the external set chose nothing). Carved validation: carved from the training folder by patient. External: the experiment's "
         "external validation set; **every number on it is a selection-set number** (it is the set these rules choose on or compare with).",
         "",
         "## What each rule would ship, measured on the external set",
@@ -109,7 +111,7 @@ def run(experiment: str, folder: Path = RESULTS) -> Path:
         "",
         "## Every trial, carved vs external",
         "",
-        *transfer.markdown(table, plot_name, note),
+        *transfer.markdown(table, experiment.deciding_set, plot_name, note),
     ]
     return write_result(f"transfer_{name}", f"What transfers: {name}", summary, {"rules": rules.to_dict(orient="records"),
                         "rank_correlations": transfer.rank_correlations(table)}, folder=folder)

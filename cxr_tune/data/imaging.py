@@ -1,8 +1,10 @@
-"""Decode any image Pillow reads into an 8-bit grayscale square; the one place pixels are made.
+"""Decode any image Pillow reads, or a DICOM file, into an 8-bit grayscale square; the one place pixels are made.
 
 The cache build, ``inspect`` and ``predict`` all call :func:`decode_gray`, so a model sees exactly
-the same pixels at prediction time as it saw in training. Change what it does and bump
-:data:`PREPROCESS_VERSION`: every image cache keyed on the old version is then rebuilt.
+the same pixels at prediction time as it saw in training. DICOM input (recognised by its ``DICM``
+marker, whatever the file is called) is mapped to 8 bits by :mod:`cxr_tune.data.dicom` and then
+resized like any other image. Change what it does and bump :data:`PREPROCESS_VERSION`: every
+image cache keyed on the old version is then rebuilt.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from cxr_tune.data import dicom
 
 #: Version of the pixel pipeline below; part of every image-cache key.
 PREPROCESS_VERSION = 1
@@ -86,21 +90,36 @@ def _open(source: str | Path | bytes) -> Image.Image:
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
+def _is_dicom(source: str | Path | bytes) -> bool:
+    """Whether ``source`` is a DICOM file, by its marker: PACS exports often have no extension."""
+    if isinstance(source, bytes):
+        return dicom.is_dicom(source[: dicom.HEADER_BYTES])
+    with open(source, "rb") as file:
+        return dicom.is_dicom(file.read(dicom.HEADER_BYTES))
+
+
+def _square(gray: Image.Image, size: int) -> np.ndarray:
+    """The one resize every image, DICOM or not, goes through."""
+    if gray.size != (size, size):
+        gray = gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(gray, dtype=np.uint8).copy()
+
+
 def decode_gray(source: str | Path | bytes, size: int) -> np.ndarray:
     """Decode ``source`` (a path or the file's bytes) to a ``(size, size)`` uint8 array.
 
-    Raises whatever Pillow raises for an unreadable, truncated or non-image file; callers that
+    Raises whatever Pillow raises for an unreadable, truncated or non-image file, and
+    :class:`~cxr_tune.data.dicom.DicomError` for a DICOM file without usable pixels; callers that
     must not stop on one bad file use :func:`try_decode_gray`.
     """
+    if _is_dicom(source):
+        return _square(Image.fromarray(dicom.read_gray8(source).pixels, "L"), size)
     with _open(source) as image:
         # JPEG only: let libjpeg decode at the smallest scale that is still >= size (much faster
         # on full-resolution X-rays, same result after the resize below up to rounding).
         image.draft("L", (size, size))
         image = ImageOps.exif_transpose(image)
-        gray = to_gray8(image)
-        if gray.size != (size, size):
-            gray = gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        return np.asarray(gray, dtype=np.uint8).copy()
+        return _square(to_gray8(image), size)
 
 
 def try_decode_gray(source: str | Path | bytes, size: int) -> tuple[np.ndarray | None, str | None]:
@@ -112,13 +131,17 @@ def try_decode_gray(source: str | Path | bytes, size: int) -> tuple[np.ndarray |
 
 
 def probe(data: bytes) -> ImageInfo:
-    """Check that ``data`` is a complete image Pillow can decode; return its size and mode.
+    """Check that ``data`` is a complete image Pillow (or, for DICOM, pydicom) can decode; return its size and mode.
 
     Decodes the whole stream (at a reduced JPEG scale, so it is cheap) because a truncated file
-    opens fine and only fails when its pixels are read.
+    opens fine and only fails when its pixels are read. A DICOM file is mapped all the way to
+    8 bits, so one whose window or LUT cannot be applied is caught here, not in training.
     """
     if not data:
         raise ValueError("empty file (0 bytes)")
+    if _is_dicom(data):
+        gray = dicom.read_gray8(data)
+        return ImageInfo(width=gray.pixels.shape[1], height=gray.pixels.shape[0], mode=gray.mode)
     with _open(data) as image:
         info = ImageInfo(width=image.width, height=image.height, mode=image.mode)
         image.draft(image.mode if image.mode in ("L", "RGB") else None, (32, 32))
@@ -132,6 +155,8 @@ def describe_failure(exc: BaseException) -> str:
 
     if isinstance(exc, UnidentifiedImageError):
         return "not an image Pillow can read"
+    if isinstance(exc, dicom.DicomError):
+        return str(exc)  # already one sentence, e.g. which package decodes its transfer syntax
     text = str(exc).split("\n")[0]
     if "truncated" in text.lower():
         return "truncated image (file ends before the image data does)"

@@ -11,6 +11,7 @@ uses one; a path names a folder of ``NORMAL/`` and ``PNEUMONIA/`` images from th
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,23 @@ class DataOptions:
     @property
     def resolved_cache_dir(self) -> str:
         return storage.resolve(self.cache_dir) if self.cache_dir else storage.default_cache_dir()
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data flags of every command that reads data (data, train, search); :meth:`DataOptions.from_args` reads them."""
+    from cxr_tune.cliargs import float_between, nonnegative_int, positive_int
+    from cxr_tune.data.synthetic import DEFAULT_N
+
+    parser.add_argument("--cache-dir", default=None, help="where manifests and image caches live (default: $CXR_TUNE_CACHE or the user cache folder)")
+    parser.add_argument("--val-fraction", type=float_between(0.0, 0.9, low_open=True, high_open=True), default=0.15, help="share of the training folder carved out, by patient group, for validation (default: 0.15)")
+    parser.add_argument("--split-seed", type=nonnegative_int, default=0, help="seed of the validation split (default: 0)")
+    parser.add_argument("--use-official-val", action="store_true", help="put the data's own val/ folder into carved validation instead of using it as the external set (default: off)")
+    parser.add_argument("--val-data", default="auto", metavar="PATH|auto|none",
+                        help="external validation: a folder of NORMAL/ and PNEUMONIA/ images from the site the model will meet; it selects "
+                             "trials, epochs, ensemble members and the threshold, and is never trained on. 'auto': the data's own val/ folder "
+                             "when it holds at least 20 images of each class (the official 16-image folder is set aside); 'none': carved "
+                             "validation only (default: auto)")
+    parser.add_argument("--synthetic-n", type=positive_int, default=DEFAULT_N, help=f"images in the built-in SYNTHETIC set used when no data is given (default: {DEFAULT_N})")
 
 
 @dataclass(frozen=True)

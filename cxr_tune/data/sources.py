@@ -27,18 +27,18 @@ import pyarrow.fs as pafs
 
 from cxr_tune import storage
 from cxr_tune.data.imaging import describe_failure, probe
+from cxr_tune.data.synthetic import DEFAULT_N, SYNTHETIC_MARKER, ensure_synthetic
 from cxr_tune.errors import UserError
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, 1
 SPLITS = ("train", "val", "test")
 EXTERNAL = "external"  # the split name of a separate external-validation folder (--val-data PATH)
-MANIFEST_VERSION = 2  # 2: pneumonia patient ids keep the infection type
+MANIFEST_VERSION = 3  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped
 MANIFEST_COLUMNS = [
     "path", "label", "patient_id", "group_id", "split", "content_hash", "width", "height", "mode",
 ]
 SKIPPED_COLUMNS = ["path", "split", "reason"]
 LAYOUT_HINT = "ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/<images> (the Kermany chest_xray layout; val and test optional)"
-SYNTHETIC_MARKER = "SYNTHETIC.json"
 
 # Kermany numbers pneumonia patients per infection type: ``person12_bacteria`` and ``person12_virus``
 # are two children. In the official training split 808 of 1,635 person numbers carry both types,
@@ -148,7 +148,6 @@ def load_source(
     """``data`` if given, else the built-in synthetic set (generated once into the cache)."""
     if data is not None:
         return build_manifest(data, cache_dir, progress=progress)
-    from cxr_tune.data.synthetic import DEFAULT_N, ensure_synthetic
 
     cache_dir = cache_dir or storage.default_cache_dir()
     root = ensure_synthetic(cache_dir, n=DEFAULT_N if synthetic_n is None else synthetic_n, seed=synthetic_seed)
@@ -185,17 +184,22 @@ def load_external(path: str, cache_dir: str | None = None, *, progress: bool = T
 
 
 def add_groups(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Set ``group_id``: connected components of "same patient" and "byte-identical file".
+    """Set ``group_id``: connected components of "same patient" and "byte-identical file" (see :func:`group_ids`)."""
+    frame = manifest.copy()
+    frame["group_id"] = group_ids(frame)
+    return frame[MANIFEST_COLUMNS]
 
-    The group is named after the smallest patient id in it, so it stays stable across runs.
+
+def group_ids(frame: pd.DataFrame) -> np.ndarray:
+    """Per row of ``frame`` (``patient_id``, ``content_hash``), its group: connected components of
+    "same patient" and "byte-identical file", named after the smallest patient id in the group so
+    it stays stable across runs. The one patient-group rule: splits, external sets and exports use it.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    frame = manifest.copy()
     if frame.empty:
-        frame["group_id"] = pd.Series(dtype=str)
-        return frame
+        return np.zeros(0, dtype=object)
     patients, patient_idx = np.unique(frame["patient_id"].to_numpy(str), return_inverse=True)
     _, hash_idx = np.unique(frame["content_hash"].to_numpy(str), return_inverse=True)
     n_nodes = len(patients) + int(hash_idx.max()) + 1
@@ -205,8 +209,7 @@ def add_groups(manifest: pd.DataFrame) -> pd.DataFrame:
     _, component = connected_components(graph, directed=False)
     patient_component = component[: len(patients)]
     names = pd.Series(patients).groupby(patient_component).min()
-    frame["group_id"] = names.loc[patient_component[patient_idx]].to_numpy()
-    return frame[MANIFEST_COLUMNS]
+    return names.loc[patient_component[patient_idx]].to_numpy()
 
 
 # --- scanning -----------------------------------------------------------------------------------

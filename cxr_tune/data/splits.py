@@ -107,6 +107,27 @@ def refuse_shared_files(external: pd.DataFrame, other: pd.DataFrame, what: str) 
     )
 
 
+def refuse_shared_patients(external: pd.DataFrame, other: pd.DataFrame, what: str) -> None:
+    """An external image of a patient group that also has an image in ``other`` is an error naming
+    both files: the same patient-group rule as :func:`assign_roles` (same patient id, or joined by
+    a byte-identical file), for a model already trained on ``other`` (``export --val-data``)."""
+    from cxr_tune.data.sources import group_ids
+
+    columns = ["path", "patient_id", "content_hash"]
+    both = pd.concat([external[columns].assign(side="external"), other[columns].assign(side="other")], ignore_index=True)
+    both["group"] = group_ids(both)
+    mine, theirs = both[both["side"] == "external"], both[both["side"] == "other"]
+    shared = mine.merge(theirs[["group", "path"]], on="group", suffixes=("", "_other")).drop_duplicates("path")
+    if shared.empty:
+        return
+    pairs = "; ".join(f"{row.path} ~ {row.path_other} (patient {row.group})" for row in shared.head(MAX_NAMED).itertuples())
+    more = f" and {len(shared) - MAX_NAMED} more" if len(shared) > MAX_NAMED else ""
+    raise UserError(
+        f"{len(shared)} external validation image(s) belong to patients with {what} images ({pairs}{more}); "
+        f"the external set must be patients the model never trained on or is tested on"
+    )
+
+
 def group_kfold(frame: pd.DataFrame, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """``k`` (train, val) index pairs over ``frame`` rows, stratified by label, grouped by patient."""
     from sklearn.model_selection import StratifiedGroupKFold  # heavy import; only k-fold needs it

@@ -25,11 +25,12 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from cxr_tune import storage
-from cxr_tune.data.sources import SYNTHETIC_MARKER
 from cxr_tune.errors import UserError
 
 GENERATOR_VERSION = 3
 DEFAULT_N = 1500
+#: The file that marks a folder as the SYNTHETIC set, so every report about it says SYNTHETIC.
+SYNTHETIC_MARKER = "SYNTHETIC.json"
 PNEUMONIA_FRACTION = 0.74
 TEST_FRACTION = 0.15
 
@@ -54,10 +55,25 @@ def synthetic_root(cache_dir: str, n: int, seed: int) -> str:
 
 
 def ensure_synthetic(cache_dir: str, n: int = DEFAULT_N, seed: int = 0) -> str:
-    """The synthetic set for ``(n, seed)`` under the cache, generated on first use."""
+    """The synthetic set for ``(n, seed)`` under the cache, generated on first use.
+
+    A cache on object storage (``--cache-dir s3://...``, the usual cluster setup) gets the set
+    generated in a local scratch folder and uploaded, marker last, so every node reads the same
+    files from the cache; an upload cut short has no marker and is made again.
+    """
     root = synthetic_root(cache_dir, n, seed)
-    if not storage.exists(storage.join(root, SYNTHETIC_MARKER)):
-        synthesize(root, n=n, seed=seed, replace_partial=True)
+    if storage.exists(storage.join(root, SYNTHETIC_MARKER)):
+        return root
+    if not storage.is_uri(root):
+        return synthesize(root, n=n, seed=seed, replace_partial=True)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(synthesize(str(Path(scratch) / "set"), n=n, seed=seed))
+        storage.remove_tree(root)  # a partial upload from an earlier attempt
+        for split in sorted(p for p in local.iterdir() if p.is_dir()):
+            storage.copy(str(split), storage.join(root, split.name))
+        storage.copy(str(local / SYNTHETIC_MARKER), storage.join(root, SYNTHETIC_MARKER))
     return root
 
 

@@ -18,12 +18,13 @@ from pathlib import Path
 
 from cxr_tune import storage
 from cxr_tune.cliargs import fraction, nonnegative_float, nonnegative_int, positive_float, positive_int
-from cxr_tune.data.__main__ import add_data_arguments
-from cxr_tune.data.prepared import DataOptions
+from cxr_tune.data.prepared import DataOptions, add_data_arguments
 from cxr_tune.errors import UserError, run_cli
+from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.space import SPACES_DIR, load_space
 from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import CRITERIA
+from cxr_tune.train.precision import add_precision_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' for the running one; default: start Ray on this machine)")
     parser.add_argument("--workers-per-trial", type=positive_int, default=None, help="Ray Train workers per trial, DDP when > 1 (default: 1)")
     parser.add_argument("--cpus-per-worker", type=positive_float, default=None, help="CPUs per worker (default: an equal share of the cluster's CPUs per running trial)")
-    parser.add_argument("--gpus-per-worker", type=nonnegative_float, default=None, help="GPUs per worker (default: 1 when the cluster has GPUs, else 0)")
-    parser.add_argument("--concurrency", type=positive_int, default=None, help="trials running at once (default: #GPUs, or #CPUs up to 8)")
+    parser.add_argument("--gpus-per-worker", type=nonnegative_float, default=None,
+                        help="GPUs per worker; a fraction packs several trials onto one GPU, e.g. 0.25 runs 4 per GPU (default on a cluster "
+                             "with GPUs: 0.125 for spaces up to 128 px, 0.25 up to 256 px, 0.5 above, twice that for torchvision "
+                             "architectures; 0 without GPUs)")
+    parser.add_argument("--concurrency", type=positive_int, default=None, help="trials running at once (default: as many as the GPUs hold at --gpus-per-worker, or #CPUs up to 8)")
+    add_precision_arguments(parser)
+    parser.add_argument("--deterministic", action="store_true", help="bitwise-repeatable GPU kernels (cuDNN autotuning off; slower), so a trial resumed on a GPU continues exactly; CPU runs are repeatable without it")
+    parser.add_argument("--weights", default=None, metavar="PATH", help="a local pretrained weights file (safetensors or a PyTorch state dict) for the space's torchvision architectures; nothing is downloaded (default: none, from scratch)")
+    parser.add_argument("--no-final-fit", action="store_true", help="skip the space's final-fit stage (refitting the best configurations with new seeds) after the search")
     parser.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler: seeded multivariate TPE, or random search as a baseline (default: tpe)")
     parser.add_argument("--no-early-stopping", action="store_true", help="run every trial to --max-epochs instead of letting ASHA stop poor ones")
     parser.add_argument("--report-only", action="store_true", help="with --name: rewrite the trial table, report and best/ of an existing experiment; run nothing")
@@ -54,8 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def options_from_args(args: argparse.Namespace) -> "SearchOptions":  # noqa: F821
-    from cxr_tune.search.runner import SearchOptions
+def options_from_args(args: argparse.Namespace) -> SearchOptions:
 
     space = load_space(args.space)  # a bad file stops here, before Ray starts
     if args.max_epochs is not None and args.max_epochs < space.settings.grace_period:
@@ -73,13 +80,14 @@ def options_from_args(args: argparse.Namespace) -> "SearchOptions":  # noqa: F82
         min_sensitivity=args.min_sensitivity,
         address=args.address, workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency, sampler=args.sampler,
-        early_stopping=not args.no_early_stopping, data=data,
+        early_stopping=not args.no_early_stopping, precision=args.precision, memory_format=args.memory_format,
+        deterministic=args.deterministic, weights=storage.resolve(args.weights) if args.weights else None, final_fit=not args.no_final_fit, data=data,
     )
 
 
 #: What --resume may be given besides the experiment's name and storage: this run's time budget,
 #: and the cluster and resources it runs on (the search itself is fixed by experiment.json).
-RESUME_FLAGS = ("--time-budget", "--address", "--workers-per-trial", "--cpus-per-worker", "--gpus-per-worker", "--no-export", "--verbose")
+RESUME_FLAGS = ("--time-budget", "--address", "--workers-per-trial", "--cpus-per-worker", "--gpus-per-worker", "--no-export", "--verbose", "--no-final-fit")
 REPORT_FLAGS = ("--no-export", "--verbose")
 
 
@@ -98,17 +106,17 @@ def refuse_flags(args: argparse.Namespace, argv: Sequence[str] | None, mode: str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cxr_tune.experiment import Experiment
     from cxr_tune.search.finish import finish_experiment
-    from cxr_tune.search.runner import can_resume, load_options, resume_command, run_search
+    from cxr_tune.search.runner import can_resume, resume_command, run_search
 
     args = build_parser().parse_args(argv)
     if args.report_only:
         refuse_flags(args, argv, "--report-only", REPORT_FLAGS, "rewrites the table, report and best/ of an existing experiment and runs nothing")
         if not args.name:
             raise UserError("--report-only needs --name of the experiment")
-        experiment = storage.join(storage.resolve(args.storage), args.name)
-        load_options(experiment)  # one-line error when it is not an experiment
-        finish_experiment(experiment, export=not args.no_export)
+        experiment = Experiment(storage.join(storage.resolve(args.storage), args.name))  # one-line error when it is not one
+        finish_experiment(experiment.path, export=not args.no_export)
         return 0
     if args.resume:
         refuse_flags(args, argv, "--resume", RESUME_FLAGS, "continues an experiment with the space, data and settings it was started with",
@@ -120,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = {field: getattr(args, field) for field in ("address", "workers_per_trial", "cpus_per_worker", "gpus_per_worker")
                      if "--" + field.replace("_", "-") in given}
         # Found here, wherever it was started from; --time-budget is minutes for this run (none: no limit).
-        options = dataclasses.replace(load_options(experiment), storage=storage.resolve(args.storage), time_budget_min=args.time_budget, **overrides)
+        if args.no_final_fit:
+            overrides["final_fit"] = False
+        options = dataclasses.replace(Experiment(experiment).options, storage=storage.resolve(args.storage), time_budget_min=args.time_budget, **overrides)
     else:
         options = options_from_args(args)
     try:
@@ -131,6 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Before Tune took over Ctrl-C (say, in the first image-cache build): the experiment exists.
         print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}", file=sys.stderr)
         return 130
+    if outcome != "interrupted" and options.final_fit:
+        from cxr_tune.search.finalfit import run_final_fit
+
+        runs = run_final_fit(experiment, verbose=args.verbose)
+        if runs and not Experiment(experiment).final_fit_complete():
+            outcome = "interrupted"  # Ctrl-C, or runs that failed: --resume trains what is missing
     finish_experiment(experiment, export=not args.no_export)
     if outcome == "interrupted":
         print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}")

@@ -25,7 +25,8 @@ class ProgressPrinter(Callback):
 
     verbose: ClassVar[bool] = False  # set for each command by the runner, fresh or resumed
 
-    def __init__(self, total_trials: int, max_epochs: int, criterion: str, deciding: str, *, stream: TextIO | None = None) -> None:
+    def __init__(self, total_trials: int, max_epochs: int, criterion: str, deciding: str, *, stream: TextIO | None = None, label: str = "trial") -> None:
+        self.label = label  # what a Tune trial is called on the console: a search trial, or a final-fit run
         self.total = total_trials
         self.max_epochs = max_epochs
         self.criterion = criterion.replace("_", " ")
@@ -61,6 +62,7 @@ class ProgressPrinter(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("label", "trial")
         self.stream = self.stream or sys.stdout
         self._start_clock()  # a monotonic reading from another process means nothing here
 
@@ -96,7 +98,7 @@ class ProgressPrinter(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.config.items()))
-        self.say(f"{self._clock()} trial {trial.trial_id} started: {params}")
+        self.say(f"{self._clock()} {self.label} {trial.trial_id} started: {params}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         objective = result.get("objective")
@@ -107,22 +109,22 @@ class ProgressPrinter(Callback):
                    f"on {self.deciding} validation (AUC {result.get(f'{self.prefix}_auc', math.nan):.4f}, "
                    f"sens {result.get(f'{self.prefix}_sensitivity', math.nan):.3f}, spec {result.get(f'{self.prefix}_specificity', math.nan):.3f})")
         if self.verbose:
-            self.say(f"{self._clock()} trial {trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs} {summary}")
+            self.say(f"{self._clock()} {self.label} {trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs} {summary}")
         if self.best is None or objective > self.best[0]:
             self.best = (objective, trial.trial_id)
-            self.say(f"{self._clock()} new best: trial {trial.trial_id} epoch {result.get('epoch')}, {summary}")
+            self.say(f"{self._clock()} new best: {self.label} {trial.trial_id} epoch {result.get('epoch')}, {summary}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._count(trials, trial)
         epochs = int((trial.last_result or {}).get("epoch", 0))
         self._advance(trial.trial_id, self.max_epochs)  # epochs ASHA saved are done too
         how = "finished" if epochs >= self.max_epochs else f"stopped by ASHA after {epochs} epoch(s)"
-        self.say(f"{self._clock()} trial {trial.trial_id} {how} ({self.finished}/{self.total} trials done{self._left()})")
+        self.say(f"{self._clock()} {self.label} {trial.trial_id} {how} ({self.finished}/{self.total} {self.label}s done{self._left()})")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._count(trials, trial)
         self._advance(trial.trial_id, self.max_epochs)
-        self.say(f"{self._clock()} trial {trial.trial_id} FAILED; the search goes on ({self.finished}/{self.total} trials done{self._left()})")
+        self.say(f"{self._clock()} {self.label} {trial.trial_id} FAILED; the search goes on ({self.finished}/{self.total} {self.label}s done{self._left()})")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._bar is not None:

@@ -1,6 +1,8 @@
 """``report.md`` and its PNG plots: search progress, parameter importances, the sensitivity/
-specificity Pareto front, carved validation vs the external set (what transfers), and the
-selected trial's ROC curve, confusion matrix and learning curves. Trials appear in the order
+specificity Pareto front, carved validation vs the external set (what transfers), the
+selected trial's ROC curve, confusion matrix and learning curves, and for the exported model
+(``best/``) its calibration with a reliability diagram, its operating points on the ROC curve, its
+subgroups and a Grad-CAM gallery of the deciding set's most confident mistakes. Trials appear in the order
 :mod:`cxr_tune.selection` ranks them, so no table disagrees with the selection.
 """
 
@@ -19,47 +21,51 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cxr_tune import storage  # noqa: E402
-from cxr_tune.export import fmt  # noqa: E402
+from cxr_tune.calibration import plot_reliability  # noqa: E402
+from cxr_tune.data.imaging import decode_gray  # noqa: E402
+from cxr_tune.experiment import Experiment  # noqa: E402
+from cxr_tune.formatting import fmt  # noqa: E402
+from cxr_tune.modelcard import calibration_section, operating_point_section, subgroup_section  # noqa: E402
+from cxr_tune.modelfile import load_members  # noqa: E402
+from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
 from cxr_tune.search import transfer  # noqa: E402
-from cxr_tune.search.results import checkpoint_for, pareto_front, trial_histories  # noqa: E402
-from cxr_tune.search.runner import experiment_info, load_options  # noqa: E402
-from cxr_tune.search.study import study_path  # noqa: E402
-from cxr_tune.selection import deciding_prefix  # noqa: E402
+from cxr_tune.search.results import pareto_front  # noqa: E402
+from cxr_tune.selection import prefix_of  # noqa: E402
 from cxr_tune.train.checkpoints import has_predictions, load_predictions  # noqa: E402
 
 TOP = 10
 SET_NAMES = {"val": "carved validation", "ext": "external validation"}
 
 
-def write_report(experiment_dir: str, table: pd.DataFrame, exported: dict[str, Any] | None) -> str:
+def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str, Any] | None) -> str:
     """Write ``report.md`` and ``plots/*.png`` (drawn locally, then written through storage); returns the report's path.
 
     ``table``: the trial table with the selection's ``rank`` and ``tied`` columns.
     """
     import tempfile
 
-    options = load_options(experiment_dir)
-    info = experiment_info(experiment_dir)
+    options, info = experiment.options, experiment.info
     selected = table.sort_values("rank").iloc[0]
-    prefix = deciding_prefix(table)
-    _, histories = trial_histories(experiment_dir)
-    checkpoint = checkpoint_for(selected, experiment_dir)
+    prefix = prefix_of(experiment.deciding_set)
+    _, histories = experiment.histories()
+    checkpoint = experiment.checkpoint_for(selected)
     predictions = load_predictions(checkpoint, prefix) if has_predictions(checkpoint, prefix) else load_predictions(checkpoint)
     threshold = float(selected[f"{prefix}_threshold"])
     with tempfile.TemporaryDirectory() as scratch:
         plots = Path(scratch)
         notes = {
             "progress": _plot_progress(plots / "progress.png", histories),
-            **plot_importances(plots / "importances.png", options),
+            **plot_importances(plots / "importances.png", experiment),
             "pareto": _plot_pareto(plots / "pareto.png", table, selected, prefix),
             "transfer": transfer.plot_transfer(plots / "transfer.png", table) if transfer.has_external(table) else "No external set.",
             "roc": _plot_roc(plots / "roc.png", predictions, threshold, SET_NAMES[prefix]),
             "confusion": _plot_confusion(plots / "confusion.png", predictions, threshold, SET_NAMES[prefix]),
             "learning": _plot_learning(plots / "learning_curves.png", histories.get(selected["trial_id"], pd.DataFrame())),
+            **_clinical_plots(plots, experiment, exported),
         }
         for png in plots.glob("*.png"):
-            storage.write_bytes_atomic(storage.join(experiment_dir, "plots", png.name), png.read_bytes())
-    report = storage.join(experiment_dir, "report.md")
+            storage.write_bytes_atomic(experiment.file("plots", png.name), png.read_bytes())
+    report = experiment.file("report.md")
     storage.write_text_atomic(report, _markdown(info, options, table, selected, prefix, exported, notes))
     return report
 
@@ -73,6 +79,9 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     if prefix == "ext":
         lines += ["> **External validation numbers are selection-set numbers.** The external set chose the epochs, the trial, the ensemble "
                   "and the threshold, so its numbers are optimistic; the honest score is on images no choice saw.", ""]
+    else:
+        lines += ["> **Carved validation numbers are selection-set numbers.** With no external set deciding, carved validation chose the "
+                  "epochs, the trial, the ensemble and the threshold, so its numbers are optimistic; the honest score is on images no choice saw.", ""]
     counts = ", ".join(f"{v} {k}" for k, v in table["stop_reason"].value_counts().items())
     external = info.get("external")
     lines += [
@@ -114,9 +123,10 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
             lines += ["Held-out test split, scored once at the stored threshold (95 % bootstrap intervals):", ""]
             lines += [_table(pd.DataFrame([{k: fmt(test.get(k)) + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else "")
                                             for k in ("auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy")}])), ""]
+    lines += _clinical_sections(exported, notes)
     if transfer.has_external(table):
         lines += ["## What transfers: carved validation vs the external set", ""]
-        lines += transfer.markdown(table, "plots/transfer.png", notes["transfer"])
+        lines += transfer.markdown(table, "external" if prefix == "ext" else "carved", "plots/transfer.png", notes["transfer"])
     lines += ["## Plots", ""]
     captions = {
         "progress": ("progress.png", "Search progress: every epoch's objective over time, and the best so far."),
@@ -154,7 +164,7 @@ def _set_rows(selected: pd.Series) -> pd.DataFrame:
 
 
 def _export_rows(exported: dict[str, Any]) -> pd.DataFrame:
-    rows = [{"set": "carved validation", **exported["validation"]}]
+    rows = [{"set": "carved validation" + (" (selection set)" if exported["validation"].get("selection_set") else ""), **exported["validation"]}]
     if "external" in exported:
         label = "external validation (selection set)" if exported["external"]["selection_set"] else "external validation"
         rows.append({"set": label, **exported["external"]})
@@ -177,20 +187,20 @@ def _plot_progress(path: Path, histories: dict[str, pd.DataFrame]) -> str | None
     return None
 
 
-def plot_importances(path: Path, options: Any) -> dict[str, str | None]:
+def plot_importances(path: Path, experiment: Experiment) -> dict[str, str | None]:
     """``{"importances": note or None, "importances_caveat": ...}``: Optuna's own doubts about the
     estimate (too few trials for some parameter values) go into the report, not onto the console."""
     import warnings
 
     import optuna
 
-    db = study_path(options)
+    db = experiment.study_path
     if not Path(db).exists():
         return {"importances": "No Optuna study file."}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            study = optuna.load_study(study_name=options.name, storage=f"sqlite:///{db}")
+            study = optuna.load_study(study_name=experiment.options.name, storage=f"sqlite:///{db}")
             importances = optuna.importance.get_param_importances(study)
         except (RuntimeError, ValueError) as exc:
             return {"importances": f"Parameter importances are not available: {exc}"}
@@ -268,6 +278,98 @@ def _plot_learning(path: Path, history: pd.DataFrame) -> str | None:
     right.set(xlabel="epoch", title="Validation metrics (each at its own threshold)")
     right.legend(loc="lower right", fontsize=8)
     _save(fig, path)
+    return None
+
+
+# --- what a clinician checks: calibration, operating points, subgroups, saliency (from best/) ------
+
+
+def _clinical_plots(plots: Path, experiment: Experiment, exported: dict[str, Any] | None) -> dict[str, str | None]:
+    """The reliability diagram, the operating points on the ROC curve and the Grad-CAM gallery of
+    the exported model (``best/``), as notes for :func:`_clinical_sections`; nothing for an export
+    from before these were measured."""
+    if not exported or "calibration" not in exported.get("validation", {}):
+        return {}
+    deciding = "external" if exported.get("deciding_set") == "external" else "validation"
+    predictions_file = experiment.file("best", "external_predictions.csv" if deciding == "external" else "val_predictions.csv")
+    predictions = storage.read_csv(predictions_file, dtype={"path": str}) if storage.exists(predictions_file) else None
+    curves = {}
+    for key, name in (("validation", "carved validation"), ("external", "external validation"), ("test", "test")):
+        calibration = (exported.get(key) or {}).get("calibration")
+        if calibration:
+            curves[name + (" (selection set)" if key == deciding else "")] = calibration["reliability"]
+            if "before" in calibration:
+                curves[f"{name}, before calibration"] = calibration["before"]["reliability"]
+    plot_reliability(plots / "reliability.png", curves, "Exported model: reliability")
+    return {
+        "reliability": None,
+        "operating_points": _plot_operating_points(plots / "operating_points.png", exported, predictions, deciding),
+        "saliency": _plot_saliency(plots / "saliency.png", experiment, exported, predictions),
+    }
+
+
+def _clinical_sections(exported: dict[str, Any] | None, notes: dict[str, str | None]) -> list[str]:
+    """Calibration, operating points, subgroups and the saliency gallery of the exported model,
+    rendered as the model card renders them (:mod:`cxr_tune.modelcard`), with the plots."""
+    if "reliability" not in notes or not exported:
+        return []
+    lines = calibration_section(exported, "![reliability](plots/reliability.png)")
+    lines += operating_point_section(exported)
+    lines += [f"_{notes['operating_points']}_" if notes["operating_points"] else "![operating points](plots/operating_points.png)", ""]
+    lines += subgroup_section(exported)
+    lines += ["## Where the model looks (Grad-CAM)", "",
+              "The deciding set's most confident false positives and false negatives, and a few of its most confident true positives, "
+              "with Grad-CAM maps of the exported networks (`best/weights.safetensors`). A map shows what raised the score, not that the "
+              "reason is medical. `python -m cxr_tune.predict --explain OUT_DIR` draws them for any image.", ""]
+    lines += [f"_{notes['saliency']}_" if notes["saliency"] else "![saliency](plots/saliency.png)", ""]
+    return lines
+
+
+def _plot_operating_points(path: Path, exported: dict[str, Any], predictions: pd.DataFrame | None, deciding: str) -> str | None:
+    from sklearn.metrics import RocCurveDisplay
+
+    points = exported.get("operating_points") or {}
+    rates = exported[deciding].get("operating_points") or {}
+    if predictions is None or predictions["label"].nunique() < 2 or not points:
+        return "No ROC curve: the deciding set's predictions are missing or hold one class."
+    name = f"{SET_NAMES['ext' if deciding == 'external' else 'val']} (selection set)"
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    RocCurveDisplay.from_predictions(predictions["label"], predictions["probability"], ax=ax, name=f"exported model, {name}")
+    for index, (point, at) in enumerate((p, rates[p]) for p in points if p in rates):
+        ax.scatter([1 - at["specificity"]], [at["sensitivity"]], s=60, color=f"C{index + 1}", zorder=5,
+                   label=f"{point} (threshold {points[point]['threshold']:.3f})")
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set(title="Operating points on the ROC curve")
+    _save(fig, path)
+    return None
+
+
+def _plot_saliency(path: Path, experiment: Experiment, exported: dict[str, Any], predictions: pd.DataFrame | None, per_row: int = 4) -> str | None:
+    """Most confident false positives, false negatives and true positives of the deciding set, with their maps."""
+    if predictions is None or predictions.empty:
+        return "No Grad-CAM gallery: the deciding set's predictions are missing."
+    try:
+        members = load_members(experiment.file("best"), exported)
+    except FileNotFoundError:
+        return "No Grad-CAM gallery: the export has no weights.safetensors."
+    called, label = predictions["prediction"] == 1, predictions["label"] == 1
+    rows = {
+        "false positives (most confident)": predictions[called & ~label].sort_values("probability", ascending=False).head(per_row),
+        "false negatives (most confident)": predictions[~called & label].sort_values("probability").head(per_row),
+        "true positives (most confident)": predictions[called & label].sort_values("probability", ascending=False).head(per_row),
+    }
+    picked = pd.concat(rows.values())
+    size = members.image_size
+    images = np.stack([decode_gray(storage.read_bytes(p), size) for p in picked["path"]]) if len(picked) else np.zeros((0, size, size), np.uint8)
+    maps = grad_cam(members, images)
+    gallery, start = {}, 0
+    for title, frame in rows.items():
+        gallery[title] = [(images[start + i], maps[start + i], f"{Path(str(row.path)).name}\nP(PNEUMONIA) {row.probability:.3f}")
+                          for i, row in enumerate(frame.itertuples())]
+        start += len(frame)
+    if not any(gallery.values()):
+        return "No Grad-CAM gallery: no false positive, false negative or true positive on the deciding set."
+    plot_gallery(path, gallery)
     return None
 
 

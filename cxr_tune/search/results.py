@@ -1,4 +1,4 @@
-"""The trial table of an experiment (finished or interrupted).
+"""The trial table of an experiment (finished or interrupted); read through :class:`cxr_tune.experiment.Experiment`.
 
 One row per trial: its sampled parameters, the metrics of its best epoch (by
 :func:`cxr_tune.selection.best_epoch`) on carved validation (``val_``) and, when there is one, on
@@ -25,7 +25,7 @@ SET_METRICS = [
 METRICS = [
     "objective", "objective_low", "objective_high",
     *(f"{prefix}_{m}" for prefix in ("ext", "val") for m in SET_METRICS),
-    "train_loss", "train_images_per_s", "worker_nodes", "worker_images",
+    "train_loss", "train_images_per_s", "precision", "channels_last", "worker_nodes", "worker_images",
 ]
 ID_COLUMNS = ["trial_id", "status", "stop_reason", "epochs", "best_epoch", "run_seconds"]
 
@@ -90,8 +90,9 @@ def _newest_checkpoint_history(run: str) -> list[dict[str, Any]]:
     return max(states, key=lambda state: state["epoch"])["history"] if states else []
 
 
-def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...] = ()) -> pd.DataFrame:
-    """The table written to ``trials.csv`` / ``trials.parquet``; sorted by trial id.
+def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...], deciding: str) -> pd.DataFrame:
+    """The table written to ``trials.csv`` / ``trials.parquet``; sorted by trial id. Each trial's
+    row is its best epoch on the ``deciding`` set (``external`` or ``carved``).
 
     ``rungs`` (the epochs at which ASHA may stop a trial) tell an ASHA stop from a trial the
     search's end cut short when the experiment has no ``trial_events.jsonl``.
@@ -113,7 +114,7 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...] = 
         if history.empty or "objective" not in history:
             row.update({"epochs": 0, "best_epoch": math.nan, "run_seconds": math.nan, "checkpoint_path": None})
         else:
-            best = best_epoch(history)
+            best = best_epoch(history, deciding)
             row.update({
                 "epochs": int(history["epoch"].max()),
                 "best_epoch": int(best["epoch"]),

@@ -13,73 +13,25 @@ any working directory. Its ``--time-budget`` is minutes for the resumed run.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
-import os
 import shlex
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray.tune.search import ConcurrencyLimiter
-
 from cxr_tune import __version__, storage
-from cxr_tune.data.prepared import DataOptions, SplitData, datasets_by_size, split_data
+from cxr_tune.data.prepared import SplitData, datasets_by_size, split_data
 from cxr_tune.errors import UserError
-# Tune saves these objects with an experiment; they are imported here under the names experiments
-# saved before they moved to their own modules use.
-from cxr_tune.search.budget import ResumableTrials, SessionBudget, TrialsCatchUp
+from cxr_tune.experiment import EVENTS_FILE, EXPERIMENT_FILE, LOG_FILE, SPACE_FILE, SPLITS_FILE, TRAIN_DIR, Experiment
+from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.space import Space, SpaceSampler, load_space
-from cxr_tune.search.study import STUDY_FILE, StudySearch, copy_study, local_cache_dir, prepare_study, study_path
+from cxr_tune.search.study import STUDY_FILE, copy_study, local_cache_dir, prepare_study, study_path
 from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings, run_trial
-from cxr_tune.train.trainer import Resources
-
-EXPERIMENT_FILE = "experiment.json"
-EVENTS_FILE = "trial_events.jsonl"
-SPACE_FILE = "space.yaml"
-SPLITS_FILE = "splits.csv"
-LOG_FILE = "search.log"
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """Every flag of ``python -m cxr_tune.search``; saved to ``experiment.json``."""
-
-    space: str = "wide"
-    name: str = ""
-    storage: str = "results"
-    trials: int | None = None
-    max_epochs: int | None = None
-    time_budget_min: float | None = None
-    seed: int = 0
-    select: str = "balanced_accuracy"
-    select_on: str = "external"  # or "carved"; "external" falls back to carved when there is no external set
-    min_sensitivity: float = 0.0
-    address: str | None = None
-    workers_per_trial: int | None = None
-    cpus_per_worker: float | None = None
-    gpus_per_worker: float | None = None
-    concurrency: int | None = None
-    sampler: str = "tpe"  # or "random": the baseline TPE is measured against
-    early_stopping: bool = True  # ASHA; off runs every trial to max_epochs
-    data: DataOptions = field(default_factory=DataOptions)
-
-    @property
-    def experiment_dir(self) -> str:
-        return storage.join(storage.resolve(self.storage), self.name)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, values: dict[str, Any]) -> SearchOptions:
-        known = {f for f in cls.__dataclass_fields__}  # experiments written by older versions lack newer fields
-        return cls(**{**{k: v for k, v in values.items() if k in known}, "data": DataOptions(**values["data"])})
+from cxr_tune.train.trainer import Resources, RunOptions
 
 
 @dataclass(frozen=True)
@@ -96,21 +48,27 @@ class Plan:
 def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float]) -> Plan:
     """Apply flags over the space's settings and pick resources that use this cluster well.
 
-    Defaults: on GPUs one GPU per trial and as many trials at once as GPUs; on CPUs one worker
-    per trial and up to 8 trials at once, each with an equal share of the CPUs (a little is kept
-    back for the trial drivers, which each hold a hundredth of a CPU).
+    Defaults: on GPUs, several trials share each GPU (the share per worker follows the space's
+    largest trial: :mod:`cxr_tune.search.packing`) and as many run at once as the GPUs hold; on
+    CPUs one worker per trial and up to 8 trials at once. Either way each worker gets an equal
+    share of the CPUs (a little is kept back for the trial drivers, which each hold a hundredth
+    of a CPU).
     """
+    from cxr_tune.search.packing import default_gpu_share
+
     trials = options.trials or space.settings.trials
     max_epochs = options.max_epochs or space.settings.max_epochs
     cpus, gpus = float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0))
-    gpus_per_worker = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
+    gpus_per_worker = options.gpus_per_worker if options.gpus_per_worker is not None else (default_gpu_share(space) if gpus > 0 else 0.0)
     if gpus_per_worker > 0 and gpus < gpus_per_worker:
-        raise UserError(f"--gpus-per-worker {gpus_per_worker} but the Ray cluster has {gpus:g} GPU(s)")
+        raise UserError(f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has {gpus:g} GPU(s)")
+    if gpus_per_worker > 1 and not float(gpus_per_worker).is_integer():
+        raise UserError(f"--gpus-per-worker {gpus_per_worker:g}: a worker takes a fraction of one GPU or whole GPUs, not {gpus_per_worker:g}")
     workers = options.workers_per_trial or 1
     if options.concurrency:
         concurrency = options.concurrency
     elif gpus_per_worker > 0:
-        concurrency = max(1, int(gpus // (gpus_per_worker * workers)))
+        concurrency = max(1, int(gpus // (gpus_per_worker * workers) + 1e-9))
     else:
         concurrency = max(1, min(8, int(cpus // workers)))
     concurrency = min(concurrency, trials)
@@ -138,18 +96,19 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
 
     experiment = options.experiment_dir
     if resume:  # the experiment's own space and roles, never today's files
-        space, split = experiment_space(experiment), experiment_split(experiment, options.data)
+        saved = Experiment(experiment)
+        space, split = saved.space(), saved.split(options.data)
     else:
         _refuse_existing(options)  # before the data scan, which can take minutes
         space = load_space(options.space)
         split = split_data(options.data)
         _start_experiment(options, space, split)
-    restore = resume and has_tune_state(experiment)  # else Tune never saved a step: start it afresh
+    restore = resume and Experiment(experiment).has_tune_state()  # else Tune never saved a step: start it afresh
     prepare_study(options, fresh=not resume)
     print(f"Data: {split.source.description}")
     print(split.describe_external(options.select_on))
     print(f"Experiment: {experiment}")
-    log_path = _log_path(options)
+    log_path = log_path_of(options)
     print(f"Ray and Optuna logs: {log_path}" + ("" if verbose else " (--verbose shows them here too)"), flush=True)
     with library_output_to(log_path, verbose=verbose) as log, ray_session(options.address, log=log, verbose=verbose):
         import ray
@@ -165,80 +124,29 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
             + (f" with sensitivity >= {options.min_sensitivity:g}" if options.min_sensitivity else ""),
             flush=True,
         )
+        print(f"Training precision: {describe_precision(options, plan)}", flush=True)
         sizes = _image_sizes(space)
         datasets = datasets_by_size(split, sizes)
         tuner = _tuner(options, plan, split, datasets, resume=restore, verbose=verbose)
         started = time.time()  # wall clock, as SessionBudget measures the time budget
         grid = tuner.fit()
+        cluster = ray.cluster_resources()
+        Experiment(experiment).log_compute("search (resumed)" if resume else "search", time.time() - started, cluster.get("CPU", 0), cluster.get("GPU", 0))
     copy_study(options)
     if storage.is_uri(experiment) and Path(log_path).exists():
         storage.copy(log_path, storage.join(experiment, LOG_FILE))
     return experiment, _outcome(grid, plan, options, started)
 
 
-def load_options(experiment_dir: str) -> SearchOptions:
-    path = storage.join(experiment_dir, EXPERIMENT_FILE)
-    if not storage.exists(path):
-        raise UserError(f"'{experiment_dir}' is not a cxr_tune experiment (no {EXPERIMENT_FILE})")
-    return SearchOptions.from_json(json.loads(storage.read_text(path))["options"])
-
-
-def experiment_info(experiment_dir: str) -> dict[str, Any]:
-    return json.loads(storage.read_text(storage.join(experiment_dir, EXPERIMENT_FILE)))
-
-
 def can_resume(experiment_dir: str) -> bool:
     """True for any experiment: with Tune's state ``--resume`` continues it, without (stopped
     before Tune's first step, say in the first image-cache build) it starts the search afresh."""
-    return storage.exists(storage.join(experiment_dir, EXPERIMENT_FILE))
-
-
-def has_tune_state(experiment_dir: str) -> bool:
-    """True once Tune has saved the search's state, which it does at its first step."""
-    from ray.tune import Tuner
-
-    return Tuner.can_restore(experiment_dir) and bool(storage.glob(experiment_dir, "experiment_state-*.json"))
+    return Experiment.exists(experiment_dir)
 
 
 def resume_command(options: SearchOptions) -> str:
     """The command that continues this experiment, as a user would type it."""
     return shlex.join(["python", "-m", "cxr_tune.search", "--name", options.name, "--storage", storage.resolve(options.storage), "--resume"])
-
-
-def experiment_space(experiment_dir: str) -> Space:
-    """The space the experiment was started with (its own ``space.yaml``), under the name it had then."""
-    info = experiment_info(experiment_dir)
-    copy = storage.join(experiment_dir, SPACE_FILE)
-    name = os.path.splitext(storage.name(info.get("space_path") or SPACE_FILE))[0]
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, f"{name}.yaml")  # load_space names a space after its file
-        with open(local, "wb") as handle:
-            handle.write(storage.read_bytes(copy))
-        space = load_space(local)
-    return dataclasses.replace(space, path=copy)
-
-
-def experiment_split(experiment_dir: str, data: DataOptions) -> SplitData:
-    """The images and roles the experiment was started with, rebuilt from its own ``splits.csv``.
-
-    Nothing is scanned or split again: whatever the data folder holds today, a resumed search
-    trains and selects on exactly these images. Their paths are absolute (or URIs), and the
-    image cache is found by their content hashes (and rebuilt from those paths if it is gone)::
-
-        split = experiment_split("results/wide-20240101", load_options("results/wide-20240101").data)
-    """
-    import pandas as pd
-
-    from cxr_tune.data.sources import SKIPPED_COLUMNS, Source
-
-    info = experiment_info(experiment_dir)
-    text = ("path", "content_hash", "patient_id", "group_id", "split", "role", "role_note")
-    roles = storage.read_csv(storage.join(experiment_dir, SPLITS_FILE), dtype={c: str for c in text}, keep_default_na=False)
-    roles["label"] = roles["label"].astype(int)
-    manifest = roles[["path", "label", "patient_id", "group_id", "split", "content_hash"]]
-    source = Source(root=info["data_root"], manifest=manifest, skipped=pd.DataFrame(columns=SKIPPED_COLUMNS), synthetic=bool(info["synthetic"]))
-    return SplitData(source=source, roles=roles, cache_dir=data.resolved_cache_dir, options=data,
-                     external=info.get("external") or "", external_note=info.get("external_note") or "")
 
 
 # --- internals ----------------------------------------------------------------------------------
@@ -288,7 +196,7 @@ def _image_sizes(space: Space) -> list[int]:
     return [int(space.fixed.get("image_size", HParams().image_size))]
 
 
-def _log_path(options: SearchOptions) -> str:
+def log_path_of(options: SearchOptions) -> str:
     """Where Ray's and Optuna's output goes: ``search.log`` in a local experiment; for one on
     object storage a local file in the cache (uploaded beside the experiment when the search ends)."""
     if storage.is_uri(options.experiment_dir):
@@ -302,8 +210,11 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
 
+    from cxr_tune.search.budget import ResumableTrials, SessionBudget, TrialsCatchUp
     from cxr_tune.search.progress import ProgressPrinter, TrialEventLog
+    from cxr_tune.search.searcher import StudySearch
 
     settings = TrialSettings(
         max_epochs=plan.max_epochs,
@@ -311,8 +222,9 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         min_sensitivity=options.min_sensitivity,
         seed=options.seed,
         resources=plan.resources,
-        train_storage=storage.join(options.experiment_dir, "train"),
+        train_storage=storage.join(options.experiment_dir, TRAIN_DIR),
         select_on=options.select_on,
+        run=run_options(options),
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, datasets=datasets, class_counts=split.class_counts(), settings=settings),
@@ -355,6 +267,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         sampler=sampler,
         study_name=options.name,
         database=study_path(options),
+        max_epochs=plan.max_epochs,
         remote=storage.join(options.experiment_dir, STUDY_FILE) if storage.is_uri(options.experiment_dir) else None,
     )
     scheduler = ASHAScheduler(
@@ -375,6 +288,24 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         trial_dirname_creator=_trial_dirname,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def run_options(options: SearchOptions) -> RunOptions:
+    return RunOptions(options.precision, options.memory_format, options.deterministic, options.weights)
+
+
+def describe_precision(options: SearchOptions, plan: Plan) -> str:
+    """What ``--precision`` becomes where the trials run, and why (each worker decides for its own
+    device and records it; this is the driver's reading of the same rule)."""
+    import torch
+
+    from cxr_tune.train.precision import resolve
+
+    if plan.resources.use_gpu and not torch.cuda.is_available():
+        return (f"{options.precision} on each GPU worker (bf16 where the GPU supports it, else fp16 with loss scaling; recorded per epoch)"
+                if options.precision == "auto" else f"{options.precision} on each GPU worker")
+    device = "cuda" if plan.resources.use_gpu else "cpu"
+    return resolve(options.precision, device, options.memory_format).describe()
 
 
 def _trial_dirname(trial: Any) -> str:

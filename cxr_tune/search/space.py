@@ -59,6 +59,12 @@ class SearchSettings:
     reduction_factor: int = 3
     startup_trials: int = 6
     ensemble: int = 1  # export the best K trials as one averaging model
+    # The final-fit stage (0: none): after the search, the final_fit_top best configurations at the
+    # selected image size are trained again with final_fit_seeds new seeds each for final_fit_epochs
+    # epochs (0: max_epochs), and their last epochs are exported as one averaging model.
+    final_fit_top: int = 0
+    final_fit_seeds: int = 2
+    final_fit_epochs: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,8 +183,9 @@ def _settings(raw: Any, fail: Any) -> SearchSettings:
     for key, value in raw.items():
         if key not in allowed:
             raise fail(f"search.{key}", f"unknown setting; use {', '.join(sorted(allowed))}")
-        if not isinstance(value, int) or isinstance(value, bool) or value < (2 if key == "reduction_factor" else 0 if key == "startup_trials" else 1):
-            raise fail(f"search.{key}", f"must be a whole number >= {2 if key == 'reduction_factor' else 0 if key == 'startup_trials' else 1}, got {value!r}")
+        least = 2 if key == "reduction_factor" else 0 if key in ("startup_trials", "final_fit_top", "final_fit_epochs") else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise fail(f"search.{key}", f"must be a whole number >= {least}, got {value!r}")
         values[key] = value
     settings = SearchSettings(**values)
     if settings.grace_period > settings.max_epochs:

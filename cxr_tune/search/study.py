@@ -1,4 +1,7 @@
-"""The Optuna study of a search (``study.db``): where it lives, and a searcher that keeps it in step with Tune.
+"""The Optuna study of a search (``study.db``): where it lives and how it travels to object storage.
+
+(The searcher that keeps it in step with Tune is :class:`cxr_tune.search.searcher.StudySearch`;
+this module imports no Ray, so the experiment reader and the report can use it.)
 
 SQLite needs a local file. A local experiment keeps its study in its own folder; one on object
 storage keeps a local copy in the cache, keyed by the experiment's full URI (so one ``--name``
@@ -17,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from platformdirs import user_cache_dir
-from ray.tune.search.optuna import OptunaSearch
 
 from cxr_tune import storage
 
@@ -76,55 +78,3 @@ def upload_study(database: str, remote: str) -> None:
             source.backup(target)
         with open(snapshot, "rb") as handle:
             storage.write_bytes_atomic(remote, handle.read())
-
-
-class StudySearch(OptunaSearch):
-    """Ray's ``OptunaSearch`` with a study (``study.db``) that stays in step with Tune's trials.
-
-    - Each Optuna trial carries its Tune trial id (user attribute ``tune_trial_id``).
-    - Optuna writes a trial to the study, RUNNING, the moment it is suggested; Tune saves its own
-      state (this searcher's included) only every ~10 s. A driver killed in between leaves a
-      RUNNING trial that no resumed search knows, will never finish, and that TPE's constant liar
-      keeps counting as a point being evaluated. So whenever this searcher starts or is restored,
-      RUNNING trials outside its own record are marked FAIL.
-    - For an experiment on object storage (``remote``: the study's URI) the local SQLite file is
-      uploaded whenever a trial starts and ends, so a lost head node loses only the running
-      trials' intermediate values.
-    """
-
-    def __init__(self, *, database: str, remote: str | None = None, **kwargs: Any) -> None:
-        import optuna
-
-        self._database, self._remote = database, remote
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-        super().__init__(storage=optuna.storages.RDBStorage(f"sqlite:///{database}"), **kwargs)
-        self._fail_abandoned()
-
-    def suggest(self, trial_id: str) -> dict | None:
-        new = trial_id not in self._ot_trials
-        config = super().suggest(trial_id)
-        if new and trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
-            self._upload()
-        return config
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, result, error)
-        self._upload()
-
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        self._fail_abandoned()
-        self._upload()
-
-    def _fail_abandoned(self) -> None:
-        from optuna.trial import TrialState
-
-        known = {trial.number for trial in self._ot_trials.values()}
-        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number not in known:
-                self._ot_study.tell(trial.number, state=TrialState.FAIL)
-
-    def _upload(self) -> None:
-        if self._remote:
-            upload_study(self._database, self._remote)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_tune.export import fmt
+from cxr_tune.formatting import fmt
 
 PAIRS = (("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
 TABLE_COLUMNS = ["trial_id", "rank", "tied", "val_balanced_accuracy", "ext_balanced_accuracy", "ext_objective_low", "ext_objective_high",
@@ -75,13 +75,11 @@ def plot_transfer(path: Path, table: pd.DataFrame, title: str = "Carved validati
     return None
 
 
-def markdown(table: pd.DataFrame, plot: str | None, plot_note: str | None) -> list[str]:
-    """The report section: correlations, the tie set and the side-by-side table."""
-    from cxr_tune.selection import deciding_prefix
-
+def markdown(table: pd.DataFrame, deciding: str, plot: str | None, plot_note: str | None) -> list[str]:
+    """The report section: correlations, the tie set (on the ``deciding`` set) and the side-by-side table."""
     correlations = rank_correlations(table)
     tied = table[table["tied"].fillna(False).astype(bool)]["trial_id"].tolist() if "tied" in table else []
-    deciding = "the external set" if deciding_prefix(table) == "ext" else "carved validation (the external set chose nothing)"
+    deciding = "the external set" if deciding == "external" else "carved validation (the external set chose nothing)"
     lines = [
         "Every trial's best epoch on validation carved from train (`val_`) and on the external set (`ext_`, a selection set: "
         "its numbers chose things and are optimistic).",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cxr_tune.train.hparams import HParams
-from cxr_tune.train.trainer import Resources, make_trainer
+from cxr_tune.train.trainer import Resources, RunOptions, make_trainer
 
 TRIAL_DRIVER_CPU = 0.01  # the trial process only waits on its Train workers
 
@@ -29,6 +29,7 @@ class TrialSettings:
     train_storage: str  # where each trial's Train run (and checkpoints) lives
     max_failures: int = 2
     select_on: str = "external"  # or "carved": the set the objective follows when there is an external one
+    run: RunOptions = RunOptions()  # precision, memory format, determinism, pretrained weights
 
 
 def trial_hparams(config: dict[str, Any], settings: TrialSettings) -> HParams:
@@ -58,5 +59,6 @@ def run_trial(config: dict[str, Any], *, datasets: dict[int, dict[str, Any]], cl
         callbacks=[TuneReportCallback()],
         max_failures=settings.max_failures,
         select_on=settings.select_on,
+        run=settings.run,
     )
     trainer.fit()

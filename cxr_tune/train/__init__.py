@@ -1,19 +1,33 @@
-"""One trial: hyperparameters → CNN, augmentation, loss → Ray Train loop → metrics and checkpoints."""
+"""One trial: hyperparameters → network, augmentation, loss → training step → Ray Train loop → metrics and checkpoints.
 
-from cxr_tune.train.hparams import HParams, HParamsError
-from cxr_tune.selection import choose_threshold
-from cxr_tune.train.metrics import evaluate_scores
-from cxr_tune.train.model import PneumoniaCNN, ServingModel, build_model
-from cxr_tune.train.trainer import Resources, make_trainer
+Names are imported lazily, so ``cxr_tune.train.hparams`` (a dataclass) can be read without
+loading torch, the Ray Train loop or the trainer::
 
-__all__ = [
-    "HParams",
-    "HParamsError",
-    "PneumoniaCNN",
-    "Resources",
-    "ServingModel",
-    "build_model",
-    "choose_threshold",
-    "evaluate_scores",
-    "make_trainer",
-]
+    hparams.HParams        every hyperparameter, checked
+    model.build_model      the network (CNN, residual/SE blocks, torchvision ResNet-18/DenseNet-121)
+    precision.resolve      the precision and memory layout the step runs in, per device
+    steps.train_one_epoch  the training step every path uses (Ray Train, benchmarks, device check)
+    trainer.make_trainer   the Ray Train TorchTrainer of one configuration
+"""
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "HParams": "hparams",
+    "HParamsError": "hparams",
+    "build_model": "model",
+    "ServingModel": "model",
+    "evaluate_scores": "metrics",
+    "Resources": "trainer",
+    "RunOptions": "trainer",
+    "make_trainer": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"cxr_tune.train.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'cxr_tune.train' has no attribute {name!r}")

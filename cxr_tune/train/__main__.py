@@ -13,13 +13,14 @@ import time
 from collections.abc import Sequence
 
 from cxr_tune import storage
-from cxr_tune.cliargs import int_between, positive_float, positive_int
-from cxr_tune.data.__main__ import add_data_arguments
-from cxr_tune.data.prepared import DataOptions, datasets_by_size, split_data
+from cxr_tune.cliargs import int_between, nonnegative_float, positive_float, positive_int
+from cxr_tune.data.prepared import DataOptions, add_data_arguments, datasets_by_size, split_data
 from cxr_tune.errors import UserError, run_cli
+from cxr_tune.formatting import fmt
 from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import HParams, HParamsError
-from cxr_tune.train.trainer import Resources, make_trainer
+from cxr_tune.train.precision import add_precision_arguments
+from cxr_tune.train.trainer import Resources, RunOptions, deciding_set_of, make_trainer
 from cxr_tune.yamlfile import load_mapping
 
 SHOWN = ["epoch", "train_loss", "val_loss", "val_auc", "val_threshold", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "epoch_seconds"]
@@ -33,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one hyperparameter, e.g. --set epochs=3 (repeatable)")
     parser.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (DDP when > 1) (default: 1)")
     parser.add_argument("--cpus-per-worker", type=positive_float, default=None, help="CPUs reserved per worker; also its torch threads (default: the cluster's CPUs divided among the workers)")
-    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker (default: CPU)")
+    parser.add_argument("--use-gpu", action="store_true", help="train on GPUs: one GPU per worker unless --gpus-per-worker says otherwise (default: CPU)")
+    parser.add_argument("--gpus-per-worker", type=nonnegative_float, default=None, help="GPUs per worker, a fraction to share one GPU (default: 1 with --use-gpu, else 0)")
+    add_precision_arguments(parser)
+    parser.add_argument("--deterministic", action="store_true", help="bitwise-repeatable GPU kernels (slower), so a run resumed on a GPU continues exactly; CPU runs are repeatable without it")
+    parser.add_argument("--weights", default=None, metavar="PATH", help="a local pretrained weights file (safetensors or a PyTorch state dict) to start from; nothing is downloaded (default: none)")
     parser.add_argument("--storage", default="results", help="folder or URI for runs (default: results)")
     parser.add_argument("--name", default=None, help="run name; the run folder is STORAGE/NAME (default: train-<timestamp>)")
     parser.add_argument("--cv", type=int_between(2, 20), default=None, metavar="K", help="instead of one run, K-fold cross-validation by patient group over the training folder (writes cv.md and cv.csv)")
@@ -68,9 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxr_tune.train.model import build_model
 
     try:
-        build_model(hp)  # refuse an impossible depth here, not inside a Ray worker
+        net = build_model(hp)  # refuse an impossible depth here, not inside a Ray worker
     except HParamsError as exc:
         raise UserError(f"{args.params or 'hyperparameters'}: {exc}") from None
+    weights = storage.resolve(args.weights) if args.weights else None
+    if weights:
+        check_weights(net, weights)
+    gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if args.use_gpu else 0.0)
     options = DataOptions.from_args(args)
     split = split_data(options)
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
@@ -83,13 +92,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         import ray
 
         cpus = args.cpus_per_worker or max(1.0, float(int(ray.cluster_resources().get("CPU", 1) // args.workers)))
-        resources = Resources(args.workers, cpus, 1.0 if args.use_gpu else 0.0)
+        resources = Resources(args.workers, cpus, gpus)
+        if resources.use_gpu and ray.cluster_resources().get("GPU", 0) < gpus * args.workers:
+            raise UserError(f"{args.workers} worker(s) x {gpus:g} GPU but the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPU(s)")
+        run = RunOptions(args.precision, args.memory_format, args.deterministic, weights)
         if args.cv:
             return run_cv(args, hp, split, resources, storage_path, name)
         datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
-        trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name, select_on=args.select_on)
+        deciding = deciding_set_of(datasets, args.select_on)
+        trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name, select_on=args.select_on, run=run)
         result = trainer.fit()
-    return report(result, hp, split, storage.join(storage_path, name), args.select_on)
+    return report(result, hp, split, storage.join(storage_path, name), deciding)
+
+
+def check_weights(net, path: str) -> None:
+    """Refuse a ``--weights`` file that is missing or fits nothing in the network, before Ray starts."""
+    from cxr_tune.train.model import load_weights
+
+    if not storage.exists(path):
+        raise UserError(f"--weights '{path}' does not exist")
+    try:
+        load_weights(net, path)
+    except Exception as exc:  # noqa: BLE001 - any failure to read it is the user's file
+        raise UserError(f"--weights '{path}': {str(exc).splitlines()[0]}") from None
 
 
 def run_cv(args: argparse.Namespace, hp: HParams, split, resources: Resources, storage_path: str, name: str) -> int:
@@ -108,10 +133,9 @@ def run_cv(args: argparse.Namespace, hp: HParams, split, resources: Resources, s
     return 0
 
 
-def report(result, hp: HParams, split, run_dir: str, select_on: str) -> int:
+def report(result, hp: HParams, split, run_dir: str, deciding: str) -> int:
     import pandas as pd
 
-    from cxr_tune.export import fmt
     from cxr_tune.selection import best_epoch
     from cxr_tune.train.checkpoints import load_state
 
@@ -121,13 +145,14 @@ def report(result, hp: HParams, split, run_dir: str, select_on: str) -> int:
         history = pd.DataFrame(load_state(folder)["history"])
     shown = [c for c in SHOWN if c in history] + [c for c in EXTERNAL_SHOWN if c in history]
     print(history[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    best = best_epoch(history)  # the search's own rule
+    best = best_epoch(history, deciding)  # the search's own rule
     checkpoint = next((c for c, m in result.best_checkpoints if m.get("epoch") == best["epoch"]), None)
     summary = {
         "data": split.source.description,
         "synthetic": split.source.synthetic,
         "hparams": hp.to_dict(),
-        "deciding_set": split.deciding_set(select_on),
+        "deciding_set": deciding,
+        "precision": {k: v for k, v in history.iloc[-1].items() if k in ("precision", "channels_last")},
         "best_epoch": int(best["epoch"]),
         "best_checkpoint": checkpoint.path if checkpoint else "(not kept: only the best checkpoint by objective and the latest are)",
         "val_metrics": {k: v for k, v in best.items() if k.startswith("val_")},
@@ -136,7 +161,8 @@ def report(result, hp: HParams, split, run_dir: str, select_on: str) -> int:
     storage.write_text_atomic(storage.join(run_dir, "metrics.json"), json.dumps(summary, indent=2, default=str))
     tag = " [SYNTHETIC DATA]" if split.source.synthetic else ""
     print(f"\nBest epoch {summary['best_epoch']}{tag}, chosen on {summary['deciding_set']} validation:")
-    for prefix, name in (("val", "carved validation"), ("ext", "external validation (selection set)")):
+    external = "external validation (selection set)" if deciding == "external" else "external validation (scored for comparison; it chose nothing)"
+    for prefix, name in (("val", "carved validation"), ("ext", external)):
         if f"{prefix}_auc" in best:
             print(f"  {name}: AUC {fmt(best[f'{prefix}_auc'])}, sensitivity {fmt(best[f'{prefix}_sensitivity'])}, "
                   f"specificity {fmt(best[f'{prefix}_specificity'])}, balanced accuracy {fmt(best[f'{prefix}_balanced_accuracy'])} "

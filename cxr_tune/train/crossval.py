@@ -46,7 +46,7 @@ def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resource
         result = make_trainer(hp, datasets, replace(split, roles=roles).class_counts(), resources=resources, storage_path=storage_path, name=f"{name}-fold{index + 1}").fit()
         with result.checkpoint.as_directory() as folder:
             history = pd.DataFrame(load_state(folder)["history"])
-        best = best_epoch(history)
+        best = best_epoch(history, "carved")  # folds of the training folder: carved validation decides
         last = history.iloc[-1]
         row: dict[str, Any] = {"fold": index + 1, "val_images": int(best["val_n"]), "best_epoch": int(best["epoch"])}
         row.update({f"best_{m}": float(best[m]) for m in REPORTED})

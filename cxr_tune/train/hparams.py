@@ -16,6 +16,8 @@ from typing import Any
 
 from cxr_tune.selection import CRITERIA as SELECTION_CRITERIA
 
+ARCHITECTURES = ("cnn", "resnet18", "densenet121")
+BLOCKS = ("plain", "residual")
 CLASS_WEIGHTINGS = ("none", "balanced")
 OPTIMIZERS = ("adamw", "sgd")
 INTENSITY = ("none", "zscore", "equalize")
@@ -50,6 +52,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "min_sensitivity": (0.0, 1.0),
     "threshold_tolerance": (0.0, 0.2),
     "seed": (0, 2**31 - 1),
+    "se_ratio": (0.0, 1.0),
+    "ema_decay": (0.0, 0.9999),
 }
 _BLOCK_KEY = re.compile(r"^filters_(\d+)$")
 
@@ -62,8 +66,15 @@ class HParamsError(ValueError):
 class HParams:
     """One trial's hyperparameters. Defaults are a sound small CNN for 128 px X-rays."""
 
-    # Model: ``depth`` conv blocks; block i is ``filters * width_growth**i`` wide unless
-    # ``block_filters`` gives every width.
+    # Model (see train/model.py): ``arch`` "cnn" is this project's own CNN of ``depth`` conv
+    # blocks, block i ``filters * width_growth**i`` wide unless ``block_filters`` gives every width;
+    # each block "plain" (conv, BN, ReLU) or "residual" (with a skip connection), with
+    # squeeze-and-excitation when ``se_ratio`` > 0 (its bottleneck is that share of the channels).
+    # "resnet18" and "densenet121" are torchvision's networks with a grayscale stem, from scratch
+    # (or from a local pretrained file: --weights), and ignore the CNN's shape fields.
+    arch: str = "cnn"
+    block: str = "plain"
+    se_ratio: float = 0.0
     depth: int = 4
     filters: int = 32
     width_growth: float = 2.0
@@ -97,6 +108,9 @@ class HParams:
     momentum: float = 0.9
     batch_size: int = 32
     epochs: int = 10
+    # Exponential moving average of the weights and BatchNorm statistics per step (0: off); when
+    # on, evaluation, checkpoints and export use the average.
+    ema_decay: float = 0.0
     warmup_epochs: int = 1
     seed: int = 0
     # Decision threshold: chosen on validation to maximize this balance of sensitivity and
@@ -112,7 +126,7 @@ class HParams:
             value = getattr(self, name)
             if not low <= value <= high:
                 raise HParamsError(f"{name}={value} is out of range [{low}, {high}]")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("intensity", INTENSITY), ("criterion", CRITERIA)):
+        for name, allowed in (("optimizer", OPTIMIZERS), ("intensity", INTENSITY), ("criterion", CRITERIA), ("arch", ARCHITECTURES), ("block", BLOCKS)):
             if getattr(self, name) not in allowed:
                 raise HParamsError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         weighting = self.class_weighting

@@ -1,8 +1,11 @@
-"""The CNN: conv blocks (conv, batch norm, ReLU, max-pool), global pooling, dropout, one logit.
+"""The networks: this project's CNN (plain or residual blocks, optional squeeze-and-excitation) and
+torchvision's ResNet-18 / DenseNet-121 with a grayscale stem; one logit out.
 
-:class:`PneumoniaCNN` takes float images ``(B, 1, H, W)`` already normalized;
-:class:`ServingModel` wraps it with the input pipeline (uint8 → intensity normalization → logit →
-probability) so the exported model needs nothing but decoded, resized pixels.
+Every network takes float images ``(B, 1, H, W)`` already normalized and returns the PNEUMONIA
+logit ``(B,)``. :class:`ServingModel` wraps one with the input pipeline (uint8 → intensity
+normalization → logit → probability) so the exported model needs nothing but decoded, resized
+pixels. Nothing is downloaded: torchvision's networks train from scratch here, or start from a
+local weights file (:func:`load_weights`, ``--weights PATH``).
 """
 
 from __future__ import annotations
@@ -19,8 +22,38 @@ def max_depth(image_size: int) -> int:
     return max(0, image_size.bit_length() - 1)
 
 
+class ConvBlock(nn.Module):
+    """``convs`` conv-BN-ReLU layers, optional squeeze-and-excitation, an optional skip connection
+    (``residual``: identity, or a 1x1 conv + BN where the width changes), then a 2x2 max-pool."""
+
+    def __init__(self, channels_in: int, width: int, *, convs: int, kernel: int, residual: bool, se_ratio: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = channels_in
+        for index in range(convs):
+            layers += [nn.Conv2d(channels, width, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(width)]
+            if not (residual and index == convs - 1):  # a residual block adds before its last ReLU
+                layers.append(nn.ReLU(inplace=True))
+            channels = width
+        if se_ratio > 0:
+            from torchvision.ops import SqueezeExcitation
+
+            layers.append(SqueezeExcitation(width, max(1, round(width * se_ratio))))
+        self.body = nn.Sequential(*layers)
+        self.skip: nn.Module | None = None
+        if residual:
+            self.skip = nn.Identity() if channels_in == width else nn.Sequential(nn.Conv2d(channels_in, width, 1, bias=False), nn.BatchNorm2d(width))
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        if self.skip is not None:
+            y = torch.relu(y + self.skip(x))
+        return self.pool(y)
+
+
 class PneumoniaCNN(nn.Module):
-    """A plain VGG-style CNN sized by :class:`HParams`; outputs the PNEUMONIA logit ``(B,)``."""
+    """This project's CNN sized by :class:`HParams`: ``depth`` blocks, global pooling, dropout, one logit."""
 
     def __init__(self, hp: HParams) -> None:
         super().__init__()
@@ -32,14 +65,17 @@ class PneumoniaCNN(nn.Module):
         layers: list[nn.Module] = []
         channels = 1
         for width in hp.widths:
-            for _ in range(hp.convs_per_block):
-                layers += [
-                    nn.Conv2d(channels, width, hp.kernel_size, padding=hp.kernel_size // 2, bias=False),
-                    nn.BatchNorm2d(width),
-                    nn.ReLU(inplace=True),
-                ]
-                channels = width
-            layers.append(nn.MaxPool2d(2))
+            if hp.block == "plain" and hp.se_ratio == 0:
+                # Plain blocks keep the flat layer layout of the first versions, so their
+                # checkpoints and exported weights load as they are.
+                for _ in range(hp.convs_per_block):
+                    layers += [nn.Conv2d(channels, width, hp.kernel_size, padding=hp.kernel_size // 2, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                    channels = width
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers.append(ConvBlock(channels, width, convs=hp.convs_per_block, kernel=hp.kernel_size,
+                                        residual=hp.block == "residual", se_ratio=hp.se_ratio))
+            channels = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
@@ -55,10 +91,35 @@ class PneumoniaCNN(nn.Module):
         return self.head(self.features(x)).squeeze(1)
 
 
+class TorchvisionNet(nn.Module):
+    """A torchvision classifier with a one-channel stem and a dropout + one-logit head."""
+
+    def __init__(self, hp: HParams) -> None:
+        super().__init__()
+        import torchvision.models as models
+
+        if hp.arch == "resnet18":
+            net = models.resnet18(weights=None)
+            net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            net.fc = nn.Sequential(nn.Dropout(hp.dropout), nn.Linear(net.fc.in_features, 1))
+        elif hp.arch == "densenet121":
+            net = models.densenet121(weights=None)
+            net.features.conv0 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            net.classifier = nn.Sequential(nn.Dropout(hp.dropout), nn.Linear(net.classifier.in_features, 1))
+        else:
+            raise HParamsError(f"arch={hp.arch!r} is not a torchvision network")
+        if hp.image_size < 32:
+            raise HParamsError(f"arch={hp.arch} downsamples by 32; use image_size >= 32, not {hp.image_size}")
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
 class ServingModel(nn.Module):
     """uint8 grayscale ``(B, 1, H, W)`` → PNEUMONIA probability ``(B,)``; what gets exported."""
 
-    def __init__(self, net: PneumoniaCNN, intensity: str) -> None:
+    def __init__(self, net: nn.Module, intensity: str) -> None:
         super().__init__()
         self.net = net
         self.intensity = intensity
@@ -68,5 +129,45 @@ class ServingModel(nn.Module):
         return torch.sigmoid(self.net(x))
 
 
-def build_model(hp: HParams) -> PneumoniaCNN:
-    return PneumoniaCNN(hp)
+def build_model(hp: HParams) -> nn.Module:
+    """The network ``hp`` describes (raises :class:`HParamsError` when it cannot be built)."""
+    return PneumoniaCNN(hp) if hp.arch == "cnn" else TorchvisionNet(hp)
+
+
+def load_weights(net: nn.Module, path: str) -> list[str]:
+    """Load a user's local pretrained weights file (safetensors, or a PyTorch state dict read with
+    ``weights_only=True``: never unpickled) into ``net``; returns the names it did not fill.
+
+    Made for torchvision's ImageNet files: ``module.``/``model.`` prefixes are dropped, a
+    three-channel first convolution is summed over its colour channels (the usual way to start a
+    grayscale stem from RGB weights), and tensors whose shape does not fit (the 1000-class head) are
+    left at their initialization. Raises ``ValueError`` when nothing fits: the wrong file.
+    """
+    from cxr_tune import storage
+
+    data = storage.read_bytes(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load
+
+        tensors = load(data)
+    else:
+        import io
+
+        tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        tensors = tensors.get("state_dict", tensors.get("model", tensors)) if isinstance(tensors, dict) else tensors
+    own = {name: value for name, value in net.state_dict().items()}
+    wanted = {name.split("net.", 1)[1] if name.startswith("net.") else name: name for name in own}  # TorchvisionNet wraps .net
+    fitted = {}
+    for key, tensor in tensors.items():
+        key = key.removeprefix("module.").removeprefix("model.")
+        target = wanted.get(key) or (key if key in own else None)
+        if target is None or not isinstance(tensor, torch.Tensor):
+            continue
+        if tensor.ndim == 4 and own[target].ndim == 4 and tensor.shape[1] == 3 and own[target].shape[1] == 1:
+            tensor = tensor.sum(dim=1, keepdim=True)
+        if tensor.shape == own[target].shape:
+            fitted[target] = tensor
+    if not fitted:
+        raise ValueError(f"'{path}' holds no tensor that fits this network (wrong architecture or not a weights file)")
+    net.load_state_dict(fitted, strict=False)
+    return sorted(set(own) - set(fitted))

@@ -2,24 +2,51 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cxr_tune.train.hparams import HParams
-from cxr_tune.train.loop import train_loop_per_worker
 
 
 @dataclass(frozen=True)
 class Resources:
-    """What one trial asks of the cluster."""
+    """What one trial asks of the cluster: ``workers`` Ray Train workers, each with :meth:`bundle`."""
 
     workers: int = 1
     cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float = 0.0  # a fraction packs several trials onto one GPU
 
     @property
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
+
+    def bundle(self) -> dict[str, float]:
+        """One worker's resource request, as Ray schedules it."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run computes, beside its hyperparameters (recorded with the experiment and each checkpoint).
+
+    ``precision`` and ``memory_format``: :mod:`cxr_tune.train.precision`. ``deterministic``:
+    bitwise-repeatable GPU kernels, so a run resumed on a GPU continues exactly (CPU runs are
+    repeatable without it). ``weights``: a local pretrained weights file for a torchvision
+    architecture (nothing is downloaded).
+    """
+
+    precision: str = "auto"
+    memory_format: str = "auto"
+    deterministic: bool = False
+    weights: str | None = None
+
+    def to_config(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def deciding_set_of(datasets: dict[str, Any], select_on: str) -> str:
+    """``external`` when an external set is there and selection is on it, else ``carved``."""
+    return "external" if "external" in datasets and select_on == "external" else "carved"
 
 
 def make_trainer(
@@ -34,10 +61,12 @@ def make_trainer(
     max_failures: int = 2,
     loop_options: dict[str, Any] | None = None,
     select_on: str = "external",
+    run: RunOptions = RunOptions(),
 ) -> Any:
     """A ``TorchTrainer`` that trains ``hp`` on ``datasets`` (``train`` sharded; ``val`` and, when
-    given, ``external`` whole). ``select_on`` (``external`` or ``carved``) is the set the objective
-    and threshold follow when there is an external set.
+    given, ``external`` whole). ``select_on`` (``external`` or ``carved``) names the set the
+    objective, the best epoch and the threshold follow when there is an external set; the run's
+    deciding set is fixed here and passed to the loop, never inferred from its numbers.
 
     Checkpoints go to ``storage_path/name``; a trainer created again with the same name resumes
     from the latest one there. Worker failures (a lost node) restart from the last checkpoint up
@@ -46,9 +75,8 @@ def make_trainer(
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    per_worker = {"CPU": resources.cpus_per_worker}
-    if resources.use_gpu:
-        per_worker["GPU"] = resources.gpus_per_worker
+    from cxr_tune.train.loop import train_loop_per_worker
+
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -56,10 +84,11 @@ def make_trainer(
             "class_counts": list(class_counts),
             "threads": max(1, round(resources.cpus_per_worker)),
             "has_external": "external" in datasets,
-            "select_on": select_on,
+            "deciding_set": deciding_set_of(datasets, select_on),
+            "run": run.to_config(),
             **(loop_options or {}),
         },
-        scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker),
+        scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=resources.use_gpu, resources_per_worker=resources.bundle()),
         datasets={role: datasets[role] for role in ("train", "val", "external") if role in datasets},
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(

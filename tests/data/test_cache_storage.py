@@ -145,3 +145,19 @@ def test_an_unreadable_file_is_listed_as_a_failure_not_an_abort(ray_session, sma
     assert cache.n_images == source.manifest["content_hash"].nunique() - 1
     images, kept = load_images(source.manifest.iloc[:3], 16, storage.join(where, "no-cache"), source.manifest)
     assert victim not in set(kept["path"]) and len(images) == len(kept)  # decoding without a cache skips it too
+
+
+def test_the_builtin_synthetic_default_lives_in_an_s3_cache_and_builds_its_image_cache_there(s3_dir, ray_session):
+    """The default job on a cluster's cache: no --data, --cache-dir s3://... (it stopped with
+    "synthesize writes to a local folder" before). Every node reads the set from the cache."""
+    from cxr_tune.data.prepared import DataOptions, datasets_by_size, split_data
+    from cxr_tune.data.synthetic import SYNTHETIC_MARKER
+
+    cache = storage.join(s3_dir, "cache")
+    split = split_data(DataOptions(cache_dir=cache, synthetic_n=60), progress=False)
+    assert split.source.synthetic and split.source.root.startswith(cache) and storage.exists(storage.join(split.source.root, SYNTHETIC_MARKER))
+    assert len(split.source.manifest) == 60 and split.source.manifest["path"].str.startswith("s3://").all()
+    datasets = datasets_by_size(split, [32], ("train",))[32]
+    assert datasets["train"].count() == split.class_counts("train")[0] + split.class_counts("train")[1]
+    again = split_data(DataOptions(cache_dir=cache, synthetic_n=60), progress=False)  # generated once, found again
+    assert again.source.root == split.source.root and again.source.manifest["content_hash"].tolist() == split.source.manifest["content_hash"].tolist()

@@ -6,7 +6,8 @@ import pytest
 
 from cxr_tune.errors import UserError
 from cxr_tune.search.__main__ import main
-from cxr_tune.search.runner import SearchOptions, plan_search
+from cxr_tune.search.options import SearchOptions
+from cxr_tune.search.runner import plan_search
 from cxr_tune.search.space import load_space
 from tests.conftest import run_cli
 
@@ -55,7 +56,11 @@ def test_defaults_use_the_machine_well_and_impossible_resources_are_refused():
     big = plan_search(SearchOptions(space="smoke", trials=20), space, {"CPU": 16})
     assert big.concurrency == 8 and big.resources.cpus_per_worker >= 1.9
     gpu = plan_search(SearchOptions(space="smoke", trials=8), space, {"CPU": 16, "GPU": 4})
-    assert gpu.resources.use_gpu and gpu.concurrency == 4
+    assert gpu.resources.use_gpu and gpu.resources.gpus_per_worker == 0.125 and gpu.concurrency == 8  # small trials share GPUs
+    whole = plan_search(SearchOptions(space="smoke", trials=8, gpus_per_worker=1), space, {"CPU": 16, "GPU": 4})
+    assert whole.concurrency == 4 and whole.resources.cpus_per_worker >= 3.9
+    with pytest.raises(UserError, match="fraction of one GPU or whole GPUs"):
+        plan_search(SearchOptions(space="smoke", gpus_per_worker=1.5), space, {"CPU": 16, "GPU": 4})
     with pytest.raises(UserError, match="GPU"):
         plan_search(SearchOptions(space="smoke", gpus_per_worker=1), space, {"CPU": 2})
     with pytest.raises(UserError, match="one trial needs 2 x 4 CPUs"):

@@ -1,4 +1,5 @@
-"""The ``optuna-dashboard`` command a finished search prints opens the study the search wrote."""
+"""optuna-dashboard's own loader opens the committed real-data study; ``listed_trials`` is how the
+end-to-end search test opens the study a search writes with the command it prints."""
 
 from __future__ import annotations
 
@@ -11,17 +12,9 @@ import optuna
 import optuna_dashboard  # in the test extra, pinned like the dashboard extra
 import pytest
 
-from cxr_tune.search import finish
-from cxr_tune.search.runner import SearchOptions
-from cxr_tune.search.space import load_space
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED_STUDY = ROOT / "results" / "real" / "external" / "study.db"
-
-
-def printed_dashboard_command(experiment_dir: Path) -> list[str]:
-    """The ``Optuna:`` command a finished search prints for ``experiment_dir``, split into words."""
-    return finish.dashboard_command(SearchOptions(name=experiment_dir.name, storage=str(experiment_dir.parent))).split()
 
 
 def dashboard_get(storage_url: str, path: str) -> dict:
@@ -40,31 +33,6 @@ def listed_trials(storage_url: str, study_name: str) -> list[dict]:
     studies = dashboard_get(storage_url, "/api/studies")["study_summaries"]
     (study,) = [s for s in studies if s["study_name"] == study_name]
     return dashboard_get(storage_url, f"/api/studies/{study['study_id']}")["trials"]
-
-
-def test_printed_command_opens_the_study_a_search_writes(tmp_path: Path):
-    experiment = tmp_path / "smoke-20261126-101010"
-    experiment.mkdir()
-    # As runner.py sets up OptunaSearch: an RDBStorage SQLite file named study.db in the
-    # experiment folder, the experiment name as study name, the objective maximized.
-    study = optuna.create_study(study_name=experiment.name, direction="maximize",
-                                storage=optuna.storages.RDBStorage(f"sqlite:///{experiment / 'study.db'}"),
-                                sampler=optuna.samplers.RandomSampler(seed=0))
-    space = load_space("smoke")
-
-    def objective(trial: optuna.Trial) -> float:
-        space.sample(trial)  # the search's own define-by-run sampling
-        return 0.5 + trial.number / 10
-
-    study.optimize(objective, n_trials=2)
-
-    words = printed_dashboard_command(experiment)
-    assert words[0] == "optuna-dashboard" and "'.[dashboard]'" in words, words  # names the extra that installs it
-    trials = listed_trials(words[1], experiment.name)
-    assert len(trials) == 2
-    assert [t["values"][0] for t in trials] == [t.value for t in study.trials]
-    for listed, stored in zip(trials, study.trials):
-        assert {p["name"] for p in listed["params"]} == set(stored.params) != set()
 
 
 def test_dashboard_opens_the_committed_real_data_study(tmp_path: Path):

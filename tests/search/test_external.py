@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_tune.selection import CRITERIA, choose_threshold, ranked_trials, select_best
+from cxr_tune.selection import CRITERIA, choose_threshold
 from tests.conftest import run_cli
+from tests.selection_oracle import checkpoint_scores, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
 
@@ -85,11 +86,12 @@ def test_every_epoch_is_scored_on_both_sets_and_the_objective_is_the_external_on
 def test_the_selected_trial_is_first_on_the_external_set_and_is_what_best_holds(search):
     experiment, stdout = search
     table, meta = read(experiment)
-    ranked = table.sort_values("rank")
-    assert ranked["trial_id"].tolist() == ranked_trials(table, on="external")["trial_id"].tolist()
-    selected = ranked.iloc[0]
-    assert meta["trial_id"] == selected["trial_id"] == select_best(table)["trial_id"] == select_best(table, on="external")["trial_id"]
+    selected = table.set_index("trial_id").loc[expected_winner(table, "ext")]  # the README's rule on the external columns
+    assert meta["trial_id"] == selected.name and int(selected["rank"]) == 1
     assert meta["epoch"] == int(selected["best_epoch"])
+    stored = checkpoint_scores(experiment, selected.name, int(selected["best_epoch"]), "ext")
+    exported = exported_scores(experiment, "external_predictions.csv")
+    assert np.abs(exported - stored.loc[exported.index]).max() < 1e-4  # best/ holds that epoch's weights
     assert "tied with the best on the external set" in stdout and "external validation (SELECTION SET)" in stdout
     assert meta["deciding_set"] == "external"
     external = meta["external"]
@@ -136,6 +138,26 @@ def test_export_val_data_refuses_a_file_shared_with_train_in_one_line(experiment
     assert not (tmp_path / "out").exists()
 
 
+def test_export_val_data_refuses_another_image_of_a_patient_the_model_trained_on(experiment, site, tmp_path):
+    """Not byte-identical, same patient: the splits' patient-group rule applies at export too."""
+    from PIL import Image
+
+    from cxr_tune.errors import UserError
+    from cxr_tune.export import main
+
+    splits = pd.read_csv(experiment / "splits.csv")
+    trained = splits[(splits["role"] == "train") & (splits["label"] == 0)].iloc[0]
+    shared = tmp_path / "site"
+    shutil.copytree(site, shared)
+    another = shared / "NORMAL" / f"{trained['patient_id']}-9999.jpeg"  # the same patient's name, new pixels
+    Image.open(trained["path"]).rotate(3).save(another, quality=80)
+    with pytest.raises(UserError) as caught:
+        main([str(experiment), "--val-data", str(shared), "--out", str(tmp_path / "out")])
+    message = str(caught.value)
+    assert "\n" not in message and "belong to patients with training images" in message and str(another) in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_val_data_refuses_a_missing_or_small_folder(experiment, site, tmp_path):
     from cxr_tune.errors import UserError
     from cxr_tune.export import export_trial
@@ -152,18 +174,15 @@ def test_export_val_data_refuses_a_missing_or_small_folder(experiment, site, tmp
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_the_report_shows_what_transfers_and_the_benchmark_adds_what_each_rule_ships(experiment, tmp_path):
+def test_the_report_shows_what_transfers_and_the_transfer_benchmark_refuses_an_externally_selected_search(experiment, tmp_path):
+    """bench transfer measures what carved-only selection ships; here every best epoch, checkpoint
+    and trial was chosen on the external set, so a "carved only" pick would not be carved-only."""
     from cxr_tune.bench.transfer import run
+    from cxr_tune.errors import UserError
 
     report = (experiment / "report.md").read_text()
     assert "## What transfers: carved validation vs the external set" in report and "Spearman" in report and "Tie set" in report
     assert (experiment / "plots" / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = pd.read_csv(experiment / "trials.csv")
-    written = run(str(experiment), tmp_path).read_text()
-    for rule in ("carved only", "carved + adapt", "carved + mixture threshold", "carved + adapt + EM prior shift", "external (selection set"):
-        assert rule in written
-    details = json.loads((tmp_path / "transfer_ext.json").read_text())
-    by_rule = {row["rule"].split(" (")[0]: row for row in details["rules"]}
-    assert by_rule["carved only"]["trial"] == select_best(table, "carved")["trial_id"]
-    assert by_rule["external"]["trial"] == select_best(table, "external")["trial_id"]
-    assert by_rule["carved only"]["threshold"] == pytest.approx(select_best(table, "carved")["val_threshold"])
+    with pytest.raises(UserError, match="--select-on carved"):
+        run(str(experiment), tmp_path)
+    assert not list(tmp_path.iterdir())

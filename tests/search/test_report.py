@@ -9,7 +9,7 @@ from cxr_tune.search import report
 
 
 @pytest.fixture
-def lopsided_study(tmp_path, monkeypatch):
+def lopsided_study(tmp_path):
     """Four finished trials, one of them deep: ``filters_2`` has a single trial, which Optuna doubts."""
     db = tmp_path / "study.db"
     study = optuna.create_study(study_name="lopsided", storage=f"sqlite:///{db}", direction="maximize")
@@ -19,8 +19,7 @@ def lopsided_study(tmp_path, monkeypatch):
         if depth == 3:
             distributions["filters_2"], params["filters_2"] = CategoricalDistribution([4, 8]), 4
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=0.5 + 0.1 * i))
-    monkeypatch.setattr(report, "study_path", lambda options: db)
-    return types.SimpleNamespace(name="lopsided")
+    return types.SimpleNamespace(study_path=str(db), options=types.SimpleNamespace(name="lopsided"))
 
 
 def test_optunas_doubts_about_importances_go_into_the_report_not_the_console(lopsided_study, tmp_path, capsys):

@@ -12,8 +12,9 @@ import onnx
 import pandas as pd
 import pytest
 
-from cxr_tune.selection import CRITERIA, choose_threshold, ranked_trials, select_best
+from cxr_tune.selection import CRITERIA, choose_threshold
 from tests.conftest import run_cli
+from tests.selection_oracle import checkpoint_scores, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
 
@@ -108,22 +109,23 @@ def test_any_trial_can_be_re_exported_and_predict_refuses_pickles(experiment):
     assert refused.returncode == 2 and "would need unpickling" in refused.stderr
 
 
-def test_best_is_the_trial_the_ranking_selects(search):
-    """best/ holds the rank-1 trial of trials.csv, which is what the selection rule picks from the
-    table, at the epoch the table calls its best; the console says the same."""
+def test_best_holds_the_trial_the_rule_selects_at_its_best_epoch(search):
+    """The README's rule, applied to the trial table by hand, names the trial in best/; best/ holds
+    that trial's weights of the epoch the table calls its best (its scores are the ones that
+    checkpoint stored), at the threshold the trial reported; the console says the same."""
     experiment, stdout = search
     table = pd.read_csv(experiment / "trials.csv")
     meta = json.loads((experiment / "best" / "model.json").read_text())
-    ranked = table.dropna(subset=["rank"]).sort_values("rank")
-    assert ranked["rank"].tolist() == list(range(1, len(ranked) + 1)) and len(ranked) == (table["epochs"] > 0).sum()
-    assert ranked["trial_id"].tolist() == ranked_trials(table)["trial_id"].tolist()
-    assert ranked["tied"].tolist() == ranked_trials(table)["tied"].tolist()
-    selected = ranked.iloc[0]
-    assert meta["trial_id"] == selected["trial_id"] == select_best(table)["trial_id"]
-    assert meta["epoch"] == int(selected["best_epoch"]) and [m["trial_id"] for m in meta["members"]] == [meta["trial_id"]]
+    winner = table.set_index("trial_id").loc[expected_winner(table, "val")]
+    assert meta["trial_id"] == winner.name and int(winner["rank"]) == 1
+    assert meta["epoch"] == int(winner["best_epoch"]) and [m["trial_id"] for m in meta["members"]] == [meta["trial_id"]]
+    stored = checkpoint_scores(experiment, winner.name, int(winner["best_epoch"]))
+    exported = exported_scores(experiment)
+    assert np.abs(exported - stored.loc[exported.index]).max() < 1e-4
     assert meta["deciding_set"] == "carved" and "external" not in meta  # no external set in this data
-    assert meta["threshold"] == pytest.approx(selected["val_threshold"], abs=1e-12)  # the threshold the trial reported
-    assert f"Selected trial {selected['trial_id']} (best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}" in stdout
+    assert meta["threshold"] == pytest.approx(winner["val_threshold"], abs=1e-12)  # the threshold the trial reported
+    assert sorted(table["rank"].dropna().astype(int)) == list(range(1, (table["epochs"] > 0).sum() + 1))
+    assert f"Selected trial {winner.name} (best epoch {int(winner['best_epoch'])} of {int(winner['epochs'])}" in stdout
 
 
 def test_an_ensemble_predicts_the_mean_of_its_members(experiment, val_folder, tmp_path):
@@ -163,6 +165,78 @@ def test_an_ensemble_predicts_the_mean_of_its_members(experiment, val_folder, tm
 
     best = balance(choose_threshold(labels, mean, hp["criterion"], hp["min_sensitivity"], hp["threshold_tolerance"]))
     assert balance(threshold) >= best - hp["threshold_tolerance"] - 0.5 / min(np.bincount(labels))  # one image of slack
+
+
+def test_the_export_and_report_show_what_a_clinician_checks(experiment):
+    """best/ and report.md carry calibration, operating points, subgroups (the synthetic names are
+    Kermany's), the model card and a Grad-CAM gallery; carved validation decided, so its numbers
+    are labelled selection-set numbers everywhere."""
+    best = experiment / "best"
+    meta = json.loads((best / "model.json").read_text())
+    assert meta["validation"]["selection_set"] and meta["calibration"] == {"method": "none"}
+    assert list(meta["operating_points"]) == ["balanced", "sens90", "sens95", "sens98", "spec90", "spec95"]
+    assert meta["operating_points"]["balanced"]["threshold"] == meta["threshold"]
+    for key in ("validation", "test"):
+        measured = meta[key]
+        assert 0 <= measured["calibration"]["ece"] <= 1 and len(measured["calibration"]["ci95"]["brier"]) == 2
+        assert sum(measured["calibration"]["reliability"]["count"]) == measured["n"]
+        assert set(measured["operating_points"]) == set(meta["operating_points"])
+        groups = measured["subgroups"]
+        assert groups["bacterial"]["n"] + groups["viral"]["n"] == measured["class_counts"][1] and groups["normal2_im"]["n"] == 0
+    for rate, floor in (("sensitivity", 0.9), ("specificity", 0.9)):  # the floors hold on the set that chose them
+        assert meta["validation"]["operating_points"][f"{rate[:4]}90"][rate] >= floor
+    card = (best / "MODEL_CARD.md").read_text()
+    assert "carved validation (selection set)" in card and "**SYNTHETIC DATA.**" in card and meta["search"]["command"] in card
+    assert (best / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report = (experiment / "report.md").read_text()
+    for section in ("## Calibration", "## Operating points", "## Subgroups", "## Where the model looks (Grad-CAM)"):
+        assert section in report, section
+    assert "carved validation (selection set)" in report and "Carved validation numbers are selection-set numbers" in report
+    for plot in ("reliability", "operating_points", "saliency"):
+        assert f"](plots/{plot}.png)" in report, plot
+        assert (experiment / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_calibrated_export_decides_as_the_plain_one_and_predict_reproduces_it(experiment, val_folder, tmp_path):
+    done = run_cli("cxr_tune.export", str(experiment), "--calibrate", "platt", "--out", str(tmp_path / "calibrated"))
+    assert done.returncode == 0, done.stderr
+    assert "platt-calibrated" in done.stdout and "model card:" in done.stdout
+    plain, calibrated = (json.loads((folder / "model.json").read_text()) for folder in (experiment / "best", tmp_path / "calibrated"))
+    assert calibrated["calibration"]["method"] == "platt" and calibrated["calibration"]["fitted_on"] == "carved"
+    assert calibrated["trial_id"] == plain["trial_id"] and calibrated["validation"]["auc"] == pytest.approx(plain["validation"]["auc"], abs=1e-6)
+    before, after = (pd.read_csv(folder / "val_predictions.csv") for folder in (experiment / "best", tmp_path / "calibrated"))
+    clear = (before["probability"] - plain["threshold"]).abs() > 1e-4  # an image on the threshold may fall either way
+    assert (before["prediction"] == after["prediction"])[clear].all()
+    assert calibrated["validation"]["loss"] <= plain["validation"]["loss"] + 1e-9  # fitted on this set: its log loss cannot get worse
+
+    scored = run_cli("cxr_tune.predict", "--model", str(tmp_path / "calibrated"), str(val_folder), "--operating-point", "sens95", "--quiet")
+    assert scored.returncode == 0, scored.stderr
+    sens95 = calibrated["validation"]["operating_points"]["sens95"]
+    line = next(ln for ln in scored.stdout.splitlines() if ln.strip().startswith("sensitivity"))
+    assert f"sensitivity {sens95['sensitivity']:.4f}" in line and f"specificity {sens95['specificity']:.4f}" in line
+    assert f"ECE {calibrated['validation']['calibration']['ece']:.4f}" in scored.stdout
+
+
+def test_the_printed_dashboard_command_opens_this_searchs_study_with_pruned_trials_and_best_epoch_values(search):
+    """What a user gets from the printed ``Optuna:`` line: this search's trials, ASHA-stopped ones as
+    PRUNED with their per-epoch values, finished ones valued at the epoch selection judges them by."""
+    from tests.search.test_dashboard import listed_trials
+
+    experiment, stdout = search
+    line = next(ln for ln in stdout.splitlines() if ln.startswith("Optuna:"))
+    words = line.split()[1:]
+    assert words[0] == "optuna-dashboard" and "'.[dashboard]'" in line  # names the extra that installs it
+    listed = {t["user_attrs"][0]["value"] if t.get("user_attrs") else t["number"]: t for t in listed_trials(words[1], experiment.name)}
+    table = pd.read_csv(experiment / "trials.csv").set_index("trial_id")
+    assert set(listed) == set(table.index)
+    for trial_id, trial in listed.items():
+        row = table.loc[trial_id]
+        steps = [v["step"] for v in trial["intermediate_values"]]
+        assert steps == list(range(1, int(row["epochs"]) + 1))  # one value per epoch, at our own epoch count
+        assert trial["state"] == ("Complete" if row["stop_reason"] == "completed" else "Pruned")
+        assert trial["values"][0] == pytest.approx(row["objective"])  # the best epoch's objective, not the last one's
+    assert any(t["state"] == "Pruned" for t in listed.values())  # the smoke space's ASHA stops some trials
 
 
 # The console: the product's own lines only; Ray's and Optuna's go to search.log.

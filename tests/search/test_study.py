@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from cxr_tune import storage
 from cxr_tune.data.prepared import DataOptions
-from cxr_tune.search.runner import SearchOptions
+from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.study import study_path
 from cxr_tune.search.space import SpaceSampler, load_space
 
@@ -20,10 +20,10 @@ STUDY_FILE, TUNE_TRIAL_ATTR = "study.db", "tune_trial_id"
 
 
 def make_searcher(database: str, remote: str | None = None):
-    from cxr_tune.search.study import StudySearch
+    from cxr_tune.search.searcher import StudySearch
 
     return StudySearch(space=SpaceSampler(load_space("smoke")), metric="objective", mode="max", study_name="exp",
-                       sampler=optuna.samplers.RandomSampler(seed=0), database=str(database), remote=remote)
+                       sampler=optuna.samplers.RandomSampler(seed=0), max_epochs=3, database=str(database), remote=remote)
 
 
 def trials_in(database: str) -> list[optuna.trial.FrozenTrial]:
@@ -54,7 +54,7 @@ def test_the_study_goes_up_to_object_storage_as_trials_start_and_end(s3_dir, tmp
     searcher.suggest("trial_a")
     [started] = trials_at(remote, tmp_path)  # before: uploaded only when the whole search ended
     assert started.state == TrialState.RUNNING and started.user_attrs == {TUNE_TRIAL_ATTR: "trial_a"}
-    searcher.on_trial_complete("trial_a", {"objective": 0.75, "training_iteration": 1})
+    searcher.on_trial_complete("trial_a", {"objective": 0.75, "epoch": 3})
     [done] = trials_at(remote, tmp_path)
     assert done.state == TrialState.COMPLETE and done.value == 0.75
 
@@ -66,7 +66,7 @@ def test_a_resumed_search_starts_from_the_uploaded_study_and_a_new_one_from_none
     local = study_path(options)
     searcher = make_searcher(local, storage.join(options.experiment_dir, STUDY_FILE))
     searcher.suggest("trial_a")
-    searcher.on_trial_complete("trial_a", {"objective": 0.5, "training_iteration": 1})
+    searcher.on_trial_complete("trial_a", {"objective": 0.5, "epoch": 3})
     os.remove(local)  # the head node is gone; a new one resumes
     _prepare_study(options, fresh=False)
     assert [t.state for t in trials_in(local)] == [TrialState.COMPLETE]

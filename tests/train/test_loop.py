@@ -66,7 +66,7 @@ def test_same_seed_same_data_same_weights_on_cpu(data, tmp_path):
     _, b = fit(data, tmp_path, "b", epochs=1, seed=7)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     # ... and the seed matters: another one starts from other weights.
-    from cxr_tune.train.loop import seed_everything
+    from cxr_tune.train.steps import seed_everything
     from cxr_tune.train.model import build_model
 
     hp = HParams(image_size=SIZE, depth=3, filters=8)

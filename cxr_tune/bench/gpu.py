@@ -1,0 +1,192 @@
+"""The GPU device check: the project's training step on one GPU, by precision, layout and image size, and packed trials.
+
+Made for a machine that has PyTorch but not Ray, Optuna or pandas (the lent device machine):
+it imports only torch, numpy and the project's model, augmentation and training step
+(:mod:`cxr_tune.train.steps` via :mod:`cxr_tune.bench.bare`). Two measurements, written to
+``results/benchmarks/gpu.md`` (and ``.json``) with the machine named:
+
+1. **Step throughput**: training images per second of the project's step (augmentation,
+   intensity normalization, autocast forward/backward, optimizer, scheduler) in fp32, bf16 and
+   fp16, contiguous and channels_last, at each image size, next to a *bare loop* (the same
+   network's forward, loss, backward and optimizer step on pre-normalized tensors, nothing else),
+   so the step's own overhead shows; plus peak GPU memory.
+2. **Packed trials**: N = 1, 2, 4, 8 trial processes training at once on the one GPU (what
+   ``--gpus-per-worker 1/N`` does to a search): total images per second, trials per hour (a trial
+   being ``--trial-epochs`` epochs over the 5,216 training images) and each process's peak memory.
+
+Images are random tensors already on the device: this measures the GPU, not the data path.
+``python -m cxr_tune.bench gpu --device cpu --sizes 32 ...`` runs the same code on a CPU (the
+test suite does, at a tiny size).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cxr_tune.bench.bare import BareRun, synchronize
+from cxr_tune.train.hparams import HParams
+from cxr_tune.train.precision import resolve
+from cxr_tune.train.steps import bce_loss, build_optimizer
+
+TRAIN_IMAGES = 5216  # the official training split: what one trial-epoch trains on
+MODEL = {"depth": 5, "filters": 24, "width_growth": 2.0, "batch_size": 32, "augment_strength": 0.5}
+
+
+def hparams(size: int) -> HParams:
+    return HParams(image_size=size, epochs=1000, **{**MODEL, "filters": 16 if size >= 224 else 24})
+
+
+def synthetic_batch(n: int, size: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, size, size), dtype=torch.uint8, generator=generator)
+    labels = (torch.rand(n, generator=generator) < 0.74).float()
+    return images.to(device), labels.to(device)
+
+
+def step_rate(size: int, precision_name: str, layout: str, device: torch.device, images: int, epochs: int) -> dict[str, Any]:
+    """Images/s of the project's step after a warm-up epoch, and peak memory."""
+    hp = hparams(size)
+    precision = resolve(precision_name, device.type, layout)
+    pixels, labels = synthetic_batch(images, size, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    run = BareRun(hp, precision, device, pixels, labels)
+    rates = [run.train_epoch() for _ in range(epochs + 1)][1:]
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"step_img_s": sum(rates) / len(rates), "peak_mib": peak}
+
+
+def bare_loop_rate(size: int, precision_name: str, layout: str, device: torch.device, images: int, epochs: int) -> float:
+    """Images/s of the network alone: forward, loss, backward, step on pre-normalized tensors."""
+    hp = hparams(size)
+    precision = resolve(precision_name, device.type, layout)
+    from cxr_tune.train.model import build_model
+
+    net = build_model(hp).to(device, memory_format=precision.memory_format).train()
+    optimizer, scaler = build_optimizer(hp, net), precision.grad_scaler()
+    pixels, labels = synthetic_batch(images, size, device)
+    x_all = (pixels.unsqueeze(1).float() / 255.0 - 0.5).contiguous(memory_format=precision.memory_format)
+    pos_weight = torch.tensor(1.0, device=device)
+    rates = []
+    for _ in range(epochs + 1):
+        synchronize(device)
+        started = time.perf_counter()
+        for x, y in zip(x_all.split(hp.batch_size), labels.split(hp.batch_size), strict=True):
+            with precision.autocast():
+                logits = net(x)
+            loss = bce_loss(logits, y, pos_weight, 0.0)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+        synchronize(device)
+        rates.append(images / (time.perf_counter() - started))
+    return sum(rates[1:]) / len(rates[1:])
+
+
+def _trial_process(size: int, precision_name: str, device_name: str, seconds: float, start: Any, results: Any) -> None:
+    """One packed trial: trains on its own for ``seconds`` once every process is ready; reports images/s and peak memory."""
+    device = torch.device(device_name)
+    torch.set_num_threads(1)
+    hp = hparams(size)
+    precision = resolve(precision_name, device.type)
+    pixels, labels = synthetic_batch(512, size, device)
+    run = BareRun(hp, precision, device, pixels, labels)
+    run.train_epoch()  # warm-up (cuDNN autotuning, allocator)
+    start.wait()
+    began, seen = time.perf_counter(), 0
+    while time.perf_counter() - began < seconds:
+        run.train_epoch()
+        seen += len(pixels)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    results.put({"img_s": seen / (time.perf_counter() - began), "peak_mib": peak})
+
+
+def packed_rate(processes: int, size: int, precision_name: str, device_name: str, seconds: float) -> dict[str, Any]:
+    """``processes`` trials training at once on one device: their total images/s and the largest peak memory."""
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes + 1), context.Queue()
+    workers = [context.Process(target=_trial_process, args=(size, precision_name, device_name, seconds, start, results)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    reports = [results.get(timeout=seconds * 10 + 600) for _ in workers]
+    for worker in workers:
+        worker.join()
+    total = sum(r["img_s"] for r in reports)
+    peaks = [r["peak_mib"] for r in reports if r["peak_mib"] is not None]
+    return {"processes": processes, "total_img_s": total, "per_trial_img_s": total / processes, "peak_mib_per_trial": max(peaks) if peaks else None}
+
+
+def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[int], packed_size: int, images: int, epochs: int,
+        seconds: float, trial_epochs: int, out: Path) -> Path:
+    from cxr_tune.bench.common import machine
+
+    device = torch.device(device_name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from cxr_tune.errors import UserError
+
+        raise UserError("--device cuda but torch sees no CUDA GPU here; run it on the GPU machine, or pass --device cpu")
+    steps = []
+    for size in sizes:
+        for name in precisions:
+            for layout in ("contiguous", "channels_last"):
+                step = step_rate(size, name, layout, device, images, epochs)
+                bare = bare_loop_rate(size, name, layout, device, images, epochs)
+                steps.append({"image_size": size, "precision": resolve(name, device.type).name, "layout": layout, **step,
+                              "bare_loop_img_s": bare, "step_over_bare": step["step_img_s"] / bare})
+                print(json.dumps(steps[-1]), flush=True)
+    auto = resolve("auto", device.type, device=device if device.type == "cuda" else None)
+    packs = []
+    for n in packed:
+        result = packed_rate(n, packed_size, auto.name, device_name, seconds)
+        result["trials_per_hour"] = result["total_img_s"] * 3600 / (TRAIN_IMAGES * trial_epochs)
+        packs.append(result)
+        print(json.dumps(packs[-1]), flush=True)
+    record = {"benchmark": "gpu", "machine": machine(), "measured_at": time.strftime("%Y-%m-%d %H:%M"), "device": device_name,
+              "auto_precision": auto.describe(), "model": MODEL, "steps": steps, "packed": packs, "packed_image_size": packed_size,
+              "trial_epochs": trial_epochs, "images_per_epoch": images}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.json").write_text(json.dumps(record, indent=2))
+    (out / "gpu.md").write_text(markdown(record))
+    print(f"Written: {out / 'gpu.md'}")
+    return out / "gpu.md"
+
+
+def markdown(record: dict[str, Any]) -> str:
+    gpu = record["machine"]["gpu"] or f"no GPU (device {record['device']})"
+    base = {s["image_size"]: s["step_img_s"] for s in record["steps"] if s["precision"] == "fp32" and s["layout"] == "contiguous"}
+    lines = [
+        "# GPU device check: the project's training step on one device",
+        "",
+        f"Machine: **{gpu}**, {record['machine']['cpus']} CPUs, torch {record['machine']['torch']}; measured {record['measured_at']}. "
+        f"`--precision auto` there: {record['auto_precision']}.",
+        f"Model: PneumoniaCNN, {MODEL['depth']} blocks, {MODEL['filters']} filters x{MODEL['width_growth']:g} (16 at 224 px), batch {MODEL['batch_size']}; "
+        f"{record['images_per_epoch']} random images per epoch, already on the device.",
+        "",
+        "## Step throughput (images/s; the project's step vs the network alone)",
+        "",
+        "| image size | precision | layout | project's step | bare loop | step ÷ bare | step ÷ fp32 contiguous | peak MiB |",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in record["steps"]:
+        peak = f"{s['peak_mib']:.0f}" if s["peak_mib"] is not None else "n/a"
+        lines.append(f"| {s['image_size']} | {s['precision']} | {s['layout']} | {s['step_img_s']:.0f} | {s['bare_loop_img_s']:.0f} | "
+                     f"{s['step_over_bare']:.2f} | {s['step_img_s'] / base[s['image_size']]:.2f} | {peak} |")
+    lines += ["", f"## Packed trials at {record['packed_image_size']} px ({record['auto_precision'].split(' (')[0]})", "",
+              f"Trials per hour: total images/s x 3600 / ({TRAIN_IMAGES} images x {record['trial_epochs']} epochs).", "",
+              "| trial processes | total images/s | per trial | trials per hour | peak MiB per trial |", "|---:|---:|---:|---:|---:|"]
+    for p in record["packed"]:
+        peak = f"{p['peak_mib_per_trial']:.0f}" if p["peak_mib_per_trial"] is not None else "n/a"
+        lines.append(f"| {p['processes']} | {p['total_img_s']:.0f} | {p['per_trial_img_s']:.0f} | {p['trials_per_hour']:.1f} | {peak} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,100 @@
+"""Does training in bf16 cost anything measurable? The same configurations trained fp32 and bf16, several seeds each, on the real data.
+
+Each run is the project's own training step (:class:`cxr_tune.bench.bare.BareRun`: same model,
+augmentation, loss, schedule; weights and scoring fp32) over the whole training role of the real
+split for a fixed number of epochs, scored after its last epoch (no epoch is picked, so no
+winner's curse) on the external sample (half A of the official test split: a **selection set**,
+its numbers are optimistic) and on carved validation. bf16 is adopted as ``auto``'s choice only
+where its mean half-A AUC lies within the seeds' spread of fp32's.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxr_tune import storage
+from cxr_tune.bench.bare import BareRun
+from cxr_tune.bench.common import PROJECT, real_data, write_result
+from cxr_tune.data.cache import load_images
+from cxr_tune.data.prepared import DataOptions, split_data
+from cxr_tune.errors import UserError
+from cxr_tune.train.hparams import HParams
+from cxr_tune.train.metrics import evaluate_scores
+from cxr_tune.train.precision import resolve
+
+DEFAULT_PARAMS = PROJECT / "results" / "real" / "best" / "model.json"
+
+
+def configurations(params: str | None, sizes: list[int]) -> list[HParams]:
+    """The hyperparameters of ``params`` (a model.json or YAML of HParams fields; default: the
+    committed real-data model's selected member), once per image size asked for."""
+    import json
+
+    import yaml
+
+    path = params or str(DEFAULT_PARAMS)
+    if not storage.exists(path):
+        raise UserError(f"--params '{path}' does not exist")
+    text = storage.read_text(path)
+    values = json.loads(text)["hparams"] if path.endswith(".json") else yaml.safe_load(text)
+    base = HParams.from_config(values)
+    return [HParams.from_config({**base.to_dict(), "image_size": size}) for size in (sizes or [base.image_size])]
+
+
+def run(data: str | None, params: str | None, sizes: list[int], seeds: int, epochs: int, precisions: list[str]) -> None:
+    split = split_data(DataOptions(data=real_data(data)))
+    if not split.has_external:
+        raise UserError("the data has no external validation sample (val/ with >= 20 images per class); bench precision scores on it")
+    torch.set_num_threads(torch.get_num_threads())
+    rows = []
+    for base in configurations(params, sizes):
+        train, val, ext = (load_images(split.roles[split.roles["role"] == role], base.image_size, split.cache_dir, split.source.manifest)
+                           for role in ("train", "val", "external"))
+        pixels, labels = torch.from_numpy(train[0]), torch.from_numpy(train[1]["label"].to_numpy().astype(np.float32))
+        counts = split.class_counts("train")
+        for seed in range(seeds):
+            for name in precisions:
+                hp = HParams.from_config({**base.to_dict(), "seed": seed, "epochs": epochs})
+                precision = resolve(name, "cpu")
+                started = time.perf_counter()
+                bare = BareRun(hp, precision, torch.device("cpu"), pixels, labels, hp.pos_weight(*counts))
+                rates = [bare.train_epoch() for _ in range(epochs)]
+                seconds = time.perf_counter() - started
+                row = {"image_size": hp.image_size, "seed": seed, "precision": precision.name, "train_seconds": seconds,
+                       "img_per_s": float(np.mean(rates))}
+                for prefix, (images, kept) in (("ext", ext), ("val", val)):
+                    metrics = evaluate_scores(kept["label"].to_numpy(), bare.scores(images), hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
+                    row.update({f"{prefix}_auc": metrics["auc"], f"{prefix}_balanced_accuracy": metrics["balanced_accuracy"]})
+                rows.append(row)
+                print(f"{hp.image_size} px seed {seed} {precision.name}: half-A AUC {row['ext_auc']:.4f}, BA {row['ext_balanced_accuracy']:.4f} "
+                      f"({seconds:.0f} s)", flush=True)
+    frame = pd.DataFrame(rows)
+    write_result("precision_quality", "Precision and model quality: fp32 vs bf16 on the real data, several seeds",
+                 summary(frame, epochs), {"rows": rows, "epochs": epochs, "seeds": seeds, "hparams": base.to_dict()})
+
+
+def summary(frame: pd.DataFrame, epochs: int) -> list[str]:
+    lines = [
+        f"Each run: the configuration below trained {epochs} epochs on the whole training role, scored after its last epoch. "
+        "`ext_*`: half A of the official test split, **selection-set numbers** (balanced accuracy at the threshold chosen on "
+        "half A itself); `val_*`: carved validation.",
+        "",
+        frame.to_markdown(index=False, floatfmt=".4f"),
+        "",
+        "| image size | metric | fp32 mean ± sd | bf16 mean ± sd | bf16 − fp32 | fp32 seeds' range | within fp32's spread |",
+        "|---:|---|---|---|---:|---|---|",
+    ]
+    for size, group in frame.groupby("image_size"):
+        by = {name: g for name, g in group.groupby("precision")}
+        if not {"fp32", "bf16"} <= set(by):
+            continue
+        for metric in ("ext_auc", "ext_balanced_accuracy", "val_auc", "train_seconds"):
+            fp32, bf16 = by["fp32"][metric], by["bf16"][metric]
+            within = fp32.min() <= bf16.mean() <= fp32.max() or abs(bf16.mean() - fp32.mean()) <= fp32.std(ddof=1)
+            lines.append(f"| {size} | {metric} | {fp32.mean():.4f} ± {fp32.std(ddof=1):.4f} | {bf16.mean():.4f} ± {bf16.std(ddof=1):.4f} | "
+                         f"{bf16.mean() - fp32.mean():+.4f} | [{fp32.min():.4f}, {fp32.max():.4f}] | {'yes' if within else 'no'} |")
+    return lines

@@ -1,0 +1,173 @@
+"""Do the probabilities mean what they say? ECE, Brier score, reliability diagrams, and recalibration.
+
+A model that says 0.8 should be right about 80 % of the time it says so. Measured per labelled set
+(:func:`calibration_metrics`): the **Brier score** (mean squared error of the probability,
+scikit-learn's ``brier_score_loss``), the **expected calibration error** (ECE: the image-weighted
+mean gap between the observed PNEUMONIA share and the mean probability in ten equal-width bins of
+probability, the bins of scikit-learn's ``calibration_curve``), both with 95 % percentile
+bootstrap intervals, and the reliability curve itself for a diagram (:func:`plot_reliability`).
+
+Class-weighted training (the default, ``class_weighting: balanced``) and the deciding set's own
+prevalence both move probabilities away from the observed frequencies; export can fit a monotone
+map on the deciding set's scores (``--calibrate``, :func:`fit`): **Platt scaling** (a logistic
+regression on the logit, two parameters) or **temperature scaling** (one: the logit divided by T).
+Both are strictly increasing, so the ranking, the AUC and every decision are unchanged; only the
+numbers move, and the threshold is re-expressed on the new scale::
+
+    calibration = fit("platt", labels, scores)
+    calibration.apply(scores)                 # calibrated probabilities
+    calibration_metrics(labels, scores)       # {"ece": ..., "brier": ..., "ci95": {...}, "reliability": {...}}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+N_BINS = 10
+METHODS = ("none", "platt", "temperature")
+#: Probabilities are clipped this far from 0 and 1 before taking logits (a float32 probability of
+#: exactly 0 or 1 has an infinite one).
+EPSILON = 1e-12
+RESAMPLES = 2000
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), EPSILON, 1 - EPSILON)
+    return np.log(p) - np.log1p(-p)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``p -> sigmoid(slope * logit(p) + intercept)``; the identity is slope 1, intercept 0."""
+
+    method: str
+    slope: float = 1.0
+    intercept: float = 0.0
+
+    def apply(self, scores: np.ndarray | float) -> np.ndarray:
+        z = self.slope * logit(scores) + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``model.json`` stores (and :mod:`cxr_tune.modelfile` builds into the graph)."""
+        out: dict[str, Any] = {"method": self.method, "slope": self.slope, "intercept": self.intercept,
+                               "formula": "sigmoid(slope * logit(p) + intercept), p the uncalibrated probability"}
+        if self.method == "temperature":
+            out["temperature"] = 1.0 / self.slope
+        return out
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Calibration:
+        return cls(str(record["method"]), float(record["slope"]), float(record["intercept"]))
+
+
+def fit(method: str, labels: np.ndarray, scores: np.ndarray) -> Calibration:
+    """Fit ``method`` (``platt`` or ``temperature``) by maximum likelihood on ``(labels, scores)``.
+
+    Raises ``ValueError`` when the set cannot calibrate (one class only) or the fit would reverse
+    the ranking (a negative slope: scores that run against the labels).
+    """
+    labels, z = np.asarray(labels).astype(int), logit(scores)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("calibration needs both classes in the set it is fitted on")
+    if method == "platt":
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(z.reshape(-1, 1), labels)
+        slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
+    elif method == "temperature":
+        from scipy.optimize import minimize_scalar
+
+        def nll(log_t: float) -> float:
+            q = np.clip(1.0 / (1.0 + np.exp(-z / math.exp(log_t))), 1e-12, 1 - 1e-12)
+            return float(-np.mean(labels * np.log(q) + (1 - labels) * np.log(1 - q)))
+
+        slope, intercept = 1.0 / math.exp(minimize_scalar(nll, bounds=(-5.0, 5.0), method="bounded").x), 0.0
+    else:
+        raise ValueError(f"calibration method {method!r} is not one of {', '.join(METHODS[1:])}")
+    if not slope > 0:
+        raise ValueError(f"the fitted {method} slope is {slope:.3g}: the scores run against the labels, so no increasing map calibrates them")
+    return Calibration(method, slope, intercept)
+
+
+def reliability(labels: np.ndarray, scores: np.ndarray, n_bins: int = N_BINS) -> dict[str, list[float]]:
+    """The reliability curve in ``n_bins`` equal-width bins (empty bins left out): per bin, the
+    observed PNEUMONIA share, the mean probability and the number of images.
+
+    The shares and means are scikit-learn's ``calibration_curve(strategy="uniform")``; the counts
+    use the same bin edges, so the three lists line up.
+    """
+    from sklearn.calibration import calibration_curve
+
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
+    if not len(labels):
+        return {"observed": [], "predicted": [], "count": []}
+    observed, predicted = calibration_curve(labels, scores, n_bins=n_bins, strategy="uniform")
+    counts = np.bincount(_bins(scores, n_bins), minlength=n_bins)
+    return {"observed": observed.tolist(), "predicted": predicted.tolist(), "count": counts[counts > 0].tolist()}
+
+
+def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, n_bins: int = N_BINS) -> float:
+    """Image-weighted mean |observed share - mean probability| over the bins of :func:`reliability`."""
+    curve = reliability(labels, scores, n_bins)
+    counts = np.asarray(curve["count"], dtype=float)
+    if not counts.sum():
+        return math.nan
+    return float(np.sum(counts * np.abs(np.asarray(curve["observed"]) - np.asarray(curve["predicted"]))) / counts.sum())
+
+
+def calibration_metrics(labels: np.ndarray, scores: np.ndarray, *, n_bins: int = N_BINS, resamples: int = RESAMPLES, seed: int = 0) -> dict[str, Any]:
+    """ECE and Brier score of one set, with 95 % percentile bootstrap intervals (images resampled
+    with replacement, seeded), and its reliability curve; NaN and no interval for an empty set."""
+    from sklearn.metrics import brier_score_loss
+
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
+    out: dict[str, Any] = {"ece": math.nan, "brier": math.nan, "ci95": {}, "bins": n_bins, "reliability": reliability(labels, scores, n_bins)}
+    if not len(labels):
+        return out
+    out["ece"] = expected_calibration_error(labels, scores, n_bins)
+    out["brier"] = float(brier_score_loss(labels, scores, pos_label=1))
+    # The bootstrap resamples images; each keeps its bin, so a resample's bins are a bincount away.
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(labels), (resamples, len(labels)))
+    bins = _bins(scores, n_bins)[pick] + n_bins * np.arange(resamples)[:, None]
+    size = resamples * n_bins
+    gap = (np.bincount(bins.ravel(), weights=labels[pick].ravel(), minlength=size)
+           - np.bincount(bins.ravel(), weights=scores[pick].ravel(), minlength=size)).reshape(resamples, n_bins)
+    ece = np.abs(gap).sum(axis=1) / len(labels)  # sum over bins of n_b |share_b - mean_b| / N
+    brier = ((scores[pick] - labels[pick]) ** 2).mean(axis=1)
+    out["ci95"] = {name: [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] for name, values in (("ece", ece), ("brier", brier))}
+    return out
+
+
+def plot_reliability(path: str | Path, curves: dict[str, dict[str, list[float]]], title: str = "Reliability") -> None:
+    """A reliability diagram: one curve per set (``{label: reliability dict}``, as :func:`reliability`
+    and ``model.json`` hold them), marker area by bin size, the diagonal of perfect calibration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for index, (name, curve) in enumerate(curves.items()):
+        if not curve.get("count"):
+            continue
+        counts = np.asarray(curve["count"], dtype=float)
+        ax.plot(curve["predicted"], curve["observed"], "-", color=f"C{index}", label=name)
+        ax.scatter(curve["predicted"], curve["observed"], s=12 + 120 * counts / counts.max(), color=f"C{index}", zorder=3)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability (bin)", ylabel="observed PNEUMONIA share (bin)", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _bins(scores: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin index per score: the equal-width edges and the side ``calibration_curve`` uses."""
+    return np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], scores)

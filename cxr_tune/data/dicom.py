@@ -1,0 +1,245 @@
+"""Read a DICOM file (as hospitals store X-rays) into the 8-bit grayscale pixels the project uses.
+
+:func:`cxr_tune.data.imaging.decode_gray` sends DICOM input here and resizes the result exactly
+as it resizes a JPEG, so training, the data scan, ``predict`` and ``adapt`` see the same pixels.
+The mapping is the display pipeline DICOM defines, done with pydicom's own functions:
+
+1. the modality LUT (Rescale Slope/Intercept, or a Modality LUT Sequence);
+2. the VOI LUT, or else the first window (Window Center/Width), when the file has one; its output
+   range becomes 0..255. Without either, the modality values are min-max scaled to 0..255, the
+   rule :func:`cxr_tune.data.imaging.to_gray8` applies to 16-bit PNGs. (8-bit data with nothing
+   to map is kept as it is, as an 8-bit PNG is.);
+3. MONOCHROME1 (bright = air) is inverted, so bright = dense as in the Kermany JPEGs.
+
+Only the first frame of a multi-frame file is used; colour files (RGB, YBR, PALETTE COLOR) become
+gray the way Pillow turns an RGB JPEG gray. Privacy: only the image-pixel elements (group 0028)
+and the pixel data are parsed from the file; nothing that names a patient is read.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+#: Part 10 DICOM files start with a 128-byte preamble and then these 4 bytes, extension or not.
+MAGIC = b"DICM"
+MAGIC_OFFSET = 128
+HEADER_BYTES = MAGIC_OFFSET + len(MAGIC)
+
+#: Rows of pixels mapped at a time hold at most this many pixels, so the float64 scratch arrays of
+#: the LUT steps stay a few MB whatever the image size (as in ``imaging._scale_high_bit``); the
+#: steps are per pixel, so the result is the same as mapping the whole frame at once.
+_BAND_PIXELS = 1 << 18
+
+_PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
+_EXTENDED_OFFSETS = (0x7FE00001, 0x7FE00002)  # frame offsets some compressed files need to find frame 1
+
+
+class DicomError(ValueError):
+    """A DICOM file the project cannot turn into pixels; the message is the reason a user sees."""
+
+
+@dataclass(frozen=True)
+class Gray8:
+    """The first frame of a DICOM file as display-ready 8-bit grayscale, and what it was."""
+
+    pixels: np.ndarray  # (rows, columns) uint8, bright = dense
+    mode: str  # e.g. "DICOM MONOCHROME2 12-bit", shown by ``inspect`` beside Pillow's modes
+
+
+def is_dicom(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (its first :data:`HEADER_BYTES` bytes or more) is DICOM."""
+    return head[MAGIC_OFFSET:HEADER_BYTES] == MAGIC
+
+
+def read_gray8(source: bytes | str | Path) -> Gray8:
+    """The first frame of the DICOM file ``source`` (its bytes or path), mapped to 8-bit grayscale.
+
+    Raises :class:`DicomError` with a one-line reason when the file has no pixel data, its
+    transfer syntax cannot be decoded with the installed packages, or its pixels are corrupt.
+    """
+    import pydicom
+    from pydicom.pixels import pixel_array
+
+    try:
+        # Only the tags needed to map pixels: group 0028 (image pixel, modality and VOI LUT modules).
+        ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source, specific_tags=_wanted_tags())
+    except (FileNotFoundError, PermissionError):
+        raise  # not a DICOM problem; reported like any file that cannot be opened
+    except Exception as exc:  # noqa: BLE001 - a malformed header is a per-file skip, whatever pydicom raises
+        raise DicomError(f"unreadable DICOM header ({_first_line(exc)})") from exc
+    if not any(tag in ds for tag in _PIXEL_DATA_TAGS):
+        raise DicomError("DICOM without pixel data (not an image, e.g. a report or structured document)")
+    syntax = _check_decodable(ds)
+    try:
+        frame = pixel_array(ds, index=0)  # the first frame only; YBR is returned as RGB
+    except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the file is unusable
+        raise DicomError(f"DICOM pixel data ({syntax}) could not be decoded: {_first_line(exc)}") from exc
+    photometric = str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper()
+    mode = f"DICOM {photometric} {int(ds.get('BitsStored') or ds.get('BitsAllocated') or 8)}-bit"
+    try:
+        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            return Gray8(_colour(frame, ds, photometric), mode)
+        pixels = _monochrome(frame, ds)
+    except DicomError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. a window width of 0 or a broken LUT: unusable, not fatal
+        raise DicomError(f"DICOM pixel values could not be mapped to gray levels: {_first_line(exc)}") from exc
+    if photometric == "MONOCHROME1":
+        pixels = 255 - pixels  # MONOCHROME1 shows air white; flip so bright = dense
+    return Gray8(pixels, mode)
+
+
+def _wanted_tags() -> list[int]:
+    """Every group 0028 element, the pixel data, and the frame offsets: all that maps pixels."""
+    from pydicom.datadict import DicomDictionary
+
+    return [tag for tag in DicomDictionary if tag >> 16 == 0x0028] + [*_PIXEL_DATA_TAGS, *_EXTENDED_OFFSETS]
+
+
+def _check_decodable(ds: Dataset) -> str:
+    """The transfer syntax's name, after checking pydicom can decode it here; else why not."""
+    from pydicom.pixels import get_decoder
+
+    uid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if not uid:
+        raise DicomError("DICOM without a transfer syntax in its file meta; cannot tell how its pixels are stored")
+    name = f"{uid.name.split(',')[0]} ({uid})" if uid.is_transfer_syntax else str(uid)
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise DicomError(f"DICOM transfer syntax {name} is not one pydicom can decode") from None
+    if not decoder.is_available:
+        raise DicomError(f"DICOM transfer syntax {name} cannot be decoded: {_install_hint(decoder.missing_dependencies)}")
+    return name
+
+
+def _install_hint(missing: list[str]) -> str:
+    """What to install, from pydicom's list of its unusable plugins (it knows which codec each syntax needs).
+
+    The ``dicom`` extra pins pylibjpeg and its codecs, which cover every syntax pydicom 3.0 decodes.
+    """
+    for entry in missing:  # e.g. "pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1"
+        label, _, needs = entry.partition(" - requires ")
+        if label == "pylibjpeg" and needs:
+            packages = [re.split(r"[<>=!~ ]", spec.strip(), maxsplit=1)[0] for spec in re.split(r",| and ", needs) if spec.strip()]
+            return f"install {' and '.join(packages)} (pip install -e '.[dicom]')"
+    return "install one of: " + "; ".join(missing) if missing else "no decoder for it is installed"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # pydicom's "all plugins failed" message says why on its second line
+    return " ".join(lines[:2])[:200] if lines else type(exc).__name__
+
+
+def _row_bands(frame: np.ndarray) -> list[slice]:
+    rows = max(1, _BAND_PIXELS // max(frame.shape[1], 1))
+    return [slice(top, top + rows) for top in range(0, frame.shape[0], rows)]
+
+
+def _voi_kind(ds: Dataset) -> str | None:
+    """``"lut"``, ``"window"`` or None: which VOI step the file asks for (pydicom's own precedence)."""
+    sequence = ds.get("VOILUTSequence")
+    if sequence and sequence[0].get("LUTDescriptor") is not None and sequence[0].get("LUTData") is not None:
+        return "lut"
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        return "window"
+    return None
+
+
+def _has_modality_step(ds: Dataset) -> bool:
+    if ds.get("ModalityLUTSequence"):
+        return True
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        return (float(ds.RescaleSlope), float(ds.RescaleIntercept)) != (1.0, 0.0)
+    return False
+
+
+def _monochrome(frame: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Modality LUT, then VOI LUT or window (or min-max), to uint8; see the module docstring."""
+    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+
+    voi = _voi_kind(ds)
+    if voi is None and frame.dtype == np.uint8 and ds.get("BitsStored") == 8 and not _has_modality_step(ds):
+        return frame  # already 8-bit display values: kept as they are, like an 8-bit PNG (1-bit data is scaled)
+
+    def display(rows: np.ndarray) -> np.ndarray:
+        values = apply_modality_lut(rows, ds)
+        if voi == "lut":
+            # LUT inputs are integers; a rescale makes them float64 even when they are whole numbers
+            return apply_voi(np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values, ds, index=0)
+        if voi == "window":
+            return apply_windowing(values, ds, index=0)  # index 0: the first window when there are several
+        return values
+
+    if voi == "lut":
+        _widen_8bit_lut(ds)
+    bands = _row_bands(frame)
+    if voi is not None:
+        lo, hi = _voi_output_range(ds, voi)
+    else:
+        lo = min(float(display(frame[band]).min()) for band in bands)
+        hi = max(float(display(frame[band]).max()) for band in bands)
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    out = np.empty(frame.shape, dtype=np.uint8)
+    for band in bands:
+        # Same expression as imaging._scale_high_bit; the clip only guards a LUT entry outside its range
+        out[band] = np.clip(np.round((display(frame[band]).astype(np.float64) - lo) * scale), 0, 255)
+    return out
+
+
+def _widen_8bit_lut(ds: Dataset) -> None:
+    """Declare an 8-bit VOI LUT as 16-bit: same entries, but pydicom 3.0.2 then indexes it correctly.
+
+    Its ``apply_voi`` builds the table indices in the LUT's entry type, so with 8-bit entries every
+    input of 256 or more wraps around (a 12-bit CR with a 4096-entry, 8-bit LUT comes out garbled).
+    The entries are read as 16-bit words either way, so only the index type changes.
+    """
+    item = ds.VOILUTSequence[0]
+    entries, first_input, bits = item.LUTDescriptor[:3]
+    if bits == 8:
+        item.LUTDescriptor = [entries, first_input, 16]
+
+
+def _voi_output_range(ds: Dataset, voi: str) -> tuple[float, float]:
+    """The values the VOI step can output, which become black and white.
+
+    Found by running pydicom's own step on its extreme inputs rather than restating its rules: the
+    whole input domain of a VOI LUT, and -inf/+inf for a window (they land on its lowest and highest
+    output, for LINEAR, LINEAR_EXACT and SIGMOID alike).
+    """
+    from pydicom.pixels import apply_voi, apply_windowing
+
+    if voi == "lut":
+        entries, first_input = ds.VOILUTSequence[0].LUTDescriptor[:2]
+        domain = np.arange(first_input, first_input + (entries or 1 << 16), dtype=np.int64)
+        outputs = apply_voi(domain, ds, index=0)
+    else:
+        with np.errstate(over="ignore"):  # SIGMOID takes exp(inf) = inf, which is the intended limit
+            outputs = apply_windowing(np.array([-np.inf, np.inf]), ds, index=0)
+    return float(np.min(outputs)), float(np.max(outputs))
+
+
+def _colour(frame: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    """RGB (and YBR, which pydicom returns as RGB, and PALETTE COLOR) as Pillow's luma of the RGB."""
+    from PIL import Image
+    from pydicom.pixels import apply_color_lut
+
+    if photometric == "PALETTE COLOR":
+        frame = apply_color_lut(frame, ds)
+    if frame.ndim != 3 or frame.shape[-1] != 3:
+        raise DicomError(f"DICOM with photometric interpretation {photometric} is not supported")
+    if frame.dtype != np.uint8:
+        # Deeper colour: one min-max over all three channels keeps their balance, then 8-bit luma
+        lo, hi = float(frame.min()), float(frame.max())
+        frame = np.round((frame.astype(np.float64) - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)).astype(np.uint8)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(frame), "RGB").convert("L"), dtype=np.uint8)

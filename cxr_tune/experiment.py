@@ -1,0 +1,253 @@
+"""One experiment folder, read in one place: options, deciding set, space, images and roles, trials, checkpoints.
+
+A search writes ``STORAGE/NAME`` (a local folder or an ``s3://`` URI)::
+
+    experiment.json   the options (paths absolute), the deciding set, class counts, the command
+    space.yaml        the space as it was
+    splits.csv        every image's role
+    study.db          the Optuna study
+    train/<trial>/    each trial's Ray Train checkpoints
+    finalfit/...      the final-fit stage's runs (when the space has one)
+    + Tune's own state, trial_events.jsonl, search.log, and after it ends trials.csv, report.md, best/
+
+Every command that reads an experiment (export, the report, the end of a search, ``--resume``,
+the benchmarks) goes through :class:`Experiment`, so each fact has one reading: which set decides
+is the recorded ``deciding_set``, never a guess. Importing this module does not import Ray Tune;
+Tune's state is read only when the trial table is asked for::
+
+    experiment = Experiment("results/wide-20240101")
+    experiment.deciding_set                 # "external" or "carved"
+    table = experiment.trials()             # ranked: rank 1 is the selected trial
+    folder = experiment.checkpoint_for(table.sort_values("rank").iloc[0])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import pandas as pd
+
+from cxr_tune import storage
+from cxr_tune.data.prepared import DataOptions, SplitData
+from cxr_tune.errors import UserError
+from cxr_tune.search.options import SearchOptions
+from cxr_tune.search.space import Space, load_space
+from cxr_tune.selection import ranked_trials
+
+EXPERIMENT_FILE = "experiment.json"
+SPACE_FILE = "space.yaml"
+SPLITS_FILE = "splits.csv"
+EVENTS_FILE = "trial_events.jsonl"
+LOG_FILE = "search.log"
+TRAIN_DIR = "train"
+FINAL_FIT_DIR = "finalfit"
+FINAL_FIT_MEMBERS = "members.json"
+COMPUTE_FILE = "compute.jsonl"  # one line per stage run: what it held and for how long
+_TEXT_COLUMNS = ("path", "content_hash", "patient_id", "group_id", "split", "role", "role_note")
+
+
+@dataclass(frozen=True)
+class FinalRun:
+    """One run of the final-fit stage (:mod:`cxr_tune.search.finalfit`): a search trial's configuration with a new seed."""
+
+    name: str
+    trial_id: str
+    seed: int
+    epochs: int
+
+
+class Experiment:
+    """A search's folder; raises :class:`UserError` when ``path`` holds no experiment."""
+
+    def __init__(self, path: str) -> None:
+        self.path = storage.resolve(str(path))
+        if not storage.exists(self.file(EXPERIMENT_FILE)):
+            raise UserError(f"'{path}' is not a cxr_tune experiment (no {EXPERIMENT_FILE})")
+
+    @staticmethod
+    def exists(path: str) -> bool:
+        return storage.exists(storage.join(storage.resolve(str(path)), EXPERIMENT_FILE))
+
+    def file(self, *parts: str) -> str:
+        return storage.join(self.path, *parts)
+
+    @property
+    def name(self) -> str:
+        return storage.name(self.path)
+
+    # --- what experiment.json records ------------------------------------------------------------
+
+    @cached_property
+    def info(self) -> dict[str, Any]:
+        return json.loads(storage.read_text(self.file(EXPERIMENT_FILE)))
+
+    @cached_property
+    def options(self) -> SearchOptions:
+        return SearchOptions.from_json(self.info["options"])
+
+    @property
+    def deciding_set(self) -> str:
+        """``external`` or ``carved``: the set that chose every epoch, trial and threshold, as recorded."""
+        recorded = self.info.get("deciding_set")
+        if recorded in ("external", "carved"):
+            return recorded
+        return "external" if self.info.get("external") and self.options.select_on == "external" else "carved"
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.info.get("synthetic"))
+
+    @property
+    def has_test(self) -> bool:
+        return bool(self.info.get("has_test"))
+
+    @property
+    def external(self) -> str:
+        """Where the external validation set came from ('' when there was none)."""
+        return self.info.get("external") or ""
+
+    # --- space, images and roles -----------------------------------------------------------------
+
+    def space(self) -> Space:
+        """The space the experiment was started with (its own ``space.yaml``), under the name it had then."""
+        name = os.path.splitext(storage.name(self.info.get("space_path") or SPACE_FILE))[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, f"{name}.yaml")  # load_space names a space after its file
+            with open(local, "wb") as handle:
+                handle.write(storage.read_bytes(self.file(SPACE_FILE)))
+            space = load_space(local)
+        return dataclasses.replace(space, path=self.file(SPACE_FILE))
+
+    @cached_property
+    def splits(self) -> pd.DataFrame:
+        """``splits.csv``: every image's path, content hash, label, patient, group, folder and role."""
+        roles = storage.read_csv(self.file(SPLITS_FILE), dtype={c: str for c in _TEXT_COLUMNS}, keep_default_na=False)
+        roles["label"] = roles["label"].astype(int)
+        return roles
+
+    def split(self, data: DataOptions | None = None) -> SplitData:
+        """The images and roles the experiment was started with, rebuilt from its own ``splits.csv``.
+
+        Nothing is scanned or split again: whatever the data folder holds today, a resumed search
+        trains and selects on exactly these images. Their paths are absolute (or URIs), and the
+        image cache is found by their content hashes (and rebuilt from those paths if it is gone).
+        """
+        from cxr_tune.data.sources import SKIPPED_COLUMNS, Source
+
+        data = data or self.options.data
+        roles = self.splits
+        manifest = roles[["path", "label", "patient_id", "group_id", "split", "content_hash"]]
+        source = Source(root=self.info["data_root"], manifest=manifest, skipped=pd.DataFrame(columns=SKIPPED_COLUMNS), synthetic=self.synthetic)
+        return SplitData(source=source, roles=roles, cache_dir=data.resolved_cache_dir, options=data,
+                         external=self.external, external_note=self.info.get("external_note") or "")
+
+    @property
+    def cache_dir(self) -> str:
+        return self.options.data.resolved_cache_dir
+
+    # --- trials and checkpoints ------------------------------------------------------------------
+
+    @property
+    def max_epochs(self) -> int:
+        return self.options.max_epochs or self.space().settings.max_epochs
+
+    def rungs(self) -> tuple[int, ...]:
+        """The epochs at which ASHA could stop a trial (none without early stopping)."""
+        from cxr_tune.search.results import asha_rungs
+
+        settings = self.space().settings
+        return asha_rungs(settings.grace_period, settings.reduction_factor, self.max_epochs) if self.options.early_stopping else ()
+
+    def histories(self) -> tuple[list[Any], dict[str, pd.DataFrame]]:
+        """Tune's trials and each trial's per-epoch results (reads Tune's state)."""
+        from cxr_tune.search.results import trial_histories
+
+        return trial_histories(self.path)
+
+    def trials(self, *, ranked: bool = True) -> pd.DataFrame:
+        """The trial table, in trial-id order, with the selection's ``rank`` (1 = selected) and
+        ``tied`` columns unless ``ranked`` is False; works on finished and interrupted experiments
+        alike (reads Tune's state). Ranking raises :class:`UserError` when no trial reported."""
+        from cxr_tune.search.results import trials_table
+
+        table = trials_table(self.path, self.max_epochs, self.rungs(), self.deciding_set)
+        return ranked_table(table, self.deciding_set) if ranked else table
+
+    def checkpoint_for(self, row: pd.Series) -> str:
+        """The trial's checkpoint from its best epoch; its newest checkpoint if that one is gone."""
+        from cxr_tune.search.results import checkpoint_for
+
+        return checkpoint_for(row, self.path)
+
+    def train_run(self, trial_id: str) -> str:
+        """Where a trial's Ray Train run (its checkpoints) lives."""
+        return self.file(TRAIN_DIR, str(trial_id))
+
+    def compute_log(self) -> list[dict[str, Any]]:
+        """Each run of a stage (search, resumed search, final fit): wall seconds and the CPUs/GPUs it held."""
+        path = self.file(COMPUTE_FILE)
+        if not storage.exists(path):
+            return []
+        return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+
+    def compute_minutes(self) -> float:
+        """CPU-minutes the search and its final fit held (wall time x the cluster's CPUs), over every run."""
+        return sum(entry["seconds"] * entry["cpus"] for entry in self.compute_log()) / 60
+
+    def log_compute(self, stage: str, seconds: float, cpus: float, gpus: float = 0.0) -> None:
+        """Append one stage run to ``compute.jsonl`` (the search and the final fit call this)."""
+        import time
+
+        line = json.dumps({"stage": stage, "seconds": round(seconds, 1), "cpus": cpus, "gpus": gpus, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        old = storage.read_text(self.file(COMPUTE_FILE)) if storage.exists(self.file(COMPUTE_FILE)) else ""
+        storage.write_text_atomic(self.file(COMPUTE_FILE), old + line + "\n")
+
+    def final_fit_runs(self) -> list[FinalRun]:
+        """The final-fit runs ``finalfit/members.json`` lists ([] before a final fit started)."""
+        path = self.file(FINAL_FIT_DIR, FINAL_FIT_MEMBERS)
+        if not storage.exists(path):
+            return []
+        return [FinalRun(**run) for run in json.loads(storage.read_text(path))]
+
+    def final_fit_checkpoints(self) -> list[tuple[FinalRun, str]]:
+        """(run, checkpoint of its last epoch) for every final-fit run that trained all its epochs."""
+        from cxr_tune.search.results import saved_checkpoints
+        from cxr_tune.train.checkpoints import load_state
+
+        out = []
+        for run in self.final_fit_runs():
+            states = [(folder, load_state(folder)["epoch"]) for folder in saved_checkpoints(self.file(FINAL_FIT_DIR, TRAIN_DIR, run.name))]
+            last = max(states, key=lambda pair: pair[1], default=None)
+            if last is not None and last[1] + 1 >= run.epochs:
+                out.append((run, last[0]))
+        return out
+
+    def final_fit_complete(self) -> bool:
+        runs = self.final_fit_runs()
+        return bool(runs) and len(self.final_fit_checkpoints()) == len(runs)
+
+    @property
+    def study_path(self) -> str:
+        from cxr_tune.search.study import study_path
+
+        return study_path(self.options)
+
+    def has_tune_state(self) -> bool:
+        """True once Tune has saved the search's state, which it does at its first step."""
+        return storage.exists(self.file("tuner.pkl")) and bool(storage.glob(self.path, "experiment_state-*.json"))
+
+
+def ranked_table(table: pd.DataFrame, deciding: str) -> pd.DataFrame:
+    """``table`` with the selection's ``rank`` (1 = selected) and ``tied`` columns, in trial-id order."""
+    try:
+        ranked = ranked_trials(table, deciding)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    ranks = pd.Series(range(1, len(ranked) + 1), index=ranked.index)
+    return table.assign(rank=ranks, tied=ranked["tied"]).astype({"tied": "boolean"})

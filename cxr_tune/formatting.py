@@ -1,0 +1,33 @@
+"""Numbers for people: metrics as text, ``n/a`` where undefined. Used by export, report, train and bench alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+METRIC_NAMES = (("AUC", "auc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("balanced accuracy", "balanced_accuracy"))
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A metric for people: ``n/a`` where it is undefined (AUC of one class, an empty set).
+
+    >>> fmt(0.91234), fmt(float("nan")), fmt(None)
+    ('0.9123', 'n/a', 'n/a')
+    """
+    if value is None or (isinstance(value, (float, np.floating)) and not np.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def interval(ci: Any, digits: int = 3) -> str:
+    """`` [low, high]`` for a 95 % interval, or nothing when there is none."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or any(v is None for v in ci):
+        return ""
+    return f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def metric_line(metrics: dict[str, Any], ci: dict[str, Any] | None = None) -> str:
+    """``AUC 0.9700 [0.95, 0.98], sensitivity ...`` from a metrics dict (and its intervals, if any)."""
+    ci = ci or {}
+    return ", ".join(f"{name} {fmt(metrics.get(key))}{interval(ci.get(key))}" for name, key in METRIC_NAMES)

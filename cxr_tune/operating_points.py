@@ -1,0 +1,72 @@
+"""Operating points: a few named thresholds chosen on the deciding set, for different clinical uses.
+
+``balanced`` is the model's own threshold (``model.json``'s ``threshold``, chosen by the search's
+criterion). The others put a floor under one rate and keep the other as high as the floor allows:
+
+- ``sens90`` / ``sens95`` / ``sens98``: sensitivity >= 0.90 / 0.95 / 0.98 (screening: miss few);
+- ``spec90`` / ``spec95``: specificity >= 0.90 / 0.95 (confirmation: few false alarms).
+
+Each is :func:`cxr_tune.selection.choose_threshold` with the ``min_sens_spec`` criterion and the
+floor as its minimum sensitivity (on flipped labels and scores for a specificity floor): where the
+floor binds, the most specific (most sensitive) threshold that keeps it; where the model beats the
+floor on both rates, the point where they meet. Like every threshold, they are chosen on the
+deciding set, so that set's rates at them are selection-set numbers. ``predict --operating-point``
+uses one::
+
+    points = choose_points(labels, scores, balanced=0.42)
+    threshold_for(meta, "sens95")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cxr_tune.errors import UserError
+from cxr_tune.selection import choose_threshold
+
+DEFAULT = "balanced"
+#: name -> (rate with a floor, floor); ``balanced`` has none.
+FLOORS: dict[str, tuple[str, float]] = {
+    "sens90": ("sensitivity", 0.90),
+    "sens95": ("sensitivity", 0.95),
+    "sens98": ("sensitivity", 0.98),
+    "spec90": ("specificity", 0.90),
+    "spec95": ("specificity", 0.95),
+}
+NAMES = (DEFAULT, *FLOORS)
+
+
+def choose_points(labels: np.ndarray, scores: np.ndarray, balanced: float) -> dict[str, dict[str, Any]]:
+    """Every operating point's threshold on ``(labels, scores)`` (the deciding set) and its rule."""
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
+    points: dict[str, dict[str, Any]] = {DEFAULT: {"threshold": float(balanced), "rule": "the model's threshold (its search criterion)"}}
+    for name, (rate, floor) in FLOORS.items():
+        if rate == "sensitivity":
+            threshold = choose_threshold(labels, scores, "min_sens_spec", floor)
+        else:  # specificity of the scores is sensitivity of the flipped problem; logit-midpoints map onto each other
+            threshold = 1.0 - choose_threshold(1 - labels, 1.0 - scores, "min_sens_spec", floor)
+        points[name] = {"threshold": float(threshold), "floor": {rate: floor},
+                        "rule": f"{rate} >= {floor:.2f} on the deciding set, the other rate as high as that allows"}
+    return points
+
+
+def known_points(meta: dict[str, Any]) -> dict[str, float]:
+    """``{name: threshold}`` of an export; an export from before operating points has ``balanced`` only."""
+    stored = meta.get("operating_points")
+    points = {name: float(point["threshold"]) for name, point in stored.items()} if isinstance(stored, dict) else {}
+    points[DEFAULT] = float(meta["threshold"])
+    return points
+
+
+def threshold_for(meta: dict[str, Any], name: str) -> float:
+    """The threshold of operating point ``name``; :class:`UserError` listing the known ones otherwise."""
+    points = known_points(meta)
+    if name not in points:
+        raise UserError(f"unknown operating point {name!r}; this model has {', '.join(sorted(points, key=_order))}")
+    return points[name]
+
+
+def _order(name: str) -> tuple[int, str]:
+    return (NAMES.index(name) if name in NAMES else len(NAMES), name)

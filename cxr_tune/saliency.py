@@ -1,0 +1,116 @@
+"""Where the model looked: Grad-CAM maps from an export's weights, and figures of them.
+
+Grad-CAM (Selvaraju et al. 2017) weighs a convolutional layer's feature maps by the gradient of
+the PNEUMONIA logit with respect to them, keeps the positive part and upsamples it to the image:
+the regions whose features raised the score. Computed with captum's ``LayerGradCam`` on the
+networks rebuilt from ``weights.safetensors`` (:func:`cxr_tune.modelfile.load_members`; nothing is
+unpickled). The layer is the last one with spatial resolution:
+
+- this project's CNN: the last block's activation, taken at the input of its max-pool (twice the
+  resolution of the block's output);
+- ResNet-18: ``layer4``; DenseNet-121: the last dense block (``denseblock4``).
+
+An ensemble's map is the mean of its members' maps; test-time views are not applied (the map is
+of the image as given). A map shows what raised the score, not that the reason is medical: a
+model that keys on a marker, a tube or the film's edge shows exactly that, which is the point::
+
+    maps = grad_cam(load_members(folder, meta), images)   # (N, S, S), >= 0
+    explain_figure("out.png", images[0], maps[0], "P(PNEUMONIA) 0.91: PNEUMONIA at balanced")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxr_tune.modelfile import Members
+from cxr_tune.train.intensity import normalize_intensity
+from cxr_tune.train.model import ConvBlock, PneumoniaCNN, TorchvisionNet
+
+
+def target_layer(net: nn.Module) -> tuple[nn.Module, bool]:
+    """``(layer, attribute_to_layer_input)``: where Grad-CAM reads the feature maps of ``net``."""
+    if isinstance(net, PneumoniaCNN):
+        last = net.features[-1]  # plain layout: the last block's MaxPool2d; blocks: a ConvBlock with .pool
+        return (last.pool if isinstance(last, ConvBlock) else last), True
+    if isinstance(net, TorchvisionNet):
+        inner = net.net
+        return (inner.layer4 if hasattr(inner, "layer4") else inner.features.denseblock4), False
+    raise TypeError(f"no Grad-CAM layer known for {type(net).__name__}")
+
+
+def grad_cam(members: Members, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Grad-CAM of the PNEUMONIA logit for uint8 ``images`` ``(N, S, S)``: non-negative maps
+    ``(N, S, S)``, the mean over an ensemble's members (each in its own logit units)."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    size = images.shape[-1]
+    total = np.zeros(images.shape, dtype=np.float64)
+    for net, hp in zip(members.nets, members.hparams, strict=True):
+        net = net.eval()
+        layer, to_input = target_layer(net)
+        cam = LayerGradCam(net, layer)
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(images[start : start + batch_size, None].copy()).float() / 255.0
+            x = normalize_intensity(x, hp.intensity).requires_grad_(True)
+            with torch.enable_grad():
+                attribution = cam.attribute(x, attribute_to_layer_input=to_input, relu_attributions=True)
+            upsampled = LayerAttribution.interpolate(attribution.detach(), (size, size), interpolate_mode="bilinear")
+            total[start : start + len(x)] += upsampled[:, 0].clamp(min=0).double().numpy()
+    return total / len(members.nets)
+
+
+def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, caption: str) -> None:
+    """One image beside its map over it, ``caption`` (probability, label, operating point) above."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.8))
+    left.imshow(image, cmap="gray", vmin=0, vmax=255)
+    left.set_title("image", fontsize=9)
+    _overlay(right, image, heat)
+    right.set_title("Grad-CAM (what raised the PNEUMONIA score)", fontsize=9)
+    for ax in (left, right):
+        ax.axis("off")
+    fig.suptitle(caption, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_gallery(path: str | Path, rows: dict[str, Sequence[tuple[np.ndarray, np.ndarray, str]]]) -> None:
+    """A grid of maps over images: one row per ``rows`` key (its title), up to four per row, each
+    ``(image, map, caption)``."""
+    rows = {title: items for title, items in rows.items() if items}
+    plt = _pyplot()
+    columns = max(len(items) for items in rows.values())
+    fig, axes = plt.subplots(len(rows), columns, figsize=(2.6 * columns, 2.9 * len(rows)), squeeze=False)
+    for row, (title, items) in enumerate(rows.items()):
+        for column in range(columns):
+            ax = axes[row][column]
+            ax.axis("off")
+            if column < len(items):
+                image, heat, caption = items[column]
+                _overlay(ax, image, heat)
+                ax.set_title(caption, fontsize=7)
+        axes[row][0].text(-0.08, 0.5, title, transform=axes[row][0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _overlay(ax: object, image: np.ndarray, heat: np.ndarray) -> None:
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+    peak = float(heat.max())
+    ax.imshow(heat / peak if peak > 0 else heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+
+
+def _pyplot():  # noqa: ANN202 - matplotlib.pyplot, set to files only before its first import
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

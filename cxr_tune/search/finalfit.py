@@ -1,0 +1,132 @@
+"""The final-fit stage: refit the search's best configurations with new seeds for the full schedule, and ensemble them.
+
+The search stops most trials early (ASHA) and judges each by its best epoch on a few hundred
+validation images, where the best of noisy epochs is partly a draw. The standard AutoML finish
+trains the top configurations again, each with several new seeds, for a fixed schedule, and
+averages their *last* epochs: no epoch is picked on the deciding set, so only the threshold is
+chosen there. Which configurations (the first ``final_fit_top`` of the selection's ranking at the
+selected image size, :func:`cxr_tune.selection.ensemble_members`), how many seeds and epochs: the
+space's ``search:`` section (``final_fit_top``, ``final_fit_seeds``, ``final_fit_epochs``).
+
+Runs are Ray Tune trials of their own (``EXPERIMENT/finalfit``, checkpoints under
+``EXPERIMENT/finalfit/train/<run>``), so they run side by side like search trials, and
+``--resume`` continues an interrupted final fit. ``members.json`` lists the runs before any starts;
+:class:`cxr_tune.experiment.Experiment` reads them back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from typing import Any
+
+from cxr_tune import storage
+from cxr_tune.experiment import FINAL_FIT_DIR, FINAL_FIT_MEMBERS, Experiment, FinalRun
+from cxr_tune.selection import ensemble_members, ranked_trials
+from cxr_tune.train.checkpoints import load_state
+
+SEED_OFFSET = 100_000  # final-fit seeds never coincide with a search trial's
+
+
+def plan_final_fit(experiment: Experiment) -> list[FinalRun]:
+    """The runs the space asks for (none when it has no final fit or no trial reported)."""
+    settings = experiment.space().settings
+    if settings.final_fit_top <= 0:
+        return []
+    table = experiment.trials(ranked=False)
+    try:
+        top = ensemble_members(ranked_trials(table, experiment.deciding_set), settings.final_fit_top)
+    except ValueError:
+        return []
+    epochs = settings.final_fit_epochs or experiment.max_epochs
+    base = experiment.options.seed * 1000 + SEED_OFFSET
+    return [FinalRun(f"{row['trial_id']}-seed{base + k}", str(row["trial_id"]), base + k, epochs)
+            for _, row in top.iterrows() for k in range(settings.final_fit_seeds)]
+
+
+def run_final_fit(experiment_dir: str, *, verbose: bool = False, address: str | None = None) -> list[FinalRun]:
+    """Train the final-fit runs (resuming an interrupted final fit); returns them ([] when the space has none)."""
+    from cxr_tune.console import library_output_to
+    from cxr_tune.ray_session import ray_session
+    from cxr_tune.search.runner import log_path_of
+
+    experiment = Experiment(experiment_dir)
+    folder = experiment.file(FINAL_FIT_DIR)
+    runs = experiment.final_fit_runs() or plan_final_fit(experiment)
+    if not runs:
+        return []
+    storage.write_text_atomic(storage.join(folder, FINAL_FIT_MEMBERS), json.dumps([run.__dict__ for run in runs], indent=2))
+    options = experiment.options
+    configs = sorted({run.trial_id for run in runs})
+    print(f"\nFinal fit: {len(configs)} best configuration(s) ({', '.join(configs)}) x {len(runs) // len(configs)} new seed(s), "
+          f"{runs[0].epochs} epochs each; their last epochs are exported averaged", flush=True)
+    started = time.time()
+    with library_output_to(log_path_of(options), verbose=verbose) as log, ray_session(address or options.address, log=log, verbose=verbose):
+        import ray
+
+        _tuner(experiment, runs, verbose=verbose).fit()
+        cluster = ray.cluster_resources()
+        experiment.log_compute("final fit", time.time() - started, cluster.get("CPU", 0), cluster.get("GPU", 0))
+    done = experiment.final_fit_checkpoints()
+    print(f"Final fit: {len(done)} of {len(runs)} run(s) completed in {(time.time() - started) / 60:.1f} min", flush=True)
+    return runs
+
+
+def _run_one(config: dict[str, Any], *, experiment_dir: str, runs: dict[str, dict], datasets: dict, class_counts: tuple[int, int], settings: Any) -> None:
+    """Tune trainable of one final-fit run: the trial's hyperparameters, a new seed, the full schedule."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from cxr_tune.train.hparams import HParams
+    from cxr_tune.train.trainer import make_trainer
+
+    config = runs[config["run"]]
+    hp = HParams.from_config({**config["hparams"], "seed": config["seed"], "epochs": config["epochs"]})
+    make_trainer(hp, datasets[hp.image_size], class_counts, resources=settings.resources,
+                 storage_path=storage.join(experiment_dir, FINAL_FIT_DIR, "train"), name=config["name"],
+                 callbacks=[TuneReportCallback()], max_failures=settings.max_failures, select_on=settings.select_on, run=settings.run,
+                 loop_options={"keep": "last"}).fit()
+
+
+def _run_dirname(trial: Any) -> str:
+    return trial.config["run"]
+
+
+def _tuner(experiment: Experiment, runs: list[FinalRun], *, verbose: bool) -> Any:
+    import ray
+    from ray import tune
+
+    from cxr_tune.data.prepared import datasets_by_size
+    from cxr_tune.search.progress import ProgressPrinter
+    from cxr_tune.search.runner import plan_search, run_options
+    from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings
+
+    options = experiment.options
+    folder = experiment.file(FINAL_FIT_DIR)
+    hparams = {run.trial_id: load_state(experiment.checkpoint_for(row))["hparams"]
+               for run in runs for _, row in experiment.trials(ranked=False).query("trial_id == @run.trial_id").iterrows()}
+    space = experiment.space()
+    plan = plan_search(replace(options, trials=len(runs)), space, ray.cluster_resources())
+    split = experiment.split()
+    sizes = sorted({int(h["image_size"]) for h in hparams.values()})
+    datasets = datasets_by_size(split, sizes)
+    settings = TrialSettings(max_epochs=runs[0].epochs, criterion=options.select, min_sensitivity=options.min_sensitivity, seed=options.seed,
+                             resources=plan.resources, train_storage=storage.join(folder, "train"), select_on=options.select_on, run=run_options(options))
+    configs = {run.name: {"name": run.name, "trial_id": run.trial_id, "seed": run.seed, "epochs": run.epochs, "hparams": hparams[run.trial_id]} for run in runs}
+    trainable = tune.with_resources(
+        tune.with_parameters(_run_one, experiment_dir=experiment.path, runs=configs, datasets=datasets, class_counts=split.class_counts(), settings=settings),
+        {"cpu": TRIAL_DRIVER_CPU},
+    )
+    ProgressPrinter.verbose = verbose
+    if storage.exists(storage.join(folder, "tuner.pkl")):
+        return tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space={"run": tune.grid_search([run.name for run in runs])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency, trial_dirname_creator=_run_dirname),
+        run_config=tune.RunConfig(
+            name=FINAL_FIT_DIR, storage_path=experiment.path, verbose=0,
+            callbacks=[ProgressPrinter(len(runs), runs[0].epochs, options.select, experiment.deciding_set, label="final-fit run")],
+            failure_config=tune.FailureConfig(max_failures=2),
+        ),
+    )

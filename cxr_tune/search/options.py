@@ -1,0 +1,53 @@
+"""The options of one search (every flag of ``python -m cxr_tune.search``), as saved in ``experiment.json``.
+
+Plain data with no Ray import: the experiment reader, export and report load it without Tune.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cxr_tune import storage
+from cxr_tune.data.prepared import DataOptions
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Every flag of ``python -m cxr_tune.search``; saved to ``experiment.json``."""
+
+    space: str = "wide"
+    name: str = ""
+    storage: str = "results"
+    trials: int | None = None
+    max_epochs: int | None = None
+    time_budget_min: float | None = None
+    seed: int = 0
+    select: str = "balanced_accuracy"
+    select_on: str = "external"  # or "carved"; "external" falls back to carved when there is no external set
+    min_sensitivity: float = 0.0
+    address: str | None = None
+    workers_per_trial: int | None = None
+    cpus_per_worker: float | None = None
+    gpus_per_worker: float | None = None
+    concurrency: int | None = None
+    sampler: str = "tpe"  # or "random": the baseline TPE is measured against
+    early_stopping: bool = True  # ASHA; off runs every trial to max_epochs
+    precision: str = "auto"  # auto, fp32, bf16, fp16: see cxr_tune.train.precision
+    memory_format: str = "auto"  # auto, channels_last, contiguous
+    deterministic: bool = False  # bitwise-repeatable GPU runs (slower); CPU runs are repeatable anyway
+    weights: str | None = None  # a local pretrained weights file for torchvision architectures
+    final_fit: bool = True  # run the space's final-fit stage after the search (when it has one)
+    data: DataOptions = field(default_factory=DataOptions)
+
+    @property
+    def experiment_dir(self) -> str:
+        return storage.join(storage.resolve(self.storage), self.name)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> SearchOptions:
+        known = set(cls.__dataclass_fields__)  # experiments written by older versions lack newer fields
+        return cls(**{**{k: v for k, v in values.items() if k in known}, "data": DataOptions(**values["data"])})

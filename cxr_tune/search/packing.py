@@ -1,0 +1,49 @@
+"""How many trials share one GPU by default: small CNN trials leave most of a card idle.
+
+One batch-32 CNN at 64-128 px uses a few hundred MB and a sliver of an 80-140 GB GPU's compute,
+so giving each trial a whole GPU runs one small model at a time on a card that could run many.
+The default share per trial worker (``--gpus-per-worker`` overrides it) follows the space's
+largest trial, so every trial of a search gets the same share:
+
+==========================================  ==============  ===================
+largest image in the space                  trials per GPU  ``gpus_per_worker``
+==========================================  ==============  ===================
+<= 128 px                                   8               0.125
+<= 256 px                                   4               0.25
+larger                                      2               0.5
+==========================================  ==============  ===================
+
+and half as many trials per GPU (twice the share) when the space holds a torchvision
+architecture (ResNet-18, DenseNet-121), which computes several times more per image. A trial with
+several workers (DDP) takes that share per worker.
+"""
+
+from __future__ import annotations
+
+from cxr_tune.search.space import Space
+from cxr_tune.train.hparams import HParams
+
+HEAVY_ARCHITECTURES = ("resnet18", "densenet121")
+
+
+def trials_per_gpu(largest_image: int, heavy: bool) -> int:
+    """The documented rule above.
+
+    >>> trials_per_gpu(64, False), trials_per_gpu(224, False), trials_per_gpu(224, True), trials_per_gpu(512, True)
+    (8, 4, 2, 1)
+    """
+    per_gpu = 8 if largest_image <= 128 else 4 if largest_image <= 256 else 2
+    return max(1, per_gpu // 2) if heavy else per_gpu
+
+
+def default_gpu_share(space: Space) -> float:
+    """``gpus_per_worker`` for every trial of ``space`` (see the module docstring)."""
+    return 1.0 / trials_per_gpu(max(space_values(space, "image_size")), any(a in HEAVY_ARCHITECTURES for a in space_values(space, "arch")))
+
+
+def space_values(space: Space, name: str) -> list:
+    """Every value ``name`` can take in ``space``: its choices or bounds, its fixed value, or the default."""
+    for param in space.params:
+        if param.name == name:
+            return list(param.values)
+    return [space.fixed.get(name, getattr(HParams(), name))]

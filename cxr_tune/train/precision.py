@@ -1,0 +1,146 @@
+"""What the training step computes in: precision and memory layout, stated per device.
+
+``--precision`` (train, search, bench) is ``auto``, ``fp32``, ``bf16`` or ``fp16``:
+
+- ``auto`` picks **bf16 autocast** on CPUs with native bf16 (AVX512-BF16 or AMX, as torch reports
+  them) and on CUDA GPUs that support bf16 (Ampere and newer); **fp16 autocast with a gradient
+  scaler** on older CUDA GPUs with tensor cores (Volta, Turing); **fp32** everywhere else (a CPU
+  without native bf16 would emulate it, slower than fp32).
+- Only the training forward and backward pass run in the lower precision: weights, gradients,
+  optimizer state, BatchNorm statistics and the loss stay fp32, and every evaluation score is
+  computed in fp32 with TF32 off (:func:`fp32_scoring`), so the scores stored with a checkpoint
+  are the ones the exported fp32 ONNX model gives on the CPU (export refuses a drift above 1e-4).
+
+``--memory-format`` (``auto``, ``channels_last``, ``contiguous``): ``auto`` is channels_last on
+CPUs and CUDA GPUs, where it was measured faster for these CNNs in fp32 and in bf16
+(``results/benchmarks/train_throughput.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The resolved choice for one device: ``name`` is fp32, bf16 or fp16."""
+
+    name: str
+    channels_last: bool
+    device_type: str  # "cpu" or "cuda"
+    reason: str
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context the training forward pass runs in (a no-op for fp32)."""
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=_DTYPES[self.name])
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
+        return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
+
+    def describe(self) -> str:
+        layout = "channels_last" if self.channels_last else "contiguous"
+        what = "fp32" if self.name == "fp32" else f"{self.name} autocast"
+        return f"{what}, {layout} ({self.reason})"
+
+    def record(self) -> dict[str, Any]:
+        """What checkpoints, trial tables and model.json keep."""
+        return {"precision": self.name, "channels_last": self.channels_last, "precision_reason": self.reason}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), as torch sees it."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # an older or unusual torch build: assume not
+        return False
+
+
+def cuda_capability(device: torch.device | None = None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+def resolve(requested: str = "auto", device_type: str = "cpu", memory_format: str = "auto", *, device: torch.device | None = None) -> Precision:
+    """The precision and layout to train in on ``device_type`` (``cpu`` or ``cuda``), and why.
+
+    >>> resolve("fp32", "cpu", "contiguous").describe()
+    'fp32, contiguous (asked for: --precision fp32)'
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory format {memory_format!r} is not one of {', '.join(MEMORY_FORMATS)}")
+    channels_last = memory_format != "contiguous"  # auto: channels_last on both device types (measured)
+    if requested != "auto":
+        return Precision(requested, channels_last, device_type, f"asked for: --precision {requested}")
+    if device_type == "cuda":
+        major, minor = cuda_capability(device)
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return Precision("bf16", channels_last, "cuda", f"auto: this GPU (compute capability {major}.{minor}) supports bf16")
+        if major >= 7:
+            return Precision("fp16", channels_last, "cuda", f"auto: this GPU (compute capability {major}.{minor}) has fp16 tensor cores but no bf16; gradients are loss-scaled")
+        return Precision("fp32", channels_last, "cuda", f"auto: this GPU (compute capability {major}.{minor}) has no fast half precision")
+    if cpu_has_native_bf16():
+        return Precision("bf16", channels_last, "cpu", "auto: this CPU has native bf16 (AVX512-BF16/AMX)")
+    return Precision("fp32", channels_last, "cpu", "auto: this CPU has no native bf16, which would be emulated and slower than fp32")
+
+
+@contextlib.contextmanager
+def fp32_scoring() -> Iterator[None]:
+    """Evaluation in plain fp32: no autocast, and on CUDA no TF32 in convolutions or matmuls (cuDNN
+    uses TF32 for convolutions by default, about 1e-3 relative error), so stored scores match the
+    CPU fp32 ONNX export."""
+    if not torch.cuda.is_available():
+        with torch.autocast("cpu", enabled=False):
+            yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def configure_device(device: torch.device, *, deterministic: bool = False) -> None:
+    """Per-process settings for the device a worker trains on.
+
+    CUDA: cuDNN picks the fastest convolution algorithms for the (fixed) input shape
+    (``cudnn.benchmark``), unless ``deterministic``, which trades that speed for bitwise-repeatable
+    runs (deterministic algorithms; what a resumed run needs to continue exactly on a GPU).
+    """
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def add_precision_arguments(parser: Any) -> None:
+    """``--precision`` and ``--memory-format``, shared by train, search and bench."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="training precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, fp16 with loss scaling on older "
+                             "GPUs, else fp32), fp32, bf16 or fp16; weights, optimizer state and every evaluation stay fp32 (default: auto)")
+    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                        help="memory layout of the model and its batches: auto (channels_last, measured faster on CPUs and GPUs), "
+                             "channels_last or contiguous (default: auto)")

@@ -1,0 +1,53 @@
+"""What TPE learns from each trial: the value selection judges it by, and PRUNED for trials that ended early."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from cxr_tune.search.space import SpaceSampler, load_space
+
+
+@pytest.fixture
+def searcher(tmp_path):
+    from cxr_tune.search.searcher import StudySearch
+
+    return StudySearch(space=SpaceSampler(load_space("smoke")), metric="objective", mode="max", study_name="exp",
+                       sampler=optuna.samplers.RandomSampler(seed=0), max_epochs=3, database=str(tmp_path / "study.db"))
+
+
+def told(searcher, trial_id: str) -> optuna.trial.FrozenTrial:
+    """The trial as the study file holds it (what TPE and optuna-dashboard read)."""
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{searcher._database}")
+    return next(t for t in study.get_trials() if t.user_attrs.get("tune_trial_id") == trial_id)
+
+
+def run(searcher, trial_id: str, objectives: list[float], *, error: bool = False) -> optuna.trial.FrozenTrial:
+    searcher.suggest(trial_id)
+    results = [{"objective": value, "epoch": epoch, "training_iteration": epoch} for epoch, value in enumerate(objectives, 1)]
+    for result in results[:-1]:
+        searcher.on_trial_result(trial_id, result)
+    searcher.on_trial_complete(trial_id, results[-1] if results else None, error=error)
+    return told(searcher, trial_id)
+
+
+def test_a_trial_that_ran_its_course_is_complete_at_its_best_epoch_not_its_last(searcher):
+    trial = run(searcher, "full", [0.6, 0.8, 0.7])
+    assert trial.state == TrialState.COMPLETE and trial.value == 0.8  # Ray's OptunaSearch told 0.7, the last epoch
+    assert trial.intermediate_values == {1: 0.6, 2: 0.8, 3: 0.8}  # at our own epoch count: the best so far
+
+
+def test_a_trial_asha_stopped_is_pruned_with_its_values(searcher):
+    trial = run(searcher, "stopped", [0.55])
+    assert trial.state == TrialState.PRUNED and trial.value == 0.55 and trial.intermediate_values == {1: 0.55}
+    assert run(searcher, "failed", [0.5], error=True).state == TrialState.FAIL
+
+
+def test_a_repeated_epoch_report_is_told_once(searcher):
+    searcher.suggest("again")
+    for result in ({"objective": 0.6, "epoch": 1}, {"objective": 0.6, "epoch": 1}, {"objective": 0.7, "epoch": 2}):
+        searcher.on_trial_result("again", result)  # a report replayed after a restart
+    searcher.on_trial_complete("again", {"objective": 0.65, "epoch": 3})
+    trial = told(searcher, "again")
+    assert trial.intermediate_values == {1: 0.6, 2: 0.7, 3: 0.7} and trial.value == 0.7

@@ -1,0 +1,106 @@
+"""``--select-on carved`` end to end: the external set is scored every epoch, and no choice reads its labels.
+
+One small search for the module (the smoke space, 2 trials, 2 epochs) with an external site
+folder; the export is then repeated with the external labels scrambled everywhere a choice could
+read them (the trial table's ``ext_*`` columns, the external roles' labels), and every choice
+(trial, epoch, members, threshold) comes out the same.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import run_cli
+from tests.selection_oracle import checkpoint_scores, expected_winner, exported_scores
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    from cxr_tune.data.synthetic import synthesize
+
+    drawn = Path(synthesize(str(tmp_path_factory.mktemp("site-draw") / "draw"), n=120, seed=7))
+    folder = tmp_path_factory.mktemp("site") / "site"
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (folder / cls).mkdir(parents=True)
+        for path in sorted((drawn / "train" / cls).iterdir()):
+            shutil.copyfile(path, folder / cls / f"site-{path.name}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def search(synthetic_root, site, tmp_path_factory) -> tuple[Path, str]:
+    storage = tmp_path_factory.mktemp("experiments")
+    done = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--val-data", str(site), "--select-on", "carved",
+                   "--trials", "2", "--max-epochs", "2", "--storage", str(storage), "--name", "carved", timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return storage / "carved", done.stdout
+
+
+def test_carved_validation_decides_and_the_external_set_is_only_scored(search):
+    experiment, stdout = search
+    info = json.loads((experiment / "experiment.json").read_text())
+    meta = json.loads((experiment / "best" / "model.json").read_text())
+    table = pd.read_csv(experiment / "trials.csv")
+    assert info["deciding_set"] == meta["deciding_set"] == "carved"
+    assert table["ext_auc"].notna().all() and np.allclose(table["objective"], table["val_objective"])
+    winner = table.set_index("trial_id").loc[expected_winner(table, "val")]
+    assert meta["trial_id"] == winner.name and meta["epoch"] == int(winner["best_epoch"])
+    assert meta["threshold"] == pytest.approx(winner["val_threshold"], abs=1e-12)
+    stored = checkpoint_scores(experiment, winner.name, int(winner["best_epoch"]))
+    exported = exported_scores(experiment)
+    assert np.abs(exported - stored.loc[exported.index]).max() < 1e-4  # the kept checkpoint is the carved-best epoch's
+    assert meta["external"]["selection_set"] is False and "chose nothing" in meta["external"]["note"]
+    assert "external validation (chose nothing)" in stdout and "SELECTION SET" not in stdout
+
+
+def test_the_export_reads_no_external_label_for_any_choice(search, tmp_path, monkeypatch):
+    from cxr_tune.experiment import Experiment
+    from cxr_tune.export import export_trial
+
+    experiment, _ = search
+    honest = export_trial(str(experiment), out=str(tmp_path / "honest"), ensemble=2)
+    trials, splits = Experiment.trials, Experiment.splits.func
+    rng = np.random.default_rng(0)
+
+    def scrambled_trials(self, *, ranked=True):
+        table = trials(self, ranked=ranked)
+        for column in [c for c in table if c.startswith("ext_")]:
+            table[column] = rng.permutation(table[column].to_numpy())[::-1] if len(table) > 1 else table[column] * 0
+        return table
+
+    def flipped_splits(self):
+        roles = splits(self).copy()
+        external = roles["role"] == "external"
+        roles.loc[external, "label"] = 1 - roles.loc[external, "label"]
+        return roles
+
+    monkeypatch.setattr(Experiment, "trials", scrambled_trials)
+    monkeypatch.setattr(Experiment, "splits", property(flipped_splits))
+    blind = export_trial(str(experiment), out=str(tmp_path / "blind"), ensemble=2)
+    assert [m["trial_id"] for m in blind["members"]] == [m["trial_id"] for m in honest["members"]]
+    assert [m["epoch"] for m in blind["members"]] == [m["epoch"] for m in honest["members"]]
+    assert blind["threshold"] == honest["threshold"] and blind["validation"]["auc"] == honest["validation"]["auc"]
+    assert blind["external"]["auc"] == pytest.approx(1 - honest["external"]["auc"])  # the flip did reach the external scoring
+
+
+def test_the_transfer_benchmark_reports_what_carved_selection_ships(search, tmp_path):
+    from cxr_tune.bench.transfer import run
+
+    experiment, _ = search
+    table = pd.read_csv(experiment / "trials.csv")
+    written = run(str(experiment), tmp_path).read_text()
+    for rule in ("carved only", "carved + adapt", "carved + mixture threshold", "carved + adapt + EM prior shift", "external (selection set"):
+        assert rule in written
+    details = json.loads((tmp_path / "transfer_carved.json").read_text())
+    by_rule = {row["rule"].split(" (")[0]: row for row in details["rules"]}
+    carved = table.set_index("trial_id").loc[expected_winner(table, "val")]
+    assert by_rule["carved only"]["trial"] == carved.name and by_rule["carved only"]["threshold"] == pytest.approx(carved["val_threshold"])
+    assert by_rule["external"]["trial"] == expected_winner(table, "ext")

@@ -1,0 +1,120 @@
+"""Calibration: ECE and Brier agree with scikit-learn, tell a calibrated model from an overconfident
+one, and ``export --calibrate`` builds a map into the ONNX file that fixes the probabilities on the
+deciding set while the ranking, the AUC and every decision stay as they were."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import brier_score_loss, roc_auc_score
+
+from cxr_tune.calibration import calibration_metrics, expected_calibration_error, fit, reliability
+from cxr_tune.serving import load_model, probabilities
+from tests.model_exports import export_folder, kermany_set
+
+
+def honest_and_overconfident(n: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels drawn with the probabilities ``honest``; ``overconfident`` ranks the same, three times the logit."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.5, n)
+    honest = 1 / (1 + np.exp(-logits))
+    labels = (rng.random(n) < honest).astype(int)
+    return labels, honest, 1 / (1 + np.exp(-3 * logits))
+
+
+def test_ece_and_brier_are_scikit_learns_and_separate_an_honest_model_from_an_overconfident_one():
+    labels, honest, overconfident = honest_and_overconfident()
+    curve = reliability(labels, overconfident)
+    observed, predicted = calibration_curve(labels, overconfident, n_bins=10, strategy="uniform")
+    assert np.allclose(curve["observed"], observed) and np.allclose(curve["predicted"], predicted) and sum(curve["count"]) == len(labels)
+    by_hand = sum(c * abs(o - p) for c, o, p in zip(curve["count"], observed, predicted, strict=True)) / len(labels)
+    assert expected_calibration_error(labels, overconfident) == pytest.approx(by_hand)
+
+    good, bad = calibration_metrics(labels, honest), calibration_metrics(labels, overconfident)
+    assert bad["brier"] == pytest.approx(brier_score_loss(labels, overconfident))
+    assert good["ece"] < 0.03 < 0.1 < bad["ece"] and good["brier"] < bad["brier"]
+    for metrics in (good, bad):
+        for name in ("ece", "brier"):
+            low, high = metrics["ci95"][name]
+            assert low <= metrics[name] <= high or name == "ece"  # a bootstrap of ECE is biased upward; its interval may sit above
+            assert 0 <= low < high
+    assert bad["ci95"]["ece"][0] > good["ci95"]["ece"][1]  # the intervals do not overlap: the difference is real
+    assert calibration_metrics(labels, overconfident) == bad  # seeded: the same numbers every time
+
+
+def test_platt_and_temperature_fix_an_overconfident_model_without_changing_its_ranking():
+    labels, honest, overconfident = honest_and_overconfident()
+    temperature = fit("temperature", labels, overconfident)
+    assert temperature.to_dict()["temperature"] == pytest.approx(3.0, rel=0.1)  # it finds the factor the logits were blown up by
+    for method in ("platt", "temperature"):
+        calibrated = fit(method, labels, overconfident).apply(overconfident)
+        assert expected_calibration_error(labels, calibrated) < 0.03
+        assert np.array_equal(np.argsort(calibrated, kind="stable"), np.argsort(overconfident, kind="stable"))
+        assert roc_auc_score(labels, calibrated) == pytest.approx(roc_auc_score(labels, overconfident), abs=1e-12)
+
+
+def test_a_set_that_cannot_calibrate_is_refused():
+    with pytest.raises(ValueError, match="both classes"):
+        fit("platt", np.ones(10, dtype=int), np.linspace(0.1, 0.9, 10))
+    with pytest.raises(ValueError, match="run against the labels"):
+        fit("platt", np.array([0, 0, 0, 1, 1, 1]), np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1]))
+
+
+@pytest.mark.parametrize("method", ["platt", "temperature"])
+def test_a_calibrated_export_keeps_its_decisions_and_auc_and_its_onnx_file_says_the_calibrated_probability(tmp_path, method):
+    plain = export_folder(tmp_path / "plain")
+    calibrated = export_folder(tmp_path / "calibrated", calibrate=method)
+    record = calibrated["calibration"]
+    assert plain["calibration"] == {"method": "none"} and record["method"] == method and record["fitted_on"] == "external"
+    assert record["threshold_uncalibrated"] == pytest.approx(plain["threshold"], abs=1e-12)
+    assert method in calibrated["output"]["meaning"] and "re-expressed on the calibrated scale" in calibrated["threshold_rule"]
+
+    from cxr_tune.calibration import Calibration
+
+    mapping = Calibration.from_dict(record)
+    assert calibrated["threshold"] == pytest.approx(float(mapping.apply(plain["threshold"])))
+    for name, point in calibrated["operating_points"].items():
+        assert point["threshold"] == pytest.approx(float(mapping.apply(plain["operating_points"][name]["threshold"])))
+
+    for key, file in (("validation", "val"), ("external", "external"), ("test", "test")):
+        before, after = plain[key], calibrated[key]
+        assert after["auc"] == pytest.approx(before["auc"], abs=1e-12)  # the ranking is the same
+        for rate in ("sensitivity", "specificity", "tp", "fp", "tn", "fn"):
+            assert after[rate] == before[rate]  # so is every decision at the re-expressed threshold
+        assert after["calibration"]["before"]["ece"] == pytest.approx(before["calibration"]["ece"])
+        old, new = (pd.read_csv(tmp_path / folder / f"{file}_predictions.csv") for folder in ("plain", "calibrated"))
+        assert (old["prediction"] == new["prediction"]).all()
+        assert np.allclose(new["probability"], mapping.apply(old["probability"]), atol=1e-4)
+    # Fitted on the external (deciding) set: its probabilities got better there.
+    assert calibrated["external"]["loss"] < plain["external"]["loss"] and calibrated["external"]["brier"] < plain["external"]["brier"]
+    assert calibrated["external"]["calibration"]["ece"] < plain["external"]["calibration"]["ece"]
+
+    # model.onnx itself outputs the calibrated probability: what predict shows is on the new scale.
+    model = load_model(tmp_path / "calibrated")
+    images = kermany_set(40, 9).images
+    raw = probabilities(load_model(tmp_path / "plain"), images)
+    assert np.allclose(probabilities(model, images), mapping.apply(raw), atol=1e-4)
+    assert json.loads((tmp_path / "calibrated" / "model.json").read_text())["calibration"]["slope"] == pytest.approx(mapping.slope)
+
+
+def test_adapting_a_calibrated_model_keeps_the_map_in_the_graph(tmp_path):
+    from cxr_tune.adapt import adapt
+    from cxr_tune.calibration import Calibration
+    from cxr_tune.modelfile import load_members, serving_model, torch_scores
+    from tests.model_exports import save_images
+
+    exported = export_folder(tmp_path / "model", calibrate="platt")
+    site = kermany_set(24, 4)
+    meta = adapt(str(tmp_path / "model"), str(save_images(site, tmp_path / "site")), str(tmp_path / "adapted"), threshold_rule="keep")
+    assert meta["threshold"] == exported["threshold"]  # kept, on the calibrated scale it was expressed in
+    assert meta["calibration"]["slope"] == exported["calibration"]["slope"] and "before adaptation" in meta["calibration"]["note"]
+    raw = torch_scores(serving_model(load_members(str(tmp_path / "adapted"), meta)), site.images)
+    calibrated = probabilities(load_model(tmp_path / "adapted"), site.images)
+    held = (raw > 1e-5) & (raw < 1 - 1e-5)  # where a float32 probability still holds the digits its logit needs
+    assert held.sum() >= 10 and np.allclose(calibrated[held], Calibration.from_dict(meta["calibration"]).apply(raw[held]), atol=1e-4)
+    below = raw[:, None] < raw[None, :]  # the order is kept (raw probabilities tied at float32's 1 - 6e-8 may part)
+    assert (calibrated[:, None] < calibrated[None, :])[below].all()

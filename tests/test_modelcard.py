@@ -1,0 +1,118 @@
+"""``MODEL_CARD.md``: written by every export and by adapt, every number in it read from its
+``model.json``, the deciding set's numbers marked as selection-set numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cxr_tune.formatting import fmt, interval
+from cxr_tune.modelcard import KERMANY
+from tests.model_exports import export_folder, kermany_set, save_images
+from tests.conftest import run_cli
+
+DECIMAL = re.compile(r"(?<![\w.])-?\d+\.\d+(?![\w.])")
+
+
+def numbers_in(value: Any) -> list[float]:
+    """Every number anywhere in a parsed JSON document."""
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in numbers_in(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in numbers_in(v)]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)]
+    return []
+
+
+def table(card: str, heading: str) -> list[list[str]]:
+    """The rows (cells) of the first Markdown table under ``## heading``."""
+    section = card.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[dict[str, Any], str]:
+    folder = tmp_path_factory.mktemp("card") / "model"
+    export_folder(folder, calibrate="platt")
+    return json.loads((folder / "model.json").read_text()), (folder / "MODEL_CARD.md").read_text()
+
+
+def test_every_decimal_number_in_the_card_is_a_number_of_model_json(exported):
+    meta, card = exported
+    known = numbers_in(meta)
+    text = card.replace(KERMANY, "")  # the data set's reference (a DOI, a licence version) is text, not a measurement
+    found = DECIMAL.findall(text)
+    assert len(found) > 100
+    for token in found:
+        digits = len(token.split(".")[1])
+        assert any(math.isclose(round(value, digits), float(token), abs_tol=10 ** -(digits + 3)) for value in known), token
+
+
+def test_the_tables_say_what_model_json_says(exported):
+    meta, card = exported
+    names = {"carved validation": "validation", "external validation (selection set)": "external", "test": "test"}
+    performance = table(card, "Performance")
+    assert [row[0] for row in performance] == list(names)  # the deciding set (external here) is marked, the others not
+    for row in performance:
+        metrics = meta[names[row[0]]]
+        ci = metrics["ci95"]
+        assert row[1] == str(metrics["n"])
+        assert row[3:] == [f"{fmt(metrics[k])}{interval(ci.get(k))}" for k in ("auc", "sensitivity", "specificity", "balanced_accuracy")]
+    for row in table(card, "Calibration"):
+        calibration = meta[names[row[0]]]["calibration"]
+        assert row[1] == f"{fmt(calibration['ece'])}{interval(calibration['ci95']['ece'])}"
+        assert row[3] == f"{fmt(calibration['before']['ece'])}{interval(calibration['before']['ci95']['ece'])}"
+    subgroups = table(card, "Subgroups")
+    assert len(subgroups) == 3 * 4
+    for row in subgroups:
+        group = next(g for g in meta[names[row[0]]]["subgroups"].values() if g["description"] == row[1])
+        assert row[2:5] == [group["rate"], str(group["n"]), str(group["correct"])]
+    points = table(card, "Operating points")
+    assert [row[0] for row in points] == [f"`{name}`" for name in meta["operating_points"]]
+    for row in points:
+        name = row[0].strip("`")
+        assert row[1] == fmt(meta["operating_points"][name]["threshold"])
+        for cell, key in zip(row[3:], ("validation", "external", "test"), strict=True):
+            at, ci = meta[key]["operating_points"][name], meta[key]["operating_points"][name]["ci95"]
+            assert cell == f"{fmt(at['sensitivity'])}{interval(ci['sensitivity'])} / {fmt(at['specificity'])}{interval(ci['specificity'])}"
+
+
+def test_the_card_covers_what_a_reviewer_asks(exported):
+    meta, card = exported
+    for heading in ("Model details", "Intended use", "Data", "How the model was chosen", "Performance", "Subgroups", "Calibration",
+                    "Operating points", "Site adaptation", "Limitations", "How to reproduce"):
+        assert f"\n## {heading}\n" in card, heading
+    assert "Not a medical device" in card and "CC BY 4.0" in card and "selection set" in card
+    assert "Deciding set: **external validation set**" in card and "optimistic" in card
+    assert "train 100 / 300" not in card and "training 100 / 300" in card  # counts per set, from model.json
+    assert meta["search"]["command"] in card and "--calibrate platt" in card
+
+
+def test_a_synthetic_carved_export_says_so_and_marks_carved_validation(tmp_path):
+    export_folder(tmp_path / "model", external=False, synthetic=True)
+    card = (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    assert "**SYNTHETIC DATA.**" in card and "CC BY 4.0" not in card
+    assert [row[0] for row in table(card, "Performance")] == ["carved validation (selection set)", "test"]
+    assert "There is no external set" in card
+
+
+def test_adapt_writes_a_card_for_the_adapted_model(tmp_path):
+    export_folder(tmp_path / "model")
+    site = save_images(kermany_set(24, 4), tmp_path / "site")
+    done = run_cli("cxr_tune.adapt", "--model", str(tmp_path / "model"), "--images", str(site), "--out", str(tmp_path / "adapted"), "--threshold", "keep")
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((tmp_path / "adapted" / "model.json").read_text())
+    card = (tmp_path / "adapted" / "MODEL_CARD.md").read_text()
+    assert "AdaBN" in card and "24 unlabelled image(s)" in card and "Measured before site adaptation" in card
+    assert "operating_points" not in meta and set(meta["before_adaptation"]["operating_points"]) >= {"balanced", "sens95"}
+    assert "## Operating points" not in card  # the unadapted points do not carry over
+    assert table(card, "Performance")[0][3] == fmt(meta["before_adaptation"]["validation"]["auc"]) + interval(
+        meta["before_adaptation"]["validation"]["ci95"]["auc"])
+    assert Path(tmp_path / "model" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,107 @@
+"""Operating points: each floor holds on the deciding set with the other rate as high as it allows,
+export measures every point on every set, and ``predict --operating-point`` uses one (an unknown
+name stops with one line before any image is read; older exports know ``balanced`` only)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_curve
+
+from cxr_tune.errors import UserError
+from cxr_tune.operating_points import FLOORS, NAMES, choose_points, known_points, threshold_for
+from cxr_tune.serving import load_model
+from tests.conftest import run_cli
+from tests.exports import write_export as tiny_export
+from tests.model_exports import export_folder, kermany_set, save_images
+
+
+def scores_of(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.6).astype(int)
+    return labels, 1 / (1 + np.exp(-(rng.normal(0, 1, n) + 1.6 * (labels - 0.5))))
+
+
+def rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
+    called = scores >= threshold
+    return float(called[labels == 1].mean()), float(1 - called[labels == 0].mean())
+
+
+def test_every_floor_holds_and_the_other_rate_is_the_best_it_allows():
+    labels, scores = scores_of()
+    points = choose_points(labels, scores, balanced=0.5)
+    assert list(points) == list(NAMES) and points["balanced"]["threshold"] == 0.5
+    fpr, tpr, _ = roc_curve(labels, scores)
+    for name, (rate, floor) in FLOORS.items():
+        sens, spec = rates(labels, scores, points[name]["threshold"])
+        kept, other = (sens, spec) if rate == "sensitivity" else (spec, sens)
+        assert kept >= floor and points[name]["floor"] == {rate: floor}
+        # No cut of the ROC curve keeps the floor with a better other rate (this model is below the floor at the crossing).
+        best = max((1 - f) if rate == "sensitivity" else t for f, t in zip(fpr, tpr, strict=True) if (t if rate == "sensitivity" else 1 - f) >= floor)
+        assert other == pytest.approx(best)
+    specificity = [rates(labels, scores, points[name]["threshold"])[1] for name in ("sens90", "sens95", "sens98")]
+    assert specificity == sorted(specificity, reverse=True)  # a higher sensitivity floor costs specificity
+
+
+def test_threshold_for_names_the_known_points_and_an_old_export_has_balanced_only():
+    meta = {"threshold": 0.4, "operating_points": {"balanced": {"threshold": 0.4}, "sens95": {"threshold": 0.2}}}
+    assert threshold_for(meta, "sens95") == 0.2 and threshold_for(meta, "balanced") == 0.4
+    with pytest.raises(UserError, match=r"unknown operating point 'sens99'; this model has balanced, sens95$"):
+        threshold_for(meta, "sens99")
+    assert known_points({"threshold": 0.3}) == {"balanced": 0.3}
+
+
+def test_export_measures_every_point_on_every_set_with_intervals(tmp_path):
+    meta = export_folder(tmp_path / "model")
+    assert meta["operating_points"]["balanced"]["threshold"] == meta["threshold"]
+    for key in ("validation", "external", "test"):
+        for name, point in meta["operating_points"].items():
+            at = meta[key]["operating_points"][name]
+            assert at["threshold"] == point["threshold"]
+            low, high = at["ci95"]["sensitivity"]
+            assert low <= at["sensitivity"] <= high and set(at["ci95"]) == {"sensitivity", "specificity"}
+        assert meta[key]["operating_points"]["balanced"]["sensitivity"] == meta[key]["sensitivity"]
+    for name, (rate, floor) in FLOORS.items():  # the floors hold on the set that chose them
+        assert meta["external"]["operating_points"][name][rate] >= floor
+
+
+def test_predict_uses_the_chosen_operating_point(tmp_path):
+    meta = export_folder(tmp_path / "model")
+    folder = save_images(kermany_set(30, 7), tmp_path / "images")
+    for name in ("balanced", "sens98", "spec95"):
+        done = run_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(folder), "--operating-point", name,
+                       "--csv", str(tmp_path / f"{name}.csv"), "--quiet")
+        assert done.returncode == 0, done.stderr
+        threshold = meta["operating_points"][name]["threshold"]
+        assert f"at threshold {threshold:.4f} (operating point {name})" in done.stdout
+        frame = pd.read_csv(tmp_path / f"{name}.csv")
+        assert (frame["prediction"] == (frame["probability"] >= threshold)).all()
+    called = {name: pd.read_csv(tmp_path / f"{name}.csv")["prediction"].sum() for name in ("balanced", "sens98", "spec95")}
+    assert called["spec95"] <= called["balanced"] <= called["sens98"] and called["spec95"] < called["sens98"]
+
+
+def test_an_unknown_point_is_one_line_before_any_image_is_read_and_an_old_export_still_predicts(tmp_path):
+    export_folder(tmp_path / "model")
+    missing = tmp_path / "no-such-folder"  # were the images read first, this would be the error
+    done = run_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(missing), "--operating-point", "sens99")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "error: unknown operating point 'sens99'; this model has balanced, sens90, sens95, sens98, spec90, spec95"
+
+    old = tiny_export(tmp_path / "old", image_size=16, threshold=0.3)  # an export from before operating points
+    folder = save_images(kermany_set(10, 8), tmp_path / "images")
+    done = run_cli("cxr_tune.predict", "--model", str(old), str(folder), "--quiet")
+    assert done.returncode == 0 and "at threshold 0.3000 (operating point balanced)" in done.stdout
+    done = run_cli("cxr_tune.predict", "--model", str(old), str(folder), "--operating-point", "sens95")
+    assert done.returncode == 2 and "this model has balanced" in done.stderr
+
+
+def test_a_broken_operating_point_in_model_json_names_the_file_and_key(tmp_path):
+    folder = tiny_export(tmp_path / "best", operating_points={"sens95": {"threshold": 1.5}})
+    with pytest.raises(UserError, match=r"model.json': operating_points.sens95.threshold is 1.5"):
+        load_model(folder)
+    (folder / "model.json").write_text(json.dumps({**json.loads((folder / "model.json").read_text()), "operating_points": [0.2]}))
+    with pytest.raises(UserError, match="operating_points must be an object"):
+        load_model(folder)

@@ -1,0 +1,96 @@
+"""Grad-CAM follows the evidence: a tiny CNN trained for a second to find a bright opacity on noise
+puts its map's mass on the opacity. Ensembles average their members' maps, every architecture has
+a layer to read, and ``predict --explain`` writes one figure per image from the export's weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxr_tune.bench.bare import BareRun
+from cxr_tune.modelfile import Members
+from cxr_tune.saliency import grad_cam, target_layer
+from cxr_tune.train.hparams import HParams
+from cxr_tune.train.model import build_model
+from cxr_tune.train.precision import resolve
+from tests.conftest import run_cli
+from tests.model_exports import export_folder, kermany_set, save_images
+
+SIZE, RADIUS = 32, 5
+
+
+def opacity_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Noise films; every second one has a bright disc (the opacity) at a random place. (images, labels, disc masks)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    images = rng.normal(90, 25, (n, SIZE, SIZE))
+    labels = np.arange(n) % 2
+    centres = rng.integers(RADIUS + 2, SIZE - RADIUS - 2, (n, 2))
+    discs = np.array([(yy - cy) ** 2 + (xx - cx) ** 2 <= RADIUS**2 for cy, cx in centres])
+    images[labels == 1] += 90 * discs[labels == 1]
+    return np.clip(images, 0, 255).astype(np.uint8), labels, discs
+
+
+@pytest.fixture(scope="module")
+def trained() -> Members:
+    """A two-block CNN trained with the project's own step (fp32, CPU) to tell opacity from none."""
+    torch.manual_seed(0)
+    images, labels, _ = opacity_images(256, seed=0)
+    hp = HParams(image_size=SIZE, depth=2, filters=8, intensity="none", augment_strength=0.0, class_weighting="none",
+                 lr=3e-3, batch_size=32, epochs=4, warmup_epochs=0, dropout=0.0, seed=0)
+    run = BareRun(hp, resolve("fp32", "cpu", "contiguous"), torch.device("cpu"), torch.from_numpy(images), torch.from_numpy(labels).float())
+    for _ in range(hp.epochs):
+        run.train_epoch()
+    test, test_labels, _ = opacity_images(40, seed=1)
+    assert ((run.scores(test) >= 0.5) == test_labels).mean() > 0.95  # it learned the task
+    return Members([run.net.eval()], [hp])
+
+
+def test_the_map_sits_on_the_opacity(trained):
+    images, labels, discs = opacity_images(40, seed=1)
+    maps = grad_cam(trained, images[labels == 1])
+    assert maps.shape == (20, SIZE, SIZE) and (maps >= 0).all()
+    area = discs[0].mean()  # the disc's share of the image: about 0.08
+    shares = np.array([heat[disc].sum() / heat.sum() for heat, disc in zip(maps, discs[labels == 1], strict=True)])
+    assert (shares > 4 * area).all() and np.median(shares) > 0.4  # most of the map's mass on 8 % of the image
+
+
+def test_an_ensembles_map_is_the_mean_of_its_members_maps(trained):
+    images, _, _ = opacity_images(6, seed=2)
+    torch.manual_seed(1)
+    other = build_model(trained.hparams[0]).eval()
+    both = Members([trained.nets[0], other], trained.hparams * 2)
+    alone = [grad_cam(Members([net], trained.hparams), images) for net in both.nets]
+    assert np.allclose(grad_cam(both, images), (alone[0] + alone[1]) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", [{"arch": "resnet18"}, {"arch": "densenet121"}, {"arch": "cnn", "block": "residual", "se_ratio": 0.25}])
+def test_every_network_has_a_layer_to_read(config):
+    hp = HParams(image_size=32, depth=2, filters=4, **config)
+    torch.manual_seed(0)
+    net = build_model(hp).eval()
+    layer, _ = target_layer(net)
+    assert isinstance(layer, torch.nn.Module)
+    maps = grad_cam(Members([net], [hp]), opacity_images(2, seed=3)[0])
+    assert maps.shape == (2, 32, 32) and np.isfinite(maps).all() and (maps >= 0).all()
+
+
+def test_predict_explain_writes_one_figure_per_image_and_needs_the_weights(tmp_path):
+    export_folder(tmp_path / "model")
+    folder = save_images(kermany_set(4, 6), tmp_path / "images")
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "explained"
+    done = run_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(folder), "--explain", str(out), "--operating-point", "sens95")
+    assert done.returncode == 0, done.stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(p.with_suffix(".png").name for p in folder.rglob("*.png") if p.name != "broken.png")
+    assert "Wrote 4 Grad-CAM explanation(s)" in done.stdout
+    with Image.open(out / written[0]) as figure:
+        assert figure.size[0] > figure.size[1] > 100  # the image and its map side by side
+
+    (tmp_path / "model" / "weights.safetensors").unlink()
+    done = run_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(tmp_path / "no-such-folder"), "--explain", str(tmp_path / "x"))
+    assert done.returncode == 2 and "weights.safetensors' is missing; --explain needs" in done.stderr
+    assert not (tmp_path / "x").exists()
