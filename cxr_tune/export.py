@@ -41,13 +41,12 @@ from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.modelcard import CARD_FILE, model_card
-from cxr_tune.modelfile import (TTA_VIEWS, Members, build_files, check_scores, json_safe, load_members, members_from_states, serving_model,
+from cxr_tune.modelfile import (TTA_VIEWS, Members, build_files, check_scores, json_safe, members_from_states, serving_model,
                                  torch_scores, write_model_folder)
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt, metric_line
 from cxr_tune.operating_points import choose_points
 from cxr_tune.selection import choose_threshold, ensemble_members, prefix_of, ranked_trials
-from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.subgroups import subgroup_rates
 from cxr_tune.train.checkpoints import has_predictions, load_predictions, load_state
 from cxr_tune.train.metrics import evaluate_scores, rates_at
@@ -81,12 +80,15 @@ def export_trial(
     *,
     val_data: str | None = None,
     tta: int = 1,
+    calibrate: str = "none",
 ) -> dict[str, Any]:
-    """Export the selected trial(s) of an experiment (or ``trial_id``); returns ``model.json``'s content.
+    """Export the selected model of an experiment (or ``trial_id``); returns ``model.json``'s content.
 
-    Every choice (trials, epochs, ensemble members, threshold) is made on the experiment's
-    recorded deciding set, or on ``val_data`` when given; under a carved deciding set no external
-    label takes part in any of them.
+    The selected model is the final-fit stage's runs when it completed (their last epochs,
+    averaged: :mod:`cxr_tune.search.finalfit`), else the search's selected trial (or the ``K``
+    best: ``ensemble``). Every choice (trials, epochs, ensemble members, threshold) is made on the
+    experiment's recorded deciding set, or on ``val_data`` when given; under a carved deciding set
+    no external label takes part in any of them.
     """
     experiment = Experiment(experiment_dir)
     splits, cache_dir = experiment.splits, experiment.cache_dir
@@ -127,8 +129,19 @@ def export_trial(
     stored = {prefix: _stored_scores(checkpoints, prefix, sets[prefix]) for prefix in ("val", "ext") if prefix in sets and site is None and tta == 1}
     target = out or experiment.file("best" if trial_id is None else f"exports/{trial_id}")
     source = val_data or (experiment.external or None)
+    info = {**experiment.info, "excluded": _exclusions(splits)}
+    if final_fit:
+        runs = [run for run, _ in experiment.final_fit_checkpoints()]
+        info["final_fit"] = {"runs": [run.__dict__ for run in runs], "rule": "the final-fit stage: the best configurations trained again with new "
+                             "seeds for a fixed schedule; each run's last epoch (no epoch picked on the deciding set), averaged"}
     return write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, prefix_of(deciding), stored,
-                        experiment.info, source, tta)
+                        info, source, tta, calibrate=calibrate)
+
+
+def _exclusions(splits: pd.DataFrame) -> dict[str, int]:
+    """Distinct images left out of every role, by reason (what the model card reports)."""
+    excluded = splits[splits["role"] == "excluded"].drop_duplicates("content_hash")
+    return {str(reason): int(count) for reason, count in excluded["role_note"].value_counts().items()}
 
 
 def write_export(members: Members, target: str, trial_ids: list[str], states: list[dict[str, Any]], sets: dict[str, Scored], deciding: str,
@@ -199,7 +212,9 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
                     for trial, state, h in zip(trial_ids, states, members.hparams, strict=True)],
         "validation": {**set_metrics(sets["val"].labels, scores["val"], threshold, hp), "what": "validation carved from the training folder by patient",
                        "selection_set": deciding == "val", **({"note": SELECTION_NOTE} if deciding == "val" else {})},
-        "data": {"description": info["data_description"], "synthetic": info["synthetic"], "root": info["data_root"]},
+        "data": {"description": info["data_description"], "synthetic": info["synthetic"], "root": info["data_root"],
+                 "excluded_images": info.get("excluded", {})},
+        **({"final_fit": info["final_fit"]} if info.get("final_fit") else {}),
         "train_class_counts": info.get("class_counts_train"),  # NORMAL, PNEUMONIA: the prior the probabilities were trained under
         "search": _search_record(info, hp),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -394,25 +409,6 @@ def _predictions(scored: Scored, scores: np.ndarray, threshold: float) -> pd.Dat
                          "prediction": (scores >= threshold).astype(int)})
 
 
-def calibrate_export(folder: str, method: str, info: dict[str, Any]) -> dict[str, Any]:
-    """Write the export in ``folder`` again with a ``method`` calibration map fitted on its deciding
-    set (``--calibrate``): the same members from ``weights.safetensors``, the same images (decoded
-    from the paths in its prediction files) and the same scores, checked against those files, then
-    :func:`write_export` with ``calibrate``. ``info``: the experiment's recorded facts."""
-    meta = read_meta(storage.join(folder, META_FILE))
-    members = load_members(folder, meta)
-    sets, stored = {}, {}
-    for prefix, name in (("val", "val"), ("ext", "external"), ("test", "test")):
-        path = storage.join(folder, f"{name}_predictions.csv")
-        if storage.exists(path):
-            frame = storage.read_csv(path, dtype={"path": str})
-            rows = pd.DataFrame({"content_hash": frame["path"], "path": frame["path"], "label": frame["label"].astype(int)})
-            sets[prefix], stored[prefix] = Scored(rows, _decode(rows, members.image_size)), frame["probability"].to_numpy(dtype=float)
-    states = [{"epoch": member["epoch"] - 1} for member in meta["members"]]
-    return write_export(members, folder, [member["trial_id"] for member in meta["members"]], states, sets, prefix_of(meta["deciding_set"]), stored,
-                        info, (meta.get("external") or {}).get("source"), int(meta.get("tta_views", 1)), calibrate=method)
-
-
 def _fit_calibration(method: str, labels: np.ndarray, scores: np.ndarray, deciding: str) -> Calibration | None:
     if method == "none":
         return None
@@ -500,9 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ensemble is not None and args.trial:
         raise UserError("--ensemble K needs no --trial")
     target = storage.resolve(args.out) if args.out else storage.join(experiment, "best" if args.trial is None else f"exports/{args.trial}")
-    meta = export_trial(experiment, args.trial, target, args.ensemble, val_data=args.val_data, tta=args.tta)
-    if args.calibrate != "none":
-        meta = calibrate_export(target, args.calibrate, Experiment(experiment).info)
+    meta = export_trial(experiment, args.trial, target, args.ensemble, val_data=args.val_data, tta=args.tta, calibrate=args.calibrate)
     print(summary(meta, target))
     return 0
 

@@ -122,7 +122,9 @@ def _data(meta: dict[str, Any], measured: dict[str, Any], sets: list[tuple[str, 
         + (f" The external set is `{external.get('source')}`." if external.get("source") else ""),
         "- Excluded: images of a patient who also appears in the test folder or the external set, and files filed under both "
         "classes (role `excluded` in the experiment's `splits.csv`, with the reason); the official, very small `val` folder is set "
-        "aside unless the search was told to use it.", "",
+        "aside unless the search was told to use it."
+        + (" Excluded here (distinct images): " + "; ".join(f"{reason}: {count}" for reason, count in data["excluded_images"].items()) + "."
+           if data.get("excluded_images") else (" Excluded here: none." if "excluded_images" in data else "")), "",
     ]
 
 
@@ -149,6 +151,13 @@ def _search(meta: dict[str, Any]) -> list[str]:
         + f". {search.get('ties', '')}",
         "- The test split (when there is one) chose nothing." + (f" Command: `{search['command']}`." if search.get("command") else ""), "",
     ]
+    final = meta.get("final_fit")
+    if final:
+        runs = final.get("runs", [])
+        configs = sorted({run["trial_id"] for run in runs})
+        lines[-1:-1] = [f"- Final fit: {len(configs)} best configuration(s) ({', '.join(f'`{c}`' for c in configs)}) trained again with new "
+                        f"seeds, {len(runs)} run(s) of {runs[0]['epochs'] if runs else '?'} epochs; the exported model averages their last "
+                        "epochs (no epoch picked on the deciding set; only the threshold and operating points are)."]
     return lines
 
 

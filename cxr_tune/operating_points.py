@@ -6,11 +6,9 @@ criterion). The others put a floor under one rate and keep the other as high as 
 - ``sens90`` / ``sens95`` / ``sens98``: sensitivity >= 0.90 / 0.95 / 0.98 (screening: miss few);
 - ``spec90`` / ``spec95``: specificity >= 0.90 / 0.95 (confirmation: few false alarms).
 
-Each is :func:`cxr_tune.selection.choose_threshold` with the ``min_sens_spec`` criterion and the
-floor as its minimum sensitivity (on flipped labels and scores for a specificity floor): where the
-floor binds, the most specific (most sensitive) threshold that keeps it; where the model beats the
-floor on both rates, the point where they meet. Like every threshold, they are chosen on the
-deciding set, so that set's rates at them are selection-set numbers. ``predict --operating-point``
+Each is :func:`cxr_tune.selection.floor_threshold`: the threshold that keeps the floor with the
+other rate as high as it can be. Like every threshold, they are chosen on the deciding set, so
+that set's rates at them are selection-set numbers. ``predict --operating-point``
 uses one::
 
     points = choose_points(labels, scores, balanced=0.42)
@@ -24,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from cxr_tune.errors import UserError
-from cxr_tune.selection import choose_threshold
+from cxr_tune.selection import floor_threshold
 
 DEFAULT = "balanced"
 #: name -> (rate with a floor, floor); ``balanced`` has none.
@@ -43,10 +41,7 @@ def choose_points(labels: np.ndarray, scores: np.ndarray, balanced: float) -> di
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
     points: dict[str, dict[str, Any]] = {DEFAULT: {"threshold": float(balanced), "rule": "the model's threshold (its search criterion)"}}
     for name, (rate, floor) in FLOORS.items():
-        if rate == "sensitivity":
-            threshold = choose_threshold(labels, scores, "min_sens_spec", floor)
-        else:  # specificity of the scores is sensitivity of the flipped problem; logit-midpoints map onto each other
-            threshold = 1.0 - choose_threshold(1 - labels, 1.0 - scores, "min_sens_spec", floor)
+        threshold = floor_threshold(labels, scores, rate, floor)
         points[name] = {"threshold": float(threshold), "floor": {rate: floor},
                         "rule": f"{rate} >= {floor:.2f} on the deciding set, the other rate as high as that allows"}
     return points

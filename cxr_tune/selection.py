@@ -15,6 +15,7 @@ training population and saturates (AUC 0.999), so it cannot see the shift to new
 - *Threshold*: maximize the criterion (default balanced accuracy) on the deciding set, optionally
   only among thresholds keeping sensitivity >= a floor; thresholds within ``tolerance`` of the best
   count as best and the middle of their range (logit scale) is used (:func:`choose_threshold`).
+- *Operating points*: a floor under one rate, the other as high as it allows (:func:`floor_threshold`).
 - *Objective*: the criterion at that threshold, with a 95 % stratified bootstrap interval
   (:func:`objective_interval`): with a few hundred images one image moves it by a fraction of a point.
 - *Best epoch* of a run: the highest objective; ties go to higher AUC, then lower log loss, then
@@ -72,13 +73,31 @@ def choose_threshold(
     With ``tolerance`` 0 this is halfway between the best cut and the next lower score. With one
     class present, 0.5 is returned.
     """
+    return _best_threshold(labels, scores, CRITERIA[criterion], min_sensitivity, tolerance)
+
+
+def floor_threshold(labels: np.ndarray, scores: np.ndarray, rate: str, floor: float) -> float:
+    """An operating point: the threshold keeping ``rate`` (``sensitivity`` or ``specificity``) at
+    least ``floor`` on these scores with the other rate as high as that allows (the middle, in logit
+    space, of the thresholds that give it). A specificity floor is a sensitivity floor of the
+    flipped problem (NORMAL as the positive class, scores mirrored)."""
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
+    if rate == "sensitivity":
+        return _best_threshold(labels, scores, lambda sens, spec: spec, floor, 0.0)
+    if rate == "specificity":
+        return 1.0 - _best_threshold(1 - labels, 1.0 - scores, lambda sens, spec: spec, floor, 0.0)
+    raise ValueError(f"rate {rate!r} is not sensitivity or specificity")
+
+
+def _best_threshold(labels: np.ndarray, scores: np.ndarray, value: Any, min_sensitivity: float, tolerance: float) -> float:
+    """:func:`choose_threshold` for any ``value(sensitivity, specificity)`` to maximize."""
     from sklearn.metrics import roc_curve
 
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
     if len(np.unique(labels)) < 2:
         return 0.5
     fpr, tpr, cuts = roc_curve(labels, scores, drop_intermediate=False)
-    values = CRITERIA[criterion](tpr, 1 - fpr)
+    values = value(tpr, 1 - fpr)
     values = np.where((tpr >= min_sensitivity - 1e-12) & np.isfinite(cuts), values, -np.inf)
     best = float(values.max())
     near = np.flatnonzero(values >= best - tolerance - 1e-12)
@@ -88,7 +107,7 @@ def choose_threshold(
     lower = below.max() if below.size else 0.0  # thresholds in (lower, lowest] behave like the cut at ``lowest``
     centre = _sigmoid((_logit(upper) + _logit(lower)) / 2)
     sens, spec = _rates(labels, scores, centre)
-    if CRITERIA[criterion](sens, spec) >= best - tolerance - 1e-12 and sens >= min_sensitivity - 1e-12:
+    if value(sens, spec) >= best - tolerance - 1e-12 and sens >= min_sensitivity - 1e-12:
         return centre
     top = cuts[int(np.argmax(values))]  # near-best cuts are not contiguous: fall back to the best one
     lower_top = scores[scores < top]

@@ -111,3 +111,10 @@ def test_synthetic_n_zero_is_not_the_default(tmp_path):
 
     with pytest.raises(UserError, match="--n 0 is too small"):  # before: silently 1500 images
         load_source(None, str(tmp_path), synthetic_n=0)
+
+
+def test_a_bad_precision_stops_train_search_and_bench_with_usage_and_status_2():
+    for command in (("cxr_tune.train",), ("cxr_tune.search",), ("cxr_tune.bench", "train")):
+        done = run_cli(*command, "--precision", "fp8")
+        errors = [line for line in done.stderr.splitlines() if "error:" in line]
+        assert done.returncode == 2 and len(errors) == 1 and "--precision" in errors[0] and "fp8" in errors[0], done.stderr

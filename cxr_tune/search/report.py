@@ -66,11 +66,39 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
         for png in plots.glob("*.png"):
             storage.write_bytes_atomic(experiment.file("plots", png.name), png.read_bytes())
     report = experiment.file("report.md")
-    storage.write_text_atomic(report, _markdown(info, options, table, selected, prefix, exported, notes))
+    storage.write_text_atomic(report, _markdown(info, options, table, selected, prefix, exported, notes, final_fit_section(experiment, prefix)))
     return report
 
 
-def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series, prefix: str, exported: dict | None, notes: dict[str, str | None]) -> str:
+def final_fit_section(experiment: Experiment, prefix: str) -> list[str]:
+    """The final-fit stage as its own step: each run's last epoch on every set, and its time ([] without one)."""
+    from cxr_tune.train.checkpoints import load_state
+
+    runs = experiment.final_fit_runs()
+    if not runs:
+        return []
+    done = dict((run.name, path) for run, path in experiment.final_fit_checkpoints())
+    rows = []
+    for run in runs:
+        last = load_state(done[run.name])["history"][-1] if run.name in done else {}
+        rows.append({"run": run.name, "configuration (search trial)": run.trial_id, "seed": run.seed, "epochs": run.epochs,
+                     "completed": run.name in done, **{f"{p}_{m}": last.get(f"{p}_{m}") for p in ("val", "ext") for m in ("auc", "balanced_accuracy")
+                                                       if f"{p}_{m}" in last}})
+    minutes = sum(entry["seconds"] for entry in experiment.compute_log() if entry["stage"] == "final fit") / 60
+    deciding = "external" if prefix == "ext" else "carved validation"
+    return [
+        "## Final fit", "",
+        f"The search's {len({r.trial_id for r in runs})} best configuration(s) at the selected image size, trained again with "
+        f"{len(runs) // max(1, len({r.trial_id for r in runs}))} new seed(s) each for {runs[0].epochs} epochs ({minutes:.1f} min wall). "
+        f"`best/` averages the completed runs' **last** epochs: no epoch is picked on the {deciding} set, only the threshold is. "
+        f"Each run alone at its last epoch (`val_`: carved validation, `ext_`: the external set; balanced accuracy at that run's own "
+        f"threshold{', a selection-set number' if prefix == 'ext' else ''}):", "",
+        _table(pd.DataFrame(rows)), "",
+    ]
+
+
+def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series, prefix: str, exported: dict | None, notes: dict[str, str | None],
+              final_fit: list[str]) -> str:
     criterion = options.select.replace("_", " ")
     deciding = SET_NAMES[prefix]
     lines = [f"# Search report: {options.name}", ""]
@@ -108,9 +136,11 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         "Parameters: " + ", ".join(f"`{k}={_fmt(selected[k])}`" for k in _param_columns(table) if not _missing(selected.get(k))),
         "",
     ]
+    lines += final_fit
     if exported:
         members = [m["trial_id"] for m in exported.get("members", [])]
-        what = f"the average of trials {', '.join(f'`{m}`' for m in members)}" if len(members) > 1 else "this trial"
+        what = (f"the average of the final-fit runs {', '.join(f'`{m}`' for m in members)}" if exported.get("final_fit")
+                else f"the average of trials {', '.join(f'`{m}`' for m in members)}" if len(members) > 1 else "this trial")
         lines += [
             f"Exported to `best/`: {what} (ONNX, loaded back and checked against PyTorch and the stored scores). "
             f"Decision threshold {exported['threshold']:.4f} ({exported['threshold_rule']}). At it:",

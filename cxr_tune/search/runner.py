@@ -44,6 +44,10 @@ class Plan:
     resources: Resources
     concurrency: int
 
+    def trial_bundles(self) -> list[dict[str, float]]:
+        """What one running trial holds: its Tune driver's sliver of a CPU, then each Ray Train worker's bundle."""
+        return [{"CPU": TRIAL_DRIVER_CPU}, *[self.resources.bundle() for _ in range(self.resources.workers)]]
+
 
 def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float]) -> Plan:
     """Apply flags over the space's settings and pick resources that use this cluster well.

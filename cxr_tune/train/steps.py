@@ -61,9 +61,28 @@ def build_ema(hp: HParams, net: nn.Module) -> torch.optim.swa_utils.AveragedMode
     it smooths the epoch-to-epoch swings that make the best of noisy epochs a draw."""
     if hp.ema_decay <= 0:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(hp.ema_decay), use_buffers=True)
+    return AveragedModel(net, multi_avg_fn=ema_with_warmup(hp.ema_decay), use_buffers=True)
+
+
+def ema_with_warmup(decay: float):
+    """torch's EMA update (``get_ema_multi_avg_fn``) with the usual warm-up: at step t the decay is
+    ``min(decay, (1 + t) / (10 + t))``. Without it the average of a 0.998 EMA still holds half of
+    the random initialization after 350 steps, and ASHA judges trials after two epochs."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor | int) -> None:
+        steps = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + steps) / (10.0 + steps))
+        floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weight)
+        for a, c in zip(averaged, current, strict=True):
+            if not a.is_floating_point():
+                a.copy_(c)  # counters (BatchNorm's num_batches_tracked): the model's own
+
+    return update
 
 
 def bce_loss(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor, smoothing: float) -> torch.Tensor:
