@@ -1,7 +1,9 @@
-"""Beyond one machine: cluster.yaml, a multi-node cluster, a node dying, the driver being killed.
+"""Beyond one machine: cluster.yaml, a multi-node cluster, a node dying.
 
-The multi-node tests start a real Ray cluster of separate node processes on this machine (a head
-without CPUs and worker nodes with one CPU each) and run the real search CLI against it.
+The multi-node test starts a real Ray cluster of separate node processes on this machine (a head
+without CPUs and worker nodes with one CPU each) and runs the real search CLI against it: a
+trial's two workers on two nodes, one node lost mid-run. (A killed driver and ``--resume`` are
+tested on one machine in tests/search/test_resume.py.)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import yaml
 from tests.conftest import ROOT
 from cxr_tune.bench import local_cluster
 from cxr_tune.bench.local_cluster import LocalCluster, Node, NodeStartError, PortTaken, node_processes, start_cluster
-from cxr_tune.search.results import trial_histories
+from cxr_tune.experiment import Experiment
 
 CLUSTER_YAML = ROOT / "cluster.yaml"
 DELETE = object()
@@ -219,15 +221,6 @@ def _cluster() -> LocalCluster:
 cluster = pytest.fixture(_cluster)
 
 
-def results_of(experiment: Path) -> dict[str, list[dict]]:
-    """Every reported result of every trial, from Tune's result.json files."""
-    out = {}
-    for path in experiment.glob("*/result.json"):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        out[path.parent.name] = rows
-    return out
-
-
 def search_args(synthetic_root, storage: Path, name: str, cluster: LocalCluster, *extra: str) -> list[str]:
     return ["--space", "smoke", "--data", str(synthetic_root), "--storage", str(storage), "--name", name,
             "--address", cluster.address, "--workers-per-trial", "2", "--cpus-per-worker", "0.9", "--concurrency", "1", *extra]
@@ -308,16 +301,6 @@ def _registered_checkpoint(experiment: Path) -> Path | None:
     return None
 
 
-def _finished_in_snapshot(experiment: Path) -> str | None:
-    """A trial that Tune's newest experiment snapshot in storage (what ``--resume`` reads) records as finished."""
-    snapshots = sorted(experiment.glob("experiment_state-*.json"), key=lambda path: path.stat().st_mtime)
-    try:
-        trials = [json.loads(trial) for trial, _ in json.loads(snapshots[-1].read_text())["trial_data"]]
-    except (IndexError, OSError, ValueError):  # none yet, or caught while being copied
-        return None
-    return next((trial["trial_id"] for trial in trials if trial["status"] == "TERMINATED"), None)
-
-
 @pytest.mark.slow  # starts a multi-node Ray cluster
 def test_a_trial_spans_nodes_survives_losing_one_and_resumes_from_its_checkpoint(cluster, synthetic_root, tmp_path):
     search = _start_search(*search_args(synthetic_root, tmp_path, "fault", cluster, "--trials", "1", "--max-epochs", "6", "--no-export"))
@@ -333,7 +316,7 @@ def test_a_trial_spans_nodes_survives_losing_one_and_resumes_from_its_checkpoint
     assert len(table) == 1 and set(table["status"]) == {"TERMINATED"}
     # Every epoch once, before and after the loss: an epoch whose report the lost node took with it
     # (its checkpoint registered, its report not yet at Tune) comes from the checkpoint's history.
-    _, histories = trial_histories(str(tmp_path / "fault"))
+    _, histories = Experiment(str(tmp_path / "fault")).histories()
     first = next(iter(histories.values())).to_dict("records")
     assert [row["epoch"] for row in first] == [1, 2, 3, 4, 5, 6], search.text()[-5000:]
     # It resumed from a checkpoint, not from scratch.
@@ -343,24 +326,3 @@ def test_a_trial_spans_nodes_survives_losing_one_and_resumes_from_its_checkpoint
         shards = [int(n) for n in row["worker_images"].split(",")]
         assert len(nodes) == 2 and len(set(nodes)) == 2, row["worker_nodes"]
         assert all(n > 0 for n in shards), row["worker_images"]
-
-
-@pytest.mark.slow  # starts a multi-node Ray cluster
-def test_a_killed_driver_resumes_with_every_trial_exactly_once(cluster, synthetic_root, tmp_path):
-    search = _start_search(*search_args(synthetic_root, tmp_path, "killed", cluster, "--trials", "2", "--no-export"))
-    # Kill once a snapshot that --resume reads records a finished trial (Tune writes one every 10 s or more).
-    first_done = search.wait_for(lambda: _finished_in_snapshot(tmp_path / "killed"), "a snapshot recorded a finished trial", timeout=300)
-    time.sleep(2)  # the searcher's state is copied to storage along with that snapshot
-    search.process.send_signal(signal.SIGKILL)  # kill -9: no clean-up of any kind
-    search.finish()
-    before = results_of(tmp_path / "killed")[first_done]
-
-    resumed = _start_search("--resume", "--name", "killed", "--storage", str(tmp_path), "--no-export")
-    # Well inside the test's own 900 s, so a hang fails with what the cluster held.
-    assert resumed.finish(timeout=480, explain=lambda: _state_of(cluster, tmp_path / "killed")) == 0, resumed.text()[-5000:]
-    table = pd.read_csv(tmp_path / "killed" / "trials.csv")
-    assert len(table) == 2 and table["trial_id"].is_unique and set(table["status"]) == {"TERMINATED"}
-    after = table.set_index("trial_id").loc[first_done]
-    assert after["epochs"] == before[-1]["epoch"]  # the trial finished before the kill was not run again
-    assert after["objective"] == max(row["objective"] for row in before)
-    assert results_of(tmp_path / "killed")[first_done] == before

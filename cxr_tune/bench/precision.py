@@ -5,7 +5,7 @@ augmentation, loss, schedule; weights and scoring fp32) over the whole training 
 split for a fixed number of epochs, scored after its last epoch (no epoch is picked, so no
 winner's curse) on the external sample (half A of the official test split: a **selection set**,
 its numbers are optimistic) and on carved validation. bf16 is adopted as ``auto``'s choice only
-where its mean half-A AUC lies within the seeds' spread of fp32's.
+where its mean half-A AUC and balanced accuracy are not below fp32's seeds' spread.
 """
 
 from __future__ import annotations
@@ -49,12 +49,11 @@ def run(data: str | None, params: str | None, sizes: list[int], seeds: int, epoc
     split = split_data(DataOptions(data=real_data(data)))
     if not split.has_external:
         raise UserError("the data has no external validation sample (val/ with >= 20 images per class); bench precision scores on it")
-    torch.set_num_threads(torch.get_num_threads())
     rows = []
     for base in configurations(params, sizes):
         train, val, ext = (load_images(split.roles[split.roles["role"] == role], base.image_size, split.cache_dir, split.source.manifest)
                            for role in ("train", "val", "external"))
-        pixels, labels = torch.from_numpy(train[0]), torch.from_numpy(train[1]["label"].to_numpy().astype(np.float32))
+        pixels, labels = torch.from_numpy(train[0].copy()), torch.from_numpy(train[1]["label"].to_numpy().astype(np.float32))
         counts = split.class_counts("train")
         for seed in range(seeds):
             for name in precisions:
@@ -85,16 +84,23 @@ def summary(frame: pd.DataFrame, epochs: int) -> list[str]:
         "",
         frame.to_markdown(index=False, floatfmt=".4f"),
         "",
-        "| image size | metric | fp32 mean ± sd | bf16 mean ± sd | bf16 − fp32 | fp32 seeds' range | within fp32's spread |",
+        "bf16 costs nothing measurable where its mean is not below fp32's lowest seed or is within one fp32 standard deviation of fp32's mean.",
+        "",
+        "| image size | metric | fp32 mean ± sd | bf16 mean ± sd | bf16 − fp32 | fp32 seeds' range | bf16 not measurably worse |",
         "|---:|---|---|---|---:|---|---|",
     ]
     for size, group in frame.groupby("image_size"):
         by = {name: g for name, g in group.groupby("precision")}
         if not {"fp32", "bf16"} <= set(by):
             continue
-        for metric in ("ext_auc", "ext_balanced_accuracy", "val_auc", "train_seconds"):
+        for metric in ("ext_auc", "ext_balanced_accuracy", "val_auc"):
             fp32, bf16 = by["fp32"][metric], by["bf16"][metric]
-            within = fp32.min() <= bf16.mean() <= fp32.max() or abs(bf16.mean() - fp32.mean()) <= fp32.std(ddof=1)
+            within = bf16.mean() >= fp32.min() or abs(bf16.mean() - fp32.mean()) <= fp32.std(ddof=1)
             lines.append(f"| {size} | {metric} | {fp32.mean():.4f} ± {fp32.std(ddof=1):.4f} | {bf16.mean():.4f} ± {bf16.std(ddof=1):.4f} | "
                          f"{bf16.mean() - fp32.mean():+.4f} | [{fp32.min():.4f}, {fp32.max():.4f}] | {'yes' if within else 'no'} |")
+    speed = frame.groupby(["image_size", "precision"])["img_per_s"].mean().unstack()
+    if {"fp32", "bf16"} <= set(speed.columns):
+        lines += ["", "Training speed (mean images/s over the seeds, bare loop, "
+                  "all CPU threads): " + "; ".join(f"{size} px bf16 {row['bf16']:.0f} vs fp32 {row['fp32']:.0f} ({row['bf16'] / row['fp32']:.2f}x)"
+                                                   for size, row in speed.iterrows()) + "."]
     return lines

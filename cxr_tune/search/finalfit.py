@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from cxr_tune import storage
-from cxr_tune.experiment import FINAL_FIT_DIR, FINAL_FIT_MEMBERS, Experiment, FinalRun
+from cxr_tune.experiment import FINAL_FIT_DIR, FINAL_FIT_MEMBERS, TRAIN_DIR, Experiment, FinalRun
 from cxr_tune.selection import ensemble_members, ranked_trials
 from cxr_tune.train.checkpoints import load_state
 
@@ -83,7 +83,7 @@ def _run_one(config: dict[str, Any], *, experiment_dir: str, runs: dict[str, dic
     config = runs[config["run"]]
     hp = HParams.from_config({**config["hparams"], "seed": config["seed"], "epochs": config["epochs"]})
     make_trainer(hp, datasets[hp.image_size], class_counts, resources=settings.resources,
-                 storage_path=storage.join(experiment_dir, FINAL_FIT_DIR, "train"), name=config["name"],
+                 storage_path=storage.join(experiment_dir, FINAL_FIT_DIR, TRAIN_DIR), name=config["name"],
                  callbacks=[TuneReportCallback()], max_failures=settings.max_failures, select_on=settings.select_on, run=settings.run,
                  loop_options={"keep": "last"}).fit()
 
@@ -103,15 +103,16 @@ def _tuner(experiment: Experiment, runs: list[FinalRun], *, verbose: bool) -> An
 
     options = experiment.options
     folder = experiment.file(FINAL_FIT_DIR)
-    hparams = {run.trial_id: load_state(experiment.checkpoint_for(row))["hparams"]
-               for run in runs for _, row in experiment.trials(ranked=False).query("trial_id == @run.trial_id").iterrows()}
+    table = experiment.trials(ranked=False)
+    rows = {trial_id: table[table["trial_id"] == trial_id].iloc[0] for trial_id in {run.trial_id for run in runs}}
+    hparams = {trial_id: load_state(experiment.checkpoint_for(row))["hparams"] for trial_id, row in rows.items()}
     space = experiment.space()
     plan = plan_search(replace(options, trials=len(runs)), space, ray.cluster_resources())
     split = experiment.split()
     sizes = sorted({int(h["image_size"]) for h in hparams.values()})
     datasets = datasets_by_size(split, sizes)
     settings = TrialSettings(max_epochs=runs[0].epochs, criterion=options.select, min_sensitivity=options.min_sensitivity, seed=options.seed,
-                             resources=plan.resources, train_storage=storage.join(folder, "train"), select_on=options.select_on, run=run_options(options))
+                             resources=plan.resources, train_storage=storage.join(folder, TRAIN_DIR), select_on=options.select_on, run=run_options(options))
     configs = {run.name: {"name": run.name, "trial_id": run.trial_id, "seed": run.seed, "epochs": run.epochs, "hparams": hparams[run.trial_id]} for run in runs}
     trainable = tune.with_resources(
         tune.with_parameters(_run_one, experiment_dir=experiment.path, runs=configs, datasets=datasets, class_counts=split.class_counts(), settings=settings),

@@ -1,20 +1,44 @@
+"""Search progress on the console: a resumed search's lines belong to the command that resumed it."""
+
 import io
 import pickle
-import time
 
 from cxr_tune.search.progress import ProgressPrinter
 
 
-def test_a_restored_printer_keeps_its_counts_but_takes_the_clock_and_verbosity_of_the_running_command(monkeypatch):
-    """Tune resumes a search with the copy of its callbacks it saved: that copy's clock and the
-    verbosity it was started with belong to another command."""
-    printer = ProgressPrinter(total_trials=4, max_epochs=5, criterion="balanced_accuracy", deciding="carved", stream=io.StringIO())
-    printer.epochs = {"a": 5, "b": 1}
-    printer.started -= 3600  # an hour into the first command
-    monkeypatch.setattr(ProgressPrinter, "verbose", True)
-    restored = pickle.loads(pickle.dumps(printer))
-    assert restored.epochs == {"a": 5, "b": 1} and restored.verbose
-    assert time.monotonic() - restored.started < 60 and restored._clock() == "[00:00]"
-    assert restored._left() == ""  # nothing done by this command yet: no estimate from the first one's pace
-    restored.epochs["b"] = 3
-    assert "left" in restored._left()
+def _trial(trial_id: str, epoch: int = 0, status: str = "RUNNING"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(trial_id=trial_id, config={"lr": 0.001}, status=status, last_result={"epoch": epoch})
+
+
+def _result(epoch: int, objective: float) -> dict:
+    return {"epoch": epoch, "objective": objective, "objective_low": objective - 0.05, "objective_high": objective + 0.05,
+            "val_auc": 0.9, "val_sensitivity": 0.8, "val_specificity": 0.7}
+
+
+def test_a_resumed_search_prints_with_the_running_commands_clock_and_verbosity(monkeypatch):
+    """Tune resumes a search with the copy of its callbacks it saved: the lines a resumed search
+    prints start from its own clock, follow its own --verbose, and estimate the time left from
+    the epochs it ran itself, not from the first command's pace."""
+    first = ProgressPrinter(total_trials=4, max_epochs=5, criterion="balanced_accuracy", deciding="carved", stream=io.StringIO())
+    first.on_trial_start(0, [], _trial("a"))
+    for epoch in range(1, 6):
+        first.on_trial_result(0, [], _trial("a"), _result(epoch, 0.7))
+    first.on_trial_complete(0, [_trial("a", 5, "TERMINATED")], _trial("a", 5, "TERMINATED"))
+    first.started -= 3600  # as if the first command had run for an hour
+
+    monkeypatch.setattr(ProgressPrinter, "verbose", True)  # the resuming command was given --verbose
+    resumed = pickle.loads(pickle.dumps(first))  # what Tune hands back on resume
+    console = io.StringIO()
+    resumed.stream = console
+    resumed.on_trial_start(0, [], _trial("b"))
+    resumed.on_trial_result(0, [], _trial("b"), _result(1, 0.6))
+    resumed.on_trial_result(0, [], _trial("b"), _result(2, 0.8))
+    lines = console.getvalue().splitlines()
+    assert lines and all(line.startswith("[00:0") for line in lines), lines  # this command's clock, not an hour in
+    assert any("trial b epoch 1/5" in line for line in lines)  # verbose: a line per epoch
+    assert any(line.startswith("[00:0") and "new best: trial b epoch 2" in line for line in lines)  # 0.8 beats the first command's 0.7
+    resumed.on_trial_complete(0, [_trial("a", 5, "TERMINATED"), _trial("b", 5, "TERMINATED")], _trial("b", 5, "TERMINATED"))
+    done = console.getvalue().splitlines()[-1]
+    assert "(2/4 trials done" in done and "left" in done  # counts both commands' trials; estimates from this one's pace

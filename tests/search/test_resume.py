@@ -141,34 +141,85 @@ def test_flags_that_cannot_apply_to_a_resumed_search_are_one_line_errors(tmp_pat
 
 # --- end to end --------------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_interrupted_search_resumes_to_exactly_the_requested_trials(synthetic_root, tmp_path):
-    common = ["--storage", str(tmp_path), "--name", "resumable"]
-    search = start_search("--space", "smoke", "--data", str(synthetic_root), "--concurrency", "1", "--trials", "3", *common)
-    seen = wait_for_line(search, "(1/3 ", timeout=600)
-    assert any("(1/3 " in line for line in seen), "".join(seen)
-    search.send_signal(signal.SIGINT)  # Ctrl-C
-    rest = search.communicate(timeout=300)[0]
-    assert search.returncode == 130, rest[-2000:]
-    assert "--resume" in rest
-    before = pd.read_csv(tmp_path / "resumable" / "trials.csv")
-    finished_before = before[before["status"] == "TERMINATED"].set_index("trial_id")
-    assert 1 <= len(finished_before) < 3
+@pytest.fixture(scope="module")
+def resumed_thrice(synthetic_root, tmp_path_factory) -> dict:
+    """One experiment through four commands, as a user would drive it: stopped by its time budget;
+    resumed with a budget of its own (stopped again); resumed and interrupted with Ctrl-C once
+    another trial finished; resumed to the end. What each left behind, for the tests below."""
+    storage = tmp_path_factory.mktemp("resume")
+    experiment = storage / "budget"
+    common = ["--storage", str(storage), "--name", "budget", "--no-export"]
 
-    resumed = subprocess.run([sys.executable, "-m", "cxr_tune.search", "--resume", *common], cwd=ROOT,
-                             capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    after = pd.read_csv(tmp_path / "resumable" / "trials.csv")
-    assert len(after) == 3 and after["trial_id"].is_unique and set(after["status"]) == {"TERMINATED"}
-    # Kept trials were not run again: same start time, same epochs, no new results.
-    kept = after.set_index("trial_id").loc[finished_before.index]
-    assert kept["started"].tolist() == finished_before["started"].tolist()
+    def suggested() -> int:
+        with sqlite3.connect(experiment / "study.db") as db:
+            return db.execute("select count(*) from trials").fetchone()[0]
+
+    out: dict = {"experiment": experiment}
+    # Short budgets: a 1-epoch trial takes 7-12 s here, so neither budget can start all 6 trials.
+    out["first"] = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--trials", "6", "--concurrency", "1",
+                           "--max-epochs", "1", "--time-budget", "0.3", *common, timeout=900)
+    out["started_first"] = suggested()
+    out["second"] = run_cli("cxr_tune.search", "--resume", "--time-budget", "0.2", *common, timeout=900)
+    out["started_second"] = suggested()
+    interrupted = start_search("--resume", *common)
+    done_before = len(pd.read_csv(experiment / "trials.csv")) if (experiment / "trials.csv").exists() else 0
+    seen = wait_for_line(interrupted, " finished (", timeout=600)  # one more trial ended in this run
+    interrupted.send_signal(signal.SIGINT)  # Ctrl-C
+    out["interrupted"] = (interrupted.communicate(timeout=300)[0], interrupted.returncode, "".join(seen), done_before)
+    out["before_last"] = pd.read_csv(experiment / "trials.csv")
+    out["results_before_last"] = {t: results_of(experiment, t) for t in out["before_last"]["trial_id"]}
+    out["last"] = run_cli("cxr_tune.search", "--resume", *common, timeout=900)
+    out["table"] = pd.read_csv(experiment / "trials.csv")
+    out["started_last"] = suggested()
+    return out
+
+
+def _ended(run: subprocess.CompletedProcess) -> bool:
+    # A budget that ends before any trial reported leaves nothing to select: that one line, exit 2.
+    return run.returncode == 0 or "no trial has reported" in run.stderr
+
+
+@pytest.mark.slow
+def test_a_budget_stopped_search_resumed_with_a_budget_starts_more_and_stops_again(resumed_thrice):
+    first, second = resumed_thrice["first"], resumed_thrice["second"]
+    assert _ended(first), first.stdout[-3000:] + first.stderr[-3000:]
+    assert 1 <= resumed_thrice["started_first"] < 6, first.stdout[-3000:]
+    assert _ended(second), second.stdout[-3000:] + second.stderr[-3000:]
+    assert resumed_thrice["started_second"] > resumed_thrice["started_first"], second.stdout[-3000:]  # before: stopped again at once
+    assert resumed_thrice["started_second"] < 6, second.stdout[-3000:]  # this run's own budget ended it
+    assert second.returncode != 0 or "The time budget of 0.2 min ended the search" in second.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_names_the_command_that_continues_and_loses_no_finished_trial(resumed_thrice):
+    output, code, seen, _ = resumed_thrice["interrupted"]
+    assert code == 130 and "--resume" in output, seen + output[-2000:]
+    before = resumed_thrice["before_last"]
+    assert 1 <= (before["status"] == "TERMINATED").sum() < 6
+
+
+@pytest.mark.slow
+def test_the_last_resume_runs_exactly_the_requested_trials_and_reruns_none_it_kept(resumed_thrice):
+    last, table, before = resumed_thrice["last"], resumed_thrice["table"], resumed_thrice["before_last"]
+    assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
+    assert "time budget" not in last.stdout  # resumed without one: no limit
+    assert len(table) == 6 and table["trial_id"].is_unique and set(table["status"]) == {"TERMINATED"}
+    assert resumed_thrice["started_last"] == 6
+    finished_before = before[before["status"] == "TERMINATED"].set_index("trial_id")
+    kept = table.set_index("trial_id").loc[finished_before.index]
+    assert kept["started"].tolist() == finished_before["started"].tolist()  # same start: not run again
     assert kept["epochs"].tolist() == finished_before["epochs"].tolist()
-    for trial_id, epochs in finished_before["epochs"].items():
-        assert len(results_of(tmp_path / "resumable", trial_id)) == epochs
-    study = study_trials(tmp_path / "resumable")
-    assert len(study) == 3 and set(study["state"]) == {"COMPLETE"}
-    assert set(study["tune_trial_id"]) == set(after["trial_id"])
+    for trial_id in finished_before.index:
+        assert results_of(resumed_thrice["experiment"], trial_id).equals(resumed_thrice["results_before_last"][trial_id])  # no new results
+
+
+@pytest.mark.slow
+def test_the_study_ends_with_exactly_the_trials_tune_ran(resumed_thrice):
+    study, table = study_trials(resumed_thrice["experiment"]), resumed_thrice["table"]
+    assert len(study) == 6 and set(study["tune_trial_id"]) == set(table["trial_id"]) and not (study["state"] == "RUNNING").any()
+    states = study.set_index("tune_trial_id")["state"]
+    for row in table.itertuples():  # a trial that ran its epoch is COMPLETE; one a budget cut short is PRUNED (TPE knows it did not finish)
+        assert states[row.trial_id] == ("COMPLETE" if row.stop_reason == "completed" else "PRUNED"), (row.trial_id, row.stop_reason)
 
 
 @pytest.mark.slow
@@ -211,51 +262,13 @@ def test_a_killed_driver_resumes_its_unfinished_trial_from_its_checkpoint_and_th
     assert len(table) == 2 and table["trial_id"].is_unique and set(table["status"]) == {"TERMINATED"}
     study = study_trials(experiment)
     assert not (study["state"] == "RUNNING").any(), study  # before: the abandoned trial stayed RUNNING for good
-    complete = study[study["state"] == "COMPLETE"]
-    assert len(complete) == len(table) and set(complete["tune_trial_id"]) == set(table["trial_id"])
+    told = study[study["state"].isin(["COMPLETE", "PRUNED"])]  # each Tune trial once, as it ended
+    assert len(told) == len(table) and set(told["tune_trial_id"]) == set(table["trial_id"])
     assert (study["state"] == "FAIL").sum() == 1  # the abandoned one, which no table shows
     # The unfinished trial went on from its checkpoint, not from scratch.
     results = results_of(experiment, unfinished)
     assert (results["start_epoch"] > 0).all() and results["epoch"].min() > 1, results[["epoch", "start_epoch"]]
     assert table.set_index("trial_id").loc[unfinished, "epochs"] == 12
-
-
-@pytest.mark.slow
-def test_a_resumed_time_budget_governs_the_resumed_run(synthetic_root, tmp_path):
-    """Stopped by its budget, resumed with a budget: it starts more trials and stops again when
-    that budget ends; resumed without one: it runs to the end. (Trials a budget cut short stay cut
-    short: Tune ends them as finished.)"""
-    experiment = tmp_path / "budget"
-    common = ["--storage", str(tmp_path), "--name", "budget"]
-
-    def suggested() -> int:
-        with sqlite3.connect(experiment / "study.db") as db:
-            return db.execute("select count(*) from trials").fetchone()[0]
-
-    def ended(run: subprocess.CompletedProcess) -> bool:
-        # A budget that ends before any trial reported leaves nothing to select: that one line, exit 2.
-        return run.returncode == 0 or "no trial has reported" in run.stderr
-
-    first = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--trials", "8", "--concurrency", "1",
-                    "--max-epochs", "1", "--time-budget", "0.3", *common, timeout=900)
-    assert ended(first), first.stdout[-3000:] + first.stderr[-3000:]
-    started_first = suggested()
-    assert 1 <= started_first < 8, first.stdout[-3000:]
-
-    # Short budgets: a 1-epoch trial takes 7-12 s here, so the two cannot start all 8 trials (0.75 +
-    # 0.5 min once did, and then the run without a budget had nothing left to show).
-    second = run_cli("cxr_tune.search", "--resume", "--time-budget", "0.25", *common, timeout=900)
-    assert ended(second), second.stdout[-3000:] + second.stderr[-3000:]
-    started_second = suggested()
-    assert started_second > started_first, second.stdout[-3000:]  # before: stopped again at once, no new trial
-    assert started_second < 8, second.stdout[-3000:]  # this run's budget ended it
-    assert second.returncode != 0 or "The time budget of 0.25 min ended the search" in second.stdout
-
-    third = run_cli("cxr_tune.search", "--resume", *common, timeout=900)  # no budget: to the end
-    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    assert "time budget" not in third.stdout
-    table = pd.read_csv(experiment / "trials.csv")
-    assert len(table) == 8 and set(table["status"]) == {"TERMINATED"} and suggested() == 8
 
 
 @pytest.mark.slow

@@ -49,6 +49,8 @@ def test_two_worker_ddp_run_completes_and_reports(data, tmp_path):
 
 
 def test_a_checkpoint_resumes_at_the_next_epoch_with_the_same_weights(data, tmp_path):
+    """Two runs of one seed end with the same weights bit for bit on the CPU, one of them crashed and
+    restarted from its checkpoint: repeatable, and resumed exactly."""
     _, straight = fit(data, tmp_path, "straight", epochs=3)
     # The worker crashes before epoch 3; Train restarts it from the epoch-2 checkpoint.
     result, resumed = fit(data, tmp_path, "crashed", epochs=3, loop_options={"fail_at_epoch": 3})
@@ -61,19 +63,18 @@ def test_a_checkpoint_resumes_at_the_next_epoch_with_the_same_weights(data, tmp_
         assert torch.equal(tensor, resumed["model"][key]), key
 
 
-def test_same_seed_same_data_same_weights_on_cpu(data, tmp_path):
-    _, a = fit(data, tmp_path, "a", epochs=1, seed=7)
-    _, b = fit(data, tmp_path, "b", epochs=1, seed=7)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    # ... and the seed matters: another one starts from other weights.
-    from cxr_tune.train.steps import seed_everything
+def test_another_seed_starts_from_other_weights():
     from cxr_tune.train.model import build_model
+    from cxr_tune.train.steps import seed_everything
 
     hp = HParams(image_size=SIZE, depth=3, filters=8)
     seed_everything(7 * 1000)
     first = build_model(hp).state_dict()
+    seed_everything(7 * 1000)
+    again = build_model(hp).state_dict()
     seed_everything(8 * 1000)
     other = build_model(hp).state_dict()
+    assert torch.equal(first["features.0.weight"], again["features.0.weight"])
     assert not torch.equal(first["features.0.weight"], other["features.0.weight"])
 
 

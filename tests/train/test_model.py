@@ -22,7 +22,69 @@ def test_a_depth_that_shrinks_the_map_below_one_pixel_is_refused(size, depth):
         build_model(HParams(image_size=size, depth=depth))
 
 
-def test_serving_model_takes_uint8_and_returns_probabilities():
-    hp = HParams(image_size=32, depth=2, filters=4, intensity="equalize")
-    probabilities = ServingModel(build_model(hp), hp.intensity).eval()(torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8))
-    assert probabilities.shape == (4,) and bool(((probabilities > 0) & (probabilities < 1)).all())
+@pytest.mark.parametrize("intensity", ["none", "zscore", "equalize"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_the_exported_model_sees_what_training_saw(intensity, layout):
+    """No drift between the training pipeline and what ships: the network's input in a training
+    step (uint8 batch -> [0, 1] -> intensity normalization, augmentation off), the scores the loop
+    stores with a checkpoint, the ServingModel and the exported ONNX graph agree on the same pixels."""
+    import numpy as np
+
+    from cxr_tune.modelfile import Members, build_files
+    from cxr_tune.train.intensity import normalize_intensity
+    from cxr_tune.train.precision import resolve
+    from cxr_tune.train.steps import score_batches, to_inputs
+
+    hp = HParams(image_size=32, depth=3, filters=8, intensity=intensity, block="residual", se_ratio=0.25)
+    torch.manual_seed(0)
+    net = build_model(hp).eval()
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (6, 32, 32), dtype=np.uint8))
+    precision = resolve("bf16", "cpu", layout)  # how the loop trains; scoring is fp32 whatever the precision
+    seen_in_training = normalize_intensity(to_inputs(pixels, precision.memory_format), hp.intensity)
+    serving = ServingModel(net, hp.intensity).eval()
+    seen_when_serving = normalize_intensity(pixels[:, None].float() / 255.0, hp.intensity)
+    assert torch.allclose(seen_in_training, seen_when_serving, atol=1e-6)
+    stored = score_batches(net.to(memory_format=precision.memory_format), [{"image": pixels, "label": np.zeros(6), "content_hash": np.arange(6)}],
+                           hp, torch.device("cpu"), precision)[1]
+    with torch.no_grad():
+        served = serving(pixels[:, None]).numpy()
+    onnx = build_files(Members([net], [hp])).scores(pixels.numpy())
+    assert np.abs(stored - served).max() < 1e-5 and np.abs(onnx - served).max() < 1e-5
+
+
+@pytest.mark.parametrize("config", [{"arch": "cnn", "block": "residual", "se_ratio": 0.25, "convs_per_block": 2},
+                                    {"arch": "resnet18"}, {"arch": "densenet121"}])
+def test_every_architecture_trains_a_step_and_exports_to_onnx_as_it_scores(config):
+    import numpy as np
+
+    from cxr_tune.bench.bare import BareRun
+    from cxr_tune.modelfile import Members, build_files
+    from cxr_tune.train.precision import resolve
+
+    hp = HParams(image_size=32, depth=2, filters=4, epochs=1, batch_size=8, **config)
+    pixels = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (16, 32, 32), dtype=np.uint8))
+    run = BareRun(hp, resolve("bf16", "cpu"), torch.device("cpu"), pixels, (torch.arange(16) % 2).float())
+    run.train_epoch()
+    scores = run.scores(pixels.numpy())
+    files = build_files(Members([run.net.eval()], [hp]), check_images=pixels.numpy())  # refuses an ONNX graph that disagrees with PyTorch
+    assert np.abs(files.scores(pixels.numpy()) - scores).max() < 1e-4
+
+
+def test_a_local_pretrained_file_starts_a_grayscale_network_without_downloading(tmp_path):
+    """torchvision's ImageNet layout (three-channel stem, 1000-class head), as a user's own file."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    from cxr_tune.train.model import load_weights
+
+    imagenet = torchvision.models.resnet18(weights=None).state_dict()
+    save_file({k: v.contiguous() for k, v in imagenet.items()}, tmp_path / "resnet18.safetensors")
+    torch.save(imagenet, tmp_path / "resnet18.pth")
+    for path in (tmp_path / "resnet18.safetensors", tmp_path / "resnet18.pth"):
+        net = build_model(HParams(image_size=64, arch="resnet18"))
+        missing = load_weights(net, str(path))
+        assert torch.allclose(net.net.conv1.weight, imagenet["conv1.weight"].sum(dim=1, keepdim=True))  # RGB stem summed to gray
+        assert torch.equal(net.net.layer4[1].conv2.weight, imagenet["layer4.1.conv2.weight"])
+        assert set(missing) == {"net.fc.1.weight", "net.fc.1.bias"}  # the one-logit head starts fresh
+    with pytest.raises(ValueError, match="no tensor that fits"):
+        load_weights(build_model(HParams(image_size=64, depth=2)), str(tmp_path / "resnet18.pth"))
