@@ -208,7 +208,8 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
         "hparams": hp.to_dict(),
         "trial_id": trial_ids[0],
         "epoch": int(states[0]["epoch"]) + 1,
-        "members": [{"trial_id": trial, "epoch": int(state["epoch"]) + 1, "hparams": h.to_dict()}
+        "members": [{"trial_id": trial, "epoch": int(state["epoch"]) + 1, "hparams": h.to_dict(),
+                     "trained_in": {k: (state.get("run") or {}).get(k) for k in ("precision", "channels_last")}}
                     for trial, state, h in zip(trial_ids, states, members.hparams, strict=True)],
         "validation": {**set_metrics(sets["val"].labels, scores["val"], threshold, hp), "what": "validation carved from the training folder by patient",
                        "selection_set": deciding == "val", **({"note": SELECTION_NOTE} if deciding == "val" else {})},

@@ -41,6 +41,19 @@ def synthetic_root(private_cache: Path, tmp_path_factory: pytest.TempPathFactory
     return out
 
 
+def synthetic_site(folder: Path, scratch: Path, seed: int, n: int = 120) -> Path:
+    """A labelled external folder (NORMAL/, PNEUMONIA/) from another SYNTHETIC draw (another "site");
+    ``site-`` names keep its patient ids apart from the main set's."""
+    from cxr_tune.data.synthetic import synthesize
+
+    drawn = Path(synthesize(str(scratch / "draw"), n=n, seed=seed))
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (folder / cls).mkdir(parents=True)
+        for path in sorted((drawn / "train" / cls).iterdir()):
+            shutil.copyfile(path, folder / cls / f"site-{path.name}")
+    return folder
+
+
 def write_image(path: Path, *, mode: str = "L", size: tuple[int, int] = (40, 30), seed: int = 0, fmt: str | None = None) -> Path:
     """A small random image in ``mode``; distinct seeds give distinct bytes."""
     rng = np.random.default_rng(seed)

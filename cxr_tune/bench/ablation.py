@@ -13,20 +13,20 @@ Two kinds of comparison, both on the experiment's own validation split:
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from cxr_tune.bench.common import PROJECT, write_result
-from cxr_tune.data.prepared import datasets_by_size, split_data
+from cxr_tune import storage
+from cxr_tune.data.prepared import datasets_by_size
 from cxr_tune.experiment import Experiment
 from cxr_tune.selection import best_epoch, choose_threshold, ensemble_members, ranked_trials
 from cxr_tune.train.checkpoints import load_predictions, load_state
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.metrics import evaluate_scores, rates_at
-from cxr_tune.train.trainer import Resources, deciding_set_of, make_trainer
+from cxr_tune.train.trainer import Resources, make_trainer
 
 COLUMNS = ["val_auc", "val_balanced_accuracy", "val_sensitivity", "val_specificity", "val_loss", "val_brier"]
 
@@ -60,25 +60,24 @@ def retrain(experiment: Experiment, variants: list[str], epochs: int) -> pd.Data
 
     from cxr_tune.ray_session import ray_session
 
-    options = experiment.options
-    base = yaml.safe_load(Path(experiment.file("best", "model.json")).read_text())["hparams"]
+    base = yaml.safe_load(storage.read_text(experiment.file("best", "model.json")))["hparams"]
     base["epochs"] = epochs
     configs = [("selected configuration", base)]
     for variant in variants:
         key, _, value = variant.partition("=")
         configs.append((f"with {variant}", {**base, key: yaml.safe_load(value)}))
-    split = split_data(options.data)
+    split = experiment.split()
     rows = []
     with ray_session(), tempfile.TemporaryDirectory() as scratch:
         cpus = float(int(ray.cluster_resources()["CPU"]))
         for name, config in configs:
             hp = HParams.from_config(config)
             datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
-            result = make_trainer(hp, datasets, split.class_counts(), resources=Resources(1, cpus), storage_path=scratch,
+            result = make_trainer(hp, datasets, split.class_counts(), resources=Resources(1, cpus), storage_path=scratch, deciding=experiment.deciding_set,
                                   name=name.replace(" ", "_").replace("=", "-")).fit()
             with result.checkpoint.as_directory() as folder:
                 history = pd.DataFrame(load_state(folder)["history"])
-            best = best_epoch(history, deciding_set_of(datasets, options.select_on))
+            best = best_epoch(history, experiment.deciding_set)
             rows.append({"run": name, "best epoch": int(best["epoch"]), **{c: float(best[c]) for c in COLUMNS},
                          "last-epoch val_balanced_accuracy": float(history.iloc[-1]["val_balanced_accuracy"]),
                          "last-epoch val_loss": float(history.iloc[-1]["val_loss"])})

@@ -72,7 +72,7 @@ def run(data: str | None, sizes: list[int], precisions: list[str], epochs: int, 
                 precision = resolve(precision_name, "cpu", layout)
                 bare = BareRun(hp, precision, torch.device("cpu"), pixels, labels, hp.pos_weight(*counts))
                 bare_rates = [bare.train_epoch() for _ in range(epochs)]
-                result = make_trainer(hp, datasets, counts, resources=Resources(1, float(threads)), storage_path=scratch,
+                result = make_trainer(hp, datasets, counts, resources=Resources(1, float(threads)), storage_path=scratch, deciding="carved",
                                       name=f"bench-{size}-{precision_name}-{layout}", run=RunOptions(precision_name, layout)).fit()
                 with result.checkpoint.as_directory() as folder:
                     history = load_state(folder)["history"]

@@ -24,6 +24,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from cxr_tune import storage
 from cxr_tune.bench.common import write_result
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
@@ -40,17 +41,18 @@ def run(experiment_dir: str, seeds: int | None) -> None:
 
     from cxr_tune.data.prepared import datasets_by_size
     from cxr_tune.ray_session import ray_session
-    from cxr_tune.search.runner import run_options
-    from cxr_tune.train.trainer import Resources, make_trainer
+    from cxr_tune.train.trainer import Resources, RunOptions, make_trainer
 
     experiment = Experiment(experiment_dir)
     best = experiment.file("best", "external_predictions.csv")
-    if not experiment.external or not _exists(best):
-        raise UserError(f"'{experiment.path}' has no exported model scored on an external set (best/external_predictions.csv); "
-                        "bench value compares on the external set")
-    searched = pd.read_csv(best)
+    if experiment.deciding_set != "external" or not _exists(best):
+        raise UserError(f"'{experiment.path}' was not selected on an external set with an exported model scored on it "
+                        "(best/external_predictions.csv); bench value compares models on the set that chose them")
+    searched = storage.read_csv(best)
     search_minutes = experiment.compute_minutes()
-    hp = HParams()
+    options = experiment.options
+    # The documented defaults, judged by the search's own criterion and sensitivity floor.
+    hp = HParams(criterion=options.select, min_sensitivity=options.min_sensitivity)
     split = experiment.split()
     runs: list[dict] = []
     with ray_session(), tempfile.TemporaryDirectory() as scratch:
@@ -61,8 +63,8 @@ def run(experiment_dir: str, seeds: int | None) -> None:
         while True:
             started = time.time()
             result = make_trainer(HParams.from_config({**hp.to_dict(), "seed": index}), datasets, split.class_counts(),
-                                  resources=Resources(1, cpus), storage_path=scratch, name=f"default-seed{index}",
-                                  select_on=experiment.options.select_on, run=run_options(experiment.options), loop_options={"keep": "last"}).fit()
+                                  resources=Resources(1, cpus), storage_path=scratch, name=f"default-seed{index}", deciding=experiment.deciding_set,
+                                  run=RunOptions(options.precision, options.memory_format, options.deterministic), loop_options={"keep": "last"}).fit()
             if result.error:
                 raise result.error
             with result.checkpoint.as_directory() as folder:
@@ -138,8 +140,6 @@ def _threshold(labels: np.ndarray, scores: np.ndarray, hp: HParams) -> float:
 def _meta(experiment: Experiment) -> dict:
     import json
 
-    from cxr_tune import storage
-
     return json.loads(storage.read_text(experiment.file("best", "model.json")))
 
 
@@ -150,6 +150,4 @@ def _hashes_in_export_order(experiment: Experiment, predictions: pd.DataFrame) -
 
 
 def _exists(path: str) -> bool:
-    from cxr_tune import storage
-
     return storage.exists(path)

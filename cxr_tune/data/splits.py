@@ -14,8 +14,11 @@ both classes). ``role_note`` says why a row was excluded.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
+
 from cxr_tune.errors import UserError
 
 ROLES = ("train", "val", "external", "test", "unused", "excluded")
@@ -97,14 +100,8 @@ def assign_roles(
 def refuse_shared_files(external: pd.DataFrame, other: pd.DataFrame, what: str) -> None:
     """An external image byte-identical to one of ``other``'s images is an error naming both files."""
     shared = external[["content_hash", "path"]].merge(other[["content_hash", "path"]], on="content_hash", suffixes=("", "_other"))
-    if shared.empty:
-        return
-    pairs = "; ".join(f"{row.path} = {row.path_other}" for row in shared.head(MAX_NAMED).itertuples())
-    more = f" and {len(shared) - MAX_NAMED} more" if len(shared) > MAX_NAMED else ""
-    raise UserError(
-        f"{len(shared)} external validation image(s) are byte-identical to {what} images ({pairs}{more}); "
-        f"the external set must be images the model never trains on or is tested on"
-    )
+    _refuse(shared, lambda row: f"{row.path} = {row.path_other}", f"are byte-identical to {what} images",
+            "the external set must be images the model never trains on or is tested on")
 
 
 def refuse_shared_patients(external: pd.DataFrame, other: pd.DataFrame, what: str) -> None:
@@ -118,14 +115,17 @@ def refuse_shared_patients(external: pd.DataFrame, other: pd.DataFrame, what: st
     both["group"] = group_ids(both)
     mine, theirs = both[both["side"] == "external"], both[both["side"] == "other"]
     shared = mine.merge(theirs[["group", "path"]], on="group", suffixes=("", "_other")).drop_duplicates("path")
+    _refuse(shared, lambda row: f"{row.path} ~ {row.path_other} (patient {row.group})", f"belong to patients with {what} images",
+            "the external set must be patients the model never trained on or is tested on")
+
+
+def _refuse(shared: pd.DataFrame, pair: Any, what: str, why: str) -> None:
+    """One line naming the first few offending external images (``pair(row)`` each) and how many more."""
     if shared.empty:
         return
-    pairs = "; ".join(f"{row.path} ~ {row.path_other} (patient {row.group})" for row in shared.head(MAX_NAMED).itertuples())
+    pairs = "; ".join(pair(row) for row in shared.head(MAX_NAMED).itertuples())
     more = f" and {len(shared) - MAX_NAMED} more" if len(shared) > MAX_NAMED else ""
-    raise UserError(
-        f"{len(shared)} external validation image(s) belong to patients with {what} images ({pairs}{more}); "
-        f"the external set must be patients the model never trained on or is tested on"
-    )
+    raise UserError(f"{len(shared)} external validation image(s) {what} ({pairs}{more}); {why}")
 
 
 def group_kfold(frame: pd.DataFrame, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

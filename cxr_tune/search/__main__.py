@@ -21,7 +21,7 @@ from cxr_tune.cliargs import fraction, nonnegative_float, nonnegative_int, posit
 from cxr_tune.data.prepared import DataOptions, add_data_arguments
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.search.options import SearchOptions
-from cxr_tune.search.space import SPACES_DIR, load_space
+from cxr_tune.search.space import SPACES_DIR, Space, load_space
 from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import CRITERIA
 from cxr_tune.train.precision import add_precision_arguments
@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=positive_int, default=None, help="trials running at once (default: as many as the GPUs hold at --gpus-per-worker, or #CPUs up to 8)")
     add_precision_arguments(parser)
     parser.add_argument("--deterministic", action="store_true", help="bitwise-repeatable GPU kernels (cuDNN autotuning off; slower), so a trial resumed on a GPU continues exactly; CPU runs are repeatable without it")
-    parser.add_argument("--weights", default=None, metavar="PATH", help="a local pretrained weights file (safetensors or a PyTorch state dict) for the space's torchvision architectures; nothing is downloaded (default: none, from scratch)")
+    parser.add_argument("--weights", action="append", default=[], metavar="ARCH=PATH",
+                        help="a local pretrained weights file (safetensors or a PyTorch state dict) for trials of one torchvision "
+                             "architecture, e.g. resnet18=~/weights/resnet18.pth (repeatable; nothing is downloaded; default: from scratch)")
     parser.add_argument("--no-final-fit", action="store_true", help="skip the space's final-fit stage (refitting the best configurations with new seeds) after the search")
     parser.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler: seeded multivariate TPE, or random search as a baseline (default: tpe)")
     parser.add_argument("--no-early-stopping", action="store_true", help="run every trial to --max-epochs instead of letting ASHA stop poor ones")
@@ -81,8 +83,31 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
         address=args.address, workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency, sampler=args.sampler,
         early_stopping=not args.no_early_stopping, precision=args.precision, memory_format=args.memory_format,
-        deterministic=args.deterministic, weights=storage.resolve(args.weights) if args.weights else None, final_fit=not args.no_final_fit, data=data,
+        deterministic=args.deterministic, weights=weights_by_architecture(args.weights, space) or None, final_fit=not args.no_final_fit, data=data,
     )
+
+
+def weights_by_architecture(given: list[str], space: Space) -> dict[str, str]:
+    """``--weights ARCH=PATH`` flags as ``{arch: absolute path}``, each checked before Ray starts:
+    an architecture the space searches, a file there, and one that fits that network."""
+    from cxr_tune.search.packing import space_values
+    from cxr_tune.train.hparams import HParams
+    from cxr_tune.train.model import build_model, load_weights
+
+    archs = [a for a in space_values(space, "arch") if a != "cnn"]
+    out = {}
+    for item in given:
+        arch, sep, path = item.partition("=")
+        if not sep or arch not in archs:
+            raise UserError(f"--weights {item!r} must be ARCH=PATH with ARCH one of the space's torchvision architectures ({', '.join(archs) or 'none'})")
+        out[arch] = storage.resolve(path)
+        if not storage.exists(out[arch]):
+            raise UserError(f"--weights {arch}={path}: the file does not exist")
+        try:
+            load_weights(build_model(HParams(arch=arch)), out[arch])
+        except Exception as exc:  # noqa: BLE001 - any failure to read it is the user's file
+            raise UserError(f"--weights {arch}={path}: {str(exc).splitlines()[0]}") from None
+    return out
 
 
 #: What --resume may be given besides the experiment's name and storage: this run's time budget,
@@ -144,7 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if outcome != "interrupted" and options.final_fit:
         from cxr_tune.search.finalfit import run_final_fit
 
-        runs = run_final_fit(experiment, verbose=args.verbose)
+        try:
+            runs = run_final_fit(experiment, options, verbose=args.verbose)
+        except KeyboardInterrupt:  # before Tune took over Ctrl-C (say, while the image caches load)
+            runs = ["interrupted"]
         if runs and not Experiment(experiment).final_fit_complete():
             outcome = "interrupted"  # Ctrl-C, or runs that failed: --resume trains what is missing
     finish_experiment(experiment, export=not args.no_export)

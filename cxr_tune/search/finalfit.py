@@ -17,12 +17,13 @@ Runs are Ray Tune trials of their own (``EXPERIMENT/finalfit``, checkpoints unde
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import replace
 from typing import Any
 
 from cxr_tune import storage
-from cxr_tune.experiment import FINAL_FIT_DIR, FINAL_FIT_MEMBERS, TRAIN_DIR, Experiment, FinalRun
+from cxr_tune.experiment import FINAL_FIT_DIR, FINAL_FIT_MEMBERS, LOG_FILE, TRAIN_DIR, Experiment, FinalRun
 from cxr_tune.selection import ensemble_members, ranked_trials
 from cxr_tune.train.checkpoints import load_state
 
@@ -45,8 +46,12 @@ def plan_final_fit(experiment: Experiment) -> list[FinalRun]:
             for _, row in top.iterrows() for k in range(settings.final_fit_seeds)]
 
 
-def run_final_fit(experiment_dir: str, *, verbose: bool = False, address: str | None = None) -> list[FinalRun]:
-    """Train the final-fit runs (resuming an interrupted final fit); returns them ([] when the space has none)."""
+def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = False) -> list[FinalRun]:
+    """Train the final-fit runs (resuming an interrupted final fit); returns them ([] when the space has none).
+
+    ``options``: this command's search options (a resumed search may run on another cluster, with
+    other resources); default: the experiment's own.
+    """
     from cxr_tune.console import library_output_to
     from cxr_tune.ray_session import ray_session
     from cxr_tune.search.runner import log_path_of
@@ -57,17 +62,20 @@ def run_final_fit(experiment_dir: str, *, verbose: bool = False, address: str | 
     if not runs:
         return []
     storage.write_text_atomic(storage.join(folder, FINAL_FIT_MEMBERS), json.dumps([run.__dict__ for run in runs], indent=2))
-    options = experiment.options
+    options = options or experiment.options
     configs = sorted({run.trial_id for run in runs})
     print(f"\nFinal fit: {len(configs)} best configuration(s) ({', '.join(configs)}) x {len(runs) // len(configs)} new seed(s), "
           f"{runs[0].epochs} epochs each; their last epochs are exported averaged", flush=True)
     started = time.time()
-    with library_output_to(log_path_of(options), verbose=verbose) as log, ray_session(address or options.address, log=log, verbose=verbose):
+    log = log_path_of(options)
+    with library_output_to(log, verbose=verbose) as stream, ray_session(options.address, log=stream, verbose=verbose):
         import ray
 
-        _tuner(experiment, runs, verbose=verbose).fit()
+        _tuner(experiment, runs, options, verbose=verbose).fit()
         cluster = ray.cluster_resources()
         experiment.log_compute("final fit", time.time() - started, cluster.get("CPU", 0), cluster.get("GPU", 0))
+    if storage.is_uri(experiment.path) and os.path.exists(log):
+        storage.copy(log, experiment.file(LOG_FILE))
     done = experiment.final_fit_checkpoints()
     print(f"Final fit: {len(done)} of {len(runs)} run(s) completed in {(time.time() - started) / 60:.1f} min", flush=True)
     return runs
@@ -84,7 +92,7 @@ def _run_one(config: dict[str, Any], *, experiment_dir: str, runs: dict[str, dic
     hp = HParams.from_config({**config["hparams"], "seed": config["seed"], "epochs": config["epochs"]})
     make_trainer(hp, datasets[hp.image_size], class_counts, resources=settings.resources,
                  storage_path=storage.join(experiment_dir, FINAL_FIT_DIR, TRAIN_DIR), name=config["name"],
-                 callbacks=[TuneReportCallback()], max_failures=settings.max_failures, select_on=settings.select_on, run=settings.run,
+                 callbacks=[TuneReportCallback()], max_failures=settings.max_failures, deciding=settings.deciding, run=settings.run,
                  loop_options={"keep": "last"}).fit()
 
 
@@ -92,7 +100,7 @@ def _run_dirname(trial: Any) -> str:
     return trial.config["run"]
 
 
-def _tuner(experiment: Experiment, runs: list[FinalRun], *, verbose: bool) -> Any:
+def _tuner(experiment: Experiment, runs: list[FinalRun], options: Any, *, verbose: bool) -> Any:
     import ray
     from ray import tune
 
@@ -101,7 +109,6 @@ def _tuner(experiment: Experiment, runs: list[FinalRun], *, verbose: bool) -> An
     from cxr_tune.search.runner import plan_search, run_options
     from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings
 
-    options = experiment.options
     folder = experiment.file(FINAL_FIT_DIR)
     table = experiment.trials(ranked=False)
     rows = {trial_id: table[table["trial_id"] == trial_id].iloc[0] for trial_id in {run.trial_id for run in runs}}
@@ -112,7 +119,7 @@ def _tuner(experiment: Experiment, runs: list[FinalRun], *, verbose: bool) -> An
     sizes = sorted({int(h["image_size"]) for h in hparams.values()})
     datasets = datasets_by_size(split, sizes)
     settings = TrialSettings(max_epochs=runs[0].epochs, criterion=options.select, min_sensitivity=options.min_sensitivity, seed=options.seed,
-                             resources=plan.resources, train_storage=storage.join(folder, TRAIN_DIR), select_on=options.select_on, run=run_options(options))
+                             resources=plan.resources, train_storage=storage.join(folder, TRAIN_DIR), deciding=experiment.deciding_set, run=run_options(options))
     configs = {run.name: {"name": run.name, "trial_id": run.trial_id, "seed": run.seed, "epochs": run.epochs, "hparams": hparams[run.trial_id]} for run in runs}
     trainable = tune.with_resources(
         tune.with_parameters(_run_one, experiment_dir=experiment.path, runs=configs, datasets=datasets, class_counts=split.class_counts(), settings=settings),

@@ -36,7 +36,7 @@ class SearchOptions:
     precision: str = "auto"  # auto, fp32, bf16, fp16: see cxr_tune.train.precision
     memory_format: str = "auto"  # auto, channels_last, contiguous
     deterministic: bool = False  # bitwise-repeatable GPU runs (slower); CPU runs are repeatable anyway
-    weights: str | None = None  # a local pretrained weights file for torchvision architectures
+    weights: dict[str, str] | None = None  # local pretrained weights files by architecture: {"resnet18": PATH}
     final_fit: bool = True  # run the space's final-fit stage after the search (when it has one)
     data: DataOptions = field(default_factory=DataOptions)
 

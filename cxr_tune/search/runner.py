@@ -63,12 +63,16 @@ def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float])
     trials = options.trials or space.settings.trials
     max_epochs = options.max_epochs or space.settings.max_epochs
     cpus, gpus = float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0))
-    gpus_per_worker = options.gpus_per_worker if options.gpus_per_worker is not None else (default_gpu_share(space) if gpus > 0 else 0.0)
+    workers = options.workers_per_trial or 1
+    # DDP ranks of one trial each need a GPU of their own (NCCL refuses two on one device): packing is for one-worker trials.
+    packed = default_gpu_share(space) if workers == 1 else 1.0
+    gpus_per_worker = options.gpus_per_worker if options.gpus_per_worker is not None else (packed if gpus > 0 else 0.0)
+    if workers > 1 and 0 < gpus_per_worker < 1:
+        raise UserError(f"--gpus-per-worker {gpus_per_worker:g} with {workers} workers per trial: the workers of one DDP trial cannot share a GPU")
     if gpus_per_worker > 0 and gpus < gpus_per_worker:
         raise UserError(f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has {gpus:g} GPU(s)")
     if gpus_per_worker > 1 and not float(gpus_per_worker).is_integer():
         raise UserError(f"--gpus-per-worker {gpus_per_worker:g}: a worker takes a fraction of one GPU or whole GPUs, not {gpus_per_worker:g}")
-    workers = options.workers_per_trial or 1
     if options.concurrency:
         concurrency = options.concurrency
     elif gpus_per_worker > 0:
@@ -227,7 +231,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         seed=options.seed,
         resources=plan.resources,
         train_storage=storage.join(options.experiment_dir, TRAIN_DIR),
-        select_on=options.select_on,
+        deciding=split.deciding_set(options.select_on),
         run=run_options(options),
     )
     trainable = tune.with_resources(

@@ -28,7 +28,7 @@ class TrialSettings:
     resources: Resources
     train_storage: str  # where each trial's Train run (and checkpoints) lives
     max_failures: int = 2
-    select_on: str = "external"  # or "carved": the set the objective follows when there is an external one
+    deciding: str = "carved"  # the search's recorded deciding set (external or carved): what the objective follows
     run: RunOptions = RunOptions()  # precision, memory format, determinism, pretrained weights
 
 
@@ -58,7 +58,7 @@ def run_trial(config: dict[str, Any], *, datasets: dict[int, dict[str, Any]], cl
         name=tune.get_context().get_trial_id(),
         callbacks=[TuneReportCallback()],
         max_failures=settings.max_failures,
-        select_on=settings.select_on,
+        deciding=settings.deciding,
         run=settings.run,
     )
     trainer.fit()

@@ -20,7 +20,7 @@ from cxr_tune.formatting import fmt
 from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import HParams, HParamsError
 from cxr_tune.train.precision import add_precision_arguments
-from cxr_tune.train.trainer import Resources, RunOptions, deciding_set_of, make_trainer
+from cxr_tune.train.trainer import Resources, RunOptions, make_trainer
 from cxr_tune.yamlfile import load_mapping
 
 SHOWN = ["epoch", "train_loss", "val_loss", "val_auc", "val_threshold", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "epoch_seconds"]
@@ -76,9 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         net = build_model(hp)  # refuse an impossible depth here, not inside a Ray worker
     except HParamsError as exc:
         raise UserError(f"{args.params or 'hyperparameters'}: {exc}") from None
-    weights = storage.resolve(args.weights) if args.weights else None
+    weights = {hp.arch: storage.resolve(args.weights)} if args.weights else None
     if weights:
-        check_weights(net, weights)
+        check_weights(net, weights[hp.arch])
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if args.use_gpu else 0.0)
     options = DataOptions.from_args(args)
     split = split_data(options)
@@ -97,10 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"{args.workers} worker(s) x {gpus:g} GPU but the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPU(s)")
         run = RunOptions(args.precision, args.memory_format, args.deterministic, weights)
         if args.cv:
-            return run_cv(args, hp, split, resources, storage_path, name)
+            return run_cv(args, hp, split, resources, storage_path, name, run)
         datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
-        deciding = deciding_set_of(datasets, args.select_on)
-        trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name, select_on=args.select_on, run=run)
+        deciding = split.deciding_set(args.select_on)
+        trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name, deciding=deciding, run=run)
         result = trainer.fit()
     return report(result, hp, split, storage.join(storage_path, name), deciding)
 
@@ -117,12 +117,12 @@ def check_weights(net, path: str) -> None:
         raise UserError(f"--weights '{path}': {str(exc).splitlines()[0]}") from None
 
 
-def run_cv(args: argparse.Namespace, hp: HParams, split, resources: Resources, storage_path: str, name: str) -> int:
+def run_cv(args: argparse.Namespace, hp: HParams, split, resources: Resources, storage_path: str, name: str, run: RunOptions) -> int:
     import sys
 
     from cxr_tune.train.crossval import cross_validate, markdown
 
-    folds = cross_validate(hp, split, args.cv, resources=resources, storage_path=storage_path, name=name, seed=args.split_seed)
+    folds = cross_validate(hp, split, args.cv, resources=resources, storage_path=storage_path, name=name, seed=args.split_seed, run=run)
     run_dir = storage.join(storage_path, name)
     command = "python -m cxr_tune.train " + " ".join(sys.argv[1:])
     text = markdown(folds, hp, command, split.source.description)

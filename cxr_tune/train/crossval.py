@@ -17,7 +17,7 @@ from cxr_tune.data.splits import group_kfold
 from cxr_tune.selection import best_epoch
 from cxr_tune.train.checkpoints import load_state
 from cxr_tune.train.hparams import HParams
-from cxr_tune.train.trainer import Resources, make_trainer
+from cxr_tune.train.trainer import Resources, RunOptions, make_trainer
 
 REPORTED = ["val_auc", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "val_threshold", "val_loss", "val_brier"]
 
@@ -35,7 +35,8 @@ def fold_roles(split: SplitData, k: int, seed: int = 0) -> list[pd.DataFrame]:
     return out
 
 
-def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resources, storage_path: str, name: str, seed: int = 0) -> pd.DataFrame:
+def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resources, storage_path: str, name: str, seed: int = 0,
+                   run: RunOptions = RunOptions()) -> pd.DataFrame:
     """Train ``hp`` once per fold through Ray Train; one row per fold (best and last epoch). Needs Ray."""
     from cxr_tune.data.cache import prepare_cache, role_datasets
 
@@ -43,7 +44,8 @@ def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resource
     rows = []
     for index, roles in enumerate(fold_roles(split, k, seed)):
         datasets = role_datasets(cache, roles)
-        result = make_trainer(hp, datasets, replace(split, roles=roles).class_counts(), resources=resources, storage_path=storage_path, name=f"{name}-fold{index + 1}").fit()
+        result = make_trainer(hp, datasets, replace(split, roles=roles).class_counts(), resources=resources, storage_path=storage_path,
+                              name=f"{name}-fold{index + 1}", deciding="carved", run=run).fit()
         with result.checkpoint.as_directory() as folder:
             history = pd.DataFrame(load_state(folder)["history"])
         best = best_epoch(history, "carved")  # folds of the training folder: carved validation decides

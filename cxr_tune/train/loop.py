@@ -89,7 +89,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     sets = {"val": ray.train.get_dataset_shard("val")}
     if config.get("has_external"):
         sets["ext"] = ray.train.get_dataset_shard("external")
-    deciding_set = config.get("deciding_set") or ("external" if "ext" in sets else "carved")
+    deciding_set = config["deciding_set"]  # recorded by whoever started the run, never guessed here
     deciding = prefix_of(deciding_set)
     n_normal, n_pneumonia = config["class_counts"]
     steps_per_epoch = math.ceil((n_normal + n_pneumonia) // world / hp.batch_size)
@@ -111,8 +111,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if scaler is not None and state.get("grad_scaler"):
             scaler.load_state_dict(state["grad_scaler"])
         start_epoch, history = state["epoch"] + 1, state["history"]
-    elif run.get("weights"):
-        load_weights(net, run["weights"])
+    elif (run.get("weights") or {}).get(hp.arch):
+        load_weights(net, run["weights"][hp.arch])
 
     fail_at = config.get("fail_at_epoch")  # fault injection for tests: crash once, before this epoch
     for epoch in range(start_epoch, hp.epochs):
@@ -136,6 +136,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         train_loss, seen = train_one_epoch(model, batches, hp, optimizer, scheduler, pos_weight, generator, precision, scaler=scaler, ema=ema)
         train_seconds = time.perf_counter() - started
+        if world > 1:  # each rank's BatchNorm statistics (and their average) moved on its own shard: score rank 0's everywhere
+            for buffer in scored_net.buffers():
+                torch.distributed.broadcast(buffer, 0)
         scored = {prefix: _gather_scores(score_batches(scored_net, sets[prefix].iter_batches(batch_size=SCORE_BATCH, batch_format="numpy"),
                                                        hp, device, precision, rank, world), world)
                   for prefix in sets}

@@ -10,11 +10,17 @@ local weights file (:func:`load_weights`, ``--weights PATH``).
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
 from cxr_tune.train.hparams import HParams, HParamsError
 from cxr_tune.train.intensity import normalize_intensity
+
+
+#: torchvision's DenseNet files name ``denselayer1.norm1`` as ``denselayer1.norm.1`` (its own loader remaps them the same way).
+_LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def max_depth(image_size: int) -> int:
@@ -138,10 +144,12 @@ def load_weights(net: nn.Module, path: str) -> list[str]:
     """Load a user's local pretrained weights file (safetensors, or a PyTorch state dict read with
     ``weights_only=True``: never unpickled) into ``net``; returns the names it did not fill.
 
-    Made for torchvision's ImageNet files: ``module.``/``model.`` prefixes are dropped, a
-    three-channel first convolution is summed over its colour channels (the usual way to start a
-    grayscale stem from RGB weights), and tensors whose shape does not fit (the 1000-class head) are
-    left at their initialization. Raises ``ValueError`` when nothing fits: the wrong file.
+    Made for torchvision's ImageNet files: ``module.``/``model.`` prefixes are dropped, DenseNet's
+    legacy key names (``denselayer1.norm.1``) are read as torchvision reads them, a three-channel
+    first convolution is summed over its colour channels (the usual way to start a grayscale stem
+    from RGB weights), and tensors whose shape does not fit (the 1000-class head) are left at their
+    initialization. Raises ``ValueError`` when the file fills under half of the network's tensors:
+    the wrong file, or another architecture's.
     """
     from cxr_tune import storage
 
@@ -159,7 +167,7 @@ def load_weights(net: nn.Module, path: str) -> list[str]:
     wanted = {name.split("net.", 1)[1] if name.startswith("net.") else name: name for name in own}  # TorchvisionNet wraps .net
     fitted = {}
     for key, tensor in tensors.items():
-        key = key.removeprefix("module.").removeprefix("model.")
+        key = _LEGACY_DENSENET.sub(r"\1\2", key.removeprefix("module.").removeprefix("model."))
         target = wanted.get(key) or (key if key in own else None)
         if target is None or not isinstance(tensor, torch.Tensor):
             continue
@@ -167,7 +175,7 @@ def load_weights(net: nn.Module, path: str) -> list[str]:
             tensor = tensor.sum(dim=1, keepdim=True)
         if tensor.shape == own[target].shape:
             fitted[target] = tensor
-    if not fitted:
-        raise ValueError(f"'{path}' holds no tensor that fits this network (wrong architecture or not a weights file)")
+    if len(fitted) < len(own) / 2:
+        raise ValueError(f"'{path}' fills {len(fitted)} of this network's {len(own)} tensors (wrong architecture or not a weights file)")
     net.load_state_dict(fitted, strict=False)
     return sorted(set(own) - set(fitted))

@@ -11,9 +11,9 @@
   computed in fp32 with TF32 off (:func:`fp32_scoring`), so the scores stored with a checkpoint
   are the ones the exported fp32 ONNX model gives on the CPU (export refuses a drift above 1e-4).
 
-``--memory-format`` (``auto``, ``channels_last``, ``contiguous``): ``auto`` is channels_last on
-CPUs and CUDA GPUs, where it was measured faster for these CNNs in fp32 and in bf16
-(``results/benchmarks/train_throughput.md``).
+``--memory-format`` (``auto``, ``channels_last``, ``contiguous``): ``auto`` is channels_last,
+measured faster for these CNNs on a CPU in fp32 and in bf16 (``results/benchmarks/train_throughput.md``)
+and the layout cuDNN's tensor-core convolutions prefer; ``bench gpu`` measures it on a GPU.
 """
 
 from __future__ import annotations
@@ -127,13 +127,13 @@ def configure_device(device: torch.device, *, deterministic: bool = False) -> No
     """
     if device.type != "cuda":
         return
-    torch.backends.cudnn.benchmark = not deterministic
     if deterministic:
         import os
 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def add_precision_arguments(parser: Any) -> None:
@@ -142,5 +142,5 @@ def add_precision_arguments(parser: Any) -> None:
                         help="training precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, fp16 with loss scaling on older "
                              "GPUs, else fp32), fp32, bf16 or fp16; weights, optimizer state and every evaluation stay fp32 (default: auto)")
     parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
-                        help="memory layout of the model and its batches: auto (channels_last, measured faster on CPUs and GPUs), "
+                        help="memory layout of the model and its batches: auto (channels_last: measured faster on a CPU, preferred by cuDNN on GPUs), "
                              "channels_last or contiguous (default: auto)")

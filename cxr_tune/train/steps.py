@@ -127,14 +127,7 @@ def train_one_epoch(
         with precision.autocast():
             logits = model(x)
         loss = bce_loss(logits, y, pos_weight, hp.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimizer_step(loss, optimizer, scaler)
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model.module if hasattr(model, "module") else model)
@@ -142,6 +135,18 @@ def train_one_epoch(
         total_loss = step_loss if total_loss is None else total_loss + step_loss  # stays on the device
         seen += x.shape[0]
     return (float(total_loss) / seen if seen else 0.0), seen
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
+    """Backward and step; fp16 losses are scaled so small gradients do not underflow."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
 
 
 @torch.no_grad()

@@ -31,22 +31,18 @@ class RunOptions:
 
     ``precision`` and ``memory_format``: :mod:`cxr_tune.train.precision`. ``deterministic``:
     bitwise-repeatable GPU kernels, so a run resumed on a GPU continues exactly (CPU runs are
-    repeatable without it). ``weights``: a local pretrained weights file for a torchvision
-    architecture (nothing is downloaded).
+    repeatable without it). ``weights``: local pretrained weights files by architecture
+    (``{"resnet18": PATH}``); a run of another architecture starts from scratch (nothing is
+    downloaded).
     """
 
     precision: str = "auto"
     memory_format: str = "auto"
     deterministic: bool = False
-    weights: str | None = None
+    weights: dict[str, str] | None = None
 
     def to_config(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def deciding_set_of(datasets: dict[str, Any], select_on: str) -> str:
-    """``external`` when an external set is there and selection is on it, else ``carved``."""
-    return "external" if "external" in datasets and select_on == "external" else "carved"
 
 
 def make_trainer(
@@ -60,13 +56,14 @@ def make_trainer(
     callbacks: list[Any] | None = None,
     max_failures: int = 2,
     loop_options: dict[str, Any] | None = None,
-    select_on: str = "external",
+    deciding: str,
     run: RunOptions = RunOptions(),
 ) -> Any:
     """A ``TorchTrainer`` that trains ``hp`` on ``datasets`` (``train`` sharded; ``val`` and, when
-    given, ``external`` whole). ``select_on`` (``external`` or ``carved``) names the set the
-    objective, the best epoch and the threshold follow when there is an external set; the run's
-    deciding set is fixed here and passed to the loop, never inferred from its numbers.
+    given, ``external`` whole). ``deciding`` (``external`` or ``carved``) is the set the objective,
+    the best epoch and the threshold follow: the recorded deciding set of the search or run
+    (:meth:`cxr_tune.data.prepared.SplitData.deciding_set`, ``experiment.json``), passed to the loop
+    and stored in every checkpoint, never inferred from its numbers.
 
     Checkpoints go to ``storage_path/name``; a trainer created again with the same name resumes
     from the latest one there. Worker failures (a lost node) restart from the last checkpoint up
@@ -77,6 +74,10 @@ def make_trainer(
 
     from cxr_tune.train.loop import train_loop_per_worker
 
+    if deciding not in ("external", "carved") or (deciding == "external" and "external" not in datasets):
+        raise ValueError(f"deciding set {deciding!r} for datasets {sorted(datasets)}")
+    if resources.workers > 1 and 0 < resources.gpus_per_worker < 1:
+        raise ValueError("the workers of one DDP run cannot share a GPU (NCCL refuses two ranks on one device); give each a whole GPU")
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -84,7 +85,7 @@ def make_trainer(
             "class_counts": list(class_counts),
             "threads": max(1, round(resources.cpus_per_worker)),
             "has_external": "external" in datasets,
-            "deciding_set": deciding_set_of(datasets, select_on),
+            "deciding_set": deciding,
             "run": run.to_config(),
             **(loop_options or {}),
         },

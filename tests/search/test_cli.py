@@ -65,3 +65,17 @@ def test_defaults_use_the_machine_well_and_impossible_resources_are_refused():
         plan_search(SearchOptions(space="smoke", gpus_per_worker=1), space, {"CPU": 2})
     with pytest.raises(UserError, match="one trial needs 2 x 4 CPUs"):
         plan_search(SearchOptions(space="smoke", workers_per_trial=2, cpus_per_worker=4), space, {"CPU": 2})
+
+
+def test_weights_must_name_a_torchvision_architecture_of_the_space_and_fit_it(tmp_path):
+    """--weights ARCH=PATH is checked before Ray starts: the space searches that architecture, the file exists and fits it."""
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
+    for flags, message in ((["--space", "gpu", "--weights", f"resnet18={tmp_path / 'missing.pth'}"], "does not exist"),
+                           (["--space", "smoke", "--weights", f"resnet18={tmp_path / 'resnet18.pth'}"], "torchvision architectures (none)"),
+                           (["--space", "gpu", "--weights", str(tmp_path / "resnet18.pth")], "must be ARCH=PATH"),
+                           (["--space", "gpu", "--weights", f"densenet121={tmp_path / 'resnet18.pth'}"], "fills")):
+        done = run_cli("cxr_tune.search", *flags, "--storage", str(tmp_path))
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr

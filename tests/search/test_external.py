@@ -1,10 +1,12 @@
-"""A search with an external validation set (``--val-data``), end to end: the external set decides.
+"""A search with an external validation set (``--val-data``) and a final fit, end to end: the external set decides.
 
-One small search for the module (the smoke space, 2 trials, 2 epochs) on the session's SYNTHETIC
-set, validated on a second SYNTHETIC set drawn with another seed (another "site"), with a
-sensitivity floor. Every check follows from the rules, whatever the tiny models learn: the
-objective is the external one, the selected trial is the external ranking's first, the exported
-threshold is the one that trial reported on the external set, and the floor holds there.
+One small search for the module (the smoke space with residual blocks, squeeze-and-excitation and
+an EMA of the weights; 2 trials, 2 epochs; then the final fit of the best configuration with 2
+new seeds) on the session's SYNTHETIC set, validated on a second SYNTHETIC set drawn with another
+seed (another "site"), with a sensitivity floor. Every check follows from the rules, whatever the
+tiny models learn: the objective is the external one, the selected trial is the external
+ranking's first, its export's threshold is the one that trial reported on the external set, the
+floor holds there, and ``best/`` averages the final-fit runs' last epochs.
 """
 
 from __future__ import annotations
@@ -17,34 +19,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import yaml
+
 from cxr_tune.selection import CRITERIA, choose_threshold
-from tests.conftest import run_cli
-from tests.selection_oracle import checkpoint_scores, expected_winner, exported_scores
+from tests.conftest import ROOT, run_cli, synthetic_site
+from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
 
 FLOOR = 0.9
+SEEDS, EPOCHS = 2, 2  # the final fit: new seeds for the best configuration, epochs each
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    """A labelled external folder (NORMAL/, PNEUMONIA/) from another SYNTHETIC draw; ``site-`` names
-    keep its patient ids apart from the main set's."""
-    from cxr_tune.data.synthetic import synthesize
-
-    drawn = Path(synthesize(str(tmp_path_factory.mktemp("site-draw") / "draw"), n=120, seed=5))
-    folder = tmp_path_factory.mktemp("site") / "site"
-    for cls in ("NORMAL", "PNEUMONIA"):
-        (folder / cls).mkdir(parents=True)
-        for path in sorted((drawn / "train" / cls).iterdir()):
-            shutil.copyfile(path, folder / cls / f"site-{path.name}")
-    return folder
+    return synthetic_site(tmp_path_factory.mktemp("site") / "site", tmp_path_factory.mktemp("site-draw"), seed=5)
 
 
 @pytest.fixture(scope="module")
 def search(synthetic_root, site, tmp_path_factory) -> tuple[Path, str]:
+    raw = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
+    raw["search"].update({"final_fit_top": 1, "final_fit_seeds": SEEDS, "final_fit_epochs": EPOCHS})
+    raw["fixed"].update({"block": "residual", "se_ratio": 0.25, "ema_decay": 0.9})
+    space = tmp_path_factory.mktemp("space") / "external.yaml"
+    space.write_text(yaml.safe_dump(raw))
     storage = tmp_path_factory.mktemp("experiments")
-    done = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--val-data", str(site),
+    done = run_cli("cxr_tune.search", "--space", str(space), "--data", str(synthetic_root), "--val-data", str(site),
                    "--min-sensitivity", str(FLOOR), "--trials", "2", "--max-epochs", "2",
                    "--storage", str(storage), "--name", "ext", timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -56,8 +56,18 @@ def experiment(search) -> Path:
     return search[0]
 
 
-def read(experiment: Path) -> tuple[pd.DataFrame, dict]:
-    return pd.read_csv(experiment / "trials.csv"), json.loads((experiment / "best" / "model.json").read_text())
+@pytest.fixture(scope="module")
+def exported_trial(experiment) -> Path:
+    """The selected trial exported alone (best/ holds the final fit): ``exports/<trial>``."""
+    table = pd.read_csv(experiment / "trials.csv")
+    trial = table.sort_values("rank").iloc[0]["trial_id"]
+    done = run_cli("cxr_tune.export", str(experiment), "--trial", trial, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return experiment / "exports" / trial
+
+
+def read(experiment: Path, folder: Path) -> tuple[pd.DataFrame, dict]:
+    return pd.read_csv(experiment / "trials.csv"), json.loads((folder / "model.json").read_text())
 
 
 def test_the_site_is_the_external_role_and_never_trains(experiment, site):
@@ -70,37 +80,39 @@ def test_the_site_is_the_external_role_and_never_trains(experiment, site):
 
 
 def test_every_epoch_is_scored_on_both_sets_and_the_objective_is_the_external_one(experiment):
-    from cxr_tune.search.results import trial_histories
+    from cxr_tune.experiment import Experiment
 
-    _, histories = trial_histories(str(experiment))
+    _, histories = Experiment(str(experiment)).histories()
     assert len(histories) == 2
     for history in histories.values():
         assert history["val_objective"].notna().all() and history["ext_objective"].notna().all()
         assert np.allclose(history["objective"], history["ext_objective"])  # what ASHA and Optuna read
         assert np.allclose(history["objective_low"], history["ext_objective_low"])
         assert (history["ext_n"] == history["ext_n"].iloc[0]).all() and (history["ext_sensitivity"] >= FLOOR - 1e-12).all()
-    table, _ = read(experiment)
+    table = pd.read_csv(experiment / "trials.csv")
     assert np.allclose(table["objective"], table["ext_objective"]) and table["val_objective"].notna().all()
 
 
-def test_the_selected_trial_is_first_on_the_external_set_and_is_what_best_holds(search):
+def test_the_selected_trial_is_first_on_the_external_set_at_its_best_epoch(search, exported_trial):
     experiment, stdout = search
-    table, meta = read(experiment)
+    table, meta = read(experiment, exported_trial)
     selected = table.set_index("trial_id").loc[expected_winner(table, "ext")]  # the README's rule on the external columns
+    history = pd.read_json(experiment / selected.name / "result.json", lines=True)
     assert meta["trial_id"] == selected.name and int(selected["rank"]) == 1
+    assert int(selected["best_epoch"]) == expected_best_epoch(history, "ext")
     assert meta["epoch"] == int(selected["best_epoch"])
     stored = checkpoint_scores(experiment, selected.name, int(selected["best_epoch"]), "ext")
-    exported = exported_scores(experiment, "external_predictions.csv")
-    assert np.abs(exported - stored.loc[exported.index]).max() < 1e-4  # best/ holds that epoch's weights
+    exported = exported_scores(experiment, "external_predictions.csv", exported_trial)
+    assert np.abs(exported - stored.loc[exported.index]).max() < 1e-4  # the export holds that epoch's weights
     assert "tied with the best on the external set" in stdout and "external validation (SELECTION SET)" in stdout
     assert meta["deciding_set"] == "external"
     external = meta["external"]
     assert external["selection_set"] is True and Path(external["source"]) == Path(json.loads((experiment / "experiment.json").read_text())["external"])
-    assert external["n"] == len(pd.read_csv(experiment / "best" / "external_predictions.csv"))
+    assert external["n"] == len(pd.read_csv(exported_trial / "external_predictions.csv"))
 
 
-def test_the_threshold_is_the_external_one_and_keeps_the_sensitivity_floor(experiment):
-    table, meta = read(experiment)
+def test_the_threshold_is_the_external_one_and_keeps_the_sensitivity_floor(experiment, exported_trial):
+    table, meta = read(experiment, exported_trial)
     selected = table.sort_values("rank").iloc[0]
     hp = meta["hparams"]
     assert hp["min_sensitivity"] == FLOOR and f"sensitivity >= {FLOOR:g}" in meta["threshold_rule"]
@@ -109,7 +121,7 @@ def test_the_threshold_is_the_external_one_and_keeps_the_sensitivity_floor(exper
     assert meta["threshold"] == pytest.approx(selected["ext_threshold"], abs=1e-12)
     assert meta["external"]["sensitivity"] >= FLOOR  # the floor holds on the deciding set, as exported
     # ... and it is the rule's choice on the exported model's own external scores.
-    scores = pd.read_csv(experiment / "best" / "external_predictions.csv")
+    scores = pd.read_csv(exported_trial / "external_predictions.csv")
     labels, probability = scores["label"].to_numpy(), scores["probability"].to_numpy()
     assert ((probability >= meta["threshold"]) == scores["prediction"]).all()
     assert (probability[labels == 1] >= meta["threshold"]).mean() == pytest.approx(meta["external"]["sensitivity"])
@@ -186,3 +198,36 @@ def test_the_report_shows_what_transfers_and_the_transfer_benchmark_refuses_an_e
     with pytest.raises(UserError, match="--select-on carved"):
         run(str(experiment), tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+# The final fit: the best configuration again, new seeds, the full schedule; best/ averages the runs' last epochs.
+
+
+def test_the_best_configuration_is_trained_again_with_new_seeds_for_the_full_schedule(search):
+    experiment, stdout = search
+    table = pd.read_csv(experiment / "trials.csv")
+    runs = json.loads((experiment / "finalfit" / "members.json").read_text())
+    assert [run["trial_id"] for run in runs] == [table.sort_values("rank").iloc[0]["trial_id"]] * SEEDS
+    assert len({run["seed"] for run in runs}) == SEEDS and all(run["epochs"] == EPOCHS for run in runs)
+    assert "Final fit: 1 best configuration(s)" in stdout and f"{SEEDS} of {SEEDS} run(s) completed" in stdout
+    stages = [json.loads(line)["stage"] for line in (experiment / "compute.jsonl").read_text().splitlines()]
+    assert stages == ["search", "final fit"]
+
+
+def test_best_averages_the_final_fit_runs_last_epochs_at_a_threshold_chosen_on_their_mean(experiment):
+    meta = json.loads((experiment / "best" / "model.json").read_text())
+    runs = json.loads((experiment / "finalfit" / "members.json").read_text())
+    assert [m["trial_id"] for m in meta["members"]] == [run["name"] for run in runs] and meta["final_fit"]["runs"] == runs
+    assert all(m["epoch"] == EPOCHS for m in meta["members"])  # last epochs: none picked on the external set
+    assert all(m["hparams"]["block"] == "residual" and m["hparams"]["ema_decay"] == 0.9 for m in meta["members"])
+    stored = []
+    for run in runs:
+        [scores] = list((experiment / "finalfit" / "train" / run["name"]).glob("checkpoint_*/ext_predictions.parquet"))
+        stored.append(pd.read_parquet(scores).set_index("content_hash")["score"])
+    exported = exported_scores(experiment, "external_predictions.csv")
+    mean = pd.concat(stored, axis=1).mean(axis=1).loc[exported.index]
+    assert np.abs(exported - mean).max() < 1e-4
+    labels = pd.read_csv(experiment / "best" / "external_predictions.csv")["label"].to_numpy()
+    hp = meta["hparams"]
+    assert meta["threshold"] == pytest.approx(choose_threshold(labels, mean.to_numpy(), hp["criterion"], FLOOR, hp["threshold_tolerance"]), abs=1e-9)
+    assert "Final fit" in (experiment / "best" / "MODEL_CARD.md").read_text() and "## Final fit" in (experiment / "report.md").read_text()

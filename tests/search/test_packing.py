@@ -8,6 +8,7 @@ import time
 import pytest
 import yaml
 
+from cxr_tune.errors import UserError
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.runner import plan_search
 from cxr_tune.search.space import load_space
@@ -33,6 +34,10 @@ def test_the_default_share_packs_small_trials_and_gives_big_ones_more(tmp_path):
     plan = plan_search(SearchOptions(trials=16), space_at(tmp_path, 224), one_gpu)
     assert plan.concurrency == 4 and plan.resources.cpus_per_worker >= 3.9  # a 1-GPU machine runs 4 at once, CPUs shared among them
     assert plan_search(SearchOptions(trials=16, gpus_per_worker=0.5), space_at(tmp_path, 64), {"CPU": 16, "GPU": 2}).concurrency == 4
+    ddp = plan_search(SearchOptions(trials=16, workers_per_trial=2), space_at(tmp_path, 64), {"CPU": 16, "GPU": 4})
+    assert ddp.resources.gpus_per_worker == 1.0 and ddp.concurrency == 2  # the ranks of one DDP trial never share a GPU
+    with pytest.raises(UserError, match="cannot share a GPU"):
+        plan_search(SearchOptions(trials=16, workers_per_trial=2, gpus_per_worker=0.5), space_at(tmp_path, 64), {"CPU": 16, "GPU": 4})
     cpu_only = plan_search(SearchOptions(trials=16), space_at(tmp_path, 64), {"CPU": 2})
     assert not cpu_only.resources.use_gpu and cpu_only.concurrency == 2  # no flag needed without GPUs
 

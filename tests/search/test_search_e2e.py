@@ -14,7 +14,7 @@ import pytest
 
 from cxr_tune.selection import CRITERIA, choose_threshold
 from tests.conftest import run_cli
-from tests.selection_oracle import checkpoint_scores, expected_winner, exported_scores
+from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,9 @@ def test_best_holds_the_trial_the_rule_selects_at_its_best_epoch(search):
     table = pd.read_csv(experiment / "trials.csv")
     meta = json.loads((experiment / "best" / "model.json").read_text())
     winner = table.set_index("trial_id").loc[expected_winner(table, "val")]
+    history = pd.read_json(experiment / winner.name / "result.json", lines=True)
     assert meta["trial_id"] == winner.name and int(winner["rank"]) == 1
+    assert int(winner["best_epoch"]) == expected_best_epoch(history, "val")  # the README's rule on the trial's own epochs
     assert meta["epoch"] == int(winner["best_epoch"]) and [m["trial_id"] for m in meta["members"]] == [meta["trial_id"]]
     stored = checkpoint_scores(experiment, winner.name, int(winner["best_epoch"]))
     exported = exported_scores(experiment)

@@ -86,5 +86,24 @@ def test_a_local_pretrained_file_starts_a_grayscale_network_without_downloading(
         assert torch.allclose(net.net.conv1.weight, imagenet["conv1.weight"].sum(dim=1, keepdim=True))  # RGB stem summed to gray
         assert torch.equal(net.net.layer4[1].conv2.weight, imagenet["layer4.1.conv2.weight"])
         assert set(missing) == {"net.fc.1.weight", "net.fc.1.bias"}  # the one-logit head starts fresh
-    with pytest.raises(ValueError, match="no tensor that fits"):
+    with pytest.raises(ValueError, match="fills"):
         load_weights(build_model(HParams(image_size=64, depth=2)), str(tmp_path / "resnet18.pth"))
+
+
+def test_a_densenet_file_with_torchvisions_legacy_key_names_fills_the_whole_network(tmp_path):
+    import re
+
+    import torchvision
+
+    from cxr_tune.train.model import load_weights
+
+    state = torchvision.models.densenet121(weights=None).state_dict()
+    legacy = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v for k, v in state.items()}  # as the ImageNet file names them
+    assert any(".norm.1." in k for k in legacy)
+    torch.save(legacy, tmp_path / "densenet121.pth")
+    net = build_model(HParams(image_size=64, arch="densenet121"))
+    missing = load_weights(net, str(tmp_path / "densenet121.pth"))
+    assert set(missing) == {"net.classifier.1.weight", "net.classifier.1.bias"}
+    with pytest.raises(ValueError, match="fills"):  # a ResNet file for a DenseNet: the wrong architecture
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
+        load_weights(net, str(tmp_path / "resnet18.pth"))
