@@ -88,7 +88,7 @@ def run(experiment_dir: str, seeds: int | None) -> None:
         _row("the search (best/: search, final fit, ensemble)", labels, searched["probability"].to_numpy(), float(meta["threshold"]),
              search_minutes, None),
         _row("the default configuration, one run", labels, single, _threshold(labels, single, hp), runs[0]["cpu_minutes"], searched["probability"].to_numpy()),
-        _row(f"the default configuration, {len(runs)} seeds averaged (the search's compute)", labels, averaged, _threshold(labels, averaged, hp),
+        _row(f"the default configuration, {len(runs)} seeds averaged" + (" (the search's compute)" if seeds is None else ""), labels, averaged, _threshold(labels, averaged, hp),
              sum(r["cpu_minutes"] for r in runs), searched["probability"].to_numpy()),
     ]
     frame = pd.DataFrame(rows)

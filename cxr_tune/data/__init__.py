@@ -11,8 +11,7 @@ Names are imported lazily: Ray Data workers import :mod:`cxr_tune.data.cache` to
 and should not pay for scikit-learn and SciPy on start-up.
 """
 
-from importlib import import_module
-from typing import Any
+from cxr_tune.lazy import lazy_exports
 
 _EXPORTS = {
     "CLASSES": "sources",
@@ -30,8 +29,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"cxr_tune.data.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'cxr_tune.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -10,8 +10,7 @@ loading torch, the Ray Train loop or the trainer::
     trainer.make_trainer   the Ray Train TorchTrainer of one configuration
 """
 
-from importlib import import_module
-from typing import Any
+from cxr_tune.lazy import lazy_exports
 
 _EXPORTS = {
     "HParams": "hparams",
@@ -26,8 +25,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"cxr_tune.train.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'cxr_tune.train' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -91,7 +91,8 @@ def make_trainer(
         },
         scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=resources.use_gpu, resources_per_worker=resources.bundle()),
         datasets={role: datasets[role] for role in ("train", "val", "external") if role in datasets},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        # One worker reads the whole train set: no split, so no split-coordinator actor per trial.
+        dataset_config=DataConfig(datasets_to_split=["train"] if resources.workers > 1 else []),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,

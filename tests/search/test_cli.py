@@ -68,7 +68,8 @@ def test_defaults_use_the_machine_well_and_impossible_resources_are_refused():
 
 
 def test_weights_must_name_a_torchvision_architecture_of_the_space_and_fit_it(tmp_path):
-    """--weights ARCH=PATH is checked before Ray starts: the space searches that architecture, the file exists and fits it."""
+    """--weights ARCH=PATH is checked before Ray starts: the space searches that architecture, the file exists and fits it
+    (a UserError is the CLI's one ``error:`` line and exit status 2)."""
     import torch
     import torchvision
 
@@ -77,5 +78,5 @@ def test_weights_must_name_a_torchvision_architecture_of_the_space_and_fit_it(tm
                            (["--space", "smoke", "--weights", f"resnet18={tmp_path / 'resnet18.pth'}"], "torchvision architectures (none)"),
                            (["--space", "gpu", "--weights", str(tmp_path / "resnet18.pth")], "must be ARCH=PATH"),
                            (["--space", "gpu", "--weights", f"densenet121={tmp_path / 'resnet18.pth'}"], "fills")):
-        done = run_cli("cxr_tune.search", *flags, "--storage", str(tmp_path))
-        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
+        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            main([*flags, "--storage", str(tmp_path)])

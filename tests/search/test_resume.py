@@ -234,7 +234,7 @@ def test_a_killed_driver_resumes_its_unfinished_trial_from_its_checkpoint_and_th
     experiment = tmp_path / "killed"
     common = ["--storage", str(tmp_path), "--name", "killed"]
     search = start_search("--space", "smoke", "--data", str(synthetic_root), "--trials", "2", "--concurrency", "2",
-                          "--max-epochs", "12", "--no-early-stopping", *common,
+                          "--max-epochs", "6", "--no-early-stopping", *common,
                           env={"TUNE_GLOBAL_CHECKPOINT_S": "3600", "TUNE_MAX_PENDING_TRIALS_PG": "1"})
     try:
         deadline, known, checkpointed = time.monotonic() + 600, [], []
@@ -268,7 +268,7 @@ def test_a_killed_driver_resumes_its_unfinished_trial_from_its_checkpoint_and_th
     # The unfinished trial went on from its checkpoint, not from scratch.
     results = results_of(experiment, unfinished)
     assert (results["start_epoch"] > 0).all() and results["epoch"].min() > 1, results[["epoch", "start_epoch"]]
-    assert table.set_index("trial_id").loc[unfinished, "epochs"] == 12
+    assert table.set_index("trial_id").loc[unfinished, "epochs"] == 6
 
 
 @pytest.mark.slow
