@@ -67,11 +67,36 @@ class TrialsCatchUp(Callback):
     same way, and those a resume continues.)
     """
 
-    def __init__(self, search_alg: ResumableTrials) -> None:
+    def __init__(self, search_alg: ResumableTrials, experiment_dir: str | None = None) -> None:
         self.search_alg = search_alg  # the very object Tune uses: both are saved in tuner.pkl
+        self.experiment_dir = experiment_dir
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         live = self.search_alg.searcher.live_trials  # the ConcurrencyLimiter's
         for trial in trials:
             if trial.trial_id in live and trial.status in ("TERMINATED", "ERROR"):
-                self.search_alg.on_trial_complete(trial.trial_id, result=trial.last_result or None, error=trial.status == "ERROR")
+                result = trial.last_result or None
+                if trial.status == "TERMINATED":
+                    result = self._with_checkpointed_epochs(trial.trial_id, result)
+                self.search_alg.on_trial_complete(trial.trial_id, result=result, error=trial.status == "ERROR")
+
+    def _with_checkpointed_epochs(self, trial_id: str, result: dict | None) -> dict | None:
+        """The trial's last result, after telling the searcher the epochs only its checkpoint holds.
+
+        The stopper can end a trial after Ray Train registered an epoch's checkpoint and before
+        that epoch's report reached Tune; the trial table reads the epoch from the checkpoint, so
+        the study must count it too (else a trial that ran all its epochs is told as cut short).
+        """
+        from cxr_tune.search.results import newest_checkpoint_history, train_run
+
+        if self.experiment_dir is None:
+            return result
+        try:
+            history = newest_checkpoint_history(train_run(self.experiment_dir, trial_id))
+        except Exception:  # noqa: BLE001 - a checkpoint that cannot be read leaves Tune's result as it was
+            return result
+        reported = int((result or {}).get("epoch") or 0)
+        missed = [row for row in history if int(row["epoch"]) > reported]
+        for row in missed:
+            self.search_alg.searcher.on_trial_result(trial_id, row)
+        return missed[-1] if missed else result

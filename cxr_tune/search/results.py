@@ -57,7 +57,7 @@ def with_checkpointed_epochs(reported: pd.DataFrame, run: str) -> pd.DataFrame:
     epochs = set(reported["epoch"].dropna().astype(int)) if "epoch" in reported else set()
     if epochs and epochs == set(range(1, max(epochs) + 1)):
         return reported
-    newest = _newest_checkpoint_history(run)
+    newest = newest_checkpoint_history(run)
     missing = [row for row in newest if int(row["epoch"]) not in epochs]
     if not missing:
         return reported
@@ -82,7 +82,7 @@ def saved_checkpoints(run: str) -> list[str]:
     return [p for p in storage.glob(run, "checkpoint_*") if storage.exists(storage.join(p, STATE))]
 
 
-def _newest_checkpoint_history(run: str) -> list[dict[str, Any]]:
+def newest_checkpoint_history(run: str) -> list[dict[str, Any]]:
     """The metric history in the run's checkpoint of the latest epoch (empty without one)."""
     from cxr_tune.train.checkpoints import load_state
 

@@ -288,7 +288,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
     ) if options.early_stopping else FIFOScheduler()
     # What TuneConfig(max_concurrent_trials=...) builds, in a generator a resume can restart.
     search_alg = ResumableTrials(ConcurrencyLimiter(searcher, max_concurrent=plan.concurrency))
-    run_config.callbacks.append(TrialsCatchUp(search_alg))
+    run_config.callbacks.append(TrialsCatchUp(search_alg, options.experiment_dir))
     tune_config = tune.TuneConfig(
         search_alg=search_alg,
         scheduler=scheduler,
