@@ -41,7 +41,8 @@ def run(experiment_dir: str, seeds: int | None) -> None:
 
     from cxr_tune.data.prepared import datasets_by_size
     from cxr_tune.ray_session import ray_session
-    from cxr_tune.train.trainer import Resources, RunOptions, make_trainer
+    from cxr_tune.search.runner import run_options
+    from cxr_tune.train.trainer import Resources, make_trainer
 
     experiment = Experiment(experiment_dir)
     best = experiment.file("best", "external_predictions.csv")
@@ -64,7 +65,7 @@ def run(experiment_dir: str, seeds: int | None) -> None:
             started = time.time()
             result = make_trainer(HParams.from_config({**hp.to_dict(), "seed": index}), datasets, split.class_counts(),
                                   resources=Resources(1, cpus), storage_path=scratch, name=f"default-seed{index}", deciding=experiment.deciding_set,
-                                  run=RunOptions(options.precision, options.memory_format, options.deterministic), loop_options={"keep": "last"}).fit()
+                                  run=run_options(options), loop_options={"keep": "last"}).fit()
             if result.error:
                 raise result.error
             with result.checkpoint.as_directory() as folder:
@@ -99,8 +100,8 @@ def run(experiment_dir: str, seeds: int | None) -> None:
         "",
         frame.to_markdown(index=False, floatfmt=".4f"),
         "",
-        "`auc - search` is the default's AUC minus the search's on the same images, with a paired 95 % bootstrap interval: an interval "
-        "below zero means the search's model ranks these patients measurably better.",
+        ("`auc - search` is the default's AUC minus the search's on the same images, with a paired 95 % bootstrap interval: an interval "
+         "below zero means the search's model ranks these patients measurably better."),
     ]
     write_result("value_of_search", "Does the search pay? The selected model vs the default configuration", summary,
                  {"rows": rows, "search_cpu_minutes": search_minutes, "default_runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs]})
