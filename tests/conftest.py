@@ -75,23 +75,103 @@ def kermany_folder(root: Path, layout: dict[str, dict[str, list[str]]], seed: in
     return root
 
 
+class SharedRay:
+    """One local Ray for the whole session, set up as the CLIs set it up and started on first use:
+    a start costs seconds of both cores, and every in-process search, Train run and cache build
+    of the suite can share one. A test that needs a Ray of its own calls :meth:`release` first;
+    the next module that asks for the shared one starts it again."""
+
+    def __init__(self) -> None:
+        self._session = None
+
+    def ensure(self) -> None:
+        import ray
+
+        from cxr_tune.ray_session import ray_session as project_ray_session
+
+        if not ray.is_initialized():
+            self.release()
+            self._session = project_ray_session(num_cpus=2)
+            self._session.__enter__()
+
+    def release(self) -> None:
+        import ray
+
+        session, self._session = self._session, None
+        if session is not None:
+            session.__exit__(None, None, None)
+        elif ray.is_initialized():
+            ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_ray(s3_server):
+    """The session's Ray (after the S3 server: a local Ray's workers inherit the environment ray.init saw)."""
+    ray = SharedRay()
+    yield ray
+    ray.release()
+
+
 @pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray per test module (start-up costs seconds), set up as the CLIs set it up."""
+def ray_session(shared_ray):
+    """Ray for a module's in-process work: the session's shared one."""
     import ray
 
-    from cxr_tune.ray_session import ray_session as project_ray_session
-
-    with project_ray_session(num_cpus=2):
-        yield ray
+    shared_ray.ensure()
+    yield ray
 
 
 def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m <args>`` as a user would; returns the finished process (never raises)."""
+    """Run ``python -m <args>`` as a user would; returns the finished process (never raises).
+
+    For what only a process of its own shows: what it imports, its console, signals, its own Ray.
+    Otherwise :func:`call_cli` gives the same answer without a second interpreter's start-up.
+    """
     return subprocess.run(
         [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})}, cwd=ROOT,
     )
+
+
+def call_cli(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m module args`` run inside this process: the exit status and the lines the command
+    prints, as :func:`run_cli` returns them, from the same ``main`` behind the same error handling
+    (one line and status 2 for a user's mistake, 130 for Ctrl-C). A search joins the session's Ray
+    when a fixture started it (``ray_session``); Ray's workers may add lines of their own."""
+    import contextlib
+    import importlib
+    import io
+    import traceback
+
+    from cxr_tune.errors import run_cli as cli_runner
+
+    target = importlib.import_module(module)
+    if not hasattr(target, "main"):
+        target = importlib.import_module(f"{module}.__main__")
+    out, err = io.StringIO(), io.StringIO()
+    saved = {key: os.environ.get(key) for key in env or {}}
+    cwd, argv = os.getcwd(), sys.argv
+    os.environ.update(env or {})
+    os.chdir(ROOT)
+    sys.argv = [target.__file__, *args]  # as python -m sets it (a search records its command from it)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli_runner(target.main, list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            except Exception:  # what the interpreter would print and exit 1 with
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(cwd)
+        sys.argv = argv
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return subprocess.CompletedProcess([sys.executable, "-m", module, *args], code, out.getvalue(), err.getvalue())
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

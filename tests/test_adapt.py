@@ -22,7 +22,7 @@ from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.model import build_model
-from tests.conftest import run_cli
+from tests.conftest import call_cli
 
 SIZE = 32
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -122,7 +122,7 @@ def write_site(folder: Path, n_per_class: int) -> Path:
 def test_the_cli_writes_an_adapted_model_that_predict_loads(exported, tmp_path):
     site = write_site(tmp_path / "site", 10)
     out = tmp_path / "adapted"
-    done = run_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(site), "--out", str(out), "--threshold", "keep")
+    done = call_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(site), "--out", str(out), "--threshold", "keep")
     assert done.returncode == 0, done.stderr
     assert "Adapted" in done.stdout and "20 image(s)" in done.stdout and "1 unreadable" in done.stdout
 
@@ -147,7 +147,7 @@ def test_the_cli_writes_an_adapted_model_that_predict_loads(exported, tmp_path):
     assert all(torch.allclose(stats[k].float(), expected[k].float(), atol=1e-5) for k in stats)
 
     # predict scores with the new ONNX file, and its scores are the adapted network's.
-    predicted = run_cli("cxr_tune.predict", "--model", str(out), str(site), "--csv", str(tmp_path / "p.csv"), "--quiet")
+    predicted = call_cli("cxr_tune.predict", "--model", str(out), str(site), "--csv", str(tmp_path / "p.csv"), "--quiet")
     assert predicted.returncode == 0, predicted.stderr
     assert "Labelled images: 20" in predicted.stdout and "Skipped 1 unreadable" in predicted.stdout
     scores = pd.read_csv(tmp_path / "p.csv")["probability"].to_numpy()
@@ -214,14 +214,14 @@ def test_the_default_site_threshold_splits_a_two_group_site_and_a_one_group_site
     assert record["threshold_rule"] == "mixture" and "mixture" in record["threshold_details"]["method"]
     assert meta["threshold"] != record["unadapted_threshold"]
     assert json.loads((tmp_path / "out" / "model.json").read_text())["threshold"] == meta["threshold"]
-    scored = run_cli("cxr_tune.predict", "--model", str(tmp_path / "out"), str(tmp_path / "two"), "--csv", str(tmp_path / "p.csv"), "--quiet")
+    scored = call_cli("cxr_tune.predict", "--model", str(tmp_path / "out"), str(tmp_path / "two"), "--csv", str(tmp_path / "p.csv"), "--quiet")
     predictions = pd.read_csv(tmp_path / "p.csv")
     opacity = predictions["path"].str.contains("PNEUMONIA")
     # The threshold falls between the two groups: each is called one way (which way is the untrained network's business).
     assert scored.returncode == 0 and predictions.groupby(opacity)["prediction"].nunique().eq(1).all()
     assert predictions.groupby(opacity)["prediction"].first().nunique() == 2
 
-    one = run_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(two_group_site(tmp_path / "one", 20, groups=1)), "--out", str(tmp_path / "kept"))
+    one = call_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(two_group_site(tmp_path / "one", 20, groups=1)), "--out", str(tmp_path / "kept"))
     assert one.returncode == 0, one.stderr
     kept = json.loads((tmp_path / "kept" / "model.json").read_text())
     assert kept["adaptation"]["threshold_rule"] == "keep" and kept["threshold"] == kept["adaptation"]["unadapted_threshold"]
@@ -241,7 +241,7 @@ def test_an_export_with_test_time_views_keeps_them_when_adapted(tmp_path):
     adapted = load_members(str(tmp_path / "adapted"), meta)
     files = sorted(p for p in site.rglob("*") if p.is_file())
     decoded = np.stack([image for image, _ in (try_decode_gray(p, SIZE) for p in files) if image is not None])
-    predicted = run_cli("cxr_tune.predict", "--model", str(tmp_path / "adapted"), str(site), "--csv", str(tmp_path / "p.csv"), "--quiet")
+    predicted = call_cli("cxr_tune.predict", "--model", str(tmp_path / "adapted"), str(site), "--csv", str(tmp_path / "p.csv"), "--quiet")
     assert predicted.returncode == 0, predicted.stderr
     scores = pd.read_csv(tmp_path / "p.csv")["probability"].to_numpy()
     assert np.allclose(scores, torch_scores(serving_model(adapted, 3), decoded), atol=1e-4)  # the ONNX file averages the 3 views

@@ -13,7 +13,7 @@ from cxr_tune.export import build_parser as export_parser
 from cxr_tune.predict import build_parser as predict_parser
 from cxr_tune.search.__main__ import build_parser as search_parser
 from cxr_tune.train.__main__ import build_parser as train_parser
-from tests.conftest import run_cli
+from tests.conftest import call_cli
 
 
 @pytest.mark.parametrize(("parse", "good", "bad"), [
@@ -100,7 +100,7 @@ def test_no_numeric_flag_is_left_as_plain_int_or_float():
 
 
 def test_a_bad_number_stops_the_cli_with_usage_and_status_2():
-    done = run_cli("cxr_tune.data", "inspect", "--val-fraction", "nan")
+    done = call_cli("cxr_tune.data", "inspect", "--val-fraction", "nan")
     assert done.returncode == 2
     assert done.stderr.startswith("usage:") and done.stderr.strip().splitlines()[-1].endswith("argument --val-fraction: 'nan' is not a finite number")
 
@@ -115,6 +115,6 @@ def test_synthetic_n_zero_is_not_the_default(tmp_path):
 
 def test_a_bad_precision_stops_train_search_and_bench_with_usage_and_status_2():
     for command in (("cxr_tune.train",), ("cxr_tune.search",), ("cxr_tune.bench", "train")):
-        done = run_cli(*command, "--precision", "fp8")
+        done = call_cli(*command, "--precision", "fp8")
         errors = [line for line in done.stderr.splitlines() if "error:" in line]
         assert done.returncode == 2 and len(errors) == 1 and "--precision" in errors[0] and "fp8" in errors[0], done.stderr

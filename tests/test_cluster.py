@@ -316,13 +316,16 @@ def test_a_trial_spans_nodes_survives_losing_one_and_resumes_from_its_checkpoint
     assert len(table) == 1 and set(table["status"]) == {"TERMINATED"}
     # Every epoch once, before and after the loss: an epoch whose report the lost node took with it
     # (its checkpoint registered, its report not yet at Tune) comes from the checkpoint's history.
-    _, histories = Experiment(str(tmp_path / "fault")).histories()
+    experiment = Experiment(str(tmp_path / "fault"))
+    _, histories = experiment.histories()
     first = next(iter(histories.values())).to_dict("records")
     assert [row["epoch"] for row in first] == [1, 2, 3, 4, 5, 6], search.text()[-5000:]
     # It resumed from a checkpoint, not from scratch.
     assert any(row["start_epoch"] > 0 for row in first), search.text()[-5000:]
+    n_train, n_val = (sum(experiment.info[f"class_counts_{role}"]) for role in ("train", "val"))
     for row in first:  # before and after the loss: rank 0 and rank 1 on different nodes, each on its own shard
         nodes = row["worker_nodes"].split(",")
         shards = [int(n) for n in row["worker_images"].split(",")]
         assert len(nodes) == 2 and len(set(nodes)) == 2, row["worker_nodes"]
-        assert all(n > 0 for n in shards), row["worker_images"]
+        assert row["world_size"] == 2 and abs(shards[0] - shards[1]) <= 1 and sum(shards) >= n_train - 1, row["worker_images"]
+        assert row["val_n"] == n_val  # every validation image scored once, not once per rank

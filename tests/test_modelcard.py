@@ -14,7 +14,7 @@ import pytest
 from cxr_tune.formatting import fmt, interval
 from cxr_tune.modelcard import KERMANY
 from tests.model_exports import export_folder, kermany_set, save_images
-from tests.conftest import run_cli
+from tests.conftest import call_cli
 
 DECIMAL = re.compile(r"(?<![\w.])-?\d+\.\d+(?![\w.])")
 
@@ -106,7 +106,7 @@ def test_a_synthetic_carved_export_says_so_and_marks_carved_validation(tmp_path)
 def test_adapt_writes_a_card_for_the_adapted_model(tmp_path):
     export_folder(tmp_path / "model")
     site = save_images(kermany_set(24, 4), tmp_path / "site")
-    done = run_cli("cxr_tune.adapt", "--model", str(tmp_path / "model"), "--images", str(site), "--out", str(tmp_path / "adapted"), "--threshold", "keep")
+    done = call_cli("cxr_tune.adapt", "--model", str(tmp_path / "model"), "--images", str(site), "--out", str(tmp_path / "adapted"), "--threshold", "keep")
     assert done.returncode == 0, done.stderr
     meta = json.loads((tmp_path / "adapted" / "model.json").read_text())
     card = (tmp_path / "adapted" / "MODEL_CARD.md").read_text()

@@ -14,7 +14,7 @@ from sklearn.metrics import roc_curve
 from cxr_tune.errors import UserError
 from cxr_tune.operating_points import FLOORS, NAMES, choose_points, known_points, threshold_for
 from cxr_tune.serving import load_model
-from tests.conftest import run_cli
+from tests.conftest import call_cli
 from tests.exports import write_export as tiny_export
 from tests.model_exports import export_folder, kermany_set, save_images
 
@@ -72,7 +72,7 @@ def test_predict_uses_the_chosen_operating_point(tmp_path):
     meta = export_folder(tmp_path / "model")
     folder = save_images(kermany_set(30, 7), tmp_path / "images")
     for name in ("balanced", "sens98", "spec95"):
-        done = run_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(folder), "--operating-point", name,
+        done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(folder), "--operating-point", name,
                        "--csv", str(tmp_path / f"{name}.csv"), "--quiet")
         assert done.returncode == 0, done.stderr
         threshold = meta["operating_points"][name]["threshold"]
@@ -86,15 +86,15 @@ def test_predict_uses_the_chosen_operating_point(tmp_path):
 def test_an_unknown_point_is_one_line_before_any_image_is_read_and_an_old_export_still_predicts(tmp_path):
     export_folder(tmp_path / "model")
     missing = tmp_path / "no-such-folder"  # were the images read first, this would be the error
-    done = run_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(missing), "--operating-point", "sens99")
+    done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(missing), "--operating-point", "sens99")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == "error: unknown operating point 'sens99'; this model has balanced, sens90, sens95, sens98, spec90, spec95"
 
     old = tiny_export(tmp_path / "old", image_size=16, threshold=0.3)  # an export from before operating points
     folder = save_images(kermany_set(10, 8), tmp_path / "images")
-    done = run_cli("cxr_tune.predict", "--model", str(old), str(folder), "--quiet")
+    done = call_cli("cxr_tune.predict", "--model", str(old), str(folder), "--quiet")
     assert done.returncode == 0 and "at threshold 0.3000 (operating point balanced)" in done.stdout
-    done = run_cli("cxr_tune.predict", "--model", str(old), str(folder), "--operating-point", "sens95")
+    done = call_cli("cxr_tune.predict", "--model", str(old), str(folder), "--operating-point", "sens95")
     assert done.returncode == 2 and "this model has balanced" in done.stderr
 
 

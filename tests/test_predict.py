@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from cxr_tune.predict import evaluation
-from tests.conftest import kermany_folder, run_cli
+from tests.conftest import call_cli, kermany_folder
 from tests.exports import write_export
 
 
@@ -25,7 +25,7 @@ def test_both_classes_print_the_auc():
 def test_predict_on_a_one_class_test_folder(tmp_path):
     model = write_export(tmp_path / "best", image_size=16)
     data = kermany_folder(tmp_path / "chest_xray", {"test": {"PNEUMONIA": ["person1_virus_1.jpeg", "person2_virus_2.jpeg"]}})
-    done = run_cli("cxr_tune.predict", "--model", str(model / "model.onnx"), str(data / "test"), "--quiet")
+    done = call_cli("cxr_tune.predict", "--model", str(model / "model.onnx"), str(data / "test"), "--quiet")
     assert done.returncode == 0, done.stderr
     assert "Labelled images: 2 (NORMAL 0, PNEUMONIA 2)" in done.stdout and "AUC n/a" in done.stdout
     assert "nan" not in done.stdout

@@ -15,7 +15,7 @@ from cxr_tune.saliency import grad_cam, target_layer
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.model import build_model
 from cxr_tune.train.precision import resolve
-from tests.conftest import run_cli
+from tests.conftest import call_cli
 from tests.model_exports import export_folder, kermany_set, save_images
 
 SIZE, RADIUS = 32, 5
@@ -82,7 +82,7 @@ def test_predict_explain_writes_one_figure_per_image_and_needs_the_weights(tmp_p
     folder = save_images(kermany_set(4, 6), tmp_path / "images")
     (folder / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "explained"
-    done = run_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(folder), "--explain", str(out), "--operating-point", "sens95")
+    done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(folder), "--explain", str(out), "--operating-point", "sens95")
     assert done.returncode == 0, done.stderr
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(p.with_suffix(".png").name for p in folder.rglob("*.png") if p.name != "broken.png")
@@ -91,6 +91,6 @@ def test_predict_explain_writes_one_figure_per_image_and_needs_the_weights(tmp_p
         assert figure.size[0] > figure.size[1] > 100  # the image and its map side by side
 
     (tmp_path / "model" / "weights.safetensors").unlink()
-    done = run_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(tmp_path / "no-such-folder"), "--explain", str(tmp_path / "x"))
+    done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(tmp_path / "no-such-folder"), "--explain", str(tmp_path / "x"))
     assert done.returncode == 2 and "weights.safetensors' is missing; --explain needs" in done.stderr
     assert not (tmp_path / "x").exists()

@@ -9,7 +9,7 @@ import pytest
 
 from cxr_tune.errors import UserError
 from cxr_tune.serving import load_model, probabilities
-from tests.conftest import run_cli
+from tests.conftest import call_cli
 from tests.exports import meta, tiny_onnx, write_export
 
 
@@ -83,7 +83,7 @@ def test_missing_files_and_other_files_are_refused(tmp_path):
 
 def test_predict_with_a_broken_model_json_prints_one_line_and_exits_2(tmp_path):
     folder = write_export(tmp_path / "best", meta_text="{broken")
-    done = run_cli("cxr_tune.predict", "--model", str(folder), str(tmp_path))
+    done = call_cli("cxr_tune.predict", "--model", str(folder), str(tmp_path))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(folder / "model.json") in lines[0]

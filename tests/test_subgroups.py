@@ -9,7 +9,7 @@ import pytest
 
 from cxr_tune.predict import evaluation
 from cxr_tune.subgroups import subgroup_of, subgroup_rates, wilson_interval
-from tests.conftest import run_cli
+from tests.conftest import call_cli
 from tests.model_exports import export_folder, kermany_set, save_images
 
 
@@ -64,7 +64,7 @@ def test_predict_prints_the_subgroups_of_a_labelled_folder(tmp_path):
 
     export_folder(tmp_path / "model")
     folder = save_images(kermany_set(40, 5), tmp_path / "images")
-    done = run_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(folder), "--quiet")
+    done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(folder), "--quiet")
     assert done.returncode == 0, done.stderr
     assert "subgroups (from file names; 95 % Wilson intervals):" in done.stdout and "bacterial pneumonia" in done.stdout
     assert "calibration: ECE" in done.stdout and "Brier" in done.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import SHARED_DATA, kermany_folder, run_cli
+from tests.conftest import SHARED_DATA, call_cli, kermany_folder
 
 
 def test_inspect_reports_counts_duplicates_leakage_and_skipped(tmp_path):
@@ -15,7 +15,7 @@ def test_inspect_reports_counts_duplicates_leakage_and_skipped(tmp_path):
         "test": {"NORMAL": ["IM-0005-0001.jpeg"], "PNEUMONIA": ["person1_bacteria_9.jpeg", "person2_virus_8.jpeg"]},
     })
     (root / "train" / "NORMAL" / ".DS_Store").write_bytes(b"junk")
-    done = run_cli("cxr_tune.data", "inspect", str(root), "--cache-dir", str(tmp_path / "c"))
+    done = call_cli("cxr_tune.data", "inspect", str(root), "--cache-dir", str(tmp_path / "c"))
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "real data at" in out and "train" in out and "PNEUMONIA" in out
@@ -25,17 +25,17 @@ def test_inspect_reports_counts_duplicates_leakage_and_skipped(tmp_path):
     assert ".DS_Store: not an image Pillow can read" in out
 
 
-def test_prepare_builds_then_reuses(tmp_path, synthetic_root):
+def test_prepare_builds_then_reuses(ray_session, tmp_path, synthetic_root):
     args = ("cxr_tune.data", "prepare", str(synthetic_root), "--image-size", "20", "--cache-dir", str(tmp_path))
-    first = run_cli(*args)
+    first = call_cli(*args)
     assert first.returncode == 0, first.stderr
     assert "SYNTHETIC" in first.stdout and "Built in" in first.stdout
-    second = run_cli(*args)
+    second = call_cli(*args)
     assert second.returncode == 0 and "Reused image cache" in second.stdout
 
 
 def test_synthesize_writes_the_set(tmp_path):
-    done = run_cli("cxr_tune.data", "synthesize", str(tmp_path / "out"), "--n", "30", "--seed", "4")
+    done = call_cli("cxr_tune.data", "synthesize", str(tmp_path / "out"), "--n", "30", "--seed", "4")
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "out").rglob("*.jpeg"))) == 30 and (tmp_path / "out" / "SYNTHETIC.json").exists()
 
@@ -52,7 +52,7 @@ def test_bad_data_stops_with_one_line_and_status_2_before_ray(tmp_path, layout, 
             for cls in classes:
                 (root / split / cls).mkdir(parents=True)
         kermany_folder(root, layout)
-    done = run_cli("cxr_tune.data", "prepare", str(root), "--cache-dir", str(tmp_path / "c"))
+    done = call_cli("cxr_tune.data", "prepare", str(root), "--cache-dir", str(tmp_path / "c"))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
@@ -62,7 +62,7 @@ def test_bad_data_stops_with_one_line_and_status_2_before_ray(tmp_path, layout, 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="real data not present (../shared/data)")
 def test_inspect_real_training_split(tmp_path):
-    done = run_cli("cxr_tune.data", "inspect", str(SHARED_DATA), "--cache-dir", str(tmp_path))
+    done = call_cli("cxr_tune.data", "inspect", str(SHARED_DATA), "--cache-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     rows = {tuple(line.split()[:2]): line.split() for line in done.stdout.splitlines() if line.startswith("train ")}
     assert rows[("train", "NORMAL")][2] == "1341" and rows[("train", "PNEUMONIA")][2] == "3875"

@@ -22,7 +22,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPE
 from cxr_tune.data.dicom import read_gray8
 from cxr_tune.data.imaging import decode_gray, probe, try_decode_gray
 from cxr_tune.data.sources import build_manifest
-from tests.conftest import kermany_folder, run_cli
+from tests.conftest import call_cli, kermany_folder
 from tests.exports import write_export
 
 PATIENT_NAME, PATIENT_ID = "Doe^Jane", "MRN-4711-SECRET"
@@ -223,7 +223,7 @@ def test_predict_scores_dicoms_exactly_as_the_pngs_they_were_made_from(tmp_path)
         (dicoms / ("case3" if i == 3 else f"case{i}.dcm")).write_bytes(stored)  # one without an extension
     model = write_export(tmp_path / "model", image_size=16)  # probability = mean brightness / 255
     out = tmp_path / "scores.csv"
-    result = run_cli("cxr_tune.predict", "--model", str(model), str(pngs), str(dicoms), "--csv", str(out), "--quiet", timeout=120)
+    result = call_cli("cxr_tune.predict", "--model", str(model), str(pngs), str(dicoms), "--csv", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     scores: dict[str, dict[str, float]] = {}
     for row in csv.DictReader(out.open()):

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from cxr_tune.selection import CRITERIA, choose_threshold
-from tests.conftest import ROOT, run_cli, synthetic_site
+from tests.conftest import ROOT, call_cli, run_cli, synthetic_site
 from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
@@ -37,16 +37,16 @@ def site(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def search(synthetic_root, site, tmp_path_factory) -> tuple[Path, str]:
+def search(ray_session, synthetic_root, site, tmp_path_factory) -> tuple[Path, str]:
     raw = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
     raw["search"].update({"final_fit_top": 1, "final_fit_seeds": SEEDS, "final_fit_epochs": EPOCHS})
     raw["fixed"].update({"block": "residual", "se_ratio": 0.25, "ema_decay": 0.9})
     space = tmp_path_factory.mktemp("space") / "external.yaml"
     space.write_text(yaml.safe_dump(raw))
     storage = tmp_path_factory.mktemp("experiments")
-    done = run_cli("cxr_tune.search", "--space", str(space), "--data", str(synthetic_root), "--val-data", str(site),
+    done = call_cli("cxr_tune.search", "--space", str(space), "--data", str(synthetic_root), "--val-data", str(site),
                    "--min-sensitivity", str(FLOOR), "--trials", "2", "--max-epochs", "2",
-                   "--storage", str(storage), "--name", "ext", timeout=900)
+                   "--storage", str(storage), "--name", "ext")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return storage / "ext", done.stdout
 
@@ -61,7 +61,7 @@ def exported_trial(experiment) -> Path:
     """The selected trial exported alone (best/ holds the final fit): ``exports/<trial>``."""
     table = pd.read_csv(experiment / "trials.csv")
     trial = table.sort_values("rank").iloc[0]["trial_id"]
-    done = run_cli("cxr_tune.export", str(experiment), "--trial", trial, timeout=300)
+    done = call_cli("cxr_tune.export", str(experiment), "--trial", trial)
     assert done.returncode == 0, done.stderr[-3000:]
     return experiment / "exports" / trial
 

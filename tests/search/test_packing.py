@@ -43,15 +43,16 @@ def test_the_default_share_packs_small_trials_and_gives_big_ones_more(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_runs_four_packed_trials_at_once_on_one_declared_gpu(tmp_path):
-    """Eight trials at 224 px on a local Ray that declares 1 GPU (and 4 CPUs), each holding what a search
-    trial holds (its driver's sliver of a CPU and its worker's bundle): 4 run at a time and together hold the GPU."""
+def test_ray_runs_four_packed_trials_at_once_on_one_declared_gpu(shared_ray, tmp_path):
+    """Five trials at 224 px on a local Ray that declares 1 GPU (and 4 CPUs), each holding what a search
+    trial holds (its driver's sliver of a CPU and its worker's bundle): 4 run at a time (the fifth waits) and
+    together hold the GPU."""
     import ray
     from ray import tune
 
     from cxr_tune.ray_session import ray_session
 
-    plan = plan_search(SearchOptions(trials=8), space_at(tmp_path, 224), {"CPU": 4, "GPU": 1})
+    plan = plan_search(SearchOptions(trials=5), space_at(tmp_path, 224), {"CPU": 4, "GPU": 1})
     assert plan.resources.gpus_per_worker == 0.25 and plan.concurrency == 4
 
     def trial(config: dict) -> None:
@@ -61,6 +62,7 @@ def test_ray_runs_four_packed_trials_at_once_on_one_declared_gpu(tmp_path):
         time.sleep(1.0)
         tune.report({"started": started, "ended": time.time(), "free_gpu": free})
 
+    shared_ray.release()  # a Ray of its own, with the declared GPU
     with ray_session(num_cpus=4, num_gpus=1):
         grid = tune.Tuner(
             tune.with_resources(trial, tune.PlacementGroupFactory(plan.trial_bundles())),
@@ -69,7 +71,7 @@ def test_ray_runs_four_packed_trials_at_once_on_one_declared_gpu(tmp_path):
             run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), name="packed", verbose=0),
         ).fit()
         results = [r.metrics for r in grid]
-    assert len(results) == 8 and min(r["free_gpu"] for r in results) == 0.0  # four quarters: the whole GPU held
+    assert len(results) == 5 and min(r["free_gpu"] for r in results) == 0.0  # four quarters: the whole GPU held
     events = sorted([(r["started"], 1) for r in results] + [(r["ended"], -1) for r in results])
     running, most = 0, 0
     for _, step in events:

@@ -23,10 +23,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, call_cli, run_cli
 
 SMOKE = (ROOT / "search_spaces" / "smoke.yaml").read_text()
-TRIALS = 5  # in the budget-stopped, interrupted and resumed experiment
+TRIALS = 4  # in the budget-stopped, interrupted and resumed experiment
 
 
 def start_search(*args: str, env: dict | None = None) -> subprocess.Popen:
@@ -174,26 +174,57 @@ def test_flags_that_cannot_apply_to_a_resumed_search_are_one_line_errors(tmp_pat
 # --- end to end --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def resumed_thrice(synthetic_root, tmp_path_factory) -> dict:
-    """One experiment through three commands, as a user would drive it: stopped by its time budget;
-    resumed with a budget of its own and interrupted with Ctrl-C once another trial finished;
-    resumed to the end. What each left behind, for the tests below."""
-    storage = tmp_path_factory.mktemp("resume")
-    experiment = storage / "budget"
-    common = ["--storage", str(storage), "--name", "budget", "--no-export"]
+def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
+    """One experiment through the commands a user would type, from a working folder of its own:
+    started and interrupted before Tune ever ran (Ctrl-C in the first cache build leaves
+    experiment.json and no Tune state); the same command again, refused with the command that
+    continues it; that command, run from the repository root after the space file changed, with a
+    time budget that stops it; resumed with a budget of its own and interrupted with Ctrl-C once
+    another trial finished; resumed to the end. What each left behind, for the tests below."""
+    from cxr_tune.data.prepared import split_data
+    from cxr_tune.errors import UserError
+    from cxr_tune.search import runner
+    from cxr_tune.search.__main__ import build_parser, main, options_from_args
+    from cxr_tune.search.space import load_space
+
+    work = tmp_path_factory.mktemp("resume")
+    shutil.copytree(synthetic_root, work / "data")
+    space_file = work / "spaces" / "tiny.yaml"
+    space_file.parent.mkdir()
+    space_file.write_text(SMOKE.replace("trials: 4", f"trials: {TRIALS}").replace("max_epochs: 3", "max_epochs: 1"))
+    experiment = work / "runs" / "budget"
+    argv = ["--space", "spaces/tiny.yaml", "--data", "data", "--storage", "runs", "--name", "budget", "--concurrency", "1", "--no-export"]
+    out: dict = {"experiment": experiment, "work": work, "space_file": space_file}
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        options = options_from_args(build_parser().parse_args(argv))
+        runner._start_experiment(options, load_space(options.space), split_data(options.data))  # then Ctrl-C
+        out["saved"] = json.loads((experiment / "experiment.json").read_text())["options"]
+        out["splits"] = (experiment / "splits.csv").read_text()
+        try:
+            main(argv)  # the same command again
+        except UserError as refused:
+            out["refusal"] = str(refused)
+    finally:
+        os.chdir(cwd)
+    named = re.search(r"continue it with: (python -m cxr_tune\.search .*--resume)", out.get("refusal", ""))
+    assert named, out.get("refusal")
+    command = shlex.split(named.group(1))
+    space_file.write_text(SMOKE)  # today's space file says 4 trials of 3 epochs
+    common = ["--no-export"]
 
     def suggested() -> int:
         with sqlite3.connect(experiment / "study.db") as db:
             return db.execute("select count(*) from trials").fetchone()[0]
 
-    out: dict = {"experiment": experiment}
     # A short budget: a 1-epoch trial takes about 10 s here, so it cannot start all TRIALS trials.
-    out["first"] = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--trials", str(TRIALS), "--concurrency", "1",
-                           "--max-epochs", "1", "--time-budget", "0.3", *common, timeout=900)
+    out["first"] = call_cli(*command[2:], "--time-budget", "0.3", *common)  # from the repository root, not from work/
     out["started_first"] = suggested()
     # Resumed with a budget too long to end it first (before: a resumed search stopped again at once,
-    # its saved stopper already spent); Ctrl-C once one more trial finished.
-    interrupted = start_search("--resume", "--time-budget", "5", *common)
+    # its saved stopper already spent); Ctrl-C once one more trial finished. It joins the session's
+    # Ray (--address), as on a cluster: Ctrl-C ends the driver, not the Ray it ran on.
+    interrupted = start_search(*command[3:], "--time-budget", "5", "--address", ray_session.get_runtime_context().gcs_address, *common)
     done_before = len(pd.read_csv(experiment / "trials.csv")) if (experiment / "trials.csv").exists() else 0
     seen = wait_for_line(interrupted, " finished (", timeout=600)  # one more trial ended in this run
     interrupted.send_signal(signal.SIGINT)  # Ctrl-C
@@ -201,7 +232,7 @@ def resumed_thrice(synthetic_root, tmp_path_factory) -> dict:
     out["started_second"] = suggested()
     out["before_last"] = pd.read_csv(experiment / "trials.csv")
     out["results_before_last"] = {t: results_of(experiment, t) for t in out["before_last"]["trial_id"]}
-    out["last"] = run_cli("cxr_tune.search", "--resume", *common, timeout=900)
+    out["last"] = call_cli(*command[2:], *common)
     out["table"] = pd.read_csv(experiment / "trials.csv")
     out["started_last"] = suggested()
     return out
@@ -255,7 +286,7 @@ def test_the_study_ends_with_exactly_the_trials_tune_ran(resumed_thrice):
 
 
 @pytest.mark.slow
-def test_a_killed_driver_resumes_its_unfinished_trial_from_its_checkpoint_and_the_study_agrees(synthetic_root, tmp_path):
+def test_a_killed_driver_resumes_its_unfinished_trial_from_its_checkpoint_and_the_study_agrees(ray_session, synthetic_root, tmp_path):
     """kill -9 between Optuna suggesting a trial and Tune saving its state, then --resume.
 
     Made to happen every time: Tune saves its state only at its first step (as if its ~10 s
@@ -288,7 +319,7 @@ def test_a_killed_driver_resumes_its_unfinished_trial_from_its_checkpoint_and_th
         search.wait(timeout=60)
     [unfinished] = known  # in Tune's state, mid-training when killed
 
-    resumed = run_cli("cxr_tune.search", "--resume", *common, timeout=900)
+    resumed = call_cli("cxr_tune.search", "--resume", "--no-export", *common)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     table = pd.read_csv(experiment / "trials.csv")
     assert len(table) == 2 and table["trial_id"].is_unique and set(table["status"]) == {"TERMINATED"}
@@ -304,40 +335,15 @@ def test_a_killed_driver_resumes_its_unfinished_trial_from_its_checkpoint_and_th
 
 
 @pytest.mark.slow
-def test_an_experiment_tune_never_started_resumes_with_the_command_named_from_its_own_files(synthetic_root, tmp_path, monkeypatch):
+def test_an_experiment_tune_never_started_resumes_with_the_command_named_from_its_own_files(resumed_thrice):
     """Ctrl-C in the first cache build leaves experiment.json and no Tune state. The same command
     names the command that continues it, which runs from another folder on the experiment's own
     space and data even after the space file changed."""
-    from cxr_tune.data.prepared import split_data
-    from cxr_tune.errors import UserError
-    from cxr_tune.search import runner
-    from cxr_tune.search.__main__ import build_parser, main, options_from_args
-    from cxr_tune.search.space import load_space
-
-    work = tmp_path / "work"
-    shutil.copytree(synthetic_root, work / "data")
-    space_file = work / "spaces" / "tiny.yaml"
-    space_file.parent.mkdir()
-    space_file.write_text(SMOKE.replace("trials: 4", "trials: 1").replace("max_epochs: 3", "max_epochs: 2"))
-    monkeypatch.chdir(work)
-    argv = ["--space", "spaces/tiny.yaml", "--data", "data", "--storage", "runs", "--name", "moved", "--no-early-stopping"]
-    options = options_from_args(build_parser().parse_args(argv))
-    runner._start_experiment(options, load_space(options.space), split_data(options.data))  # then Ctrl-C
-    saved = json.loads((work / "runs" / "moved" / "experiment.json").read_text())["options"]
+    work, saved = resumed_thrice["work"], resumed_thrice["saved"]
     assert saved["storage"] == str((work / "runs").resolve()) and saved["data"]["data"] == str((work / "data").resolve())
-    assert saved["space"] == str(space_file.resolve())
-
-    with pytest.raises(UserError) as refused:  # the same command again
-        main(argv)
-    named = re.search(r"continue it with: (python -m cxr_tune\.search .*--resume)", str(refused.value))
-    assert named, str(refused.value)
-    command = shlex.split(named.group(1))
-
-    space_file.write_text(SMOKE)  # today's space file says 4 trials of 3 epochs
-    splits_before = (work / "runs" / "moved" / "splits.csv").read_text()
-    resumed = run_cli(*command[2:], timeout=900)  # from the repository root, not from work/
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"Data: SYNTHETIC chest X-rays (generated, not real patients) at {(work / 'data').resolve()}" in resumed.stdout
-    table = pd.read_csv(work / "runs" / "moved" / "trials.csv")
-    assert len(table) == 1 and table["epochs"].tolist() == [2]  # the space the experiment started with
-    assert (work / "runs" / "moved" / "splits.csv").read_text() == splits_before
+    assert saved["space"] == str(resumed_thrice["space_file"].resolve())
+    first, table = resumed_thrice["first"], resumed_thrice["table"]
+    assert f"Data: SYNTHETIC chest X-rays (generated, not real patients) at {(work / 'data').resolve()}" in first.stdout, first.stdout[-3000:]
+    # The space the experiment started with (TRIALS trials of 1 epoch), not today's file (4 of 3).
+    assert len(table) == TRIALS and table["epochs"].max() == 1
+    assert (resumed_thrice["experiment"] / "splits.csv").read_text() == resumed_thrice["splits"]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from cxr_tune.selection import CRITERIA, choose_threshold
-from tests.conftest import run_cli
+from tests.conftest import call_cli, run_cli
 from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def test_predict_reproduces_the_exported_validation_metrics(experiment, val_fold
     val = list(val_folder.rglob("*.jpeg"))
     (tmp_path / "NORMAL").mkdir()
     (tmp_path / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8 broken")
-    done = run_cli("cxr_tune.predict", "--model", str(experiment / "best"), str(val_folder), str(tmp_path / "NORMAL"), "--csv", str(tmp_path / "out.csv"))
+    done = call_cli("cxr_tune.predict", "--model", str(experiment / "best"), str(val_folder), str(tmp_path / "NORMAL"), "--csv", str(tmp_path / "out.csv"))
     assert done.returncode == 0, done.stderr
     expected = meta["validation"]
     line = next(ln for ln in done.stdout.splitlines() if ln.strip().startswith("sensitivity"))
@@ -101,11 +101,11 @@ def test_predict_reproduces_the_exported_validation_metrics(experiment, val_fold
 def test_any_trial_can_be_re_exported_and_predict_refuses_pickles(experiment):
     table = pd.read_csv(experiment / "trials.csv")
     other = table.sort_values("objective")["trial_id"].iloc[0]
-    done = run_cli("cxr_tune.export", str(experiment), "--trial", other)
+    done = call_cli("cxr_tune.export", str(experiment), "--trial", other)
     assert done.returncode == 0, done.stderr
     assert json.loads((experiment / "exports" / other / "model.json").read_text())["trial_id"] == other
     checkpoint = next((experiment / "train").rglob("state.pt"))
-    refused = run_cli("cxr_tune.predict", "--model", str(checkpoint), str(checkpoint))
+    refused = call_cli("cxr_tune.predict", "--model", str(checkpoint), str(checkpoint))
     assert refused.returncode == 2 and "would need unpickling" in refused.stderr
 
 
@@ -137,7 +137,7 @@ def test_an_ensemble_predicts_the_mean_of_its_members(experiment, val_folder, tm
     from cxr_tune.predict import collect, predict
     from cxr_tune.serving import load_model
 
-    done = run_cli("cxr_tune.export", str(experiment), "--ensemble", "2", "--out", str(tmp_path / "ensemble"))
+    done = call_cli("cxr_tune.export", str(experiment), "--ensemble", "2", "--out", str(tmp_path / "ensemble"))
     assert done.returncode == 0, done.stderr
     meta = json.loads((tmp_path / "ensemble" / "model.json").read_text())
     members = [m["trial_id"] for m in meta["members"]]
@@ -201,7 +201,7 @@ def test_the_export_and_report_show_what_a_clinician_checks(experiment):
 
 
 def test_a_calibrated_export_decides_as_the_plain_one_and_predict_reproduces_it(experiment, val_folder, tmp_path):
-    done = run_cli("cxr_tune.export", str(experiment), "--calibrate", "platt", "--out", str(tmp_path / "calibrated"))
+    done = call_cli("cxr_tune.export", str(experiment), "--calibrate", "platt", "--out", str(tmp_path / "calibrated"))
     assert done.returncode == 0, done.stderr
     assert "platt-calibrated" in done.stdout and "model card:" in done.stdout
     plain, calibrated = (json.loads((folder / "model.json").read_text()) for folder in (experiment / "best", tmp_path / "calibrated"))
@@ -212,7 +212,7 @@ def test_a_calibrated_export_decides_as_the_plain_one_and_predict_reproduces_it(
     assert (before["prediction"] == after["prediction"])[clear].all()
     assert calibrated["validation"]["loss"] <= plain["validation"]["loss"] + 1e-9  # fitted on this set: its log loss cannot get worse
 
-    scored = run_cli("cxr_tune.predict", "--model", str(tmp_path / "calibrated"), str(val_folder), "--operating-point", "sens95", "--quiet")
+    scored = call_cli("cxr_tune.predict", "--model", str(tmp_path / "calibrated"), str(val_folder), "--operating-point", "sens95", "--quiet")
     assert scored.returncode == 0, scored.stderr
     sens95 = calibrated["validation"]["operating_points"]["sens95"]
     line = next(ln for ln in scored.stdout.splitlines() if ln.strip().startswith("sensitivity"))

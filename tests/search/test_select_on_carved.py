@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from cxr_tune import storage
-from tests.conftest import run_cli, synthetic_site
+from tests.conftest import call_cli, run_cli, synthetic_site
 from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
@@ -40,13 +40,13 @@ def bucket(s3_server) -> str:
 
 
 @pytest.fixture(scope="module")
-def remote(synthetic_root, site, bucket) -> dict[str, str]:
+def remote(ray_session, synthetic_root, site, bucket) -> dict[str, str]:
     """The search, with data, site, cache and experiment on s3; returns their URIs and the console."""
     data, external, cache, runs = (storage.join(bucket, part) for part in ("data", "site", "cache", "runs"))
     storage.copy(str(synthetic_root), data)
     storage.copy(str(site), external)
-    done = run_cli("cxr_tune.search", "--space", "smoke", "--data", data, "--val-data", external, "--select-on", "carved",
-                   "--trials", "2", "--max-epochs", "2", "--concurrency", "2", "--cache-dir", cache, "--storage", runs, "--name", "carved", timeout=900)
+    done = call_cli("cxr_tune.search", "--space", "smoke", "--data", data, "--val-data", external, "--select-on", "carved",
+                   "--trials", "2", "--max-epochs", "2", "--concurrency", "2", "--cache-dir", cache, "--storage", runs, "--name", "carved")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return {"experiment": storage.join(runs, "carved"), "cache": cache, "stdout": done.stdout}
 
@@ -137,12 +137,12 @@ def test_the_study_the_cache_and_every_export_live_in_the_bucket(remote, search,
 
     trial = str(table["trial_id"].iloc[-1])
     exported = storage.join(bucket, "exports", trial)
-    export = run_cli("cxr_tune.export", experiment, "--trial", trial, "--out", exported, timeout=300)
+    export = call_cli("cxr_tune.export", experiment, "--trial", trial, "--out", exported)
     assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-3000:]
     assert {"model.onnx", "model.json", "MODEL_CARD.md"} <= set(storage.listdir(exported))
 
     images = synthetic_root / "test"  # a local folder of NORMAL/ and PNEUMONIA/ images
-    predict = run_cli("cxr_tune.predict", "--model", storage.join(experiment, "best"), "--quiet", "--csv", str(tmp_path / "scores.csv"), str(images), timeout=300)
+    predict = call_cli("cxr_tune.predict", "--model", storage.join(experiment, "best"), "--quiet", "--csv", str(tmp_path / "scores.csv"), str(images))
     assert predict.returncode == 0, predict.stdout[-3000:] + predict.stderr[-3000:]
     assert "Labelled images:" in predict.stdout
     scores = pd.read_csv(tmp_path / "scores.csv")

@@ -1,4 +1,7 @@
-"""The Ray Train loop: DDP, checkpoints that resume exactly, repeatability, and real learning."""
+"""The Ray Train loop: real learning, checkpoints that resume exactly, repeatability, cross-validation.
+
+A two-worker DDP run (sharding, every validation image scored once) is tests/test_cluster.py's:
+its trial spans two nodes."""
 
 from __future__ import annotations
 
@@ -18,49 +21,16 @@ pytestmark = pytest.mark.slow  # starts Ray and trains
 SIZE = 32
 
 
-@pytest.fixture(scope="module")
-def data(ray_session, synthetic_root):
-    split = split_data(DataOptions(data=str(synthetic_root)), progress=False)
-    return split, datasets_by_size(split, [SIZE])[SIZE]
-
-
-def fit(data, tmp_path, name: str, workers: int = 1, loop_options: dict | None = None, **overrides):
+def fit(data, tmp_path, name: str, loop_options: dict | None = None, **overrides):
     split, datasets = data
     params = {"image_size": SIZE, "depth": 3, "filters": 8, "batch_size": 32, "epochs": 2, "augment_strength": 0.3}
     hp = HParams(**{**params, **overrides})
-    trainer = make_trainer(hp, datasets, split.class_counts(), resources=Resources(workers, 0.9), storage_path=str(tmp_path),
+    trainer = make_trainer(hp, datasets, split.class_counts(), resources=Resources(1, 0.9), storage_path=str(tmp_path),
                            name=name, loop_options=loop_options, deciding="carved")
     result = trainer.fit()
     assert result.error is None
     with result.checkpoint.as_directory() as folder:
         return result, load_state(folder)
-
-
-def test_two_worker_ddp_run_completes_and_reports(data, tmp_path):
-    split, _ = data
-    result, state = fit(data, tmp_path, "ddp", workers=2, epochs=1)
-    metrics = result.metrics
-    assert metrics["world_size"] == 2 and metrics["epoch"] == 1
-    shard_sizes = [int(n) for n in metrics["worker_images"].split(",")]
-    n_train = sum(split.class_counts("train"))
-    assert len(shard_sizes) == 2 and abs(shard_sizes[0] - shard_sizes[1]) <= 1 and sum(shard_sizes) >= n_train - 1
-    assert 0 <= metrics["val_auc"] <= 1 and metrics["val_n"] == sum(split.class_counts("val"))  # every val image scored once
-    assert "threshold" in state and state["threshold"] == metrics["val_threshold"]
-
-
-def test_a_checkpoint_resumes_at_the_next_epoch_with_the_same_weights(data, tmp_path):
-    """Two runs of one seed end with the same weights bit for bit on the CPU, one of them crashed and
-    restarted from its checkpoint: repeatable, and resumed exactly."""
-    _, straight = fit(data, tmp_path, "straight", epochs=3)
-    # The worker crashes before epoch 3; Train restarts it from the epoch-2 checkpoint.
-    result, resumed = fit(data, tmp_path, "crashed", epochs=3, loop_options={"fail_at_epoch": 3})
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3] and resumed["epoch"] == 2
-    # The failure fired: epochs 1-2 ran in the first attempt, epoch 3 in a run restored from the
-    # epoch-2 checkpoint (an uninterrupted run reports start_epoch 0 throughout, as "straight" does).
-    assert [h["start_epoch"] for h in resumed["history"]] == [0, 0, 2] and result.metrics["start_epoch"] == 2
-    assert [h["start_epoch"] for h in straight["history"]] == [0, 0, 0]
-    for key, tensor in straight["model"].items():
-        assert torch.equal(tensor, resumed["model"][key]), key
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +58,34 @@ def blob_data(ray_session, tmp_path_factory):
     return split, datasets_by_size(split, [SIZE])[SIZE]
 
 
-def test_the_loop_learns_a_visible_signal_and_validation_shows_it(blob_data, tmp_path):
-    _, state = fit(blob_data, tmp_path, "learn", epochs=6, lr=1e-2, class_weighting="none", augment_strength=0.2)
-    history = state["history"]
+LEARN = {"epochs": 6, "lr": 1e-2, "class_weighting": "none", "augment_strength": 0.2}
+
+
+def test_the_loop_learns_a_visible_signal_and_a_crashed_run_resumes_it_exactly(blob_data, tmp_path):
+    """The loop learns; and two runs of one seed end with the same weights bit for bit on the CPU,
+    one of them crashed and restarted from its checkpoint: repeatable, and resumed exactly."""
+    _, straight = fit(blob_data, tmp_path, "learn", **LEARN)
+    history = straight["history"]
     losses = [h["val_loss"] for h in history]
     assert losses[-1] < min(losses[0] - 0.1, 0.4), losses  # ln 2 = 0.69 is chance on this 50/50 set
     assert history[-1]["val_auc"] > 0.95, [h["val_auc"] for h in history]
     assert history[-1]["val_balanced_accuracy"] > 0.85
 
+    # The worker crashes before epoch 5; Train restarts it from the epoch-4 checkpoint.
+    result, resumed = fit(blob_data, tmp_path, "crashed", loop_options={"fail_at_epoch": 5}, **LEARN)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5, 6] and resumed["epoch"] == 5
+    # The failure fired: epochs 1-4 ran in the first attempt, epochs 5-6 in a run restored from the
+    # epoch-4 checkpoint (an uninterrupted run reports start_epoch 0 throughout, as "learn" does).
+    assert [h["start_epoch"] for h in resumed["history"]] == [0, 0, 0, 0, 4, 4] and result.metrics["start_epoch"] == 4
+    assert [h["start_epoch"] for h in history] == [0] * 6
+    for key, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][key]), key
 
-def test_cross_validation_folds_are_patient_groups_and_each_trains(data, tmp_path):
+
+def test_cross_validation_folds_are_patient_groups_and_each_trains(ray_session, synthetic_root, tmp_path):
     from cxr_tune.train.crossval import cross_validate, fold_roles
 
-    split, _ = data
+    split = split_data(DataOptions(data=str(synthetic_root)), progress=False)
     folds = fold_roles(split, 3)
     pool = split.roles["role"].isin(["train", "val"])
     seen = pd.concat([f.loc[f["role"] == "val", "path"] for f in folds])
