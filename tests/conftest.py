@@ -1,7 +1,8 @@
-"""Shared fixtures: a private cache folder, small image folders, one Ray session per module."""
+"""Shared fixtures: a private cache folder, small image folders, one Ray for the session, CLIs in and out of process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -82,7 +83,7 @@ class SharedRay:
     the next module that asks for the shared one starts it again."""
 
     def __init__(self) -> None:
-        self._session = None
+        self._session = contextlib.ExitStack()
 
     def ensure(self) -> None:
         import ray
@@ -91,17 +92,10 @@ class SharedRay:
 
         if not ray.is_initialized():
             self.release()
-            self._session = project_ray_session(num_cpus=2)
-            self._session.__enter__()
+            self._session.enter_context(project_ray_session(num_cpus=2))
 
     def release(self) -> None:
-        import ray
-
-        session, self._session = self._session, None
-        if session is not None:
-            session.__exit__(None, None, None)
-        elif ray.is_initialized():
-            ray.shutdown()
+        self._session.close()
 
 
 @pytest.fixture(scope="session")
@@ -133,15 +127,15 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subproce
     )
 
 
-def call_cli(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def call_cli(module: str, *args: str) -> subprocess.CompletedProcess:
     """``python -m module args`` run inside this process: the exit status and the lines the command
     prints, as :func:`run_cli` returns them, from the same ``main`` behind the same error handling
     (one line and status 2 for a user's mistake, 130 for Ctrl-C). A search joins the session's Ray
     when a fixture started it (``ray_session``); Ray's workers may add lines of their own."""
-    import contextlib
     import importlib
     import io
     import traceback
+    from unittest import mock
 
     from cxr_tune.errors import run_cli as cli_runner
 
@@ -149,28 +143,17 @@ def call_cli(module: str, *args: str, env: dict | None = None) -> subprocess.Com
     if not hasattr(target, "main"):
         target = importlib.import_module(f"{module}.__main__")
     out, err = io.StringIO(), io.StringIO()
-    saved = {key: os.environ.get(key) for key in env or {}}
-    cwd, argv = os.getcwd(), sys.argv
-    os.environ.update(env or {})
-    os.chdir(ROOT)
-    sys.argv = [target.__file__, *args]  # as python -m sets it (a search records its command from it)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                cli_runner(target.main, list(args))
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-            except Exception:  # what the interpreter would print and exit 1 with
-                traceback.print_exc()
-                code = 1
-    finally:
-        os.chdir(cwd)
-        sys.argv = argv
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    # The working folder and sys.argv as python -m sets them (a search records its command from sys.argv).
+    with pytest.MonkeyPatch.context() as patch, mock.patch.object(sys, "argv", [target.__file__, *args]), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        patch.chdir(ROOT)
+        try:
+            cli_runner(target.main, list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except Exception:  # noqa: BLE001 - what the interpreter would print and exit 1 with
+            traceback.print_exc()
+            code = 1
     return subprocess.CompletedProcess([sys.executable, "-m", module, *args], code, out.getvalue(), err.getvalue())
 
 

@@ -195,21 +195,16 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
     experiment = work / "runs" / "budget"
     argv = ["--space", "spaces/tiny.yaml", "--data", "data", "--storage", "runs", "--name", "budget", "--concurrency", "1", "--no-export"]
     out: dict = {"experiment": experiment, "work": work, "space_file": space_file}
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
         options = options_from_args(build_parser().parse_args(argv))
         runner._start_experiment(options, load_space(options.space), split_data(options.data))  # then Ctrl-C
         out["saved"] = json.loads((experiment / "experiment.json").read_text())["options"]
         out["splits"] = (experiment / "splits.csv").read_text()
-        try:
+        with pytest.raises(UserError) as refused:
             main(argv)  # the same command again
-        except UserError as refused:
-            out["refusal"] = str(refused)
-    finally:
-        os.chdir(cwd)
-    named = re.search(r"continue it with: (python -m cxr_tune\.search .*--resume)", out.get("refusal", ""))
-    assert named, out.get("refusal")
+    named = re.search(r"continue it with: (python -m cxr_tune\.search .*--resume)", str(refused.value))
+    assert named, str(refused.value)
     command = shlex.split(named.group(1))
     space_file.write_text(SMOKE)  # today's space file says 4 trials of 3 epochs
     common = ["--no-export"]
