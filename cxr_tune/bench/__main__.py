@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--storage", default="results/benchmarks/search_runs", help="where the two experiments go")
     value = commands.add_parser("value", help="does searching pay? the selected model vs the default configuration, and vs the default given the search's compute")
     value.add_argument("experiment", help="the finished real-data search (default configuration runs use its data, split and external set)")
+    value.add_argument("--model", default=None, help="the experiment's exported model folder (default: EXPERIMENT/best; e.g. the committed results/real/best)")
     value.add_argument("--seeds", type=positive_int, default=None, help="seeds of the default configuration given the search's compute (default: as many as fit in it)")
     commands.add_parser("scaling", help="search throughput on a local cluster of 1 vs 2 worker nodes")
     ablation = commands.add_parser("ablation", help="real-data recipe: ensemble and threshold rule post hoc, and one-change retrains")
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "value":
         from cxr_tune.bench.value import run
 
-        run(args.experiment, args.seeds)
+        run(args.experiment, args.seeds, args.model)
     elif args.command == "scaling":
         from cxr_tune.bench.scaling import run
 

@@ -36,7 +36,8 @@ from cxr_tune.train.metrics import rates_at
 RESAMPLES = 2000
 
 
-def run(experiment_dir: str, seeds: int | None) -> None:
+def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> None:
+    """``model``: the experiment's exported folder (default ``EXPERIMENT/best``; a committed copy such as ``results/real/best``)."""
     import ray
 
     from cxr_tune.data.prepared import datasets_by_size
@@ -45,10 +46,13 @@ def run(experiment_dir: str, seeds: int | None) -> None:
     from cxr_tune.train.trainer import Resources, make_trainer
 
     experiment = Experiment(experiment_dir)
-    best = experiment.file("best", "external_predictions.csv")
-    if experiment.deciding_set != "external" or not _exists(best):
-        raise UserError(f"'{experiment.path}' was not selected on an external set with an exported model scored on it "
-                        "(best/external_predictions.csv); bench value compares models on the set that chose them")
+    model = model or experiment.file("best")
+    best = storage.join(model, "external_predictions.csv")
+    if experiment.deciding_set != "external":
+        raise UserError(f"'{experiment.path}' was not selected on an external set; bench value compares models on the set that chose them")
+    if not _exists(best):
+        raise UserError(f"'{model}' holds no external_predictions.csv: pass the folder `python -m cxr_tune.export {experiment_dir}` "
+                        "wrote with --model (the export of this experiment, scored on its external set)")
     searched = storage.read_csv(best)
     search_minutes = experiment.compute_minutes()
     options = experiment.options
@@ -84,7 +88,7 @@ def run(experiment_dir: str, seeds: int | None) -> None:
     hashes = _hashes_in_export_order(experiment, searched)
     single = order.loc[hashes, "score"].to_numpy()
     averaged = pd.concat(default_scores, axis=1).mean(axis=1).loc[hashes].to_numpy()
-    meta = _meta(experiment)
+    meta = _meta(model)
     rows = [
         _row("the search (best/: search, final fit, ensemble)", labels, searched["probability"].to_numpy(), float(meta["threshold"]),
              search_minutes, None),
@@ -92,15 +96,14 @@ def run(experiment_dir: str, seeds: int | None) -> None:
         _row(f"the default configuration, {len(runs)} seeds averaged" + (" (the search's compute)" if seeds is None else ""), labels, averaged, _threshold(labels, averaged, hp),
              sum(r["cpu_minutes"] for r in runs), searched["probability"].to_numpy()),
     ]
-    frame = pd.DataFrame(rows)
     summary = [
-        f"Experiment `{experiment.path}`. External set: `{experiment.external}` ({len(labels)} images); **every number here is a "
+        f"Experiment `{experiment.path}`, its exported model `{model}`. External set: `{experiment.external}` ({len(labels)} images); **every number here is a "
         "selection-set number** (half A chose the search's model and every threshold). Default configuration: "
         + ", ".join(f"`{k}={v}`" for k, v in hp.to_dict().items() if k in ("arch", "depth", "filters", "image_size", "epochs", "lr", "batch_size", "augment_strength")),
         "",
-        frame.to_markdown(index=False, floatfmt=".4f"),
+        _table(rows),
         "",
-        ("`auc - search` is the default's AUC minus the search's on the same images, with a paired 95 % bootstrap interval: an interval "
+        ("The last column is the default's AUC minus the search's on the same images, with a paired 95 % bootstrap interval: an interval "
          "below zero means the search's model ranks these patients measurably better."),
     ]
     write_result("value_of_search", "Does the search pay? The selected model vs the default configuration", summary,
@@ -122,6 +125,19 @@ def _row(name: str, labels: np.ndarray, scores: np.ndarray, threshold: float, cp
     return row
 
 
+def _table(rows: list[dict]) -> str:
+    """The rows for people: each metric with its 95 % interval in one cell."""
+    from cxr_tune.formatting import fmt, interval
+
+    return pd.DataFrame([{
+        "model": row["model"], "CPU-minutes": f"{row['cpu_minutes']:.1f}",
+        "AUC [95 % CI]": fmt(row["auc"]) + interval(row["auc_ci"]),
+        "balanced accuracy [95 % CI]": fmt(row["balanced_accuracy"]) + interval(row["ba_ci"]),
+        "sensitivity": fmt(row["sensitivity"]), "specificity": fmt(row["specificity"]), "threshold": fmt(row["threshold"], 3),
+        "AUC minus the search's [paired 95 % CI]": fmt(row["auc - search"]) + interval(row["diff_ci"]) if "diff_ci" in row else "",
+    } for row in rows]).to_markdown(index=False, disable_numparse=True)
+
+
 def _paired_auc_difference(labels: np.ndarray, scores: np.ndarray, reference: np.ndarray) -> tuple[float, list[float]]:
     from sklearn.metrics import roc_auc_score
 
@@ -138,10 +154,10 @@ def _threshold(labels: np.ndarray, scores: np.ndarray, hp: HParams) -> float:
     return choose_threshold(labels, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
 
 
-def _meta(experiment: Experiment) -> dict:
+def _meta(model: str) -> dict:
     import json
 
-    return json.loads(storage.read_text(experiment.file("best", "model.json")))
+    return json.loads(storage.read_text(storage.join(model, "model.json")))
 
 
 def _hashes_in_export_order(experiment: Experiment, predictions: pd.DataFrame) -> list[str]:
