@@ -53,7 +53,13 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
     if not _exists(best):
         raise UserError(f"'{model}' holds no external_predictions.csv: pass the folder `python -m cxr_tune.export {experiment_dir}` "
                         "wrote with --model (the export of this experiment, scored on its external set)")
+    meta = _meta(model)
+    if meta.get("search", {}).get("command") != experiment.info.get("command"):
+        raise UserError(f"'{model}' is not an export of '{experiment.path}': its model.json names the search "
+                        f"`{meta.get('search', {}).get('command')}`, the experiment was `{experiment.info.get('command')}`")
     searched = storage.read_csv(best)
+    # external_predictions.csv is in the export's image order; the runs' scores are keyed by content hash.
+    hashes = _hashes_in_export_order(experiment, searched)
     search_minutes = experiment.compute_minutes()
     options = experiment.options
     # The documented defaults, judged by the search's own criterion and sensitivity floor.
@@ -84,11 +90,8 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
     labels = searched["label"].to_numpy().astype(int)
     order = runs[0]["scores"].set_index("content_hash")
     default_scores = [r["scores"].set_index("content_hash")["score"] for r in runs]
-    # external_predictions.csv is in the export's image order; the runs' scores are keyed by content hash.
-    hashes = _hashes_in_export_order(experiment, searched)
     single = order.loc[hashes, "score"].to_numpy()
     averaged = pd.concat(default_scores, axis=1).mean(axis=1).loc[hashes].to_numpy()
-    meta = _meta(model)
     rows = [
         _row("the search (best/: search, final fit, ensemble)", labels, searched["probability"].to_numpy(), float(meta["threshold"]),
              search_minutes, None),
@@ -163,6 +166,9 @@ def _meta(model: str) -> dict:
 def _hashes_in_export_order(experiment: Experiment, predictions: pd.DataFrame) -> list[str]:
     """Content hashes of the export's external images, in its CSV's order (matched by path)."""
     rows = experiment.splits[experiment.splits["role"] == "external"].drop_duplicates("path").set_index("path")
+    unknown = sorted(set(predictions["path"]) - set(rows.index))
+    if unknown:
+        raise UserError(f"{len(unknown)} image(s) of the export's external_predictions.csv are not the experiment's external set, e.g. '{unknown[0]}'")
     return rows.loc[predictions["path"], "content_hash"].tolist()
 
 

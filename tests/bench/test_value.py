@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from tests.conftest import call_cli
+import json
+import shutil
+
+from tests.conftest import ROOT, call_cli
 
 
-def test_bench_value_refuses_a_missing_export_and_a_carved_search(tmp_path):
+def test_bench_value_refuses_a_missing_export_another_experiments_export_and_a_carved_search(tmp_path):
     missing = call_cli("cxr_tune.bench", "value", "results/real/external", "--model", str(tmp_path))
     assert missing.returncode == 2
     assert str(tmp_path) in missing.stderr and "external_predictions.csv" in missing.stderr and "Traceback" not in missing.stderr
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(ROOT / "results/real/best/external_predictions.csv", other)
+    meta = json.loads((ROOT / "results/real/best/model.json").read_text())
+    meta["search"]["command"] = "python -m cxr_tune.search --name another"
+    (other / "model.json").write_text(json.dumps(meta))
+    foreign = call_cli("cxr_tune.bench", "value", "results/real/external", "--model", str(other))
+    assert foreign.returncode == 2 and "is not an export of" in foreign.stderr and "--name another" in foreign.stderr
+
     carved = call_cli("cxr_tune.bench", "value", "results/real/carved", "--model", "results/real/best-no-labels")
     assert carved.returncode == 2 and "not selected on an external set" in carved.stderr
