@@ -20,9 +20,7 @@ from cxr_tune.experiment import Experiment
 from cxr_tune.search.finish import finish_experiment
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.report import SET_NAMES
-from cxr_tune.search.results import asha_rungs
 from cxr_tune.search.runner import run_search
-from cxr_tune.search.space import load_space
 from cxr_tune.selection import prefix_of
 
 SPACE = "bench"
@@ -57,16 +55,17 @@ def run(data: str | None, trials: int, storage: str) -> None:
                      "best_interval": tuple(table.loc[table["objective"].idxmax(), ["objective_low", "objective_high"]].astype(float)),
                      "best_auc": float(table[f"{prefix}_auc"].max()), "minutes": minutes})
     tpe, rnd = rows
-    asha = load_space(SPACE).settings
+    ran = Experiment(tpe["experiment"])  # the space and rungs the TPE + ASHA arm recorded, not today's file
+    asha = ran.space().settings
     on_file = "external_" if tpe["deciding set"].startswith("external") else ""
     share = tpe["trial_epochs"] / rnd["trial_epochs"]
     frame = pd.DataFrame(rows).drop(columns=["experiment", "best_interval"])
     summary = [
         f"Space `search_spaces/{SPACE}.yaml`, {trials} trials each, seed 0, real training split; objective: balanced accuracy on the "
         f"{tpe['deciding set']}" + (" (a selection set: its numbers are optimistic)." if tpe["deciding set"].startswith("external") else "."),
-        f"ASHA: up to {asha.max_epochs} epochs, grace period {asha.grace_period}, reduction factor {asha.reduction_factor} (a trial goes on "
+        f"ASHA: up to {ran.max_epochs} epochs, grace period {asha.grace_period}, reduction factor {asha.reduction_factor} (a trial goes on "
         f"past a rung when it is in the best 1/{asha.reduction_factor} of the trials that reached it; rungs at epochs "
-        f"{', '.join(map(str, asha_rungs(asha.grace_period, asha.reduction_factor, asha.max_epochs)))}); TPE: {asha.startup_trials} random start-up trials.",
+        f"{', '.join(map(str, ran.rungs()))}); TPE: {asha.startup_trials} random start-up trials.",
         "",
         frame.to_markdown(index=False, floatfmt=".4f"),
         "",
