@@ -219,6 +219,11 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
     # Resumed with a budget too long to end it first (before: a resumed search stopped again at once,
     # its saved stopper already spent); Ctrl-C once one more trial finished. It joins the session's
     # Ray (--address), as on a cluster: Ctrl-C ends the driver, not the Ray it ran on.
+    # The last search's trial actors release their CPUs asynchronously; a driver that joins before
+    # they do waits for a CPU to read its data (seen once in a fresh clone: it never got one).
+    deadline = time.monotonic() + 60
+    while ray_session.available_resources().get("CPU", 0) < ray_session.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(0.5)
     interrupted = start_search(*command[3:], "--time-budget", "5", "--address", ray_session.get_runtime_context().gcs_address, *common)
     done_before = len(pd.read_csv(experiment / "trials.csv")) if (experiment / "trials.csv").exists() else 0
     seen = wait_for_line(interrupted, " finished (", timeout=600)  # one more trial ended in this run
