@@ -54,8 +54,12 @@ def study_trials(experiment: Path) -> pd.DataFrame:
 
 
 def results_of(experiment: Path, trial_id: str) -> pd.DataFrame:
-    """The results Tune recorded for one trial, in order (``result.json``, one line per epoch)."""
-    lines = (experiment / trial_id / "result.json").read_text().splitlines()
+    """The results Tune recorded for one trial, in order (``result.json``, one line per epoch);
+    empty for a trial Ctrl-C or a budget ended before its first report (Tune made no file for it)."""
+    path = experiment / trial_id / "result.json"
+    if not path.exists():
+        return pd.DataFrame()
+    lines = path.read_text().splitlines()
     return pd.DataFrame([json.loads(line) for line in lines if line.strip()])
 
 
