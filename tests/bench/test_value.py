@@ -8,7 +8,7 @@ import shutil
 from tests.conftest import ROOT, call_cli
 
 
-def test_bench_value_refuses_a_missing_export_another_experiments_export_and_a_carved_search(tmp_path):
+def test_bench_value_refuses_a_missing_export_another_experiments_export_unknown_images_and_a_carved_search(tmp_path):
     missing = call_cli("cxr_tune.bench", "value", "results/real/external", "--model", str(tmp_path))
     assert missing.returncode == 2
     assert str(tmp_path) in missing.stderr and "external_predictions.csv" in missing.stderr and "Traceback" not in missing.stderr
@@ -21,6 +21,15 @@ def test_bench_value_refuses_a_missing_export_another_experiments_export_and_a_c
     (other / "model.json").write_text(json.dumps(meta))
     foreign = call_cli("cxr_tune.bench", "value", "results/real/external", "--model", str(other))
     assert foreign.returncode == 2 and "is not an export of" in foreign.stderr and "--name another" in foreign.stderr
+
+    elsewhere = tmp_path / "elsewhere"  # this experiment's export, scored on images its external set does not hold
+    elsewhere.mkdir()
+    shutil.copy(ROOT / "results/real/best/model.json", elsewhere)
+    scored = (ROOT / "results/real/best/external_predictions.csv").read_text().splitlines()
+    scored[1] = "/somewhere/else/NORMAL/IM-9999-0001.jpeg," + scored[1].split(",", 1)[1]
+    (elsewhere / "external_predictions.csv").write_text("\n".join(scored) + "\n")
+    unknown = call_cli("cxr_tune.bench", "value", "results/real/external", "--model", str(elsewhere))
+    assert unknown.returncode == 2 and "not the experiment's external set" in unknown.stderr and "IM-9999-0001" in unknown.stderr
 
     carved = call_cli("cxr_tune.bench", "value", "results/real/carved", "--model", "results/real/best-no-labels")
     assert carved.returncode == 2 and "not selected on an external set" in carved.stderr
