@@ -122,7 +122,7 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...], d
                 "checkpoint_path": best.get("checkpoint_path"),
                 **{m: best[m] for m in METRICS if m in best},
             })
-        row["error"] = _error(trial) if trial.status == "ERROR" else ""
+        row["error"] = trial_error(experiment_dir, trial) if trial.status == "ERROR" else ""
         row["stop_reason"] = _stop_reason(trial.status, row["epochs"], max_epochs, events.get(trial.trial_id), rungs)
         row["started"] = trial.run_metadata.start_time if getattr(trial, "run_metadata", None) else math.nan
         rows.append(row)
@@ -204,9 +204,15 @@ def asha_rungs(grace_period: int, reduction_factor: int, max_epochs: int) -> tup
     return tuple(rungs)
 
 
-def _error(trial: Any) -> str:
-    """The last meaningful line of the trial's error (the worker's exception, not Ray's wrapper)."""
-    path = storage.join(trial.local_path, "error.txt") if getattr(trial, "local_path", None) else None
+def trial_error(experiment_dir: str, trial: Any) -> str:
+    """The last meaningful line of the trial's error (the worker's exception, not Ray's wrapper).
+
+    Read from the ``error.txt`` Tune persisted in the trial's folder of the experiment: the table is
+    written after Ray has shut down, when Tune's ``Trial.local_path`` (a staging folder inside the
+    Ray session) can no longer even be asked for.
+    """
+    folder = getattr(getattr(trial, "storage", None), "trial_dir_name", None)
+    path = storage.join(experiment_dir, folder, "error.txt") if folder else None
     text = storage.read_bytes(path).decode(errors="replace") if path and storage.exists(path) else str(getattr(trial, "error_msg", "") or "")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith((" ", "File ", "Traceback", "^"))]
     candidates = [ln for ln in lines if "Error" in ln or "Exception" in ln] or lines

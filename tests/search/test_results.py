@@ -1,4 +1,4 @@
-"""The Pareto front of trials and each trial's per-epoch history (selection itself is tested in
+"""The Pareto front of trials, each trial's per-epoch history and its error (selection itself is tested in
 tests/test_selection.py)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_tune.search.results import pareto_front, with_checkpointed_epochs
+from cxr_tune.search.results import pareto_front, trial_error, with_checkpointed_epochs
 from cxr_tune.train.checkpoints import save_state
 
 
@@ -50,3 +50,29 @@ def test_a_trial_that_reported_nothing_gets_its_checkpointed_epochs_and_one_with
     _checkpoint(tmp_path / "run" / "checkpoint_a", [{"epoch": 1, "objective": 0.7}])
     assert with_checkpointed_epochs(pd.DataFrame(), str(tmp_path / "run"))["epoch"].tolist() == [1]
     assert with_checkpointed_epochs(pd.DataFrame(), str(tmp_path / "none")).empty
+
+
+class _TrialAfterRayShutDown:
+    """What the trial table reads of Tune's ``Trial`` once the search's Ray has shut down: its
+    folder's name answers; ``local_path`` (a staging folder inside the Ray session) raises, as Tune's does."""
+
+    status = "ERROR"
+    error_msg = "RayTaskError: wrapped"
+
+    def __init__(self, folder: str) -> None:
+        self.storage = type("Storage", (), {"trial_dir_name": folder})()
+
+    @property
+    def local_path(self) -> str:
+        raise AssertionError("Ray must be initialized to get the session dir.")
+
+
+def test_a_failed_trials_error_is_the_last_exception_line_of_its_error_file_read_without_ray(tmp_path):
+    (tmp_path / "c6d5a24d").mkdir()
+    (tmp_path / "c6d5a24d" / "error.txt").write_text(
+        "Failure # 1 (occurred at 2026-12-03_01-04-42)\nray.exceptions.RayTaskError(TrainingFailedError): ray::run_trial()\n"
+        "Traceback (most recent call last):\n  File \"loop.py\", line 9, in step\n    x = model(x)\n"
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    assert trial_error(str(tmp_path), _TrialAfterRayShutDown("c6d5a24d")) == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    # No error file (never persisted): Tune's own message, still without asking Ray.
+    assert trial_error(str(tmp_path), _TrialAfterRayShutDown("gone")) == "RayTaskError: wrapped"
