@@ -91,7 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ray_session(args.address):
         import ray
 
-        cpus = args.cpus_per_worker or max(1.0, float(int(ray.cluster_resources().get("CPU", 1) // args.workers)))
+        cluster_cpus = ray.cluster_resources().get("CPU", 1)
+        # One run takes every CPU; cross-validation shares them among the folds that run side by side.
+        side_by_side = min(args.cv, max(1, int(cluster_cpus // args.workers))) if args.cv else 1
+        cpus = args.cpus_per_worker or max(1.0, float(int(cluster_cpus // (args.workers * side_by_side))))
         resources = Resources(args.workers, cpus, gpus)
         if resources.use_gpu and ray.cluster_resources().get("GPU", 0) < gpus * args.workers:
             raise UserError(f"{args.workers} worker(s) x {gpus:g} GPU but the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPU(s)")

@@ -7,6 +7,8 @@ folder's patients, gives the spread. The test folder stays out of it.
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any
 
@@ -37,26 +39,61 @@ def fold_roles(split: SplitData, k: int, seed: int = 0) -> list[pd.DataFrame]:
 
 def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resources, storage_path: str, name: str, seed: int = 0,
                    run: RunOptions = RunOptions()) -> pd.DataFrame:
-    """Train ``hp`` once per fold through Ray Train; one row per fold (best and last epoch). Needs Ray."""
+    """Train ``hp`` once per fold through Ray Train; one row per fold (best and last epoch). Needs Ray.
+
+    Folds run side by side, as many as the cluster holds with ``resources`` each
+    (:meth:`Resources.runs_at_once`); each fold's datasets are built as it starts, so no more than
+    that many are held at once.
+    """
+    import ray
+
     from cxr_tune.data.cache import prepare_cache, role_datasets
 
     cache = prepare_cache(split.source.manifest, hp.image_size, split.cache_dir)
-    rows = []
-    for index, roles in enumerate(fold_roles(split, k, seed)):
-        datasets = role_datasets(cache, roles)
-        result = make_trainer(hp, datasets, replace(split, roles=roles).class_counts(), resources=resources, storage_path=storage_path,
-                              name=f"{name}-fold{index + 1}", deciding="carved", run=run).fit()
+    folds = fold_roles(split, k, seed)
+    at_once = min(k, resources.runs_at_once(ray.cluster_resources()))
+    rows: dict[int, dict[str, Any]] = {}
+
+    def fit(index: int, roles: pd.DataFrame, datasets: dict) -> dict[str, Any]:
+        # Train's fit() runs outside the main thread (it then leaves Ctrl-C to the main thread).
+        started = time.monotonic()
+        result = make_trainer(hp, datasets, replace(split, roles=roles).class_counts(), resources=resources,
+                              storage_path=storage_path, name=f"{name}-fold{index + 1}", deciding="carved", run=run).fit()
         with result.checkpoint.as_directory() as folder:
-            history = pd.DataFrame(load_state(folder)["history"])
-        best = best_epoch(history, "carved")  # folds of the training folder: carved validation decides
-        last = history.iloc[-1]
-        row: dict[str, Any] = {"fold": index + 1, "val_images": int(best["val_n"]), "best_epoch": int(best["epoch"])}
-        row.update({f"best_{m}": float(best[m]) for m in REPORTED})
-        row.update({f"last_{m}": float(last[m]) for m in REPORTED})
-        rows.append(row)
-        print(f"Fold {index + 1}/{k}: best epoch {row['best_epoch']}, balanced accuracy {row['best_val_balanced_accuracy']:.4f}, "
+            return {**_fold_row(index + 1, pd.DataFrame(load_state(folder)["history"])), "seconds": time.monotonic() - started}
+
+    pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="fold")
+    try:
+        running: dict[Future, int] = {}
+        for index, roles in enumerate(folds):
+            if len(running) == at_once:
+                _collect(running, rows, k)
+            running[pool.submit(fit, index, roles, role_datasets(cache, roles))] = index  # built here, one at a time
+        while running:
+            _collect(running, rows, k)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C, Ray's shutdown ends the running folds
+    return pd.DataFrame([rows[fold] for fold in sorted(rows)])
+
+
+def _collect(running: dict[Future, int], rows: dict[int, dict[str, Any]], k: int) -> None:
+    """Wait for the next fold to end; record and print its row (a fold's failure raises here)."""
+    done, _ = wait(running, return_when=FIRST_COMPLETED)
+    for future in done:
+        del running[future]
+        row = future.result()
+        rows[row["fold"]] = row
+        print(f"Fold {row['fold']}/{k}: best epoch {row['best_epoch']}, balanced accuracy {row['best_val_balanced_accuracy']:.4f}, "
               f"AUC {row['best_val_auc']:.4f}; last epoch {row['last_val_balanced_accuracy']:.4f} / {row['last_val_auc']:.4f}", flush=True)
-    return pd.DataFrame(rows)
+
+
+def _fold_row(fold: int, history: pd.DataFrame) -> dict[str, Any]:
+    best = best_epoch(history, "carved")  # folds of the training folder: carved validation decides
+    last = history.iloc[-1]
+    row: dict[str, Any] = {"fold": fold, "val_images": int(best["val_n"]), "best_epoch": int(best["epoch"])}
+    row.update({f"best_{m}": float(best[m]) for m in REPORTED})
+    row.update({f"last_{m}": float(last[m]) for m in REPORTED})
+    return row
 
 
 def summary(folds: pd.DataFrame) -> pd.DataFrame:
@@ -77,7 +114,7 @@ def markdown(folds: pd.DataFrame, hp: HParams, command: str, description: str) -
         "",
         "Per fold (`best_`: the epoch with the best validation objective, as the search picks; `last_`: the final epoch):",
         "",
-        folds.to_markdown(index=False, floatfmt=[".0f" if c in ("fold", "val_images", "best_epoch") else ".4f" for c in folds.columns]),
+        folds.to_markdown(index=False, floatfmt=[".0f" if c in ("fold", "val_images", "best_epoch") else ".1f" if c == "seconds" else ".4f" for c in folds.columns]),
         "",
         "Spread over folds:",
         "",

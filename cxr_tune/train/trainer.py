@@ -24,6 +24,12 @@ class Resources:
         """One worker's resource request, as Ray schedules it."""
         return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
 
+    def runs_at_once(self, cluster: dict[str, float]) -> int:
+        """How many runs asking for these resources ``cluster`` (``ray.cluster_resources()``) holds
+        side by side; at least 1 (a run the cluster cannot hold yet waits for it)."""
+        fits = [cluster.get(key, 0.0) / (need * self.workers) for key, need in self.bundle().items() if need > 0]
+        return max(1, int(min(fits, default=1) + 1e-9))
+
 
 @dataclass(frozen=True)
 class RunOptions:

@@ -5,6 +5,8 @@ its trial spans two nodes."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -94,5 +96,17 @@ def test_cross_validation_folds_are_patient_groups_and_each_trains(ray_session, 
         assert not set(fold.loc[fold["role"] == "train", "group_id"]) & set(fold.loc[fold["role"] == "val", "group_id"])
         assert fold.loc[~pool, "role"].equals(split.roles.loc[~pool, "role"])  # test and excluded rows untouched
     hp = HParams(image_size=SIZE, depth=2, filters=4, epochs=1)
+    started = time.monotonic()
     result = cross_validate(hp, split, 2, resources=Resources(1, 0.9), storage_path=str(tmp_path), name="cv")
+    took = time.monotonic() - started
     assert list(result["fold"]) == [1, 2] and result["best_val_auc"].between(0, 1).all()
+    # The session's 2 CPUs hold both folds at 0.9 CPU each: they ran side by side, not one after the other.
+    assert took < 0.8 * result["seconds"].sum(), (took, result["seconds"].tolist())
+
+
+def test_a_cluster_holds_as_many_runs_side_by_side_as_its_scarcest_resource_allows():
+    assert Resources(1, 0.9).runs_at_once({"CPU": 2.0}) == 2
+    assert Resources(2, 1.0).runs_at_once({"CPU": 7.0}) == 3
+    assert Resources(1, 0.1).runs_at_once({"CPU": 1.0}) == 10  # no float floor division surprise (1.0 // 0.1 == 9)
+    assert Resources(1, 4.0, 0.25).runs_at_once({"CPU": 64.0, "GPU": 2.0}) == 8  # the GPUs, not the CPUs, decide
+    assert Resources(1, 4.0).runs_at_once({"CPU": 2.0}) == 1  # a run bigger than the cluster still runs (it waits)
