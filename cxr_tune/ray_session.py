@@ -16,9 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
+
+from cxr_tune.errors import UserError
 
 _QUIET_ENV = {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
@@ -88,3 +91,33 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
     finally:
         ray.shutdown()
         undo()
+
+
+FREE_CPU_TIMEOUT_S = 600.0  # how long a command waits for a CPU of a cluster that other work holds
+
+
+def wait_for_free_cpu(needed: float, purpose: str, *, timeout_s: float = FREE_CPU_TIMEOUT_S, quiet_s: float = 5.0, poll_s: float = 0.2) -> None:
+    """Return once the cluster has ``needed`` CPUs free to ``purpose``; say so when that takes a while.
+
+    Ray's tasks wait silently (Ray Data adds only a warning that it "will hang") while other work
+    holds every CPU of the cluster: another search on it, or, for a few seconds, the trial
+    processes of one that just ended. An autoscaling cluster frees one by adding a node, so the
+    wait is shown after ``quiet_s`` and only after ``timeout_s`` ends with a one-line error.
+    """
+    import ray
+
+    started = time.monotonic()
+    said = False
+    while ray.available_resources().get("CPU", 0.0) + 1e-9 < needed:
+        total = ray.cluster_resources().get("CPU", 0.0)
+        waited = time.monotonic() - started
+        if waited >= timeout_s:
+            raise UserError(f"no CPU of the Ray cluster came free within {timeout_s:g} s to {purpose}: other work holds all {total:g} "
+                            "(`ray status` shows what); end it or add a node, then run the command again")
+        if waited >= quiet_s and not said:
+            print(f"Waiting for a free CPU to {purpose}: other work holds all {total:g} CPU(s) of the Ray cluster "
+                  f"(another search or job on it?); giving up after {timeout_s / 60:g} min ...", flush=True)
+            said = True
+        time.sleep(poll_s)
+    if said:
+        print(f"A CPU is free: going on to {purpose}.", flush=True)

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from cxr_tune import storage
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD, describe_failure, try_decode_gray
+from cxr_tune.ray_session import wait_for_free_cpu
 
 META = "meta.json"
 CACHE_FORMAT = 3  # layout (2: raw image bytes in a binary column; 3: data-<build id>/ named by meta.json)
@@ -110,6 +111,7 @@ def prepare_cache(manifest: pd.DataFrame, image_size: int, cache_dir: str) -> Im
         # keep every core busy without paying for dozens of them.
         cpus = int(ray.cluster_resources().get("CPU", 1))
         blocks = max(1, min(2 * cpus, len(unique) // 50))
+        wait_for_free_cpu(1.0, "build the image cache")  # each decoding task takes a whole CPU
         chunks = [unique.iloc[i::blocks].reset_index(drop=True) for i in range(blocks)]
         (
             ray.data.from_pandas(chunks)
@@ -203,6 +205,7 @@ def role_datasets(cache: ImageCache, roles_frame: pd.DataFrame, roles: tuple[str
     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
     out = {}
     parallel = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    wait_for_free_cpu(REBUILD_CPUS, "read the image cache")
     # Ray Data's default Parquet reader (DataSource V2) lists files on a pool of footer-reading
     # actors, one process each: on a cache of a few files that costs more than the read itself
     # (measured: the train and val datasets of a 300-image cache in 3.2 s instead of 8.0 s with a
