@@ -66,15 +66,21 @@ LEARN = {"epochs": 6, "lr": 1e-2, "class_weighting": "none", "augment_strength":
 def test_the_loop_learns_a_visible_signal_and_a_crashed_run_resumes_it_exactly(blob_data, tmp_path):
     """The loop learns; and two runs of one seed end with the same weights bit for bit on the CPU,
     one of them crashed and restarted from its checkpoint: repeatable, and resumed exactly."""
-    _, straight = fit(blob_data, tmp_path, "learn", **LEARN)
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Side by side (the session's 2 CPUs hold both; Train's fit() runs outside the main thread): each
+    # run is a Ray Train run with processes of its own, so neither sees the other.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        learning = pool.submit(fit, blob_data, tmp_path, "learn", **LEARN)
+        # The worker crashes before epoch 5; Train restarts it from the epoch-4 checkpoint.
+        crashing = pool.submit(fit, blob_data, tmp_path, "crashed", loop_options={"fail_at_epoch": 5}, **LEARN)
+        (_, straight), (result, resumed) = learning.result(), crashing.result()
     history = straight["history"]
     losses = [h["val_loss"] for h in history]
     assert losses[-1] < min(losses[0] - 0.1, 0.4), losses  # ln 2 = 0.69 is chance on this 50/50 set
     assert history[-1]["val_auc"] > 0.95, [h["val_auc"] for h in history]
     assert history[-1]["val_balanced_accuracy"] > 0.85
 
-    # The worker crashes before epoch 5; Train restarts it from the epoch-4 checkpoint.
-    result, resumed = fit(blob_data, tmp_path, "crashed", loop_options={"fail_at_epoch": 5}, **LEARN)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5, 6] and resumed["epoch"] == 5
     # The failure fired: epochs 1-4 ran in the first attempt, epochs 5-6 in a run restored from the
     # epoch-4 checkpoint (an uninterrupted run reports start_epoch 0 throughout, as "learn" does).
