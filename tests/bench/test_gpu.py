@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 
 def test_the_device_check_writes_its_tables_without_ray(tmp_path):
     args = ["gpu", "--device", "cpu", "--sizes", "32", "--precision", "fp32", "bf16", "--packed", "1", "2", "--packed-size", "32",
-            "--images", "64", "--epochs", "1", "--seconds", "0.3", "--out", str(tmp_path)]
+            "--images", "32", "--epochs", "1", "--seconds", "0.3", "--out", str(tmp_path)]
     code = ("import sys; sys.modules['ray'] = None  # as on the device machine: importing Ray would fail\n"
             f"from cxr_tune.bench.__main__ import main; main({args!r})")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
