@@ -37,6 +37,11 @@ ERROR_LINE = re.compile(r"Check failed|Traceback|Error|Failed|exited unexpectedl
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 START_ATTEMPTS = 3
 START_TIMEOUT_S = 120.0
+# The GCS declares a node dead after this many missed health checks, one a second: about 3 s after a
+# node is killed, not Ray's 15 s (5 missed, every 3 s), so a test that kills one waits less. The
+# checks answer from the raylet's C++ thread and may take 10 s each (Ray's default), so a busy
+# node is not mistaken for a dead one.
+FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 SELF_CHOSEN_PORTS = ["--node-manager-port=0", "--object-manager-port=0", "--dashboard-agent-listen-port=0",
                      "--dashboard-agent-grpc-port=0", "--runtime-env-agent-port=0", "--metrics-export-port=0",
                      "--min-worker-port=0", "--max-worker-port=0"]
@@ -262,7 +267,7 @@ class LocalCluster:
         # placement-group cleaner among them) otherwise look for "the" local cluster and give up
         # when a host runs more than one.
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": self.address,
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", **FAST_NODE_DEATH}
         folder = self.temp_dir / label  # nodes of one host would otherwise share socket files
         folder.mkdir(exist_ok=True)
         log = self.temp_dir / f"{label}.log"
