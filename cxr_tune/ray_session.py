@@ -111,6 +111,9 @@ def wait_for_free_cpu(needed: float, purpose: str, *, timeout_s: float = FREE_CP
     while ray.available_resources().get("CPU", 0.0) + 1e-9 < needed:
         total = ray.cluster_resources().get("CPU", 0.0)
         waited = time.monotonic() - started
+        if waited >= quiet_s and (freed := remove_idle_placement_groups()):
+            print(f"Freed {freed:g} CPU(s) that a trial ended while it started had left reserved.", flush=True)
+            continue
         if waited >= timeout_s:
             raise UserError(f"no CPU of the Ray cluster came free within {timeout_s:g} s to {purpose}: other work holds all {total:g} "
                             "(`ray status` shows what); end it or add a node, then run the command again")
@@ -121,3 +124,39 @@ def wait_for_free_cpu(needed: float, purpose: str, *, timeout_s: float = FREE_CP
         time.sleep(poll_s)
     if said:
         print(f"A CPU is free: going on to {purpose}.", flush=True)
+
+
+IDLE_PLACEMENT_GROUP_AGE_S = 20.0  # a Train run fills its placement group with workers well within this
+
+
+def remove_idle_placement_groups(min_age_s: float | None = None) -> float:
+    """Remove this command's placement groups that no live actor uses and that are older than
+    ``min_age_s``; returns the CPUs they held (0 when the State API cannot be asked).
+
+    Why: when a time budget (or the end of the search) stops a trial just as it starts, Tune can
+    return while the trial's process still creates its Train run; the run's placement group then
+    outlives it (Train's own cleaner watches the run only after it registered the group), reserved
+    until this command's process exits. A final fit in the same process would wait for those CPUs.
+    Only this job's groups are touched, never another user's.
+    """
+    import ray
+
+    min_age_s = IDLE_PLACEMENT_GROUP_AGE_S if min_age_s is None else min_age_s
+    try:
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+        from ray.util.state import list_actors, list_placement_groups
+
+        job = ray.get_runtime_context().get_job_id()
+        groups = list_placement_groups(filters=[("creator_job_id", "=", job), ("state", "=", "CREATED")], detail=True, raise_on_missing_output=False)
+        in_use = {a.placement_group_id for a in list_actors(filters=[("state", "!=", "DEAD")], detail=True, raise_on_missing_output=False)}
+    except Exception:  # noqa: BLE001 - no State API (no dashboard): nothing is removed, the wait goes on
+        return 0.0
+    freed = 0.0
+    now_ns = time.time_ns()
+    for group in groups:
+        created_ns = int((group.stats or {}).get("creation_request_received_ns") or now_ns)
+        if group.placement_group_id in in_use or now_ns - created_ns < min_age_s * 1e9:
+            continue
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group.placement_group_id))))
+        freed += sum(bundle["unit_resources"].get("CPU", 0.0) for bundle in group.bundles)
+    return freed

@@ -187,6 +187,7 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
     another trial finished; resumed to the end. What each left behind, for the tests below."""
     from cxr_tune.data.prepared import split_data
     from cxr_tune.errors import UserError
+    from cxr_tune.ray_session import remove_idle_placement_groups
     from cxr_tune.search import runner
     from cxr_tune.search.__main__ import build_parser, main, options_from_args
     from cxr_tune.search.space import load_space
@@ -224,9 +225,13 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
     # its saved stopper already spent); Ctrl-C once one more trial finished. It joins the session's
     # Ray (--address), as on a cluster: Ctrl-C ends the driver, not the Ray it ran on.
     # The last search's trial actors release their CPUs asynchronously; a driver that joins before
-    # they do waits for a CPU to read its data (seen once in a fresh clone: it never got one).
-    deadline = time.monotonic() + 60
+    # they do waits for a CPU to read its data. And a trial the budget stopped as it started can
+    # leave its Train run's placement group reserved for as long as the process that ran the search
+    # lives (seen in fresh clones: the next command then never got a CPU). That process is this
+    # one, so its groups are taken back here, as the search's own next stage would.
+    deadline = time.monotonic() + 90
     while ray_session.available_resources().get("CPU", 0) < ray_session.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        remove_idle_placement_groups()
         time.sleep(0.5)
     interrupted = start_search(*command[3:], "--time-budget", "5", "--address", ray_session.get_runtime_context().gcs_address, *common)
     done_before = len(pd.read_csv(experiment / "trials.csv")) if (experiment / "trials.csv").exists() else 0
