@@ -108,12 +108,14 @@ def wait_for_free_cpu(needed: float, purpose: str, *, timeout_s: float = FREE_CP
 
     started = time.monotonic()
     said = False
+    next_sweep = quiet_s  # asking the State API for idle groups costs more than a poll: once per quiet_s
     while ray.available_resources().get("CPU", 0.0) + 1e-9 < needed:
         total = ray.cluster_resources().get("CPU", 0.0)
         waited = time.monotonic() - started
-        if waited >= quiet_s and (freed := remove_idle_placement_groups()):
-            print(f"Freed {freed:g} CPU(s) that a trial ended while it started had left reserved.", flush=True)
-            continue
+        if waited >= next_sweep:
+            next_sweep = waited + quiet_s
+            if freed := remove_idle_placement_groups():
+                print(f"Freed {freed:g} CPU(s) that a trial ended while it started had left reserved.", flush=True)
         if waited >= timeout_s:
             raise UserError(f"no CPU of the Ray cluster came free within {timeout_s:g} s to {purpose}: other work holds all {total:g} "
                             "(`ray status` shows what); end it or add a node, then run the command again")

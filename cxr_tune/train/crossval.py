@@ -64,11 +64,11 @@ def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resource
 
     pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="fold")
     try:
-        running: dict[Future, int] = {}
+        running: set[Future] = set()
         for index, roles in enumerate(folds):
             if len(running) == at_once:
                 _collect(running, rows, k)
-            running[pool.submit(fit, index, roles, role_datasets(cache, roles))] = index  # built here, one at a time
+            running.add(pool.submit(fit, index, roles, role_datasets(cache, roles)))  # datasets built here, one at a time
         while running:
             _collect(running, rows, k)
     finally:
@@ -76,11 +76,11 @@ def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resource
     return pd.DataFrame([rows[fold] for fold in sorted(rows)])
 
 
-def _collect(running: dict[Future, int], rows: dict[int, dict[str, Any]], k: int) -> None:
+def _collect(running: set[Future], rows: dict[int, dict[str, Any]], k: int) -> None:
     """Wait for the next fold to end; record and print its row (a fold's failure raises here)."""
     done, _ = wait(running, return_when=FIRST_COMPLETED)
+    running -= done
     for future in done:
-        del running[future]
         row = future.result()
         rows[row["fold"]] = row
         print(f"Fold {row['fold']}/{k}: best epoch {row['best_epoch']}, balanced accuracy {row['best_val_balanced_accuracy']:.4f}, "
