@@ -27,6 +27,7 @@ class SessionBudget(Stopper):
     """
 
     minutes: ClassVar[float | None] = None  # set for each command by _tuner
+    ended: ClassVar[bool] = False  # whether the budget ended this command's search
 
     def __init__(self) -> None:
         self._deadline: float | None = None
@@ -39,21 +40,29 @@ class SessionBudget(Stopper):
             return False
         if self._deadline is None:
             self._deadline = time.time() + SessionBudget.minutes * 60
-        return time.time() >= self._deadline
+        if time.time() < self._deadline:
+            return False
+        SessionBudget.ended = True
+        return True
 
     def __setstate__(self, state: dict) -> None:
         self._deadline = None
 
 
 class ResumableTrials(SearchGenerator):
-    """Tune's trial generator, except that a restored one generates trials again.
+    """Tune's trial generator, except that a restored one generates trials again, as many as
+    :attr:`total` says.
 
     When a stopper ends a search (the time budget), Tune marks its generator finished and saves
-    it that way; restored as saved, a resumed search would start no new trial.
+    it that way; restored as saved, a resumed search would start no new trial. And the trials the
+    budget ended before their first epoch count as generated, though they never trained: a resume
+    sets :attr:`total` to the search's trials plus those, so each is replaced by a new one.
     """
 
+    total: ClassVar[int | None] = None  # set for a resumed search by _tuner (None: as saved)
+
     def set_state(self, state: dict) -> None:
-        super().set_state({**state, "finished": False})
+        super().set_state({**state, "finished": False, **({"total_samples": ResumableTrials.total} if ResumableTrials.total else {})})
 
 
 class TrialsCatchUp(Callback):

@@ -72,8 +72,9 @@ class ProgressPrinter(Callback):
         self.stream.flush()
 
     def _count(self, trials: list, ending: Any = None) -> int:
-        """Trials that have ended, counted from Tune's list so a resumed search counts the earlier ones."""
-        ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+        """Trials that have ended, counted from Tune's list so a resumed search counts the earlier
+        ones; a trial a time budget ended before its first epoch is not counted (a resume replaces it)."""
+        ended = {t.trial_id for t in trials if t.status == "ERROR" or (t.status == "TERMINATED" and (t.last_result or {}).get("epoch"))}
         if ending is not None:
             ended.add(ending.trial_id)
         self.finished = len(ended)

@@ -10,6 +10,7 @@ where its best checkpoint is and, for a trial that failed, why. Which trial wins
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,33 @@ def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFr
         reported = histories.get(trial.trial_id, pd.DataFrame())
         histories[trial.trial_id] = with_checkpointed_epochs(reported, train_run(experiment_dir, trial.trial_id))
     return analysis.trials, histories
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """Where an experiment's trials stand, as Tune saved them (what ``--resume`` will act on)."""
+
+    ended: int  # trained at least one epoch, or failed: they count towards the search's trials
+    never_trained: int  # ended by the search's end (time budget) before their first epoch: a resume replaces them
+    unfinished: int  # pending, running or paused when the search stopped: a resume continues them
+
+
+def trial_counts(experiment_dir: str) -> TrialCounts:
+    """Counted from Tune's saved state, not from the trials ``Tuner.fit`` returns: after Ctrl-C
+    Tune marks the trials it was starting or running TERMINATED in memory, yet saved them as
+    they were, and a resume continues them."""
+    trials, histories = trial_histories(experiment_dir)
+    ended = never = unfinished = 0
+    for trial in trials:
+        history = histories.get(trial.trial_id, pd.DataFrame())
+        trained = "objective" in history and history["objective"].notna().any()
+        if trial.status == "ERROR" or (trial.status == "TERMINATED" and trained):
+            ended += 1
+        elif trial.status == "TERMINATED":
+            never += 1
+        else:
+            unfinished += 1
+    return TrialCounts(ended, never, unfinished)
 
 
 def with_checkpointed_epochs(reported: pd.DataFrame, run: str) -> pd.DataFrame:

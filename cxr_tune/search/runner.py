@@ -137,13 +137,13 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
         datasets = datasets_by_size(split, sizes)
         tuner = _tuner(options, plan, split, datasets, resume=restore, verbose=verbose)
         started = time.time()  # wall clock, as SessionBudget measures the time budget
-        grid = tuner.fit()
+        tuner.fit()
         cluster = ray.cluster_resources()
         Experiment(experiment).log_compute("search (resumed)" if resume else "search", time.time() - started, cluster.get("CPU", 0), cluster.get("GPU", 0))
     copy_study(options)
     if storage.is_uri(experiment) and Path(log_path).exists():
         storage.copy(log_path, storage.join(experiment, LOG_FILE))
-    return experiment, _outcome(grid, plan, options, started)
+    return experiment, _outcome(experiment, plan)
 
 
 def can_resume(experiment_dir: str) -> bool:
@@ -222,6 +222,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
 
     from cxr_tune.search.budget import ResumableTrials, SessionBudget, TrialsCatchUp
     from cxr_tune.search.progress import ProgressPrinter, TrialEventLog
+    from cxr_tune.search.results import trial_counts
     from cxr_tune.search.searcher import StudySearch
 
     settings = TrialSettings(
@@ -254,8 +255,10 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         verbose=0,
     )
     SessionBudget.minutes = options.time_budget_min  # this command's budget, fresh or resumed
+    SessionBudget.ended = False
     ProgressPrinter.verbose = verbose  # this command's console, fresh or resumed
-    if resume:
+    if resume:  # a trial the budget ended before its first epoch is replaced, not counted
+        ResumableTrials.total = plan.trials + trial_counts(options.experiment_dir).never_trained
         return tune.Tuner.restore(options.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
 
     if options.sampler == "random":
@@ -320,11 +323,13 @@ def _trial_dirname(trial: Any) -> str:
     return trial.trial_id
 
 
-def _outcome(grid: Any, plan: Plan, options: SearchOptions, started: float) -> str:
-    """``complete``, ``time budget`` or ``interrupted`` (Ctrl-C / SIGTERM: resume with --resume)."""
-    done = grid.num_terminated + grid.num_errors
-    if done >= plan.trials:
-        return "complete"
-    if options.time_budget_min and time.time() - started >= options.time_budget_min * 60 - 5:
+def _outcome(experiment_dir: str, plan: Plan) -> str:
+    """``time budget``, ``complete`` or ``interrupted`` (Ctrl-C / SIGTERM: resume with --resume),
+    from the trials as Tune saved them (see :func:`cxr_tune.search.results.trial_counts`)."""
+    from cxr_tune.search.budget import SessionBudget
+    from cxr_tune.search.results import trial_counts
+
+    if SessionBudget.ended:
         return "time budget"
-    return "interrupted"
+    counts = trial_counts(experiment_dir)
+    return "complete" if counts.unfinished == 0 and counts.ended >= plan.trials else "interrupted"

@@ -2,13 +2,12 @@
 
 import io
 import pickle
+from types import SimpleNamespace
 
 from cxr_tune.search.progress import ProgressPrinter
 
 
 def _trial(trial_id: str, epoch: int = 0, status: str = "RUNNING"):
-    from types import SimpleNamespace
-
     return SimpleNamespace(trial_id=trial_id, config={"lr": 0.001}, status=status, last_result={"epoch": epoch})
 
 
@@ -39,6 +38,8 @@ def test_a_resumed_search_prints_with_the_running_commands_clock_and_verbosity(m
     assert lines and all(line.startswith("[00:0") for line in lines), lines  # this command's clock, not an hour in
     assert any("trial b epoch 1/5" in line for line in lines)  # verbose: a line per epoch
     assert any(line.startswith("[00:0") and "new best: trial b epoch 2" in line for line in lines)  # 0.8 beats the first command's 0.7
-    resumed.on_trial_complete(0, [_trial("a", 5, "TERMINATED"), _trial("b", 5, "TERMINATED")], _trial("b", 5, "TERMINATED"))
+    never_trained = SimpleNamespace(trial_id="c", status="TERMINATED", last_result={})  # a budget ended it before its first epoch
+    resumed.on_trial_complete(0, [_trial("a", 5, "TERMINATED"), never_trained, _trial("b", 5, "TERMINATED")], _trial("b", 5, "TERMINATED"))
     done = console.getvalue().splitlines()[-1]
-    assert "(2/4 trials done" in done and "left" in done  # counts both commands' trials; estimates from this one's pace
+    # Counts both commands' trials, not the one that never trained (a resume replaces it); estimates from this one's pace.
+    assert "(2/4 trials done" in done and "left" in done
