@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import ROOT, call_cli, run_cli
 
 SMOKE = (ROOT / "search_spaces" / "smoke.yaml").read_text()
-TRIALS = 3  # in the budget-stopped, interrupted and resumed experiment
+TRIALS = 4  # in the budget-stopped, interrupted and resumed experiment
 
 
 def start_search(*args: str, env: dict | None = None) -> subprocess.Popen:
@@ -80,10 +80,11 @@ def test_the_time_budget_belongs_to_the_running_command_even_in_tunes_saved_copy
     assert spent.stop_all() and cloudpickle.loads(cloudpickle.dumps(spent)).stop_all()
 
     monkeypatch.setattr(SessionBudget, "minutes", 0.3 / 60)
+    monkeypatch.setattr(SessionBudget, "ended", False)
     budget = SessionBudget()
     assert not budget.stop_all()
     time.sleep(0.4)
-    assert budget.stop_all()
+    assert budget.stop_all() and SessionBudget.ended  # what the command reports as "time budget"
     restored = cloudpickle.loads(cloudpickle.dumps(budget))  # as Tune brings it back on resume
     assert not restored.stop_all()  # this command's clock starts afresh
     monkeypatch.setattr(SessionBudget, "minutes", None)  # resumed without --time-budget: no limit
@@ -91,7 +92,7 @@ def test_the_time_budget_belongs_to_the_running_command_even_in_tunes_saved_copy
     assert not restored.stop_all()
 
 
-def test_a_restored_trial_generator_starts_trials_again():
+def test_a_restored_trial_generator_starts_trials_again(monkeypatch):
     from ray.tune.search import SearchGenerator
     from ray.tune.search.optuna import OptunaSearch
 
@@ -101,11 +102,15 @@ def test_a_restored_trial_generator_starts_trials_again():
     plain = SearchGenerator(OptunaSearch())
     plain.set_state(dict(ended_by_budget))
     assert plain.is_finished()  # Tune's own: a resumed search would start no trial
+    monkeypatch.setattr(ResumableTrials, "total", None)  # as saved
     ours = ResumableTrials(OptunaSearch())
     ours.set_state(dict(ended_by_budget))
     assert not ours.is_finished()
     ours.set_state({**ended_by_budget, "counter": 4})
     assert ours.is_finished()  # every trial asked for has been started
+    monkeypatch.setattr(ResumableTrials, "total", 5)  # one of the 4 never trained: a resume asks for one more
+    ours.set_state({**ended_by_budget, "counter": 4})
+    assert not ours.is_finished()
 
 
 def test_trials_a_stopper_ended_are_reported_to_the_searcher_at_the_next_step(tmp_path):
@@ -218,8 +223,9 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
         with sqlite3.connect(experiment / "study.db") as db:
             return db.execute("select count(*) from trials").fetchone()[0]
 
-    # A short budget: a 1-epoch trial takes 12-15 s from its start to its report on 2 cores, so at most
-    # one trains in 18 s, and the interrupted run below has two left (one to finish, one Ctrl-C cuts).
+    # A short budget: a 1-epoch trial takes 12-15 s from its start to its report on 2 cores, so one trains
+    # in 18 s, and a second at most (the budget stops it, but its epoch can reach its checkpoint first,
+    # seen in a fresh clone): the interrupted run below has two left (one to finish, one Ctrl-C cuts).
     out["first"] = call_cli(*command[2:], "--time-budget", "0.3", *common)  # from the repository root, not from work/
     out["started_first"] = suggested()
     # Resumed with a budget too long to end it first (before: a resumed search stopped again at once,
