@@ -62,8 +62,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    # Here, not at the top: every trial's driver and Train controller import this module to hand
-    # this function on, and scikit-learn (about 1 s of CPU each) is only needed where it runs.
+    # Here, not at the top: every trial's driver imports this module to hand this function to Ray
+    # Train, and scikit-learn (about 1 s of CPU) is only needed in the worker that runs it.
     from cxr_tune.train.metrics import evaluate_scores
 
     # Ray Train logs every report at INFO (the whole metrics dict) through a logger named after its
