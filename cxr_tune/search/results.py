@@ -63,8 +63,7 @@ def trial_counts(experiment_dir: str) -> TrialCounts:
     trials, histories = trial_histories(experiment_dir)
     ended = never = unfinished = 0
     for trial in trials:
-        history = histories.get(trial.trial_id, pd.DataFrame())
-        trained = "objective" in history and history["objective"].notna().any()
+        trained = not reported_epochs(histories.get(trial.trial_id, pd.DataFrame())).empty
         if trial.status == "ERROR" or (trial.status == "TERMINATED" and trained):
             ended += 1
         elif trial.status == "TERMINATED":
@@ -72,6 +71,11 @@ def trial_counts(experiment_dir: str) -> TrialCounts:
         else:
             unfinished += 1
     return TrialCounts(ended, never, unfinished)
+
+
+def reported_epochs(history: pd.DataFrame) -> pd.DataFrame:
+    """The epochs of a trial's history that carry an objective (none: the trial never trained)."""
+    return history.dropna(subset=["objective"]) if "objective" in history else history.iloc[0:0]
 
 
 def with_checkpointed_epochs(reported: pd.DataFrame, run: str) -> pd.DataFrame:
@@ -135,11 +139,9 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...], d
         for key in trial.config:
             if key not in params:
                 params.append(key)
-        history = histories.get(trial.trial_id, pd.DataFrame())
+        history = reported_epochs(histories.get(trial.trial_id, pd.DataFrame()))
         row: dict[str, Any] = {"trial_id": trial.trial_id, "status": trial.status, **trial.config}
-        if not history.empty and "objective" in history:
-            history = history.dropna(subset=["objective"])
-        if history.empty or "objective" not in history:
+        if history.empty:
             row.update({"epochs": 0, "best_epoch": math.nan, "run_seconds": math.nan, "checkpoint_path": None})
         else:
             best = best_epoch(history, deciding)

@@ -136,7 +136,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
         sizes = _image_sizes(space)
         datasets = datasets_by_size(split, sizes)
         tuner = _tuner(options, plan, split, datasets, resume=restore, verbose=verbose)
-        started = time.time()  # wall clock, as SessionBudget measures the time budget
+        started = time.time()
         tuner.fit()
         cluster = ray.cluster_resources()
         Experiment(experiment).log_compute("search (resumed)" if resume else "search", time.time() - started, cluster.get("CPU", 0), cluster.get("GPU", 0))
