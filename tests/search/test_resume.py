@@ -235,11 +235,10 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
     # they do waits for a CPU to read its data. And a trial the budget stopped as it started can
     # leave its Train run's placement group reserved for as long as the process that ran the search
     # lives (seen in fresh clones: the next command then never got a CPU). That process is this
-    # one, so its groups are taken back here, as the search's own next stage would; at once, not
-    # after the 20 s a command allows a group to find its actors: nothing of this process runs now.
+    # one, so its groups are taken back here, as the search's own next stage would.
     deadline = time.monotonic() + 90
     while ray_session.available_resources().get("CPU", 0) < ray_session.cluster_resources()["CPU"] and time.monotonic() < deadline:
-        remove_idle_placement_groups(min_age_s=1)
+        remove_idle_placement_groups()
         time.sleep(0.5)
     interrupted = start_search(*command[3:], "--time-budget", "5", "--address", ray_session.get_runtime_context().gcs_address, *common)
     done_before = len(pd.read_csv(experiment / "trials.csv")) if (experiment / "trials.csv").exists() else 0
