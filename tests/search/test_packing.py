@@ -43,6 +43,7 @@ def test_the_default_share_packs_small_trials_and_gives_big_ones_more(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray
 def test_ray_runs_four_packed_trials_at_once_on_one_declared_gpu(shared_ray, tmp_path):
     """Five trials at 224 px on a local Ray that declares 1 GPU (and 4 CPUs), each holding what a search
     trial holds (its driver's sliver of a CPU and its worker's bundle): 4 run at a time (the fifth waits) and
