@@ -24,6 +24,10 @@ class ProgressPrinter(Callback):
     """
 
     verbose: ClassVar[bool] = False  # set for each command by the runner, fresh or resumed
+    # Set by the runner on --resume (results.trial_counts): the trials that trained, by their saved
+    # results and checkpoints. A trial the time budget stopped after its epoch reached its checkpoint
+    # but before the epoch's report reached Tune trained, though Tune's copy shows no epoch.
+    trained_before: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, total_trials: int, max_epochs: int, criterion: str, deciding: str, *, stream: TextIO | None = None, label: str = "trial") -> None:
         self.label = label  # what a Tune trial is called on the console: a search trial, or a final-fit run
@@ -73,8 +77,10 @@ class ProgressPrinter(Callback):
 
     def _count(self, trials: list, ending: Any = None) -> int:
         """Trials that have ended, counted from Tune's list so a resumed search counts the earlier
-        ones; a trial a time budget ended before its first epoch is not counted (a resume replaces it)."""
-        ended = {t.trial_id for t in trials if t.status == "ERROR" or (t.status == "TERMINATED" and (t.last_result or {}).get("epoch"))}
+        ones; a trial a time budget ended before its first epoch is not counted (a resume replaces it),
+        one whose epoch only its checkpoint holds is (as in the trial table)."""
+        ended = {t.trial_id for t in trials
+                 if t.status == "ERROR" or (t.status == "TERMINATED" and ((t.last_result or {}).get("epoch") or t.trial_id in self.trained_before))}
         if ending is not None:
             ended.add(ending.trial_id)
         self.finished = len(ended)

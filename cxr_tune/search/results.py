@@ -54,6 +54,7 @@ class TrialCounts:
     ended: int  # trained at least one epoch, or failed: they count towards the search's trials
     never_trained: int  # ended by the search's end (time budget) before their first epoch: a resume replaces them
     unfinished: int  # pending, running or paused when the search stopped: a resume continues them
+    trained_ids: frozenset[str] = frozenset()  # the trials that trained, an epoch only a checkpoint holds included
 
 
 def trial_counts(experiment_dir: str) -> TrialCounts:
@@ -62,15 +63,18 @@ def trial_counts(experiment_dir: str) -> TrialCounts:
     they were, and a resume continues them."""
     trials, histories = trial_histories(experiment_dir)
     ended = never = unfinished = 0
+    trained_ids: set[str] = set()
     for trial in trials:
         trained = not reported_epochs(histories.get(trial.trial_id, pd.DataFrame())).empty
+        if trained:
+            trained_ids.add(trial.trial_id)
         if trial.status == "ERROR" or (trial.status == "TERMINATED" and trained):
             ended += 1
         elif trial.status == "TERMINATED":
             never += 1
         else:
             unfinished += 1
-    return TrialCounts(ended, never, unfinished)
+    return TrialCounts(ended, never, unfinished, frozenset(trained_ids))
 
 
 def reported_epochs(history: pd.DataFrame) -> pd.DataFrame:

@@ -257,8 +257,11 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
     SessionBudget.minutes = options.time_budget_min  # this command's budget, fresh or resumed
     SessionBudget.ended = False
     ProgressPrinter.verbose = verbose  # this command's console, fresh or resumed
+    ProgressPrinter.trained_before = frozenset()
     if resume:  # a trial the budget ended before its first epoch is replaced, not counted
-        ResumableTrials.total = plan.trials + trial_counts(options.experiment_dir).never_trained
+        counts = trial_counts(options.experiment_dir)
+        ResumableTrials.total = plan.trials + counts.never_trained
+        ProgressPrinter.trained_before = counts.trained_ids  # so the console counts the trials the table counts
         return tune.Tuner.restore(options.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
 
     if options.sampler == "random":

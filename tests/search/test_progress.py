@@ -28,6 +28,7 @@ def test_a_resumed_search_prints_with_the_running_commands_clock_and_verbosity(m
     first.started -= 3600  # as if the first command had run for an hour
 
     monkeypatch.setattr(ProgressPrinter, "verbose", True)  # the resuming command was given --verbose
+    monkeypatch.setattr(ProgressPrinter, "trained_before", frozenset({"a"}))  # what the runner reads from the saved trials
     resumed = pickle.loads(pickle.dumps(first))  # what Tune hands back on resume
     console = io.StringIO()
     resumed.stream = console
@@ -43,3 +44,16 @@ def test_a_resumed_search_prints_with_the_running_commands_clock_and_verbosity(m
     done = console.getvalue().splitlines()[-1]
     # Counts both commands' trials, not the one that never trained (a resume replaces it); estimates from this one's pace.
     assert "(2/4 trials done" in done and "left" in done
+
+
+def test_a_resumed_search_counts_a_trial_whose_epoch_only_its_checkpoint_holds(monkeypatch):
+    """A time budget can stop a trial after its epoch reached its checkpoint but before the epoch's
+    report reached Tune: Tune's copy shows no epoch, the trial table (which reads the checkpoint)
+    shows one. The resumed search's console counts it as the table does, so it ends at 4/4."""
+    printer = ProgressPrinter(total_trials=4, max_epochs=1, criterion="balanced_accuracy", deciding="carved", stream=io.StringIO())
+    monkeypatch.setattr(ProgressPrinter, "trained_before", frozenset({"a", "c"}))
+    checkpointed = SimpleNamespace(trial_id="c", status="TERMINATED", last_result={})
+    never_trained = SimpleNamespace(trial_id="e", status="TERMINATED", last_result={})  # replaced by the resume, not counted
+    trials = [_trial("a", 1, "TERMINATED"), checkpointed, never_trained, _trial("b", 1, "TERMINATED"), _trial("d", 1, "TERMINATED")]
+    printer.on_trial_complete(0, trials, trials[-1])
+    assert "(4/4 trials done" in printer.stream.getvalue().splitlines()[-1]
