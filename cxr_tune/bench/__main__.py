@@ -1,4 +1,4 @@
-"""``python -m cxr_tune.bench {data,train,precision,gpu,search,value,scaling,ablation,transfer}``: measurements for results/.
+"""``python -m cxr_tune.bench {data,train,precision,gpu,search,value,scaling,ablation,transfer,tta}``: measurements for results/.
 
 Each benchmark measures its alternatives side by side in one run and writes its result, with the
 command, under ``results/``. ``gpu`` needs only PyTorch (it runs on the lent GPU machine, where Ray
@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--ensemble", type=positive_int, default=3, help="trials in the averaging ensemble (default: 3)")
     transfer = commands.add_parser("transfer", help="carved validation vs the external set of a --select-on carved search, and what each selection rule would ship")
     transfer.add_argument("experiment", help="a finished experiment searched with --select-on carved on data with an external validation set")
+    tta = commands.add_parser("tta", help="does test-time augmentation help an export? its members with 1..9 views averaged, on a labelled sample")
+    tta.add_argument("model", help="an export folder with its weights (e.g. results/real/best)")
+    tta.add_argument("--images", default=None, help="labelled images in NORMAL/ and PNEUMONIA/ folders (default: ../shared/data/chest_xray_224/val, half A)")
+    tta.add_argument("--views", type=int_between(1, 64), nargs="+", default=list(range(1, 10)), help="view counts to score (default: 1 to 9)")
+    tta.add_argument("--out", default=None, help="folder for tta_<model>.md and .json (default: results/benchmarks)")
     return parser
 
 
@@ -109,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cxr_tune.bench.transfer import run
 
         run(args.experiment)
+    elif args.command == "tta":
+        from cxr_tune.bench.tta import run
+
+        run(args.model, args.images, args.views, *([Path(args.out)] if args.out else []))
     return 0
 
 

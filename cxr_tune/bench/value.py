@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tune import storage
-from cxr_tune.bench.common import write_result
+from cxr_tune.bench.common import paired_auc_difference, write_result
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.selection import choose_threshold
@@ -124,7 +124,7 @@ def _row(name: str, labels: np.ndarray, scores: np.ndarray, threshold: float, cp
            "balanced_accuracy": rates["balanced_accuracy"], "ba_ci": ci.get("balanced_accuracy"),
            "sensitivity": rates["sensitivity"], "specificity": rates["specificity"], "threshold": threshold}
     if reference is not None:
-        row["auc - search"], row["diff_ci"] = _paired_auc_difference(labels, scores, reference)
+        row["auc - search"], row["diff_ci"] = paired_auc_difference(labels, scores, reference, RESAMPLES)
     return row
 
 
@@ -139,18 +139,6 @@ def _table(rows: list[dict]) -> str:
         "sensitivity": fmt(row["sensitivity"]), "specificity": fmt(row["specificity"]), "threshold": fmt(row["threshold"], 3),
         "AUC minus the search's [paired 95 % CI]": fmt(row["auc - search"]) + interval(row["diff_ci"]) if "diff_ci" in row else "",
     } for row in rows]).to_markdown(index=False, disable_numparse=True)
-
-
-def _paired_auc_difference(labels: np.ndarray, scores: np.ndarray, reference: np.ndarray) -> tuple[float, list[float]]:
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(0)
-    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    diffs = []
-    for _ in range(RESAMPLES):
-        pick = np.r_[rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))]
-        diffs.append(roc_auc_score(labels[pick], scores[pick]) - roc_auc_score(labels[pick], reference[pick]))
-    return float(roc_auc_score(labels, scores) - roc_auc_score(labels, reference)), [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
 
 
 def _threshold(labels: np.ndarray, scores: np.ndarray, hp: HParams) -> float:

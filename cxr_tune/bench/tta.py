@@ -1,0 +1,150 @@
+"""Does test-time augmentation help an export? Its members scored with 1, 2, ... views averaged, on a labelled sample.
+
+The views are the ones ``export --tta N`` builds into the ONNX graph (:data:`cxr_tune.modelfile.TTA_VIEWS`:
+identity, zoom in and out, shifts, small rotations; the first N). For each view count: AUC with its
+95 % bootstrap interval and the **paired** difference to the export as it ships (same resampled images
+for both), and the threshold the export's own rule picks on the sample with the balanced accuracy
+there (averaging views moves the probabilities, so the shipped threshold would not fit them). The
+sample is the one that would choose the view count, so every number on it is a **selection-set
+number**; a count is only worth exporting when its paired interval lies above zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxr_tune.bench.common import DEFAULT_DATA, RESULTS, paired_auc_difference, write_result
+from cxr_tune.errors import UserError
+
+RESAMPLES = 2000
+
+
+def labelled_images(folder: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every readable image under ``folder``'s NORMAL/PNEUMONIA folders, byte-identical files once:
+    (uint8 ``(N, size, size)`` images, labels, paths of what was left out with why)."""
+    from cxr_tune.data.imaging import try_decode_gray
+    from cxr_tune.predict import collect, label_of
+
+    seen: set[str] = set()
+    images, labels, left_out = [], [], []
+    for path in collect([folder]):
+        label = label_of(path)
+        if label is None:
+            left_out.append(f"{path}: not under a NORMAL or PNEUMONIA folder")
+            continue
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in seen:
+            left_out.append(f"{path}: the same bytes as an earlier file")
+            continue
+        pixels, why = try_decode_gray(data, size)
+        if pixels is None:
+            left_out.append(f"{path}: {why}")
+            continue
+        seen.add(digest)
+        images.append(pixels)
+        labels.append(label)
+    if not images or len(set(labels)) < 2:
+        raise UserError(f"'{folder}' holds no readable images of both classes under NORMAL/ and PNEUMONIA/ folders")
+    return np.stack(images), np.array(labels), left_out
+
+
+def single_views(members: Any, x: np.ndarray, y: np.ndarray, reference: np.ndarray, threshold: float, count: int) -> list[dict[str, Any]]:
+    """The ensemble on each of the first ``count`` views alone: AUC, mean probability change against
+    ``reference`` (the shipped model's scores) and the share of calls at ``threshold`` that flip."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from cxr_tune.modelfile import TTA_VIEWS, TTAModel, serving_model, torch_scores
+
+    plain = serving_model(members, 1).eval()
+    with torch.no_grad():
+        views = TTAModel(plain, count, members.image_size).views(torch.from_numpy(x[:, None].copy()))
+    rows = []
+    for number, (view, (zoom, dx, dy, degrees)) in enumerate(zip(views, TTA_VIEWS, strict=False), start=1):
+        scores = torch_scores(plain, view[:, 0].numpy())
+        rows.append({"view": number, "what": f"zoom {zoom:g}, shift ({dx:+g}, {dy:+g}), {degrees:+g} deg", "auc": float(roc_auc_score(y, scores)),
+                     "mean_change": float(np.mean(scores - reference)), "flipped": float(np.mean((scores >= threshold) != (reference >= threshold)))})
+    return rows
+
+
+def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Path = RESULTS) -> Path:
+    """Write ``tta_<model folder name>.md`` / ``.json`` into ``folder``; returns the ``.md``."""
+    from sklearn.metrics import roc_auc_score
+
+    from cxr_tune.export import bootstrap_intervals
+    from cxr_tune.formatting import fmt, interval
+    from cxr_tune.modelfile import TTA_VIEWS, load_members, serving_model, torch_scores
+    from cxr_tune.selection import choose_threshold
+    from cxr_tune.serving import load_model, probabilities
+    from cxr_tune.train.hparams import HParams
+    from cxr_tune.train.metrics import rates_at
+
+    images_dir = images_dir or str(DEFAULT_DATA / "val")
+    if not Path(images_dir).is_dir():
+        raise UserError(f"image folder '{images_dir}' does not exist; pass --images with a folder of NORMAL/ and PNEUMONIA/ images")
+    if max(views) > len(TTA_VIEWS):
+        raise UserError(f"--views goes up to {len(TTA_VIEWS)} (the views export --tta knows)")
+    shipped = load_model(model_dir)
+    try:
+        members = load_members(str(shipped.folder), shipped.meta)
+    except FileNotFoundError as missing:
+        raise UserError(f"'{missing}' does not exist: bench tta needs the export's weights; export the model again") from None
+    own_views = int(shipped.meta.get("tta_views", 1))
+    hp = HParams.from_config(shipped.meta["hparams"])
+    x, y, left_out = labelled_images(images_dir, shipped.image_size)
+    reference = probabilities(shipped, x)  # the export as it ships: its own views (and calibration, which keeps the ranking)
+    print(f"{len(y)} images ({int(y.sum())} PNEUMONIA) from {images_dir}; {len(left_out)} left out. Scoring {list(views)} view(s) ...", flush=True)
+    rows = []
+    for count in views:
+        started = time.perf_counter()
+        scores = torch_scores(serving_model(members, count).eval(), x)
+        seconds = time.perf_counter() - started
+        threshold = choose_threshold(y, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
+        rates, ci = rates_at(y, scores, threshold), bootstrap_intervals(y, scores, threshold, resamples=RESAMPLES)
+        difference, difference_ci = paired_auc_difference(y, scores, reference, RESAMPLES)
+        rows.append({"views": count, "auc": float(roc_auc_score(y, scores)), "auc_ci": ci.get("auc"), "auc_minus_shipped": difference,
+                     "auc_minus_shipped_ci": difference_ci, "threshold": threshold, "balanced_accuracy": rates["balanced_accuracy"],
+                     "balanced_accuracy_ci": ci.get("balanced_accuracy"), "sensitivity": rates["sensitivity"],
+                     "specificity": rates["specificity"], "seconds": seconds})
+        print(f"  {count} view(s): AUC {rows[-1]['auc']:.4f}, minus shipped {difference:+.4f} "
+              f"[{difference_ci[0]:+.4f}, {difference_ci[1]:+.4f}]", flush=True)
+    alone = single_views(members, x, y, reference, shipped.threshold, max(views))
+    table = pd.DataFrame([{
+        "views": row["views"], "AUC [95 % CI]": fmt(row["auc"]) + interval(row["auc_ci"]),
+        "AUC minus the shipped model's [paired 95 % CI]": f"{row['auc_minus_shipped']:+.4f}" + interval(row["auc_minus_shipped_ci"], 4),
+        "threshold (re-chosen)": fmt(row["threshold"], 3), "balanced accuracy [95 % CI]": fmt(row["balanced_accuracy"]) + interval(row["balanced_accuracy_ci"]),
+        "sensitivity": fmt(row["sensitivity"]), "specificity": fmt(row["specificity"]), "seconds to score": f"{row['seconds']:.1f}",
+    } for row in rows]).to_markdown(index=False, disable_numparse=True)
+    name = Path(str(shipped.folder).rstrip("/")).name
+    summary = [
+        f"Model `{model_dir}` ({len(members.nets)} member(s), {shipped.image_size} px, shipped with {own_views} view(s), threshold "
+        f"{shipped.threshold:.3f}), scored on `{images_dir}`: {len(y)} distinct images, {int(y.sum())} PNEUMONIA"
+        + (f" ({len(left_out)} file(s) left out: unlabelled, unreadable or byte-identical to another)" if left_out else "") + ".",
+        "",
+        "**Selection-set numbers**: this sample would choose the view count and each row's threshold (the export's rule: "
+        f"{hp.criterion}, tolerance {hp.threshold_tolerance:g}, sensitivity floor {hp.min_sensitivity:g}). The views: "
+        + "; ".join(f"{i + 1}: zoom {z:g}, shift ({dx:+g}, {dy:+g}), {deg:+g} deg" for i, (z, dx, dy, deg) in enumerate(TTA_VIEWS[:max(views)])) + ".",
+        "",
+        table,
+        "",
+        f"The paired interval compares each row with the export as it ships ({own_views} view(s)) on the same resampled images "
+        f"({RESAMPLES} stratified resamples): above zero means the views rank these images measurably better.",
+        "",
+        "## Each view alone",
+        "",
+        "What one view does to the shipped model's answers on these images: its AUC, how far it moves the probability "
+        f"(mean change against the unchanged image), and the share of images whose call flips at the shipped threshold ({shipped.threshold:.3f}).",
+        "",
+        pd.DataFrame([{"view": f"{row['view']}: {row['what']}", "AUC": fmt(row["auc"]), "mean probability change": f"{row['mean_change']:+.4f}",
+                       "calls flipped": f"{row['flipped']:.3f}"} for row in alone]).to_markdown(index=False, disable_numparse=True),
+    ]
+    return write_result(f"tta_{name}", f"Test-time augmentation: {name}", summary,
+                        {"model": model_dir, "images": images_dir, "n": len(y), "left_out": left_out, "rows": rows, "single_views": alone}, folder=folder)

@@ -1,0 +1,50 @@
+"""bench tta scores an export's members with several test-time views on a labelled folder, against the export as it ships."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from tests.conftest import call_cli
+from tests.model_exports import export_folder, kermany_set, save_images
+
+
+def test_views_are_scored_against_the_shipped_model_on_each_distinct_labelled_image(tmp_path):
+    export_folder(tmp_path / "model")
+    images = save_images(kermany_set(60, 4), tmp_path / "site")
+    first = next((images / "NORMAL").iterdir())
+    shutil.copy(first, images / "NORMAL" / "copy.png")  # byte-identical: counted once
+    (images / "notes").mkdir()
+    shutil.copy(first, images / "notes" / "unlabelled.png")
+
+    done = call_cli("cxr_tune.bench", "tta", str(tmp_path / "model"), "--images", str(images), "--views", "1", "3", "--out", str(tmp_path / "out"))
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "out" / "tta_model.json").read_text())
+    assert record["n"] == 60 and sorted(line.split(":")[0].rsplit("/", 1)[-1] for line in record["left_out"]) == ["copy.png", "unlabelled.png"]
+    one, three = record["rows"]
+    assert (one["views"], three["views"]) == (1, 3)
+    assert one["auc_minus_shipped"] == 0 and one["auc_minus_shipped_ci"] == [0, 0]  # the export ships one view: the same scores
+    assert 0.5 < three["auc"] <= 1 and three["auc_minus_shipped_ci"][0] <= three["auc_minus_shipped"] <= three["auc_minus_shipped_ci"][1]
+    assert 0 < three["threshold"] < 1 and 0 <= three["balanced_accuracy"] <= 1
+    views = record["single_views"]  # each of the first 3 views alone; the first is the unchanged image (torch vs ONNX: float noise)
+    assert [v["view"] for v in views] == [1, 2, 3] and abs(views[0]["mean_change"]) < 1e-6 and views[0]["flipped"] == 0
+    assert all(0 <= v["flipped"] <= 1 and 0.5 < v["auc"] <= 1 for v in views)
+    text = (tmp_path / "out" / "tta_model.md").read_text()
+    assert "Selection-set numbers" in text and "| 3 " in text and "60 distinct images" in text and "Each view alone" in text
+
+
+def test_what_it_cannot_score_is_one_line(tmp_path):
+    export_folder(tmp_path / "model")
+    images = save_images(kermany_set(30, 4), tmp_path / "site")
+
+    too_many = call_cli("cxr_tune.bench", "tta", str(tmp_path / "model"), "--images", str(images), "--views", "12", "--out", str(tmp_path))
+    assert too_many.returncode == 2 and "--views goes up to 9" in too_many.stderr
+
+    shutil.rmtree(images / "PNEUMONIA")
+    one_class = call_cli("cxr_tune.bench", "tta", str(tmp_path / "model"), "--images", str(images), "--out", str(tmp_path))
+    assert one_class.returncode == 2 and "both classes" in one_class.stderr and str(images) in one_class.stderr
+
+    (tmp_path / "model" / "weights.safetensors").unlink()
+    no_weights = call_cli("cxr_tune.bench", "tta", str(tmp_path / "model"), "--images", str(images), "--out", str(tmp_path))
+    assert no_weights.returncode == 2 and "weights.safetensors" in no_weights.stderr and "Traceback" not in no_weights.stderr
