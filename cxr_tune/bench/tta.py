@@ -56,23 +56,27 @@ def labelled_images(folder: str, size: int) -> tuple[np.ndarray, np.ndarray, lis
     return np.stack(images), np.array(labels), left_out
 
 
-def single_views(members: Any, x: np.ndarray, y: np.ndarray, reference: np.ndarray, threshold: float, count: int) -> list[dict[str, Any]]:
-    """The ensemble on each of the first ``count`` views alone: AUC, mean probability change against
-    ``reference`` (the shipped model's scores) and the share of calls at ``threshold`` that flip."""
+def single_views(members: Any, x: np.ndarray, y: np.ndarray, hp: Any, count: int) -> tuple[float, list[dict[str, Any]]]:
+    """The ensemble (no views averaged, no calibration) on each of the first ``count`` views alone:
+    AUC, mean probability change against the unchanged image and the share of calls that flip at
+    the threshold the export's rule (``hp``) picks for the unchanged images. Returns (that threshold, rows)."""
     import torch
     from sklearn.metrics import roc_auc_score
 
     from cxr_tune.modelfile import TTA_VIEWS, TTAModel, serving_model, torch_scores
+    from cxr_tune.selection import choose_threshold
 
     plain = serving_model(members, 1).eval()
     with torch.no_grad():
         views = TTAModel(plain, count, members.image_size).views(torch.from_numpy(x[:, None].copy()))
+    scored = [torch_scores(plain, view[:, 0].numpy()) for view in views]
+    base = scored[0]  # the identity view
+    threshold = choose_threshold(y, base, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
     rows = []
-    for number, (view, (zoom, dx, dy, degrees)) in enumerate(zip(views, TTA_VIEWS, strict=False), start=1):
-        scores = torch_scores(plain, view[:, 0].numpy())
+    for number, (scores, (zoom, dx, dy, degrees)) in enumerate(zip(scored, TTA_VIEWS, strict=False), start=1):
         rows.append({"view": number, "what": f"zoom {zoom:g}, shift ({dx:+g}, {dy:+g}), {degrees:+g} deg", "auc": float(roc_auc_score(y, scores)),
-                     "mean_change": float(np.mean(scores - reference)), "flipped": float(np.mean((scores >= threshold) != (reference >= threshold)))})
-    return rows
+                     "mean_change": float(np.mean(scores - base)), "flipped": float(np.mean((scores >= threshold) != (base >= threshold)))})
+    return threshold, rows
 
 
 def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Path = RESULTS) -> Path:
@@ -116,7 +120,7 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
                      "specificity": rates["specificity"], "seconds": seconds})
         print(f"  {count} view(s): AUC {rows[-1]['auc']:.4f}, minus shipped {difference:+.4f} "
               f"[{difference_ci[0]:+.4f}, {difference_ci[1]:+.4f}]", flush=True)
-    alone = single_views(members, x, y, reference, shipped.threshold, max(views))
+    plain_threshold, alone = single_views(members, x, y, hp, max(views))
     table = pd.DataFrame([{
         "views": row["views"], "AUC [95 % CI]": fmt(row["auc"]) + interval(row["auc_ci"]),
         "AUC minus the shipped model's [paired 95 % CI]": f"{row['auc_minus_shipped']:+.4f}" + interval(row["auc_minus_shipped_ci"], 4),
@@ -140,11 +144,12 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
         "",
         "## Each view alone",
         "",
-        "What one view does to the shipped model's answers on these images: its AUC, how far it moves the probability "
-        f"(mean change against the unchanged image), and the share of images whose call flips at the shipped threshold ({shipped.threshold:.3f}).",
+        "What one view does to the members' averaged answer (no views averaged, no calibration) on these images: its AUC, how far "
+        "it moves the probability (mean change against the unchanged image), and the share of images whose call flips at the "
+        f"threshold the export's rule picks for the unchanged images here ({plain_threshold:.3f}).",
         "",
         pd.DataFrame([{"view": f"{row['view']}: {row['what']}", "AUC": fmt(row["auc"]), "mean probability change": f"{row['mean_change']:+.4f}",
                        "calls flipped": f"{row['flipped']:.3f}"} for row in alone]).to_markdown(index=False, disable_numparse=True),
     ]
     return write_result(f"tta_{name}", f"Test-time augmentation: {name}", summary,
-                        {"model": model_dir, "images": images_dir, "n": len(y), "left_out": left_out, "rows": rows, "single_views": alone}, folder=folder)
+                        {"model": model_dir, "images": images_dir, "n": len(y), "left_out": left_out, "rows": rows, "single_view_threshold": plain_threshold, "single_views": alone}, folder=folder)
