@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "tta":
         from cxr_tune.bench.tta import run
 
-        run(args.model, args.images, args.views, *([Path(args.out)] if args.out else []))
+        run(args.model, args.images, args.views, Path(args.out) if args.out else None)
     return 0
 
 

@@ -56,36 +56,45 @@ def labelled_images(folder: str, size: int) -> tuple[np.ndarray, np.ndarray, lis
     return np.stack(images), np.array(labels), left_out
 
 
-def single_views(members: Any, x: np.ndarray, y: np.ndarray, hp: Any, count: int) -> tuple[float, list[dict[str, Any]]]:
-    """The ensemble (no views averaged, no calibration) on each of the first ``count`` views alone:
-    AUC, mean probability change against the unchanged image and the share of calls that flip at
-    the threshold the export's rule (``hp``) picks for the unchanged images. Returns (that threshold, rows)."""
+def view_scores(members: Any, x: np.ndarray, count: int) -> tuple[list[np.ndarray], list[float]]:
+    """The members' averaged probability (no calibration) on each of the first ``count`` views of
+    ``x``, and the seconds each took. Averaging the first N of them is what ``export --tta N``
+    computes (:class:`cxr_tune.modelfile.TTAModel` averages the views' probabilities)."""
     import torch
-    from sklearn.metrics import roc_auc_score
 
-    from cxr_tune.modelfile import TTA_VIEWS, TTAModel, serving_model, torch_scores
-    from cxr_tune.selection import choose_threshold
+    from cxr_tune.modelfile import TTAModel, serving_model, torch_scores
 
     plain = serving_model(members, 1).eval()
     with torch.no_grad():
         views = TTAModel(plain, count, members.image_size).views(torch.from_numpy(x[:, None].copy()))
-    scored = [torch_scores(plain, view[:, 0].numpy()) for view in views]
-    base = scored[0]  # the identity view
-    threshold = choose_threshold(y, base, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
-    rows = []
-    for number, (scores, (zoom, dx, dy, degrees)) in enumerate(zip(scored, TTA_VIEWS, strict=False), start=1):
-        rows.append({"view": number, "what": f"zoom {zoom:g}, shift ({dx:+g}, {dy:+g}), {degrees:+g} deg", "auc": float(roc_auc_score(y, scores)),
-                     "mean_change": float(np.mean(scores - base)), "flipped": float(np.mean((scores >= threshold) != (base >= threshold)))})
-    return threshold, rows
+    scores, seconds = [], []
+    for view in views:
+        started = time.perf_counter()
+        scores.append(torch_scores(plain, view[:, 0].numpy()))
+        seconds.append(time.perf_counter() - started)
+    return scores, seconds
 
 
-def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Path = RESULTS) -> Path:
-    """Write ``tta_<model folder name>.md`` / ``.json`` into ``folder``; returns the ``.md``."""
+def single_view_rows(per_view: list[np.ndarray], y: np.ndarray, threshold: float) -> list[dict[str, Any]]:
+    """Each view alone against the unchanged image (the first): AUC, mean probability change, and
+    the share of calls at ``threshold`` that flip."""
+    from sklearn.metrics import roc_auc_score
+
+    from cxr_tune.modelfile import TTA_VIEWS
+
+    base = per_view[0]
+    return [{"view": number, "what": f"zoom {zoom:g}, shift ({dx:+g}, {dy:+g}), {degrees:+g} deg", "auc": float(roc_auc_score(y, scores)),
+             "mean_change": float(np.mean(scores - base)), "flipped": float(np.mean((scores >= threshold) != (base >= threshold)))}
+            for number, (scores, (zoom, dx, dy, degrees)) in enumerate(zip(per_view, TTA_VIEWS, strict=False), start=1)]
+
+
+def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Path | None = None) -> Path:
+    """Write ``tta_<model folder name>.md`` / ``.json`` into ``folder`` (default ``results/benchmarks``); returns the ``.md``."""
     from sklearn.metrics import roc_auc_score
 
     from cxr_tune.export import bootstrap_intervals
     from cxr_tune.formatting import fmt, interval
-    from cxr_tune.modelfile import TTA_VIEWS, load_members, serving_model, torch_scores
+    from cxr_tune.modelfile import TTA_VIEWS, load_members
     from cxr_tune.selection import choose_threshold
     from cxr_tune.serving import load_model, probabilities
     from cxr_tune.train.hparams import HParams
@@ -106,21 +115,21 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
     x, y, left_out = labelled_images(images_dir, shipped.image_size)
     reference = probabilities(shipped, x)  # the export as it ships: its own views (and calibration, which keeps the ranking)
     print(f"{len(y)} images ({int(y.sum())} PNEUMONIA) from {images_dir}; {len(left_out)} left out. Scoring {list(views)} view(s) ...", flush=True)
+    per_view, view_seconds = view_scores(members, x, max(views))
     rows = []
     for count in views:
-        started = time.perf_counter()
-        scores = torch_scores(serving_model(members, count).eval(), x)
-        seconds = time.perf_counter() - started
+        scores = np.mean(per_view[:count], axis=0)
         threshold = choose_threshold(y, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
         rates, ci = rates_at(y, scores, threshold), bootstrap_intervals(y, scores, threshold, resamples=RESAMPLES)
         difference, difference_ci = paired_auc_difference(y, scores, reference, RESAMPLES)
         rows.append({"views": count, "auc": float(roc_auc_score(y, scores)), "auc_ci": ci.get("auc"), "auc_minus_shipped": difference,
                      "auc_minus_shipped_ci": difference_ci, "threshold": threshold, "balanced_accuracy": rates["balanced_accuracy"],
                      "balanced_accuracy_ci": ci.get("balanced_accuracy"), "sensitivity": rates["sensitivity"],
-                     "specificity": rates["specificity"], "seconds": seconds})
+                     "specificity": rates["specificity"], "seconds": float(sum(view_seconds[:count]))})
         print(f"  {count} view(s): AUC {rows[-1]['auc']:.4f}, minus shipped {difference:+.4f} "
               f"[{difference_ci[0]:+.4f}, {difference_ci[1]:+.4f}]", flush=True)
-    plain_threshold, alone = single_views(members, x, y, hp, max(views))
+    plain_threshold = choose_threshold(y, per_view[0], hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
+    alone = single_view_rows(per_view, y, plain_threshold)
     table = pd.DataFrame([{
         "views": row["views"], "AUC [95 % CI]": fmt(row["auc"]) + interval(row["auc_ci"]),
         "AUC minus the shipped model's [paired 95 % CI]": f"{row['auc_minus_shipped']:+.4f}" + interval(row["auc_minus_shipped_ci"], 4),
@@ -140,7 +149,8 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
         table,
         "",
         f"The paired interval compares each row with the export as it ships ({own_views} view(s)) on the same resampled images "
-        f"({RESAMPLES} stratified resamples): above zero means the views rank these images measurably better.",
+        f"({RESAMPLES} stratified resamples): above zero means the views rank these images measurably better. "
+        "Seconds to score: the sum of its views' times with PyTorch on this machine (each view is one pass of every member).",
         "",
         "## Each view alone",
         "",
@@ -152,4 +162,4 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
                        "calls flipped": f"{row['flipped']:.3f}"} for row in alone]).to_markdown(index=False, disable_numparse=True),
     ]
     return write_result(f"tta_{name}", f"Test-time augmentation: {name}", summary,
-                        {"model": model_dir, "images": images_dir, "n": len(y), "left_out": left_out, "rows": rows, "single_view_threshold": plain_threshold, "single_views": alone}, folder=folder)
+                        {"model": model_dir, "images": images_dir, "n": len(y), "left_out": left_out, "rows": rows, "single_view_threshold": plain_threshold, "single_views": alone}, folder=folder or RESULTS)

@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from cxr_tune.data.imaging import decode_gray
+from cxr_tune.modelfile import load_members, serving_model, torch_scores
+from cxr_tune.selection import choose_threshold
+
 from tests.conftest import call_cli
 from tests.model_exports import export_folder, kermany_set, save_images
 
 
 def test_views_are_scored_against_the_shipped_model_on_each_distinct_labelled_image(tmp_path):
-    export_folder(tmp_path / "model")
+    meta = export_folder(tmp_path / "model")
     images = save_images(kermany_set(60, 4), tmp_path / "site")
+    files = sorted((images / "NORMAL").iterdir()) + sorted((images / "PNEUMONIA").iterdir())
+    decoded, labels = [decode_gray(f, meta["preprocessing"]["image_size"]) for f in files], [int(f.parent.name == "PNEUMONIA") for f in files]
     first = next((images / "NORMAL").iterdir())
     shutil.copy(first, images / "NORMAL" / "copy.png")  # byte-identical: counted once
     (images / "notes").mkdir()
@@ -27,6 +37,11 @@ def test_views_are_scored_against_the_shipped_model_on_each_distinct_labelled_im
     assert one["auc_minus_shipped"] == 0 and one["auc_minus_shipped_ci"] == [0, 0]  # the export ships one view: the same scores
     assert 0.5 < three["auc"] <= 1 and three["auc_minus_shipped_ci"][0] <= three["auc_minus_shipped"] <= three["auc_minus_shipped_ci"][1]
     assert 0 < three["threshold"] < 1 and 0 <= three["balanced_accuracy"] <= 1
+    shipped_with_3 = torch_scores(serving_model(load_members(str(tmp_path / "model"), meta), 3).eval(), np.stack(decoded))
+    # what export --tta 3 would score (its threshold, unlike its AUC, differs from one view's on these images)
+    assert three["auc"] == pytest.approx(roc_auc_score(labels, shipped_with_3), abs=1e-9)
+    assert three["threshold"] == pytest.approx(choose_threshold(labels, shipped_with_3, *(meta["hparams"][k] for k in ("criterion", "min_sensitivity", "threshold_tolerance"))), abs=1e-6)
+    assert three["threshold"] != pytest.approx(one["threshold"], abs=1e-3)
     views = record["single_views"]  # each of the first 3 views alone; the first is the unchanged image
     assert [v["view"] for v in views] == [1, 2, 3] and views[0]["mean_change"] == 0 and views[0]["flipped"] == 0
     assert all(0 <= v["flipped"] <= 1 and 0.5 < v["auc"] <= 1 for v in views)
