@@ -1,4 +1,4 @@
-"""The Tune trainable: a small driver per trial that runs one Ray Train ``TorchTrainer``.
+"""The Tune trainable: a small driver per trial that runs one Ray Train trainer (:func:`cxr_tune.train.trainer.make_trainer`).
 
 Train V2 is the default in Ray 2.60, so Tune does not wrap a trainer; each trial is this function,
 which builds the trainer and calls ``fit()``. Rank 0's per-epoch reports reach Tune through

@@ -7,7 +7,7 @@ loading torch, the Ray Train loop or the trainer::
     model.build_model      the network (CNN, residual/SE blocks, torchvision ResNet-18/DenseNet-121)
     precision.resolve      the precision and memory layout the step runs in, per device
     steps.train_one_epoch  the training step every path uses (Ray Train, benchmarks, device check)
-    trainer.make_trainer   the Ray Train TorchTrainer of one configuration
+    trainer.make_trainer   the Ray Train trainer of one configuration
 """
 
 from cxr_tune.lazy import lazy_exports

@@ -25,6 +25,7 @@ import torch
 from cxr_tune.selection import checkpoint_score, prefix_of
 from cxr_tune.train import checkpoints
 from cxr_tune.train.hparams import HParams
+from cxr_tune.train.metrics import evaluate_scores
 from cxr_tune.train.model import build_model, load_weights
 from cxr_tune.train.precision import configure_device, resolve
 from cxr_tune.train.steps import build_ema, build_optimizer, build_scheduler, score_batches, seed_everything, train_one_epoch
@@ -61,10 +62,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
     import ray.train.torch
-
-    # Here, not at the top: every trial's driver imports this module to hand this function to Ray
-    # Train, and scikit-learn (about 1 s of CPU) is only needed in the worker that runs it.
-    from cxr_tune.train.metrics import evaluate_scores
 
     # Ray Train logs every report at INFO (the whole metrics dict) through a logger named after its
     # file, i.e. the root logger; the driver prints its own summary, so workers log warnings only.
