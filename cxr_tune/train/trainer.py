@@ -73,10 +73,11 @@ def make_trainer(
     run: RunOptions = RunOptions(),
 ) -> Any:
     """A Ray Train trainer (which one: the module's note) that trains ``hp`` on ``datasets``
-    (``train`` sharded; ``val`` and, when given, ``external`` whole). ``deciding`` (``external`` or ``carved``) is the set the objective,
-    the best epoch and the threshold follow: the recorded deciding set of the search or run
-    (:meth:`cxr_tune.data.prepared.SplitData.deciding_set`, ``experiment.json``), passed to the loop
-    and stored in every checkpoint, never inferred from its numbers.
+    (``train`` sharded; ``val`` and, when given, ``external`` whole). ``deciding`` (``external``
+    or ``carved``) is the set the objective, the best epoch and the threshold follow: the recorded
+    deciding set of the search or run (:meth:`cxr_tune.data.prepared.SplitData.deciding_set`,
+    ``experiment.json``), passed to the loop and stored in every checkpoint, never inferred from
+    its numbers.
 
     Checkpoints go to ``storage_path/name``; a trainer created again with the same name resumes
     from the latest one there. Worker failures (a lost node) restart from the last checkpoint up

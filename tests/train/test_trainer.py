@@ -37,6 +37,6 @@ def run(code: str, folder) -> list[str]:
 
 
 def test_a_one_cpu_worker_run_is_built_and_shipped_without_torch(tmp_path):
-    # Importing torch cost each of the trial's driver and Train's controller about 2.5 CPU-s per trial.
+    # Importing torch cost each of the trial's driver and Train's controller about 2.7 CPU-s per trial.
     assert run(BUILD, tmp_path) == ["False"]
     assert run(LOAD, tmp_path) == ["False"]
