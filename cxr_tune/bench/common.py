@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +49,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+def bench_command(argv: Sequence[str] | None = None) -> str:
+    """The command that produced a result, as a person would type it: ``argv`` as ``main`` got it
+    (default: this process's own arguments)."""
+    return shlex.join(["python", "-m", "cxr_tune.bench", *(sys.argv[1:] if argv is None else argv)])
+
+
 def write_result(name: str, title: str, summary: list[str], details: dict[str, Any], folder: Path = RESULTS) -> Path:
     """``<folder>/<name>.md`` (for people) and ``.json`` (for tools), with the command."""
     folder.mkdir(parents=True, exist_ok=True)
-    command = "python -m cxr_tune.bench " + " ".join(sys.argv[1:])
+    command = bench_command()
     record = {"benchmark": name, "command": command, "measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), **details}
     (folder / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
     lines = [f"# {title}", "", f"Command: `{command}`  ", f"Measured: {record['measured_at']} on {record['machine']['cpus']} CPU(s)"

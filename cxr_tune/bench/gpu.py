@@ -121,7 +121,8 @@ def packed_rate(processes: int, size: int, precision_name: str, device_name: str
 
 
 def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[int], packed_size: int, images: int, epochs: int,
-        seconds: float, trial_epochs: int, out: Path) -> Path:
+        seconds: float, trial_epochs: int, out: Path, command: str) -> Path:
+    """Measure, then write ``out/gpu.md`` and ``gpu.json`` with ``command`` (what produced them)."""
     from cxr_tune.bench.common import machine
 
     device = torch.device(device_name)
@@ -145,7 +146,7 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
         result["trials_per_hour"] = result["total_img_s"] * 3600 / (TRAIN_IMAGES * trial_epochs)
         packs.append(result)
         print(json.dumps(packs[-1]), flush=True)
-    record = {"benchmark": "gpu", "machine": machine(), "measured_at": time.strftime("%Y-%m-%d %H:%M"), "device": device_name,
+    record = {"benchmark": "gpu", "command": command, "machine": machine(), "measured_at": time.strftime("%Y-%m-%d %H:%M"), "device": device_name,
               "auto_precision": auto.describe(), "model": MODEL, "steps": steps, "packed": packs, "packed_image_size": packed_size,
               "trial_epochs": trial_epochs, "images_per_epoch": images}
     out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +163,7 @@ def markdown(record: dict[str, Any]) -> str:
     lines = [
         "# GPU device check: the project's training step on one device",
         "",
+        f"Command: `{record['command']}`  ",
         f"Machine: **{gpu}**, {record['machine']['cpus']} CPUs, torch {record['machine']['torch']}; measured {record['measured_at']}. "
         f"`--precision auto` there: {record['auto_precision']}.",
         f"Model: PneumoniaCNN, {MODEL['depth']} blocks, {MODEL['filters']} filters x{MODEL['width_growth']:g} (16 at 224 px), batch {MODEL['batch_size']}; "

@@ -12,8 +12,10 @@
   are the ones the exported fp32 ONNX model gives on the CPU (export refuses a drift above 1e-4).
 
 ``--memory-format`` (``auto``, ``channels_last``, ``contiguous``): ``auto`` is channels_last,
-measured faster for these CNNs on a CPU in fp32 and in bf16 (``results/benchmarks/train_throughput.md``)
-and the layout cuDNN's tensor-core convolutions prefer; ``bench gpu`` measures it on a GPU.
+measured faster for these CNNs on a CPU with AVX512-BF16 in fp32 and in bf16
+(``results/benchmarks/train_throughput.md``) and in fp32 on one without AVX-512
+(``results/benchmarks/device_check_cpu_without_bf16/gpu.md``), and the layout cuDNN's tensor-core
+convolutions prefer; ``bench gpu`` measures it on a GPU.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -18,9 +19,11 @@ def test_the_device_check_writes_its_tables_without_ray(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "gpu.json").read_text())
     assert record["machine"]["ray"] == "not installed" and record["device"] == "cpu"
+    assert record["command"] == "python -m cxr_tune.bench " + shlex.join(args)  # what main was given, not this process's argv
     steps = {(s["precision"], s["layout"]) for s in record["steps"]}
     assert steps == {(p, layout) for p in ("fp32", "bf16") for layout in ("contiguous", "channels_last")}
     assert all(s["step_img_s"] > 0 and s["bare_loop_img_s"] > 0 for s in record["steps"])
     assert [p["processes"] for p in record["packed"]] == [1, 2] and all(p["trials_per_hour"] > 0 for p in record["packed"])
     text = (tmp_path / "gpu.md").read_text()
     assert "| 32 | bf16 | channels_last |" in text and "trials per hour" in text and "no GPU (device cpu)" in text
+    assert f"Command: `{record['command']}`" in text
