@@ -90,12 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run(args.data, args.params, args.sizes, args.seeds, args.epochs, args.precision)
     elif args.command == "gpu":
-        from cxr_tune.bench.common import bench_command
         from cxr_tune.bench.gpu import run
 
         out = Path(args.out) if args.out else Path(__file__).resolve().parents[2] / "results" / "benchmarks"
-        run(args.device, args.sizes, args.precision, args.packed, args.packed_size, args.images, args.epochs, args.seconds, args.trial_epochs, out,
-            bench_command(argv))
+        run(args.device, args.sizes, args.precision, args.packed, args.packed_size, args.images, args.epochs, args.seconds, args.trial_epochs, out)
     elif args.command == "search":
         from cxr_tune.bench.search import run
 

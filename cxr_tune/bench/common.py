@@ -8,7 +8,6 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +48,10 @@ def machine() -> dict[str, Any]:
     }
 
 
-def bench_command(argv: Sequence[str] | None = None) -> str:
-    """The command that produced a result, as a person would type it: ``argv`` as ``main`` got it
-    (default: this process's own arguments)."""
-    return shlex.join(["python", "-m", "cxr_tune.bench", *(sys.argv[1:] if argv is None else argv)])
+def bench_command() -> str:
+    """The command that produced a result, as a person would type it (from ``sys.argv``, as
+    ``python -m cxr_tune.bench`` sets it)."""
+    return shlex.join(["python", "-m", "cxr_tune.bench", *sys.argv[1:]])
 
 
 def write_result(name: str, title: str, summary: list[str], details: dict[str, Any], folder: Path = RESULTS) -> Path:

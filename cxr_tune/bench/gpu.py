@@ -121,9 +121,9 @@ def packed_rate(processes: int, size: int, precision_name: str, device_name: str
 
 
 def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[int], packed_size: int, images: int, epochs: int,
-        seconds: float, trial_epochs: int, out: Path, command: str) -> Path:
-    """Measure, then write ``out/gpu.md`` and ``gpu.json`` with ``command`` (what produced them)."""
-    from cxr_tune.bench.common import machine
+        seconds: float, trial_epochs: int, out: Path) -> Path:
+    """Measure, then write ``out/gpu.md`` and ``gpu.json`` with the command that produced them."""
+    from cxr_tune.bench.common import bench_command, machine
 
     device = torch.device(device_name)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -146,7 +146,7 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
         result["trials_per_hour"] = result["total_img_s"] * 3600 / (TRAIN_IMAGES * trial_epochs)
         packs.append(result)
         print(json.dumps(packs[-1]), flush=True)
-    record = {"benchmark": "gpu", "command": command, "machine": machine(), "measured_at": time.strftime("%Y-%m-%d %H:%M"), "device": device_name,
+    record = {"benchmark": "gpu", "command": bench_command(), "machine": machine(), "measured_at": time.strftime("%Y-%m-%d %H:%M"), "device": device_name,
               "auto_precision": auto.describe(), "model": MODEL, "steps": steps, "packed": packs, "packed_image_size": packed_size,
               "trial_epochs": trial_epochs, "images_per_epoch": images}
     out.mkdir(parents=True, exist_ok=True)
