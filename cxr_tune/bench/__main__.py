@@ -15,6 +15,7 @@ from cxr_tune.cliargs import int_between, nonnegative_int, positive_float, posit
 from cxr_tune.errors import run_cli
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--epochs", type=positive_int, default=2, help="timed epochs after a warm-up (default: 2)")
     gpu.add_argument("--seconds", type=positive_float, default=20.0, help="seconds each packed configuration trains (default: 20)")
     gpu.add_argument("--trial-epochs", type=positive_int, default=12, help="epochs of one trial, for trials per hour (default: 12)")
+    gpu.add_argument("--compile", nargs="+", default=[], choices=COMPILE_MODES, metavar="MODE",
+                     help="also time the step with its network compiled by torch.compile in each MODE "
+                          f"({', '.join(COMPILE_MODES)}), beside the eager step (default: none)")
     gpu.add_argument("--out", default=None, help="folder for gpu.md and gpu.json (default: results/benchmarks)")
     search = commands.add_parser("search", help="TPE + ASHA vs random search without early stopping, same trials")
     search.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
@@ -93,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cxr_tune.bench.gpu import run
 
         out = Path(args.out) if args.out else Path(__file__).resolve().parents[2] / "results" / "benchmarks"
-        run(args.device, args.sizes, args.precision, args.packed, args.packed_size, args.images, args.epochs, args.seconds, args.trial_epochs, out)
+        run(args.device, args.sizes, args.precision, args.packed, args.packed_size, args.images, args.epochs, args.seconds, args.trial_epochs, out,
+            args.compile)
     elif args.command == "search":
         from cxr_tune.bench.search import run
 

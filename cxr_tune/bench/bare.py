@@ -30,6 +30,7 @@ class BareRun:
     images: torch.Tensor  # uint8 (N, S, S), on the device
     labels: torch.Tensor  # float (N,), on the device
     pos_weight: float = 1.0
+    compile_mode: str | None = None  # torch.compile the network (only) with this mode; None: eager
 
     def __post_init__(self) -> None:
         seed_everything(self.hp.seed)
@@ -38,6 +39,8 @@ class BareRun:
         self.optimizer = build_optimizer(self.hp, self.net)
         self.scheduler = build_scheduler(self.hp, self.optimizer, math.ceil(len(self.images) / self.hp.batch_size))
         self.scaler = self.precision.grad_scaler()
+        if self.compile_mode is not None:  # after the EMA copied it; the compiled module shares its parameters
+            self.net = torch.compile(self.net, mode=self.compile_mode)
         self.epoch = 0
 
     def train_epoch(self) -> float:

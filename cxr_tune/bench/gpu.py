@@ -14,6 +14,10 @@ it imports only torch, numpy and the project's model, augmentation and training 
    ``--gpus-per-worker 1/N`` does to a search): total images per second, trials per hour (a trial
    being ``--trial-epochs`` epochs over the 5,216 training images) and each process's peak memory.
 
+3. With ``--compile MODE ...``: the step with its network compiled by ``torch.compile`` (the
+   augmentation, loss and optimizer stay eager), next to the eager channels_last step of the same
+   run, with the first epoch's seconds (compilation included) beside the steady rate.
+
 Images are random tensors already on the device: this measures the GPU, not the data path.
 ``python -m cxr_tune.bench gpu --device cpu --sizes 32 ...`` runs the same code on a CPU (the
 test suite does, at a tiny size).
@@ -49,17 +53,18 @@ def synthetic_batch(n: int, size: int, device: torch.device, seed: int = 0) -> t
     return images.to(device), labels.to(device)
 
 
-def step_rate(size: int, precision_name: str, layout: str, device: torch.device, images: int, epochs: int) -> dict[str, Any]:
-    """Images/s of the project's step after a warm-up epoch, and peak memory."""
+def step_rate(size: int, precision_name: str, layout: str, device: torch.device, images: int, epochs: int,
+              compile_mode: str | None = None) -> dict[str, Any]:
+    """Images/s of the project's step after a warm-up epoch, the warm-up epoch's seconds, and peak memory."""
     hp = hparams(size)
     precision = resolve(precision_name, device.type, layout)
     pixels, labels = synthetic_batch(images, size, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    run = BareRun(hp, precision, device, pixels, labels)
-    rates = [run.train_epoch() for _ in range(epochs + 1)][1:]
+    run = BareRun(hp, precision, device, pixels, labels, compile_mode=compile_mode)
+    rates = [run.train_epoch() for _ in range(epochs + 1)]
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"step_img_s": sum(rates) / len(rates), "peak_mib": peak}
+    return {"step_img_s": sum(rates[1:]) / epochs, "first_epoch_s": images / rates[0], "peak_mib": peak}
 
 
 def bare_loop_rate(size: int, precision_name: str, layout: str, device: torch.device, images: int, epochs: int) -> float:
@@ -121,7 +126,7 @@ def packed_rate(processes: int, size: int, precision_name: str, device_name: str
 
 
 def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[int], packed_size: int, images: int, epochs: int,
-        seconds: float, trial_epochs: int, out: Path) -> Path:
+        seconds: float, trial_epochs: int, out: Path, compile_modes: list[str] = ()) -> Path:
     """Measure, then write ``out/gpu.md`` and ``gpu.json`` with the command that produced them."""
     from cxr_tune.bench.common import bench_command, machine
 
@@ -139,6 +144,23 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
                 steps.append({"image_size": size, "precision": resolve(name, device.type).name, "layout": layout, **step,
                               "bare_loop_img_s": bare, "step_over_bare": step["step_img_s"] / bare})
                 print(json.dumps(steps[-1]), flush=True)
+    compiled = []
+    for size in sizes if compile_modes else []:
+        for name in precisions:
+            eager = step_rate(size, name, "channels_last", device, images, epochs)  # beside each compiled run, not minutes before
+            for mode in compile_modes:
+                row = {"image_size": size, "precision": resolve(name, device.type).name, "layout": "channels_last", "mode": mode,
+                       "eager_step_img_s": eager["step_img_s"], "eager_first_epoch_s": eager["first_epoch_s"]}
+                try:
+                    step = step_rate(size, name, "channels_last", device, images, epochs, compile_mode=mode)
+                except Exception as exc:  # noqa: BLE001 - a mode this machine cannot compile is a row, not the end of the check
+                    first_line = (str(exc).strip().splitlines() or [""])[0]
+                    row["error"] = f"{type(exc).__name__}: {first_line}"[:300]
+                else:
+                    row.update({"step_img_s": step["step_img_s"], "first_epoch_s": step["first_epoch_s"],
+                                "compiled_over_eager": step["step_img_s"] / eager["step_img_s"], "peak_mib": step["peak_mib"]})
+                compiled.append(row)
+                print(json.dumps(compiled[-1]), flush=True)
     auto = resolve("auto", device.type, device=device if device.type == "cuda" else None)
     packs = []
     for n in packed:
@@ -147,7 +169,7 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
         packs.append(result)
         print(json.dumps(packs[-1]), flush=True)
     record = {"benchmark": "gpu", "command": bench_command(), "machine": machine(), "measured_at": time.strftime("%Y-%m-%d %H:%M"), "device": device_name,
-              "auto_precision": auto.describe(), "model": MODEL, "steps": steps, "packed": packs, "packed_image_size": packed_size,
+              "auto_precision": auto.describe(), "model": MODEL, "steps": steps, "compiled": compiled, "packed": packs, "packed_image_size": packed_size,
               "trial_epochs": trial_epochs, "images_per_epoch": images}
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu.json").write_text(json.dumps(record, indent=2))
@@ -178,6 +200,19 @@ def markdown(record: dict[str, Any]) -> str:
         peak = f"{s['peak_mib']:.0f}" if s["peak_mib"] is not None else "n/a"
         lines.append(f"| {s['image_size']} | {s['precision']} | {s['layout']} | {s['step_img_s']:.0f} | {s['bare_loop_img_s']:.0f} | "
                      f"{s['step_over_bare']:.2f} | {versus(s)} | {peak} |")
+    if record.get("compiled"):
+        lines += ["", "## Compiled network (`torch.compile`; augmentation, loss and optimizer stay eager)", "",
+                  "Each compiled run beside an eager run of the same configuration, measured one after the other in this run. "
+                  "First epoch: its seconds, compilation included (the eager one is the same epoch without it).", "",
+                  "| image size | precision | layout | mode | eager step | compiled step | compiled ÷ eager | first epoch s, eager | first epoch s, compiled |",
+                  "|---:|---|---|---|---:|---:|---:|---:|---:|"]
+        for c in record["compiled"]:
+            if "error" in c:
+                lines.append(f"| {c['image_size']} | {c['precision']} | {c['layout']} | {c['mode']} | {c['eager_step_img_s']:.0f} | "
+                             f"failed: {c['error'].replace('|', '/')} | | {c['eager_first_epoch_s']:.1f} | |")
+                continue
+            lines.append(f"| {c['image_size']} | {c['precision']} | {c['layout']} | {c['mode']} | {c['eager_step_img_s']:.0f} | {c['step_img_s']:.0f} | "
+                         f"{c['compiled_over_eager']:.2f} | {c['eager_first_epoch_s']:.1f} | {c['first_epoch_s']:.1f} |")
     lines += ["", f"## Packed trials at {record['packed_image_size']} px ({record['auto_precision'].split(' (')[0]})", "",
               f"Trials per hour: total images/s x 3600 / ({TRAIN_IMAGES} images x {record['trial_epochs']} epochs).", "",
               "| trial processes | total images/s | per trial | trials per hour | peak MiB per trial |", "|---:|---:|---:|---:|---:|"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -12,11 +13,18 @@ from tests.conftest import ROOT
 
 def test_the_device_check_writes_its_tables_without_ray(tmp_path):
     args = ["gpu", "--device", "cpu", "--sizes", "32", "--precision", "fp32", "bf16", "--packed", "1", "2", "--packed-size", "32",
-            "--images", "32", "--epochs", "1", "--seconds", "0.3", "--out", str(tmp_path)]
+            "--images", "32", "--epochs", "1", "--seconds", "0.3", "--compile", "default", "reduce-overhead", "--out", str(tmp_path)]
     code = ("import sys; sys.modules['ray'] = None  # as on the device machine: importing Ray would fail\n"
+            "import torch; compile_ = torch.compile  # a machine that cannot compile one mode:\n"
+            "def refuse(model, mode=None):\n"
+            "    if mode == 'reduce-overhead': raise RuntimeError('no CUDA graphs here\\nsecond line')\n"
+            "    return compile_(model, mode=mode)\n"
+            "torch.compile = refuse\n"
             f"sys.argv = ['cxr_tune/bench/__main__.py', *{args!r}]  # as python -m sets it\n"
             "from cxr_tune.bench.__main__ import main; main()")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # The compiled rows' plumbing only: compiling the network takes 25-50 s of this CPU, the benchmark's to spend, not the suite's.
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TORCH_COMPILE_DISABLE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "gpu.json").read_text())
     assert record["machine"]["ray"] == "not installed" and record["device"] == "cpu"
@@ -24,7 +32,14 @@ def test_the_device_check_writes_its_tables_without_ray(tmp_path):
     steps = {(s["precision"], s["layout"]) for s in record["steps"]}
     assert steps == {(p, layout) for p in ("fp32", "bf16") for layout in ("contiguous", "channels_last")}
     assert all(s["step_img_s"] > 0 and s["bare_loop_img_s"] > 0 for s in record["steps"])
+    compiled = {(c["precision"], c["mode"]): c for c in record["compiled"]}
+    assert set(compiled) == {(p, mode) for p in ("fp32", "bf16") for mode in ("default", "reduce-overhead")}
+    assert all(compiled[p, "default"]["step_img_s"] > 0 and compiled[p, "default"]["eager_step_img_s"] > 0 for p in ("fp32", "bf16"))
+    # A mode that fails is a row with its error, and the check goes on (the packed trials below ran).
+    assert compiled["fp32", "reduce-overhead"]["error"] == "RuntimeError: no CUDA graphs here"
     assert [p["processes"] for p in record["packed"]] == [1, 2] and all(p["trials_per_hour"] > 0 for p in record["packed"])
     text = (tmp_path / "gpu.md").read_text()
     assert "| 32 | bf16 | channels_last |" in text and "trials per hour" in text and "no GPU (device cpu)" in text
+    assert "| 32 | bf16 | channels_last | default |" in text and "compiled ÷ eager" in text
+    assert "| reduce-overhead |" in text and "failed: RuntimeError: no CUDA graphs here |" in text
     assert f"Command: `{record['command']}`" in text
