@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,33 @@ def bare_loop_rate(size: int, precision_name: str, layout: str, device: torch.de
     return sum(rates[1:]) / len(rates[1:])
 
 
+def compiled_rates(sizes: list[int], precisions: list[str], modes: Sequence[str], device: torch.device, images: int,
+                   epochs: int) -> list[dict[str, Any]]:
+    """The step with its network compiled in each mode, beside an eager channels_last step measured just before it.
+
+    A mode this machine cannot compile (no CUDA graphs, no C++ compiler) is a row with its error, not
+    the end of the check: a GPU session's few minutes keep everything else it measured.
+    """
+    rows = []
+    for size in sizes:
+        for name in precisions:
+            eager = step_rate(size, name, "channels_last", device, images, epochs)
+            for mode in modes:
+                row = {"image_size": size, "precision": resolve(name, device.type).name, "layout": "channels_last", "mode": mode,
+                       "eager_step_img_s": eager["step_img_s"], "eager_first_epoch_s": eager["first_epoch_s"]}
+                try:
+                    step = step_rate(size, name, "channels_last", device, images, epochs, compile_mode=mode)
+                except Exception as exc:  # noqa: BLE001 - any failure to compile or run compiled
+                    first_line = (str(exc).strip().splitlines() or [""])[0]
+                    row["error"] = f"{type(exc).__name__}: {first_line}"[:300]
+                else:
+                    row.update({"step_img_s": step["step_img_s"], "first_epoch_s": step["first_epoch_s"],
+                                "compiled_over_eager": step["step_img_s"] / eager["step_img_s"], "peak_mib": step["peak_mib"]})
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
 def _trial_process(size: int, precision_name: str, device_name: str, seconds: float, start: Any, results: Any) -> None:
     """One packed trial: trains on its own for ``seconds`` once every process is ready; reports images/s and peak memory."""
     device = torch.device(device_name)
@@ -126,7 +154,7 @@ def packed_rate(processes: int, size: int, precision_name: str, device_name: str
 
 
 def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[int], packed_size: int, images: int, epochs: int,
-        seconds: float, trial_epochs: int, out: Path, compile_modes: list[str] = ()) -> Path:
+        seconds: float, trial_epochs: int, out: Path, compile_modes: Sequence[str] = ()) -> Path:
     """Measure, then write ``out/gpu.md`` and ``gpu.json`` with the command that produced them."""
     from cxr_tune.bench.common import bench_command, machine
 
@@ -144,23 +172,7 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
                 steps.append({"image_size": size, "precision": resolve(name, device.type).name, "layout": layout, **step,
                               "bare_loop_img_s": bare, "step_over_bare": step["step_img_s"] / bare})
                 print(json.dumps(steps[-1]), flush=True)
-    compiled = []
-    for size in sizes if compile_modes else []:
-        for name in precisions:
-            eager = step_rate(size, name, "channels_last", device, images, epochs)  # beside each compiled run, not minutes before
-            for mode in compile_modes:
-                row = {"image_size": size, "precision": resolve(name, device.type).name, "layout": "channels_last", "mode": mode,
-                       "eager_step_img_s": eager["step_img_s"], "eager_first_epoch_s": eager["first_epoch_s"]}
-                try:
-                    step = step_rate(size, name, "channels_last", device, images, epochs, compile_mode=mode)
-                except Exception as exc:  # noqa: BLE001 - a mode this machine cannot compile is a row, not the end of the check
-                    first_line = (str(exc).strip().splitlines() or [""])[0]
-                    row["error"] = f"{type(exc).__name__}: {first_line}"[:300]
-                else:
-                    row.update({"step_img_s": step["step_img_s"], "first_epoch_s": step["first_epoch_s"],
-                                "compiled_over_eager": step["step_img_s"] / eager["step_img_s"], "peak_mib": step["peak_mib"]})
-                compiled.append(row)
-                print(json.dumps(compiled[-1]), flush=True)
+    compiled = compiled_rates(sizes, precisions, compile_modes, device, images, epochs)
     auto = resolve("auto", device.type, device=device if device.type == "cuda" else None)
     packs = []
     for n in packed:
