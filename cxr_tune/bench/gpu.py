@@ -94,7 +94,8 @@ def bare_loop_rate(size: int, precision_name: str, layout: str, device: torch.de
 
 def compiled_rates(sizes: list[int], precisions: list[str], modes: Sequence[str], device: torch.device, images: int,
                    epochs: int) -> list[dict[str, Any]]:
-    """The step with its network compiled in each mode, beside an eager channels_last step measured just before it.
+    """The step with its network compiled in each mode, each beside an eager channels_last step measured just before it
+    (this machine's speed drifts by a fifth within minutes, so no eager run is shared between modes).
 
     A mode this machine cannot compile (no CUDA graphs, no C++ compiler) is a row with its error, not
     the end of the check: a GPU session's few minutes keep everything else it measured.
@@ -102,8 +103,8 @@ def compiled_rates(sizes: list[int], precisions: list[str], modes: Sequence[str]
     rows = []
     for size in sizes:
         for name in precisions:
-            eager = step_rate(size, name, "channels_last", device, images, epochs)
             for mode in modes:
+                eager = step_rate(size, name, "channels_last", device, images, epochs)
                 row = {"image_size": size, "precision": resolve(name, device.type).name, "layout": "channels_last", "mode": mode,
                        "eager_step_img_s": eager["step_img_s"], "eager_first_epoch_s": eager["first_epoch_s"]}
                 try:
