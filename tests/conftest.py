@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,26 @@ class SharedRay:
     def release(self) -> None:
         self._session.close()
 
+    def settle(self, grace_s: float = 30.0) -> str:
+        """Wait up to ``grace_s`` for every CPU of the shared Ray to come free (a search's trial
+        processes take a few seconds to give theirs back); if some stay held, say what holds them
+        and release this Ray, so that the next module starts on a clean one. Returns "" when all
+        came free, else what held them."""
+        import time
+
+        import ray
+
+        if not ray.is_initialized():
+            return ""
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if ray.available_resources().get("CPU", 0.0) + 1e-9 >= ray.cluster_resources().get("CPU", 0.0):
+                return ""
+            time.sleep(0.2)
+        held = _cpu_holders(ray)
+        self.release()
+        return held
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``own_ray`` run last, in their order: each releases the session's shared Ray, and
@@ -117,8 +138,33 @@ def ray_session(shared_ray):
     """Ray for a module's in-process work: the session's shared one."""
     import ray
 
+    _settle(shared_ray, "before")  # what ran between two modules that share it counts too
     shared_ray.ensure()
     yield ray
+    _settle(shared_ray, "after")
+
+
+def _settle(shared_ray: SharedRay, when: str) -> None:
+    """A module starts on a Ray whose CPUs are all free: one that something left held is released
+    (the next ``ensure`` starts a fresh one), with a warning that says what held them."""
+    if held := shared_ray.settle():
+        warnings.warn(f"CPUs of the session's Ray were held {when} a module; released that Ray. {held}", stacklevel=2)
+
+
+def _cpu_holders(ray) -> str:
+    """What Ray says holds its CPUs: resources, live actors that hold some, placement groups."""
+    from ray.util.state import list_actors, list_placement_groups
+
+    free, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
+    try:
+        actors = [f"{a.class_name} ({a.state}, {a.required_resources})" for a in
+                  list_actors(filters=[("state", "!=", "DEAD")], detail=True, raise_on_missing_output=False)
+                  if a.required_resources.get("CPU")]
+        groups = [f"{g.placement_group_id[:8]} ({g.state}, {[b['unit_resources'] for b in g.bundles]})" for g in
+                  list_placement_groups(detail=True, raise_on_missing_output=False) if g.state != "REMOVED"]
+    except Exception as error:  # noqa: BLE001 - the State API may be down with what is wrong
+        return f"{free:g} of {total:g} CPUs free; the State API did not answer ({error})"
+    return f"{free:g} of {total:g} CPUs free; live actors holding CPUs: {actors or 'none'}; placement groups: {groups or 'none'}"
 
 
 def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -20,7 +20,10 @@ def _reserve_every_cpu(ray):
 
     cpus = ray.cluster_resources()["CPU"]
     group = placement_group([{"CPU": cpus}])
-    assert group.wait(timeout_seconds=120), "the session's CPUs never came free for the test"
+    if not group.wait(timeout_seconds=120):
+        from tests.conftest import _cpu_holders
+
+        pytest.fail(f"the session's CPUs never came free for the test: {_cpu_holders(ray)}")
     return cpus, group
 
 
