@@ -114,7 +114,7 @@ class SharedRay:
             if ray.available_resources().get("CPU", 0.0) + 1e-9 >= ray.cluster_resources().get("CPU", 0.0):
                 return ""
             time.sleep(0.2)
-        held = _cpu_holders(ray)
+        held = cpu_holders(ray)
         self.release()
         return held
 
@@ -151,7 +151,7 @@ def _settle(shared_ray: SharedRay, when: str) -> None:
         warnings.warn(f"CPUs of the session's Ray were held {when} a module; released that Ray. {held}", stacklevel=2)
 
 
-def _cpu_holders(ray) -> str:
+def cpu_holders(ray) -> str:
     """What Ray says holds its CPUs: resources, live actors that hold some, placement groups."""
     from ray.util.state import list_actors, list_placement_groups
 

@@ -10,6 +10,7 @@ import pytest
 from cxr_tune import ray_session as session
 from cxr_tune.errors import UserError
 from cxr_tune.ray_session import wait_for_free_cpu
+from tests.conftest import cpu_holders
 
 pytestmark = pytest.mark.slow  # uses the session's Ray
 
@@ -21,9 +22,7 @@ def _reserve_every_cpu(ray):
     cpus = ray.cluster_resources()["CPU"]
     group = placement_group([{"CPU": cpus}])
     if not group.wait(timeout_seconds=120):
-        from tests.conftest import _cpu_holders
-
-        pytest.fail(f"the session's CPUs never came free for the test: {_cpu_holders(ray)}")
+        pytest.fail(f"the session's CPUs never came free for the test: {cpu_holders(ray)}")
     return cpus, group
 
 
