@@ -1,4 +1,4 @@
-"""``python -m cxr_tune.bench {data,train,precision,gpu,search,value,scaling,ablation,transfer,tta}``: measurements for results/.
+"""``python -m cxr_tune.bench {data,train,precision,gpu,search,replay,value,scaling,ablation,transfer,tta}``: measurements for results/.
 
 Each benchmark measures its alternatives side by side in one run and writes its result, with the
 command, under ``results/``. ``gpu`` needs only PyTorch (it runs on the lent GPU machine, where Ray
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
     search.add_argument("--trials", type=positive_int, default=12, help="trials per search (default: 12)")
     search.add_argument("--storage", default="results/benchmarks/search_runs", help="where the two experiments go")
+    replay = commands.add_parser("replay", help="early-stopping rules (Ray's ASHA, Optuna's, synchronous halving) replayed on a search that ran every trial to the end")
+    replay.add_argument("experiment", help="a finished search run with --no-early-stopping (e.g. bench search's random arm)")
+    replay.add_argument("--compare", default=None, metavar="EXPERIMENT", help="a search that ran with early stopping, shown as it ran (e.g. bench search's TPE + ASHA arm)")
+    replay.add_argument("--out", default=None, help="folder for the table and plot (default: results/benchmarks)")
     value = commands.add_parser("value", help="does searching pay? the selected model vs the default configuration, and vs the default given the search's compute")
     value.add_argument("experiment", help="the finished real-data search (default configuration runs use its data, split and external set)")
     value.add_argument("--model", default=None, help="the experiment's exported model folder (default: EXPERIMENT/best; e.g. the committed results/real/best)")
@@ -103,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cxr_tune.bench.search import run
 
         run(args.data, args.trials, args.storage)
+    elif args.command == "replay":
+        from cxr_tune.bench.replay import run
+
+        run(args.experiment, args.compare, *([Path(args.out)] if args.out else []))
     elif args.command == "value":
         from cxr_tune.bench.value import run
 

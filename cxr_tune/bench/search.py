@@ -4,7 +4,8 @@ Both searches run through the real search code on the real training split; only 
 the scheduler differ. They optimize the search's own objective: balanced accuracy on the external
 validation set when the data has one (its val/ folder; a selection set), else on validation
 carved from train. Compute is counted in trial-epochs; quality is the best objective (at each
-trial's own threshold) and the best AUC on the same set that the search found.
+trial's own threshold) and the best AUC on the same set that the search found. The random arm's
+full learning curves then go to ``bench replay`` (the stopping rules replayed on them).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import time
 import pandas as pd
 
 from cxr_tune import storage as storage_paths
+from cxr_tune.bench import replay
 from cxr_tune.bench.common import RESULTS, real_data, write_result
 from cxr_tune.data.prepared import DataOptions
+from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.search.finish import finish_experiment
 from cxr_tune.search.options import SearchOptions
@@ -77,9 +80,15 @@ def run(data: str | None, trials: int, storage: str) -> None:
         "",
         f"Trial tables: `search_tpe_asha_{on_file}{trials}trials.trials.csv` and `search_random_full_{on_file}{trials}trials.trials.csv` "
         f"beside this file. The experiment folders (`{storage_paths.resolve(tpe['experiment'])}`, "
-        f"`{storage_paths.resolve(rnd['experiment'])}`) are not committed.",
+        f"`{storage_paths.resolve(rnd['experiment'])}`) are not committed. The random arm ran every trial to the end; the stopping "
+        f"rules replayed on its curves: `search_stopping_replay_{on_file}{trials}trials.md`.",
     ]
     # One file per trial count: ASHA saves more as trials grow (it lets the first trials through).
     write_result(f"search_tpe_asha_vs_random_{on_file}{trials}trials", f"Search: TPE + ASHA vs random search without early stopping, {trials} trials"
                  + (", external objective" if on_file else ""), summary,
                  {"rows": rows, "epoch_share": share})
+    # The random arm ran every trial to the end: replay the stopping rules on its curves (nothing trained again).
+    try:
+        replay.run(rnd["experiment"], compare=tpe["experiment"])
+    except UserError as error:  # e.g. a trial that failed: the comparison above stands without the replay
+        print(f"No replay of the stopping rules: {error}")

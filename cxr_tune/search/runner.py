@@ -28,7 +28,7 @@ from cxr_tune.data.prepared import SplitData, datasets_by_size, split_data
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import EVENTS_FILE, EXPERIMENT_FILE, LOG_FILE, SPACE_FILE, SPLITS_FILE, TRAIN_DIR, Experiment
 from cxr_tune.search.options import SearchOptions
-from cxr_tune.search.space import Space, SpaceSampler, load_space
+from cxr_tune.search.space import SearchSettings, Space, SpaceSampler, load_space
 from cxr_tune.search.study import STUDY_FILE, copy_study, local_cache_dir, prepare_study, study_path
 from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings, run_trial
 from cxr_tune.train.trainer import Resources, RunOptions
@@ -217,7 +217,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
     import optuna
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     from cxr_tune.search.budget import ResumableTrials, SessionBudget, TrialsCatchUp
@@ -284,14 +284,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         max_epochs=plan.max_epochs,
         remote=storage.join(options.experiment_dir, STUDY_FILE) if storage.is_uri(options.experiment_dir) else None,
     )
-    scheduler = ASHAScheduler(
-        metric="objective",
-        mode="max",
-        time_attr="epoch",  # our own epoch count: it survives restarts, Tune's iteration counter does not
-        max_t=plan.max_epochs,
-        grace_period=plan.space.settings.grace_period,
-        reduction_factor=plan.space.settings.reduction_factor,
-    ) if options.early_stopping else FIFOScheduler()
+    scheduler = asha_scheduler(plan.max_epochs, plan.space.settings) if options.early_stopping else FIFOScheduler()
     # What TuneConfig(max_concurrent_trials=...) builds, in a generator a resume can restart.
     search_alg = ResumableTrials(ConcurrencyLimiter(searcher, max_concurrent=plan.concurrency))
     run_config.callbacks.append(TrialsCatchUp(search_alg, options.experiment_dir))
@@ -302,6 +295,20 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         trial_dirname_creator=_trial_dirname,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def asha_scheduler(max_epochs: int, settings: SearchSettings) -> Any:
+    """The search's ASHA, in one place: ``bench replay`` replays this very scheduler on full learning curves."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        metric="objective",
+        mode="max",
+        time_attr="epoch",  # our own epoch count: it survives restarts, Tune's iteration counter does not
+        max_t=max_epochs,
+        grace_period=settings.grace_period,
+        reduction_factor=settings.reduction_factor,
+    )
 
 
 def run_options(options: SearchOptions) -> RunOptions:

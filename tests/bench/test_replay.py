@@ -1,0 +1,81 @@
+"""bench replay: early-stopping rules replayed on full learning curves (no Ray started, nothing trained)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from cxr_tune.bench import replay
+from cxr_tune.experiment import Experiment
+from cxr_tune.search.space import SearchSettings
+from tests.conftest import ROOT, call_cli
+
+SETTINGS = SearchSettings(max_epochs=9, grace_period=1, reduction_factor=3)
+RUNGS = (1, 3)
+
+
+def curves(qualities: list[float], epochs: int = 9) -> list[replay.Curve]:
+    """One trial per quality, started in list order; each learns a little every epoch (10 s each)."""
+    return [replay.Curve(f"t{i:02d}", float(i), pd.DataFrame({
+        "epoch": range(1, epochs + 1), "objective": [q + 0.01 * e for e in range(1, epochs + 1)],
+        "auc": [q + 0.05 + 0.01 * e for e in range(1, epochs + 1)], "elapsed": [10.0 * e for e in range(1, epochs + 1)]}))
+        for i, q in enumerate(qualities)]
+
+
+def test_synchronous_halving_keeps_the_best_third_at_each_rung():
+    trials = curves([0.5, 0.8, 0.6, 0.7, 0.55, 0.65, 0.75, 0.52, 0.58])
+    row = replay.summarize(replay.synchronous_halving(trials, RUNGS, 9, 3), trials, 81, 9)
+    assert row["trial_epochs"] == 9 * 1 + 3 * 2 + 1 * 6  # 9 reach epoch 1, 3 epoch 3, 1 the end
+    assert row["trials_to_the_end"] == 1 and row["best_trial"] == "t01 @ 9" and row["best_objective"] == pytest.approx(0.89)
+
+
+def test_asynchronous_rules_let_improving_proposals_through_and_stop_worse_ones():
+    """Why TPE + ASHA saves less than halving promises: when each new trial is at least as good as
+    the ones before it (as TPE's proposals tend to be), no asynchronous cutoff stops it."""
+    improving = curves([0.5 + 0.02 * i for i in range(9)])
+    for rule in (replay.ray_asha(improving, 1, 9, SETTINGS), replay.optuna_halving(improving, 1, SETTINGS)):
+        assert replay.summarize(rule, improving, 81, 9)["trial_epochs"] == 81, rule.rule
+    worsening = curves([0.7 - 0.02 * i for i in range(9)])
+    for rule in (replay.ray_asha(worsening, 1, 9, SETTINGS), replay.optuna_halving(worsening, 1, SETTINGS)):
+        row = replay.summarize(rule, worsening, 81, 9)
+        assert row["trials_to_the_end"] == 1 and row["trial_epochs"] == 9 + 8 and row["best_trial"] == "t00 @ 9", rule.rule
+
+
+def test_slots_set_the_order_results_arrive_and_the_simulated_minutes():
+    trials = curves([0.6, 0.6, 0.6, 0.6], epochs=3)
+    assert replay.slots_of(trials) == 4  # started a second apart, each 30 s long: all overlap
+    one, two = (replay.simulate(trials, slots, "all", lambda t: t, lambda *_: False) for slots in (1, 2))
+    assert one.minutes == pytest.approx(4 * 30 / 60) and two.minutes == pytest.approx(2 * 30 / 60)
+    assert one.order[:3] == [("t00", 1), ("t00", 2), ("t00", 3)] and two.order[:2] == [("t00", 1), ("t01", 1)]
+    assert replay.anytime(one, trials).iloc[-1] == pytest.approx(0.63) and len(replay.anytime(one, trials)) == 12
+
+
+def test_replay_writes_its_table_and_plot_for_a_search_run_to_the_end(tmp_path, monkeypatch):
+    folder = tmp_path / "random-full"
+    folder.mkdir()
+    info = json.loads((ROOT / "results/real/external/experiment.json").read_text())
+    info["options"].update(sampler="random", early_stopping=False, space="bench", name="random-full")
+    (folder / "experiment.json").write_text(json.dumps(info))
+    shutil.copy(ROOT / "search_spaces/bench.yaml", folder / "space.yaml")
+    histories = {c.trial_id: pd.DataFrame({"epoch": c.epochs["epoch"], "objective": c.epochs["objective"], "ext_auc": c.epochs["auc"],
+                                           "time_total_s": c.epochs["elapsed"], "timestamp": c.start + c.epochs["elapsed"]})
+                 for c in curves([0.5, 0.8, 0.6, 0.7, 0.55, 0.65])}
+    monkeypatch.setattr(Experiment, "histories", lambda self: ([], histories))
+    out = replay.run(str(folder), folder=tmp_path)
+    text = out.read_text()
+    for rule in ("none (as the search ran)", "Ray's asynchronous ASHA", "Optuna's asynchronous", "synchronous successive halving"):
+        assert rule in text
+    assert "selection set" in text
+    assert (tmp_path / "search_stopping_replay_external_6trials.png").read_bytes()[:4] == b"\x89PNG"
+    record = json.loads((tmp_path / "search_stopping_replay_external_6trials.json").read_text())
+    assert [r["trial_epochs"] for r in record["rows"]][0] == 54 and record["rows"][-1]["trial_epochs"] == 6 + 2 * 2 + 6
+
+
+def test_replay_refuses_a_search_that_stopped_trials_early_in_one_line(tmp_path):
+    asha = call_cli("cxr_tune.bench", "replay", "results/real/external")
+    assert asha.returncode == 2 and "--no-early-stopping" in asha.stderr and "Traceback" not in asha.stderr
+    nothing = call_cli("cxr_tune.bench", "replay", str(tmp_path))
+    assert nothing.returncode == 2 and str(tmp_path) in nothing.stderr and len(nothing.stderr.strip().splitlines()) == 1
