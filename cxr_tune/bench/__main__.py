@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "replay":
         from cxr_tune.bench.replay import run
 
-        run(args.experiment, args.compare, *([Path(args.out)] if args.out else []))
+        run(args.experiment, args.compare, Path(args.out) if args.out else None)
     elif args.command == "value":
         from cxr_tune.bench.value import run
 

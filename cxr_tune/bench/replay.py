@@ -16,6 +16,7 @@ order on as many slots as ran at once, and reports each epoch after the time it 
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,7 +102,7 @@ def simulate(curves: list[Curve], slots: int, rule: str, start: Callable[[str], 
         curve = waiting.pop(0)
         handle = start(curve.trial_id)
         for i, elapsed in enumerate(curve.epochs["elapsed"]):
-            pending.append((slot_time + float(elapsed), counter, curve.trial_id, i, handle))
+            heapq.heappush(pending, (slot_time + float(elapsed), counter, curve.trial_id, i, handle))
             counter += 1
 
     for _ in range(min(slots, len(waiting))):
@@ -110,8 +111,7 @@ def simulate(curves: list[Curve], slots: int, rule: str, start: Callable[[str], 
     stopped: set[str] = set()
     end = 0.0
     while pending:
-        pending.sort()
-        when, _, trial_id, i, handle = pending.pop(0)
+        when, _, trial_id, i, handle = heapq.heappop(pending)
         if trial_id in stopped:
             continue
         row = by_id[trial_id].epochs.iloc[i]
@@ -250,7 +250,9 @@ def compared(experiment: Experiment) -> tuple[dict[str, Any], pd.Series]:
     return summarize(replay, curves, sum(replay.ran.values()), experiment.max_epochs), anytime(replay, curves)
 
 
-def run(experiment_dir: str, compare: str | None = None, folder: Path = RESULTS) -> Path:
+def run(experiment_dir: str, compare: str | None = None, folder: Path | None = None) -> Path:
+    folder = folder or RESULTS
+    folder.mkdir(parents=True, exist_ok=True)  # the plot is written before the table
     experiment = Experiment(experiment_dir)  # a one-line error for a folder that holds none
     if experiment.options.early_stopping:
         raise UserError(f"{experiment_dir}: ran with early stopping; the replay needs a search run with --no-early-stopping")

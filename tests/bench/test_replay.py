@@ -64,13 +64,13 @@ def test_replay_writes_its_table_and_plot_for_a_search_run_to_the_end(tmp_path, 
                                            "time_total_s": c.epochs["elapsed"], "timestamp": c.start + c.epochs["elapsed"]})
                  for c in curves([0.5, 0.8, 0.6, 0.7, 0.55, 0.65])}
     monkeypatch.setattr(Experiment, "histories", lambda self: ([], histories))
-    out = replay.run(str(folder), folder=tmp_path)
+    out = replay.run(str(folder), folder=tmp_path / "out")  # a folder that does not exist yet
     text = out.read_text()
     for rule in ("none (as the search ran)", "Ray's asynchronous ASHA", "Optuna's asynchronous", "synchronous successive halving"):
         assert rule in text
     assert "selection set" in text
-    assert (tmp_path / "search_stopping_replay_external_6trials.png").read_bytes()[:4] == b"\x89PNG"
-    record = json.loads((tmp_path / "search_stopping_replay_external_6trials.json").read_text())
+    assert (tmp_path / "out" / "search_stopping_replay_external_6trials.png").read_bytes()[:4] == b"\x89PNG"
+    record = json.loads((tmp_path / "out" / "search_stopping_replay_external_6trials.json").read_text())
     assert [r["trial_epochs"] for r in record["rows"]][0] == 54 and record["rows"][-1]["trial_epochs"] == 6 + 2 * 2 + 6
 
 
