@@ -5,8 +5,9 @@ A random search's trials do not depend on one another (the random sampler ignore
 trial is seeded), so its full learning curves say what each rule would have run and found on the
 very same proposals, without training anything again. The rules:
 
-- Ray's asynchronous ASHA, the scheduler the search builds (:func:`asha_scheduler`), fed each result;
-- Optuna's asynchronous successive halving (``SuccessiveHalvingPruner``), fed the same results;
+- Ray's asynchronous ASHA and Optuna's asynchronous successive halving (``SuccessiveHalvingPruner``):
+  the two schedulers the search builds (:func:`asha_scheduler`, ``asha_rule: ray`` or ``optuna``),
+  each fed every result as Tune feeds it;
 - synchronous successive halving: every trial reaches a rung before the best 1/rf go on (what ASHA's
   promotions approach; it needs trials paused and resumed, which the search does not do).
 
@@ -17,9 +18,8 @@ order on as many slots as ran at once, and reports each epoch after the time it 
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -128,7 +128,20 @@ def simulate(curves: list[Curve], slots: int, rule: str, start: Callable[[str], 
 
 
 def ray_asha(curves: list[Curve], slots: int, max_epochs: int, settings: Any) -> Replay:
-    """Ray's ASHA as the search builds it, told each result as Tune tells it."""
+    """Ray's ASHA as the search builds it (``asha_rule: ray``)."""
+    return scheduled(curves, slots, max_epochs, replace(settings, asha_rule="ray"), "Ray's asynchronous ASHA")
+
+
+def optuna_halving(curves: list[Curve], slots: int, max_epochs: int, settings: Any) -> Replay:
+    """Optuna's asynchronous successive halving as the search builds it (``asha_rule: optuna``): a
+    trial goes on past a rung when it is in the best 1/rf of all trials at that rung so far, and the
+    first rf - 1 only when they are the best."""
+    return scheduled(curves, slots, max_epochs, replace(settings, asha_rule="optuna"), "Optuna's asynchronous successive halving")
+
+
+def scheduled(curves: list[Curve], slots: int, max_epochs: int, settings: Any, rule: str) -> Replay:
+    """The search's own scheduler for ``settings``, told each result as Tune tells it:
+    ``on_trial_result``, then ``on_trial_complete`` once the trial ends."""
     from ray.tune.schedulers import TrialScheduler
 
     from cxr_tune.search.runner import asha_scheduler
@@ -147,34 +160,7 @@ def ray_asha(curves: list[Curve], slots: int, max_epochs: int, settings: Any) ->
             scheduler.on_trial_complete(None, trial, reported)
         return stop
 
-    return simulate(curves, slots, "Ray's asynchronous ASHA (the search's)", start, result)
-
-
-def optuna_halving(curves: list[Curve], slots: int, settings: Any) -> Replay:
-    """Optuna's asynchronous successive halving: a trial goes on past a rung when it is in the best
-    1/rf of all trials at that rung so far, and the first rf - 1 only when they are the best."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=settings.grace_period, reduction_factor=settings.reduction_factor)
-    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=optuna.samplers.RandomSampler(seed=0))
-    best: dict[int, float] = {}
-
-    def start(_: str) -> Any:
-        return study.ask()
-
-    def result(trial: Any, epoch: int, objective: float, last: bool) -> bool:
-        trial.report(objective, epoch)
-        best[trial.number] = max(best.get(trial.number, -math.inf), objective)
-        if last:
-            study.tell(trial, best[trial.number])
-            return True
-        if trial.should_prune():
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            return True
-        return False
-
-    return simulate(curves, slots, "Optuna's asynchronous successive halving", start, result)
+    return simulate(curves, slots, rule, start, result)
 
 
 def synchronous_halving(curves: list[Curve], rungs: tuple[int, ...], max_epochs: int, reduction_factor: int) -> Replay:
@@ -261,8 +247,9 @@ def run(experiment_dir: str, compare: str | None = None, folder: Path | None = N
     curves = curves_of(experiment)
     slots = slots_of(curves)
     total = len(curves) * max_epochs
-    replays = [full_run(curves), ray_asha(curves, slots, max_epochs, settings), optuna_halving(curves, slots, settings),
+    replays = [full_run(curves), ray_asha(curves, slots, max_epochs, settings), optuna_halving(curves, slots, max_epochs, settings),
                synchronous_halving(curves, rungs, max_epochs, settings.reduction_factor)]
+    replays[1 if settings.asha_rule == "ray" else 2].rule += " (the space's rule)"
     rows = [summarize(r, curves, total, max_epochs) for r in replays]
     lines = {r.rule: anytime(r, curves) for r in replays}
     if compare:

@@ -27,6 +27,12 @@ from cxr_tune.search.runner import run_search
 from cxr_tune.selection import prefix_of
 
 SPACE = "bench"
+RULES = {  # the space's search.asha_rule, in words
+    "ray": "Ray's rule (`asha_rule: ray`): a trial goes on past a rung when its objective reaches the (1 - 1/{rf}) percentile of "
+           "those recorded there before it",
+    "optuna": "Optuna's rule (`asha_rule: optuna`): a trial goes on past a rung when it is among the best max(1, n // {rf}) of the "
+              "n trials that reached it, itself included",
+}
 
 
 def _interval(row: dict) -> str:
@@ -66,9 +72,8 @@ def run(data: str | None, trials: int, storage: str) -> None:
     summary = [
         f"Space `search_spaces/{SPACE}.yaml`, {trials} trials each, seed 0, real training split; objective: balanced accuracy on the "
         f"{tpe['deciding set']}" + (" (a selection set: its numbers are optimistic)." if tpe["deciding set"].startswith("external") else "."),
-        f"ASHA: up to {ran.max_epochs} epochs, grace period {asha.grace_period}, reduction factor {asha.reduction_factor} (a trial goes on "
-        f"past a rung when it is in the best 1/{asha.reduction_factor} of the trials that reached it; rungs at epochs "
-        f"{', '.join(map(str, ran.rungs()))}); TPE: {asha.startup_trials} random start-up trials.",
+        f"ASHA: up to {ran.max_epochs} epochs, grace period {asha.grace_period}, reduction factor {asha.reduction_factor}, rungs at epochs "
+        f"{', '.join(map(str, ran.rungs()))}; {RULES[asha.asha_rule].format(rf=asha.reduction_factor)}. TPE: {asha.startup_trials} random start-up trials.",
         "",
         frame.to_markdown(index=False, floatfmt=".4f"),
         "",

@@ -28,7 +28,7 @@ from cxr_tune.data.prepared import SplitData, datasets_by_size, split_data
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import EVENTS_FILE, EXPERIMENT_FILE, LOG_FILE, SPACE_FILE, SPLITS_FILE, TRAIN_DIR, Experiment
 from cxr_tune.search.options import SearchOptions
-from cxr_tune.search.space import SearchSettings, Space, SpaceSampler, load_space
+from cxr_tune.search.space import ASHA_RULES, SearchSettings, Space, SpaceSampler, load_space
 from cxr_tune.search.study import STUDY_FILE, copy_study, local_cache_dir, prepare_study, study_path
 from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings, run_trial
 from cxr_tune.train.trainer import Resources, RunOptions
@@ -127,7 +127,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
             f"{plan.concurrency} at a time, {plan.resources.workers} worker(s) x {plan.resources.cpus_per_worker:g} CPU"
             + (f" + {plan.resources.gpus_per_worker:g} GPU" if plan.resources.use_gpu else "")
             + f" per trial; {'TPE' if options.sampler == 'tpe' else 'random'} sampling, "
-            + ("ASHA early stopping" if options.early_stopping else "no early stopping")
+            + (f"ASHA early stopping ({ASHA_RULES[space.settings.asha_rule]} rule)" if options.early_stopping else "no early stopping")
             + f"; selecting on {options.select}"
             + (f" with sensitivity >= {options.min_sensitivity:g}" if options.min_sensitivity else ""),
             flush=True,
@@ -301,6 +301,10 @@ def asha_scheduler(max_epochs: int, settings: SearchSettings) -> Any:
     """The search's ASHA, in one place: ``bench replay`` replays this very scheduler on full learning curves."""
     from ray.tune.schedulers import ASHAScheduler
 
+    if settings.asha_rule == "optuna":
+        from cxr_tune.search.halving import OptunaHalving
+
+        return OptunaHalving(max_epochs, settings.grace_period, settings.reduction_factor)
     return ASHAScheduler(
         metric="objective",
         mode="max",

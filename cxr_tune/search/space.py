@@ -8,6 +8,7 @@ A space file (``search_spaces/*.yaml``) has four sections::
       max_epochs: 10              # epochs of a trial that ASHA never stops
       grace_period: 2             # ASHA: epochs before a trial can be stopped
       reduction_factor: 3         # ASHA: keep the best 1/3 at each rung
+      asha_rule: ray              # ASHA's promotion rule: ray (ASHAScheduler) or optuna (SuccessiveHalvingPruner)
       startup_trials: 6           # TPE: random trials before the model takes over
       ensemble: 1                 # export the best K trials as one model averaging them
     fixed:                        # hyperparameters every trial shares
@@ -43,6 +44,7 @@ from cxr_tune.yamlfile import load_mapping
 # The named spaces ship inside the package: in a checkout cxr_tune/spaces is a symlink to the
 # top-level search_spaces/ (resolved, so messages name that folder); a built wheel holds copies.
 SPACES_DIR = Path(str(resources.files("cxr_tune") / "spaces")).resolve()
+ASHA_RULES = {"ray": "Ray's", "optuna": "Optuna's"}  # search.asha_rule: whose promotion rule ASHA follows
 TYPES = ("int", "float", "logfloat", "categorical")
 _SECTIONS = ("description", "search", "fixed", "params")
 _PARAM_KEYS = {"type", "low", "high", "step", "log", "choices", "per_block", "when"}
@@ -58,6 +60,10 @@ class SearchSettings:
     grace_period: int = 2
     reduction_factor: int = 3
     startup_trials: int = 6
+    # Who decides at a rung: "ray", Ray's ASHAScheduler (a trial goes on when it reaches the
+    # (1 - 1/rf) percentile of the objectives recorded there before it), or "optuna", Optuna's
+    # SuccessiveHalvingPruner (when it is among the best max(1, n // rf) of the n trials there).
+    asha_rule: str = "ray"
     ensemble: int = 1  # export the best K trials as one averaging model
     # The final-fit stage (0: none): after the search, the final_fit_top best configurations at the
     # selected image size are trained again with final_fit_seeds new seeds each for final_fit_epochs
@@ -183,6 +189,11 @@ def _settings(raw: Any, fail: Any) -> SearchSettings:
     for key, value in raw.items():
         if key not in allowed:
             raise fail(f"search.{key}", f"unknown setting; use {', '.join(sorted(allowed))}")
+        if key == "asha_rule":
+            if value not in ASHA_RULES:
+                raise fail("search.asha_rule", f"must be one of {', '.join(ASHA_RULES)}, got {value!r}")
+            values[key] = value
+            continue
         least = 2 if key == "reduction_factor" else 0 if key in ("startup_trials", "final_fit_top", "final_fit_epochs") else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise fail(f"search.{key}", f"must be a whole number >= {least}, got {value!r}")

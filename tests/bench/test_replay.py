@@ -36,10 +36,10 @@ def test_asynchronous_rules_let_improving_proposals_through_and_stop_worse_ones(
     """Why TPE + ASHA saves less than halving promises: when each new trial is at least as good as
     the ones before it (as TPE's proposals tend to be), no asynchronous cutoff stops it."""
     improving = curves([0.5 + 0.02 * i for i in range(9)])
-    for rule in (replay.ray_asha(improving, 1, 9, SETTINGS), replay.optuna_halving(improving, 1, SETTINGS)):
+    for rule in (replay.ray_asha(improving, 1, 9, SETTINGS), replay.optuna_halving(improving, 1, 9, SETTINGS)):
         assert replay.summarize(rule, improving, 81, 9)["trial_epochs"] == 81, rule.rule
     worsening = curves([0.7 - 0.02 * i for i in range(9)])
-    for rule in (replay.ray_asha(worsening, 1, 9, SETTINGS), replay.optuna_halving(worsening, 1, SETTINGS)):
+    for rule in (replay.ray_asha(worsening, 1, 9, SETTINGS), replay.optuna_halving(worsening, 1, 9, SETTINGS)):
         row = replay.summarize(rule, worsening, 81, 9)
         assert row["trials_to_the_end"] == 1 and row["trial_epochs"] == 9 + 8 and row["best_trial"] == "t00 @ 9", rule.rule
 

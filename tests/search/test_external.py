@@ -1,7 +1,7 @@
 """A search with an external validation set (``--val-data``) and a final fit, end to end: the external set decides.
 
 One small search for the module (the smoke space with residual blocks, squeeze-and-excitation and
-an EMA of the weights; 2 trials, 2 epochs; then the final fit of the best configuration with 2
+an EMA of the weights, stopped by Optuna's ASHA rule; 2 trials, 2 epochs; then the final fit of the best configuration with 2
 new seeds) on the session's SYNTHETIC set, validated on a second SYNTHETIC set drawn with another
 seed (another "site"), with a sensitivity floor. Every check follows from the rules, whatever the
 tiny models learn: the objective is the external one, the selected trial is the external
@@ -39,7 +39,7 @@ def site(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def search(ray_session, synthetic_root, site, tmp_path_factory) -> tuple[Path, str]:
     raw = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
-    raw["search"].update({"final_fit_top": 1, "final_fit_seeds": SEEDS, "final_fit_epochs": EPOCHS})
+    raw["search"].update({"final_fit_top": 1, "final_fit_seeds": SEEDS, "final_fit_epochs": EPOCHS, "asha_rule": "optuna"})
     raw["fixed"].update({"block": "residual", "se_ratio": 0.25, "ema_decay": 0.9})
     space = tmp_path_factory.mktemp("space") / "external.yaml"
     space.write_text(yaml.safe_dump(raw))
@@ -68,6 +68,14 @@ def exported_trial(experiment) -> Path:
 
 def read(experiment: Path, folder: Path) -> tuple[pd.DataFrame, dict]:
     return pd.read_csv(experiment / "trials.csv"), json.loads((folder / "model.json").read_text())
+
+
+def test_optuna_s_asha_rule_decides_under_tune(search):
+    experiment, stdout = search
+    assert "ASHA early stopping (Optuna's rule)" in stdout
+    table = pd.read_csv(experiment / "trials.csv")
+    assert len(table) == 2 and set(table["stop_reason"]) <= {"completed", "ASHA stopped"}, table[["trial_id", "epochs", "stop_reason"]]
+    assert (table["epochs"] >= 1).all()
 
 
 def test_the_site_is_the_external_role_and_never_trains(experiment, site):

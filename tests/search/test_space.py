@@ -81,6 +81,7 @@ def test_fixed_values_reach_every_trial(tmp_path):
     ("fixed: {colour: red}\n", "fixed.colour", "unknown hyperparameter"),
     ("search: {trials: 0}\n", "search.trials", "whole number >= 1"),
     ("search: {patience: 3}\n", "search.patience", "unknown setting"),
+    ("search: {asha_rule: hyperband}\n", "search.asha_rule", "one of ray, optuna"),
     ("search: {max_epochs: 3, grace_period: 5}\n", "search.grace_period", "more than max_epochs"),
     ("params:\n  epochs: {type: int, low: 1, high: 9}\n", "params.epochs", "set by the search itself"),
     ("- just\n- a list\n", "must be a mapping", "list"),
