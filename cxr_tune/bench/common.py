@@ -54,6 +54,11 @@ def bench_command() -> str:
     return shlex.join(["python", "-m", "cxr_tune.bench", *sys.argv[1:]])
 
 
+def seed_suffix(seed: int) -> str:
+    """File-name suffix of a benchmark run with another seed than 0, so it never overwrites seed 0's committed files."""
+    return f"_seed{seed}" if seed else ""
+
+
 def write_result(name: str, title: str, summary: list[str], details: dict[str, Any], folder: Path = RESULTS) -> Path:
     """``<folder>/<name>.md`` (for people) and ``.json`` (for tools), with the command."""
     folder.mkdir(parents=True, exist_ok=True)

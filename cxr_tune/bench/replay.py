@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxr_tune.bench.common import RESULTS, write_result
+from cxr_tune.bench.common import RESULTS, seed_suffix, write_result
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.search.report import SET_NAMES
@@ -259,7 +259,7 @@ def run(experiment_dir: str, compare: str | None = None, folder: Path | None = N
         lines[row["rule"]] = line
     prefix = prefix_of(experiment.deciding_set)
     on = "external_" if prefix == "ext" else ""
-    name = f"search_stopping_replay_{on}{len(curves)}trials"
+    name = f"search_stopping_replay_{on}{len(curves)}trials{seed_suffix(experiment.options.seed)}"
     plot_anytime(folder / f"{name}.png", lines, f"Early-stopping rules replayed on {len(curves)} full trials")
     frame = pd.DataFrame(rows)
     shown = frame.assign(share=frame["share"].map(lambda s: f"{s:.0%}"),

@@ -16,7 +16,7 @@ import pandas as pd
 
 from cxr_tune import storage as storage_paths
 from cxr_tune.bench import replay
-from cxr_tune.bench.common import RESULTS, real_data, write_result
+from cxr_tune.bench.common import RESULTS, real_data, seed_suffix, write_result
 from cxr_tune.data.prepared import DataOptions
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
@@ -44,20 +44,21 @@ def _overlap(a: dict, b: dict) -> bool:
     return a["best_interval"][0] <= b["best_interval"][1] and b["best_interval"][0] <= a["best_interval"][1]
 
 
-def run(data: str | None, trials: int, storage: str) -> None:
+def run(data: str | None, trials: int, storage: str, seed: int = 0) -> None:
     root = real_data(data)
+    tag = seed_suffix(seed)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []
     for label, sampler, early in (("TPE + ASHA", "tpe", True), ("random, no early stopping", "random", False)):
         options = SearchOptions(space=SPACE, name=f"{sampler}-{'asha' if early else 'full'}-{stamp}", storage=storage, trials=trials,
-                                sampler=sampler, early_stopping=early, data=DataOptions(data=root))
+                                sampler=sampler, early_stopping=early, seed=seed, data=DataOptions(data=root))
         started = time.perf_counter()
         experiment, outcome = run_search(options)
         minutes = (time.perf_counter() - started) / 60
         table = finish_experiment(experiment, export=False)["table"]
         prefix = prefix_of(Experiment(experiment).deciding_set)
         on = "external_" if prefix == "ext" else ""
-        table.to_csv(RESULTS / f"search_{sampler}_{'asha' if early else 'full'}_{on}{trials}trials.trials.csv", index=False)
+        table.to_csv(RESULTS / f"search_{sampler}_{'asha' if early else 'full'}_{on}{trials}trials{tag}.trials.csv", index=False)
         rows.append({"search": label, "experiment": experiment, "outcome": outcome, "trials": len(table),
                      "trial_epochs": int(table["epochs"].sum()), "deciding set": SET_NAMES[prefix],
                      "best_balanced_accuracy": float(table["objective"].max()),
@@ -70,7 +71,7 @@ def run(data: str | None, trials: int, storage: str) -> None:
     share = tpe["trial_epochs"] / rnd["trial_epochs"]
     frame = pd.DataFrame(rows).drop(columns=["experiment", "best_interval"])
     summary = [
-        f"Space `search_spaces/{SPACE}.yaml`, {trials} trials each, seed 0, real training split; objective: balanced accuracy on the "
+        f"Space `search_spaces/{SPACE}.yaml`, {trials} trials each, seed {seed}, real training split; objective: balanced accuracy on the "
         f"{tpe['deciding set']}" + (" (a selection set: its numbers are optimistic)." if tpe["deciding set"].startswith("external") else "."),
         f"ASHA: up to {ran.max_epochs} epochs, grace period {asha.grace_period}, reduction factor {asha.reduction_factor}, rungs at epochs "
         f"{', '.join(map(str, ran.rungs()))}; {RULES[asha.asha_rule].format(rf=asha.reduction_factor)}. TPE: {asha.startup_trials} random start-up trials.",
@@ -83,14 +84,14 @@ def run(data: str | None, trials: int, storage: str) -> None:
         f"intervals of the two best trials: {_interval(tpe)} and {_interval(rnd)}"
         + (" (they overlap: the difference is within the deciding set's noise)." if _overlap(tpe, rnd) else "."),
         "",
-        f"Trial tables: `search_tpe_asha_{on_file}{trials}trials.trials.csv` and `search_random_full_{on_file}{trials}trials.trials.csv` "
+        f"Trial tables: `search_tpe_asha_{on_file}{trials}trials{tag}.trials.csv` and `search_random_full_{on_file}{trials}trials{tag}.trials.csv` "
         f"beside this file. The experiment folders (`{storage_paths.resolve(tpe['experiment'])}`, "
         f"`{storage_paths.resolve(rnd['experiment'])}`) are not committed. The random arm ran every trial to the end; the stopping "
-        f"rules replayed on its curves: `search_stopping_replay_{on_file}{trials}trials.md`.",
+        f"rules replayed on its curves: `search_stopping_replay_{on_file}{trials}trials{tag}.md`.",
     ]
-    # One file per trial count: ASHA saves more as trials grow (it lets the first trials through).
-    write_result(f"search_tpe_asha_vs_random_{on_file}{trials}trials", f"Search: TPE + ASHA vs random search without early stopping, {trials} trials"
-                 + (", external objective" if on_file else ""), summary,
+    # One file per trial count and seed: ASHA saves more as trials grow (it lets the first trials through).
+    write_result(f"search_tpe_asha_vs_random_{on_file}{trials}trials{tag}", f"Search: TPE + ASHA vs random search without early stopping, {trials} trials"
+                 + (", external objective" if on_file else "") + (f", seed {seed}" if seed else ""), summary,
                  {"rows": rows, "epoch_share": share})
     # The random arm ran every trial to the end: replay the stopping rules on its curves (nothing trained again).
     try:

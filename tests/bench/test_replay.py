@@ -73,6 +73,12 @@ def test_replay_writes_its_table_and_plot_for_a_search_run_to_the_end(tmp_path, 
     record = json.loads((tmp_path / "out" / "search_stopping_replay_external_6trials.json").read_text())
     assert [r["trial_epochs"] for r in record["rows"]][0] == 54 and record["rows"][-1]["trial_epochs"] == 6 + 2 * 2 + 6
 
+    # Another seed's search (bench search --seed 1) gets files of its own beside seed 0's, never over them.
+    info["options"]["seed"] = 1
+    (folder / "experiment.json").write_text(json.dumps(info))
+    assert replay.run(str(folder), folder=tmp_path / "out") == tmp_path / "out" / "search_stopping_replay_external_6trials_seed1.md"
+    assert (tmp_path / "out" / "search_stopping_replay_external_6trials.md").read_text() == text
+
 
 def test_replay_refuses_a_search_that_stopped_trials_early_in_one_line(tmp_path):
     asha = call_cli("cxr_tune.bench", "replay", "results/real/external")
