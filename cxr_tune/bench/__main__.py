@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
     search.add_argument("--trials", type=positive_int, default=12, help="trials per search (default: 12)")
     search.add_argument("--storage", default="results/benchmarks/search_runs", help="where the two experiments go")
-    search.add_argument("--seed", type=int, default=0, help="the seed of both searches (default: 0; another seed's files get a _seedN suffix)")
+    search.add_argument("--seed", type=nonnegative_int, default=0, help="the seed of both searches (default: 0; another seed's files get a _seedN suffix)")
     replay = commands.add_parser("replay", help="early-stopping rules (Ray's ASHA, Optuna's, synchronous halving) replayed on a search that ran every trial to the end")
     replay.add_argument("experiment", help="a finished search run with --no-early-stopping (e.g. bench search's random arm)")
     replay.add_argument("--compare", default=None, metavar="EXPERIMENT", help="a search that ran with early stopping, shown as it ran (e.g. bench search's TPE + ASHA arm)")
