@@ -8,7 +8,8 @@ trials at the rung, itself included. With the few trials a search here has at a 
 is the stricter one: replayed on the full curves of one 24-trial random search (``bench replay``) it
 ran 31 % of the trial-epochs where Ray's ran 45 %, and both kept the same best trial; in a live
 TPE + ASHA search (``bench search``, 2026-12-04) it ran 41 % of random search's trial-epochs where Ray's
-ran 64 % the run before, and 26 % with seed 1, each at a best within the external set's noise. This wraps
+ran 64 % the run before, and 26 % and 39 % with seeds 1 and 2, each at a best a little below random search's,
+inside the external set's noise. This wraps
 Optuna's own pruner, on an in-memory study of its own, rather than writing the rule again.
 """
 
