@@ -22,7 +22,6 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from platformdirs import user_cache_dir
 
 CACHE_ENV = "CXR_TUNE_CACHE"
 
@@ -82,6 +81,8 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
 
 def default_cache_dir() -> str:
     """``$CXR_TUNE_CACHE`` if set, else the user's cache folder (``~/.cache/cxr_tune`` on Linux)."""
+    from platformdirs import user_cache_dir  # here, not at the top: the GPU device machine, which runs modelfile, lacks it
+
     return resolve(os.environ.get(CACHE_ENV) or user_cache_dir("cxr_tune"))
 
 

@@ -36,7 +36,7 @@ import torch
 
 from cxr_tune.bench.bare import BareRun, synchronize
 from cxr_tune.train.hparams import HParams
-from cxr_tune.train.precision import resolve
+from cxr_tune.train.precision import configure_device, resolve
 from cxr_tune.train.steps import bce_loss, build_optimizer, optimizer_step
 
 TRAIN_IMAGES = 5216  # the official training split: what one trial-epoch trains on
@@ -124,6 +124,7 @@ def _trial_process(size: int, precision_name: str, device_name: str, seconds: fl
     """One packed trial: trains on its own for ``seconds`` once every process is ready; reports images/s and peak memory."""
     device = torch.device(device_name)
     torch.set_num_threads(1)
+    configure_device(device)
     hp = hparams(size)
     precision = resolve(precision_name, device.type)
     pixels, labels = synthetic_batch(512, size, device)
@@ -164,6 +165,7 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
         from cxr_tune.errors import UserError
 
         raise UserError("--device cuda but torch sees no CUDA GPU here; run it on the GPU machine, or pass --device cpu")
+    configure_device(device)  # as a training worker does (cuDNN autotuning on a GPU), so the check times what a trial runs
     steps = []
     for size in sizes:
         for name in precisions:

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-worker", type=positive_float, default=None, help="CPUs per worker (default: an equal share of the cluster's CPUs per running trial)")
     parser.add_argument("--gpus-per-worker", type=nonnegative_float, default=None,
                         help="GPUs per worker; a fraction packs several trials onto one GPU, e.g. 0.25 runs 4 per GPU (default on a cluster "
-                             "with GPUs: 0.125 for spaces up to 128 px, 0.25 up to 256 px, 0.5 above, twice that for torchvision "
+                             "with GPUs: 0.25 for spaces up to 256 px, 0.5 above, twice that for torchvision "
                              "architectures; 0 without GPUs)")
     parser.add_argument("--concurrency", type=positive_int, default=None, help="trials running at once (default: as many as the GPUs hold at --gpus-per-worker, or #CPUs up to 8)")
     add_precision_arguments(parser)

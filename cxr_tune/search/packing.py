@@ -1,21 +1,26 @@
 """How many trials share one GPU by default: small CNN trials leave most of a card idle.
 
-One batch-32 CNN at 64-128 px uses a few hundred MB and a sliver of an 80-140 GB GPU's compute,
-so giving each trial a whole GPU runs one small model at a time on a card that could run many.
-The default share per trial worker (``--gpus-per-worker`` overrides it) follows the space's
-largest trial, so every trial of a search gets the same share:
+One batch-32 CNN at 64-224 px uses a few hundred MB of an 80-140 GB GPU, and its training step is
+bound by kernel launches, not by the card: on an H200 (``python -m cxr_tune.bench gpu``, 2026-12-04,
+``results/benchmarks/gpu_h200*/``) one trial's step ran about 4,000-7,000 images/s at every image
+size from 64 to 224 px. Several trial processes fill the gaps: 4 at once trained 3.3x one trial's
+images/s at 128 px and 1.9x at 224 px, and 6 or 8 at once no more than 4 (+1 % at 128 px, +0.5 % at
+224 px; one run each), while each of them trained proportionally slower. So the default share per
+trial worker (``--gpus-per-worker`` overrides it) is the most trials that still add throughput, and
+it follows the space's largest trial, so every trial of a search gets the same share:
 
 ==========================================  ==============  ===================
 largest image in the space                  trials per GPU  ``gpus_per_worker``
 ==========================================  ==============  ===================
-<= 128 px                                   8               0.125
 <= 256 px                                   4               0.25
 larger                                      2               0.5
 ==========================================  ==============  ===================
 
 and half as many trials per GPU (twice the share) when the space holds a torchvision
-architecture (ResNet-18, DenseNet-121), which computes several times more per image. A trial with
-several workers (DDP) takes that share per worker.
+architecture (ResNet-18, DenseNet-121), which computes several times more per image (not measured
+on a GPU yet). A trial with several workers (DDP) takes that share per worker. The check fed images
+already on the GPU; a search's trials also spend host time on Ray Data batches, which more trials
+per GPU could hide: ``--gpus-per-worker 0.125`` runs 8.
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ def trials_per_gpu(largest_image: int, heavy: bool) -> int:
     """The documented rule above.
 
     >>> trials_per_gpu(64, False), trials_per_gpu(224, False), trials_per_gpu(224, True), trials_per_gpu(512, True)
-    (8, 4, 2, 1)
+    (4, 4, 2, 1)
     """
-    per_gpu = 8 if largest_image <= 128 else 4 if largest_image <= 256 else 2
+    per_gpu = 4 if largest_image <= 256 else 2
     return max(1, per_gpu // 2) if heavy else per_gpu
 
 

@@ -1,4 +1,9 @@
-"""The GPU device check runs anywhere torch does (here on the CPU, at a tiny size) and needs no Ray."""
+"""The GPU device check runs anywhere torch does (here on the CPU, at a tiny size) and needs no Ray.
+
+The lent GPU machine has PyTorch, onnxruntime, scikit-learn, pandas and pyarrow, but not Ray, Optuna
+or platformdirs (its first run, 2026-12-04, failed to collect the CUDA tests on platformdirs):
+what it runs must import without them.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,20 @@ import sys
 
 from tests.conftest import ROOT
 
+DEVICE_LACKS = ("ray", "optuna", "platformdirs")
+BLOCK = "".join(f"sys.modules[{name!r}] = None; " for name in DEVICE_LACKS)  # importing them fails, as on the device machine
+
+
+def test_what_the_device_machine_runs_imports_with_its_packages():
+    code = f"import sys; {BLOCK}import cxr_tune.bench.gpu, cxr_tune.bench.__main__, tests.train.test_cuda; print('imported')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "imported", done.stderr[-2000:]
+
 
 def test_the_device_check_writes_its_tables_without_ray(tmp_path):
     args = ["gpu", "--device", "cpu", "--sizes", "32", "--precision", "fp32", "bf16", "--packed", "1", "2", "--packed-size", "32",
             "--images", "32", "--epochs", "1", "--seconds", "0.3", "--compile", "default", "reduce-overhead", "--out", str(tmp_path)]
-    code = ("import sys; sys.modules['ray'] = None  # as on the device machine: importing Ray would fail\n"
+    code = (f"import sys; {BLOCK}\n"
             "import torch; compile_ = torch.compile  # a machine that cannot compile one mode:\n"
             "def refuse(model, mode=None):\n"
             "    if mode == 'reduce-overhead': raise RuntimeError('no CUDA graphs here\\nsecond line')\n"

@@ -56,7 +56,7 @@ def test_defaults_use_the_machine_well_and_impossible_resources_are_refused():
     big = plan_search(SearchOptions(space="smoke", trials=20), space, {"CPU": 16})
     assert big.concurrency == 8 and big.resources.cpus_per_worker >= 1.9
     gpu = plan_search(SearchOptions(space="smoke", trials=8), space, {"CPU": 16, "GPU": 4})
-    assert gpu.resources.use_gpu and gpu.resources.gpus_per_worker == 0.125 and gpu.concurrency == 8  # small trials share GPUs
+    assert gpu.resources.use_gpu and gpu.resources.gpus_per_worker == 0.25 and gpu.concurrency == 8  # small trials share GPUs
     whole = plan_search(SearchOptions(space="smoke", trials=8, gpus_per_worker=1), space, {"CPU": 16, "GPU": 4})
     assert whole.concurrency == 4 and whole.resources.cpus_per_worker >= 3.9
     with pytest.raises(UserError, match="fraction of one GPU or whole GPUs"):

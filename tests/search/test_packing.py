@@ -30,7 +30,7 @@ def test_the_default_share_packs_small_trials_and_gives_big_ones_more(tmp_path):
     one_gpu = {"CPU": 16, "GPU": 1}
     shares = {(size, arch): plan_search(SearchOptions(trials=16), space_at(tmp_path, size, arch), one_gpu).resources.gpus_per_worker
               for size, arch in ((64, "cnn"), (128, "cnn"), (224, "cnn"), (224, "resnet18"), (384, "resnet18"))}
-    assert shares == {(64, "cnn"): 0.125, (128, "cnn"): 0.125, (224, "cnn"): 0.25, (224, "resnet18"): 0.5, (384, "resnet18"): 1.0}
+    assert shares == {(64, "cnn"): 0.25, (128, "cnn"): 0.25, (224, "cnn"): 0.25, (224, "resnet18"): 0.5, (384, "resnet18"): 1.0}
     plan = plan_search(SearchOptions(trials=16), space_at(tmp_path, 224), one_gpu)
     assert plan.concurrency == 4 and plan.resources.cpus_per_worker >= 3.9  # a 1-GPU machine runs 4 at once, CPUs shared among them
     assert plan_search(SearchOptions(trials=16, gpus_per_worker=0.5), space_at(tmp_path, 64), {"CPU": 16, "GPU": 2}).concurrency == 4
