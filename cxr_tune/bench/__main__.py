@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cxr_tune.cliargs import int_between, nonnegative_int, positive_float, positive_int
 from cxr_tune.errors import run_cli
+from cxr_tune.train.hparams import ARCHITECTURES
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--compile", nargs="+", default=[], choices=COMPILE_MODES, metavar="MODE",
                      help="also time the step with its network compiled by torch.compile in each MODE "
                           f"({', '.join(COMPILE_MODES)}), beside the eager step (default: none)")
+    gpu.add_argument("--arch", choices=ARCHITECTURES, default="cnn",
+                     help="the network: the project's CNN, or torchvision's resnet18 / densenet121 from scratch (default: cnn)")
     gpu.add_argument("--out", default=None, help="folder for gpu.md and gpu.json (default: results/benchmarks)")
     search = commands.add_parser("search", help="TPE + ASHA vs random search without early stopping, same trials")
     search.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
@@ -103,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         out = Path(args.out) if args.out else Path(__file__).resolve().parents[2] / "results" / "benchmarks"
         run(args.device, args.sizes, args.precision, args.packed, args.packed_size, args.images, args.epochs, args.seconds, args.trial_epochs, out,
-            args.compile)
+            args.compile, args.arch)
     elif args.command == "search":
         from cxr_tune.bench.search import run
 

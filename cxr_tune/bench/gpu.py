@@ -1,5 +1,8 @@
 """The GPU device check: the project's training step on one GPU, by precision, layout and image size, and packed trials.
 
+``--arch`` picks the network: the project's CNN (default) or torchvision's ResNet-18 / DenseNet-121
+(which need torchvision where the check runs).
+
 Made for a machine that has PyTorch but not Ray, Optuna or pandas (the lent device machine):
 it imports only torch, numpy and the project's model, augmentation and training step
 (:mod:`cxr_tune.train.steps` via :mod:`cxr_tune.bench.bare`). Two measurements, written to
@@ -43,8 +46,9 @@ TRAIN_IMAGES = 5216  # the official training split: what one trial-epoch trains 
 MODEL = {"depth": 5, "filters": 24, "width_growth": 2.0, "batch_size": 32, "augment_strength": 0.5}
 
 
-def hparams(size: int) -> HParams:
-    return HParams(image_size=size, epochs=1000, **{**MODEL, "filters": 16 if size >= 224 else 24})
+def hparams(size: int, arch: str = "cnn") -> HParams:
+    """The measured configuration: the project's CNN (``MODEL``; 16 filters at 224 px), or a torchvision network at batch 32."""
+    return HParams(image_size=size, epochs=1000, arch=arch, **{**MODEL, "filters": 16 if size >= 224 else 24})
 
 
 def synthetic_batch(n: int, size: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,9 +59,9 @@ def synthetic_batch(n: int, size: int, device: torch.device, seed: int = 0) -> t
 
 
 def step_rate(size: int, precision_name: str, layout: str, device: torch.device, images: int, epochs: int,
-              compile_mode: str | None = None) -> dict[str, Any]:
+              compile_mode: str | None = None, arch: str = "cnn") -> dict[str, Any]:
     """Images/s of the project's step after a warm-up epoch, the warm-up epoch's seconds, and peak memory."""
-    hp = hparams(size)
+    hp = hparams(size, arch)
     precision = resolve(precision_name, device.type, layout)
     pixels, labels = synthetic_batch(images, size, device)
     if device.type == "cuda":
@@ -68,9 +72,9 @@ def step_rate(size: int, precision_name: str, layout: str, device: torch.device,
     return {"step_img_s": sum(rates[1:]) / epochs, "first_epoch_s": images / rates[0], "peak_mib": peak}
 
 
-def bare_loop_rate(size: int, precision_name: str, layout: str, device: torch.device, images: int, epochs: int) -> float:
+def bare_loop_rate(size: int, precision_name: str, layout: str, device: torch.device, images: int, epochs: int, arch: str = "cnn") -> float:
     """Images/s of the network alone: forward, loss, backward, step on pre-normalized tensors."""
-    hp = hparams(size)
+    hp = hparams(size, arch)
     precision = resolve(precision_name, device.type, layout)
     from cxr_tune.train.model import build_model
 
@@ -93,7 +97,7 @@ def bare_loop_rate(size: int, precision_name: str, layout: str, device: torch.de
 
 
 def compiled_rates(sizes: list[int], precisions: list[str], modes: Sequence[str], device: torch.device, images: int,
-                   epochs: int) -> list[dict[str, Any]]:
+                   epochs: int, arch: str = "cnn") -> list[dict[str, Any]]:
     """The step with its network compiled in each mode, each beside an eager channels_last step measured just before it
     (this machine's speed drifts by a fifth within minutes, so no eager run is shared between modes).
 
@@ -104,11 +108,11 @@ def compiled_rates(sizes: list[int], precisions: list[str], modes: Sequence[str]
     for size in sizes:
         for name in precisions:
             for mode in modes:
-                eager = step_rate(size, name, "channels_last", device, images, epochs)
+                eager = step_rate(size, name, "channels_last", device, images, epochs, arch=arch)
                 row = {"image_size": size, "precision": resolve(name, device.type).name, "layout": "channels_last", "mode": mode,
                        "eager_step_img_s": eager["step_img_s"], "eager_first_epoch_s": eager["first_epoch_s"]}
                 try:
-                    step = step_rate(size, name, "channels_last", device, images, epochs, compile_mode=mode)
+                    step = step_rate(size, name, "channels_last", device, images, epochs, compile_mode=mode, arch=arch)
                 except Exception as exc:  # noqa: BLE001 - any failure to compile or run compiled
                     first_line = (str(exc).strip().splitlines() or [""])[0]
                     row["error"] = f"{type(exc).__name__}: {first_line}"[:300]
@@ -120,12 +124,12 @@ def compiled_rates(sizes: list[int], precisions: list[str], modes: Sequence[str]
     return rows
 
 
-def _trial_process(size: int, precision_name: str, device_name: str, seconds: float, start: Any, results: Any) -> None:
+def _trial_process(size: int, precision_name: str, device_name: str, seconds: float, start: Any, results: Any, arch: str = "cnn") -> None:
     """One packed trial: trains on its own for ``seconds`` once every process is ready; reports images/s and peak memory."""
     device = torch.device(device_name)
     torch.set_num_threads(1)
     configure_device(device)
-    hp = hparams(size)
+    hp = hparams(size, arch)
     precision = resolve(precision_name, device.type)
     pixels, labels = synthetic_batch(512, size, device)
     run = BareRun(hp, precision, device, pixels, labels)
@@ -139,11 +143,11 @@ def _trial_process(size: int, precision_name: str, device_name: str, seconds: fl
     results.put({"img_s": seen / (time.perf_counter() - began), "peak_mib": peak})
 
 
-def packed_rate(processes: int, size: int, precision_name: str, device_name: str, seconds: float) -> dict[str, Any]:
+def packed_rate(processes: int, size: int, precision_name: str, device_name: str, seconds: float, arch: str = "cnn") -> dict[str, Any]:
     """``processes`` trials training at once on one device: their total images/s and the largest peak memory."""
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(processes + 1), context.Queue()
-    workers = [context.Process(target=_trial_process, args=(size, precision_name, device_name, seconds, start, results)) for _ in range(processes)]
+    workers = [context.Process(target=_trial_process, args=(size, precision_name, device_name, seconds, start, results, arch)) for _ in range(processes)]
     for worker in workers:
         worker.start()
     start.wait()
@@ -156,7 +160,7 @@ def packed_rate(processes: int, size: int, precision_name: str, device_name: str
 
 
 def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[int], packed_size: int, images: int, epochs: int,
-        seconds: float, trial_epochs: int, out: Path, compile_modes: Sequence[str] = ()) -> Path:
+        seconds: float, trial_epochs: int, out: Path, compile_modes: Sequence[str] = (), arch: str = "cnn") -> Path:
     """Measure, then write ``out/gpu.md`` and ``gpu.json`` with the command that produced them."""
     from cxr_tune.bench.common import bench_command, machine
 
@@ -170,27 +174,38 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
     for size in sizes:
         for name in precisions:
             for layout in ("contiguous", "channels_last"):
-                step = step_rate(size, name, layout, device, images, epochs)
-                bare = bare_loop_rate(size, name, layout, device, images, epochs)
+                step = step_rate(size, name, layout, device, images, epochs, arch=arch)
+                bare = bare_loop_rate(size, name, layout, device, images, epochs, arch=arch)
                 steps.append({"image_size": size, "precision": resolve(name, device.type).name, "layout": layout, **step,
                               "bare_loop_img_s": bare, "step_over_bare": step["step_img_s"] / bare})
                 print(json.dumps(steps[-1]), flush=True)
-    compiled = compiled_rates(sizes, precisions, compile_modes, device, images, epochs)
+    compiled = compiled_rates(sizes, precisions, compile_modes, device, images, epochs, arch=arch)
     auto = resolve("auto", device.type, device=device if device.type == "cuda" else None)
     packs = []
     for n in packed:
-        result = packed_rate(n, packed_size, auto.name, device_name, seconds)
+        result = packed_rate(n, packed_size, auto.name, device_name, seconds, arch=arch)
         result["trials_per_hour"] = result["total_img_s"] * 3600 / (TRAIN_IMAGES * trial_epochs)
         packs.append(result)
         print(json.dumps(packs[-1]), flush=True)
     record = {"benchmark": "gpu", "command": bench_command(), "machine": machine(), "measured_at": time.strftime("%Y-%m-%d %H:%M"), "device": device_name,
-              "auto_precision": auto.describe(), "model": MODEL, "steps": steps, "compiled": compiled, "packed": packs, "packed_image_size": packed_size,
+              "auto_precision": auto.describe(), "arch": arch, "model": MODEL if arch == "cnn" else {"batch_size": MODEL["batch_size"]}, "steps": steps, "compiled": compiled, "packed": packs, "packed_image_size": packed_size,
               "trial_epochs": trial_epochs, "images_per_epoch": images}
+    if arch != "cnn":
+        import torchvision
+
+        record["torchvision"] = torchvision.__version__
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu.json").write_text(json.dumps(record, indent=2))
     (out / "gpu.md").write_text(markdown(record))
     print(f"Written: {out / 'gpu.md'}")
     return out / "gpu.md"
+
+
+def model_words(arch: str) -> str:
+    if arch == "cnn":
+        return (f"PneumoniaCNN, {MODEL['depth']} blocks, {MODEL['filters']} filters x{MODEL['width_growth']:g} (16 at 224 px), "
+                f"batch {MODEL['batch_size']}")
+    return f"torchvision {arch} with a one-channel stem, from scratch, batch {MODEL['batch_size']}"
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -202,9 +217,9 @@ def markdown(record: dict[str, Any]) -> str:
         "",
         f"Command: `{record['command']}`  ",
         f"Machine: **{gpu}**, {record['machine']['cpus']} CPUs, torch {record['machine']['torch']}; measured {record['measured_at']}. "
-        f"`--precision auto` there: {record['auto_precision']}.",
-        f"Model: PneumoniaCNN, {MODEL['depth']} blocks, {MODEL['filters']} filters x{MODEL['width_growth']:g} (16 at 224 px), batch {MODEL['batch_size']}; "
-        f"{record['images_per_epoch']} random images per epoch, already on the device.",
+        f"`--precision auto` there: {record['auto_precision']}."
+        + (f" torchvision {record['torchvision']}." if "torchvision" in record else ""),
+        f"Model: {model_words(record.get('arch', 'cnn'))}; {record['images_per_epoch']} random images per epoch, already on the device.",
         "",
         "## Step throughput (images/s; the project's step vs the network alone)",
         "",

@@ -13,6 +13,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 DEVICE_LACKS = ("ray", "optuna", "platformdirs")
@@ -57,3 +59,15 @@ def test_the_device_check_writes_its_tables_without_ray(tmp_path):
     assert "| 32 | bf16 | channels_last | default |" in text and "compiled ÷ eager" in text
     assert "| reduce-overhead |" in text and "failed: RuntimeError: no CUDA graphs here |" in text
     assert f"Command: `{record['command']}`" in text
+
+
+def test_the_device_check_times_a_torchvision_network_and_says_which(tmp_path):
+    pytest.importorskip("torchvision")
+    from cxr_tune.bench.gpu import run
+
+    run("cpu", [32], ["fp32"], [], 32, images=8, epochs=1, seconds=0.1, trial_epochs=12, out=tmp_path, arch="resnet18")
+    record = json.loads((tmp_path / "gpu.json").read_text())
+    assert record["arch"] == "resnet18" and record["torchvision"] and "depth" not in record["model"]
+    assert [s["layout"] for s in record["steps"]] == ["contiguous", "channels_last"] and all(s["step_img_s"] > 0 for s in record["steps"])
+    text = (tmp_path / "gpu.md").read_text()
+    assert "Model: torchvision resnet18 with a one-channel stem" in text and f"torchvision {record['torchvision']}." in text

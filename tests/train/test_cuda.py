@@ -1,6 +1,7 @@
 """The GPU path, where there is a GPU (skipped cleanly without CUDA; CI has none).
 
-What a GPU search relies on: mixed-precision training steps that learn, fp32 scoring on the GPU
+What a GPU search relies on, for the project's CNN and torchvision's ResNet-18 and DenseNet-121
+(the ``gpu`` space's architectures): mixed-precision training steps that learn, fp32 scoring on the GPU
 that matches the CPU fp32 ONNX export within its tolerance (cuDNN's default TF32 would not), and
 ``--deterministic`` runs that repeat bit for bit (what "a resumed run continues exactly" needs).
 """
@@ -33,9 +34,18 @@ def blobs(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("name", ["bf16", "fp16", "fp32"])
 def test_each_precision_trains_on_the_gpu_and_its_scores_match_the_cpu_export(name):
+    trains_and_matches_the_cpu_export(HParams(image_size=SIZE, depth=3, filters=8, epochs=3, augment_strength=0.0, lr=3e-3), name)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "densenet121"])
+def test_torchvision_architectures_train_in_bf16_on_the_gpu_and_match_the_cpu_export(arch):
+    pytest.importorskip("torchvision")
+    trains_and_matches_the_cpu_export(HParams(image_size=SIZE, arch=arch, epochs=4, augment_strength=0.0), "bf16")
+
+
+def trains_and_matches_the_cpu_export(hp: HParams, name: str) -> None:
     device = torch.device("cuda")
     configure_device(device)
-    hp = HParams(image_size=SIZE, depth=3, filters=8, epochs=3, augment_strength=0.0, lr=3e-3)
     images, labels = blobs(256, device)
     run = BareRun(hp, resolve(name, "cuda"), device, images, labels)
     for _ in range(hp.epochs):
@@ -50,10 +60,13 @@ def test_each_precision_trains_on_the_gpu_and_its_scores_match_the_cpu_export(na
     assert np.max(np.abs(files.scores(pixels) - gpu)) < SCORE_TOLERANCE  # export's own check would pass
 
 
-def test_deterministic_gpu_runs_repeat_bit_for_bit():
+@pytest.mark.parametrize("arch", ["cnn", "resnet18", "densenet121"])
+def test_deterministic_gpu_runs_repeat_bit_for_bit(arch):
+    if arch != "cnn":
+        pytest.importorskip("torchvision")
     device = torch.device("cuda")
     configure_device(device, deterministic=True)
-    hp = HParams(image_size=SIZE, depth=3, filters=8, epochs=2, augment_strength=0.5)
+    hp = HParams(image_size=SIZE, arch=arch, depth=3, filters=8, epochs=2, augment_strength=0.5)
     images, labels = blobs(128, device)
     weights = []
     for _ in range(2):
