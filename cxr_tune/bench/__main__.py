@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--precision", choices=PRECISION_CHOICES[1:], nargs="+", default=["fp32", "bf16", "fp16"], help="precisions (default: fp32 bf16 fp16)")
     gpu.add_argument("--packed", type=int_between(1, 64), nargs="+", default=[1, 2, 4, 8], help="trial processes at once (default: 1 2 4 8)")
     gpu.add_argument("--packed-size", type=size, default=128, help="image size of the packed trials (default: 128)")
+    gpu.add_argument("--packed-precision", choices=PRECISION_CHOICES, nargs="+", default=["auto"],
+                     help="precisions of the packed trials, each measured in turn (default: auto, as a search's trials train)")
     gpu.add_argument("--images", type=positive_int, default=2048, help="random images per timed epoch (default: 2048)")
     gpu.add_argument("--epochs", type=positive_int, default=2, help="timed epochs after a warm-up (default: 2)")
     gpu.add_argument("--seconds", type=positive_float, default=20.0, help="seconds each packed configuration trains (default: 20)")
@@ -106,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         out = Path(args.out) if args.out else Path(__file__).resolve().parents[2] / "results" / "benchmarks"
         run(args.device, args.sizes, args.precision, args.packed, args.packed_size, args.images, args.epochs, args.seconds, args.trial_epochs, out,
-            args.compile, args.arch)
+            args.compile, args.arch, args.packed_precision)
     elif args.command == "search":
         from cxr_tune.bench.search import run
 

@@ -15,7 +15,8 @@ it imports only torch, numpy and the project's model, augmentation and training 
    so the step's own overhead shows; plus peak GPU memory.
 2. **Packed trials**: N = 1, 2, 4, 8 trial processes training at once on the one GPU (what
    ``--gpus-per-worker 1/N`` does to a search): total images per second, trials per hour (a trial
-   being ``--trial-epochs`` epochs over the 5,216 training images) and each process's peak memory.
+   being ``--trial-epochs`` epochs over the 5,216 training images) and each process's peak memory,
+   in ``--packed-precision`` (default: what ``auto`` picks there, as a search's trials train).
 
 3. With ``--compile MODE ...``: the step with its network compiled by ``torch.compile`` (the
    augmentation, loss and optimizer stay eager), next to the eager channels_last step of the same
@@ -160,7 +161,8 @@ def packed_rate(processes: int, size: int, precision_name: str, device_name: str
 
 
 def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[int], packed_size: int, images: int, epochs: int,
-        seconds: float, trial_epochs: int, out: Path, compile_modes: Sequence[str] = (), arch: str = "cnn") -> Path:
+        seconds: float, trial_epochs: int, out: Path, compile_modes: Sequence[str] = (), arch: str = "cnn",
+        packed_precisions: Sequence[str] = ("auto",)) -> Path:
     """Measure, then write ``out/gpu.md`` and ``gpu.json`` with the command that produced them."""
     from cxr_tune.bench.common import bench_command, machine
 
@@ -182,11 +184,13 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
     compiled = compiled_rates(sizes, precisions, compile_modes, device, images, epochs, arch=arch)
     auto = resolve("auto", device.type, device=device if device.type == "cuda" else None)
     packs = []
-    for n in packed:
-        result = packed_rate(n, packed_size, auto.name, device_name, seconds, arch=arch)
-        result["trials_per_hour"] = result["total_img_s"] * 3600 / (TRAIN_IMAGES * trial_epochs)
-        packs.append(result)
-        print(json.dumps(packs[-1]), flush=True)
+    for name in packed_precisions:
+        packed_precision = auto.name if name == "auto" else resolve(name, device.type).name
+        for n in packed:
+            result = {"precision": packed_precision, **packed_rate(n, packed_size, packed_precision, device_name, seconds, arch=arch)}
+            result["trials_per_hour"] = result["total_img_s"] * 3600 / (TRAIN_IMAGES * trial_epochs)
+            packs.append(result)
+            print(json.dumps(packs[-1]), flush=True)
     record = {"benchmark": "gpu", "command": bench_command(), "machine": machine(), "measured_at": time.strftime("%Y-%m-%d %H:%M"), "device": device_name,
               "auto_precision": auto.describe(), "arch": arch, "model": MODEL if arch == "cnn" else {"batch_size": MODEL["batch_size"]}, "steps": steps, "compiled": compiled, "packed": packs, "packed_image_size": packed_size,
               "trial_epochs": trial_epochs, "images_per_epoch": images}
@@ -243,10 +247,10 @@ def markdown(record: dict[str, Any]) -> str:
                 continue
             lines.append(f"| {c['image_size']} | {c['precision']} | {c['layout']} | {c['mode']} | {c['eager_step_img_s']:.0f} | {c['step_img_s']:.0f} | "
                          f"{c['compiled_over_eager']:.2f} | {c['eager_first_epoch_s']:.1f} | {c['first_epoch_s']:.1f} |")
-    lines += ["", f"## Packed trials at {record['packed_image_size']} px ({record['auto_precision'].split(' (')[0]})", "",
+    lines += ["", f"## Packed trials at {record['packed_image_size']} px (channels_last)", "",
               f"Trials per hour: total images/s x 3600 / ({TRAIN_IMAGES} images x {record['trial_epochs']} epochs).", "",
-              "| trial processes | total images/s | per trial | trials per hour | peak MiB per trial |", "|---:|---:|---:|---:|---:|"]
+              "| precision | trial processes | total images/s | per trial | trials per hour | peak MiB per trial |", "|---|---:|---:|---:|---:|---:|"]
     for p in record["packed"]:
         peak = f"{p['peak_mib_per_trial']:.0f}" if p["peak_mib_per_trial"] is not None else "n/a"
-        lines.append(f"| {p['processes']} | {p['total_img_s']:.0f} | {p['per_trial_img_s']:.0f} | {p['trials_per_hour']:.1f} | {peak} |")
+        lines.append(f"| {p['precision']} | {p['processes']} | {p['total_img_s']:.0f} | {p['per_trial_img_s']:.0f} | {p['trials_per_hour']:.1f} | {peak} |")
     return "\n".join(lines) + "\n"

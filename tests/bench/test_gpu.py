@@ -28,7 +28,7 @@ def test_what_the_device_machine_runs_imports_with_its_packages():
 
 
 def test_the_device_check_writes_its_tables_without_ray(tmp_path):
-    args = ["gpu", "--device", "cpu", "--sizes", "32", "--precision", "fp32", "bf16", "--packed", "1", "2", "--packed-size", "32",
+    args = ["gpu", "--device", "cpu", "--sizes", "32", "--precision", "fp32", "bf16", "--packed", "2", "--packed-size", "32", "--packed-precision", "auto", "fp32",
             "--images", "32", "--epochs", "1", "--seconds", "0.3", "--compile", "default", "reduce-overhead", "--out", str(tmp_path)]
     code = (f"import sys; {BLOCK}\n"
             "import torch; compile_ = torch.compile  # a machine that cannot compile one mode:\n"
@@ -53,9 +53,12 @@ def test_the_device_check_writes_its_tables_without_ray(tmp_path):
     assert all(compiled[p, "default"]["step_img_s"] > 0 and compiled[p, "default"]["eager_step_img_s"] > 0 for p in ("fp32", "bf16"))
     # A mode that fails is a row with its error, and the check goes on (the packed trials below ran).
     assert compiled["fp32", "reduce-overhead"]["error"] == "RuntimeError: no CUDA graphs here"
-    assert [p["processes"] for p in record["packed"]] == [1, 2] and all(p["trials_per_hour"] > 0 for p in record["packed"])
+    assert [p["processes"] for p in record["packed"]] == [2, 2] and all(p["trials_per_hour"] > 0 for p in record["packed"])
+    auto = record["auto_precision"].split(" ")[0].rstrip(",")  # "bf16 autocast, ..." or "fp32, ..."
+    assert [p["precision"] for p in record["packed"]] == [auto, "fp32"]
     text = (tmp_path / "gpu.md").read_text()
     assert "| 32 | bf16 | channels_last |" in text and "trials per hour" in text and "no GPU (device cpu)" in text
+    assert f"| {auto} | 2 |" in text and "| fp32 | 2 |" in text
     assert "| 32 | bf16 | channels_last | default |" in text and "compiled ÷ eager" in text
     assert "| reduce-overhead |" in text and "failed: RuntimeError: no CUDA graphs here |" in text
     assert f"Command: `{record['command']}`" in text
