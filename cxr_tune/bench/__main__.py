@@ -1,4 +1,4 @@
-"""``python -m cxr_tune.bench {data,train,precision,gpu,search,replay,value,scaling,ablation,transfer,tta}``: measurements for results/.
+"""``python -m cxr_tune.bench {data,train,precision,gpu,search,replay,value,epochs,scaling,ablation,transfer,tta}``: measurements for results/.
 
 Each benchmark measures its alternatives side by side in one run and writes its result, with the
 command, under ``results/``. ``gpu`` needs only PyTorch (it runs on the lent GPU machine, where Ray
@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     value.add_argument("experiment", help="the finished real-data search (default configuration runs use its data, split and external set)")
     value.add_argument("--model", default=None, help="the experiment's exported model folder (default: EXPERIMENT/best; e.g. the committed results/real/best)")
     value.add_argument("--seeds", type=positive_int, default=None, help="seeds of the default configuration given the search's compute (default: as many as fit in it)")
+    epochs = commands.add_parser("epochs", help="does a longer final fit help? the export's runs retrained for other epoch counts, ensembles side by side")
+    epochs.add_argument("experiment", help="the finished real-data search selected on an external set (its data, split and external set)")
+    epochs.add_argument("--model", default=None, help="the experiment's exported model folder (default: EXPERIMENT/best; e.g. the committed results/real/best)")
+    epochs.add_argument("--epochs", type=positive_int, nargs="+", default=None,
+                        help="epoch counts; the others are compared with the first (default: the export's own schedule and twice it)")
     commands.add_parser("scaling", help="search throughput on a local cluster of 1 vs 2 worker nodes")
     ablation = commands.add_parser("ablation", help="real-data recipe: ensemble and threshold rule post hoc, and one-change retrains")
     ablation.add_argument("experiment", help="a finished real-data experiment folder")
@@ -121,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cxr_tune.bench.value import run
 
         run(args.experiment, args.seeds, args.model)
+    elif args.command == "epochs":
+        from cxr_tune.bench.epochs import run
+
+        run(args.experiment, args.epochs, args.model)
     elif args.command == "scaling":
         from cxr_tune.bench.scaling import run
 

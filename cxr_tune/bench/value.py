@@ -21,19 +21,13 @@ import math
 import tempfile
 import time
 
-import numpy as np
 import pandas as pd
 
-from cxr_tune import storage
-from cxr_tune.bench.common import paired_auc_difference, write_result
-from cxr_tune.errors import UserError
+from cxr_tune.bench.common import write_result
+from cxr_tune.bench.external_scoring import export_on_external, score_row, threshold_by_rule
 from cxr_tune.experiment import Experiment
-from cxr_tune.selection import choose_threshold
 from cxr_tune.train.checkpoints import load_predictions
 from cxr_tune.train.hparams import HParams
-from cxr_tune.train.metrics import rates_at
-
-RESAMPLES = 2000
 
 
 def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> None:
@@ -46,20 +40,8 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
     from cxr_tune.train.trainer import Resources, make_trainer
 
     experiment = Experiment(experiment_dir)
-    model = model or experiment.file("best")
-    best = storage.join(model, "external_predictions.csv")
-    if experiment.deciding_set != "external":
-        raise UserError(f"'{experiment.path}' was not selected on an external set; bench value compares models on the set that chose them")
-    if not _exists(best):
-        raise UserError(f"'{model}' holds no external_predictions.csv: pass the folder `python -m cxr_tune.export {experiment_dir}` "
-                        "wrote with --model (the export of this experiment, scored on its external set)")
-    meta = _meta(model)
-    if meta.get("search", {}).get("command") != experiment.info.get("command"):
-        raise UserError(f"'{model}' is not an export of '{experiment.path}': its model.json names the search "
-                        f"`{meta.get('search', {}).get('command')}`, the experiment was `{experiment.info.get('command')}`")
-    searched = storage.read_csv(best)
-    # external_predictions.csv is in the export's image order; the runs' scores are keyed by content hash.
-    hashes = _hashes_in_export_order(experiment, searched)
+    export = export_on_external(experiment, model)
+    model, meta, hashes = export.model, export.meta, export.hashes
     search_minutes = experiment.compute_minutes()
     options = experiment.options
     # The documented defaults, judged by the search's own criterion and sensitivity floor.
@@ -87,17 +69,16 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
                 budget = max(1, math.floor(search_minutes / runs[0]["cpu_minutes"]))
             if index >= budget:
                 break
-    labels = searched["label"].to_numpy().astype(int)
+    labels, searched = export.labels, export.probabilities
     order = runs[0]["scores"].set_index("content_hash")
     default_scores = [r["scores"].set_index("content_hash")["score"] for r in runs]
     single = order.loc[hashes, "score"].to_numpy()
     averaged = pd.concat(default_scores, axis=1).mean(axis=1).loc[hashes].to_numpy()
     rows = [
-        _row("the search (best/: search, final fit, ensemble)", labels, searched["probability"].to_numpy(), float(meta["threshold"]),
-             search_minutes, None),
-        _row("the default configuration, one run", labels, single, _threshold(labels, single, hp), runs[0]["cpu_minutes"], searched["probability"].to_numpy()),
-        _row(f"the default configuration, {len(runs)} seeds averaged" + (" (the search's compute)" if seeds is None else ""), labels, averaged, _threshold(labels, averaged, hp),
-             sum(r["cpu_minutes"] for r in runs), searched["probability"].to_numpy()),
+        score_row("the search (best/: search, final fit, ensemble)", labels, searched, float(meta["threshold"]), search_minutes, {}),
+        score_row("the default configuration, one run", labels, single, threshold_by_rule(labels, single, hp), runs[0]["cpu_minutes"], {"search": searched}),
+        score_row(f"the default configuration, {len(runs)} seeds averaged" + (" (the search's compute)" if seeds is None else ""), labels, averaged,
+                  threshold_by_rule(labels, averaged, hp), sum(r["cpu_minutes"] for r in runs), {"search": searched}),
     ]
     summary = [
         f"Experiment `{experiment.path}`, its exported model `{model}`. External set: `{experiment.external}` ({len(labels)} images); **every number here is a "
@@ -113,21 +94,6 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
                  {"rows": rows, "search_cpu_minutes": search_minutes, "default_runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs]})
 
 
-def _row(name: str, labels: np.ndarray, scores: np.ndarray, threshold: float, cpu_minutes: float, reference: np.ndarray | None) -> dict:
-    from cxr_tune.export import bootstrap_intervals
-
-    rates = rates_at(labels, scores, threshold)
-    ci = bootstrap_intervals(labels, scores, threshold, resamples=RESAMPLES)
-    from sklearn.metrics import roc_auc_score
-
-    row = {"model": name, "cpu_minutes": cpu_minutes, "auc": float(roc_auc_score(labels, scores)), "auc_ci": ci.get("auc"),
-           "balanced_accuracy": rates["balanced_accuracy"], "ba_ci": ci.get("balanced_accuracy"),
-           "sensitivity": rates["sensitivity"], "specificity": rates["specificity"], "threshold": threshold}
-    if reference is not None:
-        row["auc - search"], row["diff_ci"] = paired_auc_difference(labels, scores, reference, RESAMPLES)
-    return row
-
-
 def _table(rows: list[dict]) -> str:
     """The rows for people: each metric with its 95 % interval in one cell."""
     from cxr_tune.formatting import fmt, interval
@@ -137,28 +103,5 @@ def _table(rows: list[dict]) -> str:
         "AUC [95 % CI]": fmt(row["auc"]) + interval(row["auc_ci"]),
         "balanced accuracy [95 % CI]": fmt(row["balanced_accuracy"]) + interval(row["ba_ci"]),
         "sensitivity": fmt(row["sensitivity"]), "specificity": fmt(row["specificity"]), "threshold": fmt(row["threshold"], 3),
-        "AUC minus the search's [paired 95 % CI]": fmt(row["auc - search"]) + interval(row["diff_ci"]) if "diff_ci" in row else "",
+        "AUC minus the search's [paired 95 % CI]": fmt(row["auc - search"]) + interval(row["search_ci"]) if "search_ci" in row else "",
     } for row in rows]).to_markdown(index=False, disable_numparse=True)
-
-
-def _threshold(labels: np.ndarray, scores: np.ndarray, hp: HParams) -> float:
-    return choose_threshold(labels, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
-
-
-def _meta(model: str) -> dict:
-    import json
-
-    return json.loads(storage.read_text(storage.join(model, "model.json")))
-
-
-def _hashes_in_export_order(experiment: Experiment, predictions: pd.DataFrame) -> list[str]:
-    """Content hashes of the export's external images, in its CSV's order (matched by path)."""
-    rows = experiment.splits[experiment.splits["role"] == "external"].drop_duplicates("path").set_index("path")
-    unknown = sorted(set(predictions["path"]) - set(rows.index))
-    if unknown:
-        raise UserError(f"{len(unknown)} image(s) of the export's external_predictions.csv are not the experiment's external set, e.g. '{unknown[0]}'")
-    return rows.loc[predictions["path"], "content_hash"].tolist()
-
-
-def _exists(path: str) -> bool:
-    return storage.exists(path)

@@ -1,0 +1,84 @@
+"""An export scored on its experiment's external set, and rows of models compared with it there (``bench value``, ``bench epochs``).
+
+Retrained runs store their external scores by image content hash; an export's
+``external_predictions.csv`` lists the same images by path. This reads the export once, checks it
+belongs to the experiment, and puts both in the export's image order, so every model in a table is
+scored on the same images and compared by a paired bootstrap.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cxr_tune import storage
+from cxr_tune.bench.common import paired_auc_difference
+from cxr_tune.errors import UserError
+from cxr_tune.experiment import Experiment
+from cxr_tune.selection import choose_threshold
+from cxr_tune.train.hparams import HParams
+from cxr_tune.train.metrics import rates_at
+
+RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class ExportOnExternal:
+    model: str  # the export folder
+    meta: dict  # its model.json
+    labels: np.ndarray  # the external images' labels, in the export's order
+    probabilities: np.ndarray  # the export's scores of them
+    hashes: list[str]  # their content hashes, same order (how retrained runs' scores are keyed)
+
+
+def export_on_external(experiment: Experiment, model: str | None) -> ExportOnExternal:
+    """``model``: the experiment's exported folder (default ``EXPERIMENT/best``; a committed copy such as ``results/real/best``)."""
+    model = model or experiment.file("best")
+    best = storage.join(model, "external_predictions.csv")
+    if experiment.deciding_set != "external":
+        raise UserError(f"'{experiment.path}' was not selected on an external set; this benchmark compares models on the set that chose them")
+    if not storage.exists(best):
+        raise UserError(f"'{model}' holds no external_predictions.csv: pass the folder `python -m cxr_tune.export {experiment.path}` "
+                        "wrote with --model (the export of this experiment, scored on its external set)")
+    meta = json.loads(storage.read_text(storage.join(model, "model.json")))
+    if meta.get("search", {}).get("command") != experiment.info.get("command"):
+        raise UserError(f"'{model}' is not an export of '{experiment.path}': its model.json names the search "
+                        f"`{meta.get('search', {}).get('command')}`, the experiment was `{experiment.info.get('command')}`")
+    predictions = storage.read_csv(best)
+    return ExportOnExternal(model, meta, predictions["label"].to_numpy().astype(int), predictions["probability"].to_numpy(),
+                            _hashes_in_export_order(experiment, predictions))
+
+
+def threshold_by_rule(labels: np.ndarray, scores: np.ndarray, hp: HParams) -> float:
+    """The threshold the model's own rule (criterion, sensitivity floor, tolerance) picks on these images."""
+    return choose_threshold(labels, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
+
+
+def score_row(name: str, labels: np.ndarray, scores: np.ndarray, threshold: float, cpu_minutes: float | None,
+              references: dict[str, np.ndarray]) -> dict:
+    """AUC, balanced accuracy (95 % bootstrap intervals) and rates at ``threshold``; for each named
+    reference, ``auc - NAME`` and ``NAME_ci``: this AUC minus the reference's on the same images, paired."""
+    from sklearn.metrics import roc_auc_score
+
+    from cxr_tune.export import bootstrap_intervals
+
+    rates = rates_at(labels, scores, threshold)
+    ci = bootstrap_intervals(labels, scores, threshold, resamples=RESAMPLES)
+    row = {"model": name, "cpu_minutes": cpu_minutes, "auc": float(roc_auc_score(labels, scores)), "auc_ci": ci.get("auc"),
+           "balanced_accuracy": rates["balanced_accuracy"], "ba_ci": ci.get("balanced_accuracy"),
+           "sensitivity": rates["sensitivity"], "specificity": rates["specificity"], "threshold": threshold}
+    for key, reference in references.items():
+        row[f"auc - {key}"], row[f"{key}_ci"] = paired_auc_difference(labels, scores, reference, RESAMPLES)
+    return row
+
+
+def _hashes_in_export_order(experiment: Experiment, predictions: pd.DataFrame) -> list[str]:
+    """Content hashes of the export's external images, in its CSV's order (matched by path)."""
+    rows = experiment.splits[experiment.splits["role"] == "external"].drop_duplicates("path").set_index("path")
+    unknown = sorted(set(predictions["path"]) - set(rows.index))
+    if unknown:
+        raise UserError(f"{len(unknown)} image(s) of the export's external_predictions.csv are not the experiment's external set, e.g. '{unknown[0]}'")
+    return rows.loc[predictions["path"], "content_hash"].tolist()

@@ -1,0 +1,51 @@
+"""The benchmarks that score models beside an export on its external set (``bench value``, ``bench epochs``)
+name what they cannot compare before they train anything (read from the committed real-data searches)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from cxr_tune.bench.epochs import plan_runs
+from tests.conftest import ROOT, call_cli
+
+
+@pytest.mark.parametrize("bench", ["value", "epochs"])
+def test_a_bench_refuses_a_missing_export_another_experiments_export_unknown_images_and_a_carved_search(bench, tmp_path):
+    missing = call_cli("cxr_tune.bench", bench, "results/real/external", "--model", str(tmp_path))
+    assert missing.returncode == 2
+    assert str(tmp_path) in missing.stderr and "external_predictions.csv" in missing.stderr and "Traceback" not in missing.stderr
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(ROOT / "results/real/best/external_predictions.csv", other)
+    meta = json.loads((ROOT / "results/real/best/model.json").read_text())
+    meta["search"]["command"] = "python -m cxr_tune.search --name another"
+    (other / "model.json").write_text(json.dumps(meta))
+    foreign = call_cli("cxr_tune.bench", bench, "results/real/external", "--model", str(other))
+    assert foreign.returncode == 2 and "is not an export of" in foreign.stderr and "--name another" in foreign.stderr
+
+    elsewhere = tmp_path / "elsewhere"  # this experiment's export, scored on images its external set does not hold
+    elsewhere.mkdir()
+    shutil.copy(ROOT / "results/real/best/model.json", elsewhere)
+    scored = (ROOT / "results/real/best/external_predictions.csv").read_text().splitlines()
+    scored[1] = "/somewhere/else/NORMAL/IM-9999-0001.jpeg," + scored[1].split(",", 1)[1]
+    (elsewhere / "external_predictions.csv").write_text("\n".join(scored) + "\n")
+    unknown = call_cli("cxr_tune.bench", bench, "results/real/external", "--model", str(elsewhere))
+    assert unknown.returncode == 2 and "not the experiment's external set" in unknown.stderr and "IM-9999-0001" in unknown.stderr
+
+    carved = call_cli("cxr_tune.bench", bench, "results/real/carved", "--model", "results/real/best-no-labels")
+    assert carved.returncode == 2 and "not selected on an external set" in carved.stderr
+
+
+def test_bench_epochs_retrains_every_member_with_its_own_configuration_and_seed_for_each_count():
+    members = json.loads((ROOT / "results/real/best/model.json").read_text())["members"]
+    runs = plan_runs(members, [8, 16])
+    assert len(runs) == 2 * len(members) == 12
+    for count in (8, 16):
+        these = [r for r in runs if r["epochs"] == count]
+        assert [r["member"] for r in these] == [m["trial_id"] for m in members]
+        for run, member in zip(these, members):
+            assert run["hparams"] == {**member["hparams"], "epochs": count}  # only the schedule's length changes
