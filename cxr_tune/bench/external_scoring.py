@@ -9,7 +9,9 @@ scored on the same images and compared by a paired bootstrap.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -73,6 +75,44 @@ def score_row(name: str, labels: np.ndarray, scores: np.ndarray, threshold: floa
     for key, reference in references.items():
         row[f"auc - {key}"], row[f"{key}_ci"] = paired_auc_difference(labels, scores, reference, RESAMPLES)
     return row
+
+
+def train_external_scores(experiment: Experiment, hp: HParams, datasets: dict[str, Any], class_counts: tuple[int, int], cpus: float,
+                          storage_path: str, name: str) -> tuple[pd.Series, float]:
+    """Train ``hp`` once on ``datasets`` (the experiment's split) with the experiment's run options (its last epoch kept, no epoch
+    picked on the external set); its external scores by content hash, and the CPU-minutes it held."""
+    from cxr_tune.search.runner import run_options
+    from cxr_tune.train.checkpoints import load_predictions
+    from cxr_tune.train.trainer import Resources, make_trainer
+
+    started = time.time()
+    result = make_trainer(hp, datasets, class_counts, resources=Resources(1, cpus), storage_path=storage_path, name=name,
+                          deciding=experiment.deciding_set, run=run_options(experiment.options), loop_options={"keep": "last"}).fit()
+    if result.error:
+        raise result.error
+    with result.checkpoint.as_directory() as folder:
+        scores = load_predictions(folder, "ext").set_index("content_hash")["score"]
+    return scores, (time.time() - started) / 60 * cpus
+
+
+def score_table(rows: list[dict], differences: dict[str, str]) -> str:
+    """The rows for people, each metric with its 95 % interval in one cell; ``differences``: the
+    column title of each reference's paired AUC difference, by its key in :func:`score_row`."""
+    from cxr_tune.formatting import fmt, interval
+
+    members = any("members_auc" in row for row in rows)
+    table = []
+    for row in rows:
+        cells = {"model": row["model"], "CPU-minutes": "" if row["cpu_minutes"] is None else f"{row['cpu_minutes']:.1f}",
+                 "AUC [95 % CI]": fmt(row["auc"]) + interval(row["auc_ci"])}
+        if members:
+            cells["members alone (AUC)"] = ", ".join(fmt(a) for a in row.get("members_auc", []))
+        cells.update({"balanced accuracy [95 % CI]": fmt(row["balanced_accuracy"]) + interval(row["ba_ci"]),
+                      "sensitivity": fmt(row["sensitivity"]), "specificity": fmt(row["specificity"]), "threshold": fmt(row["threshold"], 3)})
+        for key, title in differences.items():
+            cells[title] = fmt(row[f"auc - {key}"]) + interval(row[f"{key}_ci"]) if f"{key}_ci" in row else ""
+        table.append(cells)
+    return pd.DataFrame(table).to_markdown(index=False, disable_numparse=True)
 
 
 def _hashes_in_export_order(experiment: Experiment, predictions: pd.DataFrame) -> list[str]:

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
 
 import pandas as pd
 
 from cxr_tune.bench.common import write_result
-from cxr_tune.bench.external_scoring import export_on_external, score_row, threshold_by_rule
+from cxr_tune.bench.external_scoring import export_on_external, score_row, score_table, threshold_by_rule, train_external_scores
 from cxr_tune.experiment import Experiment
-from cxr_tune.train.checkpoints import load_predictions
 from cxr_tune.train.hparams import HParams
 
 
@@ -36,8 +34,6 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
 
     from cxr_tune.data.prepared import datasets_by_size
     from cxr_tune.ray_session import ray_session
-    from cxr_tune.search.runner import run_options
-    from cxr_tune.train.trainer import Resources, make_trainer
 
     experiment = Experiment(experiment_dir)
     export = export_on_external(experiment, model)
@@ -54,26 +50,18 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
         budget = seeds
         index = 0
         while True:
-            started = time.time()
-            result = make_trainer(HParams.from_config({**hp.to_dict(), "seed": index}), datasets, split.class_counts(),
-                                  resources=Resources(1, cpus), storage_path=scratch, name=f"default-seed{index}", deciding=experiment.deciding_set,
-                                  run=run_options(options), loop_options={"keep": "last"}).fit()
-            if result.error:
-                raise result.error
-            with result.checkpoint.as_directory() as folder:
-                scores = load_predictions(folder, "ext")
-            runs.append({"seed": index, "cpu_minutes": (time.time() - started) / 60 * cpus, "scores": scores})
-            print(f"default configuration, seed {index}: {runs[-1]['cpu_minutes']:.1f} CPU-minutes", flush=True)
+            scores, minutes = train_external_scores(experiment, HParams.from_config({**hp.to_dict(), "seed": index}), datasets, split.class_counts(),
+                                                    cpus, scratch, f"default-seed{index}")
+            runs.append({"seed": index, "cpu_minutes": minutes, "scores": scores})
+            print(f"default configuration, seed {index}: {minutes:.1f} CPU-minutes", flush=True)
             index += 1
             if budget is None:  # as many seeds as fit in the search's compute, estimated from the first run
                 budget = max(1, math.floor(search_minutes / runs[0]["cpu_minutes"]))
             if index >= budget:
                 break
     labels, searched = export.labels, export.probabilities
-    order = runs[0]["scores"].set_index("content_hash")
-    default_scores = [r["scores"].set_index("content_hash")["score"] for r in runs]
-    single = order.loc[hashes, "score"].to_numpy()
-    averaged = pd.concat(default_scores, axis=1).mean(axis=1).loc[hashes].to_numpy()
+    single = runs[0]["scores"].loc[hashes].to_numpy()
+    averaged = pd.concat([r["scores"] for r in runs], axis=1).mean(axis=1).loc[hashes].to_numpy()
     rows = [
         score_row("the search (best/: search, final fit, ensemble)", labels, searched, float(meta["threshold"]), search_minutes, {}),
         score_row("the default configuration, one run", labels, single, threshold_by_rule(labels, single, hp), runs[0]["cpu_minutes"], {"search": searched}),
@@ -85,23 +73,10 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
         "selection-set number** (half A chose the search's model and every threshold). Default configuration: "
         + ", ".join(f"`{k}={v}`" for k, v in hp.to_dict().items() if k in ("arch", "depth", "filters", "image_size", "epochs", "lr", "batch_size", "augment_strength")),
         "",
-        _table(rows),
+        score_table(rows, {"search": "AUC minus the search's [paired 95 % CI]"}),
         "",
         ("The last column is the default's AUC minus the search's on the same images, with a paired 95 % bootstrap interval: an interval "
          "below zero means the search's model ranks these patients measurably better."),
     ]
     write_result("value_of_search", "Does the search pay? The selected model vs the default configuration", summary,
                  {"rows": rows, "search_cpu_minutes": search_minutes, "default_runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs]})
-
-
-def _table(rows: list[dict]) -> str:
-    """The rows for people: each metric with its 95 % interval in one cell."""
-    from cxr_tune.formatting import fmt, interval
-
-    return pd.DataFrame([{
-        "model": row["model"], "CPU-minutes": f"{row['cpu_minutes']:.1f}",
-        "AUC [95 % CI]": fmt(row["auc"]) + interval(row["auc_ci"]),
-        "balanced accuracy [95 % CI]": fmt(row["balanced_accuracy"]) + interval(row["ba_ci"]),
-        "sensitivity": fmt(row["sensitivity"]), "specificity": fmt(row["specificity"]), "threshold": fmt(row["threshold"], 3),
-        "AUC minus the search's [paired 95 % CI]": fmt(row["auc - search"]) + interval(row["search_ci"]) if "search_ci" in row else "",
-    } for row in rows]).to_markdown(index=False, disable_numparse=True)

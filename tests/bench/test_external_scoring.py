@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 
-from cxr_tune.bench.epochs import plan_runs
 from tests.conftest import ROOT, call_cli
 
 
@@ -39,13 +38,3 @@ def test_a_bench_refuses_a_missing_export_another_experiments_export_unknown_ima
     carved = call_cli("cxr_tune.bench", bench, "results/real/carved", "--model", "results/real/best-no-labels")
     assert carved.returncode == 2 and "not selected on an external set" in carved.stderr
 
-
-def test_bench_epochs_retrains_every_member_with_its_own_configuration_and_seed_for_each_count():
-    members = json.loads((ROOT / "results/real/best/model.json").read_text())["members"]
-    runs = plan_runs(members, [8, 16])
-    assert len(runs) == 2 * len(members) == 12
-    for count in (8, 16):
-        these = [r for r in runs if r["epochs"] == count]
-        assert [r["member"] for r in these] == [m["trial_id"] for m in members]
-        for run, member in zip(these, members):
-            assert run["hparams"] == {**member["hparams"], "epochs": count}  # only the schedule's length changes
