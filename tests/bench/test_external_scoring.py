@@ -37,4 +37,3 @@ def test_a_bench_refuses_a_missing_export_another_experiments_export_unknown_ima
 
     carved = call_cli("cxr_tune.bench", bench, "results/real/carved", "--model", "results/real/best-no-labels")
     assert carved.returncode == 2 and "not selected on an external set" in carved.stderr
-
