@@ -200,11 +200,13 @@ class Experiment:
         """CPU-minutes the search and its final fit held (wall time x the cluster's CPUs), over every run."""
         return sum(entry["seconds"] * entry["cpus"] for entry in self.compute_log()) / 60
 
-    def log_compute(self, stage: str, seconds: float, cpus: float, gpus: float = 0.0) -> None:
-        """Append one stage run to ``compute.jsonl`` (the search and the final fit call this)."""
+    def log_compute(self, stage: str, seconds: float, cpus: float, gpus: float = 0.0, **notes: Any) -> None:
+        """Append one stage run to ``compute.jsonl`` (the search and the final fit call this);
+        ``notes``: what else a reader should know of it (what ended a search, say)."""
         import time
 
-        line = json.dumps({"stage": stage, "seconds": round(seconds, 1), "cpus": cpus, "gpus": gpus, "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        line = json.dumps({"stage": stage, "seconds": round(seconds, 1), "cpus": cpus, "gpus": gpus, **notes,
+                           "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         old = storage.read_text(self.file(COMPUTE_FILE)) if storage.exists(self.file(COMPUTE_FILE)) else ""
         storage.write_text_atomic(self.file(COMPUTE_FILE), old + line + "\n")
 

@@ -47,7 +47,7 @@ def test_the_message_says_what_is_wanted():
 
 
 SEARCH = [
-    ("--time-budget", "nan"), ("--time-budget", "-5"), ("--time-budget", "inf"),
+    ("--time-budget", "nan"), ("--time-budget", "-5"), ("--time-budget", "inf"), ("--job-budget", "0"), ("--job-budget", "nan"),
     ("--min-sensitivity", "nan"), ("--min-sensitivity", "1.5"),
     ("--cpus-per-worker", "nan"), ("--cpus-per-worker", "0"),
     ("--gpus-per-worker", "nan"), ("--gpus-per-worker", "-1"),

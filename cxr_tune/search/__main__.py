@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trials", type=positive_int, default=None, help="number of trials (default: the space's search.trials)")
     parser.add_argument("--max-epochs", type=positive_int, default=None, help="epochs of a trial ASHA never stops (default: the space's search.max_epochs)")
     parser.add_argument("--time-budget", type=positive_float, default=None, metavar="MINUTES", help="stop starting/running trials after this many minutes; with --resume, minutes for this run (default: no limit)")
+    parser.add_argument("--job-budget", type=positive_float, default=None, metavar="MINUTES",
+                        help="minutes for the whole command: the search ends when what is left would not hold the final fit "
+                             "(estimated from the leading trials' own epochs) and the export; with --resume, minutes for this run "
+                             "(default: no limit)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the TPE sampler and of every trial's initialization (default: 0)")
     parser.add_argument("--select", choices=sorted(CRITERIA), default="balanced_accuracy", help="balance of sensitivity and specificity that picks the threshold and the best trial (default: balanced_accuracy)")
     add_select_on_argument(parser)
@@ -78,7 +82,7 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
     return SearchOptions(
         space=str(args.space) if named else str(Path(space.path).resolve()), name=name, storage=storage.resolve(args.storage),
         trials=args.trials, max_epochs=args.max_epochs,
-        time_budget_min=args.time_budget, seed=args.seed, select=args.select, select_on=args.select_on,
+        time_budget_min=args.time_budget, job_budget_min=args.job_budget, seed=args.seed, select=args.select, select_on=args.select_on,
         min_sensitivity=args.min_sensitivity,
         address=args.address, workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency, sampler=args.sampler,
@@ -110,9 +114,9 @@ def weights_by_architecture(given: list[str], space: Space) -> dict[str, str]:
     return out
 
 
-#: What --resume may be given besides the experiment's name and storage: this run's time budget,
+#: What --resume may be given besides the experiment's name and storage: this run's budgets,
 #: and the cluster and resources it runs on (the search itself is fixed by experiment.json).
-RESUME_FLAGS = ("--time-budget", "--address", "--workers-per-trial", "--cpus-per-worker", "--gpus-per-worker", "--no-export", "--verbose", "--no-final-fit")
+RESUME_FLAGS = ("--time-budget", "--job-budget", "--address", "--workers-per-trial", "--cpus-per-worker", "--gpus-per-worker", "--no-export", "--verbose", "--no-final-fit")
 REPORT_FLAGS = ("--no-export", "--verbose")
 
 
@@ -135,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxr_tune.search.finish import finish_experiment
     from cxr_tune.search.runner import can_resume, resume_command, run_search
 
+    started = time.time()  # a --job-budget counts from here
     args = build_parser().parse_args(argv)
     if args.report_only:
         refuse_flags(args, argv, "--report-only", REPORT_FLAGS, "rewrites the table, report and best/ of an existing experiment and runs nothing")
@@ -152,14 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = given_flags(args, argv)
         overrides = {field: getattr(args, field) for field in ("address", "workers_per_trial", "cpus_per_worker", "gpus_per_worker")
                      if "--" + field.replace("_", "-") in given}
-        # Found here, wherever it was started from; --time-budget is minutes for this run (none: no limit).
+        # Found here, wherever it was started from; the budgets are minutes for this run (none: no limit).
         if args.no_final_fit:
             overrides["final_fit"] = False
-        options = dataclasses.replace(Experiment(experiment).options, storage=storage.resolve(args.storage), time_budget_min=args.time_budget, **overrides)
+        options = dataclasses.replace(Experiment(experiment).options, storage=storage.resolve(args.storage), time_budget_min=args.time_budget,
+                                      job_budget_min=args.job_budget, **overrides)
     else:
         options = options_from_args(args)
     try:
-        experiment, outcome = run_search(options, resume=args.resume, verbose=args.verbose)
+        experiment, outcome = run_search(options, resume=args.resume, verbose=args.verbose, started=started)
     except KeyboardInterrupt:
         if not can_resume(options.experiment_dir):
             raise
@@ -181,6 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if outcome == "time budget":
         print(f"\nThe time budget of {options.time_budget_min:g} min ended the search before every trial ran.")
+    if outcome == "job budget":
+        print(f"\nThe job budget of {options.job_budget_min:g} min ended the search before every trial ran, to leave the final fit "
+              f"and the export their time; the command took {(time.time() - started) / 60:.1f} min.")
+    elif options.job_budget_min:
+        print(f"\nThe command took {(time.time() - started) / 60:.1f} min of its {options.job_budget_min:g}-min job budget.")
     return 0
 
 

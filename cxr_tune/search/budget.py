@@ -14,39 +14,63 @@ from typing import Any, ClassVar
 from ray.tune import Callback, Stopper
 from ray.tune.search import SearchGenerator
 
+from cxr_tune.search.pace import FinalFitShape, TrialPace, final_fit_seconds
+
+# What a whole-job budget keeps back besides the final fit's epochs: the final fit's own start (Ray,
+# image caches), the export and the report. The carved real-data job of 2026-12-05 spent 1.1 of its
+# 88.4 minutes outside its search (34.2) and final fit (53.1); this is about twice that.
+EXPORT_RESERVE_SECONDS = 120.0
+
 
 class SessionBudget(Stopper):
     """Ends the search :attr:`minutes` after the first Tune step of *this* command, whether it
-    started the search or resumed it (None: no limit).
+    started the search or resumed it (None: no limit), or, with a whole-job budget, as soon as
+    what is left of it would not hold the final fit (estimated from the trials' own epochs,
+    :mod:`cxr_tune.search.pace`) and the export.
 
     Tune saves its stopper with the experiment, and a resumed search runs with the saved copy, not
     the one it was given: Tune's own ``TimeoutStopper`` came back with its budget spent (a search
     its budget had stopped stopped again at once) or, for a search started without one, with no
     budget at all. This one keeps no budget of its own: it reads the running command's
-    :attr:`minutes`, and a restored copy starts its clock afresh.
+    :attr:`minutes` and :attr:`job_deadline`, and a restored copy starts its clock afresh.
     """
 
-    minutes: ClassVar[float | None] = None  # set for each command by _tuner
-    ended: ClassVar[bool] = False  # whether the budget ended this command's search
+    minutes: ClassVar[float | None] = None  # --time-budget, set for each command by _tuner
+    job_deadline: ClassVar[float | None] = None  # --job-budget: the time.time() by which the whole command should be done
+    final_fit: ClassVar[FinalFitShape | None] = None  # what the final fit after this search will train (None: none)
+    ended: ClassVar[str] = ""  # what ended this command's search: "", "time budget" or "job budget"
+    estimate_seconds: ClassVar[float | None] = None  # with a job budget: the final fit's estimate at the last check
 
     def __init__(self) -> None:
         self._deadline: float | None = None
+        self._paces: dict[str, TrialPace] = {}
+        self._estimate: float | None = None  # the final fit's, as of the last result (None: to be worked out)
 
     def __call__(self, trial_id: str, result: dict) -> bool:
+        self._paces.setdefault(trial_id, TrialPace()).add(result)
+        self._estimate = None
         return False
 
     def stop_all(self) -> bool:
-        if SessionBudget.minutes is None:
-            return False
-        if self._deadline is None:
-            self._deadline = time.time() + SessionBudget.minutes * 60
-        if time.time() < self._deadline:
-            return False
-        SessionBudget.ended = True
-        return True
+        now = time.time()
+        if SessionBudget.minutes is not None:
+            if self._deadline is None:
+                self._deadline = now + SessionBudget.minutes * 60
+            if now >= self._deadline:
+                SessionBudget.ended = "time budget"
+                return True
+        if SessionBudget.job_deadline is not None:
+            if self._estimate is None:  # Tune asks at every step; the ranking changes only with a result
+                self._estimate = final_fit_seconds(self._paces, SessionBudget.final_fit) if SessionBudget.final_fit else 0.0
+            estimate = SessionBudget.estimate_seconds = self._estimate
+            if now + (estimate or 0.0) + EXPORT_RESERVE_SECONDS >= SessionBudget.job_deadline:
+                SessionBudget.ended = "job budget"
+                return True
+        return False
 
     def __setstate__(self, state: dict) -> None:
-        self._deadline = None
+        self._deadline, self._estimate = None, None
+        self._paces = state.get("_paces", {})  # the epochs it saw before: the leaders may not train again
 
 
 class ResumableTrials(SearchGenerator):

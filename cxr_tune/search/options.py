@@ -22,6 +22,7 @@ class SearchOptions:
     trials: int | None = None
     max_epochs: int | None = None
     time_budget_min: float | None = None
+    job_budget_min: float | None = None  # the whole command: search, final fit, export
     seed: int = 0
     select: str = "balanced_accuracy"
     select_on: str = "external"  # or "carved"; "external" falls back to carved when there is no external set

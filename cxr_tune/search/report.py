@@ -84,12 +84,16 @@ def final_fit_section(experiment: Experiment, prefix: str) -> list[str]:
         rows.append({"run": run.name, "configuration (search trial)": run.trial_id, "seed": run.seed, "epochs": run.epochs,
                      "completed": run.name in done, **{f"{p}_{m}": last.get(f"{p}_{m}") for p in ("val", "ext") for m in ("auc", "balanced_accuracy")
                                                        if f"{p}_{m}" in last}})
-    minutes = sum(entry["seconds"] for entry in experiment.compute_log() if entry["stage"] == "final fit") / 60
+    log = experiment.compute_log()
+    minutes = sum(entry["seconds"] for entry in log if entry["stage"] == "final fit") / 60
+    searches = [entry for entry in log if entry.get("final_fit_estimate_seconds") is not None]
+    estimated = (f"; estimated at {searches[-1]['final_fit_estimate_seconds'] / 60:.1f} min when the search ended"
+                 + (", ended by the job budget" if searches[-1].get("ended_by") == "job budget" else "")) if searches else ""
     deciding = "external" if prefix == "ext" else "carved validation"
     return [
         "## Final fit", "",
         f"The search's {len({r.trial_id for r in runs})} best configuration(s) at the selected image size, trained again with "
-        f"{len(runs) // max(1, len({r.trial_id for r in runs}))} new seed(s) each for {runs[0].epochs} epochs ({minutes:.1f} min wall). "
+        f"{len(runs) // max(1, len({r.trial_id for r in runs}))} new seed(s) each for {runs[0].epochs} epochs ({minutes:.1f} min wall{estimated}). "
         f"`best/` averages the completed runs' **last** epochs: no epoch is picked on the {deciding} set, only the threshold is. "
         f"Each run alone at its last epoch (`val_`: carved validation, `ext_`: the external set; balanced accuracy at that run's own "
         f"threshold{', a selection-set number' if prefix == 'ext' else ''}):", "",

@@ -19,7 +19,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from cxr_tune.data.prepared import SplitData, datasets_by_size, split_data
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import EVENTS_FILE, EXPERIMENT_FILE, LOG_FILE, SPACE_FILE, SPLITS_FILE, TRAIN_DIR, Experiment
 from cxr_tune.search.options import SearchOptions
+from cxr_tune.search.pace import FinalFitShape
 from cxr_tune.search.space import ASHA_RULES, SearchSettings, Space, SpaceSampler, load_space
 from cxr_tune.search.study import STUDY_FILE, copy_study, local_cache_dir, prepare_study, study_path
 from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings, run_trial
@@ -93,12 +94,15 @@ def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float])
     return Plan(space, trials, max_epochs, Resources(workers, cpus_per_worker, gpus_per_worker), concurrency)
 
 
-def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = False) -> tuple[str, str]:
-    """Run or resume the search. Returns (experiment directory, outcome: complete, time budget or interrupted).
+def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = False, started: float | None = None) -> tuple[str, str]:
+    """Run or resume the search. Returns (experiment directory, outcome: complete, time budget, job
+    budget or interrupted).
 
     The console gets the product's own lines; Ray's and Optuna's output goes to ``search.log`` in
-    the experiment (``verbose``: to the console as well, with a line per trial epoch).
+    the experiment (``verbose``: to the console as well, with a line per trial epoch). ``started``:
+    when the command began (``time.time()``; default now), the start of a ``--job-budget``.
     """
+    started = time.time() if started is None else started
     from cxr_tune.console import library_output_to
     from cxr_tune.ray_session import ray_session
 
@@ -136,10 +140,15 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
         sizes = _image_sizes(space)
         datasets = datasets_by_size(split, sizes)
         tuner = _tuner(options, plan, split, datasets, resume=restore, verbose=verbose)
-        started = time.time()
+        _set_budgets(options, plan, ray.cluster_resources(), started, split.deciding_set(options.select_on))
+        if options.job_budget_min:
+            print(f"Job budget: {options.job_budget_min:g} min for this command; the search ends when what is left would not hold "
+                  f"the final fit (estimated from the leading trials' epochs) and the export", flush=True)
+        search_started = time.time()
         tuner.fit()
         cluster = ray.cluster_resources()
-        Experiment(experiment).log_compute("search (resumed)" if resume else "search", time.time() - started, cluster.get("CPU", 0), cluster.get("GPU", 0))
+        Experiment(experiment).log_compute("search (resumed)" if resume else "search", time.time() - search_started, cluster.get("CPU", 0),
+                                           cluster.get("GPU", 0), **_budget_notes())
     copy_study(options)
     if storage.is_uri(experiment) and Path(log_path).exists():
         storage.copy(log_path, storage.join(experiment, LOG_FILE))
@@ -251,11 +260,9 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         # Train restarts a trial's workers from its last checkpoint when they fail; this covers the
         # trial's own driver dying with its node (it then resumes from the same Train checkpoints).
         failure_config=tune.FailureConfig(max_failures=2),
-        stop=SessionBudget(),  # --time-budget; a resumed search gets the copy Tune saved, see SessionBudget
+        stop=SessionBudget(),  # --time-budget, --job-budget; a resumed search gets the copy Tune saved, see SessionBudget
         verbose=0,
     )
-    SessionBudget.minutes = options.time_budget_min  # this command's budget, fresh or resumed
-    SessionBudget.ended = False
     ProgressPrinter.verbose = verbose  # this command's console, fresh or resumed
     ProgressPrinter.trained_before = frozenset()
     if resume:  # a trial the budget ended before its first epoch is replaced, not counted
@@ -295,6 +302,38 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         trial_dirname_creator=_trial_dirname,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def _set_budgets(options: SearchOptions, plan: Plan, cluster: dict[str, float], started: float, deciding: str) -> None:
+    """This command's budgets, fresh or resumed (Tune's saved stopper reads them here)."""
+    from cxr_tune.search.budget import SessionBudget
+
+    SessionBudget.minutes = options.time_budget_min
+    SessionBudget.job_deadline = started + options.job_budget_min * 60 if options.job_budget_min else None
+    SessionBudget.final_fit = final_fit_shape(options, plan.space, cluster, deciding)
+    SessionBudget.ended, SessionBudget.estimate_seconds = "", None
+
+
+def final_fit_shape(options: SearchOptions, space: Space, cluster: dict[str, float], deciding: str) -> FinalFitShape | None:
+    """What the final fit after this search will train and how many runs at once, as
+    :func:`cxr_tune.search.finalfit.run_final_fit` plans it (None: no final fit)."""
+    settings = space.settings
+    if not options.final_fit or settings.final_fit_top <= 0:
+        return None
+    runs = settings.final_fit_top * settings.final_fit_seeds
+    plan = plan_search(replace(options, trials=runs), space, cluster)
+    return FinalFitShape(settings.final_fit_top, settings.final_fit_seeds, settings.final_fit_epochs or plan.max_epochs, plan.concurrency, deciding)
+
+
+def _budget_notes() -> dict[str, Any]:
+    """What the search's line in ``compute.jsonl`` records of its budgets: the one that ended it,
+    and with a job budget the final fit's estimate when it ended (for comparison with the final fit's own line)."""
+    from cxr_tune.search.budget import SessionBudget
+
+    notes: dict[str, Any] = {"ended_by": SessionBudget.ended} if SessionBudget.ended else {}
+    if SessionBudget.job_deadline is not None and SessionBudget.estimate_seconds is not None:
+        notes["final_fit_estimate_seconds"] = round(SessionBudget.estimate_seconds, 1)
+    return notes
 
 
 def asha_scheduler(max_epochs: int, settings: SearchSettings) -> Any:
@@ -338,12 +377,12 @@ def _trial_dirname(trial: Any) -> str:
 
 
 def _outcome(experiment_dir: str, plan: Plan) -> str:
-    """``time budget``, ``complete`` or ``interrupted`` (Ctrl-C / SIGTERM: resume with --resume),
-    from the trials as Tune saved them (see :func:`cxr_tune.search.results.trial_counts`)."""
+    """``time budget``, ``job budget``, ``complete`` or ``interrupted`` (Ctrl-C / SIGTERM: resume
+    with --resume), from the trials as Tune saved them (see :func:`cxr_tune.search.results.trial_counts`)."""
     from cxr_tune.search.budget import SessionBudget
     from cxr_tune.search.results import trial_counts
 
     if SessionBudget.ended:
-        return "time budget"
+        return SessionBudget.ended
     counts = trial_counts(experiment_dir)
     return "complete" if counts.unfinished == 0 and counts.ended >= plan.trials else "interrupted"

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 FLOOR = 0.9
 SEEDS, EPOCHS = 2, 2  # the final fit: new seeds for the best configuration, epochs each
+JOB_BUDGET = 600  # minutes: more than the job needs, so it ends nothing; the search records the final fit's estimate
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def search(ray_session, synthetic_root, site, tmp_path_factory) -> tuple[Path, s
     space.write_text(yaml.safe_dump(raw))
     storage = tmp_path_factory.mktemp("experiments")
     done = call_cli("cxr_tune.search", "--space", str(space), "--data", str(synthetic_root), "--val-data", str(site),
-                   "--min-sensitivity", str(FLOOR), "--trials", "2", "--max-epochs", "2",
+                   "--min-sensitivity", str(FLOOR), "--trials", "2", "--max-epochs", "2", "--job-budget", str(JOB_BUDGET),
                    "--storage", str(storage), "--name", "ext")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return storage / "ext", done.stdout
@@ -218,8 +219,21 @@ def test_the_best_configuration_is_trained_again_with_new_seeds_for_the_full_sch
     assert [run["trial_id"] for run in runs] == [table.sort_values("rank").iloc[0]["trial_id"]] * SEEDS
     assert len({run["seed"] for run in runs}) == SEEDS and all(run["epochs"] == EPOCHS for run in runs)
     assert "Final fit: 1 best configuration(s)" in stdout and f"{SEEDS} of {SEEDS} run(s) completed" in stdout
-    stages = [json.loads(line)["stage"] for line in (experiment / "compute.jsonl").read_text().splitlines()]
-    assert stages == ["search", "final fit"]
+    search_line, final_line = [json.loads(line) for line in (experiment / "compute.jsonl").read_text().splitlines()]
+    assert (search_line["stage"], final_line["stage"]) == ("search", "final fit")
+
+
+def test_a_job_budget_the_search_did_not_exhaust_ends_nothing_and_records_the_final_fits_estimate(search):
+    experiment, stdout = search
+    search_line = json.loads((experiment / "compute.jsonl").read_text().splitlines()[0])
+    assert f"Job budget: {JOB_BUDGET} min for this command" in stdout and f"of its {JOB_BUDGET}-min job budget" in stdout
+    assert "ended_by" not in search_line and "ended the search" not in stdout
+    # SEEDS runs of EPOCHS epochs, each epoch as slow as the leader's in the search: at most one of its whole trials
+    # (start-up included) per epoch, even with the runs one after another.
+    table = pd.read_csv(experiment / "trials.csv")
+    estimate = search_line["final_fit_estimate_seconds"]
+    assert 0 < estimate <= SEEDS * EPOCHS * table["run_seconds"].max()
+    assert f"estimated at {estimate / 60:.1f} min when the search ended" in (experiment / "report.md").read_text()
 
 
 def test_best_averages_the_final_fit_runs_last_epochs_at_a_threshold_chosen_on_their_mean(experiment):

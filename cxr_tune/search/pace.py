@@ -1,0 +1,86 @@
+"""How long the final fit would take if the search ended now, from the search trials' own epochs.
+
+A whole-job budget (``--job-budget``) has to leave the final fit its time, and that time depends on
+what the search finds: on these 2 cores a final fit of 64-px configurations took 16 minutes, one
+of 96-px configurations 53. So the estimate asks the selection rule which configurations the final
+fit would train now (:func:`cxr_tune.search.finalfit.plan_final_fit`'s own call:
+:func:`cxr_tune.selection.ensemble_members` of :func:`cxr_tune.selection.ranked_trials`, each trial
+at its :func:`cxr_tune.selection.best_epoch`), ``seeds`` runs of each, ``concurrency`` at a time,
+for ``epochs`` epochs, every epoch as slow as the slowest of those configurations' epochs in the
+search (the median of its reported ``epoch_seconds``, so a trial's start-up does not count).
+No Ray import: the budget stopper calls this, and tests check it alone.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+from cxr_tune.selection import best_epoch, ensemble_members, prefix_of, ranked_trials
+
+
+@dataclass(frozen=True)
+class FinalFitShape:
+    """What the final fit will train: the space's ``final_fit_*`` settings, the runs at once, and
+    the set whose ranking picks the configurations (``external`` or ``carved``)."""
+
+    top: int
+    seeds: int
+    epochs: int
+    concurrency: int
+    deciding: str = "carved"
+
+    @property
+    def rounds(self) -> int:
+        """Runs one after another in the busiest slot: all runs, ``concurrency`` at a time."""
+        return math.ceil(self.top * self.seeds / max(1, self.concurrency))
+
+
+@dataclass
+class TrialPace:
+    """What the budget has seen of one search trial: its image size and each epoch's metrics."""
+
+    image_size: int | None = None
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    def add(self, result: dict) -> None:
+        """Record one epoch's Tune result (one without an epoch number, or one seen before, changes nothing)."""
+        epoch = result.get("epoch")
+        if not isinstance(epoch, (int, float)) or any(row["epoch"] == epoch for row in self.epochs):
+            return  # Tune repeats a trial's last result when it ends
+        self.epochs.append({k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        size = (result.get("config") or {}).get("image_size")
+        if size is not None:
+            self.image_size = int(size)
+
+    def epoch_seconds(self) -> float | None:
+        times = [row["epoch_seconds"] for row in self.epochs if row.get("epoch_seconds", 0) > 0]
+        return statistics.median(times) if times else None
+
+
+def final_fit_seconds(paces: dict[str, TrialPace], shape: FinalFitShape) -> float | None:
+    """Estimated wall seconds of the final fit if the search ended now; None before any trial
+    reported a scored epoch, 0 for a space without a final fit.
+
+    >>> row = {"ext_objective": 0.9, "ext_auc": 0.95, "ext_loss": 0.3, "epoch_seconds": 11.0}
+    >>> paces = {"a": TrialPace(64, [{**row, "epoch": 1}, {**row, "epoch": 2, "epoch_seconds": 12.0}])}
+    >>> final_fit_seconds(paces, FinalFitShape(top=1, seeds=2, epochs=32, concurrency=2, deciding="external"))
+    368.0
+    """
+    if shape.top <= 0 or shape.seeds <= 0:
+        return 0.0
+    import pandas as pd
+
+    objective = f"{prefix_of(shape.deciding)}_objective"
+    rows = []
+    for trial_id, pace in paces.items():
+        scored = [row for row in pace.epochs if math.isfinite(row.get(objective, math.nan))]
+        if scored and pace.epoch_seconds() is not None:
+            best = best_epoch(pd.DataFrame(scored), shape.deciding)
+            rows.append({**best.to_dict(), "trial_id": trial_id, "image_size": pace.image_size, "epochs": len(scored)})
+    if not rows:
+        return None
+    members = ensemble_members(ranked_trials(pd.DataFrame(rows), shape.deciding), shape.top)
+    epoch = max(paces[trial_id].epoch_seconds() or 0.0 for trial_id in members["trial_id"])
+    return shape.rounds * shape.epochs * epoch

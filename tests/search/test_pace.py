@@ -1,0 +1,95 @@
+"""The final fit's estimated time, which a whole-job budget (``--job-budget``) leaves free: it
+follows the configurations the selection rule would hand the final fit now, and their own epoch times."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cxr_tune.search.pace import FinalFitShape, TrialPace, final_fit_seconds
+
+SHAPE = FinalFitShape(top=2, seeds=2, epochs=32, concurrency=2, deciding="external")  # 4 runs, 2 at a time: 2 rounds
+
+
+def result(epoch: int, objective: float, seconds: float, size: int, auc: float = 0.9) -> dict:
+    """One epoch's Tune result as the stopper gets it (the external set decides)."""
+    return {"epoch": epoch, "objective": objective, "ext_objective": objective, "ext_auc": auc, "ext_loss": 0.3,
+            "val_objective": 1.0, "val_auc": 1.0, "val_loss": 0.0, "epoch_seconds": seconds, "deciding_set": "external",
+            "config": {"image_size": size, "lr": 1e-3}}
+
+
+def pace(size: int, results: list[tuple[float, float]]) -> TrialPace:
+    """A trial's pace from its (objective, epoch_seconds) epochs."""
+    out = TrialPace()
+    for epoch, (objective, seconds) in enumerate(results, start=1):
+        out.add(result(epoch, objective, seconds, size))
+    return out
+
+
+def test_nothing_is_estimated_before_an_epoch_and_nothing_is_needed_without_a_final_fit():
+    assert final_fit_seconds({}, SHAPE) is None
+    assert final_fit_seconds({"a": TrialPace()}, SHAPE) is None  # started, no epoch reported yet
+    assert final_fit_seconds({"a": pace(64, [(0.9, 10.0)])}, FinalFitShape(top=0, seeds=2, epochs=32, concurrency=2, deciding="external")) == 0.0
+
+
+def test_the_estimate_follows_the_leaders_image_size():
+    paces = {"small": pace(64, [(0.80, 10.0), (0.90, 10.0)]), "large": pace(96, [(0.85, 30.0)])}
+    assert final_fit_seconds(paces, SHAPE) == pytest.approx(2 * 32 * 10.0)  # the 64-px trial leads
+    paces["large"].add(result(2, 0.95, 30.0, 96))
+    assert final_fit_seconds(paces, SHAPE) == pytest.approx(2 * 32 * 30.0)  # now the 96-px one does
+    paces["large"].add(result(2, 0.95, 30.0, 96))  # Tune repeats a trial's last result when it ends: no new epoch
+    assert len(paces["large"].epochs) == 2
+
+
+def test_the_estimate_follows_the_selection_rule_not_the_highest_objective():
+    # Objectives whose intervals overlap are a tie, which the rule breaks by AUC: the slower trial's higher AUC wins.
+    paces = {"higher objective": TrialPace(), "higher auc": TrialPace()}
+    paces["higher objective"].add({**result(1, 0.92, 10.0, 64, auc=0.95), "ext_objective_low": 0.88, "ext_objective_high": 0.95,
+                                   "val_objective": 0.99})
+    paces["higher auc"].add({**result(1, 0.91, 30.0, 96, auc=0.97), "ext_objective_low": 0.87, "ext_objective_high": 0.94,
+                             "val_objective": 0.50})  # on carved validation it is far behind
+    assert final_fit_seconds(paces, FinalFitShape(top=1, seeds=1, epochs=10, concurrency=1, deciding="external")) == pytest.approx(300.0)
+    assert final_fit_seconds(paces, FinalFitShape(top=1, seeds=1, epochs=10, concurrency=1, deciding="carved")) == pytest.approx(100.0)
+
+
+def test_the_slowest_of_the_top_configurations_sets_the_pace_and_a_slow_first_epoch_does_not():
+    paces = {
+        "first": pace(64, [(0.90, 40.0), (0.92, 10.0), (0.93, 10.0)]),  # its first epoch includes the trial's start-up
+        "second": pace(64, [(0.91, 12.0), (0.91, 12.0)]),
+        "third": pace(64, [(0.50, 99.0)]),  # not among the top 2: the final fit will not train it
+    }
+    assert final_fit_seconds(paces, SHAPE) == pytest.approx(2 * 32 * 12.0)
+
+
+def test_runs_beyond_the_concurrency_wait_for_a_free_slot():
+    paces = {"a": pace(96, [(0.9, 33.0)])}
+    one_at_a_time = FinalFitShape(top=3, seeds=2, epochs=32, concurrency=1, deciding="external")
+    assert final_fit_seconds(paces, FinalFitShape(top=3, seeds=2, epochs=32, concurrency=2, deciding="external")) == pytest.approx(3 * 32 * 33.0)
+    assert final_fit_seconds(paces, one_at_a_time) == pytest.approx(6 * 32 * 33.0)
+
+
+def test_the_job_budget_ends_the_search_when_what_is_left_would_not_hold_the_final_fit(monkeypatch):
+    import ray.cloudpickle as cloudpickle
+
+    from cxr_tune.search.budget import EXPORT_RESERVE_SECONDS, SessionBudget
+
+    monkeypatch.setattr(SessionBudget, "minutes", None)
+    monkeypatch.setattr(SessionBudget, "final_fit", FinalFitShape(top=1, seeds=2, epochs=10, concurrency=2, deciding="external"))
+    monkeypatch.setattr(SessionBudget, "ended", "")
+    # 1000 s left: room for a final fit of 10 epochs of 50 s (500 s) and the reserve, not for one of 100-s epochs.
+    monkeypatch.setattr(SessionBudget, "job_deadline", time.time() + 500 + EXPORT_RESERVE_SECONDS + 380)
+    budget = SessionBudget()
+    assert not budget.stop_all()  # no epoch yet: nothing to estimate
+    budget("fast", result(1, 0.90, 50.0, 64))
+    assert not budget.stop_all() and SessionBudget.estimate_seconds == pytest.approx(500.0)
+    budget("slow", result(1, 0.95, 100.0, 96))  # a slower trial takes the lead
+    assert budget.stop_all() and SessionBudget.ended == "job budget"
+    assert SessionBudget.estimate_seconds == pytest.approx(1000.0)
+
+    restored = cloudpickle.loads(cloudpickle.dumps(budget))  # as Tune brings it back on --resume
+    monkeypatch.setattr(SessionBudget, "ended", "")
+    monkeypatch.setattr(SessionBudget, "job_deadline", time.time() + EXPORT_RESERVE_SECONDS + 600)  # the resumed command's budget
+    assert restored.stop_all()  # the leaders it saw before still set the pace, though they may never report again
+    monkeypatch.setattr(SessionBudget, "job_deadline", None)  # resumed without --job-budget: no limit
+    assert not restored.stop_all()
