@@ -28,6 +28,11 @@ class SessionBudget(Stopper):
     what is left of it would not hold the final fit (estimated from the trials' own epochs,
     :mod:`cxr_tune.search.pace`) and the export.
 
+    Not before :attr:`settled_after` (``startup_trials`` trials at ASHA's first rung): until then
+    the ranking is a few random draws, and one slow early leader (a 96-px trial with a final fit
+    of 80 minutes, say) would end a 90-minute search after 8 minutes. Past that point the
+    estimate rules; only the whole budget, spent, ends the search earlier.
+
     Tune saves its stopper with the experiment, and a resumed search runs with the saved copy, not
     the one it was given: Tune's own ``TimeoutStopper`` came back with its budget spent (a search
     its budget had stopped stopped again at once) or, for a search started without one, with no
@@ -40,6 +45,7 @@ class SessionBudget(Stopper):
     final_fit: ClassVar[FinalFitShape | None] = None  # what the final fit after this search will train (None: none)
     ended: ClassVar[str] = ""  # what ended this command's search: "", "time budget" or "job budget"
     estimate_seconds: ClassVar[float | None] = None  # with a job budget: the final fit's estimate at the last check
+    settled_after: ClassVar[tuple[int, int]] = (0, 0)  # (trials, epochs): how many must have reached that epoch first
 
     def __init__(self) -> None:
         self._deadline: float | None = None
@@ -63,10 +69,15 @@ class SessionBudget(Stopper):
             if self._estimate is None:  # Tune asks at every step; the ranking changes only with a result
                 self._estimate = final_fit_seconds(self._paces, SessionBudget.final_fit) if SessionBudget.final_fit else 0.0
             estimate = SessionBudget.estimate_seconds = self._estimate
-            if now + (estimate or 0.0) + EXPORT_RESERVE_SECONDS >= SessionBudget.job_deadline:
+            spent = now + EXPORT_RESERVE_SECONDS >= SessionBudget.job_deadline
+            if spent or (self._settled() and now + (estimate or 0.0) + EXPORT_RESERVE_SECONDS >= SessionBudget.job_deadline):
                 SessionBudget.ended = "job budget"
                 return True
         return False
+
+    def _settled(self) -> bool:
+        trials, epochs = SessionBudget.settled_after
+        return sum(1 for pace in self._paces.values() if pace.epochs and max(row["epoch"] for row in pace.epochs) >= epochs) >= trials
 
     def __setstate__(self, state: dict) -> None:
         self._deadline, self._estimate = None, None

@@ -312,6 +312,8 @@ def _set_budgets(options: SearchOptions, plan: Plan, cluster: dict[str, float], 
     SessionBudget.job_deadline = started + options.job_budget_min * 60 if options.job_budget_min else None
     SessionBudget.final_fit = final_fit_shape(options, plan.space, cluster, deciding)
     SessionBudget.ended, SessionBudget.estimate_seconds = "", None
+    settings = plan.space.settings
+    SessionBudget.settled_after = (min(settings.startup_trials, plan.trials), min(settings.grace_period, plan.max_epochs))
 
 
 def final_fit_shape(options: SearchOptions, space: Space, cluster: dict[str, float], deciding: str) -> FinalFitShape | None:

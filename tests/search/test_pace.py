@@ -77,19 +77,26 @@ def test_the_job_budget_ends_the_search_when_what_is_left_would_not_hold_the_fin
     monkeypatch.setattr(SessionBudget, "minutes", None)
     monkeypatch.setattr(SessionBudget, "final_fit", FinalFitShape(top=1, seeds=2, epochs=10, concurrency=2, deciding="external"))
     monkeypatch.setattr(SessionBudget, "ended", "")
-    # 1000 s left: room for a final fit of 10 epochs of 50 s (500 s) and the reserve, not for one of 100-s epochs.
-    monkeypatch.setattr(SessionBudget, "job_deadline", time.time() + 500 + EXPORT_RESERVE_SECONDS + 380)
+    monkeypatch.setattr(SessionBudget, "settled_after", (2, 1))  # two trials must have reported an epoch first
+    # 880 s left after the reserve: room for a final fit of 10 epochs of 50 s (500 s), not for one of 100-s epochs.
+    monkeypatch.setattr(SessionBudget, "job_deadline", time.time() + EXPORT_RESERVE_SECONDS + 880)
     budget = SessionBudget()
     assert not budget.stop_all()  # no epoch yet: nothing to estimate
+    budget("slow", result(1, 0.95, 100.0, 96))
+    assert not budget.stop_all() and SessionBudget.estimate_seconds == pytest.approx(1000.0)  # one early draw decides nothing
     budget("fast", result(1, 0.90, 50.0, 64))
+    assert budget.stop_all() and SessionBudget.ended == "job budget"  # two trials in, the slow one still leads
+    monkeypatch.setattr(SessionBudget, "ended", "")
+    budget("fast", result(2, 0.97, 50.0, 64))  # the fast trial takes the lead: its final fit fits
     assert not budget.stop_all() and SessionBudget.estimate_seconds == pytest.approx(500.0)
-    budget("slow", result(1, 0.95, 100.0, 96))  # a slower trial takes the lead
-    assert budget.stop_all() and SessionBudget.ended == "job budget"
-    assert SessionBudget.estimate_seconds == pytest.approx(1000.0)
+    monkeypatch.setattr(SessionBudget, "settled_after", (5, 1))
+    monkeypatch.setattr(SessionBudget, "job_deadline", time.time() + EXPORT_RESERVE_SECONDS - 1)
+    assert budget.stop_all() and SessionBudget.ended == "job budget"  # a spent budget ends the search, settled or not
 
     restored = cloudpickle.loads(cloudpickle.dumps(budget))  # as Tune brings it back on --resume
     monkeypatch.setattr(SessionBudget, "ended", "")
-    monkeypatch.setattr(SessionBudget, "job_deadline", time.time() + EXPORT_RESERVE_SECONDS + 600)  # the resumed command's budget
+    monkeypatch.setattr(SessionBudget, "settled_after", (2, 1))
+    monkeypatch.setattr(SessionBudget, "job_deadline", time.time() + EXPORT_RESERVE_SECONDS + 400)  # the resumed command's budget
     assert restored.stop_all()  # the leaders it saw before still set the pace, though they may never report again
     monkeypatch.setattr(SessionBudget, "job_deadline", None)  # resumed without --job-budget: no limit
     assert not restored.stop_all()
