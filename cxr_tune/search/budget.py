@@ -46,6 +46,7 @@ class SessionBudget(Stopper):
     ended: ClassVar[str] = ""  # what ended this command's search: "", "time budget" or "job budget"
     estimate_seconds: ClassVar[float | None] = None  # with a job budget: the final fit's estimate at the last check
     settled_after: ClassVar[tuple[int, int]] = (0, 0)  # (trials, epochs): how many must have reached that epoch first
+    ends_at: ClassVar[tuple[float, str] | None] = None  # when the budgets now say the search ends, and which (for the console)
 
     def __init__(self) -> None:
         self._deadline: float | None = None
@@ -59,20 +60,21 @@ class SessionBudget(Stopper):
 
     def stop_all(self) -> bool:
         now = time.time()
+        ends: list[tuple[float, str]] = []
         if SessionBudget.minutes is not None:
             if self._deadline is None:
                 self._deadline = now + SessionBudget.minutes * 60
-            if now >= self._deadline:
-                SessionBudget.ended = "time budget"
-                return True
+            ends.append((self._deadline, "time budget"))
         if SessionBudget.job_deadline is not None:
             if self._estimate is None:  # Tune asks at every step; the ranking changes only with a result
                 self._estimate = final_fit_seconds(self._paces, SessionBudget.final_fit) if SessionBudget.final_fit else 0.0
-            estimate = SessionBudget.estimate_seconds = self._estimate
-            spent = now + EXPORT_RESERVE_SECONDS >= SessionBudget.job_deadline
-            if spent or (self._settled() and now + (estimate or 0.0) + EXPORT_RESERVE_SECONDS >= SessionBudget.job_deadline):
-                SessionBudget.ended = "job budget"
-                return True
+            SessionBudget.estimate_seconds = self._estimate
+            final_fit = (self._estimate or 0.0) if self._settled() else 0.0  # unsettled, only the spent budget ends it
+            ends.append((SessionBudget.job_deadline - final_fit - EXPORT_RESERVE_SECONDS, "job budget"))
+        SessionBudget.ends_at = min(ends) if ends else None
+        if SessionBudget.ends_at and now >= SessionBudget.ends_at[0]:
+            SessionBudget.ended = SessionBudget.ends_at[1]
+            return True
         return False
 
     def _settled(self) -> bool:

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, TextIO
 
 from ray.tune import Callback
 
+from cxr_tune.search.budget import SessionBudget
+
 
 class ProgressPrinter(Callback):
     """Prints ``[mm:ss] ...`` lines and keeps a tqdm bar of trial-epochs (ASHA's skipped epochs count as done).
@@ -91,12 +93,15 @@ class ProgressPrinter(Callback):
         return f"[{minutes:02d}:{seconds:02d}]"
 
     def _left(self) -> str:
-        """Time left, from the trial-epochs done (or skipped by ASHA) so far; an estimate."""
+        """Time left, from the trial-epochs done (or skipped by ASHA) so far, or until a budget ends
+        the search (:attr:`SessionBudget.ends_at`) when that comes first; an estimate."""
         done, total, elapsed = sum(self.epochs.values()), self.total * self.max_epochs, time.monotonic() - self.started
         if done <= self.done_before or done >= total:
             return ""
-        minutes = elapsed / (done - self.done_before) * (total - done) / 60
-        return f", about {math.ceil(minutes)} min left" if minutes >= 1 else ", under a minute left"
+        minutes, why = elapsed / (done - self.done_before) * (total - done) / 60, ""
+        if SessionBudget.ends_at and (SessionBudget.ends_at[0] - time.time()) / 60 < minutes:
+            minutes, why = max(0.0, SessionBudget.ends_at[0] - time.time()) / 60, f" (the {SessionBudget.ends_at[1]})"
+        return (f", about {math.ceil(minutes)} min left" if minutes >= 1 else ", under a minute left") + why
 
     def _advance(self, trial_id: str, epoch: int) -> None:
         step = max(0, epoch - self.epochs.get(trial_id, 0))

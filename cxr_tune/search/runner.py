@@ -311,7 +311,7 @@ def _set_budgets(options: SearchOptions, plan: Plan, cluster: dict[str, float], 
     SessionBudget.minutes = options.time_budget_min
     SessionBudget.job_deadline = started + options.job_budget_min * 60 if options.job_budget_min else None
     SessionBudget.final_fit = final_fit_shape(options, plan.space, cluster, deciding)
-    SessionBudget.ended, SessionBudget.estimate_seconds = "", None
+    SessionBudget.ended, SessionBudget.estimate_seconds, SessionBudget.ends_at = "", None, None
     settings = plan.space.settings
     SessionBudget.settled_after = (min(settings.startup_trials, plan.trials), min(settings.grace_period, plan.max_epochs))
 

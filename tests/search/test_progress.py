@@ -57,3 +57,21 @@ def test_a_resumed_search_counts_a_trial_whose_epoch_only_its_checkpoint_holds(m
     trials = [_trial("a", 1, "TERMINATED"), checkpointed, never_trained, _trial("b", 1, "TERMINATED"), _trial("d", 1, "TERMINATED")]
     printer.on_trial_complete(0, trials, trials[-1])
     assert "(4/4 trials done" in printer.stream.getvalue().splitlines()[-1]
+
+
+def test_the_time_left_is_the_budgets_when_a_budget_ends_the_search_first(monkeypatch):
+    """200 trials at this pace would take hours; a job budget that ends the search in 5 minutes is what the line says."""
+    import time
+
+    from cxr_tune.search.budget import SessionBudget
+
+    printer = ProgressPrinter(total_trials=200, max_epochs=5, criterion="balanced_accuracy", deciding="carved", stream=io.StringIO())
+    printer.started -= 600  # ten minutes for the first trial's five epochs
+    monkeypatch.setattr(SessionBudget, "ends_at", (time.time() + 5 * 60 + 30, "job budget"))
+    for epoch in range(1, 6):
+        printer.on_trial_result(0, [], _trial("a"), _result(epoch, 0.7))
+    printer.on_trial_complete(0, [_trial("a", 5, "TERMINATED")], _trial("a", 5, "TERMINATED"))
+    assert printer.stream.getvalue().splitlines()[-1].endswith("(1/200 trials done, about 6 min left (the job budget))")
+    monkeypatch.setattr(SessionBudget, "ends_at", None)  # no budget: the trials' pace
+    printer.on_trial_complete(0, [_trial("a", 5, "TERMINATED"), _trial("b", 5, "TERMINATED")], _trial("b", 5, "TERMINATED"))
+    assert "min left" in printer.stream.getvalue().splitlines()[-1] and "budget" not in printer.stream.getvalue().splitlines()[-1]
