@@ -40,7 +40,7 @@ class SessionBudget(Stopper):
     :attr:`minutes` and :attr:`job_deadline`, and a restored copy starts its clock afresh.
     """
 
-    minutes: ClassVar[float | None] = None  # --time-budget, set for each command by _tuner
+    minutes: ClassVar[float | None] = None  # --time-budget; every class setting here is set for each command by runner._set_budgets
     job_deadline: ClassVar[float | None] = None  # --job-budget: the time.time() by which the whole command should be done
     final_fit: ClassVar[FinalFitShape | None] = None  # what the final fit after this search will train (None: none)
     ended: ClassVar[str] = ""  # what ended this command's search: "", "time budget" or "job budget"
