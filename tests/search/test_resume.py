@@ -306,6 +306,15 @@ def test_the_study_ends_with_exactly_the_trials_tune_ran(resumed_thrice):
         assert states[row.trial_id] == ("COMPLETE" if row.stop_reason == "completed" else "PRUNED"), (row.trial_id, row.stop_reason)
 
 
+def _tune_state(path: Path) -> dict | None:
+    """Tune's saved experiment state, or None while Tune is writing it (the file is written in
+    place: a reader can catch it empty or half written, and CI once did)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 @pytest.mark.slow
 def test_a_killed_driver_resumes_its_unfinished_trial_from_its_checkpoint_and_the_study_agrees(ray_session, synthetic_root, tmp_path):
     """kill -9 between Optuna suggesting a trial and Tune saving its state, then --resume.
@@ -324,8 +333,9 @@ def test_a_killed_driver_resumes_its_unfinished_trial_from_its_checkpoint_and_th
         deadline, known, checkpointed = time.monotonic() + 600, [], []
         while time.monotonic() < deadline and search.poll() is None and not checkpointed:
             states = list(experiment.glob("experiment_state-*.json"))
-            if states and (experiment / "study.db").exists():
-                known = [json.loads(t[0])["trial_id"] for t in json.loads(states[0].read_text())["trial_data"]]
+            state = _tune_state(states[0]) if states else None
+            if state is not None and (experiment / "study.db").exists():
+                known = [json.loads(t[0])["trial_id"] for t in state["trial_data"]]
                 with sqlite3.connect(experiment / "study.db") as db:
                     suggested = db.execute("select count(*) from trials").fetchone()[0]
                 if suggested > len(known):
