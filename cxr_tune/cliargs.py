@@ -1,4 +1,4 @@
-"""argparse ``type=`` helpers for numeric flags: finite numbers in range, or a one-line usage error.
+"""argparse ``type=`` helpers: finite numbers in range and ``KEY=VALUE`` settings, or a one-line usage error.
 
 Plain ``type=float`` accepts ``nan`` and ``inf``, and ``nan`` slips through every ``<= 0`` check;
 these helpers refuse both while parsing, so a bad flag stops with argparse's usage line and exit
@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import Any
 
 __all__ = [
-    "float_between", "fraction", "int_between", "nonnegative_float", "nonnegative_int", "positive_float", "positive_int",
+    "assignment", "float_between", "fraction", "int_between", "nonnegative_float", "nonnegative_int", "positive_float", "positive_int",
 ]
 
 
@@ -75,3 +76,21 @@ fraction = float_between(0.0, 1.0)
 positive_int = int_between(1)
 #: ``>= 0``: seeds, "0 means all".
 nonnegative_int = int_between(0)
+
+
+def assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` as ``(key, value)``, the value read as YAML (``3`` an int, ``0.2`` a float,
+    ``balanced`` a string), as a params file would give it; what each key may hold, the reader checks.
+
+    >>> assignment("mixup=0.2")
+    ('mixup', 0.2)
+    """
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} must look like KEY=VALUE, e.g. epochs=3")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not a number, word or list") from None

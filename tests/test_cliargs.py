@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from cxr_tune.bench.__main__ import build_parser as bench_parser
-from cxr_tune.cliargs import float_between, fraction, int_between, nonnegative_float, nonnegative_int, positive_float, positive_int
+from cxr_tune.cliargs import assignment, float_between, fraction, int_between, nonnegative_float, nonnegative_int, positive_float, positive_int
 from cxr_tune.data.__main__ import build_parser as data_parser
 from cxr_tune.export import build_parser as export_parser
 from cxr_tune.predict import build_parser as predict_parser
@@ -46,6 +46,14 @@ def test_the_message_says_what_is_wanted():
         positive_int("0")
 
 
+def test_settings_read_their_values_as_a_params_file_would_and_refuse_what_is_not_one():
+    assert assignment("mixup=0.2") == ("mixup", 0.2) and assignment(" epochs =3") == ("epochs", 3)
+    assert assignment("class_weighting=balanced") == ("class_weighting", "balanced")
+    for text in ("mixup", "=0.2", "x=[1,"):
+        with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE|not a number"):
+            assignment(text)
+
+
 SEARCH = [
     ("--time-budget", "nan"), ("--time-budget", "-5"), ("--time-budget", "inf"), ("--job-budget", "0"), ("--job-budget", "nan"),
     ("--min-sensitivity", "nan"), ("--min-sensitivity", "1.5"),
@@ -75,6 +83,8 @@ TRAIN = [("--workers", "0"), ("--cpus-per-worker", "nan"), ("--cpus-per-worker",
     (bench_parser, ["train"], "--epochs", "0"),
     (bench_parser, ["search"], "--trials", "0"),
     (bench_parser, ["ablation", "experiment"], "--ensemble", "0"),
+    (bench_parser, ["epochs", "experiment"], "--vary", "mixup"),
+    (train_parser, [], "--set", "epochs"),
 ])
 def test_every_cli_refuses_bad_numbers_while_parsing(capsys, parser, prefix, flag, value):
     with pytest.raises(SystemExit) as caught:

@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_tune.cliargs import int_between, nonnegative_int, positive_float, positive_int
+from cxr_tune.cliargs import assignment, int_between, nonnegative_int, positive_float, positive_int
 from cxr_tune.errors import run_cli
 from cxr_tune.train.hparams import ARCHITECTURES
 
@@ -78,10 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     epochs.add_argument("--model", default=None, help="the experiment's exported model folder (default: EXPERIMENT/best; e.g. the committed results/real/best)")
     epochs.add_argument("--epochs", type=positive_int, nargs="+", default=None,
                         help="epoch counts; the others are compared with the first (default: the export's own schedule and twice it)")
+    epochs.add_argument("--vary", nargs="+", default=[], type=assignment, metavar="KEY=VALUE",
+                        help="retrain the members with these changes to their configurations (all of them together), e.g. mixup=0.2")
     commands.add_parser("scaling", help="search throughput on a local cluster of 1 vs 2 worker nodes")
     ablation = commands.add_parser("ablation", help="real-data recipe: ensemble and threshold rule post hoc, and one-change retrains")
     ablation.add_argument("experiment", help="a finished real-data experiment folder")
-    ablation.add_argument("--vary", nargs="*", default=[], metavar="KEY=VALUE", help="one-change variants of the selected configuration to retrain")
+    ablation.add_argument("--vary", nargs="*", default=[], type=assignment, metavar="KEY=VALUE", help="one-change variants of the selected configuration to retrain")
     ablation.add_argument("--epochs", type=positive_int, default=10, help="epochs per retrained run (default: 10)")
     ablation.add_argument("--ensemble", type=positive_int, default=3, help="trials in the averaging ensemble (default: 3)")
     transfer = commands.add_parser("transfer", help="carved validation vs the external set of a --select-on carved search, and what each selection rule would ship")
@@ -129,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "epochs":
         from cxr_tune.bench.epochs import run
 
-        run(args.experiment, args.epochs, args.model)
+        run(args.experiment, args.epochs, args.model, dict(args.vary))
     elif args.command == "scaling":
         from cxr_tune.bench.scaling import run
 

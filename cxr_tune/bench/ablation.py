@@ -55,7 +55,7 @@ def post_hoc(experiment: Experiment, k: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def retrain(experiment: Experiment, variants: list[str], epochs: int) -> pd.DataFrame:
+def retrain(experiment: Experiment, variants: list[tuple[str, object]], epochs: int) -> pd.DataFrame:
     import ray
 
     from cxr_tune.ray_session import ray_session
@@ -63,9 +63,8 @@ def retrain(experiment: Experiment, variants: list[str], epochs: int) -> pd.Data
     base = yaml.safe_load(storage.read_text(experiment.file("best", "model.json")))["hparams"]
     base["epochs"] = epochs
     configs = [("selected configuration", base)]
-    for variant in variants:
-        key, _, value = variant.partition("=")
-        configs.append((f"with {variant}", {**base, key: yaml.safe_load(value)}))
+    for key, value in variants:
+        configs.append((f"with {key}={value}", {**base, key: value}))
     split = experiment.split()
     rows = []
     with ray_session(), tempfile.TemporaryDirectory() as scratch:
@@ -88,7 +87,7 @@ def retrain(experiment: Experiment, variants: list[str], epochs: int) -> pd.Data
     return frame
 
 
-def run(experiment: str, variants: list[str], epochs: int, k: int) -> None:
+def run(experiment: str, variants: list[tuple[str, object]], epochs: int, k: int) -> None:
     experiment = Experiment(experiment)
     hoc = post_hoc(experiment, k)
     trained = retrain(experiment, variants, epochs) if variants else pd.DataFrame()

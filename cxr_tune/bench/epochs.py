@@ -13,6 +13,11 @@ here); every later count is compared with it as well as with the committed expor
 paired bootstrap of the AUC difference. Every number is a **selection-set number** (the external
 set chose the configurations and every threshold; choosing the schedule on it would make it choose
 that too). Results: ``final_fit_epochs_<counts>.md`` and ``.json``, so runs of other counts sit side by side.
+
+``--vary KEY=VALUE ...`` asks the other question the search could not: the same runs (configurations,
+seeds, schedule) with one recipe change the space never offered (say ``mixup=0.2`` or
+``convs_per_block=2``), compared with the committed export by the same paired bootstrap; its results
+carry the change in their name.
 """
 
 from __future__ import annotations
@@ -21,20 +26,36 @@ import tempfile
 
 import pandas as pd
 
+from typing import Any
+
 from cxr_tune.bench.common import write_result
 from cxr_tune.bench.external_scoring import export_on_external, score_row, score_table, threshold_by_rule, train_external_scores
+from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
-from cxr_tune.train.hparams import HParams
+from cxr_tune.train.hparams import HParams, HParamsError
 
 
-def plan_runs(members: list[dict], epochs: list[int]) -> list[dict]:
-    """One run per (epoch count, member): the member's hyperparameters and seed, the count's schedule."""
-    return [{"epochs": count, "member": m["trial_id"], "hparams": {**m["hparams"], "epochs": count}}
+def plan_runs(members: list[dict], epochs: list[int], changes: dict[str, Any] | None = None) -> list[dict]:
+    """One run per (epoch count, member): the member's hyperparameters and seed with ``changes``, the
+    count's schedule. A change no configuration can take is refused here, before anything trains."""
+    runs = [{"epochs": count, "member": m["trial_id"], "hparams": {**m["hparams"], **(changes or {}), "epochs": count}}
             for count in epochs for m in members]
+    for spec in runs:
+        try:
+            HParams.from_config(spec["hparams"])
+        except HParamsError as exc:
+            raise UserError(f"--vary: {exc}") from None
+    return runs
 
 
-def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None) -> None:
-    """``epochs``: the counts to train, the first the reference (default: the export's own schedule and twice it)."""
+def describe(changes: dict[str, Any]) -> str:
+    """``mixup=0.2, convs_per_block=2`` as the results name it ("" for none)."""
+    return ", ".join(f"{key}={value}" for key, value in changes.items())
+
+
+def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None, changes: dict[str, Any] | None = None) -> None:
+    """``epochs``: the counts to train, the first the reference (default: the export's own schedule and twice it);
+    ``changes``: hyperparameters set in every member's configuration (none: the export's runs as they were)."""
     import ray
     from sklearn.metrics import roc_auc_score
 
@@ -46,10 +67,13 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None)
     members = export.meta.get("members") or [{"trial_id": export.meta.get("trial_id"), "hparams": export.meta["hparams"]}]
     own = int(members[0]["hparams"]["epochs"])
     epochs = epochs or [own, 2 * own]
-    runs = plan_runs(members, epochs)
+    changes = changes or {}
+    runs = plan_runs(members, epochs, changes)
     split = experiment.split()
     sizes = sorted({int(r["hparams"]["image_size"]) for r in runs})
-    print(f"{len(runs)} run(s): {len(members)} member(s) of '{export.model}' x {len(epochs)} schedule(s) ({', '.join(map(str, epochs))} epochs)", flush=True)
+    changed = f" with {describe(changes)}" if changes else ""
+    print(f"{len(runs)} run(s): {len(members)} member(s) of '{export.model}'{changed} x {len(epochs)} schedule(s) ({', '.join(map(str, epochs))} epochs)",
+          flush=True)
     with ray_session(), tempfile.TemporaryDirectory() as scratch:
         cpus = float(ray.cluster_resources()["CPU"])
         datasets = datasets_by_size(split, sizes)
@@ -66,16 +90,16 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None)
     for count, scores in ensembles.items():
         group = [r for r in runs if r["epochs"] == count]
         references = {"committed": committed, **({"control": ensembles[epochs[0]]} if count != epochs[0] else {})}
-        row = score_row(f"{len(group)} runs of {count} epochs, averaged", labels, scores, threshold_by_rule(labels, scores, rule),
+        row = score_row(f"{len(group)} runs of {count} epochs{changed}, averaged", labels, scores, threshold_by_rule(labels, scores, rule),
                         sum(r["cpu_minutes"] for r in group), references)
         row["epochs"], row["members_auc"] = count, [float(roc_auc_score(labels, r["scores"].loc[export.hashes])) for r in group]
         rows.append(row)
     summary = [
         f"Experiment `{experiment.path}`, its exported model `{export.model}` ({len(members)} member(s)). External set: `{experiment.external}` "
         f"({len(labels)} images); **every number here is a selection-set number** (it chose the configurations and every threshold). "
-        f"Each member retrained with its own configuration and seed for {', '.join(map(str, epochs))} epochs, last epoch kept, one run "
+        f"Each member retrained with its own configuration{changed} and seed for {', '.join(map(str, epochs))} epochs, last epoch kept, one run "
         f"after another; the last column compares with the {epochs[0]}-epoch ensemble"
-        + (" (the export's own schedule trained again: how far a retrain of identical runs moves)." if epochs[0] == own else "."),
+        + (" (the export's own schedule trained again: how far a retrain of identical runs moves)." if epochs[0] == own and not changes else "."),
         "",
         score_table(rows, {"committed": "AUC minus the committed [paired 95 % CI]",
                            "control": f"AUC minus {epochs[0]} epochs retrained [paired 95 % CI]"}),
@@ -83,5 +107,7 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None)
         "AUC differences are paired 95 % bootstrap intervals over the same resampled images; an interval that spans zero is no "
         "measured difference. Members alone: each retrained run's own AUC on the same images.",
     ]
-    write_result("final_fit_epochs_" + "_".join(map(str, epochs)), "Final-fit schedule length: the export's runs retrained for other epoch counts", summary,
-                 {"rows": rows, "runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs]})
+    name = "final_fit_epochs_" + "_".join(map(str, epochs)) + "".join(f"_{key}-{value}" for key, value in changes.items())
+    title = (f"Final fit with {describe(changes)}: the export's runs retrained with that change" if changes
+             else "Final-fit schedule length: the export's runs retrained for other epoch counts")
+    write_result(name, title, summary, {"changes": changes, "rows": rows, "runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs]})

@@ -11,9 +11,10 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from cxr_tune import storage
-from cxr_tune.cliargs import int_between, nonnegative_float, positive_float, positive_int
+from cxr_tune.cliargs import assignment, int_between, nonnegative_float, positive_float, positive_int
 from cxr_tune.data.prepared import DataOptions, add_data_arguments, datasets_by_size, split_data
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="data folder in the Kermany layout (default: the built-in SYNTHETIC set)")
     parser.add_argument("--params", default=None, help="YAML file of hyperparameters (any HParams field; a model.json from an export works too); default: the HParams defaults")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one hyperparameter, e.g. --set epochs=3 (repeatable)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], type=assignment, metavar="KEY=VALUE", help="override one hyperparameter, e.g. --set epochs=3 (repeatable)")
     parser.add_argument("--workers", type=positive_int, default=1, help="Ray Train workers (DDP when > 1) (default: 1)")
     parser.add_argument("--cpus-per-worker", type=positive_float, default=None, help="CPUs reserved per worker; also its torch threads (default: the cluster's CPUs divided among the workers)")
     parser.add_argument("--use-gpu", action="store_true", help="train on GPUs: one GPU per worker unless --gpus-per-worker says otherwise (default: CPU)")
@@ -48,19 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_params(path: str | None, overrides: list[str]) -> HParams:
-    """HParams from a YAML file (flat, or under a top-level ``hparams`` key) plus ``KEY=VALUE`` overrides."""
-    import yaml
-
+def read_params(path: str | None, overrides: list[tuple[str, Any]]) -> HParams:
+    """HParams from a YAML file (flat, or under a top-level ``hparams`` key) plus ``--set`` overrides."""
     values = {}
     if path:
         values = load_mapping(path, "params")
         values = values.get("hparams", values) if isinstance(values.get("hparams"), dict) else values
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise UserError(f"--set {item!r} must look like KEY=VALUE, e.g. --set epochs=3")
-        values[key.strip()] = yaml.safe_load(text)
+    values.update(overrides)
     try:
         return HParams.from_config(values)
     except HParamsError as exc:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cxr_tune.bench.epochs import plan_runs
+from cxr_tune.errors import UserError
 from tests.conftest import ROOT
 
 
@@ -17,3 +20,12 @@ def test_bench_epochs_retrains_every_member_with_its_own_configuration_and_seed_
         assert [r["member"] for r in these] == [m["trial_id"] for m in members]
         for run, member in zip(these, members):
             assert run["hparams"] == {**member["hparams"], "epochs": count}  # only the schedule's length changes
+
+
+def test_a_change_reaches_every_run_and_one_no_configuration_takes_is_refused_before_training():
+    members = json.loads((ROOT / "results/real/best/model.json").read_text())["members"]
+    runs = plan_runs(members, [32], {"mixup": 0.2, "convs_per_block": 2})
+    for run, member in zip(runs, members):
+        assert run["hparams"] == {**member["hparams"], "mixup": 0.2, "convs_per_block": 2, "epochs": 32}
+    with pytest.raises(UserError, match="--vary: unknown hyperparameter 'mixups'"):
+        plan_runs(members, [32], {"mixups": 0.2})
