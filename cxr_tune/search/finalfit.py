@@ -24,6 +24,7 @@ from typing import Any
 
 from cxr_tune import storage
 from cxr_tune.experiment import FINAL_FIT_DIR, FINAL_FIT_MEMBERS, LOG_FILE, TRAIN_DIR, Experiment, FinalRun
+from cxr_tune.search.pace import final_fit_epochs
 from cxr_tune.selection import ensemble_members, ranked_trials
 from cxr_tune.train.checkpoints import load_state
 
@@ -40,7 +41,7 @@ def plan_final_fit(experiment: Experiment) -> list[FinalRun]:
         top = ensemble_members(ranked_trials(table, experiment.deciding_set), settings.final_fit_top)
     except ValueError:
         return []
-    epochs = settings.final_fit_epochs or experiment.max_epochs
+    epochs = final_fit_epochs(settings, experiment.max_epochs)
     base = experiment.options.seed * 1000 + SEED_OFFSET
     return [FinalRun(f"{row['trial_id']}-seed{base + k}", str(row["trial_id"]), base + k, epochs)
             for _, row in top.iterrows() for k in range(settings.final_fit_seeds)]

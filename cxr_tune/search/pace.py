@@ -16,8 +16,16 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
 from cxr_tune.selection import best_epoch, ensemble_members, prefix_of, ranked_trials
+
+
+def final_fit_epochs(settings: Any, search_max_epochs: int) -> int:
+    """The final fit's schedule: the space's ``final_fit_epochs``, else the search's ``max_epochs``
+    (``settings``: a space's :class:`~cxr_tune.search.space.SearchSettings`). One rule for the
+    final fit's plan and for this estimate of it."""
+    return settings.final_fit_epochs or search_max_epochs
 
 
 @dataclass(frozen=True)

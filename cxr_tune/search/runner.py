@@ -28,7 +28,7 @@ from cxr_tune.data.prepared import SplitData, datasets_by_size, split_data
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import EVENTS_FILE, EXPERIMENT_FILE, LOG_FILE, SPACE_FILE, SPLITS_FILE, TRAIN_DIR, Experiment
 from cxr_tune.search.options import SearchOptions
-from cxr_tune.search.pace import FinalFitShape
+from cxr_tune.search.pace import FinalFitShape, final_fit_epochs
 from cxr_tune.search.space import ASHA_RULES, SearchSettings, Space, SpaceSampler, load_space
 from cxr_tune.search.study import STUDY_FILE, copy_study, local_cache_dir, prepare_study, study_path
 from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings, run_trial
@@ -48,6 +48,11 @@ class Plan:
     def trial_bundles(self) -> list[dict[str, float]]:
         """What one running trial holds: its Tune driver's sliver of a CPU, then each Ray Train worker's bundle."""
         return [{"CPU": TRIAL_DRIVER_CPU}, *[self.resources.bundle() for _ in range(self.resources.workers)]]
+
+    @property
+    def cpus_held(self) -> float:
+        """CPUs the trials running at once hold together."""
+        return self.concurrency * sum(bundle.get("CPU", 0.0) for bundle in self.trial_bundles())
 
 
 def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float]) -> Plan:
@@ -86,11 +91,8 @@ def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float])
     else:
         share = (cpus - concurrency * TRIAL_DRIVER_CPU) / (concurrency * workers)
         cpus_per_worker = math.floor(share * 100) / 100
-    needed = concurrency * (workers * cpus_per_worker + TRIAL_DRIVER_CPU)
     if cpus_per_worker <= 0 or workers * cpus_per_worker + TRIAL_DRIVER_CPU > cpus + 1e-9:
         raise UserError(f"one trial needs {workers} x {cpus_per_worker:g} CPUs but the Ray cluster has {cpus:g}; lower --workers-per-trial or --cpus-per-worker")
-    if needed > cpus + 1e-9 and options.concurrency:
-        print(f"Note: --concurrency {concurrency} needs {needed:g} CPUs, the cluster has {cpus:g}; trials will queue.")
     return Plan(space, trials, max_epochs, Resources(workers, cpus_per_worker, gpus_per_worker), concurrency)
 
 
@@ -126,6 +128,9 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
         import ray
 
         plan = plan_search(options, space, ray.cluster_resources())
+        cpus = ray.cluster_resources().get("CPU", 0.0)
+        if options.concurrency and plan.cpus_held > cpus + 1e-9:
+            print(f"Note: --concurrency {plan.concurrency} needs {plan.cpus_held:g} CPUs, the cluster has {cpus:g}; trials will queue.")
         print(
             f"Search '{space.name}': {plan.trials} trials, up to {plan.max_epochs} epochs each, "
             f"{plan.concurrency} at a time, {plan.resources.workers} worker(s) x {plan.resources.cpus_per_worker:g} CPU"
@@ -324,7 +329,7 @@ def final_fit_shape(options: SearchOptions, space: Space, cluster: dict[str, flo
         return None
     runs = settings.final_fit_top * settings.final_fit_seeds
     plan = plan_search(replace(options, trials=runs), space, cluster)
-    return FinalFitShape(settings.final_fit_top, settings.final_fit_seeds, settings.final_fit_epochs or plan.max_epochs, plan.concurrency, deciding)
+    return FinalFitShape(settings.final_fit_top, settings.final_fit_seeds, final_fit_epochs(settings, plan.max_epochs), plan.concurrency, deciding)
 
 
 def _budget_notes() -> dict[str, Any]:
