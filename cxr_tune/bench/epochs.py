@@ -97,7 +97,7 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
     summary = [
         f"Experiment `{experiment.path}`, its exported model `{export.model}` ({len(members)} member(s)). External set: `{experiment.external}` "
         f"({len(labels)} images); **every number here is a selection-set number** (it chose the configurations and every threshold). "
-        f"Each member retrained with its own configuration{changed} and seed for {', '.join(map(str, epochs))} epochs, last epoch kept, one run "
+        f"Each member retrained with its own configuration and seed{changed} for {', '.join(map(str, epochs))} epochs, last epoch kept, one run "
         f"after another; the last column compares with the {epochs[0]}-epoch ensemble"
         + (" (the export's own schedule trained again: how far a retrain of identical runs moves)." if epochs[0] == own and not changes else "."),
         "",
