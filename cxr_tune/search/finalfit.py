@@ -6,7 +6,9 @@ trains the top configurations again, each with several new seeds, for a fixed sc
 averages their *last* epochs: no epoch is picked on the deciding set, so only the threshold is
 chosen there. Which configurations (the first ``final_fit_top`` of the selection's ranking at the
 selected image size, :func:`cxr_tune.selection.ensemble_members`), how many seeds and epochs: the
-space's ``search:`` section (``final_fit_top``, ``final_fit_seeds``, ``final_fit_epochs``).
+space's ``search:`` section (``final_fit_top``, ``final_fit_seeds``, ``final_fit_epochs``), which may
+also set hyperparameters in every run (``final_fit_changes``: a costlier network than the search
+could afford to judge, say ``{convs_per_block: 2}``).
 
 Runs are Ray Tune trials of their own (``EXPERIMENT/finalfit``, checkpoints under
 ``EXPERIMENT/finalfit/train/<run>``), so they run side by side like search trials, and
@@ -47,6 +49,11 @@ def plan_final_fit(experiment: Experiment) -> list[FinalRun]:
             for _, row in top.iterrows() for k in range(settings.final_fit_seeds)]
 
 
+def describe_changes(changes: dict[str, Any]) -> str:
+    """", with convs_per_block=2 set in each" for the space's ``final_fit_changes`` ("" for none): how the console and the report say it."""
+    return f", with {', '.join(f'{key}={value}' for key, value in changes.items())} set in each" if changes else ""
+
+
 def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = False) -> list[FinalRun]:
     """Train the final-fit runs (resuming an interrupted final fit); returns them ([] when the space has none).
 
@@ -65,8 +72,9 @@ def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = F
     storage.write_text_atomic(storage.join(folder, FINAL_FIT_MEMBERS), json.dumps([run.__dict__ for run in runs], indent=2))
     options = options or experiment.options
     configs = sorted({run.trial_id for run in runs})
+    changes = experiment.space().settings.final_fit_changes
     print(f"\nFinal fit: {len(configs)} best configuration(s) ({', '.join(configs)}) x {len(runs) // len(configs)} new seed(s), "
-          f"{runs[0].epochs} epochs each; their last epochs are exported averaged", flush=True)
+          f"{runs[0].epochs} epochs each{describe_changes(changes)}; their last epochs are exported averaged", flush=True)
     started = time.time()
     log = log_path_of(options)
     with library_output_to(log, verbose=verbose) as stream, ray_session(options.address, log=stream, verbose=verbose):
@@ -113,8 +121,9 @@ def _tuner(experiment: Experiment, runs: list[FinalRun], options: Any, *, verbos
     folder = experiment.file(FINAL_FIT_DIR)
     table = experiment.trials(ranked=False)
     rows = {trial_id: table[table["trial_id"] == trial_id].iloc[0] for trial_id in {run.trial_id for run in runs}}
-    hparams = {trial_id: load_state(experiment.checkpoint_for(row))["hparams"] for trial_id, row in rows.items()}
     space = experiment.space()
+    changes = space.settings.final_fit_changes
+    hparams = {trial_id: {**load_state(experiment.checkpoint_for(row))["hparams"], **changes} for trial_id, row in rows.items()}
     plan = plan_search(replace(options, trials=len(runs)), space, ray.cluster_resources())
     split = experiment.split()
     sizes = sorted({int(h["image_size"]) for h in hparams.values()})

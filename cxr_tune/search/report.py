@@ -29,6 +29,7 @@ from cxr_tune.modelcard import calibration_section, operating_point_section, sub
 from cxr_tune.modelfile import load_members  # noqa: E402
 from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
 from cxr_tune.search import transfer  # noqa: E402
+from cxr_tune.search.finalfit import describe_changes  # noqa: E402
 from cxr_tune.search.results import pareto_front  # noqa: E402
 from cxr_tune.selection import prefix_of  # noqa: E402
 from cxr_tune.train.checkpoints import has_predictions, load_predictions  # noqa: E402
@@ -93,7 +94,8 @@ def final_fit_section(experiment: Experiment, prefix: str) -> list[str]:
     return [
         "## Final fit", "",
         f"The search's {len({r.trial_id for r in runs})} best configuration(s) at the selected image size, trained again with "
-        f"{len(runs) // max(1, len({r.trial_id for r in runs}))} new seed(s) each for {runs[0].epochs} epochs ({minutes:.1f} min wall{estimated}). "
+        f"{len(runs) // max(1, len({r.trial_id for r in runs}))} new seed(s) each for {runs[0].epochs} epochs"
+        f"{describe_changes(experiment.space().settings.final_fit_changes)} ({minutes:.1f} min wall{estimated}). "
         f"`best/` averages the completed runs' **last** epochs: no epoch is picked on the {deciding} set, only the threshold is. "
         f"Each run alone at its last epoch (`val_`: carved validation, `ext_`: the external set; balanced accuracy at that run's own "
         f"threshold{', a selection-set number' if prefix == 'ext' else ''}):", "",

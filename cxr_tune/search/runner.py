@@ -329,7 +329,8 @@ def final_fit_shape(options: SearchOptions, space: Space, cluster: dict[str, flo
         return None
     runs = settings.final_fit_top * settings.final_fit_seeds
     plan = plan_search(replace(options, trials=runs), space, cluster)
-    return FinalFitShape(settings.final_fit_top, settings.final_fit_seeds, final_fit_epochs(settings, plan.max_epochs), plan.concurrency, deciding)
+    return FinalFitShape(settings.final_fit_top, settings.final_fit_seeds, final_fit_epochs(settings, plan.max_epochs), plan.concurrency, deciding,
+                         tuple(settings.final_fit_changes.items()))
 
 
 def _budget_notes() -> dict[str, Any]:

@@ -71,6 +71,10 @@ class SearchSettings:
     final_fit_top: int = 0
     final_fit_seeds: int = 2
     final_fit_epochs: int = 0
+    # Hyperparameters the final fit sets in every configuration it trains: the search judges cheap
+    # networks, the final fit trains the costlier one (e.g. {convs_per_block: 2}) that only its
+    # schedule can afford. A mapping of HParams fields; none of the ones the final fit sets itself.
+    final_fit_changes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,9 @@ def _settings(raw: Any, fail: Any) -> SearchSettings:
                 raise fail("search.asha_rule", f"must be one of {', '.join(ASHA_RULES)}, got {value!r}")
             values[key] = value
             continue
+        if key == "final_fit_changes":
+            values[key] = _final_fit_changes(value, fail)
+            continue
         least = 2 if key == "reduction_factor" else 0 if key in ("startup_trials", "final_fit_top", "final_fit_epochs") else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise fail(f"search.{key}", f"must be a whole number >= {least}, got {value!r}")
@@ -202,6 +209,19 @@ def _settings(raw: Any, fail: Any) -> SearchSettings:
     if settings.grace_period > settings.max_epochs:
         raise fail("search.grace_period", f"{settings.grace_period} is more than max_epochs {settings.max_epochs}")
     return settings
+
+
+def _final_fit_changes(raw: Any, fail: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise fail("search.final_fit_changes", "must be a mapping of hyperparameter: value, e.g. {convs_per_block: 2}")
+    for key, value in raw.items():
+        if key in _NOT_SEARCHABLE | {"seed"}:
+            raise fail(f"search.final_fit_changes.{key}", "is set by the final fit itself (seeds, final_fit_epochs) or by the command's flags")
+        try:
+            HParams.from_config({key: value})
+        except HParamsError as exc:
+            raise fail(f"search.final_fit_changes.{key}", str(exc)) from None
+    return dict(raw)
 
 
 def _param(name: str, spec: Any, known: set[str], fail: Any) -> Param:

@@ -140,6 +140,19 @@ def build_model(hp: HParams) -> nn.Module:
     return PneumoniaCNN(hp) if hp.arch == "cnn" else TorchvisionNet(hp)
 
 
+def step_flops(hp: HParams) -> int:
+    """Floating-point operations of one training step on one image (forward and backward) as torch's
+    ``FlopCounterMode`` counts them (convolutions and matrix products): what one network costs
+    against another. On a CPU a small network's step also pays for what no FLOP counts
+    (augmentation, normalization, memory traffic), so the time ratio is smaller than this one."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = build_model(hp).eval()  # eval: a batch of one image is fine for batch norm; the FLOPs are the same
+    with FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 1, hp.image_size, hp.image_size)).sum().backward()
+    return int(counter.get_total_flops())
+
+
 def load_weights(net: nn.Module, path: str) -> list[str]:
     """Load a user's local pretrained weights file (safetensors, or a PyTorch state dict read with
     ``weights_only=True``: never unpickled) into ``net``; returns the names it did not fill.

@@ -2,7 +2,7 @@
 
 One small search for the module (the smoke space with residual blocks, squeeze-and-excitation and
 an EMA of the weights, stopped by Optuna's ASHA rule; 2 trials, 2 epochs; then the final fit of the best configuration with 2
-new seeds) on the session's SYNTHETIC set, validated on a second SYNTHETIC set drawn with another
+new seeds and a second convolution per block, the space's ``final_fit_changes``) on the session's SYNTHETIC set, validated on a second SYNTHETIC set drawn with another
 seed (another "site"), with a sensitivity floor. Every check follows from the rules, whatever the
 tiny models learn: the objective is the external one, the selected trial is the external
 ranking's first, its export's threshold is the one that trial reported on the external set, the
@@ -40,7 +40,8 @@ def site(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def search(ray_session, synthetic_root, site, tmp_path_factory) -> tuple[Path, str]:
     raw = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
-    raw["search"].update({"final_fit_top": 1, "final_fit_seeds": SEEDS, "final_fit_epochs": EPOCHS, "asha_rule": "optuna"})
+    raw["search"].update({"final_fit_top": 1, "final_fit_seeds": SEEDS, "final_fit_epochs": EPOCHS, "asha_rule": "optuna",
+                          "final_fit_changes": {"convs_per_block": 2}})
     raw["fixed"].update({"block": "residual", "se_ratio": 0.25, "ema_decay": 0.9})
     space = tmp_path_factory.mktemp("space") / "external.yaml"
     space.write_text(yaml.safe_dump(raw))
@@ -219,6 +220,7 @@ def test_the_best_configuration_is_trained_again_with_new_seeds_for_the_full_sch
     assert [run["trial_id"] for run in runs] == [table.sort_values("rank").iloc[0]["trial_id"]] * SEEDS
     assert len({run["seed"] for run in runs}) == SEEDS and all(run["epochs"] == EPOCHS for run in runs)
     assert "Final fit: 1 best configuration(s)" in stdout and f"{SEEDS} of {SEEDS} run(s) completed" in stdout
+    assert f"{EPOCHS} epochs each, with convs_per_block=2 set in each" in stdout and "with convs_per_block=2 set in each" in (experiment / "report.md").read_text()
     search_line, final_line = [json.loads(line) for line in (experiment / "compute.jsonl").read_text().splitlines()]
     assert (search_line["stage"], final_line["stage"]) == ("search", "final fit")
 
@@ -236,12 +238,15 @@ def test_a_job_budget_the_search_did_not_exhaust_ends_nothing_and_records_the_fi
     assert f"estimated at {estimate / 60:.1f} min when the search ended" in (experiment / "report.md").read_text()
 
 
-def test_best_averages_the_final_fit_runs_last_epochs_at_a_threshold_chosen_on_their_mean(experiment):
+def test_best_averages_the_final_fit_runs_last_epochs_at_a_threshold_chosen_on_their_mean(experiment, exported_trial):
     meta = json.loads((experiment / "best" / "model.json").read_text())
     runs = json.loads((experiment / "finalfit" / "members.json").read_text())
     assert [m["trial_id"] for m in meta["members"]] == [run["name"] for run in runs] and meta["final_fit"]["runs"] == runs
     assert all(m["epoch"] == EPOCHS for m in meta["members"])  # last epochs: none picked on the external set
     assert all(m["hparams"]["block"] == "residual" and m["hparams"]["ema_decay"] == 0.9 for m in meta["members"])
+    # The space's final_fit_changes: the runs train a second convolution per block that the search's trials did not.
+    assert all(m["hparams"]["convs_per_block"] == 2 for m in meta["members"])
+    assert read(experiment, exported_trial)[1]["hparams"]["convs_per_block"] == 1  # the search trial itself
     stored = []
     for run in runs:
         [scores] = list((experiment / "finalfit" / "train" / run["name"]).glob("checkpoint_*/ext_predictions.parquet"))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cxr_tune.search.pace import FinalFitShape, TrialPace, final_fit_seconds
+from cxr_tune.search.pace import FinalFitShape, TrialPace, cost_ratio, final_fit_seconds
 
 SHAPE = FinalFitShape(top=2, seeds=2, epochs=32, concurrency=2, deciding="external")  # 4 runs, 2 at a time: 2 rounds
 
@@ -100,3 +100,17 @@ def test_the_job_budget_ends_the_search_when_what_is_left_would_not_hold_the_fin
     assert restored.stop_all()  # the leaders it saw before still set the pace, though they may never report again
     monkeypatch.setattr(SessionBudget, "job_deadline", None)  # resumed without --job-budget: no limit
     assert not restored.stop_all()
+
+
+def test_a_costlier_final_fit_network_lengthens_the_estimate_by_its_flops():
+    config = {"image_size": 64, "depth": 5, "filters": 16, "width_growth": 2.0}
+    doubled = (("convs_per_block", 2),)
+    ratio = cost_ratio(config, doubled)
+    assert 3.0 < ratio < 4.0  # a second 3x3 convolution per block, each as wide as the block: about 3.4x the FLOPs
+    assert cost_ratio(config, ()) == 1.0 and cost_ratio({}, doubled) == 1.0  # no change, or a trial never seen: as measured
+    paces = {"a": TrialPace()}
+    for epoch in (1, 2):
+        paces["a"].add({**result(epoch, 0.9, 10.0, 64), "config": config})
+    plain = FinalFitShape(top=1, seeds=2, epochs=32, concurrency=2, deciding="external")
+    assert final_fit_seconds(paces, plain) == pytest.approx(32 * 10.0)
+    assert final_fit_seconds(paces, FinalFitShape(**{**plain.__dict__, "changes": doubled})) == pytest.approx(32 * 10.0 * ratio)

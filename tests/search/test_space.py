@@ -84,6 +84,10 @@ def test_fixed_values_reach_every_trial(tmp_path):
     ("search: {asha_rule: hyperband}\n", "search.asha_rule", "one of ray, optuna"),
     ("search: {max_epochs: 3, grace_period: 5}\n", "search.grace_period", "more than max_epochs"),
     ("params:\n  epochs: {type: int, low: 1, high: 9}\n", "params.epochs", "set by the search itself"),
+    ("search: {final_fit_changes: 2}\n", "search.final_fit_changes", "must be a mapping"),
+    ("search: {final_fit_changes: {convs: 2}}\n", "search.final_fit_changes.convs", "unknown hyperparameter"),
+    ("search: {final_fit_changes: {convs_per_block: two}}\n", "search.final_fit_changes.convs_per_block", "two"),
+    ("search: {final_fit_changes: {seed: 3}}\n", "search.final_fit_changes.seed", "set by the final fit itself"),
     ("- just\n- a list\n", "must be a mapping", "list"),
     ("", "empty", "empty"),
 ])
@@ -94,6 +98,12 @@ def test_a_bad_space_file_names_the_file_the_key_and_the_problem(tmp_path, body,
     message = str(caught.value)
     assert str(path) in message and key in message and problem in message
     assert "\n" not in message
+
+
+def test_final_fit_changes_are_kept_as_written(tmp_path):
+    path = write(tmp_path, "search: {final_fit_top: 1, final_fit_changes: {convs_per_block: 2}}\n")
+    assert load_space(str(path)).settings.final_fit_changes == {"convs_per_block": 2}
+    assert load_space("smoke").settings.final_fit_changes == {}
 
 
 def test_an_unknown_space_name_lists_the_known_ones():
