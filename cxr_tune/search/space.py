@@ -11,6 +11,10 @@ A space file (``search_spaces/*.yaml``) has four sections::
       asha_rule: ray              # ASHA's promotion rule: ray (ASHAScheduler) or optuna (SuccessiveHalvingPruner)
       startup_trials: 6           # TPE: random trials before the model takes over
       ensemble: 1                 # export the best K trials as one model averaging them
+      final_fit_top: 0            # then train the best K configurations again (0: no final fit) ...
+      final_fit_seeds: 2          # ... with this many new seeds each ...
+      final_fit_epochs: 0         # ... for this many epochs (0: max_epochs) ...
+      final_fit_changes: {}       # ... with these hyperparameters set in every run, e.g. {convs_per_block: 2}
     fixed:                        # hyperparameters every trial shares
       image_size: 64
     params:                       # what is searched, in sampling order
