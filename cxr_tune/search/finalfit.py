@@ -144,7 +144,7 @@ def _tuner(experiment: Experiment, runs: list[FinalRun], options: Any, *, verbos
         tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency, trial_dirname_creator=_run_dirname),
         run_config=tune.RunConfig(
             name=FINAL_FIT_DIR, storage_path=experiment.path, verbose=0,
-            callbacks=[ProgressPrinter(len(runs), runs[0].epochs, options.select, experiment.deciding_set, label="final-fit run")],
+            callbacks=[ProgressPrinter(len(runs), runs[0].epochs, options.select, experiment.deciding_set, label="final-fit run", budgeted=False)],
             failure_config=tune.FailureConfig(max_failures=2),
         ),
     )

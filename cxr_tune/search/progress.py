@@ -31,8 +31,10 @@ class ProgressPrinter(Callback):
     # but before the epoch's report reached Tune trained, though Tune's copy shows no epoch.
     trained_before: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, total_trials: int, max_epochs: int, criterion: str, deciding: str, *, stream: TextIO | None = None, label: str = "trial") -> None:
+    def __init__(self, total_trials: int, max_epochs: int, criterion: str, deciding: str, *, stream: TextIO | None = None, label: str = "trial",
+                 budgeted: bool = True) -> None:
         self.label = label  # what a Tune trial is called on the console: a search trial, or a final-fit run
+        self.budgeted = budgeted  # a search's budgets end it; they never end the final fit that follows
         self.total = total_trials
         self.max_epochs = max_epochs
         self.criterion = criterion.replace("_", " ")
@@ -69,6 +71,7 @@ class ProgressPrinter(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("label", "trial")
+        self.__dict__.setdefault("budgeted", self.label == "trial")
         self.stream = self.stream or sys.stdout
         self._start_clock()  # a monotonic reading from another process means nothing here
 
@@ -94,12 +97,12 @@ class ProgressPrinter(Callback):
 
     def _left(self) -> str:
         """Time left, from the trial-epochs done (or skipped by ASHA) so far, or until a budget ends
-        the search (:attr:`SessionBudget.ends_at`) when that comes first; an estimate."""
+        the search (:attr:`SessionBudget.ends_at`) when that comes first (a search's printer only); an estimate."""
         done, total, elapsed = sum(self.epochs.values()), self.total * self.max_epochs, time.monotonic() - self.started
         if done <= self.done_before or done >= total:
             return ""
         minutes, why = elapsed / (done - self.done_before) * (total - done) / 60, ""
-        if SessionBudget.ends_at and (SessionBudget.ends_at[0] - time.time()) / 60 < minutes:
+        if self.budgeted and SessionBudget.ends_at and (SessionBudget.ends_at[0] - time.time()) / 60 < minutes:
             minutes, why = max(0.0, SessionBudget.ends_at[0] - time.time()) / 60, f" (the {SessionBudget.ends_at[1]})"
         return (f", about {math.ceil(minutes)} min left" if minutes >= 1 else ", under a minute left") + why
 

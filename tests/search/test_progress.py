@@ -75,3 +75,21 @@ def test_the_time_left_is_the_budgets_when_a_budget_ends_the_search_first(monkey
     monkeypatch.setattr(SessionBudget, "ends_at", None)  # no budget: the trials' pace
     printer.on_trial_complete(0, [_trial("a", 5, "TERMINATED"), _trial("b", 5, "TERMINATED")], _trial("b", 5, "TERMINATED"))
     assert "min left" in printer.stream.getvalue().splitlines()[-1] and "budget" not in printer.stream.getvalue().splitlines()[-1]
+
+
+def test_the_final_fit_s_time_left_is_its_own_not_the_search_s_budget(monkeypatch):
+    """A search's budget ends the search only: the final fit after it runs to its end (before, its lines said
+    "about 5 min left (the time budget)" with 16 minutes of final fit to go)."""
+    import time
+
+    from cxr_tune.search.budget import SessionBudget
+
+    printer = ProgressPrinter(total_trials=6, max_epochs=5, criterion="balanced_accuracy", deciding="carved", stream=io.StringIO(),
+                              label="final-fit run", budgeted=False)
+    printer.started -= 600
+    monkeypatch.setattr(SessionBudget, "ends_at", (time.time() + 5 * 60, "time budget"))
+    for epoch in range(1, 6):
+        printer.on_trial_result(0, [], _trial("a"), _result(epoch, 0.7))
+    printer.on_trial_complete(0, [_trial("a", 5, "TERMINATED")], _trial("a", 5, "TERMINATED"))
+    line = printer.stream.getvalue().splitlines()[-1]  # 25 epochs to go at 2 minutes each: its own pace
+    assert line.endswith("(1/6 final-fit runs done, about 51 min left)") and "budget" not in line, line
