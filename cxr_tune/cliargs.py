@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "assignment", "float_between", "fraction", "int_between", "nonnegative_float", "nonnegative_int", "positive_float", "positive_int",
+    "assignment", "assignments_text", "float_between", "fraction", "int_between", "nonnegative_float", "nonnegative_int", "positive_float", "positive_int",
 ]
 
 
@@ -94,3 +94,8 @@ def assignment(text: str) -> tuple[str, Any]:
         return key.strip(), yaml.safe_load(value)
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(f"{text!r}: the value is not a number, word or list") from None
+
+
+def assignments_text(values: dict[str, Any]) -> str:
+    """``{"mixup": 0.2, "convs_per_block": 2}`` as ``mixup=0.2, convs_per_block=2``: settings as a person typed them."""
+    return ", ".join(f"{key}={value}" for key, value in values.items())

@@ -30,6 +30,7 @@ from typing import Any
 
 from cxr_tune.bench.common import write_result
 from cxr_tune.bench.external_scoring import export_on_external, score_row, score_table, threshold_by_rule, train_external_scores
+from cxr_tune.cliargs import assignments_text
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.train.hparams import HParams, HParamsError
@@ -46,11 +47,6 @@ def plan_runs(members: list[dict], epochs: list[int], changes: dict[str, Any] | 
         except HParamsError as exc:
             raise UserError(f"--vary: {exc}") from None
     return runs
-
-
-def describe(changes: dict[str, Any]) -> str:
-    """``mixup=0.2, convs_per_block=2`` as the results name it ("" for none)."""
-    return ", ".join(f"{key}={value}" for key, value in changes.items())
 
 
 def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None, changes: dict[str, Any] | None = None) -> None:
@@ -71,7 +67,7 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
     runs = plan_runs(members, epochs, changes)
     split = experiment.split()
     sizes = sorted({int(r["hparams"]["image_size"]) for r in runs})
-    changed = f" with {describe(changes)}" if changes else ""
+    changed = f" with {assignments_text(changes)}" if changes else ""
     print(f"{len(runs)} run(s): {len(members)} member(s) of '{export.model}'{changed} x {len(epochs)} schedule(s) ({', '.join(map(str, epochs))} epochs)",
           flush=True)
     with ray_session(), tempfile.TemporaryDirectory() as scratch:
@@ -108,6 +104,6 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
         "measured difference. Members alone: each retrained run's own AUC on the same images.",
     ]
     name = "final_fit_epochs_" + "_".join(map(str, epochs)) + "".join(f"_{key}-{value}" for key, value in changes.items())
-    title = (f"Final fit with {describe(changes)}: the export's runs retrained with that change" if changes
+    title = (f"Final fit with {assignments_text(changes)}: the export's runs retrained with that change" if changes
              else "Final-fit schedule length: the export's runs retrained for other epoch counts")
     write_result(name, title, summary, {"changes": changes, "rows": rows, "runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs]})

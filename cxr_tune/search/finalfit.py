@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 from cxr_tune import storage
+from cxr_tune.cliargs import assignments_text
 from cxr_tune.experiment import FINAL_FIT_DIR, FINAL_FIT_MEMBERS, LOG_FILE, TRAIN_DIR, Experiment, FinalRun
 from cxr_tune.search.pace import final_fit_epochs
 from cxr_tune.selection import ensemble_members, ranked_trials
@@ -51,7 +52,7 @@ def plan_final_fit(experiment: Experiment) -> list[FinalRun]:
 
 def describe_changes(changes: dict[str, Any]) -> str:
     """", with convs_per_block=2 set in each" for the space's ``final_fit_changes`` ("" for none): how the console and the report say it."""
-    return f", with {', '.join(f'{key}={value}' for key, value in changes.items())} set in each" if changes else ""
+    return f", with {assignments_text(changes)} set in each" if changes else ""
 
 
 def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = False) -> list[FinalRun]:
