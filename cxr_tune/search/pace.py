@@ -103,7 +103,8 @@ def cost_ratio(config: dict[str, Any], changes: tuple[tuple[str, Any], ...]) -> 
     """How much costlier a search trial's network is with the final fit's changes: the ratio of
     :func:`cxr_tune.train.model.step_flops` (1 without changes, or for a trial whose configuration
     was not seen). FLOPs overstate the time ratio of small networks on a CPU (a second convolution per
-    block at 64 px: 3.4-3.7x the FLOPs, 2.0x the time on 2 cores), so the estimate errs long: the search
+    block at 64 px: 3.4-3.7x the FLOPs; 2.0x the time one run at a time on 2 cores, 1.7x two at a
+    time in a job), so the estimate errs long: the search
     ends earlier than it needs to, not the job later."""
     if not changes or not config:
         return 1.0
