@@ -104,8 +104,7 @@ def cost_ratio(config: dict[str, Any], changes: tuple[tuple[str, Any], ...]) -> 
     :func:`cxr_tune.train.model.step_flops` (1 without changes, or for a trial whose configuration
     was not seen). FLOPs overstate the time ratio of small networks on a CPU (a second convolution per
     block at 64 px: 3.4-3.7x the FLOPs; 2.0x the time one run at a time on 2 cores, 1.7x two at a
-    time in a job), so the estimate errs long: the search
-    ends earlier than it needs to, not the job later."""
+    time in a job), so the estimate errs long: the search ends earlier than it needs to, not the job later."""
     if not changes or not config:
         return 1.0
     key = (tuple(sorted((k, repr(v)) for k, v in config.items())), changes)
