@@ -127,8 +127,9 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
     with library_output_to(log_path, verbose=verbose) as log, ray_session(options.address, log=log, verbose=verbose):
         import ray
 
-        plan = plan_search(options, space, ray.cluster_resources())
-        cpus = ray.cluster_resources().get("CPU", 0.0)
+        cluster = ray.cluster_resources()
+        plan = plan_search(options, space, cluster)
+        cpus = cluster.get("CPU", 0.0)
         if options.concurrency and plan.cpus_held > cpus + 1e-9:
             print(f"Note: --concurrency {plan.concurrency} needs {plan.cpus_held:g} CPUs, the cluster has {cpus:g}; trials will queue.")
         print(
@@ -145,7 +146,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
         sizes = _image_sizes(space)
         datasets = datasets_by_size(split, sizes)
         tuner = _tuner(options, plan, split, datasets, resume=restore, verbose=verbose)
-        _set_budgets(options, plan, ray.cluster_resources(), started, split.deciding_set(options.select_on))
+        _set_budgets(options, plan, cluster, started, split.deciding_set(options.select_on))
         if options.job_budget_min:
             print(f"Job budget: {options.job_budget_min:g} min for this command; the search ends when what is left would not hold "
                   f"the final fit (estimated from the leading trials' epochs) and the export", flush=True)
