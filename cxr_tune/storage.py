@@ -86,6 +86,27 @@ def default_cache_dir() -> str:
     return resolve(os.environ.get(CACHE_ENV) or user_cache_dir("cxr_tune"))
 
 
+def local_dir(preferred: str) -> str:
+    """A local folder for what must be a local file (SQLite, logs): ``preferred`` (a cache folder) when it is local,
+    else the default cache folder, else the user's cache folder (when both caches are on object storage)."""
+    from platformdirs import user_cache_dir
+
+    for folder in (preferred, default_cache_dir()):
+        if not is_uri(folder):
+            return folder
+    return user_cache_dir("cxr_tune")
+
+
+def local_file_for(folder: str, filename: str, kind: str, cache_dir: str) -> str:
+    """``folder/filename`` when ``folder`` is local; for a folder on object storage, a local file under
+    ``kind`` in the cache, keyed by the folder's full URI (one name under two storages is two files)."""
+    if not is_uri(folder):
+        return join(folder, filename)
+    import hashlib
+
+    return str(Path(local_dir(cache_dir), kind, hashlib.sha256(folder.encode()).hexdigest()[:16], filename))
+
+
 # --- asking -------------------------------------------------------------------------------------
 
 

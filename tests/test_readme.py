@@ -1,4 +1,4 @@
-"""Every file the README points at is in git, so a fresh clone has it.
+"""Every file the README points at is in git, so a fresh clone has it, and its command table names every benchmark.
 
 Checked: the targets of relative markdown links, and inline code that names a path in the
 project (`results/real/README.md`, `search_spaces/*.yaml`), outside fenced code blocks, which show
@@ -79,3 +79,12 @@ def test_checker_sees_what_it_should():
     paths = code_paths(text, {"results", "search_spaces", "cluster.yaml"})
     assert paths == ["search_spaces/*.yaml", "results/synthetic/README.md"]
     assert [p for p in paths if missing(p, files)] == ["results/synthetic/README.md"]
+
+
+def test_the_command_table_names_every_benchmark():
+    from cxr_tune.bench.__main__ import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices  # argparse's subcommands
+    listed = re.search(r"`cxr_tune\.bench \{([a-z,]+)\}`", README.read_text(encoding="utf-8"))
+    assert listed, "README.md's command table no longer has a `cxr_tune.bench {...}` row"
+    assert sorted(listed.group(1).split(",")) == sorted(commands)

@@ -59,6 +59,7 @@ def retrain(experiment: Experiment, variants: list[tuple[str, object]], epochs: 
     import ray
 
     from cxr_tune.ray_session import ray_session
+    from cxr_tune.train.progress import epoch_lines
 
     base = yaml.safe_load(storage.read_text(experiment.file("best", "model.json")))["hparams"]
     base["epochs"] = epochs
@@ -67,13 +68,13 @@ def retrain(experiment: Experiment, variants: list[tuple[str, object]], epochs: 
         configs.append((f"with {key}={value}", {**base, key: value}))
     split = experiment.split()
     rows = []
-    with ray_session(), tempfile.TemporaryDirectory() as scratch:
+    with ray_session(), tempfile.TemporaryDirectory() as scratch, epoch_lines(len(configs) * epochs, experiment.deciding_set) as callbacks_for:
         cpus = float(int(ray.cluster_resources()["CPU"]))
         for name, config in configs:
             hp = HParams.from_config(config)
             datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
             result = make_trainer(hp, datasets, split.class_counts(), resources=Resources(1, cpus), storage_path=scratch, deciding=experiment.deciding_set,
-                                  name=name.replace(" ", "_").replace("=", "-")).fit()
+                                  name=name.replace(" ", "_").replace("=", "-"), callbacks=callbacks_for(name, epochs)).fit()
             with result.checkpoint.as_directory() as folder:
                 history = pd.DataFrame(load_state(folder)["history"])
             best = best_epoch(history, experiment.deciding_set)

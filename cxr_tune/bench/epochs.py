@@ -12,7 +12,8 @@ same day, which shows how far a retrain of identical runs moves (training is not
 here); every later count is compared with it as well as with the committed export, each by a
 paired bootstrap of the AUC difference. Every number is a **selection-set number** (the external
 set chose the configurations and every threshold; choosing the schedule on it would make it choose
-that too). Results: ``final_fit_epochs_<counts>.md`` and ``.json``, so runs of other counts sit side by side.
+that too). Results: ``final_fit_epochs_<counts>.md`` and ``.json``, so runs of other counts sit side by side; the
+``.json`` keeps every run's external scores, image by image in the order of ``external_paths``.
 
 ``--vary KEY=VALUE ...`` asks the other question the search could not: the same runs (configurations,
 seeds, schedule) with one recipe change the space never offered (say ``mixup=0.2`` or
@@ -57,6 +58,7 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
 
     from cxr_tune.data.prepared import datasets_by_size
     from cxr_tune.ray_session import ray_session
+    from cxr_tune.train.progress import epoch_lines
 
     experiment = Experiment(experiment_dir)
     export = export_on_external(experiment, model)
@@ -73,11 +75,13 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
     with ray_session(), tempfile.TemporaryDirectory() as scratch:
         cpus = float(ray.cluster_resources()["CPU"])
         datasets = datasets_by_size(split, sizes)
-        for index, spec in enumerate(runs):
-            hp = HParams.from_config(spec["hparams"])
-            spec["scores"], spec["cpu_minutes"] = train_external_scores(experiment, hp, datasets[hp.image_size], split.class_counts(), cpus, scratch,
-                                                                        f"run{index}-{spec['member']}-{spec['epochs']}ep")
-            print(f"[{index + 1}/{len(runs)}] {spec['member']}, {spec['epochs']} epochs: {spec['cpu_minutes']:.1f} CPU-minutes", flush=True)
+        with epoch_lines(sum(r["epochs"] for r in runs), experiment.deciding_set) as callbacks_for:
+            for index, spec in enumerate(runs):
+                hp = HParams.from_config(spec["hparams"])
+                spec["scores"], spec["cpu_minutes"] = train_external_scores(
+                    experiment, hp, datasets[hp.image_size], split.class_counts(), cpus, scratch, f"run{index}-{spec['member']}-{spec['epochs']}ep",
+                    callbacks_for(f"[{index + 1}/{len(runs)}] {spec['member']}", spec["epochs"]))
+                print(f"[{index + 1}/{len(runs)}] {spec['member']}, {spec['epochs']} epochs: {spec['cpu_minutes']:.1f} CPU-minutes", flush=True)
     labels, committed = export.labels, export.probabilities
     rule = HParams.from_config(members[0]["hparams"])  # the export's threshold rule, as its runs recorded it
     ensembles = {count: pd.concat([r["scores"] for r in runs if r["epochs"] == count], axis=1).mean(axis=1).loc[export.hashes].to_numpy()
@@ -94,11 +98,11 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
         f"Experiment `{experiment.path}`, its exported model `{export.model}` ({len(members)} member(s)). External set: `{experiment.external}` "
         f"({len(labels)} images); **every number here is a selection-set number** (it chose the configurations and every threshold). "
         f"Each member retrained with its own configuration and seed{changed} for {', '.join(map(str, epochs))} epochs, last epoch kept, one run "
-        f"after another; the last column compares with the {epochs[0]}-epoch ensemble"
+        "after another" + (f"; the last column compares with the {epochs[0]}-epoch ensemble" if len(epochs) > 1 else "")
         + (" (the export's own schedule trained again: how far a retrain of identical runs moves)." if epochs[0] == own and not changes else "."),
         "",
         score_table(rows, {"committed": "AUC minus the committed [paired 95 % CI]",
-                           "control": f"AUC minus {epochs[0]} epochs retrained [paired 95 % CI]"}),
+                           **({"control": f"AUC minus {epochs[0]} epochs retrained [paired 95 % CI]"} if len(epochs) > 1 else {})}),
         "",
         "AUC differences are paired 95 % bootstrap intervals over the same resampled images; an interval that spans zero is no "
         "measured difference. Members alone: each retrained run's own AUC on the same images.",
@@ -106,4 +110,7 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
     name = "final_fit_epochs_" + "_".join(map(str, epochs)) + "".join(f"_{key}-{value}" for key, value in changes.items())
     title = (f"Final fit with {assignments_text(changes)}: the export's runs retrained with that change" if changes
              else "Final-fit schedule length: the export's runs retrained for other epoch counts")
-    write_result(name, title, summary, {"changes": changes, "rows": rows, "runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs]})
+    # Each run's scores in the export's image order: later ensembles (this change with the export's own runs, say) are
+    # then computed from the committed files, not retrained.
+    kept = [{**{k: v for k, v in r.items() if k != "scores"}, "external_scores": r["scores"].loc[export.hashes].round(6).tolist()} for r in runs]
+    write_result(name, title, summary, {"changes": changes, "rows": rows, "external_paths": export.paths, "runs": kept})

@@ -34,6 +34,7 @@ class ExportOnExternal:
     labels: np.ndarray  # the external images' labels, in the export's order
     probabilities: np.ndarray  # the export's scores of them
     hashes: list[str]  # their content hashes, same order (how retrained runs' scores are keyed)
+    paths: list[str]  # their paths, same order (as its external_predictions.csv names them)
 
 
 def export_on_external(experiment: Experiment, model: str | None) -> ExportOnExternal:
@@ -51,7 +52,7 @@ def export_on_external(experiment: Experiment, model: str | None) -> ExportOnExt
                         f"`{meta.get('search', {}).get('command')}`, the experiment was `{experiment.info.get('command')}`")
     predictions = storage.read_csv(best)
     return ExportOnExternal(model, meta, predictions["label"].to_numpy().astype(int), predictions["probability"].to_numpy(),
-                            _hashes_in_export_order(experiment, predictions))
+                            _hashes_in_export_order(experiment, predictions), predictions["path"].tolist())
 
 
 def threshold_by_rule(labels: np.ndarray, scores: np.ndarray, hp: HParams) -> float:
@@ -78,16 +79,18 @@ def score_row(name: str, labels: np.ndarray, scores: np.ndarray, threshold: floa
 
 
 def train_external_scores(experiment: Experiment, hp: HParams, datasets: dict[str, Any], class_counts: tuple[int, int], cpus: float,
-                          storage_path: str, name: str) -> tuple[pd.Series, float]:
+                          storage_path: str, name: str, callbacks: list[Any] | None = None) -> tuple[pd.Series, float]:
     """Train ``hp`` once on ``datasets`` (the experiment's split) with the experiment's run options (its last epoch kept, no epoch
-    picked on the external set); its external scores by content hash, and the CPU-minutes it held."""
+    picked on the external set); its external scores by content hash, and the CPU-minutes it held. ``callbacks``: the trainer's
+    (:func:`cxr_tune.train.progress.epoch_lines`)."""
     from cxr_tune.search.runner import run_options
     from cxr_tune.train.checkpoints import load_predictions
     from cxr_tune.train.trainer import Resources, make_trainer
 
     started = time.time()
     result = make_trainer(hp, datasets, class_counts, resources=Resources(1, cpus), storage_path=storage_path, name=name,
-                          deciding=experiment.deciding_set, run=run_options(experiment.options), loop_options={"keep": "last"}).fit()
+                          deciding=experiment.deciding_set, run=run_options(experiment.options), loop_options={"keep": "last"},
+                          callbacks=callbacks).fit()
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as folder:

@@ -34,6 +34,7 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
 
     from cxr_tune.data.prepared import datasets_by_size
     from cxr_tune.ray_session import ray_session
+    from cxr_tune.train.progress import epoch_lines
 
     experiment = Experiment(experiment_dir)
     export = export_on_external(experiment, model)
@@ -44,14 +45,14 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
     hp = HParams(criterion=options.select, min_sensitivity=options.min_sensitivity)
     split = experiment.split()
     runs: list[dict] = []
-    with ray_session(), tempfile.TemporaryDirectory() as scratch:
+    with ray_session(), tempfile.TemporaryDirectory() as scratch, epoch_lines(seeds and seeds * hp.epochs, experiment.deciding_set) as callbacks_for:
         cpus = float(ray.cluster_resources()["CPU"])
         datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
         budget = seeds
         index = 0
         while True:
             scores, minutes = train_external_scores(experiment, HParams.from_config({**hp.to_dict(), "seed": index}), datasets, split.class_counts(),
-                                                    cpus, scratch, f"default-seed{index}")
+                                                    cpus, scratch, f"default-seed{index}", callbacks_for(f"default configuration, seed {index}", hp.epochs))
             runs.append({"seed": index, "cpu_minutes": minutes, "scores": scores})
             print(f"default configuration, seed {index}: {minutes:.1f} CPU-minutes", flush=True)
             index += 1

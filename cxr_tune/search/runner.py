@@ -13,7 +13,6 @@ any working directory. Its ``--time-budget`` is minutes for the resumed run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shlex
@@ -30,7 +29,7 @@ from cxr_tune.experiment import EVENTS_FILE, EXPERIMENT_FILE, LOG_FILE, SPACE_FI
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.pace import FinalFitShape, final_fit_epochs
 from cxr_tune.search.space import ASHA_RULES, SearchSettings, Space, SpaceSampler, load_space
-from cxr_tune.search.study import STUDY_FILE, copy_study, local_cache_dir, prepare_study, study_path
+from cxr_tune.search.study import STUDY_FILE, copy_study, prepare_study, study_path
 from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings, run_trial
 from cxr_tune.train.trainer import Resources, RunOptions
 
@@ -222,10 +221,7 @@ def _image_sizes(space: Space) -> list[int]:
 def log_path_of(options: SearchOptions) -> str:
     """Where Ray's and Optuna's output goes: ``search.log`` in a local experiment; for one on
     object storage a local file in the cache (uploaded beside the experiment when the search ends)."""
-    if storage.is_uri(options.experiment_dir):
-        key = hashlib.sha256(options.experiment_dir.encode()).hexdigest()[:16]
-        return str(Path(local_cache_dir(options), "logs", key, LOG_FILE))
-    return storage.join(options.experiment_dir, LOG_FILE)
+    return storage.local_file_for(options.experiment_dir, LOG_FILE, "logs", options.data.resolved_cache_dir)
 
 
 def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict, *, resume: bool, verbose: bool = False) -> Any:

@@ -11,15 +11,11 @@ the search resumes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import tempfile
 from contextlib import closing
-from pathlib import Path
 from typing import Any
-
-from platformdirs import user_cache_dir
 
 from cxr_tune import storage
 
@@ -27,24 +23,12 @@ STUDY_FILE = "study.db"
 TUNE_TRIAL_ATTR = "tune_trial_id"  # user attribute of each Optuna trial: the Tune trial it is
 
 
-def local_cache_dir(options: Any) -> str:
-    """A local folder for what must be a local file (SQLite, logs): the cache folder, or the user's
-    cache folder when the cache is on object storage."""
-    for folder in (options.data.resolved_cache_dir, storage.default_cache_dir()):
-        if not storage.is_uri(folder):
-            return folder
-    return user_cache_dir("cxr_tune")
-
-
 def study_path(options: Any) -> str:
     """The SQLite file of the Optuna study: in the experiment folder, or, when the experiment lives
     on object storage, a local copy (SQLite needs a local file) keyed by the experiment's full URI,
     so one ``--name`` under two storages is two studies. The copy goes up as trials start and end.
     """
-    if storage.is_uri(options.experiment_dir):
-        key = hashlib.sha256(options.experiment_dir.encode()).hexdigest()[:16]
-        return str(Path(local_cache_dir(options), "studies", key, STUDY_FILE))
-    return storage.join(options.experiment_dir, STUDY_FILE)
+    return storage.local_file_for(options.experiment_dir, STUDY_FILE, "studies", options.data.resolved_cache_dir)
 
 
 def prepare_study(options: Any, *, fresh: bool) -> None:

@@ -8,6 +8,7 @@ loading torch, the Ray Train loop or the trainer::
     precision.resolve      the precision and memory layout the step runs in, per device
     steps.train_one_epoch  the training step every path uses (Ray Train, benchmarks, device check)
     trainer.make_trainer   the Ray Train trainer of one configuration
+    progress.epoch_lines   a line per epoch on the console for runs no search watches
 """
 
 from cxr_tune.lazy import lazy_exports

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from cxr_tune.train.precision import add_precision_arguments
 from cxr_tune.train.trainer import Resources, RunOptions, make_trainer
 from cxr_tune.yamlfile import load_mapping
 
+LOG_FILE = "train.log"  # Ray's output for the run, beside its checkpoints
 SHOWN = ["epoch", "train_loss", "val_loss", "val_auc", "val_threshold", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "epoch_seconds"]
 EXTERNAL_SHOWN = ["ext_loss", "ext_auc", "ext_threshold", "ext_balanced_accuracy"]
 
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None, help="run name; the run folder is STORAGE/NAME (default: train-<timestamp>)")
     parser.add_argument("--cv", type=int_between(2, 20), default=None, metavar="K", help="instead of one run, K-fold cross-validation by patient group over the training folder (writes cv.md and cv.csv)")
     parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' for the running one; default: start Ray locally)")
+    parser.add_argument("--verbose", action="store_true", help=f"also show Ray's own output on the console (always in STORAGE/NAME/{LOG_FILE})")
     add_select_on_argument(parser)
     add_data_arguments(parser)
     return parser
@@ -81,25 +84,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage_path = storage.resolve(args.storage)
     print(f"Data: {split.source.description}")
     print(split.describe_external(args.select_on))
+    from cxr_tune.console import library_output_to
     from cxr_tune.ray_session import ray_session
 
-    with ray_session(args.address):
-        import ray
+    run_dir = storage.join(storage_path, name)
+    log = storage.local_file_for(run_dir, LOG_FILE, "logs", options.resolved_cache_dir)
+    print(f"Ray logs: {log}" + ("" if args.verbose else " (--verbose shows them here too)"), flush=True)
+    try:
+        with library_output_to(log, verbose=args.verbose) as stream, ray_session(args.address, log=stream, verbose=args.verbose):
+            return train(args, hp, split, storage_path, name, gpus, weights)
+    finally:
+        if storage.is_uri(run_dir) and os.path.exists(log):
+            storage.copy(log, storage.join(run_dir, LOG_FILE))
 
-        cluster_cpus = ray.cluster_resources().get("CPU", 1)
-        # One run takes every CPU; cross-validation shares them among the folds that run side by side.
-        side_by_side = min(args.cv, max(1, int(cluster_cpus // args.workers))) if args.cv else 1
-        cpus = args.cpus_per_worker or max(1.0, float(int(cluster_cpus // (args.workers * side_by_side))))
-        resources = Resources(args.workers, cpus, gpus)
-        if resources.use_gpu and ray.cluster_resources().get("GPU", 0) < gpus * args.workers:
-            raise UserError(f"{args.workers} worker(s) x {gpus:g} GPU but the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPU(s)")
-        run = RunOptions(args.precision, args.memory_format, args.deterministic, weights)
-        if args.cv:
-            return run_cv(args, hp, split, resources, storage_path, name, run)
-        datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
-        deciding = split.deciding_set(args.select_on)
-        trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name, deciding=deciding, run=run)
-        result = trainer.fit()
+
+def train(args: argparse.Namespace, hp: HParams, split, storage_path: str, name: str, gpus: float, weights: dict | None) -> int:
+    """One run (or the folds of ``--cv``) on the running Ray; prints its report."""
+    import ray
+
+    cluster_cpus = ray.cluster_resources().get("CPU", 1)
+    # One run takes every CPU; cross-validation shares them among the folds that run side by side.
+    side_by_side = min(args.cv, max(1, int(cluster_cpus // args.workers))) if args.cv else 1
+    cpus = args.cpus_per_worker or max(1.0, float(int(cluster_cpus // (args.workers * side_by_side))))
+    resources = Resources(args.workers, cpus, gpus)
+    if resources.use_gpu and ray.cluster_resources().get("GPU", 0) < gpus * args.workers:
+        raise UserError(f"{args.workers} worker(s) x {gpus:g} GPU but the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPU(s)")
+    run = RunOptions(args.precision, args.memory_format, args.deterministic, weights)
+    if args.cv:
+        return run_cv(args, hp, split, resources, storage_path, name, run)
+    from cxr_tune.train.progress import epoch_lines  # Ray Train's callback API
+
+    datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
+    deciding = split.deciding_set(args.select_on)
+    with epoch_lines(hp.epochs, deciding) as callbacks_for:
+        result = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name, deciding=deciding,
+                              run=run, callbacks=callbacks_for(name, hp.epochs)).fit()
     return report(result, hp, split, storage.join(storage_path, name), deciding)
 
 

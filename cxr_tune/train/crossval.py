@@ -48,29 +48,32 @@ def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resource
     import ray
 
     from cxr_tune.data.cache import prepare_cache, role_datasets
+    from cxr_tune.train.progress import epoch_lines
 
     cache = prepare_cache(split.source.manifest, hp.image_size, split.cache_dir)
     folds = fold_roles(split, k, seed)
     at_once = min(k, resources.runs_at_once(ray.cluster_resources()))
     rows: dict[int, dict[str, Any]] = {}
 
-    def fit(index: int, roles: pd.DataFrame, datasets: dict) -> dict[str, Any]:
+    def fit(index: int, roles: pd.DataFrame, datasets: dict, callbacks: list) -> dict[str, Any]:
         # Train's fit() runs outside the main thread (it then leaves Ctrl-C to the main thread).
         started = time.monotonic()
         result = make_trainer(hp, datasets, replace(split, roles=roles).class_counts(), resources=resources,
-                              storage_path=storage_path, name=f"{name}-fold{index + 1}", deciding="carved", run=run).fit()
+                              storage_path=storage_path, name=f"{name}-fold{index + 1}", deciding="carved", run=run, callbacks=callbacks).fit()
         with result.checkpoint.as_directory() as folder:
             return {**_fold_row(index + 1, pd.DataFrame(load_state(folder)["history"])), "seconds": time.monotonic() - started}
 
     pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="fold")
     try:
-        running: set[Future] = set()
-        for index, roles in enumerate(folds):
-            if len(running) == at_once:
+        with epoch_lines(k * hp.epochs, "carved") as callbacks_for:
+            running: set[Future] = set()
+            for index, roles in enumerate(folds):
+                if len(running) == at_once:
+                    _collect(running, rows, k)
+                # datasets built here, one at a time
+                running.add(pool.submit(fit, index, roles, role_datasets(cache, roles), callbacks_for(f"fold {index + 1}/{k}", hp.epochs)))
+            while running:
                 _collect(running, rows, k)
-            running.add(pool.submit(fit, index, roles, role_datasets(cache, roles)))  # datasets built here, one at a time
-        while running:
-            _collect(running, rows, k)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C, Ray's shutdown ends the running folds
     return pd.DataFrame([rows[fold] for fold in sorted(rows)])

@@ -37,3 +37,17 @@ def test_a_bench_refuses_a_missing_export_another_experiments_export_unknown_ima
 
     carved = call_cli("cxr_tune.bench", bench, "results/real/carved", "--model", "results/real/best-no-labels")
     assert carved.returncode == 2 and "not selected on an external set" in carved.stderr
+
+
+def test_an_export_is_read_in_its_own_image_order_with_each_images_content_hash():
+    """Retrained runs' scores are keyed by content hash and put in this order, so every row of a table scores the same images."""
+    import pandas as pd
+
+    from cxr_tune.bench.external_scoring import export_on_external
+    from cxr_tune.experiment import Experiment
+
+    export = export_on_external(Experiment(str(ROOT / "results/real/external")), str(ROOT / "results/real/best"))
+    table = pd.read_csv(ROOT / "results/real/best/external_predictions.csv")
+    assert export.paths == table["path"].tolist() and export.labels.tolist() == table["label"].tolist()
+    assert export.probabilities.tolist() == table["probability"].tolist()
+    assert len(export.hashes) == len(set(export.hashes)) == len(table)  # one distinct image per row

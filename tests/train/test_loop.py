@@ -5,6 +5,7 @@ its trial spans two nodes."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_the_loop_learns_a_visible_signal_and_a_crashed_run_resumes_it_exactly(b
         assert torch.equal(tensor, resumed["model"][key]), key
 
 
-def test_cross_validation_folds_are_patient_groups_and_each_trains(ray_session, synthetic_root, tmp_path):
+def test_cross_validation_folds_are_patient_groups_and_each_trains_showing_its_epochs(ray_session, synthetic_root, tmp_path, capsys):
     from cxr_tune.train.crossval import cross_validate, fold_roles
 
     split = split_data(DataOptions(data=str(synthetic_root)), progress=False)
@@ -108,6 +109,10 @@ def test_cross_validation_folds_are_patient_groups_and_each_trains(ray_session, 
     assert list(result["fold"]) == [1, 2] and result["best_val_auc"].between(0, 1).all()
     # The session's 2 CPUs hold both folds at 0.9 CPU each: they ran side by side, not one after the other.
     assert took < 0.8 * result["seconds"].sum(), (took, result["seconds"].tolist())
+    # Each fold's epoch reached the console as it ended (Ray Train's controller, an actor, hands it to the driver).
+    shown = capsys.readouterr().out
+    for fold in (1, 2):
+        assert re.search(rf"^\[\d\d:\d\d\] fold {fold}/2 epoch 1/1: carved validation AUC \d\.\d{{4}}, sens \d\.\d{{3}}, spec \d\.\d{{3}}(, (about \d+ min|under a minute) left)?$", shown, re.M), shown
 
 
 def test_a_cluster_holds_as_many_runs_side_by_side_as_its_scarcest_resource_allows():
