@@ -121,7 +121,7 @@ class ProgressPrinter(Callback):
             return
         self._advance(trial.trial_id, int(result.get("epoch", 0)))
         summary = (f"{self.criterion} {objective:.4f} [{result.get('objective_low', math.nan):.3f}, {result.get('objective_high', math.nan):.3f}] "
-                   f"on {self.deciding} validation (AUC {result.get(f'{self.prefix}_auc', math.nan):.4f}, "
+                   f"on {self.deciding} validation, the selection set (AUC {result.get(f'{self.prefix}_auc', math.nan):.4f}, "
                    f"sens {result.get(f'{self.prefix}_sensitivity', math.nan):.3f}, spec {result.get(f'{self.prefix}_specificity', math.nan):.3f})")
         if self.verbose:
             self.say(f"{self._clock()} {self.label} {trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs} {summary}")

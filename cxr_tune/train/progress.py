@@ -73,7 +73,8 @@ def epoch_lines(total_epochs: int | None, deciding: str, *, stream: TextIO | Non
 
 
 class EpochPrinter:
-    """``[mm:ss] LABEL epoch 3/32: external validation AUC 0.9621, sens 0.943, spec 0.906, about 12 min left``."""
+    """``[mm:ss] LABEL epoch 3/32: external validation (selection set) AUC 0.9621, sens 0.943, spec 0.906, about 12 min left``:
+    the set that picks the run's best epoch (and, in a search, its trials), so its numbers are selection-set numbers."""
 
     def __init__(self, total_epochs: int | None, deciding: str, stream: TextIO) -> None:
         self.total, self.stream = total_epochs, stream
@@ -92,5 +93,5 @@ class EpochPrinter:
             estimate = elapsed / done * (self.total - done) / 60
             left = f", about {math.ceil(estimate)} min left" if estimate >= 1 else ", under a minute left"
         value = lambda key, digits: f"{metrics.get(f'{self.prefix}_{key}', math.nan):.{digits}f}"  # noqa: E731
-        print(f"[{minutes:02d}:{seconds:02d}] {label} epoch {epoch}/{epochs}: {self.deciding} validation "
+        print(f"[{minutes:02d}:{seconds:02d}] {label} epoch {epoch}/{epochs}: {self.deciding} validation (selection set) "
               f"AUC {value('auc', 4)}, sens {value('sensitivity', 3)}, spec {value('specificity', 3)}{left}", file=self.stream, flush=True)

@@ -18,6 +18,6 @@ def test_a_run_shows_each_epoch_as_it_ends_and_keeps_rays_output_in_its_log(ray_
     lines = done.stdout.splitlines()
     log = tmp_path / "run" / "train.log"
     assert f"Ray logs: {log} (--verbose shows them here too)" in lines and log.is_file()
-    epochs = [i for i, line in enumerate(lines) if re.match(r"\[\d\d:\d\d\] run epoch [12]/2: (carved|external) validation AUC \d\.\d{4}, ", line)]
+    epochs = [i for i, line in enumerate(lines) if re.match(r"\[\d\d:\d\d\] run epoch [12]/2: (carved|external) validation \(selection set\) AUC \d\.\d{4}, ", line)]
     report = next(i for i, line in enumerate(lines) if line.startswith("Best epoch"))
     assert len(epochs) == 2 and epochs[-1] < report, done.stdout  # each epoch shown as it ended, before the run's report

@@ -112,7 +112,7 @@ def test_cross_validation_folds_are_patient_groups_and_each_trains_showing_its_e
     # Each fold's epoch reached the console as it ended (Ray Train's controller, an actor, hands it to the driver).
     shown = capsys.readouterr().out
     for fold in (1, 2):
-        assert re.search(rf"^\[\d\d:\d\d\] fold {fold}/2 epoch 1/1: carved validation AUC \d\.\d{{4}}, sens \d\.\d{{3}}, spec \d\.\d{{3}}(, (about \d+ min|under a minute) left)?$", shown, re.M), shown
+        assert re.search(rf"^\[\d\d:\d\d\] fold {fold}/2 epoch 1/1: carved validation \(selection set\) AUC \d\.\d{{4}}, sens \d\.\d{{3}}, spec \d\.\d{{3}}(, (about \d+ min|under a minute) left)?$", shown, re.M), shown
 
 
 def test_a_cluster_holds_as_many_runs_side_by_side_as_its_scarcest_resource_allows():
