@@ -79,18 +79,20 @@ class EpochPrinter:
     def __init__(self, total_epochs: int | None, deciding: str, stream: TextIO) -> None:
         self.total, self.stream = total_epochs, stream
         self.prefix, self.deciding = ("ext", "external") if deciding == "external" else ("val", "carved")
-        self.done: dict[str, int] = {}  # epochs per run (a run resumed from a checkpoint reports some again)
+        self.done: dict[str, int] = {}  # the last epoch of each run (a worker restarted from a checkpoint reports some again)
+        self.before: dict[str, int] = {}  # each run's epochs trained before this command (a resumed run starts past 1)
         self.started = time.monotonic()
 
     def line(self, label: str, epochs: int, metrics: dict[str, Any]) -> None:
         epoch = int(metrics.get("epoch", 0))
+        self.before.setdefault(label, epoch - 1)
         self.done[label] = max(epoch, self.done.get(label, 0))
         elapsed = time.monotonic() - self.started
         minutes, seconds = divmod(int(elapsed), 60)
-        done = sum(self.done.values())
+        done, before = sum(self.done.values()), sum(self.before.values())
         left = ""
-        if self.total and 0 < done < self.total:
-            estimate = elapsed / done * (self.total - done) / 60
+        if self.total and 0 < done - before and done < self.total:
+            estimate = elapsed / (done - before) * (self.total - done) / 60
             left = f", about {math.ceil(estimate)} min left" if estimate >= 1 else ", under a minute left"
         value = lambda key, digits: f"{metrics.get(f'{self.prefix}_{key}', math.nan):.{digits}f}"  # noqa: E731
         print(f"[{minutes:02d}:{seconds:02d}] {label} epoch {epoch}/{epochs}: {self.deciding} validation (selection set) "
