@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,17 +119,14 @@ def train(args: argparse.Namespace, hp: HParams, split, storage_path: str, name:
     with epoch_lines(hp.epochs, deciding) as callbacks_for:
         trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name, deciding=deciding,
                                run=run, callbacks=callbacks_for(name, hp.epochs))
-        # fit() outside the main thread, as cross-validation's folds: Ctrl-C then reaches this command (one line, status 130)
-        # instead of Ray Train's own handler, which ends the process with status 1 and no word.
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
         try:
-            result = pool.submit(trainer.fit).result()
-        except KeyboardInterrupt:
+            result = trainer.fit()
+        except SystemExit:
+            # Ray Train's own Ctrl-C handler (fit() installs it on the main thread) aborts the run gracefully, then raises
+            # SystemExit(1) out of fit(): this command says so instead, and ends as Ctrl-C does (status 130).
             print(f"Stopped; its checkpoints are in {storage.join(storage_path, name)}: the same command with --name {name} resumes the run "
                   "from the last one", flush=True)
-            raise
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C, Ray's shutdown ends the run
+            raise KeyboardInterrupt from None
     return report(result, hp, split, storage.join(storage_path, name), deciding)
 
 
