@@ -1,7 +1,9 @@
-"""Numbers for people: metrics as text, ``n/a`` where undefined. Used by export, report, train and bench alike."""
+"""Numbers for people: metrics as text, ``n/a`` where undefined; a console line's clock and time left. Used by export, report,
+train, search and bench alike."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -31,3 +33,14 @@ def metric_line(metrics: dict[str, Any], ci: dict[str, Any] | None = None) -> st
     """``AUC 0.9700 [0.95, 0.98], sensitivity ...`` from a metrics dict (and its intervals, if any)."""
     ci = ci or {}
     return ", ".join(f"{name} {fmt(metrics.get(key))}{interval(ci.get(key))}" for name, key in METRIC_NAMES)
+
+
+def clock(seconds: float) -> str:
+    """``[02:13]``: minutes and seconds since a command began, at the start of its progress lines."""
+    minutes, rest = divmod(int(seconds), 60)
+    return f"[{minutes:02d}:{rest:02d}]"
+
+
+def time_left(minutes: float) -> str:
+    """``about 12 min left`` (rounded up), or ``under a minute left``: an estimate, said as one."""
+    return f"about {math.ceil(minutes)} min left" if minutes >= 1 else "under a minute left"

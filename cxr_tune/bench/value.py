@@ -45,7 +45,7 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
     hp = HParams(criterion=options.select, min_sensitivity=options.min_sensitivity)
     split = experiment.split()
     runs: list[dict] = []
-    with ray_session(), tempfile.TemporaryDirectory() as scratch, epoch_lines(seeds and seeds * hp.epochs, experiment.deciding_set) as callbacks_for:
+    with ray_session(), tempfile.TemporaryDirectory() as scratch, epoch_lines(seeds * hp.epochs if seeds else None, experiment.deciding_set) as callbacks_for:
         cpus = float(ray.cluster_resources()["CPU"])
         datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
         budget = seeds

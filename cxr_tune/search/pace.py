@@ -95,6 +95,7 @@ def final_fit_seconds(paces: dict[str, TrialPace], shape: FinalFitShape) -> floa
     if not rows:
         return None
     members = ensemble_members(ranked_trials(pd.DataFrame(rows), shape.deciding), shape.top)
+    # getattr: a pace saved with a stopper before TrialPace had a config (a resumed search) scales by 1
     epoch = max((paces[t].epoch_seconds() or 0.0) * cost_ratio(getattr(paces[t], "config", {}), shape.changes) for t in members["trial_id"])
     return shape.rounds * shape.epochs * epoch
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TextIO
 
 from ray.tune import Callback
 
+from cxr_tune.formatting import clock, time_left
 from cxr_tune.search.budget import SessionBudget
 
 
@@ -92,8 +93,7 @@ class ProgressPrinter(Callback):
         return self.finished
 
     def _clock(self) -> str:
-        minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
-        return f"[{minutes:02d}:{seconds:02d}]"
+        return clock(time.monotonic() - self.started)
 
     def _left(self) -> str:
         """Time left, from the trial-epochs done (or skipped by ASHA) so far, or until a budget ends
@@ -104,7 +104,7 @@ class ProgressPrinter(Callback):
         minutes, why = elapsed / (done - self.done_before) * (total - done) / 60, ""
         if self.budgeted and SessionBudget.ends_at and (SessionBudget.ends_at[0] - time.time()) / 60 < minutes:
             minutes, why = max(0.0, SessionBudget.ends_at[0] - time.time()) / 60, f" (the {SessionBudget.ends_at[1]})"
-        return (f", about {math.ceil(minutes)} min left" if minutes >= 1 else ", under a minute left") + why
+        return f", {time_left(minutes)}{why}"
 
     def _advance(self, trial_id: str, epoch: int) -> None:
         step = max(0, epoch - self.epochs.get(trial_id, 0))

@@ -22,6 +22,8 @@ from typing import Any, TextIO
 
 from ray.train import UserCallback
 
+from cxr_tune.formatting import clock, time_left
+
 POLL_SECONDS = 0.5
 
 
@@ -88,12 +90,10 @@ class EpochPrinter:
         self.before.setdefault(label, epoch - 1)
         self.done[label] = max(epoch, self.done.get(label, 0))
         elapsed = time.monotonic() - self.started
-        minutes, seconds = divmod(int(elapsed), 60)
         done, before = sum(self.done.values()), sum(self.before.values())
         left = ""
         if self.total and 0 < done - before and done < self.total:
-            estimate = elapsed / (done - before) * (self.total - done) / 60
-            left = f", about {math.ceil(estimate)} min left" if estimate >= 1 else ", under a minute left"
+            left = ", " + time_left(elapsed / (done - before) * (self.total - done) / 60)
         value = lambda key, digits: f"{metrics.get(f'{self.prefix}_{key}', math.nan):.{digits}f}"  # noqa: E731
-        print(f"[{minutes:02d}:{seconds:02d}] {label} epoch {epoch}/{epochs}: {self.deciding} validation (selection set) "
+        print(f"{clock(elapsed)} {label} epoch {epoch}/{epochs}: {self.deciding} validation (selection set) "
               f"AUC {value('auc', 4)}, sens {value('sensitivity', 3)}, spec {value('specificity', 3)}{left}", file=self.stream, flush=True)
