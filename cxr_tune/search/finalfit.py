@@ -117,7 +117,8 @@ def _tuner(experiment: Experiment, runs: list[FinalRun], options: Any, *, verbos
     from cxr_tune.data.prepared import datasets_by_size
     from cxr_tune.search.progress import ProgressPrinter
     from cxr_tune.search.runner import plan_search, run_options
-    from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings
+    from cxr_tune.search.trial import TrialSettings
+    from cxr_tune.train.trainer import TRIAL_DRIVER_CPU
 
     folder = experiment.file(FINAL_FIT_DIR)
     table = experiment.trials(ranked=False)

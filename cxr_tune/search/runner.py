@@ -30,8 +30,8 @@ from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.pace import FinalFitShape, final_fit_epochs
 from cxr_tune.search.space import ASHA_RULES, SearchSettings, Space, SpaceSampler, load_space
 from cxr_tune.search.study import STUDY_FILE, copy_study, prepare_study, study_path
-from cxr_tune.search.trial import TRIAL_DRIVER_CPU, TrialSettings, run_trial
-from cxr_tune.train.trainer import Resources, RunOptions
+from cxr_tune.search.trial import TrialSettings, run_trial
+from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions
 
 
 @dataclass(frozen=True)

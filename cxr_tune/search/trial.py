@@ -14,8 +14,6 @@ from typing import Any
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.trainer import Resources, RunOptions, make_trainer
 
-TRIAL_DRIVER_CPU = 0.01  # the trial process only waits on its Train workers
-
 
 @dataclass(frozen=True)
 class TrialSettings:

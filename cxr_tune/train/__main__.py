@@ -22,7 +22,7 @@ from cxr_tune.formatting import fmt
 from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import HParams, HParamsError
 from cxr_tune.train.precision import add_precision_arguments
-from cxr_tune.train.trainer import Resources, RunOptions, make_trainer
+from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, make_trainer
 from cxr_tune.yamlfile import load_mapping
 
 LOG_FILE = "train.log"  # Ray's output for the run, beside its checkpoints
@@ -103,9 +103,10 @@ def train(args: argparse.Namespace, hp: HParams, split, storage_path: str, name:
     import ray
 
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
-    # One run takes every CPU; cross-validation shares them among the folds that run side by side.
+    # One run takes every CPU; cross-validation shares them among the folds that run side by side, each of which
+    # is a Tune trial holding a sliver of a CPU for its driver (so a worker takes its whole CPUs less that sliver).
     side_by_side = min(args.cv, max(1, int(cluster_cpus // args.workers))) if args.cv else 1
-    cpus = args.cpus_per_worker or max(1.0, float(int(cluster_cpus // (args.workers * side_by_side))))
+    cpus = args.cpus_per_worker or max(1.0, float(int(cluster_cpus // (args.workers * side_by_side)))) - (TRIAL_DRIVER_CPU if args.cv else 0.0)
     resources = Resources(args.workers, cpus, gpus)
     if resources.use_gpu and ray.cluster_resources().get("GPU", 0) < gpus * args.workers:
         raise UserError(f"{args.workers} worker(s) x {gpus:g} GPU but the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPU(s)")
@@ -149,6 +150,10 @@ def run_cv(args: argparse.Namespace, hp: HParams, split, resources: Resources, s
 
     folds = cross_validate(hp, split, args.cv, resources=resources, storage_path=storage_path, name=name, seed=args.split_seed, run=run)
     run_dir = storage.join(storage_path, name)
+    if len(folds) < args.cv:  # Ctrl-C: Tune stopped the folds gracefully
+        print(f"Stopped with {len(folds)} of {args.cv} folds done; their checkpoints are in {run_dir}: the same command with --name {name} keeps "
+              "the finished folds and resumes the others from their last checkpoints", flush=True)
+        raise KeyboardInterrupt
     command = "python -m cxr_tune.train " + " ".join(sys.argv[1:])
     text = markdown(folds, hp, command, split.source.description)
     storage.write_text_atomic(storage.join(run_dir, "cv.md"), text)

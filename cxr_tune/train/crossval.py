@@ -7,20 +7,25 @@ folder's patients, gives the spread. The test folder stays out of it.
 
 from __future__ import annotations
 
+import json
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 
+from cxr_tune import storage
 from cxr_tune.data.prepared import SplitData
 from cxr_tune.data.splits import group_kfold
+from cxr_tune.errors import UserError
 from cxr_tune.selection import best_epoch
 from cxr_tune.train.checkpoints import load_state
 from cxr_tune.train.hparams import HParams
-from cxr_tune.train.trainer import Resources, RunOptions, make_trainer
+from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, make_trainer
 
+FOLDS_DIR = "folds"  # under the run folder: Tune's state, the folds' Train runs and rows
+TRAIN_DIR = "train"
+PLAN_FILE = "plan.json"  # k, split seed and hyperparameters: a resume must match them
 REPORTED = ["val_auc", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "val_threshold", "val_loss", "val_brier"]
 
 
@@ -39,55 +44,87 @@ def fold_roles(split: SplitData, k: int, seed: int = 0) -> list[pd.DataFrame]:
 
 def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resources, storage_path: str, name: str, seed: int = 0,
                    run: RunOptions = RunOptions()) -> pd.DataFrame:
-    """Train ``hp`` once per fold through Ray Train; one row per fold (best and last epoch). Needs Ray.
+    """Train ``hp`` once per fold; one row per fold that trained all its epochs (best and last epoch). Needs Ray.
 
-    Folds run side by side, as many as the cluster holds with ``resources`` each
-    (:meth:`Resources.runs_at_once`); each fold's datasets are built as it starts, so no more than
-    that many are held at once.
+    Each fold is a Ray Tune trial that drives one Ray Train run, as the final fit's runs are, so
+    folds run side by side, as many as the cluster holds with ``resources`` each
+    (:meth:`Resources.runs_at_once`), and each builds its datasets as it starts (no more than that
+    many are held at once). Ctrl-C stops them gracefully (Tune's own handler; fewer than ``k`` rows
+    come back), and the same call again keeps the finished folds and resumes the others from their
+    last checkpoints. Under ``storage_path/name/folds``: Tune's state, fold i's Train run
+    (``train/fold<i>``) and, once it ended, its row (``fold<i>.json``).
     """
     import ray
+    from ray import tune
 
-    from cxr_tune.data.cache import prepare_cache, role_datasets
+    from cxr_tune.data.cache import prepare_cache
     from cxr_tune.train.progress import epoch_lines
 
+    folder = storage.join(storage_path, name, FOLDS_DIR)
+    resume = tune.Tuner.can_restore(folder)
+    _check_plan(folder, json.loads(json.dumps({"k": k, "seed": seed, "hparams": hp.to_dict()})), resume)
     cache = prepare_cache(split.source.manifest, hp.image_size, split.cache_dir)
     folds = fold_roles(split, k, seed)
-    at_once = min(k, resources.runs_at_once(ray.cluster_resources()))
-    rows: dict[int, dict[str, Any]] = {}
-
-    def fit(index: int, roles: pd.DataFrame, datasets: dict, callbacks: list) -> dict[str, Any]:
-        # Train's fit() runs outside the main thread (it then leaves Ctrl-C to the main thread).
-        started = time.monotonic()
-        result = make_trainer(hp, datasets, replace(split, roles=roles).class_counts(), resources=resources,
-                              storage_path=storage_path, name=f"{name}-fold{index + 1}", deciding="carved", run=run, callbacks=callbacks).fit()
-        with result.checkpoint.as_directory() as folder:
-            return {**_fold_row(index + 1, pd.DataFrame(load_state(folder)["history"])), "seconds": time.monotonic() - started}
-
-    pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="fold")
-    try:
-        with epoch_lines(k * hp.epochs, "carved") as callbacks_for:
-            running: set[Future] = set()
-            for index, roles in enumerate(folds):
-                if len(running) == at_once:
-                    _collect(running, rows, k)
-                # datasets built here, one at a time
-                running.add(pool.submit(fit, index, roles, role_datasets(cache, roles), callbacks_for(f"fold {index + 1}/{k}", hp.epochs)))
-            while running:
-                _collect(running, rows, k)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C, Ray's shutdown ends the running folds
-    return pd.DataFrame([rows[fold] for fold in sorted(rows)])
+    left = k - len(_rows(folder, k))
+    with epoch_lines(left * hp.epochs, "carved") as callbacks_for:
+        trainable = tune.with_resources(
+            tune.with_parameters(_fit_fold, hp=hp, cache=cache, folds=folds, class_counts=[replace(split, roles=r).class_counts() for r in folds],
+                                 resources=resources, folder=folder, run=run,
+                                 callbacks={i: callbacks_for(f"fold {i}/{k}", hp.epochs) for i in range(1, k + 1)}),
+            {"cpu": TRIAL_DRIVER_CPU},
+        )
+        if resume:
+            tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"fold": tune.grid_search(list(range(1, k + 1)))},
+                tune_config=tune.TuneConfig(max_concurrent_trials=min(k, resources.runs_at_once(ray.cluster_resources())), trial_dirname_creator=_fold_dirname),
+                run_config=tune.RunConfig(name=FOLDS_DIR, storage_path=storage.join(storage_path, name), verbose=0),
+            )
+        results = tuner.fit()
+    for result in results:
+        if result.error is not None:
+            raise result.error
+    return pd.DataFrame(_rows(folder, k))
 
 
-def _collect(running: set[Future], rows: dict[int, dict[str, Any]], k: int) -> None:
-    """Wait for the next fold to end; record and print its row (a fold's failure raises here)."""
-    done, _ = wait(running, return_when=FIRST_COMPLETED)
-    running -= done
-    for future in done:
-        row = future.result()
-        rows[row["fold"]] = row
-        print(f"Fold {row['fold']}/{k}: best epoch {row['best_epoch']}, balanced accuracy {row['best_val_balanced_accuracy']:.4f}, "
-              f"AUC {row['best_val_auc']:.4f}; last epoch {row['last_val_balanced_accuracy']:.4f} / {row['last_val_auc']:.4f}", flush=True)
+def _fit_fold(config: dict[str, Any], *, hp: HParams, cache: Any, folds: list[pd.DataFrame], class_counts: list[tuple[int, int]],
+              resources: Resources, folder: str, run: RunOptions, callbacks: dict[int, list]) -> None:
+    """Tune trainable of one fold: its datasets, its Train run (resumed from its last checkpoint if it has one), then its row."""
+    from cxr_tune.data.cache import role_datasets
+
+    fold = config["fold"]
+    started = time.monotonic()
+    result = make_trainer(hp, role_datasets(cache, folds[fold - 1]), class_counts[fold - 1], resources=resources, storage_path=storage.join(folder, TRAIN_DIR),
+                          name=f"fold{fold}", deciding="carved", run=run, callbacks=callbacks[fold]).fit()
+    with result.checkpoint.as_directory() as checkpoint:
+        row = {**_fold_row(fold, pd.DataFrame(load_state(checkpoint)["history"])), "seconds": time.monotonic() - started}
+    storage.write_text_atomic(storage.join(folder, f"fold{fold}.json"), json.dumps(row))
+
+
+def _fold_dirname(trial: Any) -> str:
+    return f"fold{trial.config['fold']}"
+
+
+def _rows(folder: str, k: int) -> list[dict[str, Any]]:
+    """The rows of the folds that ended, in fold order."""
+    paths = [storage.join(folder, f"fold{fold}.json") for fold in range(1, k + 1)]
+    return [json.loads(storage.read_text(path)) for path in paths if storage.exists(path)]
+
+
+def _check_plan(folder: str, plan: dict[str, Any], resume: bool) -> None:
+    """Write the folds' settings for a new cross-validation; refuse to resume one that had others."""
+    path = storage.join(folder, PLAN_FILE)
+    if not resume or not storage.exists(path):
+        storage.write_text_atomic(path, json.dumps(plan, indent=2))
+        return
+    saved = json.loads(storage.read_text(path))
+    differ = [f"{flag} {saved.get(key)} there, {plan[key]} here" for key, flag in (("k", "--cv"), ("seed", "--split-seed")) if saved.get(key) != plan[key]]
+    differ += [f"{key}={saved['hparams'].get(key)} there, {value} here" for key, value in plan["hparams"].items() if saved["hparams"].get(key) != value]
+    if differ:
+        raise UserError(f"{path}: this run folder holds a cross-validation with other settings ({'; '.join(differ)}); "
+                        "give the same settings to resume it, or another --name")
 
 
 def _fold_row(fold: int, history: pd.DataFrame) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from typing import Any
 
 from cxr_tune.train.hparams import HParams
 
+TRIAL_DRIVER_CPU = 0.01  # a Tune trial that runs a Train run (a search trial, a final-fit run, a fold) only waits on its workers
+
 
 @dataclass(frozen=True)
 class Resources:

@@ -91,7 +91,8 @@ def test_the_loop_learns_a_visible_signal_and_a_crashed_run_resumes_it_exactly(b
         assert torch.equal(tensor, resumed["model"][key]), key
 
 
-def test_cross_validation_folds_are_patient_groups_and_each_trains_showing_its_epochs(ray_session, synthetic_root, tmp_path, capsys):
+def test_cross_validation_folds_are_patient_groups_and_each_trains_showing_its_epochs_and_is_kept(ray_session, synthetic_root, tmp_path, capsys):
+    from cxr_tune.errors import UserError
     from cxr_tune.train.crossval import cross_validate, fold_roles
 
     split = split_data(DataOptions(data=str(synthetic_root)), progress=False)
@@ -113,6 +114,13 @@ def test_cross_validation_folds_are_patient_groups_and_each_trains_showing_its_e
     shown = capsys.readouterr().out
     for fold in (1, 2):
         assert re.search(rf"^\[\d\d:\d\d\] fold {fold}/2 epoch 1/1: carved validation \(selection set\) AUC \d\.\d{{4}}, sens \d\.\d{{3}}, spec \d\.\d{{3}}(, (about \d+ min|under a minute) left)?$", shown, re.M), shown
+    # The same call again keeps the finished folds: the same rows, nothing trained.
+    again = cross_validate(hp, split, 2, resources=Resources(1, 0.9), storage_path=str(tmp_path), name="cv")
+    pd.testing.assert_frame_equal(again, result)
+    assert " epoch " not in capsys.readouterr().out
+    # Other settings under the same name are refused, naming the file and what differs.
+    with pytest.raises(UserError, match=r"cv/folds/plan\.json: .*other settings \(epochs=1 there, 2 here\)"):
+        cross_validate(HParams(image_size=SIZE, depth=2, filters=4, epochs=2), split, 2, resources=Resources(1, 0.9), storage_path=str(tmp_path), name="cv")
 
 
 def test_a_cluster_holds_as_many_runs_side_by_side_as_its_scarcest_resource_allows():
