@@ -12,13 +12,12 @@ Two kinds of comparison, both on the experiment's own validation split:
 
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 import pandas as pd
 import yaml
 
 from cxr_tune.bench.common import PROJECT, write_result
+from cxr_tune.bench.kept import KeptRuns, kept_runs
 from cxr_tune import storage
 from cxr_tune.data.prepared import datasets_by_size
 from cxr_tune.experiment import Experiment
@@ -26,7 +25,7 @@ from cxr_tune.selection import best_epoch, choose_threshold, ensemble_members, r
 from cxr_tune.train.checkpoints import load_predictions, load_state
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.metrics import evaluate_scores, rates_at
-from cxr_tune.train.trainer import Resources, make_trainer
+from cxr_tune.train.trainer import Resources, fit, make_trainer
 
 COLUMNS = ["val_auc", "val_balanced_accuracy", "val_sensitivity", "val_specificity", "val_loss", "val_brier"]
 
@@ -55,32 +54,37 @@ def post_hoc(experiment: Experiment, k: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def retrain(experiment: Experiment, variants: list[tuple[str, object]], epochs: int) -> pd.DataFrame:
+def configurations(experiment: Experiment, variants: list[tuple[str, object]], epochs: int) -> list[tuple[str, dict]]:
+    """(name, hyperparameters) of each run: the exported configuration, then each variant of it."""
+    base = yaml.safe_load(storage.read_text(experiment.file("best", "model.json")))["hparams"]
+    base["epochs"] = epochs
+    return [("selected configuration", base)] + [(f"with {key}={value}", {**base, key: value}) for key, value in variants]
+
+
+def retrain(experiment: Experiment, configs: list[tuple[str, dict]], epochs: int, kept: KeptRuns) -> pd.DataFrame:
     import ray
 
     from cxr_tune.ray_session import ray_session
     from cxr_tune.train.progress import epoch_lines
 
-    base = yaml.safe_load(storage.read_text(experiment.file("best", "model.json")))["hparams"]
-    base["epochs"] = epochs
-    configs = [("selected configuration", base)]
-    for key, value in variants:
-        configs.append((f"with {key}={value}", {**base, key: value}))
     split = experiment.split()
     rows = []
-    with ray_session(), tempfile.TemporaryDirectory() as scratch, epoch_lines(len(configs) * epochs, experiment.deciding_set) as callbacks_for:
+    with ray_session(), epoch_lines(sum(epochs for name, _ in configs if kept.get(_run_name(name)) is None), experiment.deciding_set) as callbacks_for:
         cpus = float(int(ray.cluster_resources()["CPU"]))
         for name, config in configs:
-            hp = HParams.from_config(config)
-            datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
-            result = make_trainer(hp, datasets, split.class_counts(), resources=Resources(1, cpus), storage_path=scratch, deciding=experiment.deciding_set,
-                                  name=name.replace(" ", "_").replace("=", "-"), callbacks=callbacks_for(name, epochs)).fit()
-            with result.checkpoint.as_directory() as folder:
-                history = pd.DataFrame(load_state(folder)["history"])
-            best = best_epoch(history, experiment.deciding_set)
-            rows.append({"run": name, "best epoch": int(best["epoch"]), **{c: float(best[c]) for c in COLUMNS},
-                         "last-epoch val_balanced_accuracy": float(history.iloc[-1]["val_balanced_accuracy"]),
-                         "last-epoch val_loss": float(history.iloc[-1]["val_loss"])})
+            run = _run_name(name)
+            if (row := kept.get(run)) is None:
+                hp = HParams.from_config(config)
+                datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
+                result = fit(make_trainer(hp, datasets, split.class_counts(), resources=Resources(1, cpus), storage_path=kept.fresh(run),
+                                          deciding=experiment.deciding_set, name=run, callbacks=callbacks_for(name, epochs)))
+                with result.checkpoint.as_directory() as folder:
+                    history = pd.DataFrame(load_state(folder)["history"])
+                best = best_epoch(history, experiment.deciding_set)
+                row = kept.put(run, {"run": name, "best epoch": int(best["epoch"]), **{c: float(best[c]) for c in COLUMNS},
+                                     "last-epoch val_balanced_accuracy": float(history.iloc[-1]["val_balanced_accuracy"]),
+                                     "last-epoch val_loss": float(history.iloc[-1]["val_loss"])})
+            rows.append(row)
             print(rows[-1], flush=True)
     frame = pd.DataFrame(rows)
     for column in COLUMNS:
@@ -91,7 +95,9 @@ def retrain(experiment: Experiment, variants: list[tuple[str, object]], epochs: 
 def run(experiment: str, variants: list[tuple[str, object]], epochs: int, k: int) -> None:
     experiment = Experiment(experiment)
     hoc = post_hoc(experiment, k)
-    trained = retrain(experiment, variants, epochs) if variants else pd.DataFrame()
+    configs = configurations(experiment, variants, epochs)
+    with kept_runs("ablation", {"experiment": experiment.path, "configs": configs}) as kept:
+        trained = retrain(experiment, configs, epochs, kept) if variants else pd.DataFrame()
     summary = [
         f"Experiment `{experiment.path}`; all numbers on its validation split (carved from train by patient).",
         "",
@@ -109,4 +115,9 @@ def run(experiment: str, variants: list[tuple[str, object]], epochs: int, k: int
     write_result("ablation", "Real data: what each choice does on validation", summary,
                  {"post_hoc": hoc.to_dict(orient="records"), "retrained": trained.to_dict(orient="records")},
                  folder=PROJECT / "results" / "real")
+    kept.remove()
+
+
+def _run_name(name: str) -> str:
+    return name.replace(" ", "_").replace("=", "-")
 

@@ -23,7 +23,6 @@ carry the change in their name.
 
 from __future__ import annotations
 
-import tempfile
 
 import pandas as pd
 
@@ -31,6 +30,7 @@ from typing import Any
 
 from cxr_tune.bench.common import write_result
 from cxr_tune.bench.external_scoring import export_on_external, score_row, score_table, threshold_by_rule, train_external_scores
+from cxr_tune.bench.kept import kept_runs
 from cxr_tune.cliargs import assignments_text
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
@@ -72,16 +72,19 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
     changed = f" with {assignments_text(changes)}" if changes else ""
     print(f"{len(runs)} run(s): {len(members)} member(s) of '{export.model}'{changed} x {len(epochs)} schedule(s) ({', '.join(map(str, epochs))} epochs)",
           flush=True)
-    with ray_session(), tempfile.TemporaryDirectory() as scratch:
-        cpus = float(ray.cluster_resources()["CPU"])
-        datasets = datasets_by_size(split, sizes)
-        with epoch_lines(sum(r["epochs"] for r in runs), experiment.deciding_set) as callbacks_for:
-            for index, spec in enumerate(runs):
-                hp = HParams.from_config(spec["hparams"])
-                spec["scores"], spec["cpu_minutes"] = train_external_scores(
-                    experiment, hp, datasets[hp.image_size], split.class_counts(), cpus, scratch, f"run{index}-{spec['member']}-{spec['epochs']}ep",
-                    callbacks_for(f"[{index + 1}/{len(runs)}] {spec['member']}", spec["epochs"]))
-                print(f"[{index + 1}/{len(runs)}] {spec['member']}, {spec['epochs']} epochs: {spec['cpu_minutes']:.1f} CPU-minutes", flush=True)
+    names = [f"run{index}-{spec['member']}-{spec['epochs']}ep" for index, spec in enumerate(runs)]
+    with kept_runs("epochs", {"experiment": experiment.path, "model": export.model, "runs": runs}) as kept:
+        with ray_session():
+            cpus = float(ray.cluster_resources()["CPU"])
+            datasets = datasets_by_size(split, sizes)
+            with epoch_lines(sum(r["epochs"] for r, name in zip(runs, names) if kept.get(name) is None), experiment.deciding_set) as callbacks_for:
+                for index, (spec, name) in enumerate(zip(runs, names)):
+                    hp = HParams.from_config(spec["hparams"])
+                    spec["scores"], spec["cpu_minutes"], earlier = train_external_scores(
+                        experiment, hp, datasets[hp.image_size], split.class_counts(), cpus, kept, name,
+                        callbacks_for(f"[{index + 1}/{len(runs)}] {spec['member']}", spec["epochs"]))
+                    print(f"[{index + 1}/{len(runs)}] {spec['member']}, {spec['epochs']} epochs: {spec['cpu_minutes']:.1f} CPU-minutes"
+                          + (" (trained by an earlier try)" if earlier else ""), flush=True)
     labels, committed = export.labels, export.probabilities
     rule = HParams.from_config(members[0]["hparams"])  # the export's threshold rule, as its runs recorded it
     ensembles = {count: pd.concat([r["scores"] for r in runs if r["epochs"] == count], axis=1).mean(axis=1).loc[export.hashes].to_numpy()
@@ -112,5 +115,6 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
              else "Final-fit schedule length: the export's runs retrained for other epoch counts")
     # Each run's scores in the export's image order: later ensembles (this change with the export's own runs, say) are
     # then computed from the committed files, not retrained.
-    kept = [{**{k: v for k, v in r.items() if k != "scores"}, "external_scores": r["scores"].loc[export.hashes].round(6).tolist()} for r in runs]
-    write_result(name, title, summary, {"changes": changes, "rows": rows, "external_paths": export.paths, "runs": kept})
+    stored = [{**{k: v for k, v in r.items() if k != "scores"}, "external_scores": r["scores"].loc[export.hashes].round(6).tolist()} for r in runs]
+    write_result(name, title, summary, {"changes": changes, "rows": rows, "external_paths": export.paths, "runs": stored})
+    kept.remove()

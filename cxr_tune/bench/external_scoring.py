@@ -18,6 +18,7 @@ import pandas as pd
 
 from cxr_tune import storage
 from cxr_tune.bench.common import paired_auc_difference
+from cxr_tune.bench.kept import KeptRuns
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.selection import choose_threshold
@@ -79,23 +80,28 @@ def score_row(name: str, labels: np.ndarray, scores: np.ndarray, threshold: floa
 
 
 def train_external_scores(experiment: Experiment, hp: HParams, datasets: dict[str, Any], class_counts: tuple[int, int], cpus: float,
-                          storage_path: str, name: str, callbacks: list[Any] | None = None) -> tuple[pd.Series, float]:
+                          kept: KeptRuns, name: str, callbacks: list[Any] | None = None) -> tuple[pd.Series, float, bool]:
     """Train ``hp`` once on ``datasets`` (the experiment's split) with the experiment's run options (its last epoch kept, no epoch
-    picked on the external set); its external scores by content hash, and the CPU-minutes it held. ``callbacks``: the trainer's
+    picked on the external set); its external scores by content hash, the CPU-minutes it held, and whether an earlier try of
+    the command had trained it (``kept``: :mod:`cxr_tune.bench.kept`). ``callbacks``: the trainer's
     (:func:`cxr_tune.train.progress.epoch_lines`)."""
     from cxr_tune.search.runner import run_options
     from cxr_tune.train.checkpoints import load_predictions
-    from cxr_tune.train.trainer import Resources, make_trainer
+    from cxr_tune.train.trainer import Resources, fit, make_trainer
 
+    if (record := kept.get(name)) is not None:
+        return pd.Series(record["scores"], name="score"), record["cpu_minutes"], True
     started = time.time()
-    result = make_trainer(hp, datasets, class_counts, resources=Resources(1, cpus), storage_path=storage_path, name=name,
-                          deciding=experiment.deciding_set, run=run_options(experiment.options), loop_options={"keep": "last"},
-                          callbacks=callbacks).fit()
+    result = fit(make_trainer(hp, datasets, class_counts, resources=Resources(1, cpus), storage_path=kept.fresh(name), name=name,
+                              deciding=experiment.deciding_set, run=run_options(experiment.options), loop_options={"keep": "last"},
+                              callbacks=callbacks))
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as folder:
         scores = load_predictions(folder, "ext").set_index("content_hash")["score"]
-    return scores, (time.time() - started) / 60 * cpus
+    minutes = (time.time() - started) / 60 * cpus
+    kept.put(name, {"scores": {str(h): float(v) for h, v in scores.items()}, "cpu_minutes": minutes})
+    return scores, minutes, False
 
 
 def score_table(rows: list[dict], differences: dict[str, str]) -> str:

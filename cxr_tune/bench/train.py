@@ -25,7 +25,7 @@ from cxr_tune.data.prepared import DataOptions, split_data
 from cxr_tune.train.checkpoints import load_state
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.precision import resolve
-from cxr_tune.train.trainer import Resources, RunOptions, make_trainer
+from cxr_tune.train.trainer import Resources, RunOptions, fit, make_trainer
 
 #: The model the issue's probe timed: PneumoniaCNN, depth 5, 24 filters growing x2 (16 at 224 px), batch 32, AdamW.
 MODEL = {"depth": 5, "filters": 24, "width_growth": 2.0, "batch_size": 32, "optimizer": "adamw", "augment_strength": 0.5}
@@ -72,8 +72,8 @@ def run(data: str | None, sizes: list[int], precisions: list[str], epochs: int, 
                 precision = resolve(precision_name, "cpu", layout)
                 bare = BareRun(hp, precision, torch.device("cpu"), pixels, labels, hp.pos_weight(*counts))
                 bare_rates = [bare.train_epoch() for _ in range(epochs)]
-                result = make_trainer(hp, datasets, counts, resources=Resources(1, float(threads)), storage_path=scratch, deciding="carved",
-                                      name=f"bench-{size}-{precision_name}-{layout}", run=RunOptions(precision_name, layout)).fit()
+                result = fit(make_trainer(hp, datasets, counts, resources=Resources(1, float(threads)), storage_path=scratch, deciding="carved",
+                                          name=f"bench-{size}-{precision_name}-{layout}", run=RunOptions(precision_name, layout)))
                 with result.checkpoint.as_directory() as folder:
                     history = load_state(folder)["history"]
                 ray_rates = [h["train_images_per_s"] for h in history]

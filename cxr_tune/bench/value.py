@@ -18,12 +18,12 @@ search's model is a paired bootstrap (same resampled images for both).
 from __future__ import annotations
 
 import math
-import tempfile
 
 import pandas as pd
 
 from cxr_tune.bench.common import write_result
 from cxr_tune.bench.external_scoring import export_on_external, score_row, score_table, threshold_by_rule, train_external_scores
+from cxr_tune.bench.kept import kept_runs
 from cxr_tune.experiment import Experiment
 from cxr_tune.train.hparams import HParams
 
@@ -45,16 +45,17 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
     hp = HParams(criterion=options.select, min_sensitivity=options.min_sensitivity)
     split = experiment.split()
     runs: list[dict] = []
-    with ray_session(), tempfile.TemporaryDirectory() as scratch, epoch_lines(seeds * hp.epochs if seeds else None, experiment.deciding_set) as callbacks_for:
+    with (kept_runs("value", {"experiment": experiment.path, "model": model, "hparams": hp.to_dict(), "seeds": seeds}) as kept, ray_session(),
+          epoch_lines(seeds * hp.epochs if seeds else None, experiment.deciding_set) as callbacks_for):
         cpus = float(ray.cluster_resources()["CPU"])
         datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
         budget = seeds
         index = 0
         while True:
-            scores, minutes = train_external_scores(experiment, HParams.from_config({**hp.to_dict(), "seed": index}), datasets, split.class_counts(),
-                                                    cpus, scratch, f"default-seed{index}", callbacks_for(f"default configuration, seed {index}", hp.epochs))
+            scores, minutes, earlier = train_external_scores(experiment, HParams.from_config({**hp.to_dict(), "seed": index}), datasets, split.class_counts(),
+                                                             cpus, kept, f"default-seed{index}", callbacks_for(f"default configuration, seed {index}", hp.epochs))
             runs.append({"seed": index, "cpu_minutes": minutes, "scores": scores})
-            print(f"default configuration, seed {index}: {minutes:.1f} CPU-minutes", flush=True)
+            print(f"default configuration, seed {index}: {minutes:.1f} CPU-minutes" + (" (trained by an earlier try)" if earlier else ""), flush=True)
             index += 1
             if budget is None:  # as many seeds as fit in the search's compute, estimated from the first run
                 budget = max(1, math.floor(search_minutes / runs[0]["cpu_minutes"]))
@@ -81,3 +82,4 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
     ]
     write_result("value_of_search", "Does the search pay? The selected model vs the default configuration", summary,
                  {"rows": rows, "search_cpu_minutes": search_minutes, "default_runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs]})
+    kept.remove()

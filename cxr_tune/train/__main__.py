@@ -22,7 +22,7 @@ from cxr_tune.formatting import fmt
 from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import HParams, HParamsError
 from cxr_tune.train.precision import add_precision_arguments
-from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, make_trainer
+from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, fit, make_trainer
 from cxr_tune.yamlfile import load_mapping
 
 LOG_FILE = "train.log"  # Ray's output for the run, beside its checkpoints
@@ -121,13 +121,11 @@ def train(args: argparse.Namespace, hp: HParams, split, storage_path: str, name:
         trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name, deciding=deciding,
                                run=run, callbacks=callbacks_for(name, hp.epochs))
         try:
-            result = trainer.fit()
-        except SystemExit:
-            # Ray Train's own Ctrl-C handler (fit() installs it on the main thread) aborts the run gracefully, then raises
-            # SystemExit(1) out of fit(): this command says so instead, and ends as Ctrl-C does (status 130).
+            result = fit(trainer)
+        except KeyboardInterrupt:
             print(f"Stopped; its checkpoints are in {storage.join(storage_path, name)}: the same command with --name {name} resumes the run "
                   "from the last one", flush=True)
-            raise KeyboardInterrupt from None
+            raise
     return report(result, hp, split, storage.join(storage_path, name), deciding)
 
 

@@ -122,6 +122,16 @@ def make_trainer(
     )
 
 
+def fit(trainer: Any) -> Any:
+    """``trainer.fit()`` with Ctrl-C as ``KeyboardInterrupt``. On the main thread, ``fit()`` installs Ray Train's own SIGINT
+    handler, which aborts the run gracefully (its checkpoints stay) and then raises ``SystemExit(1)`` out of ``fit()``:
+    a command would end with status 1 and no word. Callers say what was kept; :func:`cxr_tune.errors.run_cli` ends with 130."""
+    try:
+        return trainer.fit()
+    except SystemExit:
+        raise KeyboardInterrupt from None
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What each Ray Train worker runs (:func:`cxr_tune.train.loop.train_loop_per_worker`).
 
