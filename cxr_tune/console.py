@@ -15,6 +15,13 @@ from contextlib import contextmanager
 from typing import TextIO
 
 LIBRARY_LOGGERS = ("ray", "ray.data", "optuna", "py.warnings")  # ray.data keeps handlers of its own
+_ACTIVE: list[tuple[TextIO, bool]] = []  # the files of the library_output_to blocks now open (innermost last), with their verbose
+
+
+def active_log() -> tuple[TextIO | None, bool]:
+    """The file of the innermost :func:`library_output_to` block now open (None outside one), and its ``verbose``:
+    where :func:`cxr_tune.ray_session.ray_session` sends Ray's workers' output when not told otherwise."""
+    return _ACTIVE[-1] if _ACTIVE else (None, False)
 
 
 @contextmanager
@@ -45,9 +52,11 @@ def library_output_to(path: str | None, *, verbose: bool = False) -> Iterator[Te
         logger.propagate = verbose and name != "ray.data"
     _quiet_optuna(verbose)
     logging.captureWarnings(True)
+    _ACTIVE.append((handle, verbose))
     try:
         yield handle
     finally:
+        _ACTIVE.pop()
         logging.captureWarnings(False)
         for logger, handlers, propagate in saved:
             logger.handlers, logger.propagate = handlers, propagate

@@ -55,13 +55,18 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
     """Ray for the duration of a ``with`` block; reuses an already-initialized Ray (tests do that).
 
     ``log``: an open file that receives Ray's workers' output instead of the console (see
-    :func:`cxr_tune.console.route_worker_output`; both with ``verbose``).
+    :func:`cxr_tune.console.route_worker_output`; both with ``verbose``); default: the file of the
+    :func:`cxr_tune.console.library_output_to` block this one runs in, if any.
     """
     import ray
 
     if ray.is_initialized():
         yield
         return
+    if log is None:
+        from cxr_tune.console import active_log
+
+        log, verbose = active_log()
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     workers_env = {k: os.environ[k] for k in _QUIET_ENV}

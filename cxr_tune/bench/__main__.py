@@ -93,11 +93,25 @@ def build_parser() -> argparse.ArgumentParser:
     tta.add_argument("--images", default=None, help="labelled images in NORMAL/ and PNEUMONIA/ folders (default: ../shared/data/chest_xray_224/val, half A)")
     tta.add_argument("--views", type=int_between(1, 64), nargs="+", default=list(range(1, 10)), help="view counts to score (default: 1 to 9)")
     tta.add_argument("--out", default=None, help="folder for tta_<model>.md and .json (default: results/benchmarks)")
+    for command in (data, train, value, epochs, ablation):  # the ones that start Ray themselves
+        command.add_argument("--verbose", action="store_true", help="also show Ray's own output on the console (always in the log file named at the start)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if "verbose" not in args:
+        return run_command(args)
+    from cxr_tune import storage
+    from cxr_tune.console import library_output_to
+
+    log = str(Path(storage.local_dir(storage.default_cache_dir()), "logs", f"bench-{args.command}.log"))
+    print(f"Ray logs: {log}" + ("" if args.verbose else " (--verbose shows them here too)"), flush=True)
+    with library_output_to(log, verbose=args.verbose):
+        return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
     if args.command == "data":
         from cxr_tune.bench.data import run
 
