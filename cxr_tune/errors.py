@@ -19,7 +19,17 @@ class UserError(Exception):
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
-    """Run a CLI ``main``; turn :class:`UserError` into ``error: ...`` and exit 2, Ctrl-C into 130."""
+    """Run a CLI ``main``; turn :class:`UserError` into ``error: ...`` and exit 2, Ctrl-C into 130.
+
+    A crash in native code (Ray's core worker, torch) prints the Python stack of every thread before
+    the process dies, so a segmentation fault says where it happened.
+    """
+    import faulthandler
+
+    try:
+        faulthandler.enable()
+    except (OSError, ValueError):  # a stderr without a file descriptor (a test capturing it): nothing to write the stack to
+        pass
     try:
         code = main(argv)
     except UserError as exc:
