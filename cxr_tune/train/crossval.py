@@ -92,12 +92,15 @@ def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resource
 def _fit_fold(config: dict[str, Any], *, hp: HParams, cache: Any, folds: list[pd.DataFrame], class_counts: list[tuple[int, int]],
               resources: Resources, folder: str, run: RunOptions, callbacks: dict[int, list]) -> None:
     """Tune trainable of one fold: its datasets, its Train run (resumed from its last checkpoint if it has one), then its row."""
+    from ray.tune.integration.ray_train import TuneReportCallback  # each epoch reaches Tune: the trial can then stop between
+    # two (Ctrl-C takes about 1 s); without a report the trial's actor stays busy and Tune waits 10 s before it kills it
+
     from cxr_tune.data.cache import role_datasets
 
     fold = config["fold"]
     started = time.monotonic()
     result = make_trainer(hp, role_datasets(cache, folds[fold - 1]), class_counts[fold - 1], resources=resources, storage_path=storage.join(folder, TRAIN_DIR),
-                          name=f"fold{fold}", deciding="carved", run=run, callbacks=callbacks[fold]).fit()
+                          name=f"fold{fold}", deciding="carved", run=run, callbacks=[*callbacks[fold], TuneReportCallback()]).fit()
     with result.checkpoint.as_directory() as checkpoint:
         row = {**_fold_row(fold, pd.DataFrame(load_state(checkpoint)["history"])), "seconds": time.monotonic() - started}
     storage.write_text_atomic(storage.join(folder, f"fold{fold}.json"), json.dumps(row))
