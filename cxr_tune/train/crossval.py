@@ -92,8 +92,9 @@ def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resource
 def _fit_fold(config: dict[str, Any], *, hp: HParams, cache: Any, folds: list[pd.DataFrame], class_counts: list[tuple[int, int]],
               resources: Resources, folder: str, run: RunOptions, callbacks: dict[int, list]) -> None:
     """Tune trainable of one fold: its datasets, its Train run (resumed from its last checkpoint if it has one), then its row."""
-    from ray.tune.integration.ray_train import TuneReportCallback  # each epoch reaches Tune: the trial can then stop between
-    # two (Ctrl-C takes about 1 s); without a report the trial's actor stays busy and Tune waits 10 s before it kills it
+    # Each epoch reaches Tune, so the trial can stop between two (Ctrl-C takes about 1 s); a trial that never reports
+    # keeps its actor busy, and Tune waits 10 s before it kills it.
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     from cxr_tune.data.cache import role_datasets
 
