@@ -19,7 +19,6 @@ from cxr_tune.data.prepared import SplitData
 from cxr_tune.data.splits import group_kfold
 from cxr_tune.errors import UserError
 from cxr_tune.selection import best_epoch
-from cxr_tune.train.checkpoints import load_state
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, make_trainer
 
@@ -102,6 +101,8 @@ def _fit_fold(config: dict[str, Any], *, hp: HParams, cache: Any, folds: list[pd
     started = time.monotonic()
     result = make_trainer(hp, role_datasets(cache, folds[fold - 1]), class_counts[fold - 1], resources=resources, storage_path=storage.join(folder, TRAIN_DIR),
                           name=f"fold{fold}", deciding="carved", run=run, callbacks=[*callbacks[fold], TuneReportCallback()]).fit()
+    from cxr_tune.train.checkpoints import load_state  # torch: not before the run, whose start waits on this process
+
     with result.checkpoint.as_directory() as checkpoint:
         row = {**_fold_row(fold, pd.DataFrame(load_state(checkpoint)["history"])), "seconds": time.monotonic() - started}
     storage.write_text_atomic(storage.join(folder, f"fold{fold}.json"), json.dumps(row))
