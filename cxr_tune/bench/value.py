@@ -46,14 +46,15 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
     split = experiment.split()
     runs: list[dict] = []
     with (kept_runs("value", {"experiment": experiment.path, "model": model, "hparams": hp.to_dict(), "seeds": seeds}) as kept, ray_session(),
-          epoch_lines(seeds * hp.epochs if seeds else None, experiment.deciding_set) as callbacks_for):
+          epoch_lines(sum(kept.get(_run_name(index)) is None for index in range(seeds)) * hp.epochs if seeds else None,
+                      experiment.deciding_set) as callbacks_for):
         cpus = float(ray.cluster_resources()["CPU"])
         datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
         budget = seeds
         index = 0
         while True:
             scores, minutes, earlier = train_external_scores(experiment, HParams.from_config({**hp.to_dict(), "seed": index}), datasets, split.class_counts(),
-                                                             cpus, kept, f"default-seed{index}", callbacks_for(f"default configuration, seed {index}", hp.epochs))
+                                                             cpus, kept, _run_name(index), callbacks_for(f"default configuration, seed {index}", hp.epochs))
             runs.append({"seed": index, "cpu_minutes": minutes, "scores": scores})
             print(f"default configuration, seed {index}: {minutes:.1f} CPU-minutes" + (" (trained by an earlier try)" if earlier else ""), flush=True)
             index += 1
@@ -83,3 +84,7 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
     write_result("value_of_search", "Does the search pay? The selected model vs the default configuration", summary,
                  {"rows": rows, "search_cpu_minutes": search_minutes, "default_runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs]})
     kept.remove()
+
+
+def _run_name(seed: int) -> str:
+    return f"default-seed{seed}"
