@@ -69,7 +69,7 @@ def retrain(experiment: Experiment, configs: list[tuple[str, dict]], epochs: int
 
     split = experiment.split()
     rows = []
-    with ray_session(), epoch_lines(sum(epochs for name, _ in configs if kept.get(_run_name(name)) is None), experiment.deciding_set) as callbacks_for:
+    with ray_session(), epoch_lines(sum(epochs for name, _ in configs if not kept.has(_run_name(name))), experiment.deciding_set) as callbacks_for:
         cpus = float(int(ray.cluster_resources()["CPU"]))
         for name, config in configs:
             run = _run_name(name)

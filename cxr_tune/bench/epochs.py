@@ -23,7 +23,6 @@ carry the change in their name.
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from typing import Any
@@ -77,7 +76,7 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
         with ray_session():
             cpus = float(ray.cluster_resources()["CPU"])
             datasets = datasets_by_size(split, sizes)
-            with epoch_lines(sum(r["epochs"] for r, name in zip(runs, names) if kept.get(name) is None), experiment.deciding_set) as callbacks_for:
+            with epoch_lines(sum(r["epochs"] for r, name in zip(runs, names) if not kept.has(name)), experiment.deciding_set) as callbacks_for:
                 for index, (spec, name) in enumerate(zip(runs, names)):
                     hp = HParams.from_config(spec["hparams"])
                     spec["scores"], spec["cpu_minutes"], earlier = train_external_scores(

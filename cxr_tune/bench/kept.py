@@ -46,13 +46,16 @@ class KeptRuns:
         """The runs finished so far."""
         return sorted(path.stem for path in self.folder.glob("*.json"))
 
+    def has(self, run: str) -> bool:
+        return self._record(run).is_file()
+
     def get(self, run: str) -> dict[str, Any] | None:
         """The record of ``run`` if it finished in this or an earlier try."""
-        path = self.folder / f"{run}.json"
+        path = self._record(run)
         return json.loads(path.read_text()) if path.is_file() else None
 
     def put(self, run: str, record: dict[str, Any]) -> dict[str, Any]:
-        storage.write_text_atomic(str(self.folder / f"{run}.json"), json.dumps(record))
+        storage.write_text_atomic(str(self._record(run)), json.dumps(record))
         return record
 
     def fresh(self, run: str) -> str:
@@ -60,6 +63,9 @@ class KeptRuns:
         shutil.rmtree(self.folder / TRAIN_DIR / run, ignore_errors=True)
         return str(self.folder / TRAIN_DIR)
 
+
+    def _record(self, run: str) -> Path:
+        return self.folder / f"{run}.json"
 
     def remove(self) -> None:
         """Once the benchmark has written its result: run again, it measures again."""

@@ -46,7 +46,7 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
     split = experiment.split()
     runs: list[dict] = []
     with (kept_runs("value", {"experiment": experiment.path, "model": model, "hparams": hp.to_dict(), "seeds": seeds}) as kept, ray_session(),
-          epoch_lines(sum(kept.get(_run_name(index)) is None for index in range(seeds)) * hp.epochs if seeds else None,
+          epoch_lines(sum(not kept.has(_run_name(index)) for index in range(seeds)) * hp.epochs if seeds else None,
                       experiment.deciding_set) as callbacks_for):
         cpus = float(ray.cluster_resources()["CPU"])
         datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]

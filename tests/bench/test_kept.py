@@ -18,7 +18,7 @@ def test_ctrl_c_keeps_the_finished_runs_for_the_same_command_and_only_for_it(cap
     assert f"Stopped; 1 finished run(s) are kept in {kept.folder}: the same command again trains only the rest" in capsys.readouterr().out
 
     with kept_runs("epochs", PLAN) as again:
-        assert again.folder == kept.folder and again.names() == ["run0"]
+        assert again.folder == kept.folder and again.names() == ["run0"] and again.has("run0") and not again.has("run1")
         # A kept run comes back as it was, and nothing trains it (no experiment, no Ray, no datasets here).
         scores, minutes, earlier = train_external_scores(None, None, {}, (0, 0), 2.0, again, "run0")
         assert scores.to_dict() == {"h1": 0.25, "h2": 0.75} and minutes == 6.5 and earlier
