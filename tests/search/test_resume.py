@@ -223,10 +223,13 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
         with sqlite3.connect(experiment / "study.db") as db:
             return db.execute("select count(*) from trials").fetchone()[0]
 
-    # A short budget: a 1-epoch trial takes 12-15 s from its start to its report on 2 cores, so one trains
-    # in 18 s, and a second at most (the budget stops it, but its epoch can reach its checkpoint first,
-    # seen in a fresh clone): the interrupted run below has two left (one to finish, one Ctrl-C cuts).
-    out["first"] = call_cli(*command[2:], "--time-budget", "0.3", *common)  # from the repository root, not from work/
+    # A short budget: the interrupted run below needs two trials left (one to finish, one Ctrl-C cuts).
+    # A 1-epoch trial takes 12-15 s from its start to its report on some 2-core machines and 6 s on
+    # others (native bf16): 0.3 minutes trained three there, and the interrupted run's one trial ended
+    # the search before its Ctrl-C (seen in a fresh clone). In 9 s, none trains or one (a second's epoch
+    # can reach its checkpoint as the budget stops it); the first trial starts either way, as Tune
+    # fills its trial queue before it asks the stopper.
+    out["first"] = call_cli(*command[2:], "--time-budget", "0.15", *common)  # from the repository root, not from work/
     out["started_first"] = suggested()
     # Resumed with a budget too long to end it first (before: a resumed search stopped again at once,
     # its saved stopper already spent); Ctrl-C once one more trial finished. It joins the session's
@@ -264,7 +267,10 @@ def test_a_budget_stopped_search_resumed_with_a_budget_starts_more(resumed_thric
     first = resumed_thrice["first"]
     assert _ended(first), first.stdout[-3000:] + first.stderr[-3000:]
     assert 1 <= resumed_thrice["started_first"] < TRIALS, first.stdout[-3000:]
-    assert "The time budget of 0.3 min ended the search" in first.stdout or first.returncode != 0
+    assert "The time budget of 0.15 min ended the search" in first.stdout or first.returncode != 0
+    # The budget ended a trial before its first report (it has no result.json): the table says "never
+    # trained", and Tune's warning about the missing file (printed after the last lines) is left out.
+    assert "Failed to fetch metrics" not in first.stdout + first.stderr, first.stdout[-3000:]
     output = resumed_thrice["interrupted"][0]
     assert resumed_thrice["started_second"] > resumed_thrice["started_first"], output[-3000:]  # before: stopped again at once
 
