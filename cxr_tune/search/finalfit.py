@@ -61,7 +61,7 @@ def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = F
     ``options``: this command's search options (a resumed search may run on another cluster, with
     other resources); default: the experiment's own.
     """
-    from cxr_tune.console import library_output_to
+    from cxr_tune.console import library_output_to, unreported_trials_unwarned
     from cxr_tune.ray_session import ray_session
     from cxr_tune.search.runner import log_path_of
 
@@ -81,7 +81,8 @@ def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = F
     with library_output_to(log, verbose=verbose) as stream, ray_session(options.address, log=stream, verbose=verbose):
         import ray
 
-        _tuner(experiment, runs, options, verbose=verbose).fit()
+        with unreported_trials_unwarned():  # no run writes a result.json
+            _tuner(experiment, runs, options, verbose=verbose).fit()
         cluster = ray.cluster_resources()
         experiment.log_compute("final fit", time.time() - started, cluster.get("CPU", 0), cluster.get("GPU", 0))
     if storage.is_uri(experiment.path) and os.path.exists(log):

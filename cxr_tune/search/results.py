@@ -9,10 +9,7 @@ where its best checkpoint is and, for a trial that failed, why. Which trial wins
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tune import storage
+from cxr_tune.console import unreported_trials_unwarned
 from cxr_tune.errors import UserError
 
 SET_METRICS = [
@@ -40,7 +38,7 @@ def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFr
     from ray.tune import ExperimentAnalysis
 
     try:
-        with _unreported_trials_unwarned():
+        with unreported_trials_unwarned():
             analysis = ExperimentAnalysis(experiment_dir)
     except ValueError:
         raise UserError(f"'{experiment_dir}' holds no Tune experiment state yet (did the search start?)") from None
@@ -49,28 +47,6 @@ def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFr
         reported = histories.get(trial.trial_id, pd.DataFrame())
         histories[trial.trial_id] = with_checkpointed_epochs(reported, train_run(experiment_dir, trial.trial_id))
     return analysis.trials, histories
-
-
-@contextmanager
-def _unreported_trials_unwarned() -> Iterator[None]:
-    """Leave out Tune's warning for trials without a ``result.json`` (Ray 2.60 logs "Failed to fetch
-    metrics for N trial(s)" with a FileNotFoundError each): a trial that a budget or Ctrl-C ended
-    before its first report has none, the trial table says so ("never trained"), and the warning
-    reached the console after a budget-stopped search's last lines. Any other failure still shows."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if not message.startswith("Failed to fetch metrics"):
-            return True
-        failures = [line for line in message.splitlines()[1:] if line.strip()]
-        return not failures or not all("FileNotFoundError" in line for line in failures)
-
-    logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
 
 
 @dataclass(frozen=True)

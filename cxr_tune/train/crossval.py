@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from cxr_tune import storage
+from cxr_tune.console import unreported_trials_unwarned
 from cxr_tune.data.prepared import SplitData
 from cxr_tune.data.splits import group_kfold
 from cxr_tune.errors import UserError
@@ -81,7 +82,8 @@ def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resource
                 tune_config=tune.TuneConfig(max_concurrent_trials=min(k, resources.runs_at_once(ray.cluster_resources())), trial_dirname_creator=_fold_dirname),
                 run_config=tune.RunConfig(name=FOLDS_DIR, storage_path=storage.join(storage_path, name), verbose=0),
             )
-        results = tuner.fit()
+        with unreported_trials_unwarned():  # no fold writes a result.json: its row is folds/fold<i>.json
+            results = tuner.fit()
     for result in results:
         if result.error is not None:
             raise result.error
