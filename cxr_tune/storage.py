@@ -97,6 +97,11 @@ def local_dir(preferred: str) -> str:
     return user_cache_dir("cxr_tune")
 
 
+def local_cache_dir() -> str:
+    """The local folder for the user's own local files that belong to no experiment (benchmark logs and kept runs)."""
+    return local_dir(default_cache_dir())
+
+
 def local_file_for(folder: str, filename: str, kind: str, cache_dir: str) -> str:
     """``folder/filename`` when ``folder`` is local; for a folder on object storage, a local file under
     ``kind`` in the cache, keyed by the folder's full URI (one name under two storages is two files)."""

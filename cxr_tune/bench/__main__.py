@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxr_tune import storage
     from cxr_tune.console import library_output_to
 
-    log = str(Path(storage.local_dir(storage.default_cache_dir()), "logs", f"bench-{args.command}.log"))
+    log = str(Path(storage.local_cache_dir(), "logs", f"bench-{args.command}.log"))
     print(f"Ray logs: {log}" + ("" if args.verbose else " (--verbose shows them here too)"), flush=True)
     with library_output_to(log, verbose=args.verbose):
         return run_command(args)

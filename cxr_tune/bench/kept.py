@@ -40,7 +40,7 @@ class KeptRuns:
     @classmethod
     def for_plan(cls, bench: str, plan: dict[str, Any]) -> KeptRuns:
         key = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return cls(Path(storage.local_dir(storage.default_cache_dir()), "bench", f"{bench}-{key}"))
+        return cls(Path(storage.local_cache_dir(), "bench", f"{bench}-{key}"))
 
     def names(self) -> list[str]:
         """The runs finished so far."""
@@ -63,13 +63,12 @@ class KeptRuns:
         shutil.rmtree(self.folder / TRAIN_DIR / run, ignore_errors=True)
         return str(self.folder / TRAIN_DIR)
 
-
-    def _record(self, run: str) -> Path:
-        return self.folder / f"{run}.json"
-
     def remove(self) -> None:
         """Once the benchmark has written its result: run again, it measures again."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _record(self, run: str) -> Path:
+        return self.folder / f"{run}.json"
 
 
 @contextmanager
