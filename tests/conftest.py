@@ -103,17 +103,10 @@ class SharedRay:
         processes take a few seconds to give theirs back); if some stay held, say what holds them
         and release this Ray, so that the next module starts on a clean one. Returns "" when all
         came free, else what held them."""
-        import time
-
         import ray
 
-        if not ray.is_initialized():
+        if not ray.is_initialized() or cpus_come_free(ray, grace_s):
             return ""
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            if ray.available_resources().get("CPU", 0.0) + 1e-9 >= ray.cluster_resources().get("CPU", 0.0):
-                return ""
-            time.sleep(0.2)
         held = cpu_holders(ray)
         self.release()
         return held
@@ -149,6 +142,19 @@ def _settle(shared_ray: SharedRay, when: str) -> None:
     (the next ``ensure`` starts a fresh one), with a warning that says what held them."""
     if held := shared_ray.settle():
         warnings.warn(f"CPUs of the session's Ray were held {when} a module; released that Ray. {held}", stacklevel=2)
+
+
+def cpus_come_free(ray, grace_s: float) -> bool:
+    """Wait up to ``grace_s`` for every CPU of the running Ray to come free (actors and trial
+    processes give theirs back a few seconds after their work ends); whether they did."""
+    import time
+
+    deadline = time.monotonic() + grace_s
+    while ray.available_resources().get("CPU", 0.0) + 1e-9 < ray.cluster_resources().get("CPU", 0.0):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def cpu_holders(ray) -> str:

@@ -8,11 +8,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cpus_come_free
 
 pytestmark = pytest.mark.slow  # starts a Train run
 
@@ -41,13 +40,6 @@ def train_command(ray_session, synthetic_root, tmp_path, *extra: str) -> list[st
             *[arg for setting in ("epochs=500", "image_size=32", "depth=2", "filters=4") for arg in ("--set", setting)]]
 
 
-def wait_for_free_cpus(ray_session) -> None:
-    """The run's actors end with the command that owned them; the next test starts on free CPUs."""
-    deadline = time.monotonic() + 60
-    while ray_session.available_resources().get("CPU", 0) < ray_session.cluster_resources()["CPU"] and time.monotonic() < deadline:
-        time.sleep(0.5)
-
-
 def test_a_run_shows_its_epochs_keeps_rays_output_in_its_log_and_stops_on_ctrl_c_saying_how_to_resume(ray_session, synthetic_root, tmp_path):
     output, status = ctrl_c(train_command(ray_session, synthetic_root, tmp_path), after=" epoch 2/500: ")
     lines = output.splitlines()
@@ -59,7 +51,7 @@ def test_a_run_shows_its_epochs_keeps_rays_output_in_its_log_and_stops_on_ctrl_c
     assert status == 130, output[-3000:]  # before: Ray Train's own handler, status 1 and no word
     assert f"Stopped; its checkpoints are in {tmp_path / 'run'}: the same command with --name run resumes the run from the last one" in lines
     assert "interrupted" in lines and "Traceback" not in output, output[-3000:]
-    wait_for_free_cpus(ray_session)
+    cpus_come_free(ray_session, 60)  # the run's actors end with the command that owned them; the next test starts on free CPUs
 
 
 def test_ctrl_c_stops_cross_validation_s_folds_and_says_how_to_resume_them(ray_session, synthetic_root, tmp_path):
@@ -70,4 +62,4 @@ def test_ctrl_c_stops_cross_validation_s_folds_and_says_how_to_resume_them(ray_s
     assert (f"Stopped with 0 of 2 folds done; their checkpoints are in {tmp_path / 'run'}: the same command with --name run keeps the finished "
             "folds and resumes the others from their last checkpoints") in lines, output[-3000:]
     assert list((tmp_path / "run" / "folds" / "train" / "fold1").glob("checkpoint_*")), output[-3000:]  # what a resume starts from
-    wait_for_free_cpus(ray_session)
+    cpus_come_free(ray_session, 60)  # the run's actors end with the command that owned them; the next test starts on free CPUs
