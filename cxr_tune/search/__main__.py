@@ -19,7 +19,7 @@ from pathlib import Path
 from cxr_tune import storage
 from cxr_tune.cliargs import fraction, nonnegative_float, nonnegative_int, positive_float, positive_int
 from cxr_tune.data.prepared import DataOptions, add_data_arguments
-from cxr_tune.errors import UserError, run_cli
+from cxr_tune.errors import EXIT_INTERRUPTED, UserError, run_cli
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.space import SPACES_DIR, Space, load_space
 from cxr_tune.selection import add_select_on_argument
@@ -141,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.time()  # a --job-budget counts from here
     args = build_parser().parse_args(argv)
+    storage.check_writable(args.storage, "--storage")
     if args.report_only:
         refuse_flags(args, argv, "--report-only", REPORT_FLAGS, "rewrites the table, report and best/ of an existing experiment and runs nothing")
         if not args.name:
@@ -171,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # Before Tune took over Ctrl-C (say, in the first image-cache build): the experiment exists.
         print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     if outcome != "interrupted" and options.final_fit:
         from cxr_tune.search.finalfit import run_final_fit
 
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finish_experiment(experiment, export=not args.no_export)
     if outcome == "interrupted":
         print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}")
-        return 130
+        return EXIT_INTERRUPTED
     if outcome == "time budget":
         print(f"\nThe time budget of {options.time_budget_min:g} min ended the search before every trial ran.")
     if outcome == "job budget":
