@@ -217,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"'{args.model}' is not an exported model folder (no model.json); export one with python -m cxr_tune.export EXPERIMENT")
     if storage.resolve(args.out) == storage.resolve(args.model):
         raise UserError("--out must be a new folder, not the model being adapted")
+    storage.check_writable(args.out, "--out")
     meta = adapt(args.model, args.images, args.out, threshold_rule=args.threshold_rule)
     record = meta["adaptation"]
     print(f"Adapted {args.model} to {record['images']} image(s) from {args.images} (AdaBN; {record['skipped_files']} unreadable file(s) skipped).")

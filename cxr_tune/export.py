@@ -496,6 +496,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiment = storage.resolve(args.experiment)
     if args.ensemble is not None and args.trial:
         raise UserError("--ensemble K needs no --trial")
+    if args.out:
+        storage.check_writable(args.out, "--out")
     target = storage.resolve(args.out) if args.out else storage.join(experiment, "best" if args.trial is None else f"exports/{args.trial}")
     meta = export_trial(experiment, args.trial, target, args.ensemble, val_data=args.val_data, tta=args.tta, calibrate=args.calibrate)
     print(summary(meta, target))

@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.csv:
+        storage.check_writable(args.csv, "--csv", folder=False)
+    if args.explain:
+        storage.check_writable(args.explain, "--explain")
     model = load_model(args.model)
     threshold = threshold_for(model.meta, args.operating_point)  # an unknown name stops here, before any image is read
     members = _explainable(model) if args.explain else None
@@ -193,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in frame.itertuples():
             print(f"{row.probability:.4f}  {CLASSES[row.prediction]:<9}  {row.path}")
     if args.csv:
-        frame[["path", "probability", "prediction"]].to_csv(args.csv, index=False)
+        storage.write_csv(args.csv, frame[["path", "probability", "prediction"]])
         print(f"Wrote {len(frame)} predictions to {args.csv}")
     summary = evaluation(frame, threshold, args.operating_point)
     if summary:

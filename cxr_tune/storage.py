@@ -23,6 +23,8 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from cxr_tune.errors import UserError
+
 CACHE_ENV = "CXR_TUNE_CACHE"
 
 
@@ -182,6 +184,27 @@ def read_csv(path: str, **kwargs) -> pd.DataFrame:
 
 
 # --- writing ------------------------------------------------------------------------------------
+
+
+def check_writable(path: str, what: str, *, folder: bool = True) -> None:
+    """Stop with one line before any work when a command could not write ``path`` (a ``folder``, or a
+    file): it, or the nearest part of it that exists, is a file where a folder is needed (or the
+    other way round), or that folder is read-only. Creates nothing. Object-store locations pass
+    (their credentials and buckets are checked by the first write)."""
+    if is_uri(path):
+        return
+    target = Path(resolve(path))
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if existing == target:
+        if folder and not target.is_dir():
+            raise UserError(f"{what} '{path}' is a file, not a folder")
+        if not folder and target.is_dir():
+            raise UserError(f"{what} '{path}' is a folder; name a file in it")
+        existing = target if folder else target.parent
+    elif not existing.is_dir():
+        raise UserError(f"{what} '{path}' cannot be written: '{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} '{path}' cannot be written: no permission to write in '{existing}'")
 
 
 def makedirs(path: str) -> None:

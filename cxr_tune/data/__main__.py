@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from cxr_tune import storage
 from cxr_tune.cliargs import int_between, nonnegative_int, positive_int
 from cxr_tune.data.cache import MAX_SIZE, MIN_SIZE
 from cxr_tune.data.prepared import DataOptions, SplitData, add_data_arguments, split_data
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "synthesize":
+        storage.check_writable(args.out, "OUT")
         out = synthesize(args.out, n=args.n, seed=args.seed)
         print(f"Wrote {args.n} SYNTHETIC images (seed {args.seed}) to {out}")
         return 0

@@ -67,6 +67,7 @@ def read_params(path: str | None, overrides: list[tuple[str, Any]]) -> HParams:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    storage.check_writable(args.storage, "--storage")
     hp = read_params(args.params, args.overrides)
     from cxr_tune.train.model import build_model
 

@@ -1,0 +1,64 @@
+"""How a command ends on what it cannot do: an output it could not write stops it with one line
+before any work; a reader of its output that went away (``predict ... | head``) ends it quietly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, call_cli
+from tests.model_exports import export_folder, kermany_set, save_images
+
+COMMANDS = {  # module, its arguments with BLOCKED (a path under a regular file) where it writes, the flag the line names
+    "search --storage": ("cxr_tune.search", ["--space", "smoke", "--storage", "BLOCKED"], "--storage"),
+    "train --storage": ("cxr_tune.train", ["--storage", "BLOCKED"], "--storage"),
+    "export --out": ("cxr_tune.export", ["EXPERIMENT", "--out", "BLOCKED"], "--out"),
+    "adapt --out": ("cxr_tune.adapt", ["--model", "MODEL", "--images", "IMAGES", "--out", "BLOCKED"], "--out"),
+    "predict --csv": ("cxr_tune.predict", ["--model", "MODEL", "IMAGES", "--csv", "BLOCKED"], "--csv"),
+    "predict --explain": ("cxr_tune.predict", ["--model", "MODEL", "IMAGES", "--explain", "BLOCKED"], "--explain"),
+    "data synthesize": ("cxr_tune.data", ["synthesize", "BLOCKED"], "OUT"),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_output_under_a_file_stops_the_command_with_one_line_naming_both(command, tmp_path):
+    module, args, flag = COMMANDS[command]
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("a file, not a folder")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.json").write_text("{}")  # adapt looks for it first; nothing reads it before the check
+    paths = {"BLOCKED": str(a_file / "out" / "x.csv"), "EXPERIMENT": str(tmp_path), "MODEL": str(tmp_path / "model"), "IMAGES": str(tmp_path)}
+    done = call_cli(module, *(paths.get(arg, arg) for arg in args))
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.strip() == f"error: {flag} '{paths['BLOCKED']}' cannot be written: '{a_file}' is a file, not a folder"
+
+
+@pytest.fixture(scope="module")
+def model_and_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    export_folder(root / "model")
+    return root / "model", save_images(kermany_set(4, 5), root / "images")
+
+
+def test_a_csv_that_names_a_folder_is_refused_and_one_in_a_new_folder_is_written(model_and_images, tmp_path):
+    model, images = model_and_images
+    refused = call_cli("cxr_tune.predict", "--model", str(model), str(images), "--csv", str(images))
+    assert refused.returncode == 2 and refused.stderr.strip() == f"error: --csv '{images}' is a folder; name a file in it"
+    written = call_cli("cxr_tune.predict", "--model", str(model), str(images), "--csv", str(tmp_path / "new" / "scores.csv"))
+    assert written.returncode == 0, written.stderr
+    assert (tmp_path / "new" / "scores.csv").read_text().splitlines()[0] == "path,probability,prediction"
+
+
+def test_a_command_whose_reader_went_away_ends_with_status_141_and_no_traceback(model_and_images):
+    model, images = model_and_images
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes its first line
+    try:
+        done = subprocess.run([sys.executable, "-m", "cxr_tune.predict", "--model", str(model), str(images)],
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120, cwd=ROOT)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == "", (done.returncode, done.stderr[-3000:])
