@@ -41,6 +41,9 @@ def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFr
         with unreported_trials_unwarned():
             analysis = ExperimentAnalysis(experiment_dir)
     except ValueError:
+        if storage.exists(storage.join(experiment_dir, "trials.csv")):  # its table is here, Tune's files and checkpoints are not
+            raise UserError(f"'{experiment_dir}' is a copy of a finished experiment without Tune's state and its checkpoints (as the "
+                            "committed results/real/* folders are: report, tables and study only); use the folder the search wrote") from None
         raise UserError(f"'{experiment_dir}' holds no Tune experiment state yet (did the search start?)") from None
     histories = analysis.trial_dataframes
     for trial in analysis.trials:

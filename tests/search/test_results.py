@@ -1,5 +1,5 @@
-"""The Pareto front of trials, each trial's per-epoch history and its error (selection itself is tested in
-tests/test_selection.py)."""
+"""The Pareto front of trials, each trial's per-epoch history and its error, and what a folder without
+Tune's state says (selection itself is tested in tests/test_selection.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pandas as pd
 
 from cxr_tune.search.results import pareto_front, trial_error, with_checkpointed_epochs
 from cxr_tune.train.checkpoints import save_state
+from tests.conftest import ROOT, call_cli
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -76,3 +77,10 @@ def test_a_failed_trials_error_is_the_last_exception_line_of_its_error_file_read
     assert trial_error(str(tmp_path), _TrialAfterRayShutDown("c6d5a24d")) == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
     # No error file (never persisted): Tune's own message, still without asking Ray.
     assert trial_error(str(tmp_path), _TrialAfterRayShutDown("gone")) == "RayTaskError: wrapped"
+
+
+def test_a_committed_experiment_without_tunes_state_says_what_it_is_in_one_line(tmp_path):
+    committed = ROOT / "results" / "real" / "external"  # report, tables and study: no Tune state, no checkpoints
+    done = call_cli("cxr_tune.export", str(committed), "--out", str(tmp_path / "best"))
+    assert done.returncode == 2 and done.stderr.startswith(f"error: '{committed}' is a copy of a finished experiment without Tune's state"), done.stderr
+    assert not (tmp_path / "best").exists()
