@@ -110,7 +110,7 @@ def weights_by_architecture(given: list[str], space: Space) -> dict[str, str]:
         try:
             load_weights(build_model(HParams(arch=arch)), out[arch])
         except Exception as exc:  # noqa: BLE001 - any failure to read it is the user's file
-            raise UserError(f"--weights {arch}={path}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"--weights {arch}: {str(exc).splitlines()[0]}") from None  # the message names the file
     return out
 
 

@@ -139,7 +139,7 @@ def check_weights(net, path: str) -> None:
     try:
         load_weights(net, path)
     except Exception as exc:  # noqa: BLE001 - any failure to read it is the user's file
-        raise UserError(f"--weights '{path}': {str(exc).splitlines()[0]}") from None
+        raise UserError(f"--weights {str(exc).splitlines()[0]}") from None  # the message names the file
 
 
 def run_cv(args: argparse.Namespace, hp: HParams, split, resources: Resources, storage_path: str, name: str, run: RunOptions) -> int:

@@ -167,15 +167,13 @@ def load_weights(net: nn.Module, path: str) -> list[str]:
     from cxr_tune import storage
 
     data = storage.read_bytes(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load
-
-        tensors = load(data)
-    else:
-        import io
-
-        tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        tensors = tensors.get("state_dict", tensors.get("model", tensors)) if isinstance(tensors, dict) else tensors
+    try:
+        tensors = _read_tensors(data, safetensors=path.endswith(".safetensors"))
+    except Exception as exc:  # noqa: BLE001 - torch and safetensors raise KeyError('101'), EOFError(''), ...: none says what the file is
+        kind = "a safetensors file" if path.endswith(".safetensors") else "a PyTorch file of tensors (read with weights_only=True: no pickled code)"
+        raise ValueError(f"'{path}' cannot be read as {kind}: {type(exc).__name__}") from exc
+    if not isinstance(tensors, dict):
+        raise ValueError(f"'{path}' holds a {type(tensors).__name__}, not a state dict of named tensors")
     own = {name: value for name, value in net.state_dict().items()}
     wanted = {name.split("net.", 1)[1] if name.startswith("net.") else name: name for name in own}  # TorchvisionNet wraps .net
     fitted = {}
@@ -192,3 +190,15 @@ def load_weights(net: nn.Module, path: str) -> list[str]:
         raise ValueError(f"'{path}' fills {len(fitted)} of this network's {len(own)} tensors (wrong architecture or not a weights file)")
     net.load_state_dict(fitted, strict=False)
     return sorted(set(own) - set(fitted))
+
+
+def _read_tensors(data: bytes, *, safetensors: bool) -> object:
+    """A weights file's content: named tensors (a checkpoint's ``state_dict`` or ``model`` entry when it has one)."""
+    if safetensors:
+        from safetensors.torch import load
+
+        return load(data)
+    import io
+
+    tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return tensors.get("state_dict", tensors.get("model", tensors)) if isinstance(tensors, dict) else tensors

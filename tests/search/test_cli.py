@@ -76,7 +76,9 @@ def test_weights_must_name_a_torchvision_architecture_of_the_space_and_fit_it(tm
     import torchvision
 
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
+    (tmp_path / "page.html").write_text("<html>a download that failed</html>")
     for flags, message in ((["--space", "gpu", "--weights", f"resnet18={tmp_path / 'missing.pth'}"], "does not exist"),
+                           (["--space", "gpu", "--weights", f"resnet18={tmp_path / 'page.html'}"], "cannot be read as a PyTorch file of tensors"),
                            (["--space", "smoke", "--weights", f"resnet18={tmp_path / 'resnet18.pth'}"], "torchvision architectures (none)"),
                            (["--space", "gpu", "--weights", str(tmp_path / "resnet18.pth")], "must be ARCH=PATH"),
                            (["--space", "gpu", "--weights", f"densenet121={tmp_path / 'resnet18.pth'}"], "fills")):
