@@ -88,7 +88,7 @@ def test_a_local_pretrained_file_starts_a_grayscale_network_without_downloading(
         assert set(missing) == {"net.fc.1.weight", "net.fc.1.bias"}  # the one-logit head starts fresh
     with pytest.raises(ValueError, match="fills"):
         load_weights(build_model(HParams(image_size=64, depth=2)), str(tmp_path / "resnet18.pth"))
-    (tmp_path / "empty.pth").write_bytes(b"")  # what torch and safetensors say of these (EOFError(''), KeyError('60')) names no file
+    (tmp_path / "empty.pth").write_bytes(b"")  # torch says EOFError('') of it, KeyError('101') of a text file: neither says what is wrong
     (tmp_path / "page.safetensors").write_text("<html>a download that failed</html>")
     torch.save([imagenet["conv1.weight"]], tmp_path / "list.pth")
     for name, reason in (("empty.pth", "cannot be read as a PyTorch file of tensors"), ("page.safetensors", "cannot be read as a safetensors file"),
