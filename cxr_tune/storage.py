@@ -186,11 +186,12 @@ def read_csv(path: str, **kwargs) -> pd.DataFrame:
 # --- writing ------------------------------------------------------------------------------------
 
 
-def check_writable(path: str, what: str, *, folder: bool = True) -> None:
+def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: bool = False) -> None:
     """Stop with one line before any work when a command could not write ``path`` (a ``folder``, or a
     file): it, or the nearest part of it that exists, is a file where a folder is needed (or the
-    other way round), or that folder is read-only. Creates nothing. Object-store locations pass
-    (their credentials and buckets are checked by the first write)."""
+    other way round), or that folder is read-only (unless ``read_only_ok``: a shared cache built
+    once may be read-only). Creates nothing. Object-store locations pass (their credentials and
+    buckets are checked by the first write)."""
     if is_uri(path):
         return
     target = Path(resolve(path))
@@ -203,7 +204,7 @@ def check_writable(path: str, what: str, *, folder: bool = True) -> None:
         existing = target if folder else target.parent
     elif not existing.is_dir():
         raise UserError(f"{what} '{path}' cannot be written: '{existing}' is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not read_only_ok and not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{what} '{path}' cannot be written: no permission to write in '{existing}'")
 
 

@@ -20,6 +20,7 @@ COMMANDS = {  # module, its arguments with BLOCKED (a path under a regular file)
     "predict --csv": ("cxr_tune.predict", ["--model", "MODEL", "IMAGES", "--csv", "BLOCKED"], "--csv"),
     "predict --explain": ("cxr_tune.predict", ["--model", "MODEL", "IMAGES", "--explain", "BLOCKED"], "--explain"),
     "data synthesize": ("cxr_tune.data", ["synthesize", "BLOCKED"], "OUT"),
+    "data inspect --cache-dir": ("cxr_tune.data", ["inspect", "--cache-dir", "BLOCKED"], "--cache-dir"),  # a read-only one may hold a cache to reuse
 }
 
 
@@ -30,7 +31,7 @@ def test_an_output_under_a_file_stops_the_command_with_one_line_naming_both(comm
     a_file.write_text("a file, not a folder")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "model.json").write_text("{}")  # adapt looks for it first; nothing reads it before the check
-    paths = {"BLOCKED": str(a_file / "out" / "x.csv"), "EXPERIMENT": str(tmp_path), "MODEL": str(tmp_path / "model"), "IMAGES": str(tmp_path)}
+    paths = {"BLOCKED": str(a_file / "out"), "EXPERIMENT": str(tmp_path), "MODEL": str(tmp_path / "model"), "IMAGES": str(tmp_path)}
     done = call_cli(module, *(paths.get(arg, arg) for arg in args))
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stderr.strip() == f"error: {flag} '{paths['BLOCKED']}' cannot be written: '{a_file}' is a file, not a folder"

@@ -12,6 +12,7 @@ uses one; a path names a folder of ``NORMAL/`` and ``PNEUMONIA/`` images from th
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +48,11 @@ class DataOptions:
             return storage.resolve(path) if path else None
 
         val_data = args.val_data if args.val_data in ("auto", "none") else absolute(args.val_data)
-        return cls(absolute(args.data), absolute(args.cache_dir), args.val_fraction, args.split_seed, args.use_official_val,
-                   args.synthetic_n, val_data)
+        options = cls(absolute(args.data), absolute(args.cache_dir), args.val_fraction, args.split_seed, args.use_official_val,
+                      args.synthetic_n, val_data)
+        named_by = "--cache-dir" if args.cache_dir else f"${storage.CACHE_ENV}" if os.environ.get(storage.CACHE_ENV) else "the cache folder"
+        storage.check_writable(options.resolved_cache_dir, named_by, read_only_ok=True)
+        return options
 
     @property
     def resolved_cache_dir(self) -> str:
