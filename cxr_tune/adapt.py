@@ -42,7 +42,7 @@ from cxr_tune import storage
 from cxr_tune.calibration import Calibration
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.modelcard import CARD_FILE, model_card
-from cxr_tune.modelfile import Members, build_files, json_safe, load_members, serving_model, torch_scores, write_model_folder
+from cxr_tune.modelfile import Members, build_files, check_model_target, json_safe, load_members, serving_model, torch_scores, write_model_folder
 from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.intensity import normalize_intensity
 
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"'{args.model}' is not an exported model folder (no model.json); export one with python -m cxr_tune.export EXPERIMENT")
     if storage.resolve(args.out) == storage.resolve(args.model):
         raise UserError("--out must be a new folder, not the model being adapted")
-    storage.check_writable(args.out, "--out")
+    check_model_target(args.out, "--out")
     meta = adapt(args.model, args.images, args.out, threshold_rule=args.threshold_rule)
     record = meta["adaptation"]
     print(f"Adapted {args.model} to {record['images']} image(s) from {args.images} (AdaBN; {record['skipped_files']} unreadable file(s) skipped).")

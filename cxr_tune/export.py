@@ -41,8 +41,8 @@ from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.modelcard import CARD_FILE, model_card
-from cxr_tune.modelfile import (TTA_VIEWS, Members, build_files, check_scores, json_safe, members_from_states, serving_model,
-                                 torch_scores, write_model_folder)
+from cxr_tune.modelfile import (TTA_VIEWS, Members, build_files, check_model_target, check_scores, json_safe, members_from_states,
+                                 serving_model, torch_scores, write_model_folder)
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt, metric_line
 from cxr_tune.operating_points import choose_points
@@ -497,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ensemble is not None and args.trial:
         raise UserError("--ensemble K needs no --trial")
     if args.out:
-        storage.check_writable(args.out, "--out")
+        check_model_target(args.out, "--out")
     target = storage.resolve(args.out) if args.out else storage.join(experiment, "best" if args.trial is None else f"exports/{args.trial}")
     meta = export_trial(experiment, args.trial, target, args.ensemble, val_data=args.val_data, tta=args.tta, calibrate=args.calibrate)
     print(summary(meta, target))

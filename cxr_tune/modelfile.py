@@ -192,10 +192,22 @@ def build_files(members: Members, tta: int = 1, *, check_images: np.ndarray | No
     return files
 
 
+def check_model_target(target: str, what: str) -> None:
+    """Stop with one line, before any work, when a model could not be written at ``target``, or
+    writing it would delete what is there: the new folder takes the place of the whole old one, so
+    only a missing or empty folder, or an earlier model folder (it holds ``model.json``), may be
+    replaced. ``--out ~`` must not empty a home folder."""
+    storage.check_writable(target, what)
+    if storage.is_dir(target) and storage.listdir(target) and not storage.exists(storage.join(target, META_FILE)):
+        raise UserError(f"{what} '{target}' holds files and is not a model folder (no {META_FILE}); the model would replace the "
+                        "whole folder, so name a new folder (or an earlier export, to replace it)")
+
+
 def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], extra: dict[str, bytes] | None = None) -> None:
     """Write ``model.onnx``, ``weights.safetensors``, ``model.json`` (``meta`` plus the files' hashes)
     and ``extra`` files beside ``target``, then swap the folder in: a kill at any moment leaves the
-    old model or the new one, never neither."""
+    old model or the new one, never neither. Refuses a ``target`` that is not a model folder (:func:`check_model_target`)."""
+    check_model_target(target, "the model folder")
     meta = {**meta, "files": {MODEL_FILE: _sha256(files.onnx), WEIGHTS_FILE: _sha256(files.weights)}}
     tmp = storage.sibling_tmp(target)
     try:

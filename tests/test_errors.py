@@ -1,5 +1,6 @@
-"""How a command ends on what it cannot do: an output it could not write stops it with one line
-before any work; a reader of its output that went away (``predict ... | head``) ends it quietly."""
+"""How a command ends on what it cannot do: an output it could not write, or would destroy another
+folder by writing, stops it with one line before any work; a reader of its output that went away
+(``predict ... | head``) ends it quietly."""
 
 from __future__ import annotations
 
@@ -63,3 +64,27 @@ def test_a_command_whose_reader_went_away_ends_with_status_141_and_no_traceback(
     finally:
         os.close(write)
     assert done.returncode == 141 and done.stderr == "", (done.returncode, done.stderr[-3000:])
+
+
+@pytest.mark.parametrize("command", ["export", "adapt"])
+def test_an_out_folder_that_holds_other_files_is_refused_and_left_as_it_was(command, tmp_path):
+    """A model takes the place of its whole --out folder: ``--out ~`` must not empty a home folder."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.json").write_text("{}")
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.tex").write_text("a year of work")
+    args = {"export": [str(tmp_path), "--out", str(tmp_path / "thesis")],
+            "adapt": ["--model", str(tmp_path / "model"), "--images", str(tmp_path), "--out", str(tmp_path / "thesis")]}[command]
+    done = call_cli(f"cxr_tune.{command}", *args)
+    assert done.returncode == 2 and done.stderr.startswith(f"error: --out '{tmp_path / 'thesis'}' holds files and is not a model folder"), done.stderr
+    assert [p.name for p in (tmp_path / "thesis").iterdir()] == ["chapter1.tex"]
+
+
+def test_writing_a_model_never_replaces_a_folder_that_is_not_one(tmp_path):
+    from cxr_tune.errors import UserError
+    from cxr_tune.modelfile import ModelFiles, write_model_folder
+
+    (tmp_path / "notes.txt").write_text("kept")
+    with pytest.raises(UserError, match="is not a model folder"):
+        write_model_folder(str(tmp_path), ModelFiles(b"onnx", b"weights", None), {})
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
