@@ -88,3 +88,12 @@ def test_writing_a_model_never_replaces_a_folder_that_is_not_one(tmp_path):
     with pytest.raises(UserError, match="is not a model folder"):
         write_model_folder(str(tmp_path), ModelFiles(b"onnx", b"weights", None), {})
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_train_run_is_never_written_into_a_search_experiment(tmp_path):
+    (tmp_path / "search-1").mkdir()
+    (tmp_path / "search-1" / "experiment.json").write_text("{}")
+    done = call_cli("cxr_tune.train", "--storage", str(tmp_path), "--name", "search-1")
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.strip() == f"error: '{tmp_path / 'search-1'}' is a search experiment, not a train run; give the run another --name"
+    assert [p.name for p in (tmp_path / "search-1").iterdir()] == ["experiment.json"]

@@ -18,6 +18,7 @@ from cxr_tune import storage
 from cxr_tune.cliargs import assignment, int_between, nonnegative_float, positive_float, positive_int
 from cxr_tune.data.prepared import DataOptions, add_data_arguments, datasets_by_size, split_data
 from cxr_tune.errors import UserError, run_cli
+from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt
 from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import HParams, HParamsError
@@ -79,10 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if weights:
         check_weights(net, weights[hp.arch])
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if args.use_gpu else 0.0)
-    options = DataOptions.from_args(args)
-    split = split_data(options)
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
     storage_path = storage.resolve(args.storage)
+    if Experiment.exists(storage.join(storage_path, name)):  # --name resumes a run: never one inside a search's folder
+        raise UserError(f"'{storage.join(storage_path, name)}' is a search experiment, not a train run; give the run another --name")
+    options = DataOptions.from_args(args)
+    split = split_data(options)
     print(f"Data: {split.source.description}")
     print(split.describe_external(args.select_on))
     from cxr_tune.console import library_output_to
