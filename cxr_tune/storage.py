@@ -201,7 +201,8 @@ def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: b
             raise UserError(f"{what} '{path}' is a file, not a folder")
         if not folder and target.is_dir():
             raise UserError(f"{what} '{path}' is a folder; name a file in it")
-        existing = target if folder else target.parent
+        if not folder:
+            existing = target.parent  # a file is replaced by a write in its folder
     elif not existing.is_dir():
         raise UserError(f"{what} '{path}' cannot be written: '{existing}' is a file, not a folder")
     if not read_only_ok and not os.access(existing, os.W_OK | os.X_OK):
