@@ -1,4 +1,4 @@
-"""``python -m cxr_tune.export EXPERIMENT [--trial ID] [--ensemble K] [--val-data PATH] [--tta N] [--calibrate METHOD]``.
+"""``python -m cxr_tune.export EXPERIMENT [--trial ID] [--ensemble K] [--val-data PATH] [--tta N] [--calibrate METHOD] [--final-fit]``.
 
 Exports the selected trial of a search (or any trial, or the K best as one averaging model) as a
 pickle-free model folder (:mod:`cxr_tune.modelfile`): ``model.onnx``, ``weights.safetensors`` and
@@ -11,7 +11,9 @@ interrupted experiments alike.
 Which trials, which threshold: :mod:`cxr_tune.selection`, on the experiment's deciding set. With
 ``--val-data PATH`` a labelled folder from the target site decides instead: every candidate
 trial's best checkpoint is scored on it, and the ranking, ensemble members and threshold follow
-those scores.
+those scores. After a final fit (:mod:`cxr_tune.search.finalfit`) its runs' average is exported
+when it scores no lower on the deciding set than the search's own ensemble, else that ensemble is
+(``model.json``'s ``final_fit`` says which, with both AUCs); ``--final-fit`` exports the runs anyway.
 
 For a clinician to check, every labelled set also gets its calibration (ECE and Brier
 score with intervals, :mod:`cxr_tune.calibration`; ``reliability.png``), its rates at a few named
@@ -40,13 +42,13 @@ from cxr_tune.calibration import fit as fit_calibration
 from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.modelcard import CARD_FILE, model_card
+from cxr_tune.modelcard import CARD_FILE, final_fit_line, model_card
 from cxr_tune.modelfile import (TTA_VIEWS, Members, build_files, check_model_target, check_scores, json_safe, members_from_states,
                                  serving_model, torch_scores, write_model_folder)
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt, metric_line
 from cxr_tune.operating_points import choose_points
-from cxr_tune.selection import choose_threshold, ensemble_members, prefix_of, ranked_trials
+from cxr_tune.selection import choose_threshold, ensemble_members, final_fit_kept, prefix_of, ranked_trials
 from cxr_tune.subgroups import subgroup_rates
 from cxr_tune.train.checkpoints import has_predictions, load_predictions, load_state
 from cxr_tune.train.metrics import evaluate_scores, rates_at
@@ -55,6 +57,9 @@ CI_METRICS = ("sensitivity", "specificity", "balanced_accuracy", "auc", "accurac
 RELIABILITY_FILE = "reliability.png"
 TIE_RULE = ("Trials whose 95 % bootstrap interval of the objective overlaps the best trial's are tied with it; the tied trial with the "
             "highest AUC on the deciding set wins, then the lowest log loss.")
+FINAL_FIT_RULE = ("the final-fit stage: the best configurations trained again with new seeds for a fixed schedule; each run's last "
+                  "epoch (no epoch picked on the deciding set), averaged; exported only when that average's AUC on the deciding set is "
+                  "no lower than the search's own ensemble's (its first trials at their best epochs), else that ensemble is")
 SELECTION_NOTE = ("selection-set numbers: these images chose the epoch, the trials and the threshold, so they are optimistic; "
                   "the honest score is on images no choice saw")
 
@@ -81,12 +86,15 @@ def export_trial(
     val_data: str | None = None,
     tta: int = 1,
     calibrate: str = "none",
+    final_fit: bool = False,
 ) -> dict[str, Any]:
     """Export the selected model of an experiment (or ``trial_id``); returns ``model.json``'s content.
 
     The selected model is the final-fit stage's runs when it completed (their last epochs,
-    averaged: :mod:`cxr_tune.search.finalfit`), else the search's selected trial (or the ``K``
-    best: ``ensemble``). Every choice (trials, epochs, ensemble members, threshold) is made on the
+    averaged: :mod:`cxr_tune.search.finalfit`) and scores no lower than the search's own ensemble
+    on the deciding set (:func:`cxr_tune.selection.final_fit_kept`; ``final_fit``: the runs
+    whatever they score), else the search's selected trial (or the ``K`` best: ``ensemble``).
+    Every choice (trials, epochs, ensemble members, threshold) is made on the
     experiment's recorded deciding set, or on ``val_data`` when given; under a carved deciding set
     no external label takes part in any of them.
     """
@@ -95,9 +103,13 @@ def export_trial(
     site = _external_folder(val_data, splits, cache_dir) if val_data else None
     deciding = "external" if site is not None else experiment.deciding_set
     table = experiment.trials(ranked=False)
-    final_fit = trial_id is None and ensemble is None and site is None and experiment.final_fit_complete()
-    if final_fit:  # the final-fit stage's runs, at their last epochs (see cxr_tune.search.finalfit)
-        rows = pd.DataFrame([{"trial_id": run.name, "checkpoint_path": path} for run, path in experiment.final_fit_checkpoints()])
+    if final_fit and (trial_id is not None or ensemble is not None or site is not None):
+        raise UserError("--final-fit exports the final fit's runs: it takes no --trial, --ensemble or --val-data")
+    if final_fit and not experiment.final_fit_complete():
+        raise UserError(f"{experiment.path} has no completed final fit to export")
+    final_record: dict[str, Any] = {}
+    if trial_id is None and ensemble is None and site is None and experiment.final_fit_complete():
+        rows, final_record = _final_fit_or_search(experiment, table, deciding, force=final_fit)
     elif trial_id is not None:
         rows = table[table["trial_id"] == trial_id]
         if rows.empty:
@@ -129,13 +141,52 @@ def export_trial(
     stored = {prefix: _stored_scores(checkpoints, prefix, sets[prefix]) for prefix in ("val", "ext") if prefix in sets and site is None and tta == 1}
     target = out or experiment.file("best" if trial_id is None else f"exports/{trial_id}")
     source = val_data or (experiment.external or None)
-    info = {**experiment.info, "excluded": _exclusions(splits)}
-    if final_fit:
-        runs = [run for run, _ in experiment.final_fit_checkpoints()]
-        info["final_fit"] = {"runs": [run.__dict__ for run in runs], "rule": "the final-fit stage: the best configurations trained again with new "
-                             "seeds for a fixed schedule; each run's last epoch (no epoch picked on the deciding set), averaged"}
+    info = {**experiment.info, "excluded": _exclusions(splits), **({"final_fit": final_record} if final_record else {})}
     return write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, prefix_of(deciding), stored,
                         info, source, tta, calibrate=calibrate)
+
+
+def _final_fit_or_search(experiment: Experiment, table: pd.DataFrame, deciding: str, *, force: bool) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The rows to export once a final fit completed, and the record of that choice for ``model.json``.
+
+    The final fit's runs (their last epochs) when their average's AUC on the deciding set is no
+    lower than the search's own ensemble's (:func:`cxr_tune.selection.final_fit_kept`), or when
+    ``force``; else that ensemble. Both AUCs come from the scores stored with the checkpoints:
+    what each model scored on the deciding set when it trained, without test-time views.
+    """
+    done = experiment.final_fit_checkpoints()
+    try:
+        search_rows = ensemble_members(ranked_trials(table, deciding), experiment.space().settings.ensemble)
+    except ValueError as exc:
+        raise UserError(f"{experiment.path}: {exc}") from None
+    prefix = prefix_of(deciding)
+    final_auc = _stored_auc([path for _, path in done], prefix)
+    search_auc = _stored_auc([experiment.checkpoint_for(row) for _, row in search_rows.iterrows()], prefix)
+    exported = force or final_fit_kept(final_auc, search_auc)
+    record = {
+        "runs": [run.__dict__ for run, _ in done],
+        "rule": FINAL_FIT_RULE,
+        "exported": exported,
+        "forced": force,
+        "compared_on": "external" if prefix == "ext" else "carved",
+        "auc": final_auc,
+        "search_members": [str(trial) for trial in search_rows["trial_id"]],
+        "search_auc": search_auc,
+    }
+    final_rows = pd.DataFrame([{"trial_id": run.name, "checkpoint_path": path} for run, path in done])
+    return (final_rows if exported else search_rows), record
+
+
+def _stored_auc(checkpoints: list[str], prefix: str) -> float | None:
+    """AUC of the members' mean stored scores on one set (None where a member stored none, or one class is missing)."""
+    from sklearn.metrics import roc_auc_score
+
+    if not checkpoints or not all(has_predictions(path, prefix) for path in checkpoints):
+        return None
+    frames = [load_predictions(path, prefix).drop_duplicates("content_hash").set_index("content_hash") for path in checkpoints]
+    scores = pd.concat([frame["score"] for frame in frames], axis=1, join="inner").mean(axis=1)
+    labels = frames[0]["label"].loc[scores.index].to_numpy().astype(int)
+    return float(roc_auc_score(labels, scores.to_numpy())) if len(np.unique(labels)) == 2 else None
 
 
 def _exclusions(splits: pd.DataFrame) -> dict[str, int]:
@@ -317,6 +368,8 @@ def summary(meta: dict[str, Any], target: str) -> str:
     if "external" in meta:
         label = "external validation (SELECTION SET, optimistic)" if meta["external"]["selection_set"] else "external validation (not used to select)"
         lines.append(f"  {label}: " + metric_line(meta["external"], meta["external"].get("ci95")))
+    if meta.get("final_fit"):
+        lines.append("  " + final_fit_line(meta["final_fit"]))
     if "test" in meta:
         lines.append("  test (held out, stored threshold): " + metric_line(meta["test"], meta["test"]["ci95"]))
     measured = [(key, name) for key, name in (("validation", "carved validation"), ("external", "external"), ("test", "test"))
@@ -487,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fit a calibration map on the deciding set's scores and build it into the ONNX graph: platt (logistic on the "
                              "logit: slope and intercept) or temperature (logit / T); increasing, so the ranking, the AUC and every decision "
                              "stay the same and the thresholds are re-expressed (default: none)")
+    parser.add_argument("--final-fit", action="store_true",
+                        help="export the final fit's runs even where their average scores a lower AUC on the deciding set than the search's "
+                             "own ensemble (default: the final fit only when it scores no lower)")
     parser.add_argument("--out", default=None, help="output folder (default: EXPERIMENT/best, or EXPERIMENT/exports/<trial> with --trial)")
     return parser
 
@@ -499,7 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         check_model_target(args.out, "--out")
     target = storage.resolve(args.out) if args.out else storage.join(experiment, "best" if args.trial is None else f"exports/{args.trial}")
-    meta = export_trial(experiment, args.trial, target, args.ensemble, val_data=args.val_data, tta=args.tta, calibrate=args.calibrate)
+    meta = export_trial(experiment, args.trial, target, args.ensemble, val_data=args.val_data, tta=args.tta, calibrate=args.calibrate,
+                        final_fit=args.final_fit)
     print(summary(meta, target))
     return 0
 

@@ -156,8 +156,8 @@ def _search(meta: dict[str, Any]) -> list[str]:
         runs = final.get("runs", [])
         configs = sorted({run["trial_id"] for run in runs})
         lines[-1:-1] = [f"- Final fit: {len(configs)} best configuration(s) ({', '.join(f'`{c}`' for c in configs)}) trained again with new "
-                        f"seeds, {len(runs)} run(s) of {runs[0]['epochs'] if runs else '?'} epochs; the exported model averages their last "
-                        "epochs (no epoch picked on the deciding set; only the threshold and operating points are)."]
+                        f"seeds, {len(runs)} run(s) of {runs[0]['epochs'] if runs else '?'} epochs, each judged at its last epoch (none picked "
+                        f"on the deciding set). {_sentence(final_fit_line(final))}"]
     return lines
 
 
@@ -292,3 +292,22 @@ def _set_name(deciding: str | None) -> str:
 
 def _counts(counts: Any) -> str:
     return f"{counts[0]} / {counts[1]}" if isinstance(counts, (list, tuple)) and len(counts) == 2 else "n/a"
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+def final_fit_line(record: dict[str, Any]) -> str:
+    """What became of the final fit, in one sentence (the console, the report and the model card say the same)."""
+    runs = len(record.get("runs", []))
+    if "exported" not in record:  # exported before the final fit was compared with the search's ensemble
+        return f"final fit exported: the average of its {runs} runs' last epochs"
+    where = "external set" if record.get("compared_on") == "external" else "carved validation set"
+    ensemble = f"the search's own ensemble ({', '.join(record.get('search_members', []))})"
+    scored = f"its {runs} runs' average scored AUC {fmt(record.get('auc'))} on the {where}"
+    if not record["exported"]:
+        return f"final fit NOT exported: {scored} against {fmt(record.get('search_auc'))} for {ensemble}, exported instead (selection-set numbers)"
+    how = "exported by --final-fit" if record.get("forced") else "exported"
+    than = "against" if record.get("forced") else "no lower than"
+    return f"final fit {how}: {scored}, {than} {fmt(record.get('search_auc'))} for {ensemble} (selection-set numbers)"

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_tune.selection import best_epoch, checkpoint_score, choose_threshold, ensemble_members, objective_interval, ranked_trials, select_best
+from cxr_tune.selection import (best_epoch, checkpoint_score, choose_threshold, ensemble_members, final_fit_kept, objective_interval, ranked_trials,
+                                select_best)
 
 
 def trials(**columns) -> pd.DataFrame:
@@ -54,6 +55,13 @@ def test_the_ensemble_takes_the_best_trials_at_the_selected_image_size():
     assert list(ensemble_members(ranked, 3)["trial_id"]) == ["c"]  # b and a are 64 px, c is 96 px
     table = carved_and_external().assign(image_size=64)
     assert list(ensemble_members(ranked_trials(table, "external"), 2)["trial_id"]) == ["c", "b"]
+
+
+def test_the_final_fit_is_exported_only_where_it_scores_no_lower_than_the_search_s_ensemble():
+    assert final_fit_kept(0.97, 0.96) and final_fit_kept(0.96, 0.96)
+    assert not final_fit_kept(0.9535, 0.9722)  # results/real/external-v5
+    # Where a model stored no scores to compare, the final fit is kept, as before the rule.
+    assert final_fit_kept(None, 0.97) and final_fit_kept(0.5, None) and final_fit_kept(float("nan"), 0.97)
 
 
 def test_best_epoch_uses_the_deciding_set_and_breaks_ties_by_auc_then_loss_then_earlier():

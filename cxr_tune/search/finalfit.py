@@ -13,7 +13,10 @@ could afford to judge, say ``{convs_per_block: 2}``).
 Runs are Ray Tune trials of their own (``EXPERIMENT/finalfit``, checkpoints under
 ``EXPERIMENT/finalfit/train/<run>``), so they run side by side like search trials, and
 ``--resume`` continues an interrupted final fit. ``members.json`` lists the runs before any starts;
-:class:`cxr_tune.experiment.Experiment` reads them back.
+:class:`cxr_tune.experiment.Experiment` reads them back. Export then keeps their average only
+where it scores no lower on the deciding set than the search's own ensemble
+(:func:`cxr_tune.selection.final_fit_kept`): longer training can fit the training population
+and lose the new patients.
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = F
     configs = sorted({run.trial_id for run in runs})
     changes = experiment.space().settings.final_fit_changes
     print(f"\nFinal fit: {len(configs)} best configuration(s) ({', '.join(configs)}) x {len(runs) // len(configs)} new seed(s), "
-          f"{runs[0].epochs} epochs each{describe_changes(changes)}; their last epochs are exported averaged", flush=True)
+          f"{runs[0].epochs} epochs each{describe_changes(changes)}; their last epochs averaged are exported if they score no lower "
+          "than the search's own ensemble", flush=True)
     started = time.time()
     log = log_path_of(options)
     with library_output_to(log, verbose=verbose) as stream, ray_session(options.address, log=stream, verbose=verbose):

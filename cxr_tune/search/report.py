@@ -25,7 +25,7 @@ from cxr_tune.calibration import plot_reliability  # noqa: E402
 from cxr_tune.data.imaging import decode_gray  # noqa: E402
 from cxr_tune.experiment import Experiment  # noqa: E402
 from cxr_tune.formatting import fmt  # noqa: E402
-from cxr_tune.modelcard import calibration_section, operating_point_section, subgroup_section  # noqa: E402
+from cxr_tune.modelcard import calibration_section, final_fit_line, operating_point_section, subgroup_section  # noqa: E402
 from cxr_tune.modelfile import load_members  # noqa: E402
 from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
 from cxr_tune.search import transfer  # noqa: E402
@@ -96,7 +96,8 @@ def final_fit_section(experiment: Experiment, prefix: str) -> list[str]:
         f"The search's {len({r.trial_id for r in runs})} best configuration(s) at the selected image size, trained again with "
         f"{len(runs) // max(1, len({r.trial_id for r in runs}))} new seed(s) each for {runs[0].epochs} epochs"
         f"{describe_changes(experiment.space().settings.final_fit_changes)} ({minutes:.1f} min wall{estimated}). "
-        f"`best/` averages the completed runs' **last** epochs: no epoch is picked on the {deciding} set, only the threshold is. "
+        f"Their average takes each run's **last** epoch: no epoch is picked on the {deciding} set, only the threshold is; it is exported "
+        f"only when its AUC on the {deciding} set is no lower than the search's own ensemble's (below). "
         f"Each run alone at its last epoch (`val_`: carved validation, `ext_`: the external set; balanced accuracy at that run's own "
         f"threshold{', a selection-set number' if prefix == 'ext' else ''}):", "",
         _table(pd.DataFrame(rows)), "",
@@ -145,10 +146,12 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     lines += final_fit
     if exported:
         members = [m["trial_id"] for m in exported.get("members", [])]
-        what = (f"the average of the final-fit runs {', '.join(f'`{m}`' for m in members)}" if exported.get("final_fit")
+        final = exported.get("final_fit") or {}
+        what = (f"the average of the final-fit runs {', '.join(f'`{m}`' for m in members)}" if final.get("exported", bool(final))
                 else f"the average of trials {', '.join(f'`{m}`' for m in members)}" if len(members) > 1 else "this trial")
         lines += [
-            f"Exported to `best/`: {what} (ONNX, loaded back and checked against PyTorch and the stored scores). "
+            f"Exported to `best/`: {what} (ONNX, loaded back and checked against PyTorch and the stored scores)"
+            + (f"; {final_fit_line(final)}" if final else "") + ". "
             f"Decision threshold {exported['threshold']:.4f} ({exported['threshold_rule']}). At it:",
             "",
             _table(_export_rows(exported)),

@@ -6,7 +6,8 @@ new seeds and a second convolution per block, the space's ``final_fit_changes``)
 seed (another "site"), with a sensitivity floor. Every check follows from the rules, whatever the
 tiny models learn: the objective is the external one, the selected trial is the external
 ranking's first, its export's threshold is the one that trial reported on the external set, the
-floor holds there, and ``best/`` averages the final-fit runs' last epochs.
+floor holds there, the final fit averages its runs' last epochs, and ``best/`` holds that average only
+where it scores no lower on the external set than the search's own ensemble.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import pandas as pd
 import pytest
 
 import yaml
+from sklearn.metrics import roc_auc_score
 
 from cxr_tune.selection import CRITERIA, choose_threshold
-from tests.conftest import ROOT, call_cli, run_cli, synthetic_site
+from tests.conftest import ROOT, call_cli, copy_tree, run_cli, synthetic_site
 from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
@@ -238,23 +240,83 @@ def test_a_job_budget_the_search_did_not_exhaust_ends_nothing_and_records_the_fi
     assert f"estimated at {estimate / 60:.1f} min when the search ended" in (experiment / "report.md").read_text()
 
 
-def test_best_averages_the_final_fit_runs_last_epochs_at_a_threshold_chosen_on_their_mean(experiment, exported_trial):
-    meta = json.loads((experiment / "best" / "model.json").read_text())
+def final_fit_scores(experiment: Path) -> pd.Series:
+    """The final-fit runs' mean stored external scores (their last epochs), by content hash."""
+    runs = json.loads((experiment / "finalfit" / "members.json").read_text())
+    stored = []
+    for run in runs:
+        [scores] = list((experiment / "finalfit" / "train" / run["name"]).glob("checkpoint_*/ext_predictions.parquet"))
+        stored.append(pd.read_parquet(scores).set_index("content_hash")["score"])
+    return pd.concat(stored, axis=1).mean(axis=1)
+
+
+def external_labels(experiment: Path) -> pd.Series:
+    scores = next((experiment / "finalfit" / "train").glob("*/checkpoint_*/ext_predictions.parquet"))
+    return pd.read_parquet(scores).set_index("content_hash")["label"]
+
+
+@pytest.fixture(scope="module")
+def final_fit_export(experiment) -> Path:
+    """The final fit's runs exported whatever they score (``export --final-fit``)."""
+    out = experiment / "exports" / "final-fit"
+    done = call_cli("cxr_tune.export", str(experiment), "--final-fit", "--out", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "exported by --final-fit" in done.stdout
+    return out
+
+
+def test_the_final_fit_averages_its_runs_last_epochs_at_a_threshold_chosen_on_their_mean(experiment, exported_trial, final_fit_export):
+    meta = json.loads((final_fit_export / "model.json").read_text())
     runs = json.loads((experiment / "finalfit" / "members.json").read_text())
     assert [m["trial_id"] for m in meta["members"]] == [run["name"] for run in runs] and meta["final_fit"]["runs"] == runs
+    assert meta["final_fit"]["exported"] is True and meta["final_fit"]["forced"] is True
     assert all(m["epoch"] == EPOCHS for m in meta["members"])  # last epochs: none picked on the external set
     assert all(m["hparams"]["block"] == "residual" and m["hparams"]["ema_decay"] == 0.9 for m in meta["members"])
     # The space's final_fit_changes: the runs train a second convolution per block that the search's trials did not.
     assert all(m["hparams"]["convs_per_block"] == 2 for m in meta["members"])
     assert read(experiment, exported_trial)[1]["hparams"]["convs_per_block"] == 1  # the search trial itself
-    stored = []
-    for run in runs:
-        [scores] = list((experiment / "finalfit" / "train" / run["name"]).glob("checkpoint_*/ext_predictions.parquet"))
-        stored.append(pd.read_parquet(scores).set_index("content_hash")["score"])
-    exported = exported_scores(experiment, "external_predictions.csv")
-    mean = pd.concat(stored, axis=1).mean(axis=1).loc[exported.index]
+    exported = exported_scores(experiment, "external_predictions.csv", final_fit_export)
+    mean = final_fit_scores(experiment).loc[exported.index]
     assert np.abs(exported - mean).max() < 1e-4
-    labels = pd.read_csv(experiment / "best" / "external_predictions.csv")["label"].to_numpy()
+    labels = pd.read_csv(final_fit_export / "external_predictions.csv")["label"].to_numpy()
     hp = meta["hparams"]
     assert meta["threshold"] == pytest.approx(choose_threshold(labels, mean.to_numpy(), hp["criterion"], FLOOR, hp["threshold_tolerance"]), abs=1e-9)
-    assert "Final fit" in (experiment / "best" / "MODEL_CARD.md").read_text() and "## Final fit" in (experiment / "report.md").read_text()
+    assert "Final fit" in (final_fit_export / "MODEL_CARD.md").read_text() and "## Final fit" in (experiment / "report.md").read_text()
+
+
+def test_best_is_the_final_fit_only_where_it_scores_no_lower_than_the_search_s_own_ensemble(search):
+    experiment, stdout = search
+    meta = json.loads((experiment / "best" / "model.json").read_text())
+    table = pd.read_csv(experiment / "trials.csv")
+    selected = table.set_index("trial_id").loc[expected_winner(table, "ext")]  # the smoke space's ensemble: 1 trial
+    labels = external_labels(experiment)
+    final = final_fit_scores(experiment)
+    searched = checkpoint_scores(experiment, selected.name, int(selected["best_epoch"]), "ext")
+    final_auc, search_auc = (roc_auc_score(labels.loc[scores.index], scores) for scores in (final, searched))
+    record = meta["final_fit"]
+    assert record["auc"] == pytest.approx(final_auc, abs=1e-9) and record["search_auc"] == pytest.approx(search_auc, abs=1e-9)
+    assert record["search_members"] == [selected.name] and record["compared_on"] == "external" and record["forced"] is False
+    kept = final_auc >= search_auc
+    runs = json.loads((experiment / "finalfit" / "members.json").read_text())
+    assert record["exported"] is kept
+    assert [m["trial_id"] for m in meta["members"]] == ([run["name"] for run in runs] if kept else [selected.name])
+    assert ("final fit NOT exported" in stdout) is (not kept) and ("NOT exported" in (experiment / "report.md").read_text()) is (not kept)
+
+
+def test_a_final_fit_that_scores_below_the_search_s_own_ensemble_is_not_exported(experiment, exported_trial, tmp_path):
+    """The final fit's stored external scores replaced, in a copy, by scores that rank every NORMAL above every PNEUMONIA."""
+    copy = copy_tree(experiment, tmp_path / "ext")
+    for stored in (copy / "finalfit" / "train").glob("*/checkpoint_*/ext_predictions.parquet"):
+        frame = pd.read_parquet(stored)
+        frame.assign(score=1.0 - frame["label"].astype(float)).to_parquet(stored)
+    done = call_cli("cxr_tune.export", str(copy), "--out", str(tmp_path / "model"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    selected = read(experiment, exported_trial)[1]
+    assert meta["final_fit"]["exported"] is False and meta["final_fit"]["auc"] == 0.0
+    assert [m["trial_id"] for m in meta["members"]] == meta["final_fit"]["search_members"] == [selected["trial_id"]]
+    assert meta["threshold"] == pytest.approx(selected["threshold"], abs=1e-9)  # the search's ensemble, at its own threshold
+    assert f"final fit NOT exported: its {SEEDS} runs' average scored AUC 0.0000" in done.stdout
+    assert "Final fit NOT exported" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    refused = call_cli("cxr_tune.export", str(copy), "--final-fit", "--trial", selected["trial_id"])
+    assert refused.returncode == 2 and "--final-fit exports the final fit's runs: it takes no --trial" in refused.stderr
