@@ -22,6 +22,8 @@ COMMANDS = {  # module, its arguments with BLOCKED (a path under a regular file)
     "predict --explain": ("cxr_tune.predict", ["--model", "MODEL", "IMAGES", "--explain", "BLOCKED"], "--explain"),
     "data synthesize": ("cxr_tune.data", ["synthesize", "BLOCKED"], "OUT"),
     "data inspect --cache-dir": ("cxr_tune.data", ["inspect", "--cache-dir", "BLOCKED"], "--cache-dir"),  # a read-only one may hold a cache to reuse
+    "bench search --storage": ("cxr_tune.bench", ["search", "--storage", "BLOCKED"], "--storage"),
+    "bench tta --out": ("cxr_tune.bench", ["tta", "MODEL", "--out", "BLOCKED"], "--out"),
 }
 
 

@@ -99,10 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from cxr_tune import storage
+
     args = build_parser().parse_args(argv)
+    for flag in ("out", "storage"):  # a results folder it could not write stops it before the measuring, not after
+        if getattr(args, flag, None):
+            storage.check_writable(getattr(args, flag), f"--{flag}")
     if "verbose" not in args:
         return run_command(args)
-    from cxr_tune import storage
     from cxr_tune.console import library_output_to
 
     log = str(Path(storage.local_cache_dir(), "logs", f"bench-{args.command}.log"))
