@@ -99,3 +99,15 @@ def test_a_train_run_is_never_written_into_a_search_experiment(tmp_path):
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stderr.strip() == f"error: '{tmp_path / 'search-1'}' is a search experiment, not a train run; give the run another --name"
     assert [p.name for p in (tmp_path / "search-1").iterdir()] == ["experiment.json"]
+
+
+def test_a_search_is_never_started_among_the_files_of_a_folder_that_is_not_an_experiment(tmp_path):
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.tex").write_text("a year of work")
+    (tmp_path / "notes.txt").write_text("a file")
+    for name, reason in (("thesis", "holds files and is not an experiment (no experiment.json; it holds chapter1.tex)"),
+                         ("notes.txt", "is a file, not an experiment folder")):
+        done = call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(tmp_path), "--name", name)
+        assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+        assert done.stderr.strip() == f"error: --name '{name}': '{tmp_path / name}' {reason}; choose another --name"
+    assert [p.name for p in (tmp_path / "thesis").iterdir()] == ["chapter1.tex"] and (tmp_path / "notes.txt").read_text() == "a file"
