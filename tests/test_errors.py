@@ -104,10 +104,11 @@ def test_a_train_run_is_never_written_into_a_search_experiment(tmp_path):
 def test_a_search_is_never_started_among_the_files_of_a_folder_that_is_not_an_experiment(tmp_path):
     (tmp_path / "thesis").mkdir()
     (tmp_path / "thesis" / "chapter1.tex").write_text("a year of work")
+    (tmp_path / "thesis" / ".DS_Store").write_text("hidden, not named")
     (tmp_path / "notes.txt").write_text("a file")
     for name, reason in (("thesis", "holds files and is not an experiment (no experiment.json; it holds chapter1.tex)"),
                          ("notes.txt", "is a file, not an experiment folder")):
         done = call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(tmp_path), "--name", name)
         assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
         assert done.stderr.strip() == f"error: --name '{name}': '{tmp_path / name}' {reason}; choose another --name"
-    assert [p.name for p in (tmp_path / "thesis").iterdir()] == ["chapter1.tex"] and (tmp_path / "notes.txt").read_text() == "a file"
+    assert sorted(p.name for p in (tmp_path / "thesis").iterdir()) == [".DS_Store", "chapter1.tex"] and (tmp_path / "notes.txt").read_text() == "a file"

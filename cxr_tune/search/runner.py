@@ -176,14 +176,14 @@ def resume_command(options: SearchOptions) -> str:
 
 def _refuse_existing(options: SearchOptions) -> None:
     """An experiment under the name is continued with --resume, never started again; a folder that
-    holds other files is not written among (what the start writes before ``experiment.json``, from a
-    search stopped right then, may be written again)."""
+    holds other files is not written among (hidden files such as ``.DS_Store`` aside, and what the
+    start writes before ``experiment.json``, from a search stopped right then, which may be written again)."""
     experiment = options.experiment_dir
     if storage.exists(storage.join(experiment, EXPERIMENT_FILE)):
         raise UserError(f"experiment '{experiment}' already exists; continue it with: {resume_command(options)} (or choose another --name)")
     if storage.is_file(experiment):
         raise UserError(f"--name '{options.name}': '{experiment}' is a file, not an experiment folder; choose another --name")
-    others = [name for name in storage.listdir(experiment) if not name.startswith((SPACE_FILE, SPLITS_FILE))]
+    others = [name for name in storage.listdir(experiment) if not name.startswith((".", SPACE_FILE, SPLITS_FILE))]
     if others:
         raise UserError(f"--name '{options.name}': '{experiment}' holds files and is not an experiment (no {EXPERIMENT_FILE}; it holds "
                         f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); choose another --name")
