@@ -103,12 +103,14 @@ def export_trial(
     site = _external_folder(val_data, splits, cache_dir) if val_data else None
     deciding = "external" if site is not None else experiment.deciding_set
     table = experiment.trials(ranked=False)
-    if final_fit and (trial_id is not None or ensemble is not None or site is not None):
+    selected = trial_id is None and ensemble is None and site is None  # the experiment's own choice of model
+    if final_fit and not selected:
         raise UserError("--final-fit exports the final fit's runs: it takes no --trial, --ensemble or --val-data")
-    if final_fit and not experiment.final_fit_complete():
+    final_done = selected and experiment.final_fit_complete()
+    if final_fit and not final_done:
         raise UserError(f"{experiment.path} has no completed final fit to export")
     final_record: dict[str, Any] = {}
-    if trial_id is None and ensemble is None and site is None and experiment.final_fit_complete():
+    if final_done:
         rows, final_record = _final_fit_or_search(experiment, table, deciding, force=final_fit)
     elif trial_id is not None:
         rows = table[table["trial_id"] == trial_id]
@@ -181,12 +183,10 @@ def _stored_auc(checkpoints: list[str], prefix: str) -> float | None:
     """AUC of the members' mean stored scores on one set (None where a member stored none, or one class is missing)."""
     from sklearn.metrics import roc_auc_score
 
-    if not checkpoints or not all(has_predictions(path, prefix) for path in checkpoints):
+    mean = _stored_mean(checkpoints, prefix)
+    if mean is None or mean["label"].nunique() < 2:
         return None
-    frames = [load_predictions(path, prefix).drop_duplicates("content_hash").set_index("content_hash") for path in checkpoints]
-    scores = pd.concat([frame["score"] for frame in frames], axis=1, join="inner").mean(axis=1)
-    labels = frames[0]["label"].loc[scores.index].to_numpy().astype(int)
-    return float(roc_auc_score(labels, scores.to_numpy())) if len(np.unique(labels)) == 2 else None
+    return float(roc_auc_score(mean["label"].to_numpy().astype(int), mean["score"].to_numpy()))
 
 
 def _exclusions(splits: pd.DataFrame) -> dict[str, int]:
@@ -450,12 +450,19 @@ def _rescored(table: pd.DataFrame, experiment: Experiment, site: pd.DataFrame) -
 
 def _stored_scores(checkpoints: list[str], prefix: str, scored: Scored) -> np.ndarray | None:
     """The members' mean stored scores on one set, in ``scored``'s order (None if any image lacks one)."""
-    if not all(has_predictions(path, prefix) for path in checkpoints):
-        return None
-    frames = [load_predictions(path, prefix).set_index("content_hash")["score"] for path in checkpoints]
-    mean = pd.concat(frames, axis=1).mean(axis=1)
+    mean = _stored_mean(checkpoints, prefix)
     hashes = scored.rows["content_hash"]
-    return mean.loc[hashes].to_numpy() if set(hashes) <= set(mean.index) else None
+    return mean.loc[hashes, "score"].to_numpy() if mean is not None and set(hashes) <= set(mean.index) else None
+
+
+def _stored_mean(checkpoints: list[str], prefix: str) -> pd.DataFrame | None:
+    """The members' mean stored ``score`` on one set, with the stored ``label``, by content hash: the
+    images every member scored (None where a member stored no scores for the set)."""
+    if not checkpoints or not all(has_predictions(path, prefix) for path in checkpoints):
+        return None
+    frames = [load_predictions(path, prefix).drop_duplicates("content_hash").set_index("content_hash") for path in checkpoints]
+    mean = pd.concat([frame["score"] for frame in frames], axis=1, join="inner").mean(axis=1)
+    return frames[0].loc[mean.index].assign(score=mean)
 
 
 def _predictions(scored: Scored, scores: np.ndarray, threshold: float) -> pd.DataFrame:
