@@ -98,7 +98,9 @@ def _intended_use() -> list[str]:
         "- Intended users: people studying how chest X-ray classifiers are built, selected and checked.",
         "- Out of scope: adults, lateral views, other modalities, other diseases (a NORMAL call does not rule out anything but "
         "what the training labels called pneumonia), and any site whose films differ from the training data without checking "
-        "the model there first (`python -m cxr_tune.predict` on a labelled folder from that site).", "",
+        "the model there first (`python -m cxr_tune.predict` on a labelled folder from that site). `predict` names the images "
+        "whose files show them out of scope (colour pictures, blank frames, images smaller than the model's input, DICOM lateral "
+        "views or other modalities); it cannot see an adult or another site.", "",
     ]
 
 

@@ -12,7 +12,10 @@ sensitivity, specificity, balanced accuracy, AUC, the confusion matrix, the cali
 Brier score with bootstrap intervals) and, where the file names carry them, the subgroups
 (bacterial/viral pneumonia, IM-/NORMAL2-IM- normals); a rate the labelled images cannot measure
 (AUC, say, when all are of one class) prints as ``n/a``. Unreadable files are listed with the
-reason and skipped. Only the pickle-free ONNX export is loaded; ``--explain`` also rebuilds the
+reason and skipped. Images unlike the training X-rays in a way the file shows (a colour picture,
+a nearly blank frame, one smaller than the model's input, a DICOM lateral view or a modality other
+than plain radiography) are scored and then listed with the reason, to be checked before their
+score is trusted (:mod:`cxr_tune.data.input_checks`). Only the pickle-free ONNX export is loaded; ``--explain`` also rebuilds the
 networks from ``weights.safetensors`` (never unpickled) for Grad-CAM maps
 (:mod:`cxr_tune.saliency`).
 """
@@ -31,7 +34,7 @@ import pandas as pd
 
 from cxr_tune import storage
 from cxr_tune.calibration import calibration_metrics
-from cxr_tune.data.imaging import try_decode_gray
+from cxr_tune.data.imaging import try_decode_checked
 from cxr_tune.data.sources import CLASSES
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval
@@ -71,18 +74,20 @@ def label_of(path: Path) -> int | None:
 
 
 def predict(model: LoadedModel, files: list[Path], threshold: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(predictions: path, probability, prediction, label; skipped: path, reason), predictions at
-    ``threshold`` (default: the model's own)."""
+    """(predictions: path, probability, prediction, check, label; skipped: path, reason), predictions
+    at ``threshold`` (default: the model's own); ``check`` says why an image may not be like the
+    training X-rays ("" when nothing does)."""
     threshold = model.threshold if threshold is None else threshold
     decoded = _decode_all(files, model.image_size)
-    ok = [i for i, (image, _) in enumerate(decoded) if image is not None]
-    skipped = pd.DataFrame([{"path": str(files[i]), "reason": reason} for i, (image, reason) in enumerate(decoded) if image is None], columns=["path", "reason"])
+    ok = [i for i, (image, _, _) in enumerate(decoded) if image is not None]
+    skipped = pd.DataFrame([{"path": str(files[i]), "reason": reason} for i, (image, _, reason) in enumerate(decoded) if image is None], columns=["path", "reason"])
     images = np.stack([decoded[i][0] for i in ok]) if ok else np.zeros((0, model.image_size, model.image_size), np.uint8)
     scores = probabilities(model, images)
     frame = pd.DataFrame({
         "path": [str(files[i]) for i in ok],
         "probability": scores,
         "prediction": (scores >= threshold).astype(int),
+        "check": ["; ".join(decoded[i][1]) for i in ok],
         "label": [label_of(files[i]) for i in ok],
     })
     return frame, skipped
@@ -137,7 +142,7 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    images = np.stack([image for image, _ in _decode_all([Path(p) for p in frame["path"]], model.image_size)])
+    images = np.stack([image for image, _, _ in _decode_all([Path(p) for p in frame["path"]], model.image_size)])
     maps = grad_cam(members, images)
     threshold = threshold_for(model.meta, point)
     written: list[Path] = []
@@ -155,9 +160,9 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
     return written
 
 
-def _decode_all(files: Sequence[Path], size: int) -> list[tuple[np.ndarray | None, str | None]]:
+def _decode_all(files: Sequence[Path], size: int) -> list[tuple[np.ndarray | None, list[str], str | None]]:
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda f: try_decode_gray(f, size), files))
+        return list(pool.map(lambda f: try_decode_checked(f, size), files))
 
 
 def _rate(value: float) -> str:
@@ -169,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
     parser.add_argument("--model", required=True, help="export folder with model.onnx and model.json, local or on object storage, e.g. results/<experiment>/best or s3://bucket/experiments/<experiment>/best, or its .onnx file (loaded exactly, with the model.json beside it)")
-    parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path,probability,prediction (0/1) to this CSV file")
+    parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path,probability,prediction (0/1),check (why to check the image first; empty for most) to this CSV file")
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not one line per image")
     parser.add_argument("--operating-point", default=DEFAULT_POINT, metavar="NAME",
                         help="which of the model's thresholds decides: balanced (its own), sens90, sens95, sens98 (sensitivity >= 0.90/0.95/0.98 "
@@ -197,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in frame.itertuples():
             print(f"{row.probability:.4f}  {CLASSES[row.prediction]:<9}  {row.path}")
     if args.csv:
-        storage.write_csv(args.csv, frame[["path", "probability", "prediction"]])
+        storage.write_csv(args.csv, frame[["path", "probability", "prediction", "check"]])
         print(f"Wrote {len(frame)} predictions to {args.csv}")
     summary = evaluation(frame, threshold, args.operating_point)
     if summary:
@@ -205,6 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if members is not None and not frame.empty:
         written = explain(model, members, frame, args.explain, args.operating_point)
         print(f"Wrote {len(written)} Grad-CAM explanation(s) to {args.explain}")
+    if (flagged := frame[frame["check"] != ""]).shape[0]:
+        print(f"Check {len(flagged)} image(s) before trusting the score: unlike the chest X-rays the model learned from")
+        for row in flagged.itertuples():
+            print(f"  {row.path}: {row.check}")
     if not skipped.empty:
         print(f"Skipped {len(skipped)} unreadable file(s):")
         for row in skipped.itertuples():

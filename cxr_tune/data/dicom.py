@@ -12,8 +12,9 @@ The mapping is the display pipeline DICOM defines, done with pydicom's own funct
 3. MONOCHROME1 (bright = air) is inverted, so bright = dense as in the Kermany JPEGs.
 
 Only the first frame of a multi-frame file is used; colour files (RGB, YBR, PALETTE COLOR) become
-gray the way Pillow turns an RGB JPEG gray. Privacy: only the image-pixel elements (group 0028)
-and the pixel data are parsed from the file; nothing that names a patient is read.
+gray the way Pillow turns an RGB JPEG gray. Privacy: only the image-pixel elements (group 0028),
+the pixel data, the Modality and the View Position (for :mod:`cxr_tune.data.input_checks`) are
+parsed from the file; nothing that names a patient is read.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ _BAND_PIXELS = 1 << 18
 
 _PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
 _EXTENDED_OFFSETS = (0x7FE00001, 0x7FE00002)  # frame offsets some compressed files need to find frame 1
+_KIND_TAGS = (0x00080060, 0x00185101)  # Modality, View Position
 
 
 class DicomError(ValueError):
@@ -53,6 +55,8 @@ class Gray8:
 
     pixels: np.ndarray  # (rows, columns) uint8, bright = dense
     mode: str  # e.g. "DICOM MONOCHROME2 12-bit", shown by ``inspect`` beside Pillow's modes
+    modality: str | None = None  # Modality, e.g. "DX"; None when the file does not say
+    view: str | None = None  # View Position, e.g. "PA" or "LL"; None when the file does not say
 
 
 def is_dicom(head: bytes) -> bool:
@@ -85,9 +89,10 @@ def read_gray8(source: bytes | str | Path) -> Gray8:
         raise DicomError(f"DICOM pixel data ({syntax}) could not be decoded: {_first_line(exc)}") from exc
     photometric = str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper()
     mode = f"DICOM {photometric} {int(ds.get('BitsStored') or ds.get('BitsAllocated') or 8)}-bit"
+    said = {"modality": _text(ds, "Modality"), "view": _text(ds, "ViewPosition")}
     try:
         if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-            return Gray8(_colour(frame, ds, photometric), mode)
+            return Gray8(_colour(frame, ds, photometric), mode, **said)
         pixels = _monochrome(frame, ds)
     except DicomError:
         raise
@@ -95,14 +100,21 @@ def read_gray8(source: bytes | str | Path) -> Gray8:
         raise DicomError(f"DICOM pixel values could not be mapped to gray levels: {_first_line(exc)}") from exc
     if photometric == "MONOCHROME1":
         pixels = 255 - pixels  # MONOCHROME1 shows air white; flip so bright = dense
-    return Gray8(pixels, mode)
+    return Gray8(pixels, mode, **said)
 
 
 def _wanted_tags() -> list[int]:
-    """Every group 0028 element, the pixel data, and the frame offsets: all that maps pixels."""
+    """Every group 0028 element, the pixel data and the frame offsets (all that maps pixels), and
+    what says which kind of image it is (:data:`_KIND_TAGS`)."""
     from pydicom.datadict import DicomDictionary
 
-    return [tag for tag in DicomDictionary if tag >> 16 == 0x0028] + [*_PIXEL_DATA_TAGS, *_EXTENDED_OFFSETS]
+    return [tag for tag in DicomDictionary if tag >> 16 == 0x0028] + [*_PIXEL_DATA_TAGS, *_EXTENDED_OFFSETS, *_KIND_TAGS]
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    """A short text element's value, stripped; None when absent or empty."""
+    value = str(ds.get(keyword) or "").strip()
+    return value or None
 
 
 def _check_decodable(ds: Dataset) -> str:

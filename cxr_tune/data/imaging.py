@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from cxr_tune.data import dicom
+from cxr_tune.data import dicom, input_checks
 
 #: Version of the pixel pipeline below; part of every image-cache key.
 PREPROCESS_VERSION = 1
@@ -26,6 +26,8 @@ PREPROCESS_VERSION = 1
 RESIZE_METHOD = "bilinear resize of the whole image to size x size (aspect ratio not kept)"
 
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+_GRAY_MODES = {"1", "L", "LA", *_HIGH_BIT_MODES}  # modes that cannot hold colour
+_COLOUR_PROBE = 128  # side of the copy the colour check measures
 
 #: Pixels of a high-bit image converted to float at a time: bounds the scratch memory of
 #: :func:`to_gray8` (a few MB) whatever the image size; the float64 math is the same per pixel.
@@ -120,6 +122,37 @@ def decode_gray(source: str | Path | bytes, size: int) -> np.ndarray:
         image.draft("L", (size, size))
         image = ImageOps.exif_transpose(image)
         return _square(to_gray8(image), size)
+
+
+def decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray, list[str]]:
+    """:func:`decode_gray`'s pixels, and why the image may not be like the training X-rays
+    (:func:`cxr_tune.data.input_checks.notes`; empty when nothing says so). For ``predict``: the
+    cache build does not pay for the checks."""
+    if _is_dicom(source):
+        gray = dicom.read_gray8(source)
+        pixels = _square(Image.fromarray(gray.pixels, "L"), size)
+        height, width = gray.pixels.shape
+        return pixels, input_checks.notes(width=width, height=height, size=size, colour_spread=0.0, pixels=pixels,
+                                          modality=gray.modality, view=gray.view)
+    pixels = decode_gray(source, size)
+    with _open(source) as image:
+        width, height = image.size
+        spread = 0.0
+        if image.mode not in _GRAY_MODES:
+            # Measured on a small copy: libjpeg decodes at 1/8 scale, and a colour cast is no finer than that.
+            image.draft("RGB", (_COLOUR_PROBE, _COLOUR_PROBE))
+            rgb = image.convert("RGB")
+            rgb.thumbnail((_COLOUR_PROBE, _COLOUR_PROBE))
+            spread = input_checks.colour_spread(np.asarray(rgb))
+    return pixels, input_checks.notes(width=width, height=height, size=size, colour_spread=spread, pixels=pixels)
+
+
+def try_decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray | None, list[str], str | None]:
+    """:func:`decode_checked`, returning ``(None, [], reason)`` instead of raising on a bad file."""
+    try:
+        return *decode_checked(source, size), None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a per-file skip, not a crash
+        return None, [], describe_failure(exc)
 
 
 def try_decode_gray(source: str | Path | bytes, size: int) -> tuple[np.ndarray | None, str | None]:

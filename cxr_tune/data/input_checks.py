@@ -1,0 +1,62 @@
+"""Why an input may not be an image like those the model learned from: said beside its score.
+
+A CNN scores anything it is given, a colour photo of a screen or a blank frame included, and its
+probability looks as sure as any other. ``predict`` therefore names each image that differs from
+the training X-rays in a way the file itself shows, with the reason, so that a person checks it
+before trusting its score. The checks see the file, not the patient: an image that passes them can
+still be unlike the training set (an adult, another hospital's device), which only a labelled
+sample from the new site measures (``predict`` on NORMAL/PNEUMONIA folders, ``adapt``).
+
+The limits, measured on the 5,531 images of the training split and half A of the official test
+split (``../shared/data/chest_xray_224``, 2026-12-05): their colour spread is 0.0 for every image
+(gray stored as RGB), their gray-level standard deviation at 64 px (as :func:`cxr_tune.data.imaging.decode_gray` makes them) is at least 18.7 (median 55.8).
+
+Call: ``notes(width=w, height=h, size=64, colour_spread=0.0, pixels=square)`` -> ``[]`` or reasons.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Mean difference, in gray levels, between the brightest and darkest colour channel of each pixel
+#: above which an image is a colour picture (X-rays are gray: 0 on the training images).
+COLOUR_SPREAD_LIMIT = 8.0
+
+#: Standard deviation of the model's square input, in gray levels, below which the image is
+#: nearly one flat gray (blank, black or burnt out); the real images' lowest is 18.7.
+BLANK_STD_LIMIT = 5.0
+
+#: DICOM modalities of plain radiographs (computed and digital radiography), as in the training set.
+RADIOGRAPH_MODALITIES = ("CR", "DX")
+
+#: DICOM ViewPosition values of a lateral (side) view; the training X-rays are all frontal (AP/PA).
+LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD")
+
+
+def notes(*, width: int, height: int, size: int, colour_spread: float, pixels: np.ndarray,
+          modality: str | None = None, view: str | None = None) -> list[str]:
+    """The reasons, in words, why one image may not be like the training X-rays; empty when none.
+
+    ``width``/``height``: the stored image's size; ``size``: the model's input side; ``colour_spread``:
+    :data:`COLOUR_SPREAD_LIMIT`'s measure; ``pixels``: the ``(size, size)`` gray input the model
+    scores; ``modality``/``view``: the DICOM Modality and ViewPosition, when the file is DICOM.
+    """
+    found = []
+    if modality and modality.upper() not in RADIOGRAPH_MODALITIES:
+        found.append(f"DICOM modality {modality} (the model learned from plain radiographs: {'/'.join(RADIOGRAPH_MODALITIES)})")
+    if view and view.upper() in LATERAL_VIEWS:
+        found.append(f"lateral view (DICOM ViewPosition {view}; the model learned from frontal views)")
+    if colour_spread > COLOUR_SPREAD_LIMIT:
+        found.append(f"colour image (its colour channels differ by {colour_spread:.0f} gray levels on average; X-rays are gray)")
+    if min(width, height) < size:
+        found.append(f"{width}x{height} px, smaller than the model's {size}x{size} px input: enlarged, so blurred")
+    spread = float(np.std(pixels))
+    if spread < BLANK_STD_LIMIT:
+        found.append(f"nearly blank (its gray levels have a standard deviation of {spread:.1f}; the training X-rays' lowest is 18.7)")
+    return found
+
+
+def colour_spread(rgb: np.ndarray) -> float:
+    """Mean over pixels of (brightest - darkest channel) of an ``(h, w, 3)`` uint8 image: 0 for gray."""
+    channels = rgb.astype(np.int16)
+    return float((channels.max(axis=-1) - channels.min(axis=-1)).mean())

@@ -1,0 +1,84 @@
+"""Images unlike the training X-rays in a way the file shows are named with the reason; X-rays are not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxr_tune.data.imaging import decode_checked, decode_gray
+from tests.conftest import SHARED_DATA, call_cli, write_image
+from tests.data.test_dicom import dicom_bytes, source_image
+from tests.exports import write_export
+
+SIZE = 16
+
+
+def xray_like(seed: int = 0, shape: tuple[int, int] = (48, 64)) -> np.ndarray:
+    """Gray levels that vary like an X-ray's (not flat)."""
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def checked(path: Path) -> list[str]:
+    pixels, notes = decode_checked(path, SIZE)
+    assert np.array_equal(pixels, decode_gray(path, SIZE))  # the checks never change what the model scores
+    return notes
+
+
+def test_gray_xrays_pass_whether_stored_gray_or_as_colour_files(tmp_path):
+    gray = xray_like()
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    Image.fromarray(gray).convert("RGB").save(tmp_path / "as_rgb.jpeg", quality=90)  # how many exports store X-rays
+    write_image(tmp_path / "sixteen_bit.png", mode="I;16")
+    assert checked(tmp_path / "gray.png") == checked(tmp_path / "as_rgb.jpeg") == checked(tmp_path / "sixteen_bit.png") == []
+
+
+def test_a_colour_picture_a_blank_frame_and_a_thumbnail_are_named(tmp_path):
+    gray = xray_like().astype(np.float64)
+    tinted = np.stack([gray, gray * 0.85, gray * 0.6], axis=-1).astype(np.uint8)  # a sepia photo of a film
+    Image.fromarray(tinted).save(tmp_path / "photo.jpeg", quality=90)
+    Image.fromarray(np.full((48, 64), 30, np.uint8)).save(tmp_path / "blank.png")
+    Image.fromarray(xray_like(shape=(12, 10))).save(tmp_path / "thumbnail.png")
+    [colour] = checked(tmp_path / "photo.jpeg")
+    assert colour.startswith("colour image") and "X-rays are gray" in colour
+    [blank] = checked(tmp_path / "blank.png")
+    assert blank.startswith("nearly blank")
+    [small] = checked(tmp_path / "thumbnail.png")
+    assert small.startswith("10x12 px, smaller than the model's 16x16 px input")
+
+
+def test_a_dicom_says_when_it_is_a_lateral_view_or_not_a_radiograph(tmp_path):
+    pixels = source_image()
+    frontal = tmp_path / "frontal.dcm"
+    frontal.write_bytes(dicom_bytes(pixels, ViewPosition="PA"))
+    assert checked(frontal) == []
+    other = tmp_path / "other.dcm"
+    other.write_bytes(dicom_bytes(pixels, Modality="CT", ViewPosition="LL"))
+    modality, view = checked(other)
+    assert modality.startswith("DICOM modality CT") and view.startswith("lateral view (DICOM ViewPosition LL")
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data (the real chest X-rays)")
+def test_none_of_a_sample_of_the_real_training_and_validation_xrays_is_named():
+    files = [f for folder in sorted(SHARED_DATA.glob("*/*")) for f in sorted(folder.glob("*.jpeg"))[::40]]
+    assert len(files) > 100
+    assert {str(f): notes for f in files if (notes := decode_checked(f, 64)[1])} == {}
+
+
+def test_predict_lists_the_images_to_check_and_writes_why_in_its_csv(tmp_path):
+    model = write_export(tmp_path / "best", image_size=SIZE)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    Image.fromarray(xray_like()).save(folder / "xray.png")
+    gray = xray_like(seed=1).astype(np.float64)
+    Image.fromarray(np.stack([gray, gray * 0.5, gray * 0.2], axis=-1).astype(np.uint8)).save(folder / "photo.png")
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(folder), "--csv", str(tmp_path / "out.csv"))
+    assert done.returncode == 0, done.stderr
+    listed = done.stdout.split("Check 1 image(s) before trusting the score", 1)[1].splitlines()[1:]
+    assert len(listed) == 1 and listed[0].startswith(f"  {folder / 'photo.png'}: colour image"), done.stdout
+    table = pd.read_csv(tmp_path / "out.csv", keep_default_na=False).set_index("path")
+    assert list(table.columns) == ["probability", "prediction", "check"]
+    assert table.loc[str(folder / "xray.png"), "check"] == "" and table.loc[str(folder / "photo.png"), "check"].startswith("colour image")
