@@ -24,7 +24,9 @@ Writes a new model folder (:mod:`cxr_tune.modelfile`): ONNX, safetensors weights
 (:mod:`cxr_tune.modelcard`). The unadapted model's measurements and operating points move under
 ``before_adaptation``: only the site's threshold (``balanced``) carries over, and a calibration
 map stays in the graph as it was fitted. Labels are never read: files under
-NORMAL/PNEUMONIA folders are used as unlabelled images.
+NORMAL/PNEUMONIA folders are used as unlabelled images. Images unlike the training X-rays in a way
+the file shows (colour, blank, smaller than the model's input, a DICOM lateral view or another
+modality: :mod:`cxr_tune.data.input_checks`) are left out and listed, as ``predict`` lists them.
 """
 
 from __future__ import annotations
@@ -134,9 +136,13 @@ def crossing_logit(means: np.ndarray, sds: np.ndarray, weights: np.ndarray) -> f
 
 
 def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixture") -> dict[str, Any]:
-    """Adapt the model folder ``model`` to the images under ``images_dir``; write it to ``out``."""
+    """Adapt the model folder ``model`` to the images under ``images_dir``; write it to ``out``.
+
+    Returns the ``model.json`` written, plus ``left_out``: (path, reason) for each image left out as
+    unlike the training X-rays (:mod:`cxr_tune.data.input_checks`); the file records only their
+    number, since a site's file names can name patients."""
+    from cxr_tune.data.imaging import try_decode_checked
     from cxr_tune.predict import collect
-    from cxr_tune.data.imaging import try_decode_gray
 
     meta = read_meta(storage.join(model, META_FILE))
     try:
@@ -144,10 +150,15 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     except FileNotFoundError:
         raise UserError(f"'{model}' has no weights.safetensors; re-export it with this version (python -m cxr_tune.export) to adapt it") from None
     files = collect([images_dir])
-    readable = [image for image, _ in (try_decode_gray(path, members.image_size) for path in files) if image is not None]
+    decoded = [(path, *try_decode_checked(path, members.image_size)) for path in files]
+    # An image unlike the training X-rays (a colour photo, a blank frame, a lateral view) would pull
+    # the site's BatchNorm statistics and its score mixture towards what the model never sees.
+    left_out = [(str(path), "; ".join(notes)) for path, image, notes, _ in decoded if image is not None and notes]
+    readable = [image for _, image, notes, _ in decoded if image is not None and not notes]
     if len(readable) < MIN_IMAGES:
-        raise UserError(f"'{images_dir}' holds {len(readable)} readable image(s); BatchNorm statistics need at least {MIN_IMAGES}")
-    images, skipped = np.stack(readable), len(files) - len(readable)
+        unlike = f" (and {len(left_out)} left out as unlike the training X-rays)" if left_out else ""
+        raise UserError(f"'{images_dir}' holds {len(readable)} readable image(s){unlike}; BatchNorm statistics need at least {MIN_IMAGES}")
+    images, skipped = np.stack(readable), sum(image is None for _, image, _, _ in decoded)
     tta = int(meta.get("tta_views", 1))
     adapted = adapt_batchnorm(members, images)
     kept = float(meta["threshold"])
@@ -159,6 +170,8 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         "method": "AdaBN (Li et al. 2016): BatchNorm running statistics re-estimated on unlabelled site images; weights unchanged",
         "images": int(len(images)),
         "skipped_files": int(skipped),
+        # How many, not which: file names at a site can name patients, and model.json travels.
+        "left_out_images": len(left_out),
         "source": storage.resolve(images_dir),
         "from_model": storage.resolve(model),
         "threshold_rule": threshold_rule if how and not how.get("kept") else "keep",
@@ -177,7 +190,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     if calibration is not None:
         new_meta["calibration"] = {**meta["calibration"], "note": "fitted before adaptation; not measured on the site (adaptation reads no labels)"}
     write_model_folder(storage.resolve(out), files_out, new_meta, {CARD_FILE: model_card(json_safe(new_meta)).encode()})
-    return new_meta
+    return {**new_meta, "left_out": left_out}
 
 
 def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
@@ -221,6 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = adapt(args.model, args.images, args.out, threshold_rule=args.threshold_rule)
     record = meta["adaptation"]
     print(f"Adapted {args.model} to {record['images']} image(s) from {args.images} (AdaBN; {record['skipped_files']} unreadable file(s) skipped).")
+    if meta["left_out"]:
+        print(f"Left out {len(meta['left_out'])} image(s) unlike the chest X-rays the model learned from (check them; "
+              "their statistics are not the site's X-rays'):")
+        for path, reason in meta["left_out"]:
+            print(f"  {path}: {reason}")
     print(f"  threshold {record['threshold']} (unadapted: {record['unadapted_threshold']:.4f})")
     if args.threshold_rule != record["threshold_rule"]:
         print(f"  no {args.threshold_rule} threshold: {record['threshold_fallback'] or 'none found'}; the model's own is kept")

@@ -240,7 +240,9 @@ def _adaptation(meta: dict[str, Any]) -> list[str]:
         return ["## Site adaptation", "", "None: the model is as the search trained it.", ""]
     return ["## Site adaptation", "",
             f"- {record.get('method')}, on {record.get('images')} unlabelled image(s) from `{record.get('source')}` "
-            f"(model `{record.get('from_model')}`, {record.get('adapted_at')}).",
+            f"(model `{record.get('from_model')}`, {record.get('adapted_at')})"
+            + (f"; {record['left_out_images']} image(s) unlike the training X-rays (colour, blank, too small, DICOM lateral or "
+               "not a radiograph) were left out." if record.get("left_out_images") else "."),
             f"- Threshold: {record.get('threshold')} (rule `{record.get('threshold_rule')}`; before adaptation {fmt(record.get('unadapted_threshold'))}).",
             "- The performance, subgroup, calibration and operating-point numbers above were measured **before** adaptation; the "
             "site's labels were never read, so nothing here measures the adapted model. Operating points other than `balanced` "

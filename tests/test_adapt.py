@@ -22,7 +22,7 @@ from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.model import build_model
-from tests.conftest import call_cli
+from tests.conftest import call_cli, copy_tree
 
 SIZE = 32
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -201,7 +201,7 @@ def two_group_site(folder: Path, n: int, *, groups: int = 2) -> Path:
     opacity = ((yy - SIZE // 2) ** 2 + (xx - SIZE // 2) ** 2 < (SIZE // 4) ** 2) * 80
     for i in range(2 * n):
         blob = groups == 2 and i % 2 == 1
-        pixels = np.clip(rng.normal(150, 4, (SIZE, SIZE)) + (opacity if blob else 0), 0, 255).astype(np.uint8)
+        pixels = np.clip(rng.normal(150, 8, (SIZE, SIZE)) + (opacity if blob else 0), 0, 255).astype(np.uint8)  # not flat (input_checks)
         path = folder / ("PNEUMONIA" if i % 2 else "NORMAL") / f"site-{i:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(path)
@@ -246,3 +246,22 @@ def test_an_export_with_test_time_views_keeps_them_when_adapted(tmp_path):
     scores = pd.read_csv(tmp_path / "p.csv")["probability"].to_numpy()
     assert np.allclose(scores, torch_scores(serving_model(adapted, 3), decoded), atol=1e-4)  # the ONNX file averages the 3 views
     assert not np.allclose(scores, torch_scores(serving_model(adapted), decoded), atol=1e-4)
+
+
+def test_images_unlike_the_training_xrays_are_left_out_of_the_site_statistics(exported, tmp_path):
+    site = write_site(tmp_path / "site", 10)
+    with_photo = copy_tree(site, tmp_path / "with_photo")
+    gray = site_images(1, seed=3)[0].astype(np.float64)
+    Image.fromarray(np.stack([gray, gray * 0.6, gray * 0.3], axis=-1).astype(np.uint8)).save(with_photo / "NORMAL" / "photo.png")
+    done = [call_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(folder), "--out", str(tmp_path / f"out-{folder.name}"),
+                     "--threshold", "keep") for folder in (site, with_photo)]
+    assert all(run.returncode == 0 for run in done), [run.stderr for run in done]
+    assert "Left out" not in done[0].stdout
+    listed = done[1].stdout.split("Left out 1 image(s) unlike the chest X-rays", 1)[1].splitlines()[1:2]
+    assert listed == [f"  {with_photo / 'NORMAL' / 'photo.png'}: " + listed[0].split(": ", 1)[1]] and "colour image" in listed[0]
+    plain, adapted = (json.loads((tmp_path / f"out-{name}" / "model.json").read_text())["adaptation"] for name in ("site", "with_photo"))
+    assert (plain["images"], plain["left_out_images"]) == (adapted["images"], 0) == (20, 0) and adapted["left_out_images"] == 1
+    assert "1 image(s) unlike the training X-rays" in (tmp_path / "out-with_photo" / "MODEL_CARD.md").read_text()
+    # The photo changed nothing: the same BatchNorm statistics as without it.
+    weights = [(tmp_path / f"out-{name}" / "weights.safetensors").read_bytes() for name in ("site", "with_photo")]
+    assert weights[0] == weights[1]
