@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cxr_tune.data import input_checks
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
@@ -57,6 +59,7 @@ class Gray8:
     mode: str  # e.g. "DICOM MONOCHROME2 12-bit", shown by ``inspect`` beside Pillow's modes
     modality: str | None = None  # Modality, e.g. "DX"; None when the file does not say
     view: str | None = None  # View Position, e.g. "PA" or "LL"; None when the file does not say
+    colour_spread: float = 0.0  # of a colour file (:func:`cxr_tune.data.input_checks.colour_spread`); 0 for a monochrome one
 
 
 def is_dicom(head: bytes) -> bool:
@@ -92,7 +95,8 @@ def read_gray8(source: bytes | str | Path) -> Gray8:
     said = {"modality": _text(ds, "Modality"), "view": _text(ds, "ViewPosition")}
     try:
         if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-            return Gray8(_colour(frame, ds, photometric), mode, **said)
+            gray, spread = _colour(frame, ds, photometric)
+            return Gray8(gray, mode, **said, colour_spread=spread)
         pixels = _monochrome(frame, ds)
     except DicomError:
         raise
@@ -241,8 +245,10 @@ def _voi_output_range(ds: Dataset, voi: str) -> tuple[float, float]:
     return float(np.min(outputs)), float(np.max(outputs))
 
 
-def _colour(frame: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
-    """RGB (and YBR, which pydicom returns as RGB, and PALETTE COLOR) as Pillow's luma of the RGB."""
+def _colour(frame: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, float]:
+    """RGB (and YBR, which pydicom returns as RGB, and PALETTE COLOR) as Pillow's luma of the RGB,
+    and how far from gray its colours are (measured on a copy of at most ``COLOUR_PROBE`` px a side,
+    as for other files)."""
     from PIL import Image
     from pydicom.pixels import apply_color_lut
 
@@ -254,4 +260,7 @@ def _colour(frame: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
         # Deeper colour: one min-max over all three channels keeps their balance, then 8-bit luma
         lo, hi = float(frame.min()), float(frame.max())
         frame = np.round((frame.astype(np.float64) - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)).astype(np.uint8)
-    return np.asarray(Image.fromarray(np.ascontiguousarray(frame), "RGB").convert("L"), dtype=np.uint8)
+    rgb = Image.fromarray(np.ascontiguousarray(frame), "RGB")
+    probe = rgb.copy()
+    probe.thumbnail((input_checks.COLOUR_PROBE, input_checks.COLOUR_PROBE))
+    return np.asarray(rgb.convert("L"), dtype=np.uint8), input_checks.colour_spread(np.asarray(probe))

@@ -27,7 +27,6 @@ RESIZE_METHOD = "bilinear resize of the whole image to size x size (aspect ratio
 
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 _GRAY_MODES = {"1", "L", "LA", *_HIGH_BIT_MODES}  # modes that cannot hold colour
-_COLOUR_PROBE = 128  # side of the copy the colour check measures
 
 #: Pixels of a high-bit image converted to float at a time: bounds the scratch memory of
 #: :func:`to_gray8` (a few MB) whatever the image size; the float64 math is the same per pixel.
@@ -132,17 +131,17 @@ def decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray, l
         gray = dicom.read_gray8(source)
         pixels = _square(Image.fromarray(gray.pixels, "L"), size)
         height, width = gray.pixels.shape
-        return pixels, input_checks.notes(width=width, height=height, size=size, colour_spread=0.0, pixels=pixels,
+        return pixels, input_checks.notes(width=width, height=height, size=size, colour_spread=gray.colour_spread, pixels=pixels,
                                           modality=gray.modality, view=gray.view)
     pixels = decode_gray(source, size)
     with _open(source) as image:
         width, height = image.size
         spread = 0.0
         if image.mode not in _GRAY_MODES:
-            # Measured on a small copy: libjpeg decodes at 1/8 scale, and a colour cast is no finer than that.
-            image.draft("RGB", (_COLOUR_PROBE, _COLOUR_PROBE))
+            # Measured on a small copy (libjpeg decodes it at a reduced scale).
+            image.draft("RGB", (input_checks.COLOUR_PROBE, input_checks.COLOUR_PROBE))
             rgb = image.convert("RGB")
-            rgb.thumbnail((_COLOUR_PROBE, _COLOUR_PROBE))
+            rgb.thumbnail((input_checks.COLOUR_PROBE, input_checks.COLOUR_PROBE))
             spread = input_checks.colour_spread(np.asarray(rgb))
     return pixels, input_checks.notes(width=width, height=height, size=size, colour_spread=spread, pixels=pixels)
 

@@ -26,6 +26,9 @@ COLOUR_SPREAD_LIMIT = 8.0
 #: nearly one flat gray (blank, black or burnt out); the real images' lowest is 18.7.
 BLANK_STD_LIMIT = 5.0
 
+#: Side, in pixels, of the copy the colour spread is measured on: a colour cast is no finer than that.
+COLOUR_PROBE = 128
+
 #: DICOM modalities of plain radiographs (computed and digital radiography), as in the training set.
 RADIOGRAPH_MODALITIES = ("CR", "DX")
 

@@ -59,6 +59,14 @@ def test_a_dicom_says_when_it_is_a_lateral_view_or_not_a_radiograph(tmp_path):
     other.write_bytes(dicom_bytes(pixels, Modality="CT", ViewPosition="LL"))
     modality, view = checked(other)
     assert modality.startswith("DICOM modality CT") and view.startswith("lateral view (DICOM ViewPosition LL")
+    gray = pixels.astype(np.float64)
+    photo = tmp_path / "photo.dcm"  # a secondary capture of a colour picture, stored as an X-ray would be
+    photo.write_bytes(dicom_bytes(np.stack([gray, gray * 0.85, gray * 0.6], axis=-1).astype(np.uint8), "RGB", 8))
+    [colour] = checked(photo)
+    assert colour.startswith("colour image")
+    grey_rgb = tmp_path / "grey_rgb.dcm"
+    grey_rgb.write_bytes(dicom_bytes(np.stack([pixels] * 3, axis=-1), "RGB", 8))
+    assert checked(grey_rgb) == []
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data (the real chest X-rays)")
