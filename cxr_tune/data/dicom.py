@@ -247,8 +247,7 @@ def _voi_output_range(ds: Dataset, voi: str) -> tuple[float, float]:
 
 def _colour(frame: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarray, float]:
     """RGB (and YBR, which pydicom returns as RGB, and PALETTE COLOR) as Pillow's luma of the RGB,
-    and how far from gray its colours are (measured on a copy of at most ``COLOUR_PROBE`` px a side,
-    as for other files)."""
+    and how far from gray its colours are (on every few rows and columns, as for other files)."""
     from PIL import Image
     from pydicom.pixels import apply_color_lut
 
@@ -260,7 +259,6 @@ def _colour(frame: np.ndarray, ds: Dataset, photometric: str) -> tuple[np.ndarra
         # Deeper colour: one min-max over all three channels keeps their balance, then 8-bit luma
         lo, hi = float(frame.min()), float(frame.max())
         frame = np.round((frame.astype(np.float64) - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)).astype(np.uint8)
-    rgb = Image.fromarray(np.ascontiguousarray(frame), "RGB")
-    probe = rgb.copy()
-    probe.thumbnail((input_checks.COLOUR_PROBE, input_checks.COLOUR_PROBE))
-    return np.asarray(rgb.convert("L"), dtype=np.uint8), input_checks.colour_spread(np.asarray(probe))
+    step = max(1, max(frame.shape[:2]) // input_checks.COLOUR_PROBE)
+    gray = np.asarray(Image.fromarray(np.ascontiguousarray(frame), "RGB").convert("L"), dtype=np.uint8)
+    return gray, input_checks.colour_spread(frame[::step, ::step])

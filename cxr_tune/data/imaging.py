@@ -40,6 +40,7 @@ class ImageInfo:
     width: int
     height: int
     mode: str
+    notes: tuple[str, ...] = ()  # why it may not be like the training X-rays (:mod:`cxr_tune.data.input_checks`), size aside
 
 
 def to_gray8(image: Image.Image) -> Image.Image:
@@ -136,14 +137,23 @@ def decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray, l
     pixels = decode_gray(source, size)
     with _open(source) as image:
         width, height = image.size
-        spread = 0.0
         if image.mode not in _GRAY_MODES:
-            # Measured on a small copy (libjpeg decodes it at a reduced scale).
-            image.draft("RGB", (input_checks.COLOUR_PROBE, input_checks.COLOUR_PROBE))
-            rgb = image.convert("RGB")
-            rgb.thumbnail((input_checks.COLOUR_PROBE, input_checks.COLOUR_PROBE))
-            spread = input_checks.colour_spread(np.asarray(rgb))
+            image.draft("RGB", (input_checks.COLOUR_PROBE, input_checks.COLOUR_PROBE))  # a JPEG decodes at a reduced scale
+        spread = _colour_spread(image)
     return pixels, input_checks.notes(width=width, height=height, size=size, colour_spread=spread, pixels=pixels)
+
+
+def _sample_step(image: Image.Image) -> int:
+    """Every how many rows and columns the checks look: about :data:`~cxr_tune.data.input_checks.COLOUR_PROBE` a side."""
+    return max(1, max(image.size) // input_checks.COLOUR_PROBE)
+
+
+def _colour_spread(image: Image.Image) -> float:
+    """:func:`cxr_tune.data.input_checks.colour_spread` of a sample of ``image``'s pixels; 0 for a gray mode."""
+    if image.mode in _GRAY_MODES:
+        return 0.0
+    step = _sample_step(image)
+    return input_checks.colour_spread(np.asarray(image.convert("RGB"))[::step, ::step])
 
 
 def try_decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray | None, list[str], str | None]:
@@ -163,7 +173,8 @@ def try_decode_gray(source: str | Path | bytes, size: int) -> tuple[np.ndarray |
 
 
 def probe(data: bytes) -> ImageInfo:
-    """Check that ``data`` is a complete image Pillow (or, for DICOM, pydicom) can decode; return its size and mode.
+    """Check that ``data`` is a complete image Pillow (or, for DICOM, pydicom) can decode; return its
+    size, its mode and why it may not be like the training X-rays (as ``predict`` checks, its size aside).
 
     Decodes the whole stream (at a reduced JPEG scale, so it is cheap) because a truncated file
     opens fine and only fails when its pixels are read. A DICOM file is mapped all the way to
@@ -173,12 +184,19 @@ def probe(data: bytes) -> ImageInfo:
         raise ValueError("empty file (0 bytes)")
     if _is_dicom(data):
         gray = dicom.read_gray8(data)
-        return ImageInfo(width=gray.pixels.shape[1], height=gray.pixels.shape[0], mode=gray.mode)
+        height, width = gray.pixels.shape
+        notes = input_checks.notes(width=width, height=height, size=None, colour_spread=gray.colour_spread, pixels=gray.pixels,
+                                   modality=gray.modality, view=gray.view)
+        return ImageInfo(width=width, height=height, mode=gray.mode, notes=tuple(notes))
     with _open(data) as image:
-        info = ImageInfo(width=image.width, height=image.height, mode=image.mode)
+        width, height, mode = image.width, image.height, image.mode
         image.draft(image.mode if image.mode in ("L", "RGB") else None, (32, 32))
         image.load()
-    return info
+        # The checks, on what was decoded anyway (a JPEG at a reduced scale).
+        spread = _colour_spread(image)
+        gray = np.asarray(to_gray8(image))[:: _sample_step(image), :: _sample_step(image)]
+    notes = input_checks.notes(width=width, height=height, size=None, colour_spread=spread, pixels=gray)
+    return ImageInfo(width=width, height=height, mode=mode, notes=tuple(notes))
 
 
 def describe_failure(exc: BaseException) -> str:

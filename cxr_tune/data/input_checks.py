@@ -26,7 +26,8 @@ COLOUR_SPREAD_LIMIT = 8.0
 #: nearly one flat gray (blank, black or burnt out); the real images' lowest is 18.7.
 BLANK_STD_LIMIT = 5.0
 
-#: Side, in pixels, of the copy the colour spread is measured on: a colour cast is no finer than that.
+#: About how many pixels a side the colour spread is measured on (every few rows and columns of a
+#: larger image): a colour cast is no finer than that.
 COLOUR_PROBE = 128
 
 #: DICOM modalities of plain radiographs (computed and digital radiography), as in the training set.
@@ -36,13 +37,14 @@ RADIOGRAPH_MODALITIES = ("CR", "DX")
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD")
 
 
-def notes(*, width: int, height: int, size: int, colour_spread: float, pixels: np.ndarray,
+def notes(*, width: int, height: int, size: int | None, colour_spread: float, pixels: np.ndarray,
           modality: str | None = None, view: str | None = None) -> list[str]:
     """The reasons, in words, why one image may not be like the training X-rays; empty when none.
 
-    ``width``/``height``: the stored image's size; ``size``: the model's input side; ``colour_spread``:
-    :data:`COLOUR_SPREAD_LIMIT`'s measure; ``pixels``: the ``(size, size)`` gray input the model
-    scores; ``modality``/``view``: the DICOM Modality and ViewPosition, when the file is DICOM.
+    ``width``/``height``: the stored image's size; ``size``: the model's input side (None: no model
+    yet, as when a data folder is scanned); ``colour_spread``: :data:`COLOUR_SPREAD_LIMIT`'s measure;
+    ``pixels``: the gray image (the ``(size, size)`` input the model scores, or a sample of the
+    file's pixels); ``modality``/``view``: the DICOM Modality and ViewPosition, when the file is DICOM.
     """
     found = []
     if modality and modality.upper() not in RADIOGRAPH_MODALITIES:
@@ -51,7 +53,7 @@ def notes(*, width: int, height: int, size: int, colour_spread: float, pixels: n
         found.append(f"lateral view (DICOM ViewPosition {view}; the model learned from frontal views)")
     if colour_spread > COLOUR_SPREAD_LIMIT:
         found.append(f"colour image (its colour channels differ by {colour_spread:.0f} gray levels on average; X-rays are gray)")
-    if min(width, height) < size:
+    if size is not None and min(width, height) < size:
         found.append(f"{width}x{height} px, smaller than the model's {size}x{size} px input: enlarged, so blurred")
     spread = float(np.std(pixels))
     if spread < BLANK_STD_LIMIT:

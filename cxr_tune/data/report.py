@@ -49,6 +49,7 @@ def inspect_report(split: SplitData) -> str:
     lines += ["", split.describe_external("external"), "", "Roles with these options (what training and selection will use):",
               roles_table(roles).to_string(), ""]
     lines.append(skipped_report(source.skipped))
+    lines.append(unlike_report(manifest))
     return "\n".join(line for line in lines if line is not None)
 
 
@@ -95,6 +96,20 @@ def skipped_report(skipped: pd.DataFrame, title: str = "Skipped files") -> str:
     lines += [f"  {row.path}: {row.reason}" for row in skipped.head(MAX_LISTED).itertuples()]
     if len(skipped) > MAX_LISTED:
         lines.append(f"  ... and {len(skipped) - MAX_LISTED} more")
+    return "\n".join(lines)
+
+
+def unlike_report(manifest: pd.DataFrame) -> str:
+    """The readable images that may not be chest X-rays like Kermany's (:mod:`cxr_tune.data.input_checks`):
+    they stay in the data (the folder is the user's to change), and ``predict`` would flag them too."""
+    flagged = manifest[manifest.get("check", pd.Series("", index=manifest.index)).fillna("") != ""]
+    title = "Images unlike chest X-rays (colour, blank, a DICOM lateral view or not a radiograph)"
+    if flagged.empty:
+        return f"{title}: none."
+    lines = [f"{title}: {len(flagged)}, used as they are; remove any that does not belong:"]
+    lines += [f"  {row.path}: {row.check}" for row in flagged.head(MAX_LISTED).itertuples()]
+    if len(flagged) > MAX_LISTED:
+        lines.append(f"  ... and {len(flagged) - MAX_LISTED} more")
     return "\n".join(lines)
 
 

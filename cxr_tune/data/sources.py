@@ -33,9 +33,10 @@ from cxr_tune.errors import UserError
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, 1
 SPLITS = ("train", "val", "test")
 EXTERNAL = "external"  # the split name of a separate external-validation folder (--val-data PATH)
-MANIFEST_VERSION = 3  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped
+MANIFEST_VERSION = 4  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped; 4: check
 MANIFEST_COLUMNS = [
     "path", "label", "patient_id", "group_id", "split", "content_hash", "width", "height", "mode",
+    "check",  # why an image may not be a chest X-ray like Kermany's (cxr_tune.data.input_checks); "" for most
 ]
 SKIPPED_COLUMNS = ["path", "split", "reason"]
 LAYOUT_HINT = "ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/<images> (the Kermany chest_xray layout; val and test optional)"
@@ -325,6 +326,7 @@ def _inspect_file(file: _File) -> dict:
         "width": info.width,
         "height": info.height,
         "mode": info.mode,
+        "check": "; ".join(info.notes),
     }
 
 
@@ -340,7 +342,7 @@ def _scan(files: list[_File], *, progress: bool) -> tuple[pd.DataFrame, pd.DataF
             disable=None if progress and len(files) >= 200 else True,  # None: no bar when not a terminal
             leave=False,
         ))
-    frame = pd.DataFrame(rows, columns=[*SKIPPED_COLUMNS, "label", "patient_id", "content_hash", "width", "height", "mode"])
+    frame = pd.DataFrame(rows, columns=[*SKIPPED_COLUMNS, "label", "patient_id", "content_hash", "width", "height", "mode", "check"])
     bad = frame["reason"].notna()
     skipped = frame.loc[bad, SKIPPED_COLUMNS].reset_index(drop=True)
     good = frame.loc[~bad].drop(columns="reason").reset_index(drop=True)

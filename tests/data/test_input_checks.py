@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cxr_tune.data.imaging import decode_checked, decode_gray
-from tests.conftest import SHARED_DATA, call_cli, write_image
+from tests.conftest import SHARED_DATA, call_cli, kermany_folder, write_image
 from tests.data.test_dicom import dicom_bytes, source_image
 from tests.exports import write_export
 
@@ -90,3 +90,18 @@ def test_predict_lists_the_images_to_check_and_writes_why_in_its_csv(tmp_path):
     table = pd.read_csv(tmp_path / "out.csv", keep_default_na=False).set_index("path")
     assert list(table.columns) == ["probability", "prediction", "check"]
     assert table.loc[str(folder / "xray.png"), "check"] == "" and table.loc[str(folder / "photo.png"), "check"].startswith("colour image")
+
+
+def test_inspect_lists_a_data_folders_images_unlike_xrays_and_keeps_them(tmp_path):
+    root = kermany_folder(tmp_path / "chest_xray", {"train": {"NORMAL": ["IM-0001-0001.jpeg", "IM-0002-0001.jpeg"],
+                                                               "PNEUMONIA": ["person1_virus_1.jpeg", "person2_virus_2.jpeg"]}})
+    write_image(root / "train" / "NORMAL" / "IM-0003-0001.png", mode="RGB")
+    (root / "train" / "PNEUMONIA" / "person3_virus_3.dcm").write_bytes(dicom_bytes(source_image(), ViewPosition="LL"))
+    done = call_cli("cxr_tune.data", "inspect", str(root), "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 0, done.stderr
+    listed = done.stdout.split("Images unlike chest X-rays (colour, blank, a DICOM lateral view or not a radiograph): 2, used as they are", 1)[1]
+    lines = listed.splitlines()[1:3]
+    assert lines[0].startswith(f"  {root / 'train' / 'NORMAL' / 'IM-0003-0001.png'}: colour image"), done.stdout
+    assert lines[1].startswith(f"  {root / 'train' / 'PNEUMONIA' / 'person3_virus_3.dcm'}: lateral view"), done.stdout
+    counts = {line.split()[1]: int(line.split()[2]) for line in done.stdout.splitlines() if line.split()[:1] == ["train"] and line.split()[1] in ("NORMAL", "PNEUMONIA")}
+    assert counts == {"NORMAL": 3, "PNEUMONIA": 3}  # used as they are: the folder is the user's to change

@@ -20,7 +20,7 @@ def fake_manifest(n_patients: int = 300, seed: int = 0) -> pd.DataFrame:
         split = rng.choice(["train", "test", "val"], p=[0.85, 0.13, 0.02])
         for k in range(int(rng.integers(1, 7))):
             rows.append({"path": f"/d/{split}/{p}_{k}.jpeg", "label": label, "patient_id": f"person{p}", "split": split,
-                         "content_hash": f"h{p}_{k}", "width": 10, "height": 10, "mode": "L"})
+                         "content_hash": f"h{p}_{k}", "width": 10, "height": 10, "mode": "L", "check": ""})
     return add_groups(pd.DataFrame(rows))
 
 
