@@ -92,11 +92,7 @@ def leakage_report(roles: pd.DataFrame) -> str:
 def skipped_report(skipped: pd.DataFrame, title: str = "Skipped files") -> str:
     if skipped.empty:
         return f"{title}: none."
-    lines = [f"{title} ({len(skipped)}):"]
-    lines += [f"  {row.path}: {row.reason}" for row in skipped.head(MAX_LISTED).itertuples()]
-    if len(skipped) > MAX_LISTED:
-        lines.append(f"  ... and {len(skipped) - MAX_LISTED} more")
-    return "\n".join(lines)
+    return _listed(f"{title} ({len(skipped)}):", skipped, "reason")
 
 
 def unlike_report(manifest: pd.DataFrame) -> str:
@@ -106,10 +102,14 @@ def unlike_report(manifest: pd.DataFrame) -> str:
     title = "Images unlike chest X-rays (colour, blank, a DICOM lateral view or not a radiograph)"
     if flagged.empty:
         return f"{title}: none."
-    lines = [f"{title}: {len(flagged)}, used as they are; remove any that does not belong:"]
-    lines += [f"  {row.path}: {row.check}" for row in flagged.head(MAX_LISTED).itertuples()]
-    if len(flagged) > MAX_LISTED:
-        lines.append(f"  ... and {len(flagged) - MAX_LISTED} more")
+    return _listed(f"{title}: {len(flagged)}, used as they are; remove any that does not belong:", flagged, "check")
+
+
+def _listed(header: str, frame: pd.DataFrame, why: str) -> str:
+    """``header``, then ``path: why`` for the first :data:`MAX_LISTED` rows and how many more there are."""
+    lines = [header] + [f"  {path}: {reason}" for path, reason in frame[["path", why]].head(MAX_LISTED).itertuples(index=False)]
+    if len(frame) > MAX_LISTED:
+        lines.append(f"  ... and {len(frame) - MAX_LISTED} more")
     return "\n".join(lines)
 
 
