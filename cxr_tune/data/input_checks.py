@@ -9,7 +9,9 @@ sample from the new site measures (``predict`` on NORMAL/PNEUMONIA folders, ``ad
 
 The limits, measured on the 5,531 images of the training split and half A of the official test
 split (``../shared/data/chest_xray_224``, 2026-12-05): their colour spread is 0.0 for every image
-(gray stored as RGB), their gray-level standard deviation at 64 px (as :func:`cxr_tune.data.imaging.decode_gray` makes them) is at least 18.7 (median 55.8).
+(gray stored as RGB); the standard deviation of their gray levels at 64 px, as
+:func:`cxr_tune.data.imaging.decode_gray` makes them, is at least 18.7 (median 55.8). ``predict``
+names none of them, nor does ``data inspect``.
 
 Call: ``notes(width=w, height=h, size=64, colour_spread=0.0, pixels=square)`` -> ``[]`` or reasons.
 """
@@ -23,8 +25,9 @@ import numpy as np
 COLOUR_SPREAD_LIMIT = 8.0
 
 #: Standard deviation of the model's square input, in gray levels, below which the image is
-#: nearly one flat gray (blank, black or burnt out); the real images' lowest is 18.7.
+#: nearly one flat gray (blank, black or burnt out): well under the real images' lowest.
 BLANK_STD_LIMIT = 5.0
+REAL_LOWEST_STD = 18.7  # measured, see above
 
 #: About how many pixels a side the colour spread is measured on (every few rows and columns of a
 #: larger image): a colour cast is no finer than that.
@@ -57,7 +60,7 @@ def notes(*, width: int, height: int, size: int | None, colour_spread: float, pi
         found.append(f"{width}x{height} px, smaller than the model's {size}x{size} px input: enlarged, so blurred")
     spread = float(np.std(pixels))
     if spread < BLANK_STD_LIMIT:
-        found.append(f"nearly blank (its gray levels have a standard deviation of {spread:.1f}; the training X-rays' lowest is 18.7)")
+        found.append(f"nearly blank (its gray levels have a standard deviation of {spread:.1f}; real chest X-rays' lowest is {REAL_LOWEST_STD})")
     return found
 
 
