@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from cxr_tune import storage
 from cxr_tune.calibration import calibration_metrics
-from cxr_tune.data.imaging import try_decode_checked
+from cxr_tune.data.imaging import decode_gray, try_decode_checked
 from cxr_tune.data.sources import CLASSES
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval
@@ -43,6 +43,8 @@ from cxr_tune.operating_points import threshold_for
 from cxr_tune.serving import LoadedModel, load_model, probabilities
 from cxr_tune.subgroups import subgroup_rates
 from cxr_tune.train.metrics import rates_at
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:  # torch is imported only for --explain: scoring needs onnxruntime alone, and starts faster without it
     from cxr_tune.modelfile import Members
@@ -78,7 +80,7 @@ def predict(model: LoadedModel, files: list[Path], threshold: float | None = Non
     at ``threshold`` (default: the model's own); ``check`` says why an image may not be like the
     training X-rays ("" when nothing does)."""
     threshold = model.threshold if threshold is None else threshold
-    decoded = _decode_all(files, model.image_size)
+    decoded = _decode_all(files, lambda path: try_decode_checked(path, model.image_size))
     ok = [i for i, (image, _, _) in enumerate(decoded) if image is not None]
     skipped = pd.DataFrame([{"path": str(files[i]), "reason": reason} for i, (image, _, reason) in enumerate(decoded) if image is None], columns=["path", "reason"])
     images = np.stack([decoded[i][0] for i in ok]) if ok else np.zeros((0, model.image_size, model.image_size), np.uint8)
@@ -142,7 +144,7 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    images = np.stack([image for image, _, _ in _decode_all([Path(p) for p in frame["path"]], model.image_size)])
+    images = np.stack(_decode_all(frame["path"], lambda path: decode_gray(path, model.image_size)))  # pixels only: predict() checked them
     maps = grad_cam(members, images)
     threshold = threshold_for(model.meta, point)
     written: list[Path] = []
@@ -160,9 +162,10 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
     return written
 
 
-def _decode_all(files: Sequence[Path], size: int) -> list[tuple[np.ndarray | None, list[str], str | None]]:
+def _decode_all(files: Iterable[Path | str], decode: Callable[[Path | str], T]) -> list[T]:
+    """``decode`` of every file, in order, a few at a time (decoding releases the GIL)."""
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda f: try_decode_checked(f, size), files))
+        return list(pool.map(decode, files))
 
 
 def _rate(value: float) -> str:
@@ -210,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if members is not None and not frame.empty:
         written = explain(model, members, frame, args.explain, args.operating_point)
         print(f"Wrote {len(written)} Grad-CAM explanation(s) to {args.explain}")
-    if (flagged := frame[frame["check"] != ""]).shape[0]:
+    flagged = frame[frame["check"] != ""]
+    if not flagged.empty:
         print(f"Check {len(flagged)} image(s) before trusting the score: unlike the chest X-rays the model learned from")
         for row in flagged.itertuples():
             print(f"  {row.path}: {row.check}")

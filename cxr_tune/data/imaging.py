@@ -117,11 +117,15 @@ def decode_gray(source: str | Path | bytes, size: int) -> np.ndarray:
     if _is_dicom(source):
         return _square(Image.fromarray(dicom.read_gray8(source).pixels, "L"), size)
     with _open(source) as image:
-        # JPEG only: let libjpeg decode at the smallest scale that is still >= size (much faster
-        # on full-resolution X-rays, same result after the resize below up to rounding).
-        image.draft("L", (size, size))
-        image = ImageOps.exif_transpose(image)
-        return _square(to_gray8(image), size)
+        return _gray_square(image, size)
+
+
+def _gray_square(image: Image.Image, size: int) -> np.ndarray:
+    """An opened (not DICOM) image as the model's pixels: the one path every decode takes."""
+    # JPEG only: let libjpeg decode at the smallest scale that is still >= size (much faster
+    # on full-resolution X-rays, same result after the resize below up to rounding).
+    image.draft("L", (size, size))
+    return _square(to_gray8(ImageOps.exif_transpose(image)), size)
 
 
 def decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray, list[str]]:
@@ -134,12 +138,14 @@ def decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray, l
         height, width = gray.pixels.shape
         return pixels, input_checks.notes(width=width, height=height, size=size, colour_spread=gray.colour_spread, pixels=pixels,
                                           modality=gray.modality, view=gray.view)
-    pixels = decode_gray(source, size)
     with _open(source) as image:
-        width, height = image.size
-        if image.mode not in _GRAY_MODES:
+        (width, height), colour = image.size, image.mode not in _GRAY_MODES
+        pixels = _gray_square(image, size)
+    spread = 0.0
+    if colour:  # decoded again in colour: the pixels above come from libjpeg's own gray decode, as in training
+        with _open(source) as image:
             image.draft("RGB", (input_checks.COLOUR_PROBE, input_checks.COLOUR_PROBE))  # a JPEG decodes at a reduced scale
-        spread = _colour_spread(image)
+            spread = _colour_spread(image)
     return pixels, input_checks.notes(width=width, height=height, size=size, colour_spread=spread, pixels=pixels)
 
 
@@ -193,8 +199,8 @@ def probe(data: bytes) -> ImageInfo:
         image.draft(image.mode if image.mode in ("L", "RGB") else None, (32, 32))
         image.load()
         # The checks, on what was decoded anyway (a JPEG at a reduced scale).
-        spread = _colour_spread(image)
-        gray = np.asarray(to_gray8(image))[:: _sample_step(image), :: _sample_step(image)]
+        spread, step = _colour_spread(image), _sample_step(image)
+        gray = np.asarray(to_gray8(image))[::step, ::step]
     notes = input_checks.notes(width=width, height=height, size=None, colour_spread=spread, pixels=gray)
     return ImageInfo(width=width, height=height, mode=mode, notes=tuple(notes))
 

@@ -98,7 +98,7 @@ def skipped_report(skipped: pd.DataFrame, title: str = "Skipped files") -> str:
 def unlike_report(manifest: pd.DataFrame) -> str:
     """The readable images that may not be chest X-rays like Kermany's (:mod:`cxr_tune.data.input_checks`):
     they stay in the data (the folder is the user's to change), and ``predict`` would flag them too."""
-    flagged = manifest[manifest.get("check", pd.Series("", index=manifest.index)).fillna("") != ""]
+    flagged = manifest[manifest["check"] != ""]
     title = "Images unlike chest X-rays (colour, blank, a DICOM lateral view or not a radiograph)"
     if flagged.empty:
         return f"{title}: none."
