@@ -1,4 +1,4 @@
-"""``python -m cxr_tune.bench {data,train,precision,gpu,search,replay,value,epochs,scaling,ablation,transfer,tta}``: measurements for results/.
+"""``python -m cxr_tune.bench {data,train,scoring,precision,gpu,search,replay,value,epochs,scaling,ablation,transfer,tta}``: measurements for results/.
 
 Each benchmark measures its alternatives side by side in one run and writes its result, with the
 command, under ``results/``. ``gpu`` needs only PyTorch (it runs on the lent GPU machine, where Ray
@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="precisions to compare, each with and without channels_last; auto is what --precision auto picks here (default: fp32 auto)")
     train.add_argument("--epochs", type=int_between(2, 100), default=2, help="epochs per path; the first is a warm-up (default: 2)")
     train.add_argument("--images", type=nonnegative_int, default=1024, help="training images per epoch, drawn from the training role (default: 1024; 0: all)")
+    scoring = commands.add_parser("scoring", help="each epoch's scoring of the validation sets: read from Ray Data every epoch vs kept in the worker")
+    scoring.add_argument("--data", default=None, help="Kermany folder with a val/ folder (default: ../shared/data/chest_xray_224)")
+    scoring.add_argument("--image-size", type=size, default=64, help="image size (default: 64, as results/real/best)")
+    scoring.add_argument("--epochs", type=int_between(2, 100), default=6, help="epochs per run; the first is left out (default: 6)")
+    scoring.add_argument("--images", type=positive_int, default=1024, help="training images per epoch (default: 1024)")
     precision = commands.add_parser("precision", help="fp32 vs bf16 training: half-A AUC and balanced accuracy over seeds on the real data")
     precision.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
     precision.add_argument("--params", default=None, help="model.json or YAML of hyperparameters (default: results/real/best/model.json)")
@@ -93,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     tta.add_argument("--images", default=None, help="labelled images in NORMAL/ and PNEUMONIA/ folders (default: ../shared/data/chest_xray_224/val, half A)")
     tta.add_argument("--views", type=int_between(1, 64), nargs="+", default=list(range(1, 10)), help="view counts to score (default: 1 to 9)")
     tta.add_argument("--out", default=None, help="folder for tta_<model>.md and .json (default: results/benchmarks)")
-    for command in (data, train, value, epochs, ablation):  # the ones that start Ray themselves
+    for command in (data, train, scoring, value, epochs, ablation):  # the ones that start Ray themselves
         command.add_argument("--verbose", action="store_true", help="also show Ray's own output on the console (always in the log file named at the start)")
     return parser
 
@@ -124,6 +129,10 @@ def run_command(args: argparse.Namespace) -> int:
         from cxr_tune.bench.train import run
 
         run(args.data, args.sizes, args.precision, args.epochs, args.images)
+    elif args.command == "scoring":
+        from cxr_tune.bench.scoring import run
+
+        run(args.data, args.image_size, args.epochs, args.images)
     elif args.command == "precision":
         from cxr_tune.bench.precision import run
 

@@ -2,7 +2,8 @@
 
 Reads ``train`` from its Ray Data shard and ``val`` (and ``external``, when there is an external
 validation set) whole: each worker scores every ``world_size``-th batch and the scores are
-gathered, so every worker computes the same metrics on the full sets. Wraps the model in DDP when
+gathered, so every worker computes the same metrics on the full sets; those batches are read from
+Ray Data once and kept (:mod:`cxr_tune.train.scoring_sets`). Wraps the model in DDP when
 there are several workers. The step itself (precision, memory layout, EMA) is
 :mod:`cxr_tune.train.steps`. Each epoch rank 0 writes a checkpoint (the scored weights, the raw
 ones when they differ (EMA), optimizer, scheduler, epoch, threshold, deciding set,
@@ -28,10 +29,10 @@ from cxr_tune.train.hparams import HParams
 from cxr_tune.train.metrics import evaluate_scores
 from cxr_tune.train.model import build_model, load_weights
 from cxr_tune.train.precision import configure_device, resolve
-from cxr_tune.train.steps import build_ema, build_optimizer, build_scheduler, score_batches, seed_everything, train_one_epoch
+from cxr_tune.train.scoring_sets import KEEP_LIMIT_BYTES, ScoringSet
+from cxr_tune.train.steps import build_ema, build_optimizer, build_scheduler, score_batch_size, score_batches, seed_everything, train_one_epoch
 
 SHUFFLE_BUFFER = 2048
-SCORE_BATCH = 256
 
 
 def _all_gather(value: Any, world: int) -> list[Any]:
@@ -56,8 +57,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     (``external`` or ``carved``: the set the objective, the best epoch and the threshold follow,
     decided by the trainer and recorded in every checkpoint), ``run`` (precision, memory format,
     deterministic, pretrained weights: :class:`cxr_tune.train.trainer.RunOptions`), ``keep``
-    (``last``: keep the newest checkpoint, not the best epoch's) and for fault-tolerance tests
-    ``fail_at_epoch`` (raise once, in a run started fresh).
+    (``last``: keep the newest checkpoint, not the best epoch's), ``score_batch`` and
+    ``scoring_keep_limit_bytes`` (images per scoring batch, and 0: read the validation sets from Ray Data
+    every epoch; both for ``python -m cxr_tune.bench scoring``) and for
+    fault-tolerance tests ``fail_at_epoch`` (raise once, in a run started fresh).
     """
     import ray
     import ray.train
@@ -86,9 +89,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     # Every epoch is scored on carved validation and, when there is one, on the external set;
     # the deciding set (external unless told otherwise) is what the objective and threshold follow.
-    sets = {"val": ray.train.get_dataset_shard("val")}
-    if config.get("has_external"):
-        sets["ext"] = ray.train.get_dataset_shard("external")
+    # Each worker scores its share of every batch; the batches are read from Ray Data once (:mod:`cxr_tune.train.scoring_sets`).
+    shards = {"val": "val", **({"ext": "external"} if config.get("has_external") else {})}
+    score_batch = int(config.get("score_batch") or score_batch_size(device))
+    sets = {prefix: ScoringSet(ray.train.get_dataset_shard(role), score_batch, rank, world,
+                               keep_limit_bytes=int(config.get("scoring_keep_limit_bytes", KEEP_LIMIT_BYTES)))
+            for prefix, role in shards.items()}
     deciding_set = config["deciding_set"]  # recorded by whoever started the run, never guessed here
     deciding = prefix_of(deciding_set)
     n_normal, n_pneumonia = config["class_counts"]
@@ -139,9 +145,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if world > 1:  # each rank's BatchNorm statistics (and their average) moved on its own shard: score rank 0's everywhere
             for buffer in scored_net.buffers():
                 torch.distributed.broadcast(buffer, 0)
-        scored = {prefix: _gather_scores(score_batches(scored_net, sets[prefix].iter_batches(batch_size=SCORE_BATCH, batch_format="numpy"),
-                                                       hp, device, precision, rank, world), world)
-                  for prefix in sets}
+        scoring_started = time.perf_counter()
+        scored = {prefix: _gather_scores(score_batches(scored_net, sets[prefix].batches(), hp, device, precision), world) for prefix in sets}
+        score_seconds = time.perf_counter() - scoring_started
         workers = _all_gather((ray.get_runtime_context().get_node_id()[:12], seen), world)
         metrics = {}
         for prefix, (labels, scores, _) in scored.items():
@@ -151,6 +157,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "train_loss": train_loss,
             "train_images_per_s": sum(n for _, n in workers) / max(train_seconds, 1e-9),
             "epoch_seconds": time.perf_counter() - started,
+            "score_seconds": score_seconds,  # scoring the validation sets, within epoch_seconds
             "lr": optimizer.param_groups[0]["lr"],
             # What ASHA, Optuna and the selection read: the deciding set's balance and its interval.
             "objective": metrics[f"{deciding}_objective"],

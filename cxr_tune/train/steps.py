@@ -149,17 +149,27 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
         optimizer.step()
 
 
+#: Images per scoring batch by device type. On this 2-core CPU, a Ray Train run of the real data at
+#: 64 px (one thread, as a search's trial) scored its 1,089 validation images each epoch in 0.69 of
+#: the time in batches of 32 as in batches of 256 (0.53 with the sets kept, :mod:`cxr_tune.train.scoring_sets`;
+#: results/benchmarks/scoring.md): a big batch's activations spill out of the CPU's caches. A GPU
+#: keeps big batches (not measured there).
+SCORE_BATCH = {"cpu": 32, "cuda": 256}
+
+
+def score_batch_size(device: torch.device) -> int:
+    return SCORE_BATCH.get(device.type, SCORE_BATCH["cuda"])
+
+
 @torch.no_grad()
-def score_batches(model: nn.Module, batches: Iterable[dict[str, Any]], hp: HParams, device: torch.device, precision: Precision | None = None,
-                  rank: int = 0, world: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """fp32 scores of every ``world``-th batch starting at ``rank``: (labels, probabilities, content hashes)."""
+def score_batches(model: nn.Module, batches: Iterable[dict[str, Any]], hp: HParams, device: torch.device,
+                  precision: Precision | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """fp32 scores of ``batches``: (labels, probabilities, content hashes)."""
     model.eval()
     memory_format = precision.memory_format if precision else torch.contiguous_format
     labels, scores, hashes = [], [], []
     with fp32_scoring():
-        for index, batch in enumerate(batches):
-            if index % world != rank:
-                continue
+        for batch in batches:
             images = torch.as_tensor(batch["image"]).to(device, non_blocking=True)
             x = normalize_intensity(to_inputs(images, memory_format), hp.intensity)
             scores.append(torch.sigmoid(model(x)).float().cpu().numpy())
