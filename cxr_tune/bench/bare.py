@@ -17,7 +17,7 @@ import torch
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.model import build_model
 from cxr_tune.train.precision import Precision
-from cxr_tune.train.steps import build_ema, build_optimizer, build_scheduler, score_batches, seed_everything, train_one_epoch
+from cxr_tune.train.steps import build_ema, build_optimizer, build_scheduler, score_batch_size, score_batches, seed_everything, train_one_epoch
 
 
 @dataclass
@@ -56,9 +56,11 @@ class BareRun:
         self.epoch += 1
         return seen / (time.perf_counter() - started)
 
-    def scores(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """fp32 probabilities of ``images`` (uint8 (N, S, S)) with the weights a checkpoint would keep."""
+    def scores(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """fp32 probabilities of ``images`` (uint8 (N, S, S)) with the weights a checkpoint would keep,
+        in batches of ``batch_size`` (default: the training loop's for this device)."""
         model = self.ema.module if self.ema is not None else self.net
+        batch_size = batch_size or score_batch_size(self.device)
         batches = ({"image": images[i : i + batch_size], "label": np.zeros(len(images[i : i + batch_size])),
                     "content_hash": np.zeros(len(images[i : i + batch_size]), dtype=str)} for i in range(0, len(images), batch_size))
         return score_batches(model, batches, self.hp, self.device, self.precision)[1]
