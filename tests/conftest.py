@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -66,6 +67,13 @@ def write_image(path: Path, *, mode: str = "L", size: tuple[int, int] = (40, 30)
         image = Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8), "RGB").convert(mode)
     image.save(path, format=fmt)
     return path
+
+
+def read_trials(experiment: Path) -> pd.DataFrame:
+    """An experiment's ``trials.csv`` with its trial ids as text. Tune's ids are 8 hex digits, and
+    pandas alone reads ``56361754`` as a number and ``8e901234`` as infinity (a fresh clone's suite
+    once drew both in one search)."""
+    return pd.read_csv(experiment / "trials.csv", dtype={"trial_id": str})
 
 
 def kermany_folder(root: Path, layout: dict[str, dict[str, list[str]]], seed: int = 0) -> Path:

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import jsonschema
-import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import read_trials, ROOT
 from cxr_tune.bench import local_cluster
 from cxr_tune.bench.local_cluster import LocalCluster, Node, NodeStartError, PortTaken, node_processes, start_cluster
 from cxr_tune.experiment import Experiment
@@ -312,7 +311,7 @@ def test_a_trial_spans_nodes_survives_losing_one_and_resumes_from_its_checkpoint
     cluster.kill_node(victim)
     cluster.add_worker(1)  # the replacement an autoscaler would launch
     assert search.finish(timeout=540, explain=lambda: _state_of(cluster, tmp_path / "fault")) == 0, search.text()[-5000:]
-    table = pd.read_csv(tmp_path / "fault" / "trials.csv")
+    table = read_trials(tmp_path / "fault")
     assert len(table) == 1 and set(table["status"]) == {"TERMINATED"}
     # Every epoch once, before and after the loss: an epoch whose report the lost node took with it
     # (its checkpoint registered, its report not yet at Tune) comes from the checkpoint's history.

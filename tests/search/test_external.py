@@ -24,7 +24,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from cxr_tune.selection import CRITERIA, choose_threshold
-from tests.conftest import ROOT, call_cli, copy_tree, run_cli, synthetic_site
+from tests.conftest import call_cli, copy_tree, read_trials, ROOT, run_cli, synthetic_site
 from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def experiment(search) -> Path:
 @pytest.fixture(scope="module")
 def exported_trial(experiment) -> Path:
     """The selected trial exported alone (best/ holds the final fit): ``exports/<trial>``."""
-    table = pd.read_csv(experiment / "trials.csv")
+    table = read_trials(experiment)
     trial = table.sort_values("rank").iloc[0]["trial_id"]
     done = call_cli("cxr_tune.export", str(experiment), "--trial", trial)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -71,13 +71,13 @@ def exported_trial(experiment) -> Path:
 
 
 def read(experiment: Path, folder: Path) -> tuple[pd.DataFrame, dict]:
-    return pd.read_csv(experiment / "trials.csv"), json.loads((folder / "model.json").read_text())
+    return read_trials(experiment), json.loads((folder / "model.json").read_text())
 
 
 def test_optuna_s_asha_rule_decides_under_tune(search):
     experiment, stdout = search
     assert "ASHA early stopping (Optuna's rule)" in stdout
-    table = pd.read_csv(experiment / "trials.csv")
+    table = read_trials(experiment)
     assert len(table) == 2 and set(table["stop_reason"]) <= {"completed", "ASHA stopped"}, table[["trial_id", "epochs", "stop_reason"]]
     assert (table["epochs"] >= 1).all()
 
@@ -101,7 +101,7 @@ def test_every_epoch_is_scored_on_both_sets_and_the_objective_is_the_external_on
         assert np.allclose(history["objective"], history["ext_objective"])  # what ASHA and Optuna read
         assert np.allclose(history["objective_low"], history["ext_objective_low"])
         assert (history["ext_n"] == history["ext_n"].iloc[0]).all() and (history["ext_sensitivity"] >= FLOOR - 1e-12).all()
-    table = pd.read_csv(experiment / "trials.csv")
+    table = read_trials(experiment)
     assert np.allclose(table["objective"], table["ext_objective"]) and table["val_objective"].notna().all()
 
 
@@ -217,7 +217,7 @@ def test_the_report_shows_what_transfers_and_the_transfer_benchmark_refuses_an_e
 
 def test_the_best_configuration_is_trained_again_with_new_seeds_for_the_full_schedule(search):
     experiment, stdout = search
-    table = pd.read_csv(experiment / "trials.csv")
+    table = read_trials(experiment)
     runs = json.loads((experiment / "finalfit" / "members.json").read_text())
     assert [run["trial_id"] for run in runs] == [table.sort_values("rank").iloc[0]["trial_id"]] * SEEDS
     assert len({run["seed"] for run in runs}) == SEEDS and all(run["epochs"] == EPOCHS for run in runs)
@@ -234,7 +234,7 @@ def test_a_job_budget_the_search_did_not_exhaust_ends_nothing_and_records_the_fi
     assert "ended_by" not in search_line and "ended the search" not in stdout
     # SEEDS runs of EPOCHS epochs, each epoch as slow as the leader's in the search: at most one of its whole trials
     # (start-up included) per epoch, even with the runs one after another.
-    table = pd.read_csv(experiment / "trials.csv")
+    table = read_trials(experiment)
     estimate = search_line["final_fit_estimate_seconds"]
     assert 0 < estimate <= SEEDS * EPOCHS * table["run_seconds"].max()
     assert f"estimated at {estimate / 60:.1f} min when the search ended" in (experiment / "report.md").read_text()
@@ -287,7 +287,7 @@ def test_the_final_fit_averages_its_runs_last_epochs_at_a_threshold_chosen_on_th
 def test_best_is_the_final_fit_only_where_it_scores_no_lower_than_the_search_s_own_ensemble(search):
     experiment, stdout = search
     meta = json.loads((experiment / "best" / "model.json").read_text())
-    table = pd.read_csv(experiment / "trials.csv")
+    table = read_trials(experiment)
     selected = table.set_index("trial_id").loc[expected_winner(table, "ext")]  # the smoke space's ensemble: 1 trial
     labels = external_labels(experiment)
     final = final_fit_scores(experiment)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, call_cli, run_cli
+from tests.conftest import call_cli, read_trials, ROOT, run_cli
 
 SMOKE = (ROOT / "search_spaces" / "smoke.yaml").read_text()
 TRIALS = 4  # in the budget-stopped, interrupted and resumed experiment
@@ -244,15 +244,15 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
         remove_idle_placement_groups()
         time.sleep(0.5)
     interrupted = start_search(*command[3:], "--time-budget", "5", "--address", ray_session.get_runtime_context().gcs_address, *common)
-    done_before = len(pd.read_csv(experiment / "trials.csv")) if (experiment / "trials.csv").exists() else 0
+    done_before = len(read_trials(experiment)) if (experiment / "trials.csv").exists() else 0
     seen = wait_for_line(interrupted, " finished (", timeout=600)  # one more trial ended in this run
     interrupted.send_signal(signal.SIGINT)  # Ctrl-C
     out["interrupted"] = (interrupted.communicate(timeout=300)[0], interrupted.returncode, "".join(seen), done_before)
     out["started_second"] = suggested()
-    out["before_last"] = pd.read_csv(experiment / "trials.csv")
+    out["before_last"] = read_trials(experiment)
     out["results_before_last"] = {t: results_of(experiment, t) for t in out["before_last"]["trial_id"]}
     out["last"] = call_cli(*command[2:], *common)
-    out["table"] = pd.read_csv(experiment / "trials.csv")
+    out["table"] = read_trials(experiment)
     out["started_last"] = suggested()
     return out
 
@@ -358,7 +358,7 @@ def test_a_killed_driver_resumes_its_unfinished_trial_from_its_checkpoint_and_th
 
     resumed = call_cli("cxr_tune.search", "--resume", "--no-export", *common)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    table = pd.read_csv(experiment / "trials.csv")
+    table = read_trials(experiment)
     assert len(table) == 2 and table["trial_id"].is_unique and set(table["status"]) == {"TERMINATED"}
     study = study_trials(experiment)
     assert not (study["state"] == "RUNNING").any(), study  # before: the abandoned trial stayed RUNNING for good

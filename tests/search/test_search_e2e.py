@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from cxr_tune.selection import CRITERIA, choose_threshold
-from tests.conftest import call_cli, run_cli
+from tests.conftest import call_cli, read_trials, run_cli
 from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def val_folder(experiment, tmp_path_factory) -> Path:
 
 
 def test_experiment_holds_table_report_plots_study_and_export(experiment):
-    table = pd.read_csv(experiment / "trials.csv")
+    table = read_trials(experiment)
     assert len(table) == 4 and table["trial_id"].is_unique
     assert set(table["stop_reason"]) <= {"completed", "ASHA stopped"}
     assert {"depth", "lr", "objective", "val_auc", "val_sensitivity", "val_specificity", "epochs", "run_seconds"} <= set(table.columns)
@@ -100,7 +100,7 @@ def test_predict_reproduces_the_exported_validation_metrics(experiment, val_fold
 
 
 def test_any_trial_can_be_re_exported_and_predict_refuses_pickles(experiment):
-    table = pd.read_csv(experiment / "trials.csv")
+    table = read_trials(experiment)
     other = table.sort_values("objective")["trial_id"].iloc[0]
     done = call_cli("cxr_tune.export", str(experiment), "--trial", other)
     assert done.returncode == 0, done.stderr
@@ -115,7 +115,7 @@ def test_best_holds_the_trial_the_rule_selects_at_its_best_epoch(search):
     that trial's weights of the epoch the table calls its best (its scores are the ones that
     checkpoint stored), at the threshold the trial reported; the console says the same."""
     experiment, stdout = search
-    table = pd.read_csv(experiment / "trials.csv")
+    table = read_trials(experiment)
     meta = json.loads((experiment / "best" / "model.json").read_text())
     winner = table.set_index("trial_id").loc[expected_winner(table, "val")]
     history = pd.read_json(experiment / winner.name / "result.json", lines=True)
@@ -143,7 +143,7 @@ def test_an_ensemble_predicts_the_mean_of_its_members(experiment, val_folder, tm
     meta = json.loads((tmp_path / "ensemble" / "model.json").read_text())
     members = [m["trial_id"] for m in meta["members"]]
     assert "mean of 2 models" in meta["output"]["meaning"] and meta["trial_id"] == members[0]
-    table = pd.read_csv(experiment / "trials.csv")
+    table = read_trials(experiment)
     assert members == table.sort_values("rank")["trial_id"].head(2).tolist()  # the smoke space has one image size
 
     files = collect([str(val_folder)])
@@ -231,7 +231,7 @@ def test_the_printed_dashboard_command_opens_this_searchs_study_with_pruned_tria
     words = line.split()[1:]
     assert words[0] == "optuna-dashboard" and "'.[dashboard]'" in line  # names the extra that installs it
     listed = {t["user_attrs"][0]["value"] if t.get("user_attrs") else t["number"]: t for t in listed_trials(words[1], experiment.name)}
-    table = pd.read_csv(experiment / "trials.csv").set_index("trial_id")
+    table = read_trials(experiment).set_index("trial_id")
     assert set(listed) == set(table.index)
     for trial_id, trial in listed.items():
         row = table.loc[trial_id]

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from cxr_tune import storage
-from tests.conftest import call_cli, run_cli, synthetic_site
+from tests.conftest import call_cli, read_trials, run_cli, synthetic_site
 from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def test_carved_validation_decides_and_the_external_set_is_only_scored(search):
     experiment, stdout = search
     info = json.loads((experiment / "experiment.json").read_text())
     meta = json.loads((experiment / "best" / "model.json").read_text())
-    table = pd.read_csv(experiment / "trials.csv")
+    table = read_trials(experiment)
     assert info["deciding_set"] == meta["deciding_set"] == "carved"
     assert table["ext_auc"].notna().all() and np.allclose(table["objective"], table["val_objective"])
     winner = table.set_index("trial_id").loc[expected_winner(table, "val")]
@@ -111,7 +111,7 @@ def test_the_export_reads_no_external_label_for_any_choice(remote, tmp_path, mon
 def test_the_transfer_benchmark_reports_what_carved_selection_ships(remote, search, tmp_path):
     from cxr_tune.bench.transfer import run
 
-    table = pd.read_csv(search[0] / "trials.csv")
+    table = read_trials(search[0])
     written = run(remote["experiment"], tmp_path).read_text()
     for rule in ("carved only", "carved + adapt", "carved + mixture threshold", "carved + adapt + EM prior shift", "external (selection set"):
         assert rule in written
@@ -128,7 +128,7 @@ def test_the_study_the_cache_and_every_export_live_in_the_bucket(remote, search,
     import sqlite3
 
     experiment, local = remote["experiment"], search[0]
-    table = pd.read_csv(local / "trials.csv")
+    table = read_trials(local)
     assert len(table) == 2 and set(table["status"]) == {"TERMINATED"}
     assert storage.listdir(storage.join(remote["cache"], "images")), "the image cache is on s3"
     with sqlite3.connect(local / "study.db") as db:  # the study went up too
