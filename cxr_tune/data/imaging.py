@@ -135,9 +135,7 @@ def decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray, l
     if _is_dicom(source):
         gray = dicom.read_gray8(source)
         pixels = _square(Image.fromarray(gray.pixels, "L"), size)
-        height, width = gray.pixels.shape
-        return pixels, input_checks.notes(width=width, height=height, size=size, colour_spread=gray.colour_spread, pixels=pixels,
-                                          modality=gray.modality, view=gray.view)
+        return pixels, _dicom_notes(gray, size, pixels)
     with _open(source) as image:
         (width, height), colour = image.size, image.mode not in _GRAY_MODES
         pixels = _gray_square(image, size)
@@ -147,6 +145,13 @@ def decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray, l
             image.draft("RGB", (input_checks.COLOUR_PROBE, input_checks.COLOUR_PROBE))  # a JPEG decodes at a reduced scale
             spread = _colour_spread(image)
     return pixels, input_checks.notes(width=width, height=height, size=size, colour_spread=spread, pixels=pixels)
+
+
+def _dicom_notes(gray: dicom.Gray8, size: int | None, pixels: np.ndarray) -> list[str]:
+    """:func:`cxr_tune.data.input_checks.notes` of a DICOM file, from what its reader measured and read."""
+    height, width = gray.pixels.shape
+    return input_checks.notes(width=width, height=height, size=size, colour_spread=gray.colour_spread, pixels=pixels,
+                              modality=gray.modality, view=gray.view)
 
 
 def _sample_step(image: Image.Image) -> int:
@@ -191,9 +196,7 @@ def probe(data: bytes) -> ImageInfo:
     if _is_dicom(data):
         gray = dicom.read_gray8(data)
         height, width = gray.pixels.shape
-        notes = input_checks.notes(width=width, height=height, size=None, colour_spread=gray.colour_spread, pixels=gray.pixels,
-                                   modality=gray.modality, view=gray.view)
-        return ImageInfo(width=width, height=height, mode=gray.mode, notes=tuple(notes))
+        return ImageInfo(width=width, height=height, mode=gray.mode, notes=tuple(_dicom_notes(gray, None, gray.pixels)))
     with _open(data) as image:
         width, height, mode = image.width, image.height, image.mode
         image.draft(image.mode if image.mode in ("L", "RGB") else None, (32, 32))
