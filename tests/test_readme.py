@@ -1,4 +1,4 @@
-"""Every file the README points at is in git, so a fresh clone has it, and its command table names every benchmark.
+"""Every file the README (and the benchmarks' own README) points at is in git, so a fresh clone has it, and its command table names every benchmark.
 
 Checked: the targets of relative markdown links, and inline code that names a path in the
 project (`results/real/README.md`, `search_spaces/*.yaml`), outside fenced code blocks, which show
@@ -9,6 +9,7 @@ the project are not files to find.
 from __future__ import annotations
 
 import fnmatch
+import posixpath
 import re
 import subprocess
 from pathlib import Path
@@ -59,14 +60,17 @@ def missing(target: str, files: set[str]) -> bool:
     return path not in files and not any(f.startswith(path + "/") for f in files)
 
 
-def test_readme_points_only_at_committed_files():
+@pytest.mark.parametrize("document", ["README.md", "results/benchmarks/README.md"])
+def test_readme_points_only_at_committed_files(document):
+    """Links are relative to the document's folder; inline code paths to the project's root."""
     files = committed_files()
-    text = prose(README.read_text(encoding="utf-8"))
-    links = link_targets(text)
+    text = prose((ROOT / document).read_text(encoding="utf-8"))
+    folder = posixpath.dirname(document)
+    links = [posixpath.normpath(posixpath.join(folder, t)) for t in link_targets(text)]
     paths = code_paths(text, {f.split("/")[0] for f in files})
-    assert links and paths, "found no links or paths in README.md; the patterns above no longer match it"
+    assert links and paths, f"found no links or paths in {document}; the patterns above no longer match it"
     absent = sorted({t for t in links + paths if missing(t, files)})
-    assert not absent, f"README.md points at files a fresh clone lacks (untracked or ignored): {absent}"
+    assert not absent, f"{document} points at files a fresh clone lacks (untracked or ignored): {absent}"
 
 
 def test_checker_sees_what_it_should():
