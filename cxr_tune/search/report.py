@@ -2,7 +2,8 @@
 specificity Pareto front, carved validation vs the external set (what transfers), the
 selected trial's ROC curve, confusion matrix and learning curves, and for the exported model
 (``best/``) its calibration with a reliability diagram, its operating points on the ROC curve, its
-subgroups and a Grad-CAM gallery of the deciding set's most confident mistakes. Trials appear in the order
+subgroups and a Grad-CAM gallery of the deciding set's most confident mistakes; where the trials'
+time went (:mod:`cxr_tune.search.timing`). Trials appear in the order
 :mod:`cxr_tune.selection` ranks them, so no table disagrees with the selection.
 """
 
@@ -31,6 +32,7 @@ from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
 from cxr_tune.search import transfer  # noqa: E402
 from cxr_tune.search.finalfit import describe_changes  # noqa: E402
 from cxr_tune.search.results import pareto_front  # noqa: E402
+from cxr_tune.search.timing import time_section, time_split  # noqa: E402
 from cxr_tune.selection import prefix_of  # noqa: E402
 from cxr_tune.train.checkpoints import has_predictions, load_predictions  # noqa: E402
 
@@ -67,7 +69,8 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
         for png in plots.glob("*.png"):
             storage.write_bytes_atomic(experiment.file("plots", png.name), png.read_bytes())
     report = experiment.file("report.md")
-    storage.write_text_atomic(report, _markdown(info, options, table, selected, prefix, exported, notes, final_fit_section(experiment, prefix)))
+    timing = time_section(time_split(histories), experiment.compute_log())
+    storage.write_text_atomic(report, _markdown(info, options, table, selected, prefix, exported, notes, final_fit_section(experiment, prefix), timing))
     return report
 
 
@@ -105,7 +108,7 @@ def final_fit_section(experiment: Experiment, prefix: str) -> list[str]:
 
 
 def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series, prefix: str, exported: dict | None, notes: dict[str, str | None],
-              final_fit: list[str]) -> str:
+              final_fit: list[str], timing: list[str]) -> str:
     criterion = options.select.replace("_", " ")
     deciding = SET_NAMES[prefix]
     lines = [f"# Search report: {options.name}", ""]
@@ -166,6 +169,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     if transfer.has_external(table):
         lines += ["## What transfers: carved validation vs the external set", ""]
         lines += transfer.markdown(table, "external" if prefix == "ext" else "carved", "plots/transfer.png", notes["transfer"])
+    lines += timing
     lines += ["## Plots", ""]
     captions = {
         "progress": ("progress.png", "Search progress: every epoch's objective over time, and the best so far."),

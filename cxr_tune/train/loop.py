@@ -157,6 +157,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "train_loss": train_loss,
             "train_images_per_s": sum(n for _, n in workers) / max(train_seconds, 1e-9),
             "epoch_seconds": time.perf_counter() - started,
+            "train_seconds": train_seconds,  # the training part of epoch_seconds
             "score_seconds": score_seconds,  # scoring the validation sets, within epoch_seconds
             "lr": optimizer.param_groups[0]["lr"],
             # What ASHA, Optuna and the selection read: the deciding set's balance and its interval.

@@ -65,6 +65,7 @@ def test_experiment_holds_table_report_plots_study_and_export(experiment):
     assert pd.read_parquet(experiment / "trials.parquet")["trial_id"].tolist() == table["trial_id"].tolist()
     report = (experiment / "report.md").read_text()
     assert "SYNTHETIC DATA" in report
+    assert "## Where the time went" in report and "of which training" in report and "of which scoring" in report  # from every epoch's record
     for plot in ("progress", "importances", "pareto", "roc", "confusion", "learning_curves"):
         png = experiment / "plots" / f"{plot}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" or f"_{plot}" in report
