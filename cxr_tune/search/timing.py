@@ -1,8 +1,8 @@
 """Where a search's trial time went, from its trials' per-epoch records: the start-up before each
-run's first epoch, and each epoch's training, scoring of the validation sets and the rest.
+run's first epoch, and each epoch's training, scoring of the validation sets and the rest, then its checkpoint and report.
 
-Why: on a small machine a trial's fixed costs (Ray Train starting its processes, imports, the first
-pass over the data) compete with its training, and which part to cut first is a measurement, not a
+Why: on a small machine a trial's fixed costs (Ray Train starting its processes, imports, building
+the model) compete with its training, and which part to cut first is a measurement, not a
 guess. Each record carries Tune's ``time_this_iter_s`` (the wall time since the previous report,
 or since the run started) and the loop's ``epoch_seconds``, ``train_seconds`` and ``score_seconds``
 (experiments from before a field was recorded leave its row out).
@@ -52,8 +52,13 @@ def time_section(split: TimeSplit | None, compute_log: list[dict]) -> list[str]:
     """The report's "Where the time went" section ([] when the trials recorded no timing)."""
     if split is None or split.trial_seconds <= 0:
         return []
-    share = lambda seconds: f"{100 * seconds / split.trial_seconds:.0f} %"  # noqa: E731
-    median = lambda values: f"{pd.Series(values).median():.2f}"  # noqa: E731
+
+    def share(seconds: float) -> str:
+        return f"{100 * seconds / split.trial_seconds:.0f} %"
+
+    def median(values: list[float]) -> str:
+        return f"{pd.Series(values).median():.2f}"
+
     rows = [{"part": "start-up before a run's first epoch (Ray Train's processes, imports, the model)", "median seconds": f"{median(split.startup_seconds)} per run",
              "share of trial time": share(sum(split.startup_seconds))},
             {"part": "the epochs", "median seconds": f"{median(split.epoch_seconds)} per epoch", "share of trial time": share(sum(split.epoch_seconds))}]
@@ -61,18 +66,18 @@ def time_section(split: TimeSplit | None, compute_log: list[dict]) -> list[str]:
         rows.append({"part": f"- of which {PARTS[field]}", "median seconds": f"{median(values)} per epoch", "share of trial time": share(sum(values))})
     rest = sum(split.epoch_seconds) - sum(sum(v) for v in split.parts.values())
     if len(split.parts) == len(PARTS) and rest >= 0:
-        rows.append({"part": "- of which the rest (metrics, checkpoint)", "median seconds": "", "share of trial time": share(rest)})
+        rows.append({"part": "- of which the rest (gathering scores, metrics and their bootstrap intervals)", "median seconds": "", "share of trial time": share(rest)})
     reporting = split.trial_seconds - sum(split.startup_seconds) - sum(split.epoch_seconds)
     if reporting >= 0:
-        rows.append({"part": "between epochs (reporting to Tune)", "median seconds": "", "share of trial time": share(reporting)})
-    stages = {}
+        rows.append({"part": "after each epoch (its checkpoint, the report to Tune)", "median seconds": "", "share of trial time": share(reporting)})
+    stages: dict[str, float] = {}
     for entry in compute_log:
         stages[entry["stage"]] = stages.get(entry["stage"], 0.0) + float(entry.get("seconds") or 0.0)
     wall = "; ".join(f"{stage} {seconds / 60:.1f} min wall" for stage, seconds in stages.items() if not math.isclose(seconds, 0.0))
     return [
         "## Where the time went", "",
         f"The search's {split.runs} trial run(s) and {split.epochs} epoch(s): {split.trial_seconds / 60:.1f} trial-minutes by the trials' "
-        f"own clocks (trials ran side by side, so this exceeds the wall time{'; ' + wall if wall else ''}). "
+        f"own clocks (trials that run side by side make this more than the wall time{'; ' + wall if wall else ''}). "
         "From each epoch's record; the final fit's runs are not counted here.", "",
         pd.DataFrame(rows).to_markdown(index=False), "",
     ]

@@ -26,7 +26,7 @@ def test_split_sums_and_medians_over_every_run():
     assert "## Where the time went" in section and "search 1.5 min wall" in section
     assert "7.00 per run" in section and "| 51 %" in section  # start-up 21 of 41.1 trial-seconds
     assert "scoring carved validation and the external set | 0.50 per epoch" in section.replace("  ", "")
-    assert "the rest (metrics, checkpoint)" in section
+    assert "the rest (gathering scores" in section and "its checkpoint, the report to Tune" in section
 
 
 def test_records_from_before_a_field_leave_its_row_out():
