@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 PARTS = {  # record field -> what it is, in the report's words
-    "train_seconds": "training (augmentation, forward, backward, optimizer, EMA)",
+    "train_seconds": "training (reading its batches, augmentation, forward, backward, optimizer, EMA)",
     "score_seconds": "scoring carved validation and the external set",
 }
 
