@@ -196,6 +196,13 @@ class Experiment:
             return []
         return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
+    def stage_minutes(self) -> dict[str, float]:
+        """Wall minutes of each stage (search, final fit), over every run of it, in the order they first ran."""
+        minutes: dict[str, float] = {}
+        for entry in self.compute_log():
+            minutes[entry["stage"]] = minutes.get(entry["stage"], 0.0) + entry["seconds"] / 60
+        return minutes
+
     def compute_minutes(self) -> float:
         """CPU-minutes the search and its final fit held (wall time x the cluster's CPUs), over every run."""
         return sum(entry["seconds"] * entry["cpus"] for entry in self.compute_log()) / 60

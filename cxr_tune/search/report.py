@@ -69,7 +69,7 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
         for png in plots.glob("*.png"):
             storage.write_bytes_atomic(experiment.file("plots", png.name), png.read_bytes())
     report = experiment.file("report.md")
-    timing = time_section(time_split(histories), experiment.compute_log())
+    timing = time_section(time_split(histories), experiment.stage_minutes())
     storage.write_text_atomic(report, _markdown(info, options, table, selected, prefix, exported, notes, final_fit_section(experiment, prefix), timing))
     return report
 
@@ -88,9 +88,8 @@ def final_fit_section(experiment: Experiment, prefix: str) -> list[str]:
         rows.append({"run": run.name, "configuration (search trial)": run.trial_id, "seed": run.seed, "epochs": run.epochs,
                      "completed": run.name in done, **{f"{p}_{m}": last.get(f"{p}_{m}") for p in ("val", "ext") for m in ("auc", "balanced_accuracy")
                                                        if f"{p}_{m}" in last}})
-    log = experiment.compute_log()
-    minutes = sum(entry["seconds"] for entry in log if entry["stage"] == "final fit") / 60
-    searches = [entry for entry in log if entry.get("final_fit_estimate_seconds") is not None]
+    minutes = experiment.stage_minutes().get("final fit", 0.0)
+    searches = [entry for entry in experiment.compute_log() if entry.get("final_fit_estimate_seconds") is not None]
     estimated = (f"; estimated at {searches[-1]['final_fit_estimate_seconds'] / 60:.1f} min when the search ended"
                  + (", ended by the job budget" if searches[-1].get("ended_by") == "job budget" else "")) if searches else ""
     deciding = "external" if prefix == "ext" else "carved validation"

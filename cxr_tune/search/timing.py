@@ -10,7 +10,6 @@ or since the run started) and the loop's ``epoch_seconds``, ``train_seconds`` an
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -48,8 +47,9 @@ def time_split(histories: dict[str, pd.DataFrame]) -> TimeSplit | None:
                      startup_seconds=startup.astype(float).tolist(), epoch_seconds=rows["epoch_seconds"].astype(float).tolist(), parts=parts)
 
 
-def time_section(split: TimeSplit | None, compute_log: list[dict]) -> list[str]:
-    """The report's "Where the time went" section ([] when the trials recorded no timing)."""
+def time_section(split: TimeSplit | None, stage_minutes: dict[str, float]) -> list[str]:
+    """The report's "Where the time went" section ([] when the trials recorded no timing); ``stage_minutes``:
+    :meth:`cxr_tune.experiment.Experiment.stage_minutes`."""
     if split is None or split.trial_seconds <= 0:
         return []
 
@@ -70,10 +70,7 @@ def time_section(split: TimeSplit | None, compute_log: list[dict]) -> list[str]:
     reporting = split.trial_seconds - sum(split.startup_seconds) - sum(split.epoch_seconds)
     if reporting >= 0:
         rows.append({"part": "after each epoch (its checkpoint, the report to Tune)", "median seconds": "", "share of trial time": share(reporting)})
-    stages: dict[str, float] = {}
-    for entry in compute_log:
-        stages[entry["stage"]] = stages.get(entry["stage"], 0.0) + float(entry.get("seconds") or 0.0)
-    wall = "; ".join(f"{stage} {seconds / 60:.1f} min wall" for stage, seconds in stages.items() if not math.isclose(seconds, 0.0))
+    wall = "; ".join(f"{stage} {minutes:.1f} min wall" for stage, minutes in stage_minutes.items() if minutes > 0)
     return [
         "## Where the time went", "",
         f"The search's {split.runs} trial run(s) and {split.epochs} epoch(s): {split.trial_seconds / 60:.1f} trial-minutes by the trials' "
