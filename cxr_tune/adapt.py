@@ -43,8 +43,9 @@ import torch
 from cxr_tune import storage
 from cxr_tune.calibration import Calibration
 from cxr_tune.errors import UserError, run_cli
+from cxr_tune.formatting import json_safe
 from cxr_tune.modelcard import CARD_FILE, model_card
-from cxr_tune.modelfile import Members, build_files, check_model_target, json_safe, load_members, serving_model, torch_scores, write_model_folder
+from cxr_tune.modelfile import Members, build_files, check_model_target, load_members, serving_model, torch_scores, write_model_folder
 from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.intensity import normalize_intensity
 

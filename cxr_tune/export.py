@@ -37,23 +37,22 @@ import pandas as pd
 from cxr_tune import __version__, storage
 from cxr_tune.cliargs import int_between, positive_int
 from cxr_tune.calibration import METHODS as CALIBRATION_METHODS
-from cxr_tune.calibration import Calibration, calibration_metrics, plot_reliability
+from cxr_tune.calibration import Calibration, plot_reliability
 from cxr_tune.calibration import fit as fit_calibration
 from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.modelcard import CARD_FILE, final_fit_line, model_card
-from cxr_tune.modelfile import (TTA_VIEWS, Members, build_files, check_model_target, check_scores, json_safe, members_from_states,
+from cxr_tune.modelfile import (TTA_VIEWS, Members, build_files, check_model_target, check_scores, members_from_states,
                                  serving_model, torch_scores, write_model_folder)
 from cxr_tune.experiment import Experiment
-from cxr_tune.formatting import fmt, metric_line
+from cxr_tune.formatting import fmt, json_safe, metric_line
 from cxr_tune.operating_points import choose_points
 from cxr_tune.selection import choose_threshold, ensemble_members, final_fit_kept, prefix_of, ranked_trials
-from cxr_tune.subgroups import subgroup_rates
+from cxr_tune.set_metrics import clinical_metrics, held_out_metrics, set_metrics
 from cxr_tune.train.checkpoints import has_predictions, load_predictions, load_state
-from cxr_tune.train.metrics import evaluate_scores, rates_at
+from cxr_tune.train.metrics import evaluate_scores
 
-CI_METRICS = ("sensitivity", "specificity", "balanced_accuracy", "auc", "accuracy")
 RELIABILITY_FILE = "reliability.png"
 TIE_RULE = ("Trials whose 95 % bootstrap interval of the objective overlaps the best trial's are tied with it; the tied trial with the "
             "highest AUC on the deciding set wins, then the lowest log loss.")
@@ -280,78 +279,14 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
     names = {"val": "validation", "ext": "external", "test": "test"}
     for prefix in sets:
         if names[prefix] in meta:
-            meta[names[prefix]].update(clinical_metrics(sets[prefix], scores[prefix], threshold, points,
-                                                        uncalibrated[prefix] if calibration is not None else None))
+            meta[names[prefix]].update(clinical_metrics(sets[prefix].rows["path"].astype(str).tolist(), sets[prefix].labels, scores[prefix],
+                                                        threshold, points, uncalibrated[prefix] if calibration is not None else None))
     files_out = {"val": "val", "ext": "external", "test": "test"}
     extra = {f"{files_out[prefix]}_predictions.csv": _predictions(sets[prefix], scores[prefix], threshold).to_csv(index=False).encode() for prefix in sets}
     extra[CARD_FILE] = model_card(json_safe(meta)).encode()
     extra[RELIABILITY_FILE] = _reliability_png(meta)
     write_model_folder(target, files, meta, extra)
     return meta
-
-
-def set_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float, hp: Any) -> dict[str, Any]:
-    """Metrics of one set at the stored threshold (as predict will use it), with 95 % bootstrap
-    intervals (``ci95``); NaN where undefined."""
-    return {**evaluate_scores(labels, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance), **rates_at(labels, scores, threshold),
-            "threshold": threshold, "n": int(len(labels)), "ci95": bootstrap_intervals(labels, scores, threshold)}
-
-
-def held_out_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Scored once, at the stored threshold; never used to choose anything."""
-    metrics = {**evaluate_scores(labels, scores), **rates_at(labels, scores, threshold)}
-    for key in ("threshold", "objective", "objective_low", "objective_high"):
-        metrics.pop(key, None)  # the test split does not choose a threshold; the stored one is used
-    metrics["threshold_used"] = threshold
-    metrics["n"] = int(len(labels))
-    metrics["ci95"] = bootstrap_intervals(labels, scores, threshold)
-    return metrics
-
-
-def clinical_metrics(scored: Scored, scores: np.ndarray, threshold: float, points: dict[str, dict[str, Any]],
-                     uncalibrated: np.ndarray | None = None) -> dict[str, Any]:
-    """What a clinician checks on one labelled set: class counts, calibration (and before the
-    calibration map, when there is one), the rates at every operating point with bootstrap
-    intervals, and the subgroups the file names carry (at ``threshold``; absent when none)."""
-    labels = scored.labels
-    out: dict[str, Any] = {
-        "class_counts": [int((labels == 0).sum()), int((labels == 1).sum())],
-        "calibration": calibration_metrics(labels, scores),
-        "operating_points": {name: _rates_with_intervals(labels, scores, point["threshold"]) for name, point in points.items()},
-    }
-    if uncalibrated is not None:
-        out["calibration"]["before"] = calibration_metrics(labels, uncalibrated)
-    groups = subgroup_rates(scored.rows["path"].astype(str).tolist(), labels, (scores >= threshold).astype(int))
-    if groups is not None:
-        out["subgroups"] = groups
-    return out
-
-
-def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, *, resamples: int = 2000, seed: int = 0) -> dict[str, list[float]]:
-    """95 % percentile bootstrap intervals of the metrics at a fixed threshold (images resampled with
-    replacement, all resamples at once); a metric undefined on a resample (a class missing from it)
-    leaves that resample out, and one undefined on most of them (AUC of a one-class split) gets no interval."""
-    from scipy.stats import rankdata
-
-    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
-    rng = np.random.default_rng(seed)
-    pick = rng.integers(0, len(labels), (resamples, len(labels)))
-    y, p = labels[pick].astype(bool), scores[pick]
-    called = p >= threshold
-    positives, negatives = y.sum(axis=1), (~y).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sensitivity = (called & y).sum(axis=1) / positives
-        specificity = (~called & ~y).sum(axis=1) / negatives
-        ranks = rankdata(p, axis=1)  # Mann-Whitney: AUC from the positives' rank sum (ties averaged)
-        auc = ((ranks * y).sum(axis=1) - positives * (positives + 1) / 2) / (positives * negatives)
-    samples = {"sensitivity": sensitivity, "specificity": specificity, "balanced_accuracy": (sensitivity + specificity) / 2,
-               "auc": auc, "accuracy": (called == y).mean(axis=1)}
-    out = {}
-    for name in CI_METRICS:
-        values = samples[name][np.isfinite(samples[name])]
-        if len(values) >= resamples // 2:
-            out[name] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
-    return out
 
 
 def summary(meta: dict[str, Any], target: str) -> str:
@@ -485,12 +420,6 @@ def _check_same_decisions(before: np.ndarray, after: np.ndarray, threshold: floa
     clear = np.abs(before - threshold) > 1e-5
     if not np.array_equal((before >= threshold)[clear], (after >= calibrated_threshold)[clear]):
         raise RuntimeError(f"the calibrated model decides differently from the uncalibrated one on the {prefix} set")
-
-
-def _rates_with_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
-    rates, ci = rates_at(labels, scores, threshold), bootstrap_intervals(labels, scores, threshold)
-    return {**{key: rates[key] for key in ("sensitivity", "specificity", "ppv", "npv", "tp", "fp", "tn", "fn")},
-            "threshold": threshold, "ci95": {key: ci[key] for key in ("sensitivity", "specificity") if key in ci}}
 
 
 def _search_record(info: dict[str, Any], hp: Any) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Numbers for people: metrics as text, ``n/a`` where undefined; a console line's clock and time left. Used by export, report,
-train, search and bench alike."""
+"""Numbers for people: metrics as text, ``n/a`` where undefined (and ``null`` in JSON); a console line's clock and time left.
+Used by export, predict, report, train, search and bench alike."""
 
 from __future__ import annotations
 
@@ -44,3 +44,16 @@ def clock(seconds: float) -> str:
 def time_left(minutes: float) -> str:
     """``about 12 min left`` (rounded up), or ``under a minute left``: an estimate, said as one."""
     return f"about {math.ceil(minutes)} min left" if minutes >= 1 else "under a minute left"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN as None (JSON has no NaN: "n/a" where a metric is undefined) and numpy scalars as Python's."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from cxr_tune import storage
 from cxr_tune.calibration import Calibration
 from cxr_tune.errors import UserError
+from cxr_tune.formatting import json_safe
 from cxr_tune.serving import META_FILE, MODEL_FILE, probabilities
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.intensity import normalize_intensity
@@ -272,16 +273,3 @@ def check_scores(onnx: np.ndarray, reference: np.ndarray, what: str) -> None:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN as None (JSON has no NaN: "n/a" where a metric is undefined) and numpy scalars as Python's."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -1,4 +1,4 @@
-"""``python -m cxr_tune.predict --model EXPERIMENT/best IMAGE_OR_DIR ... [--operating-point NAME] [--explain OUT_DIR]``: score new X-rays.
+"""``python -m cxr_tune.predict --model EXPERIMENT/best IMAGE_OR_DIR ... [--metrics OUT.json] [--operating-point NAME] [--explain OUT_DIR]``: score new X-rays.
 
 ``--model`` may be a folder on object storage (``s3://bucket/experiments/NAME/best``); the images
 are local files.
@@ -8,9 +8,11 @@ Prints, per image, the PNEUMONIA probability and the label at one of the model's
 was trained; ``sens95``, ``spec90`` and the others were chosen on the same set, see
 :mod:`cxr_tune.operating_points`). Folders are searched recursively. Images under a folder named
 NORMAL or PNEUMONIA (the Kermany layout) count as labelled, and for them it also prints
-sensitivity, specificity, balanced accuracy, AUC, the confusion matrix, the calibration (ECE and
-Brier score with bootstrap intervals) and, where the file names carry them, the subgroups
-(bacterial/viral pneumonia, IM-/NORMAL2-IM- normals); a rate the labelled images cannot measure
+sensitivity, specificity, balanced accuracy, accuracy and AUC with 95 % bootstrap intervals, the
+confusion matrix, the rates at every stored operating point, the calibration (ECE and Brier score
+with bootstrap intervals) and, where the file names carry them, the subgroups (bacterial/viral
+pneumonia, IM-/NORMAL2-IM- normals); ``--metrics OUT.json`` writes the same numbers, computed as
+export computes a test split's (:mod:`cxr_tune.set_metrics`); a rate the labelled images cannot measure
 (AUC, say, when all are of one class) prints as ``n/a``. Unreadable files are listed with the
 reason and skipped. Images unlike the training X-rays in a way the file shows (a colour picture,
 a nearly blank frame, one smaller than the model's input, a DICOM lateral view or a modality other
@@ -23,26 +25,25 @@ networks from ``weights.safetensors`` (never unpickled) for Grad-CAM maps
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from cxr_tune import storage
-from cxr_tune.calibration import calibration_metrics
 from cxr_tune.data.imaging import decode_gray, try_decode_checked
 from cxr_tune.data.sources import CLASSES
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.formatting import fmt, interval
+from cxr_tune.formatting import fmt, interval, json_safe
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
-from cxr_tune.operating_points import threshold_for
+from cxr_tune.operating_points import known_points, threshold_for
 from cxr_tune.serving import LoadedModel, load_model, probabilities
-from cxr_tune.subgroups import subgroup_rates
-from cxr_tune.train.metrics import rates_at
+from cxr_tune.set_metrics import clinical_metrics, held_out_metrics
 
 T = TypeVar("T")
 
@@ -95,41 +96,62 @@ def predict(model: LoadedModel, files: list[Path], threshold: float | None = Non
     return frame, skipped
 
 
-def evaluation(frame: pd.DataFrame, threshold: float, point: str = DEFAULT_POINT) -> str | None:
-    """Metrics on the labelled images (at ``threshold``, operating point ``point``), or None when none is labelled."""
-    from sklearn.metrics import roc_auc_score
-
+def labelled_metrics(frame: pd.DataFrame, threshold: float, points: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """What the labelled images measure at ``threshold`` (the rates with 95 % bootstrap intervals, AUC,
+    calibration, the rates at the model's other operating points ``points``, the subgroups): the
+    computation export stores for a test split (:mod:`cxr_tune.set_metrics`), or None when no image is labelled."""
     labelled = frame.dropna(subset=["label"])
     if labelled.empty:
         return None
     labels, scores = labelled["label"].astype(int).to_numpy(), labelled["probability"].to_numpy()
-    rates = rates_at(labels, scores, threshold)
-    auc = roc_auc_score(labels, scores) if len(np.unique(labels)) == 2 else float("nan")
+    paths = labelled["path"].astype(str).tolist()
+    return {**held_out_metrics(labels, scores, threshold), **clinical_metrics(paths, labels, scores, threshold, points or {})}
+
+
+def evaluation(frame: pd.DataFrame, threshold: float, point: str = DEFAULT_POINT, points: dict[str, dict[str, Any]] | None = None) -> str | None:
+    """Metrics on the labelled images (at ``threshold``, operating point ``point``), or None when none is labelled."""
+    metrics = labelled_metrics(frame, threshold, points)
+    return None if metrics is None else describe(metrics, point)
+
+
+def describe(metrics: dict[str, Any], point: str) -> str:
+    """:func:`labelled_metrics` for people."""
+    ci = metrics["ci95"]
+    normal, pneumonia = metrics["class_counts"]
     return "\n".join([
-        f"Labelled images: {len(labelled)} (NORMAL {int((labels == 0).sum())}, PNEUMONIA {int((labels == 1).sum())}) at threshold {threshold:.4f}"
-        + f" (operating point {point})",
-        f"  sensitivity {_rate(rates['sensitivity'])}  specificity {_rate(rates['specificity'])}  "
-        f"balanced accuracy {_rate(rates['balanced_accuracy'])}  accuracy {_rate(rates['accuracy'])}  AUC {_rate(auc)}",
+        f"Labelled images: {normal + pneumonia} (NORMAL {normal}, PNEUMONIA {pneumonia}) at threshold {metrics['threshold_used']:.4f}"
+        + f" (operating point {point}); 95 % bootstrap intervals (images resampled)",
+        f"  sensitivity {_rate(metrics['sensitivity'])}{interval(ci.get('sensitivity'))}  specificity {_rate(metrics['specificity'])}"
+        f"{interval(ci.get('specificity'))}  balanced accuracy {_rate(metrics['balanced_accuracy'])}{interval(ci.get('balanced_accuracy'))}",
+        f"  accuracy {_rate(metrics['accuracy'])}{interval(ci.get('accuracy'))}  AUC {_rate(metrics['auc'])}{interval(ci.get('auc'))}",
         "  confusion matrix (rows: true, columns: predicted)",
         "                 NORMAL  PNEUMONIA",
-        f"    NORMAL     {rates['tn']:7d}  {rates['fp']:9d}",
-        f"    PNEUMONIA  {rates['fn']:7d}  {rates['tp']:9d}",
-        *calibration_lines(labels, scores),
-        *subgroup_lines(labelled["path"].tolist(), labels, (scores >= threshold).astype(int)),
+        f"    NORMAL     {metrics['tn']:7d}  {metrics['fp']:9d}",
+        f"    PNEUMONIA  {metrics['fn']:7d}  {metrics['tp']:9d}",
+        *_operating_point_lines(metrics["operating_points"]),
+        *calibration_lines(metrics["calibration"]),
+        *subgroup_lines(metrics.get("subgroups")),
     ])
 
 
-def calibration_lines(labels: np.ndarray, scores: np.ndarray) -> list[str]:
+def _operating_point_lines(points: dict[str, dict[str, Any]]) -> list[str]:
+    """Sensitivity and specificity at each of the model's stored thresholds (none for a model without them)."""
+    if not points:
+        return []
+    return ["  operating points (threshold: sensitivity / specificity; --operating-point NAME): "
+            + ", ".join(f"{name} {fmt(point['threshold'])}: {fmt(point['sensitivity'], 3)} / {fmt(point['specificity'], 3)}"
+                        for name, point in points.items())]
+
+
+def calibration_lines(calibration: dict[str, Any]) -> list[str]:
     """ECE and Brier score of the labelled images, with 95 % bootstrap intervals."""
-    metrics = calibration_metrics(labels, scores)
-    ci = metrics["ci95"]
-    return [f"  calibration: ECE {fmt(metrics['ece'])}{interval(ci.get('ece'))} ({metrics['bins']} bins), "
-            f"Brier {fmt(metrics['brier'])}{interval(ci.get('brier'))} (95 % bootstrap intervals)"]
+    ci = calibration["ci95"]
+    return [f"  calibration: ECE {fmt(calibration['ece'])}{interval(ci.get('ece'))} ({calibration['bins']} bins), "
+            f"Brier {fmt(calibration['brier'])}{interval(ci.get('brier'))}"]
 
 
-def subgroup_lines(paths: list[str], labels: np.ndarray, predictions: np.ndarray) -> list[str]:
+def subgroup_lines(groups: dict[str, dict[str, Any]] | None) -> list[str]:
     """Sensitivity per pneumonia type and specificity per normal batch, from the file names (none when they carry no group)."""
-    groups = subgroup_rates(paths, labels, predictions)
     if groups is None:
         return []
     return ["  subgroups (from file names; 95 % Wilson intervals):"] + [
@@ -178,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
     parser.add_argument("--model", required=True, help="export folder with model.onnx and model.json, local or on object storage, e.g. results/<experiment>/best or s3://bucket/experiments/<experiment>/best, or its .onnx file (loaded exactly, with the model.json beside it)")
     parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path,probability,prediction (0/1),check (why to check the image first; empty for most) to this CSV file")
+    parser.add_argument("--metrics", default=None, metavar="OUT.json",
+                        help="also write what the labelled images measure to this JSON file: the rates and AUC with 95 %% bootstrap intervals, "
+                             "the confusion counts, calibration, the rates at every operating point and the subgroups (the fields of model.json's "
+                             "test entry); needs images under NORMAL/ or PNEUMONIA/ folders")
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not one line per image")
     parser.add_argument("--operating-point", default=DEFAULT_POINT, metavar="NAME",
                         help="which of the model's thresholds decides: balanced (its own), sens90, sens95, sens98 (sensitivity >= 0.90/0.95/0.98 "
@@ -193,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.csv:
         storage.check_writable(args.csv, "--csv", folder=False)
+    if args.metrics:
+        storage.check_writable(args.metrics, "--metrics", folder=False)
     if args.explain:
         storage.check_writable(args.explain, "--explain")
     model = load_model(args.model)
@@ -200,16 +228,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     members = _explainable(model) if args.explain else None
     if model.meta.get("data", {}).get("synthetic"):
         print("Note: this model was trained on SYNTHETIC data; its outputs mean nothing for real patients.", file=sys.stderr)
-    frame, skipped = predict(model, collect(args.inputs), threshold)
+    files = collect(args.inputs)
+    if args.metrics and all(label_of(path) is None for path in files):
+        raise UserError(f"--metrics needs labelled images, under NORMAL/ or PNEUMONIA/ folders; none of the {len(files)} file(s) "
+                        f"in {', '.join(args.inputs)} is")
+    frame, skipped = predict(model, files, threshold)
     if not args.quiet:
         for row in frame.itertuples():
             print(f"{row.probability:.4f}  {CLASSES[row.prediction]:<9}  {row.path}")
     if args.csv:
         storage.write_csv(args.csv, frame[["path", "probability", "prediction", "check"]])
         print(f"Wrote {len(frame)} predictions to {args.csv}")
-    summary = evaluation(frame, threshold, args.operating_point)
-    if summary:
-        print(summary)
+    points = {name: {"threshold": value} for name, value in known_points(model.meta).items()}
+    metrics = labelled_metrics(frame, threshold, points)
+    if metrics is not None:
+        print(describe(metrics, args.operating_point))
+        if args.metrics:
+            record = {"model": args.model, "operating_point": args.operating_point, "scored": len(frame), "skipped": len(skipped), **metrics}
+            storage.write_text_atomic(args.metrics, json.dumps(json_safe(record), indent=2))
+            print(f"Wrote the labelled images' metrics to {args.metrics}")
     if members is not None and not frame.empty:
         written = explain(model, members, frame, args.explain, args.operating_point)
         print(f"Wrote {len(written)} Grad-CAM explanation(s) to {args.explain}")

@@ -19,6 +19,7 @@ COMMANDS = {  # module, its arguments with BLOCKED (a path under a regular file)
     "export --out": ("cxr_tune.export", ["EXPERIMENT", "--out", "BLOCKED"], "--out"),
     "adapt --out": ("cxr_tune.adapt", ["--model", "MODEL", "--images", "IMAGES", "--out", "BLOCKED"], "--out"),
     "predict --csv": ("cxr_tune.predict", ["--model", "MODEL", "IMAGES", "--csv", "BLOCKED"], "--csv"),
+    "predict --metrics": ("cxr_tune.predict", ["--model", "MODEL", "IMAGES", "--metrics", "BLOCKED"], "--metrics"),
     "predict --explain": ("cxr_tune.predict", ["--model", "MODEL", "IMAGES", "--explain", "BLOCKED"], "--explain"),
     "data synthesize": ("cxr_tune.data", ["synthesize", "BLOCKED"], "OUT"),
     "data inspect --cache-dir": ("cxr_tune.data", ["inspect", "--cache-dir", "BLOCKED"], "--cache-dir"),  # a read-only one may hold a cache to reuse

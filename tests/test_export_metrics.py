@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 
-from cxr_tune.export import held_out_metrics, summary
+from cxr_tune.export import summary
+from cxr_tune.set_metrics import held_out_metrics
 from cxr_tune.formatting import fmt
-from cxr_tune.modelfile import json_safe
+from cxr_tune.formatting import json_safe
 
 
 def test_a_one_class_test_split_gives_na_not_a_crash():

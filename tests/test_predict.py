@@ -1,6 +1,8 @@
-"""``python -m cxr_tune.predict``: metrics a folder of one class cannot measure print as n/a, not nan."""
+"""``python -m cxr_tune.predict``: what a labelled folder measures, with intervals, on screen and in JSON; metrics a folder of one class cannot measure print as n/a, not nan."""
 
 from __future__ import annotations
+
+import json
 
 import pandas as pd
 
@@ -29,3 +31,28 @@ def test_predict_on_a_one_class_test_folder(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Labelled images: 2 (NORMAL 0, PNEUMONIA 2)" in done.stdout and "AUC n/a" in done.stdout
     assert "nan" not in done.stdout
+
+
+def test_metrics_json_holds_the_printed_numbers_with_their_intervals(tmp_path):
+    model = write_export(tmp_path / "best", operating_points={"balanced": {"threshold": 0.5}, "sens95": {"threshold": 0.3}})
+    data = kermany_folder(tmp_path / "site", {"test": {"PNEUMONIA": [f"person{i}_bacteria_{i}.jpeg" for i in range(12)],
+                                                       "NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(10)]}})
+    out = tmp_path / "scores" / "metrics.json"
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(data / "test"), "--quiet", "--metrics", str(out))
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(out.read_text())
+    assert metrics["class_counts"] == [10, 12] and metrics["n"] == 22 and metrics["threshold_used"] == 0.5
+    low, high = metrics["ci95"]["sensitivity"]
+    assert f"sensitivity {metrics['sensitivity']:.4f} [{low:.3f}, {high:.3f}]" in done.stdout
+    assert metrics["ci95"]["auc"][0] <= metrics["auc"] <= metrics["ci95"]["auc"][1]
+    assert set(metrics["operating_points"]) == {"balanced", "sens95"} and metrics["operating_points"]["sens95"]["threshold"] == 0.3
+    assert metrics["subgroups"]["bacterial"]["n"] == 12 and metrics["calibration"]["brier"] is not None
+    assert "sens95 0.3000: " in done.stdout
+
+
+def test_metrics_without_labelled_images_is_refused_before_scoring(tmp_path):
+    model = write_export(tmp_path / "best")
+    data = kermany_folder(tmp_path / "site", {"images": {"unsorted": ["a.jpeg", "b.jpeg"]}})
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--metrics", str(tmp_path / "m.json"))
+    assert done.returncode == 2 and "--metrics needs labelled images" in done.stderr and "2 file(s)" in done.stderr
+    assert not (tmp_path / "m.json").exists()

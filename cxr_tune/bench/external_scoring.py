@@ -67,7 +67,7 @@ def score_row(name: str, labels: np.ndarray, scores: np.ndarray, threshold: floa
     reference, ``auc - NAME`` and ``NAME_ci``: this AUC minus the reference's on the same images, paired."""
     from sklearn.metrics import roc_auc_score
 
-    from cxr_tune.export import bootstrap_intervals
+    from cxr_tune.set_metrics import bootstrap_intervals
 
     rates = rates_at(labels, scores, threshold)
     ci = bootstrap_intervals(labels, scores, threshold, resamples=RESAMPLES)

@@ -92,7 +92,7 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
     """Write ``tta_<model folder name>.md`` / ``.json`` into ``folder`` (default ``results/benchmarks``); returns the ``.md``."""
     from sklearn.metrics import roc_auc_score
 
-    from cxr_tune.export import bootstrap_intervals
+    from cxr_tune.set_metrics import bootstrap_intervals
     from cxr_tune.formatting import fmt, interval
     from cxr_tune.modelfile import TTA_VIEWS, load_members
     from cxr_tune.selection import choose_threshold

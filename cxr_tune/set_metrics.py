@@ -1,0 +1,106 @@
+"""What is measured on one labelled set of images at a stored threshold: one home, read by ``export``
+(for ``model.json`` and the model card), ``predict`` (on a labelled folder) and the benchmarks.
+
+- :func:`set_metrics`: a set that chose things (carved validation, the external set): the metrics
+  with the objective, and 95 % bootstrap intervals.
+- :func:`held_out_metrics`: a set that chose nothing (a test split, a new site's labelled sample):
+  the same at the stored threshold, without the threshold search.
+- :func:`clinical_metrics`: what a clinician checks on it: class counts, calibration, the rates at
+  every operating point, and the subgroups the file names carry.
+
+So a model's test numbers in its card and ``predict``'s numbers on the same images are one
+computation, intervals included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cxr_tune.calibration import calibration_metrics
+from cxr_tune.subgroups import subgroup_rates
+from cxr_tune.train.metrics import evaluate_scores, rates_at
+
+#: the metrics that get 95 % bootstrap intervals (``ci95``)
+CI_METRICS = ("sensitivity", "specificity", "balanced_accuracy", "auc", "accuracy")
+_CHUNK_VALUES = 2_000_000  # resampled scores held at once (a few arrays of this size: tens of MB)
+
+
+def set_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float, hp: Any) -> dict[str, Any]:
+    """Metrics of one set at the stored threshold (as predict will use it), with 95 % bootstrap
+    intervals (``ci95``); NaN where undefined."""
+    return {**evaluate_scores(labels, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance), **rates_at(labels, scores, threshold),
+            "threshold": threshold, "n": int(len(labels)), "ci95": bootstrap_intervals(labels, scores, threshold)}
+
+
+def held_out_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Scored once, at the stored threshold; never used to choose anything."""
+    metrics = {**evaluate_scores(labels, scores), **rates_at(labels, scores, threshold)}
+    for key in ("threshold", "objective", "objective_low", "objective_high"):
+        metrics.pop(key, None)  # a held-out set does not choose a threshold; the stored one is used
+    metrics["threshold_used"] = threshold
+    metrics["n"] = int(len(labels))
+    metrics["ci95"] = bootstrap_intervals(labels, scores, threshold)
+    return metrics
+
+
+def clinical_metrics(paths: Sequence[str], labels: np.ndarray, scores: np.ndarray, threshold: float, points: dict[str, dict[str, Any]],
+                     uncalibrated: np.ndarray | None = None) -> dict[str, Any]:
+    """What a clinician checks on one labelled set: class counts, calibration (and before the
+    calibration map, when there is one), the rates at every operating point with bootstrap
+    intervals, and the subgroups the file names carry (at ``threshold``; absent when none)."""
+    labels = np.asarray(labels).astype(int)
+    out: dict[str, Any] = {
+        "class_counts": [int((labels == 0).sum()), int((labels == 1).sum())],
+        "calibration": calibration_metrics(labels, scores),
+        "operating_points": {name: rates_with_intervals(labels, scores, point["threshold"]) for name, point in points.items()},
+    }
+    if uncalibrated is not None:
+        out["calibration"]["before"] = calibration_metrics(labels, uncalibrated)
+    groups = subgroup_rates(list(paths), labels, (np.asarray(scores) >= threshold).astype(int))
+    if groups is not None:
+        out["subgroups"] = groups
+    return out
+
+
+def rates_with_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Sensitivity, specificity, predictive values and counts at one threshold, the rates with intervals."""
+    rates, ci = rates_at(labels, scores, threshold), bootstrap_intervals(labels, scores, threshold)
+    return {**{key: rates[key] for key in ("sensitivity", "specificity", "ppv", "npv", "tp", "fp", "tn", "fn")},
+            "threshold": threshold, "ci95": {key: ci[key] for key in ("sensitivity", "specificity") if key in ci}}
+
+
+def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, *, resamples: int = 2000, seed: int = 0) -> dict[str, list[float]]:
+    """95 % percentile bootstrap intervals of the metrics at a fixed threshold (images resampled with
+    replacement; seeded, so the same scores in the same order give the same interval); a metric undefined on a resample (a class missing from it)
+    leaves that resample out, and one undefined on most of them (AUC of a one-class split) gets no interval."""
+    labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_VALUES // max(len(labels), 1))  # a large folder's resamples in parts: the same draws, bounded memory
+    parts = [_resampled(labels, scores, threshold, rng.integers(0, len(labels), (min(chunk, resamples - start), len(labels))))
+             for start in range(0, resamples, chunk)]
+    samples = {name: np.concatenate([part[name] for part in parts]) for name in CI_METRICS}
+    out = {}
+    for name in CI_METRICS:
+        values = samples[name][np.isfinite(samples[name])]
+        if len(values) >= resamples // 2:
+            out[name] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+    return out
+
+
+def _resampled(labels: np.ndarray, scores: np.ndarray, threshold: float, pick: np.ndarray) -> dict[str, np.ndarray]:
+    """Each metric on each resample (a row of ``pick``: indices of the images drawn); NaN where undefined."""
+    from scipy.stats import rankdata
+
+    y, p = labels[pick].astype(bool), scores[pick]
+    called = p >= threshold
+    positives, negatives = y.sum(axis=1), (~y).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sensitivity = (called & y).sum(axis=1) / positives
+        specificity = (~called & ~y).sum(axis=1) / negatives
+        ranks = rankdata(p, axis=1)  # Mann-Whitney: AUC from the positives' rank sum (ties averaged)
+        auc = ((ranks * y).sum(axis=1) - positives * (positives + 1) / 2) / (positives * negatives)
+    return {"sensitivity": sensitivity, "specificity": specificity, "balanced_accuracy": (sensitivity + specificity) / 2,
+            "auc": auc, "accuracy": (called == y).mean(axis=1)}
