@@ -6,8 +6,10 @@ import argparse
 
 import pytest
 
+from cxr_tune.adapt import build_parser as adapt_parser
 from cxr_tune.bench.__main__ import build_parser as bench_parser
 from cxr_tune.cliargs import assignment, float_between, fraction, int_between, nonnegative_float, nonnegative_int, positive_float, positive_int
+from cxr_tune.compare import build_parser as compare_parser
 from cxr_tune.data.__main__ import build_parser as data_parser
 from cxr_tune.export import build_parser as export_parser
 from cxr_tune.predict import build_parser as predict_parser
@@ -104,7 +106,7 @@ def test_no_numeric_flag_is_left_as_plain_int_or_float():
             else:
                 yield action
 
-    for build in (search_parser, train_parser, data_parser, export_parser, predict_parser, bench_parser):
+    for build in (search_parser, train_parser, data_parser, export_parser, predict_parser, adapt_parser, compare_parser, bench_parser):
         plain = [a.option_strings for a in actions(build()) if a.type in (int, float)]
         assert plain == [], f"{build.__module__}: {plain}"
 

@@ -75,21 +75,8 @@ def write_result(name: str, title: str, summary: list[str], details: dict[str, A
 
 
 def paired_auc_difference(labels: np.ndarray, scores: np.ndarray, reference: np.ndarray, resamples: int = 2000) -> tuple[float, list[float]]:
-    """AUC of ``scores`` minus AUC of ``reference`` on the same images, with a 95 % interval from
-    bootstrap resamples drawn within each class and shared by both (seed 0). Each resample's AUC is
-    the Mann-Whitney statistic of its ranks (ties averaged), which equals the ROC curve's area."""
-    from scipy.stats import rankdata
-    from sklearn.metrics import roc_auc_score
+    """AUC of ``scores`` minus AUC of ``reference`` on the same images, with a 95 % paired bootstrap
+    interval (:func:`cxr_tune.set_metrics.paired_differences`, seed 0)."""
+    from cxr_tune.set_metrics import paired_differences
 
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(0)
-    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    p, n = len(positives), len(negatives)
-    pick = np.stack([np.r_[rng.choice(positives, p), rng.choice(negatives, n)] for _ in range(resamples)])  # positives first
-
-    def aucs(values: np.ndarray) -> np.ndarray:
-        ranks = rankdata(np.asarray(values, dtype=float)[pick], axis=1)
-        return (ranks[:, :p].sum(axis=1) - p * (p + 1) / 2) / (p * n)
-
-    diffs = aucs(scores) - aucs(reference)
-    return float(roc_auc_score(labels, scores) - roc_auc_score(labels, reference)), [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+    return paired_differences(labels, scores, 0.5, reference, 0.5, resamples=resamples)["auc"]

@@ -1,0 +1,121 @@
+"""``python -m cxr_tune.compare --model A --model B [--model C ...] FOLDER ... [--operating-point NAME] [--metrics OUT.json]``: models on the same labelled images.
+
+Which model is better on a site's labelled sample (the search's model or the adapted one, last
+month's or this month's)? On a few hundred images each model's own interval is wide, and two
+overlapping intervals say little; the difference between two models on the *same* images is
+measured far more precisely by a paired bootstrap, which resamples the same images for both
+(:func:`cxr_tune.set_metrics.paired_differences`, within each class).
+
+Prints each model's sensitivity, specificity, balanced accuracy and AUC at its own stored threshold
+(or ``--operating-point``), with 95 % bootstrap intervals, as ``predict`` prints them; then every
+later model minus the first, with paired 95 % intervals: an interval that excludes 0 is a
+difference these images can show. Images are labelled by their NORMAL/PNEUMONIA folders; files any
+model cannot read are left out for all, so every number is on the same images. Only the
+pickle-free ONNX exports are loaded, local or on object storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxr_tune import storage
+from cxr_tune.errors import UserError, run_cli
+from cxr_tune.formatting import fmt, interval, json_safe
+from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
+from cxr_tune.operating_points import threshold_for
+from cxr_tune.predict import collect, label_of, predict
+from cxr_tune.serving import load_model
+from cxr_tune.set_metrics import PAIRED_METRICS, held_out_metrics, paired_differences
+
+TITLES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity", "balanced_accuracy": "balanced accuracy"}
+
+
+def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_POINT) -> dict[str, Any]:
+    """Every model scored on the labelled images of ``inputs`` that all of them read, at operating point
+    ``point``: ``{"images", "class_counts", "skipped", "models": {name: metrics}, "differences": {name: {metric: [difference, [low, high]]}}}``,
+    each difference a later model minus the first."""
+    loaded = {name: load_model(name) for name in dict.fromkeys(models)}
+    thresholds = {name: threshold_for(model.meta, point) for name, model in loaded.items()}  # an unknown point stops before any image is read
+    files = collect(inputs)
+    labelled = [path for path in files if label_of(path) is not None]
+    if not labelled:
+        raise UserError(f"compare needs labelled images, under NORMAL/ or PNEUMONIA/ folders; none of the {len(files)} file(s) "
+                        f"in {', '.join(inputs)} is")
+    frames, skipped = {}, {}
+    for name, model in loaded.items():
+        frame, unread = predict(model, labelled, thresholds[name])
+        frames[name] = frame.set_index("path")
+        skipped.update(dict(zip(unread["path"], unread["reason"], strict=True)))
+    common = sorted(set.intersection(*(set(frame.index) for frame in frames.values())))
+    scores = {name: frame.loc[common, "probability"].to_numpy(dtype=float) for name, frame in frames.items()}
+    labels = next(iter(frames.values())).loc[common, "label"].to_numpy().astype(int)
+    counts = [int((labels == 0).sum()), int((labels == 1).sum())]
+    if min(counts) == 0:
+        raise UserError(f"compare needs readable images of both classes; {', '.join(inputs)} holds NORMAL {counts[0]}, PNEUMONIA {counts[1]}")
+    first, *later = loaded
+    return {
+        "images": len(common), "class_counts": counts, "operating_point": point, "skipped": skipped,
+        "models": {name: held_out_metrics(labels, scores[name], thresholds[name]) for name in loaded},
+        "differences": {name: paired_differences(labels, scores[name], thresholds[name], scores[first], thresholds[first]) for name in later},
+    }
+
+
+def describe(result: dict[str, Any]) -> str:
+    """:func:`compare`'s result for people: one table of the models, one of their paired differences."""
+    normal, pneumonia = result["class_counts"]
+    models = pd.DataFrame([
+        {"model": name, "threshold": fmt(metrics["threshold_used"]),
+         **{TITLES[key]: fmt(metrics[key]) + interval(metrics["ci95"].get(key)) for key in PAIRED_METRICS}}
+        for name, metrics in result["models"].items()])
+    lines = [f"{result['images']} labelled images (NORMAL {normal}, PNEUMONIA {pneumonia}), each model at its own threshold "
+             f"(operating point {result['operating_point']}); 95 % bootstrap intervals", "", models.to_markdown(index=False)]
+    if result["differences"]:
+        first = next(iter(result["models"]))
+        differences = pd.DataFrame([
+            {"model": name, **{TITLES[key]: f"{value:+.4f}" + interval(ci) for key, (value, ci) in difference.items()}}
+            for name, difference in result["differences"].items()])
+        lines += ["", f"Minus {first}, on the same images (paired bootstrap within each class; an interval that excludes 0 is a "
+                      "difference these images can show):", "", differences.to_markdown(index=False)]
+    if result["skipped"]:
+        lines += ["", f"Left out: {len(result['skipped'])} file(s) a model could not read:"]
+        lines += [f"  {path}: {reason}" for path, reason in result["skipped"].items()]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cxr_tune.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="FOLDER", help="labelled images: folders with NORMAL/ and PNEUMONIA/ below them (searched recursively)")
+    parser.add_argument("--model", action="append", required=True, metavar="MODEL", dest="models",
+                        help="an export folder (or its .onnx file), local or on object storage; give it two or more times: the first is the "
+                             "one the others are compared with")
+    parser.add_argument("--operating-point", default=DEFAULT_POINT, metavar="NAME",
+                        help=f"which stored threshold of each model decides (as in predict; default: {DEFAULT_POINT}, each model's own)")
+    parser.add_argument("--metrics", default=None, metavar="OUT.json", help="also write every number to this JSON file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if len(args.models) < 2:
+        parser.error("give --model two or more times: the models to compare")
+    if len(set(args.models)) < len(args.models):
+        parser.error("--model names the same model twice")
+    if args.metrics:
+        storage.check_writable(args.metrics, "--metrics", folder=False)
+    result = compare(args.models, args.inputs, args.operating_point)
+    print(describe(result))
+    if args.metrics:
+        storage.write_text_atomic(args.metrics, json.dumps(json_safe(result), indent=2))
+        print(f"\nWrote every number to {args.metrics}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

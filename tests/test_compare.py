@@ -1,0 +1,61 @@
+"""``python -m cxr_tune.compare``: models on the same labelled images, their paired differences, and one-line refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cxr_tune.set_metrics import bootstrap_intervals, paired_differences
+from tests.conftest import call_cli, kermany_folder
+from tests.exports import write_export
+
+
+@pytest.fixture()
+def site(tmp_path):
+    return kermany_folder(tmp_path / "site", {"test": {"PNEUMONIA": [f"person{i}_bacteria_{i}.jpeg" for i in range(14)],
+                                                       "NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(11)]}}) / "test"
+
+
+def test_two_models_on_the_same_images_differ_only_where_their_thresholds_do(tmp_path, site):
+    (site / "NORMAL" / "notes.txt").write_text("not an image")
+    own = write_export(tmp_path / "own", threshold=0.5)
+    everything = write_export(tmp_path / "everything", threshold=0.0)  # the same scores, every image called PNEUMONIA
+    done = call_cli("cxr_tune.compare", "--model", str(own), "--model", str(everything), str(site), "--metrics", str(tmp_path / "out" / "c.json"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "out" / "c.json").read_text())
+    assert result["images"] == 25 and result["class_counts"] == [11, 14] and list(result["skipped"]) == [str(site / "NORMAL" / "notes.txt")]
+    mine, theirs = result["models"][str(everything)], result["models"][str(own)]
+    assert mine["sensitivity"] == 1.0 and mine["specificity"] == 0.0 and mine["auc"] == theirs["auc"]
+    difference = result["differences"][str(everything)]
+    assert difference["auc"] == [0.0, [0.0, 0.0]]  # the same ranking: no resample can tell them apart
+    assert difference["sensitivity"][0] == pytest.approx(1.0 - theirs["sensitivity"])
+    assert difference["specificity"][0] == pytest.approx(-theirs["specificity"])
+    assert list(result["differences"]) == [str(everything)] and "Minus " + str(own) in done.stdout and "notes.txt: " in done.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "A"], "give --model two or more times"),
+    (["--model", "A", "--model", "A"], "--model names the same model twice"),
+    (["--model", "A", "--model", "B", "--operating-point", "sens99"], "unknown operating point 'sens99'"),
+    (["--model", "A", "--model", "B", "--only-pneumonia"], "compare needs readable images of both classes"),
+    (["--model", "A", "--model", "B", "--unlabelled"], "compare needs labelled images"),
+])
+def test_what_cannot_be_compared_is_one_line_and_status_2(tmp_path, site, args, message):
+    paths = {"A": str(write_export(tmp_path / "a")), "B": str(write_export(tmp_path / "b"))}
+    folder = {"--only-pneumonia": site / "PNEUMONIA", "--unlabelled": kermany_folder(tmp_path / "u", {"x": {"y": ["a.jpeg"]}})}
+    inputs = [str(folder[a]) for a in args if a in folder] or [str(site)]
+    done = call_cli("cxr_tune.compare", *[paths.get(a, a) for a in args if a not in folder], *inputs)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_paired_interval_is_narrower_than_either_models_own():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    signal = labels + rng.normal(0, 1.0, 300)
+    better, worse = signal + rng.normal(0, 0.2, 300), signal + rng.normal(0, 0.6, 300)
+    value, (low, high) = paired_differences(labels, better, 0.5, worse, 0.5)["auc"]
+    own = [bootstrap_intervals(labels, scores, 0.5)["auc"] for scores in (better, worse)]
+    assert 0 < low < value < high  # a difference these images can show, though the two models' own intervals overlap
+    assert own[1][1] > own[0][0] and high - low < 0.7 * min(b - a for a, b in own)
