@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from cxr_tune import storage
+from cxr_tune.cliargs import help_text
 from cxr_tune.calibration import Calibration
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import json_safe
@@ -215,7 +216,7 @@ def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any]) -> tuple
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxr_tune.adapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m cxr_tune.adapt", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="export folder to adapt (model.json, model.onnx, weights.safetensors), e.g. results/<experiment>/best")
     parser.add_argument("--images", required=True, help="folder of the site's images (searched recursively; labels, if any, are not read)")
     parser.add_argument("--out", required=True, help="new folder for the adapted model")
@@ -240,7 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "their statistics are not the site's X-rays'):")
         for path, reason in meta["left_out"]:
             print(f"  {path}: {reason}")
-    print(f"  threshold {record['threshold']} (unadapted: {record['unadapted_threshold']:.4f})")
+    fell_back = args.threshold_rule != record["threshold_rule"]  # the next line says why, once
+    shown = f"{meta['threshold']:.4f}, kept from the unadapted model" if fell_back else record["threshold"]
+    print(f"  threshold {shown} (unadapted: {record['unadapted_threshold']:.4f})")
     if args.threshold_rule != record["threshold_rule"]:
         print(f"  no {args.threshold_rule} threshold: {record['threshold_fallback'] or 'none found'}; the model's own is kept")
     print(f"Written: {args.out}")

@@ -1,4 +1,5 @@
-"""argparse ``type=`` helpers: finite numbers in range and ``KEY=VALUE`` settings, or a one-line usage error.
+"""argparse helpers: ``type=`` for finite numbers in range and ``KEY=VALUE`` settings, or a one-line usage error;
+:func:`help_text` for a module docstring shown by ``--help``.
 
 Plain ``type=float`` accepts ``nan`` and ``inf``, and ``nan`` slips through every ``<= 0`` check;
 these helpers refuse both while parsing, so a bad flag stops with argparse's usage line and exit
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "assignment", "assignments_text", "float_between", "fraction", "int_between", "nonnegative_float", "nonnegative_int", "positive_float", "positive_int",
+    "assignment", "assignments_text", "help_text", "float_between", "fraction", "int_between", "nonnegative_float", "nonnegative_int", "positive_float", "positive_int",
 ]
 
 
@@ -99,3 +101,15 @@ def assignment(text: str) -> tuple[str, Any]:
 def assignments_text(values: dict[str, Any]) -> str:
     """``{"mixup": 0.2, "convs_per_block": 2}`` as ``mixup=0.2, convs_per_block=2``: settings as a person typed them."""
     return ", ".join(f"{key}={value}" for key, value in values.items())
+
+
+def help_text(doc: str | None) -> str:
+    """A module docstring as ``--help`` shows it: reStructuredText's markup left out (````x````,
+    ``**x**`` and ``:mod:`x``` read as ``x``; a ``::`` that opens an example as ``:``).
+
+    >>> help_text("Reads ``model.json`` (:mod:`cxr_tune.serving`), **never** a pickle::")
+    'Reads model.json (cxr_tune.serving), never a pickle:'
+    """
+    text = re.sub(r":(?:mod|func|class|data|attr|meth):`~?([^`]+)`", r"\1", doc or "")
+    text = re.sub(r"\*\*([^*]+)\*\*", r"\1", re.sub(r"``([^`]+)``", r"\1", text))
+    return text.replace("::\n", ":\n").replace("::", ":")

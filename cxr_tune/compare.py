@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tune import storage
+from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval, json_safe
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
@@ -89,7 +90,7 @@ def describe(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxr_tune.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m cxr_tune.compare", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="FOLDER", help="labelled images: folders with NORMAL/ and PNEUMONIA/ below them (searched recursively)")
     parser.add_argument("--model", action="append", required=True, metavar="MODEL", dest="models",
                         help="an export folder (or its .onnx file), local or on object storage; give it two or more times: the first is the "

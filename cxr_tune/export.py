@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tune import __version__, storage
-from cxr_tune.cliargs import int_between, positive_int
+from cxr_tune.cliargs import help_text, int_between, positive_int
 from cxr_tune.calibration import METHODS as CALIBRATION_METHODS
 from cxr_tune.calibration import Calibration, plot_reliability
 from cxr_tune.calibration import fit as fit_calibration
@@ -124,6 +124,9 @@ def export_trial(
             raise UserError(f"{experiment.path}: {exc}") from None
         k = ensemble or experiment.space().settings.ensemble
         rows = ensemble_members(ranked, k)
+        if ensemble and len(rows) < ensemble:
+            print(f"Note: --ensemble {ensemble} asked for {ensemble} trials; {experiment.path} has {len(rows)} that reported a result"
+                  + (" at the selected trial's image size" if len(rows) < len(ranked) else "") + f", so the model averages {len(rows)}")
     checkpoints = [experiment.checkpoint_for(row) for _, row in rows.iterrows()]
     states = [load_state(path) for path in checkpoints]
     members = members_from_states(states)
@@ -235,9 +238,7 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
         "model_file": "model.onnx",
         "weights_file": "weights.safetensors",
         "input": {"name": "image", "dtype": "uint8", "shape": ["batch", 1, hp.image_size, hp.image_size]},
-        "output": {"name": "probability", "meaning": "probability of PNEUMONIA" + (f" (mean of {len(members.nets)} models)" if len(members.nets) > 1 else "")
-                   + (f" (mean over {tta} test-time views)" if tta > 1 else "")
-                   + (f" ({calibration.method}-calibrated on the deciding set, {'external' if deciding == 'ext' else 'carved'} validation)" if calibration is not None else "")},
+        "output": {"name": "probability", "meaning": "probability of PNEUMONIA" + _how_computed(len(members.nets), tta, calibration, deciding)},
         "preprocessing": {
             "image_size": hp.image_size,
             "grayscale": "8-bit (16-bit images min-max scaled; RGB/CMYK/palette converted; alpha over black)",
@@ -297,7 +298,7 @@ def summary(meta: dict[str, Any], target: str) -> str:
         f"Exported trial {meta['trial_id']} (epoch {meta['epoch']})"
         + (f" with {len(meta['members']) - 1} more trial(s) as an averaging ensemble" if len(meta["members"]) > 1 else "")
         + f"{tag} to {target}",
-        f"  threshold {meta['threshold']:.4f} ({meta['threshold_rule']})",
+        f"  threshold {meta['threshold']:.4f} ({meta['threshold_rule']}); every set below at it",
         f"  {carved}: " + metric_line(meta["validation"], meta["validation"].get("ci95")),
     ]
     if "external" in meta:
@@ -355,7 +356,7 @@ def _external_folder(val_data: str, splits: pd.DataFrame, cache_dir: str) -> pd.
     from cxr_tune.data.splits import refuse_shared_files, refuse_shared_patients
 
     source = load_external(storage.resolve(val_data), cache_dir)
-    check_external_size(source.manifest, f"--val-data '{val_data}'")
+    check_external_size(source.manifest, f"--val-data '{val_data}'", "leave --val-data out (the experiment's own deciding set chooses)")
     refuse_shared_files(source.manifest, splits[splits["split"] == "train"], "training-folder")
     refuse_shared_files(source.manifest, splits[splits["role"] == "test"], "test")
     refuse_shared_patients(source.manifest, splits[splits["role"] == "train"], "training")
@@ -422,12 +423,20 @@ def _check_same_decisions(before: np.ndarray, after: np.ndarray, threshold: floa
         raise RuntimeError(f"the calibrated model decides differently from the uncalibrated one on the {prefix} set")
 
 
+def _how_computed(models: int, tta: int, calibration: Calibration | None, deciding: str) -> str:
+    """What the output probability is, after "probability of PNEUMONIA": "" for one plain model."""
+    parts = ([f"the mean of {models} models"] if models > 1 else []) + ([f"averaged over {tta} test-time views"] if tta > 1 else []) \
+        + ([f"{calibration.method}-calibrated on {'external' if deciding == 'ext' else 'carved'} validation"] if calibration is not None else [])
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _search_record(info: dict[str, Any], hp: Any) -> dict[str, Any]:
     """What the experiment recorded about the search that chose this model (for the model card)."""
     options = info.get("options") or {}
     data = options.get("data") or {}
     return {
         "command": info.get("command"),
+        "experiment": storage.join(options["storage"], options["name"]) if options.get("storage") and options.get("name") else None,
         "space": info.get("space_path"),
         "trials": options.get("trials"),
         "sampler": options.get("sampler"),
@@ -463,7 +472,7 @@ def _reliability_png(meta: dict[str, Any]) -> bytes:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxr_tune.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m cxr_tune.export", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", help="experiment folder or URI (STORAGE/NAME) of a finished or interrupted search")
     parser.add_argument("--trial", default=None, help="trial id to export (default: the selected best trial, into EXPERIMENT/best)")
     parser.add_argument("--ensemble", type=positive_int, default=None, metavar="K", help="export the K best trials as one averaging model (default: the space's search.ensemble, usually 1)")
@@ -494,6 +503,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = export_trial(experiment, args.trial, target, args.ensemble, val_data=args.val_data, tta=args.tta, calibrate=args.calibrate,
                         final_fit=args.final_fit)
     print(summary(meta, target))
+    if target == storage.join(experiment, "best"):  # the model report.md describes: the report follows it
+        from cxr_tune.search.report import write_report
+
+        report = Experiment(experiment)
+        print(f"Report:      {write_report(report, report.trials(), meta)} (rewritten for this model)")
     return 0
 
 

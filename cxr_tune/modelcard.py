@@ -20,6 +20,7 @@ from cxr_tune.formatting import fmt, interval
 from cxr_tune.operating_points import NAMES as POINT_ORDER
 
 CARD_FILE = "MODEL_CARD.md"
+SAMPLERS = {"tpe": "Optuna TPE", "random": "random"}
 SETS = (("validation", "carved validation"), ("external", "external validation"), ("test", "test"))
 RATES = (("auc", "AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("balanced_accuracy", "balanced accuracy"))
 KERMANY = ("Kermany et al. 2018, \"Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for Classification\" "
@@ -137,13 +138,14 @@ def _search(meta: dict[str, Any]) -> list[str]:
     deciding = _set_name(meta.get("deciding_set"))
     how = [f"search space `{search['space']}`" if search.get("space") else None,
            f"{search['trials']} trial(s) requested" if search.get("trials") else None,
-           f"sampler `{search['sampler']}`" if search.get("sampler") else None,
+           f"{SAMPLERS.get(search['sampler'], search['sampler'])} sampling" if search.get("sampler") else None,
            None if search.get("early_stopping") is None else ("ASHA early stopping" if search["early_stopping"] else "no early stopping"),
            f"at most {search['max_epochs']} epoch(s) a trial" if search.get("max_epochs") else None]
     how = [part for part in how if part]
     lines = ["## How the model was chosen", ""]
     if how:
-        lines.append("- " + "; ".join(how).capitalize() + ".")
+        text = "; ".join(how)
+        lines.append("- " + text[0].upper() + text[1:] + ".")
     lines += [
         f"- Deciding set: **{deciding}**. It chose each trial's epoch, the trial ranking, the ensemble members, the threshold and "
         f"the operating points{', and fitted the calibration' if meta.get('calibration', {}).get('method', 'none') != 'none' else ''}: "
@@ -275,12 +277,13 @@ def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:
 def _reproduce(meta: dict[str, Any]) -> list[str]:
     command = meta.get("search", {}).get("command")
     calibrate = meta.get("calibration", {}).get("method", "none")
-    export = "python -m cxr_tune.export EXPERIMENT" + (f" --ensemble {len(meta.get('members', []))}" if len(meta.get("members", [])) > 1 else "") \
+    export = f"python -m cxr_tune.export {meta.get('search', {}).get('experiment') or 'EXPERIMENT'}" + (f" --ensemble {len(meta.get('members', []))}" if len(meta.get("members", [])) > 1 else "") \
         + (f" --tta {meta['tta_views']}" if meta.get("tta_views", 1) > 1 else "") + (f" --calibrate {calibrate}" if calibrate != "none" else "")
     lines = ["## How to reproduce", ""]
     if command:
         lines.append(f"1. `{command}` (cxr_tune {meta.get('cxr_tune_version')}; seeds are in `model.json`'s hyperparameters)")
-    lines += [f"{2 if command else 1}. `{export}`", f"{3 if command else 2}. `python -m cxr_tune.predict --model FOLDER IMAGES [--operating-point NAME] [--explain OUT]`", ""]
+    lines += [f"{2 if command else 1}. `{export}`", f"{3 if command else 2}. `python -m cxr_tune.predict --model FOLDER IMAGES [--operating-point NAME] [--explain OUT]` "
+              "(FOLDER: this model's folder)", ""]
     if meta.get("adaptation"):
         lines.insert(-1, f"{4 if command else 3}. `python -m cxr_tune.adapt --model FOLDER --images SITE --out NEW --threshold {meta['adaptation'].get('threshold_rule')}`")
     return lines

@@ -36,8 +36,10 @@ import numpy as np
 import pandas as pd
 
 from cxr_tune import storage
+from cxr_tune.cliargs import help_text
 from cxr_tune.data.imaging import decode_gray, try_decode_checked
 from cxr_tune.data.sources import CLASSES
+from cxr_tune.data.synthetic import SYNTHETIC_MARKER
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval, json_safe
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
@@ -52,12 +54,13 @@ if TYPE_CHECKING:  # torch is imported only for --explain: scoring needs onnxrun
 
 
 def collect(inputs: Sequence[str]) -> list[Path]:
-    """Every file named on the command line, and every file under the named folders."""
+    """Every file named on the command line, and every file under the named folders (but hidden files and the
+    SYNTHETIC set's own marker file)."""
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            files += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != SYNTHETIC_MARKER)
         elif path.is_file():
             files.append(path)
         else:
@@ -196,7 +199,7 @@ def _rate(value: float) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxr_tune.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m cxr_tune.predict", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
     parser.add_argument("--model", required=True, help="export folder with model.onnx and model.json, local or on object storage, e.g. results/<experiment>/best or s3://bucket/experiments/<experiment>/best, or its .onnx file (loaded exactly, with the model.json beside it)")
     parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path,probability,prediction (0/1),check (why to check the image first; empty for most) to this CSV file")

@@ -76,6 +76,11 @@ def read_trials(experiment: Path) -> pd.DataFrame:
     return pd.read_csv(experiment / "trials.csv", dtype={"trial_id": str})
 
 
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of every row of the tables (markdown) in a command's output, header rows included."""
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+
+
 def kermany_folder(root: Path, layout: dict[str, dict[str, list[str]]], seed: int = 0) -> Path:
     """``{split: {class: [file names]}}`` → real images at ``root/split/class/name``."""
     for split, classes in layout.items():

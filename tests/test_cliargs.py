@@ -130,3 +130,9 @@ def test_a_bad_precision_stops_train_search_and_bench_with_usage_and_status_2():
         done = call_cli(*command, "--precision", "fp8")
         errors = [line for line in done.stderr.splitlines() if "error:" in line]
         assert done.returncode == 2 and len(errors) == 1 and "--precision" in errors[0] and "fp8" in errors[0], done.stderr
+
+
+def test_no_help_page_shows_the_docstrings_markup():
+    for build in (search_parser, train_parser, data_parser, export_parser, predict_parser, adapt_parser, compare_parser, bench_parser):
+        text = build().format_help()
+        assert "``" not in text and ":mod:`" not in text and ":func:`" not in text and "**" not in text, build.__module__

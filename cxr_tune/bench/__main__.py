@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_tune.cliargs import assignment, int_between, nonnegative_int, positive_float, positive_int
+from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_int, positive_float, positive_int
 from cxr_tune.errors import run_cli
 from cxr_tune.train.hparams import ARCHITECTURES
 
@@ -20,7 +20,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxr_tune.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m cxr_tune.bench", description=help_text(__doc__))
     commands = parser.add_subparsers(dest="command", required=True)
     size = int_between(16, 1024)
     data = commands.add_parser("data", help="Ray Data cache build vs a plain Pillow loop, and a cache hit")

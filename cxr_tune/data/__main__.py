@@ -6,16 +6,16 @@ import argparse
 from collections.abc import Sequence
 
 from cxr_tune import storage
-from cxr_tune.cliargs import int_between, nonnegative_int, positive_int
+from cxr_tune.cliargs import help_text, int_between, nonnegative_int, positive_int
 from cxr_tune.data.cache import MAX_SIZE, MIN_SIZE
 from cxr_tune.data.prepared import DataOptions, SplitData, add_data_arguments, split_data
-from cxr_tune.data.report import inspect_report, roles_table, skipped_report
+from cxr_tune.data.report import inspect_report, roles_text, skipped_report
 from cxr_tune.data.synthetic import DEFAULT_N, synthesize
 from cxr_tune.errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxr_tune.data", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m cxr_tune.data", description=help_text(__doc__))
     commands = parser.add_subparsers(dest="command", required=True)
 
     inspect = commands.add_parser("inspect", help="counts, patients, duplicates, sizes, leakage and unreadable files")
@@ -50,16 +50,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _prepare(args: argparse.Namespace, split: SplitData) -> int:
     from cxr_tune.data.cache import check_image_size, find_cache, prepare_cache
+    from cxr_tune.console import library_output_to
     from cxr_tune.ray_session import ray_session
 
     check_image_size(args.image_size)
     print(f"Data: {split.source.description}")
     print(split.describe_external("external"))
-    print(roles_table(split.roles).to_string())
+    print(roles_text(split.roles))
     print(skipped_report(split.source.skipped))
     cache = find_cache(split.cache_dir, split.source.manifest, args.image_size)
-    if cache is None:  # only a build needs Ray
-        with ray_session():
+    if cache is None:  # only a build needs Ray; its console output goes to a file beside a local cache
+        log = None if storage.is_uri(split.cache_dir) else storage.join(split.cache_dir, "prepare.log")
+        if log:
+            print(f"Ray's output: {log}")
+        with library_output_to(log) as handle, ray_session(log=handle):
             cache = prepare_cache(split.source.manifest, args.image_size, split.cache_dir)
     verb = "Reused" if cache.reused else f"Built in {cache.build_seconds:.1f} s:"
     print(f"{verb} image cache of {cache.n_images} images at {args.image_size}x{args.image_size} px: {cache.path}")

@@ -105,7 +105,11 @@ class SplitData:
         return "external" if self.has_external and select_on == "external" else "carved"
 
     def describe_external(self, select_on: str) -> str:
-        """One line on what selects: the external set (a selection set) or carved validation, and why."""
+        """What selects: the external set (a selection set) or carved validation, and why; then a line
+        on the images the patient-group rule left out, when it left out any."""
+        return self._what_selects(select_on) + "".join(f"\n{line}" for line in self._left_out())
+
+    def _what_selects(self, select_on: str) -> str:
         if self.has_external:
             counts = self.roles.loc[self.roles["role"] == "external", "label"].value_counts()
             what = f"External validation: {self.external} ({counts.get(0, 0)} NORMAL, {counts.get(1, 0)} PNEUMONIA images)"
@@ -115,6 +119,14 @@ class SplitData:
             return f"{what} is scored every epoch for comparison; selection uses validation carved from train (--select-on carved)."
         note = f" ({self.external_note})" if self.external_note else ""
         return f"No external validation set: selection uses validation carved from train{note}."
+
+    def _left_out(self) -> list[str]:
+        excluded = self.roles[self.roles["role"] == "excluded"]
+        if excluded.empty:
+            return []
+        reasons = excluded.groupby("role_note").size().sort_values(ascending=False)
+        return [f"Left out {len(excluded)} image(s) by the patient-group rule (python -m cxr_tune.data inspect lists them): "
+                + "; ".join(f"{n} ({note})" for note, n in reasons.items())]
 
     @property
     def roles_used(self) -> tuple[str, ...]:
@@ -154,13 +166,14 @@ def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
     return SplitData(source=source, roles=roles, cache_dir=cache_dir, options=options, external=external, external_note=note)
 
 
-def check_external_size(manifest: pd.DataFrame, what: str) -> None:
+def check_external_size(manifest: pd.DataFrame, what: str, instead: str = "pass --val-data none") -> None:
+    """Refuse an external set too small to select on; ``instead``: what the user can do other than add images."""
     counts = manifest.drop_duplicates("content_hash")["label"].value_counts()
     normal, pneumonia = int(counts.get(0, 0)), int(counts.get(1, 0))
     if min(normal, pneumonia) < MIN_EXTERNAL_PER_CLASS:
         raise UserError(
             f"{what} holds {normal} NORMAL and {pneumonia} PNEUMONIA readable images; selecting on it needs at least "
-            f"{MIN_EXTERNAL_PER_CLASS} of each (fewer cannot tell trials apart). Add images or pass --val-data none"
+            f"{MIN_EXTERNAL_PER_CLASS} of each (fewer cannot tell trials apart). Add images or {instead}"
         )
 
 

@@ -39,7 +39,7 @@ def inspect_report(split: SplitData) -> str:
     source, roles = split.source, split.roles
     manifest = source.manifest
     lines = [f"Data: {source.description}", ""]
-    lines += [summary_table(manifest).to_string(index=False), ""]
+    lines += [summary_table(manifest).to_markdown(index=False), ""]
     lines.append(_duplicates_line(manifest))
     unparsed = int(manifest["patient_id"].str.startswith("image:").sum())
     if unparsed:
@@ -47,7 +47,7 @@ def inspect_report(split: SplitData) -> str:
     lines.append(numbering_report(manifest))
     lines.append(leakage_report(roles))
     lines += ["", split.describe_external("external"), "", "Roles with these options (what training and selection will use):",
-              roles_table(roles).to_string(), ""]
+              roles_text(roles), ""]
     lines.append(skipped_report(source.skipped))
     lines.append(unlike_report(manifest))
     return "\n".join(line for line in lines if line is not None)
@@ -67,8 +67,9 @@ def numbering_report(manifest: pd.DataFrame) -> str | None:
     return (
         f"Patient numbers: Kermany numbers pneumonia patients per infection type, so personN_bacteria and personN_virus are "
         f"two children and the patient key keeps the type. {int((types > 1).sum())} of {len(types)} person numbers carry both types; "
-        f"{len(crossing_other_type)} number(s) appear in more than one folder with a different type only "
-        f"(WARNING, not a leak: treated as different patients, nothing excluded)."
+        + (f"{len(crossing_other_type)} number(s) appear in more than one folder with a different type only "
+           f"(WARNING, not a leak: treated as different patients, nothing excluded)." if crossing_other_type
+           else "no number appears in more than one folder with a different type.")
     )
 
 
@@ -78,13 +79,14 @@ def leakage_report(roles: pd.DataFrame) -> str:
     if crossing.empty:
         head = "Leakage check: no patient or identical image crosses the folders."
     else:
-        listed = crossing.head(MAX_LISTED).to_string(index=False)
+        listed = crossing.head(MAX_LISTED).to_string(index=False) + (f"\n  ... and {len(crossing) - MAX_LISTED} more" if len(crossing) > MAX_LISTED else "")
         head = (f"Leakage check: WARNING {len(crossing)} group(s) (patients or identical files) cross the folders "
                 f"({int(crossing['images'].sum())} images):\n{listed}")
     excluded = roles[roles["role"] == "excluded"]
     if excluded.empty:
         return head + "\nNothing is excluded: no training or validation image shares a patient or a file with test or the external set."
-    done = [f"  {len(part)} image(s) of {part['group_id'].nunique()} group(s) excluded from training and validation: {note}"
+    done = [f"  {len(part)} image(s) of {part['group_id'].nunique()} group(s) left out of training, validation and the external set "
+            f"({', '.join(f'{n} from {folder}/' for folder, n in part['split'].value_counts().items())}): {note}"
             for note, part in excluded.groupby("role_note")]
     return head + "\nWhat is done about it:\n" + "\n".join(done)
 
@@ -136,3 +138,8 @@ def _duplicates_line(manifest: pd.DataFrame) -> str:
 
 def _spread(values: pd.Series) -> str:
     return f"{values.min()}/{int(values.median())}/{values.max()}"
+
+
+def roles_text(roles: pd.DataFrame) -> str:
+    """:func:`roles_table` as an aligned table for the console."""
+    return roles_table(roles).rename_axis(index="role", columns=None).reset_index().to_markdown(index=False)

@@ -8,7 +8,8 @@ images that share their anatomy. About 74 % of images are PNEUMONIA, like the re
 
 Generation is deterministic in ``seed``; the folder is written in the Kermany layout with Kermany
 file names (``personNNNN_bacteria_MMMM.jpeg``, ``IM-NNNN-MMMM.jpeg``) and a ``SYNTHETIC.json``
-marker, so every report that uses it says SYNTHETIC.
+marker, so every report that uses it says SYNTHETIC. Each seed numbers its patients apart from every
+other seed's, so a draw with another seed can stand in for a second site (``--val-data``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cxr_tune import storage
 from cxr_tune.errors import UserError
 
 GENERATOR_VERSION = 3
+PATIENTS_PER_SEED = 100_000  # patient numbers of seed S start at S * 100,000 (seed 0's names are those of every earlier version)
 DEFAULT_N = 1500
 #: The file that marks a folder as the SYNTHETIC set, so every report about it says SYNTHETIC.
 SYNTHETIC_MARKER = "SYNTHETIC.json"
@@ -127,11 +129,12 @@ def _write_all(folder: Path, *, n: int, seed: int) -> None:
     def write(item: tuple[int, int, int, str]) -> None:
         patient, k, label, split = item
         pixels = draw_image(seed, patient, k, label)
+        number = patient + seed * PATIENTS_PER_SEED  # two draws never share a patient: one can be another's site sample
         if label:
             kind = "bacteria" if patient % 3 else "virus"
-            name = f"PNEUMONIA/person{patient:04d}_{kind}_{k:04d}.jpeg"
+            name = f"PNEUMONIA/person{number:04d}_{kind}_{k:04d}.jpeg"
         else:
-            name = f"NORMAL/IM-{patient:04d}-{k:04d}.jpeg"
+            name = f"NORMAL/IM-{number:04d}-{k:04d}.jpeg"
         Image.fromarray(pixels, mode="L").save(folder / split / name, quality=92)
 
     with ThreadPoolExecutor(max_workers=4) as pool:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxr_tune import storage
-from cxr_tune.cliargs import fraction, nonnegative_float, nonnegative_int, positive_float, positive_int
+from cxr_tune.cliargs import fraction, help_text, nonnegative_float, nonnegative_int, positive_float, positive_int
 from cxr_tune.data.prepared import DataOptions, add_data_arguments
 from cxr_tune.errors import EXIT_INTERRUPTED, UserError, run_cli
 from cxr_tune.search.options import SearchOptions
@@ -28,7 +28,7 @@ from cxr_tune.train.precision import add_precision_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxr_tune.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m cxr_tune.search", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", default="wide", help="search space: a name in search_spaces/ (wide, narrow, smoke, ...) or a .yaml path (default: wide)")
     parser.add_argument("--data", default=None, help="data folder or URI in the Kermany layout (default: the built-in SYNTHETIC set)")
     parser.add_argument("--name", default=None, help="experiment name; results go to STORAGE/NAME (default: <space>-<timestamp>)")
@@ -69,10 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> SearchOptions:
-
     space = load_space(args.space)  # a bad file stops here, before Ray starts
     if args.max_epochs is not None and args.max_epochs < space.settings.grace_period:
         raise UserError(f"--max-epochs {args.max_epochs} is less than the space's ASHA grace_period {space.settings.grace_period}")
+    if args.name is not None and not args.name.strip():
+        raise UserError("--name is empty: give the experiment a folder name, or leave --name out for <space>-<timestamp>")
     name = args.name or time.strftime(f"{space.name}-%Y%m%d-%H%M%S")
     if "/" in name or name.startswith("."):
         raise UserError(f"--name {name!r} must be a plain folder name")
@@ -182,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs = ["interrupted"]
         if runs and not Experiment(experiment).final_fit_complete():
             outcome = "interrupted"  # Ctrl-C, or runs that failed: --resume trains what is missing
-    finish_experiment(experiment, export=not args.no_export)
+    finish_experiment(experiment, export=not args.no_export, interrupted=outcome == "interrupted")
     if outcome == "interrupted":
         print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}")
         return EXIT_INTERRUPTED

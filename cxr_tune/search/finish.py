@@ -11,8 +11,9 @@ from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt
 
 
-def finish_experiment(experiment_dir: str, *, export: bool = True) -> dict[str, Any]:
-    """Write ``trials.csv``/``trials.parquet``, export the selected trial(s), write ``report.md``."""
+def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: bool = False) -> dict[str, Any]:
+    """Write ``trials.csv``/``trials.parquet``, export the selected trial(s), write ``report.md``;
+    ``interrupted``: the search stopped before its end (its best so far is exported, and says so)."""
     from cxr_tune.export import export_trial, summary
     from cxr_tune.search.report import write_report
 
@@ -23,7 +24,7 @@ def finish_experiment(experiment_dir: str, *, export: bool = True) -> dict[str, 
     selected = table.sort_values("rank").iloc[0]
     exported = export_trial(experiment.path) if export else None
     report = write_report(experiment, table, exported)
-    _print_summary(experiment, table, selected)
+    _print_summary(experiment, table, selected, interrupted)
     if exported:
         print(summary(exported, experiment.file("best")))
     print(f"Trial table: {experiment.file('trials.csv')}")
@@ -32,13 +33,15 @@ def finish_experiment(experiment_dir: str, *, export: bool = True) -> dict[str, 
     return {"table": table, "selected": selected, "exported": exported}
 
 
-def _print_summary(experiment: Experiment, table: pd.DataFrame, selected: pd.Series) -> None:
+def _print_summary(experiment: Experiment, table: pd.DataFrame, selected: pd.Series, interrupted: bool = False) -> None:
     counts = table["stop_reason"].value_counts().to_dict()
     tag = "  [SYNTHETIC DATA — not real patients]" if experiment.synthetic else ""
     external_decides = experiment.deciding_set == "external"
-    print(f"\n=== Search finished: {len(table)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}){tag}")
+    what = "Search interrupted (what follows is its best so far)" if interrupted else "Search finished"
+    print(f"\n=== {what}: {len(table)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}){tag}")
     print(f"Selected trial {selected['trial_id']} (best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}; "
-          f"{int(table['tied'].fillna(False).sum())} trial(s) tied with the best on {'the external set' if external_decides else 'carved validation'}):")
+          f"{int(table['tied'].fillna(False).sum())} trial(s) tied with the best on {'the external set' if external_decides else 'carved validation'}, "
+          "ties broken by AUC; each set at a threshold chosen on it):")
     for name, set_prefix in (("carved validation", "val"), ("external validation (SELECTION SET)" if external_decides else "external validation (chose nothing)", "ext")):
         if f"{set_prefix}_auc" in selected and pd.notna(selected[f"{set_prefix}_auc"]):
             print(f"  {name}: " + ", ".join(f"{m.replace('_', ' ')} {fmt(selected[f'{set_prefix}_{m}'])}"
@@ -47,4 +50,7 @@ def _print_summary(experiment: Experiment, table: pd.DataFrame, selected: pd.Ser
 
 def dashboard_command(experiment: Experiment) -> str:
     """The command that opens the experiment's Optuna study (a local SQLite file, also for experiments on object storage)."""
-    return f"optuna-dashboard sqlite:///{experiment.study_path}   (pip install -e '.[dashboard]' once)"
+    from importlib.util import find_spec
+
+    missing = find_spec("optuna_dashboard") is None
+    return f"optuna-dashboard sqlite:///{experiment.study_path}" + ("   (pip install -e '.[dashboard]' once)" if missing else "")

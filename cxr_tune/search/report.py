@@ -124,9 +124,9 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     lines += [
         f"- Command: `{info['command']}`",
         f"- Data: {info['data_description']}",
-        f"- Train / carved validation images (distinct, NORMAL/PNEUMONIA): {tuple(info['class_counts_train'])} / {tuple(info['class_counts_val'])}; "
+        f"- Distinct images: training {_counts(info['class_counts_train'])}; carved validation {_counts(info['class_counts_val'])}; "
         f"validation is carved from the training folder by patient group ({options.data.val_fraction:.0%}, split seed {options.data.split_seed})",
-        f"- External validation: `{external}` (distinct images, NORMAL/PNEUMONIA: {tuple(info.get('class_counts_external', ()))})" if external
+        f"- External validation: `{external}` (distinct images: {_counts(info.get('class_counts_external'))})" if external
         else f"- External validation: none{(' (' + info['external_note'] + ')') if info.get('external_note') else ''}",
         f"- Space: `{info['space_path']}` (copied to `space.yaml`)",
         f"- Selection on **{deciding}**: each epoch's {criterion} at a threshold chosen on the same set"
@@ -150,7 +150,10 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         members = [m["trial_id"] for m in exported.get("members", [])]
         final = exported.get("final_fit") or {}
         what = (f"the average of the final-fit runs {', '.join(f'`{m}`' for m in members)}" if final.get("exported", bool(final))
-                else f"the average of trials {', '.join(f'`{m}`' for m in members)}" if len(members) > 1 else "this trial")
+                else f"the average of trials {', '.join(f'`{m}`' for m in members)}" if len(members) > 1
+                else "this trial" if members == [selected["trial_id"]] else f"trial `{members[0]}`")
+        if exported.get("tta_views", 1) > 1:
+            what += f", averaged over {exported['tta_views']} test-time views"
         lines += [
             f"Exported to `best/`: {what} (ONNX, loaded back and checked against PyTorch and the stored scores)"
             + (f"; {final_fit_line(final)}" if final else "") + ". "
@@ -189,7 +192,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
                f"{prefix}_auc", f"{prefix}_sensitivity", f"{prefix}_specificity", f"{prefix}_threshold", f"{prefix}_loss"]
     if prefix == "ext":
         columns += ["val_balanced_accuracy", "val_auc"]
-    lines += [_table(ranked[[c for c in columns + _param_columns(table) if c in ranked]]), ""]
+    lines += [_trial_table(ranked[[c for c in columns if c in ranked]], ranked[_param_columns(table)]), ""]
     errors = table[table["status"] == "ERROR"]
     if not errors.empty:
         lines += ["## Failed trials", "", _table(errors[["trial_id", "error"]]), ""]
@@ -250,6 +253,8 @@ def plot_importances(path: Path, experiment: Experiment) -> dict[str, str | None
                      and not issubclass(w.category, optuna.exceptions.ExperimentalWarning)})
     if not importances:
         return {"importances": "Parameter importances are not available (fewer than two finished trials)."}
+    if len(set(importances.values())) == 1:  # Optuna's way of saying it could not tell them apart: no chart of equal bars
+        return {"importances": "Parameter importances are not available: " + (" ".join(doubts) or "Optuna rates every parameter the same.")}
     names, values = list(importances)[::-1], list(importances.values())[::-1]
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.4 * len(names))))
     ax.barh(names, values)
@@ -287,7 +292,7 @@ def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float, name: str
     sens, spec = predicted[labels == 1].mean(), 1 - predicted[labels == 0].mean()
     ax.scatter([1 - spec], [sens], s=80, color="C3", zorder=5, label=f"threshold {threshold:.3f}")
     ax.legend(loc="lower right")
-    ax.set(title=f"Selected trial: ROC on {name}")
+    ax.set(title=f"Selected trial: ROC on {name}", xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)")
     _save(fig, path)
     return None
 
@@ -319,6 +324,8 @@ def _plot_learning(path: Path, history: pd.DataFrame) -> str | None:
     left.legend()
     right.set(xlabel="epoch", title="Validation metrics (each at its own threshold)")
     right.legend(loc="lower right", fontsize=8)
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole numbers
     _save(fig, path)
     return None
 
@@ -429,12 +436,27 @@ def _param_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c not in known]
 
 
+def _counts(counts: Any) -> str:
+    """``[NORMAL, PNEUMONIA]`` counts for people."""
+    return f"{counts[0]:,} NORMAL, {counts[1]:,} PNEUMONIA" if counts is not None and len(counts) == 2 else "n/a"
+
+
 def _table(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, floatfmt=".4f")
 
 
+def _trial_table(metrics: pd.DataFrame, params: pd.DataFrame) -> str:
+    """Metrics to four decimals; each sampled parameter as it was drawn (a whole number as one, blank
+    where the trial had none, e.g. a third block's filters in a two-block net)."""
+    cells = pd.concat([metrics.map(lambda v: f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else "" if _missing(v) else str(v)),
+                       params.map(lambda v: "" if _missing(v) else _fmt(v))], axis=1)
+    return cells.to_markdown(index=False, disable_numparse=True)
+
+
 def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return f"{value:.4g}" if isinstance(value, (float, np.floating)) else str(value)
 
 
 def _missing(value: Any) -> bool:

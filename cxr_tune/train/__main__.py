@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cxr_tune import storage
-from cxr_tune.cliargs import assignment, int_between, nonnegative_float, positive_float, positive_int
+from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_float, positive_float, positive_int
 from cxr_tune.data.prepared import DataOptions, add_data_arguments, datasets_by_size, split_data
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.experiment import Experiment
@@ -32,7 +32,7 @@ EXTERNAL_SHOWN = ["ext_loss", "ext_auc", "ext_threshold", "ext_balanced_accuracy
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cxr_tune.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m cxr_tune.train", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="data folder in the Kermany layout (default: the built-in SYNTHETIC set)")
     parser.add_argument("--params", default=None, help="YAML file of hyperparameters (any HParams field; a model.json from an export works too); default: the HParams defaults")
     parser.add_argument("--set", dest="overrides", action="append", default=[], type=assignment, metavar="KEY=VALUE", help="override one hyperparameter, e.g. --set epochs=3 (repeatable)")

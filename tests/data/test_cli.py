@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import SHARED_DATA, call_cli, kermany_folder
+from tests.conftest import SHARED_DATA, call_cli, kermany_folder, table_rows
 
 
 def test_inspect_reports_counts_duplicates_leakage_and_skipped(tmp_path):
@@ -20,7 +20,8 @@ def test_inspect_reports_counts_duplicates_leakage_and_skipped(tmp_path):
     out = done.stdout
     assert "real data at" in out and "train" in out and "PNEUMONIA" in out
     assert "WARNING 1 group(s) (patients or identical files) cross the folders" in out and "person2_virus" in out
-    assert "1 image(s) of 1 group(s) excluded from training and validation: same patient or identical file is in the test folder" in out
+    assert ("1 image(s) of 1 group(s) left out of training, validation and the external set (1 from train/): same patient or identical "
+            "file is in the test folder") in out
     assert "1 number(s) appear in more than one folder with a different type only (WARNING, not a leak" in out
     assert ".DS_Store: not an image Pillow can read" in out
 
@@ -64,12 +65,11 @@ def test_bad_data_stops_with_one_line_and_status_2_before_ray(tmp_path, layout, 
 def test_inspect_real_training_split(tmp_path):
     done = call_cli("cxr_tune.data", "inspect", str(SHARED_DATA), "--cache-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    rows = {tuple(line.split()[:2]): line.split() for line in done.stdout.splitlines() if line.startswith("train ")}
+    rows = {tuple(row[:2]): row for row in table_rows(done.stdout) if row[0] == "train"}
     assert rows[("train", "NORMAL")][2] == "1341" and rows[("train", "PNEUMONIA")][2] == "3875"
     # Roles: every image of the training folder trains or validates (nothing leaks to exclude), the
     # carved share is --val-fraction's 15 % by patient, and each keeps the class balance.
-    roles = {line.split()[0]: [int(v) for v in line.split()[1:4]] for line in done.stdout.splitlines()
-             if line.split()[:1] in (["train"], ["val"], ["external"], ["excluded"]) and len(line.split()) == 6}
+    roles = {row[0]: [int(v) for v in row[1:4]] for row in table_rows(done.stdout) if row[0] in ("train", "val", "external", "excluded") and len(row) == 6}
     assert "excluded" not in roles and "Nothing is excluded" in done.stdout
     assert "Images unlike chest X-rays (colour, blank, a DICOM lateral view or not a radiograph): none." in done.stdout
     assert roles["train"][0] + roles["val"][0] == 1341 and roles["train"][1] + roles["val"][1] == 3875

@@ -14,7 +14,7 @@ import pytest
 
 from cxr_tune.data.prepared import MIN_EXTERNAL_PER_CLASS, DataOptions, split_data
 from cxr_tune.errors import UserError
-from tests.conftest import kermany_folder, run_cli, write_image
+from tests.conftest import kermany_folder, run_cli, table_rows, write_image
 
 N = MIN_EXTERNAL_PER_CLASS
 
@@ -75,13 +75,13 @@ def test_a_val_folder_is_the_external_set_only_with_enough_images_of_each_class(
     out = capsys.readouterr().out
     if external:
         assert f"External validation: {root / 'val'} ({val[0]} NORMAL, {val[1]} PNEUMONIA images) selects" in out
-        row = next(line.split() for line in out.splitlines() if line.startswith("external "))
+        row = next(row for row in table_rows(out) if row[0] == "external")
         assert row[1:4] == [str(val[0]), str(val[1]), str(sum(val))]
     else:
         assert (f"No external validation set: selection uses validation carved from train (the val/ folder holds "
                 f"{val[0]} NORMAL and {val[1]} PNEUMONIA images, too few to select on (at least {N} of each") in out
         assert "it is set aside" in out and "--val-data PATH" in out
-        row = next(line.split() for line in out.splitlines() if line.startswith("unused "))
+        row = next(row for row in table_rows(out) if row[0] == "unused")
         assert row[1:4] == [str(val[0]), str(val[1]), str(sum(val))]
 
 

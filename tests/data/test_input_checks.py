@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cxr_tune.data.imaging import decode_checked, decode_gray
-from tests.conftest import SHARED_DATA, call_cli, kermany_folder, write_image
+from tests.conftest import SHARED_DATA, call_cli, kermany_folder, table_rows, write_image
 from tests.data.test_dicom import dicom_bytes, source_image
 from tests.exports import write_export
 
@@ -103,5 +103,5 @@ def test_inspect_lists_a_data_folders_images_unlike_xrays_and_keeps_them(tmp_pat
     lines = listed.splitlines()[1:3]
     assert lines[0].startswith(f"  {root / 'train' / 'NORMAL' / 'IM-0003-0001.png'}: colour image"), done.stdout
     assert lines[1].startswith(f"  {root / 'train' / 'PNEUMONIA' / 'person3_virus_3.dcm'}: lateral view"), done.stdout
-    counts = {line.split()[1]: int(line.split()[2]) for line in done.stdout.splitlines() if line.split()[:1] == ["train"] and line.split()[1] in ("NORMAL", "PNEUMONIA")}
+    counts = {row[1]: int(row[2]) for row in table_rows(done.stdout) if row[0] == "train" and row[1] in ("NORMAL", "PNEUMONIA")}
     assert counts == {"NORMAL": 3, "PNEUMONIA": 3}  # used as they are: the folder is the user's to change

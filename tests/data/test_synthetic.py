@@ -42,3 +42,9 @@ def test_refuses_to_overwrite_a_folder(tmp_path):
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty"):
         synthesize(str(tmp_path / "out"), n=40)
+
+
+def test_two_seeds_share_no_patient_so_one_can_be_the_others_site_sample(tmp_path):
+    a = build_manifest(synthesize(str(tmp_path / "a"), n=80, seed=1)).manifest
+    b = build_manifest(synthesize(str(tmp_path / "b"), n=80, seed=2)).manifest
+    assert not set(a["patient_id"]) & set(b["patient_id"]) and not a["patient_id"].str.startswith("image:").any()

@@ -17,6 +17,7 @@ from tests.conftest import run_cli
     (["--space", "narrow", "--max-epochs", "2"], "less than the space's ASHA grace_period 4"),
     (["--space", "nope"], "no search space named 'nope'"),
     (["--name", "a/b"], "must be a plain folder name"),
+    (["--name", ""], "--name is empty"),
     (["--data", "/no/such/folder"], "does not exist"),
 ])
 def test_bad_flags_are_user_errors(tmp_path, flags, message):
