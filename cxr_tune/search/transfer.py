@@ -15,6 +15,7 @@ import pandas as pd
 from cxr_tune.formatting import fmt
 
 PAIRS = (("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
+FEW_TRIALS = 10  # below this, say that a rank correlation says little
 TABLE_COLUMNS = ["trial_id", "rank", "tied", "val_balanced_accuracy", "ext_balanced_accuracy", "ext_objective_low", "ext_objective_high",
                  "val_auc", "ext_auc", "val_loss", "ext_loss", "epochs"]
 
@@ -84,8 +85,9 @@ def markdown(table: pd.DataFrame, deciding: str, plot: str | None, plot_note: st
         "Every trial's best epoch on validation carved from train (`val_`) and on the external set (`ext_`, a selection set: "
         "its numbers chose things and are optimistic).",
         "",
-        "Rank correlation (Spearman) of carved vs external over trials: "
-        + ", ".join(f"{label} {fmt(correlations[metric], 2)}" for metric, label in PAIRS) + ".",
+        f"Rank correlation (Spearman) of carved vs external over {len(table)} trials: "
+        + ", ".join(f"{label} {fmt(correlations[metric], 2)}" for metric, label in PAIRS) + "."
+        + (" With this few trials a correlation says little: one trial moves it a long way." if len(table) < FEW_TRIALS else ""),
         "",
         f"Tie set ({len(tied)} trial(s) whose 95 % interval on {deciding} overlaps the best one's; the one with the highest AUC there "
         f"is selected): {', '.join(f'`{t}`' for t in tied) or 'none'}.",
