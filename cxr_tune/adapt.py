@@ -50,6 +50,7 @@ from cxr_tune.modelfile import Members, build_files, check_model_target, load_me
 from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.intensity import normalize_intensity
 
+ONE_SIDED_SHARE = 0.03  # a site threshold that calls fewer than 3 % (or more than 97 %) of the site's images PNEUMONIA gets a warning
 MIN_IMAGES = 16
 THRESHOLD_RULES = ("mixture", "keep", "prior-shift")
 EM_ITERATIONS = 200
@@ -167,8 +168,10 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     # A calibration map in the graph stays (the thresholds are on its scale); it was fitted before
     # adaptation, and nothing here can re-measure it without labels.
     calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration", {}).get("method", "none") != "none" else None
-    threshold, how = site_threshold(threshold_rule, torch_scores(serving_model(adapted, tta, calibration=calibration), images), meta)
+    scores = torch_scores(serving_model(adapted, tta, calibration=calibration), images)
+    threshold, how = site_threshold(threshold_rule, scores, meta)
     record: dict[str, Any] = {
+        "called_pneumonia_share": float((scores >= threshold).mean()),  # at the new threshold, on the site's own images
         "method": "AdaBN (Li et al. 2016): BatchNorm running statistics re-estimated on unlabelled site images; weights unchanged",
         "images": int(len(images)),
         "skipped_files": int(skipped),
@@ -242,10 +245,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path, reason in meta["left_out"]:
             print(f"  {path}: {reason}")
     fell_back = args.threshold_rule != record["threshold_rule"]  # the next line says why, once
-    shown = f"{meta['threshold']:.4f}, kept from the unadapted model" if fell_back else record["threshold"]
-    print(f"  threshold {shown} (unadapted: {record['unadapted_threshold']:.4f})")
+    shown = f"{meta['threshold']:.4f}, kept from the unadapted model" if fell_back else f"{record['threshold']} (unadapted: {record['unadapted_threshold']:.4f})"
+    print(f"  threshold {shown}")
     if args.threshold_rule != record["threshold_rule"]:
         print(f"  no {args.threshold_rule} threshold: {record['threshold_fallback'] or 'none found'}; the model's own is kept")
+    share = record["called_pneumonia_share"]
+    if min(share, 1 - share) < ONE_SIDED_SHARE:
+        print(f"Warning: at this threshold the adapted model calls {share:.0%} of the site's images PNEUMONIA. Unless the site's "
+              "images really are of one class, check it before use: score a labelled sample with python -m cxr_tune.compare "
+              f"--model {args.model} --model {args.out} FOLDER, or try another --threshold rule.")
     print(f"Written: {args.out}")
     return 0
 

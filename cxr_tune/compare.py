@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,15 +40,26 @@ TITLES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificit
 
 def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_POINT) -> dict[str, Any]:
     """Every model scored on the labelled images of ``inputs`` that all of them read, at operating point
-    ``point``: ``{"images", "class_counts", "skipped", "models": {name: metrics}, "differences": {name: {metric: [difference, [low, high]]}}}``,
+    ``point``: ``{"images", "class_counts", "skipped", "synthetic" (the models trained on SYNTHETIC data), "models": {name: metrics},
+    "differences": {name: {metric: [difference, [low, high]]}}}``,
     each difference a later model minus the first."""
-    loaded = {name: load_model(name) for name in dict.fromkeys(models)}
-    thresholds = {name: threshold_for(model.meta, point) for name, model in loaded.items()}  # an unknown point stops before any image is read
+    if len(models) < 2:
+        raise UserError("give --model two or more times: the models to compare")
+    same = [name for i, name in enumerate(models) if storage.resolve(name) in {storage.resolve(m) for m in models[:i]}]
+    if same:
+        raise UserError(f"--model names the same model twice: {same[0]}")
+    loaded = {name: load_model(name) for name in models}
+    thresholds = {}
+    for name, model in loaded.items():  # an unknown point stops before any image is read
+        try:
+            thresholds[name] = threshold_for(model.meta, point)
+        except UserError as exc:
+            raise UserError(f"{name}: {exc}") from None
     files = collect(inputs)
     labelled = [path for path in files if label_of(path) is not None]
     if not labelled:
-        raise UserError(f"compare needs labelled images, under NORMAL/ or PNEUMONIA/ folders; none of the {len(files)} file(s) "
-                        f"in {', '.join(inputs)} is")
+        raise UserError(f"compare needs labelled images; none of the {len(files)} file(s) in {', '.join(inputs)} sits under a "
+                        "NORMAL/ or PNEUMONIA/ folder")
     frames, skipped = {}, {}
     for name, model in loaded.items():
         frame, unread = predict(model, labelled, thresholds[name])
@@ -62,6 +74,7 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
     first, *later = loaded
     return {
         "images": len(common), "class_counts": counts, "operating_point": point, "skipped": skipped,
+        "synthetic": [name for name, model in loaded.items() if model.meta.get("data", {}).get("synthetic")],
         "models": {name: held_out_metrics(labels, scores[name], thresholds[name]) for name in loaded},
         "differences": {name: paired_differences(labels, scores[name], thresholds[name], scores[first], thresholds[first]) for name in later},
     }
@@ -102,15 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if len(args.models) < 2:
-        parser.error("give --model two or more times: the models to compare")
-    if len(set(args.models)) < len(args.models):
-        parser.error("--model names the same model twice")
+    args = build_parser().parse_args(argv)
     if args.metrics:
         storage.check_writable(args.metrics, "--metrics", folder=False)
     result = compare(args.models, args.inputs, args.operating_point)
+    if result["synthetic"]:
+        print(f"Note: {', '.join(result['synthetic'])} trained on SYNTHETIC data: its outputs mean nothing for real patients.", file=sys.stderr)
     print(describe(result))
     if args.metrics:
         storage.write_text_atomic(args.metrics, json.dumps(json_safe(result), indent=2))

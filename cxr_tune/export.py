@@ -146,8 +146,24 @@ def export_trial(
     target = out or experiment.file("best" if trial_id is None else f"exports/{trial_id}")
     source = val_data or (experiment.external or None)
     info = {**experiment.info, "excluded": _exclusions(splits), **({"final_fit": final_record} if final_record else {})}
-    return write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, prefix_of(deciding), stored,
+    meta = write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, prefix_of(deciding), stored,
                         info, source, tta, calibrate=calibrate)
+    if ensemble and len(rows) > 1:
+        _note_ensemble(meta, rows, prefix_of(deciding))
+    return meta
+
+
+def _note_ensemble(meta: dict[str, Any], rows: pd.DataFrame, prefix: str) -> None:
+    """Say on the console when an ensemble the user asked for holds runs that stopped early, or
+    scores a lower AUC on the deciding set than its first trial alone (more is not always better)."""
+    short = rows[rows["stop_reason"] != "completed"] if "stop_reason" in rows else rows.iloc[0:0]
+    if len(short):
+        print(f"Note: {len(short)} of the {len(rows)} members did not run their whole schedule: "
+              + ", ".join(f"{row.trial_id} ({row.stop_reason}, {int(row.epochs)} epoch(s))" for row in short.itertuples()))
+    alone, together = float(rows.iloc[0][f"{prefix}_auc"]), float(meta["external" if prefix == "ext" else "validation"]["auc"])
+    if together < alone:
+        print(f"Note: the {len(rows)}-model average scores AUC {together:.4f} on the deciding set, below {alone:.4f} for trial "
+              f"{rows.iloc[0]['trial_id']} alone (selection-set numbers): a smaller --ensemble may serve better")
 
 
 def _final_fit_or_search(experiment: Experiment, table: pd.DataFrame, deciding: str, *, force: bool) -> tuple[pd.DataFrame, dict[str, Any]]:

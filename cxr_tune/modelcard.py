@@ -31,7 +31,9 @@ KERMANY = ("Kermany et al. 2018, \"Labeled Optical Coherence Tomography (OCT) an
 def model_card(meta: dict[str, Any]) -> str:
     """The card's Markdown for an export's ``model.json`` content (``meta``)."""
     measured, sets, deciding = _measured(meta)
-    lines = [f"# Model card: PNEUMONIA vs NORMAL on pediatric chest X-rays (trial `{meta.get('trial_id')}`)", ""]
+    members = [m.get("trial_id") for m in meta.get("members", [])]
+    which = f"trial `{meta.get('trial_id')}`" if len(members) <= 1 else f"{len(members)} runs averaged: " + ", ".join(f"`{m}`" for m in members)
+    lines = [f"# Model card: PNEUMONIA vs NORMAL on pediatric chest X-rays ({which})", ""]
     if meta.get("data", {}).get("synthetic"):
         lines += ["> **SYNTHETIC DATA.** This model was trained and measured on procedurally drawn images, not patients. "
                   "Nothing below says anything about real chest X-rays.", ""]

@@ -233,8 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Note: this model was trained on SYNTHETIC data; its outputs mean nothing for real patients.", file=sys.stderr)
     files = collect(args.inputs)
     if args.metrics and all(label_of(path) is None for path in files):
-        raise UserError(f"--metrics needs labelled images, under NORMAL/ or PNEUMONIA/ folders; none of the {len(files)} file(s) "
-                        f"in {', '.join(args.inputs)} is")
+        raise UserError(f"--metrics needs labelled images; none of the {len(files)} file(s) in {', '.join(args.inputs)} sits under a "
+                        "NORMAL/ or PNEUMONIA/ folder")
     frame, skipped = predict(model, files, threshold)
     if not args.quiet:
         for row in frame.itertuples():

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr_tune.adapt import MIN_IMAGES, adapt, adapt_batchnorm
+from cxr_tune.adapt import MIN_IMAGES, ONE_SIDED_SHARE, adapt, adapt_batchnorm
 from cxr_tune.data.imaging import try_decode_gray
 from cxr_tune.errors import UserError
 from cxr_tune.export import Scored, write_export
@@ -226,6 +226,11 @@ def test_the_default_site_threshold_splits_a_two_group_site_and_a_one_group_site
     kept = json.loads((tmp_path / "kept" / "model.json").read_text())
     assert kept["adaptation"]["threshold_rule"] == "keep" and kept["threshold"] == kept["adaptation"]["unadapted_threshold"]
     assert "no mixture threshold:" in one.stdout and kept["adaptation"]["threshold_fallback"] in one.stdout
+    # One group of look-alike images falls on one side of the kept threshold: adapt warns rather than ship that silently.
+    share = kept["adaptation"]["called_pneumonia_share"]
+    assert min(share, 1 - share) < 0.1
+    assert ("Warning: at this threshold the adapted model calls" in one.stdout) == (min(share, 1 - share) < ONE_SIDED_SHARE)
+    assert 0.3 < record["called_pneumonia_share"] < 0.7  # the two-group site's threshold splits it
 
 
 def test_an_export_with_test_time_views_keeps_them_when_adapted(tmp_path):

@@ -104,10 +104,10 @@ class SplitData:
         """``external`` when runs on this data are selected on an external set, else ``carved``."""
         return "external" if self.has_external and select_on == "external" else "carved"
 
-    def describe_external(self, select_on: str) -> str:
-        """What selects: the external set (a selection set) or carved validation, and why; then a line
-        on the images the patient-group rule left out, when it left out any."""
-        return self._what_selects(select_on) + "".join(f"\n{line}" for line in self._left_out())
+    def describe_external(self, select_on: str, *, left_out: bool = True) -> str:
+        """What selects: the external set (a selection set) or carved validation, and why; then (``left_out``)
+        a line on the images the patient-group rule left out, when it left out any."""
+        return self._what_selects(select_on) + "".join(f"\n{line}" for line in (self._left_out() if left_out else []))
 
     def _what_selects(self, select_on: str) -> str:
         if self.has_external:

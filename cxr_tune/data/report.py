@@ -46,7 +46,7 @@ def inspect_report(split: SplitData) -> str:
         lines.append(f"Patient ids: {unparsed} file name(s) carry no Kermany patient id; each is treated as its own patient.")
     lines.append(numbering_report(manifest))
     lines.append(leakage_report(roles))
-    lines += ["", split.describe_external("external"), "", "Roles with these options (what training and selection will use):",
+    lines += ["", split.describe_external("external", left_out=False), "", "Roles with these options (what training and selection will use):",
               roles_text(roles), ""]
     lines.append(skipped_report(source.skipped))
     lines.append(unlike_report(manifest))
@@ -79,7 +79,8 @@ def leakage_report(roles: pd.DataFrame) -> str:
     if crossing.empty:
         head = "Leakage check: no patient or identical image crosses the folders."
     else:
-        listed = crossing.head(MAX_LISTED).to_string(index=False) + (f"\n  ... and {len(crossing) - MAX_LISTED} more" if len(crossing) > MAX_LISTED else "")
+        shown = crossing.head(MAX_LISTED).assign(split=lambda f: f["split"].map(" and ".join)).rename(columns={"group_id": "group", "split": "folders"})
+        listed = shown.to_markdown(index=False) + (f"\n  ... and {len(crossing) - MAX_LISTED} more" if len(crossing) > MAX_LISTED else "")
         head = (f"Leakage check: WARNING {len(crossing)} group(s) (patients or identical files) cross the folders "
                 f"({int(crossing['images'].sum())} images):\n{listed}")
     excluded = roles[roles["role"] == "excluded"]

@@ -40,7 +40,7 @@ def _print_summary(experiment: Experiment, table: pd.DataFrame, selected: pd.Ser
     what = "Search interrupted (what follows is its best so far)" if interrupted else "Search finished"
     print(f"\n=== {what}: {len(table)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}){tag}")
     print(f"Selected trial {selected['trial_id']} (best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}; "
-          f"{int(table['tied'].fillna(False).sum())} trial(s) tied with the best on {'the external set' if external_decides else 'carved validation'}, "
+          f"{int(table['tied'].fillna(False).sum()) - 1} other trial(s) tied with it on {'the external set' if external_decides else 'carved validation'}, "
           "ties broken by AUC; each set at a threshold chosen on it):")
     for name, set_prefix in (("carved validation", "val"), ("external validation (SELECTION SET)" if external_decides else "external validation (chose nothing)", "ext")):
         if f"{set_prefix}_auc" in selected and pd.notna(selected[f"{set_prefix}_auc"]):

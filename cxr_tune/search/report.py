@@ -138,7 +138,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         "",
         f"## Selected trial `{selected['trial_id']}`",
         "",
-        f"Best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}; {int(table['tied'].fillna(False).sum())} trial(s) tied with the best.",
+        f"Best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}; {int(table['tied'].fillna(False).sum()) - 1} other trial(s) tied with it.",
         "",
         _table(_set_rows(selected)),
         "",

@@ -206,7 +206,7 @@ def _stop_reason(status: str, epochs: int, max_epochs: int, event: str | None, r
     if status == "ERROR":
         return "error"
     if status != "TERMINATED":
-        return "unfinished (--resume continues it)"  # Tune saves a trial that was running as PENDING: its status says no more
+        return "unfinished"  # Tune saves a trial that was running as PENDING: its status says no more; --resume continues it
     if epochs >= max_epochs:
         return "completed"
     if event == "ASHA stopped" or (event is None and epochs in rungs):

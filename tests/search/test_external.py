@@ -116,7 +116,7 @@ def test_the_selected_trial_is_first_on_the_external_set_at_its_best_epoch(searc
     stored = checkpoint_scores(experiment, selected.name, int(selected["best_epoch"]), "ext")
     exported = exported_scores(experiment, "external_predictions.csv", exported_trial)
     assert np.abs(exported - stored.loc[exported.index]).max() < 1e-4  # the export holds that epoch's weights
-    assert "tied with the best on the external set" in stdout and "external validation (SELECTION SET)" in stdout
+    assert "tied with it on the external set" in stdout and "external validation (SELECTION SET)" in stdout
     assert meta["deciding_set"] == "external"
     external = meta["external"]
     assert external["selection_set"] is True and Path(external["source"]) == Path(json.loads((experiment / "experiment.json").read_text())["external"])

@@ -275,5 +275,8 @@ def test_re_exporting_best_rewrites_the_report_and_says_when_an_ensemble_is_smal
     assert done.returncode == 0, done.stderr
     assert "Note: --ensemble 5 asked for 5 trials" in done.stdout and "so the model averages 4" in done.stdout
     assert "(rewritten for this model)" in done.stdout
+    table = read_trials(experiment)
+    if (table["stop_reason"] != "completed").any():  # ASHA stopped some: the note names them
+        assert "members did not run their whole schedule" in done.stdout
     members = [m["trial_id"] for m in json.loads((experiment / "best" / "model.json").read_text())["members"]]
     assert len(members) == 4 and "the average of trials " + ", ".join(f"`{m}`" for m in members) in (experiment / "report.md").read_text()
