@@ -44,6 +44,12 @@ def choose_points(labels: np.ndarray, scores: np.ndarray, balanced: float) -> di
         threshold = floor_threshold(labels, scores, rate, floor)
         points[name] = {"threshold": float(threshold), "floor": {rate: floor},
                         "rule": f"{rate} >= {floor:.2f} on the deciding set, the other rate as high as that allows"}
+        other = "specificity" if rate == "sensitivity" else "sensitivity"
+        called = scores >= threshold
+        right = ~called[labels == 0] if other == "specificity" else called[labels == 1]  # the images the other rate counts, called right
+        if len(right) and not right.any():
+            points[name]["gives_up"] = other  # the floor costs the other rate entirely: no use as a decision
+            points[name]["rule"] += f"; here it gives up {other} entirely ({other} 0 on the deciding set)"
     return points
 
 

@@ -30,6 +30,15 @@ def rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[flo
     return float(called[labels == 1].mean()), float(1 - called[labels == 0].mean())
 
 
+def test_a_point_that_gives_up_the_other_rate_entirely_says_so():
+    labels = np.array([0] * 10 + [1] * 10)
+    scores = np.r_[np.linspace(0.5, 0.9, 10), np.linspace(0.1, 0.95, 10)]  # the lowest-scored PNEUMONIA is below every NORMAL
+    points = choose_points(labels, scores, balanced=0.5)
+    sens, spec = rates(labels, scores, points["sens98"]["threshold"])
+    assert sens >= 0.98 and spec == 0.0 and points["sens98"]["gives_up"] == "specificity" and "gives up specificity" in points["sens98"]["rule"]
+    assert all("gives_up" not in points[name] for name in ("balanced", "spec90", "spec95") if rates(labels, scores, points[name]["threshold"])[0] > 0)
+
+
 def test_every_floor_holds_and_the_other_rate_is_the_best_it_allows():
     labels, scores = scores_of()
     points = choose_points(labels, scores, balanced=0.5)

@@ -56,3 +56,12 @@ def test_metrics_without_labelled_images_is_refused_before_scoring(tmp_path):
     done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--metrics", str(tmp_path / "m.json"))
     assert done.returncode == 2 and "--metrics needs labelled images" in done.stderr and "2 file(s)" in done.stderr
     assert not (tmp_path / "m.json").exists()
+
+
+def test_a_point_that_gives_up_a_rate_is_noted_when_chosen(tmp_path):
+    model = write_export(tmp_path / "best", operating_points={"balanced": {"threshold": 0.5}, "sens98": {"threshold": 0.0, "gives_up": "specificity"}})
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"]}})
+    chosen = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet", "--operating-point", "sens98")
+    plain = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet")
+    assert chosen.returncode == plain.returncode == 0 and "sens98 has specificity 0: it calls every image PNEUMONIA" in chosen.stderr
+    assert "Note:" not in plain.stderr
