@@ -46,9 +46,10 @@ def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFr
                             "committed results/real/* folders are: report, tables and study only); use the folder the search wrote") from None
         raise UserError(f"'{experiment_dir}' holds no Tune experiment state yet (did the search start?)") from None
     histories = analysis.trial_dataframes
+    stopped = {trial: record["epochs"] for trial, record in _event_records(experiment_dir).items() if record["event"] == "ASHA stopped"}
     for trial in analysis.trials:
         reported = histories.get(trial.trial_id, pd.DataFrame())
-        histories[trial.trial_id] = with_checkpointed_epochs(reported, train_run(experiment_dir, trial.trial_id))
+        histories[trial.trial_id] = with_checkpointed_epochs(reported, train_run(experiment_dir, trial.trial_id), until=stopped.get(trial.trial_id))
     return analysis.trials, histories
 
 
@@ -87,19 +88,22 @@ def reported_epochs(history: pd.DataFrame) -> pd.DataFrame:
     return history.dropna(subset=["objective"]) if "objective" in history else history.iloc[0:0]
 
 
-def with_checkpointed_epochs(reported: pd.DataFrame, run: str) -> pd.DataFrame:
-    """``reported`` plus the epochs it lacks that the run's newest checkpoint recorded.
+def with_checkpointed_epochs(reported: pd.DataFrame, run: str, *, until: int | None = None) -> pd.DataFrame:
+    """``reported`` plus the epochs it lacks that the run's newest checkpoint recorded (up to epoch ``until``).
 
     A node lost just after Ray Train registered an epoch's checkpoint, before that epoch's report
     reached Tune, leaves a gap: the restarted trial resumes after the checkpointed epoch and never
     reports it again. Each checkpoint's state holds the run's metric history, so nothing is lost;
     recovered rows carry ``recovered_from_checkpoint``. A trial with no gap costs no reading.
+    ``until``: the epoch at which ASHA stopped the trial; a worker may train one more before the
+    stop reaches it, an epoch that ASHA and the selection never saw (a resumed trial's history,
+    whose earlier epochs Tune does not report again, would otherwise pick it up).
     """
     epochs = set(reported["epoch"].dropna().astype(int)) if "epoch" in reported else set()
     if epochs and epochs == set(range(1, max(epochs) + 1)):
         return reported
     newest = newest_checkpoint_history(run)
-    missing = [row for row in newest if int(row["epoch"]) not in epochs]
+    missing = [row for row in newest if int(row["epoch"]) not in epochs and (until is None or int(row["epoch"]) <= until)]
     if not missing:
         return reported
     recovered = pd.DataFrame(missing).assign(recovered_from_checkpoint=True)
@@ -215,7 +219,12 @@ def _stop_reason(status: str, epochs: int, max_epochs: int, event: str | None, r
 
 
 def _events(experiment_dir: str) -> dict[str, str]:
-    """The last recorded end of each trial, from ``trial_events.jsonl`` (empty if there is none).
+    """The last recorded end of each trial (its event), from ``trial_events.jsonl``."""
+    return {trial: record["event"] for trial, record in _event_records(experiment_dir).items()}
+
+
+def _event_records(experiment_dir: str) -> dict[str, dict[str, Any]]:
+    """The last record of each trial's end (``event``, ``epochs``) in ``trial_events.jsonl`` (empty if there is none).
 
     A line cut short by a kill mid-write is skipped: the rung rule then tells that trial's end.
     """
@@ -228,8 +237,8 @@ def _events(experiment_dir: str) -> dict[str, str]:
     for line in storage.read_text(path).splitlines():
         try:
             record = json.loads(line)
-            out[record["trial_id"]] = record["event"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            out[record["trial_id"]] = {"event": record["event"], "epochs": int(record.get("epochs", 0)) or None}
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
     return out
 

@@ -40,6 +40,16 @@ def test_an_epoch_tune_never_received_is_taken_from_the_newest_checkpoint(tmp_pa
     assert merged.loc[0, "checkpoint_path"] == "c1"
 
 
+def test_an_epoch_trained_after_asha_stopped_the_trial_is_not_taken_from_its_checkpoint(tmp_path):
+    # A resumed trial: Tune reports only its epochs since the resume (2); ASHA stopped it there, and its
+    # worker trained epoch 3 before the stop reached it. Epoch 1 is recovered, epoch 3 is not.
+    history = [{"epoch": e, "objective": 0.5 + e / 10} for e in (1, 2, 3)]
+    _checkpoint(tmp_path / "checkpoint_a", history)
+    reported = pd.DataFrame([history[1]])
+    assert with_checkpointed_epochs(reported, str(tmp_path), until=2)["epoch"].tolist() == [1, 2]
+    assert with_checkpointed_epochs(reported, str(tmp_path))["epoch"].tolist() == [1, 2, 3]
+
+
 def test_a_history_without_gaps_is_returned_as_reported_without_reading_checkpoints(tmp_path):
     reported = pd.DataFrame({"epoch": [1, 2, 3], "objective": [0.6, 0.7, 0.8]})
     (tmp_path / "checkpoint_x").mkdir()
