@@ -19,7 +19,7 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
 
     experiment = Experiment(experiment_dir)
     table = experiment.trials()
-    storage.write_csv(experiment.file("trials.csv"), table)
+    storage.write_csv(experiment.file("trials.csv"), whole_numbers_as_written(table))
     storage.write_frame(experiment.file("trials.parquet"), table.astype({"error": str}))
     selected = table.sort_values("rank").iloc[0]
     exported = export_trial(experiment.path) if export else None
@@ -31,6 +31,14 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
     print(f"Report:      {report}")
     print(f"Optuna:      {dashboard_command(experiment)}")
     return {"table": table, "selected": selected, "exported": exported}
+
+
+def whole_numbers_as_written(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` for a CSV that people read: a float column whose values are all whole numbers (a
+    parameter with gaps, such as a third block's filters in a two-block net) as integers, blank where
+    missing, rather than 8.0 and nan."""
+    whole = [c for c in table.select_dtypes("float").columns if table[c].dropna().map(float.is_integer).all()]
+    return table.astype({c: "Int64" for c in whole})
 
 
 def _print_summary(experiment: Experiment, table: pd.DataFrame, selected: pd.Series, interrupted: bool = False) -> None:

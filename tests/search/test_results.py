@@ -3,6 +3,7 @@ Tune's state says (selection itself is tested in tests/test_selection.py)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,12 @@ def test_a_committed_experiment_without_tunes_state_says_what_it_is_in_one_line(
     done = call_cli("cxr_tune.export", str(committed), "--out", str(tmp_path / "best"))
     assert done.returncode == 2 and done.stderr.startswith(f"error: '{committed}' is a copy of a finished experiment without Tune's state"), done.stderr
     assert not (tmp_path / "best").exists()
+
+
+def test_the_trial_csv_writes_whole_numbers_as_integers_and_gaps_blank():
+    from cxr_tune.search.finish import whole_numbers_as_written
+
+    table = pd.DataFrame({"trial_id": ["a", "b"], "filters_2": [8.0, np.nan], "lr": [0.001, 0.01], "best_epoch": [3.0, np.nan]})
+    text = whole_numbers_as_written(table).to_csv(index=False)
+    assert text.splitlines() == ["trial_id,filters_2,lr,best_epoch", "a,8,0.001,3", "b,,0.01,"]
+    assert pd.read_csv(io.StringIO(text))["filters_2"].tolist()[0] == 8  # read back as before
