@@ -21,21 +21,26 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="counts, patients, duplicates, sizes, leakage and unreadable files")
     inspect.add_argument("data", nargs="?", metavar="PATH", help="data folder in the Kermany layout (default: the built-in SYNTHETIC set)")
     add_data_arguments(inspect)
+    inspect.set_defaults(subparser=inspect)  # an unknown flag is reported with this command's usage, not the top level's
 
     prepare = commands.add_parser("prepare", help="build (or reuse) the Ray Data image cache at one image size")
     prepare.add_argument("data", nargs="?", metavar="PATH", help="data folder in the Kermany layout (default: the built-in SYNTHETIC set)")
     prepare.add_argument("--image-size", type=int_between(MIN_SIZE, MAX_SIZE), default=128, help=f"side of the square grayscale images in pixels, {MIN_SIZE}..{MAX_SIZE} (default: 128)")
     add_data_arguments(prepare)
+    prepare.set_defaults(subparser=prepare)
 
     synth = commands.add_parser("synthesize", help="write the SYNTHETIC chest X-ray set to a folder")
     synth.add_argument("out", help="new folder to write (Kermany layout)")
     synth.add_argument("--n", type=positive_int, default=DEFAULT_N, help=f"number of images (default: {DEFAULT_N})")
     synth.add_argument("--seed", type=nonnegative_int, default=0, help="generator seed (default: 0)")
+    synth.set_defaults(subparser=synth)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "synthesize":
         storage.check_writable(args.out, "OUT")
         out = synthesize(args.out, n=args.n, seed=args.seed)

@@ -76,3 +76,9 @@ def test_inspect_real_training_split(tmp_path):
     assert 0.13 < roles["val"][2] / 5216 < 0.17 and 0.72 < roles["val"][1] / roles["val"][2] < 0.77
     if (SHARED_DATA / "val").exists():  # the 315-image external sample (see ../shared/data/README.md)
         assert roles["external"] == [118, 197, 315] and f"External validation: {SHARED_DATA / 'val'}" in done.stdout
+
+
+def test_a_flag_another_subcommand_takes_is_refused_with_this_subcommands_usage():
+    done = call_cli("cxr_tune.data", "inspect", "some/folder", "--image-size", "64")
+    assert done.returncode == 2 and done.stderr.startswith("usage: python -m cxr_tune.data inspect")
+    assert done.stderr.strip().splitlines()[-1].endswith("error: unrecognized arguments: --image-size 64")
