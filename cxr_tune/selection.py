@@ -51,10 +51,10 @@ BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_LEVEL = 0.95
 
 
-def add_select_on_argument(parser: Any) -> None:
-    """``--select-on``, shared by train and search."""
+def add_select_on_argument(parser: Any, chooses: str = "epochs, trials, ensemble members and the threshold") -> None:
+    """``--select-on``, shared by train and search; ``chooses``: what the deciding set chooses in that command."""
     parser.add_argument("--select-on", choices=tuple(PREFIXES), default="external",
-                        help="the set that chooses epochs, trials, ensemble members and the threshold when there is an external one: "
+                        help=f"the set that chooses {chooses} when there is an external one: "
                              "external, or carved (validation carved from train; the external set is then scored for comparison only) "
                              "(default: external; carved when there is no external set)")
 

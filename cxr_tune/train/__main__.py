@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cv", type=int_between(2, 20), default=None, metavar="K", help="instead of one run, K-fold cross-validation by patient group over the training folder (writes cv.md and cv.csv)")
     parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' for the running one; default: start Ray locally)")
     parser.add_argument("--verbose", action="store_true", help=f"also show Ray's own output on the console (always in STORAGE/NAME/{LOG_FILE})")
-    add_select_on_argument(parser)
+    add_select_on_argument(parser, "the run's best epoch and its threshold")
     add_data_arguments(parser)
     return parser
 
