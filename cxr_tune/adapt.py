@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fell_back = args.threshold_rule != record["threshold_rule"]  # the next line says why, once
     shown = f"{meta['threshold']:.4f}, kept from the unadapted model" if fell_back else f"{record['threshold']} (unadapted: {record['unadapted_threshold']:.4f})"
     print(f"  threshold {shown}")
-    if args.threshold_rule != record["threshold_rule"]:
+    if fell_back:
         print(f"  no {args.threshold_rule} threshold: {record['threshold_fallback'] or 'none found'}; the model's own is kept")
     share = record["called_pneumonia_share"]
     if min(share, 1 - share) < ONE_SIDED_SHARE:

@@ -22,7 +22,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from cxr_tune import storage

@@ -111,12 +111,6 @@ def labelled_metrics(frame: pd.DataFrame, threshold: float, points: dict[str, di
     return {**held_out_metrics(labels, scores, threshold), **clinical_metrics(paths, labels, scores, threshold, points or {})}
 
 
-def evaluation(frame: pd.DataFrame, threshold: float, point: str = DEFAULT_POINT, points: dict[str, dict[str, Any]] | None = None) -> str | None:
-    """Metrics on the labelled images (at ``threshold``, operating point ``point``), or None when none is labelled."""
-    metrics = labelled_metrics(frame, threshold, points)
-    return None if metrics is None else describe(metrics, point)
-
-
 def describe(metrics: dict[str, Any], point: str) -> str:
     """:func:`labelled_metrics` for people."""
     ci = metrics["ci95"]

@@ -6,14 +6,14 @@ import json
 
 import pandas as pd
 
-from cxr_tune.predict import evaluation
+from cxr_tune.predict import describe, labelled_metrics
 from tests.conftest import call_cli, kermany_folder
 from tests.exports import write_export
 
 
 def test_one_class_prints_auc_na_not_nan():
     frame = pd.DataFrame({"path": ["a", "b", "c"], "probability": [0.2, 0.7, 0.9], "prediction": [0, 1, 1], "label": [1, 1, 1]})
-    text = evaluation(frame, 0.5)
+    text = describe(labelled_metrics(frame, 0.5), "balanced")
     assert "AUC n/a" in text and "specificity n/a" in text
     assert "nan" not in text.lower()
     assert "sensitivity 0.6667" in text
@@ -21,7 +21,7 @@ def test_one_class_prints_auc_na_not_nan():
 
 def test_both_classes_print_the_auc():
     frame = pd.DataFrame({"path": list("abcd"), "probability": [0.1, 0.4, 0.6, 0.9], "prediction": [0, 0, 1, 1], "label": [0, 1, 0, 1]})
-    assert "AUC 0.7500" in evaluation(frame, 0.5)
+    assert "AUC 0.7500" in describe(labelled_metrics(frame, 0.5), "balanced")
 
 
 def test_predict_on_a_one_class_test_folder(tmp_path):

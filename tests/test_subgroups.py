@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_tune.predict import evaluation
+from cxr_tune.predict import describe, labelled_metrics
 from cxr_tune.subgroups import subgroup_of, subgroup_rates, wilson_interval
 from tests.conftest import call_cli
 from tests.model_exports import export_folder, kermany_set, save_images
@@ -58,9 +58,9 @@ def test_export_stores_subgroups_per_set_and_none_without_kermany_names(tmp_path
 def test_predict_prints_the_subgroups_of_a_labelled_folder(tmp_path):
     frame = pd.DataFrame({"path": ["x/PNEUMONIA/person1_virus_1.jpeg", "x/NORMAL/IM-0001-0001.jpeg"], "probability": [0.9, 0.2],
                           "prediction": [1, 0], "label": [1, 0]})
-    text = evaluation(frame, 0.5)
+    text = describe(labelled_metrics(frame, 0.5), "balanced")
     assert "viral pneumonia" in text and "(1 of 1)" in text and "NORMAL2-IM-" in text and "(0 of 0)" in text
-    assert "subgroups" not in evaluation(frame.assign(path=["x/PNEUMONIA/a.png", "x/NORMAL/b.png"]), 0.5)
+    assert "subgroups" not in describe(labelled_metrics(frame.assign(path=["x/PNEUMONIA/a.png", "x/NORMAL/b.png"]), 0.5), "balanced")
 
     export_folder(tmp_path / "model")
     folder = save_images(kermany_set(40, 5), tmp_path / "images")
