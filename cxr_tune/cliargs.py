@@ -105,11 +105,18 @@ def assignments_text(values: dict[str, Any]) -> str:
 
 def help_text(doc: str | None) -> str:
     """A module docstring as ``--help`` shows it: reStructuredText's markup left out (````x````,
-    ``**x**`` and ``:mod:`x``` read as ``x``; a ``::`` that opens an example as ``:``).
+    ``**x**`` and ``:mod:`x``` read as ``x``; a ``::`` that opens an example as ``:``), and a
+    cross-reference in parentheses, which points a developer at the code, left out of the user's help.
 
     >>> help_text("Reads ``model.json`` (:mod:`cxr_tune.serving`), **never** a pickle::")
-    'Reads model.json (cxr_tune.serving), never a pickle:'
+    'Reads model.json, never a pickle:'
+    >>> help_text("paired (:func:`cxr_tune.x.y`, within each class); other (a, b: :mod:`cxr_tune.z`) or :mod:`cxr_tune.w`")
+    'paired (within each class); other (a, b) or cxr_tune.w'
     """
-    text = re.sub(r":(?:mod|func|class|data|attr|meth):`~?([^`]+)`", r"\1", doc or "")
+    ref = r":(?:mod|func|class|data|attr|meth):`~?([^`]+)`"
+    text = re.sub(rf"\s*\({ref}\)", "", doc or "")
+    text = re.sub(rf"\({ref}[,;]\s*", "(", text)
+    text = re.sub(rf"[,;:]\s*{ref}\)", ")", text)
+    text = re.sub(ref, r"\1", text)
     text = re.sub(r"\*\*([^*]+)\*\*", r"\1", re.sub(r"``([^`]+)``", r"\1", text))
     return text.replace("::\n", ":\n").replace("::", ":")

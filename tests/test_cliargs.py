@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -136,3 +137,4 @@ def test_no_help_page_shows_the_docstrings_markup():
     for build in (search_parser, train_parser, data_parser, export_parser, predict_parser, adapt_parser, compare_parser, bench_parser):
         text = build().format_help()
         assert "``" not in text and ":mod:`" not in text and ":func:`" not in text and "**" not in text, build.__module__
+        assert not re.search(r"\(cxr_tune\.[\w.]+\)", text), (build.__module__, re.findall(r".*\(cxr_tune\.[\w.]+\).*", text))
