@@ -222,10 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         storage.check_writable(args.explain, "--explain")
     model = load_model(args.model)
     threshold = threshold_for(model.meta, args.operating_point)  # an unknown name stops here, before any image is read
-    gives_up = (model.meta.get("operating_points") or {}).get(args.operating_point, {}).get("gives_up")
-    if gives_up:
-        print(f"Note: on the set that chose it, operating point {args.operating_point} has {gives_up} 0: it calls every image "
-              f"{'PNEUMONIA' if gives_up == 'specificity' else 'NORMAL'}.", file=sys.stderr)
+    point = (model.meta.get("operating_points") or {}).get(args.operating_point, {})
+    if point.get("gives_up"):
+        print(f"Note: on the set that chose it, operating point {args.operating_point} has {point['gives_up']} 0: it calls every image "
+              f"{'PNEUMONIA' if point['gives_up'] == 'specificity' else 'NORMAL'}.", file=sys.stderr)
+    for rate, floor in (point.get("floor") or {}).items() if "misses_floor" in point else ():
+        print(f"Note: on the set that chose it, operating point {args.operating_point} keeps {rate} at {point['misses_floor']:.3f}, "
+              f"below its floor {floor:g}: images scored exactly 1.0 cannot fall below any threshold.", file=sys.stderr)
     members = _explainable(model) if args.explain else None
     if model.meta.get("data", {}).get("synthetic"):
         print("Note: this model was trained on SYNTHETIC data; its outputs mean nothing for real patients.", file=sys.stderr)

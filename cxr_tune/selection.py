@@ -82,13 +82,21 @@ def floor_threshold(labels: np.ndarray, scores: np.ndarray, rate: str, floor: fl
     """An operating point: the threshold keeping ``rate`` (``sensitivity`` or ``specificity``) at
     least ``floor`` on these scores with the other rate as high as that allows (the middle, in logit
     space, of the thresholds that give it). A specificity floor is a sensitivity floor of the
-    flipped problem (NORMAL as the positive class, scores mirrored)."""
+    flipped problem (NORMAL as the positive class, scores mirrored). ``score >= threshold`` is
+    inclusive, so the mirror can land on a NORMAL image's score (a saturated float32 sigmoid gives
+    exactly 1.0); the threshold then moves just above the NORMAL images the floor needs below it,
+    and stays at 1.0 when they score 1.0: no probability threshold keeps that floor."""
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
     if rate == "sensitivity":
         return _best_threshold(labels, scores, lambda sens, spec: spec, floor, 0.0)
-    if rate == "specificity":
-        return 1.0 - _best_threshold(1 - labels, 1.0 - scores, lambda sens, spec: spec, floor, 0.0)
-    raise ValueError(f"rate {rate!r} is not sensitivity or specificity")
+    if rate != "specificity":
+        raise ValueError(f"rate {rate!r} is not sensitivity or specificity")
+    threshold = 1.0 - _best_threshold(1 - labels, 1.0 - scores, lambda sens, spec: spec, floor, 0.0)
+    normal = np.sort(scores[labels == 0])
+    needed = int(np.ceil(floor * len(normal) - 1e-9))  # NORMAL images that must score below the threshold
+    if len(np.unique(labels)) == 2 and needed and threshold <= normal[needed - 1]:
+        threshold = min(float(np.nextafter(normal[needed - 1], np.inf)), 1.0)
+    return threshold
 
 
 def _best_threshold(labels: np.ndarray, scores: np.ndarray, value: Any, min_sensitivity: float, tolerance: float) -> float:

@@ -39,6 +39,21 @@ def test_a_point_that_gives_up_the_other_rate_entirely_says_so():
     assert all("gives_up" not in points[name] for name in ("balanced", "spec90", "spec95") if rates(labels, scores, points[name]["threshold"])[0] > 0)
 
 
+def test_a_specificity_floor_holds_when_normal_images_tie_at_the_cut():
+    # float32 sigmoids saturate: NORMAL images at exactly 0.75 or 1.0 tie with the cut the mirrored problem finds
+    labels = np.array([0] * 100 + [1] * 100)
+    normal = np.r_[np.linspace(0.01, 0.6, 92), np.full(8, 0.75)]
+    for pneumonia in (np.linspace(0.3, 0.999, 100), np.r_[np.linspace(0.3, 0.99, 80), np.full(20, 0.75)]):
+        scores = np.r_[normal, pneumonia]
+        points = choose_points(labels, scores, balanced=0.5)
+        for name in ("spec90", "spec95"):
+            assert rates(labels, scores, points[name]["threshold"])[1] >= FLOORS[name][1] and "misses_floor" not in points[name]
+    saturated = np.r_[np.linspace(0.01, 0.6, 92), np.full(8, 1.0)]  # nothing in [0, 1] is above a NORMAL image scored 1.0
+    points = choose_points(labels, np.r_[saturated, np.r_[np.linspace(0.3, 0.99, 70), np.full(30, 1.0)]], balanced=0.5)
+    assert points["spec95"]["threshold"] == 1.0 and points["spec95"]["misses_floor"] == pytest.approx(0.92)
+    assert "no threshold keeps it (specificity 0.920" in points["spec95"]["rule"] and "misses_floor" not in points["spec90"]
+
+
 def test_every_floor_holds_and_the_other_rate_is_the_best_it_allows():
     labels, scores = scores_of()
     points = choose_points(labels, scores, balanced=0.5)

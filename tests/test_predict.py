@@ -65,3 +65,11 @@ def test_a_point_that_gives_up_a_rate_is_noted_when_chosen(tmp_path):
     plain = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet")
     assert chosen.returncode == plain.returncode == 0 and "sens98 has specificity 0: it calls every image PNEUMONIA" in chosen.stderr
     assert "Note:" not in plain.stderr
+
+
+def test_a_point_below_its_floor_is_noted_when_chosen(tmp_path):
+    model = write_export(tmp_path / "best", operating_points={"balanced": {"threshold": 0.5},
+                                                              "spec95": {"threshold": 1.0, "floor": {"specificity": 0.95}, "misses_floor": 0.92}})
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"]}})
+    chosen = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet", "--operating-point", "spec95")
+    assert chosen.returncode == 0 and "spec95 keeps specificity at 0.920, below its floor 0.95" in chosen.stderr, chosen.stderr
