@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cxr_tune.calibration import calibration_metrics
+from cxr_tune.selection import objective_interval
 from cxr_tune.subgroups import subgroup_rates
 from cxr_tune.train.metrics import evaluate_scores, rates_at
 
@@ -30,8 +31,12 @@ _CHUNK_VALUES = 2_000_000  # resampled scores held at once (a few arrays of this
 
 def set_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float, hp: Any) -> dict[str, Any]:
     """Metrics of one set at the stored threshold (as predict will use it), with 95 % bootstrap
-    intervals (``ci95``); NaN where undefined."""
-    return {**evaluate_scores(labels, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance), **rates_at(labels, scores, threshold),
+    intervals (``ci95``); NaN where undefined. The objective and its interval are the criterion's at
+    that threshold too: a set that did not choose the threshold must not show the one it would choose."""
+    at = rates_at(labels, scores, threshold)
+    low, high = objective_interval(labels, scores, threshold, hp.criterion)
+    return {**evaluate_scores(labels, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance), **at,
+            "objective": at[hp.criterion], "objective_low": low, "objective_high": high,
             "threshold": threshold, "n": int(len(labels)), "ci95": bootstrap_intervals(labels, scores, threshold)}
 
 

@@ -1,4 +1,5 @@
-"""Export's metrics stay readable when a metric is undefined: a test split of one class reads n/a."""
+"""Export's metrics stay readable when a metric is undefined (a test split of one class reads n/a), and a
+set's objective is measured at the stored threshold, not at the one that set would choose."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import json
 import numpy as np
 
 from cxr_tune.export import summary
-from cxr_tune.set_metrics import held_out_metrics
+from cxr_tune.set_metrics import held_out_metrics, set_metrics
 from cxr_tune.formatting import fmt
 from cxr_tune.formatting import json_safe
+from cxr_tune.train.hparams import HParams
 
 
 def test_a_one_class_test_split_gives_na_not_a_crash():
@@ -27,3 +29,12 @@ def test_a_one_class_test_split_gives_na_not_a_crash():
 def test_fmt_writes_na_for_missing_and_nan():
     assert fmt(None) == fmt(float("nan")) == fmt(float("inf")) == "n/a"
     assert fmt(0.91234) == "0.9123"
+
+
+def test_a_sets_objective_and_its_interval_are_at_the_stored_threshold():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(100, int), np.ones(100, int)]
+    scores = 1 / (1 + np.exp(-(rng.normal(0, 1, 200) + 3 * (labels - 0.5))))
+    metrics = set_metrics(labels, scores, 0.8, HParams())  # far from the threshold this set would choose
+    assert metrics["threshold"] == 0.8 and metrics["objective"] == metrics["balanced_accuracy"]
+    assert metrics["objective_low"] <= metrics["objective"] <= metrics["objective_high"] < 0.85
