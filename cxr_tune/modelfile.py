@@ -16,7 +16,6 @@ with PyTorch), and only then swapped in, so a kill at any moment leaves the old 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import warnings
@@ -32,7 +31,7 @@ from cxr_tune import storage
 from cxr_tune.calibration import Calibration
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import json_safe
-from cxr_tune.serving import META_FILE, MODEL_FILE, probabilities
+from cxr_tune.serving import META_FILE, MODEL_FILE, probabilities, sha256
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.model import ServingModel, build_model
@@ -209,7 +208,7 @@ def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], ext
     and ``extra`` files beside ``target``, then swap the folder in: a kill at any moment leaves the
     old model or the new one, never neither. Refuses a ``target`` that is not a model folder (:func:`check_model_target`)."""
     check_model_target(target, "the model folder")
-    meta = {**meta, "files": {MODEL_FILE: _sha256(files.onnx), WEIGHTS_FILE: _sha256(files.weights)}}
+    meta = {**meta, "files": {MODEL_FILE: sha256(files.onnx), WEIGHTS_FILE: sha256(files.weights)}}
     tmp = storage.sibling_tmp(target)
     try:
         for name, data in {MODEL_FILE: files.onnx, WEIGHTS_FILE: files.weights, **(extra or {})}.items():
@@ -234,7 +233,7 @@ def load_members(folder: str, meta: dict[str, Any]) -> Members:
         raise FileNotFoundError(path)
     data = storage.read_bytes(path)
     expected = meta.get("files", {}).get(WEIGHTS_FILE)
-    if expected and expected != _sha256(data):
+    if expected and expected != sha256(data):
         raise UserError(f"'{path}' does not match the hash in {META_FILE}; the folder mixes two exports: export the model again")
     if not isinstance(meta.get("members"), list) or not meta["members"]:
         raise UserError(f"'{storage.join(folder, META_FILE)}' lists no members; export the model again")
@@ -270,6 +269,3 @@ def check_scores(onnx: np.ndarray, reference: np.ndarray, what: str) -> None:
     if len(onnx) and float(np.max(np.abs(onnx - reference))) > SCORE_TOLERANCE:
         raise RuntimeError(f"the ONNX export disagrees with {what} (max difference {np.max(np.abs(onnx - reference)):.2e})")
 
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -9,6 +9,7 @@ prediction reads and stops with one line naming the file when one is missing or 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -106,6 +107,10 @@ def load_model(path: str | Path) -> LoadedModel:
     except Exception as exc:  # noqa: BLE001 - a broken file is the user's to fix
         raise UserError(f"'{model_path}' is not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
     _check_input(session, model_path, meta_path, int(meta["preprocessing"]["image_size"]))
+    files = meta.get("files") if isinstance(meta.get("files"), dict) else {}
+    expected = files.get(model_file, files.get(MODEL_FILE))
+    if expected and expected != sha256(data):  # its threshold and metrics belong to another network
+        raise UserError(f"'{model_path}' does not match the hash in '{meta_path}'; the folder mixes two exports: export the model again")
     return LoadedModel(path if storage.is_uri(path) else Path(path), session, meta)
 
 
@@ -179,3 +184,8 @@ def probabilities(model: LoadedModel | Any, images: np.ndarray, batch_size: int 
         return np.zeros(0, dtype=np.float32)
     out = [session.run(None, {"image": images[i : i + batch_size, None]})[0] for i in range(0, len(images), batch_size)]
     return np.concatenate(out).astype(np.float64)
+
+
+def sha256(data: bytes) -> str:
+    """The hash ``model.json`` stores for each file it describes (``files``), checked when a file is loaded."""
+    return hashlib.sha256(data).hexdigest()

@@ -87,3 +87,18 @@ def test_predict_with_a_broken_model_json_prints_one_line_and_exits_2(tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(folder / "model.json") in lines[0]
+
+
+def test_an_onnx_file_from_another_export_is_refused_by_its_hash(tmp_path):
+    import hashlib
+
+    folder = write_export(tmp_path / "best")
+    digest = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+    (folder / "model.json").write_text(json.dumps(meta(files={"model.onnx": digest})))
+    assert load_model(folder).threshold == 0.5
+    tiny_onnx(folder / "model.onnx", constant=0.9)  # another network, same interface: the threshold is not its own
+    for path in (folder, folder / "model.onnx"):
+        with pytest.raises(UserError, match=r"model\.onnx' does not match the hash in .*model\.json'; the folder mixes two exports"):
+            load_model(path)
+    done = call_cli("cxr_tune.predict", "--model", str(folder), str(folder))
+    assert done.returncode == 2 and "mixes two exports" in done.stderr and "Traceback" not in done.stderr
