@@ -57,22 +57,54 @@ EM_ITERATIONS = 200
 
 
 def adapt_batchnorm(members: Members, images: np.ndarray, batch_size: int = 64) -> Members:
-    """A copy of ``members`` whose BatchNorm running statistics are the site's (cumulative average
-    over ``images``, uint8 ``(N, S, S)``); weights, biases and everything else are untouched."""
+    """A copy of ``members`` whose BatchNorm running statistics are the site's; weights, biases and
+    everything else are untouched.
+
+    AdaBN (Li et al. 2016): each norm's mean and variance over every pixel of every site image
+    (uint8 ``(N, S, S)``), with the norms before it already adapted, one norm after the other. Summed
+    exactly, so the order of the files and the batch size change nothing; averaging per-batch
+    statistics (``momentum=None``) would weigh a last, partial batch like a full one and drop the
+    variance between batches, which a folder sorted by class makes large."""
     nets = []
     for net, hp in zip(members.nets, members.hparams, strict=True):
         adapted = copy.deepcopy(net).eval()
-        norms = [m for m in adapted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # a plain average over every batch, not an exponential one
-            norm.train()  # only the norms collect statistics; dropout stays off
+        for norm in (m for m in adapted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+            if norm.track_running_stats:
+                _site_statistics(adapted, norm, images, hp.intensity, batch_size)
+        nets.append(adapted)
+    return Members(nets, list(members.hparams))
+
+
+class _Collected(Exception):
+    """Raised by the hook once a batch's input to the norm being adapted is summed: the layers after it are not needed."""
+
+
+def _site_statistics(net: torch.nn.Module, norm: torch.nn.Module, images: np.ndarray, intensity: str, batch_size: int) -> None:
+    """Set ``norm``'s running mean and (unbiased) variance to those of its input over all ``images``."""
+    sums: list[torch.Tensor] = []
+
+    def collect(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].double().transpose(0, 1).reshape(inputs[0].shape[1], -1)  # channels first, everything else summed
+        sums.append(torch.stack([x.sum(dim=1), (x * x).sum(dim=1), torch.full_like(x[:, 0], x.shape[1])]))
+        raise _Collected
+
+    handle = norm.register_forward_pre_hook(collect)
+    try:
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
                 x = torch.from_numpy(images[start : start + batch_size, None].copy()).float() / 255.0
-                adapted(normalize_intensity(x, hp.intensity))
-        nets.append(adapted.eval())
-    return Members(nets, list(members.hparams))
+                try:
+                    net(normalize_intensity(x, intensity))
+                except _Collected:
+                    pass
+    finally:
+        handle.remove()
+    total, squares, count = torch.stack(sums).sum(dim=0)
+    mean = total / count
+    variance = (squares / count - mean * mean).clamp_min(0) * count / (count - 1).clamp_min(1)
+    norm.running_mean.copy_(mean.to(norm.running_mean.dtype))
+    norm.running_var.copy_(variance.to(norm.running_var.dtype))
+    norm.num_batches_tracked.fill_(1)
 
 
 def em_prevalence(scores: np.ndarray, training_prior: float, iterations: int = EM_ITERATIONS, tolerance: float = 1e-6) -> float:
