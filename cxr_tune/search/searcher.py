@@ -78,8 +78,8 @@ class StudySearch(OptunaSearch):
             self.on_trial_result(trial_id, result)  # the last result may not have been reported yet
         best = self._best.get(trial_id)
         ran_all = bool(result) and int(result.get("epoch") or 0) >= self._max_epochs
-        if error:
-            state, value = TrialState.FAIL, None
+        if error or best is None:  # nothing measured (an error, a budget that ended it before its first epoch, never a finite value):
+            state, value = TrialState.FAIL, None  # TPE ignores it; PRUNED with no value would count as its worst result
         elif ran_all and best is not None:
             state, value = TrialState.COMPLETE, best
         else:
