@@ -41,10 +41,11 @@ class FinalFitShape:
     deciding: str = "carved"
     changes: tuple[tuple[str, Any], ...] = ()  # the space's final_fit_changes, as (key, value) items
 
-    @property
-    def rounds(self) -> int:
-        """Runs one after another in the busiest slot: all runs, ``concurrency`` at a time."""
-        return math.ceil(self.top * self.seeds / max(1, self.concurrency))
+    def rounds(self, configurations: int) -> int:
+        """Runs one after another in the busiest slot: ``seeds`` runs of each of ``configurations``
+        (``top`` or fewer: the ensemble rule keeps only those at the selected image size),
+        ``concurrency`` at a time."""
+        return math.ceil(configurations * self.seeds / max(1, self.concurrency))
 
 
 @dataclass
@@ -97,7 +98,7 @@ def final_fit_seconds(paces: dict[str, TrialPace], shape: FinalFitShape) -> floa
     members = ensemble_members(ranked_trials(pd.DataFrame(rows), shape.deciding), shape.top)
     # getattr: a pace saved with a stopper before TrialPace had a config (a resumed search) scales by 1
     epoch = max((paces[t].epoch_seconds() or 0.0) * cost_ratio(getattr(paces[t], "config", {}), shape.changes) for t in members["trial_id"])
-    return shape.rounds * shape.epochs * epoch
+    return shape.rounds(len(members)) * shape.epochs * epoch
 
 
 def cost_ratio(config: dict[str, Any], changes: tuple[tuple[str, Any], ...]) -> float:

@@ -35,9 +35,10 @@ def test_nothing_is_estimated_before_an_epoch_and_nothing_is_needed_without_a_fi
 
 def test_the_estimate_follows_the_leaders_image_size():
     paces = {"small": pace(64, [(0.80, 10.0), (0.90, 10.0)]), "large": pace(96, [(0.85, 30.0)])}
-    assert final_fit_seconds(paces, SHAPE) == pytest.approx(2 * 32 * 10.0)  # the 64-px trial leads
+    # the 64-px trial leads; the ensemble rule keeps only trials at its size: 1 configuration x 2 seeds, 2 at a time
+    assert final_fit_seconds(paces, SHAPE) == pytest.approx(1 * 32 * 10.0)
     paces["large"].add(result(2, 0.95, 30.0, 96))
-    assert final_fit_seconds(paces, SHAPE) == pytest.approx(2 * 32 * 30.0)  # now the 96-px one does
+    assert final_fit_seconds(paces, SHAPE) == pytest.approx(1 * 32 * 30.0)  # now the 96-px one does
     paces["large"].add(result(2, 0.95, 30.0, 96))  # Tune repeats a trial's last result when it ends: no new epoch
     assert len(paces["large"].epochs) == 2
 
@@ -63,10 +64,12 @@ def test_the_slowest_of_the_top_configurations_sets_the_pace_and_a_slow_first_ep
 
 
 def test_runs_beyond_the_concurrency_wait_for_a_free_slot():
-    paces = {"a": pace(96, [(0.9, 33.0)])}
+    paces = {name: pace(96, [(0.9 - k / 100, 33.0)]) for k, name in enumerate("abc")}
     one_at_a_time = FinalFitShape(top=3, seeds=2, epochs=32, concurrency=1, deciding="external")
     assert final_fit_seconds(paces, FinalFitShape(top=3, seeds=2, epochs=32, concurrency=2, deciding="external")) == pytest.approx(3 * 32 * 33.0)
     assert final_fit_seconds(paces, one_at_a_time) == pytest.approx(6 * 32 * 33.0)
+    del paces["c"]  # two configurations so far: the final fit would train 2 x 2 seeds, not the space's 3 x 2
+    assert final_fit_seconds(paces, one_at_a_time) == pytest.approx(4 * 32 * 33.0)
 
 
 def test_the_job_budget_ends_the_search_when_what_is_left_would_not_hold_the_final_fit(monkeypatch):
