@@ -142,7 +142,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
             flush=True,
         )
         print(f"Training precision: {describe_precision(options, plan)}", flush=True)
-        sizes = _image_sizes(space)
+        sizes = space.image_sizes()
         datasets = datasets_by_size(split, sizes)
         tuner = _tuner(options, plan, split, datasets, resume=restore, verbose=verbose)
         _set_budgets(options, plan, cluster, started, split.deciding_set(options.select_on))
@@ -214,17 +214,6 @@ def _start_experiment(options: SearchOptions, space: Space, split: SplitData) ->
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     storage.write_text_atomic(storage.join(experiment, EXPERIMENT_FILE), json.dumps(info, indent=2))
-
-
-def _image_sizes(space: Space) -> list[int]:
-    from cxr_tune.train.hparams import HParams
-
-    for param in space.params:
-        if param.name == "image_size":
-            if param.type != "categorical":
-                raise UserError(f"{space.path}: params.image_size: use a categorical list of sizes (each size is one image cache)")
-            return [int(v) for v in param.choices]
-    return [int(space.fixed.get("image_size", HParams().image_size))]
 
 
 def log_path_of(options: SearchOptions) -> str:

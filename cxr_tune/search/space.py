@@ -24,17 +24,21 @@ A space file (``search_spaces/*.yaml``) has four sections::
       momentum: {type: float, low: 0.8, high: 0.99, when: {optimizer: sgd}}
       class_weighting: {type: categorical, choices: [none, balanced, 2.0]}
 
-Types: ``int`` (``low``, ``high``, optional ``step`` or ``log``), ``float`` (``low``, ``high``,
-optional ``step``), ``logfloat`` (``low`` > 0, ``high``), ``categorical`` (``choices``).
-Conditions: ``per_block: P`` repeats the parameter once per block up to the sampled value of the
-int parameter ``P`` (named ``NAME_0``, ``NAME_1``, ...); ``when: {P: value or [values]}`` samples
-it only when the parameter ``P`` took one of those values. Every name must be a hyperparameter
-(see :class:`cxr_tune.train.hparams.HParams`); a bad file stops with one line naming the file, the
-key and the problem.
+Types: ``int`` (``low``, ``high``, optional whole ``step`` or ``log``), ``float`` (``low``, ``high``,
+optional ``step`` or ``log``; not for a whole-number hyperparameter), ``logfloat`` (``low`` > 0,
+``high``), ``categorical`` (``choices``; the only type ``image_size`` takes: each size is one image
+cache). Conditions: ``per_block: P`` repeats the parameter once per block up to the sampled value
+of the int parameter ``P`` (named ``NAME_0``, ``NAME_1``, ...; ``P`` must be sampled whenever the
+parameter is); ``when: {P: value or [values]}`` samples it only when the parameter ``P`` took one
+of those values. Every name must be a hyperparameter (see :class:`cxr_tune.train.hparams.HParams`)
+other than the ones the search sets itself (epochs, criterion, min_sensitivity); every value a
+trial or a final-fit run can get must make a valid one. A bad file stops with one line naming the
+file, the key and the problem.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -53,6 +57,14 @@ TYPES = ("int", "float", "logfloat", "categorical")
 _SECTIONS = ("description", "search", "fixed", "params")
 _PARAM_KEYS = {"type", "low", "high", "step", "log", "choices", "per_block", "when"}
 _NOT_SEARCHABLE = {"epochs", "criterion", "min_sensitivity", "block_filters"}  # set by the search itself
+# What trial_hparams sets in every trial over the space's values, and where a user sets it instead.
+_SET_BY_SEARCH = {
+    "epochs": "search.max_epochs (search.final_fit_epochs for the final fit)",
+    "criterion": "the command's --select flag",
+    "min_sensitivity": "the command's --min-sensitivity flag",
+}
+_BLOCK_SHAPE = ("filters", "width_growth")  # what per-block widths override (HParams.widths)
+_EVERY_VALUE_UP_TO = 1024  # int ranges this short are checked value by value: kernel_size 3..5 holds an even 4
 
 
 @dataclass(frozen=True)
@@ -101,13 +113,18 @@ class Param:
             return trial.suggest_categorical(name, list(self.choices))
         if self.type == "int":
             return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.type == "logfloat")
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
 
     @property
     def values(self) -> tuple[Any, ...]:
-        """The extreme values it can take (for checking the space before any trial runs)."""
+        """The values to check before any trial runs: a categorical's choices, every value of a short
+        int range (one bad value inside fails the trials that draw it), else the extremes."""
         if self.type == "categorical":
             return self.choices
+        if self.type == "int":
+            every = range(int(self.low), int(self.high) + 1, int(self.step or 1))
+            if len(every) <= _EVERY_VALUE_UP_TO:
+                return tuple(every)
         return (self.low, self.high)
 
 
@@ -134,6 +151,19 @@ class Space:
             else:
                 drawn[param.name] = param.suggest(trial, param.name)
         return dict(self.fixed)
+
+    def image_sizes(self) -> list[int]:
+        """Every image size a trial can use: each is one image cache, so a searched size is a list.
+
+        >>> load_space("wide").image_sizes()
+        [64]
+        """
+        for param in self.params:
+            if param.name == "image_size":
+                if param.type != "categorical":
+                    raise UserError(f"{self.path}: params.image_size: use a categorical list of sizes (each size is one image cache)")
+                return [int(v) for v in param.choices]
+        return [int(self.fixed.get("image_size", HParams().image_size))]
 
 
 class SpaceSampler:
@@ -178,13 +208,17 @@ def load_space(name_or_path: str) -> Space:
     params_raw = raw.get("params") or {}
     if not isinstance(params_raw, dict):
         raise fail("params", "must be a mapping of hyperparameter: {type: ..., ...}")
-    known = {f.name for f in fields(HParams)}
+    known = {f.name: str(f.type) for f in fields(HParams)}  # name: its annotation ("int", "float", ...)
     for key in fixed:
         if key not in known:
             raise fail(f"fixed.{key}", "unknown hyperparameter")
+        if key in _SET_BY_SEARCH:
+            raise fail(f"fixed.{key}", f"would be ignored: the search sets it in every trial; set it with {_SET_BY_SEARCH[key]}")
     params = tuple(_param(name, spec, known, fail) for name, spec in params_raw.items())
     _check_links(params, fixed, fail)
     space = Space(path.stem, str(path), str(raw.get("description", "")), settings, dict(fixed), params)
+    space.image_sizes()
+    _check_final_fit_changes(space, fail)
     _check_corners(space, fail)
     return space
 
@@ -228,7 +262,7 @@ def _final_fit_changes(raw: Any, fail: Any) -> dict[str, Any]:
     return dict(raw)
 
 
-def _param(name: str, spec: Any, known: set[str], fail: Any) -> Param:
+def _param(name: str, spec: Any, known: dict[str, str], fail: Any) -> Param:
     key = f"params.{name}"
     if name not in known:
         raise fail(key, "unknown hyperparameter")
@@ -265,13 +299,36 @@ def _param(name: str, spec: Any, known: set[str], fail: Any) -> Param:
         raise fail(key, f"low {low} > high {high}")
     if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
         raise fail(key, f"an int parameter needs whole-number bounds, got {low}..{high}")
-    log = bool(spec.get("log", False))
-    if (kind == "logfloat" or log) and low <= 0:
+    if kind in ("float", "logfloat") and known[name] == "int":
+        raise fail(f"{key}.type", f"{name} takes whole numbers; use type: int (or categorical), not {kind}")
+    log = _log(spec, kind, f"{key}.log", fail)
+    if log and low <= 0:
         raise fail(f"{key}.low", f"must be > 0 on a log scale, got {low}")
     step = spec.get("step")
-    if step is not None and (not isinstance(step, (int, float)) or step <= 0 or log or kind == "logfloat"):
-        raise fail(f"{key}.step", "must be a positive number, and not combined with a log scale")
+    if step is not None:
+        _check_step(step, kind, log, f"{key}.step", fail)
     return Param(name, kind, low=low, high=high, step=step, log=log, per_block=per_block, when=when)
+
+
+def _log(spec: dict[str, Any], kind: str, key: str, fail: Any) -> bool:
+    """Whether the parameter is sampled on a log scale; only a boolean says so (YAML's 'false' is a string)."""
+    log = spec.get("log", kind == "logfloat")
+    if not isinstance(log, bool):
+        raise fail(key, f"must be true or false, got {log!r}")
+    if kind == "logfloat" and not log:
+        raise fail(key, "a logfloat is always on a log scale; use type: float for a linear one")
+    return log
+
+
+def _check_step(step: Any, kind: str, log: bool, key: str, fail: Any) -> None:
+    """Optuna needs an int's step whole (int(0.5) is 0, which fails the first trial) and no step on a log scale."""
+    if log:
+        raise fail(key, "cannot be combined with a log scale")
+    number = isinstance(step, (int, float)) and not isinstance(step, bool)
+    if kind == "int" and not (number and step >= 1 and float(step).is_integer()):
+        raise fail(key, f"an int parameter's step must be a whole number >= 1, got {step!r}")
+    if not (number and step > 0):
+        raise fail(key, f"must be a positive number, got {step!r}")
 
 
 def _check_links(params: tuple[Param, ...], fixed: dict[str, Any], fail: Any) -> None:
@@ -287,36 +344,84 @@ def _check_links(params: tuple[Param, ...], fixed: dict[str, Any], fail: Any) ->
             source = seen.get(param.per_block)
             if source is None and param.per_block not in fixed:
                 raise fail(f"{key}.per_block", f"'{param.per_block}' must be an int parameter listed before {param.name} (or fixed)")
-            if source is not None and source.type != "int" and not all(isinstance(c, int) for c in source.choices):
-                raise fail(f"{key}.per_block", f"'{param.per_block}' must take whole numbers")
+            if source is not None:
+                _check_block_count(param, source, fail)
         for other in param.when:
             if other not in seen and other not in fixed:
                 raise fail(f"{key}.when.{other}", f"'{other}' must be a parameter listed before {param.name} (or fixed)")
         seen[param.name] = param
 
 
+def _check_block_count(param: Param, source: Param, fail: Any) -> None:
+    """Space.sample draws one value per block, so the block count is a whole number drawn whenever ``param`` is."""
+    key = f"params.{param.name}.per_block"
+    whole = source.type == "int" or source.type == "categorical" and all(isinstance(c, int) and not isinstance(c, bool) for c in source.choices)
+    if not whole:
+        raise fail(key, f"'{source.name}' must take whole numbers")
+    for other, allowed in source.when.items():
+        if other not in param.when or not all(v in allowed for v in param.when[other]):
+            raise fail(key, f"'{source.name}' is sampled only when {other} is one of {list(allowed)}; give {param.name} that when condition too")
+
+
+def _check_final_fit_changes(space: Space, fail: Any) -> None:
+    """Fixed or searched per-block widths set every block's width and the block count: a change to
+    the width rule would do nothing, and one to depth would leave the widths one block short or over."""
+    widths = next((f"params.{p.name} is searched per block" for p in space.params if p.per_block), None)
+    if widths is None and "block_filters" in space.fixed:
+        widths = "fixed.block_filters gives every width"
+    for key in space.settings.final_fit_changes:
+        if widths and key == "depth":
+            raise fail("search.final_fit_changes.depth", f"cannot change the number of blocks: {widths}")
+        if widths and key in _BLOCK_SHAPE:
+            raise fail(f"search.final_fit_changes.{key}", f"would change nothing: {widths}, which overrides {key}")
+
+
 def _check_corners(space: Space, fail: Any) -> None:
-    """Every fixed value, and each searched value's extremes, must make a valid HParams and model."""
-    try:
-        base = HParams.from_config(space.fixed)
-    except HParamsError as exc:
-        raise fail("fixed", str(exc)) from None
+    """Every configuration of :func:`_corners` must make a valid HParams and model, as sampled and
+    with the final fit's changes: a bad one would fail its trials, or the final fit, inside Ray."""
+    changes = space.settings.final_fit_changes
+    for key, config in _corners(space):
+        problem = _problem(config)
+        if problem:
+            raise fail(key, problem)
+        problem = _problem({**config, **changes}) if changes else None
+        if problem:
+            raise fail("search.final_fit_changes", f"in a configuration the space samples, {problem}")
+
+
+def _corners(space: Space) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key to blame, configuration): the fixed values; each value of :attr:`Param.values` with them,
+    per-block widths at every block count; the deepest network on the smallest searched image.
+    A generator, so each is built only after the ones before it passed."""
+    fixed = space.fixed
+    yield "fixed", dict(fixed)
     for param in space.params:
-        if param.per_block:
-            continue
+        key = f"params.{param.name}"
         for value in param.values:
-            try:
-                HParams.from_config({**space.fixed, param.name: value})
-            except HParamsError as exc:
-                raise fail(f"params.{param.name}", str(exc)) from None
-    depths = _extremes(space, "depth", base.depth)
-    sizes = _extremes(space, "image_size", base.image_size)
-    if max(depths) > max_depth(min(sizes)):
-        raise fail("params.depth", f"depth up to {max(depths)} would shrink {min(sizes)} px images below 1x1; keep depth <= {max_depth(min(sizes))}")
+            if not param.per_block:
+                yield key, {**fixed, param.name: value}
+                continue
+            for blocks in _values(space, param.per_block):
+                yield key, {**fixed, param.per_block: blocks, **{f"{param.name}_{i}": value for i in range(int(blocks))}}
+    searched = {p.name for p in space.params}
+    if {"depth", "image_size"} <= searched:
+        yield "params.depth", {**fixed, "depth": max(_values(space, "depth")), "image_size": min(_values(space, "image_size"))}
 
 
-def _extremes(space: Space, name: str, default: Any) -> tuple[Any, ...]:
+def _problem(config: dict[str, Any]) -> str | None:
+    """Why ``config`` cannot be a trial's network, or None."""
+    try:
+        hp = HParams.from_config(config)
+    except HParamsError as exc:
+        return str(exc)
+    if hp.depth > max_depth(hp.image_size):
+        return f"depth {hp.depth} would shrink {hp.image_size} px images below 1x1; keep depth <= {max_depth(hp.image_size)}"
+    return None
+
+
+def _values(space: Space, name: str) -> tuple[Any, ...]:
+    """What ``name`` takes: a searched parameter's :attr:`Param.values`, else its fixed value or default."""
     for param in space.params:
         if param.name == name:
-            return tuple(v for v in param.values if isinstance(v, (int, float)))
-    return (space.fixed.get(name, default),)
+            return param.values
+    return (space.fixed.get(name, getattr(HParams(), name)),)

@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from cxr_tune.errors import UserError
-from cxr_tune.search.space import load_space
+from cxr_tune.search.space import SPACES_DIR, load_space
 from cxr_tune.search.trial import TrialSettings, trial_hparams
 from cxr_tune.train.model import build_model
 from cxr_tune.train.trainer import Resources
@@ -88,6 +88,30 @@ def test_fixed_values_reach_every_trial(tmp_path):
     ("search: {final_fit_changes: {convs: 2}}\n", "search.final_fit_changes.convs", "unknown hyperparameter"),
     ("search: {final_fit_changes: {convs_per_block: two}}\n", "search.final_fit_changes.convs_per_block", "two"),
     ("search: {final_fit_changes: {seed: 3}}\n", "search.final_fit_changes.seed", "set by the final fit itself"),
+    ("fixed: {epochs: 3}\n", "fixed.epochs", "search.max_epochs"),
+    ("fixed: {criterion: youden}\n", "fixed.criterion", "--select"),
+    ("fixed: {min_sensitivity: 0.9}\n", "fixed.min_sensitivity", "--min-sensitivity"),
+    ("params:\n  batch_size: {type: int, low: 16, high: 64, log: 'false'}\n", "params.batch_size.log", "true or false"),
+    ("params:\n  lr: {type: logfloat, low: 1.0e-4, high: 1.0e-2, log: false}\n", "params.lr.log", "use type: float"),
+    ("params:\n  batch_size: {type: int, low: 16, high: 64, step: 0.5}\n", "params.batch_size.step", "whole number >= 1"),
+    ("params:\n  batch_size: {type: int, low: 16, high: 64, step: true}\n", "params.batch_size.step", "whole number >= 1"),
+    ("params:\n  dropout: {type: float, low: 0.0, high: 0.5, step: 0}\n", "params.dropout.step", "positive number"),
+    ("params:\n  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true, step: 1.0e-4}\n", "params.lr.step", "log scale"),
+    ("params:\n  batch_size: {type: float, low: 16, high: 64}\n", "params.batch_size.type", "takes whole numbers"),
+    ("params:\n  depth: {type: logfloat, low: 2, high: 4}\n", "params.depth.type", "takes whole numbers"),
+    ("params:\n  kernel_size: {type: int, low: 3, high: 5}\n", "params.kernel_size", "kernel_size=4 must be odd"),
+    ("params:\n  image_size: {type: int, low: 64, high: 96}\n", "params.image_size", "categorical list"),
+    ("fixed: {image_size: 64}\nparams:\n  depth: {type: categorical, choices: [2, 2.5]}\n  filters: {type: int, low: 8, high: 16, per_block: depth}\n",
+     "params.filters.per_block", "whole numbers"),
+    ("fixed: {image_size: 64}\nparams:\n  optimizer: {type: categorical, choices: [adamw, sgd]}\n  depth: {type: int, low: 2, high: 4, when: {optimizer: sgd}}\n"
+     "  filters: {type: int, low: 8, high: 16, per_block: depth}\n", "params.filters.per_block", "sampled only when optimizer"),
+    ("fixed: {image_size: 64, depth: 2}\nparams:\n  filters: {type: int, low: 0, high: 8, per_block: depth}\n", "params.filters", "must all be >= 1"),
+    ("search: {final_fit_top: 1, final_fit_changes: {depth: 3}}\nparams:\n  depth: {type: int, low: 2, high: 3}\n"
+     "  filters: {type: categorical, choices: [8, 16], per_block: depth}\n", "search.final_fit_changes.depth", "params.filters is searched per block"),
+    ("search: {final_fit_top: 1, final_fit_changes: {filters: 64}}\nparams:\n  depth: {type: int, low: 2, high: 3}\n"
+     "  filters: {type: categorical, choices: [8, 16], per_block: depth}\n", "search.final_fit_changes.filters", "would change nothing"),
+    ("search: {final_fit_top: 1, final_fit_changes: {depth: 7}}\nparams:\n  image_size: {type: categorical, choices: [64, 128]}\n",
+     "search.final_fit_changes", "depth 7 would shrink 64 px images below 1x1"),
     ("- just\n- a list\n", "must be a mapping", "list"),
     ("", "empty", "empty"),
 ])
@@ -104,6 +128,49 @@ def test_final_fit_changes_are_kept_as_written(tmp_path):
     path = write(tmp_path, "search: {final_fit_top: 1, final_fit_changes: {convs_per_block: 2}}\n")
     assert load_space(str(path)).settings.final_fit_changes == {"convs_per_block": 2}
     assert load_space("smoke").settings.final_fit_changes == {}
+
+
+@pytest.mark.parametrize("path", sorted(SPACES_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_space_loads(path):
+    assert load_space(str(path)).params
+
+
+def test_final_fit_changes_that_keep_searched_block_widths_load(tmp_path):
+    path = write(tmp_path, """
+        search: {final_fit_top: 2, final_fit_changes: {convs_per_block: 2, dropout: 0.2}}
+        fixed: {image_size: 64}
+        params:
+          depth: {type: int, low: 2, high: 5}
+          filters: {type: categorical, choices: [8, 16], per_block: depth}
+        """)
+    assert load_space(str(path)).settings.final_fit_changes == {"convs_per_block": 2, "dropout": 0.2}
+
+
+def test_a_float_with_log_true_is_sampled_on_a_log_scale(tmp_path):
+    space = load_space(str(write(tmp_path, "params:\n  lr: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}\n")))
+    study = optuna.create_study()
+    trial = study.ask()
+    space.sample(trial)
+    assert trial.distributions["lr"].log
+
+
+def test_per_block_widths_share_the_condition_of_their_block_count(tmp_path):
+    space = load_space(str(write(tmp_path, """
+        fixed: {image_size: 64}
+        params:
+          optimizer: {type: categorical, choices: [adamw, sgd]}
+          depth: {type: int, low: 2, high: 4, when: {optimizer: sgd}}
+          filters: {type: int, low: 8, high: 16, per_block: depth, when: {optimizer: sgd}}
+        """)))
+    configs = sample(space, 20)
+    assert {c["optimizer"] for c in configs} == {"adamw", "sgd"}
+    for config in configs:
+        assert len(trial_hparams(config, SETTINGS).widths) == config.get("depth", 4)
+
+
+def test_image_sizes_are_the_searched_list_or_the_fixed_size(tmp_path):
+    assert load_space("real").image_sizes() == [64, 96]
+    assert load_space(str(write(tmp_path, "fixed: {image_size: 48}\n"))).image_sizes() == [48]
 
 
 def test_an_unknown_space_name_lists_the_known_ones():
