@@ -80,10 +80,11 @@ def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float])
         raise UserError(f"--gpus-per-worker {gpus_per_worker:g}: a worker takes a fraction of one GPU or whole GPUs, not {gpus_per_worker:g}")
     if options.concurrency:
         concurrency = options.concurrency
-    elif gpus_per_worker > 0:
-        concurrency = max(1, int(gpus // (gpus_per_worker * workers) + 1e-9))
-    else:
-        concurrency = max(1, min(8, int(cpus // workers)))
+    else:  # true division before the floor: 1 // 0.2 is 4.0 in floating point, and a fifth packed trial fits
+        concurrency = math.floor(gpus / (gpus_per_worker * workers) + 1e-9) if gpus_per_worker > 0 else min(8, math.floor(cpus / workers + 1e-9))
+        if options.cpus_per_worker is not None:  # as many as the CPUs hold at that share, each with its driver
+            concurrency = min(concurrency, math.floor(cpus / (workers * options.cpus_per_worker + TRIAL_DRIVER_CPU) + 1e-9))
+        concurrency = max(1, concurrency)
     concurrency = min(concurrency, trials)
     if options.cpus_per_worker is not None:
         cpus_per_worker = options.cpus_per_worker

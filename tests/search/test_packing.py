@@ -42,6 +42,15 @@ def test_the_default_share_packs_small_trials_and_gives_big_ones_more(tmp_path):
     assert not cpu_only.resources.use_gpu and cpu_only.concurrency == 2  # no flag needed without GPUs
 
 
+def test_as_many_trials_run_at_once_as_the_shares_fit(tmp_path):
+    space = space_at(tmp_path, 64)
+    for share, fits in ((0.2, 5), (0.1, 10), (0.25, 4)):  # 1 // 0.2 is 4.0 in floating point; five fit
+        assert plan_search(SearchOptions(trials=16, gpus_per_worker=share), space, {"CPU": 16, "GPU": 1}).concurrency == fits
+    # 2 CPUs a worker on 8: three trials with their drivers' hundredths, not the eight the default would start
+    assert plan_search(SearchOptions(trials=16, cpus_per_worker=2.0), space, {"CPU": 8}).concurrency == 3
+    assert plan_search(SearchOptions(trials=16, cpus_per_worker=0.5), space, {"CPU": 8}).concurrency == 8
+
+
 @pytest.mark.slow
 @pytest.mark.own_ray
 def test_ray_runs_four_packed_trials_at_once_on_one_declared_gpu(shared_ray, tmp_path):
