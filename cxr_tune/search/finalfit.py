@@ -53,6 +53,24 @@ def plan_final_fit(experiment: Experiment) -> list[FinalRun]:
             for _, row in top.iterrows() for k in range(settings.final_fit_seeds)]
 
 
+def runs_to_train(experiment: Experiment) -> list[FinalRun]:
+    """The runs of the final fit planned now; an interrupted final fit's own list while the search's
+    ranking still gives it. A resumed search that ran more trials can change its best configurations:
+    then the final fit is planned again, Tune's record of the old runs is dropped (it would restore
+    them), and each run's checkpoints under ``train/`` stay, so a run still planned resumes from them."""
+    stored, planned = experiment.final_fit_runs(), plan_final_fit(experiment)
+    if not stored or not planned or [run.name for run in stored] == [run.name for run in planned]:
+        return planned or stored
+    kept = [run.name for run in planned if run.name in {old.name for old in stored}]
+    print(f"\nFinal fit: the search's best configurations changed since its final fit was planned (the resumed search ran more "
+          f"trials); planned again, {len(kept)} of its {len(planned)} run(s) already started", flush=True)
+    folder = experiment.file(FINAL_FIT_DIR)
+    for path in storage.glob(folder, "*"):
+        if storage.name(path) != TRAIN_DIR:
+            storage.remove(path)
+    return planned
+
+
 def describe_changes(changes: dict[str, Any]) -> str:
     """", with convs_per_block=2 set in each" for the space's ``final_fit_changes`` ("" for none): how the console and the report say it."""
     return f", with {assignments_text(changes)} set in each" if changes else ""
@@ -70,7 +88,7 @@ def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = F
 
     experiment = Experiment(experiment_dir)
     folder = experiment.file(FINAL_FIT_DIR)
-    runs = experiment.final_fit_runs() or plan_final_fit(experiment)
+    runs = runs_to_train(experiment)
     if not runs:
         return []
     storage.write_text_atomic(storage.join(folder, FINAL_FIT_MEMBERS), json.dumps([run.__dict__ for run in runs], indent=2))

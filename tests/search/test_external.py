@@ -320,3 +320,22 @@ def test_a_final_fit_that_scores_below_the_search_s_own_ensemble_is_not_exported
     assert "Final fit NOT exported" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
     refused = call_cli("cxr_tune.export", str(copy), "--final-fit", "--trial", selected["trial_id"])
     assert refused.returncode == 2 and "--final-fit exports the final fit's runs: it takes no --trial" in refused.stderr
+
+
+def test_a_final_fit_whose_best_configurations_changed_is_planned_again_keeping_its_runs_checkpoints(experiment, tmp_path, capsys):
+    """A resumed search that ran more trials can change the ranking under an interrupted final fit:
+    the old list and Tune's record of it go, the runs' own checkpoints stay."""
+    from cxr_tune.experiment import Experiment
+    from cxr_tune.search.finalfit import runs_to_train
+
+    copy = copy_tree(experiment, tmp_path / "ext")
+    planned = json.loads((copy / "finalfit" / "members.json").read_text())
+    assert [run.name for run in runs_to_train(Experiment(str(copy)))] == [run["name"] for run in planned]  # nothing changed
+    assert (copy / "finalfit" / "tuner.pkl").exists()
+    stale = [{**run, "name": f"gone-seed{run['seed']}", "trial_id": "gone"} for run in planned[:1]] + planned[1:]
+    (copy / "finalfit" / "members.json").write_text(json.dumps(stale))
+    runs = runs_to_train(Experiment(str(copy)))
+    assert [run.name for run in runs] == [run["name"] for run in planned]
+    assert f"planned again, {len(planned) - 1} of its {len(planned)} run(s) already started" in capsys.readouterr().out
+    assert sorted(p.name for p in (copy / "finalfit").iterdir()) == ["train"]  # Tune's state would restore the old runs
+    assert {p.name for p in (copy / "finalfit" / "train").iterdir()} >= {run["name"] for run in planned}
