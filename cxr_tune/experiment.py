@@ -243,9 +243,17 @@ class Experiment:
 
     @property
     def study_path(self) -> str:
-        from cxr_tune.search.study import study_path
+        """The Optuna study as a local SQLite file: this folder's own ``study.db``, wherever the
+        experiment was when it ran (a copied or moved folder must not open the original's); for one
+        on object storage, its local copy, fetched when this machine has none."""
+        from cxr_tune.search.study import STUDY_FILE
 
-        return study_path(self.options)
+        if not storage.is_uri(self.path):
+            return self.file(STUDY_FILE)
+        local = storage.local_file_for(self.path, STUDY_FILE, "studies", self.options.data.resolved_cache_dir)
+        if not os.path.exists(local) and storage.exists(self.file(STUDY_FILE)):
+            storage.copy(self.file(STUDY_FILE), local)
+        return local
 
     def has_tune_state(self) -> bool:
         """True once Tune has saved the search's state, which it does at its first step."""

@@ -79,15 +79,16 @@ def plot_transfer(path: Path, table: pd.DataFrame, title: str = "Carved validati
 def markdown(table: pd.DataFrame, deciding: str, plot: str | None, plot_note: str | None) -> list[str]:
     """The report section: correlations, the tie set (on the ``deciding`` set) and the side-by-side table."""
     correlations = rank_correlations(table)
+    paired = int(table[[f"{prefix}_{metric}" for metric, _ in PAIRS for prefix in ("val", "ext")]].notna().all(axis=1).sum())  # what they are over
     tied = table[table["tied"].fillna(False).astype(bool)]["trial_id"].tolist() if "tied" in table else []
     deciding = "the external set" if deciding == "external" else "carved validation (the external set chose nothing)"
     lines = [
         "Every trial's best epoch on validation carved from train (`val_`) and on the external set (`ext_`, a selection set: "
         "its numbers chose things and are optimistic).",
         "",
-        f"Rank correlation (Spearman) of carved vs external over {len(table)} trials: "
+        f"Rank correlation (Spearman) of carved vs external over the {paired} trials scored on both: "
         + ", ".join(f"{label} {fmt(correlations[metric], 2)}" for metric, label in PAIRS) + "."
-        + (" With this few trials a correlation says little: one trial moves it a long way." if len(table) < FEW_TRIALS else ""),
+        + (" With this few trials a correlation says little: one trial moves it a long way." if paired < FEW_TRIALS else ""),
         "",
         f"Tie set ({len(tied)} trial(s) whose 95 % interval on {deciding} overlaps the best one's; the one with the highest AUC there "
         f"is selected): {', '.join(f'`{t}`' for t in tied) or 'none'}.",

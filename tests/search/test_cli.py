@@ -34,6 +34,16 @@ def test_resume_needs_an_experiment(tmp_path, flags, message):
         main(["--storage", str(tmp_path), *flags])
 
 
+def test_a_copied_experiment_is_not_resumed_in_place_of_the_original(tmp_path):
+    import shutil
+
+    from tests.conftest import ROOT
+
+    shutil.copytree(ROOT / "results" / "real" / "external", tmp_path / "copy")  # run in another checkout's results/real/external
+    with pytest.raises(UserError, match=r"'\S+/copy' is a copy of the experiment run in '\S+/external': Ray Tune's saved state names that folder"):
+        main(["--storage", str(tmp_path), "--name", "copy", "--resume"])
+
+
 def test_an_existing_experiment_is_not_overwritten(tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "experiment.json").write_text("{}")

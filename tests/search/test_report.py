@@ -29,3 +29,17 @@ def test_optunas_doubts_about_importances_go_into_the_report_not_the_console(lop
     assert notes["importances"] is None and (tmp_path / "importances.png").stat().st_size > 0
     assert "filters_2" in notes["importances_caveat"] and "may be inaccurate" in notes["importances_caveat"]
     assert capsys.readouterr() == ("", "")
+
+
+def test_the_rank_correlation_counts_the_trials_it_is_over():
+    import numpy as np
+    import pandas as pd
+
+    from cxr_tune.search.transfer import markdown
+
+    values = np.linspace(0.8, 0.95, 12)
+    table = pd.DataFrame({"trial_id": [f"t{i}" for i in range(12)], "rank": range(1, 13), "tied": False,
+                          "val_balanced_accuracy": values, "ext_balanced_accuracy": values, "val_auc": values, "ext_auc": values})
+    table.loc[:2, ["ext_balanced_accuracy", "ext_auc"]] = np.nan  # three trials never scored on the external set
+    [line] = [line for line in markdown(table, "external", None, "no plot") if "Spearman" in line]
+    assert "over the 9 trials scored on both" in line and "says little" in line
