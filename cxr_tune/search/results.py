@@ -166,7 +166,8 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...], d
                 **{m: best[m] for m in METRICS if m in best},
             })
         row["error"] = trial_error(experiment_dir, trial) if trial.status == "ERROR" else ""
-        row["stop_reason"] = _stop_reason(trial.status, row["epochs"], max_epochs, events.get(trial.trial_id), rungs)
+        diverged = not history.empty and bool(history["diverged"].fillna(False).astype(bool).any()) if "diverged" in history else False
+        row["stop_reason"] = "diverged" if diverged else _stop_reason(trial.status, row["epochs"], max_epochs, events.get(trial.trial_id), rungs)
         row["started"] = trial.run_metadata.start_time if getattr(trial, "run_metadata", None) else math.nan
         rows.append(row)
     table = pd.DataFrame(rows)

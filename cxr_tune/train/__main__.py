@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -200,6 +201,11 @@ def report(result, hp: HParams, split, run_dir: str, deciding: str) -> int:
                   f"specificity {fmt(best[f'{prefix}_specificity'])}, balanced accuracy {fmt(best[f'{prefix}_balanced_accuracy'])} "
                   f"at threshold {fmt(best[f'{prefix}_threshold'])}")
     print(f"Checkpoint: {summary['best_checkpoint']}\nMetrics:    {storage.join(run_dir, 'metrics.json')}")
+    if "diverged" in history and bool(history["diverged"].fillna(False).astype(bool).iloc[-1]):
+        print(f"error: training diverged at epoch {int(history['epoch'].iloc[-1])} of {hp.epochs}: the network's scores were not finite "
+              f"(its weights overflowed), so the run stopped there; train again under another --name with a lower learning rate "
+              f"(lr={hp.lr:g} now) or weight decay", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -60,7 +60,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     (``last``: keep the newest checkpoint, not the best epoch's), ``score_batch`` and
     ``scoring_keep_limit_bytes`` (images per scoring batch, and 0: read the validation sets from Ray Data
     every epoch; both for ``python -m cxr_tune.bench scoring``) and for
-    fault-tolerance tests ``fail_at_epoch`` (raise once, in a run started fresh).
+    fault-tolerance tests ``fail_at_epoch`` (raise once, in a run started fresh) and ``nan_at_epoch`` (weights NaN: a diverged run).
     """
     import ray
     import ray.train
@@ -121,9 +121,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         load_weights(net, run["weights"][hp.arch])
 
     fail_at = config.get("fail_at_epoch")  # fault injection for tests: crash once, before this epoch
+    poison_at = config.get("nan_at_epoch")  # and divergence: every weight NaN before this epoch
     for epoch in range(start_epoch, hp.epochs):
         if fail_at is not None and epoch + 1 == fail_at and start_epoch == 0:
             raise RuntimeError(f"injected failure before epoch {fail_at}")
+        if poison_at is not None and epoch + 1 == poison_at:
+            with torch.no_grad():
+                for parameter in net.parameters():
+                    parameter.fill_(math.nan)
         started = time.perf_counter()
         # Reseed every epoch so that a run resumed at this epoch continues exactly as an
         # uninterrupted one would (dropout draws from the global generator).
@@ -152,8 +157,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {}
         for prefix, (labels, scores, _) in scored.items():
             metrics.update({f"{prefix}_{k}": v for k, v in evaluate_scores(labels, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance).items()})
+        # Non-finite scores: the weights are lost, and more epochs (or Train's retries) cannot bring them back. Every rank
+        # holds the same gathered scores, so all stop together (a loss alone can be one rank's, or a skipped fp16 step's).
+        diverged = any(metrics[f"{prefix}_non_finite"] for prefix in scored)
         metrics.update({
             "epoch": epoch + 1,
+            "diverged": diverged,
             "train_loss": train_loss,
             "train_images_per_s": sum(n for _, n in workers) / max(train_seconds, 1e-9),
             "epoch_seconds": time.perf_counter() - started,
@@ -198,3 +207,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 checkpoints.save_state(folder, state, scored)
                 checkpoint = ray.train.Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=checkpoint)
+        if diverged:
+            break

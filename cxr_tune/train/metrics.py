@@ -36,8 +36,13 @@ def rates_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[s
 
 
 def evaluate_scores(labels: np.ndarray, scores: np.ndarray, criterion: str = "balanced_accuracy", min_sensitivity: float = 0.0, tolerance: float = 0.0) -> dict[str, float]:
-    """Everything reported per epoch: AUC, loss, calibration, and rates at the chosen threshold and at 0.5."""
-    labels, scores = np.asarray(labels).astype(int), np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7)
+    """Everything reported per epoch: AUC, loss, calibration, and rates at the chosen threshold and at 0.5.
+
+    A diverged network scores NaN: such scores count as 0.5 (no information) and ``non_finite``
+    says how many there were, so the epoch is measured as the coin toss it is, not a crash."""
+    scores = np.asarray(scores, dtype=float)
+    non_finite = int((~np.isfinite(scores)).sum())
+    labels, scores = np.asarray(labels).astype(int), np.clip(np.where(np.isfinite(scores), scores, 0.5), 1e-7, 1 - 1e-7)
     two_classes = len(np.unique(labels)) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
@@ -50,6 +55,7 @@ def evaluate_scores(labels: np.ndarray, scores: np.ndarray, criterion: str = "ba
         "threshold": threshold,
         "n": int(len(labels)),
         "prevalence": float(labels.mean()) if len(labels) else math.nan,
+        "non_finite": non_finite,
     }
     out.update(rates_at(labels, scores, threshold))
     out.update({f"{k}_at_0.5": v for k, v in rates_at(labels, scores, 0.5).items() if k in ("sensitivity", "specificity", *CRITERIA)})

@@ -92,6 +92,14 @@ def test_the_loop_learns_a_visible_signal_and_a_crashed_run_resumes_it_exactly(b
         assert torch.equal(tensor, resumed["model"][key]), key
 
 
+def test_a_diverged_run_is_scored_as_a_coin_toss_and_stops_without_retries(blob_data, tmp_path):
+    # Before: NaN scores made the AUC raise inside the worker, Train retried twice, and the command ended in a traceback.
+    result, state = fit(blob_data, tmp_path, "diverged", loop_options={"nan_at_epoch": 2}, epochs=4)
+    history = state["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and [h["diverged"] for h in history] == [False, True]
+    assert history[1]["val_non_finite"] == history[1]["val_n"] > 0 and history[1]["val_auc"] == 0.5 and history[1]["start_epoch"] == 0  # no retry
+
+
 def test_cross_validation_folds_are_patient_groups_and_each_trains_showing_its_epochs_and_is_kept(ray_session, synthetic_root, tmp_path, capsys):
     from cxr_tune.errors import UserError
     from cxr_tune.train.crossval import cross_validate, fold_roles
