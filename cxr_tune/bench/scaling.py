@@ -23,6 +23,15 @@ from cxr_tune.bench.local_cluster import start_cluster
 SEARCH = ["--space", "smoke", "--trials", "8", "--max-epochs", "3", "--no-export", "--synthetic-n", "600"]
 
 
+def search_end_minutes(console: str) -> float:
+    """Minutes from the search's start to its last trial's end, read from the search's console
+    lines (``[MM:SS] trial ID finished / stopped by ASHA ... / diverged ... / FAILED``)."""
+    clock = re.findall(r"^\[(\d+):(\d+)\] trial \S+ (?:finished|stopped|diverged|FAILED)", console, flags=re.MULTILINE)
+    if not clock:
+        raise RuntimeError("the search printed no trial's end")
+    return (int(clock[-1][0]) * 60 + int(clock[-1][1])) / 60
+
+
 def run_on(nodes: int, storage: Path) -> dict[str, float]:
     folder = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
     cluster = start_cluster(folder, workers=nodes, cpus=1, head_cpus=0)
@@ -34,8 +43,7 @@ def run_on(nodes: int, storage: Path) -> dict[str, float]:
     finally:
         cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
-    clock = re.findall(r"^\[(\d+):(\d+)\] trial \S+ (?:finished|stopped early)", done.stdout, flags=re.MULTILINE)
-    search_minutes = (int(clock[-1][0]) * 60 + int(clock[-1][1])) / 60
+    search_minutes = search_end_minutes(done.stdout)
     table = pd.read_csv(storage / f"nodes{nodes}" / "trials.csv")
     return {"nodes": nodes, "trials": len(table), "trial_epochs": int(table["epochs"].sum()), "search_minutes": search_minutes,
             "trials_per_minute": len(table) / search_minutes, "epochs_per_minute": table["epochs"].sum() / search_minutes, "command_seconds": wall}

@@ -133,7 +133,8 @@ class ProgressPrinter(Callback):
         self._count(trials, trial)
         epochs = int((trial.last_result or {}).get("epoch", 0))
         self._advance(trial.trial_id, self.max_epochs)  # epochs ASHA saved are done too
-        how = "finished" if epochs >= self.max_epochs else f"stopped by ASHA after {epochs} epoch(s)"
+        how = (f"diverged at epoch {epochs} (its scores were not finite: too high a learning rate)"
+               if (trial.last_result or {}).get("diverged") else "finished" if epochs >= self.max_epochs else f"stopped by ASHA after {epochs} epoch(s)")
         self.say(f"{self._clock()} {self.label} {trial.trial_id} {how} ({self.finished}/{self.total} {self.label}s done{self._left()})")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -170,7 +171,7 @@ class TrialEventLog(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        self._write(trial, "completed" if epochs >= self.max_epochs else "ASHA stopped")
+        self._write(trial, "diverged" if (trial.last_result or {}).get("diverged") else "completed" if epochs >= self.max_epochs else "ASHA stopped")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._write(trial, "error")

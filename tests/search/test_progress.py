@@ -93,3 +93,18 @@ def test_the_final_fit_s_time_left_is_its_own_not_the_search_s_budget(monkeypatc
     printer.on_trial_complete(0, [_trial("a", 5, "TERMINATED")], _trial("a", 5, "TERMINATED"))
     line = printer.stream.getvalue().splitlines()[-1]  # 25 epochs to go at 2 minutes each: its own pace
     assert line.endswith("(1/6 final-fit runs done, about 51 min left)") and "budget" not in line, line
+
+
+def test_each_way_a_trial_ends_has_its_own_line_and_the_scaling_benchmark_reads_the_last(monkeypatch):
+    from cxr_tune.bench.scaling import search_end_minutes
+
+    printer = ProgressPrinter(total_trials=3, max_epochs=4, criterion="balanced_accuracy", deciding="carved", stream=io.StringIO())
+    finished, stopped = _trial("a", 4, "TERMINATED"), _trial("b", 2, "TERMINATED")
+    diverged = SimpleNamespace(trial_id="c", config={}, status="TERMINATED", last_result={"epoch": 1, "diverged": True})
+    for minutes, trial in ((1, finished), (2, stopped), (3, diverged)):
+        monkeypatch.setattr(printer, "started", __import__("time").monotonic() - 60 * minutes)
+        printer.on_trial_complete(0, [finished, stopped, diverged], trial)
+    lines = printer.stream.getvalue().splitlines()
+    assert "trial a finished" in lines[0] and "trial b stopped by ASHA after 2 epoch(s)" in lines[1]
+    assert "trial c diverged at epoch 1 (its scores were not finite" in lines[2] and "ASHA" not in lines[2]
+    assert search_end_minutes("\n".join(lines[:2])) == 2.0 and search_end_minutes("\n".join(lines)) == 3.0  # before: the ASHA line was missed
