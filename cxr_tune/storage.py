@@ -186,6 +186,18 @@ def read_csv(path: str, **kwargs) -> pd.DataFrame:
 # --- writing ------------------------------------------------------------------------------------
 
 
+def check_folder_name(name: str, base: str, flag: str = "--name") -> None:
+    """Refuse a name that would not stay one folder under ``base``: a path separator or a leading
+    dot, and ``#``, ``?`` or ``%``, which a URI reads as syntax (on object storage ``exp#2`` would
+    be the object ``exp``); and whitespace there, which no bucket URI parses."""
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise UserError(f"{flag} {name!r} must be a plain folder name")
+    bad = sorted({c for c in name if c in "#?%" or (c.isspace() and is_uri(base))})
+    if bad:
+        raise UserError(f"{flag} {name!r}: {' '.join(repr(c) for c in bad)} cannot be in a folder name"
+                        + (" on object storage" if is_uri(base) and all(c.isspace() for c in bad) else " (a URI reads them as syntax)"))
+
+
 def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: bool = False) -> None:
     """Stop with one line before any work when a command could not write ``path`` (a ``folder``, or a
     file): it, or the nearest part of it that exists, is a file where a folder is needed (or the

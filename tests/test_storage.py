@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pandas as pd
@@ -9,6 +10,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from cxr_tune import storage
+from cxr_tune.errors import UserError
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -156,3 +158,16 @@ def test_s3_uris_reach_the_endpoint_in_aws_endpoint_url(s3_server, s3_dir):
     direct = pafs.S3FileSystem(endpoint_override=s3_server.endpoint, region="us-east-1", access_key="testing", secret_key="testing")
     with direct.open_input_stream(bucket_and_key) as stream:
         assert stream.readall() == b"hi"
+
+
+def test_a_folder_name_stays_one_folder_locally_and_on_object_storage():
+    from cxr_tune.storage import check_folder_name
+
+    for name in ("exp 2", "réseau-1", "a_b.c"):
+        check_folder_name(name, "/data/results")  # any plain name locally
+    check_folder_name("exp-2", "s3://bucket/runs")
+    for name, base, message in (("a/b", "/r", "must be a plain folder name"), (".hidden", "/r", "must be a plain folder name"),
+                                ("exp#2", "/r", "'#' cannot be in a folder name"), ("50%", "s3://b/r", "'%' cannot be"),
+                                ("exp 2", "s3://b/r", "' ' cannot be in a folder name on object storage")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            check_folder_name(name, base)

@@ -76,8 +76,7 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
     if args.name is not None and not args.name.strip():
         raise UserError("--name is empty: give the experiment a folder name, or leave --name out for <space>-<timestamp>")
     name = args.name or time.strftime(f"{space.name}-%Y%m%d-%H%M%S")
-    if "/" in name or name.startswith("."):
-        raise UserError(f"--name {name!r} must be a plain folder name")
+    storage.check_folder_name(name, args.storage)
     data = DataOptions.from_args(args)
     # Saved absolute, so that experiment.json means the same from any working directory.
     named = Path(space.path) == SPACES_DIR / f"{args.space}.yaml"

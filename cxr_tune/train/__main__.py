@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if args.use_gpu else 0.0)
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
     storage_path = storage.resolve(args.storage)
+    storage.check_folder_name(name, storage_path)
     if Experiment.exists(storage.join(storage_path, name)):  # --name resumes a run: never one inside a search's folder
         raise UserError(f"'{storage.join(storage_path, name)}' is a search experiment, not a train run; give the run another --name")
     options = DataOptions.from_args(args)

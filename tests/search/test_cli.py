@@ -18,6 +18,7 @@ from tests.conftest import run_cli
     (["--space", "nope"], "no search space named 'nope'"),
     (["--name", "a/b"], "must be a plain folder name"),
     (["--name", ""], "--name is empty"),
+    (["--name", "exp#2"], "--name 'exp#2': '#' cannot be in a folder name (a URI reads them as syntax)"),
     (["--data", "/no/such/folder"], "does not exist"),
 ])
 def test_bad_flags_are_user_errors(tmp_path, flags, message):
