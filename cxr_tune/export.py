@@ -147,7 +147,9 @@ def export_trial(
     source = val_data or (experiment.external or None)
     info = {**experiment.info, "excluded": _exclusions(splits), **({"final_fit": final_record} if final_record else {})}
     meta = write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, prefix_of(deciding), stored,
-                        info, source, tta, calibrate=calibrate)
+                        info, source, tta, calibrate=calibrate, epochs_on=prefix_of(experiment.deciding_set),
+                        export_options={"trial": trial_id, "ensemble": ensemble, "val_data": val_data, "tta": tta, "calibrate": calibrate,
+                                        "final_fit": final_fit})
     if ensemble and len(rows) > 1:
         _note_ensemble(meta, rows, prefix_of(deciding))
     return meta
@@ -215,7 +217,7 @@ def _exclusions(splits: pd.DataFrame) -> dict[str, int]:
 
 def write_export(members: Members, target: str, trial_ids: list[str], states: list[dict[str, Any]], sets: dict[str, Scored], deciding: str,
                  stored: dict[str, np.ndarray | None], info: dict[str, Any], external_source: str | None, tta: int = 1, *,
-                 calibrate: str = "none") -> dict[str, Any]:
+                 calibrate: str = "none", epochs_on: str | None = None, export_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Choose the threshold on the deciding set, measure every set with the ONNX file, write the folder.
 
     ``sets``: ``val`` (carved), optionally ``ext`` (external) and ``test``. ``stored``: per set, the
@@ -225,7 +227,9 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
     to fit that map on the deciding set's scores and build it into the graph
     (:mod:`cxr_tune.calibration`); the thresholds are then re-expressed on the calibrated scale,
     so every decision stays the same. Writes ``MODEL_CARD.md`` and ``reliability.png`` beside
-    ``model.json``.
+    ``model.json``. ``epochs_on``: the set (prefix) that chose each member's epoch when it is not
+    ``deciding`` (a search's own set, under ``--val-data``). ``export_options``: the export flags, for
+    the model card's command that builds this model again.
     """
     hp = members.hparams[0]  # the selected trial: its threshold rule applies to an ensemble too
     files = build_files(members, tta, check_images=sets["val"].images)
@@ -279,13 +283,15 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
                      "trained_in": {k: (state.get("run") or {}).get(k) for k in ("precision", "channels_last")}}
                     for trial, state, h in zip(trial_ids, states, members.hparams, strict=True)],
         "validation": {**set_metrics(sets["val"].labels, scores["val"], threshold, hp), "what": "validation carved from the training folder by patient",
-                       "selection_set": deciding == "val", **({"note": SELECTION_NOTE} if deciding == "val" else {})},
+                       "selection_set": "val" in (deciding, epochs_on), **({"note": SELECTION_NOTE} if "val" in (deciding, epochs_on) else {})},
         "data": {"description": info["data_description"], "synthetic": info["synthetic"], "root": info["data_root"],
                  "excluded_images": info.get("excluded", {})},
         **({"final_fit": info["final_fit"]} if info.get("final_fit") else {}),
         "train_class_counts": info.get("class_counts_train"),  # NORMAL, PNEUMONIA: the prior the probabilities were trained under
         "search": _search_record(info, hp),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"export_options": export_options} if export_options is not None else {}),
+        **({"epochs_chosen_on": "external" if epochs_on == "ext" else "carved"} if epochs_on and epochs_on != deciding else {}),
         "cxr_tune_version": __version__,
     }
     if "ext" in sets:

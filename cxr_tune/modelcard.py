@@ -144,14 +144,17 @@ def _search(meta: dict[str, Any]) -> list[str]:
            None if search.get("early_stopping") is None else ("ASHA early stopping" if search["early_stopping"] else "no early stopping"),
            f"at most {search['max_epochs']} epoch(s) a trial" if search.get("max_epochs") else None]
     how = [part for part in how if part]
+    epochs = "" if meta.get("epochs_chosen_on") else "each trial's epoch, "  # under --val-data the search's own set chose them
     lines = ["## How the model was chosen", ""]
     if how:
         text = "; ".join(how)
         lines.append("- " + text[0].upper() + text[1:] + ".")
     lines += [
-        f"- Deciding set: **{deciding}**. It chose each trial's epoch, the trial ranking, the ensemble members, the threshold and "
-        f"the operating points{', and fitted the calibration' if meta.get('calibration', {}).get('method', 'none') != 'none' else ''}: "
-        f"its numbers below are selection-set numbers, optimistic.",
+        f"- Deciding set: **{deciding}**. It chose {epochs}the trial ranking, the ensemble members, the threshold and "
+        f"the operating points{', and fitted the calibration' if (meta.get('calibration') or {}).get('method', 'none') != 'none' else ''}: "
+        f"its numbers below are selection-set numbers, optimistic."
+        + (f" Each trial's epoch was chosen during the search on the {_set_name(meta['epochs_chosen_on'])}, whose numbers are "
+           "selection-set numbers too." if meta.get("epochs_chosen_on") else ""),
         f"- Rule: {str(search.get('criterion', '')).replace('_', ' ')} at a threshold chosen on the deciding set"
         + (f" (sensitivity >= {fmt(search.get('min_sensitivity'), 2)})" if search.get("min_sensitivity") else "")
         + f". {search.get('ties', '')}",
@@ -276,11 +279,24 @@ def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:
     return lines
 
 
+def export_flags(meta: dict[str, Any]) -> str:
+    """The flags that make ``export`` build this model again: as recorded (``export_options``), or for
+    an export from before that record, read from what it holds (a final fit's runs need no flag)."""
+    given = meta.get("export_options")
+    if given is None:
+        final = meta.get("final_fit") or {}
+        members = len(meta.get("members", []))
+        given = {"ensemble": members if members > 1 and not final.get("exported", bool(final)) else None,
+                 "tta": meta.get("tta_views", 1), "calibrate": (meta.get("calibration") or {}).get("method", "none")}
+    flags = [f"--trial {given['trial']}" if given.get("trial") else "", f"--ensemble {given['ensemble']}" if given.get("ensemble") else "",
+             f"--val-data {given['val_data']}" if given.get("val_data") else "", f"--tta {given['tta']}" if given.get("tta", 1) > 1 else "",
+             f"--calibrate {given['calibrate']}" if given.get("calibrate", "none") != "none" else "", "--final-fit" if given.get("final_fit") else ""]
+    return "".join(f" {flag}" for flag in flags if flag)
+
+
 def _reproduce(meta: dict[str, Any]) -> list[str]:
     command = meta.get("search", {}).get("command")
-    calibrate = meta.get("calibration", {}).get("method", "none")
-    export = f"python -m cxr_tune.export {meta.get('search', {}).get('experiment') or 'EXPERIMENT'}" + (f" --ensemble {len(meta.get('members', []))}" if len(meta.get("members", [])) > 1 else "") \
-        + (f" --tta {meta['tta_views']}" if meta.get("tta_views", 1) > 1 else "") + (f" --calibrate {calibrate}" if calibrate != "none" else "")
+    export = f"python -m cxr_tune.export {meta.get('search', {}).get('experiment') or 'EXPERIMENT'}{export_flags(meta)}"
     lines = ["## How to reproduce", ""]
     if command:
         lines.append(f"1. `{command}` (cxr_tune {meta.get('cxr_tune_version')}; seeds are in `model.json`'s hyperparameters)")

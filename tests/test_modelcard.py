@@ -116,3 +116,22 @@ def test_adapt_writes_a_card_for_the_adapted_model(tmp_path):
     assert table(card, "Performance")[0][3] == fmt(meta["before_adaptation"]["validation"]["auc"]) + interval(
         meta["before_adaptation"]["validation"]["ci95"]["auc"])
     assert Path(tmp_path / "model" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_reproducing_export_command_builds_the_same_model_again():
+    from cxr_tune.modelcard import export_flags
+
+    legacy_final_fit = {"members": [{}] * 6, "final_fit": {"runs": [], "rule": "..."}, "tta_views": 1, "calibration": None}
+    assert export_flags(legacy_final_fit) == ""  # before: --ensemble 6, which exports six search trials instead
+    assert export_flags({"members": [{}] * 3, "tta_views": 2, "calibration": {"method": "platt"}}) == " --ensemble 3 --tta 2 --calibrate platt"
+    recorded = {"trial": None, "ensemble": None, "val_data": "site/", "tta": 1, "calibrate": "none", "final_fit": False}
+    assert export_flags({"members": [{}] * 3, "export_options": recorded}) == " --val-data site/"
+    assert export_flags({"export_options": {**recorded, "val_data": None, "final_fit": True}}) == " --final-fit"
+
+
+def test_a_carved_search_exported_on_a_site_sample_says_carved_validation_chose_the_epochs(tmp_path):
+    meta = export_folder(tmp_path / "model", epochs_on="val")  # the site sample (external) ranks and thresholds
+    card = (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    assert meta["validation"]["selection_set"] and meta["external"]["selection_set"] and meta["epochs_chosen_on"] == "carved"
+    assert "It chose the trial ranking" in card and "It chose each trial's epoch" not in card
+    assert "Each trial's epoch was chosen during the search on the carved validation set" in card
