@@ -130,6 +130,23 @@ def effective_prior(n_normal: int, n_pneumonia: int, class_weighting: str | floa
     return prior * weight / (prior * weight + 1 - prior)
 
 
+def probability_prior(meta: dict[str, Any]) -> float:
+    """The PNEUMONIA prior an export's probabilities are calibrated to, which EM shifts from: with a
+    calibration map, the prevalence of the set it was fitted on (the map made the probabilities that
+    set's); without, the training prior as the loss weighted it (:func:`effective_prior`)."""
+    calibration = meta.get("calibration") or {}
+    if calibration.get("method", "none") != "none":
+        fitted_on = meta.get("external" if calibration.get("fitted_on") == "external" else "validation") or {}
+        counts = fitted_on.get("class_counts")
+        if not counts or min(counts) == 0:
+            raise UserError("--threshold prior-shift needs the class counts of the set the calibration was fitted on in model.json; re-export the model")
+        return counts[1] / (counts[0] + counts[1])
+    counts = meta.get("train_class_counts")
+    if not counts:
+        raise UserError("--threshold prior-shift needs the training class counts in model.json (train_class_counts); re-export the model")
+    return effective_prior(int(counts[0]), int(counts[1]), meta["hparams"].get("class_weighting", "balanced"))
+
+
 def mixture_threshold(scores: np.ndarray, min_weight: float = 0.05) -> tuple[float | None, dict[str, Any]]:
     """Where the two weighted components of a Gaussian mixture of the scores' logits cross, with the
     mixture's details; ``(None, details)`` with ``details["fallback"]`` saying why when there is no
@@ -238,14 +255,11 @@ def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any]) -> tuple
             return threshold, {**details, "summary": f"where a two-group mixture of the site's scores crosses (PNEUMONIA-like share {details['pneumonia_like_share']:.2f})"}
         return float(meta["threshold"]), {**details, "summary": f"kept from the unadapted model: {details['fallback']}", "kept": True}
     if rule == "prior-shift":
-        counts = meta.get("train_class_counts")
-        if not counts:
-            raise UserError("--threshold prior-shift needs the training class counts in model.json (train_class_counts); re-export the model")
-        prior = effective_prior(int(counts[0]), int(counts[1]), meta["hparams"].get("class_weighting", "balanced"))
+        prior = probability_prior(meta)
         prevalence = em_prevalence(scores, prior)
         return float(np.quantile(scores, 1 - prevalence)), {
             "method": "EM on the adapted model's probabilities (Saerens et al. 2002); threshold at the matching quantile",
-            "estimated_prevalence": prevalence, "effective_training_prior": prior,
+            "estimated_prevalence": prevalence, "effective_training_prior": prior,  # the calibration set's prevalence under a calibration map
             "summary": f"calls the EM-estimated prevalence {prevalence:.3f} PNEUMONIA"}
     return float(meta["threshold"]), None
 

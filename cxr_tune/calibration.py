@@ -66,13 +66,15 @@ class Calibration:
         return cls(str(record["method"]), float(record["slope"]), float(record["intercept"]))
 
 
-def fit(method: str, labels: np.ndarray, scores: np.ndarray) -> Calibration:
-    """Fit ``method`` (``platt`` or ``temperature``) by maximum likelihood on ``(labels, scores)``.
+def fit(method: str, labels: np.ndarray, scores: np.ndarray, *, logits: np.ndarray | None = None) -> Calibration:
+    """Fit ``method`` (``platt`` or ``temperature``) by maximum likelihood on ``(labels, scores)``,
+    or on ``logits`` when given: the exact logits the map will be applied to (``scores`` clipped
+    at :data:`EPSILON` would flatten an overconfident model's, and fit it a steeper map).
 
     Raises ``ValueError`` when the set cannot calibrate (one class only) or the fit would reverse
     the ranking (a negative slope: scores that run against the labels).
     """
-    labels, z = np.asarray(labels).astype(int), logit(scores)
+    labels, z = np.asarray(labels).astype(int), (logit(scores) if logits is None else np.asarray(logits, dtype=float))
     if len(np.unique(labels)) < 2:
         raise ValueError("calibration needs both classes in the set it is fitted on")
     if method == "platt":
@@ -83,9 +85,9 @@ def fit(method: str, labels: np.ndarray, scores: np.ndarray) -> Calibration:
     elif method == "temperature":
         from scipy.optimize import minimize_scalar
 
-        def nll(log_t: float) -> float:
-            q = np.clip(1.0 / (1.0 + np.exp(-z / math.exp(log_t))), 1e-12, 1 - 1e-12)
-            return float(-np.mean(labels * np.log(q) + (1 - labels) * np.log(1 - q)))
+        def nll(log_t: float) -> float:  # log sigmoid(+-x) as -logaddexp(0, -+x): exact for the large logits a fit meets
+            x = z / math.exp(log_t)
+            return float(np.mean(labels * np.logaddexp(0.0, -x) + (1 - labels) * np.logaddexp(0.0, x)))
 
         slope, intercept = 1.0 / math.exp(minimize_scalar(nll, bounds=(-5.0, 5.0), method="bounded").x), 0.0
     else:

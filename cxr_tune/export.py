@@ -43,7 +43,7 @@ from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.modelcard import CARD_FILE, final_fit_line, model_card
-from cxr_tune.modelfile import (TTA_VIEWS, Members, build_files, check_model_target, check_scores, members_from_states,
+from cxr_tune.modelfile import (TTA_VIEWS, Members, build_files, check_model_target, check_scores, mean_logits, members_from_states,
                                  serving_model, torch_scores, write_model_folder)
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt, json_safe, metric_line
@@ -242,17 +242,22 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
     threshold = choose_threshold(sets[deciding].labels, decide, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
     points = choose_points(sets[deciding].labels, decide, threshold)
     deciding_name = "external" if deciding == "ext" else "carved"
-    uncalibrated, calibration = scores, _fit_calibration(calibrate, sets[deciding].labels, decide, deciding)
+    uncalibrated = scores
+    calibration = _fit_calibration(calibrate, sets[deciding].labels, decide, deciding,
+                                   logits=mean_logits(members, sets[deciding].images, tta) if calibrate != "none" else None)
     calibration_record: dict[str, Any] = {"method": "none"}
     if calibration is not None:  # the same networks with the map in the graph, every threshold re-expressed on its scale
+        before = {"balanced": threshold, **{name: point["threshold"] for name, point in points.items()}}
         calibration_record = {**calibration.to_dict(), "fitted_on": deciding_name, "threshold_uncalibrated": threshold,
                               "operating_points_uncalibrated": {name: point["threshold"] for name, point in points.items()}}
-        threshold = float(calibration.apply(threshold))
-        points = {name: {**point, "threshold": float(calibration.apply(point["threshold"]))} for name, point in points.items()}
         files = build_files(members, tta, check_images=sets["val"].images, calibration=calibration)
         scores = {prefix: files.scores(scored.images) for prefix, scored in sets.items()}
+        after = {name: _re_expressed(calibration, t, uncalibrated[deciding], scores[deciding]) for name, t in before.items()}
+        threshold = after["balanced"]
+        points = {name: {**point, "threshold": after[name]} for name, point in points.items()}
         for prefix in sets:
-            _check_same_decisions(uncalibrated[prefix], scores[prefix], calibration_record["threshold_uncalibrated"], threshold, prefix)
+            for name, t in before.items():
+                _check_same_decisions(uncalibrated[prefix], scores[prefix], t, after[name], f"{prefix} set, operating point {name}")
     meta: dict[str, Any] = {
         "format": "onnx",
         "model_file": "model.onnx",
@@ -428,21 +433,39 @@ def _predictions(scored: Scored, scores: np.ndarray, threshold: float) -> pd.Dat
                          "prediction": (scores >= threshold).astype(int)})
 
 
-def _fit_calibration(method: str, labels: np.ndarray, scores: np.ndarray, deciding: str) -> Calibration | None:
+def _fit_calibration(method: str, labels: np.ndarray, scores: np.ndarray, deciding: str, *, logits: np.ndarray | None = None) -> Calibration | None:
     if method == "none":
         return None
     try:
-        return fit_calibration(method, labels, scores)
+        return fit_calibration(method, labels, scores, logits=logits)
     except ValueError as exc:
         raise UserError(f"cannot calibrate on the {'external' if deciding == 'ext' else 'carved validation'} set: {exc}") from None
 
 
-def _check_same_decisions(before: np.ndarray, after: np.ndarray, threshold: float, calibrated_threshold: float, prefix: str) -> None:
+def _re_expressed(calibration: Calibration, threshold: float, before: np.ndarray, after: np.ndarray) -> float:
+    """``threshold`` on the calibrated scale: the map applied to it, unless that moves a decision on
+    the deciding set (``before``/``after``: its scores without and with the map). It can: float32
+    probabilities tie at 0 or 1 where the logits the map reads still differ, so a threshold of 0 or 1
+    has no single image on the calibrated scale. Then the threshold is set between the calibrated scores
+    of the images it called NORMAL and those it called PNEUMONIA, which the increasing map keeps apart."""
+    mapped = float(calibration.apply(threshold))
+    called = before >= threshold
+    if np.array_equal(called, after >= mapped):
+        return mapped
+    normal, pneumonia = after[~called], after[called]
+    if not pneumonia.size:
+        return float(min(1.0, np.nextafter(normal.max(), np.inf)))
+    if not normal.size:
+        return 0.0
+    return float((normal.max() + pneumonia.min()) / 2)
+
+
+def _check_same_decisions(before: np.ndarray, after: np.ndarray, threshold: float, calibrated_threshold: float, where: str) -> None:
     """A calibration map is increasing: every image must fall on the same side of the re-expressed
     threshold (an image within float32 rounding of it may go either way)."""
     clear = np.abs(before - threshold) > 1e-5
     if not np.array_equal((before >= threshold)[clear], (after >= calibrated_threshold)[clear]):
-        raise RuntimeError(f"the calibrated model decides differently from the uncalibrated one on the {prefix} set")
+        raise RuntimeError(f"the calibrated model decides differently from the uncalibrated one on the {where}")
 
 
 def _how_computed(models: int, tta: int, calibration: Calibration | None, deciding: str) -> str:

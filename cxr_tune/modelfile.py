@@ -118,9 +118,12 @@ class CalibratedModel(nn.Module):
         self.slope, self.intercept = float(slope), float(intercept)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.slope * self.mean_logit(images) + self.intercept)
+
+    def mean_logit(self, images: torch.Tensor) -> torch.Tensor:
+        """The logit of the mean probability, from the members' logits: what the map is applied to (and fitted on)."""
         z = self._logits(images)
-        mean_logit = torch.logsumexp(-F.softplus(-z), dim=0) - torch.logsumexp(-F.softplus(z), dim=0)
-        return torch.sigmoid(self.slope * mean_logit + self.intercept)
+        return torch.logsumexp(-F.softplus(-z), dim=0) - torch.logsumexp(-F.softplus(z), dim=0)
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
         """Every (view, member) logit, ``(views * members, B)``."""
@@ -161,6 +164,18 @@ def torch_scores(model: nn.Module, images: np.ndarray, batch_size: int = 128) ->
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             out.append(model(torch.from_numpy(images[start : start + batch_size, None].copy())).numpy())
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def mean_logits(members: Members, images: np.ndarray, tta: int = 1, batch_size: int = 128) -> np.ndarray:
+    """Per image, the logit of the members' (and views') mean probability, computed as the calibrated
+    graph computes it: what a calibration map must be fitted on, since a probability rounded to
+    float32 saturates at 0 or 1 where an overconfident model's logits still differ."""
+    model = CalibratedModel(serving_model(members, tta), 1.0, 0.0).eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            out.append(model.mean_logit(torch.from_numpy(images[start : start + batch_size, None].copy())).numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 

@@ -118,3 +118,38 @@ def test_adapting_a_calibrated_model_keeps_the_map_in_the_graph(tmp_path):
     assert held.sum() >= 10 and np.allclose(calibrated[held], Calibration.from_dict(meta["calibration"]).apply(raw[held]), atol=1e-4)
     below = raw[:, None] < raw[None, :]  # the order is kept (raw probabilities tied at float32's 1 - 6e-8 may part)
     assert (calibrated[:, None] < calibrated[None, :])[below].all()
+
+
+@pytest.mark.parametrize("method", ["platt", "temperature"])
+def test_a_saturated_model_is_calibrated_on_its_exact_logits_and_decides_as_before_at_every_operating_point(tmp_path, method):
+    """Gain 600 is gain 60 with every logit ten times larger: most float32 probabilities are exactly 0
+    or 1, so only the exact logits can give the map gain 60's divided by ten, and the operating points
+    at 0 and 1 have no image on the calibrated scale to map to."""
+    from cxr_tune.export import write_export
+    from cxr_tune.modelfile import serving_model, torch_scores
+    from tests.model_exports import INFO, brightness_members
+
+    sets = {"val": kermany_set(120, 1), "ext": kermany_set(160, 2, pneumonia_share=0.5)}
+    fitted = {}
+    for gain in (60.0, 600.0):
+        meta = write_export(brightness_members(gain), str(tmp_path / f"g{gain:g}"), ["trial_a"], [{"epoch": 2}], sets, "ext", {}, dict(INFO),
+                            "/data/site", calibrate=method)
+        fitted[gain] = meta["calibration"]
+    assert fitted[600.0]["slope"] == pytest.approx(fitted[60.0]["slope"] / 10, rel=1e-3)  # before: 42 % steeper
+    assert fitted[600.0]["intercept"] == pytest.approx(fitted[60.0]["intercept"], abs=2e-3)
+    before = torch_scores(serving_model(brightness_members(600.0)), sets["ext"].images)
+    after = probabilities(load_model(tmp_path / "g600"), sets["ext"].images)
+    assert ((before == 0) | (before == 1)).sum() > 50  # saturated
+    for name, point in meta["operating_points"].items():
+        uncalibrated = fitted[600.0]["operating_points_uncalibrated"][name]
+        assert np.array_equal(before >= uncalibrated, after >= point["threshold"]), name  # before: 42 of 160 flipped at sens90
+
+
+def test_prior_shift_on_a_calibrated_model_starts_from_the_calibration_sets_prevalence(tmp_path):
+    from cxr_tune.adapt import probability_prior
+
+    meta = export_folder(tmp_path / "plain")
+    calibrated = export_folder(tmp_path / "platt", calibrate="platt")
+    assert probability_prior(meta) == pytest.approx(0.5)  # balanced class weights: the loss saw a 50 % prior
+    counts = calibrated["external"]["class_counts"]
+    assert probability_prior(calibrated) == pytest.approx(counts[1] / sum(counts))  # the map made the probabilities that set's
