@@ -226,8 +226,7 @@ class Experiment:
 
     def final_fit_checkpoints(self) -> list[tuple[FinalRun, str]]:
         """(run, checkpoint of its last epoch) for every final-fit run that trained all its epochs."""
-        from cxr_tune.search.results import saved_checkpoints
-        from cxr_tune.train.checkpoints import load_state
+        from cxr_tune.train.checkpoints import load_state, saved_checkpoints
 
         out = []
         for run in self.final_fit_runs():

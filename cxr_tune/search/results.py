@@ -116,20 +116,9 @@ def train_run(experiment_dir: str, trial_id: str) -> str:
     return storage.join(experiment_dir, "train", str(trial_id))
 
 
-def saved_checkpoints(run: str) -> list[str]:
-    """The run's checkpoint folders that hold a saved state.
-
-    Ray Train keeps each checkpoint as a ``checkpoint_<time>`` folder next to its own bookkeeping
-    files, so only folders holding a state count.
-    """
-    from cxr_tune.train.checkpoints import STATE
-
-    return [p for p in storage.glob(run, "checkpoint_*") if storage.exists(storage.join(p, STATE))]
-
-
 def newest_checkpoint_history(run: str) -> list[dict[str, Any]]:
     """The metric history in the run's checkpoint of the latest epoch (empty without one)."""
-    from cxr_tune.train.checkpoints import load_state
+    from cxr_tune.train.checkpoints import load_state, saved_checkpoints
 
     states = [load_state(folder) for folder in saved_checkpoints(run)]
     return max(states, key=lambda state: state["epoch"])["history"] if states else []
@@ -190,7 +179,7 @@ def pareto_front(sensitivity: np.ndarray, specificity: np.ndarray) -> np.ndarray
 
 def checkpoint_for(row: pd.Series, experiment_dir: str) -> str:
     """The trial's checkpoint from its best epoch; its newest checkpoint if that one is gone."""
-    from cxr_tune.train.checkpoints import STATE, load_state
+    from cxr_tune.train.checkpoints import STATE, load_state, saved_checkpoints
 
     path = row.get("checkpoint_path")
     if isinstance(path, str) and storage.exists(storage.join(path, STATE)):

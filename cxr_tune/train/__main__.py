@@ -86,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage.check_folder_name(name, storage_path)
     if Experiment.exists(storage.join(storage_path, name)):  # --name resumes a run: never one inside a search's folder
         raise UserError(f"'{storage.join(storage_path, name)}' is a search experiment, not a train run; give the run another --name")
+    if not args.cv:
+        check_same_run(storage.join(storage_path, name), hp)
     options = DataOptions.from_args(args)
     split = split_data(options)
     print(f"Data: {split.source.description}")
@@ -133,6 +135,21 @@ def train(args: argparse.Namespace, hp: HParams, split, storage_path: str, name:
                   "from the last one", flush=True)
             raise
     return report(result, hp, split, storage.join(storage_path, name), deciding)
+
+
+def check_same_run(run_dir: str, hp: HParams) -> None:
+    """A run resumed under its --name continues from its checkpoint, so it must have the settings it
+    was started with: other ones would be recorded for epochs trained under the old."""
+    from cxr_tune.train.checkpoints import load_state, saved_checkpoints
+
+    found = saved_checkpoints(run_dir)
+    if not found:
+        return
+    saved, given = json.loads(json.dumps(load_state(found[-1])["hparams"])), json.loads(json.dumps(hp.to_dict()))
+    differ = [f"{key}={saved.get(key)} there, {value} here" for key, value in given.items() if saved.get(key) != value]
+    if differ:
+        raise UserError(f"'{run_dir}' holds a run with other settings ({'; '.join(differ)}); give the same settings to resume it, "
+                        "or another --name")
 
 
 def check_weights(net, path: str) -> None:

@@ -43,3 +43,12 @@ def load_predictions(folder: str, prefix: str = "val") -> pd.DataFrame:
 
 def has_predictions(folder: str, prefix: str) -> bool:
     return storage.exists(storage.join(folder, PREDICTIONS[prefix]))
+
+
+def saved_checkpoints(run: str) -> list[str]:
+    """The run's checkpoint folders that hold a saved state.
+
+    Ray Train keeps each checkpoint as a ``checkpoint_<time>`` folder next to its own bookkeeping
+    files, so only folders holding a state count.
+    """
+    return [p for p in storage.glob(run, "checkpoint_*") if storage.exists(storage.join(p, STATE))]

@@ -42,6 +42,16 @@ def fold_roles(split: SplitData, k: int, seed: int = 0) -> list[pd.DataFrame]:
     return out
 
 
+def pool_fingerprint(split: SplitData) -> str:
+    """What the folds are drawn from, in a few characters: the images of the training folder (their
+    contents), so a resumed cross-validation knows its finished folds measured the same data."""
+    import hashlib
+
+    pool = split.roles[split.roles["role"].isin(["train", "val"])]
+    digest = hashlib.sha256("\n".join(sorted(pool["content_hash"])).encode()).hexdigest()
+    return f"{len(pool)} images, sha256 {digest[:12]}"
+
+
 def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resources, storage_path: str, name: str, seed: int = 0,
                    run: RunOptions = RunOptions()) -> pd.DataFrame:
     """Train ``hp`` once per fold; one row per fold that trained all its epochs (best and last epoch). Needs Ray.
@@ -62,7 +72,7 @@ def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resource
 
     folder = storage.join(storage_path, name, FOLDS_DIR)
     resume = tune.Tuner.can_restore(folder)
-    _check_plan(folder, json.loads(json.dumps({"k": k, "seed": seed, "hparams": hp.to_dict()})), resume)
+    _check_plan(folder, json.loads(json.dumps({"k": k, "seed": seed, "hparams": hp.to_dict(), "images": pool_fingerprint(split)})), resume)
     cache = prepare_cache(split.source.manifest, hp.image_size, split.cache_dir)
     folds = fold_roles(split, k, seed)
     left = k - len(_rows(folder, k))
@@ -128,6 +138,8 @@ def _check_plan(folder: str, plan: dict[str, Any], resume: bool) -> None:
         return
     saved = json.loads(storage.read_text(path))
     differ = [f"{flag} {saved.get(key)} there, {plan[key]} here" for key, flag in (("k", "--cv"), ("seed", "--split-seed")) if saved.get(key) != plan[key]]
+    if saved.get("images", plan["images"]) != plan["images"]:  # a plan from before the data was recorded is taken at its word
+        differ.append(f"data: {saved['images']} there, {plan['images']} here")
     differ += [f"{key}={saved['hparams'].get(key)} there, {value} here" for key, value in plan["hparams"].items() if saved["hparams"].get(key) != value]
     if differ:
         raise UserError(f"{path}: this run folder holds a cross-validation with other settings ({'; '.join(differ)}); "

@@ -63,3 +63,31 @@ def test_ctrl_c_stops_cross_validation_s_folds_and_says_how_to_resume_them(ray_s
             "folds and resumes the others from their last checkpoints") in lines, output[-3000:]
     assert list((tmp_path / "run" / "folds" / "train" / "fold1").glob("checkpoint_*")), output[-3000:]  # what a resume starts from
     cpus_come_free(ray_session, 60)  # the run's actors end with the command that owned them; the next test starts on free CPUs
+
+
+def test_a_run_resumed_under_its_name_with_other_settings_is_refused_before_ray_starts(synthetic_root, tmp_path):
+    from cxr_tune.errors import UserError
+    from cxr_tune.train.__main__ import main
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.hparams import HParams
+
+    checkpoint = tmp_path / "run" / "checkpoint_000"
+    checkpoint.mkdir(parents=True)
+    save_state(str(checkpoint), {"hparams": HParams(image_size=32, depth=2, filters=4, lr=10.0).to_dict(), "epoch": 1}, {})
+    with pytest.raises(UserError, match=r"'\S+/run' holds a run with other settings \(lr=10.0 there, 0.001 here\); give the same settings"):
+        main(["--data", str(synthetic_root), "--storage", str(tmp_path), "--name", "run",
+              *[arg for setting in ("image_size=32", "depth=2", "filters=4", "lr=0.001") for arg in ("--set", setting)]])
+
+
+def test_cross_validation_resumed_on_other_data_is_refused(tmp_path):
+    import json
+
+    from cxr_tune.errors import UserError
+    from cxr_tune.train.crossval import PLAN_FILE, _check_plan
+
+    plan = {"k": 2, "seed": 0, "hparams": {"lr": 0.001}, "images": "200 images, sha256 0123456789ab"}
+    _check_plan(str(tmp_path), plan, resume=False)
+    assert json.loads((tmp_path / PLAN_FILE).read_text()) == plan
+    _check_plan(str(tmp_path), plan, resume=True)  # the same folds: resumed
+    with pytest.raises(UserError, match=r"other settings \(data: 200 images, sha256 0123456789ab there, 120 images, sha256 ba9876543210 here\)"):
+        _check_plan(str(tmp_path), {**plan, "images": "120 images, sha256 ba9876543210"}, resume=True)
