@@ -138,6 +138,18 @@ def _check_decodable(ds: Dataset) -> str:
     return name
 
 
+#: Modules that decide which DICOM files this machine can decode (pydicom and its pylibjpeg codecs, GDCM).
+DECODER_MODULES = ("pydicom", "pylibjpeg", "libjpeg", "openjpeg", "rle", "gdcm")
+
+
+def decoders_installed() -> str:
+    """Which of :data:`DECODER_MODULES` are importable here: a scan that skipped a file for want of a
+    decoder is not reused once one is installed (the skip's own hint says to install it)."""
+    from importlib.util import find_spec
+
+    return ",".join(name for name in DECODER_MODULES if find_spec(name) is not None)
+
+
 def _install_hint(missing: list[str]) -> str:
     """What to install, from pydicom's list of its unusable plugins (it knows which codec each syntax needs).
 

@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from cxr_tune import storage
+from cxr_tune.data.dicom import decoders_installed
 from cxr_tune.data.imaging import describe_failure, probe
 from cxr_tune.data.synthetic import DEFAULT_N, SYNTHETIC_MARKER, ensure_synthetic, synthetic_root
 from cxr_tune.errors import UserError
@@ -302,7 +303,7 @@ def _scan_cached(root: str, files: list[_File], ignored: pd.DataFrame, cache_dir
 
 
 def _scan_fingerprint(root: str, files: list[_File]) -> str:
-    digest = hashlib.sha256(f"v{MANIFEST_VERSION}|{root}".encode())
+    digest = hashlib.sha256(f"v{MANIFEST_VERSION}|{root}|{decoders_installed()}".encode())
     for f in files:
         digest.update(f"{f.path}|{f.size}|{f.mtime_ns}\n".encode())
     return digest.hexdigest()[:24]

@@ -114,3 +114,9 @@ def test_manifest_is_cached_until_a_file_changes(tmp_path, monkeypatch):
     monkeypatch.undo()
     write_image(root / "train" / "NORMAL" / "IM-0003-0001.jpeg", seed=99)
     assert len(build_manifest(str(root), str(tmp_path / "cache")).manifest) == 9
+    # A DICOM decoder installed since (what a skipped file's reason says to do): the folder is read again.
+    read = []
+    original = sources._inspect_file
+    monkeypatch.setattr(sources, "_inspect_file", lambda f: read.append(f) or original(f))
+    monkeypatch.setattr(sources, "decoders_installed", lambda: "pydicom,pylibjpeg,libjpeg")
+    assert len(build_manifest(str(root), str(tmp_path / "cache")).manifest) == 9 and len(read) == 9
