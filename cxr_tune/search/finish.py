@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from cxr_tune import storage
+from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt
 
@@ -18,9 +19,14 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
     from cxr_tune.search.report import write_report
 
     experiment = Experiment(experiment_dir)
+    table = experiment.trials(ranked=False)
+    if not table.empty and table["epochs"].fillna(0).eq(0).all():  # nothing to rank: the table (with each trial's error) is what there is
+        _write_table(experiment, table)
+        errors = table[table["error"].astype(str).str.strip() != ""]["error"]
+        raise UserError(f"no trial of {experiment.path} trained an epoch, so there is nothing to select or export; every trial and its error: "
+                        f"{experiment.file('trials.csv')}" + (f" (the first: {str(errors.iloc[0]).strip().splitlines()[-1]})" if len(errors) else ""))
     table = experiment.trials()
-    storage.write_csv(experiment.file("trials.csv"), whole_numbers_as_written(table))
-    storage.write_frame(experiment.file("trials.parquet"), table.astype({"error": str}))
+    _write_table(experiment, table)
     selected = table.sort_values("rank").iloc[0]
     exported = export_trial(experiment.path) if export else None
     report = write_report(experiment, table, exported)
@@ -31,6 +37,11 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
     print(f"Report:      {report}")
     print(f"Optuna:      {dashboard_command(experiment)}")
     return {"table": table, "selected": selected, "exported": exported}
+
+
+def _write_table(experiment: Experiment, table: pd.DataFrame) -> None:
+    storage.write_csv(experiment.file("trials.csv"), whole_numbers_as_written(table))
+    storage.write_frame(experiment.file("trials.parquet"), table.astype({"error": str}))
 
 
 def whole_numbers_as_written(table: pd.DataFrame) -> pd.DataFrame:
