@@ -39,10 +39,12 @@ def evaluate_scores(labels: np.ndarray, scores: np.ndarray, criterion: str = "ba
     """Everything reported per epoch: AUC, loss, calibration, and rates at the chosen threshold and at 0.5.
 
     A diverged network scores NaN: such scores count as 0.5 (no information) and ``non_finite``
-    says how many there were, so the epoch is measured as the coin toss it is, not a crash."""
+    says how many there were, so the epoch is measured as the coin toss it is, not a crash. Only the
+    log loss sees the scores clipped away from 0 and 1: the AUC, the threshold and the rates see
+    them as stored, as export and predict do (clipping ties saturated scores that export tells apart)."""
     scores = np.asarray(scores, dtype=float)
     non_finite = int((~np.isfinite(scores)).sum())
-    labels, scores = np.asarray(labels).astype(int), np.clip(np.where(np.isfinite(scores), scores, 0.5), 1e-7, 1 - 1e-7)
+    labels, scores = np.asarray(labels).astype(int), np.where(np.isfinite(scores), scores, 0.5)
     two_classes = len(np.unique(labels)) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
@@ -50,8 +52,8 @@ def evaluate_scores(labels: np.ndarray, scores: np.ndarray, criterion: str = "ba
     threshold = choose_threshold(labels, scores, criterion, min_sensitivity, tolerance)
     out = {
         "auc": auc,
-        "loss": float(log_loss(labels, scores, labels=[0, 1])),
-        "brier": float(brier_score_loss(labels, scores, pos_label=1)) if len(labels) else math.nan,
+        "loss": float(log_loss(labels, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "brier": float(brier_score_loss(labels, np.clip(scores, 0.0, 1.0), pos_label=1)) if len(labels) else math.nan,
         "threshold": threshold,
         "n": int(len(labels)),
         "prevalence": float(labels.mean()) if len(labels) else math.nan,

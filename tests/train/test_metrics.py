@@ -77,3 +77,13 @@ def test_tolerance_buys_margin_for_at_most_the_tolerance(seed):
     best = rates_at(labels, scores, strict)["balanced_accuracy"]
     assert rates_at(labels, scores, tolerant)["balanced_accuracy"] >= best - 0.01 - 1e-9
     assert margin(tolerant) >= margin(strict) - 1e-9 or rates_at(labels, scores, tolerant)["balanced_accuracy"] >= best
+
+
+def test_saturated_scores_get_the_threshold_export_chooses_on_the_stored_scores():
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.array([0] * 6 + [1] * 6)
+    scores = np.array([0.0, 0.1, 0.2, 0.3, 0.999999, 1.0, 0.99999995, 1.0, 1.0, 1.0, 1.0, 1.0])  # float32 sigmoids of large logits
+    metrics = evaluate_scores(labels, scores)
+    assert metrics["threshold"] == choose_threshold(labels, scores)  # before: chosen on scores clipped to 1 - 1e-7, which tie these
+    assert metrics["auc"] == pytest.approx(roc_auc_score(labels, scores)) and np.isfinite(metrics["loss"])
