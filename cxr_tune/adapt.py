@@ -201,7 +201,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         members = load_members(model, meta)
     except FileNotFoundError:
         raise UserError(f"'{model}' has no weights.safetensors; re-export it with this version (python -m cxr_tune.export) to adapt it") from None
-    files = collect([images_dir])
+    files = [file.path for file in collect([images_dir])]
     decoded = [(path, *try_decode_checked(path, members.image_size)) for path in files]
     # An image unlike the training X-rays (a colour photo, a blank frame, a lateral view) would pull
     # the site's BatchNorm statistics and its score mixture towards what the model never sees.

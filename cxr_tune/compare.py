@@ -30,7 +30,7 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval, json_safe
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import threshold_for
-from cxr_tune.predict import collect, label_of, predict
+from cxr_tune.predict import collect, predict
 from cxr_tune.serving import load_model
 from cxr_tune.set_metrics import PAIRED_METRICS, held_out_metrics, paired_differences
 
@@ -55,7 +55,7 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
         except UserError as exc:
             raise UserError(f"{name}: {exc}") from None
     files = collect(inputs)
-    labelled = [path for path in files if label_of(path) is not None]
+    labelled = [file for file in files if file.label is not None]
     if not labelled:
         raise UserError(f"compare needs labelled images; none of the {len(files)} file(s) in {', '.join(inputs)} sits under a "
                         "NORMAL/ or PNEUMONIA/ folder")

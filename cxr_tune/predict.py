@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -53,48 +54,75 @@ if TYPE_CHECKING:  # torch is imported only for --explain: scoring needs onnxrun
     from cxr_tune.modelfile import Members
 
 
-def collect(inputs: Sequence[str]) -> list[Path]:
+class Input(NamedTuple):
+    """One file to score, and its label when the folder it was found through says one (1 PNEUMONIA, 0 NORMAL)."""
+
+    path: Path
+    label: int | None
+
+
+def collect(inputs: Sequence[str]) -> list[Input]:
     """Every file named on the command line, and every file under the named folders (but hidden files and the
-    SYNTHETIC set's own marker file)."""
-    files: list[Path] = []
+    SYNTHETIC set's own marker file), each once, with its label (:func:`label_of`). Links that lead nowhere
+    and other files that are not plain are kept, so that they are listed as unreadable, as training lists them."""
+    files: list[Input] = []
+    seen: set[str] = set()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != SYNTHETIC_MARKER)
-        elif path.is_file():
-            files.append(path)
+            found = [(p, label_of(p, path)) for p in sorted(path.rglob("*"))
+                     if not p.is_dir() and not p.name.startswith(".") and p.name != SYNTHETIC_MARKER]
+        elif path.exists() or path.is_symlink():
+            found = [(path, label_of(path))]
         else:
             raise UserError(f"'{item}' does not exist; pass image files or folders")
+        for file, label in found:
+            key = os.path.realpath(file) if file.exists() else os.path.abspath(file)
+            if key not in seen:  # a file named twice (itself and through its folder) is scored once
+                seen.add(key)
+                files.append(Input(file, label))
     if not files:
         raise UserError(f"no files found in {', '.join(inputs)}")
     return files
 
 
-def label_of(path: Path) -> int | None:
-    """1/0 when the file sits under a PNEUMONIA/NORMAL folder, else None."""
-    for part in reversed(path.parent.parts):
+def label_of(path: Path, root: Path | None = None) -> int | None:
+    """1/0 when the file sits under a PNEUMONIA/NORMAL folder, else None. Found through the folder
+    ``root``: the outermost class folder from ``root`` itself down (as training reads a folder: a
+    ``normal/`` inside ``PNEUMONIA/`` is still pneumonia), never a folder above ``root``. A file named
+    on its own: its own folder's name."""
+    parts = (root.name, *path.relative_to(root).parent.parts) if root is not None else (path.parent.name,)
+    for part in parts:
         for label, name in enumerate(CLASSES):
             if part.lower() == name.lower():
                 return label
     return None
 
 
-def predict(model: LoadedModel, files: list[Path], threshold: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def path_text(path: Path) -> str:
+    """The path as text for tables and files: a name that is not valid UTF-8 (a zip made elsewhere)
+    with its undecodable bytes shown as U+FFFD, which Arrow-backed tables accept."""
+    return os.fsencode(path).decode("utf-8", "replace")
+
+
+def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(predictions: path, probability, prediction, check, label; skipped: path, reason), predictions
     at ``threshold`` (default: the model's own); ``check`` says why an image may not be like the
     training X-rays ("" when nothing does)."""
     threshold = model.threshold if threshold is None else threshold
-    decoded = _decode_all(files, lambda path: try_decode_checked(path, model.image_size))
+    decoded = _decode_all([file.path for file in files], lambda path: try_decode_checked(path, model.image_size))
     ok = [i for i, (image, _, _) in enumerate(decoded) if image is not None]
-    skipped = pd.DataFrame([{"path": str(files[i]), "reason": reason} for i, (image, _, reason) in enumerate(decoded) if image is None], columns=["path", "reason"])
+    skipped = pd.DataFrame([{"path": path_text(files[i].path), "reason": reason} for i, (image, _, reason) in enumerate(decoded) if image is None],
+                           columns=["path", "reason"])
     images = np.stack([decoded[i][0] for i in ok]) if ok else np.zeros((0, model.image_size, model.image_size), np.uint8)
     scores = probabilities(model, images)
     frame = pd.DataFrame({
-        "path": [str(files[i]) for i in ok],
+        "path": [path_text(files[i].path) for i in ok],
+        "file": pd.Series([files[i].path for i in ok], dtype=object),  # the Path itself, to read the image again (--explain)
         "probability": scores,
         "prediction": (scores >= threshold).astype(int),
         "check": ["; ".join(decoded[i][1]) for i in ok],
-        "label": [label_of(files[i]) for i in ok],
+        "label": [files[i].label for i in ok],
     })
     return frame, skipped
 
@@ -163,7 +191,7 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    images = np.stack(_decode_all(frame["path"], lambda path: decode_gray(path, model.image_size)))  # pixels only: predict() checked them
+    images = np.stack(_decode_all(frame["file"], lambda path: decode_gray(path, model.image_size)))  # pixels only: predict() checked them
     maps = grad_cam(members, images)
     threshold = threshold_for(model.meta, point)
     written: list[Path] = []
@@ -233,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if model.meta.get("data", {}).get("synthetic"):
         print("Note: this model was trained on SYNTHETIC data; its outputs mean nothing for real patients.", file=sys.stderr)
     files = collect(args.inputs)
-    if args.metrics and all(label_of(path) is None for path in files):
+    if args.metrics and all(file.label is None for file in files):
         raise UserError(f"--metrics needs labelled images; none of the {len(files)} file(s) in {', '.join(args.inputs)} sits under a "
                         "NORMAL/ or PNEUMONIA/ folder")
     frame, skipped = predict(model, files, threshold)
@@ -245,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Wrote {len(frame)} predictions to {args.csv}")
     points = {name: {"threshold": value} for name, value in known_points(model.meta).items()}
     metrics = labelled_metrics(frame, threshold, points)
+    if metrics is None and args.metrics:
+        raise UserError(f"--metrics: none of the labelled file(s) in {', '.join(args.inputs)} could be read as an image "
+                        f"({len(skipped)} unreadable: {', '.join(skipped['path'].head(3))}{', ...' if len(skipped) > 3 else ''}); {args.metrics} not written")
     if metrics is not None:
         print(describe(metrics, args.operating_point))
         if args.metrics:

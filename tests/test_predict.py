@@ -73,3 +73,36 @@ def test_a_point_below_its_floor_is_noted_when_chosen(tmp_path):
     data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"]}})
     chosen = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet", "--operating-point", "spec95")
     assert chosen.returncode == 0 and "spec95 keeps specificity at 0.920, below its floor 0.95" in chosen.stderr, chosen.stderr
+
+
+def test_labels_come_from_the_folders_searched_each_file_is_scored_once_and_odd_files_are_listed(tmp_path):
+    import os
+    import shutil
+
+    from cxr_tune.predict import collect
+
+    model = write_export(tmp_path / "best", image_size=16)
+    site = kermany_folder(tmp_path / "pneumonia" / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"]}})
+    (site / "test" / "PNEUMONIA" / "normal").mkdir()
+    shutil.copy(site / "test" / "NORMAL" / "IM-0001-0001.jpeg", site / "test" / "PNEUMONIA" / "normal" / "person2_virus_2.jpeg")
+    unsorted = kermany_folder(tmp_path / "pneumonia" / "new_xrays", {"x": {"y": ["a.jpeg"]}})
+    labels = {file.path.name: file.label for file in collect([str(site), str(unsorted), str(site / "test" / "NORMAL")])}
+    # a folder above the one named never labels (here: .../pneumonia/new_xrays); a normal/ inside PNEUMONIA/ is pneumonia, as in training
+    assert labels == {"IM-0001-0001.jpeg": 0, "person1_virus_1.jpeg": 1, "person2_virus_2.jpeg": 1, "a.jpeg": None}
+    assert len(collect([str(site), str(site / "test" / "NORMAL" / "IM-0001-0001.jpeg")])) == 3  # named twice, scored once
+
+    odd = kermany_folder(tmp_path / "odd", {"test": {"NORMAL": ["IM-0002-0001.jpeg"], "PNEUMONIA": ["person3_virus_3.jpeg"]}})
+    os.symlink(tmp_path / "nowhere.jpeg", odd / "test" / "NORMAL" / "IM-0003-0001.jpeg")
+    shutil.copy(odd / "test" / "NORMAL" / "IM-0002-0001.jpeg", os.fsdecode(bytes(odd / "test" / "NORMAL") + b"/IM-caf\xe9-0001.jpeg"))
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(odd / "test"), "--quiet")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "Labelled images: 3 (NORMAL 2, PNEUMONIA 1)" in done.stdout and "IM-caf\ufffd-0001.jpeg" not in done.stderr
+    assert "Skipped 1 unreadable file(s):" in done.stdout and "IM-0003-0001.jpeg" in done.stdout
+
+
+def test_metrics_that_no_labelled_image_can_give_are_an_error_not_a_missing_file(tmp_path):
+    model = write_export(tmp_path / "best", image_size=16)
+    (tmp_path / "bad" / "NORMAL").mkdir(parents=True)
+    (tmp_path / "bad" / "NORMAL" / "a.jpeg").write_bytes(b"not an image")
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(tmp_path / "bad"), "--quiet", "--metrics", str(tmp_path / "m.json"))
+    assert done.returncode == 2 and "--metrics: none of the labelled file(s)" in done.stderr and "m.json not written" in done.stderr

@@ -30,12 +30,11 @@ def labelled_images(folder: str, size: int) -> tuple[np.ndarray, np.ndarray, lis
     """Every readable image under ``folder``'s NORMAL/PNEUMONIA folders, byte-identical files once:
     (uint8 ``(N, size, size)`` images, labels, paths of what was left out with why)."""
     from cxr_tune.data.imaging import try_decode_gray
-    from cxr_tune.predict import collect, label_of
+    from cxr_tune.predict import collect
 
     seen: set[str] = set()
     images, labels, left_out = [], [], []
-    for path in collect([folder]):
-        label = label_of(path)
+    for path, label in collect([folder]):
         if label is None:
             left_out.append(f"{path}: not under a NORMAL or PNEUMONIA folder")
             continue
