@@ -48,6 +48,10 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
     if same:
         raise UserError(f"--model names the same model twice: {same[0]}")
     loaded = {name: load_model(name) for name in models}
+    folders = [storage.resolve(str(model.folder)) for model in loaded.values()]  # a folder and its model.onnx are one model
+    same = [name for i, name in enumerate(models) if folders[i] in folders[:i]]
+    if same:
+        raise UserError(f"--model names the same model twice: {same[0]}")
     thresholds = {}
     for name, model in loaded.items():  # an unknown point stops before any image is read
         try:

@@ -38,6 +38,7 @@ def test_two_models_on_the_same_images_differ_only_where_their_thresholds_do(tmp
 @pytest.mark.parametrize(("args", "message"), [
     (["--model", "A"], "give --model two or more times"),
     (["--model", "A", "--model", "A/"], "--model names the same model twice"),
+    (["--model", "A", "--model", "A/model.onnx"], "--model names the same model twice"),
     (["--model", "A", "--model", "B", "--operating-point", "sens99"], "/a: unknown operating point 'sens99'"),
     (["--model", "A", "--model", "B", "--only-pneumonia"], "compare needs readable images of both classes"),
     (["--model", "A", "--model", "B", "--unlabelled"], "compare needs labelled images"),
@@ -47,6 +48,7 @@ def test_what_cannot_be_compared_is_one_line_and_status_2(tmp_path, site, args, 
     folder = {"--only-pneumonia": site / "PNEUMONIA", "--unlabelled": kermany_folder(tmp_path / "u", {"x": {"y": ["a.jpeg"]}})}
     inputs = [str(folder[a]) for a in args if a in folder] or [str(site)]
     paths["A/"] = paths["A"] + "/"
+    paths["A/model.onnx"] = paths["A"] + "/model.onnx"
     done = call_cli("cxr_tune.compare", *[paths.get(a, a) for a in args if a not in folder], *inputs)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
