@@ -109,13 +109,17 @@ class TrialsCatchUp(Callback):
     but never reports them to the searcher: the concurrency limiter keeps their places, so a
     resumed search would wait forever for a free one, and the study keeps them RUNNING. At each
     step (the first of a resumed search among them) such trials are reported ended, with their
-    last result. (Only at a step: at the end of a search Tune ends trials cut short by Ctrl-C the
-    same way, and those a resume continues.)
+    last result, and at the end of a search a budget ended (then the study holds none RUNNING). Not at
+    the end of one Ctrl-C ended: Tune ends its running trials the same way, and those a resume continues.
     """
 
     def __init__(self, search_alg: ResumableTrials, experiment_dir: str | None = None) -> None:
         self.search_alg = search_alg  # the very object Tune uses: both are saved in tuner.pkl
         self.experiment_dir = experiment_dir
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if SessionBudget.ended:
+            self.on_step_begin(0, trials)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         live = self.search_alg.searcher.live_trials  # the ConcurrencyLimiter's

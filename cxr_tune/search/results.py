@@ -204,7 +204,7 @@ def _stop_reason(status: str, epochs: int, max_epochs: int, event: str | None, r
     if epochs >= max_epochs:
         return "completed"
     if event == "ASHA stopped" or (event is None and epochs in rungs):
-        return "ASHA stopped"
+        return "ASHA stopped"  # with no event (an experiment on object storage, or one before budget ends were logged) the rung rule guesses
     return "cut short by the end of the search" if epochs else "never trained (the search ended first)"
 
 

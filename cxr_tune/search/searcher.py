@@ -66,7 +66,12 @@ class StudySearch(OptunaSearch):
         self._best[trial_id] = best
         steps = self._reported.setdefault(trial_id, set())
         if int(epoch) not in steps:  # a trial restarted from a checkpoint repeats no epoch, but a lost report may come twice
-            self._ot_trials[trial_id].report(best, int(epoch))
+            try:
+                self._ot_trials[trial_id].report(best, int(epoch))
+            except RuntimeError as exc:  # told finished already: at the end of a budget-ended search, after Tune's last snapshot of this searcher
+                import logging
+
+                logging.getLogger(__name__).warning(exc)
             steps.add(int(epoch))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

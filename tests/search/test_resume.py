@@ -142,6 +142,39 @@ def test_trials_a_stopper_ended_are_reported_to_the_searcher_at_the_next_step(tm
     assert done.state == optuna.trial.TrialState.PRUNED and done.value == 0.625
 
 
+def test_at_the_end_of_a_search_a_budget_ended_its_running_trials_are_told_and_logged_cut_short(tmp_path, monkeypatch):
+    """No step follows the budget's stop: the end of the experiment tells the study (not left RUNNING)
+    and writes the trial's end (not guessed from the rungs as ASHA's)."""
+    import json
+    from types import SimpleNamespace
+
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+
+    from cxr_tune.search.budget import ResumableTrials, SessionBudget, TrialsCatchUp
+    from cxr_tune.search.progress import TrialEventLog
+    from cxr_tune.search.searcher import StudySearch
+    from cxr_tune.search.space import SpaceSampler, load_space
+
+    searcher = StudySearch(space=SpaceSampler(load_space("smoke")), metric="objective", mode="max", study_name="exp",
+                           sampler=optuna.samplers.RandomSampler(seed=0), max_epochs=3, database=str(tmp_path / "study.db"))
+    search_alg = ResumableTrials(ConcurrencyLimiter(searcher, max_concurrent=2))
+    catch_up, events = TrialsCatchUp(search_alg), TrialEventLog(str(tmp_path / "trial_events.jsonl"), max_epochs=3)
+    for trial_id in ("running", "interrupted"):
+        search_alg.searcher.suggest(trial_id)
+    trials = [SimpleNamespace(trial_id=t, status="TERMINATED", last_result={"objective": 0.6, "epoch": 2}) for t in ("running", "interrupted")]
+    monkeypatch.setattr(SessionBudget, "ended", "")  # Ctrl-C: a resume continues these; nothing is told
+    catch_up.on_experiment_end(trials=trials[1:])
+    events.on_experiment_end(trials=trials[1:])
+    monkeypatch.setattr(SessionBudget, "ended", "time budget")
+    catch_up.on_experiment_end(trials=trials[:1])
+    events.on_experiment_end(trials=trials[:1])
+    states = {t.user_attrs["tune_trial_id"]: t.state for t in optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path / 'study.db'}").trials}
+    assert states == {"running": optuna.trial.TrialState.PRUNED, "interrupted": optuna.trial.TrialState.RUNNING}
+    logged = [json.loads(line) for line in (tmp_path / "trial_events.jsonl").read_text().splitlines()]
+    assert [(e["trial_id"], e["event"], e["epochs"]) for e in logged] == [("running", "cut short", 2)]
+
+
 def test_a_stopped_trial_whose_last_epochs_only_its_checkpoint_holds_is_told_with_them(tmp_path):
     """The budget can end a trial after Ray Train checkpointed its last epoch and before the report
     reached Tune: the trial table reads that epoch from the checkpoint, and so must the study."""

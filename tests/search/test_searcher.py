@@ -57,3 +57,16 @@ def test_a_repeated_epoch_report_is_told_once(searcher):
     searcher.on_trial_complete("again", {"objective": 0.65, "epoch": 3})
     trial = told(searcher, "again")
     assert trial.intermediate_values == {1: 0.6, 2: 0.7, 3: 0.7} and trial.value == 0.7
+
+
+def test_a_trial_told_finished_before_the_searcher_was_saved_is_told_again_without_an_error(searcher):
+    # The end of a budget-ended search tells the study after Tune's last snapshot of the searcher; the resumed one tells it again.
+    import copy
+
+    searcher.suggest("cut")
+    searcher.on_trial_result("cut", {"objective": 0.6, "epoch": 1})
+    snapshot = copy.deepcopy({k: v for k, v in searcher.__dict__.items() if k in ("_completed_trials", "_reported", "_best")})
+    searcher.on_trial_complete("cut", {"objective": 0.6, "epoch": 1})
+    searcher.__dict__.update(snapshot)  # as restored: it has not seen the trial end
+    searcher.on_trial_complete("cut", {"objective": 0.7, "epoch": 2})  # an epoch only its checkpoint held
+    assert told(searcher, "cut").state == TrialState.PRUNED and told(searcher, "cut").value == 0.6
