@@ -88,7 +88,7 @@ class SessionBudget(Stopper):
 
 class ResumableTrials(SearchGenerator):
     """Tune's trial generator, except that a restored one generates trials again, as many as
-    :attr:`total` says.
+    :attr:`total` says, at most :attr:`concurrency` at once.
 
     When a stopper ends a search (the time budget), Tune marks its generator finished and saves
     it that way; restored as saved, a resumed search would start no new trial. And the trials the
@@ -97,9 +97,12 @@ class ResumableTrials(SearchGenerator):
     """
 
     total: ClassVar[int | None] = None  # set for a resumed search by _tuner (None: as saved)
+    concurrency: ClassVar[int | None] = None  # the resumed command's trials at once (its cluster and flags), over the saved limit
 
     def set_state(self, state: dict) -> None:
         super().set_state({**state, "finished": False, **({"total_samples": ResumableTrials.total} if ResumableTrials.total else {})})
+        if ResumableTrials.concurrency and hasattr(self.searcher, "max_concurrent"):  # restored after the limiter's own state
+            self.searcher.max_concurrent = ResumableTrials.concurrency
 
 
 class TrialsCatchUp(Callback):

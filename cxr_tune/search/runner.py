@@ -269,6 +269,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
     if resume:  # a trial the budget ended before its first epoch is replaced, not counted
         counts = trial_counts(options.experiment_dir)
         ResumableTrials.total = plan.trials + counts.never_trained
+        ResumableTrials.concurrency = plan.concurrency  # the resources were planned for this many, not the saved limit
         ProgressPrinter.trained_before = counts.trained_ids  # so the console counts the trials the table counts
         return tune.Tuner.restore(options.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
 

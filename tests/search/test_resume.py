@@ -113,6 +113,25 @@ def test_a_restored_trial_generator_starts_trials_again(monkeypatch):
     assert not ours.is_finished()
 
 
+def test_a_resumed_search_runs_as_many_trials_at_once_as_its_own_command_planned(tmp_path, monkeypatch):
+    import optuna
+    import ray.cloudpickle as pickle
+    from ray.tune.search import ConcurrencyLimiter
+
+    from cxr_tune.search.budget import ResumableTrials
+    from cxr_tune.search.searcher import StudySearch
+    from cxr_tune.search.space import SpaceSampler, load_space
+
+    searcher = StudySearch(space=SpaceSampler(load_space("smoke")), metric="objective", mode="max", study_name="exp",
+                           sampler=optuna.samplers.RandomSampler(seed=0), max_epochs=3, database=str(tmp_path / "study.db"))
+    saved = ResumableTrials(ConcurrencyLimiter(searcher, max_concurrent=2))  # planned for a small cluster
+    saved.save_to_dir(str(tmp_path), "s")
+    restored = pickle.loads(pickle.dumps(saved))  # as Tuner.restore brings the generator back
+    monkeypatch.setattr(ResumableTrials, "concurrency", 8)  # this command's plan: a bigger cluster
+    restored.restore_from_dir(str(tmp_path))
+    assert restored.searcher.max_concurrent == 8  # before: the saved 2
+
+
 def test_trials_a_stopper_ended_are_reported_to_the_searcher_at_the_next_step(tmp_path):
     """A stopper (the time budget) ends trials without telling the searcher: the concurrency
     limiter would keep their places, and a resumed search wait forever for one."""
