@@ -67,8 +67,12 @@ def test_cluster_yaml_is_valid_for_the_ray_cluster_launcher():
     config = yaml.safe_load(CLUSTER_YAML.read_text())
     _validate(config)
     assert config["provider"]["type"] == "aws"
-    assert config["available_node_types"]["gpu_worker"]["min_workers"] == 0
-    assert config["available_node_types"]["gpu_worker"]["resources"]["GPU"] == 1
+    workers, head = config["available_node_types"]["gpu_worker"], config["available_node_types"]["head"]
+    # The search plans its trials at once from the GPUs present when it starts: they are there from the start.
+    assert workers["min_workers"] == workers["max_workers"] >= 1 and workers["resources"]["GPU"] == 1
+    # No task on the head, so each trial's CPU share is counted from the CPUs beside its GPU; one image, set, everywhere.
+    assert head["resources"] == {"CPU": 0} and "--num-cpus=0" in " ".join(config["head_start_ray_commands"])
+    assert head["node_config"]["ImageId"] == workers["node_config"]["ImageId"]
     ssh_rules = config["provider"]["security_group"]["IpPermissions"]
     assert [(r["FromPort"], r["ToPort"]) for r in ssh_rules] == [(22, 22)]
     assert all(ip["CidrIp"] != "0.0.0.0/0" for r in ssh_rules for ip in r["IpRanges"])

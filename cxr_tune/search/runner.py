@@ -93,7 +93,11 @@ def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float])
         cpus_per_worker = math.floor(share * 100) / 100
     if cpus_per_worker <= 0 or workers * cpus_per_worker + TRIAL_DRIVER_CPU > cpus + 1e-9:
         raise UserError(f"one trial needs {workers} x {cpus_per_worker:g} CPUs but the Ray cluster has {cpus:g}; lower --workers-per-trial or --cpus-per-worker")
-    return Plan(space, trials, max_epochs, Resources(workers, cpus_per_worker, gpus_per_worker), concurrency)
+    plan = Plan(space, trials, max_epochs, Resources(workers, cpus_per_worker, gpus_per_worker), concurrency)
+    if plan.cpus_held > cpus + 1e-9:  # every trial starts; a Train run whose workers find no room fails after Ray Train's start timeout
+        raise UserError(f"--concurrency {concurrency} with {workers} x {cpus_per_worker:g} CPUs a trial needs {plan.cpus_held:g} CPUs, the Ray cluster "
+                        f"has {cpus:g}: the trials that do not fit would fail, not wait; lower --concurrency or --cpus-per-worker")
+    return plan
 
 
 def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = False, started: float | None = None) -> tuple[str, str]:
@@ -129,9 +133,6 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
 
         cluster = ray.cluster_resources()
         plan = plan_search(options, space, cluster)
-        cpus = cluster.get("CPU", 0.0)
-        if options.concurrency and plan.cpus_held > cpus + 1e-9:
-            print(f"Note: --concurrency {plan.concurrency} needs {plan.cpus_held:g} CPUs, the cluster has {cpus:g}; trials will queue.")
         print(
             f"Search '{space.name}': {plan.trials} trials, up to {plan.max_epochs} epochs each, "
             f"{plan.concurrency} at a time, {plan.resources.workers} worker(s) x {plan.resources.cpus_per_worker:g} CPU"

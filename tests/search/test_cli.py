@@ -65,8 +65,9 @@ def test_defaults_use_the_machine_well_and_impossible_resources_are_refused():
     cpu = plan_search(SearchOptions(space="smoke", trials=8), space, {"CPU": 2})
     assert cpu.concurrency == 2 and cpu.resources.workers == 1 and not cpu.resources.use_gpu
     assert cpu.concurrency * (cpu.resources.cpus_per_worker + 0.01) <= 2 and cpu.cpus_held <= 2
-    crowded = plan_search(SearchOptions(space="smoke", trials=8, concurrency=4, cpus_per_worker=1), space, {"CPU": 2})
-    assert crowded.cpus_held == pytest.approx(4.04)  # what the search's "trials will queue" note says
+    # Every trial starts (its driver holds a hundredth of a CPU); a Train run whose workers find no room fails after its start timeout.
+    with pytest.raises(UserError, match=r"--concurrency 4 with 1 x 1 CPUs a trial needs 4.04 CPUs, the Ray cluster has 2: the trials that do not fit would fail"):
+        plan_search(SearchOptions(space="smoke", trials=8, concurrency=4, cpus_per_worker=1), space, {"CPU": 2})
     big = plan_search(SearchOptions(space="smoke", trials=20), space, {"CPU": 16})
     assert big.concurrency == 8 and big.resources.cpus_per_worker >= 1.9
     gpu = plan_search(SearchOptions(space="smoke", trials=8), space, {"CPU": 16, "GPU": 4})
