@@ -52,7 +52,8 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
     prefix = prefix_of(experiment.deciding_set)
     _, histories = experiment.histories()
     checkpoint = experiment.checkpoint_for(selected)
-    predictions = load_predictions(checkpoint, prefix) if has_predictions(checkpoint, prefix) else load_predictions(checkpoint)
+    predictions = load_predictions(checkpoint, prefix) if has_predictions(checkpoint, prefix) else None  # never another set's, under this set's name
+    missing = f"The selected trial's checkpoint holds no scores on {SET_NAMES[prefix]}."
     threshold = float(selected[f"{prefix}_threshold"])
     with tempfile.TemporaryDirectory() as scratch:
         plots = Path(scratch)
@@ -61,8 +62,8 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
             **plot_importances(plots / "importances.png", experiment),
             "pareto": _plot_pareto(plots / "pareto.png", table, selected, prefix),
             "transfer": transfer.plot_transfer(plots / "transfer.png", table) if transfer.has_external(table) else "No external set.",
-            "roc": _plot_roc(plots / "roc.png", predictions, threshold, SET_NAMES[prefix]),
-            "confusion": _plot_confusion(plots / "confusion.png", predictions, threshold, SET_NAMES[prefix]),
+            "roc": _plot_roc(plots / "roc.png", predictions, threshold, SET_NAMES[prefix]) if predictions is not None else missing,
+            "confusion": _plot_confusion(plots / "confusion.png", predictions, threshold, SET_NAMES[prefix]) if predictions is not None else missing,
             "learning": _plot_learning(plots / "learning_curves.png", histories.get(selected["trial_id"], pd.DataFrame())),
             **_clinical_plots(plots, experiment, exported),
         }
@@ -448,8 +449,10 @@ def _table(frame: pd.DataFrame) -> str:
 def _trial_table(metrics: pd.DataFrame, params: pd.DataFrame) -> str:
     """Metrics to four decimals; each sampled parameter as it was drawn (a whole number as one, blank
     where the trial had none, e.g. a third block's filters in a two-block net)."""
-    cells = pd.concat([metrics.map(lambda v: f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else "" if _missing(v) else str(v)),
-                       params.map(lambda v: "" if _missing(v) else _fmt(v))], axis=1)
+    counts = [c for c in ("rank", "epochs") if c in metrics]  # whole numbers, even in a column a failed trial's blank made float
+    cells = pd.concat([metrics.drop(columns=counts).map(lambda v: f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else "" if _missing(v) else str(v)),
+                       metrics[counts].map(lambda v: "" if _missing(v) else _fmt(v)),
+                       params.map(lambda v: "" if _missing(v) else _fmt(v))], axis=1)[[*metrics.columns, *params.columns]]
     return cells.to_markdown(index=False, disable_numparse=True)
 
 

@@ -81,10 +81,13 @@ def markdown(table: pd.DataFrame, deciding: str, plot: str | None, plot_note: st
     correlations = rank_correlations(table)
     paired = int(table[[f"{prefix}_{metric}" for metric, _ in PAIRS for prefix in ("val", "ext")]].notna().all(axis=1).sum())  # what they are over
     tied = table[table["tied"].fillna(False).astype(bool)]["trial_id"].tolist() if "tied" in table else []
-    deciding = "the external set" if deciding == "external" else "carved validation (the external set chose nothing)"
+    external_decides = deciding == "external"
+    deciding = "the external set" if external_decides else "carved validation (the external set chose nothing)"
     lines = [
-        "Every trial's best epoch on validation carved from train (`val_`) and on the external set (`ext_`, a selection set: "
-        "its numbers chose things and are optimistic).",
+        ("Every trial's best epoch on validation carved from train (`val_`) and on the external set (`ext_`, a selection set: "
+         "its numbers chose things and are optimistic)." if external_decides else
+         "Every trial's best epoch on validation carved from train (`val_`, the selection set: its numbers chose things and are "
+         "optimistic) and on the external set (`ext_`, which chose nothing: each trial's epoch there is the one carved validation picked)."),
         "",
         f"Rank correlation (Spearman) of carved vs external over the {paired} trials scored on both: "
         + ", ".join(f"{label} {fmt(correlations[metric], 2)}" for metric, label in PAIRS) + "."

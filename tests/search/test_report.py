@@ -43,3 +43,28 @@ def test_the_rank_correlation_counts_the_trials_it_is_over():
     table.loc[:2, ["ext_balanced_accuracy", "ext_auc"]] = np.nan  # three trials never scored on the external set
     [line] = [line for line in markdown(table, "external", None, "no plot") if "Spearman" in line]
     assert "over the 9 trials scored on both" in line and "says little" in line
+
+
+def test_the_transfer_section_names_the_set_that_chose_as_the_selection_set():
+    import numpy as np
+    import pandas as pd
+
+    from cxr_tune.search.transfer import markdown
+
+    values = np.linspace(0.8, 0.95, 12)
+    table = pd.DataFrame({"trial_id": [f"t{i}" for i in range(12)], "rank": range(1, 13), "tied": False,
+                          "val_balanced_accuracy": values, "ext_balanced_accuracy": values, "val_auc": values, "ext_auc": values})
+    carved, external = markdown(table, "carved", None, "no plot")[0], markdown(table, "external", None, "no plot")[0]
+    assert "(`val_`, the selection set" in carved and "(`ext_`, which chose nothing" in carved and "ext_`, a selection set" not in carved
+    assert "(`ext_`, a selection set" in external
+
+
+def test_ranks_and_epochs_read_as_whole_numbers_when_a_failed_trial_has_none():
+    import numpy as np
+    import pandas as pd
+
+    from cxr_tune.search.report import _trial_table
+
+    metrics = pd.DataFrame({"rank": [1.0, np.nan], "trial_id": ["a", "failed"], "epochs": [8.0, 0.0], "objective": [0.9, np.nan]})
+    rows = [line.split("|")[1:-1] for line in _trial_table(metrics, pd.DataFrame({"lr": [0.001, np.nan]})).splitlines()[2:]]
+    assert [[cell.strip() for cell in row] for row in rows] == [["1", "a", "8", "0.9000", "0.001"], ["", "failed", "0", "", ""]]
