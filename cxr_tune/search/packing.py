@@ -22,8 +22,8 @@ architecture (ResNet-18, DenseNet-121), for memory, not speed: on the H200 at 22
 more than 2 (ResNet-18 2.03x one trial against 1.79x, DenseNet-121 2.84x against 2.12x), but one
 DenseNet-121 trial at batch 64 reserved 4,756 MiB in bf16 and 9,220 MiB in fp32, so 4 of them would
 leave little of a 24 GB A10G (``cluster.yaml``'s worker) before their CUDA contexts, or overflow it;
-on a larger card ``--gpus-per-worker 0.25`` packs 4. A trial with several workers (DDP) takes that
-share per worker. The check fed images
+on a larger card ``--gpus-per-worker 0.25`` packs 4. A trial with several workers (DDP) is not
+packed: each of its workers takes a whole GPU (NCCL refuses two ranks on one device). The check fed images
 already on the GPU; a search's trials also spend host time on Ray Data batches, which more trials
 per GPU could hide: ``--gpus-per-worker 0.125`` runs 8.
 """
