@@ -160,9 +160,11 @@ def load_weights(net: nn.Module, path: str) -> list[str]:
     Made for torchvision's ImageNet files: ``module.``/``model.`` prefixes are dropped, DenseNet's
     legacy key names (``denselayer1.norm.1``) are read as torchvision reads them, a three-channel
     first convolution is summed over its colour channels (the usual way to start a grayscale stem
-    from RGB weights), and tensors whose shape does not fit (the 1000-class head) are left at their
-    initialization. Raises ``ValueError`` when the file fills under half of the network's tensors:
-    the wrong file, or another architecture's.
+    from RGB weights), and the classification head (the 1000-class one) is left at its
+    initialization. Everything else must match both ways: raises ``ValueError`` when a parameter of
+    the network outside its head finds no tensor of its shape in the file, or a tensor of the file
+    outside its head is left over. Same-named layers of a deeper sibling (ResNet-34 or -50 for a
+    ResNet-18, DenseNet-169 for a DenseNet-121) would otherwise start the network from a scramble.
     """
     from cxr_tune import storage
 
@@ -176,20 +178,40 @@ def load_weights(net: nn.Module, path: str) -> list[str]:
         raise ValueError(f"'{path}' holds a {type(tensors).__name__}, not a state dict of named tensors")
     own = {name: value for name, value in net.state_dict().items()}
     wanted = {name.split("net.", 1)[1] if name.startswith("net.") else name: name for name in own}  # TorchvisionNet wraps .net
-    fitted = {}
+    head = _head_name(net)
+    fitted, left_over = {}, []
     for key, tensor in tensors.items():
         key = _LEGACY_DENSENET.sub(r"\1\2", key.removeprefix("module.").removeprefix("model."))
         target = wanted.get(key) or (key if key in own else None)
-        if target is None or not isinstance(tensor, torch.Tensor):
-            continue
-        if tensor.ndim == 4 and own[target].ndim == 4 and tensor.shape[1] == 3 and own[target].shape[1] == 1:
-            tensor = tensor.sum(dim=1, keepdim=True)
-        if tensor.shape == own[target].shape:
-            fitted[target] = tensor
-    if len(fitted) < len(own) / 2:
-        raise ValueError(f"'{path}' fills {len(fitted)} of this network's {len(own)} tensors (wrong architecture or not a weights file)")
+        if target is not None and isinstance(tensor, torch.Tensor):
+            if tensor.ndim == 4 and own[target].ndim == 4 and tensor.shape[1] == 3 and own[target].shape[1] == 1:
+                tensor = tensor.sum(dim=1, keepdim=True)
+            if tensor.shape == own[target].shape:
+                fitted[target] = tensor
+                continue
+        if key.split(".", 1)[0] != head:
+            left_over.append(key)
+    unfilled = [name for name, _ in net.named_parameters() if name not in fitted and _relative(name).split(".", 1)[0] != head]
+    if unfilled or left_over:
+        raise ValueError(f"'{path}' fills {len(fitted)} of this network's {len(own)} tensors and does not fit it: "
+                         + "; ".join(part for part in (
+                             f"{len(unfilled)} of its parameters find no tensor of their shape ({', '.join(unfilled[:3])}{', ...' if len(unfilled) > 3 else ''})" if unfilled else "",
+                             f"{len(left_over)} of the file's tensors are left over ({', '.join(left_over[:3])}{', ...' if len(left_over) > 3 else ''})" if left_over else "")
+                                           if part)
+                         + " (another architecture's file, another depth or width, or not a weights file)")
     net.load_state_dict(fitted, strict=False)
     return sorted(set(own) - set(fitted))
+
+
+def _relative(name: str) -> str:
+    """A parameter's name as a weights file names it (TorchvisionNet wraps torchvision's network as ``net``)."""
+    return name.split("net.", 1)[1] if name.startswith("net.") else name
+
+
+def _head_name(net: nn.Module) -> str:
+    """The top-level module that holds the network's last linear layer: the head a weights file's own (ImageNet's) replaces."""
+    last = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)][-1]
+    return _relative(last).split(".", 1)[0]
 
 
 def _read_tensors(data: bytes, *, safetensors: bool) -> object:

@@ -114,3 +114,17 @@ def test_a_densenet_file_with_torchvisions_legacy_key_names_fills_the_whole_netw
     with pytest.raises(ValueError, match="fills"):  # a ResNet file for a DenseNet: the wrong architecture
         torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
         load_weights(net, str(tmp_path / "resnet18.pth"))
+
+
+def test_a_deeper_siblings_or_another_widths_file_is_refused_not_loaded_in_part(tmp_path):
+    import torchvision
+
+    from cxr_tune.train.model import load_weights
+
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "resnet34.pth")  # ResNet-18's names, and more
+    with pytest.raises(ValueError, match=r"fills 120 of this network's 122 tensors and does not fit it: 96 of the file's tensors are left over \(layer1\.2\."):
+        load_weights(build_model(HParams(image_size=64, arch="resnet18")), str(tmp_path / "resnet34.pth"))
+    torch.save(build_model(HParams(image_size=64, depth=4, filters=32)).state_dict(), tmp_path / "cnn.pth")
+    assert load_weights(build_model(HParams(image_size=64, depth=4, filters=32)), str(tmp_path / "cnn.pth")) == []  # its own: all of it
+    with pytest.raises(ValueError, match=r"3 of its parameters find no tensor of their shape \(features\.12\.weight"):
+        load_weights(build_model(HParams(image_size=64, depth=4, block_filters=(32, 64, 128, 512))), str(tmp_path / "cnn.pth"))
