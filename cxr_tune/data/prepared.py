@@ -148,8 +148,7 @@ def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
     elif options.val_data == "auto" and not options.use_official_val:
         own = manifest[manifest["split"] == "val"]
         if not own.empty:
-            counts = own.drop_duplicates("content_hash")["label"].value_counts()
-            normal, pneumonia = int(counts.get(0, 0)), int(counts.get(1, 0))
+            normal, pneumonia = _class_counts(own)
             if min(normal, pneumonia) >= MIN_EXTERNAL_PER_CLASS:
                 external_splits, external = ("val",), storage.join(source.root, "val")
             else:
@@ -163,13 +162,29 @@ def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
         use_official_val=options.use_official_val,
         external_splits=external_splits,
     )
+    kept = _class_counts(roles[roles["role"] == "external"])
+    if external_splits and min(kept) < MIN_EXTERNAL_PER_CLASS:  # counted again once patients shared with the test folder left it
+        what = f"--val-data '{options.val_data}'" if external_splits == (EXTERNAL,) else "the val/ folder"
+        shrunk = (f"{what} keeps {kept[0]} NORMAL and {kept[1]} PNEUMONIA images once the patients it shares with the test folder are "
+                  f"left out; selecting on it needs at least {MIN_EXTERNAL_PER_CLASS} of each")
+        if external_splits == (EXTERNAL,):
+            raise UserError(f"{shrunk}. Add images or pass --val-data none")
+        note = f"{shrunk}, so it is set aside and selection uses validation carved from train."
+        external_splits, external = (), ""
+        roles = assign_roles(manifest, val_fraction=options.val_fraction, seed=options.split_seed,
+                             use_official_val=options.use_official_val, external_splits=())
     return SplitData(source=source, roles=roles, cache_dir=cache_dir, options=options, external=external, external_note=note)
+
+
+def _class_counts(rows: pd.DataFrame) -> tuple[int, int]:
+    """Distinct images (by content) of each class: (NORMAL, PNEUMONIA)."""
+    counts = rows.drop_duplicates("content_hash")["label"].value_counts()
+    return int(counts.get(0, 0)), int(counts.get(1, 0))
 
 
 def check_external_size(manifest: pd.DataFrame, what: str, instead: str = "pass --val-data none") -> None:
     """Refuse an external set too small to select on; ``instead``: what the user can do other than add images."""
-    counts = manifest.drop_duplicates("content_hash")["label"].value_counts()
-    normal, pneumonia = int(counts.get(0, 0)), int(counts.get(1, 0))
+    normal, pneumonia = _class_counts(manifest)
     if min(normal, pneumonia) < MIN_EXTERNAL_PER_CLASS:
         raise UserError(
             f"{what} holds {normal} NORMAL and {pneumonia} PNEUMONIA readable images; selecting on it needs at least "

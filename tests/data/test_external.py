@@ -188,3 +188,18 @@ def test_a_shared_file_stops_the_cli_with_one_line_and_status_2(data, tmp_path, 
     original, copy = shared_file(data, site(tmp_path / "site"))
     line = one_error_line(run_cli(f"cxr_tune.{cli}", *val_data_args(cli, data, tmp_path / "site", tmp_path / "results")))
     assert str(copy) in line and str(original) in line and "byte-identical" in line
+
+
+def test_an_external_set_too_small_once_test_patients_leave_it_is_refused_or_set_aside(data, tmp_path):
+    # person500 is in the test folder: its images leave the external set, which then keeps N - 3 pneumonias.
+    ext = site(tmp_path / "site", n_pneumonia=N - 3)
+    for i in range(4):
+        write_image(ext / "PNEUMONIA" / f"person500_bacteria_{900 + i}.jpeg", seed=55_000 + i)
+    with pytest.raises(UserError, match=rf"--val-data '{ext}' keeps {N} NORMAL and {N - 3} PNEUMONIA images once the patients it "
+                                        rf"shares with the test folder are left out; selecting on it needs at least {MIN_EXTERNAL_PER_CLASS}"):
+        split_data(options(data, val_data=str(ext)), progress=False)
+    own = chest_xray(tmp_path / "own" / "chest_xray", val=(N, N - 3))
+    for i in range(4):
+        write_image(own / "val" / "PNEUMONIA" / f"person500_bacteria_{900 + i}.jpeg", seed=56_000 + i)
+    split = split_data(options(own), progress=False)  # the data's own val/: set aside, carved validation selects
+    assert not split.has_external and "the val/ folder keeps" in split.external_note and "set aside" in split.external_note
