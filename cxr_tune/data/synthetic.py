@@ -107,8 +107,17 @@ def synthesize(out: str, *, n: int = DEFAULT_N, seed: int = 0, replace_partial: 
     return str(target)
 
 
+#: (label, split) of the first patients when a small draw misses one: two of each class to train on
+#: (one can be carved off for validation) and one of each to test.
+_COVER = ((0, "train"), (1, "train"), (0, "train"), (1, "train"), (0, "test"), (1, "test"))
+
+
 def _plan(n: int, seed: int) -> list[tuple[int, int, int, str]]:
-    """(patient, image index, label, split) for every image, patients holding 1-4 images."""
+    """(patient, image index, label, split) for every image, patients holding 1-4 images.
+
+    A small set can draw no test pneumonia, or one normal patient to train on, and then be refused
+    by the split it was made for; its first patients then take the classes and folders of
+    :data:`_COVER` (a draw that covers them, the default set's among them, is kept as drawn)."""
     rng = np.random.default_rng([seed, 0])
     plan: list[tuple[int, int, int, str]] = []
     patient = 0
@@ -118,7 +127,12 @@ def _plan(n: int, seed: int) -> list[tuple[int, int, int, str]]:
         split = "test" if rng.random() < TEST_FRACTION else "train"
         for k in range(min(int(rng.integers(1, 5)), n - len(plan))):
             plan.append((patient, k + 1, label, split))
-    return plan
+    patients = {(p, label, split) for p, _, label, split in plan}
+    need = {(label, split): _COVER.count((label, split)) for label, split in _COVER}
+    if all(sum(1 for _, lb, sp in patients if (lb, sp) == key) >= count for key, count in need.items()) or patient < len(_COVER):
+        return plan
+    forced = dict(enumerate(_COVER, start=1))
+    return [(p, k, *forced[p], ) if p in forced else (p, k, label, split) for p, k, label, split in plan]
 
 
 def _write_all(folder: Path, *, n: int, seed: int) -> None:

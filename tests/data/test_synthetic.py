@@ -48,3 +48,14 @@ def test_two_seeds_share_no_patient_so_one_can_be_the_others_site_sample(tmp_pat
     a = build_manifest(synthesize(str(tmp_path / "a"), n=80, seed=1)).manifest
     b = build_manifest(synthesize(str(tmp_path / "b"), n=80, seed=2)).manifest
     assert not set(a["patient_id"]) & set(b["patient_id"]) and not a["patient_id"].str.startswith("image:").any()
+
+
+def test_the_smallest_sets_it_writes_can_be_split(tmp_path):
+    # Before: --n 20 with seed 0 drew no test pneumonia, and the tool refused the set it had written.
+    from cxr_tune.data.prepared import DataOptions, split_data
+
+    for seed in range(4):
+        root = synthesize(str(tmp_path / f"n20-{seed}"), n=20, seed=seed)
+        split = split_data(DataOptions(data=root, cache_dir=str(tmp_path / "cache")), progress=False)
+        assert {role: set(split.roles.loc[split.roles["role"] == role, "label"]) for role in ("train", "val", "test")} == \
+            {"train": {0, 1}, "val": {0, 1}, "test": {0, 1}}, seed
