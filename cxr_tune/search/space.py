@@ -113,7 +113,7 @@ class Param:
             return trial.suggest_categorical(name, list(self.choices))
         if self.type == "int":
             return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.type == "logfloat")
 
     @property
     def values(self) -> tuple[Any, ...]:
@@ -190,8 +190,12 @@ def resolve_space_path(name_or_path: str) -> Path:
     return named
 
 
-def load_space(name_or_path: str) -> Space:
-    """Read and check a space file; :class:`UserError` names the file, key and problem."""
+def load_space(name_or_path: str, *, checked: bool = True) -> Space:
+    """Read and check a space file; :class:`UserError` names the file, key and problem.
+
+    ``checked=False`` reads the copy a started experiment keeps (``space.yaml``): it ran under the
+    rules of its day, so only what reading it needs is checked, and a rule added since (a value no
+    trial may draw, a setting the search overrides) does not lock its owner out of their results."""
     path = resolve_space_path(name_or_path)
     raw = load_mapping(path, "search space")
 
@@ -212,14 +216,15 @@ def load_space(name_or_path: str) -> Space:
     for key in fixed:
         if key not in known:
             raise fail(f"fixed.{key}", "unknown hyperparameter")
-        if key in _SET_BY_SEARCH:
+        if key in _SET_BY_SEARCH and checked:
             raise fail(f"fixed.{key}", f"would be ignored: the search sets it in every trial; set it with {_SET_BY_SEARCH[key]}")
-    params = tuple(_param(name, spec, known, fail) for name, spec in params_raw.items())
-    _check_links(params, fixed, fail)
+    params = tuple(_param(name, spec, known, fail, checked) for name, spec in params_raw.items())
+    _check_links(params, fixed, fail, checked)
     space = Space(path.stem, str(path), str(raw.get("description", "")), settings, dict(fixed), params)
-    space.image_sizes()
-    _check_final_fit_changes(space, fail)
-    _check_corners(space, fail)
+    if checked:
+        space.image_sizes()
+        _check_final_fit_changes(space, fail)
+        _check_corners(space, fail)
     return space
 
 
@@ -262,7 +267,7 @@ def _final_fit_changes(raw: Any, fail: Any) -> dict[str, Any]:
     return dict(raw)
 
 
-def _param(name: str, spec: Any, known: dict[str, str], fail: Any) -> Param:
+def _param(name: str, spec: Any, known: dict[str, str], fail: Any, checked: bool = True) -> Param:
     key = f"params.{name}"
     if name not in known:
         raise fail(key, "unknown hyperparameter")
@@ -299,6 +304,8 @@ def _param(name: str, spec: Any, known: dict[str, str], fail: Any) -> Param:
         raise fail(key, f"low {low} > high {high}")
     if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
         raise fail(key, f"an int parameter needs whole-number bounds, got {low}..{high}")
+    if not checked:  # as read before these checks: an int's log honoured, a float's read but linear
+        return Param(name, kind, low=low, high=high, step=spec.get("step"), log=bool(spec.get("log", False)), per_block=per_block, when=when)
     if kind in ("float", "logfloat") and known[name] == "int":
         raise fail(f"{key}.type", f"{name} takes whole numbers; use type: int (or categorical), not {kind}")
     log = _log(spec, kind, f"{key}.log", fail)
@@ -317,6 +324,8 @@ def _log(spec: dict[str, Any], kind: str, key: str, fail: Any) -> bool:
         raise fail(key, f"must be true or false, got {log!r}")
     if kind == "logfloat" and not log:
         raise fail(key, "a logfloat is always on a log scale; use type: float for a linear one")
+    if kind == "float" and log:  # a float is sampled linearly: say so, rather than change what older searches sampled
+        raise fail(key, "a float is sampled on a linear scale; use type: logfloat for a log one")
     return log
 
 
@@ -331,7 +340,7 @@ def _check_step(step: Any, kind: str, log: bool, key: str, fail: Any) -> None:
         raise fail(key, f"must be a positive number, got {step!r}")
 
 
-def _check_links(params: tuple[Param, ...], fixed: dict[str, Any], fail: Any) -> None:
+def _check_links(params: tuple[Param, ...], fixed: dict[str, Any], fail: Any, checked: bool = True) -> None:
     """``per_block`` and ``when`` must refer to a parameter sampled earlier (or fixed)."""
     seen: dict[str, Param] = {}
     for param in params:
@@ -344,7 +353,7 @@ def _check_links(params: tuple[Param, ...], fixed: dict[str, Any], fail: Any) ->
             source = seen.get(param.per_block)
             if source is None and param.per_block not in fixed:
                 raise fail(f"{key}.per_block", f"'{param.per_block}' must be an int parameter listed before {param.name} (or fixed)")
-            if source is not None:
+            if source is not None and checked:
                 _check_block_count(param, source, fail)
         for other in param.when:
             if other not in seen and other not in fixed:

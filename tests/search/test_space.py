@@ -96,7 +96,7 @@ def test_fixed_values_reach_every_trial(tmp_path):
     ("params:\n  batch_size: {type: int, low: 16, high: 64, step: 0.5}\n", "params.batch_size.step", "whole number >= 1"),
     ("params:\n  batch_size: {type: int, low: 16, high: 64, step: true}\n", "params.batch_size.step", "whole number >= 1"),
     ("params:\n  dropout: {type: float, low: 0.0, high: 0.5, step: 0}\n", "params.dropout.step", "positive number"),
-    ("params:\n  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true, step: 1.0e-4}\n", "params.lr.step", "log scale"),
+    ("params:\n  lr: {type: logfloat, low: 1.0e-4, high: 1.0e-2, step: 1.0e-4}\n", "params.lr.step", "log scale"),
     ("params:\n  batch_size: {type: float, low: 16, high: 64}\n", "params.batch_size.type", "takes whole numbers"),
     ("params:\n  depth: {type: logfloat, low: 2, high: 4}\n", "params.depth.type", "takes whole numbers"),
     ("params:\n  kernel_size: {type: int, low: 3, high: 5}\n", "params.kernel_size", "kernel_size=4 must be odd"),
@@ -146,12 +146,18 @@ def test_final_fit_changes_that_keep_searched_block_widths_load(tmp_path):
     assert load_space(str(path)).settings.final_fit_changes == {"convs_per_block": 2, "dropout": 0.2}
 
 
-def test_a_float_with_log_true_is_sampled_on_a_log_scale(tmp_path):
-    space = load_space(str(write(tmp_path, "params:\n  lr: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}\n")))
+def test_a_float_with_log_true_is_refused_for_a_new_search_and_read_as_it_ran_for_a_started_one(tmp_path):
+    text = "fixed: {epochs: 12}\nparams:\n  lr: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}\n"
+    with pytest.raises(UserError, match=r"params\.lr\.log: a float is sampled on a linear scale; use type: logfloat"):
+        load_space(str(write(tmp_path, "params:\n  lr: {type: float, low: 1.0e-5, high: 1.0e-1, log: true}\n")))
+    with pytest.raises(UserError, match=r"fixed\.epochs: would be ignored"):
+        load_space(str(write(tmp_path, text)))
+    # An experiment started before these rules keeps its space.yaml: it is read, and samples as it did (the study holds linear draws).
+    space = load_space(str(write(tmp_path, text)), checked=False)
     study = optuna.create_study()
     trial = study.ask()
     space.sample(trial)
-    assert trial.distributions["lr"].log
+    assert not trial.distributions["lr"].log and space.fixed["epochs"] == 12
 
 
 def test_per_block_widths_share_the_condition_of_their_block_count(tmp_path):
