@@ -46,8 +46,8 @@ def choose_points(labels: np.ndarray, scores: np.ndarray, balanced: float) -> di
                         "rule": f"{rate} >= {floor:.2f} on the deciding set, the other rate as high as that allows"}
         other = "specificity" if rate == "sensitivity" else "sensitivity"
         called = scores >= threshold
-        kept = called[labels == 1].mean() if rate == "sensitivity" else 1 - called[labels == 0].mean()
-        if len(np.unique(labels)) == 2 and kept < floor - 1e-12:  # NORMAL images scored exactly 1.0: nothing in [0, 1] is above them
+        kept = (called[labels == 1].mean() if rate == "sensitivity" else 1 - called[labels == 0].mean()) if len(np.unique(labels)) == 2 else floor
+        if kept < floor - 1e-12:  # NORMAL images scored exactly 1.0: nothing in [0, 1] is above them
             points[name]["misses_floor"] = float(kept)
             points[name]["rule"] += f"; here no threshold keeps it ({rate} {kept:.3f} at {threshold:g} on the deciding set)"
         right = ~called[labels == 0] if other == "specificity" else called[labels == 1]  # the images the other rate counts, called right

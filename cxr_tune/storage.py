@@ -157,8 +157,26 @@ def glob(path: str, pattern: str = "*") -> list[str]:
 # --- reading ------------------------------------------------------------------------------------
 
 
+class NotPlainFile(OSError):
+    """A path that names a pipe, socket or device: reading it could block forever."""
+
+
+def check_plain_file(path: str | os.PathLike) -> None:
+    """Raise :class:`NotPlainFile` for a local path that exists and is not a regular file (a named
+    pipe among the images would hang the reader), so it is reported like any unreadable file."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the read itself says so
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise NotPlainFile("not a regular file (a pipe, socket or device)")
+
+
 def read_bytes(path: str) -> bytes:
     if not is_uri(path):
+        check_plain_file(path)
         return Path(path).read_bytes()
     fs, inner = filesystem(path)
     with fs.open_input_stream(inner) as stream:

@@ -93,11 +93,13 @@ def test_labels_come_from_the_folders_searched_each_file_is_scored_once_and_odd_
 
     odd = kermany_folder(tmp_path / "odd", {"test": {"NORMAL": ["IM-0002-0001.jpeg"], "PNEUMONIA": ["person3_virus_3.jpeg"]}})
     os.symlink(tmp_path / "nowhere.jpeg", odd / "test" / "NORMAL" / "IM-0003-0001.jpeg")
+    os.mkfifo(odd / "test" / "NORMAL" / "IM-0004-0001.jpeg")  # reading it would block: listed, never opened
     shutil.copy(odd / "test" / "NORMAL" / "IM-0002-0001.jpeg", os.fsdecode(bytes(odd / "test" / "NORMAL") + b"/IM-caf\xe9-0001.jpeg"))
     done = call_cli("cxr_tune.predict", "--model", str(model), str(odd / "test"), "--quiet")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "Labelled images: 3 (NORMAL 2, PNEUMONIA 1)" in done.stdout and "IM-caf\ufffd-0001.jpeg" not in done.stderr
-    assert "Skipped 1 unreadable file(s):" in done.stdout and "IM-0003-0001.jpeg" in done.stdout
+    assert "Skipped 2 unreadable file(s):" in done.stdout and "IM-0003-0001.jpeg" in done.stdout
+    assert "IM-0004-0001.jpeg: not a regular file (a pipe, socket or device)" in done.stdout
 
 
 def test_metrics_that_no_labelled_image_can_give_are_an_error_not_a_missing_file(tmp_path):

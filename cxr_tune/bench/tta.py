@@ -29,7 +29,8 @@ RESAMPLES = 2000
 def labelled_images(folder: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Every readable image under ``folder``'s NORMAL/PNEUMONIA folders, byte-identical files once:
     (uint8 ``(N, size, size)`` images, labels, paths of what was left out with why)."""
-    from cxr_tune.data.imaging import try_decode_gray
+    from cxr_tune import storage
+    from cxr_tune.data.imaging import describe_failure, try_decode_gray
     from cxr_tune.predict import collect
 
     seen: set[str] = set()
@@ -38,7 +39,11 @@ def labelled_images(folder: str, size: int) -> tuple[np.ndarray, np.ndarray, lis
         if label is None:
             left_out.append(f"{path}: not under a NORMAL or PNEUMONIA folder")
             continue
-        data = path.read_bytes()
+        try:
+            data = storage.read_bytes(str(path))
+        except OSError as exc:  # a dangling link, a pipe: listed, as predict lists them
+            left_out.append(f"{path}: {describe_failure(exc)}")
+            continue
         digest = hashlib.sha256(data).hexdigest()
         if digest in seen:
             left_out.append(f"{path}: the same bytes as an earlier file")

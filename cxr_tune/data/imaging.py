@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from cxr_tune import storage
 from cxr_tune.data import dicom, input_checks
 
 #: Version of the pixel pipeline below; part of every image-cache key.
@@ -89,6 +90,8 @@ def _scale_high_bit(image: Image.Image) -> Image.Image:
 
 
 def _open(source: str | Path | bytes) -> Image.Image:
+    if not isinstance(source, bytes):
+        storage.check_plain_file(source)
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
@@ -96,6 +99,7 @@ def _is_dicom(source: str | Path | bytes) -> bool:
     """Whether ``source`` is a DICOM file, by its marker: PACS exports often have no extension."""
     if isinstance(source, bytes):
         return dicom.is_dicom(source[: dicom.HEADER_BYTES])
+    storage.check_plain_file(source)  # a named pipe would block the read
     with open(source, "rb") as file:
         return dicom.is_dicom(file.read(dicom.HEADER_BYTES))
 
@@ -214,7 +218,7 @@ def describe_failure(exc: BaseException) -> str:
 
     if isinstance(exc, UnidentifiedImageError):
         return "not an image Pillow can read"
-    if isinstance(exc, dicom.DicomError):
+    if isinstance(exc, (dicom.DicomError, storage.NotPlainFile)):
         return str(exc)  # already one sentence, e.g. which package decodes its transfer syntax
     text = str(exc).split("\n")[0]
     if "truncated" in text.lower():

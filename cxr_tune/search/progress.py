@@ -161,7 +161,6 @@ class TrialEventLog(Callback):
     def __init__(self, path: str, max_epochs: int) -> None:
         self.path = path
         self.max_epochs = max_epochs
-        self.written: set[str] = set()  # the trials whose end is in the file
 
     def _write(self, trial: Any, event: str) -> None:
         import json
@@ -169,14 +168,24 @@ class TrialEventLog(Callback):
         epochs = int((trial.last_result or {}).get("epoch", 0))
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"trial_id": trial.trial_id, "event": event, "epochs": epochs, "time": time.time()}) + "\n")
-        getattr(self, "written", set()).add(trial.trial_id)  # getattr: a log Tune saved before it kept this set
+
+    def _logged(self) -> set[str]:
+        """The trials whose end the file holds (from every command that ran the search: a resumed
+        command's copy of this log was saved before the trials of earlier commands ended)."""
+        import json
+
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                return {json.loads(line)["trial_id"] for line in handle if line.strip().endswith("}")}
+        except FileNotFoundError:
+            return set()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """A budget ends the search without ending its running trials through Tune's callbacks: they are cut short."""
         if SessionBudget.ended:
-            written = getattr(self, "written", set())
+            logged = self._logged()
             for trial in trials:
-                if trial.status == "TERMINATED" and trial.trial_id not in written and (trial.last_result or {}).get("epoch"):
+                if trial.status == "TERMINATED" and trial.trial_id not in logged and (trial.last_result or {}).get("epoch"):
                     self._write(trial, "cut short")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

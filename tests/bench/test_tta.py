@@ -26,12 +26,13 @@ def test_views_are_scored_against_the_shipped_model_on_each_distinct_labelled_im
     shutil.copy(first, images / "NORMAL" / "copy.png")  # byte-identical: counted once
     (images / "notes").mkdir()
     shutil.copy(first, images / "notes" / "unlabelled.png")
+    (images / "PNEUMONIA" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # listed, not a traceback
 
     done = call_cli("cxr_tune.bench", "tta", str(tmp_path / "model"), "--images", str(images), "--views", "1", "3", "--out", str(tmp_path / "out"))
 
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "out" / "tta_model.json").read_text())
-    assert record["n"] == 60 and sorted(line.split(":")[0].rsplit("/", 1)[-1] for line in record["left_out"]) == ["copy.png", "unlabelled.png"]
+    assert record["n"] == 60 and sorted(line.split(":")[0].rsplit("/", 1)[-1] for line in record["left_out"]) == ["copy.png", "gone.png", "unlabelled.png"]
     one, three = record["rows"]
     assert (one["views"], three["views"]) == (1, 3)
     assert one["auc_minus_shipped"] == 0 and one["auc_minus_shipped_ci"] == [0, 0]  # the export ships one view: the same scores

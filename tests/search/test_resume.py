@@ -192,6 +192,12 @@ def test_at_the_end_of_a_search_a_budget_ended_its_running_trials_are_told_and_l
     assert states == {"running": optuna.trial.TrialState.PRUNED, "interrupted": optuna.trial.TrialState.RUNNING}
     logged = [json.loads(line) for line in (tmp_path / "trial_events.jsonl").read_text().splitlines()]
     assert [(e["trial_id"], e["event"], e["epochs"]) for e in logged] == [("running", "cut short", 2)]
+    # A resumed command's log (Tune's copy from its start) leaves the ends earlier commands wrote as they were.
+    events.on_trial_complete(0, [], SimpleNamespace(trial_id="stopped", status="TERMINATED", last_result={"epoch": 1}))
+    resumed = TrialEventLog(str(tmp_path / "trial_events.jsonl"), max_epochs=3)
+    resumed.on_experiment_end(trials=[SimpleNamespace(trial_id=t, status="TERMINATED", last_result={"epoch": 1}) for t in ("stopped", "running")])
+    logged = [json.loads(line)["event"] for line in (tmp_path / "trial_events.jsonl").read_text().splitlines()]
+    assert logged == ["cut short", "ASHA stopped"]
 
 
 def test_a_stopped_trial_whose_last_epochs_only_its_checkpoint_holds_is_told_with_them(tmp_path):
