@@ -147,7 +147,7 @@ def export_trial(
     source = val_data or (experiment.external or None)
     info = {**experiment.info, "excluded": _exclusions(splits), **({"final_fit": final_record} if final_record else {})}
     meta = write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, prefix_of(deciding), stored,
-                        info, source, tta, calibrate=calibrate, epochs_on=prefix_of(experiment.deciding_set),
+                        info, source, tta, calibrate=calibrate, epochs_on=prefix_of(experiment.deciding_set) if site is not None else None,
                         export_options={"trial": trial_id, "ensemble": ensemble, "val_data": val_data, "tta": tta, "calibrate": calibrate,
                                         "final_fit": final_fit})
     if ensemble and len(rows) > 1:
@@ -227,8 +227,8 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
     to fit that map on the deciding set's scores and build it into the graph
     (:mod:`cxr_tune.calibration`); the thresholds are then re-expressed on the calibrated scale,
     so every decision stays the same. Writes ``MODEL_CARD.md`` and ``reliability.png`` beside
-    ``model.json``. ``epochs_on``: the set (prefix) that chose each member's epoch when it is not
-    ``deciding`` (a search's own set, under ``--val-data``). ``export_options``: the export flags, for
+    ``model.json``. ``epochs_on``: the set (prefix) that chose each member's epoch when that was not
+    the set deciding here (the search's own, under ``--val-data``: even its own external set is another sample). ``export_options``: the export flags, for
     the model card's command that builds this model again.
     """
     hp = members.hparams[0]  # the selected trial: its threshold rule applies to an ensemble too
@@ -296,7 +296,7 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
         "search": _search_record(info, hp),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **({"export_options": export_options} if export_options is not None else {}),
-        **({"epochs_chosen_on": "external" if epochs_on == "ext" else "carved"} if epochs_on and epochs_on != deciding else {}),
+        **({"epochs_chosen_on": "external" if epochs_on == "ext" else "carved"} if epochs_on else {}),
         "cxr_tune_version": __version__,
     }
     if "ext" in sets:

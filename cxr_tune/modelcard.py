@@ -153,8 +153,8 @@ def _search(meta: dict[str, Any]) -> list[str]:
         f"- Deciding set: **{deciding}**. It chose {epochs}the trial ranking, the ensemble members, the threshold and "
         f"the operating points{', and fitted the calibration' if (meta.get('calibration') or {}).get('method', 'none') != 'none' else ''}: "
         f"its numbers below are selection-set numbers, optimistic."
-        + (f" Each trial's epoch was chosen during the search on the {_set_name(meta['epochs_chosen_on'])}, whose numbers are "
-           "selection-set numbers too." if meta.get("epochs_chosen_on") else ""),
+        + (f" Each trial's epoch was chosen during the search, on the search's own {_set_name(meta['epochs_chosen_on'])}, whose "
+           "numbers are selection-set numbers too." if meta.get("epochs_chosen_on") else ""),
         f"- Rule: {str(search.get('criterion', '')).replace('_', ' ')} at a threshold chosen on the deciding set"
         + (f" (sensitivity >= {fmt(search.get('min_sensitivity'), 2)})" if search.get("min_sensitivity") else "")
         + f". {search.get('ties', '')}",

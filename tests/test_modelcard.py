@@ -134,4 +134,4 @@ def test_a_carved_search_exported_on_a_site_sample_says_carved_validation_chose_
     card = (tmp_path / "model" / "MODEL_CARD.md").read_text()
     assert meta["validation"]["selection_set"] and meta["external"]["selection_set"] and meta["epochs_chosen_on"] == "carved"
     assert "It chose the trial ranking" in card and "It chose each trial's epoch" not in card
-    assert "Each trial's epoch was chosen during the search on the carved validation set" in card
+    assert "Each trial's epoch was chosen during the search, on the search's own carved validation set" in card

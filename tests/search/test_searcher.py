@@ -47,7 +47,7 @@ def test_a_trial_asha_stopped_is_pruned_with_its_values(searcher):
 def test_a_trial_that_measured_nothing_is_failed_not_pruned(searcher):
     # ended by the budget before its first epoch, or every value non-finite: TPE must not score it as its worst result
     assert run(searcher, "never", []).state == TrialState.FAIL
-    assert run(searcher, "diverged", [float("nan"), float("nan")]).state == TrialState.FAIL
+    assert run(searcher, "never_finite", [float("nan"), float("nan")]).state == TrialState.FAIL
 
 
 def test_a_repeated_epoch_report_is_told_once(searcher):
