@@ -124,9 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = compare(args.models, args.inputs, args.operating_point)
     if result["synthetic"]:
         print(f"Note: {', '.join(result['synthetic'])} trained on SYNTHETIC data: its outputs mean nothing for real patients.", file=sys.stderr)
+    if args.metrics:  # first: a console that goes away (output piped into head) must not cost the file
+        storage.write_text_atomic(args.metrics, json.dumps(json_safe(result), indent=2))
     print(describe(result))
     if args.metrics:
-        storage.write_text_atomic(args.metrics, json.dumps(json_safe(result), indent=2))
         print(f"\nWrote every number to {args.metrics}")
     return 0
 

@@ -25,6 +25,7 @@ class UserError(Exception):
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
     """Run a CLI ``main``; turn :class:`UserError` into ``error: ...`` and exit 2, Ctrl-C into 130, and
     a reader of its output that went away (``... | head``) into a quiet exit 141, as a Unix tool ends.
+    Text the console's encoding cannot show is escaped, never a crash.
 
     A crash in native code (Ray's core worker, torch) prints the Python stack of every thread before
     the process dies, so a segmentation fault says where it happened.
@@ -35,6 +36,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         faulthandler.enable()
     except (OSError, ValueError):  # a stderr without a file descriptor (a test capturing it): nothing to write the stack to
         pass
+    for stream in (sys.stdout, sys.stderr):  # a console that cannot show a file's name (PYTHONIOENCODING=ascii) shows it escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         try:
             code = main(argv)

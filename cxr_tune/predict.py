@@ -265,25 +265,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--metrics needs labelled images; none of the {len(files)} file(s) in {', '.join(args.inputs)} sits under a "
                         "NORMAL/ or PNEUMONIA/ folder")
     frame, skipped = predict(model, files, threshold)
-    if not args.quiet:
-        for row in frame.itertuples():
-            print(f"{row.probability:.4f}  {CLASSES[row.prediction]:<9}  {row.path}")
+    # The files first: a console that goes away (output piped into head) must not cost them.
     if args.csv:
         storage.write_csv(args.csv, frame[["path", "probability", "prediction", "check"]])
-        print(f"Wrote {len(frame)} predictions to {args.csv}")
     points = {name: {"threshold": value} for name, value in known_points(model.meta).items()}
     metrics = labelled_metrics(frame, threshold, points)
     if metrics is None and args.metrics:
         raise UserError(f"--metrics: none of the labelled file(s) in {', '.join(args.inputs)} could be read as an image "
                         f"({len(skipped)} unreadable: {', '.join(skipped['path'].head(3))}{', ...' if len(skipped) > 3 else ''}); {args.metrics} not written")
+    if metrics is not None and args.metrics:
+        record = {"model": args.model, "operating_point": args.operating_point, "scored": len(frame), "skipped": len(skipped), **metrics}
+        storage.write_text_atomic(args.metrics, json.dumps(json_safe(record), indent=2))
+    written = explain(model, members, frame, args.explain, args.operating_point) if members is not None and not frame.empty else None
+    if not args.quiet:
+        for row in frame.itertuples():
+            print(f"{row.probability:.4f}  {CLASSES[row.prediction]:<9}  {row.path}")
+    if args.csv:
+        print(f"Wrote {len(frame)} predictions to {args.csv}")
     if metrics is not None:
         print(describe(metrics, args.operating_point))
         if args.metrics:
-            record = {"model": args.model, "operating_point": args.operating_point, "scored": len(frame), "skipped": len(skipped), **metrics}
-            storage.write_text_atomic(args.metrics, json.dumps(json_safe(record), indent=2))
             print(f"Wrote the labelled images' metrics to {args.metrics}")
-    if members is not None and not frame.empty:
-        written = explain(model, members, frame, args.explain, args.operating_point)
+    if written is not None:
         print(f"Wrote {len(written)} Grad-CAM explanation(s) to {args.explain}")
     flagged = frame[frame["check"] != ""]
     if not flagged.empty:

@@ -225,6 +225,10 @@ def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: b
     if is_uri(path):
         return
     target = Path(resolve(path))
+    if len(target.name.encode()) > 255 - len(".tmp-12345678"):  # the longest name a write's temporary copy beside it allows
+        raise UserError(f"{what} '{path}' cannot be written: its name is longer than {255 - len('.tmp-12345678')} bytes")
+    if not folder and _is_stream(str(target)):
+        return  # /dev/null, /dev/stdout, a named pipe: written straight through
     existing = next(p for p in (target, *target.parents) if p.exists())
     if existing == target:
         if folder and not target.is_dir():
@@ -244,10 +248,23 @@ def makedirs(path: str) -> None:
     fs.create_dir(inner, recursive=True)
 
 
+def _is_stream(path: str) -> bool:
+    """A local path a write must go straight into, not replace: a device (/dev/null), a pipe, or a
+    process's own descriptors (/dev/stdout, /proc/self/fd/1)."""
+    import stat
+
+    if path.startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _local_tmp(inner: str, data: bytes) -> str:
     """``data`` in a synced temporary file beside ``inner``, for an atomic rename or link."""
     Path(inner).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{inner}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = f"{inner}.tmp-{uuid.uuid4().hex[:8]}"  # check_writable keeps names short enough for this suffix
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -269,6 +286,10 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         _put(path, data)
         return
     inner = resolve(path)
+    if _is_stream(inner):  # replacing /dev/null or a pipe with a file would break it, and lose what is written
+        with open(inner, "wb") as handle:
+            handle.write(data)
+        return
     os.replace(_local_tmp(inner, data), inner)
 
 

@@ -108,3 +108,21 @@ def test_metrics_that_no_labelled_image_can_give_are_an_error_not_a_missing_file
     (tmp_path / "bad" / "NORMAL" / "a.jpeg").write_bytes(b"not an image")
     done = call_cli("cxr_tune.predict", "--model", str(model), str(tmp_path / "bad"), "--quiet", "--metrics", str(tmp_path / "m.json"))
     assert done.returncode == 2 and "--metrics: none of the labelled file(s)" in done.stderr and "m.json not written" in done.stderr
+
+
+def test_a_console_that_cannot_show_a_file_name_gets_it_escaped_and_one_that_goes_away_costs_no_file(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, run_cli
+
+    model = write_export(tmp_path / "best", image_size=16)
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["tête é.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"]}})
+    done = run_cli("cxr_tune.predict", "--model", str(model), str(data), env={"PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0 and "t\\xeate \\xe9.jpeg" in done.stdout and "Traceback" not in done.stderr, done.stderr[-2000:]
+    # ... | head -0: the reader is gone before the first line; the files asked for are written all the same
+    process = subprocess.Popen([sys.executable, "-m", "cxr_tune.predict", "--model", str(model), str(data), "--csv", str(tmp_path / "p.csv"),
+                                "--metrics", str(tmp_path / "m.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    process.stdout.close()
+    assert process.wait(timeout=120) == 141 and b"Traceback" not in process.stderr.read()
+    assert (tmp_path / "p.csv").exists() and (tmp_path / "m.json").exists()

@@ -171,3 +171,22 @@ def test_a_folder_name_stays_one_folder_locally_and_on_object_storage():
                                 ("exp 2", "s3://b/r", "' ' cannot be in a folder name on object storage")):
         with pytest.raises(UserError, match=re.escape(message)):
             check_folder_name(name, base)
+
+
+def test_a_device_or_pipe_is_written_through_and_a_name_too_long_for_the_write_is_refused(tmp_path):
+    import os
+    import threading
+
+    from cxr_tune.storage import check_writable, write_text_atomic
+
+    check_writable("/dev/null", "--csv", folder=False)  # accepted; written through like the pipe below (before: replaced by a regular file)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    read = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_text()))
+    reader.start()
+    write_text_atomic(str(fifo), "a,b\n")
+    reader.join(5)
+    assert read == ["a,b\n"] and not fifo.is_file()
+    with pytest.raises(UserError, match="its name is longer than 242 bytes"):
+        check_writable(str(tmp_path / ("a" * 250 + ".csv")), "--csv", folder=False)
