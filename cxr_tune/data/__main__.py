@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _prepare(args: argparse.Namespace, split: SplitData) -> int:
-    from cxr_tune.data.cache import check_image_size, find_cache, prepare_cache
+    from cxr_tune.data.cache import check_buildable, check_image_size, find_cache, prepare_cache
     from cxr_tune.console import library_output_to
     from cxr_tune.ray_session import ray_session
 
@@ -65,6 +65,7 @@ def _prepare(args: argparse.Namespace, split: SplitData) -> int:
     print(skipped_report(split.source.skipped))
     cache = find_cache(split.cache_dir, split.source.manifest, args.image_size)
     if cache is None:  # only a build needs Ray; its console output goes to a file beside a local cache
+        check_buildable(split.cache_dir, args.image_size)
         log = None if storage.is_uri(split.cache_dir) else storage.join(split.cache_dir, "prepare.log")
         if log:
             print(f"Ray's output: {log}")

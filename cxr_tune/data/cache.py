@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cxr_tune import storage
+from cxr_tune.errors import UserError
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD, describe_failure, try_decode_gray
 from cxr_tune.ray_session import wait_for_free_cpu
 
@@ -89,6 +90,17 @@ def _from_meta(path: str, image_size: int, meta: dict, *, reused: bool) -> Image
     )
 
 
+def check_buildable(cache_dir: str, image_size: int) -> None:
+    """One line, before Ray starts, when a cache must be built in a folder that cannot be written (a
+    read-only shared cache that does not hold these images at this size)."""
+    if not storage.is_uri(cache_dir):
+        try:
+            storage.check_writable(cache_dir, "the image cache")
+        except UserError as exc:
+            raise UserError(f"{exc}, and it holds no {image_size} px copy of these images to reuse; "
+                            "pass --cache-dir with a folder that can be written") from None
+
+
 def prepare_cache(manifest: pd.DataFrame, image_size: int, cache_dir: str) -> ImageCache:
     """Return the cache for ``manifest`` at ``image_size``, building it with Ray Data if missing.
 
@@ -98,6 +110,7 @@ def prepare_cache(manifest: pd.DataFrame, image_size: int, cache_dir: str) -> Im
     found = find_cache(cache_dir, manifest, image_size)
     if found is not None:
         return found
+    check_buildable(cache_dir, image_size)
     import ray.data
 
     start = time.perf_counter()
@@ -150,7 +163,6 @@ def _commit(folder: str, meta: dict) -> bool:
 
 
 def check_image_size(image_size: int) -> None:
-    from cxr_tune.errors import UserError
 
     if not MIN_SIZE <= image_size <= MAX_SIZE:
         raise UserError(f"--image-size {image_size} is out of range; use {MIN_SIZE}..{MAX_SIZE} (64-224 is usual)")

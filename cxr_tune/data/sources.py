@@ -382,6 +382,9 @@ def _save_cached(cache_dir: str | None, key: str, manifest: pd.DataFrame, skippe
     if cache_dir is None:
         return
     manifest_path, skipped_path = _cache_paths(cache_dir, key)
-    storage.write_frame(manifest_path, manifest)
-    # Written last: its presence marks the pair complete.
-    storage.write_text_atomic(skipped_path, skipped.to_json(orient="records"))
+    try:
+        storage.write_frame(manifest_path, manifest)
+        # Written last: its presence marks the pair complete.
+        storage.write_text_atomic(skipped_path, skipped.to_json(orient="records"))
+    except OSError:  # a read-only shared cache: the scan is only saved time, read again next time
+        pass

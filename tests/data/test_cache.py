@@ -84,3 +84,17 @@ def test_load_images_reads_the_cache_or_decodes(ray_session, source, tmp_path):
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("CXR_TUNE_CACHE", str(tmp_path / "elsewhere"))
     assert storage.default_cache_dir() == str(tmp_path / "elsewhere")
+
+
+def test_a_cache_that_must_be_built_in_a_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    import os
+
+    from cxr_tune import storage
+    from cxr_tune.data.cache import check_buildable
+    from cxr_tune.errors import UserError
+
+    check_buildable(str(tmp_path), 64)  # writable: nothing to say
+    monkeypatch.setattr(storage.os, "access", lambda path, mode: False)  # a read-only mount (root passes any chmod)
+    with pytest.raises(UserError, match=r"the image cache '\S+' cannot be written: no permission to write in '\S+', and it holds no 64 px copy"):
+        check_buildable(str(tmp_path), 64)
+    assert os.path.isdir(tmp_path)
