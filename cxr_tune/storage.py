@@ -15,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -224,11 +225,11 @@ def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: b
     buckets are checked by the first write)."""
     if is_uri(path):
         return
-    target = Path(resolve(path))
-    if len(target.name.encode()) > 255 - len(".tmp-12345678"):  # the longest name a write's temporary copy beside it allows
-        raise UserError(f"{what} '{path}' cannot be written: its name is longer than {255 - len('.tmp-12345678')} bytes")
-    if not folder and _is_stream(str(target)):
+    if not folder and _is_stream(str(path)):
         return  # /dev/null, /dev/stdout, a named pipe: written straight through
+    target = Path(resolve(path))
+    if len(target.name.encode()) > _LONGEST_NAME:  # a write's temporary copy beside it, ".NAME.tmp-12345678", must fit too
+        raise UserError(f"{what} '{path}' cannot be written: its name is longer than {_LONGEST_NAME} bytes")
     existing = next(p for p in (target, *target.parents) if p.exists())
     if existing == target:
         if folder and not target.is_dir():
@@ -248,17 +249,23 @@ def makedirs(path: str) -> None:
     fs.create_dir(inner, recursive=True)
 
 
+_LONGEST_NAME = 255 - len("..tmp-12345678")  # a filesystem's 255 bytes, less what a temporary copy's name adds
+_DESCRIPTORS = re.compile(r"^/(dev/(stdout|stderr|fd/\d+)|proc/self/fd/\d+)$")
+
+
 def _is_stream(path: str) -> bool:
-    """A local path a write must go straight into, not replace: a device (/dev/null), a pipe, or a
-    process's own descriptors (/dev/stdout, /proc/self/fd/1)."""
+    """A local path, as given, that a write must go into rather than replace: this process's own
+    output (/dev/stdout, /dev/fd/1: a terminal, a pipe, or the file a shell redirected it to, which
+    must be appended to, not swapped for another), or an existing device or pipe (/dev/null, a fifo)."""
     import stat
 
-    if path.startswith(("/dev/", "/proc/")):
+    if _DESCRIPTORS.match(os.path.normpath(path)):
         return True
     try:
-        return not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
     except OSError:
         return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def _local_tmp(inner: str, data: bytes) -> str:
@@ -285,11 +292,11 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     if is_uri(path):
         _put(path, data)
         return
-    inner = resolve(path)
-    if _is_stream(inner):  # replacing /dev/null or a pipe with a file would break it, and lose what is written
-        with open(inner, "wb") as handle:
+    if _is_stream(str(path)):  # replacing /dev/null, a pipe or a redirected stdout with a new file would break it, or lose what is written
+        with open(path, "ab") as handle:
             handle.write(data)
         return
+    inner = resolve(path)
     os.replace(_local_tmp(inner, data), inner)
 
 

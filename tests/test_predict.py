@@ -111,6 +111,7 @@ def test_metrics_that_no_labelled_image_can_give_are_an_error_not_a_missing_file
 
 
 def test_a_console_that_cannot_show_a_file_name_gets_it_escaped_and_one_that_goes_away_costs_no_file(tmp_path):
+    import os
     import subprocess
     import sys
 
@@ -122,7 +123,8 @@ def test_a_console_that_cannot_show_a_file_name_gets_it_escaped_and_one_that_goe
     assert done.returncode == 0 and "t\\xeate \\xe9.jpeg" in done.stdout and "Traceback" not in done.stderr, done.stderr[-2000:]
     # ... | head -0: the reader is gone before the first line; the files asked for are written all the same
     process = subprocess.Popen([sys.executable, "-m", "cxr_tune.predict", "--model", str(model), str(data), "--csv", str(tmp_path / "p.csv"),
-                                "--metrics", str(tmp_path / "m.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+                                "--metrics", str(tmp_path / "m.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})  # each line goes out as printed: the first one meets the closed pipe
     process.stdout.close()
     assert process.wait(timeout=120) == 141 and b"Traceback" not in process.stderr.read()
     assert (tmp_path / "p.csv").exists() and (tmp_path / "m.json").exists()

@@ -175,9 +175,12 @@ def test_a_folder_name_stays_one_folder_locally_and_on_object_storage():
 
 def test_a_device_or_pipe_is_written_through_and_a_name_too_long_for_the_write_is_refused(tmp_path):
     import os
+    import subprocess
+    import sys
     import threading
 
     from cxr_tune.storage import check_writable, write_text_atomic
+    from tests.conftest import ROOT
 
     check_writable("/dev/null", "--csv", folder=False)  # accepted; written through like the pipe below (before: replaced by a regular file)
     fifo = tmp_path / "pipe"
@@ -188,5 +191,13 @@ def test_a_device_or_pipe_is_written_through_and_a_name_too_long_for_the_write_i
     write_text_atomic(str(fifo), "a,b\n")
     reader.join(5)
     assert read == ["a,b\n"] and not fifo.is_file()
-    with pytest.raises(UserError, match="its name is longer than 242 bytes"):
+    with pytest.raises(UserError, match="its name is longer than 241 bytes"):
         check_writable(str(tmp_path / ("a" * 250 + ".csv")), "--csv", folder=False)
+    for name in ("out.csv", "shm"):  # a file or folder in a folder under /dev is checked and written as anywhere else
+        assert not storage._is_stream(str(tmp_path / name))
+    redirected = tmp_path / "log.txt"
+    redirected.write_text("an earlier line\n")
+    with open(redirected, "a") as out:  # ... --csv /dev/stdout >> log.txt: appended to, never swapped for a new file
+        done = subprocess.run([sys.executable, "-c", "from cxr_tune.storage import write_text_atomic; write_text_atomic('/dev/stdout', 'a,b\\n')"],
+                              stdout=out, cwd=ROOT)
+    assert done.returncode == 0 and redirected.read_text() == "an earlier line\na,b\n"

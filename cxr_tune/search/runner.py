@@ -94,9 +94,14 @@ def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float])
     if cpus_per_worker <= 0 or workers * cpus_per_worker + TRIAL_DRIVER_CPU > cpus + 1e-9:
         raise UserError(f"one trial needs {workers} x {cpus_per_worker:g} CPUs but the Ray cluster has {cpus:g}; lower --workers-per-trial or --cpus-per-worker")
     plan = Plan(space, trials, max_epochs, Resources(workers, cpus_per_worker, gpus_per_worker), concurrency)
-    if plan.cpus_held > cpus + 1e-9:  # every trial starts; a Train run whose workers find no room fails after Ray Train's start timeout
+    gpus_held = concurrency * sum(bundle.get("GPU", 0.0) for bundle in plan.trial_bundles())
+    # Every trial starts; a Train run whose workers find no room fails after Ray Train's start timeout, it does not wait.
+    if plan.cpus_held > cpus + 1e-9:
         raise UserError(f"--concurrency {concurrency} with {workers} x {cpus_per_worker:g} CPUs a trial needs {plan.cpus_held:g} CPUs, the Ray cluster "
                         f"has {cpus:g}: the trials that do not fit would fail, not wait; lower --concurrency or --cpus-per-worker")
+    if gpus_held > gpus + 1e-9:
+        raise UserError(f"--concurrency {concurrency} with {workers} x {gpus_per_worker:g} GPU a trial needs {gpus_held:g} GPUs, the Ray cluster "
+                        f"has {gpus:g}: the trials that do not fit would fail, not wait; lower --concurrency or --gpus-per-worker")
     return plan
 
 
@@ -126,6 +131,11 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
     print(f"Data: {split.source.description}")
     print(split.describe_external(options.select_on))
     print(f"Experiment: {experiment}")
+    from cxr_tune.data.cache import check_buildable, find_cache
+
+    for size in space.image_sizes():  # a cache to build in a folder that cannot be written: one line before Ray starts
+        if find_cache(split.cache_dir, split.source.manifest, size) is None:
+            check_buildable(split.cache_dir, size)
     log_path = log_path_of(options)
     print(f"Ray and Optuna logs: {log_path}" + ("" if verbose else " (--verbose shows them here too)"), flush=True)
     with library_output_to(log_path, verbose=verbose) as log, ray_session(options.address, log=log, verbose=verbose):
@@ -144,8 +154,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
             flush=True,
         )
         print(f"Training precision: {describe_precision(options, plan)}", flush=True)
-        sizes = space.image_sizes()
-        datasets = datasets_by_size(split, sizes)
+        datasets = datasets_by_size(split, space.image_sizes())
         tuner = _tuner(options, plan, split, datasets, resume=restore, verbose=verbose)
         _set_budgets(options, plan, cluster, started, split.deciding_set(options.select_on))
         if options.job_budget_min:

@@ -68,6 +68,8 @@ def test_defaults_use_the_machine_well_and_impossible_resources_are_refused():
     # Every trial starts (its driver holds a hundredth of a CPU); a Train run whose workers find no room fails after its start timeout.
     with pytest.raises(UserError, match=r"--concurrency 4 with 1 x 1 CPUs a trial needs 4.04 CPUs, the Ray cluster has 2: the trials that do not fit would fail"):
         plan_search(SearchOptions(space="smoke", trials=8, concurrency=4, cpus_per_worker=1), space, {"CPU": 2})
+    with pytest.raises(UserError, match=r"--concurrency 3 with 1 x 1 GPU a trial needs 3 GPUs, the Ray cluster has 1: the trials that do not fit would fail"):
+        plan_search(SearchOptions(space="smoke", trials=8, concurrency=3, gpus_per_worker=1), space, {"CPU": 16, "GPU": 1})
     big = plan_search(SearchOptions(space="smoke", trials=20), space, {"CPU": 16})
     assert big.concurrency == 8 and big.resources.cpus_per_worker >= 1.9
     gpu = plan_search(SearchOptions(space="smoke", trials=8), space, {"CPU": 16, "GPU": 4})
