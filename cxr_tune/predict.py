@@ -247,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics:
         storage.check_writable(args.metrics, "--metrics", folder=False)
     if args.explain:
+        if storage.is_uri(args.explain):  # the figures are written with pathlib: s3://... would become a local folder named s3:
+            raise UserError(f"--explain '{args.explain}': the figures go to a local folder; copy them to object storage afterwards")
         storage.check_writable(args.explain, "--explain")
     model = load_model(args.model)
     threshold = threshold_for(model.meta, args.operating_point)  # an unknown name stops here, before any image is read

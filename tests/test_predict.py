@@ -128,3 +128,12 @@ def test_a_console_that_cannot_show_a_file_name_gets_it_escaped_and_one_that_goe
     process.stdout.close()
     assert process.wait(timeout=120) == 141 and b"Traceback" not in process.stderr.read()
     assert (tmp_path / "p.csv").exists() and (tmp_path / "m.json").exists()
+
+
+def test_explain_to_object_storage_is_one_line_not_a_local_folder_named_s3(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = write_export(tmp_path / "best", image_size=16)
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"]}})
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--explain", "s3://bucket/maps")
+    assert done.returncode == 2 and "--explain 's3://bucket/maps': the figures go to a local folder" in done.stderr
+    assert not (tmp_path / "s3:").exists()
