@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -66,14 +67,15 @@ def adapt_batchnorm(members: Members, images: np.ndarray, batch_size: int = 64) 
     AdaBN (Li et al. 2016), in one pass over the site's images (uint8 ``(N, S, S)``): each norm
     normalizes a batch with that batch's statistics, as in training, and its running mean and
     variance become those of its input over every pixel of every image, summed exactly. The
-    batches are drawn in an order fixed by the images' content (sorted, then shuffled with
+    batches are drawn in an order fixed by the images' content (sorted by a hash of their pixels, then shuffled with
     :data:`SHUFFLE_SEED`), so a folder's file order changes nothing and a folder sorted by class does
     not give batches of one class. (Averaging per-batch statistics, ``momentum=None``, weighed a
     last, partial batch like a full one and dropped the variance between batches; one exact pass
     per layer, each normalizing with the layers before it already adapted, cost DenseNet-121 its
     121 layers' passes for a difference in the fourth decimal of a score.)"""
-    order = np.lexsort(images.reshape(len(images), -1).T[::-1]) if len(images) else np.arange(0)
-    images = images[order][np.random.default_rng(SHUFFLE_SEED).permutation(len(images))]
+    digests = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
+    order = np.array(sorted(range(len(images)), key=digests.__getitem__), dtype=int)  # by content: the same set, the same order
+    images = images[order[np.random.default_rng(SHUFFLE_SEED).permutation(len(images))]]
     nets = []
     for net, hp in zip(members.nets, members.hparams, strict=True):
         adapted = copy.deepcopy(net).eval()

@@ -162,16 +162,22 @@ class NotPlainFile(OSError):
     """A path that names a pipe, socket or device: reading it could block forever."""
 
 
-def check_plain_file(path: str | os.PathLike) -> None:
-    """Raise :class:`NotPlainFile` for a local path that exists and is not a regular file (a named
-    pipe among the images would hang the reader), so it is reported like any unreadable file."""
+def _is_special(path: str | os.PathLike) -> bool:
+    """A local path that exists and is neither a regular file nor a folder: a pipe, socket or device
+    (False when it is missing or cannot be looked at: the read or write itself says so)."""
     import stat
 
     try:
         mode = os.stat(path).st_mode
     except OSError:
-        return  # missing or unreadable: the read itself says so
-    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def check_plain_file(path: str | os.PathLike) -> None:
+    """Raise :class:`NotPlainFile` for a pipe, socket or device (a named pipe among the images would
+    hang the reader), so it is reported like any unreadable file."""
+    if _is_special(path):
         raise NotPlainFile("not a regular file (a pipe, socket or device)")
 
 
@@ -257,15 +263,7 @@ def _is_stream(path: str) -> bool:
     """A local path, as given, that a write must go into rather than replace: this process's own
     output (/dev/stdout, /dev/fd/1: a terminal, a pipe, or the file a shell redirected it to, which
     must be appended to, not swapped for another), or an existing device or pipe (/dev/null, a fifo)."""
-    import stat
-
-    if _DESCRIPTORS.match(os.path.normpath(path)):
-        return True
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+    return bool(_DESCRIPTORS.match(os.path.normpath(path))) or _is_special(path)
 
 
 def _local_tmp(inner: str, data: bytes) -> str:

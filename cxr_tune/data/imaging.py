@@ -90,8 +90,6 @@ def _scale_high_bit(image: Image.Image) -> Image.Image:
 
 
 def _open(source: str | Path | bytes) -> Image.Image:
-    if not isinstance(source, bytes):
-        storage.check_plain_file(source)
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
@@ -99,7 +97,7 @@ def _is_dicom(source: str | Path | bytes) -> bool:
     """Whether ``source`` is a DICOM file, by its marker: PACS exports often have no extension."""
     if isinstance(source, bytes):
         return dicom.is_dicom(source[: dicom.HEADER_BYTES])
-    storage.check_plain_file(source)  # a named pipe would block the read
+    storage.check_plain_file(source)  # a named pipe would block the read; every decode of a path asks this first
     with open(source, "rb") as file:
         return dicom.is_dicom(file.read(dicom.HEADER_BYTES))
 
