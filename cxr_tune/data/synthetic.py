@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,12 +128,11 @@ def _plan(n: int, seed: int) -> list[tuple[int, int, int, str]]:
         split = "test" if rng.random() < TEST_FRACTION else "train"
         for k in range(min(int(rng.integers(1, 5)), n - len(plan))):
             plan.append((patient, k + 1, label, split))
-    patients = {(p, label, split) for p, _, label, split in plan}
-    need = {(label, split): _COVER.count((label, split)) for label, split in _COVER}
-    if all(sum(1 for _, lb, sp in patients if (lb, sp) == key) >= count for key, count in need.items()) or patient < len(_COVER):
+    drawn = Counter((label, split) for _, label, split in {(p, label, split) for p, _, label, split in plan})  # patients per class and folder
+    if patient < len(_COVER) or all(drawn[key] >= count for key, count in Counter(_COVER).items()):
         return plan
     forced = dict(enumerate(_COVER, start=1))
-    return [(p, k, *forced[p], ) if p in forced else (p, k, label, split) for p, k, label, split in plan]
+    return [(p, k, *forced.get(p, (label, split))) for p, k, label, split in plan]
 
 
 def _write_all(folder: Path, *, n: int, seed: int) -> None:

@@ -53,6 +53,11 @@ class Plan:
         """CPUs the trials running at once hold together."""
         return self.concurrency * sum(bundle.get("CPU", 0.0) for bundle in self.trial_bundles())
 
+    @property
+    def gpus_held(self) -> float:
+        """GPUs the trials running at once hold together."""
+        return self.concurrency * sum(bundle.get("GPU", 0.0) for bundle in self.trial_bundles())
+
 
 def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float]) -> Plan:
     """Apply flags over the space's settings and pick resources that use this cluster well.
@@ -94,13 +99,12 @@ def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float])
     if cpus_per_worker <= 0 or workers * cpus_per_worker + TRIAL_DRIVER_CPU > cpus + 1e-9:
         raise UserError(f"one trial needs {workers} x {cpus_per_worker:g} CPUs but the Ray cluster has {cpus:g}; lower --workers-per-trial or --cpus-per-worker")
     plan = Plan(space, trials, max_epochs, Resources(workers, cpus_per_worker, gpus_per_worker), concurrency)
-    gpus_held = concurrency * sum(bundle.get("GPU", 0.0) for bundle in plan.trial_bundles())
     # Every trial starts; a Train run whose workers find no room fails after Ray Train's start timeout, it does not wait.
     if plan.cpus_held > cpus + 1e-9:
         raise UserError(f"--concurrency {concurrency} with {workers} x {cpus_per_worker:g} CPUs a trial needs {plan.cpus_held:g} CPUs, the Ray cluster "
                         f"has {cpus:g}: the trials that do not fit would fail, not wait; lower --concurrency or --cpus-per-worker")
-    if gpus_held > gpus + 1e-9:
-        raise UserError(f"--concurrency {concurrency} with {workers} x {gpus_per_worker:g} GPU a trial needs {gpus_held:g} GPUs, the Ray cluster "
+    if plan.gpus_held > gpus + 1e-9:
+        raise UserError(f"--concurrency {concurrency} with {workers} x {gpus_per_worker:g} GPU a trial needs {plan.gpus_held:g} GPUs, the Ray cluster "
                         f"has {gpus:g}: the trials that do not fit would fail, not wait; lower --concurrency or --gpus-per-worker")
     return plan
 

@@ -177,7 +177,7 @@ def load_weights(net: nn.Module, path: str) -> list[str]:
     if not isinstance(tensors, dict):
         raise ValueError(f"'{path}' holds a {type(tensors).__name__}, not a state dict of named tensors")
     own = {name: value for name, value in net.state_dict().items()}
-    wanted = {name.split("net.", 1)[1] if name.startswith("net.") else name: name for name in own}  # TorchvisionNet wraps .net
+    wanted = {_relative(name): name for name in own}
     head = _head_name(net)
     fitted, left_over = {}, []
     for key, tensor in tensors.items():
