@@ -16,6 +16,9 @@ from typing import NoReturn
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports a process Ctrl-C ended
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a process whose reader went away
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
+
+_terminated = False
 
 
 class UserError(Exception):
@@ -25,7 +28,9 @@ class UserError(Exception):
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
     """Run a CLI ``main``; turn :class:`UserError` into ``error: ...`` and exit 2, Ctrl-C into 130, and
     a reader of its output that went away (``... | head``) into a quiet exit 141, as a Unix tool ends.
-    Text the console's encoding cannot show is escaped, never a crash.
+    SIGTERM (``kill``, a batch scheduler's stop, ``timeout``) stops a command as Ctrl-C does, saying what
+    was kept and how to go on, and ends it with 143. Text the console's encoding cannot show is escaped,
+    never a crash.
 
     A crash in native code (Ray's core worker, torch) prints the Python stack of every thread before
     the process dies, so a segmentation fault says where it happened.
@@ -39,6 +44,17 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     for stream in (sys.stdout, sys.stderr):  # a console that cannot show a file's name (PYTHONIOENCODING=ascii) shows it escaped
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    restore = stop_on_sigterm_as_on_ctrl_c()
+    try:
+        sys.exit(_ended(main, argv))
+    finally:  # a caller that goes on (a test calling run_cli in its own process) gets its own handler back
+        restore()
+
+
+def _ended(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None) -> int:
+    """``main``'s exit status, with the ways a command can end that are not its own (see :func:`run_cli`)."""
+    global _terminated
+    _terminated = False
     try:
         try:
             code = main(argv)
@@ -46,14 +62,34 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
             sys.stdout.flush()
     except BrokenPipeError:
         _stdout_to_devnull()
-        sys.exit(EXIT_BROKEN_PIPE)
+        return EXIT_BROKEN_PIPE
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    sys.exit(code or 0)
+        print("terminated" if _terminated else "interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    return EXIT_TERMINATED if code == EXIT_INTERRUPTED and _terminated else code or 0
+
+
+def stop_on_sigterm_as_on_ctrl_c() -> Callable[[], None]:
+    """Make SIGTERM raise SIGINT, so whoever handles Ctrl-C at that moment stops the work: Python's
+    ``KeyboardInterrupt``, or Ray Tune's and Ray Train's graceful stop that keeps their checkpoints.
+    :func:`cxr_tune.ray_session.ray_session` puts it back after ``ray.init()``, which installs Ray's own
+    (a search then ended with status 1 after a native stack dump: no table, no report, no resume line). Only on the main thread,
+    where handlers live. Returns what puts the handler before it back."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    before = signal.signal(signal.SIGTERM, _sigterm_to_sigint)
+    return lambda: signal.signal(signal.SIGTERM, before)
+
+
+def _sigterm_to_sigint(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
+    signal.raise_signal(signal.SIGINT)
 
 
 def _stdout_to_devnull() -> None:

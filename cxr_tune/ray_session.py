@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -82,10 +83,13 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         workers_env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     runtime_env = {"env_vars": workers_env, "worker_process_setup_hook": "cxr_tune.ray_session.pin_cluster_address"}
     quiet = {"logging_level": logging.WARNING, "runtime_env": runtime_env}
+    sigterm_before = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, **quiet)
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+    if callable(sigterm_before):  # the command's own (errors.run_cli), not the one ray.init installs
+        signal.signal(signal.SIGTERM, sigterm_before)
     undo = lambda: None  # noqa: E731
     if log is not None:
         from cxr_tune.console import route_worker_output

@@ -5,6 +5,7 @@ folder by writing, stops it with one line before any work; a reader of its outpu
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -113,3 +114,38 @@ def test_a_search_is_never_started_among_the_files_of_a_folder_that_is_not_an_ex
         assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
         assert done.stderr.strip() == f"error: --name '{name}': '{tmp_path / name}' {reason}; choose another --name"
     assert sorted(p.name for p in (tmp_path / "thesis").iterdir()) == [".DS_Store", "chapter1.tex"] and (tmp_path / "notes.txt").read_text() == "a file"
+
+
+STOPPABLE = """
+import sys, time
+from cxr_tune.errors import EXIT_INTERRUPTED, run_cli
+
+def main(argv):
+    try:
+        print("working", flush=True)
+        time.sleep(60)
+    except KeyboardInterrupt:
+        if argv == ["--says-what-was-kept"]:  # as a search does: its own words, then the status of Ctrl-C
+            print("kept", flush=True)
+            return EXIT_INTERRUPTED
+        raise
+    return 0
+
+run_cli(main, sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("how", ["raises", "--says-what-was-kept"])
+def test_sigterm_stops_a_command_as_ctrl_c_does_and_ends_it_with_status_143(how, tmp_path):
+    """A batch scheduler's stop (or ``kill``) reaches what Ctrl-C reaches. Before, a command died with no word; once Ray had
+    started, Ray's own handlers ended a search with status 1 after a native stack dump, with no table, report or resume line."""
+    process = subprocess.Popen([sys.executable, "-c", STOPPABLE, *([how] if how.startswith("--") else [])], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "working\n"
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 143, (out, err)
+    assert (out, err) == (("kept\n", "") if how.startswith("--") else ("", "terminated\n"))
