@@ -265,9 +265,12 @@ def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:
                      "populations may differ in ways these numbers cannot show.")
     lines.append(f"- Images are shrunk to {size} x {size} pixels (aspect ratio not kept): fine detail is lost.")
     if external:
+        adapted_to_it = _same_place((meta.get("adaptation") or {}).get("source"), external.get("source"))
         lines.append("- The external set " + (f"(`{external.get('source')}`) " if external.get("source") else "")
                      + ("**chose the model and its thresholds**: it is a selection set, its numbers are optimistic, and it is no "
-                        "independent test." if external.get("selection_set") else "chose nothing, but it is one sample of one site."))
+                        "independent test." if external.get("selection_set") else
+                        "chose nothing in the search, but the model was adapted to its images (without their labels): it is no "
+                        "independent test of the adapted model." if adapted_to_it else "chose nothing, but it is one sample of one site."))
     else:
         lines.append("- There is no external set: carved validation shares the training folder's population and saturates, so it "
                      "chose the model without seeing any shift to new patients or sites.")
@@ -277,6 +280,11 @@ def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:
     lines += ["- Subgroups come from file names only (no age, sex or device is known).",
               "- Grad-CAM maps (`predict --explain`) show what raised the score, not that the reason is medical.", ""]
     return lines
+
+
+def _same_place(one: str | None, other: str | None) -> bool:
+    """Whether two recorded folders are one: the adaptation's images and the external set's, each as its command named it."""
+    return bool(one and other) and one.rstrip("/") == other.rstrip("/")
 
 
 def export_flags(meta: dict[str, Any]) -> str:

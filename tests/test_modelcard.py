@@ -135,3 +135,18 @@ def test_a_carved_search_exported_on_a_site_sample_says_carved_validation_chose_
     assert meta["validation"]["selection_set"] and meta["external"]["selection_set"] and meta["epochs_chosen_on"] == "carved"
     assert "It chose the trial ranking" in card and "It chose each trial's epoch" not in card
     assert "Each trial's epoch was chosen during the search, on the search's own carved validation set" in card
+
+
+def test_a_card_adapted_to_the_external_set_s_own_images_does_not_call_that_set_untouched(tmp_path):
+    """``best-no-labels/`` was adapted to half A's images: its card said half A "chose nothing", as if it were an independent test."""
+    from cxr_tune.modelcard import model_card
+
+    meta = export_folder(tmp_path / "model", epochs_on="val")
+    external = {**meta["external"], "selection_set": False, "source": "/data/site"}
+    unadapted = {**meta, "external": external}
+    adapted = {**meta, "before_adaptation": {**meta, "external": external}, "adaptation": {"source": "/data/site/", "method": "AdaBN"}}
+    elsewhere = {**adapted, "adaptation": {"source": "/data/other-site", "method": "AdaBN"}}
+    untouched = "- The external set (`/data/site`) chose nothing, but it is one sample of one site."
+    assert untouched in model_card(unadapted).splitlines() and untouched in model_card(elsewhere).splitlines()
+    assert ("- The external set (`/data/site`) chose nothing in the search, but the model was adapted to its images (without their "
+            "labels): it is no independent test of the adapted model.") in model_card(adapted).splitlines()
