@@ -12,7 +12,7 @@ import time
 from typing import Any, ClassVar
 
 from ray.tune import Callback, Stopper
-from ray.tune.search import SearchGenerator
+from ray.tune.search import BasicVariantGenerator, SearchGenerator
 
 from cxr_tune.search.pace import FinalFitShape, TrialPace, final_fit_seconds
 
@@ -103,6 +103,19 @@ class ResumableTrials(SearchGenerator):
         super().set_state({**state, "finished": False, **({"total_samples": ResumableTrials.total} if ResumableTrials.total else {})})
         if ResumableTrials.concurrency and hasattr(self.searcher, "max_concurrent"):  # restored after the limiter's own state
             self.searcher.max_concurrent = ResumableTrials.concurrency
+
+
+class FinalFitRuns(BasicVariantGenerator):
+    """The final fit's run generator (a grid of its runs); restored by a resumed final fit, it starts at most
+    :attr:`concurrency` runs at once, as this command planned for its cluster, not the limit the first command saved
+    (Tune restores both ``TuneConfig.max_concurrent_trials`` and the generator's own limit as saved)."""
+
+    concurrency: ClassVar[int | None] = None  # set by the final fit, fresh or resumed
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        if FinalFitRuns.concurrency:
+            self.max_concurrent = FinalFitRuns.concurrency
 
 
 class TrialsCatchUp(Callback):

@@ -138,6 +138,7 @@ def _tuner(experiment: Experiment, runs: list[FinalRun], options: Any, *, verbos
     from ray import tune
 
     from cxr_tune.data.prepared import datasets_by_size
+    from cxr_tune.search.budget import FinalFitRuns
     from cxr_tune.search.progress import ProgressPrinter
     from cxr_tune.search.runner import plan_search, run_options
     from cxr_tune.search.trial import TrialSettings
@@ -161,12 +162,13 @@ def _tuner(experiment: Experiment, runs: list[FinalRun], options: Any, *, verbos
         {"cpu": TRIAL_DRIVER_CPU},
     )
     ProgressPrinter.verbose = verbose
+    FinalFitRuns.concurrency = plan.concurrency  # this command's cluster and flags, also for a restored final fit
     if storage.exists(storage.join(folder, "tuner.pkl")):
         return tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=True)
     return tune.Tuner(
         trainable,
         param_space={"run": tune.grid_search([run.name for run in runs])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency, trial_dirname_creator=_run_dirname),
+        tune_config=tune.TuneConfig(search_alg=FinalFitRuns(max_concurrent=plan.concurrency), trial_dirname_creator=_run_dirname),
         run_config=tune.RunConfig(
             name=FINAL_FIT_DIR, storage_path=experiment.path, verbose=0,
             callbacks=[ProgressPrinter(len(runs), runs[0].epochs, options.select, experiment.deciding_set, label="final-fit run", budgeted=False)],

@@ -132,6 +132,21 @@ def test_a_resumed_search_runs_as_many_trials_at_once_as_its_own_command_planned
     assert restored.searcher.max_concurrent == 8  # before: the saved 2
 
 
+def test_a_resumed_final_fit_runs_as_many_runs_at_once_as_its_own_command_planned(tmp_path, monkeypatch):
+    import ray.cloudpickle as pickle
+    from ray import tune
+
+    from cxr_tune.search.budget import FinalFitRuns
+
+    saved = FinalFitRuns(max_concurrent=2)  # planned for a small cluster
+    saved.add_configurations({"finalfit": {"run": lambda config: None, "config": {"run": tune.grid_search(["a", "b", "c"])}}})
+    saved.save_to_dir(str(tmp_path), "s")
+    restored = pickle.loads(pickle.dumps(saved))  # as Tuner.restore brings the generator back
+    monkeypatch.setattr(FinalFitRuns, "concurrency", 8)  # this command's plan: a bigger cluster
+    restored.restore_from_dir(str(tmp_path))
+    assert restored.max_concurrent == 8  # before: the saved 2, in the generator and in the restored TuneConfig
+
+
 def test_trials_a_stopper_ended_are_reported_to_the_searcher_at_the_next_step(tmp_path):
     """A stopper (the time budget) ends trials without telling the searcher: the concurrency
     limiter would keep their places, and a resumed search wait forever for one."""
