@@ -15,7 +15,7 @@ from cxr_tune.formatting import fmt
 def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: bool = False) -> dict[str, Any]:
     """Write ``trials.csv``/``trials.parquet``, export the selected trial(s), write ``report.md``;
     ``interrupted``: the search stopped before its end (its best so far is exported, and says so)."""
-    from cxr_tune.export import export_trial, summary
+    from cxr_tune.export import summary
     from cxr_tune.search.report import write_report
 
     experiment = Experiment(experiment_dir)
@@ -28,7 +28,7 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
     table = experiment.trials()
     _write_table(experiment, table)
     selected = table.sort_values("rank").iloc[0]
-    exported = export_trial(experiment.path) if export else None
+    exported = export_best(experiment) if export else None
     report = write_report(experiment, table, exported)
     _print_summary(experiment, table, selected, interrupted)
     if exported:
@@ -37,6 +37,38 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
     print(f"Report:      {report}")
     print(f"Optuna:      {dashboard_command(experiment)}")
     return {"table": table, "selected": selected, "exported": exported}
+
+
+def export_best(experiment: Experiment) -> dict[str, Any]:
+    """Export the experiment's model into ``best/``, with the flags ``best/`` was last exported with (``export EXP
+    --calibrate platt``, say): rewriting a report, or finishing a resumed search, must not quietly undo an export a
+    person chose. Flags that no longer apply (a ``--val-data`` folder that is gone) fall back to the search's own."""
+    from cxr_tune.export import export_trial
+    from cxr_tune.modelcard import export_flags
+
+    recorded = recorded_export_options(experiment)
+    if not recorded:
+        return export_trial(experiment.path)
+    flags = export_flags({"export_options": recorded}).strip()
+    print(f"best/ is exported again with the flags it was last exported with: {flags}")
+    try:
+        return export_trial(experiment.path, **recorded)
+    except UserError as exc:
+        print(f"Note: {flags} no longer applies ({exc}); best/ is exported with the search's own settings")
+        return export_trial(experiment.path)
+
+
+def recorded_export_options(experiment: Experiment) -> dict[str, Any]:
+    """The export flags ``best/model.json`` records that differ from a plain export ({} for none, or no ``best/``)."""
+    import json
+
+    path = experiment.file("best", "model.json")
+    try:
+        recorded = json.loads(storage.read_text(path)).get("export_options") or {} if storage.exists(path) else {}
+    except (ValueError, AttributeError):  # not a model.json this project wrote: the export replaces it anyway
+        return {}
+    plain = {"ensemble": None, "val_data": None, "tta": 1, "calibrate": "none", "final_fit": False}
+    return {key: recorded[key] for key in plain if key in recorded and recorded[key] != plain[key]}
 
 
 def _write_table(experiment: Experiment, table: pd.DataFrame) -> None:

@@ -339,3 +339,21 @@ def test_a_final_fit_whose_best_configurations_changed_is_planned_again_keeping_
     assert f"planned again, {len(planned) - 1} of its {len(planned)} run(s) already started" in capsys.readouterr().out
     assert sorted(p.name for p in (copy / "finalfit").iterdir()) == ["train"]  # Tune's state would restore the old runs
     assert {p.name for p in (copy / "finalfit" / "train").iterdir()} >= {run["name"] for run in planned}
+
+
+def test_report_only_exports_best_again_with_the_flags_it_was_last_exported_with(experiment, tmp_path):
+    """Before: ``--report-only`` (and a resumed search's end) exported ``best/`` with no flags, dropping a calibration a person had chosen."""
+    copy = copy_tree(experiment, tmp_path / "ext")
+    calibrated = call_cli("cxr_tune.export", str(copy), "--calibrate", "platt")
+    assert calibrated.returncode == 0, calibrated.stderr[-3000:]
+    rewritten = call_cli("cxr_tune.search", "--name", "ext", "--storage", str(tmp_path), "--report-only")
+    assert rewritten.returncode == 0, rewritten.stdout[-3000:] + rewritten.stderr[-3000:]
+    assert "best/ is exported again with the flags it was last exported with: --calibrate platt" in rewritten.stdout
+    meta = json.loads((copy / "best" / "model.json").read_text())
+    assert meta["calibration"]["method"] == "platt" and meta["export_options"]["calibrate"] == "platt"
+    meta["export_options"]["val_data"] = str(tmp_path / "gone")  # a folder that no longer exists
+    (copy / "best" / "model.json").write_text(json.dumps(meta))
+    fallen_back = call_cli("cxr_tune.search", "--name", "ext", "--storage", str(tmp_path), "--report-only")
+    assert fallen_back.returncode == 0, fallen_back.stdout[-3000:] + fallen_back.stderr[-3000:]
+    assert f"Note: --val-data {tmp_path / 'gone'} --calibrate platt no longer applies (" in fallen_back.stdout
+    assert json.loads((copy / "best" / "model.json").read_text())["calibration"] == {"method": "none"}
