@@ -35,23 +35,10 @@ from cxr_tune.serving import META_FILE, MODEL_FILE, probabilities, sha256
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.model import ServingModel, build_model
+from cxr_tune.views import TTA_VIEWS
 
 WEIGHTS_FILE = "weights.safetensors"
 SCORE_TOLERANCE = 1e-4
-
-#: Test-time augmentation views: (zoom, shift x, shift y, rotation in degrees), identity first.
-#: Small changes of positioning and scale, the kind a new site's films differ by.
-TTA_VIEWS = (
-    (1.0, 0.0, 0.0, 0.0),
-    (1.08, 0.0, 0.0, 0.0),
-    (0.93, 0.0, 0.0, 0.0),
-    (1.0, 0.04, 0.0, 0.0),
-    (1.0, -0.04, 0.0, 0.0),
-    (1.0, 0.0, 0.04, 0.0),
-    (1.0, 0.0, -0.04, 0.0),
-    (1.0, 0.0, 0.0, 5.0),
-    (1.0, 0.0, 0.0, -5.0),
-)
 
 
 @dataclass(frozen=True)

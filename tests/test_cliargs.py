@@ -63,7 +63,7 @@ SEARCH = [
     ("--cpus-per-worker", "nan"), ("--cpus-per-worker", "0"),
     ("--gpus-per-worker", "nan"), ("--gpus-per-worker", "-1"),
     ("--trials", "0"), ("--max-epochs", "0"), ("--concurrency", "0"), ("--workers-per-trial", "0"), ("--seed", "-1"),
-    ("--val-fraction", "nan"), ("--val-fraction", "0"), ("--synthetic-n", "0"), ("--split-seed", "-1"),
+    ("--val-fraction", "nan"), ("--val-fraction", "0"), ("--synthetic-n", "19"), ("--split-seed", "-1"),
 ]
 TRAIN = [("--workers", "0"), ("--cpus-per-worker", "nan"), ("--cpus-per-worker", "-1"), ("--cv", "1"), ("--cv", "21"),
          ("--val-fraction", "inf"), ("--synthetic-n", "0")]
@@ -76,11 +76,12 @@ TRAIN = [("--workers", "0"), ("--cpus-per-worker", "nan"), ("--cpus-per-worker",
     (data_parser, ["prepare"], "--image-size", "2000"),
     (data_parser, ["inspect"], "--val-fraction", "nan"),
     (data_parser, ["inspect"], "--synthetic-n", "0"),
-    (data_parser, ["synthesize", "out"], "--n", "0"),
+    (data_parser, ["synthesize", "out"], "--n", "19"),  # fewer cannot be split by patient
     (data_parser, ["synthesize", "out"], "--seed", "-1"),
     (export_parser, ["experiment"], "--ensemble", "0"),
     (export_parser, ["experiment"], "--tta", "0"),
     (export_parser, ["experiment"], "--tta", "nan"),
+    (bench_parser, ["tta", "model"], "--views", "10"),  # the views export --tta knows
     (bench_parser, ["data"], "--image-size", "nan"),
     (bench_parser, ["data"], "--full-res-images", "-1"),
     (bench_parser, ["train"], "--epochs", "0"),

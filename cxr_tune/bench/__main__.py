@@ -14,6 +14,7 @@ from pathlib import Path
 from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_int, positive_float, positive_int
 from cxr_tune.errors import run_cli
 from cxr_tune.train.hparams import ARCHITECTURES
+from cxr_tune.views import TTA_VIEWS
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     tta = commands.add_parser("tta", help="does test-time augmentation help an export? its members with 1..9 views averaged, on a labelled sample")
     tta.add_argument("model", help="an export folder with its weights (e.g. results/real/best)")
     tta.add_argument("--images", default=None, help="labelled images in NORMAL/ and PNEUMONIA/ folders (default: ../shared/data/chest_xray_224/val, half A)")
-    tta.add_argument("--views", type=int_between(1, 64), nargs="+", default=list(range(1, 10)), help="view counts to score (default: 1 to 9)")
+    tta.add_argument("--views", type=int_between(1, len(TTA_VIEWS)), nargs="+", default=list(range(1, len(TTA_VIEWS) + 1)),
+                     help=f"view counts to score, each 1 to {len(TTA_VIEWS)}, the views export --tta knows (default: all)")
     tta.add_argument("--out", default=None, help="folder for tta_<model>.md and .json (default: results/benchmarks)")
     for command in (data, train, scoring, value, epochs, ablation):  # the ones that start Ray themselves
         command.add_argument("--verbose", action="store_true", help="also show Ray's own output on the console (always in the log file named at the start)")

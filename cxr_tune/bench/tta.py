@@ -1,6 +1,6 @@
 """Does test-time augmentation help an export? Its members scored with 1, 2, ... views averaged, on a labelled sample.
 
-The views are the ones ``export --tta N`` builds into the ONNX graph (:data:`cxr_tune.modelfile.TTA_VIEWS`:
+The views are the ones ``export --tta N`` builds into the ONNX graph (:data:`cxr_tune.views.TTA_VIEWS`:
 identity, zoom in and out, shifts, small rotations; the first N). For each view count: AUC with its
 95 % bootstrap interval and the **paired** difference to the export as it ships (same resampled images
 for both), and the threshold the export's own rule picks on the sample with the balanced accuracy
@@ -84,7 +84,7 @@ def single_view_rows(per_view: list[np.ndarray], y: np.ndarray, threshold: float
     the share of calls at ``threshold`` that flip."""
     from sklearn.metrics import roc_auc_score
 
-    from cxr_tune.modelfile import TTA_VIEWS
+    from cxr_tune.views import TTA_VIEWS
 
     base = per_view[0]
     return [{"view": number, "what": f"zoom {zoom:g}, shift ({dx:+g}, {dy:+g}), {degrees:+g} deg", "auc": float(roc_auc_score(y, scores)),
@@ -98,7 +98,8 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
 
     from cxr_tune.set_metrics import bootstrap_intervals
     from cxr_tune.formatting import fmt, interval
-    from cxr_tune.modelfile import TTA_VIEWS, load_members
+    from cxr_tune.modelfile import load_members
+    from cxr_tune.views import TTA_VIEWS
     from cxr_tune.selection import choose_threshold
     from cxr_tune.serving import load_model, probabilities
     from cxr_tune.train.hparams import HParams
@@ -107,8 +108,6 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
     images_dir = images_dir or str(DEFAULT_DATA / "val")
     if not Path(images_dir).is_dir():
         raise UserError(f"image folder '{images_dir}' does not exist; pass --images with a folder of NORMAL/ and PNEUMONIA/ images")
-    if max(views) > len(TTA_VIEWS):
-        raise UserError(f"--views goes up to {len(TTA_VIEWS)} (the views export --tta knows)")
     shipped = load_model(model_dir)
     try:
         members = load_members(str(shipped.folder), shipped.meta)

@@ -6,11 +6,11 @@ import argparse
 from collections.abc import Sequence
 
 from cxr_tune import storage
-from cxr_tune.cliargs import help_text, int_between, nonnegative_int, positive_int
+from cxr_tune.cliargs import help_text, int_between, nonnegative_int
 from cxr_tune.data.cache import MAX_SIZE, MIN_SIZE
 from cxr_tune.data.prepared import DataOptions, SplitData, add_data_arguments, split_data
 from cxr_tune.data.report import inspect_report, roles_text, skipped_report
-from cxr_tune.data.synthetic import DEFAULT_N, synthesize
+from cxr_tune.data.synthetic import DEFAULT_N, MIN_N, synthesize
 from cxr_tune.errors import run_cli
 
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = commands.add_parser("synthesize", help="write the SYNTHETIC chest X-ray set to a folder")
     synth.add_argument("out", help="new folder to write (Kermany layout)")
-    synth.add_argument("--n", type=positive_int, default=DEFAULT_N, help=f"number of images (default: {DEFAULT_N})")
+    synth.add_argument("--n", type=int_between(MIN_N), default=DEFAULT_N, help=f"number of images, at least {MIN_N} (default: {DEFAULT_N})")
     synth.add_argument("--seed", type=nonnegative_int, default=0, help="generator seed (default: 0)")
     synth.set_defaults(subparser=synth)
     return parser

@@ -61,8 +61,8 @@ class DataOptions:
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The data flags of every command that reads data (data, train, search); :meth:`DataOptions.from_args` reads them."""
-    from cxr_tune.cliargs import float_between, nonnegative_int, positive_int
-    from cxr_tune.data.synthetic import DEFAULT_N
+    from cxr_tune.cliargs import float_between, int_between, nonnegative_int
+    from cxr_tune.data.synthetic import DEFAULT_N, MIN_N
 
     parser.add_argument("--cache-dir", default=None, help="where manifests and image caches live (default: $CXR_TUNE_CACHE or the user cache folder)")
     parser.add_argument("--val-fraction", type=float_between(0.0, 0.9, low_open=True, high_open=True), default=0.15, help="share of the training folder carved out, by patient group, for validation (default: 0.15)")
@@ -73,7 +73,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                              "trials, epochs, ensemble members and the threshold, and is never trained on. 'auto': the data's own val/ folder "
                              "when it holds at least 20 images of each class (the official 16-image folder is set aside); 'none': carved "
                              "validation only (default: auto)")
-    parser.add_argument("--synthetic-n", type=positive_int, default=DEFAULT_N, help=f"images in the built-in SYNTHETIC set used when no data is given (default: {DEFAULT_N})")
+    parser.add_argument("--synthetic-n", type=int_between(MIN_N), default=DEFAULT_N,
+                        help=f"images in the built-in SYNTHETIC set used when no data is given, at least {MIN_N} (default: {DEFAULT_N})")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from cxr_tune.errors import UserError
 GENERATOR_VERSION = 3
 PATIENTS_PER_SEED = 100_000  # patient numbers of seed S start at S * 100,000 (seed 0's names are those of every earlier version)
 DEFAULT_N = 1500
+MIN_N = 20  # fewer cannot be split into train and test by patient
 #: The file that marks a folder as the SYNTHETIC set, so every report about it says SYNTHETIC.
 SYNTHETIC_MARKER = "SYNTHETIC.json"
 PNEUMONIA_FRACTION = 0.74
@@ -82,8 +83,8 @@ def ensure_synthetic(cache_dir: str, n: int = DEFAULT_N, seed: int = 0) -> str:
 
 def synthesize(out: str, *, n: int = DEFAULT_N, seed: int = 0, replace_partial: bool = False) -> str:
     """Write ``n`` synthetic images to ``out`` (Kermany layout); atomic: all or nothing."""
-    if n < 20:
-        raise UserError(f"--n {n} is too small for a train/test split by patient; use at least 20")
+    if n < MIN_N:
+        raise UserError(f"--n {n} is too small for a train/test split by patient; use at least {MIN_N}")
     target = Path(storage.resolve(out))
     if storage.is_uri(out):
         raise UserError(f"'{out}': synthesize writes to a local folder; copy it to object storage afterwards")
