@@ -35,11 +35,18 @@ def is_uri(path: str | os.PathLike) -> bool:
 
 
 def resolve(path: str | os.PathLike) -> str:
-    """An absolute local path, or the URI unchanged."""
+    """An absolute local path, or the URI unchanged. A path through a symbolic-link loop is the user's to fix."""
     text = str(path)
     if text.startswith("file://"):
         text = text[len("file://") :]
-    return text if is_uri(text) else str(Path(text).expanduser().resolve())
+    if is_uri(text):
+        return text
+    try:
+        return str(Path(text).expanduser().resolve())
+    except RuntimeError:  # Python < 3.13 raises this for a loop; 3.13 an OSError (ELOOP) only where the path is used
+        from cxr_tune.errors import UserError
+
+        raise UserError(f"'{text}' leads through a loop of symbolic links; point it at a real file or folder") from None
 
 
 def join(base: str, *parts: str) -> str:

@@ -13,10 +13,14 @@ from cxr_tune.errors import UserError
 def load_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """The top-level mapping in ``path``; ``what`` names the kind of file in error messages."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} file '{path}' is a folder; name a .yaml file")
     if not path.is_file():
         raise UserError(f"{what} file '{path}' does not exist")
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"{what} file '{path}' cannot be read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

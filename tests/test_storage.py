@@ -11,6 +11,7 @@ import pytest
 
 from cxr_tune import storage
 from cxr_tune.errors import UserError
+from tests.conftest import call_cli
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -201,3 +202,12 @@ def test_a_device_or_pipe_is_written_through_and_a_name_too_long_for_the_write_i
         done = subprocess.run([sys.executable, "-c", "from cxr_tune.storage import write_text_atomic; write_text_atomic('/dev/stdout', 'a,b\\n')"],
                               stdout=out, cwd=ROOT)
     assert done.returncode == 0 and redirected.read_text() == "an earlier line\na,b\n"
+
+
+def test_a_path_through_a_loop_of_symbolic_links_is_one_line_naming_it(tmp_path):
+    """Before: ``RuntimeError: Symlink loop`` from every command that resolves a path (--data, --storage, --model, ...)."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(UserError, match=f"^'{loop}' leads through a loop of symbolic links"):
+        storage.resolve(str(loop))
+    assert call_cli("cxr_tune.data", "inspect", str(loop)).stderr.strip().startswith(f"error: '{loop}' leads through a loop")

@@ -122,9 +122,9 @@ class Param:
         if self.type == "categorical":
             return self.choices
         if self.type == "int":
-            every = range(int(self.low), int(self.high) + 1, int(self.step or 1))
-            if len(every) <= _EVERY_VALUE_UP_TO:
-                return tuple(every)
+            step = int(self.step or 1)
+            if (int(self.high) - int(self.low)) // step < _EVERY_VALUE_UP_TO:  # not len(range): it overflows on a huge high
+                return tuple(range(int(self.low), int(self.high) + 1, step))
         return (self.low, self.high)
 
 
@@ -180,9 +180,7 @@ def resolve_space_path(name_or_path: str) -> Path:
     """``wide`` → ``search_spaces/wide.yaml``; a path is used as it is."""
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
-        if not candidate.is_file():
-            raise UserError(f"search space file '{name_or_path}' does not exist")
-        return candidate
+        return candidate  # load_mapping says what is wrong with it (missing, a folder, unreadable)
     named = SPACES_DIR / f"{name_or_path}.yaml"
     if not named.is_file():
         known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
@@ -222,9 +220,9 @@ def load_space(name_or_path: str, *, checked: bool = True) -> Space:
     _check_links(params, fixed, fail, checked)
     space = Space(path.stem, str(path), str(raw.get("description", "")), settings, dict(fixed), params)
     if checked:
-        space.image_sizes()
         _check_final_fit_changes(space, fail)
-        _check_corners(space, fail)
+        _check_corners(space, fail)  # before image_sizes: it names the key of a value no trial could use (an image size 'abc')
+        space.image_sizes()
     return space
 
 
@@ -286,6 +284,8 @@ def _param(name: str, spec: Any, known: dict[str, str], fail: Any, checked: bool
         raise fail(f"{key}.when", "must be a mapping like {optimizer: sgd}")
     when = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in when.items()}
     per_block = spec.get("per_block")
+    if per_block is not None and not isinstance(per_block, str):
+        raise fail(f"{key}.per_block", f"must be the name of one int parameter, like per_block: depth, got {per_block!r}")
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -355,10 +355,19 @@ def _check_links(params: tuple[Param, ...], fixed: dict[str, Any], fail: Any, ch
                 raise fail(f"{key}.per_block", f"'{param.per_block}' must be an int parameter listed before {param.name} (or fixed)")
             if source is not None and checked:
                 _check_block_count(param, source, fail)
-        for other in param.when:
+        for other, allowed in param.when.items():
             if other not in seen and other not in fixed:
                 raise fail(f"{key}.when.{other}", f"'{other}' must be a parameter listed before {param.name} (or fixed)")
+            possible = _possible(seen[other]) if other in seen else (fixed[other],)
+            if checked and possible is not None and not any(value in possible for value in allowed):
+                raise fail(f"{key}.when.{other}", f"{other} never takes {', '.join(map(repr, allowed))} (it takes {', '.join(map(repr, possible))}): "
+                           f"{param.name} would never be sampled")
         seen[param.name] = param
+
+
+def _possible(param: Param) -> tuple[Any, ...] | None:
+    """Every value ``param`` can take, where they can be listed (a categorical's choices); None for a range."""
+    return param.choices if param.type == "categorical" else None
 
 
 def _check_block_count(param: Param, source: Param, fail: Any) -> None:
@@ -400,7 +409,7 @@ def _check_corners(space: Space, fail: Any) -> None:
 
 def _corners(space: Space) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key to blame, configuration): the fixed values; each value of :attr:`Param.values` with them,
-    per-block widths at every block count; the deepest network on the smallest searched image.
+    per-block widths at every block count; the deepest network on the smallest searched image; the widest network.
     A generator, so each is built only after the ones before it passed."""
     fixed = space.fixed
     yield "fixed", dict(fixed)
@@ -415,6 +424,9 @@ def _corners(space: Space) -> Iterator[tuple[str, dict[str, Any]]]:
     searched = {p.name for p in space.params}
     if {"depth", "image_size"} <= searched:
         yield "params.depth", {**fixed, "depth": max(_values(space, "depth")), "image_size": min(_values(space, "image_size"))}
+    shape = [name for name in ("filters", "width_growth", "depth") if name in searched]
+    if shape and not any(p.per_block for p in space.params):  # the widest network: its last block's width
+        yield f"params.{shape[0]}", {**fixed, **{name: max(_values(space, name)) for name in ("filters", "width_growth", "depth")}}
 
 
 def _problem(config: dict[str, Any]) -> str | None:

@@ -24,6 +24,7 @@ INTENSITY = ("none", "zscore", "equalize")
 CRITERIA = tuple(SELECTION_CRITERIA)
 
 # Inclusive ranges for numeric fields: a value outside is a configuration mistake.
+MAX_WIDTH = 2048  # filters in any one block (a 3x3 convolution 2048 -> 2048 wide holds 38 M weights)
 _RANGES: dict[str, tuple[float, float]] = {
     "depth": (1, 10),
     "filters": (1, 1024),
@@ -138,6 +139,10 @@ class HParams:
             raise HParamsError(f"block_filters has {len(self.block_filters)} widths but depth={self.depth}")
         if any(w < 1 for w in self.block_filters):
             raise HParamsError(f"block_filters={list(self.block_filters)} must all be >= 1")
+        if max(self.widths) > MAX_WIDTH:  # a network no machine here could allocate fails inside Ray, not here
+            how = f"block_filters={list(self.block_filters)}" if self.block_filters else (
+                f"filters={self.filters} x width_growth={self.width_growth:g} over depth={self.depth}")
+            raise HParamsError(f"{how} makes a block {max(self.widths)} filters wide; keep every block <= {MAX_WIDTH}")
         if self.kernel_size % 2 == 0:
             raise HParamsError(f"kernel_size={self.kernel_size} must be odd so the map keeps its size")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import optuna
 import pytest
@@ -98,6 +99,17 @@ def test_fixed_values_reach_every_trial(tmp_path):
     ("params:\n  dropout: {type: float, low: 0.0, high: 0.5, step: 0}\n", "params.dropout.step", "positive number"),
     ("params:\n  lr: {type: logfloat, low: 1.0e-4, high: 1.0e-2, step: 1.0e-4}\n", "params.lr.step", "log scale"),
     ("params:\n  batch_size: {type: float, low: 16, high: 64}\n", "params.batch_size.type", "takes whole numbers"),
+    # Each of these was a traceback from deep inside the space's own checks, or (the last two) a space that never sampled momentum.
+    ("fixed: {image_size: abc}\n", "fixed", "image_size='abc' has the wrong type"),
+    ("params:\n  image_size: {type: categorical, choices: [abc]}\n", "params.image_size", "image_size='abc' has the wrong type"),
+    ("params:\n  depth: {type: int, low: 2, high: 3}\n  filters: {type: categorical, choices: [4, 8], per_block: [depth]}\n",
+     "params.filters.per_block", "must be the name of one int parameter"),
+    ("params:\n  kernel_size: {type: int, low: 3, high: 100000000000000000000001}\n", "params.kernel_size", "out of range"),
+    ("params:\n  optimizer: {type: categorical, choices: [adamw, sgd]}\n  momentum: {type: float, low: 0.8, high: 0.9, when: {optimizer: sgdd}}\n",
+     "params.momentum.when.optimizer", "optimizer never takes 'sgdd' (it takes 'adamw', 'sgd'): momentum would never be sampled"),
+    ("fixed: {optimizer: adamw}\nparams:\n  momentum: {type: float, low: 0.8, high: 0.9, when: {optimizer: sgd}}\n",
+     "params.momentum.when.optimizer", "never be sampled"),
+    ("params:\n  depth: {type: int, low: 5, high: 6}\n  filters: {type: int, low: 64, high: 128}\n", "params.filters", "keep every block <= 2048"),
     ("params:\n  depth: {type: logfloat, low: 2, high: 4}\n", "params.depth.type", "takes whole numbers"),
     ("params:\n  kernel_size: {type: int, low: 3, high: 5}\n", "params.kernel_size", "kernel_size=4 must be odd"),
     ("params:\n  image_size: {type: int, low: 64, high: 96}\n", "params.image_size", "categorical list"),
@@ -182,3 +194,21 @@ def test_image_sizes_are_the_searched_list_or_the_fixed_size(tmp_path):
 def test_an_unknown_space_name_lists_the_known_ones():
     with pytest.raises(UserError, match="no search space named 'huge'.*known: .*smoke.*wide"):
         load_space("huge")
+
+
+def test_a_space_file_that_is_a_folder_or_cannot_be_read_is_one_line(tmp_path, monkeypatch):
+    """Before: a folder was "does not exist", and a file without read permission a PermissionError traceback."""
+    (tmp_path / "spaces.yaml").mkdir()
+    with pytest.raises(UserError, match=r"search space file '\S+/spaces.yaml' is a folder; name a .yaml file"):
+        load_space(str(tmp_path / "spaces.yaml"))
+    locked = write(tmp_path, "params: {}\n")
+    real_read = Path.read_text
+
+    def denied(self, *args, **kwargs):  # what chmod 000 does for anyone but root
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(UserError, match=rf"search space file '{locked}' cannot be read: Permission denied"):
+        load_space(str(locked))
