@@ -178,13 +178,19 @@ def pareto_front(sensitivity: np.ndarray, specificity: np.ndarray) -> np.ndarray
 
 
 def checkpoint_for(row: pd.Series, experiment_dir: str) -> str:
-    """The trial's checkpoint from its best epoch; its newest checkpoint if that one is gone."""
+    """The trial's checkpoint from its best epoch, in this experiment folder; its newest checkpoint if that one is gone.
+
+    Tune records the checkpoint's absolute path where the search ran: a copied or moved folder must read its own
+    copy of it (by its name under the trial's run), never the original's."""
     from cxr_tune.train.checkpoints import STATE, load_state, saved_checkpoints
 
-    path = row.get("checkpoint_path")
-    if isinstance(path, str) and storage.exists(storage.join(path, STATE)):
-        return path
     run = train_run(experiment_dir, row["trial_id"])
+    path = row.get("checkpoint_path")
+    if isinstance(path, str) and path:
+        folder = storage.resolve(experiment_dir).rstrip("/") + "/"
+        here = path if storage.resolve(path).startswith(folder) else storage.join(run, storage.name(path.rstrip("/")))
+        if storage.exists(storage.join(here, STATE)):
+            return here
     found = saved_checkpoints(run)
     if not found:
         raise UserError(f"trial {row['trial_id']} has no checkpoint under {run}")

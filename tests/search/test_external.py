@@ -357,3 +357,16 @@ def test_report_only_exports_best_again_with_the_flags_it_was_last_exported_with
     assert fallen_back.returncode == 0, fallen_back.stdout[-3000:] + fallen_back.stderr[-3000:]
     assert f"Note: --val-data {tmp_path / 'gone'} --calibrate platt no longer applies (" in fallen_back.stdout
     assert json.loads((copy / "best" / "model.json").read_text())["calibration"] == {"method": "none"}
+
+
+def test_a_copied_experiment_reads_its_own_checkpoints_never_the_original_s(experiment, tmp_path):
+    """Tune records each checkpoint's absolute path where the search ran: before, a copy whose checkpoints were gone
+    exported the original's without a word."""
+    copy = copy_tree(experiment, tmp_path / "ext")
+    trial = read_trials(experiment).sort_values("rank").iloc[0]["trial_id"]
+    exported = call_cli("cxr_tune.export", str(copy), "--trial", trial, "--out", str(tmp_path / "model"))
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    for checkpoint in (copy / "train" / trial).glob("checkpoint_*/"):
+        shutil.rmtree(checkpoint)
+    refused = call_cli("cxr_tune.export", str(copy), "--trial", trial, "--out", str(tmp_path / "model2"))
+    assert refused.returncode == 2 and f"trial {trial} has no checkpoint under {copy / 'train' / trial}" in refused.stderr, refused.stderr[-3000:]
