@@ -38,7 +38,7 @@ import pandas as pd
 
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
-from cxr_tune.data.imaging import decode_gray, try_decode_checked
+from cxr_tune.data.imaging import decode_gray, describe_failure, try_decode_checked
 from cxr_tune.data.sources import CLASSES
 from cxr_tune.data.synthetic import SYNTHETIC_MARKER
 from cxr_tune.errors import UserError, run_cli
@@ -63,15 +63,17 @@ class Input(NamedTuple):
 
 def collect(inputs: Sequence[str]) -> list[Input]:
     """Every file named on the command line, and every file under the named folders (but hidden files and the
-    SYNTHETIC set's own marker file), each once, with its label (:func:`label_of`). Links that lead nowhere
-    and other files that are not plain are kept, so that they are listed as unreadable, as training lists them."""
+    SYNTHETIC set's own marker file), each once, with its label (:func:`label_of`). Links that lead nowhere,
+    other files that are not plain and folders below a named one that cannot be listed are kept, so that they
+    are listed as unreadable, as training lists them; a named folder that cannot be listed is a :class:`UserError`."""
     files: list[Input] = []
     seen: set[str] = set()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = [(p, label_of(p, path)) for p in sorted(path.rglob("*"))
-                     if not p.is_dir() and not p.name.startswith(".") and p.name != SYNTHETIC_MARKER]
+            listed, unlisted = _files_under(path)
+            found = [(p, label_of(p, path)) for p in listed if not p.name.startswith(".") and p.name != SYNTHETIC_MARKER]
+            found += [(p, label_of(p / p.name, path)) for p in unlisted]  # labelled as a file in it would be
         elif path.exists() or path.is_symlink():
             found = [(path, label_of(path))]
         else:
@@ -84,6 +86,22 @@ def collect(inputs: Sequence[str]) -> list[Input]:
     if not files:
         raise UserError(f"no files found in {', '.join(inputs)}")
     return files
+
+
+def _files_under(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(every file under ``folder``, the folders below it that cannot be listed), each sorted; ``folder``
+    itself that cannot be listed is a :class:`UserError`, not a folder with no files."""
+    files: list[Path] = []
+    unlisted: list[Path] = []
+
+    def skip(exc: OSError) -> None:
+        if exc.filename == str(folder):
+            raise UserError(f"cannot read the folder '{folder}': {describe_failure(exc)}")
+        unlisted.append(Path(exc.filename))
+
+    for directory, _, names in os.walk(str(folder), onerror=skip):
+        files += [Path(directory, name) for name in names]
+    return sorted(files), sorted(unlisted)
 
 
 def label_of(path: Path, root: Path | None = None) -> int | None:

@@ -186,16 +186,42 @@ def cpu_holders(ray) -> str:
     return f"{free:g} of {total:g} CPUs free; live actors holding CPUs: {actors or 'none'}; placement groups: {groups or 'none'}"
 
 
-def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m <args>`` as a user would; returns the finished process (never raises).
+def run_cli(*args: str, timeout: int = 600, env: dict | None = None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``python -m <args>`` as a user would, behind the command ``prefix`` if any; returns the
+    finished process (never raises).
 
     For what only a process of its own shows: what it imports, its console, signals, its own Ray.
     Otherwise :func:`call_cli` gives the same answer without a second interpreter's start-up.
     """
     return subprocess.run(
-        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
+        [*prefix, sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})}, cwd=ROOT,
     )
+
+
+def permissions_bind() -> tuple[str, ...]:
+    """The :func:`run_cli` prefix under which a chmod 000 file or folder cannot be read: none for a
+    user; for root (a container), ``setpriv`` without the capabilities that read past permissions.
+    Skips the test where root cannot drop them."""
+    if os.geteuid() != 0:
+        return ()
+    prefix = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search")
+    if shutil.which("setpriv") is None or subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        pytest.skip("running as root, which reads past permissions, and setpriv cannot drop that here")
+    return prefix
+
+
+@contextlib.contextmanager
+def unreadable(*paths: Path):
+    """``paths`` at chmod 000 for the block, then readable again (so that the test's folder can be removed)."""
+    modes = [path.stat().st_mode for path in paths]
+    try:
+        for path in paths:
+            path.chmod(0)
+        yield
+    finally:
+        for path, mode in zip(paths, modes, strict=True):
+            path.chmod(mode)
 
 
 def call_cli(module: str, *args: str) -> subprocess.CompletedProcess:

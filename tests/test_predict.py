@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from cxr_tune.predict import describe, labelled_metrics
-from tests.conftest import call_cli, kermany_folder
+from tests.conftest import call_cli, kermany_folder, permissions_bind, run_cli, unreadable
 from tests.exports import write_export
 
 
@@ -100,6 +101,37 @@ def test_labels_come_from_the_folders_searched_each_file_is_scored_once_and_odd_
     assert "Labelled images: 3 (NORMAL 2, PNEUMONIA 1)" in done.stdout and "IM-caf\ufffd-0001.jpeg" not in done.stderr
     assert "Skipped 2 unreadable file(s):" in done.stdout and "IM-0003-0001.jpeg" in done.stdout
     assert "IM-0004-0001.jpeg: not a regular file (a pipe, socket or device)" in done.stdout
+
+
+def test_an_unreadable_folder_is_listed_as_skipped(tmp_path):
+    prefix = permissions_bind()
+    model = write_export(tmp_path / "best", image_size=16)
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"]}})
+    normal = data / "test" / "NORMAL"
+    with unreadable(normal):
+        done = run_cli("cxr_tune.predict", "--model", str(model), str(data / "test"), "--quiet", prefix=prefix)
+    assert done.returncode == 0 and "Labelled images: 1 (NORMAL 0, PNEUMONIA 1)" in done.stdout, done.stderr[-2000:]
+    assert f"  {normal}: permission denied" in done.stdout.splitlines(), done.stdout
+
+
+def test_a_named_folder_that_cannot_be_listed_is_an_error_not_an_empty_folder(tmp_path, monkeypatch):
+    import os
+
+    from cxr_tune.errors import UserError
+    from cxr_tune.predict import collect
+
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"]}})
+    normal, scandir = data / "test" / "NORMAL", os.scandir
+
+    def locked(path):  # what listing a chmod 000 folder gives a user (root reads past it)
+        if os.fspath(path) == str(normal):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", locked)
+    assert {(file.path, file.label) for file in collect([str(data / "test")])} == {(normal, 0), (data / "test" / "PNEUMONIA" / "person1_virus_1.jpeg", 1)}
+    with pytest.raises(UserError, match=f"^cannot read the folder '{normal}': permission denied$"):
+        collect([str(normal)])
 
 
 def test_metrics_that_no_labelled_image_can_give_are_an_error_not_a_missing_file(tmp_path):

@@ -105,14 +105,14 @@ def locate_root(data: str) -> str:
     if info.type != pafs.FileType.Directory:
         raise UserError(f"data path '{data}' is a file, not a folder; expected {LAYOUT_HINT}")
     for _ in range(3):  # Mendeley: chest_xray/; Kaggle: chest_xray/chest_xray/
-        names = _child_dirs(fs, inner)
+        names = _child_dirs(fs, inner, root)
         if _find(names, "train") is not None:
             break
         nested = _find(names, "chest_xray")
         if nested is None:
             break
         inner, root = f"{inner}/{nested}", storage.join(root, nested)
-    names = _child_dirs(fs, inner)
+    names = _child_dirs(fs, inner, root)
     train = _find(names, "train")
     if train is None:
         if any(_find(names, c) for c in CLASSES):
@@ -121,7 +121,7 @@ def locate_root(data: str) -> str:
                 f"above it instead, laid out as {LAYOUT_HINT}"
             )
         raise UserError(f"'{data}' has no train/ folder; expected {LAYOUT_HINT}")
-    missing = [c for c in CLASSES if _find(_child_dirs(fs, f"{inner}/{train}"), c) is None]
+    missing = [c for c in CLASSES if _find(_child_dirs(fs, f"{inner}/{train}", storage.join(root, train)), c) is None]
     if missing:
         raise UserError(
             f"'{storage.join(root, train)}' has no {' or '.join(missing)} folder; expected {LAYOUT_HINT}"
@@ -226,8 +226,13 @@ def group_ids(frame: pd.DataFrame) -> np.ndarray:
 # --- scanning -----------------------------------------------------------------------------------
 
 
-def _child_dirs(fs: pafs.FileSystem, inner: str) -> list[str]:
-    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+def _child_dirs(fs: pafs.FileSystem, inner: str, folder: str) -> list[str]:
+    """The folders in ``inner`` (``folder`` as the user names it); one that cannot be listed stops
+    with its name: its images would otherwise be missing without a word."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    except PermissionError as exc:
+        raise UserError(f"cannot read the folder '{folder}': {describe_failure(exc)}") from None
     return [i.base_name for i in infos if i.type == pafs.FileType.Directory]
 
 
@@ -245,7 +250,7 @@ def _list_files(root: str) -> tuple[list[_File], dict[tuple[str, int], str], pd.
     files: list[_File] = []
     folders: dict[tuple[str, int], str] = {}
     ignored: list[dict] = []
-    for split_dir in _child_dirs(fs, inner):
+    for split_dir in _child_dirs(fs, inner, root):
         split = split_dir.lower()
         if split not in SPLITS:
             if not split_dir.startswith((".", "__MACOSX")):
@@ -259,26 +264,34 @@ def _list_files(root: str) -> tuple[list[_File], dict[tuple[str, int], str], pd.
 def _list_classes(folder: str, split: str, files: list[_File], folders: dict[tuple[str, int], str], ignored: list[dict]) -> None:
     """Add the files under ``folder/{NORMAL,PNEUMONIA}/`` to ``files``; other folders to ``ignored``."""
     fs, inner = storage.filesystem(folder)
-    for class_dir in _child_dirs(fs, inner):
+    for class_dir in _child_dirs(fs, inner, folder):
         label = next((i for i, c in enumerate(CLASSES) if c.lower() == class_dir.lower()), None)
         if label is None:
             if not class_dir.startswith((".", "__MACOSX")):
                 ignored.append({"path": storage.join(folder, class_dir), "split": split, "reason": "folder is not NORMAL/PNEUMONIA; ignored"})
             continue
         folders[(split, label)] = storage.join(folder, class_dir)
-        for path, size, mtime_ns in _walk_files(storage.join(folder, class_dir)):
+        for path, size, mtime_ns in _walk_files(storage.join(folder, class_dir), split, ignored):
             files.append(_File(path=path, split=split, label=label, size=size, mtime_ns=mtime_ns))
 
 
-def _walk_files(folder: str) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of every file under ``folder``, including dangling links locally."""
+def _walk_files(folder: str, split: str, ignored: list[dict]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of every file under ``folder``, including dangling links locally; a
+    folder below it that cannot be listed goes to ``ignored`` with the reason, and ``folder``
+    itself stops with a :class:`UserError`."""
     if storage.is_uri(folder):
         fs, inner = storage.filesystem(folder)
         scheme = folder.split("://", 1)[0]
         infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
         return [(f"{scheme}://{i.path}", int(i.size or 0), int(i.mtime_ns or 0)) for i in infos if i.type == pafs.FileType.File]
+
+    def unlisted(exc: OSError) -> None:
+        if exc.filename == folder:
+            raise UserError(f"cannot read the folder '{folder}': {describe_failure(exc)}")
+        ignored.append({"path": exc.filename, "split": split, "reason": describe_failure(exc)})
+
     out = []
-    for directory, _, names in os.walk(folder):
+    for directory, _, names in os.walk(folder, onerror=unlisted):
         for name in names:
             path = os.path.join(directory, name)
             try:
@@ -291,7 +304,7 @@ def _walk_files(folder: str) -> list[tuple[str, int, int]]:
 
 def _scan_cached(root: str, files: list[_File], ignored: pd.DataFrame, cache_dir: str | None, *, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(manifest with groups, skipped files) of ``files``: from the cache when nothing changed, else read and cached."""
-    key = _scan_fingerprint(root, files)
+    key = _scan_fingerprint(root, files, ignored)
     cached = _load_cached(cache_dir, key)
     if cached is not None:
         return cached
@@ -302,10 +315,13 @@ def _scan_cached(root: str, files: list[_File], ignored: pd.DataFrame, cache_dir
     return manifest, skipped
 
 
-def _scan_fingerprint(root: str, files: list[_File]) -> str:
+def _scan_fingerprint(root: str, files: list[_File], ignored: pd.DataFrame) -> str:
     digest = hashlib.sha256(f"v{MANIFEST_VERSION}|{root}|{decoders_installed()}".encode())
     for f in files:
         digest.update(f"{f.path}|{f.size}|{f.mtime_ns}\n".encode())
+    # The folders left out are cached with the scan: one that became readable or unreadable, or went, is a change.
+    for path, reason in ignored[["path", "reason"]].itertuples(index=False):
+        digest.update(f"ignored|{path}|{reason}\n".encode())
     return digest.hexdigest()[:24]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from cxr_tune.data.sources import build_manifest, patient_id
 from cxr_tune.errors import UserError
-from tests.conftest import kermany_folder, write_image
+from tests.conftest import kermany_folder, permissions_bind, run_cli, unreadable, write_image
 
 GOOD = {
     "train": {
@@ -72,6 +72,28 @@ def test_bad_files_are_skipped_and_listed_with_a_reason(tmp_path):
     assert "IM-0011-0001.jpeg" in reasons
     assert "FileNotFoundError" in reasons["IM-0012-0001.jpeg"] or "No such file" in reasons["IM-0012-0001.jpeg"]
     assert len(source.manifest) == 8  # the good images are all still there
+
+
+def test_an_unreadable_folder_inside_a_class_is_listed_like_an_unreadable_file(tmp_path):
+    prefix = permissions_bind()
+    root = kermany_folder(tmp_path / "chest_xray", GOOD)
+    locked_dir = write_image(root / "train" / "NORMAL" / "locked" / "IM-0020-0001.jpeg", seed=20).parent
+    locked_file = write_image(root / "train" / "NORMAL" / "IM-0021-0001.jpeg", seed=21)
+    with unreadable(locked_dir, locked_file):
+        done = run_cli("cxr_tune.data", "inspect", str(root), "--cache-dir", str(tmp_path / "cache"), prefix=prefix)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"  {locked_file}: permission denied" in done.stdout.splitlines()
+    assert f"  {locked_dir}: permission denied" in done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("locked", [".", "train", "train/NORMAL", "test/PNEUMONIA"])
+def test_an_unreadable_data_split_or_class_folder_is_a_one_line_error(tmp_path, locked):
+    prefix = permissions_bind()
+    root = kermany_folder(tmp_path / "chest_xray", GOOD)
+    with unreadable(root / locked):
+        done = run_cli("cxr_tune.data", "inspect", str(root), "--cache-dir", str(tmp_path / "cache"), prefix=prefix)
+    folder = os.path.normpath(root / locked)
+    assert done.returncode == 2 and done.stderr.splitlines() == [f"error: cannot read the folder '{folder}': permission denied"], done.stderr[-2000:]
 
 
 def test_missing_path_is_a_one_line_error(tmp_path):
