@@ -295,3 +295,16 @@ def s3_dir(s3_server, request: pytest.FixtureRequest) -> str:
 
     label = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:40]
     return f"s3://{S3_BUCKET}/{label}-{uuid.uuid4().hex[:8]}"
+
+
+def folder_with_bad_files(root: Path) -> Path:
+    """A small Kermany folder whose train/NORMAL also holds four files no command can use: truncated, empty, text named .jpeg, a dangling link."""
+    kermany_folder(root, {"train": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)],
+                                    "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(6)]}})
+    normal = root / "train" / "NORMAL"
+    good = (normal / "IM-0000-0001.jpeg").read_bytes()
+    (normal / "IM-0100-0001.jpeg").write_bytes(good[: len(good) // 2])
+    (normal / "IM-0101-0001.jpeg").write_bytes(b"")
+    (normal / "IM-0102-0001.jpeg").write_text("not an image")
+    os.symlink(root / "gone.jpeg", normal / "IM-0103-0001.jpeg")
+    return root

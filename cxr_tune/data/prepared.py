@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,20 @@ class SplitData:
             return f"{what} is scored every epoch for comparison; selection uses validation carved from train (--select-on carved)."
         note = f" ({self.external_note})" if self.external_note else ""
         return f"No external validation set: selection uses validation carved from train{note}."
+
+    def describe_skipped(self, shown: int = 3) -> str | None:
+        """One line on the files (and folders) the scan could not use: how many, the first ``shown`` with
+        the reason, and the command that lists them all; None when there are none."""
+        skipped = self.source.skipped
+        if skipped.empty:
+            return None
+        first = "; ".join(f"{path}: {reason}" for path, reason in skipped[["path", "reason"]].head(shown).itertuples(index=False))
+        more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+        data = self.options.data or ""
+        val_data = self.options.val_data if self.options.val_data not in ("auto", "none") else ""
+        command = " ".join(["python -m cxr_tune.data inspect", *([shlex.quote(data)] if data else []),
+                            *(["--val-data", shlex.quote(val_data)] if val_data else [])])
+        return f"Skipped {len(skipped)} file(s) that cannot be used ({first}{more}); {command} lists them all."
 
     def _left_out(self) -> list[str]:
         excluded = self.roles[self.roles["role"] == "excluded"]

@@ -134,6 +134,8 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
     prepare_study(options, fresh=not resume)
     print(f"Data: {split.source.description}")
     print(split.describe_external(options.select_on))
+    if skipped := split.describe_skipped():
+        print(skipped)
     print(f"Experiment: {experiment}")
     from cxr_tune.data.cache import check_buildable, find_cache
 

@@ -92,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = split_data(options)
     print(f"Data: {split.source.description}")
     print(split.describe_external(args.select_on))
+    if skipped := split.describe_skipped():
+        print(skipped)
     from cxr_tune.console import library_output_to
     from cxr_tune.ray_session import ray_session
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, cpus_come_free
+from tests.conftest import ROOT, cpus_come_free, folder_with_bad_files
 
 pytestmark = pytest.mark.slow  # starts a Train run
 
@@ -92,3 +92,23 @@ def test_cross_validation_resumed_on_other_data_is_refused(tmp_path):
     _check_plan(str(tmp_path), plan, resume=True)  # the same folds: resumed
     with pytest.raises(UserError, match=r"other settings \(data: 200 images, sha256 0123456789ab there, 120 images, sha256 ba9876543210 here\)"):
         _check_plan(str(tmp_path), {**plan, "images": "120 images, sha256 ba9876543210"}, resume=True)
+
+
+def test_the_data_summary_says_which_files_were_skipped_and_where_the_list_is(tmp_path, monkeypatch, capsys):
+    import cxr_tune.ray_session
+    from cxr_tune.train.__main__ import main
+
+    class BeforeRay(Exception):
+        pass
+
+    def no_ray(*args, **kwargs):
+        raise BeforeRay
+
+    monkeypatch.setattr(cxr_tune.ray_session, "ray_session", no_ray)
+    root = folder_with_bad_files(tmp_path / "data")
+    with pytest.raises(BeforeRay):
+        main(["--data", str(root), "--storage", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])
+    normal = root / "train" / "NORMAL"
+    assert (f"Skipped 4 file(s) that cannot be used ({normal / 'IM-0100-0001.jpeg'}: truncated image (file ends before the image data does); "
+            f"{normal / 'IM-0101-0001.jpeg'}: empty file (0 bytes); {normal / 'IM-0102-0001.jpeg'}: not an image Pillow can read; and 1 more); "
+            f"python -m cxr_tune.data inspect {root} lists them all.") in capsys.readouterr().out.splitlines()
