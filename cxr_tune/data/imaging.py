@@ -41,7 +41,7 @@ class ImageInfo:
     width: int
     height: int
     mode: str
-    notes: tuple[str, ...] = ()  # why it may not be like the training X-rays (:mod:`cxr_tune.data.input_checks`), size aside
+    notes: tuple[str, ...] = ()  # why it may not be like the training X-rays (:mod:`cxr_tune.data.input_checks`), no model's size known
 
 
 def to_gray8(image: Image.Image) -> Image.Image:
@@ -187,7 +187,8 @@ def try_decode_gray(source: str | Path | bytes, size: int) -> tuple[np.ndarray |
 
 def probe(data: bytes) -> ImageInfo:
     """Check that ``data`` is a complete image Pillow (or, for DICOM, pydicom) can decode; return its
-    size, its mode and why it may not be like the training X-rays (as ``predict`` checks, its size aside).
+    size, its mode and why it may not be like the training X-rays (as ``predict`` checks; for the size,
+    against the smallest model input, since no model is known yet).
 
     Decodes the whole stream (at a reduced JPEG scale, so it is cheap) because a truncated file
     opens fine and only fails when its pixels are read. A DICOM file is mapped all the way to

@@ -33,6 +33,10 @@ REAL_LOWEST_STD = 18.7  # measured, see above
 #: larger image): a colour cast is no finer than that.
 COLOUR_PROBE = 128
 
+#: The smallest square input a model takes (``--image-size``, ``image_size``): a smaller image is
+#: enlarged whatever the model, so a data folder's scan names it before any model exists.
+MIN_SIZE = 16
+
 #: DICOM modalities of plain radiographs (computed and digital radiography), as in the training set.
 RADIOGRAPH_MODALITIES = ("CR", "DX")
 
@@ -45,7 +49,8 @@ def notes(*, width: int, height: int, size: int | None, colour_spread: float, pi
     """The reasons, in words, why one image may not be like the training X-rays; empty when none.
 
     ``width``/``height``: the stored image's size; ``size``: the model's input side (None: no model
-    yet, as when a data folder is scanned); ``colour_spread``: :data:`COLOUR_SPREAD_LIMIT`'s measure;
+    yet, as when a data folder is scanned: then the limit is :data:`MIN_SIZE`);
+    ``colour_spread``: :data:`COLOUR_SPREAD_LIMIT`'s measure;
     ``pixels``: the gray image (the ``(size, size)`` input the model scores, or a sample of the
     file's pixels); ``modality``/``view``: the DICOM Modality and ViewPosition, when the file is DICOM.
     """
@@ -58,6 +63,8 @@ def notes(*, width: int, height: int, size: int | None, colour_spread: float, pi
         found.append(f"colour image (its colour channels differ by {colour_spread:.0f} gray levels on average; X-rays are gray)")
     if size is not None and min(width, height) < size:
         found.append(f"{width}x{height} px, smaller than the model's {size}x{size} px input: enlarged, so blurred")
+    if size is None and min(width, height) < MIN_SIZE:
+        found.append(f"{width}x{height} px, smaller than the smallest model input ({MIN_SIZE}x{MIN_SIZE} px): enlarged, so blurred")
     spread = float(np.std(pixels))
     if spread < BLANK_STD_LIMIT:
         found.append(f"nearly blank (its gray levels have a standard deviation of {spread:.1f}; real chest X-rays' lowest is {REAL_LOWEST_STD})")

@@ -99,9 +99,24 @@ def test_inspect_lists_a_data_folders_images_unlike_xrays_and_keeps_them(tmp_pat
     (root / "train" / "PNEUMONIA" / "person3_virus_3.dcm").write_bytes(dicom_bytes(source_image(), ViewPosition="LL"))
     done = call_cli("cxr_tune.data", "inspect", str(root), "--cache-dir", str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr
-    listed = done.stdout.split("Images unlike chest X-rays (colour, blank, a DICOM lateral view or not a radiograph): 2, used as they are", 1)[1]
+    listed = done.stdout.split("Images unlike chest X-rays (colour, blank, tiny, a DICOM lateral view or not a radiograph): 2, used as they are", 1)[1]
     lines = listed.splitlines()[1:3]
     assert lines[0].startswith(f"  {root / 'train' / 'NORMAL' / 'IM-0003-0001.png'}: colour image"), done.stdout
     assert lines[1].startswith(f"  {root / 'train' / 'PNEUMONIA' / 'person3_virus_3.dcm'}: lateral view"), done.stdout
     counts = {row[1]: int(row[2]) for row in table_rows(done.stdout) if row[0] == "train" and row[1] in ("NORMAL", "PNEUMONIA")}
     assert counts == {"NORMAL": 3, "PNEUMONIA": 3}  # used as they are: the folder is the user's to change
+
+
+def test_a_data_folders_image_smaller_than_any_model_input_is_named_as_predict_names_it(tmp_path):
+    from cxr_tune.data.sources import build_manifest
+
+    root = kermany_folder(tmp_path / "chest_xray", {"train": {"NORMAL": ["IM-0001-0001.jpeg", "IM-0002-0001.jpeg"],
+                                                               "PNEUMONIA": ["person1_virus_1.jpeg", "person2_virus_2.jpeg"]}})
+    tiny = write_image(root / "train" / "NORMAL" / "IM-0003-0001.png", size=(4, 4))
+    write_image(root / "train" / "NORMAL" / "IM-0004-0001.png", size=(16, 16))  # the smallest input: nothing to say
+    checks = build_manifest(str(root)).manifest.set_index("path")["check"]
+    assert checks[str(tiny)] == "4x4 px, smaller than the smallest model input (16x16 px): enlarged, so blurred"
+    assert (checks.drop(str(tiny)) == "").all()
+    done = call_cli("cxr_tune.data", "inspect", str(root), "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 0 and f"  {tiny}: {checks[str(tiny)]}" in done.stdout.splitlines(), done.stdout
+    assert checked(tiny)[0].startswith("4x4 px, smaller than the model's 16x16 px input: enlarged, so blurred")  # predict's words
