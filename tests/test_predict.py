@@ -134,6 +134,14 @@ def test_a_named_folder_that_cannot_be_listed_is_an_error_not_an_empty_folder(tm
         collect([str(normal)])
 
 
+def test_an_empty_file_is_listed_as_empty_as_inspect_lists_it(tmp_path):
+    model = write_export(tmp_path / "best", image_size=16)
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"]}})
+    (data / "test" / "NORMAL" / "IM-0002-0001.jpeg").write_bytes(b"")
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet")
+    assert done.returncode == 0 and f"  {data / 'test' / 'NORMAL' / 'IM-0002-0001.jpeg'}: empty file (0 bytes)" in done.stdout.splitlines(), done.stdout
+
+
 def test_metrics_that_no_labelled_image_can_give_are_an_error_not_a_missing_file(tmp_path):
     model = write_export(tmp_path / "best", image_size=16)
     (tmp_path / "bad" / "NORMAL").mkdir(parents=True)

@@ -34,6 +34,13 @@ _GRAY_MODES = {"1", "L", "LA", *_HIGH_BIT_MODES}  # modes that cannot hold colou
 _BAND_PIXELS = 1 << 18
 
 
+class EmptyFile(ValueError):
+    """A file of 0 bytes: said as such, not as a file Pillow cannot read."""
+
+    def __init__(self) -> None:
+        super().__init__("empty file (0 bytes)")
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What a header-and-decode check learned about one file."""
@@ -94,12 +101,17 @@ def _open(source: str | Path | bytes) -> Image.Image:
 
 
 def _is_dicom(source: str | Path | bytes) -> bool:
-    """Whether ``source`` is a DICOM file, by its marker: PACS exports often have no extension."""
+    """Whether ``source`` is a DICOM file, by its marker: PACS exports often have no extension.
+    Raises :class:`EmptyFile` for 0 bytes: every decode asks this first."""
     if isinstance(source, bytes):
-        return dicom.is_dicom(source[: dicom.HEADER_BYTES])
-    storage.check_plain_file(source)  # a named pipe would block the read; every decode of a path asks this first
-    with open(source, "rb") as file:
-        return dicom.is_dicom(file.read(dicom.HEADER_BYTES))
+        header = source[: dicom.HEADER_BYTES]
+    else:
+        storage.check_plain_file(source)  # a named pipe would block the read
+        with open(source, "rb") as file:
+            header = file.read(dicom.HEADER_BYTES)
+    if not header:
+        raise EmptyFile
+    return dicom.is_dicom(header)
 
 
 def _square(gray: Image.Image, size: int) -> np.ndarray:
@@ -194,8 +206,6 @@ def probe(data: bytes) -> ImageInfo:
     opens fine and only fails when its pixels are read. A DICOM file is mapped all the way to
     8 bits, so one whose window or LUT cannot be applied is caught here, not in training.
     """
-    if not data:
-        raise ValueError("empty file (0 bytes)")
     if _is_dicom(data):
         gray = dicom.read_gray8(data)
         height, width = gray.pixels.shape
@@ -217,7 +227,7 @@ def describe_failure(exc: BaseException) -> str:
 
     if isinstance(exc, UnidentifiedImageError):
         return "not an image Pillow can read"
-    if isinstance(exc, (dicom.DicomError, storage.NotPlainFile)):
+    if isinstance(exc, (dicom.DicomError, storage.NotPlainFile, EmptyFile)):
         return str(exc)  # already one sentence, e.g. which package decodes its transfer syntax
     text = str(exc).split("\n")[0]
     if "truncated" in text.lower():

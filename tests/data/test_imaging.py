@@ -39,6 +39,8 @@ def test_truncated_and_non_images_fail_with_a_reason(tmp_path):
     assert try_decode_gray(b"hello", 16) == (None, "not an image Pillow can read")
     with pytest.raises(ValueError, match="empty"):
         probe(b"")
+    (tmp_path / "empty.jpeg").write_bytes(b"")
+    assert try_decode_gray(tmp_path / "empty.jpeg", 16) == try_decode_gray(b"", 16) == (None, "empty file (0 bytes)")
 
 
 def _old_to_gray8(image: Image.Image) -> np.ndarray:
