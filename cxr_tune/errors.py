@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import NoReturn
 
 EXIT_USAGE = 2
@@ -84,6 +85,21 @@ def stop_on_sigterm_as_on_ctrl_c() -> Callable[[], None]:
         return lambda: None
     before = signal.signal(signal.SIGTERM, _sigterm_to_sigint)
     return lambda: signal.signal(signal.SIGTERM, before)
+
+
+@contextmanager
+def ctrl_c_kept() -> Iterator[None]:
+    """Put this command's Ctrl-C handler back after the block. Ray Tune's and Ray Train's ``fit()`` install their own
+    and put the one before back only when a signal arrives: after a run that ended by itself, Ctrl-C still went to
+    it, ignored during the export and report, or killing Ray's dashboard in the next stage's start-up (a traceback)."""
+    import threading
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread() and before is not None:
+            signal.signal(signal.SIGINT, before)
 
 
 def _sigterm_to_sigint(signum: int, frame: object) -> None:

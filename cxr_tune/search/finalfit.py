@@ -29,6 +29,7 @@ from typing import Any
 
 from cxr_tune import storage
 from cxr_tune.cliargs import assignments_text
+from cxr_tune.errors import ctrl_c_kept
 from cxr_tune.experiment import FINAL_FIT_DIR, FINAL_FIT_MEMBERS, LOG_FILE, TRAIN_DIR, Experiment, FinalRun
 from cxr_tune.search.pace import final_fit_epochs
 from cxr_tune.selection import ensemble_members, ranked_trials
@@ -103,7 +104,7 @@ def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = F
     with library_output_to(log, verbose=verbose) as stream, ray_session(options.address, log=stream, verbose=verbose):
         import ray
 
-        with unreported_trials_unwarned():  # no run writes a result.json
+        with unreported_trials_unwarned(), ctrl_c_kept():  # no run writes a result.json
             _tuner(experiment, runs, options, verbose=verbose).fit()
         cluster = ray.cluster_resources()
         experiment.log_compute("final fit", time.time() - started, cluster.get("CPU", 0), cluster.get("GPU", 0))

@@ -24,7 +24,7 @@ from typing import Any
 
 from cxr_tune import __version__, storage
 from cxr_tune.data.prepared import SplitData, datasets_by_size, split_data
-from cxr_tune.errors import UserError
+from cxr_tune.errors import UserError, ctrl_c_kept
 from cxr_tune.experiment import EVENTS_FILE, EXPERIMENT_FILE, LOG_FILE, SPACE_FILE, SPLITS_FILE, TRAIN_DIR, Experiment
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.pace import FinalFitShape, final_fit_epochs
@@ -167,7 +167,8 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
             print(f"Job budget: {options.job_budget_min:g} min for this command; the search ends when what is left would not hold "
                   f"the final fit (estimated from the leading trials' epochs) and the export", flush=True)
         search_started = time.time()
-        tuner.fit()
+        with ctrl_c_kept():
+            tuner.fit()
         cluster = ray.cluster_resources()
         Experiment(experiment).log_compute("search (resumed)" if resume else "search", time.time() - search_started, cluster.get("CPU", 0),
                                            cluster.get("GPU", 0), **_budget_notes())

@@ -18,7 +18,7 @@ from cxr_tune import storage
 from cxr_tune.console import unreported_trials_unwarned
 from cxr_tune.data.prepared import SplitData
 from cxr_tune.data.splits import group_kfold
-from cxr_tune.errors import UserError
+from cxr_tune.errors import UserError, ctrl_c_kept
 from cxr_tune.selection import best_epoch
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, make_trainer
@@ -92,7 +92,7 @@ def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resource
                 tune_config=tune.TuneConfig(max_concurrent_trials=min(k, resources.runs_at_once(ray.cluster_resources())), trial_dirname_creator=_fold_dirname),
                 run_config=tune.RunConfig(name=FOLDS_DIR, storage_path=storage.join(storage_path, name), verbose=0),
             )
-        with unreported_trials_unwarned():  # no fold writes a result.json: its row is folds/fold<i>.json
+        with unreported_trials_unwarned(), ctrl_c_kept():  # no fold writes a result.json: its row is folds/fold<i>.json
             results = tuner.fit()
     for result in results:
         if result.error is not None:

@@ -126,8 +126,11 @@ def fit(trainer: Any) -> Any:
     """``trainer.fit()`` with Ctrl-C as ``KeyboardInterrupt``. On the main thread, ``fit()`` installs Ray Train's own SIGINT
     handler, which aborts the run gracefully (its checkpoints stay) and then raises ``SystemExit(1)`` out of ``fit()``:
     a command would end with status 1 and no word. Callers say what was kept; :func:`cxr_tune.errors.run_cli` ends with 130."""
+    from cxr_tune.errors import ctrl_c_kept
+
     try:
-        return trainer.fit()
+        with ctrl_c_kept():
+            return trainer.fit()
     except SystemExit:
         raise KeyboardInterrupt from None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +49,22 @@ def search(ray_session, synthetic_root, site, tmp_path_factory) -> tuple[Path, s
     space = tmp_path_factory.mktemp("space") / "external.yaml"
     space.write_text(yaml.safe_dump(raw))
     storage = tmp_path_factory.mktemp("experiments")
+    CTRL_C["before"] = signal.getsignal(signal.SIGINT)
     done = call_cli("cxr_tune.search", "--space", str(space), "--data", str(synthetic_root), "--val-data", str(site),
                    "--min-sensitivity", str(FLOOR), "--trials", "2", "--max-epochs", "2", "--job-budget", str(JOB_BUDGET),
                    "--storage", str(storage), "--name", "ext")
+    CTRL_C["after"] = signal.getsignal(signal.SIGINT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return storage / "ext", done.stdout
+
+
+CTRL_C: dict[str, object] = {}  # the process's Ctrl-C handler before and after the search (with its final fit) ran in it
+
+
+def test_ctrl_c_goes_to_the_command_again_once_the_search_and_its_final_fit_ended(search):
+    """Tune's fit() leaves its own Ctrl-C handler installed: before, Ctrl-C during the export was ignored, and during the
+    final fit's start-up it killed Ray's dashboard (a traceback, no report, no resume line)."""
+    assert CTRL_C["after"] is CTRL_C["before"]
 
 
 @pytest.fixture(scope="module")
