@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_tune import __version__, storage
+from cxr_tune import __version__, folder_lock, storage
 from cxr_tune.cliargs import help_text, int_between, positive_int
 from cxr_tune.calibration import METHODS as CALIBRATION_METHODS
 from cxr_tune.calibration import Calibration, plot_reliability
@@ -538,6 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with folder_lock.holding():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     experiment = storage.resolve(args.experiment)
     if args.ensemble is not None and args.trial:
@@ -545,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         check_model_target(args.out, "--out")
     target = storage.resolve(args.out) if args.out else storage.join(experiment, "best" if args.trial is None else f"exports/{args.trial}")
+    folder_lock.hold(experiment)  # not while a search writes it (or another export)
     meta = export_trial(experiment, args.trial, target, args.ensemble, val_data=args.val_data, tta=args.tta, calibrate=args.calibrate,
                         final_fit=args.final_fit)
     print(summary(meta, target))

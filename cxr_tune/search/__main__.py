@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_tune import storage
+from cxr_tune import folder_lock, storage
 from cxr_tune.cliargs import fraction, help_text, nonnegative_float, nonnegative_int, positive_float, positive_int
 from cxr_tune.data.prepared import DataOptions, add_data_arguments
 from cxr_tune.errors import EXIT_INTERRUPTED, UserError, run_cli
@@ -143,6 +143,11 @@ def refuse_flags(args: argparse.Namespace, argv: Sequence[str] | None, mode: str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with folder_lock.holding():  # the search, its final fit and its export: one command in the experiment at a time
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from cxr_tune.experiment import Experiment
     from cxr_tune.search.finish import finish_experiment
     from cxr_tune.search.runner import can_resume, resume_command, run_search
@@ -154,8 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         refuse_flags(args, argv, "--report-only", REPORT_FLAGS, "rewrites the table, report and best/ of an existing experiment and runs nothing")
         if not args.name:
             raise UserError("--report-only needs --name of the experiment")
-        experiment = Experiment(storage.join(storage.resolve(args.storage), args.name))  # one-line error when it is not one
-        finish_experiment(experiment.path, export=not args.no_export)
+        folder = storage.join(storage.resolve(args.storage), args.name)
+        folder_lock.hold(folder)
+        finish_experiment(Experiment(folder).path, export=not args.no_export)  # one-line error when it is not one
         return 0
     if args.resume:
         refuse_flags(args, argv, "--resume", RESUME_FLAGS, "continues an experiment with the space, data and settings it was started with",
@@ -169,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Found here, wherever it was started from; the budgets are minutes for this run (none: no limit).
         if args.no_final_fit:
             overrides["final_fit"] = False
+        folder_lock.hold(experiment)
         recorded = Experiment(experiment).options
         if not same_folder(recorded.experiment_dir, experiment):  # Tune's state and the searcher's study name the folder it ran in
             raise UserError(f"'{experiment}' is a copy of the experiment run in '{recorded.experiment_dir}': Ray Tune's saved state names "

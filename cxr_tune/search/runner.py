@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cxr_tune import __version__, storage
+from cxr_tune import __version__, folder_lock, storage
 from cxr_tune.data.prepared import SplitData, datasets_by_size, split_data
 from cxr_tune.errors import UserError, ctrl_c_kept
 from cxr_tune.experiment import EVENTS_FILE, EXPERIMENT_FILE, LOG_FILE, SPACE_FILE, SPLITS_FILE, TRAIN_DIR, Experiment
@@ -124,12 +124,14 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
     experiment = options.experiment_dir
     if resume:  # the experiment's own space and roles, never today's files
         saved = Experiment(experiment)
+        folder_lock.hold(experiment)
         space, split = saved.space(), saved.split(options.data)
     else:
         _refuse_existing(options)  # before the data scan, which can take minutes
         space = load_space(options.space)
         split = split_data(options.data)
         _start_experiment(options, space, split)
+        folder_lock.hold(experiment)  # until the command ends (main's folder_lock.holding)
     restore = resume and Experiment(experiment).has_tune_state()  # else Tune never saved a step: start it afresh
     prepare_study(options, fresh=not resume)
     print(f"Data: {split.source.description}")
@@ -198,6 +200,9 @@ def _refuse_existing(options: SearchOptions) -> None:
     start writes before ``experiment.json``, from a search stopped right then, which may be written again)."""
     experiment = options.experiment_dir
     if storage.exists(storage.join(experiment, EXPERIMENT_FILE)):
+        running = folder_lock.held_elsewhere(experiment)
+        if running:
+            raise UserError(f"experiment '{experiment}' already exists and another command ({running}) is running it now; choose another --name")
         raise UserError(f"experiment '{experiment}' already exists; continue it with: {resume_command(options)} (or choose another --name)")
     if storage.is_file(experiment):
         raise UserError(f"--name '{options.name}': '{experiment}' is a file, not an experiment folder; choose another --name")

@@ -1,0 +1,69 @@
+"""One command at a time in an experiment folder: a second one is refused with one line, before it touches anything."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+
+import pytest
+
+from cxr_tune import folder_lock
+from cxr_tune.errors import UserError
+from tests.conftest import call_cli
+
+
+def held_by_another_process(folder) -> object:
+    """The lock as another command holds it (a second open file description: flock refuses it to this one too)."""
+    handle = open(folder / folder_lock.LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    handle.write("process 4242")
+    handle.flush()
+    return handle
+
+
+def test_a_folder_another_command_holds_is_refused_and_free_again_once_it_ends(tmp_path):
+    other = held_by_another_process(tmp_path)
+    with pytest.raises(UserError, match=rf"another command \(process 4242\) is running in the experiment '{tmp_path}'; wait for it"):
+        with folder_lock.holding():
+            folder_lock.hold(str(tmp_path))
+    assert folder_lock.held_elsewhere(str(tmp_path)) == "process 4242"
+    other.close()  # the other command ended
+    assert folder_lock.held_elsewhere(str(tmp_path)) is None
+    with folder_lock.holding():
+        folder_lock.hold(str(tmp_path))
+        folder_lock.hold(str(tmp_path))  # held once by this command, however often it asks
+        assert (tmp_path / folder_lock.LOCK_FILE).read_text() == f"process {os.getpid()}"
+    held_by_another_process(tmp_path).close()  # let go at the end of the block
+
+
+@pytest.mark.parametrize("command", ["resume", "report-only", "export"])
+def test_a_second_command_in_a_running_experiment_is_refused_before_it_reads_it(command, tmp_path):
+    """Before: a --resume typed while the search ran restored Tune's state, trained the same trial again, and both
+    commands rewrote each other's table, report and best/."""
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    (experiment / "experiment.json").write_text(json.dumps({"options": {}}))  # no command gets as far as reading it
+    other = held_by_another_process(experiment)
+    try:
+        args = {"resume": ["cxr_tune.search", "--name", "exp", "--storage", str(tmp_path), "--resume"],
+                "report-only": ["cxr_tune.search", "--name", "exp", "--storage", str(tmp_path), "--report-only"],
+                "export": ["cxr_tune.export", str(experiment)]}[command]
+        done = call_cli(*args)
+    finally:
+        other.close()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"another command (process 4242) is running in the experiment '{experiment}'" in done.stderr
+
+
+def test_a_new_search_under_the_name_of_a_running_one_is_not_told_to_resume_it(tmp_path):
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    (experiment / "experiment.json").write_text("{}")
+    other = held_by_another_process(experiment)
+    try:
+        done = call_cli("cxr_tune.search", "--space", "smoke", "--name", "exp", "--storage", str(tmp_path))
+    finally:
+        other.close()
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: experiment '{experiment}' already exists and another command (process 4242) is running it now; choose another --name")
