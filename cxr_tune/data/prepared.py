@@ -102,6 +102,15 @@ class SplitData:
     def has_external(self) -> bool:
         return bool((self.roles["role"] == "external").any())
 
+    def fingerprint(self) -> str:
+        """Which images play which role, in a few characters (their contents, not their paths): a run resumed on
+        other data, or another split of it, would score its later epochs on another validation set."""
+        import hashlib
+
+        rows = sorted(f"{h} {r}" for h, r in zip(self.roles["content_hash"], self.roles["role"], strict=True))
+        digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()
+        return f"{len(rows)} images, sha256 {digest[:12]}"
+
     def deciding_set(self, select_on: str) -> str:
         """``external`` when runs on this data are selected on an external set, else ``carved``."""
         return "external" if self.has_external and select_on == "external" else "carved"

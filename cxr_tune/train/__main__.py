@@ -94,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(split.describe_external(args.select_on))
     if skipped := split.describe_skipped():
         print(skipped)
+    if not args.cv:  # (--cv keeps its own plan, which records its data)
+        keep_same_data(storage.join(storage_path, name), split, split.deciding_set(args.select_on))
     from cxr_tune.console import library_output_to
     from cxr_tune.ray_session import ray_session
 
@@ -152,6 +154,27 @@ def check_same_run(run_dir: str, hp: HParams) -> None:
     if differ:
         raise UserError(f"'{run_dir}' holds a run with other settings ({'; '.join(differ)}); give the same settings to resume it, "
                         "or another --name")
+
+
+RUN_FILE = "run.json"  # the data a run trains and is scored on: a resume must have the same
+
+
+def keep_same_data(run_dir: str, split, deciding: str) -> None:
+    """Record the images and roles a run uses; refuse to resume one that has checkpoints on other ones (other data,
+    another --val-fraction or --split-seed, another --val-data or --select-on): its later epochs would be scored on
+    another validation set than its first, and its best epoch chosen across the two. A run from before this record is
+    taken at its word."""
+    from cxr_tune.train.checkpoints import saved_checkpoints
+
+    path = storage.join(run_dir, RUN_FILE)
+    record = {"data": split.fingerprint(), "deciding_set": deciding}
+    if saved_checkpoints(run_dir) and storage.exists(path):
+        saved = json.loads(storage.read_text(path))
+        differ = [f"{key}: {saved.get(key)} there, {value} here" for key, value in record.items() if saved.get(key) != value]
+        if differ:
+            raise UserError(f"'{run_dir}' holds a run on other data or another split ({'; '.join(differ)}); give the same data and "
+                            "split flags to resume it, or another --name")
+    storage.write_text_atomic(path, json.dumps(record, indent=2))
 
 
 def check_weights(net, path: str) -> None:

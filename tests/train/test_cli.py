@@ -80,6 +80,25 @@ def test_a_run_resumed_under_its_name_with_other_settings_is_refused_before_ray_
               *[arg for setting in ("image_size=32", "depth=2", "filters=4", "lr=0.001") for arg in ("--set", setting)]])
 
 
+def test_a_run_resumed_under_its_name_on_another_split_is_refused_before_ray_starts(synthetic_root, tmp_path):
+    """Before: it resumed, scored its later epochs on another carved validation set, and chose its best epoch across the two."""
+    import json
+
+    from cxr_tune.errors import UserError
+    from cxr_tune.train.__main__ import RUN_FILE, main
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.hparams import HParams
+
+    settings = [arg for setting in ("image_size=32", "depth=2", "filters=4") for arg in ("--set", setting)]
+    checkpoint = tmp_path / "run" / "checkpoint_000"
+    checkpoint.mkdir(parents=True)
+    save_state(str(checkpoint), {"hparams": HParams(image_size=32, depth=2, filters=4).to_dict(), "epoch": 1}, {})
+    (tmp_path / "run" / RUN_FILE).write_text(json.dumps({"data": "1500 images, sha256 0123456789ab", "deciding_set": "carved"}))
+    with pytest.raises(UserError, match=r"holds a run on other data or another split \(data: 1500 images, sha256 0123456789ab there, "
+                                        r"\d+ images, sha256 [0-9a-f]{12} here\); give the same data"):
+        main(["--data", str(synthetic_root), "--storage", str(tmp_path), "--name", "run", "--split-seed", "1", *settings])
+
+
 def test_cross_validation_resumed_on_other_data_is_refused(tmp_path):
     import json
 
