@@ -163,6 +163,7 @@ def _tuner(experiment: Experiment, runs: list[FinalRun], options: Any, *, verbos
         {"cpu": TRIAL_DRIVER_CPU},
     )
     ProgressPrinter.verbose = verbose
+    ProgressPrinter.best_before = None  # its runs' own bests, not the search's
     FinalFitRuns.concurrency = plan.concurrency  # this command's cluster and flags, also for a restored final fit
     if storage.exists(storage.join(folder, "tuner.pkl")):
         return tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=True)

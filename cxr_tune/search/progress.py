@@ -31,6 +31,7 @@ class ProgressPrinter(Callback):
     # results and checkpoints. A trial the time budget stopped after its epoch reached its checkpoint
     # but before the epoch's report reached Tune trained, though Tune's copy shows no epoch.
     trained_before: ClassVar[frozenset[str]] = frozenset()
+    best_before: ClassVar[tuple[float, str] | None] = None  # a resumed search's best so far: "new best" beats it, not just this session's
 
     def __init__(self, total_trials: int, max_epochs: int, criterion: str, deciding: str, *, stream: TextIO | None = None, label: str = "trial",
                  budgeted: bool = True) -> None:
@@ -125,7 +126,8 @@ class ProgressPrinter(Callback):
                    f"sens {result.get(f'{self.prefix}_sensitivity', math.nan):.3f}, spec {result.get(f'{self.prefix}_specificity', math.nan):.3f})")
         if self.verbose:
             self.say(f"{self._clock()} {self.label} {trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs} {summary}")
-        if self.best is None or objective > self.best[0]:
+        best = max((b for b in (self.best, self.best_before) if b is not None), default=None, key=lambda b: b[0])
+        if best is None or objective > best[0]:
             self.best = (objective, trial.trial_id)
             self.say(f"{self._clock()} new best: {self.label} {trial.trial_id} epoch {result.get('epoch')}, {summary}")
 

@@ -61,6 +61,7 @@ class TrialCounts:
     never_trained: int  # ended by the search's end (time budget) before their first epoch: a resume replaces them
     unfinished: int  # pending, running or paused when the search stopped: a resume continues them
     trained_ids: frozenset[str] = frozenset()  # the trials that trained, an epoch only a checkpoint holds included
+    best: tuple[float, str] | None = None  # the best objective any epoch reached so far, and its trial
 
 
 def trial_counts(experiment_dir: str) -> TrialCounts:
@@ -70,17 +71,22 @@ def trial_counts(experiment_dir: str) -> TrialCounts:
     trials, histories = trial_histories(experiment_dir)
     ended = never = unfinished = 0
     trained_ids: set[str] = set()
+    best: tuple[float, str] | None = None
     for trial in trials:
-        trained = not reported_epochs(histories.get(trial.trial_id, pd.DataFrame())).empty
+        epochs = reported_epochs(histories.get(trial.trial_id, pd.DataFrame()))
+        trained = not epochs.empty
         if trained:
             trained_ids.add(trial.trial_id)
+            top = float(epochs["objective"].max())
+            if best is None or top > best[0]:
+                best = (top, trial.trial_id)
         if trial.status == "ERROR" or (trial.status == "TERMINATED" and trained):
             ended += 1
         elif trial.status == "TERMINATED":
             never += 1
         else:
             unfinished += 1
-    return TrialCounts(ended, never, unfinished, frozenset(trained_ids))
+    return TrialCounts(ended, never, unfinished, frozenset(trained_ids), best)
 
 
 def reported_epochs(history: pd.DataFrame) -> pd.DataFrame:

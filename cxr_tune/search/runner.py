@@ -288,11 +288,13 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
     )
     ProgressPrinter.verbose = verbose  # this command's console, fresh or resumed
     ProgressPrinter.trained_before = frozenset()
+    ProgressPrinter.best_before = None
     if resume:  # a trial the budget ended before its first epoch is replaced, not counted
         counts = trial_counts(options.experiment_dir)
         ResumableTrials.total = plan.trials + counts.never_trained
         ResumableTrials.concurrency = plan.concurrency  # the resources were planned for this many, not the saved limit
         ProgressPrinter.trained_before = counts.trained_ids  # so the console counts the trials the table counts
+        ProgressPrinter.best_before = counts.best  # and its "new best" is one the table agrees with
         return tune.Tuner.restore(options.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
 
     if options.sampler == "random":

@@ -59,6 +59,17 @@ def test_a_resumed_search_counts_a_trial_whose_epoch_only_its_checkpoint_holds(m
     assert "(4/4 trials done" in printer.stream.getvalue().splitlines()[-1]
 
 
+def test_a_resumed_search_calls_new_best_only_what_beats_every_epoch_so_far(monkeypatch):
+    """An epoch can reach its checkpoint (and the table) but not Tune before Ctrl-C: before, the resumed search's first
+    report was a "new best" below it, and the console contradicted the table."""
+    monkeypatch.setattr(ProgressPrinter, "best_before", (0.5564, "a"))  # what the runner reads from the saved trials
+    printer = ProgressPrinter(total_trials=4, max_epochs=3, criterion="balanced_accuracy", deciding="carved", stream=io.StringIO())
+    printer.on_trial_result(0, [], _trial("a"), _result(2, 0.5392))
+    printer.on_trial_result(0, [], _trial("b"), _result(1, 0.6))
+    news = [line for line in printer.stream.getvalue().splitlines() if "new best" in line]
+    assert len(news) == 1 and "new best: trial b epoch 1" in news[0], news
+
+
 def test_the_time_left_is_the_budgets_when_a_budget_ends_the_search_first(monkeypatch):
     """200 trials at this pace would take hours; a job budget that ends the search in 5 minutes is what the line says."""
     import time
