@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_tune.selection import (best_epoch, checkpoint_score, choose_threshold, ensemble_members, final_fit_kept, objective_interval, ranked_trials,
-                                select_best)
+from cxr_tune.selection import (best_epoch, checkpoint_score, choose_threshold, ensemble_members, final_fit_kept, floor_threshold, objective_interval,
+                                ranked_trials, select_best)
 
 
 def trials(**columns) -> pd.DataFrame:
@@ -149,3 +149,61 @@ def test_the_kept_checkpoint_follows_the_rule_on_any_history():
         history = _history(objective=rng.choice([0.7, 0.8, 0.9], n), auc=rng.choice([0.8, 0.9, np.nan], n), loss=rng.choice([0.2, 0.3], n))
         scores = [checkpoint_score(history[: e + 1], "carved") for e in range(n)]
         assert _kept_by_train(scores) == int(best_epoch(pd.DataFrame(history), "carved")["epoch"])
+
+
+def _logit(p):
+    return np.log(p / (1 - p))
+
+
+def test_the_tolerance_moves_the_threshold_off_a_near_best_cut_pressed_against_the_images():
+    # One PNEUMONIA image (logit -0.9) sits just above the top NORMAL one (-1): the only perfect cut leaves a
+    # 0.05-logit margin. Cuts costing one image (0.05 balanced accuracy) are within the tolerance: from
+    # just above the next NORMAL (-1.44) up to the next PNEUMONIA (2), whose middle is over a logit from any image.
+    labels = np.r_[np.zeros(10), np.ones(10)].astype(int)
+    scores = 1 / (1 + np.exp(-np.r_[np.linspace(-5, -1, 10), -0.9, np.linspace(2, 4, 9)]))
+    margin = lambda t: np.min(np.abs(_logit(scores) - _logit(t)))  # noqa: E731
+    strict, tolerant = choose_threshold(labels, scores), choose_threshold(labels, scores, tolerance=0.06)
+    assert margin(strict) == pytest.approx(0.05)
+    assert _logit(tolerant) == pytest.approx((2 - 1 - 4 / 9) / 2) and margin(tolerant) > 1.1
+    called = scores >= tolerant
+    assert (called[labels == 1].mean() + 1 - called[labels == 0].mean()) / 2 >= 1 - 0.06
+
+
+def test_a_specificity_floor_holds_when_a_normal_image_is_one_float_step_below_a_pneumonia_one():
+    # The mirrored problem's cut lands exactly on the NORMAL image at 0.6 (1 - (1 - 0.6) == 0.6), and
+    # ``score >= threshold`` would call it PNEUMONIA; the threshold moves one float step above it.
+    labels = np.array([0, 0, 1, 1])
+    scores = np.array([0.2, 0.6, np.nextafter(0.6, 1), 0.95])
+    threshold = floor_threshold(labels, scores, "specificity", 1.0)
+    assert threshold == np.nextafter(0.6, 1)  # the one threshold keeping both NORMAL images below and every PNEUMONIA above
+    assert (scores[labels == 0] < threshold).all() and (scores[labels == 1] >= threshold).all()
+
+
+def _hand_bootstrap(positive: np.ndarray, negative: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Balanced accuracy on stratified resamples, one resample at a time."""
+    rng = np.random.default_rng(seed)
+    return np.array([(rng.choice(positive, len(positive)).mean() + 1 - rng.choice(negative, len(negative)).mean()) / 2
+                     for _ in range(resamples)])
+
+
+def test_objective_interval_is_the_95_percent_percentile_bootstrap_and_the_same_on_every_call():
+    labels = np.r_[np.ones(100), np.zeros(80)].astype(int)
+    scores = np.r_[np.repeat([0.9, 0.3], [70, 30]), np.repeat([0.9, 0.3], [16, 64])]  # sensitivity 0.7, specificity 0.8 at 0.5
+    by_hand = _hand_bootstrap(scores[:100] >= 0.5, scores[100:] >= 0.5, 20_000, seed=1)
+    low, high = objective_interval(labels, scores, 0.5, resamples=20_000)
+    assert low == pytest.approx(np.percentile(by_hand, 2.5), abs=0.004) and high == pytest.approx(np.percentile(by_hand, 97.5), abs=0.004)
+    assert high - low > 0.11  # a 90 % interval would be about 0.105 wide
+    assert objective_interval(labels, scores, 0.5) == objective_interval(labels, scores, 0.5)  # seeded
+
+
+def test_of_epochs_tied_on_everything_the_earlier_one_is_the_best():
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4], "val_objective": [0.8, 0.9, 0.9, 0.9], "val_auc": [0.9, 0.95, 0.95, 0.95],
+                            "val_loss": [0.4, 0.3, 0.3, 0.3]})
+    assert int(best_epoch(history, "carved")["epoch"]) == 2
+
+
+def test_tied_trials_with_equal_auc_go_by_the_lower_log_loss():
+    table = trials(ext_objective=[0.90, 0.88, 0.70, np.nan], ext_objective_low=[0.85, 0.83, 0.65, np.nan],
+                   ext_objective_high=[0.95, 0.93, 0.75, np.nan], ext_auc=[0.95, 0.95, 0.99, np.nan], ext_loss=[0.4, 0.2, 0.1, np.nan])
+    ranked = ranked_trials(table, "external")
+    assert ranked["trial_id"].tolist() == ["b", "a", "c"] and ranked["tied"].tolist() == [True, True, False]
