@@ -46,6 +46,14 @@ def test_ece_and_brier_are_scikit_learns_and_separate_an_honest_model_from_an_ov
     assert calibration_metrics(labels, overconfident) == bad  # seeded: the same numbers every time
 
 
+def test_the_ece_interval_is_the_percentile_bootstrap_of_the_ece_itself():
+    labels, _, overconfident = honest_and_overconfident(400)
+    rng = np.random.default_rng(1)
+    by_hand = [expected_calibration_error(labels[pick], overconfident[pick]) for pick in (rng.integers(0, 400, 400) for _ in range(300))]
+    low, high = calibration_metrics(labels, overconfident)["ci95"]["ece"]
+    assert low == pytest.approx(np.percentile(by_hand, 2.5), abs=0.01) and high == pytest.approx(np.percentile(by_hand, 97.5), abs=0.01)
+
+
 def test_platt_and_temperature_fix_an_overconfident_model_without_changing_its_ranking():
     labels, honest, overconfident = honest_and_overconfident()
     temperature = fit("temperature", labels, overconfident)
