@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr_tune.adapt import MIN_IMAGES, ONE_SIDED_SHARE, adapt, adapt_batchnorm
+from cxr_tune.adapt import MIN_IMAGES, ONE_SIDED_SHARE, adapt, adapt_batchnorm, em_prevalence, site_threshold
 from cxr_tune.data.imaging import try_decode_gray
 from cxr_tune.errors import UserError
 from cxr_tune.export import Scored, write_export
@@ -215,6 +215,24 @@ def test_components_that_never_cross_give_no_threshold_not_a_component_mean():
     assert crossing_logit(np.array([0.5, 0.0]), np.array([3.0, 1.0]), np.array([0.9, 0.1])) is None  # order of components does not matter
     cut = crossing_logit(np.array([-2.0, 2.0]), np.array([1.0, 1.0]), np.array([0.5, 0.5]))
     assert cut == pytest.approx(0.0, abs=0.01)  # equal groups cross halfway
+
+
+def site_posteriors(n: int, prevalence: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, scores) of a site at ``prevalence``: calibrated posteriors of a model trained at prior 0.5
+    (class logits N(+-1, 1), so the posterior is sigmoid(2 x))."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < prevalence).astype(int)
+    return labels, 1 / (1 + np.exp(-2 * rng.normal(2 * labels - 1, 1.0)))
+
+
+def test_prior_shift_estimates_the_site_prevalence_and_calls_that_share_pneumonia():
+    labels, scores = site_posteriors(4000, 0.2)
+    assert scores.mean() > 0.3  # the posteriors alone still lean towards the training prior
+    assert em_prevalence(scores, 0.5) == pytest.approx(labels.mean(), abs=0.02)
+    meta = {"train_class_counts": [300, 300], "hparams": {"class_weighting": "none"}, "threshold": 0.5}
+    threshold, details = site_threshold("prior-shift", scores, meta)
+    assert details["estimated_prevalence"] == pytest.approx(labels.mean(), abs=0.02) and details["effective_training_prior"] == 0.5
+    assert (scores >= threshold).mean() == pytest.approx(details["estimated_prevalence"], abs=0.005)
 
 
 def two_group_site(folder: Path, n: int, *, groups: int = 2) -> Path:
