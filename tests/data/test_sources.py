@@ -142,3 +142,15 @@ def test_manifest_is_cached_until_a_file_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "_inspect_file", lambda f: read.append(f) or original(f))
     monkeypatch.setattr(sources, "decoders_installed", lambda: "pydicom,pylibjpeg,libjpeg")
     assert len(build_manifest(str(root), str(tmp_path / "cache")).manifest) == 9 and len(read) == 9
+
+
+def test_an_image_rewritten_in_place_is_read_again(tmp_path):
+    root = kermany_folder(tmp_path / "chest_xray", GOOD)
+    first = build_manifest(str(root), str(tmp_path / "cache")).manifest.set_index("path")["content_hash"]
+    path = root / "train" / "NORMAL" / "IM-0001-0001.jpeg"
+    before = os.stat(path).st_mtime_ns
+    write_image(path, seed=99)  # same path, new pixels
+    os.utime(path, ns=(before + 10**9, before + 10**9))  # a clock coarser than the rewrite still moves on
+    again = build_manifest(str(root), str(tmp_path / "cache")).manifest.set_index("path")["content_hash"]
+    assert again[str(path)] != first[str(path)]
+    assert again.drop(str(path)).equals(first.drop(str(path)))
