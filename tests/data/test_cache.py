@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import cxr_tune.data.cache as cache_module
 from cxr_tune import storage
-from cxr_tune.data.cache import cache_path, find_cache, load_images, prepare_cache, role_datasets
+from cxr_tune.data.cache import cache_key, cache_path, find_cache, load_images, prepare_cache, role_datasets
 from cxr_tune.data.imaging import decode_gray
 from cxr_tune.data.sources import build_manifest
 from cxr_tune.data.splits import assign_roles
-
-pytestmark = pytest.mark.slow  # builds caches through Ray
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +19,7 @@ def source(synthetic_root):
     return build_manifest(str(synthetic_root))
 
 
+@pytest.mark.slow  # builds caches through Ray
 def test_build_then_reuse_without_decoding(ray_session, source, tmp_path, monkeypatch):
     built = prepare_cache(source.manifest, 24, str(tmp_path))
     assert not built.reused and built.n_images == source.manifest["content_hash"].nunique()
@@ -28,14 +28,17 @@ def test_build_then_reuse_without_decoding(ray_session, source, tmp_path, monkey
     assert again.reused and again.path == built.path
 
 
-def test_key_changes_with_size_files_and_preprocessing(source, monkeypatch):
-    base = cache_path("/c", source.manifest, 24)
-    assert cache_path("/c", source.manifest, 32) != base
-    assert cache_path("/c", source.manifest.iloc[1:], 24) != base
+def test_key_changes_with_size_files_and_preprocessing(monkeypatch):
+    manifest = pd.DataFrame({"path": ["/d/a.png", "/d/b.png", "/d/c.png"], "content_hash": ["h1", "h2", "h2"]})
+    base = cache_key(manifest, 24)
+    assert cache_key(manifest, 32) != base
+    assert cache_key(manifest.assign(content_hash=["h1", "h2", "h3"]), 24) != base  # the same files, one rewritten
+    assert cache_key(manifest.iloc[::-1], 24) == base and cache_key(manifest.iloc[:2], 24) == base  # the images, not their order or copies
     monkeypatch.setattr(cache_module, "PREPROCESS_VERSION", 999)
-    assert cache_path("/c", source.manifest, 24) != base
+    assert cache_key(manifest, 24) != base
 
 
+@pytest.mark.slow  # builds caches through Ray
 def test_an_interrupted_build_is_never_reused(ray_session, source, tmp_path):
     # What a build killed before its commit leaves: the folder without meta.json, and a temp folder.
     final = cache_path(str(tmp_path), source.manifest, 16)
@@ -46,6 +49,7 @@ def test_an_interrupted_build_is_never_reused(ray_session, source, tmp_path):
     assert not cache.reused and cache.n_images == source.manifest["content_hash"].nunique()
 
 
+@pytest.mark.slow  # builds caches through Ray
 def test_role_datasets_hold_each_distinct_image_once_with_its_label(ray_session, source, tmp_path):
     roles = assign_roles(source.manifest)
     cache = prepare_cache(source.manifest, 24, str(tmp_path))
@@ -61,6 +65,7 @@ def test_role_datasets_hold_each_distinct_image_once_with_its_label(ray_session,
     assert np.array_equal(val["image"], decode_gray(path, 24))  # the cache holds exactly decode_gray's pixels
 
 
+@pytest.mark.slow  # builds caches through Ray
 def test_a_file_that_breaks_after_the_scan_is_listed_not_fatal(ray_session, tmp_path, synthetic_root):
     from tests.conftest import copy_tree
 
@@ -73,6 +78,7 @@ def test_a_file_that_breaks_after_the_scan_is_listed_not_fatal(ray_session, tmp_
     assert list(cache.failures["path"]) == [victim] and cache.failures["reason"].iloc[0]
 
 
+@pytest.mark.slow  # builds caches through Ray
 def test_load_images_reads_the_cache_or_decodes(ray_session, source, tmp_path):
     rows = source.manifest.iloc[:5]
     prepare_cache(source.manifest, 24, str(tmp_path / "a"))
