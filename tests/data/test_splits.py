@@ -92,3 +92,14 @@ def test_group_kfold_keeps_patients_whole():
     assert sorted(seen) == list(range(len(train)))
     for fit, val in folds:
         assert not set(train.loc[fit, "group_id"]) & set(train.loc[val, "group_id"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_big_patient_groups_do_not_make_validation_overshoot_its_fraction(seed):
+    # Per class 240 training images: four patients with 50 images each and 40 with one. A 10 % share is
+    # 24 images; a 50-image patient would overshoot it by more than half its size, so one-image patients fill it.
+    rows = [{"path": f"/d/train/{label}_{p}_{k}.jpeg", "label": label, "patient_id": f"person{label}_{p}", "split": "train",
+             "content_hash": f"h{label}_{p}_{k}", "width": 10, "height": 10, "mode": "L", "check": ""}
+            for label in (0, 1) for p, size in enumerate([50] * 4 + [1] * 40) for k in range(size)]
+    roles = assign_roles(add_groups(pd.DataFrame(rows)), val_fraction=0.1, seed=seed)
+    assert (roles["role"] == "val").sum() == 48  # 24 per class
