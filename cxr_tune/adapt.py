@@ -43,11 +43,11 @@ import torch
 
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
-from cxr_tune.calibration import Calibration
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import json_safe
 from cxr_tune.modelcard import CARD_FILE, model_card
-from cxr_tune.modelfile import Members, build_files, check_model_target, load_members, serving_model, torch_scores, write_model_folder
+from cxr_tune.modelfile import (Members, build_files, check_model_target, load_members, recorded_calibration, recorded_views, serving_model,
+                                torch_scores, write_model_folder)
 from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.intensity import normalize_intensity
 
@@ -230,12 +230,12 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         unlike = f" (and {len(left_out)} left out as unlike the training X-rays)" if left_out else ""
         raise UserError(f"'{images_dir}' holds {len(readable)} readable image(s){unlike}; BatchNorm statistics need at least {MIN_IMAGES}")
     images, skipped = np.stack(readable), sum(image is None for _, image, _, _ in decoded)
-    tta = int(meta.get("tta_views", 1))
+    tta = recorded_views(model, meta)
     adapted = adapt_batchnorm(members, images)
     kept = float(meta["threshold"])
     # A calibration map in the graph stays (the thresholds are on its scale); it was fitted before
     # adaptation, and nothing here can re-measure it without labels.
-    calibration = Calibration.from_dict(meta["calibration"]) if meta.get("calibration", {}).get("method", "none") != "none" else None
+    calibration = recorded_calibration(model, meta)
     scores = torch_scores(serving_model(adapted, tta, calibration=calibration), images)
     threshold, how = site_threshold(threshold_rule, scores, meta)
     record: dict[str, Any] = {

@@ -224,31 +224,79 @@ def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], ext
 
 def load_members(folder: str, meta: dict[str, Any]) -> Members:
     """The member networks of an export folder, from ``weights.safetensors`` and its ``model.json``
-    (``meta``, as :func:`cxr_tune.serving.read_meta` read and checked it).
+    (``meta``, as :func:`cxr_tune.serving.read_meta` read and checked it). A weights file that cannot
+    be read, or networks that do not match what ``model.json`` lists, stop with one line.
 
     Raises ``FileNotFoundError`` when the folder has no weights file (exports from before it existed).
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load
 
     path = storage.join(folder, WEIGHTS_FILE)
     if not storage.exists(path):
         raise FileNotFoundError(path)
-    data = storage.read_bytes(path)
+    try:
+        data = storage.read_bytes(path)
+    except OSError as exc:
+        raise UserError(f"'{path}' could not be read ({exc.strerror or exc}); check its permissions, or export the model again") from None
     expected = meta.get("files", {}).get(WEIGHTS_FILE)
     if expected and expected != sha256(data):
         raise UserError(f"'{path}' does not match the hash in {META_FILE}; the folder mixes two exports: export the model again")
     if not isinstance(meta.get("members"), list) or not meta["members"]:
         raise UserError(f"'{storage.join(folder, META_FILE)}' lists no members; export the model again")
-    tensors = load(data)
+    try:
+        tensors = load(data)
+    except SafetensorError as exc:
+        raise UserError(f"'{path}' is damaged ({str(exc).splitlines()[0]}); export the model again") from None
+    meta_file = storage.join(folder, META_FILE)
     nets, hps = [], []
     for i, member in enumerate(meta["members"]):
-        hp = HParams.from_config(member["hparams"])
+        hp = _member_hparams(meta_file, i, member)
         net = build_model(hp)
         prefix = f"member{i}."
-        net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        try:
+            net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        except RuntimeError:  # missing, unexpected or other-shaped tensors
+            raise UserError(f"'{path}' does not hold the network members[{i}] of '{meta_file}' describes (its tensors differ); "
+                            "one of the files was damaged or edited: export the model again") from None
         nets.append(net.eval())
         hps.append(hp)
     return Members(nets, hps)
+
+
+def _member_hparams(meta_file: str, i: int, member: Any) -> HParams:
+    """``members[i]`` of ``model.json`` as hyperparameters; one line when an edit broke it."""
+    hparams = member.get("hparams") if isinstance(member, dict) else None
+    try:
+        if not isinstance(hparams, dict):
+            raise ValueError("it has no hparams object")
+        return HParams.from_config(hparams)
+    except ValueError as exc:  # HParamsError too: a value out of range, an unknown key
+        raise UserError(f"'{meta_file}': members[{i}] is not a network ({exc}); the file was damaged or edited: export the model again") from None
+
+
+def recorded_views(folder: str, meta: dict[str, Any]) -> int:
+    """``tta_views`` of ``model.json`` (``meta``): how many test-time views the graph averages, 1 when not recorded."""
+    views = meta.get("tta_views", 1)
+    if isinstance(views, bool) or not isinstance(views, int) or not 1 <= views <= len(TTA_VIEWS):
+        raise UserError(f"'{storage.join(folder, META_FILE)}': tta_views is {views!r}, not a number of views in 1..{len(TTA_VIEWS)}; "
+                        "the file was damaged or edited: export the model again")
+    return views
+
+
+def recorded_calibration(folder: str, meta: dict[str, Any]) -> Calibration | None:
+    """The calibration map ``model.json`` (``meta``) records as built into the graph, None when there is none."""
+    record = meta.get("calibration", {"method": "none"})
+    if isinstance(record, dict) and record.get("method", "none") == "none":
+        return None
+    try:
+        calibration = Calibration.from_dict(record)
+    except (KeyError, TypeError, ValueError):
+        calibration = None
+    if calibration is None or not math.isfinite(calibration.slope) or not math.isfinite(calibration.intercept):
+        raise UserError(f"'{storage.join(folder, META_FILE)}': calibration is {record!r}, not a method with its slope and intercept; "
+                        "the file was damaged or edited: export the model again")
+    return calibration
 
 
 def _to_onnx(model: nn.Module, size: int) -> bytes:

@@ -100,14 +100,17 @@ def load_model(path: str | Path) -> LoadedModel:
     model_path = storage.join(path, model_file)
     if not storage.is_file(model_path):
         raise UserError(f"model folder '{path}' has no {model_file} (named by its {META_FILE}); export one with python -m cxr_tune.export EXPERIMENT")
-    data = storage.read_bytes(model_path)  # one read: checked for pickles, then loaded from memory
+    try:
+        data = storage.read_bytes(model_path)  # one read: checked for pickles, then loaded from memory
+    except OSError as exc:
+        raise UserError(f"'{model_path}' could not be read ({exc.strerror or exc}); check its permissions, or export the model again") from None
     refuse_pickle(model_path, data)
     try:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - a broken file is the user's to fix
         raise UserError(f"'{model_path}' is not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
     _check_input(session, model_path, meta_path, int(meta["preprocessing"]["image_size"]))
-    files = meta.get("files") if isinstance(meta.get("files"), dict) else {}
+    files = meta.get("files", {})
     expected = files.get(model_file, files.get(MODEL_FILE))
     if expected and expected != sha256(data):  # its threshold and metrics belong to another network
         raise UserError(f"'{model_path}' does not match the hash in '{meta_path}'; the folder mixes two exports: export the model again")
@@ -119,7 +122,7 @@ def read_meta(file: Path | str) -> dict[str, Any]:
 
     Checked: ``preprocessing.image_size`` (whole number, 16..1024), ``threshold`` (finite, 0..1),
     ``model_file`` (optional, default ``model.onnx``: a plain ``.onnx`` file name beside it),
-    ``data`` (optional object) and ``operating_points`` (optional: ``{name: {"threshold": p}}``, the
+    ``data`` and ``files`` (optional objects) and ``operating_points`` (optional: ``{name: {"threshold": p}}``, the
     thresholds ``predict --operating-point`` picks from). Anything else in the file is information for people.
     """
     from cxr_tune.data.cache import MAX_SIZE, MIN_SIZE
@@ -152,6 +155,8 @@ def read_meta(file: Path | str) -> dict[str, Any]:
         raise bad("model_file", f"is {model_file!r}; it must be the name of an .onnx file in the same folder")
     if not isinstance(meta.get("data", {}), dict):
         raise bad("data", "must be an object")
+    if not isinstance(meta.get("files", {}), dict):
+        raise bad("files", "must be an object of file hashes")
     points = meta.get("operating_points", {})
     if not isinstance(points, dict):
         raise bad("operating_points", "must be an object of named thresholds")

@@ -192,6 +192,22 @@ def test_the_cli_refuses_too_few_images_and_overwriting_the_model(exported, tmp_
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m["members"][0].pop("hparams"), "members[0] is not a network"),
+    (lambda m: m.update(calibration={"method": "platt"}), "calibration is {'method': 'platt'}"),
+    (lambda m: m.update(tta_views="x"), "tta_views is 'x'"),
+])
+def test_an_edited_model_json_is_one_line_naming_it(exported, tmp_path, edit, message):
+    meta = json.loads((exported / "model.json").read_text())
+    edit(meta)
+    (exported / "model.json").write_text(json.dumps(meta))
+    site = write_site(tmp_path / "site", 10)
+    done = call_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(site), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"'{exported / 'model.json'}': {message}" in done.stderr and "export the model again" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_mixture_threshold_separates_two_groups_of_site_scores_and_declines_one():
     from cxr_tune.adapt import mixture_threshold
 

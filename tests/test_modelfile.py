@@ -1,9 +1,15 @@
-"""The ONNX file an export ships: the members' mean probability over uint8 views of each image, and
-checked against PyTorch before anything is written."""
+"""The model files an export ships and what reads them back: the ONNX file scores the members' mean probability
+over uint8 views of each image and is checked against PyTorch before anything is written; rebuilding the networks in
+PyTorch (adapt, predict --explain, bench tta) stops with one line naming the file when ``model.json`` was edited or
+``weights.safetensors`` damaged, never a traceback."""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -11,9 +17,11 @@ import torch
 from torch.nn import functional as F
 
 import cxr_tune.modelfile as modelfile
-from cxr_tune.modelfile import Members, build_files, serving_model, torch_scores
+from cxr_tune.errors import UserError
+from cxr_tune.modelfile import Members, build_files, load_members, recorded_calibration, recorded_views, serving_model, torch_scores
+from cxr_tune.serving import read_meta
 from cxr_tune.views import TTA_VIEWS
-from tests.model_exports import brightness_members, kermany_set
+from tests.model_exports import brightness_members, export_folder, kermany_set
 
 
 def two_members() -> Members:
@@ -57,3 +65,66 @@ def test_an_export_whose_onnx_scores_drift_from_pytorch_is_refused(monkeypatch):
     monkeypatch.setattr(modelfile, "torch_scores", lambda model, images: torch_scores(model, images) + 1e-3)
     with pytest.raises(RuntimeError, match="the ONNX export disagrees with the PyTorch model"):
         build_files(members, check_images=images)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("modelfile") / "model"
+    export_folder(folder)
+    return folder
+
+
+def edited(pristine: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], Any]) -> tuple[Path, dict[str, Any]]:
+    """A copy of the export whose ``model.json`` ``edit`` changed; (folder, model.json as read back)."""
+    folder = Path(shutil.copytree(pristine, tmp_path / "model"))
+    meta = json.loads((folder / "model.json").read_text())
+    edit(meta)
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder, read_meta(folder / "model.json")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m["members"][0].pop("hparams"), "model.json': members[0] is not a network (it has no hparams object)"),
+    (lambda m: m["members"].__setitem__(0, "x"), "model.json': members[0] is not a network (it has no hparams object)"),
+    (lambda m: m["members"][0]["hparams"].update(dropout=5), "model.json': members[0] is not a network (dropout=5.0 is out of range"),
+    (lambda m: m["members"][0]["hparams"].update(filters=2), "weights.safetensors' does not hold the network members[0] of '"),
+])
+def test_members_that_do_not_match_the_weights_are_one_line_naming_the_file(pristine, tmp_path, edit, message):
+    folder, meta = edited(pristine, tmp_path, edit)
+    with pytest.raises(UserError, match="damaged or edited: export the model again") as caught:
+        load_members(str(folder), meta)
+    assert message in str(caught.value) and str(folder) in str(caught.value)
+
+
+def test_a_damaged_or_unreadable_weights_file_is_one_line_naming_it(pristine, tmp_path, monkeypatch):
+    folder, meta = edited(pristine, tmp_path, lambda m: m["files"].pop("weights.safetensors"))  # no hash to catch it first
+    weights = folder / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut short in its header
+    with pytest.raises(UserError, match=f"'{weights}' is damaged .*export the model again"):
+        load_members(str(folder), meta)
+
+    def unreadable(path: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(path))  # as chmod 000 gives anyone but root
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    with pytest.raises(UserError, match=f"'{weights}' could not be read \\(Permission denied\\)"):
+        load_members(str(folder), meta)
+
+
+@pytest.mark.parametrize(("edit", "read", "message"), [
+    (lambda m: m.update(tta_views="x"), recorded_views, "tta_views is 'x', not a number of views in 1..9"),
+    (lambda m: m.update(tta_views=0), recorded_views, "tta_views is 0"),
+    (lambda m: m.update(calibration={"method": "platt"}), recorded_calibration, "calibration is {'method': 'platt'}, not a method with its slope"),
+    (lambda m: m.update(calibration="platt"), recorded_calibration, "calibration is 'platt'"),
+])
+def test_an_edited_view_count_or_calibration_is_one_line_naming_model_json(pristine, tmp_path, edit, read, message):
+    folder, meta = edited(pristine, tmp_path, edit)
+    with pytest.raises(UserError, match="damaged or edited") as caught:
+        read(str(folder), meta)
+    assert f"'{folder / 'model.json'}': {message}" in str(caught.value)
+
+
+def test_what_an_export_records_reads_back(pristine):
+    meta = read_meta(pristine / "model.json")
+    assert recorded_views(str(pristine), meta) == 1 and recorded_calibration(str(pristine), meta) is None
+    assert len(load_members(str(pristine), meta).nets) == 1

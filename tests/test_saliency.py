@@ -4,6 +4,8 @@ a layer to read, and ``predict --explain`` writes one figure per image from the 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -89,6 +91,12 @@ def test_predict_explain_writes_one_figure_per_image_and_needs_the_weights(tmp_p
     assert "Wrote 4 Grad-CAM explanation(s)" in done.stdout
     with Image.open(out / written[0]) as figure:
         assert figure.size[0] > figure.size[1] > 100  # the image and its map side by side
+
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    meta["members"][0]["hparams"]["dropout"] = 5  # an edit
+    (tmp_path / "model" / "model.json").write_text(json.dumps(meta))
+    done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(folder), "--explain", str(tmp_path / "x"))
+    assert done.returncode == 2 and "model.json': members[0] is not a network" in done.stderr and "Traceback" not in done.stderr
 
     (tmp_path / "model" / "weights.safetensors").unlink()
     done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(tmp_path / "no-such-folder"), "--explain", str(tmp_path / "x"))

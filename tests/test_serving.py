@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,6 +42,7 @@ def test_a_good_export_loads_from_its_folder_its_onnx_and_its_json(tmp_path):
     (json.dumps(meta(model_file="../elsewhere/model.onnx")), "model_file is '../elsewhere/model.onnx'"),
     (json.dumps(meta(model_file="model.pt")), "model_file is 'model.pt'"),
     (json.dumps(meta(data="synthetic")), "data must be an object"),
+    (json.dumps(meta(files=["model.onnx"])), "files must be an object of file hashes"),
 ])
 def test_a_bad_model_json_is_a_user_error_naming_the_file_and_the_key(tmp_path, text, message):
     folder = write_export(tmp_path / "best", meta_text=text)
@@ -79,6 +81,21 @@ def test_missing_files_and_other_files_are_refused(tmp_path):
     (folder / "model.json").unlink()
     with pytest.raises(UserError, match="has no model.json"):
         load_model(folder)
+
+
+def test_an_unreadable_onnx_file_is_one_line_naming_it(tmp_path, monkeypatch):
+    folder = write_export(tmp_path / "best")
+    plain_read = Path.read_bytes
+
+    def unreadable(path: Path) -> bytes:
+        if path.name == "model.onnx":
+            raise PermissionError(13, "Permission denied", str(path))  # as chmod 000 gives anyone but root
+        return plain_read(path)
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    done = call_cli("cxr_tune.predict", "--model", str(folder), str(tmp_path))
+    assert done.returncode == 2 and f"'{folder / 'model.onnx'}' could not be read (Permission denied)" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_predict_with_a_broken_model_json_prints_one_line_and_exits_2(tmp_path):

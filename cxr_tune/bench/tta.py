@@ -98,11 +98,10 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
 
     from cxr_tune.set_metrics import bootstrap_intervals
     from cxr_tune.formatting import fmt, interval
-    from cxr_tune.modelfile import load_members
+    from cxr_tune.modelfile import load_members, recorded_views
     from cxr_tune.views import TTA_VIEWS
     from cxr_tune.selection import choose_threshold
     from cxr_tune.serving import load_model, probabilities
-    from cxr_tune.train.hparams import HParams
     from cxr_tune.train.metrics import rates_at
 
     images_dir = images_dir or str(DEFAULT_DATA / "val")
@@ -113,8 +112,8 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
         members = load_members(str(shipped.folder), shipped.meta)
     except FileNotFoundError as missing:
         raise UserError(f"'{missing}' does not exist: bench tta needs the export's weights; export the model again") from None
-    own_views = int(shipped.meta.get("tta_views", 1))
-    hp = HParams.from_config(shipped.meta["hparams"])
+    own_views = recorded_views(str(shipped.folder), shipped.meta)
+    hp = members.hparams[0]  # the selected trial's, as export chose the threshold with
     x, y, left_out = labelled_images(images_dir, shipped.image_size)
     reference = probabilities(shipped, x)  # the export as it ships: its own views (and calibration, which keeps the ranking)
     print(f"{len(y)} images ({int(y.sum())} PNEUMONIA) from {images_dir}; {len(left_out)} left out. Scoring {list(views)} view(s) ...", flush=True)

@@ -61,6 +61,11 @@ def test_what_it_cannot_score_is_one_line(tmp_path):
     one_class = call_cli("cxr_tune.bench", "tta", str(tmp_path / "model"), "--images", str(images), "--out", str(tmp_path))
     assert one_class.returncode == 2 and "both classes" in one_class.stderr and str(images) in one_class.stderr
 
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    (tmp_path / "model" / "model.json").write_text(json.dumps({**meta, "tta_views": "x"}))  # an edit
+    edited = call_cli("cxr_tune.bench", "tta", str(tmp_path / "model"), "--images", str(images), "--out", str(tmp_path))
+    assert edited.returncode == 2 and "model.json': tta_views is 'x'" in edited.stderr and "Traceback" not in edited.stderr
+
     (tmp_path / "model" / "weights.safetensors").unlink()
     no_weights = call_cli("cxr_tune.bench", "tta", str(tmp_path / "model"), "--images", str(images), "--out", str(tmp_path))
     assert no_weights.returncode == 2 and "weights.safetensors" in no_weights.stderr and "Traceback" not in no_weights.stderr
