@@ -26,6 +26,19 @@ class UserError(Exception):
     """A problem with the user's input; printed as one line, exit status 2."""
 
 
+def damaged(path: str, exc: BaseException) -> UserError:
+    """The one line for a file a run wrote that cannot be read back (gone, cut short, not what it
+    should hold): a copy that stopped halfway, or a process killed while writing it."""
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    elif isinstance(exc, KeyError):
+        reason = f"no {text}"
+    else:
+        reason = text.splitlines()[0] if text else type(exc).__name__
+    return UserError(f"'{path}' could not be read ({reason}); it is damaged or half-written (a copy or a run cut short)")
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
     """Run a CLI ``main``; turn :class:`UserError` into ``error: ...`` and exit 2, Ctrl-C into 130, and
     a reader of its output that went away (``... | head``) into a quiet exit 141, as a Unix tool ends.

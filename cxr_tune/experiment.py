@@ -35,7 +35,7 @@ import pandas as pd
 
 from cxr_tune import storage
 from cxr_tune.data.prepared import DataOptions, SplitData
-from cxr_tune.errors import UserError
+from cxr_tune.errors import UserError, damaged
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.space import Space, load_space
 from cxr_tune.selection import ranked_trials
@@ -85,11 +85,21 @@ class Experiment:
 
     @cached_property
     def info(self) -> dict[str, Any]:
-        return json.loads(storage.read_text(self.file(EXPERIMENT_FILE)))
+        path = self.file(EXPERIMENT_FILE)
+        try:
+            info = json.loads(storage.read_text(path))
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise damaged(path, exc) from None
+        if not isinstance(info, dict) or not isinstance(info.get("options"), dict):
+            raise damaged(path, ValueError("it holds no options object"))
+        return info
 
     @cached_property
     def options(self) -> SearchOptions:
-        return SearchOptions.from_json(self.info["options"])
+        try:
+            return SearchOptions.from_json(self.info["options"])
+        except (KeyError, TypeError, ValueError) as exc:  # an option missing, unknown to DataOptions, or not an object
+            raise damaged(self.file(EXPERIMENT_FILE), exc) from None
 
     @property
     def deciding_set(self) -> str:
@@ -117,18 +127,25 @@ class Experiment:
     def space(self) -> Space:
         """The space the experiment was started with (its own ``space.yaml``), under the name it had then."""
         name = os.path.splitext(storage.name(self.info.get("space_path") or SPACE_FILE))[0]
+        try:
+            data = storage.read_bytes(self.file(SPACE_FILE))
+        except OSError as exc:
+            raise damaged(self.file(SPACE_FILE), exc) from None
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, f"{name}.yaml")  # load_space names a space after its file
             with open(local, "wb") as handle:
-                handle.write(storage.read_bytes(self.file(SPACE_FILE)))
+                handle.write(data)
             space = load_space(local, checked=False)  # it ran: a rule added since must not lock its results away
         return dataclasses.replace(space, path=self.file(SPACE_FILE))
 
     @cached_property
     def splits(self) -> pd.DataFrame:
         """``splits.csv``: every image's path, content hash, label, patient, group, folder and role."""
-        roles = storage.read_csv(self.file(SPLITS_FILE), dtype={c: str for c in _TEXT_COLUMNS}, keep_default_na=False)
-        roles["label"] = roles["label"].astype(int)
+        try:
+            roles = storage.read_csv(self.file(SPLITS_FILE), dtype={c: str for c in _TEXT_COLUMNS}, keep_default_na=False)
+            roles["label"] = roles["label"].astype(int)
+        except (OSError, ValueError, KeyError) as exc:  # gone, cut short mid-row, or without its columns
+            raise damaged(self.file(SPLITS_FILE), exc) from None
         return roles
 
     def split(self, data: DataOptions | None = None) -> SplitData:

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from cxr_tune import storage
+from cxr_tune.errors import damaged
 
 STATE = "state.pt"
 PREDICTIONS = {"val": "val_predictions.parquet", "ext": "ext_predictions.parquet"}
@@ -32,13 +33,20 @@ def save_state(folder: str, state: dict[str, Any], scored: dict[str, tuple[np.nd
 
 def load_state(folder: str) -> dict[str, Any]:
     """The checkpoint's state; refuses anything that is not tensors and plain values."""
-    data = storage.read_bytes(storage.join(folder, STATE))
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    path = storage.join(folder, STATE)
+    try:
+        return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:  # a zip archive cut short is torch's RuntimeError
+        raise damaged(path, exc) from None
 
 
 def load_predictions(folder: str, prefix: str = "val") -> pd.DataFrame:
     """Scores a checkpoint stored for one set: ``val`` (carved) or ``ext`` (external)."""
-    return storage.read_frame(storage.join(folder, PREDICTIONS[prefix]))
+    path = storage.join(folder, PREDICTIONS[prefix])
+    try:
+        return storage.read_frame(path)
+    except (OSError, ValueError) as exc:  # Arrow's ArrowInvalid is a ValueError
+        raise damaged(path, exc) from None
 
 
 def has_predictions(folder: str, prefix: str) -> bool:
