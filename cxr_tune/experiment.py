@@ -135,7 +135,10 @@ class Experiment:
             local = os.path.join(tmp, f"{name}.yaml")  # load_space names a space after its file
             with open(local, "wb") as handle:
                 handle.write(data)
-            space = load_space(local, checked=False)  # it ran: a rule added since must not lock its results away
+            try:
+                space = load_space(local, checked=False)  # it ran: a rule added since must not lock its results away
+            except UserError as exc:  # named after the experiment's own file, not the copy read
+                raise UserError(str(exc).replace(local, self.file(SPACE_FILE))) from None
         return dataclasses.replace(space, path=self.file(SPACE_FILE))
 
     @cached_property

@@ -59,3 +59,11 @@ def test_export_of_a_half_written_experiment_is_one_line(tmp_path):
     (copy / "experiment.json").write_text("{}")
     done = call_cli("cxr_tune.export", str(copy), "--out", str(tmp_path / "best"))
     assert done.returncode == 2 and done.stderr.startswith(f"error: '{copy / 'experiment.json'}' could not be read"), done.stderr
+
+
+def test_a_broken_space_file_is_named_as_the_experiments_own(tmp_path):
+    copy = shutil.copytree(ROOT / "results" / "real" / "carved", tmp_path / "carved")
+    (copy / "space.yaml").write_text("params: [1, 2\n")
+    with pytest.raises(UserError) as caught:
+        Experiment(str(copy)).space()
+    assert str(caught.value).startswith(f"{copy / 'space.yaml'}: YAML syntax error"), caught.value  # not the temporary copy it read
