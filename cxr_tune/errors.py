@@ -26,9 +26,10 @@ class UserError(Exception):
     """A problem with the user's input; printed as one line, exit status 2."""
 
 
-def damaged(path: str, exc: BaseException) -> UserError:
+def damaged(path: str, exc: BaseException, *, what: str = "") -> UserError:
     """The one line for a file a run wrote that cannot be read back (gone, cut short, not what it
-    should hold): a copy that stopped halfway, or a process killed while writing it."""
+    should hold): a copy that stopped halfway, or a process killed while writing it. ``what``: words
+    before the path, for a file whose name does not say whose it is."""
     text = str(exc).strip()
     if isinstance(exc, OSError) and exc.strerror:
         reason = exc.strerror
@@ -36,7 +37,8 @@ def damaged(path: str, exc: BaseException) -> UserError:
         reason = f"no {text}"
     else:
         reason = text.splitlines()[0] if text else type(exc).__name__
-    return UserError(f"'{path}' could not be read ({reason}); it is damaged or half-written (a copy or a run cut short)")
+    named = f"{what} '{path}'" if what else f"'{path}'"
+    return UserError(f"{named} could not be read ({reason}); it is damaged or half-written (a copy or a run cut short)")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:

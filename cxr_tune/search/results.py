@@ -18,7 +18,7 @@ import pandas as pd
 
 from cxr_tune import storage
 from cxr_tune.console import unreported_trials_unwarned
-from cxr_tune.errors import UserError
+from cxr_tune.errors import UserError, damaged
 
 SET_METRICS = [
     "objective", "objective_low", "objective_high", "auc", "sensitivity", "specificity", "balanced_accuracy", "youden",
@@ -40,7 +40,10 @@ def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFr
     try:
         with unreported_trials_unwarned():
             analysis = ExperimentAnalysis(experiment_dir)
-    except ValueError:
+    except ValueError as exc:
+        states = storage.glob(experiment_dir, "experiment_state-*.json")
+        if states:  # Tune reads the newest; one cut short is a JSONDecodeError
+            raise damaged(states[-1], exc, what="Tune's state file") from None
         if storage.exists(storage.join(experiment_dir, "trials.csv")):  # its table is here, Tune's files and checkpoints are not
             raise UserError(f"'{experiment_dir}' is a copy of a finished experiment without Tune's state and its checkpoints (as the "
                             "committed results/real/* folders are: report, tables and study only); use the folder the search wrote") from None

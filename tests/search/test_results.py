@@ -4,6 +4,7 @@ Tune's state says (selection itself is tested in tests/test_selection.py)."""
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,12 @@ def test_the_trial_csv_writes_whole_numbers_as_integers_and_gaps_blank():
     text = whole_numbers_as_written(table).to_csv(index=False)
     assert text.splitlines() == ["trial_id,filters_2,lr,best_epoch", "a,8,0.001,3", "b,,0.01,"]
     assert pd.read_csv(io.StringIO(text))["filters_2"].tolist()[0] == 8  # read back as before
+
+
+def test_tunes_state_file_cut_short_is_named_not_taken_for_a_committed_copy(tmp_path):
+    copy = shutil.copytree(ROOT / "results" / "real" / "external", tmp_path / "external")
+    state = copy / "experiment_state-2026-01-01_00-00-00.json"
+    state.write_text('{"trial_data": [["{\\"trial_id')  # a search killed while Tune wrote it
+    done = call_cli("cxr_tune.export", str(copy), "--out", str(tmp_path / "best"))
+    assert done.returncode == 2 and done.stderr.startswith(f"error: Tune's state file '{state}' could not be read ("), done.stderr
+    assert "damaged or half-written" in done.stderr and "a copy of a finished experiment" not in done.stderr
