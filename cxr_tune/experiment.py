@@ -149,7 +149,19 @@ class Experiment:
             roles["label"] = roles["label"].astype(int)
         except (OSError, ValueError, KeyError) as exc:  # gone, cut short mid-row, or without its columns
             raise damaged(self.file(SPLITS_FILE), exc) from None
+        self._check_counts(roles)
         return roles
+
+    def _check_counts(self, roles: pd.DataFrame) -> None:
+        """A ``splits.csv`` cut short at the end of a row still parses: the class counts of each role
+        that ``experiment.json`` recorded when it was written tell."""
+        for role in ("train", "val", "external"):
+            recorded = self.info.get(f"class_counts_{role}")
+            rows = roles.loc[roles["role"] == role].drop_duplicates("content_hash")
+            found = [int((rows["label"] == 0).sum()), int((rows["label"] == 1).sum())]
+            if recorded is not None and list(recorded) != found:
+                raise damaged(self.file(SPLITS_FILE), ValueError(f"{found[0]} NORMAL and {found[1]} PNEUMONIA {role} images where "
+                                                                 f"{EXPERIMENT_FILE} records {recorded[0]} and {recorded[1]}"))
 
     def split(self, data: DataOptions | None = None) -> SplitData:
         """The images and roles the experiment was started with, rebuilt from its own ``splits.csv``.

@@ -44,6 +44,7 @@ def _cut_mid_row(text: str) -> str:
     ("experiment.json", lambda path: path.write_text('{"options": {"trials": 4}}'), lambda e: e.options),
     ("splits.csv", lambda path: path.unlink(), lambda e: e.splits),
     ("splits.csv", lambda path: path.write_text(_cut_mid_row(path.read_text())), lambda e: e.splits),
+    ("splits.csv", lambda path: path.write_text(_cut_mid_row(path.read_text()).rsplit("\n", 1)[0] + "\n"), lambda e: e.splits),
     ("space.yaml", lambda path: path.unlink(), lambda e: e.space()),
 ])
 def test_a_damaged_or_half_written_experiment_file_is_one_line_naming_it(tmp_path, name, damage, read):
