@@ -35,8 +35,8 @@ def damaged(path: str, exc: BaseException, *, what: str = "") -> UserError:
         reason = exc.strerror
     elif isinstance(exc, KeyError):
         reason = f"no {text}"
-    else:
-        reason = text.splitlines()[0] if text else type(exc).__name__
+    else:  # the first sentence: torch and Arrow go on with advice of their own, and Arrow names the file again
+        reason = text.splitlines()[0].split(". ")[0].rsplit(f"{path}': ", 1)[-1] if text else type(exc).__name__
     named = f"{what} '{path}'" if what else f"'{path}'"
     return UserError(f"{named} could not be read ({reason}); it is damaged or half-written (a copy or a run cut short)")
 

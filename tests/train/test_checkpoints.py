@@ -35,3 +35,5 @@ def test_a_file_cut_short_is_one_line_naming_it(tmp_path, name, read):
     with pytest.raises(UserError, match="damaged or half-written") as caught:
         read(str(folder))
     assert str(caught.value).startswith(f"'{folder / name}' could not be read (") and "\n" not in str(caught.value)
+    # the reason in short: not the file's name again (Arrow), nor torch's paragraph of advice
+    assert str(caught.value).count(name) == 1 and len(str(caught.value)) < len(str(folder)) + 200
