@@ -158,12 +158,15 @@ class Space:
         >>> load_space("wide").image_sizes()
         [64]
         """
+        default = int(self.fixed.get("image_size", HParams().image_size))
         for param in self.params:
             if param.name == "image_size":
                 if param.type != "categorical":
                     raise UserError(f"{self.path}: params.image_size: use a categorical list of sizes (each size is one image cache)")
-                return [int(v) for v in param.choices]
-        return [int(self.fixed.get("image_size", HParams().image_size))]
+                sizes = [int(v) for v in param.choices]
+                # Drawn only under a condition (when:), a trial that does not meet it trains at the default size.
+                return sorted({*sizes, default}) if param.when else sizes
+        return [default]
 
 
 class SpaceSampler:

@@ -212,3 +212,15 @@ def test_a_space_file_that_is_a_folder_or_cannot_be_read_is_one_line(tmp_path, m
     monkeypatch.setattr(Path, "read_text", denied)
     with pytest.raises(UserError, match=rf"search space file '{locked}' cannot be read: Permission denied"):
         load_space(str(locked))
+
+
+def test_an_image_size_searched_under_a_condition_keeps_the_default_size_s_cache_for_the_other_trials(tmp_path):
+    """Before: a trial that did not meet the condition trained at the default size, whose image cache was never built (it failed)."""
+    space = load_space(str(write(tmp_path, """
+        fixed: {depth: 2}
+        params:
+          block: {type: categorical, choices: [plain, residual]}
+          image_size: {type: categorical, choices: [32, 48], when: {block: residual}}
+        """)))
+    drawn = {config.get("image_size", 128) for config in sample(space, 30)}
+    assert drawn <= set(space.image_sizes()) and space.image_sizes() == [32, 48, 128]
