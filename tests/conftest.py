@@ -297,6 +297,22 @@ def s3_dir(s3_server, request: pytest.FixtureRequest) -> str:
     return f"s3://{S3_BUCKET}/{label}-{uuid.uuid4().hex[:8]}"
 
 
+def lines_before_ray(main, argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> list[str]:
+    """The console lines a command (its ``main``) prints before it starts Ray, where it is stopped: what it says of its data."""
+    import cxr_tune.ray_session
+
+    class BeforeRay(Exception):
+        pass
+
+    def no_ray(*args, **kwargs):
+        raise BeforeRay
+
+    monkeypatch.setattr(cxr_tune.ray_session, "ray_session", no_ray)
+    with pytest.raises(BeforeRay):
+        main(argv)
+    return capsys.readouterr().out.splitlines()
+
+
 def folder_with_bad_files(root: Path) -> Path:
     """A small Kermany folder whose train/NORMAL also holds four files no command can use: truncated, empty, text named .jpeg, a dangling link."""
     kermany_folder(root, {"train": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)],

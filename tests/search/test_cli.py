@@ -9,7 +9,7 @@ from cxr_tune.search.__main__ import main
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.runner import plan_search
 from cxr_tune.search.space import load_space
-from tests.conftest import folder_with_bad_files, run_cli
+from tests.conftest import folder_with_bad_files, lines_before_ray, run_cli
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -102,18 +102,8 @@ def test_weights_must_name_a_torchvision_architecture_of_the_space_and_fit_it(tm
 
 
 def test_the_data_summary_says_which_files_were_skipped_and_where_the_list_is(tmp_path, monkeypatch, capsys):
-    import cxr_tune.ray_session
-
-    class BeforeRay(Exception):
-        pass
-
-    def no_ray(*args, **kwargs):
-        raise BeforeRay
-
-    monkeypatch.setattr(cxr_tune.ray_session, "ray_session", no_ray)
     root = folder_with_bad_files(tmp_path / "data")
-    with pytest.raises(BeforeRay):
-        main(["--space", "smoke", "--data", str(root), "--storage", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Skipped ")]
+    argv = ["--space", "smoke", "--data", str(root), "--storage", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+    lines = [line for line in lines_before_ray(main, argv, monkeypatch, capsys) if line.startswith("Skipped ")]
     assert len(lines) == 1 and lines[0].startswith(f"Skipped 4 file(s) that cannot be used ({root / 'train' / 'NORMAL' / 'IM-0100-0001.jpeg'}: truncated")
     assert lines[0].endswith(f"; and 1 more); python -m cxr_tune.data inspect {root} lists them all.")

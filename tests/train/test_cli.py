@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, cpus_come_free, folder_with_bad_files
+from tests.conftest import ROOT, cpus_come_free, folder_with_bad_files, lines_before_ray
 
 pytestmark = pytest.mark.slow  # starts a Train run
 
@@ -114,20 +114,11 @@ def test_cross_validation_resumed_on_other_data_is_refused(tmp_path):
 
 
 def test_the_data_summary_says_which_files_were_skipped_and_where_the_list_is(tmp_path, monkeypatch, capsys):
-    import cxr_tune.ray_session
     from cxr_tune.train.__main__ import main
 
-    class BeforeRay(Exception):
-        pass
-
-    def no_ray(*args, **kwargs):
-        raise BeforeRay
-
-    monkeypatch.setattr(cxr_tune.ray_session, "ray_session", no_ray)
     root = folder_with_bad_files(tmp_path / "data")
-    with pytest.raises(BeforeRay):
-        main(["--data", str(root), "--storage", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])
+    lines = lines_before_ray(main, ["--data", str(root), "--storage", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")], monkeypatch, capsys)
     normal = root / "train" / "NORMAL"
     assert (f"Skipped 4 file(s) that cannot be used ({normal / 'IM-0100-0001.jpeg'}: truncated image (file ends before the image data does); "
             f"{normal / 'IM-0101-0001.jpeg'}: empty file (0 bytes); {normal / 'IM-0102-0001.jpeg'}: not an image Pillow can read; and 1 more); "
-            f"python -m cxr_tune.data inspect {root} lists them all.") in capsys.readouterr().out.splitlines()
+            f"python -m cxr_tune.data inspect {root} lists them all.") in lines
