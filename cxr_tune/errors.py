@@ -120,6 +120,8 @@ def ctrl_c_kept() -> Iterator[None]:
 def _sigterm_to_sigint(signum: int, frame: object) -> None:
     global _terminated
     _terminated = True
+    if not callable(signal.getsignal(signal.SIGINT)):  # a job a script started in the background ignores SIGINT: stop here
+        raise KeyboardInterrupt
     signal.raise_signal(signal.SIGINT)
 
 

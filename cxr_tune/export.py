@@ -148,7 +148,8 @@ def export_trial(
     info = {**experiment.info, "excluded": _exclusions(splits), **({"final_fit": final_record} if final_record else {})}
     meta = write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, prefix_of(deciding), stored,
                         info, source, tta, calibrate=calibrate, epochs_on=prefix_of(experiment.deciding_set) if site is not None else None,
-                        export_options={"trial": trial_id, "ensemble": ensemble, "val_data": val_data, "tta": tta, "calibrate": calibrate,
+                        export_options={"trial": trial_id, "ensemble": ensemble, "val_data": storage.resolve(val_data) if val_data else None,
+                                        "tta": tta, "calibrate": calibrate,
                                         "final_fit": final_fit})
     if ensemble and len(rows) > 1:
         _note_ensemble(meta, rows, prefix_of(deciding))

@@ -39,12 +39,15 @@ def hold(folder: str) -> None:
         return
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # held by another process
+    except BlockingIOError:  # held by another process
         handle.seek(0)
         owner = handle.read().strip()
         handle.close()
         raise UserError(f"another command{f' ({owner})' if owner else ''} is running in the experiment '{folder}'; wait for it to "
                         "end (two at once would train the same trials and overwrite each other's results)") from None
+    except OSError:  # a file system without locks (NFS without lockd): run unlocked, as on object storage
+        handle.close()
+        return
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()}")

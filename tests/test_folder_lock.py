@@ -37,6 +37,18 @@ def test_a_folder_another_command_holds_is_refused_and_free_again_once_it_ends(t
     held_by_another_process(tmp_path).close()  # let go at the end of the block
 
 
+def test_a_file_system_without_locks_runs_unlocked_rather_than_refusing_every_command(tmp_path, monkeypatch):
+    """NFS without lockd: flock fails with ENOLCK, which is no other command holding the folder."""
+    import errno
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with folder_lock.holding():
+        folder_lock.hold(str(tmp_path))  # before: "another command is running", for ever
+
+
 @pytest.mark.parametrize("command", ["resume", "report-only", "export"])
 def test_a_second_command_in_a_running_experiment_is_refused_before_it_reads_it(command, tmp_path):
     """Before: a --resume typed while the search ran restored Tune's state, trained the same trial again, and both

@@ -410,26 +410,35 @@ def _check_corners(space: Space, fail: Any) -> None:
             raise fail("search.final_fit_changes", f"in a configuration the space samples, {problem}")
 
 
+_SHAPE = ("filters", "width_growth", "depth")  # what sets a CNN's block widths (HParams.widths)
+
+
 def _corners(space: Space) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key to blame, configuration): the fixed values; each value of :attr:`Param.values` with them,
     per-block widths at every block count; the deepest network on the smallest searched image; the widest network.
     A generator, so each is built only after the ones before it passed."""
     fixed = space.fixed
     yield "fixed", dict(fixed)
+    searched = {p.name for p in space.params}
+    # Each value with the smallest network on the largest image the space samples, not the defaults (filters 32, growth
+    # 2, depth 4, 128 px): a deep or fast-growing value is checked against what it can meet; the widest network and the
+    # deepest on the smallest image have corners of their own.
+    whole = {p.name for p in space.params if not p.per_block}
+    base = {**{name: min(_values(space, name)) for name in _SHAPE if name in whole},
+            **({"image_size": max(_values(space, "image_size"))} if "image_size" in whole else {}), **fixed}
     for param in space.params:
         key = f"params.{param.name}"
         for value in param.values:
             if not param.per_block:
-                yield key, {**fixed, param.name: value}
+                yield key, {**base, param.name: value}
                 continue
             for blocks in _values(space, param.per_block):
-                yield key, {**fixed, param.per_block: blocks, **{f"{param.name}_{i}": value for i in range(int(blocks))}}
-    searched = {p.name for p in space.params}
+                yield key, {**base, param.per_block: blocks, **{f"{param.name}_{i}": value for i in range(int(blocks))}}
     if {"depth", "image_size"} <= searched:
-        yield "params.depth", {**fixed, "depth": max(_values(space, "depth")), "image_size": min(_values(space, "image_size"))}
-    shape = [name for name in ("filters", "width_growth", "depth") if name in searched]
+        yield "params.depth", {**base, "depth": max(_values(space, "depth")), "image_size": min(_values(space, "image_size"))}
+    shape = [name for name in _SHAPE if name in searched]
     if shape and not any(p.per_block for p in space.params):  # the widest network: its last block's width
-        yield f"params.{shape[0]}", {**fixed, **{name: max(_values(space, name)) for name in ("filters", "width_growth", "depth")}}
+        yield f"params.{shape[0]}", {**base, **{name: max(_values(space, name)) for name in _SHAPE}, **fixed}
 
 
 def _problem(config: dict[str, Any]) -> str | None:

@@ -13,6 +13,7 @@ where it scores no lower on the external set than the search's own ensemble.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -382,3 +383,11 @@ def test_a_copied_experiment_reads_its_own_checkpoints_never_the_original_s(expe
         shutil.rmtree(checkpoint)
     refused = call_cli("cxr_tune.export", str(copy), "--trial", trial, "--out", str(tmp_path / "model2"))
     assert refused.returncode == 2 and f"trial {trial} has no checkpoint under {copy / 'train' / trial}" in refused.stderr, refused.stderr[-3000:]
+
+
+def test_export_records_its_val_data_as_an_absolute_path_so_a_later_report_finds_it_from_any_folder(experiment, site, tmp_path):
+    """Before: recorded as typed (relative), which --report-only from another folder looked up there, and dropped."""
+    typed = os.path.relpath(site, ROOT)  # call_cli runs in the repository root, as `python -m` from there
+    done = call_cli("cxr_tune.export", str(experiment), "--val-data", typed, "--out", str(tmp_path / "model"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "model" / "model.json").read_text())["export_options"]["val_data"] == str(site)

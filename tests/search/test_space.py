@@ -224,3 +224,14 @@ def test_an_image_size_searched_under_a_condition_keeps_the_default_size_s_cache
         """)))
     drawn = {config.get("image_size", 128) for config in sample(space, 30)}
     assert drawn <= set(space.image_sizes()) and space.image_sizes() == [32, 48, 128]
+
+
+@pytest.mark.parametrize("body", [
+    # Each value was checked with the defaults (filters 32, growth 2, depth 4, 128 px), not with what the space samples.
+    "fixed: {depth: 5}\nparams:\n  filters: {type: categorical, choices: [8, 16]}\n  width_growth: {type: float, low: 1.0, high: 3.0}\n",  # widest 1296
+    "fixed: {image_size: 256}\nparams:\n  depth: {type: int, low: 4, high: 8}\n  filters: {type: categorical, choices: [8, 16]}\n",  # widest 2048
+    "params:\n  image_size: {type: categorical, choices: [256, 384]}\n  depth: {type: int, low: 4, high: 8}\n"
+    "  filters: {type: categorical, choices: [8, 16]}\n",  # depth 8 on 256 px: 1x1
+])
+def test_a_space_whose_every_network_is_possible_loads(tmp_path, body):
+    load_space(str(write(tmp_path, body)))
