@@ -66,7 +66,7 @@ def held_elsewhere(folder: str) -> str | None:
         with open(path, encoding="utf-8") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:  # (a file system without locks holds none)
                 return handle.read().strip() or "another process"
     except OSError:
         return None

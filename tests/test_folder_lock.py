@@ -47,6 +47,7 @@ def test_a_file_system_without_locks_runs_unlocked_rather_than_refusing_every_co
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with folder_lock.holding():
         folder_lock.hold(str(tmp_path))  # before: "another command is running", for ever
+    assert folder_lock.held_elsewhere(str(tmp_path)) is None  # nor is a new search under its name told that one runs it
 
 
 @pytest.mark.parametrize("command", ["resume", "report-only", "export"])
