@@ -43,7 +43,7 @@ from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.modelcard import CARD_FILE, final_fit_line, model_card
-from cxr_tune.modelfile import (TTA_VIEWS, Members, build_files, check_model_target, check_scores, mean_logits, members_from_states,
+from cxr_tune.modelfile import (Members, build_files, check_model_target, check_scores, mean_logits, members_from_states,
                                  serving_model, torch_scores, write_model_folder)
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt, json_safe, metric_line
@@ -52,6 +52,7 @@ from cxr_tune.selection import choose_threshold, ensemble_members, final_fit_kep
 from cxr_tune.set_metrics import clinical_metrics, held_out_metrics, set_metrics
 from cxr_tune.train.checkpoints import has_predictions, load_predictions, load_state
 from cxr_tune.train.metrics import evaluate_scores
+from cxr_tune.views import TTA_VIEWS
 
 RELIABILITY_FILE = "reliability.png"
 TIE_RULE = ("Trials whose 95 % bootstrap interval of the objective overlaps the best trial's are tied with it; the tied trial with the "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cxr_tune import storage
 from cxr_tune.formatting import fmt, interval
 from cxr_tune.operating_points import NAMES as POINT_ORDER
 
@@ -265,7 +266,8 @@ def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:
                      "populations may differ in ways these numbers cannot show.")
     lines.append(f"- Images are shrunk to {size} x {size} pixels (aspect ratio not kept): fine detail is lost.")
     if external:
-        adapted_to_it = _same_place((meta.get("adaptation") or {}).get("source"), external.get("source"))
+        adapted = (meta.get("adaptation") or {}).get("source")
+        adapted_to_it = bool(adapted and external.get("source")) and storage.same_folder(adapted, external["source"])
         lines.append("- The external set " + (f"(`{external.get('source')}`) " if external.get("source") else "")
                      + ("**chose the model and its thresholds**: it is a selection set, its numbers are optimistic, and it is no "
                         "independent test." if external.get("selection_set") else
@@ -280,11 +282,6 @@ def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:
     lines += ["- Subgroups come from file names only (no age, sex or device is known).",
               "- Grad-CAM maps (`predict --explain`) show what raised the score, not that the reason is medical.", ""]
     return lines
-
-
-def _same_place(one: str | None, other: str | None) -> bool:
-    """Whether two recorded folders are one: the adaptation's images and the external set's, each as its command named it."""
-    return bool(one and other) and one.rstrip("/") == other.rstrip("/")
 
 
 def export_flags(meta: dict[str, Any]) -> str:

@@ -49,6 +49,13 @@ def resolve(path: str | os.PathLike) -> str:
         raise UserError(f"'{text}' leads through a loop of symbolic links; point it at a real file or folder") from None
 
 
+def same_folder(a: str, b: str) -> bool:
+    """Whether two paths name one folder (local paths through their real paths; URIs as written, less a final ``/``)."""
+    if is_uri(a) or is_uri(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts with ``/`` for URIs and the OS separator for local paths."""
     if is_uri(base):

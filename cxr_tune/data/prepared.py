@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,11 +106,7 @@ class SplitData:
     def fingerprint(self) -> str:
         """Which images play which role, in a few characters (their contents, not their paths): a run resumed on
         other data, or another split of it, would score its later epochs on another validation set."""
-        import hashlib
-
-        rows = sorted(f"{h} {r}" for h, r in zip(self.roles["content_hash"], self.roles["role"], strict=True))
-        digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()
-        return f"{len(rows)} images, sha256 {digest[:12]}"
+        return images_fingerprint(f"{h} {r}" for h, r in zip(self.roles["content_hash"], self.roles["role"], strict=True))
 
     def deciding_set(self, select_on: str) -> str:
         """``external`` when runs on this data are selected on an external set, else ``carved``."""
@@ -199,6 +196,15 @@ def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
         roles = assign_roles(manifest, val_fraction=options.val_fraction, seed=options.split_seed,
                              use_official_val=options.use_official_val, external_splits=())
     return SplitData(source=source, roles=roles, cache_dir=cache_dir, options=options, external=external, external_note=note)
+
+
+def images_fingerprint(lines: Iterable[str]) -> str:
+    """"N images, sha256 <12 hex>" of one line per image (its content hash, and what else must match), in any order."""
+    import hashlib
+
+    rows = sorted(lines)
+    digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()
+    return f"{len(rows)} images, sha256 {digest[:12]}"
 
 
 def _class_counts(rows: pd.DataFrame) -> tuple[int, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -92,13 +91,6 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
     )
 
 
-def same_folder(a: str, b: str) -> bool:
-    """Whether two experiment paths name one folder (local paths through their real paths)."""
-    if storage.is_uri(a) or storage.is_uri(b):
-        return a.rstrip("/") == b.rstrip("/")
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
 def weights_by_architecture(given: list[str], space: Space) -> dict[str, str]:
     """``--weights ARCH=PATH`` flags as ``{arch: absolute path}``, each checked before Ray starts:
     an architecture the space searches, a file there, and one that fits that network."""
@@ -177,7 +169,7 @@ def _main(argv: Sequence[str] | None) -> int:
             overrides["final_fit"] = False
         folder_lock.hold(experiment)
         recorded = Experiment(experiment).options
-        if not same_folder(recorded.experiment_dir, experiment):  # Tune's state and the searcher's study name the folder it ran in
+        if not storage.same_folder(recorded.experiment_dir, experiment):  # Tune's state and the searcher's study name the folder it ran in
             raise UserError(f"'{experiment}' is a copy of the experiment run in '{recorded.experiment_dir}': Ray Tune's saved state names "
                             f"that folder, so only it can be resumed (--report-only and export read a copy)")
         options = dataclasses.replace(recorded, storage=storage.resolve(args.storage), time_budget_min=args.time_budget,

@@ -63,8 +63,10 @@ def recorded_export_options(experiment: Experiment) -> dict[str, Any]:
     import json
 
     path = experiment.file("best", "model.json")
+    if not storage.exists(path):
+        return {}
     try:
-        recorded = json.loads(storage.read_text(path)).get("export_options") or {} if storage.exists(path) else {}
+        recorded = json.loads(storage.read_text(path)).get("export_options") or {}
     except (ValueError, AttributeError):  # not a model.json this project wrote: the export replaces it anyway
         return {}
     plain = {"ensemble": None, "val_data": None, "tta": 1, "calibrate": "none", "final_fit": False}

@@ -64,6 +64,7 @@ _SET_BY_SEARCH = {
     "min_sensitivity": "the command's --min-sensitivity flag",
 }
 _BLOCK_SHAPE = ("filters", "width_growth")  # what per-block widths override (HParams.widths)
+_SHAPE = (*_BLOCK_SHAPE, "depth")  # what sets a CNN's block widths when no per-block widths do
 _EVERY_VALUE_UP_TO = 1024  # int ranges this short are checked value by value: kernel_size 3..5 holds an even 4
 
 
@@ -408,9 +409,6 @@ def _check_corners(space: Space, fail: Any) -> None:
         problem = _problem({**config, **changes}) if changes else None
         if problem:
             raise fail("search.final_fit_changes", f"in a configuration the space samples, {problem}")
-
-
-_SHAPE = ("filters", "width_growth", "depth")  # what sets a CNN's block widths (HParams.widths)
 
 
 def _corners(space: Space) -> Iterator[tuple[str, dict[str, Any]]]:

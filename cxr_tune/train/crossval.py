@@ -16,7 +16,7 @@ import pandas as pd
 
 from cxr_tune import storage
 from cxr_tune.console import unreported_trials_unwarned
-from cxr_tune.data.prepared import SplitData
+from cxr_tune.data.prepared import SplitData, images_fingerprint
 from cxr_tune.data.splits import group_kfold
 from cxr_tune.errors import UserError, ctrl_c_kept
 from cxr_tune.selection import best_epoch
@@ -45,11 +45,7 @@ def fold_roles(split: SplitData, k: int, seed: int = 0) -> list[pd.DataFrame]:
 def pool_fingerprint(split: SplitData) -> str:
     """What the folds are drawn from, in a few characters: the images of the training folder (their
     contents), so a resumed cross-validation knows its finished folds measured the same data."""
-    import hashlib
-
-    pool = split.roles[split.roles["role"].isin(["train", "val"])]
-    digest = hashlib.sha256("\n".join(sorted(pool["content_hash"])).encode()).hexdigest()
-    return f"{len(pool)} images, sha256 {digest[:12]}"
+    return images_fingerprint(split.roles.loc[split.roles["role"].isin(["train", "val"]), "content_hash"])
 
 
 def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resources, storage_path: str, name: str, seed: int = 0,
