@@ -27,6 +27,8 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -49,6 +51,7 @@ TRAIN_DIR = "train"
 FINAL_FIT_DIR = "finalfit"
 FINAL_FIT_MEMBERS = "members.json"
 COMPUTE_FILE = "compute.jsonl"  # one line per stage run: what it held and for how long
+HEARTBEAT_SECONDS = 60.0  # how often a running stage rewrites its compute.jsonl line (a killed run loses at most this)
 _TEXT_COLUMNS = ("path", "content_hash", "patient_id", "group_id", "split", "role", "role_note")
 
 
@@ -222,7 +225,8 @@ class Experiment:
         return self.file(TRAIN_DIR, str(trial_id))
 
     def compute_log(self) -> list[dict[str, Any]]:
-        """Each run of a stage (search, resumed search, final fit): wall seconds and the CPUs/GPUs it held."""
+        """Each run of a stage (search, resumed search, final fit): wall seconds and the CPUs/GPUs it held
+        (a run killed or crashed: its seconds to its last ``last_seen_at``, and no ``ended_at``)."""
         path = self.file(COMPUTE_FILE)
         if not storage.exists(path):
             return []
@@ -239,15 +243,45 @@ class Experiment:
         """CPU-minutes the search and its final fit held (wall time x the cluster's CPUs), over every run."""
         return sum(entry["seconds"] * entry["cpus"] for entry in self.compute_log()) / 60
 
-    def log_compute(self, stage: str, seconds: float, cpus: float, gpus: float = 0.0, **notes: Any) -> None:
-        """Append one stage run to ``compute.jsonl`` (the search and the final fit call this);
-        ``notes``: what else a reader should know of it (what ended a search, say)."""
+    @contextmanager
+    def compute_logged(self, stage: str, resources: Callable[[], tuple[float, float]], *,
+                       every: float = HEARTBEAT_SECONDS) -> Iterator[dict[str, Any]]:
+        """Record one stage run in ``compute.jsonl`` (the search and the final fit run inside this).
+
+        Its line is written when the run starts and again every ``every`` seconds, so a command
+        killed with ``kill -9`` or a crash still leaves its time, to within ``every``; such a line has
+        ``last_seen_at`` and no ``ended_at``. ``resources``: the (CPUs, GPUs) the cluster holds, asked
+        at the start and the end. The dict yielded is for notes the caller adds before the end (what
+        ended a search, say)."""
+        import threading
         import time
 
-        line = json.dumps({"stage": stage, "seconds": round(seconds, 1), "cpus": cpus, "gpus": gpus, **notes,
-                           "ended_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         old = storage.read_text(self.file(COMPUTE_FILE)) if storage.exists(self.file(COMPUTE_FILE)) else ""
-        storage.write_text_atomic(self.file(COMPUTE_FILE), old + line + "\n")
+        started, (cpus, gpus), notes = time.time(), resources(), {}
+
+        def write(**end: Any) -> None:
+            line = json.dumps({"stage": stage, "seconds": round(time.time() - started, 1), "cpus": cpus, "gpus": gpus, **notes, **end})
+            storage.write_text_atomic(self.file(COMPUTE_FILE), old + line + "\n")
+
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every):
+                write(last_seen_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+        write(last_seen_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        heart = threading.Thread(target=beat, name="compute.jsonl", daemon=True)
+        heart.start()
+        try:
+            yield notes
+        finally:
+            stop.set()
+            heart.join()
+            try:
+                cpus, gpus = resources()
+            except Exception:  # noqa: BLE001 - the cluster may be gone after a crash; the start's count stands
+                pass
+            write(ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def final_fit_runs(self) -> list[FinalRun]:
         """The final-fit runs ``finalfit/members.json`` lists ([] before a final fit started)."""

@@ -105,6 +105,14 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
 FREE_CPU_TIMEOUT_S = 600.0  # how long a command waits for a CPU of a cluster that other work holds
 
 
+def cluster_held() -> tuple[float, float]:
+    """(CPUs, GPUs) the connected Ray cluster holds: what a stage's line in ``compute.jsonl`` charges it."""
+    import ray
+
+    cluster = ray.cluster_resources()
+    return cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+
+
 def wait_for_free_cpu(needed: float, purpose: str, *, timeout_s: float = FREE_CPU_TIMEOUT_S, quiet_s: float = 5.0, poll_s: float = 0.2) -> None:
     """Return once the cluster has ``needed`` CPUs free to ``purpose``; say so when that takes a while.
 

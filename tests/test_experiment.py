@@ -68,3 +68,38 @@ def test_a_broken_space_file_is_named_as_the_experiments_own(tmp_path):
     with pytest.raises(UserError) as caught:
         Experiment(str(copy)).space()
     assert str(caught.value).startswith(f"{copy / 'space.yaml'}: YAML syntax error"), caught.value  # not the temporary copy it read
+
+
+def _compute_lines(folder) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (folder / "compute.jsonl").read_text().splitlines()]
+
+
+def test_a_stage_killed_with_kill_9_still_leaves_its_time(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "experiment.json").write_text("{}")
+    (tmp_path / "compute.jsonl").write_text('{"stage": "search", "seconds": 60.0, "cpus": 2, "gpus": 0, "ended_at": "x"}\n')
+    script = ("import os, signal, time\nfrom cxr_tune.experiment import Experiment\n"
+              f"with Experiment({str(tmp_path)!r}).compute_logged('final fit', lambda: (2.0, 0.0), every=0.05):\n"
+              "    time.sleep(0.6)\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", script], cwd=ROOT).returncode == -9
+    earlier, killed = _compute_lines(tmp_path)
+    assert earlier["seconds"] == 60.0 and killed["stage"] == "final fit" and killed["cpus"] == 2.0
+    assert "ended_at" not in killed and "last_seen_at" in killed and 0.3 <= killed["seconds"] <= 0.6
+    experiment = Experiment(str(tmp_path))
+    assert experiment.stage_minutes()["final fit"] == pytest.approx(killed["seconds"] / 60)
+
+
+def test_a_stage_that_ends_or_fails_records_its_end_notes_and_resources_at_the_end(tmp_path):
+    (tmp_path / "experiment.json").write_text("{}")
+    experiment, held = Experiment(str(tmp_path)), iter([(2.0, 0.0), (8.0, 1.0), (4.0, 0.0), (4.0, 0.0)])
+    with experiment.compute_logged("search", lambda: next(held)) as notes:
+        notes["ended_by"] = "job budget"
+    with pytest.raises(KeyboardInterrupt), experiment.compute_logged("search (resumed)", lambda: next(held)):
+        raise KeyboardInterrupt
+    ended, interrupted = _compute_lines(tmp_path)
+    assert ended["ended_by"] == "job budget" and (ended["cpus"], ended["gpus"]) == (8.0, 1.0) and "ended_at" in ended
+    assert interrupted["stage"] == "search (resumed)" and "ended_at" in interrupted

@@ -84,7 +84,7 @@ def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = F
     other resources); default: the experiment's own.
     """
     from cxr_tune.console import library_output_to, unreported_trials_unwarned
-    from cxr_tune.ray_session import ray_session
+    from cxr_tune.ray_session import cluster_held, ray_session
     from cxr_tune.search.runner import log_path_of
 
     experiment = Experiment(experiment_dir)
@@ -102,12 +102,9 @@ def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = F
     started = time.time()
     log = log_path_of(options)
     with library_output_to(log, verbose=verbose) as stream, ray_session(options.address, log=stream, verbose=verbose):
-        import ray
-
-        with unreported_trials_unwarned(), ctrl_c_kept():  # no run writes a result.json
+        # no run writes a result.json
+        with unreported_trials_unwarned(), ctrl_c_kept(), experiment.compute_logged("final fit", cluster_held):
             _tuner(experiment, runs, options, verbose=verbose).fit()
-        cluster = ray.cluster_resources()
-        experiment.log_compute("final fit", time.time() - started, cluster.get("CPU", 0), cluster.get("GPU", 0))
     if storage.is_uri(experiment.path) and os.path.exists(log):
         storage.copy(log, experiment.file(LOG_FILE))
     done = experiment.final_fit_checkpoints()

@@ -70,7 +70,7 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
         for png in plots.glob("*.png"):
             storage.write_bytes_atomic(experiment.file("plots", png.name), png.read_bytes())
     report = experiment.file("report.md")
-    timing = time_section(time_split(histories), experiment.stage_minutes())
+    timing = time_section(time_split(histories), experiment.stage_minutes(), sum("ended_at" not in run for run in experiment.compute_log()))
     storage.write_text_atomic(report, _markdown(info, options, table, selected, prefix, exported, notes, final_fit_section(experiment, prefix), timing))
     return report
 

@@ -119,7 +119,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
     """
     started = time.time() if started is None else started
     from cxr_tune.console import library_output_to
-    from cxr_tune.ray_session import ray_session
+    from cxr_tune.ray_session import cluster_held, ray_session
 
     experiment = options.experiment_dir
     if resume:  # the experiment's own space and roles, never today's files
@@ -168,12 +168,9 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
         if options.job_budget_min:
             print(f"Job budget: {options.job_budget_min:g} min for this command; the search ends when what is left would not hold "
                   f"the final fit (estimated from the leading trials' epochs) and the export", flush=True)
-        search_started = time.time()
-        with ctrl_c_kept():
+        with ctrl_c_kept(), Experiment(experiment).compute_logged("search (resumed)" if resume else "search", cluster_held) as notes:
             tuner.fit()
-        cluster = ray.cluster_resources()
-        Experiment(experiment).log_compute("search (resumed)" if resume else "search", time.time() - search_started, cluster.get("CPU", 0),
-                                           cluster.get("GPU", 0), **_budget_notes())
+            notes.update(_budget_notes())
     copy_study(options)
     if storage.is_uri(experiment) and Path(log_path).exists():
         storage.copy(log_path, storage.join(experiment, LOG_FILE))

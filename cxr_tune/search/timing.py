@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from cxr_tune.experiment import HEARTBEAT_SECONDS
+
 PARTS = {  # record field -> what it is, in the report's words
     "train_seconds": "training (reading its batches, augmentation, forward, backward, optimizer, EMA)",
     "score_seconds": "scoring carved validation and the external set",
@@ -47,9 +49,10 @@ def time_split(histories: dict[str, pd.DataFrame]) -> TimeSplit | None:
                      startup_seconds=startup.astype(float).tolist(), epoch_seconds=rows["epoch_seconds"].astype(float).tolist(), parts=parts)
 
 
-def time_section(split: TimeSplit | None, stage_minutes: dict[str, float]) -> list[str]:
+def time_section(split: TimeSplit | None, stage_minutes: dict[str, float], cut_short: int = 0) -> list[str]:
     """The report's "Where the time went" section ([] when the trials recorded no timing); ``stage_minutes``:
-    :meth:`cxr_tune.experiment.Experiment.stage_minutes`."""
+    :meth:`cxr_tune.experiment.Experiment.stage_minutes`; ``cut_short``: how many of those runs never ended
+    (killed or crashed; counted to their last record)."""
     if split is None or split.trial_seconds <= 0:
         return []
 
@@ -71,6 +74,9 @@ def time_section(split: TimeSplit | None, stage_minutes: dict[str, float]) -> li
     if reporting >= 0:
         rows.append({"part": "after each epoch (its checkpoint, the report to Tune)", "median seconds": "", "share of trial time": share(reporting)})
     wall = "; ".join(f"{stage} {minutes:.1f} min wall" for stage, minutes in stage_minutes.items() if minutes > 0)
+    if wall and cut_short:
+        wall += (f", with {cut_short} run(s) that never ended (killed or crashed) counted to their last record, "
+                 f"written every {HEARTBEAT_SECONDS:.0f} s")
     return [
         "## Where the time went", "",
         f"The search's {split.runs} trial run(s) and {split.epochs} epoch(s): {split.trial_seconds / 60:.1f} trial-minutes by the trials' "

@@ -29,6 +29,9 @@ def test_split_sums_and_medians_over_every_run():
     assert "| 7.00 per run | 51 % |" in section  # start-up 21 of 41.1 trial-seconds
     assert "scoring carved validation and the external set | 0.50 per epoch" in section
     assert "the rest (gathering scores" in section and "its checkpoint, the report to Tune" in section
+    assert "never ended" not in section
+    killed = "\n".join(time_section(split, {"search": 1.5}, cut_short=1))
+    assert "search 1.5 min wall, with 1 run(s) that never ended (killed or crashed) counted to their last record" in killed
 
 
 def test_records_from_before_a_field_leave_its_row_out():
