@@ -306,19 +306,23 @@ class Experiment:
         runs = self.final_fit_runs()
         return bool(runs) and len(self.final_fit_checkpoints()) == len(runs)
 
-    @property
+    @cached_property
     def study_path(self) -> str:
         """The Optuna study as a local SQLite file: this folder's own ``study.db``, wherever the
         experiment was when it ran (a copied or moved folder must not open the original's); for one
-        on object storage, its local copy, fetched when this machine has none."""
+        on object storage, a fresh local snapshot of the uploaded study (another machine may have
+        resumed the search since this one last saw it), kept apart from the copy a search on this
+        machine writes (never overwritten under it); that copy while nothing is uploaded yet."""
         from cxr_tune.search.study import STUDY_FILE
 
         if not storage.is_uri(self.path):
             return self.file(STUDY_FILE)
-        local = storage.local_file_for(self.path, STUDY_FILE, "studies", self.options.data.resolved_cache_dir)
-        if not os.path.exists(local) and storage.exists(self.file(STUDY_FILE)):
-            storage.copy(self.file(STUDY_FILE), local)
-        return local
+        cache = self.options.data.resolved_cache_dir
+        if not storage.exists(self.file(STUDY_FILE)):
+            return storage.local_file_for(self.path, STUDY_FILE, "studies", cache)
+        snapshot = storage.local_file_for(self.path, STUDY_FILE, "study-snapshots", cache)
+        storage.copy(self.file(STUDY_FILE), snapshot)
+        return snapshot
 
     def has_tune_state(self) -> bool:
         """True once Tune has saved the search's state, which it does at its first step."""

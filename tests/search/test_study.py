@@ -74,6 +74,27 @@ def test_a_resumed_search_starts_from_the_uploaded_study_and_a_new_one_from_none
     assert not os.path.exists(local)
 
 
+
+def test_a_reader_sees_the_study_another_machine_resumed_and_leaves_this_machines_copy_alone(s3_dir, tmp_path):
+    import json
+
+    from cxr_tune.experiment import Experiment
+
+    options = SearchOptions(name="exp", storage=s3_dir, data=DataOptions(cache_dir=str(tmp_path / "cache")))
+    remote = storage.join(options.experiment_dir, STUDY_FILE)
+    storage.write_text_atomic(storage.join(options.experiment_dir, "experiment.json"), json.dumps({"options": options.to_json()}))
+    here = make_searcher(study_path(options), remote)
+    here.suggest("trial_a")
+    here.on_trial_complete("trial_a", {"objective": 0.5, "epoch": 3})
+    elsewhere = str(tmp_path / "other-machine" / STUDY_FILE)
+    storage.copy(remote, elsewhere)  # another machine resumes the search from the uploaded study
+    there = make_searcher(elsewhere, remote)
+    there.suggest("trial_b")
+    there.on_trial_complete("trial_b", {"objective": 0.7, "epoch": 3})
+    read = Experiment(options.experiment_dir).study_path
+    assert [t.value for t in trials_in(read)] == [0.5, 0.7]  # before: this machine's stale copy, one trial
+    assert [t.value for t in trials_in(study_path(options))] == [0.5]  # a search here may hold it open: not overwritten
+
 def test_trials_a_killed_driver_left_running_are_failed_when_the_search_is_restored(tmp_path):
     """Optuna records a trial RUNNING when it is suggested; Tune saves its state (the searcher's
     included) every ~10 s. Killed in between, the study keeps a RUNNING trial no resumed search
