@@ -170,8 +170,10 @@ def _main(argv: Sequence[str] | None) -> int:
         folder_lock.hold(experiment)
         recorded = Experiment(experiment).options
         if not storage.same_folder(recorded.experiment_dir, experiment):  # Tune's state and the searcher's study name the folder it ran in
+            readable = ("--report-only and export read a copy" if Experiment(experiment).has_tune_state()
+                        else "this copy has no Tune state or checkpoints, so --report-only and export cannot read it either")
             raise UserError(f"'{experiment}' is a copy of the experiment run in '{recorded.experiment_dir}': Ray Tune's saved state names "
-                            f"that folder, so only it can be resumed (--report-only and export read a copy)")
+                            f"that folder, so only it can be resumed ({readable})")
         options = dataclasses.replace(recorded, storage=storage.resolve(args.storage), time_budget_min=args.time_budget,
                                       job_budget_min=args.job_budget, **overrides)
     else:

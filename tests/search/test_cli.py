@@ -41,7 +41,12 @@ def test_a_copied_experiment_is_not_resumed_in_place_of_the_original(tmp_path):
     from tests.conftest import ROOT
 
     shutil.copytree(ROOT / "results" / "real" / "external", tmp_path / "copy")  # run in another checkout's results/real/external
-    with pytest.raises(UserError, match=r"'\S+/copy' is a copy of the experiment run in '\S+/external': Ray Tune's saved state names that folder"):
+    with pytest.raises(UserError, match=r"'\S+/copy' is a copy of the experiment run in '\S+/external': Ray Tune's saved state names that folder") as refused:
+        main(["--storage", str(tmp_path), "--name", "copy", "--resume"])
+    assert "--report-only and export cannot read it either" in str(refused.value)  # committed without Tune's state: no command reads it
+    (tmp_path / "copy" / "tuner.pkl").write_bytes(b"")
+    (tmp_path / "copy" / "experiment_state-2026-12-06_00-00-00.json").write_text("{}")
+    with pytest.raises(UserError, match=r"only it can be resumed \(--report-only and export read a copy\)"):
         main(["--storage", str(tmp_path), "--name", "copy", "--resume"])
 
 
