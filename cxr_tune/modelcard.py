@@ -53,7 +53,7 @@ def performance_section(meta: dict[str, Any]) -> list[str]:
 def subgroup_section(meta: dict[str, Any]) -> list[str]:
     """Markdown lines: sensitivity per pneumonia type, specificity per normal batch, per set."""
     measured, sets, deciding = _measured(meta)
-    return _subgroups(measured, sets, deciding)
+    return _subgroups(measured, sets, deciding, _unadapted_threshold(meta))
 
 
 def calibration_section(meta: dict[str, Any], diagram: str = "Reliability diagram: `reliability.png`.") -> list[str]:
@@ -73,6 +73,13 @@ def _measured(meta: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str
     measured = meta.get("before_adaptation", meta)  # an adapted model's sets were measured before adaptation
     deciding = "external" if meta.get("deciding_set") == "external" else "validation"
     return measured, [(key, name) for key, name in SETS if isinstance(measured.get(key), dict)], deciding
+
+
+def _unadapted_threshold(meta: dict[str, Any]) -> float | None:
+    """The threshold an adapted model's sets were measured at (before adaptation); None for a model not adapted."""
+    if not meta.get("adaptation"):
+        return None
+    return (meta.get("before_adaptation") or {}).get("threshold", meta["adaptation"].get("unadapted_threshold"))
 
 
 def _details(meta: dict[str, Any]) -> list[str]:
@@ -146,13 +153,16 @@ def _search(meta: dict[str, Any]) -> list[str]:
            f"at most {search['max_epochs']} epoch(s) a trial" if search.get("max_epochs") else None]
     how = [part for part in how if part]
     epochs = "" if meta.get("epochs_chosen_on") else "each trial's epoch, "  # under --val-data the search's own set chose them
+    rule = (meta.get("adaptation") or {}).get("threshold_rule")
+    chose = (f"the ensemble members and the unadapted model's threshold (this model's threshold came from the site adaptation rule `{rule}`, "
+             "and the operating points were dropped)" if meta.get("adaptation") else "the ensemble members, the threshold and the operating points")
     lines = ["## How the model was chosen", ""]
     if how:
         text = "; ".join(how)
         lines.append("- " + text[0].upper() + text[1:] + ".")
     lines += [
-        f"- Deciding set: **{deciding}**. It chose {epochs}the trial ranking, the ensemble members, the threshold and "
-        f"the operating points{', and fitted the calibration' if (meta.get('calibration') or {}).get('method', 'none') != 'none' else ''}: "
+        f"- Deciding set: **{deciding}**. It chose {epochs}the trial ranking, {chose}"
+        f"{', and fitted the calibration' if (meta.get('calibration') or {}).get('method', 'none') != 'none' else ''}: "
         f"its numbers below are selection-set numbers, optimistic."
         + (f" Each trial's epoch was chosen during the search, on the search's own {_set_name(meta['epochs_chosen_on'])}, whose "
            "numbers are selection-set numbers too." if meta.get("epochs_chosen_on") else ""),
@@ -184,7 +194,7 @@ def _performance(measured: dict[str, Any], sets: list[tuple[str, str]], deciding
     return ["## Performance", "", f"{when}, with 95 % bootstrap intervals (images resampled).", "", *rows, ""]
 
 
-def _subgroups(measured: dict[str, Any], sets: list[tuple[str, str]], deciding: str) -> list[str]:
+def _subgroups(measured: dict[str, Any], sets: list[tuple[str, str]], deciding: str, unadapted: float | None) -> list[str]:
     rows = []
     for key, name in sets:
         for group in (measured[key].get("subgroups") or {}).values():
@@ -192,7 +202,8 @@ def _subgroups(measured: dict[str, Any], sets: list[tuple[str, str]], deciding: 
                         f"{fmt(group.get('value'))}{interval(group.get('ci95'))} |")
     if not rows:
         return ["## Subgroups", "", "The file names carry no subgroups (Kermany's bacterial/viral and IM-/NORMAL2-IM- names), so there is no table.", ""]
-    return ["## Subgroups", "", "From the Kermany file names, at the stored threshold; 95 % Wilson intervals. Small groups have wide intervals.", "",
+    when = "at the stored threshold" if unadapted is None else f"measured before site adaptation, at the unadapted model's threshold {fmt(unadapted)}"
+    return ["## Subgroups", "", f"From the Kermany file names, {when}; 95 % Wilson intervals. Small groups have wide intervals.", "",
             "| set | group | rate | images | called right | rate [95 % CI] |", "| --- | --- | --- | --- | --- | --- |", *rows, ""]
 
 
@@ -268,8 +279,10 @@ def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:
     if external:
         adapted = (meta.get("adaptation") or {}).get("source")
         adapted_to_it = bool(adapted and external.get("source")) and storage.same_folder(adapted, external["source"])
+        chose = ("**chose the model and its unadapted threshold** (the site's threshold came from the adaptation rule)" if meta.get("adaptation")
+                 else "**chose the model and its thresholds**")
         lines.append("- The external set " + (f"(`{external.get('source')}`) " if external.get("source") else "")
-                     + ("**chose the model and its thresholds**: it is a selection set, its numbers are optimistic, and it is no "
+                     + (f"{chose}: it is a selection set, its numbers are optimistic, and it is no "
                         "independent test." if external.get("selection_set") else
                         "chose nothing in the search, but the model was adapted to its images (without their labels): it is no "
                         "independent test of the adapted model." if adapted_to_it else "chose nothing, but it is one sample of one site."))

@@ -150,3 +150,21 @@ def test_a_card_adapted_to_the_external_set_s_own_images_does_not_call_that_set_
     assert untouched in model_card(unadapted).splitlines() and untouched in model_card(elsewhere).splitlines()
     assert ("- The external set (`/data/site`) chose nothing in the search, but the model was adapted to its images (without their "
             "labels): it is no independent test of the adapted model.") in model_card(adapted).splitlines()
+
+
+def test_an_adapted_card_says_its_numbers_and_the_deciding_set_s_choices_are_the_unadapted_model_s(exported):
+    """An adapted card said its subgroups were "at the stored threshold" and that the deciding set chose the threshold and the
+    operating points: the site's threshold came from the adaptation rule, and the operating points were dropped."""
+    from cxr_tune.modelcard import model_card
+
+    meta, _ = exported  # the external set is the selection set
+    moved = ("validation", "external", "test", "threshold", "threshold_rule", "operating_points")
+    adapted = {**{key: value for key, value in meta.items() if key not in moved}, "threshold": 0.9, "threshold_rule": "0.9000, mixture",
+               "before_adaptation": {key: meta[key] for key in moved},
+               "adaptation": {"source": "/data/site", "threshold_rule": "mixture", "unadapted_threshold": meta["threshold"]}}
+    card = model_card(adapted)
+    assert f"From the Kermany file names, measured before site adaptation, at the unadapted model's threshold {fmt(meta['threshold'])};" in card
+    assert "at the stored threshold" not in card
+    assert "the threshold and the operating points" not in card and "threshold came from the site adaptation rule `mixture`" in card
+    assert "**chose the model and its unadapted threshold** (the site's threshold came from the adaptation rule)" in card
+    assert "**chose the model and its thresholds**" in model_card(meta)
