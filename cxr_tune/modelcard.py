@@ -39,7 +39,9 @@ def model_card(meta: dict[str, Any]) -> str:
         lines += ["> **SYNTHETIC DATA.** This model was trained and measured on procedurally drawn images, not patients. "
                   "Nothing below says anything about real chest X-rays.", ""]
     lines += _details(meta) + _intended_use() + _data(meta, measured, sets) + _search(meta)
-    lines += performance_section(meta) + subgroup_section(meta) + calibration_section(meta) + operating_point_section(meta)
+    diagram = ("Reliability diagram: none for the adapted model (adapt reads no labels and writes none); the unadapted model's folder "
+               "holds the one measured before adaptation." if meta.get("adaptation") else "Reliability diagram: `reliability.png`.")
+    lines += performance_section(meta) + subgroup_section(meta) + calibration_section(meta, diagram) + operating_point_section(meta)
     lines += _adaptation(meta) + _limitations(meta, measured) + _reproduce(meta)
     return "\n".join(lines)
 

@@ -113,6 +113,8 @@ def test_adapt_writes_a_card_for_the_adapted_model(tmp_path):
     assert "AdaBN" in card and "24 unlabelled image(s)" in card and "Measured before site adaptation" in card
     assert "operating_points" not in meta and set(meta["before_adaptation"]["operating_points"]) >= {"balanced", "sens95"}
     assert "## Operating points" not in card  # the unadapted points do not carry over
+    assert not (tmp_path / "adapted" / "reliability.png").exists() and "`reliability.png`" not in card  # adapt draws none: the card names none
+    assert "Reliability diagram: none for the adapted model" in card
     assert table(card, "Performance")[0][3] == fmt(meta["before_adaptation"]["validation"]["auc"]) + interval(
         meta["before_adaptation"]["validation"]["ci95"]["auc"])
     assert Path(tmp_path / "model" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
