@@ -7,7 +7,8 @@ measured far more precisely by a paired bootstrap, which resamples the same imag
 (:func:`cxr_tune.set_metrics.paired_differences`, within each class).
 
 Prints each model's sensitivity, specificity, balanced accuracy and AUC at its own stored threshold
-(or ``--operating-point``), with 95 % bootstrap intervals, as ``predict`` prints them; then every
+(or ``--operating-point``), with 95 % intervals as ``predict`` prints them (Wilson score for the
+rates of counts, percentile bootstrap for AUC and balanced accuracy); then every
 later model minus the first, with paired 95 % intervals: an interval that excludes 0 is a
 difference these images can show. Images are labelled by their NORMAL/PNEUMONIA folders; files any
 model cannot read are left out for all, so every number is on the same images. Only the
@@ -32,7 +33,7 @@ from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import threshold_for
 from cxr_tune.predict import collect, predict
 from cxr_tune.serving import load_model
-from cxr_tune.set_metrics import PAIRED_METRICS, held_out_metrics, paired_differences
+from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METRICS, held_out_metrics, paired_differences
 
 TITLES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity", "balanced_accuracy": "balanced accuracy"}
 
@@ -91,7 +92,7 @@ def describe(result: dict[str, Any]) -> str:
          **{TITLES[key]: fmt(metrics[key]) + interval(metrics["ci95"].get(key)) for key in PAIRED_METRICS}}
         for name, metrics in result["models"].items()])
     lines = [f"{result['images']} labelled images (NORMAL {normal}, PNEUMONIA {pneumonia}), each model at its own threshold "
-             f"(operating point {result['operating_point']}); 95 % bootstrap intervals", "", models.to_markdown(index=False)]
+             f"(operating point {result['operating_point']}); {INTERVAL_METHODS}", "", models.to_markdown(index=False)]
     if result["differences"]:
         first = next(iter(result["models"]))
         differences = pd.DataFrame([

@@ -19,6 +19,7 @@ from typing import Any
 from cxr_tune import storage
 from cxr_tune.formatting import fmt, interval
 from cxr_tune.operating_points import NAMES as POINT_ORDER
+from cxr_tune.set_metrics import INTERVAL_METHODS
 
 CARD_FILE = "MODEL_CARD.md"
 SAMPLERS = {"tpe": "Optuna TPE", "random": "random"}
@@ -193,7 +194,7 @@ def _performance(measured: dict[str, Any], sets: list[tuple[str, str]], deciding
         rows.append(f"| {_label(key, name, deciding)} | {metrics.get('n')} | {fmt(threshold)} | "
                     + " | ".join(f"{fmt(metrics.get(rate))}{interval(ci.get(rate))}" for rate, _ in RATES) + " |")
     when = "Measured before site adaptation, at the unadapted model's threshold" if adapted else "At the stored threshold"
-    return ["## Performance", "", f"{when}, with 95 % bootstrap intervals (images resampled).", "", *rows, ""]
+    return ["## Performance", "", f"{when}; {INTERVAL_METHODS}.", "", *rows, ""]
 
 
 def _subgroups(measured: dict[str, Any], sets: list[tuple[str, str]], deciding: str, unadapted: float | None) -> list[str]:
@@ -252,7 +253,7 @@ def _operating_points(meta: dict[str, Any], measured: dict[str, Any], sets: list
         rows.append(f"| `{point}` | {fmt(points[point].get('threshold'))} | {points[point].get('rule')} | " + " | ".join(cells) + " |")
     return ["## Operating points", "",
             "Thresholds chosen on the deciding set for other uses (`python -m cxr_tune.predict --operating-point NAME`); "
-            "95 % bootstrap intervals.", "", *rows, ""]
+            "95 % Wilson score intervals (from the counts).", "", *rows, ""]
 
 
 def _adaptation(meta: dict[str, Any]) -> list[str]:

@@ -8,7 +8,8 @@ Prints, per image, the PNEUMONIA probability and the label at one of the model's
 was trained; ``sens95``, ``spec90`` and the others were chosen on the same set, see
 :mod:`cxr_tune.operating_points`). Folders are searched recursively. Images under a folder named
 NORMAL or PNEUMONIA (the Kermany layout) count as labelled, and for them it also prints
-sensitivity, specificity, balanced accuracy, accuracy and AUC with 95 % bootstrap intervals, the
+sensitivity, specificity, balanced accuracy, accuracy and AUC with 95 % intervals (Wilson score for
+the rates of counts, percentile bootstrap for AUC and balanced accuracy), the
 confusion matrix, the rates at every stored operating point, the calibration (ECE and Brier score
 with bootstrap intervals) and, where the file names carry them, the subgroups (bacterial/viral
 pneumonia, IM-/NORMAL2-IM- normals); ``--metrics OUT.json`` writes the same numbers, computed as
@@ -46,7 +47,7 @@ from cxr_tune.formatting import fmt, interval, json_safe
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
 from cxr_tune.serving import LoadedModel, load_model, probabilities
-from cxr_tune.set_metrics import clinical_metrics, held_out_metrics
+from cxr_tune.set_metrics import INTERVAL_METHODS, clinical_metrics, held_out_metrics
 
 T = TypeVar("T")
 
@@ -146,7 +147,7 @@ def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None 
 
 
 def labelled_metrics(frame: pd.DataFrame, threshold: float, points: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
-    """What the labelled images measure at ``threshold`` (the rates with 95 % bootstrap intervals, AUC,
+    """What the labelled images measure at ``threshold`` (the rates with 95 % intervals, AUC,
     calibration, the rates at the model's other operating points ``points``, the subgroups): the
     computation export stores for a test split (:mod:`cxr_tune.set_metrics`), or None when no image is labelled."""
     labelled = frame.dropna(subset=["label"])
@@ -163,7 +164,7 @@ def describe(metrics: dict[str, Any], point: str) -> str:
     normal, pneumonia = metrics["class_counts"]
     return "\n".join([
         f"Labelled images: {normal + pneumonia} (NORMAL {normal}, PNEUMONIA {pneumonia}) at threshold {metrics['threshold_used']:.4f}"
-        + f" (operating point {point}); 95 % bootstrap intervals (images resampled)",
+        + f" (operating point {point}); {INTERVAL_METHODS}",
         f"  sensitivity {_rate(metrics['sensitivity'])}{interval(ci.get('sensitivity'))}  specificity {_rate(metrics['specificity'])}"
         f"{interval(ci.get('specificity'))}  balanced accuracy {_rate(metrics['balanced_accuracy'])}{interval(ci.get('balanced_accuracy'))}",
         f"  accuracy {_rate(metrics['accuracy'])}{interval(ci.get('accuracy'))}  AUC {_rate(metrics['auc'])}{interval(ci.get('auc'))}",
@@ -244,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="export folder with model.onnx and model.json, local or on object storage, e.g. results/<experiment>/best or s3://bucket/experiments/<experiment>/best, or its .onnx file (loaded exactly, with the model.json beside it)")
     parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path,probability,prediction (0/1),check (why to check the image first; empty for most) to this CSV file")
     parser.add_argument("--metrics", default=None, metavar="OUT.json",
-                        help="also write what the labelled images measure to this JSON file: the rates and AUC with 95 %% bootstrap intervals, "
+                        help="also write what the labelled images measure to this JSON file: the rates and AUC with 95 %% intervals (Wilson score for "
+                             "sensitivity, specificity and accuracy; percentile bootstrap for AUC and balanced accuracy), "
                              "the confusion counts, calibration, the rates at every operating point and the subgroups (the fields of model.json's "
                              "test entry); needs images under NORMAL/ or PNEUMONIA/ folders")
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not one line per image")

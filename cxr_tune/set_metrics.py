@@ -2,7 +2,7 @@
 (for ``model.json`` and the model card), ``predict`` (on a labelled folder) and the benchmarks.
 
 - :func:`set_metrics`: a set that chose things (carved validation, the external set): the metrics
-  with the objective, and 95 % bootstrap intervals.
+  with the objective, and 95 % intervals (:func:`intervals`).
 - :func:`held_out_metrics`: a set that chose nothing (a test split, a new site's labelled sample):
   the same at the stored threshold, without the threshold search.
 - :func:`clinical_metrics`: what a clinician checks on it: class counts, calibration, the rates at
@@ -14,7 +14,7 @@ computation, intervals included.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,22 +22,25 @@ import numpy as np
 from cxr_tune.calibration import calibration_metrics
 from cxr_tune.selection import objective_interval
 from cxr_tune.subgroups import subgroup_rates
-from cxr_tune.train.metrics import evaluate_scores, rates_at
+from cxr_tune.train.metrics import evaluate_scores, rates_at, wilson_interval
 
-#: the metrics that get 95 % bootstrap intervals (``ci95``)
-CI_METRICS = ("sensitivity", "specificity", "balanced_accuracy", "auc", "accuracy")
+#: the metrics with 95 % percentile bootstrap intervals (``ci95``); sensitivity, specificity and accuracy get Wilson's (:func:`count_intervals`)
+BOOTSTRAP_METRICS = ("balanced_accuracy", "auc")
+#: how the intervals were computed, in words (the card, predict and compare print it)
+INTERVAL_METHODS = ("95 % intervals: Wilson score for sensitivity, specificity and accuracy (from the counts), "
+                    "percentile bootstrap for AUC and balanced accuracy (images resampled)")
 _CHUNK_VALUES = 2_000_000  # resampled scores held at once (a few arrays of this size: tens of MB)
 
 
 def set_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float, hp: Any) -> dict[str, Any]:
-    """Metrics of one set at the stored threshold (as predict will use it), with 95 % bootstrap
-    intervals (``ci95``); NaN where undefined. The objective and its interval are the criterion's at
+    """Metrics of one set at the stored threshold (as predict will use it), with 95 % intervals
+    (``ci95``: :func:`intervals`); NaN where undefined. The objective and its interval are the criterion's at
     that threshold too: a set that did not choose the threshold must not show the one it would choose."""
     at = rates_at(labels, scores, threshold)
     low, high = objective_interval(labels, scores, threshold, hp.criterion)
     return {**evaluate_scores(labels, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance), **at,
             "objective": at[hp.criterion], "objective_low": low, "objective_high": high,
-            "threshold": threshold, "n": int(len(labels)), "ci95": bootstrap_intervals(labels, scores, threshold)}
+            "threshold": threshold, "n": int(len(labels)), "ci95": intervals(labels, scores, threshold)}
 
 
 def held_out_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -47,14 +50,14 @@ def held_out_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -
         metrics.pop(key, None)  # a held-out set does not choose a threshold; the stored one is used
     metrics["threshold_used"] = threshold
     metrics["n"] = int(len(labels))
-    metrics["ci95"] = bootstrap_intervals(labels, scores, threshold)
+    metrics["ci95"] = intervals(labels, scores, threshold)
     return metrics
 
 
 def clinical_metrics(paths: Sequence[str], labels: np.ndarray, scores: np.ndarray, threshold: float, points: dict[str, dict[str, Any]],
                      uncalibrated: np.ndarray | None = None) -> dict[str, Any]:
     """What a clinician checks on one labelled set: class counts, calibration (and before the
-    calibration map, when there is one), the rates at every operating point with bootstrap
+    calibration map, when there is one), the rates at every operating point with Wilson
     intervals, and the subgroups the file names carry (at ``threshold``; absent when none)."""
     labels = np.asarray(labels).astype(int)
     out: dict[str, Any] = {
@@ -72,13 +75,29 @@ def clinical_metrics(paths: Sequence[str], labels: np.ndarray, scores: np.ndarra
 
 def rates_with_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
     """Sensitivity, specificity, predictive values and counts at one threshold, the rates with intervals."""
-    rates, ci = rates_at(labels, scores, threshold), bootstrap_intervals(labels, scores, threshold)
+    rates = rates_at(labels, scores, threshold)
+    ci = count_intervals(rates)
     return {**{key: rates[key] for key in ("sensitivity", "specificity", "ppv", "npv", "tp", "fp", "tn", "fn")},
             "threshold": threshold, "ci95": {key: ci[key] for key in ("sensitivity", "specificity") if key in ci}}
 
 
+def intervals(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, list[float]]:
+    """95 % intervals of the metrics at a fixed threshold: Wilson score intervals of the rates of counts
+    (a bootstrap of a rate of 0 or 1 gives [0, 0] or [1, 1], however many images), the percentile
+    bootstrap of AUC and balanced accuracy."""
+    return {**bootstrap_intervals(labels, scores, threshold), **count_intervals(rates_at(labels, scores, threshold))}
+
+
+def count_intervals(counts: Mapping[str, int]) -> dict[str, list[float]]:
+    """95 % Wilson score intervals of sensitivity, specificity and accuracy from the confusion counts
+    (``tp``, ``fp``, ``tn``, ``fn``, as ``model.json`` stores them); none for a rate without images."""
+    tp, fp, tn, fn = (int(counts[key]) for key in ("tp", "fp", "tn", "fn"))
+    drawn = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "accuracy": (tp + tn, tp + fp + tn + fn)}
+    return {name: ci for name, (right, n) in drawn.items() if (ci := wilson_interval(right, n)) is not None}
+
+
 def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, *, resamples: int = 2000, seed: int = 0) -> dict[str, list[float]]:
-    """95 % percentile bootstrap intervals of the metrics at a fixed threshold (images resampled with
+    """95 % percentile bootstrap intervals of AUC and balanced accuracy at a fixed threshold (images resampled with
     replacement; seeded, so the same scores in the same order give the same interval); a metric undefined on a resample (a class missing from it)
     leaves that resample out, and one undefined on most of them (AUC of a one-class split) gets no interval."""
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
@@ -86,9 +105,9 @@ def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float
     chunk = max(1, _CHUNK_VALUES // max(len(labels), 1))  # a large folder's resamples in parts: the same draws, bounded memory
     parts = [_resampled(labels, scores, threshold, rng.integers(0, len(labels), (min(chunk, resamples - start), len(labels))))
              for start in range(0, resamples, chunk)]
-    samples = {name: np.concatenate([part[name] for part in parts]) for name in CI_METRICS}
+    samples = {name: np.concatenate([part[name] for part in parts]) for name in BOOTSTRAP_METRICS}
     out = {}
-    for name in CI_METRICS:
+    for name in BOOTSTRAP_METRICS:
         values = samples[name][np.isfinite(samples[name])]
         if len(values) >= resamples // 2:
             out[name] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
@@ -107,8 +126,7 @@ def _resampled(labels: np.ndarray, scores: np.ndarray, threshold: float, pick: n
         specificity = (~called & ~y).sum(axis=1) / negatives
         ranks = rankdata(p, axis=1)  # Mann-Whitney: AUC from the positives' rank sum (ties averaged)
         auc = ((ranks * y).sum(axis=1) - positives * (positives + 1) / 2) / (positives * negatives)
-    return {"sensitivity": sensitivity, "specificity": specificity, "balanced_accuracy": (sensitivity + specificity) / 2,
-            "auc": auc, "accuracy": (called == y).mean(axis=1)}
+    return {"balanced_accuracy": (sensitivity + specificity) / 2, "auc": auc}
 
 
 #: the metrics compared between two models on the same images (:func:`paired_differences`)

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from cxr_tune.train.metrics import wilson_interval
+
 #: name -> (label the group belongs to, file-name pattern, the rate measured, what people call it)
 GROUPS: dict[str, tuple[int, re.Pattern[str], str, str]] = {
     "bacterial": (1, re.compile(r"^person\d+_bacteria_"), "sensitivity", "bacterial pneumonia"),
@@ -53,13 +55,3 @@ def subgroup_rates(paths: Sequence[str], labels: Sequence[int], predictions: Seq
         out[group] = {"description": description, "rate": rate, "n": n, "correct": correct,
                       "value": correct / n if n else math.nan, "ci95": wilson_interval(correct, n)}
     return out
-
-
-def wilson_interval(successes: int, n: int) -> list[float] | None:
-    """95 % Wilson score interval of a proportion (scipy), or None for no trials."""
-    if not n:
-        return None
-    from scipy.stats import binomtest
-
-    interval = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return [float(interval.low), float(interval.high)]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cxr_tune.set_metrics import bootstrap_intervals, paired_differences
+from cxr_tune.set_metrics import INTERVAL_METHODS, bootstrap_intervals, paired_differences
 from tests.conftest import call_cli, kermany_folder
 from tests.exports import write_export
 
@@ -33,6 +33,7 @@ def test_two_models_on_the_same_images_differ_only_where_their_thresholds_do(tmp
     assert difference["sensitivity"][0] == pytest.approx(1.0 - theirs["sensitivity"])
     assert difference["specificity"][0] == pytest.approx(-theirs["specificity"])
     assert list(result["differences"]) == [str(everything)] and "Minus " + str(own) in done.stdout and "notes.txt: " in done.stdout
+    assert INTERVAL_METHODS in done.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -13,6 +13,7 @@ import pytest
 
 from cxr_tune.formatting import fmt, interval
 from cxr_tune.modelcard import KERMANY
+from cxr_tune.set_metrics import INTERVAL_METHODS
 from tests.model_exports import export_folder, kermany_set, save_images
 from tests.conftest import call_cli
 
@@ -90,6 +91,7 @@ def test_the_card_covers_what_a_reviewer_asks(exported):
                     "Operating points", "Site adaptation", "Limitations", "How to reproduce"):
         assert f"\n## {heading}\n" in card, heading
     assert "Not a medical device" in card and "CC BY 4.0" in card and "selection set" in card
+    assert INTERVAL_METHODS in card and "95 % Wilson score intervals (from the counts)" in card  # performance; operating points
     assert "Deciding set: **external validation set**" in card and "optimistic" in card
     assert "train 100 / 300" not in card and "training 100 / 300" in card  # counts per set, from model.json
     assert meta["search"]["command"] in card and "--calibrate platt" in card

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from cxr_tune.predict import describe, labelled_metrics
+from cxr_tune.set_metrics import INTERVAL_METHODS
 from tests.conftest import call_cli, kermany_folder, permissions_bind, run_cli, unreadable
 from tests.exports import write_export
 
@@ -22,7 +23,8 @@ def test_one_class_prints_auc_na_not_nan():
 
 def test_both_classes_print_the_auc():
     frame = pd.DataFrame({"path": list("abcd"), "probability": [0.1, 0.4, 0.6, 0.9], "prediction": [0, 0, 1, 1], "label": [0, 1, 0, 1]})
-    assert "AUC 0.7500" in describe(labelled_metrics(frame, 0.5), "balanced")
+    text = describe(labelled_metrics(frame, 0.5), "balanced")
+    assert "AUC 0.7500" in text and INTERVAL_METHODS in text  # which interval is Wilson and which bootstrap
 
 
 def test_predict_on_a_one_class_test_folder(tmp_path):

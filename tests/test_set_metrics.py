@@ -35,3 +35,20 @@ def test_the_auc_interval_is_the_95_percent_percentile_bootstrap_of_scikit_learn
 def test_every_resample_of_separated_reversed_or_tied_scores_has_their_auc(scores, auc):
     labels = np.r_[np.zeros(20), np.ones(20)].astype(int)
     assert bootstrap_intervals(labels, scores, 0.5)["auc"] == [auc, auc]
+
+
+def test_rates_of_counts_get_wilson_intervals_so_a_rate_of_one_is_not_certain():
+    """A bootstrap of 20 NORMAL images all called right gave specificity [1.000, 1.000]; Wilson gives [0.839, 1.000]."""
+    from cxr_tune.set_metrics import INTERVAL_METHODS, clinical_metrics, held_out_metrics
+    from cxr_tune.train.metrics import wilson_interval
+
+    labels = np.r_[np.zeros(20), np.ones(30)].astype(int)
+    scores = np.r_[np.full(20, 0.1), np.linspace(0.3, 0.9, 30)]  # every NORMAL right; the PNEUMONIA images below 0.5 missed
+    found = int((scores[20:] >= 0.5).sum())
+    ci = held_out_metrics(labels, scores, 0.5)["ci95"]
+    assert ci["specificity"] == wilson_interval(20, 20) and ci["specificity"][0] == pytest.approx(0.839, abs=1e-3)
+    assert ci["sensitivity"] == wilson_interval(found, 30) and ci["accuracy"] == wilson_interval(20 + found, 50)
+    assert set(ci) == {"sensitivity", "specificity", "accuracy", "auc", "balanced_accuracy"}  # the other two still bootstrapped
+    at = clinical_metrics([f"{i}.png" for i in range(50)], labels, scores, 0.5, {"balanced": {"threshold": 0.5}})["operating_points"]["balanced"]
+    assert at["ci95"] == {"specificity": wilson_interval(20, 20), "sensitivity": wilson_interval(found, 30)}
+    assert "Wilson score for sensitivity, specificity and accuracy" in INTERVAL_METHODS and "bootstrap for AUC" in INTERVAL_METHODS

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from cxr_tune.predict import describe, labelled_metrics
-from cxr_tune.subgroups import subgroup_of, subgroup_rates, wilson_interval
+from cxr_tune.subgroups import subgroup_of, subgroup_rates
+from cxr_tune.train.metrics import wilson_interval
 from tests.conftest import call_cli
 from tests.model_exports import export_folder, kermany_set, save_images
 

@@ -35,6 +35,16 @@ def rates_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[s
     return out
 
 
+def wilson_interval(successes: int, n: int) -> list[float] | None:
+    """95 % Wilson score interval of a proportion (scipy), or None for no trials."""
+    if not n:
+        return None
+    from scipy.stats import binomtest
+
+    interval = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return [float(interval.low), float(interval.high)]
+
+
 def evaluate_scores(labels: np.ndarray, scores: np.ndarray, criterion: str = "balanced_accuracy", min_sensitivity: float = 0.0, tolerance: float = 0.0) -> dict[str, float]:
     """Everything reported per epoch: AUC, loss, calibration, and rates at the chosen threshold and at 0.5.
 
