@@ -214,18 +214,27 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
     maps = grad_cam(members, images)
     threshold = threshold_for(model.meta, point)
     written: list[Path] = []
-    used: set[str] = set()
-    for row, image, heat in zip(frame.itertuples(), images, maps, strict=True):
-        name, copy = Path(row.path).stem, 1
-        while name in used:  # the same file name in two folders (NORMAL/x.jpeg, PNEUMONIA/x.jpeg)
-            name, copy = f"{Path(row.path).stem}-{copy}", copy + 1
-        used.add(name)
+    for row, name, image, heat in zip(frame.itertuples(), explanation_names(frame["path"]), images, maps, strict=True):
         truth = "" if pd.isna(row.label) else f"; labelled {CLASSES[int(row.label)]}"
-        caption = (f"{Path(row.path).name}\nP(PNEUMONIA) {row.probability:.3f}: {CLASSES[row.prediction]} at {point} "
-                   f"(threshold {threshold:.3f}){truth}")
-        explain_figure(out / f"{name}.png", image, heat, caption)
-        written.append(out / f"{name}.png")
+        caption = (f"{row.path}\nP(PNEUMONIA) {row.probability:.3f}: {CLASSES[row.prediction]} at {point} "
+                   f"(threshold {threshold:.3f}){truth}")  # the path as given: two folders may hold the same file name
+        explain_figure(out / name, image, heat, caption)
+        written.append(out / name)
     return written
+
+
+def explanation_names(paths: Iterable[str]) -> list[str]:
+    """Each image's figure name under ``--explain``: its file name's stem as a PNG, numbered where
+    the same name comes again (NORMAL/x.jpeg, PNEUMONIA/x.jpeg: x.png, x-1.png)."""
+    names: list[str] = []
+    used: set[str] = set()
+    for path in paths:
+        name, copy = Path(path).stem, 1
+        while name in used:
+            name, copy = f"{Path(path).stem}-{copy}", copy + 1
+        used.add(name)
+        names.append(f"{name}.png")
+    return names
 
 
 def _decode_all(files: Iterable[Path | str], decode: Callable[[Path | str], T]) -> list[T]:
@@ -243,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.predict", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
     parser.add_argument("--model", required=True, help="export folder with model.onnx and model.json, local or on object storage, e.g. results/<experiment>/best or s3://bucket/experiments/<experiment>/best, or its .onnx file (loaded exactly, with the model.json beside it)")
-    parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path,probability,prediction (0/1),check (why to check the image first; empty for most) to this CSV file")
+    parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path,probability,prediction (0/1),check (why to check the image first; empty for most) to this CSV file, "
+                             "and with --explain the name of each image's figure (explanation)")
     parser.add_argument("--metrics", default=None, metavar="OUT.json",
                         help="also write what the labelled images measure to this JSON file: the rates and AUC with 95 %% intervals (Wilson score for "
                              "sensitivity, specificity and accuracy; percentile bootstrap for AUC and balanced accuracy), "
@@ -289,7 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     frame, skipped = predict(model, files, threshold)
     # The files first: a console that goes away (output piped into head) must not cost them.
     if args.csv:
-        storage.write_csv(args.csv, frame[["path", "probability", "prediction", "check"]])
+        columns = ["path", "probability", "prediction", "check"]
+        if members is not None:  # which figure is which image's (file names repeat across folders)
+            frame["explanation"], columns = explanation_names(frame["path"]), [*columns, "explanation"]
+        storage.write_csv(args.csv, frame[columns])
     points = {name: {"threshold": value} for name, value in known_points(model.meta).items()}
     metrics = labelled_metrics(frame, threshold, points)
     if metrics is None and args.metrics:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -102,3 +103,24 @@ def test_predict_explain_writes_one_figure_per_image_and_needs_the_weights(tmp_p
     done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(tmp_path / "no-such-folder"), "--explain", str(tmp_path / "x"))
     assert done.returncode == 2 and "weights.safetensors' is missing; --explain needs" in done.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_figures_of_images_with_the_same_file_name_name_their_paths_and_the_csv_maps_each_to_its_figure(tmp_path, monkeypatch):
+    """x.jpeg in two folders gave x.png and x-1.png, both captioned "x.jpeg", and nothing said which was which."""
+    import cxr_tune.saliency
+
+    export_folder(tmp_path / "model")
+    scored = kermany_set(1, 6)
+    pixels = scored.images[0]
+    for site in ("siteA", "siteB"):
+        (tmp_path / site).mkdir()
+        Image.fromarray(pixels).save(tmp_path / site / "x.png")
+    captions = {}
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption: captions.__setitem__(path.name, caption))
+    done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(tmp_path / "siteA"), str(tmp_path / "siteB"),
+                    "--explain", str(tmp_path / "out"), "--csv", str(tmp_path / "p.csv"))
+    assert done.returncode == 0, done.stderr
+    rows = pd.read_csv(tmp_path / "p.csv")
+    assert sorted(rows["explanation"]) == ["x-1.png", "x.png"]
+    for row in rows.itertuples():
+        assert captions[row.explanation].splitlines()[0] == row.path  # the caption names the path given, not just x.png
