@@ -31,6 +31,9 @@ from cxr_tune.modelfile import Members
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.model import ConvBlock, PneumoniaCNN, TorchvisionNet
 
+#: what a map's colours mean, said on every figure (:func:`_overlay`)
+SCALED = "Each map is scaled to its own image's maximum: colours are not comparable between images."
+
 
 def target_layer(net: nn.Module) -> tuple[nn.Module, bool]:
     """``(layer, attribute_to_layer_input)``: where Grad-CAM reads the feature maps of ``net``."""
@@ -65,17 +68,19 @@ def grad_cam(members: Members, images: np.ndarray, batch_size: int = 32) -> np.n
 
 
 def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, caption: str) -> None:
-    """One image beside its map over it, ``caption`` (probability, label, operating point) above."""
+    """One image beside its map over it, ``caption`` (probability, label, operating point) above.
+    The image is the model's input (squashed to a square), which the map is aligned with."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.8))
     left.imshow(image, cmap="gray", vmin=0, vmax=255)
-    left.set_title("image", fontsize=9)
+    left.set_title(f"model input ({image.shape[1]}x{image.shape[0]}, aspect ratio not kept)", fontsize=9)
     _overlay(right, image, heat)
     right.set_title("Grad-CAM (what raised the PNEUMONIA score)", fontsize=9)
     for ax in (left, right):
         ax.axis("off")
     fig.suptitle(caption, fontsize=10)
-    fig.tight_layout()
+    fig.text(0.5, 0.02, SCALED, ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -96,12 +101,14 @@ def plot_gallery(path: str | Path, rows: dict[str, Sequence[tuple[np.ndarray, np
                 _overlay(ax, image, heat)
                 ax.set_title(caption, fontsize=7)
         axes[row][0].text(-0.08, 0.5, title, transform=axes[row][0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
+    fig.suptitle(f"Grad-CAM over the model input (aspect ratio not kept). {SCALED}", fontsize=9, wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def _overlay(ax: object, image: np.ndarray, heat: np.ndarray) -> None:
+    """The map over the image, scaled to its own maximum: a P=0.1 image's map is as red as a P=0.99 one's."""
     ax.imshow(image, cmap="gray", vmin=0, vmax=255)
     peak = float(heat.max())
     ax.imshow(heat / peak if peak > 0 else heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)

@@ -124,3 +124,24 @@ def test_figures_of_images_with_the_same_file_name_name_their_paths_and_the_csv_
     assert sorted(rows["explanation"]) == ["x-1.png", "x.png"]
     for row in rows.itertuples():
         assert captions[row.explanation].splitlines()[0] == row.path  # the caption names the path given, not just x.png
+
+
+def test_the_figures_say_the_image_is_the_squashed_model_input_and_each_map_has_its_own_scale(tmp_path, monkeypatch):
+    """A wide film showed as a square titled "image", and a P=0.1 map as red as a P=0.99 one's with nothing saying why."""
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    from cxr_tune.saliency import explain_figure, plot_gallery
+
+    texts, save = [], Figure.savefig
+
+    def saving(fig: Figure, *args, **kwargs) -> None:
+        texts.append(" ".join(text.get_text() for text in fig.findobj(Text)))
+        save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", saving)
+    image, heat = opacity_images(1, seed=4)[0][0], np.ones((SIZE, SIZE))
+    explain_figure(tmp_path / "one.png", image, heat, "x.png")
+    plot_gallery(tmp_path / "all.png", {"true positives": [(image, heat, "x.png")]})
+    assert f"model input ({SIZE}x{SIZE}, aspect ratio not kept)" in texts[0] and "aspect ratio not kept" in texts[1]
+    assert all("Each map is scaled to its own image's maximum" in text for text in texts)
