@@ -40,6 +40,7 @@ def choose_points(labels: np.ndarray, scores: np.ndarray, balanced: float) -> di
     """Every operating point's threshold on ``(labels, scores)`` (the deciding set) and its rule."""
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
     points: dict[str, dict[str, Any]] = {DEFAULT: {"threshold": float(balanced), "rule": "the model's threshold (its search criterion)"}}
+    _mark_given_up(points[DEFAULT], labels, scores >= balanced, ("specificity", "sensitivity"))  # a search criterion can cut outside every score too
     for name, (rate, floor) in FLOORS.items():
         threshold = floor_threshold(labels, scores, rate, floor)
         points[name] = {"threshold": float(threshold), "floor": {rate: floor},
@@ -50,11 +51,20 @@ def choose_points(labels: np.ndarray, scores: np.ndarray, balanced: float) -> di
         if kept < floor - 1e-12:  # NORMAL images scored exactly 1.0: nothing in [0, 1] is above them
             points[name]["misses_floor"] = float(kept)
             points[name]["rule"] += f"; here no threshold keeps it ({rate} {kept:.3f} at {threshold:g} on the deciding set)"
-        right = ~called[labels == 0] if other == "specificity" else called[labels == 1]  # the images the other rate counts, called right
-        if len(right) and not right.any():
-            points[name]["gives_up"] = other  # the floor costs the other rate entirely: no use as a decision
-            points[name]["rule"] += f"; here it gives up {other} entirely ({other} 0 on the deciding set)"
+        _mark_given_up(points[name], labels, called, (other,))  # the floor may cost the other rate entirely
     return points
+
+
+def _mark_given_up(point: dict[str, Any], labels: np.ndarray, called: np.ndarray, rates: tuple[str, ...]) -> None:
+    """Record on ``point`` the first of ``rates`` its threshold gives up entirely on the deciding set
+    (every image that rate counts called wrong: it calls every image one class, no use as a decision);
+    ``predict`` and the model card say so."""
+    for rate in rates:
+        right = called[labels == 1] if rate == "sensitivity" else ~called[labels == 0]  # the images the rate counts, called right
+        if len(right) and not right.any():
+            point["gives_up"] = rate
+            point["rule"] += f"; here it gives up {rate} entirely ({rate} 0 on the deciding set)"
+            return
 
 
 def known_points(meta: dict[str, Any]) -> dict[str, float]:

@@ -33,7 +33,7 @@ def rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[flo
 def test_a_point_that_gives_up_the_other_rate_entirely_says_so():
     labels = np.array([0] * 10 + [1] * 10)
     scores = np.r_[np.linspace(0.5, 0.9, 10), np.linspace(0.1, 0.95, 10)]  # the lowest-scored PNEUMONIA is below every NORMAL
-    points = choose_points(labels, scores, balanced=0.5)
+    points = choose_points(labels, scores, balanced=0.7)  # at 0.5 the model's own threshold would give up specificity too
     sens, spec = rates(labels, scores, points["sens98"]["threshold"])
     assert sens >= 0.98 and spec == 0.0 and points["sens98"]["gives_up"] == "specificity" and "gives up specificity" in points["sens98"]["rule"]
     assert all("gives_up" not in points[name] for name in ("balanced", "spec90", "spec95") if rates(labels, scores, points[name]["threshold"])[0] > 0)
@@ -129,3 +129,12 @@ def test_a_broken_operating_point_in_model_json_names_the_file_and_key(tmp_path)
     (folder / "model.json").write_text(json.dumps({**json.loads((folder / "model.json").read_text()), "operating_points": [0.2]}))
     with pytest.raises(UserError, match="operating_points must be an object"):
         load_model(folder)
+
+
+@pytest.mark.parametrize(("balanced", "given_up"), [(0.0, "specificity"), (1.01, "sensitivity")])
+def test_the_model_s_own_threshold_that_calls_every_image_one_class_says_so_as_the_floor_points_do(balanced, given_up):
+    """A smoke model's balanced threshold (0.000468) called every image PNEUMONIA, with no note; sens90 at nearly the same cut had one."""
+    labels, scores = scores_of(60)
+    point = choose_points(labels, scores, balanced=balanced)["balanced"]
+    assert point["gives_up"] == given_up and f"gives up {given_up} entirely" in point["rule"]
+    assert "gives_up" not in choose_points(labels, scores, balanced=0.5)["balanced"]
