@@ -281,6 +281,10 @@ def _plot_pareto(path: Path, table: pd.DataFrame, selected: pd.Series, prefix: s
     return None
 
 
+#: both ROC plots' axes, in a clinician's words (scikit-learn's say "False Positive Rate (Positive label: 1)")
+ROC_AXES = {"xlabel": "1 - specificity (false positive rate)", "ylabel": "sensitivity (true positive rate)"}
+
+
 def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float, name: str) -> str | None:
     from sklearn.metrics import RocCurveDisplay
 
@@ -293,7 +297,7 @@ def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float, name: str
     sens, spec = predicted[labels == 1].mean(), 1 - predicted[labels == 0].mean()
     ax.scatter([1 - spec], [sens], s=80, color="C3", zorder=5, label=f"threshold {threshold:.3f}")
     ax.legend(loc="lower right")
-    ax.set(title=f"Selected trial: ROC on {name}", xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)")
+    ax.set(title=f"Selected trial: ROC on {name}", **ROC_AXES)
     _save(fig, path)
     return None
 
@@ -389,7 +393,7 @@ def _plot_operating_points(path: Path, exported: dict[str, Any], predictions: pd
         ax.scatter([1 - at["specificity"]], [at["sensitivity"]], s=60, color=f"C{index + 1}", zorder=5,
                    label=f"{point} (threshold {points[point]['threshold']:.3f})")
     ax.legend(loc="lower right", fontsize=7)
-    ax.set(title="Operating points on the ROC curve")
+    ax.set(title="Operating points on the ROC curve", **ROC_AXES)
     _save(fig, path)
     return None
 

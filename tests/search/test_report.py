@@ -68,3 +68,19 @@ def test_ranks_and_epochs_read_as_whole_numbers_when_a_failed_trial_has_none():
     metrics = pd.DataFrame({"rank": [1.0, np.nan], "trial_id": ["a", "failed"], "epochs": [8.0, 0.0], "objective": [0.9, np.nan]})
     rows = [line.split("|")[1:-1] for line in _trial_table(metrics, pd.DataFrame({"lr": [0.001, np.nan]})).splitlines()[2:]]
     assert [[cell.strip() for cell in row] for row in rows] == [["1", "a", "8", "0.9000", "0.001"], ["", "failed", "0", "", ""]]
+
+
+def test_the_operating_points_plot_has_the_roc_plot_s_axis_labels(tmp_path, monkeypatch):
+    """Its axes read scikit-learn's "False Positive Rate (Positive label: 1)" while roc.png's said specificity and sensitivity."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    labels = [0, 0, 0, 1, 1, 1]
+    predictions = pd.DataFrame({"label": labels, "probability": [0.1, 0.4, 0.6, 0.3, 0.7, 0.9], "score": [0.1, 0.4, 0.6, 0.3, 0.7, 0.9]})
+    exported = {"operating_points": {"balanced": {"threshold": 0.5}},
+                "validation": {"operating_points": {"balanced": {"sensitivity": 2 / 3, "specificity": 2 / 3}}}}
+    axes, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (axes.append(fig.axes[0]), save(fig, *args, **kwargs)))
+    assert report._plot_roc(tmp_path / "roc.png", predictions, 0.5, "carved validation") is None
+    assert report._plot_operating_points(tmp_path / "points.png", exported, predictions, "validation") is None
+    assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in axes] == [("1 - specificity (false positive rate)", "sensitivity (true positive rate)")] * 2
