@@ -147,6 +147,25 @@ def calibration_metrics(labels: np.ndarray, scores: np.ndarray, *, n_bins: int =
     return out
 
 
+#: The sets a ``model.json`` may hold calibration for, and their names in a diagram's legend.
+RELIABILITY_SETS = (("validation", "carved validation"), ("external", "external validation"), ("test", "test"))
+
+
+def reliability_curves(meta: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """``{label: reliability dict}`` for :func:`plot_reliability` from a ``model.json``: every set it
+    measured, "(selection set)" on each set its own ``selection_set`` flag marks, and each set's curve
+    before calibration where there was one. One function, so ``best/reliability.png`` and the
+    report's diagram label a set the same way."""
+    curves = {}
+    for key, name in RELIABILITY_SETS:
+        calibration = (meta.get(key) or {}).get("calibration")
+        if calibration:
+            curves[name + (" (selection set)" if meta[key].get("selection_set") else "")] = calibration["reliability"]
+            if "before" in calibration:
+                curves[f"{name}, before calibration"] = calibration["before"]["reliability"]
+    return curves
+
+
 def plot_reliability(path: str | Path, curves: dict[str, dict[str, list[float]]], title: str = "Reliability") -> None:
     """A reliability diagram: one curve per set (``{label: reliability dict}``, as :func:`reliability`
     and ``model.json`` hold them), marker area by bin size, the diagonal of perfect calibration."""

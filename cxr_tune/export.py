@@ -37,7 +37,7 @@ import pandas as pd
 from cxr_tune import __version__, folder_lock, storage
 from cxr_tune.cliargs import help_text, int_between, positive_int
 from cxr_tune.calibration import METHODS as CALIBRATION_METHODS
-from cxr_tune.calibration import Calibration, plot_reliability
+from cxr_tune.calibration import Calibration, plot_reliability, reliability_curves
 from cxr_tune.calibration import fit as fit_calibration
 from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
@@ -505,16 +505,9 @@ def _reliability_png(meta: dict[str, Any]) -> bytes:
     import tempfile
     from pathlib import Path
 
-    curves = {}
-    for key, name in (("validation", "carved validation"), ("external", "external validation"), ("test", "test")):
-        calibration = (meta.get(key) or {}).get("calibration")
-        if calibration:
-            curves[name + (" (selection set)" if meta[key].get("selection_set") else "")] = calibration["reliability"]
-            if "before" in calibration:
-                curves[f"{name}, before calibration"] = calibration["before"]["reliability"]
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / RELIABILITY_FILE
-        plot_reliability(path, curves, "Reliability of the exported model")
+        plot_reliability(path, reliability_curves(meta), "Reliability of the exported model")
         return path.read_bytes()
 
 

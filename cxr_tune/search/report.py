@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cxr_tune import storage  # noqa: E402
-from cxr_tune.calibration import plot_reliability  # noqa: E402
+from cxr_tune.calibration import plot_reliability, reliability_curves  # noqa: E402
 from cxr_tune.data.imaging import decode_gray  # noqa: E402
 from cxr_tune.experiment import Experiment  # noqa: E402
 from cxr_tune.formatting import fmt  # noqa: E402
@@ -347,14 +347,7 @@ def _clinical_plots(plots: Path, experiment: Experiment, exported: dict[str, Any
     deciding = "external" if exported.get("deciding_set") == "external" else "validation"
     predictions_file = experiment.file("best", "external_predictions.csv" if deciding == "external" else "val_predictions.csv")
     predictions = storage.read_csv(predictions_file, dtype={"path": str}) if storage.exists(predictions_file) else None
-    curves = {}
-    for key, name in (("validation", "carved validation"), ("external", "external validation"), ("test", "test")):
-        calibration = (exported.get(key) or {}).get("calibration")
-        if calibration:
-            curves[name + (" (selection set)" if key == deciding else "")] = calibration["reliability"]
-            if "before" in calibration:
-                curves[f"{name}, before calibration"] = calibration["before"]["reliability"]
-    plot_reliability(plots / "reliability.png", curves, "Exported model: reliability")
+    plot_reliability(plots / "reliability.png", reliability_curves(exported), "Exported model: reliability")
     return {
         "reliability": None,
         "operating_points": _plot_operating_points(plots / "operating_points.png", exported, predictions, deciding),

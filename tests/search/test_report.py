@@ -84,3 +84,22 @@ def test_the_operating_points_plot_has_the_roc_plot_s_axis_labels(tmp_path, monk
     assert report._plot_roc(tmp_path / "roc.png", predictions, 0.5, "carved validation") is None
     assert report._plot_operating_points(tmp_path / "points.png", exported, predictions, "validation") is None
     assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in axes] == [("1 - specificity (false positive rate)", "sensitivity (true positive rate)")] * 2
+
+
+def test_the_reports_reliability_diagram_labels_each_set_as_best_reliability_png_does(monkeypatch, tmp_path):
+    """An experiment chosen on carved validation, exported with ``--val-data``: both sets chose
+    something, so both diagrams mark both as selection sets, whatever ``deciding_set`` says."""
+    from cxr_tune import export
+
+    curve = {"predicted": [0.5], "observed": [0.5], "count": [10]}
+    meta = {"deciding_set": "external", "validation": {"calibration": {"reliability": curve}, "selection_set": True},
+            "external": {"calibration": {"reliability": curve}, "selection_set": True},
+            "test": {"calibration": {"reliability": curve}}}
+    labels = {}
+    monkeypatch.setattr(export, "plot_reliability", lambda path, curves, title: (labels.__setitem__("best", list(curves)), open(path, "wb").close()))
+    monkeypatch.setattr(report, "plot_reliability", lambda path, curves, title: labels.__setitem__("report", list(curves)))
+    monkeypatch.setattr(report, "_plot_operating_points", lambda *args: None)
+    monkeypatch.setattr(report, "_plot_saliency", lambda *args: None)
+    export._reliability_png(meta)
+    report._clinical_plots(tmp_path, types.SimpleNamespace(file=lambda *parts: str(tmp_path.joinpath(*parts))), meta)
+    assert labels["best"] == labels["report"] == ["carved validation (selection set)", "external validation (selection set)", "test"]
