@@ -16,13 +16,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxr_tune import storage
 from cxr_tune.bench.bare import BareRun
 from cxr_tune.bench.common import PROJECT, real_data, write_result
 from cxr_tune.data.cache import load_images
 from cxr_tune.data.prepared import DataOptions, split_data
 from cxr_tune.errors import UserError
-from cxr_tune.train.hparams import HParams
+from cxr_tune.train.hparams import HParams, read_params
 from cxr_tune.train.metrics import evaluate_scores
 from cxr_tune.train.precision import resolve
 
@@ -32,16 +31,7 @@ DEFAULT_PARAMS = PROJECT / "results" / "real" / "best" / "model.json"
 def configurations(params: str | None, sizes: list[int]) -> list[HParams]:
     """The hyperparameters of ``params`` (a model.json or YAML of HParams fields; default: the
     committed real-data model's selected member), once per image size asked for."""
-    import json
-
-    import yaml
-
-    path = params or str(DEFAULT_PARAMS)
-    if not storage.exists(path):
-        raise UserError(f"--params '{path}' does not exist")
-    text = storage.read_text(path)
-    values = json.loads(text)["hparams"] if path.endswith(".json") else yaml.safe_load(text)
-    base = HParams.from_config(values)
+    base = read_params(params or str(DEFAULT_PARAMS), [])
     return [HParams.from_config({**base.to_dict(), "image_size": size}) for size in (sizes or [base.image_size])]
 
 

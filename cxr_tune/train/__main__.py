@@ -22,10 +22,9 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt
 from cxr_tune.selection import add_select_on_argument
-from cxr_tune.train.hparams import HParams, HParamsError
+from cxr_tune.train.hparams import HParams, HParamsError, read_params
 from cxr_tune.train.precision import add_precision_arguments
 from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, fit, make_trainer
-from cxr_tune.yamlfile import load_mapping
 
 LOG_FILE = "train.log"  # Ray's output for the run, beside its checkpoints
 SHOWN = ["epoch", "train_loss", "val_loss", "val_auc", "val_threshold", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "epoch_seconds"]
@@ -52,19 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_select_on_argument(parser, "the run's best epoch and its threshold")
     add_data_arguments(parser)
     return parser
-
-
-def read_params(path: str | None, overrides: list[tuple[str, Any]]) -> HParams:
-    """HParams from a YAML file (flat, or under a top-level ``hparams`` key) plus ``--set`` overrides."""
-    values = {}
-    if path:
-        values = load_mapping(path, "params")
-        values = values.get("hparams", values) if isinstance(values.get("hparams"), dict) else values
-    values.update(overrides)
-    try:
-        return HParams.from_config(values)
-    except HParamsError as exc:
-        raise UserError(f"{path or '--set'}: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from cxr_tune.errors import UserError
 from cxr_tune.selection import CRITERIA as SELECTION_CRITERIA
+from cxr_tune.yamlfile import load_mapping
 
 ARCHITECTURES = ("cnn", "resnet18", "densenet121")
 BLOCKS = ("plain", "residual")
@@ -196,6 +198,20 @@ class HParams:
                 raise HParamsError(f"filters_{missing[0]} is missing for depth={depth}")
             values["block_filters"] = tuple(blocks[i] for i in range(depth))  # widths past depth are unused
         return cls(**values)
+
+
+def read_params(path: str | None, overrides: list[tuple[str, Any]]) -> HParams:
+    """HParams from a YAML file (flat, or under a top-level ``hparams`` key, as in an export's
+    ``model.json``) plus ``--set`` overrides; one reader for every command that takes ``--params``."""
+    values = {}
+    if path:
+        values = load_mapping(path, "params")
+        values = values.get("hparams", values) if isinstance(values.get("hparams"), dict) else values
+    values.update(overrides)
+    try:
+        return HParams.from_config(values)
+    except HParamsError as exc:
+        raise UserError(f"{path or '--set'}: {exc}") from None
 
 
 def _coerce(name: str, kind: str, value: Any) -> Any:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cxr_tune.train.hparams import HParams, HParamsError
+from cxr_tune.errors import UserError
+from cxr_tune.train.hparams import HParams, HParamsError, read_params
 
 
 def test_defaults_are_valid_and_round_trip():
@@ -39,3 +40,13 @@ def test_bad_configs_are_rejected_with_the_reason(config, message):
 @pytest.mark.parametrize(("weighting", "expected"), [("none", 1.0), ("balanced", 0.25), (3.0, 3.0)])
 def test_class_weighting_sets_pos_weight(weighting, expected):
     assert HParams(class_weighting=weighting).pos_weight(n_negative=100, n_positive=400) == expected
+
+
+def test_a_params_file_may_be_flat_or_under_an_hparams_key_and_set_overrides_it(tmp_path):
+    flat, nested = tmp_path / "flat.yaml", tmp_path / "nested.yaml"
+    flat.write_text("depth: 3\nimage_size: 64\n")
+    nested.write_text("hparams:\n  depth: 3\n  image_size: 64\n")
+    assert read_params(str(flat), []) == read_params(str(nested), []) == HParams(depth=3, image_size=64)
+    assert read_params(str(nested), [("depth", 2)]).depth == 2
+    with pytest.raises(UserError, match="nested.yaml: unknown hyperparameter 'bogus'"):
+        read_params(str(nested), [("bogus", 1)])
