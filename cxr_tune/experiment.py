@@ -39,6 +39,7 @@ from cxr_tune import storage
 from cxr_tune.data.prepared import DataOptions, SplitData
 from cxr_tune.errors import UserError, damaged
 from cxr_tune.search.options import SearchOptions
+from cxr_tune.search.results import TRAIN_DIR
 from cxr_tune.search.space import Space, load_space
 from cxr_tune.selection import ranked_trials
 
@@ -47,7 +48,6 @@ SPACE_FILE = "space.yaml"
 SPLITS_FILE = "splits.csv"
 EVENTS_FILE = "trial_events.jsonl"
 LOG_FILE = "search.log"
-TRAIN_DIR = "train"
 FINAL_FIT_DIR = "finalfit"
 FINAL_FIT_MEMBERS = "members.json"
 COMPUTE_FILE = "compute.jsonl"  # one line per stage run: what it held and for how long
@@ -219,10 +219,6 @@ class Experiment:
         from cxr_tune.search.results import checkpoint_for
 
         return checkpoint_for(row, self.path)
-
-    def train_run(self, trial_id: str) -> str:
-        """Where a trial's Ray Train run (its checkpoints) lives."""
-        return self.file(TRAIN_DIR, str(trial_id))
 
     def compute_log(self) -> list[dict[str, Any]]:
         """Each run of a stage (search, resumed search, final fit): wall seconds and the CPUs/GPUs it held

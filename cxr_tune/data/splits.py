@@ -21,7 +21,6 @@ import pandas as pd
 
 from cxr_tune.errors import UserError
 
-ROLES = ("train", "val", "external", "test", "unused", "excluded")
 MAX_NAMED = 3
 
 

@@ -30,6 +30,7 @@ METRICS = [
     "train_loss", "train_images_per_s", "precision", "channels_last", "worker_nodes", "worker_images",
 ]
 ID_COLUMNS = ["trial_id", "status", "stop_reason", "epochs", "best_epoch", "run_seconds"]
+TRAIN_DIR = "train"  # in an experiment folder: one Ray Train run (its checkpoints) per trial, see train_run
 
 
 def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFrame]]:
@@ -122,7 +123,7 @@ def with_checkpointed_epochs(reported: pd.DataFrame, run: str, *, until: int | N
 
 def train_run(experiment_dir: str, trial_id: str) -> str:
     """Where a trial's Ray Train run (its checkpoints) lives."""
-    return storage.join(experiment_dir, "train", str(trial_id))
+    return storage.join(experiment_dir, TRAIN_DIR, str(trial_id))
 
 
 def newest_checkpoint_history(run: str) -> list[dict[str, Any]]:
