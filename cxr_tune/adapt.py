@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not storage.exists(storage.join(args.model, "model.json")):
+    if not storage.exists(storage.join(args.model, META_FILE)):
         raise UserError(f"'{args.model}' is not an exported model folder (no model.json); export one with python -m cxr_tune.export EXPERIMENT")
     if storage.resolve(args.out) == storage.resolve(args.model):
         raise UserError("--out must be a new folder, not the model being adapted")

@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from cxr_tune.selection import BOOTSTRAP_PERCENTILES, REPORTED_RESAMPLES
+
 N_BINS = 10
 METHODS = ("none", "platt", "temperature")
 #: Probabilities are clipped this far from 0 and 1 before taking logits (a float32 probability of
 #: exactly 0 or 1 has an infinite one).
 EPSILON = 1e-12
-RESAMPLES = 2000
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -123,7 +124,7 @@ def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, n_bins: i
     return float(np.sum(counts * np.abs(np.asarray(curve["observed"]) - np.asarray(curve["predicted"]))) / counts.sum())
 
 
-def calibration_metrics(labels: np.ndarray, scores: np.ndarray, *, n_bins: int = N_BINS, resamples: int = RESAMPLES, seed: int = 0) -> dict[str, Any]:
+def calibration_metrics(labels: np.ndarray, scores: np.ndarray, *, n_bins: int = N_BINS, resamples: int = REPORTED_RESAMPLES, seed: int = 0) -> dict[str, Any]:
     """ECE and Brier score of one set, with 95 % percentile bootstrap intervals (images resampled
     with replacement, seeded), and its reliability curve; NaN and no interval for an empty set."""
     from sklearn.metrics import brier_score_loss
@@ -143,7 +144,7 @@ def calibration_metrics(labels: np.ndarray, scores: np.ndarray, *, n_bins: int =
            - np.bincount(bins.ravel(), weights=scores[pick].ravel(), minlength=size)).reshape(resamples, n_bins)
     ece = np.abs(gap).sum(axis=1) / len(labels)  # sum over bins of n_b |share_b - mean_b| / N
     brier = ((scores[pick] - labels[pick]) ** 2).mean(axis=1)
-    out["ci95"] = {name: [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] for name, values in (("ece", ece), ("brier", brier))}
+    out["ci95"] = {name: [float(v) for v in np.percentile(values, BOOTSTRAP_PERCENTILES)] for name, values in (("ece", ece), ("brier", brier))}
     return out
 
 

@@ -43,12 +43,13 @@ from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.modelcard import CARD_FILE, final_fit_line, model_card
-from cxr_tune.modelfile import (Members, build_files, check_model_target, check_scores, mean_logits, members_from_states,
-                                 serving_model, torch_scores, write_model_folder)
+from cxr_tune.modelfile import (PREDICTIONS_FILES, WEIGHTS_FILE, Members, build_files, check_model_target, check_scores, mean_logits,
+                                 members_from_states, serving_model, torch_scores, write_model_folder)
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt, json_safe, metric_line
 from cxr_tune.operating_points import choose_points
 from cxr_tune.selection import choose_threshold, ensemble_members, final_fit_kept, prefix_of, ranked_trials
+from cxr_tune.serving import MODEL_FILE
 from cxr_tune.set_metrics import clinical_metrics, held_out_metrics, set_metrics
 from cxr_tune.train.checkpoints import has_predictions, load_predictions, load_state
 from cxr_tune.train.metrics import evaluate_scores
@@ -262,8 +263,8 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
                 _check_same_decisions(uncalibrated[prefix], scores[prefix], t, after[name], f"{prefix} set, operating point {name}")
     meta: dict[str, Any] = {
         "format": "onnx",
-        "model_file": "model.onnx",
-        "weights_file": "weights.safetensors",
+        "model_file": MODEL_FILE,
+        "weights_file": WEIGHTS_FILE,
         "input": {"name": "image", "dtype": "uint8", "shape": ["batch", 1, hp.image_size, hp.image_size]},
         "output": {"name": "probability", "meaning": "probability of PNEUMONIA" + _how_computed(len(members.nets), tta, calibration, deciding)},
         "preprocessing": {
@@ -311,8 +312,7 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
         if names[prefix] in meta:
             meta[names[prefix]].update(clinical_metrics(sets[prefix].rows["path"].astype(str).tolist(), sets[prefix].labels, scores[prefix],
                                                         threshold, points, uncalibrated[prefix] if calibration is not None else None))
-    files_out = {"val": "val", "ext": "external", "test": "test"}
-    extra = {f"{files_out[prefix]}_predictions.csv": _predictions(sets[prefix], scores[prefix], threshold).to_csv(index=False).encode() for prefix in sets}
+    extra = {PREDICTIONS_FILES[prefix]: _predictions(sets[prefix], scores[prefix], threshold).to_csv(index=False).encode() for prefix in sets}
     extra[CARD_FILE] = model_card(json_safe(meta)).encode()
     extra[RELIABILITY_FILE] = _reliability_png(meta)
     write_model_folder(target, files, meta, extra)

@@ -38,6 +38,8 @@ from cxr_tune.train.model import ServingModel, build_model
 from cxr_tune.views import TTA_VIEWS
 
 WEIGHTS_FILE = "weights.safetensors"
+#: The per-image scores an export writes beside the model, one file per set it scored (by metric prefix).
+PREDICTIONS_FILES = {"val": "val_predictions.csv", "ext": "external_predictions.csv", "test": "test_predictions.csv"}
 SCORE_TOLERANCE = 1e-4
 
 

@@ -49,6 +49,11 @@ CRITERIA = {
 PREFIXES = {"external": "ext", "carved": "val"}
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_LEVEL = 0.95
+#: The percentiles bounding the central BOOTSTRAP_LEVEL of bootstrap values (2.5 and 97.5): every reported interval.
+BOOTSTRAP_PERCENTILES = (round(50 * (1 - BOOTSTRAP_LEVEL), 9), round(100 - 50 * (1 - BOOTSTRAP_LEVEL), 9))
+#: Resamples of the intervals reported for a model (its sets' metrics and calibration, the benches);
+#: a trial's objective interval, computed for every trial, takes BOOTSTRAP_RESAMPLES.
+REPORTED_RESAMPLES = 2000
 
 
 def add_select_on_argument(parser: Any, chooses: str = "epochs, trials, ensemble members and the threshold") -> None:

@@ -125,7 +125,7 @@ def read_meta(file: Path | str) -> dict[str, Any]:
     ``data`` and ``files`` (optional objects) and ``operating_points`` (optional: ``{name: {"threshold": p}}``, the
     thresholds ``predict --operating-point`` picks from). Anything else in the file is information for people.
     """
-    from cxr_tune.data.cache import MAX_SIZE, MIN_SIZE
+    from cxr_tune.data.input_checks import MAX_SIZE, MIN_SIZE
 
     try:
         meta = json.loads(storage.read_bytes(str(file)))

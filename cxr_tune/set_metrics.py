@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from cxr_tune.calibration import calibration_metrics
-from cxr_tune.selection import objective_interval
+from cxr_tune.selection import BOOTSTRAP_PERCENTILES, REPORTED_RESAMPLES, objective_interval
 from cxr_tune.subgroups import subgroup_rates
 from cxr_tune.train.metrics import evaluate_scores, rates_at, wilson_interval
 
@@ -96,7 +96,7 @@ def count_intervals(counts: Mapping[str, int]) -> dict[str, list[float]]:
     return {name: ci for name, (right, n) in drawn.items() if (ci := wilson_interval(right, n)) is not None}
 
 
-def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, *, resamples: int = 2000, seed: int = 0) -> dict[str, list[float]]:
+def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float, *, resamples: int = REPORTED_RESAMPLES, seed: int = 0) -> dict[str, list[float]]:
     """95 % percentile bootstrap intervals of AUC and balanced accuracy at a fixed threshold (images resampled with
     replacement; seeded, so the same scores in the same order give the same interval); a metric undefined on a resample (a class missing from it)
     leaves that resample out, and one undefined on most of them (AUC of a one-class split) gets no interval."""
@@ -110,7 +110,7 @@ def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float
     for name in BOOTSTRAP_METRICS:
         values = samples[name][np.isfinite(samples[name])]
         if len(values) >= resamples // 2:
-            out[name] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+            out[name] = [float(v) for v in np.percentile(values, BOOTSTRAP_PERCENTILES)]
     return out
 
 
@@ -134,7 +134,7 @@ PAIRED_METRICS = ("auc", "sensitivity", "specificity", "balanced_accuracy")
 
 
 def paired_differences(labels: np.ndarray, scores: np.ndarray, threshold: float, reference: np.ndarray, reference_threshold: float,
-                       *, resamples: int = 2000, seed: int = 0) -> dict[str, tuple[float, list[float]]]:
+                       *, resamples: int = REPORTED_RESAMPLES, seed: int = 0) -> dict[str, tuple[float, list[float]]]:
     """Each of :data:`PAIRED_METRICS` of ``scores`` (at ``threshold``) minus the same of ``reference``
     (at ``reference_threshold``) on the same images, with a 95 % interval from bootstrap resamples
     drawn within each class and shared by both models: a paired comparison, far narrower than two
@@ -164,6 +164,5 @@ def paired_differences(labels: np.ndarray, scores: np.ndarray, threshold: float,
 
     mine, theirs = resampled(scores, threshold), resampled(reference, reference_threshold)
     point, point_reference = observed(scores, threshold), observed(reference, reference_threshold)
-    return {key: (point[key] - point_reference[key], [float(np.percentile(mine[key] - theirs[key], 2.5)),
-                                                       float(np.percentile(mine[key] - theirs[key], 97.5))])
+    return {key: (point[key] - point_reference[key], [float(v) for v in np.percentile(mine[key] - theirs[key], BOOTSTRAP_PERCENTILES)])
             for key in PAIRED_METRICS}

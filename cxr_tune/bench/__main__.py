@@ -12,18 +12,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_int, positive_float, positive_int
+from cxr_tune.data.input_checks import MAX_SIZE, MIN_SIZE
 from cxr_tune.errors import run_cli
 from cxr_tune.train.hparams import ARCHITECTURES
+from cxr_tune.train.precision import PRECISIONS
 from cxr_tune.views import TTA_VIEWS
 
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+RESOLVED_PRECISIONS = tuple(name for name in PRECISIONS if name != "auto")  # what "auto" picks among: a run measures one of these
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.bench", description=help_text(__doc__))
     commands = parser.add_subparsers(dest="command", required=True)
-    size = int_between(16, 1024)
+    size = int_between(MIN_SIZE, MAX_SIZE)
     data = commands.add_parser("data", help="Ray Data cache build vs a plain Pillow loop, and a cache hit")
     data.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
     data.add_argument("--image-size", type=size, default=128, help="image size (default: 128)")
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="training images/s by precision and layout, Ray Data + Ray Train vs a bare loop")
     train.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
     train.add_argument("--sizes", type=size, nargs="+", default=[64, 128, 224], help="image sizes (default: 64 128 224)")
-    train.add_argument("--precision", choices=PRECISION_CHOICES, nargs="+", default=["fp32", "auto"],
+    train.add_argument("--precision", choices=PRECISIONS, nargs="+", default=["fp32", "auto"],
                        help="precisions to compare, each with and without channels_last; auto is what --precision auto picks here (default: fp32 auto)")
     train.add_argument("--epochs", type=int_between(2, 100), default=2, help="epochs per path; the first is a warm-up (default: 2)")
     train.add_argument("--images", type=nonnegative_int, default=1024, help="training images per epoch, drawn from the training role (default: 1024; 0: all)")
@@ -47,14 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     precision.add_argument("--sizes", type=size, nargs="*", default=[], help="image sizes to train the configuration at (default: its own)")
     precision.add_argument("--seeds", type=int_between(2, 20), default=3, help="seeds per precision (default: 3)")
     precision.add_argument("--epochs", type=positive_int, default=6, help="epochs per run (default: 6)")
-    precision.add_argument("--precision", choices=PRECISION_CHOICES[1:], nargs="+", default=["fp32", "bf16"], help="precisions (default: fp32 bf16)")
+    precision.add_argument("--precision", choices=RESOLVED_PRECISIONS, nargs="+", default=["fp32", "bf16"], help="precisions (default: fp32 bf16)")
     gpu = commands.add_parser("gpu", help="the device check: the training step on one GPU by precision, layout, size, and 1-8 packed trials (no Ray needed)")
     gpu.add_argument("--device", default="cuda", help="torch device (default: cuda; cpu runs the same code on the CPU)")
     gpu.add_argument("--sizes", type=size, nargs="+", default=[64, 128, 224], help="image sizes (default: 64 128 224)")
-    gpu.add_argument("--precision", choices=PRECISION_CHOICES[1:], nargs="+", default=["fp32", "bf16", "fp16"], help="precisions (default: fp32 bf16 fp16)")
+    gpu.add_argument("--precision", choices=RESOLVED_PRECISIONS, nargs="+", default=["fp32", "bf16", "fp16"], help="precisions (default: fp32 bf16 fp16)")
     gpu.add_argument("--packed", type=int_between(1, 64), nargs="+", default=[1, 2, 4, 8], help="trial processes at once (default: 1 2 4 8)")
     gpu.add_argument("--packed-size", type=size, default=128, help="image size of the packed trials (default: 128)")
-    gpu.add_argument("--packed-precision", choices=PRECISION_CHOICES, nargs="+", default=["auto"],
+    gpu.add_argument("--packed-precision", choices=PRECISIONS, nargs="+", default=["auto"],
                      help="precisions of the packed trials, each measured in turn (default: auto, as a search's trials train)")
     gpu.add_argument("--images", type=positive_int, default=2048, help="random images per timed epoch (default: 2048)")
     gpu.add_argument("--epochs", type=positive_int, default=2, help="timed epochs after a warm-up (default: 2)")

@@ -22,6 +22,7 @@ from cxr_tune import storage
 from cxr_tune.data.prepared import datasets_by_size
 from cxr_tune.experiment import Experiment
 from cxr_tune.selection import best_epoch, choose_threshold, ensemble_members, ranked_trials
+from cxr_tune.serving import META_FILE
 from cxr_tune.train.checkpoints import load_predictions, load_state
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.metrics import evaluate_scores, rates_at
@@ -56,7 +57,7 @@ def post_hoc(experiment: Experiment, k: int) -> pd.DataFrame:
 
 def configurations(experiment: Experiment, variants: list[tuple[str, object]], epochs: int) -> list[tuple[str, dict]]:
     """(name, hyperparameters) of each run: the exported configuration, then each variant of it."""
-    base = yaml.safe_load(storage.read_text(experiment.file("best", "model.json")))["hparams"]
+    base = yaml.safe_load(storage.read_text(experiment.file("best", META_FILE)))["hparams"]
     base["epochs"] = epochs
     return [("selected configuration", base)] + [(f"with {key}={value}", {**base, key: value}) for key, value in variants]
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cxr_tune.errors import UserError
+from cxr_tune.selection import REPORTED_RESAMPLES
 
 PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "chest_xray_224"
@@ -74,7 +75,7 @@ def write_result(name: str, title: str, summary: list[str], details: dict[str, A
     return folder / f"{name}.md"
 
 
-def paired_auc_difference(labels: np.ndarray, scores: np.ndarray, reference: np.ndarray, resamples: int = 2000) -> tuple[float, list[float]]:
+def paired_auc_difference(labels: np.ndarray, scores: np.ndarray, reference: np.ndarray, resamples: int = REPORTED_RESAMPLES) -> tuple[float, list[float]]:
     """AUC of ``scores`` minus AUC of ``reference`` on the same images, with a 95 % paired bootstrap
     interval (:func:`cxr_tune.set_metrics.paired_differences`, seed 0)."""
     from cxr_tune.set_metrics import paired_differences

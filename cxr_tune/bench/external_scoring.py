@@ -21,11 +21,11 @@ from cxr_tune.bench.common import paired_auc_difference
 from cxr_tune.bench.kept import KeptRuns
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
-from cxr_tune.selection import choose_threshold
+from cxr_tune.modelfile import PREDICTIONS_FILES
+from cxr_tune.selection import REPORTED_RESAMPLES, choose_threshold
+from cxr_tune.serving import META_FILE
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.metrics import rates_at
-
-RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,13 @@ class ExportOnExternal:
 def export_on_external(experiment: Experiment, model: str | None) -> ExportOnExternal:
     """``model``: the experiment's exported folder (default ``EXPERIMENT/best``; a committed copy such as ``results/real/best``)."""
     model = model or experiment.file("best")
-    best = storage.join(model, "external_predictions.csv")
+    best = storage.join(model, PREDICTIONS_FILES["ext"])
     if experiment.deciding_set != "external":
         raise UserError(f"'{experiment.path}' was not selected on an external set; this benchmark compares models on the set that chose them")
     if not storage.exists(best):
-        raise UserError(f"'{model}' holds no external_predictions.csv: pass the folder `python -m cxr_tune.export {experiment.path}` "
+        raise UserError(f"'{model}' holds no {PREDICTIONS_FILES['ext']}: pass the folder `python -m cxr_tune.export {experiment.path}` "
                         "wrote with --model (the export of this experiment, scored on its external set)")
-    meta = json.loads(storage.read_text(storage.join(model, "model.json")))
+    meta = json.loads(storage.read_text(storage.join(model, META_FILE)))
     if meta.get("search", {}).get("command") != experiment.info.get("command"):
         raise UserError(f"'{model}' is not an export of '{experiment.path}': its model.json names the search "
                         f"`{meta.get('search', {}).get('command')}`, the experiment was `{experiment.info.get('command')}`")
@@ -70,12 +70,12 @@ def score_row(name: str, labels: np.ndarray, scores: np.ndarray, threshold: floa
     from cxr_tune.set_metrics import bootstrap_intervals
 
     rates = rates_at(labels, scores, threshold)
-    ci = bootstrap_intervals(labels, scores, threshold, resamples=RESAMPLES)
+    ci = bootstrap_intervals(labels, scores, threshold, resamples=REPORTED_RESAMPLES)
     row = {"model": name, "cpu_minutes": cpu_minutes, "auc": float(roc_auc_score(labels, scores)), "auc_ci": ci.get("auc"),
            "balanced_accuracy": rates["balanced_accuracy"], "ba_ci": ci.get("balanced_accuracy"),
            "sensitivity": rates["sensitivity"], "specificity": rates["specificity"], "threshold": threshold}
     for key, reference in references.items():
-        row[f"auc - {key}"], row[f"{key}_ci"] = paired_auc_difference(labels, scores, reference, RESAMPLES)
+        row[f"auc - {key}"], row[f"{key}_ci"] = paired_auc_difference(labels, scores, reference, REPORTED_RESAMPLES)
     return row
 
 

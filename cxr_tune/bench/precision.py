@@ -21,11 +21,12 @@ from cxr_tune.bench.common import PROJECT, real_data, write_result
 from cxr_tune.data.cache import load_images
 from cxr_tune.data.prepared import DataOptions, split_data
 from cxr_tune.errors import UserError
+from cxr_tune.serving import META_FILE
 from cxr_tune.train.hparams import HParams, read_params
 from cxr_tune.train.metrics import evaluate_scores
 from cxr_tune.train.precision import resolve
 
-DEFAULT_PARAMS = PROJECT / "results" / "real" / "best" / "model.json"
+DEFAULT_PARAMS = PROJECT / "results" / "real" / "best" / META_FILE
 
 
 def configurations(params: str | None, sizes: list[int]) -> list[HParams]:

@@ -22,8 +22,7 @@ import pandas as pd
 
 from cxr_tune.bench.common import DEFAULT_DATA, RESULTS, paired_auc_difference, write_result
 from cxr_tune.errors import UserError
-
-RESAMPLES = 2000
+from cxr_tune.selection import REPORTED_RESAMPLES
 
 
 def labelled_images(folder: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -122,8 +121,8 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
     for count in views:
         scores = np.mean(per_view[:count], axis=0)
         threshold = choose_threshold(y, scores, hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
-        rates, ci = rates_at(y, scores, threshold), bootstrap_intervals(y, scores, threshold, resamples=RESAMPLES)
-        difference, difference_ci = paired_auc_difference(y, scores, reference, RESAMPLES)
+        rates, ci = rates_at(y, scores, threshold), bootstrap_intervals(y, scores, threshold, resamples=REPORTED_RESAMPLES)
+        difference, difference_ci = paired_auc_difference(y, scores, reference, REPORTED_RESAMPLES)
         rows.append({"views": count, "auc": float(roc_auc_score(y, scores)), "auc_ci": ci.get("auc"), "auc_minus_shipped": difference,
                      "auc_minus_shipped_ci": difference_ci, "threshold": threshold, "balanced_accuracy": rates["balanced_accuracy"],
                      "balanced_accuracy_ci": ci.get("balanced_accuracy"), "sensitivity": rates["sensitivity"],
@@ -151,7 +150,7 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
         table,
         "",
         f"The paired interval compares each row with the export as it ships ({own_views} view(s)) on the same resampled images "
-        f"({RESAMPLES} stratified resamples): above zero means the views rank these images measurably better. "
+        f"({REPORTED_RESAMPLES} stratified resamples): above zero means the views rank these images measurably better. "
         "Seconds to score: the sum of its views' times with PyTorch on this machine (each view is one pass of every member).",
         "",
         "## Each view alone",

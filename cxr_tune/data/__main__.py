@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text, int_between, nonnegative_int
-from cxr_tune.data.cache import MAX_SIZE, MIN_SIZE
+from cxr_tune.data.input_checks import MAX_SIZE, MIN_SIZE
 from cxr_tune.data.prepared import DataOptions, SplitData, add_data_arguments, split_data
 from cxr_tune.data.report import inspect_report, roles_text, skipped_report
 from cxr_tune.data.synthetic import DEFAULT_N, MIN_N, synthesize

@@ -32,12 +32,11 @@ import pyarrow.parquet as pq
 from cxr_tune import storage
 from cxr_tune.errors import UserError
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD, describe_failure, try_decode_gray
-from cxr_tune.data.input_checks import MIN_SIZE
+from cxr_tune.data.input_checks import MAX_SIZE, MIN_SIZE
 from cxr_tune.ray_session import wait_for_free_cpu
 
 META = "meta.json"
 CACHE_FORMAT = 3  # layout (2: raw image bytes in a binary column; 3: data-<build id>/ named by meta.json)
-MAX_SIZE = 1024  # and MIN_SIZE, which the checks of a data folder's images use too
 
 
 @dataclass(frozen=True)

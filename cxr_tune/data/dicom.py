@@ -38,9 +38,9 @@ MAGIC_OFFSET = 128
 HEADER_BYTES = MAGIC_OFFSET + len(MAGIC)
 
 #: Rows of pixels mapped at a time hold at most this many pixels, so the float64 scratch arrays of
-#: the LUT steps stay a few MB whatever the image size (as in ``imaging._scale_high_bit``); the
+#: the LUT steps here and of ``imaging._scale_high_bit`` stay a few MB whatever the image size; the
 #: steps are per pixel, so the result is the same as mapping the whole frame at once.
-_BAND_PIXELS = 1 << 18
+BAND_PIXELS = 1 << 18
 
 _PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
 _EXTENDED_OFFSETS = (0x7FE00001, 0x7FE00002)  # frame offsets some compressed files need to find frame 1
@@ -170,7 +170,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _row_bands(frame: np.ndarray) -> list[slice]:
-    rows = max(1, _BAND_PIXELS // max(frame.shape[1], 1))
+    rows = max(1, BAND_PIXELS // max(frame.shape[1], 1))
     return [slice(top, top + rows) for top in range(0, frame.shape[0], rows)]
 
 

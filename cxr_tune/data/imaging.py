@@ -29,10 +29,6 @@ RESIZE_METHOD = "bilinear resize of the whole image to size x size (aspect ratio
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 _GRAY_MODES = {"1", "L", "LA", *_HIGH_BIT_MODES}  # modes that cannot hold colour
 
-#: Pixels of a high-bit image converted to float at a time: bounds the scratch memory of
-#: :func:`to_gray8` (a few MB) whatever the image size; the float64 math is the same per pixel.
-_BAND_PIXELS = 1 << 18
-
 
 class EmptyFile(ValueError):
     """A file of 0 bytes: said as such, not as a file Pillow cannot read."""
@@ -80,7 +76,7 @@ def _scale_high_bit(image: Image.Image) -> Image.Image:
     is not an option: Pillow cannot resize 16-bit images, and the min and max would change.)
     """
     width, height = image.size
-    rows = max(1, _BAND_PIXELS // max(width, 1))
+    rows = max(1, dicom.BAND_PIXELS // max(width, 1))
 
     def bands():
         for top in range(0, height, rows):

@@ -36,6 +36,7 @@ COLOUR_PROBE = 128
 #: The smallest square input a model takes (``--image-size``, ``image_size``): a smaller image is
 #: enlarged whatever the model, so a data folder's scan names it before any model exists.
 MIN_SIZE = 16
+MAX_SIZE = 1024  # the largest: the cache, HParams, the bench and a model.json all take MIN_SIZE..MAX_SIZE
 
 #: DICOM modalities of plain radiographs (computed and digital radiography), as in the training set.
 RADIOGRAPH_MODALITIES = ("CR", "DX")

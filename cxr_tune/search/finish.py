@@ -10,6 +10,7 @@ from cxr_tune import storage
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt
+from cxr_tune.serving import META_FILE
 
 
 def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: bool = False) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def recorded_export_options(experiment: Experiment) -> dict[str, Any]:
     """The export flags ``best/model.json`` records that differ from a plain export ({} for none, or no ``best/``)."""
     import json
 
-    path = experiment.file("best", "model.json")
+    path = experiment.file("best", META_FILE)
     if not storage.exists(path):
         return {}
     try:

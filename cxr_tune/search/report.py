@@ -27,7 +27,7 @@ from cxr_tune.data.imaging import decode_gray  # noqa: E402
 from cxr_tune.experiment import Experiment  # noqa: E402
 from cxr_tune.formatting import fmt  # noqa: E402
 from cxr_tune.modelcard import calibration_section, final_fit_line, operating_point_section, subgroup_section  # noqa: E402
-from cxr_tune.modelfile import load_members  # noqa: E402
+from cxr_tune.modelfile import PREDICTIONS_FILES, load_members  # noqa: E402
 from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
 from cxr_tune.search import transfer  # noqa: E402
 from cxr_tune.search.finalfit import describe_changes  # noqa: E402
@@ -345,7 +345,7 @@ def _clinical_plots(plots: Path, experiment: Experiment, exported: dict[str, Any
     if not exported or "calibration" not in exported.get("validation", {}):
         return {}
     deciding = "external" if exported.get("deciding_set") == "external" else "validation"
-    predictions_file = experiment.file("best", "external_predictions.csv" if deciding == "external" else "val_predictions.csv")
+    predictions_file = experiment.file("best", PREDICTIONS_FILES["ext" if deciding == "external" else "val"])
     predictions = storage.read_csv(predictions_file, dtype={"path": str}) if storage.exists(predictions_file) else None
     plot_reliability(plots / "reliability.png", reliability_curves(exported), "Exported model: reliability")
     return {

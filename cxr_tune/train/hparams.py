@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from cxr_tune.data.input_checks import MAX_SIZE, MIN_SIZE
 from cxr_tune.errors import UserError
 from cxr_tune.selection import CRITERIA as SELECTION_CRITERIA
 from cxr_tune.yamlfile import load_mapping
@@ -48,7 +49,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "batch_size": (1, 4096),
     "epochs": (1, 1000),
     "warmup_epochs": (0, 100),
-    "image_size": (16, 1024),
+    "image_size": (MIN_SIZE, MAX_SIZE),
     "momentum": (0.0, 0.999),
     "label_smoothing": (0.0, 0.5),
     "mixup": (0.0, 10.0),

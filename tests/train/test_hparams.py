@@ -50,3 +50,12 @@ def test_a_params_file_may_be_flat_or_under_an_hparams_key_and_set_overrides_it(
     assert read_params(str(nested), [("depth", 2)]).depth == 2
     with pytest.raises(UserError, match="nested.yaml: unknown hyperparameter 'bogus'"):
         read_params(str(nested), [("bogus", 1)])
+
+
+def test_image_size_takes_the_range_a_data_folder_is_checked_against():
+    from cxr_tune.data.input_checks import MAX_SIZE, MIN_SIZE
+
+    assert HParams(image_size=MIN_SIZE).image_size == MIN_SIZE and HParams(image_size=MAX_SIZE).image_size == MAX_SIZE
+    for size in (MIN_SIZE - 1, MAX_SIZE + 1):
+        with pytest.raises(HParamsError, match="image_size"):
+            HParams(image_size=size)
