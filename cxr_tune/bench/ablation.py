@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from cxr_tune.bench.common import PROJECT, write_result
 from cxr_tune.bench.kept import KeptRuns, kept_runs
-from cxr_tune import storage
 from cxr_tune.data.prepared import datasets_by_size
 from cxr_tune.experiment import Experiment
 from cxr_tune.selection import best_epoch, choose_threshold, ensemble_members, ranked_trials
-from cxr_tune.serving import META_FILE
+from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.checkpoints import load_predictions, load_state
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.metrics import evaluate_scores, rates_at
@@ -57,7 +55,7 @@ def post_hoc(experiment: Experiment, k: int) -> pd.DataFrame:
 
 def configurations(experiment: Experiment, variants: list[tuple[str, object]], epochs: int) -> list[tuple[str, dict]]:
     """(name, hyperparameters) of each run: the exported configuration, then each variant of it."""
-    base = yaml.safe_load(storage.read_text(experiment.file("best", META_FILE)))["hparams"]
+    base = read_meta(experiment.file("best", META_FILE))["hparams"]
     base["epochs"] = epochs
     return [("selected configuration", base)] + [(f"with {key}={value}", {**base, key: value}) for key, value in variants]
 

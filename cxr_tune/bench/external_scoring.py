@@ -8,7 +8,6 @@ scored on the same images and compared by a paired bootstrap.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.modelfile import PREDICTIONS_FILES
 from cxr_tune.selection import REPORTED_RESAMPLES, choose_threshold
-from cxr_tune.serving import META_FILE
+from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.metrics import rates_at
 
@@ -47,7 +46,7 @@ def export_on_external(experiment: Experiment, model: str | None) -> ExportOnExt
     if not storage.exists(best):
         raise UserError(f"'{model}' holds no {PREDICTIONS_FILES['ext']}: pass the folder `python -m cxr_tune.export {experiment.path}` "
                         "wrote with --model (the export of this experiment, scored on its external set)")
-    meta = json.loads(storage.read_text(storage.join(model, META_FILE)))
+    meta = read_meta(storage.join(model, META_FILE))
     if meta.get("search", {}).get("command") != experiment.info.get("command"):
         raise UserError(f"'{model}' is not an export of '{experiment.path}': its model.json names the search "
                         f"`{meta.get('search', {}).get('command')}`, the experiment was `{experiment.info.get('command')}`")

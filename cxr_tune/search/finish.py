@@ -10,7 +10,7 @@ from cxr_tune import storage
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt
-from cxr_tune.serving import META_FILE
+from cxr_tune.serving import META_FILE, read_meta
 
 
 def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: bool = False) -> dict[str, Any]:
@@ -61,14 +61,12 @@ def export_best(experiment: Experiment) -> dict[str, Any]:
 
 def recorded_export_options(experiment: Experiment) -> dict[str, Any]:
     """The export flags ``best/model.json`` records that differ from a plain export ({} for none, or no ``best/``)."""
-    import json
-
     path = experiment.file("best", META_FILE)
     if not storage.exists(path):
         return {}
     try:
-        recorded = json.loads(storage.read_text(path)).get("export_options") or {}
-    except (ValueError, AttributeError):  # not a model.json this project wrote: the export replaces it anyway
+        recorded = read_meta(path).get("export_options") or {}
+    except UserError:  # not a model.json this project wrote: the export replaces it anyway
         return {}
     plain = {"ensemble": None, "val_data": None, "tta": 1, "calibrate": "none", "final_fit": False}
     return {key: recorded[key] for key in plain if key in recorded and recorded[key] != plain[key]}

@@ -51,3 +51,14 @@ def test_an_export_is_read_in_its_own_image_order_with_each_images_content_hash(
     assert export.paths == table["path"].tolist() and export.labels.tolist() == table["label"].tolist()
     assert export.probabilities.tolist() == table["probability"].tolist()
     assert len(export.hashes) == len(set(export.hashes)) == len(table)  # one distinct image per row
+
+
+def test_an_unreadable_model_json_beside_the_predictions_is_named_in_one_line(tmp_path):
+    from cxr_tune.bench.external_scoring import export_on_external
+    from cxr_tune.errors import UserError
+    from cxr_tune.experiment import Experiment
+
+    shutil.copy(ROOT / "results/real/best/external_predictions.csv", tmp_path)
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"model\.json' is not readable JSON"):
+        export_on_external(Experiment(str(ROOT / "results/real/external")), str(tmp_path))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pandas as pd
 import pytest
 
@@ -27,3 +29,18 @@ def test_a_search_whose_every_trial_failed_writes_its_table_and_names_the_first_
     with pytest.raises(UserError, match=r"no trial of \S+ trained an epoch.*trials\.csv \(the first: RuntimeError: CUDA out of memory\)"):
         finish.finish_experiment(str(tmp_path))
     assert pd.read_csv(tmp_path / "trials.csv")["trial_id"].tolist() == ["a", "b"]
+
+
+def test_the_export_flags_best_model_json_records_are_read_back_and_a_damaged_file_records_none(tmp_path):
+    import json
+
+    from tests.conftest import ROOT
+
+    meta = json.loads((ROOT / "results/real/best/model.json").read_text())
+    meta["export_options"] = {"ensemble": 3, "val_data": None, "tta": 1, "calibrate": "platt", "final_fit": False}
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "model.json").write_text(json.dumps(meta))
+    experiment = types.SimpleNamespace(file=lambda *parts: str(tmp_path.joinpath(*parts)))
+    assert finish.recorded_export_options(experiment) == {"ensemble": 3, "calibrate": "platt"}
+    (tmp_path / "best" / "model.json").write_text("[1, 2]")
+    assert finish.recorded_export_options(experiment) == {}
