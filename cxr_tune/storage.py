@@ -19,6 +19,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.fs as pafs
@@ -214,7 +215,7 @@ def read_frame(path: str) -> pd.DataFrame:
     return pq.read_table(inner, filesystem=fs).to_pandas()
 
 
-def read_csv(path: str, **kwargs) -> pd.DataFrame:
+def read_csv(path: str, **kwargs: Any) -> pd.DataFrame:
     """``pd.read_csv`` for local paths and URIs alike (pandas alone would need s3fs for ``s3://``).
 
     >>> read_csv("s3://bucket/exp/trials.csv")  # doctest: +SKIP
@@ -354,7 +355,7 @@ def write_frame(path: str, frame: pd.DataFrame) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def write_csv(path: str, frame: pd.DataFrame, **kwargs) -> None:
+def write_csv(path: str, frame: pd.DataFrame, **kwargs: Any) -> None:
     """Write a DataFrame as CSV (without its index unless ``index=True``), atomically."""
     kwargs.setdefault("index", False)
     write_bytes_atomic(path, frame.to_csv(**kwargs).encode("utf-8"))

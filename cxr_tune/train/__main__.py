@@ -13,11 +13,11 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cxr_tune import storage
 from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_float, positive_float, positive_int
-from cxr_tune.data.prepared import DataOptions, add_data_arguments, datasets_by_size, split_data
+from cxr_tune.data.prepared import DataOptions, SplitData, add_data_arguments, datasets_by_size, split_data
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt
@@ -25,6 +25,10 @@ from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import HParams, HParamsError, read_params
 from cxr_tune.train.precision import add_precision_arguments
 from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, fit, make_trainer
+
+if TYPE_CHECKING:
+    from ray.train import Result
+    from torch import nn
 
 LOG_FILE = "train.log"  # Ray's output for the run, beside its checkpoints
 SHOWN = ["epoch", "train_loss", "val_loss", "val_auc", "val_threshold", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "epoch_seconds"]
@@ -96,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             storage.copy(log, storage.join(run_dir, LOG_FILE))
 
 
-def train(args: argparse.Namespace, hp: HParams, split, storage_path: str, name: str, gpus: float, weights: dict | None) -> int:
+def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path: str, name: str, gpus: float, weights: dict | None) -> int:
     """One run (or the folds of ``--cv``) on the running Ray; prints its report."""
     import ray
 
@@ -145,7 +149,7 @@ def check_same_run(run_dir: str, hp: HParams) -> None:
 RUN_FILE = "run.json"  # the data a run trains and is scored on: a resume must have the same
 
 
-def keep_same_data(run_dir: str, split, deciding: str) -> None:
+def keep_same_data(run_dir: str, split: SplitData, deciding: str) -> None:
     """Record the images and roles a run uses; refuse to resume one that has checkpoints on other ones (other data,
     another --val-fraction or --split-seed, another --val-data or --select-on): its later epochs would be scored on
     another validation set than its first, and its best epoch chosen across the two. A run from before this record is
@@ -163,7 +167,7 @@ def keep_same_data(run_dir: str, split, deciding: str) -> None:
     storage.write_text_atomic(path, json.dumps(record, indent=2))
 
 
-def check_weights(net, path: str) -> None:
+def check_weights(net: nn.Module, path: str) -> None:
     """Refuse a ``--weights`` file that is missing or fits nothing in the network, before Ray starts."""
     from cxr_tune.train.model import load_weights
 
@@ -175,7 +179,7 @@ def check_weights(net, path: str) -> None:
         raise UserError(f"--weights {str(exc).splitlines()[0]}") from None  # the message names the file
 
 
-def run_cv(args: argparse.Namespace, hp: HParams, split, resources: Resources, storage_path: str, name: str, run: RunOptions) -> int:
+def run_cv(args: argparse.Namespace, hp: HParams, split: SplitData, resources: Resources, storage_path: str, name: str, run: RunOptions) -> int:
     import sys
 
     from cxr_tune.train.crossval import cross_validate, markdown
@@ -195,7 +199,7 @@ def run_cv(args: argparse.Namespace, hp: HParams, split, resources: Resources, s
     return 0
 
 
-def report(result, hp: HParams, split, run_dir: str, deciding: str) -> int:
+def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding: str) -> int:
     import pandas as pd
 
     from cxr_tune.selection import best_epoch

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -66,7 +66,7 @@ def build_ema(hp: HParams, net: nn.Module) -> torch.optim.swa_utils.AveragedMode
     return AveragedModel(net, multi_avg_fn=ema_with_warmup(hp.ema_decay), use_buffers=True)
 
 
-def ema_with_warmup(decay: float):
+def ema_with_warmup(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor | int], None]:
     """torch's EMA update (``get_ema_multi_avg_fn``) with the usual warm-up: at step t the decay is
     ``min(decay, (1 + t) / (10 + t))``. Without it the average of a 0.998 EMA still holds half of
     the random initialization after 350 steps, and ASHA judges trials after two epochs."""
