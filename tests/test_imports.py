@@ -88,6 +88,13 @@ def test_export_report_and_the_experiment_reader_load_without_ray_tune():
     assert done.stdout.strip() == "[]"
 
 
+
+def test_the_bench_parser_checks_its_arguments_without_loading_torch():
+    """A mistyped bench flag is answered at once: the parser's choices (precisions, architectures) come from torch-free modules."""
+    code = "import sys; import cxr_tune.bench.__main__; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
 def test_one_module_reads_an_experiment_folder():
     """experiment.json, splits.csv and space.yaml are named in one module (the reader); the search
     writes them through its constants."""

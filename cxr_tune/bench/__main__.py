@@ -14,8 +14,7 @@ from pathlib import Path
 from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_int, positive_float, positive_int
 from cxr_tune.data.input_checks import MAX_SIZE, MIN_SIZE
 from cxr_tune.errors import run_cli
-from cxr_tune.train.hparams import ARCHITECTURES
-from cxr_tune.train.precision import PRECISIONS
+from cxr_tune.train.hparams import ARCHITECTURES, PRECISIONS
 from cxr_tune.views import TTA_VIEWS
 
 RESOLVED_PRECISIONS = tuple(name for name in PRECISIONS if name != "auto")  # what "auto" picks among: a run measures one of these

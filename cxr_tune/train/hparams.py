@@ -20,6 +20,8 @@ from cxr_tune.selection import CRITERIA as SELECTION_CRITERIA
 from cxr_tune.yamlfile import load_mapping
 
 ARCHITECTURES = ("cnn", "resnet18", "densenet121")
+#: what --precision accepts (cxr_tune.train.precision resolves "auto"); here, not there, so a parser needs no torch
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BLOCKS = ("plain", "residual")
 CLASS_WEIGHTINGS = ("none", "balanced")
 OPTIMIZERS = ("adamw", "sgd")
