@@ -48,7 +48,7 @@ from cxr_tune.modelfile import (PREDICTIONS_FILES, WEIGHTS_FILE, Members, build_
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt, json_safe, metric_line
 from cxr_tune.operating_points import choose_points
-from cxr_tune.selection import choose_threshold, ensemble_members, final_fit_kept, prefix_of, ranked_trials
+from cxr_tune.selection import choose_threshold, diverged, ensemble_members, final_fit_kept, prefix_of, ranked_trials
 from cxr_tune.serving import MODEL_FILE
 from cxr_tune.set_metrics import clinical_metrics, held_out_metrics, set_metrics
 from cxr_tune.train.checkpoints import has_predictions, load_predictions, load_state
@@ -117,6 +117,8 @@ def export_trial(
         rows = table[table["trial_id"] == trial_id]
         if rows.empty:
             raise UserError(f"no trial {trial_id!r} in {experiment.path}; trials: {', '.join(table['trial_id'])}")
+        if diverged(rows).any():
+            raise UserError(f"trial {trial_id} in {experiment.path} diverged at every epoch (its scores were not finite): it has no model to export")
     else:
         if site is not None:
             table = _rescored(table, experiment, site)

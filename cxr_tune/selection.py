@@ -18,6 +18,9 @@ training population and saturates (AUC 0.999), so it cannot see the shift to new
 - *Operating points*: a floor under one rate, the other as high as it allows (:func:`floor_threshold`).
 - *Objective*: the criterion at that threshold, with a 95 % stratified bootstrap interval
   (:func:`objective_interval`): with a few hundred images one image moves it by a fraction of a point.
+- *Diverged*: an epoch whose network scored any image non-finite (NaN) is measured as a coin toss,
+  never chosen: it is no run's best epoch while the run has another, and a trial that diverged at
+  every epoch is ranked after every other trial, never selected nor an ensemble member (:func:`diverged`).
 - *Best epoch* of a run: the highest objective; ties go to higher AUC, then lower log loss, then
   the earlier epoch (:func:`best_epoch`).
 - *Trial ranking*: trials whose objective interval overlaps the best trial's interval are tied
@@ -165,10 +168,25 @@ def prefix_of(deciding: str) -> str:
         raise ValueError(f"deciding set {deciding!r} is not one of {', '.join(PREFIXES)}") from None
 
 
+def diverged(frame: pd.DataFrame) -> pd.Series:
+    """Which rows (a run's epochs, or trials at their best epoch) scored some image non-finite: the
+    loop's ``diverged`` flag or any ``*_non_finite`` count above 0. Their scores count as 0.5, so
+    their metrics measure a coin toss that a saturated finite epoch can lose to (by log loss, AUC)."""
+    import pandas as pd
+
+    flags = frame["diverged"].fillna(False).astype(bool) if "diverged" in frame else pd.Series(False, index=frame.index)
+    for column in (c for c in frame.columns if str(c).endswith("_non_finite")):
+        flags = flags | (pd.to_numeric(frame[column], errors="coerce").fillna(0) > 0)
+    return flags
+
+
 def best_epoch(history: pd.DataFrame, deciding: str) -> pd.Series:
     """The epoch a run is judged by: highest objective on the ``deciding`` set; ties go to higher
-    AUC, then lower log loss (on the same set), then the earlier epoch."""
+    AUC, then lower log loss (on the same set), then the earlier epoch. A diverged epoch
+    (:func:`diverged`) is the best only when every epoch diverged."""
     prefix = prefix_of(deciding)
+    bad = diverged(history)
+    history = history[~bad] if not bad.all() else history
     ranked = history.sort_values([f"{prefix}_objective", f"{prefix}_auc", f"{prefix}_loss", "epoch"], ascending=[False, False, True, True])
     return ranked.iloc[0]
 
@@ -191,8 +209,9 @@ def ranked_trials(table: pd.DataFrame, deciding: str) -> pd.DataFrame:
     """Trials that reported results, best first, with a boolean ``tied`` column (tied with the best).
 
     Ranks on the ``deciding`` set's metrics (``external`` or ``carved``) at each trial's best
-    epoch. Trials that failed or never reported are not candidates. Raises ``ValueError`` when
-    there is no candidate.
+    epoch. Trials that failed or never reported are not candidates. Trials that diverged at their
+    best epoch (so at every epoch) come last, tied with none. Raises ``ValueError`` when there is
+    no candidate, or when every candidate diverged.
     """
     import pandas as pd
 
@@ -202,13 +221,19 @@ def ranked_trials(table: pd.DataFrame, deciding: str) -> pd.DataFrame:
     candidates = table[(table["epochs"] > 0) & table[objective].notna()] if reported else table.iloc[0:0]
     if candidates.empty:
         raise ValueError("no trial has reported a validation result yet; nothing to select")
+    bad = diverged(candidates)
+    if bad.all():
+        raise ValueError(f"all {len(candidates)} trial(s) that reported diverged (their scores were not finite); nothing to select: "
+                         "lower the learning rate")
+    lost, candidates = candidates[bad], candidates[~bad]
     low, high = (_column(candidates, f"{objective}_{end}").fillna(candidates[objective]) for end in ("low", "high"))
     keys = [objective, f"{prefix}_auc", f"{prefix}_loss"]
     best = candidates.sort_values(keys, ascending=[False, False, True]).index[0]
     top = high >= low[best] - 1e-12
     tied = candidates[top].sort_values([f"{prefix}_auc", f"{prefix}_loss", objective], ascending=[False, True, False])
     rest = candidates[~top].sort_values(keys, ascending=[False, False, True])
-    return pd.concat([tied.assign(tied=True), rest.assign(tied=False)])
+    lost = lost.sort_values(keys, ascending=[False, False, True])
+    return pd.concat([tied.assign(tied=True), rest.assign(tied=False), lost.assign(tied=False)])
 
 
 def select_best(table: pd.DataFrame, deciding: str) -> pd.Series:
@@ -217,7 +242,8 @@ def select_best(table: pd.DataFrame, deciding: str) -> pd.Series:
 
 
 def ensemble_members(ranked: pd.DataFrame, k: int) -> pd.DataFrame:
-    """The first ``k`` ranked trials at the selected trial's image size (one ONNX input size)."""
+    """The first ``k`` ranked trials at the selected trial's image size (one ONNX input size); never a diverged one."""
+    ranked = ranked[~diverged(ranked)]
     if "image_size" in ranked and ranked["image_size"].notna().any():
         ranked = ranked[ranked["image_size"] == ranked.iloc[0]["image_size"]]
     return ranked.head(max(1, k))

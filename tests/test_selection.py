@@ -207,3 +207,26 @@ def test_tied_trials_with_equal_auc_go_by_the_lower_log_loss():
                    ext_objective_high=[0.95, 0.93, 0.75, np.nan], ext_auc=[0.95, 0.95, 0.99, np.nan], ext_loss=[0.4, 0.2, 0.1, np.nan])
     ranked = ranked_trials(table, "external")
     assert ranked["trial_id"].tolist() == ["b", "a", "c"] and ranked["tied"].tolist() == [True, True, False]
+
+
+def test_a_diverged_epoch_is_never_a_run_s_best_while_another_epoch_is_finite():
+    """NaN scores count as 0.5: a diverged epoch's log loss (0.693) beat a saturated finite epoch's (11.8) on the tie-break."""
+    history = pd.DataFrame({"epoch": [1, 2], "val_objective": [0.5, 0.5], "val_auc": [0.5, 0.5], "val_loss": [11.77, 0.693],
+                            "val_non_finite": [0, 89], "diverged": [False, True]})
+    assert int(best_epoch(history, "carved")["epoch"]) == 1
+    assert checkpoint_score(history.to_dict("records"), "carved") == 0.0  # Train keeps epoch 1's checkpoint, not the diverged one
+    assert int(best_epoch(history.iloc[1:], "carved")["epoch"]) == 2  # a run that diverged at every epoch still has a row
+
+
+def test_a_trial_that_diverged_at_every_epoch_ranks_last_and_is_never_selected_nor_a_member():
+    """The reviewer's search: three trials scored NaN (a coin toss, [0.5, 0.5], AUC 0.5) and overlapped the real trial's wide
+    interval, so they tied with it and won the AUC tie-break against its 0.449."""
+    table = trials(ext_objective=[0.5, 0.571, 0.5, 0.5], ext_objective_low=[0.5, 0.380, 0.5, 0.5], ext_objective_high=[0.5, 0.786, 0.5, 0.5],
+                   ext_auc=[0.5, 0.449, 0.5, 0.5], ext_loss=[0.693, 0.8, 0.693, 0.693], ext_non_finite=[89, 0, 89, 89],
+                   image_size=64).assign(epochs=[1, 3, 1, 1])
+    ranked = ranked_trials(table, "external")
+    assert ranked["trial_id"].tolist()[0] == "b" and ranked["tied"].tolist() == [True, False, False, False]
+    assert select_best(table, "external")["trial_id"] == "b"
+    assert ensemble_members(ranked, 3)["trial_id"].tolist() == ["b"]
+    with pytest.raises(ValueError, match="diverged"):
+        select_best(table.assign(ext_non_finite=5), "external")

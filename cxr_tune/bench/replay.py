@@ -31,7 +31,7 @@ from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.search.report import SET_NAMES
 from cxr_tune.search.results import asha_rungs
-from cxr_tune.selection import prefix_of
+from cxr_tune.selection import diverged, prefix_of
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Curve:
 
     trial_id: str
     start: float
-    epochs: pd.DataFrame  # epoch, objective, auc, elapsed
+    epochs: pd.DataFrame  # epoch, objective, auc, elapsed, diverged
 
 
 @dataclass
@@ -71,7 +71,8 @@ def curves_of(experiment: Experiment, *, complete: bool = True) -> list[Curve]:
             raise UserError(f"{experiment.path}: trial {trial_id} ran {len(rows)} of {experiment.max_epochs} epochs; the replay needs "
                             "a search that ran every trial to the end (python -m cxr_tune.search ... --sampler random --no-early-stopping)")
         epochs = pd.DataFrame({"epoch": rows["epoch"].astype(int).to_numpy(), "objective": rows["objective"].astype(float).to_numpy(),
-                               "auc": rows[f"{prefix}_auc"].astype(float).to_numpy(), "elapsed": rows["time_total_s"].astype(float).to_numpy()})
+                               "auc": rows[f"{prefix}_auc"].astype(float).to_numpy(), "elapsed": rows["time_total_s"].astype(float).to_numpy(),
+                               "diverged": diverged(rows).to_numpy()})
         first = rows.iloc[0]  # without Tune's start time: the first report's (whole-second) time less the time it took
         out.append(Curve(trial_id, float(started.get(trial_id) or float(first["timestamp"]) - float(first["time_total_s"])), epochs))
     return sorted(out, key=lambda c: (c.start, c.trial_id))
@@ -194,7 +195,8 @@ def full_run(curves: list[Curve]) -> Replay:
 def summarize(replay: Replay, curves: list[Curve], total_epochs: int, max_epochs: int) -> dict[str, Any]:
     """Trial-epochs, share of the full run's, and the best objective (and AUC) among the epochs run."""
     by_id = {c.trial_id: c.epochs.set_index("epoch") for c in curves}
-    run = pd.DataFrame([{"trial": t, "epoch": e, **by_id[t].loc[e, ["objective", "auc"]].to_dict()} for t, e in replay.order])
+    run = pd.DataFrame([{"trial": t, "epoch": e, **by_id[t].loc[e].to_dict()} for t, e in replay.order])
+    run = run[~diverged(run)] if not diverged(run).all() else run  # as selection.best_epoch: a diverged epoch is never the best
     best = run.sort_values(["objective", "auc"], ascending=False).iloc[0]
     epochs = sum(replay.ran.values())
     return {"rule": replay.rule, "trial_epochs": epochs, "share": epochs / total_epochs,
@@ -205,7 +207,7 @@ def summarize(replay: Replay, curves: list[Curve], total_epochs: int, max_epochs
 
 def anytime(replay: Replay, curves: list[Curve]) -> pd.Series:
     """Best objective so far against trial-epochs spent, in the order the epochs reported."""
-    by_id = {c.trial_id: c.epochs.set_index("epoch")["objective"] for c in curves}
+    by_id = {c.trial_id: c.epochs.set_index("epoch")["objective"].where(~diverged(c.epochs).to_numpy()) for c in curves}
     values = pd.Series([by_id[t].loc[e] for t, e in replay.order], index=range(1, len(replay.order) + 1))
     return values.cummax()
 

@@ -26,7 +26,11 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
         errors = table[table["error"].astype(str).str.strip() != ""]["error"]
         raise UserError(f"no trial of {experiment.path} trained an epoch, so there is nothing to select or export; every trial and its error: "
                         f"{experiment.file('trials.csv')}" + (f" (the first: {str(errors.iloc[0]).strip().splitlines()[-1]})" if len(errors) else ""))
-    table = experiment.trials()
+    try:
+        table = experiment.trials()
+    except UserError as exc:  # every trial that reported diverged: nothing is ranked, the table (their stop reasons) is what there is
+        _write_table(experiment, table)
+        raise UserError(f"{experiment.path}: {exc}; every trial: {experiment.file('trials.csv')}") from None
     _write_table(experiment, table)
     selected = table.sort_values("rank").iloc[0]
     exported = export_best(experiment) if export else None

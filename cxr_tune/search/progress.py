@@ -13,10 +13,12 @@ import sys
 import time
 from typing import Any, ClassVar, TextIO
 
+import pandas as pd
 from ray.tune import Callback
 
 from cxr_tune.formatting import clock, time_left
 from cxr_tune.search.budget import SessionBudget
+from cxr_tune.selection import diverged
 
 
 class ProgressPrinter(Callback):
@@ -127,7 +129,7 @@ class ProgressPrinter(Callback):
         if self.verbose:
             self.say(f"{self._clock()} {self.label} {trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs} {summary}")
         best = max((b for b in (self.best, self.best_before) if b is not None), default=None, key=lambda b: b[0])
-        if best is None or objective > best[0]:
+        if not _diverged(result) and (best is None or objective > best[0]):  # a diverged epoch is never a best (selection.diverged)
             self.best = (objective, trial.trial_id)
             self.say(f"{self._clock()} new best: {self.label} {trial.trial_id} epoch {result.get('epoch')}, {summary}")
 
@@ -147,6 +149,10 @@ class ProgressPrinter(Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def _diverged(result: dict) -> bool:
+    return bool(diverged(pd.DataFrame([result])).iloc[0])
 
 
 def _short(value: Any) -> str:

@@ -19,10 +19,12 @@ import pandas as pd
 from cxr_tune import storage
 from cxr_tune.console import unreported_trials_unwarned
 from cxr_tune.errors import UserError, damaged
+from cxr_tune.selection import diverged
 
 SET_METRICS = [
     "objective", "objective_low", "objective_high", "auc", "sensitivity", "specificity", "balanced_accuracy", "youden",
     "gmean", "min_sens_spec", "threshold", "loss", "brier", "accuracy", "sensitivity_at_0.5", "specificity_at_0.5",
+    "non_finite",  # images scored NaN at the best epoch: above 0 only for a trial that diverged at every epoch
 ]
 METRICS = [
     "objective", "objective_low", "objective_high",
@@ -81,8 +83,8 @@ def trial_counts(experiment_dir: str) -> TrialCounts:
         trained = not epochs.empty
         if trained:
             trained_ids.add(trial.trial_id)
-            top = float(epochs["objective"].max())
-            if best is None or top > best[0]:
+            top = float(epochs.loc[~diverged(epochs), "objective"].max())  # the console's "new best" never counts a diverged epoch
+            if not math.isnan(top) and (best is None or top > best[0]):
                 best = (top, trial.trial_id)
         if trial.status == "ERROR" or (trial.status == "TERMINATED" and trained):
             ended += 1

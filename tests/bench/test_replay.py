@@ -85,3 +85,12 @@ def test_replay_refuses_a_search_that_stopped_trials_early_in_one_line(tmp_path)
     assert asha.returncode == 2 and "--no-early-stopping" in asha.stderr and "Traceback" not in asha.stderr
     nothing = call_cli("cxr_tune.bench", "replay", str(tmp_path))
     assert nothing.returncode == 2 and str(tmp_path) in nothing.stderr and len(nothing.stderr.strip().splitlines()) == 1
+
+
+def test_a_diverged_epoch_is_never_the_replay_s_best():
+    trials = curves([0.6, 0.7], epochs=2)
+    trials[1].epochs["diverged"] = [False, True]
+    trials[1].epochs.loc[1, ["objective", "auc"]] = [0.9, 0.9]  # NaN scores counted as 0.5 can still measure high
+    row = replay.summarize(replay.full_run(trials), trials, 4, 2)
+    assert row["best_trial"] == "t01 @ 1" and row["best_objective"] == pytest.approx(0.71)
+    assert replay.anytime(replay.full_run(trials), trials).max() == pytest.approx(0.71)

@@ -44,3 +44,24 @@ def test_the_export_flags_best_model_json_records_are_read_back_and_a_damaged_fi
     assert finish.recorded_export_options(experiment) == {"ensemble": 3, "calibrate": "platt"}
     (tmp_path / "best" / "model.json").write_text("[1, 2]")
     assert finish.recorded_export_options(experiment) == {}
+
+
+def test_a_search_whose_every_trial_diverged_writes_its_table_and_selects_nothing(tmp_path, monkeypatch):
+    from cxr_tune.experiment import ranked_table
+
+    table = pd.DataFrame({"trial_id": ["a", "b"], "status": ["TERMINATED"] * 2, "stop_reason": ["diverged"] * 2, "epochs": [1, 1],
+                          "val_objective": [0.5, 0.5], "val_auc": [0.5, 0.5], "val_loss": [0.69, 0.69], "val_non_finite": [28, 28], "error": ["", ""]})
+
+    class Diverged:
+        path = str(tmp_path)
+
+        def trials(self, *, ranked: bool = True) -> pd.DataFrame:
+            return ranked_table(table, "carved") if ranked else table
+
+        def file(self, *parts: str) -> str:
+            return str(tmp_path.joinpath(*parts))
+
+    monkeypatch.setattr(finish, "Experiment", lambda path: Diverged())
+    with pytest.raises(UserError, match=r"all 2 trial\(s\) that reported diverged.*nothing to select.*trials\.csv$"):
+        finish.finish_experiment(str(tmp_path))
+    assert pd.read_csv(tmp_path / "trials.csv")["stop_reason"].tolist() == ["diverged", "diverged"]

@@ -119,3 +119,11 @@ def test_each_way_a_trial_ends_has_its_own_line_and_the_scaling_benchmark_reads_
     assert "trial a finished" in lines[0] and "trial b stopped by ASHA after 2 epoch(s)" in lines[1]
     assert "trial c diverged at epoch 1 (its scores were not finite" in lines[2] and "ASHA" not in lines[2]
     assert search_end_minutes("\n".join(lines[:2])) == 2.0 and search_end_minutes("\n".join(lines)) == 3.0  # before: the ASHA line was missed
+
+
+def test_a_diverged_epoch_is_never_called_a_new_best():
+    printer = ProgressPrinter(total_trials=2, max_epochs=3, criterion="balanced_accuracy", deciding="carved", stream=io.StringIO())
+    printer.on_trial_result(0, [], _trial("a"), {**_result(1, 0.5), "diverged": True, "val_non_finite": 89})
+    printer.on_trial_result(0, [], _trial("b"), _result(1, 0.45))
+    news = [line for line in printer.stream.getvalue().splitlines() if "new best" in line]
+    assert len(news) == 1 and "new best: trial b epoch 1" in news[0], news
