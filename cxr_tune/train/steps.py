@@ -37,7 +37,8 @@ def build_optimizer(hp: HParams, model: nn.Module) -> torch.optim.Optimizer:
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if hp.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
+        # Nesterov needs momentum: momentum 0 (in range, so a space may sample it) is plain SGD, not a crash inside Ray.
+        return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
     return torch.optim.AdamW(groups, lr=hp.lr)
 
 
