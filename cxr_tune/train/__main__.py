@@ -182,7 +182,7 @@ def check_weights(net: nn.Module, path: str) -> None:
 def run_cv(args: argparse.Namespace, hp: HParams, split: SplitData, resources: Resources, storage_path: str, name: str, run: RunOptions) -> int:
     import sys
 
-    from cxr_tune.train.crossval import cross_validate, markdown
+    from cxr_tune.train.crossval import cross_validate, diverged_line, markdown
 
     folds = cross_validate(hp, split, args.cv, resources=resources, storage_path=storage_path, name=name, seed=args.split_seed, run=run)
     run_dir = storage.join(storage_path, name)
@@ -196,6 +196,9 @@ def run_cv(args: argparse.Namespace, hp: HParams, split: SplitData, resources: R
     storage.write_bytes_atomic(storage.join(run_dir, "cv.csv"), folds.to_csv(index=False).encode())
     print(text)
     print(f"Written: {storage.join(run_dir, 'cv.md')}")
+    if warning := diverged_line(folds):  # as a single run that diverged: status 1
+        print(f"error: {warning}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,7 +19,7 @@ from cxr_tune.console import unreported_trials_unwarned
 from cxr_tune.data.prepared import SplitData, images_fingerprint
 from cxr_tune.data.splits import group_kfold
 from cxr_tune.errors import UserError, ctrl_c_kept
-from cxr_tune.selection import best_epoch
+from cxr_tune.selection import best_epoch, diverged
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, make_trainer
 
@@ -145,7 +145,8 @@ def _check_plan(folder: str, plan: dict[str, Any], resume: bool) -> None:
 def _fold_row(fold: int, history: pd.DataFrame) -> dict[str, Any]:
     best = best_epoch(history, "carved")  # folds of the training folder: carved validation decides
     last = history.iloc[-1]
-    row: dict[str, Any] = {"fold": fold, "val_images": int(best["val_n"]), "best_epoch": int(best["epoch"])}
+    row: dict[str, Any] = {"fold": fold, "val_images": int(best["val_n"]), "best_epoch": int(best["epoch"]),
+                           "diverged": bool(diverged(history).any())}  # its last epoch's scores were not finite: it stopped there
     row.update({f"best_{m}": float(best[m]) for m in REPORTED})
     row.update({f"last_{m}": float(last[m]) for m in REPORTED})
     return row
@@ -153,12 +154,21 @@ def _fold_row(fold: int, history: pd.DataFrame) -> dict[str, Any]:
 
 def summary(folds: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation, min and max over folds of every reported metric."""
-    numeric = folds.drop(columns=["fold"])
+    numeric = folds.drop(columns=["fold", "diverged"], errors="ignore")
     return pd.DataFrame({"mean": numeric.mean(), "std": numeric.std(ddof=1), "min": numeric.min(), "max": numeric.max()})
+
+
+def diverged_line(folds: pd.DataFrame) -> str:
+    """What to say when some folds diverged ("" when none did); folds written before the column existed count as finite."""
+    flags = folds["diverged"].fillna(False).astype(bool) if "diverged" in folds else pd.Series(False, index=folds.index)
+    lost = [int(fold) for fold in folds.loc[flags, "fold"]]
+    return (f"Fold(s) {', '.join(map(str, lost))} of {len(folds)} diverged (the network's scores turned non-finite, counted as 0.5, and the "
+            "fold stopped there): their numbers do not measure this configuration; lower the learning rate or weight decay" if lost else "")
 
 
 def markdown(folds: pd.DataFrame, hp: HParams, command: str, description: str) -> str:
     stats = summary(folds)
+    warning = diverged_line(folds)
     key = [f"{when}_{m}" for when in ("best", "last") for m in ("val_auc", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "val_threshold", "val_loss")]
     lines = [
         f"# {len(folds)}-fold cross-validation by patient group",
@@ -167,7 +177,9 @@ def markdown(folds: pd.DataFrame, hp: HParams, command: str, description: str) -
         f"Data: {description}  ",
         f"Hyperparameters: {', '.join(f'`{k}={v}`' for k, v in hp.to_dict().items())}",
         "",
-        "Per fold (`best_`: the epoch with the best validation objective, as the search picks; `last_`: the final epoch):",
+        *([f"**{warning}.**", ""] if warning else []),
+        "Per fold (`best_`: the epoch with the best validation objective, as the search picks; `last_`: the final epoch; "
+        "`diverged`: its scores turned non-finite and it stopped there):",
         "",
         folds.to_markdown(index=False, floatfmt=[".0f" if c in ("fold", "val_images", "best_epoch") else ".1f" if c == "seconds" else ".4f" for c in folds.columns]),
         "",
