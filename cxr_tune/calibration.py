@@ -35,6 +35,7 @@ METHODS = ("none", "platt", "temperature")
 #: Probabilities are clipped this far from 0 and 1 before taking logits (a float32 probability of
 #: exactly 0 or 1 has an infinite one).
 EPSILON = 1e-12
+LOG_T_BOUND = 5.0  # temperature scaling searches T in [exp(-5), exp(5)]
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -72,12 +73,18 @@ def fit(method: str, labels: np.ndarray, scores: np.ndarray, *, logits: np.ndarr
     or on ``logits`` when given: the exact logits the map will be applied to (``scores`` clipped
     at :data:`EPSILON` would flatten an overconfident model's, and fit it a steeper map).
 
-    Raises ``ValueError`` when the set cannot calibrate (one class only) or the fit would reverse
-    the ranking (a negative slope: scores that run against the labels).
+    Raises ``ValueError`` when the set cannot calibrate (one class only), its scores separate the
+    classes (no NORMAL image above a PNEUMONIA one: the likelihood grows without end as the map
+    steepens, so no finite map is the best, and the fit stops at an arbitrary one that calls every
+    image 0 or 1), a temperature runs to its search bound, or the fit would reverse the ranking (a
+    negative slope: scores that run against the labels).
     """
     labels, z = np.asarray(labels).astype(int), (logit(scores) if logits is None else np.asarray(logits, dtype=float))
     if len(np.unique(labels)) < 2:
         raise ValueError("calibration needs both classes in the set it is fitted on")
+    if z[labels == 0].max() <= z[labels == 1].min() and np.ptp(z) > 0:
+        raise ValueError("its scores separate the classes perfectly (no NORMAL image scores above a PNEUMONIA one), which leaves no "
+                         "finite calibration to fit; export without --calibrate")
     if method == "platt":
         from sklearn.linear_model import LogisticRegression
 
@@ -90,7 +97,11 @@ def fit(method: str, labels: np.ndarray, scores: np.ndarray, *, logits: np.ndarr
             x = z / math.exp(log_t)
             return float(np.mean(labels * np.logaddexp(0.0, -x) + (1 - labels) * np.logaddexp(0.0, x)))
 
-        slope, intercept = 1.0 / math.exp(minimize_scalar(nll, bounds=(-5.0, 5.0), method="bounded").x), 0.0
+        log_t = float(minimize_scalar(nll, bounds=(-LOG_T_BOUND, LOG_T_BOUND), method="bounded").x)
+        if abs(log_t) > LOG_T_BOUND - 1e-3:  # the likelihood still rose at the bound: that temperature is the search's, not the data's
+            raise ValueError(f"the fitted temperature ran to its search bound ({math.exp(log_t):.3g}): the scores leave no finite "
+                             "temperature; export without --calibrate")
+        slope, intercept = 1.0 / math.exp(log_t), 0.0
     else:
         raise ValueError(f"calibration method {method!r} is not one of {', '.join(METHODS[1:])}")
     if not slope > 0:

@@ -73,6 +73,20 @@ def test_a_set_that_cannot_calibrate_is_refused():
 
 
 @pytest.mark.parametrize("method", ["platt", "temperature"])
+def test_scores_that_separate_the_classes_are_refused_not_fitted_to_an_arbitrary_map(method):
+    """Separated scores have no finite maximum-likelihood map: temperature stopped at its bound (T = exp(-5)) and Platt at
+    whatever slope its solver reached, each calling every image 0 or 1, with no word said."""
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="separate the classes perfectly"):
+        fit(method, labels, np.array([0.1, 0.2, 0.4, 0.4, 0.8, 0.9]))  # a tie at the boundary separates too
+
+
+def test_a_temperature_at_its_search_bound_is_refused():
+    with pytest.raises(ValueError, match="ran to its search bound"):  # scores against the labels: T grows without end
+        fit("temperature", np.array([0, 0, 0, 1, 1, 1]), np.array([0.9, 0.8, 0.6, 0.7, 0.2, 0.1]))
+
+
+@pytest.mark.parametrize("method", ["platt", "temperature"])
 def test_a_calibrated_export_keeps_its_decisions_and_auc_and_its_onnx_file_says_the_calibrated_probability(tmp_path, method):
     plain = export_folder(tmp_path / "plain")
     calibrated = export_folder(tmp_path / "calibrated", calibrate=method)
