@@ -90,7 +90,8 @@ def floor_threshold(labels: np.ndarray, scores: np.ndarray, rate: str, floor: fl
     """An operating point: the threshold keeping ``rate`` (``sensitivity`` or ``specificity``) at
     least ``floor`` on these scores with the other rate as high as that allows (the middle, in logit
     space, of the thresholds that give it). A specificity floor is a sensitivity floor of the
-    flipped problem (NORMAL as the positive class, scores mirrored). ``score >= threshold`` is
+    flipped problem (NORMAL as the positive class, scores mirrored on the logit, so
+    scores below 1e-16 keep their order). ``score >= threshold`` is
     inclusive, so the mirror can land on a NORMAL image's score (a saturated float32 sigmoid gives
     exactly 1.0); the threshold then moves just above the NORMAL images the floor needs below it,
     and stays at 1.0 when they score 1.0: no probability threshold keeps that floor."""
@@ -99,7 +100,7 @@ def floor_threshold(labels: np.ndarray, scores: np.ndarray, rate: str, floor: fl
         return _best_threshold(labels, scores, lambda sens, spec: spec, floor, 0.0)
     if rate != "specificity":
         raise ValueError(f"rate {rate!r} is not sensitivity or specificity")
-    threshold = 1.0 - _best_threshold(1 - labels, 1.0 - scores, lambda sens, spec: spec, floor, 0.0)
+    threshold = _best_threshold(1 - labels, scores, lambda sens, spec: spec, floor, 0.0, mirrored=True)
     normal = np.sort(scores[labels == 0])
     needed = int(np.ceil(floor * len(normal) - 1e-9))  # NORMAL images that must score below the threshold
     if len(np.unique(labels)) == 2 and needed and threshold <= normal[needed - 1]:
@@ -107,29 +108,38 @@ def floor_threshold(labels: np.ndarray, scores: np.ndarray, rate: str, floor: fl
     return threshold
 
 
-def _best_threshold(labels: np.ndarray, scores: np.ndarray, value: Any, min_sensitivity: float, tolerance: float) -> float:
-    """:func:`choose_threshold` for any ``value(sensitivity, specificity)`` to maximize."""
+def _best_threshold(labels: np.ndarray, scores: np.ndarray, value: Any, min_sensitivity: float, tolerance: float, *, mirrored: bool = False) -> float:
+    """:func:`choose_threshold` for any ``value(sensitivity, specificity)`` to maximize.
+
+    ``mirrored``: the flipped problem (``labels`` already flipped, a lower score is the positive
+    side), ranked by minus the logit rather than by ``1 - scores``, which rounds every score below
+    about 1e-16 to 1.0 and ties them; the threshold is returned on the scores' own scale."""
     from sklearn.metrics import roc_curve
 
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
     if len(np.unique(labels)) < 2:
         return 0.5
-    fpr, tpr, cuts = roc_curve(labels, scores, drop_intermediate=False)
+    # What is ranked (keys) and how a key reads as a logit and a probability of the scores' own scale.
+    keys = -_exact_logit(scores) if mirrored else scores
+    none_below = -np.inf if mirrored else 0.0  # the key of probability 1 (mirrored) or 0: below every image
+    as_logit = (lambda key: -float(np.clip(key, _logit(0.0), _logit(1.0)))) if mirrored else _logit  # the flipped probability's clip
+    as_probability = (lambda key: scores[keys == key][0] if np.isfinite(key) else 1.0) if mirrored else float
+    fpr, tpr, cuts = roc_curve(labels, keys, drop_intermediate=False)
     values = value(tpr, 1 - fpr)
     values = np.where((tpr >= min_sensitivity - 1e-12) & np.isfinite(cuts), values, -np.inf)
     best = float(values.max())
     near = np.flatnonzero(values >= best - tolerance - 1e-12)
     upper = cuts[near].max()  # the most specific near-best cut
     lowest = cuts[near].min()
-    below = scores[scores < lowest]
-    lower = below.max() if below.size else 0.0  # thresholds in (lower, lowest] behave like the cut at ``lowest``
-    centre = _sigmoid((_logit(upper) + _logit(lower)) / 2)
-    sens, spec = _rates(labels, scores, centre)
+    below = keys[keys < lowest]
+    lower = below.max() if below.size else none_below  # thresholds in (lower, lowest] behave like the cut at ``lowest``
+    middle = (as_logit(upper) + as_logit(lower)) / 2
+    sens, spec = _rates(labels, keys, -middle if mirrored else _sigmoid(middle))
     if value(sens, spec) >= best - tolerance - 1e-12 and sens >= min_sensitivity - 1e-12:
-        return centre
+        return _sigmoid(middle)
     top = cuts[int(np.argmax(values))]  # near-best cuts are not contiguous: fall back to the best one
-    lower_top = scores[scores < top]
-    return float((top + (lower_top.max() if lower_top.size else 0.0)) / 2)
+    lower_top = keys[keys < top]
+    return float((as_probability(top) + as_probability(lower_top.max() if lower_top.size else none_below)) / 2)
 
 
 def objective_interval(
@@ -276,6 +286,12 @@ def _column(table: pd.DataFrame, name: str) -> pd.Series:
 def _logit(p: float) -> float:
     p = float(np.clip(p, 1e-7, 1 - 1e-7))
     return float(np.log(p / (1 - p)))
+
+
+def _exact_logit(p: np.ndarray) -> np.ndarray:
+    """Logits that keep every score's order (0 and 1 clipped just inside, so they stay finite)."""
+    p = np.clip(p, np.finfo(float).tiny, np.nextafter(1.0, 0.0))
+    return np.log(p) - np.log1p(-p)
 
 
 def _sigmoid(x: float) -> float:

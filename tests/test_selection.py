@@ -179,6 +179,17 @@ def test_a_specificity_floor_holds_when_a_normal_image_is_one_float_step_below_a
     assert (scores[labels == 0] < threshold).all() and (scores[labels == 1] >= threshold).all()
 
 
+
+def test_a_specificity_floor_keeps_the_order_of_scores_below_1e_16():
+    """1 - p rounds every score below about 1e-16 to 1.0: the mirrored problem tied the two PNEUMONIA images at 1e-18 and
+    1e-17 with the NORMAL ones at 1e-20, and the floor gave up both (sensitivity 0.8 at 0.00095)."""
+    labels = np.array([0] * 10 + [1] * 10)
+    scores = np.array([1e-20] * 10 + [1e-18, 1e-17] + [0.9] * 8, dtype=np.float32)
+    threshold = floor_threshold(labels, scores, "specificity", 0.9)
+    assert (scores[labels == 0] < threshold).all() and (scores[labels == 1] >= threshold).all()  # sensitivity and specificity 1.0
+    assert threshold == pytest.approx(choose_threshold(labels, scores), rel=1e-6)  # about 5e-19, as the balanced rule finds
+
+
 def _hand_bootstrap(positive: np.ndarray, negative: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """Balanced accuracy on stratified resamples, one resample at a time."""
     rng = np.random.default_rng(seed)
