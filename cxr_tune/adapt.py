@@ -276,10 +276,14 @@ def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any]) -> tuple
     if rule == "prior-shift":
         prior = probability_prior(meta)
         prevalence = em_prevalence(scores, prior)
-        return float(np.quantile(scores, 1 - prevalence)), {
+        threshold = float(np.quantile(scores, 1 - prevalence))
+        called = float((scores >= threshold).mean())  # a block of tied scores at the quantile is called whole, one way
+        summary = (f"calls the EM-estimated prevalence {prevalence:.3f} PNEUMONIA" if abs(called - prevalence) <= 1 / len(scores) else
+                   f"calls {called:.3f} of the site's images PNEUMONIA, not the EM-estimated prevalence {prevalence:.3f}: their scores tie at the threshold")
+        return threshold, {
             "method": "EM on the adapted model's probabilities (Saerens et al. 2002); threshold at the matching quantile",
             "estimated_prevalence": prevalence, "effective_training_prior": prior,  # the calibration set's prevalence under a calibration map
-            "summary": f"calls the EM-estimated prevalence {prevalence:.3f} PNEUMONIA"}
+            "summary": summary}
     return float(meta["threshold"]), None
 
 

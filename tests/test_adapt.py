@@ -251,6 +251,16 @@ def test_prior_shift_estimates_the_site_prevalence_and_calls_that_share_pneumoni
     assert (scores >= threshold).mean() == pytest.approx(details["estimated_prevalence"], abs=0.005)
 
 
+def test_prior_shift_says_the_share_it_calls_when_tied_scores_make_it_differ_from_the_estimate():
+    """16 identical images: the quantile lands on the tied block and ``>=`` calls all of it, while the line said 0.000."""
+    meta = {"train_class_counts": [300, 300], "hparams": {"class_weighting": "none"}, "threshold": 0.5}
+    scores = np.full(16, 0.2)
+    threshold, details = site_threshold("prior-shift", scores, meta)
+    called = (scores >= threshold).mean()
+    assert abs(called - details["estimated_prevalence"]) > 0.5
+    assert details["summary"].startswith(f"calls {called:.3f} of the site's images PNEUMONIA, not the EM-estimated prevalence")
+
+
 def two_group_site(folder: Path, n: int, *, groups: int = 2) -> Path:
     """Smooth films and films with a bright opacity (two groups a network scores apart), under
     NORMAL/ and PNEUMONIA/ folders that adapt never reads; ``groups=1``: smooth films only."""
