@@ -268,6 +268,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
 
 def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     """The threshold ``rule`` gives on the site's unlabelled ``scores``, and how (None: the model's own was kept)."""
+    scores = np.sort(scores)  # a fit's or a mean's last digits follow its input's order; the folder's file order must change nothing
     if rule == "mixture":
         threshold, details = mixture_threshold(scores)
         if threshold is not None:

@@ -222,6 +222,17 @@ def test_the_mixture_threshold_separates_two_groups_of_site_scores_and_declines_
     assert threshold is None and "no two groups" in details["fallback"]  # one group: no split, and why
 
 
+@pytest.mark.parametrize("rule", ["mixture", "prior-shift"])
+def test_the_site_threshold_does_not_depend_on_the_order_of_the_scores(rule):
+    """The site folder's file order changes nothing in model.json, to the last digit."""
+    from cxr_tune.adapt import site_threshold
+
+    rng = np.random.default_rng(1)
+    scores = 1 / (1 + np.exp(-np.r_[rng.normal(-1.0, 1.5, 60), rng.normal(3.0, 0.8, 40)]))
+    meta = {"threshold": 0.5, "train_class_counts": [40, 60], "hparams": {"class_weighting": "none"}}
+    assert site_threshold(rule, scores, meta) == site_threshold(rule, scores[rng.permutation(len(scores))], meta)
+
+
 def test_components_that_never_cross_give_no_threshold_not_a_component_mean():
     """A narrow NORMAL-like group inside a broad, heavier PNEUMONIA-like one: the weighted densities
     never cross between the means. The old rule returned the first grid point, the NORMAL-like mean."""
