@@ -149,8 +149,10 @@ def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None 
 def labelled_metrics(frame: pd.DataFrame, threshold: float, points: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """What the labelled images measure at ``threshold`` (the rates with 95 % intervals, AUC,
     calibration, the rates at the model's other operating points ``points``, the subgroups): the
-    computation export stores for a test split (:mod:`cxr_tune.set_metrics`), or None when no image is labelled."""
-    labelled = frame.dropna(subset=["label"])
+    computation export stores for a test split (:mod:`cxr_tune.set_metrics`), or None when no image is labelled.
+    Taken in path order, as export takes a split's (its manifest is sorted by path): the bootstrap
+    intervals follow the rows' order, and the order the images were named in must change nothing."""
+    labelled = frame.dropna(subset=["label"]).sort_values("path", kind="stable")
     if labelled.empty:
         return None
     labels, scores = labelled["label"].astype(int).to_numpy(), labelled["probability"].to_numpy()

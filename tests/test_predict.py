@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -25,6 +26,18 @@ def test_both_classes_print_the_auc():
     frame = pd.DataFrame({"path": list("abcd"), "probability": [0.1, 0.4, 0.6, 0.9], "prediction": [0, 0, 1, 1], "label": [0, 1, 0, 1]})
     text = describe(labelled_metrics(frame, 0.5), "balanced")
     assert "AUC 0.7500" in text and INTERVAL_METHODS in text  # which interval is Wilson and which bootstrap
+
+
+def test_the_order_images_are_named_in_changes_no_metric():
+    """The bootstrap intervals follow the order of the rows: they are taken in path order, as export
+    takes a test split's (its manifest is sorted by path), whatever order the command line gave."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 30)
+    frame = pd.DataFrame({"path": [f"{'PNEUMONIA' if y else 'NORMAL'}/{i:02d}.jpeg" for i, y in enumerate(labels)],
+                          "probability": np.clip(0.3 * labels + rng.uniform(0, 0.7, 30), 0, 1), "label": labels})
+    frame["prediction"] = (frame["probability"] >= 0.5).astype(int)
+    shuffled = frame.iloc[rng.permutation(len(frame))].reset_index(drop=True)
+    assert labelled_metrics(shuffled, 0.5) == labelled_metrics(frame, 0.5)
 
 
 def test_predict_on_a_one_class_test_folder(tmp_path):
