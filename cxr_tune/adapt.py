@@ -48,6 +48,7 @@ from cxr_tune.formatting import json_safe
 from cxr_tune.modelcard import CARD_FILE, model_card
 from cxr_tune.modelfile import (Members, build_files, check_model_target, load_members, recorded_calibration, recorded_views, serving_model,
                                 torch_scores, write_model_folder)
+from cxr_tune.provenance import provenance
 from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.intensity import normalize_intensity
 
@@ -253,6 +254,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         "threshold_details": how or {},
         "unadapted_threshold": kept,
         "adapted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "provenance": provenance(),  # the adapting code's; the top-level one stays the export's
     }
     files_out = build_files(adapted, tta, check_images=images[:64], calibration=calibration)
     # Measured sets and operating points belong to the unadapted model; only ``balanced`` (the site's threshold) carries over.

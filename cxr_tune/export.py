@@ -48,6 +48,7 @@ from cxr_tune.modelfile import (PREDICTIONS_FILES, WEIGHTS_FILE, Members, build_
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt, json_safe, metric_line
 from cxr_tune.operating_points import choose_points
+from cxr_tune.provenance import provenance
 from cxr_tune.selection import choose_threshold, diverged, ensemble_members, final_fit_kept, prefix_of, ranked_trials
 from cxr_tune.serving import MODEL_FILE
 from cxr_tune.set_metrics import clinical_metrics, held_out_metrics, set_metrics
@@ -303,6 +304,7 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
         **({"export_options": export_options} if export_options is not None else {}),
         **({"epochs_chosen_on": "external" if epochs_on == "ext" else "carved"} if epochs_on else {}),
         "cxr_tune_version": __version__,
+        "provenance": provenance(),  # the exporting code's commit and library versions
     }
     if "ext" in sets:
         meta["external"] = {**set_metrics(sets["ext"].labels, scores["ext"], threshold, hp), "selection_set": deciding == "ext",
@@ -499,6 +501,7 @@ def _search_record(info: dict[str, Any], hp: Any) -> dict[str, Any]:
         "split": {"val_fraction": data.get("val_fraction"), "split_seed": data.get("split_seed")} if data else {},
         "class_counts": {"train": info.get("class_counts_train"), "validation": info.get("class_counts_val"), "external": info.get("class_counts_external")},
         "external_note": info.get("external_note") or "",
+        "provenance": info.get("provenance"),  # the searching code's (None for an experiment from before the record)
     }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from cxr_tune import storage
 from cxr_tune.formatting import fmt, interval
 from cxr_tune.operating_points import NAMES as POINT_ORDER
+from cxr_tune.provenance import describe as describe_code
 from cxr_tune.set_metrics import INTERVAL_METHODS
 
 CARD_FILE = "MODEL_CARD.md"
@@ -320,12 +321,21 @@ def _reproduce(meta: dict[str, Any]) -> list[str]:
     export = f"python -m cxr_tune.export {meta.get('search', {}).get('experiment') or 'EXPERIMENT'}{export_flags(meta)}"
     lines = ["## How to reproduce", ""]
     if command:
-        lines.append(f"1. `{command}` (cxr_tune {meta.get('cxr_tune_version')}; seeds are in `model.json`'s hyperparameters)")
+        searched = ", ".join(filter(None, [f"cxr_tune {meta.get('cxr_tune_version')}", _commit(meta.get("search", {}).get("provenance"))]))
+        lines.append(f"1. `{command}` ({searched}; seeds are in `model.json`'s hyperparameters)")
     lines += [f"{2 if command else 1}. `{export}`", f"{3 if command else 2}. `python -m cxr_tune.predict --model FOLDER IMAGES [--operating-point NAME] [--explain OUT]` "
               "(FOLDER: this model's folder)", ""]
     if meta.get("adaptation"):
-        lines.insert(-1, f"{4 if command else 3}. `python -m cxr_tune.adapt --model FOLDER --images SITE --out NEW --threshold {meta['adaptation'].get('threshold_rule')}`")
+        lines.insert(-1, f"{4 if command else 3}. `python -m cxr_tune.adapt --model FOLDER --images SITE --out NEW --threshold {meta['adaptation'].get('threshold_rule')}`"
+                     + (f" ({adapted})" if (adapted := _commit(meta["adaptation"].get("provenance"))) else ""))
+    if code := describe_code(meta.get("provenance")):  # none in a model.json from before the record
+        lines += [f"Exported with {code}.", ""]
     return lines
+
+
+def _commit(record: dict[str, Any] | None) -> str:
+    """``commit `abc123` `` for a recorded code commit; "" without one (an older model.json, or code outside a git checkout)."""
+    return f"commit `{record['commit']}`" if record and record.get("commit") else ""
 
 
 def _label(key: str, name: str, deciding: str) -> str:

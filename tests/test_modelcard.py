@@ -117,6 +117,7 @@ def test_adapt_writes_a_card_for_the_adapted_model(tmp_path):
     assert "## Operating points" not in card  # the unadapted points do not carry over
     assert not (tmp_path / "adapted" / "reliability.png").exists() and "`reliability.png`" not in card  # adapt draws none: the card names none
     assert "Reliability diagram: none for the adapted model" in card
+    assert meta["adaptation"]["provenance"]["versions"] == meta["provenance"]["versions"]  # the adapting code's and the exporting code's
     assert table(card, "Performance")[0][3] == fmt(meta["before_adaptation"]["validation"]["auc"]) + interval(
         meta["before_adaptation"]["validation"]["ci95"]["auc"])
     assert Path(tmp_path / "model" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -172,3 +173,19 @@ def test_an_adapted_card_says_its_numbers_and_the_deciding_set_s_choices_are_the
     assert "the threshold and the operating points" not in card and "threshold came from the site adaptation rule `mixture`" in card
     assert "**chose the model and its unadapted threshold** (the site's threshold came from the adaptation rule)" in card
     assert "**chose the model and its thresholds**" in model_card(meta)
+
+
+def test_the_reproduce_steps_name_the_code_s_commits_and_versions_and_an_older_model_json_says_nothing_of_them(tmp_path):
+    """The card identified the code as "cxr_tune 0.1.0" only, a version no commit ever changed."""
+    from cxr_tune import __version__
+    from cxr_tune.modelcard import model_card
+    from cxr_tune.provenance import describe, provenance
+
+    searched = {"commit": "0123abc", "versions": {"python": "3.11.7"}}
+    meta = export_folder(tmp_path / "model", provenance=searched)  # what the search's experiment.json recorded
+    section = (tmp_path / "model" / "MODEL_CARD.md").read_text().split("## How to reproduce\n", 1)[1]
+    assert meta["search"]["provenance"] == searched and meta["provenance"] == provenance()
+    assert f"(cxr_tune {__version__}, commit `0123abc`; seeds" in section
+    assert f"Exported with {describe(provenance())}." in section and f"torch {provenance()['versions']['torch']}" in section
+    older = model_card({**{key: value for key, value in meta.items() if key != "provenance"}, "search": {**meta["search"], "provenance": None}})
+    assert f"(cxr_tune {__version__}; seeds" in older and "commit" not in older.split("## How to reproduce\n", 1)[1]

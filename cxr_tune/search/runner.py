@@ -26,6 +26,7 @@ from cxr_tune import __version__, folder_lock, storage
 from cxr_tune.data.prepared import SplitData, datasets_by_size, split_data
 from cxr_tune.errors import UserError, ctrl_c_kept
 from cxr_tune.experiment import EVENTS_FILE, EXPERIMENT_FILE, LOG_FILE, SPACE_FILE, SPLITS_FILE, TRAIN_DIR, Experiment
+from cxr_tune.provenance import provenance
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.pace import FinalFitShape, final_fit_epochs
 from cxr_tune.search.space import ASHA_RULES, SearchSettings, Space, SpaceSampler, load_space
@@ -231,6 +232,7 @@ def _start_experiment(options: SearchOptions, space: Space, split: SplitData) ->
         "class_counts_val": split.class_counts("val"),
         "class_counts_external": split.class_counts("external"),
         "cxr_tune_version": __version__,
+        "provenance": provenance(),  # the commit and library versions: the version above never changes
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     storage.write_text_atomic(storage.join(experiment, EXPERIMENT_FILE), json.dumps(info, indent=2))

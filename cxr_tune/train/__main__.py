@@ -13,14 +13,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cxr_tune import storage
 from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_float, positive_float, positive_int
 from cxr_tune.data.prepared import DataOptions, SplitData, add_data_arguments, datasets_by_size, split_data
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.experiment import Experiment
-from cxr_tune.formatting import fmt
+from cxr_tune.formatting import fmt, json_safe
+from cxr_tune.provenance import provenance
 from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import HParams, HParamsError, read_params
 from cxr_tune.train.precision import add_precision_arguments
@@ -119,6 +120,7 @@ def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path:
 
     datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
     deciding = split.deciding_set(args.select_on)
+    add_to_run_record(storage.join(storage_path, name), {"threads": resources.threads, "provenance": provenance()})
     with epoch_lines(hp.epochs, deciding) as callbacks_for:
         trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name, deciding=deciding,
                                run=run, callbacks=callbacks_for(name, hp.epochs))
@@ -146,7 +148,7 @@ def check_same_run(run_dir: str, hp: HParams) -> None:
                         "or another --name")
 
 
-RUN_FILE = "run.json"  # the data a run trains and is scored on: a resume must have the same
+RUN_FILE = "run.json"  # the data a run trains and is scored on (a resume must have the same), and how it computed
 
 
 def keep_same_data(run_dir: str, split: SplitData, deciding: str) -> None:
@@ -158,13 +160,21 @@ def keep_same_data(run_dir: str, split: SplitData, deciding: str) -> None:
 
     path = storage.join(run_dir, RUN_FILE)
     record = {"data": split.fingerprint(), "deciding_set": deciding}
-    if saved_checkpoints(run_dir) and storage.exists(path):
-        saved = json.loads(storage.read_text(path))
+    saved = json.loads(storage.read_text(path)) if saved_checkpoints(run_dir) and storage.exists(path) else {}
+    if saved:
         differ = [f"{key}: {saved.get(key)} there, {value} here" for key, value in record.items() if saved.get(key) != value]
         if differ:
             raise UserError(f"'{run_dir}' holds a run on other data or another split ({'; '.join(differ)}); give the same data and "
                             "split flags to resume it, or another --name")
-    storage.write_text_atomic(path, json.dumps(record, indent=2))
+    storage.write_text_atomic(path, json.dumps({**saved, **record}, indent=2))  # a resumed run's other facts kept (add_to_run_record)
+
+
+def add_to_run_record(run_dir: str, facts: dict[str, Any]) -> None:
+    """Add ``facts`` to the run's run.json: how it computed (torch threads, precision) and with which code
+    (:func:`cxr_tune.provenance.provenance`), to run it again."""
+    path = storage.join(run_dir, RUN_FILE)
+    saved = json.loads(storage.read_text(path)) if storage.exists(path) else {}
+    storage.write_text_atomic(path, json.dumps({**saved, **facts}, indent=2))
 
 
 def check_weights(net: nn.Module, path: str) -> None:
@@ -182,7 +192,7 @@ def check_weights(net: nn.Module, path: str) -> None:
 def run_cv(args: argparse.Namespace, hp: HParams, split: SplitData, resources: Resources, storage_path: str, name: str, run: RunOptions) -> int:
     import sys
 
-    from cxr_tune.train.crossval import cross_validate, diverged_line, markdown
+    from cxr_tune.train.crossval import cross_validate, diverged_line, markdown, setup_lines
 
     folds = cross_validate(hp, split, args.cv, resources=resources, storage_path=storage_path, name=name, seed=args.split_seed, run=run)
     run_dir = storage.join(storage_path, name)
@@ -191,7 +201,7 @@ def run_cv(args: argparse.Namespace, hp: HParams, split: SplitData, resources: R
               "the finished folds and resumes the others from their last checkpoints", flush=True)
         raise KeyboardInterrupt
     command = "python -m cxr_tune.train " + " ".join(sys.argv[1:])
-    text = markdown(folds, hp, command, split.source.description)
+    text = markdown(folds, hp, command, split.source.description) + setup_lines(run_dir, resources.threads, provenance())
     storage.write_text_atomic(storage.join(run_dir, "cv.md"), text)
     storage.write_bytes_atomic(storage.join(run_dir, "cv.csv"), folds.to_csv(index=False).encode())
     print(text)
@@ -228,6 +238,7 @@ def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding
         "ext_metrics": {k: v for k, v in best.items() if k.startswith("ext_")},
     }
     storage.write_text_atomic(storage.join(run_dir, "metrics.json"), json.dumps(summary, indent=2, default=str))
+    add_to_run_record(run_dir, {"precision": json_safe(summary["precision"])})  # as the run's own checkpoint records it
     tag = " [SYNTHETIC DATA]" if split.source.synthetic else ""
     print(f"\nBest epoch {summary['best_epoch']}{tag}, chosen on {summary['deciding_set']} validation:")
     external = "external validation (selection set)" if deciding == "external" else "external validation (scored for comparison; it chose nothing)"

@@ -19,6 +19,7 @@ from cxr_tune.console import unreported_trials_unwarned
 from cxr_tune.data.prepared import SplitData, images_fingerprint
 from cxr_tune.data.splits import group_kfold
 from cxr_tune.errors import UserError, ctrl_c_kept
+from cxr_tune.provenance import describe as describe_code
 from cxr_tune.selection import best_epoch, diverged
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, make_trainer
@@ -192,3 +193,14 @@ def markdown(folds: pd.DataFrame, hp: HParams, command: str, description: str) -
         f"{stats.loc['best_val_auc', 'std']:.4f}. Folds are grouped by patient, so no patient is in a fold's training and validation at once.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def setup_lines(run_dir: str, threads: int, code: dict[str, Any]) -> str:
+    """cv.md's closing lines: what the folds computed in, as fold 1's last checkpoint records it (every fold runs
+    alike), the torch threads per worker and the code (:func:`cxr_tune.provenance.provenance`), to run them again."""
+    from cxr_tune.train.checkpoints import load_state, saved_checkpoints
+
+    found = saved_checkpoints(storage.join(run_dir, FOLDS_DIR, TRAIN_DIR, "fold1"))
+    computed = load_state(sorted(found)[-1]).get("run", {}) if found else {}
+    precision = f"{computed.get('precision', 'n/a')}{', channels_last' if computed.get('channels_last') else ''}"
+    return f"\nComputed in: {precision}; {threads} torch thread(s) per worker  \nCode: {describe_code(code)}\n"

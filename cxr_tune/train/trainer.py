@@ -29,6 +29,11 @@ class Resources:
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
 
+    @property
+    def threads(self) -> int:
+        """The torch threads each worker computes with: one per reserved CPU, so runs side by side do not fight over cores."""
+        return max(1, round(self.cpus_per_worker))
+
     def bundle(self) -> dict[str, float]:
         """One worker's resource request, as Ray schedules it."""
         return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
@@ -101,7 +106,7 @@ def make_trainer(
         train_loop_config={
             "hparams": hp.to_dict(),
             "class_counts": list(class_counts),
-            "threads": max(1, round(resources.cpus_per_worker)),
+            "threads": resources.threads,
             "has_external": "external" in datasets,
             "deciding_set": deciding,
             "run": run.to_config(),

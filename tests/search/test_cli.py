@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cxr_tune.errors import UserError
@@ -112,3 +114,13 @@ def test_the_data_summary_says_which_files_were_skipped_and_where_the_list_is(tm
     lines = [line for line in lines_before_ray(main, argv, monkeypatch, capsys) if line.startswith("Skipped ")]
     assert len(lines) == 1 and lines[0].startswith(f"Skipped 4 file(s) that cannot be used ({root / 'train' / 'NORMAL' / 'IM-0100-0001.jpeg'}: truncated")
     assert lines[0].endswith(f"; and 1 more); python -m cxr_tune.data inspect {root} lists them all.")
+
+
+def test_experiment_json_records_the_code_s_commit_and_library_versions(tmp_path, monkeypatch, capsys):
+    """It named the code "cxr_tune 0.1.0" only, a version no commit ever changed."""
+    from cxr_tune.provenance import provenance
+
+    argv = ["--space", "smoke", "--data", str(folder_with_bad_files(tmp_path / "data")), "--storage", str(tmp_path / "runs"), "--name", "exp",
+            "--cache-dir", str(tmp_path / "cache")]
+    lines_before_ray(main, argv, monkeypatch, capsys)
+    assert json.loads((tmp_path / "runs" / "exp" / "experiment.json").read_text())["provenance"] == provenance()

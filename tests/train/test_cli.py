@@ -122,3 +122,43 @@ def test_the_data_summary_says_which_files_were_skipped_and_where_the_list_is(tm
     assert (f"Skipped 4 file(s) that cannot be used ({normal / 'IM-0100-0001.jpeg'}: truncated image (file ends before the image data does); "
             f"{normal / 'IM-0101-0001.jpeg'}: empty file (0 bytes); {normal / 'IM-0102-0001.jpeg'}: not an image Pillow can read; and 1 more); "
             f"python -m cxr_tune.data inspect {root} lists them all.") in lines
+
+
+def test_a_run_records_its_threads_precision_and_code_beside_its_data(tmp_path, capsys):
+    """run.json named a run's images, not how it computed nor with which code: a result could not be made again as it was."""
+    import contextlib
+    import json
+    from types import SimpleNamespace
+
+    from cxr_tune.provenance import provenance
+    from cxr_tune.train.__main__ import RUN_FILE, add_to_run_record, report
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.hparams import HParams
+
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoint_000"
+    checkpoint.mkdir(parents=True)
+    row = {"epoch": 1, "val_objective": 0.7, "val_auc": 0.8, "val_loss": 0.5, "val_threshold": 0.5, "val_sensitivity": 0.7,
+           "val_specificity": 0.7, "val_balanced_accuracy": 0.7, "precision": "fp32", "channels_last": True}
+    save_state(str(checkpoint), {"hparams": HParams().to_dict(), "epoch": 0, "history": [row]}, {})
+    (run / RUN_FILE).write_text(json.dumps({"data": "200 images, sha256 0123456789ab", "deciding_set": "carved"}))
+    add_to_run_record(str(run), {"threads": 2, "provenance": provenance()})  # what train records as the run starts
+    result = SimpleNamespace(error=None, best_checkpoints=[], checkpoint=SimpleNamespace(as_directory=lambda: contextlib.nullcontext(str(checkpoint))))
+    split = SimpleNamespace(source=SimpleNamespace(description="SYNTHETIC", synthetic=True))
+    assert report(result, HParams(), split, str(run), "carved") == 0
+    record = json.loads((run / RUN_FILE).read_text())
+    assert record == {"data": "200 images, sha256 0123456789ab", "deciding_set": "carved", "threads": 2, "provenance": provenance(),
+                      "precision": {"precision": "fp32", "channels_last": True}}
+
+
+def test_cross_validation_s_report_says_what_the_folds_computed_in_and_with_which_code(tmp_path):
+    """cv.md recorded the command and hyperparameters, not the precision the folds resolved, their threads or the code."""
+    from cxr_tune.provenance import describe, provenance
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.crossval import setup_lines
+
+    checkpoint = tmp_path / "run" / "folds" / "train" / "fold1" / "checkpoint_000"
+    checkpoint.mkdir(parents=True)
+    save_state(str(checkpoint), {"epoch": 0, "run": {"precision": "bf16", "channels_last": True, "precision_reason": "auto"}}, {})
+    lines = setup_lines(str(tmp_path / "run"), 2, provenance()).splitlines()
+    assert lines == ["", "Computed in: bf16, channels_last; 2 torch thread(s) per worker  ", f"Code: {describe(provenance())}"]
