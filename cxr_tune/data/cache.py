@@ -90,6 +90,13 @@ def _from_meta(path: str, image_size: int, meta: dict, *, reused: bool) -> Image
     )
 
 
+def parquet_files(cache: ImageCache) -> int:
+    """How many Parquet files the cache's build wrote: one per block, and :func:`prepare_cache` makes two per CPU
+    Ray had. A run reads its training images in the files' order, so a cache built with another CPU count trains
+    in another order."""
+    return len(storage.glob(cache.data_path, "*.parquet"))
+
+
 def check_buildable(cache_dir: str, image_size: int) -> None:
     """One line, before Ray starts, when a cache must be built in a folder that cannot be written (a
     read-only shared cache that does not hold these images at this size)."""

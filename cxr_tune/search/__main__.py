@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "architectures; 0 without GPUs)")
     parser.add_argument("--concurrency", type=positive_int, default=None, help="trials running at once (default: as many as the GPUs hold at --gpus-per-worker, or #CPUs up to 8)")
     add_precision_arguments(parser)
-    parser.add_argument("--deterministic", action="store_true", help="bitwise-repeatable GPU kernels (cuDNN autotuning off; slower), so a trial resumed on a GPU continues exactly; CPU runs are repeatable without it")
+    parser.add_argument("--deterministic", action="store_true", help="bitwise-repeatable GPU kernels (cuDNN autotuning off; slower), so a trial resumed on a GPU continues exactly; CPU runs are repeatable without it (on the same machine, image cache and thread count)")
     parser.add_argument("--weights", action="append", default=[], metavar="ARCH=PATH",
                         help="a local pretrained weights file (safetensors or a PyTorch state dict) for trials of one torchvision "
                              "architecture, e.g. resnet18=~/weights/resnet18.pth (repeatable; nothing is downloaded; default: from scratch)")

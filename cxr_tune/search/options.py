@@ -36,7 +36,7 @@ class SearchOptions:
     early_stopping: bool = True  # ASHA; off runs every trial to max_epochs
     precision: str = "auto"  # auto, fp32, bf16, fp16: see cxr_tune.train.precision
     memory_format: str = "auto"  # auto, channels_last, contiguous
-    deterministic: bool = False  # bitwise-repeatable GPU runs (slower); CPU runs are repeatable anyway
+    deterministic: bool = False  # bitwise-repeatable GPU runs (slower); CPU runs are repeatable anyway (same machine, image cache and threads)
     weights: dict[str, str] | None = None  # local pretrained weights files by architecture: {"resnet18": PATH}
     final_fit: bool = True  # run the space's final-fit stage after the search (when it has one)
     data: DataOptions = field(default_factory=DataOptions)

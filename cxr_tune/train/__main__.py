@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--use-gpu", action="store_true", help="train on GPUs: one GPU per worker unless --gpus-per-worker says otherwise (default: CPU)")
     parser.add_argument("--gpus-per-worker", type=nonnegative_float, default=None, help="GPUs per worker, a fraction to share one GPU (default: 1 with --use-gpu, else 0)")
     add_precision_arguments(parser)
-    parser.add_argument("--deterministic", action="store_true", help="bitwise-repeatable GPU kernels (slower), so a run resumed on a GPU continues exactly; CPU runs are repeatable without it")
+    parser.add_argument("--deterministic", action="store_true", help="bitwise-repeatable GPU kernels (slower), so a run resumed on a GPU continues exactly; CPU runs are repeatable without it (on the same machine, image cache and thread count)")
     parser.add_argument("--weights", default=None, metavar="PATH", help="a local pretrained weights file (safetensors or a PyTorch state dict) to start from; nothing is downloaded (default: none)")
     parser.add_argument("--storage", default="results", help="folder or URI for runs (default: results)")
     parser.add_argument("--name", default=None, help="run name; the run folder is STORAGE/NAME (default: train-<timestamp>)")
@@ -120,7 +120,12 @@ def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path:
 
     datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
     deciding = split.deciding_set(args.select_on)
-    add_to_run_record(storage.join(storage_path, name), {"threads": resources.threads, "provenance": provenance()})
+    from cxr_tune.data.cache import find_cache, parquet_files
+
+    cache = find_cache(split.cache_dir, split.source.manifest, hp.image_size)  # the one datasets_by_size just built or reused
+    setup = {"threads": resources.threads, "cache_files": parquet_files(cache) if cache else None, "provenance": provenance()}
+    warn_if_resumed_elsewhere(storage.join(storage_path, name), setup)
+    add_to_run_record(storage.join(storage_path, name), setup)
     with epoch_lines(hp.epochs, deciding) as callbacks_for:
         trainer = make_trainer(hp, datasets, split.class_counts(), resources=resources, storage_path=storage_path, name=name, deciding=deciding,
                                run=run, callbacks=callbacks_for(name, hp.epochs))
@@ -167,6 +172,22 @@ def keep_same_data(run_dir: str, split: SplitData, deciding: str) -> None:
             raise UserError(f"'{run_dir}' holds a run on other data or another split ({'; '.join(differ)}); give the same data and "
                             "split flags to resume it, or another --name")
     storage.write_text_atomic(path, json.dumps({**saved, **record}, indent=2))  # a resumed run's other facts kept (add_to_run_record)
+
+
+def warn_if_resumed_elsewhere(run_dir: str, setup: dict[str, Any]) -> None:
+    """One line when a run resumes with other torch threads or on an image cache of another block layout
+    (built with another CPU count) than run.json recorded: its sums, or the order of its training images,
+    differ from there on. A warning, not a refusal: the run is still sound, only not bit for bit."""
+    from cxr_tune.train.checkpoints import saved_checkpoints
+
+    path = storage.join(run_dir, RUN_FILE)
+    saved = json.loads(storage.read_text(path)) if saved_checkpoints(run_dir) and storage.exists(path) else {}
+    what = {"threads": "torch thread(s) per worker", "cache_files": "Parquet file(s) in the image cache"}
+    differ = [f"{setup[key]} {name} ({saved[key]} before)" for key, name in what.items()
+              if setup[key] is not None and saved.get(key, setup[key]) != setup[key]]  # a run.json from before the record: nothing to compare
+    if differ:
+        print(f"Warning: resumed on {' and '.join(differ)}: epochs from here will not be bit-identical to an uninterrupted run",
+              file=sys.stderr, flush=True)
 
 
 def add_to_run_record(run_dir: str, facts: dict[str, Any]) -> None:

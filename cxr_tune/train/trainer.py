@@ -51,7 +51,7 @@ class RunOptions:
 
     ``precision`` and ``memory_format``: :mod:`cxr_tune.train.precision`. ``deterministic``:
     bitwise-repeatable GPU kernels, so a run resumed on a GPU continues exactly (CPU runs are
-    repeatable without it). ``weights``: local pretrained weights files by architecture
+    repeatable without it, on the same machine, image cache and thread count). ``weights``: local pretrained weights files by architecture
     (``{"resnet18": PATH}``); a run of another architecture starts from scratch (nothing is
     downloaded).
     """

@@ -104,3 +104,15 @@ def test_a_cache_that_must_be_built_in_a_folder_that_cannot_be_written_is_one_li
     with pytest.raises(UserError, match=r"the image cache '\S+' cannot be written: no permission to write in '\S+', and it holds no 64 px copy"):
         check_buildable(str(tmp_path), 64)
     assert os.path.isdir(tmp_path)
+
+
+def test_the_block_layout_a_run_records_is_the_number_of_parquet_files_the_build_wrote(tmp_path):
+    """The order a run reads its training images in follows the build's blocks (two per CPU Ray had): train records their number."""
+    from cxr_tune.data.cache import ImageCache, parquet_files
+
+    data = tmp_path / "data-0123"
+    data.mkdir()
+    for block in range(4):
+        (data / f"0359_{block:06d}-0.parquet").write_bytes(b"")
+    cache = ImageCache(path=str(tmp_path), image_size=32, n_images=0, failures=pd.DataFrame(), reused=True, build_seconds=0.0, data_name=data.name)
+    assert parquet_files(cache) == 4

@@ -162,3 +162,26 @@ def test_cross_validation_s_report_says_what_the_folds_computed_in_and_with_whic
     save_state(str(checkpoint), {"epoch": 0, "run": {"precision": "bf16", "channels_last": True, "precision_reason": "auto"}}, {})
     lines = setup_lines(str(tmp_path / "run"), 2, provenance()).splitlines()
     assert lines == ["", "Computed in: bf16, channels_last; 2 torch thread(s) per worker  ", f"Code: {describe(provenance())}"]
+
+
+def test_a_run_resumed_with_other_threads_or_on_a_cache_of_another_layout_is_warned_not_refused(tmp_path, capsys):
+    """A resume on a cache built with another CPU count (another block layout, so another order of the training images) or with
+    other torch threads was taken silently, though its later epochs differ from an uninterrupted run's."""
+    import json
+
+    from cxr_tune.train.__main__ import RUN_FILE, warn_if_resumed_elsewhere
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.hparams import HParams
+
+    run = tmp_path / "run"
+    (run / "checkpoint_000").mkdir(parents=True)
+    save_state(str(run / "checkpoint_000"), {"hparams": HParams().to_dict(), "epoch": 2}, {})
+    (run / RUN_FILE).write_text(json.dumps({"data": "200 images, sha256 0123456789ab", "deciding_set": "carved", "threads": 2, "cache_files": 4}))
+    warn_if_resumed_elsewhere(str(run), {"threads": 2, "cache_files": 4})
+    assert capsys.readouterr().err == ""
+    warn_if_resumed_elsewhere(str(run), {"threads": 1, "cache_files": 2})
+    assert capsys.readouterr().err == ("Warning: resumed on 1 torch thread(s) per worker (2 before) and 2 Parquet file(s) in the image cache "
+                                       "(4 before): epochs from here will not be bit-identical to an uninterrupted run\n")
+    (run / RUN_FILE).write_text(json.dumps({"data": "200 images, sha256 0123456789ab", "deciding_set": "carved"}))  # from before the record
+    warn_if_resumed_elsewhere(str(run), {"threads": 1, "cache_files": 2})
+    assert capsys.readouterr().err == ""
