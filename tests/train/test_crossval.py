@@ -24,7 +24,7 @@ def test_a_diverged_fold_is_named_in_cv_md_and_the_command_exits_1(tmp_path, mon
     assert folds["diverged"].tolist() == [True, False] and folds["best_epoch"].tolist() == [1, 1]
     monkeypatch.setattr(crossval, "cross_validate", lambda *args, **kwargs: folds)
     split = SimpleNamespace(source=SimpleNamespace(description="synthetic"))
-    status = run_cv(argparse.Namespace(cv=2, split_seed=0), HParams(), split, None, str(tmp_path), "cv", None)
+    status = run_cv(argparse.Namespace(cv=2, split_seed=0), HParams(), split, SimpleNamespace(threads=1), str(tmp_path), "cv", None)
     text = (tmp_path / "cv" / "cv.md").read_text()
     assert status == 1 and "Fold(s) 1 of 2 diverged" in text and "| diverged " in text
     assert capsys.readouterr().err.startswith("error: Fold(s) 1 of 2 diverged")
