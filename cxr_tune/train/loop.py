@@ -30,7 +30,7 @@ from cxr_tune.train.metrics import evaluate_scores
 from cxr_tune.train.model import build_model, load_weights
 from cxr_tune.train.precision import configure_device, resolve
 from cxr_tune.train.scoring_sets import KEEP_LIMIT_BYTES, ScoringSet
-from cxr_tune.train.steps import build_ema, build_optimizer, build_scheduler, score_batch_size, score_batches, seed_everything, train_one_epoch
+from cxr_tune.train.steps import build_ema, build_optimizer, build_scheduler, resume_scheduler, score_batch_size, score_batches, seed_everything, train_one_epoch
 
 SHUFFLE_BUFFER = 2048
 
@@ -113,7 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ema.module.load_state_dict(state["model"])
             ema.n_averaged.fill_(int(state.get("ema_n_averaged", 1)))
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        resume_scheduler(scheduler, state["scheduler"], (state["epoch"] + 1) * steps_per_epoch)  # a resume may have another worker count
         if scaler is not None and state.get("grad_scaler"):
             scaler.load_state_dict(state["grad_scaler"])
         start_epoch, history = state["epoch"] + 1, state["history"]

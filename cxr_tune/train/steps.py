@@ -56,6 +56,16 @@ def build_scheduler(hp: HParams, optimizer: torch.optim.Optimizer, steps_per_epo
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def resume_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, saved: dict[str, Any], step: int) -> None:
+    """Restore a checkpoint's scheduler state at ``step`` (the completed epochs times *this* run's steps per epoch) and put
+    the optimizer's rate there. The saved step count holds only for the worker count that saved it: each worker's shard,
+    so its steps per epoch, follows the worker count (1 then 2 workers ran 142 steps of a 108-step schedule)."""
+    rates = [base * factor(step) for base, factor in zip(saved["base_lrs"], scheduler.lr_lambdas, strict=True)]
+    scheduler.load_state_dict({**saved, "last_epoch": step, "_last_lr": rates})
+    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+
+
 def build_ema(hp: HParams, net: nn.Module) -> torch.optim.swa_utils.AveragedModel | None:
     """An exponential moving average of the weights *and* BatchNorm statistics (``ema_decay`` per
     step), or None when ``ema_decay`` is 0. Evaluation, checkpoints and export use the average:

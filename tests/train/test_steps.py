@@ -1,4 +1,4 @@
-"""The training step's optimizer, built from HParams."""
+"""The training step's optimizer and learning-rate schedule, built from HParams."""
 
 from __future__ import annotations
 
@@ -13,3 +13,39 @@ def test_sgd_with_momentum_zero_is_plain_sgd_and_nesterov_otherwise():
     plain = build_optimizer(HParams(optimizer="sgd", momentum=0.0), model)  # torch refuses Nesterov without momentum
     assert plain.param_groups[0]["nesterov"] is False
     assert build_optimizer(HParams(optimizer="sgd", momentum=0.9), model).param_groups[0]["nesterov"] is True
+
+
+def lr_per_step(hp: HParams, steps_per_epoch: int, epochs: range, resumed_from: tuple[int, int] | None = None) -> list[float]:
+    """The rate of every optimizer step in ``epochs``; ``resumed_from`` (steps per epoch, epochs done): first train that
+    many epochs at that many steps each, save, and resume from the checkpoint as the loop does."""
+    from cxr_tune.train.steps import build_scheduler, resume_scheduler
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    optimizer = build_optimizer(hp, model)
+    scheduler = build_scheduler(hp, optimizer, steps_per_epoch)
+    if resumed_from:
+        saved_steps, done = resumed_from
+        old = build_optimizer(hp, torch.nn.Linear(2, 1))
+        old_scheduler = build_scheduler(hp, old, saved_steps)
+        for _ in range(saved_steps * done):
+            old.step()
+            old_scheduler.step()
+        optimizer.load_state_dict(old.state_dict())
+        resume_scheduler(scheduler, old_scheduler.state_dict(), done * steps_per_epoch)
+    rates = []
+    for _ in range(len(epochs) * steps_per_epoch):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_a_run_resumed_with_another_worker_count_continues_the_schedule_where_its_epochs_left_it():
+    # 1 worker then 2 (so half the steps per epoch): before, the resumed run kept the old step count, jumped to the schedule's
+    # end and never reached zero; 2 then 1: the rate jumped back up.
+    hp = HParams(epochs=6, warmup_epochs=1, lr=0.01)
+    for saved_steps, steps in ((9, 9), (9, 4), (4, 9)):
+        uninterrupted = lr_per_step(hp, steps, range(6))
+        resumed = lr_per_step(hp, steps, range(2, 6), resumed_from=(saved_steps, 2))
+        assert resumed == uninterrupted[2 * steps:], (saved_steps, steps)  # bit-identical, not close
