@@ -32,7 +32,7 @@ from cxr_tune.search.pace import FinalFitShape, final_fit_epochs
 from cxr_tune.search.space import ASHA_RULES, SearchSettings, Space, SpaceSampler, load_space
 from cxr_tune.search.study import STUDY_FILE, copy_study, prepare_study, study_path
 from cxr_tune.search.trial import TrialSettings, run_trial
-from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions
+from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, ranks_share_a_gpu
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float])
     # DDP ranks of one trial each need a GPU of their own (NCCL refuses two on one device): packing is for one-worker trials.
     packed = default_gpu_share(space) if workers == 1 else 1.0
     gpus_per_worker = options.gpus_per_worker if options.gpus_per_worker is not None else (packed if gpus > 0 else 0.0)
-    if workers > 1 and 0 < gpus_per_worker < 1:
+    if ranks_share_a_gpu(workers, gpus_per_worker):
         raise UserError(f"--gpus-per-worker {gpus_per_worker:g} with {workers} workers per trial: the workers of one DDP trial cannot share a GPU")
     if gpus_per_worker > 0 and gpus < gpus_per_worker:
         raise UserError(f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has {gpus:g} GPU(s)")

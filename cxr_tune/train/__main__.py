@@ -25,7 +25,7 @@ from cxr_tune.provenance import provenance
 from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import HParams, HParamsError, read_params
 from cxr_tune.train.precision import add_precision_arguments
-from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, fit, make_trainer
+from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, fit, make_trainer, ranks_share_a_gpu
 
 if TYPE_CHECKING:
     from ray.train import Result
@@ -72,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if weights:
         check_weights(net, weights[hp.arch])
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if args.use_gpu else 0.0)
+    if ranks_share_a_gpu(args.workers, gpus):
+        raise UserError(f"--gpus-per-worker {gpus:g} with --workers {args.workers}: the workers of one DDP run cannot share a GPU; give each a whole one")
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
     storage_path = storage.resolve(args.storage)
     storage.check_folder_name(name, storage_path)

@@ -17,6 +17,12 @@ from cxr_tune.train.hparams import HParams
 TRIAL_DRIVER_CPU = 0.01  # a Tune trial that runs a Train run (a search trial, a final-fit run, a fold) only waits on its workers
 
 
+def ranks_share_a_gpu(workers: int, gpus_per_worker: float) -> bool:
+    """Whether the workers of one DDP run would share GPUs, which NCCL refuses (two ranks on one device): packing
+    fractions of a GPU is for one-worker runs."""
+    return workers > 1 and 0 < gpus_per_worker < 1
+
+
 @dataclass(frozen=True)
 class Resources:
     """What one trial asks of the cluster: ``workers`` Ray Train workers, each with :meth:`bundle`."""
@@ -99,7 +105,7 @@ def make_trainer(
 
     if deciding not in ("external", "carved") or (deciding == "external" and "external" not in datasets):
         raise ValueError(f"deciding set {deciding!r} for datasets {sorted(datasets)}")
-    if resources.workers > 1 and 0 < resources.gpus_per_worker < 1:
+    if ranks_share_a_gpu(resources.workers, resources.gpus_per_worker):
         raise ValueError("the workers of one DDP run cannot share a GPU (NCCL refuses two ranks on one device); give each a whole GPU")
     return Trainer(
         train_loop_per_worker,

@@ -99,6 +99,15 @@ def test_a_run_resumed_under_its_name_on_another_split_is_refused_before_ray_sta
         main(["--data", str(synthetic_root), "--storage", str(tmp_path), "--name", "run", "--split-seed", "1", *settings])
 
 
+def test_workers_sharing_a_gpu_are_refused_in_one_line_before_the_data_is_read(tmp_path):
+    """Before: the data scan, Ray's start, then a ValueError traceback from the trainer (NCCL refuses two ranks on one GPU)."""
+    from cxr_tune.errors import UserError
+    from cxr_tune.train.__main__ import main
+
+    with pytest.raises(UserError, match=r"^--gpus-per-worker 0.5 with --workers 2: the workers of one DDP run cannot share a GPU; give each a whole one$"):
+        main(["--data", str(tmp_path / "not-read"), "--storage", str(tmp_path), "--workers", "2", "--use-gpu", "--gpus-per-worker", "0.5"])
+
+
 def test_cross_validation_resumed_on_other_data_is_refused(tmp_path):
     import json
 
