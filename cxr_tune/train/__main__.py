@@ -113,6 +113,8 @@ def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path:
     side_by_side = min(args.cv, max(1, int(cluster_cpus // args.workers))) if args.cv else 1
     cpus = args.cpus_per_worker or max(1.0, float(int(cluster_cpus // (args.workers * side_by_side)))) - (TRIAL_DRIVER_CPU if args.cv else 0.0)
     resources = Resources(args.workers, cpus, gpus)
+    if args.workers * cpus + (TRIAL_DRIVER_CPU if args.cv else 0.0) > cluster_cpus + 1e-9:  # Train would wait minutes for them, then fail
+        raise UserError(f"{args.workers} worker(s) x {cpus:g} CPU(s) but the Ray cluster has {cluster_cpus:g} CPU(s); lower --workers or --cpus-per-worker")
     if resources.use_gpu and ray.cluster_resources().get("GPU", 0) < gpus * args.workers:
         raise UserError(f"{args.workers} worker(s) x {gpus:g} GPU but the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPU(s)")
     run = RunOptions(args.precision, args.memory_format, args.deterministic, weights)

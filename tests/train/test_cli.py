@@ -108,6 +108,21 @@ def test_workers_sharing_a_gpu_are_refused_in_one_line_before_the_data_is_read(t
         main(["--data", str(tmp_path / "not-read"), "--storage", str(tmp_path), "--workers", "2", "--use-gpu", "--gpus-per-worker", "0.5"])
 
 
+@pytest.mark.parametrize("flags", [["--workers", "3"], ["--workers", "2", "--cpus-per-worker", "1.5"], ["--workers", "3", "--cv", "2"]])
+def test_more_worker_cpus_than_the_cluster_has_are_refused_in_one_line_before_training(flags, tmp_path, monkeypatch):
+    """Before: Ray Train waited for workers that could never start, and after minutes a ControllerError traceback."""
+    import ray
+
+    from cxr_tune.errors import UserError
+    from cxr_tune.train.__main__ import build_parser, train
+    from cxr_tune.train.hparams import HParams
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    args = build_parser().parse_args(["--storage", str(tmp_path), *flags])
+    with pytest.raises(UserError, match=r"^\d worker\(s\) x [\d.]+ CPU\(s\) but the Ray cluster has 2 CPU\(s\); lower --workers or --cpus-per-worker$"):
+        train(args, HParams(), None, str(tmp_path), "run", 0.0, None)  # refused before the data (None here) is used
+
+
 def test_cross_validation_resumed_on_other_data_is_refused(tmp_path):
     import json
 
