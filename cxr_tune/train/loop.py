@@ -2,7 +2,7 @@
 
 Reads ``train`` from its Ray Data shard and ``val`` (and ``external``, when there is an external
 validation set) whole: each worker scores every ``world_size``-th batch and the scores are
-gathered, so every worker computes the same metrics on the full sets; those batches are read from
+gathered in the set's order, so every worker computes the same metrics on the full sets; those batches are read from
 Ray Data once and kept (:mod:`cxr_tune.train.scoring_sets`). Wraps the model in DDP when
 there are several workers. The step itself (precision, memory layout, EMA) is
 :mod:`cxr_tune.train.steps`. Each epoch rank 0 writes a checkpoint (the scored weights, the raw
@@ -29,7 +29,7 @@ from cxr_tune.train.hparams import HParams
 from cxr_tune.train.metrics import evaluate_scores
 from cxr_tune.train.model import build_model, load_weights
 from cxr_tune.train.precision import configure_device, resolve
-from cxr_tune.train.scoring_sets import KEEP_LIMIT_BYTES, ScoringSet
+from cxr_tune.train.scoring_sets import KEEP_LIMIT_BYTES, ScoringSet, in_set_order
 from cxr_tune.train.steps import build_ema, build_optimizer, build_scheduler, resume_scheduler, score_batch_size, score_batches, seed_everything, train_one_epoch
 
 SHUFFLE_BUFFER = 2048
@@ -44,9 +44,9 @@ def _all_gather(value: Any, world: int) -> list[Any]:
     return gathered
 
 
-def _gather_scores(parts: tuple[np.ndarray, ...], world: int) -> tuple[np.ndarray, ...]:
+def _gather_scores(parts: tuple[np.ndarray, ...], world: int, batch_size: int) -> tuple[np.ndarray, ...]:
     gathered = _all_gather(parts, world)
-    return tuple(np.concatenate([g[i] for g in gathered]) for i in range(len(parts)))
+    return tuple(in_set_order([g[i] for g in gathered], batch_size) for i in range(len(parts)))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -151,7 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for buffer in scored_net.buffers():
                 torch.distributed.broadcast(buffer, 0)
         scoring_started = time.perf_counter()
-        scored = {prefix: _gather_scores(score_batches(scored_net, sets[prefix].batches(), hp, device, precision), world) for prefix in sets}
+        scored = {prefix: _gather_scores(score_batches(scored_net, sets[prefix].batches(), hp, device, precision), world, score_batch) for prefix in sets}
         score_seconds = time.perf_counter() - scoring_started
         workers = _all_gather((ray.get_runtime_context().get_node_id()[:12], seen), world)
         metrics = {}

@@ -57,3 +57,13 @@ class ScoringSet:
                     kept = None
             yield batch
         self._kept = kept  # only once a pass has run to its end
+
+
+def in_set_order(per_rank: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """What the ranks scored (one array per rank, in rank order), put back in the set's own order: batch ``b`` is rank
+    ``b % world``'s. The objective's bootstrap interval draws images by position, so in rank order it followed the
+    worker count."""
+    world = len(per_rank)
+    batches = [[part[start:start + batch_size] for start in range(0, len(part), batch_size)] for part in per_rank]
+    ordered = [batches[b % world][b // world] for b in range(sum(len(rank) for rank in batches))]
+    return np.concatenate(ordered) if ordered else np.concatenate(per_rank)
