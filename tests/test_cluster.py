@@ -81,6 +81,15 @@ def test_cluster_yaml_is_valid_for_the_ray_cluster_launcher():
     assert any("pip install -e" in c for c in config["setup_commands"])
 
 
+def test_the_on_premises_example_parses_and_its_head_holds_no_cpus_as_on_aws():
+    """Before: its head offered its CPUs, the search divided them into each trial's share, and trials asked for more CPUs
+    than a GPU node has (half of them placed, the others timing out)."""
+    text = CLUSTER_YAML.read_text().split("# --- On premises")[1].split("\n#\n", 1)[1].split("\n#\n", 1)[0]
+    config = yaml.safe_load("\n".join(line.removeprefix("# ") if line.startswith("# ") else "" for line in text.splitlines()))
+    assert config["provider"]["type"] == "local" and config["cluster_name"] == "cxr-tune-onprem"
+    assert "--num-cpus=0" in config["head_start_ray_commands"][-1] and "--head" in config["head_start_ray_commands"][-1]
+
+
 @pytest.mark.parametrize(("path", "value", "rejection", "message"), [
     (("available_node_types", "gpu_worker", "min_workers"), "none", jsonschema.ValidationError, "'none' is not of type 'integer'"),
     (("provider",), DELETE, jsonschema.ValidationError, "'provider' is a required property"),
