@@ -73,18 +73,22 @@ def fit(method: str, labels: np.ndarray, scores: np.ndarray, *, logits: np.ndarr
     or on ``logits`` when given: the exact logits the map will be applied to (``scores`` clipped
     at :data:`EPSILON` would flatten an overconfident model's, and fit it a steeper map).
 
-    Raises ``ValueError`` when the set cannot calibrate (one class only), its scores separate the
-    classes (no NORMAL image above a PNEUMONIA one: the likelihood grows without end as the map
-    steepens, so no finite map is the best, and the fit stops at an arbitrary one that calls every
-    image 0 or 1), a temperature runs to its search bound, or the fit would reverse the ranking (a
+    Raises ``ValueError`` when the set cannot calibrate (one class only), when the map's likelihood
+    grows without end as it steepens, so no finite map is the best and the fit would stop at an
+    arbitrary one that calls every image 0 or 1 (Platt: scores that separate the classes, no NORMAL
+    image above a PNEUMONIA one; temperature, which has no intercept: scores that separate them at
+    0.5, or a temperature at its search bound), or when the fit would reverse the ranking (a
     negative slope: scores that run against the labels).
     """
     labels, z = np.asarray(labels).astype(int), (logit(scores) if logits is None else np.asarray(logits, dtype=float))
     if len(np.unique(labels)) < 2:
         raise ValueError("calibration needs both classes in the set it is fitted on")
-    if z[labels == 0].max() <= z[labels == 1].min() and np.ptp(z) > 0:
-        raise ValueError("its scores separate the classes perfectly (no NORMAL image scores above a PNEUMONIA one), which leaves no "
-                         "finite calibration to fit; export without --calibrate")
+    normal_top, pneumonia_bottom = z[labels == 0].max(), z[labels == 1].min()
+    separated = normal_top <= pneumonia_bottom if method == "platt" else normal_top <= 0.0 <= pneumonia_bottom
+    if separated and np.ptp(z) > 0:
+        where = "" if method == "platt" else " on either side of 0.5"
+        raise ValueError(f"its scores separate the classes perfectly{where} (no NORMAL image scores above a PNEUMONIA one), which leaves "
+                         f"no finite {method} calibration to fit; export without --calibrate")
     if method == "platt":
         from sklearn.linear_model import LogisticRegression
 

@@ -5,6 +5,7 @@ deciding set while the ranking, the AUC and every decision stay as they were."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -72,13 +73,23 @@ def test_a_set_that_cannot_calibrate_is_refused():
         fit("platt", np.array([0, 0, 0, 1, 1, 1]), np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1]))
 
 
-@pytest.mark.parametrize("method", ["platt", "temperature"])
-def test_scores_that_separate_the_classes_are_refused_not_fitted_to_an_arbitrary_map(method):
+@pytest.mark.parametrize(("method", "scores"), [
+    ("platt", [0.1, 0.2, 0.4, 0.4, 0.8, 0.9]),  # a tie at the boundary separates too
+    ("platt", [0.55, 0.6, 0.65, 0.7, 0.8, 0.9]),  # Platt's intercept moves the boundary anywhere
+    ("temperature", [0.1, 0.2, 0.5, 0.5, 0.8, 0.9]),  # temperature has no intercept: separated at 0.5
+])
+def test_scores_that_separate_the_classes_are_refused_not_fitted_to_an_arbitrary_map(method, scores):
     """Separated scores have no finite maximum-likelihood map: temperature stopped at its bound (T = exp(-5)) and Platt at
     whatever slope its solver reached, each calling every image 0 or 1, with no word said."""
-    labels = np.array([0, 0, 0, 1, 1, 1])
     with pytest.raises(ValueError, match="separate the classes perfectly"):
-        fit(method, labels, np.array([0.1, 0.2, 0.4, 0.4, 0.8, 0.9]))  # a tie at the boundary separates too
+        fit(method, np.array([0, 0, 0, 1, 1, 1]), np.array(scores))
+
+
+def test_a_temperature_is_fitted_to_scores_that_separate_the_classes_away_from_one_half():
+    """Every NORMAL image above 0.5 is on the wrong side of a temperature's fixed boundary: the likelihood has a finite best
+    temperature, which was refused by the check that is right for Platt (a carved set often separates, at 0.91, say)."""
+    fitted = fit("temperature", np.array([0, 0, 0, 1, 1, 1]), np.array([0.55, 0.6, 0.65, 0.7, 0.8, 0.9]))
+    assert fitted.method == "temperature" and math.exp(-5) < 1 / fitted.slope < math.exp(5)
 
 
 def test_a_temperature_at_its_search_bound_is_refused():
