@@ -5,7 +5,7 @@ pickle-free model folder (:mod:`cxr_tune.modelfile`): ``model.onnx``, ``weights.
 ``model.json`` with the hyperparameters, preprocessing, the decision threshold and the metrics
 behind it: on carved validation, on the external set (when there is one: **selection-set
 numbers**, since those images chose the model and the threshold) and, when the data has a test
-split, on it at the stored threshold with 95 % bootstrap intervals. Works on finished and
+split, on it at the stored threshold with 95 % intervals (:data:`cxr_tune.set_metrics.INTERVAL_METHODS`). Works on finished and
 interrupted experiments alike.
 
 Which trials, which threshold: :mod:`cxr_tune.selection`, on the experiment's deciding set. With
@@ -51,7 +51,7 @@ from cxr_tune.operating_points import choose_points
 from cxr_tune.provenance import provenance
 from cxr_tune.selection import choose_threshold, diverged, ensemble_members, final_fit_kept, prefix_of, ranked_trials
 from cxr_tune.serving import MODEL_FILE
-from cxr_tune.set_metrics import clinical_metrics, held_out_metrics, set_metrics
+from cxr_tune.set_metrics import INTERVAL_METHODS, clinical_metrics, held_out_metrics, set_metrics
 from cxr_tune.train.checkpoints import has_predictions, load_predictions, load_state
 from cxr_tune.train.metrics import evaluate_scores
 from cxr_tune.views import TTA_VIEWS
@@ -331,7 +331,7 @@ def summary(meta: dict[str, Any], target: str) -> str:
         f"Exported trial {meta['trial_id']} (epoch {meta['epoch']})"
         + (f" with {len(meta['members']) - 1} more trial(s) as an averaging ensemble" if len(meta["members"]) > 1 else "")
         + f"{tag} to {target}",
-        f"  threshold {meta['threshold']:.4f} ({meta['threshold_rule']}); every set below at it",
+        f"  threshold {meta['threshold']:.4f} ({meta['threshold_rule']}); every set below at it, {INTERVAL_METHODS}",
         f"  {carved}: " + metric_line(meta["validation"], meta["validation"].get("ci95")),
     ]
     if "external" in meta:

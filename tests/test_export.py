@@ -1,4 +1,4 @@
-"""export_trial's refusals that need no trained model."""
+"""export_trial's refusals that need no trained model, and what its console summary says."""
 
 from __future__ import annotations
 
@@ -18,3 +18,15 @@ def test_a_trial_that_diverged_at_every_epoch_is_refused_in_one_line_naming_it(m
     with pytest.raises(UserError, match=r"^trial lost in exps/div diverged at every epoch") as refused:
         export.export_trial("exps/div", "lost")
     assert "\n" not in str(refused.value)
+
+
+def test_the_console_summary_says_which_interval_is_which():
+    """Sensitivity and specificity have Wilson intervals, AUC and balanced accuracy bootstrap ones: the summary says so, as the card does."""
+    import json
+
+    from cxr_tune.export import summary
+    from tests.conftest import ROOT
+
+    text = summary(json.loads((ROOT / "results/real/best/model.json").read_text()), "results/real/best")
+    assert "Wilson score for sensitivity, specificity and accuracy" in text.splitlines()[1]
+    assert "specificity 1.0000 [0.981, 1.000]" in text  # carved validation: 201 of 201 NORMAL images
