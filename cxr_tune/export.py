@@ -37,7 +37,7 @@ import pandas as pd
 from cxr_tune import __version__, folder_lock, storage
 from cxr_tune.cliargs import help_text, int_between, positive_int
 from cxr_tune.calibration import METHODS as CALIBRATION_METHODS
-from cxr_tune.calibration import Calibration, plot_reliability, reliability_curves
+from cxr_tune.calibration import RELIABILITY_SETS, Calibration, plot_reliability, reliability_curves
 from cxr_tune.calibration import fit as fit_calibration
 from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
@@ -341,8 +341,7 @@ def summary(meta: dict[str, Any], target: str) -> str:
         lines.append("  " + final_fit_line(meta["final_fit"]))
     if "test" in meta:
         lines.append("  test (held out, stored threshold): " + metric_line(meta["test"], meta["test"]["ci95"]))
-    measured = [(key, name) for key, name in (("validation", "carved validation"), ("external", "external"), ("test", "test"))
-                if isinstance(meta.get(key), dict) and "calibration" in meta[key]]
+    measured = [(key, name) for key, name in RELIABILITY_SETS if isinstance(meta.get(key), dict) and "calibration" in meta[key]]
     if measured:
         method = meta.get("calibration", {}).get("method", "none")
         lines.append(f"  calibration ({'none' if method == 'none' else method + '-calibrated'}), ECE / Brier: "

@@ -30,3 +30,4 @@ def test_the_console_summary_says_which_interval_is_which():
     text = summary(json.loads((ROOT / "results/real/best/model.json").read_text()), "results/real/best")
     assert "Wilson score for sensitivity, specificity and accuracy" in text.splitlines()[1]
     assert "specificity 1.0000 [0.981, 1.000]" in text  # carved validation: 201 of 201 NORMAL images
+    assert "; external validation 0." in text  # the calibration line names the sets as every other line does (it said "external")
