@@ -255,8 +255,9 @@ class Experiment:
         old = storage.read_text(self.file(COMPUTE_FILE)) if storage.exists(self.file(COMPUTE_FILE)) else ""
         started, (cpus, gpus), notes = time.time(), resources(), {}
 
-        def write(**end: Any) -> None:
-            line = json.dumps({"stage": stage, "seconds": round(time.time() - started, 1), "cpus": cpus, "gpus": gpus, **notes, **end})
+        def write(**end: Any) -> None:  # the notes at the end only: the caller fills them while the heartbeat runs
+            line = json.dumps({"stage": stage, "seconds": round(time.time() - started, 1), "cpus": cpus, "gpus": gpus,
+                               **(notes if "ended_at" in end else {}), **end})
             storage.write_text_atomic(self.file(COMPUTE_FILE), old + line + "\n")
 
         stop = threading.Event()
