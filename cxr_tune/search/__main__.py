@@ -168,9 +168,10 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.no_final_fit:
             overrides["final_fit"] = False
         folder_lock.hold(experiment)
-        recorded = Experiment(experiment).options
+        existing = Experiment(experiment)
+        recorded = existing.options
         if not storage.same_folder(recorded.experiment_dir, experiment):  # Tune's state and the searcher's study name the folder it ran in
-            readable = ("--report-only and export read a copy" if Experiment(experiment).has_tune_state()
+            readable = ("--report-only and export read a copy" if existing.has_tune_state()
                         else "this copy has no Tune state or checkpoints, so --report-only and export cannot read it either")
             raise UserError(f"'{experiment}' is a copy of the experiment run in '{recorded.experiment_dir}': Ray Tune's saved state names "
                             f"that folder, so only it can be resumed ({readable})")
