@@ -287,21 +287,34 @@ class Experiment:
             return []
         return [FinalRun(**run) for run in json.loads(storage.read_text(path))]
 
-    def final_fit_checkpoints(self) -> list[tuple[FinalRun, str]]:
-        """(run, checkpoint of its last epoch) for every final-fit run that trained all its epochs."""
+    def final_fit_ends(self) -> list[tuple[FinalRun, str, bool]]:
+        """(run, checkpoint of its last epoch, whether it diverged) for every final-fit run that ended:
+        it trained all its epochs, or its scores turned non-finite (the loop stops there, and the same
+        seed would diverge again, so it is never trained again)."""
+        import pandas as pd
+
+        from cxr_tune.selection import diverged
         from cxr_tune.train.checkpoints import load_state, saved_checkpoints
 
         out = []
         for run in self.final_fit_runs():
-            states = [(folder, load_state(folder)["epoch"]) for folder in saved_checkpoints(self.file(FINAL_FIT_DIR, TRAIN_DIR, run.name))]
-            last = max(states, key=lambda pair: pair[1], default=None)
-            if last is not None and last[1] + 1 >= run.epochs:
-                out.append((run, last[0]))
+            states = [(folder, load_state(folder)) for folder in saved_checkpoints(self.file(FINAL_FIT_DIR, TRAIN_DIR, run.name))]
+            if not states:
+                continue
+            folder, state = max(states, key=lambda pair: pair[1]["epoch"])
+            lost = bool(state.get("history")) and bool(diverged(pd.DataFrame(state["history"][-1:])).iloc[0])
+            if lost or state["epoch"] + 1 >= run.epochs:
+                out.append((run, folder, lost))
         return out
 
+    def final_fit_checkpoints(self) -> list[tuple[FinalRun, str]]:
+        """(run, checkpoint of its last epoch) for every final-fit run that trained all its epochs without diverging."""
+        return [(run, folder) for run, folder, lost in self.final_fit_ends() if not lost]
+
     def final_fit_complete(self) -> bool:
+        """Every final-fit run ended (:meth:`final_fit_ends`): nothing is left for ``--resume`` to train."""
         runs = self.final_fit_runs()
-        return bool(runs) and len(self.final_fit_checkpoints()) == len(runs)
+        return bool(runs) and len(self.final_fit_ends()) == len(runs)
 
     @cached_property
     def study_path(self) -> str:
@@ -323,7 +336,14 @@ class Experiment:
 
     def has_tune_state(self) -> bool:
         """True once Tune has saved the search's state, which it does at its first step."""
-        return storage.exists(self.file("tuner.pkl")) and bool(storage.glob(self.path, "experiment_state-*.json"))
+        return tune_state_saved(self.path)
+
+
+def tune_state_saved(folder: str) -> bool:
+    """Whether Tune can restore the run in ``folder`` (a search, or its final fit): ``tuner.pkl`` is
+    written before the first step, the trials' state (``experiment_state-*.json``) only at it; a
+    restore from ``tuner.pkl`` alone logs Ray's "Failed to restore the run state" traceback and starts afresh."""
+    return storage.exists(storage.join(folder, "tuner.pkl")) and bool(storage.glob(folder, "experiment_state-*.json"))
 
 
 def ranked_table(table: pd.DataFrame, deciding: str) -> pd.DataFrame:

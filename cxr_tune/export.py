@@ -182,7 +182,11 @@ def _final_fit_or_search(experiment: Experiment, table: pd.DataFrame, deciding: 
     ``force``; else that ensemble. Both AUCs come from the scores stored with the checkpoints:
     what each model scored on the deciding set when it trained, without test-time views.
     """
-    done = experiment.final_fit_checkpoints()
+    ends = experiment.final_fit_ends()
+    done = [(run, path) for run, path, lost in ends if not lost]
+    lost = [run.__dict__ for run, _, gone in ends if gone]
+    if force and not done:
+        raise UserError(f"every final-fit run in {experiment.path} diverged (its scores turned non-finite): there is no final fit to export")
     try:
         search_rows = ensemble_members(ranked_trials(table, deciding), experiment.space().settings.ensemble)
     except ValueError as exc:
@@ -190,9 +194,10 @@ def _final_fit_or_search(experiment: Experiment, table: pd.DataFrame, deciding: 
     prefix = prefix_of(deciding)
     final_auc = _stored_auc([path for _, path in done], prefix)
     search_auc = _stored_auc([experiment.checkpoint_for(row) for _, row in search_rows.iterrows()], prefix)
-    exported = force or final_fit_kept(final_auc, search_auc)
+    exported = bool(done) and (force or final_fit_kept(final_auc, search_auc))
     record = {
         "runs": [run.__dict__ for run, _ in done],
+        "diverged": lost,  # runs left out: their last epoch's scores were not finite
         "rule": FINAL_FIT_RULE,
         "exported": exported,
         "forced": force,

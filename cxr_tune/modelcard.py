@@ -177,7 +177,7 @@ def _search(meta: dict[str, Any]) -> list[str]:
     ]
     final = meta.get("final_fit")
     if final:
-        runs = final.get("runs", [])
+        runs = final.get("runs", []) + final.get("diverged", [])
         configs = sorted({run["trial_id"] for run in runs})
         lines[-1:-1] = [f"- Final fit: {len(configs)} best configuration(s) ({', '.join(f'`{c}`' for c in configs)}) trained again with new "
                         f"seeds, {len(runs)} run(s) of {runs[0]['epochs'] if runs else '?'} epochs, each judged at its last epoch (none picked "
@@ -361,7 +361,11 @@ def final_fit_line(record: dict[str, Any]) -> str:
         return f"final fit exported: the average of its {runs} runs' last epochs"
     where = "external set" if record.get("compared_on") == "external" else "carved validation set"
     ensemble = f"the search's own ensemble ({', '.join(record.get('search_members', []))})"
-    scored = f"its {runs} runs' average scored AUC {fmt(record.get('auc'))} on the {where}"
+    lost = len(record.get("diverged", []))
+    if lost and not runs:
+        return f"final fit NOT exported: all its {lost} runs diverged (their scores turned non-finite); {ensemble} exported instead"
+    left_out = f" ({lost} run(s) that diverged left out)" if lost else ""
+    scored = f"its {runs} runs' average{left_out} scored AUC {fmt(record.get('auc'))} on the {where}"
     if not record["exported"]:
         return f"final fit NOT exported: {scored} against {fmt(record.get('search_auc'))} for {ensemble}, exported instead (selection-set numbers)"
     how = "exported by --final-fit" if record.get("forced") else "exported"

@@ -103,3 +103,14 @@ def test_a_stage_that_ends_or_fails_records_its_end_notes_and_resources_at_the_e
     ended, interrupted = _compute_lines(tmp_path)
     assert ended["ended_by"] == "job budget" and (ended["cpus"], ended["gpus"]) == (8.0, 1.0) and "ended_at" in ended
     assert interrupted["stage"] == "search (resumed)" and "ended_at" in interrupted
+
+
+def test_tune_state_counts_as_saved_only_with_the_trials_state_beside_tuner_pkl(tmp_path):
+    """Tune writes ``tuner.pkl`` before its first step and the trials' state at it; restoring from
+    ``tuner.pkl`` alone logs a traceback from inside Ray and starts afresh (the final fit tried it)."""
+    from cxr_tune.experiment import tune_state_saved
+
+    (tmp_path / "tuner.pkl").write_bytes(b"")
+    assert not tune_state_saved(str(tmp_path))
+    (tmp_path / "experiment_state-2026-12-06_13-00-00.json").write_text("{}")
+    assert tune_state_saved(str(tmp_path))

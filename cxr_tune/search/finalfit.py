@@ -30,7 +30,7 @@ from typing import Any
 from cxr_tune import storage
 from cxr_tune.cliargs import assignments_text
 from cxr_tune.errors import ctrl_c_kept
-from cxr_tune.experiment import FINAL_FIT_DIR, FINAL_FIT_MEMBERS, LOG_FILE, TRAIN_DIR, Experiment, FinalRun
+from cxr_tune.experiment import FINAL_FIT_DIR, FINAL_FIT_MEMBERS, LOG_FILE, TRAIN_DIR, Experiment, FinalRun, tune_state_saved
 from cxr_tune.search.pace import final_fit_epochs
 from cxr_tune.selection import ensemble_members, ranked_trials
 from cxr_tune.train.checkpoints import load_state
@@ -107,8 +107,10 @@ def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = F
             _tuner(experiment, runs, options, verbose=verbose).fit()
     if storage.is_uri(experiment.path) and os.path.exists(log):
         storage.copy(log, experiment.file(LOG_FILE))
-    done = experiment.final_fit_checkpoints()
-    print(f"Final fit: {len(done)} of {len(runs)} run(s) completed in {(time.time() - started) / 60:.1f} min", flush=True)
+    ends = experiment.final_fit_ends()
+    lost = sum(gone for _, _, gone in ends)
+    print(f"Final fit: {len(ends) - lost} of {len(runs)} run(s) completed in {(time.time() - started) / 60:.1f} min"
+          + (f"; {lost} diverged (scores not finite) and are left out" if lost else ""), flush=True)
     return runs
 
 
@@ -162,7 +164,7 @@ def _tuner(experiment: Experiment, runs: list[FinalRun], options: Any, *, verbos
     ProgressPrinter.verbose = verbose
     ProgressPrinter.best_before = None  # its runs' own bests, not the search's
     FinalFitRuns.concurrency = plan.concurrency  # this command's cluster and flags, also for a restored final fit
-    if storage.exists(storage.join(folder, "tuner.pkl")):
+    if tune_state_saved(folder):  # else Tune never saved a step: start it afresh
         return tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=True)
     return tune.Tuner(
         trainable,

@@ -82,12 +82,14 @@ def final_fit_section(experiment: Experiment, prefix: str) -> list[str]:
     runs = experiment.final_fit_runs()
     if not runs:
         return []
-    done = dict((run.name, path) for run, path in experiment.final_fit_checkpoints())
+    ends = {run.name: (path, lost) for run, path, lost in experiment.final_fit_ends()}
     rows = []
     for run in runs:
-        last = load_state(done[run.name])["history"][-1] if run.name in done else {}
+        path, lost = ends.get(run.name, (None, False))
+        last = load_state(path)["history"][-1] if path and not lost else {}
+        ended = "no" if path is None else f"diverged at epoch {load_state(path)['epoch'] + 1} (left out)" if lost else "yes"
         rows.append({"run": run.name, "configuration (search trial)": run.trial_id, "seed": run.seed, "epochs": run.epochs,
-                     "completed": run.name in done, **{f"{p}_{m}": last.get(f"{p}_{m}") for p in ("val", "ext") for m in ("auc", "balanced_accuracy")
+                     "completed": ended, **{f"{p}_{m}": last.get(f"{p}_{m}") for p in ("val", "ext") for m in ("auc", "balanced_accuracy")
                                                        if f"{p}_{m}" in last}})
     minutes = experiment.stage_minutes().get("final fit", 0.0)
     searches = [entry for entry in experiment.compute_log() if entry.get("final_fit_estimate_seconds") is not None]

@@ -335,6 +335,45 @@ def test_a_final_fit_that_scores_below_the_search_s_own_ensemble_is_not_exported
     assert refused.returncode == 2 and "--final-fit exports the final fit's runs: it takes no --trial" in refused.stderr
 
 
+def diverge(run_folder: Path, at_epoch: int) -> None:
+    """A final-fit run's last checkpoint rewritten, in a copy, as the loop leaves a run whose scores turned non-finite at ``at_epoch`` (1-based)."""
+    import torch
+
+    for path in run_folder.glob("checkpoint_*/state.pt"):
+        state = torch.load(path, weights_only=True)
+        state["history"] = [*state["history"][:at_epoch - 1], {**state["history"][at_epoch - 1], "diverged": True, "ext_non_finite": 3}]
+        torch.save({**state, "epoch": at_epoch - 1}, path)
+
+
+def test_a_final_fit_run_that_diverged_ends_its_run_and_is_left_out_of_the_average(experiment, tmp_path):
+    """Before: a run that diverged before its last epoch left the final fit incomplete for good (each --resume ended
+    "interrupted" and export refused it), and one that diverged at its last epoch was averaged in."""
+    from cxr_tune.experiment import Experiment
+    from cxr_tune.search.report import final_fit_section
+
+    copy = copy_tree(experiment, tmp_path / "ext")
+    runs = [run["name"] for run in json.loads((copy / "finalfit" / "members.json").read_text())]
+    diverge(copy / "finalfit" / "train" / runs[0], at_epoch=1)
+    assert Experiment(str(copy)).final_fit_complete()  # nothing for --resume to train: the same seed diverges again
+    assert [run.name for run, _ in Experiment(str(copy)).final_fit_checkpoints()] == runs[1:]
+    assert "| diverged at epoch 1 (left out) |" in "\n".join(final_fit_section(Experiment(str(copy)), "ext"))
+    done = call_cli("cxr_tune.export", str(copy), "--final-fit", "--out", str(tmp_path / "model"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert [m["trial_id"] for m in meta["members"]] == runs[1:] and [run["name"] for run in meta["final_fit"]["diverged"]] == runs[:1]
+    assert "(1 run(s) that diverged left out)" in done.stdout
+
+    for run in runs[1:]:
+        diverge(copy / "finalfit" / "train" / run, at_epoch=EPOCHS)
+    refused = call_cli("cxr_tune.export", str(copy), "--final-fit", "--out", str(tmp_path / "none"))
+    assert refused.returncode == 2 and "every final-fit run in" in refused.stderr and "diverged" in refused.stderr
+    done = call_cli("cxr_tune.export", str(copy), "--out", str(tmp_path / "search"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    meta = json.loads((tmp_path / "search" / "model.json").read_text())
+    assert meta["final_fit"]["exported"] is False and [m["trial_id"] for m in meta["members"]] == meta["final_fit"]["search_members"]
+    assert f"all its {SEEDS} runs diverged" in done.stdout
+
+
 def test_a_final_fit_whose_best_configurations_changed_is_planned_again_keeping_its_runs_checkpoints(experiment, tmp_path, capsys):
     """A resumed search that ran more trials can change the ranking under an interrupted final fit:
     the old list and Tune's record of it go, the runs' own checkpoints stay."""
