@@ -71,18 +71,13 @@ def read_gray8(source: bytes | str | Path) -> Gray8:
     """The first frame of the DICOM file ``source`` (its bytes or path), mapped to 8-bit grayscale.
 
     Raises :class:`DicomError` with a one-line reason when the file has no pixel data, its
-    transfer syntax cannot be decoded with the installed packages, or its pixels are corrupt.
+    transfer syntax cannot be decoded with the installed packages, its pixels are corrupt, or its
+    header declares more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS`` (checked before decoding).
     """
-    import pydicom
     from pydicom.pixels import pixel_array
 
-    try:
-        # Only the tags needed to map pixels: group 0028 (image pixel, modality and VOI LUT modules).
-        ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source, specific_tags=_wanted_tags())
-    except (FileNotFoundError, PermissionError):
-        raise  # not a DICOM problem; reported like any file that cannot be opened
-    except Exception as exc:  # noqa: BLE001 - a malformed header is a per-file skip, whatever pydicom raises
-        raise DicomError(f"unreadable DICOM header ({_first_line(exc)})") from exc
+    _check_pixel_count(_read(source, stop_before_pixels=True))  # before anything the size decides is allocated
+    ds = _read(source, stop_before_pixels=False)
     if not any(tag in ds for tag in _PIXEL_DATA_TAGS):
         raise DicomError("DICOM without pixel data (not an image, e.g. a report or structured document)")
     syntax = _check_decodable(ds)
@@ -105,6 +100,73 @@ def read_gray8(source: bytes | str | Path) -> Gray8:
     if photometric == "MONOCHROME1":
         pixels = 255 - pixels  # MONOCHROME1 shows air white; flip so bright = dense
     return Gray8(pixels, mode, **said)
+
+
+def _read(source: bytes | str | Path, *, stop_before_pixels: bool) -> Dataset:
+    """The tags needed to map pixels (:func:`_wanted_tags`) of ``source``; the header read
+    (``stop_before_pixels``) first checks a Deflated file's inflated size (:func:`_check_inflated_size`)."""
+    import pydicom
+
+    try:
+        if stop_before_pixels:
+            _check_inflated_size(source)
+        return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source,
+                               specific_tags=_wanted_tags(), stop_before_pixels=stop_before_pixels)
+    except (FileNotFoundError, PermissionError, DicomError):
+        raise  # an unopenable file is reported like any other; a DicomError already says why
+    except Exception as exc:  # noqa: BLE001 - a malformed header is a per-file skip, whatever pydicom raises
+        raise DicomError(f"unreadable DICOM header ({_first_line(exc)})") from exc
+
+
+def _pixel_limit() -> int | None:
+    """Pillow's decompression-bomb limit (None: switched off), read at each call as Pillow does."""
+    from PIL import Image
+
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _check_pixel_count(header: Dataset) -> None:
+    """Refuse a file whose header declares more pixels than Pillow accepts, as Pillow refuses such a
+    PNG: decoding allocates what the header declares, whatever the file's own size."""
+    limit = _pixel_limit()
+    try:
+        rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
+        frames = int(header.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        raise DicomError("DICOM with an unreadable image size (Rows, Columns or Number of Frames)") from None
+    if limit is not None and rows * columns * frames > limit:
+        raise DicomError(f"DICOM image of {columns}x{rows} pixels x {frames} frame(s) exceeds Pillow's limit of "
+                         f"{limit} pixels (a possible decompression bomb)")
+
+
+#: A Deflated file's dataset may inflate to at most this many bytes per pixel Pillow accepts: a 16-bit
+#: X-ray (2 bytes a pixel) at the pixel limit fits twice over, with room for its header.
+INFLATED_BYTES_PER_PIXEL = 4
+_INFLATE_CHUNK = 1 << 20
+
+
+def _check_inflated_size(source: bytes | str | Path) -> None:
+    """Refuse a Deflated Explicit VR file whose dataset inflates past the limit, counting it in chunks:
+    pydicom inflates the whole dataset into memory at once, even to read only the header."""
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble  # dcmread's own steps (pydicom is pinned)
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    limit = _pixel_limit()
+    with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as file:
+        read_preamble(file, False)
+        meta = _read_file_meta_info(file)
+        if limit is None or meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return
+        limit *= INFLATED_BYTES_PER_PIXEL
+        inflater, size, data = zlib.decompressobj(-zlib.MAX_WBITS), 0, file.read(_INFLATE_CHUNK)
+        while data and not inflater.eof:
+            size += len(inflater.decompress(data, _INFLATE_CHUNK))
+            if size > limit:
+                raise DicomError(f"Deflated DICOM inflates to more than {limit / 1e6:.0f} MB ({INFLATED_BYTES_PER_PIXEL} bytes "
+                                 "per pixel of Pillow's limit; a possible decompression bomb)")
+            data = inflater.unconsumed_tail or file.read(_INFLATE_CHUNK)
 
 
 def _wanted_tags() -> list[int]:

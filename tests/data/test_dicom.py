@@ -12,15 +12,16 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image, features
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
-from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless, generate_uid
 
-from cxr_tune.data.dicom import read_gray8
-from cxr_tune.data.imaging import decode_gray, probe, try_decode_gray
+from cxr_tune.data.dicom import DicomError, read_gray8
+from cxr_tune.data.imaging import decode_gray, probe, try_decode_checked, try_decode_gray
 from cxr_tune.data.sources import build_manifest
 from tests.conftest import call_cli, kermany_folder
 from tests.exports import write_export
@@ -233,3 +234,35 @@ def test_predict_scores_dicoms_exactly_as_the_pngs_they_were_made_from(tmp_path)
     assert len(set(scores["png"].values())) == 4  # four different images, so a mix-up would show
     for case, expected in scores["png"].items():
         assert scores["dicom"][case] == pytest.approx(expected, abs=1e-6), case
+
+
+def test_a_dicom_declaring_more_pixels_than_pillow_allows_is_skipped_before_decoding(tmp_path, monkeypatch):
+    # 65535 x 65535 declared over 3 KB of pixels: refused from the header, as Pillow refuses such a PNG
+    bomb = dicom_bytes(IMAGE, "MONOCHROME2", 8, Rows=65535, Columns=65535)
+    image, reason = try_decode_gray(bomb, 16)
+    assert image is None and reason.startswith("DICOM image of 65535x65535 pixels x 1 frame(s) exceeds Pillow's limit of ")
+    (tmp_path / "bomb.dcm").write_bytes(bomb)
+    assert try_decode_checked(str(tmp_path / "bomb.dcm"), 16)[2] == reason  # predict's decode says the same
+    with pytest.raises(DicomError, match="exceeds Pillow's limit"):
+        probe(bomb)  # the data scan and inspect
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", IMAGE.size)  # Pillow's own setting is the limit
+    assert try_decode_gray(dicom_bytes(IMAGE, "MONOCHROME2", 8), 16)[1] is None
+    assert "exceeds Pillow's limit" in try_decode_gray(dicom_bytes(np.stack([IMAGE, IMAGE]), "MONOCHROME2", 8), 16)[1]
+
+
+def deflated(pixels: np.ndarray, **elements) -> bytes:
+    """``pixels`` as a Deflated Explicit VR Little Endian DICOM."""
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(pixels, "MONOCHROME2", 8, **elements)))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_deflated_dicom_that_inflates_past_the_pixel_limit_is_skipped(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500_000)  # 2 MB inflated at most
+    assert np.array_equal(read_gray8(deflated(IMAGE)).pixels, IMAGE)
+    padded = deflated(IMAGE, DataSetTrailingPadding=bytes(3_000_000))  # a few KB on disk, 3 MB inflated
+    assert len(padded) < 10_000
+    image, reason = try_decode_gray(padded, 16)
+    assert image is None and reason.startswith("Deflated DICOM inflates to more than 2 MB (4 bytes per pixel of Pillow's limit")
