@@ -44,7 +44,7 @@ import torch
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.formatting import json_safe
+from cxr_tune.formatting import json_safe, printable
 from cxr_tune.modelcard import CARD_FILE, model_card
 from cxr_tune.modelfile import (Members, build_files, check_model_target, load_members, recorded_calibration, recorded_views, serving_model,
                                 torch_scores, write_model_folder)
@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Left out {len(meta['left_out'])} image(s) unlike the chest X-rays the model learned from (check them; "
               "their statistics are not the site's X-rays'):")
         for path, reason in meta["left_out"]:
-            print(f"  {path}: {reason}")
+            print(f"  {printable(path)}: {reason}")
     fell_back = args.threshold_rule != record["threshold_rule"]  # the next line says why, once
     shown = f"{meta['threshold']:.4f}, kept from the unadapted model" if fell_back else f"{record['threshold']} (unadapted: {record['unadapted_threshold']:.4f})"
     print(f"  threshold {shown}")

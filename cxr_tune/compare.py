@@ -28,7 +28,7 @@ import pandas as pd
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.formatting import fmt, interval, json_safe
+from cxr_tune.formatting import fmt, interval, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import threshold_for
 from cxr_tune.predict import collect, predict
@@ -102,7 +102,7 @@ def describe(result: dict[str, Any]) -> str:
                       "difference these images can show):", "", differences.to_markdown(index=False)]
     if result["skipped"]:
         lines += ["", f"Left out: {len(result['skipped'])} file(s) a model could not read:"]
-        lines += [f"  {path}: {reason}" for path, reason in result["skipped"].items()]
+        lines += [f"  {printable(path)}: {reason}" for path, reason in result["skipped"].items()]
     return "\n".join(lines)
 
 

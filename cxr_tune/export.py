@@ -46,7 +46,7 @@ from cxr_tune.modelcard import CARD_FILE, final_fit_line, model_card
 from cxr_tune.modelfile import (PREDICTIONS_FILES, WEIGHTS_FILE, Members, build_files, check_model_target, check_scores, mean_logits,
                                  members_from_states, serving_model, torch_scores, write_model_folder)
 from cxr_tune.experiment import Experiment
-from cxr_tune.formatting import fmt, json_safe, metric_line
+from cxr_tune.formatting import fmt, for_spreadsheet, json_safe, metric_line
 from cxr_tune.operating_points import choose_points
 from cxr_tune.provenance import provenance
 from cxr_tune.selection import choose_threshold, diverged, ensemble_members, final_fit_kept, prefix_of, ranked_trials
@@ -321,7 +321,8 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
         if names[prefix] in meta:
             meta[names[prefix]].update(clinical_metrics(sets[prefix].rows["path"].astype(str).tolist(), sets[prefix].labels, scores[prefix],
                                                         threshold, points, uncalibrated[prefix] if calibration is not None else None))
-    extra = {PREDICTIONS_FILES[prefix]: _predictions(sets[prefix], scores[prefix], threshold).to_csv(index=False).encode() for prefix in sets}
+    extra = {PREDICTIONS_FILES[prefix]: for_spreadsheet(_predictions(sets[prefix], scores[prefix], threshold)).to_csv(index=False).encode()
+             for prefix in sets}
     extra[CARD_FILE] = model_card(json_safe(meta)).encode()
     extra[RELIABILITY_FILE] = _reliability_png(meta)
     write_model_folder(target, files, meta, extra)

@@ -1,12 +1,15 @@
-"""Numbers for people: metrics as text, ``n/a`` where undefined (and ``null`` in JSON); a console line's clock and time left.
-Used by export, predict, report, train, search and bench alike."""
+"""Numbers for people: metrics as text, ``n/a`` where undefined (and ``null`` in JSON); a console line's clock and time left;
+file names as the console and a spreadsheet can show them safely. Used by export, predict, report, train, search and bench alike."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 METRIC_NAMES = (("AUC", "auc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("balanced accuracy", "balanced_accuracy"))
 
@@ -57,3 +60,37 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def printable(name: str) -> str:
+    r"""A file name for the console: each character that is not printable (a newline, an escape code,
+    a tab) as Python's repr writes it, so a name can neither forge a line nor drive the terminal;
+    ordinary names, spaces and non-ASCII letters stay as they are.
+
+    >>> print(printable("NORMAL/tête 1.jpeg"), printable("a.jpeg\n0.0010  NORMAL  b.jpeg"), printable("\x1b[31mRED"))
+    NORMAL/tête 1.jpeg a.jpeg\n0.0010  NORMAL  b.jpeg \x1b[31mRED
+    """
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in name)
+
+
+#: A cell starting with one of these is a formula to Excel and LibreOffice (a file named ``=HYPERLINK(...)``);
+#: the quote itself is in the list so that :func:`from_spreadsheet` gives every cell back exactly.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def for_spreadsheet(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` for a CSV a person opens in a spreadsheet: a text cell starting with = + - @ TAB CR
+    (or ') gets a leading ', which makes it text; :func:`from_spreadsheet` reads it back."""
+    return _map_text(frame, lambda text: "'" + text if text.startswith(_FORMULA_STARTS) else text)
+
+
+def from_spreadsheet(frame: pd.DataFrame) -> pd.DataFrame:
+    """A CSV written through :func:`for_spreadsheet`, read back: its text cells as they were."""
+    return _map_text(frame, lambda text: text[1:] if text.startswith("'") else text)
+
+
+def _map_text(frame: pd.DataFrame, change: Any) -> pd.DataFrame:
+    from pandas.api.types import is_numeric_dtype
+
+    text = [name for name in frame.columns if not is_numeric_dtype(frame[name])]
+    return frame.assign(**{name: frame[name].map(lambda v: change(v) if isinstance(v, str) else v) for name in text})

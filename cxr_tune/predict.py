@@ -43,7 +43,7 @@ from cxr_tune.data.imaging import decode_gray, describe_failure, try_decode_chec
 from cxr_tune.data.sources import CLASSES
 from cxr_tune.data.synthetic import SYNTHETIC_MARKER
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.formatting import fmt, interval, json_safe
+from cxr_tune.formatting import fmt, for_spreadsheet, interval, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
 from cxr_tune.serving import LoadedModel, load_model, probabilities
@@ -304,19 +304,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         columns = ["path", "probability", "prediction", "check"]
         if members is not None:  # which figure is which image's (file names repeat across folders)
             frame["explanation"], columns = explanation_names(frame["path"]), [*columns, "explanation"]
-        storage.write_csv(args.csv, frame[columns])
+        storage.write_csv(args.csv, for_spreadsheet(frame[columns]))
     points = {name: {"threshold": value} for name, value in known_points(model.meta).items()}
     metrics = labelled_metrics(frame, threshold, points)
     if metrics is None and args.metrics:
         raise UserError(f"--metrics: none of the labelled file(s) in {', '.join(args.inputs)} could be read as an image "
-                        f"({len(skipped)} unreadable: {', '.join(skipped['path'].head(3))}{', ...' if len(skipped) > 3 else ''}); {args.metrics} not written")
+                        f"({len(skipped)} unreadable: {', '.join(skipped['path'].head(3).map(printable))}{', ...' if len(skipped) > 3 else ''}); {args.metrics} not written")
     if metrics is not None and args.metrics:
         record = {"model": args.model, "operating_point": args.operating_point, "scored": len(frame), "skipped": len(skipped), **metrics}
         storage.write_text_atomic(args.metrics, json.dumps(json_safe(record), indent=2))
     written = explain(model, members, frame, args.explain, args.operating_point) if members is not None and not frame.empty else None
     if not args.quiet:
         for row in frame.itertuples():
-            print(f"{row.probability:.4f}  {CLASSES[row.prediction]:<9}  {row.path}")
+            print(f"{row.probability:.4f}  {CLASSES[row.prediction]:<9}  {printable(row.path)}")
     if args.csv:
         print(f"Wrote {len(frame)} predictions to {args.csv}")
     if metrics is not None:
@@ -329,11 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not flagged.empty:
         print(f"Check {len(flagged)} image(s) before trusting the score: unlike the chest X-rays the model learned from")
         for row in flagged.itertuples():
-            print(f"  {row.path}: {row.check}")
+            print(f"  {printable(row.path)}: {row.check}")
     if not skipped.empty:
         print(f"Skipped {len(skipped)} unreadable file(s):")
         for row in skipped.itertuples():
-            print(f"  {row.path}: {row.reason}")
+            print(f"  {printable(row.path)}: {row.reason}")
     if frame.empty:
         raise UserError("none of the files could be read as an image")
     return 0

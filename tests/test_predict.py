@@ -192,3 +192,31 @@ def test_explain_to_object_storage_is_one_line_not_a_local_folder_named_s3(tmp_p
     done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--explain", "s3://bucket/maps")
     assert done.returncode == 2 and "--explain 's3://bucket/maps': the figures go to a local folder" in done.stderr
     assert not (tmp_path / "s3:").exists()
+
+
+def test_file_names_cannot_forge_console_lines_drive_the_terminal_or_run_as_spreadsheet_formulas(tmp_path, monkeypatch, capsys):
+    import csv
+
+    from cxr_tune.formatting import from_spreadsheet
+    from cxr_tune.predict import main
+    from tests.conftest import write_image
+
+    model = write_export(tmp_path / "best", image_size=16)
+    site = tmp_path / "site"
+    names = ['=HYPERLINK("http:evil.example","x").jpeg', "@SUM(1+1)*cmd|x.jpeg", "-2+3.jpeg", "NORMAL/\x1b[2J\x1b[31mRED.jpeg",
+             "NORMAL/a.jpeg\n0.0010  NORMAL     fake-patient.jpeg", "NORMAL/tête 1.jpeg"]
+    for seed, name in enumerate(names):
+        write_image(site / name, seed=seed)
+    (site / "NORMAL" / "\x1b]0;title\x07bad.jpeg").write_bytes(b"not an image")
+    monkeypatch.chdir(site)  # the names as given, as `predict .` in that folder shows them
+    assert main(["--model", str(model), ".", "--csv", str(tmp_path / "p.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert not any(line.startswith("0.0010") for line in out.splitlines())  # no forged result line
+    assert "NORMAL/a.jpeg\\n0.0010  NORMAL     fake-patient.jpeg" in out
+    assert "NORMAL/\\x1b[2J\\x1b[31mRED.jpeg" in out and "NORMAL/tête 1.jpeg" in out
+    assert "  NORMAL/\\x1b]0;title\\x07bad.jpeg: not an image Pillow can read" in out
+    with open(tmp_path / "p.csv", newline="") as file:
+        cells = [row["path"] for row in csv.DictReader(file)]
+    assert sorted(cells) == sorted(["'" + name if name[0] in "=@-" else name for name in names])
+    assert sorted(from_spreadsheet(pd.read_csv(tmp_path / "p.csv"))["path"]) == sorted(names)  # read back as written

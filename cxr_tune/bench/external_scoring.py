@@ -20,6 +20,7 @@ from cxr_tune.bench.common import paired_auc_difference
 from cxr_tune.bench.kept import KeptRuns
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
+from cxr_tune.formatting import from_spreadsheet
 from cxr_tune.modelfile import PREDICTIONS_FILES
 from cxr_tune.selection import REPORTED_RESAMPLES, choose_threshold
 from cxr_tune.serving import META_FILE, read_meta
@@ -50,7 +51,7 @@ def export_on_external(experiment: Experiment, model: str | None) -> ExportOnExt
     if meta.get("search", {}).get("command") != experiment.info.get("command"):
         raise UserError(f"'{model}' is not an export of '{experiment.path}': its model.json names the search "
                         f"`{meta.get('search', {}).get('command')}`, the experiment was `{experiment.info.get('command')}`")
-    predictions = storage.read_csv(best)
+    predictions = from_spreadsheet(storage.read_csv(best))
     return ExportOnExternal(model, meta, predictions["label"].to_numpy().astype(int), predictions["probability"].to_numpy(),
                             _hashes_in_export_order(experiment, predictions), predictions["path"].tolist())
 

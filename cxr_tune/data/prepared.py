@@ -24,6 +24,7 @@ from cxr_tune import storage
 from cxr_tune.data.sources import EXTERNAL, Source, add_groups, load_external, load_source
 from cxr_tune.data.splits import assign_roles
 from cxr_tune.errors import UserError
+from cxr_tune.formatting import printable
 
 #: Fewer labelled images per class than this cannot rank trials: one image moves balanced
 #: accuracy by more than 2.5 points, and bootstrap intervals span most of the range.
@@ -134,7 +135,7 @@ class SplitData:
         skipped = self.source.skipped
         if skipped.empty:
             return None
-        first = "; ".join(f"{path}: {reason}" for path, reason in skipped[["path", "reason"]].head(shown).itertuples(index=False))
+        first = "; ".join(f"{printable(path)}: {reason}" for path, reason in skipped[["path", "reason"]].head(shown).itertuples(index=False))
         more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
         data = self.options.data or ""
         val_data = self.options.val_data if self.options.val_data not in ("auto", "none") else ""

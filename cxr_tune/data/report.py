@@ -7,6 +7,7 @@ import pandas as pd
 from cxr_tune.data.prepared import SplitData
 from cxr_tune.data.sources import CLASSES
 from cxr_tune.data.splits import leakage
+from cxr_tune.formatting import printable
 
 MAX_LISTED = 30
 
@@ -110,7 +111,7 @@ def unlike_report(manifest: pd.DataFrame) -> str:
 
 def _listed(header: str, frame: pd.DataFrame, why: str) -> str:
     """``header``, then ``path: why`` for the first :data:`MAX_LISTED` rows and how many more there are."""
-    lines = [header] + [f"  {path}: {reason}" for path, reason in frame[["path", why]].head(MAX_LISTED).itertuples(index=False)]
+    lines = [header] + [f"  {printable(path)}: {reason}" for path, reason in frame[["path", why]].head(MAX_LISTED).itertuples(index=False)]
     if len(frame) > MAX_LISTED:
         lines.append(f"  ... and {len(frame) - MAX_LISTED} more")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ from cxr_tune import storage  # noqa: E402
 from cxr_tune.calibration import plot_reliability, reliability_curves  # noqa: E402
 from cxr_tune.data.imaging import decode_gray  # noqa: E402
 from cxr_tune.experiment import Experiment  # noqa: E402
-from cxr_tune.formatting import fmt  # noqa: E402
+from cxr_tune.formatting import fmt, from_spreadsheet  # noqa: E402
 from cxr_tune.modelcard import calibration_section, final_fit_line, operating_point_section, subgroup_section  # noqa: E402
 from cxr_tune.modelfile import PREDICTIONS_FILES, load_members  # noqa: E402
 from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
@@ -348,7 +348,7 @@ def _clinical_plots(plots: Path, experiment: Experiment, exported: dict[str, Any
         return {}
     deciding = "external" if exported.get("deciding_set") == "external" else "validation"
     predictions_file = experiment.file("best", PREDICTIONS_FILES["ext" if deciding == "external" else "val"])
-    predictions = storage.read_csv(predictions_file, dtype={"path": str}) if storage.exists(predictions_file) else None
+    predictions = from_spreadsheet(storage.read_csv(predictions_file, dtype={"path": str})) if storage.exists(predictions_file) else None
     plot_reliability(plots / "reliability.png", reliability_curves(exported), "Exported model: reliability")
     return {
         "reliability": None,
