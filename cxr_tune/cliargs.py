@@ -89,11 +89,15 @@ def assignment(text: str) -> tuple[str, Any]:
     """
     import yaml
 
+    from cxr_tune.yamlfile import AliasRefused, parse
+
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"{text!r} must look like KEY=VALUE, e.g. epochs=3")
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), parse(value)
+    except AliasRefused as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc} is not accepted (YAML aliases are refused); write the value out") from None
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(f"{text!r}: the value is not a number, word or list") from None
 

@@ -1,4 +1,5 @@
-"""Read a YAML mapping from a file, or stop with one line naming the file and the problem."""
+"""Read a YAML mapping from a file, or stop with one line naming the file and the problem; the one
+reader of YAML (space and params files, ``--set`` values)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,34 @@ import yaml
 from cxr_tune.errors import UserError
 
 
+class AliasRefused(yaml.YAMLError):
+    """A YAML alias (``*name``): refused, because nine nested aliases make a 1 KB file a billion strings."""
+
+    def __init__(self, anchor: str, mark: yaml.Mark) -> None:
+        super().__init__(f"the alias *{anchor} at line {mark.line + 1}")
+        self.anchor, self.mark = anchor, mark
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, but an alias stops it before anything is built from it. No file
+    this project reads needs one; each value is written out."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise AliasRefused(event.anchor, event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse(text: str) -> Any:
+    """``text`` as ``yaml.safe_load`` reads it, refusing aliases (:class:`AliasRefused`).
+
+    >>> parse("[0.1, balanced]")
+    [0.1, 'balanced']
+    """
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader, stricter still
+
+
 def load_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """The top-level mapping in ``path``; ``what`` names the kind of file in error messages."""
     path = Path(path)
@@ -18,9 +47,11 @@ def load_mapping(path: str | Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{what} file '{path}' does not exist")
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        content = parse(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise UserError(f"{what} file '{path}' cannot be read: {exc.strerror or exc}") from None
+    except AliasRefused as exc:
+        raise UserError(f"{path}: {exc} is not accepted (YAML aliases are refused); write the value out") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -55,6 +55,9 @@ def test_settings_read_their_values_as_a_params_file_would_and_refuse_what_is_no
     for text in ("mixup", "=0.2", "x=[1,"):
         with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE|not a number"):
             assignment(text)
+    # nine nested aliases on one line would be a billion strings: refused before any is built
+    with pytest.raises(argparse.ArgumentTypeError, match=r"the alias \*a at line 1 is not accepted \(YAML aliases are refused\)"):
+        assignment("lr=[&a [lol, lol], &b [*a, *a]]")
 
 
 SEARCH = [

@@ -38,6 +38,7 @@ file, the key and the problem.
 
 from __future__ import annotations
 
+import reprlib  # a value in an error message is shown short: a space file's value can be any size
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -240,7 +241,7 @@ def _settings(raw: Any, fail: Any) -> SearchSettings:
             raise fail(f"search.{key}", f"unknown setting; use {', '.join(sorted(allowed))}")
         if key == "asha_rule":
             if value not in ASHA_RULES:
-                raise fail("search.asha_rule", f"must be one of {', '.join(ASHA_RULES)}, got {value!r}")
+                raise fail("search.asha_rule", f"must be one of {', '.join(ASHA_RULES)}, got {reprlib.repr(value)}")
             values[key] = value
             continue
         if key == "final_fit_changes":
@@ -248,7 +249,7 @@ def _settings(raw: Any, fail: Any) -> SearchSettings:
             continue
         least = 2 if key == "reduction_factor" else 0 if key in ("startup_trials", "final_fit_top", "final_fit_epochs") else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise fail(f"search.{key}", f"must be a whole number >= {least}, got {value!r}")
+            raise fail(f"search.{key}", f"must be a whole number >= {least}, got {reprlib.repr(value)}")
         values[key] = value
     settings = SearchSettings(**values)
     if settings.grace_period > settings.max_epochs:
@@ -282,14 +283,14 @@ def _param(name: str, spec: Any, known: dict[str, str], fail: Any, checked: bool
         raise fail(f"{key}.{sorted(unknown)[0]}", f"unknown key; use {', '.join(sorted(_PARAM_KEYS))}")
     kind = spec.get("type")
     if kind not in TYPES:
-        raise fail(f"{key}.type", f"unknown type {kind!r}; use {', '.join(TYPES)}")
+        raise fail(f"{key}.type", f"unknown type {reprlib.repr(kind)}; use {', '.join(TYPES)}")
     when = spec.get("when") or {}
     if not isinstance(when, dict):
         raise fail(f"{key}.when", "must be a mapping like {optimizer: sgd}")
     when = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in when.items()}
     per_block = spec.get("per_block")
     if per_block is not None and not isinstance(per_block, str):
-        raise fail(f"{key}.per_block", f"must be the name of one int parameter, like per_block: depth, got {per_block!r}")
+        raise fail(f"{key}.per_block", f"must be the name of one int parameter, like per_block: depth, got {reprlib.repr(per_block)}")
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -302,7 +303,7 @@ def _param(name: str, spec: Any, known: dict[str, str], fail: Any, checked: bool
     for bound in ("low", "high"):
         value = spec.get(bound)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise fail(f"{key}.{bound}", f"must be a number, got {value!r}")
+            raise fail(f"{key}.{bound}", f"must be a number, got {reprlib.repr(value)}")
     low, high = spec["low"], spec["high"]
     if low > high:
         raise fail(key, f"low {low} > high {high}")
@@ -325,7 +326,7 @@ def _log(spec: dict[str, Any], kind: str, key: str, fail: Any) -> bool:
     """Whether the parameter is sampled on a log scale; only a boolean says so (YAML's 'false' is a string)."""
     log = spec.get("log", kind == "logfloat")
     if not isinstance(log, bool):
-        raise fail(key, f"must be true or false, got {log!r}")
+        raise fail(key, f"must be true or false, got {reprlib.repr(log)}")
     if kind == "logfloat" and not log:
         raise fail(key, "a logfloat is always on a log scale; use type: float for a linear one")
     if kind == "float" and log:  # a float is sampled linearly: say so, rather than change what older searches sampled
@@ -339,9 +340,9 @@ def _check_step(step: Any, kind: str, log: bool, key: str, fail: Any) -> None:
         raise fail(key, "cannot be combined with a log scale")
     number = isinstance(step, (int, float)) and not isinstance(step, bool)
     if kind == "int" and not (number and step >= 1 and float(step).is_integer()):
-        raise fail(key, f"an int parameter's step must be a whole number >= 1, got {step!r}")
+        raise fail(key, f"an int parameter's step must be a whole number >= 1, got {reprlib.repr(step)}")
     if not (number and step > 0):
-        raise fail(key, f"must be a positive number, got {step!r}")
+        raise fail(key, f"must be a positive number, got {reprlib.repr(step)}")
 
 
 def _check_links(params: tuple[Param, ...], fixed: dict[str, Any], fail: Any, checked: bool = True) -> None:

@@ -136,6 +136,23 @@ def test_a_bad_space_file_names_the_file_the_key_and_the_problem(tmp_path, body,
     assert "\n" not in message
 
 
+def test_an_alias_or_a_huge_value_in_a_space_file_is_one_short_line(tmp_path):
+    # Nine nested aliases make a 1 KB file a billion strings, which the error message below used to spell out.
+    path = write(tmp_path, """\
+        description:
+          - &a [lol, lol, lol]
+          - &b [*a, *a, *a]
+        params:
+          lr: {type: logfloat, low: *b, high: 1.0e-2}
+        """)
+    with pytest.raises(UserError, match=rf"^{path}: the alias \*a at line 3 is not accepted \(YAML aliases are refused\); write the value out$"):
+        load_space(str(path))
+    path = write(tmp_path, f"params:\n  lr: {{type: logfloat, low: [{', '.join(['lol'] * 5000)}], high: 1.0e-2}}\n")
+    with pytest.raises(UserError, match=r"params.lr.low: must be a number, got \['lol', 'lol', .*\.\.\.\]") as caught:
+        load_space(str(path))
+    assert len(str(caught.value)) < 200
+
+
 def test_final_fit_changes_are_kept_as_written(tmp_path):
     path = write(tmp_path, "search: {final_fit_top: 1, final_fit_changes: {convs_per_block: 2}}\n")
     assert load_space(str(path)).settings.final_fit_changes == {"convs_per_block": 2}
