@@ -1,9 +1,10 @@
 """Numbers for people: metrics as text, ``n/a`` where undefined (and ``null`` in JSON); a console line's clock and time left;
-file names as the console and a spreadsheet can show them safely. Used by export, predict, report, train, search and bench alike."""
+file names as the console, a spreadsheet and Markdown can show them safely. Used by export, predict, report, train, search and bench alike."""
 
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -60,6 +61,22 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def code_span(text: Any) -> str:
+    """``text`` (a path, a command) as a Markdown code span that shows it exactly: fenced with one
+    backtick more than its longest run of them, padded with a space where it starts or ends with one
+    (CommonMark's rules), so no backtick in a folder name closes the span early and lets what follows
+    render as Markdown or HTML; control characters as :func:`printable` shows them (a newline would
+    end the line it is on).
+
+    >>> print(code_span("/data/site"), code_span("site`<img src=x>`x"), code_span("`x"))
+    `/data/site` ``site`<img src=x>`x`` `` `x ``
+    """
+    text = printable(str(text))
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if not text or text[0] == "`" or text[-1] == "`" or (text[0] == text[-1] == " " and text.strip()) else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def printable(name: str) -> str:

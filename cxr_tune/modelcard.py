@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from cxr_tune import storage
-from cxr_tune.formatting import fmt, interval
+from cxr_tune.formatting import code_span, fmt, interval
 from cxr_tune.operating_points import NAMES as POINT_ORDER
 from cxr_tune.provenance import describe as describe_code
 from cxr_tune.set_metrics import INTERVAL_METHODS
@@ -136,7 +136,7 @@ def _data(meta: dict[str, Any], measured: dict[str, Any], sets: list[tuple[str, 
         "`NORMAL2-IM-NNNN`) and identical files stay together in one of train, carved validation, external and test."
         + (f" Carved validation is {fmt(split.get('val_fraction'), 2)} of the training folder's patient groups (split seed "
            f"{split.get('split_seed')})." if split.get("val_fraction") is not None else "")
-        + (f" The external set is `{external.get('source')}`." if external.get("source") else ""),
+        + (f" The external set is {code_span(external['source'])}." if external.get("source") else ""),
         "- Excluded: images of a patient who also appears in the test folder or the external set, and files filed under both "
         "classes (role `excluded` in the experiment's `splits.csv`, with the reason); the official, very small `val` folder is set "
         "aside unless the search was told to use it."
@@ -150,7 +150,7 @@ def _search(meta: dict[str, Any]) -> list[str]:
     if not search:
         return []
     deciding = _set_name(meta.get("deciding_set"))
-    how = [f"search space `{search['space']}`" if search.get("space") else None,
+    how = [f"search space {code_span(search['space'])}" if search.get("space") else None,
            f"{search['trials']} trial(s) requested" if search.get("trials") else None,
            f"{SAMPLERS.get(search['sampler'], search['sampler'])} sampling" if search.get("sampler") else None,
            None if search.get("early_stopping") is None else ("ASHA early stopping" if search["early_stopping"] else "no early stopping"),
@@ -173,7 +173,7 @@ def _search(meta: dict[str, Any]) -> list[str]:
         f"- Rule: {str(search.get('criterion', '')).replace('_', ' ')} at a threshold chosen on the deciding set"
         + (f" (sensitivity >= {fmt(search.get('min_sensitivity'), 2)})" if search.get("min_sensitivity") else "")
         + f". {search.get('ties', '')}",
-        "- The test split (when there is one) chose nothing." + (f" Command: `{search['command']}`." if search.get("command") else ""), "",
+        "- The test split (when there is one) chose nothing." + (f" Command: {code_span(search['command'])}." if search.get("command") else ""), "",
     ]
     final = meta.get("final_fit")
     if final:
@@ -262,8 +262,8 @@ def _adaptation(meta: dict[str, Any]) -> list[str]:
     if not record:
         return ["## Site adaptation", "", "None: the model is as the search trained it.", ""]
     return ["## Site adaptation", "",
-            f"- {record.get('method')}, on {record.get('images')} unlabelled image(s) from `{record.get('source')}` "
-            f"(model `{record.get('from_model')}`, {record.get('adapted_at')})"
+            f"- {record.get('method')}, on {record.get('images')} unlabelled image(s) from {code_span(record.get('source'))} "
+            f"(model {code_span(record.get('from_model'))}, {record.get('adapted_at')})"
             + (f"; {record['left_out_images']} image(s) unlike the training X-rays (colour, blank, too small, DICOM lateral or "
                "not a radiograph) were left out." if record.get("left_out_images") else "."),
             f"- Threshold: {record.get('threshold')} (rule `{record.get('threshold_rule')}`; before adaptation {fmt(record.get('unadapted_threshold'))}).",
@@ -285,7 +285,7 @@ def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:
         adapted_to_it = bool(adapted and external.get("source")) and storage.same_folder(adapted, external["source"])
         chose = ("**chose the model and its unadapted threshold** (the site's threshold came from the adaptation rule)" if meta.get("adaptation")
                  else "**chose the model and its thresholds**")
-        lines.append("- The external set " + (f"(`{external.get('source')}`) " if external.get("source") else "")
+        lines.append("- The external set " + (f"({code_span(external['source'])}) " if external.get("source") else "")
                      + (f"{chose}: it is a selection set, its numbers are optimistic, and it is no "
                         "independent test." if external.get("selection_set") else
                         "chose nothing in the search, but the model was adapted to its images (without their labels): it is no "
@@ -322,8 +322,8 @@ def _reproduce(meta: dict[str, Any]) -> list[str]:
     lines = ["## How to reproduce", ""]
     if command:
         searched = ", ".join(filter(None, [f"cxr_tune {meta.get('cxr_tune_version')}", _commit(meta.get("search", {}).get("provenance"))]))
-        lines.append(f"1. `{command}` ({searched}; seeds are in `model.json`'s hyperparameters)")
-    lines += [f"{2 if command else 1}. `{export}`", f"{3 if command else 2}. `python -m cxr_tune.predict --model FOLDER IMAGES [--operating-point NAME] [--explain OUT]` "
+        lines.append(f"1. {code_span(command)} ({searched}; seeds are in `model.json`'s hyperparameters)")
+    lines += [f"{2 if command else 1}. {code_span(export)}", f"{3 if command else 2}. `python -m cxr_tune.predict --model FOLDER IMAGES [--operating-point NAME] [--explain OUT]` "
               "(FOLDER: this model's folder)", ""]
     if meta.get("adaptation"):
         lines.insert(-1, f"{4 if command else 3}. `python -m cxr_tune.adapt --model FOLDER --images SITE --out NEW --threshold {meta['adaptation'].get('threshold_rule')}`"

@@ -189,3 +189,22 @@ def test_the_reproduce_steps_name_the_code_s_commits_and_versions_and_an_older_m
     assert f"Exported with {describe(provenance())}." in section and f"torch {provenance()['versions']['torch']}" in section
     older = model_card({**{key: value for key, value in meta.items() if key != "provenance"}, "search": {**meta["search"], "provenance": None}})
     assert f"(cxr_tune {__version__}; seeds" in older and "commit" not in older.split("## How to reproduce\n", 1)[1]
+
+
+def outside_code_spans(line: str) -> str:
+    """``line`` without its Markdown code spans (CommonMark: a run of n backticks up to the next run of exactly n)."""
+    return re.sub(r"(?<!`)(`+)(?!`).*?(?<!`)\1(?!`)", "", line)
+
+
+def test_a_folder_name_with_backticks_or_a_newline_stays_inside_its_code_span(exported):
+    """``adapt --images "site`<img src=x onerror=alert(1)>`x"``: the backtick closed the span and the card carried the HTML."""
+    from cxr_tune.modelcard import model_card
+
+    meta, _ = exported
+    site = "/data/site`<img src=x onerror=alert(1)>`x"
+    external = {**meta["external"], "source": "/data/ext\n# Not a heading"}
+    card = model_card({**meta, "external": external, "before_adaptation": {**meta, "external": external},
+                       "adaptation": {"source": site, "from_model": "/models/`best`", "method": "AdaBN"}})
+    assert f"from ``{site}`` (model `` /models/`best` ``," in card  # shown as it is, nothing escaped but the fence
+    assert "`/data/ext\\n# Not a heading`" in card and "# Not a heading" not in card.splitlines()
+    assert not any("<img" in outside_code_spans(line) for line in card.splitlines())

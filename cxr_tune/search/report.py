@@ -25,7 +25,7 @@ from cxr_tune import storage  # noqa: E402
 from cxr_tune.calibration import plot_reliability, reliability_curves  # noqa: E402
 from cxr_tune.data.imaging import decode_gray  # noqa: E402
 from cxr_tune.experiment import Experiment  # noqa: E402
-from cxr_tune.formatting import fmt, from_spreadsheet  # noqa: E402
+from cxr_tune.formatting import code_span, fmt, from_spreadsheet  # noqa: E402
 from cxr_tune.modelcard import calibration_section, final_fit_line, operating_point_section, subgroup_section  # noqa: E402
 from cxr_tune.modelfile import PREDICTIONS_FILES, load_members  # noqa: E402
 from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
@@ -125,13 +125,13 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     counts = ", ".join(f"{v} {k}" for k, v in table["stop_reason"].value_counts().items())
     external = info.get("external")
     lines += [
-        f"- Command: `{info['command']}`",
+        f"- Command: {code_span(info['command'])}",
         f"- Data: {info['data_description']}",
         f"- Distinct images: training {_counts(info['class_counts_train'])}; carved validation {_counts(info['class_counts_val'])}; "
         f"validation is carved from the training folder by patient group ({options.data.val_fraction:.0%}, split seed {options.data.split_seed})",
-        f"- External validation: `{external}` (distinct images: {_counts(info.get('class_counts_external'))})" if external
+        f"- External validation: {code_span(external)} (distinct images: {_counts(info.get('class_counts_external'))})" if external
         else f"- External validation: none{(' (' + info['external_note'] + ')') if info.get('external_note') else ''}",
-        f"- Space: `{info['space_path']}` (copied to `space.yaml`)",
+        f"- Space: {code_span(info['space_path'])} (copied to `space.yaml`)",
         f"- Selection on **{deciding}**: each epoch's {criterion} at a threshold chosen on the same set"
         + (f" (sensitivity >= {options.min_sensitivity:g})" if options.min_sensitivity else "")
         + "; trials whose 95 % bootstrap interval overlaps the best trial's are tied, and the tied trial with the highest AUC on "
