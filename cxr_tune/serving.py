@@ -15,6 +15,7 @@ import json
 import math
 import os
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,16 +106,47 @@ def load_model(path: str | Path) -> LoadedModel:
     except OSError as exc:
         raise UserError(f"'{model_path}' could not be read ({exc.strerror or exc}); check its permissions, or export the model again") from None
     refuse_pickle(model_path, data)
+    files = meta.get("files", {})
+    expected = files.get(model_file, files.get(MODEL_FILE))
+    # Checked before onnxruntime opens the file: building a session already reads what the graph names.
+    if expected and expected != sha256(data):  # its threshold and metrics belong to another network
+        raise UserError(f"'{model_path}' does not match the hash in '{meta_path}'; the folder mixes two exports: export the model again")
+    refuse_external_data(model_path, data)
     try:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - a broken file is the user's to fix
         raise UserError(f"'{model_path}' is not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
     _check_input(session, model_path, meta_path, int(meta["preprocessing"]["image_size"]))
-    files = meta.get("files", {})
-    expected = files.get(model_file, files.get(MODEL_FILE))
-    if expected and expected != sha256(data):  # its threshold and metrics belong to another network
-        raise UserError(f"'{model_path}' does not match the hash in '{meta_path}'; the folder mixes two exports: export the model again")
     return LoadedModel(path if storage.is_uri(path) else Path(path), session, meta)
+
+
+def refuse_external_data(model_path: Path | str, data: bytes) -> None:
+    """Stop on a graph with a tensor stored outside the file: onnxruntime would read that file, named
+    relative to the current folder, and an export keeps every weight inside ``model.onnx``."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load_model_from_string(data)
+    except DecodeError as exc:
+        raise UserError(f"'{model_path}' is not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
+    for tensor in _tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise UserError(f"'{model_path}' keeps tensor {tensor.name!r} in another file, which cxr_tune never reads; export the model again")
+
+
+def _tensors(message: Any) -> Iterator[Any]:
+    """Every ``onnx.TensorProto`` in ``message``: initializers, sparse ones, node attributes, subgraphs and functions alike."""
+    from google.protobuf.message import Message
+    from onnx import TensorProto
+
+    if isinstance(message, TensorProto):
+        yield message
+        return
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_MESSAGE:
+            for item in (value,) if isinstance(value, Message) else value:
+                yield from _tensors(item)
 
 
 def read_meta(file: Path | str) -> dict[str, Any]:

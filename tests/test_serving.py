@@ -119,3 +119,50 @@ def test_an_onnx_file_from_another_export_is_refused_by_its_hash(tmp_path):
             load_model(path)
     done = call_cli("cxr_tune.predict", "--model", str(folder), str(folder))
     assert done.returncode == 2 and "mixes two exports" in done.stderr and "Traceback" not in done.stderr
+
+
+def _reads_another_file(where: str) -> bytes:
+    """A graph with the export's interface whose score adds the bytes of ``secret.txt``, an
+    external-data tensor (onnxruntime reads it from the current folder), as an initializer or
+    inside an ``If`` branch."""
+    from onnx import TensorProto, helper
+
+    outside = TensorProto(name="W", data_type=TensorProto.UINT8, dims=[6], data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", "secret.txt"), ("offset", "0"), ("length", "6")):
+        outside.external_data.add(key=key, value=value)
+    nodes = [helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["pixels", "axes"], ["mean"], keepdims=0)]
+    initializers = [helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]), helper.make_tensor("yes", TensorProto.BOOL, [], [True])]
+    if where == "initializer":
+        initializers.append(outside)
+        nodes.append(helper.make_node("Cast", ["W"], ["read"], to=TensorProto.FLOAT))
+    else:
+        branch = helper.make_graph([helper.make_node("Constant", [], ["w"], value=outside), helper.make_node("Cast", ["w"], ["got"], to=TensorProto.FLOAT)],
+                                   "then", [], [helper.make_tensor_value_info("got", TensorProto.FLOAT, [6])])
+        zeros = helper.make_graph([helper.make_node("Constant", [], ["none"], value=helper.make_tensor("z", TensorProto.FLOAT, [6], [0.0] * 6))],
+                                  "else", [], [helper.make_tensor_value_info("none", TensorProto.FLOAT, [6])])
+        nodes.append(helper.make_node("If", ["yes"], ["read"], then_branch=branch, else_branch=zeros))
+    nodes += [helper.make_node("ReduceSum", ["read"], ["sum"], keepdims=0), helper.make_node("Add", ["mean", "sum"], ["probability"])]
+    graph = helper.make_graph(nodes, "reader", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 1, 16, 16])],
+                              [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch"])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("where", ["initializer", "subgraph"])
+def test_a_graph_that_reads_another_file_is_refused_and_the_hash_is_checked_first(tmp_path, monkeypatch, where):
+    import hashlib
+
+    folder = write_export(tmp_path / "best")
+    data = _reads_another_file(where)
+    (folder / "model.onnx").write_bytes(data)
+    (tmp_path / "secret.txt").write_text("SECRET")
+    monkeypatch.chdir(tmp_path)  # where onnxruntime looks for it
+    (folder / "model.json").write_text(json.dumps(meta(files={"model.onnx": hashlib.sha256(data).hexdigest()})))
+    with pytest.raises(UserError, match=r"model\.onnx' keeps tensor 'W' in another file, which cxr_tune never reads"):
+        load_model(folder)  # before: loaded, and scored 0 + the secret's bytes
+    (tmp_path / "secret.txt").unlink()
+    (folder / "model.json").write_text(json.dumps(meta(files={"model.onnx": "0" * 64})))
+    with pytest.raises(UserError, match="does not match the hash"):
+        load_model(folder)  # before: onnxruntime's "does not exist": the file it names was opened before the hash was read
