@@ -116,7 +116,7 @@ def load_model(path: str | Path) -> LoadedModel:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - a broken file is the user's to fix
         raise UserError(f"'{model_path}' is not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
-    _check_input(session, model_path, meta_path, int(meta["preprocessing"]["image_size"]))
+    _check_interface(session, model_path, meta_path, int(meta["preprocessing"]["image_size"]))
     return LoadedModel(path if storage.is_uri(path) else Path(path), session, meta)
 
 
@@ -207,11 +207,24 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_input(session: Any, model_file: Path | str, meta_file: Path | str, image_size: int) -> None:
-    """The graph's fixed input side must be the image size ``model.json`` promises."""
-    shape = session.get_inputs()[0].shape
+def _check_interface(session: Any, model_file: Path | str, meta_file: Path | str, image_size: int) -> None:
+    """The graph must take and give what an export's does (uint8 ``image (batch, 1, S, S)`` in, one
+    float per image out), with S the image size ``model.json`` promises: anything else would fail
+    inside onnxruntime, or be scored as something it is not."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    shape = inputs[0].shape if inputs else []
     if len(shape) == 4 and any(isinstance(side, int) and side != image_size for side in shape[2:]):
         raise UserError(f"'{model_file}' takes {shape[2]}x{shape[3]} images but '{meta_file}' says image_size {image_size}; export the model again")
+    takes = len(inputs) == 1 and inputs[0].name == "image" and inputs[0].type == "tensor(uint8)" and shape[1:] == [1, image_size, image_size]
+    gives = len(outputs) == 1 and outputs[0].type == "tensor(float)" and len(outputs[0].shape) == 1
+    if not takes or not gives or isinstance(shape[0], int) or isinstance(outputs[0].shape[0], int):  # the batch: any number of images
+        raise UserError(f"'{model_file}' takes {_described(inputs)} and gives {_described(outputs)}, not what cxr_tune exports "
+                        f"('image' tensor(uint8) ['batch', 1, {image_size}, {image_size}] in, one tensor(float) ['batch'] out); export the model again")
+
+
+def _described(args: list[Any]) -> str:
+    """An onnxruntime input or output list as text: name, type and shape of each."""
+    return ", ".join(f"{arg.name!r} {arg.type} {arg.shape}" for arg in args) or "nothing"
 
 
 def probabilities(model: LoadedModel | Any, images: np.ndarray, batch_size: int = 128) -> np.ndarray:

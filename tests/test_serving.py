@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import TensorProto
 
 from cxr_tune.errors import UserError
 from cxr_tune.serving import load_model, probabilities
@@ -166,3 +167,45 @@ def test_a_graph_that_reads_another_file_is_refused_and_the_hash_is_checked_firs
     (folder / "model.json").write_text(json.dumps(meta(files={"model.onnx": "0" * 64})))
     with pytest.raises(UserError, match="does not match the hash"):
         load_model(folder)  # before: onnxruntime's "does not exist": the file it names was opened before the hash was read
+
+
+def _export_of(folder: Path, data: bytes) -> Path:
+    """``folder`` holding the graph ``data`` as its model.onnx, with its hash in model.json (as an export records it)."""
+    import hashlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(data)
+    (folder / "model.json").write_text(json.dumps(meta(files={"model.onnx": hashlib.sha256(data).hexdigest()})))
+    return folder
+
+
+def _mean_graph(*, name: str = "image", dtype: int = TensorProto.UINT8, shape: tuple = ("batch", 1, 16, 16), out: tuple = ("batch",)) -> bytes:
+    """The mean brightness of each image, with the input ``name``, ``dtype`` and ``shape`` and the output shape ``out`` given."""
+    from onnx import helper
+
+    nodes = [helper.make_node("Cast", [name], ["pixels"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["pixels", "axes"], ["mean"], keepdims=0),
+             helper.make_node("Unsqueeze", ["mean", "one"], ["probability"]) if len(out) == 2 else helper.make_node("Identity", ["mean"], ["probability"])]
+    graph = helper.make_graph(nodes, "mean", [helper.make_tensor_value_info(name, dtype, list(shape))],
+                              [helper.make_tensor_value_info("probability", TensorProto.FLOAT, list(out))],
+                              [helper.make_tensor("axes", TensorProto.INT64, [len(shape) - 1], list(range(1, len(shape)))),
+                               helper.make_tensor("one", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize(("graph", "takes"), [
+    ({"dtype": TensorProto.FLOAT}, "'image' tensor(float) ['batch', 1, 16, 16]"),
+    ({"name": "x"}, "'x' tensor(uint8) ['batch', 1, 16, 16]"),
+    ({"shape": ("batch", 16, 16)}, "'image' tensor(uint8) ['batch', 16, 16]"),
+    ({"shape": ("batch", 3, 16, 16)}, "'image' tensor(uint8) ['batch', 3, 16, 16]"),
+    ({"shape": (2, 1, 16, 16), "out": (2,)}, "'image' tensor(uint8) [2, 1, 16, 16]"),
+    ({"out": ("batch", 1)}, "gives 'probability' tensor(float) ['batch', 1]"),
+])
+def test_a_graph_that_does_not_take_and_give_what_an_export_does_is_one_line_naming_it(tmp_path, graph, takes):
+    assert np.allclose(probabilities(load_model(_export_of(tmp_path / "good", _mean_graph())), np.full((2, 16, 16), 7, np.uint8)), 7)
+    folder = _export_of(tmp_path / "best", _mean_graph(**graph))
+    with pytest.raises(UserError) as caught:
+        load_model(folder)  # before: loaded, then an onnxruntime traceback (or a score per row of pixels) when scoring
+    assert f"'{folder / 'model.onnx'}' takes" in str(caught.value) and takes in str(caught.value) and "not what cxr_tune exports" in str(caught.value)
