@@ -233,7 +233,20 @@ def probabilities(model: LoadedModel | Any, images: np.ndarray, batch_size: int 
     if len(images) == 0:
         return np.zeros(0, dtype=np.float32)
     out = [session.run(None, {"image": images[i : i + batch_size, None]})[0] for i in range(0, len(images), batch_size)]
-    return np.concatenate(out).astype(np.float64)
+    scores = np.concatenate(out).astype(np.float64)
+    if isinstance(model, LoadedModel):
+        _check_scores(model, scores, len(images))
+    return scores
+
+
+def _check_scores(model: LoadedModel, scores: np.ndarray, images: int) -> None:
+    """A loaded graph's scores must be probabilities, one per image: NaN is below no threshold, so it
+    would read as a confident NORMAL."""
+    wrong = scores[~((scores >= 0.0) & (scores <= 1.0))]  # NaN fails both comparisons
+    if scores.shape != (images,) or len(wrong):
+        what = f"{scores.size} scores for {images} image(s)" if scores.shape != (images,) else f"{len(wrong)} score(s) outside 0..1 (such as {wrong[0]:g})"
+        model_file = storage.join(str(model.folder), model.meta.get("model_file", MODEL_FILE))
+        raise UserError(f"'{model_file}' gave {what}, not a probability per image; the file was damaged or edited: export the model again")
 
 
 def sha256(data: bytes) -> str:

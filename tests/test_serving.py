@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnx import TensorProto
+from PIL import Image
 
 from cxr_tune.errors import UserError
 from cxr_tune.serving import load_model, probabilities
@@ -179,13 +180,16 @@ def _export_of(folder: Path, data: bytes) -> Path:
     return folder
 
 
-def _mean_graph(*, name: str = "image", dtype: int = TensorProto.UINT8, shape: tuple = ("batch", 1, 16, 16), out: tuple = ("batch",)) -> bytes:
-    """The mean brightness of each image, with the input ``name``, ``dtype`` and ``shape`` and the output shape ``out`` given."""
+def _mean_graph(*, name: str = "image", dtype: int = TensorProto.UINT8, shape: tuple = ("batch", 1, 16, 16), out: tuple = ("batch",),
+                twice: bool = False) -> bytes:
+    """The mean brightness of each image, with the input ``name``, ``dtype`` and ``shape`` and the output shape ``out`` given;
+    ``twice``: each image's score comes twice, though the graph says one per image."""
     from onnx import helper
 
     nodes = [helper.make_node("Cast", [name], ["pixels"], to=TensorProto.FLOAT),
              helper.make_node("ReduceMean", ["pixels", "axes"], ["mean"], keepdims=0),
-             helper.make_node("Unsqueeze", ["mean", "one"], ["probability"]) if len(out) == 2 else helper.make_node("Identity", ["mean"], ["probability"])]
+             helper.make_node("Unsqueeze", ["mean", "one"], ["probability"]) if len(out) == 2 else
+             helper.make_node("Concat", ["mean", "mean"], ["probability"], axis=0) if twice else helper.make_node("Identity", ["mean"], ["probability"])]
     graph = helper.make_graph(nodes, "mean", [helper.make_tensor_value_info(name, dtype, list(shape))],
                               [helper.make_tensor_value_info("probability", TensorProto.FLOAT, list(out))],
                               [helper.make_tensor("axes", TensorProto.INT64, [len(shape) - 1], list(range(1, len(shape)))),
@@ -204,8 +208,34 @@ def _mean_graph(*, name: str = "image", dtype: int = TensorProto.UINT8, shape: t
     ({"out": ("batch", 1)}, "gives 'probability' tensor(float) ['batch', 1]"),
 ])
 def test_a_graph_that_does_not_take_and_give_what_an_export_does_is_one_line_naming_it(tmp_path, graph, takes):
-    assert np.allclose(probabilities(load_model(_export_of(tmp_path / "good", _mean_graph())), np.full((2, 16, 16), 7, np.uint8)), 7)
+    assert np.allclose(probabilities(load_model(_export_of(tmp_path / "good", _mean_graph())), np.zeros((2, 16, 16), np.uint8)), 0)
     folder = _export_of(tmp_path / "best", _mean_graph(**graph))
     with pytest.raises(UserError) as caught:
         load_model(folder)  # before: loaded, then an onnxruntime traceback (or a score per row of pixels) when scoring
     assert f"'{folder / 'model.onnx'}' takes" in str(caught.value) and takes in str(caught.value) and "not what cxr_tune exports" in str(caught.value)
+
+
+@pytest.mark.parametrize(("value", "shown"), [(float("nan"), "nan"), (1.5, "1.5"), (-0.25, "-0.25"), (float("inf"), "inf")])
+def test_scores_that_are_not_probabilities_are_one_line_naming_the_graph(tmp_path, value, shown):
+    tiny_onnx(tmp_path / "graph.onnx", constant=value)
+    folder = _export_of(tmp_path / "best", (tmp_path / "graph.onnx").read_bytes())
+    with pytest.raises(UserError) as caught:
+        probabilities(load_model(folder), np.zeros((1, 16, 16), np.uint8))  # before: returned, and NaN is below every threshold
+    assert str(caught.value) == (f"'{folder / 'model.onnx'}' gave 1 score(s) outside 0..1 (such as {shown}), not a probability per image; "
+                                 "the file was damaged or edited: export the model again")
+
+
+def test_a_graph_that_gives_more_scores_than_images_is_one_line_naming_it(tmp_path):
+    folder = _export_of(tmp_path / "best", _mean_graph(twice=True))
+    with pytest.raises(UserError, match=r"model\.onnx' gave 6 scores for 3 image\(s\), not a probability per image"):
+        probabilities(load_model(folder), np.zeros((3, 16, 16), np.uint8))  # before: 6 scores, paired with 3 files by whoever read them
+
+
+def test_predict_never_calls_a_nan_score_normal(tmp_path):
+    tiny_onnx(tmp_path / "graph.onnx", constant=float("nan"))
+    folder = _export_of(tmp_path / "best", (tmp_path / "graph.onnx").read_bytes())
+    Image.fromarray(np.full((16, 16), 90, np.uint8)).save(tmp_path / "x.png")
+    done = call_cli("cxr_tune.predict", "--model", str(folder), str(tmp_path / "x.png"))
+    assert done.returncode == 2 and "NORMAL" not in done.stdout and "Traceback" not in done.stderr  # before: "nan  NORMAL  x.png", exit 0
+    assert done.stderr.strip().splitlines() == [f"error: '{folder / 'model.onnx'}' gave 1 score(s) outside 0..1 (such as nan), not a probability per image; "
+                                               "the file was damaged or edited: export the model again"]
