@@ -264,8 +264,8 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
                      "before_adaptation": {key: meta[key] for key in moved if key in meta}})
     if calibration is not None:
         new_meta["calibration"] = {**meta["calibration"], "note": "fitted before adaptation; not measured on the site (adaptation reads no labels)"}
-    write_model_folder(storage.resolve(out), files_out, new_meta, {CARD_FILE: model_card(json_safe(new_meta)).encode()})
-    return {**new_meta, "left_out": left_out}
+    written = write_model_folder(storage.resolve(out), files_out, new_meta, {CARD_FILE: model_card(json_safe(new_meta)).encode()})
+    return {**written, "left_out": left_out}
 
 
 def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:

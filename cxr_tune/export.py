@@ -325,8 +325,7 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
              for prefix in sets}
     extra[CARD_FILE] = model_card(json_safe(meta)).encode()
     extra[RELIABILITY_FILE] = _reliability_png(meta)
-    write_model_folder(target, files, meta, extra)
-    return meta
+    return write_model_folder(target, files, meta, extra)
 
 
 def summary(meta: dict[str, Any], target: str) -> str:

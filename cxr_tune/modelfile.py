@@ -207,10 +207,11 @@ def check_model_target(target: str, what: str) -> None:
                         "whole folder, so name a new folder (or an earlier export, to replace it)")
 
 
-def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], extra: dict[str, bytes] | None = None) -> None:
-    """Write ``model.onnx``, ``weights.safetensors``, ``model.json`` (``meta`` plus the files' hashes)
-    and ``extra`` files beside ``target``, then swap the folder in: a kill at any moment leaves the
-    old model or the new one, never neither. Refuses a ``target`` that is not a model folder (:func:`check_model_target`)."""
+def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], extra: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """Write ``model.onnx``, ``weights.safetensors``, ``model.json`` (``meta`` plus the files' hashes,
+    returned: what loads the folder's files checks them against) and ``extra`` files beside ``target``,
+    then swap the folder in: a kill at any moment leaves the old model or the new one, never neither.
+    Refuses a ``target`` that is not a model folder (:func:`check_model_target`)."""
     check_model_target(target, "the model folder")
     meta = {**meta, "files": {MODEL_FILE: sha256(files.onnx), WEIGHTS_FILE: sha256(files.weights)}}
     tmp = storage.sibling_tmp(target)
@@ -222,6 +223,7 @@ def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], ext
         storage.replace_dir(tmp, target)
     finally:
         storage.remove_tree(tmp)
+    return meta
 
 
 def load_members(folder: str, meta: dict[str, Any]) -> Members:
@@ -242,7 +244,9 @@ def load_members(folder: str, meta: dict[str, Any]) -> Members:
     except OSError as exc:
         raise UserError(f"'{path}' could not be read ({exc.strerror or exc}); check its permissions, or export the model again") from None
     expected = meta.get("files", {}).get(WEIGHTS_FILE)
-    if expected and expected != sha256(data):
+    if not expected:  # every export records it: without it, weights from another export would pass
+        raise UserError(f"'{storage.join(folder, META_FILE)}' records no hash of {WEIGHTS_FILE} (files); the file was damaged or edited: export the model again")
+    if expected != sha256(data):
         raise UserError(f"'{path}' does not match the hash in {META_FILE}; the folder mixes two exports: export the model again")
     if not isinstance(meta.get("members"), list) or not meta["members"]:
         raise UserError(f"'{storage.join(folder, META_FILE)}' lists no members; export the model again")

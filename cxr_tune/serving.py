@@ -109,7 +109,9 @@ def load_model(path: str | Path) -> LoadedModel:
     files = meta.get("files", {})
     expected = files.get(model_file, files.get(MODEL_FILE))
     # Checked before onnxruntime opens the file: building a session already reads what the graph names.
-    if expected and expected != sha256(data):  # its threshold and metrics belong to another network
+    if not expected:  # every export records it: without it, a file from another export would pass
+        raise UserError(f"'{meta_path}' records no hash of {model_file} (files); the file was damaged or edited: export the model again")
+    if expected != sha256(data):  # its threshold and metrics belong to another network
         raise UserError(f"'{model_path}' does not match the hash in '{meta_path}'; the folder mixes two exports: export the model again")
     refuse_external_data(model_path, data)
     try:

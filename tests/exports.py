@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,9 @@ def meta(image_size: int = 16, threshold: float = 0.5, **extra: Any) -> dict[str
 
 
 def write_export(folder: Path, *, image_size: int = 16, meta_text: str | None = None, **extra: Any) -> Path:
-    """``folder/model.onnx`` and ``folder/model.json`` (``meta_text`` replaces the JSON verbatim)."""
-    tiny_onnx(folder / "model.onnx", image_size)
+    """``folder/model.onnx`` and ``folder/model.json`` with its hash, as an export records it (``meta_text`` replaces the JSON verbatim)."""
+    onnx_file = tiny_onnx(folder / "model.onnx", image_size)
+    extra = {"files": {"model.onnx": hashlib.sha256(onnx_file.read_bytes()).hexdigest()}, **extra}
     text = meta_text if meta_text is not None else json.dumps(meta(image_size, **extra))
     (folder / "model.json").write_text(text)
     return folder

@@ -5,6 +5,7 @@ PyTorch (adapt, predict --explain, bench tta) stops with one line naming the fil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -97,9 +98,10 @@ def test_members_that_do_not_match_the_weights_are_one_line_naming_the_file(pris
 
 
 def test_a_damaged_or_unreadable_weights_file_is_one_line_naming_it(pristine, tmp_path, monkeypatch):
-    folder, meta = edited(pristine, tmp_path, lambda m: m["files"].pop("weights.safetensors"))  # no hash to catch it first
+    cut = (pristine / "weights.safetensors").read_bytes()[:100]  # cut short in its header
+    folder, meta = edited(pristine, tmp_path, lambda m: m["files"].update({"weights.safetensors": hashlib.sha256(cut).hexdigest()}))  # past the hash
     weights = folder / "weights.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])  # cut short in its header
+    weights.write_bytes(cut)
     with pytest.raises(UserError, match=f"'{weights}' is damaged .*export the model again"):
         load_members(str(folder), meta)
 
@@ -109,6 +111,17 @@ def test_a_damaged_or_unreadable_weights_file_is_one_line_naming_it(pristine, tm
     monkeypatch.setattr(Path, "read_bytes", unreadable)
     with pytest.raises(UserError, match=f"'{weights}' could not be read \\(Permission denied\\)"):
         load_members(str(folder), meta)
+
+
+@pytest.mark.parametrize("edit", [lambda m: m.pop("files"), lambda m: m["files"].pop("weights.safetensors"),
+                                  lambda m: m["files"].update({"weights.safetensors": ""})])
+def test_a_model_json_without_the_weights_hash_is_one_line_naming_it(pristine, tmp_path, edit):
+    folder, meta = edited(pristine, tmp_path, edit)
+    (folder / "weights.safetensors").write_bytes(build_files(brightness_members(90.0)).weights)  # another export's networks
+    with pytest.raises(UserError) as caught:
+        load_members(str(folder), meta)  # before: loaded them, under this model's threshold and metrics
+    assert str(caught.value) == (f"'{folder / 'model.json'}' records no hash of weights.safetensors (files); "
+                                 "the file was damaged or edited: export the model again")
 
 
 @pytest.mark.parametrize(("edit", "read", "message"), [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from cxr_tune.errors import UserError
 from cxr_tune.serving import load_model, probabilities
 from tests.conftest import call_cli
 from tests.exports import meta, tiny_onnx, write_export
+
+
+def _hash(file: Path) -> str:
+    """The hash an export records for ``file``."""
+    return hashlib.sha256(file.read_bytes()).hexdigest()
 
 
 def test_a_good_export_loads_from_its_folder_its_onnx_and_its_json(tmp_path):
@@ -59,7 +65,7 @@ def test_an_onnx_path_loads_exactly_that_file(tmp_path):
     tiny_onnx(folder / "other.onnx", constant=0.9)
     with pytest.raises(UserError, match=r"other.onnx' is not the model .*model.json' describes \(its model_file is 'model.onnx'\)"):
         load_model(folder / "other.onnx")  # before: silently loaded model.onnx
-    (folder / "model.json").write_text(json.dumps(meta(model_file="other.onnx")))
+    (folder / "model.json").write_text(json.dumps(meta(model_file="other.onnx", files={"other.onnx": _hash(folder / "other.onnx")})))
     images = np.zeros((2, 16, 16), dtype=np.uint8)
     assert np.allclose(probabilities(load_model(folder / "other.onnx"), images), 0.9)
     assert np.allclose(probabilities(load_model(folder), images), 0.9)  # the folder follows model_file
@@ -67,7 +73,7 @@ def test_an_onnx_path_loads_exactly_that_file(tmp_path):
 
 def test_the_graph_must_take_the_image_size_model_json_promises(tmp_path):
     folder = write_export(tmp_path / "best", image_size=16)
-    (folder / "model.json").write_text(json.dumps(meta(image_size=32)))
+    (folder / "model.json").write_text(json.dumps(meta(image_size=32, files={"model.onnx": _hash(folder / "model.onnx")})))
     with pytest.raises(UserError, match="takes 16x16 images but .* says image_size 32"):
         load_model(folder)
 
@@ -109,8 +115,6 @@ def test_predict_with_a_broken_model_json_prints_one_line_and_exits_2(tmp_path):
 
 
 def test_an_onnx_file_from_another_export_is_refused_by_its_hash(tmp_path):
-    import hashlib
-
     folder = write_export(tmp_path / "best")
     digest = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
     (folder / "model.json").write_text(json.dumps(meta(files={"model.onnx": digest})))
@@ -121,6 +125,16 @@ def test_an_onnx_file_from_another_export_is_refused_by_its_hash(tmp_path):
             load_model(path)
     done = call_cli("cxr_tune.predict", "--model", str(folder), str(folder))
     assert done.returncode == 2 and "mixes two exports" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("files", [None, {}, {"model.onnx": ""}, {"weights.safetensors": "0" * 64}])
+def test_a_model_json_without_the_graphs_hash_is_refused(tmp_path, files):
+    folder = write_export(tmp_path / "best")
+    tiny_onnx(folder / "model.onnx", constant=0.9)  # from another export
+    (folder / "model.json").write_text(json.dumps(meta() if files is None else meta(files=files)))
+    with pytest.raises(UserError) as caught:
+        load_model(folder)  # before: loaded, with the threshold of another network
+    assert str(caught.value) == f"'{folder / 'model.json'}' records no hash of model.onnx (files); the file was damaged or edited: export the model again"
 
 
 def _reads_another_file(where: str) -> bytes:
@@ -154,8 +168,6 @@ def _reads_another_file(where: str) -> bytes:
 
 @pytest.mark.parametrize("where", ["initializer", "subgraph"])
 def test_a_graph_that_reads_another_file_is_refused_and_the_hash_is_checked_first(tmp_path, monkeypatch, where):
-    import hashlib
-
     folder = write_export(tmp_path / "best")
     data = _reads_another_file(where)
     (folder / "model.onnx").write_bytes(data)
@@ -172,8 +184,6 @@ def test_a_graph_that_reads_another_file_is_refused_and_the_hash_is_checked_firs
 
 def _export_of(folder: Path, data: bytes) -> Path:
     """``folder`` holding the graph ``data`` as its model.onnx, with its hash in model.json (as an export records it)."""
-    import hashlib
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.onnx").write_bytes(data)
     (folder / "model.json").write_text(json.dumps(meta(files={"model.onnx": hashlib.sha256(data).hexdigest()})))
