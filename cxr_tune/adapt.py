@@ -46,8 +46,8 @@ from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import json_safe, printable
 from cxr_tune.modelcard import CARD_FILE, model_card
-from cxr_tune.modelfile import (Members, build_files, check_model_target, load_members, recorded_calibration, recorded_views, serving_model,
-                                torch_scores, write_model_folder)
+from cxr_tune.modelfile import (Members, build_files, check_model_target, check_prior_record, load_members, recorded_calibration, recorded_views,
+                                serving_model, torch_scores, write_model_folder)
 from cxr_tune.provenance import provenance
 from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.intensity import normalize_intensity
@@ -221,6 +221,8 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         members = load_members(model, meta)
     except FileNotFoundError:
         raise UserError(f"'{model}' has no weights.safetensors; re-export it with this version (python -m cxr_tune.export) to adapt it") from None
+    if threshold_rule == "prior-shift":  # before the images are read
+        check_prior_record(model, meta)
     files = [file.path for file in collect([images_dir])]
     decoded = [(path, *try_decode_checked(path, members.image_size)) for path in files]
     # An image unlike the training X-rays (a colour photo, a blank frame, a lateral view) would pull

@@ -281,6 +281,25 @@ def _member_hparams(meta_file: str, i: int, member: Any) -> HParams:
         raise UserError(f"'{meta_file}': members[{i}] is not a network ({exc}); the file was damaged or edited: export the model again") from None
 
 
+def check_prior_record(folder: str, meta: dict[str, Any]) -> None:
+    """Stop with one line when what the training prior is computed from (``adapt --threshold prior-shift``) was
+    damaged or edited: ``train_class_counts`` (when recorded: the NORMAL and PNEUMONIA training images, both
+    above 0, since the prior divides by them) and ``hparams`` (the selected trial's: its class weighting)."""
+    meta_file = storage.join(folder, META_FILE)
+    counts = meta.get("train_class_counts")
+    if counts is not None and not (isinstance(counts, list) and len(counts) == 2 and all(type(n) is int and n > 0 for n in counts)):
+        raise UserError(f"'{meta_file}': train_class_counts is {counts!r}, not the NORMAL and PNEUMONIA training image counts (two whole numbers "
+                        "above 0); the file was damaged or edited: export the model again")
+    hparams = meta.get("hparams")
+    try:
+        if not isinstance(hparams, dict):
+            raise ValueError("it is missing" if hparams is None else f"it is {type(hparams).__name__}, not an object")
+        HParams.from_config(hparams)
+    except ValueError as exc:  # HParamsError too: a value out of range, an unknown key
+        raise UserError(f"'{meta_file}': hparams is not the selected trial's hyperparameters ({exc}); the file was damaged or edited: "
+                        "export the model again") from None
+
+
 def recorded_views(folder: str, meta: dict[str, Any]) -> int:
     """``tta_views`` of ``model.json`` (``meta``): how many test-time views the graph averages, 1 when not recorded."""
     views = meta.get("tta_views", 1)

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from cxr_tune.errors import UserError
 MODEL_FILE = "model.onnx"
 META_FILE = "model.json"
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib"}
+RATES = ("sensitivity", "specificity")  # what an operating point's floor is on, or what it gives up
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,9 @@ def read_meta(file: Path | str) -> dict[str, Any]:
 
     Checked: ``preprocessing.image_size`` (whole number, 16..1024), ``threshold`` (finite, 0..1),
     ``model_file`` (optional, default ``model.onnx``: a plain ``.onnx`` file name beside it),
-    ``data`` and ``files`` (optional objects) and ``operating_points`` (optional: ``{name: {"threshold": p}}``, the
-    thresholds ``predict --operating-point`` picks from). Anything else in the file is information for people.
+    ``data`` and ``files`` (optional objects; each file's hash is checked when it is loaded) and ``operating_points``
+    (optional: ``{name: {"threshold": p}}``, the thresholds ``predict --operating-point`` picks from, with the
+    ``floor``, ``misses_floor`` and ``gives_up`` it notes). Anything else in the file is information for people.
     """
     from cxr_tune.data.input_checks import MAX_SIZE, MIN_SIZE
 
@@ -195,10 +197,26 @@ def read_meta(file: Path | str) -> dict[str, Any]:
     if not isinstance(points, dict):
         raise bad("operating_points", "must be an object of named thresholds")
     for name, point in points.items():
-        value = point.get("threshold") if isinstance(point, dict) else None
-        if not _is_number(value) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
-            raise bad(f"operating_points.{name}.threshold", f"is {value!r}; it must be a probability between 0 and 1")
+        _check_point(bad, f"operating_points.{name}", point)
     return meta
+
+
+def _check_point(bad: Callable[[str, str], UserError], key: str, point: Any) -> None:
+    """An operating point's threshold, and what ``predict`` says of it: the rate it gives up, its floor and the rate it keeps below that."""
+    value = point.get("threshold") if isinstance(point, dict) else None
+    if not _is_probability(value):
+        raise bad(f"{key}.threshold", f"is {value!r}; it must be a probability between 0 and 1")
+    if point.get("gives_up") not in (None, *RATES):
+        raise bad(f"{key}.gives_up", f"is {point['gives_up']!r}; it must be one of {', '.join(RATES)}")
+    floor = point.get("floor", {})
+    if not isinstance(floor, dict) or any(rate not in RATES or not _is_probability(least) for rate, least in floor.items()):
+        raise bad(f"{key}.floor", f"is {floor!r}; it must be an object of a rate ({', '.join(RATES)}) and its floor between 0 and 1")
+    if "misses_floor" in point and not _is_probability(point["misses_floor"]):
+        raise bad(f"{key}.misses_floor", f"is {point['misses_floor']!r}; it must be a rate between 0 and 1")
+
+
+def _is_probability(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value) and 0.0 <= value <= 1.0
 
 
 def _is_int(value: Any) -> bool:

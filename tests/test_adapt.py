@@ -208,6 +208,21 @@ def test_an_edited_model_json_is_one_line_naming_it(exported, tmp_path, edit, me
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.update(train_class_counts=[0, 0]), "train_class_counts is [0, 0], not the NORMAL and PNEUMONIA training image counts"),
+    (lambda m: m.update(train_class_counts=[10, "30"]), "train_class_counts is [10, '30']"),
+    (lambda m: m.pop("hparams"), "hparams is not the selected trial's hyperparameters (it is missing)"),
+    (lambda m: m["hparams"].update(class_weighting="x"), "hparams is not the selected trial's hyperparameters (class_weighting='x'"),
+])
+def test_prior_shift_from_an_edited_training_prior_is_one_line_naming_model_json(exported, tmp_path, edit, message):
+    meta = json.loads((exported / "model.json").read_text())
+    edit(meta)
+    (exported / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="damaged or edited: export the model again") as caught:
+        adapt(str(exported), str(write_site(tmp_path / "site", 10)), str(tmp_path / "out"), threshold_rule="prior-shift")  # before: ZeroDivisionError, KeyError
+    assert f"'{exported / 'model.json'}': {message}" in str(caught.value)
+
+
 def test_the_mixture_threshold_separates_two_groups_of_site_scores_and_declines_one():
     from cxr_tune.adapt import mixture_threshold
 

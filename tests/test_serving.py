@@ -51,6 +51,13 @@ def test_a_good_export_loads_from_its_folder_its_onnx_and_its_json(tmp_path):
     (json.dumps(meta(model_file="model.pt")), "model_file is 'model.pt'"),
     (json.dumps(meta(data="synthetic")), "data must be an object"),
     (json.dumps(meta(files=["model.onnx"])), "files must be an object of file hashes"),
+    (json.dumps(meta(operating_points={"spec95": {"threshold": 0.9, "floor": {"specificity": 0.95}, "misses_floor": "x"}})),
+     "operating_points.spec95.misses_floor is 'x'; it must be a rate between 0 and 1"),
+    (json.dumps(meta(operating_points={"spec95": {"threshold": 0.9, "floor": {"specificity": "high"}, "misses_floor": 0.9}})),
+     "operating_points.spec95.floor is {'specificity': 'high'}"),
+    (json.dumps(meta(operating_points={"spec95": {"threshold": 0.9, "floor": [0.95]}})), "operating_points.spec95.floor is [0.95]"),
+    (json.dumps(meta(operating_points={"sens98": {"threshold": 0.0, "gives_up": ["a"]}})),
+     "operating_points.sens98.gives_up is ['a']; it must be one of sensitivity, specificity"),
 ])
 def test_a_bad_model_json_is_a_user_error_naming_the_file_and_the_key(tmp_path, text, message):
     folder = write_export(tmp_path / "best", meta_text=text)
