@@ -92,3 +92,18 @@ def test_the_command_table_names_every_benchmark():
     listed = re.search(r"`cxr_tune\.bench \{([a-z,]+)\}`", README.read_text(encoding="utf-8"))
     assert listed, "README.md's command table no longer has a `cxr_tune.bench {...}` row"
     assert sorted(listed.group(1).split(",")) == sorted(commands)
+
+
+def test_the_trust_boundary_names_every_command_that_reads_tunes_pickled_state():
+    """Tune pickles its state (objects inside ``experiment_state-*.json`` too), and every command that reads an
+    experiment's trials or resumes Tune reads it: the README must name each and claim no command is spared that is not."""
+    text = README.read_text(encoding="utf-8")
+    boundary = text.split("### Trust boundary", 1)[1].split("\n## ", 1)[0]
+    benches = sorted(f"bench {p.stem}" for p in (ROOT / "cxr_tune" / "bench").glob("*.py")
+                     if re.search(r"\.(trials|histories)\(", p.read_text(encoding="utf-8")))  # Experiment.trials/histories read Tune's state
+    assert benches, "no benchmark reads an experiment's trials any more; the pattern above no longer matches the code"
+    for command in ["search --resume", "search --report-only", "export", "train --cv", *benches]:
+        assert f"`{command}" in boundary, f"README.md's Trust boundary does not name `{command}`, which reads Ray Tune's pickled state"
+    assert "integrity check" in boundary and "not protection against someone who can edit the" in boundary
+    row = next(line for line in text.splitlines() if line.startswith("|") and "`tuner.pkl`" in line)  # the experiment folder's table
+    assert not re.search(r"never[^|]*`export`", row), "README.md says export never reads Tune's state; it does (the trial table)"
