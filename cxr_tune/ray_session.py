@@ -3,7 +3,8 @@
 Local runs keep the dashboard on, bound to 127.0.0.1: each trial's Ray Train run starts a
 placement-group cleaner that asks Ray's State API whether the trial's controller is still alive
 before it frees the trial's reserved CPUs, and the dashboard is what serves the State API.
-``--address auto`` joins a running cluster instead.
+``--address auto`` (or ``RAY_ADDRESS`` set in the environment) joins a running cluster instead; without
+either, a command never joins one that a ``ray start`` left on the machine.
 
 Every worker process pins ``RAY_ADDRESS`` to the cluster it belongs to as it starts: Ray's own
 helpers inside trials (that placement-group cleaner among them) otherwise look for "the" local
@@ -68,6 +69,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         from cxr_tune.console import active_log
 
         log, verbose = active_log()
+    address = address or os.environ.get("RAY_ADDRESS") or None  # a cluster the user named, here or in the environment
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     workers_env = {k: os.environ[k] for k in _QUIET_ENV}
@@ -87,7 +89,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
     if address:
         ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+        # "local": a Ray of this command's own. Left unset, Ray joins the cluster a `ray start` last
+        # recorded in its temp folder: someone else's on a shared machine, or a dead one it waits on for minutes.
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
     if callable(sigterm_before):  # the command's own (errors.run_cli), not the one ray.init installs
         signal.signal(signal.SIGTERM, sigterm_before)
     undo = lambda: None  # noqa: E731

@@ -81,3 +81,23 @@ def test_a_short_wait_is_silent(ray_session, capsys):
     # CPUs that the session's last user is still giving back come free well within quiet_s.
     wait_for_free_cpu(0.05, "read the image cache", timeout_s=300, quiet_s=60)
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("environment, joined", [(None, "local"), ("10.0.0.5:6379", "10.0.0.5:6379")])
+def test_without_address_a_command_starts_its_own_ray_unless_ray_address_names_one(monkeypatch, environment, joined):
+    """Ray's default (no address) joins the cluster a `ray start` last recorded on the machine, even
+    someone else's or a dead one it then waits on for minutes: a command without ``--address`` asks
+    for a Ray of its own ("local"), or joins the one ``RAY_ADDRESS`` names."""
+    import ray
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    if environment:
+        monkeypatch.setenv("RAY_ADDRESS", environment)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with session.ray_session():
+        pass
+    assert [call["address"] for call in calls] == [joined]

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--select", choices=sorted(CRITERIA), default="balanced_accuracy", help="balance of sensitivity and specificity that picks the threshold and the best trial (default: balanced_accuracy)")
     add_select_on_argument(parser)
     parser.add_argument("--min-sensitivity", type=fraction, default=0.0, help="only thresholds with validation sensitivity >= this compete, e.g. 0.95 for screening (default: 0, no floor)")
-    parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' for the running one; default: start Ray on this machine)")
+    parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' for the running one; default: RAY_ADDRESS when set, else a Ray of its own on this machine, never one `ray start` left running)")
     parser.add_argument("--workers-per-trial", type=positive_int, default=None, help="Ray Train workers per trial, DDP when > 1 (default: 1)")
     parser.add_argument("--cpus-per-worker", type=positive_float, default=None, help="CPUs per worker (default: an equal share of the cluster's CPUs per running trial)")
     parser.add_argument("--gpus-per-worker", type=nonnegative_float, default=None,
