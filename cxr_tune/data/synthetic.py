@@ -103,7 +103,12 @@ def synthesize(out: str, *, n: int = DEFAULT_N, seed: int = 0, replace_partial: 
             "note": "Procedurally drawn images, not real patients. Never report results on them as clinical.",
         }, indent=2))
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process committed its draw there first (two commands on a new cache)
+            if not (replace_partial and (target / SYNTHETIC_MARKER).exists()):
+                raise UserError(f"'{out}' was written by another process while this one drew the set; choose a new folder") from None
+            # the same n and seed draw the same bytes: use theirs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(target)

@@ -59,3 +59,25 @@ def test_the_smallest_sets_it_writes_can_be_split(tmp_path):
         split = split_data(DataOptions(data=root, cache_dir=str(tmp_path / "cache")), progress=False)
         assert {role: set(split.roles.loc[split.roles["role"] == role, "label"]) for role in ("train", "val", "test")} == \
             {"train": {0, 1}, "val": {0, 1}, "test": {0, 1}}, seed
+
+
+def test_a_draw_another_process_committed_first_is_used_or_refused_in_one_line(tmp_path, monkeypatch):
+    """Two commands on a new cache draw the same set at once: the one that renames second used to end
+    in a traceback (rename onto a non-empty folder)."""
+    from cxr_tune.data import synthetic
+
+    draw = synthetic._write_all
+    target = tmp_path / "cache" / "set"
+
+    def racing(folder, *, n, seed):  # the other process commits the same set while this one draws
+        draw(folder, n=n, seed=seed)
+        monkeypatch.setattr(synthetic, "_write_all", draw)
+        synthesize(str(target), n=n, seed=seed)
+        monkeypatch.setattr(synthetic, "_write_all", racing)
+
+    monkeypatch.setattr(synthetic, "_write_all", racing)
+    assert synthesize(str(target), n=20, seed=0, replace_partial=True) == str(target)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["set"]  # nothing of this draw left behind
+    target = tmp_path / "out" / "set"  # `data synthesize OUT` twice at once: the second says so
+    with pytest.raises(UserError, match="written by another process while this one drew the set"):
+        synthesize(str(target), n=20, seed=0)
