@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from cxr_tune import storage
+from cxr_tune import folder_lock, storage
 from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_float, positive_float, positive_int
 from cxr_tune.data.prepared import DataOptions, SplitData, add_data_arguments, datasets_by_size, split_data
 from cxr_tune.errors import UserError, run_cli
@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with folder_lock.holding():  # one command at a time in a run folder (the resume command typed while the run goes on)
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     storage.check_writable(args.storage, "--storage")
     hp = read_params(args.params, args.overrides)
@@ -93,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxr_tune.ray_session import ray_session
 
     run_dir = storage.join(storage_path, name)
+    storage.makedirs(run_dir)
+    folder_lock.hold(run_dir)  # a second command on it would restore checkpoints this one is replacing
     log = storage.local_file_for(run_dir, LOG_FILE, "logs", options.resolved_cache_dir)
     print(f"Ray logs: {log}" + ("" if args.verbose else " (--verbose shows them here too)"), flush=True)
     try:
