@@ -36,6 +36,7 @@ METHODS = ("none", "platt", "temperature")
 #: exactly 0 or 1 has an infinite one).
 EPSILON = 1e-12
 LOG_T_BOUND = 5.0  # temperature scaling searches T in [exp(-5), exp(5)]
+_CHUNK_VALUES = 2_000_000  # resampled images held at once by the bootstrap (a few arrays of this size: tens of MB)
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -150,17 +151,25 @@ def calibration_metrics(labels: np.ndarray, scores: np.ndarray, *, n_bins: int =
         return out
     out["ece"] = expected_calibration_error(labels, scores, n_bins)
     out["brier"] = float(brier_score_loss(labels, scores, pos_label=1))
-    # The bootstrap resamples images; each keeps its bin, so a resample's bins are a bincount away.
     rng = np.random.default_rng(seed)
-    pick = rng.integers(0, len(labels), (resamples, len(labels)))
-    bins = _bins(scores, n_bins)[pick] + n_bins * np.arange(resamples)[:, None]
-    size = resamples * n_bins
-    gap = (np.bincount(bins.ravel(), weights=labels[pick].ravel(), minlength=size)
-           - np.bincount(bins.ravel(), weights=scores[pick].ravel(), minlength=size)).reshape(resamples, n_bins)
-    ece = np.abs(gap).sum(axis=1) / len(labels)  # sum over bins of n_b |share_b - mean_b| / N
-    brier = ((scores[pick] - labels[pick]) ** 2).mean(axis=1)
+    bins = _bins(scores, n_bins)
+    chunk = max(1, _CHUNK_VALUES // len(labels))  # a large folder's resamples in parts: the same draws, bounded memory
+    parts = [_resampled(labels, scores, bins, n_bins, rng.integers(0, len(labels), (min(chunk, resamples - start), len(labels))))
+             for start in range(0, resamples, chunk)]
+    ece, brier = (np.concatenate(values) for values in zip(*parts, strict=True))
     out["ci95"] = {name: [float(v) for v in np.percentile(values, BOOTSTRAP_PERCENTILES)] for name, values in (("ece", ece), ("brier", brier))}
     return out
+
+
+def _resampled(labels: np.ndarray, scores: np.ndarray, bins: np.ndarray, n_bins: int, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ECE, Brier score) of each resample (a row of ``pick``: indices of the images drawn). Each image keeps
+    its bin (``bins``), so a resample's bins are a bincount away."""
+    resamples, size = len(pick), len(pick) * n_bins
+    drawn = bins[pick] + n_bins * np.arange(resamples)[:, None]
+    gap = (np.bincount(drawn.ravel(), weights=labels[pick].ravel(), minlength=size)
+           - np.bincount(drawn.ravel(), weights=scores[pick].ravel(), minlength=size)).reshape(resamples, n_bins)
+    ece = np.abs(gap).sum(axis=1) / len(labels)  # sum over bins of n_b |share_b - mean_b| / N
+    return ece, ((scores[pick] - labels[pick]) ** 2).mean(axis=1)
 
 
 #: The sets a ``model.json`` may hold calibration for, and their names in a diagram's legend.

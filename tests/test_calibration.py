@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
+from cxr_tune import calibration
 from cxr_tune.calibration import calibration_metrics, expected_calibration_error, fit, reliability
 from cxr_tune.serving import load_model, probabilities
 from tests.model_exports import export_folder, kermany_set
@@ -53,6 +55,25 @@ def test_the_ece_interval_is_the_percentile_bootstrap_of_the_ece_itself():
     by_hand = [expected_calibration_error(labels[pick], overconfident[pick]) for pick in (rng.integers(0, 400, 400) for _ in range(300))]
     low, high = calibration_metrics(labels, overconfident)["ci95"]["ece"]
     assert low == pytest.approx(np.percentile(by_hand, 2.5), abs=0.01) and high == pytest.approx(np.percentile(by_hand, 97.5), abs=0.01)
+
+
+def test_the_bootstrap_draws_its_resamples_in_parts_and_gives_the_same_intervals(monkeypatch):
+    """It drew all 2000 resamples of every image at once (1.4 GB for 20k images); in parts it holds a
+    part's worth, and the seeded draws and intervals are the numbers the one-piece bootstrap gave."""
+    labels, _, overconfident = honest_and_overconfident(40)
+    assert calibration_metrics(labels, overconfident)["ci95"] == {"ece": [0.15550226391483507, 0.38730946632089663],
+                                                                   "brier": [0.14498646832561451, 0.3434898351696196]}
+    labels, _, overconfident = honest_and_overconfident(2000)
+    whole = calibration_metrics(labels, overconfident)
+    monkeypatch.setattr(calibration, "_CHUNK_VALUES", 130_000)  # 65 resamples a part; the last one shorter
+    tracemalloc.start()
+    try:
+        in_parts = calibration_metrics(labels, overconfident)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert in_parts == whole
+    assert peak < 10e6  # one piece: 128 MB
 
 
 def test_platt_and_temperature_fix_an_overconfident_model_without_changing_its_ranking():
