@@ -149,20 +149,26 @@ def paired_differences(labels: np.ndarray, scores: np.ndarray, threshold: float,
     p, n = len(positives), len(negatives)
     if not p or not n:
         raise ValueError("a paired comparison needs images of both classes")
-    pick = np.stack([np.r_[rng.choice(positives, p), rng.choice(negatives, n)] for _ in range(resamples)])  # positives first
 
-    def resampled(values: np.ndarray, at: float) -> dict[str, np.ndarray]:
+    def resampled(values: np.ndarray, at: float, pick: np.ndarray) -> dict[str, np.ndarray]:
         drawn = np.asarray(values, dtype=float)[pick]
         ranks = rankdata(drawn, axis=1)
         sensitivity, specificity = (drawn[:, :p] >= at).mean(axis=1), (drawn[:, p:] < at).mean(axis=1)
         return {"auc": (ranks[:, :p].sum(axis=1) - p * (p + 1) / 2) / (p * n), "sensitivity": sensitivity, "specificity": specificity,
                 "balanced_accuracy": (sensitivity + specificity) / 2}
 
+    def differences(count: int) -> dict[str, np.ndarray]:
+        pick = np.stack([np.r_[rng.choice(positives, p), rng.choice(negatives, n)] for _ in range(count)])  # positives first
+        mine, theirs = resampled(scores, threshold, pick), resampled(reference, reference_threshold, pick)
+        return {key: mine[key] - theirs[key] for key in PAIRED_METRICS}
+
     def observed(values: np.ndarray, at: float) -> dict[str, float]:
         rates = rates_at(labels, values, at)
         return {"auc": float(roc_auc_score(labels, values)), **{key: rates[key] for key in PAIRED_METRICS[1:]}}
 
-    mine, theirs = resampled(scores, threshold), resampled(reference, reference_threshold)
+    chunk = max(1, _CHUNK_VALUES // len(labels))  # a large folder's resamples in parts: the same draws, bounded memory
+    parts = [differences(min(chunk, resamples - start)) for start in range(0, resamples, chunk)]
+    drawn = {key: np.concatenate([part[key] for part in parts]) for key in PAIRED_METRICS}
     point, point_reference = observed(scores, threshold), observed(reference, reference_threshold)
-    return {key: (point[key] - point_reference[key], [float(v) for v in np.percentile(mine[key] - theirs[key], BOOTSTRAP_PERCENTILES)])
+    return {key: (point[key] - point_reference[key], [float(v) for v in np.percentile(drawn[key], BOOTSTRAP_PERCENTILES)])
             for key in PAIRED_METRICS}
