@@ -50,6 +50,9 @@ from cxr_tune.serving import LoadedModel, load_model, probabilities
 from cxr_tune.set_metrics import INTERVAL_METHODS, clinical_metrics, held_out_metrics
 
 T = TypeVar("T")
+#: Files decoded and scored at once: a folder of any size holds one chunk's pixels (1024 of 224 px: 51 MB). A multiple
+#: of the scoring and Grad-CAM batches, so that where every file reads, chunks make the batches one piece made.
+_CHUNK_FILES = 1024
 
 if TYPE_CHECKING:  # torch is imported only for --explain: scoring needs onnxruntime alone, and starts faster without it
     from cxr_tune.modelfile import Members
@@ -129,21 +132,46 @@ def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None 
     at ``threshold`` (default: the model's own); ``check`` says why an image may not be like the
     training X-rays ("" when nothing does)."""
     threshold = model.threshold if threshold is None else threshold
-    decoded = _decode_all([file.path for file in files], lambda path: try_decode_checked(path, model.image_size))
-    ok = [i for i, (image, _, _) in enumerate(decoded) if image is not None]
-    skipped = pd.DataFrame([{"path": path_text(files[i].path), "reason": reason} for i, (image, _, reason) in enumerate(decoded) if image is None],
-                           columns=["path", "reason"])
-    images = np.stack([decoded[i][0] for i in ok]) if ok else np.zeros((0, model.image_size, model.image_size), np.uint8)
-    scores = probabilities(model, images)
+    read = _Read([], [], [])
+    scores = [probabilities(model, _decode_chunk(files[start : start + _CHUNK_FILES], model.image_size, read))
+              for start in range(0, len(files) or 1, _CHUNK_FILES)]  # no files: one empty chunk, for the empty frames
+    return _frames(read, np.concatenate(scores), threshold)
+
+
+class _Read(NamedTuple):
+    """What decoding found, in the files' order: the files read, why each may be unlike the training X-rays, and the unread ones."""
+
+    files: list[Input]
+    checks: list[str]
+    skipped: list[dict[str, str]]
+
+
+def _decode_chunk(chunk: Sequence[Input], size: int, read: _Read) -> np.ndarray:
+    """The readable images of ``chunk`` at ``size``, stacked for scoring; which were read and why the others
+    were not is added to ``read``, so that only one chunk's pixels are ever held."""
+    images = []
+    decoded = _decode_all([file.path for file in chunk], lambda path: try_decode_checked(path, size))
+    for file, (image, checks, reason) in zip(chunk, decoded, strict=True):
+        if image is None:
+            read.skipped.append({"path": path_text(file.path), "reason": reason})
+        else:
+            images.append(image)
+            read.files.append(file)
+            read.checks.append("; ".join(checks))
+    return np.stack(images) if images else np.zeros((0, size, size), np.uint8)
+
+
+def _frames(read: _Read, scores: np.ndarray, threshold: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`predict`'s two tables from what decoding found and the scores of the files read."""
     frame = pd.DataFrame({
-        "path": [path_text(files[i].path) for i in ok],
-        "file": pd.Series([files[i].path for i in ok], dtype=object),  # the Path itself, to read the image again (--explain)
+        "path": [path_text(file.path) for file in read.files],
+        "file": pd.Series([file.path for file in read.files], dtype=object),  # the Path itself, to read the image again (--explain)
         "probability": scores,
         "prediction": (scores >= threshold).astype(int),
-        "check": ["; ".join(decoded[i][1]) for i in ok],
-        "label": [files[i].label for i in ok],
+        "check": read.checks,
+        "label": [file.label for file in read.files],
     })
-    return frame, skipped
+    return frame, pd.DataFrame(read.skipped, columns=["path", "reason"])
 
 
 def labelled_metrics(frame: pd.DataFrame, threshold: float, points: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
@@ -212,16 +240,19 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    images = np.stack(_decode_all(frame["file"], lambda path: decode_gray(path, model.image_size)))  # pixels only: predict() checked them
-    maps = grad_cam(members, images)
     threshold = threshold_for(model.meta, point)
+    names = explanation_names(frame["path"])
     written: list[Path] = []
-    for row, name, image, heat in zip(frame.itertuples(), explanation_names(frame["path"]), images, maps, strict=True):
-        truth = "" if pd.isna(row.label) else f"; labelled {CLASSES[int(row.label)]}"
-        caption = (f"{row.path}\nP(PNEUMONIA) {row.probability:.3f}: {CLASSES[row.prediction]} at {point} "
-                   f"(threshold {threshold:.3f}){truth}")  # the path as given: two folders may hold the same file name
-        explain_figure(out / name, image, heat, caption)
-        written.append(out / name)
+    for start in range(0, len(frame), _CHUNK_FILES):  # as predict() reads them: one chunk's pixels and maps held at a time
+        part = frame.iloc[start : start + _CHUNK_FILES]
+        images = np.stack(_decode_all(part["file"], lambda path: decode_gray(path, model.image_size)))  # pixels only: predict() checked them
+        maps = grad_cam(members, images)
+        for row, name, image, heat in zip(part.itertuples(), names[start : start + _CHUNK_FILES], images, maps, strict=True):
+            truth = "" if pd.isna(row.label) else f"; labelled {CLASSES[int(row.label)]}"
+            caption = (f"{row.path}\nP(PNEUMONIA) {row.probability:.3f}: {CLASSES[row.prediction]} at {point} "
+                       f"(threshold {threshold:.3f}){truth}")  # the path as given: two folders may hold the same file name
+            explain_figure(out / name, image, heat, caption)
+            written.append(out / name)
     return written
 
 
