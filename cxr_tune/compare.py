@@ -31,7 +31,7 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import threshold_for
-from cxr_tune.predict import collect, predict
+from cxr_tune.predict import collect, predict_each
 from cxr_tune.serving import load_model
 from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METRICS, held_out_metrics, paired_differences
 
@@ -65,8 +65,7 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
         raise UserError(f"compare needs labelled images; none of the {len(files)} file(s) in {', '.join(inputs)} sits under a "
                         "NORMAL/ or PNEUMONIA/ folder")
     frames, skipped = {}, {}
-    for name, model in loaded.items():
-        frame, unread = predict(model, labelled, thresholds[name])
+    for name, (frame, unread) in zip(loaded, predict_each(list(loaded.values()), labelled, list(thresholds.values())), strict=True):
         frames[name] = frame.set_index("path")
         skipped.update(dict(zip(unread["path"], unread["reason"], strict=True)))
     common = sorted(set.intersection(*(set(frame.index) for frame in frames.values())))

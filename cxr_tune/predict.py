@@ -131,11 +131,22 @@ def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None 
     """(predictions: path, probability, prediction, check, label; skipped: path, reason), predictions
     at ``threshold`` (default: the model's own); ``check`` says why an image may not be like the
     training X-rays ("" when nothing does)."""
-    threshold = model.threshold if threshold is None else threshold
-    read = _Read([], [], [])
-    scores = [probabilities(model, _decode_chunk(files[start : start + _CHUNK_FILES], model.image_size, read))
-              for start in range(0, len(files) or 1, _CHUNK_FILES)]  # no files: one empty chunk, for the empty frames
-    return _frames(read, np.concatenate(scores), threshold)
+    return predict_each([model], files, [model.threshold if threshold is None else threshold])[0]
+
+
+def predict_each(models: Sequence[LoadedModel], files: Sequence[Input], thresholds: Sequence[float]) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """:func:`predict` of each model at its threshold on the same files, each file decoded once per image size
+    the models take (not once per model), a chunk of files at a time."""
+    sizes = sorted({model.image_size for model in models})
+    read = {size: _Read([], [], []) for size in sizes}
+    scores: list[list[np.ndarray]] = [[] for _ in models]
+    for start in range(0, len(files) or 1, _CHUNK_FILES):  # no files: one empty chunk, for the empty frames
+        for size in sizes:
+            images = _decode_chunk(files[start : start + _CHUNK_FILES], size, read[size])
+            for model, scored in zip(models, scores, strict=True):
+                if model.image_size == size:
+                    scored.append(probabilities(model, images))
+    return [_frames(read[model.image_size], np.concatenate(scored), threshold) for model, scored, threshold in zip(models, scores, thresholds, strict=True)]
 
 
 class _Read(NamedTuple):

@@ -63,3 +63,16 @@ def test_a_paired_interval_is_narrower_than_either_models_own():
     own = [bootstrap_intervals(labels, scores, 0.5)["auc"] for scores in (better, worse)]
     assert 0 < low < value < high  # a difference these images can show, though the two models' own intervals overlap
     assert own[1][1] > own[0][0] and high - low < 0.7 * min(b - a for a, b in own)
+
+
+def test_each_image_is_decoded_once_per_image_size_the_models_take_not_once_per_model(tmp_path, site, monkeypatch):
+    import cxr_tune.predict
+    from cxr_tune.compare import compare
+    from cxr_tune.data.imaging import try_decode_checked
+
+    models = [str(write_export(tmp_path / "a")), str(write_export(tmp_path / "b", threshold=0.3)), str(write_export(tmp_path / "c", image_size=24))]
+    sizes: list[int] = []
+    monkeypatch.setattr(cxr_tune.predict, "try_decode_checked", lambda path, size: sizes.append(size) or try_decode_checked(path, size))
+    result = compare(models, [str(site)])
+    assert sorted(sizes) == [16] * 25 + [24] * 25  # before: 16 for each of the two models that take it
+    assert result["images"] == 25 and result["models"][models[1]]["threshold_used"] == 0.3

@@ -285,3 +285,21 @@ def test_explain_reads_and_maps_a_chunk_at_a_time_and_draws_the_same_figures(tmp
     for name, (image, heat, caption) in whole.items():
         # torch's float sums may differ in the last bits for other batches (here 2, not 5); a chunk of 1024 makes the batches of 32 one piece did
         assert np.array_equal(figures[name][0], image) and np.allclose(figures[name][1], heat) and figures[name][2] == caption
+
+
+def test_models_scored_together_give_the_tables_each_gives_alone(tmp_path, monkeypatch):
+    """Models that take the same image size score the same decoded pixels (compare); each model's tables are its own predict's."""
+    import cxr_tune.predict as module
+    from cxr_tune.predict import collect, predict, predict_each
+    from cxr_tune.serving import load_model
+
+    models = [load_model(str(write_export(tmp_path / name, image_size=size))) for name, size in (("a", 16), ("b", 24), ("c", 16))]
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg", "IM-0002-0001.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"]}})
+    (data / "test" / "NORMAL" / "notes.txt").write_text("not an image")
+    files = collect([str(data)])
+    alone = [predict(model, files, threshold) for model, threshold in zip(models, (0.5, 0.4, 0.6), strict=True)]
+    monkeypatch.setattr(module, "_CHUNK_FILES", 3)
+    together = predict_each(models, files, [0.5, 0.4, 0.6])
+    for (frame, skipped), (own_frame, own_skipped) in zip(together, alone, strict=True):
+        pd.testing.assert_frame_equal(frame, own_frame)
+        pd.testing.assert_frame_equal(skipped, own_skipped)
