@@ -47,7 +47,6 @@ from typing import Any
 
 from cxr_tune.errors import UserError
 from cxr_tune.train.hparams import HParams, HParamsError
-from cxr_tune.train.model import max_depth
 from cxr_tune.yamlfile import load_mapping
 
 # The named spaces ship inside the package: in a checkout cxr_tune/spaces is a symlink to the
@@ -442,6 +441,8 @@ def _corners(space: Space) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _problem(config: dict[str, Any]) -> str | None:
     """Why ``config`` cannot be a trial's network, or None."""
+    from cxr_tune.train.model import max_depth  # torch: not for the search's --help and flag errors, which import this module
+
     try:
         hp = HParams.from_config(config)
     except HParamsError as exc:

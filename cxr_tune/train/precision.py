@@ -23,14 +23,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from cxr_tune.train.hparams import PRECISIONS
 
+if TYPE_CHECKING:
+    import torch  # each function imports it: search and train --help (add_precision_arguments) answer without loading torch
+
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # torch's names
 
 
 @dataclass(frozen=True)
@@ -44,16 +45,22 @@ class Precision:
 
     @property
     def memory_format(self) -> torch.memory_format:
+        import torch
+
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context the training forward pass runs in (a no-op for fp32)."""
         if self.name == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=_DTYPES[self.name])
+        import torch
+
+        return torch.autocast(self.device_type, dtype=getattr(torch, _DTYPES[self.name]))
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none."""
+        import torch
+
         return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
 
     def describe(self) -> str:
@@ -68,6 +75,8 @@ class Precision:
 
 def cpu_has_native_bf16() -> bool:
     """True when this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), as torch sees it."""
+    import torch
+
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):  # an older or unusual torch build: assume not
@@ -75,6 +84,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def cuda_capability(device: torch.device | None = None) -> tuple[int, int]:
+    import torch
+
     return torch.cuda.get_device_capability(device)
 
 
@@ -92,6 +103,8 @@ def resolve(requested: str = "auto", device_type: str = "cpu", memory_format: st
     if requested != "auto":
         return Precision(requested, channels_last, device_type, f"asked for: --precision {requested}")
     if device_type == "cuda":
+        import torch
+
         major, minor = cuda_capability(device)
         if torch.cuda.is_bf16_supported(including_emulation=False):
             return Precision("bf16", channels_last, "cuda", f"auto: this GPU (compute capability {major}.{minor}) supports bf16")
@@ -108,6 +121,8 @@ def fp32_scoring() -> Iterator[None]:
     """Evaluation in plain fp32: no autocast, and on CUDA no TF32 in convolutions or matmuls (cuDNN
     uses TF32 for convolutions by default, about 1e-3 relative error), so stored scores match the
     CPU fp32 ONNX export."""
+    import torch
+
     if not torch.cuda.is_available():
         with torch.autocast("cpu", enabled=False):
             yield
@@ -130,6 +145,8 @@ def configure_device(device: torch.device, *, deterministic: bool = False) -> No
     """
     if device.type != "cuda":
         return
+    import torch
+
     if deterministic:
         import os
 
