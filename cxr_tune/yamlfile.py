@@ -3,6 +3,7 @@ reader of YAML (space and params files, ``--set`` values)."""
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,19 @@ class AliasRefused(yaml.YAMLError):
         self.anchor, self.mark = anchor, mark
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A key given twice in one mapping: refused, because YAML keeps only the last (a second ``params:``
+    section silently replaced the first, and with it every parameter listed there)."""
+
+    def __init__(self, key: Any, mark: yaml.Mark, first: yaml.Mark) -> None:
+        super().__init__(f"the key {reprlib.repr(key)} at line {mark.line + 1} repeats the one at line {first.line + 1}")
+        self.key, self.mark, self.first = key, mark, first
+
+
 class _Loader(yaml.SafeLoader):
-    """``yaml.safe_load``'s loader, but an alias stops it before anything is built from it. No file
-    this project reads needs one; each value is written out."""
+    """``yaml.safe_load``'s loader, but an alias stops it before anything is built from it, and so
+    does a key given twice in one mapping. No file this project reads needs either; each value is
+    written out once."""
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
@@ -29,9 +40,21 @@ class _Loader(yaml.SafeLoader):
             raise AliasRefused(event.anchor, event.start_mark)
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader says so below
+                continue
+            if first is not key_node.start_mark:
+                raise DuplicateKey(key, key_node.start_mark, first)
+        return super().construct_mapping(node, deep)
+
 
 def parse(text: str) -> Any:
-    """``text`` as ``yaml.safe_load`` reads it, refusing aliases (:class:`AliasRefused`).
+    """``text`` as ``yaml.safe_load`` reads it, refusing aliases (:class:`AliasRefused`) and a key given twice in one mapping (:class:`DuplicateKey`).
 
     >>> parse("[0.1, balanced]")
     [0.1, 'balanced']
@@ -52,6 +75,8 @@ def load_mapping(path: str | Path, what: str) -> dict[str, Any]:
         raise UserError(f"{what} file '{path}' cannot be read: {exc.strerror or exc}") from None
     except AliasRefused as exc:
         raise UserError(f"{path}: {exc} is not accepted (YAML aliases are refused); write the value out") from None
+    except DuplicateKey as exc:
+        raise UserError(f"{path}: {exc} (YAML would keep only the last); give each key once") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

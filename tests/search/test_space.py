@@ -124,6 +124,11 @@ def test_fixed_values_reach_every_trial(tmp_path):
      "  filters: {type: categorical, choices: [8, 16], per_block: depth}\n", "search.final_fit_changes.filters", "would change nothing"),
     ("search: {final_fit_top: 1, final_fit_changes: {depth: 7}}\nparams:\n  image_size: {type: categorical, choices: [64, 128]}\n",
      "search.final_fit_changes", "depth 7 would shrink 64 px images below 1x1"),
+    # YAML keeps a repeated key's last value: a second params: section dropped lr, a parameter listed twice kept its second range.
+    ("params:\n  lr: {type: logfloat, low: 1.0e-3, high: 1.0e-2}\nparams:\n  dropout: {type: float, low: 0.0, high: 0.3}\n",
+     "the key 'params' at line 3 repeats the one at line 1", "give each key once"),
+    ("params:\n  lr: {type: logfloat, low: 1.0e-3, high: 1.0e-2}\n  dropout: {type: float, low: 0.0, high: 0.3}\n"
+     "  lr: {type: logfloat, low: 1.0e-5, high: 1.0e-4}\n", "the key 'lr' at line 4 repeats the one at line 2", "YAML would keep only the last"),
     ("- just\n- a list\n", "must be a mapping", "list"),
     ("", "empty", "empty"),
 ])
