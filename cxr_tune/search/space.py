@@ -27,7 +27,7 @@ A space file (``search_spaces/*.yaml``) has four sections::
 Types: ``int`` (``low``, ``high``, optional whole ``step`` or ``log``), ``float`` (``low``, ``high``,
 optional ``step`` or ``log``; not for a whole-number hyperparameter), ``logfloat`` (``low`` > 0,
 ``high``), ``categorical`` (``choices``; the only type ``image_size`` takes: each size is one image
-cache). Conditions: ``per_block: P`` repeats the parameter once per block up to the sampled value
+cache); a ``step`` divides ``high - low``. Conditions: ``per_block: P`` repeats the parameter once per block up to the sampled value
 of the int parameter ``P`` (named ``NAME_0``, ``NAME_1``, ...; ``P`` must be sampled whenever the
 parameter is); ``when: {P: value or [values]}`` samples it only when the parameter ``P`` took one
 of those values. Every name must be a hyperparameter (see :class:`cxr_tune.train.hparams.HParams`)
@@ -41,6 +41,7 @@ from __future__ import annotations
 import reprlib  # a value in an error message is shown short: a space file's value can be any size
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -317,7 +318,7 @@ def _param(name: str, spec: Any, known: dict[str, str], fail: Any, checked: bool
         raise fail(f"{key}.low", f"must be > 0 on a log scale, got {low}")
     step = spec.get("step")
     if step is not None:
-        _check_step(step, kind, log, f"{key}.step", fail)
+        _check_step(step, kind, log, (low, high), f"{key}.step", fail)
     return Param(name, kind, low=low, high=high, step=step, log=log, per_block=per_block, when=when)
 
 
@@ -333,8 +334,9 @@ def _log(spec: dict[str, Any], kind: str, key: str, fail: Any) -> bool:
     return log
 
 
-def _check_step(step: Any, kind: str, log: bool, key: str, fail: Any) -> None:
-    """Optuna needs an int's step whole (int(0.5) is 0, which fails the first trial) and no step on a log scale."""
+def _check_step(step: Any, kind: str, log: bool, bounds: tuple[float, float], key: str, fail: Any) -> None:
+    """Optuna needs an int's step whole (int(0.5) is 0, which fails the first trial) and no step on a log scale,
+    and it lowers a high that the step does not reach (0..0.3 step 0.2 samples 0 and 0.2), warning only into search.log."""
     if log:
         raise fail(key, "cannot be combined with a log scale")
     number = isinstance(step, (int, float)) and not isinstance(step, bool)
@@ -342,6 +344,11 @@ def _check_step(step: Any, kind: str, log: bool, key: str, fail: Any) -> None:
         raise fail(key, f"an int parameter's step must be a whole number >= 1, got {reprlib.repr(step)}")
     if not (number and step > 0):
         raise fail(key, f"must be a positive number, got {reprlib.repr(step)}")
+    low, high = (Decimal(str(bound)) for bound in bounds)  # as Optuna tests it: 0..0.3 step 0.1 is whole in decimal, not in binary
+    if (high - low) % Decimal(str(step)):
+        last = low + (high - low) // Decimal(str(step)) * Decimal(str(step))
+        raise fail(key, f"{step} does not divide {bounds[0]}..{bounds[1]}: the last value sampled would be {last}, not {bounds[1]}; "
+                        "make high - low a multiple of the step")
 
 
 def _check_links(params: tuple[Param, ...], fixed: dict[str, Any], fail: Any, checked: bool = True) -> None:

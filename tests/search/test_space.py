@@ -99,6 +99,9 @@ def test_fixed_values_reach_every_trial(tmp_path):
     ("params:\n  dropout: {type: float, low: 0.0, high: 0.5, step: 0}\n", "params.dropout.step", "positive number"),
     ("params:\n  lr: {type: logfloat, low: 1.0e-4, high: 1.0e-2, step: 1.0e-4}\n", "params.lr.step", "log scale"),
     ("params:\n  batch_size: {type: float, low: 16, high: 64}\n", "params.batch_size.type", "takes whole numbers"),
+    # A step that does not divide the range: Optuna lowered high and warned only into search.log.
+    ("params:\n  dropout: {type: float, low: 0.0, high: 0.3, step: 0.2}\n", "params.dropout.step", "the last value sampled would be 0.2, not 0.3"),
+    ("params:\n  batch_size: {type: int, low: 16, high: 40, step: 16}\n", "params.batch_size.step", "16 does not divide 16..40"),
     # Each of these was a traceback from deep inside the space's own checks, or (the last two) a space that never sampled momentum.
     ("fixed: {image_size: abc}\n", "fixed", "image_size='abc' has the wrong type"),
     ("params:\n  image_size: {type: categorical, choices: [abc]}\n", "params.image_size", "image_size='abc' has the wrong type"),
@@ -251,6 +254,7 @@ def test_an_image_size_searched_under_a_condition_keeps_the_default_size_s_cache
 @pytest.mark.parametrize("body", [
     # Each value was checked with the defaults (filters 32, growth 2, depth 4, 128 px), not with what the space samples.
     "fixed: {depth: 5}\nparams:\n  filters: {type: categorical, choices: [8, 16]}\n  width_growth: {type: float, low: 1.0, high: 3.0}\n",  # widest 1296
+    "params:\n  dropout: {type: float, low: 0.0, high: 0.3, step: 0.1}\n  batch_size: {type: int, low: 16, high: 64, step: 16}\n",  # 0.3 - 0.0 is 3 steps in decimal, not in binary
     "fixed: {image_size: 256}\nparams:\n  depth: {type: int, low: 4, high: 8}\n  filters: {type: categorical, choices: [8, 16]}\n",  # widest 2048
     "params:\n  image_size: {type: categorical, choices: [256, 384]}\n  depth: {type: int, low: 4, high: 8}\n"
     "  filters: {type: categorical, choices: [8, 16]}\n",  # depth 8 on 256 px: 1x1
