@@ -27,10 +27,11 @@ A space file (``search_spaces/*.yaml``) has four sections::
 Types: ``int`` (``low``, ``high``, optional whole ``step`` or ``log``), ``float`` (``low``, ``high``,
 optional ``step`` or ``log``; not for a whole-number hyperparameter), ``logfloat`` (``low`` > 0,
 ``high``), ``categorical`` (``choices``; the only type ``image_size`` takes: each size is one image
-cache); a ``step`` divides ``high - low``. Conditions: ``per_block: P`` repeats the parameter once per block up to the sampled value
-of the int parameter ``P`` (named ``NAME_0``, ``NAME_1``, ...; ``P`` must be sampled whenever the
-parameter is); ``when: {P: value or [values]}`` samples it only when the parameter ``P`` took one
-of those values. Every name must be a hyperparameter (see :class:`cxr_tune.train.hparams.HParams`)
+cache); a ``step`` divides ``high - low``. Conditions: ``per_block: P`` repeats the parameter once
+per block up to the sampled value of the int parameter ``P`` (named ``NAME_0``, ``NAME_1``, ...;
+``P`` must be sampled whenever the parameter is); ``when: {P: value or [values]}`` samples it only
+when the parameter ``P`` (not a per-block one) took one of those values, one of which ``P`` can take.
+Every name must be a hyperparameter (see :class:`cxr_tune.train.hparams.HParams`)
 other than the ones the search sets itself (epochs, criterion, min_sensitivity); every value a
 trial or a final-fit run can get must make a valid one. A bad file stops with one line naming the
 file, the key and the problem.
@@ -369,16 +370,33 @@ def _check_links(params: tuple[Param, ...], fixed: dict[str, Any], fail: Any, ch
         for other, allowed in param.when.items():
             if other not in seen and other not in fixed:
                 raise fail(f"{key}.when.{other}", f"'{other}' must be a parameter listed before {param.name} (or fixed)")
-            possible = _possible(seen[other]) if other in seen else (fixed[other],)
-            if checked and possible is not None and not any(value in possible for value in allowed):
-                raise fail(f"{key}.when.{other}", f"{other} never takes {', '.join(map(repr, allowed))} (it takes {', '.join(map(repr, possible))}): "
+            source = seen.get(other)
+            if checked and source is not None and source.per_block:
+                raise fail(f"{key}.when.{other}", f"'{other}' is drawn once per block (as {other}_0, {other}_1, ...), never as {other}: "
+                           f"{param.name} would never be sampled")
+            if checked and not any(_takes(source, value) if source else value == fixed[other] for value in allowed):
+                possible = _describe(source) if source else repr(fixed[other])
+                raise fail(f"{key}.when.{other}", f"{other} never takes {', '.join(map(repr, allowed))} (it takes {possible}): "
                            f"{param.name} would never be sampled")
         seen[param.name] = param
 
 
-def _possible(param: Param) -> tuple[Any, ...] | None:
-    """Every value ``param`` can take, where they can be listed (a categorical's choices); None for a range."""
-    return param.choices if param.type == "categorical" else None
+def _takes(param: Param, value: Any) -> bool:
+    """Whether ``param`` can draw ``value``: one of a categorical's choices, or a number in its range (on its step)."""
+    if param.type == "categorical":
+        return value in param.choices
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not param.low <= value <= param.high:
+        return False
+    if param.type == "int" and not float(value).is_integer():
+        return False
+    return not param.step or (Decimal(str(value)) - Decimal(str(param.low))) % Decimal(str(param.step)) == 0
+
+
+def _describe(param: Param) -> str:
+    """What ``param`` draws, for a message: its choices, or its range."""
+    if param.type == "categorical":
+        return ", ".join(map(repr, param.choices))
+    return f"{param.low}..{param.high}" + (f" in steps of {param.step}" if param.step else "")
 
 
 def _check_block_count(param: Param, source: Param, fail: Any) -> None:

@@ -112,6 +112,13 @@ def test_fixed_values_reach_every_trial(tmp_path):
      "params.momentum.when.optimizer", "optimizer never takes 'sgdd' (it takes 'adamw', 'sgd'): momentum would never be sampled"),
     ("fixed: {optimizer: adamw}\nparams:\n  momentum: {type: float, low: 0.8, high: 0.9, when: {optimizer: sgd}}\n",
      "params.momentum.when.optimizer", "never be sampled"),
+    # A condition on a value an int range never draws, or on a per-block parameter (drawn as filters_0, ...): accepted, and never met.
+    ("fixed: {image_size: 64}\nparams:\n  depth: {type: int, low: 2, high: 5}\n  dropout: {type: float, low: 0.0, high: 0.3, when: {depth: 7}}\n",
+     "params.dropout.when.depth", "depth never takes 7 (it takes 2..5): dropout would never be sampled"),
+    ("params:\n  batch_size: {type: int, low: 16, high: 64, step: 16}\n  lr: {type: logfloat, low: 1.0e-4, high: 1.0e-2, when: {batch_size: [20, 2.5]}}\n",
+     "params.lr.when.batch_size", "(it takes 16..64 in steps of 16)"),
+    ("fixed: {image_size: 32}\nparams:\n  depth: {type: int, low: 2, high: 3}\n  filters: {type: categorical, choices: [4, 8], per_block: depth}\n"
+     "  dropout: {type: float, low: 0.0, high: 0.3, when: {filters: 8}}\n", "params.dropout.when.filters", "is drawn once per block"),
     ("params:\n  depth: {type: int, low: 5, high: 6}\n  filters: {type: int, low: 64, high: 128}\n", "params.filters", "keep every block <= 2048"),
     ("params:\n  depth: {type: logfloat, low: 2, high: 4}\n", "params.depth.type", "takes whole numbers"),
     ("params:\n  kernel_size: {type: int, low: 3, high: 5}\n", "params.kernel_size", "kernel_size=4 must be odd"),
@@ -254,6 +261,8 @@ def test_an_image_size_searched_under_a_condition_keeps_the_default_size_s_cache
 @pytest.mark.parametrize("body", [
     # Each value was checked with the defaults (filters 32, growth 2, depth 4, 128 px), not with what the space samples.
     "fixed: {depth: 5}\nparams:\n  filters: {type: categorical, choices: [8, 16]}\n  width_growth: {type: float, low: 1.0, high: 3.0}\n",  # widest 1296
+    "fixed: {image_size: 64}\nparams:\n  depth: {type: int, low: 2, high: 5}\n  dropout: {type: float, low: 0.0, high: 0.3, when: {depth: [1, 5]}}\n"
+    "  lr: {type: logfloat, low: 1.0e-4, high: 1.0e-2, when: {dropout: 0.15}}\n",  # a condition some draw of a range can meet
     "params:\n  dropout: {type: float, low: 0.0, high: 0.3, step: 0.1}\n  batch_size: {type: int, low: 16, high: 64, step: 16}\n",  # 0.3 - 0.0 is 3 steps in decimal, not in binary
     "fixed: {image_size: 256}\nparams:\n  depth: {type: int, low: 4, high: 8}\n  filters: {type: categorical, choices: [8, 16]}\n",  # widest 2048
     "params:\n  image_size: {type: categorical, choices: [256, 384]}\n  depth: {type: int, low: 4, high: 8}\n"
