@@ -438,7 +438,7 @@ def _check_corners(space: Space, fail: Any) -> None:
 
 def _corners(space: Space) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key to blame, configuration): the fixed values; each value of :attr:`Param.values` with them,
-    per-block widths at every block count; the deepest network on the smallest searched image; the widest network.
+    per-block widths at every block count; the deepest network and each architecture on the smallest searched image; the widest network.
     A generator, so each is built only after the ones before it passed."""
     fixed = space.fixed
     yield "fixed", dict(fixed)
@@ -459,6 +459,11 @@ def _corners(space: Space) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield key, {**base, param.per_block: blocks, **{f"{param.name}_{i}": value for i in range(int(blocks))}}
     if {"depth", "image_size"} <= searched:
         yield "params.depth", {**base, "depth": max(_values(space, "depth")), "image_size": min(_values(space, "image_size"))}
+    if {"arch", "image_size"} <= searched:  # each network on the smallest image it can get (torchvision's downsample by 32)
+        sized_for = next(p for p in space.params if p.name == "image_size").when.get("arch")
+        for arch in _values(space, "arch"):
+            if sized_for is None or arch in sized_for:  # else it trains at the default size
+                yield "params.arch", {**base, "arch": arch, "image_size": min(_values(space, "image_size"))}
     shape = [name for name in _SHAPE if name in searched]
     if shape and not any(p.per_block for p in space.params):  # the widest network: its last block's width
         yield f"params.{shape[0]}", {**base, **{name: max(_values(space, name)) for name in _SHAPE}, **fixed}
@@ -466,12 +471,14 @@ def _corners(space: Space) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _problem(config: dict[str, Any]) -> str | None:
     """Why ``config`` cannot be a trial's network, or None."""
-    from cxr_tune.train.model import max_depth  # torch: not for the search's --help and flag errors, which import this module
+    from cxr_tune.train.model import TORCHVISION_MIN_SIZE, max_depth  # torch: not for the search's --help and flag errors, which import this module
 
     try:
         hp = HParams.from_config(config)
     except HParamsError as exc:
         return str(exc)
+    if hp.arch != "cnn" and hp.image_size < TORCHVISION_MIN_SIZE:
+        return f"arch {hp.arch} downsamples by {TORCHVISION_MIN_SIZE}; use image_size >= {TORCHVISION_MIN_SIZE}, not {hp.image_size}"
     if hp.depth > max_depth(hp.image_size):
         return f"depth {hp.depth} would shrink {hp.image_size} px images below 1x1; keep depth <= {max_depth(hp.image_size)}"
     return None

@@ -23,6 +23,9 @@ from cxr_tune.train.intensity import normalize_intensity
 _LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
+TORCHVISION_MIN_SIZE = 32  # torchvision's networks downsample by 32: a smaller image has no pixel left for their last stage
+
+
 def max_depth(image_size: int) -> int:
     """Deepest network whose last feature map is still at least 1x1 (one halving per block)."""
     return max(0, image_size.bit_length() - 1)
@@ -114,8 +117,8 @@ class TorchvisionNet(nn.Module):
             net.classifier = nn.Sequential(nn.Dropout(hp.dropout), nn.Linear(net.classifier.in_features, 1))
         else:
             raise HParamsError(f"arch={hp.arch!r} is not a torchvision network")
-        if hp.image_size < 32:
-            raise HParamsError(f"arch={hp.arch} downsamples by 32; use image_size >= 32, not {hp.image_size}")
+        if hp.image_size < TORCHVISION_MIN_SIZE:
+            raise HParamsError(f"arch={hp.arch} downsamples by {TORCHVISION_MIN_SIZE}; use image_size >= {TORCHVISION_MIN_SIZE}, not {hp.image_size}")
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

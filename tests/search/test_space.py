@@ -120,6 +120,10 @@ def test_fixed_values_reach_every_trial(tmp_path):
     ("fixed: {image_size: 32}\nparams:\n  depth: {type: int, low: 2, high: 3}\n  filters: {type: categorical, choices: [4, 8], per_block: depth}\n"
      "  dropout: {type: float, low: 0.0, high: 0.3, when: {filters: 8}}\n", "params.dropout.when.filters", "is drawn once per block"),
     ("params:\n  depth: {type: int, low: 5, high: 6}\n  filters: {type: int, low: 64, high: 128}\n", "params.filters", "keep every block <= 2048"),
+    # A torchvision network below 32 px failed inside Ray, after its trial had started.
+    ("fixed: {image_size: 16, arch: resnet18}\n", "fixed", "arch resnet18 downsamples by 32; use image_size >= 32, not 16"),
+    ("fixed: {depth: 2}\nparams:\n  image_size: {type: categorical, choices: [16, 32]}\n  arch: {type: categorical, choices: [cnn, densenet121]}\n",
+     "params.arch", "arch densenet121 downsamples by 32; use image_size >= 32, not 16"),
     ("params:\n  depth: {type: logfloat, low: 2, high: 4}\n", "params.depth.type", "takes whole numbers"),
     ("params:\n  kernel_size: {type: int, low: 3, high: 5}\n", "params.kernel_size", "kernel_size=4 must be odd"),
     ("params:\n  image_size: {type: int, low: 64, high: 96}\n", "params.image_size", "categorical list"),
@@ -261,6 +265,8 @@ def test_an_image_size_searched_under_a_condition_keeps_the_default_size_s_cache
 @pytest.mark.parametrize("body", [
     # Each value was checked with the defaults (filters 32, growth 2, depth 4, 128 px), not with what the space samples.
     "fixed: {depth: 5}\nparams:\n  filters: {type: categorical, choices: [8, 16]}\n  width_growth: {type: float, low: 1.0, high: 3.0}\n",  # widest 1296
+    "fixed: {depth: 2}\nparams:\n  arch: {type: categorical, choices: [cnn, resnet18]}\n"
+    "  image_size: {type: categorical, choices: [16, 32], when: {arch: cnn}}\n",  # resnet18 trains at the default 128 px
     "fixed: {image_size: 64}\nparams:\n  depth: {type: int, low: 2, high: 5}\n  dropout: {type: float, low: 0.0, high: 0.3, when: {depth: [1, 5]}}\n"
     "  lr: {type: logfloat, low: 1.0e-4, high: 1.0e-2, when: {dropout: 0.15}}\n",  # a condition some draw of a range can meet
     "params:\n  dropout: {type: float, low: 0.0, high: 0.3, step: 0.1}\n  batch_size: {type: int, low: 16, high: 64, step: 16}\n",  # 0.3 - 0.0 is 3 steps in decimal, not in binary
