@@ -189,11 +189,12 @@ class TrialEventLog(Callback):
             return set()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """A budget ends the search without ending its running trials through Tune's callbacks: they are cut short."""
+        """A budget ends the search without ending its running trials through Tune's callbacks: they are cut short,
+        Tune's last result or not (an epoch only the trial's checkpoint holds still counts in the trial table)."""
         if SessionBudget.ended:
             logged = self._logged()
             for trial in trials:
-                if trial.status == "TERMINATED" and trial.trial_id not in logged and (trial.last_result or {}).get("epoch"):
+                if trial.status == "TERMINATED" and trial.trial_id not in logged:
                     self._write(trial, "cut short")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

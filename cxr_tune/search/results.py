@@ -168,7 +168,9 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...], d
             })
         row["error"] = trial_error(experiment_dir, trial) if trial.status == "ERROR" else ""
         diverged = not history.empty and bool(history["diverged"].fillna(False).astype(bool).any()) if "diverged" in history else False
-        row["stop_reason"] = "diverged" if diverged else _stop_reason(trial.status, row["epochs"], max_epochs, events.get(trial.trial_id), rungs)
+        # With an event log every ASHA stop is in it: the rungs guess only for an experiment without one (on object storage).
+        guess = () if events else rungs
+        row["stop_reason"] = "diverged" if diverged else _stop_reason(trial.status, row["epochs"], max_epochs, events.get(trial.trial_id), guess)
         row["started"] = trial.run_metadata.start_time if getattr(trial, "run_metadata", None) else math.nan
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -222,7 +224,7 @@ def _stop_reason(status: str, epochs: int, max_epochs: int, event: str | None, r
     if epochs >= max_epochs:
         return "completed"
     if event == "ASHA stopped" or (event is None and epochs in rungs):
-        return "ASHA stopped"  # with no event (an experiment on object storage, or one before budget ends were logged) the rung rule guesses
+        return "ASHA stopped"  # with no event log (an experiment on object storage) the rung rule guesses
     return "cut short by the end of the search" if epochs else "never trained (the search ended first)"
 
 
@@ -234,7 +236,7 @@ def _events(experiment_dir: str) -> dict[str, str]:
 def _event_records(experiment_dir: str) -> dict[str, dict[str, Any]]:
     """The last record of each trial's end (``event``, ``epochs``) in ``trial_events.jsonl`` (empty if there is none).
 
-    A line cut short by a kill mid-write is skipped: the rung rule then tells that trial's end.
+    A line cut short by a kill mid-write is skipped: that trial's end is then taken as the search's.
     """
     import json
 

@@ -127,3 +127,21 @@ def test_a_diverged_epoch_is_never_called_a_new_best():
     printer.on_trial_result(0, [], _trial("b"), _result(1, 0.45))
     news = [line for line in printer.stream.getvalue().splitlines() if "new best" in line]
     assert len(news) == 1 and "new best: trial b epoch 1" in news[0], news
+
+
+def test_a_budget_logs_every_trial_it_cut_short_even_one_whose_epochs_only_its_checkpoint_holds(tmp_path, monkeypatch):
+    """Tune may end a trial before its first report arrives, after its checkpoint was written: the trial table counts
+    that checkpoint's epochs, and without an event here it guessed 'ASHA stopped' when they fell on a rung."""
+    import json
+
+    from cxr_tune.search.budget import SessionBudget
+    from cxr_tune.search.progress import TrialEventLog
+
+    log = TrialEventLog(str(tmp_path / "trial_events.jsonl"), max_epochs=300)
+    log.on_trial_complete(0, [], _trial("stopped", 2, "TERMINATED"))
+    monkeypatch.setattr(SessionBudget, "ended", "time budget")
+    unreported = SimpleNamespace(trial_id="unreported", config={}, status="TERMINATED", last_result={})
+    log.on_experiment_end(trials=[_trial("stopped", 2, "TERMINATED"), unreported, _trial("pending", 0, "PENDING")])
+    logged = [json.loads(line) for line in (tmp_path / "trial_events.jsonl").read_text().splitlines()]
+    assert [(e["trial_id"], e["event"]) for e in logged] == [("stopped", "ASHA stopped"), ("unreported", "cut short")]
+

@@ -114,3 +114,26 @@ def test_tunes_state_file_cut_short_is_named_not_taken_for_a_committed_copy(tmp_
     done = call_cli("cxr_tune.export", str(copy), "--out", str(tmp_path / "best"))
     assert done.returncode == 2 and done.stderr.startswith(f"error: Tune's state file '{state}' could not be read ("), done.stderr
     assert "damaged or half-written" in done.stderr and "a copy of a finished experiment" not in done.stderr
+
+
+def test_with_an_event_log_a_trial_without_an_event_was_cut_short_not_guessed_asha_stopped_from_the_rungs(tmp_path, monkeypatch):
+    """The budget ended trial 'cut' after its checkpoint of epoch 2 (a rung) and before Tune got a report, so no event was
+    logged for it; the rung guess is kept for an experiment without a log (one on object storage)."""
+    from types import SimpleNamespace
+
+    from cxr_tune.search import results
+
+    def history(epochs: int) -> pd.DataFrame:
+        return pd.DataFrame([{"epoch": e, "objective": 0.6, "val_objective": 0.6, "val_auc": 0.7, "val_loss": 0.5} for e in range(1, epochs + 1)])
+
+    trials = [SimpleNamespace(trial_id=t, status="TERMINATED", config={}) for t in ("asha", "cut")]
+    monkeypatch.setattr(results, "trial_histories", lambda _: (trials, {"asha": history(2), "cut": history(2)}))
+
+    def reasons() -> dict[str, str]:
+        table = results.trials_table(str(tmp_path), max_epochs=300, rungs=(1, 2, 4), deciding="carved")
+        return dict(zip(table["trial_id"], table["stop_reason"]))
+
+    assert reasons() == {"asha": "ASHA stopped", "cut": "ASHA stopped"}  # no log: the rungs guess, for both
+    (tmp_path / "trial_events.jsonl").write_text('{"trial_id": "asha", "event": "ASHA stopped", "epochs": 2, "time": 0}\n')
+    assert reasons() == {"asha": "ASHA stopped", "cut": "cut short by the end of the search"}
+
