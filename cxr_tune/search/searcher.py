@@ -102,8 +102,18 @@ class StudySearch(OptunaSearch):
         super().restore(checkpoint_path)
         self._best = getattr(self, "_best", {})
         self._reported = getattr(self, "_reported", {})
+        self._count_told()
         self._fail_abandoned()
         self._upload()
+
+    def _count_told(self) -> None:
+        """Trials the study holds finished are complete here too. Tune's last snapshot of this searcher can predate
+        the end of the search (a budget's end tells the study about the trials it cut short); told again on
+        resume, Optuna refused each on the console ('Trial#2 has already finished', 'Cannot tell a PRUNED trial')."""
+        from optuna.trial import TrialState
+
+        finished = {trial.number for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))}
+        self._completed_trials.update(trial_id for trial_id, trial in self._ot_trials.items() if trial.number in finished)
 
     def _fail_abandoned(self) -> None:
         from optuna.trial import TrialState

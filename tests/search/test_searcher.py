@@ -59,14 +59,18 @@ def test_a_repeated_epoch_report_is_told_once(searcher):
     assert trial.intermediate_values == {1: 0.6, 2: 0.7, 3: 0.7} and trial.value == 0.7
 
 
-def test_a_trial_told_finished_before_the_searcher_was_saved_is_told_again_without_an_error(searcher):
-    # The end of a budget-ended search tells the study after Tune's last snapshot of the searcher; the resumed one tells it again.
-    import copy
-
+def test_a_trial_told_finished_after_the_searcher_was_saved_is_not_told_again_when_it_is_restored(searcher, tmp_path, caplog):
+    # The end of a budget-ended search tells the study after Tune's last snapshot of the searcher; the resumed one
+    # reported and told it again, and Optuna's refusals reached the console.
     searcher.suggest("cut")
     searcher.on_trial_result("cut", {"objective": 0.6, "epoch": 1})
-    snapshot = copy.deepcopy({k: v for k, v in searcher.__dict__.items() if k in ("_completed_trials", "_reported", "_best")})
+    searcher.save(str(tmp_path / "searcher.pkl"))
     searcher.on_trial_complete("cut", {"objective": 0.6, "epoch": 1})
-    searcher.__dict__.update(snapshot)  # as restored: it has not seen the trial end
-    searcher.on_trial_complete("cut", {"objective": 0.7, "epoch": 2})  # an epoch only its checkpoint held
+    searcher.restore(str(tmp_path / "searcher.pkl"))  # as a resumed search restores it: it had not seen the trial end
+    with caplog.at_level("WARNING"):
+        searcher.on_trial_result("cut", {"objective": 0.7, "epoch": 2})  # an epoch only its checkpoint held
+        searcher.on_trial_complete("cut", {"objective": 0.7, "epoch": 2})
     assert told(searcher, "cut").state == TrialState.PRUNED and told(searcher, "cut").value == 0.6
+    assert told(searcher, "cut").intermediate_values == {1: 0.6}
+    assert not [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert run(searcher, "next", [0.5, 0.6, 0.7]).state == TrialState.COMPLETE  # the restored searcher goes on
