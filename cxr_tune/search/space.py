@@ -9,7 +9,7 @@ A space file (``search_spaces/*.yaml``) has four sections::
       grace_period: 2             # ASHA: epochs before a trial can be stopped
       reduction_factor: 3         # ASHA: keep the best 1/3 at each rung
       asha_rule: ray              # ASHA's promotion rule: ray (ASHAScheduler) or optuna (SuccessiveHalvingPruner)
-      startup_trials: 6           # TPE: random trials before the model takes over
+      startup_trials: 6           # TPE: trials that end before the model takes over (the first 6 + trials at once - 1 are random)
       ensemble: 1                 # export the best K trials as one model averaging them
       final_fit_top: 0            # then train the best K configurations again (0: no final fit) ...
       final_fit_seeds: 2          # ... with this many new seeds each ...
@@ -78,6 +78,8 @@ class SearchSettings:
     max_epochs: int = 10
     grace_period: int = 2
     reduction_factor: int = 3
+    # TPE draws at random until this many trials have ended (Optuna counts only finished trials, COMPLETE or PRUNED),
+    # so with k trials at once the first startup_trials + k - 1 are random (more if some fail).
     startup_trials: int = 6
     # Who decides at a rung: "ray", Ray's ASHAScheduler (a trial goes on when it reaches the
     # (1 - 1/rf) percentile of the objectives recorded there before it), or "optuna", Optuna's

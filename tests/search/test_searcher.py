@@ -74,3 +74,27 @@ def test_a_trial_told_finished_after_the_searcher_was_saved_is_not_told_again_wh
     assert told(searcher, "cut").intermediate_values == {1: 0.6}
     assert not [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert run(searcher, "next", [0.5, 0.6, 0.7]).state == TrialState.COMPLETE  # the restored searcher goes on
+
+
+def test_tpe_draws_at_random_until_startup_trials_have_ended_so_with_k_at_once_the_first_startup_plus_k_minus_1_are(tmp_path, monkeypatch):
+    """What the README and the space files say of startup_trials: Optuna counts only ended trials (COMPLETE or PRUNED),
+    not the ones still running, so two at once with startup_trials 2 draw three trials at random."""
+    from cxr_tune.search.searcher import StudySearch
+
+    drawn_at_random: set[int] = set()
+    independent = optuna.samplers.RandomSampler.sample_independent
+
+    def spy(self, study, trial, name, distribution):
+        drawn_at_random.add(trial.number)
+        return independent(self, study, trial, name, distribution)
+
+    monkeypatch.setattr(optuna.samplers.RandomSampler, "sample_independent", spy)
+    sampler = optuna.samplers.TPESampler(seed=0, multivariate=True, group=True, constant_liar=True, n_startup_trials=2)  # as the runner makes it
+    searcher = StudySearch(space=SpaceSampler(load_space("smoke")), metric="objective", mode="max", study_name="exp", sampler=sampler,
+                           max_epochs=3, database=str(tmp_path / "study.db"))
+    for trial_id in ("a", "b"):  # two at once
+        searcher.suggest(trial_id)
+    for ended, started in (("a", "c"), ("b", "d"), ("c", "e")):  # each ending frees a place for the next
+        searcher.on_trial_complete(ended, {"objective": 0.6, "epoch": 1})
+        searcher.suggest(started)
+    assert drawn_at_random == {0, 1, 2}  # a, b and c: 2 + 2 - 1
