@@ -116,3 +116,26 @@ def test_the_block_layout_a_run_records_is_the_number_of_parquet_files_the_build
         (data / f"0359_{block:06d}-0.parquet").write_bytes(b"")
     cache = ImageCache(path=str(tmp_path), image_size=32, n_images=0, failures=pd.DataFrame(), reused=True, build_seconds=0.0, data_name=data.name)
     assert parquet_files(cache) == 4
+
+
+def test_a_large_cache_is_built_in_blocks_of_bounded_size_and_the_real_data_keeps_its_layout():
+    from cxr_tune.data.cache import BLOCK_BYTES, build_blocks
+
+    for size in (64, 96, 128, 224):  # the real data (5,502 distinct images) on 2 CPUs: the 4 files it was built with
+        assert build_blocks(5502, size, cpus=2) == 4
+    blocks = build_blocks(20_000, 224, cpus=2)  # before: 4 pieces of 240 MiB, 1.16 GB in one decoding process
+    assert 20_000 / blocks * 224 * 224 <= BLOCK_BYTES and blocks == 8
+    assert build_blocks(10, 1024, cpus=2) == 1 and build_blocks(0, 64, cpus=2) == 1
+
+
+@pytest.mark.slow  # builds caches through Ray
+def test_blocks_bounded_by_bytes_hold_the_same_pixels(ray_session, source, tmp_path, monkeypatch):
+    from cxr_tune.data.cache import parquet_files
+
+    rows = source.manifest.drop_duplicates("content_hash")
+    monkeypatch.setattr(cache_module, "BLOCK_BYTES", 24 * 24 * 40)  # 40 images a block
+    cache = prepare_cache(source.manifest, 24, str(tmp_path / "small"))
+    assert parquet_files(cache) == -(-len(rows) // 40)
+    small, _ = load_images(rows, 24, str(tmp_path / "small"), source.manifest)
+    decoded, _ = load_images(rows, 24, str(tmp_path / "none"), source.manifest)
+    assert np.array_equal(small, decoded)
