@@ -3,11 +3,13 @@ follows the configurations the selection rule would hand the final fit now, and 
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 
 from cxr_tune.search.pace import FinalFitShape, TrialPace, cost_ratio, final_fit_seconds
+from cxr_tune.selection import best_epoch
 
 SHAPE = FinalFitShape(top=2, seeds=2, epochs=32, concurrency=2, deciding="external")  # 4 runs, 2 at a time: 2 rounds
 
@@ -117,3 +119,63 @@ def test_a_costlier_final_fit_network_lengthens_the_estimate_by_its_flops():
     plain = FinalFitShape(top=1, seeds=2, epochs=32, concurrency=2, deciding="external")
     assert final_fit_seconds(paces, plain) == pytest.approx(32 * 10.0)
     assert final_fit_seconds(paces, FinalFitShape(**{**plain.__dict__, "changes": doubled})) == pytest.approx(32 * 10.0 * ratio)
+
+
+def from_scratch(paces: dict[str, TrialPace], shape: FinalFitShape) -> float | None:
+    """The estimate worked out from every epoch each time (as before the paces kept their best epochs): the oracle."""
+    import math
+    import statistics
+
+    import pandas as pd
+
+    from cxr_tune.selection import best_epoch, ensemble_members, prefix_of, ranked_trials
+
+    objective, rows, seconds = f"{prefix_of(shape.deciding)}_objective", [], {}
+    for trial_id, trial in paces.items():
+        scored = [row for row in trial.epochs if math.isfinite(row.get(objective, math.nan))]
+        times = [row["epoch_seconds"] for row in trial.epochs if row.get("epoch_seconds", 0) > 0]
+        if scored and times:
+            seconds[trial_id] = statistics.median(times)
+            rows.append({**best_epoch(pd.DataFrame(scored), shape.deciding).to_dict(), "trial_id": trial_id, "image_size": trial.image_size,
+                         "epochs": len(scored)})
+    if not rows:
+        return None
+    members = ensemble_members(ranked_trials(pd.DataFrame(rows), shape.deciding), shape.top)
+    return shape.rounds(len(members)) * shape.epochs * max(seconds[t] for t in members["trial_id"])
+
+
+def test_the_estimate_kept_up_to_date_equals_the_one_worked_out_from_every_epoch():
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    shapes = [FinalFitShape(top=3, seeds=2, epochs=32, concurrency=2, deciding=d) for d in ("external", "carved")]
+    paces: dict[str, TrialPace] = {}
+    for step in range(100):
+        trial_id = f"t{rng.integers(0, 10)}"
+        trial = paces.setdefault(trial_id, TrialPace())
+        epoch = len(trial.epochs) + 1 - int(rng.random() < 0.1)  # now and then Tune repeats the last result
+        coarse = lambda: float(rng.choice([0.8, 0.85, 0.9]))  # noqa: E731 - few values: ties on objective and AUC
+        row = {"epoch": epoch, "epoch_seconds": float(rng.choice([0.0, 9.0, 10.0, 30.0])), "config": {"image_size": int(rng.choice([64, 96]))}}
+        for prefix in ("ext", "val"):
+            row |= {f"{prefix}_objective": math.nan if rng.random() < 0.1 else coarse(), f"{prefix}_auc": math.nan if rng.random() < 0.1 else coarse(),
+                    f"{prefix}_loss": float(rng.choice([0.2, 0.3])), f"{prefix}_objective_low": 0.7, f"{prefix}_objective_high": coarse(),
+                    f"{prefix}_non_finite": float(rng.random() < 0.05)}
+        trial.add(row)
+        if step == 50:  # as a resumed search brings its stopper back
+            paces = pickle.loads(pickle.dumps(paces))
+        for shape in shapes:
+            assert final_fit_seconds(paces, shape) == from_scratch(paces, shape)
+
+
+def test_the_work_per_result_does_not_grow_with_the_search(monkeypatch):
+    import cxr_tune.search.pace as pace_module
+
+    calls = []
+    monkeypatch.setattr(pace_module, "best_epoch", lambda *a: calls.append(1) or best_epoch(*a))
+    paces = {f"t{k}": pace(64, [(0.9 - k / 1000, 10.0)] * 3) for k in range(50)}
+    final_fit_seconds(paces, SHAPE)
+    calls.clear()
+    paces["t7"].add(result(4, 0.95, 10.0, 64))
+    assert final_fit_seconds(paces, SHAPE) == pytest.approx(2 * 32 * 10.0) and len(calls) == 1  # for the one trial that reported
