@@ -14,7 +14,7 @@ from cxr_tune.errors import UserError
 def test_a_trial_that_diverged_at_every_epoch_is_refused_in_one_line_naming_it(monkeypatch):
     table = pd.DataFrame({"trial_id": ["good", "lost"], "epochs": [3, 1], "val_objective": [0.9, 0.5], "val_non_finite": [0, 89]})
     experiment = SimpleNamespace(path="exps/div", splits=None, cache_dir=None, deciding_set="carved", trials=lambda ranked=True: table)
-    monkeypatch.setattr(export, "Experiment", lambda path: experiment)
+    monkeypatch.setattr("cxr_tune.experiment.Experiment", lambda path: experiment)  # export reads it where it is used
     with pytest.raises(UserError, match=r"^trial lost in exps/div diverged at every epoch") as refused:
         export.export_trial("exps/div", "lost")
     assert "\n" not in str(refused.value)

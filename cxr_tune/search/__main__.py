@@ -24,7 +24,7 @@ from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.space import SPACES_DIR, Space, load_space
 from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import CRITERIA
-from cxr_tune.train.precision import add_precision_arguments
+from cxr_tune.train.trainer import add_precision_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:

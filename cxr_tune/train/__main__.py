@@ -24,8 +24,7 @@ from cxr_tune.formatting import fmt, json_safe
 from cxr_tune.provenance import provenance
 from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import HParams, HParamsError, read_params
-from cxr_tune.train.precision import add_precision_arguments
-from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, fit, make_trainer, ranks_share_a_gpu
+from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, add_precision_arguments, fit, make_trainer, ranks_share_a_gpu
 
 if TYPE_CHECKING:
     from ray.train import Result

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from cxr_tune import storage
 from cxr_tune.errors import damaged
@@ -25,6 +24,8 @@ PREDICTIONS = {"val": "val_predictions.parquet", "ext": "ext_predictions.parquet
 
 def save_state(folder: str, state: dict[str, Any], scored: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
     """``scored``: per set prefix (``val``, ``ext``), its (labels, scores, content hashes)."""
+    import torch  # here, not above: export reads this module's predictions and answers --help without torch
+
     torch.save(state, storage.join(folder, STATE))
     for prefix, (labels, scores, hashes) in scored.items():
         frame = pd.DataFrame({"content_hash": hashes, "label": labels.astype(int), "score": scores})
@@ -33,6 +34,8 @@ def save_state(folder: str, state: dict[str, Any], scored: dict[str, tuple[np.nd
 
 def load_state(folder: str) -> dict[str, Any]:
     """The checkpoint's state; refuses anything that is not tensors and plain values."""
+    import torch
+
     path = storage.join(folder, STATE)
     try:
         return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)

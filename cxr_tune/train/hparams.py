@@ -20,8 +20,9 @@ from cxr_tune.selection import CRITERIA as SELECTION_CRITERIA
 from cxr_tune.yamlfile import load_mapping
 
 ARCHITECTURES = ("cnn", "resnet18", "densenet121")
-#: what --precision accepts (cxr_tune.train.precision resolves "auto"); here, not there, so a parser needs no torch
+#: what --precision and --memory-format accept (cxr_tune.train.precision resolves "auto"); here, not there, so a parser needs no torch
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 BLOCKS = ("plain", "residual")
 CLASS_WEIGHTINGS = ("none", "balanced")
 OPTIMIZERS = ("adamw", "sgd")

@@ -25,12 +25,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cxr_tune.train.hparams import PRECISIONS
+from cxr_tune.train.hparams import MEMORY_FORMATS, PRECISIONS
 
 if TYPE_CHECKING:
     import torch  # each function imports it: search and train --help (add_precision_arguments) answer without loading torch
 
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16"}  # torch's names
 
 
@@ -154,13 +153,3 @@ def configure_device(device: torch.device, *, deterministic: bool = False) -> No
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
-
-
-def add_precision_arguments(parser: Any) -> None:
-    """``--precision`` and ``--memory-format``, shared by train, search and bench."""
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="training precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, fp16 with loss scaling on older "
-                             "GPUs, else fp32), fp32, bf16 or fp16; weights, optimizer state and every evaluation stay fp32 (default: auto)")
-    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
-                        help="memory layout of the model and its batches: auto (channels_last: measured faster on a CPU, preferred by cuDNN on GPUs), "
-                             "channels_last or contiguous (default: auto)")

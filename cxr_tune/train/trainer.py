@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cxr_tune.train.hparams import HParams
+from cxr_tune.train.hparams import MEMORY_FORMATS, PRECISIONS, HParams
 
 TRIAL_DRIVER_CPU = 0.01  # a Tune trial that runs a Train run (a search trial, a final-fit run, a fold) only waits on its workers
 
@@ -69,6 +69,16 @@ class RunOptions:
 
     def to_config(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def add_precision_arguments(parser: Any) -> None:
+    """``--precision`` and ``--memory-format``, shared by train and search (here, beside what they fill: no torch for a parser)."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="training precision: auto (bf16 on CPUs with native bf16 and on bf16 GPUs, fp16 with loss scaling on older "
+                             "GPUs, else fp32), fp32, bf16 or fp16; weights, optimizer state and every evaluation stay fp32 (default: auto)")
+    parser.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
+                        help="memory layout of the model and its batches: auto (channels_last: measured faster on a CPU, preferred by cuDNN on GPUs), "
+                             "channels_last or contiguous (default: auto)")
 
 
 def make_trainer(
