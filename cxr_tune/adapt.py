@@ -36,21 +36,20 @@ import copy
 import hashlib
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import json_safe, printable
-from cxr_tune.modelcard import CARD_FILE, model_card
-from cxr_tune.modelfile import (Members, build_files, check_model_target, check_prior_record, load_members, recorded_calibration, recorded_views,
-                                serving_model, torch_scores, write_model_folder)
-from cxr_tune.provenance import provenance
 from cxr_tune.serving import META_FILE, read_meta
-from cxr_tune.train.intensity import normalize_intensity
+
+if TYPE_CHECKING:  # torch and the model code load when a model is adapted, not for --help or a mistyped flag
+    import torch
+
+    from cxr_tune.modelfile import Members
 
 ONE_SIDED_SHARE = 0.03  # a site threshold that calls fewer than 3 % (or more than 97 %) of the site's images PNEUMONIA gets a warning
 MIN_IMAGES = 16
@@ -74,6 +73,10 @@ def adapt_batchnorm(members: Members, images: np.ndarray, batch_size: int = 64) 
     last, partial batch like a full one and dropped the variance between batches; one exact pass
     per layer, each normalizing with the layers before it already adapted, cost DenseNet-121 its
     121 layers' passes for a difference in the fourth decimal of a score.)"""
+    import torch
+
+    from cxr_tune.modelfile import Members
+
     digests = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
     order = np.array(sorted(range(len(images)), key=digests.__getitem__), dtype=int)  # by content: the same set, the same order
     images = images[order[np.random.default_rng(SHUFFLE_SEED).permutation(len(images))]]
@@ -89,6 +92,10 @@ def adapt_batchnorm(members: Members, images: np.ndarray, batch_size: int = 64) 
 def _site_statistics(net: torch.nn.Module, norms: list[torch.nn.Module], images: np.ndarray, intensity: str, batch_size: int) -> None:
     """Set every norm's running mean and (unbiased) variance to those of its input over all ``images``,
     each batch normalized with its own statistics; dropout stays off."""
+    import torch
+
+    from cxr_tune.train.intensity import normalize_intensity
+
     sums: dict[torch.nn.Module, torch.Tensor] = {}
 
     def collect(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -214,7 +221,11 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     unlike the training X-rays (:mod:`cxr_tune.data.input_checks`); the file records only their
     number, since a site's file names can name patients."""
     from cxr_tune.data.imaging import try_decode_checked
+    from cxr_tune.modelcard import CARD_FILE, model_card
+    from cxr_tune.modelfile import (build_files, check_prior_record, load_members, recorded_calibration, recorded_views, serving_model,
+                                    torch_scores, write_model_folder)
     from cxr_tune.predict import collect
+    from cxr_tune.provenance import provenance
 
     meta = read_meta(storage.join(model, META_FILE))
     try:
@@ -305,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from cxr_tune.modelfile import check_model_target
+
     if not storage.exists(storage.join(args.model, META_FILE)):
         raise UserError(f"'{args.model}' is not an exported model folder (no model.json); export one with python -m cxr_tune.export EXPERIMENT")
     if storage.resolve(args.out) == storage.resolve(args.model):

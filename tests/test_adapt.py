@@ -364,3 +364,15 @@ def test_images_unlike_the_training_xrays_are_left_out_of_the_site_statistics(ex
     # The photo changed nothing: the same BatchNorm statistics as without it.
     weights = [(tmp_path / f"out-{name}" / "weights.safetensors").read_bytes() for name in ("site", "with_photo")]
     assert weights[0] == weights[1]
+
+
+@pytest.mark.parametrize("flags", [["--help"], ["--model", "m", "--images", "i", "--out", "o", "--bogus"]])
+def test_help_and_a_mistyped_flag_answer_without_loading_torch(flags):
+    """``adapt --help`` took 2 s and a bad flag 2.6 s, importing torch to print a usage line."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom cxr_tune.adapt import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'cxr_tune.modelfile' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, *flags], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "False False"
