@@ -77,9 +77,7 @@ def adapt_batchnorm(members: Members, images: np.ndarray, batch_size: int = 64) 
 
     from cxr_tune.modelfile import Members
 
-    digests = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
-    order = np.array(sorted(range(len(images)), key=digests.__getitem__), dtype=int)  # by content: the same set, the same order
-    images = images[order[np.random.default_rng(SHUFFLE_SEED).permutation(len(images))]]
+    images = images[content_order(images)[np.random.default_rng(SHUFFLE_SEED).permutation(len(images))]]
     nets = []
     for net, hp in zip(members.nets, members.hparams, strict=True):
         adapted = copy.deepcopy(net).eval()
@@ -87,6 +85,12 @@ def adapt_batchnorm(members: Members, images: np.ndarray, batch_size: int = 64) 
         _site_statistics(adapted, norms, images, hp.intensity, batch_size)
         nets.append(adapted.eval())
     return Members(nets, list(members.hparams))
+
+
+def content_order(images: np.ndarray) -> np.ndarray:
+    """Indices that sort ``images`` by a hash of their pixels: the same set of images, in any file order, the same order."""
+    digests = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
+    return np.array(sorted(range(len(images)), key=digests.__getitem__), dtype=int)
 
 
 def _site_statistics(net: torch.nn.Module, norms: list[torch.nn.Module], images: np.ndarray, intensity: str, batch_size: int) -> None:
@@ -243,7 +247,9 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     if len(readable) < MIN_IMAGES:
         unlike = f" (and {len(left_out)} left out as unlike the training X-rays)" if left_out else ""
         raise UserError(f"'{images_dir}' holds {len(readable)} readable image(s){unlike}; BatchNorm statistics need at least {MIN_IMAGES}")
+    # In content order: a float32 score's last digits follow its batch's other images, so the file order would reach model.json.
     images, skipped = np.stack(readable), sum(image is None for _, image, _, _ in decoded)
+    images = images[content_order(images)]
     tta = recorded_views(model, meta)
     adapted = adapt_batchnorm(members, images)
     kept = float(meta["threshold"])

@@ -376,3 +376,19 @@ def test_help_and_a_mistyped_flag_answer_without_loading_torch(flags):
             "print('torch' in sys.modules, 'cxr_tune.modelfile' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code, *flags], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines()[-1] == "False False"
+
+
+def test_the_file_order_of_a_site_changes_nothing_in_model_json(exported, tmp_path):
+    """The same 140 images under names in opposite orders: scored in batches of 128 in file order, the
+    threshold moved in its ninth digit (the batches' other images move a float32 score's last digits)."""
+    images = np.concatenate([site_images(70, seed=11), np.clip(site_images(70, seed=12).astype(int) - 60, 0, 255).astype(np.uint8)])
+    for folder, names in (("forward", range(len(images))), ("reverse", reversed(range(len(images))))):
+        for name, pixels in zip(names, images, strict=True):
+            path = tmp_path / folder / f"site-{name:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+    written = [adapt(str(exported), str(tmp_path / folder), str(tmp_path / f"out-{folder}"), threshold_rule="prior-shift")
+               for folder in ("forward", "reverse")]
+    assert written[0]["threshold"] == written[1]["threshold"]
+    assert written[0]["adaptation"]["threshold_details"] == written[1]["adaptation"]["threshold_details"]
+    assert (tmp_path / "out-forward" / "model.onnx").read_bytes() == (tmp_path / "out-reverse" / "model.onnx").read_bytes()
