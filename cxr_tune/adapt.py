@@ -212,7 +212,8 @@ def crossing_logit(means: np.ndarray, sds: np.ndarray, weights: np.ndarray) -> f
 
     low, high = np.argsort(means)
     grid = np.linspace(means[low], means[high], 4001)
-    above = weights[high] * norm.pdf(grid, means[high], sds[high]) >= weights[low] * norm.pdf(grid, means[low], sds[low])
+    # In logs: tight components' densities underflow to 0 between them, and 0 >= 0 put the "crossing" at the lower mean.
+    above = np.log(weights[high]) + norm.logpdf(grid, means[high], sds[high]) >= np.log(weights[low]) + norm.logpdf(grid, means[low], sds[low])
     if above[0] or not above[-1]:
         return None
     return float(grid[np.argmax(above)])  # the first grid point where the PNEUMONIA-like component takes over

@@ -259,6 +259,17 @@ def test_components_that_never_cross_give_no_threshold_not_a_component_mean():
     assert cut == pytest.approx(0.0, abs=0.01)  # equal groups cross halfway
 
 
+def test_two_tight_groups_cross_between_them_not_at_the_lower_one():
+    """20 copies of one NORMAL and 20 of one PNEUMONIA film: each component is a spike whose density
+    underflowed to 0 between them, and the threshold landed on the NORMAL copies (0.1036 for 0.1 and 0.9)."""
+    from cxr_tune.adapt import crossing_logit, mixture_threshold
+
+    threshold, _ = mixture_threshold(np.r_[np.full(25, 0.1), np.full(25, 0.9)])
+    assert threshold == pytest.approx(0.5, abs=0.01)
+    cut = crossing_logit(np.array([-2.0, 2.0]), np.array([0.001, 0.001]), np.array([0.3, 0.7]))
+    assert cut == pytest.approx(0.0, abs=0.01)
+
+
 def site_posteriors(n: int, prevalence: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(labels, scores) of a site at ``prevalence``: calibrated posteriors of a model trained at prior 0.5
     (class logits N(+-1, 1), so the posterior is sigmoid(2 x))."""
