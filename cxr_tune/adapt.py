@@ -35,6 +35,7 @@ import argparse
 import copy
 import hashlib
 import time
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -185,11 +186,14 @@ def mixture_threshold(scores: np.ndarray, min_weight: float = 0.05) -> tuple[flo
     ``min_weight`` of the images (no two groups), or the
     weighted components never cross between their means (one swamps the other there, and the
     grid's first point would be a component's mean, not a boundary)."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
     logits = np.log(np.clip(scores, 1e-6, 1 - 1e-6) / (1 - np.clip(scores, 1e-6, 1 - 1e-6))).reshape(-1, 1)
-    mixture = GaussianMixture(2, n_init=5, random_state=0).fit(logits)
-    single = GaussianMixture(1, random_state=0).fit(logits)
+    with warnings.catch_warnings():  # identical images: "fewer distinct clusters" once per start; the fallback line says it once
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mixture = GaussianMixture(2, n_init=5, random_state=0).fit(logits)
+        single = GaussianMixture(1, random_state=0).fit(logits)
     means, sds, weights = mixture.means_.ravel(), np.sqrt(mixture.covariances_.ravel()), mixture.weights_
     low, high = np.argsort(means)
     details = {"method": "two-component Gaussian mixture of the adapted model's logits on the site's images; threshold where the weighted components cross",

@@ -270,6 +270,19 @@ def test_two_tight_groups_cross_between_them_not_at_the_lower_one():
     assert cut == pytest.approx(0.0, abs=0.01)
 
 
+def test_a_site_of_identical_images_falls_back_in_one_line_without_sklearn_warnings():
+    """Five ConvergenceWarning lines ("fewer distinct clusters") were printed above the result."""
+    import warnings
+
+    from cxr_tune.adapt import mixture_threshold
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        threshold, details = mixture_threshold(np.full(40, 0.3))
+    assert threshold is None and "no two groups" in details["fallback"]
+    assert [str(w.message) for w in caught] == []
+
+
 def site_posteriors(n: int, prevalence: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(labels, scores) of a site at ``prevalence``: calibrated posteriors of a model trained at prior 0.5
     (class logits N(+-1, 1), so the posterior is sigmoid(2 x))."""
