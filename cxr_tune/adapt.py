@@ -14,7 +14,8 @@ no weight changes, nothing else.
   when the mixture finds no two groups (a component under 5 % of the images).
 - ``keep``: the unadapted model's threshold.
 - ``prior-shift``: the site's pneumonia prevalence estimated from the scores with EM (Saerens,
-  Latinne & Decaestecker 2002), and the threshold that calls that share of images PNEUMONIA.
+  Latinne & Decaestecker 2002), and the threshold that calls that share of images PNEUMONIA (a
+  block of tied scores, copies of one film, is called whole, on the side nearer that share).
 
 Measured on this project's external validation sample (labels used only to score; see
 ``results/real/README.md``), ``mixture`` helped and ``prior-shift`` did not.
@@ -303,15 +304,30 @@ def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any]) -> tuple
     if rule == "prior-shift":
         prior = probability_prior(meta)
         prevalence = em_prevalence(scores, prior)
-        threshold = float(np.quantile(scores, 1 - prevalence))
-        called = float((scores >= threshold).mean())  # a block of tied scores at the quantile is called whole, one way
+        threshold = tie_side(scores, float(np.quantile(scores, 1 - prevalence)), prevalence)
+        called = float((scores >= threshold).mean())
         summary = (f"calls the EM-estimated prevalence {prevalence:.3f} PNEUMONIA" if abs(called - prevalence) <= 1 / len(scores) else
-                   f"calls {called:.3f} of the site's images PNEUMONIA, not the EM-estimated prevalence {prevalence:.3f}: their scores tie at the threshold")
+                   f"calls {called:.3f} of the site's images PNEUMONIA, not the EM-estimated prevalence {prevalence:.3f}: a block of tied "
+                   "scores at the threshold is called whole, and this side of it is the nearer")
         return threshold, {
             "method": "EM on the adapted model's probabilities (Saerens et al. 2002); threshold at the matching quantile",
             "estimated_prevalence": prevalence, "effective_training_prior": prior,  # the calibration set's prevalence under a calibration map
             "summary": summary}
     return float(meta["threshold"]), None
+
+
+def tie_side(scores: np.ndarray, threshold: float, share: float) -> float:
+    """``threshold``, or just above the block of tied scores it falls on when calling none of that block
+    brings the share of ``scores`` called PNEUMONIA (``>=``) nearer ``share``: a block of identical
+    films is called whole, one way, and the side should be the one nearer the estimate."""
+    called = scores[scores >= threshold]
+    if called.size == 0 or np.count_nonzero(scores == called.min()) < 2:
+        return threshold
+    block = called.min()
+    above = float(np.nextafter(np.float32(block), np.float32(np.inf)))  # scores are float32: the next one up calls none of the block
+    higher = scores[scores > block]
+    above = min(above, float(higher.min())) if higher.size else above
+    return above if abs((scores >= above).mean() - share) < abs(called.size / len(scores) - share) else threshold
 
 
 def build_parser() -> argparse.ArgumentParser:

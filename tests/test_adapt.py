@@ -301,14 +301,20 @@ def test_prior_shift_estimates_the_site_prevalence_and_calls_that_share_pneumoni
     assert (scores >= threshold).mean() == pytest.approx(details["estimated_prevalence"], abs=0.005)
 
 
-def test_prior_shift_says_the_share_it_calls_when_tied_scores_make_it_differ_from_the_estimate():
-    """16 identical images: the quantile lands on the tied block and ``>=`` calls all of it, while the line said 0.000."""
+def test_prior_shift_calls_a_block_of_tied_scores_the_way_nearer_the_estimate_and_says_the_share():
+    """81 copies of one film (a tied block at 0.43) among 19 others: the quantile fell in the block and
+    ``>=`` called 96 % PNEUMONIA against an EM estimate of about 0.43; not calling the block (15 %) is nearer."""
     meta = {"train_class_counts": [300, 300], "hparams": {"class_weighting": "none"}, "threshold": 0.5}
-    scores = np.full(16, 0.2)
+    rng = np.random.default_rng(4)
+    scores = np.r_[[0.001, 0.002, 0.04, 0.07], np.full(81, 0.43), rng.uniform(0.8, 0.99, 15)]
     threshold, details = site_threshold("prior-shift", scores, meta)
     called = (scores >= threshold).mean()
-    assert abs(called - details["estimated_prevalence"]) > 0.5
+    assert 0.3 < details["estimated_prevalence"] < 0.6 and called == pytest.approx(0.15)
+    assert 0.43 < threshold < scores[-15:].min()
     assert details["summary"].startswith(f"calls {called:.3f} of the site's images PNEUMONIA, not the EM-estimated prevalence")
+    # 16 identical films: the estimate is about 0, and so is the share called (before: all 16).
+    threshold, details = site_threshold("prior-shift", np.full(16, 0.2), meta)
+    assert threshold > 0.2 and details["summary"].startswith("calls the EM-estimated prevalence")
 
 
 def two_group_site(folder: Path, n: int, *, groups: int = 2) -> Path:
