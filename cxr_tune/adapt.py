@@ -163,21 +163,25 @@ def effective_prior(n_normal: int, n_pneumonia: int, class_weighting: str | floa
     return prior * weight / (prior * weight + 1 - prior)
 
 
-def probability_prior(meta: dict[str, Any]) -> float:
+def probability_prior(meta: dict[str, Any], meta_file: str = "model.json") -> float:
     """The PNEUMONIA prior an export's probabilities are calibrated to, which EM shifts from: with a
     calibration map, the prevalence of the set it was fitted on (the map made the probabilities that
-    set's); without, the training prior as the loss weighted it (:func:`effective_prior`)."""
+    set's); without, the training prior as the loss weighted it (:func:`effective_prior`). Refused in one
+    line naming ``meta_file`` when the counts it comes from are not two whole numbers above 0 (EM divides
+    by the prior and by one minus it)."""
     calibration = meta.get("calibration") or {}
-    if calibration.get("method", "none") != "none":
-        fitted_on = meta.get("external" if calibration.get("fitted_on") == "external" else "validation") or {}
-        counts = fitted_on.get("class_counts")
-        if not counts or min(counts) == 0:
-            raise UserError("--threshold prior-shift needs the class counts of the set the calibration was fitted on in model.json; re-export the model")
+    calibrated = calibration.get("method", "none") != "none"
+    if calibrated:
+        fitted_on = "external" if calibration.get("fitted_on") == "external" else "validation"
+        counts, what = (meta.get(fitted_on) or {}).get("class_counts"), f"{fitted_on}.class_counts (the set the calibration was fitted on)"
+    else:
+        counts, what = meta.get("train_class_counts"), "train_class_counts"
+    if not (isinstance(counts, list) and len(counts) == 2 and all(type(n) is int and n > 0 for n in counts)):
+        raise UserError(f"'{meta_file}': --threshold prior-shift needs {what}, the NORMAL and PNEUMONIA image counts (two whole numbers "
+                        f"above 0), and it is {counts!r}; export the model again")
+    if calibrated:
         return counts[1] / (counts[0] + counts[1])
-    counts = meta.get("train_class_counts")
-    if not counts:
-        raise UserError("--threshold prior-shift needs the training class counts in model.json (train_class_counts); re-export the model")
-    return effective_prior(int(counts[0]), int(counts[1]), meta["hparams"].get("class_weighting", "balanced"))
+    return effective_prior(counts[0], counts[1], meta["hparams"].get("class_weighting", "balanced"))
 
 
 def mixture_threshold(scores: np.ndarray, min_weight: float = 0.05) -> tuple[float | None, dict[str, Any]]:
@@ -244,6 +248,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         raise UserError(f"'{model}' has no weights.safetensors; re-export it with this version (python -m cxr_tune.export) to adapt it") from None
     if threshold_rule == "prior-shift":  # before the images are read
         check_prior_record(model, meta)
+        probability_prior(meta, storage.join(model, META_FILE))  # a calibration set's counts too, not only the training ones
     files = [file.path for file in collect([images_dir])]
     decoded = [(path, *try_decode_checked(path, members.image_size)) for path in files]
     # An image unlike the training X-rays (a colour photo, a blank frame, a lateral view) would pull

@@ -223,6 +223,26 @@ def test_prior_shift_from_an_edited_training_prior_is_one_line_naming_model_json
     assert f"'{exported / 'model.json'}': {message}" in str(caught.value)
 
 
+PLATT = {"method": "platt", "slope": 1.0, "intercept": 0.0, "fitted_on": "validation"}
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.pop("train_class_counts"), "needs train_class_counts, the NORMAL and PNEUMONIA image counts (two whole numbers above 0), and it is None"),
+    (lambda m: m.update(calibration=PLATT) or m["validation"].update(class_counts=[0, 6]), "needs validation.class_counts (the set the calibration was fitted on)"),
+    (lambda m: m.update(calibration=PLATT) or m["validation"].update(class_counts=[6]), "and it is [6]"),  # before: IndexError
+    (lambda m: m.update(calibration=PLATT) or m["validation"].update(class_counts=["6", "6"]), "and it is ['6', '6']"),  # before: TypeError
+])
+def test_prior_shift_refuses_counts_it_cannot_start_from_before_reading_the_site(exported, tmp_path, edit, message):
+    """Refused before the images are read: an empty site folder would say it holds 0 images."""
+    meta = json.loads((exported / "model.json").read_text())
+    edit(meta)
+    (exported / "model.json").write_text(json.dumps(meta))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="export the model again") as caught:
+        adapt(str(exported), str(tmp_path / "empty"), str(tmp_path / "out"), threshold_rule="prior-shift")
+    assert str(caught.value).startswith(f"'{exported / 'model.json'}': --threshold prior-shift ") and message in str(caught.value)
+
+
 def test_the_mixture_threshold_separates_two_groups_of_site_scores_and_declines_one():
     from cxr_tune.adapt import mixture_threshold
 
