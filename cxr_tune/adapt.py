@@ -24,7 +24,10 @@ Writes a new model folder (:mod:`cxr_tune.modelfile`): ONNX, safetensors weights
 ``model.json`` saying what was adapted, on how many images, and ``MODEL_CARD.md``
 (:mod:`cxr_tune.modelcard`). The unadapted model's measurements and operating points move under
 ``before_adaptation``: only the site's threshold (``balanced``) carries over, and a calibration
-map stays in the graph as it was fitted. Labels are never read: files under
+map stays in the graph as it was fitted. An adapted model adapted again keeps the unadapted model's
+``before_adaptation`` and threshold (``keep``), and lists the earlier adaptations under
+``adaptation.earlier_adaptations``: AdaBN re-estimates from the new site alone, so the result is the
+unadapted model adapted to it. Labels are never read: files under
 NORMAL/PNEUMONIA folders are used as unlabelled images. Images unlike the training X-rays in a way
 the file shows (colour, blank, smaller than the model's input, a DICOM lateral view or another
 modality: :mod:`cxr_tune.data.input_checks`) are left out and listed, as ``predict`` lists them.
@@ -57,6 +60,8 @@ ONE_SIDED_SHARE = 0.03  # a site threshold that calls fewer than 3 % (or more th
 MIN_IMAGES = 16
 THRESHOLD_RULES = ("mixture", "keep", "prior-shift")
 EM_ITERATIONS = 200
+# Measured sets and operating points belong to the unadapted model; only ``balanced`` (the site's threshold) carries over.
+MOVED = ("validation", "external", "test", "threshold", "threshold_rule", "operating_points")
 
 
 SHUFFLE_SEED = 0  # the batches' composition: drawn from the images' own content, so their file order changes nothing
@@ -263,12 +268,13 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     images = images[content_order(images)]
     tta = recorded_views(model, meta)
     adapted = adapt_batchnorm(members, images)
-    kept = float(meta["threshold"])
+    before = unadapted_record(model, meta)
+    kept = float(before.get("threshold", meta["threshold"]))
     # A calibration map in the graph stays (the thresholds are on its scale); it was fitted before
     # adaptation, and nothing here can re-measure it without labels.
     calibration = recorded_calibration(model, meta)
     scores = torch_scores(serving_model(adapted, tta, calibration=calibration), images)
-    threshold, how = site_threshold(threshold_rule, scores, meta)
+    threshold, how = site_threshold(threshold_rule, scores, {**meta, "threshold": kept})
     record: dict[str, Any] = {
         "called_pneumonia_share": float((scores >= threshold).mean()),  # at the new threshold, on the site's own images
         "method": "AdaBN (Li et al. 2016): BatchNorm running statistics re-estimated on unlabelled site images; weights unchanged",
@@ -286,16 +292,28 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         "adapted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "provenance": provenance(),  # the adapting code's; the top-level one stays the export's
     }
+    if meta.get("adaptation"):  # oldest first; AdaBN replaced their statistics, so what is left of them is this record
+        earlier = dict(meta["adaptation"])
+        record["earlier_adaptations"] = [*earlier.pop("earlier_adaptations", []), earlier]
     files_out = build_files(adapted, tta, check_images=images[:64], calibration=calibration)
-    # Measured sets and operating points belong to the unadapted model; only ``balanced`` (the site's threshold) carries over.
-    moved = ("validation", "external", "test", "threshold", "threshold_rule", "operating_points")
-    new_meta = {key: value for key, value in meta.items() if key not in (*moved, "files")}
-    new_meta.update({"threshold": threshold, "threshold_rule": record["threshold"], "adaptation": record,
-                     "before_adaptation": {key: meta[key] for key in moved if key in meta}})
+    new_meta = {key: value for key, value in meta.items() if key not in (*MOVED, "files")}
+    new_meta.update({"threshold": threshold, "threshold_rule": record["threshold"], "adaptation": record, "before_adaptation": before})
     if calibration is not None:
         new_meta["calibration"] = {**meta["calibration"], "note": "fitted before adaptation; not measured on the site (adaptation reads no labels)"}
     written = write_model_folder(storage.resolve(out), files_out, new_meta, {CARD_FILE: model_card(json_safe(new_meta)).encode()})
     return {**written, "left_out": left_out}
+
+
+def unadapted_record(model: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The unadapted model's measured sets, threshold and operating points: ``meta``'s own, or for a model
+    adapted before, its ``before_adaptation`` carried forward (the earlier site's threshold measured nothing)."""
+    if not meta.get("adaptation"):
+        return {key: meta[key] for key in MOVED if key in meta}
+    before = meta.get("before_adaptation")
+    if not isinstance(before, dict) or not isinstance(before.get("threshold"), (int, float)):
+        raise UserError(f"'{storage.join(model, META_FILE)}': an adapted model with no before_adaptation threshold (the unadapted "
+                        "model's); the file was damaged or edited: adapt the unadapted model instead")
+    return before
 
 
 def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:

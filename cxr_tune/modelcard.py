@@ -266,10 +266,22 @@ def _adaptation(meta: dict[str, Any]) -> list[str]:
             f"(model {code_span(record.get('from_model'))}, {record.get('adapted_at')})"
             + (f"; {record['left_out_images']} image(s) unlike the training X-rays (colour, blank, too small, DICOM lateral or "
                "not a radiograph) were left out." if record.get("left_out_images") else "."),
+            *_earlier_adaptations(record.get("earlier_adaptations")),
             f"- Threshold: {record.get('threshold')} (rule `{record.get('threshold_rule')}`; before adaptation {fmt(record.get('unadapted_threshold'))}).",
             "- The performance, subgroup, calibration and operating-point numbers above were measured **before** adaptation; the "
             "site's labels were never read, so nothing here measures the adapted model. Operating points other than `balanced` "
             "do not carry over and are dropped.", ""]
+
+
+def _earlier_adaptations(earlier: Any) -> list[str]:
+    """A line for a model adapted again: where it was adapted before, and that nothing of it is left."""
+    if not isinstance(earlier, list) or not earlier:
+        return []
+    where = "; ".join(f"to {code_span(e.get('source'))} ({e.get('images')} image(s), rule `{e.get('threshold_rule')}`, {e.get('adapted_at')})"
+                      for e in earlier if isinstance(e, dict))
+    return [f"- Adapted before: {where}. AdaBN re-estimated every BatchNorm statistic from this site's images alone and the threshold "
+            f"was chosen again, so nothing of those adaptations is left in the model; the unadapted model is "
+            f"{code_span(earlier[0].get('from_model') if isinstance(earlier[0], dict) else None)}."]
 
 
 def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:

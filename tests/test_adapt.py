@@ -179,6 +179,30 @@ def test_the_cli_writes_an_adapted_model_that_predict_loads(exported, tmp_path):
     assert not np.allclose(scores, torch_scores(serving_model(original), decoded), atol=1e-3)  # adaptation changed the outputs
 
 
+def test_adapting_an_adapted_model_keeps_the_unadapted_models_measurements_and_the_chain(exported, tmp_path):
+    """The second adaptation moved only the first one's threshold under before_adaptation: the
+    measured sets were lost, ``keep`` kept the first site's threshold, and the card's tables were empty."""
+    from cxr_tune.modelcard import calibration_section, performance_section, subgroup_section
+
+    original = json.loads((exported / "model.json").read_text())
+    once = adapt(str(exported), str(write_site(tmp_path / "site1", 10)), str(tmp_path / "once"))
+    twice = adapt(str(tmp_path / "once"), str(two_group_site(tmp_path / "site2", 10)), str(tmp_path / "twice"), threshold_rule="keep")
+    thrice = adapt(str(tmp_path / "twice"), str(write_site(tmp_path / "site3", 10)), str(tmp_path / "thrice"), threshold_rule="keep")
+    for adapted in (once, twice, thrice):
+        assert adapted["before_adaptation"] == {key: original[key] for key in ("validation", "threshold", "threshold_rule", "operating_points")}
+        assert adapted["adaptation"]["unadapted_threshold"] == original["threshold"]
+    assert twice["threshold"] == thrice["threshold"] == original["threshold"]  # keep: the unadapted model's, not the first site's
+    assert [e["source"] for e in thrice["adaptation"]["earlier_adaptations"]] == [str((tmp_path / s).resolve()) for s in ("site1", "site2")]
+    assert thrice["adaptation"]["earlier_adaptations"][0]["from_model"] == str(exported.resolve())
+    assert "earlier_adaptations" not in thrice["adaptation"]["earlier_adaptations"][1]  # a chain, not nested copies
+    card = (tmp_path / "thrice" / "MODEL_CARD.md").read_text()
+    for section in (performance_section, subgroup_section, calibration_section):
+        assert section(thrice) == section(once)
+    assert any(line.startswith("| carved validation (selection set) | 12 |") for line in performance_section(thrice))
+    assert f"- Adapted before: to `{(tmp_path / 'site1').resolve()}` (20 image(s), rule `" in card
+    assert f"the unadapted model is `{exported.resolve()}`" in card
+
+
 def test_the_cli_refuses_too_few_images_and_overwriting_the_model(exported, tmp_path):
     from cxr_tune.adapt import main
 
