@@ -20,6 +20,12 @@ no weight changes, nothing else.
 Measured on this project's external validation sample (labels used only to score; see
 ``results/real/README.md``), ``mixture`` helped and ``prior-shift`` did not.
 
+**The assumption**: the site's mix of NORMAL and PNEUMONIA images is near the training data's.
+AdaBN re-centres the features on the site's images, so a site of mostly one class is pulled
+towards the middle and its threshold splits it (118 NORMAL films: 7 % called PNEUMONIA before,
+60 % after). Without labels adapt can see the symptom: it prints the share called PNEUMONIA
+before and after, and warns when adaptation moved it far (:func:`moved_far`).
+
 Writes a new model folder (:mod:`cxr_tune.modelfile`): ONNX, safetensors weights,
 ``model.json`` saying what was adapted, on how many images, and ``MODEL_CARD.md``
 (:mod:`cxr_tune.modelcard`). The unadapted model's measurements and operating points move under
@@ -57,6 +63,7 @@ if TYPE_CHECKING:  # torch and the model code load when a model is adapted, not 
     from cxr_tune.modelfile import Members
 
 ONE_SIDED_SHARE = 0.03  # a site threshold that calls fewer than 3 % (or more than 97 %) of the site's images PNEUMONIA gets a warning
+SHARE_SHIFT = 0.3  # adaptation moving the share called PNEUMONIA on the site by more than this gets a warning (see moved_far)
 MIN_IMAGES = 16
 THRESHOLD_RULES = ("mixture", "keep", "prior-shift")
 EM_ITERATIONS = 200
@@ -274,9 +281,12 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     # adaptation, and nothing here can re-measure it without labels.
     calibration = recorded_calibration(model, meta)
     scores = torch_scores(serving_model(adapted, tta, calibration=calibration), images)
+    # The model as given, at its own threshold, on the same images: what the site gets without this adaptation.
+    before_scores = torch_scores(serving_model(members, tta, calibration=calibration), images)
     threshold, how = site_threshold(threshold_rule, scores, {**meta, "threshold": kept})
     record: dict[str, Any] = {
         "called_pneumonia_share": float((scores >= threshold).mean()),  # at the new threshold, on the site's own images
+        "called_pneumonia_share_before": float((before_scores >= float(meta["threshold"])).mean()),  # --model's network and threshold
         "method": "AdaBN (Li et al. 2016): BatchNorm running statistics re-estimated on unlabelled site images; weights unchanged",
         "images": int(len(images)),
         "skipped_files": int(skipped),
@@ -353,6 +363,22 @@ def tie_side(scores: np.ndarray, threshold: float, share: float) -> float:
     return above if abs((scores >= above).mean() - share) < abs(called.size / len(scores) - share) else threshold
 
 
+def moved_far(before: float, after: float) -> bool:
+    """Whether adaptation moved the share of the site's images called PNEUMONIA far (by more than
+    :data:`SHARE_SHIFT`): both shares need no labels, and a large move says the site's class mix is
+    not the training data's. AdaBN re-centres every feature on the site's images, so it assumes their
+    mix is near the training one; a site of one class looks like the training mix re-centred, and the
+    mixture and prior-shift thresholds then split it in two. Measured on half A of the official test
+    split (labels used only to check): on the whole of it (62.5 % PNEUMONIA) adaptation moved the share
+    0.03 for ``results/real/best`` (0.61 to 0.58) and 0.19 for the carved-selected model that became
+    ``results/real/best-no-labels`` (0.77 to 0.58, its threshold being what was wrong); on its 118
+    NORMAL images alone, 0.07 to 0.60 (specificity 0.93 to 0.40), and on them plus 6 PNEUMONIA, 0.11 to
+    0.61 (mixture) or 0.58 (prior-shift). Smaller moves on skewed sites (0.11 to 0.33 with the threshold
+    kept, 0.94 to 0.79 on the PNEUMONIA images alone) are the size of the helpful 0.19, so no label-free
+    rule tells them apart; the line printed every time gives both shares."""
+    return abs(after - before) > SHARE_SHIFT
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.adapt", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="export folder to adapt (model.json, model.onnx, weights.safetensors), e.g. results/<experiment>/best")
@@ -386,7 +412,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  threshold {shown}")
     if fell_back:
         print(f"  no {args.threshold_rule} threshold: {record['threshold_fallback'] or 'none found'}; the model's own is kept")
-    share = record["called_pneumonia_share"]
+    share, before = record["called_pneumonia_share"], record["called_pneumonia_share_before"]
+    print(f"  calls {share:.0%} of the site's images PNEUMONIA ({args.model} as it was: {before:.0%}); AdaBN assumes the site's mix of "
+          "NORMAL and PNEUMONIA is near the training data's")
+    if moved_far(before, share):
+        print(f"Warning: adaptation moved the share of the site's images called PNEUMONIA from {before:.0%} to {share:.0%}. A site whose "
+              f"images are mostly of one class breaks AdaBN's assumption; unless the site's mix really differs that much from what {args.model} calls, check it before use: score a labelled sample "
+              f"with python -m cxr_tune.compare --model {args.model} --model {args.out} FOLDER, or keep {args.model}.")
     if min(share, 1 - share) < ONE_SIDED_SHARE:
         print(f"Warning: at this threshold the adapted model calls {share:.0%} of the site's images PNEUMONIA. Unless the site's "
               "images really are of one class, check it before use: score a labelled sample with python -m cxr_tune.compare "

@@ -268,6 +268,10 @@ def _adaptation(meta: dict[str, Any]) -> list[str]:
                "not a radiograph) were left out." if record.get("left_out_images") else "."),
             *_earlier_adaptations(record.get("earlier_adaptations")),
             f"- Threshold: {record.get('threshold')} (rule `{record.get('threshold_rule')}`; before adaptation {fmt(record.get('unadapted_threshold'))}).",
+            *([f"- On the site's images it calls {record['called_pneumonia_share']:.1%} PNEUMONIA; the model it was adapted from, at its "
+               f"threshold, called {record['called_pneumonia_share_before']:.1%} (no labels needed). AdaBN assumes the site's mix of "
+               "NORMAL and PNEUMONIA is near the training data's; a large move between the two says it is not."]
+              if isinstance(record.get("called_pneumonia_share_before"), float) and isinstance(record.get("called_pneumonia_share"), float) else []),
             "- The performance, subgroup, calibration and operating-point numbers above were measured **before** adaptation; the "
             "site's labels were never read, so nothing here measures the adapted model. Operating points other than `balanced` "
             "do not carry over and are dropped.", ""]

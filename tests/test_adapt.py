@@ -401,6 +401,26 @@ def test_the_default_site_threshold_splits_a_two_group_site_and_a_one_group_site
     assert 0.3 < record["called_pneumonia_share"] < 0.7  # the two-group site's threshold splits it
 
 
+def test_adapt_records_the_share_called_before_and_after_and_warns_when_adaptation_moves_it_far(exported, tmp_path):
+    """A site the model as exported calls all NORMAL (its threshold set above every score) split in two
+    by the mixture threshold: no labels are needed to see the share move from 0 % to about half."""
+    from cxr_tune.adapt import moved_far
+
+    meta = json.loads((exported / "model.json").read_text())
+    (exported / "model.json").write_text(json.dumps({**meta, "threshold": 1.0}))
+    site = two_group_site(tmp_path / "two", 20)
+    done = call_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(site), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "out" / "model.json").read_text())["adaptation"]
+    assert record["called_pneumonia_share_before"] == 0.0 and 0.3 < record["called_pneumonia_share"] < 0.7
+    assert f"({exported} as it was: 0%)" in done.stdout and "AdaBN assumes the site's mix" in done.stdout
+    assert "Warning: adaptation moved the share of the site's images called PNEUMONIA from 0% to" in done.stdout
+    assert "the model it was adapted from, at its threshold, called 0.0%" in (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    # The reviewer's half-A cases: the whole site, for results/real/best and the model that became best-no-labels, stays quiet.
+    assert not moved_far(0.612, 0.581) and not moved_far(0.765, 0.578)
+    assert moved_far(0.068, 0.602) and moved_far(0.106, 0.613) and moved_far(0.106, 0.581)
+
+
 def test_an_export_with_test_time_views_keeps_them_when_adapted(tmp_path):
     members = make_members((0,))
     images = site_images(12, seed=5)
