@@ -62,15 +62,19 @@ def parse(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader, stricter still
 
 
-def load_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """The top-level mapping in ``path``; ``what`` names the kind of file in error messages."""
+def load_mapping(path: str | Path, what: str, *, strict: bool = True) -> dict[str, Any]:
+    """The top-level mapping in ``path``; ``what`` names the kind of file in error messages.
+
+    ``strict=False`` reads as ``yaml.safe_load`` does, aliases and repeated keys (the last wins)
+    included: for a copy a started experiment keeps, which ran under the rules of its day."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} file '{path}' is a folder; name a .yaml file")
     if not path.is_file():
         raise UserError(f"{what} file '{path}' does not exist")
     try:
-        content = parse(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        content = parse(text) if strict else yaml.safe_load(text)
     except OSError as exc:
         raise UserError(f"{what} file '{path}' cannot be read: {exc.strerror or exc}") from None
     except AliasRefused as exc:

@@ -203,7 +203,7 @@ def load_space(name_or_path: str, *, checked: bool = True) -> Space:
     rules of its day, so only what reading it needs is checked, and a rule added since (a value no
     trial may draw, a setting the search overrides) does not lock its owner out of their results."""
     path = resolve_space_path(name_or_path)
-    raw = load_mapping(path, "search space")
+    raw = load_mapping(path, "search space", strict=checked)
 
     def fail(key: str, problem: str) -> UserError:
         return UserError(f"{path}: {key}: {problem}")

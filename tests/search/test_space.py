@@ -172,6 +172,17 @@ def test_an_alias_or_a_huge_value_in_a_space_file_is_one_short_line(tmp_path):
     assert len(str(caught.value)) < 200
 
 
+def test_a_started_experiments_space_with_an_alias_or_a_repeated_key_is_read_as_it_ran(tmp_path):
+    """The copy an experiment keeps ran under yaml.safe_load: the refusals added since must not lock its owner out of the results."""
+    text = ("params:\n  dropout: &rate {type: float, low: 0.0, high: 0.3}\n  label_smoothing: *rate\n"
+            "  lr: {type: logfloat, low: 1.0e-5, high: 1.0e-4}\n  lr: {type: logfloat, low: 1.0e-4, high: 1.0e-2}\n")
+    path = write(tmp_path, text)
+    with pytest.raises(UserError, match="the alias"):
+        load_space(str(path))
+    space = load_space(str(path), checked=False)
+    assert {p.name: (p.low, p.high) for p in space.params} == {"dropout": (0.0, 0.3), "label_smoothing": (0.0, 0.3), "lr": (1.0e-4, 1.0e-2)}
+
+
 def test_final_fit_changes_are_kept_as_written(tmp_path):
     path = write(tmp_path, "search: {final_fit_top: 1, final_fit_changes: {convs_per_block: 2}}\n")
     assert load_space(str(path)).settings.final_fit_changes == {"convs_per_block": 2}
