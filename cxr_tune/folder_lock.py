@@ -23,9 +23,9 @@ LOCK_FILE = ".cxr_tune.lock"
 _held: dict[str, IO[str]] = {}
 
 
-def hold(folder: str) -> None:
-    """Hold ``folder`` (an experiment) for this command, or stop with one line when another command holds it.
-    Within :func:`holding`, which lets go at its end; a folder already held by this command is held once."""
+def hold(folder: str, what: str = "experiment") -> None:
+    """Hold ``folder`` (an experiment, or ``what`` it is) for this command, or stop with one line when another command
+    holds it. Within :func:`holding`, which lets go at its end; a folder already held by this command is held once."""
     if storage.is_uri(folder):
         return
     folder = storage.resolve(folder)
@@ -43,8 +43,8 @@ def hold(folder: str) -> None:
         handle.seek(0)
         owner = handle.read().strip()
         handle.close()
-        raise UserError(f"another command{f' ({owner})' if owner else ''} is running in the experiment '{folder}'; wait for it to "
-                        "end (two at once would train the same trials and overwrite each other's results)") from None
+        raise UserError(f"another command{f' ({owner})' if owner else ''} is running in the {what} '{folder}'; wait for it to "
+                        "end (two at once would train the same things and overwrite each other's results)") from None
     except OSError:  # a file system without locks (NFS without lockd): run unlocked, as on object storage
         handle.close()
         return

@@ -84,13 +84,16 @@ def test_a_new_search_under_the_name_of_a_running_one_is_not_told_to_resume_it(t
 
 def test_a_train_run_another_command_is_training_is_refused_before_ray_starts(tmp_path, synthetic_root):
     """Before: the resume command typed while the run went on restored a checkpoint the first run then deleted,
-    and ended in a Ray traceback calling it damaged."""
+    and ended in a Ray traceback calling it damaged; and, with other data, it rewrote the running run's record first."""
     run = tmp_path / "run"
     run.mkdir()
+    (run / "run.json").write_text('{"data": "the running run\'s"}')
     other = held_by_another_process(run)
     try:
         done = call_cli("cxr_tune.train", "--data", str(synthetic_root), "--set", "epochs=1", "--name", "run", "--storage", str(tmp_path))
     finally:
         other.close()
     assert done.returncode == 2, done.stderr[-2000:]
-    assert f"another command (process 4242) is running in the experiment '{run}'" in done.stderr
+    assert f"another command (process 4242) is running in the train run folder '{run}'" in done.stderr
+    assert (run / "run.json").read_text() == '{"data": "the running run\'s"}'
+

@@ -81,10 +81,13 @@ def _main(argv: Sequence[str] | None) -> int:
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
     storage_path = storage.resolve(args.storage)
     storage.check_folder_name(name, storage_path)
-    if Experiment.exists(storage.join(storage_path, name)):  # --name resumes a run: never one inside a search's folder
-        raise UserError(f"'{storage.join(storage_path, name)}' is a search experiment, not a train run; give the run another --name")
+    run_dir = storage.join(storage_path, name)
+    if Experiment.exists(run_dir):  # --name resumes a run: never one inside a search's folder
+        raise UserError(f"'{run_dir}' is a search experiment, not a train run; give the run another --name")
+    storage.makedirs(run_dir)
+    folder_lock.hold(run_dir, "train run folder")  # before its record is read or written: a second command must leave the running one's alone
     if not args.cv:
-        check_same_run(storage.join(storage_path, name), hp)
+        check_same_run(run_dir, hp)
     options = DataOptions.from_args(args)
     split = split_data(options)
     print(f"Data: {split.source.description}")
@@ -92,13 +95,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if skipped := split.describe_skipped():
         print(skipped)
     if not args.cv:  # (--cv keeps its own plan, which records its data)
-        keep_same_data(storage.join(storage_path, name), split, split.deciding_set(args.select_on))
+        keep_same_data(run_dir, split, split.deciding_set(args.select_on))
     from cxr_tune.console import library_output_to
     from cxr_tune.ray_session import ray_session
 
-    run_dir = storage.join(storage_path, name)
-    storage.makedirs(run_dir)
-    folder_lock.hold(run_dir)  # a second command on it would restore checkpoints this one is replacing
     log = storage.local_file_for(run_dir, LOG_FILE, "logs", options.resolved_cache_dir)
     print(f"Ray logs: {log}" + ("" if args.verbose else " (--verbose shows them here too)"), flush=True)
     try:
