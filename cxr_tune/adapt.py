@@ -185,7 +185,8 @@ def probability_prior(meta: dict[str, Any], meta_file: str = "model.json") -> fl
     calibrated = calibration.get("method", "none") != "none"
     if calibrated:
         fitted_on = "external" if calibration.get("fitted_on") == "external" else "validation"
-        counts, what = (meta.get(fitted_on) or {}).get("class_counts"), f"{fitted_on}.class_counts (the set the calibration was fitted on)"
+        measured = (meta.get("before_adaptation") or {}) if meta.get("adaptation") else meta  # an adapted model's sets moved there
+        counts, what = (measured.get(fitted_on) or {}).get("class_counts"), f"{fitted_on}.class_counts (the set the calibration was fitted on)"
     else:
         counts, what = meta.get("train_class_counts"), "train_class_counts"
     if not (isinstance(counts, list) and len(counts) == 2 and all(type(n) is int and n > 0 for n in counts)):

@@ -345,6 +345,15 @@ def test_prior_shift_estimates_the_site_prevalence_and_calls_that_share_pneumoni
     assert (scores >= threshold).mean() == pytest.approx(details["estimated_prevalence"], abs=0.005)
 
 
+def test_prior_shift_on_a_calibrated_model_adapted_before_starts_from_its_calibration_set_carried_forward():
+    """Adapting moves the measured sets under before_adaptation: the calibration set's counts were then not found."""
+    from cxr_tune.adapt import probability_prior
+
+    calibrated = {"calibration": {"method": "temperature", "fitted_on": "validation"}, "validation": {"class_counts": [30, 70]}}
+    adapted = {"calibration": calibrated["calibration"], "adaptation": {"method": "AdaBN"}, "before_adaptation": {"validation": {"class_counts": [30, 70]}}}
+    assert probability_prior(calibrated) == probability_prior(adapted) == pytest.approx(0.7)
+
+
 def test_prior_shift_calls_a_block_of_tied_scores_the_way_nearer_the_estimate_and_says_the_share():
     """81 copies of one film (a tied block at 0.43) among 19 others: the quantile fell in the block and
     ``>=`` called 96 % PNEUMONIA against an EM estimate of about 0.43; not calling the block (15 %) is nearer."""
