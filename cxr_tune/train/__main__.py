@@ -84,8 +84,9 @@ def _main(argv: Sequence[str] | None) -> int:
     run_dir = storage.join(storage_path, name)
     if Experiment.exists(run_dir):  # --name resumes a run: never one inside a search's folder
         raise UserError(f"'{run_dir}' is a search experiment, not a train run; give the run another --name")
-    storage.makedirs(run_dir)
-    folder_lock.hold(run_dir, "train run folder")  # before its record is read or written: a second command must leave the running one's alone
+    # Before its record is read or written: a second command must leave the running one's alone. (A new run's folder
+    # is made, and held, only once its data checked out: a refused command leaves nothing behind.)
+    folder_lock.hold(run_dir, "train run folder")
     if not args.cv:
         check_same_run(run_dir, hp)
     options = DataOptions.from_args(args)
@@ -99,6 +100,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from cxr_tune.console import library_output_to
     from cxr_tune.ray_session import ray_session
 
+    storage.makedirs(run_dir)
+    folder_lock.hold(run_dir, "train run folder")
     log = storage.local_file_for(run_dir, LOG_FILE, "logs", options.resolved_cache_dir)
     print(f"Ray logs: {log}" + ("" if args.verbose else " (--verbose shows them here too)"), flush=True)
     try:
