@@ -261,7 +261,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         raise UserError(f"'{model}' has no weights.safetensors; re-export it with this version (python -m cxr_tune.export) to adapt it") from None
     if threshold_rule == "prior-shift":  # before the images are read
         check_prior_record(model, meta)
-        probability_prior(meta, storage.join(model, META_FILE))  # a calibration set's counts too, not only the training ones
+        probability_prior(meta, storage.join(model, META_FILE))  # the counts the prior comes from (training or calibration set)
     files = [file.path for file in collect([images_dir])]
     decoded = [(path, *try_decode_checked(path, members.image_size)) for path in files]
     # An image unlike the training X-rays (a colour photo, a blank frame, a lateral view) would pull

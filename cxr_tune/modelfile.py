@@ -282,14 +282,10 @@ def _member_hparams(meta_file: str, i: int, member: Any) -> HParams:
 
 
 def check_prior_record(folder: str, meta: dict[str, Any]) -> None:
-    """Stop with one line when what the training prior is computed from (``adapt --threshold prior-shift``) was
-    damaged or edited: ``train_class_counts`` (when recorded: the NORMAL and PNEUMONIA training images, both
-    above 0, since the prior divides by them) and ``hparams`` (the selected trial's: its class weighting)."""
+    """Stop with one line when the selected trial's ``hparams`` (its class weighting, which the training prior of
+    ``adapt --threshold prior-shift`` is computed with) were damaged or edited. The image counts the prior comes
+    from are :func:`cxr_tune.adapt.probability_prior`'s to check."""
     meta_file = storage.join(folder, META_FILE)
-    counts = meta.get("train_class_counts")
-    if counts is not None and not (isinstance(counts, list) and len(counts) == 2 and all(type(n) is int and n > 0 for n in counts)):
-        raise UserError(f"'{meta_file}': train_class_counts is {counts!r}, not the NORMAL and PNEUMONIA training image counts (two whole numbers "
-                        "above 0); the file was damaged or edited: export the model again")
     hparams = meta.get("hparams")
     try:
         if not isinstance(hparams, dict):

@@ -233,8 +233,6 @@ def test_an_edited_model_json_is_one_line_naming_it(exported, tmp_path, edit, me
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda m: m.update(train_class_counts=[0, 0]), "train_class_counts is [0, 0], not the NORMAL and PNEUMONIA training image counts"),
-    (lambda m: m.update(train_class_counts=[10, "30"]), "train_class_counts is [10, '30']"),
     (lambda m: m.pop("hparams"), "hparams is not the selected trial's hyperparameters (it is missing)"),
     (lambda m: m["hparams"].update(class_weighting="x"), "hparams is not the selected trial's hyperparameters (class_weighting='x'"),
 ])
@@ -252,6 +250,8 @@ PLATT = {"method": "platt", "slope": 1.0, "intercept": 0.0, "fitted_on": "valida
 
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda m: m.pop("train_class_counts"), "needs train_class_counts, the NORMAL and PNEUMONIA image counts (two whole numbers above 0), and it is None"),
+    (lambda m: m.update(train_class_counts=[0, 0]), "needs train_class_counts, the NORMAL and PNEUMONIA image counts (two whole numbers above 0), and it is [0, 0]"),
+    (lambda m: m.update(train_class_counts=[10, "30"]), "and it is [10, '30']"),
     (lambda m: m.update(calibration=PLATT) or m["validation"].update(class_counts=[0, 6]), "needs validation.class_counts (the set the calibration was fitted on)"),
     (lambda m: m.update(calibration=PLATT) or m["validation"].update(class_counts=[6]), "and it is [6]"),  # before: IndexError
     (lambda m: m.update(calibration=PLATT) or m["validation"].update(class_counts=["6", "6"]), "and it is ['6', '6']"),  # before: TypeError
