@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr_tune import selection
 from cxr_tune.selection import BOOTSTRAP_PERCENTILES, REPORTED_RESAMPLES
 
 N_BINS = 10
@@ -36,7 +37,6 @@ METHODS = ("none", "platt", "temperature")
 #: exactly 0 or 1 has an infinite one).
 EPSILON = 1e-12
 LOG_T_BOUND = 5.0  # temperature scaling searches T in [exp(-5), exp(5)]
-_CHUNK_VALUES = 2_000_000  # resampled images held at once by the bootstrap (a few arrays of this size: tens of MB)
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -153,7 +153,7 @@ def calibration_metrics(labels: np.ndarray, scores: np.ndarray, *, n_bins: int =
     out["brier"] = float(brier_score_loss(labels, scores, pos_label=1))
     rng = np.random.default_rng(seed)
     bins = _bins(scores, n_bins)
-    chunk = max(1, _CHUNK_VALUES // len(labels))  # a large folder's resamples in parts: the same draws, bounded memory
+    chunk = max(1, selection.BOOTSTRAP_CHUNK_VALUES // len(labels))  # a large folder's resamples in parts: the same draws, bounded memory
     parts = [_resampled(labels, scores, bins, n_bins, rng.integers(0, len(labels), (min(chunk, resamples - start), len(labels))))
              for start in range(0, resamples, chunk)]
     ece, brier = (np.concatenate(values) for values in zip(*parts, strict=True))

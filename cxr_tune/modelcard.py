@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from cxr_tune import storage
+from cxr_tune.calibration import RELIABILITY_SETS as SETS  # the measured sets, in the order the card shows them
 from cxr_tune.formatting import code_span, fmt, interval
 from cxr_tune.operating_points import NAMES as POINT_ORDER
 from cxr_tune.provenance import describe as describe_code
@@ -24,7 +25,6 @@ from cxr_tune.set_metrics import INTERVAL_METHODS
 
 CARD_FILE = "MODEL_CARD.md"
 SAMPLERS = {"tpe": "Optuna TPE", "random": "random"}
-SETS = (("validation", "carved validation"), ("external", "external validation"), ("test", "test"))
 RATES = (("auc", "AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("balanced_accuracy", "balanced accuracy"))
 KERMANY = ("Kermany et al. 2018, \"Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for Classification\" "
            "(Mendeley Data, doi:10.17632/rscbjbr9sj.2): pediatric chest X-rays (anterior-posterior) of children aged one to five "

@@ -57,6 +57,9 @@ BOOTSTRAP_PERCENTILES = (round(50 * (1 - BOOTSTRAP_LEVEL), 9), round(100 - 50 * 
 #: Resamples of the intervals reported for a model (its sets' metrics and calibration, the benches);
 #: a trial's objective interval, computed for every trial, takes BOOTSTRAP_RESAMPLES.
 REPORTED_RESAMPLES = 2000
+#: Resampled values a bootstrap holds at once (a few arrays of this size: tens of MB): a large set's resamples
+#: are drawn in parts of this many, the same draws as in one piece. Read at each call, so a test can lower it.
+BOOTSTRAP_CHUNK_VALUES = 2_000_000
 
 
 def add_select_on_argument(parser: Any, chooses: str = "epochs, trials, ensemble members and the threshold") -> None:

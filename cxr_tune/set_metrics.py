@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cxr_tune.calibration import calibration_metrics
+from cxr_tune import selection
 from cxr_tune.selection import BOOTSTRAP_PERCENTILES, REPORTED_RESAMPLES, objective_interval
 from cxr_tune.subgroups import subgroup_rates
 from cxr_tune.train.metrics import evaluate_scores, rates_at, wilson_interval
@@ -29,7 +30,6 @@ BOOTSTRAP_METRICS = ("balanced_accuracy", "auc")
 #: how the intervals were computed, in words (the card, predict and compare print it)
 INTERVAL_METHODS = ("95 % intervals: Wilson score for sensitivity, specificity and accuracy (from the counts), "
                     "percentile bootstrap for AUC and balanced accuracy (images resampled)")
-_CHUNK_VALUES = 2_000_000  # resampled scores held at once (a few arrays of this size: tens of MB)
 
 
 def set_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float, hp: Any) -> dict[str, Any]:
@@ -102,7 +102,7 @@ def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float
     leaves that resample out, and one undefined on most of them (AUC of a one-class split) gets no interval."""
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
     rng = np.random.default_rng(seed)
-    chunk = max(1, _CHUNK_VALUES // max(len(labels), 1))  # a large folder's resamples in parts: the same draws, bounded memory
+    chunk = max(1, selection.BOOTSTRAP_CHUNK_VALUES // max(len(labels), 1))  # a large folder's resamples in parts: the same draws, bounded memory
     parts = [_resampled(labels, scores, threshold, rng.integers(0, len(labels), (min(chunk, resamples - start), len(labels))))
              for start in range(0, resamples, chunk)]
     samples = {name: np.concatenate([part[name] for part in parts]) for name in BOOTSTRAP_METRICS}
@@ -166,7 +166,7 @@ def paired_differences(labels: np.ndarray, scores: np.ndarray, threshold: float,
         rates = rates_at(labels, values, at)
         return {"auc": float(roc_auc_score(labels, values)), **{key: rates[key] for key in PAIRED_METRICS[1:]}}
 
-    chunk = max(1, _CHUNK_VALUES // len(labels))  # a large folder's resamples in parts: the same draws, bounded memory
+    chunk = max(1, selection.BOOTSTRAP_CHUNK_VALUES // len(labels))  # a large folder's resamples in parts: the same draws, bounded memory
     parts = [differences(min(chunk, resamples - start)) for start in range(0, resamples, chunk)]
     drawn = {key: np.concatenate([part[key] for part in parts]) for key in PAIRED_METRICS}
     point, point_reference = observed(scores, threshold), observed(reference, reference_threshold)

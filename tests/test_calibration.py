@@ -14,7 +14,7 @@ import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from cxr_tune import calibration
+from cxr_tune import selection
 from cxr_tune.calibration import calibration_metrics, expected_calibration_error, fit, reliability
 from cxr_tune.serving import load_model, probabilities
 from tests.model_exports import export_folder, kermany_set
@@ -65,7 +65,7 @@ def test_the_bootstrap_draws_its_resamples_in_parts_and_gives_the_same_intervals
                                                                    "brier": [0.14498646832561451, 0.3434898351696196]}
     labels, _, overconfident = honest_and_overconfident(2000)
     whole = calibration_metrics(labels, overconfident)
-    monkeypatch.setattr(calibration, "_CHUNK_VALUES", 130_000)  # 65 resamples a part; the last one shorter
+    monkeypatch.setattr(selection, "BOOTSTRAP_CHUNK_VALUES", 130_000)  # 65 resamples a part; the last one shorter
     tracemalloc.start()
     try:
         in_parts = calibration_metrics(labels, overconfident)

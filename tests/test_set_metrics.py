@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxr_tune import set_metrics
+from cxr_tune import selection
 from cxr_tune.set_metrics import bootstrap_intervals, paired_differences
 
 
@@ -69,7 +69,7 @@ def test_the_paired_bootstrap_draws_its_resamples_in_parts_and_gives_the_same_di
     labels, scores = scored(1000)
     _, reference = scored(1000, seed=1)
     whole = paired_differences(labels, scores, 0.5, reference, 0.4)
-    monkeypatch.setattr(set_metrics, "_CHUNK_VALUES", 65_000)  # 65 resamples a part; the last one shorter
+    monkeypatch.setattr(selection, "BOOTSTRAP_CHUNK_VALUES", 65_000)  # 65 resamples a part; the last one shorter
     tracemalloc.start()
     try:
         in_parts = paired_differences(labels, scores, 0.5, reference, 0.4)

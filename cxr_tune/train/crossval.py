@@ -161,8 +161,7 @@ def summary(folds: pd.DataFrame) -> pd.DataFrame:
 
 def diverged_line(folds: pd.DataFrame) -> str:
     """What to say when some folds diverged ("" when none did); folds written before the column existed count as finite."""
-    flags = folds["diverged"].fillna(False).astype(bool) if "diverged" in folds else pd.Series(False, index=folds.index)
-    lost = [int(fold) for fold in folds.loc[flags, "fold"]]
+    lost = [int(fold) for fold in folds.loc[diverged(folds), "fold"]]
     return (f"Fold(s) {', '.join(map(str, lost))} of {len(folds)} diverged (the network's scores turned non-finite, counted as 0.5, and the "
             "fold stopped there): their numbers do not measure this configuration; lower the learning rate or weight decay" if lost else "")
 
