@@ -259,9 +259,10 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         members = load_members(model, meta)
     except FileNotFoundError:
         raise UserError(f"'{model}' has no weights.safetensors; re-export it with this version (python -m cxr_tune.export) to adapt it") from None
+    prior = None
     if threshold_rule == "prior-shift":  # before the images are read
         check_prior_record(model, meta)
-        probability_prior(meta, storage.join(model, META_FILE))  # the counts the prior comes from (training or calibration set)
+        prior = probability_prior(meta, storage.join(model, META_FILE))
     files = [file.path for file in collect([images_dir])]
     decoded = [(path, *try_decode_checked(path, members.image_size)) for path in files]
     # An image unlike the training X-rays (a colour photo, a blank frame, a lateral view) would pull
@@ -277,14 +278,14 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     tta = recorded_views(model, meta)
     adapted = adapt_batchnorm(members, images)
     before = unadapted_record(model, meta)
-    kept = float(before.get("threshold", meta["threshold"]))
+    kept = float(before["threshold"])
     # A calibration map in the graph stays (the thresholds are on its scale); it was fitted before
     # adaptation, and nothing here can re-measure it without labels.
     calibration = recorded_calibration(model, meta)
     scores = torch_scores(serving_model(adapted, tta, calibration=calibration), images)
     # The model as given, at its own threshold, on the same images: what the site gets without this adaptation.
     before_scores = torch_scores(serving_model(members, tta, calibration=calibration), images)
-    threshold, how = site_threshold(threshold_rule, scores, {**meta, "threshold": kept})
+    threshold, how = site_threshold(threshold_rule, scores, {**meta, "threshold": kept}, prior)
     record: dict[str, Any] = {
         "called_pneumonia_share": float((scores >= threshold).mean()),  # at the new threshold, on the site's own images
         "called_pneumonia_share_before": float((before_scores >= float(meta["threshold"])).mean()),  # --model's network and threshold
@@ -327,8 +328,9 @@ def unadapted_record(model: str, meta: dict[str, Any]) -> dict[str, Any]:
     return before
 
 
-def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
-    """The threshold ``rule`` gives on the site's unlabelled ``scores``, and how (None: the model's own was kept)."""
+def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any], prior: float | None = None) -> tuple[float, dict[str, Any] | None]:
+    """The threshold ``rule`` gives on the site's unlabelled ``scores``, and how (None: the model's own was kept).
+    ``prior``: prior-shift's starting prior, when the caller already has it (default: :func:`probability_prior` of ``meta``)."""
     scores = np.sort(scores)  # a fit's or a mean's last digits follow its input's order; the folder's file order must change nothing
     if rule == "mixture":
         threshold, details = mixture_threshold(scores)
@@ -336,7 +338,7 @@ def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any]) -> tuple
             return threshold, {**details, "summary": f"where a two-group mixture of the site's scores crosses (PNEUMONIA-like share {details['pneumonia_like_share']:.2f})"}
         return float(meta["threshold"]), {**details, "summary": f"kept from the unadapted model: {details['fallback']}", "kept": True}
     if rule == "prior-shift":
-        prior = probability_prior(meta)
+        prior = probability_prior(meta) if prior is None else prior
         prevalence = em_prevalence(scores, prior)
         threshold = tie_side(scores, float(np.quantile(scores, 1 - prevalence)), prevalence)
         called = float((scores >= threshold).mean())
