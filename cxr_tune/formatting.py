@@ -79,15 +79,35 @@ def code_span(text: Any) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def printable(name: str) -> str:
-    r"""A file name for the console: each character that is not printable (a newline, an escape code,
-    a tab) as Python's repr writes it, so a name can neither forge a line nor drive the terminal;
-    ordinary names, spaces and non-ASCII letters stay as they are.
+def printable(name: str, limit: int | None = None) -> str:
+    r"""A file name (or a value a user gave) for the console: each character that is not printable (a
+    newline, an escape code, a tab) as Python's repr writes it, so a name can neither forge a line nor
+    drive the terminal; ordinary names, spaces and non-ASCII letters stay as they are. With ``limit``,
+    a longer text keeps its first ``limit`` characters and says how long it was, so a one-line error
+    stays one readable line whatever was typed or pasted.
 
     >>> print(printable("NORMAL/tête 1.jpeg"), printable("a.jpeg\n0.0010  NORMAL  b.jpeg"), printable("\x1b[31mRED"))
     NORMAL/tête 1.jpeg a.jpeg\n0.0010  NORMAL  b.jpeg \x1b[31mRED
+    >>> printable("x" * 1000, limit=5)
+    'xxxxx... (1000 characters)'
     """
+    if limit is not None and len(name) > limit:
+        return f"{printable(name[:limit])}... ({len(name)} characters)"
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in name)
+
+
+#: How much of a value a user gave (a --set value, a key in a params file) an error line shows: a 10 MB string
+#: pasted into a flag is not printed whole.
+SHOWN_CHARS = 80
+
+
+def shown(value: Any) -> str:
+    """``value`` as a one-line error shows it: its repr, printable and cut to :data:`SHOWN_CHARS` characters.
+
+    >>> shown("adam9"), shown("x" * 1000)[-24:]
+    ("'adam9'", 'xxx... (1002 characters)')
+    """
+    return printable(repr(value), SHOWN_CHARS)
 
 
 #: A cell starting with one of these is a formula to Excel and LibreOffice (a file named ``=HYPERLINK(...)``);

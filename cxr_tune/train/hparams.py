@@ -16,6 +16,7 @@ from typing import Any
 
 from cxr_tune.data.input_checks import MAX_SIZE, MIN_SIZE
 from cxr_tune.errors import UserError
+from cxr_tune.formatting import SHOWN_CHARS, printable, shown
 from cxr_tune.selection import CRITERIA as SELECTION_CRITERIA
 from cxr_tune.yamlfile import load_mapping
 
@@ -132,15 +133,15 @@ class HParams:
         for name, (low, high) in _RANGES.items():
             value = getattr(self, name)
             if not low <= value <= high:
-                raise HParamsError(f"{name}={value} is out of range [{low}, {high}]")
+                raise HParamsError(f"{name}={shown(value)} is out of range [{low}, {high}]")
         for name, allowed in (("optimizer", OPTIMIZERS), ("intensity", INTENSITY), ("criterion", CRITERIA), ("arch", ARCHITECTURES), ("block", BLOCKS)):
             if getattr(self, name) not in allowed:
-                raise HParamsError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+                raise HParamsError(f"{name}={shown(getattr(self, name))} is not one of {', '.join(allowed)}")
         weighting = self.class_weighting
         if isinstance(weighting, str) and weighting not in CLASS_WEIGHTINGS:
-            raise HParamsError(f"class_weighting={weighting!r} is not 'none', 'balanced' or a positive number")
+            raise HParamsError(f"class_weighting={shown(weighting)} is not 'none', 'balanced' or a positive number")
         if not isinstance(weighting, str) and not (weighting > 0 and math.isfinite(weighting)):
-            raise HParamsError(f"class_weighting={weighting} must be a positive number")
+            raise HParamsError(f"class_weighting={shown(weighting)} must be a positive number")
         if self.block_filters and len(self.block_filters) != self.depth:
             raise HParamsError(f"block_filters has {len(self.block_filters)} widths but depth={self.depth}")
         if any(w < 1 for w in self.block_filters):
@@ -194,7 +195,7 @@ class HParams:
             elif key in known:
                 values[key] = _coerce(key, known[key].type, value)
             else:
-                raise HParamsError(f"unknown hyperparameter {key!r}; known: {', '.join(sorted(known))}, filters_<i>")
+                raise HParamsError(f"unknown hyperparameter {shown(key)}; known: {', '.join(sorted(known))}, filters_<i>")
         if blocks:
             depth = values.get("depth", cls.depth)
             missing = [i for i in range(depth) if i not in blocks]
@@ -243,5 +244,5 @@ def _coerce(name: str, kind: str, value: Any) -> Any:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         value = tuple(value) if ok else value
     if not ok:
-        raise HParamsError(f"{name}={value!r} has the wrong type (expected {kind})")
+        raise HParamsError(f"{printable(name, SHOWN_CHARS)}={shown(value)} has the wrong type (expected {kind})")
     return value

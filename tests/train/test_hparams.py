@@ -59,3 +59,14 @@ def test_image_size_takes_the_range_a_data_folder_is_checked_against():
     for size in (MIN_SIZE - 1, MAX_SIZE + 1):
         with pytest.raises(HParamsError, match="image_size"):
             HParams(image_size=size)
+
+
+@pytest.mark.parametrize("override", [
+    ("optimizer", "x" * 10_000_000), ("depth", "x" * 10_000_000), ("x" * 10_000_000, 1),
+    ("class_weighting", "x" * 10_000_000), ("lr", ["\n" * 10_000_000]),
+])
+def test_an_error_shows_a_huge_value_cut_to_one_short_line(override):
+    with pytest.raises(UserError) as error:
+        read_params(None, [override])
+    message = str(error.value)
+    assert len(message) < 1000 and "\n" not in message and "characters)" in message
