@@ -63,7 +63,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "se_ratio": (0.0, 1.0),
     "ema_decay": (0.0, 0.9999),
 }
-_BLOCK_KEY = re.compile(r"^filters_(\d+)$")
+_BLOCK_KEY = re.compile(r"^filters_(\d{1,9})$")  # a longer index is an unknown key, not a crash in int() (4300 digits at most)
 
 
 class HParamsError(ValueError):

@@ -70,3 +70,8 @@ def test_an_error_shows_a_huge_value_cut_to_one_short_line(override):
         read_params(None, [override])
     message = str(error.value)
     assert len(message) < 1000 and "\n" not in message and "characters)" in message
+
+
+def test_a_block_width_key_with_a_huge_index_is_an_unknown_key_not_a_crash():
+    with pytest.raises(UserError, match="unknown hyperparameter 'filters_9999"):
+        read_params(None, [("filters_" + "9" * 5000, 3)])
