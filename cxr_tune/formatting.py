@@ -63,17 +63,20 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def code_span(text: Any) -> str:
+def code_span(text: Any, *, in_table: bool = False) -> str:
     """``text`` (a path, a command) as a Markdown code span that shows it exactly: fenced with one
     backtick more than its longest run of them, padded with a space where it starts or ends with one
     (CommonMark's rules), so no backtick in a folder name closes the span early and lets what follows
     render as Markdown or HTML; control characters as :func:`printable` shows them (a newline would
-    end the line it is on).
+    end the line it is on). ``in_table``: for a cell of a Markdown table, where a ``|`` ends the cell
+    even inside a code span unless written ``\\|`` (GitHub shows it as ``|``).
 
-    >>> print(code_span("/data/site"), code_span("site`<img src=x>`x"), code_span("`x"))
-    `/data/site` ``site`<img src=x>`x`` `` `x ``
+    >>> print(code_span("/data/site"), code_span("site`<img src=x>`x"), code_span("`x"), code_span("a|b", in_table=True))
+    `/data/site` ``site`<img src=x>`x`` `` `x `` `a\\|b`
     """
     text = printable(str(text))
+    if in_table:
+        text = text.replace("|", "\\|")
     fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
     pad = " " if not text or text[0] == "`" or text[-1] == "`" or (text[0] == text[-1] == " " and text.strip()) else ""
     return f"{fence}{pad}{text}{pad}{fence}"

@@ -19,6 +19,7 @@ from cxr_tune.bench.common import PROJECT, write_result
 from cxr_tune.bench.kept import KeptRuns, kept_runs
 from cxr_tune.data.prepared import datasets_by_size
 from cxr_tune.experiment import Experiment
+from cxr_tune.formatting import code_span
 from cxr_tune.selection import best_epoch, choose_threshold, ensemble_members, ranked_trials
 from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.checkpoints import load_predictions, load_state
@@ -98,7 +99,7 @@ def run(experiment: str, variants: list[tuple[str, object]], epochs: int, k: int
     with kept_runs("ablation", {"experiment": experiment.path, "configs": configs}) as kept:
         trained = retrain(experiment, configs, epochs, kept) if variants else pd.DataFrame()
     summary = [
-        f"Experiment `{experiment.path}`; all numbers on its validation split (carved from train by patient).",
+        f"Experiment {code_span(experiment.path)}; all numbers on its validation split (carved from train by patient).",
         "",
         "## Post hoc: ensemble and threshold rule (stored validation scores, no retraining)",
         "",

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cxr_tune.errors import UserError
+from cxr_tune.formatting import code_span
 from cxr_tune.selection import REPORTED_RESAMPLES
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -66,7 +67,7 @@ def write_result(name: str, title: str, summary: list[str], details: dict[str, A
     command = bench_command()
     record = {"benchmark": name, "command": command, "measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), **details}
     (folder / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
-    lines = [f"# {title}", "", f"Command: `{command}`  ", f"Measured: {record['measured_at']} on {record['machine']['cpus']} CPU(s)"
+    lines = [f"# {title}", "", f"Command: {code_span(command)}  ", f"Measured: {record['measured_at']} on {record['machine']['cpus']} CPU(s)"
              + (f", GPU {record['machine']['gpu']}" if record["machine"]["gpu"] else ", no GPU")
              + f"; torch {record['machine']['torch']}, Ray {record['machine']['ray']}", "", *summary, ""]
     (folder / f"{name}.md").write_text("\n".join(lines))

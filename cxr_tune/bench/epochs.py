@@ -33,6 +33,7 @@ from cxr_tune.bench.kept import kept_runs
 from cxr_tune.cliargs import assignments_text
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
+from cxr_tune.formatting import code_span
 from cxr_tune.train.hparams import HParams, HParamsError
 
 
@@ -88,7 +89,7 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
     rule = HParams.from_config(members[0]["hparams"])  # the export's threshold rule, as its runs recorded it
     ensembles = {count: pd.concat([r["scores"] for r in runs if r["epochs"] == count], axis=1).mean(axis=1).loc[export.hashes].to_numpy()
                  for count in epochs}
-    rows = [score_row(f"`{export.model}` as committed", labels, committed, float(export.meta["threshold"]), None, {})]
+    rows = [score_row(f"{code_span(export.model, in_table=True)} as committed", labels, committed, float(export.meta["threshold"]), None, {})]
     for count, scores in ensembles.items():
         group = [r for r in runs if r["epochs"] == count]
         references = {"committed": committed, **({"control": ensembles[epochs[0]]} if count != epochs[0] else {})}
@@ -97,7 +98,7 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
         row["epochs"], row["members_auc"] = count, [float(roc_auc_score(labels, r["scores"].loc[export.hashes])) for r in group]
         rows.append(row)
     summary = [
-        f"Experiment `{experiment.path}`, its exported model `{export.model}` ({len(members)} member(s)). External set: `{experiment.external}` "
+        f"Experiment {code_span(experiment.path)}, its exported model {code_span(export.model)} ({len(members)} member(s)). External set: {code_span(experiment.external)} "
         f"({len(labels)} images); **every number here is a selection-set number** (it chose the configurations and every threshold). "
         f"Each member retrained with its own configuration and seed{changed} for {', '.join(map(str, epochs))} epochs, last epoch kept, one run "
         "after another" + (f"; the last column compares with the {epochs[0]}-epoch ensemble" if len(epochs) > 1 else "")

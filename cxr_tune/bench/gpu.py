@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from cxr_tune.bench.bare import BareRun, synchronize
+from cxr_tune.formatting import code_span
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.precision import configure_device, resolve
 from cxr_tune.train.steps import bce_loss, build_optimizer, optimizer_step
@@ -219,7 +220,7 @@ def markdown(record: dict[str, Any]) -> str:
     lines = [
         "# GPU device check: the project's training step on one device",
         "",
-        f"Command: `{record['command']}`  ",
+        f"Command: {code_span(record['command'])}  ",
         f"Machine: **{gpu}**, {record['machine']['cpus']} CPUs, torch {record['machine']['torch']}; measured {record['measured_at']}. "
         f"`--precision auto` there: {record['auto_precision']}."
         + (f" torchvision {record['torchvision']}." if "torchvision" in record else ""),

@@ -29,6 +29,7 @@ import pandas as pd
 from cxr_tune.bench.common import RESULTS, seed_suffix, write_result
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
+from cxr_tune.formatting import code_span
 from cxr_tune.search.report import SET_NAMES
 from cxr_tune.search.results import asha_rungs
 from cxr_tune.selection import diverged, prefix_of
@@ -268,8 +269,8 @@ def run(experiment_dir: str, compare: str | None = None, folder: Path | None = N
                          minutes=frame["minutes"].map(lambda m: "not simulated" if m is None or pd.isna(m) else f"{m:.1f}"))
     selection = " (a selection set: its numbers are optimistic)" if prefix == "ext" else ""
     summary = [
-        f"Replayed on `{experiment.path}` ({experiment.options.sampler} sampler, {len(curves)} trials of {max_epochs} epochs, "
-        f"{slots} at a time; space `{experiment.options.space}`). Objective: balanced accuracy on the {SET_NAMES[prefix]}{selection}.",
+        f"Replayed on {code_span(experiment.path)} ({experiment.options.sampler} sampler, {len(curves)} trials of {max_epochs} epochs, "
+        f"{slots} at a time; space {code_span(experiment.options.space)}). Objective: balanced accuracy on the {SET_NAMES[prefix]}{selection}.",
         f"Rungs at epochs {', '.join(map(str, rungs))}, reduction factor {settings.reduction_factor}. Each trial's curve is the one it "
         "trained in the full run; the asynchronous rules see the results in the order the replay's slots produce them "
         "(each epoch after the time it took in the full run), so their minutes are simulated, not measured.",

@@ -20,6 +20,7 @@ from cxr_tune.bench.common import RESULTS, real_data, seed_suffix, write_result
 from cxr_tune.data.prepared import DataOptions
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
+from cxr_tune.formatting import code_span
 from cxr_tune.search.finish import finish_experiment
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.report import SET_NAMES
@@ -85,8 +86,8 @@ def run(data: str | None, trials: int, storage: str, seed: int = 0) -> None:
         + (" (they overlap: the difference is within the deciding set's noise)." if _overlap(tpe, rnd) else "."),
         "",
         f"Trial tables: `search_tpe_asha_{on_file}{trials}trials{tag}.trials.csv` and `search_random_full_{on_file}{trials}trials{tag}.trials.csv` "
-        f"beside this file. The experiment folders (`{storage_paths.resolve(tpe['experiment'])}`, "
-        f"`{storage_paths.resolve(rnd['experiment'])}`) are not committed. The random arm ran every trial to the end; the stopping "
+        f"beside this file. The experiment folders ({code_span(storage_paths.resolve(tpe['experiment']))}, "
+        f"{code_span(storage_paths.resolve(rnd['experiment']))}) are not committed. The random arm ran every trial to the end; the stopping "
         f"rules replayed on its curves: `search_stopping_replay_{on_file}{trials}trials{tag}.md`.",
     ]
     # One file per trial count and seed: ASHA saves more as trials grow (it lets the first trials through).

@@ -32,6 +32,7 @@ import pandas as pd
 from cxr_tune.bench.common import RESULTS, write_result
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
+from cxr_tune.formatting import code_span
 
 COLUMNS = ["auc", "sensitivity", "specificity", "balanced_accuracy"]
 
@@ -102,7 +103,7 @@ def run(experiment_dir: str, folder: Path = RESULTS) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / plot_name).write_bytes(png.read_bytes())
     summary = [
-        f"Experiment `{experiment.path}` (searched with --select-on carved: the external set chose nothing). Carved validation: carved from the training folder by patient. External: the experiment's "
+        f"Experiment {code_span(experiment.path)} (searched with --select-on carved: the external set chose nothing). Carved validation: carved from the training folder by patient. External: the experiment's "
         "external validation set; **every number on it is a selection-set number** (it is the set these rules choose on or compare with).",
         "",
         "## What each rule would ship, measured on the external set",

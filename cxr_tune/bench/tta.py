@@ -22,6 +22,7 @@ import pandas as pd
 
 from cxr_tune.bench.common import DEFAULT_DATA, RESULTS, paired_auc_difference, write_result
 from cxr_tune.errors import UserError
+from cxr_tune.formatting import code_span
 from cxr_tune.selection import REPORTED_RESAMPLES
 
 
@@ -139,8 +140,8 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
     } for row in rows]).to_markdown(index=False, disable_numparse=True)
     name = Path(str(shipped.folder).rstrip("/")).name
     summary = [
-        f"Model `{model_dir}` ({len(members.nets)} member(s), {shipped.image_size} px, shipped with {own_views} view(s), threshold "
-        f"{shipped.threshold:.3f}), scored on `{images_dir}`: {len(y)} distinct images, {int(y.sum())} PNEUMONIA"
+        f"Model {code_span(model_dir)} ({len(members.nets)} member(s), {shipped.image_size} px, shipped with {own_views} view(s), threshold "
+        f"{shipped.threshold:.3f}), scored on {code_span(images_dir)}: {len(y)} distinct images, {int(y.sum())} PNEUMONIA"
         + (f" ({len(left_out)} file(s) left out: unlabelled, unreadable or byte-identical to another)" if left_out else "") + ".",
         "",
         "**Selection-set numbers**: this sample would choose the view count and each row's threshold (the export's rule: "

@@ -25,6 +25,7 @@ from cxr_tune.bench.common import write_result
 from cxr_tune.bench.external_scoring import export_on_external, score_row, score_table, threshold_by_rule, train_external_scores
 from cxr_tune.bench.kept import kept_runs
 from cxr_tune.experiment import Experiment
+from cxr_tune.formatting import code_span
 from cxr_tune.train.hparams import HParams
 
 
@@ -72,7 +73,7 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
                   threshold_by_rule(labels, averaged, hp), sum(r["cpu_minutes"] for r in runs), {"search": searched}),
     ]
     summary = [
-        f"Experiment `{experiment.path}`, its exported model `{model}`. External set: `{experiment.external}` ({len(labels)} images); **every number here is a "
+        f"Experiment {code_span(experiment.path)}, its exported model {code_span(model)}. External set: {code_span(experiment.external)} ({len(labels)} images); **every number here is a "
         "selection-set number** (half A chose the search's model and every threshold). Default configuration: "
         + ", ".join(f"`{k}={v}`" for k, v in hp.to_dict().items() if k in ("arch", "depth", "filters", "image_size", "epochs", "lr", "batch_size", "augment_strength")),
         "",

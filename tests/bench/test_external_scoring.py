@@ -62,3 +62,15 @@ def test_an_unreadable_model_json_beside_the_predictions_is_named_in_one_line(tm
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(UserError, match=r"model\.json' is not readable JSON"):
         export_on_external(Experiment(str(ROOT / "results/real/external")), str(tmp_path))
+
+
+def test_a_model_folder_with_a_pipe_stays_in_its_table_cell():
+    """``bench epochs`` names the committed model in its table's first cell: a ``|`` in the folder name split the row."""
+    from cxr_tune.bench.external_scoring import score_table
+    from cxr_tune.formatting import code_span
+
+    row = {"model": f"{code_span('/models/a|b`c', in_table=True)} as committed", "cpu_minutes": None, "auc": 0.9, "auc_ci": [0.8, 0.95],
+           "balanced_accuracy": 0.8, "ba_ci": [0.7, 0.9], "sensitivity": 0.8, "specificity": 0.8, "threshold": 0.5}
+    header, _, line = score_table([row], {}).splitlines()
+    cells = lambda text: len(text.replace("\\|", "").split("|"))  # noqa: E731 - a cell boundary is a | not written \|
+    assert cells(line) == cells(header) and "``/models/a\\|b`c``" in line

@@ -69,3 +69,19 @@ def test_what_it_cannot_score_is_one_line(tmp_path):
     (tmp_path / "model" / "weights.safetensors").unlink()
     no_weights = call_cli("cxr_tune.bench", "tta", str(tmp_path / "model"), "--images", str(images), "--out", str(tmp_path))
     assert no_weights.returncode == 2 and "weights.safetensors" in no_weights.stderr and "Traceback" not in no_weights.stderr
+
+
+def test_folder_names_with_backticks_stay_inside_their_code_spans_in_the_report(tmp_path):
+    """A model or image folder named with backticks closed its code span, and what followed rendered as Markdown or HTML."""
+    from tests.test_modelcard import outside_code_spans
+
+    model, site = tmp_path / "m`<b>x</b>`odel", tmp_path / "si`<img src=x>`te"
+    export_folder(model)
+    save_images(kermany_set(30, 4), site)
+
+    done = call_cli("cxr_tune.bench", "tta", str(model), "--images", str(site), "--views", "1", "--out", str(tmp_path / "out"))
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = next((tmp_path / "out").glob("tta_*.md")).read_text()
+    assert f"``{model}``" in text and f"``{site}``" in text  # shown as they are
+    assert not any("<img" in outside_code_spans(line) or "<b>" in outside_code_spans(line) for line in text.splitlines())
