@@ -45,6 +45,24 @@ def _overlap(a: dict, b: dict) -> bool:
     return a["best_interval"][0] <= b["best_interval"][1] and b["best_interval"][0] <= a["best_interval"][1]
 
 
+def drawn_at_random(experiment: Experiment) -> tuple[int, int]:
+    """How many of a TPE search's trials TPE drew at random, and after how many ended trials it took over.
+
+    The sampler is built with ``n_startup_trials = min(startup_trials, trials)`` and, by Optuna's rule, draws at random
+    while fewer than that many trials have ended (COMPLETE or PRUNED): with k trials at once, the trials started meanwhile
+    are random too, so the count is read from the study (when each trial was asked for, and how many had ended by then).
+    """
+    import optuna
+
+    settings = experiment.space().settings
+    startup = min(settings.startup_trials, experiment.options.trials or settings.trials)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=experiment.options.name, storage=f"sqlite:///{experiment.study_path}")
+    trials = study.get_trials(deepcopy=False)
+    ended = [t.datetime_complete for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    return sum(sum(end <= t.datetime_start for end in ended) < startup for t in trials), startup
+
+
 def run(data: str | None, trials: int, storage: str, seed: int = 0) -> None:
     root = real_data(data)
     tag = seed_suffix(seed)
@@ -68,6 +86,7 @@ def run(data: str | None, trials: int, storage: str, seed: int = 0) -> None:
     tpe, rnd = rows
     ran = Experiment(tpe["experiment"])  # the space and rungs the TPE + ASHA arm recorded, not today's file
     asha = ran.space().settings
+    at_random, startup = drawn_at_random(ran)
     on_file = "external_" if tpe["deciding set"].startswith("external") else ""
     share = tpe["trial_epochs"] / rnd["trial_epochs"]
     frame = pd.DataFrame(rows).drop(columns=["experiment", "best_interval"])
@@ -75,7 +94,8 @@ def run(data: str | None, trials: int, storage: str, seed: int = 0) -> None:
         f"Space `search_spaces/{SPACE}.yaml`, {trials} trials each, seed {seed}, real training split; objective: balanced accuracy on the "
         f"{tpe['deciding set']}" + (" (a selection set: its numbers are optimistic)." if tpe["deciding set"].startswith("external") else "."),
         f"ASHA: up to {ran.max_epochs} epochs, grace period {asha.grace_period}, reduction factor {asha.reduction_factor}, rungs at epochs "
-        f"{', '.join(map(str, ran.rungs()))}; {RULES[asha.asha_rule].format(rf=asha.reduction_factor)}. TPE: {asha.startup_trials} random start-up trials.",
+        f"{', '.join(map(str, ran.rungs()))}; {RULES[asha.asha_rule].format(rf=asha.reduction_factor)}. TPE: the first {at_random} trials drawn at random (TPE takes over once {startup} "
+        "have ended; the trials started meanwhile are random too).",
         "",
         frame.to_markdown(index=False, floatfmt=".4f"),
         "",
