@@ -259,32 +259,52 @@ def test_a_folder_is_decoded_and_scored_a_chunk_at_a_time_with_the_same_rows_in_
     assert empty.empty and none.empty and list(empty.columns) == list(frame.columns)
 
 
-def test_explain_reads_and_maps_a_chunk_at_a_time_and_draws_the_same_figures(tmp_path, monkeypatch):
-    """--explain decoded every image again and held all of them and their maps at once; now a chunk at a time."""
+def test_explain_maps_a_chunk_at_a_time_and_draws_the_same_figures(tmp_path, monkeypatch):
+    """--explain held all the images and their maps at once; now a chunk at a time, the chunk predict scored."""
     import cxr_tune.predict as module
     import cxr_tune.saliency
     from cxr_tune.modelfile import load_members
-    from cxr_tune.predict import collect, explain, predict
+    from cxr_tune.predict import Explanations, collect, predict
     from cxr_tune.serving import load_model
     from tests.model_exports import export_folder, kermany_set, save_images
 
     export_folder(tmp_path / "model")
     model = load_model(str(tmp_path / "model"))
     members = load_members(str(tmp_path / "model"), model.meta)
-    frame, _ = predict(model, collect([str(save_images(kermany_set(5, 6), tmp_path / "images"))]))
+    files = collect([str(save_images(kermany_set(5, 6), tmp_path / "images"))])
     figures: dict[str, tuple] = {}
     monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption: figures.__setitem__(path.name, (image, heat, caption)))
-    explain(model, members, frame, str(tmp_path / "whole"), "balanced")
+    predict(model, files, each_chunk=Explanations(model, members, str(tmp_path / "whole"), "balanced"))
     whole, figures = figures, {}
     sizes: list[int] = []
     grad_cam = cxr_tune.saliency.grad_cam
     monkeypatch.setattr(cxr_tune.saliency, "grad_cam", lambda members, images: sizes.append(len(images)) or grad_cam(members, images))
     monkeypatch.setattr(module, "_CHUNK_FILES", 2)
-    written = explain(model, members, frame, str(tmp_path / "chunks"), "balanced")
-    assert sizes == [2, 2, 1] and [path.name for path in written] == list(whole) == list(figures)
+    explanations = Explanations(model, members, str(tmp_path / "chunks"), "balanced")
+    frame, _ = predict(model, files, each_chunk=explanations)
+    assert sizes == [2, 2, 1] and [path.name for path in explanations.written] == list(whole) == list(figures) == module.explanation_names(frame["path"])
     for name, (image, heat, caption) in whole.items():
         # torch's float sums may differ in the last bits for other batches (here 2, not 5); a chunk of 1024 makes the batches of 32 one piece did
         assert np.array_equal(figures[name][0], image) and np.allclose(figures[name][1], heat) and figures[name][2] == caption
+
+
+def test_explain_reads_no_image_a_second_time(tmp_path, monkeypatch):
+    """--explain decoded every image again after predict had scored it; now its figures show the pixels predict scored."""
+    import cxr_tune.data.imaging as imaging
+    from tests.model_exports import export_folder, kermany_set, save_images
+
+    export_folder(tmp_path / "model")
+    images = save_images(kermany_set(4, 6), tmp_path / "images")
+    reads: list[str] = []
+    is_dicom = imaging._is_dicom  # every decode asks it first
+    monkeypatch.setattr(imaging, "_is_dicom", lambda source: reads.append(str(source)) or is_dicom(source))
+
+    plain = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(images), "--quiet")
+    plain_reads, reads[:] = sorted(reads), []
+    explained = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(images), "--quiet", "--explain", str(tmp_path / "maps"))
+
+    assert plain.returncode == explained.returncode == 0, explained.stderr
+    assert len(list((tmp_path / "maps").glob("*.png"))) == 4 and len(plain_reads) == 4 and sorted(reads) == plain_reads
 
 
 def test_models_scored_together_give_the_tables_each_gives_alone(tmp_path, monkeypatch):
