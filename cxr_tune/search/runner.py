@@ -152,6 +152,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
 
         cluster = ray.cluster_resources()
         plan = plan_search(options, space, cluster)
+        keep_trial_resources(experiment, plan.resources, restored=restore)
         print(
             f"Search '{space.name}': {plan.trials} trials, up to {plan.max_epochs} epochs each, "
             f"{plan.concurrency} at a time, {plan.resources.workers} worker(s) x {plan.resources.cpus_per_worker:g} CPU"
@@ -236,6 +237,29 @@ def _start_experiment(options: SearchOptions, space: Space, split: SplitData) ->
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     storage.write_text_atomic(storage.join(experiment, EXPERIMENT_FILE), json.dumps(info, indent=2))
+
+
+#: experiment.json's record of what each trial of the experiment's first run computed with (workers, torch threads and GPUs per worker)
+TRIAL_RESOURCES = "trial_resources"
+
+
+def keep_trial_resources(experiment: str, resources: Resources, *, restored: bool) -> None:
+    """Record in ``experiment.json`` what a trial trains on, when nothing has trained yet; when a restored search trains on
+    other resources, say so in one line: its trials continue with other torch threads, another DDP split or another
+    device, so their epochs from there are sound but not bit for bit an uninterrupted run's (as ``train`` warns for a run).
+    An experiment from before the record is not compared."""
+    now = {"workers": resources.workers, "threads": resources.threads, "gpus_per_worker": resources.gpus_per_worker}
+    info = Experiment(experiment).info
+    before = info.get(TRIAL_RESOURCES)
+    if not restored:
+        storage.write_text_atomic(storage.join(experiment, EXPERIMENT_FILE), json.dumps({**info, TRIAL_RESOURCES: now}, indent=2))
+        return
+    names = {"workers": "worker(s) per trial", "threads": "torch thread(s) per worker", "gpus_per_worker": "GPU(s) per worker"}
+    differ = [f"{now[key]:g} {name} ({before[key]:g} before)" for key, name in names.items()
+              if isinstance(before, dict) and key in before and before[key] != now[key]]
+    if differ:
+        print(f"Warning: resumed with {', '.join(differ)}: trials trained from here will not be bit-identical to an uninterrupted run",
+              file=sys.stderr, flush=True)
 
 
 def log_path_of(options: SearchOptions) -> str:

@@ -253,6 +253,28 @@ def test_flags_that_cannot_apply_to_a_resumed_search_are_one_line_errors(tmp_pat
     assert len(lines) == 1 and lines[0].startswith("error: --resume ") and "--trials cannot apply" in lines[0], done.stderr
 
 
+def test_a_resume_on_other_resources_per_trial_says_what_changed_in_one_line(tmp_path, capsys):
+    """A resumed search whose trials train with other torch threads, workers or GPUs continues them sound but not bit for bit:
+    it said nothing. The first run records what a trial trained on; a resume that differs names it."""
+    from cxr_tune.search.runner import keep_trial_resources
+    from cxr_tune.train.trainer import Resources
+
+    (tmp_path / "experiment.json").write_text(json.dumps({"options": {"name": "exp"}}))
+    keep_trial_resources(str(tmp_path), Resources(1, 2.0, 0.0), restored=False)  # the first run
+    keep_trial_resources(str(tmp_path), Resources(1, 2.0, 0.0), restored=True)
+    assert capsys.readouterr().err == ""
+    keep_trial_resources(str(tmp_path), Resources(2, 1.0, 0.0), restored=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "2 worker(s) per trial (1 before), 1 torch thread(s) per worker (2 before)" in lines[0] and "bit-identical" in lines[0]
+    assert json.loads((tmp_path / "experiment.json").read_text())["trial_resources"]["threads"] == 2  # the first run's, kept
+    keep_trial_resources(str(tmp_path), Resources(1, 1.99, 0.0), restored=True)  # 2 threads all the same: computes as before
+    assert capsys.readouterr().err == ""
+
+    (tmp_path / "experiment.json").write_text(json.dumps({"options": {"name": "exp"}}))  # from before the record: nothing to compare
+    keep_trial_resources(str(tmp_path), Resources(2, 1.0, 0.0), restored=True)
+    assert capsys.readouterr().err == ""
+
+
 # --- end to end --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
