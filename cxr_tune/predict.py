@@ -125,9 +125,11 @@ def label_of(path: Path, root: Path | None = None) -> int | None:
 
 
 def path_text(path: Path) -> str:
-    """The path as text for tables and files: a name that is not valid UTF-8 (a zip made elsewhere)
-    with its undecodable bytes shown as U+FFFD, which Arrow-backed tables accept."""
-    return os.fsencode(path).decode("utf-8", "replace")
+    r"""The path as text for tables, files and the console: a name that is not valid UTF-8 (a zip made elsewhere)
+    with each undecodable byte escaped as Python writes it (``caf\xe9``), which Arrow-backed tables accept and which keeps
+    two names that differ only in such bytes apart (U+FFFD for every one made them one key, and ``compare`` counted them as one).
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None = None,
