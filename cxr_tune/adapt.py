@@ -74,7 +74,7 @@ MOVED = ("validation", "external", "test", "threshold", "threshold_rule", "opera
 SHUFFLE_SEED = 0  # the batches' composition: drawn from the images' own content, so their file order changes nothing
 
 
-def adapt_batchnorm(members: Members, images: np.ndarray, batch_size: int = 64) -> Members:
+def adapt_batchnorm(members: Members, images: np.ndarray, batch_size: int = 64, *, in_content_order: bool = False) -> Members:
     """A copy of ``members`` whose BatchNorm running statistics are the site's; weights, biases and
     everything else are untouched.
 
@@ -86,12 +86,14 @@ def adapt_batchnorm(members: Members, images: np.ndarray, batch_size: int = 64) 
     not give batches of one class. (Averaging per-batch statistics, ``momentum=None``, weighed a
     last, partial batch like a full one and dropped the variance between batches; one exact pass
     per layer, each normalizing with the layers before it already adapted, cost DenseNet-121 its
-    121 layers' passes for a difference in the fourth decimal of a score.)"""
+    121 layers' passes for a difference in the fourth decimal of a score.) ``in_content_order``: ``images`` are already
+    sorted by :func:`content_order` (as :func:`adapt` scores them), so they are not hashed again."""
     import torch
 
     from cxr_tune.modelfile import Members
 
-    images = images[content_order(images)[np.random.default_rng(SHUFFLE_SEED).permutation(len(images))]]
+    order = np.arange(len(images)) if in_content_order else content_order(images)
+    images = images[order[np.random.default_rng(SHUFFLE_SEED).permutation(len(images))]]
     nets = []
     for net, hp in zip(members.nets, members.hparams, strict=True):
         adapted = copy.deepcopy(net).eval()
@@ -276,7 +278,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     images, skipped = np.stack(readable), sum(image is None for _, image, _, _ in decoded)
     images = images[content_order(images)]
     tta = recorded_views(model, meta)
-    adapted = adapt_batchnorm(members, images)
+    adapted = adapt_batchnorm(members, images, in_content_order=True)
     before = unadapted_record(model, meta)
     kept = float(before["threshold"])
     # A calibration map in the graph stays (the thresholds are on its scale); it was fitted before

@@ -495,3 +495,14 @@ def test_the_file_order_of_a_site_changes_nothing_in_model_json(exported, tmp_pa
     assert written[0]["threshold"] == written[1]["threshold"]
     assert written[0]["adaptation"]["threshold_details"] == written[1]["adaptation"]["threshold_details"]
     assert (tmp_path / "out-forward" / "model.onnx").read_bytes() == (tmp_path / "out-reverse" / "model.onnx").read_bytes()
+
+
+def test_adapt_hashes_the_site_images_once(exported, tmp_path, monkeypatch):
+    """adapt put the images in content order to score them, then adapt_batchnorm hashed them again to order its batches."""
+    import cxr_tune.adapt as module
+
+    hashed: list[int] = []
+    content_order = module.content_order
+    monkeypatch.setattr(module, "content_order", lambda images: hashed.append(len(images)) or content_order(images))
+    adapt(str(exported), str(write_site(tmp_path / "site", 10)), str(tmp_path / "adapted"), threshold_rule="keep")
+    assert hashed == [20]
