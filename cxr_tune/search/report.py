@@ -178,7 +178,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     lines += ["## Plots", ""]
     captions = {
         "progress": ("progress.png", "Search progress: every epoch's objective over time, and the best so far."),
-        "importances": ("importances.png", "Parameter importances (Optuna's PED-ANOVA over finished trials)."),
+        "importances": ("importances.png", "Parameter importances (Optuna's PED-ANOVA over the trials that ran every epoch; those ASHA stopped are not in it)."),
         "pareto": ("pareto.png", f"Sensitivity vs specificity on {deciding} of every trial's best epoch; the Pareto front and the selected trial."),
         "roc": ("roc.png", f"Selected trial: ROC curve on {deciding} and the chosen threshold."),
         "confusion": ("confusion.png", f"Selected trial: confusion matrix on {deciding} at the chosen threshold."),
@@ -235,12 +235,25 @@ def _plot_progress(path: Path, histories: dict[str, pd.DataFrame]) -> str | None
     return None
 
 
+#: Optuna's PED-ANOVA contrasts the best ``IMPORTANCE_TOP_SHARE`` of the completed trials with the rest (its default
+#: ``target_quantile``); its docstring asks for at least ``IMPORTANCE_MIN_TOP`` trials in that top share, so the chart
+#: needs ``IMPORTANCE_MIN_TRIALS`` completed trials (41), counted as Optuna counts the top share (``ceil(share * n)``)
+IMPORTANCE_TOP_SHARE, IMPORTANCE_MIN_TOP = 0.1, 5
+IMPORTANCE_MIN_TRIALS = next(n for n in range(1, 10_000) if math.ceil(IMPORTANCE_TOP_SHARE * n) >= IMPORTANCE_MIN_TOP)
+
+
 def plot_importances(path: Path, experiment: Experiment) -> dict[str, str | None]:
-    """``{"importances": note or None, "importances_caveat": ...}``: Optuna's own doubts about the
-    estimate (too few trials for some parameter values) go into the report, not onto the console."""
+    """``{"importances": note or None, "importances_caveat": ...}``: which trials the estimate is from, and
+    Optuna's own doubts about it (too few trials for some parameter values), go into the report, not onto the console.
+
+    Why the count: Optuna's PED-ANOVA reads COMPLETE trials only, and the searcher tells Optuna every trial
+    that ended early (ASHA, or the search's end) as PRUNED, so the chart is over the trials that ran every
+    epoch: often a handful, and already picked by ASHA. Too few for PED-ANOVA's top share: no chart, one sentence.
+    """
     import warnings
 
     import optuna
+    from optuna.trial import TrialState
 
     db = experiment.study_path
     if not Path(db).exists():
@@ -249,27 +262,36 @@ def plot_importances(path: Path, experiment: Experiment) -> dict[str, str | None
         warnings.simplefilter("always")
         try:
             study = optuna.load_study(study_name=experiment.options.name, storage=f"sqlite:///{db}")
-            importances = optuna.importance.get_param_importances(study)
+            complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            stopped = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+            basis = (f"the {complete} trial(s) that ran every epoch (Optuna reads only completed trials; "
+                     f"the {stopped} that ASHA or the search's end stopped early are not in it)")
+            if complete < IMPORTANCE_MIN_TRIALS:
+                return {"importances": f"Parameter importances are not shown: they would come from {basis}, too few for Optuna's "
+                                       f"PED-ANOVA, which contrasts the best {IMPORTANCE_TOP_SHARE:.0%} of them with the rest and "
+                                       f"asks for at least {IMPORTANCE_MIN_TOP} in that top share ({IMPORTANCE_MIN_TRIALS} trials)."}
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=IMPORTANCE_TOP_SHARE)
+            importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
         except (RuntimeError, ValueError) as exc:
             return {"importances": f"Parameter importances are not available: {exc}"}
     doubts = sorted({str(w.message) for w in caught if issubclass(w.category, UserWarning)
                      and not issubclass(w.category, optuna.exceptions.ExperimentalWarning)})
     if not importances:
-        return {"importances": "Parameter importances are not available (fewer than two finished trials)."}
+        return {"importances": "Parameter importances are not available: the completed trials sampled no parameter."}
     if len(set(importances.values())) == 1:  # Optuna's way of saying it could not tell them apart: no chart of equal bars
         return {"importances": "Parameter importances are not available: " + (" ".join(doubts) or "Optuna rates every parameter the same.")}
     names, values = list(importances)[::-1], list(importances.values())[::-1]
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.4 * len(names))))
     ax.barh(names, values)
-    ax.set(xlabel="importance (PED-ANOVA)", title="Parameter importances")
+    ax.set(xlabel="importance (PED-ANOVA)", title=f"Parameter importances, from the {complete} trials that ran every epoch")
     _save(fig, path)
-    return {"importances": None, "importances_caveat": ("Optuna: " + " ".join(doubts)) if doubts else None}
+    return {"importances": None, "importances_caveat": f"From {basis}." + (" Optuna: " + " ".join(doubts) if doubts else "")}
 
 
 def _plot_pareto(path: Path, table: pd.DataFrame, selected: pd.Series, prefix: str) -> str | None:
     done = table.dropna(subset=[f"{prefix}_sensitivity", f"{prefix}_specificity"])
     if done.empty:
-        return "No finished trials."
+        return "No trial has a scored epoch yet."
     sens, spec = done[f"{prefix}_sensitivity"].to_numpy(), done[f"{prefix}_specificity"].to_numpy()
     front = pareto_front(sens, spec)
     order = np.argsort(spec[front])

@@ -8,18 +8,27 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from cxr_tune.search import report
 
 
-@pytest.fixture
-def lopsided_study(tmp_path):
-    """Four finished trials, one of them deep: ``filters_2`` has a single trial, which Optuna doubts."""
+def _study(tmp_path, depths: list[int], *, stopped: int = 0) -> types.SimpleNamespace:
+    """A study of completed trials, one per entry of ``depths`` (``filters_2`` only where the depth is 3), and
+    ``stopped`` PRUNED ones, as the searcher tells Optuna about the trials ASHA stopped."""
     db = tmp_path / "study.db"
     study = optuna.create_study(study_name="lopsided", storage=f"sqlite:///{db}", direction="maximize")
-    for i, depth in enumerate([2, 3, 2, 2]):
-        distributions = {"depth": IntDistribution(2, 3), "lr": FloatDistribution(1e-3, 1e-2)}
+    for i, depth in enumerate(depths):
+        distributions = {"depth": IntDistribution(2, 3), "lr": FloatDistribution(1e-3, 1e-1)}
         params = {"depth": depth, "lr": 1e-3 * (i + 1)}
         if depth == 3:
             distributions["filters_2"], params["filters_2"] = CategoricalDistribution([4, 8]), 4
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=0.5 + 0.1 * i))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=0.5 + 0.01 * i))
+    for _ in range(stopped):
+        study.add_trial(optuna.trial.create_trial(params={"depth": 2, "lr": 0.05}, distributions=distributions,
+                                                  state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.4}))
     return types.SimpleNamespace(study_path=str(db), options=types.SimpleNamespace(name="lopsided"))
+
+
+@pytest.fixture
+def lopsided_study(tmp_path):
+    """Enough completed trials for PED-ANOVA (43), one of them deep: ``filters_2`` has a single trial, which Optuna doubts."""
+    return _study(tmp_path, [3] + [2] * 42, stopped=7)
 
 
 def test_optunas_doubts_about_importances_go_into_the_report_not_the_console(lopsided_study, tmp_path, capsys):
@@ -29,6 +38,21 @@ def test_optunas_doubts_about_importances_go_into_the_report_not_the_console(lop
     assert notes["importances"] is None and (tmp_path / "importances.png").stat().st_size > 0
     assert "filters_2" in notes["importances_caveat"] and "may be inaccurate" in notes["importances_caveat"]
     assert capsys.readouterr() == ("", "")
+
+
+def test_the_importances_say_they_come_from_the_completed_trials_only(lopsided_study, tmp_path):
+    notes = report.plot_importances(tmp_path / "importances.png", lopsided_study)
+    assert "From the 43 trial(s) that ran every epoch" in notes["importances_caveat"]
+    assert "the 7 that ASHA or the search's end stopped early are not in it" in notes["importances_caveat"]
+
+
+def test_too_few_completed_trials_for_ped_anova_give_a_sentence_not_a_chart(tmp_path):
+    """9 of 25 trials ran every epoch (the committed carved search): PED-ANOVA's top 10 % would be one trial.
+    Optuna's docstring asks for 5 there: 41 completed trials."""
+    notes = report.plot_importances(tmp_path / "importances.png", _study(tmp_path, [2] * 9, stopped=16))
+    assert not (tmp_path / "importances.png").exists()
+    assert notes["importances"].startswith("Parameter importances are not shown: they would come from the 9 trial(s) that ran every epoch")
+    assert "the 16 that ASHA or the search's end stopped early" in notes["importances"] and "(41 trials)" in notes["importances"]
 
 
 def test_the_rank_correlation_counts_the_trials_it_is_over():
