@@ -9,12 +9,18 @@ to a log file instead, named at the start; ``--verbose`` sends them to the conso
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
 LIBRARY_LOGGERS = ("ray", "ray.data", "optuna", "py.warnings")  # ray.data keeps handlers of its own
+#: Ray Data's level while a block is open, unless ``RAY_DATA_LOG_LEVEL`` says otherwise. Ray Data sets its logger to DEBUG
+#: as it is imported (for its own ray-data.log) and reads that variable only then; Ray Tune imports it before a command
+#: could set it (:mod:`cxr_tune.ray_session` sets it for the workers), so its DEBUG records and their DataContext and
+#: operator-metrics dumps were most of the log file, burying its warnings
+RAY_DATA_LEVEL = "WARNING"
 _ACTIVE: list[tuple[TextIO, bool]] = []  # the files of the library_output_to blocks now open (innermost last), with their verbose
 
 
@@ -50,6 +56,8 @@ def library_output_to(path: str | None, *, verbose: bool = False) -> Iterator[Te
         kept = logger.handlers if verbose else [h for h in logger.handlers if not _to_console(h)]
         logger.handlers = [*kept, handler]
         logger.propagate = verbose and name != "ray.data"
+    ray_data, ray_data_level = logging.getLogger("ray.data"), logging.getLogger("ray.data").level
+    ray_data.setLevel(os.environ.get("RAY_DATA_LOG_LEVEL") or RAY_DATA_LEVEL)
     _quiet_optuna(verbose)
     logging.captureWarnings(True)
     _ACTIVE.append((handle, verbose))
@@ -60,6 +68,7 @@ def library_output_to(path: str | None, *, verbose: bool = False) -> Iterator[Te
         logging.captureWarnings(False)
         for logger, handlers, propagate in saved:
             logger.handlers, logger.propagate = handlers, propagate
+        ray_data.setLevel(ray_data_level)
         handle.close()
 
 
