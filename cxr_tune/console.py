@@ -1,9 +1,10 @@
 """What reaches the console: the product's own lines. Ray's and Optuna's go to a log file.
 
 A search prints what a person watching wants (where things are, trials starting and ending, the
-best so far, time left, the result). Ray's loggers and its workers' output (actor warnings,
-placement-group clean-up, worker-start notices), Optuna's logger and library warnings are written
-to a log file instead, named at the start; ``--verbose`` sends them to the console as well.
+best so far, time left, the result). Ray's loggers and its workers' output (actor warnings, the
+raylet's notices), Optuna's logger and library warnings are written to a log file instead, named at
+the start; ``--verbose`` sends them to the console as well. Lines that every healthy run prints
+(:data:`ROUTINE_WORKER_LINES`) go to neither.
 """
 
 from __future__ import annotations
@@ -72,10 +73,31 @@ def library_output_to(path: str | None, *, verbose: bool = False) -> Iterator[Te
         handle.close()
 
 
+#: Lines of Ray's processes that every healthy search prints and that ask nothing of anyone, as (the process: an
+#: actor's class or "raylet", words of the line) in Ray 2.60's wording; left out of the log file and the console
+ROUTINE_WORKER_LINES = (
+    # Train's placement-group cleaner at every trial end: Tune ends the trial's process, and with it Train's controller
+    # (an actor it owns), before the controller frees its workers' reserved CPUs; freeing them is the cleaner's job
+    # (a failure to is still shown).
+    ("PlacementGroupCleaner", "Detected that the Ray Train controller actor ("),
+    # The raylet, once a node has run 4x as many Python processes as it has CPUs. Under Tune every trial runs several
+    # (its driver, Train's controller and placement-group cleaner, its workers) for one CPU: two trials on a 2-CPU
+    # machine crossed it in every search. Avoiding it would take a whole CPU per trial's driver: half the trials at once.
+    ("raylet", "PYTHON worker processes have been started on node"),
+)
+
+
+def routine_worker_line(data: dict, line: str) -> bool:
+    """Whether ``line``, from the Ray process that ``data`` (Ray's record of a batch of its output) names, is one of
+    :data:`ROUTINE_WORKER_LINES`."""
+    source = data.get("actor_name") or data.get("pid")
+    return any(source == who and words in line for who, words in ROUTINE_WORKER_LINES)
+
+
 def route_worker_output(handle: TextIO, *, verbose: bool = False) -> Callable[[], None]:
     """Send what Ray prints on the driver's console for its processes (workers' stdout/stderr,
-    the raylet's warnings) to ``handle`` instead (as well, with ``verbose``). Returns a function
-    that undoes it.
+    the raylet's warnings) to ``handle`` instead (as well, with ``verbose``), less its
+    :data:`ROUTINE_WORKER_LINES`. Returns a function that undoes it.
 
     Ray streams worker output through one dispatcher and prints the raylet's warnings from a
     listener thread; both end in ``ray._private.worker.print_to_stdstream``, which is swapped
@@ -89,6 +111,10 @@ def route_worker_output(handle: TextIO, *, verbose: bool = False) -> Callable[[]
     original = ray_worker.print_to_stdstream
 
     def to_log(data: dict, ignore_prefix: bool) -> None:
+        lines = [line for line in data.get("lines", []) if not routine_worker_line(data, line)]
+        if not lines:
+            return
+        data = {**data, "lines": lines}
         ray_worker.print_worker_logs(data, handle, ignore_prefix)
         if verbose:
             original(data, ignore_prefix)

@@ -235,7 +235,6 @@ def role_datasets(cache: ImageCache, roles_frame: pd.DataFrame, roles: tuple[str
     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks")
     out = {}
     parallel = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    wait_for_free_cpu(REBUILD_CPUS, "read the image cache")
     # Ray Data's default Parquet reader (DataSource V2) lists files on a pool of footer-reading
     # actors, one process each: on a cache of a few files that costs more than the read itself
     # (measured: the train and val datasets of a 300-image cache in 3.2 s instead of 8.0 s with a
@@ -258,12 +257,16 @@ def _role_dataset(cache: ImageCache, roles_frame: pd.DataFrame, role: str, paral
 
     rows = roles_frame.loc[roles_frame["role"] == role].drop_duplicates("content_hash")
     labels = dict(zip(rows["content_hash"], rows["label"].astype(int), strict=True))
+    wait_for_free_cpu(REBUILD_CPUS, "read the image cache")
     dataset = ray.data.read_parquet(cache.data_path, num_cpus=REBUILD_CPUS, concurrency=parallel).map_batches(
         # Train gets tensors only: the training loop converts every column to torch. (Selected
         # here, not by a separate select_columns task that would need a whole CPU to rebuild.)
         _select, fn_kwargs={"labels": labels, "size": cache.image_size, "with_hash": role != "train"},
         batch_format="numpy", batch_size=None, num_cpus=REBUILD_CPUS, compute=ray.data.TaskPoolStrategy(size=parallel),
     )
+    # read_parquet samples the files in tasks of a whole CPU, which the cluster's count of free CPUs still holds for a
+    # moment after they end: reading then, Ray Data warned that the read "will hang" (it did not).
+    wait_for_free_cpu(REBUILD_CPUS, "read the image cache")
     dataset = dataset.materialize()
     # Trials iterate these every epoch; per-epoch progress bars from every worker would bury
     # the search's own progress lines.

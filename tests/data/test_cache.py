@@ -139,3 +139,41 @@ def test_blocks_bounded_by_bytes_hold_the_same_pixels(ray_session, source, tmp_p
     small, _ = load_images(rows, 24, str(tmp_path / "small"), source.manifest)
     decoded, _ = load_images(rows, 24, str(tmp_path / "none"), source.manifest)
     assert np.array_equal(small, decoded)
+
+
+def test_each_role_is_read_only_once_the_cluster_shows_a_free_cpu(monkeypatch):
+    """read_parquet samples the files in tasks of a whole CPU, and the cluster's free-CPU count still holds them for a
+    moment after they end: Ray Data, reading then, warned "The Dataset job will hang unless more CPUs are freed up"."""
+    import types
+
+    import ray
+    import ray.data
+
+    class Cluster:
+        free, warned, reads = 2.0, [], 0
+
+        def available_resources(self) -> dict:
+            free, self.free = self.free, 2.0  # the sampling tasks' CPUs show as taken for one look only
+            return {"CPU": free} if free else {}
+
+        def read_parquet(self, path, **kwargs):
+            self.reads += 1
+            self.free = 0.0
+            return self
+
+        def map_batches(self, *args, **kwargs):
+            return self
+
+        def materialize(self):
+            if not ray.available_resources().get("CPU"):  # Ray Data's own check before it runs a dataset
+                self.warned.append("The Dataset job will hang unless more CPUs are freed up")
+            return types.SimpleNamespace(context=types.SimpleNamespace())
+
+    cluster = Cluster()
+    monkeypatch.setattr(ray, "available_resources", cluster.available_resources)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray.data, "read_parquet", cluster.read_parquet)
+    roles = pd.DataFrame({"role": ["train", "val", "test"], "content_hash": ["a", "b", "c"], "label": [0, 1, 0]})
+    datasets = role_datasets(types.SimpleNamespace(data_path="cache/data", image_size=24), roles, ("train", "val", "test"))
+    assert set(datasets) == {"train", "val", "test"} and cluster.reads == 3
+    assert cluster.warned == []
