@@ -320,13 +320,27 @@ def recorded_calibration(folder: str, meta: dict[str, Any]) -> Calibration | Non
     return calibration
 
 
+#: What ``torch.onnx.export`` warns of every export today (torch 2.14), each known to be harmless, as (category, start
+#: of the message, module the warning is raised for); any other warning, such as a new TracerWarning, is shown:
+#: - the TorchScript-based exporter is deprecated, and so is a helper of its own; it is still the pickle-free path that
+#:   needs no extra package (``dynamo=True`` needs onnxscript, which is not a dependency);
+#: - with test-time views, tracing TTAModel.views' loop over its grids: the number of views is fixed per model, so the
+#:   unrolled loop is the graph meant (ONNX and PyTorch agree at batch sizes 1, 2 and 5; ``check_scores`` checks each export).
+KNOWN_EXPORT_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
+    (DeprecationWarning, "You are using the legacy TorchScript-based ONNX export", ""),
+    (DeprecationWarning, "The feature will be removed", r"torch\.onnx\."),
+    (torch.jit.TracerWarning, "Iterating over a tensor might cause the trace to be incorrect", rf"{__name__}$"),
+)
+
+
 def _to_onnx(model: nn.Module, size: int) -> bytes:
     import io
 
     example = torch.zeros(2, 1, size, size, dtype=torch.uint8)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but still the simplest pickle-free path
+        for category, message, module in KNOWN_EXPORT_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
         torch.onnx.export(
             model, (example,), buffer, dynamo=False, opset_version=17,
             input_names=["image"], output_names=["probability"],

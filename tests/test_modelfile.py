@@ -68,6 +68,27 @@ def test_an_export_whose_onnx_scores_drift_from_pytorch_is_refused(monkeypatch):
         build_files(members, check_images=images)
 
 
+@pytest.mark.parametrize(("category", "message"), [
+    (FutureWarning, "torch.onnx.export's dynamo=False will be removed in the next release"),
+    (torch.jit.TracerWarning, "Converting a tensor to a Python boolean might cause the trace to be incorrect"),
+])
+def test_an_export_shows_a_warning_it_does_not_know_and_none_of_those_it_does(monkeypatch, category, message):
+    """Known today: the legacy exporter's deprecations and the traced loop over the test-time views' grids."""
+    import warnings
+
+    export = torch.onnx.export
+
+    def warning_export(*args, **kwargs):
+        warnings.warn(message, category, stacklevel=1)  # what a future torch, or a traced model, might say
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", warning_export)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_files(two_members(), len(TTA_VIEWS))
+    assert [(w.category, str(w.message)) for w in caught] == [(category, message)]
+
+
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("modelfile") / "model"
