@@ -15,6 +15,8 @@ import pandas as pd
 from cxr_tune.formatting import fmt
 
 PAIRS = (("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
+#: a rate's threshold in an axis label: each set's rates are at a threshold chosen on that set itself (AUC needs none)
+AT_OWN = {"balanced_accuracy": "\n(at a threshold chosen on this set)"}
 FEW_TRIALS = 10  # below this, say that a rank correlation says little
 TABLE_COLUMNS = ["trial_id", "rank", "tied", "val_balanced_accuracy", "ext_balanced_accuracy", "ext_objective_low", "ext_objective_high",
                  "val_auc", "ext_auc", "val_loss", "ext_loss", "epochs"]
@@ -66,7 +68,7 @@ def plot_transfer(path: Path, table: pd.DataFrame, title: str = "Carved validati
         ax.scatter(x[tied & ~selected], y[tied & ~selected], s=30, color="C1", label="tied with the best")
         ax.scatter(x[selected], y[selected], s=140, marker="*", color="C3", label="selected", zorder=5)
         rho = correlations[metric]
-        ax.set(xlabel=f"carved validation {label}", ylabel=f"external {label}",
+        ax.set(xlabel=f"carved validation {label}{AT_OWN.get(metric, '')}", ylabel=f"external {label}{AT_OWN.get(metric, '')}",
                title=f"{label}: Spearman {'n/a' if math.isnan(rho) else f'{rho:.2f}'}")
         ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
@@ -82,12 +84,15 @@ def markdown(table: pd.DataFrame, deciding: str, plot: str | None, plot_note: st
     paired = int(table[[f"{prefix}_{metric}" for metric, _ in PAIRS for prefix in ("val", "ext")]].notna().all(axis=1).sum())  # what they are over
     tied = table[table["tied"].fillna(False).astype(bool)]["trial_id"].tolist() if "tied" in table else []
     external_decides = deciding == "external"
-    deciding = "the external set" if external_decides else "carved validation (the external set chose nothing)"
+    deciding = "the external set" if external_decides else "carved validation (the external set chose no epoch and no trial)"
     lines = [
         ("Every trial's best epoch on validation carved from train (`val_`) and on the external set (`ext_`, a selection set: "
          "its numbers chose things and are optimistic)." if external_decides else
          "Every trial's best epoch on validation carved from train (`val_`, the selection set: its numbers chose things and are "
-         "optimistic) and on the external set (`ext_`, which chose nothing: each trial's epoch there is the one carved validation picked)."),
+         "optimistic) and on the external set (`ext_`: the epoch carved validation picked).")
+        + " Sensitivity, specificity and balanced accuracy on each set are at a threshold chosen on that set itself, so `ext_` rates "
+          "are optimistic even where the external set chose nothing else: at the threshold carved validation chose they can be lower "
+          "(AUC needs no threshold).",
         "",
         f"Rank correlation (Spearman) of carved vs external over the {paired} trials scored on both: "
         + ", ".join(f"{label} {fmt(correlations[metric], 2)}" for metric, label in PAIRS) + "."
