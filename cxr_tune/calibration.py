@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from cxr_tune import selection
+from cxr_tune.plotting import legend_beside
 from cxr_tune.selection import BOOTSTRAP_PERCENTILES, REPORTED_RESAMPLES
 
 N_BINS = 10
@@ -208,7 +209,7 @@ def plot_reliability(path: str | Path, curves: dict[str, dict[str, list[float]]]
         ax.plot(curve["predicted"], curve["observed"], "-", color=f"C{index}", label=name)
         ax.scatter(curve["predicted"], curve["observed"], s=12 + 120 * counts / counts.max(), color=f"C{index}", zorder=3)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability (bin)", ylabel="observed PNEUMONIA share (bin)", title=title)
-    ax.legend(loc="upper left", fontsize=8)
+    legend_beside(ax, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

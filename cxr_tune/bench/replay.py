@@ -30,6 +30,7 @@ from cxr_tune.bench.common import RESULTS, seed_suffix, write_result
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import code_span
+from cxr_tune.plotting import legend_beside
 from cxr_tune.search.report import SET_NAMES
 from cxr_tune.search.results import asha_rungs
 from cxr_tune.selection import diverged, prefix_of
@@ -223,7 +224,7 @@ def plot_anytime(path: Path, lines: dict[str, pd.Series], title: str) -> None:
     for label, series in lines.items():
         ax.step(series.index, series.to_numpy(), where="post", label=label)
     ax.set(xlabel="trial-epochs spent", ylabel="best objective so far", title=title)
-    ax.legend(loc="lower right", fontsize=8)
+    legend_beside(ax, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

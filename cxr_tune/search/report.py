@@ -28,6 +28,7 @@ from cxr_tune.experiment import Experiment  # noqa: E402
 from cxr_tune.formatting import code_span, fmt, from_spreadsheet  # noqa: E402
 from cxr_tune.modelcard import calibration_section, final_fit_line, operating_point_section, subgroup_section  # noqa: E402
 from cxr_tune.modelfile import PREDICTIONS_FILES, load_members  # noqa: E402
+from cxr_tune.plotting import legend_beside  # noqa: E402
 from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
 from cxr_tune.search import transfer  # noqa: E402
 from cxr_tune.search.finalfit import describe_changes  # noqa: E402
@@ -230,7 +231,7 @@ def _plot_progress(path: Path, histories: dict[str, pd.DataFrame]) -> str | None
     ax.scatter(minutes, results["objective"], s=12, alpha=0.5, label="an epoch of a trial")
     ax.step(minutes, results["objective"].cummax(), where="post", color="C3", label="best so far")
     ax.set(xlabel="minutes since the first result", ylabel="validation objective", title="Search progress")
-    ax.legend(loc="lower right")
+    legend_beside(ax)
     _save(fig, path)
     return None
 
@@ -300,7 +301,7 @@ def _plot_pareto(path: Path, table: pd.DataFrame, selected: pd.Series, prefix: s
     ax.plot(spec[front][order], sens[front][order], "-o", color="C2", ms=5, label="Pareto front")
     ax.scatter([selected[f"{prefix}_specificity"]], [selected[f"{prefix}_sensitivity"]], s=120, marker="*", color="C3", label="selected", zorder=5)
     ax.set(xlabel=f"{SET_NAMES[prefix]} specificity", ylabel=f"{SET_NAMES[prefix]} sensitivity", title="Sensitivity vs specificity")
-    ax.legend(loc="lower left")
+    legend_beside(ax)
     _save(fig, path)
     return None
 
@@ -320,7 +321,7 @@ def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float, name: str
     predicted = scores >= threshold
     sens, spec = predicted[labels == 1].mean(), 1 - predicted[labels == 0].mean()
     ax.scatter([1 - spec], [sens], s=80, color="C3", zorder=5, label=f"threshold {threshold:.3f}")
-    ax.legend(loc="lower right")
+    legend_beside(ax)
     ax.set(title=f"Selected trial: ROC on {name}", **ROC_AXES)
     _save(fig, path)
     return None
@@ -342,7 +343,7 @@ def _plot_confusion(path: Path, predictions: pd.DataFrame, threshold: float, nam
 def _plot_learning(path: Path, history: pd.DataFrame) -> str | None:
     if history.empty or "epoch" not in history:
         return "No per-epoch history for the selected trial."
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))  # widened by the two legends beside the panels
     left.plot(history["epoch"], history["train_loss"], "-o", label="train loss (weighted, augmented)")
     for prefix, name in SET_NAMES.items():
         if f"{prefix}_loss" in history and history[f"{prefix}_loss"].notna().any():
@@ -350,9 +351,9 @@ def _plot_learning(path: Path, history: pd.DataFrame) -> str | None:
             right.plot(history["epoch"], history[f"{prefix}_auc"], "-o", ms=3, label=f"{name} AUC")
             right.plot(history["epoch"], history[f"{prefix}_balanced_accuracy"], "--o", ms=3, label=f"{name} balanced accuracy")
     left.set(xlabel="epoch", title="Loss")
-    left.legend()
+    legend_beside(left, fontsize=8)
     right.set(xlabel="epoch", title="Validation metrics (each at its own threshold)")
-    right.legend(loc="lower right", fontsize=8)
+    legend_beside(right, fontsize=8)
     for ax in (left, right):
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole numbers
     _save(fig, path)
@@ -409,7 +410,7 @@ def _plot_operating_points(path: Path, exported: dict[str, Any], predictions: pd
     for index, (point, at) in enumerate((p, rates[p]) for p in points if p in rates):
         ax.scatter([1 - at["specificity"]], [at["sensitivity"]], s=60, color=f"C{index + 1}", zorder=5,
                    label=f"{point} (threshold {points[point]['threshold']:.3f})")
-    ax.legend(loc="lower right", fontsize=7)
+    legend_beside(ax, fontsize=7)
     ax.set(title="Operating points on the ROC curve", **ROC_AXES)
     _save(fig, path)
     return None

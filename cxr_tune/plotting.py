@@ -1,0 +1,49 @@
+"""What every plot of the package shares: its legend sits beside the axes, never on them.
+
+A legend at a fixed corner (``loc="lower right"``) covered exactly the points a plot is about: the
+selected trial that transfers badly sits low and to the right, a specificity operating point sits at
+low false positive rate and middling sensitivity. ``loc="best"`` only makes that less likely. Outside
+the axes nothing drawn can be under it. Used by the report's plots, the reliability diagram, the
+transfer plot and the benchmarks' plots alike.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.legend import Legend
+
+GAP = 0.02  # between the axes and its legend, as a share of the axes' width
+
+
+def legend_beside(ax: Axes, **kwargs: Any) -> Legend | None:
+    """The axes' legend to its right, the figure widened by the legend's width (the axes keep their size
+    once the figure is laid out); only entries that draw something (an empty scatter listed "trial (best
+    epoch)" where there was none). ``kwargs`` go to ``ax.legend`` (e.g. ``fontsize``). None without entries.
+
+    >>> import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot as plt
+    >>> fig, ax = plt.subplots(figsize=(5, 4)); _ = ax.plot([0, 1], [0, 1], label="a line")
+    >>> legend_beside(ax) is not None and bool(fig.get_size_inches()[0] > 5)
+    True
+    """
+    shown = [(handle, label) for handle, label in zip(*ax.get_legend_handles_labels(), strict=True) if _draws(handle)]
+    if not shown:
+        return None
+    handles, labels = zip(*shown, strict=True)
+    legend = ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1 + GAP, 1.0), borderaxespad=0.0, **kwargs)
+    ax.set_anchor("W")  # a square ROC or reliability plot keeps to the left of its space, next to its legend
+    fig = ax.figure
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + legend.get_window_extent().width / fig.dpi + GAP * width, height)
+    return legend
+
+
+def _draws(artist: Any) -> bool:
+    """Whether a legend handle has data: a scatter with points, a line with vertices (anything else: yes)."""
+    if hasattr(artist, "get_offsets") and not hasattr(artist, "get_xdata"):
+        return len(artist.get_offsets()) > 0
+    if hasattr(artist, "get_xdata"):
+        return len(artist.get_xdata()) > 0
+    return True

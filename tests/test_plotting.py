@@ -1,0 +1,97 @@
+"""Legends never hide what a plot is about: the cases a review found covered, drawn with the package's own functions."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure the package saves, kept for inspection."""
+    figures: list[Figure] = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (figures.append(fig), save(fig, *args, **kwargs)))
+    return figures
+
+
+def covered(fig: Figure) -> list[tuple[str, float, float]]:
+    """Data points (of any axes) whose display position lies inside a legend, and legends that stick out of the figure."""
+    fig.canvas.draw()
+    found = []
+    for legend in [ax.get_legend() for ax in fig.axes if ax.get_legend()]:
+        box = legend.get_window_extent()
+        if not fig.bbox.contains(box.x0, box.y0) or not fig.bbox.contains(box.x1 - 1, box.y1 - 1):
+            found.append(("legend outside the figure", box.x1, fig.bbox.x1))
+        for ax in fig.axes:
+            for artist in [*ax.collections, *ax.lines]:
+                points = np.asarray(artist.get_offsets() if hasattr(artist, "get_offsets") else artist.get_xydata(), dtype=float)
+                if points.ndim == 2 and len(points):
+                    found += [(artist.get_label(), x, y) for (x, y), (dx, dy) in zip(points, ax.transData.transform(points), strict=True)
+                              if box.x0 <= dx <= box.x1 and box.y0 <= dy <= box.y1]
+    return found
+
+
+def test_the_selected_trial_that_transfers_badly_is_not_under_the_transfer_plots_legend(tmp_path, drawn):
+    """The carved pick sits far right and, when it transfers badly, low: where the lower-right legend was."""
+    from cxr_tune.search.transfer import plot_transfer
+
+    table = pd.DataFrame({"trial_id": ["a", "b", "c"], "rank": [1, 2, 3], "tied": [True, True, False],
+                          "val_balanced_accuracy": [0.736, 0.70, 0.52], "ext_balanced_accuracy": [0.671, 0.714, 0.657],
+                          "val_auc": [0.776, 0.74, 0.35], "ext_auc": [0.616, 0.65, 0.695]})
+    assert plot_transfer(tmp_path / "transfer.png", table) is None
+    assert covered(drawn[-1]) == []
+
+
+def test_the_transfer_legend_lists_only_markers_that_are_drawn(tmp_path, drawn):
+    """With every trial tied, "trial (best epoch)" was listed for a point that does not exist."""
+    from cxr_tune.search.transfer import plot_transfer
+
+    table = pd.DataFrame({"trial_id": ["a", "b"], "rank": [1, 2], "tied": True, "val_balanced_accuracy": [0.7, 0.6],
+                          "ext_balanced_accuracy": [0.6, 0.7], "val_auc": [0.7, 0.6], "ext_auc": [0.6, 0.7]})
+    plot_transfer(tmp_path / "transfer.png", table)
+    legends = [ax.get_legend() for ax in drawn[-1].axes if ax.get_legend()]
+    assert {tuple(text.get_text() for text in legend.get_texts()) for legend in legends} == {("tied with the best", "selected")}
+
+
+def test_specificity_operating_points_are_not_under_the_legend(tmp_path, drawn):
+    """spec90 at low false positive rate and low sensitivity was washed out behind a lower-right legend."""
+    from cxr_tune.search.report import _plot_operating_points
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(35, int), np.ones(35, int)]
+    probability = np.clip(rng.normal(0.55 - 0.1 * labels, 0.2), 0, 1)  # AUC about 0.35, as a one-epoch model: the curve runs low and right
+    predictions = pd.DataFrame({"label": labels, "probability": probability})
+    rates = {"balanced": {"sensitivity": 0.6, "specificity": 0.6}, "sens90": {"sensitivity": 0.9, "specificity": 0.3},
+             "sens95": {"sensitivity": 0.95, "specificity": 0.2}, "sens98": {"sensitivity": 0.98, "specificity": 0.1},
+             "spec90": {"sensitivity": 0.171, "specificity": 0.914}, "spec95": {"sensitivity": 0.1, "specificity": 0.957}}
+    exported = {"operating_points": {name: {"threshold": 0.5} for name in rates}, "external": {"operating_points": rates}}
+    assert _plot_operating_points(tmp_path / "points.png", exported, predictions, "external") is None
+    assert covered(drawn[-1]) == []
+
+
+def test_reliability_bins_in_the_upper_left_are_not_under_the_legend(tmp_path, drawn):
+    """After ``--calibrate platt`` (six curves) five bins sat under the upper-left legend."""
+    from cxr_tune.calibration import plot_reliability
+
+    curve = {"predicted": [0.05, 0.455, 0.547, 0.95], "observed": [0.1, 0.769, 0.688, 0.9], "count": [10, 5, 5, 10]}
+    curves = {name: curve for name in ("carved validation", "carved validation, before calibration", "external validation (selection set)",
+                                       "external validation, before calibration", "test", "test, before calibration")}
+    plot_reliability(tmp_path / "reliability.png", curves)
+    assert covered(drawn[-1]) == []
+
+
+def test_learning_curves_and_the_pareto_front_keep_their_points_clear_of_their_legends(tmp_path, drawn):
+    from cxr_tune.search.report import _plot_learning, _plot_pareto
+
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.5, 0.452, 0.44], "val_loss": [0.6, 0.61, 0.61], "val_auc": [0.36, 0.335, 0.352],
+                            "val_balanced_accuracy": [0.51, 0.52, 0.651]})
+    assert _plot_learning(tmp_path / "learning.png", history) is None
+    table = pd.DataFrame({"val_sensitivity": [0.9184, 0.97, 0.96], "val_specificity": [0.9453, 0.99, 0.98]})
+    assert _plot_pareto(tmp_path / "pareto.png", table, table.iloc[1], "val") is None
+    assert [covered(fig) for fig in drawn] == [[], []]
