@@ -35,6 +35,7 @@ from cxr_tune.search.finalfit import describe_changes  # noqa: E402
 from cxr_tune.search.results import pareto_front  # noqa: E402
 from cxr_tune.search.timing import time_section, time_split  # noqa: E402
 from cxr_tune.selection import prefix_of  # noqa: E402
+from cxr_tune.set_metrics import INTERVAL_METHODS  # noqa: E402
 from cxr_tune.train.checkpoints import has_predictions, load_predictions  # noqa: E402
 
 TOP = 10
@@ -166,11 +167,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
             _table(_export_rows(exported)),
             "",
         ]
-        if "test" in exported:
-            test, ci = exported["test"], exported["test"]["ci95"]
-            lines += ["Held-out test split, scored once at the stored threshold (95 % bootstrap intervals):", ""]
-            lines += [_table(pd.DataFrame([{k: fmt(test.get(k)) + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else "")
-                                            for k in ("auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy")}])), ""]
+        lines += _test_section(exported)
     lines += _clinical_sections(exported, notes)
     if transfer.has_external(table):
         lines += ["## What transfers: carved validation vs the external set", ""]
@@ -202,6 +199,17 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         lines += ["## Failed trials", "", _table(errors[["trial_id", "error"]]), ""]
     lines += ["All trials: `trials.csv` / `trials.parquet`. Optuna study: `study.db` (open with `optuna-dashboard`).", ""]
     return "\n".join(lines)
+
+
+def _test_section(exported: dict[str, Any]) -> list[str]:
+    """The held-out test split at the stored threshold, its intervals named as the card and predict name them
+    (it said "bootstrap" of Wilson intervals); nothing without a test split."""
+    if "test" not in exported:
+        return []
+    test, ci = exported["test"], exported["test"]["ci95"]
+    return [f"Held-out test split, scored once at the stored threshold ({INTERVAL_METHODS}):", "",
+            _table(pd.DataFrame([{k: fmt(test.get(k)) + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else "")
+                                  for k in ("auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy")}])), ""]
 
 
 def _set_rows(selected: pd.Series) -> pd.DataFrame:

@@ -147,3 +147,13 @@ def test_the_reports_reliability_diagram_labels_each_set_as_best_reliability_png
     export._reliability_png(meta)
     report._clinical_plots(tmp_path, types.SimpleNamespace(file=lambda *parts: str(tmp_path.joinpath(*parts))), meta)
     assert labels["best"] == labels["report"] == ["carved validation (selection set)", "external validation (selection set)", "test"]
+
+
+def test_the_reports_test_table_names_wilson_intervals_for_the_rates():
+    """It said "95 % bootstrap intervals" over sensitivity 0.6585 [0.551, 0.752], a Wilson interval (as model.json's and the card's)."""
+    exported = {"test": {"auc": 0.70, "sensitivity": 54 / 82, "specificity": 11 / 29, "balanced_accuracy": 0.52, "accuracy": 65 / 111,
+                         "ci95": {"auc": [0.6, 0.8], "sensitivity": [0.5509, 0.7520], "specificity": [0.2269, 0.5600],
+                                  "balanced_accuracy": [0.42, 0.62], "accuracy": [0.4926, 0.6729]}}}
+    heading = report._test_section(exported)[0]
+    assert "Wilson score for sensitivity, specificity and accuracy" in heading and "percentile bootstrap for AUC and balanced accuracy" in heading
+    assert report._test_section({}) == []
