@@ -230,13 +230,25 @@ def plot_anytime(path: Path, lines: dict[str, pd.Series], title: str) -> None:
     plt.close(fig)
 
 
-def compared(experiment: Experiment) -> tuple[dict[str, Any], pd.Series]:
-    """A search that ran with its own early stopping (e.g. TPE + ASHA), as it ran: its row and anytime curve."""
+def objective_of(experiment: Experiment) -> str:
+    """The experiment's objective in words: its criterion (and sensitivity floor) on the set that decided."""
+    options, prefix = experiment.options, prefix_of(experiment.deciding_set)
+    floor = f" with sensitivity >= {options.min_sensitivity:g}" if options.min_sensitivity else ""
+    return f"{options.select.replace('_', ' ')}{floor} on the {SET_NAMES[prefix]}"
+
+
+def compared(experiment: Experiment, replayed: Experiment) -> tuple[dict[str, Any], pd.Series]:
+    """A search that ran with its own early stopping (e.g. TPE + ASHA), as it ran: its row and anytime curve.
+    Refused unless its objective is ``replayed``'s: another set's or criterion's numbers in the same column compare nothing."""
+    if objective_of(experiment) != objective_of(replayed):
+        raise UserError(f"{experiment.path}: its objective is {objective_of(experiment)}, the replayed search's is {objective_of(replayed)}; "
+                        "compare searches that select on the same set by the same criterion")
     curves = curves_of(experiment, complete=False)
     if not curves:
         raise UserError(f"{experiment.path}: no trial reported an epoch; nothing to compare")
     replay = full_run(curves)
-    replay.rule = f"ran: {experiment.name} ({experiment.options.sampler} sampler, {'ASHA' if experiment.options.early_stopping else 'no early stopping'})"
+    replay.rule = (f"ran: {experiment.name} ({experiment.options.sampler} sampler, {'ASHA' if experiment.options.early_stopping else 'no early stopping'}, "
+                   f"{len(curves)} trials)")
     return summarize(replay, curves, sum(replay.ran.values()), experiment.max_epochs), anytime(replay, curves)
 
 
@@ -257,7 +269,7 @@ def run(experiment_dir: str, compare: str | None = None, folder: Path | None = N
     rows = [summarize(r, curves, total, max_epochs) for r in replays]
     lines = {r.rule: anytime(r, curves) for r in replays}
     if compare:
-        row, line = compared(Experiment(compare))
+        row, line = compared(Experiment(compare), experiment)
         row["share"] = row["trial_epochs"] / total
         rows.append(row)
         lines[row["rule"]] = line
@@ -271,8 +283,9 @@ def run(experiment_dir: str, compare: str | None = None, folder: Path | None = N
     selection = " (a selection set: its numbers are optimistic)" if prefix == "ext" else ""
     summary = [
         f"Replayed on {code_span(experiment.path)} ({experiment.options.sampler} sampler, {len(curves)} trials of {max_epochs} epochs, "
-        f"{slots} at a time; space {code_span(experiment.options.space)}). Objective: balanced accuracy on the {SET_NAMES[prefix]}{selection}.",
-        f"Rungs at epochs {', '.join(map(str, rungs))}, reduction factor {settings.reduction_factor}. Each trial's curve is the one it "
+        f"{slots} at a time; space {code_span(experiment.options.space)}). Objective: {objective_of(experiment)}{selection}.",
+        (f"Rungs at epochs {', '.join(map(str, rungs))}, reduction factor {settings.reduction_factor}." if rungs else
+         f"No rung before the last of {max_epochs} epoch(s): no rule can stop a trial early here.") + " Each trial's curve is the one it "
         "trained in the full run; the asynchronous rules see the results in the order the replay's slots produce them "
         "(each epoch after the time it took in the full run), so their minutes are simulated, not measured.",
         "",

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from cxr_tune.bench import replay
+from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.search.space import SearchSettings
 from tests.conftest import ROOT, call_cli
@@ -94,3 +95,40 @@ def test_a_diverged_epoch_is_never_the_replay_s_best():
     row = replay.summarize(replay.full_run(trials), trials, 4, 2)
     assert row["best_trial"] == "t01 @ 1" and row["best_objective"] == pytest.approx(0.71)
     assert replay.anytime(replay.full_run(trials), trials).max() == pytest.approx(0.71)
+
+
+def full_search(tmp_path, name: str, epochs: int = 9, **options) -> str:
+    """An experiment folder of a random search run to the end (``options`` over results/real/external's)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    info = json.loads((ROOT / "results/real/external/experiment.json").read_text())
+    info["options"].update(sampler="random", early_stopping=False, space="bench", name=name, max_epochs=epochs, **options)
+    info["deciding_set"] = info["options"]["select_on"]  # as the search records it
+    (folder / "experiment.json").write_text(json.dumps(info))
+    shutil.copy(ROOT / "search_spaces/bench.yaml", folder / "space.yaml")
+    return str(folder)
+
+
+def histories_of(qualities: list[float], epochs: int = 9, prefix: str = "ext") -> dict[str, pd.DataFrame]:
+    return {c.trial_id: pd.DataFrame({"epoch": c.epochs["epoch"], "objective": c.epochs["objective"], f"{prefix}_auc": c.epochs["auc"],
+                                      "time_total_s": c.epochs["elapsed"], "timestamp": c.start + c.epochs["elapsed"]})
+            for c in curves(qualities, epochs)}
+
+
+def test_replay_names_the_searchs_own_criterion_and_says_when_no_rung_can_stop_a_trial(tmp_path, monkeypatch):
+    """A --select youden search read "Objective: balanced accuracy" over Youden's J, and a 1-epoch one "Rungs at epochs , ..."."""
+    monkeypatch.setattr(Experiment, "histories", lambda self: ([], histories_of([0.5, 0.6], epochs=1)))
+    text = replay.run(full_search(tmp_path, "youden", epochs=1, select="youden"), folder=tmp_path / "out").read_text()
+    assert "Objective: youden on the external validation" in text and "balanced accuracy" not in text
+    assert "Rungs at epochs ," not in text and "No rung before the last of 1 epoch(s)" in text
+
+
+def test_replay_refuses_to_compare_a_search_that_selected_on_another_set_or_criterion(tmp_path, monkeypatch):
+    """A carved-validation replay compared with an external-set search put external numbers in the carved column."""
+    monkeypatch.setattr(Experiment, "histories", lambda self: ([], histories_of([0.5, 0.6, 0.7], prefix="val" if "carved" in str(self.path) else "ext")))
+    carved = full_search(tmp_path, "carved", select_on="carved")
+    for other in (full_search(tmp_path, "external"), full_search(tmp_path, "carved-youden", select_on="carved", select="youden")):
+        with pytest.raises(UserError, match="its objective is .* the replayed search's is balanced accuracy on the carved validation"):
+            replay.run(carved, compare=other, folder=tmp_path / "out")
+    text = replay.run(carved, compare=full_search(tmp_path, "carved-too", select_on="carved"), folder=tmp_path / "out").read_text()
+    assert "ran: carved-too (random sampler, no early stopping, 3 trials)" in text
