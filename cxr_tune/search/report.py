@@ -318,19 +318,27 @@ def _plot_pareto(path: Path, table: pd.DataFrame, selected: pd.Series, prefix: s
 ROC_AXES = {"xlabel": "1 - specificity (false positive rate)", "ylabel": "sensitivity (true positive rate)"}
 
 
-def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float, name: str) -> str | None:
+def _draw_roc(ax: Any, labels: Any, scores: Any, name: str) -> None:
+    """A ROC curve on ``ax`` in a clinician's words, its AUC to four decimals as the report's tables give it
+    (scikit-learn's label rounds to two: a 0.9956 AUC read "AUC = 1.00")."""
     from sklearn.metrics import RocCurveDisplay
 
+    display = RocCurveDisplay.from_predictions(labels, scores, ax=ax, name=name)
+    display.line_.set_label(f"{name} (AUC {fmt(display.roc_auc)})")
+    ax.set(**ROC_AXES)
+
+
+def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float, name: str) -> str | None:
     labels, scores = predictions["label"].to_numpy(), predictions["score"].to_numpy()
     if len(np.unique(labels)) < 2:
         return f"The {name} set holds one class only; no ROC curve."
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    RocCurveDisplay.from_predictions(labels, scores, ax=ax, name=name)
+    _draw_roc(ax, labels, scores, name)
     predicted = scores >= threshold
     sens, spec = predicted[labels == 1].mean(), 1 - predicted[labels == 0].mean()
     ax.scatter([1 - spec], [sens], s=80, color="C3", zorder=5, label=f"threshold {threshold:.3f}")
     legend_beside(ax)
-    ax.set(title=f"Selected trial: ROC on {name}", **ROC_AXES)
+    ax.set(title=f"Selected trial: ROC on {name}")
     _save(fig, path)
     return None
 
@@ -406,20 +414,18 @@ def _clinical_sections(exported: dict[str, Any] | None, notes: dict[str, str | N
 
 
 def _plot_operating_points(path: Path, exported: dict[str, Any], predictions: pd.DataFrame | None, deciding: str) -> str | None:
-    from sklearn.metrics import RocCurveDisplay
-
     points = exported.get("operating_points") or {}
     rates = exported[deciding].get("operating_points") or {}
     if predictions is None or predictions["label"].nunique() < 2 or not points:
         return "No ROC curve: the deciding set's predictions are missing or hold one class."
     name = f"{SET_NAMES['ext' if deciding == 'external' else 'val']} (selection set)"
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    RocCurveDisplay.from_predictions(predictions["label"], predictions["probability"], ax=ax, name=f"exported model, {name}")
+    _draw_roc(ax, predictions["label"], predictions["probability"], f"exported model, {name}")
     for index, (point, at) in enumerate((p, rates[p]) for p in points if p in rates):
         ax.scatter([1 - at["specificity"]], [at["sensitivity"]], s=60, color=f"C{index + 1}", zorder=5,
                    label=f"{point} (threshold {points[point]['threshold']:.3f})")
     legend_beside(ax, fontsize=7)
-    ax.set(title="Operating points on the ROC curve", **ROC_AXES)
+    ax.set(title="Operating points on the ROC curve")
     _save(fig, path)
     return None
 

@@ -157,3 +157,20 @@ def test_the_reports_test_table_names_wilson_intervals_for_the_rates():
     heading = report._test_section(exported)[0]
     assert "Wilson score for sensitivity, specificity and accuracy" in heading and "percentile bootstrap for AUC and balanced accuracy" in heading
     assert report._test_section({}) == []
+
+
+def test_roc_legends_give_the_auc_to_four_decimals_as_the_tables_do(tmp_path, monkeypatch):
+    """A 0.9956 AUC read "AUC = 1.00" (scikit-learn's label) on roc.png and operating_points.png."""
+    import numpy as np
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    scores = np.r_[np.linspace(0.0, 0.40, 14), 0.62, np.linspace(0.6, 1.0, 15)]  # one of 15 x 15 pairs out of order: AUC 224 / 225
+    predictions = pd.DataFrame({"label": [0] * 15 + [1] * 15, "score": scores, "probability": scores})
+    exported = {"operating_points": {"balanced": {"threshold": 0.5}}, "validation": {"operating_points": {"balanced": {"sensitivity": 1.0, "specificity": 1.0}}}}
+    legends, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (legends.append([t.get_text() for t in fig.axes[0].get_legend().get_texts()]),
+                                                                         save(fig, *args, **kwargs)))
+    report._plot_roc(tmp_path / "roc.png", predictions, 0.5, "carved validation")
+    report._plot_operating_points(tmp_path / "points.png", exported, predictions, "validation")
+    assert legends[0][0] == "carved validation (AUC 0.9956)" and legends[1][0] == "exported model, carved validation (selection set) (AUC 0.9956)"
