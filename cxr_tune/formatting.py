@@ -39,6 +39,19 @@ def metric_line(metrics: dict[str, Any], ci: dict[str, Any] | None = None) -> st
     return ", ".join(f"{name} {fmt(metrics.get(key))}{interval(ci.get(key))}" for name, key in METRIC_NAMES)
 
 
+def against(probability: float, threshold: float, digits: int = 3) -> tuple[str, str]:
+    """A probability and the threshold it is called against, as text with as many decimals as it takes
+    (at least ``digits``) for them to read as different when they are: 0.64966 against 0.64977 read
+    "0.650" and "0.650", a NORMAL call that looked like P >= threshold.
+
+    >>> against(0.64966, 0.64977), against(0.91, 0.5), against(0.5, 0.5)
+    (('0.6497', '0.6498'), ('0.910', '0.500'), ('0.500', '0.500'))
+    """
+    while digits < 17 and probability != threshold and f"{probability:.{digits}f}" == f"{threshold:.{digits}f}":
+        digits += 1
+    return f"{probability:.{digits}f}", f"{threshold:.{digits}f}"
+
+
 def clock(seconds: float) -> str:
     """``[02:13]``: minutes and seconds since a command began, at the start of its progress lines."""
     minutes, rest = divmod(int(seconds), 60)

@@ -43,7 +43,7 @@ from cxr_tune.data.imaging import describe_failure, try_decode_checked
 from cxr_tune.data.sources import CLASSES
 from cxr_tune.data.synthetic import SYNTHETIC_MARKER
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.formatting import fmt, for_spreadsheet, interval, json_safe, printable
+from cxr_tune.formatting import against, fmt, for_spreadsheet, interval, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
 from cxr_tune.serving import LoadedModel, load_model, probabilities
@@ -274,8 +274,9 @@ class Explanations:
         maps = grad_cam(self.members, images)
         for row, name, image, heat in zip(rows.itertuples(), explanation_names(rows["path"], self.used), images, maps, strict=True):
             truth = "" if pd.isna(row.label) else f"; labelled {CLASSES[int(row.label)]}"
-            caption = (f"{row.path}\nP(PNEUMONIA) {row.probability:.3f}: {CLASSES[row.prediction]} at {self.point} "
-                       f"(threshold {self.threshold:.3f}){truth}")  # the path as given: two folders may hold the same file name
+            probability, cut = against(row.probability, self.threshold)
+            caption = (f"{row.path}\nP(PNEUMONIA) {probability}: {CLASSES[row.prediction]} at {self.point} "
+                       f"(threshold {cut}){truth}")  # the path as given: two folders may hold the same file name
             explain_figure(self.out / name, image, heat, caption)
             self.written.append(self.out / name)
 

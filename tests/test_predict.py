@@ -323,3 +323,27 @@ def test_models_scored_together_give_the_tables_each_gives_alone(tmp_path, monke
     for (frame, skipped), (own_frame, own_skipped) in zip(together, alone, strict=True):
         pd.testing.assert_frame_equal(frame, own_frame)
         pd.testing.assert_frame_equal(skipped, own_skipped)
+
+
+def test_an_explain_caption_never_shows_a_call_that_seems_to_break_its_rule(tmp_path, monkeypatch):
+    """P 0.64966 against threshold 0.64977 read "P(PNEUMONIA) 0.650: NORMAL at balanced (threshold 0.650)"."""
+    import re
+
+    import cxr_tune.saliency
+    from cxr_tune.modelfile import load_members
+    from cxr_tune.predict import collect, explain, predict
+    from cxr_tune.serving import load_model
+    from tests.model_exports import export_folder, kermany_set, save_images
+
+    export_folder(tmp_path / "model")
+    model = load_model(str(tmp_path / "model"))
+    frame, _ = predict(model, collect([str(save_images(kermany_set(2, 1), tmp_path / "images"))]))
+    threshold = model.meta["threshold"]
+    frame = frame.assign(probability=[threshold - 1.1e-4, threshold + 0.2], prediction=[0, 1])
+    captions: list[str] = []
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption: captions.append(caption.splitlines()[1]))
+    explain(model, load_members(str(tmp_path / "model"), model.meta), frame, str(tmp_path / "maps"), "balanced")
+    below, above = captions
+    shown, cut = map(float, re.fullmatch(r"P\(PNEUMONIA\) ([\d.]+): NORMAL at balanced \(threshold ([\d.]+)\).*", below).groups())
+    assert shown < cut, below
+    assert above.startswith(f"P(PNEUMONIA) {threshold + 0.2:.3f}: PNEUMONIA at balanced (threshold {threshold:.3f})")  # three decimals where they suffice

@@ -25,7 +25,7 @@ from cxr_tune import storage  # noqa: E402
 from cxr_tune.calibration import plot_reliability, reliability_curves  # noqa: E402
 from cxr_tune.data.imaging import decode_gray  # noqa: E402
 from cxr_tune.experiment import Experiment  # noqa: E402
-from cxr_tune.formatting import code_span, fmt, from_spreadsheet  # noqa: E402
+from cxr_tune.formatting import against, code_span, fmt, from_spreadsheet  # noqa: E402
 from cxr_tune.modelcard import calibration_section, final_fit_line, operating_point_section, subgroup_section  # noqa: E402
 from cxr_tune.modelfile import PREDICTIONS_FILES, load_members  # noqa: E402
 from cxr_tune.plotting import legend_beside  # noqa: E402
@@ -439,6 +439,7 @@ def _plot_saliency(path: Path, experiment: Experiment, exported: dict[str, Any],
     except FileNotFoundError:
         return "No Grad-CAM gallery: the export has no weights.safetensors."
     called, label = predictions["prediction"] == 1, predictions["label"] == 1
+    threshold = float(exported["threshold"])  # the report states it to four decimals: no P in the gallery may read as equal to it
     rows = {
         "false positives (most confident)": predictions[called & ~label].sort_values("probability", ascending=False).head(per_row),
         "false negatives (most confident)": predictions[~called & label].sort_values("probability").head(per_row),
@@ -450,7 +451,7 @@ def _plot_saliency(path: Path, experiment: Experiment, exported: dict[str, Any],
     maps = grad_cam(members, images)
     gallery, start = {}, 0
     for title, frame in rows.items():
-        gallery[title] = [(images[start + i], maps[start + i], f"{Path(str(row.path)).name}\nP(PNEUMONIA) {row.probability:.3f}")
+        gallery[title] = [(images[start + i], maps[start + i], f"{Path(str(row.path)).name}\nP(PNEUMONIA) {against(row.probability, threshold, 4)[0]}")
                           for i, row in enumerate(frame.itertuples())]
         start += len(frame)
     if not any(gallery.values()):

@@ -174,3 +174,24 @@ def test_roc_legends_give_the_auc_to_four_decimals_as_the_tables_do(tmp_path, mo
     report._plot_roc(tmp_path / "roc.png", predictions, 0.5, "carved validation")
     report._plot_operating_points(tmp_path / "points.png", exported, predictions, "validation")
     assert legends[0][0] == "carved validation (AUC 0.9956)" and legends[1][0] == "exported model, carved validation (selection set) (AUC 0.9956)"
+
+
+def test_the_gallerys_probabilities_never_read_as_the_reports_threshold(tmp_path, monkeypatch):
+    """A false negative at P 0.64966 under threshold 0.64977 (stated as 0.6498) was captioned "P(PNEUMONIA) 0.650"."""
+    import numpy as np
+    import pandas as pd
+
+    from cxr_tune import storage
+
+    monkeypatch.setattr(report, "load_members", lambda folder, exported: types.SimpleNamespace(image_size=8))
+    monkeypatch.setattr(report, "grad_cam", lambda members, images: np.zeros((len(images), 8, 8)))
+    monkeypatch.setattr(report, "decode_gray", lambda data, size: np.zeros((size, size), np.uint8))
+    monkeypatch.setattr(storage, "read_bytes", lambda path: b"")
+    drawn = {}
+    monkeypatch.setattr(report, "plot_gallery", lambda path, gallery: drawn.update(gallery))
+    predictions = pd.DataFrame({"path": ["fn.jpeg", "fp.jpeg"], "label": [1, 0], "prediction": [0, 1], "probability": [0.64966, 0.91]})
+    experiment = types.SimpleNamespace(file=lambda *parts: str(tmp_path.joinpath(*parts)))
+    assert report._plot_saliency(tmp_path / "saliency.png", experiment, {"threshold": 0.64977}, predictions) is None
+    [(_, _, missed)] = drawn["false negatives (most confident)"]
+    [(_, _, called)] = drawn["false positives (most confident)"]
+    assert missed == "fn.jpeg\nP(PNEUMONIA) 0.6497" and called == "fp.jpeg\nP(PNEUMONIA) 0.9100"
