@@ -31,7 +31,7 @@ from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import code_span
 from cxr_tune.plotting import legend_beside
-from cxr_tune.search.report import SET_NAMES
+from cxr_tune.search.report import objective_words
 from cxr_tune.search.results import asha_rungs
 from cxr_tune.selection import diverged, prefix_of
 
@@ -230,18 +230,11 @@ def plot_anytime(path: Path, lines: dict[str, pd.Series], title: str) -> None:
     plt.close(fig)
 
 
-def objective_of(experiment: Experiment) -> str:
-    """The experiment's objective in words: its criterion (and sensitivity floor) on the set that decided."""
-    options, prefix = experiment.options, prefix_of(experiment.deciding_set)
-    floor = f" with sensitivity >= {options.min_sensitivity:g}" if options.min_sensitivity else ""
-    return f"{options.select.replace('_', ' ')}{floor} on the {SET_NAMES[prefix]}"
-
-
 def compared(experiment: Experiment, replayed: Experiment) -> tuple[dict[str, Any], pd.Series]:
     """A search that ran with its own early stopping (e.g. TPE + ASHA), as it ran: its row and anytime curve.
     Refused unless its objective is ``replayed``'s: another set's or criterion's numbers in the same column compare nothing."""
-    if objective_of(experiment) != objective_of(replayed):
-        raise UserError(f"{experiment.path}: its objective is {objective_of(experiment)}, the replayed search's is {objective_of(replayed)}; "
+    if objective_words(experiment) != objective_words(replayed):
+        raise UserError(f"{experiment.path}: its objective is {objective_words(experiment)}, the replayed search's is {objective_words(replayed)}; "
                         "compare searches that select on the same set by the same criterion")
     curves = curves_of(experiment, complete=False)
     if not curves:
@@ -283,7 +276,7 @@ def run(experiment_dir: str, compare: str | None = None, folder: Path | None = N
     selection = " (a selection set: its numbers are optimistic)" if prefix == "ext" else ""
     summary = [
         f"Replayed on {code_span(experiment.path)} ({experiment.options.sampler} sampler, {len(curves)} trials of {max_epochs} epochs, "
-        f"{slots} at a time; space {code_span(experiment.options.space)}). Objective: {objective_of(experiment)}{selection}.",
+        f"{slots} at a time; space {code_span(experiment.options.space)}). Objective: {objective_words(experiment)}{selection}.",
         (f"Rungs at epochs {', '.join(map(str, rungs))}, reduction factor {settings.reduction_factor}." if rungs else
          f"No rung before the last of {max_epochs} epoch(s): no rule can stop a trial early here.") + " Each trial's curve is the one it "
         "trained in the full run; the asynchronous rules see the results in the order the replay's slots produce them "

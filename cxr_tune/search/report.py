@@ -10,6 +10,7 @@ time went (:mod:`cxr_tune.search.timing`). Trials appear in the order
 from __future__ import annotations
 
 import math
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
     with tempfile.TemporaryDirectory() as scratch:
         plots = Path(scratch)
         notes = {
-            "progress": _plot_progress(plots / "progress.png", histories),
+            "progress": _plot_progress(plots / "progress.png", histories, objective_words(experiment)),
             **plot_importances(plots / "importances.png", experiment),
             "pareto": _plot_pareto(plots / "pareto.png", table, selected, prefix),
             "transfer": transfer.plot_transfer(plots / "transfer.png", table) if transfer.has_external(table) else "No external set.",
@@ -75,6 +76,14 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
     timing = time_section(time_split(histories), experiment.stage_minutes(), sum("ended_at" not in run for run in experiment.compute_log()))
     storage.write_text_atomic(report, _markdown(info, options, table, selected, prefix, exported, notes, final_fit_section(experiment, prefix), timing))
     return report
+
+
+def objective_words(experiment: Experiment) -> str:
+    """What the search maximised, in words: its criterion (and sensitivity floor) on the set that decided, as the
+    progress plot's axis and bench replay's table name it (they said "validation" and "balanced accuracy" whatever it was)."""
+    options = experiment.options
+    floor = f" with sensitivity >= {options.min_sensitivity:g}" if options.min_sensitivity else ""
+    return f"{options.select.replace('_', ' ')}{floor} on {SET_NAMES[prefix_of(experiment.deciding_set)]}"
 
 
 def final_fit_section(experiment: Experiment, prefix: str) -> list[str]:
@@ -229,7 +238,8 @@ def _export_rows(exported: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame([{k: (fmt(r.get(k)) if k not in ("set", "n") else r.get(k)) for k in keys} for r in rows])
 
 
-def _plot_progress(path: Path, histories: dict[str, pd.DataFrame]) -> str | None:
+def _plot_progress(path: Path, histories: dict[str, pd.DataFrame], objective: str) -> str | None:
+    """Every epoch's ``objective`` (:func:`objective_words`) against time since the first, and the best so far."""
     frames = [h.assign(trial=t) for t, h in histories.items() if not h.empty and "objective" in h and "timestamp" in h]
     if not frames:
         return "No results yet."
@@ -238,7 +248,7 @@ def _plot_progress(path: Path, histories: dict[str, pd.DataFrame]) -> str | None
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.scatter(minutes, results["objective"], s=12, alpha=0.5, label="an epoch of a trial")
     ax.step(minutes, results["objective"].cummax(), where="post", color="C3", label="best so far")
-    ax.set(xlabel="minutes since the first result", ylabel="validation objective", title="Search progress")
+    ax.set(xlabel="minutes since the first result", ylabel=textwrap.fill(objective, 32), title="Search progress")  # fits a 4-inch axis
     legend_beside(ax)
     _save(fig, path)
     return None

@@ -195,3 +195,17 @@ def test_the_gallerys_probabilities_never_read_as_the_reports_threshold(tmp_path
     [(_, _, missed)] = drawn["false negatives (most confident)"]
     [(_, _, called)] = drawn["false positives (most confident)"]
     assert missed == "fn.jpeg\nP(PNEUMONIA) 0.6497" and called == "fp.jpeg\nP(PNEUMONIA) 0.9100"
+
+
+def test_the_progress_plot_names_the_criterion_and_the_set_that_decided(tmp_path, monkeypatch):
+    """Its axis said "validation objective" over external balanced accuracy, or over Youden's J."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    labels, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (labels.append(fig.axes[0].get_ylabel()), save(fig, *args, **kwargs)))
+    history = {"a": pd.DataFrame({"epoch": [1, 2], "objective": [0.5, 0.6], "timestamp": [0.0, 60.0]})}
+    for select, floor, deciding in (("balanced_accuracy", 0.0, "external"), ("youden", 0.9, "carved")):
+        experiment = types.SimpleNamespace(options=types.SimpleNamespace(select=select, min_sensitivity=floor), deciding_set=deciding)
+        report._plot_progress(tmp_path / "progress.png", history, report.objective_words(experiment))
+    assert [" ".join(label.split()) for label in labels] == ["balanced accuracy on external validation", "youden with sensitivity >= 0.9 on carved validation"]
