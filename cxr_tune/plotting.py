@@ -41,9 +41,10 @@ def legend_beside(ax: Axes, **kwargs: Any) -> Legend | None:
 
 
 def _draws(artist: Any) -> bool:
-    """Whether a legend handle has data: a scatter with points, a line with vertices (anything else: yes)."""
+    """Whether a legend handle shows on the plot: a scatter with points, a line with two vertices or a marker
+    (a step of one result is invisible); anything else: yes."""
     if hasattr(artist, "get_offsets") and not hasattr(artist, "get_xdata"):
         return len(artist.get_offsets()) > 0
     if hasattr(artist, "get_xdata"):
-        return len(artist.get_xdata()) > 0
+        return len(artist.get_xdata()) > 1 or (len(artist.get_xdata()) == 1 and artist.get_marker() not in (None, "None", "", " "))
     return True

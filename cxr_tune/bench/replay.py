@@ -221,9 +221,13 @@ def plot_anytime(path: Path, lines: dict[str, pd.Series], title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, series in lines.items():
-        ax.step(series.index, series.to_numpy(), where="post", label=label)
+    dashes = ["-", (0, (6, 3)), (0, (2, 2)), (0, (6, 2, 2, 2)), (0, (1, 3))]
+    for index, (label, series) in enumerate(lines.items()):  # thinner and dashed over the ones before: identical curves all show
+        wider = len(lines) - 1 - index
+        ax.step(series.index, series.to_numpy(), where="post", label=label, linewidth=1.5 + 1.2 * wider, linestyle=dashes[index % len(dashes)],
+                marker="o" if len(series) == 1 else None, markersize=5 + 3 * wider)  # a step of one point draws nothing: a dot
     ax.set(xlabel="trial-epochs spent", ylabel="best objective so far", title=title)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))  # whole trial-epochs, even one
     legend_beside(ax, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

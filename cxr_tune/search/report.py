@@ -381,7 +381,7 @@ def _plot_learning(path: Path, history: pd.DataFrame) -> str | None:
     right.set(xlabel="epoch", title="Validation metrics (each at its own threshold)")
     legend_beside(right, fontsize=8)
     for ax in (left, right):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, even when there is one
     _save(fig, path)
     return None
 
@@ -431,9 +431,14 @@ def _plot_operating_points(path: Path, exported: dict[str, Any], predictions: pd
     name = f"{SET_NAMES['ext' if deciding == 'external' else 'val']} (selection set)"
     fig, ax = plt.subplots(figsize=(5.5, 5))
     _draw_roc(ax, predictions["label"], predictions["probability"], f"exported model, {name}")
-    for index, (point, at) in enumerate((p, rates[p]) for p in points if p in rates):
-        ax.scatter([1 - at["specificity"]], [at["sensitivity"]], s=60, color=f"C{index + 1}", zorder=5,
-                   label=f"{point} (threshold {points[point]['threshold']:.3f})")
+    at: dict[tuple[float, float], list[str]] = {}  # points at the same place are one marker and one entry (else six entries, three markers)
+    for point in (p for p in points if p in rates):
+        at.setdefault((1 - rates[point]["specificity"], rates[point]["sensitivity"]), []).append(point)
+    for index, ((x, y), names) in enumerate(at.items()):
+        cuts = {f"{points[name]['threshold']:.4f}" for name in names}  # as the operating points' table gives them (0.0005 read 0.000)
+        label = (f"{', '.join(names)} (threshold {cuts.pop()})" if len(cuts) == 1
+                 else ", ".join(f"{name} (threshold {points[name]['threshold']:.4f})" for name in names))
+        ax.scatter([x], [y], s=60, color=f"C{index + 1}", zorder=5, label=label)
     legend_beside(ax, fontsize=7)
     ax.set(title="Operating points on the ROC curve")
     _save(fig, path)

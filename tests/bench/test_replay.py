@@ -132,3 +132,26 @@ def test_replay_refuses_to_compare_a_search_that_selected_on_another_set_or_crit
             replay.run(carved, compare=other, folder=tmp_path / "out")
     text = replay.run(carved, compare=full_search(tmp_path, "carved-too", select_on="carved"), folder=tmp_path / "out").read_text()
     assert "ran: carved-too (random sampler, no early stopping, 3 trials)" in text
+
+
+def test_identical_replay_curves_and_a_single_point_all_show_on_the_plot(tmp_path, monkeypatch):
+    """Ray's ASHA hid behind Optuna's identical line, and a one-epoch replay drew an empty plot with four legend entries."""
+    import matplotlib.colors
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    pixels, save = [], Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        save(fig, *args, **kwargs)
+        fig.axes[0].get_legend().remove()  # what the curves themselves show
+        fig.canvas.draw()
+        pixels.append((np.asarray(fig.canvas.buffer_rgba())[..., :3], [matplotlib.colors.to_rgb(line.get_color()) for line in fig.axes[0].lines]))
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    same = pd.Series([0.6, 0.7, 0.7, 0.8], index=range(1, 5))
+    replay.plot_anytime(tmp_path / "same.png", {"none": same, "ray": same, "optuna": same, "synchronous": same.iloc[:2]}, "same")
+    replay.plot_anytime(tmp_path / "one.png", {"none": same.iloc[:1], "ray": same.iloc[:1], "optuna": same.iloc[:1]}, "one")
+    for image, colours in pixels:
+        for colour in colours:
+            assert (np.abs(image.astype(int) - np.round(np.array(colour) * 255)).max(axis=-1) <= 30).sum() > 20, colour

@@ -209,3 +209,37 @@ def test_the_progress_plot_names_the_criterion_and_the_set_that_decided(tmp_path
         experiment = types.SimpleNamespace(options=types.SimpleNamespace(select=select, min_sensitivity=floor), deciding_set=deciding)
         report._plot_progress(tmp_path / "progress.png", history, report.objective_words(experiment))
     assert [" ".join(label.split()) for label in labels] == ["balanced accuracy on external validation", "youden with sensitivity >= 0.9 on carved validation"]
+
+
+def test_one_epoch_plots_show_whole_epochs_and_only_what_they_draw(tmp_path, monkeypatch):
+    """A one-epoch search's learning curves had ticks at 0.96, 0.98, ... and its progress plot listed an invisible "best so far"."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    figures, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (fig.canvas.draw(), figures.append(fig), save(fig, *args, **kwargs)))
+    report._plot_learning(tmp_path / "learning.png", pd.DataFrame({"epoch": [1], "train_loss": [0.5], "val_loss": [0.6], "val_auc": [0.35],
+                                                                   "val_balanced_accuracy": [0.51]}))
+    report._plot_progress(tmp_path / "progress.png", {"a": pd.DataFrame({"epoch": [1], "objective": [0.03], "timestamp": [0.0]})}, "youden")
+    learning, progress = figures
+    for ax in learning.axes:
+        low, high = ax.get_xlim()
+        assert [t for t in ax.get_xticks() if low <= t <= high] == [1]
+    assert [t.get_text() for t in progress.axes[0].get_legend().get_texts()] == ["an epoch of a trial"]
+
+
+def test_operating_points_at_one_place_are_one_marker_with_one_entry(tmp_path, monkeypatch):
+    """balanced, spec90 and spec95 shared a threshold: six entries for three markers, and 0.0005 read "threshold 0.000"."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    legends, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (legends.append([t.get_text() for t in fig.axes[0].get_legend().get_texts()]),
+                                                                         save(fig, *args, **kwargs)))
+    predictions = pd.DataFrame({"label": [0, 0, 0, 1, 1, 1], "probability": [0.1, 0.4, 0.72, 0.3, 0.75, 0.9]})
+    thresholds = {"balanced": 0.7132, "spec90": 0.7132, "spec95": 0.7132, "sens90": 0.35, "sens95": 0.0005, "sens98": 0.0005}
+    rates = {name: {"sensitivity": 2 / 3, "specificity": 1.0} for name in ("balanced", "spec90", "spec95")}
+    rates |= {"sens90": {"sensitivity": 1.0, "specificity": 1 / 3}, "sens95": {"sensitivity": 1.0, "specificity": 0.0}, "sens98": {"sensitivity": 1.0, "specificity": 0.0}}
+    exported = {"operating_points": {name: {"threshold": t} for name, t in thresholds.items()}, "validation": {"operating_points": rates}}
+    report._plot_operating_points(tmp_path / "points.png", exported, predictions, "validation")
+    assert legends[0][1:] == ["balanced, spec90, spec95 (threshold 0.7132)", "sens90 (threshold 0.3500)", "sens95, sens98 (threshold 0.0005)"]
