@@ -208,7 +208,8 @@ def plot_reliability(path: str | Path, curves: dict[str, dict[str, list[float]]]
         counts = np.asarray(curve["count"], dtype=float)
         ax.plot(curve["predicted"], curve["observed"], "-", color=f"C{index}", label=name)
         ax.scatter(curve["predicted"], curve["observed"], s=12 + 120 * counts / counts.max(), color=f"C{index}", zorder=3)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability (bin)", ylabel="observed PNEUMONIA share (bin)", title=title)
+    edge = (-0.03, 1.03)  # room for the biggest markers: the bins at 0 and 1 are the largest, and were cut to half discs at the axes' edge
+    ax.set(xlim=edge, ylim=edge, xlabel="mean predicted probability (bin)", ylabel="observed PNEUMONIA share (bin)", title=title)
     legend_beside(ax, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

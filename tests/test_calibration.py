@@ -207,3 +207,22 @@ def test_prior_shift_on_a_calibrated_model_starts_from_the_calibration_sets_prev
     assert probability_prior(meta) == pytest.approx(0.5)  # balanced class weights: the loss saw a 50 % prior
     counts = calibrated["external"]["class_counts"]
     assert probability_prior(calibrated) == pytest.approx(counts[1] / sum(counts))  # the map made the probabilities that set's
+
+
+def test_the_reliability_diagrams_biggest_bins_at_0_and_1_are_whole_discs(tmp_path, monkeypatch):
+    """The 493-image bin at (0.975, 1.0) and the 53-image bin at (0.017, 0.0) showed as half and quarter discs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from cxr_tune.calibration import plot_reliability
+
+    axes, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (fig.canvas.draw(), axes.append(fig.axes[0]), save(fig, *args, **kwargs)))
+    plot_reliability(tmp_path / "reliability.png", {"carved validation": {"predicted": [0.017, 0.5, 0.975], "observed": [0.0, 0.5, 1.0], "count": [53, 10, 493]}})
+    [ax] = axes
+    [bins] = ax.collections
+    radii = np.sqrt(bins.get_sizes()) / 2 * ax.figure.dpi / 72  # a marker's area is in points squared
+    for (x, y), radius in zip(ax.transData.transform(bins.get_offsets()), radii, strict=True):
+        assert ax.bbox.x0 <= x - radius and x + radius <= ax.bbox.x1 and ax.bbox.y0 <= y - radius and y + radius <= ax.bbox.y1
