@@ -331,7 +331,9 @@ def test_an_explain_caption_never_shows_a_call_that_seems_to_break_its_rule(tmp_
 
     import cxr_tune.saliency
     from cxr_tune.modelfile import load_members
-    from cxr_tune.predict import collect, explain, predict
+    import numpy as np
+
+    from cxr_tune.predict import Explanations, collect, predict
     from cxr_tune.serving import load_model
     from tests.model_exports import export_folder, kermany_set, save_images
 
@@ -342,7 +344,8 @@ def test_an_explain_caption_never_shows_a_call_that_seems_to_break_its_rule(tmp_
     frame = frame.assign(probability=[threshold - 1.1e-4, threshold + 0.2], prediction=[0, 1])
     captions: list[str] = []
     monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption: captions.append(caption.splitlines()[1]))
-    explain(model, load_members(str(tmp_path / "model"), model.meta), frame, str(tmp_path / "maps"), "balanced")
+    explain = Explanations(model, load_members(str(tmp_path / "model"), model.meta), str(tmp_path / "maps"), "balanced")
+    explain(frame, np.zeros((len(frame), model.image_size, model.image_size), np.uint8))
     below, above = captions
     shown, cut = map(float, re.fullmatch(r"P\(PNEUMONIA\) ([\d.]+): NORMAL at balanced \(threshold ([\d.]+)\).*", below).groups())
     assert shown < cut, below
