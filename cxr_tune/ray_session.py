@@ -10,6 +10,10 @@ Every worker process pins ``RAY_ADDRESS`` to the cluster it belongs to as it sta
 helpers inside trials (that placement-group cleaner among them) otherwise look for "the" local
 cluster and give up when a machine runs more than one (two searches, or a search beside a test).
 Ray's and Optuna's console output can be routed to a log file (:mod:`cxr_tune.console`).
+
+A Ray of the command's own is checked before it starts (:func:`check_own_ray`): a temp folder too long
+for the Unix sockets Ray makes in it otherwise fails a minute later with a traceback whose reason is
+only in one of Ray's log files.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TextIO
 
 from cxr_tune.errors import UserError
@@ -42,6 +47,42 @@ _QUIET_ENV = {
 # set (workers read and write s3:// too: the image cache, checkpoints). Credentials are not
 # forwarded: each node carries its own (instance role, its own environment).
 _STORAGE_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED")
+
+
+#: The longest path a Unix socket may have on this system, as Ray checks it (``validate_socket_filepath``).
+SOCKET_PATH_LIMIT = (104 if sys.platform == "darwin" else 108) - 1
+#: The longest socket a local Ray 2.60 makes: its dashboard's MetricsHead module, in the session's folder.
+_LONGEST_SOCKET = ("sockets", "dash_MetricsHead")
+
+
+def ray_temp_root() -> tuple[str, str]:
+    """Where a Ray started on this machine keeps its files (in ``ray/`` under it), and which setting chose
+    it: ``$RAY_TMPDIR``, else ``$TMPDIR`` (on Linux), else ``/tmp``, as Ray's own
+    ``ray._common.utils.get_default_system_temp_dir`` picks it (also on Windows, which needs no socket check)."""
+    if "RAY_TMPDIR" in os.environ:
+        return os.environ["RAY_TMPDIR"], "$RAY_TMPDIR"
+    if sys.platform.startswith("linux") and "TMPDIR" in os.environ:
+        return os.environ["TMPDIR"], "$TMPDIR"
+    return os.path.join(os.sep, "tmp"), "Ray's default"
+
+
+def check_own_ray(address: str | None) -> None:
+    """One line before any work when the Ray this command would start itself (no ``address``, no
+    ``RAY_ADDRESS``) could not start: its temp folder is too long for the socket paths Ray makes in it
+    (``TEMP/ray/session_<date>_<pid>/sockets/dash_MetricsHead``; 70 bytes plus TEMP with a 5-digit pid)."""
+    if address or os.environ.get("RAY_ADDRESS") or sys.platform == "win32":
+        return
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():  # ray_session joins the one running (tests do that)
+        return
+    root, chosen_by = ray_temp_root()
+    session = f"session_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}_{os.getpid()}"  # as Ray names it; the pid of the process that starts Ray
+    longest = len(os.path.join(root, "ray", session, *_LONGEST_SOCKET).encode())
+    if longest > SOCKET_PATH_LIMIT:
+        allowed = SOCKET_PATH_LIMIT - (longest - len(root.encode()))
+        shorter = "a shorter RAY_TMPDIR" if chosen_by == "$RAY_TMPDIR" else "RAY_TMPDIR=/tmp (for Ray's files only) or a shorter TMPDIR"
+        raise UserError(f"Ray's temp folder '{root}' ({chosen_by}) is {len(root.encode())} bytes long: Ray's socket paths inside it would "
+                        f"exceed the {SOCKET_PATH_LIMIT} bytes a Unix socket path may have (a folder of at most {allowed} bytes fits); "
+                        f"set {shorter} and run the command again")
 
 
 def pin_cluster_address() -> None:
@@ -70,6 +111,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
 
         log, verbose = active_log()
     address = address or os.environ.get("RAY_ADDRESS") or None  # a cluster the user named, here or in the environment
+    check_own_ray(address)
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     workers_env = {k: os.environ[k] for k in _QUIET_ENV}

@@ -1,8 +1,9 @@
-"""Ray for one command: waiting for a CPU that other work on the cluster holds, and taking back
-what an ended trial left reserved."""
+"""Ray for one command: a Ray of its own that could not start here is one line before any work;
+waiting for a CPU that other work on the cluster holds, and taking back what an ended trial left reserved."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -10,9 +11,92 @@ import pytest
 from cxr_tune import ray_session as session
 from cxr_tune.errors import UserError
 from cxr_tune.ray_session import wait_for_free_cpu
-from tests.conftest import cpu_holders
+from tests.conftest import call_cli, cpu_holders, kermany_folder
 
-pytestmark = pytest.mark.slow  # uses the session's Ray
+slow = pytest.mark.slow  # uses the session's Ray
+
+
+@pytest.fixture
+def no_ray_here(monkeypatch):
+    """This process as a command's own: no Ray running in it (the suite's shared one aside), none named, and a
+    ``ray.init`` that records its calls instead of starting one."""
+    import ray
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append({**kwargs, "env": dict(os.environ)}))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    return calls
+
+
+def _tmpdir_of_length(length: int, monkeypatch) -> str:
+    """A TMPDIR of ``length`` bytes (the check only measures it: it need not exist)."""
+    folder = "/" + "t" * (length - 1)
+    monkeypatch.setenv("TMPDIR", folder)
+    return folder
+
+
+def test_a_temp_folder_too_long_for_rays_sockets_stops_a_search_with_one_line_before_its_experiment_is_written(tmp_path, monkeypatch, no_ray_here):
+    """Ray puts its sockets under TMPDIR/ray/session_<date>_<pid>/sockets/; past 107 bytes its dashboard failed a minute
+    later with a 70-line traceback whose reason was only in a Ray log file, and the search's folder was left behind."""
+    tmpdir = _tmpdir_of_length(60, monkeypatch)
+    done = call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(tmp_path / "results"), "--name", "s1", "--synthetic-n", "40",
+                    "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: Ray's temp folder '{tmpdir}' ($TMPDIR) is {len(tmpdir)} bytes long: Ray's socket paths inside it would exceed the 107 "
+        f"bytes a Unix socket path may have (a folder of at most {107 - 70 - (len(str(os.getpid())) - 5)} bytes fits); "
+        "set RAY_TMPDIR=/tmp (for Ray's files only) or a shorter TMPDIR and run the command again"]
+    assert not (tmp_path / "results" / "s1").exists() and not (tmp_path / "cache").exists()  # nothing drawn, nothing written
+    assert no_ray_here == []
+
+
+def test_a_too_long_ray_tmpdir_stops_a_cache_build_before_ray_starts(tmp_path, monkeypatch, no_ray_here):
+    data = kermany_folder(tmp_path / "chest_xray", {"train": {"NORMAL": [f"IM-000{i}-0001.jpeg" for i in range(4)],
+                                                              "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(4)]}})
+    monkeypatch.setattr("cxr_tune.data.cache.prepare_cache", lambda *args: pytest.fail("the build went on to Ray"))
+    ray_tmpdir = str(tmp_path / ("r" * 60))
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmpdir)
+    done = call_cli("cxr_tune.data", "prepare", str(data), "--image-size", "16", "--cache-dir", str(tmp_path / "cache"))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: Ray's temp folder '{ray_tmpdir}' ($RAY_TMPDIR) is {len(ray_tmpdir)} bytes long")
+    assert done.stderr.count("\n") == 1
+    assert "set a shorter RAY_TMPDIR and run the command again" in done.stderr
+    assert no_ray_here == []
+
+
+def test_the_longest_temp_folder_the_check_lets_through_is_the_longest_rays_own_check_accepts(monkeypatch, no_ray_here):
+    """The check's arithmetic against Ray's own socket check, on the socket path Ray would make for this process."""
+    from datetime import datetime
+
+    from ray._private.utils import validate_socket_filepath
+
+    allowed = 107 - 70 - (len(str(os.getpid())) - 5)
+    for length, fits in ((allowed, True), (allowed + 1, False)):
+        folder = _tmpdir_of_length(length, monkeypatch)
+        socket = os.path.join(folder, "ray", f"session_{datetime.now():%Y-%m-%d_%H-%M-%S_%f}_{os.getpid()}", "sockets", "dash_MetricsHead")
+        if fits:
+            validate_socket_filepath(socket)
+            session.check_own_ray(None)
+        else:
+            with pytest.raises(OSError):
+                validate_socket_filepath(socket)
+            with pytest.raises(UserError, match=f"is {length} bytes long"):
+                session.check_own_ray(None)
+    session.check_own_ray("10.0.0.5:6379")  # a cluster's Ray keeps its own temp folder
+
+
+@pytest.mark.parametrize("environment", [{"RAY_TMPDIR": "/r", "TMPDIR": "/t"}, {"TMPDIR": "/t"}, {}])
+def test_the_temp_folder_the_check_measures_is_the_one_ray_picks(monkeypatch, environment):
+    from ray._common.utils import get_default_system_temp_dir
+
+    for name in ("RAY_TMPDIR", "TMPDIR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert session.ray_temp_root()[0] == get_default_system_temp_dir()
 
 
 def _reserve_every_cpu(ray):
@@ -26,6 +110,7 @@ def _reserve_every_cpu(ray):
     return cpus, group
 
 
+@slow
 def test_a_command_waits_for_a_cpu_other_work_holds_says_so_and_gives_up_with_one_line(ray_session, capsys, monkeypatch):
     from ray.util.placement_group import remove_placement_group
 
@@ -65,6 +150,7 @@ def test_a_command_waits_for_a_cpu_other_work_holds_says_so_and_gives_up_with_on
     assert "Freed" not in printed
 
 
+@slow
 def test_cpus_an_ended_trial_left_reserved_are_taken_back(ray_session, capsys, monkeypatch):
     """A placement group of this command that no actor uses (Train created it for a trial the
     search's end stopped as it started) holds CPUs until the process exits; the wait takes them back."""
@@ -77,12 +163,14 @@ def test_cpus_an_ended_trial_left_reserved_are_taken_back(ray_session, capsys, m
     assert placement_group_table(group)["state"] == "REMOVED"
 
 
+@slow
 def test_a_short_wait_is_silent(ray_session, capsys):
     # CPUs that the session's last user is still giving back come free well within quiet_s.
     wait_for_free_cpu(0.05, "read the image cache", timeout_s=300, quiet_s=60)
     assert capsys.readouterr().out == ""
 
 
+@slow
 @pytest.mark.parametrize("environment, joined", [(None, "local"), ("10.0.0.5:6379", "10.0.0.5:6379")])
 def test_without_address_a_command_starts_its_own_ray_unless_ray_address_names_one(monkeypatch, environment, joined):
     """Ray's default (no address) joins the cluster a `ray start` last recorded on the machine, even
