@@ -13,13 +13,15 @@ Ray's and Optuna's console output can be routed to a log file (:mod:`cxr_tune.co
 
 A Ray of the command's own is checked before it starts (:func:`check_own_ray`): a temp folder too long
 for the Unix sockets Ray makes in it otherwise fails a minute later with a traceback whose reason is
-only in one of Ray's log files.
+only in one of Ray's log files. Where Ray could not write its token file (``~/.ray/auth_token``) it is
+given a token through the environment instead (:func:`token_for_own_ray`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -85,6 +87,34 @@ def check_own_ray(address: str | None) -> None:
                         f"set {shorter} and run the command again")
 
 
+def token_for_own_ray() -> None:
+    """Give the Ray this command starts itself a token of its own when Ray could not save one.
+
+    Ray (2.59 on) turns token authentication on for a Ray that ``ray.init`` starts and, when it finds
+    no token, writes a new one to ``~/.ray/auth_token``; with a HOME it cannot write (read-only, missing,
+    a service account's ``/nonexistent``) ``ray.init`` crashed with a PermissionError. Then the token goes
+    into ``RAY_AUTH_TOKEN`` (Ray's documented setting, read before that file) for this process and the Ray
+    processes it starts; it is set once per process, as Ray's token loader keeps the first it reads.
+    Nothing changes where the file can be written, or where ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN`` or
+    ``RAY_AUTH_TOKEN_PATH`` says what to do.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token" or os.environ.get("RAY_AUTH_TOKEN") or "RAY_AUTH_TOKEN_PATH" in os.environ:
+        return
+    from cxr_tune import storage  # here: every Ray worker imports this module (its setup hook), and storage brings pandas
+
+    home = os.path.expanduser("~")
+    if home != "~":  # (no HOME and no password entry: Ray cannot name the file either)
+        token_file = os.path.join(home, ".ray", "auth_token")
+        if os.access(token_file, os.R_OK):
+            return
+        try:
+            storage.check_writable(os.path.dirname(token_file), "Ray's token folder")
+            return
+        except UserError:
+            pass
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # 256 bits, as Ray's own generator makes them
+
+
 def pin_cluster_address() -> None:
     """Worker-process setup hook: this worker's cluster is the one Ray helpers should talk to."""
     import ray
@@ -133,6 +163,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
     else:
         # "local": a Ray of this command's own. Left unset, Ray joins the cluster a `ray start` last
         # recorded in its temp folder: someone else's on a shared machine, or a dead one it waits on for minutes.
+        token_for_own_ray()
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
     if callable(sigterm_before):  # the command's own (errors.run_cli), not the one ray.init installs
         signal.signal(signal.SIGTERM, sigterm_before)

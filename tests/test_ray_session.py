@@ -4,6 +4,7 @@ waiting for a CPU that other work on the cluster holds, and taking back what an 
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import pytest
@@ -108,6 +109,44 @@ def _reserve_every_cpu(ray):
     if not group.wait(timeout_seconds=120):
         pytest.fail(f"the session's CPUs never came free for the test: {cpu_holders(ray)}")
     return cpus, group
+
+
+@pytest.fixture
+def token_mode(monkeypatch):
+    """Ray's default for a Ray that ``ray.init`` starts: token authentication (the suite turns it off), no token given."""
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(name, "")  # recorded, so that a token the test's session sets is taken away again
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("home", ["read-only", "missing"])
+def test_a_home_ray_cannot_write_its_token_in_gives_the_commands_own_ray_a_token_through_the_environment(tmp_path, monkeypatch, no_ray_here,
+                                                                                                          token_mode, home):
+    """Ray 2.60 writes a new token to ~/.ray/auth_token as ray.init starts a local Ray: with a read-only HOME, or a
+    missing one where it cannot be made (a service account's /nonexistent), every command crashed there with a
+    PermissionError traceback. Ray's RAY_AUTH_TOKEN gives it the token instead."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home" if home == "read-only" else tmp_path / "nonexistent"))
+    (tmp_path / "home").mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only mount (root passes any chmod)
+    with session.ray_session():
+        pass
+    [started] = no_ray_here
+    assert re.fullmatch("[0-9a-f]{64}", started["env"].get("RAY_AUTH_TOKEN", ""))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"] and not (tmp_path / "home" / ".ray").exists()
+
+
+def test_where_ray_can_keep_its_token_file_or_is_told_what_to_do_it_is_left_to_ray(tmp_path, monkeypatch, no_ray_here, token_mode):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with session.ray_session():  # a HOME that can be written: Ray writes ~/.ray/auth_token, as it always did
+        pass
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    for name, value in (("RAY_AUTH_MODE", "disabled"), ("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))):
+        with monkeypatch.context() as told:
+            told.setenv(name, value)
+            with session.ray_session():
+                pass
+    assert [started["env"].get("RAY_AUTH_TOKEN") for started in no_ray_here] == [None, None, None]
 
 
 @slow
