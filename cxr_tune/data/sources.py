@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 from cxr_tune import storage
 from cxr_tune.data.dicom import decoders_installed
 from cxr_tune.data.imaging import describe_failure, probe
-from cxr_tune.data.synthetic import DEFAULT_N, SYNTHETIC_MARKER, ensure_synthetic, synthetic_root
+from cxr_tune.data.synthetic import DEFAULT_N, SYNTHETIC_MARKER, ensure_synthetic
 from cxr_tune.errors import UserError
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, 1
@@ -151,17 +151,8 @@ def load_source(
     if data is not None:
         return build_manifest(data, cache_dir, progress=progress)
 
-    import time
-
     cache_dir = cache_dir or storage.default_cache_dir()
-    n = DEFAULT_N if synthetic_n is None else synthetic_n
-    fresh = not storage.exists(storage.join(synthetic_root(cache_dir, n, synthetic_seed), SYNTHETIC_MARKER))
-    if fresh and progress:
-        print(f"Drawing the built-in SYNTHETIC set: {n} images (once; later runs reuse it) ...", flush=True)
-    started = time.perf_counter()
-    root = ensure_synthetic(cache_dir, n=n, seed=synthetic_seed)
-    if fresh and progress:
-        print(f"SYNTHETIC set drawn in {time.perf_counter() - started:.1f} s: {root}", flush=True)
+    root = ensure_synthetic(cache_dir, n=DEFAULT_N if synthetic_n is None else synthetic_n, seed=synthetic_seed, progress=progress)
     return build_manifest(root, cache_dir, progress=progress)
 
 

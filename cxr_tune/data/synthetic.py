@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -58,16 +59,34 @@ def synthetic_root(cache_dir: str, n: int, seed: int) -> str:
     return storage.join(cache_dir, "synthetic", f"v{GENERATOR_VERSION}-n{n}-seed{seed}")
 
 
-def ensure_synthetic(cache_dir: str, n: int = DEFAULT_N, seed: int = 0) -> str:
-    """The synthetic set for ``(n, seed)`` under the cache, generated on first use.
+def ensure_synthetic(cache_dir: str, n: int = DEFAULT_N, seed: int = 0, *, progress: bool = False) -> str:
+    """The synthetic set for ``(n, seed)`` under the cache, generated on first use (``progress``: with
+    a line before and after the draw, which takes seconds).
 
     A cache on object storage (``--cache-dir s3://...``, the usual cluster setup) gets the set
     generated in a local scratch folder and uploaded, marker last, so every node reads the same
-    files from the cache; an upload cut short has no marker and is made again.
+    files from the cache; an upload cut short has no marker and is made again. A local cache that
+    cannot be written and holds no such set (a read-only shared cache) is one line before the draw.
     """
     root = synthetic_root(cache_dir, n, seed)
     if storage.exists(storage.join(root, SYNTHETIC_MARKER)):
         return root
+    try:
+        storage.check_writable(root, "the SYNTHETIC set's folder")
+    except UserError as exc:
+        raise UserError(f"{exc}, and the image cache '{cache_dir}' holds no draw of {n} images (seed {seed}) to reuse; "
+                        "pass --cache-dir with a folder that can be written") from None
+    if progress:
+        print(f"Drawing the built-in SYNTHETIC set: {n} images (once; later runs reuse it) ...", flush=True)
+    started = time.perf_counter()
+    root = _draw(root, n, seed)
+    if progress:
+        print(f"SYNTHETIC set drawn in {time.perf_counter() - started:.1f} s: {root}", flush=True)
+    return root
+
+
+def _draw(root: str, n: int, seed: int) -> str:
+    """Draw the set into ``root``: directly in a local folder, else through a local scratch folder (see :func:`ensure_synthetic`)."""
     if not storage.is_uri(root):
         return synthesize(root, n=n, seed=seed, replace_partial=True)
     import tempfile

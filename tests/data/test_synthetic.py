@@ -81,3 +81,31 @@ def test_a_draw_another_process_committed_first_is_used_or_refused_in_one_line(t
     target = tmp_path / "out" / "set"  # `data synthesize OUT` twice at once: the second says so
     with pytest.raises(UserError, match="written by another process while this one drew the set"):
         synthesize(str(target), n=20, seed=0)
+
+
+def test_a_cache_that_cannot_be_written_and_holds_no_draw_is_one_line_naming_it_and_a_drawn_one_is_reused(tmp_path, monkeypatch):
+    """The default job draws the SYNTHETIC set into the cache; a read-only cache without it gave a 40-line
+    PermissionError traceback after "Drawing the built-in SYNTHETIC set", while real data got one line."""
+    import os
+
+    from cxr_tune import storage
+    from tests.conftest import call_cli
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    args = ("cxr_tune.data", "inspect", "--synthetic-n", "20", "--cache-dir", str(cache))
+    with monkeypatch.context() as read_only:
+        read_only.setattr(storage.os, "access", lambda path, mode: False)  # a read-only mount (root passes any chmod)
+        refused = call_cli(*args)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.splitlines() == [
+        f"error: the SYNTHETIC set's folder '{cache}/synthetic/v3-n20-seed0' cannot be written: no permission to write in '{cache}', "
+        f"and the image cache '{cache}' holds no draw of 20 images (seed 0) to reuse; pass --cache-dir with a folder that can be written"]
+    assert os.listdir(cache) == []
+    drawn = call_cli(*args)
+    assert drawn.returncode == 0 and "Drawing the built-in SYNTHETIC set: 20 images" in drawn.stdout
+    with monkeypatch.context() as read_only:
+        read_only.setattr(storage.os, "access", lambda path, mode: False)
+        reused = call_cli(*args)
+    assert reused.returncode == 0, reused.stderr
+    assert "Drawing" not in reused.stdout and "SYNTHETIC" in reused.stdout
