@@ -1,4 +1,4 @@
-# Two commands for a fresh machine with Python 3.10+ and pip:
+# Two commands for a fresh machine with Python 3.11+ and pip:
 #   make search   set everything up in .venv/ and run the main job (a search on the built-in SYNTHETIC data)
 #   make test     set everything up in .venv/ and run the test suite
 PYTHON ?= python3

@@ -80,3 +80,23 @@ def test_installed_wheel_resolves_space_by_name(wheel: Path, tmp_path: Path):
     assert package.is_relative_to(target), f"imported {package}, not the installed wheel"
     assert space == target / "cxr_tune" / "spaces" / "wide.yaml"
     assert space.read_bytes() == (ROOT / "search_spaces" / "wide.yaml").read_bytes()
+
+
+def test_the_oldest_python_the_project_admits_can_install_every_pin():
+    """requires-python said >=3.10 (and README and the Makefile "Python 3.10+"), but the pinned matplotlib,
+    pandas, pyarrow, pillow, scipy, scikit-learn, onnxruntime and platformdirs require 3.11: on 3.10 the
+    install, and so `make search`, failed with "No matching distribution found for matplotlib==3.11.2"."""
+    import tomllib
+    from importlib.metadata import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    (oldest,) = [spec.version for spec in SpecifierSet(project["requires-python"]) if spec.operator == ">="]
+    needs = {}
+    for pin in map(Requirement, project["dependencies"]):
+        needs[pin.name] = metadata(pin.name).get("Requires-Python") or ""
+    assert {name: need for name, need in needs.items() if not SpecifierSet(need).contains(oldest)} == {}
+    assert f"Python {oldest}+" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"Python {oldest}+" in (ROOT / "Makefile").read_text(encoding="utf-8").splitlines()[0]
