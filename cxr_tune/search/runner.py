@@ -120,6 +120,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
     """
     started = time.time() if started is None else started
     from cxr_tune.console import library_output_to
+    from cxr_tune.data.cache import check_buildable, find_cache
     from cxr_tune.ray_session import check_own_ray, cluster_held, ray_session
 
     check_own_ray(options.address)  # before the experiment is written: a Ray that cannot start here is one line
@@ -132,6 +133,12 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
         _refuse_existing(options)  # before the data scan, which can take minutes
         space = load_space(options.space)
         split = split_data(options.data)
+    # A cache to build in a folder that cannot be written: one line before Ray starts, and before the experiment is
+    # written (which would hold that --cache-dir, and refuse the corrected command as an experiment that exists).
+    for size in space.image_sizes():
+        if find_cache(split.cache_dir, split.source.manifest, size) is None:
+            check_buildable(split.cache_dir, size)
+    if not resume:
         _start_experiment(options, space, split)
         folder_lock.hold(experiment)  # until the command ends (main's folder_lock.holding)
     restore = resume and Experiment(experiment).has_tune_state()  # else Tune never saved a step: start it afresh
@@ -141,11 +148,6 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
     if skipped := split.describe_skipped():
         print(skipped)
     print(f"Experiment: {experiment}")
-    from cxr_tune.data.cache import check_buildable, find_cache
-
-    for size in space.image_sizes():  # a cache to build in a folder that cannot be written: one line before Ray starts
-        if find_cache(split.cache_dir, split.source.manifest, size) is None:
-            check_buildable(split.cache_dir, size)
     log_path = log_path_of(options)
     print(f"Ray and Optuna logs: {log_path}" + ("" if verbose else " (--verbose shows them here too)"), flush=True)
     with library_output_to(log_path, verbose=verbose) as log, ray_session(options.address, log=log, verbose=verbose):
