@@ -8,4 +8,12 @@ The pieces, in the order data flows through them:
 - :mod:`cxr_tune.export` / :mod:`cxr_tune.predict` — a pickle-free ONNX model and its use
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# onnxruntime's Linux builds (1.31.1, the pinned one) start a telemetry uploader as it is imported, which keeps a
+# device id and queued events about the machine in ~/.cache/Microsoft/DeveloperTools; ORT_DISABLE_TELEMETRY,
+# its opt-out, is read only then, so it is set here, before any module of the project imports onnxruntime (and
+# inherited by the processes the project starts). A value in the environment is kept: 0 turns it back on.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

@@ -256,3 +256,21 @@ def test_predict_never_calls_a_nan_score_normal(tmp_path):
     assert done.returncode == 2 and "NORMAL" not in done.stdout and "Traceback" not in done.stderr  # before: "nan  NORMAL  x.png", exit 0
     assert done.stderr.strip().splitlines() == [f"error: '{folder / 'model.onnx'}' gave 1 score(s) outside 0..1 (such as nan), not a probability per image; "
                                                "the file was damaged or edited: export the model again"]
+
+
+def test_the_projects_onnxruntime_sessions_write_no_telemetry(tmp_path):
+    """onnxruntime 1.31 starts a telemetry uploader as it is imported: every export and predict wrote a device id
+    and queued events (OS, CPU, memory, the interpreter's path) to ~/.cache/Microsoft/DeveloperTools, and with a
+    read-only HOME printed a warning in colour. Its opt-out is read as it is imported; the package sets it first."""
+    import os
+    import subprocess
+    import sys
+
+    model = _export_of(tmp_path / "best", _mean_graph())
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"} | {"HOME": str(home)}
+    score = "import sys, numpy; from cxr_tune.serving import load_model, probabilities; print(probabilities(load_model(sys.argv[1]), numpy.zeros((1, 16, 16), numpy.uint8)))"
+    done = subprocess.run([sys.executable, "-c", score, str(model)], env=env, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
