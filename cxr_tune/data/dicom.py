@@ -80,9 +80,14 @@ def read_gray8(source: bytes | str | Path) -> Gray8:
     ds = _read(source, stop_before_pixels=False)
     if not any(tag in ds for tag in _PIXEL_DATA_TAGS):
         raise DicomError("DICOM without pixel data (not an image, e.g. a report or structured document)")
-    syntax = _check_decodable(ds)
+    syntax, plugin = _check_decodable(ds)
     try:
-        frame = pixel_array(ds, index=0)  # the first frame only; YBR is returned as RGB
+        try:
+            frame = pixel_array(ds, index=0, decoding_plugin=plugin)  # the first frame only; YBR is returned as RGB
+        except Exception:  # noqa: BLE001 - e.g. a 12-bit JPEG or 16-bit colour JPEG 2000, which Pillow cannot decode
+            if not plugin:
+                raise
+            frame = pixel_array(ds, index=0)  # every installed plugin, in pydicom's order
     except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the file is unusable
         raise DicomError(f"DICOM pixel data ({syntax}) could not be decoded: {_first_line(exc)}") from exc
     photometric = str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper()
@@ -183,8 +188,19 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     return value or None
 
 
-def _check_decodable(ds: Dataset) -> str:
-    """The transfer syntax's name, after checking pydicom can decode it here; else why not."""
+#: pydicom's decoding plugins tried first, where one of them is installed for a file's transfer syntax: Pillow (a
+#: dependency) for the JPEG baseline, 8-bit JPEG extended and JPEG 2000 files it decodes, pydicom's own for RLE.
+#: Left to itself pydicom takes the first installed plugin in its own order (GDCM, then pylibjpeg, then Pillow), so
+#: the ``dicom`` extra changed a JPEG baseline file's pixels by a grey level here and there: a model would meet
+#: other pixels on a machine with other decoders than the one it was trained on. The others decode only what
+#: these cannot (JPEG Lossless, JPEG-LS, 12-bit JPEG, HTJ2K), the same file the same way wherever it decodes.
+PREFERRED_PLUGINS = ("pillow", "pydicom")
+
+
+def _check_decodable(ds: Dataset) -> tuple[str, str]:
+    """The transfer syntax's name and the decoding plugin to try first ("" for pydicom's choice: an
+    uncompressed file, or a syntax none of :data:`PREFERRED_PLUGINS` decodes), after checking pydicom
+    can decode it here; else why not."""
     from pydicom.pixels import get_decoder
 
     uid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
@@ -197,7 +213,7 @@ def _check_decodable(ds: Dataset) -> str:
         raise DicomError(f"DICOM transfer syntax {name} is not one pydicom can decode") from None
     if not decoder.is_available:
         raise DicomError(f"DICOM transfer syntax {name} cannot be decoded: {_install_hint(decoder.missing_dependencies)}")
-    return name
+    return name, next((plugin for plugin in PREFERRED_PLUGINS if plugin in decoder.available_plugins), "")
 
 
 #: Modules that decide which DICOM files this machine can decode (pydicom and its pylibjpeg codecs, GDCM).

@@ -20,8 +20,9 @@ from PIL import Image, ImageOps
 from cxr_tune import storage
 from cxr_tune.data import dicom, input_checks
 
-#: Version of the pixel pipeline below; part of every image-cache key.
-PREPROCESS_VERSION = 1
+#: Version of the pixel pipeline below; part of every image-cache key. 2: JPEG and JPEG 2000 DICOMs are decoded
+#: by Pillow whatever other decoders are installed (:data:`cxr_tune.data.dicom.PREFERRED_PLUGINS`).
+PREPROCESS_VERSION = 2
 
 #: How a non-square X-ray becomes square: plain resize (squash). Recorded in exported models.
 RESIZE_METHOD = "bilinear resize of the whole image to size x size (aspect ratio not kept)"

@@ -142,12 +142,18 @@ def test_a_colour_dicom_becomes_gray_like_a_colour_png(tmp_path):
     assert np.array_equal(read_gray8(dicom_bytes(rgb, "RGB", 8)).pixels, expected)
 
 
-def test_compressed_dicoms_that_pillow_decodes_work(tmp_path):
+def jpeg_dicom() -> tuple[bytes, np.ndarray]:
+    """A JPEG baseline DICOM of IMAGE (lossy), and the pixels Pillow decodes its JPEG to."""
     jpeg = io.BytesIO()
     Image.fromarray(IMAGE).save(jpeg, format="JPEG", quality=95)
-    lossy = dicom_bytes(None, syntax=JPEGBaseline8Bit, frames=[jpeg.getvalue()], Rows=48, Columns=64, SamplesPerPixel=1,
-                        PhotometricInterpretation="MONOCHROME2", BitsAllocated=8, BitsStored=8, HighBit=7, PixelRepresentation=0)
-    assert np.array_equal(read_gray8(lossy).pixels, np.asarray(Image.open(jpeg)))  # the JPEG's own pixels
+    data = dicom_bytes(None, syntax=JPEGBaseline8Bit, frames=[jpeg.getvalue()], Rows=48, Columns=64, SamplesPerPixel=1,
+                       PhotometricInterpretation="MONOCHROME2", BitsAllocated=8, BitsStored=8, HighBit=7, PixelRepresentation=0)
+    return data, np.asarray(Image.open(jpeg))
+
+
+def test_compressed_dicoms_that_pillow_decodes_work(tmp_path):
+    lossy, pillows = jpeg_dicom()
+    assert np.array_equal(read_gray8(lossy).pixels, pillows)  # the JPEG's own pixels, with or without the dicom extra
     if not features.check("jpg_2000"):
         pytest.skip("this Pillow has no JPEG 2000 codec")
     j2k = io.BytesIO()
@@ -155,6 +161,38 @@ def test_compressed_dicoms_that_pillow_decodes_work(tmp_path):
     lossless = dicom_bytes(None, syntax=JPEG2000Lossless, frames=[j2k.getvalue()], Rows=48, Columns=64, SamplesPerPixel=1,
                            PhotometricInterpretation="MONOCHROME2", BitsAllocated=8, BitsStored=8, HighBit=7, PixelRepresentation=0)
     assert np.array_equal(read_gray8(lossless).pixels, IMAGE)
+
+
+def with_plugins(monkeypatch, syntax: str, plugins: dict) -> None:
+    """pydicom's decoding plugins for ``syntax``, in the order it tries them (the installed ones' order is GDCM, pylibjpeg, Pillow)."""
+    decoder = get_decoder(syntax)
+    monkeypatch.setattr(decoder, "_available", plugins)  # pydicom 3.0's table of the installed plugins (pinned)
+
+
+def test_a_jpeg_dicom_decodes_to_the_same_pixels_whatever_other_decoders_are_installed(monkeypatch):
+    """pydicom takes the first installed plugin, and the dicom extra's pylibjpeg comes before Pillow: the file above
+    decoded to other pixels (104 of its 3,072 a grey level off) on a machine with the extra than on one without."""
+    lossy, pillows = jpeg_dicom()
+
+    def a_grey_level_off(src: bytes, runner) -> bytes:
+        return (np.asarray(Image.open(io.BytesIO(src))).astype(np.int16) + 1).clip(0, 255).astype(np.uint8).tobytes()
+
+    with_plugins(monkeypatch, JPEGBaseline8Bit, {"pylibjpeg": a_grey_level_off, **get_decoder(JPEGBaseline8Bit)._available})
+    assert np.array_equal(read_gray8(lossy).pixels, pillows)
+
+
+def test_what_pillow_cannot_decode_goes_to_the_other_decoders(monkeypatch):
+    """E.g. a 12-bit JPEG, which pydicom's Pillow plugin refuses: the other installed plugins decode it."""
+    lossy, pillows = jpeg_dicom()
+
+    def refuse(src: bytes, runner) -> bytes:
+        raise NotImplementedError("Pillow does not support 'JPEG Extended' for samples with 12-bit precision")
+
+    def inverted(src: bytes, runner) -> bytes:  # told apart from Pillow's by its pixels
+        return (255 - np.asarray(Image.open(io.BytesIO(src)))).tobytes()
+
+    with_plugins(monkeypatch, JPEGBaseline8Bit, {"pylibjpeg": inverted, "pillow": refuse})
+    assert np.array_equal(read_gray8(lossy).pixels, 255 - pillows)
 
 
 def undecodable_dicom() -> tuple[bytes, str]:
