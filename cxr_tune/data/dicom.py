@@ -231,13 +231,14 @@ def decoders_installed() -> str:
 def _install_hint(missing: list[str]) -> str:
     """What to install, from pydicom's list of its unusable plugins (it knows which codec each syntax needs).
 
-    The ``dicom`` extra pins pylibjpeg and its codecs, which cover every syntax pydicom 3.0 decodes.
+    The ``dicom`` extra pins pylibjpeg and its codecs, which cover every syntax pydicom 3.0 decodes; it is named
+    by the package, so the hint works for an install from a wheel as for one from a checkout.
     """
     for entry in missing:  # e.g. "pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1"
         label, _, needs = entry.partition(" - requires ")
         if label == "pylibjpeg" and needs:
             packages = [re.split(r"[<>=!~ ]", spec.strip(), maxsplit=1)[0] for spec in re.split(r",| and ", needs) if spec.strip()]
-            return f"install {' and '.join(packages)} (pip install -e '.[dicom]')"
+            return f"install {' and '.join(packages)} (pip install 'cxr_tune[dicom]')"
     return "install one of: " + "; ".join(missing) if missing else "no decoder for it is installed"
 
 

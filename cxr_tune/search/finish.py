@@ -105,8 +105,10 @@ def _print_summary(experiment: Experiment, table: pd.DataFrame, selected: pd.Ser
 
 
 def dashboard_command(experiment: Experiment) -> str:
-    """The command that opens the experiment's Optuna study (a local SQLite file, also for experiments on object storage)."""
+    """The command that opens the experiment's Optuna study (a local SQLite file, also for experiments on object storage),
+    and where the dashboard is missing how to install it: by the extra's name, which works for an install from a wheel as
+    for one from a checkout (``pip install -e '.[dashboard]'`` works only inside a checkout)."""
     from importlib.util import find_spec
 
     missing = find_spec("optuna_dashboard") is None
-    return f"optuna-dashboard sqlite:///{experiment.study_path}" + ("   (pip install -e '.[dashboard]' once)" if missing else "")
+    return f"optuna-dashboard sqlite:///{experiment.study_path}" + ("   (pip install 'cxr_tune[dashboard]' once)" if missing else "")

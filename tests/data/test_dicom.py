@@ -212,6 +212,7 @@ def test_dicoms_without_usable_pixels_are_reported_with_a_reason():
     image, reason = try_decode_gray(data, 16)
     assert image is None
     assert reason.startswith("DICOM transfer syntax") and f"({syntax}) cannot be decoded: install " in reason and "pylibjpeg" in reason
+    assert reason.endswith("(pip install 'cxr_tune[dicom]')")  # by the package's name: '.[dicom]' worked only inside a checkout
     truncated = dicom_bytes(bits12(IMAGE), "MONOCHROME2", 12)[:-500]
     image, reason = try_decode_gray(truncated, 16)
     assert image is None and "less than expected" in reason

@@ -54,3 +54,13 @@ def _experiment_of(table: pd.DataFrame, folder, ranked_on: str | None = None) ->
         return ranked_table(table, ranked_on) if ranked else table
 
     return types.SimpleNamespace(path=str(folder), trials=trials, file=lambda *parts: str(folder.joinpath(*parts)))
+
+
+def test_the_dashboards_install_hint_works_outside_a_checkout(monkeypatch):
+    """It said pip install -e '.[dashboard]', which fails anywhere but in a checkout (an install from the wheel)."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "optuna_dashboard" else find_spec(name, *args))
+    line = finish.dashboard_command(types.SimpleNamespace(study_path="/results/s1/study.db"))
+    assert line == "optuna-dashboard sqlite:////results/s1/study.db   (pip install 'cxr_tune[dashboard]' once)"

@@ -235,7 +235,7 @@ def test_the_printed_dashboard_command_opens_this_searchs_study_with_pruned_tria
     line = next(ln for ln in stdout.splitlines() if ln.startswith("Optuna:"))
     words = line.split()[1:]
     assert words[0] == "optuna-dashboard"
-    assert ("'.[dashboard]'" in line) == (find_spec("optuna_dashboard") is None)  # names the extra that installs it, where it is missing
+    assert ("pip install 'cxr_tune[dashboard]'" in line) == (find_spec("optuna_dashboard") is None)  # names the extra that installs it, where it is missing
     listed = {t["user_attrs"][0]["value"] if t.get("user_attrs") else t["number"]: t for t in listed_trials(words[1], experiment.name)}
     table = read_trials(experiment).set_index("trial_id")
     assert set(listed) == set(table.index)
