@@ -29,7 +29,10 @@ class UserError(Exception):
 def damaged(path: str, exc: BaseException, *, what: str = "") -> UserError:
     """The one line for a file a run wrote that cannot be read back (gone, cut short, not what it
     should hold): a copy that stopped halfway, or a process killed while writing it. ``what``: words
-    before the path, for a file whose name does not say whose it is."""
+    before the path, for a file whose name does not say whose it is. An error that already says why
+    in one line (an object store that refused the read) is kept as it is."""
+    if isinstance(exc, UserError):
+        return exc
     text = str(exc).strip()
     if isinstance(exc, OSError) and exc.strerror:
         reason = exc.strerror

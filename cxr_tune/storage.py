@@ -8,6 +8,10 @@ care which it is: never build a :class:`pathlib.Path` from a location that may b
 S3-compatible stores other than AWS (MinIO, Ceph, a test server) are reached with the standard
 ``AWS_ENDPOINT_URL`` variable, which pyarrow's S3 filesystem reads itself, like the other
 ``AWS_*`` variables (credentials, ``AWS_REGION``).
+
+An object store that cannot be reached or refuses a request (no such bucket, access denied, no
+connection) raises :class:`StoreError`: one line naming the path and the reason, never pyarrow's
+traceback; a missing bucket is said to be one, not taken for a missing file.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +136,78 @@ def local_file_for(folder: str, filename: str, kind: str, cache_dir: str) -> str
     return str(Path(local_dir(cache_dir), kind, hashlib.sha256(folder.encode()).hexdigest()[:16], filename))
 
 
+# --- when the object store says no ----------------------------------------------------------------
+
+
+class StoreError(UserError, OSError):
+    """An object store that could not be reached or refused a request: a :class:`UserError` (one line,
+    exit 2), and an ``OSError`` too, so what copes with a folder it cannot write (a read-only shared
+    cache) copes with a bucket it cannot write alike."""
+
+
+def _store_reason(path: str, exc: OSError) -> str:
+    """What went wrong, in words, from pyarrow's ``OSError`` (``... AWS Error ACCESS_DENIED during HeadObject operation: ...``)."""
+    text = str(exc).strip()
+    named = re.search(r"[Bb]ucket '([^']+)'", text)  # a copy's message names the bucket that failed, source or destination
+    bucket = named.group(1) if named else path.split("://", 1)[1].split("/", 1)[0]
+    if "NO_SUCH_BUCKET" in text or "not found. To create buckets" in text:
+        return f"the bucket '{bucket}' does not exist"
+    if any(code in text for code in ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "EXPIRED_TOKEN",
+                                     "HTTP status 403")):
+        return f"access denied; check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, an instance profile) and that they may use the bucket '{bucket}'"
+    if "NETWORK_CONNECTION" in text:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "the object store"
+        return f"no connection to {endpoint}; check the network and AWS_ENDPOINT_URL"
+    detail = text.splitlines()[0] if text else type(exc).__name__
+    return "the object store answered: " + detail.split("AWS Error ", 1)[-1].rstrip(".")
+
+
+@contextmanager
+def reported(path: str, doing: str) -> Iterator[None]:
+    """Turn pyarrow's ``OSError`` for a URI into a :class:`StoreError` naming ``path`` ("'PATH' cannot be
+    DOING: REASON"). A missing file stays a ``FileNotFoundError``, which callers expect; local paths keep
+    their own errors."""
+    try:
+        yield
+    except (FileNotFoundError, StoreError):
+        raise
+    except OSError as exc:
+        if not is_uri(path):
+            raise
+        raise StoreError(f"'{path}' cannot be {doing}: {_store_reason(path, exc)}") from None
+
+
+_BUCKETS_SEEN: set[tuple[str, str]] = set()
+
+
+def _check_bucket(fs: pafs.FileSystem, inner: str, path: str) -> None:
+    """Raise :class:`StoreError` when ``path``'s bucket does not exist: the store answers "not found" for a
+    key in a missing bucket as for a missing key, and "not a cxr_tune experiment" would hide the cause.
+    A bucket that exists is asked about once a process (by endpoint); one the credentials may not
+    look at (a policy that allows only a prefix) passes, the key's own answer standing."""
+    bucket = inner.split("/", 1)[0]
+    seen = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "", f"{path.split('://', 1)[0]}://{bucket}")
+    if seen in _BUCKETS_SEEN:
+        return
+    try:
+        missing = fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except OSError:
+        return
+    if missing:
+        raise StoreError(f"'{path}' cannot be reached: the bucket '{bucket}' does not exist")
+    _BUCKETS_SEEN.add(seen)
+
+
 # --- asking -------------------------------------------------------------------------------------
 
 
 def _type(path: str) -> pafs.FileType:
     fs, inner = filesystem(path)
-    return fs.get_file_info(inner).type
+    with reported(path, "reached"):
+        kind = fs.get_file_info(inner).type
+        if kind == pafs.FileType.NotFound and is_uri(path):
+            _check_bucket(fs, inner, path)
+    return kind
 
 
 def exists(path: str) -> bool:
@@ -158,7 +230,8 @@ def listdir(path: str) -> list[str]:
     ['checkpoint_000', 'checkpoint_001', 'trials.csv']
     """
     fs, inner = filesystem(path)
-    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    with reported(path, "listed"):
+        infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
     return sorted(i.base_name for i in infos)
 
 
@@ -201,7 +274,7 @@ def read_bytes(path: str) -> bytes:
         check_plain_file(path)
         return Path(path).read_bytes()
     fs, inner = filesystem(path)
-    with fs.open_input_stream(inner) as stream:
+    with reported(path, "read"), fs.open_input_stream(inner) as stream:
         return stream.readall()
 
 
@@ -212,7 +285,8 @@ def read_text(path: str) -> str:
 def read_frame(path: str) -> pd.DataFrame:
     """A Parquet file (or a folder of them) as a DataFrame."""
     fs, inner = filesystem(path)
-    return pq.read_table(inner, filesystem=fs).to_pandas()
+    with reported(path, "read"):
+        return pq.read_table(inner, filesystem=fs).to_pandas()
 
 
 def read_csv(path: str, **kwargs: Any) -> pd.DataFrame:
@@ -242,9 +316,18 @@ def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: b
     """Stop with one line before any work when a command could not write ``path`` (a ``folder``, or a
     file): it, or the nearest part of it that exists, is a file where a folder is needed (or the
     other way round), or that folder is read-only (unless ``read_only_ok``: a shared cache built
-    once may be read-only). Creates nothing. Object-store locations pass (their credentials and
-    buckets are checked by the first write)."""
+    once may be read-only). Creates nothing. On object storage: the bucket is missing, or the store
+    cannot be reached or refuses the credentials (a bucket policy that forbids only writing is
+    found by the first write, in one line too)."""
     if is_uri(path):
+        try:
+            kind = _type(path)
+        except StoreError as exc:
+            raise StoreError(f"{what} {exc}") from None
+        if folder and kind == pafs.FileType.File:
+            raise UserError(f"{what} '{path}' is a file, not a folder")
+        if not folder and kind == pafs.FileType.Directory:
+            raise UserError(f"{what} '{path}' is a folder; name a file in it")
         return
     if not folder and _is_stream(str(path)):
         return  # /dev/null, /dev/stdout, a named pipe: written straight through
@@ -267,7 +350,8 @@ def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: b
 
 def makedirs(path: str) -> None:
     fs, inner = filesystem(path)
-    fs.create_dir(inner, recursive=True)
+    with reported(path, "written"):
+        fs.create_dir(inner, recursive=True)
 
 
 _LONGEST_NAME = 255 - len("..tmp-12345678")  # a filesystem's 255 bytes, less what a temporary copy's name adds
@@ -296,7 +380,7 @@ def _put(path: str, data: bytes) -> None:
     """One object PUT: atomic already. No folder is created first: object stores have none, and a
     policy that allows writing under a prefix may forbid looking at the folders above it."""
     fs, inner = filesystem(path)
-    with fs.open_output_stream(inner) as stream:
+    with reported(path, "written"), fs.open_output_stream(inner) as stream:
         stream.write(data)
 
 
@@ -372,29 +456,32 @@ def copy(src: str, dst: str) -> None:
     """
     src_fs, src_inner = filesystem(src)
     dst_fs, dst_inner = filesystem(dst)
-    kind = src_fs.get_file_info(src_inner).type
+    kind = _type(src)
     if kind == pafs.FileType.NotFound:
         raise FileNotFoundError(f"'{src}' does not exist")
     if kind == pafs.FileType.File and not is_uri(dst):
         Path(dst_inner).parent.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(src_inner, dst_inner, source_filesystem=src_fs, destination_filesystem=dst_fs)
+    with reported(src if is_uri(src) else dst, f"copied to '{dst}'" if is_uri(src) else f"written from '{src}'"):
+        pafs.copy_files(src_inner, dst_inner, source_filesystem=src_fs, destination_filesystem=dst_fs)
 
 
 def remove(path: str) -> None:
     """Delete a file or a whole folder; nothing happens when it does not exist."""
     fs, inner = filesystem(path)
-    kind = fs.get_file_info(inner).type
-    if kind == pafs.FileType.Directory:
-        fs.delete_dir(inner)
-    elif kind != pafs.FileType.NotFound:
-        fs.delete_file(inner)
+    with reported(path, "removed"):
+        kind = fs.get_file_info(inner).type
+        if kind == pafs.FileType.Directory:
+            fs.delete_dir(inner)
+        elif kind != pafs.FileType.NotFound:
+            fs.delete_file(inner)
 
 
 def remove_tree(path: str) -> None:
     """Delete the folder ``path`` and everything in it; nothing happens when it does not exist."""
     fs, inner = filesystem(path)
-    if fs.get_file_info(inner).type != pafs.FileType.NotFound:
-        fs.delete_dir(inner)
+    with reported(path, "removed"):
+        if fs.get_file_info(inner).type != pafs.FileType.NotFound:
+            fs.delete_dir(inner)
 
 
 def move(src: str, dst: str) -> None:

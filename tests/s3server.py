@@ -42,6 +42,20 @@ class S3Server:
             "AWS_SHARED_CREDENTIALS_FILE": os.path.join(config_dir, "credentials"),
         }
 
+    @contextmanager
+    def denying(self) -> Iterator[None]:
+        """Every S3 request refused as AWS refuses credentials it does not know (moto's own switch), for a ``with`` block."""
+        def switch(count: str) -> None:
+            request = urllib.request.Request(f"{self.endpoint}/moto-api/reset-auth", data=count.encode(), method="POST",
+                                             headers={"Content-Type": "text/plain"})
+            urllib.request.urlopen(request, timeout=10).read()
+
+        switch("0")
+        try:
+            yield
+        finally:
+            switch("inf")
+
     def create_bucket(self, bucket: str) -> None:
         import pyarrow.fs as pafs
 

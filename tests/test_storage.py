@@ -11,7 +11,8 @@ import pytest
 
 from cxr_tune import storage
 from cxr_tune.errors import UserError
-from tests.conftest import call_cli
+from tests.conftest import S3_BUCKET, call_cli, kermany_folder
+from tests.exports import write_export
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -159,6 +160,59 @@ def test_s3_uris_reach_the_endpoint_in_aws_endpoint_url(s3_server, s3_dir):
     direct = pafs.S3FileSystem(endpoint_override=s3_server.endpoint, region="us-east-1", access_key="testing", secret_key="testing")
     with direct.open_input_stream(bucket_and_key) as stream:
         assert stream.readall() == b"hi"
+
+
+# --- an object store that says no: one line naming the path and why, before the work ------------
+
+
+MISSING = "s3://no-such-bucket-cxr-tune"
+
+
+def test_a_missing_bucket_is_named_and_not_taken_for_a_missing_file(s3_server):
+    """Before: ``exists`` said False (so "'...' is not a cxr_tune experiment"), and a write ended in pyarrow's traceback."""
+    from cxr_tune.experiment import Experiment
+
+    reason = "cannot be reached: the bucket 'no-such-bucket-cxr-tune' does not exist"
+    with pytest.raises(UserError, match=f"^'{MISSING}/runs/x/experiment.json' {reason}$"):
+        Experiment(f"{MISSING}/runs/x")
+    with pytest.raises(UserError, match=f"^--storage '{MISSING}/runs' {reason}$"):
+        storage.check_writable(f"{MISSING}/runs", "--storage")
+    with pytest.raises(UserError, match=f"^'{MISSING}/p.csv' cannot be written: the bucket 'no-such-bucket-cxr-tune' does not exist$"):
+        storage.write_bytes_atomic(f"{MISSING}/p.csv", b"a")
+    assert not storage.exists(f"s3://{S3_BUCKET}/never-written")  # in a bucket that exists, a missing file is just missing
+    storage.check_writable(f"s3://{S3_BUCKET}/new/out.csv", "--csv", folder=False)
+
+
+def test_commands_refuse_an_output_in_a_missing_bucket_before_any_work(s3_server, tmp_path):
+    """Before: pyarrow's traceback (exit 1) after the data scan, the export or scoring every image."""
+    model = write_export(tmp_path / "best")
+    images = kermany_folder(tmp_path / "chest_xray", {"test": {"NORMAL": ["a.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"]}})
+    for module, *args in (("cxr_tune.search", "--synthetic-n", "300", "--storage", f"{MISSING}/runs", "--name", "x"),
+                          ("cxr_tune.search", "--synthetic-n", "300", "--cache-dir", f"{MISSING}/cache", "--name", "x",
+                           "--storage", str(tmp_path / "runs")),
+                          ("cxr_tune.predict", "--model", str(model), "--csv", f"{MISSING}/p.csv", str(images / "test")),
+                          ("cxr_tune.export", str(tmp_path / "exp"), "--out", f"{MISSING}/model")):
+        done = call_cli(module, *args)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+        assert "the bucket 'no-such-bucket-cxr-tune' does not exist" in done.stderr and done.stdout == ""
+    done = call_cli("cxr_tune.export", f"{MISSING}/runs/x")
+    assert done.returncode == 2 and "not a cxr_tune experiment" not in done.stderr and "does not exist" in done.stderr
+
+
+def test_credentials_the_store_refuses_are_one_line_naming_the_path(s3_server, s3_dir, tmp_path):
+    """Before: ``OSError: ... AWS Error ACCESS_DENIED during HeadObject operation`` and its traceback, from any command."""
+    storage.copy(str(write_export(tmp_path / "best")), storage.join(s3_dir, "best"))
+    with s3_server.denying():
+        with pytest.raises(UserError, match=f"^'{s3_dir}/x.json' cannot be read: access denied; check the credentials"):
+            storage.read_bytes(storage.join(s3_dir, "x.json"))
+        with pytest.raises(UserError, match=f"^--out '{s3_dir}/out' cannot be reached: access denied"):
+            storage.check_writable(storage.join(s3_dir, "out"), "--out")
+        for module, *args in (("cxr_tune.predict", "--model", storage.join(s3_dir, "best"), str(tmp_path)),
+                              ("cxr_tune.search", "--synthetic-n", "300", "--storage", s3_dir, "--name", "x")):
+            done = call_cli(module, *args)
+            assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+            assert f"'{s3_dir}" in done.stderr and "access denied; check the credentials" in done.stderr
 
 
 def test_a_folder_name_stays_one_folder_locally_and_on_object_storage():

@@ -99,7 +99,8 @@ def locate_root(data: str) -> str:
     """
     root = storage.resolve(data)
     fs, inner = storage.filesystem(root)
-    info = fs.get_file_info(inner)
+    with storage.reported(data, "reached"):
+        info = fs.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
         raise UserError(f"data path '{data}' does not exist; expected {LAYOUT_HINT}")
     if info.type != pafs.FileType.Directory:
@@ -165,7 +166,8 @@ def load_external(path: str, cache_dir: str | None = None, *, progress: bool = T
     """
     root = storage.resolve(path)
     fs, inner = storage.filesystem(root)
-    info = fs.get_file_info(inner)
+    with storage.reported(path, "reached"):
+        info = fs.get_file_info(inner)
     if info.type != pafs.FileType.Directory:
         what = "does not exist" if info.type == pafs.FileType.NotFound else "is a file, not a folder"
         raise UserError(f"--val-data '{path}' {what}; expected a folder holding NORMAL/ and PNEUMONIA/ image folders")
@@ -221,7 +223,8 @@ def _child_dirs(fs: pafs.FileSystem, inner: str, folder: str) -> list[str]:
     """The folders in ``inner`` (``folder`` as the user names it); one that cannot be listed stops
     with its name: its images would otherwise be missing without a word."""
     try:
-        infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+        with storage.reported(folder, "listed"):
+            infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
     except PermissionError as exc:
         raise UserError(f"cannot read the folder '{folder}': {describe_failure(exc)}") from None
     return [i.base_name for i in infos if i.type == pafs.FileType.Directory]
@@ -273,7 +276,8 @@ def _walk_files(folder: str, split: str, ignored: list[dict]) -> list[tuple[str,
     if storage.is_uri(folder):
         fs, inner = storage.filesystem(folder)
         scheme = folder.split("://", 1)[0]
-        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+        with storage.reported(folder, "listed"):
+            infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
         return [(f"{scheme}://{i.path}", int(i.size or 0), int(i.mtime_ns or 0)) for i in infos if i.type == pafs.FileType.File]
 
     def unlisted(exc: OSError) -> None:
