@@ -388,7 +388,7 @@ def moved_far(before: float, after: float) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.adapt", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="export folder to adapt (model.json, model.onnx, weights.safetensors), e.g. results/<experiment>/best")
-    parser.add_argument("--images", required=True, help="folder of the site's images (searched recursively; labels, if any, are not read)")
+    parser.add_argument("--images", required=True, help="folder of the site's images, local or s3://... (searched recursively; labels, if any, are not read)")
     parser.add_argument("--out", required=True, help="new folder for the adapted model")
     parser.add_argument("--threshold", dest="threshold_rule", choices=THRESHOLD_RULES, default="mixture",
                         help="how the site's threshold is chosen from its unlabelled scores: mixture (where a two-group Gaussian mixture of "

@@ -107,7 +107,7 @@ def describe(result: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.compare", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="FOLDER", help="labelled images: folders with NORMAL/ and PNEUMONIA/ below them (searched recursively)")
+    parser.add_argument("inputs", nargs="+", metavar="FOLDER", help="labelled images: folders (local or s3://...) with NORMAL/ and PNEUMONIA/ below them (searched recursively)")
     parser.add_argument("--model", action="append", required=True, metavar="MODEL", dest="models",
                         help="an export folder (or its .onnx file), local or on object storage; give it two or more times: the first is the "
                              "one the others are compared with")

@@ -31,7 +31,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
@@ -62,9 +62,10 @@ EachChunk = Callable[[pd.DataFrame, np.ndarray], None]
 
 
 class Input(NamedTuple):
-    """One file to score, and its label when the folder it was found through says one (1 PNEUMONIA, 0 NORMAL)."""
+    """One file to score (a local path, or a URI on object storage), and its label when the folder it was found
+    through says one (1 PNEUMONIA, 0 NORMAL)."""
 
-    path: Path
+    path: Path | str
     label: int | None
 
 
@@ -72,12 +73,15 @@ def collect(inputs: Sequence[str]) -> list[Input]:
     """Every file named on the command line, and every file under the named folders (but hidden files and the
     SYNTHETIC set's own marker file), each once, with its label (:func:`label_of`). Links that lead nowhere,
     other files that are not plain and folders below a named one that cannot be listed are kept, so that they
-    are listed as unreadable, as training lists them; a named folder that cannot be listed is a :class:`UserError`."""
+    are listed as unreadable, as training lists them; a named folder that cannot be listed is a :class:`UserError`.
+    A file or folder on object storage (``s3://...``) is listed and read through :mod:`cxr_tune.storage`."""
     files: list[Input] = []
     seen: set[str] = set()
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if storage.is_uri(item):
+            found = _stored(item)
+        elif path.is_dir():
             listed, unlisted = _files_under(path)
             found = [(p, label_of(p, path)) for p in listed if not p.name.startswith(".") and p.name != SYNTHETIC_MARKER]
             found += [(p, label_of(p / p.name, path)) for p in unlisted]  # labelled as a file in it would be
@@ -86,13 +90,26 @@ def collect(inputs: Sequence[str]) -> list[Input]:
         else:
             raise UserError(f"'{item}' does not exist; pass image files or folders")
         for file, label in found:
-            key = os.path.realpath(file) if file.exists() else os.path.abspath(file)
+            key = file if isinstance(file, str) else os.path.realpath(file) if file.exists() else os.path.abspath(file)
             if key not in seen:  # a file named twice (itself and through its folder) is scored once
                 seen.add(key)
                 files.append(Input(file, label))
     if not files:
         raise UserError(f"no files found in {', '.join(inputs)}")
     return files
+
+
+def _stored(item: str) -> list[tuple[str, int | None]]:
+    """:func:`collect`'s files and labels for a file or folder on object storage."""
+    def inside(uri: str) -> PurePosixPath:  # the bucket and key, for the folder names that give a label
+        return PurePosixPath(uri.split("://", 1)[1].rstrip("/"))
+
+    if storage.is_dir(item):
+        names = [uri for uri in storage.files_under(item) if not storage.name(uri).startswith(".") and storage.name(uri) != SYNTHETIC_MARKER]
+        return [(uri, label_of(inside(uri), inside(item))) for uri in names]
+    if storage.is_file(item):
+        return [(item, label_of(inside(item)))]
+    raise UserError(f"'{item}' does not exist; pass image files or folders")
 
 
 def _files_under(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -111,7 +128,7 @@ def _files_under(folder: Path) -> tuple[list[Path], list[Path]]:
     return sorted(files), sorted(unlisted)
 
 
-def label_of(path: Path, root: Path | None = None) -> int | None:
+def label_of(path: PurePath, root: PurePath | None = None) -> int | None:
     """1/0 when the file sits under a PNEUMONIA/NORMAL folder, else None. Found through the folder
     ``root``: the outermost class folder from ``root`` itself down (as training reads a folder: a
     ``normal/`` inside ``PNEUMONIA/`` is still pneumonia), never a folder above ``root``. A file named
@@ -124,7 +141,7 @@ def label_of(path: Path, root: Path | None = None) -> int | None:
     return None
 
 
-def path_text(path: Path) -> str:
+def path_text(path: Path | str) -> str:
     r"""The path as text for tables, files and the console: a name that is not valid UTF-8 (a zip made elsewhere)
     with each undecodable byte escaped as Python writes it (``caf\xe9``), which Arrow-backed tables accept and which keeps
     two names that differ only in such bytes apart (U+FFFD for every one made them one key, and ``compare`` counted them as one).
@@ -309,7 +326,7 @@ def _rate(value: float) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.predict", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders, local or on object storage (s3://...; searched recursively)")
     parser.add_argument("--model", required=True, help="export folder with model.onnx and model.json, local or on object storage, e.g. results/<experiment>/best or s3://bucket/experiments/<experiment>/best, or its .onnx file (loaded exactly, with the model.json beside it)")
     parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path,probability,prediction (0/1),check (why to check the image first; empty for most) to this CSV file, "
                              "and with --explain the name of each image's figure (explanation)")

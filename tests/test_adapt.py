@@ -216,6 +216,20 @@ def test_the_cli_refuses_too_few_images_and_overwriting_the_model(exported, tmp_
     assert not (tmp_path / "x").exists()
 
 
+def test_adapt_reads_a_site_folder_on_object_storage_as_a_local_one(exported, tmp_path, s3_dir):
+    """Before: "'s3://...' does not exist; pass image files or folders"."""
+    from cxr_tune import storage
+
+    site = write_site(tmp_path / "site", 10)
+    storage.copy(str(site), storage.join(s3_dir, "site"))
+    for where, images in (("local", str(site)), ("s3", storage.join(s3_dir, "site"))):
+        done = call_cli("cxr_tune.adapt", "--model", str(exported), "--images", images, "--out", str(tmp_path / where))
+        assert done.returncode == 0 and "20 image(s)" in done.stdout and "1 unreadable" in done.stdout, done.stderr
+    local, remote = (json.loads((tmp_path / where / "model.json").read_text()) for where in ("local", "s3"))
+    assert remote["files"] == local["files"] and remote["threshold"] == local["threshold"]  # the same weights and threshold
+    assert remote["adaptation"]["source"] == storage.join(s3_dir, "site")
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda m: m["members"][0].pop("hparams"), "members[0] is not a network"),
     (lambda m: m.update(calibration={"method": "platt"}), "calibration is {'method': 'platt'}"),

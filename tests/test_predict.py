@@ -329,10 +329,10 @@ def test_an_explain_caption_never_shows_a_call_that_seems_to_break_its_rule(tmp_
     """P 0.64966 against threshold 0.64977 read "P(PNEUMONIA) 0.650: NORMAL at balanced (threshold 0.650)"."""
     import re
 
-    import cxr_tune.saliency
-    from cxr_tune.modelfile import load_members
     import numpy as np
 
+    import cxr_tune.saliency
+    from cxr_tune.modelfile import load_members
     from cxr_tune.predict import Explanations, collect, predict
     from cxr_tune.serving import load_model
     from tests.model_exports import export_folder, kermany_set, save_images
@@ -350,3 +350,30 @@ def test_an_explain_caption_never_shows_a_call_that_seems_to_break_its_rule(tmp_
     shown, cut = map(float, re.fullmatch(r"P\(PNEUMONIA\) ([\d.]+): NORMAL at balanced \(threshold ([\d.]+)\).*", below).groups())
     assert shown < cut, below
     assert above.startswith(f"P(PNEUMONIA) {threshold + 0.2:.3f}: PNEUMONIA at balanced (threshold {threshold:.3f})")  # three decimals where they suffice
+
+
+def test_predict_and_compare_read_an_image_folder_on_object_storage_as_a_local_one(s3_dir, tmp_path):
+    """Before: "'s3://...' does not exist; pass image files or folders", though every path may be s3://."""
+    from cxr_tune import storage
+
+    model = write_export(tmp_path / "best")
+    other = write_export(tmp_path / "other", operating_points={"balanced": {"threshold": 0.4}})
+    site = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg", "IM-0002-0001.jpeg"],
+                                                       "PNEUMONIA": ["person1_virus_1.jpeg", "person2_bacteria_2.jpeg"]}})
+    (site / "test" / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8 not a jpeg")
+    remote = storage.join(s3_dir, "site")
+    storage.copy(str(site), remote)
+    tables = {}
+    for where, folder in (("local", str(site / "test")), ("s3", f"{remote}/test/")):
+        done = call_cli("cxr_tune.predict", "--model", str(model), folder, "--csv", str(tmp_path / f"{where}.csv"), "--quiet")
+        assert done.returncode == 0, done.stderr
+        assert "Labelled images: 4 (NORMAL 2, PNEUMONIA 2)" in done.stdout and "broken.jpeg: " in done.stderr + done.stdout
+        tables[where] = pd.read_csv(tmp_path / f"{where}.csv")
+    assert tables["s3"]["path"].str.startswith(f"{remote}/test/").all()
+    pd.testing.assert_frame_equal(tables["s3"].drop(columns="path"), tables["local"].drop(columns="path"))
+    one = call_cli("cxr_tune.predict", "--model", str(model), f"{remote}/test/PNEUMONIA/person1_virus_1.jpeg", "--quiet")
+    assert one.returncode == 0 and "PNEUMONIA 1)" in one.stdout, one.stderr
+    compared = call_cli("cxr_tune.compare", "--model", str(model), "--model", str(other), f"{remote}/test")
+    assert compared.returncode == 0 and "4 labelled images (NORMAL 2, PNEUMONIA 2)" in compared.stdout, compared.stderr
+    missing = call_cli("cxr_tune.predict", "--model", str(model), f"{remote}/nothing")
+    assert missing.returncode == 2 and missing.stderr == f"error: '{remote}/nothing' does not exist; pass image files or folders\n"

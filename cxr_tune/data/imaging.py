@@ -93,6 +93,13 @@ def _scale_high_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(out)
 
 
+def _read(source: str | Path | bytes) -> str | Path | bytes:
+    """The bytes of a file on object storage (``s3://...``), read through :mod:`cxr_tune.storage`; a local path or bytes as given."""
+    if isinstance(source, str) and storage.is_uri(source):
+        return storage.read_bytes(source)
+    return source
+
+
 def _open(source: str | Path | bytes) -> Image.Image:
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
 
@@ -123,8 +130,9 @@ def decode_gray(source: str | Path | bytes, size: int) -> np.ndarray:
 
     Raises whatever Pillow raises for an unreadable, truncated or non-image file, and
     :class:`~cxr_tune.data.dicom.DicomError` for a DICOM file without usable pixels; callers that
-    must not stop on one bad file use :func:`try_decode_gray`.
+    must not stop on one bad file use :func:`try_decode_gray`. A path may be an object-storage URI.
     """
+    source = _read(source)
     if _is_dicom(source):
         return _square(Image.fromarray(dicom.read_gray8(source).pixels, "L"), size)
     with _open(source) as image:
@@ -143,6 +151,7 @@ def decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray, l
     """:func:`decode_gray`'s pixels, and why the image may not be like the training X-rays
     (:func:`cxr_tune.data.input_checks.notes`; empty when nothing says so). For ``predict``: the
     cache build does not pay for the checks."""
+    source = _read(source)
     if _is_dicom(source):
         gray = dicom.read_gray8(source)
         pixels = _square(Image.fromarray(gray.pixels, "L"), size)
@@ -224,7 +233,7 @@ def describe_failure(exc: BaseException) -> str:
 
     if isinstance(exc, UnidentifiedImageError):
         return "not an image Pillow can read"
-    if isinstance(exc, (dicom.DicomError, storage.NotPlainFile, EmptyFile)):
+    if isinstance(exc, (dicom.DicomError, storage.NotPlainFile, storage.StoreError, EmptyFile)):
         return str(exc)  # already one sentence, e.g. which package decodes its transfer syntax
     text = str(exc).split("\n")[0]
     if "truncated" in text.lower():
