@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from cxr_tune import storage
 from cxr_tune.errors import UserError
 
 
@@ -66,7 +67,10 @@ def load_mapping(path: str | Path, what: str, *, strict: bool = True) -> dict[st
     """The top-level mapping in ``path``; ``what`` names the kind of file in error messages.
 
     ``strict=False`` reads as ``yaml.safe_load`` does, aliases and repeated keys (the last wins)
-    included: for a copy a started experiment keeps, which ran under the rules of its day."""
+    included: for a copy a started experiment keeps, which ran under the rules of its day. It must be a
+    local file: ``Path("s3://b/x.yaml")`` would read (and name) ``s3:/b/x.yaml``."""
+    if storage.is_uri(path):
+        raise UserError(f"{what} file '{path}' must be a local file; copy it from object storage first (aws s3 cp {path} .)")
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} file '{path}' is a folder; name a .yaml file")

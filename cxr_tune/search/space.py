@@ -47,6 +47,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cxr_tune import storage
 from cxr_tune.errors import UserError
 from cxr_tune.train.hparams import HParams, HParamsError
 from cxr_tune.yamlfile import load_mapping
@@ -184,8 +185,10 @@ class SpaceSampler:
         return self.space.sample(trial)
 
 
-def resolve_space_path(name_or_path: str) -> Path:
-    """``wide`` → ``search_spaces/wide.yaml``; a path is used as it is."""
+def resolve_space_path(name_or_path: str) -> Path | str:
+    """``wide`` → ``search_spaces/wide.yaml``; a path is used as it is (a URI as text, for load_mapping to refuse)."""
+    if storage.is_uri(name_or_path):
+        return name_or_path
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
         return candidate  # load_mapping says what is wrong with it (missing, a folder, unreadable)

@@ -13,6 +13,7 @@ from cxr_tune.search.space import SPACES_DIR, load_space
 from cxr_tune.search.trial import TrialSettings, trial_hparams
 from cxr_tune.train.model import build_model
 from cxr_tune.train.trainer import Resources
+from tests.conftest import call_cli
 
 SETTINGS = TrialSettings(max_epochs=3, criterion="balanced_accuracy", min_sensitivity=0.0, seed=0, resources=Resources(), train_storage="/tmp")
 
@@ -287,3 +288,11 @@ def test_an_image_size_searched_under_a_condition_keeps_the_default_size_s_cache
 ])
 def test_a_space_whose_every_network_is_possible_loads(tmp_path, body):
     load_space(str(write(tmp_path, body)))
+
+
+def test_a_space_or_params_file_on_object_storage_is_refused_by_its_full_uri():
+    """Before: "search space file 's3:/exp/cfg/smoke2.yaml' does not exist" (Path() had eaten a slash), for a file that exists."""
+    for module, flag, what in (("cxr_tune.search", "--space", "search space"), ("cxr_tune.train", "--params", "params")):
+        done = call_cli(module, flag, "s3://exp/cfg/p.yaml")
+        assert done.returncode == 2
+        assert done.stderr == f"error: {what} file 's3://exp/cfg/p.yaml' must be a local file; copy it from object storage first (aws s3 cp s3://exp/cfg/p.yaml .)\n"
