@@ -73,9 +73,6 @@ def test_cluster_yaml_is_valid_for_the_ray_cluster_launcher():
     # No task on the head, so each trial's CPU share is counted from the CPUs beside its GPU; one image, set, everywhere.
     assert head["resources"] == {"CPU": 0} and "--num-cpus=0" in " ".join(config["head_start_ray_commands"])
     assert head["node_config"]["ImageId"] == workers["node_config"]["ImageId"]
-    ssh_rules = config["provider"]["security_group"]["IpPermissions"]
-    assert [(r["FromPort"], r["ToPort"]) for r in ssh_rules] == [(22, 22)]
-    assert all(ip["CidrIp"] != "0.0.0.0/0" for r in ssh_rules for ip in r["IpRanges"])
     start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in start and "RAY_AUTH_MODE=token" in start
     assert any("pip install -e" in c for c in config["setup_commands"])
@@ -94,7 +91,7 @@ def test_the_on_premises_example_parses_and_its_head_holds_no_cpus_as_on_aws():
     (("available_node_types", "gpu_worker", "min_workers"), "none", jsonschema.ValidationError, "'none' is not of type 'integer'"),
     (("provider",), DELETE, jsonschema.ValidationError, "'provider' is a required property"),
     (("head_node_type",), "no_such_type", ValueError, "`head_node_type` must be one of `available_node_types`."),
-    (("provider", "security_group", "Ports"), [22], jsonschema.ValidationError,
+    (("provider", "security_group"), {"GroupName": "x", "Ports": [22]}, jsonschema.ValidationError,
      "Additional properties are not allowed ('Ports' was unexpected)"),
 ], ids=["min-workers-not-a-number", "no-provider", "unknown-head-type", "unknown-security-group-key"])
 def test_a_broken_cluster_yaml_is_rejected(path, value, rejection, message):
@@ -106,6 +103,42 @@ def test_a_broken_cluster_yaml_is_rejected(path, value, rejection, message):
     assert str(caught.value).splitlines()[0] == message
     if isinstance(caught.value, jsonschema.ValidationError):
         assert tuple(caught.value.absolute_path) in {path, path[:-1]}
+
+
+def test_ray_up_opens_ssh_only_to_the_range_in_the_security_group_the_comment_makes(tmp_path, monkeypatch):
+    """What ``ray up`` sets up on AWS before it launches a node (its provider's bootstrap: key pair, subnets, security
+    groups), against moto's EC2 in this process, after making the group as cluster.yaml's comment says. Before: Ray
+    made the group itself, and a group Ray makes always gets SSH from 0.0.0.0/0 besides the rules provider.security_group lists."""
+    import re
+
+    import boto3
+    from moto import mock_aws
+    from ray.autoscaler._private.aws.config import bootstrap_aws
+    from ray.autoscaler._private.util import prepare_config
+
+    text = CLUSTER_YAML.read_text()
+    cidr = re.search(r"--cidr (\S+)", text).group(1)
+    for key in [k for k in os.environ if k.startswith("AWS_")]:  # the s3 tests' endpoint would take EC2 calls there
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes the cluster's SSH key to ~/.ssh
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")  # seconds saved: cluster.yaml names its image
+    config = yaml.safe_load(text)
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name=config["provider"]["region"])
+        group = ec2.create_security_group(GroupName="cxr-tune-cluster", Description="cxr_tune Ray cluster")["GroupId"]
+        ec2.authorize_security_group_ingress(GroupId=group, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp=cidr)
+        ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group}]}])
+        for node_type in config["available_node_types"].values():  # the CHANGE lines, filled in
+            if "SecurityGroupIds" in node_type["node_config"]:
+                node_type["node_config"]["SecurityGroupIds"] = [group]
+        booted = bootstrap_aws(prepare_config(config))  # what ray up's _bootstrap_config runs, less filling in instance types' CPUs
+        used = {g for node_type in booted["available_node_types"].values() for g in node_type["node_config"]["SecurityGroupIds"]}
+        rules = [r for g in ec2.describe_security_groups(GroupIds=sorted(used))["SecurityGroups"] for r in g["IpPermissions"]]
+    open_to = [(r.get("FromPort"), ip["CidrIp"]) for r in rules for ip in r["IpRanges"]]
+    assert open_to == [(22, cidr)], open_to  # before: [(22, '0.0.0.0/0'), (22, cidr)]
+    assert used == {group} and any(pair["GroupId"] == group for r in rules for pair in r["UserIdGroupPairs"])
 
 
 def _fake_node(cluster: LocalCluster, label: str, logs: dict[str, str], script: str) -> Node:
