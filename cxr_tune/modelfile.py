@@ -210,8 +210,9 @@ def check_model_target(target: str, what: str) -> None:
 def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], extra: dict[str, bytes] | None = None) -> dict[str, Any]:
     """Write ``model.onnx``, ``weights.safetensors``, ``model.json`` (``meta`` plus the files' hashes,
     returned: what loads the folder's files checks them against) and ``extra`` files beside ``target``,
-    then swap the folder in: a kill at any moment leaves the old model or the new one, never neither.
-    Refuses a ``target`` that is not a model folder (:func:`check_model_target`)."""
+    then swap the folder in: on a local disk a kill at any moment leaves the old model or the new one, never
+    neither. On object storage, which cannot rename, a kill during the swap's copy leaves files of both, which
+    every loader refuses by their hashes ("the folder mixes two exports"): the model must be written again. Refuses a ``target`` that is not a model folder (:func:`check_model_target`)."""
     check_model_target(target, "the model folder")
     meta = {**meta, "files": {MODEL_FILE: sha256(files.onnx), WEIGHTS_FILE: sha256(files.weights)}}
     tmp = storage.sibling_tmp(target)

@@ -215,6 +215,30 @@ def test_credentials_the_store_refuses_are_one_line_naming_the_path(s3_server, s
             assert f"'{s3_dir}" in done.stderr and "access denied; check the credentials" in done.stderr
 
 
+def test_a_swap_into_a_model_folder_on_object_storage_cut_short_leaves_a_mix_no_command_loads(s3_dir, tmp_path, monkeypatch):
+    """What README says of object storage, which cannot rename: a kill during the swap's copy leaves neither model
+    whole, and loading the folder says it mixes two exports (locally the exchange is atomic)."""
+    from cxr_tune.serving import load_model
+
+    best, new = storage.join(s3_dir, "best"), storage.join(s3_dir, ".best.tmp-1")
+    storage.copy(str(write_export(tmp_path / "old", image_size=16)), best)
+    storage.copy(str(write_export(tmp_path / "new", image_size=24)), new)
+    copied, real_copy = [], storage.copy
+
+    def killed_before_the_second_file(src: str, dst: str) -> None:
+        if copied:
+            raise KeyboardInterrupt
+        copied.append(dst)
+        real_copy(src, dst)
+
+    monkeypatch.setattr(storage, "copy", killed_before_the_second_file)
+    with pytest.raises(KeyboardInterrupt):
+        storage.replace_dir(new, best)
+    assert copied == [storage.join(best, "model.onnx")]  # model.json, which marks a folder complete, comes last
+    with pytest.raises(UserError, match="model.onnx' does not match the hash in .*; the folder mixes two exports: export the model again"):
+        load_model(best)
+
+
 def test_a_folder_name_stays_one_folder_locally_and_on_object_storage():
     from cxr_tune.storage import check_folder_name
 
