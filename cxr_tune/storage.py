@@ -103,6 +103,18 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), resolve(path)
 
 
+def full_path(inner: str, like: str) -> str:
+    """A path as pyarrow gives it inside a filesystem (and Ray, whose checkpoints' ``path`` is one), as the full path
+    on the store ``like`` is on: for people and records, ``bucket/runs/x`` reads as a local relative path.
+
+    >>> full_path("bucket/runs/x", "s3://bucket/runs"), full_path("/data/runs/x", "/data/runs")
+    ('s3://bucket/runs/x', '/data/runs/x')
+    """
+    if not is_uri(like) or is_uri(inner):
+        return inner
+    return f"{like.split('://', 1)[0]}://{inner.lstrip('/')}"
+
+
 def default_cache_dir() -> str:
     """``$CXR_TUNE_CACHE`` if set, else the user's cache folder (``~/.cache/cxr_tune`` on Linux)."""
     from platformdirs import user_cache_dir  # here, not at the top: the GPU device machine, which runs modelfile, lacks it

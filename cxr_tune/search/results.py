@@ -159,11 +159,12 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...], d
             row.update({"epochs": 0, "best_epoch": math.nan, "run_seconds": math.nan, "checkpoint_path": None})
         else:
             best = best_epoch(history, deciding)
+            checkpoint = best.get("checkpoint_path")  # Ray's, without the store's scheme
             row.update({
                 "epochs": int(history["epoch"].max()),
                 "best_epoch": int(best["epoch"]),
                 "run_seconds": float(history["time_total_s"].max()) if "time_total_s" in history else math.nan,
-                "checkpoint_path": best.get("checkpoint_path"),
+                "checkpoint_path": storage.full_path(checkpoint, experiment_dir) if isinstance(checkpoint, str) else checkpoint,
                 **{m: best[m] for m in METRICS if m in best},
             })
         row["error"] = trial_error(experiment_dir, trial) if trial.status == "ERROR" else ""

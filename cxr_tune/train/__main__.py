@@ -269,7 +269,7 @@ def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding
         "deciding_set": deciding,
         "precision": {k: v for k, v in history.iloc[-1].items() if k in ("precision", "channels_last")},
         "best_epoch": int(best["epoch"]),
-        "best_checkpoint": checkpoint.path if checkpoint else "(not kept: only the best checkpoint by objective and the latest are)",
+        "best_checkpoint": storage.full_path(checkpoint.path, run_dir) if checkpoint else "(not kept: only the best checkpoint by objective and the latest are)",
         "val_metrics": {k: v for k, v in best.items() if k.startswith("val_")},
         "ext_metrics": {k: v for k, v in best.items() if k.startswith("ext_")},
     }

@@ -137,3 +137,16 @@ def test_with_an_event_log_a_trial_without_an_event_was_cut_short_not_guessed_as
     (tmp_path / "trial_events.jsonl").write_text('{"trial_id": "asha", "event": "ASHA stopped", "epochs": 2, "time": 0}\n')
     assert reasons() == {"asha": "ASHA stopped", "cut": "cut short by the end of the search"}
 
+
+
+def test_the_trial_table_records_a_checkpoint_on_object_storage_by_its_full_uri(s3_dir, monkeypatch):
+    """Ray gives a checkpoint's path inside its filesystem: before, trials.csv read ``bucket/runs/exp/train/...``, a local relative path."""
+    from types import SimpleNamespace
+
+    from cxr_tune.search import results
+
+    inner = s3_dir.split("://", 1)[1] + "/train/t1/checkpoint_000001"
+    history = pd.DataFrame([{"epoch": 1, "objective": 0.6, "val_objective": 0.6, "val_auc": 0.7, "val_loss": 0.5, "checkpoint_path": inner}])
+    monkeypatch.setattr(results, "trial_histories", lambda _: ([SimpleNamespace(trial_id="t1", status="TERMINATED", config={})], {"t1": history}))
+    table = results.trials_table(s3_dir, max_epochs=1, rungs=(), deciding="carved")
+    assert table["checkpoint_path"].tolist() == [f"{s3_dir}/train/t1/checkpoint_000001"]
