@@ -267,8 +267,14 @@ def keep_trial_resources(experiment: str, resources: Resources, *, restored: boo
 
 def log_path_of(options: SearchOptions) -> str:
     """Where Ray's and Optuna's output goes: ``search.log`` in a local experiment; for one on
-    object storage a local file in the cache (uploaded beside the experiment when the search ends)."""
-    return storage.local_file_for(options.experiment_dir, LOG_FILE, "logs", options.data.resolved_cache_dir)
+    object storage a local file in the cache (uploaded beside the experiment when the search ends),
+    which starts as the uploaded one when this cache has none (a resume on a new head node): the
+    output is appended to it, and the upload keeps the runs before instead of replacing them."""
+    path = storage.local_file_for(options.experiment_dir, LOG_FILE, "logs", options.data.resolved_cache_dir)
+    uploaded = storage.join(options.experiment_dir, LOG_FILE)
+    if storage.is_uri(uploaded) and not Path(path).exists() and storage.exists(uploaded):
+        storage.copy(uploaded, path)
+    return path
 
 
 def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict, *, resume: bool, verbose: bool = False) -> Any:

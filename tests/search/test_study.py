@@ -126,3 +126,19 @@ def test_trials_a_killed_driver_left_running_are_failed_when_the_search_is_resto
     # A search started afresh over the study (Tune never saved a step) knows no trial at all.
     make_searcher(tmp_path / STUDY_FILE)
     assert [t.state for t in trials_in(tmp_path / STUDY_FILE)] == [TrialState.FAIL, TrialState.FAIL]
+
+
+def test_a_resume_on_a_new_head_node_appends_to_the_uploaded_search_log(s3_dir, tmp_path):
+    """The log's twin of the study above. Before: a cache without the local log started an empty one, and the
+    upload at the end replaced the experiment's search.log with the resumed run's lines alone."""
+    from cxr_tune.search.runner import log_path_of
+
+    options = SearchOptions(name="exp", storage=s3_dir, data=DataOptions(cache_dir=str(tmp_path / "new-head-cache")))
+    storage.write_text_atomic(storage.join(s3_dir, "exp", "search.log"), "first run: Stop signal received\n")
+    local = log_path_of(options)
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    with open(local, "a", encoding="utf-8") as log:  # as library_output_to writes it
+        log.write("resumed run\n")
+    assert open(local, encoding="utf-8").read() == "first run: Stop signal received\nresumed run\n"
+    fresh = SearchOptions(name="new", storage=s3_dir, data=DataOptions(cache_dir=str(tmp_path / "new-head-cache")))
+    assert not os.path.exists(log_path_of(fresh))  # a new experiment starts its own
