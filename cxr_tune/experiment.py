@@ -291,20 +291,13 @@ class Experiment:
         """(run, checkpoint of its last epoch, whether it diverged) for every final-fit run that ended:
         it trained all its epochs, or its scores turned non-finite (the loop stops there, and the same
         seed would diverge again, so it is never trained again)."""
-        import pandas as pd
-
-        from cxr_tune.selection import diverged
-        from cxr_tune.train.checkpoints import load_state, saved_checkpoints
+        from cxr_tune.train.checkpoints import diverged_at_last, newest, run_ended
 
         out = []
         for run in self.final_fit_runs():
-            states = [(folder, load_state(folder)) for folder in saved_checkpoints(self.file(FINAL_FIT_DIR, TRAIN_DIR, run.name))]
-            if not states:
-                continue
-            folder, state = max(states, key=lambda pair: pair[1]["epoch"])
-            lost = bool(state.get("history")) and bool(diverged(pd.DataFrame(state["history"][-1:])).iloc[0])
-            if lost or state["epoch"] + 1 >= run.epochs:
-                out.append((run, folder, lost))
+            found = newest(self.file(FINAL_FIT_DIR, TRAIN_DIR, run.name))
+            if found is not None and run_ended(found[1], run.epochs):
+                out.append((run, found[0], diverged_at_last(found[1])))
         return out
 
     def final_fit_checkpoints(self) -> list[tuple[FinalRun, str]]:

@@ -118,11 +118,14 @@ def _run_one(config: dict[str, Any], *, experiment_dir: str, runs: dict[str, dic
     """Tune trainable of one final-fit run: the trial's hyperparameters, a new seed, the full schedule."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from cxr_tune.search.trial import report_again_if_ended
     from cxr_tune.train.hparams import HParams
     from cxr_tune.train.trainer import make_trainer
 
     config = runs[config["run"]]
     hp = HParams.from_config({**config["hparams"], "seed": config["seed"], "epochs": config["epochs"]})
+    if report_again_if_ended(storage.join(experiment_dir, FINAL_FIT_DIR, TRAIN_DIR, config["name"]), hp.epochs):
+        return  # a run that ended after Tune's last save of its state
     make_trainer(hp, datasets[hp.image_size], class_counts, resources=settings.resources,
                  storage_path=storage.join(experiment_dir, FINAL_FIT_DIR, TRAIN_DIR), name=config["name"],
                  callbacks=[TuneReportCallback()], max_failures=settings.max_failures, deciding=settings.deciding, run=settings.run,

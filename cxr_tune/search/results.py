@@ -130,10 +130,10 @@ def train_run(experiment_dir: str, trial_id: str) -> str:
 
 def newest_checkpoint_history(run: str) -> list[dict[str, Any]]:
     """The metric history in the run's checkpoint of the latest epoch (empty without one)."""
-    from cxr_tune.train.checkpoints import load_state, saved_checkpoints
+    from cxr_tune.train.checkpoints import newest
 
-    states = [load_state(folder) for folder in saved_checkpoints(run)]
-    return max(states, key=lambda state: state["epoch"])["history"] if states else []
+    found = newest(run)
+    return found[1]["history"] if found else []
 
 
 def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...], deciding: str) -> pd.DataFrame:

@@ -3,7 +3,8 @@
 Train V2 is the default in Ray 2.60, so Tune does not wrap a trainer; each trial is this function,
 which builds the trainer and calls ``fit()``. Rank 0's per-epoch reports reach Tune through
 ``TuneReportCallback`` (ASHA reads ``objective`` from them). The Train run is named after the trial
-and stored under the experiment, so a restored trial resumes from its own last checkpoint.
+and stored under the experiment, so a restored trial resumes from its own last checkpoint; one whose
+run had already ended reports that end again (:func:`report_again_if_ended`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cxr_tune import storage
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.trainer import Resources, RunOptions, make_trainer
 
@@ -47,16 +49,42 @@ def run_trial(config: dict[str, Any], *, datasets: dict[int, dict[str, Any]], cl
     from ray.tune.integration.ray_train import TuneReportCallback
 
     hp = trial_hparams(config, settings)
+    name = tune.get_context().get_trial_id()
+    if report_again_if_ended(storage.join(settings.train_storage, name), hp.epochs):
+        return
     trainer = make_trainer(
         hp,
         datasets[hp.image_size],
         class_counts,
         resources=settings.resources,
         storage_path=settings.train_storage,
-        name=tune.get_context().get_trial_id(),
+        name=name,
         callbacks=[TuneReportCallback()],
         max_failures=settings.max_failures,
         deciding=settings.deciding,
         run=settings.run,
     )
     trainer.fit()
+
+
+def report_again_if_ended(run: str, epochs: int) -> bool:
+    """When the Train run ``run`` of ``epochs`` epochs has already ended (all trained, or diverged), report its last epoch
+    to Tune again from its newest checkpoint and return True; else (no checkpoint yet, or epochs left) False.
+
+    Why: Tune saves its state every ~10 s. A driver killed after a trial's run ended but before that save leaves the trial
+    RUNNING there, and ``--resume`` starts it again. Its Train run, restored at its last epoch, trains and reports nothing,
+    and Tune then ends the trial on a result without ``objective``, which ASHA and the searcher refuse (a TuneError that
+    ended every resume). Reported again, the epoch ends the trial as it ended before, for Tune, ASHA, the searcher and the
+    trial table (whose other epochs come from the same checkpoint). Tune did not time this report, so its time is NaN
+    (unknown), as for every epoch read back from a checkpoint, not the seconds since the restart.
+    """
+    from ray import tune
+
+    from cxr_tune.train.checkpoints import newest, run_ended
+
+    found = newest(run)
+    if found is None or not run_ended(found[1], epochs):
+        return False
+    folder, state = found
+    tune.report({**state["history"][-1], "checkpoint_path": folder, "recovered_from_checkpoint": True, "time_this_iter_s": float("nan")})
+    return True

@@ -17,6 +17,7 @@ import pandas as pd
 
 from cxr_tune import storage
 from cxr_tune.errors import damaged
+from cxr_tune.selection import diverged
 
 STATE = "state.pt"
 PREDICTIONS = {"val": "val_predictions.parquet", "ext": "ext_predictions.parquet"}
@@ -63,3 +64,21 @@ def saved_checkpoints(run: str) -> list[str]:
     files, so only folders holding a state count.
     """
     return [p for p in storage.glob(run, "checkpoint_*") if storage.exists(storage.join(p, STATE))]
+
+
+def newest(run: str) -> tuple[str, dict[str, Any]] | None:
+    """The run's checkpoint of its latest epoch and that checkpoint's state (None before its first checkpoint)."""
+    states = [(folder, load_state(folder)) for folder in saved_checkpoints(run)]
+    return max(states, key=lambda pair: pair[1]["epoch"]) if states else None
+
+
+def diverged_at_last(state: dict[str, Any]) -> bool:
+    """Whether the last epoch a checkpoint's ``state`` recorded scored some image non-finite (:func:`cxr_tune.selection.diverged`)."""
+    last = (state.get("history") or [])[-1:]
+    return bool(last) and bool(diverged(pd.DataFrame(last)).iloc[0])
+
+
+def run_ended(state: dict[str, Any], epochs: int) -> bool:
+    """Whether a run whose newest checkpoint holds ``state`` has nothing left to train: it trained all ``epochs``, or its
+    scores turned non-finite (the loop stops there, and the same seed would diverge again)."""
+    return state["epoch"] + 1 >= epochs or diverged_at_last(state)
