@@ -196,7 +196,12 @@ def _main(argv: Sequence[str] | None) -> int:
             runs = ["interrupted"]
         if runs and not Experiment(experiment).final_fit_complete():
             outcome = "interrupted"  # Ctrl-C, or runs that failed: --resume trains what is missing
-    finish_experiment(experiment, export=not args.no_export, interrupted=outcome == "interrupted")
+    try:
+        finish_experiment(experiment, export=not args.no_export, interrupted=outcome == "interrupted")
+    except UserError as exc:
+        if outcome != "interrupted":
+            raise
+        print(f"Nothing to select yet: {exc}")  # no trial had trained an epoch: not the user's mistake, --resume goes on
     if outcome == "interrupted":
         print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}")
         return EXIT_INTERRUPTED

@@ -276,6 +276,31 @@ def test_a_restored_trial_whose_run_had_ended_reports_its_last_epoch_again_and_t
     assert report_again_if_ended(str(run), epochs=5) and reports[0]["diverged"]
 
 
+def test_ctrl_c_before_any_trial_trained_an_epoch_names_the_command_that_continues(tmp_path, monkeypatch):
+    """Tune saved its state, and --resume finishes such a search; yet the command ended with status 2 and "error: no trial
+    ... trained an epoch", as if the user had erred, and named no command to continue it."""
+    import pandas as pd
+
+    from cxr_tune.experiment import Experiment
+    from cxr_tune.search import runner
+    from cxr_tune.search.options import SearchOptions
+
+    experiment = tmp_path / "runs" / "exp"
+
+    def interrupted_search(options: SearchOptions, **kwargs) -> tuple[str, str]:  # Ctrl-C as the first trial started
+        experiment.mkdir(parents=True)
+        (experiment / "experiment.json").write_text(json.dumps({"options": options.to_json()}))
+        return str(experiment), "interrupted"
+
+    monkeypatch.setattr(runner, "run_search", interrupted_search)
+    monkeypatch.setattr(Experiment, "trials", lambda self, ranked=True: pd.DataFrame(
+        {"trial_id": ["a1"], "status": ["PENDING"], "stop_reason": ["unfinished"], "epochs": [0], "error": [""]}))
+    done = call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(tmp_path / "runs"), "--name", "exp", "--no-export")
+    assert done.returncode == 130 and "error:" not in done.stderr, done.stdout + done.stderr
+    assert f"continue it with:\n  python -m cxr_tune.search --name exp --storage {tmp_path / 'runs'} --resume" in done.stdout
+    assert f"no trial of {experiment} trained an epoch" in done.stdout and (experiment / "trials.csv").exists()
+
+
 def test_flags_that_cannot_apply_to_a_resumed_search_are_one_line_errors(tmp_path):
     done = run_cli("cxr_tune.search", "--resume", "--name", "exp", "--storage", str(tmp_path), "--trials", "9")
     assert done.returncode == 2
