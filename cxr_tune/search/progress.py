@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TextIO
 import pandas as pd
 from ray.tune import Callback
 
+from cxr_tune import storage
 from cxr_tune.formatting import clock, time_left
 from cxr_tune.search.budget import SessionBudget
 from cxr_tune.selection import diverged
@@ -160,10 +161,12 @@ def _short(value: Any) -> str:
 
 
 class TrialEventLog(Callback):
-    """Appends why each trial ended to ``trial_events.jsonl`` in the experiment folder.
+    """Adds why each trial ended to ``trial_events.jsonl`` in the experiment folder (``path``, local or on object storage).
 
     Tune marks a trial TERMINATED whether ASHA stopped it, it ran all its epochs, or the search
-    ended around it (time budget, Ctrl-C); only this log tells them apart afterwards.
+    ended around it (time budget, Ctrl-C); only this log tells them apart afterwards. Object storage
+    has no append, so each end writes the (small) file whole, atomically: a kill leaves it as it was
+    before that line or after it, locally and on ``s3://`` alike.
     """
 
     def __init__(self, path: str, max_epochs: int) -> None:
@@ -174,19 +177,18 @@ class TrialEventLog(Callback):
         import json
 
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"trial_id": trial.trial_id, "event": event, "epochs": epochs, "time": time.time()}) + "\n")
+        line = json.dumps({"trial_id": trial.trial_id, "event": event, "epochs": epochs, "time": time.time()}) + "\n"
+        storage.write_text_atomic(self.path, self._text() + line)
+
+    def _text(self) -> str:
+        return storage.read_text(self.path) if storage.exists(self.path) else ""
 
     def _logged(self) -> set[str]:
         """The trials whose end the file holds (from every command that ran the search: a resumed
         command's copy of this log was saved before the trials of earlier commands ended)."""
         import json
 
-        try:
-            with open(self.path, encoding="utf-8") as handle:
-                return {json.loads(line)["trial_id"] for line in handle if line.strip().endswith("}")}
-        except FileNotFoundError:
-            return set()
+        return {json.loads(line)["trial_id"] for line in self._text().splitlines() if line.strip().endswith("}")}
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """A budget ends the search without ending its running trials through Tune's callbacks: they are cut short,

@@ -169,7 +169,7 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...], d
             })
         row["error"] = trial_error(experiment_dir, trial) if trial.status == "ERROR" else ""
         diverged = not history.empty and bool(history["diverged"].fillna(False).astype(bool).any()) if "diverged" in history else False
-        # With an event log every ASHA stop is in it: the rungs guess only for an experiment without one (on object storage).
+        # With an event log every ASHA stop is in it: the rungs guess only for an experiment without one (on object storage, from before it had one).
         guess = () if events else rungs
         row["stop_reason"] = "diverged" if diverged else _stop_reason(trial.status, row["epochs"], max_epochs, events.get(trial.trial_id), guess)
         row["started"] = trial.run_metadata.start_time if getattr(trial, "run_metadata", None) else math.nan
@@ -225,7 +225,7 @@ def _stop_reason(status: str, epochs: int, max_epochs: int, event: str | None, r
     if epochs >= max_epochs:
         return "completed"
     if event == "ASHA stopped" or (event is None and epochs in rungs):
-        return "ASHA stopped"  # with no event log (an experiment on object storage) the rung rule guesses
+        return "ASHA stopped"  # with no event log (an experiment on object storage from before it had one) the rung rule guesses
     return "cut short by the end of the search" if epochs else "never trained (the search ended first)"
 
 

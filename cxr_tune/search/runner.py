@@ -309,8 +309,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         callbacks=[
             JsonLoggerCallback(),
             ProgressPrinter(plan.trials, plan.max_epochs, options.select, split.deciding_set(options.select_on)),
-            # Event logs need a local file; on object storage the rung rule in results.py applies.
-            *([] if storage.is_uri(options.experiment_dir) else [TrialEventLog(str(Path(options.experiment_dir, EVENTS_FILE)), plan.max_epochs)]),
+            TrialEventLog(storage.join(options.experiment_dir, EVENTS_FILE), plan.max_epochs),
         ],
         # Train restarts a trial's workers from its last checkpoint when they fail; this covers the
         # trial's own driver dying with its node (it then resumes from the same Train checkpoints).

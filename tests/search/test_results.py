@@ -150,3 +150,25 @@ def test_the_trial_table_records_a_checkpoint_on_object_storage_by_its_full_uri(
     monkeypatch.setattr(results, "trial_histories", lambda _: ([SimpleNamespace(trial_id="t1", status="TERMINATED", config={})], {"t1": history}))
     table = results.trials_table(s3_dir, max_epochs=1, rungs=(), deciding="carved")
     assert table["checkpoint_path"].tolist() == [f"{s3_dir}/train/t1/checkpoint_000001"]
+
+
+def test_on_object_storage_the_event_log_is_written_there_and_tells_a_budget_cut_from_an_asha_stop(s3_dir, monkeypatch):
+    """An experiment on s3 had no trial_events.jsonl: a trial the time budget cut short at a rung epoch was guessed
+    'ASHA stopped' from the rungs (even a search's only trial, which ASHA has nothing to compare with)."""
+    from types import SimpleNamespace
+
+    from cxr_tune import storage
+    from cxr_tune.experiment import EVENTS_FILE
+    from cxr_tune.search import results
+    from cxr_tune.search.budget import SessionBudget
+    from cxr_tune.search.progress import TrialEventLog
+
+    trials = [SimpleNamespace(trial_id=t, status="TERMINATED", config={}, last_result={"epoch": 2}) for t in ("asha", "cut")]
+    log = TrialEventLog(storage.join(s3_dir, EVENTS_FILE), max_epochs=300)  # where the search puts it
+    log.on_trial_complete(0, trials, trials[0])  # ASHA stopped it at its rung
+    monkeypatch.setattr(SessionBudget, "ended", "time budget")
+    log.on_experiment_end(trials=trials)  # the budget ended the search around the other, at the same epoch
+    history = pd.DataFrame([{"epoch": e, "objective": 0.6, "val_objective": 0.6, "val_auc": 0.7, "val_loss": 0.5} for e in (1, 2)])
+    monkeypatch.setattr(results, "trial_histories", lambda _: (trials, {t.trial_id: history for t in trials}))
+    table = results.trials_table(s3_dir, max_epochs=300, rungs=(1, 2, 4), deciding="carved")
+    assert dict(zip(table["trial_id"], table["stop_reason"])) == {"asha": "ASHA stopped", "cut": "cut short by the end of the search"}

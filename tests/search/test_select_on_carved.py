@@ -76,6 +76,9 @@ def test_carved_validation_decides_and_the_external_set_is_only_scored(search):
     assert meta["external"]["selection_set"] is False and "chose nothing" in meta["external"]["note"]
     assert "external validation (chose nothing)" in stdout and "external validation (not used to select)" in stdout
     assert "external validation (SELECTION SET" not in stdout
+    # Why each trial ended, logged on s3 too (before: no log there, and the trial table guessed ASHA from the rungs).
+    events = {e["trial_id"]: e["event"] for e in map(json.loads, (experiment / "trial_events.jsonl").read_text().splitlines())}
+    assert events == dict(zip(table["trial_id"], table["stop_reason"])), events
 
 
 def test_the_export_reads_no_external_label_for_any_choice(remote, tmp_path, monkeypatch):
