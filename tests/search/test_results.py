@@ -138,7 +138,6 @@ def test_with_an_event_log_a_trial_without_an_event_was_cut_short_not_guessed_as
     assert reasons() == {"asha": "ASHA stopped", "cut": "cut short by the end of the search"}
 
 
-
 def test_the_trial_table_records_a_checkpoint_on_object_storage_by_its_full_uri(s3_dir, monkeypatch):
     """Ray gives a checkpoint's path inside its filesystem: before, trials.csv read ``bucket/runs/exp/train/...``, a local relative path."""
     from types import SimpleNamespace
