@@ -39,7 +39,7 @@ import pandas as pd
 
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
-from cxr_tune.data.imaging import describe_failure, try_decode_checked
+from cxr_tune.data.imaging import decode_gray, describe_failure, try_decode_checked
 from cxr_tune.data.sources import CLASSES
 from cxr_tune.data.synthetic import SYNTHETIC_MARKER
 from cxr_tune.errors import UserError, run_cli
@@ -56,9 +56,6 @@ _CHUNK_FILES = 1024
 
 if TYPE_CHECKING:  # torch is imported only for --explain: scoring needs onnxruntime alone, and starts faster without it
     from cxr_tune.modelfile import Members
-
-#: What :func:`predict` hands on while it holds a chunk: that chunk's rows of its table and the pixels they were scored on.
-EachChunk = Callable[[pd.DataFrame, np.ndarray], None]
 
 
 class Input(NamedTuple):
@@ -149,32 +146,25 @@ def path_text(path: Path | str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None = None,
-            each_chunk: EachChunk | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(predictions: path, probability, prediction, check, label; skipped: path, reason), predictions
     at ``threshold`` (default: the model's own); ``check`` says why an image may not be like the
-    training X-rays ("" when nothing does). ``each_chunk`` sees each chunk's rows with the pixels they
-    were scored on (``--explain`` draws its figures from them, so no image is decoded twice)."""
-    return predict_each([model], files, [model.threshold if threshold is None else threshold], each_chunk)[0]
+    training X-rays ("" when nothing does)."""
+    return predict_each([model], files, [model.threshold if threshold is None else threshold])[0]
 
 
-def predict_each(models: Sequence[LoadedModel], files: Sequence[Input], thresholds: Sequence[float],
-                 each_chunk: EachChunk | None = None) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+def predict_each(models: Sequence[LoadedModel], files: Sequence[Input], thresholds: Sequence[float]) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
     """:func:`predict` of each model at its threshold on the same files, each file decoded once per image size
-    the models take (not once per model), a chunk of files at a time; ``each_chunk``: as :func:`predict`'s, once per model and chunk."""
+    the models take (not once per model), a chunk of files at a time."""
     sizes = sorted({model.image_size for model in models})
     read = {size: _Read([], [], []) for size in sizes}
     scores: list[list[np.ndarray]] = [[] for _ in models]
     for start in range(0, len(files) or 1, _CHUNK_FILES):  # no files: one empty chunk, for the empty frames
         for size in sizes:
-            before = len(read[size].files)
             images = _decode_chunk(files[start : start + _CHUNK_FILES], size, read[size])
-            for model, scored, threshold in zip(models, scores, thresholds, strict=True):
+            for model, scored in zip(models, scores, strict=True):
                 if model.image_size == size:
                     scored.append(probabilities(model, images))
-                    if each_chunk is not None and len(images):
-                        chunk = _Read(read[size].files[before:], read[size].checks[before:], [])
-                        each_chunk(_frames(chunk, scored[-1], threshold)[0], images)
     return [_frames(read[model.image_size], np.concatenate(scored), threshold) for model, scored, threshold in zip(models, scores, thresholds, strict=True)]
 
 
@@ -205,6 +195,7 @@ def _frames(read: _Read, scores: np.ndarray, threshold: float) -> tuple[pd.DataF
     """:func:`predict`'s two tables from what decoding found and the scores of the files read."""
     frame = pd.DataFrame({
         "path": [path_text(file.path) for file in read.files],
+        "file": pd.Series([file.path for file in read.files], dtype=object),  # the Path itself, to read the image again (--explain)
         "probability": scores,
         "prediction": (scores >= threshold).astype(int),
         "check": read.checks,
@@ -272,38 +263,35 @@ def subgroup_lines(groups: dict[str, dict[str, Any]] | None) -> list[str]:
         for group in groups.values()]
 
 
-class Explanations:
-    """``--explain``: one PNG per scored image in ``out_dir``: the image, its Grad-CAM map over it, the
-    probability and the label at operating point ``point`` (and the folder's label, if any). Given to
-    :func:`predict` as its ``each_chunk``, it draws from the pixels predict scored, a chunk at a time
-    (one chunk's pixels and maps held), so each image is decoded once; ``written``: the figures so far."""
+def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: str, point: str) -> list[Path]:
+    """One PNG per scored image in ``out_dir``: the image, its Grad-CAM map over it, the
+    probability and the label at operating point ``point`` (and the folder's label, if any)."""
+    from cxr_tune.saliency import explain_figure, grad_cam
 
-    def __init__(self, model: LoadedModel, members: Members, out_dir: str, point: str) -> None:
-        self.members, self.out, self.point = members, Path(out_dir), point
-        self.threshold = threshold_for(model.meta, point)
-        self.used: set[str] = set()  # figure names across chunks, as explanation_names gives them for the whole table
-        self.written: list[Path] = []
-
-    def __call__(self, rows: pd.DataFrame, images: np.ndarray) -> None:
-        from cxr_tune.saliency import explain_figure, grad_cam
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        maps = grad_cam(self.members, images)
-        for row, name, image, heat in zip(rows.itertuples(), explanation_names(rows["path"], self.used), images, maps, strict=True):
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    threshold = threshold_for(model.meta, point)
+    names = explanation_names(frame["path"])
+    written: list[Path] = []
+    for start in range(0, len(frame), _CHUNK_FILES):  # as predict() reads them: one chunk's pixels and maps held at a time
+        part = frame.iloc[start : start + _CHUNK_FILES]
+        images = np.stack(_decode_all(part["file"], lambda path: decode_gray(path, model.image_size)))  # pixels only: predict() checked them
+        maps = grad_cam(members, images)
+        for row, name, image, heat in zip(part.itertuples(), names[start : start + _CHUNK_FILES], images, maps, strict=True):
             truth = "" if pd.isna(row.label) else f"; labelled {CLASSES[int(row.label)]}"
-            probability, cut = against(row.probability, self.threshold)
-            caption = (f"{row.path}\nP(PNEUMONIA) {probability}: {CLASSES[row.prediction]} at {self.point} "
+            probability, cut = against(row.probability, threshold)
+            caption = (f"{row.path}\nP(PNEUMONIA) {probability}: {CLASSES[row.prediction]} at {point} "
                        f"(threshold {cut}){truth}")  # the path as given: two folders may hold the same file name
-            explain_figure(self.out / name, image, heat, caption)
-            self.written.append(self.out / name)
+            explain_figure(out / name, image, heat, caption)
+            written.append(out / name)
+    return written
 
 
-def explanation_names(paths: Iterable[str], used: set[str] | None = None) -> list[str]:
+def explanation_names(paths: Iterable[str]) -> list[str]:
     """Each image's figure name under ``--explain``: its file name's stem as a PNG, numbered where
-    the same name comes again (NORMAL/x.jpeg, PNEUMONIA/x.jpeg: x.png, x-1.png); ``used``: the names
-    given to earlier chunks of the same table (updated)."""
+    the same name comes again (NORMAL/x.jpeg, PNEUMONIA/x.jpeg: x.png, x-1.png)."""
     names: list[str] = []
-    used = set() if used is None else used
+    used: set[str] = set()
     for path in paths:
         name, copy = Path(path).stem, 1
         while name in used:
@@ -372,8 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics and all(file.label is None for file in files):
         raise UserError(f"--metrics needs labelled images; none of the {len(files)} file(s) in {', '.join(args.inputs)} sits under a "
                         "NORMAL/ or PNEUMONIA/ folder")
-    explanations = Explanations(model, members, args.explain, args.operating_point) if members is not None else None
-    frame, skipped = predict(model, files, threshold, explanations)
+    frame, skipped = predict(model, files, threshold)
     # The files first: a console that goes away (output piped into head) must not cost them.
     if args.csv:
         columns = ["path", "probability", "prediction", "check"]
@@ -388,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if metrics is not None and args.metrics:
         record = {"model": args.model, "operating_point": args.operating_point, "scored": len(frame), "skipped": len(skipped), **metrics}
         storage.write_text_atomic(args.metrics, json.dumps(json_safe(record), indent=2))
-    written = explanations.written if explanations is not None and not frame.empty else None
+    written = explain(model, members, frame, args.explain, args.operating_point) if members is not None and not frame.empty else None
     if not args.quiet:
         for row in frame.itertuples():
             print(f"{row.probability:.4f}  {CLASSES[row.prediction]:<9}  {printable(row.path)}")
