@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -66,7 +67,9 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
                         "NORMAL/ or PNEUMONIA/ folder")
     frames, skipped = {}, {}
     for name, (frame, unread) in zip(loaded, predict_each(list(loaded.values()), labelled, list(thresholds.values())), strict=True):
-        frames[name] = frame.set_index("path")
+        # keyed by the file itself: its path text escapes bytes that are not UTF-8 (caf\xe9), which a name holding
+        # those four characters also reads as
+        frames[name] = frame.set_index(frame["file"].map(os.fsencode))
         skipped.update(dict(zip(unread["path"], unread["reason"], strict=True)))
     common = sorted(set.intersection(*(set(frame.index) for frame in frames.values())))
     scores = {name: frame.loc[common, "probability"].to_numpy(dtype=float) for name, frame in frames.items()}

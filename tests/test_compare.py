@@ -80,7 +80,8 @@ def test_each_image_is_decoded_once_per_image_size_the_models_take_not_once_per_
 
 def test_names_that_differ_only_in_bytes_that_are_not_utf8_stay_two_images(tmp_path, site):
     """Both names became ``IM-caf\ufffd-0001.jpeg``: one key for two images (8 images counted, 9 scored) and one of two
-    unreadable files lost from the list. Each is its own, printed with its bytes escaped."""
+    unreadable files lost from the list; then a name holding the four characters \\xe9 met the escaped byte. Each is
+    its own, printed with its bytes escaped."""
     import os
     import shutil
 
@@ -88,11 +89,12 @@ def test_names_that_differ_only_in_bytes_that_are_not_utf8_stay_two_images(tmp_p
     for byte in (b"\xe8", b"\xe9"):
         shutil.copy(site / "NORMAL" / "IM-0000-0001.jpeg", os.fsdecode(normal + b"/IM-caf" + byte + b"-0001.jpeg"))
         (site / "NORMAL" / os.fsdecode(b"notes" + byte + b".txt")).write_text("not an image")
+    shutil.copy(site / "NORMAL" / "IM-0001-0001.jpeg", site / "NORMAL" / "IM-caf\\xe9-0001.jpeg")  # the escaped form, written out
     own, other = write_export(tmp_path / "own", threshold=0.5), write_export(tmp_path / "other", threshold=0.3)
     done = call_cli("cxr_tune.compare", "--model", str(own), "--model", str(other), str(site), "--metrics", str(tmp_path / "c.json"))
 
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "c.json").read_text())
-    assert result["images"] == 27 and result["class_counts"] == [13, 14]
+    assert result["images"] == 28 and result["class_counts"] == [14, 14]
     assert sorted(result["skipped"]) == [str(site / "NORMAL" / "notes\\xe8.txt"), str(site / "NORMAL" / "notes\\xe9.txt")]
     assert "notes\\xe8.txt: " in done.stdout and "notes\\xe9.txt: " in done.stdout
