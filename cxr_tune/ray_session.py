@@ -242,9 +242,13 @@ def remove_idle_placement_groups(min_age_s: float | None = None) -> float:
         from ray.util.placement_group import PlacementGroup, remove_placement_group
         from ray.util.state import list_actors, list_placement_groups
 
-        job = ray.get_runtime_context().get_job_id()
-        groups = list_placement_groups(filters=[("creator_job_id", "=", job), ("state", "=", "CREATED")], detail=True, raise_on_missing_output=False)
-        in_use = {a.placement_group_id for a in list_actors(filters=[("state", "!=", "DEAD")], detail=True, raise_on_missing_output=False)}
+        context = ray.get_runtime_context()
+        job = context.get_job_id()
+        # This command's own Ray, by address: without one the State API looks for Ray's processes on the machine, and
+        # with another user's Ray also running it finds several and refuses ("Found multiple active Ray instances").
+        ours = {"address": context.gcs_address, "detail": True, "raise_on_missing_output": False}
+        groups = list_placement_groups(filters=[("creator_job_id", "=", job), ("state", "=", "CREATED")], **ours)
+        in_use = {a.placement_group_id for a in list_actors(filters=[("state", "!=", "DEAD")], **ours)}
     except Exception:  # noqa: BLE001 - no State API (no dashboard): nothing is removed, the wait goes on
         return 0.0
     freed = 0.0

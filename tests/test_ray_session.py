@@ -203,6 +203,22 @@ def test_cpus_an_ended_trial_left_reserved_are_taken_back(ray_session, capsys, m
 
 
 @slow
+def test_idle_groups_are_looked_up_in_this_commands_own_ray(ray_session, monkeypatch):
+    """Without an address the State API looks for Ray's processes on the machine: with another Ray also running there
+    (another user's, a killed command's) it found several, refused, and the CPUs a trial left reserved stayed so."""
+    import ray
+    import ray.util.state
+
+    asked: list[str | None] = []
+    for name in ("list_placement_groups", "list_actors"):
+        real = getattr(ray.util.state, name)
+        monkeypatch.setattr(ray.util.state, name, lambda *args, real=real, **kwargs: asked.append(kwargs.get("address")) or real(*args, **kwargs))
+    _reserve_every_cpu(ray_session)
+    assert session.remove_idle_placement_groups(min_age_s=0.0) > 0
+    assert asked == [ray.get_runtime_context().gcs_address] * 2
+
+
+@slow
 def test_a_short_wait_is_silent(ray_session, capsys):
     # CPUs that the session's last user is still giving back come free well within quiet_s.
     wait_for_free_cpu(0.05, "read the image cache", timeout_s=300, quiet_s=60)
