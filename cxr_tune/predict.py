@@ -76,7 +76,7 @@ def collect(inputs: Sequence[str]) -> list[Input]:
     seen: set[str] = set()
     for item in inputs:
         path = Path(item)
-        if storage.is_uri(item):
+        if storage.is_uri(item) and not (path.exists() or path.is_symlink()):  # a local folder may be called s3:
             found = _stored(item)
         elif path.is_dir():
             listed, unlisted = _files_under(path)

@@ -99,7 +99,10 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     environment, so the same URI reaches AWS, MinIO or a test server.
     """
     if is_uri(path):
-        return pafs.FileSystem.from_uri(path)
+        try:
+            return pafs.FileSystem.from_uri(path)
+        except ValueError as exc:  # pyarrow.ArrowInvalid: a scheme it has no filesystem for (https://, C://)
+            raise UserError(f"'{path}' is neither a local path nor an object-store URI this project can read (s3://...): {exc}") from None
     return pafs.LocalFileSystem(), resolve(path)
 
 

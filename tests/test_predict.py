@@ -373,3 +373,15 @@ def test_predict_and_compare_read_an_image_folder_on_object_storage_as_a_local_o
     assert compared.returncode == 0 and "4 labelled images (NORMAL 2, PNEUMONIA 2)" in compared.stdout, compared.stderr
     missing = call_cli("cxr_tune.predict", "--model", str(model), f"{remote}/nothing")
     assert missing.returncode == 2 and missing.stderr == f"error: '{remote}/nothing' does not exist; pass image files or folders\n"
+
+
+def test_an_image_argument_that_only_looks_like_a_uri_is_one_line_or_a_local_folder(tmp_path):
+    """Once s3:// image folders were read, a pasted URL (https://...) or C://x ended in pyarrow's traceback, and a real
+    local folder named s3: (../odd/s3://x) was taken for a URI."""
+    model = write_export(tmp_path / "best")
+    for item in ("https://example.com/x.png", "C://x"):
+        done = call_cli("cxr_tune.predict", "--model", str(model), item, "--quiet")
+        assert done.returncode == 2 and done.stderr.startswith(f"error: '{item}' is neither a local path nor an object-store URI"), done.stderr
+    kermany_folder(tmp_path / "odd" / "s3:" / "x", {"test": {"NORMAL": ["IM-0001-0001.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"]}})
+    done = call_cli("cxr_tune.predict", "--model", str(model), f"{tmp_path}/odd/s3://x", "--quiet")
+    assert done.returncode == 0 and "Labelled images: 2 (NORMAL 1, PNEUMONIA 1)" in done.stdout, done.stderr
