@@ -157,15 +157,24 @@ def _settle(shared_ray: SharedRay, when: str) -> None:
         warnings.warn(f"CPUs of the session's Ray were held {when} a module; released that Ray. {held}", stacklevel=2)
 
 
-def cpus_come_free(ray, grace_s: float) -> bool:
+def cpus_come_free(ray, grace_s: float, sweep_after_s: float = 3.0) -> bool:
     """Wait up to ``grace_s`` for every CPU of the running Ray to come free (actors and trial
-    processes give theirs back a few seconds after their work ends); whether they did."""
+    processes give theirs back a few seconds after their work ends); whether they did. After
+    ``sweep_after_s`` the placement groups no live actor uses are removed, as a command's wait for a
+    free CPU removes them (a trial the search's end stopped as it started can leave its group
+    reserved; waiting out the grace for it cost 31 s and a Ray restart in a fresh clone)."""
     import time
 
-    deadline = time.monotonic() + grace_s
+    from cxr_tune.ray_session import remove_idle_placement_groups
+
+    start = time.monotonic()
+    swept = False
     while ray.available_resources().get("CPU", 0.0) + 1e-9 < ray.cluster_resources().get("CPU", 0.0):
-        if time.monotonic() >= deadline:
+        if time.monotonic() - start >= grace_s:
             return False
+        if not swept and time.monotonic() - start >= sweep_after_s:
+            remove_idle_placement_groups(min_age_s=sweep_after_s)
+            swept = True
         time.sleep(0.2)
     return True
 
