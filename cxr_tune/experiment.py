@@ -327,6 +327,12 @@ class Experiment:
         storage.copy(self.file(STUDY_FILE), snapshot)
         return snapshot
 
+    def study(self) -> Any:
+        """The search's Optuna study, read from :attr:`study_path` (the report's importances, bench search's count of random trials)."""
+        import optuna
+
+        return optuna.load_study(study_name=self.options.name, storage=f"sqlite:///{self.study_path}")
+
     def has_tune_state(self) -> bool:
         """True once Tune has saved the search's state, which it does at its first step."""
         return tune_state_saved(self.path)

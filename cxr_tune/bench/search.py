@@ -57,7 +57,7 @@ def drawn_at_random(experiment: Experiment) -> tuple[int, int]:
     settings = experiment.space().settings
     startup = min(settings.startup_trials, experiment.options.trials or settings.trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=experiment.options.name, storage=f"sqlite:///{experiment.study_path}")
+    study = experiment.study()
     trials = study.get_trials(deepcopy=False)
     ended = [t.datetime_complete for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     return sum(sum(end <= t.datetime_start for end in ended) < startup for t in trials), startup

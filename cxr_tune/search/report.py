@@ -280,7 +280,7 @@ def plot_importances(path: Path, experiment: Experiment) -> dict[str, str | None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            study = optuna.load_study(study_name=experiment.options.name, storage=f"sqlite:///{db}")
+            study = experiment.study()
             complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
             stopped = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
             basis = (f"the {complete} trial(s) that ran every epoch (Optuna reads only completed trials; "

@@ -22,7 +22,8 @@ def _study(tmp_path, depths: list[int], *, stopped: int = 0) -> types.SimpleName
     for _ in range(stopped):
         study.add_trial(optuna.trial.create_trial(params={"depth": 2, "lr": 0.05}, distributions=distributions,
                                                   state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.4}))
-    return types.SimpleNamespace(study_path=str(db), options=types.SimpleNamespace(name="lopsided"))
+    return types.SimpleNamespace(study_path=str(db), options=types.SimpleNamespace(name="lopsided"),
+                                 study=lambda: optuna.load_study(study_name="lopsided", storage=f"sqlite:///{db}"))
 
 
 @pytest.fixture
