@@ -100,10 +100,25 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """
     if is_uri(path):
         try:
-            return pafs.FileSystem.from_uri(path)
+            return pafs.FileSystem.from_uri(_bounded_retries(path))
         except ValueError as exc:  # pyarrow.ArrowInvalid: a scheme it has no filesystem for (https://, C://)
             raise UserError(f"'{path}' is neither a local path nor an object-store URI this project can read (s3://...): {exc}") from None
     return pafs.LocalFileSystem(), resolve(path)
+
+
+GCS_RETRY_SECONDS = 30
+
+
+def _bounded_retries(uri: str) -> str:
+    """``uri`` asking pyarrow's Google Cloud Storage client to give up after :data:`GCS_RETRY_SECONDS`.
+
+    Its default is to retry for 15 minutes, so a machine with no credentials or no network sat silent
+    that long before any error (seen: still waiting after 2 minutes); a URI's own
+    ``?retry_limit_seconds=`` wins."""
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme not in ("gs", "gcs") or "retry_limit_seconds=" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}retry_limit_seconds={GCS_RETRY_SECONDS}"
 
 
 def full_path(inner: str, like: str) -> str:
@@ -170,6 +185,9 @@ def _store_reason(path: str, exc: OSError) -> str:
     if any(code in text for code in ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "EXPIRED_TOKEN",
                                      "HTTP status 403")):
         return f"access denied; check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE, an instance profile) and that they may use the bucket '{bucket}'"
+    if "OAuth2 access token" in text or "Retry policy exhausted" in text:  # Google Cloud Storage, after GCS_RETRY_SECONDS
+        return ("no answer from Google Cloud Storage within its retry limit; check the network and the credentials "
+                "(gcloud auth application-default login, or GOOGLE_APPLICATION_CREDENTIALS)")
     if "NETWORK_CONNECTION" in text:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "the object store"
         return f"no connection to {endpoint}; check the network and AWS_ENDPOINT_URL"

@@ -200,6 +200,20 @@ def test_commands_refuse_an_output_in_a_missing_bucket_before_any_work(s3_server
     assert done.returncode == 2 and "not a cxr_tune experiment" not in done.stderr and "does not exist" in done.stderr
 
 
+def test_google_cloud_storage_out_of_reach_is_one_line_within_the_retry_limit(monkeypatch):
+    """Before: pyarrow's client retried for 15 minutes without a word (no credentials or no network: still silent
+    after 2 minutes). The endpoint here is a dead local port, so the answer is the same with or without a network."""
+    import time
+
+    monkeypatch.setattr(storage, "GCS_RETRY_SECONDS", 1)
+    uri = "gs://cxr-tune-unreachable/runs?endpoint_override=127.0.0.1:9&scheme=http"
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"^--storage 'gs://cxr-tune-unreachable/runs\?.*' cannot be reached: no answer from Google Cloud Storage"):
+        storage.check_writable(uri, "--storage")
+    assert time.monotonic() - started < 60
+    assert storage._bounded_retries("gs://b/x?retry_limit_seconds=5") == "gs://b/x?retry_limit_seconds=5"  # the user's own limit stands
+
+
 def test_credentials_the_store_refuses_are_one_line_naming_the_path(s3_server, s3_dir, tmp_path):
     """Before: ``OSError: ... AWS Error ACCESS_DENIED during HeadObject operation`` and its traceback, from any command."""
     storage.copy(str(write_export(tmp_path / "best")), storage.join(s3_dir, "best"))
