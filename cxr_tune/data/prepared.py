@@ -224,6 +224,17 @@ def check_external_size(manifest: pd.DataFrame, what: str, instead: str = "pass 
         )
 
 
+def check_caches_buildable(split: SplitData, sizes: Iterable[int]) -> None:
+    """One line, before Ray starts and before a command writes its run or experiment folder, when an image cache
+    ``sizes`` needs is missing and the cache folder cannot be written (a read-only shared cache): that folder would
+    otherwise hold a half-started run that recorded the unusable cache."""
+    from cxr_tune.data.cache import check_buildable, find_cache
+
+    for size in sorted(set(sizes)):
+        if find_cache(split.cache_dir, split.source.manifest, size) is None:
+            check_buildable(split.cache_dir, size)
+
+
 def datasets_by_size(split: SplitData, sizes: list[int], roles: tuple[str, ...] | None = None) -> dict[int, dict]:
     """``{image_size: {role: materialized Dataset}}``, building each size's cache once. Needs Ray.
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_tune import __version__, folder_lock, storage
-from cxr_tune.data.prepared import SplitData, datasets_by_size, split_data
+from cxr_tune.data.prepared import SplitData, check_caches_buildable, datasets_by_size, split_data
 from cxr_tune.errors import UserError, ctrl_c_kept
 from cxr_tune.experiment import EVENTS_FILE, EXPERIMENT_FILE, LOG_FILE, SPACE_FILE, SPLITS_FILE, TRAIN_DIR, Experiment
 from cxr_tune.provenance import provenance
@@ -120,7 +120,6 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
     """
     started = time.time() if started is None else started
     from cxr_tune.console import library_output_to
-    from cxr_tune.data.cache import check_buildable, find_cache
     from cxr_tune.ray_session import check_own_ray, cluster_held, ray_session
 
     check_own_ray(options.address)  # before the experiment is written: a Ray that cannot start here is one line
@@ -135,9 +134,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
         split = split_data(options.data)
     # A cache to build in a folder that cannot be written: one line before Ray starts, and before the experiment is
     # written (which would hold that --cache-dir, and refuse the corrected command as an experiment that exists).
-    for size in space.image_sizes():
-        if find_cache(split.cache_dir, split.source.manifest, size) is None:
-            check_buildable(split.cache_dir, size)
+    check_caches_buildable(split, space.image_sizes())
     if not resume:
         _start_experiment(options, space, split)
         folder_lock.hold(experiment)  # until the command ends (main's folder_lock.holding)

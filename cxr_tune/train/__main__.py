@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from cxr_tune import folder_lock, storage
 from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_float, positive_float, positive_int
-from cxr_tune.data.prepared import DataOptions, SplitData, add_data_arguments, datasets_by_size, split_data
+from cxr_tune.data.prepared import DataOptions, SplitData, add_data_arguments, check_caches_buildable, datasets_by_size, split_data
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt, json_safe
@@ -93,6 +93,7 @@ def _main(argv: Sequence[str] | None) -> int:
         check_same_run(run_dir, hp)
     options = DataOptions.from_args(args)
     split = split_data(options)
+    check_caches_buildable(split, [hp.image_size])  # before run.json is written below: a refused command leaves nothing behind
     print(f"Data: {split.source.description}")
     print(split.describe_external(args.select_on))
     if skipped := split.describe_skipped():
