@@ -141,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     from cxr_tune.experiment import Experiment
-    from cxr_tune.search.finish import finish_experiment
-    from cxr_tune.search.runner import can_resume, resume_command, run_search
+    from cxr_tune.search.finish import NothingToSelect, finish_experiment
+    from cxr_tune.search.runner import can_resume, report_only_command, resume_command, run_search
 
     started = time.time()  # a --job-budget counts from here
     args = build_parser().parse_args(argv)
@@ -198,10 +198,21 @@ def _main(argv: Sequence[str] | None) -> int:
             outcome = "interrupted"  # Ctrl-C, or runs that failed: --resume trains what is missing
     try:
         finish_experiment(experiment, export=not args.no_export, interrupted=outcome == "interrupted")
-    except UserError as exc:
+    except NothingToSelect as exc:
         if outcome != "interrupted":
             raise
         print(f"Nothing to select yet: {exc}")  # no trial had trained an epoch: not the user's mistake, --resume goes on
+    except UserError as exc:  # the table, export or report of an interrupted search failed: say why, and how it goes on
+        if outcome != "interrupted":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C in the table, export or report: its trials are kept, the files it was writing are not all there
+        if outcome == "interrupted":
+            print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}", file=sys.stderr)
+        else:
+            print(f"\nThe search ended, but writing its trial table, report and export was interrupted; write them with:\n  "
+                  f"{report_only_command(options, export=not args.no_export)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if outcome == "interrupted":
         print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}")
         return EXIT_INTERRUPTED

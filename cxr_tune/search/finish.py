@@ -13,6 +13,11 @@ from cxr_tune.formatting import fmt
 from cxr_tune.serving import META_FILE, read_meta
 
 
+class NothingToSelect(UserError):
+    """No trial has an epoch to rank yet (none trained one, or every one diverged): an interrupted search's resume may
+    still train one, so its command says so and names the command that continues, rather than fail."""
+
+
 def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: bool = False) -> dict[str, Any]:
     """Write ``trials.csv``/``trials.parquet``, export the selected trial(s), write ``report.md``;
     ``interrupted``: the search stopped before its end (its best so far is exported, and says so)."""
@@ -24,13 +29,13 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
     if not table.empty and table["epochs"].fillna(0).eq(0).all():  # nothing to rank: the table (with each trial's error) is what there is
         _write_table(experiment, table)
         errors = table[table["error"].astype(str).str.strip() != ""]["error"]
-        raise UserError(f"no trial of {experiment.path} trained an epoch, so there is nothing to select or export; every trial and its error: "
-                        f"{experiment.file('trials.csv')}" + (f" (the first: {str(errors.iloc[0]).strip().splitlines()[-1]})" if len(errors) else ""))
+        raise NothingToSelect(f"no trial of {experiment.path} trained an epoch, so there is nothing to select or export; every trial and its "
+                              f"error: {experiment.file('trials.csv')}" + (f" (the first: {str(errors.iloc[0]).strip().splitlines()[-1]})" if len(errors) else ""))
     try:
         table = experiment.trials()
     except UserError as exc:  # every trial that reported diverged: nothing is ranked, the table (their stop reasons) is what there is
         _write_table(experiment, table)
-        raise UserError(f"{experiment.path}: {exc}; every trial: {experiment.file('trials.csv')}") from None
+        raise NothingToSelect(f"{experiment.path}: {exc}; every trial: {experiment.file('trials.csv')}") from None
     _write_table(experiment, table)
     selected = table.sort_values("rank").iloc[0]
     exported = export_best(experiment) if export else None

@@ -190,6 +190,12 @@ def resume_command(options: SearchOptions) -> str:
     return shlex.join(["python", "-m", "cxr_tune.search", "--name", options.name, "--storage", storage.resolve(options.storage), "--resume"])
 
 
+def report_only_command(options: SearchOptions, *, export: bool = True) -> str:
+    """The command that writes a finished experiment's trial table, report and (``export``) best/ again."""
+    return shlex.join(["python", "-m", "cxr_tune.search", "--name", options.name, "--storage", storage.resolve(options.storage), "--report-only",
+                       *([] if export else ["--no-export"])])
+
+
 # --- internals ----------------------------------------------------------------------------------
 
 

@@ -301,6 +301,42 @@ def test_ctrl_c_before_any_trial_trained_an_epoch_names_the_command_that_continu
     assert f"no trial of {experiment} trained an epoch" in done.stdout and (experiment / "trials.csv").exists()
 
 
+@pytest.mark.parametrize("outcome, finish_raises", [("interrupted", "user error"), ("interrupted", "ctrl-c"), ("complete", "ctrl-c")])
+def test_a_search_whose_finish_fails_or_is_interrupted_says_what_happened_and_what_continues_it(outcome, finish_raises, tmp_path, monkeypatch):
+    """Before: an interrupted search whose export failed printed "Nothing to select yet:" and the export's error, though a
+    trial had trained and been selected; Ctrl-C in the finish of a search ended with "interrupted" alone, naming no command
+    (the trials are kept: --resume continues an interrupted search, --report-only writes a finished one's files)."""
+    from cxr_tune.errors import UserError
+    from cxr_tune.search import finish, runner
+    from cxr_tune.search.options import SearchOptions
+
+    experiment = tmp_path / "runs" / "exp"
+
+    def search(options: SearchOptions, **kwargs) -> tuple[str, str]:
+        experiment.mkdir(parents=True)
+        (experiment / "experiment.json").write_text(json.dumps({"options": options.to_json()}))
+        return str(experiment), outcome
+
+    def finish_fails(*args, **kwargs):
+        if finish_raises == "ctrl-c":
+            raise KeyboardInterrupt
+        raise UserError(f"export folder '{experiment / 'best'}' cannot be written: no permission")
+
+    monkeypatch.setattr(runner, "run_search", search)
+    monkeypatch.setattr(finish, "finish_experiment", finish_fails)
+    done = call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(tmp_path / "runs"), "--name", "exp", "--no-final-fit")
+    output = done.stdout + done.stderr
+    assert done.returncode == 130 and "Nothing to select" not in output and "Traceback" not in output, output
+    runs = tmp_path / "runs"
+    if outcome == "interrupted":
+        assert f"The search was interrupted; continue it with:\n  python -m cxr_tune.search --name exp --storage {runs} --resume" in output
+    else:
+        assert ("The search ended, but writing its trial table, report and export was interrupted; write them with:\n  "
+                f"python -m cxr_tune.search --name exp --storage {runs} --report-only") in output
+    if finish_raises == "user error":
+        assert f"error: export folder '{experiment / 'best'}' cannot be written: no permission" in done.stderr
+
+
 def test_flags_that_cannot_apply_to_a_resumed_search_are_one_line_errors(tmp_path):
     done = run_cli("cxr_tune.search", "--resume", "--name", "exp", "--storage", str(tmp_path), "--trials", "9")
     assert done.returncode == 2
