@@ -254,6 +254,12 @@ def _event_records(experiment_dir: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def asha_stopped_at(experiment_dir: str, trial_id: str) -> int | None:
+    """The epoch after which ASHA stopped the trial, as ``trial_events.jsonl`` recorded it (None: it did not, or no record)."""
+    record = _event_records(experiment_dir).get(trial_id)
+    return record["epochs"] if record and record["event"] == "ASHA stopped" else None
+
+
 def asha_rungs(grace_period: int, reduction_factor: int, max_epochs: int) -> tuple[int, ...]:
     """Epochs at which ASHA compares trials: grace * rf^k below max_epochs."""
     rungs, epoch = [], grace_period

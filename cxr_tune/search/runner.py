@@ -301,6 +301,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         train_storage=storage.join(options.experiment_dir, TRAIN_DIR),
         deciding=split.deciding_set(options.select_on),
         run=run_options(options),
+        experiment_dir=options.experiment_dir,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, datasets=datasets, class_counts=split.class_counts(), settings=settings),

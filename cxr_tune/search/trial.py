@@ -4,7 +4,7 @@ Train V2 is the default in Ray 2.60, so Tune does not wrap a trainer; each trial
 which builds the trainer and calls ``fit()``. Rank 0's per-epoch reports reach Tune through
 ``TuneReportCallback`` (ASHA reads ``objective`` from them). The Train run is named after the trial
 and stored under the experiment, so a restored trial resumes from its own last checkpoint; one whose
-run had already ended reports that end again (:func:`report_again_if_ended`).
+run had already ended, or that ASHA had stopped, reports that end again (:func:`report_again_if_ended`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cxr_tune import storage
+from cxr_tune.search.results import asha_stopped_at
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.trainer import Resources, RunOptions, make_trainer
 
@@ -30,6 +31,7 @@ class TrialSettings:
     max_failures: int = 2
     deciding: str = "carved"  # the search's recorded deciding set (external or carved): what the objective follows
     run: RunOptions = RunOptions()  # precision, memory format, determinism, pretrained weights
+    experiment_dir: str | None = None  # a search's folder: its trial_events.jsonl says which trials ASHA stopped (none for a final fit)
 
 
 def trial_hparams(config: dict[str, Any], settings: TrialSettings) -> HParams:
@@ -50,7 +52,8 @@ def run_trial(config: dict[str, Any], *, datasets: dict[int, dict[str, Any]], cl
 
     hp = trial_hparams(config, settings)
     name = tune.get_context().get_trial_id()
-    if report_again_if_ended(storage.join(settings.train_storage, name), hp.epochs):
+    stopped_at = asha_stopped_at(settings.experiment_dir, name) if settings.experiment_dir else None
+    if report_again_if_ended(storage.join(settings.train_storage, name), hp.epochs, stopped_at=stopped_at):
         return
     trainer = make_trainer(
         hp,
@@ -67,14 +70,16 @@ def run_trial(config: dict[str, Any], *, datasets: dict[int, dict[str, Any]], cl
     trainer.fit()
 
 
-def report_again_if_ended(run: str, epochs: int) -> bool:
-    """When the Train run ``run`` of ``epochs`` epochs has already ended (all trained, or diverged), report its last epoch
-    to Tune again from its newest checkpoint and return True; else (no checkpoint yet, or epochs left) False.
+def report_again_if_ended(run: str, epochs: int, *, stopped_at: int | None = None) -> bool:
+    """When the Train run ``run`` of ``epochs`` epochs has already ended (all trained, diverged, or ASHA stopped it after
+    epoch ``stopped_at``), report its last epoch to Tune again from its checkpoint and return True; else (no checkpoint
+    yet, or epochs left) False.
 
     Why: Tune saves its state every ~10 s. A driver killed after a trial's run ended but before that save leaves the trial
     RUNNING there, and ``--resume`` starts it again. Its Train run, restored at its last epoch, trains and reports nothing,
     and Tune then ends the trial on a result without ``objective``, which ASHA and the searcher refuse (a TuneError that
-    ended every resume). Reported again, the epoch ends the trial as it ended before, for Tune, ASHA, the searcher and the
+    ended every resume); a trial ASHA had stopped trained on past its stop, and its table counted the epochs ASHA had cut
+    (and could pick one as its best). Reported again, the epoch ends the trial as it ended before, for Tune, ASHA, the searcher and the
     trial table (whose other epochs come from the same checkpoint). Tune did not time this report, so its time is NaN
     (unknown), as for every epoch read back from a checkpoint, not the seconds since the restart.
     """
@@ -83,8 +88,24 @@ def report_again_if_ended(run: str, epochs: int) -> bool:
     from cxr_tune.train.checkpoints import newest, run_ended
 
     found = newest(run)
-    if found is None or not run_ended(found[1], epochs):
+    if found is None:
         return False
     folder, state = found
-    tune.report({**state["history"][-1], "checkpoint_path": folder, "recovered_from_checkpoint": True, "time_this_iter_s": float("nan")})
+    history = state["history"]
+    if stopped_at is not None and history and int(history[-1]["epoch"]) >= stopped_at:
+        # The stop's epoch: a worker may have trained more before the stop reached it, epochs ASHA never saw.
+        last = next(row for row in history if int(row["epoch"]) == stopped_at)
+        folder = folder if int(history[-1]["epoch"]) == stopped_at else _checkpoint_of(run, stopped_at)
+    elif run_ended(state, epochs):
+        last = history[-1]
+    else:
+        return False
+    tune.report({**last, "checkpoint_path": folder, "recovered_from_checkpoint": True, "time_this_iter_s": float("nan")})
     return True
+
+
+def _checkpoint_of(run: str, epoch: int) -> str | None:
+    """The run's checkpoint of ``epoch`` (counted from 1), None when it was not kept."""
+    from cxr_tune.train.checkpoints import load_state, saved_checkpoints
+
+    return next((folder for folder in saved_checkpoints(run) if load_state(folder)["epoch"] + 1 == epoch), None)

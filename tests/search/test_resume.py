@@ -621,3 +621,35 @@ def test_an_experiment_tune_never_started_resumes_with_the_command_named_from_it
     # The space the experiment started with (TRIALS trials of 1 epoch), not today's file (4 of 3).
     assert (table["epochs"] > 0).sum() == TRIALS and table["epochs"].max() == 1
     assert (resumed_thrice["experiment"] / "splits.csv").read_text() == resumed_thrice["splits"]
+
+
+def test_a_restored_trial_asha_had_stopped_reports_its_stop_epoch_again_and_trains_nothing(tmp_path, monkeypatch):
+    """A driver killed after ASHA stopped a trial (trial_events.jsonl says so), before Tune saved that, leaves the trial
+    RUNNING in Tune's state. --resume trained it on from its checkpoint, past the stop, and the trial table counted the
+    epochs ASHA had cut as if it had allowed them. It now ends again at its stop: the epoch ASHA saw, from its checkpoint."""
+    from types import SimpleNamespace
+
+    import ray.tune
+
+    from cxr_tune.search import trial
+    from cxr_tune.search.trial import TrialSettings, run_trial
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.trainer import Resources
+
+    reports: list[dict] = []
+    monkeypatch.setattr(ray.tune, "report", lambda metrics, **kwargs: reports.append(metrics))
+    monkeypatch.setattr(ray.tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "trial_a"))
+    monkeypatch.setattr(trial, "make_trainer", lambda *args, **kwargs: pytest.fail("the trial ASHA stopped trained again"))
+    run = tmp_path / "train" / "trial_a"
+    # ASHA stopped it after epoch 1; its worker trained epoch 2 before the stop reached it (Train keeps the best and the latest).
+    history = [{"epoch": 1, "objective": 0.75, "diverged": False}, {"epoch": 2, "objective": 0.5, "diverged": False}]
+    for epoch in (1, 2):
+        (run / f"checkpoint_{epoch}").mkdir(parents=True)
+        save_state(str(run / f"checkpoint_{epoch}"), {"epoch": epoch - 1, "history": history[:epoch]}, {})
+    (tmp_path / "trial_events.jsonl").write_text(json.dumps({"trial_id": "trial_a", "event": "ASHA stopped", "epochs": 1, "time": 0.0}) + "\n")
+    settings = TrialSettings(max_epochs=4, criterion="balanced_accuracy", min_sensitivity=0.0, seed=0, resources=Resources(1, 1.0, 0.0),
+                             train_storage=str(tmp_path / "train"), experiment_dir=str(tmp_path))
+    run_trial({"image_size": 32}, datasets={32: {}}, class_counts=(10, 10), settings=settings)
+    [again] = reports
+    assert again["epoch"] == 1 and again["objective"] == 0.75 and again["checkpoint_path"] == str(run / "checkpoint_1")
+    assert math.isnan(again["time_this_iter_s"])
