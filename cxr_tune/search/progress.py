@@ -174,11 +174,17 @@ class TrialEventLog(Callback):
         self.max_epochs = max_epochs
 
     def _write(self, trial: Any, event: str) -> None:
+        """One line for the trial's end, unless its last line already says the same: a trial a kill left running in Tune's
+        state ends again on ``--resume`` as it had ended (:func:`cxr_tune.search.trial.report_again_if_ended`), one end."""
         import json
 
         epochs = int((trial.last_result or {}).get("epoch", 0))
+        text = self._text()
+        ends = [record for record in _records(text) if record.get("trial_id") == trial.trial_id]
+        if ends and (ends[-1].get("event"), ends[-1].get("epochs")) == (event, epochs):
+            return
         line = json.dumps({"trial_id": trial.trial_id, "event": event, "epochs": epochs, "time": time.time()}) + "\n"
-        storage.write_text_atomic(self.path, self._text() + line)
+        storage.write_text_atomic(self.path, text + line)
 
     def _text(self) -> str:
         return storage.read_text(self.path) if storage.exists(self.path) else ""
@@ -186,9 +192,7 @@ class TrialEventLog(Callback):
     def _logged(self) -> set[str]:
         """The trials whose end the file holds (from every command that ran the search: a resumed
         command's copy of this log was saved before the trials of earlier commands ended)."""
-        import json
-
-        return {json.loads(line)["trial_id"] for line in self._text().splitlines() if line.strip().endswith("}")}
+        return {record["trial_id"] for record in _records(self._text()) if "trial_id" in record}
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """A budget ends the search without ending its running trials through Tune's callbacks: they are cut short,
@@ -205,3 +209,18 @@ class TrialEventLog(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._write(trial, "error")
+
+
+def _records(text: str) -> list[dict[str, Any]]:
+    """The lines of ``trial_events.jsonl`` (one cut short by a kill mid-write, before writes were atomic, skipped)."""
+    import json
+
+    out = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out

@@ -54,7 +54,7 @@ def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFr
     histories = analysis.trial_dataframes
     stopped = {trial: record["epochs"] for trial, record in _event_records(experiment_dir).items() if record["event"] == "ASHA stopped"}
     for trial in analysis.trials:
-        reported = histories.get(trial.trial_id, pd.DataFrame())
+        reported = one_row_per_epoch(histories.get(trial.trial_id, pd.DataFrame()))
         histories[trial.trial_id] = with_checkpointed_epochs(reported, train_run(experiment_dir, trial.trial_id), until=stopped.get(trial.trial_id))
     return analysis.trials, histories
 
@@ -98,6 +98,20 @@ def trial_counts(experiment_dir: str) -> TrialCounts:
 def reported_epochs(history: pd.DataFrame) -> pd.DataFrame:
     """The epochs of a trial's history that carry an objective (none: the trial never trained)."""
     return history.dropna(subset=["objective"]) if "objective" in history else history.iloc[0:0]
+
+
+def one_row_per_epoch(history: pd.DataFrame) -> pd.DataFrame:
+    """``history`` with each epoch once. A trial a kill left running in Tune's state reports its last epoch again on
+    ``--resume`` (:func:`cxr_tune.search.trial.report_again_if_ended`), and Tune may have written that epoch's own report
+    before the kill: its ``result.json`` then holds the epoch twice, which plots, learning curves and the report's time
+    split would count twice. Of an epoch's rows the last the trial's run reported itself is kept (it carries Tune's
+    timing; of two, an epoch trained again from an older checkpoint, the later, which its checkpoints hold), else the last."""
+    if "epoch" not in history or not history["epoch"].dropna().duplicated().any():
+        return history
+    recovered = history["recovered_from_checkpoint"].eq(True) if "recovered_from_checkpoint" in history else pd.Series(False, index=history.index)
+    keep = [(rows[~recovered[rows.index]] if (~recovered[rows.index]).any() else rows).index[-1]
+            for _, rows in history[history["epoch"].notna()].groupby("epoch", sort=False)]
+    return history[history["epoch"].isna() | history.index.isin(keep)].reset_index(drop=True)
 
 
 def with_checkpointed_epochs(reported: pd.DataFrame, run: str, *, until: int | None = None) -> pd.DataFrame:

@@ -145,3 +145,21 @@ def test_a_budget_logs_every_trial_it_cut_short_even_one_whose_epochs_only_its_c
     logged = [json.loads(line) for line in (tmp_path / "trial_events.jsonl").read_text().splitlines()]
     assert [(e["trial_id"], e["event"]) for e in logged] == [("stopped", "ASHA stopped"), ("unreported", "cut short")]
 
+
+
+def test_a_trial_that_ends_again_as_it_had_ended_is_logged_once(tmp_path):
+    """A trial a kill left running in Tune's state ends again on --resume as it had ended: trial_events.jsonl held its end
+    twice (seen: 'completed' after 3 epochs, twice)."""
+    import json
+
+    from cxr_tune.search.progress import TrialEventLog
+
+    log = TrialEventLog(str(tmp_path / "trial_events.jsonl"), max_epochs=3)
+    log.on_trial_complete(0, [], _trial("done", 3, "TERMINATED"))
+    log.on_trial_complete(0, [], _trial("stopped", 1, "TERMINATED"))
+    resumed = TrialEventLog(str(tmp_path / "trial_events.jsonl"), max_epochs=3)  # the resumed command's copy
+    resumed.on_trial_complete(0, [], _trial("done", 3, "TERMINATED"))
+    resumed.on_trial_complete(0, [], _trial("stopped", 1, "TERMINATED"))
+    resumed.on_trial_error(0, [], _trial("done", 3, "ERROR"))  # another end: logged
+    logged = [json.loads(line) for line in (tmp_path / "trial_events.jsonl").read_text().splitlines()]
+    assert [(e["trial_id"], e["event"], e["epochs"]) for e in logged] == [("done", "completed", 3), ("stopped", "ASHA stopped", 1), ("done", "error", 3)]

@@ -171,3 +171,25 @@ def test_on_object_storage_the_event_log_is_written_there_and_tells_a_budget_cut
     monkeypatch.setattr(results, "trial_histories", lambda _: (trials, {t.trial_id: history for t in trials}))
     table = results.trials_table(s3_dir, max_epochs=300, rungs=(1, 2, 4), deciding="carved")
     assert dict(zip(table["trial_id"], table["stop_reason"])) == {"asha": "ASHA stopped", "cut": "cut short by the end of the search"}
+
+
+def test_an_epoch_a_resumed_trial_reported_again_is_read_once_with_its_own_timing(tmp_path, monkeypatch):
+    """A trial a kill left running in Tune's state reports its last epoch again on --resume, after Tune had written that
+    epoch's own report: its result.json held epoch 2 twice, and the report's progress plot, learning curves and time split
+    counted it twice."""
+    from types import SimpleNamespace
+
+    import ray.tune
+
+    from cxr_tune.search.results import trial_histories
+
+    reported = pd.DataFrame([{"epoch": 1, "objective": 0.6, "time_this_iter_s": 9.0},
+                             {"epoch": 2, "objective": 0.7, "time_this_iter_s": 4.0},
+                             {"epoch": 2, "objective": 0.7, "time_this_iter_s": np.nan, "recovered_from_checkpoint": True}])
+    retrained = pd.DataFrame({"epoch": [1, 2, 2], "objective": [0.6, 0.5, 0.8], "time_this_iter_s": [9.0, 4.0, 5.0]})  # from an older checkpoint
+    analysis = SimpleNamespace(trials=[SimpleNamespace(trial_id=t) for t in ("again", "retrained")],
+                               trial_dataframes={"again": reported, "retrained": retrained})
+    monkeypatch.setattr(ray.tune, "ExperimentAnalysis", lambda path: analysis)
+    _, histories = trial_histories(str(tmp_path))
+    assert histories["again"]["epoch"].tolist() == [1, 2] and histories["again"]["time_this_iter_s"].tolist() == [9.0, 4.0]
+    assert histories["retrained"]["epoch"].tolist() == [1, 2] and histories["retrained"]["objective"].tolist() == [0.6, 0.8]
