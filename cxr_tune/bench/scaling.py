@@ -8,7 +8,6 @@ data) through ``--address``; throughput is finished trials per minute of search 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ import pandas as pd
 from cxr_tune.bench.common import PROJECT, write_result
 from cxr_tune.bench.local_cluster import start_cluster
 
+# The nodes' temp folders live here, not in $TMPDIR: Ray's socket paths inside them must stay under 108 bytes.
+CLUSTER_ROOT = "/tmp"
 SEARCH = ["--space", "smoke", "--trials", "8", "--max-epochs", "3", "--no-export", "--synthetic-n", "600"]
 
 
@@ -33,16 +34,16 @@ def search_end_minutes(console: str) -> float:
 
 
 def run_on(nodes: int, storage: Path) -> dict[str, float]:
-    folder = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
-    cluster = start_cluster(folder, workers=nodes, cpus=1, head_cpus=0)
-    try:
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "cxr_tune.search", *SEARCH, "--address", cluster.address,
-                               "--storage", str(storage), "--name", f"nodes{nodes}"], cwd=PROJECT, capture_output=True, text=True, check=True)
-        wall = time.perf_counter() - started
-    finally:
-        cluster.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+    """The cluster's folder is removed however the run ends (a node that fails to start, an error, Ctrl-C)."""
+    with tempfile.TemporaryDirectory(prefix="rs", dir=CLUSTER_ROOT, ignore_cleanup_errors=True) as folder:
+        cluster = start_cluster(Path(folder), workers=nodes, cpus=1, head_cpus=0)
+        try:
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "cxr_tune.search", *SEARCH, "--address", cluster.address,
+                                   "--storage", str(storage), "--name", f"nodes{nodes}"], cwd=PROJECT, capture_output=True, text=True, check=True)
+            wall = time.perf_counter() - started
+        finally:
+            cluster.stop()
     search_minutes = search_end_minutes(done.stdout)
     table = pd.read_csv(storage / f"nodes{nodes}" / "trials.csv")
     return {"nodes": nodes, "trials": len(table), "trial_epochs": int(table["epochs"].sum()), "search_minutes": search_minutes,
