@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--image-size", type=size, default=64, help="image size (default: 64, as results/real/best)")
     scoring.add_argument("--epochs", type=int_between(2, 100), default=6, help="epochs per run; the first is left out (default: 6)")
     scoring.add_argument("--images", type=positive_int, default=1024, help="training images per epoch (default: 1024)")
-    precision = commands.add_parser("precision", help="fp32 vs bf16 training: half-A AUC and balanced accuracy over seeds on the real data")
+    precision = commands.add_parser("precision", help="fp32 vs bf16 training: external-set AUC and balanced accuracy over seeds (default data: the real data)")
     precision.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
     precision.add_argument("--params", default=None, help="model.json or YAML of hyperparameters (default: results/real/best/model.json)")
     precision.add_argument("--sizes", type=size, nargs="*", default=[], help="image sizes to train the configuration at (default: its own)")

@@ -29,6 +29,13 @@ def real_data(path: str | None) -> str:
     return str(data)
 
 
+def data_named(description: str, external: str) -> str:
+    """The data a benchmark ran on: the folder as every report names it (:attr:`Source.description`, SYNTHETIC
+    says so) and its external set by folder, as value, epochs and transfer name theirs; so a run on other data
+    never reads as the committed real-data one."""
+    return f"{description}; external set: {code_span(external) if external else 'none'}"
+
+
 def machine() -> dict[str, Any]:
     """What ran a benchmark (works without Ray installed: the GPU device check runs there)."""
     import torch

@@ -1,11 +1,12 @@
-"""Does training in bf16 cost anything measurable? The same configurations trained fp32 and bf16, several seeds each, on the real data.
+"""Does training in bf16 cost anything measurable? The same configurations trained fp32 and bf16, several seeds each.
 
 Each run is the project's own training step (:class:`cxr_tune.bench.bare.BareRun`: same model,
-augmentation, loss, schedule; weights and scoring fp32) over the whole training role of the real
-split for a fixed number of epochs, scored after its last epoch (no epoch is picked, so no
-winner's curse) on the external sample (half A of the official test split: a **selection set**,
-its numbers are optimistic) and on carved validation. bf16 is adopted as ``auto``'s choice only
-where its mean half-A AUC and balanced accuracy are not below fp32's seeds' spread.
+augmentation, loss, schedule; weights and scoring fp32) over the whole training role of the data
+(the real data by default) for a fixed number of epochs, scored after its last epoch (no epoch is
+picked, so no winner's curse) on the data's external set (on the real data, half A of the official
+test split: a **selection set**, its numbers are optimistic) and on carved validation. bf16 is
+adopted as ``auto``'s choice only where its mean external AUC and balanced accuracy are not below
+fp32's seeds' spread.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 
 from cxr_tune.bench.bare import BareRun
-from cxr_tune.bench.common import PROJECT, real_data, write_result
+from cxr_tune.bench.common import PROJECT, data_named, real_data, write_result
 from cxr_tune.data.cache import load_images
 from cxr_tune.data.prepared import DataOptions, split_data
 from cxr_tune.errors import UserError
@@ -60,18 +61,19 @@ def run(data: str | None, params: str | None, sizes: list[int], seeds: int, epoc
                     metrics = evaluate_scores(kept["label"].to_numpy(), bare.scores(images), hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
                     row.update({f"{prefix}_auc": metrics["auc"], f"{prefix}_balanced_accuracy": metrics["balanced_accuracy"]})
                 rows.append(row)
-                print(f"{hp.image_size} px seed {seed} {precision.name}: half-A AUC {row['ext_auc']:.4f}, BA {row['ext_balanced_accuracy']:.4f} "
+                print(f"{hp.image_size} px seed {seed} {precision.name}: external AUC {row['ext_auc']:.4f}, BA {row['ext_balanced_accuracy']:.4f} "
                       f"({seconds:.0f} s)", flush=True)
     frame = pd.DataFrame(rows)
-    write_result("precision_quality", "Precision and model quality: fp32 vs bf16 on the real data, several seeds",
-                 summary(frame, epochs), {"rows": rows, "epochs": epochs, "seeds": seeds, "hparams": base.to_dict()})
+    write_result("precision_quality", "Precision and model quality: fp32 vs bf16, several seeds",
+                 summary(frame, epochs, data_named(split.source.description, split.external)), {"rows": rows, "epochs": epochs, "seeds": seeds, "hparams": base.to_dict()})
 
 
-def summary(frame: pd.DataFrame, epochs: int) -> list[str]:
+def summary(frame: pd.DataFrame, epochs: int, data: str) -> list[str]:
+    """``data``: :func:`cxr_tune.bench.common.data_named` of the data the runs trained and were scored on."""
     lines = [
-        f"Each run: the configuration below trained {epochs} epochs on the whole training role, scored after its last epoch. "
-        "`ext_*`: half A of the official test split, **selection-set numbers** (balanced accuracy at the threshold chosen on "
-        "half A itself); `val_*`: carved validation.",
+        f"Data: {data}. Each run: the configuration below trained {epochs} epochs on the whole training role, scored after its last epoch. "
+        "`ext_*`: the external set, **selection-set numbers** (balanced accuracy at the threshold chosen on "
+        "the external set itself); `val_*`: carved validation.",
         "",
         frame.to_markdown(index=False, floatfmt=".4f"),
         "",

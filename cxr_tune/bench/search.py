@@ -1,6 +1,6 @@
 """Compare TPE + ASHA with random search without early stopping, on the same space, trials and seed.
 
-Both searches run through the real search code on the real training split; only the sampler and
+Both searches run through the real search code on the data's training split; only the sampler and
 the scheduler differ. They optimize the search's own objective: balanced accuracy on the external
 validation set when the data has one (its val/ folder; a selection set), else on validation
 carved from train. Compute is counted in trial-epochs; quality is the best objective (at each
@@ -16,7 +16,7 @@ import pandas as pd
 
 from cxr_tune import storage as storage_paths
 from cxr_tune.bench import replay
-from cxr_tune.bench.common import RESULTS, real_data, seed_suffix, write_result
+from cxr_tune.bench.common import RESULTS, data_named, real_data, seed_suffix, write_result
 from cxr_tune.data.prepared import DataOptions
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
@@ -63,6 +63,12 @@ def drawn_at_random(experiment: Experiment) -> tuple[int, int]:
     return sum(sum(end <= t.datetime_start for end in ended) < startup for t in trials), startup
 
 
+def setting_line(ran: Experiment, trials: int, seed: int, deciding: str) -> str:
+    """The summary's first line: space, trials and seed, the data and external set the searches recorded, the objective."""
+    return (f"Space `search_spaces/{SPACE}.yaml`, {trials} trials each, seed {seed}. Data: {data_named(ran.info.get('data_description', ''), ran.external)}. "
+            f"Objective: balanced accuracy on the {deciding}" + (" (a selection set: its numbers are optimistic)." if deciding.startswith("external") else "."))
+
+
 def run(data: str | None, trials: int, storage: str, seed: int = 0) -> None:
     root = real_data(data)
     tag = seed_suffix(seed)
@@ -91,8 +97,7 @@ def run(data: str | None, trials: int, storage: str, seed: int = 0) -> None:
     share = tpe["trial_epochs"] / rnd["trial_epochs"]
     frame = pd.DataFrame(rows).drop(columns=["experiment", "best_interval"])
     summary = [
-        f"Space `search_spaces/{SPACE}.yaml`, {trials} trials each, seed {seed}, real training split; objective: balanced accuracy on the "
-        f"{tpe['deciding set']}" + (" (a selection set: its numbers are optimistic)." if tpe["deciding set"].startswith("external") else "."),
+        setting_line(ran, trials, seed, tpe["deciding set"]),
         f"ASHA: up to {ran.max_epochs} epochs, grace period {asha.grace_period}, reduction factor {asha.reduction_factor}, rungs at epochs "
         f"{', '.join(map(str, ran.rungs()))}; {RULES[asha.asha_rule].format(rf=asha.reduction_factor)}. TPE: the first {at_random} trials drawn at random (TPE takes over once {startup} "
         "have ended; the trials started meanwhile are random too).",

@@ -2,7 +2,7 @@
 
 For each image size and each (precision, layout) the same training step
 (:func:`cxr_tune.train.steps.train_one_epoch`: augmentation, intensity normalization, forward,
-backward, optimizer and scheduler step) runs on the same real training images with the same
+backward, optimizer and scheduler step) runs on the same training images with the same
 number of torch threads, twice: in a bare loop over tensors already in memory, and in a Ray
 Train worker reading its Ray Data shard (the search's own path). Throughput counts training only
 (validation and start-up are apart); the first epoch of each path is a warm-up and only later
@@ -83,12 +83,12 @@ def run(data: str | None, sizes: list[int], precisions: list[str], epochs: int, 
                 print(f"{size} px {precision_name} {layout}: bare {rows[-1]['bare_img_s']:.1f} img/s, Ray {rows[-1]['ray_img_s']:.1f} img/s", flush=True)
     frame = pd.DataFrame(rows)
     write_result("train_throughput", "Training throughput by precision and layout: Ray Data + Ray Train vs a bare loop",
-                 summary(frame, hp, threads, len(pixels), epochs), {"rows": rows, "threads": threads, "images": int(len(pixels)), "epochs": epochs,
+                 summary(frame, hp, threads, len(pixels), epochs, split.source.description), {"rows": rows, "threads": threads, "images": int(len(pixels)), "epochs": epochs,
                                                                     "model": MODEL, "auto_on_this_cpu": resolve("auto", "cpu").describe()})
 
 
-def summary(frame: pd.DataFrame, hp: HParams, threads: int, images: int, epochs: int) -> list[str]:
-    """The side-by-side table and the two ratios the acceptance asks about."""
+def summary(frame: pd.DataFrame, hp: HParams, threads: int, images: int, epochs: int, data: str) -> list[str]:
+    """The side-by-side table and the two ratios the acceptance asks about; ``data``: the source's description (SYNTHETIC says so)."""
     base = frame[(frame["precision"] == "fp32") & (frame["layout"] == "contiguous")].set_index("image_size")
     frame = frame.assign(
         ray_over_bare=frame["ray_img_s"] / frame["bare_img_s"],
@@ -100,8 +100,8 @@ def summary(frame: pd.DataFrame, hp: HParams, threads: int, images: int, epochs:
     shown = frame[["image_size", "precision", "layout", "bare_img_s", "ray_img_s", "ray_over_bare", "bare_over_fp32", "ray_over_fp32"]]
     lines = [
         f"Model: PneumoniaCNN, {MODEL['depth']} blocks, {MODEL['filters']} filters growing x{MODEL['width_growth']:g} "
-        f"(16 at {WIDE_IMAGE} px), batch {MODEL['batch_size']}, AdamW, augmentation strength {MODEL['augment_strength']}; {images} real training "
-        f"images per epoch, {epochs} epochs per path (the first a warm-up), {threads} torch threads.",
+        f"(16 at {WIDE_IMAGE} px), batch {MODEL['batch_size']}, AdamW, augmentation strength {MODEL['augment_strength']}; {images} training "
+        f"images of the {data} per epoch, {epochs} epochs per path (the first a warm-up), {threads} torch threads.",
         f"`--precision auto` on this CPU: {chosen.describe()}.",
         "",
         "Images per second of training (`ray_over_bare`: the search's path over the bare loop; `*_over_fp32`: over fp32 contiguous, same path):",

@@ -1,6 +1,6 @@
 """Does searching pay? The selected model against not searching at all, on the external sample, with the compute each used.
 
-Three models, each scored on the experiment's external set (half A of the official test split:
+Three models, each scored on the experiment's external set (on the real data, half A of the official test split:
 **selection-set numbers** — it chose the search's model and every threshold here, so all rows are
 optimistic alike; AUC is threshold-free and the fairest column):
 
@@ -74,7 +74,7 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
     ]
     summary = [
         f"Experiment {code_span(experiment.path)}, its exported model {code_span(model)}. External set: {code_span(experiment.external)} ({len(labels)} images); **every number here is a "
-        "selection-set number** (half A chose the search's model and every threshold). Default configuration: "
+        "selection-set number** (that set chose the search's model and every threshold). Default configuration: "
         + ", ".join(f"`{k}={v}`" for k, v in hp.to_dict().items() if k in ("arch", "depth", "filters", "image_size", "epochs", "lr", "batch_size", "augment_strength")),
         "",
         score_table(rows, {"search": "AUC minus the search's [paired 95 % CI]"}),

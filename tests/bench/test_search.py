@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from tests.conftest import ROOT
@@ -17,3 +18,16 @@ def test_the_random_start_up_trials_are_counted_from_the_study_not_copied_from_t
         shutil.copy(ROOT / "results/real/carved" / name, tmp_path / name)
 
     assert drawn_at_random(Experiment(str(tmp_path))) == (11, 10)
+
+
+def test_the_summary_names_the_data_and_external_set_the_searches_recorded(tmp_path):
+    """It said "real training split" whatever --data was, also over a SYNTHETIC folder with another external set."""
+    from cxr_tune.bench.search import setting_line
+    from cxr_tune.experiment import Experiment
+
+    info = json.loads((ROOT / "results/real/carved/experiment.json").read_text())
+    info.update(data_description="SYNTHETIC chest X-rays (generated, not real patients) at /d/syn", synthetic=True, external="/d/site")
+    (tmp_path / "experiment.json").write_text(json.dumps(info))
+    line = setting_line(Experiment(str(tmp_path)), 3, 0, "external validation set")
+    assert "Data: SYNTHETIC chest X-rays (generated, not real patients) at /d/syn; external set: `/d/site`." in line
+    assert "real" not in line.replace("not real patients", "")
