@@ -9,7 +9,9 @@ ensemble on the experiment's external set at a threshold the model's own rule pi
 
 The first epoch count is the reference: by default the export's own schedule (then twice it), trained again the
 same day, which shows how far a retrain of identical runs moves (training is not bit-reproducible
-here); every later count is compared with it as well as with the committed export, each by a
+here) where the export shipped each run's last epoch (final-fit runs); an export of search trials
+shipped at their best epoch (``--no-final-fit``, or an ensemble that beat the final fit) differs from
+its retrain by the epoch kept as well, and the summary says so (:func:`reference_note`); every later count is compared with it as well as with the committed export, each by a
 paired bootstrap of the AUC difference. Every number is a **selection-set number** (the external
 set chose the configurations and every threshold; choosing the schedule on it would make it choose
 that too). Results: ``final_fit_epochs_<counts>.md`` and ``.json``, so runs of other counts sit side by side; the
@@ -50,6 +52,22 @@ def plan_runs(members: list[dict], epochs: list[int], changes: dict[str, Any] | 
     return runs
 
 
+def reference_note(members: list[dict], reference: int) -> str:
+    """What the first count's row measures, in words: the members' own schedule trained again, last epoch kept, is a
+    retrain of identical runs only where the export shipped their last epoch; a member shipped at an earlier (best)
+    epoch of its trial differs by that epoch too. Empty when the first count is not the members' schedule."""
+    own = int(members[0]["hparams"]["epochs"])
+    if reference != own:
+        return ""
+    shipped = [int(m["epoch"]) for m in members if m.get("epoch") is not None]
+    if all(e >= own for e in shipped):
+        return " (the export's own schedule trained again: how far a retrain of identical runs moves)"
+    kept = sorted(set(shipped))
+    return (f" (the members' own {own}-epoch schedule trained again; but the export shipped {'its member' if len(members) == 1 else 'its members'} "
+            f"at the best epoch of {'its' if len(members) == 1 else 'their'} trial ({'epoch' if len(kept) == 1 else 'epochs'} "
+            f"{', '.join(map(str, kept))} of {own}), so the difference from the committed is a retrain's noise and another epoch together)")
+
+
 def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None, changes: dict[str, Any] | None = None) -> None:
     """``epochs``: the counts to train, the first the reference (default: the export's own schedule and twice it);
     ``changes``: hyperparameters set in every member's configuration (none: the export's runs as they were)."""
@@ -62,7 +80,7 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
 
     experiment = Experiment(experiment_dir)
     export = export_on_external(experiment, model)
-    members = export.meta.get("members") or [{"trial_id": export.meta.get("trial_id"), "hparams": export.meta["hparams"]}]
+    members = export.meta.get("members") or [{"trial_id": export.meta.get("trial_id"), "epoch": export.meta.get("epoch"), "hparams": export.meta["hparams"]}]
     own = int(members[0]["hparams"]["epochs"])
     epochs = epochs or [own, 2 * own]
     changes = changes or {}
@@ -102,7 +120,7 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
         f"({len(labels)} images); **every number here is a selection-set number** (it chose the configurations and every threshold). "
         f"Each member retrained with its own configuration and seed{changed} for {', '.join(map(str, epochs))} epochs, last epoch kept, one run "
         "after another" + (f"; the last column compares with the {epochs[0]}-epoch ensemble" if len(epochs) > 1 else "")
-        + (" (the export's own schedule trained again: how far a retrain of identical runs moves)." if epochs[0] == own and not changes else "."),
+        + ("" if changes else reference_note(members, epochs[0])) + ".",
         "",
         score_table(rows, {"committed": "AUC minus the committed [paired 95 % CI]",
                            **({"control": f"AUC minus {epochs[0]} epochs retrained [paired 95 % CI]"} if len(epochs) > 1 else {})}),

@@ -29,3 +29,19 @@ def test_a_change_reaches_every_run_and_one_no_configuration_takes_is_refused_be
         assert run["hparams"] == {**member["hparams"], "mixup": 0.2, "convs_per_block": 2, "epochs": 32}
     with pytest.raises(UserError, match="--vary: unknown hyperparameter 'mixups'"):
         plan_runs(members, [32], {"mixups": 0.2})
+
+
+def test_the_reference_row_says_when_the_export_shipped_an_earlier_epoch_than_it_retrains():
+    """An export of a search trial at its best epoch (6 of 9) was called "the export's own schedule trained again: how far
+    a retrain of identical runs moves", though the retrain keeps epoch 9."""
+    from cxr_tune.bench.epochs import reference_note
+
+    final_fit = [{"trial_id": "a-seed1", "epoch": 9, "hparams": {"epochs": 9}}, {"trial_id": "b-seed1", "epoch": 9, "hparams": {"epochs": 9}}]
+    assert "how far a retrain of identical runs moves" in reference_note(final_fit, 9)
+    assert reference_note(final_fit, 18) == ""
+    trial = [{"trial_id": "f094cf70", "epoch": 6, "hparams": {"epochs": 9}}]
+    note = reference_note(trial, 9)
+    assert "identical runs moves" not in note
+    assert "shipped its member at the best epoch of its trial (epoch 6 of 9)" in note and "another epoch" in note
+    ensemble = [*trial, {"trial_id": "c", "epoch": 9, "hparams": {"epochs": 9}}]
+    assert "(epochs 6, 9 of 9)" in reference_note(ensemble, 9)
