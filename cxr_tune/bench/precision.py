@@ -11,6 +11,7 @@ fp32's seeds' spread.
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -22,6 +23,7 @@ from cxr_tune.bench.common import PROJECT, data_named, real_data, write_result
 from cxr_tune.data.cache import load_images
 from cxr_tune.data.prepared import DataOptions, split_data
 from cxr_tune.errors import UserError
+from cxr_tune.formatting import code_span
 from cxr_tune.serving import META_FILE
 from cxr_tune.train.hparams import HParams, read_params
 from cxr_tune.train.metrics import evaluate_scores
@@ -37,12 +39,28 @@ def configurations(params: str | None, sizes: list[int]) -> list[HParams]:
     return [HParams.from_config({**base.to_dict(), "image_size": size}) for size in (sizes or [base.image_size])]
 
 
+def trained(bases: list[HParams], epochs: int) -> list[dict]:
+    """What the runs trained, for the record: each size's configuration with the epochs it ran (its own schedule is
+    not what trained), without a seed (each row's seed is its run's)."""
+    return [{k: v for k, v in {**base.to_dict(), "epochs": epochs}.items() if k != "seed"} for base in bases]
+
+
+def configuration_line(params: str, configs: list[dict], seeds: int) -> str:
+    """The configuration the summary's runs trained: where it came from and what differs from the defaults."""
+    default = HParams().to_dict()
+    shown = {k: v for k, v in configs[0].items() if k not in ("image_size", "epochs") and v != default[k]}
+    sizes = " and ".join(str(c["image_size"]) for c in configs)
+    return (f"Configuration: {code_span(params)} (what differs from the defaults: {code_span(json.dumps(shown))}), at {sizes} px, "
+            f"{configs[0]['epochs']} epochs; seeds 0-{seeds - 1}.")
+
+
 def run(data: str | None, params: str | None, sizes: list[int], seeds: int, epochs: int, precisions: list[str]) -> None:
     split = split_data(DataOptions(data=real_data(data)))
     if not split.has_external:
         raise UserError("the data has no external validation sample (val/ with >= 20 images per class); bench precision scores on it")
     rows = []
-    for base in configurations(params, sizes):
+    bases = configurations(params, sizes)
+    for base in bases:
         train, val, ext = (load_images(split.roles[split.roles["role"] == role], base.image_size, split.cache_dir, split.source.manifest)
                            for role in ("train", "val", "external"))
         pixels, labels = torch.from_numpy(train[0].copy()), torch.from_numpy(train[1]["label"].to_numpy().astype(np.float32))
@@ -64,8 +82,10 @@ def run(data: str | None, params: str | None, sizes: list[int], seeds: int, epoc
                 print(f"{hp.image_size} px seed {seed} {precision.name}: external AUC {row['ext_auc']:.4f}, BA {row['ext_balanced_accuracy']:.4f} "
                       f"({seconds:.0f} s)", flush=True)
     frame = pd.DataFrame(rows)
+    configs = trained(bases, epochs)
     write_result("precision_quality", "Precision and model quality: fp32 vs bf16, several seeds",
-                 summary(frame, epochs, data_named(split.source.description, split.external)), {"rows": rows, "epochs": epochs, "seeds": seeds, "hparams": base.to_dict()})
+                 [*summary(frame, epochs, data_named(split.source.description, split.external)), "", configuration_line(params or str(DEFAULT_PARAMS.relative_to(PROJECT)), configs, seeds)],
+                 {"rows": rows, "epochs": epochs, "seeds": seeds, "hparams": configs})
 
 
 def summary(frame: pd.DataFrame, epochs: int, data: str) -> list[str]:
