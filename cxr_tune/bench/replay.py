@@ -194,6 +194,9 @@ def full_run(curves: list[Curve]) -> Replay:
     return replay
 
 
+BEST_AUC = "best_auc (of any epoch run)"  # not bench search's, which is taken at each trial's best epoch
+
+
 def summarize(replay: Replay, curves: list[Curve], total_epochs: int, max_epochs: int) -> dict[str, Any]:
     """Trial-epochs, share of the full run's, and the best objective (and AUC) among the epochs run."""
     by_id = {c.trial_id: c.epochs.set_index("epoch") for c in curves}
@@ -277,6 +280,7 @@ def run(experiment_dir: str, compare: str | None = None, folder: Path | None = N
     frame = pd.DataFrame(rows)
     shown = frame.assign(share=frame["share"].map(lambda s: f"{s:.0%}"),
                          minutes=frame["minutes"].map(lambda m: "not simulated" if m is None or pd.isna(m) else f"{m:.1f}"))
+    shown = shown.rename(columns={"best_auc": BEST_AUC})
     selection = " (a selection set: its numbers are optimistic)" if prefix == "ext" else ""
     summary = [
         f"Replayed on {code_span(experiment.path)} ({experiment.options.sampler} sampler, {len(curves)} trials of {max_epochs} epochs, "
@@ -289,7 +293,8 @@ def run(experiment_dir: str, compare: str | None = None, folder: Path | None = N
         shown.to_markdown(index=False, floatfmt=".4f"),
         "",
         f"Share: trial-epochs as a fraction of the full run's {total}. Best: the highest objective among the epochs the rule ran "
-        "(trial @ epoch), and the highest AUC on the same set. Plot: best objective so far against trial-epochs spent, "
+        "(trial @ epoch), and the highest AUC on the same set among those epochs, whichever epoch had it (`bench search`'s best AUC "
+        "is taken at each trial's best epoch only, so it can be lower on the same search). Plot: best objective so far against trial-epochs spent, "
         f"`{name}.png` beside this file.",
     ]
     write_result(name, f"Early-stopping rules replayed on a search that ran every trial to the end, {len(curves)} trials", summary,

@@ -12,7 +12,7 @@ from cxr_tune.bench import replay
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.search.space import SearchSettings
-from tests.conftest import ROOT, call_cli
+from tests.conftest import ROOT, call_cli, table_rows
 
 SETTINGS = SearchSettings(max_epochs=9, grace_period=1, reduction_factor=3)
 RUNGS = (1, 3)
@@ -70,6 +70,7 @@ def test_replay_writes_its_table_and_plot_for_a_search_run_to_the_end(tmp_path, 
     for rule in ("none (as the search ran)", "Ray's asynchronous ASHA", "Optuna's asynchronous", "synchronous successive halving"):
         assert rule in text
     assert "selection set" in text
+    assert "best_auc (of any epoch run)" in table_rows(text)[0]  # not bench search's best AUC, taken at each trial's best epoch
     assert (tmp_path / "out" / "search_stopping_replay_external_6trials.png").read_bytes()[:4] == b"\x89PNG"
     record = json.loads((tmp_path / "out" / "search_stopping_replay_external_6trials.json").read_text())
     assert [r["trial_epochs"] for r in record["rows"]][0] == 54 and record["rows"][-1]["trial_epochs"] == 6 + 2 * 2 + 6
