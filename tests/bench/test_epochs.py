@@ -45,3 +45,14 @@ def test_the_reference_row_says_when_the_export_shipped_an_earlier_epoch_than_it
     assert "shipped its member at the best epoch of its trial (epoch 6 of 9)" in note and "another epoch" in note
     ensemble = [*trial, {"trial_id": "c", "epoch": 9, "hparams": {"epochs": 9}}]
     assert "(epochs 6, 9 of 9)" in reference_note(ensemble, 9)
+
+
+def test_no_committed_final_fit_table_has_a_column_empty_in_every_row():
+    """The single-count files once carried an 'AUC minus N epochs retrained' column no row filled (there is no control
+    ensemble with one count; bench epochs no longer writes it)."""
+    from tests.conftest import table_rows
+
+    for path in sorted((ROOT / "results/benchmarks").glob("final_fit_epochs_*.md")):
+        header, _, *body = table_rows(path.read_text())
+        empty = [name for i, name in enumerate(header) if all(not row[i] for row in body)]
+        assert not empty, f"{path.name}: {empty}"
