@@ -42,9 +42,7 @@ def inspect_report(split: SplitData) -> str:
     lines = [f"Data: {source.description}", ""]
     lines += [summary_table(manifest).to_markdown(index=False), ""]
     lines.append(_duplicates_line(manifest))
-    unparsed = int(manifest["patient_id"].str.startswith("image:").sum())
-    if unparsed:
-        lines.append(f"Patient ids: {unparsed} file name(s) carry no Kermany patient id; each is treated as its own patient.")
+    lines.append(unnamed_report(manifest))
     lines.append(numbering_report(manifest))
     lines.append(leakage_report(roles))
     lines += ["", split.describe_external("external", left_out=False), "", "Roles with these options (what training and selection will use):",
@@ -52,6 +50,22 @@ def inspect_report(split: SplitData) -> str:
     lines.append(skipped_report(source.skipped))
     lines.append(unlike_report(manifest))
     return "\n".join(line for line in lines if line is not None)
+
+
+def unnamed_report(manifest: pd.DataFrame) -> str | None:
+    """How files whose names carry no patient id are grouped (see ``sources._unnamed_patient``)."""
+    by_folder = manifest["patient_id"].str.startswith("folder:")
+    alone = manifest["patient_id"].str.startswith("image:")
+    if not (by_folder.any() or alone.any()):
+        return None
+    how = []
+    if by_folder.any():
+        how.append(f"{int(by_folder.sum())} in {manifest.loc[by_folder, 'patient_id'].nunique()} sub-folder(s) of the class folders are "
+                   f"grouped by that sub-folder, one patient each (CLASS/<patient>/<image>)")
+    if alone.any():
+        how.append(f"{int(alone.sum())} directly in a class folder are each treated as their own patient")
+    return (f"Patient ids: {int((by_folder | alone).sum())} file name(s) carry no Kermany patient id: {'; '.join(how)}. These patients are "
+            f"never matched across class folders or across train/val/test, so there the leakage check sees only identical files.")
 
 
 def numbering_report(manifest: pd.DataFrame) -> str | None:

@@ -34,7 +34,7 @@ from cxr_tune.errors import UserError
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, 1
 SPLITS = ("train", "val", "test")
 EXTERNAL = "external"  # the split name of a separate external-validation folder (--val-data PATH)
-MANIFEST_VERSION = 5  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped; 4: check; 5: tiny images checked
+MANIFEST_VERSION = 6  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped; 4: check; 5: tiny images checked; 6: unnamed files keyed by sub-folder or path
 MANIFEST_COLUMNS = [
     "path", "label", "patient_id", "group_id", "split", "content_hash", "width", "height", "mode",
     "check",  # why an image may not be a chest X-ray like Kermany's (cxr_tune.data.input_checks); "" for most
@@ -77,6 +77,7 @@ class _File:
     label: int
     size: int
     mtime_ns: int
+    unnamed_patient: str  # the patient key when the file name carries none (see _unnamed_patient)
 
 
 def patient_id(file_name: str) -> str | None:
@@ -264,9 +265,23 @@ def _list_classes(folder: str, split: str, files: list[_File], folders: dict[tup
             if not class_dir.startswith((".", "__MACOSX")):
                 ignored.append({"path": storage.join(folder, class_dir), "split": split, "reason": "folder is not NORMAL/PNEUMONIA; ignored"})
             continue
-        folders[(split, label)] = storage.join(folder, class_dir)
-        for path, size, mtime_ns in _walk_files(storage.join(folder, class_dir), split, ignored):
-            files.append(_File(path=path, split=split, label=label, size=size, mtime_ns=mtime_ns))
+        class_path = storage.join(folder, class_dir)
+        folders[(split, label)] = class_path
+        for path, size, mtime_ns in _walk_files(class_path, split, ignored):
+            unnamed = _unnamed_patient(path[len(class_path) + 1 :], f"{split}/{class_dir}")
+            files.append(_File(path=path, split=split, label=label, size=size, mtime_ns=mtime_ns, unnamed_patient=unnamed))
+
+
+def _unnamed_patient(relative: str, class_key: str) -> str:
+    """The patient of a file whose name carries no patient id, from its path below the class folder:
+    the first sub-folder (``NORMAL/<patient>/1.png``, the usual site export), else the file itself.
+    Never shared across class folders or splits: ``1.png`` of two folders is two patients.
+
+    >>> _unnamed_patient("patient7/1.png", "train/NORMAL"), _unnamed_patient("1.png", "train/NORMAL")
+    ('folder:train/NORMAL/patient7', 'image:train/NORMAL/1.png')
+    """
+    parts = relative.replace(os.sep, "/").split("/")
+    return f"folder:{class_key}/{parts[0]}" if len(parts) > 1 else f"image:{class_key}/{relative}"
 
 
 def _walk_files(folder: str, split: str, ignored: list[dict]) -> list[tuple[str, int, int]]:
@@ -333,7 +348,7 @@ def _inspect_file(file: _File) -> dict:
     return {
         **row,
         "reason": None,
-        "patient_id": patient_id(name) or f"image:{file.split}/{name}",
+        "patient_id": patient_id(name) or file.unnamed_patient,
         "content_hash": hashlib.blake2b(data, digest_size=16).hexdigest(),
         "width": info.width,
         "height": info.height,

@@ -154,3 +154,28 @@ def test_an_image_rewritten_in_place_is_read_again(tmp_path):
     again = build_manifest(str(root), str(tmp_path / "cache")).manifest.set_index("path")["content_hash"]
     assert again[str(path)] != first[str(path)]
     assert again.drop(str(path)).equals(first.drop(str(path)))
+
+
+def test_unnamed_files_take_their_patient_sub_folder_and_never_share_a_group_by_name(tmp_path):
+    from cxr_tune.data.prepared import DataOptions, split_data
+    from cxr_tune.data.report import inspect_report
+
+    # A site export: one sub-folder per patient with images numbered inside it, plus loose files named alike.
+    seed = 0
+    for cls in ("NORMAL", "PNEUMONIA"):
+        for patient in range(12):
+            for k in (1, 2, 3):
+                seed += 1
+                write_image(tmp_path / "site" / "train" / cls / f"patient{patient:03d}" / f"{k}.png", seed=seed)
+        seed += 1
+        write_image(tmp_path / "site" / "train" / cls / "1.png", seed=seed)
+    split = split_data(DataOptions(data=str(tmp_path / "site"), cache_dir=str(tmp_path / "cache"), val_fraction=0.3, val_data="none"))
+    roles = split.roles.assign(folder=split.roles["path"].map(lambda p: os.path.relpath(os.path.dirname(p), tmp_path / "site")))
+    assert roles.groupby("folder")["group_id"].nunique().max() == 1  # a patient folder is one group
+    assert roles.groupby("group_id")["folder"].nunique().max() == 1  # and a group never spans two folders (or classes)
+    assert roles.groupby("folder")["role"].nunique().max() == 1 and set(roles["role"]) == {"train", "val"}
+    assert split.source.manifest["group_id"].nunique() == 2 * 12 + 2
+    report = inspect_report(split)
+    assert ("Patient ids: 74 file name(s) carry no Kermany patient id: 72 in 24 sub-folder(s) of the class folders are grouped by "
+            "that sub-folder, one patient each (CLASS/<patient>/<image>); 2 directly in a class folder are each treated as their "
+            "own patient.") in report
