@@ -34,7 +34,7 @@ from cxr_tune.errors import UserError
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, 1
 SPLITS = ("train", "val", "test")
 EXTERNAL = "external"  # the split name of a separate external-validation folder (--val-data PATH)
-MANIFEST_VERSION = 6  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped; 4: check; 5: tiny images checked; 6: unnamed files keyed by sub-folder or path
+MANIFEST_VERSION = 7  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped; 4: check; 5: tiny images checked; 6: unnamed files keyed by sub-folder or path; 7: Mendeley v3 names
 MANIFEST_COLUMNS = [
     "path", "label", "patient_id", "group_id", "split", "content_hash", "width", "height", "mode",
     "check",  # why an image may not be a chest X-ray like Kermany's (cxr_tune.data.input_checks); "" for most
@@ -46,10 +46,15 @@ LAYOUT_HINT = "ROOT/{train,val,test}/{NORMAL,PNEUMONIA}/<images> (the Kermany ch
 # are two children. In the official training split 808 of 1,635 person numbers carry both types,
 # and the 170 numbers that recur between the official train and test splits never recur with the
 # same type; the trailing image numbers are one counter per type. So the patient key keeps the type.
+# The current Mendeley download (version 3, CellData/chest_xray) renames the same images NORMAL-<id>-<n>,
+# BACTERIA-<id>-<n> and VIRUS-<id>-<n>, with ids of 6-7 digits that are not counters: one id is one patient
+# whatever the type (were two patients to share an id, joining them could only over-group, never leak).
+# Each pattern's group 1 after the prefix is the key.
 _PATIENT_PATTERNS = (
-    re.compile(r"^(person\d+_(?:bacteria|virus))_"),
-    re.compile(r"^(NORMAL2-IM-\d+)-\d+"),
-    re.compile(r"^(IM-\d+)-\d+"),
+    (re.compile(r"^(person\d+_(?:bacteria|virus))_"), ""),
+    (re.compile(r"^(NORMAL2-IM-\d+)-\d+"), ""),
+    (re.compile(r"^(IM-\d+)-\d+"), ""),
+    (re.compile(r"^(?:NORMAL|BACTERIA|VIRUS)-(\d+)-\d+"), "patient-"),
 )
 
 
@@ -83,13 +88,13 @@ class _File:
 def patient_id(file_name: str) -> str | None:
     """The patient a Kermany file name belongs to, or None when the name has no patient in it.
 
-    >>> patient_id("person1000_bacteria_2931.jpeg"), patient_id("NORMAL2-IM-0123-0001.jpeg")
-    ('person1000_bacteria', 'NORMAL2-IM-0123')
+    >>> patient_id("person1000_bacteria_2931.jpeg"), patient_id("NORMAL2-IM-0123-0001.jpeg"), patient_id("VIRUS-1003233-0002.jpeg")
+    ('person1000_bacteria', 'NORMAL2-IM-0123', 'patient-1003233')
     """
-    for pattern in _PATIENT_PATTERNS:
+    for pattern, prefix in _PATIENT_PATTERNS:
         match = pattern.match(file_name)
         if match:
-            return match.group(1)
+            return prefix + match.group(1)
     return None
 
 

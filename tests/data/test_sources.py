@@ -26,6 +26,10 @@ GOOD = {
     ("IM-0115-0001.jpeg", "IM-0115"),
     ("NORMAL2-IM-0587-0001-0002.jpeg", "NORMAL2-IM-0587"),
     ("IM-0023-0001-0002.jpeg", "IM-0023"),
+    # The current Mendeley download (version 3): one id per patient, whatever the type.
+    ("NORMAL-1003233-0001.jpeg", "patient-1003233"),
+    ("BACTERIA-1351146-0002.jpeg", "patient-1351146"),
+    ("VIRUS-355597-0002.jpeg", "patient-355597"),
     ("scan_42.png", None),
 ])
 def test_patient_ids_from_kermany_names(name, patient):
@@ -179,3 +183,15 @@ def test_unnamed_files_take_their_patient_sub_folder_and_never_share_a_group_by_
     assert ("Patient ids: 74 file name(s) carry no Kermany patient id: 72 in 24 sub-folder(s) of the class folders are grouped by "
             "that sub-folder, one patient each (CLASS/<patient>/<image>); 2 directly in a class folder are each treated as their "
             "own patient.") in report
+
+
+def test_mendeley_v3_names_keep_a_patient_on_one_side_of_carved_validation(tmp_path):
+    from cxr_tune.data.prepared import DataOptions, split_data
+
+    layout = {"train": {"NORMAL": [f"NORMAL-{1000000 + i}-{k:04d}.jpeg" for i in range(10) for k in (1, 2, 3)],
+                        "PNEUMONIA": [f"{'BACTERIA' if i % 2 else 'VIRUS'}-{2000000 + i}-{k:04d}.jpeg" for i in range(10) for k in (1, 2, 3)]}}
+    root = kermany_folder(tmp_path / "CellData" / "chest_xray", layout)
+    split = split_data(DataOptions(data=str(tmp_path / "CellData"), cache_dir=str(tmp_path / "cache"), val_fraction=0.3, val_data="none"))
+    roles = split.roles.assign(id=split.roles["path"].str.extract(r"-(\d+)-\d+\.jpeg$", expand=False))
+    assert roles.groupby("id")["role"].nunique().max() == 1 and set(roles["role"]) == {"train", "val"}
+    assert roles["patient_id"].nunique() == 20 and str(root) == split.source.root
