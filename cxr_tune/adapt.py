@@ -265,8 +265,9 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     if threshold_rule == "prior-shift":  # before the images are read
         check_prior_record(model, meta)
         prior = probability_prior(meta, storage.join(model, META_FILE))
-    files = [file.path for file in collect([images_dir])]
-    decoded = [(path, *try_decode_checked(path, members.image_size)) for path in files]
+    files = collect([images_dir])
+    # A folder below it that was not read (a loop, a hidden folder) counts as a skipped file; it is not opened.
+    decoded = [(file.path, *(try_decode_checked(file.path, members.image_size) if not file.reason else (None, [], file.reason))) for file in files]
     # An image unlike the training X-rays (a colour photo, a blank frame, a lateral view) would pull
     # the site's BatchNorm statistics and its score mixture towards what the model never sees.
     left_out = [(str(path), "; ".join(notes)) for path, image, notes, _ in decoded if image is not None and notes]

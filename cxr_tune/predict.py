@@ -39,8 +39,8 @@ import pandas as pd
 
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
-from cxr_tune.data.imaging import decode_gray, describe_failure, try_decode_checked
-from cxr_tune.data.sources import CLASSES
+from cxr_tune.data.imaging import decode_gray, try_decode_checked
+from cxr_tune.data.sources import CLASSES, walk_folder
 from cxr_tune.data.synthetic import SYNTHETIC_MARKER
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import against, fmt, for_spreadsheet, interval, json_safe, printable
@@ -64,13 +64,16 @@ class Input(NamedTuple):
 
     path: Path | str
     label: int | None
+    reason: str = ""  # why it is not read, when that is known before reading (a folder below a named one that was not read)
 
 
 def collect(inputs: Sequence[str]) -> list[Input]:
     """Every file named on the command line, and every file under the named folders (but hidden files and the
-    SYNTHETIC set's own marker file), each once, with its label (:func:`label_of`). Links that lead nowhere,
-    other files that are not plain and folders below a named one that cannot be listed are kept, so that they
-    are listed as unreadable, as training lists them; a named folder that cannot be listed is a :class:`UserError`.
+    SYNTHETIC set's own marker file), each once, with its label (:func:`label_of`). Folders are walked as training
+    walks them (:func:`~cxr_tune.data.sources.walk_folder`, links to folders followed). Links that lead nowhere and
+    other files that are not plain are kept, so that they are listed as unreadable, as training lists them, and so are
+    the folders below a named one that were not read, with the reason; a named folder that cannot be listed is a
+    :class:`UserError`.
     A file or folder on object storage (``s3://...``) is listed and read through :mod:`cxr_tune.storage`."""
     files: list[Input] = []
     seen: set[str] = set()
@@ -79,18 +82,18 @@ def collect(inputs: Sequence[str]) -> list[Input]:
         if storage.is_uri(item) and not (path.exists() or path.is_symlink()):  # a local folder may be called s3:
             found = _stored(item)
         elif path.is_dir():
-            listed, unlisted = _files_under(path)
-            found = [(p, label_of(p, path)) for p in listed if not p.name.startswith(".") and p.name != SYNTHETIC_MARKER]
-            found += [(p, label_of(p / p.name, path)) for p in unlisted]  # labelled as a file in it would be
+            listed, not_read = walk_folder(str(path))
+            found = [(p, label_of(p, path)) for p in sorted(map(Path, listed)) if not p.name.startswith(".") and p.name != SYNTHETIC_MARKER]
+            found += [(Path(p), label_of(Path(p, "x"), path), reason) for p, reason in sorted(not_read)]  # labelled as a file in it would be
         elif path.exists() or path.is_symlink():
             found = [(path, label_of(path))]
         else:
             raise UserError(f"'{item}' does not exist; pass image files or folders")
-        for file, label in found:
+        for file, label, *reason in found:
             key = file if isinstance(file, str) else os.path.realpath(file) if file.exists() else os.path.abspath(file)
             if key not in seen:  # a file named twice (itself and through its folder) is scored once
                 seen.add(key)
-                files.append(Input(file, label))
+                files.append(Input(file, label, *reason))
     if not files:
         raise UserError(f"no files found in {', '.join(inputs)}")
     return files
@@ -107,22 +110,6 @@ def _stored(item: str) -> list[tuple[str, int | None]]:
     if storage.is_file(item):
         return [(item, label_of(inside(item)))]
     raise UserError(f"'{item}' does not exist; pass image files or folders")
-
-
-def _files_under(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(every file under ``folder``, the folders below it that cannot be listed), each sorted; ``folder``
-    itself that cannot be listed is a :class:`UserError`, not a folder with no files."""
-    files: list[Path] = []
-    unlisted: list[Path] = []
-
-    def skip(exc: OSError) -> None:
-        if exc.filename == str(folder):
-            raise UserError(f"cannot read the folder '{folder}': {describe_failure(exc)}")
-        unlisted.append(Path(exc.filename))
-
-    for directory, _, names in os.walk(str(folder), onerror=skip):
-        files += [Path(directory, name) for name in names]
-    return sorted(files), sorted(unlisted)
 
 
 def label_of(path: PurePath, root: PurePath | None = None) -> int | None:
@@ -179,6 +166,8 @@ class _Read(NamedTuple):
 def _decode_chunk(chunk: Sequence[Input], size: int, read: _Read) -> np.ndarray:
     """The readable images of ``chunk`` at ``size``, stacked for scoring; which were read and why the others
     were not is added to ``read``, so that only one chunk's pixels are ever held."""
+    read.skipped.extend({"path": path_text(file.path), "reason": file.reason} for file in chunk if file.reason)
+    chunk = [file for file in chunk if not file.reason]
     images = []
     decoded = _decode_all([file.path for file in chunk], lambda path: try_decode_checked(path, size))
     for file, (image, checks, reason) in zip(chunk, decoded, strict=True):

@@ -227,7 +227,10 @@ def test_a_folder_is_decoded_and_scored_a_chunk_at_a_time_with_the_same_rows_in_
     224 px); now each chunk of files is decoded and scored before the next is read, and the tables are as before."""
     import cxr_tune.predict as module
     from cxr_tune.data.imaging import try_decode_checked
+    import os
+
     from cxr_tune.predict import collect, predict
+    from cxr_tune.serving import load_model
     from cxr_tune.serving import load_model, probabilities
 
     model = load_model(str(write_export(tmp_path / "best", image_size=16)))
@@ -385,3 +388,22 @@ def test_an_image_argument_that_only_looks_like_a_uri_is_one_line_or_a_local_fol
     kermany_folder(tmp_path / "odd" / "s3:" / "x", {"test": {"NORMAL": ["IM-0001-0001.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"]}})
     done = call_cli("cxr_tune.predict", "--model", str(model), f"{tmp_path}/odd/s3://x", "--quiet")
     assert done.returncode == 0 and "Labelled images: 2 (NORMAL 1, PNEUMONIA 1)" in done.stdout, done.stderr
+
+
+def test_a_linked_sub_folder_is_scored_and_a_link_loop_is_listed_as_skipped(tmp_path):
+    import os
+
+    from cxr_tune.predict import collect, predict
+    from cxr_tune.serving import load_model
+
+    model = write_export(tmp_path / "best", image_size=16)
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"]}})
+    outside = kermany_folder(tmp_path / "outside", {"more": {"x": ["person2_virus_2.jpeg"]}}, seed=1) / "more"
+    pneumonia = data / "test" / "PNEUMONIA"
+    os.symlink(outside, pneumonia / "linked_folder")
+    os.symlink("..", pneumonia / "loop")
+    files = collect([str(data)])
+    assert {(file.path.name, file.label) for file in files if not file.reason} == {("IM-0001-0001.jpeg", 0), ("person1_virus_1.jpeg", 1), ("person2_virus_2.jpeg", 1)}
+    frame, skipped = predict(load_model(str(model)), files)
+    assert len(frame) == 3 and skipped.to_dict("records") == [
+        {"path": str(pneumonia / "loop"), "reason": f"link to a folder above it ({data / 'test'}); not followed, it would loop"}]

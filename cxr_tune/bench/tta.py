@@ -35,7 +35,10 @@ def labelled_images(folder: str, size: int) -> tuple[np.ndarray, np.ndarray, lis
 
     seen: set[str] = set()
     images, labels, left_out = [], [], []
-    for path, label in collect([folder]):
+    for path, label, reason in collect([folder]):
+        if reason:  # a folder below it that was not read
+            left_out.append(f"{path}: {reason}")
+            continue
         if label is None:
             left_out.append(f"{path}: not under a NORMAL or PNEUMONIA folder")
             continue

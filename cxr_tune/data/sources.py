@@ -290,9 +290,8 @@ def _unnamed_patient(relative: str, class_key: str) -> str:
 
 
 def _walk_files(folder: str, split: str, ignored: list[dict]) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of every file under ``folder``, including dangling links locally; a
-    folder below it that cannot be listed goes to ``ignored`` with the reason, and ``folder``
-    itself stops with a :class:`UserError`."""
+    """(path, size, mtime_ns) of every file under ``folder`` (locally as :func:`walk_folder` finds them);
+    a folder below it not read goes to ``ignored`` with the reason."""
     if storage.is_uri(folder):
         fs, inner = storage.filesystem(folder)
         scheme = folder.split("://", 1)[0]
@@ -300,21 +299,48 @@ def _walk_files(folder: str, split: str, ignored: list[dict]) -> list[tuple[str,
             infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
         return [(f"{scheme}://{i.path}", int(i.size or 0), int(i.mtime_ns or 0)) for i in infos if i.type == pafs.FileType.File]
 
+    listed, not_read = walk_folder(folder)
+    ignored += [{"path": path, "split": split, "reason": reason} for path, reason in not_read]
+    out = []
+    for path in listed:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            stat = os.lstat(path)  # a dangling link is still listed, and reported unreadable
+        out.append((path, stat.st_size, stat.st_mtime_ns))
+    return out
+
+
+def walk_folder(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """(every file below the local ``folder``, the folders below it not read with the reason): what
+    training's scan and ``predict`` read from a folder. Dangling links are listed as files, so that they
+    are reported unreadable. Links to folders are followed, each real folder once: a link back to a
+    folder above (a loop) or to one already read is listed with the reason, not followed. ``folder``
+    itself that cannot be listed stops with a :class:`UserError`, not a folder with no files."""
+    files: list[str] = []
+    not_read: list[tuple[str, str]] = []
+    read = {os.path.realpath(folder): folder}  # real folder -> the path it was read through
+
     def unlisted(exc: OSError) -> None:
         if exc.filename == folder:
             raise UserError(f"cannot read the folder '{folder}': {describe_failure(exc)}")
-        ignored.append({"path": exc.filename, "split": split, "reason": describe_failure(exc)})
+        not_read.append((exc.filename, describe_failure(exc)))
 
-    out = []
-    for directory, _, names in os.walk(folder, onerror=unlisted):
-        for name in names:
+    for directory, dirs, names in os.walk(folder, onerror=unlisted, followlinks=True):
+        here, kept = os.path.realpath(directory), []
+        for name in sorted(dirs):
             path = os.path.join(directory, name)
-            try:
-                stat = os.stat(path)
-            except OSError:
-                stat = os.lstat(path)  # a dangling link is still listed, and reported unreadable
-            out.append((path, stat.st_size, stat.st_mtime_ns))
-    return out
+            real = os.path.realpath(path)
+            if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+                not_read.append((path, f"link to a folder above it ({real}); not followed, it would loop"))
+            elif real in read:
+                not_read.append((path, f"link to a folder already read as {read[real]}; read once"))
+            else:
+                read[real] = path
+                kept.append(name)
+        dirs[:] = kept  # os.walk descends into these only
+        files += [os.path.join(directory, name) for name in names]
+    return files, not_read
 
 
 def _scan_cached(root: str, files: list[_File], ignored: pd.DataFrame, cache_dir: str | None, *, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -195,3 +195,20 @@ def test_mendeley_v3_names_keep_a_patient_on_one_side_of_carved_validation(tmp_p
     roles = split.roles.assign(id=split.roles["path"].str.extract(r"-(\d+)-\d+\.jpeg$", expand=False))
     assert roles.groupby("id")["role"].nunique().max() == 1 and set(roles["role"]) == {"train", "val"}
     assert roles["patient_id"].nunique() == 20 and str(root) == split.source.root
+
+
+def test_linked_sub_folders_are_read_and_a_link_loop_is_listed_not_followed(tmp_path):
+    root = kermany_folder(tmp_path / "chest_xray", GOOD)
+    pneumonia = root / "train" / "PNEUMONIA"
+    outside = write_image(tmp_path / "outside" / "more" / "person50_virus_1.jpeg", seed=50).parent
+    os.symlink(outside, pneumonia / "linked_folder")
+    os.symlink("..", pneumonia / "loop")
+    os.symlink(root / "train", pneumonia / "up_two")  # a loop through a folder above the class folder
+    os.symlink(outside, pneumonia / "same_again")
+    source = build_manifest(str(root))
+    assert str(pneumonia / "linked_folder" / "person50_virus_1.jpeg") in set(source.manifest["path"])
+    assert len(source.manifest) == 9  # the linked folder's image once, nothing read through the loops
+    reasons = dict(zip(source.skipped["path"], source.skipped["reason"], strict=True))
+    assert reasons[str(pneumonia / "loop")] == f"link to a folder above it ({root / 'train'}); not followed, it would loop"
+    assert reasons[str(pneumonia / "up_two")] == f"link to a folder above it ({root / 'train'}); not followed, it would loop"
+    assert reasons[str(pneumonia / "same_again")] == f"link to a folder already read as {pneumonia / 'linked_folder'}; read once"
