@@ -40,7 +40,7 @@ import pandas as pd
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
 from cxr_tune.data.imaging import decode_gray, try_decode_checked
-from cxr_tune.data.sources import CLASSES, walk_folder
+from cxr_tune.data.sources import CLASSES, NOT_READ, hidden_folder_of, walk_folder
 from cxr_tune.data.synthetic import SYNTHETIC_MARKER
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import against, fmt, for_spreadsheet, interval, json_safe, printable
@@ -70,7 +70,8 @@ class Input(NamedTuple):
 def collect(inputs: Sequence[str]) -> list[Input]:
     """Every file named on the command line, and every file under the named folders (but hidden files and the
     SYNTHETIC set's own marker file), each once, with its label (:func:`label_of`). Folders are walked as training
-    walks them (:func:`~cxr_tune.data.sources.walk_folder`, links to folders followed). Links that lead nowhere and
+    walks them (:func:`~cxr_tune.data.sources.walk_folder`: links to folders followed, hidden and system folders
+    such as ``.thumbnails`` or ``@eaDir`` listed, not read). Links that lead nowhere and
     other files that are not plain are kept, so that they are listed as unreadable, as training lists them, and so are
     the folders below a named one that were not read, with the reason; a named folder that cannot be listed is a
     :class:`UserError`.
@@ -99,14 +100,20 @@ def collect(inputs: Sequence[str]) -> list[Input]:
     return files
 
 
-def _stored(item: str) -> list[tuple[str, int | None]]:
+def _stored(item: str) -> list[tuple[str, int | None] | tuple[str, int | None, str]]:
     """:func:`collect`'s files and labels for a file or folder on object storage."""
     def inside(uri: str) -> PurePosixPath:  # the bucket and key, for the folder names that give a label
         return PurePosixPath(uri.split("://", 1)[1].rstrip("/"))
 
     if storage.is_dir(item):
-        names = [uri for uri in storage.files_under(item) if not storage.name(uri).startswith(".") and storage.name(uri) != SYNTHETIC_MARKER]
-        return [(uri, label_of(inside(uri), inside(item))) for uri in names]
+        found, hidden = [], set()
+        for uri in storage.files_under(item):
+            below = hidden_folder_of(uri[len(item.rstrip("/")) :].lstrip("/"))
+            if below is not None:  # listed once, as a local walk lists it
+                hidden.add(storage.join(item.rstrip("/"), below))
+            elif not storage.name(uri).startswith(".") and storage.name(uri) != SYNTHETIC_MARKER:
+                found.append((uri, label_of(inside(uri), inside(item))))
+        return found + [(uri, label_of(inside(storage.join(uri, "x")), inside(item)), NOT_READ) for uri in sorted(hidden)]
     if storage.is_file(item):
         return [(item, label_of(inside(item)))]
     raise UserError(f"'{item}' does not exist; pass image files or folders")

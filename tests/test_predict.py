@@ -407,3 +407,16 @@ def test_a_linked_sub_folder_is_scored_and_a_link_loop_is_listed_as_skipped(tmp_
     frame, skipped = predict(load_model(str(model)), files)
     assert len(frame) == 3 and skipped.to_dict("records") == [
         {"path": str(pneumonia / "loop"), "reason": f"link to a folder above it ({data / 'test'}); not followed, it would loop"}]
+
+
+def test_hidden_and_system_folders_are_listed_not_scored(tmp_path):
+    from cxr_tune.data.sources import NOT_READ
+    from cxr_tune.predict import collect
+    from tests.conftest import write_image
+
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"]}})
+    write_image(data / "test" / "NORMAL" / "@eaDir" / "IM-0001-0001.jpeg" / "SYNOFILE_THUMB_M.jpg", seed=5, fmt="JPEG")
+    write_image(data / "test" / "PNEUMONIA" / ".thumbnails" / "person1_virus_1.png", seed=6)
+    files = collect([str(data)])
+    assert sorted((file.path.name, file.reason) for file in files) == [
+        (".thumbnails", NOT_READ), ("@eaDir", NOT_READ), ("IM-0001-0001.jpeg", ""), ("person1_virus_1.jpeg", "")]

@@ -236,6 +236,26 @@ def _child_dirs(fs: pafs.FileSystem, inner: str, folder: str) -> list[str]:
     return [i.base_name for i in infos if i.type == pafs.FileType.Directory]
 
 
+#: Why a hidden or system folder's files are not read (``.thumbnails``, ``__MACOSX``, a NAS's ``@eaDir``).
+NOT_READ = "hidden or system folder (thumbnails, indexes, a recycle bin); not read"
+
+
+def is_hidden_or_system(name: str) -> bool:
+    """Whether a folder named ``name`` holds what a computer, not a person, put there: hidden folders
+    (``.thumbnails``), macOS zip residue (``__MACOSX``), a NAS's indexes and bins (Synology ``@eaDir``,
+    ``#recycle``) and Windows' (``$RECYCLE.BIN``, ``System Volume Information``). Their thumbnails of the
+    X-rays would be trained on as more patients' images."""
+    return name.startswith((".", "@", "#recycle", "$RECYCLE")) or name in ("__MACOSX", "System Volume Information")
+
+
+def hidden_folder_of(relative: str) -> str | None:
+    """The first hidden or system folder on ``relative``, a file's '/'-separated path below a listed
+    folder (``"@eaDir/a.jpeg/thumb.jpg"`` gives ``"@eaDir"``), or None."""
+    parts = relative.split("/")[:-1]
+    hidden = next((k for k, part in enumerate(parts) if is_hidden_or_system(part)), None)
+    return None if hidden is None else "/".join(parts[: hidden + 1])
+
+
 def _find(names: Iterable[str], wanted: str) -> str | None:
     """The entry of ``names`` equal to ``wanted`` ignoring case (NORMAL, normal, Normal)."""
     return next((n for n in names if n.lower() == wanted.lower()), None)
@@ -253,8 +273,8 @@ def _list_files(root: str) -> tuple[list[_File], dict[tuple[str, int], str], pd.
     for split_dir in _child_dirs(fs, inner, root):
         split = split_dir.lower()
         if split not in SPLITS:
-            if not split_dir.startswith((".", "__MACOSX")):
-                ignored.append({"path": storage.join(root, split_dir), "split": "", "reason": "folder is not train/val/test; ignored"})
+            reason = NOT_READ if is_hidden_or_system(split_dir) else "folder is not train/val/test; ignored"
+            ignored.append({"path": storage.join(root, split_dir), "split": "", "reason": reason})
             continue
         _list_classes(storage.join(root, split_dir), split, files, folders, ignored)
     files.sort(key=lambda f: f.path)
@@ -267,8 +287,8 @@ def _list_classes(folder: str, split: str, files: list[_File], folders: dict[tup
     for class_dir in _child_dirs(fs, inner, folder):
         label = next((i for i, c in enumerate(CLASSES) if c.lower() == class_dir.lower()), None)
         if label is None:
-            if not class_dir.startswith((".", "__MACOSX")):
-                ignored.append({"path": storage.join(folder, class_dir), "split": split, "reason": "folder is not NORMAL/PNEUMONIA; ignored"})
+            reason = NOT_READ if is_hidden_or_system(class_dir) else "folder is not NORMAL/PNEUMONIA; ignored"
+            ignored.append({"path": storage.join(folder, class_dir), "split": split, "reason": reason})
             continue
         class_path = storage.join(folder, class_dir)
         folders[(split, label)] = class_path
@@ -297,7 +317,16 @@ def _walk_files(folder: str, split: str, ignored: list[dict]) -> list[tuple[str,
         scheme = folder.split("://", 1)[0]
         with storage.reported(folder, "listed"):
             infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
-        return [(f"{scheme}://{i.path}", int(i.size or 0), int(i.mtime_ns or 0)) for i in infos if i.type == pafs.FileType.File]
+        out, hidden = [], set()
+        for info in infos:
+            if info.type == pafs.FileType.File:
+                below = hidden_folder_of(info.path[len(inner) :].lstrip("/"))
+                if below is None:
+                    out.append((f"{scheme}://{info.path}", int(info.size or 0), int(info.mtime_ns or 0)))
+                else:
+                    hidden.add(below)
+        ignored += [{"path": storage.join(folder, below), "split": split, "reason": NOT_READ} for below in sorted(hidden)]
+        return out
 
     listed, not_read = walk_folder(folder)
     ignored += [{"path": path, "split": split, "reason": reason} for path, reason in not_read]
@@ -316,7 +345,8 @@ def walk_folder(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
     training's scan and ``predict`` read from a folder. Dangling links are listed as files, so that they
     are reported unreadable. Links to folders are followed, each real folder once: a link back to a
     folder above (a loop) or to one already read is listed with the reason, not followed. ``folder``
-    itself that cannot be listed stops with a :class:`UserError`, not a folder with no files."""
+    itself that cannot be listed stops with a :class:`UserError`, not a folder with no files. Hidden and
+    system folders (:func:`is_hidden_or_system`) are listed, not read."""
     files: list[str] = []
     not_read: list[tuple[str, str]] = []
     read = {os.path.realpath(folder): folder}  # real folder -> the path it was read through
@@ -331,7 +361,9 @@ def walk_folder(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
         for name in sorted(dirs):
             path = os.path.join(directory, name)
             real = os.path.realpath(path)
-            if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+            if is_hidden_or_system(name):
+                not_read.append((path, NOT_READ))
+            elif here == real or here.startswith(real.rstrip(os.sep) + os.sep):
                 not_read.append((path, f"link to a folder above it ({real}); not followed, it would loop"))
             elif real in read:
                 not_read.append((path, f"link to a folder already read as {read[real]}; read once"))

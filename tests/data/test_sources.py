@@ -212,3 +212,42 @@ def test_linked_sub_folders_are_read_and_a_link_loop_is_listed_not_followed(tmp_
     assert reasons[str(pneumonia / "loop")] == f"link to a folder above it ({root / 'train'}); not followed, it would loop"
     assert reasons[str(pneumonia / "up_two")] == f"link to a folder above it ({root / 'train'}); not followed, it would loop"
     assert reasons[str(pneumonia / "same_again")] == f"link to a folder already read as {pneumonia / 'linked_folder'}; read once"
+
+
+def test_hidden_and_system_folders_are_listed_at_every_depth_and_never_read(tmp_path):
+    from cxr_tune.data.sources import NOT_READ
+
+    root = kermany_folder(tmp_path / "chest_xray", GOOD)
+    normal = root / "train" / "NORMAL"
+    thumbnails = [  # a NAS's and a viewer's thumbnails of the X-rays, and macOS zip residue, at several depths
+        normal / "@eaDir" / "IM-0001-0001.jpeg" / "SYNOFILE_THUMB_M.jpg",
+        normal / ".thumbnails" / "IM-0001-0001.png",
+        normal / "patient9" / "@eaDir" / "1.png" / "SYNOFILE_THUMB_M.jpg",
+        root / "train" / "__MACOSX" / "NORMAL" / "._IM-0001-0001.jpeg",
+        root / ".trash" / "train" / "NORMAL" / "IM-0009-0001.jpeg",
+    ]
+    for i, path in enumerate(thumbnails):
+        write_image(path, seed=100 + i, fmt="PNG")
+    write_image(normal / "patient9" / "1.png", seed=99)
+    source = build_manifest(str(root))
+    assert len(source.manifest) == 9  # the 8 X-rays and patient9/1.png, no thumbnail
+    listed = dict(zip(source.skipped["path"], source.skipped["reason"], strict=True))
+    assert listed == {str(folder): NOT_READ for folder in (normal / "@eaDir", normal / ".thumbnails", normal / "patient9" / "@eaDir",
+                                                            root / "train" / "__MACOSX", root / ".trash")}
+
+
+def test_hidden_and_system_folders_on_object_storage_are_listed_not_read(tmp_path, s3_dir):
+    from cxr_tune import storage
+    from cxr_tune.data.sources import NOT_READ
+    from cxr_tune.predict import collect
+
+    root = kermany_folder(tmp_path / "chest_xray", GOOD)
+    write_image(root / "train" / "NORMAL" / "@eaDir" / "IM-0001-0001.jpeg" / "SYNOFILE_THUMB_M.jpg", seed=100, fmt="JPEG")
+    write_image(root / "test" / "PNEUMONIA" / "sub" / ".thumbnails" / "person100_virus_1.png", seed=101)
+    storage.copy(str(root), s3_dir)
+    source = build_manifest(s3_dir)
+    assert len(source.manifest) == 8
+    hidden = [storage.join(s3_dir, "test/PNEUMONIA/sub/.thumbnails"), storage.join(s3_dir, "train/NORMAL/@eaDir")]
+    assert sorted(zip(source.skipped["path"], source.skipped["reason"], strict=True)) == [(folder, NOT_READ) for folder in hidden]
+    files = collect([s3_dir])
+    assert sorted(file.path for file in files if file.reason == NOT_READ) == hidden and len(files) == 10
