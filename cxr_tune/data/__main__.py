@@ -74,7 +74,9 @@ def _prepare(args: argparse.Namespace, split: SplitData) -> int:
     verb = "Reused" if cache.reused else f"Built in {cache.build_seconds:.1f} s:"
     print(f"{verb} image cache of {cache.n_images} images at {args.image_size}x{args.image_size} px: {cache.path}")
     if not cache.failures.empty:
-        print(skipped_report(cache.failures, "Files that failed to decode (left out)"))
+        print(skipped_report(cache.failures, "Files that failed in the image-cache build (left out)"))
+    if not cache.saved:
+        print("The cache was not saved: some files could not be read at all; the next run reads them again.")
     return 0
 
 

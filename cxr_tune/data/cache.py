@@ -14,6 +14,10 @@ A build writes its Parquet files under its own ``data-<build id>/`` and commits 
 cannot rename folders) and no committed data is ever deleted: a builder that finds ``meta.json``
 already there (another process won the race) uses that cache and deletes only its own folder. A
 ``data-*`` folder that no ``meta.json`` names is an interrupted build and is never read.
+
+A build in which a file could not be read at all (gone since the scan, permission denied, a store's error) is
+used by the run that made it but never committed: the next run builds again and reads that file again, instead
+of leaving it out for good. A file whose bytes do not decode is a failure of those bytes, committed with the cache.
 """
 
 from __future__ import annotations
@@ -51,10 +55,11 @@ class ImageCache:
     path: str
     image_size: int
     n_images: int
-    failures: pd.DataFrame  # content_hash, path, reason: files that passed the scan but not decoding
+    failures: pd.DataFrame  # content_hash, path, reason, retry: files that passed the scan but not decoding (retry: not even read)
     reused: bool
     build_seconds: float
     data_name: str = "data"  # the folder meta.json names, inside ``path``
+    saved: bool = True  # False: a file could not be read, so the build is this run's only (see the module's docstring)
 
     @property
     def data_path(self) -> str:
@@ -83,15 +88,17 @@ def find_cache(cache_dir: str, manifest: pd.DataFrame, image_size: int) -> Image
     return _from_meta(path, image_size, json.loads(storage.read_text(meta_path)), reused=True)
 
 
-def _from_meta(path: str, image_size: int, meta: dict, *, reused: bool) -> ImageCache:
+def _from_meta(path: str, image_size: int, meta: dict, *, reused: bool, saved: bool = True) -> ImageCache:
+    failures = pd.DataFrame(meta["failures"], columns=["content_hash", "path", "reason", "retry"])
     return ImageCache(
         path=path,
         image_size=image_size,
         n_images=int(meta["n_images"]),
-        failures=pd.DataFrame(meta["failures"], columns=["content_hash", "path", "reason"]),
+        failures=failures.assign(retry=failures["retry"].fillna(False).astype(bool)),  # caches built before it: False
         reused=reused,
         build_seconds=float(meta["build_seconds"]),
         data_name=str(meta.get("data", "data")),
+        saved=saved,
     )
 
 
@@ -154,6 +161,8 @@ def prepare_cache(manifest: pd.DataFrame, image_size: int, cache_dir: str) -> Im
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         committed = None  # unknown while the commit runs: a failed PUT may still have landed
+        if failures["retry"].any():  # this run's only (kept: committed is None), so the next one reads the unread files again
+            return _from_meta(final, image_size, meta, reused=False, saved=False)
         committed = _commit(final, meta)
     finally:
         if committed is False:  # failed before committing, or lost the race: only our own folder goes
@@ -192,25 +201,28 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> pa.Table:
     Raw bytes in a binary column, not a tensor column: Parquet writes a tensor column one value
     at a time, which made writing the cache slower than decoding it.
     """
-    images, errors = [], []
+    images, errors, retry = [], [], []
     for path in batch["path"]:
-        pixels, error = _read_and_decode(str(path), size)
+        pixels, error, unread = _read_and_decode(str(path), size)
         images.append(b"" if pixels is None else pixels.tobytes())
         errors.append(error or "")
+        retry.append(unread)
     return pa.table({
         "content_hash": pa.array(batch["content_hash"].astype(str)),
         "image": pa.array(images, type=pa.binary()),
         "error": pa.array(errors, type=pa.string()),
+        "retry": pa.array(retry, type=pa.bool_()),  # not read at all: may read next time (see the module's docstring)
     })
 
 
-def _read_and_decode(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
-    """:func:`try_decode_gray` of the file at ``path``; a file that cannot be read is a failure too."""
+def _read_and_decode(path: str, size: int) -> tuple[np.ndarray | None, str | None, bool]:
+    """:func:`try_decode_gray` of the file at ``path``, and whether it failed before its bytes were read
+    (gone, permission denied: a failure that can go away, unlike bytes that do not decode)."""
     try:
         data = storage.read_bytes(path)
     except Exception as exc:  # noqa: BLE001 - one unreadable file is reported, never fatal
-        return None, describe_failure(exc)
-    return try_decode_gray(data, size)
+        return None, describe_failure(exc), True
+    return *try_decode_gray(data, size), False
 
 
 # CPUs asked by the tasks that select a role's rows from the cache (see role_datasets).
@@ -305,7 +317,7 @@ def load_images(rows: pd.DataFrame, image_size: int, cache_dir: str, manifest: p
                 pixels[content_hash] = image
     else:
         for row in rows.itertuples():
-            image, _ = _read_and_decode(row.path, image_size)
+            image, _, _ = _read_and_decode(row.path, image_size)
             if image is not None:
                 pixels[row.content_hash] = image.tobytes()
     kept = rows[rows["content_hash"].isin(pixels)].reset_index(drop=True)
@@ -315,7 +327,7 @@ def load_images(rows: pd.DataFrame, image_size: int, cache_dir: str, manifest: p
 
 def _failures(data_path: str, unique: pd.DataFrame) -> pd.DataFrame:
     fs, inner = storage.filesystem(data_path)
-    table = pq.read_table(inner, filesystem=fs, columns=["content_hash", "error"]).to_pandas()
+    table = pq.read_table(inner, filesystem=fs, columns=["content_hash", "error", "retry"]).to_pandas()
     bad = table[table["error"].astype(str) != ""].rename(columns={"error": "reason"})
     bad = bad.merge(unique, on="content_hash", how="left")
-    return bad[["content_hash", "path", "reason"]].reset_index(drop=True)
+    return bad[["content_hash", "path", "reason", "retry"]].astype({"retry": bool}).reset_index(drop=True)

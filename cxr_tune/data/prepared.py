@@ -16,7 +16,7 @@ import os
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -25,6 +25,9 @@ from cxr_tune.data.sources import EXTERNAL, Source, add_groups, load_external, l
 from cxr_tune.data.splits import assign_roles
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import printable
+
+if TYPE_CHECKING:  # the cache module imports Ray Data helpers; only its type is named here
+    from cxr_tune.data.cache import ImageCache
 
 #: Fewer labelled images per class than this cannot rank trials: one image moves balanced
 #: accuracy by more than 2.5 points, and bootstrap intervals span most of the range.
@@ -135,13 +138,26 @@ class SplitData:
         skipped = self.source.skipped
         if skipped.empty:
             return None
-        first = "; ".join(f"{printable(path)}: {reason}" for path, reason in skipped[["path", "reason"]].head(shown).itertuples(index=False))
-        more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+        return f"Skipped {len(skipped)} file(s) that cannot be used ({_first(skipped, shown)}); {self._command('inspect')} lists them all."
+
+    def describe_cache_failures(self, cache: ImageCache, shown: int = 3) -> str | None:
+        """One line on the files the scan read but the image-cache build could not (left out of this run),
+        as :meth:`describe_skipped` says the scan's; None when there are none."""
+        failed = cache.failures
+        if failed.empty:
+            return None
+        again = (" The cache was not saved: the next run reads the files that could not be read again." if not cache.saved
+                 else "")
+        return (f"Left out {len(failed)} file(s) that failed in the {cache.image_size} px image-cache build ({_first(failed, shown)}); "
+                f"{self._command('prepare', '--image-size', str(cache.image_size))} lists them all.{again}")
+
+    def _command(self, verb: str, *flags: str) -> str:
+        """The ``python -m cxr_tune.data`` command that reads the same data as this run."""
         data = self.options.data or ""
         val_data = self.options.val_data if self.options.val_data not in ("auto", "none") else ""
-        command = " ".join(["python -m cxr_tune.data inspect", *([shlex.quote(data)] if data else []),
-                            *(["--val-data", shlex.quote(val_data)] if val_data else [])])
-        return f"Skipped {len(skipped)} file(s) that cannot be used ({first}{more}); {command} lists them all."
+        return " ".join([f"python -m cxr_tune.data {verb}", *([shlex.quote(data)] if data else []), *flags,
+                         *(["--val-data", shlex.quote(val_data)] if val_data else []),
+                         *(["--cache-dir", shlex.quote(self.options.cache_dir)] if verb == "prepare" and self.options.cache_dir else [])])
 
     def _left_out(self) -> list[str]:
         excluded = self.roles[self.roles["role"] == "excluded"]
@@ -199,6 +215,12 @@ def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
     return SplitData(source=source, roles=roles, cache_dir=cache_dir, options=options, external=external, external_note=note)
 
 
+def _first(frame: pd.DataFrame, shown: int) -> str:
+    """``path: reason`` of the first ``shown`` rows of ``frame``, and how many more there are."""
+    first = "; ".join(f"{printable(path)}: {reason}" for path, reason in frame[["path", "reason"]].head(shown).itertuples(index=False))
+    return first + (f"; and {len(frame) - shown} more" if len(frame) > shown else "")
+
+
 def images_fingerprint(lines: Iterable[str]) -> str:
     """"N images, sha256 <12 hex>" of one line per image (its content hash, and what else must match), in any order."""
     import hashlib
@@ -251,5 +273,7 @@ def datasets_by_size(split: SplitData, sizes: list[int], roles: tuple[str, ...] 
         cache = prepare_cache(split.source.manifest, size, split.cache_dir)
         state = "reused" if cache.reused else f"built in {cache.build_seconds:.1f} s"
         print(f"Image cache {size}x{size} px ({state}): {cache.path}", flush=True)
+        if (failed := split.describe_cache_failures(cache)) is not None:
+            print(failed, flush=True)
         out[size] = role_datasets(cache, split.roles, roles)
     return out

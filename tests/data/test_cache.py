@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,11 +74,15 @@ def test_a_file_that_breaks_after_the_scan_is_listed_not_fatal(ray_session, tmp_
 
     root = copy_tree(synthetic_root, tmp_path / "copy")
     source = build_manifest(str(root))
-    victim = source.manifest["path"].iloc[0]
+    victim, gone = source.manifest["path"].iloc[0], source.manifest["path"].iloc[1]
     with open(victim, "r+b") as handle:  # same size and hash in the manifest, broken content on disk
         handle.truncate(10)
+    os.remove(gone)  # listed by the scan, gone when the cache build reads it
     cache = prepare_cache(source.manifest, 16, str(tmp_path / "cache"))
-    assert list(cache.failures["path"]) == [victim] and cache.failures["reason"].iloc[0]
+    assert list(cache.failures["path"]) == [victim, gone] and cache.failures["reason"].iloc[0]
+    # The file that could not be read at all may be back next run: this build is not kept, so the next run reads it again.
+    assert list(cache.failures["retry"]) == [False, True] and not cache.saved
+    assert find_cache(str(tmp_path / "cache"), source.manifest, 16) is None
 
 
 @pytest.mark.slow  # builds caches through Ray
@@ -177,3 +184,34 @@ def test_each_role_is_read_only_once_the_cluster_shows_a_free_cpu(monkeypatch):
     datasets = role_datasets(types.SimpleNamespace(data_path="cache/data", image_size=24), roles, ("train", "val", "test"))
     assert set(datasets) == {"train", "val", "test"} and cluster.reads == 3
     assert cluster.warned == []
+
+
+def test_a_file_not_read_at_all_is_marked_to_be_read_again_unlike_bytes_that_do_not_decode(tmp_path):
+    from tests.conftest import write_image
+
+    good = write_image(tmp_path / "IM-0001-0001.jpeg", seed=1)
+    broken = write_image(tmp_path / "IM-0002-0001.jpeg", seed=2)
+    broken.write_bytes(broken.read_bytes()[:20])
+    paths = np.array([str(good), str(broken), str(tmp_path / "gone.jpeg")])
+    table = cache_module.decode_batch({"path": paths, "content_hash": np.array(["a", "b", "c"])}, size=16).to_pydict()
+    assert [bool(e) for e in table["error"]] == [False, True, True] and table["retry"] == [False, False, True]
+
+
+def test_search_and_train_name_the_files_the_cache_build_left_out(tmp_path):
+    from cxr_tune.data.cache import ImageCache
+    from cxr_tune.data.prepared import DataOptions, split_data
+    from tests.conftest import kermany_folder
+
+    root = kermany_folder(tmp_path / "data", {"train": {"NORMAL": [f"IM-000{i}-0001.jpeg" for i in range(1, 5)],
+                                                        "PNEUMONIA": [f"person{i}_virus_1.jpeg" for i in range(1, 5)]}})
+    split = split_data(DataOptions(data=str(root), cache_dir=str(tmp_path / "cache"), val_data="none"))
+    failures = pd.DataFrame({"content_hash": list("abcd"), "path": [f"/d/{i}.jpeg" for i in range(4)],
+                             "reason": ["truncated image (file ends before the image data does)"] + ["permission denied"] * 3,
+                             "retry": [False, True, True, True]})
+    cache = ImageCache(path="/c", image_size=32, n_images=9, failures=failures, reused=False, build_seconds=1.0, saved=False)
+    assert split.describe_cache_failures(cache) == (
+        "Left out 4 file(s) that failed in the 32 px image-cache build (/d/0.jpeg: truncated image (file ends before the image data "
+        "does); /d/1.jpeg: permission denied; /d/2.jpeg: permission denied; and 1 more); python -m cxr_tune.data prepare "
+        f"{root} --image-size 32 --cache-dir {tmp_path / 'cache'} lists them all. The cache was not saved: the next run reads "
+        "the files that could not be read again.")
+    assert split.describe_cache_failures(replace(cache, failures=failures.iloc[:0])) is None
