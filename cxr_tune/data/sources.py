@@ -7,7 +7,8 @@ even when the copies carry different patient ids, so that no split can leak a pa
 
 Building a manifest reads and decodes every file once (threaded, with a progress bar); the result
 is cached under the cache directory keyed by the folder's file names, sizes and modification
-times, so the second call on unchanged data costs one directory listing.
+times, so the second call on unchanged data costs one directory listing (and a read of each file that
+could not be read at all last time: a permission fixed with ``chmod`` changes neither size nor time).
 """
 
 from __future__ import annotations
@@ -376,16 +377,30 @@ def walk_folder(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def _scan_cached(root: str, files: list[_File], ignored: pd.DataFrame, cache_dir: str | None, *, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(manifest with groups, skipped files) of ``files``: from the cache when nothing changed, else read and cached."""
+    """(manifest with groups, skipped files) of ``files``: from the cache when nothing changed, else read and cached.
+
+    A file that could not be read at all (permission denied, a store's error) may read now although its
+    size and time did not change (``chmod`` changes neither): it is read again on every cache hit."""
     key = _scan_fingerprint(root, files, ignored)
     cached = _load_cached(cache_dir, key)
     if cached is not None:
-        return cached
+        manifest, skipped, retry = cached
+        return _read_again(manifest, skipped, [f for f in files if f.path in retry]) if retry else (manifest, skipped)
     manifest, skipped = _scan(files, progress=progress)
-    skipped = pd.concat([skipped, ignored], ignore_index=True)
+    skipped = pd.concat([skipped, ignored.assign(retry=False)], ignore_index=True)
     manifest = add_groups(manifest)
-    _save_cached(cache_dir, key, manifest, skipped)
-    return manifest, skipped
+    _save_cached(cache_dir, key, manifest, skipped)  # with the retry flags
+    return manifest, skipped[SKIPPED_COLUMNS]
+
+
+def _read_again(manifest: pd.DataFrame, skipped: pd.DataFrame, files: list[_File]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cached scan with ``files`` (skipped as unread) read again: what a fresh scan would give now."""
+    read, still = _scan(files, progress=False)
+    if not read.empty:
+        manifest = add_groups(pd.concat([manifest, read], ignore_index=True).sort_values("path", kind="stable").reset_index(drop=True))
+    reasons = dict(zip(still["path"], still["reason"], strict=True))
+    skipped = skipped[~skipped["path"].isin(set(read["path"]))].reset_index(drop=True)
+    return manifest, skipped.assign(reason=[reasons.get(path, reason) for path, reason in zip(skipped["path"], skipped["reason"], strict=True)])
 
 
 def _scan_fingerprint(root: str, files: list[_File], ignored: pd.DataFrame) -> str:
@@ -402,6 +417,9 @@ def _inspect_file(file: _File) -> dict:
     row: dict = {"path": file.path, "split": file.split, "label": file.label}
     try:
         data = storage.read_bytes(file.path)
+    except Exception as exc:  # noqa: BLE001 - not read at all: may read next time (see _scan_cached)
+        return {**row, "reason": describe_failure(exc), "retry": True}
+    try:
         if not data:
             return {**row, "reason": "empty file (0 bytes)"}
         info = probe(data)
@@ -432,10 +450,10 @@ def _scan(files: list[_File], *, progress: bool) -> tuple[pd.DataFrame, pd.DataF
             disable=None if progress and len(files) >= 200 else True,  # None: no bar when not a terminal
             leave=False,
         ))
-    frame = pd.DataFrame(rows, columns=[*SKIPPED_COLUMNS, "label", "patient_id", "content_hash", "width", "height", "mode", "check"])
+    frame = pd.DataFrame(rows, columns=[*SKIPPED_COLUMNS, "retry", "label", "patient_id", "content_hash", "width", "height", "mode", "check"])
     bad = frame["reason"].notna()
-    skipped = frame.loc[bad, SKIPPED_COLUMNS].reset_index(drop=True)
-    good = frame.loc[~bad].drop(columns="reason").reset_index(drop=True)
+    skipped = frame.loc[bad, [*SKIPPED_COLUMNS, "retry"]].astype({"retry": bool}).reset_index(drop=True)  # retry: see _scan_cached
+    good = frame.loc[~bad].drop(columns=["reason", "retry"]).reset_index(drop=True)
     good = good.astype({"label": "int64", "width": "int64", "height": "int64"})
     good["group_id"] = good["patient_id"]
     return good[MANIFEST_COLUMNS], skipped
@@ -457,14 +475,16 @@ def _cache_paths(cache_dir: str, key: str) -> tuple[str, str]:
     return storage.join(base, f"{key}.parquet"), storage.join(base, f"{key}.skipped.json")
 
 
-def _load_cached(cache_dir: str | None, key: str) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+def _load_cached(cache_dir: str | None, key: str) -> tuple[pd.DataFrame, pd.DataFrame, set[str]] | None:
+    """(manifest, skipped, the skipped files to read again) of a cached scan, or None."""
     if cache_dir is None:
         return None
     manifest_path, skipped_path = _cache_paths(cache_dir, key)
     if not (storage.exists(manifest_path) and storage.exists(skipped_path)):
         return None
-    skipped = pd.DataFrame(json.loads(storage.read_text(skipped_path)), columns=SKIPPED_COLUMNS)
-    return storage.read_frame(manifest_path), skipped
+    records = json.loads(storage.read_text(skipped_path))
+    retry = {record["path"] for record in records if record.get("retry")}
+    return storage.read_frame(manifest_path), pd.DataFrame(records, columns=SKIPPED_COLUMNS), retry
 
 
 def _save_cached(cache_dir: str | None, key: str, manifest: pd.DataFrame, skipped: pd.DataFrame) -> None:

@@ -251,3 +251,25 @@ def test_hidden_and_system_folders_on_object_storage_are_listed_not_read(tmp_pat
     assert sorted(zip(source.skipped["path"], source.skipped["reason"], strict=True)) == [(folder, NOT_READ) for folder in hidden]
     files = collect([s3_dir])
     assert sorted(file.path for file in files if file.reason == NOT_READ) == hidden and len(files) == 10
+
+
+def test_a_file_unreadable_at_the_first_scan_is_read_again_once_it_reads(tmp_path, monkeypatch):
+    from cxr_tune import storage
+
+    root = kermany_folder(tmp_path / "chest_xray", GOOD)
+    locked = str(root / "train" / "NORMAL" / "IM-0001-0002.jpeg")
+    read_bytes = storage.read_bytes
+
+    def denied(path):  # what a chmod 000 file gives a user (root reads past it); chmod changes neither size nor time
+        if path == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return read_bytes(path)
+
+    monkeypatch.setattr(storage, "read_bytes", denied)
+    first = build_manifest(str(root), str(tmp_path / "cache"))
+    assert list(first.skipped["reason"]) == ["permission denied"] and len(first.manifest) == 7
+    still = build_manifest(str(root), str(tmp_path / "cache"))
+    assert still.skipped.to_dict("records") == first.skipped.to_dict("records") and still.manifest.equals(first.manifest)
+    monkeypatch.undo()
+    again = build_manifest(str(root), str(tmp_path / "cache"))
+    assert again.skipped.empty and again.manifest.equals(build_manifest(str(root)).manifest)
