@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,4 +241,9 @@ def describe_failure(exc: BaseException) -> str:
         return "truncated image (file ends before the image data does)"
     if isinstance(exc, PermissionError):
         return "permission denied"
+    if isinstance(exc, FileNotFoundError) and exc.filename:  # the path is on the line already; say what happened to it
+        path = os.fsdecode(exc.filename)
+        if os.path.islink(path):
+            return f"broken link (its target {os.fsdecode(os.readlink(path))} does not exist)"
+        return "no such file (gone since its folder was listed)"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -227,14 +227,20 @@ def group_ids(frame: pd.DataFrame) -> np.ndarray:
 
 
 def _child_dirs(fs: pafs.FileSystem, inner: str, folder: str) -> list[str]:
-    """The folders in ``inner`` (``folder`` as the user names it); one that cannot be listed stops
-    with its name: its images would otherwise be missing without a word."""
+    """The folders in ``inner`` (``folder`` as the user names it); see :func:`_children`."""
+    return _children(fs, inner, folder)[0]
+
+
+def _children(fs: pafs.FileSystem, inner: str, folder: str) -> tuple[list[str], list[str]]:
+    """(the folders, the other entries) in ``inner`` (``folder`` as the user names it); one that cannot
+    be listed stops with its name: its images would otherwise be missing without a word."""
     try:
         with storage.reported(folder, "listed"):
             infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
     except PermissionError as exc:
         raise UserError(f"cannot read the folder '{folder}': {describe_failure(exc)}") from None
-    return [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+    return ([i.base_name for i in infos if i.type == pafs.FileType.Directory],
+            [i.base_name for i in infos if i.type != pafs.FileType.Directory])
 
 
 #: Why a hidden or system folder's files are not read (``.thumbnails``, ``__MACOSX``, a NAS's ``@eaDir``).
@@ -283,9 +289,13 @@ def _list_files(root: str) -> tuple[list[_File], dict[tuple[str, int], str], pd.
 
 
 def _list_classes(folder: str, split: str, files: list[_File], folders: dict[tuple[str, int], str], ignored: list[dict]) -> None:
-    """Add the files under ``folder/{NORMAL,PNEUMONIA}/`` to ``files``; other folders to ``ignored``."""
+    """Add the files under ``folder/{NORMAL,PNEUMONIA}/`` to ``files``; other folders and the files
+    directly in ``folder`` (whose class nothing says) to ``ignored``."""
     fs, inner = storage.filesystem(folder)
-    for class_dir in _child_dirs(fs, inner, folder):
+    class_dirs, loose = _children(fs, inner, folder)
+    ignored += [{"path": storage.join(folder, name), "split": split, "reason": "file outside the NORMAL/PNEUMONIA folders; ignored"}
+                for name in sorted(loose)]
+    for class_dir in class_dirs:
         label = next((i for i, c in enumerate(CLASSES) if c.lower() == class_dir.lower()), None)
         if label is None:
             reason = NOT_READ if is_hidden_or_system(class_dir) else "folder is not NORMAL/PNEUMONIA; ignored"

@@ -80,3 +80,13 @@ def test_a_large_sixteen_bit_image_decodes_in_bounded_memory(tmp_path):
     # float64 at full resolution alone is 4x the 16-bit array (128 MB here); now the 8-bit result
     # (16 MB) plus one small band is all that is allocated
     assert peak < values.nbytes, f"peak {peak / 1e6:.0f} MB"
+
+
+def test_a_broken_link_says_so_without_repeating_its_path(tmp_path):
+    import os
+
+    from cxr_tune.data.imaging import try_decode_checked
+
+    os.symlink(tmp_path / "nowhere.jpeg", tmp_path / "IM-0003-0001.jpeg")
+    assert try_decode_checked(tmp_path / "IM-0003-0001.jpeg", 16)[2] == f"broken link (its target {tmp_path / 'nowhere.jpeg'} does not exist)"
+    assert try_decode_checked(tmp_path / "gone.jpeg", 16)[2] == "no such file (gone since its folder was listed)"

@@ -74,7 +74,7 @@ def test_bad_files_are_skipped_and_listed_with_a_reason(tmp_path):
     assert reasons["IM-0010-0001.jpeg"] == "empty file (0 bytes)"
     assert reasons[".DS_Store"] == reasons["notes.txt"] == "not an image Pillow can read"
     assert "IM-0011-0001.jpeg" in reasons
-    assert "FileNotFoundError" in reasons["IM-0012-0001.jpeg"] or "No such file" in reasons["IM-0012-0001.jpeg"]
+    assert reasons["IM-0012-0001.jpeg"] == f"broken link (its target {tmp_path / 'gone.jpeg'} does not exist)"
     assert len(source.manifest) == 8  # the good images are all still there
 
 
@@ -273,3 +273,12 @@ def test_a_file_unreadable_at_the_first_scan_is_read_again_once_it_reads(tmp_pat
     monkeypatch.undo()
     again = build_manifest(str(root), str(tmp_path / "cache"))
     assert again.skipped.empty and again.manifest.equals(build_manifest(str(root)).manifest)
+
+
+def test_a_file_beside_the_class_folders_is_listed_not_dropped_silently(tmp_path):
+    root = kermany_folder(tmp_path / "chest_xray", GOOD)
+    write_image(root / "train" / "IM-9999-0001.jpeg", seed=9)
+    source = build_manifest(str(root))
+    assert source.skipped.to_dict("records") == [
+        {"path": str(root / "train" / "IM-9999-0001.jpeg"), "split": "train", "reason": "file outside the NORMAL/PNEUMONIA folders; ignored"}]
+    assert len(source.manifest) == 8
