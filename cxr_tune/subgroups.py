@@ -1,7 +1,8 @@
 """Subgroups the Kermany file names carry, and the model's rate in each.
 
 Kermany names pneumonia files ``personN_bacteria_M.jpeg`` / ``personN_virus_M.jpeg`` and normal
-files ``IM-NNNN-MMMM.jpeg`` / ``NORMAL2-IM-NNNN-MMMM.jpeg`` (two batches of normal films). A model
+files ``IM-NNNN-MMMM.jpeg`` / ``NORMAL2-IM-NNNN-MMMM.jpeg`` (two batches of normal films); the current
+Mendeley download names them ``BACTERIA-<id>-<n>`` / ``VIRUS-<id>-<n>`` / ``NORMAL-<id>-<n>`` (no batch). A model
 that finds bacterial pneumonia (dense lobar consolidation) but misses viral (diffuse, subtler), or
 clears one batch of normals but not the other, hides that behind one sensitivity and one
 specificity. :func:`subgroup_rates` gives sensitivity per pneumonia type and specificity per
@@ -24,8 +25,8 @@ from cxr_tune.train.metrics import wilson_interval
 
 #: name -> (label the group belongs to, file-name pattern, the rate measured, what people call it)
 GROUPS: dict[str, tuple[int, re.Pattern[str], str, str]] = {
-    "bacterial": (1, re.compile(r"^person\d+_bacteria_"), "sensitivity", "bacterial pneumonia"),
-    "viral": (1, re.compile(r"^person\d+_virus_"), "sensitivity", "viral pneumonia"),
+    "bacterial": (1, re.compile(r"^(?:person\d+_bacteria_|BACTERIA-\d+-\d+)"), "sensitivity", "bacterial pneumonia"),
+    "viral": (1, re.compile(r"^(?:person\d+_virus_|VIRUS-\d+-\d+)"), "sensitivity", "viral pneumonia"),
     "normal_im": (0, re.compile(r"^IM-\d+-\d+"), "specificity", "normal, IM- files"),
     "normal2_im": (0, re.compile(r"^NORMAL2-IM-\d+-\d+"), "specificity", "normal, NORMAL2-IM- files"),
 }

@@ -23,6 +23,10 @@ from tests.model_exports import export_folder, kermany_set, save_images
     ("NORMAL/person12_virus_44.jpeg", 0, None),  # a name that disagrees with its folder's class is in no group
     ("PNEUMONIA/scan_17.png", 1, None),
     ("NORMAL/notIM-0115-0001.jpeg", 0, None),
+    # The current Mendeley download's names: its pneumonia types are groups, its normals carry no batch.
+    ("train/PNEUMONIA/BACTERIA-1351146-0001.jpeg", 1, "bacterial"),
+    ("PNEUMONIA/VIRUS-1005001-0002.jpeg", 1, "viral"),
+    ("NORMAL/NORMAL-1003233-0001.jpeg", 0, None),
 ])
 def test_a_file_is_in_the_group_its_name_and_class_say(path, label, group):
     assert subgroup_of(path, label) == group
