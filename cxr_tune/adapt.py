@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxr_tune import storage
+from cxr_tune.calibration import probability_prior as calibration_prior
 from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import json_safe, printable
@@ -168,35 +169,17 @@ def em_prevalence(scores: np.ndarray, training_prior: float, iterations: int = E
     return prior
 
 
-def effective_prior(n_normal: int, n_pneumonia: int, class_weighting: str | float) -> float:
-    """The PNEUMONIA prior a model's probabilities are calibrated to, given how its loss weighted the classes."""
-    prior = n_pneumonia / (n_normal + n_pneumonia)
-    if class_weighting == "none":
-        return prior
-    weight = n_normal / n_pneumonia if class_weighting == "balanced" else float(class_weighting)
-    return prior * weight / (prior * weight + 1 - prior)
-
-
 def probability_prior(meta: dict[str, Any], meta_file: str = "model.json") -> float:
-    """The PNEUMONIA prior an export's probabilities are calibrated to, which EM shifts from: with a
-    calibration map, the prevalence of the set it was fitted on (the map made the probabilities that
-    set's); without, the training prior as the loss weighted it (:func:`effective_prior`). Refused in one
-    line naming ``meta_file`` when the counts it comes from are not two whole numbers above 0 (EM divides
-    by the prior and by one minus it)."""
-    calibration = meta.get("calibration") or {}
-    calibrated = calibration.get("method", "none") != "none"
-    if calibrated:
-        fitted_on = "external" if calibration.get("fitted_on") == "external" else "validation"
-        measured = (meta.get("before_adaptation") or {}) if meta.get("adaptation") else meta  # an adapted model's sets moved there
-        counts, what = (measured.get(fitted_on) or {}).get("class_counts"), f"{fitted_on}.class_counts (the set the calibration was fitted on)"
-    else:
-        counts, what = meta.get("train_class_counts"), "train_class_counts"
-    if not (isinstance(counts, list) and len(counts) == 2 and all(type(n) is int and n > 0 for n in counts)):
+    """The PNEUMONIA prior an export's probabilities are calibrated to, which EM shifts from
+    (:func:`cxr_tune.calibration.probability_prior`, the rule the model card states). Refused in one line naming
+    ``meta_file`` when the counts it comes from are not two whole numbers above 0 (EM divides by the prior and by one
+    minus it)."""
+    prior = calibration_prior(meta)
+    if prior.value is None:
+        what = prior.counts_key + (" (the set the calibration was fitted on)" if prior.fitted_on else "")
         raise UserError(f"'{meta_file}': --threshold prior-shift needs {what}, the NORMAL and PNEUMONIA image counts (two whole numbers "
-                        f"above 0), and it is {counts!r}; export the model again")
-    if calibrated:
-        return counts[1] / (counts[0] + counts[1])
-    return effective_prior(counts[0], counts[1], meta["hparams"].get("class_weighting", "balanced"))
+                        f"above 0), and it is {prior.counts!r}; export the model again")
+    return prior.value
 
 
 def mixture_threshold(scores: np.ndarray, min_weight: float = 0.05) -> tuple[float | None, dict[str, Any]]:

@@ -173,6 +173,60 @@ def _resampled(labels: np.ndarray, scores: np.ndarray, bins: np.ndarray, n_bins:
     return ece, ((scores[pick] - labels[pick]) ** 2).mean(axis=1)
 
 
+def effective_prior(n_normal: int, n_pneumonia: int, class_weighting: str | float) -> float:
+    """The PNEUMONIA prior a model's probabilities are calibrated to, given how its loss weighted the classes
+    (``balanced`` weighs each class as if the two were equally common: a prior of 0.5)."""
+    prior = n_pneumonia / (n_normal + n_pneumonia)
+    if class_weighting == "none":
+        return prior
+    weight = n_normal / n_pneumonia if class_weighting == "balanced" else float(class_weighting)
+    return prior * weight / (prior * weight + 1 - prior)
+
+
+@dataclass(frozen=True)
+class ProbabilityPrior:
+    """The PNEUMONIA prior an export's probabilities correspond to, and what it comes from.
+
+    ``value`` is None when ``counts`` (read from ``counts_key`` in ``model.json``) are not two whole numbers
+    above 0. ``fitted_on`` names the set a calibration map was fitted on (None without a map);
+    ``class_weighting`` is the loss's weighting (None with a map: the map decides); ``member_values`` and
+    ``member_weightings`` hold each ensemble member's prior and weighting without a map (members may differ)."""
+
+    value: float | None
+    counts: Any
+    counts_key: str
+    fitted_on: str | None = None
+    class_weighting: str | float | None = None
+    member_values: tuple[float, ...] = ()
+    member_weightings: tuple[str | float, ...] = ()
+
+
+def probability_prior(meta: dict[str, Any]) -> ProbabilityPrior:
+    """The prior an export's probabilities (``model.json`` content ``meta``) are calibrated to: with a calibration
+    map, the prevalence of the set it was fitted on (the map made the probabilities that set's); without, the
+    training prior as the loss weighted it (:func:`effective_prior`). The model card states it; ``adapt
+    --threshold prior-shift`` starts EM from it."""
+    calibration = meta.get("calibration") or {}
+    if calibration.get("method", "none") != "none":
+        fitted_on = "external" if calibration.get("fitted_on") == "external" else "validation"
+        measured = (meta.get("before_adaptation") or {}) if meta.get("adaptation") else meta  # an adapted model's sets moved there
+        counts = (measured.get(fitted_on) or {}).get("class_counts")
+        value = counts[1] / (counts[0] + counts[1]) if _two_counts(counts) else None
+        return ProbabilityPrior(value, counts, f"{fitted_on}.class_counts", fitted_on=fitted_on)
+    counts = meta.get("train_class_counts")
+    weighting = (meta.get("hparams") or {}).get("class_weighting", "balanced")
+    if not _two_counts(counts):
+        return ProbabilityPrior(None, counts, "train_class_counts", class_weighting=weighting)
+    members = tuple((m.get("hparams") or {}).get("class_weighting", "balanced") for m in meta.get("members", []) if isinstance(m, dict))
+    return ProbabilityPrior(effective_prior(counts[0], counts[1], weighting), counts, "train_class_counts", class_weighting=weighting,
+                            member_values=tuple(effective_prior(counts[0], counts[1], w) for w in members), member_weightings=members)
+
+
+def _two_counts(counts: Any) -> bool:
+    """True for the NORMAL and PNEUMONIA image counts as recorded: two whole numbers above 0 (a prior divides by them)."""
+    return isinstance(counts, list) and len(counts) == 2 and all(type(n) is int and n > 0 for n in counts)
+
+
 #: The sets a ``model.json`` may hold calibration for, and their names in a diagram's legend.
 RELIABILITY_SETS = (("validation", "carved validation"), ("external", "external validation"), ("test", "test"))
 

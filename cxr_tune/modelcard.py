@@ -18,6 +18,7 @@ from typing import Any
 
 from cxr_tune import storage
 from cxr_tune.calibration import RELIABILITY_SETS as SETS  # the measured sets, in the order the card shows them
+from cxr_tune.calibration import probability_prior
 from cxr_tune.formatting import code_span, fmt, interval
 from cxr_tune.operating_points import NAMES as POINT_ORDER
 from cxr_tune.provenance import describe as describe_code
@@ -233,9 +234,34 @@ def _calibration(meta: dict[str, Any], measured: dict[str, Any], sets: list[tupl
         text.append(f"The output is calibrated ({record['method']} scaling fitted on the {_set_name(record.get('fitted_on'))}; its numbers "
                     "after calibration are doubly optimistic there). The ranking, the AUC and every decision are unchanged; the uncalibrated "
                     f"threshold {fmt(record.get('threshold_uncalibrated'))} became {fmt(meta.get('threshold'))}.")
-    text.append("Probabilities match the prevalence of the set the model was trained (or calibrated) on; a site with another "
-                "prevalence sees other frequencies.")
+    text.append(prior_sentence(meta))
     return ["## Calibration", "", " ".join(text), "", head, "|" + " --- |" * (5 if calibrated else 3), *rows, "", diagram, ""]
+
+
+def prior_sentence(meta: dict[str, Any]) -> str:
+    """Which PNEUMONIA prior the probabilities correspond to (:func:`cxr_tune.calibration.probability_prior`, the rule
+    ``adapt --threshold prior-shift`` starts from): a class-weighted loss moves it off the training prevalence.
+    Counts, not derived decimals, so every decimal in the card stays a number of ``model.json``."""
+    prior = probability_prior(meta)
+    elsewhere = "; at a site with another prevalence the same probability means another frequency."
+    if prior.value is None:
+        return f"Which prevalence the probabilities correspond to is unknown: `model.json` records no {prior.counts_key}" + elsewhere
+    normal, pneumonia = prior.counts
+    if prior.fitted_on:
+        return (f"Probabilities correspond to the PNEUMONIA prevalence of the {_set_name(prior.fitted_on)} the calibration map was fitted on "
+                f"({pneumonia} of {normal + pneumonia} images)" + elsewhere)
+    training = f"the training prevalence ({pneumonia} of {normal + pneumonia} training images PNEUMONIA)"
+    if len(set(prior.member_values)) > 1:
+        weightings = ", ".join(sorted({str(w) for w in prior.member_weightings}))
+        return (f"The members' losses weighted the classes differently (`class_weighting`: {weightings}), so the averaged probabilities "
+                f"correspond to no single PNEUMONIA prior; {training}" + elsewhere)
+    if prior.class_weighting == "none":
+        return f"Probabilities correspond to {training}; the loss weighted no class" + elsewhere
+    if prior.class_weighting == "balanced":
+        return ("The loss weighted the classes as if equally common (`class_weighting: balanced`), so probabilities correspond to equal "
+                f"class priors (half PNEUMONIA), not to {training}" + elsewhere)
+    return (f"The loss weighted a PNEUMONIA image {prior.class_weighting} times a NORMAL one (`class_weighting`), so probabilities correspond "
+            f"to the training odds of PNEUMONIA times {prior.class_weighting}, not to {training}" + elsewhere)
 
 
 def _operating_points(meta: dict[str, Any], measured: dict[str, Any], sets: list[tuple[str, str]], deciding: str) -> list[str]:

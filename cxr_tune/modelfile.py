@@ -285,7 +285,7 @@ def _member_hparams(meta_file: str, i: int, member: Any) -> HParams:
 def check_prior_record(folder: str, meta: dict[str, Any]) -> None:
     """Stop with one line when the selected trial's ``hparams`` (its class weighting, which the training prior of
     ``adapt --threshold prior-shift`` is computed with) were damaged or edited. The image counts the prior comes
-    from are :func:`cxr_tune.adapt.probability_prior`'s to check."""
+    from are :func:`cxr_tune.calibration.probability_prior`'s to check."""
     meta_file = storage.join(folder, META_FILE)
     hparams = meta.get("hparams")
     try:

@@ -208,3 +208,24 @@ def test_a_folder_name_with_backticks_or_a_newline_stays_inside_its_code_span(ex
     assert f"from ``{site}`` (model `` /models/`best` ``," in card  # shown as it is, nothing escaped but the fence
     assert "`/data/ext\\n# Not a heading`" in card and "# Not a heading" not in card.splitlines()
     assert not any("<img" in outside_code_spans(line) for line in card.splitlines())
+
+
+def test_the_card_names_the_prior_the_probabilities_correspond_to_as_adapt_does():
+    """Both real cards said probabilities "match the prevalence of the set the model was trained on" for a model trained with
+    balanced class weights: its probabilities are at equal class priors (0.5), which adapt's prior-shift already started from."""
+    from cxr_tune.adapt import probability_prior
+    from cxr_tune.modelcard import calibration_section
+
+    base = {"train_class_counts": [100, 300], "validation": {"class_counts": [40, 60], "calibration": {"ece": 0.1, "brier": 0.1, "bins": 10}}}
+    balanced = {**base, "hparams": {"class_weighting": "balanced"}, "members": [{"hparams": {"class_weighting": "balanced"}}] * 2}
+    text = " ".join(calibration_section(balanced))
+    assert "equal class priors (half PNEUMONIA), not to the training prevalence (300 of 400 training images PNEUMONIA)" in text
+    assert "match the prevalence" not in text and probability_prior(balanced) == pytest.approx(0.5)
+    plain = " ".join(calibration_section({**base, "hparams": {"class_weighting": "none"}}))
+    assert "Probabilities correspond to the training prevalence (300 of 400 training images PNEUMONIA)" in plain
+    calibrated = {**balanced, "calibration": {"method": "platt", "fitted_on": "validation"}}
+    text = " ".join(calibration_section(calibrated))
+    assert "prevalence of the carved validation set the calibration map was fitted on (60 of 100 images)" in text
+    assert probability_prior(calibrated) == pytest.approx(0.6)
+    mixed = {**balanced, "members": [{"hparams": {"class_weighting": "balanced"}}, {"hparams": {"class_weighting": "none"}}]}
+    assert "correspond to no single PNEUMONIA prior" in " ".join(calibration_section(mixed))
