@@ -11,7 +11,8 @@ Prints each model's sensitivity, specificity, balanced accuracy and AUC at its o
 rates of counts, percentile bootstrap for AUC and balanced accuracy); then every
 later model minus the first, with paired 95 % intervals: an interval that excludes 0 is a
 difference these images can show. Images are labelled by their NORMAL/PNEUMONIA folders; files any
-model cannot read are left out for all, so every number is on the same images. Only the
+model cannot read are left out for all, so every number is on the same images. A model whose own
+selection set (or adaptation site) is being scored gets a line saying its numbers are optimistic. Only the
 pickle-free ONNX exports are loaded, local or on object storage.
 """
 
@@ -32,7 +33,7 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import threshold_for
-from cxr_tune.predict import collect, predict_each
+from cxr_tune.predict import collect, predict_each, selection_note
 from cxr_tune.serving import load_model
 from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METRICS, held_out_metrics, paired_differences
 
@@ -81,6 +82,7 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
     return {
         "images": len(common), "class_counts": counts, "operating_point": point, "skipped": skipped,
         "synthetic": [name for name, model in loaded.items() if model.meta.get("data", {}).get("synthetic")],
+        "selection_sets": {name: note for name, model in loaded.items() if (note := selection_note(model.meta, inputs))},
         "models": {name: held_out_metrics(labels, scores[name], thresholds[name]) for name in loaded},
         "differences": {name: paired_differences(labels, scores[name], thresholds[name], scores[first], thresholds[first]) for name in later},
     }
@@ -94,7 +96,9 @@ def describe(result: dict[str, Any]) -> str:
          **{TITLES[key]: fmt(metrics[key]) + interval(metrics["ci95"].get(key)) for key in PAIRED_METRICS}}
         for name, metrics in result["models"].items()])
     lines = [f"{result['images']} labelled images (NORMAL {normal}, PNEUMONIA {pneumonia}), each model at its own threshold "
-             f"(operating point {result['operating_point']}); {INTERVAL_METHODS}", "", models.to_markdown(index=False)]
+             f"(operating point {result['operating_point']}); {INTERVAL_METHODS}"]
+    lines += [f"Note ({name}): {note}." for name, note in result.get("selection_sets", {}).items()]
+    lines += ["", models.to_markdown(index=False)]
     if result["differences"]:
         first = next(iter(result["models"]))
         differences = pd.DataFrame([

@@ -14,7 +14,8 @@ confusion matrix, the rates at every stored operating point, the calibration (EC
 with bootstrap intervals) and, where the file names carry them, the subgroups (bacterial/viral
 pneumonia, IM-/NORMAL2-IM- normals); ``--metrics OUT.json`` writes the same numbers, computed as
 export computes a test split's (:mod:`cxr_tune.set_metrics`); a rate the labelled images cannot measure
-(AUC, say, when all are of one class) prints as ``n/a``. Unreadable files are listed with the
+(AUC, say, when all are of one class) prints as ``n/a``. On the folder that chose the model (its external validation
+set, or the site it was adapted to) a line says its numbers are selection-set numbers, optimistic. Unreadable files are listed with the
 reason and skipped. Images unlike the training X-rays in a way the file shows (a colour picture,
 a nearly blank frame, one smaller than the model's input, a DICOM lateral view or a modality other
 than plain radiography) are scored and then listed with the reason, to be checked before their
@@ -214,6 +215,25 @@ def labelled_metrics(frame: pd.DataFrame, threshold: float, points: dict[str, di
     return {**held_out_metrics(labels, scores, threshold), **clinical_metrics(paths, labels, scores, threshold, points or {})}
 
 
+def selection_note(meta: dict[str, Any], inputs: Sequence[str]) -> str | None:
+    """What an input is to this model when it is (or lies in) a folder that chose something of it: ``model.json``'s
+    ``external.source`` when that set selected, or ``adaptation.source`` (AdaBN's statistics and the site threshold come
+    from its images). What the model measures there is optimistic. None for any other input."""
+    measured = meta.get("before_adaptation", meta)  # an adapted model's sets were measured before adaptation
+    external = measured.get("external") if isinstance(measured.get("external"), dict) else {}
+    sources = []
+    if external.get("source") and external.get("selection_set", meta.get("deciding_set") == "external"):
+        sources.append((external["source"], "this model's external validation set (model.json external.source), which chose the model"))
+    if (meta.get("adaptation") or {}).get("source"):
+        sources.append((meta["adaptation"]["source"], "the site this model was adapted to (model.json adaptation.source)"))
+    for source, what in sources:
+        for item in inputs:
+            if storage.within(storage.resolve(item), storage.resolve(source)):
+                where = "is" if storage.same_folder(storage.resolve(item), storage.resolve(source)) else "lies in"
+                return f"{printable(item)} {where} {what}: these are selection-set numbers for this model, optimistic, not an independent test"
+    return None
+
+
 def describe(metrics: dict[str, Any], point: str) -> str:
     """:func:`labelled_metrics` for people."""
     ci = metrics["ci95"]
@@ -378,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.csv:
         print(f"Wrote {len(frame)} predictions to {args.csv}")
     if metrics is not None:
+        if note := selection_note(model.meta, args.inputs):
+            print(f"Note: {note}.")
         print(describe(metrics, args.operating_point))
         if args.metrics:
             print(f"Wrote the labelled images' metrics to {args.metrics}")

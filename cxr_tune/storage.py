@@ -63,6 +63,16 @@ def same_folder(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (:func:`same_folder`'s comparison: local paths through their
+    real paths, URIs as written)."""
+    if is_uri(path) or is_uri(folder):
+        path, folder = path.rstrip("/"), folder.rstrip("/")
+        return path == folder or path.startswith(folder + "/")
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts with ``/`` for URIs and the OS separator for local paths."""
     if is_uri(base):

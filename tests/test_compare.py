@@ -98,3 +98,13 @@ def test_names_that_differ_only_in_bytes_that_are_not_utf8_stay_two_images(tmp_p
     assert result["images"] == 28 and result["class_counts"] == [14, 14]
     assert sorted(result["skipped"]) == [str(site / "NORMAL" / "notes\\xe8.txt"), str(site / "NORMAL" / "notes\\xe9.txt")]
     assert "notes\\xe8.txt: " in done.stdout and "notes\\xe9.txt: " in done.stdout
+
+
+def test_compare_on_a_models_own_selection_set_says_so_for_that_model(tmp_path, site):
+    chose = write_export(tmp_path / "chose", external={"source": str(site), "selection_set": True})
+    other = write_export(tmp_path / "other")
+    done = call_cli("cxr_tune.compare", "--model", str(other), "--model", str(chose), str(site))
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stdout.splitlines() if "selection-set numbers" in line]
+    assert notes == [f"Note ({chose}): {site} is this model's external validation set (model.json external.source), which chose the model: "
+                     "these are selection-set numbers for this model, optimistic, not an independent test."]

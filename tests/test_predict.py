@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 
 from cxr_tune.predict import describe, labelled_metrics
 from cxr_tune.set_metrics import INTERVAL_METHODS
-from tests.conftest import call_cli, kermany_folder, permissions_bind, run_cli, unreadable
+from tests.conftest import ROOT, call_cli, kermany_folder, permissions_bind, run_cli, unreadable
 from tests.exports import write_export
 
 
@@ -420,3 +421,23 @@ def test_hidden_and_system_folders_are_listed_not_scored(tmp_path):
     files = collect([str(data)])
     assert sorted((file.path.name, file.reason) for file in files) == [
         (".thumbnails", NOT_READ), ("@eaDir", NOT_READ), ("IM-0001-0001.jpeg", ""), ("person1_virus_1.jpeg", "")]
+
+
+def test_scoring_the_folder_that_chose_the_model_says_the_numbers_are_selection_set_numbers(tmp_path):
+    """predict printed plain metrics on the model's own external validation set (model.json external.source), and on the
+    site an adapted model was adapted to, with nothing saying they are optimistic."""
+    data = kermany_folder(tmp_path / "data", {"val": {"PNEUMONIA": ["person1_virus_1.jpeg"], "NORMAL": ["IM-0001-0001.jpeg"]},
+                                              "test": {"NORMAL": ["IM-0002-0001.jpeg"]}})
+    chose = write_export(tmp_path / "chose", external={"source": str(data / "val"), "selection_set": True})
+    adapted = write_export(tmp_path / "adapted", adaptation={"source": str(data / "val") + "/"})
+    for model, what in ((chose, "is this model's external validation set"), (adapted, "lies in the site this model was adapted to")):
+        item = os.path.relpath(data / "val", ROOT) if model == chose else str(data / "val" / "NORMAL")  # relative (CLIs run in ROOT); inside the set
+        done = call_cli("cxr_tune.predict", "--model", str(model), item, "--quiet")
+        assert done.returncode == 0, done.stderr
+        note = next(line for line in done.stdout.splitlines() if line.startswith("Note: "))
+        assert f"Note: {item} {what}" in note and "selection-set numbers for this model, optimistic" in note
+        assert done.stdout.index("Note: ") < done.stdout.index("Labelled images")
+    done = call_cli("cxr_tune.predict", "--model", str(chose), str(data / "test"), "--quiet")
+    assert done.returncode == 0 and "selection-set" not in done.stdout
+    unselected = write_export(tmp_path / "compared", external={"source": str(data / "val"), "selection_set": False})
+    assert "selection-set" not in call_cli("cxr_tune.predict", "--model", str(unselected), str(data / "val"), "--quiet").stdout
