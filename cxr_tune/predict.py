@@ -13,7 +13,9 @@ the rates of counts, percentile bootstrap for AUC and balanced accuracy), the
 confusion matrix, the rates at every stored operating point, the calibration (ECE and Brier score
 with bootstrap intervals) and, where the file names carry them, the subgroups (bacterial/viral
 pneumonia, IM-/NORMAL2-IM- normals); ``--metrics OUT.json`` writes the same numbers, computed as
-export computes a test split's (:mod:`cxr_tune.set_metrics`); a rate the labelled images cannot measure
+export computes a test split's (:mod:`cxr_tune.set_metrics`), on the images as export counts them: byte-identical copies
+once, and none of a file filed under both classes (a line says how many; the per-image lines and ``--csv`` list every
+file); a rate the labelled images cannot measure
 (AUC, say, when all are of one class) prints as ``n/a``. On the folder that chose the model (its external validation
 set, or the site it was adapted to) a line says its numbers are selection-set numbers, optimistic. Unreadable files are listed with the
 reason and skipped. Images unlike the training X-rays in a way the file shows (a colour picture,
@@ -40,8 +42,9 @@ import pandas as pd
 
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
-from cxr_tune.data.imaging import decode_gray, try_decode_checked
-from cxr_tune.data.sources import CLASSES, NOT_READ, hidden_folder_of, walk_folder
+from cxr_tune.data.imaging import decode_gray, describe_failure, try_decode_checked
+from cxr_tune.data.sources import CLASSES, NOT_READ, content_hash, hidden_folder_of, walk_folder
+from cxr_tune.data.splits import filed_under_both
 from cxr_tune.data.synthetic import SYNTHETIC_MARKER
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import against, fmt, for_spreadsheet, interval, json_safe, printable
@@ -152,7 +155,7 @@ def predict_each(models: Sequence[LoadedModel], files: Sequence[Input], threshol
     """:func:`predict` of each model at its threshold on the same files, each file decoded once per image size
     the models take (not once per model), a chunk of files at a time."""
     sizes = sorted({model.image_size for model in models})
-    read = {size: _Read([], [], []) for size in sizes}
+    read = {size: _Read([], [], [], []) for size in sizes}
     scores: list[list[np.ndarray]] = [[] for _ in models]
     for start in range(0, len(files) or 1, _CHUNK_FILES):  # no files: one empty chunk, for the empty frames
         for size in sizes:
@@ -164,10 +167,12 @@ def predict_each(models: Sequence[LoadedModel], files: Sequence[Input], threshol
 
 
 class _Read(NamedTuple):
-    """What decoding found, in the files' order: the files read, why each may be unlike the training X-rays, and the unread ones."""
+    """What decoding found, in the files' order: the files read, why each may be unlike the training X-rays, their content
+    hashes, and the unread ones."""
 
     files: list[Input]
     checks: list[str]
+    hashes: list[str]
     skipped: list[dict[str, str]]
 
 
@@ -177,15 +182,26 @@ def _decode_chunk(chunk: Sequence[Input], size: int, read: _Read) -> np.ndarray:
     read.skipped.extend({"path": path_text(file.path), "reason": file.reason} for file in chunk if file.reason)
     chunk = [file for file in chunk if not file.reason]
     images = []
-    decoded = _decode_all([file.path for file in chunk], lambda path: try_decode_checked(path, size))
-    for file, (image, checks, reason) in zip(chunk, decoded, strict=True):
+    decoded = _decode_all([file.path for file in chunk], lambda path: _decode_hashed(path, size))
+    for file, (image, checks, reason, digest) in zip(chunk, decoded, strict=True):
         if image is None:
             read.skipped.append({"path": path_text(file.path), "reason": reason})
         else:
             images.append(image)
             read.files.append(file)
             read.checks.append("; ".join(checks))
+            read.hashes.append(digest)
     return np.stack(images) if images else np.zeros((0, size, size), np.uint8)
+
+
+def _decode_hashed(path: Path | str, size: int) -> tuple[np.ndarray | None, list[str], str | None, str | None]:
+    """:func:`try_decode_checked` of the file's bytes, and their :func:`content_hash` (None for a file not read): the
+    file is read once for both."""
+    try:
+        data = storage.read_bytes(os.fspath(path))
+    except Exception as exc:  # noqa: BLE001 - one unreadable file is listed, never fatal
+        return None, [], describe_failure(exc), None
+    return *try_decode_checked(data, size), content_hash(data)
 
 
 def _frames(read: _Read, scores: np.ndarray, threshold: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -196,6 +212,7 @@ def _frames(read: _Read, scores: np.ndarray, threshold: float) -> tuple[pd.DataF
         "probability": scores,
         "prediction": (scores >= threshold).astype(int),
         "check": read.checks,
+        "content_hash": read.hashes,
         "label": [file.label for file in read.files],
     })
     return frame, pd.DataFrame(read.skipped, columns=["path", "reason"])
@@ -204,15 +221,31 @@ def _frames(read: _Read, scores: np.ndarray, threshold: float) -> tuple[pd.DataF
 def labelled_metrics(frame: pd.DataFrame, threshold: float, points: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """What the labelled images measure at ``threshold`` (the rates with 95 % intervals, AUC,
     calibration, the rates at the model's other operating points ``points``, the subgroups): the
-    computation export stores for a test split (:mod:`cxr_tune.set_metrics`), or None when no image is labelled.
-    Taken in path order, as export takes a split's (its manifest is sorted by path): the bootstrap
-    intervals follow the rows' order, and the order the images were named in must change nothing."""
-    labelled = frame.dropna(subset=["label"]).sort_values("path", kind="stable")
+    computation export stores for a test split (:mod:`cxr_tune.set_metrics`), on the images as export counts
+    a set (:func:`distinct_labelled`; ``copies_counted_once`` and ``filed_under_both`` say what that dropped),
+    or None when no image is labelled. Taken in path order, as export takes a split's (its manifest is sorted
+    by path): the bootstrap intervals follow the rows' order, and the order the images were named in must change nothing."""
+    labelled, copies, both = distinct_labelled(frame)
     if labelled.empty:
         return None
     labels, scores = labelled["label"].astype(int).to_numpy(), labelled["probability"].to_numpy()
     paths = labelled["path"].astype(str).tolist()
-    return {**held_out_metrics(labels, scores, threshold), **clinical_metrics(paths, labels, scores, threshold, points or {})}
+    return {**held_out_metrics(labels, scores, threshold), **clinical_metrics(paths, labels, scores, threshold, points or {}),
+            "copies_counted_once": copies, "filed_under_both": both}
+
+
+def distinct_labelled(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """(the labelled rows as export counts a set's images, in path order; how many byte-identical copies were dropped;
+    how many files were left out as filed under both classes). As the splits do: a file whose identical copy is filed
+    under the other class has no label (:func:`cxr_tune.data.splits.filed_under_both`), and copies of one file count
+    once, the first in path order. A table without ``content_hash`` (built by hand) counts each path as its own file."""
+    labelled = frame.dropna(subset=["label"]).sort_values("path", kind="stable")
+    if "content_hash" not in labelled:
+        labelled = labelled.assign(content_hash=labelled["path"])
+    both = filed_under_both(labelled)
+    kept = labelled[~both]
+    distinct = kept.drop_duplicates("content_hash")
+    return distinct, len(kept) - len(distinct), int(both.sum())
 
 
 def selection_note(meta: dict[str, Any], inputs: Sequence[str]) -> str | None:
@@ -241,6 +274,7 @@ def describe(metrics: dict[str, Any], point: str) -> str:
     return "\n".join([
         f"Labelled images: {normal + pneumonia} (NORMAL {normal}, PNEUMONIA {pneumonia}) at threshold {metrics['threshold_used']:.4f}"
         + f" (operating point {point}); {INTERVAL_METHODS}",
+        *distinct_lines(metrics),
         f"  sensitivity {_rate(metrics['sensitivity'])}{interval(ci.get('sensitivity'))}  specificity {_rate(metrics['specificity'])}"
         f"{interval(ci.get('specificity'))}  balanced accuracy {_rate(metrics['balanced_accuracy'])}{interval(ci.get('balanced_accuracy'))}",
         f"  accuracy {_rate(metrics['accuracy'])}{interval(ci.get('accuracy'))}  AUC {_rate(metrics['auc'])}{interval(ci.get('auc'))}",
@@ -252,6 +286,15 @@ def describe(metrics: dict[str, Any], point: str) -> str:
         *calibration_lines(metrics["calibration"]),
         *subgroup_lines(metrics.get("subgroups")),
     ])
+
+
+def distinct_lines(metrics: dict[str, Any]) -> list[str]:
+    """What counting images as export counts them left out of the metrics (nothing when no file was copied)."""
+    copies, both = metrics.get("copies_counted_once", 0), metrics.get("filed_under_both", 0)
+    parts = [f"{copies} byte-identical cop{'y' if copies == 1 else 'ies'} of another labelled file counted once" if copies else "",
+             f"{both} file(s) left out whose identical copy is filed under the other class (no label)" if both else ""]
+    parts = [part for part in parts if part]
+    return [f"  as export counts a set: {'; '.join(parts)} (the per-image lines and --csv list every file)"] if parts else []
 
 
 def _operating_point_lines(points: dict[str, dict[str, Any]]) -> list[str]:

@@ -114,7 +114,8 @@ def test_labels_come_from_the_folders_searched_each_file_is_scored_once_and_odd_
     shutil.copy(odd / "test" / "NORMAL" / "IM-0002-0001.jpeg", os.fsdecode(bytes(odd / "test" / "NORMAL") + b"/IM-caf\xe9-0001.jpeg"))
     done = call_cli("cxr_tune.predict", "--model", str(model), str(odd / "test"), "--quiet")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert "Labelled images: 3 (NORMAL 2, PNEUMONIA 1)" in done.stdout and "IM-caf\ufffd-0001.jpeg" not in done.stderr
+    assert "Labelled images: 2 (NORMAL 1, PNEUMONIA 1)" in done.stdout and "IM-caf\ufffd-0001.jpeg" not in done.stderr
+    assert "1 byte-identical copy of another labelled file counted once" in done.stdout  # IM-caf\xe9 is IM-0002's copy
     assert "Skipped 2 unreadable file(s):" in done.stdout and "IM-0003-0001.jpeg" in done.stdout
     assert "IM-0004-0001.jpeg: not a regular file (a pipe, socket or device)" in done.stdout
 
@@ -441,3 +442,24 @@ def test_scoring_the_folder_that_chose_the_model_says_the_numbers_are_selection_
     assert done.returncode == 0 and "selection-set" not in done.stdout
     unselected = write_export(tmp_path / "compared", external={"source": str(data / "val"), "selection_set": False})
     assert "selection-set" not in call_cli("cxr_tune.predict", "--model", str(unselected), str(data / "val"), "--quiet").stdout
+
+
+def test_metrics_count_a_byte_identical_copy_once_as_export_counts_a_set_and_say_so(tmp_path):
+    """predict counted half A's 3 copied files twice (315 images, AUC 0.9791) where export counts them once (312, 0.9788),
+    and said nothing; its help says its metrics are computed as export computes a test split's."""
+    import shutil
+
+    model = write_export(tmp_path / "best")
+    data = kermany_folder(tmp_path / "site", {"test": {"PNEUMONIA": [f"person{i}_bacteria_{i}.jpeg" for i in range(6)],
+                                                       "NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(5)]}}) / "test"
+    shutil.copy(data / "PNEUMONIA" / "person0_bacteria_0.jpeg", data / "PNEUMONIA" / "person0_bacteria_99.jpeg")  # one film saved twice
+    shutil.copy(data / "NORMAL" / "IM-0000-0001.jpeg", data / "PNEUMONIA" / "IM-0000-0001.jpeg")  # one film under both classes
+    out, table = tmp_path / "m.json", tmp_path / "p.csv"
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet", "--metrics", str(out), "--csv", str(table))
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(out.read_text())
+    assert metrics["n"] == 13 - 2 - 1 and metrics["class_counts"] == [4, 6] and metrics["scored"] == 13 and len(pd.read_csv(table)) == 13
+    assert metrics["copies_counted_once"] == 1 and metrics["filed_under_both"] == 2
+    assert "Labelled images: 10 (NORMAL 4, PNEUMONIA 6)" in done.stdout
+    assert ("as export counts a set: 1 byte-identical copy of another labelled file counted once; 2 file(s) left out whose identical "
+            "copy is filed under the other class (no label)") in done.stdout

@@ -423,6 +423,12 @@ def _scan_fingerprint(root: str, files: list[_File], ignored: pd.DataFrame) -> s
     return digest.hexdigest()[:24]
 
 
+def content_hash(data: bytes) -> str:
+    """A file's identity by its bytes: byte-identical files (one film saved twice) share it, whatever their names, and
+    count as one image (one patient group; one row of a set's metrics, in export and in ``predict``)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def _inspect_file(file: _File) -> dict:
     row: dict = {"path": file.path, "split": file.split, "label": file.label}
     try:
@@ -440,7 +446,7 @@ def _inspect_file(file: _File) -> dict:
         **row,
         "reason": None,
         "patient_id": patient_id(name) or file.unnamed_patient,
-        "content_hash": hashlib.blake2b(data, digest_size=16).hexdigest(),
+        "content_hash": content_hash(data),
         "width": info.width,
         "height": info.height,
         "mode": info.mode,

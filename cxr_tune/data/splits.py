@@ -68,7 +68,7 @@ def assign_roles(
         refuse_shared_files(external, frame[frame["split"] == "train"], "training-folder")
         refuse_shared_files(external, frame[frame["split"] == "test"], "test")
 
-    conflicting = frame.groupby("content_hash")["label"].transform("nunique") > 1
+    conflicting = filed_under_both(frame)
     frame.loc[conflicting, ["role", "role_note"]] = ["excluded", "identical file filed under NORMAL and PNEUMONIA"]
 
     for role, note in (("test", "same patient or identical file is in the test folder"),
@@ -156,3 +156,9 @@ def _carve(frame: pd.DataFrame, fraction: float, seed: int, forced: set[str]) ->
         if taken == 0 and len(order) > 1:  # only big groups: take one rather than none
             chosen.add(order[0])
     return chosen
+
+
+def filed_under_both(frame: pd.DataFrame) -> pd.Series:
+    """Per row (``content_hash``, ``label``), whether an identical file is filed under the other class too: its label is
+    unknown, so it is excluded from every set (and from ``predict``'s metrics)."""
+    return frame.groupby("content_hash")["label"].transform("nunique") > 1
