@@ -12,7 +12,8 @@ rates of counts, percentile bootstrap for AUC and balanced accuracy); then every
 later model minus the first, with paired 95 % intervals: an interval that excludes 0 is a
 difference these images can show. Images are labelled by their NORMAL/PNEUMONIA folders; files any
 model cannot read are left out for all, so every number is on the same images. A model whose own
-selection set (or adaptation site) is being scored gets a line saying its numbers are optimistic. Only the
+selection set (or adaptation site) is being scored gets a line saying its numbers are optimistic. Images unlike
+the training X-rays are flagged as ``predict`` flags them: a line beside the table counts them, a list names them. Only the
 pickle-free ONNX exports are loaded, local or on object storage.
 """
 
@@ -33,7 +34,7 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import threshold_for
-from cxr_tune.predict import collect, predict_each, selection_note
+from cxr_tune.predict import check_lines, collect, flagged_lines, predict_each, selection_note
 from cxr_tune.serving import load_model
 from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METRICS, held_out_metrics, paired_differences
 
@@ -78,8 +79,13 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
     counts = [int((labels == 0).sum()), int((labels == 1).sum())]
     if min(counts) == 0:
         raise UserError(f"compare needs readable images of both classes; {', '.join(inputs)} holds NORMAL {counts[0]}, PNEUMONIA {counts[1]}")
+    checks: dict[str, str] = {}
+    for frame in frames.values():  # a check may depend on the model's input size (smaller than it): any model's counts
+        for path, check in zip(frame.loc[common, "path"], frame.loc[common, "check"], strict=True):
+            checks[path] = "; ".join(dict.fromkeys(part for part in (checks.get(path, ""), check) if part))
     first, *later = loaded
     return {
+        "flagged": {path: check for path, check in checks.items() if check},
         "images": len(common), "class_counts": counts, "operating_point": point, "skipped": skipped,
         "synthetic": [name for name, model in loaded.items() if model.meta.get("data", {}).get("synthetic")],
         "selection_sets": {name: note for name, model in loaded.items() if (note := selection_note(model.meta, inputs))},
@@ -98,6 +104,7 @@ def describe(result: dict[str, Any]) -> str:
     lines = [f"{result['images']} labelled images (NORMAL {normal}, PNEUMONIA {pneumonia}), each model at its own threshold "
              f"(operating point {result['operating_point']}); {INTERVAL_METHODS}"]
     lines += [f"Note ({name}): {note}." for name, note in result.get("selection_sets", {}).items()]
+    lines += [line.strip() for line in flagged_lines(len(result.get("flagged", {})))]
     lines += ["", models.to_markdown(index=False)]
     if result["differences"]:
         first = next(iter(result["models"]))
@@ -106,6 +113,8 @@ def describe(result: dict[str, Any]) -> str:
             for name, difference in result["differences"].items()])
         lines += ["", f"Minus {first}, on the same images (paired bootstrap within each class; an interval that excludes 0 is a "
                       "difference these images can show):", "", differences.to_markdown(index=False)]
+    if result.get("flagged"):
+        lines += ["", *check_lines(result["flagged"])]
     if result["skipped"]:
         lines += ["", f"Left out: {len(result['skipped'])} file(s) a model could not read:"]
         lines += [f"  {printable(path)}: {reason}" for path, reason in result["skipped"].items()]

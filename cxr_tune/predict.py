@@ -21,7 +21,7 @@ set, or the site it was adapted to) a line says its numbers are selection-set nu
 reason and skipped. Images unlike the training X-rays in a way the file shows (a colour picture,
 a nearly blank frame, one smaller than the model's input, a DICOM lateral view or a modality other
 than plain radiography) are scored and then listed with the reason, to be checked before their
-score is trusted (:mod:`cxr_tune.data.input_checks`). Only the pickle-free ONNX export is loaded; ``--explain`` also rebuilds the
+score is trusted (a line beside the metrics says how many of them they include) (:mod:`cxr_tune.data.input_checks`). Only the pickle-free ONNX export is loaded; ``--explain`` also rebuilds the
 networks from ``weights.safetensors`` (never unpickled) for Grad-CAM maps
 (:mod:`cxr_tune.saliency`).
 """
@@ -230,8 +230,9 @@ def labelled_metrics(frame: pd.DataFrame, threshold: float, points: dict[str, di
         return None
     labels, scores = labelled["label"].astype(int).to_numpy(), labelled["probability"].to_numpy()
     paths = labelled["path"].astype(str).tolist()
+    flagged = int((labelled["check"] != "").sum()) if "check" in labelled else 0
     return {**held_out_metrics(labels, scores, threshold), **clinical_metrics(paths, labels, scores, threshold, points or {}),
-            "copies_counted_once": copies, "filed_under_both": both}
+            "copies_counted_once": copies, "filed_under_both": both, "flagged": flagged}
 
 
 def distinct_labelled(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
@@ -275,6 +276,7 @@ def describe(metrics: dict[str, Any], point: str) -> str:
         f"Labelled images: {normal + pneumonia} (NORMAL {normal}, PNEUMONIA {pneumonia}) at threshold {metrics['threshold_used']:.4f}"
         + f" (operating point {point}); {INTERVAL_METHODS}",
         *distinct_lines(metrics),
+        *flagged_lines(metrics.get("flagged", 0)),
         f"  sensitivity {_rate(metrics['sensitivity'])}{interval(ci.get('sensitivity'))}  specificity {_rate(metrics['specificity'])}"
         f"{interval(ci.get('specificity'))}  balanced accuracy {_rate(metrics['balanced_accuracy'])}{interval(ci.get('balanced_accuracy'))}",
         f"  accuracy {_rate(metrics['accuracy'])}{interval(ci.get('accuracy'))}  AUC {_rate(metrics['auc'])}{interval(ci.get('auc'))}",
@@ -295,6 +297,13 @@ def distinct_lines(metrics: dict[str, Any]) -> list[str]:
              f"{both} file(s) left out whose identical copy is filed under the other class (no label)" if both else ""]
     parts = [part for part in parts if part]
     return [f"  as export counts a set: {'; '.join(parts)} (the per-image lines and --csv list every file)"] if parts else []
+
+
+def flagged_lines(flagged: int) -> list[str]:
+    """A line saying how many images the numbers include that are unlike the training X-rays (none when none is)."""
+    if not flagged:
+        return []
+    return [f"  these numbers include {flagged} image(s) flagged to check first (unlike the chest X-rays the model learned from; listed below)"]
 
 
 def _operating_point_lines(points: dict[str, dict[str, Any]]) -> list[str]:
@@ -320,6 +329,15 @@ def subgroup_lines(groups: dict[str, dict[str, Any]] | None) -> list[str]:
     return ["  subgroups (from file names; 95 % Wilson intervals):"] + [
         f"    {group['description']:<26} {group['rate']:<11} {fmt(group['value'])}{interval(group['ci95'])}  ({group['correct']} of {group['n']})"
         for group in groups.values()]
+
+
+def check_lines(checks: dict[str, str]) -> list[str]:
+    """The lines naming the images to check before trusting their score (``checks``: path to why, "" for most)."""
+    flagged = {path: check for path, check in checks.items() if check}
+    if not flagged:
+        return []
+    return [f"Check {len(flagged)} image(s) before trusting the score: unlike the chest X-rays the model learned from",
+            *(f"  {printable(path)}: {check}" for path, check in flagged.items())]
 
 
 def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: str, point: str) -> list[Path]:
@@ -448,11 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Wrote the labelled images' metrics to {args.metrics}")
     if written is not None:
         print(f"Wrote {len(written)} Grad-CAM explanation(s) to {args.explain}")
-    flagged = frame[frame["check"] != ""]
-    if not flagged.empty:
-        print(f"Check {len(flagged)} image(s) before trusting the score: unlike the chest X-rays the model learned from")
-        for row in flagged.itertuples():
-            print(f"  {printable(row.path)}: {row.check}")
+    for line in check_lines(dict(zip(frame["path"], frame["check"], strict=True))):
+        print(line)
     if not skipped.empty:
         print(f"Skipped {len(skipped)} unreadable file(s):")
         for row in skipped.itertuples():

@@ -463,3 +463,26 @@ def test_metrics_count_a_byte_identical_copy_once_as_export_counts_a_set_and_say
     assert "Labelled images: 10 (NORMAL 4, PNEUMONIA 6)" in done.stdout
     assert ("as export counts a set: 1 byte-identical copy of another labelled file counted once; 2 file(s) left out whose identical "
             "copy is filed under the other class (no label)") in done.stdout
+
+
+def test_predict_and_compare_say_beside_the_numbers_how_many_flagged_images_they_include(tmp_path):
+    """A blank frame under NORMAL/ was counted in predict's metrics with the check listed only after them, and compare
+    never ran the checks at all."""
+    from PIL import Image
+
+    data = kermany_folder(tmp_path / "site", {"test": {"PNEUMONIA": [f"person{i}_bacteria_{i}.jpeg" for i in range(4)],
+                                                       "NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(4)]}}) / "test"
+    Image.new("L", (40, 30), 128).save(data / "NORMAL" / "blank.png")
+    models = [str(write_export(tmp_path / "a")), str(write_export(tmp_path / "b", threshold=0.4))]
+    done = call_cli("cxr_tune.predict", "--model", models[0], str(data), "--quiet")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    flag = "  these numbers include 1 image(s) flagged to check first (unlike the chest X-rays the model learned from; listed below)"
+    assert lines.index(flag) < next(i for i, line in enumerate(lines) if line.startswith("  sensitivity"))
+    assert f"  {data / 'NORMAL' / 'blank.png'}: nearly blank" in done.stdout
+    compared = call_cli("cxr_tune.compare", "--model", models[0], "--model", models[1], str(data))
+    assert compared.returncode == 0, compared.stderr
+    lines = compared.stdout.splitlines()
+    assert lines.index(flag.strip()) < next(i for i, line in enumerate(lines) if line.startswith("| model"))
+    assert "Check 1 image(s) before trusting the score: unlike the chest X-rays the model learned from" in lines
+    assert any(line.startswith(f"  {data / 'NORMAL' / 'blank.png'}: nearly blank") for line in lines)
