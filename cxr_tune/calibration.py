@@ -30,7 +30,7 @@ import numpy as np
 
 from cxr_tune import selection
 from cxr_tune.plotting import legend_beside
-from cxr_tune.selection import BOOTSTRAP_PERCENTILES, REPORTED_RESAMPLES
+from cxr_tune.selection import REPORTED_RESAMPLES
 
 N_BINS = 10
 METHODS = ("none", "platt", "temperature")
@@ -143,7 +143,9 @@ def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, n_bins: i
 
 def calibration_metrics(labels: np.ndarray, scores: np.ndarray, *, n_bins: int = N_BINS, resamples: int = REPORTED_RESAMPLES, seed: int = 0) -> dict[str, Any]:
     """ECE and Brier score of one set, with 95 % percentile bootstrap intervals (images resampled
-    with replacement, seeded), and its reliability curve; NaN and no interval for an empty set."""
+    with replacement, seeded) by the rule of every reported interval (:func:`cxr_tune.selection.reported_interval`:
+    only resamples of both classes count, and none for a set where most lack one: one image, or one class), and its
+    reliability curve; NaN and no interval for an empty set."""
     from sklearn.metrics import brier_score_loss
 
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
@@ -157,20 +159,22 @@ def calibration_metrics(labels: np.ndarray, scores: np.ndarray, *, n_bins: int =
     chunk = max(1, selection.BOOTSTRAP_CHUNK_VALUES // len(labels))  # a large folder's resamples in parts: the same draws, bounded memory
     parts = [_resampled(labels, scores, bins, n_bins, rng.integers(0, len(labels), (min(chunk, resamples - start), len(labels))))
              for start in range(0, resamples, chunk)]
-    ece, brier = (np.concatenate(values) for values in zip(*parts, strict=True))
-    out["ci95"] = {name: [float(v) for v in np.percentile(values, BOOTSTRAP_PERCENTILES)] for name, values in (("ece", ece), ("brier", brier))}
+    ece, brier, both = (np.concatenate(values) for values in zip(*parts, strict=True))
+    intervals = {name: selection.reported_interval(values, both, resamples) for name, values in (("ece", ece), ("brier", brier))}
+    out["ci95"] = {name: ci for name, ci in intervals.items() if ci is not None}
     return out
 
 
-def _resampled(labels: np.ndarray, scores: np.ndarray, bins: np.ndarray, n_bins: int, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ECE, Brier score) of each resample (a row of ``pick``: indices of the images drawn). Each image keeps
-    its bin (``bins``), so a resample's bins are a bincount away."""
+def _resampled(labels: np.ndarray, scores: np.ndarray, bins: np.ndarray, n_bins: int, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ECE, Brier score, whether both classes were drawn) of each resample (a row of ``pick``: indices of the images
+    drawn). Each image keeps its bin (``bins``), so a resample's bins are a bincount away."""
     resamples, size = len(pick), len(pick) * n_bins
     drawn = bins[pick] + n_bins * np.arange(resamples)[:, None]
     gap = (np.bincount(drawn.ravel(), weights=labels[pick].ravel(), minlength=size)
            - np.bincount(drawn.ravel(), weights=scores[pick].ravel(), minlength=size)).reshape(resamples, n_bins)
     ece = np.abs(gap).sum(axis=1) / len(labels)  # sum over bins of n_b |share_b - mean_b| / N
-    return ece, ((scores[pick] - labels[pick]) ** 2).mean(axis=1)
+    positives = labels[pick].sum(axis=1)
+    return ece, ((scores[pick] - labels[pick]) ** 2).mean(axis=1), (positives > 0) & (positives < pick.shape[1])
 
 
 def effective_prior(n_normal: int, n_pneumonia: int, class_weighting: str | float) -> float:

@@ -316,10 +316,10 @@ def _operating_point_lines(points: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def calibration_lines(calibration: dict[str, Any]) -> list[str]:
-    """ECE and Brier score of the labelled images, with 95 % bootstrap intervals."""
+    """ECE and Brier score of the labelled images, with 95 % bootstrap intervals (``[n/a]`` where the images cannot give one)."""
     ci = calibration["ci95"]
-    return [f"  calibration: ECE {fmt(calibration['ece'])}{interval(ci.get('ece'))} ({calibration['bins']} bins), "
-            f"Brier {fmt(calibration['brier'])}{interval(ci.get('brier'))}"]
+    return [f"  calibration: ECE {fmt(calibration['ece'])}{interval(ci.get('ece')) or ' [n/a]'} ({calibration['bins']} bins), "
+            f"Brier {fmt(calibration['brier'])}{interval(ci.get('brier')) or ' [n/a]'}"]
 
 
 def subgroup_lines(groups: dict[str, dict[str, Any]] | None) -> list[str]:

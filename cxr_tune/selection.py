@@ -62,6 +62,16 @@ REPORTED_RESAMPLES = 2000
 BOOTSTRAP_CHUNK_VALUES = 2_000_000
 
 
+def reported_interval(values: np.ndarray, defined: np.ndarray, resamples: int) -> list[float] | None:
+    """The percentile bootstrap interval of ``values`` over the resamples where the metric is ``defined`` (both classes
+    drawn: a resample without one leaves AUC and balanced accuracy undefined); None when it is undefined on more than half
+    of them (a set of one class, or of a few images): every reported bootstrap interval follows this rule."""
+    values = np.asarray(values)[np.asarray(defined, dtype=bool)]
+    if len(values) < max(resamples // 2, 1):
+        return None
+    return [float(v) for v in np.percentile(values, BOOTSTRAP_PERCENTILES)]
+
+
 def add_select_on_argument(parser: Any, chooses: str = "epochs, trials, ensemble members and the threshold") -> None:
     """``--select-on``, shared by train and search; ``chooses``: what the deciding set chooses in that command."""
     parser.add_argument("--select-on", choices=tuple(PREFIXES), default="external",

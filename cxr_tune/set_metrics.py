@@ -106,12 +106,8 @@ def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float
     parts = [_resampled(labels, scores, threshold, rng.integers(0, len(labels), (min(chunk, resamples - start), len(labels))))
              for start in range(0, resamples, chunk)]
     samples = {name: np.concatenate([part[name] for part in parts]) for name in BOOTSTRAP_METRICS}
-    out = {}
-    for name in BOOTSTRAP_METRICS:
-        values = samples[name][np.isfinite(samples[name])]
-        if len(values) >= resamples // 2:
-            out[name] = [float(v) for v in np.percentile(values, BOOTSTRAP_PERCENTILES)]
-    return out
+    intervals = {name: selection.reported_interval(samples[name], np.isfinite(samples[name]), resamples) for name in BOOTSTRAP_METRICS}
+    return {name: ci for name, ci in intervals.items() if ci is not None}
 
 
 def _resampled(labels: np.ndarray, scores: np.ndarray, threshold: float, pick: np.ndarray) -> dict[str, np.ndarray]:

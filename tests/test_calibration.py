@@ -226,3 +226,19 @@ def test_the_reliability_diagrams_biggest_bins_at_0_and_1_are_whole_discs(tmp_pa
     radii = np.sqrt(bins.get_sizes()) / 2 * ax.figure.dpi / 72  # a marker's area is in points squared
     for (x, y), radius in zip(ax.transData.transform(bins.get_offsets()), radii, strict=True):
         assert ax.bbox.x0 <= x - radius and x + radius <= ax.bbox.x1 and ax.bbox.y0 <= y - radius and y + radius <= ax.bbox.y1
+
+
+def test_a_set_too_small_or_of_one_class_gets_no_calibration_interval_as_it_gets_no_auc_interval():
+    """One image printed ECE 0.9602 [0.960, 0.960]: a zero-width "95 % interval" where AUC and balanced accuracy say n/a."""
+    from cxr_tune.predict import calibration_lines
+    from cxr_tune.set_metrics import bootstrap_intervals
+
+    one = calibration_metrics(np.array([0]), np.array([0.98]))
+    assert one["ece"] == pytest.approx(0.98) and one["ci95"] == {}
+    assert "ECE 0.9800 [n/a] (10 bins), Brier 0.9604 [n/a]" in calibration_lines(one)[0]
+    one_class = (np.zeros(40, int), np.linspace(0.1, 0.9, 40))
+    assert calibration_metrics(*one_class)["ci95"] == {} and "auc" not in bootstrap_intervals(*one_class, 0.5)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 40)
+    both = calibration_metrics(labels, np.clip(0.5 * labels + rng.uniform(0, 0.5, 40), 0, 1))
+    assert set(both["ci95"]) == {"ece", "brier"} and both["ci95"]["ece"][0] < both["ece"] < both["ci95"]["ece"][1]
