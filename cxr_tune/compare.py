@@ -11,7 +11,8 @@ Prints each model's sensitivity, specificity, balanced accuracy and AUC at its o
 rates of counts, percentile bootstrap for AUC and balanced accuracy); then every
 later model minus the first, with paired 95 % intervals: an interval that excludes 0 is a
 difference these images can show. Images are labelled by their NORMAL/PNEUMONIA folders; files any
-model cannot read are left out for all, so every number is on the same images. A model whose own
+model cannot read are left out for all, so every number is on the same images, counted as export and ``predict``
+count a set (byte-identical copies once, a file whose copy is filed under the other class not at all). A model whose own
 selection set (or adaptation site) is being scored gets a line saying its numbers are optimistic. Images unlike
 the training X-rays are flagged as ``predict`` flags them: a line beside the table counts them, a list names them. Only the
 pickle-free ONNX exports are loaded, local or on object storage.
@@ -34,7 +35,7 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import threshold_for
-from cxr_tune.predict import check_lines, collect, flagged_lines, predict_each, selection_note
+from cxr_tune.predict import check_lines, collect, distinct_labelled, distinct_lines, flagged_lines, predict_each, selection_note
 from cxr_tune.serving import load_model
 from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METRICS, held_out_metrics, paired_differences
 
@@ -74,6 +75,9 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
         frames[name] = frame.set_index(frame["file"].map(os.fsencode))
         skipped.update(dict(zip(unread["path"], unread["reason"], strict=True)))
     common = sorted(set.intersection(*(set(frame.index) for frame in frames.values())))
+    # The images as export counts a set, as predict does: copies once, a file filed under both classes left out.
+    counted, copies, both = distinct_labelled(next(iter(frames.values())).loc[common])
+    common = sorted(counted.index)
     scores = {name: frame.loc[common, "probability"].to_numpy(dtype=float) for name, frame in frames.items()}
     labels = next(iter(frames.values())).loc[common, "label"].to_numpy().astype(int)
     counts = [int((labels == 0).sum()), int((labels == 1).sum())]
@@ -86,7 +90,7 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
     first, *later = loaded
     return {
         "flagged": {path: check for path, check in checks.items() if check},
-        "images": len(common), "class_counts": counts, "operating_point": point, "skipped": skipped,
+        "images": len(common), "class_counts": counts, "copies_counted_once": copies, "filed_under_both": both, "operating_point": point, "skipped": skipped,
         "synthetic": [name for name, model in loaded.items() if model.meta.get("data", {}).get("synthetic")],
         "selection_sets": {name: note for name, model in loaded.items() if (note := selection_note(model.meta, inputs))},
         "models": {name: held_out_metrics(labels, scores[name], thresholds[name]) for name in loaded},
@@ -103,6 +107,7 @@ def describe(result: dict[str, Any]) -> str:
         for name, metrics in result["models"].items()])
     lines = [f"{result['images']} labelled images (NORMAL {normal}, PNEUMONIA {pneumonia}), each model at its own threshold "
              f"(operating point {result['operating_point']}); {INTERVAL_METHODS}"]
+    lines += [line.strip() for line in distinct_lines(result, listed="")]
     lines += [f"Note ({name}): {note}." for name, note in result.get("selection_sets", {}).items()]
     lines += [line.strip() for line in flagged_lines(len(result.get("flagged", {})))]
     lines += ["", models.to_markdown(index=False)]

@@ -290,13 +290,14 @@ def describe(metrics: dict[str, Any], point: str) -> str:
     ])
 
 
-def distinct_lines(metrics: dict[str, Any]) -> list[str]:
-    """What counting images as export counts them left out of the metrics (nothing when no file was copied)."""
+def distinct_lines(metrics: dict[str, Any], listed: str = " (the per-image lines and --csv list every file)") -> list[str]:
+    """What counting images as export counts them left out of the metrics (nothing when no file was copied);
+    ``listed`` says where every file still shows."""
     copies, both = metrics.get("copies_counted_once", 0), metrics.get("filed_under_both", 0)
     parts = [f"{copies} byte-identical cop{'y' if copies == 1 else 'ies'} of another labelled file counted once" if copies else "",
              f"{both} file(s) left out whose identical copy is filed under the other class (no label)" if both else ""]
     parts = [part for part in parts if part]
-    return [f"  as export counts a set: {'; '.join(parts)} (the per-image lines and --csv list every file)"] if parts else []
+    return [f"  as export counts a set: {'; '.join(parts)}{listed}"] if parts else []
 
 
 def flagged_lines(flagged: int) -> list[str]:

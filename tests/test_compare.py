@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cxr_tune.set_metrics import INTERVAL_METHODS, bootstrap_intervals, paired_differences
-from tests.conftest import call_cli, kermany_folder
+from tests.conftest import call_cli, kermany_folder, write_image
 from tests.exports import write_export
 
 
@@ -34,6 +35,23 @@ def test_two_models_on_the_same_images_differ_only_where_their_thresholds_do(tmp
     assert difference["specificity"][0] == pytest.approx(-theirs["specificity"])
     assert list(result["differences"]) == [str(everything)] and "Minus " + str(own) in done.stdout and "notes.txt: " in done.stdout
     assert INTERVAL_METHODS in done.stdout
+
+
+def test_images_are_counted_as_export_and_predict_count_a_set(tmp_path, site):
+    """compare counted a byte-identical copy twice where predict and export count it once (half A: 315 files, 312 images)."""
+    import shutil
+
+    shutil.copy(site / "PNEUMONIA" / "person0_bacteria_0.jpeg", site / "PNEUMONIA" / "person0_bacteria_99.jpeg")
+    shutil.copy(site / "NORMAL" / "IM-0000-0001.jpeg", site / "PNEUMONIA" / "person50_virus_50.jpeg")  # filed under both
+    models = [str(write_export(tmp_path / name)) for name in ("a", "b")]
+    done = call_cli("cxr_tune.compare", "--model", models[0], "--model", models[1], str(site), "--metrics", str(tmp_path / "c.json"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["images"] == 24 and result["class_counts"] == [10, 14]
+    assert result["copies_counted_once"] == 1 and result["filed_under_both"] == 2
+    assert "1 byte-identical copy of another labelled file counted once" in done.stdout
+    predicted = call_cli("cxr_tune.predict", "--model", models[0], str(site), "--quiet", "--metrics", str(tmp_path / "p.json"))
+    assert json.loads((tmp_path / "p.json").read_text())["class_counts"] == result["class_counts"]
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -83,13 +101,12 @@ def test_names_that_differ_only_in_bytes_that_are_not_utf8_stay_two_images(tmp_p
     unreadable files lost from the list; then a name holding the four characters \\xe9 met the escaped byte. Each is
     its own, printed with its bytes escaped."""
     import os
-    import shutil
 
     normal = bytes(site / "NORMAL")
-    for byte in (b"\xe8", b"\xe9"):
-        shutil.copy(site / "NORMAL" / "IM-0000-0001.jpeg", os.fsdecode(normal + b"/IM-caf" + byte + b"-0001.jpeg"))
+    for seed, byte in enumerate((b"\xe8", b"\xe9")):  # images of their own (a byte-identical copy would count once)
+        write_image(Path(os.fsdecode(normal + b"/IM-caf" + byte + b"-0001.jpeg")), seed=100 + seed, fmt="JPEG")
         (site / "NORMAL" / os.fsdecode(b"notes" + byte + b".txt")).write_text("not an image")
-    shutil.copy(site / "NORMAL" / "IM-0001-0001.jpeg", site / "NORMAL" / "IM-caf\\xe9-0001.jpeg")  # the escaped form, written out
+    write_image(site / "NORMAL" / "IM-caf\\xe9-0001.jpeg", seed=102, fmt="JPEG")  # the escaped form, written out
     own, other = write_export(tmp_path / "own", threshold=0.5), write_export(tmp_path / "other", threshold=0.3)
     done = call_cli("cxr_tune.compare", "--model", str(own), "--model", str(other), str(site), "--metrics", str(tmp_path / "c.json"))
 
