@@ -87,6 +87,28 @@ def check_own_ray(address: str | None) -> None:
                         f"set {shorter} and run the command again")
 
 
+def check_cluster_answers(address: str | None, timeout_s: float = 5.0) -> None:
+    """One line when a cluster named as ``HOST:PORT`` does not answer there: ``ray.init`` otherwise retries
+    for minutes, printing only Ray's own "Failed to connect to GCS" lines. ``auto`` and ``ray://`` are
+    left to Ray (it finds the first from a file on this node; the second is Ray Client's)."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    import socket
+
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        from cxr_tune.errors import UserError
+
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"--address {address}: no Ray cluster answers there ({reason}); give the head node's address "
+                        "as `ray start --head` printed it (HOST:6379), or --address auto on a node of the cluster") from None
+
+
 def token_for_own_ray() -> None:
     """Give the Ray this command starts itself a token of its own when Ray could not save one.
 
@@ -142,6 +164,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         log, verbose = active_log()
     address = address or os.environ.get("RAY_ADDRESS") or None  # a cluster the user named, here or in the environment
     check_own_ray(address)
+    check_cluster_answers(address)
     for key, value in _QUIET_ENV.items():
         os.environ.setdefault(key, value)
     workers_env = {k: os.environ[k] for k in _QUIET_ENV}

@@ -244,3 +244,27 @@ def test_without_address_a_command_starts_its_own_ray_unless_ray_address_names_o
     with session.ray_session():
         pass
     assert [call["address"] for call in calls] == [joined]
+
+
+def test_a_cluster_address_where_nothing_answers_is_one_line_before_any_work(tmp_path, monkeypatch):
+    """Before: ray.init retried for minutes, printing only Ray's "Failed to connect to GCS" lines, and the run folder was made."""
+    import socket
+
+    from cxr_tune.train.__main__ import main
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        session.check_cluster_answers(f"127.0.0.1:{listening.getsockname()[1]}")  # something answers: Ray's own checks go on
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{closed.getsockname()[1]}"  # bound, not listening: refused
+            for address in ("auto", "ray://head:10001", None):
+                session.check_cluster_answers(address)  # left to Ray
+            monkeypatch.setenv("RAY_ADDRESS", dead)
+            with pytest.raises(UserError, match=rf"^--address {dead}: no Ray cluster answers there \(Connection refused\)"):
+                session.check_cluster_answers(None)
+            monkeypatch.delenv("RAY_ADDRESS")
+            with pytest.raises(UserError, match=rf"^--address {dead}: no Ray cluster answers there"):
+                main(["--synthetic-n", "60", "--storage", str(tmp_path), "--name", "run", "--address", dead])
+    assert not (tmp_path / "run").exists()

@@ -120,9 +120,10 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
     """
     started = time.time() if started is None else started
     from cxr_tune.console import library_output_to
-    from cxr_tune.ray_session import check_own_ray, cluster_held, ray_session
+    from cxr_tune.ray_session import check_cluster_answers, check_own_ray, cluster_held, ray_session
 
     check_own_ray(options.address)  # before the experiment is written: a Ray that cannot start here is one line
+    check_cluster_answers(options.address)  # and a cluster named that does not answer
     experiment = options.experiment_dir
     if resume:  # the experiment's own space and roles, never today's files
         saved = Experiment(experiment)

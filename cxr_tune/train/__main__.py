@@ -22,7 +22,7 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt, json_safe
 from cxr_tune.provenance import provenance
-from cxr_tune.ray_session import check_own_ray
+from cxr_tune.ray_session import check_cluster_answers, check_own_ray
 from cxr_tune.selection import add_select_on_argument
 from cxr_tune.train.hparams import HParams, HParamsError, read_params
 from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, add_precision_arguments, fit, make_trainer, ranks_share_a_gpu
@@ -67,6 +67,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     storage.check_writable(args.storage, "--storage")
     check_own_ray(args.address)  # a Ray that cannot start here: one line before the data scan
+    check_cluster_answers(args.address)  # a cluster named that does not answer: one line too
     hp = read_params(args.params, args.overrides)
     from cxr_tune.train.model import build_model
 
