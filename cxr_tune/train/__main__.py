@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=None, metavar="PATH", help="a local pretrained weights file (safetensors or a PyTorch state dict) to start from; nothing is downloaded (default: none)")
     parser.add_argument("--storage", default="results", help="folder or URI for runs (default: results)")
     parser.add_argument("--name", default=None, help="run name; the run folder is STORAGE/NAME (default: train-<timestamp>)")
-    parser.add_argument("--cv", type=int_between(2, 20), default=None, metavar="K", help="instead of one run, K-fold cross-validation by patient group over the training folder (writes cv.md and cv.csv)")
+    parser.add_argument("--cv", type=int_between(2, 20), default=None, metavar="K", help="instead of one run, K-fold cross-validation by patient group over the training folder (writes cv.md and cv.csv); K at most the patient groups that hold the rarer class, so every validation fold holds both")
     parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' for the running one; default: RAY_ADDRESS when set, else a Ray of its own on this machine, never one `ray start` left running)")
     parser.add_argument("--verbose", action="store_true", help=f"also show Ray's own output on the console (always in STORAGE/NAME/{LOG_FILE})")
     add_select_on_argument(parser, "the run's best epoch and its threshold")
@@ -101,6 +101,10 @@ def _main(argv: Sequence[str] | None) -> int:
         print(skipped)
     if not args.cv:  # (--cv keeps its own plan, which records its data)
         keep_same_data(run_dir, split, split.deciding_set(args.select_on))
+    else:
+        from cxr_tune.train.crossval import fold_roles
+
+        fold_roles(split, args.cv, args.split_seed)  # refuses a K whose folds cannot each validate both classes, before Ray starts
     from cxr_tune.console import library_output_to
     from cxr_tune.ray_session import ray_session
 

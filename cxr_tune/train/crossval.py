@@ -17,6 +17,7 @@ import pandas as pd
 from cxr_tune import storage
 from cxr_tune.console import unreported_trials_unwarned
 from cxr_tune.data.prepared import SplitData, images_fingerprint
+from cxr_tune.data.sources import CLASSES
 from cxr_tune.data.splits import group_kfold
 from cxr_tune.errors import UserError, ctrl_c_kept
 from cxr_tune.provenance import describe as describe_code
@@ -31,11 +32,25 @@ REPORTED = ["val_auc", "val_sensitivity", "val_specificity", "val_balanced_accur
 
 
 def fold_roles(split: SplitData, k: int, seed: int = 0) -> list[pd.DataFrame]:
-    """``k`` copies of the roles table; in copy i, fold i of the training folder is ``val``."""
+    """``k`` copies of the roles table; in copy i, fold i of the training folder is ``val``.
+
+    Refuses (:class:`UserError`, no Ray needed, so the command calls it before Ray starts) a ``k`` that some
+    validation fold could not meet with both classes: more folds than patient groups, or than the groups that hold
+    the rarer class. A fold of one class has no AUC, specificity or balanced accuracy, and the means over folds
+    would quietly be taken over fewer folds than the title says.
+    """
     roles = split.roles
     pool = roles[roles["role"].isin(["train", "val"])]
+    groups = {name: pool.loc[pool["label"] == label, "group_id"].nunique() for label, name in enumerate(CLASSES)}
+    counts = f"{pool['group_id'].nunique()} patient groups in the training folder ({', '.join(f'{n} with {c} images' for c, n in groups.items())})"
+    rarer = min(groups.values())
+    if k > rarer:
+        fewer = f"give --cv {rarer} or fewer" if rarer >= 2 else "cross-validation needs at least 2 of each class"
+        raise UserError(f"--cv {k}: {counts}, so some validation fold would hold one class or none; {fewer}")
     out = []
-    for fit, val in group_kfold(pool.reset_index(drop=True), k, seed):
+    for i, (fit, val) in enumerate(group_kfold(pool.reset_index(drop=True), k, seed), start=1):
+        if pool["label"].iloc[val].nunique() < 2:  # enough groups of each class, and still dealt unevenly
+            raise UserError(f"--cv {k}: validation fold {i} would hold one class only ({counts}); give a smaller --cv or another --split-seed")
         fold = roles.copy()
         fold.loc[pool.index[fit], "role"] = "train"
         fold.loc[pool.index[val], "role"] = "val"

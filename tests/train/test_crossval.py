@@ -6,11 +6,14 @@ import argparse
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
+from cxr_tune.errors import UserError
 from cxr_tune.train import crossval
 from cxr_tune.train.__main__ import run_cv
 from cxr_tune.train.crossval import REPORTED, _fold_row
 from cxr_tune.train.hparams import HParams
+from tests.conftest import kermany_folder
 
 
 def _history(diverges: bool) -> pd.DataFrame:
@@ -28,3 +31,33 @@ def test_a_diverged_fold_is_named_in_cv_md_and_the_command_exits_1(tmp_path, mon
     text = (tmp_path / "cv" / "cv.md").read_text()
     assert status == 1 and "Fold(s) 1 of 2 diverged" in text and "| diverged " in text
     assert capsys.readouterr().err.startswith("error: Fold(s) 1 of 2 diverged")
+
+
+def _split(normal_groups: int, pneumonia_groups: int) -> SimpleNamespace:
+    """A training folder of so many patient groups per class, two images each (fold_roles reads only the roles)."""
+    rows = [{"path": f"{label}-{g}-{i}", "label": label, "group_id": f"{label}-{g}", "role": "train"}
+            for label, groups in ((0, normal_groups), (1, pneumonia_groups)) for g in range(groups) for i in range(2)]
+    return SimpleNamespace(roles=pd.DataFrame(rows + [{"path": "t", "label": 0, "group_id": "t", "role": "test"}]))
+
+
+@pytest.mark.parametrize(("k", "counts"), [(20, (4, 15)), (8, (5, 14))])
+def test_more_folds_than_the_rarer_class_has_patient_groups_are_refused_with_the_counts(k, counts):
+    """Before: --cv 20 over 19 groups was sklearn's ValueError traceback once Ray had started; --cv 8 with 5 NORMAL groups
+    trained folds that validated on PNEUMONIA only (AUC nan) and averaged the spread silently over the other folds."""
+    with pytest.raises(UserError, match=rf"^--cv {k}: {sum(counts)} patient groups in the training folder \({counts[0]} with NORMAL images, "
+                                        rf"{counts[1]} with PNEUMONIA images\), so some validation fold would hold one class or none; "
+                                        rf"give --cv {counts[0]} or fewer$"):
+        crossval.fold_roles(_split(*counts), k)
+    folds = crossval.fold_roles(_split(*counts), counts[0])
+    assert all(f.loc[f["role"] == "val", "label"].nunique() == 2 for f in folds)
+
+
+def test_too_many_folds_are_refused_before_ray_starts(tmp_path, monkeypatch):
+    import cxr_tune.ray_session
+    from cxr_tune.train.__main__ import main
+
+    data = kermany_folder(tmp_path / "data", {"train": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)],
+                                                        "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(6)]}})
+    monkeypatch.setattr(cxr_tune.ray_session, "ray_session", lambda *a, **k: pytest.fail("Ray started"))
+    with pytest.raises(UserError, match=r"^--cv 7: 12 patient groups in the training folder \(6 with NORMAL images, 6 with PNEUMONIA images\)"):
+        main(["--data", str(data), "--storage", str(tmp_path / "runs"), "--name", "cv", "--cv", "7", "--set", "image_size=32"])
