@@ -232,7 +232,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     Returns the ``model.json`` written, plus ``left_out``: (path, reason) for each image left out as
     unlike the training X-rays (:mod:`cxr_tune.data.input_checks`); the file records only their
     number, since a site's file names can name patients."""
-    from cxr_tune.data.imaging import try_decode_checked
+    from cxr_tune.data.imaging import PREPROCESS_VERSION, try_decode_checked
     from cxr_tune.modelcard import CARD_FILE, model_card
     from cxr_tune.modelfile import (build_files, check_prior_record, load_members, recorded_calibration, recorded_views, serving_model,
                                     torch_scores, write_model_folder)
@@ -289,6 +289,8 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         "unadapted_threshold": kept,
         "adapted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "provenance": provenance(),  # the adapting code's; the top-level one stays the export's
+        # The pixels its statistics came from; preprocessing.preprocess_version stays the one the weights trained on.
+        "preprocess_version": PREPROCESS_VERSION,
     }
     if meta.get("adaptation"):  # oldest first; AdaBN replaced their statistics, so what is left of them is this record
         earlier = dict(meta["adaptation"])

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -198,7 +199,23 @@ def read_meta(file: Path | str) -> dict[str, Any]:
         raise bad("operating_points", "must be an object of named thresholds")
     for name, point in points.items():
         _check_point(bad, f"operating_points.{name}", point)
+    warn_if_other_preprocessing(file, preprocessing)
     return meta
+
+
+def warn_if_other_preprocessing(file: Path | str, preprocessing: dict[str, Any]) -> None:
+    """One line on stderr when the model was exported by code that made pixels another way (another
+    ``preprocess_version``): its network trained on those, and this code scores it on its own. A warning, not a
+    refusal: a bump may change only some inputs (version 2 changed JPEG-compressed DICOMs; JPEG and PNG files decode as
+    before). A model.json from before the record is taken at its word."""
+    from cxr_tune.data.imaging import PREPROCESS_VERSION
+
+    version = preprocessing.get("preprocess_version")
+    if version is not None and version != PREPROCESS_VERSION:
+        print(f"Warning: '{file}' was exported with preprocessing version {version} and this code makes pixels with version {PREPROCESS_VERSION}: "
+              "images whose decoding changed in between (cxr_tune/data/imaging.py says which) reach it other than in training; "
+              "export it again with this code (python -m cxr_tune.export EXPERIMENT), which checks its scores on these pixels",
+              file=sys.stderr, flush=True)
 
 
 def _check_point(bad: Callable[[str, str], UserError], key: str, point: Any) -> None:

@@ -179,6 +179,20 @@ def test_the_cli_writes_an_adapted_model_that_predict_loads(exported, tmp_path):
     assert not np.allclose(scores, torch_scores(serving_model(original), decoded), atol=1e-3)  # adaptation changed the outputs
 
 
+def test_adapting_a_model_of_older_preprocessing_says_so_and_records_the_version_its_statistics_came_from(exported, tmp_path, capsys):
+    """Before: no word, and the adapted model.json said only the export's version although its BatchNorm statistics
+    were computed from this code's pixels."""
+    from cxr_tune.data.imaging import PREPROCESS_VERSION
+
+    meta = json.loads((exported / "model.json").read_text())
+    meta["preprocessing"]["preprocess_version"] = PREPROCESS_VERSION - 1
+    (exported / "model.json").write_text(json.dumps(meta))
+    adapted = adapt(str(exported), str(write_site(tmp_path / "site", 10)), str(tmp_path / "adapted"), threshold_rule="keep")
+    assert f"was exported with preprocessing version {PREPROCESS_VERSION - 1} and this code makes pixels with version {PREPROCESS_VERSION}" in capsys.readouterr().err
+    assert adapted["adaptation"]["preprocess_version"] == PREPROCESS_VERSION  # what its statistics were computed from
+    assert adapted["preprocessing"]["preprocess_version"] == PREPROCESS_VERSION - 1  # what its weights trained on
+
+
 def test_adapting_an_adapted_model_keeps_the_unadapted_models_measurements_and_the_chain(exported, tmp_path):
     """The second adaptation moved only the first one's threshold under before_adaptation: the
     measured sets were lost, ``keep`` kept the first site's threshold, and the card's tables were empty."""

@@ -274,3 +274,19 @@ def test_the_projects_onnxruntime_sessions_write_no_telemetry(tmp_path):
     done = subprocess.run([sys.executable, "-c", score, str(model)], env=env, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr
     assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
+
+
+def test_a_model_exported_with_other_preprocessing_loads_with_one_line_saying_so(tmp_path, capsys):
+    """Before: a model whose pixels were made by another PREPROCESS_VERSION was scored silently with this code's."""
+    from cxr_tune.data.imaging import PREPROCESS_VERSION
+
+    old = write_export(tmp_path / "old", preprocessing={"image_size": 16, "preprocess_version": PREPROCESS_VERSION - 1})
+    current = write_export(tmp_path / "current", preprocessing={"image_size": 16, "preprocess_version": PREPROCESS_VERSION})
+    unrecorded = write_export(tmp_path / "unrecorded")  # from before the record: taken at its word
+    assert load_model(old).threshold == 0.5  # loaded all the same
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Warning: '{old / 'model.json'}' was exported with preprocessing version {PREPROCESS_VERSION - 1} "
+                                                   f"and this code makes pixels with version {PREPROCESS_VERSION}: ")
+    assert "export it again with this code" in lines[0]
+    load_model(current), load_model(unrecorded)
+    assert capsys.readouterr().err == ""
