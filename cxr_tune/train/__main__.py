@@ -91,7 +91,7 @@ def _main(argv: Sequence[str] | None) -> int:
     # is made, and held, only once its data checked out: a refused command leaves nothing behind.)
     folder_lock.hold(run_dir, "train run folder")
     if not args.cv:
-        check_same_run(run_dir, hp)
+        check_same_run(run_dir, hp, precision_flags(args))
     options = DataOptions.from_args(args)
     split = split_data(options)
     check_caches_buildable(split, [hp.image_size])  # before run.json is written below: a refused command leaves nothing behind
@@ -144,7 +144,8 @@ def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path:
     from cxr_tune.data.cache import find_cache, parquet_files
 
     cache = find_cache(split.cache_dir, split.source.manifest, hp.image_size)  # the one datasets_by_size just built or reused
-    setup = {"threads": resources.threads, "cache_files": parquet_files(cache) if cache else None, "provenance": provenance()}
+    setup = {"threads": resources.threads, "cache_files": parquet_files(cache) if cache else None, "provenance": provenance(),
+             "precision_flags": precision_flags(args)}  # what a resume must give again (check_same_run)
     warn_if_resumed_elsewhere(storage.join(storage_path, name), setup)
     add_to_run_record(storage.join(storage_path, name), setup)
     with epoch_lines(hp.epochs, deciding) as callbacks_for:
@@ -159,9 +160,15 @@ def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path:
     return report(result, hp, split, storage.join(storage_path, name), deciding)
 
 
-def check_same_run(run_dir: str, hp: HParams) -> None:
+def precision_flags(args: argparse.Namespace) -> dict[str, str]:
+    """The --precision and --memory-format a run was given (run.json's ``precision_flags``; "auto" as given, not as resolved)."""
+    return {"precision": args.precision, "memory_format": args.memory_format}
+
+
+def check_same_run(run_dir: str, hp: HParams, flags: dict[str, str] | None = None) -> None:
     """A run resumed under its --name continues from its checkpoint, so it must have the settings it
-    was started with: other ones would be recorded for epochs trained under the old."""
+    was started with: other ones would be recorded for epochs trained under the old. ``flags``: its
+    :func:`precision_flags`, compared with run.json's (a run from before that record is taken at its word)."""
     from cxr_tune.train.checkpoints import load_state, saved_checkpoints
 
     found = saved_checkpoints(run_dir)
@@ -169,6 +176,10 @@ def check_same_run(run_dir: str, hp: HParams) -> None:
         return
     saved, given = json.loads(json.dumps(load_state(found[-1])["hparams"])), json.loads(json.dumps(hp.to_dict()))
     differ = [f"{key}={saved.get(key)} there, {value} here" for key, value in given.items() if saved.get(key) != value]
+    path = storage.join(run_dir, RUN_FILE)
+    recorded = (json.loads(storage.read_text(path)).get("precision_flags") or {}) if flags and storage.exists(path) else {}
+    differ += [f"--{key.replace('_', '-')} {recorded[key]} there, {value} here" for key, value in (flags or {}).items()
+               if key in recorded and recorded[key] != value]
     if differ:
         raise UserError(f"'{run_dir}' holds a run with other settings ({'; '.join(differ)}); give the same settings to resume it, "
                         "or another --name")

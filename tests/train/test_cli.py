@@ -80,6 +80,25 @@ def test_a_run_resumed_under_its_name_with_other_settings_is_refused_before_ray_
               *[arg for setting in ("image_size=32", "depth=2", "filters=4", "lr=0.001") for arg in ("--set", setting)]])
 
 
+@pytest.mark.parametrize(("flags", "said"), [(["--precision", "fp32"], "--precision auto there, fp32 here"),
+                                             (["--memory-format", "contiguous"], "--memory-format auto there, contiguous here")])
+def test_a_run_resumed_under_its_name_with_another_precision_or_memory_format_is_refused_before_ray_starts(tmp_path, flags, said):
+    """Before: it resumed, trained its later epochs in fp32 after bf16 ones, and metrics.json said fp32 for a best epoch trained in bf16."""
+    import json
+
+    from cxr_tune.errors import UserError
+    from cxr_tune.train.__main__ import RUN_FILE, main
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.hparams import HParams
+
+    checkpoint = tmp_path / "run" / "checkpoint_000"
+    checkpoint.mkdir(parents=True)
+    save_state(str(checkpoint), {"hparams": HParams().to_dict(), "epoch": 1}, {})
+    (tmp_path / "run" / RUN_FILE).write_text(json.dumps({"precision_flags": {"precision": "auto", "memory_format": "auto"}}))
+    with pytest.raises(UserError, match=rf"'\S+/run' holds a run with other settings \({said}\); give the same settings"):
+        main(["--data", str(tmp_path / "not-read"), "--storage", str(tmp_path), "--name", "run", *flags])
+
+
 def test_a_run_resumed_under_its_name_on_another_split_is_refused_before_ray_starts(synthetic_root, tmp_path):
     """Before: it resumed, scored its later epochs on another carved validation set, and chose its best epoch across the two."""
     import json
