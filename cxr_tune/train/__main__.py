@@ -290,7 +290,8 @@ def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding
         "val_metrics": {k: v for k, v in best.items() if k.startswith("val_")},
         "ext_metrics": {k: v for k, v in best.items() if k.startswith("ext_")},
     }
-    storage.write_text_atomic(storage.join(run_dir, "metrics.json"), json.dumps(summary, indent=2, default=str))
+    # JSON's own types: the history row is of object dtype, so its numbers and flags are numpy scalars (str() made them "11", "False").
+    storage.write_text_atomic(storage.join(run_dir, "metrics.json"), json.dumps(json_safe(summary), indent=2))
     add_to_run_record(run_dir, {"precision": json_safe(summary["precision"])})  # as the run's own checkpoint records it
     tag = " [SYNTHETIC DATA]" if split.source.synthetic else ""
     print(f"\nBest epoch {summary['best_epoch']}{tag}, chosen on {summary['deciding_set']} validation:")

@@ -189,7 +189,7 @@ def test_the_data_summary_says_which_files_were_skipped_and_where_the_list_is(tm
             f"python -m cxr_tune.data inspect {root} lists them all.") in lines
 
 
-def test_a_run_records_its_threads_precision_and_code_beside_its_data(tmp_path, capsys):
+def test_a_run_records_its_threads_precision_and_code_beside_its_data_and_its_metrics_in_json_types(tmp_path, capsys):
     """run.json named a run's images, not how it computed nor with which code: a result could not be made again as it was."""
     import contextlib
     import json
@@ -204,7 +204,7 @@ def test_a_run_records_its_threads_precision_and_code_beside_its_data(tmp_path, 
     checkpoint = run / "checkpoint_000"
     checkpoint.mkdir(parents=True)
     row = {"epoch": 1, "val_objective": 0.7, "val_auc": 0.8, "val_loss": 0.5, "val_threshold": 0.5, "val_sensitivity": 0.7,
-           "val_specificity": 0.7, "val_balanced_accuracy": 0.7, "precision": "fp32", "channels_last": True}
+           "val_specificity": 0.7, "val_balanced_accuracy": 0.7, "val_n": 11, "precision": "fp32", "channels_last": True}
     save_state(str(checkpoint), {"hparams": HParams().to_dict(), "epoch": 0, "history": [row]}, {})
     (run / RUN_FILE).write_text(json.dumps({"data": "200 images, sha256 0123456789ab", "deciding_set": "carved"}))
     add_to_run_record(str(run), {"threads": 2, "provenance": provenance()})  # what train records as the run starts
@@ -214,6 +214,10 @@ def test_a_run_records_its_threads_precision_and_code_beside_its_data(tmp_path, 
     record = json.loads((run / RUN_FILE).read_text())
     assert record == {"data": "200 images, sha256 0123456789ab", "deciding_set": "carved", "threads": 2, "provenance": provenance(),
                       "precision": {"precision": "fp32", "channels_last": True}}
+    # metrics.json in JSON's own types: before, numpy scalars went through str() ("val_n": "11", "channels_last": "True").
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val_metrics"]["val_n"] == 11 and metrics["val_metrics"]["val_auc"] == 0.8 and metrics["best_epoch"] == 1
+    assert metrics["precision"] == {"precision": "fp32", "channels_last": True}
 
 
 def test_cross_validation_s_report_says_what_the_folds_computed_in_and_with_which_code(tmp_path):
