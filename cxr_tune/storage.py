@@ -21,6 +21,7 @@ import io
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -371,9 +372,10 @@ def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: b
     """Stop with one line before any work when a command could not write ``path`` (a ``folder``, or a
     file): it, or the nearest part of it that exists, is a file where a folder is needed (or the
     other way round), or that folder is read-only (unless ``read_only_ok``: a shared cache built
-    once may be read-only). Creates nothing. On object storage: the bucket is missing, or the store
-    cannot be reached or refuses the credentials (a bucket policy that forbids only writing is
-    found by the first write, in one line too)."""
+    once may be read-only). Leaves nothing behind (as root, whom os.access lets write anywhere, /proc
+    and /sys included, it makes and drops an unnamed file there to find out). On object storage: the
+    bucket is missing, or the store cannot be reached or refuses the credentials (a bucket policy that
+    forbids only writing is found by the first write, in one line too)."""
     if is_uri(path):
         try:
             kind = _type(path)
@@ -401,6 +403,12 @@ def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: b
         raise UserError(f"{what} '{path}' cannot be written: '{existing}' is a file, not a folder")
     if not read_only_ok and not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{what} '{path}' cannot be written: no permission to write in '{existing}'")
+    if not read_only_ok and hasattr(os, "geteuid") and os.geteuid() == 0:  # root passes os.access everywhere, /proc and /sys included
+        try:
+            with tempfile.TemporaryFile(dir=existing):  # gone when closed (unnamed where the filesystem allows)
+                pass
+        except OSError as exc:
+            raise UserError(f"{what} '{path}' cannot be written: a file cannot be made in '{existing}' ({exc.strerror or exc})") from None
 
 
 def makedirs(path: str) -> None:

@@ -303,3 +303,12 @@ def test_a_path_through_a_loop_of_symbolic_links_is_one_line_naming_it(tmp_path)
     with pytest.raises(UserError, match=f"^'{loop}' leads through a loop of symbolic links"):
         storage.resolve(str(loop))
     assert call_cli("cxr_tune.data", "inspect", str(loop)).stderr.strip().startswith(f"error: '{loop}' leads through a loop")
+
+
+@pytest.mark.parametrize("folder", ["/proc/cxr-tune-x", "/sys/cxr-tune-x"])
+def test_a_folder_where_no_file_can_be_made_is_refused_in_one_line_even_as_root(folder, tmp_path):
+    """Before: as root os.access passed /proc and /sys, and the first write was a FileNotFoundError or PermissionError traceback."""
+    with pytest.raises(UserError, match=rf"^--storage '{folder}' cannot be written: "):
+        storage.check_writable(folder, "--storage")
+    storage.check_writable(str(tmp_path / "runs"), "--storage")
+    assert list(tmp_path.iterdir()) == []  # the check leaves nothing behind
