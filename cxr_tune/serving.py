@@ -208,12 +208,14 @@ def warn_if_other_preprocessing(file: Path | str, preprocessing: dict[str, Any])
     ``preprocess_version``): its network trained on those, and this code scores it on its own. A warning, not a
     refusal: a bump may change only some inputs (version 2 changed JPEG-compressed DICOMs; JPEG and PNG files decode as
     before). A model.json from before the record is taken at its word."""
-    from cxr_tune.data.imaging import PREPROCESS_VERSION
+    from cxr_tune.data.imaging import PREPROCESS_CHANGES, PREPROCESS_VERSION
 
     version = preprocessing.get("preprocess_version")
     if version is not None and version != PREPROCESS_VERSION:
-        print(f"Warning: '{file}' was exported with preprocessing version {version} and this code makes pixels with version {PREPROCESS_VERSION}: "
-              "images whose decoding changed in between (cxr_tune/data/imaging.py says which) reach it other than in training; "
+        changed = "; ".join(f"version {v}: {PREPROCESS_CHANGES[v]}" for v in sorted(PREPROCESS_CHANGES)
+                            if isinstance(version, int) and version < v <= PREPROCESS_VERSION) or "see cxr_tune/data/imaging.py"
+        print(f"Warning: '{file}' was exported with preprocessing version {version} and this code makes pixels with version {PREPROCESS_VERSION} "
+              f"({changed}): only images whose decoding changed reach it other than in training; to be sure, "
               "export it again with this code (python -m cxr_tune.export EXPERIMENT), which checks its scores on these pixels",
               file=sys.stderr, flush=True)
 

@@ -286,7 +286,7 @@ def test_a_model_exported_with_other_preprocessing_loads_with_one_line_saying_so
     assert load_model(old).threshold == 0.5  # loaded all the same
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Warning: '{old / 'model.json'}' was exported with preprocessing version {PREPROCESS_VERSION - 1} "
-                                                   f"and this code makes pixels with version {PREPROCESS_VERSION}: ")
-    assert "export it again with this code" in lines[0]
+                                                   f"and this code makes pixels with version {PREPROCESS_VERSION} (version {PREPROCESS_VERSION}: ")
+    assert "export it again with this code" in lines[0] and "JPEG, PNG and uncompressed DICOM pixels are unchanged" in lines[0]  # what changed
     load_model(current), load_model(unrecorded)
     assert capsys.readouterr().err == ""

@@ -22,9 +22,14 @@ from PIL import Image, ImageOps
 from cxr_tune import storage
 from cxr_tune.data import dicom, input_checks
 
-#: Version of the pixel pipeline below; part of every image-cache key. 2: JPEG and JPEG 2000 DICOMs are decoded
-#: by Pillow whatever other decoders are installed (:data:`cxr_tune.data.dicom.PREFERRED_PLUGINS`).
+#: Version of the pixel pipeline below; part of every image-cache key. Bump it with a line in PREPROCESS_CHANGES.
 PREPROCESS_VERSION = 2
+
+#: What each version changed, for people: a model exported before a change is told what reaches it otherwise.
+PREPROCESS_CHANGES = {
+    2: "JPEG and JPEG 2000 DICOMs decode with Pillow whatever other decoders are installed (with the [dicom] extra, "
+       "pylibjpeg decoded them before: some pixels one grey level off); JPEG, PNG and uncompressed DICOM pixels are unchanged",
+}
 
 #: How a non-square X-ray becomes square: plain resize (squash). Recorded in exported models.
 RESIZE_METHOD = "bilinear resize of the whole image to size x size (aspect ratio not kept)"
