@@ -124,8 +124,8 @@ def _bounded_retries(uri: str) -> str:
     """``uri`` asking pyarrow's Google Cloud Storage client to give up after :data:`GCS_RETRY_SECONDS`.
 
     Its default is to retry for 15 minutes, so a machine with no credentials or no network sat silent
-    that long before any error (seen: still waiting after 2 minutes); a URI's own
-    ``?retry_limit_seconds=`` wins."""
+    that long before any error (seen: still waiting after 2 minutes). A URI that already names a limit keeps it
+    (the tests give one); a query is not advertised to users, since :func:`join` appends parts after it."""
     scheme = uri.split("://", 1)[0].lower()
     if scheme not in ("gs", "gcs") or "retry_limit_seconds=" in uri:
         return uri

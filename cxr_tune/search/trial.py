@@ -92,10 +92,16 @@ def report_again_if_ended(run: str, epochs: int, *, stopped_at: int | None = Non
         return False
     folder, state = found
     history = state["history"]
+    at_stop = None
     if stopped_at is not None and history and int(history[-1]["epoch"]) >= stopped_at:
         # The stop's epoch: a worker may have trained more before the stop reached it, epochs ASHA never saw.
-        last = next(row for row in history if int(row["epoch"]) == stopped_at)
-        folder = folder if int(history[-1]["epoch"]) == stopped_at else _checkpoint_of(run, stopped_at)
+        at_stop = folder if int(history[-1]["epoch"]) == stopped_at else _checkpoint_of(run, stopped_at)
+    if at_stop is not None:
+        last, folder = next(row for row in history if int(row["epoch"]) == stopped_at), at_stop
+    elif stopped_at is not None and history and int(history[-1]["epoch"]) > stopped_at:
+        # Train kept a later, better checkpoint and dropped the stop's: the weights there are the later epoch's, so the
+        # trial ends on that epoch (its table counts epochs ASHA had cut) rather than on metrics no kept weights have.
+        last = history[-1]
     elif run_ended(state, epochs):
         last = history[-1]
     else:

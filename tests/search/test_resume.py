@@ -653,3 +653,10 @@ def test_a_restored_trial_asha_had_stopped_reports_its_stop_epoch_again_and_trai
     [again] = reports
     assert again["epoch"] == 1 and again["objective"] == 0.75 and again["checkpoint_path"] == str(run / "checkpoint_1")
     assert math.isnan(again["time_this_iter_s"])
+    # Epoch 2 scored better and Train dropped epoch 1's checkpoint: the trial ends on the epoch whose weights are kept,
+    # never on epoch 1's metrics beside epoch 2's weights (what an export would then have shipped).
+    reports.clear()
+    shutil.rmtree(run / "checkpoint_1")
+    run_trial({"image_size": 32}, datasets={32: {}}, class_counts=(10, 10), settings=settings)
+    [again] = reports
+    assert again["epoch"] == 2 and again["checkpoint_path"] == str(run / "checkpoint_2")
