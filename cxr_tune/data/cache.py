@@ -16,12 +16,13 @@ already there (another process won the race) uses that cache and deletes only it
 ``data-*`` folder that no ``meta.json`` names is an interrupted build and is never read.
 
 A build in which a file could not be read at all (gone since the scan, permission denied, a store's error) is
-used by the run that made it but never committed: the next run builds again and reads that file again, instead
-of leaving it out for good. A file whose bytes do not decode is a failure of those bytes, committed with the cache.
+used by the run that made it but never committed, and deleted when that command ends: the next run builds again and
+reads that file again, instead of leaving it out for good. A file whose bytes do not decode is a failure of those bytes, committed with the cache.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import math
@@ -162,6 +163,7 @@ def prepare_cache(manifest: pd.DataFrame, image_size: int, cache_dir: str) -> Im
         }
         committed = None  # unknown while the commit runs: a failed PUT may still have landed
         if failures["retry"].any():  # this run's only (kept: committed is None), so the next one reads the unread files again
+            _remove_when_the_command_ends(data_path)
             return _from_meta(final, image_size, meta, reused=False, saved=False)
         committed = _commit(final, meta)
     finally:
@@ -173,6 +175,27 @@ def prepare_cache(manifest: pd.DataFrame, image_size: int, cache_dir: str) -> Im
     if found is None:
         raise RuntimeError(f"'{storage.join(final, META)}' vanished after another build committed it; was the cache folder deleted?")
     return found
+
+
+_UNSAVED_BUILDS: list[str] = []
+
+
+def _remove_when_the_command_ends(data_path: str) -> None:
+    """An unsaved build is read by its own run only; left behind, each such run added a full copy of the cache that
+    nothing ever read or deleted (no ``meta.json`` names it)."""
+    if not _UNSAVED_BUILDS:
+        atexit.register(remove_unsaved_builds)
+    _UNSAVED_BUILDS.append(data_path)
+
+
+def remove_unsaved_builds() -> None:
+    """Delete this process's unsaved builds (at its exit: its run has read them)."""
+    while _UNSAVED_BUILDS:
+        path = _UNSAVED_BUILDS.pop()
+        try:
+            storage.remove_tree(path)
+        except (OSError, UserError):  # at exit, a store gone away: the folder stays, never read (no meta.json names it)
+            pass
 
 
 def build_blocks(n_images: int, image_size: int, cpus: int) -> int:

@@ -83,6 +83,12 @@ def test_a_file_that_breaks_after_the_scan_is_listed_not_fatal(ray_session, tmp_
     # The file that could not be read at all may be back next run: this build is not kept, so the next run reads it again.
     assert list(cache.failures["retry"]) == [False, True] and not cache.saved
     assert find_cache(str(tmp_path / "cache"), source.manifest, 16) is None
+    # Read by this run only, then deleted as the command ends (each such run left a full copy nothing read or deleted).
+    from cxr_tune.data.cache import remove_unsaved_builds
+
+    assert os.path.isdir(cache.data_path)
+    remove_unsaved_builds()  # the command's exit
+    assert not os.path.exists(cache.data_path)
 
 
 @pytest.mark.slow  # builds caches through Ray
