@@ -82,7 +82,8 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
     labels = next(iter(frames.values())).loc[common, "label"].to_numpy().astype(int)
     counts = [int((labels == 0).sum()), int((labels == 1).sum())]
     if min(counts) == 0:
-        raise UserError(f"compare needs readable images of both classes; {', '.join(inputs)} holds NORMAL {counts[0]}, PNEUMONIA {counts[1]}")
+        left_out = f" ({both} file(s) left out: an identical copy is filed under the other class)" if both else ""
+        raise UserError(f"compare needs readable images of both classes; {', '.join(inputs)} holds NORMAL {counts[0]}, PNEUMONIA {counts[1]}{left_out}")
     checks: dict[str, str] = {}
     for frame in frames.values():  # a check may depend on the model's input size (smaller than it): any model's counts
         for path, check in zip(frame.loc[common, "path"], frame.loc[common, "check"], strict=True):

@@ -235,6 +235,10 @@ def labelled_metrics(frame: pd.DataFrame, threshold: float, points: dict[str, di
             "copies_counted_once": copies, "filed_under_both": both, "flagged": flagged}
 
 
+#: Why a set whose labelled images were all read has no metrics: each has an identical copy under the other class.
+FILED_UNDER_BOTH = "every labelled image read has an identical copy filed under the other class, so none has a label"
+
+
 def distinct_labelled(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     """(the labelled rows as export counts a set's images, in path order; how many byte-identical copies were dropped;
     how many files were left out as filed under both classes). As the splits do: a file whose identical copy is filed
@@ -447,7 +451,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         storage.write_csv(args.csv, for_spreadsheet(frame[columns]))
     points = {name: {"threshold": value} for name, value in known_points(model.meta).items()}
     metrics = labelled_metrics(frame, threshold, points)
+    unlabelled_copies = metrics is None and frame["label"].notna().any()  # read, but every one filed under both classes
     if metrics is None and args.metrics:
+        if unlabelled_copies:
+            raise UserError(f"--metrics: {FILED_UNDER_BOTH} in {', '.join(args.inputs)}; {args.metrics} not written")
         raise UserError(f"--metrics: none of the labelled file(s) in {', '.join(args.inputs)} could be read as an image "
                         f"({len(skipped)} unreadable: {', '.join(skipped['path'].head(3).map(printable))}{', ...' if len(skipped) > 3 else ''}); {args.metrics} not written")
     if metrics is not None and args.metrics:
@@ -459,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{row.probability:.4f}  {CLASSES[row.prediction]:<9}  {printable(row.path)}")
     if args.csv:
         print(f"Wrote {len(frame)} predictions to {args.csv}")
+    if unlabelled_copies:
+        print(f"No metrics: {FILED_UNDER_BOTH}.")
     if metrics is not None:
         if note := selection_note(model.meta, args.inputs):
             print(f"Note: {note}.")

@@ -486,3 +486,20 @@ def test_predict_and_compare_say_beside_the_numbers_how_many_flagged_images_they
     assert lines.index(flag.strip()) < next(i for i, line in enumerate(lines) if line.startswith("| model"))
     assert "Check 1 image(s) before trusting the score: unlike the chest X-rays the model learned from" in lines
     assert any(line.startswith(f"  {data / 'NORMAL' / 'blank.png'}: nearly blank") for line in lines)
+
+
+def test_a_folder_whose_only_labelled_image_is_filed_under_both_classes_says_so(tmp_path):
+    """Both files were read, yet --metrics said none could be read as an image, and without --metrics no line said why
+    no metrics came; compare said the folder held no images of either class."""
+    import shutil
+
+    model = write_export(tmp_path / "best")
+    site = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"]}}) / "test"
+    (site / "PNEUMONIA").mkdir()
+    shutil.copy(site / "NORMAL" / "IM-0001-0001.jpeg", site / "PNEUMONIA" / "IM-0001-0001.jpeg")
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(site), "--metrics", str(tmp_path / "m.json"))
+    assert done.returncode == 2 and "every labelled image read has an identical copy filed under the other class" in done.stderr
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(site))
+    assert done.returncode == 0 and "No metrics: every labelled image read has an identical copy filed under the other class" in done.stdout
+    done = call_cli("cxr_tune.compare", "--model", str(model), "--model", str(write_export(tmp_path / "other")), str(site))
+    assert done.returncode == 2 and "(2 file(s) left out: an identical copy is filed under the other class)" in done.stderr
