@@ -56,7 +56,7 @@ from cxr_tune.calibration import probability_prior as calibration_prior
 from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import json_safe, printable
-from cxr_tune.serving import META_FILE, read_meta
+from cxr_tune.serving import META_FILE, read_meta, warn_if_other_preprocessing
 
 if TYPE_CHECKING:  # torch and the model code load when a model is adapted, not for --help or a mistyped flag
     import torch
@@ -240,6 +240,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     from cxr_tune.provenance import provenance
 
     meta = read_meta(storage.join(model, META_FILE))
+    warn_if_other_preprocessing(storage.join(model, META_FILE), meta["preprocessing"])  # its statistics come from this code's pixels
     try:
         members = load_members(model, meta)
     except FileNotFoundError:

@@ -94,6 +94,7 @@ def load_model(path: str | Path) -> LoadedModel:
     if not storage.is_file(meta_path):
         raise UserError(f"model folder '{path}' has no {META_FILE}; export one with python -m cxr_tune.export EXPERIMENT")
     meta = read_meta(meta_path)
+    warn_if_other_preprocessing(meta_path, meta["preprocessing"])  # it is about to score images
     model_file = meta.get("model_file", MODEL_FILE)
     if requested is not None and requested != model_file:
         raise UserError(
@@ -199,7 +200,6 @@ def read_meta(file: Path | str) -> dict[str, Any]:
         raise bad("operating_points", "must be an object of named thresholds")
     for name, point in points.items():
         _check_point(bad, f"operating_points.{name}", point)
-    warn_if_other_preprocessing(file, preprocessing)
     return meta
 
 

@@ -290,3 +290,8 @@ def test_a_model_exported_with_other_preprocessing_loads_with_one_line_saying_so
     assert "export it again with this code" in lines[0] and "JPEG, PNG and uncompressed DICOM pixels are unchanged" in lines[0]  # what changed
     load_model(current), load_model(unrecorded)
     assert capsys.readouterr().err == ""
+    # Reading model.json alone (search --report-only reads the recorded export options, then exports again) says nothing.
+    from cxr_tune.serving import read_meta
+
+    read_meta(old / "model.json")
+    assert capsys.readouterr().err == ""

@@ -5,7 +5,7 @@ the same pixels at prediction time as it saw in training. DICOM input (recognise
 marker, whatever the file is called) is mapped to 8 bits by :mod:`cxr_tune.data.dicom` and then
 resized like any other image. Change what it does and bump :data:`PREPROCESS_VERSION`: every
 image cache keyed on the old version is then rebuilt, and a model exported before it (its ``model.json``
-records the version) loads with a one-line warning (:func:`cxr_tune.serving.read_meta`).
+records the version) is scored or adapted with a one-line warning (:func:`cxr_tune.serving.warn_if_other_preprocessing`).
 """
 
 from __future__ import annotations
