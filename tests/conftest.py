@@ -81,6 +81,20 @@ def table_rows(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
 
 
+def read_only_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """(a 12-image Kermany folder, a cache folder this process may not write: ``os.access`` says no for it, as for a
+    user without the permission, whom the tests' root cannot play)."""
+    from cxr_tune import storage
+
+    data = kermany_folder(tmp_path / "data", {"train": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)],
+                                                        "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(6)]}})
+    read_only = tmp_path / "read-only-cache"
+    read_only.mkdir()
+    access = os.access
+    monkeypatch.setattr(storage.os, "access", lambda path, mode: not str(path).startswith(str(read_only)) and access(path, mode))
+    return data, read_only
+
+
 def kermany_folder(root: Path, layout: dict[str, dict[str, list[str]]], seed: int = 0) -> Path:
     """``{split: {class: [file names]}}`` → real images at ``root/split/class/name``."""
     for split, classes in layout.items():

@@ -11,7 +11,7 @@ from cxr_tune.search.__main__ import main
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.runner import plan_search
 from cxr_tune.search.space import load_space
-from tests.conftest import folder_with_bad_files, kermany_folder, lines_before_ray, run_cli
+from tests.conftest import folder_with_bad_files, lines_before_ray, read_only_cache, run_cli
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -62,16 +62,7 @@ def test_an_existing_experiment_is_not_overwritten(tmp_path):
 def test_a_cache_that_cannot_be_written_stops_a_search_before_its_experiment_is_written_so_the_corrected_command_runs(tmp_path, monkeypatch, capsys):
     """The experiment used to be written first, recording the read-only --cache-dir: the same command with a writable
     one was then refused as an experiment that exists, and --resume could not take another --cache-dir."""
-    import os
-
-    from cxr_tune import storage
-
-    data = kermany_folder(tmp_path / "data", {"train": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)],
-                                                        "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(6)]}})
-    read_only = tmp_path / "read-only-cache"
-    read_only.mkdir()
-    access = os.access
-    monkeypatch.setattr(storage.os, "access", lambda path, mode: not str(path).startswith(str(read_only)) and access(path, mode))
+    data, read_only = read_only_cache(tmp_path, monkeypatch)
     argv = ["--space", "smoke", "--storage", str(tmp_path / "results"), "--name", "t1d", "--data", str(data)]
     with pytest.raises(UserError, match=rf"the image cache '{read_only}' cannot be written: no permission to write in '{read_only}', and it holds no \d+ px copy"):
         main([*argv, "--cache-dir", str(read_only)])

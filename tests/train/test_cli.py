@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, cpus_come_free, folder_with_bad_files, kermany_folder, lines_before_ray
+from tests.conftest import ROOT, cpus_come_free, folder_with_bad_files, lines_before_ray, read_only_cache
 
 pytestmark = pytest.mark.slow  # starts a Train run
 
@@ -121,19 +121,11 @@ def test_a_run_resumed_under_its_name_on_another_split_is_refused_before_ray_sta
 def test_a_cache_that_cannot_be_written_stops_a_run_before_its_folder_is_made(tmp_path, monkeypatch):
     """Before: the run folder and its run.json were written and Ray started, and only the cache build then stopped it
     in one line, leaving a half-started run folder behind."""
-    import os
-
     import cxr_tune.ray_session
-    from cxr_tune import storage
     from cxr_tune.errors import UserError
     from cxr_tune.train.__main__ import main
 
-    data = kermany_folder(tmp_path / "data", {"train": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)],
-                                                        "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(6)]}})
-    read_only = tmp_path / "read-only-cache"
-    read_only.mkdir()
-    access = os.access
-    monkeypatch.setattr(storage.os, "access", lambda path, mode: not str(path).startswith(str(read_only)) and access(path, mode))
+    data, read_only = read_only_cache(tmp_path, monkeypatch)
     monkeypatch.setattr(cxr_tune.ray_session, "ray_session", lambda *a, **k: pytest.fail("Ray started"))
     with pytest.raises(UserError, match=rf"^the image cache '{read_only}' cannot be written: no permission to write in '{read_only}', and it holds no 32 px copy"):
         main(["--data", str(data), "--storage", str(tmp_path / "runs"), "--name", "run", "--cache-dir", str(read_only), "--set", "image_size=32"])
