@@ -43,7 +43,7 @@ import pandas as pd
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
 from cxr_tune.data.imaging import decode_gray, describe_failure, try_decode_checked
-from cxr_tune.data.sources import CLASSES, NOT_READ, content_hash, hidden_folder_of, walk_folder
+from cxr_tune.data.sources import CLASSES, content_hash, walk_folder, walk_stored
 from cxr_tune.data.splits import filed_under_both
 from cxr_tune.data.synthetic import SYNTHETIC_MARKER
 from cxr_tune.errors import UserError, run_cli
@@ -110,14 +110,10 @@ def _stored(item: str) -> list[tuple[str, int | None] | tuple[str, int | None, s
         return PurePosixPath(uri.split("://", 1)[1].rstrip("/"))
 
     if storage.is_dir(item):
-        found, hidden = [], set()
-        for uri in storage.files_under(item):
-            below = hidden_folder_of(uri[len(item.rstrip("/")) :].lstrip("/"))
-            if below is not None:  # listed once, as a local walk lists it
-                hidden.add(storage.join(item.rstrip("/"), below))
-            elif not storage.name(uri).startswith(".") and storage.name(uri) != SYNTHETIC_MARKER:
-                found.append((uri, label_of(inside(uri), inside(item))))
-        return found + [(uri, label_of(inside(storage.join(uri, "x")), inside(item)), NOT_READ) for uri in sorted(hidden)]
+        stored, not_read = walk_stored(item)  # hidden and system folders listed once, as a local walk lists them
+        found = [(uri, label_of(inside(uri), inside(item))) for uri, _, _ in stored
+                 if not storage.name(uri).startswith(".") and storage.name(uri) != SYNTHETIC_MARKER]
+        return found + [(uri, label_of(inside(storage.join(uri, "x")), inside(item)), reason) for uri, reason in not_read]
     if storage.is_file(item):
         return [(item, label_of(inside(item)))]
     raise UserError(f"'{item}' does not exist; pass image files or folders")

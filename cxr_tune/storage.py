@@ -287,18 +287,6 @@ def glob(path: str, pattern: str = "*") -> list[str]:
     return [join(path, child) for child in listdir(path) if fnmatch.fnmatchcase(child, pattern)]
 
 
-def files_under(path: str) -> list[str]:
-    """Full paths of the files at any depth below the folder ``path``, sorted; empty when it does not exist.
-
-    >>> files_under("s3://bucket/site")  # doctest: +SKIP
-    ['s3://bucket/site/NORMAL/a.png', 's3://bucket/site/PNEUMONIA/b.png']
-    """
-    fs, inner = filesystem(path.rstrip("/"))
-    with reported(path, "listed"):
-        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
-    return sorted(join(path.rstrip("/"), i.path[len(inner):].lstrip("/")) for i in infos if i.type == pafs.FileType.File)
-
-
 # --- reading ------------------------------------------------------------------------------------
 
 

@@ -324,20 +324,9 @@ def _walk_files(folder: str, split: str, ignored: list[dict]) -> list[tuple[str,
     """(path, size, mtime_ns) of every file under ``folder`` (locally as :func:`walk_folder` finds them);
     a folder below it not read goes to ``ignored`` with the reason."""
     if storage.is_uri(folder):
-        fs, inner = storage.filesystem(folder)
-        scheme = folder.split("://", 1)[0]
-        with storage.reported(folder, "listed"):
-            infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
-        out, hidden = [], set()
-        for info in infos:
-            if info.type == pafs.FileType.File:
-                below = hidden_folder_of(info.path[len(inner) :].lstrip("/"))
-                if below is None:
-                    out.append((f"{scheme}://{info.path}", int(info.size or 0), int(info.mtime_ns or 0)))
-                else:
-                    hidden.add(below)
-        ignored += [{"path": storage.join(folder, below), "split": split, "reason": NOT_READ} for below in sorted(hidden)]
-        return out
+        stored, not_read = walk_stored(folder)
+        ignored += [{"path": path, "split": split, "reason": reason} for path, reason in not_read]
+        return stored
 
     listed, not_read = walk_folder(folder)
     ignored += [{"path": path, "split": split, "reason": reason} for path, reason in not_read]
@@ -384,6 +373,26 @@ def walk_folder(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
         dirs[:] = kept  # os.walk descends into these only
         files += [os.path.join(directory, name) for name in names]
     return files, not_read
+
+
+def walk_stored(folder: str) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
+    """:func:`walk_folder` for a folder on object storage: ((URI, size, mtime_ns) of every file below ``folder``,
+    sorted; the hidden or system folders below it, not read, with the reason). Empty when it does not exist."""
+    base = folder.rstrip("/")
+    fs, inner = storage.filesystem(base)
+    with storage.reported(folder, "listed"):
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True))
+    files, hidden = [], set()
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        relative = info.path[len(inner) :].lstrip("/")
+        below = hidden_folder_of(relative)
+        if below is None:
+            files.append((storage.join(base, relative), int(info.size or 0), int(info.mtime_ns or 0)))
+        else:
+            hidden.add(below)
+    return sorted(files), [(storage.join(base, below), NOT_READ) for below in sorted(hidden)]
 
 
 def _scan_cached(root: str, files: list[_File], ignored: pd.DataFrame, cache_dir: str | None, *, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
