@@ -387,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cxr_tune.modelfile import check_model_target
 
+    for path in (args.model, args.images):
+        storage.check_plain_uri(path)
     if not storage.exists(storage.join(args.model, META_FILE)):
         raise UserError(f"'{args.model}' is not an exported model folder (no model.json); export one with python -m cxr_tune.export EXPERIMENT")
     if storage.resolve(args.out) == storage.resolve(args.model):

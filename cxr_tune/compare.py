@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for path in (*args.models, *args.inputs):
+        storage.check_plain_uri(path)
     if args.metrics:
         storage.check_writable(args.metrics, "--metrics", folder=False)
     result = compare(args.models, args.inputs, args.operating_point)

@@ -414,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for path in (args.model, *args.inputs):
+        storage.check_plain_uri(path)
     if args.csv:
         storage.check_writable(args.csv, "--csv", folder=False)
     if args.metrics:

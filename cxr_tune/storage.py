@@ -42,12 +42,26 @@ def is_uri(path: str | os.PathLike) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
 
 
+def check_plain_uri(path: str | os.PathLike) -> None:
+    """Refuse an object-store URI with a query or a fragment (``s3://b/data?versionId=abc``, ``gs://b/runs#x``) in
+    one line: pyarrow takes a query for its own options and drops a fragment, and :func:`join` puts parts after
+    either, so files would be read from, or written to, other keys. Called on the locations users give
+    (:func:`resolve`, :func:`check_writable`); keys listed from a store are not checked here."""
+    text = str(path)
+    if is_uri(text) and ("?" in text or "#" in text):
+        plain = re.split(r"[?#]", text, maxsplit=1)[0]
+        raise UserError(f"'{text}': cxr_tune does not read object versions or URL query strings ('?' or '#' in a URI); "
+                        f"give the plain path '{plain}'")
+
+
 def resolve(path: str | os.PathLike) -> str:
-    """An absolute local path, or the URI unchanged. A path through a symbolic-link loop is the user's to fix."""
+    """An absolute local path, or the URI unchanged (one with a query or fragment refused: :func:`check_plain_uri`).
+    A path through a symbolic-link loop is the user's to fix."""
     text = str(path)
     if text.startswith("file://"):
         text = text[len("file://") :]
     if is_uri(text):
+        check_plain_uri(text)
         return text
     try:
         return str(Path(text).expanduser().resolve())
@@ -125,7 +139,7 @@ def _bounded_retries(uri: str) -> str:
 
     Its default is to retry for 15 minutes, so a machine with no credentials or no network sat silent
     that long before any error (seen: still waiting after 2 minutes). A URI that already names a limit keeps it
-    (the tests give one); a query is not advertised to users, since :func:`join` appends parts after it."""
+    (the tests give one); a user's URI with a query is refused (:func:`check_plain_uri`): :func:`join` appends parts after it."""
     scheme = uri.split("://", 1)[0].lower()
     if scheme not in ("gs", "gcs") or "retry_limit_seconds=" in uri:
         return uri
@@ -363,8 +377,10 @@ def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: b
     once may be read-only). Leaves nothing behind (as root, whom os.access lets write anywhere, /proc
     and /sys included, it makes and drops an unnamed file there to find out). On object storage: the
     bucket is missing, or the store cannot be reached or refuses the credentials (a bucket policy that
-    forbids only writing is found by the first write, in one line too)."""
+    forbids only writing is found by the first write, in one line too); or its URI has a query or fragment
+    (:func:`check_plain_uri`)."""
     if is_uri(path):
+        check_plain_uri(path)
         try:
             kind = _type(path)
         except StoreError as exc:
