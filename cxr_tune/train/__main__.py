@@ -90,7 +90,11 @@ def _main(argv: Sequence[str] | None) -> int:
     # Before its record is read or written: a second command must leave the running one's alone. (A new run's folder
     # is made, and held, only once its data checked out: a refused command leaves nothing behind.)
     folder_lock.hold(run_dir, "train run folder")
-    if not args.cv:
+    if args.cv:
+        from cxr_tune.train.crossval import fold_runs
+
+        check_same_run(run_dir, hp, precision_flags(args), runs=fold_runs(run_dir))
+    else:
         check_same_run(run_dir, hp, precision_flags(args))
     options = DataOptions.from_args(args)
     split = split_data(options)
@@ -136,6 +140,7 @@ def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path:
         raise UserError(f"{args.workers} worker(s) x {gpus:g} GPU but the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPU(s)")
     run = RunOptions(args.precision, args.memory_format, args.deterministic, weights)
     if args.cv:
+        add_to_run_record(storage.join(storage_path, name), {"precision_flags": precision_flags(args)})  # what a resume must give again
         return run_cv(args, hp, split, resources, storage_path, name, run)
     from cxr_tune.train.progress import epoch_lines  # Ray Train's callback API
 
@@ -165,13 +170,14 @@ def precision_flags(args: argparse.Namespace) -> dict[str, str]:
     return {"precision": args.precision, "memory_format": args.memory_format}
 
 
-def check_same_run(run_dir: str, hp: HParams, flags: dict[str, str] | None = None) -> None:
+def check_same_run(run_dir: str, hp: HParams, flags: dict[str, str] | None = None, *, runs: list[str] | None = None) -> None:
     """A run resumed under its --name continues from its checkpoint, so it must have the settings it
     was started with: other ones would be recorded for epochs trained under the old. ``flags``: its
-    :func:`precision_flags`, compared with run.json's (a run from before that record is taken at its word)."""
+    :func:`precision_flags`, compared with run.json's (a run from before that record is taken at its word).
+    ``runs``: the Train runs that hold its checkpoints, when not ``run_dir`` itself (a --cv run's folds)."""
     from cxr_tune.train.checkpoints import load_state, saved_checkpoints
 
-    found = saved_checkpoints(run_dir)
+    found = [checkpoint for run in (runs if runs is not None else [run_dir]) for checkpoint in saved_checkpoints(run)]
     if not found:
         return
     saved, given = json.loads(json.dumps(load_state(found[-1])["hparams"])), json.loads(json.dumps(hp.to_dict()))

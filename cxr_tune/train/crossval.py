@@ -112,6 +112,11 @@ def cross_validate(hp: HParams, split: SplitData, k: int, *, resources: Resource
     return pd.DataFrame(_rows(folder, k))
 
 
+def fold_runs(run_dir: str) -> list[str]:
+    """The folds' Train runs under a --cv run folder, whose checkpoints a resume continues from."""
+    return storage.glob(storage.join(run_dir, FOLDS_DIR, TRAIN_DIR), "fold*")
+
+
 def _fit_fold(config: dict[str, Any], *, hp: HParams, cache: Any, folds: list[pd.DataFrame], class_counts: list[tuple[int, int]],
               resources: Resources, folder: str, run: RunOptions, callbacks: dict[int, list]) -> None:
     """Tune trainable of one fold: its datasets, its Train run (resumed from its last checkpoint if it has one), then its row."""

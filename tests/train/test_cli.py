@@ -3,6 +3,7 @@ Ctrl-C that says how to go on."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -63,6 +64,7 @@ def test_sigterm_stops_cross_validation_s_folds_as_ctrl_c_does_and_says_how_to_r
     assert (f"Stopped with 0 of 2 folds done; their checkpoints are in {tmp_path / 'run'}: the same command with --name run keeps the finished "
             "folds and resumes the others from their last checkpoints") in lines, output[-3000:]
     assert list((tmp_path / "run" / "folds" / "train" / "fold1").glob("checkpoint_*")), output[-3000:]  # what a resume starts from
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["precision_flags"] == {"precision": "auto", "memory_format": "auto"}
     cpus_come_free(ray_session, 60)  # the run's actors end with the command that owned them; the next test starts on free CPUs
 
 
@@ -97,6 +99,33 @@ def test_a_run_resumed_under_its_name_with_another_precision_or_memory_format_is
     (tmp_path / "run" / RUN_FILE).write_text(json.dumps({"precision_flags": {"precision": "auto", "memory_format": "auto"}}))
     with pytest.raises(UserError, match=rf"'\S+/run' holds a run with other settings \({said}\); give the same settings"):
         main(["--data", str(tmp_path / "not-read"), "--storage", str(tmp_path), "--name", "run", *flags])
+
+
+@pytest.mark.parametrize(("flags", "said"), [(["--precision", "fp32"], "--precision auto there, fp32 here"),
+                                             (["--memory-format", "contiguous"], "--memory-format auto there, contiguous here")])
+def test_cross_validation_resumed_under_its_name_with_another_precision_or_memory_format_is_refused_before_ray_starts(
+        synthetic_root, tmp_path, monkeypatch, flags, said):
+    """Before: --cv checked only its plan (k, seed, hyperparameters, images), after Ray started, so the resumed folds
+    trained in fp32 beside finished bf16 ones, all in one cv.md."""
+    import json
+
+    import cxr_tune.ray_session
+    from cxr_tune.errors import UserError
+    from cxr_tune.train.__main__ import RUN_FILE, main
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.hparams import HParams
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(cxr_tune.ray_session, "ray_session", no_ray)
+    settings = [arg for setting in ("image_size=32", "depth=2", "filters=4") for arg in ("--set", setting)]
+    checkpoint = tmp_path / "run" / "folds" / "train" / "fold1" / "checkpoint_000"
+    checkpoint.mkdir(parents=True)
+    save_state(str(checkpoint), {"hparams": HParams(image_size=32, depth=2, filters=4).to_dict(), "epoch": 1}, {})
+    (tmp_path / "run" / RUN_FILE).write_text(json.dumps({"precision_flags": {"precision": "auto", "memory_format": "auto"}}))
+    with pytest.raises(UserError, match=rf"'\S+/run' holds a run with other settings \({said}\); give the same settings"):
+        main(["--data", str(synthetic_root), "--storage", str(tmp_path), "--name", "run", "--cv", "2", *settings, *flags])
 
 
 def test_a_run_resumed_under_its_name_on_another_split_is_refused_before_ray_starts(synthetic_root, tmp_path):
