@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from cxr_tune import storage
 from cxr_tune.data import dicom, input_checks
@@ -151,7 +151,23 @@ def _gray_square(image: Image.Image, size: int) -> np.ndarray:
     # JPEG only: let libjpeg decode at the smallest scale that is still >= size (much faster
     # on full-resolution X-rays, same result after the resize below up to rounding).
     image.draft("L", (size, size))
-    return _square(to_gray8(ImageOps.exif_transpose(image)), size)
+    return _square(to_gray8(_upright(image)), size)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says (a phone photo of a film is often stored on its side)."""
+    return ImageOps.exif_transpose(image)
+
+
+#: EXIF orientations :func:`_upright` turns by a quarter: transpose, 270, transverse and 90 degrees.
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an opened image as decoded (by :func:`_upright`), from its header alone: no pixel is
+    read, so a folder's scan stays cheap. ``data inspect`` and ``predict`` report this size, the one training sees."""
+    width, height = image.size
+    return (height, width) if image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS else (width, height)
 
 
 def decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray, list[str]]:
@@ -164,7 +180,7 @@ def decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray, l
         pixels = _square(Image.fromarray(gray.pixels, "L"), size)
         return pixels, _dicom_notes(gray, size, pixels)
     with _open(source) as image:
-        (width, height), colour = image.size, image.mode not in _GRAY_MODES
+        (width, height), colour = _upright_size(image), image.mode not in _GRAY_MODES
         pixels = _gray_square(image, size)
     spread = 0.0
     if colour:  # decoded again in colour: the pixels above come from libjpeg's own gray decode, as in training
@@ -224,7 +240,7 @@ def probe(data: bytes) -> ImageInfo:
         height, width = gray.pixels.shape
         return ImageInfo(width=width, height=height, mode=gray.mode, notes=tuple(_dicom_notes(gray, None, gray.pixels)))
     with _open(data) as image:
-        width, height, mode = image.width, image.height, image.mode
+        (width, height), mode = _upright_size(image), image.mode
         image.draft(image.mode if image.mode in ("L", "RGB") else None, (32, 32))
         image.load()
         # The checks, on what was decoded anyway (a JPEG at a reduced scale).

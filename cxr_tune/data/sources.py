@@ -35,7 +35,7 @@ from cxr_tune.errors import UserError
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, 1
 SPLITS = ("train", "val", "test")
 EXTERNAL = "external"  # the split name of a separate external-validation folder (--val-data PATH)
-MANIFEST_VERSION = 7  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped; 4: check; 5: tiny images checked; 6: unnamed files keyed by sub-folder or path; 7: Mendeley v3 names
+MANIFEST_VERSION = 8  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped; 4: check; 5: tiny images checked; 6: unnamed files keyed by sub-folder or path; 7: Mendeley v3 names; 8: width and height upright by the EXIF orientation, as decoded
 MANIFEST_COLUMNS = [
     "path", "label", "patient_id", "group_id", "split", "content_hash", "width", "height", "mode",
     "check",  # why an image may not be a chest X-ray like Kermany's (cxr_tune.data.input_checks); "" for most

@@ -26,6 +26,30 @@ def test_inspect_reports_counts_duplicates_leakage_and_skipped(tmp_path):
     assert ".DS_Store: not an image Pillow can read" in out
 
 
+def test_inspect_reports_the_size_training_sees_of_a_photo_with_an_exif_rotation(tmp_path):
+    """A phone photo of a film is stored on its side with an EXIF orientation; training decodes it upright,
+    so inspect lists it upright too (orientations 5-8 swap width and height)."""
+    import numpy as np
+    from PIL import Image
+
+    from cxr_tune.data.imaging import decode_gray
+
+    root = kermany_folder(tmp_path / "chest_xray", {"train": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)],
+                                                              "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(6)]}})
+    for i, path in enumerate(sorted(root.glob("train/*/*.jpeg"))):
+        exif = Image.Exif()
+        exif[0x0112] = (6, 8)[i % 2]
+        ramp = np.tile(np.arange(60, dtype=np.uint8) * 4 + i, (20, 1))
+        Image.fromarray(ramp).save(path, exif=exif)  # stored 60 wide and 20 high, a ramp from left to right
+        assert decode_gray(path, 60)[:, 0].std() > 0  # what training sees: the ramp runs down the image, upright 20x60
+    done = call_cli("cxr_tune.data", "inspect", str(root), "--cache-dir", str(tmp_path / "c"))
+    assert done.returncode == 0, done.stderr
+    rows = [row for row in table_rows(done.stdout) if row[:2] in (["train", "NORMAL"], ["train", "PNEUMONIA"])]
+    header = next(row for row in table_rows(done.stdout) if "width min/median/max" in row)
+    assert len(rows) == 2 and all(dict(zip(header, row, strict=True))["width min/median/max"] == "20/20/20" for row in rows)
+    assert all(dict(zip(header, row, strict=True))["height min/median/max"] == "60/60/60" for row in rows)
+
+
 def test_prepare_builds_then_reuses(ray_session, tmp_path, synthetic_root):
     args = ("cxr_tune.data", "prepare", str(synthetic_root), "--image-size", "20", "--cache-dir", str(tmp_path))
     first = call_cli(*args)
