@@ -41,6 +41,7 @@ from cxr_tune.calibration import RELIABILITY_SETS, Calibration, plot_reliability
 from cxr_tune.calibration import fit as fit_calibration
 from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
+from cxr_tune.data.sources import patient_keys
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.modelcard import CARD_FILE, final_fit_line, model_card
 from cxr_tune.formatting import fmt, for_spreadsheet, json_safe, metric_line
@@ -156,7 +157,7 @@ def export_trial(
     stored = {prefix: _stored_scores(checkpoints, prefix, sets[prefix]) for prefix in ("val", "ext") if prefix in sets and site is None and tta == 1}
     target = out or experiment.file("best" if trial_id is None else f"exports/{trial_id}")
     source = val_data or (experiment.external or None)
-    info = {**experiment.info, "excluded": _exclusions(splits), **({"final_fit": final_record} if final_record else {})}
+    info = {**experiment.info, "excluded": _exclusions(splits), "patient_keys": patient_keys(splits["patient_id"]), **({"final_fit": final_record} if final_record else {})}
     meta = write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, prefix_of(deciding), stored,
                         info, source, tta, calibrate=calibrate, epochs_on=prefix_of(experiment.deciding_set) if site is not None else None,
                         export_options={"trial": trial_id, "ensemble": ensemble, "val_data": storage.resolve(val_data) if val_data else None,
@@ -309,7 +310,7 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
         "validation": {**set_metrics(sets["val"].labels, scores["val"], threshold, hp), "what": "validation carved from the training folder by patient",
                        "selection_set": "val" in (deciding, epochs_on), **({"note": SELECTION_NOTE} if "val" in (deciding, epochs_on) else {})},
         "data": {"description": info["data_description"], "synthetic": info["synthetic"], "root": info["data_root"],
-                 "excluded_images": info.get("excluded", {})},
+                 "excluded_images": info.get("excluded", {}), **({"patient_keys": info["patient_keys"]} if "patient_keys" in info else {})},
         **({"final_fit": info["final_fit"]} if info.get("final_fit") else {}),
         "train_class_counts": info.get("class_counts_train"),  # NORMAL, PNEUMONIA: the prior the probabilities were trained under
         "search": _search_record(info, hp),

@@ -19,6 +19,7 @@ from typing import Any
 from cxr_tune import storage
 from cxr_tune.calibration import RELIABILITY_SETS as SETS  # the measured sets, in the order the card shows them
 from cxr_tune.calibration import probability_prior
+from cxr_tune.data.sources import FOLDER_PATIENT, IMAGE_PATIENT, NAMED_PATIENTS, PATIENT_KEY_KINDS
 from cxr_tune.formatting import code_span, fmt, interval
 from cxr_tune.operating_points import NAMES as POINT_ORDER
 from cxr_tune.provenance import describe as describe_code
@@ -133,8 +134,12 @@ def _data(meta: dict[str, Any], measured: dict[str, Any], sets: list[tuple[str, 
         f"- Source: {source}.",
         "- Labels: the NORMAL / PNEUMONIA folder each file sits in, as the data set gives them.",
         "- Images (NORMAL / PNEUMONIA, distinct files): " + "; ".join(counts) + ".",
-        "- Patient grouping: a patient's images (by the Kermany file names: `personN_bacteria`, `personN_virus`, `IM-NNNN`, "
-        "`NORMAL2-IM-NNNN`) and identical files stay together in one of train, carved validation, external and test."
+        "- Patient grouping: a patient's images and identical files stay together in one of train, carved validation, external and test. "
+        f"A file's patient is read from {NAMED_PATIENTS}; files whose names carry no patient id are, in a sub-folder of a class folder, "
+        f"{FOLDER_PATIENT}, and directly in a class folder {IMAGE_PATIENT}."
+        + (" Patients in the experiment's `splits.csv`, by the rule that keyed them: "
+           + "; ".join(f"{kind} {data['patient_keys'].get(kind, 0)}" for kind in PATIENT_KEY_KINDS) + "."
+           if isinstance(data.get("patient_keys"), dict) else "")
         + (f" Carved validation is {fmt(split.get('val_fraction'), 2)} of the training folder's patient groups (split seed "
            f"{split.get('split_seed')})." if split.get("val_fraction") is not None else "")
         + (f" The external set is {code_span(external['source'])}." if external.get("source") else ""),

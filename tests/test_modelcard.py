@@ -229,3 +229,24 @@ def test_the_card_names_the_prior_the_probabilities_correspond_to_as_adapt_does(
     assert probability_prior(calibrated) == pytest.approx(0.6)
     mixed = {**balanced, "members": [{"hparams": {"class_weighting": "balanced"}}, {"hparams": {"class_weighting": "none"}}]}
     assert "correspond to no single PNEUMONIA prior" in " ".join(calibration_section(mixed))
+
+
+def test_the_patient_grouping_states_every_rule_the_split_applies_and_how_many_patients_each_keyed(exported):
+    """The card named only the Kermany file-name patterns: a model trained on a folder-per-patient export (``NORMAL/<patient>/1.png``)
+    or on the current Mendeley names was said to be grouped by rules that keyed none of its patients."""
+    import pandas as pd
+
+    from cxr_tune.data.sources import patient_keys
+    from cxr_tune.modelcard import model_card
+
+    meta, card = exported
+    line = next(line for line in card.splitlines() if line.startswith("- Patient grouping:"))
+    assert "`personN_bacteria`" in line and "`BACTERIA-<id>-<n>`" in line
+    assert "in a sub-folder of a class folder, grouped by that sub-folder, one patient each (CLASS/<patient>/<image>)" in line
+    assert "directly in a class folder each treated as their own patient" in line and "keyed them" not in line  # nothing recorded
+    keys = patient_keys(pd.Series(["folder:train/NORMAL/p1", "folder:train/NORMAL/p1", "folder:test/NORMAL/p1", "image:train/NORMAL/1.png",
+                                   "patient-1003233", "person1_virus"]))
+    assert keys == {"Kermany name": 1, "Mendeley id": 1, "sub-folder": 2, "own image": 1}
+    recorded = model_card({**meta, "data": {**meta["data"], "patient_keys": keys}})
+    assert ("Patients in the experiment's `splits.csv`, by the rule that keyed them: Kermany name 1; Mendeley id 1; sub-folder 2; "
+            "own image 1.") in recorded

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from cxr_tune.data.prepared import SplitData
-from cxr_tune.data.sources import CLASSES
+from cxr_tune.data.sources import CLASSES, FOLDER_PATIENT, IMAGE_PATIENT
 from cxr_tune.data.splits import leakage
 from cxr_tune.formatting import printable
 
@@ -61,9 +61,9 @@ def unnamed_report(manifest: pd.DataFrame) -> str | None:
     how = []
     if by_folder.any():
         how.append(f"{int(by_folder.sum())} in {manifest.loc[by_folder, 'patient_id'].nunique()} sub-folder(s) of the class folders are "
-                   f"grouped by that sub-folder, one patient each (CLASS/<patient>/<image>)")
+                   f"{FOLDER_PATIENT}")
     if alone.any():
-        how.append(f"{int(alone.sum())} directly in a class folder are each treated as their own patient")
+        how.append(f"{int(alone.sum())} directly in a class folder are {IMAGE_PATIENT}")
     return (f"Patient ids: {int((by_folder | alone).sum())} file name(s) carry no Kermany patient id: {'; '.join(how)}. These patients are "
             f"never matched across class folders or across train/val/test, so there the leakage check sees only identical files.")
 

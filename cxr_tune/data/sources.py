@@ -57,6 +57,14 @@ _PATIENT_PATTERNS = (
     (re.compile(r"^(IM-\d+)-\d+"), ""),
     (re.compile(r"^(?:NORMAL|BACTERIA|VIRUS)-(\d+)-\d+"), "patient-"),
 )
+# How each rule is said, by ``inspect`` and the model card alike: named patients (the patterns above), then a
+# file whose name carries none (:func:`_unnamed_patient`), in a sub-folder of its class folder or directly in it.
+NAMED_PATIENTS = ("the Kermany file names (`personN_bacteria`, `personN_virus`, `IM-NNNN`, `NORMAL2-IM-NNNN`) and the current "
+                  "Mendeley names (`NORMAL-<id>-<n>`, `BACTERIA-<id>-<n>`, `VIRUS-<id>-<n>`, by the id)")
+FOLDER_PATIENT = "grouped by that sub-folder, one patient each (CLASS/<patient>/<image>)"
+IMAGE_PATIENT = "each treated as their own patient"
+#: The kinds of patient key (:func:`patient_keys`), in the order the model card names them.
+PATIENT_KEY_KINDS = ("Kermany name", "Mendeley id", "sub-folder", "own image")
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,15 @@ def patient_id(file_name: str) -> str | None:
         if match:
             return prefix + match.group(1)
     return None
+
+
+def patient_keys(patients: pd.Series) -> dict[str, int]:
+    """Distinct patients per rule that keyed them (:data:`PATIENT_KEY_KINDS`), from a manifest's or ``splits.csv``'s
+    ``patient_id`` column: what export records so the model card can say which grouping was applied."""
+    distinct = pd.Series(patients.astype(str).unique())
+    kinds = np.select([distinct.str.startswith("folder:"), distinct.str.startswith("image:"), distinct.str.startswith("patient-")],
+                      ["sub-folder", "own image", "Mendeley id"], "Kermany name")
+    return {kind: int((kinds == kind).sum()) for kind in PATIENT_KEY_KINDS}
 
 
 def locate_root(data: str) -> str:
