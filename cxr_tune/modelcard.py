@@ -23,6 +23,7 @@ from cxr_tune.data.sources import FOLDER_PATIENT, IMAGE_PATIENT, NAMED_PATIENTS,
 from cxr_tune.formatting import code_span, fmt, interval
 from cxr_tune.operating_points import NAMES as POINT_ORDER
 from cxr_tune.provenance import describe as describe_code
+from cxr_tune.selection import selection_sources
 from cxr_tune.set_metrics import INTERVAL_METHODS
 
 CARD_FILE = "MODEL_CARD.md"
@@ -35,7 +36,7 @@ KERMANY = ("Kermany et al. 2018, \"Labeled Optical Coherence Tomography (OCT) an
 
 def model_card(meta: dict[str, Any]) -> str:
     """The card's Markdown for an export's ``model.json`` content (``meta``)."""
-    measured, sets, deciding = _measured(meta)
+    measured, sets, _ = _measured(meta)
     members = [m.get("trial_id") for m in meta.get("members", [])]
     which = f"trial `{meta.get('trial_id')}`" if len(members) <= 1 else f"{len(members)} runs averaged: " + ", ".join(f"`{m}`" for m in members)
     lines = [f"# Model card: PNEUMONIA vs NORMAL on pediatric chest X-rays ({which})", ""]
@@ -52,33 +53,45 @@ def model_card(meta: dict[str, Any]) -> str:
 
 def performance_section(meta: dict[str, Any]) -> list[str]:
     """Markdown lines: every measured set's rates at the stored threshold, with intervals."""
-    measured, sets, deciding = _measured(meta)
-    return _performance(measured, sets, deciding, bool(meta.get("adaptation")))
+    measured, sets, marked = _measured(meta)
+    return _performance(measured, sets, marked, bool(meta.get("adaptation")))
 
 
 def subgroup_section(meta: dict[str, Any]) -> list[str]:
     """Markdown lines: sensitivity per pneumonia type, specificity per normal batch, per set."""
-    measured, sets, deciding = _measured(meta)
-    return _subgroups(measured, sets, deciding, _unadapted_threshold(meta))
+    measured, sets, marked = _measured(meta)
+    return _subgroups(measured, sets, marked, _unadapted_threshold(meta))
 
 
 def calibration_section(meta: dict[str, Any], diagram: str = "Reliability diagram: `reliability.png`.") -> list[str]:
     """Markdown lines: ECE and Brier score per set (before and after a calibration map), then ``diagram``."""
-    measured, sets, deciding = _measured(meta)
-    return _calibration(meta, measured, sets, deciding, diagram)
+    measured, sets, marked = _measured(meta)
+    return _calibration(meta, measured, sets, marked, diagram)
 
 
 def operating_point_section(meta: dict[str, Any]) -> list[str]:
     """Markdown lines: every operating point's threshold and rule, and its rates on each set."""
-    measured, sets, deciding = _measured(meta)
-    return _operating_points(meta, measured, sets, deciding)
+    measured, sets, marked = _measured(meta)
+    return _operating_points(meta, measured, sets, marked)
 
 
-def _measured(meta: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]], str]:
-    """(where the sets' numbers are, the measured sets as (key, name), the deciding set's key)."""
+def _measured(meta: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]], frozenset[str]]:
+    """(where the sets' numbers are, the measured sets as (key, name), the keys of the sets whose numbers are
+    selection-set numbers: the deciding set, a set marked ``selection_set``, and the external set when it is or lies in
+    a folder that chose something of the model (:func:`cxr_tune.selection.selection_sources`: the site it was adapted to))."""
     measured = meta.get("before_adaptation", meta)  # an adapted model's sets were measured before adaptation
+    sets = [(key, name) for key, name in SETS if isinstance(measured.get(key), dict)]
     deciding = "external" if meta.get("deciding_set") == "external" else "validation"
-    return measured, [(key, name) for key, name in SETS if isinstance(measured.get(key), dict)], deciding
+    marked = {deciding} | {key for key, _ in sets if measured[key].get("selection_set")}
+    if _chose_from(meta, measured.get("external") or {}):
+        marked.add("external")
+    return measured, sets, frozenset(marked)
+
+
+def _chose_from(meta: dict[str, Any], external: dict[str, Any]) -> bool:
+    """Whether the external set is, or lies in, a folder whose images chose something of the model."""
+    source = external.get("source")
+    return bool(source) and any(storage.within(storage.resolve(source), storage.resolve(folder)) for folder, _ in selection_sources(meta))
 
 
 def _unadapted_threshold(meta: dict[str, Any]) -> float | None:
@@ -191,24 +204,24 @@ def _search(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _performance(measured: dict[str, Any], sets: list[tuple[str, str]], deciding: str, adapted: bool) -> list[str]:
+def _performance(measured: dict[str, Any], sets: list[tuple[str, str]], marked: frozenset[str], adapted: bool) -> list[str]:
     header = "| set | images | threshold | " + " | ".join(name for _, name in RATES) + " |"
     rows = [header, "|" + " --- |" * (3 + len(RATES))]
     for key, name in sets:
         metrics = measured[key]
         ci = metrics.get("ci95", {})
         threshold = metrics.get("threshold", metrics.get("threshold_used"))
-        rows.append(f"| {_label(key, name, deciding)} | {metrics.get('n')} | {fmt(threshold)} | "
+        rows.append(f"| {_label(key, name, marked)} | {metrics.get('n')} | {fmt(threshold)} | "
                     + " | ".join(f"{fmt(metrics.get(rate))}{interval(ci.get(rate))}" for rate, _ in RATES) + " |")
     when = "Measured before site adaptation, at the unadapted model's threshold" if adapted else "At the stored threshold"
     return ["## Performance", "", f"{when}; {INTERVAL_METHODS}.", "", *rows, ""]
 
 
-def _subgroups(measured: dict[str, Any], sets: list[tuple[str, str]], deciding: str, unadapted: float | None) -> list[str]:
+def _subgroups(measured: dict[str, Any], sets: list[tuple[str, str]], marked: frozenset[str], unadapted: float | None) -> list[str]:
     rows = []
     for key, name in sets:
         for group in (measured[key].get("subgroups") or {}).values():
-            rows.append(f"| {_label(key, name, deciding)} | {group['description']} | {group['rate']} | {group['n']} | {group['correct']} | "
+            rows.append(f"| {_label(key, name, marked)} | {group['description']} | {group['rate']} | {group['n']} | {group['correct']} | "
                         f"{fmt(group.get('value'))}{interval(group.get('ci95'))} |")
     if not rows:
         return ["## Subgroups", "", "The file names carry no subgroups (Kermany's bacterial/viral and IM-/NORMAL2-IM- names), so there is no table.", ""]
@@ -217,7 +230,7 @@ def _subgroups(measured: dict[str, Any], sets: list[tuple[str, str]], deciding: 
             "| set | group | rate | images | called right | rate [95 % CI] |", "| --- | --- | --- | --- | --- | --- |", *rows, ""]
 
 
-def _calibration(meta: dict[str, Any], measured: dict[str, Any], sets: list[tuple[str, str]], deciding: str, diagram: str) -> list[str]:
+def _calibration(meta: dict[str, Any], measured: dict[str, Any], sets: list[tuple[str, str]], marked: frozenset[str], diagram: str) -> list[str]:
     record = meta.get("calibration", {})
     calibrated = record.get("method", "none") != "none"
     rows = []
@@ -226,7 +239,7 @@ def _calibration(meta: dict[str, Any], measured: dict[str, Any], sets: list[tupl
         if not cal:
             continue
         before = cal.get("before", {})
-        rows.append(f"| {_label(key, name, deciding)} | {fmt(cal.get('ece'))}{interval(cal.get('ci95', {}).get('ece'))} | "
+        rows.append(f"| {_label(key, name, marked)} | {fmt(cal.get('ece'))}{interval(cal.get('ci95', {}).get('ece'))} | "
                     f"{fmt(cal.get('brier'))}{interval(cal.get('ci95', {}).get('brier'))} |"
                     + (f" {fmt(before.get('ece'))}{interval(before.get('ci95', {}).get('ece'))} | "
                        f"{fmt(before.get('brier'))}{interval(before.get('ci95', {}).get('brier'))} |" if calibrated else ""))
@@ -269,12 +282,12 @@ def prior_sentence(meta: dict[str, Any]) -> str:
             f"to the training odds of PNEUMONIA times {prior.class_weighting}, not to {training}" + elsewhere)
 
 
-def _operating_points(meta: dict[str, Any], measured: dict[str, Any], sets: list[tuple[str, str]], deciding: str) -> list[str]:
+def _operating_points(meta: dict[str, Any], measured: dict[str, Any], sets: list[tuple[str, str]], marked: frozenset[str]) -> list[str]:
     points = meta.get("operating_points")
     if not isinstance(points, dict):
         return []
     names = sorted(points, key=lambda n: POINT_ORDER.index(n) if n in POINT_ORDER else len(POINT_ORDER))
-    head = "| point | threshold | rule | " + " | ".join(f"{_label(key, name, deciding)}: sensitivity / specificity" for key, name in sets) + " |"
+    head = "| point | threshold | rule | " + " | ".join(f"{_label(key, name, marked)}: sensitivity / specificity" for key, name in sets) + " |"
     rows = [head, "|" + " --- |" * (3 + len(sets))]
     for point in names:
         cells = []
@@ -328,15 +341,14 @@ def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:
                      "populations may differ in ways these numbers cannot show.")
     lines.append(f"- Images are shrunk to {size} x {size} pixels (aspect ratio not kept): fine detail is lost.")
     if external:
-        adapted = (meta.get("adaptation") or {}).get("source")
-        adapted_to_it = bool(adapted and external.get("source")) and storage.same_folder(adapted, external["source"])
+        adapted_to_it = _chose_from(meta, external)
         chose = ("**chose the model and its unadapted threshold** (the site's threshold came from the adaptation rule)" if meta.get("adaptation")
                  else "**chose the model and its thresholds**")
         lines.append("- The external set " + (f"({code_span(external['source'])}) " if external.get("source") else "")
                      + (f"{chose}: it is a selection set, its numbers are optimistic, and it is no "
                         "independent test." if external.get("selection_set") else
-                        "chose nothing in the search, but the model was adapted to its images (without their labels): it is no "
-                        "independent test of the adapted model." if adapted_to_it else "chose nothing, but it is one sample of one site."))
+                        "chose nothing in the search, but the model was adapted to its images (without their labels): its numbers "
+                        "above are selection-set numbers, and it is no independent test of the adapted model." if adapted_to_it else "chose nothing, but it is one sample of one site."))
     else:
         lines.append("- There is no external set: carved validation shares the training folder's population and saturates, so it "
                      "chose the model without seeing any shift to new patients or sites.")
@@ -385,8 +397,8 @@ def _commit(record: dict[str, Any] | None) -> str:
     return f"commit `{record['commit']}`" if record and record.get("commit") else ""
 
 
-def _label(key: str, name: str, deciding: str) -> str:
-    return f"{name} (selection set)" if key == deciding else name
+def _label(key: str, name: str, marked: frozenset[str]) -> str:
+    return f"{name} (selection set)" if key in marked else name
 
 
 def _set_name(deciding: str | None) -> str:

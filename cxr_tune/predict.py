@@ -50,6 +50,7 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import against, fmt, for_spreadsheet, interval, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
+from cxr_tune.selection import selection_sources
 from cxr_tune.serving import LoadedModel, load_model, probabilities
 from cxr_tune.set_metrics import INTERVAL_METHODS, clinical_metrics, held_out_metrics
 
@@ -250,17 +251,9 @@ def distinct_labelled(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
 
 
 def selection_note(meta: dict[str, Any], inputs: Sequence[str]) -> str | None:
-    """What an input is to this model when it is (or lies in) a folder that chose something of it: ``model.json``'s
-    ``external.source`` when that set selected, or ``adaptation.source`` (AdaBN's statistics and the site threshold come
-    from its images). What the model measures there is optimistic. None for any other input."""
-    measured = meta.get("before_adaptation", meta)  # an adapted model's sets were measured before adaptation
-    external = measured.get("external") if isinstance(measured.get("external"), dict) else {}
-    sources = []
-    if external.get("source") and external.get("selection_set", meta.get("deciding_set") == "external"):
-        sources.append((external["source"], "this model's external validation set (model.json external.source), which chose the model"))
-    if (meta.get("adaptation") or {}).get("source"):
-        sources.append((meta["adaptation"]["source"], "the site this model was adapted to (model.json adaptation.source)"))
-    for source, what in sources:
+    """What an input is to this model when it is (or lies in) a folder that chose something of it
+    (:func:`cxr_tune.selection.selection_sources`). What the model measures there is optimistic. None for any other input."""
+    for source, what in selection_sources(meta):
         for item in inputs:
             if storage.within(storage.resolve(item), storage.resolve(source)):
                 where = "is" if storage.same_folder(storage.resolve(item), storage.resolve(source)) else "lies in"

@@ -289,6 +289,21 @@ def final_fit_kept(final_fit_auc: float | None, search_auc: float | None) -> boo
     return final_fit_auc >= search_auc - 1e-12
 
 
+def selection_sources(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """The folders whose images chose something of the model a ``model.json`` (``meta``) describes, each with what it
+    is to that model: ``external.source`` when that set selected, and ``adaptation.source`` (AdaBN's statistics and the
+    site threshold come from its images). Every number measured on one, or on a folder inside one, is a selection-set
+    number; predict, compare and the model card all ask this."""
+    measured = meta.get("before_adaptation", meta)  # an adapted model's sets were measured before adaptation
+    external = measured.get("external") if isinstance(measured.get("external"), dict) else {}
+    sources = []
+    if external.get("source") and external.get("selection_set", meta.get("deciding_set") == "external"):
+        sources.append((external["source"], "this model's external validation set (model.json external.source), which chose the model"))
+    if (meta.get("adaptation") or {}).get("source"):
+        sources.append((meta["adaptation"]["source"], "the site this model was adapted to (model.json adaptation.source)"))
+    return sources
+
+
 def _column(table: pd.DataFrame, name: str) -> pd.Series:
     """A column, or NaN where the table lacks it (experiments from before intervals existed)."""
     import pandas as pd

@@ -154,7 +154,27 @@ def test_a_card_adapted_to_the_external_set_s_own_images_does_not_call_that_set_
     untouched = "- The external set (`/data/site`) chose nothing, but it is one sample of one site."
     assert untouched in model_card(unadapted).splitlines() and untouched in model_card(elsewhere).splitlines()
     assert ("- The external set (`/data/site`) chose nothing in the search, but the model was adapted to its images (without their "
-            "labels): it is no independent test of the adapted model.") in model_card(adapted).splitlines()
+            "labels): its numbers above are selection-set numbers, and it is no independent test of the adapted model.") in model_card(adapted).splitlines()
+
+
+def test_an_external_set_the_model_was_adapted_to_is_labelled_a_selection_set_in_every_table(tmp_path):
+    """``best-no-labels/`` was adapted to half A (the project's selection set) and scored on it, yet its tables called half A plain
+    "external validation"; predict and compare already said its numbers there are selection-set numbers (one rule: selection_sources)."""
+    from cxr_tune.modelcard import model_card
+    from cxr_tune.predict import selection_note
+
+    meta = export_folder(tmp_path / "model", external=True)
+    external = {**meta["external"], "selection_set": False, "source": "/data/site"}
+    carved = {**meta, "deciding_set": "carved", "external": external, "validation": {**meta["validation"], "selection_set": True}}
+    adapted = {**carved, "before_adaptation": carved, "adaptation": {"source": "/data/site", "method": "AdaBN", "threshold_rule": "mixture"}}
+    inside = {**adapted, "adaptation": {**adapted["adaptation"], "source": "/data"}}  # the external set lies in the site's folder
+    elsewhere = {**adapted, "adaptation": {**adapted["adaptation"], "source": "/data/other-site"}}
+    for model, marked in ((carved, False), (adapted, True), (inside, True), (elsewhere, False)):
+        card = model_card(model)
+        assert (selection_note(model, ["/data/site"]) is not None) == marked
+        external_rows = {row[0] for heading in ("Performance", "Subgroups", "Calibration") for row in table(card, heading)
+                         if row[0].startswith("external")}
+        assert external_rows == {"external validation (selection set)" if marked else "external validation"}, card
 
 
 def test_an_adapted_card_says_its_numbers_and_the_deciding_set_s_choices_are_the_unadapted_model_s(exported):
