@@ -167,6 +167,8 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
     """``(width, height)`` of an opened image as decoded (by :func:`_upright`), from its header alone: no pixel is
     read, so a folder's scan stays cheap. ``data inspect`` and ``predict`` report this size, the one training sees."""
     width, height = image.size
+    if image.format == "TIFF":  # Pillow reports a TIFF's size upright already (its plugin turns the pixels as they load)
+        return width, height
     return (height, width) if image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS else (width, height)
 
 

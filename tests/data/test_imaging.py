@@ -90,3 +90,22 @@ def test_a_broken_link_says_so_without_repeating_its_path(tmp_path):
     os.symlink(tmp_path / "nowhere.jpeg", tmp_path / "IM-0003-0001.jpeg")
     assert try_decode_checked(tmp_path / "IM-0003-0001.jpeg", 16)[2] == f"broken link (its target {tmp_path / 'nowhere.jpeg'} does not exist)"
     assert try_decode_checked(tmp_path / "gone.jpeg", 16)[2] == "no such file (gone since its folder was listed)"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF", "WEBP"])
+def test_the_size_probe_reports_is_the_size_of_the_image_turned_upright_in_every_format(fmt):
+    """A TIFF with orientation 6 was reported 400x300 where it decodes 300x400: Pillow reports a TIFF's size upright
+    already, and turning it once more swapped it back (JPEG, PNG and WebP report the stored size)."""
+    import io
+
+    from PIL import ImageOps
+
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        buffer = io.BytesIO()
+        Image.new("L", (40, 30), 128).save(buffer, fmt, exif=exif)
+        data = buffer.getvalue()
+        upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).size
+        info = probe(data)
+        assert (info.width, info.height) == upright, (fmt, orientation)
