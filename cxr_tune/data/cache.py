@@ -18,8 +18,6 @@ already there (another process won the race) uses that cache and deletes only it
 A build in which a file could not be read at all (gone since the scan, permission denied, a store's error) is
 used by the run that made it but never committed, and deleted when that command ends: the next run builds again and
 reads that file again, instead of leaving it out for good. A file whose bytes do not decode is a failure of those bytes, committed with the cache.
-A cache built before failures said which they were (format 3) is reused only when it holds no failure: one that does may have
-kept a file out that reads now, so it is built again once, in the current format (:func:`find_cache`).
 """
 
 from __future__ import annotations
@@ -44,9 +42,7 @@ from cxr_tune.data.input_checks import MAX_SIZE, MIN_SIZE
 from cxr_tune.ray_session import wait_for_free_cpu
 
 META = "meta.json"
-CACHE_FORMAT = 4  # layout (2: raw image bytes in a binary column; 3: data-<build id>/ named by meta.json; 4: each failure says "retry")
-#: The format whose failures may lack "retry" (builds before it was recorded): see :func:`find_cache`.
-UNSAID_FORMAT = 3
+CACHE_FORMAT = 3  # layout (2: raw image bytes in a binary column; 3: data-<build id>/ named by meta.json)
 # Pixels one decoding task holds at most: its process peaks at a few times this (measured: a quarter of 20,000
 # images at 224 px, 240 MiB, took 1.16 GB). Large enough that the real data's caches (5,502 images, 64-224 px, on
 # 2 CPUs) keep the four blocks they were built with.
@@ -72,41 +68,25 @@ class ImageCache:
         return storage.join(self.path, self.data_name)
 
 
-def cache_key(manifest: pd.DataFrame, image_size: int, cache_format: int = CACHE_FORMAT) -> str:
-    """Fingerprint of (file contents, image size, preprocessing version, cache format)."""
-    digest = hashlib.sha256(f"v{PREPROCESS_VERSION}|format{cache_format}|size{image_size}|".encode())
+def cache_key(manifest: pd.DataFrame, image_size: int) -> str:
+    """Fingerprint of (file contents, image size, preprocessing version)."""
+    digest = hashlib.sha256(f"v{PREPROCESS_VERSION}|format{CACHE_FORMAT}|size{image_size}|".encode())
     for content_hash in sorted(set(manifest["content_hash"])):
         digest.update(content_hash.encode())
     return digest.hexdigest()[:24]
 
 
-def cache_path(cache_dir: str, manifest: pd.DataFrame, image_size: int, cache_format: int = CACHE_FORMAT) -> str:
-    return storage.join(cache_dir, "images", f"{image_size}px-{cache_key(manifest, image_size, cache_format)}")
+def cache_path(cache_dir: str, manifest: pd.DataFrame, image_size: int) -> str:
+    return storage.join(cache_dir, "images", f"{image_size}px-{cache_key(manifest, image_size)}")
 
 
 def find_cache(cache_dir: str, manifest: pd.DataFrame, image_size: int) -> ImageCache | None:
-    """The committed cache for these inputs, or None. Reads one or two small JSON files, decodes nothing.
-
-    A cache of :data:`UNSAID_FORMAT` is reused unless one of its failures does not say whether its file was read
-    (:func:`_unsaid_failures`): such a build committed a file gone or not readable then as if its bytes did not decode."""
+    """The committed cache for these inputs, or None. Reads one small JSON file, decodes nothing."""
     path = cache_path(cache_dir, manifest, image_size)
-    if (meta := _read_meta(path)) is not None:
-        return _from_meta(path, image_size, meta, reused=True)
-    older = cache_path(cache_dir, manifest, image_size, UNSAID_FORMAT)
-    if (meta := _read_meta(older)) is not None and not _unsaid_failures(meta):
-        return _from_meta(older, image_size, meta, reused=True)
-    return None
-
-
-def _read_meta(path: str) -> dict | None:
-    """The commit (``meta.json``) of the cache folder ``path``, or None when nothing was committed there."""
     meta_path = storage.join(path, META)
-    return json.loads(storage.read_text(meta_path)) if storage.exists(meta_path) else None
-
-
-def _unsaid_failures(meta: dict) -> int:
-    """How many of a commit's failures do not say whether their file was read (built before "retry" was recorded)."""
-    return sum("retry" not in failure for failure in meta["failures"])
+    if not storage.exists(meta_path):
+        return None
+    return _from_meta(path, image_size, json.loads(storage.read_text(meta_path)), reused=True)
 
 
 def _from_meta(path: str, image_size: int, meta: dict, *, reused: bool, saved: bool = True) -> ImageCache:
@@ -151,10 +131,6 @@ def prepare_cache(manifest: pd.DataFrame, image_size: int, cache_dir: str) -> Im
     if found is not None:
         return found
     check_buildable(cache_dir, image_size)
-    older = cache_path(cache_dir, manifest, image_size, UNSAID_FORMAT)
-    if (meta := _read_meta(older)) is not None and (unsaid := _unsaid_failures(meta)):
-        print(f"The image cache {older} was built by an older cxr_tune that kept {unsaid} failed file(s) out for good, even one "
-              "gone or not readable then that may read now: building it again", flush=True)
     import ray.data
 
     start = time.perf_counter()

@@ -221,39 +221,3 @@ def test_search_and_train_name_the_files_the_cache_build_left_out(tmp_path):
         f"{root} --image-size 32 --cache-dir {tmp_path / 'cache'} lists them all. The cache was not saved: the next run reads "
         "the files that could not be read again.")
     assert split.describe_cache_failures(replace(cache, failures=failures.iloc[:0])) is None
-
-
-def _older_cache(cache_dir, manifest: pd.DataFrame, size: int, failed: str | None) -> str:
-    """A cache as cxr_tune wrote it before a failure said whether its file was read (format 3, no "retry"): the file at
-    ``failed`` (None: none) stored as having failed, "permission denied" (gone by now: it reads)."""
-    import json
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    unique = manifest.drop_duplicates("content_hash")
-    folder = cache_path(str(cache_dir), manifest, size, cache_module.UNSAID_FORMAT)
-    storage.makedirs(storage.join(folder, "data-old"))
-    errors = ["permission denied" if path == failed else "" for path in unique["path"]]
-    images = [b"" if error else decode_gray(path, size).tobytes() for path, error in zip(unique["path"], errors, strict=True)]
-    pq.write_table(pa.table({"content_hash": list(unique["content_hash"]), "image": pa.array(images, type=pa.binary()), "error": errors}),
-                   storage.join(folder, "data-old", "0.parquet"))
-    failures = [{"content_hash": h, "path": p, "reason": "permission denied"} for h, p in zip(unique["content_hash"], unique["path"], strict=True) if p == failed]
-    meta = {"cache_format": 3, "data": "data-old", "image_size": size, "n_images": len(unique) - len(failures), "failures": failures, "build_seconds": 1.0}
-    storage.write_text_atomic(storage.join(folder, "meta.json"), json.dumps(meta))
-    return folder
-
-
-@pytest.mark.slow  # builds a cache through Ray
-def test_an_older_cache_that_kept_a_file_out_without_saying_why_is_built_again_once(ray_session, source, tmp_path, capsys):
-    """Before failures said whether their file was read, one not readable then (permission denied, gone) was kept out
-    for good; it may read now, so such a cache is built again (once), and an older cache without failures is reused."""
-    manifest, cache_dir = source.manifest, tmp_path / "cache"
-    clean = _older_cache(cache_dir, manifest, 20, failed=None)
-    assert find_cache(str(cache_dir), manifest, 20).path == clean  # nothing to read again: reused, not rebuilt
-    older = _older_cache(cache_dir, manifest, 16, failed=manifest["path"].iloc[0])
-    cache = prepare_cache(manifest, 16, str(cache_dir))
-    assert f"The image cache {older} was built by an older cxr_tune that kept 1 failed file(s) out for good" in capsys.readouterr().out
-    assert not cache.reused and cache.saved and cache.failures.empty and cache.n_images == manifest["content_hash"].nunique()
-    again = prepare_cache(manifest, 16, str(cache_dir))
-    assert again.reused and again.path == cache.path and capsys.readouterr().out == ""
