@@ -50,8 +50,8 @@ def check_plain_uri(path: str | os.PathLike) -> None:
     text = str(path)
     if is_uri(text) and ("?" in text or "#" in text):
         plain = re.split(r"[?#]", text, maxsplit=1)[0]
-        raise UserError(f"'{text}': cxr_tune does not read object versions or URL query strings ('?' or '#' in a URI); "
-                        f"give the plain path '{plain}'")
+        raise UserError(f"'{text}': a '?' or '#' in a URI starts a query or fragment (object versions and URL query strings "
+                        f"are not read); give the plain path '{plain}', or write a '?' or '#' that is part of a name as %3F or %23")
 
 
 def resolve(path: str | os.PathLike) -> str:
