@@ -83,15 +83,21 @@ def _measured(meta: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str
     sets = [(key, name) for key, name in SETS if isinstance(measured.get(key), dict)]
     deciding = "external" if meta.get("deciding_set") == "external" else "validation"
     marked = {deciding} | {key for key, _ in sets if measured[key].get("selection_set")}
-    if _chose_from(meta, measured.get("external") or {}):
-        marked.add("external")
+    marked |= {key for key in ("external", "test") if _chose_from(meta, _folder_of(meta, measured, key))}
     return measured, sets, frozenset(marked)
 
 
-def _chose_from(meta: dict[str, Any], external: dict[str, Any]) -> bool:
-    """Whether the external set is, or lies in, a folder whose images chose something of the model."""
-    source = external.get("source")
-    return bool(source) and any(storage.within(storage.resolve(source), storage.resolve(folder)) for folder, _ in selection_sources(meta))
+def _folder_of(meta: dict[str, Any], measured: dict[str, Any], key: str) -> str | None:
+    """Where a measured set's images are: the external set's ``source``, the test split's ``test/`` under the data root."""
+    if key == "external":
+        return (measured.get("external") or {}).get("source")
+    root = (meta.get("data") or {}).get("root")
+    return storage.join(root, "test") if key == "test" and root and measured.get("test") else None
+
+
+def _chose_from(meta: dict[str, Any], folder: str | None) -> bool:
+    """Whether ``folder`` is, or lies in, a folder whose images chose something of the model."""
+    return bool(folder) and any(storage.within(storage.resolve(folder), storage.resolve(source)) for source, _ in selection_sources(meta))
 
 
 def _unadapted_threshold(meta: dict[str, Any]) -> float | None:
@@ -341,7 +347,7 @@ def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:
                      "populations may differ in ways these numbers cannot show.")
     lines.append(f"- Images are shrunk to {size} x {size} pixels (aspect ratio not kept): fine detail is lost.")
     if external:
-        adapted_to_it = _chose_from(meta, external)
+        adapted_to_it = _chose_from(meta, _folder_of(meta, measured, "external"))
         chose = ("**chose the model and its unadapted threshold** (the site's threshold came from the adaptation rule)" if meta.get("adaptation")
                  else "**chose the model and its thresholds**")
         lines.append("- The external set " + (f"({code_span(external['source'])}) " if external.get("source") else "")
@@ -352,7 +358,9 @@ def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:
     else:
         lines.append("- There is no external set: carved validation shares the training folder's population and saturates, so it "
                      "chose the model without seeing any shift to new patients or sites.")
-    lines.append("- " + ("The test split is held out but comes from the same source as the training data: it says little about other sites."
+    lines.append("- " + ("The model was adapted to the test split's images (without their labels): its numbers above are selection-set "
+                         "numbers, and it is no independent test of the adapted model." if _chose_from(meta, _folder_of(meta, measured, "test")) else
+                         "The test split is held out but comes from the same source as the training data: it says little about other sites."
                          if measured.get("test") else "There is no held-out test split: every number above comes from a set that was "
                          "trained on or chose something, or was merely compared."))
     lines += ["- Subgroups come from file names only (no age, sex or device is known).",

@@ -270,3 +270,23 @@ def test_the_patient_grouping_states_every_rule_the_split_applies_and_how_many_p
     recorded = model_card({**meta, "data": {**meta["data"], "patient_keys": keys}})
     assert ("Patients in the experiment's `splits.csv`, by the rule that keyed them: Kermany name 1; Mendeley id 1; sub-folder 2; "
             "own image 1.") in recorded
+
+
+def test_a_test_split_the_model_was_adapted_to_is_labelled_a_selection_set_and_no_independent_test(tmp_path):
+    """``adapt --images DATA/test`` is allowed; predict then called the test split's numbers selection-set numbers while the
+    card called the test split plain "test", held out."""
+    from cxr_tune.modelcard import model_card
+    from cxr_tune.predict import selection_note
+
+    meta = export_folder(tmp_path / "model", external=False)
+    meta = {**meta, "data": {**meta["data"], "root": "/data/kermany"}}
+    adapted = {**meta, "before_adaptation": meta, "adaptation": {"source": "/data/kermany/test", "method": "AdaBN", "threshold_rule": "mixture"}}
+    elsewhere = {**adapted, "adaptation": {**adapted["adaptation"], "source": "/data/other-site"}}
+    for model, marked in ((meta, False), (adapted, True), (elsewhere, False)):
+        card = model_card(model)
+        assert (selection_note(model, ["/data/kermany/test"]) is not None) == marked
+        test_rows = {row[0] for heading in ("Performance", "Calibration") for row in table(card, heading) if row[0].startswith("test")}
+        assert test_rows == ({"test (selection set)"} if marked else {"test"}), (marked, test_rows)
+        assert ("- The model was adapted to the test split's images (without their labels): its numbers above are selection-set numbers, "
+                "and it is no independent test of the adapted model." in card.splitlines()) == marked
+        assert ("held out but comes from the same source" in card) != marked
