@@ -77,8 +77,9 @@ def operating_point_section(meta: dict[str, Any]) -> list[str]:
 
 def _measured(meta: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]], frozenset[str]]:
     """(where the sets' numbers are, the measured sets as (key, name), the keys of the sets whose numbers are
-    selection-set numbers: the deciding set, a set marked ``selection_set``, and the external set when it is or lies in
-    a folder that chose something of the model (:func:`cxr_tune.selection.selection_sources`: the site it was adapted to))."""
+    selection-set numbers: the deciding set, a set marked ``selection_set``, and the external set or the test split when it
+    is or lies in a folder that chose something of the model (:func:`cxr_tune.selection.selection_sources`: the site it was
+    adapted to))."""
     measured = meta.get("before_adaptation", meta)  # an adapted model's sets were measured before adaptation
     sets = [(key, name) for key, name in SETS if isinstance(measured.get(key), dict)]
     deciding = "external" if meta.get("deciding_set") == "external" else "validation"
