@@ -19,7 +19,7 @@ from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expec
 pytestmark = pytest.mark.slow
 # Three trials, two at a time: the second wave is one trial, which starts faster alone (each trial starts seven
 # processes, about 16 CPU-seconds, before its first tiny epoch). Two from the random start-up, then TPE.
-TRIALS = "3"
+TRIALS = 3
 
 LIBRARY_NOISE = (
     "(raylet)", "PreemptionWatcher", "PlacementGroupCleaner", "TrainController", "core_worker", "Configuration for experiment",
@@ -31,7 +31,7 @@ LIBRARY_NOISE = (
 def run(synthetic_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """One smoke search for the whole module, its output piped as in a log: (experiment folder, the finished process)."""
     storage = tmp_path_factory.mktemp("experiments")
-    done = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--storage", str(storage), "--name", "e2e", "--trials", TRIALS, timeout=900)
+    done = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--storage", str(storage), "--name", "e2e", "--trials", str(TRIALS), timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "SYNTHETIC" in done.stdout and "Selected trial" in done.stdout
     return storage / "e2e", done
@@ -62,7 +62,7 @@ def val_folder(experiment, tmp_path_factory) -> Path:
 
 def test_experiment_holds_table_report_plots_study_and_export(experiment):
     table = read_trials(experiment)
-    assert len(table) == int(TRIALS) and table["trial_id"].is_unique
+    assert len(table) == TRIALS and table["trial_id"].is_unique
     assert set(table["stop_reason"]) <= {"completed", "ASHA stopped"}
     assert {"depth", "lr", "objective", "val_auc", "val_sensitivity", "val_specificity", "epochs", "run_seconds"} <= set(table.columns)
     assert pd.read_parquet(experiment / "trials.parquet")["trial_id"].tolist() == table["trial_id"].tolist()
@@ -73,7 +73,7 @@ def test_experiment_holds_table_report_plots_study_and_export(experiment):
         png = experiment / "plots" / f"{plot}.png"
         assert (png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n") or (plot == "importances" and "_Parameter importances are not shown: they would come from the" in report)
     with sqlite3.connect(experiment / "study.db") as db:
-        assert db.execute("select count(*) from trials").fetchone()[0] == int(TRIALS)
+        assert db.execute("select count(*) from trials").fetchone()[0] == TRIALS
     meta = json.loads((experiment / "best" / "model.json").read_text())
     assert meta["data"]["synthetic"] and 0 < meta["threshold"] < 1
     assert "test" in meta and len(meta["test"]["ci95"]["auc"]) == 2  # the synthetic set has a test split
@@ -282,4 +282,4 @@ def test_re_exporting_best_rewrites_the_report_and_says_when_an_ensemble_is_smal
     if (table["stop_reason"] != "completed").any():  # ASHA stopped some: the note names them
         assert "members did not run their whole schedule" in done.stdout
     members = [m["trial_id"] for m in json.loads((experiment / "best" / "model.json").read_text())["members"]]
-    assert len(members) == int(TRIALS) and "the average of trials " + ", ".join(f"`{m}`" for m in members) in (experiment / "report.md").read_text()
+    assert len(members) == TRIALS and "the average of trials " + ", ".join(f"`{m}`" for m in members) in (experiment / "report.md").read_text()
