@@ -141,7 +141,12 @@ class SharedRay:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``own_ray`` run last, in their order: each releases the session's shared Ray, and
-    the next test that shares it would start it again (about 6 s of both cores)."""
+    the next test that shares it would start it again (about 6 s of both cores). A test that uses the
+    shared Ray must be marked ``slow``: the fast lane (``-m "not slow"``) promises to start no Ray, and
+    one such test there started it (about 8 CPU-seconds) for a single cache build."""
+    unmarked = [item.nodeid for item in items if "shared_ray" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError(f"these tests start the session's Ray but are not marked slow: {', '.join(unmarked)}")
     items.sort(key=lambda item: item.get_closest_marker("own_ray") is not None)  # a stable sort
 
 

@@ -50,6 +50,7 @@ def test_inspect_reports_the_size_training_sees_of_a_photo_with_an_exif_rotation
     assert all(dict(zip(header, row, strict=True))["height min/median/max"] == "60/60/60" for row in rows)
 
 
+@pytest.mark.slow  # builds the image cache through Ray
 def test_prepare_builds_then_reuses(ray_session, tmp_path, synthetic_root):
     args = ("cxr_tune.data", "prepare", str(synthetic_root), "--image-size", "20", "--cache-dir", str(tmp_path))
     first = call_cli(*args)
