@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import pandas as pd
 import pyarrow.fs as pafs
@@ -46,7 +47,8 @@ def check_plain_uri(path: str | os.PathLike) -> None:
     """Refuse an object-store URI with a query or a fragment (``s3://b/data?versionId=abc``, ``gs://b/runs#x``) in
     one line: pyarrow takes a query for its own options and drops a fragment, and :func:`join` puts parts after
     either, so files would be read from, or written to, other keys. Called on the locations users give
-    (:func:`resolve`, :func:`check_writable`); keys listed from a store are not checked here."""
+    (:func:`resolve`, :func:`check_writable`). Names listed from a store are plain names, not URIs: :func:`join`
+    escapes them."""
     text = str(path)
     if is_uri(text) and ("?" in text or "#" in text):
         plain = re.split(r"[?#]", text, maxsplit=1)[0]
@@ -88,10 +90,29 @@ def within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+#: What a URI's path holds as written (RFC 3986 ``pchar`` and ``/``); anything else is %-escaped, as pyarrow reads it.
+_URI_PATH_SAFE = "/!$&'()*+,;=:@"
+
+
+def _escaped(part: str) -> str:
+    """A plain name (or ``a/b`` path) as it is written in a URI: ``img#1.jpeg`` -> ``img%231.jpeg``. pyarrow
+    unescapes a URI's path and reads a raw ``#`` as a fragment, ``?`` as a query, ``%23`` as ``#``; a space or a
+    non-ASCII letter does not parse at all."""
+    return quote(part, safe=_URI_PATH_SAFE)
+
+
 def join(base: str, *parts: str) -> str:
-    """Join path parts with ``/`` for URIs and the OS separator for local paths."""
+    """Join path parts with ``/`` for URIs and the OS separator for local paths.
+
+    ``parts`` are plain names (a constant, a name listed from a store, a user's folder name), never URI text:
+    on a URI they are escaped (``#``, ``?``, ``%``, spaces, non-ASCII), so that the URI names the object called
+    that, whatever its name holds; ``base`` is a URI as written and stays as it is.
+
+    >>> join("s3://bucket/data", "NORMAL", "img#1.jpeg"), join("/data", "NORMAL", "img#1.jpeg")
+    ('s3://bucket/data/NORMAL/img%231.jpeg', '/data/NORMAL/img#1.jpeg')
+    """
     if is_uri(base):
-        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+        return "/".join([base.rstrip("/"), *(_escaped(p.strip("/")) for p in parts)])
     return str(Path(base, *parts))
 
 
@@ -110,11 +131,12 @@ def parent(path: str) -> str:
 
 
 def name(path: str) -> str:
-    """The last part of ``path``: ``s3://b/x/y.png`` -> ``y.png`` (a bucket's name for a bucket)."""
+    """The last part of ``path``, a plain name as :func:`join` takes it: ``s3://b/x/y.png`` -> ``y.png``,
+    ``s3://b/x/img%231.png`` -> ``img#1.png`` (a bucket's name for a bucket)."""
     text = str(path)
     if not is_uri(text):
         return Path(text).name
-    return text.split("://", 1)[1].rstrip("/").rsplit("/", 1)[-1]
+    return unquote(text.split("://", 1)[1].rstrip("/").rsplit("/", 1)[-1])
 
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
@@ -155,7 +177,7 @@ def full_path(inner: str, like: str) -> str:
     """
     if not is_uri(like) or is_uri(inner):
         return inner
-    return f"{like.split('://', 1)[0]}://{inner.lstrip('/')}"
+    return f"{like.split('://', 1)[0]}://{_escaped(inner.lstrip('/'))}"  # pyarrow's paths are plain names: escaped as join escapes them
 
 
 def default_cache_dir() -> str:

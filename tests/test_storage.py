@@ -79,6 +79,24 @@ def test_listdir_glob_and_kinds(base):
     assert not storage.exists(storage.join(base, "missing"))
 
 
+#: Names a URI reads as syntax or cannot hold as written: a fragment, a query, an escape, a space, a non-ASCII letter.
+AWKWARD_NAMES = ("img#1.jpeg", "q?x.jpeg", "p%23c.jpeg", "sp ace.jpeg", "é.jpeg")
+
+
+def test_names_a_uri_reads_as_syntax_name_the_object_they_name(base):
+    """Before, on object storage: a name joined into a URI, or listed and joined back, named another object or
+    none (``img#1.jpeg`` as ``img``, ``p%23c.jpeg`` as ``p#c.jpeg``) or did not parse (``q?x.jpeg``, a space)."""
+    written = {file_name: bytes([i]) for i, file_name in enumerate(AWKWARD_NAMES)} | {"img": b"not me", "p#c.jpeg": b"nor me"}
+    for file_name, data in written.items():
+        storage.write_bytes_atomic(storage.join(base, "up", file_name), data)
+    folder = storage.join(base, "up")
+    assert storage.listdir(folder) == sorted(written)
+    found = {storage.name(path): path for path in storage.glob(folder, "*.jpeg")}
+    assert {file_name: storage.read_bytes(path) for file_name, path in found.items()} == {k: v for k, v in written.items() if k != "img"}
+    assert all(storage.is_file(path) for path in found.values())
+    assert tree(folder) == written
+
+
 def test_copy_a_folder_and_a_file_up_and_down(base, tmp_path):
     local = tmp_path / "src"
     (local / "sub").mkdir(parents=True)

@@ -253,6 +253,25 @@ def test_hidden_and_system_folders_on_object_storage_are_listed_not_read(tmp_pat
     assert sorted(file.path for file in files if file.reason == NOT_READ) == hidden and len(files) == 10
 
 
+def test_images_whose_names_a_uri_reads_as_syntax_are_read_on_object_storage_as_locally(tmp_path, s3_dir):
+    """Before: on object storage ``img#1.jpeg`` was skipped as "Path does not exist '.../img'", ``q?x.jpeg`` and a
+    name with a space as not a URI this project can read, and ``p%23c.jpeg`` read as the object ``p#c.jpeg``."""
+    from cxr_tune import storage
+    from cxr_tune.predict import collect
+
+    awkward = ["img#1.jpeg", "q?x.jpeg", "p%23c.jpeg", "sp ace.jpeg", "é.jpeg"]
+    root = kermany_folder(tmp_path / "chest_xray", {**GOOD, "train": {**GOOD["train"], "NORMAL": [*GOOD["train"]["NORMAL"], *awkward]}})
+    storage.copy(str(root), s3_dir)
+    local, stored = build_manifest(str(root)), build_manifest(s3_dir)
+    assert local.skipped.empty and stored.skipped.empty, stored.skipped.to_dict("records")
+    assert len(stored.manifest) == len(local.manifest) == 8 + len(awkward)
+    by_name = {storage.name(path): path for path in stored.manifest["path"]}
+    for name in awkward:
+        assert storage.read_bytes(by_name[name]) == (root / "train" / "NORMAL" / name).read_bytes()
+    assert sorted(stored.manifest["content_hash"]) == sorted(local.manifest["content_hash"])  # each object itself, none twice
+    assert sorted(storage.name(file.path) for file in collect([s3_dir])) == sorted(os.path.basename(p) for p in local.manifest["path"])
+
+
 def test_a_file_unreadable_at_the_first_scan_is_read_again_once_it_reads(tmp_path, monkeypatch):
     from cxr_tune import storage
 
