@@ -237,7 +237,8 @@ def test_google_cloud_storage_out_of_reach_is_one_line_within_the_retry_limit(mo
 def test_a_uri_with_a_query_or_fragment_is_refused_in_one_line_by_every_command_before_any_work(s3_dir, tmp_path, monkeypatch):
     """Before: :func:`storage.join` put parts after the query or fragment, so ``--storage s3://b/runs#x`` passed
     the checks and pyarrow, which drops a fragment, wrote every file of the run to the one key ``runs``;
-    ``?versionId=abc`` failed deep inside pyarrow after Ray started, or after the work."""
+    ``?versionId=abc`` failed deep inside pyarrow after Ray started, or after the work. ``bench`` took its model, image,
+    experiment and data folders as given: "model '...best#x' does not exist", "benchmark data 's3:/...' does not exist"."""
     import cxr_tune.ray_session
 
     def no_ray(*args, **kwargs):
@@ -259,7 +260,13 @@ def test_a_uri_with_a_query_or_fragment_is_refused_in_one_line_by_every_command_
             ("cxr_tune.predict", str(images), "--model", f"{s3_dir}/best?versionId=abc"),
             ("cxr_tune.predict", "--model", str(model), f"{s3_dir}/images#x"),
             ("cxr_tune.export", "--out", str(tmp_path / "out"), f"{s3_dir}/exp#x"),
-            ("cxr_tune.export", str(tmp_path / "exp"), "--out", f"{s3_dir}/model?versionId=abc")):
+            ("cxr_tune.export", str(tmp_path / "exp"), "--out", f"{s3_dir}/model?versionId=abc"),
+            ("cxr_tune.bench", "tta", "--images", str(images / "test"), f"{s3_dir}/best#x"),
+            ("cxr_tune.bench", "tta", str(model), "--images", f"{s3_dir}/site?versionId=abc"),
+            ("cxr_tune.bench", "data", "--data", f"{s3_dir}/data#x"),
+            ("cxr_tune.bench", "precision", "--params", f"{s3_dir}/model.json?versionId=abc"),
+            ("cxr_tune.bench", "value", "results/real/external", "--model", f"{s3_dir}/best#x"),
+            ("cxr_tune.bench", "replay", "results/real/external", "--compare", f"{s3_dir}/exp?versionId=abc")):
         done = call_cli(module, *args, uri)
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stdout == "", (module, uri, done.stderr)
         plain = re.split(r"[?#]", uri)[0]

@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cxr_tune import storage
 
     args = build_parser().parse_args(argv)
+    for value in vars(args).values():  # any argument written as a URI is a location (data, experiment, model, images): refused as elsewhere
+        if isinstance(value, str):
+            storage.check_plain_uri(value)
     for flag in ("out", "storage"):  # a results folder it could not write stops it before the measuring, not after
         if getattr(args, flag, None):
             storage.check_writable(getattr(args, flag), f"--{flag}")
