@@ -50,7 +50,7 @@ from cxr_tune.provenance import provenance
 from cxr_tune.selection import choose_threshold, diverged, ensemble_members, final_fit_kept, prefix_of, ranked_trials
 from cxr_tune.serving import MODEL_FILE
 from cxr_tune.set_metrics import INTERVAL_METHODS, clinical_metrics, held_out_metrics, set_metrics
-from cxr_tune.train.checkpoints import has_predictions, load_predictions, load_state
+from cxr_tune.train.checkpoints import has_predictions, load_predictions, load_state, trained_in
 from cxr_tune.train.metrics import evaluate_scores
 from cxr_tune.views import TTA_VIEWS
 
@@ -305,7 +305,7 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
         "trial_id": trial_ids[0],
         "epoch": int(states[0]["epoch"]) + 1,
         "members": [{"trial_id": trial, "epoch": int(state["epoch"]) + 1, "hparams": h.to_dict(),
-                     "trained_in": {k: (state.get("run") or {}).get(k) for k in ("precision", "channels_last")}}
+                     "trained_in": trained_in(state)}  # every precision its epochs trained in (a resumed run may mix them)
                     for trial, state, h in zip(trial_ids, states, members.hparams, strict=True)],
         "validation": {**set_metrics(sets["val"].labels, scores["val"], threshold, hp), "what": "validation carved from the training folder by patient",
                        "selection_set": "val" in (deciding, epochs_on), **({"note": SELECTION_NOTE} if "val" in (deciding, epochs_on) else {})},

@@ -31,3 +31,18 @@ def test_the_console_summary_says_which_interval_is_which():
     assert "Wilson score for sensitivity, specificity and accuracy" in text.splitlines()[1]
     assert "specificity 1.0000 [0.981, 1.000]" in text  # carved validation: 201 of 201 NORMAL images
     assert "; external validation 0." in text  # the calibration line names the sets as every other line does (it said "external")
+
+
+def test_model_json_names_every_precision_a_member_trained_in_after_a_resume_elsewhere(tmp_path):
+    """A trial resumed where --precision auto means fp32 after bf16 epochs: model.json's trained_in named the precision of the
+    checkpoint's last epoch alone (fp32) for weights that trained 3 of their 4 epochs in bf16."""
+    from tests.model_exports import INFO, brightness_members, kermany_set
+
+    history = [{"epoch": e, "precision": "bf16" if e <= 3 else "fp32", "channels_last": True} for e in range(1, 5)]
+    state = {"epoch": 3, "history": history, "run": {"precision": "fp32", "channels_last": True, "precision_reason": "auto"}}
+    meta = export.write_export(brightness_members(), str(tmp_path / "model"), ["trial_a"], [state], {"val": kermany_set(60, 1)}, "val", {},
+                               INFO, None)
+    assert meta["members"][0]["trained_in"] == {"precision": "bf16 (epochs 1-3), fp32 (epoch 4)", "channels_last": True}
+    old = {"epoch": 3, "run": {"precision": "bf16", "channels_last": True}}  # a checkpoint whose history does not record it: its run's record
+    meta = export.write_export(brightness_members(), str(tmp_path / "old"), ["trial_a"], [old], {"val": kermany_set(60, 1)}, "val", {}, INFO, None)
+    assert meta["members"][0]["trained_in"] == {"precision": "bf16", "channels_last": True}

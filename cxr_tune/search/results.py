@@ -20,6 +20,7 @@ from cxr_tune import storage
 from cxr_tune.console import unreported_trials_unwarned
 from cxr_tune.errors import UserError, damaged
 from cxr_tune.selection import diverged
+from cxr_tune.train.precision import epochs_trained_in
 
 SET_METRICS = [
     "objective", "objective_low", "objective_high", "auc", "sensitivity", "specificity", "balanced_accuracy", "youden",
@@ -68,6 +69,7 @@ class TrialCounts:
     unfinished: int  # pending, running or paused when the search stopped: a resume continues them
     trained_ids: frozenset[str] = frozenset()  # the trials that trained, an epoch only a checkpoint holds included
     best: tuple[float, str] | None = None  # the best objective any epoch reached so far, and its trial
+    precisions: tuple[str, ...] = ()  # what the trials' epochs so far trained in, each precision once (a resume elsewhere may add one)
 
 
 def trial_counts(experiment_dir: str) -> TrialCounts:
@@ -78,11 +80,13 @@ def trial_counts(experiment_dir: str) -> TrialCounts:
     ended = never = unfinished = 0
     trained_ids: set[str] = set()
     best: tuple[float, str] | None = None
+    precisions: dict[str, None] = {}
     for trial in trials:
         epochs = reported_epochs(histories.get(trial.trial_id, pd.DataFrame()))
         trained = not epochs.empty
         if trained:
             trained_ids.add(trial.trial_id)
+            precisions.update(dict.fromkeys(epochs["precision"].dropna().astype(str)) if "precision" in epochs else {})
             top = float(epochs.loc[~diverged(epochs), "objective"].max())  # the console's "new best" never counts a diverged epoch
             if not math.isnan(top) and (best is None or top > best[0]):
                 best = (top, trial.trial_id)
@@ -92,7 +96,7 @@ def trial_counts(experiment_dir: str) -> TrialCounts:
             never += 1
         else:
             unfinished += 1
-    return TrialCounts(ended, never, unfinished, frozenset(trained_ids), best)
+    return TrialCounts(ended, never, unfinished, frozenset(trained_ids), best, tuple(precisions))
 
 
 def reported_epochs(history: pd.DataFrame) -> pd.DataFrame:
@@ -180,6 +184,8 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...], d
                 "run_seconds": float(history["time_total_s"].max()) if "time_total_s" in history else math.nan,
                 "checkpoint_path": storage.full_path(checkpoint, experiment_dir) if isinstance(checkpoint, str) else checkpoint,
                 **{m: best[m] for m in METRICS if m in best},
+                # what the best epoch's weights trained in, every precision of a trial resumed elsewhere (not the best epoch's alone)
+                **epochs_trained_in(history.to_dict("records"), int(best["epoch"])),
             })
         row["error"] = trial_error(experiment_dir, trial) if trial.status == "ERROR" else ""
         diverged = not history.empty and bool(history["diverged"].fillna(False).astype(bool).any()) if "diverged" in history else False

@@ -292,6 +292,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
     from cxr_tune.search.progress import ProgressPrinter, TrialEventLog
     from cxr_tune.search.results import trial_counts
     from cxr_tune.search.searcher import StudySearch
+    from cxr_tune.train.precision import resumed_note
 
     settings = TrialSettings(
         max_epochs=plan.max_epochs,
@@ -331,6 +332,10 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         ResumableTrials.concurrency = plan.concurrency  # the resources were planned for this many, not the saved limit
         ProgressPrinter.trained_before = counts.trained_ids  # so the console counts the trials the table counts
         ProgressPrinter.best_before = counts.best  # and its "new best" is one the table agrees with
+        # As keep_trial_resources says of threads and workers: --precision auto resolves per machine, so a search resumed on
+        # another may train its trials' next epochs in another precision than their first (a note, as train's).
+        if note := resumed_note(counts.precisions, options.precision, options.memory_format, use_gpu=plan.resources.use_gpu):
+            print(note, file=sys.stderr, flush=True)
         return tune.Tuner.restore(options.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
 
     if options.sampler == "random":
@@ -426,15 +431,13 @@ def run_options(options: SearchOptions) -> RunOptions:
 def describe_precision(options: SearchOptions, plan: Plan) -> str:
     """What ``--precision`` becomes where the trials run, and why (each worker decides for its own
     device and records it; this is the driver's reading of the same rule)."""
-    import torch
+    from cxr_tune.train.precision import resolve_here
 
-    from cxr_tune.train.precision import resolve
-
-    if plan.resources.use_gpu and not torch.cuda.is_available():
+    here = resolve_here(options.precision, options.memory_format, use_gpu=plan.resources.use_gpu)
+    if here is None:  # GPU workers, no GPU on this machine to ask
         return (f"{options.precision} on each GPU worker (bf16 where the GPU supports it, else fp16 with loss scaling; recorded per epoch)"
                 if options.precision == "auto" else f"{options.precision} on each GPU worker")
-    device = "cuda" if plan.resources.use_gpu else "cpu"
-    return resolve(options.precision, device, options.memory_format).describe()
+    return here.describe()
 
 
 def _trial_dirname(trial: Any) -> str:

@@ -93,9 +93,11 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.cv:
         from cxr_tune.train.crossval import fold_runs
 
-        check_same_run(run_dir, hp, precision_flags(args), runs=fold_runs(run_dir))
+        runs = fold_runs(run_dir)
     else:
-        check_same_run(run_dir, hp, precision_flags(args))
+        runs = [run_dir]
+    check_same_run(run_dir, hp, precision_flags(args), runs=runs)
+    note_precision_on_resume(runs, args.precision, args.memory_format, use_gpu=gpus > 0)  # the same flags may resolve otherwise here
     options = DataOptions.from_args(args)
     split = split_data(options)
     check_caches_buildable(split, [hp.image_size])  # before run.json is written below: a refused command leaves nothing behind
@@ -212,6 +214,18 @@ def keep_same_data(run_dir: str, split: SplitData, deciding: str) -> None:
     storage.write_text_atomic(path, json.dumps({**saved, **record}, indent=2))  # a resumed run's other facts kept (add_to_run_record)
 
 
+def note_precision_on_resume(runs: list[str], requested: str, memory_format: str, *, use_gpu: bool) -> None:
+    """One line when the epochs a resumed run (or the folds of a --cv run) trained so far, as their checkpoints record them,
+    were not all in the precision ``--precision`` resolves to here (``auto`` resolves per machine):
+    :func:`cxr_tune.train.precision.resumed_note`. A note, not a refusal: moving a run to another machine is legitimate."""
+    from cxr_tune.train.checkpoints import newest
+    from cxr_tune.train.precision import resumed_note
+
+    trained = [row["precision"] for run in runs if (found := newest(run)) for row in found[1].get("history") or [] if row.get("precision")]
+    if note := resumed_note(trained, requested, memory_format, use_gpu=use_gpu):
+        print(note, file=sys.stderr, flush=True)
+
+
 def warn_if_resumed_elsewhere(run_dir: str, setup: dict[str, Any]) -> None:
     """One line when a run resumes with other torch threads or on an image cache of another block layout
     (built with another CPU count) than run.json recorded: its sums, or the order of its training images,
@@ -276,11 +290,13 @@ def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding
 
     from cxr_tune.selection import best_epoch
     from cxr_tune.train.checkpoints import load_state
+    from cxr_tune.train.precision import epochs_trained_in
 
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as folder:
-        history = pd.DataFrame(load_state(folder)["history"])
+        rows = load_state(folder)["history"]
+    history = pd.DataFrame(rows)
     shown = [c for c in SHOWN if c in history] + [c for c in EXTERNAL_SHOWN if c in history]
     print(history[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     best = best_epoch(history, deciding)  # the search's own rule
@@ -290,7 +306,7 @@ def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding
         "synthetic": split.source.synthetic,
         "hparams": hp.to_dict(),
         "deciding_set": deciding,
-        "precision": {k: v for k, v in history.iloc[-1].items() if k in ("precision", "channels_last")},
+        "precision": epochs_trained_in(rows, int(best["epoch"])),  # what the best epoch's weights trained in: every precision, after a resume elsewhere
         "best_epoch": int(best["epoch"]),
         "best_checkpoint": storage.full_path(checkpoint.path, run_dir) if checkpoint else "(not kept: only the best checkpoint by objective and the latest are)",
         "val_metrics": {k: v for k, v in best.items() if k.startswith("val_")},
@@ -298,7 +314,7 @@ def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding
     }
     # JSON's own types: the history row is of object dtype, so its numbers and flags are numpy scalars (str() made them "11", "False").
     storage.write_text_atomic(storage.join(run_dir, "metrics.json"), json.dumps(json_safe(summary), indent=2))
-    add_to_run_record(run_dir, {"precision": json_safe(summary["precision"])})  # as the run's own checkpoint records it
+    add_to_run_record(run_dir, {"precision": json_safe(epochs_trained_in(rows))})  # what every epoch trained in, as the run's own checkpoint records them
     tag = " [SYNTHETIC DATA]" if split.source.synthetic else ""
     print(f"\nBest epoch {summary['best_epoch']}{tag}, chosen on {summary['deciding_set']} validation:")
     external = "external validation (selection set)" if deciding == "external" else "external validation (scored for comparison; it chose nothing)"

@@ -18,6 +18,7 @@ import pandas as pd
 from cxr_tune import storage
 from cxr_tune.errors import damaged
 from cxr_tune.selection import diverged
+from cxr_tune.train.precision import epochs_trained_in
 
 STATE = "state.pt"
 PREDICTIONS = {"val": "val_predictions.parquet", "ext": "ext_predictions.parquet"}
@@ -70,6 +71,14 @@ def newest(run: str) -> tuple[str, dict[str, Any]] | None:
     """The run's checkpoint of its latest epoch and that checkpoint's state (None before its first checkpoint)."""
     states = [(folder, load_state(folder)) for folder in saved_checkpoints(run)]
     return max(states, key=lambda pair: pair[1]["epoch"]) if states else None
+
+
+def trained_in(state: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint's weights trained in, ``{"precision": ..., "channels_last": ...}``: over every epoch its history
+    holds (:func:`cxr_tune.train.precision.epochs_trained_in`; a run resumed on another machine may mix precisions),
+    else, for a history from before epochs recorded it, what the run that saved it recorded."""
+    epochs, run = epochs_trained_in(state.get("history") or []), state.get("run") or {}
+    return {key: epochs.get(key, run.get(key)) for key in ("precision", "channels_last")}
 
 
 def diverged_at_last(state: dict[str, Any]) -> bool:

@@ -215,11 +215,17 @@ def markdown(folds: pd.DataFrame, hp: HParams, command: str, description: str) -
 
 
 def setup_lines(run_dir: str, threads: int, code: dict[str, Any]) -> str:
-    """cv.md's closing lines: what the folds computed in, as fold 1's last checkpoint records it (every fold runs
-    alike), the torch threads per worker and the code (:func:`cxr_tune.provenance.provenance`), to run them again."""
-    from cxr_tune.train.checkpoints import load_state, saved_checkpoints
+    """cv.md's closing lines: what the folds computed in, as each fold's last checkpoint records it (one line when they
+    agree; folds resumed on another machine may not: ``--precision auto`` resolves per machine), the torch threads per
+    worker and the code (:func:`cxr_tune.provenance.provenance`), to run them again."""
+    from cxr_tune.train.checkpoints import newest, trained_in
 
-    found = saved_checkpoints(storage.join(run_dir, FOLDS_DIR, TRAIN_DIR, "fold1"))
-    computed = load_state(sorted(found)[-1]).get("run", {}) if found else {}
-    precision = f"{computed.get('precision', 'n/a')}{', channels_last' if computed.get('channels_last') else ''}"
+    computed = {}  # fold name ("fold2") -> what it trained in
+    for run in fold_runs(run_dir):
+        found = newest(run)
+        record = trained_in(found[1]) if found else {}
+        computed[run.rstrip("/").rpartition("/")[2]] = f"{record.get('precision') or 'n/a'}{', channels_last' if record.get('channels_last') is True else ''}"
+    folds = sorted(computed, key=lambda fold: int(fold.removeprefix("fold") or 0))
+    shown = set(computed.values())
+    precision = (shown.pop() if len(shown) == 1 else "; ".join(f"{fold}: {computed[fold]}" for fold in folds)) if shown else "n/a"
     return f"\nComputed in: {precision}; {threads} torch thread(s) per worker  \nCode: {describe_code(code)}\n"

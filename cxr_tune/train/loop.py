@@ -28,7 +28,7 @@ from cxr_tune.train import checkpoints
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.metrics import evaluate_scores
 from cxr_tune.train.model import build_model, load_weights
-from cxr_tune.train.precision import configure_device, resolve
+from cxr_tune.train.precision import configure_device, epochs_trained_in, resolve
 from cxr_tune.train.scoring_sets import KEEP_LIMIT_BYTES, ScoringSet, in_set_order
 from cxr_tune.train.steps import build_ema, build_optimizer, build_scheduler, resume_scheduler, score_batch_size, score_batches, seed_everything, train_one_epoch
 
@@ -198,7 +198,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "deciding_set": deciding_set,
                     "hparams": hp.to_dict(),
                     "history": history,
-                    "run": {**run, **precision.record()},
+                    # what this process resolved, and what every epoch so far trained in (a run resumed elsewhere may mix precisions)
+                    "run": {**run, **precision.record(), **epochs_trained_in(history)},
                 }
                 if ema is not None:  # the raw weights keep training after a resume; the average is what was scored
                     state.update({"train_model": net.state_dict(), "ema_n_averaged": int(ema.n_averaged)})

@@ -21,7 +21,8 @@ convolutions prefer; ``bench gpu`` measures it on a GPU.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +114,62 @@ def resolve(requested: str = "auto", device_type: str = "cpu", memory_format: st
     if cpu_has_native_bf16():
         return Precision("bf16", channels_last, "cpu", "auto: this CPU has native bf16 (AVX512-BF16/AMX)")
     return Precision("fp32", channels_last, "cpu", "auto: this CPU has no native bf16, which would be emulated and slower than fp32")
+
+
+def resolve_here(requested: str, memory_format: str = "auto", *, use_gpu: bool = False) -> Precision | None:
+    """The driver's reading of :func:`resolve` for the workers it starts (each worker resolves for its own device and
+    records it per epoch); None for GPU workers when this machine has no GPU to ask."""
+    import torch
+
+    if use_gpu and not torch.cuda.is_available():
+        return None
+    return resolve(requested, "cuda" if use_gpu else "cpu", memory_format)
+
+
+def epochs_trained_in(history: Iterable[Mapping[str, Any]], through_epoch: int | None = None) -> dict[str, Any]:
+    """What epochs 1 to ``through_epoch`` (default: all) trained in, from their history rows, each of which records its
+    own epoch's ``precision`` and ``channels_last``: one value when they all agree, else each value with its epochs. A run
+    resumed where ``--precision auto`` resolves otherwise (another CPU or GPU) trains its later epochs in another precision,
+    and a record naming one would be wrong for the others. Keys no row records are left out.
+
+    >>> epochs_trained_in([{"epoch": 1, "precision": "bf16"}, {"epoch": 2, "precision": "bf16"}, {"epoch": 3, "precision": "fp32"}])
+    {'precision': 'bf16 (epochs 1-2), fp32 (epoch 3)'}
+    """
+    rows = sorted((row for row in history if through_epoch is None or int(row["epoch"]) <= through_epoch), key=lambda row: int(row["epoch"]))
+    record: dict[str, Any] = {}
+    for key in ("precision", "channels_last"):
+        spans: list[list[Any]] = []  # [value, first epoch, last epoch], in epoch order
+        for row in rows:
+            value = row.get(key)
+            if value is None or (isinstance(value, float) and math.isnan(value)):  # a row from before the record
+                continue
+            if spans and spans[-1][0] == value:
+                spans[-1][2] = int(row["epoch"])
+            else:
+                spans.append([value, int(row["epoch"]), int(row["epoch"])])
+        if len({str(value) for value, _, _ in spans}) == 1:
+            record[key] = spans[0][0]
+        elif spans:
+            record[key] = ", ".join(f"{value} (epoch {first})" if first == last else f"{value} (epochs {first}-{last})" for value, first, last in spans)
+    return record
+
+
+def resumed_note(trained: Collection[str], requested: str, memory_format: str = "auto", *, use_gpu: bool = False) -> str | None:
+    """The line a resumed run or search prints when the epochs it trained so far (``trained``: their precisions) were not
+    all in the precision its next epochs train in (``requested`` as :func:`resolve_here` resolves it): ``--precision auto``
+    resolves per machine, so a run moved to another one changes precision. Not a refusal: moving a run is legitimate,
+    and each epoch records its own precision. None when nothing changed, or when this machine cannot tell (GPU workers,
+    no GPU here).
+
+    >>> resumed_note(["fp32", "fp32"], "fp32", "contiguous") is None
+    True
+    """
+    names = list(dict.fromkeys(trained))  # each once, in the order they trained
+    now = resolve_here(requested, memory_format, use_gpu=use_gpu) if names else None
+    if now is None or names == [now.name]:
+        return None
+    return (f"Note: the epochs so far trained in {' and '.join(names)}, the next train in {now.describe()}; each epoch records "
+            "its own precision, and a model's records name every precision its epochs trained in")
 
 
 @contextlib.contextmanager

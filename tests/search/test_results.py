@@ -193,3 +193,20 @@ def test_an_epoch_a_resumed_trial_reported_again_is_read_once_with_its_own_timin
     _, histories = trial_histories(str(tmp_path))
     assert histories["again"]["epoch"].tolist() == [1, 2] and histories["again"]["time_this_iter_s"].tolist() == [9.0, 4.0]
     assert histories["retrained"]["epoch"].tolist() == [1, 2] and histories["retrained"]["objective"].tolist() == [0.6, 0.8]
+
+
+def test_the_trial_table_names_every_precision_a_trial_s_best_epoch_trained_in(tmp_path, monkeypatch):
+    """A trial resumed where --precision auto means fp32 after bf16 epochs: trials.csv named its best epoch's own fp32 for
+    weights that trained in bf16 first."""
+    from types import SimpleNamespace
+
+    from cxr_tune.search import results
+
+    history = pd.DataFrame([{"epoch": e, "objective": o, "val_objective": o, "val_auc": 0.7, "val_loss": 0.5, "precision": p, "channels_last": True}
+                            for e, o, p in ((1, 0.5, "bf16"), (2, 0.6, "bf16"), (3, 0.7, "fp32"), (4, 0.6, "fp32"))])
+    alike = history.assign(precision="bf16")
+    trials = [SimpleNamespace(trial_id=t, status="TERMINATED", config={}) for t in ("moved", "stayed")]
+    monkeypatch.setattr(results, "trial_histories", lambda _: (trials, {"moved": history, "stayed": alike}))
+    table = results.trials_table(str(tmp_path), max_epochs=4, rungs=(), deciding="carved")
+    assert table["best_epoch"].tolist() == [3, 3]
+    assert table["precision"].tolist() == ["bf16 (epochs 1-2), fp32 (epoch 3)", "bf16"] and table["channels_last"].tolist() == [True, True]

@@ -366,6 +366,45 @@ def test_a_resume_on_other_resources_per_trial_says_what_changed_in_one_line(tmp
     assert capsys.readouterr().err == ""
 
 
+def test_a_search_resumed_where_auto_means_another_precision_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    """--precision auto resolves per machine: a search whose trials trained in bf16, resumed on a CPU without native bf16,
+    trained their next epochs in fp32 and said nothing (keep_trial_resources compares threads, workers and GPUs only)."""
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    import cxr_tune.train.precision
+    from cxr_tune.search import results, runner
+    from cxr_tune.search.options import SearchOptions
+    from cxr_tune.search.space import load_space
+    from cxr_tune.train.trainer import Resources
+
+    history = pd.DataFrame([{"epoch": e, "objective": 0.6, "precision": "bf16", "channels_last": True} for e in (1, 2)])
+    trials = [SimpleNamespace(trial_id=t, status=status, config={}) for t, status in (("done", "TERMINATED"), ("paused", "PAUSED"))]
+    monkeypatch.setattr(results, "trial_histories", lambda _: (trials, {t.trial_id: history for t in trials}))
+    monkeypatch.setattr(tune, "with_parameters", lambda trainable, **_: trainable)  # no Ray: the resume's own lines only
+    monkeypatch.setattr(tune, "with_resources", lambda trainable, _: trainable)
+    monkeypatch.setattr(tune.Tuner, "restore", classmethod(lambda cls, *args, **kwargs: "restored"))
+    from cxr_tune.search.budget import ResumableTrials
+    from cxr_tune.search.progress import ProgressPrinter
+
+    for cls, names in ((ResumableTrials, ("total", "concurrency")), (ProgressPrinter, ("verbose", "trained_before", "best_before"))):
+        for name in names:  # what a resume sets on them: back as they were after the test
+            monkeypatch.setattr(cls, name, getattr(cls, name))
+    options = SearchOptions(space="smoke", name="exp", storage=str(tmp_path))
+    plan = runner.Plan(load_space("smoke"), 4, 3, Resources(1, 1.0, 0.0), 1)
+    split = SimpleNamespace(deciding_set=lambda select_on: "carved", class_counts=lambda: (10, 10))
+
+    monkeypatch.setattr(cxr_tune.train.precision, "cpu_has_native_bf16", lambda: True)  # resumed where auto means bf16 again
+    assert runner._tuner(options, plan, split, {}, resume=True) == "restored"
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(cxr_tune.train.precision, "cpu_has_native_bf16", lambda: False)  # resumed where auto means fp32
+    assert runner._tuner(options, plan, split, {}, resume=True) == "restored"
+    assert capsys.readouterr().err == ("Note: the epochs so far trained in bf16, the next train in fp32, channels_last (auto: this CPU has no "
+                                       "native bf16, which would be emulated and slower than fp32); each epoch records its own precision, and "
+                                       "a model's records name every precision its epochs trained in\n")
+
+
 # --- end to end --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

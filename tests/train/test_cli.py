@@ -275,3 +275,65 @@ def test_a_run_resumed_with_other_threads_or_on_a_cache_of_another_layout_is_war
     (run / RUN_FILE).write_text(json.dumps({"data": "200 images, sha256 0123456789ab", "deciding_set": "carved"}))  # from before the record
     warn_if_resumed_elsewhere(str(run), {"threads": 1, "cache_files": 2})
     assert capsys.readouterr().err == ""
+
+
+def test_a_run_resumed_where_auto_means_another_precision_says_so_and_its_records_name_both(tmp_path, capsys, monkeypatch):
+    """--precision auto resolves per machine: a run started on a CPU with native bf16 and resumed (same flags) on one without
+    trained its later epochs in fp32 and said nothing, and metrics.json named the last epoch's fp32 for a best epoch whose
+    weights trained in bf16 first."""
+    import contextlib
+    import json
+    from types import SimpleNamespace
+
+    import cxr_tune.train.precision
+    from cxr_tune.train.__main__ import RUN_FILE, note_precision_on_resume, report
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.hparams import HParams
+    from cxr_tune.train.precision import resolve
+
+    def epochs(first: int, last: int, bf16_here: bool) -> list[dict]:
+        monkeypatch.setattr(cxr_tune.train.precision, "cpu_has_native_bf16", lambda: bf16_here)
+        precision = resolve("auto", "cpu", "auto")  # as each epoch of the loop resolves it on this machine
+        return [{"epoch": e, "val_objective": 0.5 + e / 100, "val_auc": 0.8, "val_loss": 0.5, "val_threshold": 0.5, "val_sensitivity": 0.7,
+                 "val_specificity": 0.7, "val_balanced_accuracy": 0.7, "precision": precision.name, "channels_last": precision.channels_last}
+                for e in range(first, last + 1)]
+
+    run = tmp_path / "run"
+    (run / "checkpoint_000").mkdir(parents=True)
+    history = epochs(1, 3, bf16_here=True)  # started where auto means bf16, stopped after epoch 3
+    save_state(str(run / "checkpoint_000"), {"hparams": HParams().to_dict(), "epoch": 2, "history": history}, {})
+
+    note_precision_on_resume([str(run)], "auto", "auto", use_gpu=False)  # resumed on the same machine: nothing to say
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(cxr_tune.train.precision, "cpu_has_native_bf16", lambda: False)  # resumed where auto means fp32
+    note_precision_on_resume([str(run)], "auto", "auto", use_gpu=False)
+    assert capsys.readouterr().err == ("Note: the epochs so far trained in bf16, the next train in fp32, channels_last (auto: this CPU has no "
+                                       "native bf16, which would be emulated and slower than fp32); each epoch records its own precision, and "
+                                       "a model's records name every precision its epochs trained in\n")
+
+    history += epochs(4, 5, bf16_here=False)
+    history[-1]["val_objective"] = 0.1  # the best epoch is 4: its weights trained in bf16 for 3 epochs, then in fp32
+    (run / "checkpoint_001").mkdir()
+    save_state(str(run / "checkpoint_001"), {"hparams": HParams().to_dict(), "epoch": 4, "history": history}, {})
+    result = SimpleNamespace(error=None, best_checkpoints=[], checkpoint=SimpleNamespace(as_directory=lambda: contextlib.nullcontext(str(run / "checkpoint_001"))))
+    split = SimpleNamespace(source=SimpleNamespace(description="SYNTHETIC", synthetic=True))
+    assert report(result, HParams(), split, str(run), "carved") == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 4 and metrics["precision"] == {"precision": "bf16 (epochs 1-3), fp32 (epoch 4)", "channels_last": True}
+    assert json.loads((run / RUN_FILE).read_text())["precision"] == {"precision": "bf16 (epochs 1-3), fp32 (epochs 4-5)", "channels_last": True}
+
+
+def test_cross_validation_s_report_names_each_fold_s_precisions_when_a_fold_resumed_in_another(tmp_path):
+    """cv.md named fold 1's precision for every fold, though a fold resumed where --precision auto means fp32 trained its
+    later epochs in fp32."""
+    from cxr_tune.provenance import provenance
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.crossval import setup_lines
+
+    for fold, names in (("fold1", ["bf16", "bf16", "bf16"]), ("fold2", ["bf16", "bf16", "fp32"])):
+        checkpoint = tmp_path / "run" / "folds" / "train" / fold / "checkpoint_000"
+        checkpoint.mkdir(parents=True)
+        history = [{"epoch": e, "precision": name, "channels_last": True} for e, name in enumerate(names, start=1)]
+        save_state(str(checkpoint), {"epoch": 2, "history": history, "run": {"precision": names[-1], "channels_last": True}}, {})
+    lines = setup_lines(str(tmp_path / "run"), 2, provenance()).splitlines()
+    assert lines[1] == "Computed in: fold1: bf16, channels_last; fold2: bf16 (epochs 1-2), fp32 (epoch 3), channels_last; 2 torch thread(s) per worker  "
