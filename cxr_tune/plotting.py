@@ -1,4 +1,5 @@
-"""What every plot of the package shares: its legend sits beside the axes, never on them.
+"""What every plot of the package shares: its legend sits beside the axes, never on them, and text from outside it
+(a file name in a title) is drawn as written (:func:`drawable`).
 
 A legend at a fixed corner (``loc="lower right"``) covered exactly the points a plot is about: the
 selected trial that transfers badly sits low and to the right, a specificity operating point sits at
@@ -9,7 +10,10 @@ transfer plot and the benchmarks' plots alike.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
+
+from cxr_tune.formatting import printable
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -48,3 +52,33 @@ def _draws(artist: Any) -> bool:
     if hasattr(artist, "get_xdata"):
         return len(artist.get_xdata()) > 1 or (len(artist.get_xdata()) == 1 and artist.get_marker() not in (None, "None", "", " "))
     return True
+
+
+def drawable(text: str) -> str:
+    r"""``text`` (a file name, say) as a figure can draw it: each character the figure's font has no glyph for (CJK in
+    matplotlib's default DejaVu Sans), or that is not printable, escaped as the console escapes what it cannot show
+    (Python's ``backslashreplace``: :func:`cxr_tune.errors.run_cli`), where matplotlib drew an empty box and warned
+    "Glyph ... missing from font(s)"; and each ``$`` as ``\$``, so that a name is never taken for mathtext (one with
+    ``$\x$`` in it stopped the figure's savefig). Line breaks stay: captions are several lines. No font is added.
+
+    >>> print(drawable("PNEUMONIA/肺炎_1.jpeg"), drawable("tête\tà $5"))
+    PNEUMONIA/\u80ba\u708e_1.jpeg tête\tà \$5
+    """
+    covered = _glyphs()
+    return "".join(char if char == "\n" or (char.isprintable() and ord(char) in covered)
+                   else printable(char) if not char.isprintable()  # a tab, an escape code: as the console shows them
+                   else char.encode("ascii", "backslashreplace").decode("ascii") for char in text).replace("$", r"\$")
+
+
+def _glyphs() -> frozenset[int]:
+    """The code points the fonts of figure text (``rcParams``, as matplotlib picks a file for each family) have glyphs for."""
+    from matplotlib.font_manager import FontProperties, findfont
+
+    return _code_points(tuple(findfont(FontProperties(family=[family])) for family in FontProperties().get_family()))
+
+
+@lru_cache(maxsize=4)
+def _code_points(fonts: tuple[str, ...]) -> frozenset[int]:
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(point for font in fonts for point in FT2Font(font, face_index=getattr(font, "face_index", 0)).get_charmap())

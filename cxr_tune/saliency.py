@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from cxr_tune.modelfile import Members
+from cxr_tune.plotting import drawable
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.model import ConvBlock, PneumoniaCNN, TorchvisionNet
 
@@ -68,7 +69,8 @@ def grad_cam(members: Members, images: np.ndarray, batch_size: int = 32) -> np.n
 
 
 def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, caption: str) -> None:
-    """One image beside its map over it, ``caption`` (probability, label, operating point) above.
+    """One image beside its map over it, ``caption`` (file name, probability, label, operating point) above, each
+    character the font lacks escaped (:func:`cxr_tune.plotting.drawable`).
     The image is the model's input (squashed to a square), which the map is aligned with."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.8))
@@ -78,7 +80,7 @@ def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, captio
     right.set_title("Grad-CAM (what raised the PNEUMONIA score)", fontsize=9)
     for ax in (left, right):
         ax.axis("off")
-    fig.suptitle(caption, fontsize=10)
+    fig.suptitle(drawable(caption), fontsize=10)  # it names the image's file: drawn as written, whatever its characters
     fig.text(0.5, 0.02, SCALED, ha="center", fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=100)
@@ -87,7 +89,7 @@ def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, captio
 
 def plot_gallery(path: str | Path, rows: dict[str, Sequence[tuple[np.ndarray, np.ndarray, str]]]) -> None:
     """A grid of maps over images: one row per ``rows`` key (its title), up to four per row, each
-    ``(image, map, caption)``."""
+    ``(image, map, caption)`` (captions as :func:`explain_figure`'s)."""
     rows = {title: items for title, items in rows.items() if items}
     plt = _pyplot()
     columns = max(len(items) for items in rows.values())
@@ -99,7 +101,7 @@ def plot_gallery(path: str | Path, rows: dict[str, Sequence[tuple[np.ndarray, np
             if column < len(items):
                 image, heat, caption = items[column]
                 _overlay(ax, image, heat)
-                ax.set_title(caption, fontsize=7)
+                ax.set_title(drawable(caption), fontsize=7)
         axes[row][0].text(-0.08, 0.5, title, transform=axes[row][0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
     fig.suptitle(f"Grad-CAM over the model input (aspect ratio not kept). {SCALED}", fontsize=9, wrap=True)
     fig.tight_layout()

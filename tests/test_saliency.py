@@ -145,3 +145,41 @@ def test_the_figures_say_the_image_is_the_squashed_model_input_and_each_map_has_
     plot_gallery(tmp_path / "all.png", {"true positives": [(image, heat, "x.png")]})
     assert f"model input ({SIZE}x{SIZE}, aspect ratio not kept)" in texts[0] and "aspect ratio not kept" in texts[1]
     assert all("Each map is scaled to its own image's maximum" in text for text in texts)
+
+
+def test_a_figure_titled_with_a_file_name_the_font_lacks_glyphs_for_escapes_them_without_a_warning(tmp_path, monkeypatch):
+    """'肺炎_1.png' was titled with two empty boxes (matplotlib's DejaVu Sans has no CJK) and matplotlib warned "Glyph ...
+    missing from font(s) DejaVu Sans"; a name with '$\\x$' in it was read as mathtext and stopped the figure's savefig."""
+    import warnings
+
+    from matplotlib.figure import Figure
+
+    from cxr_tune.saliency import plot_gallery
+
+    export_folder(tmp_path / "model")
+    pixels = kermany_set(1, 6).images[0]
+    folder = tmp_path / "NORMAL"
+    folder.mkdir()
+    for name in ("肺炎_1.png", "scan$\\x$_2.png", "tête_3.png"):
+        Image.fromarray(pixels).save(folder / name)
+    titles, save = {}, Figure.savefig
+
+    def saving(fig: Figure, path, *args, **kwargs) -> None:
+        titles[path.name] = fig.get_suptitle().splitlines()[0]
+        save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", saving)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(folder), "--explain", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert not [str(w.message) for w in caught if "Glyph" in str(w.message)]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scan$\\x$_2.png", "tête_3.png", "肺炎_1.png"]
+    assert titles["肺炎_1.png"] == f"{folder}/\\u80ba\\u708e_1.png"  # as the console shows what it cannot print
+    assert titles["tête_3.png"] == f"{folder}/tête_3.png"  # what the font has stays as it is
+    assert titles["scan$\\x$_2.png"] == f"{folder}/scan\\$\\x\\$_2.png"  # drawn as written, not as mathtext
+
+    with warnings.catch_warnings(record=True) as caught:  # the report's gallery titles each map with its file name too
+        warnings.simplefilter("always")
+        plot_gallery(tmp_path / "gallery.png", {"true positives": [(pixels, np.ones(pixels.shape), "肺炎_1.png\nP(PNEUMONIA) 0.9")]})
+    assert not [str(w.message) for w in caught if "Glyph" in str(w.message)]
