@@ -130,6 +130,13 @@ def parent(path: str) -> str:
     return f"{scheme}://{rest.rsplit('/', 1)[0] if '/' in rest else rest}"
 
 
+def plain(part: str, like: str) -> str:
+    """A part of ``like`` (a path below a folder of it) as the plain name :func:`join` takes: unescaped on a URI
+    (``NORMAL/scan%201.jpeg`` -> ``NORMAL/scan 1.jpeg``), as it is locally. What a file is called, the same on a
+    store as in a local copy (a patient id built from it, say)."""
+    return unquote(part) if is_uri(like) else part
+
+
 def name(path: str) -> str:
     """The last part of ``path``, a plain name as :func:`join` takes it: ``s3://b/x/y.png`` -> ``y.png``,
     ``s3://b/x/img%231.png`` -> ``img#1.png`` (a bucket's name for a bucket)."""
@@ -383,13 +390,15 @@ def read_csv(path: str, **kwargs: Any) -> pd.DataFrame:
 def check_folder_name(name: str, base: str, flag: str = "--name") -> None:
     """Refuse a name that would not stay one folder under ``base``: a path separator or a leading
     dot, and ``#``, ``?`` or ``%``, which a URI reads as syntax (on object storage ``exp#2`` would
-    be the object ``exp``); and whitespace there, which no bucket URI parses."""
+    be the object ``exp``); and on object storage any character a URI must escape (whitespace,
+    ``[``, non-ASCII letters: :func:`join` escapes them, but Ray writes its experiment under the plain
+    name, and a resume that reads it back escaped found a second folder)."""
     if "/" in name or "\\" in name or name.startswith("."):
         raise UserError(f"{flag} {name!r} must be a plain folder name")
-    bad = sorted({c for c in name if c in "#?%" or (c.isspace() and is_uri(base))})
+    bad = sorted({c for c in name if c in "#?%" or (is_uri(base) and _escaped(c) != c)})
     if bad:
         raise UserError(f"{flag} {name!r}: {' '.join(repr(c) for c in bad)} cannot be in a folder name"
-                        + (" on object storage" if is_uri(base) and all(c.isspace() for c in bad) else " (a URI reads them as syntax)"))
+                        + (" on object storage" if not set(bad) & set("#?%") else " (a URI reads them as syntax)"))
 
 
 def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: bool = False) -> None:

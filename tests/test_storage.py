@@ -322,7 +322,10 @@ def test_a_folder_name_stays_one_folder_locally_and_on_object_storage():
     check_folder_name("exp-2", "s3://bucket/runs")
     for name, base, message in (("a/b", "/r", "must be a plain folder name"), (".hidden", "/r", "must be a plain folder name"),
                                 ("exp#2", "/r", "'#' cannot be in a folder name"), ("50%", "s3://b/r", "'%' cannot be"),
-                                ("exp 2", "s3://b/r", "' ' cannot be in a folder name on object storage")):
+                                ("exp 2", "s3://b/r", "' ' cannot be in a folder name on object storage"),
+                                # Ray writes the experiment under the plain name, a resume read it escaped (exp%5B1%5D): two folders
+                                ("exp[1]", "s3://b/r", "'[' ']' cannot be in a folder name on object storage"),
+                                ("résumé", "s3://b/r", "'é' cannot be in a folder name on object storage")):
         with pytest.raises(UserError, match=re.escape(message)):
             check_folder_name(name, base)
 
