@@ -20,7 +20,6 @@ import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -321,7 +320,7 @@ def _list_classes(folder: str, split: str, files: list[_File], folders: dict[tup
         class_path = storage.join(folder, class_dir)
         folders[(split, label)] = class_path
         for path, size, mtime_ns in _walk_files(class_path, split, ignored):
-            unnamed = _unnamed_patient(path[len(class_path) + 1 :], f"{split}/{class_dir}")
+            unnamed = _unnamed_patient(storage.plain(path[len(class_path) + 1 :], like=path), f"{split}/{class_dir}")
             files.append(_File(path=path, split=split, label=label, size=size, mtime_ns=mtime_ns, unnamed_patient=unnamed))
 
 
@@ -467,7 +466,7 @@ def _inspect_file(file: _File) -> dict:
         info = probe(data)
     except Exception as exc:  # noqa: BLE001 - one bad file is reported, never fatal
         return {**row, "reason": describe_failure(exc)}
-    name = PurePosixPath(file.path).name
+    name = storage.name(file.path)
     return {
         **row,
         "reason": None,
