@@ -69,7 +69,7 @@ class TrialCounts:
     unfinished: int  # pending, running or paused when the search stopped: a resume continues them
     trained_ids: frozenset[str] = frozenset()  # the trials that trained, an epoch only a checkpoint holds included
     best: tuple[float, str] | None = None  # the best objective any epoch reached so far, and its trial
-    precisions: tuple[str, ...] = ()  # what the trials' epochs so far trained in, each precision once (a resume elsewhere may add one)
+    precisions: tuple[str, ...] = ()  # what each unfinished trial (a resume continues it) trained its last epoch in, each once
 
 
 def trial_counts(experiment_dir: str) -> TrialCounts:
@@ -86,7 +86,6 @@ def trial_counts(experiment_dir: str) -> TrialCounts:
         trained = not epochs.empty
         if trained:
             trained_ids.add(trial.trial_id)
-            precisions.update(dict.fromkeys(epochs["precision"].dropna().astype(str)) if "precision" in epochs else {})
             top = float(epochs.loc[~diverged(epochs), "objective"].max())  # the console's "new best" never counts a diverged epoch
             if not math.isnan(top) and (best is None or top > best[0]):
                 best = (top, trial.trial_id)
@@ -96,6 +95,8 @@ def trial_counts(experiment_dir: str) -> TrialCounts:
             never += 1
         else:
             unfinished += 1
+            if trained and "precision" in epochs:  # it goes on from its last epoch: in that epoch's precision, or another here
+                precisions.update(dict.fromkeys(epochs["precision"].dropna().astype(str).tail(1)))
     return TrialCounts(ended, never, unfinished, frozenset(trained_ids), best, tuple(precisions))
 
 

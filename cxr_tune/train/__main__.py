@@ -97,7 +97,7 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         runs = [run_dir]
     check_same_run(run_dir, hp, precision_flags(args), runs=runs)
-    note_precision_on_resume(runs, args.precision, args.memory_format, use_gpu=gpus > 0)  # the same flags may resolve otherwise here
+    note_precision_on_resume(runs, args.precision, args.memory_format, use_gpu=gpus > 0, epochs=hp.epochs)  # the same flags may resolve otherwise here
     options = DataOptions.from_args(args)
     split = split_data(options)
     check_caches_buildable(split, [hp.image_size])  # before run.json is written below: a refused command leaves nothing behind
@@ -214,15 +214,21 @@ def keep_same_data(run_dir: str, split: SplitData, deciding: str) -> None:
     storage.write_text_atomic(path, json.dumps({**saved, **record}, indent=2))  # a resumed run's other facts kept (add_to_run_record)
 
 
-def note_precision_on_resume(runs: list[str], requested: str, memory_format: str, *, use_gpu: bool) -> None:
-    """One line when the epochs a resumed run (or the folds of a --cv run) trained so far, as their checkpoints record them,
-    were not all in the precision ``--precision`` resolves to here (``auto`` resolves per machine):
-    :func:`cxr_tune.train.precision.resumed_note`. A note, not a refusal: moving a run to another machine is legitimate."""
-    from cxr_tune.train.checkpoints import newest
+def note_precision_on_resume(runs: list[str], requested: str, memory_format: str, *, use_gpu: bool, epochs: int) -> None:
+    """One line when a resumed run (or a fold of a --cv run) with epochs left, as its newest checkpoint records it, trained
+    its last epoch in another precision than ``--precision`` resolves to here (``auto`` resolves per machine):
+    :func:`cxr_tune.train.precision.resumed_note`. A note, not a refusal: moving a run to another machine is legitimate.
+    A finished run (``epochs`` done) or a diverged one trains no epoch more: nothing to say of it."""
+    from cxr_tune.train.checkpoints import diverged_at_last, newest
     from cxr_tune.train.precision import resumed_note
 
-    trained = [row["precision"] for run in runs if (found := newest(run)) for row in found[1].get("history") or [] if row.get("precision")]
-    if note := resumed_note(trained, requested, memory_format, use_gpu=use_gpu):
+    last = []
+    for run in runs:
+        found = newest(run)
+        if found is None or int(found[1]["epoch"]) + 1 >= epochs or diverged_at_last(found[1]):
+            continue
+        last += [row["precision"] for row in (found[1].get("history") or [])[-1:] if row.get("precision")]
+    if note := resumed_note(last, requested, memory_format, use_gpu=use_gpu):
         print(note, file=sys.stderr, flush=True)
 
 

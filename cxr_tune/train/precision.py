@@ -154,21 +154,22 @@ def epochs_trained_in(history: Iterable[Mapping[str, Any]], through_epoch: int |
     return record
 
 
-def resumed_note(trained: Collection[str], requested: str, memory_format: str = "auto", *, use_gpu: bool = False) -> str | None:
-    """The line a resumed run or search prints when the epochs it trained so far (``trained``: their precisions) were not
-    all in the precision its next epochs train in (``requested`` as :func:`resolve_here` resolves it): ``--precision auto``
-    resolves per machine, so a run moved to another one changes precision. Not a refusal: moving a run is legitimate,
-    and each epoch records its own precision. None when nothing changed, or when this machine cannot tell (GPU workers,
-    no GPU here).
+def resumed_note(last: Collection[str], requested: str, memory_format: str = "auto", *, use_gpu: bool = False) -> str | None:
+    """The line a resumed run or search prints when a run it continues (``last``: the precision each such run's last
+    epoch trained in; runs with no epoch left are not in it) trained that epoch in another precision than its next
+    epochs train in (``requested`` as :func:`resolve_here` resolves it): ``--precision auto`` resolves per machine, so
+    a run moved to another one changes precision. Not a refusal: moving a run is legitimate, and each epoch records its
+    own precision. None when nothing changes (a run that changed once and resumes again where it last trained is
+    quiet), or when this machine cannot tell (GPU workers, no GPU here).
 
     >>> resumed_note(["fp32", "fp32"], "fp32", "contiguous") is None
     True
     """
-    names = list(dict.fromkeys(trained))  # each once, in the order they trained
+    names = list(dict.fromkeys(last))  # each once, in the order given
     now = resolve_here(requested, memory_format, use_gpu=use_gpu) if names else None
     if now is None or names == [now.name]:
         return None
-    return (f"Note: the epochs so far trained in {' and '.join(names)}, the next train in {now.describe()}; each epoch records "
+    return (f"Note: the last epochs so far trained in {' and '.join(names)}, the next train in {now.describe()}; each epoch records "
             "its own precision, and a model's records name every precision its epochs trained in")
 
 

@@ -400,9 +400,15 @@ def test_a_search_resumed_where_auto_means_another_precision_says_so_in_one_line
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(cxr_tune.train.precision, "cpu_has_native_bf16", lambda: False)  # resumed where auto means fp32
     assert runner._tuner(options, plan, split, {}, resume=True) == "restored"
-    assert capsys.readouterr().err == ("Note: the epochs so far trained in bf16, the next train in fp32, channels_last (auto: this CPU has no "
+    assert capsys.readouterr().err == ("Note: the last epochs so far trained in bf16, the next train in fp32, channels_last (auto: this CPU has no "
                                        "native bf16, which would be emulated and slower than fp32); each epoch records its own precision, and "
                                        "a model's records name every precision its epochs trained in\n")
+    # The paused trial went on in fp32 and was stopped again: resumed again on this machine, nothing changes (the finished
+    # trial, in bf16, trains no epoch more).
+    paused = pd.concat([history, pd.DataFrame([{"epoch": 3, "objective": 0.6, "precision": "fp32", "channels_last": True}])], ignore_index=True)
+    monkeypatch.setattr(results, "trial_histories", lambda _: (trials, {"done": history, "paused": paused}))
+    assert runner._tuner(options, plan, split, {}, resume=True) == "restored"
+    assert capsys.readouterr().err == ""
 
 
 # --- end to end --------------------------------------------------------------------------------
