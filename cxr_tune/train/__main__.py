@@ -84,6 +84,8 @@ def _main(argv: Sequence[str] | None) -> int:
     name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
     storage_path = storage.resolve(args.storage)
     storage.check_folder_name(name, storage_path)
+    if not name.isascii() and not args.cv:  # Ray Train's metrics tag a run with its name, as ASCII (--cv's runs are fold1, ...)
+        raise UserError(f"--name {name!r}: Ray Train cannot name a run with non-ASCII characters; give an ASCII name")
     run_dir = storage.join(storage_path, name)
     if Experiment.exists(run_dir):  # --name resumes a run: never one inside a search's folder
         raise UserError(f"'{run_dir}' is a search experiment, not a train run; give the run another --name")

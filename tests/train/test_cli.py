@@ -68,6 +68,19 @@ def test_sigterm_stops_cross_validation_s_folds_as_ctrl_c_does_and_says_how_to_r
     cpus_come_free(ray_session, 60)  # the run's actors end with the command that owned them; the next test starts on free CPUs
 
 
+def test_a_run_name_ray_train_cannot_carry_is_refused_in_one_line_before_ray_starts(tmp_path, monkeypatch):
+    """Before: ``--name résumé`` started Ray and the run, and ended in Ray Train's ControllerError ("'ascii' codec can't
+    encode character"), a traceback from its metrics, which tag each run with its name."""
+    import cxr_tune.ray_session
+    from cxr_tune.errors import UserError
+    from cxr_tune.train.__main__ import main
+
+    monkeypatch.setattr(cxr_tune.ray_session, "ray_session", lambda *a, **k: pytest.fail("Ray started"))
+    with pytest.raises(UserError, match=r"--name 'résumé': Ray Train cannot name a run with non-ASCII characters; give an ASCII name"):
+        main(["--data", str(tmp_path / "not-read"), "--storage", str(tmp_path), "--name", "résumé"])
+    assert not (tmp_path / "résumé").exists()
+
+
 def test_a_run_resumed_under_its_name_with_other_settings_is_refused_before_ray_starts(synthetic_root, tmp_path):
     from cxr_tune.errors import UserError
     from cxr_tune.train.__main__ import main
