@@ -224,7 +224,7 @@ def setup_lines(run_dir: str, threads: int, code: dict[str, Any]) -> str:
     for run in fold_runs(run_dir):
         found = newest(run)
         record = trained_in(found[1]) if found else {}
-        computed[run.rstrip("/").rpartition("/")[2]] = f"{record.get('precision') or 'n/a'}{', channels_last' if record.get('channels_last') is True else ''}"
+        computed[storage.name(run)] = f"{record.get('precision') or 'n/a'}{', channels_last' if record.get('channels_last') is True else ''}"
     folds = sorted(computed, key=lambda fold: int(fold.removeprefix("fold") or 0))
     shown = set(computed.values())
     precision = (shown.pop() if len(shown) == 1 else "; ".join(f"{fold}: {computed[fold]}" for fold in folds)) if shown else "n/a"
