@@ -25,11 +25,11 @@ pytestmark = pytest.mark.slow  # starts Ray and trains
 SIZE = 32
 
 
-def fit(data, tmp_path, name: str, loop_options: dict | None = None, **overrides):
+def fit(data, tmp_path, name: str, loop_options: dict | None = None, cpus: float = 0.9, **overrides):
     split, datasets = data
     params = {"image_size": SIZE, "depth": 3, "filters": 8, "batch_size": 32, "epochs": 2, "augment_strength": 0.3}
     hp = HParams(**{**params, **overrides})
-    trainer = make_trainer(hp, datasets, split.class_counts(), resources=Resources(1, 0.9), storage_path=str(tmp_path),
+    trainer = make_trainer(hp, datasets, split.class_counts(), resources=Resources(1, cpus), storage_path=str(tmp_path),
                            name=name, loop_options=loop_options, deciding="carved")
     result = trainer.fit()
     assert result.error is None
@@ -65,18 +65,28 @@ def blob_data(ray_session, tmp_path_factory):
 LEARN = {"epochs": 6, "lr": 1e-2, "class_weighting": "none", "augment_strength": 0.2}
 
 
-def test_the_loop_learns_a_visible_signal_and_a_crashed_run_resumes_it_exactly(blob_data, tmp_path):
-    """The loop learns; and two runs of one seed end with the same weights bit for bit on the CPU,
-    one of them crashed and restarted from its checkpoint: repeatable, and resumed exactly."""
+@pytest.fixture(scope="module")
+def side_by_side(blob_data, tmp_path_factory) -> dict:
+    """Three runs at once (the session's 2 CPUs hold three at 0.6 CPU, one torch thread each; Train's fit() runs
+    outside the main thread, and each run has processes of its own, so none sees another): a run that learns, the
+    same seed crashed before epoch 5 and restarted by Train from its epoch-4 checkpoint, and one whose scores turn
+    NaN at epoch 2. Side by side because a Train run's start-up, not its tiny epochs, is what each costs.
+    ``{name: (result, final state)}``."""
     from concurrent.futures import ThreadPoolExecutor
 
-    # Side by side (the session's 2 CPUs hold both; Train's fit() runs outside the main thread): each
-    # run is a Ray Train run with processes of its own, so neither sees the other.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        learning = pool.submit(fit, blob_data, tmp_path, "learn", **LEARN)
-        # The worker crashes before epoch 5; Train restarts it from the epoch-4 checkpoint.
-        crashing = pool.submit(fit, blob_data, tmp_path, "crashed", loop_options={"fail_at_epoch": 5}, **LEARN)
-        (_, straight), (result, resumed) = learning.result(), crashing.result()
+    folder = tmp_path_factory.mktemp("side-by-side")
+    runs = {"learn": {**LEARN}, "crashed": {**LEARN, "loop_options": {"fail_at_epoch": 5}},
+            # Before: NaN scores made the AUC raise inside the worker, Train retried twice, and the command ended in a traceback.
+            "diverged": {"loop_options": {"nan_at_epoch": 2}, "epochs": 4}}
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        started = {name: pool.submit(fit, blob_data, folder, name, cpus=0.6, **options) for name, options in runs.items()}
+        return {name: future.result() for name, future in started.items()}
+
+
+def test_the_loop_learns_a_visible_signal_and_a_crashed_run_resumes_it_exactly(side_by_side):
+    """The loop learns; and two runs of one seed end with the same weights bit for bit on the CPU,
+    one of them crashed and restarted from its checkpoint: repeatable, and resumed exactly."""
+    (_, straight), (result, resumed) = side_by_side["learn"], side_by_side["crashed"]
     history = straight["history"]
     losses = [h["val_loss"] for h in history]
     assert losses[-1] < min(losses[0] - 0.1, 0.4), losses  # ln 2 = 0.69 is chance on this 50/50 set
@@ -92,9 +102,8 @@ def test_the_loop_learns_a_visible_signal_and_a_crashed_run_resumes_it_exactly(b
         assert torch.equal(tensor, resumed["model"][key]), key
 
 
-def test_a_diverged_run_is_scored_as_a_coin_toss_and_stops_without_retries(blob_data, tmp_path):
-    # Before: NaN scores made the AUC raise inside the worker, Train retried twice, and the command ended in a traceback.
-    result, state = fit(blob_data, tmp_path, "diverged", loop_options={"nan_at_epoch": 2}, epochs=4)
+def test_a_diverged_run_is_scored_as_a_coin_toss_and_stops_without_retries(side_by_side):
+    _, state = side_by_side["diverged"]
     history = state["history"]
     assert [h["epoch"] for h in history] == [1, 2] and [h["diverged"] for h in history] == [False, True]
     assert history[1]["val_non_finite"] == history[1]["val_n"] > 0 and history[1]["val_auc"] == 0.5 and history[1]["start_epoch"] == 0  # no retry
