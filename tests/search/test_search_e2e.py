@@ -1,4 +1,8 @@
-"""The real CLI, end to end: smoke search → trial table, report, plots, best/ → predict → export; and what its console shows."""
+"""The real CLI, end to end: smoke search → trial table, report, plots, best/ → predict → export; and what its console shows.
+
+The search has an external site folder and ``--select-on carved``: carved validation decides, the external set is
+scored every epoch and no choice reads its labels (the export is repeated with the external labels scrambled
+everywhere a choice could read them, and every choice comes out the same)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import pandas as pd
 import pytest
 
 from cxr_tune.selection import CRITERIA, choose_threshold
-from tests.conftest import call_cli, read_trials, run_cli
+from tests.conftest import call_cli, read_trials, run_cli, synthetic_site
 from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
@@ -28,10 +32,16 @@ LIBRARY_NOISE = (
 
 
 @pytest.fixture(scope="module")
-def run(synthetic_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def site(tmp_path_factory) -> Path:
+    return synthetic_site(tmp_path_factory.mktemp("site") / "site", tmp_path_factory.mktemp("site-draw"), seed=7)
+
+
+@pytest.fixture(scope="module")
+def run(synthetic_root, site, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """One smoke search for the whole module, its output piped as in a log: (experiment folder, the finished process)."""
     storage = tmp_path_factory.mktemp("experiments")
-    done = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--storage", str(storage), "--name", "e2e", "--trials", str(TRIALS), timeout=900)
+    done = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--val-data", str(site), "--select-on", "carved",
+                   "--storage", str(storage), "--name", "e2e", "--trials", str(TRIALS), timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "SYNTHETIC" in done.stdout and "Selected trial" in done.stdout
     return storage / "e2e", done
@@ -131,7 +141,12 @@ def test_best_holds_the_trial_the_rule_selects_at_its_best_epoch(search):
     stored = checkpoint_scores(experiment, winner.name, int(winner["best_epoch"]))
     exported = exported_scores(experiment)
     assert np.abs(exported - stored.loc[exported.index]).max() < 1e-4
-    assert meta["deciding_set"] == "carved" and "external" not in meta  # no external set in this data
+    info = json.loads((experiment / "experiment.json").read_text())
+    assert info["deciding_set"] == meta["deciding_set"] == "carved"
+    assert table["ext_auc"].notna().all() and np.allclose(table["objective"], table["val_objective"])  # scored, not deciding
+    assert meta["external"]["selection_set"] is False and "chose nothing" in meta["external"]["note"]
+    assert "external validation (chose nothing)" in stdout and "external validation (not used to select)" in stdout
+    assert "external validation (SELECTION SET" not in stdout
     assert meta["threshold"] == pytest.approx(winner["val_threshold"], abs=1e-12)  # the threshold the trial reported
     assert sorted(table["rank"].dropna().astype(int)) == list(range(1, (table["epochs"] > 0).sum() + 1))
     assert f"Selected trial {winner.name} (best epoch {int(winner['best_epoch'])} of {int(winner['epochs'])}" in stdout
@@ -249,6 +264,56 @@ def test_the_printed_dashboard_command_opens_this_searchs_study_with_pruned_tria
         assert trial["state"] == ("Complete" if row["stop_reason"] == "completed" else "Pruned")
         assert trial["values"][0] == pytest.approx(row["objective"])  # the best epoch's objective, not the last one's
     assert any(t["state"] == "Pruned" for t in listed.values())  # the smoke space's ASHA stops some trials
+
+
+def test_why_each_trial_ended_is_logged_as_the_table_says(experiment):
+    """Before: the trial table guessed ASHA from the rungs."""
+    table = read_trials(experiment)
+    events = {e["trial_id"]: e["event"] for e in map(json.loads, (experiment / "trial_events.jsonl").read_text().splitlines())}
+    assert events == dict(zip(table["trial_id"], table["stop_reason"])), events
+
+
+def test_the_export_reads_no_external_label_for_any_choice(experiment, tmp_path, monkeypatch):
+    from cxr_tune.experiment import Experiment
+    from cxr_tune.export import export_trial
+
+    honest = export_trial(str(experiment), out=str(tmp_path / "honest"), ensemble=2)
+    trials, splits = Experiment.trials, Experiment.splits.func
+
+    def scrambled_trials(self, *, ranked=True):
+        """Every external number reflected: its order over trials reversed (a tie-break that read one would flip)."""
+        table = trials(self, ranked=ranked)
+        for column in [c for c in table if c.startswith("ext_") and pd.api.types.is_numeric_dtype(table[c])]:
+            table[column] = table[column].max() + table[column].min() - table[column]
+        return table
+
+    def flipped_splits(self):
+        roles = splits(self).copy()
+        external = roles["role"] == "external"
+        roles.loc[external, "label"] = 1 - roles.loc[external, "label"]
+        return roles
+
+    monkeypatch.setattr(Experiment, "trials", scrambled_trials)
+    monkeypatch.setattr(Experiment, "splits", property(flipped_splits))
+    blind = export_trial(str(experiment), out=str(tmp_path / "blind"), ensemble=2)
+    assert [m["trial_id"] for m in blind["members"]] == [m["trial_id"] for m in honest["members"]]
+    assert [m["epoch"] for m in blind["members"]] == [m["epoch"] for m in honest["members"]]
+    assert blind["threshold"] == honest["threshold"] and blind["validation"]["auc"] == honest["validation"]["auc"]
+    assert blind["external"]["auc"] == pytest.approx(1 - honest["external"]["auc"])  # the flip did reach the external scoring
+
+
+def test_the_transfer_benchmark_reports_what_carved_selection_ships(experiment, tmp_path):
+    from cxr_tune.bench.transfer import run
+
+    table = read_trials(experiment)
+    written = run(str(experiment), tmp_path).read_text()
+    for rule in ("carved only", "carved + adapt", "carved + mixture threshold", "carved + adapt + EM prior shift", "external (selection set"):
+        assert rule in written
+    details = json.loads((tmp_path / f"transfer_{experiment.name}.json").read_text())
+    by_rule = {row["rule"].split(" (")[0]: row for row in details["rules"]}
+    carved = table.set_index("trial_id").loc[expected_winner(table, "val")]
+    assert by_rule["carved only"]["trial"] == carved.name and by_rule["carved only"]["threshold"] == pytest.approx(carved["val_threshold"])
+    assert by_rule["external"]["trial"] == expected_winner(table, "ext")
 
 
 # The console: the product's own lines only; Ray's and Optuna's go to search.log.
