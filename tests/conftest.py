@@ -44,6 +44,12 @@ def synthetic_root(private_cache: Path, tmp_path_factory: pytest.TempPathFactory
     return out
 
 
+@pytest.fixture(scope="session")
+def site_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A labelled external site folder (see :func:`synthetic_site`), shared by the search modules that need one."""
+    return synthetic_site(tmp_path_factory.mktemp("site") / "site", tmp_path_factory.mktemp("site-draw"), seed=7)
+
+
 def synthetic_site(folder: Path, scratch: Path, seed: int, n: int = 120) -> Path:
     """A labelled external folder (NORMAL/, PNEUMONIA/) from another SYNTHETIC draw (another "site");
     ``site-`` names keep its patient ids apart from the main set's."""

@@ -17,12 +17,13 @@ import pandas as pd
 import pytest
 
 from cxr_tune.selection import CRITERIA, choose_threshold
-from tests.conftest import call_cli, read_trials, run_cli, synthetic_site
+from tests.conftest import call_cli, read_trials, run_cli
 from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
 # Three trials, two at a time: the second wave is one trial, which starts faster alone (each trial starts seven
-# processes, about 16 CPU-seconds, before its first tiny epoch). Two from the random start-up, then TPE.
+# processes, about 16 CPU-seconds, before its first tiny epoch). All three are TPE's random draws (its 2 start-up trials
+# plus one, with 2 at once: SearchSettings.startup_trials); tests/search/test_resume.py's search, one at a time, reaches TPE's own.
 TRIALS = 3
 
 LIBRARY_NOISE = (
@@ -32,15 +33,10 @@ LIBRARY_NOISE = (
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    return synthetic_site(tmp_path_factory.mktemp("site") / "site", tmp_path_factory.mktemp("site-draw"), seed=7)
-
-
-@pytest.fixture(scope="module")
-def run(synthetic_root, site, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def run(synthetic_root, site_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """One smoke search for the whole module, its output piped as in a log: (experiment folder, the finished process)."""
     storage = tmp_path_factory.mktemp("experiments")
-    done = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--val-data", str(site), "--select-on", "carved",
+    done = run_cli("cxr_tune.search", "--space", "smoke", "--data", str(synthetic_root), "--val-data", str(site_root), "--select-on", "carved",
                    "--storage", str(storage), "--name", "e2e", "--trials", str(TRIALS), timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "SYNTHETIC" in done.stdout and "Selected trial" in done.stdout

@@ -1,10 +1,11 @@
 """A search with everything on object storage, as a cluster runs it.
 
 One small search for the module (the smoke space, 1 trial of 2 epochs: what this module checks is where each file
-goes, not how trials compare; ``--select-on carved`` with an external set is tests/search/test_search_e2e.py's) with its
-data, image cache and experiment all in ``s3://`` (a local S3 server; Ray's workers read and write there too). Then
-a trial exports to the bucket and predict reads the model from there (the search's own export of best/ is left
-out: the same code writes to the bucket).
+goes and that each is read back from there, not how trials compare; ``--select-on carved`` is tests/search/test_search_e2e.py's)
+with its data, external site, image cache and experiment all in ``s3://`` (a local S3 server; Ray's workers read and write
+there too), as README's cluster recipe runs it. The search's end (its export of ``best/`` with the report's Grad-CAM
+gallery, drawn from the model and images in the bucket), a trial exported to the bucket, and predict reading the model
+from there.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ def bucket(s3_server) -> str:
 
 
 @pytest.fixture(scope="module")
-def remote(ray_session, synthetic_root, bucket) -> dict[str, str]:
-    """The search, with data, cache and experiment on s3; returns their URIs and the console."""
-    data, cache, runs = (storage.join(bucket, part) for part in ("data", "cache", "runs"))
+def remote(ray_session, synthetic_root, site_root, bucket) -> dict[str, str]:
+    """The search, with data, site, cache and experiment on s3; returns their URIs and the console."""
+    data, external, cache, runs = (storage.join(bucket, part) for part in ("data", "site", "cache", "runs"))
     storage.copy(str(synthetic_root), data)
-    done = call_cli("cxr_tune.search", "--space", "smoke", "--data", data, "--trials", "1", "--max-epochs", "2",
-                    "--cache-dir", cache, "--storage", runs, "--name", "remote", "--no-export")
+    storage.copy(str(site_root), external)
+    done = call_cli("cxr_tune.search", "--space", "smoke", "--data", data, "--val-data", external, "--trials", "1", "--max-epochs", "2",
+                    "--cache-dir", cache, "--storage", runs, "--name", "remote")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return {"experiment": storage.join(runs, "remote"), "cache": cache, "stdout": done.stdout}
 
@@ -50,7 +52,7 @@ def local(remote, tmp_path_factory) -> Path:
     return copy
 
 
-def test_the_table_the_study_the_trial_log_and_the_cache_live_in_the_bucket(remote, local):
+def test_the_table_the_study_the_trial_log_the_cache_and_best_live_in_the_bucket(remote, local, site_root):
     table = read_trials(local)
     assert len(table) == 1 and set(table["status"]) == {"TERMINATED"} and int(table["epochs"].iloc[0]) >= 1
     assert storage.listdir(storage.join(remote["cache"], "images")), "the image cache is on s3"
@@ -60,10 +62,15 @@ def test_the_table_the_study_the_trial_log_and_the_cache_live_in_the_bucket(remo
     # Why each trial ended, logged on s3 too (before: no log there).
     events = {e["trial_id"]: e["event"] for e in map(json.loads, (local / "trial_events.jsonl").read_text().splitlines())}
     assert events == dict(zip(table["trial_id"], table["stop_reason"])), events
-    assert "## Where the time went" in (local / "report.md").read_text()  # the report went up as well
+    report = (local / "report.md").read_text()  # the report went up as well, with plots drawn from the bucket's model and images
+    assert "## Where the time went" in report and "](plots/saliency.png)" in report
+    assert (local / "plots" / "saliency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads((local / "best" / "model.json").read_text())
+    assert meta["trial_id"] == table["trial_id"].iloc[0] and meta["deciding_set"] == "external"
+    assert meta["external"]["n"] == sum(1 for path in site_root.rglob("*") if path.is_file())  # every site image, read from the bucket
 
 
-def test_a_trial_exports_to_the_bucket_and_predict_reads_the_model_from_it(remote, local, bucket, synthetic_root, tmp_path):
+def test_a_trial_exports_to_the_bucket_and_predict_reads_best_from_it(remote, local, bucket, synthetic_root, tmp_path):
     experiment = remote["experiment"]
     trial = str(read_trials(local)["trial_id"].iloc[0])
     exported = storage.join(bucket, "exports", trial)
@@ -72,7 +79,7 @@ def test_a_trial_exports_to_the_bucket_and_predict_reads_the_model_from_it(remot
     assert {"model.onnx", "model.json", "MODEL_CARD.md"} <= set(storage.listdir(exported))
 
     images = synthetic_root / "test"  # a local folder of NORMAL/ and PNEUMONIA/ images
-    predict = call_cli("cxr_tune.predict", "--model", exported, "--quiet", "--csv", str(tmp_path / "scores.csv"), str(images))
+    predict = call_cli("cxr_tune.predict", "--model", storage.join(experiment, "best"), "--quiet", "--csv", str(tmp_path / "scores.csv"), str(images))
     assert predict.returncode == 0, predict.stdout[-3000:] + predict.stderr[-3000:]
     assert "Labelled images:" in predict.stdout
     scores = pd.read_csv(tmp_path / "scores.csv")
