@@ -239,8 +239,10 @@ def test_a_head_whose_picked_ports_another_process_took_is_started_again_until_i
     started: set[int] = set()
     try:
         head = cluster.start_head(cpus=0)
-        assert head.name == "head-try3" and held not in head.ports and cluster.port == head.ports[0]
-        assert len(cluster.restarted) == 2 and all(str(held) in why and local_cluster.PORT_TAKEN.search(why) for why in cluster.restarted)
+        tries = int(head.name.removeprefix("head-try"))  # 3; 4 where some other program took one of the third try's ports
+        assert tries in (3, 4) and held not in head.ports and cluster.port == head.ports[0]
+        assert len(cluster.restarted) == tries - 1 and all(local_cluster.PORT_TAKEN.search(why) for why in cluster.restarted)
+        assert all(str(held) in why for why in cluster.restarted[:2])
         cluster.wait_for_nodes(1)
         started = node_processes(head.pid)
         assert len(started) > 3  # GCS, raylet, dashboard, agents, ...
