@@ -259,7 +259,8 @@ def test_the_printed_dashboard_command_opens_this_searchs_study_with_pruned_tria
         assert steps == list(range(1, int(row["epochs"]) + 1))  # one value per epoch, at our own epoch count
         assert trial["state"] == ("Complete" if row["stop_reason"] == "completed" else "Pruned")
         assert trial["values"][0] == pytest.approx(row["objective"])  # the best epoch's objective, not the last one's
-    assert any(t["state"] == "Pruned" for t in listed.values())  # the smoke space's ASHA stops some trials
+    # Whether ASHA stops one of three tiny trials depends on which reports first (a run where none was stopped is
+    # possible): the state is checked per trial above; tests/search/test_searcher.py records an ASHA stop as PRUNED every time.
 
 
 def test_why_each_trial_ended_is_logged_as_the_table_says(experiment):
