@@ -98,8 +98,9 @@ def _main(argv: Sequence[str] | None) -> int:
         runs = fold_runs(run_dir)
     else:
         runs = [run_dir]
-    check_same_run(run_dir, hp, precision_flags(args), runs=runs)
-    note_precision_on_resume(runs, args.precision, args.memory_format, use_gpu=gpus > 0, epochs=hp.epochs)  # the same flags may resolve otherwise here
+    latest = newest_states(runs)  # read once for both checks: each is a whole checkpoint (weights, optimizer), on object storage a download
+    check_same_run(run_dir, hp, precision_flags(args), latest)
+    note_precision_on_resume(latest, args.precision, args.memory_format, use_gpu=gpus > 0, epochs=hp.epochs)  # the same flags may resolve otherwise here
     options = DataOptions.from_args(args)
     split = split_data(options)
     check_caches_buildable(split, [hp.image_size])  # before run.json is written below: a refused command leaves nothing behind
@@ -174,17 +175,21 @@ def precision_flags(args: argparse.Namespace) -> dict[str, str]:
     return {"precision": args.precision, "memory_format": args.memory_format}
 
 
-def check_same_run(run_dir: str, hp: HParams, flags: dict[str, str] | None = None, *, runs: list[str] | None = None) -> None:
+def newest_states(runs: list[str]) -> list[dict[str, Any]]:
+    """The state of each run's newest checkpoint, for the runs that have one (``runs``: ``[run_dir]``, or a --cv run's folds)."""
+    from cxr_tune.train.checkpoints import newest
+
+    return [found[1] for found in map(newest, runs) if found is not None]
+
+
+def check_same_run(run_dir: str, hp: HParams, flags: dict[str, str] | None, latest: list[dict[str, Any]]) -> None:
     """A run resumed under its --name continues from its checkpoint, so it must have the settings it
     was started with: other ones would be recorded for epochs trained under the old. ``flags``: its
     :func:`precision_flags`, compared with run.json's (a run from before that record is taken at its word).
-    ``runs``: the Train runs that hold its checkpoints, when not ``run_dir`` itself (a --cv run's folds)."""
-    from cxr_tune.train.checkpoints import load_state, saved_checkpoints
-
-    found = [checkpoint for run in (runs if runs is not None else [run_dir]) for checkpoint in saved_checkpoints(run)]
-    if not found:
+    ``latest``: :func:`newest_states` of the Train runs that hold its checkpoints (``run_dir`` itself, or a --cv run's folds)."""
+    if not latest:
         return
-    saved, given = json.loads(json.dumps(load_state(found[-1])["hparams"])), json.loads(json.dumps(hp.to_dict()))
+    saved, given = json.loads(json.dumps(latest[-1]["hparams"])), json.loads(json.dumps(hp.to_dict()))
     differ = [f"{key}={saved.get(key)} there, {value} here" for key, value in given.items() if saved.get(key) != value]
     path = storage.join(run_dir, RUN_FILE)
     recorded = (json.loads(storage.read_text(path)).get("precision_flags") or {}) if flags and storage.exists(path) else {}
@@ -216,20 +221,20 @@ def keep_same_data(run_dir: str, split: SplitData, deciding: str) -> None:
     storage.write_text_atomic(path, json.dumps({**saved, **record}, indent=2))  # a resumed run's other facts kept (add_to_run_record)
 
 
-def note_precision_on_resume(runs: list[str], requested: str, memory_format: str, *, use_gpu: bool, epochs: int) -> None:
-    """One line when a resumed run (or a fold of a --cv run) with epochs left, as its newest checkpoint records it, trained
-    its last epoch in another precision than ``--precision`` resolves to here (``auto`` resolves per machine):
-    :func:`cxr_tune.train.precision.resumed_note`. A note, not a refusal: moving a run to another machine is legitimate.
-    A finished run (``epochs`` done) or a diverged one trains no epoch more: nothing to say of it."""
-    from cxr_tune.train.checkpoints import diverged_at_last, newest
+def note_precision_on_resume(latest: list[dict[str, Any]], requested: str, memory_format: str, *, use_gpu: bool, epochs: int) -> None:
+    """One line when a resumed run (or a fold of a --cv run) with epochs left, as its newest checkpoint records it
+    (``latest``: :func:`newest_states`), trained its last epoch in another precision than ``--precision`` resolves to
+    here (``auto`` resolves per machine): :func:`cxr_tune.train.precision.resumed_note`. A note, not a refusal: moving
+    a run to another machine is legitimate. A finished run (``epochs`` done) or a diverged one trains no epoch more:
+    nothing to say of it."""
+    from cxr_tune.train.checkpoints import diverged_at_last
     from cxr_tune.train.precision import resumed_note
 
     last = []
-    for run in runs:
-        found = newest(run)
-        if found is None or int(found[1]["epoch"]) + 1 >= epochs or diverged_at_last(found[1]):
+    for state in latest:
+        if int(state["epoch"]) + 1 >= epochs or diverged_at_last(state):
             continue
-        last += [row["precision"] for row in (found[1].get("history") or [])[-1:] if row.get("precision")]
+        last += [row["precision"] for row in (state.get("history") or [])[-1:] if row.get("precision")]
     if note := resumed_note(last, requested, memory_format, use_gpu=use_gpu):
         print(note, file=sys.stderr, flush=True)
 

@@ -302,7 +302,7 @@ def test_a_run_resumed_where_auto_means_another_precision_says_so_and_its_record
     from types import SimpleNamespace
 
     import cxr_tune.train.precision
-    from cxr_tune.train.__main__ import RUN_FILE, note_precision_on_resume, report
+    from cxr_tune.train.__main__ import RUN_FILE, newest_states, note_precision_on_resume, report
     from cxr_tune.train.checkpoints import save_state
     from cxr_tune.train.hparams import HParams
     from cxr_tune.train.precision import resolve
@@ -319,12 +319,12 @@ def test_a_run_resumed_where_auto_means_another_precision_says_so_and_its_record
     history = epochs(1, 3, bf16_here=True)  # started where auto means bf16, stopped after epoch 3
     save_state(str(run / "checkpoint_000"), {"hparams": HParams().to_dict(), "epoch": 2, "history": history}, {})
 
-    note_precision_on_resume([str(run)], "auto", "auto", use_gpu=False, epochs=8)  # resumed on the same machine: nothing to say
+    note_precision_on_resume(newest_states([str(run)]), "auto", "auto", use_gpu=False, epochs=8)  # resumed on the same machine: nothing to say
     assert capsys.readouterr().err == ""
     monkeypatch.setattr(cxr_tune.train.precision, "cpu_has_native_bf16", lambda: False)  # resumed where auto means fp32
-    note_precision_on_resume([str(run)], "auto", "auto", use_gpu=False, epochs=3)  # finished: no epoch trains, nothing to say
+    note_precision_on_resume(newest_states([str(run)]), "auto", "auto", use_gpu=False, epochs=3)  # finished: no epoch trains, nothing to say
     assert capsys.readouterr().err == ""
-    note_precision_on_resume([str(run)], "auto", "auto", use_gpu=False, epochs=8)
+    note_precision_on_resume(newest_states([str(run)]), "auto", "auto", use_gpu=False, epochs=8)
     assert capsys.readouterr().err == ("Note: the last epochs so far trained in bf16, the next train in fp32, channels_last (auto: this CPU has no "
                                        "native bf16, which would be emulated and slower than fp32); each epoch records its own precision, and "
                                        "a model's records name every precision its epochs trained in\n")
@@ -333,7 +333,7 @@ def test_a_run_resumed_where_auto_means_another_precision_says_so_and_its_record
     history[-1]["val_objective"] = 0.1  # the best epoch is 4: its weights trained in bf16 for 3 epochs, then in fp32
     (run / "checkpoint_001").mkdir()
     save_state(str(run / "checkpoint_001"), {"hparams": HParams().to_dict(), "epoch": 4, "history": history}, {})
-    note_precision_on_resume([str(run)], "auto", "auto", use_gpu=False, epochs=8)  # resumed again where it last trained: said once only
+    note_precision_on_resume(newest_states([str(run)]), "auto", "auto", use_gpu=False, epochs=8)  # resumed again where it last trained: said once only
     assert capsys.readouterr().err == ""
     result = SimpleNamespace(error=None, best_checkpoints=[], checkpoint=SimpleNamespace(as_directory=lambda: contextlib.nullcontext(str(run / "checkpoint_001"))))
     split = SimpleNamespace(source=SimpleNamespace(description="SYNTHETIC", synthetic=True))
