@@ -116,20 +116,20 @@ def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = F
 
 def _run_one(config: dict[str, Any], *, experiment_dir: str, runs: dict[str, dict], datasets: dict, class_counts: tuple[int, int], settings: Any) -> None:
     """Tune trainable of one final-fit run: the trial's hyperparameters, a new seed, the full schedule."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from cxr_tune.search.trial import report_again_if_ended
     from cxr_tune.train.hparams import HParams
     from cxr_tune.train.trainer import make_trainer
+    from cxr_tune.train.tune_relay import fit_reporting_to_tune
 
     config = runs[config["run"]]
     hp = HParams.from_config({**config["hparams"], "seed": config["seed"], "epochs": config["epochs"]})
     if report_again_if_ended(storage.join(experiment_dir, FINAL_FIT_DIR, TRAIN_DIR, config["name"]), hp.epochs):
         return  # a run that ended after Tune's last save of its state
-    make_trainer(hp, datasets[hp.image_size], class_counts, resources=settings.resources,
-                 storage_path=storage.join(experiment_dir, FINAL_FIT_DIR, TRAIN_DIR), name=config["name"],
-                 callbacks=[TuneReportCallback()], max_failures=settings.max_failures, deciding=settings.deciding, run=settings.run,
-                 loop_options={"keep": "last"}).fit()
+    fit_reporting_to_tune(lambda callbacks: make_trainer(
+        hp, datasets[hp.image_size], class_counts, resources=settings.resources,
+        storage_path=storage.join(experiment_dir, FINAL_FIT_DIR, TRAIN_DIR), name=config["name"],
+        callbacks=callbacks, max_failures=settings.max_failures, deciding=settings.deciding, run=settings.run,
+        loop_options={"keep": "last"}))
 
 
 def _run_dirname(trial: Any) -> str:

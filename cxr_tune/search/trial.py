@@ -1,8 +1,8 @@
 """The Tune trainable: a small driver per trial that runs one Ray Train trainer (:func:`cxr_tune.train.trainer.make_trainer`).
 
 Train V2 is the default in Ray 2.60, so Tune does not wrap a trainer; each trial is this function,
-which builds the trainer and calls ``fit()``. Rank 0's per-epoch reports reach Tune through
-``TuneReportCallback`` (ASHA reads ``objective`` from them). The Train run is named after the trial
+which builds the trainer and fits it. Rank 0's per-epoch reports reach Tune from the trial's own thread
+(:func:`cxr_tune.train.tune_relay.fit_reporting_to_tune`; ASHA reads ``objective`` from them). The Train run is named after the trial
 and stored under the experiment, so a restored trial resumes from its own last checkpoint; one whose
 run had already ended, or that ASHA had stopped, reports that end again (:func:`report_again_if_ended`).
 """
@@ -48,26 +48,26 @@ def trial_hparams(config: dict[str, Any], settings: TrialSettings) -> HParams:
 def run_trial(config: dict[str, Any], *, datasets: dict[int, dict[str, Any]], class_counts: tuple[int, int], settings: TrialSettings) -> None:
     """Tune function trainable (wrapped with ``tune.with_parameters``)."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from cxr_tune.train.tune_relay import fit_reporting_to_tune
 
     hp = trial_hparams(config, settings)
     name = tune.get_context().get_trial_id()
     stopped_at = asha_stopped_at(settings.experiment_dir, name) if settings.experiment_dir else None
     if report_again_if_ended(storage.join(settings.train_storage, name), hp.epochs, stopped_at=stopped_at):
         return
-    trainer = make_trainer(
+    fit_reporting_to_tune(lambda callbacks: make_trainer(
         hp,
         datasets[hp.image_size],
         class_counts,
         resources=settings.resources,
         storage_path=settings.train_storage,
         name=name,
-        callbacks=[TuneReportCallback()],
+        callbacks=callbacks,
         max_failures=settings.max_failures,
         deciding=settings.deciding,
         run=settings.run,
-    )
-    trainer.fit()
+    ))
 
 
 def report_again_if_ended(run: str, epochs: int, *, stopped_at: int | None = None) -> bool:

@@ -122,14 +122,14 @@ def _fit_fold(config: dict[str, Any], *, hp: HParams, cache: Any, folds: list[pd
     """Tune trainable of one fold: its datasets, its Train run (resumed from its last checkpoint if it has one), then its row."""
     # Each epoch reaches Tune, so the trial can stop between two (Ctrl-C takes about 1 s); a trial that never reports
     # keeps its actor busy, and Tune waits 10 s before it kills it.
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from cxr_tune.data.cache import role_datasets
+    from cxr_tune.train.tune_relay import fit_reporting_to_tune
 
     fold = config["fold"]
     started = time.monotonic()
-    result = make_trainer(hp, role_datasets(cache, folds[fold - 1]), class_counts[fold - 1], resources=resources, storage_path=storage.join(folder, TRAIN_DIR),
-                          name=f"fold{fold}", deciding="carved", run=run, callbacks=[*callbacks[fold], TuneReportCallback()]).fit()
+    result = fit_reporting_to_tune(lambda relay: make_trainer(
+        hp, role_datasets(cache, folds[fold - 1]), class_counts[fold - 1], resources=resources, storage_path=storage.join(folder, TRAIN_DIR),
+        name=f"fold{fold}", deciding="carved", run=run, callbacks=[*callbacks[fold], *relay]))
     from cxr_tune.train.checkpoints import load_state  # torch: not before the run, whose start waits on this process
 
     with result.checkpoint.as_directory() as checkpoint:

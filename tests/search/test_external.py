@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,15 +52,36 @@ def search(ray_session, synthetic_root, site, tmp_path_factory) -> tuple[Path, s
     space.write_text(yaml.safe_dump(raw))
     storage = tmp_path_factory.mktemp("experiments")
     CTRL_C["before"] = signal.getsignal(signal.SIGINT)
-    done = call_cli("cxr_tune.search", "--space", str(space), "--data", str(synthetic_root), "--val-data", str(site),
-                   "--min-sensitivity", str(FLOOR), "--trials", "2", "--max-epochs", "2", "--job-budget", str(JOB_BUDGET),
-                   "--storage", str(storage), "--name", "ext")
+    from cxr_tune.search.progress import ProgressPrinter
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ProgressPrinter, "on_trial_result", _slow_over_a_final_fit_runs_first_epoch(ProgressPrinter.on_trial_result))
+        done = call_cli("cxr_tune.search", "--space", str(space), "--data", str(synthetic_root), "--val-data", str(site),
+                       "--min-sensitivity", str(FLOOR), "--trials", "2", "--max-epochs", "2", "--job-budget", str(JOB_BUDGET),
+                       "--storage", str(storage), "--name", "ext")
     CTRL_C["after"] = signal.getsignal(signal.SIGINT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return storage / "ext", done.stdout
 
 
 CTRL_C: dict[str, object] = {}  # the process's Ctrl-C handler before and after the search (with its final fit) ran in it
+DRIVER_PAUSE_S = 5.0  # longer than a tiny last epoch plus the end of its Train run
+
+
+def _slow_over_a_final_fit_runs_first_epoch(on_trial_result):
+    """The search's process (Tune's driver) busy for a while over the first epoch of the first final-fit run, as a loaded
+    machine can keep it: meanwhile that run trains its last epoch and its Train run ends. Before, Tune's trial then hung
+    for good (Ray 2.60's own relay of Train's reports took that last epoch's report after the trial's end was queued,
+    and waited on itself), and the search with it."""
+    paused: list[str] = []
+
+    def slow(self, iteration, trials, trial, result, **info):
+        if self.label == "final-fit run" and not paused and result.get("epoch") == 1:
+            paused.append(trial.trial_id)
+            time.sleep(DRIVER_PAUSE_S)
+        return on_trial_result(self, iteration, trials, trial, result, **info)
+
+    return slow
 
 
 def test_ctrl_c_goes_to_the_command_again_once_the_search_and_its_final_fit_ended(search):
