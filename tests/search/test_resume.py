@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import call_cli, read_trials, ROOT, run_cli
+from tests.selection_oracle import expected_winner
 
 SMOKE = (ROOT / "search_spaces" / "smoke.yaml").read_text()
 TRIALS = 4  # in the budget-stopped, interrupted and resumed experiment
@@ -420,8 +421,8 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
     experiment.json and no Tune state); the same command again, refused with the command that
     continues it; that command, run from the repository root after the space file changed, with a
     time budget that stops it; resumed with a budget of its own and interrupted with Ctrl-C once
-    another trial finished; resumed, and killed with kill -9 right after one more trial ended; resumed to the end. What each
-    left behind, for the tests below."""
+    another trial finished; resumed, and killed with kill -9 right after one more trial ended; resumed to the end and
+    exported. What each left behind, for the tests below."""
     from cxr_tune.data.prepared import split_data
     from cxr_tune.errors import UserError
     from cxr_tune.ray_session import remove_idle_placement_groups
@@ -501,7 +502,7 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
     saved = {json.loads(t[0])["trial_id"]: json.loads(t[0])["status"] for t in state["trial_data"]}
     out["killed"] = (ended.group(1), saved.get(ended.group(1)), newest_checkpoint_history(str(experiment / "train" / ended.group(1))))
     cpus_free()
-    out["last"] = call_cli(*command[2:], *common)
+    out["last"] = call_cli(*command[2:])  # to the end, and best/ exported: the default job's path, with no external set
     out["table"] = read_trials(experiment)
     out["started_last"] = suggested()
     return out
@@ -592,6 +593,24 @@ def test_a_driver_killed_right_after_a_trial_ended_resumes_with_that_trial_once_
     results = results_of(resumed_thrice["experiment"], trial_id)
     assert set(results["epoch"]) == {1} and results["recovered_from_checkpoint"].eq(True).tolist()[-1:] == [True], results
     assert f"trial {trial_id} finished (" in last.stdout
+
+
+@pytest.mark.slow
+def test_a_search_without_an_external_set_exports_the_rules_winner_at_the_threshold_chosen_on_carved_validation(resumed_thrice):
+    """The default job's path: no --val-data, so carved validation decides, sets the threshold and is labelled the
+    selection set everywhere, and the card says that no external set saw the shift to new patients."""
+    experiment, last, table = resumed_thrice["experiment"], resumed_thrice["last"], resumed_thrice["table"]
+    meta = json.loads((experiment / "best" / "model.json").read_text())
+    winner = table.set_index("trial_id").loc[expected_winner(table, "val")]
+    assert meta["trial_id"] == winner.name and meta["epoch"] == int(winner["best_epoch"]) and meta["deciding_set"] == "carved"
+    assert meta["threshold"] == pytest.approx(winner["val_threshold"], abs=1e-12) == pytest.approx(meta["validation"]["threshold"], abs=1e-12)
+    assert "validation carved from train" in meta["threshold_rule"] and "external" not in meta
+    assert meta["search"]["class_counts"]["external"] == [0, 0]
+    assert f"Exported trial {winner.name} (epoch {int(winner['best_epoch'])})" in last.stdout
+    assert "No external validation set: selection uses validation carved from train." in last.stdout
+    assert "carved validation (SELECTION SET, optimistic)" in last.stdout and "external validation (" not in last.stdout
+    card = (experiment / "best" / "MODEL_CARD.md").read_text()
+    assert "| carved validation (selection set) |" in card and "There is no external set" in card
 
 
 def _tune_state(path: Path) -> dict | None:
