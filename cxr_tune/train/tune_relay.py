@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ray import tune
-from ray.train.v2.api.callback import UserCallback
+from ray.train import UserCallback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY  # where a report's checkpoint is, as Tune's own callback names it
 from ray.util.queue import Empty, Queue
 
-CHECKPOINT_PATH_KEY = "checkpoint_path"  # where a report's checkpoint is, as TuneReportCallback names it
 POLL_S = 0.5  # how long the trial's thread waits for a report before it looks whether the run ended
 
 
