@@ -27,7 +27,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from cxr_tune.selection import CRITERIA, choose_threshold
-from tests.conftest import call_cli, copy_tree, read_trials, ROOT, run_cli, synthetic_site
+from tests.conftest import call_cli, copy_tree, read_trials, ROOT, run_cli
 from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
@@ -38,12 +38,7 @@ JOB_BUDGET = 600  # minutes: more than the job needs, so it ends nothing; the se
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    return synthetic_site(tmp_path_factory.mktemp("site") / "site", tmp_path_factory.mktemp("site-draw"), seed=5)
-
-
-@pytest.fixture(scope="module")
-def search(ray_session, synthetic_root, site, tmp_path_factory) -> tuple[Path, str]:
+def search(ray_session, synthetic_root, site_root, tmp_path_factory) -> tuple[Path, str]:
     raw = yaml.safe_load((ROOT / "search_spaces" / "smoke.yaml").read_text())
     raw["search"].update({"final_fit_top": 1, "final_fit_seeds": SEEDS, "final_fit_epochs": EPOCHS, "asha_rule": "optuna",
                           "final_fit_changes": {"convs_per_block": 2}})
@@ -56,7 +51,7 @@ def search(ray_session, synthetic_root, site, tmp_path_factory) -> tuple[Path, s
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ProgressPrinter, "on_trial_result", _slow_over_a_final_fit_runs_first_epoch(ProgressPrinter.on_trial_result))
-        done = call_cli("cxr_tune.search", "--space", str(space), "--data", str(synthetic_root), "--val-data", str(site),
+        done = call_cli("cxr_tune.search", "--space", str(space), "--data", str(synthetic_root), "--val-data", str(site_root),
                        "--min-sensitivity", str(FLOOR), "--trials", "2", "--max-epochs", "2", "--job-budget", str(JOB_BUDGET),
                        "--storage", str(storage), "--name", "ext")
     CTRL_C["after"] = signal.getsignal(signal.SIGINT)
@@ -117,13 +112,13 @@ def test_optuna_s_asha_rule_decides_under_tune(search):
     assert (table["epochs"] >= 1).all()
 
 
-def test_the_site_is_the_external_role_and_never_trains(experiment, site):
+def test_the_site_is_the_external_role_and_never_trains(experiment, site_root):
     splits = pd.read_csv(experiment / "splits.csv")
     external = splits[splits["role"] == "external"]
-    assert sorted(Path(p).name for p in external["path"]) == sorted(p.name for p in site.rglob("*.jpeg"))
+    assert sorted(Path(p).name for p in external["path"]) == sorted(p.name for p in site_root.rglob("*.jpeg"))
     assert not set(external["group_id"]) & set(splits.loc[splits["role"].isin(["train", "val"]), "group_id"])
     info = json.loads((experiment / "experiment.json").read_text())
-    assert info["deciding_set"] == "external" and Path(info["external"]) == site
+    assert info["deciding_set"] == "external" and Path(info["external"]) == site_root
 
 
 def test_every_epoch_is_scored_on_both_sets_and_the_objective_is_the_external_one(experiment):
@@ -181,12 +176,12 @@ def test_the_threshold_is_the_external_one_and_keeps_the_sensitivity_floor(exper
     assert balance(meta["threshold"]) >= best - hp["threshold_tolerance"] - 1e-9
 
 
-def test_export_val_data_refuses_a_file_shared_with_train_in_one_line(experiment, site, synthetic_root, tmp_path):
+def test_export_val_data_refuses_a_file_shared_with_train_in_one_line(experiment, site_root, synthetic_root, tmp_path):
     from cxr_tune.errors import UserError
     from cxr_tune.export import main
 
     shared = tmp_path / "site"
-    shutil.copytree(site, shared)
+    shutil.copytree(site_root, shared)
     original = sorted((synthetic_root / "train" / "NORMAL").iterdir())[0]
     shutil.copyfile(original, shared / "NORMAL" / "copy.jpeg")
     with pytest.raises(UserError) as caught:  # the CLI prints it as one "error: ..." line, status 2
@@ -197,7 +192,7 @@ def test_export_val_data_refuses_a_file_shared_with_train_in_one_line(experiment
     assert not (tmp_path / "out").exists()
 
 
-def test_export_val_data_refuses_another_image_of_a_patient_the_model_trained_on(experiment, site, tmp_path):
+def test_export_val_data_refuses_another_image_of_a_patient_the_model_trained_on(experiment, site_root, tmp_path):
     """Not byte-identical, same patient: the splits' patient-group rule applies at export too."""
     from PIL import Image
 
@@ -207,7 +202,7 @@ def test_export_val_data_refuses_another_image_of_a_patient_the_model_trained_on
     splits = pd.read_csv(experiment / "splits.csv")
     trained = splits[(splits["role"] == "train") & (splits["label"] == 0)].iloc[0]
     shared = tmp_path / "site"
-    shutil.copytree(site, shared)
+    shutil.copytree(site_root, shared)
     another = shared / "NORMAL" / f"{trained['patient_id']}-9999.jpeg"  # the same patient's name, new pixels
     Image.open(trained["path"]).rotate(3).save(another, quality=80)
     with pytest.raises(UserError) as caught:
@@ -217,7 +212,7 @@ def test_export_val_data_refuses_another_image_of_a_patient_the_model_trained_on
     assert not (tmp_path / "out").exists()
 
 
-def test_export_val_data_refuses_a_missing_or_small_folder(experiment, site, tmp_path):
+def test_export_val_data_refuses_a_missing_or_small_folder(experiment, site_root, tmp_path):
     from cxr_tune.errors import UserError
     from cxr_tune.export import export_trial
 
@@ -226,7 +221,7 @@ def test_export_val_data_refuses_a_missing_or_small_folder(experiment, site, tmp
     small = tmp_path / "small"
     for cls in ("NORMAL", "PNEUMONIA"):
         (small / cls).mkdir(parents=True)
-        for path in sorted((site / cls).iterdir())[:5]:
+        for path in sorted((site_root / cls).iterdir())[:5]:
             shutil.copyfile(path, small / cls / path.name)
     with pytest.raises(UserError, match="holds 5 NORMAL and 5 PNEUMONIA readable images.*leave --val-data out"):
         export_trial(str(experiment), out=str(tmp_path / "b"), val_data=str(small))
@@ -446,9 +441,9 @@ def test_a_copied_experiment_reads_its_own_checkpoints_never_the_original_s(expe
     assert refused.returncode == 2 and f"trial {trial} has no checkpoint under {copy / 'train' / trial}" in refused.stderr, refused.stderr[-3000:]
 
 
-def test_export_records_its_val_data_as_an_absolute_path_so_a_later_report_finds_it_from_any_folder(experiment, site, tmp_path):
+def test_export_records_its_val_data_as_an_absolute_path_so_a_later_report_finds_it_from_any_folder(experiment, site_root, tmp_path):
     """Before: recorded as typed (relative), which --report-only from another folder looked up there, and dropped."""
-    typed = os.path.relpath(site, ROOT)  # call_cli runs in the repository root, as `python -m` from there
+    typed = os.path.relpath(site_root, ROOT)  # call_cli runs in the repository root, as `python -m` from there
     done = call_cli("cxr_tune.export", str(experiment), "--val-data", typed, "--out", str(tmp_path / "model"))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((tmp_path / "model" / "model.json").read_text())["export_options"]["val_data"] == str(site)
+    assert json.loads((tmp_path / "model" / "model.json").read_text())["export_options"]["val_data"] == str(site_root)
