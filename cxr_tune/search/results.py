@@ -125,7 +125,8 @@ def with_checkpointed_epochs(reported: pd.DataFrame, run: str, *, until: int | N
     A node lost just after Ray Train registered an epoch's checkpoint, before that epoch's report
     reached Tune, leaves a gap: the restarted trial resumes after the checkpointed epoch and never
     reports it again. Each checkpoint's state holds the run's metric history, so nothing is lost;
-    recovered rows carry ``recovered_from_checkpoint``. A trial with no gap costs no reading.
+    recovered rows carry ``recovered_from_checkpoint``, and the ``checkpoint_path`` of the checkpoint
+    that saved their epoch while Train keeps it. A trial with no gap costs no reading.
     ``until``: the epoch at which ASHA stopped the trial; a worker may train one more before the
     stop reaches it, an epoch that ASHA and the selection never saw (a resumed trial's history,
     whose earlier epochs Tune does not report again, would otherwise pick it up).
@@ -133,11 +134,16 @@ def with_checkpointed_epochs(reported: pd.DataFrame, run: str, *, until: int | N
     epochs = set(reported["epoch"].dropna().astype(int)) if "epoch" in reported else set()
     if epochs and epochs == set(range(1, max(epochs) + 1)):
         return reported
-    newest = newest_checkpoint_history(run)
+    from cxr_tune.train.checkpoints import saved_states
+
+    states = saved_states(run)
+    newest = max(states, key=lambda pair: pair[1]["epoch"])[1]["history"] if states else []
     missing = [row for row in newest if int(row["epoch"]) not in epochs and (until is None or int(row["epoch"]) <= until)]
     if not missing:
         return reported
+    saved_at = {int(state["epoch"]) + 1: folder for folder, state in states}
     recovered = pd.DataFrame(missing).assign(recovered_from_checkpoint=True)
+    recovered["checkpoint_path"] = [saved_at.get(int(row["epoch"])) for row in missing]
     merged = pd.concat([reported, recovered], ignore_index=True) if not reported.empty else recovered
     return merged.sort_values("epoch", kind="stable").reset_index(drop=True)
 

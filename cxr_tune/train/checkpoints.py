@@ -67,9 +67,14 @@ def saved_checkpoints(run: str) -> list[str]:
     return [p for p in storage.glob(run, "checkpoint_*") if storage.exists(storage.join(p, STATE))]
 
 
+def saved_states(run: str) -> list[tuple[str, dict[str, Any]]]:
+    """Each of the run's checkpoint folders with its state (``state["epoch"] + 1`` is the epoch it saved)."""
+    return [(folder, load_state(folder)) for folder in saved_checkpoints(run)]
+
+
 def newest(run: str) -> tuple[str, dict[str, Any]] | None:
     """The run's checkpoint of its latest epoch and that checkpoint's state (None before its first checkpoint)."""
-    states = [(folder, load_state(folder)) for folder in saved_checkpoints(run)]
+    states = saved_states(run)
     return max(states, key=lambda pair: pair[1]["epoch"]) if states else None
 
 

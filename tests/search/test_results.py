@@ -42,6 +42,18 @@ def test_an_epoch_tune_never_received_is_taken_from_the_newest_checkpoint(tmp_pa
     assert merged.loc[0, "checkpoint_path"] == "c1"
 
 
+def test_a_recovered_epoch_names_the_checkpoint_that_holds_it_and_none_once_train_dropped_it(tmp_path):
+    """Before: a trial whose only epoch reached Tune from its checkpoint alone (a time budget ended it between the two)
+    had an empty checkpoint_path in trials.csv, though it had trained and its checkpoint was there."""
+    history = [{"epoch": e, "objective": 0.5 + e / 10} for e in (1, 2, 3)]
+    _checkpoint(tmp_path / "run" / "checkpoint_a", history[:2])  # epoch 2's, kept as the best; epoch 1's was dropped
+    _checkpoint(tmp_path / "run" / "checkpoint_b", history)  # the latest
+    merged = with_checkpointed_epochs(pd.DataFrame(), str(tmp_path / "run"))
+    assert merged["epoch"].tolist() == [1, 2, 3]
+    assert merged["checkpoint_path"].tolist()[1:] == [str(tmp_path / "run" / "checkpoint_a"), str(tmp_path / "run" / "checkpoint_b")]
+    assert not isinstance(merged.loc[0, "checkpoint_path"], str)
+
+
 def test_an_epoch_trained_after_asha_stopped_the_trial_is_not_taken_from_its_checkpoint(tmp_path):
     # A resumed trial: Tune reports only its epochs since the resume (2); ASHA stopped it there, and its
     # worker trained epoch 3 before the stop reached it. Epoch 1 is recovered, epoch 3 is not.
