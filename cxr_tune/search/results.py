@@ -184,12 +184,15 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...], d
             row.update({"epochs": 0, "best_epoch": math.nan, "run_seconds": math.nan, "checkpoint_path": None})
         else:
             best = best_epoch(history, deciding)
-            checkpoint = best.get("checkpoint_path")  # Ray's, without the store's scheme
+            # Ray's path where the search ran (without the store's scheme); a copied or moved folder names its own copy
+            checkpoint = best.get("checkpoint_path")
+            if isinstance(checkpoint, str) and checkpoint:
+                checkpoint = storage.join(train_run(experiment_dir, trial.trial_id), storage.name(checkpoint.rstrip("/")))
             row.update({
                 "epochs": int(history["epoch"].max()),
                 "best_epoch": int(best["epoch"]),
                 "run_seconds": float(history["time_total_s"].max()) if "time_total_s" in history else math.nan,
-                "checkpoint_path": storage.full_path(checkpoint, experiment_dir) if isinstance(checkpoint, str) else checkpoint,
+                "checkpoint_path": checkpoint,
                 **{m: best[m] for m in METRICS if m in best},
                 # what the best epoch's weights trained in, every precision of a trial resumed elsewhere (not the best epoch's alone)
                 **epochs_trained_in(history.to_dict("records"), int(best["epoch"])),

@@ -431,8 +431,13 @@ def test_report_only_exports_best_again_with_the_flags_it_was_last_exported_with
 def test_a_copied_experiment_reads_its_own_checkpoints_never_the_original_s(experiment, tmp_path):
     """Tune records each checkpoint's absolute path where the search ran: before, a copy whose checkpoints were gone
     exported the original's without a word."""
+    from cxr_tune.experiment import Experiment
+
     copy = copy_tree(experiment, tmp_path / "ext")
     trial = read_trials(experiment).sort_values("rank").iloc[0]["trial_id"]
+    # Its trial table (as --report-only writes it there) names the copy's checkpoints too: before, the original's.
+    paths = Experiment(str(copy)).trials(ranked=False).set_index("trial_id")["checkpoint_path"].dropna()
+    assert len(paths) and all(path.startswith(f"{copy / 'train' / trial_id}/checkpoint_") for trial_id, path in paths.items()), paths
     exported = call_cli("cxr_tune.export", str(copy), "--trial", trial, "--out", str(tmp_path / "model"))
     assert exported.returncode == 0, exported.stderr[-3000:]
     for checkpoint in (copy / "train" / trial).glob("checkpoint_*/"):
