@@ -3,6 +3,7 @@ reader of YAML (space and params files, ``--set`` values)."""
 
 from __future__ import annotations
 
+import re
 import reprlib
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,17 @@ class DuplicateKey(yaml.YAMLError):
         self.key, self.mark, self.first = key, mark, first
 
 
-class _Loader(yaml.SafeLoader):
-    """``yaml.safe_load``'s loader, but an alias stops it before anything is built from it, and so
+class _Lenient(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, with YAML 1.2's floats: YAML 1.1's need a dot and a signed exponent, so ``1e-3`` and
+    ``1.0e3`` were strings, and ``--set lr=1e-3`` "the wrong type". Here they are floats, as Python and JSON write them."""
+
+
+_Lenient.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+                               list("-+.0123456789"))
+
+
+class _Loader(_Lenient):
+    """:class:`_Lenient`, but an alias stops it before anything is built from it, and so
     does a key given twice in one mapping. No file this project reads needs either; each value is
     written out once."""
 
@@ -55,7 +65,7 @@ class _Loader(yaml.SafeLoader):
 
 
 def parse(text: str) -> Any:
-    """``text`` as ``yaml.safe_load`` reads it, refusing aliases (:class:`AliasRefused`) and a key given twice in one mapping (:class:`DuplicateKey`).
+    """``text`` as ``yaml.safe_load`` reads it (exponents as floats: :class:`_Lenient`), refusing aliases (:class:`AliasRefused`) and a key given twice in one mapping (:class:`DuplicateKey`).
 
     >>> parse("[0.1, balanced]")
     [0.1, 'balanced']
@@ -66,7 +76,7 @@ def parse(text: str) -> Any:
 def load_mapping(path: str | Path, what: str, *, strict: bool = True) -> dict[str, Any]:
     """The top-level mapping in ``path``; ``what`` names the kind of file in error messages.
 
-    ``strict=False`` reads as ``yaml.safe_load`` does, aliases and repeated keys (the last wins)
+    ``strict=False`` reads as ``yaml.safe_load`` does (exponents as floats), aliases and repeated keys (the last wins)
     included: for a copy a started experiment keeps, which ran under the rules of its day. It must be a
     local file: ``Path("s3://b/x.yaml")`` would read (and name) ``s3:/b/x.yaml``."""
     if storage.is_uri(path):
@@ -78,7 +88,7 @@ def load_mapping(path: str | Path, what: str, *, strict: bool = True) -> dict[st
         raise UserError(f"{what} file '{path}' does not exist")
     try:
         text = path.read_text(encoding="utf-8")
-        content = parse(text) if strict else yaml.safe_load(text)
+        content = parse(text) if strict else yaml.load(text, Loader=_Lenient)  # noqa: S506 - a SafeLoader
     except OSError as exc:
         raise UserError(f"{what} file '{path}' cannot be read: {exc.strerror or exc}") from None
     except AliasRefused as exc:

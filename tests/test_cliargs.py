@@ -49,6 +49,14 @@ def test_the_message_says_what_is_wanted():
         positive_int("0")
 
 
+def test_a_number_in_exponent_notation_is_a_number_written_any_way_python_writes_one():
+    """PyYAML reads YAML 1.1, where ``1e-3`` (no dot) and ``1.0e3`` (no sign) are strings: ``--set lr=1e-3`` was refused as
+    "the wrong type (expected float)", and so was ``low: 1e-3`` in a space file."""
+    for text, number in (("1e-3", 0.001), ("1.0e3", 1000.0), ("-2E+2", -200.0), (".5e-1", 0.05), ("1.0e-3", 0.001)):
+        assert assignment(f"lr={text}") == ("lr", number) and isinstance(assignment(f"lr={text}")[1], float), text
+    assert assignment("epochs=12") == ("epochs", 12) and assignment("name=e3") == ("name", "e3")  # ints and words as before
+
+
 def test_settings_read_their_values_as_a_params_file_would_and_refuse_what_is_not_one():
     assert assignment("mixup=0.2") == ("mixup", 0.2) and assignment(" epochs =3") == ("epochs", 3)
     assert assignment("class_weighting=balanced") == ("class_weighting", "balanced")

@@ -156,6 +156,15 @@ def test_a_bad_space_file_names_the_file_the_key_and_the_problem(tmp_path, body,
     assert "\n" not in message
 
 
+def test_a_space_file_may_write_its_bounds_in_exponent_notation_without_a_dot(tmp_path):
+    smoke = (SPACES_DIR / "smoke.yaml").read_text()
+    assert "low: 1.0e-3, high: 5.0e-3" in smoke
+    path = write(tmp_path, smoke.replace("low: 1.0e-3, high: 5.0e-3", "low: 1e-3, high: 5e-3"))
+    for checked in (True, False):  # as a search starts, and as --resume reads the copy the experiment keeps
+        [lr] = [param for param in load_space(str(path), checked=checked).params if param.name == "lr"]
+        assert (lr.low, lr.high) == (0.001, 0.005)
+
+
 def test_an_alias_or_a_huge_value_in_a_space_file_is_one_short_line(tmp_path):
     # Nine nested aliases make a 1 KB file a billion strings, which the error message below used to spell out.
     path = write(tmp_path, """\
