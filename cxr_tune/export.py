@@ -502,6 +502,7 @@ def _search_record(info: dict[str, Any], hp: Any) -> dict[str, Any]:
     data = options.get("data") or {}
     return {
         "command": info.get("command"),
+        "command_cwd": info.get("command_cwd"),
         "experiment": storage.join(options["storage"], options["name"]) if options.get("storage") and options.get("name") else None,
         "space": info.get("space_path"),
         "trials": options.get("trials"),

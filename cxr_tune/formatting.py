@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -93,6 +94,20 @@ def code_span(text: Any, *, in_table: bool = False) -> str:
     fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
     pad = " " if not text or text[0] == "`" or text[-1] == "`" or (text[0] == text[-1] == " " and text.strip()) else ""
     return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def search_command(record: dict[str, Any]) -> str | None:
+    """The search command an experiment recorded (``experiment.json``, or ``model.json``'s ``search``), as it runs
+    again from any folder: as typed, after a ``cd`` to the folder it was typed in, which its relative paths are
+    relative to (an experiment from before that record: as typed). None where no command was recorded.
+
+    >>> search_command({"command": "python -m cxr_tune.search --data ../d", "command_cwd": "/home/me/runs 2"})
+    "cd '/home/me/runs 2' && python -m cxr_tune.search --data ../d"
+    >>> search_command({"command": "python -m cxr_tune.search --data ../d"})
+    'python -m cxr_tune.search --data ../d'
+    """
+    command, folder = record.get("command"), record.get("command_cwd")
+    return f"cd {shlex.quote(folder)} && {command}" if command and folder else command
 
 
 def printable(name: str, limit: int | None = None) -> str:

@@ -20,7 +20,7 @@ from cxr_tune import storage
 from cxr_tune.calibration import RELIABILITY_SETS as SETS  # the measured sets, in the order the card shows them
 from cxr_tune.calibration import probability_prior
 from cxr_tune.data.sources import FOLDER_PATIENT, IMAGE_PATIENT, NAMED_PATIENTS, PATIENT_KEY_KINDS
-from cxr_tune.formatting import code_span, fmt, interval
+from cxr_tune.formatting import code_span, fmt, interval, search_command
 from cxr_tune.operating_points import NAMES as POINT_ORDER
 from cxr_tune.provenance import describe as describe_code
 from cxr_tune.selection import selection_sources
@@ -199,7 +199,7 @@ def _search(meta: dict[str, Any]) -> list[str]:
         f"- Rule: {str(search.get('criterion', '')).replace('_', ' ')} at a threshold chosen on the deciding set"
         + (f" (sensitivity >= {fmt(search.get('min_sensitivity'), 2)})" if search.get("min_sensitivity") else "")
         + f". {search.get('ties', '')}",
-        "- The test split (when there is one) chose nothing." + (f" Command: {code_span(search['command'])}." if search.get("command") else ""), "",
+        "- The test split (when there is one) chose nothing." + (f" Command: {code_span(search_command(search))}." if search.get("command") else ""), "",
     ]
     final = meta.get("final_fit")
     if final:
@@ -385,7 +385,7 @@ def export_flags(meta: dict[str, Any]) -> str:
 
 
 def _reproduce(meta: dict[str, Any]) -> list[str]:
-    command = meta.get("search", {}).get("command")
+    command = search_command(meta.get("search", {}))
     export = f"python -m cxr_tune.export {meta.get('search', {}).get('experiment') or 'EXPERIMENT'}{export_flags(meta)}"
     lines = ["## How to reproduce", ""]
     if command:

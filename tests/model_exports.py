@@ -19,7 +19,8 @@ from cxr_tune.train.model import build_model
 
 SIZE = 16
 INFO = {"data_description": "real data at /data/chest_xray", "synthetic": False, "data_root": "/data/chest_xray", "class_counts_train": [100, 300],
-        "command": "python -m cxr_tune.search --space smoke --data /data/chest_xray", "space_path": "/spaces/smoke.yaml",
+        "command": "python -m cxr_tune.search --space smoke --data ../data/chest_xray", "command_cwd": "/home/reader/runs 2024.06",
+        "space_path": "/spaces/smoke.yaml",
         "options": {"trials": 4, "sampler": "tpe", "early_stopping": True, "max_epochs": 3, "select": "balanced_accuracy", "min_sensitivity": 0.0,
                     "data": {"val_fraction": 0.15, "split_seed": 0}}}
 

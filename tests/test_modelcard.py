@@ -49,6 +49,7 @@ def test_every_decimal_number_in_the_card_is_a_number_of_model_json(exported):
     meta, card = exported
     known = numbers_in(meta)
     text = card.replace(KERMANY, "")  # the data set's reference (a DOI, a licence version) is text, not a measurement
+    text = text.replace(meta["search"]["command_cwd"], "")  # so is the folder the search ran in (a date in its name)
     found = DECIMAL.findall(text)
     assert len(found) > 100
     for token in found:
@@ -95,6 +96,17 @@ def test_the_card_covers_what_a_reviewer_asks(exported):
     assert "Deciding set: **external validation set**" in card and "optimistic" in card
     assert "train 100 / 300" not in card and "training 100 / 300" in card  # counts per set, from model.json
     assert meta["search"]["command"] in card and "--calibrate platt" in card
+
+
+def test_the_search_command_says_the_folder_it_ran_in_so_it_runs_again_from_any_folder(exported):
+    """The card showed ``--data ../data/chest_xray`` as typed, without the folder it was typed in."""
+    from cxr_tune.modelcard import model_card
+
+    meta, card = exported
+    runnable = "cd '/home/reader/runs 2024.06' && python -m cxr_tune.search --space smoke --data ../data/chest_xray"
+    assert f"Command: `{runnable}`." in card and f"\n1. `{runnable}` (" in card.split("## How to reproduce\n", 1)[1]
+    older = {**meta, "search": {k: v for k, v in meta["search"].items() if k != "command_cwd"}}  # an export from before the record
+    assert f"\n1. `{meta['search']['command']}` (" in model_card(older) and "cd " not in model_card(older)
 
 
 def test_a_synthetic_carved_export_says_so_and_marks_carved_validation(tmp_path):

@@ -26,7 +26,7 @@ from cxr_tune import storage  # noqa: E402
 from cxr_tune.calibration import plot_reliability, reliability_curves  # noqa: E402
 from cxr_tune.data.imaging import decode_gray  # noqa: E402
 from cxr_tune.experiment import Experiment  # noqa: E402
-from cxr_tune.formatting import against, code_span, fmt, from_spreadsheet  # noqa: E402
+from cxr_tune.formatting import against, code_span, fmt, from_spreadsheet, search_command  # noqa: E402
 from cxr_tune.modelcard import calibration_section, final_fit_line, operating_point_section, subgroup_section  # noqa: E402
 from cxr_tune.modelfile import PREDICTIONS_FILES, load_members  # noqa: E402
 from cxr_tune.plotting import legend_beside  # noqa: E402
@@ -136,7 +136,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     counts = ", ".join(f"{v} {k}" for k, v in table["stop_reason"].value_counts().items())
     external = info.get("external")
     lines += [
-        f"- Command: {code_span(info['command'])}",
+        f"- Command: {code_span(search_command(info))}",
         f"- Data: {info['data_description']}",
         f"- Distinct images: training {_counts(info['class_counts_train'])}; carved validation {_counts(info['class_counts_val'])}; "
         f"validation is carved from the training folder by patient group ({options.data.val_fraction:.0%}, split seed {options.data.split_seed})",

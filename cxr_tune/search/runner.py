@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -228,6 +229,7 @@ def _start_experiment(options: SearchOptions, space: Space, split: SplitData) ->
     info = {
         "options": options.to_json(),
         "command": " ".join(["python -m cxr_tune.search", *sys.argv[1:]]),
+        "command_cwd": os.getcwd(),  # what the command's relative paths are relative to
         "space_path": space.path,
         "data_description": split.source.description,
         "synthetic": split.source.synthetic,

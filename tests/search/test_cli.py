@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -128,11 +129,17 @@ def test_the_data_summary_says_which_files_were_skipped_and_where_the_list_is(tm
     assert lines[0].endswith(f"; and 1 more); python -m cxr_tune.data inspect {root} lists them all.")
 
 
-def test_experiment_json_records_the_code_s_commit_and_library_versions(tmp_path, monkeypatch, capsys):
-    """It named the code "cxr_tune 0.1.0" only, a version no commit ever changed."""
+def test_experiment_json_records_the_code_s_commit_library_versions_and_the_folder_the_command_ran_in(tmp_path, monkeypatch, capsys):
+    """It named the code "cxr_tune 0.1.0" only, a version no commit ever changed; and the command as typed
+    (``--data ../data``) without the folder it was typed in, which the report and the model card print."""
     from cxr_tune.provenance import provenance
 
-    argv = ["--space", "smoke", "--data", str(folder_with_bad_files(tmp_path / "data")), "--storage", str(tmp_path / "runs"), "--name", "exp",
-            "--cache-dir", str(tmp_path / "cache")]
+    folder_with_bad_files(tmp_path / "data")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    argv = ["--space", "smoke", "--data", "../data", "--storage", "../runs", "--name", "exp", "--cache-dir", "../cache"]
+    monkeypatch.setattr(sys, "argv", ["cxr_tune.search", *argv])
     lines_before_ray(main, argv, monkeypatch, capsys)
-    assert json.loads((tmp_path / "runs" / "exp" / "experiment.json").read_text())["provenance"] == provenance()
+    info = json.loads((tmp_path / "runs" / "exp" / "experiment.json").read_text())
+    assert info["provenance"] == provenance()
+    assert info["command"] == "python -m cxr_tune.search " + " ".join(argv) and info["command_cwd"] == str(tmp_path / "here")
