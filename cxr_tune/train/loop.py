@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -102,6 +101,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scheduler = build_scheduler(hp, optimizer, steps_per_epoch)
     pos_weight = torch.tensor(hp.pos_weight(n_normal, n_pneumonia), device=device)
     cuda = device.type == "cuda"
+    checkpoints.remove_abandoned_staging()  # the checkpoints that workers killed in report left on this machine
 
     start_epoch, history = 0, []
     restored = ray.train.get_checkpoint()
@@ -186,7 +186,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Train keeps the checkpoint of the epoch the selection rule names, or the newest when told
         # to keep the last (a final-fit run: no epoch is picked on the deciding set).
         metrics["checkpoint_score"] = float(epoch + 1) if config.get("keep") == "last" else checkpoint_score(history, deciding_set)
-        with tempfile.TemporaryDirectory() as folder:
+        with checkpoints.staging_folder() as folder:
             checkpoint = None
             if rank == 0:
                 state = {

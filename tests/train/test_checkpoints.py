@@ -1,14 +1,20 @@
-"""Reading a checkpoint back: one cut short (a copy, or a kill while it was written) is one line naming its file."""
+"""Reading a checkpoint back: one cut short (a copy, or a kill while it was written) is one line naming its file. A checkpoint
+staged by a worker killed before Ray Train took it is removed by the next worker on the machine."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cxr_tune.errors import UserError
-from cxr_tune.train.checkpoints import PREDICTIONS, STATE, load_predictions, load_state, save_state
+from cxr_tune.train.checkpoints import PREDICTIONS, STATE, load_predictions, load_state, remove_abandoned_staging, save_state, staging_folder
+from tests.conftest import ROOT
 
 
 def checkpoint(folder: Path) -> Path:
@@ -37,3 +43,22 @@ def test_a_file_cut_short_is_one_line_naming_it(tmp_path, name, read):
     assert str(caught.value).startswith(f"'{folder / name}' could not be read (") and "\n" not in str(caught.value)
     # the reason in short: not the file's name again (Arrow), nor torch's paragraph of advice
     assert str(caught.value).count(name) == 1 and len(str(caught.value)) < len(str(folder)) + 200
+
+
+def test_a_checkpoint_staged_by_a_killed_worker_is_removed_by_the_next_one_and_a_living_worker_s_is_kept(tmp_path, monkeypatch):
+    # Before: the loop staged each epoch in a plain TemporaryDirectory; Ray Train's report blocks, a stopped run's worker is
+    # killed inside it, and the tmpXXXXXXXX folder with the full weights and optimizer state stayed in $TMPDIR for good.
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os, signal\nfrom cxr_tune.train.checkpoints import staging_folder\n"
+         "with staging_folder() as folder:\n    open(os.path.join(folder, 'state.pt'), 'wb').write(b'weights')\n"
+         "    print(folder, flush=True)\n    os.kill(os.getpid(), signal.SIGKILL)"],
+        cwd=ROOT, env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True)
+    left = Path(killed.stdout.strip())
+    assert left.parent == tmp_path and (left / "state.pt").is_file(), killed.stderr  # what the kill leaves behind
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    not_ours = tmp_path / "tmpabcd1234"  # another program's, whatever became of it
+    not_ours.mkdir()
+    with staging_folder() as living:
+        remove_abandoned_staging()
+        assert not left.exists()
+        assert Path(living).is_dir() and not_ours.is_dir()
