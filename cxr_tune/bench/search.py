@@ -17,7 +17,7 @@ import pandas as pd
 
 from cxr_tune import storage as storage_paths
 from cxr_tune.bench import replay
-from cxr_tune.bench.common import RESULTS, data_named, real_data, seed_suffix, write_result
+from cxr_tune.bench.common import RESULTS, bench_command, data_named, real_data, seed_suffix, write_result
 from cxr_tune.data.prepared import DataOptions
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
@@ -88,7 +88,7 @@ def run(data: str | None, trials: int, storage: str, seed: int = 0) -> None:
         options = SearchOptions(space=SPACE, name=f"{sampler}-{'asha' if early else 'full'}-{stamp}", storage=storage, trials=trials,
                                 sampler=sampler, early_stopping=early, seed=seed, data=DataOptions(data=root))
         started = time.perf_counter()
-        experiment, outcome = run_search(options)
+        experiment, outcome = run_search(options, command=bench_command())  # what made it, recorded in experiment.json
         minutes = (time.perf_counter() - started) / 60
         table = finish_experiment(experiment, export=False)["table"]
         prefix = prefix_of(Experiment(experiment).deciding_set)

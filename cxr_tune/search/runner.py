@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -111,9 +112,11 @@ def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float])
     return plan
 
 
-def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = False, started: float | None = None) -> tuple[str, str]:
+def run_search(options: SearchOptions, *, command: str, resume: bool = False, verbose: bool = False,
+               started: float | None = None) -> tuple[str, str]:
     """Run or resume the search. Returns (experiment directory, outcome: complete, time budget, job
-    budget or interrupted).
+    budget or interrupted). ``command``: the command that runs it, as a person types it, which a new
+    experiment records (:func:`search_command`; ``bench search`` records its own).
 
     The console gets the product's own lines; Ray's and Optuna's output goes to ``search.log`` in
     the experiment (``verbose``: to the console as well, with a line per trial epoch). ``started``:
@@ -138,7 +141,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, verbose: bool = 
     # written (which would hold that --cache-dir, and refuse the corrected command as an experiment that exists).
     check_caches_buildable(split, space.image_sizes())
     if not resume:
-        _start_experiment(options, space, split)
+        _start_experiment(options, space, split, command)
         folder_lock.hold(experiment)  # until the command ends (main's folder_lock.holding)
     restore = resume and Experiment(experiment).has_tune_state()  # else Tune never saved a step: start it afresh
     prepare_study(options, fresh=not resume)
@@ -219,7 +222,16 @@ def _refuse_existing(options: SearchOptions) -> None:
                         f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); choose another --name")
 
 
-def _start_experiment(options: SearchOptions, space: Space, split: SplitData) -> None:
+def search_command(argv: Sequence[str]) -> str:
+    """``python -m cxr_tune.search`` with ``argv`` (its flags), quoted so that it runs as shown.
+
+    >>> search_command(["--data", "my data", "--space", "smoke"])
+    "python -m cxr_tune.search --data 'my data' --space smoke"
+    """
+    return shlex.join(["python", "-m", "cxr_tune.search", *argv])
+
+
+def _start_experiment(options: SearchOptions, space: Space, split: SplitData, command: str) -> None:
     experiment = options.experiment_dir
     _refuse_existing(options)
     storage.makedirs(experiment)
@@ -228,7 +240,7 @@ def _start_experiment(options: SearchOptions, space: Space, split: SplitData) ->
     storage.write_bytes_atomic(storage.join(experiment, SPLITS_FILE), roles.to_csv(index=False).encode())
     info = {
         "options": options.to_json(),
-        "command": " ".join(["python -m cxr_tune.search", *sys.argv[1:]]),
+        "command": command,
         "command_cwd": os.getcwd(),  # what the command's relative paths are relative to
         "space_path": space.path,
         "data_description": split.source.description,

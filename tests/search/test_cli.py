@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
@@ -131,15 +130,16 @@ def test_the_data_summary_says_which_files_were_skipped_and_where_the_list_is(tm
 
 def test_experiment_json_records_the_code_s_commit_library_versions_and_the_folder_the_command_ran_in(tmp_path, monkeypatch, capsys):
     """It named the code "cxr_tune 0.1.0" only, a version no commit ever changed; and the command as typed
-    (``--data ../data``) without the folder it was typed in, which the report and the model card print."""
+    (``--data ../data``) without the folder it was typed in, which the report and the model card print; and a folder
+    with a space unquoted, a command that did not run again. It is the command main was given (here not sys.argv, pytest's)."""
     from cxr_tune.provenance import provenance
 
-    folder_with_bad_files(tmp_path / "data")
+    folder_with_bad_files(tmp_path / "my data")
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
-    argv = ["--space", "smoke", "--data", "../data", "--storage", "../runs", "--name", "exp", "--cache-dir", "../cache"]
-    monkeypatch.setattr(sys, "argv", ["cxr_tune.search", *argv])
+    argv = ["--space", "smoke", "--data", "../my data", "--storage", "../runs", "--name", "exp", "--cache-dir", "../cache"]
     lines_before_ray(main, argv, monkeypatch, capsys)
     info = json.loads((tmp_path / "runs" / "exp" / "experiment.json").read_text())
     assert info["provenance"] == provenance()
-    assert info["command"] == "python -m cxr_tune.search " + " ".join(argv) and info["command_cwd"] == str(tmp_path / "here")
+    assert info["command"] == "python -m cxr_tune.search --space smoke --data '../my data' --storage ../runs --name exp --cache-dir ../cache"
+    assert info["command_cwd"] == str(tmp_path / "here")
