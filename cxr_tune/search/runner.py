@@ -152,32 +152,43 @@ def run_search(options: SearchOptions, *, command: str, resume: bool = False, ve
     print(f"Experiment: {experiment}")
     log_path = log_path_of(options)
     print(f"Ray and Optuna logs: {log_path}" + ("" if verbose else " (--verbose shows them here too)"), flush=True)
-    with library_output_to(log_path, verbose=verbose) as log, ray_session(options.address, log=log, verbose=verbose):
-        import ray
+    discard_unstarted = False
+    try:
+        with library_output_to(log_path, verbose=verbose) as log, ray_session(options.address, log=log, verbose=verbose):
+            import ray
 
-        cluster = ray.cluster_resources()
-        plan = plan_search(options, space, cluster)
-        keep_trial_resources(experiment, plan.resources, restored=restore)
-        print(
-            f"Search '{space.name}': {plan.trials} trials, up to {plan.max_epochs} epochs each, "
-            f"{plan.concurrency} at a time, {plan.resources.workers} worker(s) x {plan.resources.cpus_per_worker:g} CPU"
-            + (f" + {plan.resources.gpus_per_worker:g} GPU" if plan.resources.use_gpu else "")
-            + f" per trial; {'TPE' if options.sampler == 'tpe' else 'random'} sampling, "
-            + (f"ASHA early stopping ({ASHA_RULES[space.settings.asha_rule]} rule)" if options.early_stopping else "no early stopping")
-            + f"; selecting on {options.select}"
-            + (f" with sensitivity >= {options.min_sensitivity:g}" if options.min_sensitivity else ""),
-            flush=True,
-        )
-        print(f"Training precision: {describe_precision(options, plan)}", flush=True)
-        datasets = datasets_by_size(split, space.image_sizes())
-        tuner = _tuner(options, plan, split, datasets, resume=restore, verbose=verbose)
-        _set_budgets(options, plan, cluster, started, split.deciding_set(options.select_on))
-        if options.job_budget_min:
-            print(f"Job budget: {options.job_budget_min:g} min for this command; the search ends when what is left would not hold "
-                  f"the final fit (estimated from the leading trials' epochs) and the export", flush=True)
-        with ctrl_c_kept(), Experiment(experiment).compute_logged("search (resumed)" if resume else "search", cluster_held) as notes:
-            tuner.fit()
-            notes.update(_budget_notes())
+            cluster = ray.cluster_resources()
+            try:
+                plan = plan_search(options, space, cluster)
+            except UserError:
+                if not resume:  # what this command wrote, before any trial: kept, it would refuse the corrected command as one that exists
+                    discard_unstarted = True
+                raise
+            keep_trial_resources(experiment, plan.resources, restored=restore)
+            print(
+                f"Search '{space.name}': {plan.trials} trials, up to {plan.max_epochs} epochs each, "
+                f"{plan.concurrency} at a time, {plan.resources.workers} worker(s) x {plan.resources.cpus_per_worker:g} CPU"
+                + (f" + {plan.resources.gpus_per_worker:g} GPU" if plan.resources.use_gpu else "")
+                + f" per trial; {'TPE' if options.sampler == 'tpe' else 'random'} sampling, "
+                + (f"ASHA early stopping ({ASHA_RULES[space.settings.asha_rule]} rule)" if options.early_stopping else "no early stopping")
+                + f"; selecting on {options.select}"
+                + (f" with sensitivity >= {options.min_sensitivity:g}" if options.min_sensitivity else ""),
+                flush=True,
+            )
+            print(f"Training precision: {describe_precision(options, plan)}", flush=True)
+            datasets = datasets_by_size(split, space.image_sizes())
+            tuner = _tuner(options, plan, split, datasets, resume=restore, verbose=verbose)
+            _set_budgets(options, plan, cluster, started, split.deciding_set(options.select_on))
+            if options.job_budget_min:
+                print(f"Job budget: {options.job_budget_min:g} min for this command; the search ends when what is left would not hold "
+                      f"the final fit (estimated from the leading trials' epochs) and the export", flush=True)
+            with ctrl_c_kept(), Experiment(experiment).compute_logged("search (resumed)" if resume else "search", cluster_held) as notes:
+                tuner.fit()
+                notes.update(_budget_notes())
+    except UserError:
+        if discard_unstarted:
+            storage.remove_tree(experiment)
+        raise
     copy_study(options)
     if storage.is_uri(experiment) and Path(log_path).exists():
         storage.copy(log_path, storage.join(experiment, LOG_FILE))

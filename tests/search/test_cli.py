@@ -128,6 +128,26 @@ def test_the_data_summary_says_which_files_were_skipped_and_where_the_list_is(tm
     assert lines[0].endswith(f"; and 1 more); python -m cxr_tune.data inspect {root} lists them all.")
 
 
+def test_a_plan_the_cluster_cannot_hold_leaves_no_experiment_so_the_corrected_command_runs(tmp_path, monkeypatch, capsys):
+    """Before: refused (--concurrency 2 at 1.5 CPUs a trial on 2 CPUs) after the experiment was written, the corrected
+    command was refused as "already exists", and --resume refused --concurrency: no way on under that name."""
+    import contextlib
+
+    import ray
+
+    import cxr_tune.ray_session
+
+    monkeypatch.setattr(cxr_tune.ray_session, "ray_session", lambda *args, **kwargs: contextlib.nullcontext())
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})  # a 2-CPU cluster, without starting one
+    argv = ["--space", "smoke", "--data", str(folder_with_bad_files(tmp_path / "data")), "--storage", str(tmp_path / "runs"), "--name", "exp",
+            "--cache-dir", str(tmp_path / "cache"), "--concurrency", "2", "--cpus-per-worker", "1.5"]
+    with pytest.raises(UserError, match=r"^--concurrency 2 with 1 x 1.5 CPUs a trial needs .* lower --concurrency or --cpus-per-worker"):
+        main(argv)
+    assert not (tmp_path / "runs" / "exp").exists()  # nothing trained, nothing kept: the same --name is free
+    capsys.readouterr()
+    assert lines_before_ray(main, argv[:-4], monkeypatch, capsys)[-1].startswith("Ray and Optuna logs: ")  # the corrected command starts
+
+
 def test_experiment_json_records_the_code_s_commit_library_versions_and_the_folder_the_command_ran_in(tmp_path, monkeypatch, capsys):
     """It named the code "cxr_tune 0.1.0" only, a version no commit ever changed; and the command as typed
     (``--data ../data``) without the folder it was typed in, which the report and the model card print; and a folder
