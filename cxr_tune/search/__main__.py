@@ -200,9 +200,13 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         finish_experiment(experiment, export=not args.no_export, interrupted=outcome == "interrupted")
     except NothingToSelect as exc:
-        if outcome != "interrupted":
+        if outcome not in ("interrupted", "time budget", "job budget"):
             raise
         print(f"Nothing to select yet: {exc}")  # no trial had trained an epoch: not the user's mistake, --resume goes on
+        if outcome != "interrupted":  # a budget ended it: no model, so not status 0; --resume replaces the trials that never trained
+            minutes = options.time_budget_min if outcome == "time budget" else options.job_budget_min
+            print(f"\nThe {outcome} of {minutes:g} min ended the search before any trial trained an epoch; continue it with:\n  {resume_command(options)}")
+            return 1
     except UserError as exc:  # the table, export or report of an interrupted search failed: say why, and how it goes on
         if outcome != "interrupted":
             raise

@@ -302,6 +302,32 @@ def test_ctrl_c_before_any_trial_trained_an_epoch_names_the_command_that_continu
     assert f"no trial of {experiment} trained an epoch" in done.stdout and (experiment / "trials.csv").exists()
 
 
+@pytest.mark.parametrize("outcome, flag", [("time budget", "--time-budget"), ("job budget", "--job-budget")])
+def test_a_budget_that_ended_the_search_before_any_epoch_names_the_command_that_continues(outcome, flag, tmp_path, monkeypatch):
+    """Before: status 2 and "error: no trial ... trained an epoch", as if the user had erred, and no command to continue it,
+    though --resume replaces the trials the budget ended before they trained."""
+    import pandas as pd
+
+    from cxr_tune.experiment import Experiment
+    from cxr_tune.search import runner
+    from cxr_tune.search.options import SearchOptions
+
+    experiment = tmp_path / "runs" / "exp"
+
+    def budget_ended_search(options: SearchOptions, **kwargs) -> tuple[str, str]:
+        experiment.mkdir(parents=True)
+        (experiment / "experiment.json").write_text(json.dumps({"options": options.to_json()}))
+        return str(experiment), outcome
+
+    monkeypatch.setattr(runner, "run_search", budget_ended_search)
+    monkeypatch.setattr(Experiment, "trials", lambda self, ranked=True: pd.DataFrame(
+        {"trial_id": ["a1"], "status": ["TERMINATED"], "stop_reason": ["never trained (the search ended first)"], "epochs": [0], "error": [""]}))
+    done = call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(tmp_path / "runs"), "--name", "exp", "--no-export", "--no-final-fit", flag, "0.05")
+    assert done.returncode == 1 and "error:" not in done.stderr, done.stdout + done.stderr
+    assert (f"The {outcome} of 0.05 min ended the search before any trial trained an epoch; continue it with:\n"
+            f"  python -m cxr_tune.search --name exp --storage {tmp_path / 'runs'} --resume") in done.stdout, done.stdout
+
+
 @pytest.mark.parametrize("outcome, finish_raises", [("interrupted", "user error"), ("interrupted", "ctrl-c"), ("complete", "ctrl-c")])
 def test_a_search_whose_finish_fails_or_is_interrupted_says_what_happened_and_what_continues_it(outcome, finish_raises, tmp_path, monkeypatch):
     """Before: an interrupted search whose export failed printed "Nothing to select yet:" and the export's error, though a
@@ -509,8 +535,8 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
 
 
 def _ended(run: subprocess.CompletedProcess) -> bool:
-    # A budget that ends before any trial reported leaves nothing to select: that one line, exit 2.
-    return run.returncode == 0 or "no trial has reported" in run.stderr
+    # A budget that ends before any trial trained an epoch leaves nothing to select: status 1, naming the command that continues.
+    return run.returncode == 0 or (run.returncode == 1 and "ended the search before any trial trained an epoch; continue it with" in run.stdout)
 
 
 @pytest.mark.slow
