@@ -221,7 +221,7 @@ def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], ext
             storage.write_bytes_atomic(storage.join(tmp, name), data)
         # Written last: on object stores, where the swap is a copy, its presence marks a complete folder.
         storage.write_text_atomic(storage.join(tmp, META_FILE), json.dumps(json_safe(meta), indent=2))
-        storage.replace_dir(tmp, target)
+        storage.replace_dir(tmp, target, first=(MODEL_FILE, WEIGHTS_FILE))  # the hashed files: a copy cut short after them is refused
     finally:
         storage.remove_tree(tmp)
     return meta

@@ -605,19 +605,20 @@ def sibling_tmp(path: str) -> str:
     return join(parent(path), f".{name(path)}.tmp-{uuid.uuid4().hex[:8]}")
 
 
-def replace_dir(src: str, dst: str, *, last: str = "model.json") -> None:
+def replace_dir(src: str, dst: str, *, first: tuple[str, ...] = (), last: str = "model.json") -> None:
     """Put the folder ``src`` in the place of ``dst``; ``src`` is gone afterwards. Locally readers find the
     old folder or the new one, never neither and never a mix.
 
     Local: one atomic exchange of the two folders (Linux ``renameat2(RENAME_EXCHANGE)``), then the
     old one is deleted; where the system cannot exchange, two renames with the old folder kept
     until the new one is in place. Object stores cannot rename: the new files are copied over the
-    old ones, the file named ``last`` (the one that marks a folder complete) at the end, and files
-    only the old folder had are deleted. A kill during that copy leaves a mix of the two, neither
-    folder whole: what reads ``dst`` must tell (an export's ``model.json`` holds its files' hashes).
+    old ones, the files named in ``first`` first, the file named ``last`` (the one that marks a folder complete) at
+    the end, and files only the old folder had are deleted. A kill during that copy leaves a mix of the two, neither
+    folder whole: what reads ``dst`` must tell (an export's ``model.json`` holds its files' hashes, which are ``first``,
+    so that no other new file, a model card say, can sit beside an old model that still loads).
     """
     if is_uri(src) or is_uri(dst):
-        files = sorted(listdir(src), key=lambda child: child == last)
+        files = sorted(listdir(src), key=lambda child: (child == last, child not in first))
         for child in files:
             copy(join(src, child), join(dst, child))
         for child in set(listdir(dst)) - set(files):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 
@@ -312,6 +313,40 @@ def test_a_swap_into_a_model_folder_on_object_storage_cut_short_leaves_a_mix_no_
     assert copied == [storage.join(best, "model.onnx")]  # model.json, which marks a folder complete, comes last
     with pytest.raises(UserError, match="model.onnx' does not match the hash in .*; the folder mixes two exports: export the model again"):
         load_model(best)
+
+
+def test_a_swap_cut_short_at_any_file_never_leaves_the_new_card_beside_a_model_that_loads(s3_dir, tmp_path, monkeypatch):
+    """Files were copied in name order, model.json last: ``MODEL_CARD.md`` and ``external_predictions.csv`` sort before
+    ``model.onnx``, so a kill between them left the new card beside the old model, which loaded, its hashes intact."""
+    from cxr_tune.modelfile import ModelFiles, write_model_folder
+    from cxr_tune.serving import load_model
+
+    def export(size: int) -> tuple[ModelFiles, dict]:
+        folder = write_export(tmp_path / f"export{size}", image_size=size)
+        meta = json.loads((folder / "model.json").read_text())
+        meta.pop("files")  # written again with both files' hashes
+        return ModelFiles((folder / "model.onnx").read_bytes(), f"weights {size}".encode(), None), meta
+
+    best, real_copy = storage.join(s3_dir, "best"), storage.copy
+    for cut in range(1, 5):  # the new folder's files but model.json: any of them copied, the next one killed
+        storage.remove_tree(best)
+        write_model_folder(best, *export(16), extra={"MODEL_CARD.md": b"old card", "external_predictions.csv": b"old"})
+        copied: list[str] = []
+
+        def killed(src: str, dst: str) -> None:
+            if dst.startswith(best + "/"):  # the swap's copy into best/
+                if len(copied) == cut:
+                    raise KeyboardInterrupt
+                copied.append(storage.name(dst))
+            real_copy(src, dst)
+
+        monkeypatch.setattr(storage, "copy", killed)
+        with pytest.raises(KeyboardInterrupt):
+            write_model_folder(best, *export(24), extra={"MODEL_CARD.md": b"new card", "external_predictions.csv": b"new"})
+        monkeypatch.setattr(storage, "copy", real_copy)
+        with pytest.raises(UserError, match="the folder mixes two exports"):  # whatever was copied: refused, never a silent mix
+            load_model(best)
+        assert copied[:2] == ["model.onnx", "weights.safetensors"][:cut]
 
 
 def test_a_folder_name_stays_one_folder_locally_and_on_object_storage():
