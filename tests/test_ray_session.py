@@ -246,6 +246,23 @@ def test_without_address_a_command_starts_its_own_ray_unless_ray_address_names_o
     assert [call["address"] for call in calls] == [joined]
 
 
+def test_an_address_where_something_other_than_ray_answers_is_one_line(monkeypatch):
+    """Before: the port answered the check (an HTTP server, say), ray.init retried for 20 s and the command ended in a
+    traceback from inside Ray: ConnectionError: Failed to connect to Ray cluster at ..."""
+    import ray
+
+    def refused(**kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 10.255.255.1:6379 after 15 retries.\nSecond line of Ray's")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refused)
+    monkeypatch.setattr(session, "check_cluster_answers", lambda address: None)  # the port answers
+    with pytest.raises(UserError, match=r"^--address 10.255.255.1:6379: no Ray cluster answered there \(Failed to connect to Ray cluster at "
+                                        r"10.255.255.1:6379 after 15 retries.\); give the head node's address .*$"):
+        with session.ray_session("10.255.255.1:6379"):
+            pass
+
+
 def test_a_cluster_address_where_nothing_answers_is_one_line_before_any_work(tmp_path, monkeypatch):
     """Before: ray.init retried for minutes, printing only Ray's "Failed to connect to GCS" lines, and the run folder was made."""
     import socket
