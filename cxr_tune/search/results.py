@@ -259,6 +259,11 @@ def _stop_reason(status: str, epochs: int, max_epochs: int, event: str | None, r
     return "cut short by the end of the search" if epochs else "never trained (the search ended first)"
 
 
+def cut_short_trials(experiment_dir: str) -> set[str]:
+    """The trials whose last recorded end is the search's end cutting them short (a budget's stop)."""
+    return {trial for trial, event in _events(experiment_dir).items() if event == "cut short"}
+
+
 def _events(experiment_dir: str) -> dict[str, str]:
     """The last recorded end of each trial (its event), from ``trial_events.jsonl``."""
     return {trial: record["event"] for trial, record in _event_records(experiment_dir).items()}

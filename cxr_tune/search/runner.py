@@ -472,10 +472,12 @@ def _trial_dirname(trial: Any) -> str:
 def _outcome(experiment_dir: str, plan: Plan) -> str:
     """``time budget``, ``job budget``, ``complete`` or ``interrupted`` (Ctrl-C / SIGTERM: resume
     with --resume), from the trials as Tune saved them (see :func:`cxr_tune.search.results.trial_counts`)."""
+    from cxr_tune.search import results
     from cxr_tune.search.budget import SessionBudget
-    from cxr_tune.search.results import trial_counts
 
-    if SessionBudget.ended:
+    counts = results.trial_counts(experiment_dir)
+    complete = counts.unfinished == 0 and counts.ended >= plan.trials
+    # A budget that ran out as the last trial ended stopped nothing: every trial ran whole (none cut short, none never trained).
+    if SessionBudget.ended and not (complete and counts.never_trained == 0 and not results.cut_short_trials(experiment_dir)):
         return SessionBudget.ended
-    counts = trial_counts(experiment_dir)
-    return "complete" if counts.unfinished == 0 and counts.ended >= plan.trials else "interrupted"
+    return "complete" if complete else "interrupted"

@@ -94,6 +94,29 @@ def test_the_time_budget_belongs_to_the_running_command_even_in_tunes_saved_copy
     assert not restored.stop_all()
 
 
+def test_a_budget_that_fired_after_every_trial_ended_whole_is_no_budget_stop(tmp_path, monkeypatch):
+    """Before: a budget that ran out as the last trial ended printed "The time budget of 0.1 min ended the search before
+    every trial ran" under "2 trials (2 completed)"."""
+    from types import SimpleNamespace
+
+    from cxr_tune.search import results, runner
+    from cxr_tune.search.budget import SessionBudget
+
+    monkeypatch.setattr(SessionBudget, "ended", "time budget")
+    monkeypatch.setattr(results, "trial_counts", lambda _: results.TrialCounts(ended=2, never_trained=0, unfinished=0))
+    plan = SimpleNamespace(trials=2)
+    events = tmp_path / "trial_events.jsonl"
+    events.write_text("".join(json.dumps({"trial_id": t, "event": "completed", "epochs": 3, "time": 0.0}) + "\n" for t in ("a", "b")))
+    assert runner._outcome(str(tmp_path), plan) == "complete"
+    with events.open("a") as log:  # the budget cut the second short: a budget stop
+        log.write(json.dumps({"trial_id": "b", "event": "cut short", "epochs": 2, "time": 1.0}) + "\n")
+    assert runner._outcome(str(tmp_path), plan) == "time budget"
+    events.write_text(events.read_text().replace('"cut short"', '"completed"'))
+    for counts in (results.TrialCounts(1, 0, 0), results.TrialCounts(2, 1, 0), results.TrialCounts(2, 0, 1)):  # fewer ran, or not all trained
+        monkeypatch.setattr(results, "trial_counts", lambda _, counts=counts: counts)
+        assert runner._outcome(str(tmp_path), plan) == "time budget", counts
+
+
 def test_a_restored_trial_generator_starts_trials_again(monkeypatch):
     from ray.tune.search import SearchGenerator
     from ray.tune.search.optuna import OptunaSearch
