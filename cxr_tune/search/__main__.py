@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     from cxr_tune.experiment import Experiment
     from cxr_tune.search.finish import NothingToSelect, finish_experiment
-    from cxr_tune.search.runner import can_resume, report_only_command, resume_command, run_search, search_command
+    from cxr_tune.search.runner import can_resume, report_only_command, resume_command, run_search, search_command_line
 
     started = time.time()  # a --job-budget counts from here
     args = build_parser().parse_args(argv)
@@ -180,7 +180,7 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         options = options_from_args(args)
     try:
-        command = search_command(sys.argv[1:] if argv is None else argv)
+        command = search_command_line(sys.argv[1:] if argv is None else argv)
         experiment, outcome = run_search(options, command=command, resume=args.resume, verbose=args.verbose, started=started)
     except KeyboardInterrupt:
         if not can_resume(options.experiment_dir):

@@ -116,7 +116,7 @@ def run_search(options: SearchOptions, *, command: str, resume: bool = False, ve
                started: float | None = None) -> tuple[str, str]:
     """Run or resume the search. Returns (experiment directory, outcome: complete, time budget, job
     budget or interrupted). ``command``: the command that runs it, as a person types it, which a new
-    experiment records (:func:`search_command`; ``bench search`` records its own).
+    experiment records (:func:`search_command_line`; ``bench search`` records its own).
 
     The console gets the product's own lines; Ray's and Optuna's output goes to ``search.log`` in
     the experiment (``verbose``: to the console as well, with a line per trial epoch). ``started``:
@@ -233,10 +233,10 @@ def _refuse_existing(options: SearchOptions) -> None:
                         f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); choose another --name")
 
 
-def search_command(argv: Sequence[str]) -> str:
+def search_command_line(argv: Sequence[str]) -> str:
     """``python -m cxr_tune.search`` with ``argv`` (its flags), quoted so that it runs as shown.
 
-    >>> search_command(["--data", "my data", "--space", "smoke"])
+    >>> search_command_line(["--data", "my data", "--space", "smoke"])
     "python -m cxr_tune.search --data 'my data' --space smoke"
     """
     return shlex.join(["python", "-m", "cxr_tune.search", *argv])

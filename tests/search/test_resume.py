@@ -491,7 +491,7 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(work)
         options = options_from_args(build_parser().parse_args(argv))
-        runner._start_experiment(options, load_space(options.space), split_data(options.data), runner.search_command(argv))  # then Ctrl-C
+        runner._start_experiment(options, load_space(options.space), split_data(options.data), runner.search_command_line(argv))  # then Ctrl-C
         out["saved"] = json.loads((experiment / "experiment.json").read_text())["options"]
         out["splits"] = (experiment / "splits.csv").read_text()
         with pytest.raises(UserError) as refused:
