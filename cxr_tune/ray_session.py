@@ -88,11 +88,19 @@ def check_own_ray(address: str | None) -> None:
 
 
 def check_cluster_answers(address: str | None, timeout_s: float = 5.0) -> None:
-    """One line when a cluster named as ``HOST:PORT`` does not answer there: ``ray.init`` otherwise retries
-    for minutes, printing only Ray's own "Failed to connect to GCS" lines. ``auto`` and ``ray://`` are
-    left to Ray (it finds the first from a file on this node; the second is Ray Client's)."""
+    """One line when a cluster named as ``HOST:PORT`` does not answer there as a Ray head does: ``ray.init``
+    otherwise retries for minutes (for good where an HTTP server answers: Ray's dashboard on 127.0.0.1:8265,
+    the address ``ray job submit`` takes), printing only Ray's own "Failed to connect to GCS" lines.
+    A head's GCS is a gRPC server: it answers an HTTP/2 client preface with a SETTINGS frame (behind TLS,
+    ``RAY_USE_TLS``, it waits for a handshake instead, so there only the port is checked). ``auto`` and
+    ``ray://`` are left to Ray (it finds the first from a file on this node; the second is Ray Client's)."""
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if not address or address == "auto" or "://" in address:
+    if not address or address == "auto":
+        return
+    give = "give the head node's address as `ray start --head` printed it (HOST:6379), or --address auto on a node of the cluster"
+    if address.lower().startswith(("http://", "https://")):
+        raise UserError(f"--address {address}: an HTTP address (the dashboard's, which `ray job submit` takes), not a Ray head's GCS; {give}")
+    if "://" in address:
         return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
@@ -100,13 +108,33 @@ def check_cluster_answers(address: str | None, timeout_s: float = 5.0) -> None:
     import socket
 
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)
     except OSError as exc:
-        from cxr_tune.errors import UserError
-
         reason = exc.strerror or type(exc).__name__
-        raise UserError(f"--address {address}: no Ray cluster answers there ({reason}); give the head node's address "
-                        "as `ray start --head` printed it (HOST:6379), or --address auto on a node of the cluster") from None
+        raise UserError(f"--address {address}: no Ray cluster answers there ({reason}); {give}") from None
+    with connection:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return
+        try:
+            connection.sendall(_HTTP2_PREFACE)
+            reply = connection.recv(64)
+        except TimeoutError:
+            raise UserError(f"--address {address}: what answers there said nothing in {timeout_s:g} s, as a Ray head's GCS would have; "
+                            f"{give}") from None
+        except OSError as exc:
+            reply = f"({exc.strerror or type(exc).__name__})".encode()
+    if len(reply) >= 4 and reply[3] == _HTTP2_SETTINGS:
+        return
+    if reply.startswith((b"HTTP/", b"<")):  # a status line; Python's http.server answers an HTTP/2 request with an HTML page alone
+        first = reply.splitlines()[0][:40].decode("ascii", "replace")
+        raise UserError(f"--address {address}: an HTTP server answers there ({first!r}), not a Ray head's GCS (the dashboard's port, 8265, "
+                        f"is the one `ray job submit` takes); {give}")
+    raise UserError(f"--address {address}: what answers there is not a Ray head's GCS (it answered {reply[:24]!r}); {give}")
+
+
+#: An HTTP/2 client's connection preface and an empty SETTINGS frame: a gRPC server answers with its own SETTINGS.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_HTTP2_SETTINGS = 0x04  # the frame type, the fourth byte of a frame's header
 
 
 def token_for_own_ray() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -269,10 +271,8 @@ def test_a_cluster_address_where_nothing_answers_is_one_line_before_any_work(tmp
 
     from cxr_tune.train.__main__ import main
 
-    with socket.socket() as listening:
-        listening.bind(("127.0.0.1", 0))
-        listening.listen()
-        session.check_cluster_answers(f"127.0.0.1:{listening.getsockname()[1]}")  # something answers: Ray's own checks go on
+    with _answering(_GRPC_SETTINGS) as gcs:
+        session.check_cluster_answers(gcs)  # something answers as a Ray head's GCS does: Ray's own checks go on
         with socket.socket() as closed:
             closed.bind(("127.0.0.1", 0))
             dead = f"127.0.0.1:{closed.getsockname()[1]}"  # bound, not listening: refused
@@ -285,3 +285,75 @@ def test_a_cluster_address_where_nothing_answers_is_one_line_before_any_work(tmp
             with pytest.raises(UserError, match=rf"^--address {dead}: no Ray cluster answers there"):
                 main(["--synthetic-n", "60", "--storage", str(tmp_path), "--name", "run", "--address", dead])
     assert not (tmp_path / "run").exists()
+
+
+#: The first frame a gRPC server (a Ray head's GCS, Ray 2.60) sends after a client's HTTP/2 preface: SETTINGS.
+_GRPC_SETTINGS = b"\x00\x00\x18\x04\x00\x00\x00\x00\x00\x00\x04\x00@\x00\x00"
+
+
+@contextmanager
+def _answering(reply: bytes | None) -> Iterator[str]:
+    """``HOST:PORT`` of a listener on 127.0.0.1 that reads what a client sends and answers ``reply`` (``None``: never answers)."""
+    import socket
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+
+        def serve() -> None:
+            connection, _ = listening.accept()
+            with connection:
+                connection.recv(64)
+                if reply is not None:
+                    connection.sendall(reply)
+                connection.recv(64)  # until the client closes
+
+        if reply is not None:
+            threading.Thread(target=serve, daemon=True).start()
+        yield f"127.0.0.1:{listening.getsockname()[1]}"
+
+
+def test_an_address_where_an_http_server_answers_is_one_line_before_any_work(tmp_path, monkeypatch):
+    """Before: the Ray dashboard's port (``ray job submit``'s ``127.0.0.1:8265``, or any HTTP server) passed the check, and
+    ``ray.init`` retried for good, printing Ray's "Failed to connect to GCS" lines (10 minutes seen); an ``http://`` address
+    ended in a traceback from inside Ray (``ValueError: Invalid Ray address``) and left the run folder."""
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    from cxr_tune.train.__main__ import main
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        http = f"127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(UserError, match=rf"^--address {http}: an HTTP server answers there \('<!DOCTYPE HTML>'\), not a Ray "
+                                            r"head's GCS \(the dashboard's port, 8265, is the one `ray job submit` takes\); give .*HOST:6379"):
+            session.check_cluster_answers(http)
+        with _answering(b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n\r\n") as dashboard:  # as Ray's dashboard answers
+            with pytest.raises(UserError, match=rf"^--address {dashboard}: an HTTP server answers there \('HTTP/1.0 400 Bad Request'\)"):
+                session.check_cluster_answers(dashboard)
+        with _answering(b"\x15\x03\x01\x00\x02\x02\x32") as other:  # not HTTP, not gRPC (a TLS alert)
+            with pytest.raises(UserError, match=rf"^--address {other}: what answers there is not a Ray head's GCS \(it answered "):
+                session.check_cluster_answers(other)
+        with pytest.raises(UserError, match=rf"^--address {http}: an HTTP server answers there"):
+            main(["--synthetic-n", "60", "--storage", str(tmp_path), "--name", "run", "--address", http])
+        for scheme in ("http", "https"):
+            with pytest.raises(UserError, match=rf"^--address {scheme}://{http}: an HTTP address \(the dashboard's, which `ray job submit` "
+                                                r"takes\), not a Ray head's GCS; give .*HOST:6379"):
+                main(["--synthetic-n", "60", "--storage", str(tmp_path), "--name", "run", "--address", f"{scheme}://{http}"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_address_that_takes_the_connection_and_says_nothing_is_one_line(monkeypatch):
+    with _answering(None) as silent:
+        with pytest.raises(UserError, match=rf"^--address {silent}: what answers there said nothing in 0.3 s, as a Ray head's GCS "
+                                            r"would have; give .*HOST:6379"):
+            session.check_cluster_answers(silent, timeout_s=0.3)
+        monkeypatch.setenv("RAY_USE_TLS", "1")  # a GCS behind TLS waits for the client's TLS handshake: only the port is checked
+        session.check_cluster_answers(silent, timeout_s=0.3)
