@@ -212,12 +212,11 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
     if address:
         try:
             ray.init(address=address, **quiet)
-        except ConnectionError as exc:  # something answered check_cluster_answers, but not a Ray head that took us
-            from cxr_tune.errors import UserError
-
+        except ConnectionError as exc:  # something answered check_cluster_answers, but not a Ray head that took us; or auto found none
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"--address {address}: no Ray cluster answered there ({reason}); give the head node's address as `ray start "
-                            "--head` printed it (HOST:6379), or --address auto on a node of the cluster") from None
+            where = ("start one with `ray start --head`, or give the head node's address (HOST:6379)" if address == "auto" else
+                     "give the head node's address as `ray start --head` printed it (HOST:6379), or --address auto on a node of the cluster")
+            raise UserError(f"--address {address}: no Ray cluster answered there ({reason}); {where}") from None
     else:
         # "local": a Ray of this command's own. Left unset, Ray joins the cluster a `ray start` last
         # recorded in its temp folder: someone else's on a shared machine, or a dead one it waits on for minutes.

@@ -152,9 +152,10 @@ def run_search(options: SearchOptions, *, command: str, resume: bool = False, ve
     print(f"Experiment: {experiment}")
     log_path = log_path_of(options)
     print(f"Ray and Optuna logs: {log_path}" + ("" if verbose else " (--verbose shows them here too)"), flush=True)
-    discard_unstarted = False
+    discard_unstarted = not resume  # until Ray has started or been joined: a cluster that cannot be joined is one line too
     try:
         with library_output_to(log_path, verbose=verbose) as log, ray_session(options.address, log=log, verbose=verbose):
+            discard_unstarted = False
             import ray
 
             cluster = ray.cluster_resources()

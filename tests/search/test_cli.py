@@ -148,6 +148,26 @@ def test_a_plan_the_cluster_cannot_hold_leaves_no_experiment_so_the_corrected_co
     assert lines_before_ray(main, argv[:-4], monkeypatch, capsys)[-1].startswith("Ray and Optuna logs: ")  # the corrected command starts
 
 
+def test_a_cluster_that_cannot_be_joined_leaves_no_experiment_so_the_same_command_runs_once_it_is_up(tmp_path, monkeypatch, capsys):
+    """Before: ``--address auto`` with no cluster running on the node (or a head that refused us) was one line, after the
+    experiment was written; the same command, once the cluster was up, was refused as "already exists"."""
+    import ray
+
+    def no_cluster(**kwargs):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    argv = ["--space", "smoke", "--data", str(folder_with_bad_files(tmp_path / "data")), "--storage", str(tmp_path / "runs"), "--name", "exp",
+            "--cache-dir", str(tmp_path / "cache"), "--address", "auto"]
+    with pytest.raises(UserError, match=r"^--address auto: no Ray cluster answered there \(Could not find any running Ray instance\. .*\); "
+                                        r"start one with `ray start --head`, or give the head node's address \(HOST:6379\)$"):
+        main(argv)
+    assert not (tmp_path / "runs" / "exp").exists()  # nothing trained, nothing kept: the same --name is free
+    capsys.readouterr()
+    assert lines_before_ray(main, argv, monkeypatch, capsys)[-1].startswith("Ray and Optuna logs: ")  # the same command starts
+
+
 def test_experiment_json_records_the_code_s_commit_library_versions_and_the_folder_the_command_ran_in(tmp_path, monkeypatch, capsys):
     """It named the code "cxr_tune 0.1.0" only, a version no commit ever changed; and the command as typed
     (``--data ../data``) without the folder it was typed in, which the report and the model card print; and a folder
