@@ -156,7 +156,7 @@ def export_trial(
     # single trial keeps the threshold it reported; new images or new views are scored afresh.
     stored = {prefix: _stored_scores(checkpoints, prefix, sets[prefix]) for prefix in ("val", "ext") if prefix in sets and site is None and tta == 1}
     target = out or experiment.file("best" if trial_id is None else f"exports/{trial_id}")
-    source = val_data or (experiment.external or None)
+    source = storage.resolve(val_data) if val_data else (experiment.external or None)  # absolute, as the search records its own
     info = {**experiment.info, "excluded": _exclusions(splits), "patient_keys": patient_keys(splits["patient_id"]), **({"final_fit": final_record} if final_record else {})}
     meta = write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, prefix_of(deciding), stored,
                         info, source, tta, calibrate=calibrate, epochs_on=prefix_of(experiment.deciding_set) if site is not None else None,

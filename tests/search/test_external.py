@@ -446,9 +446,19 @@ def test_a_copied_experiment_reads_its_own_checkpoints_never_the_original_s(expe
     assert refused.returncode == 2 and f"trial {trial} has no checkpoint under {copy / 'train' / trial}" in refused.stderr, refused.stderr[-3000:]
 
 
-def test_export_records_its_val_data_as_an_absolute_path_so_a_later_report_finds_it_from_any_folder(experiment, site_root, tmp_path):
-    """Before: recorded as typed (relative), which --report-only from another folder looked up there, and dropped."""
+def test_export_records_its_val_data_as_an_absolute_path_so_a_later_report_and_predict_find_it_from_any_folder(experiment, site_root, tmp_path,
+                                                                                                                 monkeypatch, capsys):
+    """Before: recorded as typed (relative), which --report-only from another folder looked up there, and dropped; and
+    model.json's external.source (and the card) kept it as typed, so predict run from another folder scored the set that
+    chose the model and its threshold without saying they are selection-set numbers."""
     typed = os.path.relpath(site_root, ROOT)  # call_cli runs in the repository root, as `python -m` from there
     done = call_cli("cxr_tune.export", str(experiment), "--val-data", typed, "--out", str(tmp_path / "model"))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((tmp_path / "model" / "model.json").read_text())["export_options"]["val_data"] == str(site_root)
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["export_options"]["val_data"] == meta["external"]["source"] == str(site_root)
+    assert f"The external set (`{site_root}`) **chose the model and its thresholds**" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    from cxr_tune.predict import main as predict
+
+    monkeypatch.chdir(tmp_path)  # not the folder the export ran in (call_cli runs in the repository root)
+    predict(["--model", "model", str(site_root), "--quiet"])
+    assert "these are selection-set numbers for this model, optimistic" in capsys.readouterr().out
