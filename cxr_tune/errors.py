@@ -64,10 +64,12 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     restore = stop_on_sigterm_as_on_ctrl_c()
+    hook_before, sys.unraisablehook = sys.unraisablehook, _stop_again_when_ignored(sys.unraisablehook)
     try:
         sys.exit(_ended(main, argv))
-    finally:  # a caller that goes on (a test calling run_cli in its own process) gets its own handler back
+    finally:  # a caller that goes on (a test calling run_cli in its own process) gets its own handlers back
         restore()
+        sys.unraisablehook = hook_before
 
 
 def _ended(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None) -> int:
@@ -118,6 +120,26 @@ def ctrl_c_kept() -> Iterator[None]:
     finally:
         if threading.current_thread() is threading.main_thread() and before is not None:
             signal.signal(signal.SIGINT, before)
+
+
+def _stop_again_when_ignored(hook: Callable[[object], None]) -> Callable[[object], None]:
+    """A ``sys.unraisablehook`` that does not lose a stop. Python runs a signal's handler wherever the main thread is; inside
+    a callback whose exceptions it ignores (a weakref callback, as a thread pool's clean-up runs one) the KeyboardInterrupt
+    was printed as "Exception ignored" and the command ran to its end with status 0. Here the same signal is sent again a
+    moment later, from another thread, so its handler runs once that callback has returned; other exceptions go to ``hook``."""
+    import threading
+
+    def hook_keeping_stops(unraisable: object) -> None:
+        if not issubclass(getattr(unraisable, "exc_type", type(None)), KeyboardInterrupt):
+            hook(unraisable)
+            return
+        # SIGINT where a handler takes it, else SIGTERM (whose handler raises KeyboardInterrupt itself then: see below)
+        stop = signal.SIGINT if callable(signal.getsignal(signal.SIGINT)) else signal.SIGTERM
+        again = threading.Timer(0.05, os.kill, (os.getpid(), stop))
+        again.daemon = True
+        again.start()
+
+    return hook_keeping_stops
 
 
 def _sigterm_to_sigint(signum: int, frame: object) -> None:

@@ -151,3 +151,34 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_and_ends_it_with_status_143(how,
         process.kill()
     assert process.returncode == 143, (out, err)
     assert (out, err) == (("kept\n", "") if how.startswith("--") else ("", "terminated\n"))
+
+
+SWALLOWED = """
+import signal, sys, time, weakref
+from cxr_tune.errors import run_cli
+
+class Thing:
+    pass
+
+def main(argv):
+    thing = Thing()
+    stop = getattr(signal, argv[0])
+    def when_collected(ref):  # Ctrl-C (or SIGTERM) arrives while Python runs a weakref callback
+        signal.raise_signal(stop)
+    ref = weakref.ref(thing, when_collected)
+    del thing
+    print("went on", flush=True)
+    time.sleep(5)
+    print("finished", flush=True)
+    return 0
+
+run_cli(main, sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize(("signal_name", "status", "line"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_stop_that_lands_in_a_callback_python_ignores_exceptions_in_still_stops_the_command(signal_name, status, line):
+    """Before: the KeyboardInterrupt raised inside a weakref callback (a thread pool's clean-up, in predict --explain) was
+    printed as "Exception ignored in: ..." with a traceback, and the command ran to its end with status 0."""
+    done = subprocess.run([sys.executable, "-c", SWALLOWED, signal_name], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (status, "went on\n", f"{line}\n")
