@@ -572,12 +572,21 @@ def _main(argv: Sequence[str] | None) -> int:
     folder_lock.hold(experiment)  # not while a search writes it (or another export)
     meta = export_trial(experiment, args.trial, target, args.ensemble, val_data=args.val_data, tta=args.tta, calibrate=args.calibrate,
                         final_fit=args.final_fit)
-    print(summary(meta, target))
-    if target == storage.join(experiment, "best"):  # the model report.md describes: the report follows it
-        from cxr_tune.search.report import write_report
+    if target != storage.join(experiment, "best"):
+        print(summary(meta, target))
+        return 0
+    from cxr_tune.search import report as reporting  # the model report.md describes: the report follows it
 
-        report = Experiment(experiment)
-        print(f"Report:      {write_report(report, report.trials(), meta)} (rewritten for this model)")
+    report = Experiment(experiment)
+    try:
+        written = reporting.write_report(report, report.trials(), meta)
+    except KeyboardInterrupt:  # best/ is the new model already; the report may be the one before, or a mix
+        print(summary(meta, target))
+        print(f"Report:      not rewritten (stopped): {report.file('report.md')} and its plots/ may still describe the model best/ held "
+              "before; run this export again to rewrite them", flush=True)
+        raise
+    print(summary(meta, target))
+    print(f"Report:      {written} (rewritten for this model)")
     return 0
 
 

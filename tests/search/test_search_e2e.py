@@ -345,3 +345,18 @@ def test_re_exporting_best_rewrites_the_report_and_says_when_an_ensemble_is_smal
         assert "members did not run their whole schedule" in done.stdout
     members = [m["trial_id"] for m in json.loads((experiment / "best" / "model.json").read_text())["members"]]
     assert len(members) == TRIALS and "the average of trials " + ", ".join(f"`{m}`" for m in members) in (experiment / "report.md").read_text()
+
+
+def test_a_re_export_of_best_stopped_while_its_report_is_rewritten_says_the_report_may_describe_the_model_before(experiment, monkeypatch):
+    """Before: the export's summary (which reads as done) came before the report was rewritten; Ctrl-C then left best/ new and
+    report.md (and some plots) describing the model before, with only "interrupted" said."""
+    import cxr_tune.search.report
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cxr_tune.search.report, "write_report", stopped)
+    done = call_cli("cxr_tune.export", str(experiment))
+    assert done.returncode == 130 and done.stderr == "interrupted\n", done.stderr
+    assert done.stdout.splitlines()[-1] == (f"Report:      not rewritten (stopped): {experiment / 'report.md'} and its plots/ may still describe "
+                                            "the model best/ held before; run this export again to rewrite them")
