@@ -36,7 +36,8 @@ map stays in the graph as it was fitted. An adapted model adapted again keeps th
 unadapted model adapted to it. Labels are never read: files under
 NORMAL/PNEUMONIA folders are used as unlabelled images. Images unlike the training X-rays in a way
 the file shows (colour, blank, smaller than the model's input, a DICOM lateral view or another
-modality: :mod:`cxr_tune.data.input_checks`) are left out and listed, as ``predict`` lists them.
+modality: :mod:`cxr_tune.data.input_checks`) are left out and listed, as ``predict`` lists them, and so
+are the files that cannot be read, each with the reason.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from cxr_tune import storage
 from cxr_tune.calibration import probability_prior as calibration_prior
 from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.formatting import json_safe, printable
+from cxr_tune.formatting import first_listed, json_safe, printable
 from cxr_tune.serving import META_FILE, read_meta, warn_if_other_preprocessing
 
 if TYPE_CHECKING:  # torch and the model code load when a model is adapted, not for --help or a mistyped flag
@@ -230,13 +231,16 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     """Adapt the model folder ``model`` to the images under ``images_dir``; write it to ``out``.
 
     Returns the ``model.json`` written, plus ``left_out``: (path, reason) for each image left out as
-    unlike the training X-rays (:mod:`cxr_tune.data.input_checks`); the file records only their
-    number, since a site's file names can name patients."""
+    unlike the training X-rays (:mod:`cxr_tune.data.input_checks`), and ``skipped``: a table (path, reason)
+    of the files that could not be read; the file records only their numbers, since a site's file names
+    can name patients."""
+    import pandas as pd
+
     from cxr_tune.data.imaging import PREPROCESS_VERSION, try_decode_checked
     from cxr_tune.modelcard import CARD_FILE, model_card
     from cxr_tune.modelfile import (build_files, check_prior_record, load_members, recorded_calibration, recorded_views, serving_model,
                                     torch_scores, write_model_folder)
-    from cxr_tune.predict import collect
+    from cxr_tune.predict import collect, path_text
     from cxr_tune.provenance import provenance
 
     meta = read_meta(storage.join(model, META_FILE))
@@ -256,11 +260,14 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     # the site's BatchNorm statistics and its score mixture towards what the model never sees.
     left_out = [(str(path), "; ".join(notes)) for path, image, notes, _ in decoded if image is not None and notes]
     readable = [image for _, image, notes, _ in decoded if image is not None and not notes]
+    # As predict lists them: which files could not be read, and why (a DICOM without pixels, a truncated JPEG).
+    skipped = pd.DataFrame([(path_text(path), reason) for path, image, _, reason in decoded if image is None], columns=["path", "reason"])
     if len(readable) < MIN_IMAGES:
         unlike = f" (and {len(left_out)} left out as unlike the training X-rays)" if left_out else ""
-        raise UserError(f"'{images_dir}' holds {len(readable)} readable image(s){unlike}; BatchNorm statistics need at least {MIN_IMAGES}")
+        unread = f" and {len(skipped)} unreadable file(s) ({first_listed(skipped)})" if not skipped.empty else ""
+        raise UserError(f"'{images_dir}' holds {len(readable)} readable image(s){unlike}{unread}; BatchNorm statistics need at least {MIN_IMAGES}")
     # In content order: a float32 score's last digits follow its batch's other images, so the file order would reach model.json.
-    images, skipped = np.stack(readable), sum(image is None for _, image, _, _ in decoded)
+    images = np.stack(readable)
     images = images[content_order(images)]
     tta = recorded_views(model, meta)
     adapted = adapt_batchnorm(members, images, in_content_order=True)
@@ -278,7 +285,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         "called_pneumonia_share_before": float((before_scores >= float(meta["threshold"])).mean()),  # --model's network and threshold
         "method": "AdaBN (Li et al. 2016): BatchNorm running statistics re-estimated on unlabelled site images; weights unchanged",
         "images": int(len(images)),
-        "skipped_files": int(skipped),
+        "skipped_files": len(skipped),
         # How many, not which: file names at a site can name patients, and model.json travels.
         "left_out_images": len(left_out),
         "source": storage.resolve(images_dir),
@@ -302,7 +309,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     if calibration is not None:
         new_meta["calibration"] = {**meta["calibration"], "note": "fitted before adaptation; not measured on the site (adaptation reads no labels)"}
     written = write_model_folder(storage.resolve(out), files_out, new_meta, {CARD_FILE: model_card(json_safe(new_meta)).encode()})
-    return {**written, "left_out": left_out}
+    return {**written, "left_out": left_out, "skipped": skipped}
 
 
 def unadapted_record(model: str, meta: dict[str, Any]) -> dict[str, Any]:
@@ -386,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cxr_tune.modelfile import check_model_target
+    from cxr_tune.predict import skipped_lines
 
     for path in (args.model, args.images):
         storage.check_plain_uri(path)
@@ -402,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "their statistics are not the site's X-rays'):")
         for path, reason in meta["left_out"]:
             print(f"  {printable(path)}: {reason}")
+    for line in skipped_lines(meta["skipped"]):
+        print(line)
     fell_back = args.threshold_rule != record["threshold_rule"]  # the next line says why, once
     shown = f"{meta['threshold']:.4f}, kept from the unadapted model" if fell_back else f"{record['threshold']} (unadapted: {record['unadapted_threshold']:.4f})"
     print(f"  threshold {shown}")

@@ -132,6 +132,13 @@ def printable(name: str, limit: int | None = None) -> str:
 SHOWN_CHARS = 80
 
 
+def first_listed(frame: pd.DataFrame, shown: int = 3) -> str:
+    """``path: reason`` of the first ``shown`` rows of ``frame`` (columns ``path`` and ``reason``), and how many more
+    there are: the files a command could not use, named inside one line."""
+    first = "; ".join(f"{printable(path)}: {reason}" for path, reason in frame[["path", "reason"]].head(shown).itertuples(index=False))
+    return first + (f"; and {len(frame) - shown} more" if len(frame) > shown else "")
+
+
 def shown(value: Any) -> str:
     """``value`` as a one-line error shows it: its repr, printable and cut to :data:`SHOWN_CHARS` characters.
 

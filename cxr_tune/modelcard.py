@@ -316,7 +316,8 @@ def _adaptation(meta: dict[str, Any]) -> list[str]:
             f"- {record.get('method')}, on {record.get('images')} unlabelled image(s) from {code_span(record.get('source'))} "
             f"(model {code_span(record.get('from_model'))}, {record.get('adapted_at')})"
             + (f"; {record['left_out_images']} image(s) unlike the training X-rays (colour, blank, too small, DICOM lateral or "
-               "not a radiograph) were left out." if record.get("left_out_images") else "."),
+               "not a radiograph) were left out" if record.get("left_out_images") else "")
+            + (f"; {record['skipped_files']} file(s) that could not be read as images were skipped" if record.get("skipped_files") else "") + ".",
             *_earlier_adaptations(record.get("earlier_adaptations")),
             f"- Threshold: {record.get('threshold')} (rule `{record.get('threshold_rule')}`; before adaptation {fmt(record.get('unadapted_threshold'))}).",
             *([f"- On the site's images it calls {record['called_pneumonia_share']:.1%} PNEUMONIA; the model it was adapted from, at its "

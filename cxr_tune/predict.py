@@ -334,6 +334,15 @@ def check_lines(checks: dict[str, str]) -> list[str]:
             *(f"  {printable(path)}: {check}" for path, check in flagged.items())]
 
 
+def skipped_lines(skipped: pd.DataFrame) -> list[str]:
+    """The lines naming every file that could not be read as an image, each with the reason (``skipped``: path, reason;
+    none when every file was read): what ``predict`` and ``adapt`` print."""
+    if skipped.empty:
+        return []
+    return [f"Skipped {len(skipped)} unreadable file(s):",
+            *(f"  {printable(path)}: {reason}" for path, reason in skipped[["path", "reason"]].itertuples(index=False))]
+
+
 def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: str, point: str) -> list[Path]:
     """One PNG per scored image in ``out_dir``: the image, its Grad-CAM map over it, the
     probability and the label at operating point ``point`` (and the folder's label, if any)."""
@@ -469,10 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Wrote {len(written)} Grad-CAM explanation(s) to {args.explain}")
     for line in check_lines(dict(zip(frame["path"], frame["check"], strict=True))):
         print(line)
-    if not skipped.empty:
-        print(f"Skipped {len(skipped)} unreadable file(s):")
-        for row in skipped.itertuples():
-            print(f"  {printable(row.path)}: {row.reason}")
+    for line in skipped_lines(skipped):
+        print(line)
     if frame.empty:
         raise UserError("none of the files could be read as an image")
     return 0

@@ -230,6 +230,29 @@ def test_the_cli_refuses_too_few_images_and_overwriting_the_model(exported, tmp_
     assert not (tmp_path / "x").exists()
 
 
+def test_adapt_names_each_unreadable_file_with_the_reason_as_predict_does(exported, tmp_path):
+    """Before: "(AdaBN; 2 unreadable file(s) skipped)" and nothing on which files or why, and a site too small to adapt
+    to was refused with "holds 0 readable image(s)" without naming the file that was not readable."""
+    site = write_site(tmp_path / "site", 10)
+    (site / "PNEUMONIA" / "empty.png").write_bytes(b"")
+    done = call_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(site), "--out", str(tmp_path / "out"), "--threshold", "keep")
+    predicted = call_cli("cxr_tune.predict", "--model", str(exported), str(site), "--quiet")
+    assert done.returncode == predicted.returncode == 0, (done.stderr, predicted.stderr)
+
+    def listed(stdout: str) -> list[str]:
+        return stdout.split("Skipped 2 unreadable file(s):\n", 1)[1].splitlines()[:2]
+
+    assert listed(done.stdout) == listed(predicted.stdout)
+    assert listed(done.stdout)[0].startswith(f"  {site / 'NORMAL' / 'broken.jpeg'}: ") and "empty file" in listed(done.stdout)[1]
+    assert "2 file(s) that could not be read as images were skipped" in (tmp_path / "out" / "MODEL_CARD.md").read_text()
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "x.jpeg").write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match=r"holds 0 readable image\(s\) and 1 unreadable file\(s\) \(.*x\.jpeg: not an image .*\); BatchNorm"):
+        adapt(str(exported), str(junk), str(tmp_path / "none"))
+
+
 def test_adapt_reads_a_site_folder_on_object_storage_as_a_local_one(exported, tmp_path, s3_dir):
     """Before: "'s3://...' does not exist; pass image files or folders"."""
     from cxr_tune import storage

@@ -24,7 +24,7 @@ from cxr_tune import storage
 from cxr_tune.data.sources import EXTERNAL, Source, add_groups, load_external, load_source
 from cxr_tune.data.splits import assign_roles
 from cxr_tune.errors import UserError
-from cxr_tune.formatting import printable
+from cxr_tune.formatting import first_listed
 
 if TYPE_CHECKING:  # the cache module imports Ray Data helpers; only its type is named here
     from cxr_tune.data.cache import ImageCache
@@ -138,7 +138,7 @@ class SplitData:
         skipped = self.source.skipped
         if skipped.empty:
             return None
-        return f"Skipped {len(skipped)} file(s) that cannot be used ({_first(skipped, shown)}); {self._command('inspect')} lists them all."
+        return f"Skipped {len(skipped)} file(s) that cannot be used ({first_listed(skipped, shown)}); {self._command('inspect')} lists them all."
 
     def describe_cache_failures(self, cache: ImageCache, shown: int = 3) -> str | None:
         """One line on the files the scan read but the image-cache build could not (left out of this run),
@@ -148,7 +148,7 @@ class SplitData:
             return None
         again = (" The cache was not saved: the next run reads the files that could not be read again." if not cache.saved
                  else "")
-        return (f"Left out {len(failed)} file(s) that failed in the {cache.image_size} px image-cache build ({_first(failed, shown)}); "
+        return (f"Left out {len(failed)} file(s) that failed in the {cache.image_size} px image-cache build ({first_listed(failed, shown)}); "
                 f"{self._command('prepare', '--image-size', str(cache.image_size))} lists them all.{again}")
 
     def _command(self, verb: str, *flags: str) -> str:
@@ -213,12 +213,6 @@ def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
         roles = assign_roles(manifest, val_fraction=options.val_fraction, seed=options.split_seed,
                              use_official_val=options.use_official_val, external_splits=())
     return SplitData(source=source, roles=roles, cache_dir=cache_dir, options=options, external=external, external_note=note)
-
-
-def _first(frame: pd.DataFrame, shown: int) -> str:
-    """``path: reason`` of the first ``shown`` rows of ``frame``, and how many more there are."""
-    first = "; ".join(f"{printable(path)}: {reason}" for path, reason in frame[["path", "reason"]].head(shown).itertuples(index=False))
-    return first + (f"; and {len(frame) - shown} more" if len(frame) > shown else "")
 
 
 def images_fingerprint(lines: Iterable[str]) -> str:
