@@ -157,7 +157,8 @@ def export_trial(
     stored = {prefix: _stored_scores(checkpoints, prefix, sets[prefix]) for prefix in ("val", "ext") if prefix in sets and site is None and tta == 1}
     target = out or experiment.file("best" if trial_id is None else f"exports/{trial_id}")
     source = storage.resolve(val_data) if val_data else (experiment.external or None)  # absolute, as the search records its own
-    info = {**experiment.info, "excluded": _exclusions(splits), "patient_keys": patient_keys(splits["patient_id"]), **({"final_fit": final_record} if final_record else {})}
+    info = {**experiment.info, "excluded": _by_reason(splits, "excluded"), "unused": _by_reason(splits, "unused"), "patient_keys": patient_keys(splits["patient_id"]),
+            **({"final_fit": final_record} if final_record else {})}
     meta = write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, prefix_of(deciding), stored,
                         info, source, tta, calibrate=calibrate, epochs_on=prefix_of(experiment.deciding_set) if site is not None else None,
                         export_options={"trial": trial_id, "ensemble": ensemble, "val_data": storage.resolve(val_data) if val_data else None,
@@ -227,10 +228,11 @@ def _stored_auc(checkpoints: list[str], prefix: str) -> float | None:
     return float(roc_auc_score(mean["label"].to_numpy().astype(int), mean["score"].to_numpy()))
 
 
-def _exclusions(splits: pd.DataFrame) -> dict[str, int]:
-    """Distinct images left out of every role, by reason (what the model card reports)."""
-    excluded = splits[splits["role"] == "excluded"].drop_duplicates("content_hash")
-    return {str(reason): int(count) for reason, count in excluded["role_note"].value_counts().items()}
+def _by_reason(splits: pd.DataFrame, role: str) -> dict[str, int]:
+    """Distinct images of ``role`` (``excluded``: left out of every role; ``unused``: the val/ folder set aside), by reason:
+    what the model card reports."""
+    rows = splits[splits["role"] == role].drop_duplicates("content_hash")
+    return {str(reason): int(count) for reason, count in rows["role_note"].value_counts().items()}
 
 
 def write_export(members: Members, target: str, trial_ids: list[str], states: list[dict[str, Any]], sets: dict[str, Scored], deciding: str,
@@ -310,7 +312,8 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
         "validation": {**set_metrics(sets["val"].labels, scores["val"], threshold, hp), "what": "validation carved from the training folder by patient",
                        "selection_set": "val" in (deciding, epochs_on), **({"note": SELECTION_NOTE} if "val" in (deciding, epochs_on) else {})},
         "data": {"description": info["data_description"], "synthetic": info["synthetic"], "root": info["data_root"],
-                 "excluded_images": info.get("excluded", {}), **({"patient_keys": info["patient_keys"]} if "patient_keys" in info else {})},
+                 "excluded_images": info.get("excluded", {}), **({"unused_images": info["unused"]} if "unused" in info else {}),
+                 **({"patient_keys": info["patient_keys"]} if "patient_keys" in info else {})},
         **({"final_fit": info["final_fit"]} if info.get("final_fit") else {}),
         "train_class_counts": info.get("class_counts_train"),  # NORMAL, PNEUMONIA: the prior the probabilities were trained under
         "search": _search_record(info, hp),

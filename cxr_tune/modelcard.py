@@ -164,11 +164,23 @@ def _data(meta: dict[str, Any], measured: dict[str, Any], sets: list[tuple[str, 
            f"{split.get('split_seed')})." if split.get("val_fraction") is not None else "")
         + (f" The external set is {code_span(external['source'])}." if external.get("source") else ""),
         "- Excluded: images of a patient who also appears in the test folder or the external set, and files filed under both "
-        "classes (role `excluded` in the experiment's `splits.csv`, with the reason); the official, very small `val` folder is set "
-        "aside unless the search was told to use it."
+        "classes (role `excluded` in the experiment's `splits.csv`, with the reason)."
         + (" Excluded here (distinct images): " + "; ".join(f"{reason}: {count}" for reason, count in data["excluded_images"].items()) + "."
-           if data.get("excluded_images") else (" Excluded here: none." if "excluded_images" in data else "")), "",
+           if data.get("excluded_images") else (" Excluded here: none." if "excluded_images" in data else ""))
+        + _set_aside(data.get("unused_images")), "",
     ]
+
+
+def _set_aside(unused: Any) -> str:
+    """The sentence on the data's own ``val`` folder: set aside, how many images and why, when the export recorded it
+    (``data.unused_images``), else the rule (a model.json from before the record)."""
+    if not isinstance(unused, dict):
+        return (" The data's own `val` folder is set aside (role `unused`) when it is neither the external set nor, with "
+                "`--use-official-val`, part of carved validation.")
+    if not unused:
+        return ""
+    return (" Set aside, not used (role `unused`: the data's own `val` folder; distinct images): "
+            + "; ".join(f"{reason or 'no reason recorded'}: {count}" for reason, count in unused.items()) + ".")
 
 
 def _search(meta: dict[str, Any]) -> list[str]:

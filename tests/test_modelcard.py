@@ -284,6 +284,24 @@ def test_the_patient_grouping_states_every_rule_the_split_applies_and_how_many_p
             "own image 1.") in recorded
 
 
+def test_the_card_says_how_many_val_folder_images_were_set_aside_and_why(tmp_path):
+    """Before: every card said "the official, very small `val` folder is set aside unless the search was told to use it", also
+    when ``--val-data`` named another folder and the data's val/ held 137 images that went unused without a word."""
+    from cxr_tune.modelcard import model_card
+
+    def data_line(card: str) -> str:
+        return next(line for line in card.splitlines() if line.startswith("- Excluded:"))
+
+    meta = export_folder(tmp_path / "other", unused={"--val-data named another folder": 137})
+    line = data_line((tmp_path / "other" / "MODEL_CARD.md").read_text())
+    assert line.endswith("Excluded here: none. Set aside, not used (role `unused`: the data's own `val` folder; distinct images): "
+                         "--val-data named another folder: 137.") and "very small" not in line
+    export_folder(tmp_path / "no-val", unused={})  # no val/ folder, or it was used
+    assert data_line((tmp_path / "no-val" / "MODEL_CARD.md").read_text()).endswith("Excluded here: none.")
+    older = {**meta, "data": {key: value for key, value in meta["data"].items() if key != "unused_images"}}  # a model.json from before the record
+    assert "is set aside (role `unused`) when it is neither the external set nor" in data_line(model_card(older))
+
+
 def test_a_test_split_the_model_was_adapted_to_is_labelled_a_selection_set_and_no_independent_test(tmp_path):
     """``adapt --images DATA/test`` is allowed; predict then called the test split's numbers selection-set numbers while the
     card called the test split plain "test", held out."""

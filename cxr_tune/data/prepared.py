@@ -117,9 +117,10 @@ class SplitData:
         return "external" if self.has_external and select_on == "external" else "carved"
 
     def describe_external(self, select_on: str, *, left_out: bool = True) -> str:
-        """What selects: the external set (a selection set) or carved validation, and why; then (``left_out``)
-        a line on the images the patient-group rule left out, when it left out any."""
-        return self._what_selects(select_on) + "".join(f"\n{line}" for line in (self._left_out() if left_out else []))
+        """What selects: the external set (a selection set) or carved validation, and why; a line on the data's own
+        val/ folder when it goes unused for a reason that line does not give; then (``left_out``) a line on the images
+        the patient-group rule left out, when it left out any."""
+        return self._what_selects(select_on) + "".join(f"\n{line}" for line in (*self._set_aside(), *(self._left_out() if left_out else [])))
 
     def _what_selects(self, select_on: str) -> str:
         if self.has_external:
@@ -159,6 +160,16 @@ class SplitData:
                          *(["--val-data", shlex.quote(val_data)] if val_data else []),
                          *(["--cache-dir", shlex.quote(self.options.cache_dir)] if verb == "prepare" and self.options.cache_dir else [])])
 
+    def _set_aside(self) -> list[str]:
+        """A line on the data's own val/ folder when it goes unused for a reason :meth:`_what_selects` does not give
+        (``--val-data`` named another folder, or none): its images would otherwise drop out without a word."""
+        unused = self.roles[self.roles["role"] == "unused"]
+        if unused.empty or self.external_note:  # the external note already says why the folder is set aside
+            return []
+        notes = "; ".join(note for note in unused["role_note"].unique() if note)
+        return [f"Not used: the val/ folder's {int((unused['label'] == 0).sum())} NORMAL and {int((unused['label'] == 1).sum())} "
+                f"PNEUMONIA images{f' ({notes})' if notes else ''}."]
+
     def _left_out(self) -> list[str]:
         excluded = self.roles[self.roles["role"] == "excluded"]
         if excluded.empty:
@@ -178,6 +189,8 @@ def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
     cache_dir = options.resolved_cache_dir
     source = load_source(options.data, cache_dir, synthetic_n=options.synthetic_n, progress=progress)
     manifest, external_splits, external, note = source.manifest, (), "", ""
+    # Why the data's own val/ folder goes unused, when it does (its rows' role_note in splits.csv).
+    unused = {"none": "--val-data none", "auto": ""}.get(options.val_data, "--val-data named another folder")
     if options.val_data not in ("auto", "none"):
         outside = load_external(options.val_data, cache_dir, progress=progress)
         check_external_size(outside.manifest, f"--val-data '{options.val_data}'")
@@ -191,6 +204,7 @@ def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
             if min(normal, pneumonia) >= MIN_EXTERNAL_PER_CLASS:
                 external_splits, external = ("val",), storage.join(source.root, "val")
             else:
+                unused = f"too few to select on ({normal} NORMAL, {pneumonia} PNEUMONIA; at least {MIN_EXTERNAL_PER_CLASS} of each are needed)"
                 note = (f"the val/ folder holds {normal} NORMAL and {pneumonia} PNEUMONIA images, too few to select on "
                         f"(at least {MIN_EXTERNAL_PER_CLASS} of each are needed); it is set aside and selection uses "
                         f"validation carved from train. Pass --val-data PATH with a larger labelled sample from the target site.")
@@ -200,6 +214,7 @@ def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
         seed=options.split_seed,
         use_official_val=options.use_official_val,
         external_splits=external_splits,
+        unused_note=unused,
     )
     kept = _class_counts(roles[roles["role"] == "external"])
     if external_splits and min(kept) < MIN_EXTERNAL_PER_CLASS:  # counted again once patients shared with the test folder left it
@@ -210,8 +225,8 @@ def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
             raise UserError(f"{shrunk}. Add images or pass --val-data none")
         note = f"{shrunk}, so it is set aside and selection uses validation carved from train."
         external_splits, external = (), ""
-        roles = assign_roles(manifest, val_fraction=options.val_fraction, seed=options.split_seed,
-                             use_official_val=options.use_official_val, external_splits=())
+        roles = assign_roles(manifest, val_fraction=options.val_fraction, seed=options.split_seed, use_official_val=options.use_official_val,
+                             external_splits=(), unused_note="too few to select on once the patients it shares with the test folder are left out")
     return SplitData(source=source, roles=roles, cache_dir=cache_dir, options=options, external=external, external_note=note)
 
 

@@ -9,7 +9,7 @@ ever scored. The official 16-image ``val`` folder is too small to select on: it 
 
 Roles: ``train``, ``val``, ``external``, ``test``, ``unused`` and ``excluded`` (an image that would
 leak: its patient also sits in test or in the external set, or the identical file is filed under
-both classes). ``role_note`` says why a row was excluded.
+both classes). ``role_note`` says why a row was excluded or set aside.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def assign_roles(
     seed: int = 0,
     use_official_val: bool = False,
     external_splits: tuple[str, ...] = (),
+    unused_note: str = "",
 ) -> pd.DataFrame:
     """A copy of ``manifest`` with ``role`` and ``role_note`` columns; no group spans two roles.
 
@@ -55,6 +56,7 @@ def assign_roles(
     Rows whose ``split`` is in ``external_splits`` become the external validation set: a file
     that is also in the training folder or the test folder is an error; the training folder's
     images of a patient in the external set are excluded, so the external set stays unseen.
+    ``unused_note``: why the official ``val`` folder, when set aside, is (its rows' ``role_note``).
     """
     if not 0.0 < val_fraction < 0.9:
         raise UserError(f"--val-fraction {val_fraction} must be between 0 and 0.9 (0.15 is usual)")
@@ -62,7 +64,7 @@ def assign_roles(
     frame["role"] = frame["split"].map({"train": "train", "test": "test", "val": "val" if use_official_val else "unused"})
     frame.loc[frame["split"].isin(external_splits), "role"] = "external"
     frame["role"] = frame["role"].fillna("unused")
-    frame["role_note"] = ""
+    frame["role_note"] = frame["role"].map({"unused": unused_note}).fillna("")
     if external_splits:
         external = frame[frame["role"] == "external"]
         refuse_shared_files(external, frame[frame["split"] == "train"], "training-folder")

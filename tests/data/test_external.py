@@ -94,6 +94,31 @@ def test_val_data_none_and_use_official_val_keep_a_large_val_folder_out_of_selec
     assert in_val(carved) == {"val"} and not carved.has_external
 
 
+@pytest.mark.parametrize(("val", "val_data", "why"), [
+    ((N, N + 2), "SITE", "--val-data named another folder"),
+    ((N, N + 2), "none", "--val-data none"),
+    ((8, 8), "auto", f"too few to select on (8 NORMAL, 8 PNEUMONIA; at least {N} of each are needed)"),
+])
+def test_a_val_folder_that_goes_unused_says_why_in_splits_and_in_one_line(tmp_path, capsys, val, val_data, why):
+    """Before: with --val-data PATH (or none) a val/ folder that auto would have used went unused with an empty
+    role_note, and inspect showed an ``unused`` row with no word on why."""
+    root = chest_xray(tmp_path / "chest_xray", val)
+    flag = str(site(tmp_path / "site")) if val_data == "SITE" else val_data
+    split = split_data(options(root, val_data=flag), progress=False)
+    in_val = split.roles[split.roles["split"] == "val"]
+    assert set(in_val["role"]) == {"unused"} and set(in_val["role_note"]) == {why}
+
+    from cxr_tune.data.__main__ import main
+
+    assert main(["inspect", str(root), "--val-data", flag]) == 0
+    out = capsys.readouterr().out
+    said = f"Not used: the val/ folder's {val[0]} NORMAL and {val[1]} PNEUMONIA images ({why})."
+    if val_data == "auto":  # the line on what selects already says why, once
+        assert "Not used:" not in out and "too few to select on" in out
+    else:
+        assert said in out.split("Roles with these options", 1)[0]  # beside what selects, before the roles table
+
+
 # --- --val-data PATH -----------------------------------------------------------------------------
 
 
