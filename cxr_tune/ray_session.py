@@ -103,8 +103,9 @@ def check_cluster_answers(address: str | None, timeout_s: float = 5.0) -> None:
     if "://" in address:
         return
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        return
+    if not host or not port.isdigit():  # ray.init would end in a traceback (ValueError: Invalid address format)
+        raise UserError(f"--address {address}: a Ray head's address is HOST:PORT (the port its GCS listens on, 6379 unless `ray start --head "
+                        f"--port` chose another); {give}")
     import socket
 
     try:

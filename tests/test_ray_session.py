@@ -357,3 +357,14 @@ def test_an_address_that_takes_the_connection_and_says_nothing_is_one_line(monke
             session.check_cluster_answers(silent, timeout_s=0.3)
         monkeypatch.setenv("RAY_USE_TLS", "1")  # a GCS behind TLS waits for the client's TLS handshake: only the port is checked
         session.check_cluster_answers(silent, timeout_s=0.3)
+
+
+@pytest.mark.parametrize("address", ["headnode", "10.0.0.5:", "headnode:gcs"])
+def test_an_address_without_a_port_is_one_line_before_any_work(address, tmp_path):
+    """Before: passed to ray.init after the data scan, which ended in a traceback (ValueError: Invalid address format)."""
+    from cxr_tune.train.__main__ import main
+
+    with pytest.raises(UserError, match=rf"^--address {address}: a Ray head's address is HOST:PORT \(the port its GCS listens on, 6379 "
+                                        r"unless `ray start --head --port` chose another\); give .*HOST:6379"):
+        main(["--synthetic-n", "60", "--storage", str(tmp_path), "--name", "run", "--address", address])
+    assert not (tmp_path / "run").exists()
