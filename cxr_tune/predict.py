@@ -251,13 +251,16 @@ def distinct_labelled(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
 
 
 def selection_note(meta: dict[str, Any], inputs: Sequence[str]) -> str | None:
-    """What an input is to this model when it is (or lies in) a folder that chose something of it
+    """What an input is to this model when it is, lies in or holds a folder that chose something of it
     (:func:`cxr_tune.selection.selection_sources`). What the model measures there is optimistic. None for any other input."""
     for source, what in selection_sources(meta):
         for item in inputs:
             if storage.within(storage.resolve(item), storage.resolve(source)):
                 where = "is" if storage.same_folder(storage.resolve(item), storage.resolve(source)) else "lies in"
                 return f"{printable(item)} {where} {what}: these are selection-set numbers for this model, optimistic, not an independent test"
+            if storage.within(storage.resolve(source), storage.resolve(item)):  # the data's root, say, with test/ beside val/
+                return (f"{printable(item)} holds {what}: these numbers are in part selection-set numbers for this model, optimistic, "
+                        "not an independent test")
     return None
 
 
