@@ -463,15 +463,22 @@ def _is_stream(path: str) -> bool:
     return bool(_DESCRIPTORS.match(os.path.normpath(path))) or _is_special(path)
 
 
-def _local_tmp(inner: str, data: bytes) -> str:
-    """``data`` in a synced temporary file beside ``inner``, for an atomic rename or link."""
+@contextmanager
+def _local_tmp(inner: str, data: bytes) -> Iterator[str]:
+    """``data`` in a synced temporary file beside ``inner``, for the block to rename or link into place. The file is gone
+    after the block whatever happens, a Ctrl-C or SIGTERM while it is written included (each left ``NAME.tmp-XXXXXXXX``
+    beside the output for good)."""
     Path(inner).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{inner}.tmp-{uuid.uuid4().hex[:8]}"  # check_writable keeps names short enough for this suffix
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return tmp
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        yield tmp
+    finally:
+        if os.path.lexists(tmp):  # renamed into place: nothing left
+            os.unlink(tmp)
 
 
 def _put(path: str, data: bytes) -> None:
@@ -492,7 +499,8 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
             handle.write(data)
         return
     inner = resolve(path)
-    os.replace(_local_tmp(inner, data), inner)
+    with _local_tmp(inner, data) as tmp:
+        os.replace(tmp, inner)
 
 
 def write_bytes_once(path: str, data: bytes) -> bool:
@@ -510,20 +518,17 @@ def write_bytes_once(path: str, data: bytes) -> bool:
         _put(path, data)
         return True
     inner = resolve(path)
-    tmp = _local_tmp(inner, data)
-    try:
-        os.link(tmp, inner)
-        return True
-    except FileExistsError:
-        return False
-    except OSError:  # a filesystem without hard links: the object-store guarantee
-        if os.path.exists(inner):
+    with _local_tmp(inner, data) as tmp:
+        try:
+            os.link(tmp, inner)
+            return True
+        except FileExistsError:
             return False
-        os.replace(tmp, inner)
-        return True
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        except OSError:  # a filesystem without hard links: the object-store guarantee
+            if os.path.exists(inner):
+                return False
+            os.replace(tmp, inner)
+            return True
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -170,6 +170,26 @@ def test_write_once_has_exactly_one_winner_locally(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["meta.json"]  # no temporary file left
 
 
+@pytest.mark.parametrize(("write", "step"), [("atomic", "fsync"), ("atomic", "replace"), ("once", "fsync")])
+def test_a_write_interrupted_midway_leaves_only_the_old_file(tmp_path, monkeypatch, write, step):
+    # Before: a Ctrl-C or SIGTERM while the temporary copy was written (or before it was renamed) left NAME.tmp-XXXXXXXX
+    # beside the output for good (predict --csv, compare --metrics, a report's plots).
+    old = tmp_path / "p.csv"
+    old.write_bytes(b"old")
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(storage.os, step, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        if write == "once":
+            storage.write_bytes_once(str(tmp_path / "meta.json"), b"new")
+        else:
+            storage.write_bytes_atomic(str(old), b"new")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["p.csv"] and old.read_bytes() == b"old"
+
+
 # --- the object store is the one AWS_ENDPOINT_URL names ----------------------------------------
 
 
