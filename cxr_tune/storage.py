@@ -605,6 +605,34 @@ def move(src: str, dst: str) -> None:
     remove(src)
 
 
+SCRATCH = re.compile(r"cxr_tune-[a-z]+-(\d+)-")  # what scratch_folder names: what it holds, its process's pid, tempfile's random part
+
+
+def scratch_folder(what: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder in ``$TMPDIR`` named after ``what`` and this process (``cxr_tune-report-<pid>-XXXXXXXX``):
+    ``with scratch_folder("report") as folder: ...``. Removed at the block's end, like any ``TemporaryDirectory``; one
+    whose process was killed first (kill -9, or Ray stopping a worker inside ``ray.train.report``) stayed for good, so
+    each call first removes those (:func:`remove_abandoned_scratch`)."""
+    remove_abandoned_scratch()
+    return tempfile.TemporaryDirectory(prefix=f"cxr_tune-{what}-{os.getpid()}-")
+
+
+def remove_abandoned_scratch() -> None:
+    """Remove the temp folder's :func:`scratch_folder` folders whose process is gone. A folder whose process lives (or
+    whose pid a new process took), and any other program's, is kept."""
+    if os.name != "posix":  # os.kill(pid, 0) tests a process only on POSIX (on Windows it stops it)
+        return
+    for entry in os.scandir(tempfile.gettempdir()):
+        named = SCRATCH.match(entry.name)
+        if named and entry.is_dir(follow_symlinks=False):
+            try:
+                os.kill(int(named.group(1)), 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry.path, ignore_errors=True)  # another command may be removing it too
+            except (OSError, OverflowError):  # PermissionError: alive, another user's
+                pass
+
+
 def sibling_tmp(path: str) -> str:
     """A fresh temporary path beside ``path``: same folder, so a rename stays on one filesystem."""
     return join(parent(path), f".{name(path)}.tmp-{uuid.uuid4().hex[:8]}")

@@ -89,9 +89,7 @@ def _draw(root: str, n: int, seed: int) -> str:
     """Draw the set into ``root``: directly in a local folder, else through a local scratch folder (see :func:`ensure_synthetic`)."""
     if not storage.is_uri(root):
         return synthesize(root, n=n, seed=seed, replace_partial=True)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as scratch:
+    with storage.scratch_folder("synthetic") as scratch:  # a draw killed here leaves it; the next draw removes it
         local = Path(synthesize(str(Path(scratch) / "set"), n=n, seed=seed))
         storage.remove_tree(root)  # a partial upload from an earlier attempt
         for split in sorted(p for p in local.iterdir() if p.is_dir()):

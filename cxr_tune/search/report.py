@@ -48,8 +48,6 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
 
     ``table``: the trial table with the selection's ``rank`` and ``tied`` columns.
     """
-    import tempfile
-
     options, info = experiment.options, experiment.info
     selected = table.sort_values("rank").iloc[0]
     prefix = prefix_of(experiment.deciding_set)
@@ -58,7 +56,7 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
     predictions = load_predictions(checkpoint, prefix) if has_predictions(checkpoint, prefix) else None  # never another set's, under this set's name
     missing = f"The selected trial's checkpoint holds no scores on {SET_NAMES[prefix]}."
     threshold = float(selected[f"{prefix}_threshold"])
-    with tempfile.TemporaryDirectory() as scratch:
+    with storage.scratch_folder("report") as scratch:  # a report killed while drawing leaves it; the next one removes it
         plots = Path(scratch)
         notes = {
             "progress": _plot_progress(plots / "progress.png", histories, objective_words(experiment)),

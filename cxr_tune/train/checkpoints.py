@@ -10,8 +10,6 @@ and exports never need to re-run the model on them.
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import tempfile
 from typing import Any
 
@@ -25,7 +23,6 @@ from cxr_tune.train.precision import epochs_trained_in
 
 STATE = "state.pt"
 PREDICTIONS = {"val": "val_predictions.parquet", "ext": "ext_predictions.parquet"}
-STAGING = "cxr_tune-checkpoint-"  # + the pid of the process that staged it, "-", tempfile's random part
 
 
 def save_state(folder: str, state: dict[str, Any], scored: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
@@ -39,29 +36,10 @@ def save_state(folder: str, state: dict[str, Any], scored: dict[str, tuple[np.nd
 
 
 def staging_folder() -> tempfile.TemporaryDirectory:
-    """A temporary folder to write one epoch's checkpoint in for ``ray.train.report``, named after this process:
-    ``with staging_folder() as folder: save_state(folder, ...)``."""
-    return tempfile.TemporaryDirectory(prefix=f"{STAGING}{os.getpid()}-")
-
-
-def remove_abandoned_staging() -> None:
-    """Remove the temp folder's staging folders (:func:`staging_folder`) whose process is gone.
-
-    Ray Train's report blocks while its controller polls, and a run stopped then (Ctrl-C, SIGTERM, ASHA, a killed worker)
-    kills the worker inside it: its staging folder, a whole checkpoint, is never removed. Every worker calls this
-    before its first epoch. A folder whose process lives (or whose pid a new process took) is kept.
-    """
-    if os.name != "posix":  # os.kill(pid, 0) tests a process only on POSIX (on Windows it stops it)
-        return
-    for entry in os.scandir(tempfile.gettempdir()):
-        pid = entry.name.removeprefix(STAGING).partition("-")[0]
-        if entry.name.startswith(STAGING) and pid.isdecimal() and entry.is_dir(follow_symlinks=False):
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                shutil.rmtree(entry.path, ignore_errors=True)  # another worker may be removing it too
-            except (OSError, OverflowError):  # PermissionError: alive, another user's
-                pass
+    """A temporary folder to write one epoch's checkpoint in for ``ray.train.report``, named after this process so that
+    the next one removes it when a run stopped inside that report (Ctrl-C, SIGTERM, ASHA, a killed worker) killed its
+    worker there, a whole checkpoint left in ``$TMPDIR``: ``with staging_folder() as folder: save_state(folder, ...)``."""
+    return storage.scratch_folder("checkpoint")
 
 
 def load_state(folder: str) -> dict[str, Any]:

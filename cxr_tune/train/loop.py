@@ -101,7 +101,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scheduler = build_scheduler(hp, optimizer, steps_per_epoch)
     pos_weight = torch.tensor(hp.pos_weight(n_normal, n_pneumonia), device=device)
     cuda = device.type == "cuda"
-    checkpoints.remove_abandoned_staging()  # the checkpoints that workers killed in report left on this machine
 
     start_epoch, history = 0, []
     restored = ray.train.get_checkpoint()
