@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ import pytest
 from cxr_tune.data.sources import build_manifest
 from cxr_tune.data.synthetic import synthesize
 from cxr_tune.errors import UserError
-from tests.conftest import ROOT
 
 
 def _digest(root: Path) -> str:
@@ -115,29 +113,19 @@ def test_a_cache_that_cannot_be_written_and_holds_no_draw_is_one_line_naming_it_
     assert "Drawing" not in reused.stdout and "SYNTHETIC" in reused.stdout
 
 
-_DRAW_KILLED = """
-import os, signal, sys
-from cxr_tune.data import synthetic
 
-def killed(out, **kwargs):
-    os.makedirs(out)
-    open(os.path.join(out, "IM-0001-0001.jpeg"), "wb").write(b"jpeg")  # part of the draw
-    os.kill(os.getpid(), signal.SIGKILL)
-
-synthetic.synthesize = killed
-synthetic.ensure_synthetic(sys.argv[1], n=20)
-"""
-
-
-def test_a_draw_for_object_storage_killed_midway_leaves_a_scratch_copy_the_next_draw_removes(tmp_path, s3_dir):
+def test_a_draw_for_object_storage_killed_midway_leaves_a_scratch_copy_the_next_draw_removes(tmp_path, s3_dir, monkeypatch):
     # Before: the set was drawn in a plain TemporaryDirectory before its upload, and a kill -9 meanwhile left
     # $TMPDIR/tmpXXXXXXXX/set with its images for good.
-    temp = tmp_path / "temp"
-    temp.mkdir()
-    env = {**os.environ, "TMPDIR": str(temp)}
-    subprocess.run([sys.executable, "-c", _DRAW_KILLED, s3_dir], cwd=ROOT, env=env, capture_output=True)
-    assert [p.name for p in temp.glob("*/set/*")] == ["IM-0001-0001.jpeg"]  # what the kill leaves behind
-    drawn = subprocess.run([sys.executable, "-c", "import sys\nfrom cxr_tune.data.synthetic import ensure_synthetic\n"
-                            "ensure_synthetic(sys.argv[1], n=20)", s3_dir], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert drawn.returncode == 0, drawn.stderr
-    assert list(temp.iterdir()) == []
+    import tempfile
+
+    from cxr_tune.data.synthetic import ensure_synthetic
+
+    ended = subprocess.Popen([sys.executable, "-S", "-c", ""])
+    ended.wait()
+    left = tmp_path / f"cxr_tune-synthetic-{ended.pid}-abcd1234" / "set"  # what a draw killed midway leaves
+    left.mkdir(parents=True)
+    (left / "IM-0001-0001.jpeg").write_bytes(b"jpeg")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ensure_synthetic(s3_dir, n=20)
+    assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,6 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from cxr_tune.search import report
-from tests.conftest import ROOT
 
 
 def _study(tmp_path, depths: list[int], *, stopped: int = 0) -> types.SimpleNamespace:
@@ -250,32 +249,34 @@ def test_operating_points_at_one_place_are_one_marker_with_one_entry(tmp_path, m
     assert legends[0][1:] == ["balanced, spec90, spec95 (threshold 0.7132)", "sens90 (threshold 0.3500)", "sens95, sens98 (threshold 0.0005)"]
 
 
-_DRAW_THEN = """
-import os, signal, sys, types
-import pandas as pd
-from cxr_tune.search import report
 
-def progress(path, *args):
-    path.write_bytes(b"png")  # the report's first plot
-    if sys.argv[1] == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    raise SystemExit(0)  # the next report: its plots' folder is made, enough to see
-
-report._plot_progress = progress
-experiment = types.SimpleNamespace(options=types.SimpleNamespace(select="youden", min_sensitivity=0), info={}, deciding_set="carved", histories=lambda: (None, {}),
-                                   checkpoint_for=lambda selected: sys.argv[2])
-report.write_report(experiment, pd.DataFrame({"rank": [1], "val_threshold": [0.5]}), None)
-"""
+def _dead_pid() -> int:
+    """The pid of a process that has ended (what a kill -9 leaves a folder named after)."""
+    ended = subprocess.Popen([sys.executable, "-S", "-c", ""])
+    ended.wait()
+    return ended.pid
 
 
-def test_plots_a_report_killed_while_drawing_left_are_removed_by_the_next_report(tmp_path):
+def test_plots_a_report_killed_while_drawing_left_are_removed_by_the_next_report(tmp_path, monkeypatch):
     # Before: the plots were drawn in a plain TemporaryDirectory, and a kill -9 meanwhile left $TMPDIR/tmpXXXXXXXX with them for good.
-    temp = tmp_path / "temp"
-    temp.mkdir()
-    for how in ("kill", "stop"):
-        subprocess.run([sys.executable, "-c", _DRAW_THEN, how, str(tmp_path / "no-checkpoint")], cwd=ROOT, check=how == "stop",
-                       env={**os.environ, "TMPDIR": str(temp)}, capture_output=True)
-        if how == "kill":
-            left = list(temp.iterdir())
-            assert [p.name for p in left[0].iterdir()] == ["progress.png"], left  # what the kill leaves behind
-    assert list(temp.iterdir()) == []
+    import tempfile
+
+    import pandas as pd
+
+    left = tmp_path / f"cxr_tune-report-{_dead_pid()}-abcd1234"  # what a report killed while drawing leaves
+    left.mkdir()
+    (left / "progress.png").write_bytes(b"png")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    drawn_in = []
+
+    def progress(path, *args):
+        drawn_in.append(path.parent)
+        raise SystemExit(0)  # the next report: its plots' folder is made, enough to see
+
+    monkeypatch.setattr(report, "_plot_progress", progress)
+    experiment = types.SimpleNamespace(options=types.SimpleNamespace(select="youden", min_sensitivity=0), info={}, deciding_set="carved",
+                                       histories=lambda: (None, {}), checkpoint_for=lambda selected: str(tmp_path / "no-checkpoint"))
+    with pytest.raises(SystemExit):
+        report.write_report(experiment, pd.DataFrame({"rank": [1], "val_threshold": [0.5]}), None)
+    assert drawn_in[0].name.startswith(f"cxr_tune-report-{os.getpid()}-")  # named so that the report after a kill removes it
+    assert list(tmp_path.iterdir()) == []
