@@ -30,6 +30,11 @@ OPTIMIZERS = ("adamw", "sgd")
 INTENSITY = ("none", "zscore", "equalize")
 CRITERIA = tuple(SELECTION_CRITERIA)
 
+#: The fewest images a training batch may hold. BatchNorm in train mode normalizes each channel over the batch: one
+#: image gives a single value per channel where a map is 1x1 (torchvision's networks below 64 px), and torch refuses it.
+#: The training step skips a last batch of fewer (:func:`cxr_tune.train.steps.train_one_epoch`).
+MIN_BATCH = 2
+
 # Inclusive ranges for numeric fields: a value outside is a configuration mistake.
 MAX_WIDTH = 2048  # filters in any one block (a 3x3 convolution 2048 -> 2048 wide holds 38 M weights)
 _RANGES: dict[str, tuple[float, float]] = {
@@ -50,7 +55,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "aug_noise": (0.0, 0.2),
     "lr": (1e-7, 10.0),
     "weight_decay": (0.0, 1.0),
-    "batch_size": (1, 4096),
+    "batch_size": (MIN_BATCH, 4096),
     "epochs": (1, 1000),
     "warmup_epochs": (0, 100),
     "image_size": (MIN_SIZE, MAX_SIZE),

@@ -29,7 +29,8 @@ from cxr_tune.train.metrics import evaluate_scores
 from cxr_tune.train.model import build_model, load_weights
 from cxr_tune.train.precision import configure_device, epochs_trained_in, resolve
 from cxr_tune.train.scoring_sets import KEEP_LIMIT_BYTES, ScoringSet, in_set_order
-from cxr_tune.train.steps import build_ema, build_optimizer, build_scheduler, resume_scheduler, score_batch_size, score_batches, seed_everything, train_one_epoch
+from cxr_tune.train.steps import (build_ema, build_optimizer, build_scheduler, resume_scheduler, score_batch_size, score_batches, seed_everything,
+                                  steps_per_epoch as count_steps, train_one_epoch)
 
 SHUFFLE_BUFFER = 2048
 
@@ -97,7 +98,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     deciding_set = config["deciding_set"]  # recorded by whoever started the run, never guessed here
     deciding = prefix_of(deciding_set)
     n_normal, n_pneumonia = config["class_counts"]
-    steps_per_epoch = math.ceil((n_normal + n_pneumonia) // world / hp.batch_size)
+    steps_per_epoch = count_steps((n_normal + n_pneumonia) // world, hp.batch_size)  # Train splits the images equally
     scheduler = build_scheduler(hp, optimizer, steps_per_epoch)
     pos_weight = torch.tensor(hp.pos_weight(n_normal, n_pneumonia), device=device)
     cuda = device.type == "cuda"

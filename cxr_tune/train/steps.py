@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cxr_tune.train.augment import augment_for
-from cxr_tune.train.hparams import HParams
+from cxr_tune.train.hparams import MIN_BATCH, HParams
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.precision import Precision, fp32_scoring
 
@@ -107,6 +107,13 @@ def to_inputs(images: torch.Tensor, memory_format: torch.memory_format = torch.c
     return images.unsqueeze(1).float().div_(255.0).contiguous(memory_format=memory_format)
 
 
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Optimizer steps in an epoch of ``images`` in batches of ``batch_size``: a last batch of fewer than
+    :data:`~cxr_tune.train.hparams.MIN_BATCH` images is skipped (:func:`train_one_epoch`), so it takes no step of the schedule."""
+    full, rest = divmod(images, batch_size)
+    return full + int(rest >= MIN_BATCH)
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[dict[str, Any]],
@@ -122,12 +129,17 @@ def train_one_epoch(
 ) -> tuple[float, int]:
     """One pass over this worker's batches; returns (mean loss, images seen).
 
-    Batches hold uint8 ``image`` ``(B, H, W)`` and float ``label`` tensors, already on the device.
+    Batches hold uint8 ``image`` ``(B, H, W)`` and float ``label`` tensors, already on the device. A batch of fewer
+    than :data:`~cxr_tune.train.hparams.MIN_BATCH` images (the last one, when one image is left over) is skipped, not trained on: a
+    BatchNorm network would crash on it in train mode. Under DDP every worker's shard holds as many images (Ray
+    Train splits the training set equally), so every worker skips it and all take the same steps.
     """
     augment = augment_for(hp)
     model.train()
     total_loss, seen = None, 0
     for batch in batches:
+        if len(batch["label"]) < MIN_BATCH:
+            continue
         x = to_inputs(batch["image"], precision.memory_format)
         x = normalize_intensity(augment(x, generator), hp.intensity)
         y = batch["label"].float()

@@ -31,6 +31,7 @@ def test_per_block_widths_follow_the_sampled_depth():
     ({"kernel_size": 4}, "must be odd"),
     ({"depth": 3, "filters_0": 8}, "filters_1 is missing"),
     ({"hflip": "yes"}, "wrong type"),
+    ({"batch_size": 1}, r"batch_size=1 is out of range \[2, "),  # one image per batch cannot be batch-normalized
 ])
 def test_bad_configs_are_rejected_with_the_reason(config, message):
     with pytest.raises(HParamsError, match=message):

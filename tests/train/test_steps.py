@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cxr_tune.train.hparams import HParams
-from cxr_tune.train.steps import build_optimizer
+from cxr_tune.train.steps import build_optimizer, build_scheduler, steps_per_epoch, train_one_epoch
 
 
 def test_sgd_with_momentum_zero_is_plain_sgd_and_nesterov_otherwise():
@@ -49,3 +49,23 @@ def test_a_run_resumed_with_another_worker_count_continues_the_schedule_where_it
         uninterrupted = lr_per_step(hp, steps, range(6))
         resumed = lr_per_step(hp, steps, range(2, 6), resumed_from=(saved_steps, 2))
         assert resumed == uninterrupted[2 * steps:], (saved_steps, steps)  # bit-identical, not close
+
+
+def test_a_last_training_batch_of_one_image_is_skipped_and_takes_no_step_of_the_schedule():
+    # 2 + 1 images: torchvision's networks at 32-63 px crashed inside Ray on the one ("Expected more than 1 value per
+    # channel when training": their last BatchNorm sees a 1x1 map).
+    from cxr_tune.train.model import build_model
+    from cxr_tune.train.precision import resolve
+
+    hp = HParams(arch="resnet18", image_size=32, batch_size=2, epochs=1, warmup_epochs=0, augment_strength=0.0)
+    torch.manual_seed(0)
+    model = build_model(hp)
+    optimizer = build_optimizer(hp, model)
+    scheduler = build_scheduler(hp, optimizer, steps_per_epoch(3, hp.batch_size))
+    batches = [{"image": torch.randint(0, 256, (n, 32, 32), dtype=torch.uint8), "label": torch.tensor([0.0, 1.0][:n])} for n in (2, 1)]
+    loss, seen = train_one_epoch(model, batches, hp, optimizer, scheduler, torch.tensor(1.0), torch.Generator().manual_seed(0),
+                                 resolve("fp32", "cpu", "contiguous"))
+    assert seen == 2 and loss > 0
+    assert scheduler.last_epoch == steps_per_epoch(3, 2) == 1  # the one step taken ends the schedule: its rate reaches zero
+    assert optimizer.param_groups[0]["lr"] == 0.0
+    assert [steps_per_epoch(n, 4) for n in (8, 9, 10, 11)] == [2, 2, 3, 3]
