@@ -73,7 +73,7 @@ SEARCH = [
     ("--min-sensitivity", "nan"), ("--min-sensitivity", "1.5"),
     ("--cpus-per-worker", "nan"), ("--cpus-per-worker", "0"),
     ("--gpus-per-worker", "nan"), ("--gpus-per-worker", "-1"),
-    ("--trials", "0"), ("--max-epochs", "0"), ("--concurrency", "0"), ("--workers-per-trial", "0"), ("--seed", "-1"),
+    ("--trials", "0"), ("--max-epochs", "0"), ("--max-epochs", "1001"), ("--concurrency", "0"), ("--workers-per-trial", "0"), ("--seed", "-1"),
     ("--val-fraction", "nan"), ("--val-fraction", "0"), ("--synthetic-n", "19"), ("--split-seed", "-1"),
 ]
 TRAIN = [("--workers", "0"), ("--cpus-per-worker", "nan"), ("--cpus-per-worker", "-1"), ("--cv", "1"), ("--cv", "21"),

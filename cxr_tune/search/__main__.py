@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxr_tune import folder_lock, storage
-from cxr_tune.cliargs import fraction, help_text, nonnegative_float, nonnegative_int, positive_float, positive_int
+from cxr_tune.cliargs import fraction, help_text, int_between, nonnegative_float, nonnegative_int, positive_float, positive_int
 from cxr_tune.data.prepared import DataOptions, add_data_arguments
 from cxr_tune.errors import EXIT_INTERRUPTED, UserError, run_cli
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.space import SPACES_DIR, Space, load_space
 from cxr_tune.selection import add_select_on_argument
-from cxr_tune.train.hparams import CRITERIA
+from cxr_tune.train.hparams import CRITERIA, value_range
 from cxr_tune.train.trainer import add_precision_arguments
 
 
@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", default="results", help="folder or URI (s3://...) for experiments (default: results)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted experiment STORAGE/NAME (needs --name)")
     parser.add_argument("--trials", type=positive_int, default=None, help="number of trials (default: the space's search.trials)")
-    parser.add_argument("--max-epochs", type=positive_int, default=None, help="epochs of a trial ASHA never stops (default: the space's search.max_epochs)")
+    least, most = (int(v) for v in value_range("epochs"))  # what a trial's epochs may be, or every trial fails inside Ray
+    parser.add_argument("--max-epochs", type=int_between(least, most), default=None,
+                        help=f"epochs of a trial ASHA never stops, {least} to {most} (default: the space's search.max_epochs)")
     parser.add_argument("--time-budget", type=positive_float, default=None, metavar="MINUTES", help="stop starting/running trials after this many minutes; with --resume, minutes for this run (default: no limit)")
     parser.add_argument("--job-budget", type=positive_float, default=None, metavar="MINUTES",
                         help="minutes for the whole command: the search ends when what is left would not hold the final fit "

@@ -231,6 +231,7 @@ def load_space(name_or_path: str, *, checked: bool = True) -> Space:
     _check_links(params, fixed, fail, checked)
     space = Space(path.stem, str(path), str(raw.get("description", "")), settings, dict(fixed), params)
     if checked:
+        _check_epochs(space.settings, fail)
         _check_final_fit_changes(space, fail)
         _check_corners(space, fail)  # before image_sizes: it names the key of a value no trial could use (an image size 'abc')
         space.image_sizes()
@@ -413,6 +414,18 @@ def _check_block_count(param: Param, source: Param, fail: Any) -> None:
     for other, allowed in source.when.items():
         if other not in param.when or not all(v in allowed for v in param.when[other]):
             raise fail(key, f"'{source.name}' is sampled only when {other} is one of {list(allowed)}; give {param.name} that when condition too")
+
+
+def _check_epochs(settings: SearchSettings, fail: Any) -> None:
+    """``max_epochs`` and ``final_fit_epochs`` become every trial's and final-fit run's ``epochs``: checked against that
+    hyperparameter's own range here, or 5000 failed every trial inside Ray, or the final fit after the whole search."""
+    for key in ("max_epochs", "final_fit_epochs"):
+        value = getattr(settings, key)
+        if value:  # final_fit_epochs 0: the search's max_epochs
+            try:
+                HParams.from_config({"epochs": value})
+            except HParamsError as exc:
+                raise fail(f"search.{key}", str(exc)) from None
 
 
 def _check_final_fit_changes(space: Space, fail: Any) -> None:

@@ -68,6 +68,18 @@ _RANGES: dict[str, tuple[float, float]] = {
     "se_ratio": (0.0, 1.0),
     "ema_decay": (0.0, 0.9999),
 }
+
+
+def value_range(name: str) -> tuple[float, float]:
+    """The inclusive range of the numeric hyperparameter ``name``, for a flag or setting that becomes it
+    (``search --max-epochs`` becomes every trial's ``epochs``) to be checked before anything starts.
+
+    >>> value_range("epochs")
+    (1, 1000)
+    """
+    return _RANGES[name]
+
+
 _BLOCK_KEY = re.compile(r"^filters_(\d{1,9})$")  # a longer index is an unknown key, not a crash in int() (4300 digits at most)
 
 

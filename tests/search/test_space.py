@@ -85,6 +85,9 @@ def test_fixed_values_reach_every_trial(tmp_path):
     ("search: {patience: 3}\n", "search.patience", "unknown setting"),
     ("search: {asha_rule: hyperband}\n", "search.asha_rule", "one of ray, optuna"),
     ("search: {max_epochs: 3, grace_period: 5}\n", "search.grace_period", "more than max_epochs"),
+    # Above the epochs hyperparameter's range: every trial failed inside Ray, or the final fit after the whole search.
+    ("search: {max_epochs: 5000}\n", "search.max_epochs", "epochs=5000 is out of range [1, 1000]"),
+    ("search: {final_fit_top: 1, final_fit_epochs: 5000}\n", "search.final_fit_epochs", "epochs=5000 is out of range [1, 1000]"),
     ("params:\n  epochs: {type: int, low: 1, high: 9}\n", "params.epochs", "set by the search itself"),
     ("search: {final_fit_changes: 2}\n", "search.final_fit_changes", "must be a mapping"),
     ("search: {final_fit_changes: {convs: 2}}\n", "search.final_fit_changes.convs", "unknown hyperparameter"),
