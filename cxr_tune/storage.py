@@ -392,7 +392,10 @@ def check_folder_name(name: str, base: str, flag: str = "--name") -> None:
     dot, and ``#``, ``?`` or ``%``, which a URI reads as syntax (on object storage ``exp#2`` would
     be the object ``exp``); and on object storage any character a URI must escape (whitespace,
     ``[``, non-ASCII letters: :func:`join` escapes them, but Ray writes its experiment under the plain
-    name, and a resume that reads it back escaped found a second folder)."""
+    name, and a resume that reads it back escaped found a second folder); and an empty or blank name, which would
+    name ``base`` itself (a command's default name is for a flag left out, not given empty)."""
+    if not name.strip():
+        raise UserError(f"{flag} is empty: give a folder name, or leave {flag} out for a timestamped one")
     if "/" in name or "\\" in name or name.startswith("."):
         raise UserError(f"{flag} {name!r} must be a plain folder name")
     bad = sorted({c for c in name if c in "#?%" or (is_uri(base) and _escaped(c) != c)})

@@ -380,7 +380,8 @@ def test_a_folder_name_stays_one_folder_locally_and_on_object_storage():
                                 ("exp 2", "s3://b/r", "' ' cannot be in a folder name on object storage"),
                                 # Ray writes the experiment under the plain name, a resume read it escaped (exp%5B1%5D): two folders
                                 ("exp[1]", "s3://b/r", "'[' ']' cannot be in a folder name on object storage"),
-                                ("résumé", "s3://b/r", "'é' cannot be in a folder name on object storage")):
+                                ("résumé", "s3://b/r", "'é' cannot be in a folder name on object storage"),
+                                ("", "/r", "--name is empty"), (" ", "s3://b/r", "--name is empty")):  # it would name the base itself
         with pytest.raises(UserError, match=re.escape(message)):
             check_folder_name(name, base)
 

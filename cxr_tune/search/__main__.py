@@ -74,9 +74,7 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
     space = load_space(args.space)  # a bad file stops here, before Ray starts
     if args.max_epochs is not None and args.max_epochs < space.settings.grace_period:
         raise UserError(f"--max-epochs {args.max_epochs} is less than the space's ASHA grace_period {space.settings.grace_period}")
-    if args.name is not None and not args.name.strip():
-        raise UserError("--name is empty: give the experiment a folder name, or leave --name out for <space>-<timestamp>")
-    name = args.name or time.strftime(f"{space.name}-%Y%m%d-%H%M%S")
+    name = args.name if args.name is not None else time.strftime(f"{space.name}-%Y%m%d-%H%M%S")
     storage.check_folder_name(name, args.storage)
     data = DataOptions.from_args(args)
     # Saved absolute, so that experiment.json means the same from any working directory.

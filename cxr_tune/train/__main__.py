@@ -81,7 +81,7 @@ def _main(argv: Sequence[str] | None) -> int:
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if args.use_gpu else 0.0)
     if ranks_share_a_gpu(args.workers, gpus):
         raise UserError(f"--gpus-per-worker {gpus:g} with --workers {args.workers}: the workers of one DDP run cannot share a GPU; give each a whole one")
-    name = args.name or time.strftime("train-%Y%m%d-%H%M%S")
+    name = args.name if args.name is not None else time.strftime("train-%Y%m%d-%H%M%S")  # an empty --name is refused below
     storage_path = storage.resolve(args.storage)
     storage.check_folder_name(name, storage_path)
     if not name.isascii() and not args.cv:  # Ray Train's metrics tag a run with its name, as ASCII (--cv's runs are fold1, ...)

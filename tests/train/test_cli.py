@@ -84,6 +84,19 @@ def test_a_run_name_ray_train_cannot_carry_is_refused_in_one_line_before_ray_sta
     assert not (tmp_path / "résumé").exists()
 
 
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_run_name_is_refused_as_search_refuses_it(name, tmp_path, monkeypatch):
+    """Before: ``--name ''`` silently gave the run a ``train-<timestamp>`` folder, while ``search --name ''`` was refused."""
+    import cxr_tune.ray_session
+    from cxr_tune.errors import UserError
+    from cxr_tune.train.__main__ import main
+
+    monkeypatch.setattr(cxr_tune.ray_session, "ray_session", lambda *a, **k: pytest.fail("Ray started"))
+    with pytest.raises(UserError, match=r"^--name is empty: give a folder name, or leave --name out for a timestamped one$"):
+        main(["--data", str(tmp_path / "not-read"), "--storage", str(tmp_path / "runs"), "--name", name])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_run_resumed_under_its_name_with_other_settings_is_refused_before_ray_starts(synthetic_root, tmp_path):
     from cxr_tune.errors import UserError
     from cxr_tune.train.__main__ import main
