@@ -78,6 +78,8 @@ def _main(argv: Sequence[str] | None) -> int:
     weights = {hp.arch: storage.resolve(args.weights)} if args.weights else None
     if weights:
         check_weights(net, weights[hp.arch])
+    if args.use_gpu and args.gpus_per_worker == 0:  # it trained on the CPU without a word
+        raise UserError("--use-gpu with --gpus-per-worker 0 would train on the CPU; give --gpus-per-worker above 0, or leave out --use-gpu")
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if args.use_gpu else 0.0)
     if ranks_share_a_gpu(args.workers, gpus):
         raise UserError(f"--gpus-per-worker {gpus:g} with --workers {args.workers}: the workers of one DDP run cannot share a GPU; give each a whole one")

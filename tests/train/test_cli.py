@@ -97,6 +97,15 @@ def test_an_empty_run_name_is_refused_as_search_refuses_it(name, tmp_path, monke
     assert not (tmp_path / "runs").exists()
 
 
+def test_use_gpu_with_no_gpu_per_worker_is_refused_in_one_line_before_the_data_is_read(tmp_path):
+    """Before: ``--use-gpu --gpus-per-worker 0`` trained on the CPU, status 0, without a word."""
+    from cxr_tune.errors import UserError
+    from cxr_tune.train.__main__ import main
+
+    with pytest.raises(UserError, match=r"^--use-gpu with --gpus-per-worker 0 would train on the CPU; give --gpus-per-worker above 0, or leave out --use-gpu$"):
+        main(["--data", str(tmp_path / "not-read"), "--storage", str(tmp_path), "--use-gpu", "--gpus-per-worker", "0"])
+
+
 def test_a_run_resumed_under_its_name_with_other_settings_is_refused_before_ray_starts(synthetic_root, tmp_path):
     from cxr_tune.errors import UserError
     from cxr_tune.train.__main__ import main
