@@ -92,8 +92,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if Experiment.exists(run_dir):  # --name resumes a run: never one inside a search's folder
         raise UserError(f"'{run_dir}' is a search experiment, not a train run; give the run another --name")
     # Before its record is read or written: a second command must leave the running one's alone. (A new run's folder
-    # is made, and held, only once its data checked out: a refused command leaves nothing behind.)
+    # is made, and held, only once its data checked out, and removed when Ray refuses it: a refused command leaves nothing behind.)
     folder_lock.hold(run_dir, "train run folder")
+    new_run = not storage.exists(run_dir)
     if args.cv:
         from cxr_tune.train.crossval import fold_runs
 
@@ -123,16 +124,25 @@ def _main(argv: Sequence[str] | None) -> int:
     folder_lock.hold(run_dir, "train run folder")
     log = storage.local_file_for(run_dir, LOG_FILE, "logs", options.resolved_cache_dir)
     print(f"Ray logs: {log}" + ("" if args.verbose else " (--verbose shows them here too)"), flush=True)
+    discard, removed = new_run, False  # discard: until Ray has started or been joined and holds the run, nothing is trained
     try:
         with library_output_to(log, verbose=args.verbose) as stream, ray_session(args.address, log=stream, verbose=args.verbose):
-            return train(args, hp, split, storage_path, name, gpus, weights)
+            resources = run_resources(args, gpus)
+            discard = False
+            return train(args, hp, split, storage_path, name, resources, weights)
+    except UserError:
+        if discard:  # kept, it would hold the run.json and log of a run that never was (as search removes its experiment)
+            storage.remove_tree(run_dir)
+            removed = True
+        raise
     finally:
-        if storage.is_uri(run_dir) and os.path.exists(log):
+        if not removed and storage.is_uri(run_dir) and os.path.exists(log):
             storage.copy(log, storage.join(run_dir, LOG_FILE))
 
 
-def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path: str, name: str, gpus: float, weights: dict | None) -> int:
-    """One run (or the folds of ``--cv``) on the running Ray; prints its report."""
+def run_resources(args: argparse.Namespace, gpus: float) -> Resources:
+    """Each worker's CPUs and GPUs on the running Ray, or one line when its cluster cannot hold them (Train would wait
+    minutes for them, then fail)."""
     import ray
 
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
@@ -141,10 +151,15 @@ def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path:
     side_by_side = min(args.cv, max(1, int(cluster_cpus // args.workers))) if args.cv else 1
     cpus = args.cpus_per_worker or max(1.0, float(int(cluster_cpus // (args.workers * side_by_side)))) - (TRIAL_DRIVER_CPU if args.cv else 0.0)
     resources = Resources(args.workers, cpus, gpus)
-    if args.workers * cpus + (TRIAL_DRIVER_CPU if args.cv else 0.0) > cluster_cpus + 1e-9:  # Train would wait minutes for them, then fail
+    if args.workers * cpus + (TRIAL_DRIVER_CPU if args.cv else 0.0) > cluster_cpus + 1e-9:
         raise UserError(f"{args.workers} worker(s) x {cpus:g} CPU(s) but the Ray cluster has {cluster_cpus:g} CPU(s); lower --workers or --cpus-per-worker")
     if resources.use_gpu and ray.cluster_resources().get("GPU", 0) < gpus * args.workers:
         raise UserError(f"{args.workers} worker(s) x {gpus:g} GPU but the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPU(s)")
+    return resources
+
+
+def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path: str, name: str, resources: Resources, weights: dict | None) -> int:
+    """One run (or the folds of ``--cv``) on the running Ray, with :func:`run_resources`; prints its report."""
     run = RunOptions(args.precision, args.memory_format, args.deterministic, weights)
     if args.cv:
         add_to_run_record(storage.join(storage_path, name), {"precision_flags": precision_flags(args)})  # what a resume must give again

@@ -106,6 +106,34 @@ def test_use_gpu_with_no_gpu_per_worker_is_refused_in_one_line_before_the_data_i
         main(["--data", str(tmp_path / "not-read"), "--storage", str(tmp_path), "--use-gpu", "--gpus-per-worker", "0"])
 
 
+@pytest.mark.parametrize(("flags", "said"), [(["--workers", "3"], "3 worker(s) x 1 CPU(s) but the Ray cluster has 2 CPU(s)"),
+                                             (["--cpus-per-worker", "1e9"], "1 worker(s) x 1e+09 CPU(s) but the Ray cluster has 2 CPU(s)"),
+                                             (["--use-gpu"], "1 worker(s) x 1 GPU but the Ray cluster has 0 GPU(s)")])
+def test_a_run_the_cluster_cannot_hold_leaves_no_run_folder_and_a_resumed_one_keeps_its_own(flags, said, tmp_path, monkeypatch):
+    """Before: refused once Ray had started, the command left ``runs/<name>/`` (run.json, train.log, a lock) behind,
+    although a refused command leaves nothing. A run folder that was there before (a resume) is not the command's to remove."""
+    import contextlib
+
+    import ray
+
+    import cxr_tune.ray_session
+    from cxr_tune.errors import UserError
+    from cxr_tune.train.__main__ import main
+
+    monkeypatch.setattr(cxr_tune.ray_session, "ray_session", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})  # a 2-CPU cluster without a GPU, without starting one
+    argv = ["--data", str(folder_with_bad_files(tmp_path / "data")), "--storage", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
+            "--set", "image_size=32", *flags]
+    with pytest.raises(UserError, match=re.escape(said)):
+        main([*argv, "--name", "new"])
+    assert not (tmp_path / "runs" / "new").exists()
+    (tmp_path / "runs" / "old").mkdir()
+    (tmp_path / "runs" / "old" / "notes.txt").write_text("kept")
+    with pytest.raises(UserError, match=re.escape(said)):
+        main([*argv, "--name", "old"])
+    assert (tmp_path / "runs" / "old" / "notes.txt").read_text() == "kept"
+
+
 def test_a_run_resumed_under_its_name_with_other_settings_is_refused_before_ray_starts(synthetic_root, tmp_path):
     from cxr_tune.errors import UserError
     from cxr_tune.train.__main__ import main
@@ -214,13 +242,12 @@ def test_more_worker_cpus_than_the_cluster_has_are_refused_in_one_line_before_tr
     import ray
 
     from cxr_tune.errors import UserError
-    from cxr_tune.train.__main__ import build_parser, train
-    from cxr_tune.train.hparams import HParams
+    from cxr_tune.train.__main__ import build_parser, run_resources
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     args = build_parser().parse_args(["--storage", str(tmp_path), *flags])
     with pytest.raises(UserError, match=r"^\d worker\(s\) x [\d.]+ CPU\(s\) but the Ray cluster has 2 CPU\(s\); lower --workers or --cpus-per-worker$"):
-        train(args, HParams(), None, str(tmp_path), "run", 0.0, None)  # refused before the data (None here) is used
+        run_resources(args, 0.0)
 
 
 def test_cross_validation_resumed_on_other_data_is_refused(tmp_path):
