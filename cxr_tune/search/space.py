@@ -49,7 +49,7 @@ from typing import Any
 
 from cxr_tune import storage
 from cxr_tune.errors import UserError
-from cxr_tune.train.hparams import HParams, HParamsError
+from cxr_tune.train.hparams import HParams, HParamsError, check_type
 from cxr_tune.yamlfile import load_mapping
 
 # The named spaces ship inside the package: in a checkout cxr_tune/spaces is a symlink to the
@@ -445,6 +445,13 @@ def _check_corners(space: Space, fail: Any) -> None:
     """Every configuration of :func:`_corners` must make a valid HParams and model, as sampled and
     with the final fit's changes: a bad one would fail its trials, or the final fit, inside Ray."""
     changes = space.settings.final_fit_changes
+    for param in space.params:  # _corners takes the least and greatest of these: text among numbers cannot be ordered
+        if param.name in (*_SHAPE, "image_size"):
+            for value in param.values:
+                try:
+                    check_type(param.name, value)
+                except HParamsError as exc:
+                    raise fail(f"params.{param.name}", str(exc)) from None
     for key, config in _corners(space):
         problem = _problem(config)
         if problem:

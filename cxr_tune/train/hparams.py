@@ -236,6 +236,18 @@ def read_params(path: str | None, overrides: list[tuple[str, Any]]) -> HParams:
         raise UserError(f"{path or '--set'}: {exc}") from None
 
 
+def check_type(name: str, value: Any) -> None:
+    """:class:`HParamsError` if ``value`` has the wrong type for the field ``name``; its range is checked
+    with a whole config. For a caller that must order values before it builds one (a search space's corners).
+
+    >>> check_type("depth", "3")
+    Traceback (most recent call last):
+    ...
+    cxr_tune.train.hparams.HParamsError: depth='3' has the wrong type (expected int)
+    """
+    _coerce(name, next(f.type for f in fields(HParams) if f.name == name), value)
+
+
 def _coerce(name: str, kind: str, value: Any) -> Any:
     """Accept what YAML and Optuna produce (ints for floats, numpy scalars) but not nonsense.
 

@@ -109,6 +109,11 @@ def test_fixed_values_reach_every_trial(tmp_path):
     # Each of these was a traceback from deep inside the space's own checks, or (the last two) a space that never sampled momentum.
     ("fixed: {image_size: abc}\n", "fixed", "image_size='abc' has the wrong type"),
     ("params:\n  image_size: {type: categorical, choices: [abc]}\n", "params.image_size", "image_size='abc' has the wrong type"),
+    # Text among numbers: the corners take these keys' smallest and largest value, which raised a TypeError traceback.
+    ("params:\n  image_size: {type: categorical, choices: [32, 64x]}\n", "params.image_size", "image_size='64x' has the wrong type (expected int)"),
+    ("fixed: {image_size: 64}\nparams:\n  depth: {type: categorical, choices: [2, '3']}\n", "params.depth", "depth='3' has the wrong type"),
+    ("params:\n  width_growth: {type: categorical, choices: [1.5, '2']}\n", "params.width_growth", "width_growth='2' has the wrong type"),
+    ("params:\n  filters: {type: categorical, choices: [8, wide]}\n", "params.filters", "filters='wide' has the wrong type"),
     ("params:\n  depth: {type: int, low: 2, high: 3}\n  filters: {type: categorical, choices: [4, 8], per_block: [depth]}\n",
      "params.filters.per_block", "must be the name of one int parameter"),
     ("params:\n  kernel_size: {type: int, low: 3, high: 100000000000000000000001}\n", "params.kernel_size", "out of range"),
