@@ -249,17 +249,25 @@ def _store_reason(path: str, exc: OSError) -> str:
     return "the object store answered: " + detail.split("AWS Error ", 1)[-1].rstrip(".")
 
 
+class NoPermission(UserError, PermissionError):
+    """A local file or folder this process may not look at (chmod 000, another user's folder): one line
+    naming it (exit 2), and still a ``PermissionError`` for what copes with one (a data scan names it)."""
+
+
 @contextmanager
 def reported(path: str, doing: str) -> Iterator[None]:
     """Turn pyarrow's ``OSError`` for a URI into a :class:`StoreError` naming ``path`` ("'PATH' cannot be
-    DOING: REASON"). A missing file stays a ``FileNotFoundError``, which callers expect; local paths keep
-    their own errors."""
+    DOING: REASON"), and a local one for want of permission into :class:`NoPermission`, which pyarrow
+    otherwise raised as a traceback ("Failed stat()ing path"). A missing file stays a ``FileNotFoundError``,
+    which callers expect; other local errors stay as they are."""
     try:
         yield
-    except (FileNotFoundError, StoreError):
+    except (FileNotFoundError, StoreError, NoPermission):
         raise
     except OSError as exc:
         if not is_uri(path):
+            if isinstance(exc, PermissionError):
+                raise NoPermission(f"'{path}' cannot be {doing}: permission denied (check the permissions of it and of the folders it is in)") from None
             raise
         raise StoreError(f"'{path}' cannot be {doing}: {_store_reason(path, exc)}") from None
 

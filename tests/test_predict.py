@@ -131,6 +131,16 @@ def test_an_unreadable_folder_is_listed_as_skipped(tmp_path):
     assert f"  {normal}: permission denied" in done.stdout.splitlines(), done.stdout
 
 
+def test_a_model_folder_that_cannot_be_read_is_one_line_naming_it(tmp_path):
+    """Before: pyarrow's PermissionError from looking for model.json, as a traceback (compare and adapt load alike)."""
+    prefix = permissions_bind()
+    model = write_export(tmp_path / "best", image_size=16)
+    with unreadable(model):
+        done = run_cli("cxr_tune.predict", "--model", str(model), str(tmp_path), "--quiet", prefix=prefix)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"error: '{model / 'model.json'}' cannot be reached: permission denied" in done.stderr
+
+
 def test_a_named_folder_that_cannot_be_listed_is_an_error_not_an_empty_folder(tmp_path, monkeypatch):
     import os
 

@@ -432,3 +432,21 @@ def test_a_folder_where_no_file_can_be_made_is_refused_in_one_line_even_as_root(
         storage.check_writable(folder, "--storage")
     storage.check_writable(str(tmp_path / "runs"), "--storage")
     assert list(tmp_path.iterdir()) == []  # the check leaves nothing behind
+
+
+class _Denied:
+    """pyarrow's local filesystem as it answers for a path inside a chmod 000 folder (to anyone but root)."""
+
+    def get_file_info(self, what: object) -> None:
+        raise PermissionError(13, "Failed stat()ing path. Detail: [errno 13] Permission denied")
+
+
+def test_a_local_path_that_cannot_be_looked_at_is_one_line_naming_it(tmp_path, monkeypatch):
+    """Before: pyarrow's PermissionError went through untouched, a traceback from predict, export, search and train."""
+    path = str(tmp_path / "model" / "model.json")
+    monkeypatch.setattr(storage, "filesystem", lambda p: (_Denied(), p))
+    for ask in (storage.exists, storage.is_file, storage.is_dir, storage.listdir):
+        with pytest.raises(UserError) as caught:
+            ask(path)
+        assert str(caught.value).startswith(f"'{path}' cannot be ") and ": permission denied" in str(caught.value)
+        assert isinstance(caught.value, PermissionError)  # what copes with one (a data scan names the folder) still does
