@@ -417,10 +417,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_outputs_apart(args: argparse.Namespace) -> None:
+    """Refuse two output flags naming one path, before any work: the later write replaced the earlier
+    (``--csv X --metrics X`` kept only the JSON, status 0), or ``--explain`` failed on the file already written."""
+    named: list[tuple[str, str]] = []
+    for flag, path in (("--csv", args.csv), ("--metrics", args.metrics), ("--explain", args.explain)):
+        if path:
+            same = next((earlier for earlier, other in named if storage.same_folder(path, other)), None)
+            if same:
+                raise UserError(f"{same} and {flag} name the same path '{path}'; give each output its own")
+            named.append((flag, path))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for path in (args.model, *args.inputs):
         storage.check_plain_uri(path)
+    _check_outputs_apart(args)
     if args.csv:
         storage.check_writable(args.csv, "--csv", folder=False)
     if args.metrics:

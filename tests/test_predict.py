@@ -75,6 +75,16 @@ def test_metrics_without_labelled_images_is_refused_before_scoring(tmp_path):
     assert not (tmp_path / "m.json").exists()
 
 
+@pytest.mark.parametrize(("first", "second"), [("--csv", "--metrics"), ("--csv", "--explain"), ("--metrics", "--explain")])
+def test_two_outputs_naming_one_path_are_refused_before_scoring(tmp_path, first, second):
+    """Before: --csv X --metrics X kept only the JSON with status 0; --explain X after --csv X failed with a traceback."""
+    model = write_export(tmp_path / "best")
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"]}})
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(data), first, f"{tmp_path}/./out", second, str(tmp_path / "out"))
+    assert done.returncode == 2 and f"{first} and {second} name the same path '{tmp_path / 'out'}'" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_point_that_gives_up_a_rate_is_noted_when_chosen(tmp_path):
     model = write_export(tmp_path / "best", operating_points={"balanced": {"threshold": 0.5}, "sens98": {"threshold": 0.0, "gives_up": "specificity"}})
     data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"]}})
