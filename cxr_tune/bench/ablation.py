@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxr_tune.bench.common import PROJECT, write_result
+from cxr_tune.bench.common import PROJECT, check_varied, write_result
 from cxr_tune.bench.kept import KeptRuns, kept_runs
 from cxr_tune.data.prepared import datasets_by_size
 from cxr_tune.experiment import Experiment
@@ -55,10 +55,14 @@ def post_hoc(experiment: Experiment, k: int) -> pd.DataFrame:
 
 
 def configurations(experiment: Experiment, variants: list[tuple[str, object]], epochs: int) -> list[tuple[str, dict]]:
-    """(name, hyperparameters) of each run: the exported configuration, then each variant of it."""
+    """(name, hyperparameters) of each run: the exported configuration, then each variant of it (one no
+    configuration can take is refused here, before the baseline retrains)."""
     base = read_meta(experiment.file("best", META_FILE))["hparams"]
     base["epochs"] = epochs
-    return [("selected configuration", base)] + [(f"with {key}={value}", {**base, key: value}) for key, value in variants]
+    configs = [("selected configuration", base)] + [(f"with {key}={value}", {**base, key: value}) for key, value in variants]
+    for _, config in configs[1:]:
+        check_varied(config)
+    return configs
 
 
 def retrain(experiment: Experiment, configs: list[tuple[str, dict]], epochs: int, kept: KeptRuns) -> pd.DataFrame:
@@ -94,8 +98,8 @@ def retrain(experiment: Experiment, configs: list[tuple[str, dict]], epochs: int
 
 def run(experiment: str, variants: list[tuple[str, object]], epochs: int, k: int) -> None:
     experiment = Experiment(experiment)
-    hoc = post_hoc(experiment, k)
     configs = configurations(experiment, variants, epochs)
+    hoc = post_hoc(experiment, k)
     with kept_runs("ablation", {"experiment": experiment.path, "configs": configs}) as kept:
         trained = retrain(experiment, configs, epochs, kept) if variants else pd.DataFrame()
     summary = [

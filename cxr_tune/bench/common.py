@@ -16,6 +16,7 @@ import numpy as np
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import code_span
 from cxr_tune.selection import REPORTED_RESAMPLES
+from cxr_tune.train.hparams import HParams, HParamsError
 
 PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "chest_xray_224"
@@ -34,6 +35,15 @@ def data_named(description: str, external: str) -> str:
     says so) and its external set by folder, as value, epochs and transfer name theirs; so a run on other data
     never reads as the committed real-data one."""
     return f"{description}; external set: {code_span(external) if external else 'none'}"
+
+
+def check_varied(config: dict[str, Any]) -> None:
+    """Refuse a configuration a ``--vary KEY=VALUE`` change made (an unknown key, a wrong type, a value out of range)
+    in one line, ``--vary: ...``, before anything trains: a bad change found after a retrain has cost that retrain."""
+    try:
+        HParams.from_config(config)
+    except HParamsError as exc:
+        raise UserError(f"--vary: {exc}") from None
 
 
 def machine() -> dict[str, Any]:

@@ -29,14 +29,14 @@ import pandas as pd
 
 from typing import Any
 
-from cxr_tune.bench.common import write_result
+from cxr_tune.bench.common import check_varied, write_result
 from cxr_tune.bench.external_scoring import export_on_external, score_row, score_table, threshold_by_rule, train_external_scores
 from cxr_tune.bench.kept import kept_runs
 from cxr_tune.cliargs import assignments_text
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import code_span
-from cxr_tune.train.hparams import HParams, HParamsError
+from cxr_tune.train.hparams import HParams
 
 
 def plan_runs(members: list[dict], epochs: list[int], changes: dict[str, Any] | None = None) -> list[dict]:
@@ -45,10 +45,7 @@ def plan_runs(members: list[dict], epochs: list[int], changes: dict[str, Any] | 
     runs = [{"epochs": count, "member": m["trial_id"], "hparams": {**m["hparams"], **(changes or {}), "epochs": count}}
             for count in epochs for m in members]
     for spec in runs:
-        try:
-            HParams.from_config(spec["hparams"])
-        except HParamsError as exc:
-            raise UserError(f"--vary: {exc}") from None
+        check_varied(spec["hparams"])
     return runs
 
 
