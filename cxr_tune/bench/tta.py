@@ -20,10 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_tune.bench.common import DEFAULT_DATA, RESULTS, paired_auc_difference, write_result
+from cxr_tune.bench.common import DEFAULT_DATA, PROJECT, RESULTS, paired_auc_difference, write_result
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import code_span
 from cxr_tune.selection import REPORTED_RESAMPLES
+
+
+#: the model whose result results/benchmarks holds (tta_best.md); any other model's goes where --out says
+COMMITTED_MODEL = PROJECT / "results" / "real" / "best"
 
 
 def labelled_images(folder: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -96,7 +100,15 @@ def single_view_rows(per_view: list[np.ndarray], y: np.ndarray, threshold: float
 
 
 def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Path | None = None) -> Path:
-    """Write ``tta_<model folder name>.md`` / ``.json`` into ``folder`` (default ``results/benchmarks``); returns the ``.md``."""
+    """Write ``tta_<model folder name>.md`` / ``.json`` into ``folder``; returns the ``.md``. The default, ``results/benchmarks``,
+    is for the committed model only: another model's result there replaced the committed ``tta_best.md`` (any export is named ``best``)."""
+    from cxr_tune import storage
+
+    if folder is None:
+        if not storage.same_folder(str(model_dir), str(COMMITTED_MODEL)):
+            raise UserError(f"bench tta: pass --out FOLDER for '{model_dir}'; the default, {RESULTS.relative_to(PROJECT)}, "
+                            f"holds the committed result of {COMMITTED_MODEL.relative_to(PROJECT)} only")
+        folder = RESULTS
     from sklearn.metrics import roc_auc_score
 
     from cxr_tune.set_metrics import bootstrap_intervals
@@ -167,4 +179,4 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
                        "calls flipped": f"{row['flipped']:.3f}"} for row in alone]).to_markdown(index=False, disable_numparse=True),
     ]
     return write_result(f"tta_{name}", f"Test-time augmentation: {name}", summary,
-                        {"model": model_dir, "images": images_dir, "n": len(y), "left_out": left_out, "rows": rows, "single_view_threshold": plain_threshold, "single_views": alone}, folder=folder or RESULTS)
+                        {"model": model_dir, "images": images_dir, "n": len(y), "left_out": left_out, "rows": rows, "single_view_threshold": plain_threshold, "single_views": alone}, folder=folder)

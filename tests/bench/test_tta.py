@@ -13,7 +13,7 @@ from cxr_tune.data.imaging import decode_gray
 from cxr_tune.modelfile import load_members, serving_model, torch_scores
 from cxr_tune.selection import choose_threshold
 
-from tests.conftest import call_cli
+from tests.conftest import ROOT, call_cli
 from tests.model_exports import export_folder, kermany_set, save_images
 
 
@@ -85,3 +85,15 @@ def test_folder_names_with_backticks_stay_inside_their_code_spans_in_the_report(
     text = next((tmp_path / "out").glob("tta_*.md")).read_text()
     assert f"``{model}``" in text and f"``{site}``" in text  # shown as they are
     assert not any("<img" in outside_code_spans(line) or "<b>" in outside_code_spans(line) for line in text.splitlines())
+
+
+def test_another_model_than_the_committed_one_needs_out_before_any_work(tmp_path):
+    """Before: without --out any model's result replaced the committed results/benchmarks/tta_best.md (an export's folder is best/)."""
+    export_folder(tmp_path / "best")
+    images = save_images(kermany_set(30, 4), tmp_path / "site")
+    done = call_cli("cxr_tune.bench", "tta", str(tmp_path / "best"), "--images", str(images))
+    assert done.returncode == 2 and f"pass --out FOLDER for '{tmp_path / 'best'}'" in done.stderr, done.stderr[-2000:]
+    assert "results/benchmarks, holds the committed result of results/real/best only" in done.stderr
+    # the committed model itself still writes there, as the README's command does: past this check, to the missing images
+    missing = call_cli("cxr_tune.bench", "tta", str(ROOT / "results/real/best"), "--images", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "image folder" in missing.stderr and "--out" not in missing.stderr, missing.stderr
