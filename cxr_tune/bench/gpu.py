@@ -167,10 +167,13 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
     """Measure, then write ``out/gpu.md`` and ``gpu.json`` with the command that produced them."""
     from cxr_tune.bench.common import bench_command, machine
 
-    device = torch.device(device_name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from cxr_tune.errors import UserError
+    from cxr_tune.errors import UserError
 
+    try:
+        device = torch.device(device_name)
+    except RuntimeError:  # torch's "Expected one of cpu, cuda, ... device type at start of device string", as a traceback
+        raise UserError(f"--device {device_name!r} is not a torch device; pass cuda, cuda:N or cpu") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but torch sees no CUDA GPU here; run it on the GPU machine, or pass --device cpu")
     configure_device(device)  # as a training worker does (cuDNN autotuning on a GPU), so the check times what a trial runs
     steps = []

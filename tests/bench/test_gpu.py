@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, call_cli
 
 DEVICE_LACKS = ("ray", "optuna", "platformdirs")
 BLOCK = "".join(f"sys.modules[{name!r}] = None; " for name in DEVICE_LACKS)  # importing them fails, as on the device machine
@@ -74,3 +74,11 @@ def test_the_device_check_times_a_torchvision_network_and_says_which(tmp_path):
     assert [s["layout"] for s in record["steps"]] == ["contiguous", "channels_last"] and all(s["step_img_s"] > 0 for s in record["steps"])
     text = (tmp_path / "gpu.md").read_text()
     assert "Model: torchvision resnet18 with a one-channel stem" in text and f"torchvision {record['torchvision']}." in text
+
+
+@pytest.mark.parametrize("device", ["nonsense", "cuda:x"])
+def test_a_device_torch_does_not_know_is_one_line(tmp_path, device):
+    """Before: torch's RuntimeError ("Expected one of cpu, cuda, ... device type") as a traceback."""
+    done = call_cli("cxr_tune.bench", "gpu", "--device", device, "--out", str(tmp_path))
+    assert done.returncode == 2 and f"error: --device {device!r} is not a torch device; pass cuda, cuda:N or cpu" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
