@@ -496,7 +496,7 @@ def _corners(space: Space) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _problem(config: dict[str, Any]) -> str | None:
     """Why ``config`` cannot be a trial's network, or None."""
-    from cxr_tune.train.model import TORCHVISION_MIN_SIZE, max_depth  # torch: not for the search's --help and flag errors, which import this module
+    from cxr_tune.train.model import TORCHVISION_MIN_SIZE, max_depth, training_problem  # torch: not for --help and flag errors, which import this module
 
     try:
         hp = HParams.from_config(config)
@@ -506,7 +506,7 @@ def _problem(config: dict[str, Any]) -> str | None:
         return f"arch {hp.arch} downsamples by {TORCHVISION_MIN_SIZE}; use image_size >= {TORCHVISION_MIN_SIZE}, not {hp.image_size}"
     if hp.depth > max_depth(hp.image_size):
         return f"depth {hp.depth} would shrink {hp.image_size} px images below 1x1; keep depth <= {max_depth(hp.image_size)}"
-    return None
+    return training_problem(hp)
 
 
 def _values(space: Space, name: str) -> tuple[Any, ...]:

@@ -69,12 +69,14 @@ def _main(argv: Sequence[str] | None) -> int:
     check_own_ray(args.address)  # a Ray that cannot start here: one line before the data scan
     check_cluster_answers(args.address)  # a cluster named that does not answer: one line too
     hp = read_params(args.params, args.overrides)
-    from cxr_tune.train.model import build_model
+    from cxr_tune.train.model import build_model, training_problem
 
     try:
         net = build_model(hp)  # refuse an impossible depth here, not inside a Ray worker
     except HParamsError as exc:
         raise UserError(f"{args.params or 'hyperparameters'}: {exc}") from None
+    if problem := training_problem(hp):
+        raise UserError(f"{args.params or 'hyperparameters'}: {problem}")
     weights = {hp.arch: storage.resolve(args.weights)} if args.weights else None
     if weights:
         check_weights(net, weights[hp.arch])

@@ -30,9 +30,10 @@ OPTIMIZERS = ("adamw", "sgd")
 INTENSITY = ("none", "zscore", "equalize")
 CRITERIA = tuple(SELECTION_CRITERIA)
 
-#: The fewest images a training batch may hold. BatchNorm in train mode normalizes each channel over the batch: one
-#: image gives a single value per channel where a map is 1x1 (torchvision's networks below 64 px), and torch refuses it.
-#: The training step skips a last batch of fewer (:func:`cxr_tune.train.steps.train_one_epoch`).
+#: The fewest images a last, partial training batch may hold. BatchNorm in train mode normalizes each channel over the
+#: batch: one image gives a single value per channel where a map is 1x1 (torchvision's networks below 64 px), and torch
+#: refuses it. The training step skips a last batch of fewer (:func:`cxr_tune.train.steps.train_one_epoch`); a
+#: batch_size of 1 is refused for training only where it cannot work (:func:`cxr_tune.train.model.training_problem`).
 MIN_BATCH = 2
 
 # Inclusive ranges for numeric fields: a value outside is a configuration mistake.
@@ -55,7 +56,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "aug_noise": (0.0, 0.2),
     "lr": (1e-7, 10.0),
     "weight_decay": (0.0, 1.0),
-    "batch_size": (MIN_BATCH, 4096),
+    "batch_size": (1, 4096),  # a model saved with 1 still loads: see MIN_BATCH
     "epochs": (1, 1000),
     "warmup_epochs": (0, 100),
     "image_size": (MIN_SIZE, MAX_SIZE),

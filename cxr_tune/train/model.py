@@ -26,6 +26,16 @@ _LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12]
 TORCHVISION_MIN_SIZE = 32  # torchvision's networks downsample by 32: a smaller image has no pixel left for their last stage
 
 
+def training_problem(hp: HParams) -> str | None:
+    """Why ``hp`` can be loaded but not trained, or None: a torchvision network below 64 px ends in a 1x1 map, where
+    BatchNorm in train mode cannot normalize a batch of one image (it crashed inside Ray). The VGG-style network keeps
+    a larger map wherever its BatchNorm layers sit, and trains on one image a batch."""
+    if hp.arch != "cnn" and hp.batch_size < 2 and hp.image_size < 2 * TORCHVISION_MIN_SIZE:
+        return (f"arch {hp.arch} at image_size {hp.image_size} ends in a 1x1 map, where BatchNorm cannot train on a batch of one image; "
+                f"use batch_size >= 2 or image_size >= {2 * TORCHVISION_MIN_SIZE}")
+    return None
+
+
 def max_depth(image_size: int) -> int:
     """Deepest network whose last feature map is still at least 1x1 (one halving per block)."""
     return max(0, image_size.bit_length() - 1)

@@ -111,7 +111,7 @@ def steps_per_epoch(images: int, batch_size: int) -> int:
     """Optimizer steps in an epoch of ``images`` in batches of ``batch_size``: a last batch of fewer than
     :data:`~cxr_tune.train.hparams.MIN_BATCH` images is skipped (:func:`train_one_epoch`), so it takes no step of the schedule."""
     full, rest = divmod(images, batch_size)
-    return full + int(rest >= MIN_BATCH)
+    return full + int(rest >= min(MIN_BATCH, batch_size))
 
 
 def train_one_epoch(
@@ -129,16 +129,16 @@ def train_one_epoch(
 ) -> tuple[float, int]:
     """One pass over this worker's batches; returns (mean loss, images seen).
 
-    Batches hold uint8 ``image`` ``(B, H, W)`` and float ``label`` tensors, already on the device. A batch of fewer
-    than :data:`~cxr_tune.train.hparams.MIN_BATCH` images (the last one, when one image is left over) is skipped, not trained on: a
-    BatchNorm network would crash on it in train mode. Under DDP every worker's shard holds as many images (Ray
+    Batches hold uint8 ``image`` ``(B, H, W)`` and float ``label`` tensors, already on the device. A last batch of fewer
+    than :data:`~cxr_tune.train.hparams.MIN_BATCH` images (one image left over, where ``batch_size`` is larger) is skipped, not
+    trained on: a network whose BatchNorm sees a 1x1 map would crash on it in train mode. Under DDP every worker's shard holds as many images (Ray
     Train splits the training set equally), so every worker skips it and all take the same steps.
     """
     augment = augment_for(hp)
     model.train()
     total_loss, seen = None, 0
     for batch in batches:
-        if len(batch["label"]) < MIN_BATCH:
+        if len(batch["label"]) < min(MIN_BATCH, hp.batch_size):  # a last, partial batch (batch_size 1 trains on every one)
             continue
         x = to_inputs(batch["image"], precision.memory_format)
         x = normalize_intensity(augment(x, generator), hp.intensity)

@@ -131,6 +131,7 @@ def test_fixed_values_reach_every_trial(tmp_path):
     ("params:\n  depth: {type: int, low: 5, high: 6}\n  filters: {type: int, low: 64, high: 128}\n", "params.filters", "keep every block <= 2048"),
     # A torchvision network below 32 px failed inside Ray, after its trial had started.
     ("fixed: {image_size: 16, arch: resnet18}\n", "fixed", "arch resnet18 downsamples by 32; use image_size >= 32, not 16"),
+    ("fixed: {image_size: 32, arch: resnet18, batch_size: 1}\n", "fixed", "arch resnet18 at image_size 32 ends in a 1x1 map, where BatchNorm cannot"),
     ("fixed: {depth: 2}\nparams:\n  image_size: {type: categorical, choices: [16, 32]}\n  arch: {type: categorical, choices: [cnn, densenet121]}\n",
      "params.arch", "arch densenet121 downsamples by 32; use image_size >= 32, not 16"),
     ("params:\n  depth: {type: logfloat, low: 2, high: 4}\n", "params.depth.type", "takes whole numbers"),

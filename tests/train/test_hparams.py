@@ -31,7 +31,6 @@ def test_per_block_widths_follow_the_sampled_depth():
     ({"kernel_size": 4}, "must be odd"),
     ({"depth": 3, "filters_0": 8}, "filters_1 is missing"),
     ({"hflip": "yes"}, "wrong type"),
-    ({"batch_size": 1}, r"batch_size=1 is out of range \[2, "),  # one image per batch cannot be batch-normalized
 ])
 def test_bad_configs_are_rejected_with_the_reason(config, message):
     with pytest.raises(HParamsError, match=message):
@@ -76,3 +75,18 @@ def test_an_error_shows_a_huge_value_cut_to_one_short_line(override):
 def test_a_block_width_key_with_a_huge_index_is_an_unknown_key_not_a_crash():
     with pytest.raises(UserError, match="unknown hyperparameter 'filters_9999"):
         read_params(None, [("filters_" + "9" * 5000, 3)])
+
+
+def test_batch_size_one_loads_and_is_refused_for_training_only_where_a_batchnorm_map_is_1x1():
+    """A model or checkpoint saved with batch_size 1 loads (a minimum of 2 refused their export, adapt and --explain);
+    training on one image a batch is refused only for torchvision's networks below 64 px, whose last BatchNorm sees a 1x1
+    map (it crashed inside Ray); the VGG-style network trains on it."""
+    from cxr_tune.train.model import training_problem
+
+    assert HParams.from_config({"batch_size": 1}).batch_size == 1
+    assert training_problem(HParams(batch_size=1, image_size=16)) is None
+    assert training_problem(HParams(arch="resnet18", image_size=64, batch_size=1)) is None
+    assert training_problem(HParams(arch="resnet18", image_size=32, batch_size=2)) is None
+    assert training_problem(HParams(arch="densenet121", image_size=63, batch_size=1)) == (
+        "arch densenet121 at image_size 63 ends in a 1x1 map, where BatchNorm cannot train on a batch of one image; use batch_size >= 2 "
+        "or image_size >= 64")

@@ -69,3 +69,11 @@ def test_a_last_training_batch_of_one_image_is_skipped_and_takes_no_step_of_the_
     assert scheduler.last_epoch == steps_per_epoch(3, 2) == 1  # the one step taken ends the schedule: its rate reaches zero
     assert optimizer.param_groups[0]["lr"] == 0.0
     assert [steps_per_epoch(n, 4) for n in (8, 9, 10, 11)] == [2, 2, 3, 3]
+    one = HParams(image_size=16, batch_size=1, epochs=1, warmup_epochs=0, augment_strength=0.0)  # every batch one image: each trains
+    model = build_model(one)
+    optimizer = build_optimizer(one, model)
+    scheduler = build_scheduler(one, optimizer, steps_per_epoch(3, one.batch_size))
+    batches = [{"image": torch.randint(0, 256, (1, 16, 16), dtype=torch.uint8), "label": torch.tensor([float(i % 2)])} for i in range(3)]
+    _, seen = train_one_epoch(model, batches, one, optimizer, scheduler, torch.tensor(1.0), torch.Generator().manual_seed(0),
+                              resolve("fp32", "cpu", "contiguous"))
+    assert seen == 3 and scheduler.last_epoch == steps_per_epoch(3, 1) == 3
