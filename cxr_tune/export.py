@@ -583,10 +583,10 @@ def _main(argv: Sequence[str] | None) -> int:
     report = Experiment(experiment)
     try:
         written = reporting.write_report(report, report.trials(), meta)
-    except KeyboardInterrupt:  # best/ is the new model already; the report may be the one before, or a mix
+    except BaseException as exc:  # best/ is the new model already; the report may be the one before, or a mix
         print(summary(meta, target))
-        print(f"Report:      not rewritten (stopped): {report.file('report.md')} and its plots/ may still describe the model best/ held "
-              "before; run this export again to rewrite them", flush=True)
+        print(f"Report:      not rewritten ({'stopped' if isinstance(exc, KeyboardInterrupt) else 'failed'}): {report.file('report.md')} "
+              "and its plots/ may still describe the model best/ held before; run this export again to rewrite them", flush=True)
         raise
     print(summary(meta, target))
     print(f"Report:      {written} (rewritten for this model)")

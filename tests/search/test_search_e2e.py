@@ -351,6 +351,7 @@ def test_a_re_export_of_best_stopped_while_its_report_is_rewritten_says_the_repo
     """Before: the export's summary (which reads as done) came before the report was rewritten; Ctrl-C then left best/ new and
     report.md (and some plots) describing the model before, with only "interrupted" said."""
     import cxr_tune.search.report
+    from cxr_tune.errors import UserError
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
@@ -360,3 +361,11 @@ def test_a_re_export_of_best_stopped_while_its_report_is_rewritten_says_the_repo
     assert done.returncode == 130 and done.stderr == "interrupted\n", done.stderr
     assert done.stdout.splitlines()[-1] == (f"Report:      not rewritten (stopped): {experiment / 'report.md'} and its plots/ may still describe "
                                             "the model best/ held before; run this export again to rewrite them")
+    assert "Exported trial" in done.stdout  # what best/ now holds
+    def failed(*args, **kwargs):
+        raise UserError("a report problem")
+
+    monkeypatch.setattr(cxr_tune.search.report, "write_report", failed)
+    done = call_cli("cxr_tune.export", str(experiment))  # a report that fails: the export's summary is still said, then the error
+    assert done.returncode == 2 and done.stderr == "error: a report problem\n", done.stderr
+    assert "Exported trial" in done.stdout and done.stdout.splitlines()[-1].startswith("Report:      not rewritten (failed): ")
