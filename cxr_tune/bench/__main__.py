@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     tta.add_argument("--images", default=None, help="labelled images in NORMAL/ and PNEUMONIA/ folders (default: ../shared/data/chest_xray_224/val, half A)")
     tta.add_argument("--views", type=int_between(1, len(TTA_VIEWS)), nargs="+", default=list(range(1, len(TTA_VIEWS) + 1)),
                      help=f"view counts to score, each 1 to {len(TTA_VIEWS)}, the views export --tta knows (default: all)")
-    tta.add_argument("--out", default=None, help="folder for tta_<model>.md and .json (default: results/benchmarks, for the committed results/real/best only; any other model needs --out)")
+    tta.add_argument("--out", default=None, help="folder for tta_<model>.md and .json (default: results/benchmarks, for the committed results/real/best on half A only; another model or --images needs --out)")
     for command in (data, train, scoring, value, epochs, ablation):  # the ones that start Ray themselves
         command.add_argument("--verbose", action="store_true", help="also show Ray's own output on the console (always in the log file named at the start)")
     return parser

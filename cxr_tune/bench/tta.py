@@ -101,13 +101,15 @@ def single_view_rows(per_view: list[np.ndarray], y: np.ndarray, threshold: float
 
 def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Path | None = None) -> Path:
     """Write ``tta_<model folder name>.md`` / ``.json`` into ``folder``; returns the ``.md``. The default, ``results/benchmarks``,
-    is for the committed model only: another model's result there replaced the committed ``tta_best.md`` (any export is named ``best``)."""
+    is for the committed model on the default images (half A) only: another model's result there, or the committed model's
+    on other images, replaced the committed ``tta_best.md`` (any export is named ``best``)."""
     from cxr_tune import storage
 
     if folder is None:
-        if not storage.same_folder(str(model_dir), str(COMMITTED_MODEL)):
-            raise UserError(f"bench tta: pass --out FOLDER for '{model_dir}'; the default, {RESULTS.relative_to(PROJECT)}, "
-                            f"holds the committed result of {COMMITTED_MODEL.relative_to(PROJECT)} only")
+        if not storage.same_folder(str(model_dir), str(COMMITTED_MODEL)) or images_dir is not None:
+            scored = f"'{model_dir}'" + (f" on '{images_dir}'" if images_dir is not None else "")
+            raise UserError(f"bench tta: pass --out FOLDER for {scored}; the default, {RESULTS.relative_to(PROJECT)}, "
+                            f"holds the committed result of {COMMITTED_MODEL.relative_to(PROJECT)} on half A only")
         folder = RESULTS
     from sklearn.metrics import roc_auc_score
 

@@ -87,13 +87,16 @@ def test_folder_names_with_backticks_stay_inside_their_code_spans_in_the_report(
     assert not any("<img" in outside_code_spans(line) or "<b>" in outside_code_spans(line) for line in text.splitlines())
 
 
-def test_another_model_than_the_committed_one_needs_out_before_any_work(tmp_path):
+def test_another_model_or_other_images_than_the_committed_result_s_need_out_before_any_work(tmp_path):
     """Before: without --out any model's result replaced the committed results/benchmarks/tta_best.md (an export's folder is best/)."""
     export_folder(tmp_path / "best")
     images = save_images(kermany_set(30, 4), tmp_path / "site")
     done = call_cli("cxr_tune.bench", "tta", str(tmp_path / "best"), "--images", str(images))
     assert done.returncode == 2 and f"pass --out FOLDER for '{tmp_path / 'best'}'" in done.stderr, done.stderr[-2000:]
-    assert "results/benchmarks, holds the committed result of results/real/best only" in done.stderr
-    # the committed model itself still writes there, as the README's command does: past this check, to the missing images
-    missing = call_cli("cxr_tune.bench", "tta", str(ROOT / "results/real/best"), "--images", str(tmp_path / "nowhere"))
+    assert "results/benchmarks, holds the committed result of results/real/best on half A only" in done.stderr
+    # The committed model on other images too (it replaced tta_best.md as well); with --out, past this check, to the missing images.
+    committed = str(ROOT / "results/real/best")
+    other = call_cli("cxr_tune.bench", "tta", committed, "--images", str(images))
+    assert other.returncode == 2 and f"pass --out FOLDER for '{committed}' on '{images}'" in other.stderr, other.stderr[-2000:]
+    missing = call_cli("cxr_tune.bench", "tta", committed, "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
     assert missing.returncode == 2 and "image folder" in missing.stderr and "--out" not in missing.stderr, missing.stderr
