@@ -175,6 +175,11 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
         raise UserError(f"--device {device_name!r} is not a torch device; pass cuda, cuda:N or cpu") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but torch sees no CUDA GPU here; run it on the GPU machine, or pass --device cpu")
+    try:
+        torch.ones(1, device=device).add_(1).cpu()  # a name torch knows but cannot use here (mps, xla) or compute on (meta)
+    except (RuntimeError, NotImplementedError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"--device {device_name!r}: torch cannot train on it here ({reason}); pass cuda, cuda:N or cpu") from None
     configure_device(device)  # as a training worker does (cuDNN autotuning on a GPU), so the check times what a trial runs
     steps = []
     for size in sizes:

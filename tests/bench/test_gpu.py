@@ -82,3 +82,12 @@ def test_a_device_torch_does_not_know_is_one_line(tmp_path, device):
     done = call_cli("cxr_tune.bench", "gpu", "--device", device, "--out", str(tmp_path))
     assert done.returncode == 2 and f"error: --device {device!r} is not a torch device; pass cuda, cuda:N or cpu" in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("device", ["meta", "xla"])
+def test_a_device_torch_knows_but_cannot_train_on_here_is_one_line(tmp_path, device):
+    """Before: mps and xla ended in "PyTorch is not linked with support for ... devices", meta in "META device type not an
+    accelerator", each as a traceback."""
+    done = call_cli("cxr_tune.bench", "gpu", "--device", device, "--out", str(tmp_path))
+    assert done.returncode == 2 and done.stderr.startswith(f"error: --device {device!r}: torch cannot train on it here ("), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
