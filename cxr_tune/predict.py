@@ -259,7 +259,7 @@ def selection_note(meta: dict[str, Any], inputs: Sequence[str]) -> str | None:
                 where = "is" if storage.same_folder(storage.resolve(item), storage.resolve(source)) else "lies in"
                 return f"{printable(item)} {where} {what}: these are selection-set numbers for this model, optimistic, not an independent test"
             if storage.within(storage.resolve(source), storage.resolve(item)):  # the data's root, say, with test/ beside val/
-                return (f"{printable(item)} holds {what}: these numbers are in part selection-set numbers for this model, optimistic, "
+                return (f"{printable(item)} holds {what}: these numbers include selection-set images for this model, optimistic, "
                         "not an independent test")
     return None
 

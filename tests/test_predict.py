@@ -465,7 +465,7 @@ def test_scoring_the_folder_that_chose_the_model_says_the_numbers_are_selection_
         done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet")
         assert done.returncode == 0, done.stderr
         assert (f"Note: {data} holds {what}" in done.stdout
-                and "these numbers are in part selection-set numbers for this model, optimistic, not an independent test" in done.stdout), done.stdout
+                and "these numbers include selection-set images for this model, optimistic, not an independent test" in done.stdout), done.stdout
     unselected = write_export(tmp_path / "compared", external={"source": str(data / "val"), "selection_set": False})
     assert "selection-set" not in call_cli("cxr_tune.predict", "--model", str(unselected), str(data / "val"), "--quiet").stdout
 
