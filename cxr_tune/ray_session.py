@@ -92,10 +92,11 @@ def check_cluster_answers(address: str | None, timeout_s: float = 5.0) -> None:
     otherwise retries for minutes (for good where an HTTP server answers: Ray's dashboard on 127.0.0.1:8265,
     the address ``ray job submit`` takes), printing only Ray's own "Failed to connect to GCS" lines.
     A head's GCS is a gRPC server: it answers an HTTP/2 client preface with a SETTINGS frame (behind TLS,
-    ``RAY_USE_TLS``, it waits for a handshake instead, so there only the port is checked). ``auto`` and
-    ``ray://`` are left to Ray (it finds the first from a file on this node; the second is Ray Client's)."""
+    ``RAY_USE_TLS``, it waits for a handshake instead, so there only the port is checked). ``auto``, ``local`` and
+    ``ray://`` are left to Ray (it finds the first from a file on this node, starts a Ray for the second, and the third
+    is Ray Client's)."""
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if not address or address == "auto":
+    if not address or address in ("auto", "local"):  # local: Ray's own word for a new Ray on this machine
         return
     give = "give the head node's address as `ray start --head` printed it (HOST:6379), or --address auto on a node of the cluster"
     if address.lower().startswith(("http://", "https://")):

@@ -361,8 +361,11 @@ def test_an_address_that_takes_the_connection_and_says_nothing_is_one_line(monke
 
 @pytest.mark.parametrize("address", ["headnode", "10.0.0.5:", "headnode:gcs"])
 def test_an_address_without_a_port_is_one_line_before_any_work(address, tmp_path):
-    """Before: passed to ray.init after the data scan, which ended in a traceback (ValueError: Invalid address format)."""
+    """Before: passed to ray.init after the data scan, which ended in a traceback (ValueError: Invalid address format).
+    Ray's own ``local`` (a new local Ray) is an address too, and left to Ray."""
     from cxr_tune.train.__main__ import main
+
+    session.check_cluster_answers("local")
 
     with pytest.raises(UserError, match=rf"^--address {address}: a Ray head's address is HOST:PORT \(the port its GCS listens on, 6379 "
                                         r"unless `ray start --head --port` chose another\); give .*HOST:6379"):
