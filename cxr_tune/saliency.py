@@ -20,6 +20,7 @@ model that keys on a marker, a tube or the film's edge shows exactly that, which
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxr_tune import storage
 from cxr_tune.modelfile import Members
 from cxr_tune.plotting import drawable
 from cxr_tune.train.intensity import normalize_intensity
@@ -83,8 +85,12 @@ def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, captio
     fig.suptitle(drawable(caption), fontsize=10)  # it names the image's file: drawn as written, whatever its characters
     fig.text(0.5, 0.02, SCALED, ha="center", fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    drawn = io.BytesIO()
+    try:
+        fig.savefig(drawn, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    storage.write_bytes_atomic(str(path), drawn.getvalue())  # a stop mid-write leaves the figure whole or absent, never cut
 
 
 def plot_gallery(path: str | Path, rows: dict[str, Sequence[tuple[np.ndarray, np.ndarray, str]]]) -> None:
