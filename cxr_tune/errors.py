@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
+from cxr_tune import _stopped_at_start_up
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports a process Ctrl-C ended
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a process whose reader went away
@@ -63,6 +65,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     for stream in (sys.stdout, sys.stderr):  # a console that cannot show a file's name (PYTHONIOENCODING=ascii) shows it escaped
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+    if signal.getsignal(signal.SIGINT) is _stopped_at_start_up:  # from here Ctrl-C raises KeyboardInterrupt, handled below
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     restore = stop_on_sigterm_as_on_ctrl_c()
     hook_before, sys.unraisablehook = sys.unraisablehook, _stop_again_when_ignored(sys.unraisablehook)
     try:

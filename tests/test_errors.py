@@ -182,3 +182,29 @@ def test_a_stop_that_lands_in_a_callback_python_ignores_exceptions_in_still_stop
     printed as "Exception ignored in: ..." with a traceback, and the command ran to its end with status 0."""
     done = subprocess.run([sys.executable, "-c", SWALLOWED, signal_name], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (status, "went on\n", f"{line}\n")
+
+
+STOPPED_AT_START_UP = """
+import os, signal, sys, time
+sys.argv[0] = "-m"  # as Python sets it while `python -m cxr_tune.<command>` imports the package
+import cxr_tune
+os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # while the command's module imports pandas, torch, ...
+time.sleep(5)
+print("went on")
+"""
+
+
+@pytest.mark.parametrize(("signal_name", "status", "line"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_stop_while_a_command_imports_its_libraries_is_one_line_and_its_status(signal_name, status, line):
+    """Before: Ctrl-C in a command's first 1-3 s (its imports, before run_cli) printed a 7-21-frame traceback through
+    pandas or numpy; SIGTERM there ended it with no word."""
+    done = subprocess.run([sys.executable, "-c", STOPPED_AT_START_UP, signal_name], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (status, "", f"{line}\n")
+
+
+def test_a_command_started_in_the_background_of_a_script_still_ignores_ctrl_c_while_it_imports():
+    """A script's `command &` starts with SIGINT ignored: the start-up handler must not turn it back on."""
+    script = STOPPED_AT_START_UP.replace("time.sleep(5)", "time.sleep(0.5)")
+    done = subprocess.run([sys.executable, "-c", script, "SIGINT"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert (done.returncode, done.stdout) == (0, "went on\n"), done.stderr
