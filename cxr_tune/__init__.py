@@ -9,7 +9,6 @@ The pieces, in the order data flows through them:
 """
 
 import os
-import signal
 import sys
 
 __version__ = "0.1.0"
@@ -21,18 +20,9 @@ __version__ = "0.1.0"
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
-def _stopped_at_start_up(signum: int, frame: object) -> None:
-    """Ctrl-C or SIGTERM while a command imports its libraries, before :func:`cxr_tune.errors.run_cli` takes over: one
-    line and the status a shell reports (a Ctrl-C printed a traceback through pandas' imports; SIGTERM ended it silently).
-    Nothing has been written yet, so nothing is left to clean up."""
-    os.write(2, b"interrupted\n" if signum == signal.SIGINT else b"terminated\n")
-    os._exit(128 + signum)
-
-
 # `python -m cxr_tune.<command>` imports this package with sys.argv[0] set to "-m", and only then the command's module,
-# whose imports take 1-3 s. A signal already ignored (a script's `command &` ignores SIGINT) stays ignored; run_cli
-# installs the command's own handlers.
+# whose imports take 1-3 s: a Ctrl-C or SIGTERM there is one line too (errors.run_cli takes over after them).
 if sys.argv[:1] == ["-m"]:
-    for _stop, _untouched in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
-        if signal.getsignal(_stop) is _untouched:
-            signal.signal(_stop, _stopped_at_start_up)
+    from cxr_tune.errors import stop_quietly_during_start_up
+
+    stop_quietly_during_start_up()

@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
-from cxr_tune import _stopped_at_start_up
-
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports a process Ctrl-C ended
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a process whose reader went away
@@ -124,6 +122,21 @@ def ctrl_c_kept() -> Iterator[None]:
     finally:
         if threading.current_thread() is threading.main_thread() and before is not None:
             signal.signal(signal.SIGINT, before)
+
+
+def stop_quietly_during_start_up() -> None:
+    """Until :func:`run_cli` takes over, end the process on Ctrl-C or SIGTERM with one line and the status a shell
+    reports: a command's module imports its libraries first (1-3 s), where a Ctrl-C printed a traceback through pandas'
+    imports and SIGTERM ended it without a word. A signal already ignored (a script's ``command &`` ignores SIGINT) stays
+    ignored. Nothing has been written then, so nothing is left to clean up."""
+    for stop, untouched in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(stop) is untouched:
+            signal.signal(stop, _stopped_at_start_up)
+
+
+def _stopped_at_start_up(signum: int, frame: object) -> None:
+    os.write(2, b"interrupted\n" if signum == signal.SIGINT else b"terminated\n")
+    os._exit(128 + signum)
 
 
 def _stop_again_when_ignored(hook: Callable[[object], None]) -> Callable[[object], None]:
