@@ -140,7 +140,7 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_and_ends_it_with_status_143(how,
     """A batch scheduler's stop (or ``kill``) reaches what Ctrl-C reaches. Before, a command died with no word; once Ray had
     started, Ray's own handlers ended a search with status 1 after a native stack dump, with no table, report or resume line."""
     # A script's `command &` starts with SIGINT ignored: SIGTERM, passed on as SIGINT, was lost there (the command ran on).
-    ignore_ctrl_c = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if how.startswith("in the background") else None
+    ignore_ctrl_c = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if how.startswith("in the background") else typed_at_a_terminal
     process = subprocess.Popen([sys.executable, "-c", STOPPABLE, *([how] if how.startswith("--") else [])], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_ctrl_c)
     try:
@@ -151,6 +151,12 @@ def test_sigterm_stops_a_command_as_ctrl_c_does_and_ends_it_with_status_143(how,
         process.kill()
     assert process.returncode == 143, (out, err)
     assert (out, err) == (("kept\n", "") if how.startswith("--") else ("", "terminated\n"))
+
+
+def typed_at_a_terminal() -> None:
+    """A child's Ctrl-C as a terminal gives it. Children inherit an ignored SIGINT, and a suite started by a script in the
+    background (`pytest &`, nohup) has one: there a Ctrl-C test saw the command, rightly, go on (status 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 SWALLOWED = """
@@ -180,7 +186,8 @@ run_cli(main, sys.argv[1:])
 def test_a_stop_that_lands_in_a_callback_python_ignores_exceptions_in_still_stops_the_command(signal_name, status, line):
     """Before: the KeyboardInterrupt raised inside a weakref callback (a thread pool's clean-up, in predict --explain) was
     printed as "Exception ignored in: ..." with a traceback, and the command ran to its end with status 0."""
-    done = subprocess.run([sys.executable, "-c", SWALLOWED, signal_name], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", SWALLOWED, signal_name], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          preexec_fn=typed_at_a_terminal)
     assert (done.returncode, done.stdout, done.stderr) == (status, "went on\n", f"{line}\n")
 
 
@@ -198,7 +205,8 @@ print("went on")
 def test_a_stop_while_a_command_imports_its_libraries_is_one_line_and_its_status(signal_name, status, line):
     """Before: Ctrl-C in a command's first 1-3 s (its imports, before run_cli) printed a 7-21-frame traceback through
     pandas or numpy; SIGTERM there ended it with no word."""
-    done = subprocess.run([sys.executable, "-c", STOPPED_AT_START_UP, signal_name], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", STOPPED_AT_START_UP, signal_name], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          preexec_fn=typed_at_a_terminal)
     assert (done.returncode, done.stdout, done.stderr) == (status, "", f"{line}\n")
 
 
