@@ -65,11 +65,18 @@ def test_ray_runs_four_packed_trials_at_once_on_one_declared_gpu(shared_ray, tmp
     plan = plan_search(SearchOptions(trials=5), space_at(tmp_path, 224), {"CPU": 4, "GPU": 1})
     assert plan.resources.gpus_per_worker == 0.25 and plan.concurrency == 4
 
+    arrived = tmp_path / "arrived"
+    arrived.mkdir()
+
     def trial(config: dict) -> None:
+        # Each waits until four have started (a fixed sleep let a loaded machine start the fourth after the first ended:
+        # 3 at once, seen in a suite run at load 14); if Ray ran fewer at once, they wait out the deadline and the test fails.
         started = time.time()
-        time.sleep(1.0)
+        (arrived / str(config["i"])).touch()
+        while len(list(arrived.iterdir())) < plan.concurrency and time.time() < started + 120:
+            time.sleep(0.1)
         free = ray.available_resources().get("GPU", 0.0)  # what the trials running now leave of the one GPU
-        time.sleep(1.0)
+        time.sleep(0.5)
         tune.report({"started": started, "ended": time.time(), "free_gpu": free})
 
     shared_ray.release()  # a Ray of its own, with the declared GPU
