@@ -264,7 +264,9 @@ def plot_reliability(path: str | Path, curves: dict[str, dict[str, list[float]]]
         if not curve.get("count"):
             continue
         counts = np.asarray(curve["count"], dtype=float)
-        ax.plot(curve["predicted"], curve["observed"], "-", color=f"C{index}", label=name)
+        # the named line carries a small marker (under the bin's disc): a set whose scores all fall in one bin draws no line,
+        # and a line without a marker would leave it out of the legend (plotting.legend_beside lists what draws)
+        ax.plot(curve["predicted"], curve["observed"], "-o", ms=3, color=f"C{index}", label=name)
         ax.scatter(curve["predicted"], curve["observed"], s=12 + 120 * counts / counts.max(), color=f"C{index}", zorder=3)
     edge = (-0.03, 1.03)  # room for the biggest markers: the bins at 0 and 1 are the largest, and were cut to half discs at the axes' edge
     ax.set(xlim=edge, ylim=edge, xlabel="mean predicted probability (bin)", ylabel="observed PNEUMONIA share (bin)", title=title)

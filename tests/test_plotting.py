@@ -86,6 +86,19 @@ def test_reliability_bins_in_the_upper_left_are_not_under_the_legend(tmp_path, d
     assert covered(drawn[-1]) == []
 
 
+def test_every_set_in_the_reliability_diagram_is_in_its_legend_even_one_whose_scores_fill_one_bin(tmp_path, drawn):
+    """An under-trained model's external and test scores each fell in one bin: two unnamed discs beside a labelled
+    curve, and a reader could not tell the selection set's from the test split's."""
+    from cxr_tune.calibration import plot_reliability
+
+    curves = {"carved validation": {"predicted": [0.62, 0.74], "observed": [0.7, 0.8], "count": [30, 51]},
+              "external validation (selection set)": {"predicted": [0.73], "observed": [0.78], "count": [100]},
+              "test": {"predicted": [0.72], "observed": [0.68], "count": [63]}}
+    plot_reliability(tmp_path / "reliability.png", curves)
+    [legend] = [ax.get_legend() for ax in drawn[-1].axes if ax.get_legend()]
+    assert [text.get_text() for text in legend.get_texts()] == ["perfectly calibrated", *curves]
+
+
 def test_learning_curves_and_the_pareto_front_keep_their_points_clear_of_their_legends(tmp_path, drawn):
     from cxr_tune.search.report import _plot_learning, _plot_pareto
 
