@@ -54,8 +54,6 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
     _, histories = experiment.histories()
     checkpoint = experiment.checkpoint_for(selected)
     predictions = load_predictions(checkpoint, prefix) if has_predictions(checkpoint, prefix) else None  # never another set's, under this set's name
-    missing = f"The selected trial's checkpoint holds no scores on {SET_NAMES[prefix]}."
-    threshold = float(selected[f"{prefix}_threshold"])
     with storage.scratch_folder("report") as scratch:  # a report killed while drawing leaves it; the next one removes it
         plots = Path(scratch)
         notes = {
@@ -63,8 +61,7 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
             **plot_importances(plots / "importances.png", experiment),
             "pareto": _plot_pareto(plots / "pareto.png", table, selected, prefix),
             "transfer": transfer.plot_transfer(plots / "transfer.png", table) if transfer.has_external(table) else "No external set.",
-            "roc": _plot_roc(plots / "roc.png", predictions, threshold, SET_NAMES[prefix]) if predictions is not None else missing,
-            "confusion": _plot_confusion(plots / "confusion.png", predictions, threshold, SET_NAMES[prefix]) if predictions is not None else missing,
+            **_decision_plots(plots, exported, _best_predictions(experiment, exported, prefix), selected, predictions, prefix),
             "learning": _plot_learning(plots / "learning_curves.png", histories.get(selected["trial_id"], pd.DataFrame())),
             **_clinical_plots(plots, experiment, exported),
         }
@@ -185,8 +182,8 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         "progress": ("progress.png", "Search progress: every epoch's objective over time, and the best so far."),
         "importances": ("importances.png", "Parameter importances (Optuna's PED-ANOVA over the trials that ran every epoch; those ASHA stopped are not in it)."),
         "pareto": ("pareto.png", f"Sensitivity vs specificity on {deciding} of every trial's best epoch; the Pareto front and the selected trial."),
-        "roc": ("roc.png", f"Selected trial: ROC curve on {deciding} and the chosen threshold."),
-        "confusion": ("confusion.png", f"Selected trial: confusion matrix on {deciding} at the chosen threshold."),
+        "roc": ("roc.png", notes["roc_caption"]),
+        "confusion": ("confusion.png", notes["confusion_caption"]),
         "learning": ("learning_curves.png", "Selected trial: learning curves."),
     }
     for key, (file, caption) in captions.items():
@@ -336,7 +333,41 @@ def _draw_roc(ax: Any, labels: Any, scores: Any, name: str) -> None:
     ax.set(**ROC_AXES)
 
 
-def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float, name: str) -> str | None:
+def _best_predictions(experiment: Experiment, exported: dict[str, Any] | None, prefix: str) -> pd.DataFrame | None:
+    """The exported model's scores on the set ``prefix`` names (``best/``'s predictions CSV: path, label, probability,
+    prediction), or None without an export or for one from before the CSVs."""
+    if not exported:
+        return None
+    path = experiment.file("best", PREDICTIONS_FILES[prefix])
+    return from_spreadsheet(storage.read_csv(path, dtype={"path": str})) if storage.exists(path) else None
+
+
+def _decision_plots(plots: Path, exported: dict[str, Any] | None, best: pd.DataFrame | None, selected: pd.Series,
+                    trial: pd.DataFrame | None, prefix: str) -> dict[str, str | None]:
+    """``roc.png`` and ``confusion.png`` on the deciding set, with their captions (``roc_caption``, ``confusion_caption``):
+    the exported model (``best/``, what predict runs) at its stored threshold, wherever its scores on the set are at hand.
+    A final fit or an ensemble has its own threshold, and these plots showed the search trial's (0.775 beside the model's
+    0.9128) as "the chosen threshold". Else the selected search trial at its own, said so in the plots and captions."""
+    name = SET_NAMES[prefix]
+    if best is not None:
+        scores, threshold = best.rename(columns={"probability": "score"}), float(exported["threshold"])
+        who, whose, at = "Exported model (best/)", "Exported model (`best/`, what predict runs)", f"its decision threshold {fmt(threshold)}"
+    else:
+        scores, threshold = trial, float(selected[f"{prefix}_threshold"])
+        who, whose, at = f"Search trial {selected['trial_id']}", f"Selected search trial `{selected['trial_id']}`", f"its own threshold {fmt(threshold)}"
+        if exported:
+            who += " (not the exported model)"
+            at += f" (not the exported model's {fmt(exported['threshold'])}: `best/` holds no scores on {name})"
+    captions = {"roc_caption": f"{whose}: ROC curve on {name} and {at}.", "confusion_caption": f"{whose}: confusion matrix on {name} at {at}."}
+    if scores is None:
+        missing = f"The selected trial's checkpoint holds no scores on {name}."
+        return {"roc": missing, "confusion": missing, **captions}
+    return {"roc": _plot_roc(plots / "roc.png", scores, threshold, name, who),
+            "confusion": _plot_confusion(plots / "confusion.png", scores, threshold, name, who), **captions}
+
+
+def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float, name: str, who: str = "Selected trial") -> str | None:
+    """``who``'s ROC curve on the set ``name``, with the point its ``threshold`` gives (to four decimals, as the tables)."""
     labels, scores = predictions["label"].to_numpy(), predictions["score"].to_numpy()
     if len(np.unique(labels)) < 2:
         return f"The {name} set holds one class only; no ROC curve."
@@ -344,14 +375,14 @@ def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float, name: str
     _draw_roc(ax, labels, scores, name)
     predicted = scores >= threshold
     sens, spec = predicted[labels == 1].mean(), 1 - predicted[labels == 0].mean()
-    ax.scatter([1 - spec], [sens], s=80, color="C3", zorder=5, label=f"threshold {threshold:.3f}")
+    ax.scatter([1 - spec], [sens], s=80, color="C3", zorder=5, label=f"threshold {fmt(threshold)}")
     legend_beside(ax)
-    ax.set(title=f"Selected trial: ROC on {name}")
+    ax.set(title=f"{who}\nROC on {name}")
     _save(fig, path)
     return None
 
 
-def _plot_confusion(path: Path, predictions: pd.DataFrame, threshold: float, name: str) -> str | None:
+def _plot_confusion(path: Path, predictions: pd.DataFrame, threshold: float, name: str, who: str = "Selected trial") -> str | None:
     from sklearn.metrics import ConfusionMatrixDisplay
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -359,7 +390,7 @@ def _plot_confusion(path: Path, predictions: pd.DataFrame, threshold: float, nam
         predictions["label"], (predictions["score"] >= threshold).astype(int), labels=[0, 1],
         display_labels=["NORMAL", "PNEUMONIA"], ax=ax, colorbar=False,
     )
-    ax.set(title=f"{name.capitalize()} at threshold {threshold:.3f}")
+    ax.set(title=f"{who}\n{name} at threshold {fmt(threshold)}")
     _save(fig, path)
     return None
 
@@ -394,8 +425,7 @@ def _clinical_plots(plots: Path, experiment: Experiment, exported: dict[str, Any
     if not exported or "calibration" not in exported.get("validation", {}):
         return {}
     deciding = "external" if exported.get("deciding_set") == "external" else "validation"
-    predictions_file = experiment.file("best", PREDICTIONS_FILES["ext" if deciding == "external" else "val"])
-    predictions = from_spreadsheet(storage.read_csv(predictions_file, dtype={"path": str})) if storage.exists(predictions_file) else None
+    predictions = _best_predictions(experiment, exported, "ext" if deciding == "external" else "val")
     plot_reliability(plots / "reliability.png", reliability_curves(exported), "Exported model: reliability")
     return {
         "reliability": None,

@@ -280,3 +280,45 @@ def test_plots_a_report_killed_while_drawing_left_are_removed_by_the_next_report
         report.write_report(experiment, pd.DataFrame({"rank": [1], "val_threshold": [0.5]}), None)
     assert drawn_in[0].name.startswith(f"cxr_tune-report-{os.getpid()}-")  # named so that the report after a kill removes it
     assert list(tmp_path.iterdir()) == []
+
+
+def _roc_and_confusion(monkeypatch) -> list:
+    """Every figure the report saves, drawn (titles and legends laid out)."""
+    from matplotlib.figure import Figure
+
+    figures, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (figures.append(fig), save(fig, *args, **kwargs)))
+    return figures
+
+
+def test_roc_and_confusion_show_the_exported_models_threshold_not_the_search_trials(tmp_path, monkeypatch):
+    """A final fit exported at 0.9128 while roc.png and confusion.png showed search trial 5a4e909c at its own 0.775 as
+    "the chosen threshold": a reader took the trial's sensitivity and specificity for the model's."""
+    import pandas as pd
+
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    trial = pd.DataFrame({"label": labels, "score": [0.1, 0.3, 0.8, 0.85, 0.5, 0.78, 0.9, 0.95]})
+    best = pd.DataFrame({"label": labels, "probability": [0.2, 0.4, 0.85, 0.95, 0.6, 0.93, 0.92, 0.97]})
+    selected = pd.Series({"trial_id": "5a4e909c", "ext_threshold": 0.775})
+    figures = _roc_and_confusion(monkeypatch)
+    notes = report._decision_plots(tmp_path, {"threshold": 0.9128}, best, selected, trial, "ext")
+    roc, confusion = figures
+    assert "threshold 0.9128" in [t.get_text() for t in roc.axes[0].get_legend().get_texts()]
+    assert roc.axes[0].get_title().startswith("Exported model (best/)")
+    assert confusion.axes[0].get_title() == "Exported model (best/)\nexternal validation at threshold 0.9128"
+    assert [[t.get_text() for t in confusion.axes[0].texts]] == [["3", "1", "1", "3"]]  # at 0.9128: one false positive, one false negative
+    assert notes["roc"] is None and notes["roc_caption"] == ("Exported model (`best/`, what predict runs): ROC curve on external validation "
+                                                         "and its decision threshold 0.9128.")
+
+
+def test_without_the_exported_models_scores_roc_and_confusion_say_they_show_the_search_trial_at_its_own_threshold(tmp_path, monkeypatch):
+    import pandas as pd
+
+    trial = pd.DataFrame({"label": [0, 0, 1, 1], "score": [0.1, 0.8, 0.7, 0.9]})
+    selected = pd.Series({"trial_id": "5a4e909c", "ext_threshold": 0.775})
+    figures = _roc_and_confusion(monkeypatch)
+    notes = report._decision_plots(tmp_path, {"threshold": 0.9128}, None, selected, trial, "ext")
+    assert [fig.axes[0].get_title().split("\n")[0] for fig in figures] == ["Search trial 5a4e909c (not the exported model)"] * 2
+    assert "threshold 0.7750" in [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert notes["confusion_caption"] == ("Selected search trial `5a4e909c`: confusion matrix on external validation at its own threshold "
+                                         "0.7750 (not the exported model's 0.9128: `best/` holds no scores on external validation).")
