@@ -155,13 +155,18 @@ class Experiment:
         self._check_counts(roles)
         return roles
 
+    def class_counts(self, role: str) -> list[int]:
+        """[NORMAL, PNEUMONIA] distinct images of ``role`` (``train``, ``val``, ``external``, ``test``), as ``experiment.json``
+        recorded them; counted from ``splits.csv`` for an experiment from before the record (the test split's, before 2026-12-07)."""
+        recorded = self.info.get(f"class_counts_{role}")
+        return list(recorded) if recorded is not None else _class_counts(self.splits, role)
+
     def _check_counts(self, roles: pd.DataFrame) -> None:
         """A ``splits.csv`` cut short at the end of a row still parses: the class counts of each role
         that ``experiment.json`` recorded when it was written tell."""
-        for role in ("train", "val", "external"):
+        for role in ("train", "val", "external", "test"):
             recorded = self.info.get(f"class_counts_{role}")
-            rows = roles.loc[roles["role"] == role].drop_duplicates("content_hash")
-            found = [int((rows["label"] == 0).sum()), int((rows["label"] == 1).sum())]
+            found = _class_counts(roles, role)
             if recorded is not None and list(recorded) != found:
                 raise damaged(self.file(SPLITS_FILE), ValueError(f"{found[0]} NORMAL and {found[1]} PNEUMONIA {role} images where "
                                                                  f"{EXPERIMENT_FILE} records {recorded[0]} and {recorded[1]}"))
@@ -336,6 +341,12 @@ class Experiment:
     def has_tune_state(self) -> bool:
         """True once Tune has saved the search's state, which it does at its first step."""
         return tune_state_saved(self.path)
+
+
+def _class_counts(roles: pd.DataFrame, role: str) -> list[int]:
+    """[NORMAL, PNEUMONIA] distinct images (by content) of ``role`` in a ``splits.csv``, as the search counted them."""
+    rows = roles.loc[roles["role"] == role].drop_duplicates("content_hash")
+    return [int((rows["label"] == 0).sum()), int((rows["label"] == 1).sum())]
 
 
 def tune_state_saved(folder: str) -> bool:

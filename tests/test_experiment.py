@@ -114,3 +114,16 @@ def test_tune_state_counts_as_saved_only_with_the_trials_state_beside_tuner_pkl(
     assert not tune_state_saved(str(tmp_path))
     (tmp_path / "experiment_state-2026-12-06_13-00-00.json").write_text("{}")
     assert tune_state_saved(str(tmp_path))
+
+
+def test_the_test_splits_class_counts_of_an_experiment_from_before_their_record_come_from_splits_csv(tmp_path):
+    """report.md gives the test split's size beside the other sets'; experiment.json has recorded it only since 2026-12-07."""
+    import json
+
+    import pandas as pd
+
+    (tmp_path / "experiment.json").write_text(json.dumps({"options": {}, "class_counts_val": [1, 1]}))
+    rows = [("a", "h1", 0, "test"), ("copy of a", "h1", 0, "test"), ("c", "h2", 1, "test"), ("d", "h3", 1, "test"), ("e", "h4", 0, "val"), ("f", "h5", 1, "val")]
+    pd.DataFrame(rows, columns=["path", "content_hash", "label", "role"]).to_csv(tmp_path / "splits.csv", index=False)
+    experiment = Experiment(str(tmp_path))
+    assert experiment.class_counts("test") == [1, 2] and experiment.class_counts("val") == [1, 1]

@@ -69,6 +69,7 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
             storage.write_bytes_atomic(experiment.file("plots", png.name), png.read_bytes())
     report = experiment.file("report.md")
     timing = time_section(time_split(histories), experiment.stage_minutes(), sum("ended_at" not in run for run in experiment.compute_log()))
+    info = {**info, "class_counts_test": experiment.class_counts("test")}  # recorded since 2026-12-07; splits.csv has it before
     storage.write_text_atomic(report, _markdown(info, options, table, selected, prefix, exported, notes, final_fit_section(experiment, prefix), timing))
     return report
 
@@ -133,8 +134,9 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     lines += [
         f"- Command: {code_span(search_command(info))}",
         f"- Data: {info['data_description']}",
-        f"- Distinct images: training {_counts(info['class_counts_train'])}; carved validation {_counts(info['class_counts_val'])}; "
-        f"validation is carved from the training folder by patient group ({options.data.val_fraction:.0%}, split seed {options.data.split_seed})",
+        f"- Distinct images: training {_counts(info['class_counts_train'])}; carved validation {_counts(info['class_counts_val'])} (carved "
+        f"from the training folder by patient group: {options.data.val_fraction:.0%}, split seed {options.data.split_seed})"
+        + (f"; held-out test {_counts(info.get('class_counts_test'))}" if info.get("has_test") else ""),
         f"- External validation: {code_span(external)} (distinct images: {_counts(info.get('class_counts_external'))})" if external
         else f"- External validation: none{(' (' + info['external_note'] + ')') if info.get('external_note') else ''}",
         f"- Space: {code_span(info['space_path'])} (copied to `space.yaml`)",
@@ -212,8 +214,8 @@ def _test_section(exported: dict[str, Any]) -> list[str]:
         return []
     test, ci = exported["test"], exported["test"]["ci95"]
     return [f"Held-out test split, scored once at the stored threshold ({INTERVAL_METHODS}):", "",
-            _table(pd.DataFrame([{k: fmt(test.get(k)) + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else "")
-                                  for k in ("auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy")}])), ""]
+            _table(pd.DataFrame([{"n": test.get("n"), **{k: fmt(test.get(k)) + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else "")
+                                                          for k in ("auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy")}}])), ""]
 
 
 def _set_rows(selected: pd.Series) -> pd.DataFrame:

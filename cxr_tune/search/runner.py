@@ -265,6 +265,7 @@ def _start_experiment(options: SearchOptions, space: Space, split: SplitData, co
         "class_counts_train": split.class_counts("train"),
         "class_counts_val": split.class_counts("val"),
         "class_counts_external": split.class_counts("external"),
+        "class_counts_test": split.class_counts("test"),
         "cxr_tune_version": __version__,
         "provenance": provenance(),  # the commit and library versions: the version above never changes
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

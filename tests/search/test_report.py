@@ -322,3 +322,27 @@ def test_without_the_exported_models_scores_roc_and_confusion_say_they_show_the_
     assert "threshold 0.7750" in [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
     assert notes["confusion_caption"] == ("Selected search trial `5a4e909c`: confusion matrix on external validation at its own threshold "
                                          "0.7750 (not the exported model's 0.9128: `best/` holds no scores on external validation).")
+
+
+def _report_text(exported: dict | None = None, *, prefix: str = "ext", **info) -> str:
+    """report.md for a one-trial experiment with an external set and a test split, every plot replaced by a note."""
+    import pandas as pd
+
+    options = types.SimpleNamespace(name="tiny", select="balanced_accuracy", min_sensitivity=0.0, data=types.SimpleNamespace(val_fraction=0.15, split_seed=0))
+    info = {"synthetic": False, "data_description": "chest_xray", "command": "python -m cxr_tune.search", "space_path": "smoke.yaml",
+            "class_counts_train": [108, 348], "class_counts_val": [20, 61], "external": "/site", "class_counts_external": [22, 78],
+            "has_test": True, "class_counts_test": [20, 43], **info}
+    metrics = {f"{p}_{m}": 0.7 for p in ("val", "ext") for m in ("auc", "sensitivity", "specificity", "balanced_accuracy", "threshold", "loss")}
+    table = pd.DataFrame([{"trial_id": "a", "rank": 1, "tied": True, "stop_reason": "completed", "status": "TERMINATED", "best_epoch": 1,
+                           "epochs": 2, "objective": 0.7, **metrics}])
+    notes = {key: "no plot" for key in ("progress", "importances", "pareto", "transfer", "roc", "confusion", "learning")}
+    notes |= {"roc_caption": "roc", "confusion_caption": "confusion"}
+    return report._markdown(info, options, table, table.iloc[0], prefix, exported, notes, [], [])
+
+
+def test_the_report_gives_the_test_splits_size_where_it_gives_the_other_sets(tmp_path):
+    """Its header counted training, carved validation and the external set (637 images of 700): the 63 test images were
+    only in the model card and splits.csv."""
+    [line] = [line for line in _report_text().splitlines() if line.startswith("- Distinct images:")]
+    assert "held-out test 20 NORMAL, 43 PNEUMONIA" in line
+    assert "held-out test" not in _report_text(has_test=False, class_counts_test=[0, 0])
