@@ -44,6 +44,17 @@ def legend_beside(ax: Axes, **kwargs: Any) -> Legend | None:
     return legend
 
 
+def readable_ticks(ax: Axes, most: int = 5) -> None:
+    """At most ``most`` ticks on each axis, each value written out in full: an axis of scores packed in a narrow range
+    (carved AUC 0.977-0.996 over a 4-inch panel) got nine ticks whose labels ran together ("0.97750.98000.9825"), and
+    a still narrower one an offset ("1e-5+9.752e-1") no reader decodes."""
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=most - 1, min_n_ticks=2))
+        axis.set_major_formatter(ScalarFormatter(useOffset=False))
+
+
 def _draws(artist: Any) -> bool:
     """Whether a legend handle shows on the plot: a scatter with points, a line with two vertices or a marker
     (a step of one result is invisible); anything else: yes."""

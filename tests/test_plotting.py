@@ -59,6 +59,28 @@ def test_the_transfer_legend_lists_only_markers_that_are_drawn(tmp_path, drawn):
     assert {tuple(text.get_text() for text in legend.get_texts()) for legend in legends} == {("tied with the best", "selected")}
 
 
+@pytest.mark.parametrize(("low", "high"), [(0.977, 0.996), (0.99512, 0.99518), (0.3, 1.0)])
+def test_the_transfer_plots_tick_labels_never_run_together(tmp_path, monkeypatch, low, high):
+    """On external-v5's trials (carved AUC 0.977-0.996) the AUC panel's x-axis read "0.97750.98000.98250.9850"."""
+    from cxr_tune.search.transfer import plot_transfer
+
+    drawn: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: drawn.append(fig))  # laid out and drawn below; no PNG needed
+    values = np.linspace(low, high, 25)
+    table = pd.DataFrame({"trial_id": [f"t{i}" for i in range(25)], "rank": range(1, 26), "tied": False, "val_auc": values,
+                          "ext_auc": values[::-1] * 0.97, "val_balanced_accuracy": values * 0.98, "ext_balanced_accuracy": values * 0.9})
+    plot_transfer(tmp_path / "transfer.png", table)
+    fig = drawn[-1]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low_limit, high_limit = sorted(axis.get_view_interval())
+            labels = [tick.label1 for tick in axis.get_major_ticks() if low_limit <= tick.get_loc() <= high_limit and tick.label1.get_text()]
+            boxes = sorted((box.x0, box.x1) if axis is ax.xaxis else (box.y0, box.y1) for box in (label.get_window_extent() for label in labels))
+            assert len(boxes) >= 2 and all(end + 4 <= start for (_, end), (start, _) in zip(boxes, boxes[1:])), [label.get_text() for label in labels]
+            assert axis.get_offset_text().get_text() == ""  # a value reads as itself, not as "+9.95e-1" plus an offset
+
+
 def test_specificity_operating_points_are_not_under_the_legend(tmp_path, drawn):
     """spec90 at low false positive rate and low sensitivity was washed out behind a lower-right legend."""
     from cxr_tune.search.report import _plot_operating_points

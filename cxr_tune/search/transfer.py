@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr_tune.formatting import fmt
-from cxr_tune.plotting import legend_beside
+from cxr_tune.plotting import legend_beside, readable_ticks
 
 PAIRS = (("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
 #: a rate's threshold in an axis label: each set's rates are at a threshold chosen on that set itself (AUC needs none)
@@ -71,6 +71,7 @@ def plot_transfer(path: Path, table: pd.DataFrame, title: str = "Carved validati
         rho = correlations[metric]
         ax.set(xlabel=f"carved validation {label}{AT_OWN.get(metric, '')}", ylabel=f"external {label}{AT_OWN.get(metric, '')}",
                title=f"{label}: Spearman {'n/a' if math.isnan(rho) else f'{rho:.2f}'}")
+        readable_ticks(ax)
     legend_beside(axes[-1], fontsize=8)  # the same markers on both panels
     fig.suptitle(title)
     fig.tight_layout()
