@@ -244,7 +244,7 @@ def reliability_curves(meta: dict[str, Any]) -> dict[str, dict[str, list[float]]
     for key, name in RELIABILITY_SETS:
         calibration = (meta.get(key) or {}).get("calibration")
         if calibration:
-            curves[name + (" (selection set)" if meta[key].get("selection_set") else "")] = calibration["reliability"]
+            curves[selection.selection_label(name, bool(meta[key].get("selection_set")))] = calibration["reliability"]
             if "before" in calibration:
                 curves[f"{name}, before calibration"] = calibration["before"]["reliability"]
     return curves

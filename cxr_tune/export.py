@@ -47,7 +47,7 @@ from cxr_tune.modelcard import CARD_FILE, final_fit_line, model_card
 from cxr_tune.formatting import fmt, for_spreadsheet, json_safe, metric_line
 from cxr_tune.operating_points import choose_points
 from cxr_tune.provenance import provenance
-from cxr_tune.selection import choose_threshold, diverged, ensemble_members, final_fit_kept, prefix_of, ranked_trials
+from cxr_tune.selection import choose_threshold, diverged, ensemble_members, final_fit_kept, prefix_of, ranked_trials, selection_label
 from cxr_tune.serving import MODEL_FILE
 from cxr_tune.set_metrics import INTERVAL_METHODS, clinical_metrics, held_out_metrics, set_metrics
 from cxr_tune.train.checkpoints import has_predictions, load_predictions, load_state, trained_in
@@ -362,7 +362,8 @@ def summary(meta: dict[str, Any], target: str) -> str:
     if measured:
         method = meta.get("calibration", {}).get("method", "none")
         lines.append(f"  calibration ({'none' if method == 'none' else method + '-calibrated'}), ECE / Brier: "
-                     + "; ".join(f"{name} {fmt(meta[key]['calibration']['ece'])} / {fmt(meta[key]['calibration']['brier'])}" for key, name in measured))
+                     + "; ".join(f"{selection_label(name, bool(meta[key].get('selection_set')))} {fmt(meta[key]['calibration']['ece'])} / "
+                                 f"{fmt(meta[key]['calibration']['brier'])}" for key, name in measured))
     deciding = "external" if meta.get("deciding_set") == "external" else "validation"
     if isinstance(meta.get("operating_points"), dict) and "operating_points" in meta.get(deciding, {}):
         at = meta[deciding]["operating_points"]

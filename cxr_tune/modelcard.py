@@ -23,7 +23,7 @@ from cxr_tune.data.sources import FOLDER_PATIENT, IMAGE_PATIENT, NAMED_PATIENTS,
 from cxr_tune.formatting import code_span, fmt, interval, search_command
 from cxr_tune.operating_points import NAMES as POINT_ORDER
 from cxr_tune.provenance import describe as describe_code
-from cxr_tune.selection import selection_sources
+from cxr_tune.selection import selection_label, selection_sources
 from cxr_tune.set_metrics import INTERVAL_METHODS
 
 CARD_FILE = "MODEL_CARD.md"
@@ -420,7 +420,7 @@ def _commit(record: dict[str, Any] | None) -> str:
 
 
 def _label(key: str, name: str, marked: frozenset[str]) -> str:
-    return f"{name} (selection set)" if key in marked else name
+    return selection_label(name, key in marked)
 
 
 def _set_name(deciding: str | None) -> str:

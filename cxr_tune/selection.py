@@ -289,6 +289,17 @@ def final_fit_kept(final_fit_auc: float | None, search_auc: float | None) -> boo
     return final_fit_auc >= search_auc - 1e-12
 
 
+def selection_label(name: str, chose: bool = True) -> str:
+    """A set's ``name`` as every table, plot and console line gives it: "(selection set)" after it where its images chose
+    something (``chose``), since its numbers are then optimistic. One wording, so that a plot copied on its own says
+    what the report's tables say.
+
+    >>> selection_label("external validation"), selection_label("test", chose=False)
+    ('external validation (selection set)', 'test')
+    """
+    return f"{name} (selection set)" if chose else name
+
+
 def selection_sources(meta: dict[str, Any]) -> list[tuple[str, str]]:
     """The folders whose images chose something of the model a ``model.json`` (``meta``) describes, each with what it
     is to that model: ``external.source`` when that set selected, and ``adaptation.source`` (AdaBN's statistics and the

@@ -30,7 +30,8 @@ def test_the_console_summary_says_which_interval_is_which():
     text = summary(json.loads((ROOT / "results/real/best/model.json").read_text()), "results/real/best")
     assert "Wilson score for sensitivity, specificity and accuracy" in text.splitlines()[1]
     assert "specificity 1.0000 [0.981, 1.000]" in text  # carved validation: 201 of 201 NORMAL images
-    assert "; external validation 0." in text  # the calibration line names the sets as every other line does (it said "external")
+    # the calibration line names the sets as every other line does (it said "external", then "external validation" for the selection set)
+    assert "ECE / Brier: carved validation 0." in text and "; external validation (selection set) 0." in text
 
 
 def test_model_json_names_every_precision_a_member_trained_in_after_a_resume_elsewhere(tmp_path):

@@ -44,7 +44,7 @@ def test_the_selected_trial_that_transfers_badly_is_not_under_the_transfer_plots
     table = pd.DataFrame({"trial_id": ["a", "b", "c"], "rank": [1, 2, 3], "tied": [True, True, False],
                           "val_balanced_accuracy": [0.736, 0.70, 0.52], "ext_balanced_accuracy": [0.671, 0.714, 0.657],
                           "val_auc": [0.776, 0.74, 0.35], "ext_auc": [0.616, 0.65, 0.695]})
-    assert plot_transfer(tmp_path / "transfer.png", table) is None
+    assert plot_transfer(tmp_path / "transfer.png", table, "external") is None
     assert covered(drawn[-1]) == []
 
 
@@ -54,7 +54,7 @@ def test_the_transfer_legend_lists_only_markers_that_are_drawn(tmp_path, drawn):
 
     table = pd.DataFrame({"trial_id": ["a", "b"], "rank": [1, 2], "tied": True, "val_balanced_accuracy": [0.7, 0.6],
                           "ext_balanced_accuracy": [0.6, 0.7], "val_auc": [0.7, 0.6], "ext_auc": [0.6, 0.7]})
-    plot_transfer(tmp_path / "transfer.png", table)
+    plot_transfer(tmp_path / "transfer.png", table, "external")
     legends = [ax.get_legend() for ax in drawn[-1].axes if ax.get_legend()]
     assert {tuple(text.get_text() for text in legend.get_texts()) for legend in legends} == {("tied with the best", "selected")}
 
@@ -69,7 +69,7 @@ def test_the_transfer_plots_tick_labels_never_run_together(tmp_path, monkeypatch
     values = np.linspace(low, high, 25)
     table = pd.DataFrame({"trial_id": [f"t{i}" for i in range(25)], "rank": range(1, 26), "tied": False, "val_auc": values,
                           "ext_auc": values[::-1] * 0.97, "val_balanced_accuracy": values * 0.98, "ext_balanced_accuracy": values * 0.9})
-    plot_transfer(tmp_path / "transfer.png", table)
+    plot_transfer(tmp_path / "transfer.png", table, "external")
     fig = drawn[-1]
     fig.canvas.draw()
     for ax in fig.axes:
@@ -126,7 +126,7 @@ def test_learning_curves_and_the_pareto_front_keep_their_points_clear_of_their_l
 
     history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.5, 0.452, 0.44], "val_loss": [0.6, 0.61, 0.61], "val_auc": [0.36, 0.335, 0.352],
                             "val_balanced_accuracy": [0.51, 0.52, 0.651]})
-    assert _plot_learning(tmp_path / "learning.png", history) is None
+    assert _plot_learning(tmp_path / "learning.png", history, "val") is None
     table = pd.DataFrame({"val_sensitivity": [0.9184, 0.97, 0.96], "val_specificity": [0.9453, 0.99, 0.98]})
     assert _plot_pareto(tmp_path / "pareto.png", table, table.iloc[1], "val") is None
     assert [covered(fig) for fig in drawn] == [[], []]

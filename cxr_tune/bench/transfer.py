@@ -97,7 +97,7 @@ def run(experiment_dir: str, folder: Path = RESULTS) -> Path:
     rules = pd.DataFrame(rule_rows(experiment, table))
     with tempfile.TemporaryDirectory() as scratch:
         png = Path(scratch, "plot.png")
-        note = transfer.plot_transfer(png, table, f"{name}: carved validation vs external set")
+        note = transfer.plot_transfer(png, table, "carved", f"{name}: carved validation vs external set")
         plot_name = f"transfer_{name}.png"
         if note is None:
             folder.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from cxr_tune.search import transfer  # noqa: E402
 from cxr_tune.search.finalfit import describe_changes  # noqa: E402
 from cxr_tune.search.results import pareto_front  # noqa: E402
 from cxr_tune.search.timing import time_section, time_split  # noqa: E402
-from cxr_tune.selection import prefix_of  # noqa: E402
+from cxr_tune.selection import prefix_of, selection_label  # noqa: E402
 from cxr_tune.set_metrics import INTERVAL_METHODS  # noqa: E402
 from cxr_tune.train.checkpoints import has_predictions, load_predictions  # noqa: E402
 
@@ -60,9 +60,9 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
             "progress": _plot_progress(plots / "progress.png", histories, objective_words(experiment)),
             **plot_importances(plots / "importances.png", experiment),
             "pareto": _plot_pareto(plots / "pareto.png", table, selected, prefix),
-            "transfer": transfer.plot_transfer(plots / "transfer.png", table) if transfer.has_external(table) else "No external set.",
+            "transfer": transfer.plot_transfer(plots / "transfer.png", table, experiment.deciding_set) if transfer.has_external(table) else "No external set.",
             **_decision_plots(plots, exported, _best_predictions(experiment, exported, prefix), selected, predictions, prefix),
-            "learning": _plot_learning(plots / "learning_curves.png", histories.get(selected["trial_id"], pd.DataFrame())),
+            "learning": _plot_learning(plots / "learning_curves.png", histories.get(selected["trial_id"], pd.DataFrame()), prefix),
             **_clinical_plots(plots, experiment, exported),
         }
         for png in plots.glob("*.png"):
@@ -151,7 +151,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         "",
         f"Best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}; {int(table['tied'].fillna(False).sum()) - 1} other trial(s) tied with it.",
         "",
-        _table(_set_rows(selected)),
+        _table(_set_rows(selected, prefix)),
         "",
         "Parameters: " + ", ".join(f"`{k}={_fmt(selected[k])}`" for k in _param_columns(table) if not _missing(selected.get(k))),
         "",
@@ -218,25 +218,26 @@ def _test_section(exported: dict[str, Any]) -> list[str]:
                                                           for k in ("auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy")}}])), ""]
 
 
-def _set_rows(selected: pd.Series) -> pd.DataFrame:
+def _set_rows(selected: pd.Series, deciding: str) -> pd.DataFrame:
+    """The selected trial's best epoch on each set, the set that chose (``deciding``'s prefix) labelled a selection set."""
     rows = []
     for prefix, name in SET_NAMES.items():
         if pd.notna(selected.get(f"{prefix}_auc")):
-            rows.append({"set": name, **{m: selected.get(f"{prefix}_{m}") for m in ("auc", "sensitivity", "specificity", "balanced_accuracy", "threshold", "loss")}})
+            rows.append({"set": selection_label(name, prefix == deciding), **{m: selected.get(f"{prefix}_{m}") for m in ("auc", "sensitivity", "specificity", "balanced_accuracy", "threshold", "loss")}})
     return pd.DataFrame(rows)
 
 
 def _export_rows(exported: dict[str, Any]) -> pd.DataFrame:
-    rows = [{"set": "carved validation" + (" (selection set)" if exported["validation"].get("selection_set") else ""), **exported["validation"]}]
+    rows = [{"set": selection_label("carved validation", bool(exported["validation"].get("selection_set"))), **exported["validation"]}]
     if "external" in exported:
-        label = "external validation (selection set)" if exported["external"]["selection_set"] else "external validation"
-        rows.append({"set": label, **exported["external"]})
+        rows.append({"set": selection_label("external validation", bool(exported["external"]["selection_set"])), **exported["external"]})
     keys = ["set", "n", "auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy"]
     return pd.DataFrame([{k: (fmt(r.get(k)) if k not in ("set", "n") else r.get(k)) for k in keys} for r in rows])
 
 
 def _plot_progress(path: Path, histories: dict[str, pd.DataFrame], objective: str) -> str | None:
-    """Every epoch's ``objective`` (:func:`objective_words`) against time since the first, and the best so far."""
+    """Every epoch's ``objective`` (:func:`objective_words`) against time since the first, and the best so far; the
+    objective is measured on the set that selects, so its axis says "(selection set)"."""
     frames = [h.assign(trial=t) for t, h in histories.items() if not h.empty and "objective" in h and "timestamp" in h]
     if not frames:
         return "No results yet."
@@ -245,7 +246,7 @@ def _plot_progress(path: Path, histories: dict[str, pd.DataFrame], objective: st
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.scatter(minutes, results["objective"], s=12, alpha=0.5, label="an epoch of a trial")
     ax.step(minutes, results["objective"].cummax(), where="post", color="C3", label="best so far")
-    ax.set(xlabel="minutes since the first result", ylabel=textwrap.fill(objective, 32), title="Search progress")  # fits a 4-inch axis
+    ax.set(xlabel="minutes since the first result", ylabel=textwrap.fill(selection_label(objective), 32), title="Search progress")  # fits a 4-inch axis
     legend_beside(ax)
     _save(fig, path)
     return None
@@ -315,7 +316,8 @@ def _plot_pareto(path: Path, table: pd.DataFrame, selected: pd.Series, prefix: s
     ax.scatter(spec, sens, s=20, alpha=0.6, label="trials (best epoch)")
     ax.plot(spec[front][order], sens[front][order], "-o", color="C2", ms=5, label="Pareto front")
     ax.scatter([selected[f"{prefix}_specificity"]], [selected[f"{prefix}_sensitivity"]], s=120, marker="*", color="C3", label="selected", zorder=5)
-    ax.set(xlabel=f"{SET_NAMES[prefix]} specificity", ylabel=f"{SET_NAMES[prefix]} sensitivity", title="Sensitivity vs specificity")
+    name = selection_label(SET_NAMES[prefix])  # the set that selected: every trial's best epoch and threshold were chosen on it
+    ax.set(xlabel=f"specificity on {name}", ylabel=f"sensitivity on {name}", title="Sensitivity vs specificity")
     legend_beside(ax)
     _save(fig, path)
     return None
@@ -350,7 +352,7 @@ def _decision_plots(plots: Path, exported: dict[str, Any] | None, best: pd.DataF
     the exported model (``best/``, what predict runs) at its stored threshold, wherever its scores on the set are at hand.
     A final fit or an ensemble has its own threshold, and these plots showed the search trial's (0.775 beside the model's
     0.9128) as "the chosen threshold". Else the selected search trial at its own, said so in the plots and captions."""
-    name = SET_NAMES[prefix]
+    name = selection_label(SET_NAMES[prefix])  # the deciding set chose the threshold shown
     if best is not None:
         scores, threshold = best.rename(columns={"probability": "score"}), float(exported["threshold"])
         who, whose, at = "Exported model (best/)", "Exported model (`best/`, what predict runs)", f"its decision threshold {fmt(threshold)}"
@@ -359,7 +361,7 @@ def _decision_plots(plots: Path, exported: dict[str, Any] | None, best: pd.DataF
         who, whose, at = f"Search trial {selected['trial_id']}", f"Selected search trial `{selected['trial_id']}`", f"its own threshold {fmt(threshold)}"
         if exported:
             who += " (not the exported model)"
-            at += f" (not the exported model's {fmt(exported['threshold'])}: `best/` holds no scores on {name})"
+            at += f" (not the exported model's {fmt(exported['threshold'])}: `best/` holds no scores on {SET_NAMES[prefix]})"
     captions = {"roc_caption": f"{whose}: ROC curve on {name} and {at}.", "confusion_caption": f"{whose}: confusion matrix on {name} at {at}."}
     if scores is None:
         missing = f"The selected trial's checkpoint holds no scores on {name}."
@@ -397,12 +399,13 @@ def _plot_confusion(path: Path, predictions: pd.DataFrame, threshold: float, nam
     return None
 
 
-def _plot_learning(path: Path, history: pd.DataFrame) -> str | None:
+def _plot_learning(path: Path, history: pd.DataFrame, deciding: str) -> str | None:
+    """The selected trial's losses and metrics per epoch; ``deciding``: the prefix of the set that chose, labelled so."""
     if history.empty or "epoch" not in history:
         return "No per-epoch history for the selected trial."
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))  # widened by the two legends beside the panels
     left.plot(history["epoch"], history["train_loss"], "-o", label="train loss (weighted, augmented)")
-    for prefix, name in SET_NAMES.items():
+    for prefix, name in ((p, selection_label(n, p == deciding)) for p, n in SET_NAMES.items()):
         if f"{prefix}_loss" in history and history[f"{prefix}_loss"].notna().any():
             left.plot(history["epoch"], history[f"{prefix}_loss"], "-o", label=f"{name} log loss")
             right.plot(history["epoch"], history[f"{prefix}_auc"], "-o", ms=3, label=f"{name} AUC")
@@ -458,7 +461,7 @@ def _plot_operating_points(path: Path, exported: dict[str, Any], predictions: pd
     rates = exported[deciding].get("operating_points") or {}
     if predictions is None or predictions["label"].nunique() < 2 or not points:
         return "No ROC curve: the deciding set's predictions are missing or hold one class."
-    name = f"{SET_NAMES['ext' if deciding == 'external' else 'val']} (selection set)"
+    name = selection_label(SET_NAMES["ext" if deciding == "external" else "val"])
     fig, ax = plt.subplots(figsize=(5.5, 5))
     _draw_roc(ax, predictions["label"], predictions["probability"], f"exported model, {name}")
     at: dict[tuple[float, float], list[str]] = {}  # points at the same place are one marker and one entry (else six entries, three markers)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from cxr_tune.formatting import fmt
 from cxr_tune.plotting import legend_beside, readable_ticks
+from cxr_tune.selection import selection_label
 
 PAIRS = (("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
 #: a rate's threshold in an axis label: each set's rates are at a threshold chosen on that set itself (AUC needs none)
@@ -49,8 +50,9 @@ def rank_correlations(table: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def plot_transfer(path: Path, table: pd.DataFrame, title: str = "Carved validation vs external set") -> str | None:
-    """Scatter of carved vs external balanced accuracy and AUC, one point per trial; selected and tied trials marked."""
+def plot_transfer(path: Path, table: pd.DataFrame, deciding: str, title: str = "Carved validation vs external set") -> str | None:
+    """Scatter of carved vs external balanced accuracy and AUC, one point per trial; selected and tied trials marked; the
+    ``deciding`` set's axes (``external`` or ``carved``) labelled a selection set."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,7 +71,8 @@ def plot_transfer(path: Path, table: pd.DataFrame, title: str = "Carved validati
         ax.scatter(x[tied & ~selected], y[tied & ~selected], s=30, color="C1", label="tied with the best")
         ax.scatter(x[selected], y[selected], s=140, marker="*", color="C3", label="selected", zorder=5)
         rho = correlations[metric]
-        ax.set(xlabel=f"carved validation {label}{AT_OWN.get(metric, '')}", ylabel=f"external {label}{AT_OWN.get(metric, '')}",
+        carved, external = selection_label("carved validation", deciding == "carved"), selection_label("external", deciding == "external")
+        ax.set(xlabel=f"{carved} {label}{AT_OWN.get(metric, '')}", ylabel=f"{external} {label}{AT_OWN.get(metric, '')}",
                title=f"{label}: Spearman {'n/a' if math.isnan(rho) else f'{rho:.2f}'}")
         readable_ticks(ax)
     legend_beside(axes[-1], fontsize=8)  # the same markers on both panels

@@ -23,7 +23,7 @@ from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import fmt, json_safe
 from cxr_tune.provenance import provenance
 from cxr_tune.ray_session import check_cluster_answers, check_own_ray
-from cxr_tune.selection import add_select_on_argument
+from cxr_tune.selection import add_select_on_argument, selection_label
 from cxr_tune.train.hparams import HParams, HParamsError, read_params
 from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, add_precision_arguments, fit, make_trainer, ranks_share_a_gpu
 
@@ -349,7 +349,7 @@ def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding
     add_to_run_record(run_dir, {"precision": json_safe(epochs_trained_in(rows))})  # what every epoch trained in, as the run's own checkpoint records them
     tag = " [SYNTHETIC DATA]" if split.source.synthetic else ""
     print(f"\nBest epoch {summary['best_epoch']}{tag}, chosen on {summary['deciding_set']} validation:")
-    external = "external validation (selection set)" if deciding == "external" else "external validation (scored for comparison; it chose nothing)"
+    external = selection_label("external validation") if deciding == "external" else "external validation (scored for comparison; it chose nothing)"
     for prefix, name in (("val", "carved validation"), ("ext", external)):
         if f"{prefix}_auc" in best:
             print(f"  {name}: AUC {fmt(best[f'{prefix}_auc'])}, sensitivity {fmt(best[f'{prefix}_sensitivity'])}, "

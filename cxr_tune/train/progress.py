@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from ray.train import UserCallback
 
 from cxr_tune.formatting import clock, time_left
+from cxr_tune.selection import selection_label
 
 POLL_SECONDS = 0.5
 
@@ -95,5 +96,5 @@ class EpochPrinter:
         if self.total and 0 < done - before and done < self.total:
             left = ", " + time_left(elapsed / (done - before) * (self.total - done) / 60)
         value = lambda key, digits: f"{metrics.get(f'{self.prefix}_{key}', math.nan):.{digits}f}"  # noqa: E731
-        print(f"{clock(elapsed)} {label} epoch {epoch}/{epochs}: {self.deciding} validation (selection set) "
+        print(f"{clock(elapsed)} {label} epoch {epoch}/{epochs}: {selection_label(f'{self.deciding} validation')} "
               f"AUC {value('auc', 4)}, sens {value('sensitivity', 3)}, spec {value('specificity', 3)}{left}", file=self.stream, flush=True)

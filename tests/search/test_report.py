@@ -103,7 +103,7 @@ def test_under_carved_selection_the_transfer_section_says_external_rates_are_at_
     assert "chose nothing:" not in first and "threshold chosen on that set itself" in first and "optimistic even where" in first
     axes, save = [], Figure.savefig
     monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (axes.extend(fig.axes), save(fig, *args, **kwargs)))
-    assert plot_transfer(tmp_path / "transfer.png", table) is None
+    assert plot_transfer(tmp_path / "transfer.png", table, "carved") is None
     assert [ax.get_ylabel() for ax in axes] == ["external balanced accuracy\n(at a threshold chosen on this set)", "external AUC"]
 
 
@@ -212,7 +212,8 @@ def test_the_progress_plot_names_the_criterion_and_the_set_that_decided(tmp_path
     for select, floor, deciding in (("balanced_accuracy", 0.0, "external"), ("youden", 0.9, "carved")):
         experiment = types.SimpleNamespace(options=types.SimpleNamespace(select=select, min_sensitivity=floor), deciding_set=deciding)
         report._plot_progress(tmp_path / "progress.png", history, report.objective_words(experiment))
-    assert [" ".join(label.split()) for label in labels] == ["balanced accuracy on external validation", "youden with sensitivity >= 0.9 on carved validation"]
+    assert [" ".join(label.split()) for label in labels] == ["balanced accuracy on external validation (selection set)",
+                                                             "youden with sensitivity >= 0.9 on carved validation (selection set)"]
 
 
 def test_one_epoch_plots_show_whole_epochs_and_only_what_they_draw(tmp_path, monkeypatch):
@@ -223,7 +224,7 @@ def test_one_epoch_plots_show_whole_epochs_and_only_what_they_draw(tmp_path, mon
     figures, save = [], Figure.savefig
     monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (fig.canvas.draw(), figures.append(fig), save(fig, *args, **kwargs)))
     report._plot_learning(tmp_path / "learning.png", pd.DataFrame({"epoch": [1], "train_loss": [0.5], "val_loss": [0.6], "val_auc": [0.35],
-                                                                   "val_balanced_accuracy": [0.51]}))
+                                                                   "val_balanced_accuracy": [0.51]}), "val")
     report._plot_progress(tmp_path / "progress.png", {"a": pd.DataFrame({"epoch": [1], "objective": [0.03], "timestamp": [0.0]})}, "youden")
     learning, progress = figures
     for ax in learning.axes:
@@ -282,12 +283,12 @@ def test_plots_a_report_killed_while_drawing_left_are_removed_by_the_next_report
     assert list(tmp_path.iterdir()) == []
 
 
-def _roc_and_confusion(monkeypatch) -> list:
-    """Every figure the report saves, drawn (titles and legends laid out)."""
+def _saved_figures(monkeypatch) -> list:
+    """Every figure the report saves, kept (laid out, not rendered to a PNG: what is read here is its text)."""
     from matplotlib.figure import Figure
 
-    figures, save = [], Figure.savefig
-    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (figures.append(fig), save(fig, *args, **kwargs)))
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: figures.append(fig))
     return figures
 
 
@@ -300,15 +301,15 @@ def test_roc_and_confusion_show_the_exported_models_threshold_not_the_search_tri
     trial = pd.DataFrame({"label": labels, "score": [0.1, 0.3, 0.8, 0.85, 0.5, 0.78, 0.9, 0.95]})
     best = pd.DataFrame({"label": labels, "probability": [0.2, 0.4, 0.85, 0.95, 0.6, 0.93, 0.92, 0.97]})
     selected = pd.Series({"trial_id": "5a4e909c", "ext_threshold": 0.775})
-    figures = _roc_and_confusion(monkeypatch)
+    figures = _saved_figures(monkeypatch)
     notes = report._decision_plots(tmp_path, {"threshold": 0.9128}, best, selected, trial, "ext")
     roc, confusion = figures
     assert "threshold 0.9128" in [t.get_text() for t in roc.axes[0].get_legend().get_texts()]
     assert roc.axes[0].get_title().startswith("Exported model (best/)")
-    assert confusion.axes[0].get_title() == "Exported model (best/)\nexternal validation at threshold 0.9128"
+    assert confusion.axes[0].get_title() == "Exported model (best/)\nexternal validation (selection set) at threshold 0.9128"
     assert [[t.get_text() for t in confusion.axes[0].texts]] == [["3", "1", "1", "3"]]  # at 0.9128: one false positive, one false negative
     assert notes["roc"] is None and notes["roc_caption"] == ("Exported model (`best/`, what predict runs): ROC curve on external validation "
-                                                         "and its decision threshold 0.9128.")
+                                                         "(selection set) and its decision threshold 0.9128.")
 
 
 def test_without_the_exported_models_scores_roc_and_confusion_say_they_show_the_search_trial_at_its_own_threshold(tmp_path, monkeypatch):
@@ -316,11 +317,11 @@ def test_without_the_exported_models_scores_roc_and_confusion_say_they_show_the_
 
     trial = pd.DataFrame({"label": [0, 0, 1, 1], "score": [0.1, 0.8, 0.7, 0.9]})
     selected = pd.Series({"trial_id": "5a4e909c", "ext_threshold": 0.775})
-    figures = _roc_and_confusion(monkeypatch)
+    figures = _saved_figures(monkeypatch)
     notes = report._decision_plots(tmp_path, {"threshold": 0.9128}, None, selected, trial, "ext")
     assert [fig.axes[0].get_title().split("\n")[0] for fig in figures] == ["Search trial 5a4e909c (not the exported model)"] * 2
     assert "threshold 0.7750" in [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
-    assert notes["confusion_caption"] == ("Selected search trial `5a4e909c`: confusion matrix on external validation at its own threshold "
+    assert notes["confusion_caption"] == ("Selected search trial `5a4e909c`: confusion matrix on external validation (selection set) at its own threshold "
                                          "0.7750 (not the exported model's 0.9128: `best/` holds no scores on external validation).")
 
 
@@ -346,3 +347,45 @@ def test_the_report_gives_the_test_splits_size_where_it_gives_the_other_sets(tmp
     [line] = [line for line in _report_text().splitlines() if line.startswith("- Distinct images:")]
     assert "held-out test 20 NORMAL, 43 PNEUMONIA" in line
     assert "held-out test" not in _report_text(has_test=False, class_counts_test=[0, 0])
+
+
+def test_every_plot_that_shows_the_selection_set_says_so(tmp_path, monkeypatch):
+    """The tables said "external validation (selection set)"; roc.png said "external validation (AUC 0.7343)", confusion.png
+    "External validation at threshold 0.717", and the learning curves, Pareto front, progress and transfer plots likewise:
+    a plot copied on its own lost it."""
+    import pandas as pd
+
+    from cxr_tune.search.transfer import plot_transfer
+
+    selected = pd.Series({"trial_id": "a", "ext_threshold": 0.5, "ext_sensitivity": 0.8, "ext_specificity": 0.7})
+    table = pd.DataFrame({"trial_id": ["a", "b", "c"], "rank": [1, 2, 3], "tied": [True, False, False], "ext_sensitivity": [0.8, 0.9, 0.6],
+                          "ext_specificity": [0.7, 0.5, 0.8], "val_auc": [0.7, 0.8, 0.6], "ext_auc": [0.8, 0.6, 0.7],
+                          "val_balanced_accuracy": [0.7, 0.6, 0.65], "ext_balanced_accuracy": [0.75, 0.6, 0.7]})
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [0.6, 0.5], **{f"{p}_{m}": [0.6, 0.7] for p in ("val", "ext")
+                                                                          for m in ("loss", "auc", "balanced_accuracy")}})
+    figures = _saved_figures(monkeypatch)
+    report._decision_plots(tmp_path, None, None, selected, pd.DataFrame({"label": [0, 0, 1, 1], "score": [0.1, 0.6, 0.4, 0.9]}), "ext")
+    report._plot_pareto(tmp_path / "pareto.png", table, selected, "ext")
+    report._plot_learning(tmp_path / "learning.png", history, "ext")
+    report._plot_progress(tmp_path / "progress.png", {"a": pd.DataFrame({"objective": [0.5, 0.6], "timestamp": [0.0, 60.0]})},
+                          "balanced accuracy on external validation")
+    plot_transfer(tmp_path / "transfer.png", table, "external")
+    named = []
+    for fig in figures:
+        texts = []  # transfer.png's suptitle, "Carved validation vs external set", names both sets, not a number on one
+        for ax in fig.axes:
+            texts += [ax.title, ax.xaxis.label, ax.yaxis.label, *(ax.get_legend().get_texts() if ax.get_legend() else [])]
+        named += [" ".join(text.get_text().split()) for text in texts if "external" in text.get_text().lower()]
+    assert len(figures) == 6 and len(named) >= 6
+    assert [text for text in named if "(selection set)" not in text] == []
+
+
+def test_the_selected_trials_table_labels_the_set_that_chose_as_the_export_table_does():
+    """Its row said just "external validation" above the export table's "external validation (selection set)"; under carved
+    selection its carved validation row was unlabelled too."""
+    def rows(text: str) -> list[str]:
+        start = text.index("## Selected trial")
+        return [line.split("|")[1].strip() for line in text[start:].splitlines()[6:8]]
+
+    assert rows(_report_text()) == ["carved validation", "external validation (selection set)"]
+    assert rows(_report_text(prefix="val")) == ["carved validation (selection set)", "external validation"]
