@@ -62,7 +62,8 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
             "pareto": _plot_pareto(plots / "pareto.png", table, selected, prefix),
             "transfer": transfer.plot_transfer(plots / "transfer.png", table, experiment.deciding_set) if transfer.has_external(table) else "No external set.",
             **_decision_plots(plots, exported, _best_predictions(experiment, exported, prefix), selected, predictions, prefix),
-            "learning": _plot_learning(plots / "learning_curves.png", histories.get(selected["trial_id"], pd.DataFrame()), prefix),
+            "learning": _plot_learning(plots / "learning_curves.png", histories.get(selected["trial_id"], pd.DataFrame()), prefix,
+                                       _epoch_mark(selected, exported)),
             **_clinical_plots(plots, experiment, exported),
         }
         for png in plots.glob("*.png"):
@@ -399,25 +400,43 @@ def _plot_confusion(path: Path, predictions: pd.DataFrame, threshold: float, nam
     return None
 
 
-def _plot_learning(path: Path, history: pd.DataFrame, deciding: str) -> str | None:
-    """The selected trial's losses and metrics per epoch; ``deciding``: the prefix of the set that chose, labelled so."""
+def _plot_learning(path: Path, history: pd.DataFrame, deciding: str, mark: tuple[int, str] | None = None) -> str | None:
+    """The selected trial's losses and metrics per epoch, each set in one colour on both panels (a set's AUC solid, its
+    balanced accuracy dashed); ``deciding``: the prefix of the set that chose, labelled so; ``mark``: (epoch, label) of
+    the epoch selected (:func:`_epoch_mark`), a dotted vertical line on both panels."""
     if history.empty or "epoch" not in history:
         return "No per-epoch history for the selected trial."
+    colours = {"val": "C1", "ext": "C2"}  # train loss is C0, on the left only
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))  # widened by the two legends beside the panels
-    left.plot(history["epoch"], history["train_loss"], "-o", label="train loss (weighted, augmented)")
+    left.plot(history["epoch"], history["train_loss"], "-o", color="C0", label="train loss (weighted, augmented)")
     for prefix, name in ((p, selection_label(n, p == deciding)) for p, n in SET_NAMES.items()):
         if f"{prefix}_loss" in history and history[f"{prefix}_loss"].notna().any():
-            left.plot(history["epoch"], history[f"{prefix}_loss"], "-o", label=f"{name} log loss")
-            right.plot(history["epoch"], history[f"{prefix}_auc"], "-o", ms=3, label=f"{name} AUC")
-            right.plot(history["epoch"], history[f"{prefix}_balanced_accuracy"], "--o", ms=3, label=f"{name} balanced accuracy")
-    left.set(xlabel="epoch", title="Loss")
-    legend_beside(left, fontsize=8)
-    right.set(xlabel="epoch", title="Validation metrics (each at its own threshold)")
-    legend_beside(right, fontsize=8)
+            left.plot(history["epoch"], history[f"{prefix}_loss"], "-o", color=colours[prefix], label=f"{name} log loss")
+            right.plot(history["epoch"], history[f"{prefix}_auc"], "-o", ms=3, color=colours[prefix], label=f"{name} AUC")
+            right.plot(history["epoch"], history[f"{prefix}_balanced_accuracy"], "--s", ms=3, color=colours[prefix], label=f"{name} balanced accuracy")
     for ax in (left, right):
+        if mark is not None:
+            ax.axvline(mark[0], color="grey", linestyle=":", label=mark[1])
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, even when there is one
+    left.set(xlabel="epoch", ylabel="loss")
+    left.set_title("Loss", fontsize=10)
+    legend_beside(left, fontsize=8)
+    right.set(xlabel="epoch", ylabel="AUC; balanced accuracy")
+    right.set_title("AUC, and balanced accuracy at\na threshold chosen on each set", fontsize=10)  # AUC needs no threshold
+    legend_beside(right, fontsize=8)
     _save(fig, path)
     return None
+
+
+def _epoch_mark(selected: pd.Series, exported: dict[str, Any] | None) -> tuple[int, str]:
+    """The selected trial's best epoch and what became of it, for the learning curves: exported alone, one member of the
+    exported average, or only selected (the export is a final fit, another trial, or none)."""
+    epoch = int(selected["best_epoch"])
+    members = [(m.get("trial_id"), m.get("epoch")) for m in (exported or {}).get("members", [])]  # a final fit's runs are named <trial>-seed<n>
+    inside = (selected["trial_id"], epoch) in members
+    what = ("selected, exported" if inside and len(members) == 1 else "selected, one of the exported average's members" if inside
+            else "selected")
+    return epoch, f"best epoch {epoch} ({what})"
 
 
 # --- what a clinician checks: calibration, operating points, subgroups, saliency (from best/) ------

@@ -389,3 +389,30 @@ def test_the_selected_trials_table_labels_the_set_that_chose_as_the_export_table
 
     assert rows(_report_text()) == ["carved validation", "external validation (selection set)"]
     assert rows(_report_text(prefix="val")) == ["carved validation (selection set)", "external validation"]
+
+
+def test_the_learning_curves_read_on_their_own(tmp_path, monkeypatch):
+    """No y-axis labels; blue was train loss on the left and carved AUC on the right, orange carved validation on both
+    and red the external balanced accuracy alone; no mark of the epoch exported; and "each at its own threshold" over AUC."""
+    import pandas as pd
+
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.6, 0.5, 0.45], **{f"{p}_{m}": [0.6, 0.7, 0.65] for p in ("val", "ext")
+                                                                                  for m in ("loss", "auc", "balanced_accuracy")}})
+    figures = _saved_figures(monkeypatch)
+    report._plot_learning(tmp_path / "learning.png", history, "ext", (2, "best epoch 2 (selected, exported)"))
+    left, right = figures[0].axes
+    assert left.get_ylabel() and right.get_ylabel()
+    assert right.get_title() == "AUC, and balanced accuracy at\na threshold chosen on each set"  # AUC needs no threshold
+    colours = {}
+    for ax in (left, right):
+        for line in ax.get_lines():
+            if line.get_label().startswith("best epoch 2"):
+                assert list(line.get_xdata()) == [2, 2]  # a vertical line at the epoch, on both panels
+                colours.setdefault("mark", []).append(ax)
+            for name in ("carved validation", "external validation"):
+                if line.get_label().startswith(name):
+                    colours.setdefault(name, set()).add(line.get_color())
+    assert colours["mark"] == [left, right]
+    assert [len(colours[name]) for name in ("carved validation", "external validation")] == [1, 1]  # one colour per set, both panels
+    assert colours["carved validation"] != colours["external validation"]
+    assert [t.get_text() for t in right.get_legend().get_texts()][-1] == "best epoch 2 (selected, exported)"
