@@ -47,8 +47,34 @@ def model_card(meta: dict[str, Any]) -> str:
     diagram = ("Reliability diagram: none for the adapted model (adapt reads no labels and writes none); the unadapted model's folder "
                "holds the one measured before adaptation." if meta.get("adaptation") else "Reliability diagram: `reliability.png`.")
     lines += performance_section(meta) + subgroup_section(meta) + calibration_section(meta, diagram) + operating_point_section(meta)
-    lines += _adaptation(meta) + _limitations(meta, measured) + _reproduce(meta)
+    lines += _adaptation(meta) + _limitations(meta, measured)
+    lines += ["## Checking it on new labelled images", "", "FOLDER: this model's folder.", "", *next_steps("FOLDER"), ""] + _reproduce(meta)
     return "\n".join(lines)
+
+
+#: how export's threshold rule says where in the range of near-best thresholds the threshold sits, and that said in words
+LOGIT_MIDDLE = "middle (logit scale)"
+LOGIT_MIDDLE_SAID = "middle (logit scale: halfway between the range's ends in log-odds, log(p / (1 - p)))"
+
+
+def threshold_words(meta: dict[str, Any]) -> str:
+    """The rule that chose a model's threshold and what the threshold does, as the card and the report give them: the
+    recorded rule with "middle (logit scale)" said in words, then which side is PNEUMONIA (export, predict and every rate
+    call an image PNEUMONIA when its probability is >= the threshold, :func:`cxr_tune.selection.choose_threshold`)."""
+    threshold = fmt(meta.get("threshold"))
+    rule = str(meta.get("threshold_rule")).replace(LOGIT_MIDDLE, LOGIT_MIDDLE_SAID, 1)
+    return f"{rule}. An image whose probability of PNEUMONIA is {threshold} or more is called PNEUMONIA, one below it NORMAL"
+
+
+def next_steps(model: str) -> list[str]:
+    """Markdown bullets: how to score the model in folder ``model`` on labelled images no choice saw, and how to compare it
+    with another model on them (the card and the report say it alike)."""
+    predict = f"python -m cxr_tune.predict --model {model} LABELLED_FOLDER --quiet --metrics metrics.json"
+    compare = f"python -m cxr_tune.compare --model {model} --model OTHER_MODEL LABELLED_FOLDER"
+    return [f"- On a withheld labelled folder (images under `NORMAL/` and `PNEUMONIA/` that no search, export or adaptation read): "
+            f"{code_span(predict)} prints sensitivity, specificity, AUC and calibration with 95 % intervals at the model's threshold, "
+            "and writes them to `metrics.json`.",
+            f"- Against another model on the same images, with paired intervals for the differences: {code_span(compare)}."]
 
 
 def performance_section(meta: dict[str, Any]) -> list[str]:
@@ -119,7 +145,7 @@ def _details(meta: dict[str, Any]) -> list[str]:
         f"- Network: `{hp.get('arch', 'cnn')}`" + (f" ({len(members)} members averaged: " + ", ".join(f"`{m['trial_id']}` epoch {m['epoch']}" for m in members) + ")"
                                                    if len(members) > 1 else f", trial `{meta.get('trial_id')}` at epoch {meta.get('epoch')}")
         + f"; intensity normalization `{hp.get('intensity')}`; test-time views: {meta.get('tta_views', 1)}.",
-        f"- Decision threshold {fmt(meta.get('threshold'))} (operating point `balanced`): {meta.get('threshold_rule')}.",
+        f"- Decision threshold {fmt(meta.get('threshold'))} (operating point `balanced`): {threshold_words(meta)}.",
         "- Calibration map in the graph: " + (f"{calibration['method']} scaling fitted on the {_set_name(calibration.get('fitted_on'))} "
                                                f"(slope {fmt(calibration.get('slope'))}, intercept {fmt(calibration.get('intercept'))})"
                                                if calibration.get("method", "none") != "none" else "none (the network's own probabilities)") + ".",

@@ -98,6 +98,16 @@ def test_the_card_covers_what_a_reviewer_asks(exported):
     assert meta["search"]["command"] in card and "--calibrate platt" in card
 
 
+def test_the_card_says_which_side_of_the_threshold_is_pneumonia_and_what_middle_logit_scale_means(exported):
+    """It gave "Decision threshold 0.9128 (operating point `balanced`): middle (logit scale) of ...": a reader could not tell
+    that a probability of PNEUMONIA of 0.85 is called NORMAL there."""
+    meta, card = exported
+    threshold = fmt(meta["threshold"])
+    assert f"An image whose probability of PNEUMONIA is {threshold} or more is called PNEUMONIA, one below it NORMAL" in card
+    assert "middle (logit scale: halfway between the range's ends in log-odds, log(p / (1 - p)))" in card
+    assert "--metrics metrics.json" in card and "python -m cxr_tune.compare --model FOLDER --model OTHER_MODEL" in card
+
+
 def test_the_search_command_says_the_folder_it_ran_in_so_it_runs_again_from_any_folder(exported):
     """The card showed ``--data ../data/chest_xray`` as typed, without the folder it was typed in."""
     from cxr_tune.modelcard import model_card

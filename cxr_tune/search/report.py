@@ -27,7 +27,7 @@ from cxr_tune.calibration import plot_reliability, reliability_curves  # noqa: E
 from cxr_tune.data.imaging import decode_gray  # noqa: E402
 from cxr_tune.experiment import Experiment  # noqa: E402
 from cxr_tune.formatting import against, code_span, fmt, from_spreadsheet, search_command  # noqa: E402
-from cxr_tune.modelcard import calibration_section, final_fit_line, operating_point_section, subgroup_section  # noqa: E402
+from cxr_tune.modelcard import CARD_FILE, calibration_section, final_fit_line, next_steps, operating_point_section, subgroup_section, threshold_words  # noqa: E402
 from cxr_tune.modelfile import PREDICTIONS_FILES, load_members  # noqa: E402
 from cxr_tune.plotting import legend_beside  # noqa: E402
 from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
@@ -57,7 +57,7 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
     with storage.scratch_folder("report") as scratch:  # a report killed while drawing leaves it; the next one removes it
         plots = Path(scratch)
         notes = {
-            "progress": _plot_progress(plots / "progress.png", histories, objective_words(experiment)),
+            "progress": _plot_progress(plots / "progress.png", histories, objective_words(experiment), (selected["trial_id"], int(selected["best_epoch"]))),
             **plot_importances(plots / "importances.png", experiment),
             "pareto": _plot_pareto(plots / "pareto.png", table, selected, prefix),
             "transfer": transfer.plot_transfer(plots / "transfer.png", table, experiment.deciding_set) if transfer.has_external(table) else "No external set.",
@@ -71,7 +71,8 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
     report = experiment.file("report.md")
     timing = time_section(time_split(histories), experiment.stage_minutes(), sum("ended_at" not in run for run in experiment.compute_log()))
     info = {**info, "class_counts_test": experiment.class_counts("test")}  # recorded since 2026-12-07; splits.csv has it before
-    storage.write_text_atomic(report, _markdown(info, options, table, selected, prefix, exported, notes, final_fit_section(experiment, prefix), timing))
+    storage.write_text_atomic(report, _markdown(info, options, table, selected, prefix, exported, notes, final_fit_section(experiment, prefix), timing,
+                                                experiment.file("best")))
     return report
 
 
@@ -118,7 +119,8 @@ def final_fit_section(experiment: Experiment, prefix: str) -> list[str]:
 
 
 def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series, prefix: str, exported: dict | None, notes: dict[str, str | None],
-              final_fit: list[str], timing: list[str]) -> str:
+              final_fit: list[str], timing: list[str], best: str) -> str:
+    """report.md's text; ``best``: where the exported model is (the experiment's ``best/``, as this report's folder has it)."""
     criterion = options.select.replace("_", " ")
     deciding = SET_NAMES[prefix]
     lines = [f"# Search report: {options.name}", ""]
@@ -169,12 +171,15 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         lines += [
             f"Exported to `best/`: {what} (ONNX, loaded back and checked against PyTorch and the stored scores)"
             + (f"; {final_fit_line(final)}" if final else "") + ". "
-            f"Decision threshold {exported['threshold']:.4f} ({exported['threshold_rule']}). At it:",
+            f"Decision threshold {fmt(exported['threshold'])}: {threshold_words(exported)}. At it:",
             "",
             _table(_export_rows(exported)),
             "",
         ]
         lines += _test_section(exported)
+        lines += ["## Next steps", "",
+                  f"- The model card, {code_span(storage.join(best, CARD_FILE))}: intended use, data, performance per set and subgroup, "
+                  "calibration, operating points and limitations.", *next_steps(best), ""]
     lines += _clinical_sections(exported, notes)
     if transfer.has_external(table):
         lines += ["## What transfers: carved validation vs the external set", ""]
@@ -182,7 +187,8 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     lines += timing
     lines += ["## Plots", ""]
     captions = {
-        "progress": ("progress.png", "Search progress: every epoch's objective over time, and the best so far."),
+        "progress": ("progress.png", "Search progress: every epoch's objective over time, the best so far, and the selected trial's best "
+                     "epoch starred (among the trials tied with the best, the one with the highest AUC: not always the highest objective)."),
         "importances": ("importances.png", "Parameter importances (Optuna's PED-ANOVA over the trials that ran every epoch; those ASHA stopped are not in it)."),
         "pareto": ("pareto.png", f"Sensitivity vs specificity on {deciding} of every trial's best epoch; the Pareto front and the selected trial."),
         "roc": ("roc.png", notes["roc_caption"]),
@@ -236,8 +242,9 @@ def _export_rows(exported: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame([{k: (fmt(r.get(k)) if k not in ("set", "n") else r.get(k)) for k in keys} for r in rows])
 
 
-def _plot_progress(path: Path, histories: dict[str, pd.DataFrame], objective: str) -> str | None:
-    """Every epoch's ``objective`` (:func:`objective_words`) against time since the first, and the best so far; the
+def _plot_progress(path: Path, histories: dict[str, pd.DataFrame], objective: str, selected: tuple[str, int] | None = None) -> str | None:
+    """Every epoch's ``objective`` (:func:`objective_words`) against time since the first, the best so far, and ``selected``
+    (trial id, best epoch) starred: the tie-break by AUC often selects another trial than the best so far ends at. The
     objective is measured on the set that selects, so its axis says "(selection set)"."""
     frames = [h.assign(trial=t) for t, h in histories.items() if not h.empty and "objective" in h and "timestamp" in h]
     if not frames:
@@ -247,6 +254,11 @@ def _plot_progress(path: Path, histories: dict[str, pd.DataFrame], objective: st
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.scatter(minutes, results["objective"], s=12, alpha=0.5, label="an epoch of a trial")
     ax.step(minutes, results["objective"].cummax(), where="post", color="C3", label="best so far")
+    if selected is not None and "epoch" in results:  # an empty star (no such epoch recorded) is left out of the legend
+        trial, epoch = selected
+        at = ((results["trial"] == trial) & (results["epoch"] == epoch)).to_numpy()
+        ax.scatter(minutes.to_numpy()[at], results["objective"].to_numpy()[at], s=160, marker="*", color="C1", edgecolors="black",
+                   linewidths=0.5, zorder=5, label=f"selected: trial {trial}, best epoch {epoch}")
     ax.set(xlabel="minutes since the first result", ylabel=textwrap.fill(selection_label(objective), 32), title="Search progress")  # fits a 4-inch axis
     legend_beside(ax)
     _save(fig, path)

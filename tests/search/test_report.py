@@ -278,7 +278,7 @@ def test_plots_a_report_killed_while_drawing_left_are_removed_by_the_next_report
     experiment = types.SimpleNamespace(options=types.SimpleNamespace(select="youden", min_sensitivity=0), info={}, deciding_set="carved",
                                        histories=lambda: (None, {}), checkpoint_for=lambda selected: str(tmp_path / "no-checkpoint"))
     with pytest.raises(SystemExit):
-        report.write_report(experiment, pd.DataFrame({"rank": [1], "val_threshold": [0.5]}), None)
+        report.write_report(experiment, pd.DataFrame({"rank": [1], "trial_id": ["a"], "best_epoch": [1], "val_threshold": [0.5]}), None)
     assert drawn_in[0].name.startswith(f"cxr_tune-report-{os.getpid()}-")  # named so that the report after a kill removes it
     assert list(tmp_path.iterdir()) == []
 
@@ -338,7 +338,7 @@ def _report_text(exported: dict | None = None, *, prefix: str = "ext", **info) -
                            "epochs": 2, "objective": 0.7, **metrics}])
     notes = {key: "no plot" for key in ("progress", "importances", "pareto", "transfer", "roc", "confusion", "learning")}
     notes |= {"roc_caption": "roc", "confusion_caption": "confusion"}
-    return report._markdown(info, options, table, table.iloc[0], prefix, exported, notes, [], [])
+    return report._markdown(info, options, table, table.iloc[0], prefix, exported, notes, [], [], "/runs/tiny/best")
 
 
 def test_the_report_gives_the_test_splits_size_where_it_gives_the_other_sets(tmp_path):
@@ -367,7 +367,7 @@ def test_every_plot_that_shows_the_selection_set_says_so(tmp_path, monkeypatch):
     report._decision_plots(tmp_path, None, None, selected, pd.DataFrame({"label": [0, 0, 1, 1], "score": [0.1, 0.6, 0.4, 0.9]}), "ext")
     report._plot_pareto(tmp_path / "pareto.png", table, selected, "ext")
     report._plot_learning(tmp_path / "learning.png", history, "ext")
-    report._plot_progress(tmp_path / "progress.png", {"a": pd.DataFrame({"objective": [0.5, 0.6], "timestamp": [0.0, 60.0]})},
+    report._plot_progress(tmp_path / "progress.png", {"a": pd.DataFrame({"epoch": [1, 2], "objective": [0.5, 0.6], "timestamp": [0.0, 60.0]})},
                           "balanced accuracy on external validation")
     plot_transfer(tmp_path / "transfer.png", table, "external")
     named = []
@@ -416,3 +416,33 @@ def test_the_learning_curves_read_on_their_own(tmp_path, monkeypatch):
     assert [len(colours[name]) for name in ("carved validation", "external validation")] == [1, 1]  # one colour per set, both panels
     assert colours["carved validation"] != colours["external validation"]
     assert [t.get_text() for t in right.get_legend().get_texts()][-1] == "best epoch 2 (selected, exported)"
+
+
+def test_a_newcomer_reads_what_the_threshold_means_where_the_card_is_and_what_to_run_next():
+    """The report gave "Decision threshold 0.7166 (middle (logit scale) of ...)" and no more: not which side of it is
+    PNEUMONIA, not what "middle (logit scale)" means, no word of best/MODEL_CARD.md, and nothing on scoring the model
+    on a withheld labelled folder."""
+    rates = {"n": 100, "auc": 0.73, "sensitivity": 0.88, "specificity": 0.64, "balanced_accuracy": 0.76, "accuracy": 0.83}
+    exported = {"members": [{"trial_id": "a", "epoch": 1}], "threshold": 0.7166,
+                "threshold_rule": "middle (logit scale) of the thresholds within 0.005 of the best balanced_accuracy on the external validation set",
+                "validation": {**rates, "selection_set": False}, "external": {**rates, "selection_set": True}}
+    text = " ".join(_report_text(exported).split())
+    assert ("An image whose probability of PNEUMONIA is 0.7166 or more is called PNEUMONIA, one below it NORMAL") in text
+    assert "middle (logit scale: halfway between the range's ends in log-odds, log(p / (1 - p)))" in text
+    assert "`/runs/tiny/best/MODEL_CARD.md`" in text
+    assert "`python -m cxr_tune.predict --model /runs/tiny/best LABELLED_FOLDER --quiet --metrics metrics.json`" in text
+    assert "`python -m cxr_tune.compare --model /runs/tiny/best --model OTHER_MODEL LABELLED_FOLDER`" in text
+
+
+def test_the_progress_plot_marks_the_selected_trial(tmp_path, monkeypatch):
+    """The best-so-far line ended at another trial's 0.9282, and nothing showed that 5a4e909c (0.9179, tied, higher AUC) was selected."""
+    import pandas as pd
+
+    figures = _saved_figures(monkeypatch)
+    histories = {"5a4e909c": pd.DataFrame({"epoch": [1, 2], "objective": [0.90, 0.9179], "timestamp": [0.0, 60.0]}),
+                 "b": pd.DataFrame({"epoch": [1, 2], "objective": [0.91, 0.9282], "timestamp": [30.0, 90.0]})}
+    report._plot_progress(tmp_path / "progress.png", histories, "balanced accuracy on external validation", ("5a4e909c", 2))
+    ax = figures[0].axes[0]
+    [legend] = [t.get_text() for t in ax.get_legend().get_texts() if t.get_text().startswith("selected")]
+    [star] = [c for c in ax.collections if c.get_label() == legend]
+    assert legend == "selected: trial 5a4e909c, best epoch 2" and star.get_offsets().tolist() == [[1.0, 0.9179]]
