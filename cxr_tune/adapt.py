@@ -26,6 +26,10 @@ towards the middle and its threshold splits it (118 NORMAL films: 7 % called PNE
 60 % after). Without labels adapt can see the symptom: it prints the share called PNEUMONIA
 before and after, and warns when adaptation moved it far (:func:`moved_far`).
 
+The networks are rebuilt from ``weights.safetensors`` and ``model.json``, and their scores on the site's images
+checked against ``model.onnx``, the file ``predict`` scores with (:func:`cxr_tune.modelfile.check_rebuilt`): a
+``model.json`` edited by hand would otherwise have another model adapted.
+
 Writes a new model folder (:mod:`cxr_tune.modelfile`): ONNX, safetensors weights,
 ``model.json`` saying what was adapted, on how many images, and ``MODEL_CARD.md``
 (:mod:`cxr_tune.modelcard`). The unadapted model's measurements and operating points move under
@@ -57,7 +61,7 @@ from cxr_tune.calibration import probability_prior as calibration_prior
 from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import first_listed, json_safe, printable
-from cxr_tune.serving import META_FILE, read_meta, warn_if_other_preprocessing
+from cxr_tune.serving import META_FILE, load_model
 
 if TYPE_CHECKING:  # torch and the model code load when a model is adapted, not for --help or a mistyped flag
     import torch
@@ -238,13 +242,15 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
 
     from cxr_tune.data.imaging import PREPROCESS_VERSION, try_decode_checked
     from cxr_tune.modelcard import CARD_FILE, model_card
-    from cxr_tune.modelfile import (build_files, check_prior_record, load_members, recorded_calibration, recorded_views, serving_model,
-                                    torch_scores, write_model_folder)
+    from cxr_tune.modelfile import (build_files, check_prior_record, check_rebuilt, load_members, recorded_calibration, recorded_views,
+                                    serving_model, torch_scores, write_model_folder)
     from cxr_tune.predict import collect, path_text
     from cxr_tune.provenance import provenance
 
-    meta = read_meta(storage.join(model, META_FILE))
-    warn_if_other_preprocessing(storage.join(model, META_FILE), meta["preprocessing"])  # its statistics come from this code's pixels
+    # The ONNX file predict scores with, its hash checked; a warning when it was exported with older preprocessing (the
+    # site's statistics come from this code's pixels).
+    loaded = load_model(model)
+    meta = loaded.meta
     try:
         members = load_members(model, meta)
     except FileNotFoundError:
@@ -255,7 +261,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         prior = probability_prior(meta, storage.join(model, META_FILE))
     files = collect([images_dir])
     # A folder below it that was not read (a loop, a hidden folder) counts as a skipped file; it is not opened.
-    decoded = [(file.path, *(try_decode_checked(file.path, members.image_size) if not file.reason else (None, [], file.reason))) for file in files]
+    decoded = [(file.path, *(try_decode_checked(file.path, loaded.image_size) if not file.reason else (None, [], file.reason))) for file in files]
     # An image unlike the training X-rays (a colour photo, a blank frame, a lateral view) would pull
     # the site's BatchNorm statistics and its score mixture towards what the model never sees.
     left_out = [(str(path), "; ".join(notes)) for path, image, notes, _ in decoded if image is not None and notes]
@@ -269,6 +275,9 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     # In content order: a float32 score's last digits follow its batch's other images, so the file order would reach model.json.
     images = np.stack(readable)
     images = images[content_order(images)]
+    # The model as given, at its own threshold, on the same images: what the site gets without this adaptation. Rebuilt
+    # from model.json and the weights, and checked against the ONNX file: an edited model.json would adapt another model.
+    before_scores = check_rebuilt(loaded, members, images)
     tta = recorded_views(model, meta)
     adapted = adapt_batchnorm(members, images, in_content_order=True)
     before = unadapted_record(model, meta)
@@ -277,8 +286,6 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     # adaptation, and nothing here can re-measure it without labels.
     calibration = recorded_calibration(model, meta)
     scores = torch_scores(serving_model(adapted, tta, calibration=calibration), images)
-    # The model as given, at its own threshold, on the same images: what the site gets without this adaptation.
-    before_scores = torch_scores(serving_model(members, tta, calibration=calibration), images)
     threshold, how = site_threshold(threshold_rule, scores, {**meta, "threshold": kept}, prior)
     record: dict[str, Any] = {
         "called_pneumonia_share": float((scores >= threshold).mean()),  # at the new threshold, on the site's own images

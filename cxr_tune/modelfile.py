@@ -31,7 +31,7 @@ from cxr_tune import storage
 from cxr_tune.calibration import Calibration
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import json_safe
-from cxr_tune.serving import META_FILE, MODEL_FILE, probabilities, sha256
+from cxr_tune.serving import META_FILE, MODEL_FILE, LoadedModel, probabilities, sha256
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.model import ServingModel, build_model
@@ -40,6 +40,13 @@ from cxr_tune.views import TTA_VIEWS
 WEIGHTS_FILE = "weights.safetensors"
 #: The per-image scores an export writes beside the model, one file per set it scored (by metric prefix).
 PREDICTIONS_FILES = {"val": "val_predictions.csv", "ext": "external_predictions.csv", "test": "test_predictions.csv"}
+#: How far the ONNX file's scores may be from the PyTorch model's (both float32) on the same images: the export's own
+#: check, and adapt's and predict --explain's check that model.json still describes model.onnx (:func:`check_rebuilt`).
+#: The two differ only in float32 rounding (BatchNorm folded into the convolutions, another order of sums): at most
+#: 5.5e-6 apart for results/real/best (6 networks at 64 px, half A's 315 images), 1.7e-6 for 2 networks with 2 views
+#: and a Platt map, 1.2e-7 for one network (measured 2026-12-07), so 1e-4 leaves a margin of 20 or more, and every
+#: export already passed it on its check images. An edit to model.json that changes the network it rebuilds moved a test
+#: export's scores by 0.01 (3 views for 1) to 0.15 (a calibration slope doubled): far past it.
 SCORE_TOLERANCE = 1e-4
 
 
@@ -269,6 +276,32 @@ def load_members(folder: str, meta: dict[str, Any]) -> Members:
         nets.append(net.eval())
         hps.append(hp)
     return Members(nets, hps)
+
+
+def check_rebuilt(model: LoadedModel, members: Members, images: np.ndarray) -> np.ndarray:
+    """The scores on ``images`` (uint8 ``(N, S, S)``) of the model that ``members`` (from ``weights.safetensors``) and
+    ``model.json``'s ``tta_views`` and ``calibration`` rebuild, checked against the ONNX file of the loaded ``model``.
+
+    ``adapt`` and ``predict --explain`` work on that rebuilt model, while ``predict`` scores with the ONNX file, whose
+    hash is checked: a hand-edited ``model.json`` (another intensity map, view count, calibration or image size) would
+    have them adapt or explain another model than the one given. Stops with one line naming ``model.json`` when the two
+    are more than :data:`SCORE_TOLERANCE` apart on any image::
+
+        before = check_rebuilt(load_model(folder), load_members(folder, meta), images)
+    """
+    folder = str(model.folder)
+    meta_file, model_file = storage.join(folder, META_FILE), storage.join(folder, model.meta.get("model_file", MODEL_FILE))
+    differs = f"'{meta_file}' no longer describes '{model_file}'"
+    for i, hp in enumerate(members.hparams):  # checked first: the ONNX file cannot score images of another size
+        if hp.image_size != model.image_size:
+            raise UserError(f"{differs}: members[{i}].hparams.image_size is {hp.image_size} and the ONNX file takes {model.image_size}x"
+                            f"{model.image_size} images; the file was damaged or edited: export the model again")
+    rebuilt = torch_scores(serving_model(members, recorded_views(folder, model.meta), calibration=recorded_calibration(folder, model.meta)), images)
+    gap = float(np.max(np.abs(rebuilt - probabilities(model, images)))) if len(images) else 0.0
+    if gap > SCORE_TOLERANCE:
+        raise UserError(f"{differs}: the model its members, tta_views and calibration rebuild from {WEIGHTS_FILE} scores {len(images)} "
+                        f"image(s) up to {gap:.1e} away from it (more than {SCORE_TOLERANCE:g}); the file was damaged or edited: export the model again")
+    return rebuilt
 
 
 def _member_hparams(meta_file: str, i: int, member: Any) -> HParams:

@@ -23,7 +23,7 @@ a nearly blank frame, one smaller than the model's input, a DICOM lateral view o
 than plain radiography) are scored and then listed with the reason, to be checked before their
 score is trusted (a line beside the metrics says how many of them they include) (:mod:`cxr_tune.data.input_checks`). Only the pickle-free ONNX export is loaded; ``--explain`` also rebuilds the
 networks from ``weights.safetensors`` (never unpickled) for Grad-CAM maps
-(:mod:`cxr_tune.saliency`).
+(:mod:`cxr_tune.saliency`), checked to give the ONNX file's scores on the images they explain.
 """
 
 from __future__ import annotations
@@ -348,7 +348,10 @@ def skipped_lines(skipped: pd.DataFrame) -> list[str]:
 
 def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: str, point: str) -> list[Path]:
     """One PNG per scored image in ``out_dir``: the image, its Grad-CAM map over it, the
-    probability and the label at operating point ``point`` (and the folder's label, if any)."""
+    probability and the label at operating point ``point`` (and the folder's label, if any). Stops with one line before
+    a chunk's maps when ``members`` and ``model.json`` no longer rebuild the ONNX file's scores of its images (an edited
+    ``model.json``: the maps would be another network's)."""
+    from cxr_tune.modelfile import check_rebuilt
     from cxr_tune.saliency import explain_figure, grad_cam
 
     out = Path(out_dir)
@@ -359,6 +362,7 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
     for start in range(0, len(frame), _CHUNK_FILES):  # as predict() reads them: one chunk's pixels and maps held at a time
         part = frame.iloc[start : start + _CHUNK_FILES]
         images = np.stack(_decode_all(part["file"], lambda path: decode_gray(path, model.image_size)))  # pixels only: predict() checked them
+        check_rebuilt(model, members, images)
         maps = grad_cam(members, images)
         for row, name, image, heat in zip(part.itertuples(), names[start : start + _CHUNK_FILES], images, maps, strict=True):
             truth = "" if pd.isna(row.label) else f"; labelled {CLASSES[int(row.label)]}"

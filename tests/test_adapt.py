@@ -283,6 +283,30 @@ def test_an_edited_model_json_is_one_line_naming_it(exported, tmp_path, edit, me
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_json_that_no_longer_describes_model_onnx_is_refused_naming_it(exported, tmp_path):
+    """Before: adapt rebuilt the network from model.json's members, tta_views and calibration, which predict never reads
+    (it scores with the hashed model.onnx), so a hand edit wrote another model than the one given, with status 0 (a
+    calibration slope doubled: every site image called PNEUMONIA, and "as it was: 100%" where predict called 78 %)."""
+    site = write_site(tmp_path / "site", 10)
+    edits = {
+        "intensity": lambda m: m["members"][0]["hparams"].update(intensity="none"),  # the graph normalizes with zscore
+        "views": lambda m: m.update(tta_views=3),  # the graph scores 1 view
+        "calibration": lambda m: m.update(calibration={**PLATT, "slope": 2.0}),  # the graph's map is the identity: its slope doubled
+        "image size": lambda m: m["members"][0]["hparams"].update(image_size=64),  # the graph takes 32x32
+    }
+    for name, edit in edits.items():
+        folder = copy_tree(exported, tmp_path / name)
+        meta = json.loads((folder / "model.json").read_text())
+        edit(meta)
+        (folder / "model.json").write_text(json.dumps(meta))
+        with pytest.raises(UserError, match="the file was damaged or edited: export the model again") as caught:
+            adapt(str(folder), str(site), str(tmp_path / f"out-{name}"), threshold_rule="keep")
+        assert str(caught.value).startswith(f"'{folder / 'model.json'}' no longer describes '{folder / 'model.onnx'}': "), name
+        assert not (tmp_path / f"out-{name}").exists()
+    adapted = adapt(str(exported), str(site), str(tmp_path / "out"), threshold_rule="keep")  # untouched: adapted as before
+    assert adapted["adaptation"]["images"] == 20 and (tmp_path / "out" / "model.onnx").exists()
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda m: m.pop("hparams"), "hparams is not the selected trial's hyperparameters (it is missing)"),
     (lambda m: m["hparams"].update(class_weighting="x"), "hparams is not the selected trial's hyperparameters (class_weighting='x'"),

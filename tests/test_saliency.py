@@ -80,7 +80,7 @@ def test_every_network_has_a_layer_to_read(config):
     assert maps.shape == (2, 32, 32) and np.isfinite(maps).all() and (maps >= 0).all()
 
 
-def test_predict_explain_writes_one_figure_per_image_and_needs_the_weights(tmp_path):
+def test_predict_explain_writes_one_figure_per_image_and_needs_the_networks_model_onnx_was_built_from(tmp_path):
     export_folder(tmp_path / "model")
     folder = save_images(kermany_set(4, 6), tmp_path / "images")
     (folder / "broken.png").write_bytes(b"not a png")
@@ -98,6 +98,14 @@ def test_predict_explain_writes_one_figure_per_image_and_needs_the_weights(tmp_p
     (tmp_path / "model" / "model.json").write_text(json.dumps(meta))
     done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(folder), "--explain", str(tmp_path / "x"))
     assert done.returncode == 2 and "model.json': members[0] is not a network" in done.stderr and "Traceback" not in done.stderr
+
+    # Before: maps of the network the edited model.json rebuilt (another intensity map) beside model.onnx's probability.
+    meta["members"][0]["hparams"].update(dropout=0.0, intensity="zscore")  # the graph maps intensity with none
+    (tmp_path / "model" / "model.json").write_text(json.dumps(meta))
+    done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(folder), "--explain", str(tmp_path / "edited"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"'{tmp_path / 'model' / 'model.json'}' no longer describes '{tmp_path / 'model' / 'model.onnx'}': " in done.stderr
+    assert not list((tmp_path / "edited").glob("*.png"))
 
     (tmp_path / "model" / "weights.safetensors").unlink()
     done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(tmp_path / "no-such-folder"), "--explain", str(tmp_path / "x"))
