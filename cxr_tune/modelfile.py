@@ -3,7 +3,8 @@
 - ``model.onnx``: uint8 grayscale images ``(N, 1, S, S)`` in, PNEUMONIA probability out; intensity
   normalization, the ensemble average, test-time augmentation and a fitted calibration
   (``export --calibrate``) are inside the graph. ``predict``
-  loads only this file (with ``model.json``), never anything that needs unpickling.
+  loads only this file (with ``model.json``), never anything that needs unpickling. Its ``metadata_props`` say what it
+  gives and takes, for a tool that reads it alone (:func:`described_onnx`).
 - ``weights.safetensors``: every member network's weights and BatchNorm statistics, pickle-free,
   so the model can be rebuilt in PyTorch: ``adapt`` re-estimates BatchNorm statistics on a new
   site's images, which the ONNX graph (with BatchNorm folded into the convolutions) cannot.
@@ -29,6 +30,7 @@ from torch.nn import functional as F
 
 from cxr_tune import storage
 from cxr_tune.calibration import Calibration
+from cxr_tune.data.imaging import RESIZE_METHOD
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import json_safe
 from cxr_tune.serving import META_FILE, MODEL_FILE, LoadedModel, probabilities, sha256
@@ -219,12 +221,14 @@ def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], ext
     returned: what loads the folder's files checks them against) and ``extra`` files beside ``target``,
     then swap the folder in: on a local disk a kill at any moment leaves the old model or the new one, never
     neither. On object storage, which cannot rename, a kill during the swap's copy leaves files of both, which
-    every loader refuses by their hashes ("the folder mixes two exports"): the model must be written again. Refuses a ``target`` that is not a model folder (:func:`check_model_target`)."""
+    every loader refuses by their hashes ("the folder mixes two exports"): the model must be written again. Refuses a ``target`` that is not a model folder (:func:`check_model_target`).
+    ``model.onnx`` is written with :func:`described_onnx`'s metadata, and its hash is that of the file written."""
     check_model_target(target, "the model folder")
-    meta = {**meta, "files": {MODEL_FILE: sha256(files.onnx), WEIGHTS_FILE: sha256(files.weights)}}
+    onnx_bytes = described_onnx(files.onnx, meta)
+    meta = {**meta, "files": {MODEL_FILE: sha256(onnx_bytes), WEIGHTS_FILE: sha256(files.weights)}}
     tmp = storage.sibling_tmp(target)
     try:
-        for name, data in {MODEL_FILE: files.onnx, WEIGHTS_FILE: files.weights, **(extra or {})}.items():
+        for name, data in {MODEL_FILE: onnx_bytes, WEIGHTS_FILE: files.weights, **(extra or {})}.items():
             storage.write_bytes_atomic(storage.join(tmp, name), data)
         # Written last: on object stores, where the swap is a copy, its presence marks a complete folder.
         storage.write_text_atomic(storage.join(tmp, META_FILE), json.dumps(json_safe(meta), indent=2))
@@ -232,6 +236,30 @@ def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], ext
     finally:
         storage.remove_tree(tmp)
     return meta
+
+
+def described_onnx(onnx_bytes: bytes, meta: dict[str, Any]) -> bytes:
+    """``onnx_bytes`` with ``metadata_props`` saying what the graph gives and takes, from ``meta`` (its ``model.json``):
+    a ``model.onnx`` copied into another serving tool otherwise says only "probability". Metadata changes no score, and
+    the same ``meta`` gives the same bytes (no time in them)."""
+    import onnx
+
+    preprocessing = meta["preprocessing"]
+    size, version = int(preprocessing["image_size"]), preprocessing.get("preprocess_version")
+    meaning = str((meta.get("output") or {}).get("meaning", ""))  # "probability of PNEUMONIA (the mean of 2 models; ...)"
+    model = onnx.load_model_from_string(onnx_bytes)
+    onnx.helper.set_model_props(model, {
+        "output": f"probability, float [batch]: P(PNEUMONIA) of each image{meaning.removeprefix('probability of PNEUMONIA')}",
+        "threshold": repr(float(meta["threshold"])),
+        "decision": "PNEUMONIA when probability >= threshold, else NORMAL",
+        "input": f"image: uint8 greyscale, N x C x H x W = [batch, 1, {size}, {size}]; the intensity normalization is inside the graph",
+        "preprocessing": f"greyscale, {preprocessing.get('grayscale', '8-bit')}, then {RESIZE_METHOD.replace('size x size', f'{size} x {size}')}; "
+                         "JPEGs decoded by libjpeg at a reduced scale first (cxr_tune.data.imaging.decode_gray"
+                         + (f", preprocess_version {version})" if version is not None else ")"),
+        "record": f"{META_FILE} beside this file is the full record: operating points, calibration, hyperparameters, metrics with "
+                  "their intervals, and this file's SHA-256",
+    })
+    return model.SerializeToString()
 
 
 def load_members(folder: str, meta: dict[str, Any]) -> Members:

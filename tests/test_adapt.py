@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 import torch
@@ -157,6 +158,8 @@ def test_the_cli_writes_an_adapted_model_that_predict_loads(exported, tmp_path):
     assert meta["threshold"] == old_meta["threshold"] and "kept" in record["threshold"] and record["threshold_rule"] == "keep"
     assert meta["before_adaptation"]["validation"] == old_meta["validation"] and "validation" not in meta
     assert meta["members"] == old_meta["members"] and meta["preprocessing"] == old_meta["preprocessing"]
+    props = {entry.key: entry.value for entry in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert float(props["threshold"]) == meta["threshold"]  # the site's, in the file predict scores with
 
     # The weights file: only BatchNorm statistics moved, and to exactly what adapt_batchnorm gives
     # on the site's decodable images.

@@ -162,3 +162,29 @@ def test_what_an_export_records_reads_back(pristine):
     meta = read_meta(pristine / "model.json")
     assert recorded_views(str(pristine), meta) == 1 and recorded_calibration(str(pristine), meta) is None
     assert len(load_members(str(pristine), meta).nets) == 1
+
+
+def test_model_onnx_says_what_it_outputs_and_takes_and_its_hash_and_older_files_still_hold(pristine, tmp_path):
+    """Before: metadata_props was empty, so a model.onnx copied into another serving tool described itself only as
+    'probability' (of which class, called at what threshold, from which pixels: only model.json said)."""
+    import onnx
+
+    from cxr_tune.serving import load_model
+
+    meta = json.loads((pristine / "model.json").read_text())
+    graph = onnx.load(str(pristine / "model.onnx"))
+    props = {entry.key: entry.value for entry in graph.metadata_props}
+    assert "P(PNEUMONIA)" in props["output"] and float(props["threshold"]) == meta["threshold"]
+    assert props["decision"] == "PNEUMONIA when probability >= threshold, else NORMAL"
+    assert "uint8 greyscale" in props["input"] and "[batch, 1, 16, 16]" in props["input"] and "N x C x H x W" in props["input"]
+    assert "bilinear resize of the whole image to 16 x 16" in props["preprocessing"] and "model.json" in props["record"]
+    assert meta["files"]["model.onnx"] == hashlib.sha256((pristine / "model.onnx").read_bytes()).hexdigest()  # the file as written
+
+    older = Path(shutil.copytree(pristine, tmp_path / "older"))  # as exported before: no metadata, its own hash recorded
+    del graph.metadata_props[:]
+    onnx.save(graph, str(older / "model.onnx"))
+    meta["files"]["model.onnx"] = hashlib.sha256((older / "model.onnx").read_bytes()).hexdigest()
+    (older / "model.json").write_text(json.dumps(meta))
+    images = kermany_set(5, 0).images
+    assert np.array_equal(load_model(older).session.run(None, {"image": images[:, None]})[0],
+                          load_model(pristine).session.run(None, {"image": images[:, None]})[0])
