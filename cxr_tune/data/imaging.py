@@ -148,10 +148,13 @@ def decode_gray(source: str | Path | bytes, size: int) -> np.ndarray:
 
 def _gray_square(image: Image.Image, size: int) -> np.ndarray:
     """An opened (not DICOM) image as the model's pixels: the one path every decode takes."""
-    # JPEG only: let libjpeg decode at the smallest scale that is still >= size (much faster on
-    # full-resolution X-rays). Not the same pixels as a full decode then the resize below: at 64 px,
-    # 0.2-0.5 grey levels apart on average, at most 2-11 (measured 2026-12-07); the same image saved as
-    # PNG or DICOM scores a little differently (README, "DICOM").
+    # JPEG only: let libjpeg decode at the smallest scale that is still >= size (1/2, 1/4 or 1/8; much faster on
+    # full-resolution X-rays). Not the same pixels as a full decode then the resize below. Where the scale s divides both
+    # sides (the 224-px copies), half A's images at 64 px are 0.3-0.6 grey levels apart on average, at most 12. Where it
+    # does not, the reduced picture's last row or column also covers up to s - 1 repeated edge pixels, so the film reaches
+    # the resize slightly squeezed: the same images cropped by 1-7 px a side, 0.4-2.8 on average at 64 px (at most 54)
+    # and 0.6-6.3 at 32 px (at most 71) (measured 2026-12-07). Training and prediction decode alike; the same image saved
+    # as PNG or DICOM scores a little differently (README, "DICOM"). Kept: the committed models were trained on it.
     image.draft("L", (size, size))
     return _square(to_gray8(_upright(image)), size)
 
