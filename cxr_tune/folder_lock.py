@@ -26,33 +26,43 @@ _held: dict[str, IO[str]] = {}
 def hold(folder: str, what: str = "experiment") -> None:
     """Hold ``folder`` (an experiment, or ``what`` it is) for this command, or stop with one line when another command
     holds it. Within :func:`holding`, which lets go at its end; a folder already held by this command is held once."""
+    owner = claim(folder)
+    if owner is not None:
+        raise UserError(f"another command{f' ({owner})' if owner else ''} is running in the {what} '{storage.resolve(folder)}'; wait for it to "
+                        "end (two at once would train the same things and overwrite each other's results)")
+
+
+def claim(folder: str) -> str | None:
+    """:func:`hold` for a caller with its own words for a refusal: None once this command holds ``folder`` (or where
+    nothing can be held: object storage, no folder yet, a read-only folder, a file system without locks); who holds it
+    ("process 1234", or "" when it has not said yet) when another command does."""
     if storage.is_uri(folder):
-        return
+        return None
     folder = storage.resolve(folder)
     if folder in _held or not os.path.isdir(folder):  # not an experiment yet: the command says so itself
-        return
+        return None
     import fcntl
 
     try:
         handle = open(os.path.join(folder, LOCK_FILE), "a+", encoding="utf-8")  # noqa: SIM115 - held past this call
     except OSError:  # a read-only folder: no command can write it, so none needs keeping apart
-        return
+        return None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # held by another process
         handle.seek(0)
         owner = handle.read().strip()
         handle.close()
-        raise UserError(f"another command{f' ({owner})' if owner else ''} is running in the {what} '{folder}'; wait for it to "
-                        "end (two at once would train the same things and overwrite each other's results)") from None
+        return owner
     except OSError:  # a file system without locks (NFS without lockd): run unlocked, as on object storage
         handle.close()
-        return
+        return None
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()}")
     handle.flush()
     _held[folder] = handle
+    return None
 
 
 def held_elsewhere(folder: str) -> str | None:

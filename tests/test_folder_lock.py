@@ -82,6 +82,44 @@ def test_a_new_search_under_the_name_of_a_running_one_is_not_told_to_resume_it(t
         f"error: experiment '{experiment}' already exists and another command (process 4242) is running it now; choose another --name")
 
 
+def test_a_search_started_under_the_same_name_at_the_same_moment_is_refused_before_it_writes_a_file(tmp_path, monkeypatch, capsys):
+    """Two searches with one --name started together: the one refused used to write its experiment.json, space.yaml and
+    splits.csv over the running one's first (the lock came after), and --resume then ran the refused command's options."""
+    from cxr_tune.search.__main__ import main
+    from tests.conftest import folder_with_bad_files, lines_before_ray
+
+    argv = ["--space", "smoke", "--data", str(folder_with_bad_files(tmp_path / "data")), "--storage", str(tmp_path / "runs"), "--name", "exp",
+            "--cache-dir", str(tmp_path / "cache"), "--seed", "2"]
+    experiment = tmp_path / "runs" / "exp"
+    experiment.mkdir(parents=True)  # the other search made the folder and holds it, its files not yet written
+    other = held_by_another_process(experiment)
+    try:
+        with pytest.raises(UserError) as refused:
+            main(argv)
+        (experiment / "experiment.json").write_text('{"options": "the running search\'s"}')  # which it writes now
+    finally:
+        other.close()
+    assert str(refused.value) == f"experiment '{experiment}' already exists and another command (process 4242) is running it now; choose another --name"
+    assert sorted(path.name for path in experiment.iterdir()) == [folder_lock.LOCK_FILE, "experiment.json"]
+    assert (experiment / "experiment.json").read_text() == '{"options": "the running search\'s"}'
+
+    # And one that wrote its experiment and ended between this command's first look and its lock: told to resume it, not overwritten.
+    (experiment / "experiment.json").unlink()
+    from cxr_tune import storage
+    from cxr_tune.search import runner
+
+    def made_and_written_meanwhile(path: str) -> None:
+        storage_makedirs(path)
+        (experiment / "experiment.json").write_text('{"options": "the other search\'s"}')
+
+    storage_makedirs = storage.makedirs
+    monkeypatch.setattr(runner.storage, "makedirs", made_and_written_meanwhile)
+    with pytest.raises(UserError, match=r"already exists; continue it with: python -m cxr_tune.search --name exp .* --resume"):
+        lines_before_ray(main, argv, monkeypatch, capsys)
+    assert (experiment / "experiment.json").read_text() == '{"options": "the other search\'s"}'
+    assert sorted(path.name for path in experiment.iterdir()) == [folder_lock.LOCK_FILE, "experiment.json"]
+
+
 def test_a_train_run_another_command_is_training_is_refused_before_ray_starts(tmp_path, synthetic_root):
     """Before: the resume command typed while the run went on restored a checkpoint the first run then deleted,
     and ended in a Ray traceback calling it damaged; and, with other data, it rewrote the running run's record first."""

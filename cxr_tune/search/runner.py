@@ -141,8 +141,7 @@ def run_search(options: SearchOptions, *, command: str, resume: bool = False, ve
     # written (which would hold that --cache-dir, and refuse the corrected command as an experiment that exists).
     check_caches_buildable(split, space.image_sizes())
     if not resume:
-        _start_experiment(options, space, split, command)
-        folder_lock.hold(experiment)  # until the command ends (main's folder_lock.holding)
+        _start_experiment(options, space, split, command)  # held from there until the command ends (main's folder_lock.holding)
     restore = resume and Experiment(experiment).has_tune_state()  # else Tune never saved a step: start it afresh
     prepare_study(options, fresh=not resume)
     print(f"Data: {split.source.description}")
@@ -224,7 +223,7 @@ def _refuse_existing(options: SearchOptions) -> None:
     if storage.exists(storage.join(experiment, EXPERIMENT_FILE)):
         running = folder_lock.held_elsewhere(experiment)
         if running:
-            raise UserError(f"experiment '{experiment}' already exists and another command ({running}) is running it now; choose another --name")
+            raise _running_now(experiment, running)
         raise UserError(f"experiment '{experiment}' already exists; continue it with: {resume_command(options)} (or choose another --name)")
     if storage.is_file(experiment):
         raise UserError(f"--name '{options.name}': '{experiment}' is a file, not an experiment folder; choose another --name")
@@ -232,6 +231,11 @@ def _refuse_existing(options: SearchOptions) -> None:
     if others:
         raise UserError(f"--name '{options.name}': '{experiment}' holds files and is not an experiment (no {EXPERIMENT_FILE}; it holds "
                         f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); choose another --name")
+
+
+def _running_now(experiment: str, running: str) -> UserError:
+    """A new search under the name of one that ``running`` ("process 1234") runs now: not told to resume it."""
+    return UserError(f"experiment '{experiment}' already exists and another command ({running}) is running it now; choose another --name")
 
 
 def search_command_line(argv: Sequence[str]) -> str:
@@ -244,9 +248,16 @@ def search_command_line(argv: Sequence[str]) -> str:
 
 
 def _start_experiment(options: SearchOptions, space: Space, split: SplitData, command: str) -> None:
+    """Write a new experiment's files, holding its folder from before the first one: a second search started under the
+    same --name at the same moment is refused here, with the running one's files as they were (the lock used to come
+    after the writes, and the refused search's options were what --resume then ran)."""
     experiment = options.experiment_dir
     _refuse_existing(options)
     storage.makedirs(experiment)
+    running = folder_lock.claim(experiment)
+    if running is not None:
+        raise _running_now(experiment, running or "another process")
+    _refuse_existing(options)  # again, held: one started meanwhile may have written its experiment and ended
     storage.write_text_atomic(storage.join(experiment, SPACE_FILE), Path(space.path).read_text(encoding="utf-8"))
     roles = split.roles[["path", "content_hash", "label", "patient_id", "group_id", "split", "role", "role_note"]]
     storage.write_bytes_atomic(storage.join(experiment, SPLITS_FILE), roles.to_csv(index=False).encode())

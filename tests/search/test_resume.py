@@ -472,6 +472,7 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
     time budget that stops it; resumed with a budget of its own and interrupted with Ctrl-C once
     another trial finished; resumed, and killed with kill -9 right after one more trial ended; resumed to the end and
     exported. What each left behind, for the tests below."""
+    from cxr_tune import folder_lock
     from cxr_tune.data.prepared import split_data
     from cxr_tune.errors import UserError
     from cxr_tune.ray_session import remove_idle_placement_groups
@@ -491,7 +492,8 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(work)
         options = options_from_args(build_parser().parse_args(argv))
-        runner._start_experiment(options, load_space(options.space), split_data(options.data), runner.search_command_line(argv))  # then Ctrl-C
+        with folder_lock.holding():  # as the command holds it, and lets go as it ends
+            runner._start_experiment(options, load_space(options.space), split_data(options.data), runner.search_command_line(argv))  # then Ctrl-C
         out["saved"] = json.loads((experiment / "experiment.json").read_text())["options"]
         out["splits"] = (experiment / "splits.csv").read_text()
         with pytest.raises(UserError) as refused:
