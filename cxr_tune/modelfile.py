@@ -33,7 +33,7 @@ from cxr_tune.calibration import Calibration
 from cxr_tune.data.imaging import RESIZE_METHOD
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import json_safe
-from cxr_tune.serving import META_FILE, MODEL_FILE, LoadedModel, probabilities, sha256
+from cxr_tune.serving import META_FILE, MODEL_FILE, LoadedModel, check_file_hash, probabilities, sha256
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.model import ServingModel, build_model
@@ -279,11 +279,7 @@ def load_members(folder: str, meta: dict[str, Any]) -> Members:
         data = storage.read_bytes(path)
     except OSError as exc:
         raise UserError(f"'{path}' could not be read ({exc.strerror or exc}); check its permissions, or export the model again") from None
-    expected = meta.get("files", {}).get(WEIGHTS_FILE)
-    if not expected:  # every export records it: without it, weights from another export would pass
-        raise UserError(f"'{storage.join(folder, META_FILE)}' records no hash of {WEIGHTS_FILE} (files); the file was damaged or edited: export the model again")
-    if expected != sha256(data):
-        raise UserError(f"'{path}' does not match the hash in {META_FILE}; the folder mixes two exports: export the model again")
+    check_file_hash(folder, meta, WEIGHTS_FILE, data)  # read after model.json: a folder swapped in since is told apart from a mixed one
     if not isinstance(meta.get("members"), list) or not meta["members"]:
         raise UserError(f"'{storage.join(folder, META_FILE)}' lists no members; export the model again")
     try:

@@ -109,13 +109,8 @@ def load_model(path: str | Path) -> LoadedModel:
     except OSError as exc:
         raise UserError(f"'{model_path}' could not be read ({exc.strerror or exc}); check its permissions, or export the model again") from None
     refuse_pickle(model_path, data)
-    files = meta.get("files", {})
-    expected = files.get(model_file, files.get(MODEL_FILE))
     # Checked before onnxruntime opens the file: building a session already reads what the graph names.
-    if not expected:  # every export records it: without it, a file from another export would pass
-        raise UserError(f"'{meta_path}' records no hash of {model_file} (files); the file was damaged or edited: export the model again")
-    if expected != sha256(data):  # its threshold and metrics belong to another network
-        raise UserError(f"'{model_path}' does not match the hash in '{meta_path}'; the folder mixes two exports: export the model again")
+    check_file_hash(path, meta, model_file, data, recorded_as=MODEL_FILE)
     refuse_external_data(model_path, data)
     try:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
@@ -123,6 +118,30 @@ def load_model(path: str | Path) -> LoadedModel:
         raise UserError(f"'{model_path}' is not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
     _check_interface(session, model_path, meta_path, int(meta["preprocessing"]["image_size"]))
     return LoadedModel(path if storage.is_uri(path) else Path(path), session, meta)
+
+
+def check_file_hash(folder: str, meta: dict[str, Any], name: str, data: bytes, *, recorded_as: str | None = None) -> None:
+    """Stop with one line unless ``data``, read from the file ``name`` of the model folder ``folder``, has the SHA-256 that
+    ``meta`` (its ``model.json``, read before) records (under ``name``, else ``recorded_as``): a file of another export
+    would be scored or rebuilt under this one's threshold and metrics.
+
+    A loader reads a folder's files by path one after the other, and ``export`` or ``adapt`` swaps a whole new folder in
+    at any moment: when ``model.json`` records other files now than when it was read, the folder was replaced while this
+    command read it (run it again), which is not a folder that mixes two exports (written again to mend it)."""
+    files = meta.get("files", {})
+    expected = files.get(name, files.get(recorded_as)) if recorded_as else files.get(name)
+    meta_path = storage.join(folder, META_FILE)
+    if not expected:  # every export records it: without it, a file from another export would pass
+        raise UserError(f"'{meta_path}' records no hash of {name} (files); the file was damaged or edited: export the model again")
+    if expected == sha256(data):
+        return
+    try:
+        now = json.loads(storage.read_bytes(meta_path)).get("files")
+    except (OSError, ValueError, AttributeError):  # gone or other in the middle of a swap
+        now = None
+    if now != files:
+        raise UserError(f"the model folder '{folder}' was replaced (by another export or adapt) while this command read it; run the command again")
+    raise UserError(f"'{storage.join(folder, name)}' does not match the hash in '{meta_path}'; the folder mixes two exports: export the model again")
 
 
 def refuse_external_data(model_path: Path | str, data: bytes) -> None:

@@ -145,6 +145,28 @@ def test_a_model_json_without_the_weights_hash_is_one_line_naming_it(pristine, t
                                  "the file was damaged or edited: export the model again")
 
 
+def test_weights_of_a_folder_swapped_in_after_model_json_was_read_are_called_replaced_and_a_real_mix_still_mixed(pristine, tmp_path):
+    """predict --explain and adapt read weights.safetensors seconds after model.json (torch imports between): an export
+    or adapt that swapped a whole new folder in meanwhile made them say "the folder mixes two exports" of a whole folder."""
+    from cxr_tune.modelfile import write_model_folder
+
+    folder = Path(shutil.copytree(pristine, tmp_path / "model"))
+    loaded = read_meta(folder / "model.json")
+    other = {key: value for key, value in loaded.items() if key != "files"}
+    write_model_folder(str(folder), build_files(brightness_members(90.0)), other)  # another model, swapped in whole
+    with pytest.raises(UserError) as caught:
+        load_members(str(folder), loaded)
+    assert str(caught.value) == (f"the model folder '{folder}' was replaced (by another export or adapt) while this command read it; "
+                                 "run the command again")
+    assert load_members(str(folder), read_meta(folder / "model.json"))  # whole: read again, it loads
+
+    mixed = Path(shutil.copytree(pristine, tmp_path / "mixed"))
+    (mixed / "weights.safetensors").write_bytes(build_files(brightness_members(90.0)).weights)  # another export's file alone
+    with pytest.raises(UserError, match=f"^'{mixed / 'weights.safetensors'}' does not match the hash in '{mixed / 'model.json'}'; "
+                                        "the folder mixes two exports: export the model again$"):
+        load_members(str(mixed), read_meta(mixed / "model.json"))
+
+
 @pytest.mark.parametrize(("edit", "read", "message"), [
     (lambda m: m.update(tta_views="x"), recorded_views, "tta_views is 'x', not a number of views in 1..9"),
     (lambda m: m.update(tta_views=0), recorded_views, "tta_views is 0"),

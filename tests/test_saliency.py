@@ -113,6 +113,30 @@ def test_predict_explain_writes_one_figure_per_image_and_needs_the_networks_mode
     assert not (tmp_path / "x").exists()
 
 
+def test_predict_explain_on_a_model_folder_replaced_after_it_was_loaded_says_so_in_one_line(tmp_path, monkeypatch):
+    """An export swapped a whole new folder in while --explain imported torch (seconds, between model.onnx and
+    weights.safetensors): it said "the folder mixes two exports: export the model again" of a folder whole all along."""
+    import cxr_tune.predict
+    from cxr_tune.modelfile import build_files, write_model_folder
+    from tests.model_exports import brightness_members
+
+    export_folder(tmp_path / "model")
+    images = save_images(kermany_set(2, 6), tmp_path / "images")
+    real_load = cxr_tune.predict.load_model
+
+    def swapped_after_loading(path):
+        loaded = real_load(path)
+        other = {key: value for key, value in loaded.meta.items() if key != "files"}
+        write_model_folder(str(tmp_path / "model"), build_files(brightness_members(90.0)), other)  # export --out model, meanwhile
+        return loaded
+
+    monkeypatch.setattr(cxr_tune.predict, "load_model", swapped_after_loading)
+    done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(images), "--explain", str(tmp_path / "maps"))
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: the model folder '{tmp_path / 'model'}' was replaced (by another export or adapt) while this command read it; "
+        "run the command again")
+
+
 def test_figures_of_images_with_the_same_file_name_name_their_paths_and_the_csv_maps_each_to_its_figure(tmp_path, monkeypatch):
     """x.jpeg in two folders gave x.png and x-1.png, both captioned "x.jpeg", and nothing said which was which."""
     import cxr_tune.saliency

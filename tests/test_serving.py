@@ -134,6 +134,32 @@ def test_an_onnx_file_from_another_export_is_refused_by_its_hash(tmp_path):
     assert done.returncode == 2 and "mixes two exports" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_folder_swapped_in_while_load_model_reads_it_is_called_replaced_not_mixed(tmp_path, monkeypatch):
+    """An export swaps a whole new folder in between this load's read of model.json and of model.onnx: the folder was
+    whole all along, and loading it said "the folder mixes two exports: export the model again"."""
+    import shutil
+
+    import cxr_tune.serving as serving
+
+    folder = write_export(tmp_path / "best", image_size=16)
+    write_export(tmp_path / "new", image_size=24)
+    real_read_meta = serving.read_meta
+
+    def swapped_after_reading(file):
+        read = real_read_meta(file)
+        shutil.rmtree(folder)
+        shutil.copytree(tmp_path / "new", folder)  # another export's whole folder, in its place
+        return read
+
+    monkeypatch.setattr(serving, "read_meta", swapped_after_reading)
+    with pytest.raises(UserError) as caught:
+        load_model(folder)
+    assert str(caught.value) == (f"the model folder '{folder}' was replaced (by another export or adapt) while this command read it; "
+                                 "run the command again")
+    monkeypatch.setattr(serving, "read_meta", real_read_meta)
+    assert load_model(folder).image_size == 24  # whole: run again, it loads
+
+
 @pytest.mark.parametrize("files", [None, {}, {"model.onnx": ""}, {"weights.safetensors": "0" * 64}])
 def test_a_model_json_without_the_graphs_hash_is_refused(tmp_path, files):
     folder = write_export(tmp_path / "best")
