@@ -99,7 +99,8 @@ def stop_on_sigterm_as_on_ctrl_c() -> Callable[[], None]:
     """Make SIGTERM raise SIGINT, so whoever handles Ctrl-C at that moment stops the work: Python's
     ``KeyboardInterrupt``, or Ray Tune's and Ray Train's graceful stop that keeps their checkpoints.
     :func:`cxr_tune.ray_session.ray_session` puts it back after ``ray.init()``, which installs Ray's own
-    (a search then ended with status 1 after a native stack dump: no table, no report, no resume line). Only on the main thread,
+    (a search then ended with status 1 after a native stack dump: no table, no report, no resume line), and after
+    ``ray.shutdown()``, which sets it to the default (a search then died without a word). Only on the main thread,
     where handlers live. Returns what puts the handler before it back."""
     import threading
 

@@ -224,8 +224,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         # recorded in its temp folder: someone else's on a shared machine, or a dead one it waits on for minutes.
         token_for_own_ray()
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
-    if callable(sigterm_before):  # the command's own (errors.run_cli), not the one ray.init installs
-        signal.signal(signal.SIGTERM, sigterm_before)
+    _keep_sigterm(sigterm_before)
     undo = lambda: None  # noqa: E731
     if log is not None:
         from cxr_tune.console import route_worker_output
@@ -235,7 +234,16 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         yield
     finally:
         ray.shutdown()
+        _keep_sigterm(sigterm_before)
         undo()
+
+
+def _keep_sigterm(handler: object) -> None:
+    """Put the command's own SIGTERM handler (:func:`cxr_tune.errors.run_cli`'s) back in force. ``ray.init()`` installs
+    Ray's; ``ray.shutdown()`` sets the process's SIGTERM to the default below Python, which still names the handler
+    (a SIGTERM during the export and report after a search's final fit then killed it with no word and no clean-up)."""
+    if callable(handler):
+        signal.signal(signal.SIGTERM, handler)
 
 
 FREE_CPU_TIMEOUT_S = 600.0  # how long a command waits for a CPU of a cluster that other work holds

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +17,7 @@ import pytest
 from cxr_tune import ray_session as session
 from cxr_tune.errors import UserError
 from cxr_tune.ray_session import wait_for_free_cpu
-from tests.conftest import call_cli, cpu_holders, kermany_folder
+from tests.conftest import ROOT, call_cli, cpu_holders, kermany_folder
 
 slow = pytest.mark.slow  # uses the session's Ray
 
@@ -225,6 +228,34 @@ def test_a_short_wait_is_silent(ray_session, capsys):
     # CPUs that the session's last user is still giving back come free well within quiet_s.
     wait_for_free_cpu(0.05, "read the image cache", timeout_s=300, quiet_s=60)
     assert capsys.readouterr().out == ""
+
+
+STOPPED_AFTER_RAY = """
+import os, signal, sys, time
+from cxr_tune.errors import run_cli
+from cxr_tune.ray_session import ray_session
+
+def main(argv):
+    with ray_session(argv[0]):
+        pass
+    print("Ray ended", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's stop while a search exports and reports after its final fit
+    time.sleep(5)
+    print("went on")
+    return 0
+
+run_cli(main, sys.argv[1:])
+"""
+
+
+@slow
+def test_sigterm_after_a_commands_ray_session_ended_still_stops_it_as_ctrl_c_does(ray_session):
+    """ray.shutdown() sets the process's SIGTERM back to the default behind Python's back (Python still names the command's
+    handler): a SIGTERM during a search's export and report, after its Ray session, killed it at once, with no "terminated"
+    line, no --report-only command, and its temporary report folder left behind. Here the command joins the session's Ray."""
+    done = subprocess.run([sys.executable, "-c", STOPPED_AFTER_RAY, ray_session.get_runtime_context().gcs_address], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr.splitlines()[-1:]) == (128 + signal.SIGTERM, "Ray ended\n", ["terminated"]), done.stderr
 
 
 @slow
