@@ -33,7 +33,7 @@ from cxr_tune.calibration import Calibration
 from cxr_tune.data.imaging import RESIZE_METHOD
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import json_safe
-from cxr_tune.serving import META_FILE, MODEL_FILE, LoadedModel, check_file_hash, probabilities, sha256
+from cxr_tune.serving import META_FILE, MODEL_FILE, LoadedModel, check_file_hash, import_onnxruntime, probabilities, sha256
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.model import ServingModel, build_model
@@ -192,8 +192,9 @@ class ModelFiles:
 def build_files(members: Members, tta: int = 1, *, check_images: np.ndarray | None = None, calibration: Calibration | None = None) -> ModelFiles:
     """Export ``members`` (with ``calibration`` in the graph, if given) to ONNX, checked against
     PyTorch on ``check_images``, and their weights to safetensors."""
-    import onnxruntime as ort
     from safetensors.torch import save
+
+    ort = import_onnxruntime()
 
     serving = serving_model(members, tta, calibration=calibration)
     onnx_bytes = _to_onnx(serving, members.image_size)

@@ -19,6 +19,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,21 @@ class LoadedModel:
     @property
     def threshold(self) -> float:
         return float(self.meta["threshold"])
+
+
+def import_onnxruntime() -> ModuleType:
+    """``onnxruntime``, imported where it is first needed (predict starts faster without it) and a stop while it loads a
+    stop: its native module's initialization (pybind11) turns a Ctrl-C or SIGTERM that lands then into
+    ``ImportError: initialization failed``, which reached the console as a traceback and status 1; here it is raised as
+    the KeyboardInterrupt it was, so the command stops as it does anywhere else (130 or 143, saying how to go on).
+    Other native libraries the commands import late (torch, onnx, safetensors) let the KeyboardInterrupt through."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
+    return onnxruntime
 
 
 def refuse_pickle(path: Path | str, data: bytes | None = None) -> None:
@@ -76,7 +92,7 @@ def load_model(path: str | Path) -> LoadedModel:
         load_model("results/wide-20240101/best")             # folder
         load_model("results/wide-20240101/best/model.onnx")  # the same model
     """
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     # Local paths and object-store URIs alike (``s3://bucket/exp/best``), through cxr_tune.storage.
     path = str(path).rstrip("/") if storage.is_uri(str(path)) else str(Path(path))

@@ -321,3 +321,35 @@ def test_a_model_exported_with_other_preprocessing_loads_with_one_line_saying_so
 
     read_meta(old / "model.json")
     assert capsys.readouterr().err == ""
+
+
+class _OnnxruntimeStoppedAsItLoads:
+    """``import onnxruntime`` as it fails when a Ctrl-C or SIGTERM lands while its native module initializes: pybind11
+    turns the KeyboardInterrupt into ``ImportError: initialization failed`` (about 30-50 ms of every first import)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "onnxruntime":
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as stop:
+                raise ImportError("initialization failed") from stop
+
+
+def test_a_stop_while_onnxruntime_loads_stops_predict_and_an_export_as_a_stop_does(tmp_path, monkeypatch):
+    """Before: a Ctrl-C that landed as a search's export (or predict) imported onnxruntime came out as a traceback ending in
+    "ImportError: initialization failed" and status 1, with no line saying how to go on."""
+    import sys
+
+    from cxr_tune.modelfile import build_files
+    from tests.model_exports import brightness_members
+
+    model = write_export(tmp_path / "best", image_size=16)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((16, 16), 40, dtype=np.uint8)).save(images / "a.png")
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_OnnxruntimeStoppedAsItLoads(), *sys.meta_path])
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(images), "--quiet")
+    assert (done.returncode, done.stderr) == (130, "interrupted\n")
+    with pytest.raises(KeyboardInterrupt):  # what the search's export turns into its "write them with --report-only" line
+        build_files(brightness_members())
