@@ -153,7 +153,9 @@ def _main(argv: Sequence[str] | None) -> int:
             raise UserError("--report-only needs --name of the experiment")
         folder = storage.join(storage.resolve(args.storage), args.name)
         folder_lock.hold(folder)
-        finish_experiment(Experiment(folder).path, export=not args.no_export)  # one-line error when it is not one
+        finished = finish_experiment(Experiment(folder).path, export=not args.no_export, interrupted=None)  # one-line error when it is not one
+        if finished["unfinished"]:
+            print(f"\nThe search is unfinished ({finished['unfinished']}); continue it with:\n  {resume_command(Experiment(folder).options)}")
         return 0
     if args.resume:
         refuse_flags(args, argv, "--resume", RESUME_FLAGS, "continues an experiment with the space, data and settings it was started with",

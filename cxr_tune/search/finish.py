@@ -18,9 +18,11 @@ class NothingToSelect(UserError):
     still train one, so its command says so and names the command that continues, rather than fail."""
 
 
-def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: bool = False) -> dict[str, Any]:
+def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: bool | None = False) -> dict[str, Any]:
     """Write ``trials.csv``/``trials.parquet``, export the selected trial(s), write ``report.md``;
-    ``interrupted``: the search stopped before its end (its best so far is exported, and says so)."""
+    ``interrupted``: the search stopped before its end (its best so far is exported, and the console and report say so);
+    None: as the experiment's saved state says (``--report-only``, which runs nothing and so does not know).
+    Returns the table, the selected row, the export and ``unfinished``: what the search has still to run, in words."""
     from cxr_tune.export import summary
     from cxr_tune.search.report import write_report
 
@@ -37,16 +39,43 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
         _write_table(experiment, table)
         raise NothingToSelect(f"{experiment.path}: {exc}; every trial: {experiment.file('trials.csv')}") from None
     _write_table(experiment, table)
+    left = unfinished(experiment) if interrupted is not False else ""
+    if interrupted and not left:  # stopped, yet nothing is left to run: its last trial or final-fit run ended as the stop came
+        left = "it was stopped before its end"
     selected = table.sort_values("rank").iloc[0]
     exported = export_best(experiment) if export else None
-    report = write_report(experiment, table, exported)
-    _print_summary(experiment, table, selected, interrupted)
+    report = write_report(experiment, table, exported, unfinished=_continue_words(experiment, left) if left else "")
+    _print_summary(experiment, table, selected, bool(left))
     if exported:
         print(summary(exported, experiment.file("best")))
     print(f"Trial table: {experiment.file('trials.csv')}")
     print(f"Report:      {report}")
     print(f"Optuna:      {dashboard_command(experiment)}")
-    return {"table": table, "selected": selected, "exported": exported}
+    return {"table": table, "selected": selected, "exported": exported, "unfinished": left}
+
+
+def unfinished(experiment: Experiment) -> str:
+    """What the search has still to run, in words ("" for one that ran to its end), as ``--resume`` will find it: trials
+    that Tune's saved state has not ended (a time budget's trials that never trained an epoch are run again), then a
+    final fit whose runs did not all end."""
+    from cxr_tune.search.results import trial_counts
+
+    counts = trial_counts(experiment.path)
+    settings = experiment.space().settings
+    asked = experiment.options.trials or settings.trials  # as the search planned it (runner.plan_search)
+    if counts.unfinished or counts.ended < asked:
+        return f"{counts.ended} of its {asked} trials ended" + (f", {counts.unfinished} unfinished" if counts.unfinished else "")
+    if experiment.options.final_fit and settings.final_fit_top > 0 and not experiment.final_fit_complete():
+        runs = experiment.final_fit_runs()
+        return f"its final fit did not finish ({len(experiment.final_fit_ends())} of {len(runs)} runs ended)" if runs else "its final fit has not run"
+    return ""
+
+
+def _continue_words(experiment: Experiment, left: str) -> str:
+    """The report's word on an unfinished search: what is left, and the command that continues it."""
+    from cxr_tune.search.runner import resume_command
+
+    return f"{left[0].upper()}{left[1:]}; what follows is its best so far. Continue it with `{resume_command(experiment.options)}`."
 
 
 def export_best(experiment: Experiment) -> dict[str, Any]:

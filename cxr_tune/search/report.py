@@ -43,10 +43,11 @@ TOP = 10
 SET_NAMES = {"val": "carved validation", "ext": "external validation"}
 
 
-def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str, Any] | None) -> str:
+def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str, Any] | None, *, unfinished: str = "") -> str:
     """Write ``report.md`` and ``plots/*.png`` (drawn locally, then written through storage); returns the report's path.
 
-    ``table``: the trial table with the selection's ``rank`` and ``tied`` columns.
+    ``table``: the trial table with the selection's ``rank`` and ``tied`` columns. ``unfinished``: for a search stopped
+    before its end, what is left and the command that continues it (:func:`cxr_tune.search.finish.finish_experiment`).
     """
     options, info = experiment.options, experiment.info
     selected = table.sort_values("rank").iloc[0]
@@ -72,7 +73,7 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
     timing = time_section(time_split(histories), experiment.stage_minutes(), sum("ended_at" not in run for run in experiment.compute_log()))
     info = {**info, "class_counts_test": experiment.class_counts("test")}  # recorded since 2026-12-07; splits.csv has it before
     storage.write_text_atomic(report, _markdown(info, options, table, selected, prefix, exported, notes, final_fit_section(experiment, prefix), timing,
-                                                experiment.file("best")))
+                                                experiment.file("best"), unfinished))
     return report
 
 
@@ -119,11 +120,14 @@ def final_fit_section(experiment: Experiment, prefix: str) -> list[str]:
 
 
 def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series, prefix: str, exported: dict | None, notes: dict[str, str | None],
-              final_fit: list[str], timing: list[str], best: str) -> str:
-    """report.md's text; ``best``: where the exported model is (the experiment's ``best/``, as this report's folder has it)."""
+              final_fit: list[str], timing: list[str], best: str, unfinished: str = "") -> str:
+    """report.md's text; ``best``: where the exported model is (the experiment's ``best/``, as this report's folder has it);
+    ``unfinished``: see :func:`write_report`."""
     criterion = options.select.replace("_", " ")
     deciding = SET_NAMES[prefix]
     lines = [f"# Search report: {options.name}", ""]
+    if unfinished:
+        lines += [f"> **Unfinished search.** {unfinished}", ""]
     if info["synthetic"]:
         lines += ["> **SYNTHETIC DATA.** Every number below comes from procedurally drawn images, not patients.", ""]
     if prefix == "ext":

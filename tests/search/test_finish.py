@@ -64,3 +64,52 @@ def test_the_dashboards_install_hint_works_outside_a_checkout(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "optuna_dashboard" else find_spec(name, *args))
     line = finish.dashboard_command(types.SimpleNamespace(study_path="/results/s1/study.db"))
     assert line == "optuna-dashboard sqlite:////results/s1/study.db   (pip install 'cxr_tune[dashboard]' once)"
+
+
+@pytest.mark.parametrize(("counts", "asked", "left"), [
+    ((0, 0, 1), 4, "0 of its 4 trials ended, 1 unfinished"),  # a search killed in its first trial
+    ((3, 1, 0), 4, "3 of its 4 trials ended"),  # its time budget ended a trial before its first epoch: --resume runs it again
+    ((4, 0, 0), 4, ""),
+])
+def test_report_only_on_an_unfinished_search_says_so_on_the_console_and_in_the_report(tmp_path, monkeypatch, counts, asked, left):
+    """Before: ``--report-only`` on a search whose driver was killed printed "=== Search finished" and exited 0, and report.md
+    said only "Trials: 1 (1 unfinished)": nothing said the search asked for 4 trials or that --resume continues it."""
+    from cxr_tune.search import report, results
+    from cxr_tune.search.options import SearchOptions
+    from cxr_tune.search.results import TrialCounts
+    from tests.conftest import call_cli
+
+    table = pd.DataFrame({"trial_id": ["a"], "status": ["PENDING" if counts[2] else "TERMINATED"], "epochs": [2], "best_epoch": [2],
+                          "stop_reason": ["unfinished" if counts[2] else "completed"], "val_objective": [0.7],
+                          **{f"val_{m}": [0.7] for m in ("auc", "sensitivity", "specificity", "balanced_accuracy", "threshold")},
+                          "val_loss": [0.6], "error": [""]})
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    experiment = _experiment_of(table, folder, ranked_on="carved")
+    experiment.options = SearchOptions(name="ro", storage=str(tmp_path), final_fit=False)
+    experiment.space = lambda: types.SimpleNamespace(settings=types.SimpleNamespace(trials=asked, final_fit_top=0))
+    experiment.synthetic, experiment.deciding_set, experiment.study_path = False, "carved", str(folder / "study.db")
+    monkeypatch.setattr("cxr_tune.experiment.Experiment", lambda path: experiment)
+    monkeypatch.setattr(finish, "Experiment", lambda path: experiment)
+    monkeypatch.setattr(results, "trial_counts", lambda path: TrialCounts(*counts))
+    written = []
+    monkeypatch.setattr(report, "write_report", lambda *args, unfinished="": written.append(unfinished) or str(folder / "report.md"))
+
+    done = call_cli("cxr_tune.search", "--name", "ro", "--storage", str(tmp_path), "--report-only", "--no-export")
+    assert done.returncode == 0, done.stderr
+    resume = f"python -m cxr_tune.search --name ro --storage {tmp_path} --resume"
+    if left:
+        assert "=== Search interrupted (what follows is its best so far): 1 trials" in done.stdout and "Search finished" not in done.stdout
+        assert done.stdout.rstrip().endswith(f"The search is unfinished ({left}); continue it with:\n  {resume}")
+        assert written == [f"{left[0].upper()}{left[1:]}; what follows is its best so far. Continue it with `{resume}`."]
+    else:
+        assert "=== Search finished: 1 trials" in done.stdout and "unfinished" not in done.stdout and written == [""]
+
+
+def test_an_unfinished_searchs_report_says_so_at_its_head():
+    from tests.search.test_report import _report_text
+
+    text = _report_text(unfinished="1 of its 4 trials ended; what follows is its best so far. Continue it with `python -m cxr_tune.search`.")
+    assert text.splitlines()[2] == ("> **Unfinished search.** 1 of its 4 trials ended; what follows is its best so far. Continue it with "
+                                    "`python -m cxr_tune.search`.")
+    assert "Unfinished" not in _report_text()

@@ -325,7 +325,7 @@ def test_without_the_exported_models_scores_roc_and_confusion_say_they_show_the_
                                          "0.7750 (not the exported model's 0.9128: `best/` holds no scores on external validation).")
 
 
-def _report_text(exported: dict | None = None, *, prefix: str = "ext", **info) -> str:
+def _report_text(exported: dict | None = None, *, prefix: str = "ext", unfinished: str = "", **info) -> str:
     """report.md for a one-trial experiment with an external set and a test split, every plot replaced by a note."""
     import pandas as pd
 
@@ -338,7 +338,7 @@ def _report_text(exported: dict | None = None, *, prefix: str = "ext", **info) -
                            "epochs": 2, "objective": 0.7, **metrics}])
     notes = {key: "no plot" for key in ("progress", "importances", "pareto", "transfer", "roc", "confusion", "learning")}
     notes |= {"roc_caption": "roc", "confusion_caption": "confusion"}
-    return report._markdown(info, options, table, table.iloc[0], prefix, exported, notes, [], [], "/runs/tiny/best")
+    return report._markdown(info, options, table, table.iloc[0], prefix, exported, notes, [], [], "/runs/tiny/best", unfinished)
 
 
 def test_the_report_gives_the_test_splits_size_where_it_gives_the_other_sets(tmp_path):
