@@ -110,18 +110,57 @@ def stop_on_sigterm_as_on_ctrl_c() -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, before)
 
 
+class Stops:
+    """What a :func:`ctrl_c_kept` block yields: ``arrived`` says, once the block has ended, whether a stop (Ctrl-C or
+    SIGTERM) reached the process in it, whichever handler took it."""
+
+    arrived: bool = False
+
+
 @contextmanager
-def ctrl_c_kept() -> Iterator[None]:
+def ctrl_c_kept() -> Iterator[Stops]:
     """Put this command's Ctrl-C handler back after the block. Ray Tune's and Ray Train's ``fit()`` install their own
     and put the one before back only when a signal arrives: after a run that ended by itself, Ctrl-C still went to
-    it, ignored during the export and report, or killing Ray's dashboard in the next stage's start-up (a traceback)."""
+    it, ignored during the export and report, or killing Ray's dashboard in the next stage's start-up (a traceback).
+
+    The stops that arrive in the block are recorded (:class:`Stops`): Tune's handler takes a stop, ends its trials and
+    returns normally, so a final-fit run that completed its last epoch as Tune shut down looked like a finished final fit,
+    and the command exported and ended with status 0. Python writes each signal's number to a wakeup fd whichever
+    Python handler takes it; this block holds one (passing what it read on to one held before it, if any)."""
+    import socket
     import threading
 
+    stops = Stops()
+    if threading.current_thread() is not threading.main_thread():
+        yield stops
+        return
     before = signal.getsignal(signal.SIGINT)
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    wakeup_before = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     try:
-        yield
+        yield stops
     finally:
-        if threading.current_thread() is threading.main_thread() and before is not None:
+        signal.set_wakeup_fd(wakeup_before)
+        received = b""
+        while True:
+            try:
+                chunk = reader.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:
+                break
+            received += chunk
+        reader.close()
+        writer.close()
+        stops.arrived = bool({signal.SIGINT, signal.SIGTERM} & set(received))
+        if received and wakeup_before != -1:
+            try:
+                os.write(wakeup_before, received)
+            except OSError:
+                pass
+        if before is not None:
             signal.signal(signal.SIGINT, before)
 
 

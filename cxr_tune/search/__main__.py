@@ -195,10 +195,11 @@ def _main(argv: Sequence[str] | None) -> int:
 
         try:
             runs = run_final_fit(experiment, options, verbose=args.verbose)
-        except KeyboardInterrupt:  # before Tune took over Ctrl-C (say, while the image caches load)
-            runs = ["interrupted"]
-        if runs and not Experiment(experiment).final_fit_complete():
-            outcome = "interrupted"  # Ctrl-C, or runs that failed: --resume trains what is missing
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM, before Tune took over Ctrl-C (say, while the image caches load) or in its fit
+            outcome = "interrupted"
+        else:
+            if runs and not Experiment(experiment).final_fit_complete():
+                outcome = "interrupted"  # runs that failed: --resume trains what is missing
     try:
         finish_experiment(experiment, export=not args.no_export, interrupted=outcome == "interrupted")
     except NothingToSelect as exc:

@@ -79,6 +79,7 @@ def describe_changes(changes: dict[str, Any]) -> str:
 
 def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = False) -> list[FinalRun]:
     """Train the final-fit runs (resuming an interrupted final fit); returns them ([] when the space has none).
+    A stop (Ctrl-C, SIGTERM) during it raises KeyboardInterrupt once Tune has stopped, whether or not the runs completed.
 
     ``options``: this command's search options (a resumed search may run on another cluster, with
     other resources); default: the experiment's own.
@@ -103,7 +104,7 @@ def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = F
     log = log_path_of(options)
     with library_output_to(log, verbose=verbose) as stream, ray_session(options.address, log=stream, verbose=verbose):
         # no run writes a result.json
-        with unreported_trials_unwarned(), ctrl_c_kept(), experiment.compute_logged("final fit", cluster_held):
+        with unreported_trials_unwarned(), ctrl_c_kept() as stops, experiment.compute_logged("final fit", cluster_held):
             _tuner(experiment, runs, options, verbose=verbose).fit()
     if storage.is_uri(experiment.path) and os.path.exists(log):
         storage.copy(log, experiment.file(LOG_FILE))
@@ -111,6 +112,8 @@ def run_final_fit(experiment_dir: str, options: Any = None, *, verbose: bool = F
     lost = sum(gone for _, _, gone in ends)
     print(f"Final fit: {len(ends) - lost} of {len(runs)} run(s) completed in {(time.time() - started) / 60:.1f} min"
           + (f"; {lost} diverged (scores not finite) and are left out" if lost else ""), flush=True)
+    if stops.arrived:  # Tune took it and returned: the command stops, even where every run completed as Tune shut down
+        raise KeyboardInterrupt
     return runs
 
 

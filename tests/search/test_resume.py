@@ -387,6 +387,50 @@ def test_a_search_whose_finish_fails_or_is_interrupted_says_what_happened_and_wh
         assert f"error: export folder '{experiment / 'best'}' cannot be written: no permission" in done.stderr
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_during_the_final_fit_stops_the_command_even_when_its_runs_complete_as_tune_shuts_down(signum, tmp_path, monkeypatch):
+    """Before: Tune took the stop and returned once its run had completed its last epoch (it was in it when the stop came): the
+    final fit looked complete, and the command printed "Search finished", exported and ended with status 0."""
+    import contextlib
+
+    from cxr_tune import ray_session
+    from cxr_tune.experiment import Experiment, FinalRun
+    from cxr_tune.search import finalfit, finish, runner
+    from cxr_tune.search.space import SPACES_DIR
+
+    experiment = tmp_path / "runs" / "exp"
+    run = FinalRun("a-seed100000", "a", 100000, 2)
+
+    def search(options, **kwargs) -> tuple[str, str]:
+        experiment.mkdir(parents=True)
+        (experiment / "experiment.json").write_text(json.dumps({"options": options.to_json()}))
+        shutil.copyfile(SPACES_DIR / "smoke.yaml", experiment / "space.yaml")
+        return str(experiment), "complete"
+
+    class Tuner:
+        def fit(self) -> None:
+            """As Tune's fit takes a stop: its handler puts back the one before it, and fit returns once its run ended."""
+            before = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, lambda *args: signal.signal(signal.SIGINT, before))
+            os.kill(os.getpid(), signum)
+            time.sleep(0.05)
+
+    finished = []
+    monkeypatch.setattr(runner, "run_search", search)
+    monkeypatch.setattr(finalfit, "runs_to_train", lambda experiment: [run])
+    monkeypatch.setattr(finalfit, "_tuner", lambda *args, **kwargs: Tuner())
+    monkeypatch.setattr(ray_session, "ray_session", lambda *args, **kwargs: contextlib.nullcontext())
+    monkeypatch.setattr(ray_session, "cluster_held", lambda: (2.0, 0.0))
+    monkeypatch.setattr(Experiment, "final_fit_ends", lambda self: [(run, str(experiment), False)])  # the run completed
+    monkeypatch.setattr(Experiment, "final_fit_complete", lambda self: True)
+    monkeypatch.setattr(finish, "finish_experiment", lambda path, **kwargs: finished.append(kwargs["interrupted"]) or {})
+    done = call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(tmp_path / "runs"), "--name", "exp")
+    assert done.returncode == 128 + signum, done.stdout + done.stderr
+    assert finished == [True]  # its table, best-so-far export and report, saying it was stopped
+    assert (f"The search was interrupted; continue it with:\n  python -m cxr_tune.search --name exp --storage {tmp_path / 'runs'} "
+            "--resume") in done.stdout
+
+
 def test_flags_that_cannot_apply_to_a_resumed_search_are_one_line_errors(tmp_path):
     done = run_cli("cxr_tune.search", "--resume", "--name", "exp", "--storage", str(tmp_path), "--trials", "9")
     assert done.returncode == 2
