@@ -43,7 +43,7 @@ from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
 from cxr_tune.data.sources import patient_keys
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.modelcard import CARD_FILE, final_fit_line, model_card
+from cxr_tune.modelcard import CARD_FILE, LOGIT_MIDDLE, final_fit_line, model_card
 from cxr_tune.formatting import fmt, for_spreadsheet, json_safe, metric_line
 from cxr_tune.operating_points import choose_points
 from cxr_tune.provenance import provenance
@@ -297,7 +297,7 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
         "tta_views": tta,  # what adapt builds again
         "threshold": threshold,
         "deciding_set": deciding_name,
-        "threshold_rule": f"middle (logit scale) of the thresholds within {hp.threshold_tolerance:g} of the best {hp.criterion} on "
+        "threshold_rule": f"{LOGIT_MIDDLE} of the thresholds within {hp.threshold_tolerance:g} of the best {hp.criterion} on "
         + ("the external validation set" if deciding == "ext" else "validation carved from train")
         + (f", sensitivity >= {hp.min_sensitivity:g}" if hp.min_sensitivity else "")
         + (f"; re-expressed on the calibrated scale ({calibration_record['threshold_uncalibrated']:.4f} before)" if calibration is not None else ""),

@@ -52,7 +52,8 @@ def model_card(meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-#: how export's threshold rule says where in the range of near-best thresholds the threshold sits, and that said in words
+#: how export's threshold rule (model.json's ``threshold_rule``, written with this) says where in the range of near-best
+#: thresholds the threshold sits, and that said in words (older model.json files hold the same phrase)
 LOGIT_MIDDLE = "middle (logit scale)"
 LOGIT_MIDDLE_SAID = "middle (logit scale: halfway between the range's ends in log-odds, log(p / (1 - p)))"
 
