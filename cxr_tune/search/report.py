@@ -55,6 +55,7 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
     _, histories = experiment.histories()
     checkpoint = experiment.checkpoint_for(selected)
     predictions = load_predictions(checkpoint, prefix) if has_predictions(checkpoint, prefix) else None  # never another set's, under this set's name
+    best = _best_predictions(experiment, exported, prefix)  # the exported model's scores on the deciding set, read once
     with storage.scratch_folder("report") as scratch:  # a report killed while drawing leaves it; the next one removes it
         plots = Path(scratch)
         notes = {
@@ -62,10 +63,10 @@ def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str
             **plot_importances(plots / "importances.png", experiment),
             "pareto": _plot_pareto(plots / "pareto.png", table, selected, prefix),
             "transfer": transfer.plot_transfer(plots / "transfer.png", table, experiment.deciding_set) if transfer.has_external(table) else "No external set.",
-            **_decision_plots(plots, exported, _best_predictions(experiment, exported, prefix), selected, predictions, prefix),
+            **_decision_plots(plots, exported, best, selected, predictions, prefix),
             "learning": _plot_learning(plots / "learning_curves.png", histories.get(selected["trial_id"], pd.DataFrame()), prefix,
                                        _epoch_mark(selected, exported)),
-            **_clinical_plots(plots, experiment, exported),
+            **_clinical_plots(plots, experiment, exported, best),
         }
         for png in plots.glob("*.png"):
             storage.write_bytes_atomic(experiment.file("plots", png.name), png.read_bytes())
@@ -458,14 +459,13 @@ def _epoch_mark(selected: pd.Series, exported: dict[str, Any] | None) -> tuple[i
 # --- what a clinician checks: calibration, operating points, subgroups, saliency (from best/) ------
 
 
-def _clinical_plots(plots: Path, experiment: Experiment, exported: dict[str, Any] | None) -> dict[str, str | None]:
+def _clinical_plots(plots: Path, experiment: Experiment, exported: dict[str, Any] | None, predictions: pd.DataFrame | None) -> dict[str, str | None]:
     """The reliability diagram, the operating points on the ROC curve and the Grad-CAM gallery of
     the exported model (``best/``), as notes for :func:`_clinical_sections`; nothing for an export
-    from before these were measured."""
+    from before these were measured. ``predictions``: its scores on the deciding set (:func:`_best_predictions`)."""
     if not exported or "calibration" not in exported.get("validation", {}):
         return {}
     deciding = "external" if exported.get("deciding_set") == "external" else "validation"
-    predictions = _best_predictions(experiment, exported, "ext" if deciding == "external" else "val")
     plot_reliability(plots / "reliability.png", reliability_curves(exported), "Exported model: reliability")
     return {
         "reliability": None,

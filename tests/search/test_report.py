@@ -149,7 +149,7 @@ def test_the_reports_reliability_diagram_labels_each_set_as_best_reliability_png
     monkeypatch.setattr(report, "_plot_operating_points", lambda *args: None)
     monkeypatch.setattr(report, "_plot_saliency", lambda *args: None)
     export._reliability_png(meta)
-    report._clinical_plots(tmp_path, types.SimpleNamespace(file=lambda *parts: str(tmp_path.joinpath(*parts))), meta)
+    report._clinical_plots(tmp_path, types.SimpleNamespace(file=lambda *parts: str(tmp_path.joinpath(*parts))), meta, None)
     assert labels["best"] == labels["report"] == ["carved validation (selection set)", "external validation (selection set)", "test"]
 
 
