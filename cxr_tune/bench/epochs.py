@@ -33,7 +33,6 @@ from cxr_tune.bench.common import check_varied, write_result
 from cxr_tune.bench.external_scoring import export_on_external, score_row, score_table, threshold_by_rule, train_external_scores
 from cxr_tune.bench.kept import kept_runs
 from cxr_tune.cliargs import assignments_text
-from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import code_span
 from cxr_tune.train.hparams import HParams

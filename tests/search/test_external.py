@@ -27,7 +27,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from cxr_tune.selection import CRITERIA, choose_threshold
-from tests.conftest import call_cli, copy_tree, read_trials, ROOT, run_cli
+from tests.conftest import call_cli, copy_tree, read_trials, ROOT
 from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
