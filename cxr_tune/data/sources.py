@@ -33,6 +33,7 @@ from cxr_tune.errors import UserError
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, 1
 SPLITS = ("train", "val", "test")
+OPTIONAL_SPLITS = ("val", "test")  # a class folder in these may be empty or absent; train/ needs both classes
 EXTERNAL = "external"  # the split name of a separate external-validation folder (--val-data PATH)
 MANIFEST_VERSION = 8  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped; 4: check; 5: tiny images checked; 6: unnamed files keyed by sub-folder or path; 7: Mendeley v3 names; 8: width and height upright by the EXIF orientation, as decoded
 MANIFEST_COLUMNS = [
@@ -501,12 +502,16 @@ def _scan(files: list[_File], *, progress: bool) -> tuple[pd.DataFrame, pd.DataF
 
 
 def _check_classes(folders: dict[tuple[str, int], str], manifest: pd.DataFrame, skipped: pd.DataFrame) -> None:
-    """Stop with one line when a class folder holds no readable image."""
+    """Stop with one line when a class folder holds no readable image. An empty class folder in the optional
+    val/ or test/ counts as absent, with the same lines and the same result (val/ set aside, test/ scored n/a):
+    folders laid out before they are filled must not stop training. train/ and an external set need both classes."""
     present = set(zip(manifest["split"], manifest["label"], strict=True))
     for key, folder in sorted(folders.items()):
         if key in present:
             continue
         bad = skipped[skipped["path"].str.startswith(folder + ("/" if storage.is_uri(folder) else os.sep))]
+        if bad.empty and key[0] in OPTIONAL_SPLITS:
+            continue
         detail = f"{len(bad)} file(s) skipped, e.g. {bad['path'].iloc[0]}: {bad['reason'].iloc[0]}" if len(bad) else "it is empty"
         raise UserError(f"'{folder}' has no readable image ({detail}); every class folder needs at least one")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.conftest import SHARED_DATA, call_cli, kermany_folder, table_rows
@@ -84,6 +86,28 @@ def test_bad_data_stops_with_one_line_and_status_2_before_ray(tmp_path, layout, 
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert str(root) in lines[0]
     assert "ray" not in done.stdout.lower()  # nothing started
+
+
+def test_an_empty_class_folder_in_val_or_test_counts_as_absent_and_in_train_stops(tmp_path):
+    """Folders laid out before they are filled: an empty val/PNEUMONIA or test/PNEUMONIA gives what the absent one gives."""
+    root = kermany_folder(tmp_path / "chest_xray", {
+        "train": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)], "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(6)]},
+        "val": {"NORMAL": ["IM-0100-0001.jpeg", "IM-0101-0001.jpeg"]},
+        "test": {"NORMAL": ["IM-0200-0001.jpeg", "IM-0201-0001.jpeg"]},
+    })
+    args = ("cxr_tune.data", "inspect", str(root), "--cache-dir", str(tmp_path / "c"))
+    absent = call_cli(*args)
+    assert absent.returncode == 0, absent.stderr
+    assert "the val/ folder holds 2 NORMAL and 0 PNEUMONIA images, too few to select on" in absent.stdout
+    for split in ("val", "test"):
+        (root / split / "PNEUMONIA").mkdir()
+    empty = call_cli(*args)
+    assert (empty.returncode, empty.stderr, empty.stdout) == (0, absent.stderr, absent.stdout)
+    for name in os.listdir(root / "train" / "PNEUMONIA"):
+        os.remove(root / "train" / "PNEUMONIA" / name)
+    refused = call_cli(*args)
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        f"error: '{root / 'train' / 'PNEUMONIA'}' has no readable image (it is empty); every class folder needs at least one")
 
 
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="real data not present (../shared/data)")
