@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from cxr_tune import storage
-from cxr_tune.data.sources import EXTERNAL, Source, add_groups, load_external, load_source
+from cxr_tune.data.sources import CLASSES, EXTERNAL, Source, add_groups, load_external, load_source
 from cxr_tune.data.splits import assign_roles
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import first_listed
@@ -119,8 +119,9 @@ class SplitData:
     def describe_external(self, select_on: str, *, left_out: bool = True) -> str:
         """What selects: the external set (a selection set) or carved validation, and why; a line on the data's own
         val/ folder when it goes unused for a reason that line does not give; then (``left_out``) a line on the images
-        the patient-group rule left out, when it left out any."""
-        return self._what_selects(select_on) + "".join(f"\n{line}" for line in (*self._set_aside(), *(self._left_out() if left_out else [])))
+        the patient-group rule left out, when it left out any; a line when the test folder scores one class only."""
+        lines = (*self._set_aside(), *self._test_one_class(), *(self._left_out() if left_out else []))
+        return self._what_selects(select_on) + "".join(f"\n{line}" for line in lines)
 
     def _what_selects(self, select_on: str) -> str:
         if self.has_external:
@@ -169,6 +170,17 @@ class SplitData:
         notes = "; ".join(note for note in unused["role_note"].unique() if note)
         return [f"Not used: the val/ folder's {int((unused['label'] == 0).sum())} NORMAL and {int((unused['label'] == 1).sum())} "
                 f"PNEUMONIA images{f' ({notes})' if notes else ''}."]
+
+    def _test_one_class(self) -> list[str]:
+        """A line when the test folder has images of one class only to score: its metrics of the other class would
+        otherwise first show as n/a at the end of a search, in the export."""
+        test = self.roles.loc[self.roles["role"] == "test"].drop_duplicates("content_hash")["label"]
+        if test.nunique() != 1:  # both classes, or no test folder at all
+            return []
+        held = int(test.iloc[0])
+        rate = "specificity" if held == 1 else "sensitivity"
+        return [f"Test: the test/ folder has no {CLASSES[1 - held]} image to score ({len(test)} {CLASSES[held]}), so its {rate}, "
+                f"AUC and balanced accuracy will be n/a."]
 
     def _left_out(self) -> list[str]:
         excluded = self.roles[self.roles["role"] == "excluded"]

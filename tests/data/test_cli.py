@@ -110,6 +110,22 @@ def test_an_empty_class_folder_in_val_or_test_counts_as_absent_and_in_train_stop
         f"error: '{root / 'train' / 'PNEUMONIA'}' has no readable image (it is empty); every class folder needs at least one")
 
 
+@pytest.mark.parametrize(("missing", "held", "rate"), [("PNEUMONIA", "NORMAL", "sensitivity"), ("NORMAL", "PNEUMONIA", "specificity")])
+def test_inspect_says_when_test_has_one_class_so_its_class_metrics_will_be_n_a(tmp_path, missing, held, rate):
+    test = {"NORMAL": ["IM-0200-0001.jpeg", "IM-0201-0001.jpeg"], "PNEUMONIA": ["person200_virus_1.jpeg", "person201_virus_2.jpeg"]}
+    root = kermany_folder(tmp_path / "chest_xray", {
+        "train": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)], "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(6)]},
+        "test": {held: test[held]},
+    })
+    args = ("cxr_tune.data", "inspect", str(root), "--cache-dir", str(tmp_path / "c"))
+    done = call_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert (f"Test: the test/ folder has no {missing} image to score (2 {held}), so its {rate}, AUC and balanced accuracy "
+            f"will be n/a.") in done.stdout.splitlines()
+    kermany_folder(root, {"test": {missing: test[missing]}})
+    assert "Test:" not in call_cli(*args).stdout
+
+
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="real data not present (../shared/data)")
 def test_inspect_real_training_split(tmp_path):
     done = call_cli("cxr_tune.data", "inspect", str(SHARED_DATA), "--cache-dir", str(tmp_path))
