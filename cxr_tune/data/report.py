@@ -101,10 +101,15 @@ def leakage_report(roles: pd.DataFrame) -> str:
     excluded = roles[roles["role"] == "excluded"]
     if excluded.empty:
         return head + "\nNothing is excluded: no training or validation image shares a patient or a file with test or the external set."
-    done = [f"  {len(part)} image(s) of {part['group_id'].nunique()} group(s) left out of training, validation and the external set "
+    done = [f"  {len(part)} image(s) of {part['group_id'].nunique()} group(s) left out of {_left_out_of(part)} "
             f"({', '.join(f'{n} from {folder}/' for folder, n in part['split'].value_counts().items())}): {note}"
             for note, part in excluded.groupby("role_note")]
     return head + "\nWhat is done about it:\n" + "\n".join(done)
+
+
+def _left_out_of(part: pd.DataFrame) -> str:
+    """What excluded images were left out of: a test/ copy (an identical file filed under both classes) leaves test too."""
+    return "training, validation, the external set and test" if (part["split"] == "test").any() else "training, validation and the external set"
 
 
 def skipped_report(skipped: pd.DataFrame, title: str = "Skipped files") -> str:

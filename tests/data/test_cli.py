@@ -28,6 +28,20 @@ def test_inspect_reports_counts_duplicates_leakage_and_skipped(tmp_path):
     assert ".DS_Store: not an image Pillow can read" in out
 
 
+def test_inspect_says_a_test_copy_of_a_file_filed_under_both_classes_is_left_out_of_test_too(tmp_path):
+    root = kermany_folder(tmp_path / "chest_xray", {
+        "train": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)], "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(6)]},
+        "test": {"NORMAL": ["IM-0200-0001.jpeg"], "PNEUMONIA": ["person200_virus_1.jpeg", "person201_virus_2.jpeg"]},
+    })
+    (root / "test" / "PNEUMONIA" / "crosslabel.jpeg").write_bytes((root / "train" / "NORMAL" / "IM-0001-0001.jpeg").read_bytes())
+    done = call_cli("cxr_tune.data", "inspect", str(root), "--cache-dir", str(tmp_path / "c"))
+    assert done.returncode == 0, done.stderr
+    assert ("2 image(s) of 1 group(s) left out of training, validation, the external set and test (1 from test/, 1 from train/): "
+            "identical file filed under NORMAL and PNEUMONIA") in done.stdout
+    roles = {row[0]: row[1:3] for row in table_rows(done.stdout) if len(row) == 6}
+    assert roles["test"] == ["1", "2"] and roles["excluded"] == ["1", "1"]
+
+
 def test_inspect_reports_the_size_training_sees_of_a_photo_with_an_exif_rotation(tmp_path):
     """A phone photo of a film is stored on its side with an EXIF orientation; training decodes it upright,
     so inspect lists it upright too (orientations 5-8 swap width and height)."""
