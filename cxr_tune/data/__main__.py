@@ -72,12 +72,23 @@ def _prepare(args: argparse.Namespace, split: SplitData) -> int:
         with library_output_to(log) as handle, ray_session(log=handle):
             cache = prepare_cache(split.source.manifest, args.image_size, split.cache_dir)
     verb = "Reused" if cache.reused else f"Built in {cache.build_seconds:.1f} s:"
-    print(f"{verb} image cache of {cache.n_images} images at {args.image_size}x{args.image_size} px: {cache.path}")
+    manifest = split.source.manifest
+    fewer = _not_cached(len(manifest), manifest["content_hash"].nunique(), len(cache.failures))
+    print(f"{verb} image cache of {cache.n_images} images{fewer} at {args.image_size}x{args.image_size} px: {cache.path}")
     if not cache.failures.empty:
         print(skipped_report(cache.failures, "Files that failed in the image-cache build (left out)"))
     if not cache.saved:
         print("The cache was not saved: some files could not be read at all; the next run reads them again.")
     return 0
+
+
+def _not_cached(files: int, distinct: int, failed: int) -> str:
+    """Why the cache holds fewer images than the roles table counts files, or "": byte-identical files (a copy, a
+    link) are stored once, and the files that failed in the build are left out; otherwise the two totals differ unexplained."""
+    copies = files - distinct
+    why = ([f"{copies} byte-identical {'copy' if copies == 1 else 'copies'} stored once"] if copies else []) + (
+        [f"{failed} failed in the build, listed below"] if failed else [])
+    return f" ({files} files: {'; '.join(why)})" if why else ""
 
 
 if __name__ == "__main__":

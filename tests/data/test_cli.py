@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +75,30 @@ def test_prepare_builds_then_reuses(ray_session, tmp_path, synthetic_root):
     assert "SYNTHETIC" in first.stdout and "Built in" in first.stdout
     second = call_cli(*args)
     assert second.returncode == 0 and "Reused image cache" in second.stdout
+
+
+def test_prepare_says_why_the_cache_holds_fewer_images_than_the_roles_count_files(tmp_path):
+    """A copy (or a link) is stored once and a file that failed in the build is left out: the cache line says so."""
+    import json
+
+    from cxr_tune.data.cache import META, cache_path
+    from cxr_tune.data.sources import build_manifest
+
+    root = kermany_folder(tmp_path / "chest_xray", {
+        "train": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)], "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(6)]},
+    })
+    (root / "train" / "NORMAL" / "copy.jpeg").write_bytes((root / "train" / "NORMAL" / "IM-0003-0001.jpeg").read_bytes())
+    manifest = build_manifest(str(root), str(tmp_path / "c")).manifest
+    failed = manifest.iloc[[0]][["content_hash", "path"]].assign(reason="not an image Pillow can read", retry=False)
+    meta = Path(cache_path(str(tmp_path / "c"), manifest, 16)) / META
+    meta.parent.mkdir(parents=True)  # what an earlier build committed: 12 distinct images, one of which failed
+    meta.write_text(json.dumps({"data": "data", "n_images": 11, "failures": failed.to_dict(orient="records"), "build_seconds": 1.0}))
+    done = call_cli("cxr_tune.data", "prepare", str(root), "--image-size", "16", "--cache-dir", str(tmp_path / "c"))
+    assert done.returncode == 0, done.stderr
+    roles = {row[0]: row[1:4] for row in table_rows(done.stdout) if len(row) == 6}
+    assert int(roles["train"][2]) + int(roles["val"][2]) == 13
+    assert ("Reused image cache of 11 images (13 files: 1 byte-identical copy stored once; 1 failed in the build, listed below) "
+            "at 16x16 px") in done.stdout
 
 
 def test_synthesize_writes_the_set(tmp_path):
