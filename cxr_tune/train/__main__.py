@@ -97,6 +97,7 @@ def _main(argv: Sequence[str] | None) -> int:
     # is made, and held, only once its data checked out, and removed when Ray refuses it: a refused command leaves nothing behind.)
     folder_lock.hold(run_dir, "train run folder")
     new_run = not storage.exists(run_dir)
+    check_same_kind(run_dir, args.cv)
     if args.cv:
         from cxr_tune.train.crossval import fold_runs
 
@@ -220,6 +221,29 @@ def check_same_run(run_dir: str, hp: HParams, flags: dict[str, str] | None, late
 
 
 RUN_FILE = "run.json"  # the data a run trains and is scored on (a resume must have the same), and how it computed
+METRICS_FILE = "metrics.json"  # a single run's best epoch
+CV_FILE = "cv.md"  # a cross-validation's report
+
+
+def check_same_kind(run_dir: str, cv: int | None) -> None:
+    """Refuse a single run in a cross-validation's folder, and ``--cv`` in a single run's: resumed under its --name, a
+    run must be of the same kind, or the two runs' records (run.json, train.log, checkpoints) mix in one folder and no
+    reader can tell which belongs to which. A single run is known by its checkpoints, metrics.json, or the data its
+    run.json records before its first epoch; a cross-validation by its ``folds/`` or cv.md."""
+    from cxr_tune.train.checkpoints import saved_checkpoints
+    from cxr_tune.train.crossval import FOLDS_DIR, PLAN_FILE
+
+    if cv:
+        record = storage.join(run_dir, RUN_FILE)
+        if (saved_checkpoints(run_dir) or storage.exists(storage.join(run_dir, METRICS_FILE))
+                or (storage.exists(record) and "data" in json.loads(storage.read_text(record)))):
+            raise UserError(f"'{run_dir}' holds a single train run, not a cross-validation; give --cv {cv} another --name, "
+                            "or leave out --cv to resume that run")
+    elif storage.exists(storage.join(run_dir, FOLDS_DIR)) or storage.exists(storage.join(run_dir, CV_FILE)):
+        plan = storage.join(run_dir, FOLDS_DIR, PLAN_FILE)
+        k = json.loads(storage.read_text(plan)).get("k", "K") if storage.exists(plan) else "K"
+        raise UserError(f"'{run_dir}' holds a cross-validation (--cv {k}), not a single run; give the run another --name, "
+                        f"or --cv {k} to resume that one")
 
 
 def keep_same_data(run_dir: str, split: SplitData, deciding: str) -> None:
@@ -307,10 +331,10 @@ def run_cv(args: argparse.Namespace, hp: HParams, split: SplitData, resources: R
         raise KeyboardInterrupt
     command = "python -m cxr_tune.train " + " ".join(sys.argv[1:])
     text = markdown(folds, hp, command, split.source.description) + setup_lines(run_dir, resources.threads, provenance())
-    storage.write_text_atomic(storage.join(run_dir, "cv.md"), text)
+    storage.write_text_atomic(storage.join(run_dir, CV_FILE), text)
     storage.write_bytes_atomic(storage.join(run_dir, "cv.csv"), folds.to_csv(index=False).encode())
     print(text)
-    print(f"Written: {storage.join(run_dir, 'cv.md')}")
+    print(f"Written: {storage.join(run_dir, CV_FILE)}")
     if warning := diverged_line(folds):  # as a single run that diverged: status 1
         print(f"error: {warning}", file=sys.stderr)
         return 1
@@ -345,7 +369,7 @@ def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding
         "ext_metrics": {k: v for k, v in best.items() if k.startswith("ext_")},
     }
     # JSON's own types: the history row is of object dtype, so its numbers and flags are numpy scalars (str() made them "11", "False").
-    storage.write_text_atomic(storage.join(run_dir, "metrics.json"), json.dumps(json_safe(summary), indent=2))
+    storage.write_text_atomic(storage.join(run_dir, METRICS_FILE), json.dumps(json_safe(summary), indent=2))
     add_to_run_record(run_dir, {"precision": json_safe(epochs_trained_in(rows))})  # what every epoch trained in, as the run's own checkpoint records them
     tag = " [SYNTHETIC DATA]" if split.source.synthetic else ""
     print(f"\nBest epoch {summary['best_epoch']}{tag}, chosen on {summary['deciding_set']} validation:")
@@ -355,7 +379,7 @@ def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding
             print(f"  {name}: AUC {fmt(best[f'{prefix}_auc'])}, sensitivity {fmt(best[f'{prefix}_sensitivity'])}, "
                   f"specificity {fmt(best[f'{prefix}_specificity'])}, balanced accuracy {fmt(best[f'{prefix}_balanced_accuracy'])} "
                   f"at threshold {fmt(best[f'{prefix}_threshold'])}")
-    print(f"Checkpoint: {summary['best_checkpoint']}\nMetrics:    {storage.join(run_dir, 'metrics.json')}")
+    print(f"Checkpoint: {summary['best_checkpoint']}\nMetrics:    {storage.join(run_dir, METRICS_FILE)}")
     if "diverged" in history and bool(history["diverged"].fillna(False).astype(bool).iloc[-1]):
         print(f"error: training diverged at epoch {int(history['epoch'].iloc[-1])} of {hp.epochs}: the network's scores were not finite "
               f"(its weights overflowed), so the run stopped there; train again under another --name with a lower learning rate "
