@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -184,8 +185,8 @@ def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path:
         try:
             result = fit(trainer)
         except KeyboardInterrupt:
-            print(f"Stopped; its checkpoints are in {storage.join(storage_path, name)}: the same command with --name {name} resumes the run "
-                  "from the last one", flush=True)
+            print(f"Stopped; its checkpoints are in {storage.join(storage_path, name)}: the same command with --name {shlex.quote(name)} "
+                  "resumes the run from the last one", flush=True)
             raise
     return report(result, hp, split, storage.join(storage_path, name), deciding)
 
@@ -326,10 +327,10 @@ def run_cv(args: argparse.Namespace, hp: HParams, split: SplitData, resources: R
     folds = cross_validate(hp, split, args.cv, resources=resources, storage_path=storage_path, name=name, seed=args.split_seed, run=run)
     run_dir = storage.join(storage_path, name)
     if len(folds) < args.cv:  # Ctrl-C: Tune stopped the folds gracefully
-        print(f"Stopped with {len(folds)} of {args.cv} folds done; their checkpoints are in {run_dir}: the same command with --name {name} keeps "
-              "the finished folds and resumes the others from their last checkpoints", flush=True)
+        print(f"Stopped with {len(folds)} of {args.cv} folds done; their checkpoints are in {run_dir}: the same command with "
+              f"--name {shlex.quote(name)} keeps the finished folds and resumes the others from their last checkpoints", flush=True)
         raise KeyboardInterrupt
-    command = "python -m cxr_tune.train " + " ".join(sys.argv[1:])
+    command = shlex.join(["python", "-m", "cxr_tune.train", *sys.argv[1:]])  # as typed: pasted, it runs again
     text = markdown(folds, hp, command, split.source.description) + setup_lines(run_dir, resources.threads, provenance())
     storage.write_text_atomic(storage.join(run_dir, CV_FILE), text)
     storage.write_bytes_atomic(storage.join(run_dir, "cv.csv"), folds.to_csv(index=False).encode())

@@ -58,3 +58,68 @@ def test_cross_validation_under_the_name_of_a_single_run_is_refused_in_one_line_
     (run / "checkpoint_000" / "state.pt").unlink()  # stopped before its first checkpoint: its run.json names its data all the same
     with pytest.raises(UserError, match=said):
         main(["--data", str(tmp_path / "not-read"), "--storage", str(tmp_path), "--name", "one", "--cv", "2"])
+
+
+def fold_rows(k: int) -> list[dict]:
+    """What a --cv run's folds return once each trained all its epochs."""
+    from cxr_tune.train.crossval import REPORTED
+
+    return [{"fold": fold, "val_images": 40, "best_epoch": 1, "diverged": False, **{f"{when}_{m}": 0.5 + fold / 100 for when in ("best", "last") for m in REPORTED}}
+            for fold in range(1, k + 1)]
+
+
+def test_cross_validation_s_command_line_and_resume_hint_can_be_pasted_back_with_a_name_that_needs_quoting(tmp_path, monkeypatch, capsys):
+    """Before: ``--name "cv x"`` gave ``Command: `python -m cxr_tune.train ... --name cv x``` in cv.md, which failed when pasted
+    (unrecognized arguments: x), and a resume hint ``--name cv x`` likewise."""
+    import shlex
+    import sys
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    import cxr_tune.train.crossval
+    from cxr_tune.train.__main__ import build_parser, run_cv
+    from cxr_tune.train.hparams import HParams
+    from cxr_tune.train.trainer import Resources, RunOptions
+
+    argv = ["--storage", str(tmp_path / "my runs"), "--set", "epochs=2", "--cv", "2", "--name", "cv x"]
+    monkeypatch.setattr(sys, "argv", ["/somewhere/cxr_tune/train/__main__.py", *argv])
+    args, split = build_parser().parse_args(argv), SimpleNamespace(source=SimpleNamespace(description="SYNTHETIC"))
+    (tmp_path / "my runs" / "cv x").mkdir(parents=True)
+
+    monkeypatch.setattr(cxr_tune.train.crossval, "cross_validate", lambda *a, **k: pd.DataFrame(fold_rows(1)))  # Ctrl-C after fold 1
+    with pytest.raises(KeyboardInterrupt):
+        run_cv(args, HParams(epochs=2), split, Resources(1, 1.0, 0.0), str(tmp_path / "my runs"), "cv x", RunOptions())
+    assert "the same command with --name 'cv x' keeps the finished folds" in capsys.readouterr().out
+
+    monkeypatch.setattr(cxr_tune.train.crossval, "cross_validate", lambda *a, **k: pd.DataFrame(fold_rows(2)))
+    assert run_cv(args, HParams(epochs=2), split, Resources(1, 1.0, 0.0), str(tmp_path / "my runs"), "cv x", RunOptions()) == 0
+    command = next(line for line in (tmp_path / "my runs" / "cv x" / "cv.md").read_text().splitlines() if line.startswith("Command: "))
+    assert shlex.split(command.removeprefix("Command: `").removesuffix("`  ")) == ["python", "-m", "cxr_tune.train", *argv]
+
+
+def test_a_stopped_run_s_resume_hint_can_be_pasted_back_with_a_name_that_needs_quoting(tmp_path, monkeypatch, capsys):
+    """Before: Ctrl-C on ``--name "my run"`` said ``the same command with --name my run resumes the run``. (Ray Train faked.)"""
+    import contextlib
+    from types import SimpleNamespace
+
+    import cxr_tune.data.cache
+    import cxr_tune.train.__main__ as cli
+    import cxr_tune.train.progress
+    from cxr_tune.train.hparams import HParams
+    from cxr_tune.train.trainer import Resources
+
+    def stopped(trainer):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "datasets_by_size", lambda split, sizes: {size: None for size in sizes})
+    monkeypatch.setattr(cxr_tune.data.cache, "find_cache", lambda *a: None)
+    monkeypatch.setattr(cli, "make_trainer", lambda *a, **k: None)
+    monkeypatch.setattr(cli, "fit", stopped)
+    monkeypatch.setattr(cxr_tune.train.progress, "epoch_lines", lambda *a: contextlib.nullcontext(lambda label, epochs: []))  # its queue is a Ray actor
+    split = SimpleNamespace(deciding_set=lambda select_on: "carved", class_counts=lambda: (1, 1), cache_dir=str(tmp_path), source=SimpleNamespace(manifest=None))
+    (tmp_path / "my run").mkdir()
+    args = cli.build_parser().parse_args(["--storage", str(tmp_path), "--name", "my run"])
+    with pytest.raises(KeyboardInterrupt):
+        cli.train(args, HParams(epochs=2), split, str(tmp_path), "my run", Resources(1, 1.0, 0.0), None)
+    assert "the same command with --name 'my run' resumes the run from the last one" in capsys.readouterr().out
