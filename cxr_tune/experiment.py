@@ -42,6 +42,7 @@ from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.results import TRAIN_DIR
 from cxr_tune.search.space import Space, load_space
 from cxr_tune.selection import ranked_trials
+from cxr_tune.train.checkpoints import RUN_FILE
 
 EXPERIMENT_FILE = "experiment.json"
 SPACE_FILE = "space.yaml"
@@ -65,12 +66,23 @@ class FinalRun:
     epochs: int
 
 
+def export_one_configuration(epochs: int | str = "its epochs") -> str:
+    """How one configuration trained by ``python -m cxr_tune.train`` becomes an exportable model: export takes only a
+    search's experiment (its trials' records, splits and deciding set), which a one-trial search of a space with
+    nothing to search makes."""
+    return (f"for an exportable model of that configuration, run python -m cxr_tune.search --space FILE.yaml with a space file whose "
+            f"search: holds trials: 1 and max_epochs: {epochs}, and whose fixed: holds its other hyperparameters")
+
+
 class Experiment:
     """A search's folder; raises :class:`UserError` when ``path`` holds no experiment."""
 
     def __init__(self, path: str) -> None:
         self.path = storage.resolve(str(path))
         if not storage.exists(self.file(EXPERIMENT_FILE)):
+            if storage.exists(self.file(RUN_FILE)):  # predict sends a train run's user here: say what does give a model
+                raise UserError(f"'{path}' holds a `train` run ({RUN_FILE}), not a search's experiment (no {EXPERIMENT_FILE}), and export "
+                                f"does not take one; {export_one_configuration()}")
             raise UserError(f"'{path}' is not a cxr_tune experiment (no {EXPERIMENT_FILE})")
 
     @staticmethod

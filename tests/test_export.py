@@ -47,3 +47,18 @@ def test_model_json_names_every_precision_a_member_trained_in_after_a_resume_els
     old = {"epoch": 3, "run": {"precision": "bf16", "channels_last": True}}  # a checkpoint whose history does not record it: its run's record
     meta = export.write_export(brightness_members(), str(tmp_path / "old"), ["trial_a"], [old], {"val": kermany_set(60, 1)}, "val", {}, INFO, None)
     assert meta["members"][0]["trained_in"] == {"precision": "bf16", "channels_last": True}
+
+
+def test_a_train_run_s_folder_is_refused_saying_what_gives_an_exportable_model_of_its_configuration(tmp_path):
+    """Before: export said only "is not a cxr_tune experiment (no experiment.json)", while predict --model on the same folder
+    said "no model.json; export one with python -m cxr_tune.export EXPERIMENT": a circle, with no way out named."""
+    run = tmp_path / "one"
+    (run / "checkpoint_000").mkdir(parents=True)
+    (run / "run.json").write_text('{"data": "400 images, sha256 0123456789ab", "deciding_set": "carved"}')
+    with pytest.raises(UserError, match=rf"^'{run}' holds a `train` run \(run.json\), not a search's experiment \(no experiment.json\), and export "
+                                        r"does not take one; for an exportable model of that configuration, run python -m cxr_tune.search "
+                                        r"--space FILE.yaml with a space file whose search: holds trials: 1 and max_epochs: its epochs, and whose "
+                                        r"fixed: holds its other hyperparameters$"):
+        export.main([str(run)])
+    with pytest.raises(UserError, match=rf"^'{tmp_path}' is not a cxr_tune experiment \(no experiment.json\)$"):  # any other folder
+        export.main([str(tmp_path)])

@@ -20,11 +20,12 @@ from cxr_tune import folder_lock, storage
 from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_float, positive_float, positive_int
 from cxr_tune.data.prepared import DataOptions, SplitData, add_data_arguments, check_caches_buildable, datasets_by_size, split_data
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.experiment import Experiment
+from cxr_tune.experiment import Experiment, export_one_configuration
 from cxr_tune.formatting import fmt, json_safe
 from cxr_tune.provenance import provenance
 from cxr_tune.ray_session import check_cluster_answers, check_own_ray
 from cxr_tune.selection import add_select_on_argument, selection_label
+from cxr_tune.train.checkpoints import RUN_FILE
 from cxr_tune.train.hparams import HParams, HParamsError, read_params
 from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, add_precision_arguments, fit, make_trainer, ranks_share_a_gpu
 
@@ -221,7 +222,6 @@ def check_same_run(run_dir: str, hp: HParams, flags: dict[str, str] | None, late
                         "or another --name")
 
 
-RUN_FILE = "run.json"  # the data a run trains and is scored on (a resume must have the same), and how it computed
 METRICS_FILE = "metrics.json"  # a single run's best epoch
 CV_FILE = "cv.md"  # a cross-validation's report
 
@@ -381,6 +381,7 @@ def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding
                   f"specificity {fmt(best[f'{prefix}_specificity'])}, balanced accuracy {fmt(best[f'{prefix}_balanced_accuracy'])} "
                   f"at threshold {fmt(best[f'{prefix}_threshold'])}")
     print(f"Checkpoint: {summary['best_checkpoint']}\nMetrics:    {storage.join(run_dir, METRICS_FILE)}")
+    print(f"Export:     export takes a search's experiment, not a train run; {export_one_configuration(hp.epochs)}")
     if "diverged" in history and bool(history["diverged"].fillna(False).astype(bool).iloc[-1]):
         print(f"error: training diverged at epoch {int(history['epoch'].iloc[-1])} of {hp.epochs}: the network's scores were not finite "
               f"(its weights overflowed), so the run stopped there; train again under another --name with a lower learning rate "

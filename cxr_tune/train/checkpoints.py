@@ -22,6 +22,7 @@ from cxr_tune.selection import diverged
 from cxr_tune.train.precision import epochs_trained_in
 
 STATE = "state.pt"
+RUN_FILE = "run.json"  # beside a train run's checkpoints: the data it trains and is scored on (a resume must have the same), and how it computed
 PREDICTIONS = {"val": "val_predictions.parquet", "ext": "ext_predictions.parquet"}
 
 

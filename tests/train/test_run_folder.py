@@ -123,3 +123,26 @@ def test_a_stopped_run_s_resume_hint_can_be_pasted_back_with_a_name_that_needs_q
     with pytest.raises(KeyboardInterrupt):
         cli.train(args, HParams(epochs=2), split, str(tmp_path), "my run", Resources(1, 1.0, 0.0), None)
     assert "the same command with --name 'my run' resumes the run from the last one" in capsys.readouterr().out
+
+
+def test_a_finished_run_s_closing_lines_say_how_to_get_an_exportable_model_of_its_configuration(tmp_path, capsys):
+    """Before: they ended with the checkpoint and metrics.json, which export and predict do not take, and said nothing more."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from cxr_tune.train.__main__ import report
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.hparams import HParams
+
+    run = tmp_path / "run"
+    (run / "checkpoint_000").mkdir(parents=True)
+    rows = [{"epoch": e, "train_loss": 0.7 - e / 10, "val_loss": 0.6, "val_auc": 0.7 + e / 100, "val_threshold": 0.5, "val_sensitivity": 0.8,
+             "val_specificity": 0.6, "val_balanced_accuracy": 0.7, "val_objective": 0.7 + e / 100, "epoch_seconds": 1.5} for e in (1, 2)]
+    save_state(str(run / "checkpoint_000"), {"hparams": HParams(epochs=2).to_dict(), "epoch": 1, "history": rows}, {})
+    result = SimpleNamespace(error=None, best_checkpoints=[], checkpoint=SimpleNamespace(as_directory=lambda: contextlib.nullcontext(str(run / "checkpoint_000"))))
+    split = SimpleNamespace(source=SimpleNamespace(description="SYNTHETIC", synthetic=True))
+    assert report(result, HParams(epochs=2), split, str(run), "carved") == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "Export:     export takes a search's experiment, not a train run; for an exportable model of that configuration, run python -m "
+        "cxr_tune.search --space FILE.yaml with a space file whose search: holds trials: 1 and max_epochs: 2, and whose fixed: holds its other "
+        "hyperparameters")
