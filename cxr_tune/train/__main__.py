@@ -223,6 +223,7 @@ def check_same_run(run_dir: str, hp: HParams, flags: dict[str, str] | None, late
 
 
 METRICS_FILE = "metrics.json"  # a single run's best epoch
+EPOCHS_FILE = "epochs.csv"  # a single run's every epoch, as its table on the console: its learning curve without loading a checkpoint
 CV_FILE = "cv.md"  # a cross-validation's report
 
 
@@ -371,6 +372,7 @@ def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding
     }
     # JSON's own types: the history row is of object dtype, so its numbers and flags are numpy scalars (str() made them "11", "False").
     storage.write_text_atomic(storage.join(run_dir, METRICS_FILE), json.dumps(json_safe(summary), indent=2))
+    storage.write_csv(storage.join(run_dir, EPOCHS_FILE), history[shown])
     add_to_run_record(run_dir, {"precision": json_safe(epochs_trained_in(rows))})  # what every epoch trained in, as the run's own checkpoint records them
     tag = " [SYNTHETIC DATA]" if split.source.synthetic else ""
     print(f"\nBest epoch {summary['best_epoch']}{tag}, chosen on {summary['deciding_set']} validation:")
@@ -380,7 +382,8 @@ def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding
             print(f"  {name}: AUC {fmt(best[f'{prefix}_auc'])}, sensitivity {fmt(best[f'{prefix}_sensitivity'])}, "
                   f"specificity {fmt(best[f'{prefix}_specificity'])}, balanced accuracy {fmt(best[f'{prefix}_balanced_accuracy'])} "
                   f"at threshold {fmt(best[f'{prefix}_threshold'])}")
-    print(f"Checkpoint: {summary['best_checkpoint']}\nMetrics:    {storage.join(run_dir, METRICS_FILE)}")
+    print(f"Checkpoint: {summary['best_checkpoint']}\nMetrics:    {storage.join(run_dir, METRICS_FILE)} (best epoch), "
+          f"{storage.join(run_dir, EPOCHS_FILE)} (every epoch)")
     print(f"Export:     export takes a search's experiment, not a train run; {export_one_configuration(hp.epochs)}")
     if "diverged" in history and bool(history["diverged"].fillna(False).astype(bool).iloc[-1]):
         print(f"error: training diverged at epoch {int(history['epoch'].iloc[-1])} of {hp.epochs}: the network's scores were not finite "

@@ -146,3 +146,32 @@ def test_a_finished_run_s_closing_lines_say_how_to_get_an_exportable_model_of_it
         "Export:     export takes a search's experiment, not a train run; for an exportable model of that configuration, run python -m "
         "cxr_tune.search --space FILE.yaml with a space file whose search: holds trials: 1 and max_epochs: 2, and whose fixed: holds its other "
         "hyperparameters")
+
+
+def test_a_finished_run_s_epoch_table_is_written_beside_its_metrics_and_named_on_the_console(tmp_path, capsys):
+    """Before: the table of every epoch went to the console only; metrics.json holds the best epoch, and the rest was in the
+    checkpoint's state.pt, a torch file."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from cxr_tune.train.__main__ import report
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.hparams import HParams
+
+    run = tmp_path / "run"
+    (run / "checkpoint_000").mkdir(parents=True)
+    rows = [{"epoch": e, "train_loss": 0.7 - e / 10, "val_loss": 0.6, "val_auc": 0.7 + e / 100, "val_threshold": 0.5, "val_sensitivity": 0.8,
+             "val_specificity": 0.6, "val_balanced_accuracy": 0.7, "val_objective": 0.7 + e / 100, "val_n": 40, "epoch_seconds": 1.5,
+             "ext_loss": 0.5, "ext_auc": 0.65, "ext_threshold": 0.4, "ext_sensitivity": 0.7, "ext_specificity": 0.5,
+             "ext_balanced_accuracy": 0.6} for e in (1, 2, 3)]
+    save_state(str(run / "checkpoint_000"), {"hparams": HParams(epochs=3).to_dict(), "epoch": 2, "history": rows}, {})
+    result = SimpleNamespace(error=None, best_checkpoints=[], checkpoint=SimpleNamespace(as_directory=lambda: contextlib.nullcontext(str(run / "checkpoint_000"))))
+    split = SimpleNamespace(source=SimpleNamespace(description="SYNTHETIC", synthetic=True))
+    assert report(result, HParams(epochs=3), split, str(run), "carved") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"Metrics:    {run / 'metrics.json'} (best epoch), {run / 'epochs.csv'} (every epoch)" in lines
+    table = pd.read_csv(run / "epochs.csv")
+    assert list(table.columns) == lines[0].split()  # the columns printed, one row per epoch
+    assert table.to_dict("records") == [{k: v for k, v in row.items() if k in table.columns} for row in rows]
