@@ -71,7 +71,7 @@ def export_one_configuration(epochs: int | str = "its epochs") -> str:
     search's experiment (its trials' records, splits and deciding set), which a one-trial search of a space with
     nothing to search makes."""
     return (f"for an exportable model of that configuration, run python -m cxr_tune.search --space FILE.yaml with a space file whose "
-            f"search: holds trials: 1 and max_epochs: {epochs}, and whose fixed: holds its other hyperparameters")
+            f"search: holds trials: 1, max_epochs: {epochs} and grace_period: 1, and whose fixed: holds its other hyperparameters")
 
 
 class Experiment:
@@ -80,9 +80,9 @@ class Experiment:
     def __init__(self, path: str) -> None:
         self.path = storage.resolve(str(path))
         if not storage.exists(self.file(EXPERIMENT_FILE)):
-            if storage.exists(self.file(RUN_FILE)):  # predict sends a train run's user here: say what does give a model
-                raise UserError(f"'{path}' holds a `train` run ({RUN_FILE}), not a search's experiment (no {EXPERIMENT_FILE}), and export "
-                                f"does not take one; {export_one_configuration()}")
+            if storage.exists(self.file(RUN_FILE)):  # export, search --report-only, bench: say what does give a model
+                raise UserError(f"'{path}' holds a `train` run ({RUN_FILE}), not a search's experiment (no {EXPERIMENT_FILE}); "
+                                f"{export_one_configuration()}")
             raise UserError(f"'{path}' is not a cxr_tune experiment (no {EXPERIMENT_FILE})")
 
     @staticmethod

@@ -55,9 +55,9 @@ def test_a_train_run_s_folder_is_refused_saying_what_gives_an_exportable_model_o
     run = tmp_path / "one"
     (run / "checkpoint_000").mkdir(parents=True)
     (run / "run.json").write_text('{"data": "400 images, sha256 0123456789ab", "deciding_set": "carved"}')
-    with pytest.raises(UserError, match=rf"^'{run}' holds a `train` run \(run.json\), not a search's experiment \(no experiment.json\), and export "
-                                        r"does not take one; for an exportable model of that configuration, run python -m cxr_tune.search "
-                                        r"--space FILE.yaml with a space file whose search: holds trials: 1 and max_epochs: its epochs, and whose "
+    with pytest.raises(UserError, match=rf"^'{run}' holds a `train` run \(run.json\), not a search's experiment \(no experiment.json\); "
+                                        r"for an exportable model of that configuration, run python -m cxr_tune.search "
+                                        r"--space FILE.yaml with a space file whose search: holds trials: 1, max_epochs: its epochs and grace_period: 1, and whose "
                                         r"fixed: holds its other hyperparameters$"):
         export.main([str(run)])
     with pytest.raises(UserError, match=rf"^'{tmp_path}' is not a cxr_tune experiment \(no experiment.json\)$"):  # any other folder

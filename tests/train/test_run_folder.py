@@ -144,7 +144,7 @@ def test_a_finished_run_s_closing_lines_say_how_to_get_an_exportable_model_of_it
     assert report(result, HParams(epochs=2), split, str(run), "carved") == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
         "Export:     export takes a search's experiment, not a train run; for an exportable model of that configuration, run python -m "
-        "cxr_tune.search --space FILE.yaml with a space file whose search: holds trials: 1 and max_epochs: 2, and whose fixed: holds its other "
+        "cxr_tune.search --space FILE.yaml with a space file whose search: holds trials: 1, max_epochs: 2 and grace_period: 1, and whose fixed: holds its other "
         "hyperparameters")
 
 
@@ -175,3 +175,23 @@ def test_a_finished_run_s_epoch_table_is_written_beside_its_metrics_and_named_on
     table = pd.read_csv(run / "epochs.csv")
     assert list(table.columns) == lines[0].split()  # the columns printed, one row per epoch
     assert table.to_dict("records") == [{k: v for k, v in row.items() if k in table.columns} for row in rows]
+
+
+def test_the_space_file_the_export_advice_describes_loads_for_a_one_epoch_run(tmp_path):
+    """Before: for a 1-epoch run the advice said "trials: 1 and max_epochs: 1", and the search refused that space file
+    ("search.grace_period: 2 is more than max_epochs 1"): a recipe the program printed that did not work."""
+    import re
+
+    import yaml
+
+    from cxr_tune.experiment import export_one_configuration
+    from cxr_tune.search.space import load_space
+
+    advice = export_one_configuration(1)
+    held = re.search(r"search: holds (.*?), and whose fixed:", advice).group(1)
+    search = {key: int(value) for key, value in re.findall(r"(\w+): (\d+)", held)}
+    assert search["trials"] == 1 and search["max_epochs"] == 1
+    space = tmp_path / "one.yaml"
+    space.write_text(yaml.safe_dump({"search": search, "fixed": {"image_size": 16, "depth": 2, "filters": 4}}))
+    loaded = load_space(str(space))
+    assert loaded.settings.trials == 1 and loaded.settings.max_epochs == 1 and loaded.fixed["depth"] == 2
