@@ -53,10 +53,14 @@ def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFr
                             "committed results/real/* folders are: report, tables and study only); use the folder the search wrote") from None
         raise UserError(f"'{experiment_dir}' holds no Tune experiment state yet (did the search start?)") from None
     histories = analysis.trial_dataframes
-    stopped = {trial: record["epochs"] for trial, record in _event_records(experiment_dir).items() if record["event"] == "ASHA stopped"}
+    events = _event_records(experiment_dir)
+    stopped = {trial: record["epochs"] for trial, record in events.items() if record["event"] == "ASHA stopped"}
     for trial in analysis.trials:
         reported = one_row_per_epoch(histories.get(trial.trial_id, pd.DataFrame()))
-        histories[trial.trial_id] = with_checkpointed_epochs(reported, train_run(experiment_dir, trial.trial_id), until=stopped.get(trial.trial_id))
+        # Stopped by the search's end (Ctrl-C, a budget): its worker may have trained and checkpointed epochs Tune no longer heard of.
+        stopped_mid_run = trial.status in ("PENDING", "RUNNING", "PAUSED") or events.get(trial.trial_id, {}).get("event") == "cut short"
+        histories[trial.trial_id] = with_checkpointed_epochs(reported, train_run(experiment_dir, trial.trial_id), until=stopped.get(trial.trial_id),
+                                                             after_last=stopped_mid_run)
     return analysis.trials, histories
 
 
@@ -119,7 +123,7 @@ def one_row_per_epoch(history: pd.DataFrame) -> pd.DataFrame:
     return history[history["epoch"].isna() | history.index.isin(keep)].reset_index(drop=True)
 
 
-def with_checkpointed_epochs(reported: pd.DataFrame, run: str, *, until: int | None = None) -> pd.DataFrame:
+def with_checkpointed_epochs(reported: pd.DataFrame, run: str, *, until: int | None = None, after_last: bool = False) -> pd.DataFrame:
     """``reported`` plus the epochs it lacks that the run's newest checkpoint recorded (up to epoch ``until``).
 
     A node lost just after Ray Train registered an epoch's checkpoint, before that epoch's report
@@ -130,9 +134,12 @@ def with_checkpointed_epochs(reported: pd.DataFrame, run: str, *, until: int | N
     ``until``: the epoch at which ASHA stopped the trial; a worker may train one more before the
     stop reaches it, an epoch that ASHA and the selection never saw (a resumed trial's history,
     whose earlier epochs Tune does not report again, would otherwise pick it up).
+    ``after_last``: the search's end stopped the trial mid-run (Ctrl-C, a time budget), so epochs after its last report
+    count too: its worker can finish an epoch, checkpoint it and let Train drop the best one before (the trial's table
+    row then named epoch 2 while the export, reading the one checkpoint left, shipped epoch 3).
     """
     epochs = set(reported["epoch"].dropna().astype(int)) if "epoch" in reported else set()
-    if epochs and epochs == set(range(1, max(epochs) + 1)):
+    if epochs and epochs == set(range(1, max(epochs) + 1)) and not after_last:
         return reported
     from cxr_tune.train.checkpoints import saved_states
 

@@ -199,7 +199,7 @@ def test_an_epoch_a_resumed_trial_reported_again_is_read_once_with_its_own_timin
                              {"epoch": 2, "objective": 0.7, "time_this_iter_s": 4.0},
                              {"epoch": 2, "objective": 0.7, "time_this_iter_s": np.nan, "recovered_from_checkpoint": True}])
     retrained = pd.DataFrame({"epoch": [1, 2, 2], "objective": [0.6, 0.5, 0.8], "time_this_iter_s": [9.0, 4.0, 5.0]})  # from an older checkpoint
-    analysis = SimpleNamespace(trials=[SimpleNamespace(trial_id=t) for t in ("again", "retrained")],
+    analysis = SimpleNamespace(trials=[SimpleNamespace(trial_id=t, status="TERMINATED") for t in ("again", "retrained")],
                                trial_dataframes={"again": reported, "retrained": retrained})
     monkeypatch.setattr(ray.tune, "ExperimentAnalysis", lambda path: analysis)
     _, histories = trial_histories(str(tmp_path))
@@ -222,3 +222,25 @@ def test_the_trial_table_names_every_precision_a_trial_s_best_epoch_trained_in(t
     table = results.trials_table(str(tmp_path), max_epochs=4, rungs=(), deciding="carved")
     assert table["best_epoch"].tolist() == [3, 3]
     assert table["precision"].tolist() == ["bf16 (epochs 1-2), fp32 (epoch 3)", "bf16"] and table["channels_last"].tolist() == [True, True]
+
+
+def test_a_trial_the_search_s_stop_interrupted_gets_the_epochs_its_worker_checkpointed_after_its_last_report(tmp_path, monkeypatch):
+    """Before: after Ctrl-C the trial table and report named epoch 2 (its last report), while its worker had finished and
+    checkpointed epoch 3 and Train had dropped epoch 2's checkpoint: the export shipped epoch 3 under epoch 2's numbers."""
+    from types import SimpleNamespace
+
+    import ray.tune
+
+    from cxr_tune.search import results
+
+    history = [{"epoch": e, "objective": 0.5 + e / 10} for e in (1, 2, 3)]
+    for trial_id in ("stopped", "done"):
+        _checkpoint(tmp_path / "train" / trial_id / "checkpoint_b", history)  # the one Train kept: the best and latest
+    reported = pd.DataFrame(history[:2])
+    trials = [SimpleNamespace(trial_id="stopped", status="PENDING"), SimpleNamespace(trial_id="done", status="TERMINATED")]
+    analysis = SimpleNamespace(trials=trials, trial_dataframes={"stopped": reported, "done": reported})
+    monkeypatch.setattr(ray.tune, "ExperimentAnalysis", lambda path: analysis)
+    _, histories = results.trial_histories(str(tmp_path))
+    assert histories["stopped"]["epoch"].tolist() == [1, 2, 3]
+    assert histories["stopped"].loc[2, "checkpoint_path"] == str(tmp_path / "train" / "stopped" / "checkpoint_b")
+    assert histories["done"]["epoch"].tolist() == [1, 2]  # a trial Tune saw end: as it reported, no checkpoint read
