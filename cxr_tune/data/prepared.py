@@ -174,12 +174,12 @@ class SplitData:
     def _test_one_class(self) -> list[str]:
         """A line when the test folder has images of one class only to score: its metrics of the other class would
         otherwise first show as n/a at the end of a search, in the export."""
-        test = self.roles.loc[self.roles["role"] == "test"].drop_duplicates("content_hash")["label"]
-        if test.nunique() != 1:  # both classes, or no test folder at all
+        counts = self.class_counts("test")
+        if min(counts) > 0 or max(counts) == 0:  # both classes, or no test folder at all
             return []
-        held = int(test.iloc[0])
+        held = int(counts[1] > 0)
         rate = "specificity" if held == 1 else "sensitivity"
-        return [f"Test: the test/ folder has no {CLASSES[1 - held]} image to score ({len(test)} {CLASSES[held]}), so its {rate}, "
+        return [f"Test: the test/ folder has no {CLASSES[1 - held]} image to score ({counts[held]} {CLASSES[held]}), so its {rate}, "
                 f"AUC and balanced accuracy will be n/a."]
 
     def _left_out(self) -> list[str]:
