@@ -153,9 +153,10 @@ def _main(argv: Sequence[str] | None) -> int:
             raise UserError("--report-only needs --name of the experiment")
         folder = storage.join(storage.resolve(args.storage), args.name)
         folder_lock.hold(folder)
-        finished = finish_experiment(Experiment(folder).path, export=not args.no_export, interrupted=None)  # one-line error when it is not one
+        existing = Experiment(folder)  # one-line error when it is not one
+        finished = finish_experiment(existing.path, export=not args.no_export, interrupted=None)
         if finished["unfinished"]:
-            print(f"\nThe search is unfinished ({finished['unfinished']}); continue it with:\n  {resume_command(Experiment(folder).options)}")
+            print(f"\nThe search is unfinished ({finished['unfinished']}); continue it with:\n  {resume_command(existing.options)}")
         return 0
     if args.resume:
         refuse_flags(args, argv, "--resume", RESUME_FLAGS, "continues an experiment with the space, data and settings it was started with",
