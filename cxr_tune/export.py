@@ -112,6 +112,9 @@ def export_trial(
     site = _external_folder(val_data, splits, cache_dir) if val_data else None
     deciding = "external" if site is not None else experiment.deciding_set
     table = experiment.trials(ranked=False)
+    so_far = {**trials_so_far(table), "trials_requested": experiment.options.trials or experiment.space().settings.trials}
+    if note := unfinished_note(experiment.path, so_far["trials_requested"], so_far):
+        print(note)
     selected = trial_id is None and ensemble is None and site is None  # the experiment's own choice of model
     if final_fit and not selected:
         raise UserError("--final-fit exports the final fit's runs: it takes no --trial, --ensemble or --val-data")
@@ -157,7 +160,7 @@ def export_trial(
     stored = {prefix: _stored_scores(checkpoints, prefix, sets[prefix]) for prefix in ("val", "ext") if prefix in sets and site is None and tta == 1}
     target = out or experiment.file("best" if trial_id is None else f"exports/{trial_id}")
     source = storage.resolve(val_data) if val_data else (experiment.external or None)  # absolute, as the search records its own
-    info = {**experiment.info, "excluded": _by_reason(splits, "excluded"), "unused": _by_reason(splits, "unused"), "patient_keys": patient_keys(splits["patient_id"]),
+    info = {**experiment.info, **so_far, "excluded": _by_reason(splits, "excluded"), "unused": _by_reason(splits, "unused"), "patient_keys": patient_keys(splits["patient_id"]),
             **({"final_fit": final_record} if final_record else {})}
     meta = write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, prefix_of(deciding), stored,
                         info, source, tta, calibrate=calibrate, epochs_on=prefix_of(experiment.deciding_set) if site is not None else None,
@@ -500,6 +503,23 @@ def _how_computed(models: int, tta: int, calibration: Calibration | None, decidi
     return f" ({'; '.join(parts)})" if parts else ""
 
 
+def trials_so_far(table: pd.DataFrame) -> dict[str, int]:
+    """How many of the experiment's trials had trained an epoch, and how many Tune had not seen end (a resume
+    continues them), when the model was chosen: a search a budget ended or Ctrl-C stopped chose from fewer than asked."""
+    return {"trials_trained": int((table["epochs"] > 0).sum()),
+            "trials_unfinished": int((~table["status"].isin(["TERMINATED", "ERROR"])).sum())}
+
+
+def unfinished_note(path: str, requested: int, so_far: dict[str, int]) -> str | None:
+    """The console's note when the model is chosen from fewer trials than the search asked for (None when all trained)."""
+    trained, unfinished = so_far["trials_trained"], so_far["trials_unfinished"]
+    if not unfinished and trained >= requested:
+        return None
+    what = (f"is unfinished: {trained} of its {requested} requested trials trained, {unfinished} had not ended (--resume continues them)" if unfinished
+            else f"ended before every trial trained: {trained} of its {requested} requested trials trained")
+    return f"Note: {path} {what}; this model is the best of those {trained}, and the model card says so"
+
+
 def _search_record(info: dict[str, Any], hp: Any) -> dict[str, Any]:
     """What the experiment recorded about the search that chose this model (for the model card)."""
     options = info.get("options") or {}
@@ -509,7 +529,9 @@ def _search_record(info: dict[str, Any], hp: Any) -> dict[str, Any]:
         "command_cwd": info.get("command_cwd"),
         "experiment": storage.join(options["storage"], options["name"]) if options.get("storage") and options.get("name") else None,
         "space": info.get("space_path"),
-        "trials": options.get("trials"),
+        "trials": options.get("trials") or info.get("trials_requested"),  # the command's --trials, else its space's
+        "trials_trained": info.get("trials_trained"),  # when the model was chosen (None in an export from before the record)
+        "trials_unfinished": info.get("trials_unfinished"),
         "sampler": options.get("sampler"),
         "early_stopping": options.get("early_stopping"),
         "max_epochs": options.get("max_epochs"),

@@ -210,13 +210,25 @@ def _set_aside(unused: Any) -> str:
             + "; ".join(f"{reason or 'no reason recorded'}: {count}" for reason, count in unused.items()) + ".")
 
 
+def _trials_line(search: dict[str, Any]) -> str:
+    """How many trials the search asked for and, where the export recorded it, how many had trained when it chose."""
+    requested, trained, unfinished = search["trials"], search.get("trials_trained"), search.get("trials_unfinished") or 0
+    if trained is None:
+        return f"{requested} trial(s) requested"
+    if trained >= requested and not unfinished:
+        return f"{requested} trial(s) requested, all {trained} trained"
+    mid_run = (f" ({unfinished} had not ended: the search was stopped, and a resumed search may choose another model)"
+               if unfinished else "")
+    return f"{requested} trial(s) requested, {trained} of them trained when this model was exported{mid_run}"
+
+
 def _search(meta: dict[str, Any]) -> list[str]:
     search = meta.get("search", {})
     if not search:
         return []
     deciding = _set_name(meta.get("deciding_set"))
     how = [f"search space {code_span(search['space'])}" if search.get("space") else None,
-           f"{search['trials']} trial(s) requested" if search.get("trials") else None,
+           _trials_line(search) if search.get("trials") else None,
            f"{SAMPLERS.get(search['sampler'], search['sampler'])} sampling" if search.get("sampler") else None,
            None if search.get("early_stopping") is None else ("ASHA early stopping" if search["early_stopping"] else "no early stopping"),
            f"at most {search['max_epochs']} epoch(s) a trial" if search.get("max_epochs") else None]

@@ -12,8 +12,10 @@ from cxr_tune.errors import UserError
 
 
 def test_a_trial_that_diverged_at_every_epoch_is_refused_in_one_line_naming_it(monkeypatch):
-    table = pd.DataFrame({"trial_id": ["good", "lost"], "epochs": [3, 1], "val_objective": [0.9, 0.5], "val_non_finite": [0, 89]})
-    experiment = SimpleNamespace(path="exps/div", splits=None, cache_dir=None, deciding_set="carved", trials=lambda ranked=True: table)
+    table = pd.DataFrame({"trial_id": ["good", "lost"], "epochs": [3, 1], "val_objective": [0.9, 0.5], "val_non_finite": [0, 89],
+                          "status": ["TERMINATED", "TERMINATED"]})
+    experiment = SimpleNamespace(path="exps/div", splits=None, cache_dir=None, deciding_set="carved", trials=lambda ranked=True: table,
+                                 options=SimpleNamespace(trials=2))
     monkeypatch.setattr("cxr_tune.experiment.Experiment", lambda path: experiment)  # export reads it where it is used
     with pytest.raises(UserError, match=r"^trial lost in exps/div diverged at every epoch") as refused:
         export.export_trial("exps/div", "lost")
@@ -62,3 +64,18 @@ def test_a_train_run_s_folder_is_refused_saying_what_gives_an_exportable_model_o
         export.main([str(run)])
     with pytest.raises(UserError, match=rf"^'{tmp_path}' is not a cxr_tune experiment \(no experiment.json\)$"):  # any other folder
         export.main([str(tmp_path)])
+
+
+def test_an_export_of_a_search_that_had_not_trained_every_trial_counts_them_and_says_so():
+    from cxr_tune.export import trials_so_far, unfinished_note
+
+    table = pd.DataFrame({"trial_id": list("abcde"), "epochs": [3, 2, 1, 0, 0],
+                          "status": ["TERMINATED", "TERMINATED", "RUNNING", "TERMINATED", "PENDING"]})
+    counts = trials_so_far(table)
+    assert counts == {"trials_trained": 3, "trials_unfinished": 2}
+    assert unfinished_note("exps/cut", 8, counts) == ("Note: exps/cut is unfinished: 3 of its 8 requested trials trained, 2 had not ended (--resume continues them); "
+                                                      "this model is the best of those 3, and the model card says so")
+    assert unfinished_note("exps/budget", 8, {"trials_trained": 5, "trials_unfinished": 0}) == (
+        "Note: exps/budget ended before every trial trained: 5 of its 8 requested trials trained; this model is the best of those 5, "
+        "and the model card says so")
+    assert unfinished_note("exps/done", 5, {"trials_trained": 5, "trials_unfinished": 0}) is None

@@ -330,3 +330,19 @@ def test_a_test_split_the_model_was_adapted_to_is_labelled_a_selection_set_and_n
         assert ("- The model was adapted to the test split's images (without their labels): its numbers above are selection-set numbers, "
                 "and it is no independent test of the adapted model." in card.splitlines()) == marked
         assert ("held out but comes from the same source" in card) != marked
+
+
+def test_a_model_chosen_before_every_requested_trial_trained_says_how_many_had(tmp_path):
+    """A search that a time budget ended, or that was interrupted and exported, gave a card saying "4 trial(s) requested"
+    alone: a reader took the model for the best of 4 when 2 had trained."""
+    from cxr_tune.modelcard import model_card
+
+    meta = export_folder(tmp_path / "cut", trials_trained=2, trials_unfinished=1)
+    assert meta["search"]["trials_trained"] == 2 and meta["search"]["trials_unfinished"] == 1
+    card = (tmp_path / "cut" / "MODEL_CARD.md").read_text()
+    assert ("4 trial(s) requested, 2 of them trained when this model was exported (1 had not ended: "
+            "the search was stopped, and a resumed search may choose another model)") in card
+    whole = export_folder(tmp_path / "whole", trials_trained=4, trials_unfinished=0)
+    assert "4 trial(s) requested, all 4 trained;" in model_card(whole)
+    older = {**whole, "search": {k: v for k, v in whole["search"].items() if not k.startswith("trials_")}}  # before the record
+    assert "4 trial(s) requested;" in model_card(older) and "trained when" not in model_card(older)

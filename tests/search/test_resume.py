@@ -638,6 +638,9 @@ def test_the_last_resume_runs_exactly_the_requested_trials_and_reruns_none_it_ke
     # table as "never trained" and was replaced by a new one (before: it counted as one of them).
     trained = table[table["epochs"] > 0]
     assert len(trained) == TRIALS and table["trial_id"].is_unique and set(table["status"]) == {"TERMINATED"}
+    # best/ says the model was chosen from every requested trial (the counts of the export, after three stops and resumes)
+    search = json.loads((resumed_thrice["experiment"] / "best" / "model.json").read_text())["search"]
+    assert (search["trials"], search["trials_trained"], search["trials_unfinished"]) == (TRIALS, TRIALS, 0), search
     # Each names its best epoch's checkpoint, also one whose epoch reached Tune from its checkpoint alone (before: empty).
     assert all(isinstance(path, str) and (Path(path) / "state.pt").is_file() for path in trained["checkpoint_path"]), trained[["trial_id", "checkpoint_path"]]
     assert set(table.loc[table["epochs"] == 0, "stop_reason"]) <= {"never trained (the search ended first)"}
