@@ -18,7 +18,8 @@ once, and none of a file filed under both classes (a line says how many; the per
 file); a rate the labelled images cannot measure
 (AUC, say, when all are of one class) prints as ``n/a``. On the folder that chose the model (its external validation
 set, or the site it was adapted to) a line says its numbers are selection-set numbers, optimistic. Unreadable files are listed with the
-reason and skipped. Images unlike the training X-rays in a way the file shows (a colour picture,
+reason and skipped. A run of more than 1,024 files says on stderr after each 1,024 how many it has scored; a Ctrl-C
+or SIGTERM writes those to ``--csv``, says how many of how many, and ends with status 130 (143 for SIGTERM). Images unlike the training X-rays in a way the file shows (a colour picture,
 a nearly blank frame, one smaller than the model's input, a DICOM lateral view or a modality other
 than plain radiography) are scored and then listed with the reason, to be checked before their
 score is trusted (a line beside the metrics says how many of them they include) (:mod:`cxr_tune.data.input_checks`). Only the pickle-free ONNX export is loaded; ``--explain`` also rebuilds the
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePath, PurePosixPath
@@ -47,7 +49,7 @@ from cxr_tune.data.sources import CLASSES, content_hash, walk_folder, walk_store
 from cxr_tune.data.splits import filed_under_both
 from cxr_tune.data.synthetic import SYNTHETIC_MARKER
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.formatting import against, fmt, for_spreadsheet, interval, json_safe, printable
+from cxr_tune.formatting import against, clock, fmt, for_spreadsheet, interval, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
 from cxr_tune.selection import selection_sources
@@ -141,26 +143,58 @@ def path_text(path: Path | str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+class Interrupted(KeyboardInterrupt):
+    """A stop (Ctrl-C, SIGTERM) while :func:`predict_each` scored: ``tables`` are its tables of the ``done`` files of the
+    chunks scored before it, so that a long run keeps what it scored."""
+
+    def __init__(self, tables: list[tuple[pd.DataFrame, pd.DataFrame]], done: int) -> None:
+        super().__init__()
+        self.tables, self.done = tables, done
+
+
+def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None = None, *,
+            progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(predictions: path, probability, prediction, check, label; skipped: path, reason), predictions
     at ``threshold`` (default: the model's own); ``check`` says why an image may not be like the
-    training X-rays ("" when nothing does)."""
-    return predict_each([model], files, [model.threshold if threshold is None else threshold])[0]
+    training X-rays ("" when nothing does). ``progress`` and a stop: see :func:`predict_each`."""
+    return predict_each([model], files, [model.threshold if threshold is None else threshold], progress=progress)[0]
 
 
-def predict_each(models: Sequence[LoadedModel], files: Sequence[Input], thresholds: Sequence[float]) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+def predict_each(models: Sequence[LoadedModel], files: Sequence[Input], thresholds: Sequence[float], *,
+                 progress: Callable[[int], None] | None = None) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
     """:func:`predict` of each model at its threshold on the same files, each file decoded once per image size
-    the models take (not once per model), a chunk of files at a time."""
+    the models take (not once per model), a chunk of files at a time; ``progress`` is called with the number of files
+    done after each chunk. A stop raises :class:`Interrupted` with the tables of the chunks done before it."""
     sizes = sorted({model.image_size for model in models})
     read = {size: _Read([], [], [], []) for size in sizes}
     scores: list[list[np.ndarray]] = [[] for _ in models]
     for start in range(0, len(files) or 1, _CHUNK_FILES):  # no files: one empty chunk, for the empty frames
-        for size in sizes:
-            images = _decode_chunk(files[start : start + _CHUNK_FILES], size, read[size])
-            for model, scored in zip(models, scores, strict=True):
-                if model.image_size == size:
-                    scored.append(probabilities(model, images))
-    return [_frames(read[model.image_size], np.concatenate(scored), threshold) for model, scored, threshold in zip(models, scores, thresholds, strict=True)]
+        before = {size: (len(read[size].files), len(read[size].skipped)) for size in sizes}
+        try:
+            chunk = [_score_chunk(models, files[start : start + _CHUNK_FILES], size, read[size]) for size in sizes]
+        except KeyboardInterrupt:  # the tables of the chunks done: this one's files, read or not, are left out
+            kept = {size: _Read(read[size].files[:n], read[size].checks[:n], read[size].hashes[:n], read[size].skipped[:skipped])
+                    for size, (n, skipped) in before.items()}
+            raise Interrupted(_tables(models, kept, scores, thresholds), start) from None
+        for scored_at_size in chunk:
+            for index, scored in scored_at_size.items():
+                scores[index].append(scored)
+        if progress is not None:
+            progress(min(start + _CHUNK_FILES, len(files)))
+    return _tables(models, read, scores, thresholds)
+
+
+def _score_chunk(models: Sequence[LoadedModel], chunk: Sequence[Input], size: int, read: _Read) -> dict[int, np.ndarray]:
+    """The scores of ``chunk``'s readable images at ``size`` by each model that takes that size, by the model's index."""
+    images = _decode_chunk(chunk, size, read)
+    return {index: probabilities(model, images) for index, model in enumerate(models) if model.image_size == size}
+
+
+def _tables(models: Sequence[LoadedModel], read: dict[int, _Read], scores: list[list[np.ndarray]],
+            thresholds: Sequence[float]) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Each model's :func:`predict` tables from what decoding found at its image size and its scores."""
+    return [_frames(read[model.image_size], np.concatenate(scored) if scored else np.zeros(0, np.float32), threshold)
+            for model, scored, threshold in zip(models, scores, thresholds, strict=True)]
 
 
 class _Read(NamedTuple):
@@ -462,13 +496,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics and all(file.label is None for file in files):
         raise UserError(f"--metrics needs labelled images; none of the {len(files)} file(s) in {', '.join(args.inputs)} sits under a "
                         "NORMAL/ or PNEUMONIA/ folder")
-    frame, skipped = predict(model, files, threshold)
+    try:
+        frame, skipped = predict(model, files, threshold, progress=_progress_lines(len(files)))
+    except Interrupted as stop:  # what the chunks done scored is kept, and said
+        frame, skipped = stop.tables[0]
+        if args.csv:
+            _write_csv(args.csv, frame, explained=False)  # no figure is drawn yet
+        kept = f"wrote their {len(frame)} predictions to {args.csv}" if args.csv else "pass --csv OUT.csv to keep the scores of a long run"
+        print(f"Interrupted after scoring {stop.done} of {len(files)} files; {kept}", file=sys.stderr)
+        raise
     # The files first: a console that goes away (output piped into head) must not cost them.
     if args.csv:
-        columns = ["path", "probability", "prediction", "check"]
-        if members is not None:  # which figure is which image's (file names repeat across folders)
-            frame["explanation"], columns = explanation_names(frame["path"]), [*columns, "explanation"]
-        storage.write_csv(args.csv, for_spreadsheet(frame[columns]))
+        _write_csv(args.csv, frame, explained=members is not None)
     points = {name: {"threshold": value} for name, value in known_points(model.meta).items()}
     metrics = labelled_metrics(frame, threshold, points)
     unlabelled_copies = metrics is None and frame["label"].notna().any()  # read, but every one filed under both classes
@@ -503,6 +542,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if frame.empty:
         raise UserError("none of the files could be read as an image")
     return 0
+
+
+def _write_csv(path: str, frame: pd.DataFrame, *, explained: bool) -> None:
+    """``--csv``: the scored images' rows, with each one's figure name when ``explained`` (``frame`` gets that column)."""
+    columns = ["path", "probability", "prediction", "check"]
+    if explained:  # which figure is which image's (file names repeat across folders)
+        frame["explanation"], columns = explanation_names(frame["path"]), [*columns, "explanation"]
+    storage.write_csv(path, for_spreadsheet(frame[columns]))
+
+
+def _progress_lines(total: int) -> Callable[[int], None] | None:
+    """A line on stderr after each chunk of a run of more than one (``[00:15] scored 1024 of 2000 files``); None for a
+    run of one chunk, which ends before anyone waits for it."""
+    if total <= _CHUNK_FILES:
+        return None
+    started = time.monotonic()
+
+    def say(done: int) -> None:
+        if done < total:  # the last is followed by the results
+            print(f"{clock(time.monotonic() - started)} scored {done} of {total} files", file=sys.stderr, flush=True)
+
+    return say
 
 
 def _explainable(model: LoadedModel) -> Members:

@@ -529,3 +529,35 @@ def test_a_folder_whose_only_labelled_image_is_filed_under_both_classes_says_so(
     assert done.returncode == 0 and "No metrics: every labelled image read has an identical copy filed under the other class" in done.stdout
     done = call_cli("cxr_tune.compare", "--model", str(model), "--model", str(write_export(tmp_path / "other")), str(site))
     assert done.returncode == 2 and "(2 file(s) left out: an identical copy is filed under the other class)" in done.stderr
+
+
+def test_a_long_run_says_its_progress_per_chunk_and_an_interrupted_one_keeps_what_it_scored(tmp_path, monkeypatch):
+    """predict on a large folder was silent until its end, and a Ctrl-C or SIGTERM wrote no CSV and printed nothing: every
+    image scored was lost. Now a run of more than one chunk says on stderr how many files each chunk brought it to, and a
+    stop writes the chunks already scored to --csv, says how many of how many, and ends with status 130."""
+    import cxr_tune.predict as module
+    from cxr_tune.serving import probabilities
+
+    model = write_export(tmp_path / "best", image_size=16)
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(3)],
+                                                       "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(2)]}})
+    monkeypatch.setattr(module, "_CHUNK_FILES", 2)
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet")
+    assert done.returncode == 0 and [line.split("] ", 1)[1] for line in done.stderr.splitlines() if "] scored" in line] == [
+        "scored 2 of 5 files", "scored 4 of 5 files"], done.stderr
+    chunks: list[int] = []
+
+    def stopped_in_the_second_chunk(model, images):
+        chunks.append(len(images))
+        if len(chunks) == 2:
+            raise KeyboardInterrupt
+        return probabilities(model, images)
+
+    monkeypatch.setattr(module, "probabilities", stopped_in_the_second_chunk)
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet", "--csv", str(tmp_path / "out.csv"))
+    assert done.returncode == 130, done.stderr
+    assert f"Interrupted after scoring 2 of 5 files; wrote their 2 predictions to {tmp_path / 'out.csv'}" in done.stderr
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 2
+    monkeypatch.setattr(module, "_CHUNK_FILES", 1024)
+    few = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet")
+    assert few.returncode == 0 and "scored" not in few.stderr  # one chunk: no progress lines
