@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=size, default=128, help="image size (default: 128)")
     data.add_argument("--full-res-images", type=nonnegative_int, default=0,
                       help="how many images to re-encode at the original download's resolution for the second comparison (default: 0 = all)")
+    data.add_argument("--out", default=None, help="folder for data_cache.md and .json (default: results/benchmarks, for the default real data only; other --data needs --out)")
     train = commands.add_parser("train", help="training images/s by precision and layout, Ray Data + Ray Train vs a bare loop")
     train.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
     train.add_argument("--sizes", type=size, nargs="+", default=[64, 128, 224], help="image sizes (default: 64 128 224)")
@@ -37,11 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="precisions to compare, each with and without channels_last; auto is what --precision auto picks here (default: fp32 auto)")
     train.add_argument("--epochs", type=int_between(2, 100), default=2, help="epochs per path; the first is a warm-up (default: 2)")
     train.add_argument("--images", type=nonnegative_int, default=1024, help="training images per epoch, drawn from the training role (default: 1024; 0: all)")
+    train.add_argument("--out", default=None, help="folder for train_throughput.md and .json (default: results/benchmarks, for the default real data only; other --data needs --out)")
     scoring = commands.add_parser("scoring", help="each epoch's scoring of the validation sets: read from Ray Data every epoch vs kept in the worker")
     scoring.add_argument("--data", default=None, help="Kermany folder with a val/ folder (default: ../shared/data/chest_xray_224)")
     scoring.add_argument("--image-size", type=size, default=64, help="image size (default: 64, as results/real/best)")
     scoring.add_argument("--epochs", type=int_between(2, 100), default=6, help="epochs per run; the first is left out (default: 6)")
     scoring.add_argument("--images", type=positive_int, default=1024, help="training images per epoch (default: 1024)")
+    scoring.add_argument("--out", default=None, help="folder for scoring.md and .json (default: results/benchmarks, for the default real data only; other --data needs --out)")
     precision = commands.add_parser("precision", help="fp32 vs bf16 training: external-set AUC and balanced accuracy over seeds (default data: the real data)")
     precision.add_argument("--data", default=None, help="Kermany folder (default: ../shared/data/chest_xray_224)")
     precision.add_argument("--params", default=None, help="model.json or YAML of hyperparameters (default: results/real/best/model.json)")
@@ -49,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     precision.add_argument("--seeds", type=int_between(2, 20), default=3, help="seeds per precision (default: 3)")
     precision.add_argument("--epochs", type=positive_int, default=6, help="epochs per run (default: 6)")
     precision.add_argument("--precision", choices=RESOLVED_PRECISIONS, nargs="+", default=["fp32", "bf16"], help="precisions (default: fp32 bf16)")
+    precision.add_argument("--out", default=None, help="folder for precision_quality.md and .json (default: results/benchmarks, for the default real data only; other --data needs --out)")
     gpu = commands.add_parser("gpu", help="the device check: the training step on one GPU by precision, layout, size, and 1-8 packed trials (no Ray needed)")
     gpu.add_argument("--device", default="cuda", help="torch device (default: cuda; cpu runs the same code on the CPU)")
     gpu.add_argument("--sizes", type=size, nargs="+", default=[64, 128, 224], help="image sizes (default: 64 128 224)")
@@ -72,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--trials", type=positive_int, default=12, help="trials per search (default: 12)")
     search.add_argument("--storage", default="results/benchmarks/search_runs", help="where the two experiments go")
     search.add_argument("--seed", type=nonnegative_int, default=0, help="the seed of both searches (default: 0; another seed's files get a _seedN suffix)")
+    search.add_argument("--out", default=None, help="folder for the summary, the trial tables and the replay (default: results/benchmarks, for the default real data only; other --data needs --out)")
     replay = commands.add_parser("replay", help="early-stopping rules (Ray's ASHA, Optuna's, synchronous halving) replayed on a search that ran every trial to the end")
     replay.add_argument("experiment", help="a finished search run with --no-early-stopping (e.g. bench search's random arm)")
     replay.add_argument("--compare", default=None, metavar="EXPERIMENT", help="a search that ran with early stopping, shown as it ran (e.g. bench search's TPE + ASHA arm)")
@@ -80,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     value.add_argument("experiment", help="the finished real-data search (default configuration runs use its data, split and external set)")
     value.add_argument("--model", default=None, help="the experiment's exported model folder (default: EXPERIMENT/best; e.g. the committed results/real/best)")
     value.add_argument("--seeds", type=positive_int, default=None, help="seeds of the default configuration given the search's compute (default: as many as fit in it)")
+    value.add_argument("--out", default=None, help="folder for value_of_search.md and .json (default: results/benchmarks, for a search of the default real data only; another needs --out)")
     epochs = commands.add_parser("epochs", help="does a longer final fit help? the export's runs retrained for other epoch counts, ensembles side by side")
     epochs.add_argument("experiment", help="the finished real-data search selected on an external set (its data, split and external set)")
     epochs.add_argument("--model", default=None, help="the experiment's exported model folder (default: EXPERIMENT/best; e.g. the committed results/real/best)")
@@ -87,14 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="epoch counts; the others are compared with the first (default: the export's own schedule and twice it)")
     epochs.add_argument("--vary", nargs="+", default=[], type=assignment, metavar="KEY=VALUE",
                         help="retrain the members with these changes to their configurations (all of them together), e.g. mixup=0.2")
-    commands.add_parser("scaling", help="search throughput on a local cluster of 1 vs 2 worker nodes")
+    epochs.add_argument("--out", default=None, help="folder for final_fit_epochs_*.md and .json (default: results/benchmarks, for a search of the default real data only; another needs --out)")
+    scaling = commands.add_parser("scaling", help="search throughput on a local cluster of 1 vs 2 worker nodes")
+    scaling.add_argument("--out", default=None, help="folder for scaling_nodes.md and .json (default: results/benchmarks)")
     ablation = commands.add_parser("ablation", help="real-data recipe: ensemble and threshold rule post hoc, and one-change retrains")
     ablation.add_argument("experiment", help="a finished real-data experiment folder")
     ablation.add_argument("--vary", nargs="*", default=[], type=assignment, metavar="KEY=VALUE", help="one-change variants of the selected configuration to retrain")
     ablation.add_argument("--epochs", type=positive_int, default=10, help="epochs per retrained run (default: 10)")
     ablation.add_argument("--ensemble", type=positive_int, default=3, help="trials in the averaging ensemble (default: 3)")
+    ablation.add_argument("--out", default=None, help="folder for ablation.md and .json (default: results/real, for a search of the default real data only; another needs --out)")
     transfer = commands.add_parser("transfer", help="carved validation vs the external set of a --select-on carved search, and what each selection rule would ship")
     transfer.add_argument("experiment", help="a finished experiment searched with --select-on carved on data with an external validation set")
+    transfer.add_argument("--out", default=None, help="folder for transfer_<name>.md, .json and .png (default: results/benchmarks, for a search of the default real data only; another needs --out)")
     tta = commands.add_parser("tta", help="does test-time augmentation help an export? its members with 1..9 views averaged, on a labelled sample")
     tta.add_argument("model", help="an export folder with its weights (e.g. results/real/best)")
     tta.add_argument("--images", default=None, help="labelled images in NORMAL/ and PNEUMONIA/ folders (default: ../shared/data/chest_xray_224/val, half A)")
@@ -130,19 +140,19 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "data":
         from cxr_tune.bench.data import run
 
-        run(args.data, args.image_size, args.full_res_images)
+        run(args.data, args.image_size, args.full_res_images, args.out)
     elif args.command == "train":
         from cxr_tune.bench.train import run
 
-        run(args.data, args.sizes, args.precision, args.epochs, args.images)
+        run(args.data, args.sizes, args.precision, args.epochs, args.images, args.out)
     elif args.command == "scoring":
         from cxr_tune.bench.scoring import run
 
-        run(args.data, args.image_size, args.epochs, args.images)
+        run(args.data, args.image_size, args.epochs, args.images, args.out)
     elif args.command == "precision":
         from cxr_tune.bench.precision import run
 
-        run(args.data, args.params, args.sizes, args.seeds, args.epochs, args.precision)
+        run(args.data, args.params, args.sizes, args.seeds, args.epochs, args.precision, args.out)
     elif args.command == "gpu":
         from cxr_tune.bench.gpu import run
 
@@ -152,7 +162,7 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "search":
         from cxr_tune.bench.search import run
 
-        run(args.data, args.trials, args.storage, args.seed)
+        run(args.data, args.trials, args.storage, args.seed, args.out)
     elif args.command == "replay":
         from cxr_tune.bench.replay import run
 
@@ -160,23 +170,23 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "value":
         from cxr_tune.bench.value import run
 
-        run(args.experiment, args.seeds, args.model)
+        run(args.experiment, args.seeds, args.model, args.out)
     elif args.command == "epochs":
         from cxr_tune.bench.epochs import run
 
-        run(args.experiment, args.epochs, args.model, dict(args.vary))
+        run(args.experiment, args.epochs, args.model, dict(args.vary), args.out)
     elif args.command == "scaling":
         from cxr_tune.bench.scaling import run
 
-        run()
+        run(args.out)
     elif args.command == "ablation":
         from cxr_tune.bench.ablation import run
 
-        run(args.experiment, args.vary, args.epochs, args.ensemble)
+        run(args.experiment, args.vary, args.epochs, args.ensemble, args.out)
     elif args.command == "transfer":
         from cxr_tune.bench.transfer import run
 
-        run(args.experiment)
+        run(args.experiment, args.out)
     elif args.command == "tta":
         from cxr_tune.bench.tta import run
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxr_tune.bench.common import PROJECT, check_varied, write_result
+from cxr_tune.bench.common import PROJECT, check_varied, other_experiment_data, results_folder, write_result
 from cxr_tune.bench.kept import KeptRuns, kept_runs
 from cxr_tune.data.prepared import datasets_by_size
 from cxr_tune.experiment import Experiment
@@ -96,9 +96,10 @@ def retrain(experiment: Experiment, configs: list[tuple[str, dict]], epochs: int
     return frame
 
 
-def run(experiment: str, variants: list[tuple[str, object]], epochs: int, k: int) -> None:
+def run(experiment: str, variants: list[tuple[str, object]], epochs: int, k: int, out: str | None = None) -> None:
     experiment = Experiment(experiment)
-    configs = configurations(experiment, variants, epochs)
+    configs = configurations(experiment, variants, epochs)  # a --vary no configuration takes is refused first
+    folder = results_folder("ablation", out, None if out else other_experiment_data(experiment), default=PROJECT / "results" / "real")
     hoc = post_hoc(experiment, k)
     with kept_runs("ablation", {"experiment": experiment.path, "configs": configs}) as kept:
         trained = retrain(experiment, configs, epochs, kept) if variants else pd.DataFrame()
@@ -118,7 +119,7 @@ def run(experiment: str, variants: list[tuple[str, object]], epochs: int, k: int
         ]
     write_result("ablation", "Real data: what each choice does on validation", summary,
                  {"post_hoc": hoc.to_dict(orient="records"), "retrained": trained.to_dict(orient="records")},
-                 folder=PROJECT / "results" / "real")
+                 folder=folder)
     kept.remove()
 
 

@@ -9,18 +9,24 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr_tune import storage
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import code_span
 from cxr_tune.selection import REPORTED_RESAMPLES
 from cxr_tune.train.hparams import HParams, HParamsError
 
+if TYPE_CHECKING:
+    from cxr_tune.experiment import Experiment
+
 PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "chest_xray_224"
 RESULTS = PROJECT / "results" / "benchmarks"
+#: what the default folders hold, as a refusal says it
+COMMITTED = "the committed results of the default real data (../shared/data/chest_xray_224) only"
 
 
 def real_data(path: str | None) -> str:
@@ -28,6 +34,30 @@ def real_data(path: str | None) -> str:
     if not data.exists():
         raise UserError(f"benchmark data '{data}' does not exist; pass --data with the Kermany chest_xray folder")
     return str(data)
+
+
+def results_folder(command: str, out: str | None, other: str | None, default: Path = RESULTS, holds: str = COMMITTED) -> Path:
+    """Where ``bench COMMAND`` writes: ``--out`` when given, else ``default``, whose files the README cites, so only for a
+    run of what they measured (``other`` None); a run of ``other`` (other data, another model) needs ``--out``: it
+    replaced them (a quick sanity run on a small SYNTHETIC set did). Called before any measuring."""
+    if out:
+        return Path(out)
+    if other is not None:
+        raise UserError(f"bench {command}: pass --out FOLDER for {other}; the default, {default.relative_to(PROJECT)}, holds {holds}")
+    return default
+
+
+def other_data(data: str | None) -> str | None:
+    """How :func:`results_folder` names a ``--data`` folder that is not the default real data (None for that one)."""
+    return None if data is None or storage.same_folder(data, str(DEFAULT_DATA)) else f"the data '{data}'"
+
+
+def other_experiment_data(experiment: Experiment) -> str | None:
+    """How :func:`results_folder` names an experiment searched on other data than the default real data (None for that)."""
+    root = experiment.info.get("data_root")
+    if not experiment.synthetic and root and other_data(root) is None:
+        return None
+    return f"'{experiment.path}' (searched on {experiment.info.get('data_description') or 'other data'})"
 
 
 def data_named(description: str, external: str) -> str:

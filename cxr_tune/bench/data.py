@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_tune.bench.common import real_data, write_result
+from cxr_tune.bench.common import other_data, real_data, results_folder, write_result
 from cxr_tune.data.imaging import try_decode_gray
 from cxr_tune.data.sources import Source, build_manifest
 
@@ -41,15 +41,16 @@ def scope_line(description: str, n: int, size: int, cpus: int) -> str:
     return f"Training split (train/) of the {description}: {n} distinct images, decoded to {size}x{size} grayscale; Ray with {cpus} CPUs."
 
 
-def run(data: str | None, size: int, full_res_images: int = 0) -> None:
+def run(data: str | None, size: int, full_res_images: int = 0, out: str | None = None) -> None:
     """Caches, scans and re-encoded copies go to a temporary folder, removed at the end (also on an error or Ctrl-C):
     at full resolution they take about 100 KB an image."""
+    folder = results_folder("data", out, other_data(data))
     root = real_data(data)
     with tempfile.TemporaryDirectory(prefix="cxr-bench-data-", ignore_cleanup_errors=True) as work:
-        _run(root, size, full_res_images, Path(work))
+        _run(root, size, full_res_images, Path(work), folder)
 
 
-def _run(root: str, size: int, full_res_images: int, work: Path) -> None:
+def _run(root: str, size: int, full_res_images: int, work: Path, folder: Path) -> None:
     import ray
 
     from cxr_tune.data.cache import prepare_cache
@@ -93,7 +94,7 @@ def _run(root: str, size: int, full_res_images: int, work: Path) -> None:
         "data": source.description, "split": "train", "images": n, "image_size": size, "ray_cpus": cpus, "plain_s": [plain_before, plain_after],
         "ray_cold_s": cold, "ray_warm_s": warm, "ray_start_s": ray_start,
         "ratio_cold": plain / cold, "ratio_warm": plain / warm, "cache_hit": hit, "full_resolution": full,
-    })
+    }, folder)
 
 
 FULL_RES = (1400, 1100)

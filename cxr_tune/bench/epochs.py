@@ -29,7 +29,7 @@ import pandas as pd
 
 from typing import Any
 
-from cxr_tune.bench.common import check_varied, write_result
+from cxr_tune.bench.common import check_varied, other_experiment_data, results_folder, write_result
 from cxr_tune.bench.external_scoring import export_on_external, score_row, score_table, threshold_by_rule, train_external_scores
 from cxr_tune.bench.kept import kept_runs
 from cxr_tune.cliargs import assignments_text
@@ -64,7 +64,7 @@ def reference_note(members: list[dict], reference: int) -> str:
             f"{', '.join(map(str, kept))} of {own}), so the difference from the committed is a retrain's noise and another epoch together)")
 
 
-def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None, changes: dict[str, Any] | None = None) -> None:
+def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None, changes: dict[str, Any] | None = None, out: str | None = None) -> None:
     """``epochs``: the counts to train, the first the reference (default: the export's own schedule and twice it);
     ``changes``: hyperparameters set in every member's configuration (none: the export's runs as they were)."""
     import ray
@@ -76,6 +76,7 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
 
     experiment = Experiment(experiment_dir)
     export = export_on_external(experiment, model)
+    folder = results_folder("epochs", out, None if out else other_experiment_data(experiment))  # after the checks of --model, before any training
     members = export.meta.get("members") or [{"trial_id": export.meta.get("trial_id"), "epoch": export.meta.get("epoch"), "hparams": export.meta["hparams"]}]
     own = int(members[0]["hparams"]["epochs"])
     epochs = epochs or [own, 2 * own]
@@ -130,5 +131,5 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
     # Each run's scores in the export's image order: later ensembles (this change with the export's own runs, say) are
     # then computed from the committed files, not retrained.
     stored = [{**{k: v for k, v in r.items() if k != "scores"}, "external_scores": r["scores"].loc[export.hashes].round(6).tolist()} for r in runs]
-    write_result(name, title, summary, {"changes": changes, "rows": rows, "external_paths": export.paths, "runs": stored})
+    write_result(name, title, summary, {"changes": changes, "rows": rows, "external_paths": export.paths, "runs": stored}, folder)
     kept.remove()

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from cxr_tune.bench.bare import BareRun
-from cxr_tune.bench.common import PROJECT, data_named, real_data, write_result
+from cxr_tune.bench.common import PROJECT, data_named, other_data, real_data, results_folder, write_result
 from cxr_tune.data.cache import load_images
 from cxr_tune.data.prepared import DataOptions, split_data
 from cxr_tune.errors import UserError
@@ -54,7 +54,8 @@ def configuration_line(params: str, configs: list[dict], seeds: int) -> str:
             f"{configs[0]['epochs']} epochs; seeds 0-{seeds - 1}.")
 
 
-def run(data: str | None, params: str | None, sizes: list[int], seeds: int, epochs: int, precisions: list[str]) -> None:
+def run(data: str | None, params: str | None, sizes: list[int], seeds: int, epochs: int, precisions: list[str], out: str | None = None) -> None:
+    folder = results_folder("precision", out, other_data(data))
     split = split_data(DataOptions(data=real_data(data)))
     if not split.has_external:
         raise UserError("the data has no external validation sample (val/ with >= 20 images per class); bench precision scores on it")
@@ -85,7 +86,7 @@ def run(data: str | None, params: str | None, sizes: list[int], seeds: int, epoc
     configs = trained(bases, epochs)
     write_result("precision_quality", "Precision and model quality: fp32 vs bf16, several seeds",
                  [*summary(frame, epochs, data_named(split.source.description, split.external)), "", configuration_line(params or str(DEFAULT_PARAMS.relative_to(PROJECT)), configs, seeds)],
-                 {"rows": rows, "epochs": epochs, "seeds": seeds, "hparams": configs})
+                 {"rows": rows, "epochs": epochs, "seeds": seeds, "hparams": configs}, folder)
 
 
 def summary(frame: pd.DataFrame, epochs: int, data: str) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_tune.bench.common import PROJECT, write_result
+from cxr_tune.bench.common import PROJECT, results_folder, write_result
 from cxr_tune.bench.local_cluster import start_cluster
 
 # The nodes' temp folders live here, not in $TMPDIR: Ray's socket paths inside them must stay under 108 bytes.
@@ -50,7 +50,8 @@ def run_on(nodes: int, storage: Path) -> dict[str, float]:
             "trials_per_minute": len(table) / search_minutes, "epochs_per_minute": table["epochs"].sum() / search_minutes, "command_seconds": wall}
 
 
-def run() -> None:
+def run(out: str | None = None) -> None:
+    folder = results_folder("scaling", out, None)  # always the built-in SYNTHETIC search the committed result measured
     with tempfile.TemporaryDirectory() as scratch:
         rows = [run_on(nodes, Path(scratch)) for nodes in (1, 2)]
     frame = pd.DataFrame(rows)
@@ -64,4 +65,4 @@ def run() -> None:
         f"**Trial throughput, 2 nodes vs 1: {speedup:.2f}x.** Search time is the search's own clock from the first trial to the last "
         "(the command also starts Ray clients, builds the cache and writes the report).",
     ]
-    write_result("scaling_nodes", "Search throughput with 1 vs 2 nodes", summary, {"rows": rows, "speedup": speedup})
+    write_result("scaling_nodes", "Search throughput with 1 vs 2 nodes", summary, {"rows": rows, "speedup": speedup}, folder)

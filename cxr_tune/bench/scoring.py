@@ -19,7 +19,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from cxr_tune.bench.common import real_data, write_result
+from cxr_tune.bench.common import other_data, real_data, results_folder, write_result
 from cxr_tune.data.prepared import DataOptions, datasets_by_size, split_data
 from cxr_tune.search.space import load_space
 from cxr_tune.train.checkpoints import load_state
@@ -39,7 +39,8 @@ def ways() -> dict[str, dict]:
             f"batch {small}, kept": {"score_batch": small}}
 
 
-def run(data: str | None, size: int, epochs: int, images: int) -> None:
+def run(data: str | None, size: int, epochs: int, images: int, out: str | None = None) -> None:
+    folder = results_folder("scoring", out, other_data(data))
     from cxr_tune.ray_session import ray_session
 
     split = split_data(DataOptions(data=real_data(data)))
@@ -67,7 +68,7 @@ def run(data: str | None, size: int, epochs: int, images: int) -> None:
             print(f"run {index + 1} ({way}): scoring {rows[-1]['score_s']:.3f} s, epoch {rows[-1]['epoch_s']:.2f} s (medians of epochs 2-{epochs})", flush=True)
     frame = pd.DataFrame(rows)
     write_result("scoring", "Scoring the validation sets each epoch: batch size, and read from Ray Data every epoch or kept",
-                 summary(frame, hp, min(images, len(train)), epochs, cpus), {"rows": rows, "hparams": hp.to_dict(), "cpus": cpus})
+                 summary(frame, hp, min(images, len(train)), epochs, cpus), {"rows": rows, "hparams": hp.to_dict(), "cpus": cpus}, folder)
 
 
 def summary(frame: pd.DataFrame, hp: HParams, images: int, epochs: int, cpus: float) -> list[str]:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from cxr_tune import storage as storage_paths
 from cxr_tune.bench import replay
-from cxr_tune.bench.common import RESULTS, bench_command, data_named, real_data, seed_suffix, write_result
+from cxr_tune.bench.common import bench_command, data_named, other_data, real_data, results_folder, seed_suffix, write_result
 from cxr_tune.data.prepared import DataOptions
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
@@ -79,7 +79,9 @@ def results_table(rows: list[dict]) -> str:
     return frame.to_markdown(index=False, floatfmt=".4f")
 
 
-def run(data: str | None, trials: int, storage: str, seed: int = 0) -> None:
+def run(data: str | None, trials: int, storage: str, seed: int = 0, out: str | None = None) -> None:
+    folder = results_folder("search", out, other_data(data))
+    folder.mkdir(parents=True, exist_ok=True)  # the trial tables are written before the summary
     root = real_data(data)
     tag = seed_suffix(seed)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -93,7 +95,7 @@ def run(data: str | None, trials: int, storage: str, seed: int = 0) -> None:
         table = finish_experiment(experiment, export=False)["table"]
         prefix = prefix_of(Experiment(experiment).deciding_set)
         on = "external_" if prefix == "ext" else ""
-        table.to_csv(RESULTS / f"search_{sampler}_{'asha' if early else 'full'}_{on}{trials}trials{tag}.trials.csv", index=False)
+        table.to_csv(folder / f"search_{sampler}_{'asha' if early else 'full'}_{on}{trials}trials{tag}.trials.csv", index=False)
         rows.append({"search": label, "experiment": experiment, "outcome": outcome, "trials": len(table),
                      "trial_epochs": int(table["epochs"].sum()), "deciding set": SET_NAMES[prefix],
                      "best_balanced_accuracy": float(table["objective"].max()),
@@ -127,9 +129,9 @@ def run(data: str | None, trials: int, storage: str, seed: int = 0) -> None:
     # One file per trial count and seed: ASHA saves more as trials grow (it lets the first trials through).
     write_result(f"search_tpe_asha_vs_random_{on_file}{trials}trials{tag}", f"Search: TPE + ASHA vs random search without early stopping, {trials} trials"
                  + (", external objective" if on_file else "") + (f", seed {seed}" if seed else ""), summary,
-                 {"rows": rows, "epoch_share": share})
+                 {"rows": rows, "epoch_share": share}, folder)
     # The random arm ran every trial to the end: replay the stopping rules on its curves (nothing trained again).
     try:
-        replay.run(rnd["experiment"], compare=tpe["experiment"])
+        replay.run(rnd["experiment"], compare=tpe["experiment"], folder=folder)
     except UserError as error:  # e.g. a trial that failed: the comparison above stands without the replay
         print(f"No replay of the stopping rules: {error}")

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from cxr_tune.bench.bare import BareRun
-from cxr_tune.bench.common import real_data, write_result
+from cxr_tune.bench.common import other_data, real_data, results_folder, write_result
 from cxr_tune.data.prepared import DataOptions, split_data
 from cxr_tune.train.checkpoints import load_state
 from cxr_tune.train.hparams import HParams
@@ -42,7 +42,8 @@ def variants(precisions: list[str]) -> list[tuple[str, str]]:
     return [(name, layout) for name in names for layout in ("contiguous", "channels_last")]
 
 
-def run(data: str | None, sizes: list[int], precisions: list[str], epochs: int, images: int) -> None:
+def run(data: str | None, sizes: list[int], precisions: list[str], epochs: int, images: int, out: str | None = None) -> None:
+    folder = results_folder("train", out, other_data(data))
     import ray
 
     from cxr_tune.data.cache import prepare_cache, role_datasets
@@ -84,7 +85,7 @@ def run(data: str | None, sizes: list[int], precisions: list[str], epochs: int, 
     frame = pd.DataFrame(rows)
     write_result("train_throughput", "Training throughput by precision and layout: Ray Data + Ray Train vs a bare loop",
                  summary(frame, hp, threads, len(pixels), epochs, split.source.description), {"rows": rows, "threads": threads, "images": int(len(pixels)), "epochs": epochs,
-                                                                    "model": MODEL, "auto_on_this_cpu": resolve("auto", "cpu").describe()})
+                                                                    "model": MODEL, "auto_on_this_cpu": resolve("auto", "cpu").describe()}, folder)
 
 
 def summary(frame: pd.DataFrame, hp: HParams, threads: int, images: int, epochs: int, data: str) -> list[str]:

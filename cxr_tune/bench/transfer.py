@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_tune.bench.common import RESULTS, write_result
+from cxr_tune.bench.common import other_experiment_data, results_folder, write_result
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import code_span
@@ -81,8 +81,9 @@ def _row(rule: str, trial: pd.Series, labels: np.ndarray, scores: np.ndarray, th
             "auc": float(roc_auc_score(labels, scores)), **{k: rates[k] for k in COLUMNS[1:]}}
 
 
-def run(experiment_dir: str, folder: Path = RESULTS) -> Path:
-    """Write ``transfer_<experiment name>.md`` / ``.json`` / ``.png`` into ``folder``; returns the ``.md``."""
+def run(experiment_dir: str, out: str | None = None) -> Path:
+    """Write ``transfer_<experiment name>.md`` / ``.json`` / ``.png`` into ``out`` (default: results/benchmarks, for a search of the
+    default real data only); returns the ``.md``."""
     from cxr_tune.search import transfer
 
     experiment = Experiment(experiment_dir)
@@ -90,6 +91,7 @@ def run(experiment_dir: str, folder: Path = RESULTS) -> Path:
         raise UserError(f"'{experiment.path}' was selected on the external set, so its epochs, checkpoints and trials already saw it and "
                         "a carved-only pick from it would not be carved-only; run a search with --select-on carved (and --val-data) "
                         "and pass that experiment")
+    folder = results_folder("transfer", out, None if out else other_experiment_data(experiment))
     table = experiment.trials()
     if not transfer.has_external(table):
         raise UserError(f"'{experiment.path}' has no external validation metrics; run the search with --val-data (or a data folder with a val/ split)")

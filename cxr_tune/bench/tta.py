@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxr_tune.bench.common import DEFAULT_DATA, PROJECT, RESULTS, paired_auc_difference, write_result
+from cxr_tune.bench.common import DEFAULT_DATA, PROJECT, paired_auc_difference, results_folder, write_result
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import code_span
 from cxr_tune.selection import REPORTED_RESAMPLES
@@ -105,12 +105,10 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
     on other images, replaced the committed ``tta_best.md`` (any export is named ``best``)."""
     from cxr_tune import storage
 
-    if folder is None:
-        if not storage.same_folder(str(model_dir), str(COMMITTED_MODEL)) or images_dir is not None:
-            scored = f"'{model_dir}'" + (f" on '{images_dir}'" if images_dir is not None else "")
-            raise UserError(f"bench tta: pass --out FOLDER for {scored}; the default, {RESULTS.relative_to(PROJECT)}, "
-                            f"holds the committed result of {COMMITTED_MODEL.relative_to(PROJECT)} on half A only")
-        folder = RESULTS
+    committed = storage.same_folder(str(model_dir), str(COMMITTED_MODEL)) and images_dir is None
+    folder = results_folder("tta", str(folder) if folder else None,
+                            None if committed else f"'{model_dir}'" + (f" on '{images_dir}'" if images_dir is not None else ""),
+                            holds=f"the committed result of {COMMITTED_MODEL.relative_to(PROJECT)} on half A only")
     from sklearn.metrics import roc_auc_score
 
     from cxr_tune.set_metrics import bootstrap_intervals

@@ -21,7 +21,7 @@ import math
 
 import pandas as pd
 
-from cxr_tune.bench.common import write_result
+from cxr_tune.bench.common import other_experiment_data, results_folder, write_result
 from cxr_tune.bench.external_scoring import export_on_external, score_row, score_table, threshold_by_rule, train_external_scores
 from cxr_tune.bench.kept import kept_runs
 from cxr_tune.experiment import Experiment
@@ -29,7 +29,7 @@ from cxr_tune.formatting import code_span
 from cxr_tune.train.hparams import HParams
 
 
-def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> None:
+def run(experiment_dir: str, seeds: int | None, model: str | None = None, out: str | None = None) -> None:
     """``model``: the experiment's exported folder (default ``EXPERIMENT/best``; a committed copy such as ``results/real/best``)."""
     import ray
 
@@ -39,6 +39,7 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
 
     experiment = Experiment(experiment_dir)
     export = export_on_external(experiment, model)
+    folder = results_folder("value", out, None if out else other_experiment_data(experiment))  # after the checks of --model, before any training
     model, meta, hashes = export.model, export.meta, export.hashes
     search_minutes = experiment.compute_minutes()
     options = experiment.options
@@ -83,7 +84,7 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None) -> Non
          "below zero means the search's model ranks these patients measurably better."),
     ]
     write_result("value_of_search", "Does the search pay? The selected model vs the default configuration", summary,
-                 {"rows": rows, "search_cpu_minutes": search_minutes, "default_runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs]})
+                 {"rows": rows, "search_cpu_minutes": search_minutes, "default_runs": [{k: v for k, v in r.items() if k != "scores"} for r in runs]}, folder)
     kept.remove()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxr_tune.bench.common import paired_auc_difference
@@ -23,3 +24,49 @@ def test_the_paired_interval_is_the_spread_of_per_resample_auc_differences_ties_
     assert difference == roc_auc_score(labels, scores) - roc_auc_score(labels, reference)
     np.testing.assert_allclose([low, high], np.percentile(diffs, [2.5, 97.5]), atol=1e-12)
     assert paired_auc_difference(labels, scores, scores, resamples=50) == (0.0, [0.0, 0.0])
+
+
+def synthetic_experiment(folder):
+    """A searched experiment's record on SYNTHETIC data (only experiment.json: the refusal comes before anything else is read)."""
+    import json
+
+    from tests.conftest import ROOT
+    from tests.exports import write_export
+
+    info = json.loads((ROOT / "results/real/carved/experiment.json").read_text())
+    info.update(data_description="SYNTHETIC chest X-rays (generated, not real patients) at /d/syn", synthetic=True, data_root=None)
+    write_export(folder / "best", hparams={"lr": 0.001, "epochs": 9})  # ablation reads the selected configuration first
+    (folder / "experiment.json").write_text(json.dumps(info))
+    return folder
+
+
+def test_a_run_on_other_data_than_the_committed_results_needs_out_before_any_measuring(tmp_path):
+    """Before: ``bench train --data SMALL --sizes 32 --images 64`` (and scoring, search, ...) replaced the committed
+    real-data results in results/benchmarks that the README cites."""
+    from tests.conftest import call_cli
+
+    data, experiment = str(tmp_path / "syn"), str(synthetic_experiment(tmp_path / "exp"))
+    for args in (["data", "--data", data], ["train", "--data", data, "--sizes", "32", "--images", "64"], ["scoring", "--data", data],
+                 ["search", "--data", data, "--trials", "2"], ["precision", "--data", data],
+                 ["ablation", experiment], ["transfer", experiment]):  # value and epochs ask after their --model checks
+        done = call_cli("cxr_tune.bench", *args)
+        assert done.returncode == 2 and f"bench {args[0]}: pass --out FOLDER for " in done.stderr, (args, done.stderr[-2000:])
+        assert "holds the committed results of the default real data" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "syn").exists()
+    from cxr_tune.bench.common import other_experiment_data
+    from cxr_tune.experiment import Experiment
+
+    assert other_experiment_data(Experiment(experiment)) == f"'{experiment}' (searched on SYNTHETIC chest X-rays (generated, not real patients) at /d/syn)"
+
+
+def test_out_is_where_a_result_goes_and_the_default_is_for_the_default_real_data_only(tmp_path):
+    from cxr_tune.bench.common import DEFAULT_DATA, RESULTS, results_folder
+    from cxr_tune.errors import UserError
+
+    assert results_folder("train", str(tmp_path), "the data '/d/syn'") == tmp_path
+    assert results_folder("train", None, None) == RESULTS
+    with pytest.raises(UserError, match="bench train: pass --out FOLDER for the data '/d/syn'"):
+        results_folder("train", None, "the data '/d/syn'")
+    from cxr_tune.bench.common import other_data
+
+    assert other_data(None) is None and other_data(str(DEFAULT_DATA)) is None and other_data("/d/syn") == "the data '/d/syn'"

@@ -37,6 +37,6 @@ def test_its_scratch_folder_is_removed_on_ctrl_c(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench_data, "plain_loop", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        bench_data.run(str(root), 32)
+        bench_data.run(str(root), 32, out=str(tmp_path / "out"))
     assert seen and seen[0].startswith("cxr-bench-data-")
     assert list(scratch.iterdir()) == []
