@@ -19,7 +19,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from cxr_tune.bench.common import other_data, real_data, results_folder, write_result
+from cxr_tune.bench.common import data_named, other_data, real_data, results_folder, write_result
 from cxr_tune.data.prepared import DataOptions, datasets_by_size, split_data
 from cxr_tune.search.space import load_space
 from cxr_tune.train.checkpoints import load_state
@@ -68,17 +68,18 @@ def run(data: str | None, size: int, epochs: int, images: int, out: str | None =
             print(f"run {index + 1} ({way}): scoring {rows[-1]['score_s']:.3f} s, epoch {rows[-1]['epoch_s']:.2f} s (medians of epochs 2-{epochs})", flush=True)
     frame = pd.DataFrame(rows)
     write_result("scoring", "Scoring the validation sets each epoch: batch size, and read from Ray Data every epoch or kept",
-                 summary(frame, hp, min(images, len(train)), epochs, cpus), {"rows": rows, "hparams": hp.to_dict(), "cpus": cpus}, folder)
+                 summary(frame, hp, min(images, len(train)), epochs, cpus, data_named(split.source.description, split.external)), {"rows": rows, "hparams": hp.to_dict(), "cpus": cpus}, folder)
 
 
-def summary(frame: pd.DataFrame, hp: HParams, images: int, epochs: int, cpus: float) -> list[str]:
+def summary(frame: pd.DataFrame, hp: HParams, images: int, epochs: int, cpus: float, data: str) -> list[str]:
+    """``data``: :func:`cxr_tune.bench.common.data_named`'s line, so a run on other data never reads as the committed one."""
     names = list(ways())
     by_way = frame.groupby("way")[["score_s", "epoch_s"]].median().loc[names]
     before, now = by_way.iloc[0], by_way.iloc[-1]
     same = all(aucs == frame["aucs"].iloc[0] for aucs in frame["aucs"])
     by_way = by_way.assign(score_over_before=by_way["score_s"] / before["score_s"], epoch_over_before=by_way["epoch_s"] / before["epoch_s"])
     return [
-        f"Ray Train run, 1 worker with {cpus:g} CPU (as a search's trial here), {hp.image_size} px, real.yaml's fixed hyperparameters, {images} training images, "
+        f"Data: {data}. Ray Train run, 1 worker with {cpus:g} CPU (as a search's trial here), {hp.image_size} px, real.yaml's fixed hyperparameters, {images} training images, "
         f"{epochs} epochs; {int(frame['scored'].iloc[0])} images scored every epoch (carved validation and the external set). "
         "Seconds are medians over epochs 2 on (the first reads the sets either way); runs in the order they ran.",
         "",
