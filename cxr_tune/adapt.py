@@ -61,6 +61,7 @@ from cxr_tune.calibration import probability_prior as calibration_prior
 from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import first_listed, json_safe, printable
+from cxr_tune.selection import image_hashes
 from cxr_tune.serving import META_FILE, load_model
 
 if TYPE_CHECKING:  # torch and the model code load when a model is adapted, not for --help or a mistyped flag
@@ -240,11 +241,11 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     can name patients."""
     import pandas as pd
 
-    from cxr_tune.data.imaging import PREPROCESS_VERSION, try_decode_checked
+    from cxr_tune.data.imaging import PREPROCESS_VERSION
     from cxr_tune.modelcard import CARD_FILE, model_card
     from cxr_tune.modelfile import (build_files, check_prior_record, check_rebuilt, load_members, recorded_calibration, recorded_views,
                                     serving_model, torch_scores, write_model_folder)
-    from cxr_tune.predict import collect, path_text
+    from cxr_tune.predict import collect, decode_hashed, path_text
     from cxr_tune.provenance import provenance
 
     # The ONNX file predict scores with, its hash checked; a warning when it was exported with older preprocessing (the
@@ -261,13 +262,14 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         prior = probability_prior(meta, storage.join(model, META_FILE))
     files = collect([images_dir])
     # A folder below it that was not read (a loop, a hidden folder) counts as a skipped file; it is not opened.
-    decoded = [(file.path, *(try_decode_checked(file.path, loaded.image_size) if not file.reason else (None, [], file.reason))) for file in files]
+    decoded = [(file.path, *(decode_hashed(file.path, loaded.image_size) if not file.reason else (None, [], file.reason, None))) for file in files]
     # An image unlike the training X-rays (a colour photo, a blank frame, a lateral view) would pull
     # the site's BatchNorm statistics and its score mixture towards what the model never sees.
-    left_out = [(str(path), "; ".join(notes)) for path, image, notes, _ in decoded if image is not None and notes]
-    readable = [image for _, image, notes, _ in decoded if image is not None and not notes]
+    left_out = [(str(path), "; ".join(notes)) for path, image, notes, _, _ in decoded if image is not None and notes]
+    readable = [image for _, image, notes, _, _ in decoded if image is not None and not notes]
+    used = [digest for _, image, notes, _, digest in decoded if image is not None and not notes]  # by content, for model.json
     # As predict lists them: which files could not be read, and why (a DICOM without pixels, a truncated JPEG).
-    skipped = pd.DataFrame([(path_text(path), reason) for path, image, _, reason in decoded if image is None], columns=["path", "reason"])
+    skipped = pd.DataFrame([(path_text(path), reason) for path, image, _, reason, _ in decoded if image is None], columns=["path", "reason"])
     if len(readable) < MIN_IMAGES:
         unlike = f" (and {len(left_out)} left out as unlike the training X-rays)" if left_out else ""
         unread = f" and {len(skipped)} unreadable file(s) ({first_listed(skipped)})" if not skipped.empty else ""
@@ -296,6 +298,8 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         # How many, not which: file names at a site can name patients, and model.json travels.
         "left_out_images": len(left_out),
         "source": storage.resolve(images_dir),
+        # Which images, by content: predict and compare know a copy of them anywhere, labelled or not (selection_note).
+        "image_hashes": image_hashes(used),
         "from_model": storage.resolve(model),
         "threshold_rule": threshold_rule if how and not how.get("kept") else "keep",
         "threshold": f"{threshold:.4f}, " + (how["summary"] if how else "kept from the unadapted model"),

@@ -13,7 +13,8 @@ later model minus the first, with paired 95 % intervals: an interval that exclud
 difference these images can show. Images are labelled by their NORMAL/PNEUMONIA folders; files any
 model cannot read are left out for all, so every number is on the same images, counted as export and ``predict``
 count a set (byte-identical copies once, a file whose copy is filed under the other class not at all). A model whose own
-selection set (or adaptation site) is being scored gets a line saying its numbers are optimistic. Images unlike
+selection set (or adaptation site) is being scored, a copy of it included, gets a line saying how many of its images are and
+that its numbers are optimistic. Images unlike
 the training X-rays are flagged as ``predict`` flags them: a line beside the table counts them, a list names them. Only the
 pickle-free ONNX exports are loaded, local or on object storage.
 """
@@ -35,7 +36,8 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import threshold_for
-from cxr_tune.predict import check_lines, collect, distinct_labelled, distinct_lines, flagged_lines, predict_each, selection_note
+from cxr_tune.predict import check_lines, collect, distinct_labelled, distinct_lines, flagged_lines, predict_each
+from cxr_tune.selection import selection_note
 from cxr_tune.serving import load_model
 from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METRICS, held_out_metrics, paired_differences
 
@@ -89,11 +91,12 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
         for path, check in zip(frame.loc[common, "path"], frame.loc[common, "check"], strict=True):
             checks[path] = "; ".join(dict.fromkeys(part for part in (checks.get(path, ""), check) if part))
     first, *later = loaded
+    hashes = next(iter(frames.values())).loc[common, "content_hash"]
     return {
         "flagged": {path: check for path, check in checks.items() if check},
         "images": len(common), "class_counts": counts, "copies_counted_once": copies, "filed_under_both": both, "operating_point": point, "skipped": skipped,
         "synthetic": [name for name, model in loaded.items() if model.meta.get("data", {}).get("synthetic")],
-        "selection_sets": {name: note for name, model in loaded.items() if (note := selection_note(model.meta, inputs))},
+        "selection_sets": {name: note for name, model in loaded.items() if (note := selection_note(model.meta, inputs, hashes))},
         "models": {name: held_out_metrics(labels, scores[name], thresholds[name]) for name in loaded},
         "differences": {name: paired_differences(labels, scores[name], thresholds[name], scores[first], thresholds[first]) for name in later},
     }

@@ -47,7 +47,7 @@ from cxr_tune.modelcard import CARD_FILE, LOGIT_MIDDLE, final_fit_line, model_ca
 from cxr_tune.formatting import fmt, for_spreadsheet, json_safe, metric_line
 from cxr_tune.operating_points import choose_points
 from cxr_tune.provenance import provenance
-from cxr_tune.selection import choose_threshold, diverged, ensemble_members, final_fit_kept, prefix_of, ranked_trials, selection_label
+from cxr_tune.selection import choose_threshold, diverged, ensemble_members, final_fit_kept, image_hashes, prefix_of, ranked_trials, selection_label
 from cxr_tune.serving import MODEL_FILE
 from cxr_tune.set_metrics import INTERVAL_METHODS, clinical_metrics, held_out_metrics, set_metrics
 from cxr_tune.train.checkpoints import has_predictions, load_predictions, load_state, trained_in
@@ -313,7 +313,8 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
                      "trained_in": trained_in(state)}  # every precision its epochs trained in (a resumed run may mix them)
                     for trial, state, h in zip(trial_ids, states, members.hparams, strict=True)],
         "validation": {**set_metrics(sets["val"].labels, scores["val"], threshold, hp), "what": "validation carved from the training folder by patient",
-                       "selection_set": "val" in (deciding, epochs_on), **({"note": SELECTION_NOTE} if "val" in (deciding, epochs_on) else {})},
+                       "selection_set": "val" in (deciding, epochs_on),
+                       **({"note": SELECTION_NOTE, "image_hashes": image_hashes(sets["val"].rows["content_hash"])} if "val" in (deciding, epochs_on) else {})},
         "data": {"description": info["data_description"], "synthetic": info["synthetic"], "root": info["data_root"],
                  "excluded_images": info.get("excluded", {}), **({"unused_images": info["unused"]} if "unused" in info else {}),
                  **({"patient_keys": info["patient_keys"]} if "patient_keys" in info else {})},
@@ -328,7 +329,9 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
     }
     if "ext" in sets:
         meta["external"] = {**set_metrics(sets["ext"].labels, scores["ext"], threshold, hp), "selection_set": deciding == "ext",
-                            "source": external_source, "note": SELECTION_NOTE if deciding == "ext" else "scored for comparison only; it chose nothing"}
+                            "source": external_source, "note": SELECTION_NOTE if deciding == "ext" else "scored for comparison only; it chose nothing",
+                            # which images chose it, by content: predict and compare know a copy of them anywhere (selection_note)
+                            **({"image_hashes": image_hashes(sets["ext"].rows["content_hash"])} if deciding == "ext" else {})}
     if "test" in sets and len(sets["test"].rows):
         meta["test"] = held_out_metrics(sets["test"].labels, scores["test"], threshold)
     names = {"val": "validation", "ext": "external", "test": "test"}

@@ -125,7 +125,8 @@ def _folder_of(meta: dict[str, Any], measured: dict[str, Any], key: str) -> str 
 
 def _chose_from(meta: dict[str, Any], folder: str | None) -> bool:
     """Whether ``folder`` is, or lies in, a folder whose images chose something of the model."""
-    return bool(folder) and any(storage.within(storage.resolve(folder), storage.resolve(source)) for source, _ in selection_sources(meta))
+    return bool(folder) and any(storage.within(storage.resolve(folder), storage.resolve(chooser.source))
+                                for chooser in selection_sources(meta) if chooser.source)
 
 
 def _unadapted_threshold(meta: dict[str, Any]) -> float | None:

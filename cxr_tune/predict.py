@@ -16,8 +16,9 @@ pneumonia, IM-/NORMAL2-IM- normals); ``--metrics OUT.json`` writes the same numb
 export computes a test split's (:mod:`cxr_tune.set_metrics`), on the images as export counts them: byte-identical copies
 once, and none of a file filed under both classes (a line says how many; the per-image lines and ``--csv`` list every
 file); a rate the labelled images cannot measure
-(AUC, say, when all are of one class) prints as ``n/a``. On the folder that chose the model (its external validation
-set, or the site it was adapted to) a line says its numbers are selection-set numbers, optimistic. Unreadable files are listed with the
+(AUC, say, when all are of one class) prints as ``n/a``. When scored images chose the model (images of its deciding set, or
+of the site it was adapted to, known by their content wherever they are; by folder for a model from before that record) a
+line says how many: the numbers are selection-set numbers, optimistic. Unreadable files are listed with the
 reason and skipped. A run of more than 1,024 files says on stderr after each 1,024 how many it has scored; a Ctrl-C
 or SIGTERM writes those to ``--csv``, says how many of how many, and ends with status 130 (143 for SIGTERM). Images unlike the training X-rays in a way the file shows (a colour picture,
 a nearly blank frame, one smaller than the model's input, a DICOM lateral view or a modality other
@@ -52,7 +53,7 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import against, clock, fmt, for_spreadsheet, interval, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
-from cxr_tune.selection import selection_sources
+from cxr_tune.selection import selection_note
 from cxr_tune.serving import LoadedModel, load_model, probabilities
 from cxr_tune.set_metrics import INTERVAL_METHODS, clinical_metrics, held_out_metrics
 
@@ -213,7 +214,7 @@ def _decode_chunk(chunk: Sequence[Input], size: int, read: _Read) -> np.ndarray:
     read.skipped.extend({"path": path_text(file.path), "reason": file.reason} for file in chunk if file.reason)
     chunk = [file for file in chunk if not file.reason]
     images = []
-    decoded = _decode_all([file.path for file in chunk], lambda path: _decode_hashed(path, size))
+    decoded = _decode_all([file.path for file in chunk], lambda path: decode_hashed(path, size))
     for file, (image, checks, reason, digest) in zip(chunk, decoded, strict=True):
         if image is None:
             read.skipped.append({"path": path_text(file.path), "reason": reason})
@@ -225,7 +226,7 @@ def _decode_chunk(chunk: Sequence[Input], size: int, read: _Read) -> np.ndarray:
     return np.stack(images) if images else np.zeros((0, size, size), np.uint8)
 
 
-def _decode_hashed(path: Path | str, size: int) -> tuple[np.ndarray | None, list[str], str | None, str | None]:
+def decode_hashed(path: Path | str, size: int) -> tuple[np.ndarray | None, list[str], str | None, str | None]:
     """:func:`try_decode_checked` of the file's bytes, and their :func:`content_hash` (None for a file not read): the
     file is read once for both."""
     try:
@@ -282,20 +283,6 @@ def distinct_labelled(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     kept = labelled[~both]
     distinct = kept.drop_duplicates("content_hash")
     return distinct, len(kept) - len(distinct), int(both.sum())
-
-
-def selection_note(meta: dict[str, Any], inputs: Sequence[str]) -> str | None:
-    """What an input is to this model when it is, lies in or holds a folder that chose something of it
-    (:func:`cxr_tune.selection.selection_sources`). What the model measures there is optimistic. None for any other input."""
-    for source, what in selection_sources(meta):
-        for item in inputs:
-            if storage.within(storage.resolve(item), storage.resolve(source)):
-                where = "is" if storage.same_folder(storage.resolve(item), storage.resolve(source)) else "lies in"
-                return f"{printable(item)} {where} {what}: these are selection-set numbers for this model, optimistic, not an independent test"
-            if storage.within(storage.resolve(source), storage.resolve(item)):  # the data's root, say, with test/ beside val/
-                return (f"{printable(item)} holds {what}: these numbers include selection-set images for this model, optimistic, "
-                        "not an independent test")
-    return None
 
 
 def describe(metrics: dict[str, Any], point: str) -> str:
@@ -528,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unlabelled_copies:
         print(f"No metrics: {FILED_UNDER_BOTH}.")
     if metrics is not None:
-        if note := selection_note(model.meta, args.inputs):
+        if note := selection_note(model.meta, args.inputs, frame["content_hash"]):
             print(f"Note: {note}.")
         print(describe(metrics, args.operating_point))
         if args.metrics:

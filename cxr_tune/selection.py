@@ -36,9 +36,12 @@ training population and saturates (AUC 0.999), so it cannot see the shift to new
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
+from cxr_tune.formatting import printable
 
 if TYPE_CHECKING:  # pandas is imported where tables are ranked, so the training step (CRITERIA) needs only numpy
     import pandas as pd
@@ -300,19 +303,81 @@ def selection_label(name: str, chose: bool = True) -> str:
     return f"{name} (selection set)" if chose else name
 
 
-def selection_sources(meta: dict[str, Any]) -> list[tuple[str, str]]:
-    """The folders whose images chose something of the model a ``model.json`` (``meta``) describes, each with what it
-    is to that model: ``external.source`` when that set selected, and ``adaptation.source`` (AdaBN's statistics and the
-    site threshold come from its images). Every number measured on one, or on a folder inside one, is a selection-set
-    number; predict, compare and the model card all ask this."""
+#: Hex digits of a content hash (:func:`cxr_tune.data.sources.content_hash`) that ``model.json`` keeps for each image
+#: that chose something of the model: 10 (40 bits) keep 315 images to 3.5 KB, and an image not among n recorded ones
+#: matches one by chance with odds n / 2**40 (3e-10 for 315).
+IMAGE_HASH_DIGITS = 10
+
+
+def image_hashes(hashes: Iterable[str]) -> str:
+    """What ``model.json`` records of the images that chose something of the model (a selection set's and an adaptation
+    site's ``image_hashes``): their content hashes' first :data:`IMAGE_HASH_DIGITS` digits, sorted, each once, space-separated.
+    By content, so that a copy of the folder elsewhere is still known for what it is, which its path (``source``) is not.
+
+    >>> image_hashes(["b" * 32, "a" * 32, "b" * 32])
+    'aaaaaaaaaa bbbbbbbbbb'
+    """
+    return " ".join(sorted({str(digest)[:IMAGE_HASH_DIGITS] for digest in hashes}))
+
+
+class Chooser(NamedTuple):
+    """Images that chose something of a model: where they were (``source``, a folder; None for carved validation), their
+    short content hashes (None in a model exported or adapted before ``image_hashes`` was recorded), and what they are to
+    the model: ``what`` as a folder, ``by_content`` as the images that chose it."""
+
+    source: str | None
+    images: frozenset[str] | None
+    what: str
+    by_content: str
+
+
+def selection_sources(meta: dict[str, Any]) -> list[Chooser]:
+    """The images that chose something of the model a ``model.json`` (``meta``) describes: a set marked ``selection_set``
+    (the external one, or carved validation; the external set by default when it decided), and ``adaptation``'s site (AdaBN's
+    statistics and the site threshold come from its images). Every number measured on them is a selection-set number;
+    predict, compare (:func:`selection_note`) and the model card all ask this."""
     measured = meta.get("before_adaptation", meta)  # an adapted model's sets were measured before adaptation
-    external = measured.get("external") if isinstance(measured.get("external"), dict) else {}
     sources = []
-    if external.get("source") and external.get("selection_set", meta.get("deciding_set") == "external"):
-        sources.append((external["source"], "this model's external validation set (model.json external.source), which chose the model"))
-    if (meta.get("adaptation") or {}).get("source"):
-        sources.append((meta["adaptation"]["source"], "the site this model was adapted to (model.json adaptation.source)"))
+    for key, name in (("external", "external validation set"), ("validation", "carved validation")):
+        record = measured.get(key) if isinstance(measured.get(key), dict) else {}
+        if record.get("selection_set", key == "external" and meta.get("deciding_set") == "external") and (record.get("source") or "image_hashes" in record):
+            sources.append(Chooser(record.get("source"), _hash_set(record), f"this model's {name} (model.json {key}.source), which chose the model",
+                                   f"chose this model (selection set: its {name}, by content: model.json {key}.image_hashes)"))
+    adaptation = meta.get("adaptation") or {}
+    if adaptation.get("source") or "image_hashes" in adaptation:
+        sources.append(Chooser(adaptation.get("source"), _hash_set(adaptation), "the site this model was adapted to (model.json adaptation.source)",
+                               "adapted this model (the site it was adapted to, by content: model.json adaptation.image_hashes)"))
     return sources
+
+
+def selection_note(meta: dict[str, Any], inputs: Sequence[str], hashes: Iterable[str] = ()) -> str | None:
+    """What the scored images (``inputs``, and their content ``hashes``) are to this model when some chose something of
+    it (:func:`selection_sources`): what the model measures on them is optimistic. By content where ``model.json`` records
+    the images (a copy elsewhere is the same images); by folder for a model from before that record: an input that is,
+    lies in or holds the folder. None for any other input."""
+    from cxr_tune import storage  # pyarrow: not for the training step, which imports this module for CRITERIA
+
+    scored = [str(digest)[:IMAGE_HASH_DIGITS] for digest in hashes]
+    for chooser in selection_sources(meta):
+        if chooser.images is not None:
+            if chose := sum(digest in chooser.images for digest in scored):
+                numbers = "these are selection-set numbers" if chose == len(scored) else "these numbers include selection-set images"
+                return f"{chose} of {len(scored)} scored images {chooser.by_content}: {numbers} for this model, optimistic, not an independent test"
+            continue
+        source = storage.resolve(chooser.source)
+        for item in inputs:
+            if storage.within(storage.resolve(item), source):
+                where = "is" if storage.same_folder(storage.resolve(item), source) else "lies in"
+                return f"{printable(item)} {where} {chooser.what}: these are selection-set numbers for this model, optimistic, not an independent test"
+            if storage.within(source, storage.resolve(item)):  # the data's root, say, with test/ beside val/
+                return (f"{printable(item)} holds {chooser.what}: these numbers include selection-set images for this model, optimistic, "
+                        "not an independent test")
+    return None
+
+
+def _hash_set(record: dict[str, Any]) -> frozenset[str] | None:
+    """A record's ``image_hashes`` (:func:`image_hashes`) as a set; None where it has none."""
+    return frozenset(str(record["image_hashes"]).split()) if "image_hashes" in record else None
 
 
 def _column(table: pd.DataFrame, name: str) -> pd.Series:

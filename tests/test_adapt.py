@@ -584,3 +584,20 @@ def test_adapt_hashes_the_site_images_once(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(module, "content_order", lambda images: hashed.append(len(images)) or content_order(images))
     adapt(str(exported), str(write_site(tmp_path / "site", 10)), str(tmp_path / "adapted"), threshold_rule="keep")
     assert hashed == [20]
+
+
+def test_compare_on_a_labelled_copy_of_the_site_a_model_was_adapted_to_says_so_by_its_images(exported, tmp_path):
+    """Adapted to a flat unlabelled copy of the site's images, then compared on the labelled folder elsewhere: no note,
+    as model.json named the site only by its folder. adapt now records the content hashes of the images it adapted to."""
+    site = write_site(tmp_path / "labelled", 10)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in site.rglob("site-*.png"):
+        (flat / path.name).write_bytes(path.read_bytes())
+    adapted = tmp_path / "adapted"
+    adapt(str(exported), str(flat), str(adapted), threshold_rule="keep")
+    done = call_cli("cxr_tune.compare", "--model", str(exported), "--model", str(adapted), str(site))
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stdout.splitlines() if "selection-set" in line] == [
+        f"Note ({adapted}): 20 of 20 scored images adapted this model (the site it was adapted to, by content: model.json "
+        "adaptation.image_hashes): these are selection-set numbers for this model, optimistic, not an independent test."]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -79,3 +80,31 @@ def test_an_export_of_a_search_that_had_not_trained_every_trial_counts_them_and_
         "Note: exps/budget ended before every trial trained: 5 of its 8 requested trials trained; this model is the best of those 5, "
         "and the model card says so")
     assert unfinished_note("exps/done", 5, {"trials_trained": 5, "trials_unfinished": 0}) is None
+
+
+def test_predict_on_a_copy_of_the_set_that_chose_the_model_says_so_by_its_images_not_its_path(tmp_path, capsys):
+    """The external set copied elsewhere (its NORMAL/ and PNEUMONIA/ folders) was scored with no selection-set note:
+    model.json named the set only by its folder. The export now records its images' content hashes."""
+    import shutil
+
+    from cxr_tune.data.sources import content_hash
+    from cxr_tune.predict import main as predict
+    from tests.model_exports import INFO, brightness_members, kermany_set, save_images
+
+    chose, other = kermany_set(40, 2), kermany_set(40, 3)
+    site = save_images(chose, tmp_path / "site")
+    hashes = [content_hash((site / Path(path).with_suffix(".png")).read_bytes()) for path in chose.rows["path"]]
+    chose = export.Scored(chose.rows.assign(content_hash=hashes), chose.images)  # as the splits record the files
+    model = tmp_path / "best"
+    meta = export.write_export(brightness_members(), str(model), ["trial_a"], [{"epoch": 2}], {"val": other, "ext": chose}, "ext", {}, INFO, str(site))
+    assert len(meta["external"]["image_hashes"]) == 40 * 11 - 1  # 10 hex digits each, space-separated: 3.5 KB for 315 images
+    copy = tmp_path / "elsewhere"
+    for folder in ("NORMAL", "PNEUMONIA"):
+        shutil.copytree(site / folder, copy / folder)
+    predict(["--model", str(model), str(copy), "--quiet"])
+    assert (f"Note: 40 of 40 scored images chose this model (selection set: its external validation set, by content: model.json "
+            "external.image_hashes): these are selection-set numbers for this model, optimistic, not an independent test.") in capsys.readouterr().out
+    save_images(other, copy)  # images that chose nothing beside them
+    predict(["--model", str(model), str(copy), "--quiet"])
+    assert ("Note: 40 of 80 scored images chose this model (selection set: its external validation set, by content: model.json "
+            "external.image_hashes): these numbers include selection-set images") in capsys.readouterr().out

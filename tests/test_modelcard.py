@@ -183,7 +183,7 @@ def test_an_external_set_the_model_was_adapted_to_is_labelled_a_selection_set_in
     """``best-no-labels/`` was adapted to half A (the project's selection set) and scored on it, yet its tables called half A plain
     "external validation"; predict and compare already said its numbers there are selection-set numbers (one rule: selection_sources)."""
     from cxr_tune.modelcard import model_card
-    from cxr_tune.predict import selection_note
+    from cxr_tune.selection import selection_note
 
     meta = export_folder(tmp_path / "model", external=True)
     external = {**meta["external"], "selection_set": False, "source": "/data/site"}
@@ -316,7 +316,7 @@ def test_a_test_split_the_model_was_adapted_to_is_labelled_a_selection_set_and_n
     """``adapt --images DATA/test`` is allowed; predict then called the test split's numbers selection-set numbers while the
     card called the test split plain "test", held out."""
     from cxr_tune.modelcard import model_card
-    from cxr_tune.predict import selection_note
+    from cxr_tune.selection import selection_note
 
     meta = export_folder(tmp_path / "model", external=False)
     meta = {**meta, "data": {**meta["data"], "root": "/data/kermany"}}
