@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write what the labelled images measure to this JSON file: the rates and AUC with 95 %% intervals (Wilson score for "
                              "sensitivity, specificity and accuracy; percentile bootstrap for AUC and balanced accuracy), "
                              "the confusion counts, calibration, the rates at every operating point and the subgroups (the fields of model.json's "
-                             "test entry); needs images under NORMAL/ or PNEUMONIA/ folders")
+                             "test entry), with the inputs scored (resolved) and whether they chose the model (selection_set; selection_sets: "
+                             "the note, as compare writes it); needs images under NORMAL/ or PNEUMONIA/ folders")
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not one line per image")
     parser.add_argument("--operating-point", default=DEFAULT_POINT, metavar="NAME",
                         help="which of the model's thresholds decides: balanced (its own), sens90, sens95, sens98 (sensitivity >= 0.90/0.95/0.98 "
@@ -503,8 +504,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--metrics: {FILED_UNDER_BOTH} in {', '.join(args.inputs)}; {args.metrics} not written")
         raise UserError(f"--metrics: none of the labelled file(s) in {', '.join(args.inputs)} could be read as an image "
                         f"({len(skipped)} unreadable: {', '.join(skipped['path'].head(3).map(printable))}{', ...' if len(skipped) > 3 else ''}); {args.metrics} not written")
+    note = selection_note(model.meta, args.inputs, frame["content_hash"]) if metrics is not None else None
     if metrics is not None and args.metrics:
-        record = {"model": args.model, "operating_point": args.operating_point, "scored": len(frame), "skipped": len(skipped), **metrics}
+        # What was scored, and the note printed beside the numbers, named as compare --metrics names it (selection_sets).
+        record = {"model": args.model, "inputs": [storage.resolve(item) for item in args.inputs], "operating_point": args.operating_point,
+                  "selection_set": note is not None, "selection_sets": {args.model: note} if note else {},
+                  "scored": len(frame), "skipped": len(skipped), **metrics}
         storage.write_text_atomic(args.metrics, json.dumps(json_safe(record), indent=2))
     written = explain(model, members, frame, args.explain, args.operating_point) if members is not None and not frame.empty else None
     if not args.quiet:
@@ -515,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unlabelled_copies:
         print(f"No metrics: {FILED_UNDER_BOTH}.")
     if metrics is not None:
-        if note := selection_note(model.meta, args.inputs, frame["content_hash"]):
+        if note:
             print(f"Note: {note}.")
         print(describe(metrics, args.operating_point))
         if args.metrics:

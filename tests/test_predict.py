@@ -561,3 +561,19 @@ def test_a_long_run_says_its_progress_per_chunk_and_an_interrupted_one_keeps_wha
     monkeypatch.setattr(module, "_CHUNK_FILES", 1024)
     few = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet")
     assert few.returncode == 0 and "scored" not in few.stderr  # one chunk: no progress lines
+
+
+def test_the_metrics_file_names_the_folders_scored_and_says_when_they_chose_the_model(tmp_path):
+    """predict --metrics wrote the numbers with no trace of the folders scored nor of the selection-set note the console
+    printed beside them; compare --metrics already wrote its notes (selection_sets)."""
+    data = kermany_folder(tmp_path / "data", {"val": {"PNEUMONIA": ["person1_virus_1.jpeg"], "NORMAL": ["IM-0001-0001.jpeg"]},
+                                              "test": {"NORMAL": ["IM-0002-0001.jpeg"], "PNEUMONIA": ["person2_virus_2.jpeg"]}})
+    model = write_export(tmp_path / "chose", external={"source": str(data / "val"), "selection_set": True})
+    for folder, chose in (("val", True), ("test", False)):
+        typed = os.path.relpath(data / folder, ROOT)  # as typed (CLIs run in ROOT)
+        done = call_cli("cxr_tune.predict", "--model", str(model), typed, "--quiet", "--metrics", str(tmp_path / f"{folder}.json"))
+        assert done.returncode == 0, done.stderr
+        record = json.loads((tmp_path / f"{folder}.json").read_text())
+        assert record["inputs"] == [str(data / folder)] and record["selection_set"] is chose
+        note = next((line for line in done.stdout.splitlines() if line.startswith("Note: ")), None)
+        assert record["selection_sets"] == ({str(model): note.removeprefix("Note: ").removesuffix(".")} if chose else {}), done.stdout
