@@ -17,14 +17,23 @@ no weight changes, nothing else.
   Latinne & Decaestecker 2002), and the threshold that calls that share of images PNEUMONIA (a
   block of tied scores, copies of one film, is called whole, on the side nearer that share).
 
-Measured on this project's external validation sample (labels used only to score; see
-``results/real/README.md``), ``mixture`` helped and ``prior-shift`` did not.
+Measured on half A of the official test split (315 files, 62.5 % PNEUMONIA; labels used only to score; half A chose
+both models below, so these are selection-set numbers; ``results/real/README.md``): for the carved-selected model that
+became ``results/real/best-no-labels``, ``mixture`` raised balanced accuracy from 0.814 to 0.921 and ``prior-shift``
+to 0.859. For ``results/real/best``, whose threshold half A itself chose, both did harm (``compare`` on half A's 312
+distinct images, 2026-12-07): ``mixture`` sensitivity 0.938 to 0.897 (-0.041 [-0.072, -0.015]), specificity 0.932 to
+0.949, balanced accuracy 0.935 to 0.923; ``prior-shift`` (EM's prevalence 0.740 against the true 0.625) specificity
+0.692 (-0.239 [-0.316, -0.162]). Which way it goes at a site only its labels can tell: adapt ends with the check.
 
 **The assumption**: the site's mix of NORMAL and PNEUMONIA images is near the training data's.
 AdaBN re-centres the features on the site's images, so a site of mostly one class is pulled
 towards the middle and its threshold splits it (118 NORMAL films: 7 % called PNEUMONIA before,
 60 % after). Without labels adapt can see the symptom: it prints the share called PNEUMONIA
-before and after, and warns when adaptation moved it far (:func:`moved_far`).
+before and after, and warns when adaptation moved it far (:func:`moved_far`). Each share the
+threshold rule estimates (the mixture's PNEUMONIA-like group, EM's prevalence) is printed beside
+the training data's share, with a caution when ``model.json`` records an ECE over
+:data:`EM_ECE_LIMIT` for EM, and every run ends with the ``compare`` command that checks it on
+a labelled sample from the site.
 
 The networks are rebuilt from ``weights.safetensors`` and ``model.json``, and their scores on the site's images
 checked against ``model.onnx``, the file ``predict`` scores with (:func:`cxr_tune.modelfile.check_rebuilt`): a
@@ -74,6 +83,10 @@ SHARE_SHIFT = 0.3  # adaptation moving the share called PNEUMONIA on the site by
 MIN_IMAGES = 16
 THRESHOLD_RULES = ("mixture", "keep", "prior-shift")
 EM_ITERATIONS = 200
+# EM takes the probabilities as calibrated. A set's mean probability sits at most its ECE from its observed PNEUMONIA share
+# (ECE sums the bins' |share - mean| weighted by their images), and EM's estimate is such a mean, re-weighted and iterated:
+# with a recorded ECE above this, the estimate can be off by more than 5 points of prevalence before EM starts.
+EM_ECE_LIMIT = 0.05
 # Measured sets and operating points belong to the unadapted model; only ``balanced`` (the site's threshold) carries over.
 MOVED = ("validation", "external", "test", "threshold", "threshold_rule", "operating_points")
 
@@ -289,6 +302,8 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     calibration = recorded_calibration(model, meta)
     scores = torch_scores(serving_model(adapted, tta, calibration=calibration), images)
     threshold, how = site_threshold(threshold_rule, scores, {**meta, "threshold": kept}, prior)
+    if how and "estimated_prevalence" in how and (caveat := em_caveat(before)):
+        how = {**how, "caveat": caveat}
     record: dict[str, Any] = {
         "called_pneumonia_share": float((scores >= threshold).mean()),  # at the new threshold, on the site's own images
         "called_pneumonia_share_before": float((before_scores >= float(meta["threshold"])).mean()),  # --model's network and threshold
@@ -357,6 +372,46 @@ def site_threshold(rule: str, scores: np.ndarray, meta: dict[str, Any], prior: f
             "estimated_prevalence": prevalence, "effective_training_prior": prior,  # the calibration set's prevalence under a calibration map
             "summary": summary}
     return float(meta["threshold"]), None
+
+
+def em_caveat(measured: dict[str, Any]) -> str:
+    """Why an EM prevalence estimate may be off, from the unadapted model's recorded calibration (``measured``: its
+    sets, as :func:`unadapted_record` gives them): its worst ECE when above :data:`EM_ECE_LIMIT`, else ""."""
+    from cxr_tune.calibration import RELIABILITY_SETS
+
+    recorded = [(float(ece), name) for key, name in RELIABILITY_SETS
+                if isinstance(ece := ((measured.get(key) or {}).get("calibration") or {}).get("ece"), (int, float)) and np.isfinite(ece)]
+    if not recorded or max(recorded)[0] <= EM_ECE_LIMIT:
+        return ""
+    ece, name = max(recorded)
+    return (f"EM takes the probabilities as calibrated, and model.json records ECE {ece:.3f} on the {name} set (over {EM_ECE_LIMIT}: a "
+            "set's mean probability can sit that far from its PNEUMONIA share, and EM's estimate is such a mean), so the estimate can be "
+            "off by that much or more")
+
+
+def training_share(meta: dict[str, Any]) -> str:
+    """The training data's PNEUMONIA share with its counts (``train_class_counts``), to print beside a site estimate; "" without them."""
+    counts = meta.get("train_class_counts")
+    if not (isinstance(counts, list) and len(counts) == 2 and all(type(n) is int and n >= 0 for n in counts) and sum(counts)):
+        return ""
+    return f"{counts[1] / sum(counts):.3f} ({counts[1]} of {sum(counts)} images)"
+
+
+def estimate_lines(meta: dict[str, Any]) -> list[str]:
+    """The console's lines for the PNEUMONIA share the threshold rule estimated on the site, each beside the training
+    data's share (AdaBN re-centres the site's features on the training data's, so an estimate near that share says
+    little about the site), and EM's caveat; none when the rule estimated nothing (``keep``, a fallback)."""
+    record = meta["adaptation"]
+    details = record["threshold_details"]
+    if record["threshold_rule"] == "keep":
+        return []
+    training = training_share(meta)
+    beside = f"; the training data's: {training}" if training else ""
+    if "pneumonia_like_share" in details:
+        return [f"  the mixture's PNEUMONIA-like group holds {details['pneumonia_like_share']:.2f} of the site's images (a soft count of the "
+                f"images that score like PNEUMONIA, not the share called PNEUMONIA at the threshold below){beside}"]
+    lines = [f"  EM's estimate of the site's PNEUMONIA prevalence: {details['estimated_prevalence']:.3f}{beside}"]
+    return lines + ([f"  Caution: {details['caveat']}."] if details.get("caveat") else [])
 
 
 def tie_side(scores: np.ndarray, threshold: float, share: float) -> float:
@@ -428,9 +483,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  threshold {shown}")
     if fell_back:
         print(f"  no {args.threshold_rule} threshold: {record['threshold_fallback'] or 'none found'}; the model's own is kept")
+    for line in estimate_lines(meta):
+        print(line)
     share, before = record["called_pneumonia_share"], record["called_pneumonia_share_before"]
-    print(f"  calls {share:.0%} of the site's images PNEUMONIA ({args.model} as it was: {before:.0%}); AdaBN assumes the site's mix of "
-          "NORMAL and PNEUMONIA is near the training data's")
+    print(f"  calls {share:.0%} of the site's images PNEUMONIA at its threshold ({args.model} as it was: {before:.0%}); AdaBN assumes the "
+          "site's mix of NORMAL and PNEUMONIA is near the training data's")
     if moved_far(before, share):
         print(f"Warning: adaptation moved the share of the site's images called PNEUMONIA from {before:.0%} to {share:.0%}. A site whose "
               f"images are mostly of one class breaks AdaBN's assumption; unless the site's mix really differs that much from what {args.model} calls, check it before use: score a labelled sample "
@@ -440,6 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "images really are of one class, check it before use: score a labelled sample with python -m cxr_tune.compare "
               f"--model {args.model} --model {args.out} FOLDER, or try another --threshold rule.")
     print(f"Written: {args.out}")
+    # Nothing above used a label: only a labelled sample tells whether the adapted model is better at this site.
+    print(f"Check on a labelled sample from the site before use: python -m cxr_tune.compare --model {args.model} --model {args.out} LABELLED_FOLDER")
     return 0
 
 

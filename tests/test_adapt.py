@@ -508,6 +508,35 @@ def test_adapt_records_the_share_called_before_and_after_and_warns_when_adaptati
     assert moved_far(0.068, 0.602) and moved_far(0.106, 0.613) and moved_far(0.106, 0.581)
 
 
+@pytest.mark.parametrize("ece", [0.2, 0.01])
+def test_adapt_prints_each_estimate_beside_the_training_share_and_ends_with_the_labelled_check(exported, tmp_path, capsys, ece):
+    """Before: the mixture's PNEUMONIA-like share and EM's prevalence were printed alone (on results/real/best's site, 0.55
+    and 0.740 against a true 0.625, the training share 0.742 nowhere), EM with no word on the model's poor calibration,
+    and the compare check only when a warning fired."""
+    from cxr_tune.adapt import main
+
+    meta = json.loads((exported / "model.json").read_text())
+    meta["validation"]["calibration"]["ece"] = ece
+    (exported / "model.json").write_text(json.dumps(meta))
+    site = two_group_site(tmp_path / "two", 20)
+    def check(out: str) -> str:
+        return f"Check on a labelled sample from the site before use: python -m cxr_tune.compare --model {exported} --model {tmp_path / out} LABELLED_FOLDER"
+
+    assert main(["--model", str(exported), "--images", str(site), "--out", str(tmp_path / "m")]) == 0
+    mixture = capsys.readouterr().out
+    assert "the mixture's PNEUMONIA-like group holds" in mixture and "not the share called PNEUMONIA at the threshold below" in mixture
+    assert "; the training data's: 0.750 (30 of 40 images)" in mixture and mixture.rstrip().endswith(check("m"))
+
+    assert main(["--model", str(exported), "--images", str(site), "--out", str(tmp_path / "e"), "--threshold", "prior-shift"]) == 0
+    em = capsys.readouterr().out
+    assert "EM's estimate of the site's PNEUMONIA prevalence: " in em and "; the training data's: 0.750 (30 of 40 images)" in em
+    assert em.rstrip().endswith(check("e"))
+    caveat = "Caution: EM takes the probabilities as calibrated, and model.json records ECE 0.200 on the carved validation set"
+    assert (caveat in em) == (ece > 0.05)
+    recorded = json.loads((tmp_path / "e" / "model.json").read_text())["adaptation"]["threshold_details"]
+    assert ("caveat" in recorded) == (ece > 0.05)
+
+
 def test_an_export_with_test_time_views_keeps_them_when_adapted(tmp_path):
     members = make_members((0,))
     images = site_images(12, seed=5)
