@@ -316,9 +316,12 @@ def _calibration(meta: dict[str, Any], measured: dict[str, Any], sets: list[tupl
 
 
 def prior_sentence(meta: dict[str, Any]) -> str:
-    """Which PNEUMONIA prior the probabilities correspond to (:func:`cxr_tune.calibration.probability_prior`, the rule
-    ``adapt --threshold prior-shift`` starts from): a class-weighted loss moves it off the training prevalence.
-    Counts, not derived decimals, so every decimal in the card stays a number of ``model.json``."""
+    """Which PNEUMONIA prior the probabilities correspond to: with a calibration map, its set's; without one, the prior the
+    loss aimed them at (:func:`cxr_tune.calibration.probability_prior`, the rule ``adapt --threshold prior-shift`` starts
+    from: a class-weighted loss moves it off the training prevalence), and that the output is then a score, not a frequency.
+    That prior is only the weighted loss's optimum: the network's fit, label smoothing and the epoch chosen move the outputs
+    off it (``results/real/best``, balanced weights: threshold 0.913, and of its 17 external-set images scored 0.5 to 0.8, 3
+    were PNEUMONIA). Counts, not derived decimals, so every decimal in the card stays a number of ``model.json``."""
     prior = probability_prior(meta)
     elsewhere = "; at a site with another prevalence the same probability means another frequency."
     if prior.value is None:
@@ -328,17 +331,22 @@ def prior_sentence(meta: dict[str, Any]) -> str:
         return (f"Probabilities correspond to the PNEUMONIA prevalence of the {_set_name(prior.fitted_on)} the calibration map was fitted on "
                 f"({pneumonia} of {normal + pneumonia} images)" + elsewhere)
     training = f"the training prevalence ({pneumonia} of {normal + pneumonia} training images PNEUMONIA)"
+    score = (f" The output is a score, not a calibrated frequency: read it against the threshold {fmt(meta.get('threshold'))} and the "
+             "reliability diagram below (`export --calibrate` fits a map that makes it one on the deciding set).")
     if len(set(prior.member_values)) > 1:
         weightings = ", ".join(sorted({str(w) for w in prior.member_weightings}))
-        return (f"The members' losses weighted the classes differently (`class_weighting`: {weightings}), so the averaged probabilities "
-                f"correspond to no single PNEUMONIA prior; {training}" + elsewhere)
+        return (f"The members' losses weighted the classes differently (`class_weighting`: {weightings}), so the averaged probabilities were "
+                f"aimed at no single PNEUMONIA prior; {training}" + elsewhere + score)
     if prior.class_weighting == "none":
-        return f"Probabilities correspond to {training}; the loss weighted no class" + elsewhere
-    if prior.class_weighting == "balanced":
-        return ("The loss weighted the classes as if equally common (`class_weighting: balanced`), so probabilities correspond to equal "
-                f"class priors (half PNEUMONIA), not to {training}" + elsewhere)
-    return (f"The loss weighted a PNEUMONIA image {prior.class_weighting} times a NORMAL one (`class_weighting`), so probabilities correspond "
-            f"to the training odds of PNEUMONIA times {prior.class_weighting}, not to {training}" + elsewhere)
+        aim = f"The loss weighted no class, so training aimed the probabilities at {training}"
+    elif prior.class_weighting == "balanced":
+        aim = ("The loss weighted the classes as if equally common (`class_weighting: balanced`), so training aimed the probabilities at "
+               f"equal class priors (half PNEUMONIA), not at {training}")
+    else:
+        aim = (f"The loss weighted a PNEUMONIA image {prior.class_weighting} times a NORMAL one (`class_weighting`), so training aimed the "
+               f"probabilities at the training odds of PNEUMONIA times {prior.class_weighting}, not at {training}")
+    return (aim + " (the prior `adapt --threshold prior-shift` starts from); that is the loss's optimum, not a measurement: the network's "
+            "fit, label smoothing and the epoch chosen move its outputs off it" + elsewhere + score)
 
 
 def _operating_points(meta: dict[str, Any], measured: dict[str, Any], sets: list[tuple[str, str]], marked: frozenset[str]) -> list[str]:
