@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import shlex
 import time
 import warnings
 from collections.abc import Sequence
@@ -486,19 +487,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in estimate_lines(meta):
         print(line)
     share, before = record["called_pneumonia_share"], record["called_pneumonia_share_before"]
+    compare = shlex.join(["python", "-m", "cxr_tune.compare", "--model", args.model, "--model", args.out])  # pasted as it is
     print(f"  calls {share:.0%} of the site's images PNEUMONIA at its threshold ({args.model} as it was: {before:.0%}); AdaBN assumes the "
           "site's mix of NORMAL and PNEUMONIA is near the training data's")
     if moved_far(before, share):
         print(f"Warning: adaptation moved the share of the site's images called PNEUMONIA from {before:.0%} to {share:.0%}. A site whose "
               f"images are mostly of one class breaks AdaBN's assumption; unless the site's mix really differs that much from what {args.model} calls, check it before use: score a labelled sample "
-              f"with python -m cxr_tune.compare --model {args.model} --model {args.out} FOLDER, or keep {args.model}.")
+              f"with {compare} FOLDER, or keep {args.model}.")
     if min(share, 1 - share) < ONE_SIDED_SHARE:
         print(f"Warning: at this threshold the adapted model calls {share:.0%} of the site's images PNEUMONIA. Unless the site's "
-              "images really are of one class, check it before use: score a labelled sample with python -m cxr_tune.compare "
-              f"--model {args.model} --model {args.out} FOLDER, or try another --threshold rule.")
+              f"images really are of one class, check it before use: score a labelled sample with {compare} FOLDER, or try another "
+              "--threshold rule.")
     print(f"Written: {args.out}")
     # Nothing above used a label: only a labelled sample tells whether the adapted model is better at this site.
-    print(f"Check on a labelled sample from the site before use: python -m cxr_tune.compare --model {args.model} --model {args.out} LABELLED_FOLDER")
+    print(f"Check on a labelled sample from the site before use: {compare} LABELLED_FOLDER")
     return 0
 
 

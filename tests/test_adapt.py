@@ -519,21 +519,21 @@ def test_adapt_prints_each_estimate_beside_the_training_share_and_ends_with_the_
     meta["validation"]["calibration"]["ece"] = ece
     (exported / "model.json").write_text(json.dumps(meta))
     site = two_group_site(tmp_path / "two", 20)
-    def check(out: str) -> str:
-        return f"Check on a labelled sample from the site before use: python -m cxr_tune.compare --model {exported} --model {tmp_path / out} LABELLED_FOLDER"
+    def check(out: str) -> str:  # a command to paste: a folder name with a space is quoted
+        return f"Check on a labelled sample from the site before use: python -m cxr_tune.compare --model {exported} --model '{tmp_path / out}' LABELLED_FOLDER"
 
-    assert main(["--model", str(exported), "--images", str(site), "--out", str(tmp_path / "m")]) == 0
+    assert main(["--model", str(exported), "--images", str(site), "--out", str(tmp_path / "m 1")]) == 0
     mixture = capsys.readouterr().out
     assert "the mixture's PNEUMONIA-like group holds" in mixture and "not the share called PNEUMONIA at the threshold below" in mixture
-    assert "; the training data's: 0.750 (30 of 40 images)" in mixture and mixture.rstrip().endswith(check("m"))
+    assert "; the training data's: 0.750 (30 of 40 images)" in mixture and mixture.rstrip().endswith(check("m 1"))
 
-    assert main(["--model", str(exported), "--images", str(site), "--out", str(tmp_path / "e"), "--threshold", "prior-shift"]) == 0
+    assert main(["--model", str(exported), "--images", str(site), "--out", str(tmp_path / "e 1"), "--threshold", "prior-shift"]) == 0
     em = capsys.readouterr().out
     assert "EM's estimate of the site's PNEUMONIA prevalence: " in em and "; the training data's: 0.750 (30 of 40 images)" in em
-    assert em.rstrip().endswith(check("e"))
+    assert em.rstrip().endswith(check("e 1"))
     caveat = "Caution: EM takes the probabilities as calibrated, and model.json records ECE 0.200 on the carved validation set"
     assert (caveat in em) == (ece > 0.05)
-    recorded = json.loads((tmp_path / "e" / "model.json").read_text())["adaptation"]["threshold_details"]
+    recorded = json.loads((tmp_path / "e 1" / "model.json").read_text())["adaptation"]["threshold_details"]
     assert ("caveat" in recorded) == (ece > 0.05)
 
 
