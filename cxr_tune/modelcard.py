@@ -29,6 +29,8 @@ from cxr_tune.set_metrics import INTERVAL_METHODS
 CARD_FILE = "MODEL_CARD.md"
 SAMPLERS = {"tpe": "Optuna TPE", "random": "random"}
 RATES = (("auc", "AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("balanced_accuracy", "balanced accuracy"))
+#: How often a call is right, at the set's own prevalence: what a clinician at a site asks after the rates.
+PREDICTIVE = (("prevalence", "PNEUMONIA share"), ("ppv", "PPV"), ("npv", "NPV"))
 KERMANY = ("Kermany et al. 2018, \"Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for Classification\" "
            "(Mendeley Data, doi:10.17632/rscbjbr9sj.2): pediatric chest X-rays (anterior-posterior) of children aged one to five "
            "from Guangzhou Women and Children's Medical Center, licence CC BY 4.0")
@@ -264,16 +266,18 @@ def _search(meta: dict[str, Any]) -> list[str]:
 
 
 def _performance(measured: dict[str, Any], sets: list[tuple[str, str]], marked: frozenset[str], adapted: bool) -> list[str]:
-    header = "| set | images | threshold | " + " | ".join(name for _, name in RATES) + " |"
-    rows = [header, "|" + " --- |" * (3 + len(RATES))]
+    header = "| set | images | threshold | " + " | ".join(name for _, name in (*RATES, *PREDICTIVE)) + " |"
+    rows = [header, "|" + " --- |" * (3 + len(RATES) + len(PREDICTIVE))]
     for key, name in sets:
         metrics = measured[key]
         ci = metrics.get("ci95", {})
         threshold = metrics.get("threshold", metrics.get("threshold_used"))
         rows.append(f"| {_label(key, name, marked)} | {metrics.get('n')} | {fmt(threshold)} | "
-                    + " | ".join(f"{fmt(metrics.get(rate))}{interval(ci.get(rate))}" for rate, _ in RATES) + " |")
+                    + " | ".join(f"{fmt(metrics.get(rate))}{interval(ci.get(rate))}" for rate, _ in RATES) + " | "
+                    + " | ".join(fmt(metrics.get(value)) for value, _ in PREDICTIVE) + " |")
     when = "Measured before site adaptation, at the unadapted model's threshold" if adapted else "At the stored threshold"
-    return ["## Performance", "", f"{when}; {INTERVAL_METHODS}.", "", *rows, ""]
+    return ["## Performance", "", f"{when}; {INTERVAL_METHODS}. PPV and NPV hold at each set's own PNEUMONIA share: at a site with "
+            "another prevalence they differ (sensitivity and specificity do not depend on it).", "", *rows, ""]
 
 
 def _subgroups(measured: dict[str, Any], sets: list[tuple[str, str]], marked: frozenset[str], unadapted: float | None) -> list[str]:

@@ -66,7 +66,10 @@ def test_the_tables_say_what_model_json_says(exported):
         metrics = meta[names[row[0]]]
         ci = metrics["ci95"]
         assert row[1] == str(metrics["n"])
-        assert row[3:] == [f"{fmt(metrics[k])}{interval(ci.get(k))}" for k in ("auc", "sensitivity", "specificity", "balanced_accuracy")]
+        assert row[3:7] == [f"{fmt(metrics[k])}{interval(ci.get(k))}" for k in ("auc", "sensitivity", "specificity", "balanced_accuracy")]
+        # what a clinician at a site asks next: how often a call is right, at the set's own PNEUMONIA share (it had no column)
+        assert row[7:] == [fmt(metrics[k]) for k in ("prevalence", "ppv", "npv")]
+    assert "PPV and NPV hold at each set's own PNEUMONIA share" in card
     for row in table(card, "Calibration"):
         calibration = meta[names[row[0]]]["calibration"]
         assert row[1] == f"{fmt(calibration['ece'])}{interval(calibration['ci95']['ece'])}"
