@@ -72,7 +72,7 @@ from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import first_listed, json_safe, printable
 from cxr_tune.selection import image_hashes
-from cxr_tune.serving import META_FILE, load_model
+from cxr_tune.serving import META_FILE, load_model, other_preprocessing, warn_if_other_preprocessing
 
 if TYPE_CHECKING:  # torch and the model code load when a model is adapted, not for --help or a mistyped flag
     import torch
@@ -262,8 +262,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     from cxr_tune.predict import collect, decode_hashed, path_text
     from cxr_tune.provenance import provenance
 
-    # The ONNX file predict scores with, its hash checked; a warning when it was exported with older preprocessing (the
-    # site's statistics come from this code's pixels).
+    # The ONNX file predict scores with, its hash checked.
     loaded = load_model(model)
     meta = loaded.meta
     try:
@@ -276,14 +275,19 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         prior = probability_prior(meta, storage.join(model, META_FILE))
     files = collect([images_dir])
     # A folder below it that was not read (a loop, a hidden folder) counts as a skipped file; it is not opened.
-    decoded = [(file.path, *(decode_hashed(file.path, loaded.image_size) if not file.reason else (None, [], file.reason, None))) for file in files]
+    kinds = other_preprocessing(meta)  # each file's input kind, read with its pixels only when the warning below needs it
+    decoded = [(file.path, *(decode_hashed(file.path, loaded.image_size, kinds=kinds) if not file.reason else (None, [], file.reason, None, "")))
+               for file in files]
     # An image unlike the training X-rays (a colour photo, a blank frame, a lateral view) would pull
     # the site's BatchNorm statistics and its score mixture towards what the model never sees.
-    left_out = [(str(path), "; ".join(notes)) for path, image, notes, _, _ in decoded if image is not None and notes]
-    readable = [image for _, image, notes, _, _ in decoded if image is not None and not notes]
-    used = [digest for _, image, notes, _, digest in decoded if image is not None and not notes]  # by content, for model.json
+    left_out = [(str(path), "; ".join(notes)) for path, image, notes, _, _, _ in decoded if image is not None and notes]
+    readable = [image for _, image, notes, _, _, _ in decoded if image is not None and not notes]
+    used = [digest for _, image, notes, _, digest, _ in decoded if image is not None and not notes]  # by content, for model.json
+    if kinds:  # the site's statistics come from this code's pixels: a word when they differ from the export's
+        warn_if_other_preprocessing(storage.join(model, META_FILE), meta,
+                                    [(printable(path_text(path)), kind) for path, image, notes, _, _, kind in decoded if image is not None and not notes])
     # As predict lists them: which files could not be read, and why (a DICOM without pixels, a truncated JPEG).
-    skipped = pd.DataFrame([(path_text(path), reason) for path, image, _, reason, _ in decoded if image is None], columns=["path", "reason"])
+    skipped = pd.DataFrame([(path_text(path), reason) for path, image, _, reason, _, _ in decoded if image is None], columns=["path", "reason"])
     if len(readable) < MIN_IMAGES:
         unlike = f" (and {len(left_out)} left out as unlike the training X-rays)" if left_out else ""
         unread = f" and {len(skipped)} unreadable file(s) ({first_listed(skipped)})" if not skipped.empty else ""

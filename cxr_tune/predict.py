@@ -45,7 +45,7 @@ import pandas as pd
 
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
-from cxr_tune.data.imaging import decode_gray, describe_failure, try_decode_checked
+from cxr_tune.data.imaging import decode_gray, describe_failure, input_kind, try_decode_checked
 from cxr_tune.data.sources import CLASSES, content_hash, walk_folder, walk_stored
 from cxr_tune.data.splits import filed_under_both
 from cxr_tune.data.synthetic import SYNTHETIC_MARKER
@@ -54,7 +54,7 @@ from cxr_tune.formatting import against, clock, fmt, for_spreadsheet, interval, 
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
 from cxr_tune.selection import selection_note
-from cxr_tune.serving import LoadedModel, load_model, probabilities
+from cxr_tune.serving import META_FILE, LoadedModel, load_model, other_preprocessing, probabilities, warn_if_other_preprocessing
 from cxr_tune.set_metrics import INTERVAL_METHODS, clinical_metrics, held_out_metrics
 
 T = TypeVar("T")
@@ -165,30 +165,45 @@ def predict_each(models: Sequence[LoadedModel], files: Sequence[Input], threshol
                  progress: Callable[[int], None] | None = None) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
     """:func:`predict` of each model at its threshold on the same files, each file decoded once per image size
     the models take (not once per model), a chunk of files at a time; ``progress`` is called with the number of files
-    done after each chunk. A stop raises :class:`Interrupted` with the tables of the chunks done before it."""
+    done after each chunk. A stop raises :class:`Interrupted` with the tables of the chunks done before it. A model
+    exported with other preprocessing gets one warning when images whose decoding changed since were among those it
+    scored (:func:`warn_if_other_preprocessing`), a stopped run's too."""
     sizes = sorted({model.image_size for model in models})
-    read = {size: _Read([], [], [], []) for size in sizes}
+    read = {size: _Read([], [], [], [], []) for size in sizes}
+    kinds = any(other_preprocessing(model.meta) for model in models)  # each file's kind, read only when a model needs it
     scores: list[list[np.ndarray]] = [[] for _ in models]
     for start in range(0, len(files) or 1, _CHUNK_FILES):  # no files: one empty chunk, for the empty frames
         before = {size: (len(read[size].files), len(read[size].skipped)) for size in sizes}
         try:
-            chunk = [_score_chunk(models, files[start : start + _CHUNK_FILES], size, read[size]) for size in sizes]
+            chunk = [_score_chunk(models, files[start : start + _CHUNK_FILES], size, read[size], kinds=kinds) for size in sizes]
         except KeyboardInterrupt:  # the tables of the chunks done: this one's files, read or not, are left out
-            kept = {size: _Read(read[size].files[:n], read[size].checks[:n], read[size].hashes[:n], read[size].skipped[:skipped])
+            kept = {size: _Read(read[size].files[:n], read[size].checks[:n], read[size].hashes[:n], read[size].skipped[:skipped],
+                                read[size].kinds[:n])
                     for size, (n, skipped) in before.items()}
+            _preprocessing_warnings(models, kept)
             raise Interrupted(_tables(models, kept, scores, thresholds), start) from None
         for scored_at_size in chunk:
             for index, scored in scored_at_size.items():
                 scores[index].append(scored)
         if progress is not None:
             progress(min(start + _CHUNK_FILES, len(files)))
+    _preprocessing_warnings(models, read)
     return _tables(models, read, scores, thresholds)
 
 
-def _score_chunk(models: Sequence[LoadedModel], chunk: Sequence[Input], size: int, read: _Read) -> dict[int, np.ndarray]:
+def _score_chunk(models: Sequence[LoadedModel], chunk: Sequence[Input], size: int, read: _Read, *, kinds: bool = False) -> dict[int, np.ndarray]:
     """The scores of ``chunk``'s readable images at ``size`` by each model that takes that size, by the model's index."""
-    images = _decode_chunk(chunk, size, read)
+    images = _decode_chunk(chunk, size, read, kinds=kinds)
     return {index: probabilities(model, images) for index, model in enumerate(models) if model.image_size == size}
+
+
+def _preprocessing_warnings(models: Sequence[LoadedModel], read: dict[int, _Read]) -> None:
+    """:func:`warn_if_other_preprocessing` of each model exported with other preprocessing, on the files it scored."""
+    for model in models:
+        if other_preprocessing(model.meta):
+            scored = read[model.image_size]
+            warn_if_other_preprocessing(storage.join(str(model.folder), META_FILE), model.meta,
+                                        [(printable(path_text(file.path)), kind) for file, kind in zip(scored.files, scored.kinds, strict=True)])
 
 
 def _tables(models: Sequence[LoadedModel], read: dict[int, _Read], scores: list[list[np.ndarray]],
@@ -200,22 +215,23 @@ def _tables(models: Sequence[LoadedModel], read: dict[int, _Read], scores: list[
 
 class _Read(NamedTuple):
     """What decoding found, in the files' order: the files read, why each may be unlike the training X-rays, their content
-    hashes, and the unread ones."""
+    hashes, the unread ones, and each read file's :func:`input_kind` ("" when not asked for)."""
 
     files: list[Input]
     checks: list[str]
     hashes: list[str]
     skipped: list[dict[str, str]]
+    kinds: list[str]
 
 
-def _decode_chunk(chunk: Sequence[Input], size: int, read: _Read) -> np.ndarray:
+def _decode_chunk(chunk: Sequence[Input], size: int, read: _Read, *, kinds: bool = False) -> np.ndarray:
     """The readable images of ``chunk`` at ``size``, stacked for scoring; which were read and why the others
     were not is added to ``read``, so that only one chunk's pixels are ever held."""
     read.skipped.extend({"path": path_text(file.path), "reason": file.reason} for file in chunk if file.reason)
     chunk = [file for file in chunk if not file.reason]
     images = []
-    decoded = _decode_all([file.path for file in chunk], lambda path: decode_hashed(path, size))
-    for file, (image, checks, reason, digest) in zip(chunk, decoded, strict=True):
+    decoded = _decode_all([file.path for file in chunk], lambda path: decode_hashed(path, size, kinds=kinds))
+    for file, (image, checks, reason, digest, kind) in zip(chunk, decoded, strict=True):
         if image is None:
             read.skipped.append({"path": path_text(file.path), "reason": reason})
         else:
@@ -223,17 +239,19 @@ def _decode_chunk(chunk: Sequence[Input], size: int, read: _Read) -> np.ndarray:
             read.files.append(file)
             read.checks.append("; ".join(checks))
             read.hashes.append(digest)
+            read.kinds.append(kind)
     return np.stack(images) if images else np.zeros((0, size, size), np.uint8)
 
 
-def decode_hashed(path: Path | str, size: int) -> tuple[np.ndarray | None, list[str], str | None, str | None]:
-    """:func:`try_decode_checked` of the file's bytes, and their :func:`content_hash` (None for a file not read): the
-    file is read once for both."""
+def decode_hashed(path: Path | str, size: int, *, kinds: bool = False) -> tuple[np.ndarray | None, list[str], str | None, str | None, str]:
+    """:func:`try_decode_checked` of the file's bytes, their :func:`content_hash` (None for a file not read) and, when
+    ``kinds``, the :func:`input_kind` of a file decoded ("" otherwise): the file is read once for all."""
     try:
         data = storage.read_bytes(os.fspath(path))
     except Exception as exc:  # noqa: BLE001 - one unreadable file is listed, never fatal
-        return None, [], describe_failure(exc), None
-    return *try_decode_checked(data, size), content_hash(data)
+        return None, [], describe_failure(exc), None, ""
+    image, checks, reason = try_decode_checked(data, size)
+    return image, checks, reason, content_hash(data), input_kind(data) if kinds and image is not None else ""
 
 
 def _frames(read: _Read, scores: np.ndarray, threshold: float) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -110,7 +110,6 @@ def load_model(path: str | Path) -> LoadedModel:
     if not storage.is_file(meta_path):
         raise UserError(f"model folder '{path}' has no {META_FILE}; export one with python -m cxr_tune.export EXPERIMENT")
     meta = read_meta(meta_path)
-    warn_if_other_preprocessing(meta_path, meta["preprocessing"])  # it is about to score images
     model_file = meta.get("model_file", MODEL_FILE)
     if requested is not None and requested != model_file:
         raise UserError(
@@ -238,21 +237,32 @@ def read_meta(file: Path | str) -> dict[str, Any]:
     return meta
 
 
-def warn_if_other_preprocessing(file: Path | str, preprocessing: dict[str, Any]) -> None:
-    """One line on stderr when the model was exported by code that made pixels another way (another
-    ``preprocess_version``): its network trained on those, and this code scores it on its own. A warning, not a
-    refusal: a bump may change only some inputs (version 2 changed JPEG-compressed DICOMs; JPEG and PNG files decode as
-    before). A model.json from before the record is taken at its word."""
-    from cxr_tune.data.imaging import PREPROCESS_CHANGES, PREPROCESS_VERSION
+def other_preprocessing(meta: dict[str, Any]) -> bool:
+    """Whether the model of ``meta`` (its ``model.json``) was exported by code that made pixels another way (another
+    ``preprocess_version``): then the images a command scores are checked with :func:`warn_if_other_preprocessing`."""
+    from cxr_tune.data.imaging import changes_since
 
-    version = preprocessing.get("preprocess_version")
-    if version is not None and version != PREPROCESS_VERSION:
-        changed = "; ".join(f"version {v}: {PREPROCESS_CHANGES[v]}" for v in sorted(PREPROCESS_CHANGES)
-                            if isinstance(version, int) and version < v <= PREPROCESS_VERSION) or "see cxr_tune/data/imaging.py"
-        print(f"Warning: '{file}' was exported with preprocessing version {version} and this code makes pixels with version {PREPROCESS_VERSION} "
-              f"({changed}): only images whose decoding changed reach it other than in training; to be sure, "
-              "export it again with this code (python -m cxr_tune.export EXPERIMENT), which checks its scores on these pixels",
-              file=sys.stderr, flush=True)
+    return bool(changes_since(meta["preprocessing"].get("preprocess_version")))
+
+
+def warn_if_other_preprocessing(file: Path | str, meta: dict[str, Any], scored: Sequence[tuple[str, str]]) -> None:
+    """One line on stderr when an image scored (``scored``: each one's name and
+    :func:`~cxr_tune.data.imaging.input_kind`) decodes otherwise than when the model of ``meta``, read from ``file``, was
+    exported: its network trained on those pixels, and this code scores it on its own. A warning, not a refusal, and
+    only for the inputs a change affects (version 2 changed JPEG-compressed DICOMs; JPEG and PNG files decode as
+    before). A model.json from before the record is taken at its word."""
+    from cxr_tune.data.imaging import PREPROCESS_VERSION, changes_since
+
+    version = meta["preprocessing"].get("preprocess_version")
+    changes = changes_since(version)
+    changed = [name for name, kind in scored if any(change.affects(kind) for change in changes.values())]
+    if not changed:
+        return
+    said = "; ".join(f"version {v}: {change.said}" for v, change in changes.items())
+    print(f"Warning: {len(changed)} of the {len(scored)} image(s) scored (first: '{changed[0]}') decode otherwise than when '{file}' was "
+          f"exported (preprocessing version {version}, this code's {PREPROCESS_VERSION}; {said}), so their scores may be off; "
+          "if you have its experiment with checkpoints, export it again with this code (python -m cxr_tune.export EXPERIMENT)",
+          file=sys.stderr, flush=True)
 
 
 def _check_point(bad: Callable[[str, str], UserError], key: str, point: Any) -> None:

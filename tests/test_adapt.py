@@ -182,18 +182,24 @@ def test_the_cli_writes_an_adapted_model_that_predict_loads(exported, tmp_path):
     assert not np.allclose(scores, torch_scores(serving_model(original), decoded), atol=1e-3)  # adaptation changed the outputs
 
 
-def test_adapting_a_model_of_older_preprocessing_says_so_and_records_the_version_its_statistics_came_from(exported, tmp_path, capsys):
-    """Before: no word, and the adapted model.json said only the export's version although its BatchNorm statistics
-    were computed from this code's pixels."""
+def test_adapting_a_model_of_older_preprocessing_says_so_for_a_site_whose_decoding_changed_and_records_the_version(exported, tmp_path, capsys):
+    """Before: every adaptation of a version-1 model warned, PNG sites too (their pixels are as version 1 made them), and
+    the adapted model.json said only the export's version although its BatchNorm statistics were computed from this code's pixels."""
     from cxr_tune.data.imaging import PREPROCESS_VERSION
+    from tests.data.test_dicom import jpeg_dicom
 
     meta = json.loads((exported / "model.json").read_text())
-    meta["preprocessing"]["preprocess_version"] = PREPROCESS_VERSION - 1
+    meta["preprocessing"]["preprocess_version"] = 1
     (exported / "model.json").write_text(json.dumps(meta))
-    adapted = adapt(str(exported), str(write_site(tmp_path / "site", 10)), str(tmp_path / "adapted"), threshold_rule="keep")
-    assert f"was exported with preprocessing version {PREPROCESS_VERSION - 1} and this code makes pixels with version {PREPROCESS_VERSION}" in capsys.readouterr().err
+    site = write_site(tmp_path / "site", 10)
+    adapt(str(exported), str(site), str(tmp_path / "png-site"), threshold_rule="keep")
+    assert "Warning" not in capsys.readouterr().err
+    (site / "NORMAL" / "scan.dcm").write_bytes(jpeg_dicom(site_images(1, seed=3)[0])[0])  # JPEG-compressed: version 2 decodes it with Pillow
+    adapted = adapt(str(exported), str(site), str(tmp_path / "adapted"), threshold_rule="keep")
+    assert f"Warning: 1 of the 21 image(s) scored (first: '{site / 'NORMAL' / 'scan.dcm'}') decode otherwise than when '{exported / 'model.json'}' " \
+           f"was exported (preprocessing version 1, this code's {PREPROCESS_VERSION}; version 2: " in capsys.readouterr().err
     assert adapted["adaptation"]["preprocess_version"] == PREPROCESS_VERSION  # what its statistics were computed from
-    assert adapted["preprocessing"]["preprocess_version"] == PREPROCESS_VERSION - 1  # what its weights trained on
+    assert adapted["preprocessing"]["preprocess_version"] == 1  # what its weights trained on
 
 
 def test_adapting_an_adapted_model_keeps_the_unadapted_models_measurements_and_the_chain(exported, tmp_path):

@@ -577,3 +577,55 @@ def test_the_metrics_file_names_the_folders_scored_and_says_when_they_chose_the_
         assert record["inputs"] == [str(data / folder)] and record["selection_set"] is chose
         note = next((line for line in done.stdout.splitlines() if line.startswith("Note: ")), None)
         assert record["selection_sets"] == ({str(model): note.removeprefix("Note: ").removesuffix(".")} if chose else {}), done.stdout
+
+
+def test_a_model_of_older_preprocessing_is_warned_once_and_only_when_it_scores_an_image_whose_decoding_changed(tmp_path):
+    """Before: every run with a version-1 model (the committed results/real/best) warned, JPEG and PNG folders alike,
+    and told to export it again, which a model without its experiment's checkpoints cannot be."""
+    from cxr_tune.data.imaging import PREPROCESS_VERSION
+    from tests.data.test_dicom import jpeg_dicom
+
+    old = write_export(tmp_path / "old", preprocessing={"image_size": 16, "preprocess_version": 1})
+    data = kermany_folder(tmp_path / "xrays", {"test": {"NORMAL": ["a.jpeg", "b.png"], "PNEUMONIA": ["c.jpeg"]}})
+    done = call_cli("cxr_tune.predict", "--model", str(old), str(data), "--quiet")
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr  # JPEG and PNG pixels are as version 1 made them
+    for name in ("scan1.dcm", "scan2.dcm"):  # JPEG-compressed DICOMs: version 2 decodes them with Pillow
+        (data / "test" / "PNEUMONIA" / name).write_bytes(jpeg_dicom()[0])
+    done = call_cli("cxr_tune.predict", "--model", str(old), str(data), "--quiet")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("Warning")]
+    assert len(warnings) == 1, done.stderr  # once per run, not per image
+    assert warnings[0].startswith(f"Warning: 2 of the 5 image(s) scored (first: '{data / 'test' / 'PNEUMONIA' / 'scan1.dcm'}') decode otherwise "
+                                  f"than when '{old / 'model.json'}' was exported (preprocessing version 1, this code's {PREPROCESS_VERSION}; version 2: ")
+    assert "if you have its experiment with checkpoints, export it again" in warnings[0]
+    # A model of this code's version, and one from before the record (taken at its word), score the DICOMs silently.
+    current = write_export(tmp_path / "current", preprocessing={"image_size": 16, "preprocess_version": PREPROCESS_VERSION})
+    for model in (current, write_export(tmp_path / "unrecorded")):
+        done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet")
+        assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+
+
+def test_an_interrupted_run_of_a_model_of_older_preprocessing_warns_of_the_images_it_kept(tmp_path, monkeypatch):
+    """A stop keeps the chunks scored (and writes them to --csv): the warning counts those, not the chunk cut short."""
+    import cxr_tune.predict as module
+    from cxr_tune.serving import probabilities
+    from tests.data.test_dicom import jpeg_dicom
+
+    old = write_export(tmp_path / "old", preprocessing={"image_size": 16, "preprocess_version": 1})
+    data = kermany_folder(tmp_path / "xrays", {"test": {"NORMAL": ["b.jpeg"], "PNEUMONIA": ["c.jpeg", "e.jpeg"]}})
+    for name in ("NORMAL/a.dcm", "PNEUMONIA/d.dcm"):  # one JPEG-compressed DICOM in the first chunk of two, one in the second
+        (data / "test" / name).write_bytes(jpeg_dicom()[0])
+    monkeypatch.setattr(module, "_CHUNK_FILES", 2)
+    chunks: list[int] = []
+
+    def stopped_in_the_second_chunk(model, images):
+        chunks.append(len(images))
+        if len(chunks) == 2:
+            raise KeyboardInterrupt
+        return probabilities(model, images)
+
+    monkeypatch.setattr(module, "probabilities", stopped_in_the_second_chunk)
+    done = call_cli("cxr_tune.predict", "--model", str(old), str(data), "--quiet", "--csv", str(tmp_path / "out.csv"))
+    assert done.returncode == 130, done.stderr
+    assert f"Warning: 1 of the 2 image(s) scored (first: '{data / 'test' / 'NORMAL' / 'a.dcm'}')" in done.stderr
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 2

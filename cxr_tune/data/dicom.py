@@ -216,6 +216,13 @@ def _check_decodable(ds: Dataset) -> tuple[str, str]:
     return name, next((plugin for plugin in PREFERRED_PLUGINS if plugin in decoder.available_plugins), "")
 
 
+def transfer_syntax(source: bytes | str | Path) -> str:
+    """The transfer syntax UID of the DICOM file ``source`` (how its pixels are stored), from its header; "" when it
+    names none (such a file is not decoded at all)."""
+    ds = _read(source, stop_before_pixels=True)
+    return str((ds.file_meta if hasattr(ds, "file_meta") else {}).get("TransferSyntaxUID") or "")
+
+
 #: Modules that decide which DICOM files this machine can decode (pydicom and its pylibjpeg codecs, GDCM).
 DECODER_MODULES = ("pydicom", "pylibjpeg", "libjpeg", "openjpeg", "rle", "gdcm")
 

@@ -5,7 +5,8 @@ the same pixels at prediction time as it saw in training. DICOM input (recognise
 marker, whatever the file is called) is mapped to 8 bits by :mod:`cxr_tune.data.dicom` and then
 resized like any other image. Change what it does and bump :data:`PREPROCESS_VERSION`: every
 image cache keyed on the old version is then rebuilt, and a model exported before it (its ``model.json``
-records the version) is scored or adapted with a one-line warning (:func:`cxr_tune.serving.warn_if_other_preprocessing`).
+records the version) that scores or adapts on an image the change affects (:data:`PREPROCESS_CHANGES`) gets a one-line
+warning (:func:`cxr_tune.serving.warn_if_other_preprocessing`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,54 @@ from cxr_tune.data import dicom, input_checks
 #: Version of the pixel pipeline below; part of every image-cache key. Bump it with a line in PREPROCESS_CHANGES.
 PREPROCESS_VERSION = 2
 
-#: What each version changed, for people: a model exported before a change is told what reaches it otherwise.
+
+@dataclass(frozen=True)
+class PreprocessChange:
+    """What one :data:`PREPROCESS_VERSION` changed: the words for people, and which inputs it changed, so that a model
+    exported before it is warned only when it scores one of those (the others reach it as in training)."""
+
+    said: str
+    inputs: frozenset[str] | None = None  # the :func:`input_kind` values whose pixels changed; None: every input
+
+    def affects(self, kind: str) -> bool:
+        return self.inputs is None or kind in self.inputs
+
+
+#: What each version changed: a model exported before a change is told of it when it scores an input the change affects.
 PREPROCESS_CHANGES = {
-    2: "JPEG and JPEG 2000 DICOMs decode with Pillow whatever other decoders are installed (with the [dicom] extra, "
-       "pylibjpeg decoded them before: some pixels one grey level off); JPEG, PNG and uncompressed DICOM pixels are unchanged",
+    2: PreprocessChange(
+        "JPEG and JPEG 2000 DICOMs decode with Pillow whatever other decoders are installed (with the [dicom] extra, "
+        "pylibjpeg decoded them before: some pixels one grey level off); JPEG, PNG and uncompressed DICOM pixels are unchanged",
+        # the transfer syntaxes pydicom's Pillow plugin decodes (JPEG baseline and extended, JPEG 2000 lossless and lossy)
+        frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}),
+    ),
 }
+
+
+def changes_since(version: object) -> dict[int, PreprocessChange]:
+    """The changes between a model's recorded ``preprocess_version`` and this code's; none for this code's version or a
+    model from before the record (None, taken at its word); for a version this code does not know (a newer one), one
+    that affects every input."""
+    if version is None or version == PREPROCESS_VERSION:
+        return {}
+    if not isinstance(version, int) or isinstance(version, bool) or version > PREPROCESS_VERSION:
+        return {PREPROCESS_VERSION: PreprocessChange(f"version {version!r} is not one this code knows; see cxr_tune/data/imaging.py")}
+    return {v: change for v, change in sorted(PREPROCESS_CHANGES.items()) if version < v}
+
+
+def input_kind(source: str | Path | bytes) -> str:
+    """What decides how ``source`` decodes, as :class:`PreprocessChange` names it: a DICOM file's transfer syntax UID,
+    else Pillow's format ("JPEG", "PNG", ...). Reads the header only; "" for a file no longer readable (one decoded a
+    moment before, then replaced or removed: it is not scored again)."""
+    try:
+        source = _read(source)
+        if _is_dicom(source):
+            return dicom.transfer_syntax(source)
+        with _open(source) as image:
+            return str(image.format)
+    except (OSError, ValueError):  # Pillow's UnidentifiedImageError is an OSError, a DicomError a ValueError
+        return ""
+
 
 #: How a non-square X-ray becomes square: plain resize (squash). Recorded in exported models.
 RESIZE_METHOD = "bilinear resize of the whole image to size x size (aspect ratio not kept)"

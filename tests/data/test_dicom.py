@@ -142,11 +142,11 @@ def test_a_colour_dicom_becomes_gray_like_a_colour_png(tmp_path):
     assert np.array_equal(read_gray8(dicom_bytes(rgb, "RGB", 8)).pixels, expected)
 
 
-def jpeg_dicom() -> tuple[bytes, np.ndarray]:
-    """A JPEG baseline DICOM of IMAGE (lossy), and the pixels Pillow decodes its JPEG to."""
+def jpeg_dicom(image: np.ndarray = IMAGE) -> tuple[bytes, np.ndarray]:
+    """A JPEG baseline DICOM of ``image`` (lossy), and the pixels Pillow decodes its JPEG to."""
     jpeg = io.BytesIO()
-    Image.fromarray(IMAGE).save(jpeg, format="JPEG", quality=95)
-    data = dicom_bytes(None, syntax=JPEGBaseline8Bit, frames=[jpeg.getvalue()], Rows=48, Columns=64, SamplesPerPixel=1,
+    Image.fromarray(image).save(jpeg, format="JPEG", quality=95)
+    data = dicom_bytes(None, syntax=JPEGBaseline8Bit, frames=[jpeg.getvalue()], Rows=image.shape[0], Columns=image.shape[1], SamplesPerPixel=1,
                        PhotometricInterpretation="MONOCHROME2", BitsAllocated=8, BitsStored=8, HighBit=7, PixelRepresentation=0)
     return data, np.asarray(Image.open(jpeg))
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_tune.data.imaging import decode_gray, probe, to_gray8, try_decode_gray
+from cxr_tune.data.imaging import decode_gray, input_kind, probe, to_gray8, try_decode_gray
 from tests.conftest import write_image
 
 
@@ -109,3 +111,16 @@ def test_the_size_probe_reports_is_the_size_of_the_image_turned_upright_in_every
         upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).size
         info = probe(data)
         assert (info.width, info.height) == upright, (fmt, orientation)
+
+
+def test_input_kind_names_what_decides_how_a_file_decodes(tmp_path):
+    """What PREPROCESS_CHANGES entries name the inputs they changed by: Pillow's format, a DICOM's transfer syntax."""
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from tests.data.test_dicom import jpeg_dicom
+
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png, format="PNG")
+    assert input_kind(png.getvalue()) == "PNG"
+    assert input_kind(jpeg_dicom()[0]) == JPEGBaseline8Bit
+    assert input_kind(tmp_path / "gone.dcm") == ""  # removed since it was decoded: not scored again
