@@ -141,11 +141,15 @@ def _unadapted_threshold(meta: dict[str, Any]) -> float | None:
 def _details(meta: dict[str, Any]) -> list[str]:
     hp, members = meta.get("hparams", {}), meta.get("members", [])
     size = meta.get("preprocessing", {}).get("image_size")
+    grayscale = meta.get("preprocessing", {}).get("grayscale", "8-bit (16-bit images min-max scaled)")
     calibration = meta.get("calibration", {})
     return [
         "## Model details", "",
         f"- Output: {meta.get('output', {}).get('meaning', 'probability of PNEUMONIA')}, from a {size} x {size} grayscale image "
         f"(`model.onnx`, ONNX; weights also in `weights.safetensors`; nothing needs unpickling).",
+        # A 16-bit image's pixels are the one input another tool most often makes otherwise: Pillow's convert("L") clips.
+        f"- Input pixels: {size} x {size} uint8 grayscale ({grayscale}): `cxr_tune.data.imaging.decode_gray` makes them; "
+        "Pillow's own `convert(\"L\")` of a 16-bit image clips everything above 255 to white instead of scaling it.",
         f"- Network: `{hp.get('arch', 'cnn')}`" + (f" ({len(members)} members averaged: " + ", ".join(f"`{m['trial_id']}` epoch {m['epoch']}" for m in members) + ")"
                                                    if len(members) > 1 else f", trial `{meta.get('trial_id')}` at epoch {meta.get('epoch')}")
         + f"; intensity normalization `{hp.get('intensity')}`; test-time views: {meta.get('tta_views', 1)}.",

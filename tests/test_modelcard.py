@@ -356,3 +356,12 @@ def test_a_model_chosen_before_every_requested_trial_trained_says_how_many_had(t
     assert "4 trial(s) requested, all 4 trained;" in model_card(whole)
     older = {**whole, "search": {k: v for k, v in whole["search"].items() if not k.startswith("trials_")}}  # before the record
     assert "4 trial(s) requested;" in model_card(older) and "trained when" not in model_card(older)
+
+
+def test_the_card_says_how_the_input_s_pixels_are_made_from_a_16_bit_image(exported):
+    """Before: "from a 64 x 64 grayscale image", no word that a 16-bit image is min-max scaled, not clipped by Pillow's
+    convert("L") (which turns everything above 255 white), for a user who copies model.onnx into another tool."""
+    meta, card = exported
+    details = card.split("\n## Model details\n")[1].split("\n## ")[0]
+    assert f"({meta['preprocessing']['grayscale']}" in details and "16-bit images min-max scaled" in details
+    assert "`cxr_tune.data.imaging.decode_gray`" in details and "convert(\"L\")" in details
