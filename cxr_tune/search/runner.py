@@ -32,7 +32,7 @@ from cxr_tune.provenance import provenance
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.pace import FinalFitShape, final_fit_epochs
 from cxr_tune.search.space import ASHA_RULES, SearchSettings, Space, SpaceSampler, load_space
-from cxr_tune.search.study import STUDY_FILE, copy_study, prepare_study, study_path
+from cxr_tune.search.study import STUDY_FILE, copy_study, prepare_study, running_study, study_path
 from cxr_tune.search.trial import TrialSettings, run_trial
 from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, ranks_share_a_gpu
 
@@ -153,7 +153,7 @@ def run_search(options: SearchOptions, *, command: str, resume: bool = False, ve
     print(f"Ray and Optuna logs: {log_path}" + ("" if verbose else " (--verbose shows them here too)"), flush=True)
     discard_unstarted = not resume  # until Ray has started or been joined: a cluster that cannot be joined is one line too
     try:
-        with library_output_to(log_path, verbose=verbose) as log, ray_session(options.address, log=log, verbose=verbose):
+        with library_output_to(log_path, verbose=verbose) as log, ray_session(options.address, log=log, verbose=verbose), running_study(options):
             discard_unstarted = False
             import ray
 

@@ -20,9 +20,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from optuna.storages import RDBStorage
 from ray.tune.search.optuna import OptunaSearch
 
-from cxr_tune.search.study import TUNE_TRIAL_ATTR, upload_study
+from cxr_tune.search.study import TUNE_TRIAL_ATTR, running_study_path, upload_study
 
 
 class StudySearch(OptunaSearch):
@@ -38,17 +39,21 @@ class StudySearch(OptunaSearch):
       uploaded whenever a trial starts and ends, so a lost head node loses only the running
       trials' intermediate values.
     - Values: see the module docstring (best epoch, PRUNED for trials that ended early).
+    - A resumed search opens this run's study file (:func:`cxr_tune.search.study.running_study`), not the one Tune
+      pickled the searcher with: on another head node, or with another cache, that one is gone or no longer the experiment's.
     """
 
     def __init__(self, *, database: str, max_epochs: int, remote: str | None = None, **kwargs: Any) -> None:
-        import optuna
-
-        self._database, self._remote, self._max_epochs = database, remote, max_epochs
+        self._remote, self._max_epochs = remote, max_epochs
         self._best: dict[str, float] = {}  # saved with the searcher (OptunaSearch pickles its __dict__)
         self._reported: dict[str, set[int]] = {}
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-        super().__init__(storage=optuna.storages.RDBStorage(f"sqlite:///{database}"), **kwargs)
+        super().__init__(storage=_StudyStorage(database), **kwargs)
         self._fail_abandoned()
+
+    @property
+    def _database(self) -> str:
+        """The study file this searcher writes (and uploads): the one its storage opened, re-pointed when it was restored."""
+        return self._storage.url.removeprefix(_SQLITE)
 
     def suggest(self, trial_id: str) -> dict | None:
         new = trial_id not in self._ot_trials
@@ -126,6 +131,26 @@ class StudySearch(OptunaSearch):
     def _upload(self) -> None:
         if self._remote:
             upload_study(self._database, self._remote)
+
+
+_SQLITE = "sqlite:///"
+
+
+class _StudyStorage(RDBStorage):
+    """Optuna's storage on a local SQLite file. Unpickled while a search resumes (Tune's ``tuner.pkl`` and searcher state
+    hold it, with the first head node's absolute path), it opens the study file of the search running now instead
+    (``running_study``): the copy this run downloaded, which ``copy_study`` uploads at the end. Re-pointed here, because
+    unpickling opens the file."""
+
+    def __init__(self, database: str) -> None:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(_SQLITE + database)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if database := running_study_path():
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            state = {**state, "url": _SQLITE + database}
+        super().__setstate__(state)
 
 
 def _finite(value: Any) -> bool:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from typing import Any
 
 from cxr_tune import storage
@@ -43,6 +44,28 @@ def prepare_study(options: Any, *, fresh: bool) -> None:
         storage.remove(local)
     elif storage.exists(remote):
         storage.copy(remote, local)
+
+
+_running: str | None = None  # the study file of the search this process runs now (running_study)
+
+
+@contextmanager
+def running_study(options: Any) -> Iterator[None]:
+    """While a search runs: a searcher Tune unpickles to resume it (``Tuner.restore``, then its saved state at the first
+    step) opens this run's :func:`study_path`, the copy :func:`prepare_study` made and :func:`copy_study` uploads, not
+    the file it was pickled with (another head node's cache, or another ``CXR_TUNE_CACHE``'s: gone, or no longer the
+    experiment's)."""
+    global _running
+    _running = study_path(options)
+    try:
+        yield
+    finally:
+        _running = None
+
+
+def running_study_path() -> str | None:
+    """The study file of the search running in this process (:func:`running_study`), None outside one."""
+    return _running
 
 
 def copy_study(options: Any) -> None:

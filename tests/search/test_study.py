@@ -8,6 +8,7 @@ import pickle
 from dataclasses import replace
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from cxr_tune import storage
@@ -72,6 +73,39 @@ def test_a_resumed_search_starts_from_the_uploaded_study_and_a_new_one_from_none
     assert [t.state for t in trials_in(local)] == [TrialState.COMPLETE]
     _prepare_study(options, fresh=True)  # a new experiment at the same URI must not continue this study
     assert not os.path.exists(local)
+
+
+@pytest.mark.parametrize("first_cache", ["gone", "kept"])
+def test_a_search_resumed_with_another_cache_writes_and_uploads_the_study_it_downloaded(s3_dir, tmp_path, first_cache):
+    """Tune's tuner.pkl and searcher state hold the searcher as the first head node pickled it. Before: the restored searcher
+    reopened the first cache's study file; gone (a new head node), Tuner.restore died in sqlalchemy's 'unable to open database
+    file'; kept (another CXR_TUNE_CACHE on the same machine), the search wrote it, the end uploaded this cache's unchanged
+    copy, and the bucket's study kept RUNNING a trial the table had COMPLETE."""
+    import shutil
+
+    from cxr_tune.search.study import copy_study, prepare_study, running_study
+
+    first = SearchOptions(name="exp", storage=s3_dir, data=DataOptions(cache_dir=str(tmp_path / "first-cache")))
+    remote = storage.join(first.experiment_dir, STUDY_FILE)
+    searcher = make_searcher(study_path(first), remote)
+    constructed = pickle.dumps(searcher)  # Tuner(...) saves the searcher as constructed (tuner.pkl)
+    searcher.suggest("trial_a")
+    saved = str(tmp_path / "searcher-state.pkl")
+    searcher.save(saved)  # Tune's periodic save; then the first head node is lost
+    if first_cache == "gone":
+        shutil.rmtree(tmp_path / "first-cache")
+    second = replace(first, data=DataOptions(cache_dir=str(tmp_path / "second-cache")))
+    prepare_study(second, fresh=False)
+    with running_study(second):  # as run_search holds it around Tuner.restore and fit
+        restored = pickle.loads(constructed)
+        restored.restore(saved)
+        restored.on_trial_complete("trial_a", {"objective": 0.75, "epoch": 3})
+    copy_study(second)
+    [done] = trials_at(remote, tmp_path)
+    assert done.state == TrialState.COMPLETE and done.value == 0.75
+    assert [t.state for t in trials_in(study_path(second))] == [TrialState.COMPLETE]
+    if first_cache == "kept":
+        assert [t.state for t in trials_in(study_path(first))] == [TrialState.RUNNING]  # the first cache's copy is left alone
 
 
 
