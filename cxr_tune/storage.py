@@ -48,12 +48,17 @@ def check_plain_uri(path: str | os.PathLike) -> None:
     one line: pyarrow takes a query for its own options and drops a fragment, and :func:`join` puts parts after
     either, so files would be read from, or written to, other keys. Called on the locations users give
     (:func:`resolve`, :func:`check_writable`). Names listed from a store are plain names, not URIs: :func:`join`
-    escapes them."""
+    escapes them. An empty folder name (``s3://team//exp``) is refused too: pyarrow reaches no such key, and said so
+    in a traceback ("Empty path component")."""
     text = str(path)
     if is_uri(text) and ("?" in text or "#" in text):
         plain = re.split(r"[?#]", text, maxsplit=1)[0]
         raise UserError(f"'{text}': a '?' or '#' in a URI starts a query or fragment (object versions and URL query strings "
                         f"are not read); give the plain path '{plain}', or write a '?' or '#' that is part of a name as %3F or %23")
+    scheme, _, rest = text.partition("://")
+    if is_uri(text) and "" in rest.rstrip("/").split("/"):
+        raise UserError(f"'{text}': an empty folder name ('//') in a URI names no object the store can reach; "
+                        f"write it with single slashes: '{scheme}://{re.sub('/+', '/', rest).strip('/')}'")
 
 
 def resolve(path: str | os.PathLike) -> str:

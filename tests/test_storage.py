@@ -296,6 +296,25 @@ def test_a_uri_with_a_query_or_fragment_is_refused_in_one_line_by_every_command_
     assert storage.listdir(s3_dir) == []  # nothing written anywhere on the store
 
 
+def test_a_uri_with_an_empty_folder_name_is_refused_in_one_line_naming_it(s3_dir, tmp_path):
+    """Before: ``s3://team//exp`` ended the command in pyarrow's ``ArrowInvalid: Empty path component`` traceback."""
+    uri = f"{s3_dir}//runs"
+    for check in (storage.resolve, lambda path: storage.check_writable(path, "--storage")):
+        with pytest.raises(UserError, match="^" + re.escape(f"'{uri}': an empty folder name ('//')")):
+            check(uri)
+    model = write_export(tmp_path / "best")
+    images = kermany_folder(tmp_path / "chest_xray", {"test": {"NORMAL": ["a.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"]}})
+    for module, *args, path in (
+            ("cxr_tune.search", "--name", "x", "--storage", uri),
+            ("cxr_tune.search", "--name", "x", "--storage", str(tmp_path / "runs"), "--data", f"{s3_dir}//data"),
+            ("cxr_tune.predict", str(images), "--model", f"{s3_dir}//best"),
+            ("cxr_tune.export", str(tmp_path / "exp"), "--out", f"{s3_dir}//model")):
+        done = call_cli(module, *args, path)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stdout == "", (module, path, done.stderr)
+        assert f"'{path}': an empty folder name ('//')" in done.stderr and f"'{path.replace('//', '/').replace(':/', '://', 1)}'" in done.stderr
+    assert storage.listdir(s3_dir) == []
+
+
 def test_credentials_the_store_refuses_are_one_line_naming_the_path(s3_server, s3_dir, tmp_path):
     """Before: ``OSError: ... AWS Error ACCESS_DENIED during HeadObject operation`` and its traceback, from any command."""
     storage.copy(str(write_export(tmp_path / "best")), storage.join(s3_dir, "best"))
