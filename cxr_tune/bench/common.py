@@ -20,6 +20,8 @@ from cxr_tune.selection import REPORTED_RESAMPLES
 from cxr_tune.train.hparams import HParams, HParamsError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from cxr_tune.experiment import Experiment
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -65,6 +67,19 @@ def data_named(description: str, external: str) -> str:
     says so) and its external set by folder, as value, epochs and transfer name theirs; so a run on other data
     never reads as the committed real-data one."""
     return f"{description}; external set: {code_span(external) if external else 'none'}"
+
+
+def sample_training(roles: pd.DataFrame, images: int) -> pd.DataFrame:
+    """``roles`` with all but ``images`` distinct training images (drawn with seed 0) set to ``unused``, so a benchmark
+    times a fixed sample; ``images`` 0, or more than there are, keeps them all (the default 1024 on a small set stopped
+    on pandas' "larger sample than population" traceback). Example: ``sample_training(split.roles, 1024)``."""
+    roles = roles.copy()
+    train = roles[roles["role"] == "train"].drop_duplicates("content_hash")
+    if not images or images >= len(train):
+        return roles
+    kept = train.sample(n=images, random_state=0)["content_hash"]
+    roles.loc[(roles["role"] == "train") & ~roles["content_hash"].isin(kept), "role"] = "unused"
+    return roles
 
 
 def check_varied(config: dict[str, Any]) -> None:

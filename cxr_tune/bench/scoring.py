@@ -19,7 +19,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from cxr_tune.bench.common import data_named, other_data, real_data, results_folder, write_result
+from cxr_tune.bench.common import data_named, other_data, real_data, results_folder, sample_training, write_result
 from cxr_tune.data.prepared import DataOptions, datasets_by_size, split_data
 from cxr_tune.search.space import load_space
 from cxr_tune.train.checkpoints import load_state
@@ -44,11 +44,7 @@ def run(data: str | None, size: int, epochs: int, images: int, out: str | None =
     from cxr_tune.ray_session import ray_session
 
     split = split_data(DataOptions(data=real_data(data)))
-    roles = split.roles.copy()
-    train = roles[roles["role"] == "train"].drop_duplicates("content_hash")
-    unused = (roles["role"] == "train") & ~roles["content_hash"].isin(train.sample(n=min(images, len(train)), random_state=0)["content_hash"])
-    roles.loc[unused, "role"] = "unused"
-    split = replace(split, roles=roles)
+    split = replace(split, roles=sample_training(split.roles, images))
     hp = HParams.from_config({**load_space("real").fixed, "image_size": size, "epochs": epochs})
     rows = []
     with ray_session(), tempfile.TemporaryDirectory() as scratch:

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from cxr_tune.bench.bare import BareRun
-from cxr_tune.bench.common import other_data, real_data, results_folder, write_result
+from cxr_tune.bench.common import other_data, real_data, results_folder, sample_training, write_result
 from cxr_tune.data.prepared import DataOptions, split_data
 from cxr_tune.train.checkpoints import load_state
 from cxr_tune.train.hparams import HParams
@@ -50,11 +50,7 @@ def run(data: str | None, sizes: list[int], precisions: list[str], epochs: int, 
     from cxr_tune.ray_session import ray_session
 
     split = split_data(DataOptions(data=real_data(data)))
-    roles = split.roles
-    train_rows = roles[roles["role"] == "train"].drop_duplicates("content_hash").sample(n=images, random_state=0) if images else None
-    subset = roles.copy()
-    if train_rows is not None:
-        subset.loc[(subset["role"] == "train") & ~subset["content_hash"].isin(train_rows["content_hash"]), "role"] = "unused"
+    subset = sample_training(split.roles, images)
     val_rows = subset[subset["role"] == "val"].drop_duplicates("content_hash").head(64)["content_hash"]
     subset.loc[(subset["role"] == "val") & ~subset["content_hash"].isin(val_rows), "role"] = "unused"  # validation is not timed; keep it short
     counts = replace(split, roles=subset).class_counts("train")

@@ -70,3 +70,18 @@ def test_out_is_where_a_result_goes_and_the_default_is_for_the_default_real_data
     from cxr_tune.bench.common import other_data
 
     assert other_data(None) is None and other_data(str(DEFAULT_DATA)) is None and other_data("/d/syn") == "the data '/d/syn'"
+
+
+def test_a_benchmark_asking_more_training_images_than_there_are_times_them_all():
+    """Before: ``bench train`` with its default ``--images 1024`` on a set of fewer training images stopped on pandas'
+    "Cannot take a larger sample than population" traceback."""
+    import pandas as pd
+
+    from cxr_tune.bench.common import sample_training
+
+    roles = pd.DataFrame({"content_hash": ["a", "a", "b", "c", "d", "v"], "role": ["train"] * 5 + ["val"]})
+    assert sample_training(roles, 1024)["role"].tolist() == roles["role"].tolist()
+    assert sample_training(roles, 0)["role"].tolist() == roles["role"].tolist()
+    two = sample_training(roles, 2)
+    assert two.loc[two["role"] == "train", "content_hash"].nunique() == 2 and (two["role"] == "unused").sum() in (2, 3)
+    assert two["role"].iloc[-1] == "val" and roles["role"].tolist() == ["train"] * 5 + ["val"]  # the caller's table is not changed
