@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = PROJECT.parent / "shared" / "data" / "chest_xray_224"
 RESULTS = PROJECT / "results" / "benchmarks"
+#: where Linux names the CPU model (``platform.processor()`` is empty there)
+CPUINFO = Path("/proc/cpuinfo")
 #: what the default folders hold, as a refusal says it
 COMMITTED = "the committed results of the default real data (../shared/data/chest_xray_224) only"
 
@@ -91,6 +93,19 @@ def check_varied(config: dict[str, Any]) -> None:
         raise UserError(f"--vary: {exc}") from None
 
 
+def cpu_model() -> str:
+    """The CPU's model as /proc/cpuinfo names it ("Intel(R) Xeon(R) Platinum 8480+"); where there is none (macOS,
+    Windows) what :mod:`platform` says: on Linux that is only "x86_64", which tells no two machines apart."""
+    try:
+        for line in CPUINFO.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
     """What ran a benchmark (works without Ray installed: the GPU device check runs there)."""
     import torch
@@ -103,7 +118,7 @@ def machine() -> dict[str, Any]:
         ray_version = "not installed"
     return {
         "cpus": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -129,7 +144,7 @@ def write_result(name: str, title: str, summary: list[str], details: dict[str, A
     command = bench_command()
     record = {"benchmark": name, "command": command, "measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), **details}
     (folder / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
-    lines = [f"# {title}", "", f"Command: {code_span(command)}  ", f"Measured: {record['measured_at']} on {record['machine']['cpus']} CPU(s)"
+    lines = [f"# {title}", "", f"Command: {code_span(command)}  ", f"Measured: {record['measured_at']} on {record['machine']['cpus']} CPU(s) ({record['machine']['cpu']})"
              + (f", GPU {record['machine']['gpu']}" if record["machine"]["gpu"] else ", no GPU")
              + f"; torch {record['machine']['torch']}, Ray {record['machine']['ray']}", "", *summary, ""]
     (folder / f"{name}.md").write_text("\n".join(lines))

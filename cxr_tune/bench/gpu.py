@@ -229,7 +229,7 @@ def markdown(record: dict[str, Any]) -> str:
         "# GPU device check: the project's training step on one device",
         "",
         f"Command: {code_span(record['command'])}  ",
-        f"Machine: **{gpu}**, {record['machine']['cpus']} CPUs, torch {record['machine']['torch']}; measured {record['measured_at']}. "
+        f"Machine: **{gpu}**, {record['machine']['cpus']} CPUs ({record['machine']['cpu']}), torch {record['machine']['torch']}; measured {record['measured_at']}. "
         f"`--precision auto` there: {record['auto_precision']}."
         + (f" torchvision {record['torchvision']}." if "torchvision" in record else ""),
         f"Model: {model_words(record.get('arch', 'cnn'))}; {record['images_per_epoch']} random images per epoch, already on the device.",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -85,3 +89,19 @@ def test_a_benchmark_asking_more_training_images_than_there_are_times_them_all()
     two = sample_training(roles, 2)
     assert two.loc[two["role"] == "train", "content_hash"].nunique() == 2 and (two["role"] == "unused").sum() in (2, 3)
     assert two["role"].iloc[-1] == "val" and roles["role"].tolist() == ["train"] * 5 + ["val"]  # the caller's table is not changed
+
+
+def test_a_result_names_the_cpu_model_it_ran_on(tmp_path, monkeypatch):
+    """Before: every result's .md said only "on 2 CPU(s), no GPU" and its JSON's ``cpu`` was "x86_64"
+    (``platform.processor()`` is empty on Linux)."""
+    from cxr_tune.bench import common
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu\n\n"
+                       "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n")
+    monkeypatch.setattr(common, "CPUINFO", cpuinfo, raising=False)
+    common.write_result("demo", "Demo", ["body"], {}, tmp_path)
+    assert json.loads((tmp_path / "demo.json").read_text())["machine"]["cpu"] == "Intel(R) Xeon(R) Platinum 8480+"
+    assert f"on {os.cpu_count()} CPU(s) (Intel(R) Xeon(R) Platinum 8480+), " in (tmp_path / "demo.md").read_text()
+    monkeypatch.setattr(common, "CPUINFO", tmp_path / "none", raising=False)  # no /proc/cpuinfo (macOS, Windows): what platform says
+    assert common.machine()["cpu"] == (platform.processor() or platform.machine())

@@ -58,6 +58,7 @@ def test_the_device_check_writes_its_tables_without_ray(tmp_path):
     assert [p["precision"] for p in record["packed"]] == [auto, "fp32"]
     text = (tmp_path / "gpu.md").read_text()
     assert "| 32 | bf16 | channels_last |" in text and "trials per hour" in text and "no GPU (device cpu)" in text
+    assert f"CPUs ({record['machine']['cpu']}), torch" in text
     assert f"| {auto} | 2 |" in text and "| fp32 | 2 |" in text
     assert "| 32 | bf16 | channels_last | default |" in text and "compiled ÷ eager" in text
     assert "| reduce-overhead |" in text and "failed: RuntimeError: no CUDA graphs here |" in text
