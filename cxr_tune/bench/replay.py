@@ -195,6 +195,7 @@ def full_run(curves: list[Curve]) -> Replay:
 
 
 BEST_AUC = "best_auc (of any epoch run)"  # not bench search's, which is taken at each trial's best epoch
+MINUTES = "trial minutes"  # the first trial's start to the last report; bench search's command minutes also count Ray's start and the cache
 
 
 def summarize(replay: Replay, curves: list[Curve], total_epochs: int, max_epochs: int) -> dict[str, Any]:
@@ -280,7 +281,7 @@ def run(experiment_dir: str, compare: str | None = None, folder: Path | None = N
     frame = pd.DataFrame(rows)
     shown = frame.assign(share=frame["share"].map(lambda s: f"{s:.0%}"),
                          minutes=frame["minutes"].map(lambda m: "not simulated" if m is None or pd.isna(m) else f"{m:.1f}"))
-    shown = shown.rename(columns={"best_auc": BEST_AUC})
+    shown = shown.rename(columns={"best_auc": BEST_AUC, "minutes": MINUTES})
     selection = " (a selection set: its numbers are optimistic)" if prefix == "ext" else ""
     summary = [
         f"Replayed on {code_span(experiment.path)} ({experiment.options.sampler} sampler, {len(curves)} trials of {max_epochs} epochs, "
@@ -288,7 +289,8 @@ def run(experiment_dir: str, compare: str | None = None, folder: Path | None = N
         (f"Rungs at epochs {', '.join(map(str, rungs))}, reduction factor {settings.reduction_factor}." if rungs else
          f"No rung before the last of {max_epochs} epoch(s): no rule can stop a trial early here.") + " Each trial's curve is the one it "
         "trained in the full run; the asynchronous rules see the results in the order the replay's slots produce them "
-        "(each epoch after the time it took in the full run), so their minutes are simulated, not measured.",
+        "(each epoch after the time it took in the full run), so their minutes are simulated, not measured. Trial minutes: from the "
+        "first trial's start to the last report (`bench search`'s command minutes also count Ray's start and the image cache).",
         "",
         shown.to_markdown(index=False, floatfmt=".4f"),
         "",
@@ -298,5 +300,6 @@ def run(experiment_dir: str, compare: str | None = None, folder: Path | None = N
         f"`{name}.png` beside this file.",
     ]
     write_result(name, f"Early-stopping rules replayed on a search that ran every trial to the end, {len(curves)} trials", summary,
-                 {"experiment": experiment.path, "compare": compare, "slots": slots, "rungs": list(rungs), "rows": rows}, folder)
+                 {"experiment": experiment.path, "compare": compare, "slots": slots, "rungs": list(rungs), "rows": rows,
+                  "minutes_clock": f"{MINUTES}: the first trial's start to the last report"}, folder)
     return folder / f"{name}.md"

@@ -71,11 +71,12 @@ def setting_line(ran: Experiment, trials: int, seed: int, deciding: str) -> str:
 
 
 BEST_AUC = "best_auc (at each trial's best epoch)"  # not bench replay's, which is the highest AUC of any epoch run
+MINUTES = "command minutes"  # the whole search command, Ray's start and the image cache included; bench replay's are the trials' alone
 
 
 def results_table(rows: list[dict]) -> str:
-    """The two arms side by side; the AUC column says which AUC it is (``bench replay``'s differs)."""
-    frame = pd.DataFrame(rows).drop(columns=["experiment", "best_interval"]).rename(columns={"best_auc": BEST_AUC})
+    """The two arms side by side; the AUC and minutes columns say which AUC and which clock they are (``bench replay``'s differ)."""
+    frame = pd.DataFrame(rows).drop(columns=["experiment", "best_interval"]).rename(columns={"best_auc": BEST_AUC, "minutes": MINUTES})
     return frame.to_markdown(index=False, floatfmt=".4f")
 
 
@@ -125,11 +126,14 @@ def run(data: str | None, trials: int, storage: str, seed: int = 0, out: str | N
         f"beside this file. The experiment folders ({code_span(storage_paths.resolve(tpe['experiment']))}, "
         f"{code_span(storage_paths.resolve(rnd['experiment']))}) are not committed. The random arm ran every trial to the end; the stopping "
         f"rules replayed on its curves: `search_stopping_replay_{on_file}{trials}trials{tag}.md`.",
+        "",
+        "Command minutes: each arm's whole search command, Ray's start, the image cache and the driver's work included; the replay's "
+        "trial minutes count only from the first trial's start to the last report, so they are fewer for the same search.",
     ]
     # One file per trial count and seed: ASHA saves more as trials grow (it lets the first trials through).
     write_result(f"search_tpe_asha_vs_random_{on_file}{trials}trials{tag}", f"Search: TPE + ASHA vs random search without early stopping, {trials} trials"
                  + (", external objective" if on_file else "") + (f", seed {seed}" if seed else ""), summary,
-                 {"rows": rows, "epoch_share": share}, folder)
+                 {"rows": rows, "epoch_share": share, "minutes_clock": f"{MINUTES}: the whole search command, start-up included"}, folder)
     # The random arm ran every trial to the end: replay the stopping rules on its curves (nothing trained again).
     try:
         replay.run(rnd["experiment"], compare=tpe["experiment"], folder=folder)

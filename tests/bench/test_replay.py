@@ -71,8 +71,10 @@ def test_replay_writes_its_table_and_plot_for_a_search_run_to_the_end(tmp_path, 
         assert rule in text
     assert "selection set" in text
     assert "best_auc (of any epoch run)" in table_rows(text)[0]  # not bench search's best AUC, taken at each trial's best epoch
+    assert "trial minutes" in table_rows(text)[0] and "first trial's start to the last report" in text  # not bench search's command minutes
     assert (tmp_path / "out" / "search_stopping_replay_external_6trials.png").read_bytes()[:4] == b"\x89PNG"
     record = json.loads((tmp_path / "out" / "search_stopping_replay_external_6trials.json").read_text())
+    assert record["minutes_clock"].startswith("trial minutes") and "minutes" in record["rows"][0]  # the key kept, its clock named
     assert [r["trial_epochs"] for r in record["rows"]][0] == 54 and record["rows"][-1]["trial_epochs"] == 6 + 2 * 2 + 6
 
     # Another seed's search (bench search --seed 1) gets files of its own beside seed 0's, never over them.

@@ -43,3 +43,16 @@ def test_the_search_and_replay_tables_say_which_best_auc_they_show():
     header = results_table(rows).splitlines()[0]
     assert "best_auc (at each trial's best epoch)" in header
     assert replay.BEST_AUC == "best_auc (of any epoch run)"
+
+
+def test_the_search_and_replay_tables_say_which_clock_their_minutes_are():
+    """Before: both headed "minutes" for the same search, bench search's the whole command (Ray's start, the image cache,
+    the trials), the replay's the trials alone, so the same random arm read 0.62 minutes in one and 0.4 in the other."""
+    from cxr_tune.bench import replay
+    from cxr_tune.bench.search import results_table
+
+    rows = [{"search": "random", "experiment": "e", "outcome": "complete", "trials": 2, "trial_epochs": 4, "deciding set": "external validation",
+             "best_balanced_accuracy": 0.9, "best_interval": (0.8, 0.95), "best_auc": 0.96, "minutes": 0.62}]
+    columns = [column.strip() for column in results_table(rows).splitlines()[0].split("|")]
+    assert "command minutes" in columns and "minutes" not in columns
+    assert replay.MINUTES == "trial minutes"
