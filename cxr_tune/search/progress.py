@@ -55,6 +55,7 @@ class ProgressPrinter(Callback):
         """This command's clock; the time-left estimate counts only the trial-epochs done since."""
         self.started = time.monotonic()
         self.done_before = sum(self.epochs.values())
+        self.starts: dict[str, int] = {}  # a restart is one in this command: a resumed search starts its unfinished trials again, no failure
         self._bar: Any = None
 
     @property
@@ -116,6 +117,11 @@ class ProgressPrinter(Callback):
         self.bar.update(step)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial's start, or its restart: Tune starts a failed trial again from its last checkpoint (FailureConfig)."""
+        self.starts[trial.trial_id] = attempt = self.starts.get(trial.trial_id, 0) + 1
+        if attempt > 1:
+            self.say(f"{self._clock()} {self.label} {trial.trial_id} restarted (attempt {attempt}): the last one failed, the Ray log says why")
+            return
         params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(trial.config.items()))
         self.say(f"{self._clock()} {self.label} {trial.trial_id} started: {params}")
 

@@ -163,3 +163,20 @@ def test_a_trial_that_ends_again_as_it_had_ended_is_logged_once(tmp_path):
     resumed.on_trial_error(0, [], _trial("done", 3, "ERROR"))  # another end: logged
     logged = [json.loads(line) for line in (tmp_path / "trial_events.jsonl").read_text().splitlines()]
     assert [(e["trial_id"], e["event"], e["epochs"]) for e in logged] == [("done", "completed", 3), ("stopped", "ASHA stopped", 1), ("done", "error", 3)]
+
+
+def test_a_trial_started_again_after_a_failure_is_called_a_restart_and_a_resumed_searchs_first_start_is_not():
+    """Tune starts a failed trial again (FailureConfig): the console printed the same "started" line each time (three
+    identical lines when the object store went away), with nothing saying it had failed. A search resumed with the saved
+    printer starts its unfinished trials afresh, which is no failure."""
+    printer = ProgressPrinter(total_trials=2, max_epochs=3, criterion="balanced_accuracy", deciding="carved", stream=io.StringIO())
+    for _ in range(3):
+        printer.on_trial_start(0, [], _trial("a"))
+    printer.on_trial_start(0, [], _trial("b"))
+    lines = printer.stream.getvalue().splitlines()
+    assert "trial a started: lr=0.001" in lines[0] and "trial b started: lr=0.001" in lines[3], lines
+    assert "trial a restarted (attempt 2" in lines[1] and "trial a restarted (attempt 3" in lines[2], lines
+    resumed = pickle.loads(pickle.dumps(printer))
+    resumed.stream = io.StringIO()
+    resumed.on_trial_start(0, [], _trial("b"))
+    assert "trial b started: lr=0.001" in resumed.stream.getvalue()
