@@ -263,7 +263,8 @@ class Experiment:
 
         Its line is written when the run starts and again every ``every`` seconds, so a command
         killed with ``kill -9`` or a crash still leaves its time, to within ``every``; such a line has
-        ``last_seen_at`` and no ``ended_at``. ``resources``: the (CPUs, GPUs) the cluster holds, asked
+        ``last_seen_at`` and no ``ended_at``; a heartbeat an unreachable store refuses is skipped (the end's write
+        records the whole run, or raises the store's error, once). ``resources``: the (CPUs, GPUs) the cluster holds, asked
         at the start and the end. The dict yielded is for notes the caller adds before the end (what
         ended a search, say)."""
         import threading
@@ -281,7 +282,10 @@ class Experiment:
 
         def beat() -> None:
             while not stop.wait(every):
-                write(last_seen_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                try:
+                    write(last_seen_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                except storage.StoreError:  # the store is gone for now: the end's write records the whole run, or says so once
+                    pass
 
         write(last_seen_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         heart = threading.Thread(target=beat, name="compute.jsonl", daemon=True)

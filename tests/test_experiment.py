@@ -114,6 +114,41 @@ def test_a_stage_that_ends_or_fails_records_its_end_notes_and_resources_at_the_e
     assert interrupted["stage"] == "search (resumed)" and "ended_at" in interrupted
 
 
+def test_an_object_store_gone_mid_stage_is_one_error_at_the_end_not_a_thread_traceback(tmp_path, monkeypatch):
+    """The store went away mid-search: the record's heartbeat thread died with "Exception in thread compute.jsonl:
+    Traceback ...", then the end's write failed with the same error. Now the heartbeat keeps going (the store may
+    answer again: the end's line then records the whole run) and the end's write says it, once."""
+    import threading
+
+    from cxr_tune import storage
+    from cxr_tune.storage import StoreError
+
+    (tmp_path / "experiment.json").write_text("{}")
+    write, failed, uncaught = storage.write_text_atomic, threading.Event(), []
+    down = {"now": False}
+
+    def flaky(path: str, text: str) -> None:
+        if down["now"]:
+            failed.set()
+            raise StoreError(f"'{path}' cannot be written: no connection to http://127.0.0.1:1")
+        write(path, text)
+
+    monkeypatch.setattr(storage, "write_text_atomic", flaky)
+    monkeypatch.setattr(threading, "excepthook", lambda args: uncaught.append(args.exc_value))
+    experiment = Experiment(str(tmp_path))
+    with experiment.compute_logged("search", lambda: (2.0, 0.0), every=0.01):
+        down["now"] = True
+        assert failed.wait(30)
+        down["now"] = False  # it answers again before the end
+    assert not uncaught and "ended_at" in _compute_lines(tmp_path)[-1]
+    failed.clear()
+    with pytest.raises(StoreError, match="compute.jsonl' cannot be written: no connection"), \
+            experiment.compute_logged("search (resumed)", lambda: (2.0, 0.0), every=0.01):
+        down["now"] = True
+        assert failed.wait(30)  # and it is still gone at the end
+    assert not uncaught, uncaught
+
+
 def test_tune_state_counts_as_saved_only_with_the_trials_state_beside_tuner_pkl(tmp_path):
     """Tune writes ``tuner.pkl`` before its first step and the trials' state at it; restoring from
     ``tuner.pkl`` alone logs a traceback from inside Ray and starts afresh (the final fit tried it)."""
