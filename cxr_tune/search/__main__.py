@@ -191,11 +191,15 @@ def _main(argv: Sequence[str] | None) -> int:
         # Before Tune took over Ctrl-C (say, in the first image-cache build): the experiment exists.
         print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except storage.StoreError as exc:
+        raise _store_gone(exc, options, args.resume) from None
     if outcome != "interrupted" and options.final_fit:
         from cxr_tune.search.finalfit import run_final_fit
 
         try:
             runs = run_final_fit(experiment, options, verbose=args.verbose)
+        except storage.StoreError as exc:
+            raise _store_gone(exc, options, True) from None
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM, before Tune took over Ctrl-C (say, while the image caches load) or in its fit
             outcome = "interrupted"
         else:
@@ -233,6 +237,19 @@ def _main(argv: Sequence[str] | None) -> int:
     elif options.job_budget_min:
         print(f"\nThe command took {(time.time() - started) / 60:.1f} min of its {options.job_budget_min:g}-min job budget.")
     return 0
+
+
+def _store_gone(exc: storage.StoreError, options: SearchOptions, resume: bool) -> storage.StoreError:
+    """An object store that stopped answering mid-search or mid-final-fit: its one line, and the command that goes on
+    once it answers (Tune's state and the checkpoints uploaded until then are kept, as after Ctrl-C); the line alone
+    for a store gone before the experiment was written (its data's, say): then nothing is there to continue."""
+    from cxr_tune.search.runner import can_resume, resume_command
+
+    try:
+        started = resume or can_resume(options.experiment_dir)
+    except storage.StoreError:  # the experiment's own store, which answered as the command began (check_writable)
+        started = True
+    return storage.StoreError(f"{exc}; once the store answers again, continue the search with: {resume_command(options)}") if started else exc
 
 
 if __name__ == "__main__":

@@ -325,6 +325,31 @@ def test_ctrl_c_before_any_trial_trained_an_epoch_names_the_command_that_continu
     assert f"no trial of {experiment} trained an epoch" in done.stdout and (experiment / "trials.csv").exists()
 
 
+@pytest.mark.parametrize("started", [True, False])
+def test_an_object_store_gone_mid_search_is_one_line_that_names_the_command_that_continues(started, tmp_path, monkeypatch):
+    """Before: "error: '.../compute.jsonl' cannot be written: no connection ..." and status 2, naming no command, though
+    Tune's state and the checkpoints uploaded until then are kept and --resume goes on from them once the store answers.
+    A store gone before the experiment was written (its data's, say) has nothing to continue."""
+    from cxr_tune.search import runner
+    from cxr_tune.search.options import SearchOptions
+    from cxr_tune.storage import StoreError
+
+    experiment = tmp_path / "runs" / "exp"
+    lost = "'s3://bkt/exp/compute.jsonl' cannot be written: no connection to http://127.0.0.1:1; check the network and AWS_ENDPOINT_URL"
+
+    def search(options: SearchOptions, **kwargs) -> tuple[str, str]:
+        if started:
+            experiment.mkdir(parents=True)
+            (experiment / "experiment.json").write_text(json.dumps({"options": options.to_json()}))
+        raise StoreError(lost)
+
+    monkeypatch.setattr(runner, "run_search", search)
+    done = call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(tmp_path / "runs"), "--name", "exp")
+    assert done.returncode == 2 and "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+    hint = f"; once the store answers again, continue the search with: python -m cxr_tune.search --name exp --storage {tmp_path / 'runs'} --resume"
+    assert done.stderr.strip() == f"error: {lost}" + (hint if started else ""), done.stderr
+
+
 @pytest.mark.parametrize("outcome, flag", [("time budget", "--time-budget"), ("job budget", "--job-budget")])
 def test_a_budget_that_ended_the_search_before_any_epoch_names_the_command_that_continues(outcome, flag, tmp_path, monkeypatch):
     """Before: status 2 and "error: no trial ... trained an epoch", as if the user had erred, and no command to continue it,
