@@ -150,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         storage.check_writable(args.metrics, "--metrics", folder=False)
     result = compare(args.models, args.inputs, args.operating_point)
     if result["synthetic"]:
-        print(f"Note: {', '.join(result['synthetic'])} trained on SYNTHETIC data: its outputs mean nothing for real patients.", file=sys.stderr)
+        whose = "its" if len(result["synthetic"]) == 1 else "their"
+        print(f"Note: {', '.join(result['synthetic'])} trained on SYNTHETIC data: {whose} outputs mean nothing for real patients.", file=sys.stderr)
     if args.metrics:  # first: a console that goes away (output piped into head) must not cost the file
         storage.write_text_atomic(args.metrics, json.dumps(json_safe(result), indent=2))
     print(describe(result))

@@ -125,3 +125,14 @@ def test_compare_on_a_models_own_selection_set_says_so_for_that_model(tmp_path, 
     notes = [line for line in done.stdout.splitlines() if "selection-set numbers" in line]
     assert notes == [f"Note ({chose}): {site} is this model's external validation set (model.json external.source), which chose the model: "
                      "these are selection-set numbers for this model, optimistic, not an independent test."]
+
+
+@pytest.mark.parametrize("synthetic", [1, 2])
+def test_the_synthetic_data_note_agrees_with_how_many_models_it_names(tmp_path, site, synthetic):
+    """Before: "Note: A, B, C trained on SYNTHETIC data: its outputs mean nothing" for three models."""
+    models = [write_export(tmp_path / f"m{i}", data={"synthetic": i < synthetic}) for i in range(3)]
+    done = call_cli("cxr_tune.compare", *(arg for model in models for arg in ("--model", str(model))), str(site))
+    assert done.returncode == 0, done.stderr
+    names = ", ".join(str(model) for model in models[:synthetic])
+    outputs = "its outputs" if synthetic == 1 else "their outputs"
+    assert f"Note: {names} trained on SYNTHETIC data: {outputs} mean nothing for real patients." in done.stderr, done.stderr
