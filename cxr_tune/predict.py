@@ -1,7 +1,7 @@
 """``python -m cxr_tune.predict --model EXPERIMENT/best IMAGE_OR_DIR ... [--metrics OUT.json] [--operating-point NAME] [--explain OUT_DIR]``: score new X-rays.
 
-``--model`` may be a folder on object storage (``s3://bucket/experiments/NAME/best``); the images
-are local files.
+``--model``, the images, ``--csv`` and ``--metrics`` may be on object storage (``s3://bucket/experiments/NAME/best``,
+``s3://bucket/site/``); ``--explain`` writes its figures to a local folder.
 
 Prints, per image, the PNEUMONIA probability and the label at one of the model's operating points
 (``--operating-point``, default ``balanced``: the stored threshold, chosen on validation when it

@@ -629,3 +629,11 @@ def test_an_interrupted_run_of_a_model_of_older_preprocessing_warns_of_the_image
     assert done.returncode == 130, done.stderr
     assert f"Warning: 1 of the 2 image(s) scored (first: '{data / 'test' / 'NORMAL' / 'a.dcm'}')" in done.stderr
     assert len(pd.read_csv(tmp_path / "out.csv")) == 2
+
+
+def test_help_says_which_paths_may_be_on_object_storage():
+    """Before: --help said the images are local files, though s3:// images, --csv and --metrics work; --explain is refused."""
+    done = call_cli("cxr_tune.predict", "--help")
+    text = " ".join(done.stdout.split())
+    assert "the images are local" not in text and "--csv and --metrics may be on object storage" in text
+    assert "--explain writes its figures to a local folder" in text
