@@ -89,7 +89,7 @@ def read_gray8(source: bytes | str | Path) -> Gray8:
                 raise
             frame = pixel_array(ds, index=0)  # every installed plugin, in pydicom's order
     except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the file is unusable
-        raise DicomError(f"DICOM pixel data ({syntax}) could not be decoded: {_first_line(exc)}") from exc
+        raise DicomError(f"DICOM pixel data ({syntax}) could not be decoded: {_first_line(exc)}{_extra_hint(ds, plugin)}") from exc
     photometric = str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper()
     mode = f"DICOM {photometric} {int(ds.get('BitsStored') or ds.get('BitsAllocated') or 8)}-bit"
     said = {"modality": _text(ds, "Modality"), "view": _text(ds, "ViewPosition")}
@@ -247,6 +247,17 @@ def _install_hint(missing: list[str]) -> str:
             packages = [re.split(r"[<>=!~ ]", spec.strip(), maxsplit=1)[0] for spec in re.split(r",| and ", needs) if spec.strip()]
             return f"install {' and '.join(packages)} (pip install 'cxr_tune[dicom]')"
     return "install one of: " + "; ".join(missing) if missing else "no decoder for it is installed"
+
+
+def _extra_hint(ds: Dataset, plugin: str) -> str:
+    """``"; install ..."`` when Pillow failed on a file the ``dicom`` extra's decoders, not installed here, may read (a
+    12-bit JPEG, a 16-bit colour JPEG 2000); "" otherwise: pydicom's own RLE decoder failing means a corrupt file."""
+    from pydicom.pixels import get_decoder
+
+    missing = get_decoder(ds.file_meta.TransferSyntaxUID).missing_dependencies
+    if plugin != "pillow" or not any(entry.startswith("pylibjpeg ") for entry in missing):
+        return ""
+    return f"; {_install_hint(missing)}"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -305,3 +305,14 @@ def test_a_deflated_dicom_that_inflates_past_the_pixel_limit_is_skipped(monkeypa
     assert len(padded) < 10_000
     image, reason = try_decode_gray(padded, 16)
     assert image is None and reason.startswith("Deflated DICOM inflates to more than 2 MB (4 bytes per pixel of Pillow's limit")
+
+
+def test_a_twelve_bit_jpeg_dicom_says_which_extra_decodes_it():
+    """pydicom's 12-bit JPEG Extended file: Pillow refuses it; the reason says what decodes it, as JPEG-LS files' do."""
+    from pydicom.data import get_testdata_file
+
+    if "pylibjpeg" in get_decoder("1.2.840.10008.1.2.4.51").available_plugins:
+        pytest.skip("the dicom extra is installed: the file decodes")
+    image, reason = try_decode_gray(get_testdata_file("JPGExtended.dcm"), 16)
+    assert image is None and "Pillow does not support 'JPEG Extended' for samples with 12-bit precision" in reason
+    assert reason.endswith("; install pylibjpeg and pylibjpeg-libjpeg (pip install 'cxr_tune[dicom]')")
