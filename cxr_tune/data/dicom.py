@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,11 +86,13 @@ def read_gray8(source: bytes | str | Path) -> Gray8:
     syntax, plugin = _check_decodable(ds)
     try:
         try:
-            frame = pixel_array(ds, index=0, decoding_plugin=plugin)  # the first frame only; YBR is returned as RGB
+            with _quiet():
+                frame = pixel_array(ds, index=0, decoding_plugin=plugin)  # the first frame only; YBR is returned as RGB
         except Exception:  # noqa: BLE001 - e.g. a 12-bit JPEG or 16-bit colour JPEG 2000, which Pillow cannot decode
             if not plugin:
                 raise
-            frame = pixel_array(ds, index=0)  # every installed plugin, in pydicom's order
+            with _quiet():
+                frame = pixel_array(ds, index=0)  # every installed plugin, in pydicom's order
     except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the file is unusable
         raise DicomError(f"DICOM pixel data ({syntax}) could not be decoded: {_first_line(exc)}{_extra_hint(ds, plugin)}") from exc
     photometric = str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper()
@@ -113,14 +118,26 @@ def _read(source: bytes | str | Path, *, stop_before_pixels: bool) -> Dataset:
     import pydicom
 
     try:
-        if stop_before_pixels:
-            _check_inflated_size(source)
-        return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source,
-                               specific_tags=_wanted_tags(), stop_before_pixels=stop_before_pixels)
+        with _quiet():  # the file meta read by _check_inflated_size too
+            if stop_before_pixels:
+                _check_inflated_size(source)
+            return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source,
+                                   specific_tags=_wanted_tags(), stop_before_pixels=stop_before_pixels)
     except (FileNotFoundError, PermissionError, DicomError):
         raise  # an unopenable file is reported like any other; a DicomError already says why
     except Exception as exc:  # noqa: BLE001 - a malformed header is a per-file skip, whatever pydicom raises
         raise DicomError(f"unreadable DICOM header ({_first_line(exc)})") from exc
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Without pydicom's UserWarnings, e.g. "Expected explicit VR, but found implicit VR": each is a header fault it
+    reads past, printed as two lines naming its own source file between a command's lines. Where reading past it
+    fails, the file is skipped with the reason; where it works, the pixels are the file's and nothing is left to say.
+    (The filter is process-wide: the scan's threads may let one through, or leave it on, which quiets only pydicom.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+        yield
 
 
 def _pixel_limit() -> int | None:

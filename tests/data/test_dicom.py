@@ -21,7 +21,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless, generate_uid
 
 from cxr_tune.data.dicom import DicomError, read_gray8
-from cxr_tune.data.imaging import decode_gray, probe, try_decode_checked, try_decode_gray
+from cxr_tune.data.imaging import decode_gray, input_kind, probe, try_decode_checked, try_decode_gray
 from cxr_tune.data.sources import build_manifest
 from tests.conftest import call_cli, kermany_folder
 from tests.exports import write_export
@@ -316,3 +316,20 @@ def test_a_twelve_bit_jpeg_dicom_says_which_extra_decodes_it():
     image, reason = try_decode_gray(get_testdata_file("JPGExtended.dcm"), 16)
     assert image is None and "Pillow does not support 'JPEG Extended' for samples with 12-bit precision" in reason
     assert reason.endswith("; install pylibjpeg and pylibjpeg-libjpeg (pip install 'cxr_tune[dicom]')")
+
+
+def test_pydicoms_warnings_on_a_header_it_reads_past_stay_off_the_console():
+    """pydicom's SC_rgb_jpeg.dcm mixes implicit VR into an explicit VR header: it decodes, and pydicom's two-line
+    UserWarning naming its own source file no longer reaches stderr between the command's lines."""
+    import warnings
+
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("SC_rgb_jpeg.dcm")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        image, checks, reason = try_decode_checked(path, 16)
+        probe(Path(path).read_bytes())
+        input_kind(path)
+    assert reason is None and image is not None
+    assert [str(w.message) for w in seen] == []
