@@ -250,8 +250,8 @@ def decode_hashed(path: Path | str, size: int, *, kinds: bool = False) -> tuple[
         data = storage.read_bytes(os.fspath(path))
     except Exception as exc:  # noqa: BLE001 - one unreadable file is listed, never fatal
         return None, [], describe_failure(exc), None, ""
-    image, checks, reason = try_decode_checked(data, size)
-    return image, checks, reason, content_hash(data), input_kind(data) if kinds and image is not None else ""
+    image, checks, reason = try_decode_checked(data, size, name=os.fspath(path))
+    return image, checks, reason, content_hash(data), input_kind(data, name=os.fspath(path)) if kinds and image is not None else ""
 
 
 def _frames(read: _Read, scores: np.ndarray, threshold: float) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -90,7 +90,7 @@ def test_each_image_is_decoded_once_per_image_size_the_models_take_not_once_per_
 
     models = [str(write_export(tmp_path / "a")), str(write_export(tmp_path / "b", threshold=0.3)), str(write_export(tmp_path / "c", image_size=24))]
     sizes: list[int] = []
-    monkeypatch.setattr(cxr_tune.predict, "try_decode_checked", lambda path, size: sizes.append(size) or try_decode_checked(path, size))
+    monkeypatch.setattr(cxr_tune.predict, "try_decode_checked", lambda path, size, name=None: sizes.append(size) or try_decode_checked(path, size, name=name))
     result = compare(models, [str(site)])
     assert sorted(sizes) == [16] * 25 + [24] * 25  # before: 16 for each of the two models that take it
     assert result["images"] == 25 and result["models"][models[1]]["threshold_used"] == 0.3

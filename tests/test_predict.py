@@ -264,9 +264,9 @@ def test_a_folder_is_decoded_and_scored_a_chunk_at_a_time_with_the_same_rows_in_
     whole = predict(model, files)
     events: list[str | int] = []
 
-    def decode(path, size):
+    def decode(path, size, *, name=None):
         events.append("decode")
-        return try_decode_checked(path, size)
+        return try_decode_checked(path, size, name=name)
 
     def score(model, images):
         events.append(len(images))

@@ -27,7 +27,7 @@ from cxr_tune.data.sources import Source, build_manifest
 def plain_loop(paths: list[str], size: int) -> float:
     started = time.perf_counter()
     for path in paths:
-        try_decode_gray(Path(path).read_bytes(), size)
+        try_decode_gray(Path(path).read_bytes(), size, name=path)
     return time.perf_counter() - started
 
 

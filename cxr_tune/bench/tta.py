@@ -55,7 +55,7 @@ def labelled_images(folder: str, size: int) -> tuple[np.ndarray, np.ndarray, lis
         if digest in seen:
             left_out.append(f"{path}: the same bytes as an earlier file")
             continue
-        pixels, why = try_decode_gray(data, size)
+        pixels, why = try_decode_gray(data, size, name=str(path))
         if pixels is None:
             left_out.append(f"{path}: {why}")
             continue

@@ -245,7 +245,7 @@ def _read_and_decode(path: str, size: int) -> tuple[np.ndarray | None, str | Non
         data = storage.read_bytes(path)
     except Exception as exc:  # noqa: BLE001 - one unreadable file is reported, never fatal
         return None, describe_failure(exc), True
-    return *try_decode_gray(data, size), False
+    return *try_decode_gray(data, size, name=path), False
 
 
 # CPUs asked by the tasks that select a role's rows from the cache (see role_datasets).

@@ -70,13 +70,36 @@ def is_dicom(head: bytes) -> bool:
     return head[MAGIC_OFFSET:HEADER_BYTES] == MAGIC
 
 
+#: The reason's start for a file without the Part-10 header that does not give an image: that it is DICOM at all is
+#: only its name's word (see :func:`cxr_tune.data.imaging.decode_gray`).
+HEADERLESS = "DICOM without the Part-10 header (no DICM marker) and pydicom could not read it"
+
+
 def read_gray8(source: bytes | str | Path) -> Gray8:
     """The first frame of the DICOM file ``source`` (its bytes or path), mapped to 8-bit grayscale.
 
     Raises :class:`DicomError` with a one-line reason when the file has no pixel data, its
     transfer syntax cannot be decoded with the installed packages, its pixels are corrupt, or its
     header declares more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS`` (checked before decoding).
+    A file without the Part-10 header (old PACS and modality exports: the dataset alone) is read
+    as pydicom finds it, its reason starting with :data:`HEADERLESS`.
     """
+    try:
+        return _read_gray8(source)
+    except DicomError as exc:
+        if _has_marker(source):
+            raise
+        raise DicomError(f"{HEADERLESS}: {exc}") from exc
+
+
+def _has_marker(source: bytes | str | Path) -> bool:
+    if isinstance(source, bytes):
+        return is_dicom(source[:HEADER_BYTES])
+    with open(source, "rb") as file:
+        return is_dicom(file.read(HEADER_BYTES))
+
+
+def _read_gray8(source: bytes | str | Path) -> Gray8:
     from pydicom.pixels import pixel_array
 
     _check_pixel_count(_read(source, stop_before_pixels=True))  # before anything the size decides is allocated
@@ -114,15 +137,19 @@ def read_gray8(source: bytes | str | Path) -> Gray8:
 
 def _read(source: bytes | str | Path, *, stop_before_pixels: bool) -> Dataset:
     """The tags needed to map pixels (:func:`_wanted_tags`) of ``source``; the header read
-    (``stop_before_pixels``) first checks a Deflated file's inflated size (:func:`_check_inflated_size`)."""
+    (``stop_before_pixels``) first checks a Deflated file's inflated size (:func:`_check_inflated_size`).
+    Read with pydicom's ``force``, so a file without the Part-10 header is read too (its name alone sent it here,
+    :func:`cxr_tune.data.imaging.decode_gray`); one with the header reads alike either way."""
     import pydicom
 
     try:
         with _quiet():  # the file meta read by _check_inflated_size too
             if stop_before_pixels:
                 _check_inflated_size(source)
-            return pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source,
-                                   specific_tags=_wanted_tags(), stop_before_pixels=stop_before_pixels)
+            ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source, force=True,
+                                 specific_tags=_wanted_tags(), stop_before_pixels=stop_before_pixels)
+        _name_found_syntax(ds)
+        return ds
     except (FileNotFoundError, PermissionError, DicomError):
         raise  # an unopenable file is reported like any other; a DicomError already says why
     except Exception as exc:  # noqa: BLE001 - a malformed header is a per-file skip, whatever pydicom raises
@@ -138,6 +165,19 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
         yield
+
+
+def _name_found_syntax(ds: Dataset) -> None:
+    """A file without the Part-10 header has no file meta to name its transfer syntax: name the encoding pydicom found
+    its dataset in (implicit or explicit VR, little or big endian). Its pixels are uncompressed: compressed ones need
+    the file meta to say how. A Part-10 file that names none is left so (:func:`_check_decodable` says so)."""
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if getattr(ds, "preamble", b"") is not None or ds.file_meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = ds.original_encoding
+    if implicit is not None and little is not None:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
 
 
 def _pixel_limit() -> int | None:
@@ -177,7 +217,7 @@ def _check_inflated_size(source: bytes | str | Path) -> None:
 
     limit = _pixel_limit()
     with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as file:
-        read_preamble(file, False)
+        read_preamble(file, True)  # without the Part-10 header (forced): no preamble, and no file meta to say Deflated
         meta = _read_file_meta_info(file)
         if limit is None or meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
             return

@@ -2,7 +2,7 @@
 
 The cache build, ``inspect`` and ``predict`` all call :func:`decode_gray`, so a model sees exactly
 the same pixels at prediction time as it saw in training. DICOM input (recognised by its ``DICM``
-marker, whatever the file is called) is mapped to 8 bits by :mod:`cxr_tune.data.dicom` and then
+marker, whatever the file is called, or by a ``.dcm``/``.dicom`` name where the marker is missing) is mapped to 8 bits by :mod:`cxr_tune.data.dicom` and then
 resized like any other image. Change what it does and bump :data:`PREPROCESS_VERSION`: every
 image cache keyed on the old version is then rebuilt, and a model exported before it (its ``model.json``
 records the version) that scores or adapts on an image the change affects (:data:`PREPROCESS_CHANGES`) gets a one-line
@@ -61,13 +61,13 @@ def changes_since(version: object) -> dict[int, PreprocessChange]:
     return {v: change for v, change in sorted(PREPROCESS_CHANGES.items()) if version < v}
 
 
-def input_kind(source: str | Path | bytes) -> str:
+def input_kind(source: str | Path | bytes, *, name: str | None = None) -> str:
     """What decides how ``source`` decodes, as :class:`PreprocessChange` names it: a DICOM file's transfer syntax UID,
     else Pillow's format ("JPEG", "PNG", ...). Reads the header only; "" for a file no longer readable (one decoded a
-    moment before, then replaced or removed: it is not scored again)."""
+    moment before, then replaced or removed: it is not scored again). ``name``: as for :func:`decode_gray`."""
     try:
-        source = _read(source)
-        if _is_dicom(source):
+        name, source = _name(source, name), _read(source)
+        if _is_dicom(source, name):
             return dicom.transfer_syntax(source)
         with _open(source) as image:
             return str(image.format)
@@ -155,8 +155,19 @@ def _open(source: str | Path | bytes) -> Image.Image:
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
-def _is_dicom(source: str | Path | bytes) -> bool:
-    """Whether ``source`` is a DICOM file, by its marker: PACS exports often have no extension.
+#: Names that say DICOM: such a file without the ``DICM`` marker (no Part-10 header) is read as DICOM when Pillow cannot read it.
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def _name(source: str | Path | bytes, name: str | None) -> str | None:
+    """The file's name or path: ``name`` when given, else a path's own; None for bytes without one."""
+    return name if name is not None or isinstance(source, bytes) else os.fspath(source)
+
+
+def _is_dicom(source: str | Path | bytes, name: str | None = None) -> bool:
+    """Whether ``source`` is a DICOM file: by its marker, whatever its name (PACS exports often have no extension), or
+    else by its ``name`` ending in :data:`DICOM_SUFFIXES` when Pillow cannot read it (old PACS and modality exports
+    store the dataset alone, without the Part-10 header; a JPEG called ``.dcm`` stays a JPEG).
     Raises :class:`EmptyFile` for 0 bytes: every decode asks this first."""
     if isinstance(source, bytes):
         header = source[: dicom.HEADER_BYTES]
@@ -166,7 +177,20 @@ def _is_dicom(source: str | Path | bytes) -> bool:
             header = file.read(dicom.HEADER_BYTES)
     if not header:
         raise EmptyFile
-    return dicom.is_dicom(header)
+    if dicom.is_dicom(header):
+        return True
+    return bool(name) and name.lower().endswith(DICOM_SUFFIXES) and not _pillow_reads(source)
+
+
+def _pillow_reads(source: str | Path | bytes) -> bool:
+    """Whether Pillow recognises ``source`` as an image (its header only)."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        with _open(source):
+            return True
+    except UnidentifiedImageError:
+        return False
 
 
 def _square(gray: Image.Image, size: int) -> np.ndarray:
@@ -176,15 +200,18 @@ def _square(gray: Image.Image, size: int) -> np.ndarray:
     return np.asarray(gray, dtype=np.uint8).copy()
 
 
-def decode_gray(source: str | Path | bytes, size: int) -> np.ndarray:
+def decode_gray(source: str | Path | bytes, size: int, *, name: str | None = None) -> np.ndarray:
     """Decode ``source`` (a path or the file's bytes) to a ``(size, size)`` uint8 array.
+
+    ``name``: the file's name or path when ``source`` is its bytes; a ``.dcm`` or ``.dicom`` file without the Part-10
+    header is DICOM by its name alone (:func:`_is_dicom`).
 
     Raises whatever Pillow raises for an unreadable, truncated or non-image file, and
     :class:`~cxr_tune.data.dicom.DicomError` for a DICOM file without usable pixels; callers that
     must not stop on one bad file use :func:`try_decode_gray`. A path may be an object-storage URI.
     """
-    source = _read(source)
-    if _is_dicom(source):
+    name, source = _name(source, name), _read(source)
+    if _is_dicom(source, name):
         return _square(Image.fromarray(dicom.read_gray8(source).pixels, "L"), size)
     with _open(source) as image:
         return _gray_square(image, size)
@@ -221,12 +248,12 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS else (width, height)
 
 
-def decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray, list[str]]:
+def decode_checked(source: str | Path | bytes, size: int, *, name: str | None = None) -> tuple[np.ndarray, list[str]]:
     """:func:`decode_gray`'s pixels, and why the image may not be like the training X-rays
     (:func:`cxr_tune.data.input_checks.notes`; empty when nothing says so). For ``predict``: the
-    cache build does not pay for the checks."""
-    source = _read(source)
-    if _is_dicom(source):
+    cache build does not pay for the checks. ``name``: as for :func:`decode_gray`."""
+    name, source = _name(source, name), _read(source)
+    if _is_dicom(source, name):
         gray = dicom.read_gray8(source)
         pixels = _square(Image.fromarray(gray.pixels, "L"), size)
         return pixels, _dicom_notes(gray, size, pixels)
@@ -261,32 +288,33 @@ def _colour_spread(image: Image.Image) -> float:
     return input_checks.colour_spread(np.asarray(image.convert("RGB"))[::step, ::step])
 
 
-def try_decode_checked(source: str | Path | bytes, size: int) -> tuple[np.ndarray | None, list[str], str | None]:
+def try_decode_checked(source: str | Path | bytes, size: int, *, name: str | None = None) -> tuple[np.ndarray | None, list[str], str | None]:
     """:func:`decode_checked`, returning ``(None, [], reason)`` instead of raising on a bad file."""
     try:
-        return *decode_checked(source, size), None
+        return *decode_checked(source, size, name=name), None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a per-file skip, not a crash
         return None, [], describe_failure(exc)
 
 
-def try_decode_gray(source: str | Path | bytes, size: int) -> tuple[np.ndarray | None, str | None]:
+def try_decode_gray(source: str | Path | bytes, size: int, *, name: str | None = None) -> tuple[np.ndarray | None, str | None]:
     """:func:`decode_gray`, returning ``(None, reason)`` instead of raising on a bad file."""
     try:
-        return decode_gray(source, size), None
+        return decode_gray(source, size, name=name), None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a per-file skip, not a crash
         return None, describe_failure(exc)
 
 
-def probe(data: bytes) -> ImageInfo:
+def probe(data: bytes, *, name: str | None = None) -> ImageInfo:
     """Check that ``data`` is a complete image Pillow (or, for DICOM, pydicom) can decode; return its
     size, its mode and why it may not be like the training X-rays (as ``predict`` checks; for the size,
     against the smallest model input, since no model is known yet).
 
     Decodes the whole stream (at a reduced JPEG scale, so it is cheap) because a truncated file
     opens fine and only fails when its pixels are read. A DICOM file is mapped all the way to
-    8 bits, so one whose window or LUT cannot be applied is caught here, not in training.
+    8 bits, so one whose window or LUT cannot be applied is caught here, not in training. ``name``: the file's, as for
+    :func:`decode_gray`.
     """
-    if _is_dicom(data):
+    if _is_dicom(data, name):
         gray = dicom.read_gray8(data)
         height, width = gray.pixels.shape
         return ImageInfo(width=width, height=height, mode=gray.mode, notes=tuple(_dicom_notes(gray, None, gray.pixels)))

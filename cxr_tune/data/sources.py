@@ -35,7 +35,7 @@ CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, 1
 SPLITS = ("train", "val", "test")
 OPTIONAL_SPLITS = ("val", "test")  # a class folder in these may be empty or absent; train/ needs both classes
 EXTERNAL = "external"  # the split name of a separate external-validation folder (--val-data PATH)
-MANIFEST_VERSION = 8  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped; 4: check; 5: tiny images checked; 6: unnamed files keyed by sub-folder or path; 7: Mendeley v3 names; 8: width and height upright by the EXIF orientation, as decoded
+MANIFEST_VERSION = 9  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped; 4: check; 5: tiny images checked; 6: unnamed files keyed by sub-folder or path; 7: Mendeley v3 names; 8: width and height upright by the EXIF orientation, as decoded; 9: .dcm/.dicom files without the DICM marker read as DICOM
 MANIFEST_COLUMNS = [
     "path", "label", "patient_id", "group_id", "split", "content_hash", "width", "height", "mode",
     "check",  # why an image may not be a chest X-ray like Kermany's (cxr_tune.data.input_checks); "" for most
@@ -464,7 +464,7 @@ def _inspect_file(file: _File) -> dict:
     try:
         if not data:
             return {**row, "reason": "empty file (0 bytes)"}
-        info = probe(data)
+        info = probe(data, name=file.path)
     except Exception as exc:  # noqa: BLE001 - one bad file is reported, never fatal
         return {**row, "reason": describe_failure(exc)}
     name = storage.name(file.path)

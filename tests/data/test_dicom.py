@@ -20,6 +20,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless, generate_uid
 
+from cxr_tune.data.cache import decode_batch
 from cxr_tune.data.dicom import DicomError, read_gray8
 from cxr_tune.data.imaging import decode_gray, input_kind, probe, try_decode_checked, try_decode_gray
 from cxr_tune.data.sources import build_manifest
@@ -254,12 +255,13 @@ def test_the_scan_skips_bad_dicoms_with_the_reason(tmp_path):
 def test_predict_scores_dicoms_exactly_as_the_pngs_they_were_made_from(tmp_path):
     pngs, dicoms = tmp_path / "png", tmp_path / "dicom"
     pngs.mkdir(), dicoms.mkdir()
-    for i in range(4):
+    for i in range(5):
         image = source_image(seed=10 + i)
         Image.fromarray(image).save(pngs / f"case{i}.png")
         stored = {0: dicom_bytes(bits12(image), "MONOCHROME2", 12), 1: dicom_bytes(bits12(255 - image), "MONOCHROME1", 12),
                   2: dicom_bytes(image.astype(np.uint16) * 257, "MONOCHROME2", 16),
-                  3: dicom_bytes((255 - image).astype(np.uint16) * 257, "MONOCHROME1", 16)}[i]
+                  3: dicom_bytes((255 - image).astype(np.uint16) * 257, "MONOCHROME1", 16),
+                  4: headerless(dicom_bytes(bits12(image), "MONOCHROME2", 12))}[i]  # no Part-10 header: named .dcm
         (dicoms / ("case3" if i == 3 else f"case{i}.dcm")).write_bytes(stored)  # one without an extension
     model = write_export(tmp_path / "model", image_size=16)  # probability = mean brightness / 255
     out = tmp_path / "scores.csv"
@@ -269,8 +271,8 @@ def test_predict_scores_dicoms_exactly_as_the_pngs_they_were_made_from(tmp_path)
     for row in csv.DictReader(out.open()):
         path = Path(row["path"])
         scores.setdefault(path.parent.name, {})[path.stem] = float(row["probability"])
-    assert len(scores["png"]) == len(scores["dicom"]) == 4
-    assert len(set(scores["png"].values())) == 4  # four different images, so a mix-up would show
+    assert len(scores["png"]) == len(scores["dicom"]) == 5
+    assert len(set(scores["png"].values())) == 5  # four different images, so a mix-up would show
     for case, expected in scores["png"].items():
         assert scores["dicom"][case] == pytest.approx(expected, abs=1e-6), case
 
@@ -333,3 +335,44 @@ def test_pydicoms_warnings_on_a_header_it_reads_past_stay_off_the_console():
         input_kind(path)
     assert reason is None and image is not None
     assert [str(w.message) for w in seen] == []
+
+
+def headerless(data: bytes) -> bytes:
+    """The DICOM file ``data`` as old PACS and modality exports store it: the dataset alone, without the Part-10 header
+    (no 128-byte preamble, no DICM marker, no file meta to name the transfer syntax)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.preamble, ds.file_meta = None, FileMetaDataset()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    return buffer.getvalue()
+
+
+def test_a_dicom_without_the_part10_header_is_read_when_its_name_says_dicom(tmp_path):
+    part10 = dicom_bytes(bits12(IMAGE), "MONOCHROME2", 12)
+    old = headerless(part10)
+    assert b"DICM" not in old[:200] and old[:2] == b"\x08\x00"  # it starts with its first element
+    root = write_site_folder(tmp_path / "site")
+    (root / "train/NORMAL/old.dcm").write_bytes(old)
+    (root / "train/NORMAL/OLD2.DICOM").write_bytes(headerless(dicom_bytes(bits12(255 - IMAGE), "MONOCHROME1", 12)))
+    (root / "train/NORMAL/report.dcm").write_bytes(headerless(dicom_bytes(None)))
+    (root / "train/PNEUMONIA/old3").write_bytes(headerless(dicom_bytes(IMAGE, "MONOCHROME2", 8)))  # no name to say so
+    jpeg = io.BytesIO()
+    Image.fromarray(IMAGE).save(jpeg, format="JPEG")
+    (root / "train/PNEUMONIA/renamed.dcm").write_bytes(jpeg.getvalue())  # a JPEG called .dcm stays a JPEG
+    source = build_manifest(str(root), progress=False)
+    modes = dict(zip(source.manifest["path"].map(lambda p: Path(p).name), source.manifest["mode"], strict=True))
+    assert (modes["old.dcm"], modes["OLD2.DICOM"], modes["renamed.dcm"]) == ("DICOM MONOCHROME2 12-bit", "DICOM MONOCHROME1 12-bit", "L")
+    reasons = dict(zip(source.skipped["path"].map(lambda p: Path(p).name), source.skipped["reason"], strict=True))
+    assert reasons == {
+        "report.dcm": "DICOM without the Part-10 header (no DICM marker) and pydicom could not read it: "
+                      "DICOM without pixel data (not an image, e.g. a report or structured document)",
+        "old3": "not an image Pillow can read",
+    }
+    expected = decode_gray(part10, 16)
+    assert np.array_equal(decode_gray(root / "train/NORMAL/old.dcm", 16), expected)  # a path names itself
+    pixels, checks, reason = try_decode_checked(old, 16, name="old.dcm")  # predict's bytes, with the file's name
+    assert reason is None and np.array_equal(pixels, expected)
+    assert try_decode_gray(old, 16) == (None, "not an image Pillow can read")  # bytes alone: by the marker, as before
+    built = decode_batch({"path": np.array([str(root / "train/NORMAL/old.dcm")]), "content_hash": np.array(["h"])}, 16)
+    assert built.column("error").to_pylist() == [""]  # the image cache decodes what the scan kept
+    assert input_kind(old, name="old.dcm") == "1.2.840.10008.1.2"  # implicit VR little endian, as pydicom found it

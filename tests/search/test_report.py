@@ -189,7 +189,7 @@ def test_the_gallerys_probabilities_never_read_as_the_reports_threshold(tmp_path
 
     monkeypatch.setattr(report, "load_members", lambda folder, exported: types.SimpleNamespace(image_size=8))
     monkeypatch.setattr(report, "grad_cam", lambda members, images: np.zeros((len(images), 8, 8)))
-    monkeypatch.setattr(report, "decode_gray", lambda data, size: np.zeros((size, size), np.uint8))
+    monkeypatch.setattr(report, "decode_gray", lambda data, size, name=None: np.zeros((size, size), np.uint8))
     monkeypatch.setattr(storage, "read_bytes", lambda path: b"")
     drawn = {}
     monkeypatch.setattr(report, "plot_gallery", lambda path, gallery: drawn.update(gallery))
