@@ -6,7 +6,8 @@
 Prints, per image, the PNEUMONIA probability and the label at one of the model's operating points
 (``--operating-point``, default ``balanced``: the stored threshold, chosen on validation when it
 was trained; ``sens95``, ``spec90`` and the others were chosen on the same set, see
-:mod:`cxr_tune.operating_points`). Folders are searched recursively. Images under a folder named
+:mod:`cxr_tune.operating_points`), and, with ``--quiet`` too, one line saying how many of the images (a byte-identical copy
+once) it called PNEUMONIA at that threshold. Folders are searched recursively. Images under a folder named
 NORMAL or PNEUMONIA (the Kermany layout) count as labelled, and for them it also prints
 sensitivity, specificity, balanced accuracy, accuracy and AUC with 95 % intervals (Wilson score for
 the rates of counts, percentile bootstrap for AUC and balanced accuracy), the
@@ -325,6 +326,17 @@ def describe(metrics: dict[str, Any], point: str) -> str:
     ])
 
 
+def calls_line(frame: pd.DataFrame, threshold: float, point: str) -> str:
+    """How many of the scored images were called PNEUMONIA, at which threshold and operating point: the one line every run
+    prints, labelled or not. Images counted as the metrics count them (:func:`distinct_labelled`): a byte-identical copy once
+    (it has the same score, so the same call), said when there is one; the per-image lines and ``--csv`` list every file."""
+    distinct = frame.drop_duplicates("content_hash")
+    copies, called = len(frame) - len(distinct), int(distinct["prediction"].sum())
+    line = (f"{called} of {len(distinct)} images called PNEUMONIA ({called / len(distinct):.0%}) at threshold {fmt(threshold)} "
+            f"(operating point {point})")
+    return line + (f"; {copies} byte-identical cop{'y' if copies == 1 else 'ies'} counted once" if copies else "")
+
+
 def distinct_lines(metrics: dict[str, Any], listed: str = " (the per-image lines and --csv list every file)") -> list[str]:
     """What counting images as export counts them left out of the metrics (nothing when no file was copied);
     ``listed`` says where every file still shows."""
@@ -535,6 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{row.probability:.4f}  {CLASSES[row.prediction]:<9}  {printable(row.path)}")
     if args.csv:
         print(f"Wrote {len(frame)} predictions to {args.csv}")
+    if not frame.empty:
+        print(calls_line(frame, threshold, args.operating_point))
     if unlabelled_copies:
         print(f"No metrics: {FILED_UNDER_BOTH}.")
     if metrics is not None:

@@ -637,3 +637,21 @@ def test_help_says_which_paths_may_be_on_object_storage():
     text = " ".join(done.stdout.split())
     assert "the images are local" not in text and "--csv and --metrics may be on object storage" in text
     assert "--explain writes its figures to a local folder" in text
+
+
+def test_every_run_says_how_many_images_it_called_pneumonia_at_which_threshold(tmp_path):
+    """predict --quiet --csv on an unlabelled folder printed only "Wrote N predictions": nothing said how many images were
+    called PNEUMONIA, nor at which threshold. Images are counted as the metrics count them: a byte-identical copy once."""
+    import shutil
+
+    model = write_export(tmp_path / "best", operating_points={"balanced": {"threshold": 0.5}, "sens95": {"threshold": 0.3}})
+    data = kermany_folder(tmp_path / "site", {"new": {"unsorted": [f"{i}.jpeg" for i in range(9)]}}) / "new" / "unsorted"
+    shutil.copy(data / "0.jpeg", data / "0-again.jpeg")  # one film saved twice: one image
+    for point, threshold in (("balanced", "0.5000"), ("sens95", "0.3000")):
+        table = tmp_path / f"{point}.csv"
+        done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet", "--csv", str(table), "--operating-point", point)
+        assert done.returncode == 0, done.stderr
+        rows = pd.read_csv(table)
+        called = int(rows[rows["path"] != str(data / "0-again.jpeg")]["prediction"].sum())
+        assert (f"{called} of 9 images called PNEUMONIA ({called / 9:.0%}) at threshold {threshold} (operating point {point}); "
+                "1 byte-identical copy counted once") in done.stdout, done.stdout
