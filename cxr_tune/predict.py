@@ -454,8 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.predict", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders, local or on object storage (s3://...; searched recursively)")
     parser.add_argument("--model", required=True, help="export folder with model.onnx and model.json, local or on object storage, e.g. results/<experiment>/best or s3://bucket/experiments/<experiment>/best, or its .onnx file (loaded exactly, with the model.json beside it)")
-    parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path,probability,prediction (0/1),check (why to check the image first; empty for most) to this CSV file, "
-                             "and with --explain the name of each image's figure (explanation)")
+    parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path, label (0/1 as the NORMAL/PNEUMONIA folder says, empty for an image under neither; only when "
+                             "some image is labelled), probability, prediction (0/1), threshold (the operating point's, which made prediction), "
+                             "check (why to check the image first; empty for most) to this CSV file, and with --explain the name of each "
+                             "image's figure (explanation)")
     parser.add_argument("--metrics", default=None, metavar="OUT.json",
                         help="also write what the labelled images measure to this JSON file: the rates and AUC with 95 %% intervals (Wilson score for "
                              "sensitivity, specificity and accuracy; percentile bootstrap for AUC and balanced accuracy), "
@@ -519,13 +521,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as stop:  # what the chunks done scored is kept, and said
         frame, skipped = stop.tables[0]
         if args.csv:
-            _write_csv(args.csv, frame, explained=False)  # no figure is drawn yet
+            _write_csv(args.csv, frame, threshold, explained=False)  # no figure is drawn yet
         kept = f"wrote their {len(frame)} predictions to {args.csv}" if args.csv else "pass --csv OUT.csv to keep the scores of a long run"
         print(f"Interrupted after scoring {stop.done} of {len(files)} files; {kept}", file=sys.stderr)
         raise
     # The files first: a console that goes away (output piped into head) must not cost them.
     if args.csv:
-        _write_csv(args.csv, frame, explained=members is not None)
+        _write_csv(args.csv, frame, threshold, explained=members is not None)
     points = {name: {"threshold": value} for name, value in known_points(model.meta).items()}
     metrics = labelled_metrics(frame, threshold, points)
     unlabelled_copies = metrics is None and frame["label"].notna().any()  # read, but every one filed under both classes
@@ -568,12 +570,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _write_csv(path: str, frame: pd.DataFrame, *, explained: bool) -> None:
-    """``--csv``: the scored images' rows, with each one's figure name when ``explained`` (``frame`` gets that column)."""
-    columns = ["path", "probability", "prediction", "check"]
+def _write_csv(path: str, frame: pd.DataFrame, threshold: float, *, explained: bool) -> None:
+    """``--csv``: the scored images' rows with the ``threshold`` that made ``prediction``, the folder's ``label`` (0 NORMAL,
+    1 PNEUMONIA, as export's ``*_predictions.csv``; empty where no folder says one) when any image is labelled, and each
+    one's figure name when ``explained`` (``frame`` gets that column)."""
+    labelled = frame["label"].notna().any()
+    columns = ["path", *(["label"] if labelled else []), "probability", "prediction", "threshold", "check"]
     if explained:  # which figure is which image's (file names repeat across folders)
         frame["explanation"], columns = explanation_names(frame["path"]), [*columns, "explanation"]
-    storage.write_csv(path, for_spreadsheet(frame[columns]))
+    # The labels as 0/1 and empty, not 0.0/1.0 beside NaN.
+    rows = frame.assign(threshold=threshold, label=pd.array(frame["label"], dtype="Int64"))
+    storage.write_csv(path, for_spreadsheet(rows[columns]))
 
 
 def _progress_lines(total: int) -> Callable[[int], None] | None:

@@ -655,3 +655,24 @@ def test_every_run_says_how_many_images_it_called_pneumonia_at_which_threshold(t
         called = int(rows[rows["path"] != str(data / "0-again.jpeg")]["prediction"].sum())
         assert (f"{called} of 9 images called PNEUMONIA ({called / 9:.0%}) at threshold {threshold} (operating point {point}); "
                 "1 byte-identical copy counted once") in done.stdout, done.stdout
+
+
+def test_the_csv_names_each_rows_threshold_and_the_folders_label(tmp_path):
+    """--csv held path, probability, prediction and check: nothing said which cut-off made ``prediction``, and a labelled
+    folder's labels were missing, where export's external_predictions.csv has them (``label``: 0 NORMAL, 1 PNEUMONIA)."""
+    model = write_export(tmp_path / "best", operating_points={"balanced": {"threshold": 0.5}, "sens95": {"threshold": 0.3}})
+    site = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"]},
+                                              "new": {"unsorted": ["a.jpeg"]}})
+    table = tmp_path / "p.csv"
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(site / "test"), str(site / "new"), "--quiet", "--csv", str(table),
+                    "--operating-point", "sens95")
+    assert done.returncode == 0, done.stderr
+    rows = pd.read_csv(table, dtype={"label": "Int64"}).set_index("path")
+    assert list(rows.columns) == ["label", "probability", "prediction", "threshold", "check"]
+    labels = rows["label"].to_dict()
+    assert (labels[str(site / "test" / "NORMAL" / "IM-0001-0001.jpeg")], labels[str(site / "test" / "PNEUMONIA" / "person1_virus_1.jpeg")]) == (0, 1)
+    assert pd.isna(labels[str(site / "new" / "unsorted" / "a.jpeg")])  # no folder says its class: empty
+    assert (rows["threshold"] == 0.3).all() and (rows["prediction"] == (rows["probability"] >= 0.3)).all()
+    unlabelled = tmp_path / "u.csv"
+    assert call_cli("cxr_tune.predict", "--model", str(model), str(site / "new"), "--quiet", "--csv", str(unlabelled)).returncode == 0
+    assert list(pd.read_csv(unlabelled).columns) == ["path", "probability", "prediction", "threshold", "check"]
