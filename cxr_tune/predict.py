@@ -19,8 +19,8 @@ once, and none of a file filed under both classes (a line says how many; the per
 file); a rate the labelled images cannot measure
 (AUC, say, when all are of one class) prints as ``n/a``. When scored images chose the model (images of its deciding set, or
 of the site it was adapted to, known by their content wherever they are; by folder for a model from before that record) a
-line says how many: the numbers are selection-set numbers, optimistic. Unreadable files are listed with the
-reason and skipped. A run of more than 1,024 files says on stderr after each 1,024 how many it has scored; a Ctrl-C
+line says how many: the numbers are selection-set numbers, optimistic. Unreadable files, and folders
+not read (a system folder such as ``@eaDir``, a link that loops), are listed with the reason, counted apart, and skipped. A run of more than 1,024 files says on stderr after each 1,024 how many it has scored; a Ctrl-C
 or SIGTERM writes those to ``--csv``, says how many of how many, and ends with status 130 (143 for SIGTERM). Images unlike the training X-rays in a way the file shows (a colour picture,
 a nearly blank frame, one smaller than the model's input, a DICOM lateral view or a modality other
 than plain radiography) are scored and then listed with the reason, to be checked before their
@@ -156,7 +156,8 @@ class Interrupted(KeyboardInterrupt):
 
 def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None = None, *,
             progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(predictions: path, probability, prediction, check, label; skipped: path, reason), predictions
+    """(predictions: path, probability, prediction, check, label; skipped: path, reason, kind: "file", or "folder" for one
+    below a named folder that was not read), predictions
     at ``threshold`` (default: the model's own); ``check`` says why an image may not be like the
     training X-rays ("" when nothing does). ``progress`` and a stop: see :func:`predict_each`."""
     return predict_each([model], files, [model.threshold if threshold is None else threshold], progress=progress)[0]
@@ -228,13 +229,13 @@ class _Read(NamedTuple):
 def _decode_chunk(chunk: Sequence[Input], size: int, read: _Read, *, kinds: bool = False) -> np.ndarray:
     """The readable images of ``chunk`` at ``size``, stacked for scoring; which were read and why the others
     were not is added to ``read``, so that only one chunk's pixels are ever held."""
-    read.skipped.extend({"path": path_text(file.path), "reason": file.reason} for file in chunk if file.reason)
+    read.skipped.extend({"path": path_text(file.path), "reason": file.reason, "kind": "folder"} for file in chunk if file.reason)
     chunk = [file for file in chunk if not file.reason]
     images = []
     decoded = _decode_all([file.path for file in chunk], lambda path: decode_hashed(path, size, kinds=kinds))
     for file, (image, checks, reason, digest, kind) in zip(chunk, decoded, strict=True):
         if image is None:
-            read.skipped.append({"path": path_text(file.path), "reason": reason})
+            read.skipped.append({"path": path_text(file.path), "reason": reason, "kind": "file"})
         else:
             images.append(image)
             read.files.append(file)
@@ -266,7 +267,7 @@ def _frames(read: _Read, scores: np.ndarray, threshold: float) -> tuple[pd.DataF
         "content_hash": read.hashes,
         "label": [file.label for file in read.files],
     })
-    return frame, pd.DataFrame(read.skipped, columns=["path", "reason"])
+    return frame, pd.DataFrame(read.skipped, columns=["path", "reason", "kind"])
 
 
 def labelled_metrics(frame: pd.DataFrame, threshold: float, points: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
@@ -388,12 +389,20 @@ def check_lines(checks: dict[str, str]) -> list[str]:
             *(f"  {printable(path)}: {check}" for path, check in flagged.items())]
 
 
+def skipped_count(skipped: pd.DataFrame) -> str:
+    """``2 unreadable file(s) and 1 folder(s) not read``: a skipped table's rows (path, reason, kind) counted by kind, a
+    folder (a system folder, a link loop) never as a file; a table without ``kind`` holds files only."""
+    folders = int((skipped["kind"] == "folder").sum()) if "kind" in skipped else 0
+    files = len(skipped) - folders
+    return " and ".join(part for part in (f"{files} unreadable file(s)" if files else "", f"{folders} folder(s) not read" if folders else "") if part)
+
+
 def skipped_lines(skipped: pd.DataFrame) -> list[str]:
-    """The lines naming every file that could not be read as an image, each with the reason (``skipped``: path, reason;
-    none when every file was read): what ``predict`` and ``adapt`` print."""
+    """The lines naming every file that could not be read as an image and every folder not read, each with the reason
+    (``skipped``: path, reason, kind; none when every file was read): what ``predict`` and ``adapt`` print."""
     if skipped.empty:
         return []
-    return [f"Skipped {len(skipped)} unreadable file(s):",
+    return [f"Skipped {skipped_count(skipped)}:",
             *(f"  {printable(path)}: {reason}" for path, reason in skipped[["path", "reason"]].itertuples(index=False))]
 
 
@@ -535,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unlabelled_copies:
             raise UserError(f"--metrics: {FILED_UNDER_BOTH} in {', '.join(args.inputs)}; {args.metrics} not written")
         raise UserError(f"--metrics: none of the labelled file(s) in {', '.join(args.inputs)} could be read as an image "
-                        f"({len(skipped)} unreadable: {', '.join(skipped['path'].head(3).map(printable))}{', ...' if len(skipped) > 3 else ''}); {args.metrics} not written")
+                        f"({skipped_count(skipped)}: {', '.join(skipped['path'].head(3).map(printable))}{', ...' if len(skipped) > 3 else ''}); {args.metrics} not written")
     note = selection_note(model.meta, args.inputs, frame["content_hash"]) if metrics is not None else None
     if metrics is not None and args.metrics:
         # What was scored, and the note printed beside the numbers, named as compare --metrics names it (selection_sets).

@@ -428,7 +428,7 @@ def test_a_linked_sub_folder_is_scored_and_a_link_loop_is_listed_as_skipped(tmp_
     assert {(file.path.name, file.label) for file in files if not file.reason} == {("IM-0001-0001.jpeg", 0), ("person1_virus_1.jpeg", 1), ("person2_virus_2.jpeg", 1)}
     frame, skipped = predict(load_model(str(model)), files)
     assert len(frame) == 3 and skipped.to_dict("records") == [
-        {"path": str(pneumonia / "loop"), "reason": f"link to a folder above it ({data / 'test'}); not followed, it would loop"}]
+        {"path": str(pneumonia / "loop"), "reason": f"link to a folder above it ({data / 'test'}); not followed, it would loop", "kind": "folder"}]
 
 
 def test_hidden_and_system_folders_are_listed_not_scored(tmp_path):
@@ -676,3 +676,23 @@ def test_the_csv_names_each_rows_threshold_and_the_folders_label(tmp_path):
     unlabelled = tmp_path / "u.csv"
     assert call_cli("cxr_tune.predict", "--model", str(model), str(site / "new"), "--quiet", "--csv", str(unlabelled)).returncode == 0
     assert list(pd.read_csv(unlabelled).columns) == ["path", "probability", "prediction", "threshold", "check"]
+
+
+def test_folders_not_read_are_counted_apart_from_unreadable_files(tmp_path):
+    """"Skipped 3 unreadable file(s)" counted a system folder (@eaDir) and a link loop as files; now the files and the
+    folders are counted apart, each still listed with its reason."""
+    import os
+
+    from tests.conftest import write_image
+
+    model = write_export(tmp_path / "best", image_size=16)
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"], "PNEUMONIA": ["person1_virus_1.jpeg"]}}) / "test"
+    write_image(data / "NORMAL" / "@eaDir" / "IM-0001-0001.jpeg" / "SYNOFILE_THUMB_M.jpg", seed=5, fmt="JPEG")
+    os.symlink("..", data / "PNEUMONIA" / "loop")
+    (data / "NORMAL" / "notes.txt").write_text("not an image")
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "Skipped 1 unreadable file(s) and 2 folder(s) not read:" in done.stdout, done.stdout
+    assert f"  {data / 'NORMAL' / '@eaDir'}: hidden or system folder" in done.stdout and f"  {data / 'PNEUMONIA' / 'loop'}: link to a folder above" in done.stdout
+    only_folders = call_cli("cxr_tune.predict", "--model", str(model), str(data / "PNEUMONIA"), "--quiet")
+    assert "Skipped 1 folder(s) not read:" in only_folders.stdout and "unreadable file" not in only_folders.stdout
