@@ -259,7 +259,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     from cxr_tune.modelcard import CARD_FILE, model_card
     from cxr_tune.modelfile import (build_files, check_prior_record, check_rebuilt, load_members, recorded_calibration, recorded_views,
                                     serving_model, torch_scores, write_model_folder)
-    from cxr_tune.predict import collect, decode_hashed, path_text
+    from cxr_tune.predict import collect, decode_hashed, path_text, skipped_count
     from cxr_tune.provenance import provenance
 
     # The ONNX file predict scores with, its hash checked.
@@ -274,7 +274,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         check_prior_record(model, meta)
         prior = probability_prior(meta, storage.join(model, META_FILE))
     files = collect([images_dir])
-    # A folder below it that was not read (a loop, a hidden folder) counts as a skipped file; it is not opened.
+    # A folder below it that was not read (a loop, a hidden folder) is skipped, counted as a folder; it is not opened.
     kinds = other_preprocessing(meta)  # each file's input kind, read with its pixels only when the warning below needs it
     decoded = [(file.path, *(decode_hashed(file.path, loaded.image_size, kinds=kinds) if not file.reason else (None, [], file.reason, None, "")))
                for file in files]
@@ -287,10 +287,11 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         warn_if_other_preprocessing(storage.join(model, META_FILE), meta,
                                     [(printable(path_text(path)), kind) for path, image, notes, _, _, kind in decoded if image is not None and not notes])
     # As predict lists them: which files could not be read, and why (a DICOM without pixels, a truncated JPEG).
-    skipped = pd.DataFrame([(path_text(path), reason) for path, image, _, reason, _, _ in decoded if image is None], columns=["path", "reason"])
+    skipped = pd.DataFrame([(path_text(path), reason, "folder" if file.reason else "file")
+                            for file, (path, image, _, reason, _, _) in zip(files, decoded, strict=True) if image is None], columns=["path", "reason", "kind"])
     if len(readable) < MIN_IMAGES:
         unlike = f" (and {len(left_out)} left out as unlike the training X-rays)" if left_out else ""
-        unread = f" and {len(skipped)} unreadable file(s) ({first_listed(skipped)})" if not skipped.empty else ""
+        unread = f" and {skipped_count(skipped)} ({first_listed(skipped)})" if not skipped.empty else ""
         raise UserError(f"'{images_dir}' holds {len(readable)} readable image(s){unlike}{unread}; BatchNorm statistics need at least {MIN_IMAGES}")
     # In content order: a float32 score's last digits follow its batch's other images, so the file order would reach model.json.
     images = np.stack(readable)
@@ -314,7 +315,8 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         "called_pneumonia_share_before": float((before_scores >= float(meta["threshold"])).mean()),  # --model's network and threshold
         "method": "AdaBN (Li et al. 2016): BatchNorm running statistics re-estimated on unlabelled site images; weights unchanged",
         "images": int(len(images)),
-        "skipped_files": len(skipped),
+        "skipped_files": int((skipped["kind"] == "file").sum()),
+        "skipped_folders": int((skipped["kind"] == "folder").sum()),  # a system folder, a link loop: not read, not a file
         # How many, not which: file names at a site can name patients, and model.json travels.
         "left_out_images": len(left_out),
         "source": storage.resolve(images_dir),
@@ -464,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cxr_tune.modelfile import check_model_target
-    from cxr_tune.predict import skipped_lines
+    from cxr_tune.predict import skipped_count, skipped_lines
 
     for path in (args.model, args.images):
         storage.check_plain_uri(path)
@@ -475,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_model_target(args.out, "--out")
     meta = adapt(args.model, args.images, args.out, threshold_rule=args.threshold_rule)
     record = meta["adaptation"]
-    print(f"Adapted {args.model} to {record['images']} image(s) from {args.images} (AdaBN; {record['skipped_files']} unreadable file(s) skipped).")
+    print(f"Adapted {args.model} to {record['images']} image(s) from {args.images} (AdaBN; {skipped_count(meta['skipped']) or '0 unreadable file(s)'} skipped).")
     if meta["left_out"]:
         print(f"Left out {len(meta['left_out'])} image(s) unlike the chest X-rays the model learned from (check them; "
               "their statistics are not the site's X-rays'):")

@@ -262,6 +262,21 @@ def test_adapt_names_each_unreadable_file_with_the_reason_as_predict_does(export
         adapt(str(exported), str(junk), str(tmp_path / "none"))
 
 
+def test_adapt_counts_folders_not_read_apart_from_unreadable_files_as_predict_does(exported, tmp_path):
+    """adapt said "(AdaBN; 2 unreadable file(s) skipped)" and model.json skipped_files 2 for a broken file and an @eaDir
+    folder; now the folder is counted as a folder, in the same words as predict."""
+    site = write_site(tmp_path / "site", 10)
+    (site / "NORMAL" / "@eaDir").mkdir()
+    (site / "NORMAL" / "@eaDir" / "thumb.png").write_bytes((site / "NORMAL" / "site-000.png").read_bytes())
+    done = call_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(site), "--out", str(tmp_path / "out"), "--threshold", "keep")
+    predicted = call_cli("cxr_tune.predict", "--model", str(exported), str(site), "--quiet")
+    assert done.returncode == predicted.returncode == 0, (done.stderr, predicted.stderr)
+    assert "(AdaBN; 1 unreadable file(s) and 1 folder(s) not read skipped)" in done.stdout, done.stdout
+    assert "Skipped 1 unreadable file(s) and 1 folder(s) not read:" in done.stdout and "Skipped 1 unreadable file(s) and 1 folder(s) not read:" in predicted.stdout
+    record = json.loads((tmp_path / "out" / "model.json").read_text())["adaptation"]
+    assert (record["skipped_files"], record["skipped_folders"]) == (1, 1)
+
+
 def test_adapt_reads_a_site_folder_on_object_storage_as_a_local_one(exported, tmp_path, s3_dir):
     """Before: "'s3://...' does not exist; pass image files or folders"."""
     from cxr_tune import storage
