@@ -531,12 +531,28 @@ def test_a_folder_whose_only_labelled_image_is_filed_under_both_classes_says_so(
     assert done.returncode == 2 and "(2 file(s) left out: an identical copy is filed under the other class)" in done.stderr
 
 
+def stop_in_the_second_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict scores two files a chunk, and a stop (Ctrl-C) comes while it scores the second chunk."""
+    import cxr_tune.predict as module
+    from cxr_tune.serving import probabilities
+
+    chunks: list[int] = []
+
+    def scored(model, images):
+        chunks.append(len(images))
+        if len(chunks) == 2:
+            raise KeyboardInterrupt
+        return probabilities(model, images)
+
+    monkeypatch.setattr(module, "_CHUNK_FILES", 2)
+    monkeypatch.setattr(module, "probabilities", scored)
+
+
 def test_a_long_run_says_its_progress_per_chunk_and_an_interrupted_one_keeps_what_it_scored(tmp_path, monkeypatch):
     """predict on a large folder was silent until its end, and a Ctrl-C or SIGTERM wrote no CSV and printed nothing: every
     image scored was lost. Now a run of more than one chunk says on stderr how many files each chunk brought it to, and a
     stop writes the chunks already scored to --csv, says how many of how many, and ends with status 130."""
     import cxr_tune.predict as module
-    from cxr_tune.serving import probabilities
 
     model = write_export(tmp_path / "best", image_size=16)
     data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(3)],
@@ -545,15 +561,7 @@ def test_a_long_run_says_its_progress_per_chunk_and_an_interrupted_one_keeps_wha
     done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet")
     assert done.returncode == 0 and [line.split("] ", 1)[1] for line in done.stderr.splitlines() if "] scored" in line] == [
         "scored 2 of 5 files", "scored 4 of 5 files"], done.stderr
-    chunks: list[int] = []
-
-    def stopped_in_the_second_chunk(model, images):
-        chunks.append(len(images))
-        if len(chunks) == 2:
-            raise KeyboardInterrupt
-        return probabilities(model, images)
-
-    monkeypatch.setattr(module, "probabilities", stopped_in_the_second_chunk)
+    stop_in_the_second_chunk(monkeypatch)
     done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet", "--csv", str(tmp_path / "out.csv"))
     assert done.returncode == 130, done.stderr
     assert f"Interrupted after scoring 2 of 5 files; wrote their 2 predictions to {tmp_path / 'out.csv'}" in done.stderr
@@ -607,24 +615,13 @@ def test_a_model_of_older_preprocessing_is_warned_once_and_only_when_it_scores_a
 
 def test_an_interrupted_run_of_a_model_of_older_preprocessing_warns_of_the_images_it_kept(tmp_path, monkeypatch):
     """A stop keeps the chunks scored (and writes them to --csv): the warning counts those, not the chunk cut short."""
-    import cxr_tune.predict as module
-    from cxr_tune.serving import probabilities
     from tests.data.test_dicom import jpeg_dicom
 
     old = write_export(tmp_path / "old", preprocessing={"image_size": 16, "preprocess_version": 1})
     data = kermany_folder(tmp_path / "xrays", {"test": {"NORMAL": ["b.jpeg"], "PNEUMONIA": ["c.jpeg", "e.jpeg"]}})
     for name in ("NORMAL/a.dcm", "PNEUMONIA/d.dcm"):  # one JPEG-compressed DICOM in the first chunk of two, one in the second
         (data / "test" / name).write_bytes(jpeg_dicom()[0])
-    monkeypatch.setattr(module, "_CHUNK_FILES", 2)
-    chunks: list[int] = []
-
-    def stopped_in_the_second_chunk(model, images):
-        chunks.append(len(images))
-        if len(chunks) == 2:
-            raise KeyboardInterrupt
-        return probabilities(model, images)
-
-    monkeypatch.setattr(module, "probabilities", stopped_in_the_second_chunk)
+    stop_in_the_second_chunk(monkeypatch)
     done = call_cli("cxr_tune.predict", "--model", str(old), str(data), "--quiet", "--csv", str(tmp_path / "out.csv"))
     assert done.returncode == 130, done.stderr
     assert f"Warning: 1 of the 2 image(s) scored (first: '{data / 'test' / 'NORMAL' / 'a.dcm'}')" in done.stderr
