@@ -68,6 +68,7 @@ import numpy as np
 
 from cxr_tune import storage
 from cxr_tune.calibration import probability_prior as calibration_prior
+from cxr_tune.calibration import two_counts
 from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import first_listed, json_safe, printable
@@ -399,7 +400,7 @@ def em_caveat(measured: dict[str, Any]) -> str:
 def training_share(meta: dict[str, Any]) -> str:
     """The training data's PNEUMONIA share with its counts (``train_class_counts``), to print beside a site estimate; "" without them."""
     counts = meta.get("train_class_counts")
-    if not (isinstance(counts, list) and len(counts) == 2 and all(type(n) is int and n >= 0 for n in counts) and sum(counts)):
+    if not two_counts(counts):
         return ""
     return f"{counts[1] / sum(counts):.3f} ({counts[1]} of {sum(counts)} images)"
 

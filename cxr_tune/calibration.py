@@ -215,18 +215,18 @@ def probability_prior(meta: dict[str, Any]) -> ProbabilityPrior:
         fitted_on = "external" if calibration.get("fitted_on") == "external" else "validation"
         measured = (meta.get("before_adaptation") or {}) if meta.get("adaptation") else meta  # an adapted model's sets moved there
         counts = (measured.get(fitted_on) or {}).get("class_counts")
-        value = counts[1] / (counts[0] + counts[1]) if _two_counts(counts) else None
+        value = counts[1] / (counts[0] + counts[1]) if two_counts(counts) else None
         return ProbabilityPrior(value, counts, f"{fitted_on}.class_counts", fitted_on=fitted_on)
     counts = meta.get("train_class_counts")
     weighting = (meta.get("hparams") or {}).get("class_weighting", "balanced")
-    if not _two_counts(counts):
+    if not two_counts(counts):
         return ProbabilityPrior(None, counts, "train_class_counts", class_weighting=weighting)
     members = tuple((m.get("hparams") or {}).get("class_weighting", "balanced") for m in meta.get("members", []) if isinstance(m, dict))
     return ProbabilityPrior(effective_prior(counts[0], counts[1], weighting), counts, "train_class_counts", class_weighting=weighting,
                             member_values=tuple(effective_prior(counts[0], counts[1], w) for w in members), member_weightings=members)
 
 
-def _two_counts(counts: Any) -> bool:
+def two_counts(counts: Any) -> bool:
     """True for the NORMAL and PNEUMONIA image counts as recorded: two whole numbers above 0 (a prior divides by them)."""
     return isinstance(counts, list) and len(counts) == 2 and all(type(n) is int and n > 0 for n in counts)
 
