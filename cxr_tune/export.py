@@ -509,8 +509,9 @@ def _how_computed(models: int, tta: int, calibration: Calibration | None, decidi
 def trials_so_far(table: pd.DataFrame) -> dict[str, int]:
     """How many of the experiment's trials had trained an epoch, and how many Tune had not seen end (a resume
     continues them), when the model was chosen: a search a budget ended or Ctrl-C stopped chose from fewer than asked."""
-    return {"trials_trained": int((table["epochs"] > 0).sum()),
-            "trials_unfinished": int((~table["status"].isin(["TERMINATED", "ERROR"])).sum())}
+    from cxr_tune.search.results import UNFINISHED
+
+    return {"trials_trained": int((table["epochs"] > 0).sum()), "trials_unfinished": int((table["stop_reason"] == UNFINISHED).sum())}
 
 
 def unfinished_note(path: str, requested: int, so_far: dict[str, int]) -> str | None:

@@ -14,7 +14,7 @@ from cxr_tune.errors import UserError
 
 def test_a_trial_that_diverged_at_every_epoch_is_refused_in_one_line_naming_it(monkeypatch):
     table = pd.DataFrame({"trial_id": ["good", "lost"], "epochs": [3, 1], "val_objective": [0.9, 0.5], "val_non_finite": [0, 89],
-                          "status": ["TERMINATED", "TERMINATED"]})
+                          "status": ["TERMINATED", "TERMINATED"], "stop_reason": ["completed", "completed"]})
     experiment = SimpleNamespace(path="exps/div", splits=None, cache_dir=None, deciding_set="carved", trials=lambda ranked=True: table,
                                  options=SimpleNamespace(trials=2))
     monkeypatch.setattr("cxr_tune.experiment.Experiment", lambda path: experiment)  # export reads it where it is used
@@ -71,7 +71,7 @@ def test_an_export_of_a_search_that_had_not_trained_every_trial_counts_them_and_
     from cxr_tune.export import trials_so_far, unfinished_note
 
     table = pd.DataFrame({"trial_id": list("abcde"), "epochs": [3, 2, 1, 0, 0],
-                          "status": ["TERMINATED", "TERMINATED", "RUNNING", "TERMINATED", "PENDING"]})
+                          "stop_reason": ["completed", "ASHA stopped", "unfinished", "never trained (the search ended first)", "unfinished"]})
     counts = trials_so_far(table)
     assert counts == {"trials_trained": 3, "trials_unfinished": 2}
     assert unfinished_note("exps/cut", 8, counts) == ("Note: exps/cut is unfinished: 3 of its 8 requested trials trained, 2 had not ended (--resume continues them); "

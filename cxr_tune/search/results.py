@@ -32,6 +32,8 @@ METRICS = [
     *(f"{prefix}_{m}" for prefix in ("ext", "val") for m in SET_METRICS),
     "train_loss", "train_images_per_s", "precision", "channels_last", "worker_nodes", "worker_images",
 ]
+#: The stop reason of a trial Tune had not seen end (a resume continues it).
+UNFINISHED = "unfinished"
 ID_COLUMNS = ["trial_id", "status", "stop_reason", "epochs", "best_epoch", "run_seconds"]
 TRAIN_DIR = "train"  # in an experiment folder: one Ray Train run (its checkpoints) per trial, see train_run
 
@@ -258,7 +260,7 @@ def _stop_reason(status: str, epochs: int, max_epochs: int, event: str | None, r
     if status == "ERROR":
         return "error"
     if status != "TERMINATED":
-        return "unfinished"  # Tune saves a trial that was running as PENDING: its status says no more; --resume continues it
+        return UNFINISHED  # Tune saves a trial that was running as PENDING: its status says no more; --resume continues it
     if epochs >= max_epochs:
         return "completed"
     if event == "ASHA stopped" or (event is None and epochs in rungs):
