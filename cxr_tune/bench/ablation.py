@@ -99,7 +99,7 @@ def retrain(experiment: Experiment, configs: list[tuple[str, dict]], epochs: int
 def run(experiment: str, variants: list[tuple[str, object]], epochs: int, k: int, out: str | None = None) -> None:
     experiment = Experiment(experiment)
     configs = configurations(experiment, variants, epochs)  # a --vary no configuration takes is refused first
-    folder = results_folder("ablation", out, None if out else other_experiment_data(experiment), default=PROJECT / "results" / "real")
+    folder = results_folder("ablation", out, other_experiment_data(experiment), default=PROJECT / "results" / "real")
     hoc = post_hoc(experiment, k)
     with kept_runs("ablation", {"experiment": experiment.path, "configs": configs}) as kept:
         trained = retrain(experiment, configs, epochs, kept) if variants else pd.DataFrame()

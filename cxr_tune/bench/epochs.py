@@ -76,7 +76,7 @@ def run(experiment_dir: str, epochs: list[int] | None, model: str | None = None,
 
     experiment = Experiment(experiment_dir)
     export = export_on_external(experiment, model)
-    folder = results_folder("epochs", out, None if out else other_experiment_data(experiment))  # after the checks of --model, before any training
+    folder = results_folder("epochs", out, other_experiment_data(experiment))  # after the checks of --model, before any training
     members = export.meta.get("members") or [{"trial_id": export.meta.get("trial_id"), "epoch": export.meta.get("epoch"), "hparams": export.meta["hparams"]}]
     own = int(members[0]["hparams"]["epochs"])
     epochs = epochs or [own, 2 * own]

@@ -91,7 +91,7 @@ def run(experiment_dir: str, out: str | None = None) -> Path:
         raise UserError(f"'{experiment.path}' was selected on the external set, so its epochs, checkpoints and trials already saw it and "
                         "a carved-only pick from it would not be carved-only; run a search with --select-on carved (and --val-data) "
                         "and pass that experiment")
-    folder = results_folder("transfer", out, None if out else other_experiment_data(experiment))
+    folder = results_folder("transfer", out, other_experiment_data(experiment))
     table = experiment.trials()
     if not transfer.has_external(table):
         raise UserError(f"'{experiment.path}' has no external validation metrics; run the search with --val-data (or a data folder with a val/ split)")

@@ -39,7 +39,7 @@ def run(experiment_dir: str, seeds: int | None, model: str | None = None, out: s
 
     experiment = Experiment(experiment_dir)
     export = export_on_external(experiment, model)
-    folder = results_folder("value", out, None if out else other_experiment_data(experiment))  # after the checks of --model, before any training
+    folder = results_folder("value", out, other_experiment_data(experiment))  # after the checks of --model, before any training
     model, meta, hashes = export.model, export.meta, export.hashes
     search_minutes = experiment.compute_minutes()
     options = experiment.options
