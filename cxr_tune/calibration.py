@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from cxr_tune import selection
-from cxr_tune.plotting import legend_beside
+from cxr_tune.plotting import legend_beside, save_figure
 from cxr_tune.selection import REPORTED_RESAMPLES
 
 N_BINS = 10
@@ -271,9 +271,7 @@ def plot_reliability(path: str | Path, curves: dict[str, dict[str, list[float]]]
     edge = (-0.03, 1.03)  # room for the biggest markers: the bins at 0 and 1 are the largest, and were cut to half discs at the axes' edge
     ax.set(xlim=edge, ylim=edge, xlabel="mean predicted probability (bin)", ylabel="observed PNEUMONIA share (bin)", title=title)
     legend_beside(ax, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _bins(scores: np.ndarray, n_bins: int) -> np.ndarray:

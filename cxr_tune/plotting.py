@@ -5,7 +5,7 @@ A legend at a fixed corner (``loc="lower right"``) covered exactly the points a 
 selected trial that transfers badly sits low and to the right, a specificity operating point sits at
 low false positive rate and middling sensitivity. ``loc="best"`` only makes that less likely. Outside
 the axes nothing drawn can be under it. Used by the report's plots, the reliability diagram, the
-transfer plot and the benchmarks' plots alike.
+transfer plot and the benchmarks' plots alike. :func:`save_figure` writes them whole.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any
 from cxr_tune.formatting import printable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
     from matplotlib.legend import Legend
 
 GAP = 0.02  # between the axes and its legend, as a share of the axes' width
@@ -42,6 +45,17 @@ def legend_beside(ax: Axes, **kwargs: Any) -> Legend | None:
     width, height = fig.get_size_inches()
     fig.set_size_inches(width + legend.get_window_extent().width / fig.dpi + GAP * width, height)
     return legend
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> None:
+    """Lay ``fig`` out and write it to ``path`` with everything it draws, then close it. The saved image grows to hold a
+    title or label wider than the figure (``bbox_inches="tight"``): confusion.png, 4.5 inches wide, cut its title to
+    "external validation (selection set) at threshold 0.", the threshold it exists to show lost at both ends."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
 
 
 def readable_ticks(ax: Axes, most: int = 5) -> None:

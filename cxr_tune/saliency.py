@@ -30,7 +30,7 @@ from torch import nn
 
 from cxr_tune import storage
 from cxr_tune.modelfile import Members
-from cxr_tune.plotting import drawable
+from cxr_tune.plotting import drawable, save_figure
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.model import ConvBlock, PneumoniaCNN, TorchvisionNet
 
@@ -110,9 +110,7 @@ def plot_gallery(path: str | Path, rows: dict[str, Sequence[tuple[np.ndarray, np
                 ax.set_title(drawable(caption), fontsize=7)
         axes[row][0].text(-0.08, 0.5, title, transform=axes[row][0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
     fig.suptitle(f"Grad-CAM over the model input (aspect ratio not kept). {SCALED}", fontsize=9, wrap=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def _overlay(ax: object, image: np.ndarray, heat: np.ndarray) -> None:

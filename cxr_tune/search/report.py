@@ -29,7 +29,7 @@ from cxr_tune.experiment import Experiment  # noqa: E402
 from cxr_tune.formatting import against, code_span, fmt, from_spreadsheet, search_command  # noqa: E402
 from cxr_tune.modelcard import CARD_FILE, calibration_section, final_fit_line, next_steps, operating_point_section, subgroup_section, threshold_words  # noqa: E402
 from cxr_tune.modelfile import PREDICTIONS_FILES, load_members  # noqa: E402
-from cxr_tune.plotting import legend_beside  # noqa: E402
+from cxr_tune.plotting import legend_beside, save_figure  # noqa: E402
 from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
 from cxr_tune.search import transfer  # noqa: E402
 from cxr_tune.search.finalfit import describe_changes  # noqa: E402
@@ -266,7 +266,7 @@ def _plot_progress(path: Path, histories: dict[str, pd.DataFrame], objective: st
                    linewidths=0.5, zorder=5, label=f"selected: trial {trial}, best epoch {epoch}")
     ax.set(xlabel="minutes since the first result", ylabel=textwrap.fill(selection_label(objective), 32), title="Search progress")  # fits a 4-inch axis
     legend_beside(ax)
-    _save(fig, path)
+    save_figure(fig, path)
     return None
 
 
@@ -319,7 +319,7 @@ def plot_importances(path: Path, experiment: Experiment) -> dict[str, str | None
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.4 * len(names))))
     ax.barh(names, values)
     ax.set(xlabel="importance (PED-ANOVA)", title=f"Parameter importances, from the {complete} trials that ran every epoch")
-    _save(fig, path)
+    save_figure(fig, path)
     return {"importances": None, "importances_caveat": f"From {basis}." + (" Optuna: " + " ".join(doubts) if doubts else "")}
 
 
@@ -337,7 +337,7 @@ def _plot_pareto(path: Path, table: pd.DataFrame, selected: pd.Series, prefix: s
     name = selection_label(SET_NAMES[prefix])  # the set that selected: every trial's best epoch and threshold were chosen on it
     ax.set(xlabel=f"specificity on {name}", ylabel=f"sensitivity on {name}", title="Sensitivity vs specificity")
     legend_beside(ax)
-    _save(fig, path)
+    save_figure(fig, path)
     return None
 
 
@@ -400,7 +400,7 @@ def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float, name: str
     ax.scatter([1 - spec], [sens], s=80, color="C3", zorder=5, label=f"threshold {fmt(threshold)}")
     legend_beside(ax)
     ax.set(title=f"{who}\nROC on {name}")
-    _save(fig, path)
+    save_figure(fig, path)
     return None
 
 
@@ -413,7 +413,7 @@ def _plot_confusion(path: Path, predictions: pd.DataFrame, threshold: float, nam
         display_labels=["NORMAL", "PNEUMONIA"], ax=ax, colorbar=False,
     )
     ax.set(title=f"{who}\n{name} at threshold {fmt(threshold)}")
-    _save(fig, path)
+    save_figure(fig, path)
     return None
 
 
@@ -441,7 +441,7 @@ def _plot_learning(path: Path, history: pd.DataFrame, deciding: str, mark: tuple
     right.set(xlabel="epoch", ylabel="AUC; balanced accuracy")
     right.set_title("AUC, and balanced accuracy at\na threshold chosen on each set", fontsize=10)  # AUC needs no threshold
     legend_beside(right, fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     return None
 
 
@@ -509,7 +509,7 @@ def _plot_operating_points(path: Path, exported: dict[str, Any], predictions: pd
         ax.scatter([x], [y], s=60, color=f"C{index + 1}", zorder=5, label=label)
     legend_beside(ax, fontsize=7)
     ax.set(title="Operating points on the ROC curve")
-    _save(fig, path)
+    save_figure(fig, path)
     return None
 
 
@@ -541,12 +541,6 @@ def _plot_saliency(path: Path, experiment: Experiment, exported: dict[str, Any],
         return "No Grad-CAM gallery: no false positive, false negative or true positive on the deciding set."
     plot_gallery(path, gallery)
     return None
-
-
-def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _param_columns(table: pd.DataFrame) -> list[str]:

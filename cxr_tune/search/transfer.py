@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr_tune.formatting import fmt
-from cxr_tune.plotting import legend_beside, readable_ticks
+from cxr_tune.plotting import legend_beside, readable_ticks, save_figure
 from cxr_tune.selection import selection_label
 
 PAIRS = (("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
@@ -77,9 +77,7 @@ def plot_transfer(path: Path, table: pd.DataFrame, deciding: str, title: str = "
         readable_ticks(ax)
     legend_beside(axes[-1], fontsize=8)  # the same markers on both panels
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return None
 
 

@@ -446,3 +446,32 @@ def test_the_progress_plot_marks_the_selected_trial(tmp_path, monkeypatch):
     [legend] = [t.get_text() for t in ax.get_legend().get_texts() if t.get_text().startswith("selected")]
     [star] = [c for c in ax.collections if c.get_label() == legend]
     assert legend == "selected: trial 5a4e909c, best epoch 2" and star.get_offsets().tolist() == [[1.0, 0.9179]]
+
+
+def test_no_plot_of_the_report_cuts_off_its_title_or_labels(tmp_path, monkeypatch):
+    """confusion.png, 4.5 inches wide, was saved at that width under a longer title: "external validation (selection set) at
+    threshold 0." lost the threshold it exists to show. Every saved PNG must hold everything its figure draws."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from cxr_tune.calibration import plot_reliability
+    from cxr_tune.search.transfer import plot_transfer
+
+    saved, save = [], Figure.savefig  # each PNG with what its figure draws (every title, label, tick and legend), in inches
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, *args, **kwargs: (save(fig, path, *args, **kwargs),
+                                                                            saved.append((path, kwargs["dpi"], fig.get_tightbbox()))))
+    labels, scores = [0, 0, 0, 1, 1, 1], [0.1, 0.4, 0.6, 0.3, 0.7, 0.9]
+    predictions = pd.DataFrame({"label": labels, "score": scores, "probability": scores})
+    who = "Search trial 5a4e909c (not the exported model)"
+    report._plot_confusion(tmp_path / "confusion.png", predictions, 0.9128, "external validation (selection set)", who)
+    report._plot_roc(tmp_path / "roc.png", predictions, 0.9128, "external validation (selection set)", who)
+    table = pd.DataFrame({"trial_id": ["a", "b"], "rank": [1, 2], "tied": True, "ext_sensitivity": [0.8, 0.9], "ext_specificity": [0.7, 0.5],
+                          "val_auc": [0.7, 0.8], "ext_auc": [0.8, 0.6], "val_balanced_accuracy": [0.7, 0.6], "ext_balanced_accuracy": [0.75, 0.6]})
+    report._plot_pareto(tmp_path / "pareto.png", table, table.iloc[0], "ext")
+    plot_transfer(tmp_path / "transfer.png", table, "external")
+    plot_reliability(tmp_path / "reliability.png", {"external validation (selection set)": {"predicted": [0.3, 0.7], "observed": [0.2, 0.8], "count": [5, 5]}})
+    assert len(saved) == 5
+    for path, dpi, drawn in saved:
+        width, height = Image.open(path).size
+        assert width / dpi >= drawn.width - 0.01 and height / dpi >= drawn.height - 0.01, (path.name, width / dpi, drawn.width)
