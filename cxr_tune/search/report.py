@@ -207,7 +207,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
             lines += [f"_{notes[key + '_caveat']}_", ""]
     ranked = table.sort_values("rank", na_position="last").head(TOP)
     lines += [f"## Top {len(ranked)} trials, in selection order", ""]
-    columns = ["rank", "tied", "trial_id", "stop_reason", "epochs", "objective", "objective_low", "objective_high",
+    columns = ["rank", "tied", "trial_id", "stop_reason", "epochs", "best_epoch", "objective", "objective_low", "objective_high",
                f"{prefix}_auc", f"{prefix}_sensitivity", f"{prefix}_specificity", f"{prefix}_threshold", f"{prefix}_loss"]
     if prefix == "ext":
         columns += ["val_balanced_accuracy", "val_auc"]
@@ -563,7 +563,7 @@ def _table(frame: pd.DataFrame) -> str:
 def _trial_table(metrics: pd.DataFrame, params: pd.DataFrame) -> str:
     """Metrics to four decimals; each sampled parameter as it was drawn (a whole number as one, blank
     where the trial had none, e.g. a third block's filters in a two-block net)."""
-    counts = [c for c in ("rank", "epochs") if c in metrics]  # whole numbers, even in a column a failed trial's blank made float
+    counts = [c for c in ("rank", "epochs", "best_epoch") if c in metrics]  # whole numbers, even in a column a failed trial's blank made float
     cells = pd.concat([metrics.drop(columns=counts).map(lambda v: f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else "" if _missing(v) else str(v)),
                        metrics[counts].map(lambda v: "" if _missing(v) else _fmt(v)),
                        params.map(lambda v: "" if _missing(v) else _fmt(v))], axis=1)[[*metrics.columns, *params.columns]]

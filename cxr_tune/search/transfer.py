@@ -21,7 +21,8 @@ PAIRS = (("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
 AT_OWN = {"balanced_accuracy": "\n(at a threshold chosen on this set)"}
 FEW_TRIALS = 10  # below this, say that a rank correlation says little
 TABLE_COLUMNS = ["trial_id", "rank", "tied", "val_balanced_accuracy", "ext_balanced_accuracy", "ext_objective_low", "ext_objective_high",
-                 "val_auc", "ext_auc", "val_loss", "ext_loss", "epochs"]
+                 "val_auc", "ext_auc", "val_loss", "ext_loss", "epochs", "best_epoch"]  # best_epoch: the one the metrics are from
+WHOLE = ["rank", "epochs", "best_epoch"]  # counts, read as whole numbers even where a failed trial's blank made the column float
 
 
 def has_external(table: pd.DataFrame) -> bool:
@@ -29,10 +30,12 @@ def has_external(table: pd.DataFrame) -> bool:
 
 
 def side_by_side(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial that reported, in selection order: carved and external metrics next to each other."""
+    """One row per trial that reported, in selection order: carved and external metrics next to each other, and the
+    epoch they come from (``best_epoch``) beside the epochs the trial ran."""
     done = table.dropna(subset=["val_auc"])
     if "rank" in done:
         done = done.sort_values("rank")
+    done = done.astype({c: "Int64" for c in WHOLE if c in done})
     return done[[c for c in TABLE_COLUMNS if c in done]].reset_index(drop=True)
 
 

@@ -325,8 +325,9 @@ def test_without_the_exported_models_scores_roc_and_confusion_say_they_show_the_
                                          "0.7750 (not the exported model's 0.9128: `best/` holds no scores on external validation).")
 
 
-def _report_text(exported: dict | None = None, *, prefix: str = "ext", unfinished: str = "", **info) -> str:
-    """report.md for a one-trial experiment with an external set and a test split, every plot replaced by a note."""
+def _report_text(exported: dict | None = None, *, prefix: str = "ext", unfinished: str = "", trial: dict | None = None, **info) -> str:
+    """report.md for a one-trial experiment with an external set and a test split, every plot replaced by a note; ``trial``:
+    its trial table row's values that differ."""
     import pandas as pd
 
     options = types.SimpleNamespace(name="tiny", select="balanced_accuracy", min_sensitivity=0.0, data=types.SimpleNamespace(val_fraction=0.15, split_seed=0))
@@ -335,7 +336,7 @@ def _report_text(exported: dict | None = None, *, prefix: str = "ext", unfinishe
             "has_test": True, "class_counts_test": [20, 43], **info}
     metrics = {f"{p}_{m}": 0.7 for p in ("val", "ext") for m in ("auc", "sensitivity", "specificity", "balanced_accuracy", "threshold", "loss")}
     table = pd.DataFrame([{"trial_id": "a", "rank": 1, "tied": True, "stop_reason": "completed", "status": "TERMINATED", "best_epoch": 1,
-                           "epochs": 2, "objective": 0.7, **metrics}])
+                           "epochs": 2, "objective": 0.7, **metrics, **(trial or {})}])
     notes = {key: "no plot" for key in ("progress", "importances", "pareto", "transfer", "roc", "confusion", "learning")}
     notes |= {"roc_caption": "roc", "confusion_caption": "confusion"}
     return report._markdown(info, options, table, table.iloc[0], prefix, exported, notes, [], [], "/runs/tiny/best", unfinished)
@@ -475,3 +476,15 @@ def test_no_plot_of_the_report_cuts_off_its_title_or_labels(tmp_path, monkeypatc
     for path, dpi, drawn in saved:
         width, height = Image.open(path).size
         assert width / dpi >= drawn.width - 0.01 and height / dpi >= drawn.height - 0.01, (path.name, width / dpi, drawn.width)
+
+
+def test_the_trial_tables_say_which_epoch_their_metrics_come_from():
+    """"What transfers" and "Top N" gave `epochs` (8, the epochs run) beside metrics of the best epoch (7) and never said which."""
+    text = _report_text(trial={"epochs": 8, "best_epoch": 7.0})  # a float column where a failed trial has none
+    for heading in ("## What transfers", "## Top 1 trials"):
+        lines = text[text.index(heading):].splitlines()
+        header = next(line for line in lines if line.startswith("|"))
+        cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in (header, lines[lines.index(header) + 2])]
+        columns = dict(zip(*cells, strict=True))
+        assert (columns["epochs"], columns.get("best_epoch")) == ("8", "7"), heading
+        assert abs(cells[0].index("best_epoch") - cells[0].index("epochs")) == 1, heading  # side by side
