@@ -139,6 +139,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
                   "epochs, the trial, the ensemble and the threshold, so its numbers are optimistic; the honest score is on images no choice saw.", ""]
     counts = ", ".join(f"{v} {k}" for k, v in table["stop_reason"].value_counts().items())
     external = info.get("external")
+    ties = _tie_words(table, deciding)
     lines += [
         f"- Command: {code_span(search_command(info))}",
         f"- Data: {info['data_description']}",
@@ -151,13 +152,14 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         f"- Selection on **{deciding}**: each epoch's {criterion} at a threshold chosen on the same set"
         + (f" (sensitivity >= {options.min_sensitivity:g})" if options.min_sensitivity else "")
         + "; trials whose 95 % bootstrap interval overlaps the best trial's are tied, and the tied trial with the highest AUC on "
-        + f"{deciding} wins (then lowest log loss). The test split never selects anything.",
+        + f"{deciding} wins (then lowest log loss). The test split never selects anything."
+        + (f" Here {ties}." if ties else ""),
         f"- Trials: {len(table)} ({counts})",
         f"- Written {time.strftime('%Y-%m-%d %H:%M')}",
         "",
         f"## Selected trial `{selected['trial_id']}`",
         "",
-        f"Best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}; {int(table['tied'].fillna(False).sum()) - 1} other trial(s) tied with it.",
+        f"Best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}; {_tied(table) - 1} other trial(s) tied with it.",
         "",
         _table(_set_rows(selected, prefix)),
         "",
@@ -195,7 +197,8 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         "progress": ("progress.png", "Search progress: every epoch's objective over time, the best so far, and the selected trial's best "
                      "epoch starred (among the trials tied with the best, the one with the highest AUC: not always the highest objective)."),
         "importances": ("importances.png", "Parameter importances (Optuna's PED-ANOVA over the trials that ran every epoch; those ASHA stopped are not in it)."),
-        "pareto": ("pareto.png", f"Sensitivity vs specificity on {deciding} of every trial's best epoch; the Pareto front and the selected trial."),
+        "pareto": ("pareto.png", f"Sensitivity vs specificity on {deciding} of every trial's best epoch; the Pareto front and the selected trial."
+                   + (f" {ties[0].upper()}{ties[1:]}: the selected trial has the highest AUC of them, so it need not lie on the front." if ties else "")),
         "roc": ("roc.png", notes["roc_caption"]),
         "confusion": ("confusion.png", notes["confusion_caption"]),
         "learning": ("learning_curves.png", "Selected trial: learning curves."),
@@ -217,6 +220,21 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         lines += ["## Failed trials", "", _table(errors[["trial_id", "error"]]), ""]
     lines += ["All trials: `trials.csv` / `trials.parquet`. Optuna study: `study.db` (open with `optuna-dashboard`).", ""]
     return "\n".join(lines)
+
+
+def _tied(table: pd.DataFrame) -> int:
+    """How many trials the selection (:func:`cxr_tune.selection.ranked_trials`, the table's ``tied`` column) tied with the best."""
+    return int(table["tied"].fillna(False).astype(bool).sum())
+
+
+def _tie_words(table: pd.DataFrame, deciding: str) -> str:
+    """How many trials were tied with the best and that AUC on ``deciding`` ranked them, from the selection's own ``tied``
+    and ``rank`` columns ("" when no other trial was tied): a star off the Pareto front is why."""
+    tied = _tied(table)
+    if tied < 2:
+        return ""
+    return (f"{tied} of the {int(table['rank'].notna().sum())} trials ranked were tied with the best (their 95 % intervals overlap "
+            f"its own), and the tied ones were ranked by AUC on {deciding}")
 
 
 def _test_section(exported: dict[str, Any]) -> list[str]:

@@ -325,9 +325,10 @@ def test_without_the_exported_models_scores_roc_and_confusion_say_they_show_the_
                                          "0.7750 (not the exported model's 0.9128: `best/` holds no scores on external validation).")
 
 
-def _report_text(exported: dict | None = None, *, prefix: str = "ext", unfinished: str = "", trial: dict | None = None, **info) -> str:
+def _report_text(exported: dict | None = None, *, prefix: str = "ext", unfinished: str = "", trial: dict | None = None,
+                 others: tuple[dict, ...] = (), **info) -> str:
     """report.md for a one-trial experiment with an external set and a test split, every plot replaced by a note; ``trial``:
-    its trial table row's values that differ."""
+    its trial table row's values that differ; ``others``: more trials, each the values that differ from that row's."""
     import pandas as pd
 
     options = types.SimpleNamespace(name="tiny", select="balanced_accuracy", min_sensitivity=0.0, data=types.SimpleNamespace(val_fraction=0.15, split_seed=0))
@@ -335,8 +336,9 @@ def _report_text(exported: dict | None = None, *, prefix: str = "ext", unfinishe
             "class_counts_train": [108, 348], "class_counts_val": [20, 61], "external": "/site", "class_counts_external": [22, 78],
             "has_test": True, "class_counts_test": [20, 43], **info}
     metrics = {f"{p}_{m}": 0.7 for p in ("val", "ext") for m in ("auc", "sensitivity", "specificity", "balanced_accuracy", "threshold", "loss")}
-    table = pd.DataFrame([{"trial_id": "a", "rank": 1, "tied": True, "stop_reason": "completed", "status": "TERMINATED", "best_epoch": 1,
-                           "epochs": 2, "objective": 0.7, **metrics, **(trial or {})}])
+    row = {"trial_id": "a", "rank": 1, "tied": True, "stop_reason": "completed", "status": "TERMINATED", "best_epoch": 1,
+           "epochs": 2, "objective": 0.7, **metrics, **(trial or {})}
+    table = pd.DataFrame([row, *({**row, **other} for other in others)])
     notes = {key: "no plot" for key in ("progress", "importances", "pareto", "transfer", "roc", "confusion", "learning")}
     notes |= {"roc_caption": "roc", "confusion_caption": "confusion"}
     return report._markdown(info, options, table, table.iloc[0], prefix, exported, notes, [], [], "/runs/tiny/best", unfinished)
@@ -488,3 +490,20 @@ def test_the_trial_tables_say_which_epoch_their_metrics_come_from():
         columns = dict(zip(*cells, strict=True))
         assert (columns["epochs"], columns.get("best_epoch")) == ("8", "7"), heading
         assert abs(cells[0].index("best_epoch") - cells[0].index("epochs")) == 1, heading  # side by side
+
+
+def test_the_report_says_how_many_trials_were_tied_and_that_auc_ranked_them():
+    """39 of 40 trials were tied on external balanced accuracy and AUC picked among them, yet the Pareto caption said only
+    "the Pareto front and the selected trial": a reader saw the star off the front with no reason given."""
+    import numpy as np
+
+    others = ({"trial_id": "b", "rank": 2, "tied": True}, {"trial_id": "c", "rank": 3, "tied": False},
+              {"trial_id": "d", "rank": np.nan, "tied": None, "status": "ERROR", "epochs": 0, "error": "out of memory"})
+    text = " ".join(_report_text(others=others).split())
+    said = ("2 of the 3 trials ranked were tied with the best (their 95 % intervals overlap its own), and the tied ones were ranked "
+            "by AUC on external validation")
+    [selection] = [line for line in text.split("- ") if line.startswith("Selection on")]
+    assert said in selection
+    assert f"the Pareto front and the selected trial. {said}: the selected trial has the highest AUC of them, so it need not lie on the front." in text
+    alone = " ".join(_report_text(others=({"trial_id": "b", "rank": 2, "tied": False},)).split())
+    assert "were tied with the best" not in alone and "the Pareto front and the selected trial.**" in alone
