@@ -322,7 +322,8 @@ def plot_importances(path: Path, experiment: Experiment) -> dict[str, str | None
             if complete < IMPORTANCE_MIN_TRIALS:
                 return {"importances": f"Parameter importances are not shown: they would come from {basis}, too few for Optuna's "
                                        f"PED-ANOVA, which contrasts the best {IMPORTANCE_TOP_SHARE:.0%} of them with the rest and "
-                                       f"asks for at least {IMPORTANCE_MIN_TOP} in that top share ({IMPORTANCE_MIN_TRIALS} trials)."}
+                                       f"asks for at least {IMPORTANCE_MIN_TOP} in that top share, so the chart needs at least "
+                                       f"{IMPORTANCE_MIN_TRIALS} completed trials."}
             evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=IMPORTANCE_TOP_SHARE)
             importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
         except (RuntimeError, ValueError) as exc:
