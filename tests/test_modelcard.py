@@ -365,3 +365,22 @@ def test_the_card_says_how_the_input_s_pixels_are_made_from_a_16_bit_image(expor
     details = card.split("\n## Model details\n")[1].split("\n## ")[0]
     assert f"({meta['preprocessing']['grayscale']}" in details and "16-bit images min-max scaled" in details
     assert "`cxr_tune.data.imaging.decode_gray`" in details and "convert(\"L\")" in details
+
+
+def test_a_subgroup_with_no_image_in_a_set_is_left_out_of_its_table():
+    """Synthetic data named no NORMAL2-IM- file: each set had a row "normal, NORMAL2-IM- files | specificity | 0 | 0 | n/a"."""
+    from cxr_tune.modelcard import subgroup_section
+
+    def groups(im: int, im2: int) -> dict[str, Any]:
+        return {"normal_im": {"description": "normal, IM- files", "rate": "specificity", "n": im, "correct": im, "value": 1.0 if im else math.nan,
+                              "ci95": [0.5, 1.0] if im else None},
+                "normal2_im": {"description": "normal, NORMAL2-IM- files", "rate": "specificity", "n": im2, "correct": im2,
+                               "value": 1.0 if im2 else math.nan, "ci95": [0.5, 1.0] if im2 else None}}
+
+    meta = {"deciding_set": "external", "validation": {"subgroups": groups(14, 0)}, "external": {"subgroups": groups(0, 9)}}
+    lines = subgroup_section(meta)
+    rows = [[cell.strip() for cell in line.strip("|").split("|")][:4] for line in lines if line.startswith("| ") and "---" not in line][1:]
+    assert rows == [["carved validation", "normal, IM- files", "specificity", "14"],
+                    ["external validation (selection set)", "normal, NORMAL2-IM- files", "specificity", "9"]]
+    assert "A group with no image in a set is left out." in " ".join(lines)
+    assert "no table" in " ".join(subgroup_section({"deciding_set": "external", "validation": {"subgroups": groups(0, 0)}}))
