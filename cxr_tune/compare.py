@@ -3,8 +3,8 @@
 Which model is better on a site's labelled sample (the search's model or the adapted one, last
 month's or this month's)? On a few hundred images each model's own interval is wide, and two
 overlapping intervals say little; the difference between two models on the *same* images is
-measured far more precisely by a paired bootstrap, which resamples the same images for both
-(:func:`cxr_tune.set_metrics.paired_differences`, within each class).
+measured far more precisely by paired intervals on the same images (:func:`cxr_tune.set_metrics.paired_differences`:
+Newcombe's interval for paired proportions for the rates, a paired bootstrap within each class for AUC and balanced accuracy).
 
 Prints each model's sensitivity, specificity, balanced accuracy and AUC at its own stored threshold
 (or ``--operating-point``), with 95 % intervals as ``predict`` prints them (Wilson score for the
@@ -33,13 +33,13 @@ import pandas as pd
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.formatting import fmt, interval, json_safe, printable
+from cxr_tune.formatting import fmt, interval, interval_in, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import threshold_for
 from cxr_tune.predict import check_lines, collect, distinct_labelled, distinct_lines, flagged_lines, predict_each
 from cxr_tune.selection import selection_note
 from cxr_tune.serving import load_model
-from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METRICS, held_out_metrics, paired_differences
+from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METHODS, PAIRED_METRICS, held_out_metrics, paired_with_reasons, withheld_line
 
 TITLES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity", "balanced_accuracy": "balanced accuracy"}
 
@@ -47,8 +47,8 @@ TITLES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificit
 def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_POINT) -> dict[str, Any]:
     """Every model scored on the labelled images of ``inputs`` that all of them read, at operating point
     ``point``: ``{"images", "class_counts", "skipped", "synthetic" (the models trained on SYNTHETIC data), "models": {name: metrics},
-    "differences": {name: {metric: [difference, [low, high]]}}}``,
-    each difference a later model minus the first."""
+    "differences": {name: {metric: [difference, [low, high] or None]}}, "differences_withheld": {name: {metric: why}}}``,
+    each difference a later model minus the first (an interval None where it is withheld, and why)."""
     if len(models) < 2:
         raise UserError("give --model two or more times: the models to compare")
     same = [name for i, name in enumerate(models) if storage.resolve(name) in {storage.resolve(m) for m in models[:i]}]
@@ -92,13 +92,15 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
             checks[path] = "; ".join(dict.fromkeys(part for part in (checks.get(path, ""), check) if part))
     first, *later = loaded
     hashes = next(iter(frames.values())).loc[common, "content_hash"]
+    paired = {name: paired_with_reasons(labels, scores[name], thresholds[name], scores[first], thresholds[first]) for name in later}
     return {
         "flagged": {path: check for path, check in checks.items() if check},
         "images": len(common), "class_counts": counts, "copies_counted_once": copies, "filed_under_both": both, "operating_point": point, "skipped": skipped,
         "synthetic": [name for name, model in loaded.items() if model.meta.get("data", {}).get("synthetic")],
         "selection_sets": {name: note for name, model in loaded.items() if (note := selection_note(model.meta, inputs, hashes))},
         "models": {name: held_out_metrics(labels, scores[name], thresholds[name]) for name in loaded},
-        "differences": {name: paired_differences(labels, scores[name], thresholds[name], scores[first], thresholds[first]) for name in later},
+        "differences": {name: differences for name, (differences, _) in paired.items()},
+        "differences_withheld": {name: withheld for name, (_, withheld) in paired.items()},
     }
 
 
@@ -107,7 +109,7 @@ def describe(result: dict[str, Any]) -> str:
     normal, pneumonia = result["class_counts"]
     models = pd.DataFrame([
         {"model": name, "threshold": fmt(metrics["threshold_used"]),
-         **{TITLES[key]: fmt(metrics[key]) + interval(metrics["ci95"].get(key)) for key in PAIRED_METRICS}}
+         **{TITLES[key]: fmt(metrics[key]) + interval_in(metrics["ci95"], key) for key in PAIRED_METRICS}}
         for name, metrics in result["models"].items()])
     lines = [f"{result['images']} labelled images (NORMAL {normal}, PNEUMONIA {pneumonia}), each model at its own threshold "
              f"(operating point {result['operating_point']}); {INTERVAL_METHODS}"]
@@ -115,13 +117,15 @@ def describe(result: dict[str, Any]) -> str:
     lines += [f"Note ({name}): {note}." for name, note in result.get("selection_sets", {}).items()]
     lines += [line.strip() for line in flagged_lines(len(result.get("flagged", {})))]
     lines += ["", models.to_markdown(index=False)]
+    lines += [f"{name}: {line}" for name, metrics in result["models"].items() if (line := withheld_line(metrics.get("ci95_withheld", {})))]
     if result["differences"]:
         first = next(iter(result["models"]))
         differences = pd.DataFrame([
-            {"model": name, **{TITLES[key]: f"{value:+.4f}" + interval(ci) for key, (value, ci) in difference.items()}}
+            {"model": name, **{TITLES[key]: f"{value:+.4f}" + (interval(ci) or " [n/a]") for key, (value, ci) in difference.items()}}
             for name, difference in result["differences"].items()])
-        lines += ["", f"Minus {first}, on the same images (paired bootstrap within each class; an interval that excludes 0 is a "
+        lines += ["", f"Minus {first}, on the same images ({PAIRED_METHODS}; an interval that excludes 0 is a "
                       "difference these images can show):", "", differences.to_markdown(index=False)]
+        lines += [f"{name}: {line}" for name, withheld in result.get("differences_withheld", {}).items() if (line := withheld_line(withheld))]
     if result.get("flagged"):
         lines += ["", *check_lines(result["flagged"])]
     if result["skipped"]:

@@ -34,10 +34,17 @@ def interval(ci: Any, digits: int = 3) -> str:
     return f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
+def interval_in(ci: Any, key: str, digits: int = 3) -> str:
+    """:func:`interval` of ``key`` in a ``ci95`` dict; `` [n/a]`` where it holds None (an interval withheld:
+    :func:`cxr_tune.selection.bootstrap_interval`), nothing where it holds no such key."""
+    ci = ci or {}
+    return " [n/a]" if key in ci and ci[key] is None else interval(ci.get(key), digits)
+
+
 def metric_line(metrics: dict[str, Any], ci: dict[str, Any] | None = None) -> str:
     """``AUC 0.9700 [0.95, 0.98], sensitivity ...`` from a metrics dict (and its intervals, if any)."""
     ci = ci or {}
-    return ", ".join(f"{name} {fmt(metrics.get(key))}{interval(ci.get(key))}" for name, key in METRIC_NAMES)
+    return ", ".join(f"{name} {fmt(metrics.get(key))}{interval_in(ci, key)}" for name, key in METRIC_NAMES)
 
 
 def against(probability: float, threshold: float, digits: int = 3) -> tuple[str, str]:

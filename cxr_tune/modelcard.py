@@ -20,11 +20,11 @@ from cxr_tune import storage
 from cxr_tune.calibration import RELIABILITY_SETS as SETS  # the measured sets, in the order the card shows them
 from cxr_tune.calibration import probability_prior
 from cxr_tune.data.sources import FOLDER_PATIENT, IMAGE_PATIENT, NAMED_PATIENTS, PATIENT_KEY_KINDS
-from cxr_tune.formatting import code_span, fmt, interval, search_command
+from cxr_tune.formatting import code_span, fmt, interval, interval_in, search_command
 from cxr_tune.operating_points import NAMES as POINT_ORDER
 from cxr_tune.provenance import describe as describe_code
 from cxr_tune.selection import selection_label, selection_sources
-from cxr_tune.set_metrics import INTERVAL_METHODS
+from cxr_tune.set_metrics import INTERVAL_METHODS, withheld_line
 
 CARD_FILE = "MODEL_CARD.md"
 SAMPLERS = {"tpe": "Optuna TPE", "random": "random"}
@@ -277,11 +277,13 @@ def _performance(measured: dict[str, Any], sets: list[tuple[str, str]], marked: 
         ci = metrics.get("ci95", {})
         threshold = metrics.get("threshold", metrics.get("threshold_used"))
         rows.append(f"| {_label(key, name, marked)} | {metrics.get('n')} | {fmt(threshold)} | "
-                    + " | ".join(f"{fmt(metrics.get(rate))}{interval(ci.get(rate))}" for rate, _ in RATES) + " | "
+                    + " | ".join(f"{fmt(metrics.get(rate))}{interval_in(ci, rate)}" for rate, _ in RATES) + " | "
                     + " | ".join(fmt(metrics.get(value)) for value, _ in PREDICTIVE) + " |")
     when = "Measured before site adaptation, at the unadapted model's threshold" if adapted else "At the stored threshold"
+    withheld = [f"{name}: {line}" for key, name in sets if (line := withheld_line(measured[key].get("ci95_withheld", {})))]
     return ["## Performance", "", f"{when}; {INTERVAL_METHODS}. PPV and NPV hold at each set's own PNEUMONIA share: at a site with "
-            "another prevalence they differ (sensitivity and specificity do not depend on it).", "", *rows, ""]
+            "another prevalence they differ (sensitivity and specificity do not depend on it).", "", *rows, "",
+            *[f"{line}." for line in withheld], *([""] if withheld else [])]
 
 
 def _subgroups(measured: dict[str, Any], sets: list[tuple[str, str]], marked: frozenset[str], unadapted: float | None) -> list[str]:

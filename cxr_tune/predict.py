@@ -51,12 +51,12 @@ from cxr_tune.data.sources import CLASSES, content_hash, walk_folder, walk_store
 from cxr_tune.data.splits import filed_under_both
 from cxr_tune.data.synthetic import SYNTHETIC_MARKER
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.formatting import against, clock, fmt, for_spreadsheet, interval, json_safe, printable
+from cxr_tune.formatting import against, clock, fmt, for_spreadsheet, interval, interval_in, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
 from cxr_tune.selection import selection_note
 from cxr_tune.serving import META_FILE, LoadedModel, load_model, other_preprocessing, probabilities, warn_if_other_preprocessing
-from cxr_tune.set_metrics import INTERVAL_METHODS, clinical_metrics, held_out_metrics
+from cxr_tune.set_metrics import INTERVAL_METHODS, clinical_metrics, held_out_metrics, withheld_line
 
 T = TypeVar("T")
 #: Files decoded and scored at once: a folder of any size holds one chunk's pixels (1024 of 224 px: 51 MB). A multiple
@@ -314,9 +314,10 @@ def describe(metrics: dict[str, Any], point: str) -> str:
         + f" (operating point {point}); {INTERVAL_METHODS}",
         *distinct_lines(metrics),
         *flagged_lines(metrics.get("flagged", 0)),
-        f"  sensitivity {_rate(metrics['sensitivity'])}{interval(ci.get('sensitivity'))}  specificity {_rate(metrics['specificity'])}"
-        f"{interval(ci.get('specificity'))}  balanced accuracy {_rate(metrics['balanced_accuracy'])}{interval(ci.get('balanced_accuracy'))}",
-        f"  accuracy {_rate(metrics['accuracy'])}{interval(ci.get('accuracy'))}  AUC {_rate(metrics['auc'])}{interval(ci.get('auc'))}",
+        f"  sensitivity {_rate(metrics['sensitivity'])}{interval_in(ci, 'sensitivity')}  specificity {_rate(metrics['specificity'])}"
+        f"{interval_in(ci, 'specificity')}  balanced accuracy {_rate(metrics['balanced_accuracy'])}{interval_in(ci, 'balanced_accuracy')}",
+        f"  accuracy {_rate(metrics['accuracy'])}{interval_in(ci, 'accuracy')}  AUC {_rate(metrics['auc'])}{interval_in(ci, 'auc')}",
+        *[f"  {line}" for line in [withheld_line(metrics.get("ci95_withheld", {}))] if line],
         "  confusion matrix (rows: true, columns: predicted)",
         "                 NORMAL  PNEUMONIA",
         f"    NORMAL     {metrics['tn']:7d}  {metrics['fp']:9d}",

@@ -68,11 +68,22 @@ BOOTSTRAP_CHUNK_VALUES = 2_000_000
 def reported_interval(values: np.ndarray, defined: np.ndarray, resamples: int) -> list[float] | None:
     """The percentile bootstrap interval of ``values`` over the resamples where the metric is ``defined`` (both classes
     drawn: a resample without one leaves AUC and balanced accuracy undefined); None when it is undefined on more than half
-    of them (a set of one class, or of a few images): every reported bootstrap interval follows this rule."""
+    of them (a set of one class, or of a few images) or withheld (:func:`bootstrap_interval`): every reported bootstrap
+    interval follows this rule. (A trial's objective interval, which the tie rule reads, is :func:`objective_interval`'s.)"""
+    return bootstrap_interval(values, defined, resamples)[0]
+
+
+def bootstrap_interval(values: np.ndarray, defined: np.ndarray, resamples: int) -> tuple[list[float] | None, str | None]:
+    """:func:`reported_interval` and why it is withheld: a percentile bootstrap whose resamples all gave one value
+    (perfectly separated or tied scores, a handful of images) has zero width, which reads as certainty it does not
+    have, so it is no interval: (None, "every resample gave 1.0000"). (None, None) where the metric is undefined."""
     values = np.asarray(values)[np.asarray(defined, dtype=bool)]
     if len(values) < max(resamples // 2, 1):
-        return None
-    return [float(v) for v in np.percentile(values, BOOTSTRAP_PERCENTILES)]
+        return None, None
+    low, high = (float(v) for v in np.percentile(values, BOOTSTRAP_PERCENTILES))
+    if low == high:
+        return None, f"every resample gave {low:.4f}"
+    return [low, high], None
 
 
 def add_select_on_argument(parser: Any, chooses: str = "epochs, trials, ensemble members and the threshold") -> None:

@@ -30,7 +30,9 @@ def test_two_models_on_the_same_images_differ_only_where_their_thresholds_do(tmp
     mine, theirs = result["models"][str(everything)], result["models"][str(own)]
     assert mine["sensitivity"] == 1.0 and mine["specificity"] == 0.0 and mine["auc"] == theirs["auc"]
     difference = result["differences"][str(everything)]
-    assert difference["auc"] == [0.0, [0.0, 0.0]]  # the same ranking: no resample can tell them apart
+    assert difference["auc"] == [0.0, None]  # the same ranking: every resample gave 0, which bounds nothing
+    assert result["differences_withheld"][str(everything)]["auc"] == "every resample gave 0.0000"
+    assert "AUC: every resample gave 0.0000" in done.stdout and "+0.0000 [n/a]" in done.stdout
     assert difference["sensitivity"][0] == pytest.approx(1.0 - theirs["sensitivity"])
     assert difference["specificity"][0] == pytest.approx(-theirs["specificity"])
     assert list(result["differences"]) == [str(everything)] and "Minus " + str(own) in done.stdout and "notes.txt: " in done.stdout

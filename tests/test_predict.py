@@ -29,6 +29,16 @@ def test_both_classes_print_the_auc():
     assert "AUC 0.7500" in text and INTERVAL_METHODS in text  # which interval is Wilson and which bootstrap
 
 
+def test_perfectly_separated_images_print_na_and_why_not_a_zero_width_interval():
+    """15 + 15 separated images printed "balanced accuracy 1.0000 [1.000, 1.000]" and "AUC 1.0000 [1.000, 1.000]"."""
+    frame = pd.DataFrame({"path": [f"{i:02d}" for i in range(30)], "label": [0] * 15 + [1] * 15,
+                          "probability": np.r_[np.linspace(0.1, 0.4, 15), np.linspace(0.6, 0.9, 15)]})
+    frame["prediction"] = (frame["probability"] >= 0.5).astype(int)
+    text = describe(labelled_metrics(frame, 0.5), "balanced")
+    assert "balanced accuracy 1.0000 [n/a]" in text and "AUC 1.0000 [n/a]" in text and "[1.000, 1.000]" not in text
+    assert "specificity 1.0000 [0.796, 1.000]" in text and text.count("scores too separated") == 1
+
+
 def test_the_order_images_are_named_in_changes_no_metric():
     """The bootstrap intervals follow the order of the rows: they are taken in path order, as export
     takes a test split's (its manifest is sorted by path), whatever order the command line gave."""
