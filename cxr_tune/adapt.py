@@ -21,9 +21,9 @@ Measured on half A of the official test split (315 files, 62.5 % PNEUMONIA; labe
 both models below, so these are selection-set numbers; ``results/real/README.md``): for the carved-selected model that
 became ``results/real/best-no-labels``, ``mixture`` raised balanced accuracy from 0.814 to 0.921 and ``prior-shift``
 to 0.859. For ``results/real/best``, whose threshold half A itself chose, both did harm (``compare`` on half A's 312
-distinct images, 2026-12-07): ``mixture`` sensitivity 0.938 to 0.897 (-0.041 [-0.072, -0.015]), specificity 0.932 to
+distinct images, 2026-12-07): ``mixture`` sensitivity 0.938 to 0.897 (-0.041 [-0.078, -0.011]), specificity 0.932 to
 0.949, balanced accuracy 0.935 to 0.923; ``prior-shift`` (EM's prevalence 0.740 against the true 0.625) specificity
-0.692 (-0.239 [-0.316, -0.162]). Which way it goes at a site only its labels can tell: adapt ends with the check.
+0.692 (-0.239 [-0.322, -0.161]). Which way it goes at a site only its labels can tell: adapt ends with the check.
 
 **The assumption**: the site's mix of NORMAL and PNEUMONIA images is near the training data's.
 AdaBN re-centres the features on the site's images, so a site of mostly one class is pulled

@@ -153,9 +153,9 @@ def write_result(name: str, title: str, summary: list[str], details: dict[str, A
     return folder / f"{name}.md"
 
 
-def paired_auc_difference(labels: np.ndarray, scores: np.ndarray, reference: np.ndarray, resamples: int = REPORTED_RESAMPLES) -> tuple[float, list[float]]:
+def paired_auc_difference(labels: np.ndarray, scores: np.ndarray, reference: np.ndarray, resamples: int = REPORTED_RESAMPLES) -> tuple[float, list[float] | None]:
     """AUC of ``scores`` minus AUC of ``reference`` on the same images, with a 95 % paired bootstrap
-    interval (:func:`cxr_tune.set_metrics.paired_differences`, seed 0)."""
+    interval (:func:`cxr_tune.set_metrics.paired_differences`, seed 0), None where every resample gave one difference."""
     from cxr_tune.set_metrics import paired_differences
 
     return paired_differences(labels, scores, 0.5, reference, 0.5, resamples=resamples)["auc"]

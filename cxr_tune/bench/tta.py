@@ -30,6 +30,12 @@ from cxr_tune.selection import REPORTED_RESAMPLES
 COMMITTED_MODEL = PROJECT / "results" / "real" / "best"
 
 
+def _paired(ci: list[float] | None) -> str:
+    """A paired AUC difference's interval, signed; ``[n/a]`` where it is withheld (one view of a one-view export scores
+    as the export does: every resample's difference is 0, :func:`cxr_tune.selection.bootstrap_interval`)."""
+    return "[n/a]" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
 def labelled_images(folder: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Every readable image under ``folder``'s NORMAL/PNEUMONIA folders, byte-identical files once:
     (uint8 ``(N, size, size)`` images, labels, paths of what was left out with why)."""
@@ -144,12 +150,12 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
                      "balanced_accuracy_ci": ci.get("balanced_accuracy"), "sensitivity": rates["sensitivity"],
                      "specificity": rates["specificity"], "seconds": float(sum(view_seconds[:count]))})
         print(f"  {count} view(s): AUC {rows[-1]['auc']:.4f}, minus shipped {difference:+.4f} "
-              f"[{difference_ci[0]:+.4f}, {difference_ci[1]:+.4f}]", flush=True)
+              f"{_paired(difference_ci)}", flush=True)
     plain_threshold = choose_threshold(y, per_view[0], hp.criterion, hp.min_sensitivity, hp.threshold_tolerance)
     alone = single_view_rows(per_view, y, plain_threshold)
     table = pd.DataFrame([{
         "views": row["views"], "AUC [95 % CI]": fmt(row["auc"]) + interval(row["auc_ci"]),
-        "AUC minus the shipped model's [paired 95 % CI]": f"{row['auc_minus_shipped']:+.4f}" + interval(row["auc_minus_shipped_ci"], 4),
+        "AUC minus the shipped model's [paired 95 % CI]": f"{row['auc_minus_shipped']:+.4f} " + _paired(row["auc_minus_shipped_ci"]),
         "threshold (re-chosen)": fmt(row["threshold"], 3), "balanced accuracy [95 % CI]": fmt(row["balanced_accuracy"]) + interval(row["balanced_accuracy_ci"]),
         "sensitivity": fmt(row["sensitivity"]), "specificity": fmt(row["specificity"]), "seconds to score": f"{row['seconds']:.1f}",
     } for row in rows]).to_markdown(index=False, disable_numparse=True)
