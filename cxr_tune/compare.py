@@ -9,8 +9,9 @@ Newcombe's interval for paired proportions for the rates, a paired bootstrap wit
 Prints each model's sensitivity, specificity, balanced accuracy and AUC at its own stored threshold
 (or ``--operating-point``), with 95 % intervals as ``predict`` prints them (Wilson score for the
 rates of counts, percentile bootstrap for AUC and balanced accuracy); then every
-later model minus the first, with paired 95 % intervals: an interval that excludes 0 is a
-difference these images can show. Images are labelled by their NORMAL/PNEUMONIA folders; files any
+later model minus the first (later models are not compared with each other), with paired 95 % intervals: an interval that
+excludes 0 is a difference these images can show, each alone; they are not adjusted for how many are printed (four per
+later model), so among several one may exclude 0 by chance. Images are labelled by their NORMAL/PNEUMONIA folders; files any
 model cannot read are left out for all, so every number is on the same images, counted as export and ``predict``
 count a set (byte-identical copies once, a file whose copy is filed under the other class not at all). A model whose own
 selection set (or adaptation site) is being scored, a copy of it included, gets a line saying how many of its images are and
@@ -123,8 +124,10 @@ def describe(result: dict[str, Any]) -> str:
         differences = pd.DataFrame([
             {"model": name, **{TITLES[key]: f"{value:+.4f}" + (interval(ci) or " [n/a]") for key, (value, ci) in difference.items()}}
             for name, difference in result["differences"].items()])
-        lines += ["", f"Minus {first}, on the same images ({PAIRED_METHODS}; an interval that excludes 0 is a "
-                      "difference these images can show):", "", differences.to_markdown(index=False)]
+        shown = len(result["differences"]) * len(PAIRED_METRICS)
+        lines += ["", f"Minus {first} (each later model is compared with the first only), on the same images: 95 % intervals, each "
+                      f"alone; not adjusted for the {shown} comparisons shown, so among them one may exclude 0 by chance ({PAIRED_METHODS}; "
+                      "an interval that excludes 0 is a difference these images can show):", "", differences.to_markdown(index=False)]
         lines += [f"{name}: {line}" for name, withheld in result.get("differences_withheld", {}).items() if (line := withheld_line(withheld))]
     if result.get("flagged"):
         lines += ["", *check_lines(result["flagged"])]

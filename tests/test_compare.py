@@ -138,3 +138,13 @@ def test_the_synthetic_data_note_agrees_with_how_many_models_it_names(tmp_path, 
     names = ", ".join(str(model) for model in models[:synthetic])
     outputs = "its outputs" if synthetic == 1 else "their outputs"
     assert f"Note: {names} trained on SYNTHETIC data: {outputs} mean nothing for real patients." in done.stderr, done.stderr
+
+
+def test_the_paired_intervals_say_how_many_were_shown_and_that_none_is_adjusted_for_the_others(tmp_path, site):
+    """Three models printed 2 x 4 paired intervals, each headed "an interval that excludes 0 is a difference these images can
+    show", with no word that some of them will exclude 0 by chance, nor that the later models are compared with the first only."""
+    models = [str(write_export(tmp_path / name, threshold=threshold)) for name, threshold in (("a", 0.5), ("b", 0.4), ("c", 0.6))]
+    done = call_cli("cxr_tune.compare", *(arg for model in models for arg in ("--model", model)), str(site))
+    assert done.returncode == 0, done.stderr
+    assert (f"Minus {models[0]} (each later model is compared with the first only), on the same images: 95 % intervals, each alone; "
+            "not adjusted for the 8 comparisons shown") in done.stdout
