@@ -13,7 +13,8 @@ later model minus the first (later models are not compared with each other), wit
 excludes 0 is a difference these images can show, each alone; they are not adjusted for how many are printed (four per
 later model), so among several one may exclude 0 by chance. Images are labelled by their NORMAL/PNEUMONIA folders; files any
 model cannot read are left out for all, so every number is on the same images, counted as export and ``predict``
-count a set (byte-identical copies once, a file whose copy is filed under the other class not at all). A model whose own
+count a set (byte-identical copies once, a file whose copy is filed under the other class not at all), and how many patients
+they come from said as ``predict`` says it. A model whose own
 selection set (or adaptation site) is being scored, a copy of it included, gets a line saying how many of its images are and
 that its numbers are optimistic. Images unlike
 the training X-rays are flagged as ``predict`` flags them: a line beside the table counts them, a list names them. Only the
@@ -37,7 +38,7 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval, interval_in, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import threshold_for
-from cxr_tune.predict import check_lines, collect, distinct_labelled, distinct_lines, flagged_lines, predict_each
+from cxr_tune.predict import check_lines, collect, distinct_labelled, distinct_lines, flagged_lines, patient_counts, patient_lines, predict_each
 from cxr_tune.selection import selection_note
 from cxr_tune.serving import load_model
 from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METHODS, PAIRED_METRICS, held_out_metrics, paired_with_reasons, withheld_line
@@ -47,7 +48,8 @@ TITLES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificit
 
 def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_POINT) -> dict[str, Any]:
     """Every model scored on the labelled images of ``inputs`` that all of them read, at operating point
-    ``point``: ``{"images", "class_counts", "skipped", "synthetic" (the models trained on SYNTHETIC data), "models": {name: metrics},
+    ``point``: ``{"images", "images_naming_a_patient", "patients" (:func:`~cxr_tune.predict.patient_counts`), "class_counts", "skipped",
+    "synthetic" (the models trained on SYNTHETIC data), "models": {name: metrics},
     "differences": {name: {metric: [difference, [low, high] or None]}}, "differences_withheld": {name: {metric: why}}}``,
     each difference a later model minus the first (an interval None where it is withheld, and why)."""
     if len(models) < 2:
@@ -96,7 +98,7 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
     paired = {name: paired_with_reasons(labels, scores[name], thresholds[name], scores[first], thresholds[first]) for name in later}
     return {
         "flagged": {path: check for path, check in checks.items() if check},
-        "images": len(common), "class_counts": counts, "copies_counted_once": copies, "filed_under_both": both, "operating_point": point, "skipped": skipped,
+        **patient_counts(next(iter(frames.values())).loc[common, "path"].tolist()), "class_counts": counts, "copies_counted_once": copies, "filed_under_both": both, "operating_point": point, "skipped": skipped,
         "synthetic": [name for name, model in loaded.items() if model.meta.get("data", {}).get("synthetic")],
         "selection_sets": {name: note for name, model in loaded.items() if (note := selection_note(model.meta, inputs, hashes))},
         "models": {name: held_out_metrics(labels, scores[name], thresholds[name]) for name in loaded},
@@ -115,6 +117,7 @@ def describe(result: dict[str, Any]) -> str:
     lines = [f"{result['images']} labelled images (NORMAL {normal}, PNEUMONIA {pneumonia}), each model at its own threshold "
              f"(operating point {result['operating_point']}); {INTERVAL_METHODS}"]
     lines += [line.strip() for line in distinct_lines(result, listed="")]
+    lines += [line.strip() for line in patient_lines(result)]
     lines += [f"Note ({name}): {note}." for name, note in result.get("selection_sets", {}).items()]
     lines += [line.strip() for line in flagged_lines(len(result.get("flagged", {})))]
     lines += ["", models.to_markdown(index=False)]

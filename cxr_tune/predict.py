@@ -13,7 +13,9 @@ sensitivity, specificity, balanced accuracy, accuracy and AUC with 95 % interval
 the rates of counts, percentile bootstrap for AUC and balanced accuracy), the
 confusion matrix, the rates at every stored operating point, the calibration (ECE and Brier score
 with bootstrap intervals) and, where the file names carry them, the subgroups (bacterial/viral
-pneumonia, IM-/NORMAL2-IM- normals); ``--metrics OUT.json`` writes the same numbers, computed as
+pneumonia, IM-/NORMAL2-IM- normals) and, where the file names name patients (as the splits read them), how many patients
+the images come from: the intervals count each image on its own, so a patient's several images make them somewhat
+narrow; ``--metrics OUT.json`` writes the same numbers, computed as
 export computes a test split's (:mod:`cxr_tune.set_metrics`), on the images as export counts them: byte-identical copies
 once, and none of a file filed under both classes (a line says how many; the per-image lines and ``--csv`` list every
 file); a rate the labelled images cannot measure
@@ -47,7 +49,7 @@ import pandas as pd
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
 from cxr_tune.data.imaging import decode_gray, describe_failure, input_kind, try_decode_checked
-from cxr_tune.data.sources import CLASSES, content_hash, walk_folder, walk_stored
+from cxr_tune.data.sources import CLASSES, content_hash, patient_id, walk_folder, walk_stored
 from cxr_tune.data.splits import filed_under_both
 from cxr_tune.data.synthetic import SYNTHETIC_MARKER
 from cxr_tune.errors import UserError, run_cli
@@ -284,7 +286,25 @@ def labelled_metrics(frame: pd.DataFrame, threshold: float, points: dict[str, di
     paths = labelled["path"].astype(str).tolist()
     flagged = int((labelled["check"] != "").sum()) if "check" in labelled else 0
     return {**held_out_metrics(labels, scores, threshold), **clinical_metrics(paths, labels, scores, threshold, points or {}),
-            "copies_counted_once": copies, "filed_under_both": both, "flagged": flagged}
+            "copies_counted_once": copies, "filed_under_both": both, "flagged": flagged, **patient_counts(paths)}
+
+
+def patient_counts(paths: Sequence[str]) -> dict[str, int | None]:
+    """How many patients the counted images (``paths``) come from, by the splits' rule for a file name
+    (:func:`cxr_tune.data.sources.patient_id`): every interval counts images as independent, and a patient's several images
+    are not, so a reader needs both numbers. ``patients`` is None when no file name names a patient (unknown, not one each)."""
+    named = [patient for path in paths if (patient := patient_id(storage.name(path))) is not None]
+    return {"images": len(paths), "images_naming_a_patient": len(named), "patients": len(set(named)) if named else None}
+
+
+def patient_lines(counts: dict[str, Any]) -> list[str]:
+    """:func:`patient_counts` beside the intervals (none when no file name names a patient)."""
+    images, named, patients = counts.get("images"), counts.get("images_naming_a_patient"), counts.get("patients")
+    if patients is None:
+        return []
+    some = f" from {patients} patients" if named == images else f"; the {named} whose file names name a patient are from {patients} patients"
+    narrow = " (patients with several images make these intervals somewhat narrow)" if patients < named else ""
+    return [f"  per image: {images} images{some}{narrow}"]
 
 
 #: Why a set whose labelled images were all read has no metrics: each has an identical copy under the other class.
@@ -313,6 +333,7 @@ def describe(metrics: dict[str, Any], point: str) -> str:
         f"Labelled images: {normal + pneumonia} (NORMAL {normal}, PNEUMONIA {pneumonia}) at threshold {metrics['threshold_used']:.4f}"
         + f" (operating point {point}); {INTERVAL_METHODS}",
         *distinct_lines(metrics),
+        *patient_lines(metrics),
         *flagged_lines(metrics.get("flagged", 0)),
         f"  sensitivity {_rate(metrics['sensitivity'])}{interval_in(ci, 'sensitivity')}  specificity {_rate(metrics['specificity'])}"
         f"{interval_in(ci, 'specificity')}  balanced accuracy {_rate(metrics['balanced_accuracy'])}{interval_in(ci, 'balanced_accuracy')}",
@@ -472,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write what the labelled images measure to this JSON file: the rates and AUC with 95 %% intervals (Wilson score for "
                              "sensitivity, specificity and accuracy; percentile bootstrap for AUC and balanced accuracy), "
                              "the confusion counts, calibration, the rates at every operating point and the subgroups (the fields of model.json's "
-                             "test entry), with the inputs scored (resolved) and whether they chose the model (selection_set; selection_sets: "
+                             "test entry), the images counted and the patients their file names name (images, patients, "
+                             "images_naming_a_patient), with the inputs scored (resolved) and whether they chose the model (selection_set; selection_sets: "
                              "the note, as compare writes it); needs images under NORMAL/ or PNEUMONIA/ folders")
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not one line per image")
     parser.add_argument("--operating-point", default=DEFAULT_POINT, metavar="NAME",

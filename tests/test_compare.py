@@ -148,3 +148,14 @@ def test_the_paired_intervals_say_how_many_were_shown_and_that_none_is_adjusted_
     assert done.returncode == 0, done.stderr
     assert (f"Minus {models[0]} (each later model is compared with the first only), on the same images: 95 % intervals, each alone; "
             "not adjusted for the 8 comparisons shown") in done.stdout
+
+
+def test_compare_says_how_many_patients_the_images_come_from(tmp_path, site):
+    """The intervals count images as independent, and two images of one patient are not; nothing said so."""
+    write_image(site / "PNEUMONIA" / "person0_bacteria_20.jpeg", seed=200, fmt="JPEG")  # a second image of person0_bacteria
+    models = [str(write_export(tmp_path / name)) for name in ("a", "b")]
+    done = call_cli("cxr_tune.compare", "--model", models[0], "--model", models[1], str(site), "--metrics", str(tmp_path / "c.json"))
+    assert done.returncode == 0, done.stderr
+    assert "per image: 26 images from 25 patients (patients with several images make these intervals somewhat narrow)" in done.stdout
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert (result["images"], result["images_naming_a_patient"], result["patients"]) == (26, 26, 25)

@@ -703,3 +703,24 @@ def test_folders_not_read_are_counted_apart_from_unreadable_files(tmp_path):
     assert f"  {data / 'NORMAL' / '@eaDir'}: hidden or system folder" in done.stdout and f"  {data / 'PNEUMONIA' / 'loop'}: link to a folder above" in done.stdout
     only_folders = call_cli("cxr_tune.predict", "--model", str(model), str(data / "PNEUMONIA"), "--quiet")
     assert "Skipped 1 folder(s) not read:" in only_folders.stdout and "unreadable file" not in only_folders.stdout
+
+
+def test_the_intervals_say_how_many_patients_the_images_come_from_where_the_file_names_name_them(tmp_path):
+    """The intervals count images as independent; half A's 312 images come from fewer patients, several images each, and
+    nothing said so (nor did --metrics record how many patients there were)."""
+    model = write_export(tmp_path / "best")
+    names = {"PNEUMONIA": [f"person{i % 4}_bacteria_{i}.jpeg" for i in range(8)], "NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(5)]}
+    site = kermany_folder(tmp_path / "site", {"test": {**names, "PNEUMONIA": [*names["PNEUMONIA"], "scan.jpeg"]}}) / "test"
+    out = tmp_path / "m.json"
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(site), "--quiet", "--metrics", str(out))
+    assert done.returncode == 0, done.stderr
+    assert ("  per image: 14 images; the 13 whose file names name a patient are from 9 patients (patients with several images make "
+            "these intervals somewhat narrow)") in done.stdout
+    metrics = json.loads(out.read_text())
+    assert (metrics["images"], metrics["images_naming_a_patient"], metrics["patients"]) == (14, 13, 9)
+    (site / "PNEUMONIA" / "scan.jpeg").unlink()
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(site), "--quiet")
+    assert "  per image: 13 images from 9 patients (patients with several images make these intervals somewhat narrow)" in done.stdout
+    unnamed = kermany_folder(tmp_path / "other", {"test": {"NORMAL": ["a.jpeg", "b.jpeg"], "PNEUMONIA": ["c.jpeg"]}}) / "test"
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(unnamed), "--quiet", "--metrics", str(out))
+    assert "per image:" not in done.stdout and json.loads(out.read_text())["patients"] is None  # no name says a patient
