@@ -16,7 +16,9 @@ model cannot read are left out for all, so every number is on the same images, c
 count a set (byte-identical copies once, a file whose copy is filed under the other class not at all), and how many patients
 they come from said as ``predict`` says it. A model whose own
 selection set (or adaptation site) is being scored, a copy of it included, gets a line saying how many of its images are and
-that its numbers are optimistic. Images unlike
+that its numbers are optimistic. A model whose ``model.onnx`` is an earlier one's (a copied folder; by the SHA-256 its
+``model.json`` records) gets a line saying it is identical to it, and is still compared: a copy may have other thresholds,
+and those differences are real. Images unlike
 the training X-rays are flagged as ``predict`` flags them: a line beside the table counts them, a list names them. Only the
 pickle-free ONNX exports are loaded, local or on object storage.
 """
@@ -40,7 +42,7 @@ from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import threshold_for
 from cxr_tune.predict import check_lines, collect, distinct_labelled, distinct_lines, flagged_lines, patient_counts, patient_lines, predict_each
 from cxr_tune.selection import selection_note
-from cxr_tune.serving import load_model
+from cxr_tune.serving import MODEL_FILE, LoadedModel, load_model
 from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METHODS, PAIRED_METRICS, held_out_metrics, paired_with_reasons, withheld_line
 
 TITLES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity", "balanced_accuracy": "balanced accuracy"}
@@ -48,8 +50,9 @@ TITLES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificit
 
 def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_POINT) -> dict[str, Any]:
     """Every model scored on the labelled images of ``inputs`` that all of them read, at operating point
-    ``point``: ``{"images", "images_naming_a_patient", "patients" (:func:`~cxr_tune.predict.patient_counts`), "class_counts", "skipped",
-    "synthetic" (the models trained on SYNTHETIC data), "models": {name: metrics},
+    ``point``: ``{"images", "images_naming_a_patient", "patients" (:func:`~cxr_tune.predict.patient_counts`), "class_counts",
+    "skipped", "synthetic" (the models trained on SYNTHETIC data), "identical" ({later: earlier} for the same model.onnx),
+    "models": {name: metrics},
     "differences": {name: {metric: [difference, [low, high] or None]}}, "differences_withheld": {name: {metric: why}}}``,
     each difference a later model minus the first (an interval None where it is withheld, and why)."""
     if len(models) < 2:
@@ -94,17 +97,36 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
         for path, check in zip(frame.loc[common, "path"], frame.loc[common, "check"], strict=True):
             checks[path] = "; ".join(dict.fromkeys(part for part in (checks.get(path, ""), check) if part))
     first, *later = loaded
+    onnx = {name: onnx_hash(model) for name, model in loaded.items()}
     hashes = next(iter(frames.values())).loc[common, "content_hash"]
     paired = {name: paired_with_reasons(labels, scores[name], thresholds[name], scores[first], thresholds[first]) for name in later}
     return {
         "flagged": {path: check for path, check in checks.items() if check},
         **patient_counts(next(iter(frames.values())).loc[common, "path"].tolist()), "class_counts": counts, "copies_counted_once": copies, "filed_under_both": both, "operating_point": point, "skipped": skipped,
         "synthetic": [name for name, model in loaded.items() if model.meta.get("data", {}).get("synthetic")],
+        # a later model whose model.onnx is an earlier one's (a copied folder): the earliest such, by the hash load_model checked
+        "identical": {name: same for i, name in enumerate(loaded) if (same := next((m for m in models[:i] if onnx[m] == onnx[name]), None))},
         "selection_sets": {name: note for name, model in loaded.items() if (note := selection_note(model.meta, inputs, hashes))},
         "models": {name: held_out_metrics(labels, scores[name], thresholds[name]) for name in loaded},
         "differences": {name: differences for name, (differences, _) in paired.items()},
         "differences_withheld": {name: withheld for name, (_, withheld) in paired.items()},
     }
+
+
+def onnx_hash(model: LoadedModel) -> str | None:
+    """The SHA-256 of the model's ONNX file as its ``model.json`` records it, which :func:`load_model` checked against the file."""
+    files = model.meta.get("files", {})
+    return files.get(model.meta.get("model_file", MODEL_FILE), files.get(MODEL_FILE))
+
+
+def identical_lines(result: dict[str, Any]) -> list[str]:
+    """A note per model that is an earlier one's ``model.onnx`` (a copied folder): its differences from it are its threshold's."""
+    lines = []
+    for name, same in result.get("identical", {}).items():
+        mine, theirs = result["models"][name]["threshold_used"], result["models"][same]["threshold_used"]
+        how = "every difference between them is 0" if mine == theirs else f"only their thresholds differ ({fmt(theirs)} and {fmt(mine)})"
+        lines.append(f"Note: {name} is identical to {same} (the same model.onnx): {how}.")
+    return lines
 
 
 def describe(result: dict[str, Any]) -> str:
@@ -118,6 +140,7 @@ def describe(result: dict[str, Any]) -> str:
              f"(operating point {result['operating_point']}); {INTERVAL_METHODS}"]
     lines += [line.strip() for line in distinct_lines(result, listed="")]
     lines += [line.strip() for line in patient_lines(result)]
+    lines += identical_lines(result)
     lines += [f"Note ({name}): {note}." for name, note in result.get("selection_sets", {}).items()]
     lines += [line.strip() for line in flagged_lines(len(result.get("flagged", {})))]
     lines += ["", models.to_markdown(index=False)]

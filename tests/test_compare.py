@@ -159,3 +159,23 @@ def test_compare_says_how_many_patients_the_images_come_from(tmp_path, site):
     assert "per image: 26 images from 25 patients (patients with several images make these intervals somewhat narrow)" in done.stdout
     result = json.loads((tmp_path / "c.json").read_text())
     assert (result["images"], result["images_naming_a_patient"], result["patients"]) == (26, 26, 25)
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_a_model_and_a_copy_of_it_are_said_to_be_one_model(tmp_path, site, threshold):
+    """A model and a copy of its folder printed every difference +0.0000 [0.000, 0.000] and said nothing; model.json holds
+    model.onnx's SHA-256. Still compared: a copy's thresholds may differ, and that difference is real."""
+    import shutil
+
+    first = write_export(tmp_path / "best")
+    copy = shutil.copytree(first, tmp_path / "copy")
+    meta = json.loads((copy / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps({**meta, "threshold": threshold}))
+    other = write_export(tmp_path / "other", image_size=24)
+    done = call_cli("cxr_tune.compare", "--model", str(first), "--model", str(other), "--model", str(copy), str(site),
+                    "--metrics", str(tmp_path / "c.json"))
+    assert done.returncode == 0, done.stderr
+    same = "every difference between them is 0" if threshold == 0.5 else "only their thresholds differ (0.5000 and 0.3000)"
+    assert [line for line in done.stdout.splitlines() if "identical" in line] == [
+        f"Note: {copy} is identical to {first} (the same model.onnx): {same}."]
+    assert json.loads((tmp_path / "c.json").read_text())["identical"] == {str(copy): str(first)}
