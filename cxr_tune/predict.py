@@ -18,7 +18,8 @@ the images come from: the intervals count each image on its own, so a patient's 
 narrow; ``--metrics OUT.json`` writes the same numbers, computed as
 export computes a test split's (:mod:`cxr_tune.set_metrics`), on the images as export counts them: byte-identical copies
 once, and none of a file filed under both classes (a line says how many; the per-image lines and ``--csv`` list every
-file); a rate the labelled images cannot measure
+file, ``--csv`` with each one's content hash to recount them by); ``--metrics`` also records the intervals' method and the
+bootstrap's resamples and seed; a rate the labelled images cannot measure
 (AUC, say, when all are of one class) prints as ``n/a``. When scored images chose the model (images of its deciding set, or
 of the site it was adapted to, known by their content wherever they are; by folder for a model from before that record) a
 line says how many: the numbers are selection-set numbers, optimistic. Unreadable files, and folders
@@ -34,6 +35,7 @@ networks from ``weights.safetensors`` (never unpickled) for Grad-CAM maps
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -58,7 +60,7 @@ from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
 from cxr_tune.selection import selection_note
 from cxr_tune.serving import META_FILE, LoadedModel, load_model, other_preprocessing, probabilities, warn_if_other_preprocessing
-from cxr_tune.set_metrics import INTERVAL_METHODS, clinical_metrics, held_out_metrics, withheld_line
+from cxr_tune.set_metrics import INTERVAL_METHODS, bootstrap_intervals, clinical_metrics, held_out_metrics, withheld_line
 
 T = TypeVar("T")
 #: Files decoded and scored at once: a folder of any size holds one chunk's pixels (1024 of 224 px: 51 MB). A multiple
@@ -289,6 +291,14 @@ def labelled_metrics(frame: pd.DataFrame, threshold: float, points: dict[str, di
             "copies_counted_once": copies, "filed_under_both": both, "flagged": flagged, **patient_counts(paths)}
 
 
+def interval_record() -> dict[str, Any]:
+    """How the intervals were computed, as ``--metrics`` (predict's and compare's) records it: the method in words and the
+    bootstrap's resamples and seed, read from the function that draws them so that the record cannot drift from it (the
+    paired and calibration bootstraps take the same; a test holds them to it)."""
+    drawn = inspect.signature(bootstrap_intervals).parameters
+    return {"method": INTERVAL_METHODS, "resamples": drawn["resamples"].default, "seed": drawn["seed"].default}
+
+
 def patient_counts(paths: Sequence[str]) -> dict[str, int | None]:
     """How many patients the counted images (``paths``) come from, by the splits' rule for a file name
     (:func:`cxr_tune.data.sources.patient_id`): every interval counts images as independent, and a patient's several images
@@ -487,8 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="export folder with model.onnx and model.json, local or on object storage, e.g. results/<experiment>/best or s3://bucket/experiments/<experiment>/best, or its .onnx file (loaded exactly, with the model.json beside it)")
     parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path, label (0/1 as the NORMAL/PNEUMONIA folder says, empty for an image under neither; only when "
                              "some image is labelled), probability, prediction (0/1), threshold (the operating point's, which made prediction), "
-                             "check (why to check the image first; empty for most) to this CSV file, and with --explain the name of each "
-                             "image's figure (explanation)")
+                             "check (why to check the image first; empty for most) to this CSV file, with --explain the name of each "
+                             "image's figure (explanation), and last each file's content_hash (byte-identical copies share it: "
+                             "the metrics and the PNEUMONIA count take one row per hash)")
     parser.add_argument("--metrics", default=None, metavar="OUT.json",
                         help="also write what the labelled images measure to this JSON file: the rates and AUC with 95 %% intervals (Wilson score for "
                              "sensitivity, specificity and accuracy; percentile bootstrap for AUC and balanced accuracy), "
@@ -573,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # What was scored, and the note printed beside the numbers, named as compare --metrics names it (selection_sets).
         record = {"model": args.model, "inputs": [storage.resolve(item) for item in args.inputs], "operating_point": args.operating_point,
                   "selection_set": note is not None, "selection_sets": {args.model: note} if note else {},
-                  "scored": len(frame), "skipped": len(skipped), **metrics}
+                  "scored": len(frame), "skipped": len(skipped), "intervals": interval_record(), **metrics}
         storage.write_text_atomic(args.metrics, json.dumps(json_safe(record), indent=2))
     written = explain(model, members, frame, args.explain, args.operating_point) if members is not None and not frame.empty else None
     if not args.quiet:
@@ -604,12 +615,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _write_csv(path: str, frame: pd.DataFrame, threshold: float, *, explained: bool) -> None:
     """``--csv``: the scored images' rows with the ``threshold`` that made ``prediction``, the folder's ``label`` (0 NORMAL,
-    1 PNEUMONIA, as export's ``*_predictions.csv``; empty where no folder says one) when any image is labelled, and each
-    one's figure name when ``explained`` (``frame`` gets that column)."""
+    1 PNEUMONIA, as export's ``*_predictions.csv``; empty where no folder says one) when any image is labelled, each
+    one's figure name when ``explained`` (``frame`` gets that column), and its ``content_hash``
+    (:func:`~cxr_tune.data.sources.content_hash`), by which a reader recounts the images as the metrics and the calls count them."""
     labelled = frame["label"].notna().any()
     columns = ["path", *(["label"] if labelled else []), "probability", "prediction", "threshold", "check"]
     if explained:  # which figure is which image's (file names repeat across folders)
         frame["explanation"], columns = explanation_names(frame["path"]), [*columns, "explanation"]
+    columns.append("content_hash")  # last, the other columns as before: rows of one hash are one image, counted once
     # The labels as 0/1 and empty, not 0.0/1.0 beside NaN.
     rows = frame.assign(threshold=threshold, label=pd.array(frame["label"], dtype="Int64"))
     storage.write_csv(path, for_spreadsheet(rows[columns]))

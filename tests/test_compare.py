@@ -179,3 +179,12 @@ def test_a_model_and_a_copy_of_it_are_said_to_be_one_model(tmp_path, site, thres
     assert [line for line in done.stdout.splitlines() if "identical" in line] == [
         f"Note: {copy} is identical to {first} (the same model.onnx): {same}."]
     assert json.loads((tmp_path / "c.json").read_text())["identical"] == {str(copy): str(first)}
+
+
+def test_the_metrics_record_the_bootstraps_resamples_and_seed(tmp_path, site):
+    from cxr_tune.selection import REPORTED_RESAMPLES
+
+    models = [str(write_export(tmp_path / name, threshold=threshold)) for name, threshold in (("a", 0.5), ("b", 0.4))]
+    done = call_cli("cxr_tune.compare", "--model", models[0], "--model", models[1], str(site), "--metrics", str(tmp_path / "c.json"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "c.json").read_text())["intervals"] == {"method": INTERVAL_METHODS, "resamples": REPORTED_RESAMPLES, "seed": 0}

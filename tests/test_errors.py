@@ -55,7 +55,7 @@ def test_a_csv_that_names_a_folder_is_refused_and_one_in_a_new_folder_is_written
     assert refused.returncode == 2 and refused.stderr.strip() == f"error: --csv '{images}' is a folder; name a file in it"
     written = call_cli("cxr_tune.predict", "--model", str(model), str(images), "--csv", str(tmp_path / "new" / "scores.csv"))
     assert written.returncode == 0, written.stderr
-    assert (tmp_path / "new" / "scores.csv").read_text().splitlines()[0] == "path,label,probability,prediction,threshold,check"
+    assert (tmp_path / "new" / "scores.csv").read_text().splitlines()[0] == "path,label,probability,prediction,threshold,check,content_hash"
 
 
 def test_a_command_whose_reader_went_away_ends_with_status_141_and_no_traceback(model_and_images):

@@ -675,14 +675,14 @@ def test_the_csv_names_each_rows_threshold_and_the_folders_label(tmp_path):
                     "--operating-point", "sens95")
     assert done.returncode == 0, done.stderr
     rows = pd.read_csv(table, dtype={"label": "Int64"}).set_index("path")
-    assert list(rows.columns) == ["label", "probability", "prediction", "threshold", "check"]
+    assert list(rows.columns) == ["label", "probability", "prediction", "threshold", "check", "content_hash"]
     labels = rows["label"].to_dict()
     assert (labels[str(site / "test" / "NORMAL" / "IM-0001-0001.jpeg")], labels[str(site / "test" / "PNEUMONIA" / "person1_virus_1.jpeg")]) == (0, 1)
     assert pd.isna(labels[str(site / "new" / "unsorted" / "a.jpeg")])  # no folder says its class: empty
     assert (rows["threshold"] == 0.3).all() and (rows["prediction"] == (rows["probability"] >= 0.3)).all()
     unlabelled = tmp_path / "u.csv"
     assert call_cli("cxr_tune.predict", "--model", str(model), str(site / "new"), "--quiet", "--csv", str(unlabelled)).returncode == 0
-    assert list(pd.read_csv(unlabelled).columns) == ["path", "probability", "prediction", "threshold", "check"]
+    assert list(pd.read_csv(unlabelled).columns) == ["path", "probability", "prediction", "threshold", "check", "content_hash"]
 
 
 def test_folders_not_read_are_counted_apart_from_unreadable_files(tmp_path):
@@ -724,3 +724,29 @@ def test_the_intervals_say_how_many_patients_the_images_come_from_where_the_file
     unnamed = kermany_folder(tmp_path / "other", {"test": {"NORMAL": ["a.jpeg", "b.jpeg"], "PNEUMONIA": ["c.jpeg"]}}) / "test"
     done = call_cli("cxr_tune.predict", "--model", str(model), str(unnamed), "--quiet", "--metrics", str(out))
     assert "per image:" not in done.stdout and json.loads(out.read_text())["patients"] is None  # no name says a patient
+
+
+def test_the_metrics_record_the_bootstraps_resamples_and_seed_and_the_csv_lets_a_reader_recount_the_images(tmp_path):
+    """--metrics named neither the bootstrap's resamples nor its seed, and --csv listed every file (13) while the metrics
+    counted 12 images, with nothing to tell which rows were one image: its content hash now says."""
+    import inspect
+    import shutil
+
+    from cxr_tune.calibration import calibration_metrics
+    from cxr_tune.selection import REPORTED_RESAMPLES
+    from cxr_tune.set_metrics import bootstrap_intervals, paired_differences
+
+    model = write_export(tmp_path / "best")
+    data = kermany_folder(tmp_path / "site", {"test": {"PNEUMONIA": [f"person{i}_bacteria_{i}.jpeg" for i in range(6)],
+                                                       "NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)]}}) / "test"
+    shutil.copy(data / "PNEUMONIA" / "person0_bacteria_0.jpeg", data / "PNEUMONIA" / "person0_bacteria_99.jpeg")
+    out, table = tmp_path / "m.json", tmp_path / "p.csv"
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet", "--metrics", str(out), "--csv", str(table))
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(out.read_text())
+    assert metrics["intervals"] == {"method": INTERVAL_METHODS, "resamples": REPORTED_RESAMPLES, "seed": 0}
+    for drawn in (bootstrap_intervals, paired_differences, calibration_metrics):  # every bootstrap behind the numbers
+        assert {key: inspect.signature(drawn).parameters[key].default for key in ("resamples", "seed")} == {"resamples": REPORTED_RESAMPLES, "seed": 0}
+    rows = pd.read_csv(table)
+    assert list(rows.columns) == ["path", "label", "probability", "prediction", "threshold", "check", "content_hash"]
+    assert len(rows) == 13 and rows["content_hash"].nunique() == metrics["n"] == 12

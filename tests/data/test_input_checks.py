@@ -88,7 +88,7 @@ def test_predict_lists_the_images_to_check_and_writes_why_in_its_csv(tmp_path):
     listed = done.stdout.split("Check 1 image(s) before trusting the score", 1)[1].splitlines()[1:]
     assert len(listed) == 1 and listed[0].startswith(f"  {folder / 'photo.png'}: colour image"), done.stdout
     table = pd.read_csv(tmp_path / "out.csv", keep_default_na=False).set_index("path")
-    assert list(table.columns) == ["probability", "prediction", "threshold", "check"]
+    assert list(table.columns) == ["probability", "prediction", "threshold", "check", "content_hash"]
     assert table.loc[str(folder / "xray.png"), "check"] == "" and table.loc[str(folder / "photo.png"), "check"].startswith("colour image")
 
 

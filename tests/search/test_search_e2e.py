@@ -106,7 +106,7 @@ def test_predict_reproduces_the_exported_validation_metrics(experiment, val_fold
     assert f"balanced accuracy {expected['balanced_accuracy']:.4f} [" in line and f"AUC {expected['auc']:.4f} [" in line
     assert "broken.jpeg" in done.stdout and "Skipped 1 unreadable" in done.stdout
     out = pd.read_csv(tmp_path / "out.csv")
-    assert list(out.columns) == ["path", "label", "probability", "prediction", "threshold", "check"] and len(out) == len(val)
+    assert list(out.columns) == ["path", "label", "probability", "prediction", "threshold", "check", "content_hash"] and len(out) == len(val)
     assert out["check"].isna().all()  # the SYNTHETIC images are gray, varied and larger than the input: nothing to check
     assert set(out["prediction"]) <= {0, 1}
 
