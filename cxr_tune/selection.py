@@ -365,25 +365,33 @@ def selection_note(meta: dict[str, Any], inputs: Sequence[str], hashes: Iterable
     """What the scored images (``inputs``, and their content ``hashes``) are to this model when some chose something of
     it (:func:`selection_sources`): what the model measures on them is optimistic. By content where ``model.json`` records
     the images (a copy elsewhere is the same images); by folder for a model from before that record: an input that is,
-    lies in or holds the folder. None for any other input."""
+    lies in or holds the folder. Every role the images played is named, in one note (an adapted model's external set
+    also chose it: naming the first alone hid the other). None for any other input."""
     from cxr_tune import storage  # pyarrow: not for the training step, which imports this module for CRITERIA
 
     scored = [str(digest)[:IMAGE_HASH_DIGITS] for digest in hashes]
+    roles: list[str] = []
+    chosen: set[int] = set()  # the scored images some chooser recorded by content
+    every = False  # an input is, or lies in, a chooser's folder: all its images are selection-set images
     for chooser in selection_sources(meta):
         if chooser.images is not None:
-            if chose := sum(digest in chooser.images for digest in scored):
-                numbers = "these are selection-set numbers" if chose == len(scored) else "these numbers include selection-set images"
-                return f"{chose} of {len(scored)} scored images {chooser.by_content}: {numbers} for this model, optimistic, not an independent test"
+            if found := {i for i, digest in enumerate(scored) if digest in chooser.images}:
+                roles.append(f"{len(found)} of {len(scored)} scored images {chooser.by_content}")
+                chosen |= found
             continue
         source = storage.resolve(chooser.source)
         for item in inputs:
             if storage.within(storage.resolve(item), source):
-                where = "is" if storage.same_folder(storage.resolve(item), source) else "lies in"
-                return f"{printable(item)} {where} {chooser.what}: these are selection-set numbers for this model, optimistic, not an independent test"
+                roles.append(f"{printable(item)} {'is' if storage.same_folder(storage.resolve(item), source) else 'lies in'} {chooser.what}")
+                every = True
+                break
             if storage.within(source, storage.resolve(item)):  # the data's root, say, with test/ beside val/
-                return (f"{printable(item)} holds {chooser.what}: these numbers include selection-set images for this model, optimistic, "
-                        "not an independent test")
-    return None
+                roles.append(f"{printable(item)} holds {chooser.what}")
+                break
+    if not roles:
+        return None
+    numbers = "these are selection-set numbers" if every or (chosen and len(chosen) == len(scored)) else "these numbers include selection-set images"
+    return f"{'; '.join(roles)}: {numbers} for this model, optimistic, not an independent test"
 
 
 def _hash_set(record: dict[str, Any]) -> frozenset[str] | None:

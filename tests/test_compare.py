@@ -188,3 +188,28 @@ def test_the_metrics_record_the_bootstraps_resamples_and_seed(tmp_path, site):
     done = call_cli("cxr_tune.compare", "--model", models[0], "--model", models[1], str(site), "--metrics", str(tmp_path / "c.json"))
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "c.json").read_text())["intervals"] == {"method": INTERVAL_METHODS, "resamples": REPORTED_RESAMPLES, "seed": 0}
+
+
+def test_a_model_adapted_to_the_images_that_chose_it_is_said_to_have_both_chosen_and_been_adapted_to_them(tmp_path, site):
+    """compare's note for a model adapted to its own external validation set named only the set "which chose the model":
+    the note stopped at the first role the images played."""
+    from cxr_tune.predict import collect, predict
+    from cxr_tune.selection import image_hashes
+    from cxr_tune.serving import load_model
+
+    plain = write_export(tmp_path / "plain")
+    frame, _ = predict(load_model(plain), collect([str(site)]))
+    by_folder = write_export(tmp_path / "by_folder", external={"source": str(site), "selection_set": True}, adaptation={"source": str(site)})
+    # as results/real/best-no-labels: the set recorded by folder (before image_hashes), the site by content
+    mixed = write_export(tmp_path / "mixed", before_adaptation={"external": {"source": str(site), "selection_set": True}},
+                         adaptation={"source": str(tmp_path / "elsewhere"), "image_hashes": image_hashes(frame["content_hash"])})
+    done = call_cli("cxr_tune.compare", "--model", str(plain), "--model", str(by_folder), "--model", str(mixed), str(site))
+    assert done.returncode == 0, done.stderr
+    notes = [line for line in done.stdout.splitlines() if "selection-set numbers" in line]
+    assert notes == [
+        f"Note ({by_folder}): {site} is this model's external validation set (model.json external.source), which chose the model; "
+        f"{site} is the site this model was adapted to (model.json adaptation.source): these are selection-set numbers for this model, "
+        "optimistic, not an independent test.",
+        f"Note ({mixed}): {site} is this model's external validation set (model.json external.source), which chose the model; "
+        "25 of 25 scored images adapted this model (the site it was adapted to, by content: model.json adaptation.image_hashes): "
+        "these are selection-set numbers for this model, optimistic, not an independent test."]
