@@ -104,7 +104,7 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
     return {
         "flagged": {path: check for path, check in checks.items() if check},
         **patient_counts(next(iter(frames.values())).loc[common, "path"].tolist()), "class_counts": counts, "copies_counted_once": copies, "filed_under_both": both, "operating_point": point, "skipped": skipped,
-        "intervals": interval_record(),
+        "intervals": {**interval_record(), "paired_method": PAIRED_METHODS},  # the differences' own method beside the models'
         "synthetic": [name for name, model in loaded.items() if model.meta.get("data", {}).get("synthetic")],
         # a later model whose model.onnx is an earlier one's (a copied folder): the earliest such, by the hash load_model checked
         "identical": {name: same for i, name in enumerate(loaded) if (same := next((m for m in models[:i] if onnx[m] == onnx[name]), None))},

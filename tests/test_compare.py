@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_tune.set_metrics import INTERVAL_METHODS, bootstrap_intervals, paired_differences
+from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METHODS, bootstrap_intervals, paired_differences
 from tests.conftest import call_cli, kermany_folder, write_image
 from tests.exports import write_export
 
@@ -187,7 +187,8 @@ def test_the_metrics_record_the_bootstraps_resamples_and_seed(tmp_path, site):
     models = [str(write_export(tmp_path / name, threshold=threshold)) for name, threshold in (("a", 0.5), ("b", 0.4))]
     done = call_cli("cxr_tune.compare", "--model", models[0], "--model", models[1], str(site), "--metrics", str(tmp_path / "c.json"))
     assert done.returncode == 0, done.stderr
-    assert json.loads((tmp_path / "c.json").read_text())["intervals"] == {"method": INTERVAL_METHODS, "resamples": REPORTED_RESAMPLES, "seed": 0}
+    assert json.loads((tmp_path / "c.json").read_text())["intervals"] == {"method": INTERVAL_METHODS, "resamples": REPORTED_RESAMPLES, "seed": 0,
+                                                                      "paired_method": PAIRED_METHODS}
 
 
 def test_a_model_adapted_to_the_images_that_chose_it_is_said_to_have_both_chosen_and_been_adapted_to_them(tmp_path, site):
