@@ -87,7 +87,7 @@ def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, captio
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     drawn = io.BytesIO()
     try:
-        fig.savefig(drawn, format="png", dpi=100)
+        fig.savefig(drawn, format="png", dpi=100, bbox_inches="tight")  # a long file name in the caption widens it, uncut
     finally:
         plt.close(fig)
     storage.write_bytes_atomic(str(path), drawn.getvalue())  # a stop mid-write leaves the figure whole or absent, never cut

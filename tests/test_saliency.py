@@ -243,3 +243,20 @@ def test_an_explanation_figure_stopped_while_it_is_written_leaves_no_cut_png(tmp
     with pytest.raises(KeyboardInterrupt):
         explain_figure(tmp_path / "one.png", image, np.zeros((16, 16)), "one.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_figure_holds_the_whole_caption_of_a_long_file_name(tmp_path, monkeypatch):
+    """The caption names the image's file: a long name (a hospital's export, say) ran past the 7-inch figure's edges and
+    the saved PNG cut it at both ends, as confusion.png cut its threshold."""
+    from matplotlib.figure import Figure
+
+    from cxr_tune.saliency import explain_figure
+
+    drawn, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (drawn.append((fig.get_tightbbox(), kwargs["dpi"])), save(fig, *args, **kwargs)))
+    image, heat = opacity_images(1, seed=4)[0][0], np.ones((SIZE, SIZE))
+    caption = "site_export_2026-12-07/" + "series_0042_frontal_view_" * 4 + "0001.png\nP(PNEUMONIA) 0.91 at threshold 0.91"
+    explain_figure(tmp_path / "one.png", image, heat, caption)
+    (bbox, dpi), = drawn
+    width, height = Image.open(tmp_path / "one.png").size
+    assert width / dpi >= bbox.width - 0.01 and height / dpi >= bbox.height - 0.01, (width / dpi, bbox.width)
