@@ -30,7 +30,7 @@ from cxr_tune.bench.common import RESULTS, seed_suffix, write_result
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import code_span
-from cxr_tune.plotting import legend_beside
+from cxr_tune.plotting import legend_beside, save_figure
 from cxr_tune.search.report import objective_words
 from cxr_tune.search.results import asha_rungs
 from cxr_tune.selection import diverged, prefix_of
@@ -233,9 +233,7 @@ def plot_anytime(path: Path, lines: dict[str, pd.Series], title: str) -> None:
     ax.set(xlabel="trial-epochs spent", ylabel="best objective so far", title=title)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))  # whole trial-epochs, even one
     legend_beside(ax, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def compared(experiment: Experiment, replayed: Experiment) -> tuple[dict[str, Any], pd.Series]:
