@@ -404,12 +404,13 @@ def calibration_lines(calibration: dict[str, Any]) -> list[str]:
 
 
 def subgroup_lines(groups: dict[str, dict[str, Any]] | None) -> list[str]:
-    """Sensitivity per pneumonia type and specificity per normal batch, from the file names (none when they carry no group)."""
+    """Sensitivity per pneumonia type and specificity per normal batch, from the file names (none when they carry no group).
+    A group with no image is left out, as the model card leaves it out (it printed "n/a (0 of 0)")."""
     if groups is None:
         return []
-    return ["  subgroups (from file names; 95 % Wilson intervals):"] + [
+    return ["  subgroups (from file names; 95 % Wilson intervals; a group with no image is left out):"] + [
         f"    {group['description']:<26} {group['rate']:<11} {fmt(group['value'])}{interval(group['ci95'])}  ({group['correct']} of {group['n']})"
-        for group in groups.values()]
+        for group in groups.values() if group["n"]]
 
 
 def check_lines(checks: dict[str, str]) -> list[str]:
