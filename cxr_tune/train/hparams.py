@@ -3,7 +3,7 @@
 The model, augmentation, loss and optimizer are built from :class:`HParams`; nothing reads the Tune
 ``config`` dict anywhere else. Search spaces may give per-block widths as ``filters_0 ...
 filters_{depth-1}`` (conditional on the sampled depth); :meth:`HParams.from_config` folds them
-into ``block_filters``.
+into ``block_filters`` and refuses one past the depth.
 """
 
 from __future__ import annotations
@@ -216,10 +216,14 @@ class HParams:
                 raise HParamsError(f"unknown hyperparameter {shown(key)}; known: {', '.join(sorted(known))}, filters_<i>")
         if blocks:
             depth = values.get("depth", cls.depth)
+            beyond = [i for i in sorted(blocks) if i >= depth]
+            if beyond:  # a search draws filters_0..filters_{depth-1} only: one past them is a mistake, not a width
+                taken = "filters_0" if depth == 1 else f"filters_0..filters_{depth - 1}"
+                raise HParamsError(f"filters_{beyond[0]} is beyond depth={depth} ({taken})")
             missing = [i for i in range(depth) if i not in blocks]
             if missing:
                 raise HParamsError(f"filters_{missing[0]} is missing for depth={depth}")
-            values["block_filters"] = tuple(blocks[i] for i in range(depth))  # widths past depth are unused
+            values["block_filters"] = tuple(blocks[i] for i in range(depth))
         return cls(**values)
 
 

@@ -14,9 +14,22 @@ def test_defaults_are_valid_and_round_trip():
 
 
 def test_per_block_widths_follow_the_sampled_depth():
-    hp = HParams.from_config({"depth": 3, "filters_0": 8, "filters_1": 16, "filters_2": 24, "filters_3": 99})
-    assert hp.widths == (8, 16, 24)  # filters_3 is beyond depth: ignored
+    hp = HParams.from_config({"depth": 3, "filters_0": 8, "filters_1": 16, "filters_2": 24})
+    assert hp.widths == (8, 16, 24)
     assert HParams(depth=3, filters=8, width_growth=2.0).widths == (8, 16, 32)
+
+
+def test_a_block_width_beyond_depth_is_refused_naming_the_widths_depth_takes(tmp_path):
+    """filters_5 with depth 2 was dropped without a word, and filters_9 alone (depth 4 by default) was said to leave
+    filters_0 missing; a search draws filters_0..filters_{depth-1} only, so nothing it builds is refused."""
+    with pytest.raises(UserError, match=r"^--set: filters_5 is beyond depth=2 \(filters_0..filters_1\)$"):
+        read_params(None, [("depth", 2), ("filters_0", 8), ("filters_1", 16), ("filters_5", 64)])
+    with pytest.raises(UserError, match=r"^--set: filters_9 is beyond depth=4 \(filters_0..filters_3\)$"):
+        read_params(None, [("filters_9", 8)])
+    params = tmp_path / "p.yaml"
+    params.write_text("depth: 1\nfilters_0: 8\nfilters_1: 16\n")
+    with pytest.raises(UserError, match=r"p\.yaml: filters_1 is beyond depth=1 \(filters_0\)$"):
+        read_params(str(params), [])
 
 
 @pytest.mark.parametrize(("config", "message"), [
