@@ -85,7 +85,12 @@ _BLOCK_KEY = re.compile(r"^filters_(\d{1,9})$")  # a longer index is an unknown 
 
 
 class HParamsError(ValueError):
-    """A config that cannot be a trial: unknown key, wrong type, value out of range."""
+    """A config that cannot be a trial: unknown key, wrong type, value out of range. ``keys`` are the config keys it is
+    about, so that :func:`read_params` blames the source that gave them (the params file or ``--set``)."""
+
+    def __init__(self, message: str, *keys: str) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 @dataclass(frozen=True)
@@ -151,25 +156,26 @@ class HParams:
         for name, (low, high) in _RANGES.items():
             value = getattr(self, name)
             if not low <= value <= high:
-                raise HParamsError(f"{name}={shown(value)} is out of range [{low}, {high}]")
+                raise HParamsError(f"{name}={shown(value)} is out of range [{low}, {high}]", name)
         for name, allowed in (("optimizer", OPTIMIZERS), ("intensity", INTENSITY), ("criterion", CRITERIA), ("arch", ARCHITECTURES), ("block", BLOCKS)):
             if getattr(self, name) not in allowed:
-                raise HParamsError(f"{name}={shown(getattr(self, name))} is not one of {', '.join(allowed)}")
+                raise HParamsError(f"{name}={shown(getattr(self, name))} is not one of {', '.join(allowed)}", name)
         weighting = self.class_weighting
         if isinstance(weighting, str) and weighting not in CLASS_WEIGHTINGS:
-            raise HParamsError(f"class_weighting={shown(weighting)} is not 'none', 'balanced' or a positive number")
+            raise HParamsError(f"class_weighting={shown(weighting)} is not 'none', 'balanced' or a positive number", "class_weighting")
         if not isinstance(weighting, str) and not (weighting > 0 and math.isfinite(weighting)):
-            raise HParamsError(f"class_weighting={shown(weighting)} must be a positive number")
+            raise HParamsError(f"class_weighting={shown(weighting)} must be a positive number", "class_weighting")
         if self.block_filters and len(self.block_filters) != self.depth:
-            raise HParamsError(f"block_filters has {len(self.block_filters)} widths but depth={self.depth}")
+            raise HParamsError(f"block_filters has {len(self.block_filters)} widths but depth={self.depth}", "block_filters", "depth")
         if any(w < 1 for w in self.block_filters):
-            raise HParamsError(f"block_filters={list(self.block_filters)} must all be >= 1")
+            raise HParamsError(f"block_filters={list(self.block_filters)} must all be >= 1", "block_filters")
         if max(self.widths) > MAX_WIDTH:  # a network no machine here could allocate fails inside Ray, not here
             how = f"block_filters={list(self.block_filters)}" if self.block_filters else (
                 f"filters={self.filters} x width_growth={self.width_growth:g} over depth={self.depth}")
-            raise HParamsError(f"{how} makes a block {max(self.widths)} filters wide; keep every block <= {MAX_WIDTH}")
+            keys = ("block_filters",) if self.block_filters else ("filters", "width_growth", "depth")
+            raise HParamsError(f"{how} makes a block {max(self.widths)} filters wide; keep every block <= {MAX_WIDTH}", *keys)
         if self.kernel_size % 2 == 0:
-            raise HParamsError(f"kernel_size={self.kernel_size} must be odd so the map keeps its size")
+            raise HParamsError(f"kernel_size={self.kernel_size} must be odd so the map keeps its size", "kernel_size")
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -213,16 +219,16 @@ class HParams:
             elif key in known:
                 values[key] = _coerce(key, known[key].type, value)
             else:
-                raise HParamsError(f"unknown hyperparameter {shown(key)}; known: {', '.join(sorted(known))}, filters_<i>")
+                raise HParamsError(f"unknown hyperparameter {shown(key)}; known: {', '.join(sorted(known))}, filters_<i>", key)
         if blocks:
             depth = values.get("depth", cls.depth)
             beyond = [i for i in sorted(blocks) if i >= depth]
             if beyond:  # a search draws filters_0..filters_{depth-1} only: one past them is a mistake, not a width
                 taken = "filters_0" if depth == 1 else f"filters_0..filters_{depth - 1}"
-                raise HParamsError(f"filters_{beyond[0]} is beyond depth={depth} ({taken})")
+                raise HParamsError(f"filters_{beyond[0]} is beyond depth={depth} ({taken})", f"filters_{beyond[0]}", "depth")
             missing = [i for i in range(depth) if i not in blocks]
             if missing:
-                raise HParamsError(f"filters_{missing[0]} is missing for depth={depth}")
+                raise HParamsError(f"filters_{missing[0]} is missing for depth={depth}", "depth", *(f"filters_{i}" for i in blocks))
             values["block_filters"] = tuple(blocks[i] for i in range(depth))
         return cls(**values)
 
@@ -234,11 +240,26 @@ def read_params(path: str | None, overrides: list[tuple[str, Any]]) -> HParams:
     if path:
         values = load_mapping(path, "params")
         values = values.get("hparams", values) if isinstance(values.get("hparams"), dict) else values
-    values.update(overrides)
+    given = dict(overrides)
     try:
-        return HParams.from_config(values)
+        return HParams.from_config({**values, **given})
     except HParamsError as exc:
-        raise UserError(f"{path or '--set'}: {exc}") from None
+        raise UserError(f"{_source(path, exc.keys, values, given)}: {exc}") from None
+
+
+def _source(path: str | None, keys: tuple[str, ...], in_file: Mapping[str, Any], in_set: Mapping[str, Any]) -> str:
+    """Which of the params file ``path`` and ``--set`` gave the keys an error is about (both: "FILE with --set"), for
+    the start of its line: a bad --set value was blamed on the file beside it. The file, where neither gave them.
+    ``filters_<i>`` keys give ``block_filters``."""
+    def gave(source: Mapping[str, Any]) -> set[Any]:
+        return {*source, *(["block_filters"] if any(isinstance(k, str) and _BLOCK_KEY.match(k) for k in source) else [])}
+
+    from_set = gave(in_set)
+    from_file = gave(in_file) - from_set  # --set replaced these
+    by_set, by_file = any(key in from_set for key in keys), bool(path) and any(key in from_file for key in keys)
+    if by_set and by_file:
+        return f"{path} with --set"
+    return "--set" if by_set or not path else path
 
 
 def check_type(name: str, value: Any) -> None:
@@ -278,5 +299,5 @@ def _coerce(name: str, kind: str, value: Any) -> Any:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         value = tuple(value) if ok else value
     if not ok:
-        raise HParamsError(f"{printable(name, SHOWN_CHARS)}={shown(value)} has the wrong type (expected {kind})")
+        raise HParamsError(f"{printable(name, SHOWN_CHARS)}={shown(value)} has the wrong type (expected {kind})", name)
     return value

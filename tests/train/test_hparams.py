@@ -61,7 +61,7 @@ def test_a_params_file_may_be_flat_or_under_an_hparams_key_and_set_overrides_it(
     nested.write_text("hparams:\n  depth: 3\n  image_size: 64\n")
     assert read_params(str(flat), []) == read_params(str(nested), []) == HParams(depth=3, image_size=64)
     assert read_params(str(nested), [("depth", 2)]).depth == 2
-    with pytest.raises(UserError, match="nested.yaml: unknown hyperparameter 'bogus'"):
+    with pytest.raises(UserError, match="^--set: unknown hyperparameter 'bogus'"):
         read_params(str(nested), [("bogus", 1)])
 
 
@@ -103,3 +103,19 @@ def test_batch_size_one_loads_and_is_refused_for_training_only_where_a_batchnorm
     assert training_problem(HParams(arch="densenet121", image_size=63, batch_size=1)) == (
         "arch densenet121 at image_size 63 ends in a 1x1 map, where BatchNorm cannot train on a batch of one image; use batch_size >= 2 "
         "or image_size >= 64")
+
+
+def test_an_error_names_the_source_that_gave_the_value_a_params_file_or_set(tmp_path):
+    """A bad --set value was blamed on the params file beside it ("sci.yaml: epochs=100000 is out of range")."""
+    params = tmp_path / "sci.yaml"
+    params.write_text("lr: 1.0e-3\ndepth: 3\n")
+    with pytest.raises(UserError, match=r"^--set: epochs=100000 is out of range \[1, 1000\]$"):
+        read_params(str(params), [("epochs", 100000)])
+    with pytest.raises(UserError, match=r"sci\.yaml with --set: filters_1 is missing for depth=3$"):
+        read_params(str(params), [("filters_0", 8)])  # depth from the file, a width from --set
+    with pytest.raises(UserError, match=r"^--set: block_filters=\[8, 8, 0\] must all be >= 1$"):
+        read_params(str(params), [("filters_0", 8), ("filters_1", 8), ("filters_2", 0)])  # the widths --set gave
+    params.write_text("lr: 100.0\n")
+    with pytest.raises(UserError, match=r"sci\.yaml: lr=100\.0 is out of range"):
+        read_params(str(params), [("epochs", 5)])
+    assert read_params(str(params), [("lr", 0.01)]).lr == 0.01  # --set replaces the file's value
