@@ -35,7 +35,7 @@ DEFAULT_PARAMS = PROJECT / "results" / "real" / "best" / META_FILE
 def configurations(params: str | None, sizes: list[int]) -> list[HParams]:
     """The hyperparameters of ``params`` (a model.json or YAML of HParams fields; default: the
     committed real-data model's selected member), once per image size asked for."""
-    base = read_params(params or str(DEFAULT_PARAMS), [])
+    base = read_params(params or str(DEFAULT_PARAMS), [], schedule=False)  # trained for --epochs, not the file's
     return [HParams.from_config({**base.to_dict(), "image_size": size}) for size in (sizes or [base.image_size])]
 
 

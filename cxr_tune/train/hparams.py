@@ -233,16 +233,26 @@ class HParams:
         return cls(**values)
 
 
-def read_params(path: str | None, overrides: list[tuple[str, Any]]) -> HParams:
+def read_params(path: str | None, overrides: list[tuple[str, Any]], *, schedule: bool = True) -> HParams:
     """HParams from a YAML file (flat, or under a top-level ``hparams`` key, as in an export's
-    ``model.json``) plus ``--set`` overrides; one reader for every command that takes ``--params``."""
+    ``model.json``) plus ``--set`` overrides; one reader for every command that takes ``--params``.
+
+    A warm-up the file or ``--set`` gave that is not shorter than ``epochs`` is refused: the schedule cuts it to the run,
+    which then warms up throughout and never decays (but an export's warm-up of 1 with ``--set epochs=1``, the quick check
+    the default warm-up also makes, stays) (:func:`cxr_tune.train.steps.build_scheduler`). Not in
+    :class:`HParams`, whose search trials may pair a space's warm-up with a short ``--max-epochs``; ``schedule=False``
+    for a caller that trains its own number of epochs."""
     values = {}
     if path:
         values = load_mapping(path, "params")
         values = values.get("hparams", values) if isinstance(values.get("hparams"), dict) else values
     given = dict(overrides)
     try:
-        return HParams.from_config({**values, **given})
+        hp = HParams.from_config({**values, **given})
+        if schedule and ("warmup_epochs" in values or "warmup_epochs" in given) and hp.warmup_epochs >= max(hp.epochs, 2):
+            raise HParamsError(f"warmup_epochs={hp.warmup_epochs} is not below epochs={hp.epochs}: the whole run would be warm-up "
+                               "and the learning rate would never decay", "warmup_epochs", "epochs")
+        return hp
     except HParamsError as exc:
         raise UserError(f"{_source(path, exc.keys, values, given)}: {exc}") from None
 

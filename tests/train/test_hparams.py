@@ -119,3 +119,22 @@ def test_an_error_names_the_source_that_gave_the_value_a_params_file_or_set(tmp_
     with pytest.raises(UserError, match=r"sci\.yaml: lr=100\.0 is out of range"):
         read_params(str(params), [("epochs", 5)])
     assert read_params(str(params), [("lr", 0.01)]).lr == 0.01  # --set replaces the file's value
+
+
+def test_a_warm_up_as_long_as_the_run_it_was_given_for_is_refused(tmp_path):
+    """--set warmup_epochs=50 --set epochs=2 trained a run that was warm-up throughout (the schedule cuts the warm-up to the
+    run), its cosine decay never reached, and exited 0. Only a warm-up the user gave is refused: the default one of a
+    one-epoch check stays, and a search's trials (a space's warm-up beside --max-epochs) are HParams, which still take it."""
+    with pytest.raises(UserError, match=r"^--set: warmup_epochs=50 is not below epochs=2: "):
+        read_params(None, [("warmup_epochs", 50), ("epochs", 2)])
+    params = tmp_path / "p.yaml"
+    params.write_text("warmup_epochs: 3\n")
+    with pytest.raises(UserError, match=r"p\.yaml with --set: warmup_epochs=3 is not below epochs=3: "):
+        read_params(str(params), [("epochs", 3)])
+    assert read_params(str(params), [("epochs", 4)]).warmup_epochs == 3
+    assert read_params(None, [("epochs", 1)]).warmup_epochs == 1
+    one = tmp_path / "model.json"  # an export records warmup_epochs 1: a one-epoch check of its configuration still runs
+    one.write_text('{"hparams": {"warmup_epochs": 1, "epochs": 32}}')
+    assert read_params(str(one), [("epochs", 1)]).epochs == 1
+    assert HParams.from_config({"warmup_epochs": 50, "epochs": 2}).warmup_epochs == 50
+    assert read_params(str(params), [("epochs", 3)], schedule=False).epochs == 3  # bench precision trains its own --epochs
