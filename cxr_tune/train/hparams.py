@@ -8,8 +8,10 @@ into ``block_filters`` and refuses one past the depth.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -242,19 +244,41 @@ def read_params(path: str | None, overrides: list[tuple[str, Any]], *, schedule:
     the default warm-up also makes, stays) (:func:`cxr_tune.train.steps.build_scheduler`). Not in
     :class:`HParams`, whose search trials may pair a space's warm-up with a short ``--max-epochs``; ``schedule=False``
     for a caller that trains its own number of epochs."""
-    values = {}
+    whole: dict[str, Any] = {}
     if path:
-        values = load_mapping(path, "params")
-        values = values.get("hparams", values) if isinstance(values.get("hparams"), dict) else values
+        whole = load_mapping(path, "params")
+    values = whole["hparams"] if isinstance(whole.get("hparams"), dict) else whole
     given = dict(overrides)
     try:
         hp = HParams.from_config({**values, **given})
         if schedule and ("warmup_epochs" in values or "warmup_epochs" in given) and hp.warmup_epochs >= max(hp.epochs, 2):
             raise HParamsError(f"warmup_epochs={hp.warmup_epochs} is not below epochs={hp.epochs}: the whole run would be warm-up "
                                "and the learning rate would never decay", "warmup_epochs", "epochs")
-        return hp
     except HParamsError as exc:
         raise UserError(f"{_source(path, exc.keys, values, given)}: {exc}") from None
+    if path and values is not whole:  # an export's model.json
+        _note_first_member(path, whole)
+    return hp
+
+
+def _note_first_member(path: str, export: Mapping[str, Any]) -> None:
+    """One line on stderr when the export ``model.json`` at ``path`` averages members of several configurations (seeds
+    aside): its top-level ``hparams``, which are read, are only the first member's, and nothing else said so."""
+    members = export.get("members")
+    if not isinstance(members, list):
+        return
+    configurations = {json.dumps({k: v for k, v in m["hparams"].items() if k != "seed"}, sort_keys=True, default=str)
+                      for m in members if isinstance(m, dict) and isinstance(m.get("hparams"), dict)}
+    if len(configurations) < 2:
+        return
+    first = export.get("trial_id")
+    final_fit = export.get("final_fit")
+    runs = final_fit.get("runs") if isinstance(final_fit, dict) and isinstance(final_fit.get("runs"), list) else []
+    # a final fit's member is a run of a trial ("5a4e909c-seed100000"): name the trial, as the search did
+    trial = next((run.get("trial_id") for run in runs if isinstance(run, dict) and run.get("name") == first), first)
+    which = f" (trial {printable(str(trial), SHOWN_CHARS)})" if trial is not None else ""
+    print(f"Note: {path} averages {len(members)} runs of {len(configurations)} configurations; training the first member's{which}",
+          file=sys.stderr, flush=True)
 
 
 def _source(path: str | None, keys: tuple[str, ...], in_file: Mapping[str, Any], in_set: Mapping[str, Any]) -> str:

@@ -138,3 +138,22 @@ def test_a_warm_up_as_long_as_the_run_it_was_given_for_is_refused(tmp_path):
     assert read_params(str(one), [("epochs", 1)]).epochs == 1
     assert HParams.from_config({"warmup_epochs": 50, "epochs": 2}).warmup_epochs == 50
     assert read_params(str(params), [("epochs", 3)], schedule=False).epochs == 3  # bench precision trains its own --epochs
+
+
+def test_a_model_json_averaging_several_configurations_says_which_one_trains(tmp_path, capsys):
+    """train --params best/model.json of a final fit over three trials trained the first member's hyperparameters
+    without a word, beside a file that averages six runs of three configurations."""
+    import json
+
+    first, other = HParams(lr=1e-3).to_dict(), HParams(lr=3e-3, dropout=0.1).to_dict()
+    runs = [("aaa", first), ("aaa", first), ("bbb", other)]
+    members = [{"trial_id": f"{trial}-seed{100000 + i}", "hparams": {**hp, "seed": 100000 + i}} for i, (trial, hp) in enumerate(runs)]
+    export = {"hparams": members[0]["hparams"], "trial_id": members[0]["trial_id"], "members": members,
+              "final_fit": {"runs": [{"name": m["trial_id"], "trial_id": trial} for m, (trial, _) in zip(members, runs)]}}
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps(export))
+    assert read_params(str(model), []).lr == 1e-3
+    assert capsys.readouterr().err == (f"Note: {model} averages 3 runs of 2 configurations; training the first member's (trial aaa)\n")
+    model.write_text(json.dumps({**export, "members": members[:2]}))  # two seeds of one configuration: nothing to say
+    read_params(str(model), [])
+    assert capsys.readouterr().err == ""
