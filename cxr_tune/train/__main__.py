@@ -52,10 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=None, metavar="PATH", help="a local pretrained weights file (safetensors or a PyTorch state dict) to start from; nothing is downloaded (default: none)")
     parser.add_argument("--storage", default="results", help="folder or URI for runs (default: results)")
     parser.add_argument("--name", default=None, help="run name; the run folder is STORAGE/NAME (default: train-<timestamp>)")
-    parser.add_argument("--cv", type=int_between(2, 20), default=None, metavar="K", help="instead of one run, K-fold cross-validation by patient group over the training folder (writes cv.md and cv.csv); K at most the patient groups that hold the rarer class, so every validation fold holds both")
+    parser.add_argument("--cv", type=int_between(2, 20), default=None, metavar="K", help="instead of one run, K-fold cross-validation by patient group over the training folder (writes cv.md and cv.csv); K at most the patient groups that hold the rarer class, so every validation fold holds both; each fold chooses its best epoch and threshold on its own held-out fold, and an external set (--val-data) is not used")
     parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' for the running one; default: RAY_ADDRESS when set, else a Ray of its own on this machine, never one `ray start` left running)")
     parser.add_argument("--verbose", action="store_true", help=f"also show Ray's own output on the console (always in STORAGE/NAME/{LOG_FILE})")
-    add_select_on_argument(parser, "the run's best epoch and its threshold")
+    add_select_on_argument(parser, "the run's best epoch and its threshold (not with --cv, whose folds choose on their own held-out folds)")
     add_data_arguments(parser)
     return parser
 
@@ -113,7 +113,12 @@ def _main(argv: Sequence[str] | None) -> int:
     split = split_data(options)
     check_caches_buildable(split, [hp.image_size])  # before run.json is written below: a refused command leaves nothing behind
     print(f"Data: {split.source.description}")
-    print(split.describe_external(args.select_on))
+    described = split.describe_external(args.select_on)
+    if args.cv:  # its first line says what selects a single run; the folds are judged on their own held-out folds
+        from cxr_tune.train.crossval import describe_folds
+
+        described = "\n".join([describe_folds(split, args.cv), *described.splitlines()[1:]])
+    print(described)
     if skipped := split.describe_skipped():
         print(skipped)
     if not args.cv:  # (--cv keeps its own plan, which records its data)

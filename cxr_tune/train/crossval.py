@@ -58,6 +58,16 @@ def fold_roles(split: SplitData, k: int, seed: int = 0) -> list[pd.DataFrame]:
     return out
 
 
+def describe_folds(split: SplitData, k: int) -> str:
+    """What judges the folds, said where a single run says what selects it (:meth:`SplitData.describe_external`'s first
+    line): each fold's own held-out fold. An external set is neither scored nor selecting (the folds' datasets are
+    their train and val roles only), whatever ``--select-on`` says, and the line must not claim otherwise."""
+    what = f"Cross-validation: each of the {k} folds chooses its best epoch and threshold on its own held-out fold of the training folder"
+    if split.has_external:
+        return f"{what}; the external validation set {split.external} is not used (neither scored nor selecting, whatever --select-on says)."
+    return f"{what}{f' ({split.external_note})' if split.external_note else ''}."
+
+
 def pool_fingerprint(split: SplitData) -> str:
     """What the folds are drawn from, in a few characters: the images of the training folder (their
     contents), so a resumed cross-validation knows its finished folds measured the same data."""

@@ -61,3 +61,21 @@ def test_too_many_folds_are_refused_before_ray_starts(tmp_path, monkeypatch):
     monkeypatch.setattr(cxr_tune.ray_session, "ray_session", lambda *a, **k: pytest.fail("Ray started"))
     with pytest.raises(UserError, match=r"^--cv 7: 12 patient groups in the training folder \(6 with NORMAL images, 6 with PNEUMONIA images\)"):
         main(["--data", str(data), "--storage", str(tmp_path / "runs"), "--name", "cv", "--cv", "7", "--set", "image_size=32"])
+
+
+def test_cross_validation_with_an_external_set_says_the_folds_validate_on_their_own_and_the_set_goes_unused(tmp_path, monkeypatch, capsys):
+    """Before: --cv with --val-data printed "External validation: ... selects epochs, trials, ensemble members and the threshold",
+    while each fold chose its best epoch and threshold on its own held-out fold and the external set was never scored."""
+    from cxr_tune.train.__main__ import main
+    from tests.conftest import lines_before_ray
+
+    layout = {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)], "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(6)]}
+    data = kermany_folder(tmp_path / "data", {"train": layout})
+    site = kermany_folder(tmp_path / "site", {"": {"NORMAL": [f"IM-site{i:04d}-0001.jpeg" for i in range(20)],
+                                                 "PNEUMONIA": [f"site{i}_virus_{i}.jpeg" for i in range(20)]}}, seed=1)  # the least --val-data takes
+    argv = ["--data", str(data), "--val-data", str(site), "--storage", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
+            "--set", "image_size=32", "--cv", "2"]
+    lines = lines_before_ray(main, argv, monkeypatch, capsys)
+    assert not [line for line in lines if line.startswith("External validation")]
+    assert (f"Cross-validation: each of the 2 folds chooses its best epoch and threshold on its own held-out fold of the training folder; "
+            f"the external validation set {site} is not used (neither scored nor selecting, whatever --select-on says).") in lines
