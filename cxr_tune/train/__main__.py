@@ -191,10 +191,20 @@ def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path:
         try:
             result = fit(trainer)
         except KeyboardInterrupt:
-            print(f"Stopped; its checkpoints are in {storage.join(storage_path, name)}: the same command with --name {shlex.quote(name)} "
-                  "resumes the run from the last one", flush=True)
+            print(stopped_line(storage.join(storage_path, name), name), flush=True)
             raise
     return report(result, hp, split, storage.join(storage_path, name), deciding)
+
+
+def stopped_line(run_dir: str, name: str) -> str:
+    """What Ctrl-C leaves: the checkpoints the same command resumes from, or, stopped before the first one, none (the
+    same command, finding no checkpoint, trains from the first epoch; :func:`check_same_run` has nothing to compare)."""
+    from cxr_tune.train.checkpoints import saved_checkpoints
+
+    again = f"the same command with --name {shlex.quote(name)}"
+    if saved_checkpoints(run_dir):
+        return f"Stopped; its checkpoints are in {run_dir}: {again} resumes the run from the last one"
+    return f"Stopped before its first checkpoint: nothing trained yet, and {run_dir} holds none; {again} starts the run again from its first epoch"
 
 
 def precision_flags(args: argparse.Namespace) -> dict[str, str]:

@@ -98,14 +98,18 @@ def test_cross_validation_s_command_line_and_resume_hint_can_be_pasted_back_with
     assert shlex.split(command.removeprefix("Command: `").removesuffix("`  ")) == ["python", "-m", "cxr_tune.train", *argv]
 
 
-def test_a_stopped_run_s_resume_hint_can_be_pasted_back_with_a_name_that_needs_quoting(tmp_path, monkeypatch, capsys):
-    """Before: Ctrl-C on ``--name "my run"`` said ``the same command with --name my run resumes the run``. (Ray Train faked.)"""
+@pytest.mark.parametrize("trained", [True, False])
+def test_a_stopped_run_s_resume_hint_can_be_pasted_back_with_a_name_that_needs_quoting(trained, tmp_path, monkeypatch, capsys):
+    """Before: Ctrl-C on ``--name "my run"`` said ``the same command with --name my run resumes the run``; and a run stopped
+    before its first checkpoint was said to have checkpoints to resume from, in a folder holding only run.json and train.log.
+    (Ray Train faked.)"""
     import contextlib
     from types import SimpleNamespace
 
     import cxr_tune.data.cache
     import cxr_tune.train.__main__ as cli
     import cxr_tune.train.progress
+    from cxr_tune.train.checkpoints import save_state
     from cxr_tune.train.hparams import HParams
     from cxr_tune.train.trainer import Resources
 
@@ -118,11 +122,20 @@ def test_a_stopped_run_s_resume_hint_can_be_pasted_back_with_a_name_that_needs_q
     monkeypatch.setattr(cli, "fit", stopped)
     monkeypatch.setattr(cxr_tune.train.progress, "epoch_lines", lambda *a: contextlib.nullcontext(lambda label, epochs: []))  # its queue is a Ray actor
     split = SimpleNamespace(deciding_set=lambda select_on: "carved", class_counts=lambda: (1, 1), cache_dir=str(tmp_path), source=SimpleNamespace(manifest=None))
-    (tmp_path / "my run").mkdir()
+    run = tmp_path / "my run"
+    run.mkdir()
+    if trained:
+        (run / "checkpoint_000").mkdir()
+        save_state(str(run / "checkpoint_000"), {"hparams": HParams(epochs=2).to_dict(), "epoch": 0}, {})
     args = cli.build_parser().parse_args(["--storage", str(tmp_path), "--name", "my run"])
     with pytest.raises(KeyboardInterrupt):
         cli.train(args, HParams(epochs=2), split, str(tmp_path), "my run", Resources(1, 1.0, 0.0), None)
-    assert "the same command with --name 'my run' resumes the run from the last one" in capsys.readouterr().out
+    said = capsys.readouterr().out.splitlines()[-1]
+    if trained:
+        assert said == f"Stopped; its checkpoints are in {run}: the same command with --name 'my run' resumes the run from the last one"
+    else:
+        assert said == (f"Stopped before its first checkpoint: nothing trained yet, and {run} holds none; the same command with "
+                        "--name 'my run' starts the run again from its first epoch")
 
 
 def test_a_finished_run_s_closing_lines_say_how_to_get_an_exportable_model_of_its_configuration(tmp_path, capsys):
