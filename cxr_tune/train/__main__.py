@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 LOG_FILE = "train.log"  # Ray's output for the run, beside its checkpoints
 SHOWN = ["epoch", "train_loss", "val_loss", "val_auc", "val_threshold", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "epoch_seconds"]
-EXTERNAL_SHOWN = ["ext_loss", "ext_auc", "ext_threshold", "ext_balanced_accuracy"]
+# ext_sensitivity and ext_specificity (each epoch's console line shows them) last: the earlier columns stay where epochs.csv had them.
+EXTERNAL_SHOWN = ["ext_loss", "ext_auc", "ext_threshold", "ext_balanced_accuracy", "ext_sensitivity", "ext_specificity"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -163,7 +163,8 @@ def test_a_finished_run_s_closing_lines_say_how_to_get_an_exportable_model_of_it
 
 def test_a_finished_run_s_epoch_table_is_written_beside_its_metrics_and_named_on_the_console(tmp_path, capsys):
     """Before: the table of every epoch went to the console only; metrics.json holds the best epoch, and the rest was in the
-    checkpoint's state.pt, a torch file."""
+    checkpoint's state.pt, a torch file. Then the table left out the external set's sensitivity and specificity, which each
+    epoch's line on the console shows when that set selects."""
     import contextlib
     from types import SimpleNamespace
 
@@ -187,6 +188,9 @@ def test_a_finished_run_s_epoch_table_is_written_beside_its_metrics_and_named_on
     assert f"Metrics:    {run / 'metrics.json'} (best epoch), {run / 'epochs.csv'} (every epoch)" in lines
     table = pd.read_csv(run / "epochs.csv")
     assert list(table.columns) == lines[0].split()  # the columns printed, one row per epoch
+    assert list(table.columns) == ["epoch", "train_loss", "val_loss", "val_auc", "val_threshold", "val_sensitivity", "val_specificity",
+                                   "val_balanced_accuracy", "epoch_seconds", "ext_loss", "ext_auc", "ext_threshold", "ext_balanced_accuracy",
+                                   "ext_sensitivity", "ext_specificity"]  # the earlier columns where they were
     assert table.to_dict("records") == [{k: v for k, v in row.items() if k in table.columns} for row in rows]
 
 
