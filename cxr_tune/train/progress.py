@@ -84,17 +84,30 @@ class EpochPrinter:
         self.prefix, self.deciding = ("ext", "external") if deciding == "external" else ("val", "carved")
         self.done: dict[str, int] = {}  # the last epoch of each run (a worker restarted from a checkpoint reports some again)
         self.before: dict[str, int] = {}  # each run's epochs trained before this command (a resumed run starts past 1)
+        self.first: dict[str, float] = {}  # when each run reported its first epoch here
         self.started = time.monotonic()
 
     def line(self, label: str, epochs: int, metrics: dict[str, Any]) -> None:
+        now = time.monotonic()
         epoch = int(metrics.get("epoch", 0))
         self.before.setdefault(label, epoch - 1)
+        self.first.setdefault(label, now)
         self.done[label] = max(epoch, self.done.get(label, 0))
-        elapsed = time.monotonic() - self.started
-        done, before = sum(self.done.values()), sum(self.before.values())
+        done = sum(self.done.values())
         left = ""
-        if self.total and 0 < done - before and done < self.total:
-            left = ", " + time_left(elapsed / (done - before) * (self.total - done) / 60)
+        if self.total and done < self.total and (seconds := self._seconds_per_epoch(now, metrics)):
+            left = ", " + time_left(seconds * (self.total - done) / 60)
         value = lambda key, digits: f"{metrics.get(f'{self.prefix}_{key}', math.nan):.{digits}f}"  # noqa: E731
-        print(f"{clock(elapsed)} {label} epoch {epoch}/{epochs}: {selection_label(f'{self.deciding} validation')} "
+        print(f"{clock(now - self.started)} {label} epoch {epoch}/{epochs}: {selection_label(f'{self.deciding} validation')} "
               f"AUC {value('auc', 4)}, sens {value('sensitivity', 3)}, spec {value('specificity', 3)}{left}", file=self.stream, flush=True)
+
+    def _seconds_per_epoch(self, now: float, metrics: dict[str, Any]) -> float | None:
+        """Seconds per epoch of the runs together, timed from the first epoch's report on and counting each run's epochs
+        after its first: the time before is Ray's start-up and the runs' own, which the epochs left do not repeat (timed
+        from the command's start, 170 s of it made epoch 1 of 5 read "about 12 min left" with 25 s epochs). Before any
+        run's second epoch, the last epoch's own ``epoch_seconds``, shared by the runs that reported one (side by side)."""
+        after_first = sum(self.done.values()) - sum(self.before.values()) - len(self.first)
+        if after_first > 0:
+            return (now - min(self.first.values())) / after_first
+        seconds = metrics.get("epoch_seconds")
+        return seconds / len(self.first) if seconds else None
