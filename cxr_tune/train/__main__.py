@@ -37,6 +37,10 @@ LOG_FILE = "train.log"  # Ray's output for the run, beside its checkpoints
 SHOWN = ["epoch", "train_loss", "val_loss", "val_auc", "val_threshold", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "epoch_seconds"]
 # ext_sensitivity and ext_specificity (each epoch's console line shows them) last: the earlier columns stay where epochs.csv had them.
 EXTERNAL_SHOWN = ["ext_loss", "ext_auc", "ext_threshold", "ext_balanced_accuracy", "ext_sensitivity", "ext_specificity"]
+# Under the epoch table: the two losses side by side are not one measure (on Kermany, pos_weight ~0.35, train_loss sits well below).
+LOSSES_NOTE = ("train_loss: the loss training minimizes (BCE weighted by class_weighting on augmented batches, label-smoothed and mixed up "
+               "when set, averaged over the epoch as the weights moved); val_loss and ext_loss: the plain log loss of the scores on unaltered "
+               "images; not one scale, so train_loss below val_loss is not by itself overfitting.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,6 +377,7 @@ def report(result: Result, hp: HParams, split: SplitData, run_dir: str, deciding
     history = pd.DataFrame(rows)
     shown = [c for c in SHOWN if c in history] + [c for c in EXTERNAL_SHOWN if c in history]
     print(history[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(LOSSES_NOTE)
     best = best_epoch(history, deciding)  # the search's own rule
     checkpoint = next((c for c, m in result.best_checkpoints if m.get("epoch") == best["epoch"]), None)
     summary = {

@@ -170,7 +170,7 @@ def test_a_finished_run_s_epoch_table_is_written_beside_its_metrics_and_named_on
 
     import pandas as pd
 
-    from cxr_tune.train.__main__ import report
+    from cxr_tune.train.__main__ import LOSSES_NOTE, report
     from cxr_tune.train.checkpoints import save_state
     from cxr_tune.train.hparams import HParams
 
@@ -188,6 +188,8 @@ def test_a_finished_run_s_epoch_table_is_written_beside_its_metrics_and_named_on
     assert f"Metrics:    {run / 'metrics.json'} (best epoch), {run / 'epochs.csv'} (every epoch)" in lines
     table = pd.read_csv(run / "epochs.csv")
     assert list(table.columns) == lines[0].split()  # the columns printed, one row per epoch
+    # Before: train_loss sat beside val_loss with no word that they differ (on Kermany, pos_weight ~0.35, it sat well below).
+    assert lines[len(rows) + 1] == LOSSES_NOTE and lines[len(rows) + 1].startswith("train_loss: the loss training minimizes")
     assert list(table.columns) == ["epoch", "train_loss", "val_loss", "val_auc", "val_threshold", "val_sensitivity", "val_specificity",
                                    "val_balanced_accuracy", "epoch_seconds", "ext_loss", "ext_auc", "ext_threshold", "ext_balanced_accuracy",
                                    "ext_sensitivity", "ext_specificity"]  # the earlier columns where they were
