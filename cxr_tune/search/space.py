@@ -32,7 +32,7 @@ per block up to the sampled value of the int parameter ``P`` (named ``NAME_0``, 
 ``P`` must be sampled whenever the parameter is); ``when: {P: value or [values]}`` samples it only
 when the parameter ``P`` (not a per-block one) took one of those values, one of which ``P`` can take.
 Every name must be a hyperparameter (see :class:`cxr_tune.train.hparams.HParams`)
-other than the ones the search sets itself (epochs, criterion, min_sensitivity); every value a
+other than the ones the search sets itself (epochs, criterion, min_sensitivity, seed); every value a
 trial or a final-fit run can get must make a valid one. A bad file stops with one line naming the
 file, the key and the problem.
 """
@@ -66,6 +66,9 @@ _SET_BY_SEARCH = {
     "criterion": "the command's --select flag",
     "min_sensitivity": "the command's --min-sensitivity flag",
 }
+# A space's seed would replace --seed in every trial (trial.trial_hparams takes a config's own seed over it)
+# while experiment.json records --seed and the trial table no seed.
+_SEED_PROBLEM = "would replace the command's --seed (which experiment.json records) in every trial; set it with --seed"
 _BLOCK_SHAPE = ("filters", "width_growth")  # what per-block widths override (HParams.widths)
 _SHAPE = (*_BLOCK_SHAPE, "depth")  # what sets a CNN's block widths when no per-block widths do
 _EVERY_VALUE_UP_TO = 1024  # int ranges this short are checked value by value: kernel_size 3..5 holds an even 4
@@ -227,6 +230,8 @@ def load_space(name_or_path: str, *, checked: bool = True) -> Space:
             raise fail(f"fixed.{key}", "unknown hyperparameter")
         if key in _SET_BY_SEARCH and checked:
             raise fail(f"fixed.{key}", f"would be ignored: the search sets it in every trial; set it with {_SET_BY_SEARCH[key]}")
+        if key == "seed" and checked:
+            raise fail("fixed.seed", _SEED_PROBLEM)
     params = tuple(_param(name, spec, known, fail, checked) for name, spec in params_raw.items())
     _check_links(params, fixed, fail, checked)
     space = Space(path.stem, str(path), str(raw.get("description", "")), settings, dict(fixed), params)
@@ -283,6 +288,8 @@ def _param(name: str, spec: Any, known: dict[str, str], fail: Any, checked: bool
         raise fail(key, "unknown hyperparameter")
     if name in _NOT_SEARCHABLE:
         raise fail(key, "is set by the search itself (epochs from max_epochs; criterion and min_sensitivity from --select and --min-sensitivity); use per_block for block widths")
+    if name == "seed" and checked:
+        raise fail(key, _SEED_PROBLEM)
     if not isinstance(spec, dict):
         raise fail(key, "must be a mapping like {type: float, low: 0.0, high: 0.5}")
     unknown = set(spec) - _PARAM_KEYS

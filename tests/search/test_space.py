@@ -96,6 +96,9 @@ def test_fixed_values_reach_every_trial(tmp_path):
     ("fixed: {epochs: 3}\n", "fixed.epochs", "search.max_epochs"),
     ("fixed: {criterion: youden}\n", "fixed.criterion", "--select"),
     ("fixed: {min_sensitivity: 0.9}\n", "fixed.min_sensitivity", "--min-sensitivity"),
+    # A space's seed replaced --seed in every trial, while experiment.json recorded --seed and trials.csv no seed.
+    ("fixed: {seed: 7}\n", "fixed.seed", "set it with --seed"),
+    ("params:\n  seed: {type: int, low: 0, high: 9}\n", "params.seed", "set it with --seed"),
     ("params:\n  batch_size: {type: int, low: 16, high: 64, log: 'false'}\n", "params.batch_size.log", "true or false"),
     ("params:\n  lr: {type: logfloat, low: 1.0e-4, high: 1.0e-2, log: false}\n", "params.lr.log", "use type: float"),
     ("params:\n  batch_size: {type: int, low: 16, high: 64, step: 0.5}\n", "params.batch_size.step", "whole number >= 1"),
