@@ -462,10 +462,16 @@ def _check_corners(space: Space, fail: Any) -> None:
     for key, config in _corners(space):
         problem = _problem(config)
         if problem:
-            raise fail(key, problem)
+            raise fail(_fixed_key(space.fixed) if key == "fixed" else key, problem)
         problem = _problem({**config, **changes}) if changes else None
         if problem:
             raise fail("search.final_fit_changes", f"in a configuration the space samples, {problem}")
+
+
+def _fixed_key(fixed: dict[str, Any]) -> str:
+    """The key to blame for fixed values that make no trial: the first one that makes none alone (``fixed.depth``, as
+    params name theirs), else the section (values that fail only together, as a torchvision arch on too small an image)."""
+    return next((f"fixed.{name}" for name, value in fixed.items() if _problem({name: value})), "fixed")
 
 
 def _corners(space: Space) -> Iterator[tuple[str, dict[str, Any]]]:

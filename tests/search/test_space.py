@@ -79,7 +79,10 @@ def test_fixed_values_reach_every_trial(tmp_path):
     ("params:\n  filters: {type: int, low: 4, high: 8, per_block: depth}\n", "params.filters.per_block", "must be an int parameter listed before"),
     ("params:\n  depth: {type: int, low: 2, high: 3}\n  dropout: {type: float, low: 0, high: 0.2, per_block: depth}\n", "params.dropout.per_block", "only filters"),
     ("params:\n  momentum: {type: float, low: 0.8, high: 0.9, when: {optimizer: sgd}}\n", "params.momentum.when.optimizer", "listed before"),
-    ("fixed: {optimizer: adam9}\n", "fixed", "optimizer='adam9'"),
+    ("fixed: {optimizer: adam9}\n", "fixed.optimizer", "optimizer='adam9'"),
+    # A bad fixed value named the section only ("fixed: depth='three' has the wrong type"), where params name the key.
+    ("fixed: {image_size: 64, depth: three}\n", "fixed.depth", "depth='three' has the wrong type (expected int)"),
+    ("fixed: {batch_size: 0}\n", "fixed.batch_size", "batch_size=0 is out of range"),
     ("fixed: {colour: red}\n", "fixed.colour", "unknown hyperparameter"),
     ("search: {trials: 0}\n", "search.trials", "whole number >= 1"),
     ("search: {patience: 3}\n", "search.patience", "unknown setting"),
@@ -110,7 +113,7 @@ def test_fixed_values_reach_every_trial(tmp_path):
     ("params:\n  dropout: {type: float, low: 0.0, high: 0.3, step: 0.2}\n", "params.dropout.step", "the last value sampled would be 0.2, not 0.3"),
     ("params:\n  batch_size: {type: int, low: 16, high: 40, step: 16}\n", "params.batch_size.step", "16 does not divide 16..40"),
     # Each of these was a traceback from deep inside the space's own checks, or (the last two) a space that never sampled momentum.
-    ("fixed: {image_size: abc}\n", "fixed", "image_size='abc' has the wrong type"),
+    ("fixed: {image_size: abc}\n", "fixed.image_size", "image_size='abc' has the wrong type"),
     ("params:\n  image_size: {type: categorical, choices: [abc]}\n", "params.image_size", "image_size='abc' has the wrong type"),
     # Text among numbers: the corners take these keys' smallest and largest value, which raised a TypeError traceback.
     ("params:\n  image_size: {type: categorical, choices: [32, 64x]}\n", "params.image_size", "image_size='64x' has the wrong type (expected int)"),
