@@ -29,7 +29,8 @@ from cxr_tune.train.trainer import add_precision_arguments
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.search", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--space", default="wide", help="search space: a name in search_spaces/ (wide, narrow, smoke, ...) or a .yaml path (default: wide)")
+    parser.add_argument("--space", default="wide", help="search space: a name in search_spaces/ (wide, narrow, smoke, ...; "
+                        "that space even where a file of that name is here) or a .yaml path (default: wide)")
     parser.add_argument("--data", default=None, help="data folder or URI in the Kermany layout (default: the built-in SYNTHETIC set)")
     parser.add_argument("--name", default=None, help="experiment name; results go to STORAGE/NAME (default: <space>-<timestamp>)")
     parser.add_argument("--storage", default="results", help="folder or URI (s3://...) for experiments (default: results)")

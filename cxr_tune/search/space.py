@@ -189,17 +189,23 @@ class SpaceSampler:
 
 
 def resolve_space_path(name_or_path: str) -> Path | str:
-    """``wide`` → ``search_spaces/wide.yaml``; a path is used as it is (a URI as text, for load_mapping to refuse)."""
+    """``wide`` → ``search_spaces/wide.yaml``; a path is used as it is (a URI as text, for load_mapping to refuse).
+
+    A bare name (no ``/``, no ``.yaml``/``.yml``) of a packaged space is that space, whatever the working folder holds:
+    a folder or stray file named ``smoke`` there hid it."""
     if storage.is_uri(name_or_path):
         return name_or_path
+    known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
+    if not name_or_path:
+        raise UserError(f"--space is empty; name a space in {SPACES_DIR} (known: {known}) or a .yaml file")
     candidate = Path(name_or_path)
+    named = SPACES_DIR / f"{name_or_path}.yaml"
+    bare = "/" not in name_or_path and candidate.suffix not in (".yaml", ".yml")
+    if bare and named.is_file():
+        return named
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
         return candidate  # load_mapping says what is wrong with it (missing, a folder, unreadable)
-    named = SPACES_DIR / f"{name_or_path}.yaml"
-    if not named.is_file():
-        known = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
-        raise UserError(f"no search space named '{name_or_path}' in {SPACES_DIR}; known: {known} (or pass a .yaml path)")
-    return named
+    raise UserError(f"no search space named '{name_or_path}' in {SPACES_DIR}; known: {known} (or pass a .yaml path)")
 
 
 def load_space(name_or_path: str, *, checked: bool = True) -> Space:

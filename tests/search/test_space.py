@@ -268,6 +268,20 @@ def test_an_unknown_space_name_lists_the_known_ones():
         load_space("huge")
 
 
+def test_a_bare_space_name_is_the_packaged_space_whatever_the_working_folder_holds(tmp_path, monkeypatch):
+    """Before: a folder or an empty file named 'smoke' in the working folder hid the packaged space ("search space file
+    'smoke' is a folder"), and --space "" read the working folder ("'.' is a folder")."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "narrow").write_text("")
+    assert load_space("smoke").path == str(SPACES_DIR / "smoke.yaml")
+    assert load_space("narrow").path == str(SPACES_DIR / "narrow.yaml")
+    (tmp_path / "mine").write_text((SPACES_DIR / "smoke.yaml").read_text())
+    assert load_space("mine").name == "mine"  # a file named without .yaml is still read, where no packaged space has its name
+    with pytest.raises(UserError, match=r"^--space is empty; name a space in \S+ \(known: .*smoke.*\) or a .yaml file$"):
+        load_space("")
+
+
 def test_a_space_file_that_is_a_folder_or_cannot_be_read_is_one_line(tmp_path, monkeypatch):
     """Before: a folder was "does not exist", and a file without read permission a PermissionError traceback."""
     (tmp_path / "spaces.yaml").mkdir()
