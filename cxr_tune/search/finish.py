@@ -124,6 +124,8 @@ def whole_numbers_as_written(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _print_summary(experiment: Experiment, table: pd.DataFrame, selected: pd.Series, interrupted: bool = False) -> None:
+    from cxr_tune.search.results import selected_metrics
+
     counts = table["stop_reason"].value_counts().to_dict()
     tag = "  [SYNTHETIC DATA — not real patients]" if experiment.synthetic else ""
     external_decides = experiment.deciding_set == "external"
@@ -134,8 +136,8 @@ def _print_summary(experiment: Experiment, table: pd.DataFrame, selected: pd.Ser
           "ties broken by AUC; each set at a threshold chosen on it):")
     for name, set_prefix in (("carved validation", "val"), ("external validation (SELECTION SET)" if external_decides else "external validation (chose nothing)", "ext")):
         if f"{set_prefix}_auc" in selected and pd.notna(selected[f"{set_prefix}_auc"]):
-            print(f"  {name}: " + ", ".join(f"{m.replace('_', ' ')} {fmt(selected[f'{set_prefix}_{m}'])}"
-                                              for m in ("auc", "sensitivity", "specificity", "balanced_accuracy", "threshold")))
+            print(f"  {name}: " + ", ".join(f"{m.replace('_', ' ')} {fmt(selected.get(f'{set_prefix}_{m}'))}"
+                                              for m in selected_metrics(experiment.options.select)))
 
 
 def dashboard_command(experiment: Experiment) -> str:

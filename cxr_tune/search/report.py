@@ -33,7 +33,7 @@ from cxr_tune.plotting import legend_beside, save_figure  # noqa: E402
 from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
 from cxr_tune.search import transfer  # noqa: E402
 from cxr_tune.search.finalfit import describe_changes  # noqa: E402
-from cxr_tune.search.results import pareto_front  # noqa: E402
+from cxr_tune.search.results import pareto_front, selected_metrics  # noqa: E402
 from cxr_tune.search.timing import time_section, time_split  # noqa: E402
 from cxr_tune.selection import prefix_of, selection_label  # noqa: E402
 from cxr_tune.set_metrics import INTERVAL_METHODS  # noqa: E402
@@ -161,7 +161,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         "",
         f"Best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}; {_tied(table) - 1} other trial(s) tied with it.",
         "",
-        _table(_set_rows(selected, prefix)),
+        _table(_set_rows(selected, prefix, options.select)),
         "",
         "Parameters: " + ", ".join(f"`{k}={_fmt(selected[k])}`" for k in _param_columns(table) if not _missing(selected.get(k))),
         "",
@@ -248,12 +248,13 @@ def _test_section(exported: dict[str, Any]) -> list[str]:
                                                           for k in ("auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy")}}])), ""]
 
 
-def _set_rows(selected: pd.Series, deciding: str) -> pd.DataFrame:
-    """The selected trial's best epoch on each set, the set that chose (``deciding``'s prefix) labelled a selection set."""
+def _set_rows(selected: pd.Series, deciding: str, criterion: str) -> pd.DataFrame:
+    """The selected trial's best epoch on each set, the set that chose (``deciding``'s prefix) labelled a selection set;
+    with the ``criterion`` that chose it (:func:`selected_metrics`)."""
     rows = []
     for prefix, name in SET_NAMES.items():
         if pd.notna(selected.get(f"{prefix}_auc")):
-            rows.append({"set": selection_label(name, prefix == deciding), **{m: selected.get(f"{prefix}_{m}") for m in ("auc", "sensitivity", "specificity", "balanced_accuracy", "threshold", "loss")}})
+            rows.append({"set": selection_label(name, prefix == deciding), **{m: selected.get(f"{prefix}_{m}") for m in (*selected_metrics(criterion), "loss")}})
     return pd.DataFrame(rows)
 
 

@@ -38,6 +38,16 @@ ID_COLUMNS = ["trial_id", "status", "stop_reason", "epochs", "best_epoch", "run_
 TRAIN_DIR = "train"  # in an experiment folder: one Ray Train run (its checkpoints) per trial, see train_run
 
 
+def selected_metrics(criterion: str) -> tuple[str, ...]:
+    """The metrics the report's selected-trial table and the console give on each set: the rates, balanced accuracy, and the
+    criterion that chose the trial where it is another (``--select youden``), then the threshold.
+
+    >>> selected_metrics("youden")
+    ('auc', 'sensitivity', 'specificity', 'balanced_accuracy', 'youden', 'threshold')
+    """
+    return ("auc", "sensitivity", "specificity", "balanced_accuracy", *([criterion] if criterion != "balanced_accuracy" else []), "threshold")
+
+
 def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFrame]]:
     """Tune's trials and each trial's per-epoch results (from its ``result.json``), completed from
     its newest checkpoint where Tune missed an epoch (see :func:`with_checkpointed_epochs`)."""

@@ -115,3 +115,15 @@ def test_an_unfinished_searchs_report_says_so_at_its_head():
     assert text.splitlines()[2] == ("> **Unfinished search.** 1 of its 4 trials ended; what follows is its best so far. Continue it with "
                                     "`python -m cxr_tune.search`.")
     assert "Unfinished" not in _report_text()
+
+
+def test_the_console_summary_gives_the_criterion_that_chose_the_trial(capsys):
+    """--select youden: the summary gave balanced accuracy for each set, not the youden value that chose the trial."""
+    row = {"trial_id": "a", "best_epoch": 2, "epochs": 3, "tied": True, "stop_reason": "completed",
+           **{f"{p}_{m}": 0.7 for p in ("val", "ext") for m in ("auc", "sensitivity", "specificity", "balanced_accuracy", "youden", "threshold")}}
+    table = pd.DataFrame([row])
+    for select, shown in (("youden", True), ("balanced_accuracy", False)):
+        experiment = types.SimpleNamespace(synthetic=False, deciding_set="external", options=types.SimpleNamespace(select=select))
+        finish._print_summary(experiment, table, table.iloc[0])
+        lines = [line for line in capsys.readouterr().out.splitlines() if "validation" in line and "auc" in line]
+        assert len(lines) == 2 and all(("youden 0.7000" in line) == shown for line in lines)

@@ -327,12 +327,12 @@ def test_without_the_exported_models_scores_roc_and_confusion_say_they_show_the_
 
 
 def _report_text(exported: dict | None = None, *, prefix: str = "ext", unfinished: str = "", trial: dict | None = None,
-                 others: tuple[dict, ...] = (), **info) -> str:
+                 others: tuple[dict, ...] = (), select: str = "balanced_accuracy", **info) -> str:
     """report.md for a one-trial experiment with an external set and a test split, every plot replaced by a note; ``trial``:
     its trial table row's values that differ; ``others``: more trials, each the values that differ from that row's."""
     import pandas as pd
 
-    options = types.SimpleNamespace(name="tiny", select="balanced_accuracy", min_sensitivity=0.0, data=types.SimpleNamespace(val_fraction=0.15, split_seed=0))
+    options = types.SimpleNamespace(name="tiny", select=select, min_sensitivity=0.0, data=types.SimpleNamespace(val_fraction=0.15, split_seed=0))
     info = {"synthetic": False, "data_description": "chest_xray", "command": "python -m cxr_tune.search", "space_path": "smoke.yaml",
             "class_counts_train": [108, 348], "class_counts_val": [20, 61], "external": "/site", "class_counts_external": [22, 78],
             "has_test": True, "class_counts_test": [20, 43], **info}
@@ -393,6 +393,19 @@ def test_the_selected_trials_table_labels_the_set_that_chose_as_the_export_table
 
     assert rows(_report_text()) == ["carved validation", "external validation (selection set)"]
     assert rows(_report_text(prefix="val")) == ["carved validation (selection set)", "external validation"]
+
+
+def test_the_selected_trials_table_gives_the_criterion_that_chose_it():
+    """--select youden: the table gave auc, sensitivity, specificity and balanced accuracy, not the youden value that chose the trial."""
+    def header(text: str) -> list[str]:
+        start = text.index("## Selected trial")
+        return [cell.strip() for cell in text[start:].splitlines()[4].split("|")[1:-1]]
+
+    assert header(_report_text()) == ["set", "auc", "sensitivity", "specificity", "balanced_accuracy", "threshold", "loss"]
+    youden = _report_text(select="youden", trial={"val_youden": 0.41, "ext_youden": 0.52})
+    assert header(youden) == ["set", "auc", "sensitivity", "specificity", "balanced_accuracy", "youden", "threshold", "loss"]
+    start = youden.index("## Selected trial")
+    assert [line.split("|")[6].strip() for line in youden[start:].splitlines()[6:8]] == ["0.4100", "0.5200"]
 
 
 def test_the_learning_curves_read_on_their_own(tmp_path, monkeypatch):
