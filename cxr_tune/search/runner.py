@@ -99,17 +99,53 @@ def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float])
     else:
         share = (cpus - concurrency * TRIAL_DRIVER_CPU) / (concurrency * workers)
         cpus_per_worker = math.floor(share * 100) / 100
-    if cpus_per_worker <= 0 or workers * cpus_per_worker + TRIAL_DRIVER_CPU > cpus + 1e-9:
-        raise UserError(f"one trial needs {workers} x {cpus_per_worker:g} CPUs but the Ray cluster has {cpus:g}; lower --workers-per-trial or --cpus-per-worker")
     plan = Plan(space, trials, max_epochs, Resources(workers, cpus_per_worker, gpus_per_worker), concurrency)
-    # Every trial starts; a Train run whose workers find no room fails after Ray Train's start timeout, it does not wait.
-    if plan.cpus_held > cpus + 1e-9:
-        raise UserError(f"--concurrency {concurrency} with {workers} x {cpus_per_worker:g} CPUs a trial needs {plan.cpus_held:g} CPUs, the Ray cluster "
-                        f"has {cpus:g}: the trials that do not fit would fail, not wait; lower --concurrency or --cpus-per-worker")
+    check_cpus(plan, cpus, "the Ray cluster has")
     if plan.gpus_held > gpus + 1e-9:
         raise UserError(f"--concurrency {concurrency} with {workers} x {gpus_per_worker:g} GPU a trial needs {plan.gpus_held:g} GPUs, the Ray cluster "
                         f"has {gpus:g}: the trials that do not fit would fail, not wait; lower --concurrency or --gpus-per-worker")
     return plan
+
+
+def check_cpus(plan: Plan, cpus: float, has: str) -> None:
+    """Refuse a plan whose trials ``cpus`` cannot hold, saying the whole sum (each trial's Tune driver holds a hundredth of
+    a CPU beside its workers' share); ``has``: whose CPUs they are ("the Ray cluster has")."""
+    workers, cpus_per_worker = plan.resources.workers, plan.resources.cpus_per_worker
+    one = workers * cpus_per_worker + TRIAL_DRIVER_CPU
+    if cpus_per_worker <= 0 or one > cpus + 1e-9:
+        most = math.floor((cpus - TRIAL_DRIVER_CPU) / workers * 100 + 1e-6) / 100
+        room = f"at most {most:g} CPUs per worker with {workers} worker(s)" if most > 0 else "too few for any trial"
+        raise UserError(f"one trial needs {workers} x {cpus_per_worker:g} CPUs plus {TRIAL_DRIVER_CPU:g} for its Tune driver = {one:g} CPUs, "
+                        f"{has} {cpus:g}; {room}; lower --workers-per-trial or --cpus-per-worker")
+    # Every trial starts; a Train run whose workers find no room fails after Ray Train's start timeout, it does not wait.
+    if plan.cpus_held > cpus + 1e-9:
+        raise UserError(f"--concurrency {plan.concurrency} with {workers} x {cpus_per_worker:g} CPUs a trial needs {plan.cpus_held:g} CPUs, "
+                        f"{has} {cpus:g}: the trials that do not fit would fail, not wait; lower --concurrency or --cpus-per-worker")
+
+
+def own_ray_cpus(address: str | None) -> float | None:
+    """The CPUs the Ray this command starts on this machine will have (Ray's own count, as ``ray.init`` makes it);
+    None when it joins a cluster (``--address``, ``RAY_ADDRESS``) or a Ray is already running in this process."""
+    import ray
+
+    try:
+        from ray._private.utils import get_num_cpus  # what ray.init(num_cpus=None) gives a local Ray
+    except ImportError:  # a private helper: a Ray without it checks the plan once started, as on a cluster
+        return None
+    if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return None
+    return float(get_num_cpus())
+
+
+def _check_own_ray_cpus(options: SearchOptions, space: Space) -> None:
+    """``--cpus-per-worker`` (and ``--concurrency``) that this machine's own Ray cannot hold: one line before Ray starts
+    (half a minute) and before the data scan. The defaults share out whatever Ray has, and GPUs are Ray's to count."""
+    cpus = own_ray_cpus(options.address)
+    if cpus is None or options.cpus_per_worker is None:
+        return
+    workers = options.workers_per_trial or 1
+    concurrency = min(options.concurrency or 1, options.trials or space.settings.trials)
+    check_cpus(Plan(space, 0, 0, Resources(workers, options.cpus_per_worker, 0.0), concurrency), cpus, "this machine's Ray will have")
 
 
 def run_search(options: SearchOptions, *, command: str, resume: bool = False, verbose: bool = False,
@@ -132,10 +168,13 @@ def run_search(options: SearchOptions, *, command: str, resume: bool = False, ve
     if resume:  # the experiment's own space and roles, never today's files
         saved = Experiment(experiment)
         folder_lock.hold(experiment)
-        space, split = saved.space(), saved.split(options.data)
+        space = saved.space()
+        _check_own_ray_cpus(options, space)
+        split = saved.split(options.data)
     else:
         _refuse_existing(options)  # before the data scan, which can take minutes
         space = load_space(options.space)
+        _check_own_ray_cpus(options, space)
         split = split_data(options.data)
     # A cache to build in a folder that cannot be written: one line before Ray starts, and before the experiment is
     # written (which would hold that --cache-dir, and refuse the corrected command as an experiment that exists).

@@ -101,6 +101,28 @@ def test_defaults_use_the_machine_well_and_impossible_resources_are_refused():
         plan_search(SearchOptions(space="smoke", gpus_per_worker=1), space, {"CPU": 2})
     with pytest.raises(UserError, match="one trial needs 2 x 4 CPUs"):
         plan_search(SearchOptions(space="smoke", workers_per_trial=2, cpus_per_worker=4), space, {"CPU": 2})
+    # It read "one trial needs 1 x 2 CPUs but the Ray cluster has 2", which looked like a bug: the driver's hundredth was unsaid.
+    with pytest.raises(UserError, match=r"^one trial needs 1 x 2 CPUs plus 0.01 for its Tune driver = 2.01 CPUs, the Ray cluster has 2; "
+                                        r"at most 1.99 CPUs per worker with 1 worker\(s\); lower --workers-per-trial or --cpus-per-worker$"):
+        plan_search(SearchOptions(space="smoke", trials=8, concurrency=4, cpus_per_worker=2), space, {"CPU": 2})
+
+
+def test_cpus_a_local_ray_cannot_give_are_refused_before_it_starts(tmp_path, monkeypatch):
+    """Before: --concurrency 4 --cpus-per-worker 2 on a 2-CPU machine was refused only once Ray had started (32 s)."""
+    import cxr_tune.ray_session
+    from cxr_tune.search import runner
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(runner, "own_ray_cpus", lambda address: 2.0)  # a machine of 2 CPUs, whatever this one has
+    monkeypatch.setattr(cxr_tune.ray_session, "ray_session", no_ray)
+    argv = ["--space", "smoke", "--storage", str(tmp_path / "runs"), "--name", "exp", "--cache-dir", str(tmp_path / "cache")]
+    with pytest.raises(UserError, match=r"^one trial needs 1 x 2 CPUs plus 0.01 for its Tune driver = 2.01 CPUs, this machine's Ray will have 2;"):
+        main([*argv, "--concurrency", "4", "--cpus-per-worker", "2"])
+    with pytest.raises(UserError, match=r"^--concurrency 4 with 1 x 0.5 CPUs a trial needs 2.04 CPUs, this machine's Ray will have 2: "):
+        main([*argv, "--concurrency", "4", "--cpus-per-worker", "0.5"])
+    assert not (tmp_path / "runs" / "exp").exists()
 
 
 def test_weights_must_name_a_torchvision_architecture_of_the_space_and_fit_it(tmp_path):
