@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler: seeded multivariate TPE, or random search as a baseline (default: tpe)")
     parser.add_argument("--no-early-stopping", action="store_true", help="run every trial to --max-epochs instead of letting ASHA stop poor ones")
     parser.add_argument("--report-only", action="store_true", help="with --name: rewrite the trial table, report and best/ of an existing experiment; run nothing")
-    parser.add_argument("--no-export", action="store_true", help="skip exporting the selected trial to NAME/best")
+    parser.add_argument("--no-export", action="store_true", help="skip exporting the selected trial to NAME/best (a --resume of the search skips it too)")
     parser.add_argument("--verbose", action="store_true", help="also show Ray's and Optuna's own output (always in NAME/search.log) and a line per trial epoch")
     add_data_arguments(parser)
     return parser
@@ -88,7 +88,8 @@ def options_from_args(args: argparse.Namespace) -> SearchOptions:
         address=args.address, workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency, sampler=args.sampler,
         early_stopping=not args.no_early_stopping, precision=args.precision, memory_format=args.memory_format,
-        deterministic=args.deterministic, weights=weights_by_architecture(args.weights, space) or None, final_fit=not args.no_final_fit, data=data,
+        deterministic=args.deterministic, weights=weights_by_architecture(args.weights, space) or None, final_fit=not args.no_final_fit,
+        export=not args.no_export, data=data,
     )
 
 
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     from cxr_tune.experiment import Experiment
-    from cxr_tune.search.finish import NothingToSelect, finish_experiment
+    from cxr_tune.search.finish import NothingToSelect, finish_experiment, unfinished
     from cxr_tune.search.runner import can_resume, report_only_command, resume_command, run_search, search_command_line
 
     started = time.time()  # a --job-budget counts from here
@@ -171,6 +172,8 @@ def _main(argv: Sequence[str] | None) -> int:
         # Found here, wherever it was started from; the budgets are minutes for this run (none: no limit).
         if args.no_final_fit:
             overrides["final_fit"] = False
+        if args.no_export:
+            overrides["export"] = False
         folder_lock.hold(experiment)
         existing = Experiment(experiment)
         recorded = existing.options
@@ -181,6 +184,11 @@ def _main(argv: Sequence[str] | None) -> int:
                             f"that folder, so only it can be resumed ({readable})")
         options = dataclasses.replace(recorded, storage=storage.resolve(args.storage), time_budget_min=args.time_budget,
                                       job_budget_min=args.job_budget, **overrides)
+        if existing.has_tune_state() and not unfinished(existing):  # refused before Ray starts (half a minute) only to find nothing to run
+            ended = "every trial and its final fit" if options.final_fit and existing.space().settings.final_fit_top > 0 else "every trial"
+            rewrites = "trial table, report and best/ are" if options.export else "trial table and report are"
+            raise UserError(f"experiment '{experiment}' is finished: {ended} ended, so --resume has nothing to run; its {rewrites} "
+                            f"written again with: {report_only_command(options, export=options.export)}")
     else:
         options = options_from_args(args)
     try:
@@ -207,7 +215,7 @@ def _main(argv: Sequence[str] | None) -> int:
             if runs and not Experiment(experiment).final_fit_complete():
                 outcome = "interrupted"  # runs that failed: --resume trains what is missing
     try:
-        finish_experiment(experiment, export=not args.no_export, interrupted=outcome == "interrupted")
+        finish_experiment(experiment, export=options.export, interrupted=outcome == "interrupted")
     except NothingToSelect as exc:
         if outcome not in ("interrupted", "time budget", "job budget"):
             raise
@@ -225,7 +233,7 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}", file=sys.stderr)
         else:
             print(f"\nThe search ended, but writing its trial table, report and export was interrupted; write them with:\n  "
-                  f"{report_only_command(options, export=not args.no_export)}", file=sys.stderr)
+                  f"{report_only_command(options, export=options.export)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if outcome == "interrupted":
         print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}")

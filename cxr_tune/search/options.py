@@ -39,6 +39,7 @@ class SearchOptions:
     deterministic: bool = False  # bitwise-repeatable GPU runs (slower); CPU runs are repeatable anyway (same machine, image cache and threads)
     weights: dict[str, str] | None = None  # local pretrained weights files by architecture: {"resnet18": PATH}
     final_fit: bool = True  # run the space's final-fit stage after the search (when it has one)
+    export: bool = True  # export the selected trial to best/ (--no-export: off, and so for --resume; older experiments lack it: on)
     data: DataOptions = field(default_factory=DataOptions)
 
     @property

@@ -556,7 +556,7 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
     space_file.parent.mkdir()
     space_file.write_text(SMOKE.replace("trials: 4", f"trials: {TRIALS}").replace("max_epochs: 3", "max_epochs: 1"))
     experiment = work / "runs" / "budget"
-    argv = ["--space", "spaces/tiny.yaml", "--data", "data", "--storage", "runs", "--name", "budget", "--concurrency", "1", "--no-export"]
+    argv = ["--space", "spaces/tiny.yaml", "--data", "data", "--storage", "runs", "--name", "budget", "--concurrency", "1"]  # exported at the end (a resume keeps a recorded --no-export)
     out: dict = {"experiment": experiment, "work": work, "space_file": space_file}
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(work)
@@ -852,3 +852,36 @@ def test_a_restored_trial_asha_had_stopped_reports_its_stop_epoch_again_and_trai
     run_trial({"image_size": 32}, datasets={32: {}}, class_counts=(10, 10), settings=settings)
     [again] = reports
     assert again["epoch"] == 2 and again["checkpoint_path"] == str(run / "checkpoint_2")
+
+
+def test_a_resumed_search_keeps_no_export_and_a_finished_one_is_sent_to_report_only(tmp_path, monkeypatch):
+    """Before: --resume of a search started with --no-export wrote best/ (model.onnx, card) all the same, and --resume of
+    a finished search started Ray (35 s) and the whole start-up again without a word that nothing was left to run."""
+    from cxr_tune.experiment import Experiment
+    from cxr_tune.search import finish, runner
+    from cxr_tune.search.options import SearchOptions
+
+    experiment, runs = tmp_path / "runs" / "exp", tmp_path / "runs"
+    exports, left = [], ["2 of its 4 trials ended"]
+
+    def search(options: SearchOptions, resume: bool = False, **kwargs) -> tuple[str, str]:
+        if not resume:
+            experiment.mkdir(parents=True)
+            (experiment / "experiment.json").write_text(json.dumps({"options": options.to_json()}))
+        return str(experiment), "complete"
+
+    monkeypatch.setattr(runner, "run_search", search)
+    monkeypatch.setattr(finish, "finish_experiment", lambda path, **kwargs: exports.append(kwargs["export"]) or {})
+    monkeypatch.setattr(finish, "unfinished", lambda experiment: left[0])
+    monkeypatch.setattr(Experiment, "has_tune_state", lambda self: True)  # one stopped before Tune's first step starts afresh
+    started = call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(runs), "--name", "exp", "--no-export", "--no-final-fit")
+    resumed = call_cli("cxr_tune.search", "--storage", str(runs), "--name", "exp", "--resume")
+    assert started.returncode == resumed.returncode == 0, started.stderr + resumed.stderr
+    assert exports == [False, False]  # the resume exports nothing, as the search it continues
+    assert SearchOptions.from_json({"data": {}}).export  # an experiment.json from before the record: exported on resume, as before
+    left[0] = ""  # every trial (and its final fit) ended
+    done = call_cli("cxr_tune.search", "--storage", str(runs), "--name", "exp", "--resume")
+    assert done.returncode == 2 and exports == [False, False]
+    assert done.stderr.strip().splitlines() == [
+        f"error: experiment '{experiment}' is finished: every trial ended, so --resume has nothing to run; its trial table and report "
+        f"are written again with: python -m cxr_tune.search --name exp --storage {runs} --report-only --no-export"]
