@@ -116,9 +116,11 @@ def weights_by_architecture(given: list[str], space: Space) -> dict[str, str]:
     return out
 
 
-#: What --resume may be given besides the experiment's name and storage: this run's budgets,
-#: and the cluster and resources it runs on (the search itself is fixed by experiment.json).
-RESUME_FLAGS = ("--time-budget", "--job-budget", "--address", "--workers-per-trial", "--cpus-per-worker", "--gpus-per-worker", "--no-export", "--verbose", "--no-final-fit")
+#: What --resume may be given besides the experiment's name and storage: this run's budgets, the cluster and resources it
+#: runs on, and where its cached files live (images are found by content hash, rebuilt where missing; the search itself is
+#: fixed by experiment.json).
+RESUME_FLAGS = ("--time-budget", "--job-budget", "--address", "--workers-per-trial", "--cpus-per-worker", "--gpus-per-worker", "--no-export", "--verbose",
+                "--no-final-fit", "--cache-dir")
 REPORT_FLAGS = ("--no-export", "--verbose")
 
 
@@ -177,6 +179,8 @@ def _main(argv: Sequence[str] | None) -> int:
         folder_lock.hold(experiment)
         existing = Experiment(experiment)
         recorded = existing.options
+        if "--cache-dir" in given:  # checked as a new search's is; run_search records it once its caches are known buildable
+            overrides["data"] = dataclasses.replace(recorded.data, cache_dir=DataOptions.from_args(args).cache_dir)
         if not storage.same_folder(recorded.experiment_dir, experiment):  # Tune's state and the searcher's study name the folder it ran in
             readable = ("--report-only and export read a copy" if existing.has_tune_state()
                         else "this copy has no Tune state or checkpoints, so --report-only and export cannot read it either")

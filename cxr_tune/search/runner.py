@@ -181,6 +181,8 @@ def run_search(options: SearchOptions, *, command: str, resume: bool = False, ve
     check_caches_buildable(split, space.image_sizes())
     if not resume:
         _start_experiment(options, space, split, command)  # held from there until the command ends (main's folder_lock.holding)
+    elif options.data.cache_dir != saved.options.data.cache_dir:
+        _keep_cache_dir(experiment, options.data.cache_dir)
     restore = resume and Experiment(experiment).has_tune_state()  # else Tune never saved a step: start it afresh
     prepare_study(options, fresh=not resume)
     print(f"Data: {split.source.description}")
@@ -321,6 +323,15 @@ def _start_experiment(options: SearchOptions, space: Space, split: SplitData, co
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     storage.write_text_atomic(storage.join(experiment, EXPERIMENT_FILE), json.dumps(info, indent=2))
+
+
+def _keep_cache_dir(experiment: str, cache_dir: str | None) -> None:
+    """Record in ``experiment.json`` the ``--cache-dir`` a resume was given: where the experiment's cached files live from
+    now on, for this run and for export and ``--report-only`` after it (which take no --cache-dir). Only that: the rest of
+    a resume's flags are this run's."""
+    info = Experiment(experiment).info
+    options = {**info["options"], "data": {**info["options"]["data"], "cache_dir": cache_dir}}
+    storage.write_text_atomic(storage.join(experiment, EXPERIMENT_FILE), json.dumps({**info, "options": options}, indent=2))
 
 
 #: experiment.json's record of what each trial of the experiment's first run computed with (workers, torch threads and GPUs per worker)

@@ -885,3 +885,18 @@ def test_a_resumed_search_keeps_no_export_and_a_finished_one_is_sent_to_report_o
     assert done.stderr.strip().splitlines() == [
         f"error: experiment '{experiment}' is finished: every trial ended, so --resume has nothing to run; its trial table and report "
         f"are written again with: python -m cxr_tune.search --name exp --storage {runs} --report-only --no-export"]
+
+
+def test_a_resume_takes_another_cache_dir_and_the_experiment_keeps_it(tmp_path, monkeypatch, capsys):
+    """Before: --resume --cache-dir was refused ("--cache-dir cannot apply"), so a search whose cache moved could not go on
+    (the image caches are found by content hash and rebuilt where missing, and the study re-pointed: the search is the same)."""
+    from cxr_tune.experiment import Experiment
+    from cxr_tune.search.__main__ import main
+    from tests.conftest import folder_with_bad_files, lines_before_ray
+
+    common = ["--storage", str(tmp_path / "runs"), "--name", "exp"]
+    lines_before_ray(main, ["--space", "smoke", "--data", str(folder_with_bad_files(tmp_path / "data")), *common,
+                            "--cache-dir", str(tmp_path / "old")], monkeypatch, capsys)  # started, then stopped before Ray
+    lines = lines_before_ray(main, [*common, "--resume", "--cache-dir", str(tmp_path / "moved")], monkeypatch, capsys)
+    assert lines[-1].startswith("Ray and Optuna logs: ")
+    assert Experiment(str(tmp_path / "runs" / "exp")).cache_dir == str(tmp_path / "moved")  # export and --report-only find it there
