@@ -148,7 +148,7 @@ def _details(meta: dict[str, Any]) -> list[str]:
         f"- Output: {meta.get('output', {}).get('meaning', 'probability of PNEUMONIA')}, from a {size} x {size} grayscale image "
         f"(`model.onnx`, ONNX; weights also in `weights.safetensors`; nothing needs unpickling).",
         # A 16-bit image's pixels are the one input another tool most often makes otherwise: Pillow's convert("L") clips.
-        f"- Input pixels: {size} x {size} uint8 grayscale ({grayscale}): `cxr_tune.data.imaging.decode_gray` makes them; "
+        f"- Input pixels: {size} x {size} uint8 grayscale, made from any image file by `cxr_tune.data.imaging.decode_gray`: {grayscale}; "
         "Pillow's own `convert(\"L\")` of a 16-bit image clips everything above 255 to white instead of scaling it.",
         f"- Network: `{hp.get('arch', 'cnn')}`" + (f" ({len(members)} members averaged: " + ", ".join(f"`{m['trial_id']}` epoch {m['epoch']}" for m in members) + ")"
                                                    if len(members) > 1 else f", trial `{meta.get('trial_id')}` at epoch {meta.get('epoch')}")

@@ -363,7 +363,7 @@ def test_the_card_says_how_the_input_s_pixels_are_made_from_a_16_bit_image(expor
     convert("L") (which turns everything above 255 white), for a user who copies model.onnx into another tool."""
     meta, card = exported
     details = card.split("\n## Model details\n")[1].split("\n## ")[0]
-    assert f"({meta['preprocessing']['grayscale']}" in details and "16-bit images min-max scaled" in details
+    assert f": {meta['preprocessing']['grayscale']};" in details and "16-bit images min-max scaled" in details
     assert "`cxr_tune.data.imaging.decode_gray`" in details and "convert(\"L\")" in details
 
 
