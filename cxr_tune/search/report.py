@@ -26,7 +26,7 @@ from cxr_tune import storage  # noqa: E402
 from cxr_tune.calibration import plot_reliability, reliability_curves  # noqa: E402
 from cxr_tune.data.imaging import decode_gray  # noqa: E402
 from cxr_tune.experiment import Experiment  # noqa: E402
-from cxr_tune.formatting import against, code_span, fmt, from_spreadsheet, search_command  # noqa: E402
+from cxr_tune.formatting import against, code_span, fmt, from_spreadsheet, interval_in, search_command  # noqa: E402
 from cxr_tune.modelcard import CARD_FILE, calibration_section, final_fit_line, next_steps, operating_point_section, subgroup_section, threshold_words  # noqa: E402
 from cxr_tune.modelfile import PREDICTIONS_FILES, load_members  # noqa: E402
 from cxr_tune.plotting import legend_beside, save_figure  # noqa: E402
@@ -36,7 +36,7 @@ from cxr_tune.search.finalfit import describe_changes  # noqa: E402
 from cxr_tune.search.results import pareto_front, selected_metrics  # noqa: E402
 from cxr_tune.search.timing import time_section, time_split  # noqa: E402
 from cxr_tune.selection import prefix_of, selection_label  # noqa: E402
-from cxr_tune.set_metrics import INTERVAL_METHODS  # noqa: E402
+from cxr_tune.set_metrics import INTERVAL_METHODS, withheld_line  # noqa: E402
 from cxr_tune.train.checkpoints import has_predictions, load_predictions  # noqa: E402
 
 TOP = 10
@@ -243,9 +243,11 @@ def _test_section(exported: dict[str, Any]) -> list[str]:
     if "test" not in exported:
         return []
     test, ci = exported["test"], exported["test"]["ci95"]
+    withheld = withheld_line(test.get("ci95_withheld", {}))  # a small test split's AUC interval, say: null in model.json
     return [f"Held-out test split, scored once at the stored threshold ({INTERVAL_METHODS}):", "",
-            _table(pd.DataFrame([{"n": test.get("n"), **{k: fmt(test.get(k)) + (f" [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" if k in ci else "")
-                                                          for k in ("auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy")}}])), ""]
+            _table(pd.DataFrame([{"n": test.get("n"), **{k: fmt(test.get(k)) + interval_in(ci, k)
+                                                          for k in ("auc", "sensitivity", "specificity", "balanced_accuracy", "accuracy")}}])), "",
+            *([f"{withheld}.", ""] if withheld else [])]
 
 
 def _set_rows(selected: pd.Series, deciding: str, criterion: str) -> pd.DataFrame:

@@ -162,6 +162,10 @@ def test_the_reports_test_table_names_wilson_intervals_for_the_rates():
     heading = report._test_section(exported)[0]
     assert "Wilson score for sensitivity, specificity and accuracy" in heading and "percentile bootstrap for AUC and balanced accuracy" in heading
     assert report._test_section({}) == []
+    # A small test split's withheld AUC interval (null in model.json) is "[n/a]" and its reason, not a TypeError that left no report.
+    exported["test"]["ci95"]["auc"], exported["test"]["ci95_withheld"] = None, {"auc": "4 NORMAL image(s), fewer than 10 of a class"}
+    text = "\n".join(report._test_section(exported))
+    assert "0.7000 [n/a]" in text and "n/a intervals: AUC: 4 NORMAL image(s), fewer than 10 of a class" in text
 
 
 def test_roc_legends_give_the_auc_to_four_decimals_as_the_tables_do(tmp_path, monkeypatch):
