@@ -188,7 +188,7 @@ def _main(argv: Sequence[str] | None) -> int:
                             f"that folder, so only it can be resumed ({readable})")
         options = dataclasses.replace(recorded, storage=storage.resolve(args.storage), time_budget_min=args.time_budget,
                                       job_budget_min=args.job_budget, **overrides)
-        if existing.has_tune_state() and not unfinished(existing):  # refused before Ray starts (half a minute) only to find nothing to run
+        if existing.has_tune_state() and not unfinished(existing, final_fit=options.final_fit):  # refused before Ray starts (half a minute) only to find nothing to run
             ended = "every trial and its final fit" if options.final_fit and existing.space().settings.final_fit_top > 0 else "every trial"
             rewrites = "trial table, report and best/ are" if options.export else "trial table and report are"
             raise UserError(f"experiment '{experiment}' is finished: {ended} ended, so --resume has nothing to run; its {rewrites} "

@@ -54,10 +54,10 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
     return {"table": table, "selected": selected, "exported": exported, "unfinished": left}
 
 
-def unfinished(experiment: Experiment) -> str:
+def unfinished(experiment: Experiment, final_fit: bool | None = None) -> str:
     """What the search has still to run, in words ("" for one that ran to its end), as ``--resume`` will find it: trials
     that Tune's saved state has not ended (a time budget's trials that never trained an epoch are run again), then a
-    final fit whose runs did not all end."""
+    final fit whose runs did not all end, unless ``final_fit`` is False (``--resume --no-final-fit``; None: as recorded)."""
     from cxr_tune.search.results import trial_counts
 
     counts = trial_counts(experiment.path)
@@ -65,7 +65,7 @@ def unfinished(experiment: Experiment) -> str:
     asked = experiment.options.trials or settings.trials  # as the search planned it (runner.plan_search)
     if counts.unfinished or counts.ended < asked:
         return f"{counts.ended} of its {asked} trials ended" + (f", {counts.unfinished} unfinished" if counts.unfinished else "")
-    if experiment.options.final_fit and settings.final_fit_top > 0 and not experiment.final_fit_complete():
+    if (experiment.options.final_fit if final_fit is None else final_fit) and settings.final_fit_top > 0 and not experiment.final_fit_complete():
         runs = experiment.final_fit_runs()
         return f"its final fit did not finish ({len(experiment.final_fit_ends())} of {len(runs)} runs ended)" if runs else "its final fit has not run"
     return ""

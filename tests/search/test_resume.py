@@ -872,7 +872,8 @@ def test_a_resumed_search_keeps_no_export_and_a_finished_one_is_sent_to_report_o
 
     monkeypatch.setattr(runner, "run_search", search)
     monkeypatch.setattr(finish, "finish_experiment", lambda path, **kwargs: exports.append(kwargs["export"]) or {})
-    monkeypatch.setattr(finish, "unfinished", lambda experiment: left[0])
+    asked: list = []  # the final fit each check counted: a --resume --no-final-fit asks without it
+    monkeypatch.setattr(finish, "unfinished", lambda experiment, final_fit=None: asked.append(final_fit) or left[0])
     monkeypatch.setattr(Experiment, "has_tune_state", lambda self: True)  # one stopped before Tune's first step starts afresh
     started = call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(runs), "--name", "exp", "--no-export", "--no-final-fit")
     resumed = call_cli("cxr_tune.search", "--storage", str(runs), "--name", "exp", "--resume")
@@ -885,6 +886,13 @@ def test_a_resumed_search_keeps_no_export_and_a_finished_one_is_sent_to_report_o
     assert done.stderr.strip().splitlines() == [
         f"error: experiment '{experiment}' is finished: every trial ended, so --resume has nothing to run; its trial table and report "
         f"are written again with: python -m cxr_tune.search --name exp --storage {runs} --report-only --no-export"]
+    assert asked == [False, False]  # the experiment was started with --no-final-fit: the check leaves its final fit out
+    left[0] = "its final fit did not finish (1 of 2 runs ended)"
+    options = json.loads((experiment / "experiment.json").read_text())
+    options["options"]["final_fit"] = True
+    (experiment / "experiment.json").write_text(json.dumps(options))
+    call_cli("cxr_tune.search", "--storage", str(runs), "--name", "exp", "--resume", "--no-final-fit")
+    assert asked[-1] is False  # the override, not the record (before: the recorded final fit, so Ray started to run nothing)
 
 
 def test_a_resume_takes_another_cache_dir_and_the_experiment_keeps_it(tmp_path, monkeypatch, capsys):
