@@ -85,6 +85,7 @@ class EpochPrinter:
         self.done: dict[str, int] = {}  # the last epoch of each run (a worker restarted from a checkpoint reports some again)
         self.before: dict[str, int] = {}  # each run's epochs trained before this command (a resumed run starts past 1)
         self.first: dict[str, float] = {}  # when each run reported its first epoch here
+        self.last: dict[str, float] = {}  # and its latest
         self.started = time.monotonic()
 
     def line(self, label: str, epochs: int, metrics: dict[str, Any]) -> None:
@@ -92,6 +93,7 @@ class EpochPrinter:
         epoch = int(metrics.get("epoch", 0))
         self.before.setdefault(label, epoch - 1)
         self.first.setdefault(label, now)
+        self.last[label] = now
         self.done[label] = max(epoch, self.done.get(label, 0))
         done = sum(self.done.values())
         left = ""
@@ -102,12 +104,24 @@ class EpochPrinter:
               f"AUC {value('auc', 4)}, sens {value('sensitivity', 3)}, spec {value('specificity', 3)}{left}", file=self.stream, flush=True)
 
     def _seconds_per_epoch(self, now: float, metrics: dict[str, Any]) -> float | None:
-        """Seconds per epoch of the runs together, timed from the first epoch's report on and counting each run's epochs
-        after its first: the time before is Ray's start-up and the runs' own, which the epochs left do not repeat (timed
-        from the command's start, 170 s of it made epoch 1 of 5 read "about 12 min left" with 25 s epochs). Before any
-        run's second epoch, the last epoch's own ``epoch_seconds``, shared by the runs that reported one (side by side)."""
+        """Seconds per epoch of the runs together: the time while some run was between its first epoch's report and its
+        latest (the union of those spans) over the epochs each run reported after its first. The time before a run's first
+        epoch is Ray's start-up and the run's own, which the epochs left do not repeat (timed from the command's start, 170 s
+        of it made epoch 1 of 5 read "about 12 min left" with 25 s epochs); runs one after another (folds, a benchmark's
+        retrains) leave each later run's start-up out too. Before any run's second epoch, the last epoch's own
+        ``epoch_seconds``, shared by the runs that reported one (side by side)."""
         after_first = sum(self.done.values()) - sum(self.before.values()) - len(self.first)
         if after_first > 0:
-            return (now - min(self.first.values())) / after_first
+            return _covered([(self.first[label], self.last[label]) for label in self.first]) / after_first
         seconds = metrics.get("epoch_seconds")
         return seconds / len(self.first) if seconds else None
+
+
+def _covered(spans: list[tuple[float, float]]) -> float:
+    """Seconds that at least one of the ``(start, end)`` spans covers (overlaps counted once)."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total

@@ -46,3 +46,15 @@ def test_runs_side_by_side_each_leave_out_their_own_start_up(clock):
     for at, label, epoch in [(170, "fold 2/2", 1), (171, "fold 1/2", 1), (200, "fold 2/2", 2)]:
         ends(printer, stream, clock, at, label, epoch, 3)
     assert ends(printer, stream, clock, 201, "fold 1/2", 2, 3) == "under a minute left"
+
+
+def test_runs_one_after_another_leave_out_each_later_run_s_start_up(clock):
+    """Two folds one after the other, 25 s epochs, 29 s of start-up before the second: 25 s an epoch once it has trained
+    three (before: its start-up counted as epoch time, (374 - 170) / 6 = 34 s an epoch)."""
+    stream = io.StringIO()
+    printer = progress.EpochPrinter(2 * 5, "carved", stream)
+    for at, epoch in [(170, 1), (195, 2), (220, 3), (245, 4), (270, 5)]:
+        ends(printer, stream, clock, at, "fold 1/2", epoch, 5)
+    for at, epoch in [(324, 1), (349, 2), (374, 3)]:
+        ends(printer, stream, clock, at, "fold 2/2", epoch, 5)
+    assert printer._seconds_per_epoch(374, {}) == pytest.approx(25.0)  # (100 s + 50 s) over 4 + 2 epochs
