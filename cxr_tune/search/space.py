@@ -39,6 +39,7 @@ file, the key and the problem.
 
 from __future__ import annotations
 
+import re
 import reprlib  # a value in an error message is shown short: a space file's value can be any size
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -468,16 +469,20 @@ def _check_corners(space: Space, fail: Any) -> None:
     for key, config in _corners(space):
         problem = _problem(config)
         if problem:
-            raise fail(_fixed_key(space.fixed) if key == "fixed" else key, problem)
+            raise fail(_fixed_key(space.fixed, problem) if key == "fixed" else key, problem)
         problem = _problem({**config, **changes}) if changes else None
         if problem:
             raise fail("search.final_fit_changes", f"in a configuration the space samples, {problem}")
 
 
-def _fixed_key(fixed: dict[str, Any]) -> str:
-    """The key to blame for fixed values that make no trial: the first one that makes none alone (``fixed.depth``, as
-    params name theirs), else the section (values that fail only together, as a torchvision arch on too small an image)."""
-    return next((f"fixed.{name}" for name, value in fixed.items() if _problem({name: value})), "fixed")
+def _fixed_key(fixed: dict[str, Any], problem: str) -> str:
+    """The key to blame for fixed values that make no trial (``problem``): of those that make none alone (``fixed.depth``,
+    as params name theirs), the one the problem names (``block_filters: [16, 32]`` fails alone beside the default depth,
+    but "kernel_size=4 must be odd" is kernel_size's), else the first; else the section (values that fail only together,
+    as a torchvision arch on too small an image)."""
+    alone = [name for name, value in fixed.items() if _problem({name: value})]
+    named = [name for name in alone if re.search(rf"\b{re.escape(name)}\b", problem)]
+    return f"fixed.{(named or alone)[0]}" if alone else "fixed"
 
 
 def _corners(space: Space) -> Iterator[tuple[str, dict[str, Any]]]:

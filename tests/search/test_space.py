@@ -83,6 +83,8 @@ def test_fixed_values_reach_every_trial(tmp_path):
     # A bad fixed value named the section only ("fixed: depth='three' has the wrong type"), where params name the key.
     ("fixed: {image_size: 64, depth: three}\n", "fixed.depth", "depth='three' has the wrong type (expected int)"),
     ("fixed: {batch_size: 0}\n", "fixed.batch_size", "batch_size=0 is out of range"),
+    # block_filters [16, 32] fails alone beside the default depth 4, but the problem is kernel_size's (it was blamed on block_filters)
+    ("fixed: {depth: 2, block_filters: [16, 32], kernel_size: 4}\n", "fixed.kernel_size", "kernel_size=4 must be odd"),
     ("fixed: {colour: red}\n", "fixed.colour", "unknown hyperparameter"),
     ("search: {trials: 0}\n", "search.trials", "whole number >= 1"),
     ("search: {patience: 3}\n", "search.patience", "unknown setting"),
