@@ -44,7 +44,7 @@ from cxr_tune.predict import (check_lines, collect, distinct_labelled, distinct_
                               predict_each)
 from cxr_tune.selection import selection_note
 from cxr_tune.serving import MODEL_FILE, LoadedModel, load_model
-from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METHODS, PAIRED_METRICS, held_out_metrics, paired_with_reasons, withheld_line
+from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METHODS, PAIRED_METRICS, PAIRED_WITHHELD_WHY, held_out_metrics, paired_with_reasons, withheld_line
 
 TITLES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity", "balanced_accuracy": "balanced accuracy"}
 
@@ -156,7 +156,7 @@ def describe(result: dict[str, Any]) -> str:
         lines += ["", f"Minus {first} (each later model is compared with the first only), on the same images: 95 % intervals, each "
                       f"alone; not adjusted for the {shown} comparisons shown, so among them one may exclude 0 by chance ({PAIRED_METHODS}; "
                       "an interval that excludes 0 is a difference these images can show):", "", differences.to_markdown(index=False)]
-        lines += [f"{name}: {line}" for name, withheld in result.get("differences_withheld", {}).items() if (line := withheld_line(withheld))]
+        lines += [f"{name}: {line}" for name, withheld in result.get("differences_withheld", {}).items() if (line := withheld_line(withheld, PAIRED_WITHHELD_WHY))]
     if result.get("flagged"):
         lines += ["", *check_lines(result["flagged"])]
     if result["skipped"]:

@@ -37,6 +37,9 @@ INTERVAL_METHODS = ("95 % intervals: Wilson score for sensitivity, specificity a
 MIN_BOOTSTRAP_CLASS = 10
 #: Why a bootstrap interval is n/a, after each metric's own reason (:func:`withheld_line`)
 WITHHELD_WHY = "too few images, or scores too separated, for the bootstrap to bound it; the rates' Wilson intervals still hold"
+#: The same for a paired difference's (:func:`paired_with_reasons`): two models scoring alike also give every resample one value
+PAIRED_WITHHELD_WHY = ("too few images, or the two models' scores too alike or too separated, for the paired bootstrap to bound it; "
+                       "the rate differences' Newcombe intervals still hold")
 
 
 def set_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float, hp: Any) -> dict[str, Any]:
@@ -95,12 +98,13 @@ def intervals(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[
     return {"ci95": {**bootstrapped, **count_intervals(rates_at(labels, scores, threshold))}, "ci95_withheld": withheld}
 
 
-def withheld_line(withheld: Mapping[str, str]) -> str | None:
-    """The one line that says why intervals print as n/a (``ci95_withheld``), or None when none is."""
+def withheld_line(withheld: Mapping[str, str], why: str = WITHHELD_WHY) -> str | None:
+    """The one line that says why intervals print as n/a (``ci95_withheld``; ``why``: what is behind it, and what still
+    holds: :data:`PAIRED_WITHHELD_WHY` for paired differences), or None when none is."""
     if not withheld:
         return None
     names = {"auc": "AUC", "balanced_accuracy": "balanced accuracy"}
-    return "n/a intervals: " + "; ".join(f"{names.get(key, key)}: {why}" for key, why in withheld.items()) + f" ({WITHHELD_WHY})"
+    return "n/a intervals: " + "; ".join(f"{names.get(key, key)}: {why}" for key, why in withheld.items()) + f" ({why})"
 
 
 def count_intervals(counts: Mapping[str, int]) -> dict[str, list[float]]:

@@ -33,6 +33,7 @@ def test_two_models_on_the_same_images_differ_only_where_their_thresholds_do(tmp
     assert difference["auc"] == [0.0, None]  # the same ranking: every resample gave 0, which bounds nothing
     assert result["differences_withheld"][str(everything)]["auc"] == "every resample gave 0.0000"
     assert "AUC: every resample gave 0.0000" in done.stdout and "+0.0000 [n/a]" in done.stdout
+    assert "the two models' scores too alike" in done.stdout and "Newcombe intervals still hold" in done.stdout  # not the rates' Wilson ones
     assert difference["sensitivity"][0] == pytest.approx(1.0 - theirs["sensitivity"])
     assert difference["specificity"][0] == pytest.approx(-theirs["specificity"])
     assert list(result["differences"]) == [str(everything)] and "Minus " + str(own) in done.stdout and "notes.txt: " in done.stdout
