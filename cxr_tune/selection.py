@@ -69,7 +69,8 @@ def reported_interval(values: np.ndarray, defined: np.ndarray, resamples: int) -
     """The percentile bootstrap interval of ``values`` over the resamples where the metric is ``defined`` (both classes
     drawn: a resample without one leaves AUC and balanced accuracy undefined); None when it is undefined on more than half
     of them (a set of one class, or of a few images) or withheld (:func:`bootstrap_interval`): every reported bootstrap
-    interval follows this rule. (A trial's objective interval, which the tie rule reads, is :func:`objective_interval`'s.)"""
+    interval follows this rule, and AUC's and balanced accuracy's also :func:`cxr_tune.set_metrics.too_few_images`.
+    (A trial's objective interval, which the tie rule reads, is :func:`objective_interval`'s.)"""
     return bootstrap_interval(values, defined, resamples)[0]
 
 
