@@ -60,7 +60,7 @@ from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
 from cxr_tune.selection import selection_note
 from cxr_tune.serving import META_FILE, LoadedModel, load_model, other_preprocessing, probabilities, warn_if_other_preprocessing
-from cxr_tune.set_metrics import INTERVAL_METHODS, bootstrap_intervals, clinical_metrics, held_out_metrics, withheld_line
+from cxr_tune.set_metrics import INTERVAL_METHODS, bootstrap_with_reasons, clinical_metrics, held_out_metrics, withheld_line
 
 T = TypeVar("T")
 #: Files decoded and scored at once: a folder of any size holds one chunk's pixels (1024 of 224 px: 51 MB). A multiple
@@ -295,7 +295,7 @@ def interval_record() -> dict[str, Any]:
     """How the intervals were computed, as ``--metrics`` (predict's and compare's) records it: the method in words and the
     bootstrap's resamples and seed, read from the function that draws them so that the record cannot drift from it (the
     paired and calibration bootstraps take the same; a test holds them to it)."""
-    drawn = inspect.signature(bootstrap_intervals).parameters
+    drawn = inspect.signature(bootstrap_with_reasons).parameters  # the function that draws them (bootstrap_intervals wraps it)
     return {"method": INTERVAL_METHODS, "resamples": drawn["resamples"].default, "seed": drawn["seed"].default}
 
 

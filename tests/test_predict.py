@@ -734,7 +734,7 @@ def test_the_metrics_record_the_bootstraps_resamples_and_seed_and_the_csv_lets_a
 
     from cxr_tune.calibration import calibration_metrics
     from cxr_tune.selection import REPORTED_RESAMPLES
-    from cxr_tune.set_metrics import bootstrap_intervals, paired_differences
+    from cxr_tune.set_metrics import bootstrap_intervals, bootstrap_with_reasons, paired_differences, paired_with_reasons
 
     model = write_export(tmp_path / "best")
     data = kermany_folder(tmp_path / "site", {"test": {"PNEUMONIA": [f"person{i}_bacteria_{i}.jpeg" for i in range(6)],
@@ -745,7 +745,7 @@ def test_the_metrics_record_the_bootstraps_resamples_and_seed_and_the_csv_lets_a
     assert done.returncode == 0, done.stderr
     metrics = json.loads(out.read_text())
     assert metrics["intervals"] == {"method": INTERVAL_METHODS, "resamples": REPORTED_RESAMPLES, "seed": 0}
-    for drawn in (bootstrap_intervals, paired_differences, calibration_metrics):  # every bootstrap behind the numbers
+    for drawn in (bootstrap_intervals, bootstrap_with_reasons, paired_differences, paired_with_reasons, calibration_metrics):  # every bootstrap behind the numbers
         assert {key: inspect.signature(drawn).parameters[key].default for key in ("resamples", "seed")} == {"resamples": REPORTED_RESAMPLES, "seed": 0}
     rows = pd.read_csv(table)
     assert list(rows.columns) == ["path", "label", "probability", "prediction", "threshold", "check", "content_hash"]
