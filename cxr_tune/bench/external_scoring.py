@@ -109,17 +109,18 @@ def score_table(rows: list[dict], differences: dict[str, str]) -> str:
     column title of each reference's paired AUC difference, by its key in :func:`score_row`."""
     from cxr_tune.formatting import fmt, interval
 
+    withheld = lambda ci: " [n/a]" if ci is None else interval(ci)  # noqa: E731 - a bootstrap that bounded nothing (every resample alike)
     members = any("members_auc" in row for row in rows)
     table = []
     for row in rows:
         cells = {"model": row["model"], "CPU-minutes": "" if row["cpu_minutes"] is None else f"{row['cpu_minutes']:.1f}",
-                 "AUC [95 % CI]": fmt(row["auc"]) + interval(row["auc_ci"])}
+                 "AUC [95 % CI]": fmt(row["auc"]) + withheld(row["auc_ci"])}
         if members:
             cells["members alone (AUC)"] = ", ".join(fmt(a) for a in row.get("members_auc", []))
-        cells.update({"balanced accuracy [95 % CI]": fmt(row["balanced_accuracy"]) + interval(row["ba_ci"]),
+        cells.update({"balanced accuracy [95 % CI]": fmt(row["balanced_accuracy"]) + withheld(row["ba_ci"]),
                       "sensitivity": fmt(row["sensitivity"]), "specificity": fmt(row["specificity"]), "threshold": fmt(row["threshold"], 3)})
         for key, title in differences.items():
-            cells[title] = fmt(row[f"auc - {key}"]) + interval(row[f"{key}_ci"]) if f"{key}_ci" in row else ""
+            cells[title] = fmt(row[f"auc - {key}"]) + withheld(row[f"{key}_ci"]) if f"{key}_ci" in row else ""
         table.append(cells)
     return pd.DataFrame(table).to_markdown(index=False, disable_numparse=True)
 

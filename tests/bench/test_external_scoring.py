@@ -74,3 +74,14 @@ def test_a_model_folder_with_a_pipe_stays_in_its_table_cell():
     header, _, line = score_table([row], {}).splitlines()
     cells = lambda text: len(text.replace("\\|", "").split("|"))  # noqa: E731 - a cell boundary is a | not written \|
     assert cells(line) == cells(header) and "``/models/a\\|b`c``" in line
+
+
+def test_an_interval_the_bootstrap_could_not_bound_reads_n_a():
+    """A paired AUC difference of two models that rank alike (every resample 0) is withheld as None: the cell said "+0.0000"
+    with no interval and no word, as if one had not been computed."""
+    from cxr_tune.bench.external_scoring import score_table
+
+    row = {"model": "m", "cpu_minutes": 1.0, "auc": 0.9, "auc_ci": None, "balanced_accuracy": 0.8, "ba_ci": [0.7, 0.9], "sensitivity": 0.8,
+           "specificity": 0.8, "threshold": 0.5, "auc - ref": 0.0, "ref_ci": None}
+    line = score_table([row], {"ref": "AUC minus ref"}).splitlines()[2]
+    assert "0.9000 [n/a]" in line and "0.0000 [n/a]" in line and "0.8000 [0.700, 0.900]" in line
