@@ -233,8 +233,8 @@ def _tie_words(table: pd.DataFrame, deciding: str) -> str:
     tied = _tied(table)
     if tied < 2:
         return ""
-    return (f"{tied} of the {int(table['rank'].notna().sum())} trials ranked were tied with the best (their 95 % intervals overlap "
-            f"its own), and the tied ones were ranked by AUC on {deciding}")
+    return (f"{tied - 1} of the {int(table['rank'].notna().sum()) - 1} other trials ranked tied with the best (their 95 % intervals "
+            f"overlap its own), and the tied ones were ranked by AUC on {deciding}")
 
 
 def _test_section(exported: dict[str, Any]) -> list[str]:
