@@ -87,6 +87,33 @@ def test_the_on_premises_example_parses_and_its_head_holds_no_cpus_as_on_aws():
     assert "--num-cpus=0" in config["head_start_ray_commands"][-1] and "--head" in config["head_start_ray_commands"][-1]
 
 
+def _cluster_section() -> str:
+    """README's "Object storage and clusters" section, where the cluster's steps are."""
+    return (ROOT / "README.md").read_text().split("## Object storage and clusters")[1].split("\n## ")[0]
+
+
+def test_the_heads_instance_profile_is_asked_for_what_launching_the_workers_needs():
+    """Ray uses a profile the head's node_config names as it is (its own role, with EC2 access, only goes to a head that
+    names none), so a head with the S3-only profile the comment asked for could not launch a worker. Before: both node
+    types named one profile, "read/write on YOUR-BUCKET", and README step 1 asked for nothing else."""
+    from ray.autoscaler._private.aws.config import _configure_iam_role
+    from ray.autoscaler._private.util import prepare_config
+
+    text = CLUSTER_YAML.read_text()
+    config = yaml.safe_load(text)
+    head = config["available_node_types"]["head"]["node_config"]["IamInstanceProfile"]
+    booted = _configure_iam_role(prepare_config(copy.deepcopy(config)))  # returns before any AWS call: the profile is named
+    assert booted["available_node_types"]["head"]["node_config"]["IamInstanceProfile"] == head
+    assert "IamInstanceProfile" not in booted.get("head_node", {})  # Ray adds no role of its own
+    head_block = text.split("\n  head:\n")[1].split("\n  gpu_worker:\n")[0]
+    step_1 = _cluster_section().split("\n1. ")[1].split("\n2. ")[0]
+    # What the autoscaler on the head calls (ray/autoscaler/_private/aws/node_provider.py), and passing the workers' role.
+    for action in ("ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateTags", "ec2:Describe*", "iam:PassRole"):
+        assert action in head_block and action in step_1, action
+    worker = config["available_node_types"]["gpu_worker"]["node_config"]["IamInstanceProfile"]
+    assert worker != head  # the workers need the bucket only
+
+
 @pytest.mark.parametrize(("path", "value", "rejection", "message"), [
     (("available_node_types", "gpu_worker", "min_workers"), "none", jsonschema.ValidationError, "'none' is not of type 'integer'"),
     (("provider",), DELETE, jsonschema.ValidationError, "'provider' is a required property"),
