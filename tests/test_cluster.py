@@ -114,6 +114,22 @@ def test_the_heads_instance_profile_is_asked_for_what_launching_the_workers_need
     assert worker != head  # the workers need the bucket only
 
 
+def _cluster_yaml_header() -> str:
+    """cluster.yaml's opening comment: the commands that bring the cluster up, run the search and take it down."""
+    return CLUSTER_YAML.read_text().split("\ncluster_name:")[0]
+
+
+def test_the_documented_client_commands_send_the_clusters_token():
+    """cluster.yaml turns token authentication on, and a client sends its token (~/.ray/auth_token) only with
+    RAY_AUTH_MODE=token. Before: `ray exec cluster.yaml '~/venv/bin/ray status'` and `ray job submit` / `logs` from the
+    laptop, as written, ended in AuthenticationError ("Missing authentication token")."""
+    for name, text in (("cluster.yaml", _cluster_yaml_header()), ("README.md", _cluster_section())):
+        status = [line for line in text.splitlines() if "ray exec" in line and "ray status" in line]
+        assert status and all("'RAY_AUTH_MODE=token ~/venv/bin/ray status'" in line for line in status), (name, status)
+        assert "ray job submit" in text and "export RAY_AUTH_MODE=token" in text.split("ray job ")[0], name
+        assert "~/.ray/auth_token" in text, name  # where the client's token is, the one copied to the nodes
+
+
 @pytest.mark.parametrize(("path", "value", "rejection", "message"), [
     (("available_node_types", "gpu_worker", "min_workers"), "none", jsonschema.ValidationError, "'none' is not of type 'integer'"),
     (("provider",), DELETE, jsonschema.ValidationError, "'provider' is a required property"),
