@@ -75,7 +75,11 @@ def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float])
 
     trials = options.trials or space.settings.trials
     max_epochs = options.max_epochs or space.settings.max_epochs
-    cpus, gpus = float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0))
+    cpus, gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
+    if cpus <= 0:  # a head with --num-cpus=0 whose workers have not joined: every trial and the cache build would wait
+        address = options.address or os.environ.get("RAY_ADDRESS")
+        where = f"the Ray cluster at {address}" if address and address != "auto" else "the Ray cluster"
+        raise UserError(f"{where} has no CPU yet: no worker node has joined; wait until `ray status` lists them")
     workers = options.workers_per_trial or 1
     # DDP ranks of one trial each need a GPU of their own (NCCL refuses two on one device): packing is for one-worker trials.
     packed = default_gpu_share(space) if workers == 1 else 1.0

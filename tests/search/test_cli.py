@@ -107,6 +107,20 @@ def test_defaults_use_the_machine_well_and_impossible_resources_are_refused():
         plan_search(SearchOptions(space="smoke", trials=8, concurrency=4, cpus_per_worker=2), space, {"CPU": 2})
 
 
+def test_a_cluster_no_worker_has_joined_yet_is_refused_in_one_line(monkeypatch):
+    """A head started with --num-cpus=0 (cluster.yaml's) before its workers join offers no CPU, so Ray lists none. Before:
+    the search planned "1 worker(s) x 0.99 CPU per trial" from a CPU it made up, then waited 10 minutes for a free CPU
+    to build the image cache ("other work holds all 0 CPU(s)") and gave up."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    space = load_space("smoke")
+    for cluster in ({"GPU": 0}, {}):
+        with pytest.raises(UserError, match=r"^the Ray cluster at 10.0.0.10:6379 has no CPU yet: no worker node has joined; "
+                                            r"wait until `ray status` lists them$"):
+            plan_search(SearchOptions(space="smoke", address="10.0.0.10:6379"), space, cluster)
+    with pytest.raises(UserError, match=r"^the Ray cluster has no CPU yet"):
+        plan_search(SearchOptions(space="smoke", address="auto"), space, {"GPU": 0})
+
+
 def test_cpus_a_local_ray_cannot_give_are_refused_before_it_starts(tmp_path, monkeypatch):
     """Before: --concurrency 4 --cpus-per-worker 2 on a 2-CPU machine was refused only once Ray had started (32 s)."""
     import cxr_tune.ray_session
