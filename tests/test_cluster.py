@@ -130,6 +130,18 @@ def test_the_documented_client_commands_send_the_clusters_token():
         assert "~/.ray/auth_token" in text, name  # where the client's token is, the one copied to the nodes
 
 
+def test_the_cluster_docs_keep_results_on_object_storage_not_the_heads_disk():
+    """On a real cluster the workers write the checkpoints and the image cache, so a local --storage on the head fails
+    every trial (Ray Train: "A local path on the head node is not accessible by worker nodes"), and with S3 storage the
+    head's disk holds nothing to fetch. Before: cluster.yaml suggested `ray rsync-down ... ~/cxr_tune/results/`, and
+    README's last step, `ray down`, did not say that it takes whatever is on the nodes' disks with it."""
+    header, section = _cluster_yaml_header(), _cluster_section()
+    assert "rsync-down" not in header and "rsync-down" not in section
+    assert "aws s3 sync s3://YOUR-BUCKET/cxr_tune/experiments/real-gpu/best ./best" in header
+    step_5 = section.split("\n5. ")[1].split("\n\n")[0]
+    assert "ray down cluster.yaml" in step_5 and "object storage" in step_5 and "lost" in step_5
+
+
 @pytest.mark.parametrize(("path", "value", "rejection", "message"), [
     (("available_node_types", "gpu_worker", "min_workers"), "none", jsonschema.ValidationError, "'none' is not of type 'integer'"),
     (("provider",), DELETE, jsonschema.ValidationError, "'provider' is a required property"),
