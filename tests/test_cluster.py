@@ -142,6 +142,16 @@ def test_the_cluster_docs_keep_results_on_object_storage_not_the_heads_disk():
     assert "ray down cluster.yaml" in step_5 and "object storage" in step_5 and "lost" in step_5
 
 
+def test_the_search_on_the_cluster_runs_the_nodes_venv_python():
+    """A job's `bash -lc` is a login shell, which may set PATH afresh: bare `python` was "command not found" there."""
+    import re
+
+    job = _cluster_section().split("```bash")[1].split("```")[0]
+    for name, text in (("cluster.yaml", CLUSTER_YAML.read_text()), ("README.md", job)):
+        runs = re.findall(r"(\S+) -m cxr_tune\.search", text)
+        assert runs and set(runs) == {"~/venv/bin/python"}, (name, runs)
+
+
 @pytest.mark.parametrize(("path", "value", "rejection", "message"), [
     (("available_node_types", "gpu_worker", "min_workers"), "none", jsonschema.ValidationError, "'none' is not of type 'integer'"),
     (("provider",), DELETE, jsonschema.ValidationError, "'provider' is a required property"),
