@@ -81,10 +81,24 @@ def test_cluster_yaml_is_valid_for_the_ray_cluster_launcher():
 def test_the_on_premises_example_parses_and_its_head_holds_no_cpus_as_on_aws():
     """Before: its head offered its CPUs, the search divided them into each trial's share, and trials asked for more CPUs
     than a GPU node has (half of them placed, the others timing out)."""
-    text = CLUSTER_YAML.read_text().split("# --- On premises")[1].split("\n#\n", 1)[1].split("\n#\n", 1)[0]
-    config = yaml.safe_load("\n".join(line.removeprefix("# ") if line.startswith("# ") else "" for line in text.splitlines()))
+    config = _on_premises_example()
     assert config["provider"]["type"] == "local" and config["cluster_name"] == "cxr-tune-onprem"
     assert "--num-cpus=0" in config["head_start_ray_commands"][-1] and "--head" in config["head_start_ray_commands"][-1]
+
+
+def _on_premises_example() -> dict:
+    """The commented `local` provider example at the end of cluster.yaml, parsed."""
+    text = CLUSTER_YAML.read_text().split("# --- On premises")[1].split("\n#\n", 1)[1].split("\n#\n", 1)[0]
+    return yaml.safe_load("\n".join(line.removeprefix("# ") if line.startswith("# ") else "" for line in text.splitlines()))
+
+
+def test_the_on_premises_example_copies_the_checkout_without_what_the_aws_one_leaves_out():
+    """Before: it had no rsync_exclude, so `ray up` copied the ~6 GB .venv, .git and results/ to every node."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = _on_premises_example()
+    assert config.get("rsync_exclude") == yaml.safe_load(CLUSTER_YAML.read_text())["rsync_exclude"]
+    validate_config(prepare_config(config))  # as `ray up` reads it (the local provider folds min_workers into its node type)
 
 
 def _cluster_section() -> str:
