@@ -166,6 +166,17 @@ def test_the_search_on_the_cluster_runs_the_nodes_venv_python():
         assert runs and set(runs) == {"~/venv/bin/python"}, (name, runs)
 
 
+def test_the_cluster_steps_say_which_ray_runs_them_and_from_where():
+    """The laptop's `ray` (launcher and job client) must be the nodes' pinned version, and `ray up` copies `.`, the folder it
+    runs in (cluster.yaml's file_mounts). Before: README said neither."""
+    import re
+
+    pinned = re.search(r'"ray\[[^\]]*\]==([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    section = _cluster_section()
+    assert f"Ray {pinned}" in section and "from the repository root" in section
+    assert yaml.safe_load(CLUSTER_YAML.read_text())["file_mounts"]["/home/ubuntu/cxr_tune"] == "."
+
+
 @pytest.mark.parametrize(("path", "value", "rejection", "message"), [
     (("available_node_types", "gpu_worker", "min_workers"), "none", jsonschema.ValidationError, "'none' is not of type 'integer'"),
     (("provider",), DELETE, jsonschema.ValidationError, "'provider' is a required property"),
