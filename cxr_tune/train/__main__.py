@@ -179,6 +179,8 @@ def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path:
     if args.cv:
         add_to_run_record(storage.join(storage_path, name), {"precision_flags": precision_flags(args)})  # what a resume must give again
         return run_cv(args, hp, split, resources, storage_path, name, run)
+    from ray.train import TrainingFailedError
+
     from cxr_tune.train.progress import epoch_lines  # Ray Train's callback API
 
     datasets = datasets_by_size(split, [hp.image_size])[hp.image_size]
@@ -198,18 +200,46 @@ def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path:
         except KeyboardInterrupt:
             print(stopped_line(storage.join(storage_path, name), name), flush=True)
             raise
+        except TrainingFailedError as exc:  # the worker's traceback is in train.log: here the cause and how to go on
+            print(f"error: {failed_line(exc, trainer, storage.join(storage_path, name), name)}", file=sys.stderr, flush=True)
+            return 1
     return report(result, hp, split, storage.join(storage_path, name), deciding)
 
 
 def stopped_line(run_dir: str, name: str) -> str:
     """What Ctrl-C leaves: the checkpoints the same command resumes from, or, stopped before the first one, none (the
     same command, finding no checkpoint, trains from the first epoch; :func:`check_same_run` has nothing to compare)."""
+    if kept := kept_line(run_dir, name):
+        return f"Stopped; {kept}"
+    return (f"Stopped before its first checkpoint: nothing trained yet, and {run_dir} holds none; the same command with "
+            f"--name {shlex.quote(name)} starts the run again from its first epoch")
+
+
+def kept_line(run_dir: str, name: str) -> str | None:
+    """Where the run's checkpoints are and the command that resumes from them (None before its first checkpoint)."""
     from cxr_tune.train.checkpoints import saved_checkpoints
 
-    again = f"the same command with --name {shlex.quote(name)}"
-    if saved_checkpoints(run_dir):
-        return f"Stopped; its checkpoints are in {run_dir}: {again} resumes the run from the last one"
-    return f"Stopped before its first checkpoint: nothing trained yet, and {run_dir} holds none; {again} starts the run again from its first epoch"
+    if not saved_checkpoints(run_dir):
+        return None
+    return f"its checkpoints are in {run_dir}: the same command with --name {shlex.quote(name)} resumes the run from the last one"
+
+
+def failed_line(exc: Exception, trainer: Any, run_dir: str, name: str) -> str:
+    """What Ray Train's ``TrainingFailedError`` from ``fit()`` says, in one line: the cause (the lowest failing rank's exception,
+    its first line), how often it was tried (a worker group's failure ends the run once ``max_failures`` retries failed too), where
+    the full traceback is, and the command that resumes from the checkpoints there are."""
+    from ray.train import ControllerError, WorkerGroupError
+
+    cause: BaseException = exc
+    if isinstance(exc, WorkerGroupError) and exc.worker_failures:
+        cause = exc.worker_failures[min(exc.worker_failures)]
+    elif isinstance(exc, ControllerError):
+        cause = exc.controller_failure
+    said = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+    retries = trainer.run_config.failure_config.max_failures if isinstance(exc, WorkerGroupError) else -1
+    attempts = f"attempts: {retries + 1}; " if retries >= 0 else ""
+    line = f"training failed: {type(cause).__name__}{': ' + said if said else ''} ({attempts}full traceback: {storage.join(run_dir, LOG_FILE)})"
+    return f"{line}; {kept}" if (kept := kept_line(run_dir, name)) else line
 
 
 def precision_flags(args: argparse.Namespace) -> dict[str, str]:

@@ -138,6 +138,47 @@ def test_a_stopped_run_s_resume_hint_can_be_pasted_back_with_a_name_that_needs_q
                         "--name 'my run' starts the run again from its first epoch")
 
 
+@pytest.mark.parametrize("trained", [True, False])
+def test_a_run_whose_training_fails_in_every_attempt_ends_in_one_line_naming_the_cause_the_log_and_the_resume(trained, tmp_path, monkeypatch,
+                                                                                                             capsys):
+    """Before: status 1 and a 36-line traceback (runpy ... ray.train.WorkerGroupError: Training failed due to worker errors: [Rank 0
+    Error Snippet] ...), the cause on its last line, no word of train.log nor of the checkpoints a resume starts from. (Ray Train faked.)"""
+    import contextlib
+    from types import SimpleNamespace
+
+    from ray.train import WorkerGroupError
+
+    import cxr_tune.data.cache
+    import cxr_tune.train.__main__ as cli
+    import cxr_tune.train.progress
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.hparams import HParams
+    from cxr_tune.train.trainer import Resources
+
+    def failed(trainer):
+        raise WorkerGroupError("[Rank 0 Error Snippet]:\nTraceback (most recent call last): ...", {0: ValueError("lr=10 blew up\nmore")})
+
+    monkeypatch.setattr(cli, "datasets_by_size", lambda split, sizes: {size: None for size in sizes})
+    monkeypatch.setattr(cxr_tune.data.cache, "find_cache", lambda *a: None)
+    monkeypatch.setattr(cli, "make_trainer", lambda *a, **k: SimpleNamespace(run_config=SimpleNamespace(failure_config=SimpleNamespace(max_failures=2))))
+    monkeypatch.setattr(cli, "fit", failed)
+    monkeypatch.setattr(cxr_tune.train.progress, "epoch_lines", lambda *a: contextlib.nullcontext(lambda label, epochs: []))  # its queue is a Ray actor
+    split = SimpleNamespace(deciding_set=lambda select_on: "carved", class_counts=lambda: (1, 1), cache_dir=str(tmp_path), source=SimpleNamespace(manifest=None))
+    run = tmp_path / "my run"
+    run.mkdir()
+    if trained:
+        (run / "checkpoint_000").mkdir()
+        save_state(str(run / "checkpoint_000"), {"hparams": HParams(epochs=2).to_dict(), "epoch": 0}, {})
+    args = cli.build_parser().parse_args(["--storage", str(tmp_path), "--name", "my run"])
+    assert cli.train(args, HParams(epochs=2), split, str(tmp_path), "my run", Resources(1, 1.0, 0.0), None) == 1
+    said = capsys.readouterr().err.splitlines()
+    failed_line = f"error: training failed: ValueError: lr=10 blew up (attempts: 3; full traceback: {run / 'train.log'})"
+    if trained:
+        assert said == [failed_line + f"; its checkpoints are in {run}: the same command with --name 'my run' resumes the run from the last one"]
+    else:
+        assert said == [failed_line]
+
+
 def test_a_finished_run_s_closing_lines_say_how_to_get_an_exportable_model_of_its_configuration(tmp_path, capsys):
     """Before: they ended with the checkpoint and metrics.json, which export and predict do not take, and said nothing more."""
     import contextlib
