@@ -43,7 +43,7 @@ from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
 from cxr_tune.data.sources import patient_keys
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.modelcard import CARD_FILE, LOGIT_MIDDLE, final_fit_line, model_card
+from cxr_tune.modelcard import CARD_FILE, LOGIT_MIDDLE, final_fit_line, model_card, one_score_warning
 from cxr_tune.formatting import fmt, for_spreadsheet, json_safe, metric_line
 from cxr_tune.operating_points import choose_points
 from cxr_tune.provenance import provenance
@@ -339,6 +339,8 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
         if names[prefix] in meta:
             meta[names[prefix]].update(clinical_metrics(sets[prefix].rows["path"].astype(str).tolist(), sets[prefix].labels, scores[prefix],
                                                         threshold, points, uncalibrated[prefix] if calibration is not None else None))
+            # the highest probability less the lowest: a model that gives every image one output (one_score_warning)
+            meta[names[prefix]]["score_spread"] = float(np.ptp(scores[prefix])) if len(scores[prefix]) else None
     extra = {PREDICTIONS_FILES[prefix]: for_spreadsheet(_predictions(sets[prefix], scores[prefix], threshold)).to_csv(index=False).encode()
              for prefix in sets}
     extra[CARD_FILE] = model_card(json_safe(meta)).encode()
@@ -357,6 +359,8 @@ def summary(meta: dict[str, Any], target: str) -> str:
         f"  threshold {meta['threshold']:.4f} ({meta['threshold_rule']}); every set below at it, {INTERVAL_METHODS}",
         f"  {carved}: " + metric_line(meta["validation"], meta["validation"].get("ci95")),
     ]
+    if flat := one_score_warning(meta):
+        lines.insert(1, f"  Warning: {flat}")
     if "external" in meta:
         label = "external validation (SELECTION SET, optimistic)" if meta["external"]["selection_set"] else "external validation (not used to select)"
         lines.append(f"  {label}: " + metric_line(meta["external"], meta["external"].get("ci95")))

@@ -45,6 +45,8 @@ def model_card(meta: dict[str, Any]) -> str:
     if meta.get("data", {}).get("synthetic"):
         lines += ["> **SYNTHETIC DATA.** This model was trained and measured on procedurally drawn images, not patients. "
                   "Nothing below says anything about real chest X-rays.", ""]
+    if flat := one_score_warning(meta):
+        lines += [f"> **Warning.** {_sentence(flat)}", ""]
     lines += _details(meta) + _intended_use() + _data(meta, measured, sets) + _search(meta)
     diagram = ("Reliability diagram: none for the adapted model (adapt reads no labels and writes none); the unadapted model's folder "
                "holds the one measured before adaptation." if meta.get("adaptation") else "Reliability diagram: `reliability.png`.")
@@ -52,6 +54,23 @@ def model_card(meta: dict[str, Any]) -> str:
     lines += _adaptation(meta) + _limitations(meta, measured)
     lines += ["## Checking it on new labelled images", "", "FOLDER: this model's folder.", "", *next_steps("FOLDER"), ""] + _reproduce(meta)
     return "\n".join(lines)
+
+
+#: the spread of a model's probabilities on its deciding set (``score_spread``) below which it gives every image one output: float32
+#: probabilities a blown-up network saturates all read 1.0, while a model that ranks its images spreads them far wider
+ONE_SCORE_SPREAD = 1e-6
+
+
+def one_score_warning(meta: dict[str, Any]) -> str | None:
+    """The warning, for the console and the card, when the model gives every image of its deciding set (nearly) the same
+    probability (``score_spread``, recorded by export): its AUC is 0.5 and its threshold calls every image one class, yet
+    nothing else flags it (divergence is caught only as non-finite scores). None otherwise, and for a model.json without the record."""
+    measured, _, _ = _measured(meta)
+    deciding = "external" if meta.get("deciding_set") == "external" else "validation"
+    spread = (measured.get(deciding) or {}).get("score_spread")
+    if spread is None or spread >= ONE_SCORE_SPREAD:
+        return None
+    return f"the model gives every image of the {_set_name(meta.get('deciding_set'))} the same score: it learned nothing; check the learning rate"
 
 
 #: how export's threshold rule (model.json's ``threshold_rule``, written with this) says where in the range of near-best

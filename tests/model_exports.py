@@ -64,14 +64,15 @@ def kermany_set(n: int, seed: int, *, pneumonia_share: float = 0.6, kermany_name
 
 
 def export_folder(folder: Path, *, calibrate: str = "none", external: bool = True, kermany_names: bool = True, epochs_on: str | None = None,
-                  **info: Any) -> dict[str, Any]:
+                  gain: float = 60.0, **info: Any) -> dict[str, Any]:
     """A carved validation set, an external set (the deciding one, unless ``external`` is False) and
     a test set, exported by :func:`cxr_tune.export.write_export`; returns ``model.json``'s content.
-    ``epochs_on``: the set that chose the epochs, when not the deciding one (``val``: a carved search exported with --val-data)."""
+    ``epochs_on``: the set that chose the epochs, when not the deciding one (``val``: a carved search exported with --val-data).
+    ``gain``: :func:`brightness_members`' (0: a network that scores every image 0.5, as one whose learning rate blew it up)."""
     sets = {"val": kermany_set(120, 1, kermany_names=kermany_names), "test": kermany_set(150, 3, kermany_names=kermany_names)}
     if external:
         sets["ext"] = kermany_set(160, 2, pneumonia_share=0.5, kermany_names=kermany_names)
-    return write_export(brightness_members(), str(folder), ["trial_a"], [{"epoch": 2}], sets, "ext" if external else "val", {},
+    return write_export(brightness_members(gain), str(folder), ["trial_a"], [{"epoch": 2}], sets, "ext" if external else "val", {},
                         {**INFO, **info}, "/data/site" if external else None, calibrate=calibrate, epochs_on=epochs_on)
 
 

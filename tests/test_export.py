@@ -37,6 +37,20 @@ def test_the_console_summary_says_which_interval_is_which():
     assert "ECE / Brier: carved validation 0." in text and "; external validation (selection set) 0." in text
 
 
+def test_a_model_that_gives_every_image_of_its_deciding_set_one_score_is_exported_with_a_warning_on_the_console_and_in_its_card(tmp_path):
+    """Before: a trial whose lr blew it up (every image scored 1.0: AUC 0.5000, sensitivity 1, specificity 0) was selected and exported
+    without a word. Selection is unchanged; the export says so."""
+    from cxr_tune.export import summary
+    from tests.model_exports import export_folder
+
+    said = "the model gives every image of the carved validation set the same score: it learned nothing; check the learning rate"
+    flat = export_folder(tmp_path / "flat", external=False, gain=0.0)
+    assert f"  Warning: {said}" in summary(flat, str(tmp_path / "flat")).splitlines()
+    assert f"> **Warning.** {said[0].upper()}{said[1:]}." in (tmp_path / "flat" / "MODEL_CARD.md").read_text().splitlines()
+    ranking = export_folder(tmp_path / "ranking", external=False)  # scores that follow the images: nothing to say
+    assert "learned nothing" not in summary(ranking, str(tmp_path / "ranking")) + (tmp_path / "ranking" / "MODEL_CARD.md").read_text()
+
+
 def test_model_json_names_every_precision_a_member_trained_in_after_a_resume_elsewhere(tmp_path):
     """A trial resumed where --precision auto means fp32 after bf16 epochs: model.json's trained_in named the precision of the
     checkpoint's last epoch alone (fp32) for weights that trained 3 of their 4 epochs in bf16."""
