@@ -147,7 +147,7 @@ def _tuner(experiment: Experiment, runs: list[FinalRun], options: Any, *, verbos
     from cxr_tune.search.budget import FinalFitRuns
     from cxr_tune.search.progress import ProgressPrinter
     from cxr_tune.search.runner import plan_search, run_options
-    from cxr_tune.search.trial import TrialSettings
+    from cxr_tune.search.trial import TRIAL_RESTARTS, TrialSettings
     from cxr_tune.train.trainer import TRIAL_DRIVER_CPU
 
     folder = experiment.file(FINAL_FIT_DIR)
@@ -179,6 +179,6 @@ def _tuner(experiment: Experiment, runs: list[FinalRun], options: Any, *, verbos
         run_config=tune.RunConfig(
             name=FINAL_FIT_DIR, storage_path=experiment.path, verbose=0,
             callbacks=[ProgressPrinter(len(runs), runs[0].epochs, options.select, experiment.deciding_set, label="final-fit run", budgeted=False)],
-            failure_config=tune.FailureConfig(max_failures=2),
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RESTARTS),
         ),
     )

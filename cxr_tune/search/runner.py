@@ -33,7 +33,7 @@ from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.pace import FinalFitShape, final_fit_epochs
 from cxr_tune.search.space import ASHA_RULES, SearchSettings, Space, SpaceSampler, load_space
 from cxr_tune.search.study import STUDY_FILE, copy_study, prepare_study, running_study, study_path
-from cxr_tune.search.trial import TrialSettings, run_trial
+from cxr_tune.search.trial import TRIAL_RESTARTS, TrialSettings, run_trial
 from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, ranks_share_a_gpu
 
 
@@ -409,9 +409,9 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
             ProgressPrinter(plan.trials, plan.max_epochs, options.select, split.deciding_set(options.select_on)),
             TrialEventLog(storage.join(options.experiment_dir, EVENTS_FILE), plan.max_epochs),
         ],
-        # Train restarts a trial's workers from its last checkpoint when they fail; this covers the
-        # trial's own driver dying with its node (it then resumes from the same Train checkpoints).
-        failure_config=tune.FailureConfig(max_failures=2),
+        # The one layer that retries (TRIAL_RESTARTS): a failed worker or a trial driver lost with its node; the trial
+        # starts again and resumes from its Train run's last checkpoint.
+        failure_config=tune.FailureConfig(max_failures=TRIAL_RESTARTS),
         stop=SessionBudget(),  # --time-budget, --job-budget; a resumed search gets the copy Tune saved, see SessionBudget
         verbose=0,
     )

@@ -18,6 +18,13 @@ from cxr_tune.train.hparams import HParams
 from cxr_tune.train.trainer import Resources, RunOptions, make_trainer
 
 
+# A failed trial starts again up to this many times (Tune's FailureConfig, the search's and the final fit's): the one layer
+# that retries. Tune's restart builds the trial's trainer again under its name, which resumes from the Train run's last
+# checkpoint, so a lost node costs the epochs since then; with Train retrying too (TrialSettings.max_failures), an error
+# that repeats (a config that runs out of memory) ran 3 x 3 times while the console counted 3.
+TRIAL_RESTARTS = 2
+
+
 @dataclass(frozen=True)
 class TrialSettings:
     """What every trial of one search shares, besides its sampled config."""
@@ -28,7 +35,7 @@ class TrialSettings:
     seed: int
     resources: Resources
     train_storage: str  # where each trial's Train run (and checkpoints) lives
-    max_failures: int = 2
+    max_failures: int = 0  # Train's own retries of the run: none, Tune restarts the trial (TRIAL_RESTARTS)
     deciding: str = "carved"  # the search's recorded deciding set (external or carved): what the objective follows
     run: RunOptions = RunOptions()  # precision, memory format, determinism, pretrained weights
     experiment_dir: str | None = None  # a search's folder: its trial_events.jsonl says which trials ASHA stopped (none for a final fit)
