@@ -168,6 +168,7 @@ def _tuner(experiment: Experiment, runs: list[FinalRun], options: Any, *, verbos
         {"cpu": TRIAL_DRIVER_CPU},
     )
     ProgressPrinter.verbose = verbose
+    ProgressPrinter.errors_in = folder  # its runs' folders, each failed one's error.txt
     ProgressPrinter.best_before = None  # its runs' own bests, not the search's
     FinalFitRuns.concurrency = plan.concurrency  # this command's cluster and flags, also for a restored final fit
     if tune_state_saved(folder):  # else Tune never saved a step: start it afresh

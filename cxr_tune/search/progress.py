@@ -19,6 +19,7 @@ from ray.tune import Callback
 from cxr_tune import storage
 from cxr_tune.formatting import clock, time_left
 from cxr_tune.search.budget import SessionBudget
+from cxr_tune.search.results import trial_error, trial_error_file
 from cxr_tune.selection import diverged
 
 
@@ -35,6 +36,9 @@ class ProgressPrinter(Callback):
     # but before the epoch's report reached Tune trained, though Tune's copy shows no epoch.
     trained_before: ClassVar[frozenset[str]] = frozenset()
     best_before: ClassVar[tuple[float, str] | None] = None  # a resumed search's best so far: "new best" beats it, not just this session's
+    # The Tune experiment folder (the search's, or its final fit's) whose trial folders hold each failed trial's error.txt:
+    # set for each command by whoever runs it, as a saved copy may come from a folder since moved.
+    errors_in: ClassVar[str | None] = None
 
     def __init__(self, total_trials: int, max_epochs: int, criterion: str, deciding: str, *, stream: TextIO | None = None, label: str = "trial",
                  budgeted: bool = True) -> None:
@@ -151,7 +155,9 @@ class ProgressPrinter(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._count(trials, trial)
         self._advance(trial.trial_id, self.max_epochs)
-        self.say(f"{self._clock()} {self.label} {trial.trial_id} FAILED; the search goes on ({self.finished}/{self.total} {self.label}s done{self._left()})")
+        where = trial_error_file(self.errors_in, trial) if self.errors_in else None
+        self.say(f"{self._clock()} {self.label} {trial.trial_id} FAILED: {trial_error(self.errors_in, trial)}"
+                 f"{f' (traceback: {where})' if where else ''}; the search goes on ({self.finished}/{self.total} {self.label}s done{self._left()})")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._bar is not None:

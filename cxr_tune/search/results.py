@@ -323,16 +323,30 @@ def asha_rungs(grace_period: int, reduction_factor: int, max_epochs: int) -> tup
     return tuple(rungs)
 
 
-def trial_error(experiment_dir: str, trial: Any) -> str:
+def trial_error_file(experiment_dir: str, trial: Any) -> str | None:
+    """Where the trial's full traceback is: the ``error.txt`` Tune keeps in the trial's folder of the experiment (one
+    entry per failed attempt), None when Tune gave the trial no folder."""
+    folder = getattr(getattr(trial, "storage", None), "trial_dir_name", None)
+    return storage.join(experiment_dir, folder, "error.txt") if folder else None
+
+
+def trial_error(experiment_dir: str | None, trial: Any) -> str:
     """The last meaningful line of the trial's error (the worker's exception, not Ray's wrapper).
 
     Read from the ``error.txt`` Tune persisted in the trial's folder of the experiment: the table is
     written after Ray has shut down, when Tune's ``Trial.local_path`` (a staging folder inside the
-    Ray session) can no longer even be asked for.
+    Ray session) can no longer even be asked for. While the search runs (the console's FAILED line),
+    the file may not have reached the experiment yet: Tune's staging copy, written first, is read then.
     """
-    folder = getattr(getattr(trial, "storage", None), "trial_dir_name", None)
-    path = storage.join(experiment_dir, folder, "error.txt") if folder else None
-    text = storage.read_bytes(path).decode(errors="replace") if path and storage.exists(path) else str(getattr(trial, "error_msg", "") or "")
+    path = trial_error_file(experiment_dir, trial) if experiment_dir else None
+    if path and storage.exists(path):
+        text = storage.read_bytes(path).decode(errors="replace")
+    else:
+        try:
+            staged = trial.error_file  # raises once Ray has shut down (see above)
+        except Exception:  # noqa: BLE001 - any failure to ask means there is no staging copy to read
+            staged = None
+        text = storage.read_bytes(staged).decode(errors="replace") if staged and storage.exists(staged) else str(getattr(trial, "error_msg", "") or "")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith((" ", "File ", "Traceback", "^"))]
     candidates = [ln for ln in lines if "Error" in ln or "Exception" in ln] or lines
     return candidates[-1][:300] if candidates else "failed (no error text recorded)"

@@ -416,6 +416,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         verbose=0,
     )
     ProgressPrinter.verbose = verbose  # this command's console, fresh or resumed
+    ProgressPrinter.errors_in = options.experiment_dir  # where a failed trial's error.txt is, for its FAILED line
     ProgressPrinter.trained_before = frozenset()
     ProgressPrinter.best_before = None
     if resume:  # a trial the budget ended before its first epoch is replaced, not counted

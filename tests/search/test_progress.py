@@ -180,3 +180,21 @@ def test_a_trial_started_again_after_a_failure_is_called_a_restart_and_a_resumed
     resumed.stream = io.StringIO()
     resumed.on_trial_start(0, [], _trial("b"))
     assert "trial b started: lr=0.001" in resumed.stream.getvalue()
+
+
+def test_a_failed_trials_line_names_its_error_and_where_its_traceback_is(tmp_path, monkeypatch):
+    """The FAILED line named neither ("trial aa76345d FAILED; the search goes on (2/2 trials done)"): the worker's exception
+    is read from Tune's staging copy of error.txt (the experiment's copy comes with Tune's next sync), and the path named is
+    the experiment's, where trials.csv's error column reads it from too."""
+    staged = tmp_path / "session" / "error.txt"
+    staged.parent.mkdir()
+    staged.write_text("Failure # 3 (occurred at 2026-12-07_19-40-02)\nray.exceptions.RayTaskError(TrainingFailedError): ray::run_trial()\n"
+                      "Traceback (most recent call last):\n  File \"loop.py\", line 9, in step\n"
+                      "RuntimeError: DefaultCPUAllocator: can't allocate memory\n")
+    monkeypatch.setattr(ProgressPrinter, "errors_in", str(tmp_path / "exp"))
+    printer = ProgressPrinter(total_trials=2, max_epochs=3, criterion="balanced_accuracy", deciding="carved", stream=io.StringIO())
+    trial = SimpleNamespace(**vars(_trial("aa76345d", 1, "ERROR")), storage=SimpleNamespace(trial_dir_name="aa76345d"), error_file=str(staged))
+    printer.on_trial_error(0, [trial], trial)
+    line = printer.stream.getvalue().strip()
+    assert (f"trial aa76345d FAILED: RuntimeError: DefaultCPUAllocator: can't allocate memory (traceback: {tmp_path / 'exp' / 'aa76345d' / 'error.txt'}); "
+            "the search goes on (1/2 trials done") in line, line
