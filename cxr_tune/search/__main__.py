@@ -221,8 +221,9 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         finish_experiment(experiment, export=options.export, interrupted=outcome == "interrupted")
     except NothingToSelect as exc:
-        if outcome not in ("interrupted", "time budget", "job budget"):
-            raise
+        if outcome not in ("interrupted", "time budget", "job budget"):  # every trial failed or diverged: the search ran and
+            print(f"error: {exc}", file=sys.stderr)  # made no model, a failure at run time (1), not a bad flag or file (2)
+            return 1
         print(f"Nothing to select yet: {exc}")  # no trial had trained an epoch: not the user's mistake, --resume goes on
         if outcome != "interrupted":  # a budget ended it: no model, so not status 0; --resume replaces the trials that never trained
             minutes = options.time_budget_min if outcome == "time budget" else options.job_budget_min

@@ -219,3 +219,22 @@ def test_experiment_json_records_the_code_s_commit_library_versions_and_the_fold
     assert info["provenance"] == provenance()
     assert info["command"] == "python -m cxr_tune.search --space smoke --data '../my data' --storage ../runs --name exp --cache-dir ../cache"
     assert info["command_cwd"] == str(tmp_path / "here")
+
+
+def test_a_search_whose_every_trial_failed_ends_with_status_1_not_the_bad_input_status_2(tmp_path, monkeypatch, capsys):
+    """Every trial of a search that ran failed (an out-of-memory config): the command ended with exit status 2, the status
+    of a bad flag or file, for what is a runtime failure. It says why in one line and ends with 1."""
+    from cxr_tune.errors import run_cli
+    from cxr_tune.search import finish, runner
+    from cxr_tune.search.finish import NothingToSelect
+
+    def every_trial_failed(experiment_dir, **kwargs):
+        raise NothingToSelect(f"no trial of {experiment_dir} trained an epoch, so there is nothing to select or export")
+
+    monkeypatch.setattr(runner, "run_search", lambda options, **kwargs: (options.experiment_dir, "complete"))
+    monkeypatch.setattr(finish, "finish_experiment", every_trial_failed)
+    argv = ["--space", "smoke", "--storage", str(tmp_path / "runs"), "--name", "exp", "--cache-dir", str(tmp_path / "cache"), "--no-final-fit"]
+    with pytest.raises(SystemExit) as ended:
+        run_cli(main, argv)
+    assert ended.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: no trial of {tmp_path / 'runs' / 'exp'} trained an epoch")
