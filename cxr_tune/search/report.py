@@ -33,7 +33,7 @@ from cxr_tune.plotting import legend_beside, save_figure  # noqa: E402
 from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
 from cxr_tune.search import transfer  # noqa: E402
 from cxr_tune.search.finalfit import describe_changes  # noqa: E402
-from cxr_tune.search.results import pareto_front, selected_metrics  # noqa: E402
+from cxr_tune.search.results import ERROR_FILE, pareto_front, selected_metrics  # noqa: E402
 from cxr_tune.search.timing import time_section, time_split  # noqa: E402
 from cxr_tune.selection import prefix_of, selection_label  # noqa: E402
 from cxr_tune.set_metrics import INTERVAL_METHODS, withheld_line  # noqa: E402
@@ -208,7 +208,8 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         lines += [f"_{notes[key]}_" if notes[key] else f"![{key}](plots/{file})", ""]
         if notes.get(f"{key}_caveat"):
             lines += [f"_{notes[key + '_caveat']}_", ""]
-    ranked = table.sort_values("rank", na_position="last").head(TOP)
+    # A failed trial without a ranked epoch has its own section below; one that failed after epochs it ranked on stays.
+    ranked = table[~(table["status"].eq("ERROR") & table["rank"].isna())].sort_values("rank", na_position="last").head(TOP)
     lines += [f"## Top {len(ranked)} trials, in selection order", ""]
     columns = ["rank", "tied", "trial_id", "stop_reason", "epochs", "best_epoch", "objective", "objective_low", "objective_high",
                f"{prefix}_auc", f"{prefix}_sensitivity", f"{prefix}_specificity", f"{prefix}_threshold", f"{prefix}_loss"]
@@ -217,7 +218,8 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     lines += [_trial_table(ranked[[c for c in columns if c in ranked]], ranked[_param_columns(table)]), ""]
     errors = table[table["status"] == "ERROR"]
     if not errors.empty:
-        lines += ["## Failed trials", "", _table(errors[["trial_id", "error"]]), ""]
+        where = errors["trial_id"].map(lambda trial_id: code_span(f"{trial_id}/{ERROR_FILE}", in_table=True))  # beside this report: every attempt's traceback (Ray's file)
+        lines += ["## Failed trials", "", _table(errors[["trial_id", "error"]].assign(traceback=where)), ""]
     lines += ["All trials: `trials.csv` / `trials.parquet`. Optuna study: `study.db` (open with `optuna-dashboard`).", ""]
     return "\n".join(lines)
 

@@ -323,11 +323,14 @@ def asha_rungs(grace_period: int, reduction_factor: int, max_epochs: int) -> tup
     return tuple(rungs)
 
 
+ERROR_FILE = "error.txt"  # Tune's name for it (ray.air.constants.EXPR_ERROR_FILE), in the trial's folder: the search names that after the trial's id
+
+
 def trial_error_file(experiment_dir: str, trial: Any) -> str | None:
     """Where the trial's full traceback is: the ``error.txt`` Tune keeps in the trial's folder of the experiment (one
     entry per failed attempt), None when Tune gave the trial no folder."""
     folder = getattr(getattr(trial, "storage", None), "trial_dir_name", None)
-    return storage.join(experiment_dir, folder, "error.txt") if folder else None
+    return storage.join(experiment_dir, folder, ERROR_FILE) if folder else None
 
 
 def trial_error(experiment_dir: str | None, trial: Any) -> str:

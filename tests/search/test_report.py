@@ -525,3 +525,17 @@ def test_the_report_says_how_many_trials_were_tied_and_that_auc_ranked_them():
     assert f"the Pareto front and the selected trial. {said}: the selected trial has the highest AUC of them, so it need not lie on the front." in text
     alone = " ".join(_report_text(others=({"trial_id": "b", "rank": 2, "tied": False},)).split())
     assert "were tied with the best" not in alone and "the Pareto front and the selected trial.**" in alone
+
+
+def test_a_failed_trial_is_left_out_of_top_n_and_its_section_names_its_traceback_file():
+    """A failed trial sat in "Top 2 trials, in selection order" with a blank rank and tied <NA>, below the ranked one;
+    the Failed trials section gave its error's last line and no file with the whole traceback."""
+    import numpy as np
+
+    failed = {"trial_id": "d", "rank": np.nan, "tied": None, "status": "ERROR", "epochs": 0, "error": "RuntimeError: out of memory"}
+    text = _report_text(others=(failed,))
+    top = text[text.index("## Top"):text.index("## Failed trials")]
+    assert top.startswith("## Top 1 trials, in selection order") and "| d " not in top, top
+    failures = text[text.index("## Failed trials"):].splitlines()
+    [row] = [line for line in failures if line.startswith("| d ")]
+    assert "RuntimeError: out of memory" in row and "`d/error.txt`" in row, row
