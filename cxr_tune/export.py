@@ -43,7 +43,7 @@ from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
 from cxr_tune.data.sources import patient_keys
 from cxr_tune.errors import UserError, run_cli
-from cxr_tune.modelcard import CARD_FILE, LOGIT_MIDDLE, final_fit_line, model_card, one_score_warning
+from cxr_tune.modelcard import CARD_FILE, LOGIT_MIDDLE, RELIABILITY_FILE, final_fit_line, model_card, one_score_warning
 from cxr_tune.formatting import fmt, for_spreadsheet, json_safe, metric_line
 from cxr_tune.operating_points import choose_points
 from cxr_tune.provenance import provenance
@@ -60,7 +60,6 @@ if TYPE_CHECKING:
     from cxr_tune.experiment import Experiment
     from cxr_tune.modelfile import Members
 
-RELIABILITY_FILE = "reliability.png"
 TIE_RULE = ("Trials whose 95 % bootstrap interval of the objective overlaps the best trial's are tied with it; the tied trial with the "
             "highest AUC on the deciding set wins, then the lowest log loss.")
 FINAL_FIT_RULE = ("the final-fit stage: the best configurations trained again with new seeds for a fixed schedule; each run's last "

@@ -27,6 +27,7 @@ from cxr_tune.selection import selection_label, selection_sources
 from cxr_tune.set_metrics import INTERVAL_METHODS, withheld_line
 
 CARD_FILE = "MODEL_CARD.md"
+RELIABILITY_FILE = "reliability.png"  # the reliability diagram export writes beside the card
 SAMPLERS = {"tpe": "Optuna TPE", "random": "random"}
 RATES = (("auc", "AUC"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("balanced_accuracy", "balanced accuracy"))
 #: How often a call is right, at the set's own prevalence: what a clinician at a site asks after the rates.

@@ -33,6 +33,7 @@ from cxr_tune.calibration import Calibration
 from cxr_tune.data.imaging import RESIZE_METHOD
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import json_safe
+from cxr_tune.modelcard import CARD_FILE, RELIABILITY_FILE
 from cxr_tune.serving import META_FILE, MODEL_FILE, LoadedModel, check_file_hash, import_onnxruntime, probabilities, sha256
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.intensity import normalize_intensity
@@ -209,12 +210,39 @@ def build_files(members: Members, tta: int = 1, *, check_images: np.ndarray | No
 def check_model_target(target: str, what: str) -> None:
     """Stop with one line, before any work, when a model could not be written at ``target``, or
     writing it would delete what is there: the new folder takes the place of the whole old one, so
-    only a missing or empty folder, or an earlier model folder (it holds ``model.json``), may be
-    replaced. ``--out ~`` must not empty a home folder."""
+    only a missing or empty folder, or an earlier model folder (:func:`is_model_record`) holding no file but those
+    :data:`FOLDER_FILES` names, may be replaced. ``--out ~`` must not empty a home folder, nor ``--out fake`` a folder
+    that merely holds a file called ``model.json``; a user's ``predictions.csv`` beside an earlier export is refused
+    rather than kept: beside the new model it would describe the old one."""
     storage.check_writable(target, what)
-    if storage.is_dir(target) and storage.listdir(target) and not storage.exists(storage.join(target, META_FILE)):
+    if not storage.is_dir(target) or not (held := storage.listdir(target)):
+        return
+    meta_file = storage.join(target, META_FILE)
+    if not storage.exists(meta_file):
         raise UserError(f"{what} '{target}' holds files and is not a model folder (no {META_FILE}); the model would replace the "
                         "whole folder, so name a new folder (or an earlier export, to replace it)")
+    if not is_model_record(meta_file):
+        raise UserError(f"{what} '{target}' holds files and is not a model folder (its {META_FILE} is not an export's: no format, "
+                        "model_file and files); the model would replace the whole folder, so name a new folder (or an earlier export, to replace it)")
+    others = sorted(f"{name}/" if storage.is_dir(storage.join(target, name)) else name for name in held if name not in FOLDER_FILES)
+    if others:
+        raise UserError(f"{what} '{target}' is an earlier export but also holds {', '.join(others)}, which no export wrote; "
+                        "the model would replace the whole folder, so move them out first or name a new folder")
+
+
+#: Every file export and adapt write into a model folder: what replacing an earlier one may delete.
+FOLDER_FILES = frozenset({MODEL_FILE, WEIGHTS_FILE, META_FILE, CARD_FILE, RELIABILITY_FILE, *PREDICTIONS_FILES.values()})
+
+
+def is_model_record(meta_file: str) -> bool:
+    """Whether ``meta_file`` is an export's ``model.json``: a JSON object with the fields :func:`write_model_folder` and
+    export always write (``format``, ``model_file``, ``files``), not any file of that name."""
+    try:
+        meta = json.loads(storage.read_bytes(meta_file))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(meta, dict) and meta.get("format") == "onnx" and isinstance(meta.get("model_file"), str)
+            and isinstance(meta.get("files"), dict) and bool(meta["files"]))
 
 
 def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], extra: dict[str, bytes] | None = None) -> dict[str, Any]:

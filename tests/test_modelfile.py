@@ -210,3 +210,28 @@ def test_model_onnx_says_what_it_outputs_and_takes_and_its_hash_and_older_files_
     images = kermany_set(5, 0).images
     assert np.array_equal(load_model(older).session.run(None, {"image": images[:, None]})[0],
                           load_model(pristine).session.run(None, {"image": images[:, None]})[0])
+
+
+def test_a_folder_whose_model_json_is_not_an_exports_is_not_replaced(tmp_path):
+    """Before: any model.json made a folder an earlier export, so ``export --out fake`` deleted fake/other.txt."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "model.json").write_text("{}")
+    (fake / "other.txt").write_text("keep")
+    with pytest.raises(UserError) as caught:
+        modelfile.check_model_target(str(fake), "--out")
+    assert str(caught.value).startswith(f"--out '{fake}' holds files and is not a model folder (its model.json is not an export's")
+    assert sorted(p.name for p in fake.iterdir()) == ["model.json", "other.txt"]
+
+
+def test_an_earlier_export_is_replaced_only_when_it_holds_nothing_the_export_did_not_write(pristine, tmp_path):
+    """Before: a user's predictions.csv or gradcam/ beside an earlier export's files was deleted with them."""
+    folder = Path(shutil.copytree(pristine, tmp_path / "model"))
+    modelfile.check_model_target(str(folder), "--out")  # the export's own files only: replaced
+    (folder / "predictions.csv").write_text("path,probability\n")
+    (folder / "gradcam").mkdir()
+    with pytest.raises(UserError) as caught:
+        modelfile.check_model_target(str(folder), "--out")
+    assert str(caught.value) == (f"--out '{folder}' is an earlier export but also holds gradcam/, predictions.csv, which no export wrote; "
+                                 "the model would replace the whole folder, so move them out first or name a new folder")
+    assert (folder / "predictions.csv").exists() and (folder / "gradcam").is_dir()
