@@ -157,7 +157,8 @@ def export_trial(
     # The scores the search itself saw (stored with each checkpoint) choose the threshold, so a
     # single trial keeps the threshold it reported; new images or new views are scored afresh.
     stored = {prefix: _stored_scores(checkpoints, prefix, sets[prefix]) for prefix in ("val", "ext") if prefix in sets and site is None and tta == 1}
-    target = out or experiment.file("best" if trial_id is None else f"exports/{trial_id}")
+    default = experiment.file("best" if trial_id is None else f"exports/{trial_id}")
+    target = out or default
     source = storage.resolve(val_data) if val_data else (experiment.external or None)  # absolute, as the search records its own
     info = {**experiment.info, **so_far, "excluded": _by_reason(splits, "excluded"), "unused": _by_reason(splits, "unused"), "patient_keys": patient_keys(splits["patient_id"]),
             **({"final_fit": final_record} if final_record else {})}
@@ -165,7 +166,7 @@ def export_trial(
                         info, source, tta, calibrate=calibrate, epochs_on=prefix_of(experiment.deciding_set) if site is not None else None,
                         export_options={"trial": trial_id, "ensemble": ensemble, "val_data": storage.resolve(val_data) if val_data else None,
                                         "tta": tta, "calibrate": calibrate,
-                                        "final_fit": final_fit})
+                                        "final_fit": final_fit, "out": None if storage.same_folder(target, default) else target})
     if ensemble and len(rows) > 1:
         _note_ensemble(meta, rows, prefix_of(deciding))
     return meta

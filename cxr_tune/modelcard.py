@@ -14,6 +14,7 @@ into the model folder beside ``model.json``::
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from cxr_tune import storage
@@ -464,7 +465,7 @@ def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:
 
 
 def export_flags(meta: dict[str, Any]) -> str:
-    """The flags that make ``export`` build this model again: as recorded (``export_options``), or for
+    """The flags that make ``export`` build this model again, into the folder it was written to: as recorded (``export_options``), or for
     an export from before that record, read from what it holds (a final fit's runs need no flag)."""
     given = meta.get("export_options")
     if given is None:
@@ -474,7 +475,8 @@ def export_flags(meta: dict[str, Any]) -> str:
                  "tta": meta.get("tta_views", 1), "calibrate": (meta.get("calibration") or {}).get("method", "none")}
     flags = [f"--trial {given['trial']}" if given.get("trial") else "", f"--ensemble {given['ensemble']}" if given.get("ensemble") else "",
              f"--val-data {given['val_data']}" if given.get("val_data") else "", f"--tta {given['tta']}" if given.get("tta", 1) > 1 else "",
-             f"--calibrate {given['calibrate']}" if given.get("calibrate", "none") != "none" else "", "--final-fit" if given.get("final_fit") else ""]
+             f"--calibrate {given['calibrate']}" if given.get("calibrate", "none") != "none" else "", "--final-fit" if given.get("final_fit") else "",
+             f"--out {shlex.quote(given['out'])}" if given.get("out") else ""]  # where it was written: not the experiment's best/
     return "".join(f" {flag}" for flag in flags if flag)
 
 

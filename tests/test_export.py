@@ -122,3 +122,31 @@ def test_predict_on_a_copy_of_the_set_that_chose_the_model_says_so_by_its_images
     predict(["--model", str(model), str(copy), "--quiet"])
     assert ("Note: 40 of 80 scored images chose this model (selection set: its external validation set, by content: model.json "
             "external.image_hashes): these numbers include selection-set images") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("out", "recorded"), [(None, None), ("exps/run/exports/t1", None), ("elsewhere/sub", "elsewhere/sub")])
+def test_the_out_folder_is_recorded_for_the_card_s_command_unless_it_is_the_default(monkeypatch, out, recorded):
+    """Before: export_options left --out out, so the card's command replaced the experiment's best/ instead."""
+    from cxr_tune import storage
+
+    table = pd.DataFrame({"trial_id": ["t1"], "epochs": [3], "val_objective": [0.9], "val_non_finite": [0], "status": ["TERMINATED"],
+                          "stop_reason": ["completed"]})
+    splits = pd.DataFrame({"role": ["val"], "role_note": [""], "patient_id": ["p1"], "content_hash": ["h1"]})
+    experiment = SimpleNamespace(path="exps/run", splits=splits, cache_dir=None, deciding_set="carved", trials=lambda ranked=True: table,
+                                 options=SimpleNamespace(trials=1), has_test=False, info={}, external=None,
+                                 file=lambda *parts: storage.join("exps/run", *parts), checkpoint_for=lambda row: "exps/run/t1/checkpoint_0")
+    written = {}
+    monkeypatch.setattr("cxr_tune.experiment.Experiment", lambda path: experiment)
+    monkeypatch.setattr(export, "load_state", lambda path: {})
+    monkeypatch.setattr("cxr_tune.modelfile.members_from_states", lambda states: SimpleNamespace(hparams=[SimpleNamespace(image_size=16)], image_size=16))
+    monkeypatch.setattr(export, "_role_images", lambda *args: None)
+    monkeypatch.setattr(export, "write_export", lambda *args, export_options, **kwargs: written.update(export_options) or {})
+    export.export_trial("exps/run", "t1", out, tta=3, calibrate="temperature")
+    assert written["out"] == recorded and written["tta"] == 3 and written["calibrate"] == "temperature"
+
+
+def test_the_card_s_export_command_writes_where_the_model_was_written():
+    from cxr_tune.modelcard import export_flags
+
+    given = {"trial": None, "ensemble": None, "val_data": None, "tta": 3, "calibrate": "temperature", "final_fit": False, "out": "/runs/out new/sub"}
+    assert export_flags({"export_options": given}) == " --tta 3 --calibrate temperature --out '/runs/out new/sub'"
