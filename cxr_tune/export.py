@@ -40,7 +40,7 @@ from cxr_tune.calibration import METHODS as CALIBRATION_METHODS
 from cxr_tune.calibration import RELIABILITY_SETS, Calibration, plot_reliability, reliability_curves
 from cxr_tune.calibration import fit as fit_calibration
 from cxr_tune.data.cache import load_images
-from cxr_tune.data.imaging import PREPROCESS_VERSION, RESIZE_METHOD
+from cxr_tune.data.imaging import DECODE_STEPS, PREPROCESS_VERSION, RESIZE_METHOD
 from cxr_tune.data.sources import patient_keys
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.modelcard import CARD_FILE, LOGIT_MIDDLE, RELIABILITY_FILE, final_fit_line, model_card, one_score_warning
@@ -296,6 +296,7 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
             "intensity_normalization": ", ".join(sorted({h.intensity for h in members.hparams})) + " (inside the ONNX graph)",
             "preprocess_version": PREPROCESS_VERSION,
             "function": "cxr_tune.data.imaging.decode_gray",
+            "steps": DECODE_STEPS.format(size=hp.image_size),  # what decode_gray does, call by call: for another tool
         },
         "tta_views": tta,  # what adapt builds again
         "threshold": threshold,

@@ -20,6 +20,7 @@ from typing import Any
 from cxr_tune import storage
 from cxr_tune.calibration import RELIABILITY_SETS as SETS  # the measured sets, in the order the card shows them
 from cxr_tune.calibration import probability_prior
+from cxr_tune.data.imaging import DECODE_STEPS, DECODE_STEPS_SINCE, PREPROCESS_VERSION
 from cxr_tune.data.sources import FOLDER_PATIENT, IMAGE_PATIENT, NAMED_PATIENTS, PATIENT_KEY_KINDS
 from cxr_tune.formatting import code_span, fmt, interval, interval_in, search_command
 from cxr_tune.operating_points import NAMES as POINT_ORDER
@@ -79,6 +80,18 @@ def one_score_warning(meta: dict[str, Any]) -> str | None:
 #: thresholds the threshold sits, and that said in words (older model.json files hold the same phrase)
 LOGIT_MIDDLE = "middle (logit scale)"
 LOGIT_MIDDLE_SAID = "middle (logit scale: halfway between the range's ends in log-odds, log(p / (1 - p)))"
+
+
+def decode_steps(preprocessing: dict[str, Any]) -> str | None:
+    """How the model's pixels are made, call by call (:data:`~cxr_tune.data.imaging.DECODE_STEPS`): as ``model.json``'s
+    ``preprocessing`` (this) records them, else, for an export from before that record, this code's steps when the
+    recorded ``preprocess_version`` decodes image files as this code does (one from before the version was recorded is
+    taken at its word, as :func:`cxr_tune.data.imaging.changes_since` takes it); None when it does not."""
+    if isinstance(preprocessing.get("steps"), str):
+        return preprocessing["steps"]
+    version, size = preprocessing.get("preprocess_version"), preprocessing.get("image_size")
+    same = version is None or (isinstance(version, int) and not isinstance(version, bool) and DECODE_STEPS_SINCE <= version <= PREPROCESS_VERSION)
+    return DECODE_STEPS.format(size=size) if same and size is not None else None
 
 
 def threshold_words(meta: dict[str, Any]) -> str:
@@ -168,9 +181,13 @@ def _details(meta: dict[str, Any]) -> list[str]:
         "## Model details", "",
         f"- Output: {meta.get('output', {}).get('meaning', 'probability of PNEUMONIA')}, from a {size} x {size} grayscale image "
         f"(`model.onnx`, ONNX; weights also in `weights.safetensors`; nothing needs unpickling).",
-        # A 16-bit image's pixels are the one input another tool most often makes otherwise: Pillow's convert("L") clips.
-        f"- Input pixels: {size} x {size} uint8 grayscale, made from any image file by `cxr_tune.data.imaging.decode_gray`: {grayscale}; "
-        "Pillow's own `convert(\"L\")` of a 16-bit image clips everything above 255 to white instead of scaling it.",
+        # Another tool makes other pixels unless it takes every step (the reduced-scale JPEG decode moved decisions), and
+        # a 16-bit image's are the ones it most often gets wrong: Pillow's convert("L") clips.
+        (f"- Input pixels: {size} x {size} uint8 grayscale, made from any image file by `cxr_tune.data.imaging.decode_gray`, "
+         f"call by call: {steps}. Pillow's own `convert(\"L\")` of a 16-bit image clips everything above 255 to white instead of scaling it."
+         if (steps := decode_steps(meta.get("preprocessing", {}))) else
+         f"- Input pixels: {size} x {size} uint8 grayscale, made from any image file by `cxr_tune.data.imaging.decode_gray`: {grayscale}; "
+         "Pillow's own `convert(\"L\")` of a 16-bit image clips everything above 255 to white instead of scaling it."),
         f"- Network: `{hp.get('arch', 'cnn')}`" + (f" ({len(members)} members averaged: " + ", ".join(f"`{m['trial_id']}` epoch {m['epoch']}" for m in members) + ")"
                                                    if len(members) > 1 else f", trial `{meta.get('trial_id')}` at epoch {meta.get('epoch')}")
         + f"; intensity normalization `{hp.get('intensity')}`; test-time views: {meta.get('tta_views', 1)}.",

@@ -33,7 +33,7 @@ from cxr_tune.calibration import Calibration
 from cxr_tune.data.imaging import RESIZE_METHOD
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import json_safe
-from cxr_tune.modelcard import CARD_FILE, RELIABILITY_FILE
+from cxr_tune.modelcard import CARD_FILE, RELIABILITY_FILE, decode_steps
 from cxr_tune.serving import META_FILE, MODEL_FILE, LoadedModel, check_file_hash, import_onnxruntime, probabilities, sha256
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.intensity import normalize_intensity
@@ -282,8 +282,9 @@ def described_onnx(onnx_bytes: bytes, meta: dict[str, Any]) -> bytes:
         "threshold": repr(float(meta["threshold"])),
         "decision": "PNEUMONIA when probability >= threshold, else NORMAL",
         "input": f"image: uint8 greyscale, N x C x H x W = [batch, 1, {size}, {size}]; the intensity normalization is inside the graph",
-        "preprocessing": f"greyscale, {preprocessing.get('grayscale', '8-bit')}, then {RESIZE_METHOD.replace('size x size', f'{size} x {size}')}; "
-                         "JPEGs decoded by libjpeg at a reduced scale first (cxr_tune.data.imaging.decode_gray"
+        "preprocessing": (f"{steps} (cxr_tune.data.imaging.decode_gray" if (steps := decode_steps(preprocessing)) else
+                          f"greyscale, {preprocessing.get('grayscale', '8-bit')}, then {RESIZE_METHOD.replace('size x size', f'{size} x {size}')}; "
+                          "JPEGs decoded by libjpeg at a reduced scale first (cxr_tune.data.imaging.decode_gray")
                          + (f", preprocess_version {version})" if version is not None else ")"),
         "record": f"{META_FILE} beside this file is the full record: operating points, calibration, hyperparameters, metrics with "
                   "their intervals, and this file's SHA-256",

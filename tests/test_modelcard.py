@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cxr_tune.formatting import fmt, interval
-from cxr_tune.modelcard import KERMANY
+from cxr_tune.modelcard import KERMANY, model_card
 from cxr_tune.set_metrics import INTERVAL_METHODS
 from tests.model_exports import export_folder, kermany_set, save_images
 from tests.conftest import call_cli
@@ -363,7 +363,7 @@ def test_the_card_says_how_the_input_s_pixels_are_made_from_a_16_bit_image(expor
     convert("L") (which turns everything above 255 white), for a user who copies model.onnx into another tool."""
     meta, card = exported
     details = card.split("\n## Model details\n")[1].split("\n## ")[0]
-    assert f": {meta['preprocessing']['grayscale']};" in details and "16-bit images min-max scaled" in details
+    assert meta["preprocessing"]["steps"] in details and "16/32-bit modes (I;16, I, F) min-max scaled" in details  # the steps say it
     assert "`cxr_tune.data.imaging.decode_gray`" in details and "convert(\"L\")" in details
 
 
@@ -384,3 +384,16 @@ def test_a_subgroup_with_no_image_in_a_set_is_left_out_of_its_table():
                     ["external validation (selection set)", "normal, NORMAL2-IM- files", "specificity", "9"]]
     assert "A group with no image in a set is left out." in " ".join(lines)
     assert "no table" in " ".join(subgroup_section({"deciding_set": "external", "validation": {"subgroups": groups(0, 0)}}))
+
+
+def test_the_input_line_gives_every_decode_step_for_this_code_s_pixels_and_keeps_its_words_for_another_version(exported):
+    """Before: "8-bit (16-bit images min-max scaled; ...)" alone: a tool written from it (convert("L"), resize) left out the
+    reduced-scale JPEG decode, EXIF orientation and reducing_gap, and flipped 1 of 40 real decisions."""
+    meta, card = exported
+    line = next(line for line in card.splitlines() if line.startswith("- Input pixels:"))
+    steps = ['image.draft("L", (16, 16))', "exif_transpose", "min-max scaled", "BILINEAR, reducing_gap=3.0"]
+    assert sorted(steps, key=line.index) == steps and meta["preprocessing"]["steps"] in line
+    committed = {**meta, "preprocessing": {k: v for k, v in meta["preprocessing"].items() if k != "steps"} | {"preprocess_version": 1}}
+    assert line in model_card(committed)  # recorded before the steps were: this code's, since version 1 decodes image files alike
+    newer = {**committed, "preprocessing": {**committed["preprocessing"], "preprocess_version": 99}}
+    assert "exif_transpose" not in model_card(newer) and "16-bit images min-max scaled" in model_card(newer)

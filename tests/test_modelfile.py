@@ -199,7 +199,11 @@ def test_model_onnx_says_what_it_outputs_and_takes_and_its_hash_and_older_files_
     assert "P(PNEUMONIA)" in props["output"] and float(props["threshold"]) == meta["threshold"]
     assert props["decision"] == "PNEUMONIA when probability >= threshold, else NORMAL"
     assert "uint8 greyscale" in props["input"] and "[batch, 1, 16, 16]" in props["input"] and "N x C x H x W" in props["input"]
-    assert "bilinear resize of the whole image to 16 x 16" in props["preprocessing"] and "model.json" in props["record"]
+    # every call decode_gray makes, in order, as model.json records them (before: a convert("L") and a plain resize, which
+    # flipped 1 of 40 real decisions: the reduced-scale JPEG decode, EXIF orientation and reducing_gap were left out)
+    steps = ['draft("L", (16, 16))', "exif_transpose", "min-max scaled", "BILINEAR, reducing_gap=3.0"]
+    assert props["preprocessing"].startswith(meta["preprocessing"]["steps"]) and "model.json" in props["record"]
+    assert sorted(steps, key=props["preprocessing"].index) == steps
     assert meta["files"]["model.onnx"] == hashlib.sha256((pristine / "model.onnx").read_bytes()).hexdigest()  # the file as written
 
     older = Path(shutil.copytree(pristine, tmp_path / "older"))  # as exported before: no metadata, its own hash recorded

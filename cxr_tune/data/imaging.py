@@ -78,6 +78,22 @@ def input_kind(source: str | Path | bytes, *, name: str | None = None) -> str:
 #: How a non-square X-ray becomes square: plain resize (squash). Recorded in exported models.
 RESIZE_METHOD = "bilinear resize of the whole image to size x size (aspect ratio not kept)"
 
+#: What :func:`decode_gray` does to an image file Pillow reads, call by call in order ({size}: the model's input side): the one
+#: description export writes into ``model.json`` (``preprocessing.steps``) and ``model.onnx``'s ``metadata_props``, and the
+#: model card gives, so another tool can make the same pixels (each step moves scores: without the draft, 1 of 40 real
+#: decisions flipped). Change a step and this text, and bump :data:`PREPROCESS_VERSION` with :data:`DECODE_STEPS_SINCE`.
+DECODE_STEPS = (
+    "PIL.Image.open(file); image.draft(\"L\", ({size}, {size})) before any pixel is read (a JPEG only: libjpeg decodes straight to "
+    "grayscale at the largest reduction, 1/8, 1/4 or 1/2, that keeps both sides >= {size}; other formats ignore it); "
+    "PIL.ImageOps.exif_transpose(image) (EXIF orientation applied); 8-bit grayscale: mode L as it is, 16/32-bit modes "
+    "(I;16, I, F) min-max scaled, round((x - min) * 255 / (max - min)), RGBA/LA/PA composited over opaque black then "
+    "convert(\"L\"), CMYK convert(\"RGB\").convert(\"L\"), any other mode convert(\"L\"); "
+    "image.resize(({size}, {size}), PIL.Image.Resampling.BILINEAR, reducing_gap=3.0) (aspect ratio not kept); uint8. "
+    "A DICOM file: cxr_tune.data.dicom.read_gray8's 8-bit mapping, then the same resize"
+)
+#: The first :data:`PREPROCESS_VERSION` whose image files (not DICOM) :data:`DECODE_STEPS` describes (version 2 changed DICOM only).
+DECODE_STEPS_SINCE = 1
+
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 _GRAY_MODES = {"1", "L", "LA", *_HIGH_BIT_MODES}  # modes that cannot hold colour
 
@@ -218,7 +234,7 @@ def decode_gray(source: str | Path | bytes, size: int, *, name: str | None = Non
 
 
 def _gray_square(image: Image.Image, size: int) -> np.ndarray:
-    """An opened (not DICOM) image as the model's pixels: the one path every decode takes."""
+    """An opened (not DICOM) image as the model's pixels: the one path every decode takes, as :data:`DECODE_STEPS` says."""
     # JPEG only: let libjpeg decode at the smallest scale that is still >= size (1/2, 1/4 or 1/8; much faster on
     # full-resolution X-rays). Not the same pixels as a full decode then the resize below. Where the scale s divides both
     # sides (the 224-px copies), half A's images at 64 px are 0.3-0.6 grey levels apart on average, at most 12. Where it

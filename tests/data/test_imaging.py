@@ -124,3 +124,32 @@ def test_input_kind_names_what_decides_how_a_file_decodes(tmp_path):
     assert input_kind(png.getvalue()) == "PNG"
     assert input_kind(jpeg_dicom()[0]) == JPEGBaseline8Bit
     assert input_kind(tmp_path / "gone.dcm") == ""  # removed since it was decoded: not scored again
+
+
+def test_the_recorded_decode_steps_followed_by_hand_make_decode_gray_s_pixels(tmp_path):
+    """What export records for another tool (DECODE_STEPS) is enough to make the very pixels: a JPEG stored on its side
+    whose sides the reduced decode does not divide, and a 16-bit PNG. Before: the steps named no draft, EXIF or reducing_gap."""
+    from PIL import ImageOps
+
+    from cxr_tune.data.imaging import DECODE_STEPS
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (301, 437, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turned a quarter
+    photo.save(tmp_path / "side.jpeg", quality=90, exif=exif)
+    Image.fromarray(np.linspace(0, 4000, 90 * 70).reshape(90, 70).astype(np.uint16)).save(tmp_path / "deep.png")
+    steps = DECODE_STEPS.format(size=32)
+    assert all(call in steps for call in ('draft("L", (32, 32))', "exif_transpose(image)", "reducing_gap=3.0"))
+
+    def by_hand(path):
+        image = Image.open(path)
+        image.draft("L", (32, 32))
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I"):
+            a = np.asarray(image, np.float64)
+            image = Image.fromarray(np.round((a - a.min()) * 255 / (a.max() - a.min())).astype(np.uint8))
+        return np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BILINEAR, reducing_gap=3.0))
+
+    for name in ("side.jpeg", "deep.png"):
+        assert np.array_equal(by_hand(tmp_path / name), decode_gray(tmp_path / name, 32)), name
