@@ -512,19 +512,23 @@ def _how_computed(models: int, tta: int, calibration: Calibration | None, decidi
 
 
 def trials_so_far(table: pd.DataFrame) -> dict[str, int]:
-    """How many of the experiment's trials had trained an epoch, and how many Tune had not seen end (a resume
-    continues them), when the model was chosen: a search a budget ended or Ctrl-C stopped chose from fewer than asked."""
-    from cxr_tune.search.results import UNFINISHED
+    """How many of the experiment's trials had trained an epoch, how many Tune had not seen end (a resume continues
+    them), and how many failed before their first epoch, when the model was chosen: a search a budget ended, Ctrl-C
+    stopped or errors cut short chose from fewer than asked."""
+    from cxr_tune.search.results import FAILED, UNFINISHED
 
-    return {"trials_trained": int((table["epochs"] > 0).sum()), "trials_unfinished": int((table["stop_reason"] == UNFINISHED).sum())}
+    return {"trials_trained": int((table["epochs"] > 0).sum()), "trials_unfinished": int((table["stop_reason"] == UNFINISHED).sum()),
+            "trials_failed": int(((table["stop_reason"] == FAILED) & (table["epochs"] == 0)).sum())}
 
 
 def unfinished_note(path: str, requested: int, so_far: dict[str, int]) -> str | None:
     """The console's note when the model is chosen from fewer trials than the search asked for (None when all trained)."""
-    trained, unfinished = so_far["trials_trained"], so_far["trials_unfinished"]
+    trained, unfinished, failed = so_far["trials_trained"], so_far["trials_unfinished"], so_far.get("trials_failed", 0)
     if not unfinished and trained >= requested:
         return None
     what = (f"is unfinished: {trained} of its {requested} requested trials trained, {unfinished} had not ended (--resume continues them)" if unfinished
+            else f"had {failed} of its {requested} requested trials fail before their first epoch (report.md's Failed trials section has "
+                 f"each error): {trained} trained" if failed
             else f"ended before every trial trained: {trained} of its {requested} requested trials trained")
     return f"Note: {path} {what}; this model is the best of those {trained}, and the model card says so"
 
@@ -541,6 +545,7 @@ def _search_record(info: dict[str, Any], hp: Any) -> dict[str, Any]:
         "trials": options.get("trials") or info.get("trials_requested"),  # the command's --trials, else its space's
         "trials_trained": info.get("trials_trained"),  # when the model was chosen (None in an export from before the record)
         "trials_unfinished": info.get("trials_unfinished"),
+        "trials_failed": info.get("trials_failed"),  # before their first epoch (None in an export from before the record)
         "sampler": options.get("sampler"),
         "early_stopping": options.get("early_stopping"),
         "max_epochs": options.get("max_epochs"),

@@ -258,12 +258,13 @@ def _set_aside(unused: Any) -> str:
 def _trials_line(search: dict[str, Any]) -> str:
     """How many trials the search asked for and, where the export recorded it, how many had trained when it chose."""
     requested, trained, unfinished = search["trials"], search.get("trials_trained"), search.get("trials_unfinished") or 0
+    failed = search.get("trials_failed") or 0
     if trained is None:
         return f"{requested} trial(s) requested"
     if trained >= requested and not unfinished:
         return f"{requested} trial(s) requested, all {trained} trained"
-    mid_run = (f" ({unfinished} had not ended: the search was stopped, and a resumed search may choose another model)"
-               if unfinished else "")
+    mid_run = (f" ({unfinished} had not ended: the search was stopped, and a resumed search may choose another model)" if unfinished
+               else f" ({failed} failed before their first epoch: the report's Failed trials section has each error)" if failed else "")
     return f"{requested} trial(s) requested, {trained} of them trained when this model was exported{mid_run}"
 
 

@@ -87,13 +87,19 @@ def test_an_export_of_a_search_that_had_not_trained_every_trial_counts_them_and_
     table = pd.DataFrame({"trial_id": list("abcde"), "epochs": [3, 2, 1, 0, 0],
                           "stop_reason": ["completed", "ASHA stopped", "unfinished", "never trained (the search ended first)", "unfinished"]})
     counts = trials_so_far(table)
-    assert counts == {"trials_trained": 3, "trials_unfinished": 2}
+    assert counts == {"trials_trained": 3, "trials_unfinished": 2, "trials_failed": 0}
     assert unfinished_note("exps/cut", 8, counts) == ("Note: exps/cut is unfinished: 3 of its 8 requested trials trained, 2 had not ended (--resume continues them); "
                                                       "this model is the best of those 3, and the model card says so")
     assert unfinished_note("exps/budget", 8, {"trials_trained": 5, "trials_unfinished": 0}) == (
         "Note: exps/budget ended before every trial trained: 5 of its 8 requested trials trained; this model is the best of those 5, "
         "and the model card says so")
     assert unfinished_note("exps/done", 5, {"trials_trained": 5, "trials_unfinished": 0}) is None
+    # A trial that failed before its first epoch read as a search cut short ("ended before every trial trained").
+    failed = trials_so_far(pd.DataFrame({"trial_id": ["a", "b"], "epochs": [1, 0], "stop_reason": ["completed", "error"]}))
+    assert failed == {"trials_trained": 1, "trials_unfinished": 0, "trials_failed": 1}
+    assert unfinished_note("exps/one", 2, failed) == (
+        "Note: exps/one had 1 of its 2 requested trials fail before their first epoch (report.md's Failed trials section has each error): "
+        "1 trained; this model is the best of those 1, and the model card says so")
 
 
 def test_predict_on_a_copy_of_the_set_that_chose_the_model_says_so_by_its_images_not_its_path(tmp_path, capsys):

@@ -34,6 +34,7 @@ METRICS = [
 ]
 #: The stop reason of a trial Tune had not seen end (a resume continues it).
 UNFINISHED = "unfinished"
+FAILED = "error"  # the stop reason of a trial Tune ended with an error (its error column says which)
 ID_COLUMNS = ["trial_id", "status", "stop_reason", "epochs", "best_epoch", "run_seconds"]
 TRAIN_DIR = "train"  # in an experiment folder: one Ray Train run (its checkpoints) per trial, see train_run
 
@@ -268,7 +269,7 @@ def checkpoint_for(row: pd.Series, experiment_dir: str) -> str:
 
 def _stop_reason(status: str, epochs: int, max_epochs: int, event: str | None, rungs: tuple[int, ...]) -> str:
     if status == "ERROR":
-        return "error"
+        return FAILED
     if status != "TERMINATED":
         return UNFINISHED  # Tune saves a trial that was running as PENDING: its status says no more; --resume continues it
     if epochs >= max_epochs:
