@@ -98,11 +98,9 @@ def test_cross_validation_s_command_line_and_resume_hint_can_be_pasted_back_with
     assert shlex.split(command.removeprefix("Command: `").removesuffix("`  ")) == ["python", "-m", "cxr_tune.train", *argv]
 
 
-@pytest.mark.parametrize("trained", [True, False])
-def test_a_stopped_run_s_resume_hint_can_be_pasted_back_with_a_name_that_needs_quoting(trained, tmp_path, monkeypatch, capsys):
-    """Before: Ctrl-C on ``--name "my run"`` said ``the same command with --name my run resumes the run``; and a run stopped
-    before its first checkpoint was said to have checkpoints to resume from, in a folder holding only run.json and train.log.
-    (Ray Train faked.)"""
+def _run_faked(monkeypatch, tmp_path, fit, trained: bool, trainer=None):
+    """``train``'s run of one configuration with Ray Train faked: ``fit`` stands for Train's (it raises what the test needs),
+    and the run folder ``my run`` holds a checkpoint when ``trained``. Returns (the CLI module, its parsed args, the run folder)."""
     import contextlib
     from types import SimpleNamespace
 
@@ -111,23 +109,40 @@ def test_a_stopped_run_s_resume_hint_can_be_pasted_back_with_a_name_that_needs_q
     import cxr_tune.train.progress
     from cxr_tune.train.checkpoints import save_state
     from cxr_tune.train.hparams import HParams
-    from cxr_tune.train.trainer import Resources
-
-    def stopped(trainer):
-        raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "datasets_by_size", lambda split, sizes: {size: None for size in sizes})
     monkeypatch.setattr(cxr_tune.data.cache, "find_cache", lambda *a: None)
-    monkeypatch.setattr(cli, "make_trainer", lambda *a, **k: None)
-    monkeypatch.setattr(cli, "fit", stopped)
+    monkeypatch.setattr(cli, "make_trainer", lambda *a, **k: trainer)
+    monkeypatch.setattr(cli, "fit", fit)
     monkeypatch.setattr(cxr_tune.train.progress, "epoch_lines", lambda *a: contextlib.nullcontext(lambda label, epochs: []))  # its queue is a Ray actor
-    split = SimpleNamespace(deciding_set=lambda select_on: "carved", class_counts=lambda: (1, 1), cache_dir=str(tmp_path), source=SimpleNamespace(manifest=None))
     run = tmp_path / "my run"
     run.mkdir()
     if trained:
         (run / "checkpoint_000").mkdir()
         save_state(str(run / "checkpoint_000"), {"hparams": HParams(epochs=2).to_dict(), "epoch": 0}, {})
-    args = cli.build_parser().parse_args(["--storage", str(tmp_path), "--name", "my run"])
+    return cli, cli.build_parser().parse_args(["--storage", str(tmp_path), "--name", "my run"]), run
+
+
+def _split(tmp_path):
+    """The split a faked ``train`` run reads (no images: the data and the trainer are faked too)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(deciding_set=lambda select_on: "carved", class_counts=lambda: (1, 1), cache_dir=str(tmp_path), source=SimpleNamespace(manifest=None))
+
+
+@pytest.mark.parametrize("trained", [True, False])
+def test_a_stopped_run_s_resume_hint_can_be_pasted_back_with_a_name_that_needs_quoting(trained, tmp_path, monkeypatch, capsys):
+    """Before: Ctrl-C on ``--name "my run"`` said ``the same command with --name my run resumes the run``; and a run stopped
+    before its first checkpoint was said to have checkpoints to resume from, in a folder holding only run.json and train.log.
+    (Ray Train faked.)"""
+    from cxr_tune.train.hparams import HParams
+    from cxr_tune.train.trainer import Resources
+
+    def stopped(trainer):
+        raise KeyboardInterrupt
+
+    cli, args, run = _run_faked(monkeypatch, tmp_path, stopped, trained)
+    split = _split(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         cli.train(args, HParams(epochs=2), split, str(tmp_path), "my run", Resources(1, 1.0, 0.0), None)
     said = capsys.readouterr().out.splitlines()[-1]
@@ -143,33 +158,19 @@ def test_a_run_whose_training_fails_in_every_attempt_ends_in_one_line_naming_the
                                                                                                              capsys):
     """Before: status 1 and a 36-line traceback (runpy ... ray.train.WorkerGroupError: Training failed due to worker errors: [Rank 0
     Error Snippet] ...), the cause on its last line, no word of train.log nor of the checkpoints a resume starts from. (Ray Train faked.)"""
-    import contextlib
     from types import SimpleNamespace
 
     from ray.train import WorkerGroupError
 
-    import cxr_tune.data.cache
-    import cxr_tune.train.__main__ as cli
-    import cxr_tune.train.progress
-    from cxr_tune.train.checkpoints import save_state
     from cxr_tune.train.hparams import HParams
     from cxr_tune.train.trainer import Resources
 
     def failed(trainer):
         raise WorkerGroupError("[Rank 0 Error Snippet]:\nTraceback (most recent call last): ...", {0: ValueError("lr=10 blew up\nmore")})
 
-    monkeypatch.setattr(cli, "datasets_by_size", lambda split, sizes: {size: None for size in sizes})
-    monkeypatch.setattr(cxr_tune.data.cache, "find_cache", lambda *a: None)
-    monkeypatch.setattr(cli, "make_trainer", lambda *a, **k: SimpleNamespace(run_config=SimpleNamespace(failure_config=SimpleNamespace(max_failures=2))))
-    monkeypatch.setattr(cli, "fit", failed)
-    monkeypatch.setattr(cxr_tune.train.progress, "epoch_lines", lambda *a: contextlib.nullcontext(lambda label, epochs: []))  # its queue is a Ray actor
-    split = SimpleNamespace(deciding_set=lambda select_on: "carved", class_counts=lambda: (1, 1), cache_dir=str(tmp_path), source=SimpleNamespace(manifest=None))
-    run = tmp_path / "my run"
-    run.mkdir()
-    if trained:
-        (run / "checkpoint_000").mkdir()
-        save_state(str(run / "checkpoint_000"), {"hparams": HParams(epochs=2).to_dict(), "epoch": 0}, {})
-    args = cli.build_parser().parse_args(["--storage", str(tmp_path), "--name", "my run"])
+    trainer = SimpleNamespace(run_config=SimpleNamespace(failure_config=SimpleNamespace(max_failures=2)))
+    cli, args, run = _run_faked(monkeypatch, tmp_path, failed, trained, trainer)
+    split = _split(tmp_path)
     assert cli.train(args, HParams(epochs=2), split, str(tmp_path), "my run", Resources(1, 1.0, 0.0), None) == 1
     said = capsys.readouterr().err.splitlines()
     failed_line = f"error: training failed: ValueError: lr=10 blew up (attempts: 3; full traceback: {run / 'train.log'})"
