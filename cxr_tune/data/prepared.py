@@ -196,8 +196,11 @@ class SplitData:
         return ("train", "val", "external") if self.has_external else ("train", "val")
 
 
-def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
-    """Load the manifest (or the SYNTHETIC default), the external set, and assign roles."""
+def split_data(options: DataOptions, *, progress: bool = True, selects: bool = True) -> SplitData:
+    """Load the manifest (or the SYNTHETIC default), the external set, and assign roles.
+
+    ``selects=False`` (``train --cv``, which neither scores nor selects on an external set): a ``--val-data`` folder too
+    small to select on is taken all the same, since its size decides nothing there."""
     cache_dir = options.resolved_cache_dir
     source = load_source(options.data, cache_dir, synthetic_n=options.synthetic_n, progress=progress)
     manifest, external_splits, external, note = source.manifest, (), "", ""
@@ -205,7 +208,8 @@ def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
     unused = {"none": "--val-data none", "auto": ""}.get(options.val_data, "--val-data named another folder")
     if options.val_data not in ("auto", "none"):
         outside = load_external(options.val_data, cache_dir, progress=progress)
-        check_external_size(outside.manifest, f"--val-data '{options.val_data}'")
+        if selects:
+            check_external_size(outside.manifest, f"--val-data '{options.val_data}'")
         manifest = add_groups(pd.concat([source.manifest, outside.manifest], ignore_index=True))
         source = Source(source.root, manifest, pd.concat([source.skipped, outside.skipped], ignore_index=True), source.synthetic)
         external_splits, external = (EXTERNAL,), outside.root
@@ -229,7 +233,8 @@ def split_data(options: DataOptions, *, progress: bool = True) -> SplitData:
         unused_note=unused,
     )
     kept = _class_counts(roles[roles["role"] == "external"])
-    if external_splits and min(kept) < MIN_EXTERNAL_PER_CLASS:  # counted again once patients shared with the test folder left it
+    # Counted again once patients shared with the test folder left it (a --val-data folder that selects nothing is kept as it is).
+    if external_splits and min(kept) < MIN_EXTERNAL_PER_CLASS and (selects or external_splits != (EXTERNAL,)):
         what = f"--val-data '{options.val_data}'" if external_splits == (EXTERNAL,) else "the val/ folder"
         shrunk = (f"{what} keeps {kept[0]} NORMAL and {kept[1]} PNEUMONIA images once the patients it shares with the test folder are "
                   f"left out; selecting on it needs at least {MIN_EXTERNAL_PER_CLASS} of each")

@@ -115,7 +115,7 @@ def _main(argv: Sequence[str] | None) -> int:
     check_same_run(run_dir, hp, precision_flags(args), latest)
     note_precision_on_resume(latest, args.precision, args.memory_format, use_gpu=gpus > 0, epochs=hp.epochs)  # the same flags may resolve otherwise here
     options = DataOptions.from_args(args)
-    split = split_data(options)
+    split = split_data(options, selects=not args.cv)  # --cv's folds never read the external set: its size decides nothing
     check_caches_buildable(split, [hp.image_size])  # before run.json is written below: a refused command leaves nothing behind
     print(f"Data: {split.source.description}")
     described = split.describe_external(args.select_on)

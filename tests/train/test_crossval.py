@@ -79,3 +79,20 @@ def test_cross_validation_with_an_external_set_says_the_folds_validate_on_their_
     assert not [line for line in lines if line.startswith("External validation")]
     assert (f"Cross-validation: each of the 2 folds chooses its best epoch and threshold on its own held-out fold of the training folder; "
             f"the external validation set {site} is not used (neither scored nor selecting, whatever --select-on says).") in lines
+
+
+def test_cross_validation_takes_an_external_set_too_small_to_select_on_since_it_goes_unused(tmp_path, monkeypatch, capsys):
+    """Before: --cv refused a --val-data folder of fewer than 20 images a class ("selecting on it needs at least 20 of each"),
+    though no fold scores or selects on it."""
+    from cxr_tune.train.__main__ import main
+    from tests.conftest import lines_before_ray
+
+    layout = {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(6)], "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(6)]}
+    data = kermany_folder(tmp_path / "data", {"train": layout})
+    site = kermany_folder(tmp_path / "site", {"": {"NORMAL": ["IM-site0000-0001.jpeg", "IM-site0001-0001.jpeg"],
+                                                 "PNEUMONIA": ["site0_virus_0.jpeg", "site1_virus_1.jpeg"]}}, seed=1)
+    argv = ["--data", str(data), "--val-data", str(site), "--storage", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
+            "--set", "image_size=32", "--cv", "2"]
+    lines = lines_before_ray(main, argv, monkeypatch, capsys)
+    assert (f"Cross-validation: each of the 2 folds chooses its best epoch and threshold on its own held-out fold of the training folder; "
+            f"the external validation set {site} is not used (neither scored nor selecting, whatever --select-on says).") in lines
