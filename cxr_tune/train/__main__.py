@@ -206,19 +206,29 @@ def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path:
     return report(result, hp, split, storage.join(storage_path, name), deciding)
 
 
-def stopped_line(run_dir: str, name: str) -> str:
+def stopped_line(run_dir: str, name: str, folds: tuple[int, int] | None = None) -> str:
     """What Ctrl-C leaves: the checkpoints the same command resumes from, or, stopped before the first one, none (the
-    same command, finding no checkpoint, trains from the first epoch; :func:`check_same_run` has nothing to compare)."""
-    if kept := kept_line(run_dir, name):
-        return f"Stopped; {kept}"
+    same command, finding no checkpoint, trains from the first epoch; :func:`check_same_run` has nothing to compare).
+    ``folds``: a --cv run's (folds done, K), whose checkpoints are its folds'."""
+    if kept := kept_line(run_dir, name, cv=folds is not None):
+        return f"Stopped; {kept}" if folds is None else f"Stopped with {folds[0]} of {folds[1]} folds done; {kept}"
+    what = "the run again from its" if folds is None else "its folds again from their"
     return (f"Stopped before its first checkpoint: nothing trained yet, and {run_dir} holds none; the same command with "
-            f"--name {shlex.quote(name)} starts the run again from its first epoch")
+            f"--name {shlex.quote(name)} starts {what} first epoch")
 
 
-def kept_line(run_dir: str, name: str) -> str | None:
-    """Where the run's checkpoints are and the command that resumes from them (None before its first checkpoint)."""
+def kept_line(run_dir: str, name: str, *, cv: bool = False) -> str | None:
+    """Where the run's checkpoints are and the command that resumes from them (None before its first checkpoint);
+    ``cv``: a --cv run, whose folds hold them (the same command keeps the finished folds)."""
     from cxr_tune.train.checkpoints import saved_checkpoints
 
+    if cv:
+        from cxr_tune.train.crossval import fold_runs
+
+        if not any(saved_checkpoints(fold) for fold in fold_runs(run_dir)):
+            return None
+        return (f"their checkpoints are in {run_dir}: the same command with --name {shlex.quote(name)} keeps the finished folds "
+                "and resumes the others from their last checkpoints")
     if not saved_checkpoints(run_dir):
         return None
     return f"its checkpoints are in {run_dir}: the same command with --name {shlex.quote(name)} resumes the run from the last one"
@@ -378,8 +388,7 @@ def run_cv(args: argparse.Namespace, hp: HParams, split: SplitData, resources: R
     folds = cross_validate(hp, split, args.cv, resources=resources, storage_path=storage_path, name=name, seed=args.split_seed, run=run)
     run_dir = storage.join(storage_path, name)
     if len(folds) < args.cv:  # Ctrl-C: Tune stopped the folds gracefully
-        print(f"Stopped with {len(folds)} of {args.cv} folds done; their checkpoints are in {run_dir}: the same command with "
-              f"--name {shlex.quote(name)} keeps the finished folds and resumes the others from their last checkpoints", flush=True)
+        print(stopped_line(run_dir, name, (len(folds), args.cv)), flush=True)
         raise KeyboardInterrupt
     command = shlex.join(["python", "-m", "cxr_tune.train", *sys.argv[1:]])  # as typed: pasted, it runs again
     text = markdown(folds, hp, command, split.source.description) + setup_lines(run_dir, resources.threads, provenance())

@@ -79,13 +79,16 @@ def test_cross_validation_s_command_line_and_resume_hint_can_be_pasted_back_with
 
     import cxr_tune.train.crossval
     from cxr_tune.train.__main__ import build_parser, run_cv
+    from cxr_tune.train.checkpoints import save_state
     from cxr_tune.train.hparams import HParams
     from cxr_tune.train.trainer import Resources, RunOptions
 
     argv = ["--storage", str(tmp_path / "my runs"), "--set", "epochs=2", "--cv", "2", "--name", "cv x"]
     monkeypatch.setattr(sys, "argv", ["/somewhere/cxr_tune/train/__main__.py", *argv])
     args, split = build_parser().parse_args(argv), SimpleNamespace(source=SimpleNamespace(description="SYNTHETIC"))
-    (tmp_path / "my runs" / "cv x").mkdir(parents=True)
+    finished = tmp_path / "my runs" / "cv x" / "folds" / "train" / "fold1" / "checkpoint_000"  # what fold 1 left
+    finished.mkdir(parents=True)
+    save_state(str(finished), {"hparams": HParams(epochs=2).to_dict(), "epoch": 1}, {})
 
     monkeypatch.setattr(cxr_tune.train.crossval, "cross_validate", lambda *a, **k: pd.DataFrame(fold_rows(1)))  # Ctrl-C after fold 1
     with pytest.raises(KeyboardInterrupt):
@@ -151,6 +154,37 @@ def test_a_stopped_run_s_resume_hint_can_be_pasted_back_with_a_name_that_needs_q
     else:
         assert said == (f"Stopped before its first checkpoint: nothing trained yet, and {run} holds none; the same command with "
                         "--name 'my run' starts the run again from its first epoch")
+
+
+@pytest.mark.parametrize("trained", [True, False])
+def test_a_stopped_cross_validation_says_whether_its_folds_have_checkpoints_to_resume_from(trained, tmp_path, monkeypatch, capsys):
+    """Before: Ctrl-C before any fold saved a checkpoint said "Stopped with 0 of 2 folds done; their checkpoints are in ...",
+    in a folder holding none (the same command then starts the folds from their first epoch). (The folds faked.)"""
+    import pandas as pd
+
+    import cxr_tune.train.__main__ as cli
+    import cxr_tune.train.crossval
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.hparams import HParams
+    from cxr_tune.train.trainer import Resources
+
+    run = tmp_path / "my cv"
+    fold = run / "folds" / "train" / "fold1"
+    fold.mkdir(parents=True)
+    if trained:
+        (fold / "checkpoint_000").mkdir()
+        save_state(str(fold / "checkpoint_000"), {"hparams": HParams(epochs=2).to_dict(), "epoch": 0}, {})
+    monkeypatch.setattr(cxr_tune.train.crossval, "cross_validate", lambda *a, **k: pd.DataFrame())  # Ctrl-C: no fold finished
+    args = cli.build_parser().parse_args(["--storage", str(tmp_path), "--name", "my cv", "--cv", "2"])
+    with pytest.raises(KeyboardInterrupt):
+        cli.run_cv(args, HParams(epochs=2), _split(tmp_path), Resources(1, 1.0, 0.0), str(tmp_path), "my cv", None)
+    said = capsys.readouterr().out.splitlines()[-1]
+    if trained:
+        assert said == (f"Stopped with 0 of 2 folds done; their checkpoints are in {run}: the same command with --name 'my cv' keeps the "
+                        "finished folds and resumes the others from their last checkpoints")
+    else:
+        assert said == (f"Stopped before its first checkpoint: nothing trained yet, and {run} holds none; the same command with "
+                        "--name 'my cv' starts its folds again from their first epoch")
 
 
 @pytest.mark.parametrize("trained", [True, False])
