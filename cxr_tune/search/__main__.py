@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-final-fit", action="store_true", help="skip the space's final-fit stage (refitting the best configurations with new seeds) after the search")
     parser.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler: seeded multivariate TPE, or random search as a baseline (default: tpe)")
     parser.add_argument("--no-early-stopping", action="store_true", help="run every trial to --max-epochs instead of letting ASHA stop poor ones")
-    parser.add_argument("--report-only", action="store_true", help="with --name: rewrite the trial table, report and best/ of an existing experiment; run nothing")
+    parser.add_argument("--report-only", action="store_true", help="with --name: rewrite the trial table, report and best/ of an existing experiment; run nothing (with --cache-dir: the cache's new place, where the export reads its images, recorded for later exports)")
     parser.add_argument("--no-export", action="store_true", help="skip exporting the selected trial to NAME/best (a --resume of the search skips it too)")
     parser.add_argument("--verbose", action="store_true", help="also show Ray's and Optuna's own output (always in NAME/search.log) and a line per trial epoch")
     add_data_arguments(parser)
@@ -121,7 +121,7 @@ def weights_by_architecture(given: list[str], space: Space) -> dict[str, str]:
 #: fixed by experiment.json).
 RESUME_FLAGS = ("--time-budget", "--job-budget", "--address", "--workers-per-trial", "--cpus-per-worker", "--gpus-per-worker", "--no-export", "--verbose",
                 "--no-final-fit", "--cache-dir")
-REPORT_FLAGS = ("--no-export", "--verbose")
+REPORT_FLAGS = ("--no-export", "--verbose", "--cache-dir")  # the export reads the images it scores from the cache
 
 
 def given_flags(args: argparse.Namespace, argv: Sequence[str] | None) -> list[str]:
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     from cxr_tune.experiment import Experiment
     from cxr_tune.search.finish import NothingToSelect, finish_experiment, unfinished
-    from cxr_tune.search.runner import can_resume, report_only_command, resume_command, run_search, search_command_line
+    from cxr_tune.search.runner import can_resume, keep_cache_dir, report_only_command, resume_command, run_search, search_command_line
 
     started = time.time()  # a --job-budget counts from here
     args = build_parser().parse_args(argv)
@@ -158,6 +158,8 @@ def _main(argv: Sequence[str] | None) -> int:
         folder = storage.join(storage.resolve(args.storage), args.name)
         folder_lock.hold(folder)
         existing = Experiment(folder)  # one-line error when it is not one
+        if "--cache-dir" in given_flags(args, argv) and (cache_dir := DataOptions.from_args(args).cache_dir) != existing.options.data.cache_dir:
+            keep_cache_dir(existing.path, cache_dir)  # as a --resume records it: the export below, and later ones, read there
         finished = finish_experiment(existing.path, export=not args.no_export, interrupted=None)
         if finished["unfinished"]:
             print(f"\nThe search is unfinished ({finished['unfinished']}); continue it with:\n  {resume_command(existing.options)}")

@@ -186,7 +186,7 @@ def run_search(options: SearchOptions, *, command: str, resume: bool = False, ve
     if not resume:
         _start_experiment(options, space, split, command)  # held from there until the command ends (main's folder_lock.holding)
     elif options.data.cache_dir != saved.options.data.cache_dir:
-        _keep_cache_dir(experiment, options.data.cache_dir)
+        keep_cache_dir(experiment, options.data.cache_dir)
     restore = resume and Experiment(experiment).has_tune_state()  # else Tune never saved a step: start it afresh
     prepare_study(options, fresh=not resume)
     print(f"Data: {split.source.description}")
@@ -329,10 +329,10 @@ def _start_experiment(options: SearchOptions, space: Space, split: SplitData, co
     storage.write_text_atomic(storage.join(experiment, EXPERIMENT_FILE), json.dumps(info, indent=2))
 
 
-def _keep_cache_dir(experiment: str, cache_dir: str | None) -> None:
-    """Record in ``experiment.json`` the ``--cache-dir`` a resume was given: where the experiment's cached files live from
-    now on, for this run and for export and ``--report-only`` after it (which take no --cache-dir). Only that: the rest of
-    a resume's flags are this run's."""
+def keep_cache_dir(experiment: str, cache_dir: str | None) -> None:
+    """Record in ``experiment.json`` the ``--cache-dir`` a ``--resume`` or ``--report-only`` was given: where the experiment's
+    cached files live from now on, for this command and for export after it (which takes no --cache-dir). Only that: the
+    rest of a resume's flags are this run's."""
     info = Experiment(experiment).info
     options = {**info["options"], "data": {**info["options"]["data"], "cache_dir": cache_dir}}
     storage.write_text_atomic(storage.join(experiment, EXPERIMENT_FILE), json.dumps({**info, "options": options}, indent=2))

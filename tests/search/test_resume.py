@@ -908,3 +908,21 @@ def test_a_resume_takes_another_cache_dir_and_the_experiment_keeps_it(tmp_path, 
     lines = lines_before_ray(main, [*common, "--resume", "--cache-dir", str(tmp_path / "moved")], monkeypatch, capsys)
     assert lines[-1].startswith("Ray and Optuna logs: ")
     assert Experiment(str(tmp_path / "runs" / "exp")).cache_dir == str(tmp_path / "moved")  # export and --report-only find it there
+
+
+def test_report_only_takes_another_cache_dir_and_the_experiment_keeps_it(tmp_path, monkeypatch, capsys):
+    """Before: --report-only --cache-dir was refused ("--cache-dir cannot apply"), and --resume of a finished search is refused
+    too, so a finished search whose cache moved could not record the new place, where its export reads the images it scores."""
+    from cxr_tune.experiment import Experiment
+    from cxr_tune.search import finish
+    from cxr_tune.search.__main__ import main
+    from tests.conftest import folder_with_bad_files, lines_before_ray
+
+    common = ["--storage", str(tmp_path / "runs"), "--name", "exp"]
+    lines_before_ray(main, ["--space", "smoke", "--data", str(folder_with_bad_files(tmp_path / "data")), *common,
+                            "--cache-dir", str(tmp_path / "old")], monkeypatch, capsys)  # started, then stopped before Ray
+    read_from = []  # where the export (faked) finds the experiment's cache
+    monkeypatch.setattr(finish, "finish_experiment", lambda path, **kwargs: read_from.append(Experiment(path).cache_dir) or {"unfinished": ""})
+    assert main([*common, "--report-only", "--cache-dir", str(tmp_path / "moved")]) == 0
+    assert read_from == [str(tmp_path / "moved")]
+    assert Experiment(str(tmp_path / "runs" / "exp")).cache_dir == str(tmp_path / "moved")  # and export after it
