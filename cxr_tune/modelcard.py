@@ -183,11 +183,9 @@ def _details(meta: dict[str, Any]) -> list[str]:
         f"(`model.onnx`, ONNX; weights also in `weights.safetensors`; nothing needs unpickling).",
         # Another tool makes other pixels unless it takes every step (the reduced-scale JPEG decode moved decisions), and
         # a 16-bit image's are the ones it most often gets wrong: Pillow's convert("L") clips.
-        (f"- Input pixels: {size} x {size} uint8 grayscale, made from any image file by `cxr_tune.data.imaging.decode_gray`, "
-         f"call by call: {steps}. Pillow's own `convert(\"L\")` of a 16-bit image clips everything above 255 to white instead of scaling it."
-         if (steps := decode_steps(meta.get("preprocessing", {}))) else
-         f"- Input pixels: {size} x {size} uint8 grayscale, made from any image file by `cxr_tune.data.imaging.decode_gray`: {grayscale}; "
-         "Pillow's own `convert(\"L\")` of a 16-bit image clips everything above 255 to white instead of scaling it."),
+        f"- Input pixels: {size} x {size} uint8 grayscale, made from any image file by `cxr_tune.data.imaging.decode_gray`"
+        + (f", call by call: {steps}. " if (steps := decode_steps(meta.get("preprocessing", {}))) else f": {grayscale}; ")
+        + "Pillow's own `convert(\"L\")` of a 16-bit image clips everything above 255 to white instead of scaling it.",
         f"- Network: `{hp.get('arch', 'cnn')}`" + (f" ({len(members)} members averaged: " + ", ".join(f"`{m['trial_id']}` epoch {m['epoch']}" for m in members) + ")"
                                                    if len(members) > 1 else f", trial `{meta.get('trial_id')}` at epoch {meta.get('epoch')}")
         + f"; intensity normalization `{hp.get('intensity')}`; test-time views: {meta.get('tta_views', 1)}.",
