@@ -120,8 +120,11 @@ class SplitData:
         """What selects: the external set (a selection set) or carved validation, and why; a line on the data's own
         val/ folder when it goes unused for a reason that line does not give; then (``left_out``) a line on the images
         the patient-group rule left out, when it left out any; a line when the test folder scores one class only."""
-        lines = (*self._set_aside(), *self._test_one_class(), *(self._left_out() if left_out else []))
-        return self._what_selects(select_on) + "".join(f"\n{line}" for line in lines)
+        return "\n".join([self._what_selects(select_on), *self.data_notes(left_out=left_out)])
+
+    def data_notes(self, *, left_out: bool = True) -> list[str]:
+        """:meth:`describe_external`'s lines after what selects (``train --cv`` says what judges its folds instead)."""
+        return [*self._set_aside(), *self._test_one_class(), *(self._left_out() if left_out else [])]
 
     def _what_selects(self, select_on: str) -> str:
         if self.has_external:

@@ -118,12 +118,12 @@ def _main(argv: Sequence[str] | None) -> int:
     split = split_data(options, selects=not args.cv)  # --cv's folds never read the external set: its size decides nothing
     check_caches_buildable(split, [hp.image_size])  # before run.json is written below: a refused command leaves nothing behind
     print(f"Data: {split.source.description}")
-    described = split.describe_external(args.select_on)
-    if args.cv:  # its first line says what selects a single run; the folds are judged on their own held-out folds
+    if args.cv:  # the folds are judged on their own held-out folds, not by what selects a single run
         from cxr_tune.train.crossval import describe_folds
 
-        described = "\n".join([describe_folds(split, args.cv), *described.splitlines()[1:]])
-    print(described)
+        print("\n".join([describe_folds(split, args.cv), *split.data_notes()]))
+    else:
+        print(split.describe_external(args.select_on))
     if skipped := split.describe_skipped():
         print(skipped)
     if not args.cv:  # (--cv keeps its own plan, which records its data)
