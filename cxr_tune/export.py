@@ -405,7 +405,7 @@ def _decode(rows: pd.DataFrame, size: int) -> np.ndarray:
 
     if rows.empty:
         return np.zeros((0, size, size), np.uint8)
-    return np.stack([decode_gray(storage.read_bytes(path), size, name=path) for path in rows["path"]])
+    return np.stack([decode_gray(path, size) for path in rows["path"]])
 
 
 def _external_folder(val_data: str, splits: pd.DataFrame, cache_dir: str) -> pd.DataFrame:

@@ -554,7 +554,7 @@ def _plot_saliency(path: Path, experiment: Experiment, exported: dict[str, Any],
     }
     picked = pd.concat(rows.values())
     size = members.image_size
-    images = np.stack([decode_gray(storage.read_bytes(p), size, name=p) for p in picked["path"]]) if len(picked) else np.zeros((0, size, size), np.uint8)
+    images = np.stack([decode_gray(p, size) for p in picked["path"]]) if len(picked) else np.zeros((0, size, size), np.uint8)
     maps = grad_cam(members, images)
     gallery, start = {}, 0
     for title, frame in rows.items():
