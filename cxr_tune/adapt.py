@@ -285,8 +285,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     readable = [image for _, image, notes, _, _, _ in decoded if image is not None and not notes]
     used = [digest for _, image, notes, _, digest, _ in decoded if image is not None and not notes]  # by content, for model.json
     if kinds:  # the site's statistics come from this code's pixels: a word when they differ from the export's
-        warn_if_other_preprocessing(storage.join(model, META_FILE), meta,
-                                    [(printable(path_text(path)), kind) for path, image, notes, _, _, kind in decoded if image is not None and not notes])
+        warn_if_other_preprocessing(loaded, [(printable(path_text(path)), kind) for path, image, notes, _, _, kind in decoded if image is not None and not notes])
     # As predict lists them: which files could not be read, and why (a DICOM without pixels, a truncated JPEG).
     skipped = pd.DataFrame([(path_text(path), reason, "folder" if file.reason else "file")
                             for file, (path, image, _, reason, _, _) in zip(files, decoded, strict=True) if image is None], columns=["path", "reason", "kind"])

@@ -59,7 +59,7 @@ from cxr_tune.formatting import against, clock, fmt, for_spreadsheet, interval, 
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
 from cxr_tune.selection import selection_note
-from cxr_tune.serving import META_FILE, LoadedModel, load_model, other_preprocessing, probabilities, warn_if_other_preprocessing
+from cxr_tune.serving import LoadedModel, load_model, other_preprocessing, probabilities, warn_if_other_preprocessing
 from cxr_tune.set_metrics import INTERVAL_METHODS, bootstrap_with_reasons, clinical_metrics, held_out_metrics, withheld_line
 
 T = TypeVar("T")
@@ -208,8 +208,7 @@ def _preprocessing_warnings(models: Sequence[LoadedModel], read: dict[int, _Read
     for model in models:
         if other_preprocessing(model.meta):
             scored = read[model.image_size]
-            warn_if_other_preprocessing(storage.join(str(model.folder), META_FILE), model.meta,
-                                        [(printable(path_text(file.path)), kind) for file, kind in zip(scored.files, scored.kinds, strict=True)])
+            warn_if_other_preprocessing(model, [(printable(path_text(file.path)), kind) for file, kind in zip(scored.files, scored.kinds, strict=True)])
 
 
 def _tables(models: Sequence[LoadedModel], read: dict[int, _Read], scores: list[list[np.ndarray]],

@@ -245,15 +245,16 @@ def other_preprocessing(meta: dict[str, Any]) -> bool:
     return bool(changes_since(meta["preprocessing"].get("preprocess_version")))
 
 
-def warn_if_other_preprocessing(file: Path | str, meta: dict[str, Any], scored: Sequence[tuple[str, str]]) -> None:
+def warn_if_other_preprocessing(model: LoadedModel, scored: Sequence[tuple[str, str]]) -> None:
     """One line on stderr when an image scored (``scored``: each one's name and
-    :func:`~cxr_tune.data.imaging.input_kind`) decodes otherwise than when the model of ``meta``, read from ``file``, was
-    exported: its network trained on those pixels, and this code scores it on its own. A warning, not a refusal, and
-    only for the inputs a change affects (version 2 changed JPEG-compressed DICOMs; JPEG and PNG files decode as
-    before). A model.json from before the record is taken at its word."""
+    :func:`~cxr_tune.data.imaging.input_kind`) decodes otherwise than when ``model`` was exported: its network trained on
+    those pixels, and this code scores it on its own. A warning, not a refusal, and only for the inputs a change affects
+    (version 2 changed JPEG-compressed DICOMs; JPEG and PNG files decode as before). A model.json from before the record
+    is taken at its word. The warning names the model's own model.json, wherever ``--model`` pointed (a folder or its .onnx)."""
     from cxr_tune.data.imaging import PREPROCESS_VERSION, changes_since
 
-    version = meta["preprocessing"].get("preprocess_version")
+    file = storage.join(str(model.folder), META_FILE)
+    version = model.meta["preprocessing"].get("preprocess_version")
     changes = changes_since(version)
     changed = [name for name, kind in scored if any(change.affects(kind) for change in changes.values())]
     if not changed:
