@@ -26,6 +26,8 @@ def test_inspect_reports_counts_duplicates_leakage_and_skipped(tmp_path):
     assert ("1 image(s) of 1 group(s) left out of training, validation and the external set (1 from train/): same patient or identical "
             "file is in the test folder") in out
     assert "1 number(s) appear in more than one folder with a different type only (WARNING, not a leak" in out
+    # person1 is virus in train/ and bacteria in test/: both types across the folders, one type within each
+    assert "Across all folders 1 of 3 person numbers carry both types (train/ 0 of 3, test/ 0 of 2);" in out
     assert ".DS_Store: not an image Pillow can read" in out
 
 
