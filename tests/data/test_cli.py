@@ -188,3 +188,16 @@ def test_a_flag_another_subcommand_takes_is_refused_with_this_subcommands_usage(
     done = call_cli("cxr_tune.data", "inspect", "some/folder", "--image-size", "64")
     assert done.returncode == 2 and done.stderr.startswith("usage: python -m cxr_tune.data inspect")
     assert done.stderr.strip().splitlines()[-1].endswith("error: unrecognized arguments: --image-size 64")
+
+
+def test_prepares_help_says_its_default_size_and_the_sizes_each_shipped_space_trains_at():
+    """A cache at a size no search reads is wasted minutes: --help names the default and each space's sizes."""
+    from cxr_tune.data.__main__ import build_parser
+    from cxr_tune.search.space import SPACES_DIR, load_space
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices  # argparse's subcommands
+    text = " ".join(commands["prepare"].format_help().split())
+    assert "(default: 128," in text
+    for name in sorted(p.stem for p in SPACES_DIR.glob("*.yaml")):
+        sizes = "/".join(str(s) for s in load_space(name).image_sizes())
+        assert f"{name} {sizes}" in text, f"prepare --help does not say space {name} trains at {sizes} px"
