@@ -52,6 +52,13 @@ CRITERIA = {
     "gmean": lambda sens, spec: np.sqrt(sens * spec),
     "min_sens_spec": np.minimum,
 }
+#: What each criterion scores, in words, for --select's help and the README.
+CRITERIA_MEANING = {
+    "balanced_accuracy": "(sensitivity + specificity) / 2",
+    "youden": "sensitivity + specificity - 1 (Youden's J: 2 x balanced accuracy - 1, so it ranks alike)",
+    "gmean": "sqrt(sensitivity x specificity), the geometric mean, lower than the average when the two differ",
+    "min_sens_spec": "the smaller of sensitivity and specificity, so the weaker class decides",
+}
 PREFIXES = {"external": "ext", "carved": "val"}
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_LEVEL = 0.95

@@ -22,7 +22,7 @@ from cxr_tune.data.prepared import DataOptions, add_data_arguments
 from cxr_tune.errors import EXIT_INTERRUPTED, UserError, run_cli
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.space import SPACES_DIR, Space, load_space
-from cxr_tune.selection import add_select_on_argument
+from cxr_tune.selection import CRITERIA_MEANING, add_select_on_argument
 from cxr_tune.train.hparams import CRITERIA, value_range
 from cxr_tune.train.trainer import add_precision_arguments
 
@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(estimated from the leading trials' own epochs) and the export; with --resume, minutes for this run "
                              "(default: no limit)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the TPE sampler and of every trial's initialization (default: 0)")
-    parser.add_argument("--select", choices=sorted(CRITERIA), default="balanced_accuracy", help="balance of sensitivity and specificity that picks the threshold and the best trial (default: balanced_accuracy)")
+    parser.add_argument("--select", choices=sorted(CRITERIA), default="balanced_accuracy", help=(
+        "balance of sensitivity and specificity that picks the threshold and the best trial: "
+        + "; ".join(f"{name}: {meaning}" for name, meaning in CRITERIA_MEANING.items()) + " (default: balanced_accuracy)"))
     add_select_on_argument(parser)
     parser.add_argument("--min-sensitivity", type=fraction, default=0.0, help="only thresholds with validation sensitivity >= this compete, e.g. 0.95 for screening (default: 0, no floor)")
     parser.add_argument("--address", default=None, help="Ray cluster to join ('auto' for the running one; default: RAY_ADDRESS when set, else a Ray of its own on this machine, never one `ray start` left running)")

@@ -238,3 +238,15 @@ def test_a_search_whose_every_trial_failed_ends_with_status_1_not_the_bad_input_
         run_cli(main, argv)
     assert ended.value.code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: no trial of {tmp_path / 'runs' / 'exp'} trained an epoch")
+
+
+def test_selects_help_defines_each_criterion():
+    """--select's choices are formulas a newcomer has to look up otherwise; --help says what each one scores."""
+    from cxr_tune.search.__main__ import build_parser
+    from cxr_tune.selection import CRITERIA
+
+    text = " ".join(build_parser().format_help().split())
+    for definition in ["balanced_accuracy: (sensitivity + specificity) / 2", "youden: sensitivity + specificity - 1",
+                       "gmean: sqrt(sensitivity x specificity)", "min_sens_spec: the smaller of sensitivity and specificity"]:
+        assert definition in text
+    assert all(f"{name}: " in text for name in CRITERIA), "every choice of --select is defined"
