@@ -107,3 +107,20 @@ def test_the_trust_boundary_names_every_command_that_reads_tunes_pickled_state()
     assert "integrity check" in boundary and "not protection against someone who can edit the" in boundary
     row = next(line for line in text.splitlines() if line.startswith("|") and "`tuner.pkl`" in line)  # the experiment folder's table
     assert not re.search(r"never[^|]*`export`", row), "README.md says export never reads Tune's state; it does (the trial table)"
+
+
+def section(text: str, heading: str) -> str:
+    """The prose of one ``## heading`` section, up to the next one."""
+    return prose(text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0])
+
+
+def test_the_quick_start_is_short_and_says_how_to_stop_resume_and_clean_up():
+    """A newcomer reads the Quick start whole: what to run, how long, where the results go, how to stop and clean up;
+    the measured history lives in results/benchmarks/README.md."""
+    quick = section(README.read_text(encoding="utf-8"), "Quick start")
+    assert len(quick.split()) < 450, "the Quick start grew again; move measurements to results/benchmarks/README.md"
+    for needed in ["--space smoke", "--storage", "Ctrl-C", "--resume", ". .venv/bin/activate", "~/.cache/cxr_tune",
+                   "session_*", "~/.ray/auth_token", "make clean", "make test", "3-node"]:
+        assert needed in quick, f"README.md's Quick start does not mention {needed}"
+    history = (ROOT / "results" / "benchmarks" / "README.md").read_text(encoding="utf-8")
+    assert "## `make search` in fresh clones" in history and "**13 min 8 s**" in history
