@@ -111,6 +111,7 @@ def test_the_trust_boundary_names_every_command_that_reads_tunes_pickled_state()
 
 def section(text: str, heading: str) -> str:
     """The prose of one ``## heading`` section, up to the next one."""
+    assert f"\n## {heading}\n" in text, f"README.md has no '## {heading}' section"
     return prose(text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0])
 
 
@@ -124,3 +125,18 @@ def test_the_quick_start_is_short_and_says_how_to_stop_resume_and_clean_up():
         assert needed in quick, f"README.md's Quick start does not mention {needed}"
     history = (ROOT / "results" / "benchmarks" / "README.md").read_text(encoding="utf-8")
     assert "## `make search` in fresh clones" in history and "**13 min 8 s**" in history
+
+
+def test_the_words_used_here_define_each_criterion_and_the_search_describes_each_space():
+    from cxr_tune.search.space import SPACES_DIR
+
+    text = README.read_text(encoding="utf-8")
+    words = " ".join(section(text, "Words used here").split())
+    for term in ["**TPE**", "**ASHA**", "**rung**", "**Selection set**", "**External validation set**", "**DDP**",
+                 "**Wilson score interval**", "**Percentile bootstrap**", "`balanced_accuracy` = (sensitivity + specificity) / 2",
+                 "`youden` = sensitivity + specificity - 1", "`gmean` = sqrt(sensitivity x specificity)",
+                 "`min_sens_spec` = the smaller of the two"]:
+        assert term in words, f"README.md's Words used here does not define {term}"
+    spaces = section(text, "The search").split("- **Spaces**", 1)[1].split("\n- **", 1)[0]
+    for name in sorted(p.stem for p in SPACES_DIR.glob("*.yaml")):
+        assert f"\n  - `{name}`: " in spaces, f"README.md's list of spaces does not say what {name} is for"
