@@ -140,3 +140,12 @@ def test_the_words_used_here_define_each_criterion_and_the_search_describes_each
     spaces = section(text, "The search").split("- **Spaces**", 1)[1].split("\n- **", 1)[0]
     for name in sorted(p.stem for p in SPACES_DIR.glob("*.yaml")):
         assert f"\n  - `{name}`: " in spaces, f"README.md's list of spaces does not say what {name} is for"
+
+
+def test_the_command_table_gives_each_command_a_sentence_or_two():
+    """The detail goes in the paragraphs below the table; a cell of thousands of characters is unreadable."""
+    commands = section(README.read_text(encoding="utf-8"), "Commands")
+    rows = [line for line in commands.splitlines() if line.startswith("| `cxr_tune.")]
+    assert len(rows) >= 10
+    long = [row.split(" | ")[0] for row in rows if len(row) > 500]
+    assert not long, f"README.md's command table has rows over 500 characters: {long}"
