@@ -7,8 +7,10 @@ even when the copies carry different patient ids, so that no split can leak a pa
 
 Building a manifest reads and decodes every file once (threaded, with a progress bar); the result
 is cached under the cache directory keyed by the folder's file names, sizes and modification
-times, so the second call on unchanged data costs one directory listing (and a read of each file that
-could not be read at all last time: a permission fixed with ``chmod`` changes neither size nor time).
+times (and, for local files, change times and inodes: ``cp -p`` or a de-identification tool can put the old
+modification time back on new pixels of the same size, but not those), so the second call on unchanged data costs
+one directory listing (and a read of each file that could not be read at all last time: a permission fixed on its
+folder changes nothing of the file's).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class _File:
     size: int
     mtime_ns: int
     unnamed_patient: str  # the patient key when the file name carries none (see _unnamed_patient)
+    changed: str  # a local file's change time and inode, "" on object storage (see _walk_files)
 
 
 def patient_id(file_name: str) -> str | None:
@@ -320,9 +323,9 @@ def _list_classes(folder: str, split: str, files: list[_File], folders: dict[tup
             continue
         class_path = storage.join(folder, class_dir)
         folders[(split, label)] = class_path
-        for path, size, mtime_ns in _walk_files(class_path, split, ignored):
+        for path, size, mtime_ns, changed in _walk_files(class_path, split, ignored):
             unnamed = _unnamed_patient(storage.plain(path[len(class_path) + 1 :], like=path), f"{split}/{class_dir}")
-            files.append(_File(path=path, split=split, label=label, size=size, mtime_ns=mtime_ns, unnamed_patient=unnamed))
+            files.append(_File(path=path, split=split, label=label, size=size, mtime_ns=mtime_ns, unnamed_patient=unnamed, changed=changed))
 
 
 def _unnamed_patient(relative: str, class_key: str) -> str:
@@ -337,13 +340,15 @@ def _unnamed_patient(relative: str, class_key: str) -> str:
     return f"folder:{class_key}/{parts[0]}" if len(parts) > 1 else f"image:{class_key}/{relative}"
 
 
-def _walk_files(folder: str, split: str, ignored: list[dict]) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of every file under ``folder`` (locally as :func:`walk_folder` finds them);
-    a folder below it not read goes to ``ignored`` with the reason."""
+def _walk_files(folder: str, split: str, ignored: list[dict]) -> list[tuple[str, int, int, str]]:
+    """(path, size, mtime_ns, changed) of every file under ``folder`` (locally as :func:`walk_folder` finds them);
+    a folder below it not read goes to ``ignored`` with the reason. ``changed``: a local file's change time and inode,
+    which no tool sets back (``touch -r``, ``cp -p`` and ``rsync -t`` set the modification time); "" for an object store's
+    listing, which has neither (an object rewritten there gets a new modification time from the store)."""
     if storage.is_uri(folder):
         stored, not_read = walk_stored(folder)
         ignored += [{"path": path, "split": split, "reason": reason} for path, reason in not_read]
-        return stored
+        return [(path, size, mtime_ns, "") for path, size, mtime_ns in stored]
 
     listed, not_read = walk_folder(folder)
     ignored += [{"path": path, "split": split, "reason": reason} for path, reason in not_read]
@@ -353,7 +358,7 @@ def _walk_files(folder: str, split: str, ignored: list[dict]) -> list[tuple[str,
             stat = os.stat(path)
         except OSError:
             stat = os.lstat(path)  # a dangling link is still listed, and reported unreadable
-        out.append((path, stat.st_size, stat.st_mtime_ns))
+        out.append((path, stat.st_size, stat.st_mtime_ns, f"{stat.st_ctime_ns}|{stat.st_ino}"))
     return out
 
 
@@ -415,8 +420,8 @@ def walk_stored(folder: str) -> tuple[list[tuple[str, int, int]], list[tuple[str
 def _scan_cached(root: str, files: list[_File], ignored: pd.DataFrame, cache_dir: str | None, *, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(manifest with groups, skipped files) of ``files``: from the cache when nothing changed, else read and cached.
 
-    A file that could not be read at all (permission denied, a store's error) may read now although its
-    size and time did not change (``chmod`` changes neither): it is read again on every cache hit."""
+    A file that could not be read at all (permission denied, a store's error) may read now although nothing of its
+    own changed (``chmod`` of its folder, a store's permission): it is read again on every cache hit."""
     key = _scan_fingerprint(root, files, ignored)
     cached = _load_cached(cache_dir, key)
     if cached is not None:
@@ -442,7 +447,7 @@ def _read_again(manifest: pd.DataFrame, skipped: pd.DataFrame, files: list[_File
 def _scan_fingerprint(root: str, files: list[_File], ignored: pd.DataFrame) -> str:
     digest = hashlib.sha256(f"v{MANIFEST_VERSION}|{root}|{decoders_installed()}".encode())
     for f in files:
-        digest.update(f"{f.path}|{f.size}|{f.mtime_ns}\n".encode())
+        digest.update(f"{f.path}|{f.size}|{f.mtime_ns}|{f.changed}\n".encode())
     # The folders left out are cached with the scan: one that became readable or unreadable, or went, is a change.
     for path, reason in ignored[["path", "reason"]].itertuples(index=False):
         digest.update(f"ignored|{path}|{reason}\n".encode())

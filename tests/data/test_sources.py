@@ -160,6 +160,21 @@ def test_an_image_rewritten_in_place_is_read_again(tmp_path):
     assert again.drop(str(path)).equals(first.drop(str(path)))
 
 
+def test_an_image_rewritten_keeping_its_size_and_time_is_read_again(tmp_path):
+    """``cp -p``, ``rsync -t --inplace`` and de-identification tools put the old time back on new pixels of the same
+    size; the change time and the inode, which no tool sets, still say so (the image cache follows the content hashes)."""
+    root = kermany_folder(tmp_path / "chest_xray", GOOD)
+    path = write_image(root / "train" / "NORMAL" / "IM-0001-0001.jpeg", seed=1, fmt="BMP")  # BMP: same size whatever the pixels
+    first = build_manifest(str(root), str(tmp_path / "cache")).manifest.set_index("path")["content_hash"]
+    before = os.stat(path)
+    write_image(path, seed=99, fmt="BMP")  # in place: same inode
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    again = build_manifest(str(root), str(tmp_path / "cache")).manifest.set_index("path")["content_hash"]
+    assert again[str(path)] != first[str(path)]
+    assert again.drop(str(path)).equals(first.drop(str(path)))
+
+
 def test_unnamed_files_take_their_patient_sub_folder_and_never_share_a_group_by_name(tmp_path):
     from cxr_tune.data.prepared import DataOptions, split_data
     from cxr_tune.data.report import inspect_report
