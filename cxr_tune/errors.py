@@ -1,4 +1,4 @@
-"""User-facing errors: one sentence naming the file and the fix, exit status 2.
+"""User-facing errors: one sentence naming the file and the fix, exit status 2 (1 for a failure at run time).
 
 Anything a user can cause (a bad path, a bad image folder, a bad search-space file, a bad flag)
 raises :class:`UserError` at the edge, before Ray starts, so nobody reads a traceback from deep
@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1  # the work failed at run time (every trial failed, Ray did not start): not a bad flag or file
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports a process Ctrl-C ended
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a process whose reader went away
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
@@ -24,6 +25,11 @@ _terminated = False
 
 class UserError(Exception):
     """A problem with the user's input; printed as one line, exit status 2."""
+
+
+class RunFailure(UserError):
+    """Something other than the user's input stopped the command (Ray's own node did not start on a loaded machine):
+    printed as one line like a :class:`UserError`, and caught wherever one is, but exit status 1, as a run that failed."""
 
 
 def damaged(path: str, exc: BaseException, *, what: str = "") -> UserError:
@@ -45,7 +51,7 @@ def damaged(path: str, exc: BaseException, *, what: str = "") -> UserError:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
-    """Run a CLI ``main``; turn :class:`UserError` into ``error: ...`` and exit 2, Ctrl-C into 130, and
+    """Run a CLI ``main``; turn :class:`UserError` into ``error: ...`` and exit 2 (1 for a :class:`RunFailure`), Ctrl-C into 130, and
     a reader of its output that went away (``... | head``) into a quiet exit 141, as a Unix tool ends.
     SIGTERM (``kill``, a batch scheduler's stop, ``timeout``) stops a command as Ctrl-C does, saying what
     was kept and how to go on, and ends it with 143. Text the console's encoding cannot show is escaped,
@@ -88,7 +94,7 @@ def _ended(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[st
         return EXIT_BROKEN_PIPE
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILED if isinstance(exc, RunFailure) else EXIT_USAGE
     except KeyboardInterrupt:
         print("terminated" if _terminated else "interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED

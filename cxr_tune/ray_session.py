@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TextIO
 
-from cxr_tune.errors import UserError
+from cxr_tune.errors import RunFailure, UserError
 
 _QUIET_ENV = {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
@@ -85,6 +85,14 @@ def check_own_ray(address: str | None) -> None:
         raise UserError(f"Ray's temp folder '{root}' ({chosen_by}) is {len(root.encode())} bytes long: Ray's socket paths inside it would "
                         f"exceed the {SOCKET_PATH_LIMIT} bytes a Unix socket path may have (a folder of at most {allowed} bytes fits); "
                         f"set {shorter} and run the command again")
+
+
+def own_ray_logs() -> str:
+    """The log folder of the Ray this command started last on this machine (Ray points ``session_latest`` at a new
+    session's folder before it starts its processes), or Ray's temp folder when it made none."""
+    folder = os.path.join(ray_temp_root()[0], "ray")
+    latest = os.path.join(folder, "session_latest")
+    return os.path.join(os.path.realpath(latest), "logs") if os.path.isdir(latest) else folder
 
 
 def check_cluster_answers(address: str | None, timeout_s: float = 5.0) -> None:
@@ -223,7 +231,13 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
         # "local": a Ray of this command's own. Left unset, Ray joins the cluster a `ray start` last
         # recorded in its temp folder: someone else's on a shared machine, or a dead one it waits on for minutes.
         token_for_own_ray()
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+        try:
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - its raylet or GCS did not come up (a loaded machine): Ray's reason is in its logs
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+            raise RunFailure(f"Ray's local node did not start (machine overloaded?): {reason}; its logs: {own_ray_logs()}") from None
     _keep_sigterm(sigterm_before)
     undo = lambda: None  # noqa: E731
     if log is not None:

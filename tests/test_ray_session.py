@@ -279,6 +279,37 @@ def test_without_address_a_command_starts_its_own_ray_unless_ray_address_names_o
     assert [call["address"] for call in calls] == [joined]
 
 
+def test_a_ray_of_the_commands_own_that_does_not_start_is_one_line_naming_its_logs_and_status_1(tmp_path, monkeypatch, no_ray_here, capsys):
+    """On a loaded machine Ray's raylet or GCS may not come up in time; data prepare, train and search ended in a
+    30-line traceback through ray.init. Ray made its session folder (and ``session_latest``) before it gave up."""
+    import ray
+
+    from cxr_tune.errors import run_cli
+
+    session_dir = tmp_path / "ray" / "session_2026-12-07_21-51-09_322717_14102"
+    (session_dir / "logs").mkdir(parents=True)
+    (tmp_path / "ray" / "session_latest").symlink_to(session_dir)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.setattr(session, "check_own_ray", lambda address: None)  # tmp_path may be too long for real sockets
+
+    def timed_out(**kwargs):
+        raise Exception("The current node timed out during startup. This could happen because some of the raylet failed to startup "
+                        "or the GCS has become overloaded.")
+
+    monkeypatch.setattr(ray, "init", timed_out)
+
+    def command(argv):
+        with session.ray_session():
+            pytest.fail("the command went on without Ray")
+
+    with pytest.raises(SystemExit) as ended:
+        run_cli(command, [])
+    assert ended.value.code == 1  # it failed at run time, as a search whose every trial failed: not a bad flag or file (2)
+    assert capsys.readouterr().err.splitlines() == [
+        "error: Ray's local node did not start (machine overloaded?): The current node timed out during startup. This could happen because "
+        f"some of the raylet failed to startup or the GCS has become overloaded; its logs: {session_dir / 'logs'}"]
+
+
 def test_an_address_where_something_other_than_ray_answers_is_one_line(monkeypatch):
     """Before: the port answered the check (an HTTP server, say), ray.init retried for 20 s and the command ended in a
     traceback from inside Ray: ConnectionError: Failed to connect to Ray cluster at ..."""
