@@ -291,7 +291,7 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
         "output": {"name": "probability", "meaning": "probability of PNEUMONIA" + _how_computed(len(members.nets), tta, calibration, deciding)},
         "preprocessing": {
             "image_size": hp.image_size,
-            "grayscale": "8-bit (16-bit images min-max scaled; RGB/CMYK/palette converted; alpha over black)",
+            "grayscale": "8-bit (16-bit images min-max scaled; RGB/CMYK/palette converted; alpha ignored)",
             "resize": RESIZE_METHOD,
             "intensity_normalization": ", ".join(sorted({h.intensity for h in members.hparams})) + " (inside the ONNX graph)",
             "preprocess_version": PREPROCESS_VERSION,

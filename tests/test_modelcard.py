@@ -396,7 +396,10 @@ def test_the_input_line_gives_every_decode_step_for_this_code_s_pixels_and_keeps
     line = next(line for line in card.splitlines() if line.startswith("- Input pixels:"))
     steps = ['image.draft("L", (16, 16))', "exif_transpose", "min-max scaled", "BILINEAR, reducing_gap=3.0"]
     assert sorted(steps, key=line.index) == steps and meta["preprocessing"]["steps"] in line
-    committed = {**meta, "preprocessing": {k: v for k, v in meta["preprocessing"].items() if k != "steps"} | {"preprocess_version": 1}}
-    assert line in model_card(committed)  # recorded before the steps were: this code's, since version 1 decodes image files alike
-    newer = {**committed, "preprocessing": {**committed["preprocessing"], "preprocess_version": 99}}
-    assert "exif_transpose" not in model_card(newer) and "16-bit images min-max scaled" in model_card(newer)
+    from cxr_tune.data.imaging import DECODE_STEPS_SINCE
+
+    committed = {**meta, "preprocessing": {k: v for k, v in meta["preprocessing"].items() if k != "steps"} | {"preprocess_version": DECODE_STEPS_SINCE}}
+    assert line in model_card(committed)  # recorded without the steps: this code's, since that version decodes image files alike
+    for other in (1, 99):  # version 1 composited an alpha band over black; 99 is not known
+        older_or_newer = {**committed, "preprocessing": {**committed["preprocessing"], "preprocess_version": other}}
+        assert "exif_transpose" not in model_card(older_or_newer) and "16-bit images min-max scaled" in model_card(older_or_newer)

@@ -24,7 +24,10 @@ from cxr_tune import storage
 from cxr_tune.data import dicom, input_checks
 
 #: Version of the pixel pipeline below; part of every image-cache key. Bump it with a line in PREPROCESS_CHANGES.
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
+
+#: What :func:`input_kind` adds to the format of an image with an alpha band (RGBA, LA, PA): "PNG with alpha".
+WITH_ALPHA = " with alpha"
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,13 @@ class PreprocessChange:
     exported before it is warned only when it scores one of those (the others reach it as in training)."""
 
     said: str
-    inputs: frozenset[str] | None = None  # the :func:`input_kind` values whose pixels changed; None: every input
+    inputs: frozenset[str] | None = None  # the :func:`input_kind` values whose pixels changed (a format with alpha too); None: every input
+    alpha_only: bool = False  # only images with an alpha band (their kind ends in WITH_ALPHA), of the inputs above
 
     def affects(self, kind: str) -> bool:
-        return self.inputs is None or kind in self.inputs
+        if self.alpha_only and not kind.endswith(WITH_ALPHA):
+            return False
+        return self.inputs is None or kind in self.inputs or kind.removesuffix(WITH_ALPHA) in self.inputs
 
 
 #: What each version changed: a model exported before a change is told of it when it scores an input the change affects.
@@ -46,6 +52,11 @@ PREPROCESS_CHANGES = {
         "pylibjpeg decoded them before: some pixels one grey level off); JPEG, PNG and uncompressed DICOM pixels are unchanged",
         # the transfer syntaxes pydicom's Pillow plugin decodes (JPEG baseline and extended, JPEG 2000 lossless and lossy)
         frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}),
+    ),
+    3: PreprocessChange(
+        "an image with an alpha band (RGBA, LA, PA) decodes from its gray or colour bands, the alpha ignored (it was composited "
+        "over black: a PNG whose alpha is 0 everywhere became an all-black image); images without one are unchanged",
+        alpha_only=True,
     ),
 }
 
@@ -63,14 +74,15 @@ def changes_since(version: object) -> dict[int, PreprocessChange]:
 
 def input_kind(source: str | Path | bytes, *, name: str | None = None) -> str:
     """What decides how ``source`` decodes, as :class:`PreprocessChange` names it: a DICOM file's transfer syntax UID,
-    else Pillow's format ("JPEG", "PNG", ...). Reads the header only; "" for a file no longer readable (one decoded a
-    moment before, then replaced or removed: it is not scored again). ``name``: as for :func:`decode_gray`."""
+    else Pillow's format ("JPEG", "PNG", ...), with :data:`WITH_ALPHA` for an image with an alpha band. Reads the header
+    only; "" for a file no longer readable (one decoded a moment before, then replaced or removed: it is not scored again).
+    ``name``: as for :func:`decode_gray`."""
     try:
         name, source = _name(source, name), _read(source)
         if _is_dicom(source, name):
             return dicom.transfer_syntax(source)
         with _open(source) as image:
-            return str(image.format)
+            return str(image.format) + (WITH_ALPHA if image.mode in _ALPHA_MODES else "")
     except (OSError, ValueError):  # Pillow's UnidentifiedImageError is an OSError, a DicomError a ValueError
         return ""
 
@@ -86,16 +98,18 @@ DECODE_STEPS = (
     "PIL.Image.open(file); image.draft(\"L\", ({size}, {size})) before any pixel is read (a JPEG only: libjpeg decodes straight to "
     "grayscale at the largest reduction, 1/8, 1/4 or 1/2, that keeps both sides >= {size}; other formats ignore it); "
     "PIL.ImageOps.exif_transpose(image) (EXIF orientation applied); 8-bit grayscale: mode L as it is, 16/32-bit modes "
-    "(I;16, I, F) min-max scaled, round((x - min) * 255 / (max - min)), RGBA/LA/PA composited over opaque black then "
-    "convert(\"L\"), CMYK convert(\"RGB\").convert(\"L\"), any other mode convert(\"L\"); "
+    "(I;16, I, F) min-max scaled, round((x - min) * 255 / (max - min)), CMYK convert(\"RGB\").convert(\"L\"), any other mode "
+    "(RGBA/LA/PA too: the alpha band ignored) convert(\"L\"); "
     "image.resize(({size}, {size}), PIL.Image.Resampling.BILINEAR, reducing_gap=3.0) (aspect ratio not kept); uint8. "
     "A DICOM file: cxr_tune.data.dicom.read_gray8's 8-bit mapping, then the same resize"
 )
-#: The first :data:`PREPROCESS_VERSION` whose image files (not DICOM) :data:`DECODE_STEPS` describes (version 2 changed DICOM only).
-DECODE_STEPS_SINCE = 1
+#: The first :data:`PREPROCESS_VERSION` whose image files (not DICOM) :data:`DECODE_STEPS` describes (version 2 changed DICOM
+#: only; version 3 images with an alpha band).
+DECODE_STEPS_SINCE = 3
 
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 _GRAY_MODES = {"1", "L", "LA", *_HIGH_BIT_MODES}  # modes that cannot hold colour
+_ALPHA_MODES = {"RGBA", "LA", "PA"}  # modes with an alpha band, which to_gray8 ignores
 
 
 class EmptyFile(ValueError):
@@ -119,17 +133,14 @@ def to_gray8(image: Image.Image) -> Image.Image:
     """Any Pillow mode (L, RGB, RGBA, P, CMYK, I;16, I, F, 1, LA) as 8-bit grayscale ``L``.
 
     High-bit-depth images (16-bit PNG/TIFF exported from DICOM) are min-max scaled to 0..255;
-    Pillow's own ``convert("L")`` would clip everything above 255 to white.
+    Pillow's own ``convert("L")`` would clip everything above 255 to white. An alpha band is ignored
+    (``convert("L")`` reads the gray or colour bands alone): a radiograph has no transparency, and an export tool's
+    alpha of 0 everywhere made the film all black when it was composited over black.
     """
     if image.mode == "L":
         return image
     if image.mode in _HIGH_BIT_MODES:
         return _scale_high_bit(image)
-    if image.mode in ("RGBA", "LA", "PA"):
-        # A transparent background counts as black, like the film border around an X-ray.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("L")
     if image.mode == "CMYK":
         return image.convert("RGB").convert("L")
     return image.convert("L")

@@ -20,6 +20,25 @@ def test_every_mode_becomes_uint8_gray_of_the_requested_size(tmp_path, mode):
     assert pixels.shape == (24, 24) and pixels.dtype == np.uint8
 
 
+def test_a_radiograph_saved_with_an_alpha_band_decodes_from_its_gray_bands_whatever_the_alpha(tmp_path):
+    """An RGBA PNG whose alpha is 0 everywhere (an export tool's) was composited over black: cached all black (mean 0.0
+    for a film of mean 95), trained on as NORMAL, and ``inspect`` called it blank. The cache, ``inspect`` and ``predict``
+    decode it alike from its gray bands; a model exported before is warned when it scores one (it saw black)."""
+    from cxr_tune.data.imaging import changes_since, decode_checked
+
+    film = np.tile(np.linspace(20, 220, 40).astype(np.uint8), (30, 1))
+    rgba = np.dstack([film, film, film, np.zeros_like(film)])
+    path = tmp_path / "IM-9004-0001.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    expected = np.asarray(Image.fromarray(film).resize((16, 16), Image.Resampling.BILINEAR, reducing_gap=3.0))
+    assert np.array_equal(decode_gray(path, 16), expected)
+    pixels, notes = decode_checked(path, 16)  # predict's decode
+    assert np.array_equal(pixels, expected) and not notes
+    assert probe(path.read_bytes()).notes == ()  # inspect: not "nearly blank"
+    assert any(change.affects(input_kind(path)) for change in changes_since(2).values())
+    assert not any(change.affects(input_kind(write_image(tmp_path / "gray.png", fmt="PNG"))) for change in changes_since(2).values())
+
+
 def test_sixteen_bit_images_are_scaled_not_clipped():
     ramp = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)
     gray = np.asarray(to_gray8(Image.fromarray(ramp)))
