@@ -453,6 +453,8 @@ def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: b
     elif not existing.is_dir():
         raise UserError(f"{what} '{path}' cannot be written: '{existing}' is a file, not a folder")
     if not read_only_ok and not os.access(existing, os.W_OK | os.X_OK):
+        if hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY:  # mounted read-only (EROFS): no chmod makes it writable
+            raise UserError(f"{what} '{path}' cannot be written: '{existing}' is on a read-only file system")
         raise UserError(f"{what} '{path}' cannot be written: no permission to write in '{existing}'")
     if not read_only_ok and hasattr(os, "geteuid") and os.geteuid() == 0:  # root passes os.access everywhere, /proc and /sys included
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 
@@ -403,6 +404,15 @@ def test_a_folder_name_stays_one_folder_locally_and_on_object_storage():
                                 ("", "/r", "--name is empty"), (" ", "s3://b/r", "--name is empty")):  # it would name the base itself
         with pytest.raises(UserError, match=re.escape(message)):
             check_folder_name(name, base)
+
+
+def test_a_folder_on_a_read_only_file_system_is_said_to_be_that_not_a_missing_permission(tmp_path, monkeypatch):
+    """A cache or output on a read-only mount (EROFS) read "no permission to write in '...'", which sends one to chmod."""
+    real_statvfs = os.statvfs
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    monkeypatch.setattr(os, "statvfs", lambda path: type("Read-only", (), {"f_flag": real_statvfs(path).f_flag | os.ST_RDONLY})())
+    with pytest.raises(UserError, match=rf"^--storage '{tmp_path}/runs' cannot be written: '{tmp_path}' is on a read-only file system$"):
+        storage.check_writable(str(tmp_path / "runs"), "--storage")
 
 
 def test_a_device_or_pipe_is_written_through_and_a_name_too_long_for_the_write_is_refused(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -356,12 +357,22 @@ def probe(data: bytes, *, name: str | None = None) -> ImageInfo:
     return ImageInfo(width=width, height=height, mode=mode, notes=tuple(notes))
 
 
+def _megapixels(pixels: int) -> str:
+    """``pixels`` in megapixels as a person reads them: "179", or "0.0024" below one."""
+    return f"{pixels / 1e6:,.0f}" if pixels >= 1e6 else f"{pixels / 1e6:.2g}"
+
+
 def describe_failure(exc: BaseException) -> str:
     """A short reason a person understands for why a file could not be used."""
     from PIL import UnidentifiedImageError
 
     if isinstance(exc, UnidentifiedImageError):
         return "not an image Pillow can read"
+    if isinstance(exc, Image.DecompressionBombError):  # its own words warn of an attack; most are a huge scan or a wrong header
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{_megapixels(int(pixels.group(1)))} MP, " if pixels else ""
+        return (f"{size}larger than Pillow's {_megapixels(2 * Image.MAX_IMAGE_PIXELS)} MP limit (its decompression-bomb guard, "
+                "Image.MAX_IMAGE_PIXELS x 2); skipped")
     if isinstance(exc, (dicom.DicomError, storage.NotPlainFile, storage.StoreError, EmptyFile)):
         return str(exc)  # already one sentence, e.g. which package decodes its transfer syntax
     text = str(exc).split("\n")[0]

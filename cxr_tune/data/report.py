@@ -120,7 +120,8 @@ def _left_out_of(part: pd.DataFrame) -> str:
     return "training, validation, the external set and test" if (part["split"] == "test").any() else "training, validation and the external set"
 
 
-def skipped_report(skipped: pd.DataFrame, title: str = "Skipped files") -> str:
+def skipped_report(skipped: pd.DataFrame, title: str = "Skipped files and folders") -> str:
+    """The files not used and why, with the folders not read (a link loop, COVID/, __MACOSX/)."""
     if skipped.empty:
         return f"{title}: none."
     return _listed(f"{title} ({len(skipped)}):", skipped, "reason")

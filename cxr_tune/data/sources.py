@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 
 from cxr_tune import storage
 from cxr_tune.data.dicom import decoders_installed
-from cxr_tune.data.imaging import describe_failure, probe
+from cxr_tune.data.imaging import DICOM_SUFFIXES, describe_failure, probe
 from cxr_tune.data.synthetic import DEFAULT_N, SYNTHETIC_MARKER, ensure_synthetic
 from cxr_tune.errors import UserError
 
@@ -385,6 +385,8 @@ def walk_folder(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
             real = os.path.realpath(path)
             if is_hidden_or_system(name):
                 not_read.append((path, NOT_READ))
+            elif _named_like_an_image(name) and not _holds_anything(path):
+                not_read.append((path, "a folder, not an image file (empty); not read"))
             elif here == real or here.startswith(real.rstrip(os.sep) + os.sep):
                 not_read.append((path, f"link to a folder above it ({real}); not followed, it would loop"))
             elif real in read:
@@ -395,6 +397,21 @@ def walk_folder(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
         dirs[:] = kept  # os.walk descends into these only
         files += [os.path.join(directory, name) for name in names]
     return files, not_read
+
+
+def _named_like_an_image(name: str) -> bool:
+    """Whether ``name`` ends as an image file's does (.jpeg, .png, .dcm, ...): a folder so named, empty, is most likely
+    an image a copy or unzip made a folder of, and is listed rather than passed over."""
+    from PIL import Image
+
+    return name.lower().endswith((*Image.registered_extensions(), *DICOM_SUFFIXES))
+
+
+def _holds_anything(folder: str) -> bool:
+    try:
+        return bool(os.listdir(folder))
+    except OSError:  # os.walk reports it as it descends
+        return True
 
 
 def walk_stored(folder: str) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:

@@ -78,6 +78,27 @@ def test_bad_files_are_skipped_and_listed_with_a_reason(tmp_path):
     assert len(source.manifest) == 8  # the good images are all still there
 
 
+def test_an_empty_folder_named_like_an_image_and_an_image_past_pillows_size_guard_are_listed_with_a_plain_reason(tmp_path, monkeypatch):
+    """Before: a folder IM-9013-0001.jpeg/ in a class folder was passed over without a word, an image of more than 179 MP
+    was listed with Pillow's "DecompressionBombError: ... could be decompression bomb DOS attack.", and the list, which
+    names folders too (a link loop, COVID/, __MACOSX/), was headed "Skipped files"."""
+    from PIL import Image
+
+    from cxr_tune.data.report import skipped_report
+
+    root = kermany_folder(tmp_path / "chest_xray", GOOD)
+    normal = root / "train" / "NORMAL"
+    (normal / "IM-9013-0001.jpeg").mkdir()
+    write_image(normal / "IM-9014-0001.png", size=(60, 40), fmt="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses more than twice it: 2,400 pixels here
+    source = build_manifest(str(root))
+    reasons = dict(zip(source.skipped["path"], source.skipped["reason"], strict=True))
+    assert reasons[str(normal / "IM-9013-0001.jpeg")] == "a folder, not an image file (empty); not read"
+    assert reasons[str(normal / "IM-9014-0001.png")] == (
+        "0.0024 MP, larger than Pillow's 0.002 MP limit (its decompression-bomb guard, Image.MAX_IMAGE_PIXELS x 2); skipped")
+    assert skipped_report(source.skipped).startswith("Skipped files and folders (2):")
+
+
 def test_an_unreadable_folder_inside_a_class_is_listed_like_an_unreadable_file(tmp_path):
     prefix = permissions_bind()
     root = kermany_folder(tmp_path / "chest_xray", GOOD)
