@@ -146,13 +146,14 @@ def with_checkpointed_epochs(reported: pd.DataFrame, run: str, *, until: int | N
     that saved their epoch while Train keeps it. A trial with no gap costs no reading.
     ``until``: the epoch at which ASHA stopped the trial; a worker may train one more before the
     stop reaches it, an epoch that ASHA and the selection never saw (a resumed trial's history,
-    whose earlier epochs Tune does not report again, would otherwise pick it up).
+    whose earlier epochs Tune does not report again, would otherwise pick it up). A history that stops short of it is
+    completed up to it: Tune's can end at an earlier epoch (external-v5's f9264f9d read 3 epochs where ASHA stopped it at 6).
     ``after_last``: the search's end stopped the trial mid-run (Ctrl-C, a time budget), so epochs after its last report
     count too: its worker can finish an epoch, checkpoint it and let Train drop the best one before (the trial's table
     row then named epoch 2 while the export, reading the one checkpoint left, shipped epoch 3).
     """
     epochs = set(reported["epoch"].dropna().astype(int)) if "epoch" in reported else set()
-    if epochs and epochs == set(range(1, max(epochs) + 1)) and not after_last:
+    if epochs and epochs == set(range(1, max(epochs) + 1)) and not after_last and (until is None or until <= max(epochs)):
         return reported
     from cxr_tune.train.checkpoints import saved_states
 

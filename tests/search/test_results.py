@@ -64,6 +64,17 @@ def test_an_epoch_trained_after_asha_stopped_the_trial_is_not_taken_from_its_che
     assert with_checkpointed_epochs(reported, str(tmp_path))["epoch"].tolist() == [1, 2, 3]
 
 
+def test_epochs_up_to_where_asha_stopped_the_trial_are_taken_from_its_checkpoint_when_tune_reported_fewer(tmp_path):
+    """Before: external-v5's f9264f9d, stopped by ASHA at its 6-epoch rung (the event log and study.db: 6 epochs, best 0.912),
+    read as "ASHA stopped, epochs 3, best epoch 2, 0.906" in trials.csv: Tune's history held a contiguous 1..3 and was kept as it was."""
+    history = [{"epoch": e, "objective": 0.5 + e / 20} for e in range(1, 8)]  # epoch 7: trained before the stop reached the worker
+    _checkpoint(tmp_path / "checkpoint_a", history)
+    reported = pd.DataFrame(history[:3])
+    merged = with_checkpointed_epochs(reported, str(tmp_path), until=6)
+    assert merged["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert merged["recovered_from_checkpoint"].fillna(False).tolist() == [False] * 3 + [True] * 3
+
+
 def test_a_history_without_gaps_is_returned_as_reported_without_reading_checkpoints(tmp_path):
     reported = pd.DataFrame({"epoch": [1, 2, 3], "objective": [0.6, 0.7, 0.8]})
     (tmp_path / "checkpoint_x").mkdir()
