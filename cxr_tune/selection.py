@@ -254,18 +254,20 @@ def ranked_trials(table: pd.DataFrame, deciding: str) -> pd.DataFrame:
     """Trials that reported results, best first, with a boolean ``tied`` column (tied with the best).
 
     Ranks on the ``deciding`` set's metrics (``external`` or ``carved``) at each trial's best
-    epoch. Trials that failed or never reported are not candidates. Trials that diverged at their
-    best epoch (so at every epoch) come last, tied with none. Raises ``ValueError`` when there is
-    no candidate, or when every candidate diverged.
+    epoch. Trials that failed (status ERROR, even after epochs: the study records them FAIL) or never
+    reported are not candidates. Trials that diverged at their best epoch (so at every epoch) come
+    last, tied with none. Raises ``ValueError`` when there is no candidate, or when every candidate diverged.
     """
     import pandas as pd
 
     prefix = prefix_of(deciding)
     objective = f"{prefix}_objective"
-    reported = not table.empty and objective in table
-    candidates = table[(table["epochs"] > 0) & table[objective].notna()] if reported else table.iloc[0:0]
+    reported = table[(table["epochs"] > 0) & table[objective].notna()] if not table.empty and objective in table else table.iloc[0:0]
+    failed = reported["status"].eq("ERROR") if "status" in reported else pd.Series(False, index=reported.index)
+    candidates = reported[~failed]
     if candidates.empty:
-        raise ValueError("no trial has reported a validation result yet; nothing to select")
+        raise ValueError(f"{int(failed.sum())} trial(s) reported a validation result and then failed; nothing to select" if failed.any()
+                         else "no trial has reported a validation result yet; nothing to select")
     bad = diverged(candidates)
     if bad.all():
         raise ValueError(f"all {len(candidates)} trial(s) that reported diverged (their scores were not finite); nothing to select: "

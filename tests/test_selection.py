@@ -40,6 +40,17 @@ def test_overlapping_intervals_tie_and_the_tie_goes_to_the_higher_auc():
     assert list(ranked["trial_id"][:2]) == ["b", "c"] and ranked["tied"].tolist() == [True, True, False]
 
 
+def test_a_trial_that_failed_after_training_epochs_is_not_ranked_as_optuna_records_it_failed():
+    """Before: a trial that trained 2 epochs and then errored was a candidate (here it ranked first, so the search
+    exported it), while the study told Optuna it FAILed and the docstring said failed trials are not candidates."""
+    table = pd.DataFrame({"trial_id": ["ok", "err"], "status": ["TERMINATED", "ERROR"], "stop_reason": ["completed", "error"], "epochs": [3, 2],
+                          "val_objective": [.8, .9], "val_auc": [.85, .95], "val_loss": [.5, .4], "val_objective_low": [.78, .88],
+                          "val_objective_high": [.82, .92]})
+    assert ranked_trials(table, "carved")["trial_id"].tolist() == ["ok"]
+    with pytest.raises(ValueError, match="1 trial\\(s\\) reported a validation result and then failed; nothing to select"):
+        ranked_trials(table.iloc[1:], "carved")
+
+
 def test_without_an_external_set_carved_validation_decides():
     table = trials(objective=[0.90, 0.95, 0.80, np.nan], val_objective=[0.90, 0.95, 0.80, np.nan],
                    val_auc=[0.9, 0.9, 0.9, np.nan], val_loss=[0.2, 0.5, 0.1, np.nan])

@@ -208,8 +208,8 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         lines += [f"_{notes[key]}_" if notes[key] else f"![{key}](plots/{file})", ""]
         if notes.get(f"{key}_caveat"):
             lines += [f"_{notes[key + '_caveat']}_", ""]
-    # A failed trial without a ranked epoch has its own section below; one that failed after epochs it ranked on stays.
-    ranked = table[~(table["status"].eq("ERROR") & table["rank"].isna())].sort_values("rank", na_position="last").head(TOP)
+    # A failed trial is never ranked, even after epochs (selection.ranked_trials): it has its own section below.
+    ranked = table[table["status"].ne("ERROR")].sort_values("rank", na_position="last").head(TOP)
     lines += [f"## Top {len(ranked)} trials, in selection order", ""]
     columns = ["rank", "tied", "trial_id", "stop_reason", "epochs", "best_epoch", "objective", "objective_low", "objective_high",
                f"{prefix}_auc", f"{prefix}_sensitivity", f"{prefix}_specificity", f"{prefix}_threshold", f"{prefix}_loss"]

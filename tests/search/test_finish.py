@@ -44,6 +44,16 @@ def test_a_search_whose_every_trial_diverged_writes_its_table_and_selects_nothin
     assert pd.read_csv(tmp_path / "trials.csv")["stop_reason"].tolist() == ["diverged", "diverged"]
 
 
+def test_a_search_whose_only_trained_trial_then_failed_selects_nothing_and_says_it_failed(tmp_path, monkeypatch):
+    """A trial that errored after 2 epochs is FAIL in the study: it is not exported (it was), and the one line says it failed."""
+    table = pd.DataFrame({"trial_id": ["a"], "status": ["ERROR"], "stop_reason": ["error"], "epochs": [2], "val_objective": [0.9],
+                          "val_auc": [0.95], "val_loss": [0.4], "error": ["RuntimeError: out of memory"]})
+    monkeypatch.setattr(finish, "Experiment", lambda path: _experiment_of(table, tmp_path, ranked_on="carved"))
+    with pytest.raises(finish.NothingToSelect, match=r"1 trial\(s\) reported a validation result and then failed; nothing to select.*trials\.csv$"):
+        finish.finish_experiment(str(tmp_path))
+    assert pd.read_csv(tmp_path / "trials.csv")["stop_reason"].tolist() == ["error"]
+
+
 def _experiment_of(table: pd.DataFrame, folder, ranked_on: str | None = None) -> types.SimpleNamespace:
     """An experiment in ``folder`` whose trials are ``table``: ranked on the ``ranked_on`` set when asked,
     or, without one, never asked for ranked (nothing reported: ranking would raise before the table is written)."""
