@@ -1,4 +1,4 @@
-"""After a search (or an interrupted one): trial table, selection, export, report, console summary."""
+"""After a search (or an interrupted one): trial table, selection (recorded in the Optuna study too), export, report, console summary."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
     None: as the experiment's saved state says (``--report-only``, which runs nothing and so does not know).
     Returns the table, the selected row, the export and ``unfinished``: what the search has still to run, in words."""
     from cxr_tune.export import summary
-    from cxr_tune.search.report import write_report
+    from cxr_tune.search.report import objective_words, write_report
+    from cxr_tune.search.study import record_selection
 
     experiment = Experiment(experiment_dir)
     table = experiment.trials(ranked=False)
@@ -43,6 +44,7 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
     if interrupted and not left:  # stopped, yet nothing is left to run: its last trial or final-fit run ended as the stop came
         left = "it was stopped before its end"
     selected = table.sort_values("rank").iloc[0]
+    record_selection(experiment, str(selected["trial_id"]), objective_words(experiment))
     exported = export_best(experiment) if export else None
     report = write_report(experiment, table, exported, unfinished=_continue_words(experiment, left) if left else "")
     _print_summary(experiment, table, selected, bool(left))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from typing import Any
@@ -72,6 +73,32 @@ def copy_study(options: Any) -> None:
     """Upload the local study of an experiment on object storage (at the end of a search)."""
     if storage.is_uri(options.experiment_dir):
         upload_study(study_path(options), storage.join(options.experiment_dir, STUDY_FILE))
+
+
+#: The study's user attribute that says how the selected trial was chosen, and why ``study.best_trial`` can be another.
+SELECTED_BY = ("cxr_tune.selection.ranked_trials: each trial at its best epoch; the trials whose 95 % interval of the metric overlaps "
+               "the best one's tie with it, and the highest AUC on the deciding set among them is selected (so it can differ from "
+               "study.best_trial, the highest value among COMPLETE trials); failed trials are never selected")
+
+
+def record_selection(experiment: Any, selected_trial: str, metric: str) -> None:
+    """Write into the experiment's study what its values measure (``metric``, also as Optuna's metric name, which the
+    dashboard and ``trials_dataframe`` show) and which trial the search selected: Optuna's ``best_trial`` is the highest
+    value, not the selection's tie rule, so a reader of ``study.db`` alone could not tell. Uploaded for an experiment on
+    object storage (its ``study_path`` is a local copy); nothing for an experiment without a study file."""
+    database = experiment.study_path
+    if not os.path.exists(database):
+        return
+    from optuna.exceptions import ExperimentalWarning
+
+    study = experiment.study()
+    with warnings.catch_warnings():  # set_metric_names is "experimental" since Optuna 3.2; the console is for the search's own lines
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        study.set_metric_names([metric])
+    for key, value in {"selected_trial": selected_trial, "metric": metric, "deciding_set": experiment.deciding_set, "selected_by": SELECTED_BY}.items():
+        study.set_user_attr(key, value)
+    if storage.is_uri(experiment.path):
+        upload_study(database, storage.join(experiment.path, STUDY_FILE))
 
 
 def upload_study(database: str, remote: str) -> None:

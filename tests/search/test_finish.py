@@ -54,6 +54,41 @@ def test_a_search_whose_only_trained_trial_then_failed_selects_nothing_and_says_
     assert pd.read_csv(tmp_path / "trials.csv")["stop_reason"].tolist() == ["error"]
 
 
+def test_the_study_records_the_selected_trial_and_what_its_values_measure(tmp_path, monkeypatch):
+    """Before: study.best_trial (the highest value) was not the selected trial in 5 of 6 committed studies (a tie goes to
+    the higher AUC), and nothing in study.db said which trial the search selected or what its values measure."""
+    import optuna
+
+    from cxr_tune.experiment import Experiment
+    from cxr_tune.search import report
+    from cxr_tune.search.options import SearchOptions
+
+    database = tmp_path / "study.db"
+    study = optuna.create_study(study_name="exp", storage=f"sqlite:///{database}", direction="maximize")
+    for trial_id, value in (("a", 0.90), ("b", 0.91)):
+        trial = study.ask()
+        trial.set_user_attr("tune_trial_id", trial_id)
+        study.tell(trial, value)
+    table = pd.DataFrame({"trial_id": ["a", "b"], "status": ["TERMINATED"] * 2, "stop_reason": ["completed"] * 2, "epochs": [3, 3],
+                          "best_epoch": [3, 2], "objective": [0.90, 0.91], "val_objective": [0.90, 0.91], "val_objective_low": [0.86, 0.87],
+                          "val_objective_high": [0.94, 0.95], "val_auc": [0.99, 0.95], "val_loss": [0.3, 0.3], "error": ["", ""]})
+    experiment = _experiment_of(table, tmp_path, ranked_on="carved")
+    experiment.options = SearchOptions(name="exp", storage=str(tmp_path.parent))
+    experiment.synthetic, experiment.deciding_set, experiment.study_path = False, "carved", str(database)
+    experiment.study = lambda: Experiment.study(experiment)
+    monkeypatch.setattr(finish, "Experiment", lambda path: experiment)
+    monkeypatch.setattr(report, "write_report", lambda *args, **kwargs: str(tmp_path / "report.md"))
+
+    finish.finish_experiment(str(tmp_path), export=False)
+
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{database}")
+    assert study.best_trial.user_attrs["tune_trial_id"] == "b"  # tied with a, which has the higher AUC
+    assert {key: study.user_attrs.get(key) for key in ("selected_trial", "metric", "deciding_set")} == {
+        "selected_trial": "a", "metric": "balanced accuracy on carved validation", "deciding_set": "carved"}
+    assert "can differ from study.best_trial" in study.user_attrs["selected_by"]
+    assert study.metric_names == ["balanced accuracy on carved validation"]
+
+
 def _experiment_of(table: pd.DataFrame, folder, ranked_on: str | None = None) -> types.SimpleNamespace:
     """An experiment in ``folder`` whose trials are ``table``: ranked on the ``ranked_on`` set when asked,
     or, without one, never asked for ranked (nothing reported: ranking would raise before the table is written)."""
