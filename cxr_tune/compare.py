@@ -99,7 +99,7 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
             checks[path] = "; ".join(dict.fromkeys(part for part in (checks.get(path, ""), check) if part))
     first, *later = loaded
     onnx = {name: onnx_hash(model) for name, model in loaded.items()}
-    hashes = next(iter(frames.values())).loc[common, "content_hash"]
+    hashes, paths = next(iter(frames.values())).loc[common, "content_hash"], next(iter(frames.values())).loc[common, "file"].map(os.fspath).tolist()
     paired = {name: paired_with_reasons(labels, scores[name], thresholds[name], scores[first], thresholds[first]) for name in later}
     return {
         "flagged": {path: check for path, check in checks.items() if check},
@@ -108,7 +108,7 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
         "synthetic": [name for name, model in loaded.items() if model.meta.get("data", {}).get("synthetic")],
         # a later model whose model.onnx is an earlier one's (a copied folder): the earliest such, by the hash load_model checked
         "identical": {name: same for i, name in enumerate(loaded) if (same := next((m for m in models[:i] if onnx[m] == onnx[name]), None))},
-        "selection_sets": {name: note for name, model in loaded.items() if (note := selection_note(model.meta, inputs, hashes))},
+        "selection_sets": {name: note for name, model in loaded.items() if (note := selection_note(model.meta, inputs, hashes, paths))},
         "models": {name: held_out_metrics(labels, scores[name], thresholds[name]) for name in loaded},
         "differences": {name: differences for name, (differences, _) in paired.items()},
         "differences_withheld": {name: withheld for name, (_, withheld) in paired.items()},

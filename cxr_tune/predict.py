@@ -21,7 +21,7 @@ once, and none of a file filed under both classes (a line says how many; the per
 file, ``--csv`` with each one's content hash to recount them by); ``--metrics`` also records the intervals' method and the
 bootstrap's resamples and seed; a rate the labelled images cannot measure
 (AUC, say, when all are of one class) prints as ``n/a``. When scored images chose the model (images of its deciding set, or
-of the site it was adapted to, known by their content wherever they are; by folder for a model from before that record) a
+of the site it was adapted to, known by their content wherever they are; for a model from before that record, by folder or by each file's real path, links followed) a
 line says how many: the numbers are selection-set numbers, optimistic. Unreadable files, and folders
 not read (a system folder such as ``@eaDir``, a link that loops), are listed with the reason, counted apart, and skipped. A run of more than 1,024 files says on stderr after each 1,024 how many it has scored; a Ctrl-C
 or SIGTERM writes those to ``--csv``, says how many of how many, and ends with status 130 (143 for SIGTERM). Images unlike the training X-rays in a way the file shows (a colour picture,
@@ -579,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--metrics: {FILED_UNDER_BOTH} in {', '.join(args.inputs)}; {args.metrics} not written")
         raise UserError(f"--metrics: none of the labelled file(s) in {', '.join(args.inputs)} could be read as an image "
                         f"({skipped_count(skipped)}: {', '.join(skipped['path'].head(3).map(printable))}{', ...' if len(skipped) > 3 else ''}); {args.metrics} not written")
-    note = selection_note(model.meta, args.inputs, frame["content_hash"]) if metrics is not None else None
+    note = selection_note(model.meta, args.inputs, frame["content_hash"], frame["file"].map(os.fspath).tolist()) if metrics is not None else None
     if metrics is not None and args.metrics:
         # What was scored, and the note printed beside the numbers, named as compare --metrics names it (selection_sets).
         record = {"model": args.model, "inputs": [storage.resolve(item) for item in args.inputs], "operating_point": args.operating_point,

@@ -371,18 +371,19 @@ def selection_sources(meta: dict[str, Any]) -> list[Chooser]:
     return sources
 
 
-def selection_note(meta: dict[str, Any], inputs: Sequence[str], hashes: Iterable[str] = ()) -> str | None:
+def selection_note(meta: dict[str, Any], inputs: Sequence[str], hashes: Iterable[str] = (), paths: Sequence[str] = ()) -> str | None:
     """What the scored images (``inputs``, and their content ``hashes``) are to this model when some chose something of
     it (:func:`selection_sources`): what the model measures on them is optimistic. By content where ``model.json`` records
-    the images (a copy elsewhere is the same images); by folder for a model from before that record: an input that is,
-    lies in or holds the folder. Every role the images played is named, in one note (an adapted model's external set
-    also chose it: naming the first alone hid the other). None for any other input."""
+    the images (a copy elsewhere is the same images); by folder for a model from before that record: an input that is or
+    holds the folder, or else each scored file (``paths``, beside ``hashes``) whose real path lies in it, counted (a folder
+    of links into the set, or its files named one by one). Every role the images played is named, in one note (an adapted
+    model's external set also chose it: naming the first alone hid the other). None for any other input."""
     from cxr_tune import storage  # pyarrow: not for the training step, which imports this module for CRITERIA
 
     scored = [str(digest)[:IMAGE_HASH_DIGITS] for digest in hashes]
     roles: list[str] = []
     chosen: set[int] = set()  # the scored images some chooser recorded by content
-    every = False  # an input is, or lies in, a chooser's folder: all its images are selection-set images
+    every = False  # every scored image lies in a chooser's folder: all are selection-set images
     for chooser in selection_sources(meta):
         if chooser.images is not None:
             if found := {i for i, digest in enumerate(scored) if digest in chooser.images}:
@@ -390,14 +391,22 @@ def selection_note(meta: dict[str, Any], inputs: Sequence[str], hashes: Iterable
                 chosen |= found
             continue
         source = storage.resolve(chooser.source)
+        inside = sorted((path for path in paths if storage.within(storage.resolve(path), source)), key=str)  # links followed
         for item in inputs:
-            if storage.within(storage.resolve(item), source):
-                roles.append(f"{printable(item)} {'is' if storage.same_folder(storage.resolve(item), source) else 'lies in'} {chooser.what}")
-                every = True
+            if storage.same_folder(storage.resolve(item), source):
+                roles.append(f"{printable(item)} is {chooser.what}")
+                every = every or not paths or len(inside) == len(paths)
                 break
             if storage.within(source, storage.resolve(item)):  # the data's root, say, with test/ beside val/
                 roles.append(f"{printable(item)} holds {chooser.what}")
                 break
+        else:
+            if inside:
+                roles.append(f"{len(inside)} of {len(paths)} scored images lie in {chooser.what} (the first: {printable(str(inside[0]))})")
+                every = every or len(inside) == len(paths)
+            elif not paths and (item := next((item for item in inputs if storage.within(storage.resolve(item), source)), None)):
+                roles.append(f"{printable(item)} lies in {chooser.what}")  # a caller without the files: the input alone
+                every = True
     if not roles:
         return None
     numbers = "these are selection-set numbers" if every or (chosen and len(chosen) == len(scored)) else "these numbers include selection-set images"

@@ -461,12 +461,14 @@ def test_scoring_the_folder_that_chose_the_model_says_the_numbers_are_selection_
                                               "test": {"NORMAL": ["IM-0002-0001.jpeg"]}})
     chose = write_export(tmp_path / "chose", external={"source": str(data / "val"), "selection_set": True})
     adapted = write_export(tmp_path / "adapted", adaptation={"source": str(data / "val") + "/"})
-    for model, what in ((chose, "is this model's external validation set"), (adapted, "lies in the site this model was adapted to")):
-        item = os.path.relpath(data / "val", ROOT) if model == chose else str(data / "val" / "NORMAL")  # relative (CLIs run in ROOT); inside the set
+    inside = data / "val" / "NORMAL"  # a folder inside the set: its images counted, the first named
+    for model, what in ((chose, "{item} is this model's external validation set"),
+                        (adapted, f"1 of 1 scored images lie in the site this model was adapted to (model.json adaptation.source) (the first: {inside / 'IM-0001-0001.jpeg'})")):
+        item = os.path.relpath(data / "val", ROOT) if model == chose else str(inside)  # relative (CLIs run in ROOT); inside the set
         done = call_cli("cxr_tune.predict", "--model", str(model), item, "--quiet")
         assert done.returncode == 0, done.stderr
         note = next(line for line in done.stdout.splitlines() if line.startswith("Note: "))
-        assert f"Note: {item} {what}" in note and "selection-set numbers for this model, optimistic" in note
+        assert f"Note: {what.format(item=item)}" in note and "these are selection-set numbers for this model, optimistic" in note, note
         assert done.stdout.index("Note: ") < done.stdout.index("Labelled images")
     done = call_cli("cxr_tune.predict", "--model", str(chose), str(data / "test"), "--quiet")
     assert done.returncode == 0 and "selection-set" not in done.stdout
@@ -750,3 +752,27 @@ def test_the_metrics_record_the_bootstraps_resamples_and_seed_and_the_csv_lets_a
     rows = pd.read_csv(table)
     assert list(rows.columns) == ["path", "label", "probability", "prediction", "threshold", "check", "content_hash"]
     assert len(rows) == 13 and rows["content_hash"].nunique() == metrics["n"] == 12
+
+
+def test_a_folder_of_links_into_the_set_that_chose_the_model_says_how_many_of_its_images_lie_in_it(tmp_path):
+    """A folder of links to half A's images, scored with a model whose model.json names half A (external.source) without
+    image_hashes, printed AUC 1.0 with no note (selection_set false), though the same files named one by one got it; and
+    then the note named the first file only."""
+    data = kermany_folder(tmp_path / "data", {"val": {"PNEUMONIA": ["person1_virus_1.jpeg"], "NORMAL": ["IM-0001-0001.jpeg"]},
+                                              "test": {"NORMAL": ["IM-0002-0001.jpeg"], "PNEUMONIA": ["person2_virus_2.jpeg"]}})
+    model = write_export(tmp_path / "chose", external={"source": str(data / "val"), "selection_set": True})
+    links = tmp_path / "site"
+    for cls, name in (("PNEUMONIA", "person1_virus_1.jpeg"), ("NORMAL", "IM-0001-0001.jpeg")):
+        (links / cls).mkdir(parents=True)
+        (links / cls / name).symlink_to(data / "val" / cls / name)
+    what = "this model's external validation set (model.json external.source), which chose the model"
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(links), "--quiet", "--metrics", str(tmp_path / "m.json"))
+    assert done.returncode == 0, done.stderr
+    assert (f"Note: 2 of 2 scored images lie in {what} (the first: {links / 'NORMAL' / 'IM-0001-0001.jpeg'}): these are "
+            "selection-set numbers for this model, optimistic, not an independent test.") in done.stdout.splitlines(), done.stdout
+    assert json.loads((tmp_path / "m.json").read_text())["selection_set"] is True
+    files = [str(links / "PNEUMONIA" / "person1_virus_1.jpeg"), str(links / "NORMAL" / "IM-0001-0001.jpeg")]
+    done = call_cli("cxr_tune.predict", "--model", str(model), *files, str(data / "test"), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert (f"Note: 2 of 4 scored images lie in {what} (the first: {files[1]}): these numbers include selection-set images for this "
+            "model, optimistic, not an independent test.") in done.stdout.splitlines(), done.stdout
