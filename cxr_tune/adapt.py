@@ -295,7 +295,12 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         raise UserError(f"'{images_dir}' holds {len(readable)} readable image(s){unlike}{unread}; BatchNorm statistics need at least {MIN_IMAGES}")
     # In content order: a float32 score's last digits follow its batch's other images, so the file order would reach model.json.
     images = np.stack(readable)
-    images = images[content_order(images)]
+    order = content_order(images)
+    images = images[order]
+    # Each image once for the shares called PNEUMONIA, as predict counts them (a byte-identical copy once); AdaBN's
+    # statistics and the threshold rule still take every file, as they always have.
+    distinct = np.zeros(len(images), bool)
+    distinct[np.unique(np.asarray(used)[order], return_index=True)[1]] = True
     # The model as given, at its own threshold, on the same images: what the site gets without this adaptation. Rebuilt
     # from model.json and the weights, and checked against the ONNX file: an edited model.json would adapt another model.
     before_scores = check_rebuilt(loaded, members, images)
@@ -311,10 +316,11 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
     if how and "estimated_prevalence" in how and (caveat := em_caveat(before)):
         how = {**how, "caveat": caveat}
     record: dict[str, Any] = {
-        "called_pneumonia_share": float((scores >= threshold).mean()),  # at the new threshold, on the site's own images
-        "called_pneumonia_share_before": float((before_scores >= float(meta["threshold"])).mean()),  # --model's network and threshold
+        "called_pneumonia_share": float((scores[distinct] >= threshold).mean()),  # at the new threshold, on the site's own images
+        "called_pneumonia_share_before": float((before_scores[distinct] >= float(meta["threshold"])).mean()),  # --model's network and threshold
         "method": "AdaBN (Li et al. 2016): BatchNorm running statistics re-estimated on unlabelled site images; weights unchanged",
-        "images": int(len(images)),
+        "images": int(len(images)),  # files, a byte-identical copy each time: AdaBN's statistics took them all
+        "distinct_images": int(distinct.sum()),  # what the shares count, as predict counts a folder
         "skipped_files": int((skipped["kind"] == "file").sum()),
         "skipped_folders": int((skipped["kind"] == "folder").sum()),  # a system folder, a link loop: not read, not a file
         # How many, not which: file names at a site can name patients, and model.json travels.
@@ -477,7 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_model_target(args.out, "--out")
     meta = adapt(args.model, args.images, args.out, threshold_rule=args.threshold_rule)
     record = meta["adaptation"]
-    print(f"Adapted {args.model} to {record['images']} image(s) from {args.images} (AdaBN; {skipped_count(meta['skipped']) or '0 unreadable file(s)'} skipped).")
+    copies = record["images"] - record["distinct_images"]
+    how_many = (f"{record['images']} image files from {args.images}, {record['distinct_images']} distinct ({copies} byte-identical "
+                f"cop{'y' if copies == 1 else 'ies'} counted once below)" if copies else f"{record['images']} image(s) from {args.images}")
+    print(f"Adapted {args.model} to {how_many} (AdaBN; {skipped_count(meta['skipped']) or '0 unreadable file(s)'} skipped).")
     if meta["left_out"]:
         print(f"Left out {len(meta['left_out'])} image(s) unlike the chest X-rays the model learned from (check them; "
               "their statistics are not the site's X-rays'):")

@@ -579,7 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"--metrics: {FILED_UNDER_BOTH} in {', '.join(args.inputs)}; {args.metrics} not written")
         raise UserError(f"--metrics: none of the labelled file(s) in {', '.join(args.inputs)} could be read as an image "
                         f"({skipped_count(skipped)}: {', '.join(skipped['path'].head(3).map(printable))}{', ...' if len(skipped) > 3 else ''}); {args.metrics} not written")
-    note = selection_note(model.meta, args.inputs, frame["content_hash"], frame["file"].map(os.fspath).tolist()) if metrics is not None else None
+    counted = distinct_labelled(frame)[0]  # the note counts the images the metrics count, as compare's does
+    note = selection_note(model.meta, args.inputs, counted["content_hash"], counted["file"].map(os.fspath).tolist()) if metrics is not None else None
     if metrics is not None and args.metrics:
         # What was scored, and the note printed beside the numbers, named as compare --metrics names it (selection_sets).
         record = {"model": args.model, "inputs": [storage.resolve(item) for item in args.inputs], "operating_point": args.operating_point,

@@ -651,3 +651,24 @@ def test_compare_on_a_labelled_copy_of_the_site_a_model_was_adapted_to_says_so_b
     assert [line for line in done.stdout.splitlines() if "selection-set" in line] == [
         f"Note ({adapted}): 20 of 20 scored images adapted this model (the site it was adapted to, by content: model.json "
         "adaptation.image_hashes): these are selection-set numbers for this model, optimistic, not an independent test."]
+
+
+def test_adapt_predict_and_compare_count_a_byte_identical_copy_once_alike(exported, tmp_path):
+    """A site of 20 images, one saved twice: adapt said "to 21 image(s)" and its share called PNEUMONIA counted the copy twice,
+    where predict says "of 20 images ... 1 byte-identical copy counted once"; predict's note said "21 of 21 scored images
+    adapted this model" where compare's said "20 of 20"."""
+    site = write_site(tmp_path / "site", 10)
+    (site / "NORMAL" / "broken.jpeg").unlink()
+    (site / "NORMAL" / "copy.png").write_bytes((site / "NORMAL" / "site-000.png").read_bytes())
+    adapted = tmp_path / "adapted"
+    done = call_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(site), "--out", str(adapted), "--threshold", "keep")
+    assert done.returncode == 0, done.stderr
+    assert f"Adapted {exported} to 21 image files from {site}, 20 distinct (1 byte-identical copy counted once below)" in done.stdout, done.stdout
+    record = json.loads((adapted / "model.json").read_text())["adaptation"]
+    assert record["images"] == 21 and record["distinct_images"] == 20
+    predicted = call_cli("cxr_tune.predict", "--model", str(exported), str(site), "--quiet")
+    called = next(line for line in predicted.stdout.splitlines() if "images called PNEUMONIA" in line)
+    assert called.startswith(f"{round(record['called_pneumonia_share_before'] * 20)} of 20 images called PNEUMONIA"), (called, record)
+    note = "Note: 20 of 20 scored images adapted this model"
+    assert note in call_cli("cxr_tune.predict", "--model", str(adapted), str(site), "--quiet").stdout
+    assert note.replace("Note:", f"Note ({adapted}):") in call_cli("cxr_tune.compare", "--model", str(exported), "--model", str(adapted), str(site)).stdout
