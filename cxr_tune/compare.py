@@ -40,10 +40,10 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval, interval_in, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import threshold_for
-from cxr_tune.predict import (check_lines, collect, distinct_labelled, distinct_lines, flagged_lines, interval_record, patient_counts, patient_lines,
-                              predict_each)
+from cxr_tune.predict import (check_lines, collect, distinct_labelled, distinct_lines, flagged_lines, interval_record, model_record, onnx_hash,
+                              patient_counts, patient_lines, predict_each)
 from cxr_tune.selection import selection_note
-from cxr_tune.serving import MODEL_FILE, LoadedModel, load_model
+from cxr_tune.serving import load_model
 from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METHODS, PAIRED_METRICS, PAIRED_WITHHELD_WHY, held_out_metrics, paired_with_reasons, withheld_line
 
 TITLES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity", "balanced_accuracy": "balanced accuracy"}
@@ -52,7 +52,8 @@ TITLES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificit
 def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_POINT) -> dict[str, Any]:
     """Every model scored on the labelled images of ``inputs`` that all of them read, at operating point
     ``point``: ``{"images", "images_naming_a_patient", "patients" (:func:`~cxr_tune.predict.patient_counts`), "class_counts",
-    "skipped", "intervals" (the method, the bootstrap's resamples and seed), "synthetic" (the models trained on SYNTHETIC data), "identical" ({later: earlier} for the same model.onnx),
+    "skipped", "intervals" (the method, the bootstrap's resamples and seed), "inputs" (resolved), "model_records" (which model ran:
+    :func:`~cxr_tune.predict.model_record`), "synthetic" (the models trained on SYNTHETIC data), "identical" ({later: earlier} for the same model.onnx),
     "models": {name: metrics},
     "differences": {name: {metric: [difference, [low, high] or None]}}, "differences_withheld": {name: {metric: why}}}``,
     each difference a later model minus the first (an interval None where it is withheld, and why)."""
@@ -105,6 +106,8 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
         "flagged": {path: check for path, check in checks.items() if check},
         **patient_counts(next(iter(frames.values())).loc[common, "path"].tolist()), "class_counts": counts, "copies_counted_once": copies, "filed_under_both": both, "operating_point": point, "skipped": skipped,
         "intervals": {**interval_record(), "paired_method": PAIRED_METHODS},  # the differences' own method beside the models'
+        "inputs": [storage.resolve(item) for item in inputs],
+        "model_records": {name: model_record(model) for name, model in loaded.items()},
         "synthetic": [name for name, model in loaded.items() if model.meta.get("data", {}).get("synthetic")],
         # a later model whose model.onnx is an earlier one's (a copied folder): the earliest such, by the hash load_model checked
         "identical": {name: same for i, name in enumerate(loaded) if (same := next((m for m in models[:i] if onnx[m] == onnx[name]), None))},
@@ -113,12 +116,6 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
         "differences": {name: differences for name, (differences, _) in paired.items()},
         "differences_withheld": {name: withheld for name, (_, withheld) in paired.items()},
     }
-
-
-def onnx_hash(model: LoadedModel) -> str | None:
-    """The SHA-256 of the model's ONNX file as its ``model.json`` records it, which :func:`load_model` checked against the file."""
-    files = model.meta.get("files", {})
-    return files.get(model.meta.get("model_file", MODEL_FILE), files.get(MODEL_FILE))
 
 
 def identical_lines(result: dict[str, Any]) -> list[str]:

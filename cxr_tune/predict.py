@@ -59,7 +59,7 @@ from cxr_tune.formatting import against, clock, fmt, for_spreadsheet, interval, 
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
 from cxr_tune.selection import selection_note
-from cxr_tune.serving import LoadedModel, load_model, other_preprocessing, probabilities, warn_if_other_preprocessing
+from cxr_tune.serving import MODEL_FILE, LoadedModel, load_model, other_preprocessing, probabilities, warn_if_other_preprocessing
 from cxr_tune.set_metrics import INTERVAL_METHODS, bootstrap_with_reasons, clinical_metrics, held_out_metrics, withheld_line
 
 T = TypeVar("T")
@@ -290,6 +290,23 @@ def labelled_metrics(frame: pd.DataFrame, threshold: float, points: dict[str, di
             "copies_counted_once": copies, "filed_under_both": both, "flagged": flagged, **patient_counts(paths)}
 
 
+def onnx_hash(model: LoadedModel) -> str | None:
+    """The SHA-256 of the model's ONNX file as its ``model.json`` records it, which :func:`load_model` checked against the file."""
+    files = model.meta.get("files", {})
+    return files.get(model.meta.get("model_file", MODEL_FILE), files.get(MODEL_FILE))
+
+
+def model_record(model: LoadedModel) -> dict[str, Any]:
+    """Which model ran, as ``--metrics`` (predict's and compare's) records it: its resolved folder, the ONNX file and its SHA-256
+    (:func:`onnx_hash`), when it was exported and, for an adapted model, adapted; a folder's name alone is no proof of
+    which model was in it."""
+    record = {"folder": storage.resolve(str(model.folder)), "model_file": model.meta.get("model_file", MODEL_FILE), "sha256": onnx_hash(model),
+              "exported_at": model.meta.get("exported_at")}
+    if isinstance(model.meta.get("adaptation"), dict):
+        record["adapted_at"] = model.meta["adaptation"].get("adapted_at")
+    return record
+
+
 def interval_record() -> dict[str, Any]:
     """How the intervals were computed, as ``--metrics`` (predict's and compare's) records it: the method in words and the
     bootstrap's resamples and seed, read from the function that draws them so that the record cannot drift from it (the
@@ -505,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "sensitivity, specificity and accuracy; percentile bootstrap for AUC and balanced accuracy), "
                              "the confusion counts, calibration, the rates at every operating point and the subgroups (the fields of model.json's "
                              "test entry), the images counted and the patients their file names name (images, patients, "
-                             "images_naming_a_patient), with the inputs scored (resolved) and whether they chose the model (selection_set; selection_sets: "
+                             "images_naming_a_patient), with the model that ran (model_records: its resolved folder, model.onnx's SHA-256, exported_at and "
+                             "adapted_at), the inputs scored (resolved) and whether they chose the model (selection_set; selection_sets: "
                              "the note, as compare writes it); needs images under NORMAL/ or PNEUMONIA/ folders")
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not one line per image")
     parser.add_argument("--operating-point", default=DEFAULT_POINT, metavar="NAME",
@@ -583,7 +601,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     note = selection_note(model.meta, args.inputs, counted["content_hash"], counted["file"].map(os.fspath).tolist()) if metrics is not None else None
     if metrics is not None and args.metrics:
         # What was scored, and the note printed beside the numbers, named as compare --metrics names it (selection_sets).
-        record = {"model": args.model, "inputs": [storage.resolve(item) for item in args.inputs], "operating_point": args.operating_point,
+        record = {"model": args.model, "model_records": {args.model: model_record(model)}, "inputs": [storage.resolve(item) for item in args.inputs],
+                  "operating_point": args.operating_point,
                   "selection_set": note is not None, "selection_sets": {args.model: note} if note else {},
                   "scored": len(frame), "skipped": len(skipped), "intervals": interval_record(), **metrics}
         storage.write_text_atomic(args.metrics, json.dumps(json_safe(record), indent=2))

@@ -215,3 +215,24 @@ def test_a_model_adapted_to_the_images_that_chose_it_is_said_to_have_both_chosen
         f"Note ({mixed}): {site} is this model's external validation set (model.json external.source), which chose the model; "
         "25 of 25 scored images adapted this model (the site it was adapted to, by content: model.json adaptation.image_hashes): "
         "these are selection-set numbers for this model, optimistic, not an independent test."]
+
+
+def test_the_metrics_file_says_which_models_ran_and_on_which_folders(tmp_path, site):
+    """compare --metrics was keyed by the --model strings as typed, with no model.onnx hash nor date, and had no inputs."""
+    import hashlib
+    import os
+
+    from tests.conftest import ROOT
+
+    own = write_export(tmp_path / "own", exported_at="2026-12-04T21:37:12+0000")
+    other = write_export(tmp_path / "other", threshold=0.4)
+    typed = os.path.relpath(own, ROOT)
+    done = call_cli("cxr_tune.compare", "--model", typed, "--model", str(other), os.path.relpath(site, ROOT), "--metrics", str(tmp_path / "c.json"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["inputs"] == [str(site)]
+    assert result["model_records"] == {
+        typed: {"folder": str(own), "model_file": "model.onnx", "sha256": hashlib.sha256((own / "model.onnx").read_bytes()).hexdigest(),
+                "exported_at": "2026-12-04T21:37:12+0000"},
+        str(other): {"folder": str(other), "model_file": "model.onnx", "sha256": hashlib.sha256((other / "model.onnx").read_bytes()).hexdigest(),
+                     "exported_at": None}}

@@ -776,3 +776,17 @@ def test_a_folder_of_links_into_the_set_that_chose_the_model_says_how_many_of_it
     assert done.returncode == 0, done.stderr
     assert (f"Note: 2 of 4 scored images lie in {what} (the first: {files[1]}): these numbers include selection-set images for this "
             "model, optimistic, not an independent test.") in done.stdout.splitlines(), done.stdout
+
+
+def test_the_metrics_file_says_which_model_ran_by_its_resolved_folder_and_model_onnx_hash(tmp_path):
+    """predict --metrics wrote "model" as typed (relative) and nothing of the model.onnx that ran nor when it was made."""
+    import hashlib
+
+    data = kermany_folder(tmp_path / "data", {"test": {"NORMAL": ["IM-0002-0001.jpeg"], "PNEUMONIA": ["person2_virus_2.jpeg"]}})
+    model = write_export(tmp_path / "best", exported_at="2026-12-04T21:37:12+0000", adaptation={"adapted_at": "2026-12-07T21:48:42+0000"})
+    typed = os.path.relpath(model, ROOT)
+    done = call_cli("cxr_tune.predict", "--model", typed, str(data / "test"), "--quiet", "--metrics", str(tmp_path / "m.json"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["model_records"] == {typed: {
+        "folder": str(model), "model_file": "model.onnx", "sha256": hashlib.sha256((model / "model.onnx").read_bytes()).hexdigest(),
+        "exported_at": "2026-12-04T21:37:12+0000", "adapted_at": "2026-12-07T21:48:42+0000"}}
