@@ -522,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "sensitivity, specificity and accuracy; percentile bootstrap for AUC and balanced accuracy), "
                              "the confusion counts, calibration, the rates at every operating point and the subgroups (the fields of model.json's "
                              "test entry), the images counted and the patients their file names name (images, patients, "
-                             "images_naming_a_patient), with the model that ran (model_records: its resolved folder, model.onnx's SHA-256, exported_at and "
+                             "images_naming_a_patient), the files skipped and flagged with the reason (skipped_files, flagged_files), with the model that ran (model_records: its resolved folder, model.onnx's SHA-256, exported_at and "
                              "adapted_at), the inputs scored (resolved) and whether they chose the model (selection_set; selection_sets: "
                              "the note, as compare writes it); needs images under NORMAL/ or PNEUMONIA/ folders")
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not one line per image")
@@ -604,7 +604,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = {"model": args.model, "model_records": {args.model: model_record(model)}, "inputs": [storage.resolve(item) for item in args.inputs],
                   "operating_point": args.operating_point,
                   "selection_set": note is not None, "selection_sets": {args.model: note} if note else {},
-                  "scored": len(frame), "skipped": len(skipped), "intervals": interval_record(), **metrics}
+                  "scored": len(frame), "skipped": len(skipped), "intervals": interval_record(), **metrics,
+                  # which files, and why, as the console lists them below (the counts above stay for readers of them)
+                  "skipped_files": skipped[["path", "reason", "kind"]].to_dict("records"),
+                  "flagged_files": [{"path": path, "reason": check} for path, check in zip(frame["path"], frame["check"], strict=True) if check]}
         storage.write_text_atomic(args.metrics, json.dumps(json_safe(record), indent=2))
     written = explain(model, members, frame, args.explain, args.operating_point) if members is not None and not frame.empty else None
     if not args.quiet:

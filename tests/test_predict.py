@@ -790,3 +790,20 @@ def test_the_metrics_file_says_which_model_ran_by_its_resolved_folder_and_model_
     assert json.loads((tmp_path / "m.json").read_text())["model_records"] == {typed: {
         "folder": str(model), "model_file": "model.onnx", "sha256": hashlib.sha256((model / "model.onnx").read_bytes()).hexdigest(),
         "exported_at": "2026-12-04T21:37:12+0000", "adapted_at": "2026-12-07T21:48:42+0000"}}
+
+
+def test_the_metrics_file_names_each_skipped_and_flagged_file_with_the_reason(tmp_path):
+    """predict --metrics wrote only counts ("skipped": 1, "flagged": 1): which files, and why, were on the console alone."""
+    from PIL import Image
+
+    data = kermany_folder(tmp_path / "site", {"test": {"PNEUMONIA": ["person1_bacteria_1.jpeg"], "NORMAL": ["IM-0001-0001.jpeg"]}}) / "test"
+    Image.new("L", (40, 30), 128).save(data / "NORMAL" / "blank.png")
+    (data / "NORMAL" / "notes.txt").write_text("not an image")
+    done = call_cli("cxr_tune.predict", "--model", str(write_export(tmp_path / "best")), str(data), "--quiet", "--metrics", str(tmp_path / "m.json"))
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert record["skipped"] == 1 and record["flagged"] == 1  # the counts, as before
+    assert [entry["path"] for entry in record["skipped_files"]] == [str(data / "NORMAL" / "notes.txt")] and record["skipped_files"][0]["reason"]
+    assert record["skipped_files"][0]["kind"] == "file"
+    assert [entry["path"] for entry in record["flagged_files"]] == [str(data / "NORMAL" / "blank.png")]
+    assert record["flagged_files"][0]["reason"].startswith("nearly blank")
