@@ -193,7 +193,9 @@ def _details(meta: dict[str, Any]) -> list[str]:
         "- Calibration map in the graph: " + (f"{calibration['method']} scaling fitted on the {_set_name(calibration.get('fitted_on'))} "
                                                f"(slope {fmt(calibration.get('slope'))}, intercept {fmt(calibration.get('intercept'))})"
                                                if calibration.get("method", "none") != "none" else "none (the network's own probabilities)") + ".",
-        f"- Built by cxr_tune {meta.get('cxr_tune_version')} on {meta.get('exported_at')}.", "",
+        # An adapted model keeps its export's exported_at: the date alone would pass for the adaptation's.
+        f"- Built by cxr_tune {meta.get('cxr_tune_version')}: exported {meta.get('exported_at')}, adapted {meta['adaptation'].get('adapted_at')}."
+        if isinstance(meta.get("adaptation"), dict) else f"- Built by cxr_tune {meta.get('cxr_tune_version')} on {meta.get('exported_at')}.", "",
     ]
 
 

@@ -143,6 +143,9 @@ def test_adapt_writes_a_card_for_the_adapted_model(tmp_path):
     assert not (tmp_path / "adapted" / "reliability.png").exists() and "`reliability.png`" not in card  # adapt draws none: the card names none
     assert "Reliability diagram: none for the adapted model" in card
     assert meta["adaptation"]["provenance"]["versions"] == meta["provenance"]["versions"]  # the adapting code's and the exporting code's
+    # Which model was adapted, by its files' hashes (from_model was a path only), and both dates on the card (the export's alone).
+    assert meta["adaptation"]["from_model_files"] == json.loads((tmp_path / "model" / "model.json").read_text())["files"]
+    assert f"exported {meta['exported_at']}, adapted {meta['adaptation']['adapted_at']}." in card
     assert table(card, "Performance")[0][3] == fmt(meta["before_adaptation"]["validation"]["auc"]) + interval(
         meta["before_adaptation"]["validation"]["ci95"]["auc"])
     assert Path(tmp_path / "model" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
