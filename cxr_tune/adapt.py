@@ -329,6 +329,7 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         # Which images, by content: predict and compare know a copy of them anywhere, labelled or not (selection_note).
         "image_hashes": image_hashes(used),
         "from_model": storage.resolve(model),
+        "out": storage.resolve(out),  # where it was written: the card's adapt command names it, as export's names its --out
         "from_model_files": dict(meta.get("files", {})),  # its files' SHA-256 (load_model checked model.onnx's): which model, not only where
         "threshold_rule": threshold_rule if how and not how.get("kept") else "keep",
         "threshold": f"{threshold:.4f}, " + (how["summary"] if how else "kept from the unadapted model"),

@@ -507,9 +507,10 @@ def _reproduce(meta: dict[str, Any]) -> list[str]:
         lines.append(f"1. {code_span(command)} ({searched}; seeds are in `model.json`'s hyperparameters)")
     lines += [f"{2 if command else 1}. {code_span(export)}", f"{3 if command else 2}. `python -m cxr_tune.predict --model FOLDER IMAGES [--operating-point NAME] [--explain OUT]` "
               "(FOLDER: this model's folder)", ""]
-    if meta.get("adaptation"):
-        lines.insert(-1, f"{4 if command else 3}. `python -m cxr_tune.adapt --model FOLDER --images SITE --out NEW --threshold {meta['adaptation'].get('threshold_rule')}`"
-                     + (f" ({adapted})" if (adapted := _commit(meta["adaptation"].get("provenance"))) else ""))
+    if record := meta.get("adaptation"):  # the model it came from, not this one ("--model FOLDER" read as this folder adapted the adapted model)
+        given = shlex.join(["python", "-m", "cxr_tune.adapt", "--model", str(record.get("from_model") or "MODEL"), "--images", str(record.get("source") or "SITE"),
+                            "--out", str(record.get("out") or "NEW"), "--threshold", str(record.get("threshold_rule"))])
+        lines.insert(-1, f"{4 if command else 3}. {code_span(given)}" + (f" ({adapted})" if (adapted := _commit(record.get("provenance"))) else ""))
     if code := describe_code(meta.get("provenance")):  # none in a model.json from before the record
         lines += [f"Exported with {code}.", ""]
     return lines

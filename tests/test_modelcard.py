@@ -146,6 +146,9 @@ def test_adapt_writes_a_card_for_the_adapted_model(tmp_path):
     # Which model was adapted, by its files' hashes (from_model was a path only), and both dates on the card (the export's alone).
     assert meta["adaptation"]["from_model_files"] == json.loads((tmp_path / "model" / "model.json").read_text())["files"]
     assert f"exported {meta['exported_at']}, adapted {meta['adaptation']['adapted_at']}." in card
+    # The command that made it, runnable as written ("--model FOLDER", this model's folder, adapted the adapted model).
+    adapt_step = f"`python -m cxr_tune.adapt --model {tmp_path / 'model'} --images {site} --out {tmp_path / 'adapted'} --threshold keep`"
+    assert adapt_step in card.split("## How to reproduce\n", 1)[1], card.split("## How to reproduce\n", 1)[1]
     assert table(card, "Performance")[0][3] == fmt(meta["before_adaptation"]["validation"]["auc"]) + interval(
         meta["before_adaptation"]["validation"]["ci95"]["auc"])
     assert Path(tmp_path / "model" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
