@@ -100,7 +100,7 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
             checks[path] = "; ".join(dict.fromkeys(part for part in (checks.get(path, ""), check) if part))
     first, *later = loaded
     onnx = {name: onnx_hash(model) for name, model in loaded.items()}
-    hashes, paths = next(iter(frames.values())).loc[common, "content_hash"], next(iter(frames.values())).loc[common, "file"].map(os.fspath).tolist()
+    hashes, paths = next(iter(frames.values())).loc[common, "content_hash"], [os.fspath(file) for file in next(iter(frames.values())).loc[common, "file"]]
     paired = {name: paired_with_reasons(labels, scores[name], thresholds[name], scores[first], thresholds[first]) for name in later}
     return {
         "flagged": {path: check for path, check in checks.items() if check},

@@ -598,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--metrics: none of the labelled file(s) in {', '.join(args.inputs)} could be read as an image "
                         f"({skipped_count(skipped)}: {', '.join(skipped['path'].head(3).map(printable))}{', ...' if len(skipped) > 3 else ''}); {args.metrics} not written")
     counted = distinct_labelled(frame)[0]  # the note counts the images the metrics count, as compare's does
-    note = selection_note(model.meta, args.inputs, counted["content_hash"], counted["file"].map(os.fspath).tolist()) if metrics is not None else None
+    note = selection_note(model.meta, args.inputs, counted["content_hash"], [os.fspath(file) for file in counted["file"]]) if metrics is not None else None
     if metrics is not None and args.metrics:
         # What was scored, and the note printed beside the numbers, named as compare --metrics names it (selection_sets).
         record = {"model": args.model, "model_records": {args.model: model_record(model)}, "inputs": [storage.resolve(item) for item in args.inputs],
