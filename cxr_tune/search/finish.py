@@ -129,7 +129,7 @@ def _print_summary(experiment: Experiment, table: pd.DataFrame, selected: pd.Ser
     from cxr_tune.search.results import selected_metrics
 
     counts = table["stop_reason"].value_counts().to_dict()
-    tag = "  [SYNTHETIC DATA — not real patients]" if experiment.synthetic else ""
+    tag = "  [SYNTHETIC DATA - not real patients]" if experiment.synthetic else ""
     external_decides = experiment.deciding_set == "external"
     what = "Search interrupted (what follows is its best so far)" if interrupted else "Search finished"
     print(f"\n=== {what}: {len(table)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}){tag}")

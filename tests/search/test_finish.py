@@ -172,3 +172,14 @@ def test_the_console_summary_gives_the_criterion_that_chose_the_trial(capsys):
         finish._print_summary(experiment, table, table.iloc[0])
         lines = [line for line in capsys.readouterr().out.splitlines() if "validation" in line and "auc" in line]
         assert len(lines) == 2 and all(("youden 0.7000" in line) == shown for line in lines)
+
+
+def test_the_console_summary_of_a_synthetic_search_is_plain_ascii(capsys):
+    """"[SYNTHETIC DATA — not real patients]": a console that prints ASCII only showed its em dash as "\\u2014"."""
+    row = {"trial_id": "a", "best_epoch": 2, "epochs": 3, "tied": True, "stop_reason": "completed",
+           **{f"val_{m}": 0.7 for m in ("auc", "sensitivity", "specificity", "balanced_accuracy", "threshold")}}
+    table = pd.DataFrame([row])
+    experiment = types.SimpleNamespace(synthetic=True, deciding_set="carved", options=types.SimpleNamespace(select="balanced_accuracy"))
+    finish._print_summary(experiment, table, table.iloc[0])
+    out = capsys.readouterr().out
+    assert "[SYNTHETIC DATA - not real patients]" in out and out.isascii()
