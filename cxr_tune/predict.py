@@ -610,9 +610,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "flagged_files": [{"path": path, "reason": check} for path, check in zip(frame["path"], frame["check"], strict=True) if check]}
         storage.write_text_atomic(args.metrics, json.dumps(json_safe(record), indent=2))
     written = explain(model, members, frame, args.explain, args.operating_point) if members is not None and not frame.empty else None
-    if not args.quiet:
+    if not args.quiet and not frame.empty:
+        print(f"{'P(PNEUMONIA)':<12}  {'predicted':<9}  file")  # once: what each line's number and word are
         for row in frame.itertuples():
-            print(f"{row.probability:.4f}  {CLASSES[row.prediction]:<9}  {printable(row.path)}")
+            print(f"{row.probability:<12.4f}  {CLASSES[row.prediction]:<9}  {printable(row.path)}")
     if args.csv:
         print(f"Wrote {len(frame)} predictions to {args.csv}")
     if not frame.empty:

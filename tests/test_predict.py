@@ -807,3 +807,23 @@ def test_the_metrics_file_names_each_skipped_and_flagged_file_with_the_reason(tm
     assert record["skipped_files"][0]["kind"] == "file"
     assert [entry["path"] for entry in record["flagged_files"]] == [str(data / "NORMAL" / "blank.png")]
     assert record["flagged_files"][0]["reason"].startswith("nearly blank")
+
+
+def test_the_per_image_lines_sit_under_one_header_naming_their_columns(tmp_path, capsys):
+    """"0.5500  NORMAL     /path/x.jpeg" came with no header: nothing said the number is P(PNEUMONIA) or the word the call."""
+    from cxr_tune.predict import main
+    from tests.conftest import write_image
+
+    model = write_export(tmp_path / "best", image_size=16)
+    for seed, name in enumerate(("NORMAL/a.jpeg", "PNEUMONIA/b.jpeg")):
+        write_image(tmp_path / "site" / name, seed=seed)
+    assert main(["--model", str(model), str(tmp_path / "site")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines.index("P(PNEUMONIA)  predicted  file")
+    rows = lines[header + 1 : header + 3]
+    assert [line.split()[2] for line in rows] == [str(tmp_path / "site" / name) for name in ("NORMAL/a.jpeg", "PNEUMONIA/b.jpeg")]
+    assert all(line.index(line.split()[1]) == len("P(PNEUMONIA)  ") for line in rows)  # each column under its name
+    assert sum(line.startswith("P(PNEUMONIA)  predicted") for line in lines) == 1
+
+    assert main(["--model", str(model), str(tmp_path / "site"), "--quiet"]) == 0
+    assert "P(PNEUMONIA)  predicted  file" not in capsys.readouterr().out  # no lines, no header
