@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,11 @@ from cxr_tune.train.model import ConvBlock, PneumoniaCNN, TorchvisionNet
 
 #: what a map's colours mean, said on every figure (:func:`_overlay`)
 SCALED = "Each map is scaled to its own image's maximum: colours are not comparable between images."
+#: the maps' colours: perceptually uniform and rising in brightness, so the hottest spot is the brightest in greyscale and
+#: to colour-blind eyes too ("jet" printed its hottest dark red as dark as its coldest dark blue)
+HEAT_CMAP = "inferno"
+#: the colourbar's label beside every figure of maps (:func:`_colourbar`)
+HEAT_LABEL = "Grad-CAM, low to high (scaled per image)"
 
 
 def target_layer(net: nn.Module) -> tuple[nn.Module, bool]:
@@ -79,6 +85,7 @@ def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, captio
     left.imshow(image, cmap="gray", vmin=0, vmax=255)
     left.set_title(f"model input ({image.shape[1]}x{image.shape[0]}, aspect ratio not kept)", fontsize=9)
     _overlay(right, image, heat)
+    _colourbar(fig, right, "vertical")
     right.set_title("Grad-CAM (what raised the PNEUMONIA score)", fontsize=9)
     for ax in (left, right):
         ax.axis("off")
@@ -99,7 +106,9 @@ def plot_gallery(path: str | Path, rows: dict[str, Sequence[tuple[np.ndarray, np
     rows = {title: items for title, items in rows.items() if items}
     plt = _pyplot()
     columns = max(len(items) for items in rows.values())
-    fig, axes = plt.subplots(len(rows), columns, figsize=(2.6 * columns, 2.9 * len(rows)), squeeze=False)
+    fig = plt.figure(figsize=(2.6 * columns, 2.9 * len(rows) + 0.5))
+    grid = fig.add_gridspec(len(rows) + 1, columns, height_ratios=[1] * len(rows) + [0.06])  # a last, slim row: the colourbar
+    axes = [[fig.add_subplot(grid[row, column]) for column in range(columns)] for row in range(len(rows))]
     for row, (title, items) in enumerate(rows.items()):
         for column in range(columns):
             ax = axes[row][column]
@@ -110,14 +119,26 @@ def plot_gallery(path: str | Path, rows: dict[str, Sequence[tuple[np.ndarray, np
                 ax.set_title(drawable(caption), fontsize=7)
         axes[row][0].text(-0.08, 0.5, title, transform=axes[row][0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
     fig.suptitle(f"Grad-CAM over the model input (aspect ratio not kept). {SCALED}", fontsize=9, wrap=True)
+    _colourbar(fig, fig.add_subplot(grid[-1, :]), "horizontal")  # one for the gallery: each map is scaled alike, to its own maximum
     save_figure(fig, path, dpi=100)
 
 
-def _overlay(ax: object, image: np.ndarray, heat: np.ndarray) -> None:
-    """The map over the image, scaled to its own maximum: a P=0.1 image's map is as red as a P=0.99 one's."""
+def _overlay(ax: Any, image: np.ndarray, heat: np.ndarray) -> None:
+    """The map over the image, scaled to its own maximum: a P=0.1 image's map is as bright as a P=0.99 one's."""
     ax.imshow(image, cmap="gray", vmin=0, vmax=255)
     peak = float(heat.max())
-    ax.imshow(heat / peak if peak > 0 else heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+    ax.imshow(heat / peak if peak > 0 else heat, cmap=HEAT_CMAP, alpha=0.4, vmin=0, vmax=1)
+
+
+def _colourbar(fig: Any, ax: Any, orientation: str) -> None:
+    """A colourbar of :data:`HEAT_CMAP`, from low to high, unnumbered (a map's values have no unit: each is scaled to its own
+    image's maximum, only their order means something): a slim one right of ``ax`` (vertical), or filling ``ax`` (horizontal,
+    the gallery's row of its own). Drawn opaque, so that its colours read clearly; the maps lie over their image at 0.4."""
+    from matplotlib.cm import ScalarMappable
+
+    where = {"ax": ax, "fraction": 0.046, "pad": 0.03} if orientation == "vertical" else {"cax": ax}
+    bar = fig.colorbar(ScalarMappable(cmap=HEAT_CMAP), orientation=orientation, ticks=[], **where)
+    bar.set_label(HEAT_LABEL, fontsize=7)
 
 
 def _pyplot():  # noqa: ANN202 - matplotlib.pyplot, set to files only before its first import

@@ -260,3 +260,31 @@ def test_a_figure_holds_the_whole_caption_of_a_long_file_name(tmp_path, monkeypa
     (bbox, dpi), = drawn
     width, height = Image.open(tmp_path / "one.png").size
     assert width / dpi >= bbox.width - 0.01 and height / dpi >= bbox.height - 0.01, (width / dpi, bbox.width)
+
+
+def test_the_maps_hottest_colour_is_their_brightest_and_a_colourbar_says_low_to_high(tmp_path, monkeypatch):
+    """cmap="jet" and no colourbar: in greyscale its hottest (dark red) printed as dark as its coldest (dark blue), the
+    hot spots lost, and nothing on the figure said which colour was high."""
+    from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
+
+    from cxr_tune.saliency import explain_figure, plot_gallery
+
+    drawn, save = [], Figure.savefig
+
+    def saving(fig: Figure, *args, **kwargs) -> None:
+        maps = [image for image in fig.findobj(AxesImage) if image.get_alpha() is not None]  # the maps, over the gray images
+        bars = [ax.get_ylabel() or ax.get_xlabel() for ax in fig.axes if hasattr(ax, "_colorbar")]
+        drawn.append((maps, bars))
+        save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", saving)
+    image, heat = opacity_images(1, seed=4)[0][0], np.ones((SIZE, SIZE))
+    explain_figure(tmp_path / "one.png", image, heat, "x.png")
+    plot_gallery(tmp_path / "all.png", {"true positives": [(image, heat, "x.png")] * 3, "false positives": [(image, heat, "y.png")]})
+    for maps, bars in drawn:
+        assert maps and bars == ["Grad-CAM, low to high (scaled per image)"]  # one colourbar, the gallery's too
+        for shown in maps:
+            rgb = shown.get_cmap()(np.linspace(0, 1, 256))[:, :3]
+            luminance = rgb @ [0.2126, 0.7152, 0.0722]
+            assert (np.diff(luminance) > -1e-3).all() and luminance[-1] > 0.8 > 0.1 > luminance[0]  # dark to bright, in grey too
