@@ -461,7 +461,7 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
     a chunk's maps when ``members`` and ``model.json`` no longer rebuild the ONNX file's scores of its images (an edited
     ``model.json``: the maps would be another network's)."""
     from cxr_tune.modelfile import check_rebuilt
-    from cxr_tune.saliency import explain_figure, grad_cam
+    from cxr_tune.saliency import explain_figure, grad_cam, named
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -475,9 +475,9 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
         maps = grad_cam(members, images)
         for row, name, image, heat in zip(part.itertuples(), names[start : start + _CHUNK_FILES], images, maps, strict=True):
             truth = "" if pd.isna(row.label) else f"; labelled {CLASSES[int(row.label)]}"
-            probability, cut = against(row.probability, threshold)
-            caption = (f"{row.path}\nP(PNEUMONIA) {probability}: {CLASSES[row.prediction]} at {point} "
-                       f"(threshold {cut}){truth}")  # the path as given: two folders may hold the same file name
+            probability, cut = against(row.probability, threshold, 4)  # as the console's line gives it
+            caption = (f"{named(row.path)}\nP(PNEUMONIA) {probability}: {CLASSES[row.prediction]} at {point} "
+                       f"(threshold {cut}){truth}")  # with its folder: two folders may hold the same file name
             explain_figure(out / name, image, heat, caption)
             written.append(out / name)
     return written

@@ -76,6 +76,22 @@ def grad_cam(members: Members, images: np.ndarray, batch_size: int = 32) -> np.n
     return total / len(members.nets)
 
 
+def named(path: str, most: int = 48) -> str:
+    """A figure's first caption lines for the image at ``path`` (as given): its file name, then ``in FOLDER``, the folder
+    cut to its last ``most`` characters at a ``/`` (``in .../siteA/NORMAL``): enough to tell two x.png apart, where the
+    whole path widened a figure to a long path's width (1856 pixels, bbox tight).
+
+    >>> print(named("/data/hospital_exports/2026/site_A/NORMAL/x.png", most=20))
+    x.png
+    in .../site_A/NORMAL
+    """
+    folder, _, name = path.rpartition("/")
+    if len(folder) > most:
+        tail = folder[len(folder) - most + 3 :]
+        folder = "..." + (tail[tail.index("/") :] if "/" in tail else tail)
+    return f"{name}\nin {folder}" if folder else name
+
+
 def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, caption: str) -> None:
     """One image beside its map over it, ``caption`` (file name, probability, label, operating point) above, each
     character the font lacks escaped (:func:`cxr_tune.plotting.drawable`).
@@ -116,7 +132,7 @@ def plot_gallery(path: str | Path, rows: dict[str, Sequence[tuple[np.ndarray, np
             if column < len(items):
                 image, heat, caption = items[column]
                 _overlay(ax, image, heat)
-                ax.set_title(drawable(caption), fontsize=7)
+                ax.set_title(drawable(caption), fontsize=8)
         axes[row][0].text(-0.08, 0.5, title, transform=axes[row][0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
     fig.suptitle(f"Grad-CAM over the model input (aspect ratio not kept). {SCALED}", fontsize=9, wrap=True)
     _colourbar(fig, fig.add_subplot(grid[-1, :]), "horizontal")  # one for the gallery: each map is scaled alike, to its own maximum

@@ -375,12 +375,12 @@ def test_an_explain_caption_never_shows_a_call_that_seems_to_break_its_rule(tmp_
     threshold = model.meta["threshold"]
     frame = frame.assign(probability=[threshold - 1.1e-4, threshold + 0.2], prediction=[0, 1])
     captions: list[str] = []
-    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption: captions.append(caption.splitlines()[1]))
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption: captions.append(caption.splitlines()[-1]))
     explain(model, load_members(str(tmp_path / "model"), model.meta), frame, str(tmp_path / "maps"), "balanced")
     below, above = captions
     shown, cut = map(float, re.fullmatch(r"P\(PNEUMONIA\) ([\d.]+): NORMAL at balanced \(threshold ([\d.]+)\).*", below).groups())
     assert shown < cut, below
-    assert above.startswith(f"P(PNEUMONIA) {threshold + 0.2:.3f}: PNEUMONIA at balanced (threshold {threshold:.3f})")  # three decimals where they suffice
+    assert above.startswith(f"P(PNEUMONIA) {threshold + 0.2:.4f}: PNEUMONIA at balanced (threshold {threshold:.4f})")  # four decimals where they suffice, as the console
 
 
 def test_predict_and_compare_read_an_image_folder_on_object_storage_as_a_local_one(s3_dir, tmp_path):

@@ -5,6 +5,7 @@ a layer to read, and ``predict --explain`` writes one figure per image from the 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -154,8 +155,10 @@ def test_figures_of_images_with_the_same_file_name_name_their_paths_and_the_csv_
     assert done.returncode == 0, done.stderr
     rows = pd.read_csv(tmp_path / "p.csv")
     assert sorted(rows["explanation"]) == ["x-1.png", "x.png"]
-    for row in rows.itertuples():
-        assert captions[row.explanation].splitlines()[0] == row.path  # the caption names the path given, not just x.png
+    for row in rows.itertuples():  # the caption names the folder given (its end, when long), not just x.png
+        name, folder = captions[row.explanation].splitlines()[:2]
+        assert name == "x.png" and folder.startswith("in ") and folder.endswith(f"/{row.path.rsplit('/', 2)[1]}")
+    assert len({caption.splitlines()[1] for caption in captions.values()}) == 2
 
 
 def test_the_figures_say_the_image_is_the_squashed_model_input_and_each_map_has_its_own_scale(tmp_path, monkeypatch):
@@ -207,9 +210,9 @@ def test_a_figure_titled_with_a_file_name_the_font_lacks_glyphs_for_escapes_them
     assert done.returncode == 0, done.stderr
     assert not [str(w.message) for w in caught if "Glyph" in str(w.message)]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scan$\\x$_2.png", "tête_3.png", "肺炎_1.png"]
-    assert f"{folder}/\\u80ba\\u708e_1.png" in titles  # 肺炎_1.png, as the console shows what it cannot print
-    assert f"{folder}/tête_3.png" in titles  # what the font has stays as it is
-    assert f"{folder}/scan\\$\\x\\$_2.png" in titles and len(titles) == 3  # scan$\x$_2.png, drawn as written, not as mathtext
+    assert "\\u80ba\\u708e_1.png" in titles  # 肺炎_1.png, as the console shows what it cannot print
+    assert "tête_3.png" in titles  # what the font has stays as it is
+    assert "scan\\$\\x\\$_2.png" in titles and len(titles) == 3  # scan$\x$_2.png, drawn as written, not as mathtext
 
     with warnings.catch_warnings(record=True) as caught:  # the report's gallery titles each map with its file name too
         warnings.simplefilter("always")
@@ -288,3 +291,26 @@ def test_the_maps_hottest_colour_is_their_brightest_and_a_colourbar_says_low_to_
             rgb = shown.get_cmap()(np.linspace(0, 1, 256))[:, :3]
             luminance = rgb @ [0.2126, 0.7152, 0.0722]
             assert (np.diff(luminance) > -1e-3).all() and luminance[-1] > 0.8 > 0.1 > luminance[0]  # dark to bright, in grey too
+
+
+def test_an_explanation_of_an_image_deep_in_long_folders_keeps_its_width_and_reads_as_the_console(tmp_path, monkeypatch, capsys):
+    """The caption was the whole path: a long one made a 1856x387 figure (bbox tight), and its P 0.550 at threshold 0.557
+    did not read as the console's 0.5500 / 0.5566."""
+    import cxr_tune.saliency
+    from cxr_tune.predict import main
+
+    export_folder(tmp_path / "model")
+    deep = tmp_path.joinpath(*(["hospital_export_2026_series_0042_frontal_views"] * 4))
+    save_images(kermany_set(1, 6), deep)
+    captions, draw = [], cxr_tune.saliency.explain_figure
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption: (captions.append(caption), draw(path, image, heat, caption)))
+    assert main(["--model", str(tmp_path / "model"), str(deep), "--explain", str(tmp_path / "out")]) == 0
+    console = capsys.readouterr().out.splitlines()
+    (caption,), (figure,) = captions, list((tmp_path / "out").iterdir())
+    image = next(deep.rglob("*.png"))
+    name, folder, called = caption.splitlines()
+    assert name == image.name and folder.startswith("in ...") and folder.endswith(f"/{image.parent.name}")  # which of two x.png
+    probability = next(line.split()[0] for line in console if line.endswith(image.name))  # the console's, four decimals
+    assert called.startswith(f"P(PNEUMONIA) {probability}: ") and re.search(r"\(threshold \d\.\d{4}\)", called)
+    with Image.open(figure) as drawn:
+        assert drawn.size[0] < 900, drawn.size  # the two panels, not a path's width
