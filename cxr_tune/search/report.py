@@ -41,6 +41,14 @@ from cxr_tune.train.checkpoints import has_predictions, load_predictions  # noqa
 
 TOP = 10
 SET_NAMES = {"val": "carved validation", "ext": "external validation"}
+#: each set's look in the learning curves, on both panels: its own marker AND line style, in colours of matplotlib's
+#: "tableau-colorblind10", so that the sets stay apart in greyscale and to colour-blind eyes (carved and external
+#: differed by colour alone, and train loss and external loss were both "-o")
+SET_STYLES = {"train": {"color": "#006BA4", "linestyle": "-", "linewidth": 1.0, "marker": ""},
+              "val": {"color": "#FF800E", "linestyle": "-", "marker": "o", "markersize": 4},
+              "ext": {"color": "#595959", "linestyle": "-.", "marker": "^", "markersize": 5}}
+#: a set's balanced accuracy beside its AUC: its marker hollow, its line dotted
+SECOND_METRIC = {"linestyle": ":", "markerfacecolor": "white"}
 
 
 def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str, Any] | None, *, unfinished: str = "") -> str:
@@ -442,19 +450,19 @@ def _plot_confusion(path: Path, predictions: pd.DataFrame, threshold: float, nam
 
 
 def _plot_learning(path: Path, history: pd.DataFrame, deciding: str, mark: tuple[int, str] | None = None) -> str | None:
-    """The selected trial's losses and metrics per epoch, each set in one colour on both panels (a set's AUC solid, its
-    balanced accuracy dashed); ``deciding``: the prefix of the set that chose, labelled so; ``mark``: (epoch, label) of
+    """The selected trial's losses and metrics per epoch, each set in its :data:`SET_STYLES` on both panels (its balanced
+    accuracy hollow and dotted beside its AUC: :data:`SECOND_METRIC`); ``deciding``: the prefix of the set that chose, labelled so; ``mark``: (epoch, label) of
     the epoch selected (:func:`_epoch_mark`), a dotted vertical line on both panels."""
     if history.empty or "epoch" not in history:
         return "No per-epoch history for the selected trial."
-    colours = {"val": "C1", "ext": "C2"}  # train loss is C0, on the left only
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))  # widened by the two legends beside the panels
-    left.plot(history["epoch"], history["train_loss"], "-o", color="C0", label="train loss (weighted, augmented)")
+    left.plot(history["epoch"], history["train_loss"], **SET_STYLES["train"], label="train loss (weighted, augmented)")
     for prefix, name in ((p, selection_label(n, p == deciding)) for p, n in SET_NAMES.items()):
         if f"{prefix}_loss" in history and history[f"{prefix}_loss"].notna().any():
-            left.plot(history["epoch"], history[f"{prefix}_loss"], "-o", color=colours[prefix], label=f"{name} log loss")
-            right.plot(history["epoch"], history[f"{prefix}_auc"], "-o", ms=3, color=colours[prefix], label=f"{name} AUC")
-            right.plot(history["epoch"], history[f"{prefix}_balanced_accuracy"], "--s", ms=3, color=colours[prefix], label=f"{name} balanced accuracy")
+            left.plot(history["epoch"], history[f"{prefix}_loss"], **SET_STYLES[prefix], label=f"{name} log loss")
+            right.plot(history["epoch"], history[f"{prefix}_auc"], **SET_STYLES[prefix], label=f"{name} AUC")
+            right.plot(history["epoch"], history[f"{prefix}_balanced_accuracy"], **(SET_STYLES[prefix] | SECOND_METRIC),
+                       label=f"{name} balanced accuracy")
     for ax in (left, right):
         if mark is not None:
             ax.axvline(mark[0], color="grey", linestyle=":", label=mark[1])

@@ -539,3 +539,25 @@ def test_a_failed_trial_is_left_out_of_top_n_and_its_section_names_its_traceback
     failures = text[text.index("## Failed trials"):].splitlines()
     [row] = [line for line in failures if line.startswith("| d ")]
     assert "RuntimeError: out of memory" in row and "`d/error.txt`" in row, row
+
+
+def test_each_set_of_the_learning_curves_has_its_own_marker_and_line_style_in_colour_blind_safe_colours(tmp_path, monkeypatch):
+    """Carved (C1) and external (C2) differed by colour alone, which protanopes and a greyscale print cannot tell apart,
+    and train loss and external loss were both "-o"."""
+    import pandas as pd
+    from matplotlib import colors, style
+
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.6, 0.5, 0.45], **{f"{p}_{m}": [0.6, 0.7, 0.65] for p in ("val", "ext")
+                                                                                  for m in ("loss", "auc", "balanced_accuracy")}})
+    figures = _saved_figures(monkeypatch)
+    report._plot_learning(tmp_path / "learning.png", history, "ext")
+    left, right = figures[0].axes
+    looks = {line.get_label(): (line.get_marker(), line.get_linestyle(), colors.to_hex(line.get_color())) for line in left.get_lines()}
+    assert len(looks) == 3 and len({(marker, dash) for marker, dash, _ in looks.values()}) == 3  # apart without colour
+    carved, external = (next(look for label, look in looks.items() if label.startswith(name)) for name in ("carved", "external"))
+    assert len({marker for marker, _, _ in looks.values()}) == 3 and carved[:2] != external[:2] and carved[1] != external[1]
+    safe = {colors.to_hex(c) for c in style.library["tableau-colorblind10"]["axes.prop_cycle"].by_key()["color"]}
+    assert {colour for _, _, colour in looks.values()} <= safe
+    shown = [(line.get_marker(), line.get_linestyle(), line.get_markerfacecolor()) for line in right.get_lines()]
+    assert len(set(shown)) == len(shown) == 4  # each set's AUC and balanced accuracy apart without colour too
+
