@@ -49,6 +49,8 @@ SET_STYLES = {"train": {"color": "#006BA4", "linestyle": "-", "linewidth": 1.0, 
               "ext": {"color": "#595959", "linestyle": "-.", "marker": "^", "markersize": 5}}
 #: a set's balanced accuracy beside its AUC: its marker hollow, its line dotted
 SECOND_METRIC = {"linestyle": ":", "markerfacecolor": "white"}
+#: the operating points' markers on the ROC curve, one each, edged in black: apart where colours are not, and overlapping
+POINT_MARKERS = "os^Dv*Ph"
 
 
 def write_report(experiment: Experiment, table: pd.DataFrame, exported: dict[str, Any] | None, *, unfinished: str = "") -> str:
@@ -538,7 +540,8 @@ def _plot_operating_points(path: Path, exported: dict[str, Any], predictions: pd
         cuts = {f"{points[name]['threshold']:.4f}" for name in names}  # as the operating points' table gives them (0.0005 read 0.000)
         label = (f"{', '.join(names)} (threshold {cuts.pop()})" if len(cuts) == 1
                  else ", ".join(f"{name} (threshold {points[name]['threshold']:.4f})" for name in names))
-        ax.scatter([x], [y], s=60, color=f"C{index + 1}", zorder=5, label=label)
+        ax.scatter([x], [y], s=60, color=f"C{index + 1}", marker=POINT_MARKERS[index % len(POINT_MARKERS)], edgecolors="black",
+                   linewidths=0.8, zorder=5, label=label)
     legend_beside(ax, fontsize=7)
     ax.set(title="Operating points on the ROC curve")
     save_figure(fig, path)

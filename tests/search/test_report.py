@@ -561,3 +561,19 @@ def test_each_set_of_the_learning_curves_has_its_own_marker_and_line_style_in_co
     shown = [(line.get_marker(), line.get_linestyle(), line.get_markerfacecolor()) for line in right.get_lines()]
     assert len(set(shown)) == len(shown) == 4  # each set's AUC and balanced accuracy apart without colour too
 
+
+def test_each_operating_point_has_its_own_marker_with_a_black_edge(tmp_path, monkeypatch):
+    """The points differed by colour alone and overlapped: in greyscale, which was which could not be read."""
+    import pandas as pd
+
+    figures = _saved_figures(monkeypatch)
+    predictions = pd.DataFrame({"label": [0, 0, 0, 1, 1, 1], "probability": [0.1, 0.4, 0.72, 0.3, 0.75, 0.9]})
+    names = ("balanced", "spec90", "spec95", "sens90", "sens95", "sens98")
+    rates = {name: {"sensitivity": 0.5 + 0.08 * i, "specificity": 0.9 - 0.1 * i} for i, name in enumerate(names)}
+    exported = {"operating_points": {name: {"threshold": 0.1 * (i + 1)} for i, name in enumerate(names)}, "validation": {"operating_points": rates}}
+    report._plot_operating_points(tmp_path / "points.png", exported, predictions, "validation")
+    points = [c for c in figures[0].axes[0].collections if len(c.get_offsets()) == 1]
+    shapes = {tuple(map(tuple, c.get_paths()[0].vertices.round(3))) for c in points}
+    assert len(points) == len(shapes) == 6
+    assert all(tuple(c.get_edgecolor()[0][:3]) == (0.0, 0.0, 0.0) for c in points)
+    assert len(figures[0].axes[0].get_legend().get_texts()) == 7  # the curve and each point
