@@ -288,16 +288,18 @@ def _plot_progress(path: Path, histories: dict[str, pd.DataFrame], objective: st
     if not frames:
         return "No results yet."
     results = pd.concat(frames).dropna(subset=["objective"]).sort_values("timestamp")
-    minutes = (results["timestamp"] - results["timestamp"].min()) / 60
+    seconds = results["timestamp"] - results["timestamp"].min()
+    unit, per = ("seconds", 1) if seconds.max() < 120 else ("minutes", 60)  # a short search read 0.0000 to 0.0175 minutes
+    elapsed = seconds / per
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.scatter(minutes, results["objective"], s=12, alpha=0.5, label="an epoch of a trial")
-    ax.step(minutes, results["objective"].cummax(), where="post", color="C3", label="best so far")
+    ax.scatter(elapsed, results["objective"], s=12, alpha=0.5, label="an epoch of a trial")
+    ax.step(elapsed, results["objective"].cummax(), where="post", color="C3", label="best so far")
     if selected is not None and "epoch" in results:  # an empty star (no such epoch recorded) is left out of the legend
         trial, epoch = selected
         at = ((results["trial"] == trial) & (results["epoch"] == epoch)).to_numpy()
-        ax.scatter(minutes.to_numpy()[at], results["objective"].to_numpy()[at], s=160, marker="*", color="C1", edgecolors="black",
+        ax.scatter(elapsed.to_numpy()[at], results["objective"].to_numpy()[at], s=160, marker="*", color="C1", edgecolors="black",
                    linewidths=0.5, zorder=5, label=f"selected: trial {trial}, best epoch {epoch}")
-    ax.set(xlabel="minutes since the first result", ylabel=textwrap.fill(selection_label(objective), 32), title="Search progress")  # fits a 4-inch axis
+    ax.set(xlabel=f"{unit} since the first result", ylabel=textwrap.fill(selection_label(objective), 32), title="Search progress")  # fits a 4-inch axis
     legend_beside(ax)
     save_figure(fig, path)
     return None

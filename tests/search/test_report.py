@@ -466,7 +466,7 @@ def test_the_progress_plot_marks_the_selected_trial(tmp_path, monkeypatch):
     ax = figures[0].axes[0]
     [legend] = [t.get_text() for t in ax.get_legend().get_texts() if t.get_text().startswith("selected")]
     [star] = [c for c in ax.collections if c.get_label() == legend]
-    assert legend == "selected: trial 5a4e909c, best epoch 2" and star.get_offsets().tolist() == [[1.0, 0.9179]]
+    assert legend == "selected: trial 5a4e909c, best epoch 2" and star.get_offsets().tolist() == [[60.0, 0.9179]]  # seconds: a 90-second search
 
 
 def test_no_plot_of_the_report_cuts_off_its_title_or_labels(tmp_path, monkeypatch):
@@ -577,3 +577,15 @@ def test_each_operating_point_has_its_own_marker_with_a_black_edge(tmp_path, mon
     assert len(points) == len(shapes) == 6
     assert all(tuple(c.get_edgecolor()[0][:3]) == (0.0, 0.0, 0.0) for c in points)
     assert len(figures[0].axes[0].get_legend().get_texts()) == 7  # the curve and each point
+
+
+def test_a_search_of_under_two_minutes_plots_its_progress_in_seconds(tmp_path, monkeypatch):
+    """A 1-minute search's axis read "minutes since the first result" from 0.0000 to 0.0175."""
+    import pandas as pd
+
+    figures = _saved_figures(monkeypatch)
+    for span in (65.0, 600.0):
+        report._plot_progress(tmp_path / "progress.png", {"a": pd.DataFrame({"epoch": [1, 2], "objective": [0.5, 0.6], "timestamp": [0.0, span]})}, "AUC")
+    (short, long) = (figure.axes[0] for figure in figures)
+    assert short.get_xlabel() == "seconds since the first result" and max(short.collections[0].get_offsets()[:, 0]) == 65.0
+    assert long.get_xlabel() == "minutes since the first result" and max(long.collections[0].get_offsets()[:, 0]) == 10.0
