@@ -9,7 +9,7 @@ import pandas as pd
 from cxr_tune import storage
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
-from cxr_tune.formatting import fmt
+from cxr_tune.formatting import METRIC_NAMES, fmt
 from cxr_tune.serving import META_FILE, read_meta
 
 
@@ -129,6 +129,7 @@ def _print_summary(experiment: Experiment, table: pd.DataFrame, selected: pd.Ser
     from cxr_tune.search.results import selected_metrics
 
     counts = table["stop_reason"].value_counts().to_dict()
+    words = {key: name for name, key in METRIC_NAMES}  # "AUC 0.8775" as export's lines print it, not "auc"
     tag = "  [SYNTHETIC DATA - not real patients]" if experiment.synthetic else ""
     external_decides = experiment.deciding_set == "external"
     what = "Search interrupted (what follows is its best so far)" if interrupted else "Search finished"
@@ -138,7 +139,7 @@ def _print_summary(experiment: Experiment, table: pd.DataFrame, selected: pd.Ser
           "ties broken by AUC; each set at a threshold chosen on it):")
     for name, set_prefix in (("carved validation", "val"), ("external validation (SELECTION SET)" if external_decides else "external validation (chose nothing)", "ext")):
         if f"{set_prefix}_auc" in selected and pd.notna(selected[f"{set_prefix}_auc"]):
-            print(f"  {name}: " + ", ".join(f"{m.replace('_', ' ')} {fmt(selected.get(f'{set_prefix}_{m}'))}"
+            print(f"  {name}: " + ", ".join(f"{words.get(m, m)} {fmt(selected.get(f'{set_prefix}_{m}'))}"
                                               for m in selected_metrics(experiment.options.select)))
 
 

@@ -170,8 +170,20 @@ def test_the_console_summary_gives_the_criterion_that_chose_the_trial(capsys):
     for select, shown in (("youden", True), ("balanced_accuracy", False)):
         experiment = types.SimpleNamespace(synthetic=False, deciding_set="external", options=types.SimpleNamespace(select=select))
         finish._print_summary(experiment, table, table.iloc[0])
-        lines = [line for line in capsys.readouterr().out.splitlines() if "validation" in line and "auc" in line]
+        lines = [line for line in capsys.readouterr().out.splitlines() if "validation" in line and "AUC" in line]
         assert len(lines) == 2 and all(("youden 0.7000" in line) == shown for line in lines)
+
+
+def test_the_console_summary_names_metrics_as_the_export_lines_do(capsys):
+    """"carved validation: auc 0.8775, ..." where every other console line (export's, predict's) says "AUC"."""
+    row = {"trial_id": "a", "best_epoch": 2, "epochs": 3, "tied": True, "stop_reason": "completed",
+           **{f"val_{m}": 0.7 for m in ("auc", "sensitivity", "specificity", "balanced_accuracy", "threshold")}}
+    table = pd.DataFrame([row])
+    experiment = types.SimpleNamespace(synthetic=False, deciding_set="carved", options=types.SimpleNamespace(select="balanced_accuracy"))
+    finish._print_summary(experiment, table, table.iloc[0])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("  carved validation: "))
+    assert line == ("  carved validation: AUC 0.7000, sensitivity 0.7000, specificity 0.7000, balanced accuracy 0.7000, "
+                    "threshold 0.7000")
 
 
 def test_the_console_summary_of_a_synthetic_search_is_plain_ascii(capsys):
