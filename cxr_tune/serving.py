@@ -249,7 +249,8 @@ def warn_if_other_preprocessing(model: LoadedModel, scored: Sequence[tuple[str, 
     """One line on stderr when an image scored (``scored``: each one's name and
     :func:`~cxr_tune.data.imaging.input_kind`) decodes otherwise than when ``model`` was exported: its network trained on
     those pixels, and this code scores it on its own. A warning, not a refusal, and only for the inputs a change affects
-    (version 2 changed JPEG-compressed DICOMs; JPEG and PNG files decode as before). A model.json from before the record
+    (:data:`~cxr_tune.data.imaging.PREPROCESS_CHANGES` says which: version 2 changed JPEG-compressed DICOMs, version 3 any
+    image with an alpha band, a PNG's included; other images decode as before). A model.json from before the record
     is taken at its word. The warning names the model's own model.json, wherever ``--model`` pointed (a folder or its .onnx)."""
     from cxr_tune.data.imaging import PREPROCESS_VERSION, changes_since
 
