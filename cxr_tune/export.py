@@ -512,13 +512,15 @@ def _how_computed(models: int, tta: int, calibration: Calibration | None, decidi
 
 
 def trials_so_far(table: pd.DataFrame) -> dict[str, int]:
-    """How many of the experiment's trials had trained an epoch, how many Tune had not seen end (a resume continues
-    them), and how many failed before their first epoch, when the model was chosen: a search a budget ended, Ctrl-C
-    stopped or errors cut short chose from fewer than asked."""
+    """How many of the experiment's trials had trained an epoch without failing, how many Tune had not seen end (a resume
+    continues them), and how many failed, when the model was chosen: a search a budget ended, Ctrl-C stopped or errors cut
+    short chose from fewer than asked. A trial that failed after epochs counts as failed, not trained: it is no candidate
+    (:func:`cxr_tune.selection.ranked_trials`)."""
     from cxr_tune.search.results import FAILED, UNFINISHED
 
-    return {"trials_trained": int((table["epochs"] > 0).sum()), "trials_unfinished": int((table["stop_reason"] == UNFINISHED).sum()),
-            "trials_failed": int(((table["stop_reason"] == FAILED) & (table["epochs"] == 0)).sum())}
+    failed = table["stop_reason"] == FAILED
+    return {"trials_trained": int(((table["epochs"] > 0) & ~failed).sum()), "trials_unfinished": int((table["stop_reason"] == UNFINISHED).sum()),
+            "trials_failed": int(failed.sum())}
 
 
 def unfinished_note(path: str, requested: int, so_far: dict[str, int]) -> str | None:
@@ -527,8 +529,8 @@ def unfinished_note(path: str, requested: int, so_far: dict[str, int]) -> str | 
     if not unfinished and trained >= requested:
         return None
     what = (f"is unfinished: {trained} of its {requested} requested trials trained, {unfinished} had not ended (--resume continues them)" if unfinished
-            else f"had {failed} of its {requested} requested trials fail before their first epoch (report.md's Failed trials section has "
-                 f"each error): {trained} trained" if failed
+            else f"had {failed} of its {requested} requested trials fail (a failed trial is not a candidate, even after training epochs; "
+                 f"report.md's Failed trials section has each error): {trained} trained and did not fail" if failed
             else f"ended before every trial trained: {trained} of its {requested} requested trials trained")
     return f"Note: {path} {what}; this model is the best of those {trained}, and the model card says so"
 
@@ -545,7 +547,7 @@ def _search_record(info: dict[str, Any], hp: Any) -> dict[str, Any]:
         "trials": options.get("trials") or info.get("trials_requested"),  # the command's --trials, else its space's
         "trials_trained": info.get("trials_trained"),  # when the model was chosen (None in an export from before the record)
         "trials_unfinished": info.get("trials_unfinished"),
-        "trials_failed": info.get("trials_failed"),  # before their first epoch (None in an export from before the record)
+        "trials_failed": info.get("trials_failed"),  # before or after epochs (None in an export from before the record)
         "sampler": options.get("sampler"),
         "early_stopping": options.get("early_stopping"),
         "max_epochs": options.get("max_epochs"),

@@ -264,7 +264,7 @@ def _trials_line(search: dict[str, Any]) -> str:
     if trained >= requested and not unfinished:
         return f"{requested} trial(s) requested, all {trained} trained"
     mid_run = (f" ({unfinished} had not ended: the search was stopped, and a resumed search may choose another model)" if unfinished
-               else f" ({failed} failed before their first epoch: the report's Failed trials section has each error)" if failed else "")
+               else f" ({failed} failed: a failed trial is not a candidate, even after training epochs; the report's Failed trials section has each error)" if failed else "")
     return f"{requested} trial(s) requested, {trained} of them trained when this model was exported{mid_run}"
 
 

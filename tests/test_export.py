@@ -98,8 +98,13 @@ def test_an_export_of_a_search_that_had_not_trained_every_trial_counts_them_and_
     failed = trials_so_far(pd.DataFrame({"trial_id": ["a", "b"], "epochs": [1, 0], "stop_reason": ["completed", "error"]}))
     assert failed == {"trials_trained": 1, "trials_unfinished": 0, "trials_failed": 1}
     assert unfinished_note("exps/one", 2, failed) == (
-        "Note: exps/one had 1 of its 2 requested trials fail before their first epoch (report.md's Failed trials section has each error): "
-        "1 trained; this model is the best of those 1, and the model card says so")
+        "Note: exps/one had 1 of its 2 requested trials fail (a failed trial is not a candidate, even after training epochs; report.md's "
+        "Failed trials section has each error): 1 trained and did not fail; this model is the best of those 1, and the model card says so")
+    # A trial that failed after training epochs is not ranked (selection.ranked_trials): it was counted trained, and the note
+    # was left out ("all 2 trained" on the card) for a model chosen from 1.
+    late = trials_so_far(pd.DataFrame({"trial_id": ["a", "b"], "epochs": [3, 2], "stop_reason": ["completed", "error"]}))
+    assert late == {"trials_trained": 1, "trials_unfinished": 0, "trials_failed": 1}
+    assert unfinished_note("exps/late", 2, late) == unfinished_note("exps/one", 2, failed).replace("exps/one", "exps/late")
 
 
 def test_predict_on_a_copy_of_the_set_that_chose_the_model_says_so_by_its_images_not_its_path(tmp_path, capsys):

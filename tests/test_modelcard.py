@@ -363,8 +363,8 @@ def test_a_model_chosen_before_every_requested_trial_trained_says_how_many_had(t
     older = {**whole, "search": {k: v for k, v in whole["search"].items() if not k.startswith("trials_")}}  # before the record
     assert "4 trial(s) requested;" in model_card(older) and "trained when" not in model_card(older)
     failed = {**whole, "search": {**whole["search"], "trials_trained": 3, "trials_failed": 1}}  # one failed: not a search cut short
-    assert ("4 trial(s) requested, 3 of them trained when this model was exported (1 failed before their first epoch: "
-            "the report's Failed trials section has each error)") in model_card(failed)
+    assert ("4 trial(s) requested, 3 of them trained when this model was exported (1 failed: "
+            "a failed trial is not a candidate, even after training epochs; the report's Failed trials section has each error)") in model_card(failed)
 
 
 def test_the_card_says_how_the_input_s_pixels_are_made_from_a_16_bit_image(exported):
