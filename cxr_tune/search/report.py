@@ -203,19 +203,28 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         lines += transfer.markdown(table, "external" if prefix == "ext" else "carved", "plots/transfer.png", notes["transfer"])
     lines += timing
     lines += ["## Plots", ""]
-    captions = {
+    captions = {  # key: (file, caption, alt text: one sentence of what the image shows, for a reader who cannot see it)
         "progress": ("progress.png", "Search progress: every epoch's objective over time, the best so far, and the selected trial's best "
-                     "epoch starred (among the trials tied with the best, the one with the highest AUC: not always the highest objective)."),
-        "importances": ("importances.png", "Parameter importances (Optuna's PED-ANOVA over the trials that ran every epoch; those ASHA stopped are not in it)."),
+                     "epoch starred (among the trials tied with the best, the one with the highest AUC: not always the highest objective).",
+                     "Scatter of every epoch's objective against time since the first result, the best so far as a line and the "
+                     "selected trial's best epoch starred."),
+        "importances": ("importances.png", "Parameter importances (Optuna's PED-ANOVA over the trials that ran every epoch; those ASHA stopped are not in it).",
+                        "Horizontal bars of each sampled parameter's PED-ANOVA importance, the most important at the top."),
         "pareto": ("pareto.png", f"Sensitivity vs specificity on {deciding} of every trial's best epoch; the Pareto front and the selected trial."
-                   + (f" {ties[0].upper()}{ties[1:]}: the selected trial has the highest AUC of them, so it need not lie on the front." if ties else "")),
-        "roc": ("roc.png", notes["roc_caption"]),
-        "confusion": ("confusion.png", notes["confusion_caption"]),
-        "learning": ("learning_curves.png", "Selected trial: learning curves."),
+                   + (f" {ties[0].upper()}{ties[1:]}: the selected trial has the highest AUC of them, so it need not lie on the front." if ties else ""),
+                   f"Scatter of sensitivity against specificity on {deciding}, one point per trial's best epoch, with the Pareto front "
+                   "and the selected trial marked."),
+        "roc": ("roc.png", notes["roc_caption"],
+                "ROC curve, sensitivity against 1 - specificity over every threshold, with the decision threshold's point marked."),
+        "confusion": ("confusion.png", notes["confusion_caption"],
+                      "Confusion matrix of image counts, true NORMAL or PNEUMONIA against predicted, at the decision threshold."),
+        "learning": ("learning_curves.png", "Selected trial: learning curves.",
+                     "Two panels against epoch for the selected trial: loss on each set, and AUC and balanced accuracy on each "
+                     "validation set, the selected epoch a dotted line."),
     }
-    for key, (file, caption) in captions.items():
+    for key, (file, caption, alt) in captions.items():
         lines += [f"**{caption}**", ""]
-        lines += [f"_{notes[key]}_" if notes[key] else f"![{key}](plots/{file})", ""]
+        lines += [f"_{notes[key]}_" if notes[key] else f"![{alt}](plots/{file})", ""]
         if notes.get(f"{key}_caveat"):
             lines += [f"_{notes[key + '_caveat']}_", ""]
     # A failed trial is never ranked, even after epochs (selection.ranked_trials): it has its own section below.
@@ -515,15 +524,20 @@ def _clinical_sections(exported: dict[str, Any] | None, notes: dict[str, str | N
     rendered as the model card renders them (:mod:`cxr_tune.modelcard`), with the plots."""
     if "reliability" not in notes or not exported:
         return []
-    lines = calibration_section(exported, "![reliability](plots/reliability.png)")
+    lines = calibration_section(exported, "![Reliability diagram: the observed PNEUMONIA share against the mean predicted probability in "
+                                            "each bin, one curve per set, beside the diagonal of perfect calibration.](plots/reliability.png)")
     lines += operating_point_section(exported)
-    lines += [f"_{notes['operating_points']}_" if notes["operating_points"] else "![operating points](plots/operating_points.png)", ""]
+    lines += [f"_{notes['operating_points']}_" if notes["operating_points"] else
+              "![ROC curve of the exported model on the deciding set, each operating point marked with its own symbol and named with "
+              "its threshold in the legend.](plots/operating_points.png)", ""]
     lines += subgroup_section(exported)
     lines += ["## Where the model looks (Grad-CAM)", "",
               "The deciding set's most confident false positives and false negatives, and a few of its most confident true positives, "
               "with Grad-CAM maps of the exported networks (`best/weights.safetensors`). A map shows what raised the score, not that the "
               "reason is medical. `python -m cxr_tune.predict --explain OUT_DIR` draws them for any image.", ""]
-    lines += [f"_{notes['saliency']}_" if notes["saliency"] else "![saliency](plots/saliency.png)", ""]
+    lines += [f"_{notes['saliency']}_" if notes["saliency"] else
+              "![Gallery of the deciding set's most confident false positives, false negatives and true positives, one row each, "
+              "every X-ray with its Grad-CAM map over it and its P(PNEUMONIA).](plots/saliency.png)", ""]
     return lines
 
 

@@ -108,6 +108,7 @@ def markdown(table: pd.DataFrame, deciding: str, plot: str | None, plot_note: st
         f"is selected): {', '.join(f'`{t}`' for t in tied) or 'none'}.",
         "",
     ]
-    lines += [f"_{plot_note}_" if plot_note else f"![carved vs external]({plot})", ""]
+    lines += [f"_{plot_note}_" if plot_note else f"![Two scatters, one point per trial's best epoch: external against carved validation "
+                                                 f"balanced accuracy, and AUC; the tied trials and the selected one marked.]({plot})", ""]
     lines += [side_by_side(table).to_markdown(index=False, floatfmt=".4f"), ""]
     return lines

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 import types
@@ -331,9 +332,10 @@ def test_without_the_exported_models_scores_roc_and_confusion_say_they_show_the_
 
 
 def _report_text(exported: dict | None = None, *, prefix: str = "ext", unfinished: str = "", trial: dict | None = None,
-                 others: tuple[dict, ...] = (), select: str = "balanced_accuracy", **info) -> str:
-    """report.md for a one-trial experiment with an external set and a test split, every plot replaced by a note; ``trial``:
-    its trial table row's values that differ; ``others``: more trials, each the values that differ from that row's."""
+                 others: tuple[dict, ...] = (), select: str = "balanced_accuracy", drawn: bool = False, **info) -> str:
+    """report.md for a one-trial experiment with an external set and a test split, every plot replaced by a note (``drawn``:
+    every plot drawn, the exported model's too); ``trial``: its trial table row's values that differ; ``others``: more trials,
+    each the values that differ from that row's."""
     import pandas as pd
 
     options = types.SimpleNamespace(name="tiny", select=select, min_sensitivity=0.0, data=types.SimpleNamespace(val_fraction=0.15, split_seed=0))
@@ -344,8 +346,9 @@ def _report_text(exported: dict | None = None, *, prefix: str = "ext", unfinishe
     row = {"trial_id": "a", "rank": 1, "tied": True, "stop_reason": "completed", "status": "TERMINATED", "best_epoch": 1,
            "epochs": 2, "objective": 0.7, **metrics, **(trial or {})}
     table = pd.DataFrame([row, *({**row, **other} for other in others)])
-    notes = {key: "no plot" for key in ("progress", "importances", "pareto", "transfer", "roc", "confusion", "learning")}
+    notes = {key: None if drawn else "no plot" for key in ("progress", "importances", "pareto", "transfer", "roc", "confusion", "learning")}
     notes |= {"roc_caption": "roc", "confusion_caption": "confusion"}
+    notes |= {key: None for key in ("reliability", "operating_points", "saliency")} if drawn else {}
     return report._markdown(info, options, table, table.iloc[0], prefix, exported, notes, [], [], "/runs/tiny/best", unfinished)
 
 
@@ -453,6 +456,19 @@ def test_a_newcomer_reads_what_the_threshold_means_where_the_card_is_and_what_to
     assert "`/runs/tiny/best/MODEL_CARD.md`" in text
     assert "`python -m cxr_tune.predict --model /runs/tiny/best LABELLED_FOLDER --quiet --metrics metrics.json`" in text
     assert "`python -m cxr_tune.compare --model /runs/tiny/best --model OTHER_MODEL LABELLED_FOLDER`" in text
+
+
+def test_every_image_in_the_report_has_an_alt_text_saying_what_it_shows():
+    """The alt texts were one word or two ("![reliability](plots/reliability.png)", "![learning](...)"): a screen reader,
+    or a viewer that cannot load the image, said no more than that."""
+    rates = {"n": 100, "auc": 0.73, "sensitivity": 0.88, "specificity": 0.64, "balanced_accuracy": 0.76, "accuracy": 0.83,
+             "calibration": {"ece": 0.05, "brier": 0.12, "bins": 10}}
+    exported = {"members": [{"trial_id": "a", "epoch": 1}], "threshold": 0.7166, "threshold_rule": "best balanced_accuracy",
+                "validation": {**rates, "selection_set": False}, "external": {**rates, "selection_set": True}}
+    images = re.findall(r"!\[([^\]]*)\]\(([^)]*)\)", _report_text(exported, drawn=True))
+    assert {path for _, path in images} == {f"plots/{name}.png" for name in ("progress", "importances", "pareto", "transfer", "roc", "confusion",
+                                                                            "learning_curves", "reliability", "operating_points", "saliency")}
+    assert all(len(alt.split()) >= 6 and alt.endswith(".") for alt, _ in images), images
 
 
 def test_the_progress_plot_marks_the_selected_trial(tmp_path, monkeypatch):
