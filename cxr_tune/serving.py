@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -26,11 +27,15 @@ import numpy as np
 
 from cxr_tune import storage
 from cxr_tune.errors import UserError
+from cxr_tune.formatting import shown
 
 MODEL_FILE = "model.onnx"
 META_FILE = "model.json"
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib"}
 RATES = ("sensitivity", "specificity")  # what an operating point's floor is on, or what it gives up
+#: A name in model.json that commands print as it is (an operating point, a trial id, a calibration method): a plain token,
+#: so an edited file can neither drive the terminal (an escape code) nor forge a line of metrics (a newline).
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,40}")
 
 
 @dataclass(frozen=True)
@@ -233,7 +238,17 @@ def read_meta(file: Path | str) -> dict[str, Any]:
     if not isinstance(points, dict):
         raise bad("operating_points", "must be an object of named thresholds")
     for name, point in points.items():
+        _check_name(bad, "operating_points name", name)
         _check_point(bad, f"operating_points.{name}", point)
+    calibration = meta.get("calibration")
+    if isinstance(calibration, dict) and "method" in calibration:
+        _check_name(bad, "calibration.method", calibration["method"])
+    if meta.get("trial_id") is not None:
+        _check_name(bad, "trial_id", meta["trial_id"])
+    members = meta.get("members", [])
+    for i, member in enumerate(members if isinstance(members, list) else []):
+        if isinstance(member, dict) and member.get("trial_id") is not None:
+            _check_name(bad, f"members[{i}].trial_id", member["trial_id"])
     return meta
 
 
@@ -265,6 +280,12 @@ def warn_if_other_preprocessing(model: LoadedModel, scored: Sequence[tuple[str, 
           f"exported (preprocessing version {version}, this code's {PREPROCESS_VERSION}; {said}), so their scores may be off; "
           "if you have its experiment with checkpoints, export it again with this code (python -m cxr_tune.export EXPERIMENT)",
           file=sys.stderr, flush=True)
+
+
+def _check_name(bad: Callable[[str, str], UserError], key: str, name: Any) -> None:
+    """A name that commands print (:data:`PLAIN_NAME`), shown escaped and cut short when it is not one."""
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):
+        raise bad(key, f"{shown(name)} is not a plain name (1-40 letters, digits, _ . + -)")
 
 
 def _check_point(bad: Callable[[str, str], UserError], key: str, point: Any) -> None:

@@ -58,6 +58,12 @@ def test_a_good_export_loads_from_its_folder_its_onnx_and_its_json(tmp_path):
     (json.dumps(meta(operating_points={"spec95": {"threshold": 0.9, "floor": [0.95]}})), "operating_points.spec95.floor is [0.95]"),
     (json.dumps(meta(operating_points={"sens98": {"threshold": 0.0, "gives_up": ["a"]}})),
      "operating_points.sens98.gives_up is ['a']; it must be one of sensitivity, specificity"),
+    (json.dumps(meta(operating_points={"\x1b[31mFAKE\nAUC 1.0000 [1.000, 1.000]": {"threshold": 0.5}})),
+     "operating_points name '\\x1b[31mFAKE\\nAUC 1.0000 [1.000, 1.000]' is not a plain name (1-40 letters, digits, _ . + -)"),
+    (json.dumps(meta(operating_points={"x" * 41: {"threshold": 0.5}})), "operating_points name 'xxxxxx"),
+    (json.dumps(meta(calibration={"method": "platt\rAUC 1.0"})), "calibration.method 'platt\\rAUC 1.0' is not a plain name"),
+    (json.dumps(meta(trial_id="a b")), "trial_id 'a b' is not a plain name"),
+    (json.dumps(meta(members=[{"trial_id": "ok_1"}, {"trial_id": "`x`"}])), "members[1].trial_id '`x`' is not a plain name"),
 ])
 def test_a_bad_model_json_is_a_user_error_naming_the_file_and_the_key(tmp_path, text, message):
     folder = write_export(tmp_path / "best", meta_text=text)
@@ -65,6 +71,26 @@ def test_a_bad_model_json_is_a_user_error_naming_the_file_and_the_key(tmp_path, 
         load_model(folder)
     assert message in str(caught.value) and str(folder / "model.json") in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_every_name_an_export_writes_is_a_plain_name(tmp_path):
+    from cxr_tune.operating_points import DEFAULT, NAMES
+    from cxr_tune.serving import PLAIN_NAME
+
+    names = [DEFAULT, *NAMES, "none", "platt", "temperature", "5a4e909c_00001", "5a4e909c-seed100000"]
+    assert all(PLAIN_NAME.fullmatch(name) for name in names)
+    folder = write_export(tmp_path / "best", operating_points={name: {"threshold": 0.5} for name in names}, trial_id="5a4e909c_00001")
+    assert set(load_model(folder).meta["operating_points"]) == set(names)
+
+
+def test_an_operating_point_name_cannot_forge_a_line_of_predicts_output(tmp_path):
+    forged = "\x1b[31mFAKE\nAUC 1.0000 [1.000, 1.000]"
+    folder = write_export(tmp_path / "best", operating_points={forged: {"threshold": 0.5}})
+    Image.fromarray(np.full((16, 16), 90, np.uint8)).save(tmp_path / "x.png")
+    done = call_cli("cxr_tune.predict", "--model", str(folder), str(tmp_path / "x.png"))
+    assert done.returncode == 2 and "\x1b" not in done.stdout + done.stderr  # before: exit 0, an ESC and a forged "AUC 1.0000" line
+    assert done.stderr.strip().splitlines() == [f"error: '{folder / 'model.json'}': operating_points name {forged!r} is not a plain name "
+                                               "(1-40 letters, digits, _ . + -); export the model again with python -m cxr_tune.export EXPERIMENT"]
 
 
 def test_an_onnx_path_loads_exactly_that_file(tmp_path):
