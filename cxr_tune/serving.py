@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from cxr_tune import storage
-from cxr_tune.errors import UserError
+from cxr_tune.errors import RunFailure, UserError
 from cxr_tune.formatting import shown
 
 MODEL_FILE = "model.onnx"
@@ -335,11 +335,23 @@ def _described(args: list[Any]) -> str:
 
 
 def probabilities(model: LoadedModel | Any, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """PNEUMONIA probability per image; ``images`` is ``(N, S, S)`` uint8."""
+    """PNEUMONIA probability per image; ``images`` is ``(N, S, S)`` uint8.
+
+    A loaded model's graph that fails inside onnxruntime as it runs (a node that asks for more memory than the machine
+    has, a shape that does not fit) stops with one line naming its file, a failure at run time; onnxruntime's own log
+    line of it (in colour, on stderr) is not written."""
     session = model.session if isinstance(model, LoadedModel) else model
     if len(images) == 0:
         return np.zeros(0, dtype=np.float32)
-    out = [session.run(None, {"image": images[i : i + batch_size, None]})[0] for i in range(0, len(images), batch_size)]
+    quiet = import_onnxruntime().RunOptions()
+    quiet.log_severity_level = 4  # fatal only: the failure is said once, below
+    try:
+        out = [session.run(None, {"image": images[i : i + batch_size, None]}, quiet)[0] for i in range(0, len(images), batch_size)]
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail, RuntimeException, ...: the graph's, not this code's
+        if not isinstance(model, LoadedModel):  # a graph export just built: a failure is this code's, with its traceback
+            raise
+        model_file = storage.join(str(model.folder), model.meta.get("model_file", MODEL_FILE))
+        raise RunFailure(f"'{model_file}' failed while scoring: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     scores = np.concatenate(out).astype(np.float64)
     if isinstance(model, LoadedModel):
         _check_scores(model, scores, len(images))

@@ -300,6 +300,37 @@ def test_a_graph_that_gives_more_scores_than_images_is_one_line_naming_it(tmp_pa
         probabilities(load_model(folder), np.zeros((3, 16, 16), np.uint8))  # before: 6 scores, paired with 3 files by whoever read them
 
 
+def _failing_graph() -> bytes:
+    """A graph with an export's interface that fails inside onnxruntime as it scores: it reshapes a batch of N scores to N + 1
+    (as a graph allocating more memory than the machine has fails, found only when it runs)."""
+    from onnx import helper
+
+    nodes = [helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["pixels", "axes"], ["mean"], keepdims=0),
+             helper.make_node("Shape", ["image"], ["batch"], end=1),
+             helper.make_node("Add", ["batch", "one"], ["more"]),
+             helper.make_node("Reshape", ["mean", "more"], ["probability"])]
+    graph = helper.make_graph(nodes, "fails", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 1, 16, 16])],
+                              [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch"])],
+                              [helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]), helper.make_tensor("one", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("command", ["cxr_tune.predict", "cxr_tune.compare"])
+def test_a_graph_that_fails_while_scoring_is_one_line_naming_it(tmp_path, command):
+    folder = _export_of(tmp_path / "best", _failing_graph())
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        Image.fromarray(np.full((16, 16), 90, np.uint8)).save(tmp_path / "data" / label / f"{label}.png")
+    other = ["--model", str(write_export(tmp_path / "other"))] if command == "cxr_tune.compare" else []
+    done = call_cli(command, "--model", str(folder), *other, str(tmp_path / "data"))
+    lines = done.stderr.strip().splitlines()  # before: an onnxruntime traceback (and its log line in colour), status 1
+    assert done.returncode == 1 and len(lines) == 1 and "Traceback" not in done.stderr and "\x1b" not in done.stderr
+    assert lines[0].startswith(f"error: '{folder / 'model.onnx'}' failed while scoring: [ONNXRuntimeError] : 1 : FAIL : ")
+
+
 def test_predict_never_calls_a_nan_score_normal(tmp_path):
     tiny_onnx(tmp_path / "graph.onnx", constant=float("nan"))
     folder = _export_of(tmp_path / "best", (tmp_path / "graph.onnx").read_bytes())
