@@ -35,6 +35,9 @@ PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib"}
 RATES = ("sensitivity", "specificity")  # what an operating point's floor is on, or what it gives up
 #: A name in model.json that commands print as it is (an operating point, a trial id, a calibration method): a plain token,
 #: so an edited file can neither drive the terminal (an escape code) nor forge a line of metrics (a newline).
+#: The largest model.json read: the real ones are about 30 KB, and the image hashes an export or adapt records (11 bytes
+#: an image) keep a site of two million images below it. A larger file is refused before it is read and parsed.
+MAX_META_BYTES = 32 * 2**20
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,40}")
 
 
@@ -204,13 +207,19 @@ def read_meta(file: Path | str) -> dict[str, Any]:
     """
     from cxr_tune.data.input_checks import MAX_SIZE, MIN_SIZE
 
+    again = "export the model again with python -m cxr_tune.export EXPERIMENT"
     try:
+        fs, inner = storage.filesystem(str(file))
+        with storage.reported(str(file), "reached"):
+            size = fs.get_file_info(inner).size or 0
+        if size > MAX_META_BYTES:
+            raise UserError(f"'{file}' is {size:,} bytes, larger than any model.json an export writes (at most {MAX_META_BYTES:,} bytes); {again}")
         meta = json.loads(storage.read_bytes(str(file)))
-    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UserError(f"'{file}' is not readable JSON ({str(exc).splitlines()[0]}); export the model again with python -m cxr_tune.export EXPERIMENT") from None
+    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors; RecursionError: "[" * 200000
+        raise UserError(f"'{file}' is not readable JSON ({str(exc).splitlines()[0]}); {again}") from None
 
     def bad(key: str, problem: str) -> UserError:
-        return UserError(f"'{file}': {key} {problem}; export the model again with python -m cxr_tune.export EXPERIMENT")
+        return UserError(f"'{file}': {key} {problem}; {again}")
 
     if not isinstance(meta, dict):
         raise bad("the top level", f"must be a JSON object, not {type(meta).__name__}")

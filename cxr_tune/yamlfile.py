@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import reprlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,9 @@ import yaml
 
 from cxr_tune import storage
 from cxr_tune.errors import UserError
+
+#: The largest YAML file read (a space or params file): the shipped ones are 1-4 KB.
+MAX_BYTES = 2**20
 
 
 class AliasRefused(yaml.YAMLError):
@@ -86,6 +90,8 @@ def load_mapping(path: str | Path, what: str, *, strict: bool = True) -> dict[st
         raise UserError(f"{what} file '{path}' is a folder; name a .yaml file")
     if not path.is_file():
         raise UserError(f"{what} file '{path}' does not exist")
+    if (size := path.stat().st_size) > MAX_BYTES:  # parsed, an 88 MB file held YAML for minutes and 1.5 GB of memory
+        raise UserError(f"{what} file '{path}' is {size:,} bytes; a {what} file is at most {MAX_BYTES:,} (1 MB; the shipped ones are a few KB)")
     try:
         text = path.read_text(encoding="utf-8")
         content = parse(text) if strict else yaml.load(text, Loader=_Lenient)  # noqa: S506 - a SafeLoader
@@ -100,6 +106,9 @@ def load_mapping(path: str | Path, what: str, *, strict: bool = True) -> dict[st
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except RecursionError:  # PyYAML composes nested lists and mappings recursively
+        raise UserError(f"{path}: YAML syntax error: nested too deeply (more than Python's {sys.getrecursionlimit()} levels); "
+                        "write the values out flat") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text file") from None
     if content is None:

@@ -33,6 +33,7 @@ def test_a_good_export_loads_from_its_folder_its_onnx_and_its_json(tmp_path):
 
 @pytest.mark.parametrize(("text", "message"), [
     ("{not json", "is not readable JSON"),
+    ("[" * 200000 + "]" * 200000, "is not readable JSON (maximum recursion depth exceeded"),  # before: a RecursionError traceback
     ("", "is not readable JSON"),
     ("[1, 2]", "the top level must be a JSON object, not list"),
     (json.dumps({"threshold": 0.5}), "preprocessing is missing"),
@@ -91,6 +92,17 @@ def test_an_operating_point_name_cannot_forge_a_line_of_predicts_output(tmp_path
     assert done.returncode == 2 and "\x1b" not in done.stdout + done.stderr  # before: exit 0, an ESC and a forged "AUC 1.0000" line
     assert done.stderr.strip().splitlines() == [f"error: '{folder / 'model.json'}': operating_points name {forged!r} is not a plain name "
                                                "(1-40 letters, digits, _ . + -); export the model again with python -m cxr_tune.export EXPERIMENT"]
+
+
+def test_a_model_json_larger_than_any_export_writes_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    import cxr_tune.serving
+
+    monkeypatch.setattr(cxr_tune.serving, "MAX_META_BYTES", 2**10)  # as a 40 MB file meets the real limit, without writing one
+    folder = write_export(tmp_path / "best", notes="x" * 2**10)
+    with pytest.raises(UserError) as caught:
+        load_model(folder)
+    assert str(caught.value) == (f"'{folder / 'model.json'}' is {(folder / 'model.json').stat().st_size:,} bytes, larger than any model.json "
+                                 "an export writes (at most 1,024 bytes); export the model again with python -m cxr_tune.export EXPERIMENT")
 
 
 def test_an_onnx_path_loads_exactly_that_file(tmp_path):

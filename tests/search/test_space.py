@@ -199,6 +199,16 @@ def test_an_alias_or_a_huge_value_in_a_space_file_is_one_short_line(tmp_path):
     assert len(str(caught.value)) < 200
 
 
+@pytest.mark.parametrize("checked", [True, False])
+def test_a_space_file_nested_too_deeply_or_too_large_is_one_line(tmp_path, checked):
+    path = write(tmp_path, "params: " + "[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(UserError, match=rf"^{path}: YAML syntax error: nested too deeply \(more than"):
+        load_space(str(path), checked=checked)  # before: a RecursionError traceback
+    path.write_text("# " + "x" * 2**20 + "\n")  # an 88 MB one took YAML over 200 s and 1.5 GB of memory
+    with pytest.raises(UserError, match=rf"^search space file '{path}' is 1,048,579 bytes; a search space file is at most 1,048,576 \(1 MB; the shipped ones are a few KB\)$"):
+        load_space(str(path), checked=checked)
+
+
 def test_a_started_experiments_space_with_an_alias_or_a_repeated_key_is_read_as_it_ran(tmp_path):
     """The copy an experiment keeps ran under yaml.safe_load: the refusals added since must not lock its owner out of the results."""
     text = ("params:\n  dropout: &rate {type: float, low: 0.0, high: 0.3}\n  label_smoothing: *rate\n"
