@@ -27,7 +27,7 @@ import numpy as np
 
 from cxr_tune import storage
 from cxr_tune.errors import RunFailure, UserError
-from cxr_tune.formatting import shown
+from cxr_tune.formatting import printable, shown
 
 MODEL_FILE = "model.onnx"
 META_FILE = "model.json"
@@ -115,8 +115,9 @@ def load_model(path: str | Path) -> LoadedModel:
             raise UserError(f"model '{path}' is neither an export folder nor its .onnx or {META_FILE} file")
         path = storage.parent(path)
     meta_path = storage.join(path, META_FILE)
-    if not storage.is_file(meta_path):
+    if not storage.exists(meta_path):
         raise UserError(f"model folder '{path}' has no {META_FILE}; export one with python -m cxr_tune.export EXPERIMENT")
+    _check_own_file(path, meta_path)
     meta = read_meta(meta_path)
     model_file = meta.get("model_file", MODEL_FILE)
     if requested is not None and requested != model_file:
@@ -125,8 +126,9 @@ def load_model(path: str | Path) -> LoadedModel:
             f"pass the folder '{path}', or set model_file in {META_FILE} if you renamed the file"
         )
     model_path = storage.join(path, model_file)
-    if not storage.is_file(model_path):
+    if not storage.exists(model_path):
         raise UserError(f"model folder '{path}' has no {model_file} (named by its {META_FILE}); export one with python -m cxr_tune.export EXPERIMENT")
+    _check_own_file(path, model_path)
     try:
         data = storage.read_bytes(model_path)  # one read: checked for pickles, then loaded from memory
     except OSError as exc:
@@ -141,6 +143,22 @@ def load_model(path: str | Path) -> LoadedModel:
         raise UserError(f"'{model_path}' is not a loadable ONNX model: {str(exc).splitlines()[0]}") from None
     _check_interface(session, model_path, meta_path, int(meta["preprocessing"]["image_size"]))
     return LoadedModel(path if storage.is_uri(path) else Path(path), session, meta)
+
+
+def _check_own_file(folder: str, path: str) -> None:
+    """Stop with one line naming ``path`` (a file of the model folder ``folder``, which exists) unless it is a regular file
+    of that folder: a folder or a pipe was called missing, and a link to a file elsewhere (/etc/passwd) "a folder that
+    mixes two exports". A link to a file in the folder, or a folder reached through a link, is the folder's own."""
+    if storage.is_dir(path):
+        kind = "a folder"
+    elif not storage.is_file(path):
+        kind = "a pipe, socket or device"
+    elif not storage.within(path, folder):
+        raise UserError(f"'{path}' is a link to a file outside the model folder ('{printable(os.path.realpath(path))}'), "
+                        "not read; export the model again with python -m cxr_tune.export EXPERIMENT")
+    else:
+        return
+    raise UserError(f"'{path}' is not a regular file ({kind}); export the model again with python -m cxr_tune.export EXPERIMENT")
 
 
 def check_file_hash(folder: str, meta: dict[str, Any], name: str, data: bytes, *, recorded_as: str | None = None) -> None:

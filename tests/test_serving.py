@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,36 @@ def test_missing_files_and_other_files_are_refused(tmp_path):
     (folder / "model.json").unlink()
     with pytest.raises(UserError, match="has no model.json"):
         load_model(folder)
+
+
+@pytest.mark.parametrize("name", ["model.json", "model.onnx"])
+def test_a_model_file_that_is_not_a_regular_file_in_its_folder_is_named_for_what_it_is(tmp_path, name):
+    folder = write_export(tmp_path / "best")
+    (tmp_path / "elsewhere").write_bytes((folder / name).read_bytes())
+    (folder / name).unlink()
+    (folder / name).symlink_to(tmp_path / "elsewhere")  # as a link to /etc/passwd: before, "mixes two exports" (model.onnx)
+    with pytest.raises(UserError, match=rf"^'{folder / name}' is a link to a file outside the model folder \('{tmp_path / 'elsewhere'}'\), not read; "):
+        load_model(folder)
+    (folder / name).unlink()
+    (folder / name).mkdir()
+    with pytest.raises(UserError, match=rf"^'{folder / name}' is not a regular file \(a folder\); "):  # before: "has no model.json"
+        load_model(folder)
+    (folder / name).rmdir()
+    os.mkfifo(folder / name)
+    with pytest.raises(UserError, match=rf"^'{folder / name}' is not a regular file \(a pipe, socket or device\); "):
+        load_model(folder)
+    (folder / name).unlink()
+    (folder / name).symlink_to(os.devnull)
+    with pytest.raises(UserError, match=rf"^'{folder / name}' is not a regular file \(a pipe, socket or device\); "):
+        load_model(folder)
+
+
+def test_a_model_folder_reached_through_a_link_loads(tmp_path):
+    folder = write_export(tmp_path / "best")
+    (tmp_path / "link").symlink_to(folder)
+    (folder / "model.onnx").rename(folder / "graph.bin")
+    (folder / "model.onnx").symlink_to("graph.bin")  # a link inside the folder is the folder's own file
+    assert load_model(tmp_path / "link").threshold == 0.5
 
 
 def test_an_unreadable_onnx_file_is_one_line_naming_it(tmp_path, monkeypatch):
