@@ -270,10 +270,9 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         members = load_members(model, meta)
     except FileNotFoundError:
         raise UserError(f"'{model}' has no weights.safetensors; re-export it with this version (python -m cxr_tune.export) to adapt it") from None
-    prior = None
-    if threshold_rule == "prior-shift":  # before the images are read
-        check_prior_record(model, meta)
-        prior = probability_prior(meta, storage.join(model, META_FILE))
+    # Before the images are read, for every rule: prior-shift starts from the class weighting, and every model card reads it.
+    check_prior_record(model, meta)
+    prior = probability_prior(meta, storage.join(model, META_FILE)) if threshold_rule == "prior-shift" else None
     files = collect([images_dir])
     # A folder below it that was not read (a loop, a hidden folder) is skipped, counted as a folder; it is not opened.
     kinds = other_preprocessing(meta)  # each file's input kind, read with its pixels only when the warning below needs it

@@ -333,14 +333,18 @@ def test_a_model_json_that_no_longer_describes_model_onnx_is_refused_naming_it(e
 
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda m: m.pop("hparams"), "hparams is not the selected trial's hyperparameters (it is missing)"),
-    (lambda m: m["hparams"].update(class_weighting="x"), "hparams is not the selected trial's hyperparameters (class_weighting='x'"),
+    (lambda m: m["hparams"].update(class_weighting="evil"), "hparams is not the selected trial's hyperparameters (class_weighting='evil'"),
 ])
-def test_prior_shift_from_an_edited_training_prior_is_one_line_naming_model_json(exported, tmp_path, edit, message):
+@pytest.mark.parametrize("rule", ["prior-shift", "mixture", "keep"])
+def test_edited_hyperparameters_are_one_line_naming_model_json_before_the_site_is_read(exported, tmp_path, edit, message, rule):
+    """Every rule writes a model card, which reads the class weighting: with class_weighting "evil", mixture and keep
+    decoded the site, re-estimated BatchNorm and chose a threshold, then crashed writing the card (float('evil'))."""
     meta = json.loads((exported / "model.json").read_text())
     edit(meta)
     (exported / "model.json").write_text(json.dumps(meta))
+    (tmp_path / "empty").mkdir()  # refused before the images are read: an empty folder would say it holds 0 images
     with pytest.raises(UserError, match="damaged or edited: export the model again") as caught:
-        adapt(str(exported), str(write_site(tmp_path / "site", 10)), str(tmp_path / "out"), threshold_rule="prior-shift")  # before: ZeroDivisionError, KeyError
+        adapt(str(exported), str(tmp_path / "empty"), str(tmp_path / "out"), threshold_rule=rule)  # before: ZeroDivisionError, KeyError
     assert f"'{exported / 'model.json'}': {message}" in str(caught.value)
 
 
