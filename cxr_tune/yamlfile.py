@@ -13,6 +13,7 @@ import yaml
 
 from cxr_tune import storage
 from cxr_tune.errors import UserError
+from cxr_tune.formatting import SHOWN_CHARS, printable
 
 #: The largest YAML file read (a space or params file): the shipped ones are 1-4 KB.
 MAX_BYTES = 2**20
@@ -105,6 +106,9 @@ def load_mapping(path: str | Path, what: str, *, strict: bool = True) -> dict[st
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if tag := re.fullmatch(r"could not determine a constructor for the tag '(.*)'", problem):  # !!python/object: SafeLoader builds none
+            shown = printable(tag[1].replace("tag:yaml.org,2002:", "!!"), SHOWN_CHARS)
+            raise UserError(f"{path}: the tag {shown}{where} is not allowed (plain YAML only); remove it") from None
         raise UserError(f"{path}: YAML syntax error{where}: {problem}") from None
     except RecursionError:  # PyYAML composes nested lists and mappings recursively
         raise UserError(f"{path}: YAML syntax error: nested too deeply (more than Python's {sys.getrecursionlimit()} levels); "

@@ -209,6 +209,14 @@ def test_a_space_file_nested_too_deeply_or_too_large_is_one_line(tmp_path, check
         load_space(str(path), checked=checked)
 
 
+@pytest.mark.parametrize("checked", [True, False])
+def test_a_python_tag_in_a_space_file_is_refused_as_not_plain_yaml(tmp_path, checked):
+    path = write(tmp_path, 'params: !!python/object/apply:os.system ["echo hi"]\n')
+    with pytest.raises(UserError) as caught:  # before: "YAML syntax error ...: could not determine a constructor for the tag ..."
+        load_space(str(path), checked=checked)
+    assert str(caught.value) == f"{path}: the tag !!python/object/apply:os.system at line 1, column 9 is not allowed (plain YAML only); remove it"
+
+
 def test_a_started_experiments_space_with_an_alias_or_a_repeated_key_is_read_as_it_ran(tmp_path):
     """The copy an experiment keeps ran under yaml.safe_load: the refusals added since must not lock its owner out of the results."""
     text = ("params:\n  dropout: &rate {type: float, low: 0.0, high: 0.3}\n  label_smoothing: *rate\n"
