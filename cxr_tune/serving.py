@@ -27,7 +27,7 @@ import numpy as np
 
 from cxr_tune import storage
 from cxr_tune.errors import RunFailure, UserError
-from cxr_tune.formatting import printable, shown
+from cxr_tune.formatting import shown
 
 MODEL_FILE = "model.onnx"
 META_FILE = "model.json"
@@ -117,7 +117,7 @@ def load_model(path: str | Path) -> LoadedModel:
     meta_path = storage.join(path, META_FILE)
     if not storage.exists(meta_path):
         raise UserError(f"model folder '{path}' has no {META_FILE}; export one with python -m cxr_tune.export EXPERIMENT")
-    _check_own_file(path, meta_path)
+    _check_regular_file(meta_path)
     meta = read_meta(meta_path)
     model_file = meta.get("model_file", MODEL_FILE)
     if requested is not None and requested != model_file:
@@ -128,7 +128,7 @@ def load_model(path: str | Path) -> LoadedModel:
     model_path = storage.join(path, model_file)
     if not storage.exists(model_path):
         raise UserError(f"model folder '{path}' has no {model_file} (named by its {META_FILE}); export one with python -m cxr_tune.export EXPERIMENT")
-    _check_own_file(path, model_path)
+    _check_regular_file(model_path)
     try:
         data = storage.read_bytes(model_path)  # one read: checked for pickles, then loaded from memory
     except OSError as exc:
@@ -145,17 +145,14 @@ def load_model(path: str | Path) -> LoadedModel:
     return LoadedModel(path if storage.is_uri(path) else Path(path), session, meta)
 
 
-def _check_own_file(folder: str, path: str) -> None:
-    """Stop with one line naming ``path`` (a file of the model folder ``folder``, which exists) unless it is a regular file
-    of that folder: a folder or a pipe was called missing, and a link to a file elsewhere (/etc/passwd) "a folder that
-    mixes two exports". A link to a file in the folder, or a folder reached through a link, is the folder's own."""
+def _check_regular_file(path: str) -> None:
+    """Stop with one line naming ``path`` (a model folder's file, which exists) unless it is a regular file:
+    a folder or a pipe was called missing. A link to a regular file is followed, wherever it leads (git-annex, DVC and a
+    Hugging Face cache link a model's files to a blob store): model.json's SHA-256 of model.onnx decides what is loaded."""
     if storage.is_dir(path):
         kind = "a folder"
     elif not storage.is_file(path):
         kind = "a pipe, socket or device"
-    elif not storage.within(path, folder):
-        raise UserError(f"'{path}' is a link to a file outside the model folder ('{printable(os.path.realpath(path))}'), "
-                        "not read; export the model again with python -m cxr_tune.export EXPERIMENT")
     else:
         return
     raise UserError(f"'{path}' is not a regular file ({kind}); export the model again with python -m cxr_tune.export EXPERIMENT")
