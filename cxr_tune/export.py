@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 TIE_RULE = ("Trials whose 95 % bootstrap interval of the objective overlaps the best trial's are tied with it; the tied trial with the "
             "highest AUC on the deciding set wins, then the lowest log loss.")
 FINAL_FIT_RULE = ("the final-fit stage: the best configurations trained again with new seeds for a fixed schedule; each run's last "
-                  "epoch (no epoch picked on the deciding set), averaged; exported only when that average's AUC on the deciding set is "
+                  "epoch (no epoch picked per run; the length is the space's final_fit_epochs, which the deciding set may have chosen), averaged; exported only when that average's AUC on the deciding set is "
                   "no lower than the search's own ensemble's (its first trials at their best epochs), else that ensemble is")
 SELECTION_NOTE = ("selection-set numbers: these images chose the epoch, the trials and the threshold, so they are optimistic; "
                   "the honest score is on images no choice saw")

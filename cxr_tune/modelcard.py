@@ -302,9 +302,13 @@ def _search(meta: dict[str, Any]) -> list[str]:
     if final:
         runs = final.get("runs", []) + final.get("diverged", [])
         configs = sorted({run["trial_id"] for run in runs})
+        # One length for every run, set in the space before they ran; a deciding-set comparison may have set it (real.yaml's
+        # 32 epochs were chosen on half A), which "no epoch picked on the deciding set" hid.
+        space = f" ({code_span(search['space'])})" if search.get("space") else ""
         lines[-1:-1] = [f"- Final fit: {len(configs)} best configuration(s) ({', '.join(f'`{c}`' for c in configs)}) trained again with new "
-                        f"seeds, {len(runs)} run(s) of {runs[0]['epochs'] if runs else '?'} epochs, each judged at its last epoch (none picked "
-                        f"on the deciding set). {_sentence(final_fit_line(final))}"]
+                        f"seeds, {len(runs)} run(s) of {runs[0]['epochs'] if runs else '?'} epochs, the space's `final_fit_epochs` set before "
+                        f"they ran, each judged at its last epoch; how that length was chosen, on the deciding set or not, is the space "
+                        f"file's to say{space}. {_sentence(final_fit_line(final))}"]
     return lines
 
 

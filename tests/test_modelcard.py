@@ -409,3 +409,15 @@ def test_the_input_line_gives_every_decode_step_for_this_code_s_pixels_and_keeps
     for other in (1, 99):  # version 1 composited an alpha band over black; 99 is not known
         older_or_newer = {**committed, "preprocessing": {**committed["preprocessing"], "preprocess_version": other}}
         assert "exif_transpose" not in model_card(older_or_newer) and "16-bit images min-max scaled" in model_card(older_or_newer)
+
+
+REAL_BEST = Path(__file__).resolve().parents[1] / "results" / "real" / "best" / "model.json"
+
+
+def test_a_final_fit_s_line_says_its_length_is_the_space_s_setting_not_that_the_deciding_set_chose_nothing():
+    """results/real/best: half A chose the final fit's 32 epochs (the space's comment says so), yet the card said each run was
+    "judged at its last epoch (none picked on the deciding set)"."""
+    meta = json.loads(REAL_BEST.read_text())
+    line = next(line for line in model_card(meta).splitlines() if line.startswith("- Final fit:"))
+    assert "none picked on the deciding set" not in line
+    assert "32 epochs, the space's `final_fit_epochs` set before" in line and "/work/run/search_spaces/real.yaml" in line, line
