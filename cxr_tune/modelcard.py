@@ -421,7 +421,35 @@ def _operating_points(meta: dict[str, Any], measured: dict[str, Any], sets: list
         rows.append(f"| `{point}` | {fmt(points[point].get('threshold'))} | {points[point].get('rule')} | " + " | ".join(cells) + " |")
     return ["## Operating points", "",
             "Thresholds chosen on the deciding set for other uses (`python -m cxr_tune.predict --operating-point NAME`); "
-            "95 % Wilson score intervals (from the counts).", "", *rows, ""]
+            "95 % Wilson score intervals (from the counts).", "", *rows, "", *_misses(meta, measured, sets, marked)]
+
+
+def _misses(meta: dict[str, Any], measured: dict[str, Any], sets: list[tuple[str, str]], marked: frozenset[str]) -> list[str]:
+    """What a NORMAL call at the shipped point misses, in words, from each set's counts at ``balanced`` and its worst-called
+    pneumonia subgroup: a table of rates did not say that about 1 pneumonia in 6 of carved validation is called NORMAL.
+    None for an adapted model (its threshold is the site's, and nothing here measured it)."""
+    if meta.get("adaptation"):
+        return []
+    said = []
+    for key, name in sets:
+        at = (measured[key].get("operating_points") or {}).get("balanced") or {}
+        missed, pneumonias = at.get("fn"), (at.get("fn") or 0) + (at.get("tp") or 0)
+        if missed is None or not pneumonias:
+            continue
+        often = f", about 1 in {round(pneumonias / missed)}" if missed else ""
+        text = f"{_label(key, name, marked)}: {missed} of {pneumonias} pneumonias called NORMAL (sensitivity {fmt(at.get('sensitivity'))}{often})"
+        groups = [g for g in (measured[key].get("subgroups") or {}).values() if g.get("rate") == "sensitivity" and g.get("n")]
+        worst = min(groups, key=lambda g: g["value"], default=None)
+        if worst and worst["value"] < at.get("sensitivity", 0):
+            text += (f", {worst['description']} more often: {worst['n'] - worst['correct']} of {worst['n']} "
+                     f"({fmt(worst['value'])}{interval(worst.get('ci95'))})")
+        said.append(text)
+    if not said:
+        return []
+    safer = [f"`{point}`" for point in ("sens95", "sens98") if point in (meta.get("operating_points") or {})]
+    return [f"What a NORMAL call at the shipped point (`balanced`) misses: {'; '.join(said)}."
+            + (f" Where a missed pneumonia costs more than a false alarm, {' or '.join(safer)} call fewer of them NORMAL, at the "
+               "specificity in the table." if safer else ""), ""]
 
 
 def _adaptation(meta: dict[str, Any]) -> list[str]:
