@@ -21,10 +21,11 @@ from tests.conftest import call_cli, read_trials, run_cli
 from tests.selection_oracle import checkpoint_scores, expected_best_epoch, expected_winner, exported_scores
 
 pytestmark = pytest.mark.slow
-# Three trials, two at a time: the second wave is one trial, which starts faster alone (each trial starts seven
-# processes, about 16 CPU-seconds, before its first tiny epoch). All three are TPE's random draws (its 2 start-up trials
-# plus one, with 2 at once: SearchSettings.startup_trials); tests/search/test_resume.py's search, one at a time, reaches TPE's own.
-TRIALS = 3
+# Two trials, both at once (each trial starts seven processes, about 16 CPU-seconds, before its first tiny epoch, so a
+# third, a second wave alone, cost a whole Train run's start-up): two are what every check here needs, a ranking, an
+# ensemble of two different models and one smaller than asked. Both are TPE's random draws (its 2 start-up trials);
+# tests/search/test_resume.py's search, one at a time, reaches TPE's own.
+TRIALS = 2
 
 LIBRARY_NOISE = (
     "(raylet)", "PreemptionWatcher", "PlacementGroupCleaner", "TrainController", "core_worker", "Configuration for experiment",
@@ -259,7 +260,7 @@ def test_the_printed_dashboard_command_opens_this_searchs_study_with_pruned_tria
         assert steps == list(range(1, int(row["epochs"]) + 1))  # one value per epoch, at our own epoch count
         assert trial["state"] == ("Complete" if row["stop_reason"] == "completed" else "Pruned")
         assert trial["values"][0] == pytest.approx(row["objective"])  # the best epoch's objective, not the last one's
-    # Whether ASHA stops one of three tiny trials depends on which reports first (a run where none was stopped is
+    # Whether ASHA stops one of two tiny trials depends on which reports first (a run where none was stopped is
     # possible): the state is checked per trial above; tests/search/test_searcher.py records an ASHA stop as PRUNED every time.
 
 
