@@ -20,7 +20,7 @@ from typing import Any
 from cxr_tune import storage
 from cxr_tune.calibration import RELIABILITY_SETS as SETS  # the measured sets, in the order the card shows them
 from cxr_tune.calibration import probability_prior
-from cxr_tune.data.imaging import DECODE_STEPS, DECODE_STEPS_SINCE, PREPROCESS_VERSION
+from cxr_tune.data.imaging import DECODE_STEPS, decode_steps_of
 from cxr_tune.data.sources import FOLDER_PATIENT, IMAGE_PATIENT, NAMED_PATIENTS, PATIENT_KEY_KINDS
 from cxr_tune.formatting import code_span, fmt, interval, interval_in, search_command
 from cxr_tune.operating_points import NAMES as POINT_ORDER
@@ -84,14 +84,14 @@ LOGIT_MIDDLE_SAID = "middle (logit scale: halfway between the range's ends in lo
 
 def decode_steps(preprocessing: dict[str, Any]) -> str | None:
     """How the model's pixels are made, call by call (:data:`~cxr_tune.data.imaging.DECODE_STEPS`): as ``model.json``'s
-    ``preprocessing`` (this) records them, else, for an export from before that record, this code's steps when the
-    recorded ``preprocess_version`` decodes image files as this code does (one from before the version was recorded is
-    taken at its word, as :func:`cxr_tune.data.imaging.changes_since` takes it); None when it does not."""
+    ``preprocessing`` (this) records them, else, for an export from before that record, the steps of its recorded
+    ``preprocess_version`` (:func:`~cxr_tune.data.imaging.decode_steps_of`; one from before the version was recorded is
+    taken at its word, as :func:`cxr_tune.data.imaging.changes_since` takes it); None for a version this code does not know."""
     if isinstance(preprocessing.get("steps"), str):
         return preprocessing["steps"]
     version, size = preprocessing.get("preprocess_version"), preprocessing.get("image_size")
-    same = version is None or (isinstance(version, int) and not isinstance(version, bool) and DECODE_STEPS_SINCE <= version <= PREPROCESS_VERSION)
-    return DECODE_STEPS.format(size=size) if same and size is not None else None
+    steps = DECODE_STEPS if version is None else decode_steps_of(version)
+    return steps.format(size=size) if steps is not None and size is not None else None
 
 
 def threshold_words(meta: dict[str, Any]) -> str:

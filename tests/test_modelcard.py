@@ -402,13 +402,16 @@ def test_the_input_line_gives_every_decode_step_for_this_code_s_pixels_and_keeps
     line = next(line for line in card.splitlines() if line.startswith("- Input pixels:"))
     steps = ['image.draft("L", (16, 16))', "exif_transpose", "min-max scaled", "BILINEAR, reducing_gap=3.0"]
     assert sorted(steps, key=line.index) == steps and meta["preprocessing"]["steps"] in line
-    from cxr_tune.data.imaging import DECODE_STEPS_SINCE
-
-    committed = {**meta, "preprocessing": {k: v for k, v in meta["preprocessing"].items() if k != "steps"} | {"preprocess_version": DECODE_STEPS_SINCE}}
-    assert line in model_card(committed)  # recorded without the steps: this code's, since that version decodes image files alike
-    for other in (1, 99):  # version 1 composited an alpha band over black; 99 is not known
-        older_or_newer = {**committed, "preprocessing": {**committed["preprocessing"], "preprocess_version": other}}
-        assert "exif_transpose" not in model_card(older_or_newer) and "16-bit images min-max scaled" in model_card(older_or_newer)
+    recorded = {**meta, "preprocessing": {k: v for k, v in meta["preprocessing"].items() if k != "steps"} | {"preprocess_version": 3}}
+    assert line in model_card(recorded)  # recorded without the steps: this code's, since version 3 decodes image files alike
+    older = {**recorded, "preprocessing": {**recorded["preprocessing"], "preprocess_version": 1}}
+    older_line = next(line for line in model_card(older).splitlines() if line.startswith("- Input pixels:"))
+    assert "exif_transpose" in older_line and "RGBA/LA/PA composited over opaque black" in older_line  # version 1's own steps
+    committed = json.loads(REAL_BEST.read_text())  # version 1, recorded without the steps: its card keeps them
+    committed_line = next(line for line in model_card(committed).splitlines() if line.startswith("- Input pixels:"))
+    assert "RGBA/LA/PA composited over opaque black" in committed_line and committed_line in (REAL_BEST.parent / "MODEL_CARD.md").read_text()
+    newer = {**recorded, "preprocessing": {**recorded["preprocessing"], "preprocess_version": 99}}
+    assert "exif_transpose" not in model_card(newer) and "16-bit images min-max scaled" in model_card(newer)
 
 
 REAL_BEST = Path(__file__).resolve().parents[1] / "results" / "real" / "best" / "model.json"

@@ -94,7 +94,7 @@ RESIZE_METHOD = "bilinear resize of the whole image to size x size (aspect ratio
 #: What :func:`decode_gray` does to an image file Pillow reads, call by call in order ({size}: the model's input side): the one
 #: description export writes into ``model.json`` (``preprocessing.steps``) and ``model.onnx``'s ``metadata_props``, and the
 #: model card gives, so another tool can make the same pixels (each step moves scores: without the draft, 1 of 40 real
-#: decisions flipped). Change a step and this text, and bump :data:`PREPROCESS_VERSION` with :data:`DECODE_STEPS_SINCE`.
+#: decisions flipped). Change a step and this text, and bump :data:`PREPROCESS_VERSION` with :func:`decode_steps_of`.
 DECODE_STEPS = (
     "PIL.Image.open(file); image.draft(\"L\", ({size}, {size})) before any pixel is read (a JPEG only: libjpeg decodes straight to "
     "grayscale at the largest reduction, 1/8, 1/4 or 1/2, that keeps both sides >= {size}; other formats ignore it); "
@@ -104,9 +104,20 @@ DECODE_STEPS = (
     "image.resize(({size}, {size}), PIL.Image.Resampling.BILINEAR, reducing_gap=3.0) (aspect ratio not kept); uint8. "
     "A DICOM file: cxr_tune.data.dicom.read_gray8's 8-bit mapping, then the same resize"
 )
-#: The first :data:`PREPROCESS_VERSION` whose image files (not DICOM) :data:`DECODE_STEPS` describes (version 2 changed DICOM
-#: only; version 3 images with an alpha band).
-DECODE_STEPS_SINCE = 3
+#: :data:`DECODE_STEPS` as versions 1 and 2 made image files' pixels: version 3 changed images with an alpha band alone
+#: (version 2 changed DICOM files only, which both texts leave to ``read_gray8``).
+DECODE_STEPS_BEFORE_3 = DECODE_STEPS.replace(
+    'CMYK convert("RGB").convert("L"), any other mode (RGBA/LA/PA too: the alpha band ignored) convert("L")',
+    'RGBA/LA/PA composited over opaque black then convert("L"), CMYK convert("RGB").convert("L"), any other mode convert("L")',
+)
+
+
+def decode_steps_of(version: object) -> str | None:
+    """The decode steps (with ``{size}`` to fill) of a model made by ``version`` of the pipeline, so an export from before
+    ``model.json`` recorded them still gets its own; None for a version this code does not know."""
+    if isinstance(version, bool) or not isinstance(version, int):
+        return None
+    return {1: DECODE_STEPS_BEFORE_3, 2: DECODE_STEPS_BEFORE_3, 3: DECODE_STEPS}.get(version)
 
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 _GRAY_MODES = {"1", "L", "LA", *_HIGH_BIT_MODES}  # modes that cannot hold colour
