@@ -171,3 +171,25 @@ def test_the_test_splits_class_counts_of_an_experiment_from_before_their_record_
     pd.DataFrame(rows, columns=["path", "content_hash", "label", "role"]).to_csv(tmp_path / "splits.csv", index=False)
     experiment = Experiment(str(tmp_path))
     assert experiment.class_counts("test") == [1, 2] and experiment.class_counts("val") == [1, 1]
+
+
+@pytest.mark.parametrize(("option", "value"), [("trials", "many"), ("max_epochs", "ten"), ("trials", 0)])
+def test_an_edited_count_in_the_options_is_one_line_naming_the_file(tmp_path, monkeypatch, option, value):
+    """Before: export read options.trials = "many" without a word, then crashed comparing it with the trials trained
+    (TypeError: '>=' not supported between 'int' and 'str'); max_epochs = "ten" crashed working out ASHA's rungs."""
+    import json
+
+    import pandas as pd
+
+    from cxr_tune.export import export_trial
+
+    table = pd.DataFrame({"trial_id": ["a"], "epochs": [2], "stop_reason": ["completed"]})  # the committed copy has no Tune state
+    monkeypatch.setattr("cxr_tune.search.results.trials_table", lambda *args: table)
+    copy = shutil.copytree(ROOT / "results" / "real" / "carved", tmp_path / "carved")
+    info = json.loads((copy / "experiment.json").read_text())
+    info["options"][option] = value
+    (copy / "experiment.json").write_text(json.dumps(info))
+    with pytest.raises(UserError) as caught:
+        export_trial(str(copy), out=str(tmp_path / "best"))
+    assert str(caught.value) == (f"'{copy / 'experiment.json'}' could not be read (options.{option} is {value!r}, not a positive whole "
+                                 "number); it is damaged or half-written (a copy or a run cut short)")

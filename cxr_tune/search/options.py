@@ -51,5 +51,15 @@ class SearchOptions:
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> SearchOptions:
+        """The options ``experiment.json`` saved; raises ValueError for a count no search flag takes (an edited file: export
+        compared ``trials: "many"`` with the trials trained, a TypeError)."""
         known = set(cls.__dataclass_fields__)  # experiments written by older versions lack newer fields
+        for name in _COUNTS:
+            value = values.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"options.{name} is {value!r}, not a positive whole number")
         return cls(**{**{k: v for k, v in values.items() if k in known}, "data": DataOptions(**values["data"])})
+
+
+#: The options that are counts (None: the space's or the cluster's); their flags take positive whole numbers alone.
+_COUNTS = ("trials", "max_epochs", "workers_per_trial", "concurrency")
