@@ -15,6 +15,7 @@ import io
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,7 +192,22 @@ def _read(source: str | Path | bytes) -> str | Path | bytes:
 
 
 def _open(source: str | Path | bytes) -> Image.Image:
+    _quiet_large_image_warning()
     return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+#: The entry ``warnings.simplefilter("ignore", DecompressionBombWarning)`` puts in ``warnings.filters``.
+_IGNORE_LARGE = ("ignore", None, Image.DecompressionBombWarning, None, 0)
+
+
+def _quiet_large_image_warning() -> None:
+    """Keep Pillow's DecompressionBombWarning (an image over ``Image.MAX_IMAGE_PIXELS``, under twice it, which decodes
+    fine) off the console: it printed between a command's lines, naming Pillow's own file; predict says it in words
+    instead (:func:`_large_image_notes`). A process-wide filter, not a ``catch_warnings`` block around each open: that
+    swaps the process's filters, and predict decodes in threads (one block's end lets another thread's warning out).
+    Put back in front only when another filter went before it (a caller's ``catch_warnings`` block, pytest's per test)."""
+    if warnings.filters[:1] != [_IGNORE_LARGE]:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 #: Names that say DICOM: such a file without the ``DICM`` marker (no Part-10 header) is read as DICOM when Pillow cannot read it.
@@ -304,7 +320,17 @@ def decode_checked(source: str | Path | bytes, size: int, *, name: str | None = 
         with _open(source) as image:
             image.draft("RGB", (input_checks.COLOUR_PROBE, input_checks.COLOUR_PROBE))  # a JPEG decodes at a reduced scale
             spread = _colour_spread(image)
-    return pixels, input_checks.notes(width=width, height=height, size=size, colour_spread=spread, pixels=pixels)
+    return pixels, input_checks.notes(width=width, height=height, size=size, colour_spread=spread, pixels=pixels) + _large_image_notes(width, height)
+
+
+def _large_image_notes(width: int, height: int) -> list[str]:
+    """Pillow's DecompressionBombWarning in words, for predict's "check first" list: one image over twice the limit is
+    refused (:func:`describe_failure`), one between the limit and twice it is decoded and scored, and is named here."""
+    limit, pixels = Image.MAX_IMAGE_PIXELS, width * height
+    if limit is None or pixels <= limit:
+        return []
+    return [f"very large image: {_megapixels(pixels)} MP (Pillow warns above {_megapixels(limit)} MP: a scan this large, "
+            "or a header that misstates its size)"]
 
 
 def _dicom_notes(gray: dicom.Gray8, size: int | None, pixels: np.ndarray) -> list[str]:

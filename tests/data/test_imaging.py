@@ -172,3 +172,22 @@ def test_the_recorded_decode_steps_followed_by_hand_make_decode_gray_s_pixels(tm
 
     for name in ("side.jpeg", "deep.png"):
         assert np.array_equal(by_hand(tmp_path / name), decode_gray(tmp_path / name, 32)), name
+
+
+def test_an_image_over_pillows_warning_size_is_flagged_to_check_first_without_pillows_raw_warning(tmp_path, monkeypatch):
+    """An 11000x11000 scan (121 MP: over Image.MAX_IMAGE_PIXELS, 89 MP, under twice it, where Pillow refuses) printed
+    Pillow's DecompressionBombWarning on predict's console, naming a file in site-packages, and was scored with no note.
+    predict lists it to check first instead; the cache decodes it without a word. The limit is lowered to keep it small."""
+    import warnings
+
+    from cxr_tune.data.imaging import decode_checked
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = write_image(tmp_path / "IM-0001-0001.png")  # 40x30: 1,200 pixels
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")  # whatever filters a caller set before
+        pixels, notes = decode_checked(path, 16)  # predict's decode
+        cached = decode_gray(path, 16)  # the cache's
+    assert notes == ["very large image: 0.0012 MP (Pillow warns above 0.001 MP: a scan this large, or a header that misstates its size)"]
+    assert np.array_equal(pixels, cached)
+    assert [str(warning.message) for warning in shown] == []
