@@ -33,7 +33,7 @@ class OptunaHalving(FIFOScheduler):
     """Stops a trial at a rung when Optuna's ``SuccessiveHalvingPruner`` would prune it there.
 
     The study is created at the first trial, so the scheduler Tune pickles with the tuner holds
-    none; like Ray's ASHA, a resumed search starts its rungs empty."""
+    none; a resumed search tells it the saved trials' epochs again (:func:`cxr_tune.search.runner.tell_saved_trials`)."""
 
     def __init__(self, max_epochs: int, grace_period: int, reduction_factor: int, metric: str = "objective",
                  time_attr: str = "epoch") -> None:
@@ -57,7 +57,8 @@ class OptunaHalving(FIFOScheduler):
         return self._study
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self._trials[trial.trial_id] = _Running(self.study().ask())
+        if trial.trial_id not in self._trials:  # a resumed trial keeps the record its saved epochs were told to: its rungs passed
+            self._trials[trial.trial_id] = _Running(self.study().ask())
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if self.time_attr not in result or self._metric not in result or trial.trial_id not in self._trials:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from cxr_tune import __version__, folder_lock, storage
 from cxr_tune.data.prepared import SplitData, check_caches_buildable, datasets_by_size, split_data
 from cxr_tune.errors import UserError, ctrl_c_kept
@@ -382,7 +384,7 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
 
     from cxr_tune.search.budget import ResumableTrials, SessionBudget, TrialsCatchUp
     from cxr_tune.search.progress import ProgressPrinter, TrialEventLog
-    from cxr_tune.search.results import trial_counts
+    from cxr_tune.search.results import trial_counts, trial_histories
     from cxr_tune.search.searcher import StudySearch
     from cxr_tune.train.precision import resumed_note
 
@@ -429,7 +431,14 @@ def _tuner(options: SearchOptions, plan: Plan, split: SplitData, datasets: dict,
         # another may train its trials' next epochs in another precision than their first (a note, as train's).
         if note := resumed_note(counts.precisions, options.precision, options.memory_format, use_gpu=plan.resources.use_gpu):
             print(note, file=sys.stderr, flush=True)
-        return tune.Tuner.restore(options.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+        tuner = tune.Tuner.restore(options.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+        if options.early_stopping:
+            if (scheduler := restored_scheduler(tuner)) is not None:
+                tell_saved_trials(scheduler, *trial_histories(options.experiment_dir))
+            else:
+                print("Note: ASHA's rungs start empty after a resume: trials run after it are compared only with results after it",
+                      file=sys.stderr, flush=True)
+        return tuner
 
     if options.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=options.seed)
@@ -515,6 +524,48 @@ def asha_scheduler(max_epochs: int, settings: SearchSettings) -> Any:
         grace_period=settings.grace_period,
         reduction_factor=settings.reduction_factor,
     )
+
+
+def restored_scheduler(tuner: Any) -> Any:
+    """The scheduler a restored ``tuner`` will run with: the one Tune pickled in ``tuner.pkl`` when the search started (a
+    resumed search gets no say); None where this Ray keeps it elsewhere."""
+    return getattr(getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None), "scheduler", None)
+
+
+def tell_saved_trials(scheduler: Any, trials: list[Any], histories: dict[str, Any]) -> None:
+    """Tell a resumed search's ``scheduler`` the saved ``trials``' epochs (``histories``, as
+    :func:`cxr_tune.search.results.trial_histories` reads them) in the order they were reported, as Tune told them:
+    ``on_trial_add``, ``on_trial_result`` per epoch, then ``on_trial_complete`` (or ``on_trial_error``) for a trial that ended.
+
+    Why: Tune restores the scheduler it pickled in ``tuner.pkl`` when the search started and never saves it again, so a
+    resumed ASHA had empty rungs and judged the trials after a resume only against each other: a trial below a saved
+    trial's value at a rung ran on where the uninterrupted search stopped it. Told again, the rungs hold the values they
+    held (Ray's rule records every trial's value at each rung whatever it decides; Optuna's rule decides in the order
+    told, so the order is the reports' own), and an unfinished trial is not judged again at a rung it had passed.
+    """
+    from cxr_tune.search.results import reported_epochs
+
+    events = []
+    for trial in trials:
+        history = reported_epochs(histories.get(trial.trial_id, pd.DataFrame()))
+        if history.empty:
+            continue
+        start = float(getattr(getattr(trial, "run_metadata", None), "start_time", None) or 0.0)
+        # Seconds into the trial, each epoch no earlier than the one before (one read back from a checkpoint has no time).
+        seconds = history["time_total_s"].astype(float).ffill().fillna(0.0).cummax() if "time_total_s" in history else pd.Series(0.0, index=history.index)
+        for i, (epoch, objective, at) in enumerate(zip(history["epoch"].astype(int), history["objective"].astype(float), seconds)):
+            events.append((start + at, epoch, trial, objective, i == len(history) - 1))
+    added: set[str] = set()
+    for _, epoch, trial, objective, last in sorted(events, key=lambda event: event[:2]):
+        if trial.trial_id not in added:
+            added.add(trial.trial_id)
+            scheduler.on_trial_add(None, trial)
+        result = {"epoch": epoch, "objective": objective}
+        scheduler.on_trial_result(None, trial, result)
+        if last and trial.status == "TERMINATED":
+            scheduler.on_trial_complete(None, trial, result)
+        elif last and trial.status == "ERROR":
+            scheduler.on_trial_error(None, trial)
 
 
 def run_options(options: SearchOptions) -> RunOptions:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -504,6 +505,9 @@ def test_a_search_resumed_where_auto_means_another_precision_says_so_in_one_line
     monkeypatch.setattr(tune, "with_parameters", lambda trainable, **_: trainable)  # no Ray: the resume's own lines only
     monkeypatch.setattr(tune, "with_resources", lambda trainable, _: trainable)
     monkeypatch.setattr(tune.Tuner, "restore", classmethod(lambda cls, *args, **kwargs: "restored"))
+    from ray.tune.schedulers import FIFOScheduler
+
+    monkeypatch.setattr(runner, "restored_scheduler", lambda tuner: FIFOScheduler())  # its rungs: the tests after this one
     from cxr_tune.search.budget import ResumableTrials
     from cxr_tune.search.progress import ProgressPrinter
 
@@ -528,6 +532,86 @@ def test_a_search_resumed_where_auto_means_another_precision_says_so_in_one_line
     monkeypatch.setattr(results, "trial_histories", lambda _: (trials, {"done": history, "paused": paused}))
     assert runner._tuner(options, plan, split, {}, resume=True) == "restored"
     assert capsys.readouterr().err == ""
+
+
+
+def _resumed_scheduler(tmp_path, monkeypatch, settings, trials: list, histories: dict) -> object:
+    """The scheduler a search of ``settings`` started in ``tmp_path / "exp"`` resumes with, its saved trials ``trials``
+    (with ``histories``): the tuner.pkl a start writes, restored by the resume path (no Ray started)."""
+    from ray import tune
+
+    from cxr_tune.search import results, runner
+    from cxr_tune.search.budget import ResumableTrials
+    from cxr_tune.search.options import SearchOptions
+    from cxr_tune.search.progress import ProgressPrinter
+    from cxr_tune.search.space import load_space
+    from cxr_tune.search.trial import run_trial
+    from cxr_tune.train.trainer import Resources
+
+    # As the search started: Tune pickles this scheduler, its rungs empty, in tuner.pkl and never saves it again.
+    tune.Tuner(run_trial, tune_config=tune.TuneConfig(scheduler=runner.asha_scheduler(settings.max_epochs, settings)),
+               run_config=tune.RunConfig(storage_path=str(tmp_path), name="exp"))
+    monkeypatch.setattr(results, "trial_histories", lambda _: (trials, histories))
+    monkeypatch.setattr(tune, "with_parameters", lambda trainable, **_: trainable)
+    monkeypatch.setattr(tune, "with_resources", lambda trainable, _: trainable)
+    for cls, names in ((ResumableTrials, ("total", "concurrency")), (ProgressPrinter, ("verbose", "trained_before", "best_before"))):
+        for name in names:
+            monkeypatch.setattr(cls, name, getattr(cls, name))
+    options = SearchOptions(space="smoke", name="exp", storage=str(tmp_path))
+    plan = runner.Plan(load_space("smoke"), 2, settings.max_epochs, Resources(1, 1.0, 0.0), 1)
+    split = SimpleNamespace(deciding_set=lambda select_on: "carved", class_counts=lambda: (10, 10))
+    return runner.restored_scheduler(runner._tuner(options, plan, split, {}, resume=True))
+
+
+def _saved(trial_id: str, status: str, *objectives: float, start: float = 100.0) -> tuple[SimpleNamespace, pd.DataFrame]:
+    """A saved trial and its history: one epoch a second from ``start``."""
+    trial = SimpleNamespace(trial_id=trial_id, status=status, config={}, run_metadata=SimpleNamespace(start_time=start))
+    return trial, pd.DataFrame([{"epoch": e, "objective": v, "time_total_s": float(e)} for e, v in enumerate(objectives, 1)])
+
+
+@pytest.mark.parametrize("rule", ["ray", "optuna"])
+def test_a_resumed_search_s_asha_judges_new_epochs_against_the_saved_trials_at_its_rungs(rule, tmp_path, monkeypatch, capsys):
+    """Tune restores the scheduler pickled in tuner.pkl when the search started, its rungs empty: a trial run after a resume
+    was compared only with results after it. The reviewer's pair: a trial at 0.5000 after epoch 1, below the finished trial's
+    0.5687 there, was "stopped by ASHA after 1 epoch(s)" uninterrupted and "finished" (2 epochs) after Ctrl-C and --resume."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from cxr_tune.search.space import SearchSettings
+
+    settings = SearchSettings(max_epochs=2, grace_period=1, reduction_factor=2, asha_rule=rule)
+    finished, finished_history = _saved("a", "TERMINATED", 0.5687, 0.6044)
+    scheduler = _resumed_scheduler(tmp_path, monkeypatch, settings, [finished], {"a": finished_history})
+    assert capsys.readouterr().err == ""
+    new = SimpleNamespace(trial_id="b")
+    scheduler.on_trial_add(None, new)  # as Tune adds a trial it starts after the resume
+    assert scheduler.on_trial_result(None, new, {"epoch": 1, "objective": 0.5}) == TrialScheduler.STOP
+
+
+def test_a_resumed_trial_is_not_judged_again_at_a_rung_it_passed_before_the_resume(tmp_path, monkeypatch):
+    """An unfinished trial goes on from its checkpoint: a rung it passed before the interruption is not judged again with its
+    later epochs (Optuna's rule judged every rung up to the epoch told, and a fresh record had passed none)."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from cxr_tune.search.space import SearchSettings
+
+    settings = SearchSettings(max_epochs=9, grace_period=1, reduction_factor=3, asha_rule="optuna")
+    leader, leader_history = _saved("a", "TERMINATED", 0.60, 0.70, 0.50, start=100.0)
+    running, running_history = _saved("b", "RUNNING", 0.62, 0.50, start=101.0)  # passed rung 1 as the best there
+    scheduler = _resumed_scheduler(tmp_path, monkeypatch, settings, [leader, running], {"a": leader_history, "b": running_history})
+    scheduler.on_trial_add(None, running)  # as Tune adds the trials it restores
+    # Rung 3 alone judges epoch 3, and b's 0.55 is above a's 0.50 there, as uninterrupted; judged at rung 1 again, below
+    # its own 0.62 there, it was stopped.
+    assert scheduler.on_trial_result(None, running, {"epoch": 3, "objective": 0.55}) == TrialScheduler.CONTINUE
+
+
+def test_a_resume_whose_scheduler_this_ray_keeps_elsewhere_says_its_rungs_start_empty(tmp_path, monkeypatch, capsys):
+    from cxr_tune.search import runner
+    from cxr_tune.search.space import SearchSettings
+
+    monkeypatch.setattr(runner, "restored_scheduler", lambda tuner: None)
+    assert _resumed_scheduler(tmp_path, monkeypatch, SearchSettings(max_epochs=2, grace_period=1, reduction_factor=2), [], {}) is None
+    assert capsys.readouterr().err == ("Note: ASHA's rungs start empty after a resume: trials run after it are compared only with results "
+                                       "after it\n")
 
 
 # --- end to end --------------------------------------------------------------------------------
