@@ -187,8 +187,10 @@ def run_search(options: SearchOptions, *, command: str, resume: bool = False, ve
     check_caches_buildable(split, space.image_sizes())
     if not resume:
         _start_experiment(options, space, split, command)  # held from there until the command ends (main's folder_lock.holding)
-    elif options.data.cache_dir != saved.options.data.cache_dir:
-        keep_cache_dir(experiment, options.data.cache_dir)
+    else:
+        keep_provenance(experiment)
+        if options.data.cache_dir != saved.options.data.cache_dir:
+            keep_cache_dir(experiment, options.data.cache_dir)
     restore = resume and Experiment(experiment).has_tune_state()  # else Tune never saved a step: start it afresh
     prepare_study(options, fresh=not resume)
     print(f"Data: {split.source.description}")
@@ -328,6 +330,7 @@ def _start_experiment(options: SearchOptions, space: Space, split: SplitData, co
         "provenance": provenance(),  # the commit and library versions: the version above never changes
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    info[PROVENANCE_HISTORY] = [{**info["provenance"], "at": info["started_at"]}]
     storage.write_text_atomic(storage.join(experiment, EXPERIMENT_FILE), json.dumps(info, indent=2))
 
 
@@ -338,6 +341,27 @@ def keep_cache_dir(experiment: str, cache_dir: str | None) -> None:
     info = Experiment(experiment).info
     options = {**info["options"], "data": {**info["options"]["data"], "cache_dir": cache_dir}}
     storage.write_text_atomic(storage.join(experiment, EXPERIMENT_FILE), json.dumps({**info, "options": options}, indent=2))
+
+
+#: experiment.json's record of the code and libraries of each run of the search, the start's first ("provenance" stays the start's)
+PROVENANCE_HISTORY = "provenance_history"
+
+
+def keep_provenance(experiment: str) -> None:
+    """Add this run's :func:`cxr_tune.provenance.provenance` to ``experiment.json``'s history of runs, and when its commit or a
+    library's version is not the start's, say so in one line: the trials trained from here ran other code than the one
+    ``provenance`` (and the model card) names. An experiment from before the history starts it with the start's record."""
+    info = Experiment(experiment).info
+    start, now = info.get("provenance") or {}, provenance()
+    history = info.get(PROVENANCE_HISTORY) or ([{**start, "at": info.get("started_at")}] if start else [])
+    before = {"commit": start.get("commit"), **(start.get("versions") or {})}
+    differ = [f"{name} {value} ({before[name]} at the start)" for name, value in {"commit": now["commit"], **now["versions"]}.items()
+              if name in before and before[name] != value]
+    if differ:
+        print(f"Warning: resumed under other code or libraries, {', '.join(differ)}: the trials trained from here are not what the "
+              "experiment's provenance names (experiment.json's provenance_history lists each run's)", file=sys.stderr, flush=True)
+    history = [*history, {**now, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
+    storage.write_text_atomic(storage.join(experiment, EXPERIMENT_FILE), json.dumps({**info, PROVENANCE_HISTORY: history}, indent=2))
 
 
 #: experiment.json's record of what each trial of the experiment's first run computed with (workers, torch threads and GPUs per worker)

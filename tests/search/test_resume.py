@@ -486,6 +486,27 @@ def test_a_resume_on_other_resources_per_trial_says_what_changed_in_one_line(tmp
     assert capsys.readouterr().err == ""
 
 
+
+def test_a_resume_under_other_code_or_libraries_says_so_in_one_line_and_each_run_s_provenance_is_kept(tmp_path, monkeypatch, capsys):
+    """Provenance was written when the search started only: a resume under another commit or torch said nothing, and
+    experiment.json (and the card) named the start's code alone. "provenance" stays the start's, for its readers."""
+    from cxr_tune.search import runner
+
+    start = {"commit": "aaa", "versions": {"python": "3.11.7", "torch": "2.5.1", "ray": "2.60.0"}}
+    (tmp_path / "experiment.json").write_text(json.dumps({"options": {"name": "exp"}, "provenance": start}))
+    monkeypatch.setattr(runner, "provenance", lambda: start)
+    runner.keep_provenance(str(tmp_path))  # resumed under the same code
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(runner, "provenance", lambda: {"commit": "bbb+dirty", "versions": {**start["versions"], "torch": "2.6.0"}})
+    runner.keep_provenance(str(tmp_path))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "commit bbb+dirty (aaa at the start), torch 2.6.0 (2.5.1 at the start)" in lines[0], lines
+    info = json.loads((tmp_path / "experiment.json").read_text())
+    assert info["provenance"] == start
+    assert [run["commit"] for run in info["provenance_history"]] == ["aaa", "aaa", "bbb+dirty"]  # the start's, then each resume's
+    assert all(run["at"] for run in info["provenance_history"][1:])
+
+
 def test_a_search_resumed_where_auto_means_another_precision_says_so_in_one_line(tmp_path, monkeypatch, capsys):
     """--precision auto resolves per machine: a search whose trials trained in bf16, resumed on a CPU without native bf16,
     trained their next epochs in fp32 and said nothing (keep_trial_resources compares threads, workers and GPUs only)."""
