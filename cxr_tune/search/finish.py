@@ -126,6 +126,7 @@ def whole_numbers_as_written(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _print_summary(experiment: Experiment, table: pd.DataFrame, selected: pd.Series, interrupted: bool = False) -> None:
+    from cxr_tune.search.report import others_tied
     from cxr_tune.search.results import selected_metrics
 
     counts = table["stop_reason"].value_counts().to_dict()
@@ -134,9 +135,10 @@ def _print_summary(experiment: Experiment, table: pd.DataFrame, selected: pd.Ser
     external_decides = experiment.deciding_set == "external"
     what = "Search interrupted (what follows is its best so far)" if interrupted else "Search finished"
     print(f"\n=== {what}: {len(table)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}){tag}")
+    ties = others_tied(table)
     print(f"Selected trial {selected['trial_id']} (best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}; "
-          f"{int(table['tied'].fillna(False).sum()) - 1} other trial(s) tied with it on {'the external set' if external_decides else 'carved validation'}, "
-          "ties broken by AUC; each set at a threshold chosen on it):")
+          f"{ties} on {'the external set' if external_decides else 'carved validation'}"
+          + ("" if ties.startswith("no ") else ", ties broken by AUC") + "; each set at a threshold chosen on it):")
     for name, set_prefix in (("carved validation", "val"), ("external validation (SELECTION SET)" if external_decides else "external validation (chose nothing)", "ext")):
         if f"{set_prefix}_auc" in selected and pd.notna(selected[f"{set_prefix}_auc"]):
             print(f"  {name}: " + ", ".join(f"{words.get(m, m)} {fmt(selected.get(f'{set_prefix}_{m}'))}"

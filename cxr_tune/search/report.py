@@ -169,7 +169,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
         "",
         f"## Selected trial `{selected['trial_id']}`",
         "",
-        f"Best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}; {_tied(table) - 1} other trial(s) tied with it.",
+        f"Best epoch {int(selected['best_epoch'])} of {int(selected['epochs'])}; {others_tied(table)}.",
         "",
         _table(_set_rows(selected, prefix, options.select)),
         "",
@@ -246,6 +246,13 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
 def _tied(table: pd.DataFrame) -> int:
     """How many trials the selection (:func:`cxr_tune.selection.ranked_trials`, the table's ``tied`` column) tied with the best."""
     return int(table["tied"].fillna(False).astype(bool).sum())
+
+
+def others_tied(table: pd.DataFrame) -> str:
+    """"no other trial tied with it", "1 other trial ...", "3 other trials ...": the selected trial's ties, for the report and
+    the console alike (both said "0 other trial(s) tied with it", and the console a tie-break where nothing tied)."""
+    others = _tied(table) - 1
+    return "no other trial tied with it" if others < 1 else f"{others} other trial{'s' if others > 1 else ''} tied with it"
 
 
 def _tie_words(table: pd.DataFrame, deciding: str) -> str:

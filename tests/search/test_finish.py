@@ -195,3 +195,16 @@ def test_the_console_summary_of_a_synthetic_search_is_plain_ascii(capsys):
     finish._print_summary(experiment, table, table.iloc[0])
     out = capsys.readouterr().out
     assert "[SYNTHETIC DATA - not real patients]" in out and out.isascii()
+
+
+def test_the_console_summary_says_no_other_trial_tied_when_none_did(capsys):
+    """"0 other trial(s) tied with it on carved validation, ties broken by AUC": a tie-break where nothing tied."""
+    row = {"trial_id": "a", "best_epoch": 2, "epochs": 3, "tied": True, "stop_reason": "completed",
+           **{f"val_{m}": 0.7 for m in ("auc", "sensitivity", "specificity", "balanced_accuracy", "threshold")}}
+    experiment = types.SimpleNamespace(synthetic=False, deciding_set="carved", options=types.SimpleNamespace(select="balanced_accuracy"))
+    alone = pd.DataFrame([row, {**row, "trial_id": "b", "tied": False}])
+    finish._print_summary(experiment, alone, alone.iloc[0])
+    assert "(best epoch 2 of 3; no other trial tied with it on carved validation; each set at a threshold chosen on it):" in capsys.readouterr().out
+    tied = pd.DataFrame([row, {**row, "trial_id": "b"}, {**row, "trial_id": "c"}])
+    finish._print_summary(experiment, tied, tied.iloc[0])
+    assert "; 2 other trials tied with it on carved validation, ties broken by AUC; each set" in capsys.readouterr().out

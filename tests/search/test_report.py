@@ -535,7 +535,7 @@ def test_the_report_says_how_many_trials_were_tied_and_that_auc_ranked_them():
               {"trial_id": "d", "rank": np.nan, "tied": None, "status": "ERROR", "epochs": 0, "error": "out of memory"})
     text = " ".join(_report_text(others=others).split())
     said = ("1 of the 2 other trials ranked tied with the best (their 95 % intervals overlap its own), and the tied ones were ranked "
-            "by AUC on external validation")  # others, as "1 other trial(s) tied with it" counts them (it said "2 of the 3")
+            "by AUC on external validation")  # others, as "1 other trial tied with it" counts them (it said "2 of the 3")
     [selection] = [line for line in text.split("- ") if line.startswith("Selection on")]
     assert said in selection
     assert f"the Pareto front and the selected trial. {said}: the selected trial has the highest AUC of them, so it need not lie on the front." in text
@@ -605,3 +605,9 @@ def test_a_search_of_under_two_minutes_plots_its_progress_in_seconds(tmp_path, m
     (short, long) = (figure.axes[0] for figure in figures)
     assert short.get_xlabel() == "seconds since the first result" and max(short.collections[0].get_offsets()[:, 0]) == 65.0
     assert long.get_xlabel() == "minutes since the first result" and max(long.collections[0].get_offsets()[:, 0]) == 10.0
+
+
+def test_the_selected_trial_s_line_says_no_other_trial_tied_when_none_did():
+    """"0 other trial(s) tied with it." under a selected trial that nothing tied with."""
+    assert "Best epoch 1 of 2; no other trial tied with it." in _report_text(others=({"trial_id": "b", "rank": 2, "tied": False},))
+    assert "Best epoch 1 of 2; 1 other trial tied with it." in _report_text(others=({"trial_id": "b", "rank": 2, "tied": True},))
