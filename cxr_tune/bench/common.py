@@ -16,6 +16,7 @@ import numpy as np
 from cxr_tune import storage
 from cxr_tune.errors import UserError
 from cxr_tune.formatting import code_span
+from cxr_tune.provenance import provenance
 from cxr_tune.selection import REPORTED_RESAMPLES
 from cxr_tune.train.hparams import HParams, HParamsError
 
@@ -138,11 +139,17 @@ def seed_suffix(seed: int) -> str:
     return f"_seed{seed}" if seed else ""
 
 
+def result_record(name: str) -> dict[str, Any]:
+    """What every benchmark's JSON opens with: the benchmark, its command, when, the machine, and the code that measured it
+    (:func:`cxr_tune.provenance.provenance`: its commit and library versions), so that a number can be tied to a commit."""
+    return {"benchmark": name, "command": bench_command(), "measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "provenance": provenance()}
+
+
 def write_result(name: str, title: str, summary: list[str], details: dict[str, Any], folder: Path = RESULTS) -> Path:
     """``<folder>/<name>.md`` (for people) and ``.json`` (for tools), with the command."""
     folder.mkdir(parents=True, exist_ok=True)
-    command = bench_command()
-    record = {"benchmark": name, "command": command, "measured_at": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), **details}
+    record = {**result_record(name), **details}
+    command = record["command"]
     (folder / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
     lines = [f"# {title}", "", f"Command: {code_span(command)}  ", f"Measured: {record['measured_at']} on {record['machine']['cpus']} CPU(s) ({record['machine']['cpu']})"
              + (f", GPU {record['machine']['gpu']}" if record["machine"]["gpu"] else ", no GPU")

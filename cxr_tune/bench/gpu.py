@@ -165,7 +165,7 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
         seconds: float, trial_epochs: int, out: Path, compile_modes: Sequence[str] = (), arch: str = "cnn",
         packed_precisions: Sequence[str] = ("auto",)) -> Path:
     """Measure, then write ``out/gpu.md`` and ``gpu.json`` with the command that produced them."""
-    from cxr_tune.bench.common import bench_command, machine
+    from cxr_tune.bench.common import result_record
 
     from cxr_tune.errors import UserError
 
@@ -200,7 +200,7 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
             result["trials_per_hour"] = result["total_img_s"] * 3600 / (TRAIN_IMAGES * trial_epochs)
             packs.append(result)
             print(json.dumps(packs[-1]), flush=True)
-    record = {"benchmark": "gpu", "command": bench_command(), "machine": machine(), "measured_at": time.strftime("%Y-%m-%d %H:%M"), "device": device_name,
+    record = {**result_record("gpu"), "device": device_name,
               "auto_precision": auto.describe(), "arch": arch, "model": MODEL if arch == "cnn" else {"batch_size": MODEL["batch_size"]}, "steps": steps, "compiled": compiled, "packed": packs, "packed_image_size": packed_size,
               "trial_epochs": trial_epochs, "images_per_epoch": images}
     if arch != "cnn":

@@ -105,3 +105,13 @@ def test_a_result_names_the_cpu_model_it_ran_on(tmp_path, monkeypatch):
     assert f"on {os.cpu_count()} CPU(s) (Intel(R) Xeon(R) Platinum 8480+), " in (tmp_path / "demo.md").read_text()
     monkeypatch.setattr(common, "CPUINFO", tmp_path / "none", raising=False)  # no /proc/cpuinfo (macOS, Windows): what platform says
     assert common.machine()["cpu"] == (platform.processor() or platform.machine())
+
+
+def test_a_result_names_the_commit_and_libraries_that_measured_it(tmp_path):
+    """Before: a benchmark's JSON named the machine and the command but not the code, so a number could not be tied to a commit."""
+    from cxr_tune.bench import common
+    from cxr_tune.provenance import provenance
+
+    common.write_result("demo", "Demo", ["body"], {}, tmp_path)
+    record = json.loads((tmp_path / "demo.json").read_text())
+    assert record["provenance"] == provenance() and record["provenance"]["versions"]["torch"]

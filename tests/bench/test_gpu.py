@@ -44,6 +44,7 @@ def test_the_device_check_writes_its_tables_without_ray(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "gpu.json").read_text())
     assert record["machine"]["ray"] == "not installed" and record["device"] == "cpu"
+    assert "commit" in record["provenance"] and record["provenance"]["versions"]["torch"]  # the code that measured it
     assert record["command"] == "python -m cxr_tune.bench " + shlex.join(args)
     steps = {(s["precision"], s["layout"]) for s in record["steps"]}
     assert steps == {(p, layout) for p in ("fp32", "bf16") for layout in ("contiguous", "channels_last")}
