@@ -41,6 +41,7 @@ from cxr_tune.calibration import RELIABILITY_SETS, Calibration, plot_reliability
 from cxr_tune.calibration import fit as fit_calibration
 from cxr_tune.data.cache import load_images
 from cxr_tune.data.imaging import DECODE_STEPS, PREPROCESS_VERSION, RESIZE_METHOD
+from cxr_tune.data.prepared import roles_fingerprint
 from cxr_tune.data.sources import patient_keys
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.modelcard import CARD_FILE, LOGIT_MIDDLE, RELIABILITY_FILE, final_fit_line, model_card, one_score_warning
@@ -160,7 +161,7 @@ def export_trial(
     default = experiment.file("best" if trial_id is None else f"exports/{trial_id}")
     target = out or default
     source = storage.resolve(val_data) if val_data else (experiment.external or None)  # absolute, as the search records its own
-    info = {**experiment.info, **so_far, "excluded": _by_reason(splits, "excluded"), "unused": _by_reason(splits, "unused"), "patient_keys": patient_keys(splits["patient_id"]),
+    info = {**experiment.info, **so_far, "data_fingerprint": roles_fingerprint(splits), "excluded": _by_reason(splits, "excluded"), "unused": _by_reason(splits, "unused"), "patient_keys": patient_keys(splits["patient_id"]),
             **({"final_fit": final_record} if final_record else {})}
     meta = write_export(members, target, [_trial_of(path) for path in checkpoints], states, sets, prefix_of(deciding), stored,
                         info, source, tta, calibrate=calibrate, epochs_on=prefix_of(experiment.deciding_set) if site is not None else None,
@@ -317,6 +318,7 @@ def write_export(members: Members, target: str, trial_ids: list[str], states: li
                        "selection_set": "val" in (deciding, epochs_on),
                        **({"note": SELECTION_NOTE, "image_hashes": image_hashes(sets["val"].rows["content_hash"])} if "val" in (deciding, epochs_on) else {})},
         "data": {"description": info["data_description"], "synthetic": info["synthetic"], "root": info["data_root"],
+                 **({"fingerprint": info["data_fingerprint"]} if "data_fingerprint" in info else {}),  # as a train run's run.json says "data"
                  "excluded_images": info.get("excluded", {}), **({"unused_images": info["unused"]} if "unused" in info else {}),
                  **({"patient_keys": info["patient_keys"]} if "patient_keys" in info else {})},
         **({"final_fit": info["final_fit"]} if info.get("final_fit") else {}),

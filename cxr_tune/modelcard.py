@@ -225,7 +225,9 @@ def _data(meta: dict[str, Any], measured: dict[str, Any], sets: list[tuple[str, 
         "## Data", "",
         f"- Source: {source}.",
         "- Labels: the NORMAL / PNEUMONIA folder each file sits in, as the data set gives them.",
-        "- Images (NORMAL / PNEUMONIA, distinct files): " + "; ".join(counts) + ".",
+        "- Images (NORMAL / PNEUMONIA, distinct files): " + "; ".join(counts)
+        + (f"; fingerprint {code_span(data['fingerprint'])} (every image's content hash and role in the experiment's `splits.csv`, as a "
+           "`train` run's `run.json` records its data)" if data.get("fingerprint") else "") + ".",
         "- Patient grouping: a patient's images and identical files stay together in one of train, carved validation, external and test. "
         f"A file's patient is read from {NAMED_PATIENTS}; files whose names carry no patient id are, in a sub-folder of a class folder, "
         f"{FOLDER_PATIENT}, and directly in a class folder {IMAGE_PATIENT}."

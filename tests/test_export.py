@@ -161,3 +161,28 @@ def test_the_card_s_export_command_writes_where_the_model_was_written():
 
     given = {"trial": None, "ensemble": None, "val_data": None, "tta": 3, "calibrate": "temperature", "final_fit": False, "out": "/runs/out new/sub"}
     assert export_flags({"export_options": given}) == " --tta 3 --calibrate temperature --out '/runs/out new/sub'"
+
+
+def test_model_json_records_the_fingerprint_of_the_images_and_roles_a_train_run_records(monkeypatch, tmp_path):
+    """Before: train's run.json said "data": "400 images, sha256 bf8774b6d80c", but model.json and its card gave the data's
+    path and counts only: nothing told whether a model came from the same images and split as a run."""
+    from cxr_tune import storage
+    from cxr_tune.data.prepared import SplitData
+
+    table = pd.DataFrame({"trial_id": ["t1"], "epochs": [3], "val_objective": [0.9], "val_non_finite": [0], "status": ["TERMINATED"],
+                          "stop_reason": ["completed"]})
+    splits = pd.DataFrame({"role": ["val", "train", "test"], "role_note": ["", "", ""], "patient_id": ["p1", "p2", "p3"], "content_hash": ["h1", "h2", "h3"]})
+    experiment = SimpleNamespace(path="exps/run", splits=splits, cache_dir=None, deciding_set="carved", trials=lambda ranked=True: table,
+                                 options=SimpleNamespace(trials=1), has_test=False, info={}, external=None,
+                                 file=lambda *parts: storage.join("exps/run", *parts), checkpoint_for=lambda row: "exps/run/t1/checkpoint_0")
+    written = {}
+    monkeypatch.setattr("cxr_tune.experiment.Experiment", lambda path: experiment)
+    monkeypatch.setattr(export, "load_state", lambda path: {})
+    monkeypatch.setattr("cxr_tune.modelfile.members_from_states", lambda states: SimpleNamespace(hparams=[SimpleNamespace(image_size=16)], image_size=16))
+    monkeypatch.setattr(export, "_role_images", lambda *args: None)
+    monkeypatch.setattr(export, "write_export", lambda members, target, trials, states, sets, prefix, stored, info, *args, **kwargs: written.update(info) or {})
+    export.export_trial("exps/run", "t1", tta=3)  # new views: no stored scores read
+    assert written["data_fingerprint"] == SplitData(source=None, roles=splits, cache_dir="").fingerprint() == "3 images, sha256 " + written["data_fingerprint"][-12:]
+    from tests.model_exports import export_folder
+
+    assert export_folder(tmp_path / "model", data_fingerprint="400 images, sha256 bf8774b6d80c")["data"]["fingerprint"] == "400 images, sha256 bf8774b6d80c"

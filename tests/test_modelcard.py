@@ -438,3 +438,13 @@ def test_the_operating_points_say_in_words_what_a_normal_call_at_the_shipped_poi
     at = meta["validation"]["operating_points"]["balanced"]
     at.update(tp=at["tp"] + at["fn"] - 10, fn=10)  # computed from the counts, not typed
     assert "10 of 576 pneumonias called NORMAL" in model_card(meta)
+
+
+def test_the_data_line_gives_the_fingerprint_of_the_images_and_roles_as_a_train_run_records_it(exported):
+    """Before: the card gave the data's path and counts only, while train's run.json said "400 images, sha256 bf8774b6d80c"."""
+    meta, _ = exported
+    card = model_card({**meta, "data": {**meta["data"], "fingerprint": "400 images, sha256 bf8774b6d80c"}})
+    [line] = [line for line in card.splitlines() if line.startswith("- Images (NORMAL / PNEUMONIA")]
+    assert line.endswith("; fingerprint `400 images, sha256 bf8774b6d80c` (every image's content hash and role in the experiment's "
+                         "`splits.csv`, as a `train` run's `run.json` records its data).")
+    assert "fingerprint" not in model_card(meta)  # an export from before the record

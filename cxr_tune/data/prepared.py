@@ -110,7 +110,7 @@ class SplitData:
     def fingerprint(self) -> str:
         """Which images play which role, in a few characters (their contents, not their paths): a run resumed on
         other data, or another split of it, would score its later epochs on another validation set."""
-        return images_fingerprint(f"{h} {r}" for h, r in zip(self.roles["content_hash"], self.roles["role"], strict=True))
+        return roles_fingerprint(self.roles)
 
     def deciding_set(self, select_on: str) -> str:
         """``external`` when runs on this data are selected on an external set, else ``carved``."""
@@ -248,6 +248,12 @@ def split_data(options: DataOptions, *, progress: bool = True, selects: bool = T
         roles = assign_roles(manifest, val_fraction=options.val_fraction, seed=options.split_seed, use_official_val=options.use_official_val,
                              external_splits=(), unused_note="too few to select on once the patients it shares with the test folder are left out")
     return SplitData(source=source, roles=roles, cache_dir=cache_dir, options=options, external=external, external_note=note)
+
+
+def roles_fingerprint(roles: pd.DataFrame) -> str:
+    """:meth:`SplitData.fingerprint` of a roles table (a ``splits.csv``): what a train run's ``run.json`` and a model's
+    ``model.json`` record as the data they came from, by one rule."""
+    return images_fingerprint(f"{h} {r}" for h, r in zip(roles["content_hash"], roles["role"], strict=True))
 
 
 def images_fingerprint(lines: Iterable[str]) -> str:
