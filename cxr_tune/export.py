@@ -562,6 +562,7 @@ def _search_record(info: dict[str, Any], hp: Any) -> dict[str, Any]:
         "class_counts": {"train": info.get("class_counts_train"), "validation": info.get("class_counts_val"), "external": info.get("class_counts_external")},
         "external_note": info.get("external_note") or "",
         "provenance": info.get("provenance"),  # the searching code's (None for an experiment from before the record)
+        "trial_resources": info.get("trial_resources"),  # its threads per trial: a rerun equal bit for bit needs the same count
     }
 
 

@@ -117,6 +117,27 @@ def search_command(record: dict[str, Any]) -> str | None:
     return f"cd {shlex.quote(folder)} && {command}" if command and folder else command
 
 
+def rerun_command(record: dict[str, Any], name: str | None) -> str | None:
+    """:func:`search_command` with ``--name name`` in place of the recorded one's value (added where it gave none), so that
+    it runs again into a new experiment: as typed, a search under an existing name is refused. None where no command was
+    recorded; a command that does not parse as shell words stays as typed.
+
+    >>> rerun_command({"command": "python -m cxr_tune.search --name s0a --seed 0", "command_cwd": "/runs"}, "s0a-repro")
+    'cd /runs && python -m cxr_tune.search --name s0a-repro --seed 0'
+    """
+    try:
+        words = shlex.split(record.get("command") or "")
+    except ValueError:
+        return search_command(record)
+    if not words or name is None:
+        return search_command(record)
+    given = [i for i, word in enumerate(words) if word == "--name" or word.startswith("--name=")]
+    for i in reversed(given):  # argparse keeps the last; drop every one
+        del words[i: i + (2 if words[i] == "--name" else 1)]
+    at = given[0] if given else len(words)
+    return search_command({**record, "command": shlex.join([*words[:at], "--name", name, *words[at:]])})
+
+
 def printable(name: str, limit: int | None = None) -> str:
     r"""A file name (or a value a user gave) for the console: each character that is not printable (a
     newline, an escape code, a tab) as Python's repr writes it, so a name can neither forge a line nor

@@ -22,7 +22,7 @@ from cxr_tune.calibration import RELIABILITY_SETS as SETS  # the measured sets, 
 from cxr_tune.calibration import probability_prior
 from cxr_tune.data.imaging import DECODE_STEPS, decode_steps_of
 from cxr_tune.data.sources import FOLDER_PATIENT, IMAGE_PATIENT, NAMED_PATIENTS, PATIENT_KEY_KINDS
-from cxr_tune.formatting import code_span, fmt, interval, interval_in, search_command
+from cxr_tune.formatting import code_span, fmt, interval, interval_in, rerun_command, search_command
 from cxr_tune.operating_points import NAMES as POINT_ORDER
 from cxr_tune.provenance import describe as describe_code
 from cxr_tune.selection import selection_label, selection_sources
@@ -532,19 +532,44 @@ def export_flags(meta: dict[str, Any]) -> str:
     return "".join(f" {flag}" for flag in flags if flag)
 
 
+#: the README's determinism statement (*Exactness*), quoted where a rerun is offered; tests/test_modelcard.py checks the README still says it
+EXACTNESS = ("on a CPU a run resumed from a checkpoint continues bit for bit as an uninterrupted one on the same machine with the same "
+             "image cache and thread count")
+
+
+def rerun(record: dict[str, Any], experiment: str | None) -> tuple[str | None, str | None, str, str]:
+    """The command that runs a search (its record: ``experiment.json``, or ``model.json``'s ``search``) again into a new
+    experiment beside ``experiment`` (``<name>-repro``; the saved command as typed is refused, its name exists), that new
+    experiment's folder, the words that go beside the command (the venv, the folder its relative paths are relative to) and
+    the sentence on what bit-for-bit equality needs (the README's :data:`EXACTNESS`, with the thread count the search ran)."""
+    folder = storage.join(storage.parent(experiment), f"{storage.name(experiment)}-repro") if experiment else None
+    command = rerun_command(record, storage.name(folder) if folder else None)
+    where = "" if record.get("command_cwd") else (", in the folder the search ran in: its relative paths are relative to it, "
+                                                  "which this record does not name")
+    threads = (record.get("trial_resources") or {}).get("threads")
+    ran = (f"this search ran {threads} torch thread(s) per trial (`trial_resources.threads` in `experiment.json`)" if threads
+           else "its thread count is not recorded (an experiment from before the record)")
+    return (command, folder, f"with the project's .venv active{where}" + (f"; a new experiment, {code_span(folder)}" if folder else ""),
+            f"Bit for bit only on the same machine with the same image cache and thread count: {ran}; the README's *Exactness*: "
+            f"\"{EXACTNESS}\" (on a GPU, with `--deterministic`).")
+
+
 def _reproduce(meta: dict[str, Any]) -> list[str]:
-    command = search_command(meta.get("search", {}))
-    export = f"python -m cxr_tune.export {meta.get('search', {}).get('experiment') or 'EXPERIMENT'}{export_flags(meta)}"
+    search = meta.get("search", {})
+    command, folder, how, exactness = rerun(search, search.get("experiment"))
+    export = f"python -m cxr_tune.export {(folder if command else None) or search.get('experiment') or 'EXPERIMENT'}{export_flags(meta)}"
     lines = ["## How to reproduce", ""]
     if command:
-        searched = ", ".join(filter(None, [f"cxr_tune {meta.get('cxr_tune_version')}", _commit(meta.get("search", {}).get("provenance"))]))
-        lines.append(f"1. {code_span(command)} ({searched}; seeds are in `model.json`'s hyperparameters)")
+        searched = ", ".join(filter(None, [f"cxr_tune {meta.get('cxr_tune_version')}", _commit(search.get("provenance"))]))
+        lines.append(f"1. {code_span(command)} ({how}; {searched}; seeds are in `model.json`'s hyperparameters)")
     lines += [f"{2 if command else 1}. {code_span(export)}", f"{3 if command else 2}. `python -m cxr_tune.predict --model FOLDER IMAGES [--operating-point NAME] [--explain OUT]` "
               "(FOLDER: this model's folder)", ""]
     if record := meta.get("adaptation"):  # the model it came from, not this one ("--model FOLDER" read as this folder adapted the adapted model)
         given = shlex.join(["python", "-m", "cxr_tune.adapt", "--model", str(record.get("from_model") or "MODEL"), "--images", str(record.get("source") or "SITE"),
                             "--out", str(record.get("out") or "NEW"), "--threshold", str(record.get("threshold_rule"))])
         lines.insert(-1, f"{4 if command else 3}. {code_span(given)}" + (f" ({adapted})" if (adapted := _commit(record.get("provenance"))) else ""))
+    if command:
+        lines += [exactness, ""]
     if code := describe_code(meta.get("provenance")):  # none in a model.json from before the record
         lines += [f"Exported with {code}.", ""]
     return lines

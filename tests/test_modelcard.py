@@ -236,10 +236,10 @@ def test_the_reproduce_steps_name_the_code_s_commits_and_versions_and_an_older_m
     meta = export_folder(tmp_path / "model", provenance=searched)  # what the search's experiment.json recorded
     section = (tmp_path / "model" / "MODEL_CARD.md").read_text().split("## How to reproduce\n", 1)[1]
     assert meta["search"]["provenance"] == searched and meta["provenance"] == provenance()
-    assert f"(cxr_tune {__version__}, commit `0123abc`; seeds" in section
+    assert f"active; cxr_tune {__version__}, commit `0123abc`; seeds" in section
     assert f"Exported with {describe(provenance())}." in section and f"torch {provenance()['versions']['torch']}" in section
     older = model_card({**{key: value for key, value in meta.items() if key != "provenance"}, "search": {**meta["search"], "provenance": None}})
-    assert f"(cxr_tune {__version__}; seeds" in older and "commit" not in older.split("## How to reproduce\n", 1)[1]
+    assert f"active; cxr_tune {__version__}; seeds" in older and "commit" not in older.split("## How to reproduce\n", 1)[1]
 
 
 def outside_code_spans(line: str) -> str:
@@ -448,3 +448,26 @@ def test_the_data_line_gives_the_fingerprint_of_the_images_and_roles_as_a_train_
     assert line.endswith("; fingerprint `400 images, sha256 bf8774b6d80c` (every image's content hash and role in the experiment's "
                          "`splits.csv`, as a `train` run's `run.json` records its data).")
     assert "fingerprint" not in model_card(meta)  # an export from before the record
+
+
+def test_the_reproduce_steps_rerun_the_search_into_a_new_experiment_and_say_what_bit_for_bit_needs(exported):
+    """Before: step 1 was the saved command as typed (``python -m cxr_tune.search ... --name s0a``): run, it was refused ("experiment
+    ... already exists; continue it with ... --resume"), ``python`` needed the venv active, and nothing said what an equal rerun needs."""
+    from cxr_tune.modelcard import EXACTNESS
+
+    search = {"command": "python -m cxr_tune.search --space smoke --seed 0 --name s0a --storage ../res", "command_cwd": "/home/me/runs",
+              "experiment": "/home/res/s0a", "trial_resources": {"workers": 1, "threads": 2, "gpus_per_worker": 0.0}}
+    meta, _ = exported
+    section = model_card({**meta, "search": search}).split("## How to reproduce\n", 1)[1]
+    assert ("\n1. `cd /home/me/runs && python -m cxr_tune.search --space smoke --seed 0 --name s0a-repro --storage ../res` "
+            "(with the project's .venv active; a new experiment, `/home/res/s0a-repro`; cxr_tune") in section
+    assert "\n2. `python -m cxr_tune.export /home/res/s0a-repro " in section  # then the flags that export this model
+    assert ("Bit for bit only on the same machine with the same image cache and thread count: this search ran 2 torch thread(s) per trial "
+            f"(`trial_resources.threads` in `experiment.json`); the README's *Exactness*: \"{EXACTNESS}\" (on a GPU, with `--deterministic`).") in section
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert EXACTNESS in readme  # quoted, not paraphrased
+    older = {"command": "python -m cxr_tune.search --space smoke --name=s0a", "experiment": "s3://b/runs/s0a"}  # before command_cwd, threads
+    section = model_card({**meta, "search": older}).split("## How to reproduce\n", 1)[1]
+    assert ("\n1. `python -m cxr_tune.search --space smoke --name s0a-repro` (with the project's .venv active, in the folder the search "
+            "ran in: its relative paths are relative to it, which this record does not name; a new experiment, `s3://b/runs/s0a-repro`;") in section
+    assert "\n2. `python -m cxr_tune.export s3://b/runs/s0a-repro " in section and "its thread count is not recorded" in section

@@ -27,7 +27,7 @@ from cxr_tune.calibration import plot_reliability, reliability_curves  # noqa: E
 from cxr_tune.data.imaging import decode_gray  # noqa: E402
 from cxr_tune.experiment import Experiment  # noqa: E402
 from cxr_tune.formatting import against, code_span, fmt, from_spreadsheet, interval_in, search_command  # noqa: E402
-from cxr_tune.modelcard import CARD_FILE, calibration_section, final_fit_line, next_steps, operating_point_section, subgroup_section, threshold_words  # noqa: E402
+from cxr_tune.modelcard import CARD_FILE, calibration_section, final_fit_line, next_steps, operating_point_section, rerun, subgroup_section, threshold_words  # noqa: E402
 from cxr_tune.modelfile import PREDICTIONS_FILES, load_members  # noqa: E402
 from cxr_tune.plotting import legend_beside, save_figure  # noqa: E402
 from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
@@ -152,6 +152,7 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
     ties = _tie_words(table, deciding)
     lines += [
         f"- Command: {code_span(search_command(info))}",
+        *_rerun_line(info),
         f"- Data: {info['data_description']}",
         f"- Distinct images: training {_counts(info['class_counts_train'])}; carved validation {_counts(info['class_counts_val'])} (carved "
         f"from the training folder by patient group: {options.data.val_fraction:.0%}, split seed {options.data.split_seed})"
@@ -246,6 +247,15 @@ def _markdown(info: dict, options: Any, table: pd.DataFrame, selected: pd.Series
 def _tied(table: pd.DataFrame) -> int:
     """How many trials the selection (:func:`cxr_tune.selection.ranked_trials`, the table's ``tied`` column) tied with the best."""
     return int(table["tied"].fillna(False).astype(bool).sum())
+
+
+def _rerun_line(info: dict[str, Any]) -> list[str]:
+    """The command that runs this search again into a new experiment, and what an equal rerun needs (:func:`cxr_tune.modelcard.rerun`,
+    as the model card's How to reproduce says it); none where no command was recorded."""
+    options = info.get("options") or {}
+    experiment = storage.join(options["storage"], options["name"]) if options.get("storage") and options.get("name") else None
+    command, _, how, exactness = rerun(info, experiment)
+    return [f"- To rerun it ({how}): {code_span(command)}. {exactness}"] if command else []
 
 
 def others_tied(table: pd.DataFrame) -> str:

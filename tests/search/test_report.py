@@ -611,3 +611,13 @@ def test_the_selected_trial_s_line_says_no_other_trial_tied_when_none_did():
     """"0 other trial(s) tied with it." under a selected trial that nothing tied with."""
     assert "Best epoch 1 of 2; no other trial tied with it." in _report_text(others=({"trial_id": "b", "rank": 2, "tied": False},))
     assert "Best epoch 1 of 2; 1 other trial tied with it." in _report_text(others=({"trial_id": "b", "rank": 2, "tied": True},))
+
+
+def test_the_report_gives_a_command_that_reruns_the_search_into_a_new_experiment():
+    """Before: only the saved command, which a rerun as written refused (its --name exists) and whose ``python`` needed the venv."""
+    text = _report_text(command="python -m cxr_tune.search --name tiny --storage runs", command_cwd="/home/me",
+                        options={"name": "tiny", "storage": "runs"}, trial_resources={"workers": 1, "threads": 4, "gpus_per_worker": 0.0})
+    assert "- Command: `cd /home/me && python -m cxr_tune.search --name tiny --storage runs`" in text
+    assert ("- To rerun it (with the project's .venv active; a new experiment, `runs/tiny-repro`): "
+            "`cd /home/me && python -m cxr_tune.search --name tiny-repro --storage runs`. Bit for bit only on the same machine with the same "
+            "image cache and thread count: this search ran 4 torch thread(s) per trial") in text
