@@ -516,20 +516,29 @@ def _limitations(meta: dict[str, Any], measured: dict[str, Any]) -> list[str]:
     return lines
 
 
-def export_flags(meta: dict[str, Any]) -> str:
+def export_flags(meta: dict[str, Any], *, rerun: bool = False) -> str:
     """The flags that make ``export`` build this model again, into the folder it was written to: as recorded (``export_options``), or for
-    an export from before that record, read from what it holds (a final fit's runs need no flag)."""
+    an export from before that record, read from what it holds (a final fit's runs need no flag). ``rerun``: for the export of a
+    rerun search (:func:`rerun`), whose trial ids are new and whose model must not replace this one: ``--trial`` names the
+    rerun's trial to pick (``RERUN_TRIAL``) and ``--out`` a folder beside this one's, ``-repro`` added."""
     given = meta.get("export_options")
     if given is None:
         final = meta.get("final_fit") or {}
         members = len(meta.get("members", []))
         given = {"ensemble": members if members > 1 and not final.get("exported", bool(final)) else None,
                  "tta": meta.get("tta_views", 1), "calibrate": (meta.get("calibration") or {}).get("method", "none")}
+    if rerun:
+        given = {**given, "trial": RERUN_TRIAL if given.get("trial") else None,
+                 "out": f"{str(given['out']).rstrip('/')}-repro" if given.get("out") else None}
     flags = [f"--trial {given['trial']}" if given.get("trial") else "", f"--ensemble {given['ensemble']}" if given.get("ensemble") else "",
              f"--val-data {given['val_data']}" if given.get("val_data") else "", f"--tta {given['tta']}" if given.get("tta", 1) > 1 else "",
              f"--calibrate {given['calibrate']}" if given.get("calibrate", "none") != "none" else "", "--final-fit" if given.get("final_fit") else "",
              f"--out {shlex.quote(given['out'])}" if given.get("out") else ""]  # where it was written: not the experiment's best/
     return "".join(f" {flag}" for flag in flags if flag)
+
+
+#: what a rerun's export names for ``--trial``: its trial ids are drawn anew, so the trial is found by its hyperparameters
+RERUN_TRIAL = "ID_WITH_THESE_HYPERPARAMETERS"
 
 
 #: the README's determinism statement (*Exactness*), quoted where a rerun is offered; tests/test_modelcard.py checks the README still says it
@@ -557,12 +566,14 @@ def rerun(record: dict[str, Any], experiment: str | None) -> tuple[str | None, s
 def _reproduce(meta: dict[str, Any]) -> list[str]:
     search = meta.get("search", {})
     command, folder, how, exactness = rerun(search, search.get("experiment"))
-    export = f"python -m cxr_tune.export {(folder if command else None) or search.get('experiment') or 'EXPERIMENT'}{export_flags(meta)}"
+    export = f"python -m cxr_tune.export {(folder if command else None) or search.get('experiment') or 'EXPERIMENT'}{export_flags(meta, rerun=bool(command))}"
+    picked = (f" (`{RERUN_TRIAL}`: the rerun's trial with this model's hyperparameters, as its `trials.csv` lists them; trial ids are "
+              "new each run)") if command and RERUN_TRIAL in export else ""
     lines = ["## How to reproduce", ""]
     if command:
         searched = ", ".join(filter(None, [f"cxr_tune {meta.get('cxr_tune_version')}", _commit(search.get("provenance"))]))
         lines.append(f"1. {code_span(command)} ({how}; {searched}; seeds are in `model.json`'s hyperparameters)")
-    lines += [f"{2 if command else 1}. {code_span(export)}", f"{3 if command else 2}. `python -m cxr_tune.predict --model FOLDER IMAGES [--operating-point NAME] [--explain OUT]` "
+    lines += [f"{2 if command else 1}. {code_span(export)}{picked}", f"{3 if command else 2}. `python -m cxr_tune.predict --model FOLDER IMAGES [--operating-point NAME] [--explain OUT]` "
               "(FOLDER: this model's folder)", ""]
     if record := meta.get("adaptation"):  # the model it came from, not this one ("--model FOLDER" read as this folder adapted the adapted model)
         given = shlex.join(["python", "-m", "cxr_tune.adapt", "--model", str(record.get("from_model") or "MODEL"), "--images", str(record.get("source") or "SITE"),

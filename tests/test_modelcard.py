@@ -471,3 +471,18 @@ def test_the_reproduce_steps_rerun_the_search_into_a_new_experiment_and_say_what
     assert ("\n1. `python -m cxr_tune.search --space smoke --name s0a-repro` (with the project's .venv active, in the folder the search "
             "ran in: its relative paths are relative to it, which this record does not name; a new experiment, `s3://b/runs/s0a-repro`;") in section
     assert "\n2. `python -m cxr_tune.export s3://b/runs/s0a-repro " in section and "its thread count is not recorded" in section
+
+
+def test_a_rerun_s_export_step_neither_replaces_this_model_nor_names_a_trial_id_the_rerun_lacks(exported):
+    """Step 2 passed this export's own flags to the rerun's export: --out replaced the model the card describes (results/real/best
+    itself, followed to the letter) and --trial named an id the rerun, drawing new ones, does not have."""
+    from cxr_tune.modelcard import RERUN_TRIAL, export_flags
+
+    meta, _ = exported
+    search = {"command": "python -m cxr_tune.search --space smoke --name s0a", "command_cwd": "/home/me", "experiment": "/home/res/s0a"}
+    given = {"trial": "61527ff0", "out": "results/real/best/", "tta": 1, "calibrate": "none"}
+    section = model_card({**meta, "search": search, "export_options": given}).split("## How to reproduce\n", 1)[1]
+    step = next(line for line in section.splitlines() if line.startswith("2. "))
+    assert f"`python -m cxr_tune.export /home/res/s0a-repro --trial {RERUN_TRIAL} --out results/real/best-repro` (" in step
+    assert "61527ff0" not in step and "trial ids are new each run" in step
+    assert export_flags({"export_options": given}) == " --trial 61527ff0 --out results/real/best/"  # the export itself again: unchanged
