@@ -461,11 +461,12 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
     a chunk's maps when ``members`` and ``model.json`` no longer rebuild the ONNX file's scores of its images (an edited
     ``model.json``: the maps would be another network's)."""
     from cxr_tune.modelfile import check_rebuilt
-    from cxr_tune.saliency import explain_figure, grad_cam, named
+    from cxr_tune.saliency import cam_grid, explain_figure, grad_cam, named
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     threshold = threshold_for(model.meta, point)
+    grid = cam_grid(members)  # the same networks for every image
     names = explanation_names(frame["path"])
     written: list[Path] = []
     for start in range(0, len(frame), _CHUNK_FILES):  # as predict() reads them: one chunk's pixels and maps held at a time
@@ -478,7 +479,7 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
             probability, cut = against(row.probability, threshold, 4)  # as the console's line gives it
             caption = (f"{named(row.path)}\nP(PNEUMONIA) {probability}: {CLASSES[row.prediction]} at {point} "
                        f"(threshold {cut}){truth}")  # with its folder: two folders may hold the same file name
-            explain_figure(out / name, image, heat, caption)
+            explain_figure(out / name, image, heat, caption, grid=grid)
             written.append(out / name)
     return written
 
@@ -531,8 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "on the set that chose them), spec90, spec95 (specificity >= 0.90/0.95); the model's model.json lists them "
                              f"(default: {DEFAULT_POINT})")
     parser.add_argument("--explain", default=None, metavar="OUT_DIR",
-                        help="also write one PNG per image to OUT_DIR: the image, its Grad-CAM map, the probability and the label at the "
-                             "operating point (needs the export's weights.safetensors; default: off)")
+                        help="also write one PNG per image to OUT_DIR: the image, its Grad-CAM map (and the grid of cells it resolves), the "
+                             "probability and the label at the operating point (needs the export's weights.safetensors; default: off)")
     return parser
 
 

@@ -14,8 +14,9 @@ An ensemble's map is the mean of its members' maps; test-time views are not appl
 of the image as given). A map shows what raised the score, not that the reason is medical: a
 model that keys on a marker, a tube or the film's edge shows exactly that, which is the point::
 
-    maps = grad_cam(load_members(folder, meta), images)   # (N, S, S), >= 0
-    explain_figure("out.png", images[0], maps[0], "P(PNEUMONIA) 0.91: PNEUMONIA at balanced")
+    members = load_members(folder, meta)
+    maps = grad_cam(members, images)   # (N, S, S), >= 0
+    explain_figure("out.png", images[0], maps[0], "P(PNEUMONIA) 0.91: PNEUMONIA at balanced", grid=cam_grid(members))
 """
 
 from __future__ import annotations
@@ -55,6 +56,32 @@ def target_layer(net: nn.Module) -> tuple[nn.Module, bool]:
     raise TypeError(f"no Grad-CAM layer known for {type(net).__name__}")
 
 
+def cam_grid(members: Members) -> str:
+    """What a map can resolve, said on every figure of maps: the cells of its layer and the input pixels each covers
+    (``Grad-CAM at 4x4 cells, each 16x16 px of the input``, the committed model's), read from that layer's shape on a blank
+    input. The upsampled map's smooth shading looks finer than the grid it interpolates; an ensemble whose members read
+    different grids names each, in the members' order."""
+    size = members.image_size
+    grids = list(dict.fromkeys(_layer_grid(net, size) for net in members.nets))
+    cells = [f"{h}x{w} cells, each {size / h:.3g}x{size / w:.3g} px" for h, w in grids]
+    if len(cells) == 1:
+        return f"Grad-CAM at {cells[0]} of the input"
+    return f"Grad-CAM averaged over members at {cells[0]} of the input, {', '.join(cells[1:-1] + [''])}and {cells[-1]}"
+
+
+def _layer_grid(net: nn.Module, size: int) -> tuple[int, int]:
+    """The height and width of the feature maps Grad-CAM reads in ``net`` (:func:`target_layer`) for a ``size`` px input."""
+    layer, to_input = target_layer(net)
+    shapes: list[torch.Size] = []
+    hook = layer.register_forward_hook(lambda _layer, inputs, output: shapes.append((inputs[0] if to_input else output).shape))
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 1, size, size))
+    finally:
+        hook.remove()
+    return int(shapes[0][-2]), int(shapes[0][-1])
+
+
 def grad_cam(members: Members, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Grad-CAM of the PNEUMONIA logit for uint8 ``images`` ``(N, S, S)``: non-negative maps
     ``(N, S, S)``, the mean over an ensemble's members (each in its own logit units)."""
@@ -92,9 +119,9 @@ def named(path: str, most: int = 48) -> str:
     return f"{name}\nin {folder}" if folder else name
 
 
-def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, caption: str) -> None:
+def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, caption: str, *, grid: str | None = None) -> None:
     """One image beside its map over it, ``caption`` (file name, probability, label, operating point) above, each
-    character the font lacks escaped (:func:`cxr_tune.plotting.drawable`).
+    character the font lacks escaped (:func:`cxr_tune.plotting.drawable`), and ``grid`` (:func:`cam_grid`) below.
     The image is the model's input (squashed to a square), which the map is aligned with."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.8))
@@ -106,8 +133,8 @@ def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, captio
     for ax in (left, right):
         ax.axis("off")
     fig.suptitle(drawable(caption), fontsize=10)  # it names the image's file: drawn as written, whatever its characters
-    fig.text(0.5, 0.02, SCALED, ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.text(0.5, 0.02, "\n".join(filter(None, [_resolution(grid), SCALED])), ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.09 if grid else 0.05, 1, 1))
     drawn = io.BytesIO()
     try:
         fig.savefig(drawn, format="png", dpi=100, bbox_inches="tight")  # a long file name in the caption widens it, uncut
@@ -116,15 +143,15 @@ def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, captio
     storage.write_bytes_atomic(str(path), drawn.getvalue())  # a stop mid-write leaves the figure whole or absent, never cut
 
 
-def plot_gallery(path: str | Path, rows: dict[str, Sequence[tuple[np.ndarray, np.ndarray, str]]]) -> None:
+def plot_gallery(path: str | Path, rows: dict[str, Sequence[tuple[np.ndarray, np.ndarray, str]]], *, grid: str | None = None) -> None:
     """A grid of maps over images: one row per ``rows`` key (its title), up to four per row, each
-    ``(image, map, caption)`` (captions as :func:`explain_figure`'s)."""
+    ``(image, map, caption)`` (captions as :func:`explain_figure`'s), ``grid`` (:func:`cam_grid`) in the title."""
     rows = {title: items for title, items in rows.items() if items}
     plt = _pyplot()
     columns = max(len(items) for items in rows.values())
     fig = plt.figure(figsize=(2.6 * columns, 2.9 * len(rows) + 0.5))
-    grid = fig.add_gridspec(len(rows) + 1, columns, height_ratios=[1] * len(rows) + [0.06])  # a last, slim row: the colourbar
-    axes = [[fig.add_subplot(grid[row, column]) for column in range(columns)] for row in range(len(rows))]
+    cells = fig.add_gridspec(len(rows) + 1, columns, height_ratios=[1] * len(rows) + [0.06])  # a last, slim row: the colourbar
+    axes = [[fig.add_subplot(cells[row, column]) for column in range(columns)] for row in range(len(rows))]
     for row, (title, items) in enumerate(rows.items()):
         for column in range(columns):
             ax = axes[row][column]
@@ -134,9 +161,14 @@ def plot_gallery(path: str | Path, rows: dict[str, Sequence[tuple[np.ndarray, np
                 _overlay(ax, image, heat)
                 ax.set_title(drawable(caption), fontsize=8)
         axes[row][0].text(-0.08, 0.5, title, transform=axes[row][0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
-    fig.suptitle(f"Grad-CAM over the model input (aspect ratio not kept). {SCALED}", fontsize=9, wrap=True)
-    _colourbar(fig, fig.add_subplot(grid[-1, :]), "horizontal")  # one for the gallery: each map is scaled alike, to its own maximum
+    fig.suptitle(" ".join(filter(None, ["Grad-CAM over the model input (aspect ratio not kept).", _resolution(grid), SCALED])), fontsize=9, wrap=True)
+    _colourbar(fig, fig.add_subplot(cells[-1, :]), "horizontal")  # one for the gallery: each map is scaled alike, to its own maximum
     save_figure(fig, path, dpi=100)
+
+
+def _resolution(grid: str | None) -> str:
+    """:func:`cam_grid`'s sentence as a figure says it ("" without one): the smooth map is that grid interpolated."""
+    return f"{grid}: finer shading is interpolation." if grid else ""
 
 
 def _overlay(ax: Any, image: np.ndarray, heat: np.ndarray) -> None:

@@ -308,7 +308,8 @@ def test_explain_reads_and_maps_a_chunk_at_a_time_and_draws_the_same_figures(tmp
     members = load_members(str(tmp_path / "model"), model.meta)
     frame, _ = predict(model, collect([str(save_images(kermany_set(5, 6), tmp_path / "images"))]))
     figures: dict[str, tuple] = {}
-    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption: figures.__setitem__(path.name, (image, heat, caption)))
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure",
+                        lambda path, image, heat, caption, grid: figures.__setitem__(path.name, (image, heat, caption, grid)))
     explain(model, members, frame, str(tmp_path / "whole"), "balanced")
     whole, figures = figures, {}
     sizes: list[int] = []
@@ -317,9 +318,10 @@ def test_explain_reads_and_maps_a_chunk_at_a_time_and_draws_the_same_figures(tmp
     monkeypatch.setattr(module, "_CHUNK_FILES", 2)
     written = explain(model, members, frame, str(tmp_path / "chunks"), "balanced")
     assert sizes == [2, 2, 1] and [path.name for path in written] == list(whole) == list(figures)
-    for name, (image, heat, caption) in whole.items():
+    for name, (image, heat, caption, grid) in whole.items():
         # torch's float sums may differ in the last bits for other batches (here 2, not 5); a chunk of 1024 makes the batches of 32 one piece did
-        assert np.array_equal(figures[name][0], image) and np.allclose(figures[name][1], heat) and figures[name][2] == caption
+        assert np.array_equal(figures[name][0], image) and np.allclose(figures[name][1], heat) and figures[name][2:] == (caption, grid)
+        assert grid == "Grad-CAM at 16x16 cells, each 1x1 px of the input"  # the model's one block, read before its pool
 
 
 def test_explain_interrupted_keeps_the_csv_and_metrics_already_scored(tmp_path, monkeypatch):
@@ -331,7 +333,7 @@ def test_explain_interrupted_keeps_the_csv_and_metrics_already_scored(tmp_path, 
     export_folder(tmp_path / "model")
     images = save_images(kermany_set(3, 6), tmp_path / "images")
 
-    def interrupted(*_args):
+    def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cxr_tune.saliency, "explain_figure", interrupted)
@@ -375,7 +377,7 @@ def test_an_explain_caption_never_shows_a_call_that_seems_to_break_its_rule(tmp_
     threshold = model.meta["threshold"]
     frame = frame.assign(probability=[threshold - 1.1e-4, threshold + 0.2], prediction=[0, 1])
     captions: list[str] = []
-    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption: captions.append(caption.splitlines()[-1]))
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption, grid: captions.append(caption.splitlines()[-1]))
     explain(model, load_members(str(tmp_path / "model"), model.meta), frame, str(tmp_path / "maps"), "balanced")
     below, above = captions
     shown, cut = map(float, re.fullmatch(r"P\(PNEUMONIA\) ([\d.]+): NORMAL at balanced \(threshold ([\d.]+)\).*", below).groups())

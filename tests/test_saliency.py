@@ -149,7 +149,7 @@ def test_figures_of_images_with_the_same_file_name_name_their_paths_and_the_csv_
         (tmp_path / site).mkdir()
         Image.fromarray(pixels).save(tmp_path / site / "x.png")
     captions = {}
-    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption: captions.__setitem__(path.name, caption))
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption, grid: captions.__setitem__(path.name, caption))
     done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(tmp_path / "siteA"), str(tmp_path / "siteB"),
                     "--explain", str(tmp_path / "out"), "--csv", str(tmp_path / "p.csv"))
     assert done.returncode == 0, done.stderr
@@ -303,7 +303,8 @@ def test_an_explanation_of_an_image_deep_in_long_folders_keeps_its_width_and_rea
     deep = tmp_path.joinpath(*(["hospital_export_2026_series_0042_frontal_views"] * 4))
     save_images(kermany_set(1, 6), deep)
     captions, draw = [], cxr_tune.saliency.explain_figure
-    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption: (captions.append(caption), draw(path, image, heat, caption)))
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure",
+                        lambda path, image, heat, caption, grid: (captions.append(caption), draw(path, image, heat, caption, grid=grid)))
     assert main(["--model", str(tmp_path / "model"), str(deep), "--explain", str(tmp_path / "out")]) == 0
     console = capsys.readouterr().out.splitlines()
     (caption,), (figure,) = captions, list((tmp_path / "out").iterdir())
@@ -314,3 +315,33 @@ def test_an_explanation_of_an_image_deep_in_long_folders_keeps_its_width_and_rea
     assert called.startswith(f"P(PNEUMONIA) {probability}: ") and re.search(r"\(threshold \d\.\d{4}\)", called)
     with Image.open(figure) as drawn:
         assert drawn.size[0] < 900, drawn.size  # the two panels, not a path's width
+
+
+def test_every_figure_of_maps_says_the_grid_its_model_resolves(tmp_path, monkeypatch):
+    """The committed model's maps are 4x4 cells smoothed up to 64 px: their soft shading looked fine enough to tell a lung
+    zone from a marker, and neither an --explain figure nor the report's gallery said how coarse they are."""
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    from cxr_tune.modelfile import load_members
+    from cxr_tune.saliency import cam_grid, explain_figure, plot_gallery
+    from cxr_tune.serving import load_model
+    from tests.conftest import ROOT
+
+    committed = load_model(str(ROOT / "results" / "real" / "best"))
+    assert cam_grid(load_members(str(committed.folder), committed.meta)) == "Grad-CAM at 4x4 cells, each 16x16 px of the input"
+    torch.manual_seed(0)
+    nets = {arch: build_model(HParams(image_size=SIZE, depth=2, filters=4, arch=arch)).eval() for arch in ("cnn", "resnet18")}
+    hparams = [HParams(image_size=SIZE, depth=2, filters=4, arch=arch) for arch in nets]
+    assert cam_grid(Members([nets["resnet18"]], hparams[1:])) == "Grad-CAM at 1x1 cells, each 32x32 px of the input"  # layer4: 1/32
+    assert cam_grid(Members(list(nets.values()), hparams)) == ("Grad-CAM averaged over members at 16x16 cells, each 2x2 px of the "
+                                                               "input, and 1x1 cells, each 32x32 px")
+
+    texts, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (texts.append(" ".join(t.get_text() for t in fig.findobj(Text))),
+                                                                         save(fig, *args, **kwargs)))
+    image, heat = opacity_images(1, seed=4)[0][0], np.ones((SIZE, SIZE))
+    grid = cam_grid(Members([nets["cnn"]], hparams[:1]))
+    explain_figure(tmp_path / "one.png", image, heat, "x.png", grid=grid)
+    plot_gallery(tmp_path / "all.png", {"true positives": [(image, heat, "x.png")]}, grid=grid)
+    assert all("Grad-CAM at 16x16 cells, each 2x2 px of the input" in text for text in texts), texts
