@@ -30,7 +30,7 @@ from cxr_tune.formatting import against, code_span, fmt, from_spreadsheet, inter
 from cxr_tune.modelcard import CARD_FILE, calibration_section, final_fit_line, next_steps, operating_point_section, rerun, subgroup_section, threshold_words  # noqa: E402
 from cxr_tune.modelfile import PREDICTIONS_FILES, load_members  # noqa: E402
 from cxr_tune.plotting import legend_beside, save_figure  # noqa: E402
-from cxr_tune.saliency import grad_cam, plot_gallery  # noqa: E402
+from cxr_tune.saliency import cam_grid, grad_cam, plot_gallery  # noqa: E402
 from cxr_tune.search import transfer  # noqa: E402
 from cxr_tune.search.finalfit import describe_changes  # noqa: E402
 from cxr_tune.search.results import ERROR_FILE, pareto_front, selected_metrics  # noqa: E402
@@ -607,7 +607,7 @@ def _plot_saliency(path: Path, experiment: Experiment, exported: dict[str, Any],
         start += len(frame)
     if not any(gallery.values()):
         return "No Grad-CAM gallery: no false positive, false negative or true positive on the deciding set."
-    plot_gallery(path, gallery)
+    plot_gallery(path, gallery, grid=cam_grid(members))  # how coarse the maps are: 4x4 cells for results/real/best
     return None
 
 

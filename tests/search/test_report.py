@@ -197,14 +197,16 @@ def test_the_gallerys_probabilities_never_read_as_the_reports_threshold(tmp_path
     monkeypatch.setattr(report, "grad_cam", lambda members, images: np.zeros((len(images), 8, 8)))
     monkeypatch.setattr(report, "decode_gray", lambda data, size, name=None: np.zeros((size, size), np.uint8))
     monkeypatch.setattr(storage, "read_bytes", lambda path: b"")
+    monkeypatch.setattr(report, "cam_grid", lambda members: f"Grad-CAM at 2x2 cells, each {members.image_size // 2} px")
     drawn = {}
-    monkeypatch.setattr(report, "plot_gallery", lambda path, gallery: drawn.update(gallery))
+    monkeypatch.setattr(report, "plot_gallery", lambda path, gallery, grid: drawn.update(gallery, grid=grid))
     predictions = pd.DataFrame({"path": ["fn.jpeg", "fp.jpeg"], "label": [1, 0], "prediction": [0, 1], "probability": [0.64966, 0.91]})
     experiment = types.SimpleNamespace(file=lambda *parts: str(tmp_path.joinpath(*parts)))
     assert report._plot_saliency(tmp_path / "saliency.png", experiment, {"threshold": 0.64977}, predictions) is None
     [(_, _, missed)] = drawn["false negatives (most confident)"]
     [(_, _, called)] = drawn["false positives (most confident)"]
     assert missed == "fn.jpeg\nP(PNEUMONIA) 0.6497" and called == "fp.jpeg\nP(PNEUMONIA) 0.9100"
+    assert drawn["grid"] == "Grad-CAM at 2x2 cells, each 4 px"  # the gallery says how coarse its model's maps are
 
 
 def test_the_progress_plot_names_the_criterion_and_the_set_that_decided(tmp_path, monkeypatch):
