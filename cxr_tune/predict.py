@@ -38,6 +38,7 @@ import argparse
 import inspect
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -457,7 +458,9 @@ def skipped_lines(skipped: pd.DataFrame) -> list[str]:
 
 def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: str, point: str) -> list[Path]:
     """One PNG per scored image in ``out_dir``: the image, its Grad-CAM map over it, the
-    probability and the label at operating point ``point`` (and the folder's label, if any). Stops with one line before
+    probability and the label at operating point ``point`` (and the folder's label, if any), and a line saying what the
+    probability is (:func:`score_words`), which model drew it (:func:`model_words`), whether the image chose that model
+    (:func:`chose`) and its input check, if any, in short (``check first: colour image``). Stops with one line before
     a chunk's maps when ``members`` and ``model.json`` no longer rebuild the ONNX file's scores of its images (an edited
     ``model.json``: the maps would be another network's)."""
     from cxr_tune.modelfile import check_rebuilt
@@ -467,6 +470,7 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
     out.mkdir(parents=True, exist_ok=True)
     threshold = threshold_for(model.meta, point)
     grid = cam_grid(members)  # the same networks for every image
+    about = f"{score_words(model.meta)}; {model_words(model)}"
     names = explanation_names(frame["path"])
     written: list[Path] = []
     for start in range(0, len(frame), _CHUNK_FILES):  # as predict() reads them: one chunk's pixels and maps held at a time
@@ -477,11 +481,36 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
         for row, name, image, heat in zip(part.itertuples(), names[start : start + _CHUNK_FILES], images, maps, strict=True):
             truth = "" if pd.isna(row.label) else f"; labelled {CLASSES[int(row.label)]}"
             probability, cut = against(row.probability, threshold, 4)  # as the console's line gives it
+            marks = ["selection-set image (it chose this model)" if chose(model.meta, row.content_hash, row.file) else "",
+                     f"check first: {re.sub(r' [(][^()]*[)]', '', row.check)}" if row.check else ""]  # the why: console, --csv
             caption = (f"{named(row.path)}\nP(PNEUMONIA) {probability}: {CLASSES[row.prediction]} at {point} "
-                       f"(threshold {cut}){truth}")  # with its folder: two folders may hold the same file name
+                       f"(threshold {cut}){truth}\n{'; '.join([about, *filter(None, marks)])}")  # with its folder: two may hold one name
             explain_figure(out / name, image, heat, caption, grid=grid)
             written.append(out / name)
     return written
+
+
+def score_words(meta: dict[str, Any]) -> str:
+    """What an ``--explain`` figure's P(PNEUMONIA) is: without a calibration map a score, which only its threshold
+    reads; with one, a probability at the prevalence of the set the map was fitted on, not at the reader's site."""
+    calibration = meta.get("calibration") or {}
+    if calibration.get("method", "none") == "none":
+        return "the P is a score, not a calibrated risk"
+    return f"the P is calibrated ({calibration['method']}) on the {calibration.get('fitted_on', 'deciding')} set, not a risk at another prevalence"
+
+
+def model_words(model: LoadedModel) -> str:
+    """Which model drew a figure, short enough for a caption: its folder's name and the first 8 hex digits of
+    model.onnx's SHA-256 (:func:`model_record`: a folder's name alone is no proof of which model was in it)."""
+    record = model_record(model)
+    digest = f" (sha256 {record['sha256'][:8]})" if record["sha256"] else ""
+    return f"model {printable(storage.name(record['folder']))}{digest}"
+
+
+def chose(meta: dict[str, Any], digest: str, file: Path | str) -> bool:
+    """Whether one scored image (its content hash and file) chose the model: :func:`selection_note`'s decision for
+    that file alone (by content, or by real path for a model from before that record)."""
+    return selection_note(meta, (), [digest], [os.fspath(file)]) is not None
 
 
 def explanation_names(paths: Iterable[str]) -> list[str]:
@@ -533,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default: {DEFAULT_POINT})")
     parser.add_argument("--explain", default=None, metavar="OUT_DIR",
                         help="also write one PNG per image to OUT_DIR: the image, its Grad-CAM map (and the grid of cells it resolves), the "
-                             "probability and the label at the operating point (needs the export's weights.safetensors; default: off)")
+                             "probability and the label at the operating point, which model drew it and whether the image chose it "
+                             "(needs the export's weights.safetensors; default: off)")
     return parser
 
 

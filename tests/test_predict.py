@@ -377,12 +377,45 @@ def test_an_explain_caption_never_shows_a_call_that_seems_to_break_its_rule(tmp_
     threshold = model.meta["threshold"]
     frame = frame.assign(probability=[threshold - 1.1e-4, threshold + 0.2], prediction=[0, 1])
     captions: list[str] = []
-    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption, grid: captions.append(caption.splitlines()[-1]))
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption, grid: captions.append(caption.splitlines()[2]))
     explain(model, load_members(str(tmp_path / "model"), model.meta), frame, str(tmp_path / "maps"), "balanced")
     below, above = captions
     shown, cut = map(float, re.fullmatch(r"P\(PNEUMONIA\) ([\d.]+): NORMAL at balanced \(threshold ([\d.]+)\).*", below).groups())
     assert shown < cut, below
     assert above.startswith(f"P(PNEUMONIA) {threshold + 0.2:.4f}: PNEUMONIA at balanced (threshold {threshold:.4f})")  # four decimals where they suffice, as the console
+
+
+def test_an_explain_caption_says_the_number_is_a_score_which_model_drew_it_a_selection_set_image_and_its_check(tmp_path, monkeypatch):
+    """A clinician read a figure's "P(PNEUMONIA) 0.9805" as a risk, could not tell which model drew it, nor that the image had
+    chosen that model (the console's note said so of the set, no figure did) or was flagged to check first (a colour picture)."""
+    import cxr_tune.saliency
+    from cxr_tune.modelfile import load_members
+    from cxr_tune.predict import collect, explain, predict
+    from cxr_tune.selection import image_hashes
+    from cxr_tune.serving import load_model
+    from tests.model_exports import export_folder, kermany_set, save_images
+
+    export_folder(tmp_path / "best")
+    model = load_model(str(tmp_path / "best"))
+    members = load_members(str(tmp_path / "best"), model.meta)
+    frame, _ = predict(model, collect([str(save_images(kermany_set(3, 1), tmp_path / "images"))]))
+    model.meta["external"]["image_hashes"] = image_hashes(frame["content_hash"][:1])  # the first image is in the deciding set
+    colour = "a colour picture (its channels differ by 40.0 gray levels on average)"
+    frame = frame.assign(check=["", colour, ""])
+    captions: list[str] = []
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption, grid: captions.append(caption.splitlines()[3:]))
+    explain(model, members, frame, str(tmp_path / "maps"), "balanced")
+    model_line = f"model best (sha256 {model.meta['files']['model.onnx'][:8]})"
+    assert captions == [[f"the P is a score, not a calibrated risk; {model_line}; selection-set image (it chose this model)"],
+                        [f"the P is a score, not a calibrated risk; {model_line}; check first: a colour picture"],  # the why: console, --csv
+                        [f"the P is a score, not a calibrated risk; {model_line}"]]
+
+    export_folder(tmp_path / "calibrated", calibrate="platt")  # a probability at the prevalence of the set it was fitted on
+    calibrated = load_model(str(tmp_path / "calibrated"))
+    captions.clear()
+    explain(calibrated, load_members(str(tmp_path / "calibrated"), calibrated.meta), frame.iloc[2:], str(tmp_path / "maps2"), "balanced")
+    assert captions == [[f"the P is calibrated (platt) on the external set, not a risk at another prevalence; "
+                         f"model calibrated (sha256 {calibrated.meta['files']['model.onnx'][:8]})"]]
 
 
 def test_predict_and_compare_read_an_image_folder_on_object_storage_as_a_local_one(s3_dir, tmp_path):

@@ -309,7 +309,7 @@ def test_an_explanation_of_an_image_deep_in_long_folders_keeps_its_width_and_rea
     console = capsys.readouterr().out.splitlines()
     (caption,), (figure,) = captions, list((tmp_path / "out").iterdir())
     image = next(deep.rglob("*.png"))
-    name, folder, called = caption.splitlines()
+    name, folder, called, _ = caption.splitlines()  # then the model and the score's meaning
     assert name == image.name and folder.startswith("in ...") and folder.endswith(f"/{image.parent.name}")  # which of two x.png
     probability = next(line.split()[0] for line in console if line.endswith(image.name))  # the console's, four decimals
     assert called.startswith(f"P(PNEUMONIA) {probability}: ") and re.search(r"\(threshold \d\.\d{4}\)", called)
