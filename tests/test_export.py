@@ -135,23 +135,36 @@ def test_predict_on_a_copy_of_the_set_that_chose_the_model_says_so_by_its_images
             "external.image_hashes): these numbers include selection-set images") in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("out", "recorded"), [(None, None), ("exps/run/exports/t1", None), ("elsewhere/sub", "elsewhere/sub")])
-def test_the_out_folder_is_recorded_for_the_card_s_command_unless_it_is_the_default(monkeypatch, out, recorded):
-    """Before: export_options left --out out, so the card's command replaced the experiment's best/ instead."""
+def _one_trial_experiment(monkeypatch, splits: pd.DataFrame) -> dict:
+    """An experiment of one trained trial, ``t1``, with these ``splits``, exported without reading a checkpoint: the dict
+    returned fills, at export, with what ``write_export`` was given (``export_options`` and ``info``)."""
     from cxr_tune import storage
 
     table = pd.DataFrame({"trial_id": ["t1"], "epochs": [3], "val_objective": [0.9], "val_non_finite": [0], "status": ["TERMINATED"],
                           "stop_reason": ["completed"]})
-    splits = pd.DataFrame({"role": ["val"], "role_note": [""], "patient_id": ["p1"], "content_hash": ["h1"]})
     experiment = SimpleNamespace(path="exps/run", splits=splits, cache_dir=None, deciding_set="carved", trials=lambda ranked=True: table,
                                  options=SimpleNamespace(trials=1), has_test=False, info={}, external=None,
                                  file=lambda *parts: storage.join("exps/run", *parts), checkpoint_for=lambda row: "exps/run/t1/checkpoint_0")
-    written = {}
+    written = {"export_options": {}, "info": {}}
     monkeypatch.setattr("cxr_tune.experiment.Experiment", lambda path: experiment)
     monkeypatch.setattr(export, "load_state", lambda path: {})
     monkeypatch.setattr("cxr_tune.modelfile.members_from_states", lambda states: SimpleNamespace(hparams=[SimpleNamespace(image_size=16)], image_size=16))
     monkeypatch.setattr(export, "_role_images", lambda *args: None)
-    monkeypatch.setattr(export, "write_export", lambda *args, export_options, **kwargs: written.update(export_options) or {})
+
+    def write_export(members, target, trials, states, sets, prefix, stored, info, *args, export_options, **kwargs):
+        written["export_options"].update(export_options)
+        written["info"].update(info)
+        return {}
+
+    monkeypatch.setattr(export, "write_export", write_export)
+    return written
+
+
+@pytest.mark.parametrize(("out", "recorded"), [(None, None), ("exps/run/exports/t1", None), ("elsewhere/sub", "elsewhere/sub")])
+def test_the_out_folder_is_recorded_for_the_card_s_command_unless_it_is_the_default(monkeypatch, out, recorded):
+    """Before: export_options left --out out, so the card's command replaced the experiment's best/ instead."""
+    splits = pd.DataFrame({"role": ["val"], "role_note": [""], "patient_id": ["p1"], "content_hash": ["h1"]})
+    written = _one_trial_experiment(monkeypatch, splits)["export_options"]
     export.export_trial("exps/run", "t1", out, tta=3, calibrate="temperature")
     assert written["out"] == recorded and written["tta"] == 3 and written["calibrate"] == "temperature"
 
@@ -166,21 +179,10 @@ def test_the_card_s_export_command_writes_where_the_model_was_written():
 def test_model_json_records_the_fingerprint_of_the_images_and_roles_a_train_run_records(monkeypatch, tmp_path):
     """Before: train's run.json said "data": "400 images, sha256 bf8774b6d80c", but model.json and its card gave the data's
     path and counts only: nothing told whether a model came from the same images and split as a run."""
-    from cxr_tune import storage
     from cxr_tune.data.prepared import SplitData
 
-    table = pd.DataFrame({"trial_id": ["t1"], "epochs": [3], "val_objective": [0.9], "val_non_finite": [0], "status": ["TERMINATED"],
-                          "stop_reason": ["completed"]})
     splits = pd.DataFrame({"role": ["val", "train", "test"], "role_note": ["", "", ""], "patient_id": ["p1", "p2", "p3"], "content_hash": ["h1", "h2", "h3"]})
-    experiment = SimpleNamespace(path="exps/run", splits=splits, cache_dir=None, deciding_set="carved", trials=lambda ranked=True: table,
-                                 options=SimpleNamespace(trials=1), has_test=False, info={}, external=None,
-                                 file=lambda *parts: storage.join("exps/run", *parts), checkpoint_for=lambda row: "exps/run/t1/checkpoint_0")
-    written = {}
-    monkeypatch.setattr("cxr_tune.experiment.Experiment", lambda path: experiment)
-    monkeypatch.setattr(export, "load_state", lambda path: {})
-    monkeypatch.setattr("cxr_tune.modelfile.members_from_states", lambda states: SimpleNamespace(hparams=[SimpleNamespace(image_size=16)], image_size=16))
-    monkeypatch.setattr(export, "_role_images", lambda *args: None)
-    monkeypatch.setattr(export, "write_export", lambda members, target, trials, states, sets, prefix, stored, info, *args, **kwargs: written.update(info) or {})
+    written = _one_trial_experiment(monkeypatch, splits)["info"]
     export.export_trial("exps/run", "t1", tta=3)  # new views: no stored scores read
     assert written["data_fingerprint"] == SplitData(source=None, roles=splits, cache_dir="").fingerprint() == "3 images, sha256 " + written["data_fingerprint"][-12:]
     from tests.model_exports import export_folder
