@@ -119,19 +119,26 @@ def search_command(record: dict[str, Any]) -> str | None:
 
 def rerun_command(record: dict[str, Any], name: str | None) -> str | None:
     """:func:`search_command` with ``--name name`` in place of the recorded one's value (added where it gave none), so that
-    it runs again into a new experiment: as typed, a search under an existing name is refused. None where no command was
-    recorded; a command that does not parse as shell words stays as typed.
+    it runs again into a new experiment: as typed, a search under an existing name is refused. ``name`` None: the recorded
+    name with ``-repro`` added (a record that does not name its experiment's folder); the command as typed where it gave
+    no name. None where no command was recorded; a command that does not parse as shell words stays as typed.
 
     >>> rerun_command({"command": "python -m cxr_tune.search --name s0a --seed 0", "command_cwd": "/runs"}, "s0a-repro")
     'cd /runs && python -m cxr_tune.search --name s0a-repro --seed 0'
+    >>> rerun_command({"command": "python -m cxr_tune.search --name=external --seed 0"}, None)
+    'python -m cxr_tune.search --name external-repro --seed 0'
     """
     try:
         words = shlex.split(record.get("command") or "")
     except ValueError:
         return search_command(record)
+    given = [i for i, word in enumerate(words) if word == "--name" or word.startswith("--name=")]
+    if name is None and given:  # argparse keeps the last one given
+        last = words[given[-1]]
+        recorded = last.split("=", 1)[1] if "=" in last else (words[given[-1] + 1] if given[-1] + 1 < len(words) else "")
+        name = f"{recorded}-repro" if recorded else None
     if not words or name is None:
         return search_command(record)
-    given = [i for i, word in enumerate(words) if word == "--name" or word.startswith("--name=")]
     for i in reversed(given):  # argparse keeps the last; drop every one
         del words[i: i + (2 if words[i] == "--name" else 1)]
     at = given[0] if given else len(words)

@@ -471,6 +471,8 @@ def test_the_reproduce_steps_rerun_the_search_into_a_new_experiment_and_say_what
     assert ("\n1. `python -m cxr_tune.search --space smoke --name s0a-repro` (with the project's .venv active, in the folder the search "
             "ran in: its relative paths are relative to it, which this record does not name; a new experiment, `s3://b/runs/s0a-repro`;") in section
     assert "\n2. `python -m cxr_tune.export s3://b/runs/s0a-repro " in section and "its thread count is not recorded" in section
+    committed = model_card(json.loads(REAL_BEST.read_text())).split("## How to reproduce\n", 1)[1]  # its record names no folder
+    assert "--storage results/real --name external-repro --time-budget 40` (with the project's .venv active" in committed
 
 
 def test_a_rerun_s_export_step_neither_replaces_this_model_nor_names_a_trial_id_the_rerun_lacks(exported):
