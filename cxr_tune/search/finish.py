@@ -1,7 +1,8 @@
-"""After a search (or an interrupted one): trial table, selection (recorded in the Optuna study too), export, report, console summary."""
+"""After a search (or an interrupted one): trial table, selection, export, report, the selection recorded in the Optuna study, console summary."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pandas as pd
@@ -25,7 +26,6 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
     Returns the table, the selected row, the export and ``unfinished``: what the search has still to run, in words."""
     from cxr_tune.export import summary
     from cxr_tune.search.report import objective_words, write_report
-    from cxr_tune.search.study import record_selection
 
     experiment = Experiment(experiment_dir)
     table = experiment.trials(ranked=False)
@@ -44,9 +44,9 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
     if interrupted and not left:  # stopped, yet nothing is left to run: its last trial or final-fit run ended as the stop came
         left = "it was stopped before its end"
     selected = table.sort_values("rank").iloc[0]
-    record_selection(experiment, str(selected["trial_id"]), objective_words(experiment))
     exported = export_best(experiment) if export else None
     report = write_report(experiment, table, exported, unfinished=_continue_words(experiment, left) if left else "")
+    _annotate_study(experiment, str(selected["trial_id"]), objective_words(experiment))
     _print_summary(experiment, table, selected, bool(left))
     if exported:
         print(summary(exported, experiment.file("best")))
@@ -54,6 +54,23 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
     print(f"Report:      {report}")
     print(f"Optuna:      {dashboard_command(experiment)}")
     return {"table": table, "selected": selected, "exported": exported, "unfinished": left}
+
+
+def _annotate_study(experiment: Experiment, selected_trial: str, metric: str) -> None:
+    """Record the selection in ``study.db`` after ``best/`` and the report are written: the annotation is for a reader of the
+    study alone, so a study that cannot take it (read-only, written by another Optuna, its study name missing) is one note,
+    not a traceback that leaves no model and no report."""
+    import sqlite3
+
+    from optuna.exceptions import OptunaError  # Optuna's storage wraps SQLAlchemy's errors in its StorageInternalError
+
+    from cxr_tune.search.study import record_selection
+
+    try:
+        record_selection(experiment, selected_trial, metric)
+    except (OSError, RuntimeError, ValueError, KeyError, OptunaError, sqlite3.Error) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"Note: study.db not annotated with the selected trial: {reason}", file=sys.stderr, flush=True)
 
 
 def unfinished(experiment: Experiment, final_fit: bool | None = None) -> str:

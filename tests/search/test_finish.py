@@ -59,26 +59,7 @@ def test_the_study_records_the_selected_trial_and_what_its_values_measure(tmp_pa
     the higher AUC), and nothing in study.db said which trial the search selected or what its values measure."""
     import optuna
 
-    from cxr_tune.experiment import Experiment
-    from cxr_tune.search import report
-    from cxr_tune.search.options import SearchOptions
-
-    database = tmp_path / "study.db"
-    study = optuna.create_study(study_name="exp", storage=f"sqlite:///{database}", direction="maximize")
-    for trial_id, value in (("a", 0.90), ("b", 0.91)):
-        trial = study.ask()
-        trial.set_user_attr("tune_trial_id", trial_id)
-        study.tell(trial, value)
-    table = pd.DataFrame({"trial_id": ["a", "b"], "status": ["TERMINATED"] * 2, "stop_reason": ["completed"] * 2, "epochs": [3, 3],
-                          "best_epoch": [3, 2], "objective": [0.90, 0.91], "val_objective": [0.90, 0.91], "val_objective_low": [0.86, 0.87],
-                          "val_objective_high": [0.94, 0.95], "val_auc": [0.99, 0.95], "val_loss": [0.3, 0.3], "error": ["", ""]})
-    experiment = _experiment_of(table, tmp_path, ranked_on="carved")
-    experiment.options = SearchOptions(name="exp", storage=str(tmp_path.parent))
-    experiment.synthetic, experiment.deciding_set, experiment.study_path = False, "carved", str(database)
-    experiment.study = lambda: Experiment.study(experiment)
-    monkeypatch.setattr(finish, "Experiment", lambda path: experiment)
-    monkeypatch.setattr(report, "write_report", lambda *args, **kwargs: str(tmp_path / "report.md"))
-
+    database = _two_trial_study(tmp_path, monkeypatch)
     finish.finish_experiment(str(tmp_path), export=False)
 
     study = optuna.load_study(study_name="exp", storage=f"sqlite:///{database}")
@@ -87,6 +68,56 @@ def test_the_study_records_the_selected_trial_and_what_its_values_measure(tmp_pa
         "selected_trial": "a", "metric": "balanced accuracy on carved validation", "deciding_set": "carved"}
     assert "can differ from study.best_trial" in study.user_attrs["selected_by"]
     assert study.metric_names == ["balanced accuracy on carved validation"]
+
+
+def test_a_study_that_cannot_be_annotated_still_leaves_best_and_the_report_with_one_note(tmp_path, monkeypatch, capsys):
+    """Before: the selection was written into study.db first, unguarded: a read-only study.db ("attempt to write a readonly
+    database"), one another Optuna refuses, or a missing study name printed a traceback, and no best/ and no report were written."""
+    import optuna
+
+    from cxr_tune.search import report
+
+    _two_trial_study(tmp_path, monkeypatch)
+    done = []
+    monkeypatch.setattr(finish, "export_best", lambda experiment: done.append("export"))
+    monkeypatch.setattr(report, "write_report", lambda *args, **kwargs: done.append("report") or str(tmp_path / "report.md"))
+
+    def readonly(*args, **kwargs):
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit. attempt to write a readonly database")
+
+    monkeypatch.setattr(optuna.study.Study, "set_user_attr", readonly)
+    capsys.readouterr()
+    finish.finish_experiment(str(tmp_path))
+    assert done == ["export", "report"]
+    assert capsys.readouterr().err == (
+        "Note: study.db not annotated with the selected trial: An exception is raised during the commit. attempt to write a readonly database\n")
+
+
+def _two_trial_study(folder, monkeypatch) -> object:
+    """A finished two-trial search in ``folder`` with its Optuna study (``folder/study.db``, returned) and no report
+    written: b has the higher value, a ties with it and has the higher AUC, so a is selected."""
+    import optuna
+
+    from cxr_tune.experiment import Experiment
+    from cxr_tune.search import report
+    from cxr_tune.search.options import SearchOptions
+
+    database = folder / "study.db"
+    study = optuna.create_study(study_name="exp", storage=f"sqlite:///{database}", direction="maximize")
+    for trial_id, value in (("a", 0.90), ("b", 0.91)):
+        trial = study.ask()
+        trial.set_user_attr("tune_trial_id", trial_id)
+        study.tell(trial, value)
+    table = pd.DataFrame({"trial_id": ["a", "b"], "status": ["TERMINATED"] * 2, "stop_reason": ["completed"] * 2, "epochs": [3, 3],
+                          "best_epoch": [3, 2], "objective": [0.90, 0.91], "val_objective": [0.90, 0.91], "val_objective_low": [0.86, 0.87],
+                          "val_objective_high": [0.94, 0.95], "val_auc": [0.99, 0.95], "val_loss": [0.3, 0.3], "error": ["", ""]})
+    experiment = _experiment_of(table, folder, ranked_on="carved")
+    experiment.options = SearchOptions(name="exp", storage=str(folder.parent))
+    experiment.synthetic, experiment.deciding_set, experiment.study_path = False, "carved", str(database)
+    experiment.study = lambda: Experiment.study(experiment)
+    monkeypatch.setattr(finish, "Experiment", lambda path: experiment)
+    monkeypatch.setattr(report, "write_report", lambda *args, **kwargs: str(folder / "report.md"))
+    return database
 
 
 def _experiment_of(table: pd.DataFrame, folder, ranked_on: str | None = None) -> types.SimpleNamespace:
