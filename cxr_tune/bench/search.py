@@ -76,8 +76,10 @@ MINUTES = "command minutes"  # the whole search command, Ray's start and the ima
 
 def best_trial(table: pd.DataFrame, prefix: str) -> dict:
     """The best trial's objective, interval and AUC (on the ``prefix`` set), all read from its one row, so the AUC shown beside
-    the best balanced accuracy is that trial's, not the highest of any trial."""
-    best = table.loc[table["objective"].idxmax()]
+    the best balanced accuracy is that trial's, not the highest of any trial. A trial that failed (ERROR) is never it, even after
+    it reported, as selection never selects it and the report leaves it out of its ranking."""
+    ran = table[table["status"].ne("ERROR")]
+    best = ran.loc[ran["objective"].idxmax()]
     return {"best_balanced_accuracy": float(best["objective"]), "best_interval": (float(best["objective_low"]), float(best["objective_high"])),
             "best_auc": float(best[f"{prefix}_auc"])}
 

@@ -65,10 +65,22 @@ def test_the_best_auc_is_the_best_trials_not_the_highest_of_any_trial():
 
     from cxr_tune.bench.search import best_trial
 
-    table = pd.DataFrame({"trial_id": ["a", "b", "c"], "objective": [0.90, 0.91, 0.88], "objective_low": [0.86, 0.88, 0.84],
+    table = pd.DataFrame({"trial_id": ["a", "b", "c"], "status": ["TERMINATED"] * 3, "objective": [0.90, 0.91, 0.88], "objective_low": [0.86, 0.88, 0.84],
                           "objective_high": [0.93, 0.94, 0.91], "ext_auc": [0.96, 0.95, 0.97], "val_auc": [0.99, 0.98, 0.97]})
     assert best_trial(table, "ext") == {"best_balanced_accuracy": 0.91, "best_interval": (0.88, 0.94), "best_auc": 0.95}
     assert best_trial(table, "val")["best_auc"] == 0.98
+
+
+def test_a_trial_that_failed_after_reporting_is_never_the_arms_best():
+    """Before: the arm's best balanced accuracy was the highest objective of any row, a trial that reported 0.95 and then
+    failed (ERROR) included, which selection never selects and the report leaves out of its ranking."""
+    import pandas as pd
+
+    from cxr_tune.bench.search import best_trial
+
+    table = pd.DataFrame({"trial_id": ["a", "b"], "status": ["ERROR", "TERMINATED"], "objective": [0.95, 0.91], "objective_low": [0.92, 0.88],
+                          "objective_high": [0.97, 0.94], "val_auc": [0.99, 0.98]})
+    assert best_trial(table, "val") == {"best_balanced_accuracy": 0.91, "best_interval": (0.88, 0.94), "best_auc": 0.98}
 
 
 def test_the_summary_says_its_intervals_are_stratified_unlike_the_model_cards():
