@@ -235,9 +235,11 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, num_
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
         except UserError:
             raise
-        except Exception as exc:  # noqa: BLE001 - its raylet or GCS did not come up (a loaded machine): Ray's reason is in its logs
+        except Exception as exc:  # noqa: BLE001 - its raylet or GCS did not come up (a loaded machine), or Ray refused: its reason is in its logs
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
-            raise RunFailure(f"Ray's local node did not start (machine overloaded?): {reason}; its logs: {own_ray_logs()}") from None
+            # Only Ray's startup timeout (ray/_private/node.py: "The current node timed out during startup") is a loaded machine's sign.
+            overloaded = " (machine overloaded?)" if "timed out during startup" in reason else ""
+            raise RunFailure(f"Ray's local node did not start{overloaded}: {reason}; its logs: {own_ray_logs()}") from None
     _keep_sigterm(sigterm_before)
     undo = lambda: None  # noqa: E731
     if log is not None:

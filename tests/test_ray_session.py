@@ -279,9 +279,20 @@ def test_without_address_a_command_starts_its_own_ray_unless_ray_address_names_o
     assert [call["address"] for call in calls] == [joined]
 
 
-def test_a_ray_of_the_commands_own_that_does_not_start_is_one_line_naming_its_logs_and_status_1(tmp_path, monkeypatch, no_ray_here, capsys):
+@pytest.mark.parametrize(("raised", "line"), [
+    (Exception("The current node timed out during startup. This could happen because some of the raylet failed to startup "
+               "or the GCS has become overloaded."),
+     "Ray's local node did not start (machine overloaded?): The current node timed out during startup. This could happen because "
+     "some of the raylet failed to startup or the GCS has become overloaded"),
+    # Before: every failure was "(machine overloaded?)", a bad argument or a version mismatch too.
+    (ValueError("When connecting to an existing cluster, num_cpus and num_gpus must not be provided.\nSecond line"),
+     "Ray's local node did not start: When connecting to an existing cluster, num_cpus and num_gpus must not be provided"),
+])
+def test_a_ray_of_the_commands_own_that_does_not_start_is_one_line_naming_its_logs_and_status_1(tmp_path, monkeypatch, no_ray_here, capsys,
+                                                                                              raised, line):
     """On a loaded machine Ray's raylet or GCS may not come up in time; data prepare, train and search ended in a
-    30-line traceback through ray.init. Ray made its session folder (and ``session_latest``) before it gave up."""
+    30-line traceback through ray.init. Ray made its session folder (and ``session_latest``) before it gave up. Only Ray's
+    startup timeout is put down to a loaded machine; any other failure is Ray's own first line."""
     import ray
 
     from cxr_tune.errors import run_cli
@@ -292,11 +303,10 @@ def test_a_ray_of_the_commands_own_that_does_not_start_is_one_line_naming_its_lo
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     monkeypatch.setattr(session, "check_own_ray", lambda address: None)  # tmp_path may be too long for real sockets
 
-    def timed_out(**kwargs):
-        raise Exception("The current node timed out during startup. This could happen because some of the raylet failed to startup "
-                        "or the GCS has become overloaded.")
+    def failed(**kwargs):
+        raise raised
 
-    monkeypatch.setattr(ray, "init", timed_out)
+    monkeypatch.setattr(ray, "init", failed)
 
     def command(argv):
         with session.ray_session():
@@ -305,9 +315,7 @@ def test_a_ray_of_the_commands_own_that_does_not_start_is_one_line_naming_its_lo
     with pytest.raises(SystemExit) as ended:
         run_cli(command, [])
     assert ended.value.code == 1  # it failed at run time, as a search whose every trial failed: not a bad flag or file (2)
-    assert capsys.readouterr().err.splitlines() == [
-        "error: Ray's local node did not start (machine overloaded?): The current node timed out during startup. This could happen because "
-        f"some of the raylet failed to startup or the GCS has become overloaded; its logs: {session_dir / 'logs'}"]
+    assert capsys.readouterr().err.splitlines() == [f"error: {line}; its logs: {session_dir / 'logs'}"]
 
 
 def test_an_address_where_something_other_than_ray_answers_is_one_line(monkeypatch):
