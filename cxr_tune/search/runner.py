@@ -558,7 +558,7 @@ def restored_scheduler(tuner: Any) -> Any:
 
 def tell_saved_trials(scheduler: Any, trials: list[Any], histories: dict[str, Any]) -> None:
     """Tell a resumed search's ``scheduler`` the saved ``trials``' epochs (``histories``, as
-    :func:`cxr_tune.search.results.trial_histories` reads them) in the order they were reported, as Tune told them:
+    :func:`cxr_tune.search.results.trial_histories` reads them) in the order they were reported (by Tune's ``timestamp``), as Tune told them:
     ``on_trial_add``, ``on_trial_result`` per epoch, then ``on_trial_complete`` (or ``on_trial_error``) for a trial that ended.
 
     Why: Tune restores the scheduler it pickled in ``tuner.pkl`` when the search started and never saves it again, so a
@@ -577,10 +577,13 @@ def tell_saved_trials(scheduler: Any, trials: list[Any], histories: dict[str, An
         start = float(getattr(getattr(trial, "run_metadata", None), "start_time", None) or 0.0)
         # Seconds into the trial, each epoch no earlier than the one before (one read back from a checkpoint has no time).
         seconds = history["time_total_s"].astype(float).ffill().fillna(0.0).cummax() if "time_total_s" in history else pd.Series(0.0, index=history.index)
-        for i, (epoch, objective, at) in enumerate(zip(history["epoch"].astype(int), history["objective"].astype(float), seconds)):
-            events.append((start + at, epoch, trial, objective, i == len(history) - 1))
+        trained = start + seconds  # training time only: a trial paused and restored in an earlier resume reads too early
+        # Tune's wall clock at each report (whole seconds), where the result rows have it; the training-time key breaks ties.
+        clock = history["timestamp"].astype(float).ffill().cummax().fillna(trained) if "timestamp" in history else trained
+        for i, (epoch, objective, at, fine) in enumerate(zip(history["epoch"].astype(int), history["objective"].astype(float), clock, trained)):
+            events.append((at, fine, epoch, trial, objective, i == len(history) - 1))
     added: set[str] = set()
-    for _, epoch, trial, objective, last in sorted(events, key=lambda event: event[:2]):
+    for _, _, epoch, trial, objective, last in sorted(events, key=lambda event: event[:3]):
         if trial.trial_id not in added:
             added.add(trial.trial_id)
             scheduler.on_trial_add(None, trial)

@@ -625,6 +625,22 @@ def test_a_resumed_trial_is_not_judged_again_at_a_rung_it_passed_before_the_resu
     assert scheduler.on_trial_result(None, running, {"epoch": 3, "objective": 0.55}) == TrialScheduler.CONTINUE
 
 
+def test_saved_trials_are_told_to_the_scheduler_in_the_wall_clock_order_they_reported():
+    """Optuna's rule decides in the order told. Before: the order was each trial's start plus its training time, so a trial
+    paused after epoch 1 and restored in an earlier resume (its epoch 2 long after b's epoch 1) was told its epoch 2 first."""
+    from cxr_tune.search.runner import tell_saved_trials
+
+    paused, paused_history = _saved("a", "TERMINATED", 0.60, 0.70, start=100.0)  # trained epochs at 101 and 102 s of training
+    paused_history["timestamp"] = [101, 500]  # ... its epoch 2 after a resume, at 500 s on the clock
+    later, later_history = _saved("b", "TERMINATED", 0.65, start=200.0)
+    later_history["timestamp"] = [201]
+    told = []
+    scheduler = SimpleNamespace(on_trial_add=lambda _, trial: None, on_trial_complete=lambda *args: None,
+                                on_trial_result=lambda _, trial, result: told.append((trial.trial_id, result["epoch"])))
+    tell_saved_trials(scheduler, [paused, later], {"a": paused_history, "b": later_history})
+    assert told == [("a", 1), ("b", 1), ("a", 2)]
+
+
 def test_a_resume_whose_scheduler_this_ray_keeps_elsewhere_says_its_rungs_start_empty(tmp_path, monkeypatch, capsys):
     from cxr_tune.search import runner
     from cxr_tune.search.space import SearchSettings
