@@ -270,8 +270,13 @@ def adapt(model: str, images_dir: str, out: str, *, threshold_rule: str = "mixtu
         members = load_members(model, meta)
     except FileNotFoundError:
         raise UserError(f"'{model}' has no weights.safetensors; re-export it with this version (python -m cxr_tune.export) to adapt it") from None
-    # Before the images are read, for every rule: prior-shift starts from the class weighting, and every model card reads it.
-    check_prior_record(model, meta)
+    # Before the images are read, for every rule: prior-shift computes the training prior from the hyperparameters, so its
+    # record must be whole; mixture and keep need only the class weighting every model card reads (an older export whose
+    # hparams keep a key this version dropped is no damage to them).
+    hparams = meta.get("hparams")
+    needed = hparams if threshold_rule == "prior-shift" or not isinstance(hparams, dict) else {
+        key: value for key, value in hparams.items() if key == "class_weighting"}
+    check_prior_record(model, {**meta, "hparams": needed})
     prior = probability_prior(meta, storage.join(model, META_FILE)) if threshold_rule == "prior-shift" else None
     files = collect([images_dir])
     # A folder below it that was not read (a loop, a hidden folder) is skipped, counted as a folder; it is not opened.

@@ -348,6 +348,20 @@ def test_edited_hyperparameters_are_one_line_naming_model_json_before_the_site_i
     assert f"'{exported / 'model.json'}': {message}" in str(caught.value)
 
 
+def test_an_older_export_with_a_since_removed_hyperparameter_adapts_with_mixture_and_is_refused_for_prior_shift(exported, tmp_path):
+    """Mixture and keep need only the class weighting (the card reads it). Before: every rule checked the whole of hparams,
+    so an export whose hparams keep a key this version no longer knows was refused as damaged for mixture too."""
+    meta = json.loads((exported / "model.json").read_text())
+    meta["hparams"]["dropout_schedule"] = "cosine"  # a key of an older version
+    (exported / "model.json").write_text(json.dumps(meta))
+    site = write_site(tmp_path / "site", 10)
+    adapted = adapt(str(exported), str(site), str(tmp_path / "out"), threshold_rule="mixture")
+    assert adapted["adaptation"]["images"] == 20 and (tmp_path / "out" / "model.onnx").exists()
+    # prior-shift computes the training prior from the hyperparameters: there the record must be whole
+    with pytest.raises(UserError, match="unknown hyperparameter 'dropout_schedule'"):
+        adapt(str(exported), str(site), str(tmp_path / "out2"), threshold_rule="prior-shift")
+
+
 PLATT = {"method": "platt", "slope": 1.0, "intercept": 0.0, "fitted_on": "validation"}
 
 
