@@ -28,6 +28,7 @@ import numpy as np
 from cxr_tune import storage
 from cxr_tune.errors import RunFailure, UserError
 from cxr_tune.formatting import shown
+from cxr_tune.yamlfile import MAX_META_BYTES  # one cap on a model.json: train --params reads it too
 
 MODEL_FILE = "model.onnx"
 META_FILE = "model.json"
@@ -35,9 +36,6 @@ PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib"}
 RATES = ("sensitivity", "specificity")  # what an operating point's floor is on, or what it gives up
 #: A name in model.json that commands print as it is (an operating point, a trial id, a calibration method): a plain token,
 #: so an edited file can neither drive the terminal (an escape code) nor forge a line of metrics (a newline).
-#: The largest model.json read: the real ones are about 30 KB, and the image hashes an export or adapt records (11 bytes
-#: an image) keep a site of two million images below it. A larger file is refused before it is read and parsed.
-MAX_META_BYTES = 32 * 2**20
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,40}")
 
 

@@ -17,6 +17,10 @@ from cxr_tune.formatting import SHOWN_CHARS, printable
 
 #: The largest YAML file read (a space or params file): the shipped ones are 1-4 KB.
 MAX_BYTES = 2**20
+#: The largest model.json read, by predict and the rest (serving.read_meta) and as a ``.json`` params file: the real ones
+#: are about 30 KB, and the image hashes an export or adapt records (11 bytes an image) keep a site of two million images
+#: below it. A larger file is refused before it is read and parsed.
+MAX_META_BYTES = 32 * 2**20
 
 
 class AliasRefused(yaml.YAMLError):
@@ -91,8 +95,11 @@ def load_mapping(path: str | Path, what: str, *, strict: bool = True) -> dict[st
         raise UserError(f"{what} file '{path}' is a folder; name a .yaml file")
     if not path.is_file():
         raise UserError(f"{what} file '{path}' does not exist")
-    if (size := path.stat().st_size) > MAX_BYTES:  # parsed, an 88 MB file held YAML for minutes and 1.5 GB of memory
-        raise UserError(f"{what} file '{path}' is {size:,} bytes; a {what} file is at most {MAX_BYTES:,} (1 MB; the shipped ones are a few KB)")
+    # a .json file is an export's model.json (train --params), which predict reads under its own cap: a large site's passes 1 MB
+    as_json = path.suffix.lower() == ".json"
+    if (size := path.stat().st_size) > (cap := MAX_META_BYTES if as_json else MAX_BYTES):  # parsed, an 88 MB file held YAML for minutes and 1.5 GB of memory
+        kind, why = (f"a .json {what} file", "32 MB, as a model.json") if as_json else (f"a {what} file", "1 MB; the shipped ones are a few KB")
+        raise UserError(f"{what} file '{path}' is {size:,} bytes; {kind} is at most {cap:,} ({why})")
     try:
         text = path.read_text(encoding="utf-8")
         content = parse(text) if strict else yaml.load(text, Loader=_Lenient)  # noqa: S506 - a SafeLoader

@@ -157,3 +157,23 @@ def test_a_model_json_averaging_several_configurations_says_which_one_trains(tmp
     model.write_text(json.dumps({**export, "members": members[:2]}))  # two seeds of one configuration: nothing to say
     read_params(str(model), [])
     assert capsys.readouterr().err == ""
+
+
+def test_a_model_json_of_a_large_site_is_read_as_a_params_file_as_predict_reads_it(tmp_path, monkeypatch):
+    """An adapted site of ~95,000 images records 1.1 MB of image hashes in model.json: predict loaded it, but
+    train --params refused it as over the 1 MB cap on a YAML file. A .json params file gets the model.json cap."""
+    import json
+
+    from cxr_tune.yamlfile import MAX_META_BYTES
+
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps({"hparams": HParams(lr=2e-3).to_dict(), "data": {"image_hashes": ["a1b2c3d4e5"] * 100_000}}))
+    assert 2**20 < model.stat().st_size < MAX_META_BYTES
+    assert read_params(str(model), []).lr == 2e-3  # before: "params file '...' is 1,400,0xx bytes; ... at most 1,048,576 (1 MB ...)"
+    params = tmp_path / "params.yaml"
+    params.write_text("lr: 0.002\n# " + "x" * 2**20 + "\n")  # a YAML params file keeps the 1 MB cap
+    with pytest.raises(UserError, match=rf"^params file '{params}' is 1,048,589 bytes; a params file is at most 1,048,576 \(1 MB"):
+        read_params(str(params), [])
+    monkeypatch.setattr("cxr_tune.yamlfile.MAX_META_BYTES", 2**20)  # as a 40 MB model.json meets the real cap, without writing one
+    with pytest.raises(UserError, match=rf"^params file '{model}' is [0-9,]+ bytes; a .json params file is at most 1,048,576 \(32 MB, as a model.json\)$"):
+        read_params(str(model), [])
