@@ -205,9 +205,11 @@ def _quiet_large_image_warning() -> None:
     fine) off the console: it printed between a command's lines, naming Pillow's own file; predict says it in words
     instead (:func:`_large_image_notes`). A process-wide filter, not a ``catch_warnings`` block around each open: that
     swaps the process's filters, and predict decodes in threads (one block's end lets another thread's warning out).
-    Put back in front only when another filter went before it (a caller's ``catch_warnings`` block, pytest's per test)."""
-    if warnings.filters[:1] != [_IGNORE_LARGE]:
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    Added once, last, where it is missing (first use, or after a caller's ``catch_warnings`` block dropped it): a filter
+    set before it wins (``-W error::RuntimeWarning``, a caller's), and the filters are not changed on every open (each
+    change forgets which warnings were shown, so they print again)."""
+    if _IGNORE_LARGE not in warnings.filters:
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning, append=True)
 
 
 #: Names that say DICOM: such a file without the ``DICM`` marker (no Part-10 header) is read as DICOM when Pillow cannot read it.

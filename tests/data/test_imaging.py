@@ -185,9 +185,27 @@ def test_an_image_over_pillows_warning_size_is_flagged_to_check_first_without_pi
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     path = write_image(tmp_path / "IM-0001-0001.png")  # 40x30: 1,200 pixels
     with warnings.catch_warnings(record=True) as shown:
-        warnings.simplefilter("always")  # whatever filters a caller set before
+        warnings.simplefilter("always", UserWarning)  # a caller's own filters, in front
         pixels, notes = decode_checked(path, 16)  # predict's decode
         cached = decode_gray(path, 16)  # the cache's
     assert notes == ["very large image: 0.0012 MP (Pillow warns above 0.001 MP: a scan this large, or a header that misstates its size)"]
     assert np.array_equal(pixels, cached)
     assert [str(warning.message) for warning in shown] == []
+
+
+def test_decoding_leaves_the_warning_filters_alone_and_a_callers_filter_for_the_large_image_warning_wins(tmp_path, monkeypatch):
+    """Every open put Pillow's warning filter back in front of the caller's: ``-W error::RuntimeWarning`` (its class)
+    was overridden, and each change to the filters forgets which warnings were shown (they print again)."""
+    import warnings
+
+    from cxr_tune.data.imaging import decode_checked
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = write_image(tmp_path / "IM-0001-0001.png")  # 40x30: 1,200 pixels
+    decode_gray(path, 16)
+    with warnings.catch_warnings(record=True):
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)  # as -W error::RuntimeWarning asks of it
+        filters = list(warnings.filters)
+        with pytest.raises(Image.DecompressionBombWarning):  # before: decoded, the filter put back in front of the caller's
+            decode_checked(path, 16)
+        assert warnings.filters == filters
