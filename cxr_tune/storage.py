@@ -23,7 +23,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -88,11 +88,23 @@ def same_folder(a: str, b: str) -> bool:
 def within(path: str, folder: str) -> bool:
     """Whether ``path`` is ``folder`` or lies under it (:func:`same_folder`'s comparison: local paths through their
     real paths, URIs as written)."""
-    if is_uri(path) or is_uri(folder):
-        path, folder = path.rstrip("/"), folder.rstrip("/")
-        return path == folder or path.startswith(folder + "/")
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+    return bool(lying_in([path], folder))
+
+
+def lying_in(paths: Iterable[str], folder: str) -> list[str]:
+    """The ``paths`` that are ``folder`` or lie under it, by :func:`within`'s rule, with the folder's real path found once
+    and one ``os.path.realpath`` per local path: a model's selection note asks this of every scored file (3 real paths
+    a file took 2.1 s for 20,000)."""
+    real_folder = None if is_uri(folder) else os.path.realpath(folder)
+    kept = []
+    for path in paths:
+        if is_uri(path) or real_folder is None:
+            here, there, sep = path.rstrip("/"), folder.rstrip("/"), "/"
+        else:
+            here, there, sep = os.path.realpath(path), real_folder, os.sep
+        if here == there or here.startswith(there.rstrip(sep) + sep):
+            kept.append(path)
+    return kept
 
 
 #: What a URI's path holds as written (RFC 3986 ``pchar`` and ``/``); anything else is %-escaped, as pyarrow reads it.
