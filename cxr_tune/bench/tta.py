@@ -11,7 +11,6 @@ number**; a count is only worth exporting when its paired interval lies above ze
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxr_tune import storage
 from cxr_tune.bench.common import DEFAULT_DATA, PROJECT, paired_auc_difference, results_folder, write_result
 from cxr_tune.errors import UserError
-from cxr_tune.formatting import code_span
+from cxr_tune.formatting import code_span, fmt, interval
 from cxr_tune.selection import REPORTED_RESAMPLES
+from cxr_tune.views import TTA_VIEWS
 
 
 #: the model whose result results/benchmarks holds (tta_best.md); any other model's goes where --out says
@@ -37,14 +38,13 @@ def _paired(ci: list[float] | None) -> str:
 
 
 def labelled_images(folder: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Every readable image under ``folder``'s NORMAL/PNEUMONIA folders, byte-identical files once:
-    (uint8 ``(N, size, size)`` images, labels, paths of what was left out with why)."""
-    from cxr_tune import storage
-    from cxr_tune.data.imaging import describe_failure, try_decode_gray
-    from cxr_tune.predict import collect
+    """Every readable image under ``folder``'s NORMAL/PNEUMONIA folders, counted as ``predict`` counts a labelled set
+    (:func:`cxr_tune.predict.distinct_labelled`: byte-identical files once, none of a file whose copy is filed under the
+    other class), so both score the same images: (uint8 ``(N, size, size)`` images in path order, labels, paths of what
+    was left out with why)."""
+    from cxr_tune.predict import collect, decode_hashed, distinct_labelled, path_text
 
-    seen: set[str] = set()
-    images, labels, left_out = [], [], []
+    pixels, rows, left_out = [], [], []
     for path, label, reason in collect([folder]):
         if reason:  # a folder below it that was not read
             left_out.append(f"{path}: {reason}")
@@ -52,25 +52,21 @@ def labelled_images(folder: str, size: int) -> tuple[np.ndarray, np.ndarray, lis
         if label is None:
             left_out.append(f"{path}: not under a NORMAL or PNEUMONIA folder")
             continue
-        try:
-            data = storage.read_bytes(str(path))
-        except OSError as exc:  # a dangling link, a pipe: listed, as predict lists them
-            left_out.append(f"{path}: {describe_failure(exc)}")
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in seen:
-            left_out.append(f"{path}: the same bytes as an earlier file")
-            continue
-        pixels, why = try_decode_gray(data, size, name=str(path))
-        if pixels is None:
+        image, _checks, why, digest, _kind = decode_hashed(path, size)  # a dangling link, a pipe: listed, as predict lists them
+        if image is None:
             left_out.append(f"{path}: {why}")
             continue
-        seen.add(digest)
-        images.append(pixels)
-        labels.append(label)
-    if not images or len(set(labels)) < 2:
+        rows.append({"path": path_text(path), "label": label, "content_hash": digest, "row": len(pixels)})
+        pixels.append(image)
+    frame = pd.DataFrame(rows, columns=["path", "label", "content_hash", "row"])
+    counted = distinct_labelled(frame)[0]
+    for dropped in frame[~frame["row"].isin(counted["row"])].itertuples():
+        left_out.append(f"{dropped.path}: " + ("the same bytes as an earlier file" if dropped.content_hash in set(counted["content_hash"])
+                                               else "filed under both classes (a byte-identical copy is under the other)"))
+    labels = counted["label"].to_numpy(dtype=int)
+    if not len(labels) or len(set(labels)) < 2:
         raise UserError(f"'{folder}' holds no readable images of both classes under NORMAL/ and PNEUMONIA/ folders")
-    return np.stack(images), np.array(labels), left_out
+    return np.stack([pixels[row] for row in counted["row"]]), labels, left_out
 
 
 def view_scores(members: Any, x: np.ndarray, count: int) -> tuple[list[np.ndarray], list[float]]:
@@ -92,25 +88,27 @@ def view_scores(members: Any, x: np.ndarray, count: int) -> tuple[list[np.ndarra
     return scores, seconds
 
 
+def view_text(view: tuple[float, float, float, float]) -> str:
+    """One of :data:`TTA_VIEWS` in words, as the report's view list and its per-view table both name it."""
+    zoom, dx, dy, degrees = view
+    return f"zoom {zoom:g}, shift ({dx:+g}, {dy:+g}), {degrees:+g} deg"
+
+
 def single_view_rows(per_view: list[np.ndarray], y: np.ndarray, threshold: float) -> list[dict[str, Any]]:
     """Each view alone against the unchanged image (the first): AUC, mean probability change, and
     the share of calls at ``threshold`` that flip."""
     from sklearn.metrics import roc_auc_score
 
-    from cxr_tune.views import TTA_VIEWS
-
     base = per_view[0]
-    return [{"view": number, "what": f"zoom {zoom:g}, shift ({dx:+g}, {dy:+g}), {degrees:+g} deg", "auc": float(roc_auc_score(y, scores)),
+    return [{"view": number, "what": view_text(view), "auc": float(roc_auc_score(y, scores)),
              "mean_change": float(np.mean(scores - base)), "flipped": float(np.mean((scores >= threshold) != (base >= threshold)))}
-            for number, (scores, (zoom, dx, dy, degrees)) in enumerate(zip(per_view, TTA_VIEWS, strict=False), start=1)]
+            for number, (scores, view) in enumerate(zip(per_view, TTA_VIEWS, strict=False), start=1)]
 
 
 def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Path | None = None) -> Path:
     """Write ``tta_<model folder name>.md`` / ``.json`` into ``folder``; returns the ``.md``. The default, ``results/benchmarks``,
     is for the committed model on the default images (half A) only: another model's result there, or the committed model's
     on other images, replaced the committed ``tta_best.md`` (any export is named ``best``)."""
-    from cxr_tune import storage
-
     committed = storage.same_folder(str(model_dir), str(COMMITTED_MODEL)) and images_dir is None
     folder = results_folder("tta", str(folder) if folder else None,
                             None if committed else f"'{model_dir}'" + (f" on '{images_dir}'" if images_dir is not None else ""),
@@ -118,9 +116,7 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
     from sklearn.metrics import roc_auc_score
 
     from cxr_tune.set_metrics import bootstrap_intervals
-    from cxr_tune.formatting import fmt, interval
     from cxr_tune.modelfile import load_members, recorded_views
-    from cxr_tune.views import TTA_VIEWS
     from cxr_tune.selection import choose_threshold
     from cxr_tune.serving import load_model, probabilities
     from cxr_tune.train.metrics import rates_at
@@ -163,11 +159,11 @@ def run(model_dir: str, images_dir: str | None, views: Sequence[int], folder: Pa
     summary = [
         f"Model {code_span(model_dir)} ({len(members.nets)} member(s), {shipped.image_size} px, shipped with {own_views} view(s), threshold "
         f"{shipped.threshold:.3f}), scored on {code_span(images_dir)}: {len(y)} distinct images, {int(y.sum())} PNEUMONIA"
-        + (f" ({len(left_out)} file(s) left out: unlabelled, unreadable or byte-identical to another)" if left_out else "") + ".",
+        + (f" ({len(left_out)} file(s) left out: unlabelled, unreadable, byte-identical to another or filed under both classes)" if left_out else "") + ".",
         "",
         "**Selection-set numbers**: this sample would choose the view count and each row's threshold (the export's rule: "
         f"{hp.criterion}, tolerance {hp.threshold_tolerance:g}, sensitivity floor {hp.min_sensitivity:g}). The views: "
-        + "; ".join(f"{i + 1}: zoom {z:g}, shift ({dx:+g}, {dy:+g}), {deg:+g} deg" for i, (z, dx, dy, deg) in enumerate(TTA_VIEWS[:max(views)])) + ".",
+        + "; ".join(f"{i + 1}: {view_text(view)}" for i, view in enumerate(TTA_VIEWS[:max(views)])) + ".",
         "",
         table,
         "",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from cxr_tune.bench.tta import labelled_images
 from cxr_tune.data.imaging import decode_gray
 from cxr_tune.modelfile import load_members, serving_model, torch_scores
 from cxr_tune.selection import choose_threshold
@@ -50,6 +51,20 @@ def test_views_are_scored_against_the_shipped_model_on_each_distinct_labelled_im
     text = (tmp_path / "out" / "tta_model.md").read_text()
     assert "Selection-set numbers" in text and "| 3 " in text and "60 distinct images" in text and "Each view alone" in text
     assert "| +0.0000 [n/a] " in text and "minus shipped +0.0000 [n/a]" in done.stdout  # before: a TypeError on the withheld interval
+
+
+def test_images_are_counted_as_predict_counts_them_a_copy_filed_under_both_classes_left_out(tmp_path):
+    """Before: bench tta kept the first of two byte-identical files filed under NORMAL and PNEUMONIA (6 images here) where
+    predict's metrics leave both out, their label unknown (5)."""
+    images = save_images(kermany_set(6, 4, pneumonia_share=0.5, kermany_names=False), tmp_path / "site")
+    normal, pneumonia = sorted((images / "NORMAL").iterdir()), len(list((images / "PNEUMONIA").iterdir()))
+    shutil.copy(normal[0], images / "PNEUMONIA" / "also_normal.png")
+
+    x, y, left_out = labelled_images(str(images), 32)
+
+    assert (len(y), int(y.sum()), x.shape) == (5, pneumonia, (5, 32, 32))
+    assert sorted(line.split(":")[0].rsplit("/", 1)[-1] for line in left_out) == ["also_normal.png", normal[0].name]
+    assert all("filed under both classes" in line for line in left_out)
 
 
 def test_what_it_cannot_score_is_one_line(tmp_path):
