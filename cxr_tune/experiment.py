@@ -101,10 +101,7 @@ class Experiment:
     @cached_property
     def info(self) -> dict[str, Any]:
         path = self.file(EXPERIMENT_FILE)
-        try:
-            info = json.loads(storage.read_text(path))
-        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise damaged(path, exc) from None
+        info = storage.read_json(path)
         if not isinstance(info, dict) or not isinstance(info.get("options"), dict):
             raise damaged(path, ValueError("it holds no options object"))
         return info
@@ -243,7 +240,7 @@ class Experiment:
         path = self.file(COMPUTE_FILE)
         if not storage.exists(path):
             return []
-        return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+        return storage.read_json(path, lines=True)
 
     def stage_minutes(self) -> dict[str, float]:
         """Wall minutes of each stage (search, final fit), over every run of it, in the order they first ran."""
@@ -306,7 +303,7 @@ class Experiment:
         path = self.file(FINAL_FIT_DIR, FINAL_FIT_MEMBERS)
         if not storage.exists(path):
             return []
-        return [FinalRun(**run) for run in json.loads(storage.read_text(path))]
+        return [FinalRun(**run) for run in storage.read_json(path)]
 
     def final_fit_ends(self) -> list[tuple[FinalRun, str, bool]]:
         """(run, checkpoint of its last epoch, whether it diverged) for every final-fit run that ended:

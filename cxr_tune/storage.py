@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import json
 import os
 import re
 import shutil
@@ -33,7 +34,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from cxr_tune.errors import UserError
+from cxr_tune.errors import UserError, damaged
 
 CACHE_ENV = "CXR_TUNE_CACHE"
 
@@ -392,6 +393,16 @@ def read_bytes(path: str) -> bytes:
 
 def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
+
+
+def read_json(path: str, *, lines: bool = False) -> Any:
+    """A JSON file a run wrote (``lines``: one value a line, as ``compute.jsonl``); one cut short or not JSON is
+    :func:`cxr_tune.errors.damaged`'s one line naming it, not a traceback from the decoder."""
+    try:
+        text = read_text(path)
+        return [json.loads(line) for line in text.splitlines() if line.strip()] if lines else json.loads(text)
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise damaged(path, exc) from None
 
 
 def read_frame(path: str) -> pd.DataFrame:

@@ -46,9 +46,12 @@ def _cut_mid_row(text: str) -> str:
     ("splits.csv", lambda path: path.write_text(_cut_mid_row(path.read_text())), lambda e: e.splits),
     ("splits.csv", lambda path: path.write_text(_cut_mid_row(path.read_text()).rsplit("\n", 1)[0] + "\n"), lambda e: e.splits),
     ("space.yaml", lambda path: path.unlink(), lambda e: e.space()),
+    ("compute.jsonl", lambda path: path.write_text(path.read_text()[:40]), lambda e: e.compute_log()),
+    ("finalfit/members.json", lambda path: path.write_text('[{"trial_id": "a'), lambda e: e.final_fit_runs()),
 ])
 def test_a_damaged_or_half_written_experiment_file_is_one_line_naming_it(tmp_path, name, damage, read):
     copy = shutil.copytree(ROOT / "results" / "real" / "carved", tmp_path / "carved")
+    (copy / name).parent.mkdir(exist_ok=True)  # finalfit/, which a search without a final fit lacks
     damage(copy / name)
     with pytest.raises(UserError, match="damaged or half-written") as caught:
         read(Experiment(str(copy)))

@@ -69,6 +69,17 @@ def test_bytes_text_frame_and_csv_round_trip(base):
     assert storage.read_csv(storage.join(base, "t.csv"), usecols=["auc"]).columns.tolist() == ["auc"]
 
 
+def test_a_json_file_cut_short_is_one_line_naming_it(tmp_path):
+    """Before: each reader of a file a run wrote (run.json, a cache's meta, a fold's row) let a raw JSONDecodeError through."""
+    path = str(tmp_path / "run.json")
+    storage.write_text_atomic(path, '{"data": "400 images"}\n{"a": 1}\n')
+    assert storage.read_json(path, lines=True) == [{"data": "400 images"}, {"a": 1}]
+    storage.write_text_atomic(path, '{"data": "400 im')
+    with pytest.raises(UserError, match=rf"^'{path}' could not be read \(Unterminated string starting at: line 1 column 10 \(char 9\)\); "
+                                        r"it is damaged or half-written \(a copy or a run cut short\)$"):
+        storage.read_json(path)
+
+
 def test_listdir_glob_and_kinds(base):
     for rel in ("checkpoint_000/state.pt", "checkpoint_001/state.pt", "trials.csv", ".hidden"):
         storage.write_bytes_atomic(storage.join(base, *rel.split("/")), b"x")

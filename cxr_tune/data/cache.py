@@ -86,7 +86,7 @@ def find_cache(cache_dir: str, manifest: pd.DataFrame, image_size: int) -> Image
     meta_path = storage.join(path, META)
     if not storage.exists(meta_path):
         return None
-    return _from_meta(path, image_size, json.loads(storage.read_text(meta_path)), reused=True)
+    return _from_meta(path, image_size, storage.read_json(meta_path), reused=True)
 
 
 def _from_meta(path: str, image_size: int, meta: dict, *, reused: bool, saved: bool = True) -> ImageCache:

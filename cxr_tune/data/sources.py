@@ -16,7 +16,6 @@ folder changes nothing of the file's).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterable
@@ -550,7 +549,7 @@ def _load_cached(cache_dir: str | None, key: str) -> tuple[pd.DataFrame, pd.Data
     manifest_path, skipped_path = _cache_paths(cache_dir, key)
     if not (storage.exists(manifest_path) and storage.exists(skipped_path)):
         return None
-    records = json.loads(storage.read_text(skipped_path))
+    records = storage.read_json(skipped_path)
     retry = {record["path"] for record in records if record.get("retry")}
     return storage.read_frame(manifest_path), pd.DataFrame(records, columns=SKIPPED_COLUMNS), retry
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cxr_tune import folder_lock, storage
 from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_float, positive_float, positive_int
 from cxr_tune.data.prepared import DataOptions, SplitData, add_data_arguments, check_caches_buildable, datasets_by_size, split_data
-from cxr_tune.errors import UserError, run_cli
+from cxr_tune.errors import UserError, damaged, run_cli
 from cxr_tune.experiment import Experiment, export_one_configuration
 from cxr_tune.formatting import fmt, json_safe
 from cxr_tune.provenance import provenance
@@ -264,6 +264,16 @@ def newest_states(runs: list[str]) -> list[dict[str, Any]]:
     return [found[1] for found in map(newest, runs) if found is not None]
 
 
+def run_record(run_dir: str) -> dict[str, Any]:
+    """The run's run.json ({} before it is written): every reader goes through here, so a copy cut short is one line
+    naming it (:func:`cxr_tune.storage.read_json`), not a traceback."""
+    path = storage.join(run_dir, RUN_FILE)
+    record = storage.read_json(path) if storage.exists(path) else {}
+    if not isinstance(record, dict):
+        raise damaged(path, ValueError("it holds no JSON object"))
+    return record
+
+
 def check_same_run(run_dir: str, hp: HParams, flags: dict[str, str] | None, latest: list[dict[str, Any]]) -> None:
     """A run resumed under its --name continues from its checkpoint, so it must have the settings it
     was started with: other ones would be recorded for epochs trained under the old. ``flags``: its
@@ -273,8 +283,7 @@ def check_same_run(run_dir: str, hp: HParams, flags: dict[str, str] | None, late
         return
     saved, given = json.loads(json.dumps(latest[-1]["hparams"])), json.loads(json.dumps(hp.to_dict()))
     differ = [f"{key}={saved.get(key)} there, {value} here" for key, value in given.items() if saved.get(key) != value]
-    path = storage.join(run_dir, RUN_FILE)
-    recorded = (json.loads(storage.read_text(path)).get("precision_flags") or {}) if flags and storage.exists(path) else {}
+    recorded = (run_record(run_dir).get("precision_flags") or {}) if flags else {}
     differ += [f"--{key.replace('_', '-')} {recorded[key]} there, {value} here" for key, value in (flags or {}).items()
                if key in recorded and recorded[key] != value]
     if differ:
@@ -296,14 +305,12 @@ def check_same_kind(run_dir: str, cv: int | None) -> None:
     from cxr_tune.train.crossval import FOLDS_DIR, PLAN_FILE
 
     if cv:
-        record = storage.join(run_dir, RUN_FILE)
-        if (saved_checkpoints(run_dir) or storage.exists(storage.join(run_dir, METRICS_FILE))
-                or (storage.exists(record) and "data" in json.loads(storage.read_text(record)))):
+        if saved_checkpoints(run_dir) or storage.exists(storage.join(run_dir, METRICS_FILE)) or "data" in run_record(run_dir):
             raise UserError(f"'{run_dir}' holds a single train run, not a cross-validation; give --cv {cv} another --name, "
                             "or leave out --cv to resume that run")
     elif storage.exists(storage.join(run_dir, FOLDS_DIR)) or storage.exists(storage.join(run_dir, CV_FILE)):
         plan = storage.join(run_dir, FOLDS_DIR, PLAN_FILE)
-        k = json.loads(storage.read_text(plan)).get("k", "K") if storage.exists(plan) else "K"
+        k = storage.read_json(plan).get("k", "K") if storage.exists(plan) else "K"
         raise UserError(f"'{run_dir}' holds a cross-validation (--cv {k}), not a single run; give the run another --name, "
                         f"or --cv {k} to resume that one")
 
@@ -315,15 +322,14 @@ def keep_same_data(run_dir: str, split: SplitData, deciding: str) -> None:
     taken at its word."""
     from cxr_tune.train.checkpoints import saved_checkpoints
 
-    path = storage.join(run_dir, RUN_FILE)
     record = {"data": split.fingerprint(), "deciding_set": deciding}
-    saved = json.loads(storage.read_text(path)) if saved_checkpoints(run_dir) and storage.exists(path) else {}
+    saved = run_record(run_dir) if saved_checkpoints(run_dir) else {}
     if saved:
         differ = [f"{key}: {saved.get(key)} there, {value} here" for key, value in record.items() if saved.get(key) != value]
         if differ:
             raise UserError(f"'{run_dir}' holds a run on other data or another split ({'; '.join(differ)}); give the same data and "
                             "split flags to resume it, or another --name")
-    storage.write_text_atomic(path, json.dumps({**saved, **record}, indent=2))  # a resumed run's other facts kept (add_to_run_record)
+    storage.write_text_atomic(storage.join(run_dir, RUN_FILE), json.dumps({**saved, **record}, indent=2))  # a resumed run's other facts kept (add_to_run_record)
 
 
 def note_precision_on_resume(latest: list[dict[str, Any]], requested: str, memory_format: str, *, use_gpu: bool, epochs: int) -> None:
@@ -350,8 +356,7 @@ def warn_if_resumed_elsewhere(run_dir: str, setup: dict[str, Any]) -> None:
     differ from there on. A warning, not a refusal: the run is still sound, only not bit for bit."""
     from cxr_tune.train.checkpoints import saved_checkpoints
 
-    path = storage.join(run_dir, RUN_FILE)
-    saved = json.loads(storage.read_text(path)) if saved_checkpoints(run_dir) and storage.exists(path) else {}
+    saved = run_record(run_dir) if saved_checkpoints(run_dir) else {}
     what = {"threads": "torch thread(s) per worker", "cache_files": "Parquet file(s) in the image cache"}
     differ = [f"{setup[key]} {name} ({saved[key]} before)" for key, name in what.items()
               if setup[key] is not None and saved.get(key, setup[key]) != setup[key]]  # a run.json from before the record: nothing to compare
@@ -363,9 +368,7 @@ def warn_if_resumed_elsewhere(run_dir: str, setup: dict[str, Any]) -> None:
 def add_to_run_record(run_dir: str, facts: dict[str, Any]) -> None:
     """Add ``facts`` to the run's run.json: how it computed (torch threads, precision) and with which code
     (:func:`cxr_tune.provenance.provenance`), to run it again."""
-    path = storage.join(run_dir, RUN_FILE)
-    saved = json.loads(storage.read_text(path)) if storage.exists(path) else {}
-    storage.write_text_atomic(path, json.dumps({**saved, **facts}, indent=2))
+    storage.write_text_atomic(storage.join(run_dir, RUN_FILE), json.dumps({**run_record(run_dir), **facts}, indent=2))
 
 
 def check_weights(net: nn.Module, path: str) -> None:

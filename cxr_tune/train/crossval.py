@@ -154,7 +154,7 @@ def _fold_dirname(trial: Any) -> str:
 def _rows(folder: str, k: int) -> list[dict[str, Any]]:
     """The rows of the folds that ended, in fold order."""
     paths = [storage.join(folder, f"fold{fold}.json") for fold in range(1, k + 1)]
-    return [json.loads(storage.read_text(path)) for path in paths if storage.exists(path)]
+    return [storage.read_json(path) for path in paths if storage.exists(path)]
 
 
 def _check_plan(folder: str, plan: dict[str, Any], resume: bool) -> None:
@@ -163,7 +163,7 @@ def _check_plan(folder: str, plan: dict[str, Any], resume: bool) -> None:
     if not resume or not storage.exists(path):
         storage.write_text_atomic(path, json.dumps(plan, indent=2))
         return
-    saved = json.loads(storage.read_text(path))
+    saved = storage.read_json(path)
     differ = [f"{flag} {saved.get(key)} there, {plan[key]} here" for key, flag in (("k", "--cv"), ("seed", "--split-seed")) if saved.get(key) != plan[key]]
     if saved.get("images", plan["images"]) != plan["images"]:  # a plan from before the data was recorded is taken at its word
         differ.append(f"data: {saved['images']} there, {plan['images']} here")

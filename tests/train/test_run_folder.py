@@ -60,6 +60,23 @@ def test_cross_validation_under_the_name_of_a_single_run_is_refused_in_one_line_
         main(["--data", str(tmp_path / "not-read"), "--storage", str(tmp_path), "--name", "one", "--cv", "2"])
 
 
+@pytest.mark.parametrize(("checkpoint", "flags"), [(False, ["--cv", "2"]), (True, ["--precision", "fp32"])])
+def test_a_half_written_run_json_is_one_line_naming_it_before_ray_starts(tmp_path, no_ray, checkpoint, flags):
+    """Before: a raw JSONDecodeError traceback (a copy of the run folder stopped halfway)."""
+    from cxr_tune.train.__main__ import main
+    from cxr_tune.train.checkpoints import save_state
+    from cxr_tune.train.hparams import HParams
+
+    run = tmp_path / "run"
+    run.mkdir()
+    if checkpoint:
+        (run / "checkpoint_000").mkdir()
+        save_state(str(run / "checkpoint_000"), {"hparams": HParams().to_dict(), "epoch": 1}, {})
+    (run / "run.json").write_text(json.dumps({"data": "400 images, sha256 0123456789ab", "deciding_set": "carved"})[:30])
+    with pytest.raises(UserError, match=rf"^'{run / 'run.json'}' could not be read \(.+\); it is damaged or half-written \(a copy or a run cut short\)$"):
+        main(["--data", str(tmp_path / "not-read"), "--storage", str(tmp_path), "--name", "run", *flags])
+
+
 def fold_rows(k: int) -> list[dict]:
     """What a --cv run's folds return once each trained all its epochs."""
     from cxr_tune.train.crossval import REPORTED
