@@ -100,7 +100,7 @@ def weights_by_architecture(given: list[str], space: Space) -> dict[str, str]:
     an architecture the space searches, a file there, and one that fits that network."""
     from cxr_tune.search.packing import space_values
     from cxr_tune.train.hparams import HParams
-    from cxr_tune.train.model import build_model, load_weights
+    from cxr_tune.train.model import build_model, check_weights_file
 
     archs = [a for a in space_values(space, "arch") if a != "cnn"]
     out = {}
@@ -109,12 +109,7 @@ def weights_by_architecture(given: list[str], space: Space) -> dict[str, str]:
         if not sep or arch not in archs:
             raise UserError(f"--weights {item!r} must be ARCH=PATH with ARCH one of the space's torchvision architectures ({', '.join(archs) or 'none'})")
         out[arch] = storage.resolve(path)
-        if not storage.exists(out[arch]):
-            raise UserError(f"--weights {arch}={path}: the file does not exist")
-        try:
-            load_weights(build_model(HParams(arch=arch)), out[arch])
-        except Exception as exc:  # noqa: BLE001 - any failure to read it is the user's file
-            raise UserError(f"--weights {arch}: {str(exc).splitlines()[0]}") from None  # the message names the file
+        check_weights_file(build_model(HParams(arch=arch)), out[arch], flag=f"--weights {arch}")
     return out
 
 

@@ -31,7 +31,6 @@ from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, add_
 
 if TYPE_CHECKING:
     from ray.train import Result
-    from torch import nn
 
 LOG_FILE = "train.log"  # Ray's output for the run, beside its checkpoints
 SHOWN = ["epoch", "train_loss", "val_loss", "val_auc", "val_threshold", "val_sensitivity", "val_specificity", "val_balanced_accuracy", "epoch_seconds"]
@@ -76,7 +75,7 @@ def _main(argv: Sequence[str] | None) -> int:
     check_own_ray(args.address)  # a Ray that cannot start here: one line before the data scan
     check_cluster_answers(args.address)  # a cluster named that does not answer: one line too
     hp = read_params(args.params, args.overrides)
-    from cxr_tune.train.model import build_model, training_problem
+    from cxr_tune.train.model import build_model, check_weights_file, training_problem
 
     try:
         net = build_model(hp)  # refuse an impossible depth here, not inside a Ray worker
@@ -86,7 +85,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError(f"{args.params or 'hyperparameters'}: {problem}")
     weights = {hp.arch: storage.resolve(args.weights)} if args.weights else None
     if weights:
-        check_weights(net, weights[hp.arch])
+        check_weights_file(net, weights[hp.arch])
     if args.use_gpu and args.gpus_per_worker == 0:  # it trained on the CPU without a word
         raise UserError("--use-gpu with --gpus-per-worker 0 would train on the CPU; give --gpus-per-worker above 0, or leave out --use-gpu")
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if args.use_gpu else 0.0)
@@ -369,18 +368,6 @@ def add_to_run_record(run_dir: str, facts: dict[str, Any]) -> None:
     """Add ``facts`` to the run's run.json: how it computed (torch threads, precision) and with which code
     (:func:`cxr_tune.provenance.provenance`), to run it again."""
     storage.write_text_atomic(storage.join(run_dir, RUN_FILE), json.dumps({**run_record(run_dir), **facts}, indent=2))
-
-
-def check_weights(net: nn.Module, path: str) -> None:
-    """Refuse a ``--weights`` file that is missing or fits nothing in the network, before Ray starts."""
-    from cxr_tune.train.model import load_weights
-
-    if not storage.exists(path):
-        raise UserError(f"--weights '{path}' does not exist")
-    try:
-        load_weights(net, path)
-    except Exception as exc:  # noqa: BLE001 - any failure to read it is the user's file
-        raise UserError(f"--weights {str(exc).splitlines()[0]}") from None  # the message names the file
 
 
 def run_cv(args: argparse.Namespace, hp: HParams, split: SplitData, resources: Resources, storage_path: str, name: str, run: RunOptions) -> int:

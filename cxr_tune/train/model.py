@@ -216,6 +216,21 @@ def load_weights(net: nn.Module, path: str) -> list[str]:
     return sorted(set(own) - set(fitted))
 
 
+def check_weights_file(net: nn.Module, path: str, *, flag: str = "--weights") -> None:
+    """Refuse a weights file that is missing, or that :func:`load_weights` cannot read or fit into ``net``, in one line
+    starting with ``flag`` (the file's name in it), before Ray starts: train and search check ``--weights`` with this.
+    Only what reading the file raises is the user's (OSError, ValueError); an error of ours stays a traceback."""
+    from cxr_tune import storage
+    from cxr_tune.errors import UserError
+
+    if not storage.exists(path):
+        raise UserError(f"{flag}: '{path}' does not exist")
+    try:
+        load_weights(net, path)
+    except (OSError, ValueError) as exc:  # a file it cannot read, or one that fits nothing: the message names the file
+        raise UserError(f"{flag}: {str(exc).splitlines()[0]}") from None
+
+
 def _relative(name: str) -> str:
     """A parameter's name as a weights file names it (TorchvisionNet wraps torchvision's network as ``net``)."""
     return name.split("net.", 1)[1] if name.startswith("net.") else name

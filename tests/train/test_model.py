@@ -128,3 +128,24 @@ def test_a_deeper_siblings_or_another_widths_file_is_refused_not_loaded_in_part(
     assert load_weights(build_model(HParams(image_size=64, depth=4, filters=32)), str(tmp_path / "cnn.pth")) == []  # its own: all of it
     with pytest.raises(ValueError, match=r"3 of its parameters find no tensor of their shape \(features\.12\.weight"):
         load_weights(build_model(HParams(image_size=64, depth=4, block_filters=(32, 64, 128, 512))), str(tmp_path / "cnn.pth"))
+
+
+def test_a_weights_file_that_is_missing_or_not_weights_is_one_line_and_a_bug_of_ours_is_not_blamed_on_it(tmp_path, monkeypatch):
+    """train and search check --weights with this one rule (before: two copies, each catching any exception, so an error
+    of our own in building or loading the network was reported as the user's file)."""
+    import cxr_tune.train.model as model
+    from cxr_tune.errors import UserError
+
+    net = build_model(HParams(image_size=64, arch="resnet18"))
+    with pytest.raises(UserError, match=rf"^--weights resnet18: '{tmp_path / 'missing.pth'}' does not exist$"):
+        model.check_weights_file(net, str(tmp_path / "missing.pth"), flag="--weights resnet18")
+    (tmp_path / "page.html").write_text("<html>a download that failed</html>")
+    with pytest.raises(UserError, match=rf"^--weights: '{tmp_path / 'page.html'}' cannot be read as a PyTorch file of tensors"):
+        model.check_weights_file(net, str(tmp_path / "page.html"))
+
+    def ours(*args):
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(model, "load_weights", ours)
+    with pytest.raises(RuntimeError, match="a bug of ours"):
+        model.check_weights_file(net, str(tmp_path / "page.html"))
