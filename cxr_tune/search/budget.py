@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from ray.tune import Callback, Stopper
 from ray.tune.search import BasicVariantGenerator, SearchGenerator
 
+from cxr_tune.errors import UserError
 from cxr_tune.search.pace import FinalFitShape, TrialPace, final_fit_seconds
 
 # What a whole-job budget keeps back besides the final fit's epochs: the final fit's own start (Ray,
@@ -159,8 +160,8 @@ class TrialsCatchUp(Callback):
             return result
         try:
             history = newest_checkpoint_history(train_run(self.experiment_dir, trial_id))
-        except Exception:  # noqa: BLE001 - a checkpoint that cannot be read leaves Tune's result as it was
-            return result
+        except (UserError, OSError):  # a checkpoint cut short (errors.damaged: a UserError) or a store out of reach leaves Tune's
+            return result  # result as it was; an error of our own is not hidden
         reported = int((result or {}).get("epoch") or 0)
         missed = [row for row in history if int(row["epoch"]) > reported]
         for row in missed:

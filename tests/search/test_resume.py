@@ -272,6 +272,27 @@ def test_a_stopped_trial_whose_last_epochs_only_its_checkpoint_holds_is_told_wit
     assert done.state == optuna.trial.TrialState.COMPLETE and done.value == 0.75
 
 
+def test_a_stopped_trial_whose_checkpoint_cannot_be_read_is_told_with_tune_s_result_and_a_bug_of_ours_is_not_hidden(tmp_path, monkeypatch):
+    """A checkpoint cut short (or a store out of reach) leaves Tune's last result as it was; before, any exception did,
+    so an error in our own code went unseen and the study was told a trial's epochs short."""
+    import cxr_tune.search.results
+    from cxr_tune.search.budget import TrialsCatchUp
+
+    catch_up = TrialsCatchUp(SimpleNamespace(), str(tmp_path))  # the searcher is not reached when nothing is read
+    checkpoint = tmp_path / "train" / "trial_a" / "checkpoint_2026"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.pt").write_bytes(b"PK\x03\x04 cut short")
+    last = {"objective": 0.5, "epoch": 1}
+    assert catch_up._with_checkpointed_epochs("trial_a", last) is last
+
+    def ours(run):
+        raise TypeError("a bug of ours")
+
+    monkeypatch.setattr(cxr_tune.search.results, "newest_checkpoint_history", ours)
+    with pytest.raises(TypeError, match="a bug of ours"):
+        catch_up._with_checkpointed_epochs("trial_a", last)
+
+
 def test_a_restored_trial_whose_run_had_ended_reports_its_last_epoch_again_and_trains_nothing(tmp_path, monkeypatch):
     """A driver killed after a trial's run ended, before Tune saved that, leaves the trial RUNNING in Tune's state: --resume
     starts it again. Its Train run, restored at its last epoch, reported nothing, and ASHA refused the trial's end (no
