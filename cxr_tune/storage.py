@@ -74,8 +74,6 @@ def resolve(path: str | os.PathLike) -> str:
     try:
         return str(Path(text).expanduser().resolve())
     except RuntimeError:  # Python < 3.13 raises this for a loop; 3.13 an OSError (ELOOP) only where the path is used
-        from cxr_tune.errors import UserError
-
         raise UserError(f"'{text}' leads through a loop of symbolic links; point it at a real file or folder") from None
 
 
@@ -626,24 +624,6 @@ def remove_tree(path: str) -> None:
     with reported(path, "removed"):
         if fs.get_file_info(inner).type != pafs.FileType.NotFound:
             fs.delete_dir(inner)
-
-
-def move(src: str, dst: str) -> None:
-    """Move a file or folder. Local to local: one atomic rename. Anything involving a URI (object
-    stores cannot rename folders): a copy, then deleting ``src``, so readers may see both for a
-    while and a crash in between leaves both. ``dst`` must not be a folder that holds anything.
-    """
-    if not is_uri(src) and not is_uri(dst):
-        src_inner, dst_inner = resolve(src), resolve(dst)
-        if os.path.isdir(dst_inner) and os.listdir(dst_inner):
-            raise FileExistsError(f"cannot move '{src}' to '{dst}': it exists and is not empty")
-        Path(dst_inner).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src_inner, dst_inner)
-        return
-    if is_dir(dst) and listdir(dst):
-        raise FileExistsError(f"cannot move '{src}' to '{dst}': it exists and is not empty")
-    copy(src, dst)
-    remove(src)
 
 
 SCRATCH = re.compile(r"cxr_tune-[a-z]+-(\d+)-")  # what scratch_folder names: what it holds, its process's pid, tempfile's random part

@@ -127,25 +127,6 @@ def test_copy_a_folder_and_a_file_up_and_down(base, tmp_path):
         storage.copy(storage.join(base, "nothing"), str(tmp_path / "x"))
 
 
-def test_move_a_folder_and_a_file(base):
-    storage.write_bytes_atomic(storage.join(base, "build", "part-0.parquet"), b"0")
-    storage.write_bytes_atomic(storage.join(base, "build", "nested", "part-1.parquet"), b"1")
-    storage.move(storage.join(base, "build"), storage.join(base, "final"))
-    assert tree(storage.join(base, "final")) == {"part-0.parquet": b"0", "nested/part-1.parquet": b"1"}
-    assert not storage.exists(storage.join(base, "build"))
-    storage.move(storage.join(base, "final", "part-0.parquet"), storage.join(base, "moved.parquet"))
-    assert storage.read_bytes(storage.join(base, "moved.parquet")) == b"0"
-    assert not storage.exists(storage.join(base, "final", "part-0.parquet"))
-
-
-def test_move_never_merges_into_a_folder_that_holds_something(base):
-    storage.write_bytes_atomic(storage.join(base, "a", "x"), b"new")
-    storage.write_bytes_atomic(storage.join(base, "b", "y"), b"old")
-    with pytest.raises(FileExistsError):
-        storage.move(storage.join(base, "a"), storage.join(base, "b"))
-    assert tree(storage.join(base, "b")) == {"y": b"old"} and tree(storage.join(base, "a")) == {"x": b"new"}
-
-
 def test_remove_a_file_a_folder_and_nothing(base):
     storage.write_bytes_atomic(storage.join(base, "f.txt"), b"x")
     storage.write_bytes_atomic(storage.join(base, "d", "g.txt"), b"y")
