@@ -196,8 +196,9 @@ def fp32_scoring() -> Iterator[None]:
 def configure_device(device: torch.device, *, deterministic: bool = False) -> None:
     """Per-process settings for the device a worker trains on.
 
-    CUDA: cuDNN picks the fastest convolution algorithms for the (fixed) input shape
-    (``cudnn.benchmark``), unless ``deterministic``, which trades that speed for bitwise-repeatable
+    CUDA: cuDNN picks the fastest convolution algorithms for each input shape it meets
+    (``cudnn.benchmark``: one autotune per shape, so the last, smaller training batch and a
+    scoring batch cost one extra each, once), unless ``deterministic``, which trades that speed for bitwise-repeatable
     runs (deterministic algorithms; what a resumed run needs to continue exactly on a GPU).
     """
     if device.type != "cuda":

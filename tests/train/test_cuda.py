@@ -66,13 +66,15 @@ def test_deterministic_gpu_runs_repeat_bit_for_bit(arch):
         pytest.importorskip("torchvision")
     device = torch.device("cuda")
     configure_device(device, deterministic=True)
-    hp = HParams(image_size=SIZE, arch=arch, depth=3, filters=8, epochs=2, augment_strength=0.5)
-    images, labels = blobs(128, device)
-    weights = []
-    for _ in range(2):
-        run = BareRun(hp, resolve("bf16", "cuda"), device, images, labels)
-        for _ in range(hp.epochs):
-            run.train_epoch()
-        weights.append({k: v.detach().clone() for k, v in run.net.state_dict().items()})
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    configure_device(device)
+    try:
+        hp = HParams(image_size=SIZE, arch=arch, depth=3, filters=8, epochs=2, augment_strength=0.5)
+        images, labels = blobs(128, device)
+        weights = []
+        for _ in range(2):
+            run = BareRun(hp, resolve("bf16", "cuda"), device, images, labels)
+            for _ in range(hp.epochs):
+                run.train_epoch()
+            weights.append({k: v.detach().clone() for k, v in run.net.state_dict().items()})
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    finally:  # a failed run must not leave the later tests in this process on deterministic, unbenchmarked cuDNN
+        configure_device(device)
