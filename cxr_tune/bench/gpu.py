@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cxr_tune.bench.bare import BareRun, synchronize
+from cxr_tune.errors import RunFailure, UserError
 from cxr_tune.formatting import code_span
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.precision import configure_device, resolve
@@ -46,6 +48,7 @@ from cxr_tune.train.steps import bce_loss, build_optimizer, optimizer_step
 
 TRAIN_IMAGES = 5216  # the official training split: what one trial-epoch trains on
 MODEL = {"depth": 5, "filters": 24, "width_growth": 2.0, "batch_size": 32, "augment_strength": 0.5}
+READY_TIMEOUT_S = 600.0  # packed trials' warm-up (one epoch of 512 images each): longer means a process is stuck
 
 
 def hparams(size: int, arch: str = "cnn") -> HParams:
@@ -98,15 +101,19 @@ def bare_loop_rate(size: int, precision_name: str, layout: str, device: torch.de
     return sum(rates[1:]) / len(rates[1:])
 
 
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"[:300]
+
+
 def compiled_rates(sizes: list[int], precisions: list[str], modes: Sequence[str], device: torch.device, images: int,
-                   epochs: int, arch: str = "cnn") -> list[dict[str, Any]]:
+                   epochs: int, arch: str = "cnn") -> Iterator[dict[str, Any]]:
     """The step with its network compiled in each mode, each beside an eager channels_last step measured just before it
     (this machine's speed drifts by a fifth within minutes, so no eager run is shared between modes).
 
     A mode this machine cannot compile (no CUDA graphs, no C++ compiler) is a row with its error, not
-    the end of the check: a GPU session's few minutes keep everything else it measured.
+    the end of the check: a GPU session's few minutes keep everything else it measured. Rows come one at a time, so
+    each is written as soon as it is measured.
     """
-    rows = []
     for size in sizes:
         for name in precisions:
             for mode in modes:
@@ -116,46 +123,78 @@ def compiled_rates(sizes: list[int], precisions: list[str], modes: Sequence[str]
                 try:
                     step = step_rate(size, name, "channels_last", device, images, epochs, compile_mode=mode, arch=arch)
                 except Exception as exc:  # noqa: BLE001 - any failure to compile or run compiled
-                    first_line = (str(exc).strip().splitlines() or [""])[0]
-                    row["error"] = f"{type(exc).__name__}: {first_line}"[:300]
+                    row["error"] = _first_line(exc)
                 else:
                     row.update({"step_img_s": step["step_img_s"], "first_epoch_s": step["first_epoch_s"],
                                 "compiled_over_eager": step["step_img_s"] / eager["step_img_s"], "peak_mib": step["peak_mib"]})
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    return rows
+                yield row
 
 
-def _trial_process(size: int, precision_name: str, device_name: str, seconds: float, start: Any, results: Any, arch: str = "cnn") -> None:
-    """One packed trial: trains on its own for ``seconds`` once every process is ready; reports images/s and peak memory."""
-    device = torch.device(device_name)
-    torch.set_num_threads(1)
-    configure_device(device)
-    hp = hparams(size, arch)
-    precision = resolve(precision_name, device.type)
-    pixels, labels = synthetic_batch(512, size, device)
-    run = BareRun(hp, precision, device, pixels, labels)
-    run.train_epoch()  # warm-up (cuDNN autotuning, allocator)
-    start.wait()
-    began, seen = time.perf_counter(), 0
-    while time.perf_counter() - began < seconds:
-        run.train_epoch()
-        seen += len(pixels)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    results.put({"img_s": seen / (time.perf_counter() - began), "peak_mib": peak})
+def _trial_process(size: int, precision_name: str, device_name: str, seconds: float, go: Any, results: Any, arch: str = "cnn") -> None:
+    """One packed trial: says it is ready after its warm-up, trains on its own for ``seconds`` once every process is
+    ready, and reports images/s and peak memory, or its error (a CUDA OOM) for the parent to say in one line."""
+    try:
+        device = torch.device(device_name)
+        torch.set_num_threads(1)
+        configure_device(device)
+        hp = hparams(size, arch)
+        precision = resolve(precision_name, device.type)
+        pixels, labels = synthetic_batch(512, size, device)
+        run = BareRun(hp, precision, device, pixels, labels)
+        run.train_epoch()  # warm-up (cuDNN autotuning, allocator)
+        results.put({"ready": True})
+        if not go.wait(timeout=READY_TIMEOUT_S * 2):  # the parent gave up on another process
+            return
+        began, seen = time.perf_counter(), 0
+        while time.perf_counter() - began < seconds:
+            run.train_epoch()
+            seen += len(pixels)
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        results.put({"img_s": seen / (time.perf_counter() - began), "peak_mib": peak})
+    except Exception as exc:  # noqa: BLE001 - whatever stops a trial is the parent's one line
+        results.put({"error": _first_line(exc)})
+
+
+def _gather(results: Any, workers: list[Any], stage: str, timeout: float, what: str) -> list[dict[str, Any]]:
+    """One message from each process (``stage``: what it says); one line naming ``what`` when a process sends its error, dies
+    without a word or none comes in ``timeout`` s (a bare wait hung on a process that died in its warm-up)."""
+    deadline, messages = time.monotonic() + timeout, []
+    while len(messages) < len(workers):
+        try:
+            message = results.get(timeout=1.0)
+        except queue.Empty:
+            died = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if died:
+                raise RunFailure(f"{what}: a trial process died (exit code {died[0]}) before it reported") from None
+            if all(w.exitcode is not None for w in workers) or time.monotonic() > deadline:
+                raise RunFailure(f"{what}: only {len(messages)} of {len(workers)} trial processes {stage} within {timeout:g} s") from None
+            continue
+        if "error" in message:
+            raise RunFailure(f"{what}: a trial process failed: {message['error']}")
+        messages.append(message)
+    return messages
 
 
 def packed_rate(processes: int, size: int, precision_name: str, device_name: str, seconds: float, arch: str = "cnn") -> dict[str, Any]:
     """``processes`` trials training at once on one device: their total images/s and the largest peak memory."""
     context = multiprocessing.get_context("spawn")
-    start, results = context.Barrier(processes + 1), context.Queue()
-    workers = [context.Process(target=_trial_process, args=(size, precision_name, device_name, seconds, start, results, arch)) for _ in range(processes)]
+    go, results = context.Event(), context.Queue()
+    workers = [context.Process(target=_trial_process, args=(size, precision_name, device_name, seconds, go, results, arch), daemon=True)
+               for _ in range(processes)]
+    what = f"packed trials, {processes} process(es) at {size} px in {precision_name}"
     for worker in workers:
         worker.start()
-    start.wait()
-    reports = [results.get(timeout=seconds * 10 + 600) for _ in workers]
-    for worker in workers:
-        worker.join()
+    try:
+        _gather(results, workers, "were ready after their warm-up", READY_TIMEOUT_S, what)
+        go.set()
+        reports = _gather(results, workers, "reported their rate", seconds * 10 + 600, what)
+    except BaseException:
+        for worker in workers:  # the others of a failed packing (or Ctrl-C), still warming up or training
+            worker.terminate()
+        raise
+    finally:
+        for worker in workers:
+            worker.join()
     total = sum(r["img_s"] for r in reports)
     peaks = [r["peak_mib"] for r in reports if r["peak_mib"] is not None]
     return {"processes": processes, "total_img_s": total, "per_trial_img_s": total / processes, "peak_mib_per_trial": max(peaks) if peaks else None}
@@ -164,10 +203,9 @@ def packed_rate(processes: int, size: int, precision_name: str, device_name: str
 def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[int], packed_size: int, images: int, epochs: int,
         seconds: float, trial_epochs: int, out: Path, compile_modes: Sequence[str] = (), arch: str = "cnn",
         packed_precisions: Sequence[str] = ("auto",)) -> Path:
-    """Measure, then write ``out/gpu.md`` and ``gpu.json`` with the command that produced them."""
+    """Measure, writing ``out/gpu.md`` and ``gpu.json`` with the command that produced them after each row (marked
+    partial until the last), so a run stopped early keeps what it measured."""
     from cxr_tune.bench.common import result_record
-
-    from cxr_tune.errors import UserError
 
     try:
         device = torch.device(device_name)
@@ -181,25 +219,10 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"--device {device_name!r}: torch cannot train on it here ({reason}); pass cuda, cuda:N or cpu") from None
     configure_device(device)  # as a training worker does (cuDNN autotuning on a GPU), so the check times what a trial runs
-    steps = []
-    for size in sizes:
-        for name in precisions:
-            for layout in ("contiguous", "channels_last"):
-                step = step_rate(size, name, layout, device, images, epochs, arch=arch)
-                bare = bare_loop_rate(size, name, layout, device, images, epochs, arch=arch)
-                steps.append({"image_size": size, "precision": resolve(name, device.type).name, "layout": layout, **step,
-                              "bare_loop_img_s": bare, "step_over_bare": step["step_img_s"] / bare})
-                print(json.dumps(steps[-1]), flush=True)
-    compiled = compiled_rates(sizes, precisions, compile_modes, device, images, epochs, arch=arch)
     auto = resolve("auto", device.type, device=device if device.type == "cuda" else None)
-    packs = []
-    for name in packed_precisions:
-        packed_precision = auto.name if name == "auto" else resolve(name, device.type).name
-        for n in packed:
-            result = {"precision": packed_precision, **packed_rate(n, packed_size, packed_precision, device_name, seconds, arch=arch)}
-            result["trials_per_hour"] = result["total_img_s"] * 3600 / (TRAIN_IMAGES * trial_epochs)
-            packs.append(result)
-            print(json.dumps(packs[-1]), flush=True)
+    steps: list[dict[str, Any]] = []
+    compiled: list[dict[str, Any]] = []
+    packs: list[dict[str, Any]] = []
     record = {**result_record("gpu"), "device": device_name,
               "auto_precision": auto.describe(), "arch": arch, "model": MODEL if arch == "cnn" else {"batch_size": MODEL["batch_size"]}, "steps": steps, "compiled": compiled, "packed": packs, "packed_image_size": packed_size,
               "trial_epochs": trial_epochs, "images_per_epoch": images}
@@ -207,11 +230,40 @@ def run(device_name: str, sizes: list[int], precisions: list[str], packed: list[
         import torchvision
 
         record["torchvision"] = torchvision.__version__
+    planned = len(sizes) * len(precisions) * (2 + len(compile_modes)) + len(packed_precisions) * len(packed)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.json").write_text(json.dumps(record, indent=2))
-    (out / "gpu.md").write_text(markdown(record))
+
+    def keep(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+        """Print the row and write the files with it: a run stopped early (a lease's end, Ctrl-C) keeps what it measured."""
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        done = len(steps) + len(compiled) + len(packs)
+        write(out, {**record, "partial": f"stopped after {done} of {planned} measurements"} if done < planned else record)
+
+    for size in sizes:
+        for name in precisions:
+            for layout in ("contiguous", "channels_last"):
+                step = step_rate(size, name, layout, device, images, epochs, arch=arch)
+                bare = bare_loop_rate(size, name, layout, device, images, epochs, arch=arch)
+                keep(steps, {"image_size": size, "precision": resolve(name, device.type).name, "layout": layout, **step,
+                             "bare_loop_img_s": bare, "step_over_bare": step["step_img_s"] / bare})
+    for row in compiled_rates(sizes, precisions, compile_modes, device, images, epochs, arch=arch):
+        keep(compiled, row)
+    for name in packed_precisions:
+        packed_precision = auto.name if name == "auto" else resolve(name, device.type).name
+        for n in packed:
+            result = {"precision": packed_precision, **packed_rate(n, packed_size, packed_precision, device_name, seconds, arch=arch)}
+            result["trials_per_hour"] = result["total_img_s"] * 3600 / (TRAIN_IMAGES * trial_epochs)
+            keep(packs, result)
+    if not planned:  # nothing asked for (the flags cannot say so; a call can)
+        write(out, record)
     print(f"Written: {out / 'gpu.md'}")
     return out / "gpu.md"
+
+
+def write(out: Path, record: dict[str, Any]) -> None:
+    (out / "gpu.json").write_text(json.dumps(record, indent=2))
+    (out / "gpu.md").write_text(markdown(record))
 
 
 def model_words(arch: str) -> str:
@@ -228,6 +280,7 @@ def markdown(record: dict[str, Any]) -> str:
     lines = [
         "# GPU device check: the project's training step on one device",
         "",
+        *([f"**Partial: {record['partial']}** (the run ended before the rest; the tables hold what it measured).", ""] if "partial" in record else []),
         f"Command: {code_span(record['command'])}  ",
         f"Machine: **{gpu}**, {record['machine']['cpus']} CPUs ({record['machine']['cpu']}), torch {record['machine']['torch']}; measured {record['measured_at']}. "
         f"`--precision auto` there: {record['auto_precision']}."

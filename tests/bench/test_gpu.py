@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -93,3 +94,45 @@ def test_a_device_torch_knows_but_cannot_train_on_here_is_one_line(tmp_path, dev
     done = call_cli("cxr_tune.bench", "gpu", "--device", device, "--out", str(tmp_path))
     assert done.returncode == 2 and done.stderr.startswith(f"error: --device {device!r}: torch cannot train on it here ("), done.stderr[-2000:]
     assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
+
+
+def _dies_in_its_warm_up(*args):  # a packed trial process killed before it says it is ready (as the OOM killer does)
+    os._exit(3)
+
+
+def test_a_packed_trial_process_that_fails_or_dies_is_one_line_not_a_hang(monkeypatch):
+    """Before: the parent waited on a Barrier with no timeout, so a process that failed in its warm-up (a CUDA OOM) hung
+    the check for good; one that failed after it left a bare queue.Empty traceback after seconds * 10 + 600 s."""
+    from cxr_tune.bench import gpu
+    from cxr_tune.errors import RunFailure
+
+    started = time.monotonic()
+    with pytest.raises(RunFailure, match=r"^packed trials, 2 process\(es\) at 32 px in fp32: a trial process failed: HParamsError: "):
+        gpu.packed_rate(2, 32, "fp32", "cpu", 0.1, arch="no-such-net")  # fails in each process, before its warm-up ends
+    monkeypatch.setattr(gpu, "_trial_process", _dies_in_its_warm_up)
+    with pytest.raises(RunFailure, match=r"^packed trials, 2 process\(es\) at 32 px in fp32: a trial process died \(exit code 3\) before it reported$"):
+        gpu.packed_rate(2, 32, "fp32", "cpu", 0.1)
+    assert time.monotonic() - started < 120
+
+
+def test_a_check_stopped_midway_keeps_what_it_measured_marked_partial(tmp_path, monkeypatch):
+    """Before: gpu.md and gpu.json were written once every measurement was done: a lease ending midway lost them all."""
+    from cxr_tune.bench import gpu
+
+    calls = []
+
+    def step_rate(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the second row's measurement: Ctrl-C, or a lease's end
+        return {"step_img_s": 100.0, "first_epoch_s": 1.0, "peak_mib": None}
+
+    monkeypatch.setattr(gpu, "step_rate", step_rate)
+    monkeypatch.setattr(gpu, "bare_loop_rate", lambda *args, **kwargs: 200.0)
+    with pytest.raises(KeyboardInterrupt):
+        gpu.run("cpu", [32], ["fp32"], [2], 32, images=8, epochs=1, seconds=0.1, trial_epochs=12, out=tmp_path)
+    record = json.loads((tmp_path / "gpu.json").read_text())
+    assert record["partial"] == "stopped after 1 of 3 measurements" and [s["layout"] for s in record["steps"]] == ["contiguous"]
+    assert record["packed"] == []
+    text = (tmp_path / "gpu.md").read_text()
+    assert "**Partial: stopped after 1 of 3 measurements**" in text and "| 32 | fp32 | contiguous | 100 | 200 | 0.50 | 1.00 | n/a |" in text
