@@ -32,6 +32,7 @@ from cxr_tune.errors import UserError, ctrl_c_kept
 from cxr_tune.experiment import EVENTS_FILE, EXPERIMENT_FILE, LOG_FILE, SPACE_FILE, SPLITS_FILE, TRAIN_DIR, Experiment
 from cxr_tune.provenance import provenance
 from cxr_tune.search.options import SearchOptions
+from cxr_tune.search.packing import HEAVY_ARCHITECTURES, space_values
 from cxr_tune.search.pace import FinalFitShape, final_fit_epochs
 from cxr_tune.search.space import ASHA_RULES, SearchSettings, Space, SpaceSampler, load_space
 from cxr_tune.search.study import STUDY_FILE, copy_study, prepare_study, running_study, study_path
@@ -62,6 +63,15 @@ class Plan:
     def gpus_held(self) -> float:
         """GPUs the trials running at once hold together."""
         return self.concurrency * sum(bundle.get("GPU", 0.0) for bundle in self.trial_bundles())
+
+
+def no_gpu_note(options: SearchOptions, space: Space, cluster: dict[str, float]) -> str | None:
+    """One line when a space made for GPUs (it holds torchvision networks, the ones packing gives more of a GPU) meets a
+    cluster with none: :func:`plan_search` then gives its trials no GPU, and nothing said they train on the CPU."""
+    heavy = [arch for arch in space_values(space, "arch") if arch in HEAVY_ARCHITECTURES]
+    if not heavy or cluster.get("GPU", 0) > 0 or options.gpus_per_worker is not None:  # a --gpus-per-worker is refused or asked for
+        return None
+    return f"Note: the space '{space.name}' is made for GPUs ({', '.join(heavy)} among its networks), but this cluster has no GPU: the space's trials run on the CPU"
 
 
 def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float]) -> Plan:
@@ -225,6 +235,8 @@ def run_search(options: SearchOptions, *, command: str, resume: bool = False, ve
                 flush=True,
             )
             print(f"Training precision: {describe_precision(options, plan)}", flush=True)
+            if note := no_gpu_note(options, space, cluster):
+                print(note, flush=True)
             datasets = datasets_by_size(split, space.image_sizes())
             tuner = _tuner(options, plan, split, datasets, resume=restore, verbose=verbose)
             _set_budgets(options, plan, cluster, started, split.deciding_set(options.select_on))

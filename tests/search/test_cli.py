@@ -250,3 +250,16 @@ def test_selects_help_defines_each_criterion():
                        "gmean: sqrt(sensitivity x specificity)", "min_sens_spec: the smaller of sensitivity and specificity"]:
         assert definition in text
     assert all(f"{name}: " in text for name in CRITERIA), "every choice of --select is defined"
+
+
+def test_a_space_made_for_gpus_on_a_cluster_without_one_says_its_trials_run_on_the_cpu():
+    """Before: `search --space gpu` on a machine without a GPU trained DenseNet-121 at up to 224 px on the CPU without a word."""
+    from cxr_tune.search.runner import no_gpu_note
+
+    gpu, smoke = load_space("gpu"), load_space("smoke")
+    assert no_gpu_note(SearchOptions(space="gpu"), gpu, {"CPU": 2}) == (
+        "Note: the space 'gpu' is made for GPUs (resnet18, densenet121 among its networks), but this cluster has no GPU: "
+        "the space's trials run on the CPU")
+    assert no_gpu_note(SearchOptions(space="gpu"), gpu, {"CPU": 16, "GPU": 1}) is None
+    assert no_gpu_note(SearchOptions(space="gpu", gpus_per_worker=0.0), gpu, {"CPU": 2}) is None  # asked for by the user
+    assert no_gpu_note(SearchOptions(space="smoke"), smoke, {"CPU": 2}) is None  # the project's CNN: made for the CPU too
