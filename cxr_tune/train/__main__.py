@@ -91,6 +91,10 @@ def _main(argv: Sequence[str] | None) -> int:
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if args.use_gpu else 0.0)
     if ranks_share_a_gpu(args.workers, gpus):
         raise UserError(f"--gpus-per-worker {gpus:g} with --workers {args.workers}: the workers of one DDP run cannot share a GPU; give each a whole one")
+    if gpus > 0 and not (args.address or os.environ.get("RAY_ADDRESS") or ("ray" in sys.modules and sys.modules["ray"].is_initialized())):
+        import torch  # loaded by build_model above: the Ray this command starts sees the GPUs torch sees
+
+        check_gpus(args.workers, gpus, torch.cuda.device_count())  # at once, not after the data scan and Ray's start
     name = args.name if args.name is not None else time.strftime("train-%Y%m%d-%H%M%S")  # an empty --name is refused below
     storage_path = storage.resolve(args.storage)
     storage.check_folder_name(name, storage_path)
@@ -167,9 +171,15 @@ def run_resources(args: argparse.Namespace, gpus: float) -> Resources:
     resources = Resources(args.workers, cpus, gpus)
     if args.workers * cpus + (TRIAL_DRIVER_CPU if args.cv else 0.0) > cluster_cpus + 1e-9:
         raise UserError(f"{args.workers} worker(s) x {cpus:g} CPU(s) but the Ray cluster has {cluster_cpus:g} CPU(s); lower --workers or --cpus-per-worker")
-    if resources.use_gpu and ray.cluster_resources().get("GPU", 0) < gpus * args.workers:
-        raise UserError(f"{args.workers} worker(s) x {gpus:g} GPU but the Ray cluster has {ray.cluster_resources().get('GPU', 0):g} GPU(s)")
+    if resources.use_gpu:
+        check_gpus(args.workers, gpus, ray.cluster_resources().get("GPU", 0))
     return resources
+
+
+def check_gpus(workers: int, gpus: float, have: float) -> None:
+    """One line when the Ray cluster (running, or the one this command would start) has too few GPUs for the run."""
+    if have < gpus * workers:
+        raise UserError(f"{workers} worker(s) x {gpus:g} GPU but the Ray cluster has {have:g} GPU(s)")
 
 
 def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path: str, name: str, resources: Resources, weights: dict | None) -> int:

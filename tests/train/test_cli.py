@@ -122,6 +122,7 @@ def test_a_run_the_cluster_cannot_hold_leaves_no_run_folder_and_a_resumed_one_ke
 
     monkeypatch.setattr(cxr_tune.ray_session, "ray_session", lambda *a, **k: contextlib.nullcontext())
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})  # a 2-CPU cluster without a GPU, without starting one
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)  # a GPU here that the cluster lacks: refused once Ray runs
     argv = ["--data", str(folder_with_bad_files(tmp_path / "data")), "--storage", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
             "--set", "image_size=32", *flags]
     with pytest.raises(UserError, match=re.escape(said)):
@@ -406,3 +407,16 @@ def test_cross_validation_s_report_names_each_fold_s_precisions_when_a_fold_resu
         save_state(str(checkpoint), {"epoch": 2, "history": history, "run": {"precision": names[-1], "channels_last": True}}, {})
     lines = setup_lines(str(tmp_path / "run"), 2, provenance()).splitlines()
     assert lines[1] == "Computed in: fold1: bf16, channels_last; fold2: bf16 (epochs 1-2), fp32 (epoch 3), channels_last; 2 torch thread(s) per worker  "
+
+
+def test_use_gpu_on_a_machine_without_one_is_refused_in_one_line_before_the_data_is_read(tmp_path, monkeypatch):
+    """Before: the same line came only after the data scan and Ray's start (20-30 s)."""
+    import torch
+
+    from cxr_tune.errors import UserError
+    from cxr_tune.train.__main__ import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # as on this machine; a GPU machine's test too
+    with pytest.raises(UserError, match=r"^1 worker\(s\) x 1 GPU but the Ray cluster has 0 GPU\(s\)$"):
+        main(["--data", str(tmp_path / "not-read"), "--storage", str(tmp_path), "--use-gpu"])
