@@ -417,6 +417,8 @@ def test_use_gpu_on_a_machine_without_one_is_refused_in_one_line_before_the_data
     from cxr_tune.train.__main__ import main
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if "ray" in sys.modules:  # the suite's shared Ray, when an earlier test started it: this command would start its own
+        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # as on this machine; a GPU machine's test too
     with pytest.raises(UserError, match=r"^1 worker\(s\) x 1 GPU but the Ray cluster has 0 GPU\(s\)$"):
         main(["--data", str(tmp_path / "not-read"), "--storage", str(tmp_path), "--use-gpu"])
