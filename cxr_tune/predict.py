@@ -59,7 +59,7 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import against, clock, fmt, for_spreadsheet, interval, interval_in, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
-from cxr_tune.selection import selection_note
+from cxr_tune.selection import selection_images, selection_note
 from cxr_tune.serving import MODEL_FILE, LoadedModel, load_model, other_preprocessing, probabilities, warn_if_other_preprocessing
 from cxr_tune.set_metrics import INTERVAL_METHODS, bootstrap_with_reasons, clinical_metrics, held_out_metrics, withheld_line
 
@@ -460,7 +460,7 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
     """One PNG per scored image in ``out_dir``: the image, its Grad-CAM map over it, the
     probability and the label at operating point ``point`` (and the folder's label, if any), and a line saying what the
     probability is (:func:`score_words`), which model drew it (:func:`model_words`), whether the image chose that model
-    (:func:`chose`) and its input check, if any, in short (``check first: colour image``). Stops with one line before
+    (:func:`~cxr_tune.selection.selection_images`) and its input check, if any, in short (``check first: colour image``). Stops with one line before
     a chunk's maps when ``members`` and ``model.json`` no longer rebuild the ONNX file's scores of its images (an edited
     ``model.json``: the maps would be another network's)."""
     from cxr_tune.modelfile import check_rebuilt
@@ -472,6 +472,7 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
     grid = cam_grid(members)  # the same networks for every image
     about = f"{score_words(model.meta)}; {model_words(model)}"
     names = explanation_names(frame["path"])
+    frame = frame.assign(chose=selection_images(model.meta, list(frame["content_hash"]), [os.fspath(file) for file in frame["file"]]))
     written: list[Path] = []
     for start in range(0, len(frame), _CHUNK_FILES):  # as predict() reads them: one chunk's pixels and maps held at a time
         part = frame.iloc[start : start + _CHUNK_FILES]
@@ -481,7 +482,7 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
         for row, name, image, heat in zip(part.itertuples(), names[start : start + _CHUNK_FILES], images, maps, strict=True):
             truth = "" if pd.isna(row.label) else f"; labelled {CLASSES[int(row.label)]}"
             probability, cut = against(row.probability, threshold, 4)  # as the console's line gives it
-            marks = ["selection-set image (it chose this model)" if chose(model.meta, row.content_hash, row.file) else "",
+            marks = ["selection-set image (it chose this model)" if row.chose else "",
                      f"check first: {re.sub(r' [(][^()]*[)]', '', row.check)}" if row.check else ""]  # the why: console, --csv
             caption = (f"{named(row.path)}\nP(PNEUMONIA) {probability}: {CLASSES[row.prediction]} at {point} "
                        f"(threshold {cut}){truth}\n{'; '.join([about, *filter(None, marks)])}")  # with its folder: two may hold one name
@@ -505,12 +506,6 @@ def model_words(model: LoadedModel) -> str:
     record = model_record(model)
     digest = f" (sha256 {record['sha256'][:8]})" if record["sha256"] else ""
     return f"model {printable(storage.name(record['folder']))}{digest}"
-
-
-def chose(meta: dict[str, Any], digest: str, file: Path | str) -> bool:
-    """Whether one scored image (its content hash and file) chose the model: :func:`selection_note`'s decision for
-    that file alone (by content, or by real path for a model from before that record)."""
-    return selection_note(meta, (), [digest], [os.fspath(file)]) is not None
 
 
 def explanation_names(paths: Iterable[str]) -> list[str]:

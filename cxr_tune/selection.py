@@ -413,6 +413,24 @@ def selection_note(meta: dict[str, Any], inputs: Sequence[str], hashes: Iterable
     return f"{'; '.join(roles)}: {numbers} for this model, optimistic, not an independent test"
 
 
+def selection_images(meta: dict[str, Any], hashes: Sequence[str], paths: Sequence[str]) -> list[bool]:
+    """For each scored image (its content hash in ``hashes``, its file in ``paths``), whether it chose something of this
+    model: :func:`selection_note`'s rule for one file (by content where ``model.json`` records the images, else by the
+    file's real path in the chooser's folder), decided for all at once: the recorded hashes read once, not per image."""
+    from cxr_tune import storage  # pyarrow: not for the training step, which imports this module for CRITERIA
+
+    scored = [str(digest)[:IMAGE_HASH_DIGITS] for digest in hashes]
+    chosen = [False] * len(scored)
+    for chooser in selection_sources(meta):
+        if chooser.images is not None:
+            hits = [digest in chooser.images for digest in scored]
+        else:
+            inside = set(storage.lying_in(paths, storage.resolve(chooser.source)))
+            hits = [path in inside for path in paths]
+        chosen = [was or hit for was, hit in zip(chosen, hits, strict=True)]
+    return chosen
+
+
 def _hash_set(record: dict[str, Any]) -> frozenset[str] | None:
     """A record's ``image_hashes`` (:func:`image_hashes`) as a set; None where it has none."""
     return frozenset(str(record["image_hashes"]).split()) if "image_hashes" in record else None

@@ -282,3 +282,25 @@ def test_the_selection_note_of_a_model_without_image_hashes_follows_each_scored_
         assert note == (f"{inputs[0]} {said[0]} this model's external validation set (model.json external.source), which chose the model: "
                         f"{said[1]} for this model, optimistic, not an independent test")
         assert len(calls) < 10  # before: 150, the answer file by file unused
+
+
+def test_which_scored_images_chose_the_model_is_the_notes_rule_for_each_file_decided_at_once(tmp_path, monkeypatch):
+    """An --explain caption marks each image that chose the model: it asked selection_note once per image, which read
+    model.json's recorded hashes again for each (a site's 100,000 split per figure)."""
+    from cxr_tune import selection
+    from cxr_tune.selection import image_hashes, selection_images, selection_note
+
+    site = tmp_path / "val"
+    site.mkdir()
+    (site / "a.png").write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(site / "a.png")
+    by_folder = {"deciding_set": "external", "external": {"source": str(site), "selection_set": True}}
+    by_content = {"deciding_set": "external", "external": {"source": "gone", "selection_set": True, "image_hashes": image_hashes(["abc123def456"])}}
+    hashes, paths = ["abc123def456", "fff000"], [str(tmp_path / "link.png"), str(tmp_path / "other.png")]
+    for meta in (by_folder, by_content):
+        one_by_one = [selection_note(meta, (), [digest], [path]) is not None for digest, path in zip(hashes, paths, strict=True)]
+        assert selection_images(meta, hashes, paths) == one_by_one == [True, False]
+    read, reads = selection._hash_set, []
+    monkeypatch.setattr(selection, "_hash_set", lambda record: reads.append(1) or read(record))
+    selection_images(by_content, hashes * 50, paths * 50)
+    assert len(reads) == 1
