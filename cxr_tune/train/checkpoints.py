@@ -44,14 +44,22 @@ def staging_folder() -> tempfile.TemporaryDirectory:
 
 
 def load_state(folder: str) -> dict[str, Any]:
-    """The checkpoint's state; refuses anything that is not tensors and plain values."""
+    """The checkpoint's state; refuses anything that is not tensors and plain values. A file that is not a checkpoint's
+    state (bytes torch did not write, or no dict with an epoch) is damaged's one line, not a traceback in a caller."""
+    import pickle
+
     import torch
 
     path = storage.join(folder, STATE)
     try:
-        return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as exc:  # a zip archive cut short is torch's RuntimeError
+        state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # a zip archive cut short is torch's RuntimeError
         raise damaged(path, exc) from None
+    except (KeyError, ValueError):  # other bytes, read by torch's older format's unpickler: a bare opcode number
+        raise damaged(path, ValueError("not a file torch saved")) from None
+    if not isinstance(state, dict) or "epoch" not in state:  # every checkpoint the loop saves records its epoch
+        raise damaged(path, ValueError("it holds no checkpoint state"))
+    return state
 
 
 def load_predictions(folder: str, prefix: str = "val") -> pd.DataFrame:

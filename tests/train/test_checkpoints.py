@@ -45,6 +45,28 @@ def test_a_file_cut_short_is_one_line_naming_it(tmp_path, name, read):
     assert str(caught.value).count(name) == 1 and len(str(caught.value)) < len(str(folder)) + 200
 
 
+@pytest.mark.parametrize("content", ["garbage", "pickle", "weights", "list"])
+def test_a_state_file_that_is_not_a_checkpoint_is_one_line_naming_it(tmp_path, content):
+    """Bytes no torch wrote, a plain pickle, or a torch file holding something else (a network's weights, no epoch): one
+    line, as for a file cut short, not pickle's UnpicklingError, a bare KeyError or a caller's KeyError 'epoch'."""
+    import pickle
+
+    import torch
+
+    folder = checkpoint(tmp_path / "checkpoint_a")
+    path = folder / STATE
+    if content == "garbage":
+        path.write_bytes(b"hello, this is no checkpoint\n" * 8)
+    elif content == "pickle":
+        path.write_bytes(pickle.dumps({"epoch": 0}))
+    else:
+        torch.save({"conv.weight": torch.zeros(2)} if content == "weights" else [1, 2], path)
+    with pytest.raises(UserError, match="damaged or half-written") as caught:
+        load_state(str(folder))
+    assert str(caught.value).startswith(f"'{path}' could not be read (") and "\n" not in str(caught.value)
+    assert len(str(caught.value)) < len(str(path)) + 200
+
+
 def test_a_checkpoint_staged_by_a_killed_worker_is_removed_by_the_next_one_and_a_living_worker_s_is_kept(tmp_path, monkeypatch):
     # Before: the loop staged each epoch in a plain TemporaryDirectory; Ray Train's report blocks, a stopped run's worker is
     # killed inside it, and the tmpXXXXXXXX folder with the full weights and optimizer state stayed in $TMPDIR for good.
