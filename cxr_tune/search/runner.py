@@ -37,7 +37,7 @@ from cxr_tune.search.pace import FinalFitShape, final_fit_epochs
 from cxr_tune.search.space import ASHA_RULES, SearchSettings, Space, SpaceSampler, load_space
 from cxr_tune.search.study import STUDY_FILE, copy_study, prepare_study, running_study, study_path
 from cxr_tune.search.trial import TRIAL_RESTARTS, TrialSettings, run_trial
-from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, ranks_share_a_gpu
+from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, check_gpus, check_own_ray_gpus, ranks_share_a_gpu
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,7 @@ def plan_search(options: SearchOptions, space: Space, cluster: dict[str, float])
     gpus_per_worker = options.gpus_per_worker if options.gpus_per_worker is not None else (packed if gpus > 0 else 0.0)
     if ranks_share_a_gpu(workers, gpus_per_worker):
         raise UserError(f"--gpus-per-worker {gpus_per_worker:g} with {workers} workers per trial: the workers of one DDP trial cannot share a GPU")
-    if gpus_per_worker > 0 and gpus < gpus_per_worker:
-        raise UserError(f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has {gpus:g} GPU(s)")
+    check_gpus(workers, gpus_per_worker, gpus)
     if gpus_per_worker > 1 and not float(gpus_per_worker).is_integer():
         raise UserError(f"--gpus-per-worker {gpus_per_worker:g}: a worker takes a fraction of one GPU or whole GPUs, not {gpus_per_worker:g}")
     if options.concurrency:
@@ -153,13 +152,15 @@ def own_ray_cpus(address: str | None) -> float | None:
     return float(get_num_cpus())
 
 
-def _check_own_ray_cpus(options: SearchOptions, space: Space) -> None:
-    """``--cpus-per-worker`` (and ``--concurrency``) that this machine's own Ray cannot hold: one line before Ray starts
-    (half a minute) and before the data scan. The defaults share out whatever Ray has, and GPUs are Ray's to count."""
+def _check_own_ray_resources(options: SearchOptions, space: Space) -> None:
+    """``--cpus-per-worker`` (and ``--concurrency``) or ``--gpus-per-worker`` that this machine's own Ray cannot hold: one
+    line before Ray starts (half a minute) and before the data scan, the GPUs' in train's (:func:`check_own_ray_gpus`).
+    The defaults share out whatever Ray has."""
+    workers = options.workers_per_trial or 1
+    check_own_ray_gpus(options.address, workers, options.gpus_per_worker or 0.0)
     cpus = own_ray_cpus(options.address)
     if cpus is None or options.cpus_per_worker is None:
         return
-    workers = options.workers_per_trial or 1
     concurrency = min(options.concurrency or 1, options.trials or space.settings.trials)
     check_cpus(Plan(space, 0, 0, Resources(workers, options.cpus_per_worker, 0.0), concurrency), cpus, "this machine's Ray will have")
 
@@ -185,12 +186,12 @@ def run_search(options: SearchOptions, *, command: str, resume: bool = False, ve
         saved = Experiment(experiment)
         folder_lock.hold(experiment)
         space = saved.space()
-        _check_own_ray_cpus(options, space)
+        _check_own_ray_resources(options, space)
         split = saved.split(options.data)
     else:
         _refuse_existing(options)  # before the data scan, which can take minutes
         space = load_space(options.space)
-        _check_own_ray_cpus(options, space)
+        _check_own_ray_resources(options, space)
         split = split_data(options.data)
     # A cache to build in a folder that cannot be written: one line before Ray starts, and before the experiment is
     # written (which would hold that --cache-dir, and refuse the corrected command as an experiment that exists).

@@ -27,7 +27,8 @@ from cxr_tune.ray_session import check_cluster_answers, check_own_ray
 from cxr_tune.selection import add_select_on_argument, selection_label
 from cxr_tune.train.checkpoints import RUN_FILE
 from cxr_tune.train.hparams import HParams, HParamsError, read_params
-from cxr_tune.train.trainer import TRIAL_DRIVER_CPU, Resources, RunOptions, add_precision_arguments, fit, make_trainer, ranks_share_a_gpu
+from cxr_tune.train.trainer import (TRIAL_DRIVER_CPU, Resources, RunOptions, add_precision_arguments, check_gpus, check_own_ray_gpus, fit, make_trainer,
+                                    ranks_share_a_gpu)
 
 if TYPE_CHECKING:
     from ray.train import Result
@@ -91,10 +92,7 @@ def _main(argv: Sequence[str] | None) -> int:
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if args.use_gpu else 0.0)
     if ranks_share_a_gpu(args.workers, gpus):
         raise UserError(f"--gpus-per-worker {gpus:g} with --workers {args.workers}: the workers of one DDP run cannot share a GPU; give each a whole one")
-    if gpus > 0 and not (args.address or os.environ.get("RAY_ADDRESS") or ("ray" in sys.modules and sys.modules["ray"].is_initialized())):
-        import torch  # loaded by build_model above: the Ray this command starts sees the GPUs torch sees
-
-        check_gpus(args.workers, gpus, torch.cuda.device_count())  # at once, not after the data scan and Ray's start
+    check_own_ray_gpus(args.address, args.workers, gpus)  # at once, not after the data scan and Ray's start
     name = args.name if args.name is not None else time.strftime("train-%Y%m%d-%H%M%S")  # an empty --name is refused below
     storage_path = storage.resolve(args.storage)
     storage.check_folder_name(name, storage_path)
@@ -174,12 +172,6 @@ def run_resources(args: argparse.Namespace, gpus: float) -> Resources:
     if resources.use_gpu:
         check_gpus(args.workers, gpus, ray.cluster_resources().get("GPU", 0))
     return resources
-
-
-def check_gpus(workers: int, gpus: float, have: float) -> None:
-    """One line when the Ray cluster (running, or the one this command would start) has too few GPUs for the run."""
-    if have < gpus * workers:
-        raise UserError(f"{workers} worker(s) x {gpus:g} GPU but the Ray cluster has {have:g} GPU(s)")
 
 
 def train(args: argparse.Namespace, hp: HParams, split: SplitData, storage_path: str, name: str, resources: Resources, weights: dict | None) -> int:

@@ -9,12 +9,32 @@ controller imports torch, which they did only to hand the Torch backend and the 
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cxr_tune.errors import UserError
 from cxr_tune.train.hparams import MEMORY_FORMATS, PRECISIONS, HParams
 
 TRIAL_DRIVER_CPU = 0.01  # a Tune trial that runs a Train run (a search trial, a final-fit run, a fold) only waits on its workers
+
+
+def check_gpus(workers: int, gpus: float, have: float) -> None:
+    """One line when the Ray cluster (running, or the one this command would start) has too few GPUs for one run or trial."""
+    if have < gpus * workers:
+        raise UserError(f"{workers} worker(s) x {gpus:g} GPU but the Ray cluster has {have:g} GPU(s)")
+
+
+def check_own_ray_gpus(address: str | None, workers: int, gpus: float) -> None:
+    """:func:`check_gpus` at once, before the data scan and Ray's start (20-30 s), when the command starts its own Ray on
+    this machine: that Ray sees the GPUs torch sees. A cluster it joins (``--address``, ``RAY_ADDRESS``) or a Ray already
+    running in this process counts its own once joined."""
+    if gpus <= 0 or address or os.environ.get("RAY_ADDRESS") or ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
+        return
+    import torch
+
+    check_gpus(workers, gpus, torch.cuda.device_count())
 
 
 def ranks_share_a_gpu(workers: int, gpus_per_worker: float) -> bool:

@@ -164,6 +164,34 @@ def test_the_data_summary_says_which_files_were_skipped_and_where_the_list_is(tm
     assert lines[0].endswith(f"; and 1 more); python -m cxr_tune.data inspect {root} lists them all.")
 
 
+def test_gpus_a_local_ray_cannot_give_are_refused_before_the_data_is_read_in_train_s_line(tmp_path, monkeypatch):
+    """Before: --gpus-per-worker 1 on a machine without a GPU was refused only after the data scan and Ray's start (20-30 s),
+    in a line of its own; train refuses --use-gpu there at once."""
+    import sys
+
+    import torch
+
+    import cxr_tune.ray_session
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if "ray" in sys.modules:  # the suite's shared Ray, when an earlier test started it: this command would start its own
+        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # as on this machine; a GPU machine's test too
+    monkeypatch.setattr(cxr_tune.ray_session, "ray_session", no_ray)
+    argv = ["--space", "smoke", "--data", str(tmp_path / "not-read"), "--storage", str(tmp_path / "runs"), "--name", "exp"]
+    with pytest.raises(UserError, match=r"^1 worker\(s\) x 1 GPU but the Ray cluster has 0 GPU\(s\)$"):
+        main([*argv, "--gpus-per-worker", "1"])
+    with pytest.raises(UserError, match=r"^2 worker\(s\) x 1 GPU but the Ray cluster has 0 GPU\(s\)$"):
+        main([*argv, "--gpus-per-worker", "1", "--workers-per-trial", "2"])
+    assert not (tmp_path / "runs" / "exp").exists()
+    # a running cluster's GPUs are Ray's to count, in the same line
+    with pytest.raises(UserError, match=r"^1 worker\(s\) x 0.5 GPU but the Ray cluster has 0 GPU\(s\)$"):
+        plan_search(SearchOptions(space="smoke", gpus_per_worker=0.5), load_space("smoke"), {"CPU": 2})
+
+
 def test_a_plan_the_cluster_cannot_hold_leaves_no_experiment_so_the_corrected_command_runs(tmp_path, monkeypatch, capsys):
     """Before: refused (--concurrency 2 at 1.5 CPUs a trial on 2 CPUs) after the experiment was written, the corrected
     command was refused as "already exists", and --resume refused --concurrency: no way on under that name."""
