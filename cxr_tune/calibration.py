@@ -145,7 +145,8 @@ def calibration_metrics(labels: np.ndarray, scores: np.ndarray, *, n_bins: int =
     """ECE and Brier score of one set, with 95 % percentile bootstrap intervals (images resampled
     with replacement, seeded) by the rule of every reported interval (:func:`cxr_tune.selection.reported_interval`:
     only resamples of both classes count, and none for a set where most lack one: one image, or one class), and its
-    reliability curve; NaN and no interval for an empty set."""
+    reliability curve; NaN and no interval for an empty set. A set with fewer than :data:`cxr_tune.selection.MIN_BOOTSTRAP_CLASS`
+    images of a class gets none either, as for AUC: each is None, and ``ci95_withheld`` says why."""
     from sklearn.metrics import brier_score_loss
 
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
@@ -154,6 +155,9 @@ def calibration_metrics(labels: np.ndarray, scores: np.ndarray, *, n_bins: int =
         return out
     out["ece"] = expected_calibration_error(labels, scores, n_bins)
     out["brier"] = float(brier_score_loss(labels, scores, pos_label=1))
+    if few := selection.too_few_images(labels):
+        out["ci95"], out["ci95_withheld"] = dict.fromkeys(("ece", "brier")), dict.fromkeys(("ece", "brier"), few)
+        return out
     rng = np.random.default_rng(seed)
     bins = _bins(scores, n_bins)
     chunk = max(1, selection.BOOTSTRAP_CHUNK_VALUES // len(labels))  # a large folder's resamples in parts: the same draws, bounded memory

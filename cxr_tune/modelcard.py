@@ -356,12 +356,14 @@ def _calibration(meta: dict[str, Any], measured: dict[str, Any], sets: list[tupl
         if not cal:
             continue
         before = cal.get("before", {})
-        rows.append(f"| {_label(key, name, marked)} | {fmt(cal.get('ece'))}{interval(cal.get('ci95', {}).get('ece'))} | "
-                    f"{fmt(cal.get('brier'))}{interval(cal.get('ci95', {}).get('brier'))} |"
-                    + (f" {fmt(before.get('ece'))}{interval(before.get('ci95', {}).get('ece'))} | "
-                       f"{fmt(before.get('brier'))}{interval(before.get('ci95', {}).get('brier'))} |" if calibrated else ""))
+        rows.append(f"| {_label(key, name, marked)} | {fmt(cal.get('ece'))}{interval_in(cal.get('ci95'), 'ece')} | "
+                    f"{fmt(cal.get('brier'))}{interval_in(cal.get('ci95'), 'brier')} |"
+                    + (f" {fmt(before.get('ece'))}{interval_in(before.get('ci95'), 'ece')} | "
+                       f"{fmt(before.get('brier'))}{interval_in(before.get('ci95'), 'brier')} |" if calibrated else ""))
     if not rows:
         return []
+    # before and after a map the images are the same: one reason per set
+    withheld = [f"{name}: {line}." for key, name in sets if (line := withheld_line((measured[key].get("calibration") or {}).get("ci95_withheld", {})))]
     bins = next((measured[key]["calibration"].get("bins") for key, _ in sets if measured[key].get("calibration")), None)
     head = "| set | ECE [95 % CI] | Brier [95 % CI] |" + (" ECE before calibration | Brier before calibration |" if calibrated else "")
     text = [f"Expected calibration error ({bins} equal-width bins) and Brier score of the probabilities; 95 % bootstrap intervals."]
@@ -370,7 +372,8 @@ def _calibration(meta: dict[str, Any], measured: dict[str, Any], sets: list[tupl
                     "after calibration are doubly optimistic there). The ranking, the AUC and every decision are unchanged; the uncalibrated "
                     f"threshold {fmt(record.get('threshold_uncalibrated'))} became {fmt(meta.get('threshold'))}.")
     text.append(prior_sentence(meta))
-    return ["## Calibration", "", " ".join(text), "", head, "|" + " --- |" * (5 if calibrated else 3), *rows, "", diagram, ""]
+    return ["## Calibration", "", " ".join(text), "", head, "|" + " --- |" * (5 if calibrated else 3), *rows, "",
+            *withheld, *([""] if withheld else []), diagram, ""]
 
 
 def prior_sentence(meta: dict[str, Any]) -> str:

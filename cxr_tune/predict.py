@@ -414,10 +414,12 @@ def _operating_point_lines(points: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def calibration_lines(calibration: dict[str, Any]) -> list[str]:
-    """ECE and Brier score of the labelled images, with 95 % bootstrap intervals (``[n/a]`` where the images cannot give one)."""
+    """ECE and Brier score of the labelled images, with 95 % bootstrap intervals (``[n/a]`` where the images cannot give one,
+    and why when a rule withheld it: too few images of a class)."""
     ci = calibration["ci95"]
     return [f"  calibration: ECE {fmt(calibration['ece'])}{interval(ci.get('ece')) or ' [n/a]'} ({calibration['bins']} bins), "
-            f"Brier {fmt(calibration['brier'])}{interval(ci.get('brier')) or ' [n/a]'}"]
+            f"Brier {fmt(calibration['brier'])}{interval(ci.get('brier')) or ' [n/a]'}",
+            *[f"  {line}" for line in [withheld_line(calibration.get("ci95_withheld", {}))] if line]]
 
 
 def subgroup_lines(groups: dict[str, dict[str, Any]] | None) -> list[str]:

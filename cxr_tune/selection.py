@@ -72,11 +72,26 @@ REPORTED_RESAMPLES = 2000
 BOOTSTRAP_CHUNK_VALUES = 2_000_000
 
 
+#: Fewest images of each class for a bootstrap interval of AUC, balanced accuracy, ECE or the Brier score: with 5 of each a
+#: simulated 95 % percentile interval of AUC 0.86 held the true AUC 80 % of the time, with 10 of each 92 %, with 20 of each
+#: 95 % (300 sets each, scores normal with the classes 1.5 SD apart); below it the interval is n/a, the rates' Wilson intervals stand.
+MIN_BOOTSTRAP_CLASS = 10
+
+
+def too_few_images(labels: np.ndarray) -> str | None:
+    """Why a set of both classes is too small for a bootstrap interval (:data:`MIN_BOOTSTRAP_CLASS`), or None."""
+    counts = {name: int((np.asarray(labels) == value).sum()) for value, name in enumerate(("NORMAL", "PNEUMONIA"))}
+    few = {name: count for name, count in counts.items() if 0 < count < MIN_BOOTSTRAP_CLASS}
+    if not few or 0 in counts.values():  # one class: the metric itself is undefined, no reason needed
+        return None
+    return " and ".join(f"{count} {name}" for name, count in few.items()) + f" image(s), fewer than {MIN_BOOTSTRAP_CLASS} of a class"
+
+
 def reported_interval(values: np.ndarray, defined: np.ndarray, resamples: int) -> list[float] | None:
     """The percentile bootstrap interval of ``values`` over the resamples where the metric is ``defined`` (both classes
     drawn: a resample without one leaves AUC and balanced accuracy undefined); None when it is undefined on more than half
     of them (a set of one class, or of a few images) or withheld (:func:`bootstrap_interval`): every reported bootstrap
-    interval follows this rule, and AUC's and balanced accuracy's also :func:`cxr_tune.set_metrics.too_few_images`.
+    interval follows this rule, and one of a set with few images of a class :func:`too_few_images` too.
     (A trial's objective interval, which the tie rule reads, is :func:`objective_interval`'s.)"""
     return bootstrap_interval(values, defined, resamples)[0]
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from cxr_tune.calibration import calibration_metrics
 from cxr_tune import selection
-from cxr_tune.selection import BOOTSTRAP_PERCENTILES, REPORTED_RESAMPLES, objective_interval
+from cxr_tune.selection import BOOTSTRAP_PERCENTILES, REPORTED_RESAMPLES, objective_interval, too_few_images
 from cxr_tune.subgroups import subgroup_rates
 from cxr_tune.train.metrics import evaluate_scores, rates_at, wilson_interval
 
@@ -31,10 +31,6 @@ BOOTSTRAP_METRICS = ("balanced_accuracy", "auc")
 #: how the intervals were computed, in words (the card, predict and compare print it)
 INTERVAL_METHODS = ("95 % intervals: Wilson score for sensitivity, specificity and accuracy (from the counts), "
                     "percentile bootstrap for AUC and balanced accuracy (images resampled)")
-#: Fewest images of each class for a bootstrap interval of AUC or balanced accuracy: with 5 of each a simulated 95 %
-#: percentile interval of AUC 0.86 held the true AUC 80 % of the time, with 10 of each 92 %, with 20 of each 95 % (300 sets
-#: each, scores normal with the classes 1.5 SD apart); below it the interval is n/a, the rates' Wilson intervals stand.
-MIN_BOOTSTRAP_CLASS = 10
 #: Why a bootstrap interval is n/a, after each metric's own reason (:func:`withheld_line`)
 WITHHELD_WHY = "too few images, or scores too separated, for the bootstrap to bound it; the rates' Wilson intervals still hold"
 #: The same for a paired difference's (:func:`paired_with_reasons`): two models scoring alike also give every resample one value
@@ -103,7 +99,7 @@ def withheld_line(withheld: Mapping[str, str], why: str = WITHHELD_WHY) -> str |
     holds: :data:`PAIRED_WITHHELD_WHY` for paired differences), or None when none is."""
     if not withheld:
         return None
-    names = {"auc": "AUC", "balanced_accuracy": "balanced accuracy"}
+    names = {"auc": "AUC", "balanced_accuracy": "balanced accuracy", "ece": "ECE", "brier": "Brier"}
     return "n/a intervals: " + "; ".join(f"{names.get(key, key)}: {why}" for key, why in withheld.items()) + f" ({why})"
 
 
@@ -126,7 +122,7 @@ def bootstrap_intervals(labels: np.ndarray, scores: np.ndarray, threshold: float
 
 def bootstrap_with_reasons(labels: np.ndarray, scores: np.ndarray, threshold: float, *, resamples: int = REPORTED_RESAMPLES,
                            seed: int = 0) -> tuple[dict[str, list[float] | None], dict[str, str]]:
-    """:func:`bootstrap_intervals` and why each withheld one is: fewer than :data:`MIN_BOOTSTRAP_CLASS` images of a
+    """:func:`bootstrap_intervals` and why each withheld one is: fewer than :data:`~cxr_tune.selection.MIN_BOOTSTRAP_CLASS` images of a
     class (the interval's coverage falls well short of 95 %), or every resample giving one value
     (:func:`cxr_tune.selection.bootstrap_interval`: perfectly separated or tied scores)."""
     labels, scores = np.asarray(labels).astype(int), np.asarray(scores, dtype=float)
@@ -141,15 +137,6 @@ def bootstrap_with_reasons(labels: np.ndarray, scores: np.ndarray, threshold: fl
     drawn = {name: selection.bootstrap_interval(samples[name], np.isfinite(samples[name]), resamples) for name in BOOTSTRAP_METRICS}
     return ({name: ci for name, (ci, why) in drawn.items() if ci is not None or why},
             {name: why for name, (_, why) in drawn.items() if why})
-
-
-def too_few_images(labels: np.ndarray) -> str | None:
-    """Why a set of both classes is too small for a bootstrap interval (:data:`MIN_BOOTSTRAP_CLASS`), or None."""
-    counts = {name: int((np.asarray(labels) == value).sum()) for value, name in enumerate(("NORMAL", "PNEUMONIA"))}
-    few = {name: count for name, count in counts.items() if 0 < count < MIN_BOOTSTRAP_CLASS}
-    if not few or 0 in counts.values():  # one class: the metric itself is undefined, no reason needed
-        return None
-    return " and ".join(f"{count} {name}" for name, count in few.items()) + f" image(s), fewer than {MIN_BOOTSTRAP_CLASS} of a class"
 
 
 def _resampled(labels: np.ndarray, scores: np.ndarray, threshold: float, pick: np.ndarray) -> dict[str, np.ndarray]:

@@ -228,6 +228,27 @@ def test_the_reliability_diagrams_biggest_bins_at_0_and_1_are_whole_discs(tmp_pa
         assert ax.bbox.x0 <= x - radius and x + radius <= ax.bbox.x1 and ax.bbox.y0 <= y - radius and y + radius <= ax.bbox.y1
 
 
+def test_fewer_than_ten_images_of_a_class_get_no_calibration_interval_but_the_reason_as_they_get_no_auc_interval():
+    """5 NORMAL and 5 PNEUMONIA images printed ECE and Brier with 95 % intervals, in predict and the card, beside AUC [n/a]
+    "fewer than 10 of a class": the same few images bound neither (set_metrics' rule, MIN_BOOTSTRAP_CLASS)."""
+    from cxr_tune.modelcard import calibration_section
+    from cxr_tune.predict import calibration_lines
+    from cxr_tune.set_metrics import bootstrap_with_reasons
+
+    labels, scores = np.r_[np.zeros(5), np.ones(5)].astype(int), np.array([0.1, 0.3, 0.5, 0.6, 0.7, 0.4, 0.6, 0.7, 0.8, 0.9])
+    few = "5 NORMAL and 5 PNEUMONIA image(s), fewer than 10 of a class"
+    assert bootstrap_with_reasons(labels, scores, 0.5)[1]["auc"] == few
+    small = calibration_metrics(labels, scores)
+    assert small["ece"] == pytest.approx(expected_calibration_error(labels, scores)) and small["brier"] == pytest.approx(brier_score_loss(labels, scores))
+    assert small["ci95"] == {"ece": None, "brier": None} and small["ci95_withheld"] == {"ece": few, "brier": few}
+    printed = "\n".join(calibration_lines(small))
+    assert f"ECE {small['ece']:.4f} [n/a] (10 bins), Brier {small['brier']:.4f} [n/a]" in printed and f"ECE: {few}; Brier: {few}" in printed
+    card = "\n".join(calibration_section({"threshold": 0.5, "validation": {"class_counts": [5, 5], "calibration": small}}))
+    assert f"| {small['ece']:.4f} [n/a] | {small['brier']:.4f} [n/a] |" in card and f"ECE: {few}; Brier: {few}" in card
+    ten = np.r_[np.zeros(10), np.ones(10)].astype(int), np.r_[np.linspace(0.1, 0.7, 10), np.linspace(0.3, 0.9, 10)]
+    assert set(calibration_metrics(*ten)["ci95"]) == {"ece", "brier"} and "ci95_withheld" not in calibration_metrics(*ten)
+
+
 def test_a_set_too_small_or_of_one_class_gets_no_calibration_interval_as_it_gets_no_auc_interval():
     """One image printed ECE 0.9602 [0.960, 0.960]: a zero-width "95 % interval" where AUC and balanced accuracy say n/a."""
     from cxr_tune.predict import calibration_lines
