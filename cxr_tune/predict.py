@@ -38,7 +38,6 @@ import argparse
 import inspect
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -52,6 +51,7 @@ import pandas as pd
 from cxr_tune import storage
 from cxr_tune.cliargs import help_text
 from cxr_tune.data.imaging import decode_gray, describe_failure, input_kind, try_decode_checked
+from cxr_tune.data.input_checks import Note
 from cxr_tune.data.sources import CLASSES, content_hash, patient_id, walk_folder, walk_stored
 from cxr_tune.data.splits import filed_under_both
 from cxr_tune.data.synthetic import SYNTHETIC_MARKER
@@ -161,7 +161,7 @@ class Interrupted(KeyboardInterrupt):
 
 def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None = None, *,
             progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(predictions: path, probability, prediction, check, label; skipped: path, reason, kind: "file", or "folder" for one
+    """(predictions: path, probability, prediction, check (check_short: its short form), label; skipped: path, reason, kind: "file", or "folder" for one
     below a named folder that was not read), predictions
     at ``threshold`` (default: the model's own); ``check`` says why an image may not be like the
     training X-rays ("" when nothing does). ``progress`` and a stop: see :func:`predict_each`."""
@@ -176,7 +176,7 @@ def predict_each(models: Sequence[LoadedModel], files: Sequence[Input], threshol
     exported with other preprocessing gets one warning when images whose decoding changed since were among those it
     scored (:func:`warn_if_other_preprocessing`), a stopped run's too."""
     sizes = sorted({model.image_size for model in models})
-    read = {size: _Read([], [], [], [], []) for size in sizes}
+    read = {size: _Read([], [], [], [], [], []) for size in sizes}
     kinds = any(other_preprocessing(model.meta) for model in models)  # each file's kind, read only when a model needs it
     scores: list[list[np.ndarray]] = [[] for _ in models]
     for start in range(0, len(files) or 1, _CHUNK_FILES):  # no files: one empty chunk, for the empty frames
@@ -185,7 +185,7 @@ def predict_each(models: Sequence[LoadedModel], files: Sequence[Input], threshol
             chunk = [_score_chunk(models, files[start : start + _CHUNK_FILES], size, read[size], kinds=kinds) for size in sizes]
         except KeyboardInterrupt:  # the tables of the chunks done: this one's files, read or not, are left out
             kept = {size: _Read(read[size].files[:n], read[size].checks[:n], read[size].hashes[:n], read[size].skipped[:skipped],
-                                read[size].kinds[:n])
+                                read[size].kinds[:n], read[size].shorts[:n])
                     for size, (n, skipped) in before.items()}
             _preprocessing_warnings(models, kept)
             raise Interrupted(_tables(models, kept, scores, thresholds), start) from None
@@ -221,13 +221,15 @@ def _tables(models: Sequence[LoadedModel], read: dict[int, _Read], scores: list[
 
 class _Read(NamedTuple):
     """What decoding found, in the files' order: the files read, why each may be unlike the training X-rays, their content
-    hashes, the unread ones, and each read file's :func:`input_kind` ("" when not asked for)."""
+    hashes, the unread ones, each read file's :func:`input_kind` ("" when not asked for), and the why in short (an
+    ``--explain`` caption's: each :class:`~cxr_tune.data.input_checks.Note`'s ``short``)."""
 
     files: list[Input]
     checks: list[str]
     hashes: list[str]
     skipped: list[dict[str, str]]
     kinds: list[str]
+    shorts: list[str]
 
 
 def _decode_chunk(chunk: Sequence[Input], size: int, read: _Read, *, kinds: bool = False) -> np.ndarray:
@@ -244,12 +246,13 @@ def _decode_chunk(chunk: Sequence[Input], size: int, read: _Read, *, kinds: bool
             images.append(image)
             read.files.append(file)
             read.checks.append("; ".join(checks))
+            read.shorts.append("; ".join(check.short for check in checks))
             read.hashes.append(digest)
             read.kinds.append(kind)
     return np.stack(images) if images else np.zeros((0, size, size), np.uint8)
 
 
-def decode_hashed(path: Path | str, size: int, *, kinds: bool = False) -> tuple[np.ndarray | None, list[str], str | None, str | None, str]:
+def decode_hashed(path: Path | str, size: int, *, kinds: bool = False) -> tuple[np.ndarray | None, list[Note], str | None, str | None, str]:
     """:func:`try_decode_checked` of the file's bytes, their :func:`content_hash` (None for a file not read) and, when
     ``kinds``, the :func:`input_kind` of a file decoded ("" otherwise): the file is read once for all."""
     try:
@@ -268,6 +271,7 @@ def _frames(read: _Read, scores: np.ndarray, threshold: float) -> tuple[pd.DataF
         "probability": scores,
         "prediction": (scores >= threshold).astype(int),
         "check": read.checks,
+        "check_short": read.shorts,  # the same, each reason's first words (an --explain caption's)
         "content_hash": read.hashes,
         "label": [file.label for file in read.files],
     })
@@ -485,7 +489,7 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
             truth = "" if pd.isna(row.label) else f"; labelled {CLASSES[int(row.label)]}"
             probability, cut = against(row.probability, threshold, 4)  # as the console's line gives it
             marks = ["selection-set image (it chose this model)" if row.chose else "",
-                     f"check first: {re.sub(r' [(][^()]*[)]', '', row.check)}" if row.check else ""]  # the why: console, --csv
+                     f"check first: {row.check_short}" if row.check_short else ""]  # the whole why: the console's list, --csv
             caption = (f"{named(row.path)}\nP(PNEUMONIA) {probability}: {CLASSES[row.prediction]} at {point} "
                        f"(threshold {cut}){truth}\n{'; '.join([about, *filter(None, marks)])}")  # with its folder: two may hold one name
             explain_figure(out / name, image, heat, caption, grid=grid)

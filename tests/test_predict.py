@@ -385,6 +385,33 @@ def test_an_explain_caption_never_shows_a_call_that_seems_to_break_its_rule(tmp_
     assert above.startswith(f"P(PNEUMONIA) {threshold + 0.2:.4f}: PNEUMONIA at balanced (threshold {threshold:.4f})")  # four decimals where they suffice, as the console
 
 
+def test_an_explain_caption_gives_each_check_in_the_short_form_input_checks_gives_it(tmp_path, monkeypatch):
+    """The caption's "check first" was predict's whole line with each parenthesis cut out by a regex: a DICOM Modality that
+    holds one ("OT (SC)") lost it, "DICOM modality OT". The checks give their short form themselves (input_checks.Note)."""
+    from PIL import Image
+
+    import cxr_tune.saliency
+    from cxr_tune.modelfile import load_members
+    from cxr_tune.predict import collect, explain, predict
+    from cxr_tune.serving import load_model
+    from tests.data.test_dicom import dicom_bytes
+    from tests.model_exports import export_folder, kermany_set
+
+    export_folder(tmp_path / "best")
+    model = load_model(str(tmp_path / "best"))
+    gray = kermany_set(2, 1).images
+    (tmp_path / "images").mkdir()
+    colour = np.stack([gray[0], gray[0] // 2, gray[0]], axis=-1)
+    Image.fromarray(colour).save(tmp_path / "images" / "a_colour.png")
+    (tmp_path / "images" / "b_scan.dcm").write_bytes(dicom_bytes(gray[1], Modality="OT (SC)"))
+    frame, _ = predict(model, collect([str(tmp_path / "images")]))
+    assert frame["check"][1].startswith("DICOM modality OT (SC) (the model learned from plain radiographs")  # the console's, --csv's
+    captions: list[str] = []
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption, grid: captions.append(caption.splitlines()[3]))
+    explain(model, load_members(str(tmp_path / "best"), model.meta), frame, str(tmp_path / "maps"), "balanced")
+    assert [caption.split("; ")[2:] for caption in captions] == [["check first: colour image"], ["check first: DICOM modality OT (SC)"]]
+
+
 def test_an_explain_caption_says_the_number_is_a_score_which_model_drew_it_a_selection_set_image_and_its_check(tmp_path, monkeypatch):
     """A clinician read a figure's "P(PNEUMONIA) 0.9805" as a risk, could not tell which model drew it, nor that the image had
     chosen that model (the console's note said so of the set, no figure did) or was flagged to check first (a colour picture)."""
@@ -401,7 +428,7 @@ def test_an_explain_caption_says_the_number_is_a_score_which_model_drew_it_a_sel
     frame, _ = predict(model, collect([str(save_images(kermany_set(3, 1), tmp_path / "images"))]))
     model.meta["external"]["image_hashes"] = image_hashes(frame["content_hash"][:1])  # the first image is in the deciding set
     colour = "a colour picture (its channels differ by 40.0 gray levels on average)"
-    frame = frame.assign(check=["", colour, ""])
+    frame = frame.assign(check=["", colour, ""], check_short=["", "a colour picture", ""])
     captions: list[str] = []
     monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption, grid: captions.append(caption.splitlines()[3:]))
     explain(model, members, frame, str(tmp_path / "maps"), "balanced")

@@ -305,7 +305,7 @@ def _upright_size(image: Image.Image) -> tuple[int, int]:
     return (height, width) if image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS else (width, height)
 
 
-def decode_checked(source: str | Path | bytes, size: int, *, name: str | None = None) -> tuple[np.ndarray, list[str]]:
+def decode_checked(source: str | Path | bytes, size: int, *, name: str | None = None) -> tuple[np.ndarray, list[input_checks.Note]]:
     """:func:`decode_gray`'s pixels, and why the image may not be like the training X-rays
     (:func:`cxr_tune.data.input_checks.notes`; empty when nothing says so). For ``predict``: the
     cache build does not pay for the checks. ``name``: as for :func:`decode_gray`."""
@@ -325,17 +325,17 @@ def decode_checked(source: str | Path | bytes, size: int, *, name: str | None = 
     return pixels, input_checks.notes(width=width, height=height, size=size, colour_spread=spread, pixels=pixels) + _large_image_notes(width, height)
 
 
-def _large_image_notes(width: int, height: int) -> list[str]:
+def _large_image_notes(width: int, height: int) -> list[input_checks.Note]:
     """Pillow's DecompressionBombWarning in words, for predict's "check first" list: one image over twice the limit is
     refused (:func:`describe_failure`), one between the limit and twice it is decoded and scored, and is named here."""
     limit, pixels = Image.MAX_IMAGE_PIXELS, width * height
     if limit is None or pixels <= limit:
         return []
-    return [f"very large image: {_megapixels(pixels)} MP (Pillow warns above {_megapixels(limit)} MP: a scan this large, "
-            "or a header that misstates its size)"]
+    return [input_checks.Note(f"very large image: {_megapixels(pixels)} MP",
+                              f"Pillow warns above {_megapixels(limit)} MP: a scan this large, or a header that misstates its size")]
 
 
-def _dicom_notes(gray: dicom.Gray8, size: int | None, pixels: np.ndarray) -> list[str]:
+def _dicom_notes(gray: dicom.Gray8, size: int | None, pixels: np.ndarray) -> list[input_checks.Note]:
     """:func:`cxr_tune.data.input_checks.notes` of a DICOM file, from what its reader measured and read."""
     height, width = gray.pixels.shape
     return input_checks.notes(width=width, height=height, size=size, colour_spread=gray.colour_spread, pixels=pixels,
@@ -355,7 +355,7 @@ def _colour_spread(image: Image.Image) -> float:
     return input_checks.colour_spread(np.asarray(image.convert("RGB"))[::step, ::step])
 
 
-def try_decode_checked(source: str | Path | bytes, size: int, *, name: str | None = None) -> tuple[np.ndarray | None, list[str], str | None]:
+def try_decode_checked(source: str | Path | bytes, size: int, *, name: str | None = None) -> tuple[np.ndarray | None, list[input_checks.Note], str | None]:
     """:func:`decode_checked`, returning ``(None, [], reason)`` instead of raising on a bad file."""
     try:
         return *decode_checked(source, size, name=name), None

@@ -13,7 +13,8 @@ split (``../shared/data/chest_xray_224``, 2026-12-05): their colour spread is 0.
 :func:`cxr_tune.data.imaging.decode_gray` makes them, is at least 18.7 (median 55.8). ``predict``
 names none of them, nor does ``data inspect``.
 
-Call: ``notes(width=w, height=h, size=64, colour_spread=0.0, pixels=square)`` -> ``[]`` or reasons.
+Call: ``notes(width=w, height=h, size=64, colour_spread=0.0, pixels=square)`` -> ``[]`` or reasons (:class:`Note`: each
+a ``str``, with its ``short`` form for a caption).
 """
 
 from __future__ import annotations
@@ -45,9 +46,22 @@ RADIOGRAPH_MODALITIES = ("CR", "DX")
 LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD")
 
 
+class Note(str):
+    """One reason, in words: the whole of it (the ``str``, as predict's list and ``--csv`` give it) and ``short``, its first
+    words alone, as an ``--explain`` caption gives it (``colour image``): ``Note("colour image", "its colour channels ...")``
+    reads "colour image (its colour channels ...)". Without ``why`` the short form is the whole reason."""
+
+    short: str
+
+    def __new__(cls, short: str, why: str = "") -> Note:
+        note = super().__new__(cls, f"{short} ({why})" if why else short)
+        note.short = short
+        return note
+
+
 def notes(*, width: int, height: int, size: int | None, colour_spread: float, pixels: np.ndarray,
-          modality: str | None = None, view: str | None = None) -> list[str]:
-    """The reasons, in words, why one image may not be like the training X-rays; empty when none.
+          modality: str | None = None, view: str | None = None) -> list[Note]:
+    """The reasons, in words, why one image may not be like the training X-rays (each a :class:`Note`); empty when none.
 
     ``width``/``height``: the stored image's size; ``size``: the model's input side (None: no model
     yet, as when a data folder is scanned: then the limit is :data:`MIN_SIZE`);
@@ -57,18 +71,18 @@ def notes(*, width: int, height: int, size: int | None, colour_spread: float, pi
     """
     found = []
     if modality and modality.upper() not in RADIOGRAPH_MODALITIES:
-        found.append(f"DICOM modality {modality} (the model learned from plain radiographs: {'/'.join(RADIOGRAPH_MODALITIES)})")
+        found.append(Note(f"DICOM modality {modality}", f"the model learned from plain radiographs: {'/'.join(RADIOGRAPH_MODALITIES)}"))
     if view and view.upper() in LATERAL_VIEWS:
-        found.append(f"lateral view (DICOM ViewPosition {view}; the model learned from frontal views)")
+        found.append(Note("lateral view", f"DICOM ViewPosition {view}; the model learned from frontal views"))
     if colour_spread > COLOUR_SPREAD_LIMIT:
-        found.append(f"colour image (its colour channels differ by {colour_spread:.0f} gray levels on average; X-rays are gray)")
+        found.append(Note("colour image", f"its colour channels differ by {colour_spread:.0f} gray levels on average; X-rays are gray"))
     if size is not None and min(width, height) < size:
-        found.append(f"{width}x{height} px, smaller than the model's {size}x{size} px input: enlarged, so blurred")
+        found.append(Note(f"{width}x{height} px, smaller than the model's {size}x{size} px input: enlarged, so blurred"))
     if size is None and min(width, height) < MIN_SIZE:
-        found.append(f"{width}x{height} px, smaller than the smallest model input ({MIN_SIZE}x{MIN_SIZE} px): enlarged, so blurred")
+        found.append(Note(f"{width}x{height} px, smaller than the smallest model input ({MIN_SIZE}x{MIN_SIZE} px): enlarged, so blurred"))
     spread = float(np.std(pixels))
     if spread < BLANK_STD_LIMIT:
-        found.append(f"nearly blank (its gray levels have a standard deviation of {spread:.1f}; real chest X-rays' lowest is {REAL_LOWEST_STD})")
+        found.append(Note("nearly blank", f"its gray levels have a standard deviation of {spread:.1f}; real chest X-rays' lowest is {REAL_LOWEST_STD}"))
     return found
 
 
