@@ -569,9 +569,14 @@ def rerun(record: dict[str, Any], experiment: str | None) -> tuple[str | None, s
 def _reproduce(meta: dict[str, Any]) -> list[str]:
     search = meta.get("search", {})
     command, folder, how, exactness = rerun(search, search.get("experiment"))
-    export = f"python -m cxr_tune.export {(folder if command else None) or search.get('experiment') or 'EXPERIMENT'}{export_flags(meta, rerun=bool(command))}"
-    picked = (f" (`{RERUN_TRIAL}`: the rerun's trial with this model's hyperparameters, as its `trials.csv` lists them; trial ids are "
-              "new each run)") if command and RERUN_TRIAL in export else ""
+    experiment = (folder if command else None) or search.get("experiment")
+    export = f"python -m cxr_tune.export {experiment or 'EXPERIMENT'}{export_flags(meta, rerun=bool(command))}"
+    # a placeholder says what to put in its place: a record without its experiment's folder (results/real/best's) had a bare EXPERIMENT
+    unnamed = ("EXPERIMENT: the new experiment folder step 1 writes, its `--name` under its `--storage`" if command else
+               "EXPERIMENT: the folder of the search this model was exported from, which `model.json` does not record") if not experiment else ""
+    trial = (f"`{RERUN_TRIAL}`: the rerun's trial with this model's hyperparameters, as its `trials.csv` lists them; trial ids are "
+             "new each run") if command and RERUN_TRIAL in export else ""
+    picked = f" ({'; '.join(filter(None, [unnamed, trial]))})" if unnamed or trial else ""
     lines = ["## How to reproduce", ""]
     if command:
         searched = ", ".join(filter(None, [f"cxr_tune {meta.get('cxr_tune_version')}", _commit(search.get("provenance"))]))

@@ -475,6 +475,17 @@ def test_the_reproduce_steps_rerun_the_search_into_a_new_experiment_and_say_what
     assert "--storage results/real --name external-repro --time-budget 40` (with the project's .venv active" in committed
 
 
+def test_an_export_step_without_a_recorded_experiment_folder_says_what_experiment_to_name():
+    """Before: results/real/best's card said "2. `python -m cxr_tune.export EXPERIMENT`", a placeholder nothing explained."""
+    committed = model_card(json.loads(REAL_BEST.read_text())).split("## How to reproduce\n", 1)[1]  # its record names no folder
+    assert ("\n2. `python -m cxr_tune.export EXPERIMENT` (EXPERIMENT: the new experiment folder step 1 writes, its `--name` under its "
+            "`--storage`)\n") in committed
+    meta = json.loads(REAL_BEST.read_text())
+    section = model_card({**meta, "search": {}}).split("## How to reproduce\n", 1)[1]  # no command either
+    assert ("\n1. `python -m cxr_tune.export EXPERIMENT` (EXPERIMENT: the folder of the search this model was exported from, which "
+            "`model.json` does not record)\n") in section
+
+
 def test_a_rerun_s_export_step_neither_replaces_this_model_nor_names_a_trial_id_the_rerun_lacks(exported):
     """Step 2 passed this export's own flags to the rerun's export: --out replaced the model the card describes (results/real/best
     itself, followed to the letter) and --trial named an id the rerun, drawing new ones, does not have."""
