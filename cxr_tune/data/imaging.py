@@ -326,12 +326,13 @@ def decode_checked(source: str | Path | bytes, size: int, *, name: str | None = 
 
 
 def _large_image_notes(width: int, height: int) -> list[input_checks.Note]:
-    """Pillow's DecompressionBombWarning in words, for predict's "check first" list: one image over twice the limit is
-    refused (:func:`describe_failure`), one between the limit and twice it is decoded and scored, and is named here."""
+    """Pillow's DecompressionBombWarning in words, for predict's "check first" list and ``data inspect``'s: one image over
+    twice the limit is refused (:func:`describe_failure`), one between the limit and twice it is decoded, scored and cached
+    (at length), and is named here with its size."""
     limit, pixels = Image.MAX_IMAGE_PIXELS, width * height
     if limit is None or pixels <= limit:
         return []
-    return [input_checks.Note(f"very large image: {_megapixels(pixels)} MP",
+    return [input_checks.Note(f"very large image: {width}x{height} px, {_megapixels(pixels)} MP",
                               f"Pillow warns above {_megapixels(limit)} MP: a scan this large, or a header that misstates its size")]
 
 
@@ -392,7 +393,7 @@ def probe(data: bytes, *, name: str | None = None) -> ImageInfo:
         # The checks, on what was decoded anyway (a JPEG at a reduced scale).
         spread, step = _colour_spread(image), _sample_step(image)
         gray = np.asarray(to_gray8(image))[::step, ::step]
-    notes = input_checks.notes(width=width, height=height, size=None, colour_spread=spread, pixels=gray)
+    notes = input_checks.notes(width=width, height=height, size=None, colour_spread=spread, pixels=gray) + _large_image_notes(width, height)
     return ImageInfo(width=width, height=height, mode=mode, notes=tuple(notes))
 
 

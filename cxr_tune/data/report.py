@@ -131,7 +131,7 @@ def unlike_report(manifest: pd.DataFrame) -> str:
     """The readable images that may not be chest X-rays like Kermany's (:mod:`cxr_tune.data.input_checks`):
     they stay in the data (the folder is the user's to change), and ``predict`` would flag them too."""
     flagged = manifest[manifest["check"] != ""]
-    title = "Images unlike chest X-rays (colour, blank, tiny, a DICOM lateral view or not a radiograph)"
+    title = "Images unlike chest X-rays (colour, blank, tiny, very large, a DICOM lateral view or not a radiograph)"
     if flagged.empty:
         return f"{title}: none."
     return _listed(f"{title}: {len(flagged)}, used as they are; remove any that does not belong:", flagged, "check")

@@ -36,7 +36,7 @@ CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, 1
 SPLITS = ("train", "val", "test")
 OPTIONAL_SPLITS = ("val", "test")  # a class folder in these may be empty or absent; train/ needs both classes
 EXTERNAL = "external"  # the split name of a separate external-validation folder (--val-data PATH)
-MANIFEST_VERSION = 9  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped; 4: check; 5: tiny images checked; 6: unnamed files keyed by sub-folder or path; 7: Mendeley v3 names; 8: width and height upright by the EXIF orientation, as decoded; 9: .dcm/.dicom files without the DICM marker read as DICOM
+MANIFEST_VERSION = 10  # 2: pneumonia patient ids keep the infection type; 3: DICOM files are read, not skipped; 4: check; 5: tiny images checked; 6: unnamed files keyed by sub-folder or path; 7: Mendeley v3 names; 8: width and height upright by the EXIF orientation, as decoded; 9: .dcm/.dicom files without the DICM marker read as DICOM; 10: images over Pillow's warning size checked
 MANIFEST_COLUMNS = [
     "path", "label", "patient_id", "group_id", "split", "content_hash", "width", "height", "mode",
     "check",  # why an image may not be a chest X-ray like Kermany's (cxr_tune.data.input_checks); "" for most

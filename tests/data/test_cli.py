@@ -177,7 +177,7 @@ def test_inspect_real_training_split(tmp_path):
     # carved share is --val-fraction's 15 % by patient, and each keeps the class balance.
     roles = {row[0]: [int(v) for v in row[1:4]] for row in table_rows(done.stdout) if row[0] in ("train", "val", "external", "excluded") and len(row) == 6}
     assert "excluded" not in roles and "Nothing is excluded" in done.stdout
-    assert "Images unlike chest X-rays (colour, blank, tiny, a DICOM lateral view or not a radiograph): none." in done.stdout
+    assert "Images unlike chest X-rays (colour, blank, tiny, very large, a DICOM lateral view or not a radiograph): none." in done.stdout
     assert roles["train"][0] + roles["val"][0] == 1341 and roles["train"][1] + roles["val"][1] == 3875
     assert 0.13 < roles["val"][2] / 5216 < 0.17 and 0.72 < roles["val"][1] / roles["val"][2] < 0.77
     if (SHARED_DATA / "val").exists():  # the 315-image external sample (see ../shared/data/README.md)

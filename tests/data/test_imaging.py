@@ -188,7 +188,7 @@ def test_an_image_over_pillows_warning_size_is_flagged_to_check_first_without_pi
         warnings.simplefilter("always", UserWarning)  # a caller's own filters, in front
         pixels, notes = decode_checked(path, 16)  # predict's decode
         cached = decode_gray(path, 16)  # the cache's
-    assert notes == ["very large image: 0.0012 MP (Pillow warns above 0.001 MP: a scan this large, or a header that misstates its size)"]
+    assert notes == ["very large image: 40x30 px, 0.0012 MP (Pillow warns above 0.001 MP: a scan this large, or a header that misstates its size)"]
     assert np.array_equal(pixels, cached)
     assert [str(warning.message) for warning in shown] == []
 

@@ -99,12 +99,31 @@ def test_inspect_lists_a_data_folders_images_unlike_xrays_and_keeps_them(tmp_pat
     (root / "train" / "PNEUMONIA" / "person3_virus_3.dcm").write_bytes(dicom_bytes(source_image(), ViewPosition="LL"))
     done = call_cli("cxr_tune.data", "inspect", str(root), "--cache-dir", str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr
-    listed = done.stdout.split("Images unlike chest X-rays (colour, blank, tiny, a DICOM lateral view or not a radiograph): 2, used as they are", 1)[1]
+    listed = done.stdout.split("Images unlike chest X-rays (colour, blank, tiny, very large, a DICOM lateral view or not a radiograph): 2, used as they are", 1)[1]
     lines = listed.splitlines()[1:3]
     assert lines[0].startswith(f"  {root / 'train' / 'NORMAL' / 'IM-0003-0001.png'}: colour image"), done.stdout
     assert lines[1].startswith(f"  {root / 'train' / 'PNEUMONIA' / 'person3_virus_3.dcm'}: lateral view"), done.stdout
     counts = {row[1]: int(row[2]) for row in table_rows(done.stdout) if row[0] == "train" and row[1] in ("NORMAL", "PNEUMONIA")}
     assert counts == {"NORMAL": 3, "PNEUMONIA": 3}  # used as they are: the folder is the user's to change
+
+
+def test_a_data_folders_image_over_pillows_warning_size_is_named_with_its_pixel_size_as_predict_names_it(tmp_path, monkeypatch):
+    """data inspect said nothing of an image between Pillow's warning size and twice it (a 121 MP scan, decoded, and cached at
+    length), though it lists every other image predict names; now it lists it with its size. The limit is lowered to keep it small."""
+    from cxr_tune.data.report import unlike_report
+    from cxr_tune.data.sources import build_manifest
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    root = tmp_path / "chest_xray"
+    for name in ("NORMAL/IM-0001-0001.png", "PNEUMONIA/person1_virus_1.png"):
+        write_image(root / "train" / name, size=(30, 30))  # 900 pixels: under the limit, nothing to say
+    large = write_image(root / "train" / "NORMAL" / "IM-0003-0001.png", size=(40, 30))  # 1,200 pixels: over 1,000, under twice it
+    manifest = build_manifest(str(root)).manifest
+    note = "very large image: 40x30 px, 0.0012 MP (Pillow warns above 0.001 MP: a scan this large, or a header that misstates its size)"
+    assert manifest.set_index("path")["check"][str(large)] == note
+    assert checked(large) == [note]  # predict's words
+    assert f"  {large}: {note}" in unlike_report(manifest).splitlines()
+    assert unlike_report(manifest).startswith("Images unlike chest X-rays (colour, blank, tiny, very large, a DICOM lateral view or not a radiograph): 1,")
 
 
 def test_a_data_folders_image_smaller_than_any_model_input_is_named_as_predict_names_it(tmp_path):
