@@ -159,7 +159,7 @@ def _main(argv: Sequence[str] | None) -> int:
             keep_cache_dir(existing.path, cache_dir)  # as a --resume records it: the export below, and later ones, read there
         finished = finish_experiment(existing.path, export=not args.no_export, interrupted=None)
         if finished["unfinished"]:
-            print(f"\nThe search is unfinished ({finished['unfinished']}); continue it with:\n  {resume_command(existing.options)}")
+            print(f"\nThe search is unfinished ({finished['unfinished']}); continue it with:\n  {resume_command(existing.options)}", file=sys.stderr)
         return 0
     if args.resume:
         refuse_flags(args, argv, "--resume", RESUME_FLAGS, "continues an experiment with the space, data and settings it was started with",
@@ -200,8 +200,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         if not can_resume(options.experiment_dir):
             raise
-        # Before Tune took over Ctrl-C (say, in the first image-cache build): the experiment exists.
-        print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}", file=sys.stderr)
+        _say_interrupted(options)  # before Tune took over Ctrl-C (say, in the first image-cache build): the experiment exists
         return EXIT_INTERRUPTED
     except storage.StoreError as exc:
         raise _store_gone(exc, options, args.resume) from None
@@ -223,10 +222,11 @@ def _main(argv: Sequence[str] | None) -> int:
         if outcome not in ("interrupted", "time budget", "job budget"):  # every trial failed or diverged: the search ran and
             print(f"error: {exc}", file=sys.stderr)  # made no model, a failure at run time (1), not a bad flag or file (2)
             return 1
-        print(f"Nothing to select yet: {exc}")  # no trial had trained an epoch: not the user's mistake, --resume goes on
+        print(f"Nothing to select yet: {exc}", file=sys.stderr)  # no trial had trained an epoch: not the user's mistake, --resume goes on
         if outcome != "interrupted":  # a budget ended it: no model, so not status 0; --resume replaces the trials that never trained
             minutes = options.time_budget_min if outcome == "time budget" else options.job_budget_min
-            print(f"\nThe {outcome} of {minutes:g} min ended the search before any trial trained an epoch; continue it with:\n  {resume_command(options)}")
+            print(f"\nThe {outcome} of {minutes:g} min ended the search before any trial trained an epoch; continue it with:\n  {resume_command(options)}",
+                  file=sys.stderr)
             return 1
     except UserError as exc:  # the table, export or report of an interrupted search failed: say why, and how it goes on
         if outcome != "interrupted":
@@ -234,13 +234,13 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:  # Ctrl-C in the table, export or report: its trials are kept, the files it was writing are not all there
         if outcome == "interrupted":
-            print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}", file=sys.stderr)
+            _say_interrupted(options)
         else:
             print(f"\nThe search ended, but writing its trial table, report and export was interrupted; write them with:\n  "
                   f"{report_only_command(options, export=options.export)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if outcome == "interrupted":
-        print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}")
+        _say_interrupted(options)
         return EXIT_INTERRUPTED
     if outcome == "time budget":
         print(f"\nThe time budget of {options.time_budget_min:g} min ended the search before every trial ran.")
@@ -250,6 +250,14 @@ def _main(argv: Sequence[str] | None) -> int:
     elif options.job_budget_min:
         print(f"\nThe command took {(time.time() - started) / 60:.1f} min of its {options.job_budget_min:g}-min job budget.")
     return 0
+
+
+def _say_interrupted(options: SearchOptions) -> None:
+    """The line a stopped search ends with, on stderr wherever the stop landed, as its other next-step lines: a pipeline
+    that reads stdout gets the search's results alone (it went to stdout once trials ran, to stderr before)."""
+    from cxr_tune.search.runner import resume_command
+
+    print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}", file=sys.stderr)
 
 
 def _store_gone(exc: storage.StoreError, options: SearchOptions, resume: bool) -> storage.StoreError:

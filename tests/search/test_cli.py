@@ -291,3 +291,29 @@ def test_a_space_made_for_gpus_on_a_cluster_without_one_says_its_trials_run_on_t
     assert no_gpu_note(SearchOptions(space="gpu"), gpu, {"CPU": 16, "GPU": 1}) is None
     assert no_gpu_note(SearchOptions(space="gpu", gpus_per_worker=0.0), gpu, {"CPU": 2}) is None  # asked for by the user
     assert no_gpu_note(SearchOptions(space="smoke"), smoke, {"CPU": 2}) is None  # the project's CNN: made for the CPU too
+
+
+@pytest.mark.parametrize("stop", ["in the search", "before Tune took over Ctrl-C"])
+def test_a_stopped_search_says_how_to_continue_it_on_stderr_wherever_the_stop_landed(stop, tmp_path, monkeypatch, capsys):
+    """Before: the resume line went to stderr when the stop landed before Tune took over Ctrl-C, to stdout once trials ran;
+    a pipeline reading the two streams apart found it in either. Now it is on stderr, and stdout holds no next step."""
+    from cxr_tune.errors import run_cli
+    from cxr_tune.search import finish, runner
+
+    experiment = tmp_path / "runs" / "exp"
+
+    def stopped_search(options, **kwargs):
+        experiment.mkdir(parents=True)
+        (experiment / "experiment.json").write_text(json.dumps({"options": options.to_json()}))
+        if stop == "before Tune took over Ctrl-C":
+            raise KeyboardInterrupt
+        return str(experiment), "interrupted"
+
+    monkeypatch.setattr(runner, "run_search", stopped_search)
+    monkeypatch.setattr(finish, "finish_experiment", lambda *args, **kwargs: {})
+    with pytest.raises(SystemExit) as ended:
+        run_cli(main, ["--space", "smoke", "--storage", str(tmp_path / "runs"), "--name", "exp", "--no-final-fit"])
+    out, err = capsys.readouterr()
+    assert ended.value.code == 130
+    assert f"The search was interrupted; continue it with:\n  python -m cxr_tune.search --name exp --storage {tmp_path / 'runs'} --resume" in err
+    assert "continue it with" not in out

@@ -178,7 +178,7 @@ def test_report_only_on_an_unfinished_search_says_so_on_the_console_and_in_the_r
     resume = f"python -m cxr_tune.search --name ro --storage {tmp_path} --resume"
     if left:
         assert "=== Search interrupted (what follows is its best so far): 1 trials" in done.stdout and "Search finished" not in done.stdout
-        assert done.stdout.rstrip().endswith(f"The search is unfinished ({left}); continue it with:\n  {resume}")
+        assert done.stderr.rstrip().endswith(f"The search is unfinished ({left}); continue it with:\n  {resume}")
         assert written == [f"{left[0].upper()}{left[1:]}; what follows is its best so far. Continue it with `{resume}`."]
     else:
         assert "=== Search finished: 1 trials" in done.stdout and "unfinished" not in done.stdout and written == [""]

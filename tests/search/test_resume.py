@@ -342,9 +342,9 @@ def test_ctrl_c_before_any_trial_trained_an_epoch_names_the_command_that_continu
     monkeypatch.setattr(Experiment, "trials", lambda self, ranked=True: pd.DataFrame(
         {"trial_id": ["a1"], "status": ["PENDING"], "stop_reason": ["unfinished"], "epochs": [0], "error": [""]}))
     done = call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(tmp_path / "runs"), "--name", "exp", "--no-export")
-    assert done.returncode == 130 and "error:" not in done.stderr, done.stdout + done.stderr
-    assert f"continue it with:\n  python -m cxr_tune.search --name exp --storage {tmp_path / 'runs'} --resume" in done.stdout
-    assert f"no trial of {experiment} trained an epoch" in done.stdout and (experiment / "trials.csv").exists()
+    assert done.returncode == 130 and not any(line.startswith("error:") for line in done.stderr.splitlines()), done.stdout + done.stderr
+    assert f"continue it with:\n  python -m cxr_tune.search --name exp --storage {tmp_path / 'runs'} --resume" in done.stderr
+    assert f"no trial of {experiment} trained an epoch" in done.stderr and (experiment / "trials.csv").exists()
 
 
 @pytest.mark.parametrize("started", [True, False])
@@ -393,9 +393,9 @@ def test_a_budget_that_ended_the_search_before_any_epoch_names_the_command_that_
     monkeypatch.setattr(Experiment, "trials", lambda self, ranked=True: pd.DataFrame(
         {"trial_id": ["a1"], "status": ["TERMINATED"], "stop_reason": ["never trained (the search ended first)"], "epochs": [0], "error": [""]}))
     done = call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(tmp_path / "runs"), "--name", "exp", "--no-export", "--no-final-fit", flag, "0.05")
-    assert done.returncode == 1 and "error:" not in done.stderr, done.stdout + done.stderr
+    assert done.returncode == 1 and not any(line.startswith("error:") for line in done.stderr.splitlines()), done.stdout + done.stderr
     assert (f"The {outcome} of 0.05 min ended the search before any trial trained an epoch; continue it with:\n"
-            f"  python -m cxr_tune.search --name exp --storage {tmp_path / 'runs'} --resume") in done.stdout, done.stdout
+            f"  python -m cxr_tune.search --name exp --storage {tmp_path / 'runs'} --resume") in done.stderr, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("outcome, finish_raises", [("interrupted", "user error"), ("interrupted", "ctrl-c"), ("complete", "ctrl-c")])
@@ -475,7 +475,7 @@ def test_a_stop_during_the_final_fit_stops_the_command_even_when_its_runs_comple
     assert done.returncode == 128 + signum, done.stdout + done.stderr
     assert finished == [True]  # its table, best-so-far export and report, saying it was stopped
     assert (f"The search was interrupted; continue it with:\n  python -m cxr_tune.search --name exp --storage {tmp_path / 'runs'} "
-            "--resume") in done.stdout
+            "--resume") in done.stderr
 
 
 def test_flags_that_cannot_apply_to_a_resumed_search_are_one_line_errors(tmp_path):
@@ -772,7 +772,7 @@ def resumed_thrice(ray_session, synthetic_root, tmp_path_factory) -> dict:
 
 def _ended(run: subprocess.CompletedProcess) -> bool:
     # A budget that ends before any trial trained an epoch leaves nothing to select: status 1, naming the command that continues.
-    return run.returncode == 0 or (run.returncode == 1 and "ended the search before any trial trained an epoch; continue it with" in run.stdout)
+    return run.returncode == 0 or (run.returncode == 1 and "ended the search before any trial trained an epoch; continue it with" in run.stderr)
 
 
 @pytest.mark.slow
