@@ -216,6 +216,7 @@ def _main(argv: Sequence[str] | None) -> int:
         else:
             if runs and not Experiment(experiment).final_fit_complete():
                 outcome = "interrupted"  # runs that failed: --resume trains what is missing
+    untrained = False  # the stop came before any trial trained an epoch
     try:
         finish_experiment(experiment, export=options.export, interrupted=outcome == "interrupted")
     except NothingToSelect as exc:
@@ -223,6 +224,7 @@ def _main(argv: Sequence[str] | None) -> int:
             print(f"error: {exc}", file=sys.stderr)  # made no model, a failure at run time (1), not a bad flag or file (2)
             return 1
         print(f"Nothing to select yet: {exc}", file=sys.stderr)  # no trial had trained an epoch: not the user's mistake, --resume goes on
+        untrained = exc.untrained
         if outcome != "interrupted":  # a budget ended it: no model, so not status 0; --resume replaces the trials that never trained
             minutes = options.time_budget_min if outcome == "time budget" else options.job_budget_min
             print(f"\nThe {outcome} of {minutes:g} min ended the search before any trial trained an epoch; continue it with:\n  {resume_command(options)}",
@@ -240,7 +242,7 @@ def _main(argv: Sequence[str] | None) -> int:
                   f"{report_only_command(options, export=options.export)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if outcome == "interrupted":
-        _say_interrupted(options)
+        _say_interrupted(options, untrained=untrained)
         return EXIT_INTERRUPTED
     if outcome == "time budget":
         print(f"\nThe time budget of {options.time_budget_min:g} min ended the search before every trial ran.")
@@ -252,12 +254,14 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def _say_interrupted(options: SearchOptions) -> None:
+def _say_interrupted(options: SearchOptions, *, untrained: bool = False) -> None:
     """The line a stopped search ends with, on stderr wherever the stop landed, as its other next-step lines: a pipeline
-    that reads stdout gets the search's results alone (it went to stdout once trials ran, to stderr before)."""
+    that reads stdout gets the search's results alone (it went to stdout once trials ran, to stderr before). ``untrained``:
+    no trial had trained an epoch (a failure's wording, "every trial and its error", said so before)."""
     from cxr_tune.search.runner import resume_command
 
-    print(f"\nThe search was interrupted; continue it with:\n  {resume_command(options)}", file=sys.stderr)
+    before = " before any trial trained an epoch" if untrained else ""
+    print(f"\nThe search was interrupted{before}; continue it with:\n  {resume_command(options)}", file=sys.stderr)
 
 
 def _store_gone(exc: storage.StoreError, options: SearchOptions, resume: bool) -> storage.StoreError:

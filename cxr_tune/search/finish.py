@@ -16,7 +16,12 @@ from cxr_tune.serving import META_FILE, read_meta
 
 class NothingToSelect(UserError):
     """No trial has an epoch to rank yet (none trained one, or every one diverged): an interrupted search's resume may
-    still train one, so its command says so and names the command that continues, rather than fail."""
+    still train one, so its command says so and names the command that continues, rather than fail. ``untrained``: no
+    trial trained an epoch (a stop that came first, not a failure)."""
+
+    def __init__(self, message: str, *, untrained: bool = False) -> None:
+        super().__init__(message)
+        self.untrained = untrained
 
 
 def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: bool | None = False) -> dict[str, Any]:
@@ -32,8 +37,10 @@ def finish_experiment(experiment_dir: str, *, export: bool = True, interrupted: 
     if not table.empty and table["epochs"].fillna(0).eq(0).all():  # nothing to rank: the table (with each trial's error) is what there is
         _write_table(experiment, table)
         errors = table[table["error"].astype(str).str.strip() != ""]["error"]
-        raise NothingToSelect(f"no trial of {experiment.path} trained an epoch, so there is nothing to select or export; every trial and its "
-                              f"error: {experiment.file('trials.csv')}" + (f" (the first: {str(errors.iloc[0]).strip().splitlines()[-1]})" if len(errors) else ""))
+        # "and its error" only where one failed: a search stopped before any trial trained one has none
+        errors_too = f" and its error: {experiment.file('trials.csv')} (the first: {str(errors.iloc[0]).strip().splitlines()[-1]})" if len(errors) else ""
+        raise NothingToSelect(f"no trial of {experiment.path} trained an epoch, so there is nothing to select or export; every trial"
+                              + (errors_too or f": {experiment.file('trials.csv')}"), untrained=True)
     try:
         table = experiment.trials()
     except UserError as exc:  # every trial that reported diverged: nothing is ranked, the table (their stop reasons) is what there is
@@ -130,6 +137,10 @@ def recorded_export_options(experiment: Experiment) -> dict[str, Any]:
 
 
 def _write_table(experiment: Experiment, table: pd.DataFrame) -> None:
+    """``trials.csv`` and ``trials.parquet``, in every column a finished search's table has (blank where nothing is known yet)."""
+    from cxr_tune.search.results import written_columns
+
+    table = table.reindex(columns=written_columns(table, external=bool(experiment.external)))
     storage.write_csv(experiment.file("trials.csv"), whole_numbers_as_written(table))
     storage.write_frame(experiment.file("trials.parquet"), table.astype({"error": str}))
 

@@ -613,10 +613,9 @@ def _plot_saliency(path: Path, experiment: Experiment, exported: dict[str, Any],
 
 def _param_columns(table: pd.DataFrame) -> list[str]:
     """The sampled parameters: the trial table places them between its id columns and its metrics."""
-    from cxr_tune.search.results import ID_COLUMNS, METRICS
+    from cxr_tune.search.results import param_columns
 
-    known = set(ID_COLUMNS) | set(METRICS) | {"checkpoint_path", "error", "started", "rank", "tied"}
-    return [c for c in table.columns if c not in known]
+    return param_columns(table)
 
 
 def _counts(counts: Any) -> str:

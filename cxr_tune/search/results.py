@@ -36,6 +36,9 @@ METRICS = [
 UNFINISHED = "unfinished"
 FAILED = "error"  # the stop reason of a trial Tune ended with an error (its error column says which)
 ID_COLUMNS = ["trial_id", "status", "stop_reason", "epochs", "best_epoch", "run_seconds"]
+#: After the metrics: the best checkpoint, a failed trial's error, when it started, then the selection's rank and tie
+#: (:func:`cxr_tune.experiment.ranked_table` adds those two).
+TAIL_COLUMNS = ["checkpoint_path", "error", "started", "rank", "tied"]
 TRAIN_DIR = "train"  # in an experiment folder: one Ray Train run (its checkpoints) per trial, see train_run
 
 
@@ -231,6 +234,19 @@ def trials_table(experiment_dir: str, max_epochs: int, rungs: tuple[int, ...], d
     ordered = ID_COLUMNS + params + [m for m in METRICS if m in table] + ["checkpoint_path", "error"]
     table = table.reindex(columns=[c for c in ordered if c in table] + [c for c in table if c not in ordered])
     return table.sort_values("trial_id").reset_index(drop=True)
+
+
+def param_columns(table: pd.DataFrame) -> list[str]:
+    """The sampled parameters: the trial table places them between its id columns and its metrics."""
+    known = {*ID_COLUMNS, *METRICS, *TAIL_COLUMNS}
+    return [c for c in table.columns if c not in known]
+
+
+def written_columns(table: pd.DataFrame, *, external: bool) -> list[str]:
+    """Every column ``trials.csv`` of this experiment has, in order, whatever its trials reported: a search stopped before
+    any trial trained an epoch, or whose every trial failed, writes the same columns as one that selected a trial, blank
+    where nothing is known (it wrote 19 where a finished one has 47). ``external``: the experiment has an external set."""
+    return [*ID_COLUMNS, *param_columns(table), *(m for m in METRICS if external or not m.startswith("ext_")), *TAIL_COLUMNS]
 
 
 def pareto_front(sensitivity: np.ndarray, specificity: np.ndarray) -> np.ndarray:

@@ -317,3 +317,32 @@ def test_a_stopped_search_says_how_to_continue_it_on_stderr_wherever_the_stop_la
     assert ended.value.code == 130
     assert f"The search was interrupted; continue it with:\n  python -m cxr_tune.search --name exp --storage {tmp_path / 'runs'} --resume" in err
     assert "continue it with" not in out
+
+
+def test_a_search_stopped_before_any_trial_trained_says_so_not_that_its_trials_failed(tmp_path, monkeypatch, capsys):
+    """Before: "Nothing to select yet: ... every trial and its error: trials.csv", though no trial had failed (they were
+    pending), and the command's last line did not say that the stop came before any epoch."""
+    import pandas as pd
+
+    from cxr_tune.errors import run_cli
+    from cxr_tune.experiment import Experiment
+    from cxr_tune.search import runner
+
+    experiment = tmp_path / "runs" / "exp"
+
+    def stopped_search(options, **kwargs):
+        experiment.mkdir(parents=True)
+        (experiment / "experiment.json").write_text(json.dumps({"options": options.to_json()}))
+        return str(experiment), "interrupted"
+
+    monkeypatch.setattr(runner, "run_search", stopped_search)
+    monkeypatch.setattr(Experiment, "trials", lambda self, ranked=True: pd.DataFrame(
+        {"trial_id": ["a1", "b2"], "status": ["PENDING", "RUNNING"], "stop_reason": ["unfinished"] * 2, "epochs": [0, 0], "error": ["", ""]}))
+    with pytest.raises(SystemExit) as ended:
+        run_cli(main, ["--space", "smoke", "--storage", str(tmp_path / "runs"), "--name", "exp", "--no-final-fit"])
+    err = capsys.readouterr().err
+    assert ended.value.code == 130
+    assert f"no trial of {experiment} trained an epoch, so there is nothing to select or export; every trial: {experiment / 'trials.csv'}" in err
+    assert "error" not in err, err
+    assert ("The search was interrupted before any trial trained an epoch; continue it with:\n"
+            f"  python -m cxr_tune.search --name exp --storage {tmp_path / 'runs'} --resume") in err

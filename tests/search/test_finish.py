@@ -129,7 +129,7 @@ def _experiment_of(table: pd.DataFrame, folder, ranked_on: str | None = None) ->
         assert not ranked or ranked_on, "nothing reported: ranking would raise before the table is written"
         return ranked_table(table, ranked_on) if ranked else table
 
-    return types.SimpleNamespace(path=str(folder), trials=trials, file=lambda *parts: str(folder.joinpath(*parts)))
+    return types.SimpleNamespace(path=str(folder), trials=trials, file=lambda *parts: str(folder.joinpath(*parts)), external="")
 
 
 def test_the_dashboards_install_hint_works_outside_a_checkout(monkeypatch):
@@ -239,3 +239,26 @@ def test_the_console_summary_says_no_other_trial_tied_when_none_did(capsys):
     tied = pd.DataFrame([row, {**row, "trial_id": "b"}, {**row, "trial_id": "c"}])
     finish._print_summary(experiment, tied, tied.iloc[0])
     assert "; 2 other trials tied with it on carved validation, ties broken by AUC; each set" in capsys.readouterr().out
+
+
+def test_a_search_stopped_before_any_trial_trained_writes_the_columns_a_finished_one_does(tmp_path, monkeypatch):
+    """Before: its trials.csv had the 19 columns Tune's state gave (ids, parameters, checkpoint, error, start), where a finished
+    search's has 47: a pipeline that reads the table by column broke on the one a stop wrote. Now the same columns, blank."""
+    # The header of a finished search on the smoke space (2 trials, no external set), as a reviewer's run wrote it.
+    finished = ("trial_id,status,stop_reason,epochs,best_epoch,run_seconds,depth,filters_0,filters_1,filters_2,lr,dropout,class_weighting,"
+                "image_size,batch_size,intensity,objective,objective_low,objective_high,val_objective,val_objective_low,val_objective_high,"
+                "val_auc,val_sensitivity,val_specificity,val_balanced_accuracy,val_youden,val_gmean,val_min_sens_spec,val_threshold,"
+                "val_loss,val_brier,val_accuracy,val_sensitivity_at_0.5,val_specificity_at_0.5,val_non_finite,train_loss,"
+                "train_images_per_s,precision,channels_last,worker_nodes,worker_images,checkpoint_path,error,started,rank,tied").split(",")
+    params = finished[6:16]
+    table = pd.DataFrame({"trial_id": ["a", "b"], "status": ["PENDING", "PENDING"], **{p: [1, 2] for p in params},
+                          "epochs": [0, 0], "best_epoch": [float("nan")] * 2, "run_seconds": [float("nan")] * 2,
+                          "checkpoint_path": [None, None], "error": ["", ""], "stop_reason": ["unfinished"] * 2, "started": [1.0, 2.0]})
+    monkeypatch.setattr(finish, "Experiment", lambda path: _experiment_of(table, tmp_path))
+    with pytest.raises(finish.NothingToSelect, match=r"trained an epoch, so there is nothing to select or export; every trial: \S+trials\.csv$") as stopped:
+        finish.finish_experiment(str(tmp_path), interrupted=True)
+    assert stopped.value.untrained
+    written = pd.read_csv(tmp_path / "trials.csv")
+    assert list(written.columns) == finished
+    assert written["trial_id"].tolist() == ["a", "b"] and written["val_auc"].isna().all() and written["rank"].isna().all()
+    assert list(pd.read_parquet(tmp_path / "trials.parquet").columns) == finished
