@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="data folder or URI in the Kermany layout (default: the built-in SYNTHETIC set)")
     parser.add_argument("--name", default=None, help="experiment name; results go to STORAGE/NAME (default: <space>-<timestamp>)")
     parser.add_argument("--storage", default="results", help="folder or URI (s3://...) for experiments (default: results)")
-    parser.add_argument("--resume", action="store_true", help="continue the interrupted experiment STORAGE/NAME (needs --name)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted experiment STORAGE/NAME (needs --name; a finished one: runs nothing, status 0)")
     parser.add_argument("--trials", type=positive_int, default=None, help="number of trials (default: the space's search.trials)")
     least, most = (int(v) for v in value_range("epochs"))  # what a trial's epochs may be, or every trial fails inside Ray
     parser.add_argument("--max-epochs", type=int_between(least, most), default=None,
@@ -190,8 +190,10 @@ def _main(argv: Sequence[str] | None) -> int:
         if existing.has_tune_state() and not unfinished(existing, final_fit=options.final_fit):  # refused before Ray starts (half a minute) only to find nothing to run
             ended = "every trial and its final fit" if options.final_fit and existing.space().settings.final_fit_top > 0 else "every trial"
             rewrites = "trial table, report and best/ are" if options.export else "trial table and report are"
-            raise UserError(f"experiment '{experiment}' is finished: {ended} ended, so --resume has nothing to run; its {rewrites} "
-                            f"written again with: {report_only_command(options, export=options.export)}")
+            # Nothing to do, not bad input: a scheduler's retry of a search that finished ends with status 0, not 2
+            print(f"experiment '{experiment}' is finished: {ended} ended, so --resume has nothing to run; its {rewrites} "
+                  f"written again with: {report_only_command(options, export=options.export)}", file=sys.stderr)
+            return 0
     else:
         options = options_from_args(args)
     try:
