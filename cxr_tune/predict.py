@@ -35,6 +35,7 @@ networks from ``weights.safetensors`` (never unpickled) for Grad-CAM maps
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -43,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePath, PurePosixPath
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -547,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "some image is labelled), probability, prediction (0/1), threshold (the operating point's, which made prediction), "
                              "check (why to check the image first; empty for most) to this CSV file, with --explain the name of each "
                              "image's figure (explanation), and last each file's content_hash (byte-identical copies share it: "
-                             "the metrics and the PNEUMONIA count take one row per hash)")
+                             "the metrics and the PNEUMONIA count take one row per hash); '-': to stdout, the CSV alone (every other "
+                             "line goes to stderr)")
     parser.add_argument("--metrics", default=None, metavar="OUT.json",
                         help="also write what the labelled images measure to this JSON file: the rates and AUC with 95 %% intervals (Wilson score for "
                              "sensitivity, specificity and accuracy; percentile bootstrap for AUC and balanced accuracy), "
@@ -555,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "test entry), the images counted and the patients their file names name (images, patients, "
                              "images_naming_a_patient), the files skipped and flagged with the reason (skipped_files, flagged_files), with the model that ran (model_records: its resolved folder, model.onnx's SHA-256, exported_at and "
                              "adapted_at), the inputs scored (resolved) and whether they chose the model (selection_set; selection_sets: "
-                             "the note, as compare writes it); needs images under NORMAL/ or PNEUMONIA/ folders")
+                             "the note, as compare writes it); needs images under NORMAL/ or PNEUMONIA/ folders; '-': to stdout, the JSON "
+                             "alone (every other line goes to stderr)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary, not one line per image")
     parser.add_argument("--operating-point", default=DEFAULT_POINT, metavar="NAME",
                         help="which of the model's thresholds decides: balanced (its own), sens90, sens95, sens98 (sensitivity >= 0.90/0.95/0.98 "
@@ -580,14 +583,28 @@ def _check_outputs_apart(args: argparse.Namespace) -> None:
             named.append((flag, path))
 
 
+#: ``--csv -`` or ``--metrics -``: that file goes to stdout, as Unix tools read ``-``.
+STDOUT = "-"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if STDOUT not in (args.csv, args.metrics):
+        return _main(args, sys.stdout)
+    # The file alone on stdout, for the pipe that reads it: every other line goes to stderr (a file named '-' was written).
+    out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        return _main(args, out)
+
+
+def _main(args: argparse.Namespace, out: TextIO) -> int:
+    """``main`` after parsing; ``out``: where a ``--csv -`` or ``--metrics -`` goes."""
     for path in (args.model, *args.inputs):
         storage.check_plain_uri(path)
     _check_outputs_apart(args)
-    if args.csv:
+    if args.csv and args.csv != STDOUT:
         storage.check_writable(args.csv, "--csv", folder=False)
-    if args.metrics:
+    if args.metrics and args.metrics != STDOUT:
         storage.check_writable(args.metrics, "--metrics", folder=False)
     if args.explain:
         if storage.is_uri(args.explain):  # the figures are written with pathlib: s3://... would become a local folder named s3:
@@ -614,13 +631,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as stop:  # what the chunks done scored is kept, and said
         frame, skipped = stop.tables[0]
         if args.csv:
-            _write_csv(args.csv, frame, threshold, explained=False)  # no figure is drawn yet
-        kept = f"wrote their {len(frame)} predictions to {args.csv}" if args.csv else "pass --csv OUT.csv to keep the scores of a long run"
+            _write_csv(args.csv, frame, threshold, explained=False, out=out)  # no figure is drawn yet
+        kept = f"wrote their {len(frame)} predictions to {_named(args.csv)}" if args.csv else "pass --csv OUT.csv to keep the scores of a long run"
         print(f"Interrupted after scoring {stop.done} of {len(files)} files; {kept}", file=sys.stderr)
         raise
     # The files first: a console that goes away (output piped into head) must not cost them.
     if args.csv:
-        _write_csv(args.csv, frame, threshold, explained=members is not None)
+        _write_csv(args.csv, frame, threshold, explained=members is not None, out=out)
     points = {name: {"threshold": value} for name, value in known_points(model.meta).items()}
     metrics = labelled_metrics(frame, threshold, points)
     unlabelled_copies = metrics is None and frame["label"].notna().any()  # read, but every one filed under both classes
@@ -640,14 +657,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                   # which files, and why, as the console lists them below (the counts above stay for readers of them)
                   "skipped_files": skipped[["path", "reason", "kind"]].to_dict("records"),
                   "flagged_files": [{"path": path, "reason": check} for path, check in zip(frame["path"], frame["check"], strict=True) if check]}
-        storage.write_text_atomic(args.metrics, json.dumps(json_safe(record), indent=2))
+        _write_text(args.metrics, json.dumps(json_safe(record), indent=2), out)
     written = explain(model, members, frame, args.explain, args.operating_point) if members is not None and not frame.empty else None
     if not args.quiet and not frame.empty:
         print(f"{'P(PNEUMONIA)':<12}  {'predicted':<9}  file")  # once: what each line's number and word are
         for row in frame.itertuples():
             print(f"{row.probability:<12.4f}  {CLASSES[row.prediction]:<9}  {printable(row.path)}")
     if args.csv:
-        print(f"Wrote {len(frame)} predictions to {args.csv}")
+        print(f"Wrote {len(frame)} predictions to {_named(args.csv)}")
     if not frame.empty:
         print(calls_line(frame, threshold, args.operating_point))
     if unlabelled_copies:
@@ -657,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Note: {note}.")
         print(describe(metrics, args.operating_point))
         if args.metrics:
-            print(f"Wrote the labelled images' metrics to {args.metrics}")
+            print(f"Wrote the labelled images' metrics to {_named(args.metrics)}")
     if written is not None:
         print(f"Wrote {len(written)} Grad-CAM explanation(s) to {args.explain}")
     for line in check_lines(dict(zip(frame["path"], frame["check"], strict=True))):
@@ -669,7 +686,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _write_csv(path: str, frame: pd.DataFrame, threshold: float, *, explained: bool) -> None:
+def _named(path: str) -> str:
+    """An output flag's path as the console names it."""
+    return "stdout" if path == STDOUT else path
+
+
+def _write_text(path: str, text: str, out: TextIO) -> None:
+    """An output file, or ``out`` for ``-``: written whole, flushed before the console's lines on stderr."""
+    if path == STDOUT:
+        out.write(text if text.endswith("\n") else text + "\n")
+        out.flush()
+    else:
+        storage.write_text_atomic(path, text)
+
+
+def _write_csv(path: str, frame: pd.DataFrame, threshold: float, *, explained: bool, out: TextIO) -> None:
     """``--csv``: the scored images' rows with the ``threshold`` that made ``prediction``, the folder's ``label`` (0 NORMAL,
     1 PNEUMONIA, as export's ``*_predictions.csv``; empty where no folder says one) when any image is labelled, each
     one's figure name when ``explained`` (``frame`` gets that column), and its ``content_hash``
@@ -681,7 +712,7 @@ def _write_csv(path: str, frame: pd.DataFrame, threshold: float, *, explained: b
     columns.append("content_hash")  # last, the other columns as before: rows of one hash are one image, counted once
     # The labels as 0/1 and empty, not 0.0/1.0 beside NaN.
     rows = frame.assign(threshold=threshold, label=pd.array(frame["label"], dtype="Int64"))
-    storage.write_csv(path, for_spreadsheet(rows[columns]))
+    _write_text(path, for_spreadsheet(rows[columns]).to_csv(index=False), out)
 
 
 def _progress_lines(total: int) -> Callable[[int], None] | None:

@@ -889,3 +889,28 @@ def test_the_per_image_lines_sit_under_one_header_naming_their_columns(tmp_path,
 
     assert main(["--model", str(model), str(tmp_path / "site"), "--quiet"]) == 0
     assert "P(PNEUMONIA)  predicted  file" not in capsys.readouterr().out  # no lines, no header
+
+
+@pytest.mark.parametrize("flag", ["--csv", "--metrics"])
+def test_a_dash_writes_the_file_alone_to_stdout_and_every_other_line_to_stderr(flag, tmp_path, monkeypatch, capsys):
+    """Before: `predict ... --csv -` wrote a file named '-' and said "Wrote 33 predictions to -"; stdout held the console's
+    lines. Now '-' is stdout, as for Unix tools, holding the file alone, so a pipeline reads it as it would the file."""
+    import io
+
+    from cxr_tune.predict import main
+
+    model = write_export(tmp_path / "best", image_size=16)
+    data = kermany_folder(tmp_path / "site", {"test": {"PNEUMONIA": ["person1_virus_1.jpeg", "person2_virus_2.jpeg"],
+                                                       "NORMAL": ["IM-0001-0001.jpeg"]}})
+    monkeypatch.chdir(tmp_path)  # where a file named '-' was written
+    assert main(["--model", str(model), str(data / "test"), flag, "-"]) == 0
+    done = capsys.readouterr()
+    assert not (tmp_path / "-").exists()
+    if flag == "--csv":
+        table = pd.read_csv(io.StringIO(done.out))
+        assert len(table) == 3 and list(table.columns)[:3] == ["path", "label", "probability"]
+        assert "Wrote 3 predictions to stdout" in done.err
+    else:
+        assert json.loads(done.out)["class_counts"] == [1, 2]
+        assert "Wrote the labelled images' metrics to stdout" in done.err
+    assert "Labelled images: 3 (NORMAL 1, PNEUMONIA 2)" in done.err  # the console's lines, on stderr
