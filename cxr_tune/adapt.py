@@ -59,6 +59,7 @@ import argparse
 import copy
 import hashlib
 import shlex
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -73,7 +74,7 @@ from cxr_tune.cliargs import help_text
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import first_listed, json_safe, printable
 from cxr_tune.selection import image_hashes
-from cxr_tune.serving import META_FILE, load_model, other_preprocessing, warn_if_other_preprocessing
+from cxr_tune.serving import META_FILE, load_model, note_if_synthetic, other_preprocessing, trained_on_synthetic, warn_if_other_preprocessing
 
 if TYPE_CHECKING:  # torch and the model code load when a model is adapted, not for --help or a mistyped flag
     import torch
@@ -488,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--out must be a new folder, not the model being adapted")
     check_model_target(args.out, "--out")
     meta = adapt(args.model, args.images, args.out, threshold_rule=args.threshold_rule)
+    note_if_synthetic([args.out] if trained_on_synthetic(meta) else [])  # as predict and compare say it of the same model
     record = meta["adaptation"]
     copies = record["images"] - record["distinct_images"]
     how_many = (f"{record['images']} image files from {args.images}, {record['distinct_images']} distinct ({copies} byte-identical "
@@ -514,12 +516,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if moved_far(before, share):
         print(f"Warning: adaptation moved the share of the site's images called PNEUMONIA from {before:.0%} to {share:.0%}. A site whose "
               f"images are mostly of one class breaks AdaBN's assumption; unless the site's mix really differs that much from what {args.model} calls, check it before use: score a labelled sample "
-              f"with {compare} FOLDER, or keep {args.model}.")
+              f"with {compare} FOLDER, or keep {args.model}.", file=sys.stderr)
     if min(share, 1 - share) < ONE_SIDED_SHARE:
         print(f"Warning: at this threshold the adapted model calls {share:.0%} of the site's images PNEUMONIA. Unless the site's "
               f"images really are of one class, check it before use: score a labelled sample with {compare} FOLDER, or try another "
-              "--threshold rule.")
-    print(f"Written: {args.out}")
+              "--threshold rule.", file=sys.stderr)
+    print(f"Written: {storage.resolve(args.out)}")  # absolute, as export names its folder
     # Nothing above used a label: only a labelled sample tells whether the adapted model is better at this site.
     print(f"Check on a labelled sample from the site before use: {compare} LABELLED_FOLDER")
     return 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +42,7 @@ from cxr_tune.operating_points import threshold_for
 from cxr_tune.predict import (check_lines, collect, distinct_labelled, distinct_lines, flagged_lines, interval_record, model_record, onnx_hash,
                               patient_counts, patient_lines, predict_each)
 from cxr_tune.selection import selection_note
-from cxr_tune.serving import load_model
+from cxr_tune.serving import load_model, note_if_synthetic, trained_on_synthetic
 from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METHODS, PAIRED_METRICS, PAIRED_WITHHELD_WHY, held_out_metrics, paired_with_reasons, withheld_line
 
 TITLES = {"auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity", "balanced_accuracy": "balanced accuracy"}
@@ -108,7 +107,7 @@ def compare(models: Sequence[str], inputs: Sequence[str], point: str = DEFAULT_P
         "intervals": {**interval_record(), "paired_method": PAIRED_METHODS},  # the differences' own method beside the models'
         "inputs": [storage.resolve(item) for item in inputs],
         "model_records": {name: model_record(model) for name, model in loaded.items()},
-        "synthetic": [name for name, model in loaded.items() if model.meta.get("data", {}).get("synthetic")],
+        "synthetic": [name for name, model in loaded.items() if trained_on_synthetic(model.meta)],
         # a later model whose model.onnx is an earlier one's (a copied folder): the earliest such, by the hash load_model checked
         "identical": {name: same for i, name in enumerate(loaded) if (same := next((m for m in models[:i] if onnx[m] == onnx[name]), None))},
         "selection_sets": {name: note for name, model in loaded.items() if (note := selection_note(model.meta, inputs, hashes, paths))},
@@ -181,9 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics:
         storage.check_writable(args.metrics, "--metrics", folder=False)
     result = compare(args.models, args.inputs, args.operating_point)
-    if result["synthetic"]:
-        whose = "its" if len(result["synthetic"]) == 1 else "their"
-        print(f"Note: {', '.join(result['synthetic'])} trained on SYNTHETIC data: {whose} outputs mean nothing for real patients.", file=sys.stderr)
+    note_if_synthetic(result["synthetic"], of=len(result["models"]))
     if args.metrics:  # first: a console that goes away (output piped into head) must not cost the file
         storage.write_text_atomic(args.metrics, json.dumps(json_safe(result), indent=2))
     print(describe(result))

@@ -61,7 +61,8 @@ from cxr_tune.formatting import against, clock, fmt, for_spreadsheet, interval, 
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import known_points, threshold_for
 from cxr_tune.selection import selection_images, selection_note
-from cxr_tune.serving import MODEL_FILE, LoadedModel, load_model, other_preprocessing, probabilities, warn_if_other_preprocessing
+from cxr_tune.serving import (MODEL_FILE, LoadedModel, load_model, note_if_synthetic, other_preprocessing, probabilities, trained_on_synthetic,
+                              warn_if_other_preprocessing)
 from cxr_tune.set_metrics import INTERVAL_METHODS, bootstrap_with_reasons, clinical_metrics, held_out_metrics, withheld_line
 
 T = TypeVar("T")
@@ -620,8 +621,7 @@ def _main(args: argparse.Namespace, out: TextIO) -> int:
         print(f"Note: on the set that chose it, operating point {args.operating_point} keeps {rate} at {point['misses_floor']:.3f}, "
               f"below its floor {floor:g}: images scored exactly 1.0 cannot fall below any threshold.", file=sys.stderr)
     members = _explainable(model) if args.explain else None
-    if model.meta.get("data", {}).get("synthetic"):
-        print("Note: this model was trained on SYNTHETIC data; its outputs mean nothing for real patients.", file=sys.stderr)
+    note_if_synthetic([args.model] if trained_on_synthetic(model.meta) else [])
     files = collect(args.inputs)
     if args.metrics and all(file.label is None for file in files):
         raise UserError(f"--metrics needs labelled images; none of the {len(files)} file(s) in {', '.join(args.inputs)} sits under a "

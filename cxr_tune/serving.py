@@ -304,6 +304,24 @@ def warn_if_other_preprocessing(model: LoadedModel, scored: Sequence[tuple[str, 
           file=sys.stderr, flush=True)
 
 
+def trained_on_synthetic(meta: dict[str, Any]) -> bool:
+    """Whether a model.json's model trained on the built-in SYNTHETIC set."""
+    return bool((meta.get("data") or {}).get("synthetic"))
+
+
+def note_if_synthetic(synthetic: Sequence[str], *, of: int = 1) -> None:
+    """The note on stderr that models trained on SYNTHETIC data give outputs that mean nothing for real patients, as
+    predict, compare and adapt print it. ``synthetic``: the names of those models (:func:`trained_on_synthetic`) among
+    the ``of`` a command ran; a command of one model calls it "this model"."""
+    if not synthetic:
+        return
+    if of == 1:
+        print("Note: this model was trained on SYNTHETIC data; its outputs mean nothing for real patients.", file=sys.stderr)
+        return
+    whose = "its" if len(synthetic) == 1 else "their"
+    print(f"Note: {', '.join(synthetic)} trained on SYNTHETIC data: {whose} outputs mean nothing for real patients.", file=sys.stderr)
+
+
 def _check_name(bad: Callable[[str, str], UserError], key: str, name: Any) -> None:
     """A name that commands print (:data:`PLAIN_NAME`), shown escaped and cut short when it is not one."""
     if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):

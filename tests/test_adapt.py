@@ -5,6 +5,7 @@ BatchNorm layers given non-default values, so "unchanged" means something."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from cxr_tune.serving import META_FILE, read_meta
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.model import build_model
-from tests.conftest import call_cli, copy_tree
+from tests.conftest import ROOT, call_cli, copy_tree
 
 SIZE = 32
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -523,7 +524,8 @@ def test_the_default_site_threshold_splits_a_two_group_site_and_a_one_group_site
     # One group of look-alike images falls on one side of the kept threshold: adapt warns rather than ship that silently.
     share = kept["adaptation"]["called_pneumonia_share"]
     assert min(share, 1 - share) < 0.1
-    assert ("Warning: at this threshold the adapted model calls" in one.stdout) == (min(share, 1 - share) < ONE_SIDED_SHARE)
+    assert ("Warning: at this threshold the adapted model calls" in one.stderr) == (min(share, 1 - share) < ONE_SIDED_SHARE)
+    assert "Warning:" not in one.stdout
     assert 0.3 < record["called_pneumonia_share"] < 0.7  # the two-group site's threshold splits it
 
 
@@ -535,12 +537,17 @@ def test_adapt_records_the_share_called_before_and_after_and_warns_when_adaptati
     meta = json.loads((exported / "model.json").read_text())
     (exported / "model.json").write_text(json.dumps({**meta, "threshold": 1.0}))
     site = two_group_site(tmp_path / "two", 20)
-    done = call_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(site), "--out", str(tmp_path / "out"))
+    out = os.path.relpath(tmp_path / "out", ROOT)  # as typed in the folder the command runs in (call_cli: ROOT)
+    done = call_cli("cxr_tune.adapt", "--model", str(exported), "--images", str(site), "--out", out)
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / "out" / "model.json").read_text())["adaptation"]
     assert record["called_pneumonia_share_before"] == 0.0 and 0.3 < record["called_pneumonia_share"] < 0.7
     assert f"({exported} as it was: 0%)" in done.stdout and "AdaBN assumes the site's mix" in done.stdout
-    assert "Warning: adaptation moved the share of the site's images called PNEUMONIA from 0% to" in done.stdout
+    # Before: the warning went to stdout, no SYNTHETIC note (predict and compare give one for this model), and "Written: <out as typed>".
+    assert "Warning: adaptation moved the share of the site's images called PNEUMONIA from 0% to" in done.stderr
+    assert "Warning:" not in done.stdout
+    assert "Note: this model was trained on SYNTHETIC data; its outputs mean nothing for real patients." in done.stderr
+    assert f"Written: {tmp_path / 'out'}\n" in done.stdout
     assert "the model it was adapted from, at its threshold, called 0.0%" in (tmp_path / "out" / "MODEL_CARD.md").read_text()
     # The reviewer's half-A cases: the whole site, for results/real/best and the model that became best-no-labels, stays quiet.
     assert not moved_far(0.612, 0.581) and not moved_far(0.765, 0.578)
