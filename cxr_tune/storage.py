@@ -442,7 +442,7 @@ def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: b
     """Stop with one line before any work when a command could not write ``path`` (a ``folder``, or a
     file): it, or the nearest part of it that exists, is a file where a folder is needed (or the
     other way round), or that folder is read-only (unless ``read_only_ok``: a shared cache built
-    once may be read-only). Leaves nothing behind (as root, whom os.access lets write anywhere, /proc
+    once may be read-only; one that does not exist yet must be made, so it is checked as any). Leaves nothing behind (as root, whom os.access lets write anywhere, /proc
     and /sys included, it makes and drops an unnamed file there to find out). On object storage: the
     bucket is missing, or the store cannot be reached or refuses the credentials (a bucket policy that
     forbids only writing is found by the first write, in one line too); or its URI has a query or fragment
@@ -473,6 +473,8 @@ def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: b
             existing = target.parent  # a file is replaced by a write in its folder
     elif not existing.is_dir():
         raise UserError(f"{what} '{path}' cannot be written: '{existing}' is a file, not a folder")
+    # Only a folder that is there may be read-only: nothing is there to reuse (/proc/nope passed silently, one under a file did not)
+    read_only_ok = read_only_ok and existing == target
     if not read_only_ok and not os.access(existing, os.W_OK | os.X_OK):
         if hasattr(os, "statvfs") and os.statvfs(existing).f_flag & os.ST_RDONLY:  # mounted read-only (EROFS): no chmod makes it writable
             raise UserError(f"{what} '{path}' cannot be written: '{existing}' is on a read-only file system")

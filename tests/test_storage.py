@@ -471,3 +471,14 @@ def test_a_local_path_that_cannot_be_looked_at_is_one_line_naming_it(tmp_path, m
             ask(path)
         assert str(caught.value).startswith(f"'{path}' cannot be ") and ": permission denied" in str(caught.value)
         assert isinstance(caught.value, PermissionError)  # what copes with one (a data scan names the folder) still does
+
+
+def test_a_cache_folder_that_may_be_read_only_must_still_be_makeable_when_it_is_not_there(tmp_path):
+    """Before: `data inspect DIR --cache-dir /proc/nope` went on silently (a read-only cache may be reused, but there was none
+    to reuse), while a cache folder under a regular file was refused in one line: both are now, an existing read-only one is not."""
+    with pytest.raises(UserError, match=r"^--cache-dir '/proc/cxr-tune-x' cannot be written: "):
+        storage.check_writable("/proc/cxr-tune-x", "--cache-dir", read_only_ok=True)
+    storage.check_writable("/proc", "--cache-dir", read_only_ok=True)  # there, and read-only: reused
+    storage.check_writable(str(tmp_path / "new"), "--cache-dir", read_only_ok=True)
+    done = call_cli("cxr_tune.data", "inspect", str(tmp_path), "--cache-dir", "/proc/cxr-tune-x")
+    assert done.returncode == 2 and done.stderr.startswith("error: --cache-dir '/proc/cxr-tune-x' cannot be written: "), done.stderr
