@@ -70,7 +70,7 @@ import numpy as np
 from cxr_tune import storage
 from cxr_tune.calibration import probability_prior as calibration_prior
 from cxr_tune.calibration import two_counts
-from cxr_tune.cliargs import help_text
+from cxr_tune.cliargs import help_text, with_exit_statuses
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import first_listed, json_safe, printable
 from cxr_tune.selection import image_hashes
@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", dest="threshold_rule", choices=THRESHOLD_RULES, default="mixture",
                         help="how the site's threshold is chosen from its unlabelled scores: mixture (where a two-group Gaussian mixture of "
                              "the logits crosses), keep (the unadapted model's), prior-shift (the EM-estimated prevalence) (default: mixture)")
-    return parser
+    return with_exit_statuses(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

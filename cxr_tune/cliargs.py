@@ -1,5 +1,5 @@
 """argparse helpers: ``type=`` for finite numbers in range and ``KEY=VALUE`` settings, or a one-line usage error;
-:func:`help_text` for a module docstring shown by ``--help``.
+:func:`help_text` for a module docstring shown by ``--help``, and :func:`with_exit_statuses` for the line that ends it.
 
 Plain ``type=float`` accepts ``nan`` and ``inf``, and ``nan`` slips through every ``<= 0`` check;
 these helpers refuse both while parsing, so a bad flag stops with argparse's usage line and exit
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
-    "assignment", "assignments_text", "help_text", "float_between", "fraction", "int_between", "nonnegative_float", "nonnegative_int", "positive_float", "positive_int",
+    "EXIT_STATUSES", "assignment", "assignments_text", "help_text", "with_exit_statuses", "float_between", "fraction", "int_between", "nonnegative_float", "nonnegative_int", "positive_float", "positive_int",
 ]
 
 
@@ -105,6 +105,21 @@ def assignment(text: str) -> tuple[str, Any]:
 def assignments_text(values: dict[str, Any]) -> str:
     """``{"mixup": 0.2, "convs_per_block": 2}`` as ``mixup=0.2, convs_per_block=2``: settings as a person typed them."""
     return ", ".join(f"{key}={value}" for key, value in values.items())
+
+
+#: The last line of every command's ``--help``: what a script or scheduler reads from the status (:mod:`cxr_tune.errors`).
+EXIT_STATUSES = ("Exit status: 0 done, 1 the run failed, 2 bad input (a flag, file or folder), 130 Ctrl-C (SIGINT), 141 the reader of "
+                 "its output went away, 143 SIGTERM; README.md, \"Exit status\", says more.")
+
+
+def with_exit_statuses(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` (and each of its subcommands') with :data:`EXIT_STATUSES` ending its ``--help``, one line for every command."""
+    parser.epilog = EXIT_STATUSES
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps subcommands' parsers only there
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sub in action.choices.values():
+                sub.epilog = EXIT_STATUSES
+    return parser
 
 
 def help_text(doc: str | None) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 
 from cxr_tune import storage
-from cxr_tune.cliargs import help_text
+from cxr_tune.cliargs import help_text, with_exit_statuses
 from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval, interval_in, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--operating-point", default=DEFAULT_POINT, metavar="NAME",
                         help=f"which stored threshold of each model decides (as in predict; default: {DEFAULT_POINT}, each model's own)")
     parser.add_argument("--metrics", default=None, metavar="OUT.json", help="also write every number to this JSON file")
-    return parser
+    return with_exit_statuses(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

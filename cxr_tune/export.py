@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tune import __version__, folder_lock, storage
-from cxr_tune.cliargs import help_text, int_between, positive_int
+from cxr_tune.cliargs import help_text, int_between, positive_int, with_exit_statuses
 from cxr_tune.calibration import METHODS as CALIBRATION_METHODS
 from cxr_tune.calibration import RELIABILITY_SETS, Calibration, plot_reliability, reliability_curves
 from cxr_tune.calibration import fit as fit_calibration
@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="export the final fit's runs even where their average scores a lower AUC on the deciding set than the search's "
                              "own ensemble (default: the final fit only when it scores no lower)")
     parser.add_argument("--out", default=None, help="output folder (default: EXPERIMENT/best, or EXPERIMENT/exports/<trial> with --trial)")
-    return parser
+    return with_exit_statuses(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_tune import storage
-from cxr_tune.cliargs import help_text
+from cxr_tune.cliargs import help_text, with_exit_statuses
 from cxr_tune.data.imaging import decode_gray, describe_failure, input_kind, try_decode_checked
 from cxr_tune.data.input_checks import Note
 from cxr_tune.data.sources import CLASSES, content_hash, patient_id, walk_folder, walk_stored
@@ -569,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write one PNG per image to OUT_DIR: the image, its Grad-CAM map (and the grid of cells it resolves), the "
                              "probability and the label at the operating point, which model drew it and whether the image chose it "
                              "(needs the export's weights.safetensors; default: off)")
-    return parser
+    return with_exit_statuses(parser)
 
 
 def _check_outputs_apart(args: argparse.Namespace) -> None:

@@ -150,3 +150,20 @@ def test_no_help_page_shows_the_docstrings_markup():
         text = build().format_help()
         assert "``" not in text and ":mod:`" not in text and ":func:`" not in text and "**" not in text, build.__module__
         assert not re.search(r"\(cxr_tune\.[\w.]+\)", text), (build.__module__, re.findall(r".*\(cxr_tune\.[\w.]+\).*", text))
+
+
+@pytest.mark.parametrize("build", [adapt_parser, bench_parser, compare_parser, data_parser, export_parser, predict_parser, search_parser, train_parser])
+def test_every_commands_help_ends_with_its_exit_statuses_as_the_readme_tables_them(build):
+    """Before: only predict's --help named a status (130, 143); a scheduler's author had to collect 0/1/2/130/141/143 from
+    the README's paragraphs. Now every command's --help, its subcommands' too, ends with the same line, and the README tables them."""
+    from cxr_tune.cliargs import EXIT_STATUSES
+    from tests.conftest import ROOT
+
+    parser = build()
+    subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for each in [parser, *(sub for action in subcommands for sub in action.choices.values())]:
+        assert " ".join(each.format_help().split()).endswith(EXIT_STATUSES), each.prog
+    readme = (ROOT / "README.md").read_text()
+    assert "### Exit status" in readme
+    for status in ("0", "1", "2", "130", "141", "143"):
+        assert re.search(rf"^\| {status} \| ", readme, re.M), status

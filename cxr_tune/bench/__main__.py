@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_int, positive_float, positive_int
+from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_int, positive_float, positive_int, with_exit_statuses
 from cxr_tune.data.input_checks import MAX_SIZE, MIN_SIZE
 from cxr_tune.errors import run_cli
 from cxr_tune.train.hparams import ARCHITECTURES, PRECISIONS
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     tta.add_argument("--out", default=None, help="folder for tta_<model>.md and .json (default: results/benchmarks, for the committed results/real/best on half A only; another model or --images needs --out)")
     for command in (data, train, scoring, value, epochs, ablation):  # the ones that start Ray themselves
         command.add_argument("--verbose", action="store_true", help="also show Ray's own output on the console (always in the log file named at the start)")
-    return parser
+    return with_exit_statuses(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

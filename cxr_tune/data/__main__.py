@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from cxr_tune import storage
-from cxr_tune.cliargs import help_text, int_between, nonnegative_int
+from cxr_tune.cliargs import help_text, int_between, nonnegative_int, with_exit_statuses
 from cxr_tune.data.input_checks import MAX_SIZE, MIN_SIZE
 from cxr_tune.data.prepared import DataOptions, SplitData, add_data_arguments, split_data
 from cxr_tune.data.report import inspect_report, roles_text, skipped_report
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n", type=int_between(MIN_N), default=DEFAULT_N, help=f"number of images, at least {MIN_N} (default: {DEFAULT_N})")
     synth.add_argument("--seed", type=nonnegative_int, default=0, help="generator seed (default: 0)")
     synth.set_defaults(subparser=synth)
-    return parser
+    return with_exit_statuses(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxr_tune import folder_lock, storage
-from cxr_tune.cliargs import fraction, help_text, int_between, nonnegative_float, nonnegative_int, positive_float, positive_int
+from cxr_tune.cliargs import fraction, help_text, int_between, nonnegative_float, nonnegative_int, positive_float, positive_int, with_exit_statuses
 from cxr_tune.data.prepared import DataOptions, add_data_arguments
 from cxr_tune.errors import EXIT_INTERRUPTED, UserError, run_cli
 from cxr_tune.search.options import SearchOptions
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-export", action="store_true", help="skip exporting the selected trial to NAME/best (a --resume of the search skips it too)")
     parser.add_argument("--verbose", action="store_true", help="also show Ray's and Optuna's own output (always in NAME/search.log) and a line per trial epoch")
     add_data_arguments(parser)
-    return parser
+    return with_exit_statuses(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> SearchOptions:

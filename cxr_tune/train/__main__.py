@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cxr_tune import folder_lock, storage
-from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_float, positive_float, positive_int
+from cxr_tune.cliargs import assignment, help_text, int_between, nonnegative_float, positive_float, positive_int, with_exit_statuses
 from cxr_tune.data.prepared import DataOptions, SplitData, add_data_arguments, check_caches_buildable, datasets_by_size, split_data
 from cxr_tune.errors import UserError, damaged, run_cli
 from cxr_tune.experiment import Experiment, export_one_configuration
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help=f"also show Ray's own output on the console (always in STORAGE/NAME/{LOG_FILE})")
     add_select_on_argument(parser, "the run's best epoch and its threshold (not with --cv, whose folds choose on their own held-out folds)")
     add_data_arguments(parser)
-    return parser
+    return with_exit_statuses(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
