@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -19,8 +20,6 @@ from cxr_tune.data.prepared import DataOptions, datasets_by_size, split_data
 from cxr_tune.train.checkpoints import load_state
 from cxr_tune.train.hparams import HParams
 from cxr_tune.train.trainer import Resources, make_trainer
-
-pytestmark = pytest.mark.slow  # starts Ray and trains
 
 SIZE = 32
 
@@ -83,6 +82,7 @@ def side_by_side(blob_data, tmp_path_factory) -> dict:
         return {name: future.result() for name, future in started.items()}
 
 
+@pytest.mark.slow  # starts Ray and trains
 def test_the_loop_learns_a_visible_signal_and_a_crashed_run_resumes_it_exactly(side_by_side):
     """The loop learns; and two runs of one seed end with the same weights bit for bit on the CPU,
     one of them crashed and restarted from its checkpoint: repeatable, and resumed exactly."""
@@ -102,6 +102,7 @@ def test_the_loop_learns_a_visible_signal_and_a_crashed_run_resumes_it_exactly(s
         assert torch.equal(tensor, resumed["model"][key]), key
 
 
+@pytest.mark.slow  # starts Ray and trains
 def test_a_diverged_run_is_scored_as_a_coin_toss_and_stops_without_retries(side_by_side):
     _, state = side_by_side["diverged"]
     history = state["history"]
@@ -109,6 +110,7 @@ def test_a_diverged_run_is_scored_as_a_coin_toss_and_stops_without_retries(side_
     assert history[1]["val_non_finite"] == history[1]["val_n"] > 0 and history[1]["val_auc"] == 0.5 and history[1]["start_epoch"] == 0  # no retry
 
 
+@pytest.mark.slow  # starts Ray and trains
 def test_cross_validation_folds_are_patient_groups_and_each_trains_showing_its_epochs_and_is_kept(ray_session, synthetic_root, tmp_path, capsys):
     from cxr_tune.errors import UserError
     from cxr_tune.train.crossval import cross_validate, fold_roles
@@ -157,3 +159,37 @@ def test_a_cluster_holds_as_many_runs_side_by_side_as_its_scarcest_resource_allo
     assert Resources(1, 0.1).runs_at_once({"CPU": 1.0}) == 10  # no float floor division surprise (1.0 // 0.1 == 9)
     assert Resources(1, 4.0, 0.25).runs_at_once({"CPU": 64.0, "GPU": 2.0}) == 8  # the GPUs, not the CPUs, decide
     assert Resources(1, 4.0).runs_at_once({"CPU": 2.0}) == 1  # a run bigger than the cluster still runs (it waits)
+
+
+class _FirstStep(Exception):
+    """Stops the loop at its first training step, once it has handed the step what it computed."""
+
+
+def test_the_loop_hands_the_loss_the_normal_to_pneumonia_ratio_as_pneumonia_s_weight(monkeypatch, request):
+    """1 NORMAL and 3 PNEUMONIA: balanced weighting weighs each PNEUMONIA image 1/3 in the loss, so
+    each class weighs the same in all; the loop's own Ray Train calls are stood in for (no Ray)."""
+    import ray.train
+    import ray.train.torch
+
+    from cxr_tune.train import loop
+
+    handed = {}
+
+    def first_step(model, batches, hp, optimizer, scheduler, pos_weight, *args, **kwargs):
+        handed["pos_weight"] = float(pos_weight)
+        raise _FirstStep
+
+    no_batches = SimpleNamespace(iter_torch_batches=lambda **kwargs: iter(()), iter_batches=lambda **kwargs: iter(()))
+    monkeypatch.setattr(ray.train, "get_context", lambda: SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: 1))
+    monkeypatch.setattr(ray.train, "get_dataset_shard", lambda role: no_batches)
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(ray.train.torch, "get_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(ray.train.torch, "prepare_model", lambda net: net)
+    monkeypatch.setattr(loop, "train_one_epoch", first_step)
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)  # the loop's one thread per CPU is for a worker, not this process
+    root = logging.getLogger()
+    request.addfinalizer(lambda level=root.level: root.setLevel(level))  # the loop quiets a worker's root logger
+    hp = HParams(image_size=SIZE, depth=2, filters=4, epochs=1, class_weighting="balanced")
+    with pytest.raises(_FirstStep):
+        loop.train_loop_per_worker({"hparams": hp.to_dict(), "class_counts": [1, 3], "deciding_set": "carved"})
+    assert handed["pos_weight"] == pytest.approx(1 / 3)
