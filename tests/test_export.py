@@ -188,3 +188,27 @@ def test_model_json_records_the_fingerprint_of_the_images_and_roles_a_train_run_
     from tests.model_exports import export_folder
 
     assert export_folder(tmp_path / "model", data_fingerprint="400 images, sha256 bf8774b6d80c")["data"]["fingerprint"] == "400 images, sha256 bf8774b6d80c"
+
+
+def test_the_threshold_and_operating_points_are_chosen_on_the_external_set_when_it_decides(tmp_path):
+    """A carved set of dark films and an external set of bright ones (each class apart in both): the carved set alone
+    would put every threshold below 0.5, the deciding external set above it; model.json keeps the external set's."""
+    import numpy as np
+
+    from tests.model_exports import INFO, SIZE, brightness_members
+
+    def films(brightness: list[float], tag: str) -> export.Scored:
+        """One uniform film per brightness, the first half NORMAL."""
+        labels = [int(i >= len(brightness) // 2) for i in range(len(brightness))]
+        rows = pd.DataFrame({"content_hash": [f"{tag}{i}" for i in range(len(labels))], "label": labels,
+                             "path": [f"{'PNEUMONIA' if label else 'NORMAL'}/{tag}{i}.png" for i, label in enumerate(labels)]})
+        return export.Scored(rows, np.stack([np.full((SIZE, SIZE), round(b * 255), np.uint8) for b in brightness]))
+
+    dark = films([0.30, 0.31, 0.32, 0.33, 0.34, 0.35, 0.40, 0.41, 0.42, 0.43, 0.44, 0.45], "val")
+    bright = films([0.56, 0.57, 0.58, 0.59, 0.60, 0.61, 0.66, 0.67, 0.68, 0.69, 0.70, 0.71], "ext")
+    meta = export.write_export(brightness_members(gain=20.0), str(tmp_path / "model"), ["trial_a"], [{"epoch": 2}], {"val": dark, "ext": bright},
+                               "ext", {}, INFO, "/data/site")
+    assert meta["deciding_set"] == "external" and meta["threshold"] > 0.5
+    assert meta["external"]["sensitivity"] == meta["external"]["specificity"] == 1.0  # at its own threshold the external set is told apart
+    assert meta["validation"]["sensitivity"] == 0.0  # the carved set's films are all darker than that threshold
+    assert all(point["threshold"] > 0.5 for point in meta["operating_points"].values()), meta["operating_points"]
