@@ -23,6 +23,19 @@ def test_rates_on_a_hand_counted_example():
     assert rates["min_sens_spec"] == pytest.approx(3 / 4)
 
 
+def test_predictive_values_and_accuracy_on_a_hand_counted_table_with_unequal_errors():
+    """6 TP, 2 FN, 3 TN, 1 FP: two misses and one false alarm, so a rate that swaps FN for FP (or
+    TP for TN) gives another number."""
+    labels = np.array([1] * 8 + [0] * 4)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.6, 0.9, 0.2, 0.3, 0.1, 0.2, 0.4, 0.7])
+    rates = rates_at(labels, scores, 0.5)
+    assert (rates["tp"], rates["fn"], rates["tn"], rates["fp"]) == (6, 2, 3, 1)
+    assert rates["sensitivity"] == pytest.approx(6 / 8) and rates["specificity"] == pytest.approx(3 / 4)
+    assert rates["ppv"] == pytest.approx(6 / 7)  # of the 7 called PNEUMONIA, 6 are
+    assert rates["npv"] == pytest.approx(3 / 5)  # of the 5 called NORMAL, 3 are
+    assert rates["accuracy"] == pytest.approx(9 / 12)
+
+
 def test_threshold_separates_perfectly_separable_scores_between_the_classes():
     labels = np.array([0, 0, 0, 1, 1])
     scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
