@@ -71,6 +71,7 @@ def test_the_ensemble_takes_the_best_trials_at_the_selected_image_size():
 def test_the_final_fit_is_exported_only_where_it_scores_no_lower_than_the_search_s_ensemble():
     assert final_fit_kept(0.97, 0.96) and final_fit_kept(0.96, 0.96)
     assert not final_fit_kept(0.9535, 0.9722)  # results/real/external-v5
+    assert not final_fit_kept(0.9599, 0.96)  # no lower means no lower: 0.0001 short loses, no margin in the final fit's favour
     # Where a model stored no scores to compare, the final fit is kept, as before the rule.
     assert final_fit_kept(None, 0.97) and final_fit_kept(0.5, None) and final_fit_kept(float("nan"), 0.97)
 
