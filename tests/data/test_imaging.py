@@ -39,6 +39,16 @@ def test_a_radiograph_saved_with_an_alpha_band_decodes_from_its_gray_bands_whate
     assert not any(change.affects(input_kind(write_image(tmp_path / "gray.png", fmt="PNG"))) for change in changes_since(2).values())
 
 
+def test_a_colour_image_decodes_to_pillows_luma_of_all_three_bands(tmp_path):
+    """An RGB PNG whose red, green and blue differ in every pixel decodes (at its own size: no resize) to Pillow's
+    ``convert("L")``, 0.299 R + 0.587 G + 0.114 B, as DECODE_STEPS records; not one band of it."""
+    rng = np.random.default_rng(5)
+    colour = Image.fromarray(np.dstack([rng.integers(0, 80, (16, 16)), rng.integers(90, 170, (16, 16)), rng.integers(180, 256, (16, 16))])
+                             .astype(np.uint8), "RGB")
+    colour.save(tmp_path / "colour.png")
+    assert np.array_equal(decode_gray(tmp_path / "colour.png", 16), np.asarray(colour.convert("L")))
+
+
 def test_sixteen_bit_images_are_scaled_not_clipped():
     ramp = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)
     gray = np.asarray(to_gray8(Image.fromarray(ramp)))
