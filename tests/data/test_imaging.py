@@ -56,6 +56,16 @@ def test_sixteen_bit_images_are_scaled_not_clipped():
     assert np.all(np.diff(gray.ravel().astype(int)) >= 0)
 
 
+def test_a_sixteen_bit_film_that_does_not_start_at_zero_spans_0_to_255(tmp_path):
+    """A 16-bit PNG whose values run 1000..3000 (a detector's offset) decodes to exactly 0..255, its
+    darkest pixel black and its brightest white: min-max, not a scale by the maximum alone."""
+    values = np.linspace(1000, 3000, 16 * 16).reshape(16, 16).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "offset.png")
+    pixels = decode_gray(tmp_path / "offset.png", 16)
+    assert pixels.min() == 0 and pixels.max() == 255
+    assert np.array_equal(pixels, np.round((values - 1000.0) * 255 / 2000).astype(np.uint8))
+
+
 def test_bytes_and_path_give_the_same_pixels(tmp_path):
     path = write_image(tmp_path / "a.jpeg", mode="RGB", size=(300, 200))
     assert np.array_equal(decode_gray(path, 32), decode_gray(path.read_bytes(), 32))
