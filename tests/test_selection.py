@@ -182,12 +182,13 @@ def test_the_tolerance_moves_the_threshold_off_a_near_best_cut_pressed_against_t
 
 
 def test_a_specificity_floor_holds_when_a_normal_image_is_one_float_step_below_a_pneumonia_one():
-    # The mirrored problem's cut lands exactly on the NORMAL image at 0.6 (1 - (1 - 0.6) == 0.6), and
-    # ``score >= threshold`` would call it PNEUMONIA; the threshold moves one float step above it.
+    # The mirrored problem's cut is the middle, in logit space, of 0.7 and the next float; back on the probability scale
+    # it rounds to 0.7 itself, and ``score >= threshold`` would call that NORMAL image PNEUMONIA (specificity 0.5); the
+    # threshold moves one float step above it. (At 0.6 the round trip lands above 0.6 and this case tested nothing.)
     labels = np.array([0, 0, 1, 1])
-    scores = np.array([0.2, 0.6, np.nextafter(0.6, 1), 0.95])
+    scores = np.array([0.2, 0.7, np.nextafter(0.7, 1), 0.95])
     threshold = floor_threshold(labels, scores, "specificity", 1.0)
-    assert threshold == np.nextafter(0.6, 1)  # the one threshold keeping both NORMAL images below and every PNEUMONIA above
+    assert threshold == np.nextafter(0.7, 1)  # the one threshold keeping both NORMAL images below and every PNEUMONIA above
     assert (scores[labels == 0] < threshold).all() and (scores[labels == 1] >= threshold).all()
 
 
