@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METHODS, bootstrap_intervals, paired_differences
@@ -97,6 +98,29 @@ def test_each_image_is_decoded_once_per_image_size_the_models_take_not_once_per_
     result = compare(models, [str(site)])
     assert sorted(sizes) == [16] * 25 + [24] * 25  # before: 16 for each of the two models that take it
     assert result["images"] == 25 and result["models"][models[1]]["threshold_used"] == 0.3
+
+
+def test_an_image_one_model_could_not_read_is_left_out_for_every_model(tmp_path, site, monkeypatch):
+    """The models are compared on the images all of them read: a file the second model skips (as one whose decoding fails
+    at its image size only) leaves the comparison for the first model too, and is listed as skipped."""
+    import cxr_tune.compare
+    from cxr_tune.compare import compare
+
+    lost = str(site / "NORMAL" / "IM-0003-0001.jpeg")
+    predict_each = cxr_tune.compare.predict_each
+
+    def second_skips_one(models, files, thresholds, **kwargs):
+        tables = predict_each(models, files, thresholds, **kwargs)
+        frame, unread = tables[1]
+        gone = frame["path"] == lost
+        tables[1] = (frame[~gone], pd.concat([unread, pd.DataFrame({"path": [lost], "reason": ["cannot identify image file"]})]))
+        return tables
+
+    monkeypatch.setattr(cxr_tune.compare, "predict_each", second_skips_one)
+    models = [str(write_export(tmp_path / "a")), str(write_export(tmp_path / "b", threshold=0.3))]
+    result = compare(models, [str(site)])
+    assert result["images"] == 24 and result["class_counts"] == [10, 14] and lost in result["skipped"]
+    assert [metrics["n"] for metrics in result["models"].values()] == [24, 24]
 
 
 def test_names_that_differ_only_in_bytes_that_are_not_utf8_stay_two_images(tmp_path, site):
