@@ -24,7 +24,9 @@ bootstrap's resamples and seed; a rate the labelled images cannot measure
 of the site it was adapted to, known by their content wherever they are; for a model from before that record, by folder or by each file's real path, links followed) a
 line says how many: the numbers are selection-set numbers, optimistic. Unreadable files, and folders
 not read (a system folder such as ``@eaDir``, a link that loops), are listed with the reason, counted apart, and skipped. A run of more than 1,024 files says on stderr after each 1,024 how many it has scored; a Ctrl-C
-or SIGTERM writes those to ``--csv``, says how many of how many, and ends with status 130 (143 for SIGTERM). Images unlike the training X-rays in a way the file shows (a colour picture,
+or SIGTERM writes those to ``OUT.partial.csv`` beside ``--csv OUT.csv`` (to stdout for ``--csv -``; an earlier run's ``--csv`` and ``--metrics`` are left as
+they were; a run to its end writes ``--csv`` and removes the partial file), says how many of how many files were scored and how
+many not, and ends with status 130 (143 for SIGTERM). Images unlike the training X-rays in a way the file shows (a colour picture,
 a nearly blank frame, one smaller than the model's input, a DICOM lateral view or a modality other
 than plain radiography) are scored and then listed with the reason, to be checked before their
 score is trusted (a line beside the metrics says how many of them they include) (:mod:`cxr_tune.data.input_checks`). Only the pickle-free ONNX export is loaded; ``--explain`` also rebuilds the
@@ -550,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "check (why to check the image first; empty for most) to this CSV file, with --explain the name of each "
                              "image's figure (explanation), and last each file's content_hash (byte-identical copies share it: "
                              "the metrics and the PNEUMONIA count take one row per hash); '-': to stdout, the CSV alone (every other "
-                             "line goes to stderr)")
+                             "line goes to stderr); a stopped run writes the rows it scored to OUT.partial.csv instead (to stdout "
+                             "for '-')")
     parser.add_argument("--metrics", default=None, metavar="OUT.json",
                         help="also write what the labelled images measure to this JSON file: the rates and AUC with 95 %% intervals (Wilson score for "
                              "sensitivity, specificity and accuracy; percentile bootstrap for AUC and balanced accuracy), "
@@ -628,16 +631,15 @@ def _main(args: argparse.Namespace, out: TextIO) -> int:
                         "NORMAL/ or PNEUMONIA/ folder")
     try:
         frame, skipped = predict(model, files, threshold, progress=_progress_lines(len(files)))
-    except Interrupted as stop:  # what the chunks done scored is kept, and said
+    except Interrupted as stop:  # what the chunks done scored is kept apart from a complete run's files, and said
         frame, skipped = stop.tables[0]
-        if args.csv:
-            _write_csv(args.csv, frame, threshold, explained=False, out=out)  # no figure is drawn yet
-        kept = f"wrote their {len(frame)} predictions to {_named(args.csv)}" if args.csv else "pass --csv OUT.csv to keep the scores of a long run"
-        print(f"Interrupted after scoring {stop.done} of {len(files)} files; {kept}", file=sys.stderr)
+        _keep_partial(args, frame, skipped, threshold, stop.done, len(files), out)
         raise
     # The files first: a console that goes away (output piped into head) must not cost them.
     if args.csv:
         _write_csv(args.csv, frame, threshold, explained=members is not None, out=out)
+        if (partial := partial_path(args.csv)) != args.csv:
+            storage.remove(partial)  # an earlier stop's rows: this complete file replaces them
     points = {name: {"threshold": value} for name, value in known_points(model.meta).items()}
     metrics = labelled_metrics(frame, threshold, points)
     unlabelled_copies = metrics is None and frame["label"].notna().any()  # read, but every one filed under both classes
@@ -698,6 +700,41 @@ def _write_text(path: str, text: str, out: TextIO) -> None:
         out.flush()
     else:
         storage.write_text_atomic(path, text)
+
+
+def partial_path(csv: str) -> str:
+    """Where a stopped run writes the rows it scored, beside ``--csv``: ``out.csv`` -> ``out.partial.csv``, so that no
+    partial table carries the name of a complete one, nor replaces an earlier run's (whose ``--metrics`` describe it).
+    A stream (``-``: stdout, ``/dev/stdout``) is written into as given."""
+    if csv == STDOUT or storage.is_stream(csv):
+        return csv
+    stem, dot, suffix = storage.name(csv).rpartition(".")
+    name = f"{stem}.partial.{suffix}" if dot and stem else f"{storage.name(csv)}.partial"
+    return csv[: len(csv) - len(storage.name(csv))] + name if storage.is_uri(csv) else str(Path(csv).with_name(name))
+
+
+def _keep_partial(args: argparse.Namespace, frame: pd.DataFrame, skipped: pd.DataFrame, threshold: float, done: int, total: int,
+                  out: TextIO) -> None:
+    """A stop while scoring: the rows of the chunks done go to :func:`partial_path` (an earlier stop's, when none was
+    scored, are removed: they are not this run's), ``--csv`` and ``--metrics`` stay as an earlier run left them, and a line on
+    stderr says how many files were scored and how many not, where the rows went, and that a re-run starts again."""
+    counts = f"{len(frame)} scored" + (f"; not scored: {skipped_count(skipped)} (listed below)" if len(skipped) else "")
+    if not args.csv:
+        kept = "pass --csv OUT.csv to keep the scores of a long run"
+    else:
+        partial = partial_path(args.csv)
+        if not frame.empty:
+            _write_csv(partial, frame, threshold, explained=False, out=out)  # no figure is drawn yet
+        elif partial != args.csv:
+            storage.remove(partial)
+        kept = f"wrote their {len(frame)} predictions to {_named(partial)}" if len(frame) else "nothing written"
+        if partial != args.csv:
+            left = [path for path in (args.csv, args.metrics) if path and path != STDOUT]  # '-' holds nothing to leave
+            kept += f" ({' and '.join(left)} left as {'they were' if len(left) > 1 else 'it was'})"
+    print(f"Interrupted after {done} of {total} files: {counts}; {kept}; a stopped run is not resumed: the same command "
+          f"scores all {total} files again", file=sys.stderr)
+    for line in skipped_lines(skipped):
+        print(line, file=sys.stderr)
 
 
 def _write_csv(path: str, frame: pd.DataFrame, threshold: float, *, explained: bool, out: TextIO) -> None:

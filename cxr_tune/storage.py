@@ -458,7 +458,7 @@ def check_writable(path: str, what: str, *, folder: bool = True, read_only_ok: b
         if not folder and kind == pafs.FileType.Directory:
             raise UserError(f"{what} '{path}' is a folder; name a file in it")
         return
-    if not folder and _is_stream(str(path)):
+    if not folder and is_stream(str(path)):
         return  # /dev/null, /dev/stdout, a named pipe: written straight through
     target = Path(resolve(path))
     if len(target.name.encode()) > _LONGEST_NAME:  # a write's temporary copy beside it, ".NAME.tmp-12345678", must fit too
@@ -497,7 +497,7 @@ _LONGEST_NAME = 255 - len("..tmp-12345678")  # a filesystem's 255 bytes, less wh
 _DESCRIPTORS = re.compile(r"^/(dev/(stdout|stderr|fd/\d+)|proc/self/fd/\d+)$")
 
 
-def _is_stream(path: str) -> bool:
+def is_stream(path: str) -> bool:
     """A local path, as given, that a write must go into rather than replace: this process's own
     output (/dev/stdout, /dev/fd/1: a terminal, a pipe, or the file a shell redirected it to, which
     must be appended to, not swapped for another), or an existing device or pipe (/dev/null, a fifo)."""
@@ -535,7 +535,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     if is_uri(path):
         _put(path, data)
         return
-    if _is_stream(str(path)):  # replacing /dev/null, a pipe or a redirected stdout with a new file would break it, or lose what is written
+    if is_stream(str(path)):  # replacing /dev/null, a pipe or a redirected stdout with a new file would break it, or lose what is written
         with open(path, "ab") as handle:
             handle.write(data)
         return

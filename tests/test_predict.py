@@ -638,11 +638,70 @@ def test_a_long_run_says_its_progress_per_chunk_and_an_interrupted_one_keeps_wha
     stop_in_the_second_chunk(monkeypatch)
     done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet", "--csv", str(tmp_path / "out.csv"))
     assert done.returncode == 130, done.stderr
-    assert f"Interrupted after scoring 2 of 5 files; wrote their 2 predictions to {tmp_path / 'out.csv'}" in done.stderr
-    assert len(pd.read_csv(tmp_path / "out.csv")) == 2
+    assert f"Interrupted after 2 of 5 files: 2 scored; wrote their 2 predictions to {tmp_path / 'out.partial.csv'}" in done.stderr
+    assert len(pd.read_csv(tmp_path / "out.partial.csv")) == 2
     monkeypatch.setattr(module, "_CHUNK_FILES", 1024)
     few = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--quiet")
     assert few.returncode == 0 and "scored" not in few.stderr  # one chunk: no progress lines
+
+
+def test_a_stopped_run_writes_its_rows_to_a_partial_file_and_leaves_an_earlier_complete_runs_files_as_they_were(tmp_path, monkeypatch):
+    """Before: a stop wrote its rows to --csv's own name, over last night's complete file, with nothing marking them partial,
+    beside last night's --metrics; a stop before the first chunk wrote a header-only CSV; "scoring 2" counted an unreadable
+    file as scored. Now the rows go to OUT.partial.csv, named in the line with the scored and skipped counts apart, the
+    complete files stay, and the same command, run to its end, writes the complete file and removes the partial one."""
+    import cxr_tune.predict as module
+
+    model = write_export(tmp_path / "best", image_size=16)
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(3)],
+                                                       "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(2)]}})
+    (data / "test" / "NORMAL" / "IM-0001-0001.jpeg").write_bytes(b"")  # unreadable, in the first chunk
+    csv, metrics, partial = tmp_path / "out.csv", tmp_path / "out.json", tmp_path / "out.partial.csv"
+    command = ("cxr_tune.predict", "--model", str(model), str(data), "--quiet", "--csv", str(csv), "--metrics", str(metrics))
+    assert call_cli(*command).returncode == 0
+    complete = csv.read_bytes(), metrics.read_bytes()
+    stop_in_the_second_chunk(monkeypatch)
+    done = call_cli(*command)
+    assert done.returncode == 130, done.stderr
+    assert (f"Interrupted after 2 of 5 files: 1 scored; not scored: 1 unreadable file(s) (listed below); wrote their 1 predictions "
+            f"to {partial} ({csv} and {metrics} left as they were); a stopped run is not resumed: the same command scores all 5 "
+            "files again") in done.stderr, done.stderr
+    assert f"{data / 'test' / 'NORMAL' / 'IM-0001-0001.jpeg'}: empty file" in done.stderr
+    assert (csv.read_bytes(), metrics.read_bytes()) == complete
+    assert list(pd.read_csv(partial)["path"]) == [str(data / "test" / "NORMAL" / "IM-0000-0001.jpeg")]
+    def stopped(model, images):  # in the first chunk
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "probabilities", stopped)
+    done = call_cli(*command)
+    assert done.returncode == 130 and "Interrupted after 0 of 5 files: 0 scored; nothing written" in done.stderr, done.stderr
+    assert not partial.exists() and (csv.read_bytes(), metrics.read_bytes()) == complete  # no earlier stop's rows beside this one
+    stop_in_the_second_chunk(monkeypatch)
+    assert call_cli(*command).returncode == 130 and partial.exists()
+    monkeypatch.undo()
+    assert call_cli(*command).returncode == 0 and not partial.exists() and len(pd.read_csv(csv)) == 4
+    assert [module.partial_path(path) for path in ("s3://b/runs/out.csv", "scores", "/dev/stdout")] == [
+        "s3://b/runs/out.partial.csv", "scores.partial", "/dev/stdout"]  # a stream is written into as given
+
+
+def test_a_stopped_run_with_csv_dash_writes_its_rows_to_stdout_and_no_file(tmp_path, monkeypatch, capsys):
+    """`--csv -` is stdout, a stream as /dev/stdout is: a stop writes the rows scored there, alone, for the pipe that reads
+    them, and says so on stderr; no file named '-' or '-.partial' appears where the command ran."""
+    import io
+
+    from cxr_tune.predict import Interrupted, main
+
+    model = write_export(tmp_path / "best", image_size=16)
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": [f"IM-{i:04d}-0001.jpeg" for i in range(3)],
+                                                       "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(2)]}})
+    stop_in_the_second_chunk(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Interrupted):
+        main(["--model", str(model), str(data), "--quiet", "--csv", "-"])
+    done = capsys.readouterr()
+    assert list(pd.read_csv(io.StringIO(done.out))["path"]) == [str(data / "test" / "NORMAL" / f"IM-{i:04d}-0001.jpeg") for i in range(2)]
+    assert ("Interrupted after 2 of 5 files: 2 scored; wrote their 2 predictions to stdout; a stopped run is not resumed" in done.err), done.err
+    assert sorted(os.listdir(tmp_path)) == ["best", "site"]  # no '-', no '-.partial'
 
 
 def test_the_metrics_file_names_the_folders_scored_and_says_when_they_chose_the_model(tmp_path):
@@ -699,7 +758,7 @@ def test_an_interrupted_run_of_a_model_of_older_preprocessing_warns_of_the_image
     done = call_cli("cxr_tune.predict", "--model", str(old), str(data), "--quiet", "--csv", str(tmp_path / "out.csv"))
     assert done.returncode == 130, done.stderr
     assert f"Warning: 1 of the 2 image(s) scored (first: '{data / 'test' / 'NORMAL' / 'a.dcm'}')" in done.stderr
-    assert len(pd.read_csv(tmp_path / "out.csv")) == 2
+    assert len(pd.read_csv(tmp_path / "out.partial.csv")) == 2
 
 
 def test_help_says_which_paths_may_be_on_object_storage():

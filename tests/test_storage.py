@@ -428,7 +428,7 @@ def test_a_device_or_pipe_is_written_through_and_a_name_too_long_for_the_write_i
     with pytest.raises(UserError, match="its name is longer than 241 bytes"):
         check_writable(str(tmp_path / ("a" * 250 + ".csv")), "--csv", folder=False)
     for name in ("out.csv", "shm"):  # a file or folder in a folder under /dev is checked and written as anywhere else
-        assert not storage._is_stream(str(tmp_path / name))
+        assert not storage.is_stream(str(tmp_path / name))
     redirected = tmp_path / "log.txt"
     redirected.write_text("an earlier line\n")
     with open(redirected, "a") as out:  # ... --csv /dev/stdout >> log.txt: appended to, never swapped for a new file
