@@ -26,7 +26,8 @@ line says how many: the numbers are selection-set numbers, optimistic. Unreadabl
 not read (a system folder such as ``@eaDir``, a link that loops), are listed with the reason, counted apart, and skipped. A run of more than 1,024 files says on stderr after each 1,024 how many it has scored; a Ctrl-C
 or SIGTERM writes those to ``OUT.partial.csv`` beside ``--csv OUT.csv`` (to stdout for ``--csv -``; an earlier run's ``--csv`` and ``--metrics`` are left as
 they were; a run to its end writes ``--csv`` and removes the partial file), says how many of how many files were scored and how
-many not, and ends with status 130 (143 for SIGTERM). Images unlike the training X-rays in a way the file shows (a colour picture,
+many not, and ends with status 130 (143 for SIGTERM). A stopped run is not resumed: the same command scores every file
+again, from the first. Images unlike the training X-rays in a way the file shows (a colour picture,
 a nearly blank frame, one smaller than the model's input, a DICOM lateral view or a modality other
 than plain radiography) are scored and then listed with the reason, to be checked before their
 score is trusted (a line beside the metrics says how many of them they include) (:mod:`cxr_tune.data.input_checks`). Only the pickle-free ONNX export is loaded; ``--explain`` also rebuilds the

@@ -769,6 +769,12 @@ def test_help_says_which_paths_may_be_on_object_storage():
     assert "--explain writes its figures to a local folder" in text
 
 
+def test_help_says_a_stopped_run_starts_again_from_the_first_file():
+    """A run stopped after hours keeps its rows in OUT.partial.csv, but nothing said that a re-run scores every file again."""
+    text = " ".join(call_cli("cxr_tune.predict", "--help").stdout.split())
+    assert "A stopped run is not resumed: the same command scores every file again, from the first" in text
+
+
 def test_every_run_says_how_many_images_it_called_pneumonia_at_which_threshold(tmp_path):
     """predict --quiet --csv on an unlabelled folder printed only "Wrote N predictions": nothing said how many images were
     called PNEUMONIA, nor at which threshold. Images are counted as the metrics count them: a byte-identical copy once."""
