@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "on the set that chose them), spec90, spec95 (specificity >= 0.90/0.95); the model's model.json lists them "
                              f"(default: {DEFAULT_POINT})")
     parser.add_argument("--explain", default=None, metavar="OUT_DIR",
-                        help="also write one PNG per image to OUT_DIR: the image, its Grad-CAM map (and the grid of cells it resolves), the "
+                        help="also write one PNG per image to OUT_DIR, a new or empty folder (one holding files is refused): the image, its Grad-CAM map (and the grid of cells it resolves), the "
                              "probability and the label at the operating point, which model drew it and whether the image chose it "
                              "(needs the export's weights.safetensors; default: off)")
     return with_exit_statuses(parser)
@@ -586,6 +586,17 @@ def _check_outputs_apart(args: argparse.Namespace) -> None:
             if same:
                 raise UserError(f"{same} and {flag} name the same path '{path}'; give each output its own")
             named.append((flag, path))
+
+
+def _check_figure_folder(out: str) -> None:
+    """Refuse an ``--explain`` folder that holds files, before any work, as export refuses an ``--out`` that is not a model:
+    figure names come from file names (``IM-0001-0001.png``, another day's image of the same name), so a second run's would
+    replace some of the first's and sit beside the rest, and the first run's ``--csv`` would name figures of other images."""
+    held = sorted(os.listdir(out)) if os.path.isdir(out) else []
+    if held:
+        named = ", ".join(printable(name) for name in held[:3]) + (", ..." if len(held) > 3 else "")
+        raise UserError(f"--explain '{out}' holds files ({len(held)}: {named}); this run's figures would replace those of the same name "
+                        "and sit beside the rest, so name a new or empty folder")
 
 
 #: ``--csv -`` or ``--metrics -``: that file goes to stdout, as Unix tools read ``-``.
@@ -615,6 +626,7 @@ def _main(args: argparse.Namespace, out: TextIO) -> int:
         if storage.is_uri(args.explain):  # the figures are written with pathlib: s3://... would become a local folder named s3:
             raise UserError(f"--explain '{args.explain}': the figures go to a local folder; copy them to object storage afterwards")
         storage.check_writable(args.explain, "--explain")
+        _check_figure_folder(args.explain)
     model = load_model(args.model)
     threshold = threshold_for(model.meta, args.operating_point)  # an unknown name stops here, before any image is read
     point = (model.meta.get("operating_points") or {}).get(args.operating_point, {})

@@ -226,6 +226,25 @@ def test_explain_to_object_storage_is_one_line_not_a_local_folder_named_s3(tmp_p
     assert not (tmp_path / "s3:").exists()
 
 
+def test_an_explain_folder_holding_files_is_refused_before_any_work(tmp_path):
+    """Before: a second run's figures went into the first's folder: same names replaced by other images (IM-0001-0001.png of
+    another day), the rest left beside them, and the first run's --csv explanation column named another patient's figure."""
+    model = write_export(tmp_path / "best", image_size=16)
+    data = kermany_folder(tmp_path / "site", {"test": {"NORMAL": ["IM-0001-0001.jpeg"]}})
+    earlier = tmp_path / "maps"
+    earlier.mkdir()
+    for name in ("IM-0001-0001.png", "IM-0001-0001-1.png", "IM-0002-0001.png", "IM-0003-0001.png"):
+        (earlier / name).write_bytes(b"an earlier run's figure")
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--explain", str(earlier), "--csv", str(tmp_path / "p.csv"))
+    assert done.returncode == 2 and done.stderr == (
+        f"error: --explain '{earlier}' holds files (4: IM-0001-0001-1.png, IM-0001-0001.png, IM-0002-0001.png, "
+        "...); this run's figures would replace those of the same name and sit beside the rest, so name a new or empty folder\n")
+    assert (earlier / "IM-0001-0001.png").read_bytes() == b"an earlier run's figure" and not (tmp_path / "p.csv").exists()
+    (tmp_path / "empty").mkdir()  # an empty folder is taken (this model has no weights: the next check stops it)
+    done = call_cli("cxr_tune.predict", "--model", str(model), str(data), "--explain", str(tmp_path / "empty"))
+    assert done.returncode == 2 and "weights.safetensors' is missing" in done.stderr, done.stderr
+
+
 def test_file_names_cannot_forge_console_lines_drive_the_terminal_or_run_as_spreadsheet_formulas(tmp_path, monkeypatch, capsys):
     import csv
 
