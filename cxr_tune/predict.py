@@ -44,7 +44,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Any, NamedTuple, TextIO, TypeVar
@@ -162,6 +162,15 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, tables: list[tuple[pd.DataFrame, pd.DataFrame]], done: int) -> None:
         super().__init__()
         self.tables, self.done = tables, done
+
+
+class DrawingInterrupted(KeyboardInterrupt):
+    """A stop (Ctrl-C, SIGTERM) while :func:`explain` drew: ``written`` are the figures saved before it, so that ``--csv``
+    names those and no other."""
+
+    def __init__(self, written: list[Path]) -> None:
+        super().__init__()
+        self.written = written
 
 
 def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None = None, *,
@@ -485,20 +494,23 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
     names = explanation_names(frame["path"])
     frame = frame.assign(chose=selection_images(model.meta, list(frame["content_hash"]), [os.fspath(file) for file in frame["file"]]))
     written: list[Path] = []
-    for start in range(0, len(frame), _CHUNK_FILES):  # as predict() reads them: one chunk's pixels and maps held at a time
-        part = frame.iloc[start : start + _CHUNK_FILES]
-        images = np.stack(_decode_all(part["file"], lambda path: decode_gray(path, model.image_size)))  # pixels only: predict() checked them
-        check_rebuilt(model, members, images)
-        maps = grad_cam(members, images)
-        for row, name, image, heat in zip(part.itertuples(), names[start : start + _CHUNK_FILES], images, maps, strict=True):
-            truth = "" if pd.isna(row.label) else f"; labelled {CLASSES[int(row.label)]}"
-            probability, cut = against(row.probability, threshold, 4)  # as the console's line gives it
-            marks = ["selection-set image (it chose this model)" if row.chose else "",
-                     f"check first: {row.check_short}" if row.check_short else ""]  # the whole why: the console's list, --csv
-            caption = (f"{named(row.path)}\nP(PNEUMONIA) {probability}: {CLASSES[row.prediction]} at {point} "
-                       f"(threshold {cut}){truth}\n{'; '.join([about, *filter(None, marks)])}")  # with its folder: two may hold one name
-            explain_figure(out / name, image, heat, caption, grid=grid)
-            written.append(out / name)
+    try:
+        for start in range(0, len(frame), _CHUNK_FILES):  # as predict() reads them: one chunk's pixels and maps held at a time
+            part = frame.iloc[start : start + _CHUNK_FILES]
+            images = np.stack(_decode_all(part["file"], lambda path: decode_gray(path, model.image_size)))  # pixels only: predict() checked them
+            check_rebuilt(model, members, images)
+            maps = grad_cam(members, images)
+            for row, name, image, heat in zip(part.itertuples(), names[start : start + _CHUNK_FILES], images, maps, strict=True):
+                truth = "" if pd.isna(row.label) else f"; labelled {CLASSES[int(row.label)]}"
+                probability, cut = against(row.probability, threshold, 4)  # as the console's line gives it
+                marks = ["selection-set image (it chose this model)" if row.chose else "",
+                         f"check first: {row.check_short}" if row.check_short else ""]  # the whole why: the console's list, --csv
+                caption = (f"{named(row.path)}\nP(PNEUMONIA) {probability}: {CLASSES[row.prediction]} at {point} "
+                           f"(threshold {cut}){truth}\n{'; '.join([about, *filter(None, marks)])}")  # with its folder: two may hold one name
+                explain_figure(out / name, image, heat, caption, grid=grid)
+                written.append(out / name)  # once saved: a stop in the save leaves no figure (write_bytes_atomic)
+    except KeyboardInterrupt:
+        raise DrawingInterrupted(written) from None
     return written
 
 
@@ -551,10 +563,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--csv", default=None, metavar="OUT.csv", help="also write path, label (0/1 as the NORMAL/PNEUMONIA folder says, empty for an image under neither; only when "
                              "some image is labelled), probability, prediction (0/1), threshold (the operating point's, which made prediction), "
                              "check (why to check the image first; empty for most) to this CSV file, with --explain the name of each "
-                             "image's figure (explanation), and last each file's content_hash (byte-identical copies share it: "
+                             "image's figure (explanation; empty for one a stop left undrawn), and last each file's content_hash (byte-identical copies share it: "
                              "the metrics and the PNEUMONIA count take one row per hash); '-': to stdout, the CSV alone (every other "
-                             "line goes to stderr); a stopped run writes the rows it scored to OUT.partial.csv instead (to stdout "
-                             "for '-')")
+                             "line goes to stderr; with --explain, once, after the figures); a stopped run writes the rows it scored "
+                             "to OUT.partial.csv instead (to stdout for '-')")
     parser.add_argument("--metrics", default=None, metavar="OUT.json",
                         help="also write what the labelled images measure to this JSON file: the rates and AUC with 95 %% intervals (Wilson score for "
                              "sensitivity, specificity and accuracy; percentile bootstrap for AUC and balanced accuracy), "
@@ -648,11 +660,13 @@ def _main(args: argparse.Namespace, out: TextIO) -> int:
         frame, skipped = stop.tables[0]
         _keep_partial(args, frame, skipped, threshold, stop.done, len(files), out)
         raise
-    # The files first: a console that goes away (output piped into head) must not cost them.
-    if args.csv:
-        _write_csv(args.csv, frame, threshold, explained=members is not None, out=out)
-        if (partial := partial_path(args.csv)) != args.csv:
-            storage.remove(partial)  # an earlier stop's rows: this complete file replaces them
+    # The files first: a console that goes away (output piped into head) must not cost them. The figures come last (the slow
+    # part): --csv names none until they are drawn, and then those drawn; --csv - (stdout) is written once, after them (_draw).
+    figures_follow = members is not None and not frame.empty
+    if args.csv and not (figures_follow and args.csv == STDOUT):
+        _write_csv(args.csv, frame, threshold, figures=() if members is not None else None, out=out)
+    if args.csv and (partial := partial_path(args.csv)) != args.csv:
+        storage.remove(partial)  # an earlier stop's rows: this complete file replaces them
     points = {name: {"threshold": value} for name, value in known_points(model.meta).items()}
     metrics = labelled_metrics(frame, threshold, points)
     unlabelled_copies = metrics is None and frame["label"].notna().any()  # read, but every one filed under both classes
@@ -673,7 +687,7 @@ def _main(args: argparse.Namespace, out: TextIO) -> int:
                   "skipped_files": skipped[["path", "reason", "kind"]].to_dict("records"),
                   "flagged_files": [{"path": path, "reason": check} for path, check in zip(frame["path"], frame["check"], strict=True) if check]}
         _write_text(args.metrics, json.dumps(json_safe(record), indent=2), out)
-    written = explain(model, members, frame, args.explain, args.operating_point) if members is not None and not frame.empty else None
+    written = _draw(args, model, members, frame, threshold, out) if figures_follow else None
     if not args.quiet and not frame.empty:
         print(f"{'P(PNEUMONIA)':<12}  {'predicted':<9}  file")  # once: what each line's number and word are
         for row in frame.itertuples():
@@ -715,6 +729,29 @@ def _write_text(path: str, text: str, out: TextIO) -> None:
         storage.write_text_atomic(path, text)
 
 
+def _draw(args: argparse.Namespace, model: LoadedModel, members: Members, frame: pd.DataFrame, threshold: float,
+          out: TextIO) -> list[Path]:
+    """:func:`explain`'s figures, then ``--csv`` again naming each (``--csv -``: its one write, to ``out``); a stop while they
+    are drawn rewrites ``--csv`` naming the figures saved (the rest empty) and says on stderr what was written and how many
+    figures there are."""
+    try:
+        written = explain(model, members, frame, args.explain, args.operating_point)
+    except DrawingInterrupted as stop:
+        files = []
+        if args.csv:
+            _write_csv(args.csv, frame, threshold, figures=[path.name for path in stop.written], out=out)
+            files.append(f"the {len(frame)} predictions to {_named(args.csv)} (its explanation column names the {len(stop.written)} figure(s) drawn)")
+        if args.metrics:
+            files.append(f"the metrics to {_named(args.metrics)}")
+        kept = f"; wrote {' and '.join(files)}" if files else ""
+        print(f"Interrupted after drawing {len(stop.written)} of {len(frame)} Grad-CAM figure(s) in {args.explain}{kept}; to draw them all, "
+              "run again with a new or empty --explain folder", file=sys.stderr)
+        raise
+    if args.csv:
+        _write_csv(args.csv, frame, threshold, figures=[path.name for path in written], out=out)
+    return written
+
+
 def partial_path(csv: str) -> str:
     """Where a stopped run writes the rows it scored, beside ``--csv``: ``out.csv`` -> ``out.partial.csv``, so that no
     partial table carries the name of a complete one, nor replaces an earlier run's (whose ``--metrics`` describe it).
@@ -737,7 +774,7 @@ def _keep_partial(args: argparse.Namespace, frame: pd.DataFrame, skipped: pd.Dat
     else:
         partial = partial_path(args.csv)
         if not frame.empty:
-            _write_csv(partial, frame, threshold, explained=False, out=out)  # no figure is drawn yet
+            _write_csv(partial, frame, threshold, out=out)  # no figure is drawn yet
         elif partial != args.csv:
             storage.remove(partial)
         kept = f"wrote their {len(frame)} predictions to {_named(partial)}" if len(frame) else "nothing written"
@@ -750,18 +787,22 @@ def _keep_partial(args: argparse.Namespace, frame: pd.DataFrame, skipped: pd.Dat
         print(line, file=sys.stderr)
 
 
-def _write_csv(path: str, frame: pd.DataFrame, threshold: float, *, explained: bool, out: TextIO) -> None:
+def _write_csv(path: str, frame: pd.DataFrame, threshold: float, *, figures: Collection[str] | None = None, out: TextIO) -> None:
     """``--csv``: the scored images' rows with the ``threshold`` that made ``prediction``, the folder's ``label`` (0 NORMAL,
-    1 PNEUMONIA, as export's ``*_predictions.csv``; empty where no folder says one) when any image is labelled, each
-    one's figure name when ``explained`` (``frame`` gets that column), and its ``content_hash``
+    1 PNEUMONIA, as export's ``*_predictions.csv``; empty where no folder says one) when any image is labelled, with
+    ``--explain`` (``figures``: the names of the figures saved) each one's figure name, empty for an image whose figure is not
+    among them, and its ``content_hash``
     (:func:`~cxr_tune.data.sources.content_hash`), by which a reader recounts the images as the metrics and the calls count them."""
     labelled = frame["label"].notna().any()
     columns = ["path", *(["label"] if labelled else []), "probability", "prediction", "threshold", "check"]
-    if explained:  # which figure is which image's (file names repeat across folders)
-        frame["explanation"], columns = explanation_names(frame["path"]), [*columns, "explanation"]
+    named: dict[str, list[str]] = {}
+    if figures is not None:  # which figure is which image's (file names repeat across folders); never one not saved
+        drawn = set(figures)
+        named["explanation"] = [name if name in drawn else "" for name in explanation_names(frame["path"])]
+        columns.append("explanation")
     columns.append("content_hash")  # last, the other columns as before: rows of one hash are one image, counted once
     # The labels as 0/1 and empty, not 0.0/1.0 beside NaN.
-    rows = frame.assign(threshold=threshold, label=pd.array(frame["label"], dtype="Int64"))
+    rows = frame.assign(threshold=threshold, label=pd.array(frame["label"], dtype="Int64"), **named)
     _write_text(path, for_spreadsheet(rows[columns]).to_csv(index=False), out)
 
 

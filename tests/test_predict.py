@@ -345,21 +345,70 @@ def test_explain_reads_and_maps_a_chunk_at_a_time_and_draws_the_same_figures(tmp
 
 def test_explain_interrupted_keeps_the_csv_and_metrics_already_scored(tmp_path, monkeypatch):
     """Drawing is the slow part (0.2 s an image against 0.03 s to score): the files go out before the first figure,
-    so a Ctrl-C or a figure that cannot be saved costs no score (drawing while scoring wrote them after the last figure)."""
+    so a Ctrl-C or a figure that cannot be saved costs no score (drawing while scoring wrote them after the last figure).
+    The CSV's explanation column names only the figures saved (it named all 198, of which none existed), and a line says
+    what was written and how many figures there are (the console said only 'interrupted')."""
     import cxr_tune.saliency
     from tests.model_exports import export_folder, kermany_set, save_images
 
     export_folder(tmp_path / "model")
     images = save_images(kermany_set(3, 6), tmp_path / "images")
+    drawn: list[str] = []
 
-    def interrupted(*_args, **_kwargs):
-        raise KeyboardInterrupt
+    def interrupted(path, *_args, **_kwargs):  # the first figure is saved, a stop comes while the second is drawn
+        if drawn:
+            raise KeyboardInterrupt
+        drawn.append(path.name)
+        path.write_bytes(b"a figure")
 
     monkeypatch.setattr(cxr_tune.saliency, "explain_figure", interrupted)
-    done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(images), "--quiet", "--csv", str(tmp_path / "out.csv"),
-                    "--metrics", str(tmp_path / "out.json"), "--explain", str(tmp_path / "maps"))
+    csv, metrics, maps = tmp_path / "out.csv", tmp_path / "out.json", tmp_path / "maps"
+    done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(images), "--quiet", "--csv", str(csv),
+                    "--metrics", str(metrics), "--explain", str(maps))
     assert done.returncode == 130
-    assert len(pd.read_csv(tmp_path / "out.csv")) == 3 and json.loads((tmp_path / "out.json").read_text())["scored"] == 3
+    rows = pd.read_csv(csv, keep_default_na=False)
+    assert len(rows) == 3 and json.loads(metrics.read_text())["scored"] == 3
+    assert list(rows["explanation"]) == [drawn[0], "", ""] and sorted(path.name for path in maps.iterdir()) == drawn
+    assert (f"Interrupted after drawing 1 of 3 Grad-CAM figure(s) in {maps}; wrote the 3 predictions to {csv} (its explanation "
+            f"column names the 1 figure(s) drawn) and the metrics to {metrics}") in done.stderr, done.stderr
+
+
+def test_explain_with_csv_dash_writes_the_csv_to_stdout_once_naming_the_figures_drawn(tmp_path, monkeypatch, capsys):
+    """`--csv -` with --explain: stdout holds one CSV (a file is written before the figures and again after them; stdout
+    cannot be rewritten), written after the figures or after a stop while they are drawn, naming only those saved."""
+    import io
+
+    import cxr_tune.saliency
+    from cxr_tune.predict import main
+    from tests.model_exports import export_folder, kermany_set, save_images
+
+    export_folder(tmp_path / "model")
+    images = save_images(kermany_set(3, 6), tmp_path / "images")
+    drawn: list[str] = []
+    stop_at = [None]
+
+    def draw(path, *_args, **_kwargs):
+        if len(drawn) == stop_at[0]:
+            raise KeyboardInterrupt
+        drawn.append(path.name)
+        path.write_bytes(b"a figure")
+
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", draw)
+    monkeypatch.chdir(tmp_path)
+    command = ["--model", str(tmp_path / "model"), str(images), "--quiet", "--csv", "-", "--explain"]
+    assert main([*command, str(tmp_path / "all")]) == 0
+    done = capsys.readouterr()
+    rows = pd.read_csv(io.StringIO(done.out), keep_default_na=False)
+    assert list(rows["explanation"]) == drawn and len(drawn) == 3 and done.out.count("path,") == 1, done.out
+    drawn.clear()
+    stop_at[0] = 1  # the first figure is saved, a stop comes while the second is drawn
+    with pytest.raises(KeyboardInterrupt):
+        main([*command, str(tmp_path / "some")])
+    done = capsys.readouterr()
+    rows = pd.read_csv(io.StringIO(done.out), keep_default_na=False)
+    assert list(rows["explanation"]) == [drawn[0], "", ""] and done.out.count("path,") == 1, done.out
+    assert ("wrote the 3 predictions to stdout (its explanation column names the 1 figure(s) drawn)" in done.err), done.err
+    assert not (tmp_path / "-").exists()
 
 
 def test_models_scored_together_give_the_tables_each_gives_alone(tmp_path, monkeypatch):
