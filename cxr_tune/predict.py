@@ -72,6 +72,9 @@ T = TypeVar("T")
 #: Files decoded and scored at once: a folder of any size holds one chunk's pixels (1024 of 224 px: 51 MB). A multiple
 #: of the scoring and Grad-CAM batches, so that where every file reads, chunks make the batches one piece made.
 _CHUNK_FILES = 1024
+#: --explain's figures between two progress lines: about 0.7 s each to draw on a CPU (and 0.1 s of Grad-CAM for
+#: results/real/best's ensemble of 6), so a line every 40 s or so.
+_FIGURES_EVERY = 50
 
 if TYPE_CHECKING:  # torch is imported only for --explain: scoring needs onnxruntime alone, and starts faster without it
     from cxr_tune.modelfile import Members
@@ -476,13 +479,14 @@ def skipped_lines(skipped: pd.DataFrame) -> list[str]:
             *(f"  {printable(path)}: {reason}" for path, reason in skipped[["path", "reason"]].itertuples(index=False))]
 
 
-def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: str, point: str) -> list[Path]:
+def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: str, point: str, *,
+            progress: Callable[[int], None] | None = None) -> list[Path]:
     """One PNG per scored image in ``out_dir``: the image, its Grad-CAM map over it, the
     probability and the label at operating point ``point`` (and the folder's label, if any), and a line saying what the
     probability is (:func:`score_words`), which model drew it (:func:`model_words`), whether the image chose that model
     (:func:`~cxr_tune.selection.selection_images`) and its input check, if any, in short (``check first: colour image``). Stops with one line before
     a chunk's maps when ``members`` and ``model.json`` no longer rebuild the ONNX file's scores of its images (an edited
-    ``model.json``: the maps would be another network's)."""
+    ``model.json``: the maps would be another network's). ``progress`` is called with the number of figures saved after each."""
     from cxr_tune.modelfile import check_rebuilt
     from cxr_tune.saliency import cam_grid, explain_figure, grad_cam, named
 
@@ -509,6 +513,8 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
                            f"(threshold {cut}){truth}\n{'; '.join([about, *filter(None, marks)])}")  # with its folder: two may hold one name
                 explain_figure(out / name, image, heat, caption, grid=grid)
                 written.append(out / name)  # once saved: a stop in the save leaves no figure (write_bytes_atomic)
+                if progress is not None:
+                    progress(len(written))
     except KeyboardInterrupt:
         raise DrawingInterrupted(written) from None
     return written
@@ -584,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--explain", default=None, metavar="OUT_DIR",
                         help="also write one PNG per image to OUT_DIR, a new or empty folder (one holding files is refused): the image, its Grad-CAM map (and the grid of cells it resolves), the "
                              "probability and the label at the operating point, which model drew it and whether the image chose it "
-                             "(needs the export's weights.safetensors; default: off)")
+                             "(needs the export's weights.safetensors; figures take about a second each on a CPU, and a line on stderr every "
+                             f"{_FIGURES_EVERY} says how many are drawn; default: off)")
     return with_exit_statuses(parser)
 
 
@@ -735,7 +742,8 @@ def _draw(args: argparse.Namespace, model: LoadedModel, members: Members, frame:
     are drawn rewrites ``--csv`` naming the figures saved (the rest empty) and says on stderr what was written and how many
     figures there are."""
     try:
-        written = explain(model, members, frame, args.explain, args.operating_point)
+        written = explain(model, members, frame, args.explain, args.operating_point,
+                          progress=_progress_lines(len(frame), "drew", "Grad-CAM figures", every=_FIGURES_EVERY))
     except DrawingInterrupted as stop:
         files = []
         if args.csv:
@@ -806,16 +814,18 @@ def _write_csv(path: str, frame: pd.DataFrame, threshold: float, *, figures: Col
     _write_text(path, for_spreadsheet(rows[columns]).to_csv(index=False), out)
 
 
-def _progress_lines(total: int) -> Callable[[int], None] | None:
-    """A line on stderr after each chunk of a run of more than one (``[00:15] scored 1024 of 2000 files``); None for a
-    run of one chunk, which ends before anyone waits for it."""
-    if total <= _CHUNK_FILES:
+def _progress_lines(total: int, did: str = "scored", things: str = "files", *, every: int | None = None) -> Callable[[int], None] | None:
+    """A line on stderr each time the count done reaches a multiple of ``every`` (default: a chunk) in a run of more than
+    that (``[00:15] scored 1024 of 2000 files``, ``[00:40] drew 50 of 200 Grad-CAM figures``); None for a shorter run,
+    which ends before anyone waits for it."""
+    step = every or _CHUNK_FILES
+    if total <= step:
         return None
     started = time.monotonic()
 
     def say(done: int) -> None:
-        if done < total:  # the last is followed by the results
-            print(f"{clock(time.monotonic() - started)} scored {done} of {total} files", file=sys.stderr, flush=True)
+        if done < total and done % step == 0:  # the last is followed by the results
+            print(f"{clock(time.monotonic() - started)} {did} {done} of {total} {things}", file=sys.stderr, flush=True)
 
     return say
 

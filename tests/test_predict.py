@@ -411,6 +411,27 @@ def test_explain_with_csv_dash_writes_the_csv_to_stdout_once_naming_the_figures_
     assert not (tmp_path / "-").exists()
 
 
+def test_explain_says_its_progress_on_stderr_every_few_figures(tmp_path, monkeypatch):
+    """Before: 200 figures took 2 min 47 s without a word (about 0.8 s each on a CPU); now a line on stderr every
+    _FIGURES_EVERY figures, in the form of scoring's progress lines, and none for a run of no more than that."""
+    import cxr_tune.predict as module
+    import cxr_tune.saliency
+    from tests.model_exports import export_folder, kermany_set, save_images
+
+    export_folder(tmp_path / "model")
+    images = save_images(kermany_set(5, 6), tmp_path / "images")
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", lambda path, image, heat, caption, grid: path.write_bytes(b"a figure"))
+    monkeypatch.setattr(module, "_FIGURES_EVERY", 2)
+    done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(images), "--quiet", "--explain", str(tmp_path / "maps"))
+    assert done.returncode == 0, done.stderr
+    assert [line.split("] ", 1)[1] for line in done.stderr.splitlines() if "] drew" in line] == [
+        "drew 2 of 5 Grad-CAM figures", "drew 4 of 5 Grad-CAM figures"], done.stderr
+    monkeypatch.setattr(module, "_FIGURES_EVERY", 5)
+    done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(images), "--quiet", "--explain", str(tmp_path / "maps2"))
+    assert done.returncode == 0 and "drew" not in done.stderr, done.stderr
+    assert "about a second each on a CPU" in " ".join(call_cli("cxr_tune.predict", "--help").stdout.split())
+
+
 def test_models_scored_together_give_the_tables_each_gives_alone(tmp_path, monkeypatch):
     """Models that take the same image size score the same decoded pixels (compare); each model's tables are its own predict's."""
     import cxr_tune.predict as module
