@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 
 from cxr_tune.data.prepared import SplitData
@@ -60,12 +62,30 @@ def unnamed_report(manifest: pd.DataFrame) -> str | None:
         return None
     how = []
     if by_folder.any():
-        how.append(f"{int(by_folder.sum())} in {manifest.loc[by_folder, 'patient_id'].nunique()} sub-folder(s) of the class folders are "
-                   f"{FOLDER_PATIENT}")
+        groups = manifest.loc[by_folder, "patient_id"].str.removeprefix("folder:")
+        folders = sorted(groups.unique())
+        named = ", ".join(map(printable, folders[:3])) + (", ..." if len(folders) > 3 else "")
+        how.append(f"{int(by_folder.sum())} in {len(folders)} sub-folder(s) of the class folders ({named}) are {FOLDER_PATIENT}"
+                   + _deeper_note(manifest.loc[by_folder, "path"], groups))
     if alone.any():
         how.append(f"{int(alone.sum())} directly in a class folder are {IMAGE_PATIENT}")
     return (f"Patient ids: {int((by_folder | alone).sum())} file name(s) carry no Kermany patient id: {'; '.join(how)}. These patients are "
             f"never matched across class folders or across train/val/test, so there the leakage check sees only identical files.")
+
+
+def _deeper_note(paths: pd.Series, groups: pd.Series) -> str:
+    """What :func:`unnamed_report` adds when grouped files lie deeper than the first sub-folder (``NORMAL/site_b/2026-12-04/``):
+    the first level alone names the patient, so a site or a date folder above the patients' becomes one patient ("" when none does)."""
+    deeper: list[tuple[str, str]] = []  # (the folder a file is in, below its patient's; the patient's)
+    for path, group in zip(paths, groups, strict=True):
+        below = str(path).replace(os.sep, "/").rpartition(f"/{group}/")[2]  # the path under the first-level folder
+        if "/" in below:
+            deeper.append((f"{group}/{below.rpartition('/')[0]}/", group))
+    if not deeper:
+        return ""
+    folder, group = min(deeper)
+    return (f"; only that first level names a patient, so {len(deeper)} file(s) in folders below it are each their first-level folder's "
+            f"patient (first: {printable(folder)}, patient {printable(group)})")
 
 
 def numbering_report(manifest: pd.DataFrame) -> str | None:

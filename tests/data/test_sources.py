@@ -216,9 +216,27 @@ def test_unnamed_files_take_their_patient_sub_folder_and_never_share_a_group_by_
     assert roles.groupby("folder")["role"].nunique().max() == 1 and set(roles["role"]) == {"train", "val"}
     assert split.source.manifest["group_id"].nunique() == 2 * 12 + 2
     report = inspect_report(split)
-    assert ("Patient ids: 74 file name(s) carry no Kermany patient id: 72 in 24 sub-folder(s) of the class folders are grouped by "
-            "that sub-folder, one patient each (CLASS/<patient>/<image>); 2 directly in a class folder are each treated as their "
-            "own patient.") in report
+    assert ("Patient ids: 74 file name(s) carry no Kermany patient id: 72 in 24 sub-folder(s) of the class folders (train/NORMAL/patient000, "
+            "train/NORMAL/patient001, train/NORMAL/patient002, ...) are grouped by that sub-folder, one patient each "
+            "(CLASS/<patient>/<image>); 2 directly in a class folder are each treated as their own patient.") in report
+
+
+def test_inspect_names_the_folders_it_grouped_by_and_says_when_deeper_folders_were_folded_into_them():
+    """A CLASS/<site>/<date>/ tree: the 5 unnamed files of NORMAL/site_b/2026-12-04/ were grouped as one patient, "site_b",
+    and inspect said only "1 sub-folder(s) ... one patient each (CLASS/<patient>/<image>)", naming no folder."""
+    import pandas as pd
+
+    from cxr_tune.data.report import unnamed_report
+
+    root = "/data/tree/train/NORMAL/site_b"
+    manifest = pd.DataFrame({"path": [f"{root}/2026-12-04/scan{i}.png" for i in range(5)] + ["/data/tree/train/NORMAL/p7/1.png"],
+                             "patient_id": ["folder:train/NORMAL/site_b"] * 5 + ["folder:train/NORMAL/p7"]})
+    assert unnamed_report(manifest) == (
+        "Patient ids: 6 file name(s) carry no Kermany patient id: 6 in 2 sub-folder(s) of the class folders (train/NORMAL/p7, "
+        "train/NORMAL/site_b) are grouped by that sub-folder, one patient each (CLASS/<patient>/<image>); only that first level "
+        "names a patient, so 5 file(s) in folders below it are each their first-level folder's patient (first: "
+        "train/NORMAL/site_b/2026-12-04/, patient train/NORMAL/site_b). These patients are never matched across class folders or "
+        "across train/val/test, so there the leakage check sees only identical files.")
 
 
 def test_mendeley_v3_names_keep_a_patient_on_one_side_of_carved_validation(tmp_path):
