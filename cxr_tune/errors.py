@@ -7,6 +7,7 @@ inside a Ray worker to learn that a folder name was misspelt.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -21,6 +22,11 @@ EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a process who
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
 
 _terminated = False
+
+#: What an ``OSError`` says when the machine ran out of something (room, a quota, a writable file system, file handles),
+#: not that the code is wrong: one line, status 1. (EIO is not here: a failing disk or a damaged file, whose traceback helps.)
+OUT_OF_ROOM = {errno.ENOSPC: "write", errno.EDQUOT: "write", errno.EROFS: "write", errno.EFBIG: "write",
+               errno.EMFILE: "open", errno.ENFILE: "open"}
 
 
 class UserError(Exception):
@@ -50,8 +56,29 @@ def damaged(path: str, exc: BaseException, *, what: str = "") -> UserError:
     return UserError(f"{named} could not be read ({reason}); it is damaged or half-written (a copy or a run cut short)")
 
 
+def out_of_room(exc: BaseException) -> str | None:
+    """The one line (without ``error: ``) for an error that says the machine ran out of disk, quota, file handles or memory,
+    naming the path when the error has one: "cannot write '/x/y.csv': No space left on device", "not enough memory (...)";
+    None for any other, whose traceback must stay visible. Looks through Ray's wrapping (a ``RayTaskError``'s ``cause``: a
+    Ray Data task's error, as data prepare's cache build raises it) and through ``raise ... from``."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in OUT_OF_ROOM:  # pyarrow's strerror is a sentence of its own: the system's words
+            path = f" '{exc.filename}'" if exc.filename else " its output" if OUT_OF_ROOM[exc.errno] == "write" else " a file"
+            return f"cannot {OUT_OF_ROOM[exc.errno]}{path}: {os.strerror(exc.errno)}"
+        if isinstance(exc, ImportError) and str(exc).endswith("failed to map segment from shared object"):  # the loader's mmap
+            return f"not enough memory (loading {os.path.basename(str(exc).split(':')[0])})"
+        if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and str(exc) == "can't start new thread"):
+            said = str(exc).strip().splitlines()
+            return f"not enough memory ({said[0] if said else type(exc).__name__})"
+        exc = getattr(exc, "cause", None) or exc.__cause__  # Ray's RayTaskError(OSError) copies the cause's type, not its errno
+    return None
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
-    """Run a CLI ``main``; turn :class:`UserError` into ``error: ...`` and exit 2 (1 for a :class:`RunFailure`), Ctrl-C into 130, and
+    """Run a CLI ``main``; turn :class:`UserError` into ``error: ...`` and exit 2 (1 for a :class:`RunFailure`, and for a machine
+    out of disk, quota, file handles or memory: :func:`out_of_room`), Ctrl-C into 130, and
     a reader of its output that went away (``... | head``) into a quiet exit 141, as a Unix tool ends.
     SIGTERM (``kill``, a batch scheduler's stop, ``timeout``) stops a command as Ctrl-C does, saying what
     was kept and how to go on, and ends it with 143. Text the console's encoding cannot show is escaped,
@@ -98,6 +125,12 @@ def _ended(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[st
     except KeyboardInterrupt:
         print("terminated" if _terminated else "interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    except Exception as exc:
+        line = out_of_room(exc)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_TERMINATED if code == EXIT_INTERRUPTED and _terminated else code or 0
 
 

@@ -512,10 +512,14 @@ def _local_tmp(inner: str, data: bytes) -> Iterator[str]:
     Path(inner).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{inner}.tmp-{uuid.uuid4().hex[:8]}"  # check_writable keeps names short enough for this suffix
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:  # a full disk's write names no file, an open names the temporary one: say which output it was
+            exc.filename = inner
+            raise
         yield tmp
     finally:
         if os.path.lexists(tmp):  # renamed into place: nothing left

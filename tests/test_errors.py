@@ -4,6 +4,7 @@ folder by writing, stops it with one line before any work; a reader of its outpu
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -216,3 +217,56 @@ def test_a_command_started_in_the_background_of_a_script_still_ignores_ctrl_c_wh
     done = subprocess.run([sys.executable, "-c", script, "SIGINT"], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert (done.returncode, done.stdout) == (0, "went on\n"), done.stderr
+
+
+def _ends(exc: BaseException, capsys) -> tuple[int, str]:
+    """The status and stderr of a command whose ``main`` raises ``exc``, through run_cli in this process."""
+    from cxr_tune.errors import run_cli
+
+    def main(argv):
+        raise exc
+
+    with pytest.raises(SystemExit) as ended:
+        run_cli(main, [])
+    return ended.value.code, capsys.readouterr().err
+
+
+def _wrapped_by_ray(cause: BaseException) -> BaseException:
+    """As a Ray Data task's error reaches the driver (data prepare's cache build): ``RayTaskError(OSError)``."""
+    from ray.exceptions import RayTaskError
+
+    return RayTaskError("MapBatches(decode_batch)->Write()", "Traceback ...", cause).as_instanceof_cause()
+
+
+FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/out/scores.csv")
+ARROW_FULL = OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")  # pyarrow's, no path
+
+
+@pytest.mark.parametrize(("raised", "line"), [
+    (FULL, "error: cannot write '/data/out/scores.csv': No space left on device"),
+    (OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/home/me/x.pt"), f"error: cannot write '/home/me/x.pt': {os.strerror(errno.EDQUOT)}"),
+    (OSError(errno.EROFS, os.strerror(errno.EROFS), "/mnt/ro/a.png"), "error: cannot write '/mnt/ro/a.png': Read-only file system"),
+    (OSError(errno.EMFILE, os.strerror(errno.EMFILE), "/imgs/1.png"), "error: cannot open '/imgs/1.png': Too many open files"),
+    (ARROW_FULL, "error: cannot write its output: No space left on device"),
+    ("FULL, as Ray wraps it", "error: cannot write '/data/out/scores.csv': No space left on device"),
+    (MemoryError(), "error: not enough memory (MemoryError)"),
+    (MemoryError("Unable to allocate 1.2 GiB for an array"), "error: not enough memory (Unable to allocate 1.2 GiB for an array)"),
+    (RuntimeError("can't start new thread"), "error: not enough memory (can't start new thread)"),
+    (ImportError("/venv/onnxruntime/capi/state.so: failed to map segment from shared object"), "error: not enough memory (loading state.so)"),
+], ids=["ENOSPC", "EDQUOT", "EROFS", "EMFILE", "pyarrow", "RayTaskError", "MemoryError", "numpy", "thread", "shared object"])
+def test_a_machine_out_of_room_or_memory_ends_the_command_with_one_line_and_status_1(raised, line, capsys):
+    """Before: a full disk, a quota, a read-only mount or a memory cap ended every command with a 27-772-line traceback
+    (data prepare's, Ray's ``RayTaskError(OSError)`` from its cache build, 370)."""
+    assert _ends(_wrapped_by_ray(FULL) if raised == "FULL, as Ray wraps it" else raised, capsys) == (1, line + "\n")
+
+
+@pytest.mark.parametrize("raised", [FileNotFoundError(errno.ENOENT, "No such file or directory", "/x"), RuntimeError("a bug"), ImportError("no module")])
+def test_any_other_error_keeps_its_traceback(raised, capsys):
+    """A bug must stay visible: only errors that say the machine ran out of something become one line."""
+    from cxr_tune.errors import run_cli
+
+    def main(argv):
+        raise raised
+
+    with pytest.raises(type(raised)):
+        run_cli(main, [])

@@ -482,3 +482,18 @@ def test_a_cache_folder_that_may_be_read_only_must_still_be_makeable_when_it_is_
     storage.check_writable(str(tmp_path / "new"), "--cache-dir", read_only_ok=True)
     done = call_cli("cxr_tune.data", "inspect", str(tmp_path), "--cache-dir", "/proc/cxr-tune-x")
     assert done.returncode == 2 and done.stderr.startswith("error: --cache-dir '/proc/cxr-tune-x' cannot be written: "), done.stderr
+
+
+def test_a_write_the_disk_refuses_names_the_file_it_was_writing(tmp_path, monkeypatch):
+    """The command's one line names it (errors.out_of_room). Before: Python's write and fsync raise ENOSPC without a path,
+    and export, adapt and predict --csv ended with "[Errno 28] No space left on device" and nothing said where."""
+    import errno
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(storage.os, "fsync", full)
+    with pytest.raises(OSError) as refused:
+        storage.write_text_atomic(str(tmp_path / "scores.csv"), "path,label\n")
+    assert (refused.value.errno, refused.value.filename) == (errno.ENOSPC, str(tmp_path / "scores.csv"))
+    assert list(tmp_path.iterdir()) == []  # its temporary copy is gone too
