@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from cxr_tune.errors import out_of_room
+
 LIBRARY_LOGGERS = ("ray", "ray.data", "optuna", "py.warnings")  # ray.data keeps handlers of its own
 #: Ray Data's level while a block is open, unless ``RAY_DATA_LOG_LEVEL`` says otherwise. Ray Data sets its logger to DEBUG
 #: as it is imported (for its own ray-data.log) and reads that variable only then; Ray Tune imports it before a command
@@ -48,7 +50,7 @@ def library_output_to(path: str | None, *, verbose: bool = False) -> Iterator[Te
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed below
-    handler = logging.StreamHandler(handle)
+    handler = _LogFileHandler(handle)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     saved = []
     for name in LIBRARY_LOGGERS:
@@ -62,15 +64,31 @@ def library_output_to(path: str | None, *, verbose: bool = False) -> Iterator[Te
     _quiet_optuna(verbose)
     logging.captureWarnings(True)
     _ACTIVE.append((handle, verbose))
+    ended = True  # by an error, until the block returns
     try:
         yield handle
+        ended = False
     finally:
         _ACTIVE.pop()
         logging.captureWarnings(False)
         for logger, handlers, propagate in saved:
             logger.handlers, logger.propagate = handlers, propagate
         ray_data.setLevel(ray_data_level)
-        handle.close()
+        try:
+            handle.close()
+        except OSError:  # its last lines on a disk that filled: the error that ended the block says so, naming its file
+            if not ended:
+                raise
+
+
+class _LogFileHandler(logging.StreamHandler):
+    """The log file's handler: a record the file's disk has no room for is lost without a word, where logging printed a
+    "--- Logging error ---" traceback on the console for each one (hundreds, before the command's own line)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if error is None or out_of_room(error) is None:
+            super().handleError(record)
 
 
 #: Lines of Ray's processes that every healthy search prints and that ask nothing of anyone, as (the process: an

@@ -69,3 +69,31 @@ def test_lines_every_healthy_search_prints_are_left_out_of_the_log_and_the_verbo
     for shown in (log.read_text(), console.out + console.err):
         assert "Failed to clean up placement group" in shown and "a worker's own warning" in shown and "low on memory" in shown
         assert "is dead. Cleaning up" not in shown and "startup concurrency" not in shown
+
+
+def test_a_log_on_a_full_disk_neither_hides_the_error_that_ended_the_block_nor_prints_logging_errors(tmp_path, monkeypatch, capsys):
+    """Before: every record Ray logged printed a "--- Logging error ---" traceback, and search.log's close raised
+    ENOSPC again in place of the error that ended the search (compute.jsonl's, which names its file)."""
+    import errno
+    import io
+    import os
+
+    from cxr_tune import console
+
+    class FullDisk(io.StringIO):
+        def flush(self) -> None:
+            if self.getvalue():
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def close(self) -> None:
+            self.flush()
+
+    monkeypatch.setattr(console, "open", lambda *args, **kwargs: FullDisk(), raising=False)
+    ended = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "compute.jsonl"))
+    try:
+        with library_output_to(str(tmp_path / "search.log")):
+            logging.getLogger("ray.tune").warning("Trial task failed for trial run_trial_8d1566fc")
+            raise ended
+    except OSError as exc:
+        assert exc is ended
+    assert capsys.readouterr().err == ""

@@ -19,7 +19,7 @@ from pathlib import Path
 from cxr_tune import folder_lock, storage
 from cxr_tune.cliargs import fraction, help_text, int_between, nonnegative_float, nonnegative_int, positive_float, positive_int, with_exit_statuses
 from cxr_tune.data.prepared import DataOptions, add_data_arguments
-from cxr_tune.errors import EXIT_INTERRUPTED, UserError, run_cli
+from cxr_tune.errors import EXIT_INTERRUPTED, RunFailure, UserError, out_of_room, run_cli
 from cxr_tune.search.options import SearchOptions
 from cxr_tune.search.space import SPACES_DIR, Space, load_space
 from cxr_tune.selection import CRITERIA_MEANING, add_select_on_argument
@@ -206,6 +206,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_INTERRUPTED
     except storage.StoreError as exc:
         raise _store_gone(exc, options, args.resume) from None
+    except Exception as exc:
+        if (full := _out_of_room(exc, options, args.resume)) is None:
+            raise
+        raise full from None
     if outcome != "interrupted" and options.final_fit:
         from cxr_tune.search.finalfit import run_final_fit
 
@@ -213,6 +217,10 @@ def _main(argv: Sequence[str] | None) -> int:
             runs = run_final_fit(experiment, options, verbose=args.verbose)
         except storage.StoreError as exc:
             raise _store_gone(exc, options, True) from None
+        except Exception as exc:
+            if (full := _out_of_room(exc, options, True)) is None:
+                raise
+            raise full from None
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM, before Tune took over Ctrl-C (say, while the image caches load) or in its fit
             outcome = "interrupted"
         else:
@@ -277,6 +285,22 @@ def _store_gone(exc: storage.StoreError, options: SearchOptions, resume: bool) -
     except storage.StoreError:  # the experiment's own store, which answered as the command began (check_writable)
         started = True
     return storage.StoreError(f"{exc}; once the store answers again, continue the search with: {resume_command(options)}") if started else exc
+
+
+def _out_of_room(exc: Exception, options: SearchOptions, resume: bool) -> RunFailure | None:
+    """A disk (or quota, or memory) that ran out mid-search or mid-final-fit: :func:`cxr_tune.errors.out_of_room`'s line and
+    the command that goes on once there is room, status 1 (the trials and checkpoints written until then are kept, as after
+    Ctrl-C, unless the disk filled as Tune wrote its own state file: --resume then says so); None for any other error."""
+    from cxr_tune.search.runner import can_resume, resume_command
+
+    line = out_of_room(exc)
+    if line is None:
+        return None
+    try:
+        started = resume or can_resume(options.experiment_dir)
+    except OSError:
+        started = True
+    return RunFailure(f"{line}; free space, then continue the search with: {resume_command(options)}" if started else line)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,11 @@ def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFr
             analysis = ExperimentAnalysis(experiment_dir)
     except ValueError as exc:
         states = storage.glob(experiment_dir, "experiment_state-*.json")
-        if states:  # Tune reads the newest; one cut short is a JSONDecodeError
-            raise damaged(states[-1], exc, what="Tune's state file") from None
+        if states:  # Tune reads the newest; one cut short is a JSONDecodeError. Each run rewrites its own in place (no older copy of it)
+            cut = damaged(states[-1], exc, what="Tune's state file")
+            raise UserError(f"{cut}; without it Tune cannot list the trials, so neither "
+                            "--resume, --report-only nor export can use this experiment: copy it again if it is a copy, else start "
+                            "the search again under another --name (the image cache is reused)") from None
         if storage.exists(storage.join(experiment_dir, "trials.csv")):  # its table is here, Tune's files and checkpoints are not
             raise UserError(f"'{experiment_dir}' is a copy of a finished experiment without Tune's state and its checkpoints (as the "
                             "committed results/real/* folders are: report, tables and study only); use the folder the search wrote") from None

@@ -137,6 +137,10 @@ def test_tunes_state_file_cut_short_is_named_not_taken_for_a_committed_copy(tmp_
     done = call_cli("cxr_tune.export", str(copy), "--out", str(tmp_path / "best"))
     assert done.returncode == 2 and done.stderr.startswith(f"error: Tune's state file '{state}' could not be read ("), done.stderr
     assert "damaged or half-written" in done.stderr and "a copy of a finished experiment" not in done.stderr
+    # What is left to do (a disk that filled as Tune wrote the file, as a reviewer's did, leaves no other copy of it)
+    assert done.stderr.strip().endswith("; without it Tune cannot list the trials, so neither --resume, --report-only nor export can "
+                                        "use this experiment: copy it again if it is a copy, else start the search again under another "
+                                        "--name (the image cache is reused)"), done.stderr
 
 
 def test_with_an_event_log_a_trial_without_an_event_was_cut_short_not_guessed_asha_stopped_from_the_rungs(tmp_path, monkeypatch):

@@ -372,6 +372,35 @@ def test_an_object_store_gone_mid_search_is_one_line_that_names_the_command_that
     assert done.stderr.strip() == f"error: {lost}" + (hint if started else ""), done.stderr
 
 
+@pytest.mark.parametrize("stage", ["search", "final fit"])
+def test_a_search_whose_storage_fills_ends_with_one_line_naming_the_file_and_the_command_that_continues(stage, tmp_path, monkeypatch):
+    """Before: 772 lines of chained tracebacks (compute.jsonl's write, then search.log's close), status 1, no resume line."""
+    import errno
+
+    from cxr_tune.search import finalfit, runner
+    from cxr_tune.search.options import SearchOptions
+
+    experiment = tmp_path / "runs" / "exp"
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(experiment / "compute.jsonl"))
+
+    def search(options: SearchOptions, **kwargs) -> tuple[str, str]:
+        experiment.mkdir(parents=True)
+        (experiment / "experiment.json").write_text(json.dumps({"options": options.to_json()}))
+        if stage == "search":
+            raise full
+        return str(experiment), "complete"
+
+    def final_fit(*args, **kwargs):
+        raise full
+
+    monkeypatch.setattr(runner, "run_search", search)
+    monkeypatch.setattr(finalfit, "run_final_fit", final_fit)
+    done = call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(tmp_path / "runs"), "--name", "exp")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip() == (f"error: cannot write '{experiment / 'compute.jsonl'}': No space left on device; free space, then continue "
+                                   f"the search with: python -m cxr_tune.search --name exp --storage {tmp_path / 'runs'} --resume")
+
+
 @pytest.mark.parametrize("outcome, flag", [("time budget", "--time-budget"), ("job budget", "--job-budget")])
 def test_a_budget_that_ended_the_search_before_any_epoch_names_the_command_that_continues(outcome, flag, tmp_path, monkeypatch):
     """Before: status 2 and "error: no trial ... trained an epoch", as if the user had erred, and no command to continue it,
