@@ -176,6 +176,15 @@ class DrawingInterrupted(KeyboardInterrupt):
         self.written = written
 
 
+class DrawingFailed(Exception):
+    """An error (a full disk) while :func:`explain` drew, raised from it: ``written`` are the figures saved before it, so
+    that ``--csv`` names those and no other before the error goes on to its own line."""
+
+    def __init__(self, written: list[Path]) -> None:
+        super().__init__()
+        self.written = written
+
+
 def predict(model: LoadedModel, files: Sequence[Input], threshold: float | None = None, *,
             progress: Callable[[int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(predictions: path, probability, prediction, check (check_short: its short form), label; skipped: path, reason, kind: "file", or "folder" for one
@@ -517,6 +526,8 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
                     progress(len(written))
     except KeyboardInterrupt:
         raise DrawingInterrupted(written) from None
+    except OSError as exc:
+        raise DrawingFailed(written) from exc
     return written
 
 
@@ -740,11 +751,11 @@ def _draw(args: argparse.Namespace, model: LoadedModel, members: Members, frame:
           out: TextIO) -> list[Path]:
     """:func:`explain`'s figures, then ``--csv`` again naming each (``--csv -``: its one write, to ``out``); a stop while they
     are drawn rewrites ``--csv`` naming the figures saved (the rest empty) and says on stderr what was written and how many
-    figures there are."""
+    figures there are; an error (a full disk) does the same, then goes on to its own line (:func:`cxr_tune.errors.out_of_room`)."""
     try:
         written = explain(model, members, frame, args.explain, args.operating_point,
                           progress=_progress_lines(len(frame), "drew", "Grad-CAM figures", every=_FIGURES_EVERY))
-    except DrawingInterrupted as stop:
+    except (DrawingInterrupted, DrawingFailed) as stop:
         files = []
         if args.csv:
             _write_csv(args.csv, frame, threshold, figures=[path.name for path in stop.written], out=out)
@@ -752,8 +763,11 @@ def _draw(args: argparse.Namespace, model: LoadedModel, members: Members, frame:
         if args.metrics:
             files.append(f"the metrics to {_named(args.metrics)}")
         kept = f"; wrote {' and '.join(files)}" if files else ""
-        print(f"Interrupted after drawing {len(stop.written)} of {len(frame)} Grad-CAM figure(s) in {args.explain}{kept}; to draw them all, "
+        ended = "Interrupted" if isinstance(stop, DrawingInterrupted) else "Stopped by an error"
+        print(f"{ended} after drawing {len(stop.written)} of {len(frame)} Grad-CAM figure(s) in {args.explain}{kept}; to draw them all, "
               "run again with a new or empty --explain folder", file=sys.stderr)
+        if isinstance(stop, DrawingFailed):  # the error itself, with its own traceback where it is not a full disk's
+            raise stop.__cause__ from None
         raise
     if args.csv:
         _write_csv(args.csv, frame, threshold, figures=[path.name for path in written], out=out)

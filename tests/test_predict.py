@@ -373,6 +373,40 @@ def test_explain_interrupted_keeps_the_csv_and_metrics_already_scored(tmp_path, 
             f"column names the 1 figure(s) drawn) and the metrics to {metrics}") in done.stderr, done.stderr
 
 
+def test_explain_on_a_disk_that_fills_keeps_the_csv_naming_the_figures_saved_and_ends_with_one_line(tmp_path, monkeypatch):
+    """Before: the --csv written before the figures kept an empty explanation column, even for the figures saved, and the
+    full disk ended the command with a 34-line traceback; a stop rewrote it, an error did not."""
+    import errno
+
+    import cxr_tune.saliency
+    from tests.model_exports import export_folder, kermany_set, save_images
+
+    export_folder(tmp_path / "model")
+    images = save_images(kermany_set(3, 6), tmp_path / "images")
+    drawn: list[str] = []
+
+    def disk_fills(path, *_args, **_kwargs):  # the first figure is saved, the disk is full for the second
+        if drawn:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        drawn.append(path.name)
+        path.write_bytes(b"a figure")
+
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", disk_fills)
+    csv, metrics, maps = tmp_path / "out.csv", tmp_path / "out.json", tmp_path / "maps"
+    args = ["--model", str(tmp_path / "model"), str(images), "--quiet", "--csv", str(csv), "--metrics", str(metrics), "--explain", str(maps)]
+    done = call_cli("cxr_tune.predict", *args)
+    assert done.returncode == 1, done.stderr
+    rows = pd.read_csv(csv, keep_default_na=False)
+    assert list(rows["explanation"]) == [drawn[0], "", ""] and sorted(path.name for path in maps.iterdir()) == drawn
+    said = done.stderr.strip().splitlines()
+    assert said[-2] == (f"Stopped by an error after drawing 1 of 3 Grad-CAM figure(s) in {maps}; wrote the 3 predictions to {csv} (its "
+                        f"explanation column names the 1 figure(s) drawn) and the metrics to {metrics}; to draw them all, run again with "
+                        "a new or empty --explain folder")
+    assert said[-1].startswith("error: cannot write '") and said[-1].endswith("': No space left on device"), done.stderr
+    again = call_cli("cxr_tune.predict", *args)  # the folder holds the figure saved: refused, saying what to do
+    assert again.returncode == 2 and again.stderr.strip().endswith("so name a new or empty folder"), again.stderr
+
+
 def test_explain_with_csv_dash_writes_the_csv_to_stdout_once_naming_the_figures_drawn(tmp_path, monkeypatch, capsys):
     """`--csv -` with --explain: stdout holds one CSV (a file is written before the figures and again after them; stdout
     cannot be rewritten), written after the figures or after a stop while they are drawn, naming only those saved."""
