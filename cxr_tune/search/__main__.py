@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cxr_tune import folder_lock, storage
 from cxr_tune.cliargs import fraction, help_text, int_between, nonnegative_float, nonnegative_int, positive_float, positive_int, with_exit_statuses
@@ -26,6 +27,9 @@ from cxr_tune.selection import CRITERIA_MEANING, add_select_on_argument
 from cxr_tune.train.hparams import CRITERIA, value_range
 from cxr_tune.train.trainer import add_precision_arguments
 
+if TYPE_CHECKING:
+    from cxr_tune.experiment import Experiment
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cxr_tune.search", description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="data folder or URI in the Kermany layout (default: the built-in SYNTHETIC set)")
     parser.add_argument("--name", default=None, help="experiment name; results go to STORAGE/NAME (default: <space>-<timestamp>)")
     parser.add_argument("--storage", default="results", help="folder or URI (s3://...) for experiments (default: results)")
-    parser.add_argument("--resume", action="store_true", help="continue the interrupted experiment STORAGE/NAME (needs --name; a finished one: runs nothing, status 0)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted experiment STORAGE/NAME (needs --name; a finished one: runs nothing, status 0, "
+                        "and writes its table, report and best/ where a stop left them unwritten)")
     parser.add_argument("--trials", type=positive_int, default=None, help="number of trials (default: the space's search.trials)")
     least, most = (int(v) for v in value_range("epochs"))  # what a trial's epochs may be, or every trial fails inside Ray
     parser.add_argument("--max-epochs", type=int_between(least, most), default=None,
@@ -142,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     from cxr_tune.experiment import Experiment
-    from cxr_tune.search.finish import NothingToSelect, finish_experiment, unfinished
-    from cxr_tune.search.runner import can_resume, keep_cache_dir, report_only_command, resume_command, run_search, search_command_line
+    from cxr_tune.search.finish import NothingToSelect, finish_experiment, unfinished, unwritten
+    from cxr_tune.search.runner import can_resume, report_only_command, resume_command, run_search, search_command_line
 
     started = time.time()  # a --job-budget counts from here
     args = build_parser().parse_args(argv)
@@ -155,9 +160,8 @@ def _main(argv: Sequence[str] | None) -> int:
         folder = storage.join(storage.resolve(args.storage), args.name)
         folder_lock.hold(folder)
         existing = Experiment(folder)  # one-line error when it is not one
-        if "--cache-dir" in given_flags(args, argv) and (cache_dir := DataOptions.from_args(args).cache_dir) != existing.options.data.cache_dir:
-            keep_cache_dir(existing.path, cache_dir)  # as a --resume records it: the export below, and later ones, read there
-        finished = finish_experiment(existing.path, export=not args.no_export, interrupted=None)
+        cache_dir = DataOptions.from_args(args).cache_dir if "--cache-dir" in given_flags(args, argv) else None
+        finished = _report_only(existing, export=not args.no_export, cache_dir=cache_dir)
         if finished["unfinished"]:
             print(f"\nThe search is unfinished ({finished['unfinished']}); continue it with:\n  {resume_command(existing.options)}", file=sys.stderr)
         return 0
@@ -188,6 +192,16 @@ def _main(argv: Sequence[str] | None) -> int:
         options = dataclasses.replace(recorded, storage=storage.resolve(args.storage), time_budget_min=args.time_budget,
                                       job_budget_min=args.job_budget, **overrides)
         if existing.has_tune_state() and not unfinished(existing, final_fit=options.final_fit):  # refused before Ray starts (half a minute) only to find nothing to run
+            if missing := unwritten(existing, export=options.export):
+                files = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+                print(f"experiment '{experiment}' is finished, but its {files} were not written (a stop while it wrote them): "
+                      "writing them now, as --report-only does", file=sys.stderr)
+                try:
+                    _report_only(existing, export=options.export, cache_dir=options.data.cache_dir if "--cache-dir" in given else None)
+                except NothingToSelect as exc:  # every trial failed or diverged: as the search itself ended, it made no model (1)
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 1
+                return 0
             ended = "every trial and its final fit" if options.final_fit and existing.space().settings.final_fit_top > 0 else "every trial"
             rewrites = "trial table, report and best/ are" if options.export else "trial table and report are"
             # Nothing to do, not bad input: a scheduler's retry of a search that finished ends with status 0, not 2
@@ -262,6 +276,18 @@ def _main(argv: Sequence[str] | None) -> int:
     elif options.job_budget_min:
         print(f"\nThe command took {(time.time() - started) / 60:.1f} min of its {options.job_budget_min:g}-min job budget.")
     return 0
+
+
+def _report_only(existing: Experiment, *, export: bool, cache_dir: str | None) -> dict[str, Any]:
+    """What ``--report-only`` writes (the table, report and best/ of an experiment, running nothing), for it and for a
+    ``--resume`` of a finished search a stop left them unwritten in; ``cache_dir``: a ``--cache-dir`` given, recorded as a
+    ``--resume`` records it, since the export reads its images there (and later ones too)."""
+    from cxr_tune.search.finish import finish_experiment
+    from cxr_tune.search.runner import keep_cache_dir
+
+    if cache_dir is not None and cache_dir != existing.options.data.cache_dir:
+        keep_cache_dir(existing.path, cache_dir)
+    return finish_experiment(existing.path, export=export, interrupted=None)
 
 
 def _say_interrupted(options: SearchOptions, *, untrained: bool = False) -> None:

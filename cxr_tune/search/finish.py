@@ -97,6 +97,13 @@ def unfinished(experiment: Experiment, final_fit: bool | None = None) -> str:
     return ""
 
 
+def unwritten(experiment: Experiment, *, export: bool) -> list[str]:
+    """The files a search writes once its runs end that are not there: a stop while it wrote them leaves a search with
+    nothing to run and no report or model, which ``--resume`` then writes as ``--report-only`` does."""
+    names = ["trials.csv", *(["best/model.json"] if export else []), "report.md"]  # model.json is the last file of best/
+    return [name for name in names if not storage.exists(experiment.file(*name.split("/")))]
+
+
 def _continue_words(experiment: Experiment, left: str) -> str:
     """The report's word on an unfinished search: what is left, and the command that continues it."""
     from cxr_tune.search.runner import resume_command

@@ -1052,6 +1052,8 @@ def test_a_resumed_search_keeps_no_export_and_a_finished_one_is_sent_to_report_o
     assert exports == [False, False]  # the resume exports nothing, as the search it continues
     assert SearchOptions.from_json({"data": {}}).export  # an experiment.json from before the record: exported on resume, as before
     left[0] = ""  # every trial (and its final fit) ended
+    for name in ("trials.csv", "report.md"):  # and the search wrote its files (started with --no-export: no best/)
+        (experiment / name).write_text("")
     done = call_cli("cxr_tune.search", "--storage", str(runs), "--name", "exp", "--resume")
     assert done.returncode == 0 and exports == [False, False]  # a retry of a finished search: nothing to do, not bad input (2, before)
     assert done.stderr.strip().splitlines() == [
@@ -1064,6 +1066,45 @@ def test_a_resumed_search_keeps_no_export_and_a_finished_one_is_sent_to_report_o
     (experiment / "experiment.json").write_text(json.dumps(options))
     call_cli("cxr_tune.search", "--storage", str(runs), "--name", "exp", "--resume", "--no-final-fit")
     assert asked[-1] is False  # the override, not the record (before: the recorded final fit, so Ray started to run nothing)
+
+
+def test_a_finished_search_whose_table_report_or_best_a_stop_left_unwritten_has_them_written_by_resume(tmp_path, monkeypatch):
+    """Before: --resume of a search whose trials ended but which was stopped while it wrote its trial table, report and best/
+    said it was finished and ended with status 0, writing nothing: a scheduler's retry ended 'done' without a model or report."""
+    from cxr_tune.experiment import Experiment
+    from cxr_tune.search import finish, runner
+
+    experiment, runs = tmp_path / "runs" / "exp", tmp_path / "runs"
+    written: list = []  # each finish_experiment (faked): export, interrupted
+
+    def search(options, resume: bool = False, **kwargs) -> tuple[str, str]:
+        experiment.mkdir(parents=True)
+        (experiment / "experiment.json").write_text(json.dumps({"options": options.to_json()}))
+        return str(experiment), "complete"
+
+    monkeypatch.setattr(runner, "run_search", search)
+    monkeypatch.setattr(finish, "finish_experiment", lambda path, **kwargs: written.append(kwargs) or {"unfinished": ""})
+    monkeypatch.setattr(finish, "unfinished", lambda experiment, final_fit=None: "")  # every trial ended
+    monkeypatch.setattr(Experiment, "has_tune_state", lambda self: True)
+    assert call_cli("cxr_tune.search", "--space", "smoke", "--storage", str(runs), "--name", "exp", "--no-final-fit").returncode == 0
+    (experiment / "trials.csv").write_text("trial_id\na\n")  # the stop came after the table, before the export and report
+    resumed = call_cli("cxr_tune.search", "--storage", str(runs), "--name", "exp", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert written[1:] == [{"export": True, "interrupted": None}]  # what --report-only writes
+    assert resumed.stderr.strip().splitlines()[0] == (
+        f"experiment '{experiment}' is finished, but its best/model.json and report.md were not written (a stop while it wrote "
+        "them): writing them now, as --report-only does")
+    (experiment / "report.md").write_text("# report")
+    (experiment / "best").mkdir()
+    (experiment / "best" / "model.json").write_text("{}")
+    done = call_cli("cxr_tune.search", "--storage", str(runs), "--name", "exp", "--resume")
+    assert done.returncode == 0 and len(written) == 2  # every file there: nothing run, nothing written, today's one line
+    assert done.stderr.strip().splitlines()[0].startswith(f"experiment '{experiment}' is finished: every trial ended, so --resume has nothing")
+    (experiment / "report.md").unlink()
+    failed = finish.NothingToSelect("no trial of exp trained an epoch, so there is nothing to select or export")
+    monkeypatch.setattr(finish, "finish_experiment", lambda path, **kwargs: (_ for _ in ()).throw(failed))
+    none = call_cli("cxr_tune.search", "--storage", str(runs), "--name", "exp", "--resume")
+    assert none.returncode == 1 and none.stderr.strip().splitlines()[-1] == f"error: {failed}"  # as the search itself ended: it made no model
 
 
 def test_a_resume_takes_another_cache_dir_and_the_experiment_keeps_it(tmp_path, monkeypatch, capsys):
