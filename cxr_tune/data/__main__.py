@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = synthesize(args.out, n=args.n, seed=args.seed)
         print(f"Wrote {args.n} SYNTHETIC images (seed {args.seed}) to {out}")
         return 0
-    split = split_data(DataOptions.from_args(args))
+    split = split_data(DataOptions.from_args(args, builds_cache=args.command != "inspect"))
     if args.command == "inspect":
         print(inspect_report(split))
         return 0

@@ -47,9 +47,11 @@ class DataOptions:
     val_data: str = "auto"  # "auto", "none", or a folder of NORMAL/ and PNEUMONIA/ images
 
     @classmethod
-    def from_args(cls, args: Any) -> DataOptions:
+    def from_args(cls, args: Any, *, builds_cache: bool = True) -> DataOptions:
         """The data flags every command shares (see ``add_data_arguments``), with paths made absolute
-        so that a saved experiment reads the same data from any working directory."""
+        so that a saved experiment reads the same data from any working directory. ``builds_cache`` False (``data inspect``,
+        whose scan is only saved time): the default cache folder is not checked, so a HOME where nothing can be made does
+        not stop it; a folder the user named (``--cache-dir``, ``$CXR_TUNE_CACHE``) still is."""
         def absolute(path: str | None) -> str | None:
             return storage.resolve(path) if path else None
 
@@ -57,7 +59,8 @@ class DataOptions:
         options = cls(absolute(args.data), absolute(args.cache_dir), args.val_fraction, args.split_seed, args.use_official_val,
                       args.synthetic_n, val_data)
         named_by = "--cache-dir" if args.cache_dir else f"${storage.CACHE_ENV}" if os.environ.get(storage.CACHE_ENV) else "the cache folder"
-        storage.check_writable(options.resolved_cache_dir, named_by, read_only_ok=True)
+        if builds_cache or named_by != "the cache folder":
+            storage.check_writable(options.resolved_cache_dir, named_by, read_only_ok=True)
         return options
 
     @property

@@ -201,3 +201,23 @@ def test_prepares_help_says_its_default_size_and_the_sizes_each_shipped_space_tr
     for name in sorted(p.stem for p in SPACES_DIR.glob("*.yaml")):
         sizes = "/".join(str(s) for s in load_space(name).image_sizes())
         assert f"{name} {sizes}" in text, f"prepare --help does not say space {name} trains at {sizes} px"
+
+
+def test_inspect_runs_where_the_default_cache_folder_cannot_be_made_and_a_cache_building_command_or_a_named_one_is_refused(tmp_path, monkeypatch):
+    """Before: with HOME where nothing can be made (a service account's /nonexistent, /proc/...), `data inspect DIR` ended
+    with status 2, "the cache folder ... cannot be written", though inspect only saves its scan there when it can."""
+    root = kermany_folder(tmp_path / "chest_xray", {"train": {"NORMAL": [f"IM-000{i}-0001.jpeg" for i in range(1, 9)],
+                                                               "PNEUMONIA": [f"person{i}_virus_{i}.jpeg" for i in range(1, 9)]}})
+    monkeypatch.setenv("HOME", "/proc/cxr-tune-nohome")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("CXR_TUNE_CACHE", raising=False)
+    done = call_cli("cxr_tune.data", "inspect", str(root))
+    assert done.returncode == 0 and "real data at" in done.stdout, done.stderr
+    refused = "cannot be written: "
+    prepared = call_cli("cxr_tune.data", "prepare", str(root))  # builds a cache: refused before any work, as before
+    assert prepared.returncode == 2 and prepared.stderr.startswith("error: the cache folder '/proc/cxr-tune-nohome/"), prepared.stderr
+    named = call_cli("cxr_tune.data", "inspect", str(root), "--cache-dir", "/proc/cxr-tune-x")  # one the user named: refused
+    assert named.returncode == 2 and named.stderr.startswith(f"error: --cache-dir '/proc/cxr-tune-x' {refused}"), named.stderr
+    monkeypatch.setenv("CXR_TUNE_CACHE", "/proc/cxr-tune-y")
+    named = call_cli("cxr_tune.data", "inspect", str(root))
+    assert named.returncode == 2 and named.stderr.startswith(f"error: $CXR_TUNE_CACHE '/proc/cxr-tune-y' {refused}"), named.stderr
