@@ -29,7 +29,7 @@ import argparse
 import json
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import pandas as pd
 
@@ -39,8 +39,8 @@ from cxr_tune.errors import UserError, run_cli
 from cxr_tune.formatting import fmt, interval, interval_in, json_safe, printable
 from cxr_tune.operating_points import DEFAULT as DEFAULT_POINT
 from cxr_tune.operating_points import threshold_for
-from cxr_tune.predict import (check_lines, collect, distinct_labelled, distinct_lines, flagged_lines, interval_record, model_record, onnx_hash,
-                              patient_counts, patient_lines, predict_each)
+from cxr_tune.predict import (STDOUT, check_lines, collect, distinct_labelled, distinct_lines, flagged_lines, interval_record, model_record, onnx_hash,
+                              output_name, patient_counts, patient_lines, predict_each, stdout_for, write_output)
 from cxr_tune.selection import selection_note
 from cxr_tune.serving import load_model, note_if_synthetic, trained_on_synthetic
 from cxr_tune.set_metrics import INTERVAL_METHODS, PAIRED_METHODS, PAIRED_METRICS, PAIRED_WITHHELD_WHY, held_out_metrics, paired_with_reasons, withheld_line
@@ -169,23 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
                              "one the others are compared with")
     parser.add_argument("--operating-point", default=DEFAULT_POINT, metavar="NAME",
                         help=f"which stored threshold of each model decides (as in predict; default: {DEFAULT_POINT}, each model's own)")
-    parser.add_argument("--metrics", default=None, metavar="OUT.json", help="also write every number to this JSON file")
+    parser.add_argument("--metrics", default=None, metavar="OUT.json",
+                        help="also write every number to this JSON file; '-': to stdout, the JSON alone (every other line goes to stderr)")
     return with_exit_statuses(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with stdout_for(args.metrics) as out:  # --metrics -: the JSON alone on stdout, as predict's
+        return _main(args, out)
+
+
+def _main(args: argparse.Namespace, out: TextIO) -> int:
+    """``main`` after parsing; ``out``: where a ``--metrics -`` goes."""
     for path in (*args.models, *args.inputs):
         storage.check_plain_uri(path)
-    if args.metrics:
+    if args.metrics and args.metrics != STDOUT:
         storage.check_writable(args.metrics, "--metrics", folder=False)
     result = compare(args.models, args.inputs, args.operating_point)
     note_if_synthetic(result["synthetic"], of=len(result["models"]))
     if args.metrics:  # first: a console that goes away (output piped into head) must not cost the file
-        storage.write_text_atomic(args.metrics, json.dumps(json_safe(result), indent=2))
+        write_output(args.metrics, json.dumps(json_safe(result), indent=2), out)
     print(describe(result))
     if args.metrics:
-        print(f"\nWrote every number to {args.metrics}")
+        print(f"\nWrote every number to {output_name(args.metrics)}")
     return 0
 
 

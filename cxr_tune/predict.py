@@ -44,7 +44,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Any, NamedTuple, TextIO, TypeVar
@@ -633,13 +633,21 @@ def _check_figure_folder(out: str) -> None:
 STDOUT = "-"
 
 
+@contextlib.contextmanager
+def stdout_for(*paths: str | None) -> Iterator[TextIO]:
+    """Where an output flag's ``-`` is written (predict's and compare's): stdout, kept for that file alone while the block
+    runs, its every other line going to stderr, so the pipe reads the file as it would the file (a file named '-' was written)."""
+    out = sys.stdout
+    if STDOUT not in paths:
+        yield out
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if STDOUT not in (args.csv, args.metrics):
-        return _main(args, sys.stdout)
-    # The file alone on stdout, for the pipe that reads it: every other line goes to stderr (a file named '-' was written).
-    out = sys.stdout
-    with contextlib.redirect_stdout(sys.stderr):
+    with stdout_for(args.csv, args.metrics) as out:
         return _main(args, out)
 
 
@@ -704,14 +712,14 @@ def _main(args: argparse.Namespace, out: TextIO) -> int:
                   # which files, and why, as the console lists them below (the counts above stay for readers of them)
                   "skipped_files": skipped[["path", "reason", "kind"]].to_dict("records"),
                   "flagged_files": [{"path": path, "reason": check} for path, check in zip(frame["path"], frame["check"], strict=True) if check]}
-        _write_text(args.metrics, json.dumps(json_safe(record), indent=2), out)
+        write_output(args.metrics, json.dumps(json_safe(record), indent=2), out)
     written = _draw(args, model, members, frame, threshold, out) if figures_follow else None
     if not args.quiet and not frame.empty:
         print(f"{'P(PNEUMONIA)':<12}  {'predicted':<9}  file")  # once: what each line's number and word are
         for row in frame.itertuples():
             print(f"{row.probability:<12.4f}  {CLASSES[row.prediction]:<9}  {printable(row.path)}")
     if args.csv:
-        print(f"Wrote {len(frame)} predictions to {_named(args.csv)}")
+        print(f"Wrote {len(frame)} predictions to {output_name(args.csv)}")
     if not frame.empty:
         print(calls_line(frame, threshold, args.operating_point))
     if unlabelled_copies:
@@ -721,7 +729,7 @@ def _main(args: argparse.Namespace, out: TextIO) -> int:
             print(f"Note: {note}.")
         print(describe(metrics, args.operating_point))
         if args.metrics:
-            print(f"Wrote the labelled images' metrics to {_named(args.metrics)}")
+            print(f"Wrote the labelled images' metrics to {output_name(args.metrics)}")
     if written is not None:
         print(f"Wrote {len(written)} Grad-CAM explanation(s) to {args.explain}")
     for line in check_lines(dict(zip(frame["path"], frame["check"], strict=True))):
@@ -733,12 +741,12 @@ def _main(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _named(path: str) -> str:
-    """An output flag's path as the console names it."""
+def output_name(path: str) -> str:
+    """An output flag's path as the console names it ("stdout" for ``-``)."""
     return "stdout" if path == STDOUT else path
 
 
-def _write_text(path: str, text: str, out: TextIO) -> None:
+def write_output(path: str, text: str, out: TextIO) -> None:
     """An output file, or ``out`` for ``-``: written whole, flushed before the console's lines on stderr."""
     if path == STDOUT:
         out.write(text if text.endswith("\n") else text + "\n")
@@ -759,9 +767,9 @@ def _draw(args: argparse.Namespace, model: LoadedModel, members: Members, frame:
         files = []
         if args.csv:
             _write_csv(args.csv, frame, threshold, figures=[path.name for path in stop.written], out=out)
-            files.append(f"the {len(frame)} predictions to {_named(args.csv)} (its explanation column names the {len(stop.written)} figure(s) drawn)")
+            files.append(f"the {len(frame)} predictions to {output_name(args.csv)} (its explanation column names the {len(stop.written)} figure(s) drawn)")
         if args.metrics:
-            files.append(f"the metrics to {_named(args.metrics)}")
+            files.append(f"the metrics to {output_name(args.metrics)}")
         kept = f"; wrote {' and '.join(files)}" if files else ""
         ended = "Interrupted" if isinstance(stop, DrawingInterrupted) else "Stopped by an error"
         print(f"{ended} after drawing {len(stop.written)} of {len(frame)} Grad-CAM figure(s) in {args.explain}{kept}; to draw them all, "
@@ -799,7 +807,7 @@ def _keep_partial(args: argparse.Namespace, frame: pd.DataFrame, skipped: pd.Dat
             _write_csv(partial, frame, threshold, out=out)  # no figure is drawn yet
         elif partial != args.csv:
             storage.remove(partial)
-        kept = f"wrote their {len(frame)} predictions to {_named(partial)}" if len(frame) else "nothing written"
+        kept = f"wrote their {len(frame)} predictions to {output_name(partial)}" if len(frame) else "nothing written"
         if partial != args.csv:
             left = [path for path in (args.csv, args.metrics) if path and path != STDOUT]  # '-' holds nothing to leave
             kept += f" ({' and '.join(left)} left as {'they were' if len(left) > 1 else 'it was'})"
@@ -825,7 +833,7 @@ def _write_csv(path: str, frame: pd.DataFrame, threshold: float, *, figures: Col
     columns.append("content_hash")  # last, the other columns as before: rows of one hash are one image, counted once
     # The labels as 0/1 and empty, not 0.0/1.0 beside NaN.
     rows = frame.assign(threshold=threshold, label=pd.array(frame["label"], dtype="Int64"), **named)
-    _write_text(path, for_spreadsheet(rows[columns]).to_csv(index=False), out)
+    write_output(path, for_spreadsheet(rows[columns]).to_csv(index=False), out)
 
 
 def _progress_lines(total: int, did: str = "scored", things: str = "files", *, every: int | None = None) -> Callable[[int], None] | None:

@@ -260,3 +260,17 @@ def test_the_metrics_file_says_which_models_ran_and_on_which_folders(tmp_path, s
                 "exported_at": "2026-12-04T21:37:12+0000"},
         str(other): {"folder": str(other), "model_file": "model.onnx", "sha256": hashlib.sha256((other / "model.onnx").read_bytes()).hexdigest(),
                      "exported_at": None}}
+
+
+def test_metrics_dash_writes_the_file_alone_to_stdout_and_every_other_line_to_stderr(tmp_path, site, monkeypatch, capsys):
+    """Before: `compare ... --metrics -` wrote a file named '-' and said "Wrote every number to -", where predict's
+    `--metrics -` writes to stdout; stdout held the console's table. Now '-' is stdout for both, holding the file alone."""
+    from cxr_tune.compare import main
+
+    models = [str(write_export(tmp_path / name, threshold=threshold)) for name, threshold in (("a", 0.5), ("b", 0.4))]
+    monkeypatch.chdir(tmp_path)  # where a file named '-' was written
+    assert main(["--model", models[0], "--model", models[1], str(site), "--metrics", "-"]) == 0
+    done = capsys.readouterr()
+    assert not (tmp_path / "-").exists()
+    assert json.loads(done.out)["class_counts"] == [11, 14]
+    assert "Wrote every number to stdout" in done.err and "Minus " + models[0] in done.err  # the console's lines, on stderr
