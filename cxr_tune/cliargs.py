@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -107,18 +108,21 @@ def assignments_text(values: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value}" for key, value in values.items())
 
 
-#: The last line of every command's ``--help``: what a script or scheduler reads from the status (:mod:`cxr_tune.errors`).
+#: The last paragraph of every command's ``--help``: what a script or scheduler reads from the status (:mod:`cxr_tune.errors`).
 EXIT_STATUSES = ("Exit status: 0 done, 1 the run failed, 2 bad input (a flag, file or folder), 130 Ctrl-C (SIGINT), 141 the reader of "
                  "its output went away, 143 SIGTERM; README.md, \"Exit status\", says more.")
 
 
 def with_exit_statuses(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``parser`` (and each of its subcommands') with :data:`EXIT_STATUSES` ending its ``--help``, one line for every command."""
-    parser.epilog = EXIT_STATUSES
+    """``parser`` (and each of its subcommands') with :data:`EXIT_STATUSES` ending its ``--help``, one text for every command,
+    wrapped here for an 80-column terminal (argparse's 78): a ``RawDescriptionHelpFormatter`` prints an epilog as given,
+    which was one line of 200 characters; the other formatters wrap it again at the terminal's width."""
+    epilog = textwrap.fill(EXIT_STATUSES, width=78)
+    parser.epilog = epilog
     for action in parser._actions:  # noqa: SLF001 - argparse keeps subcommands' parsers only there
         if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
             for sub in action.choices.values():
-                sub.epilog = EXIT_STATUSES
+                sub.epilog = epilog
     return parser
 
 
