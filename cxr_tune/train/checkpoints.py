@@ -52,8 +52,12 @@ def load_state(folder: str) -> dict[str, Any]:
 
     path = storage.join(folder, STATE)
     try:
-        state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # a zip archive cut short is torch's RuntimeError
+        data = storage.read_bytes(path)
+    except OSError as exc:  # gone, or the store refused it (its StoreError is kept as it is)
+        raise damaged(path, exc) from None
+    try:  # only torch's errors are the bytes': a ValueError from the read (Arrow's ArrowInvalid) is not a file torch did not save
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # a zip archive cut short is torch's RuntimeError
         raise damaged(path, exc) from None
     except (KeyError, ValueError):  # other bytes, read by torch's older format's unpickler: a bare opcode number
         raise damaged(path, ValueError("not a file torch saved")) from None

@@ -67,6 +67,23 @@ def test_a_state_file_that_is_not_a_checkpoint_is_one_line_naming_it(tmp_path, c
     assert len(str(caught.value)) < len(str(path)) + 200
 
 
+def test_an_error_reading_the_state_file_is_not_called_a_file_torch_did_not_save(tmp_path, monkeypatch):
+    """Before: a ValueError from the read itself (pyarrow's ArrowInvalid, from the store, not the bytes) was said to be
+    "not a file torch saved ... damaged or half-written": only what torch.load and the content checks raise is that."""
+    import pyarrow as pa
+
+    from cxr_tune.train import checkpoints
+
+    folder = checkpoint(tmp_path / "checkpoint_a")
+
+    def store_refuses(path: str) -> bytes:
+        raise pa.ArrowInvalid("Cannot parse URI")
+
+    monkeypatch.setattr(checkpoints.storage, "read_bytes", store_refuses)
+    with pytest.raises(pa.ArrowInvalid, match="Cannot parse URI"):
+        load_state(str(folder))
+
+
 def test_a_checkpoint_staged_by_a_killed_worker_is_removed_by_the_next_one_and_a_living_worker_s_is_kept(tmp_path, monkeypatch):
     # Before: the loop staged each epoch in a plain TemporaryDirectory; Ray Train's report blocks, a stopped run's worker is
     # killed inside it, and the tmpXXXXXXXX folder with the full weights and optimizer state stayed in $TMPDIR for good.
