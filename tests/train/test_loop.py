@@ -5,9 +5,11 @@ its trial spans two nodes."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -190,6 +192,31 @@ def test_the_loop_hands_the_loss_the_normal_to_pneumonia_ratio_as_pneumonia_s_we
     root = logging.getLogger()
     request.addfinalizer(lambda level=root.level: root.setLevel(level))  # the loop quiets a worker's root logger
     hp = HParams(image_size=SIZE, depth=2, filters=4, epochs=1, class_weighting="balanced")
-    with pytest.raises(_FirstStep):
+    before = rng_states()
+    with global_rngs_kept(), pytest.raises(_FirstStep):
         loop.train_loop_per_worker({"hparams": hp.to_dict(), "class_counts": [1, 3], "deciding_set": "carved"})
     assert handed["pos_weight"] == pytest.approx(1 / 3)
+    assert rng_states() == before  # the loop reseeds a worker's generators, here this process's: later tests draw as they would alone
+
+
+@contextlib.contextmanager
+def global_rngs_kept() -> Iterator[None]:
+    """random's, numpy's and torch's global generators as they were before the block (the loop's seed_everything, run in
+    this process rather than a Ray worker, would reseed them for the rest of the session)."""
+    import random
+
+    kept = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng():
+        try:
+            yield
+        finally:
+            random.setstate(kept[0])
+            np.random.set_state(kept[1])
+
+
+def rng_states() -> tuple:
+    """random's, numpy's and torch's global generator states, comparable with ``==``."""
+    import random
+
+    kind, keys, *rest = np.random.get_state()
+    return random.getstate(), (kind, keys.tobytes(), *rest), torch.random.get_rng_state().numpy().tobytes()
