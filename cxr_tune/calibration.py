@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from cxr_tune import selection
-from cxr_tune.plotting import legend_beside, save_figure
+from cxr_tune.plotting import legend_beside, save_figure, subplots
 from cxr_tune.selection import REPORTED_RESAMPLES
 
 N_BINS = 10
@@ -257,12 +257,7 @@ def reliability_curves(meta: dict[str, Any]) -> dict[str, dict[str, list[float]]
 def plot_reliability(path: str | Path, curves: dict[str, dict[str, list[float]]], title: str = "Reliability") -> None:
     """A reliability diagram: one curve per set (``{label: reliability dict}``, as :func:`reliability`
     and ``model.json`` hold them), marker area by bin size, the diagonal of perfect calibration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = subplots(figsize=(5.5, 5))
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
     for index, (name, curve) in enumerate(curves.items()):
         if not curve.get("count"):

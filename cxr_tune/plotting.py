@@ -6,6 +6,10 @@ selected trial that transfers badly sits low and to the right, a specificity ope
 low false positive rate and middling sensitivity. ``loc="best"`` only makes that less likely. Outside
 the axes nothing drawn can be under it. Used by the report's plots, the reliability diagram, the
 transfer plot and the benchmarks' plots alike. :func:`save_figure` writes them whole.
+
+Every figure is made by :func:`subplots` or :func:`figure`: drawn by Agg, unknown to pyplot, so that the caller's
+backend stays as it was (``matplotlib.use("Agg")`` at report's import and in each plot function switched a notebook's
+backend for good when it called ``predict.main([..., "--explain", D])``).
 """
 
 from __future__ import annotations
@@ -25,15 +29,32 @@ if TYPE_CHECKING:
 GAP = 0.02  # between the axes and its legend, as a share of the axes' width
 
 
+def figure(**kwargs: Any) -> Figure:
+    """A figure drawn by Agg whatever the caller's backend, which it leaves alone; pyplot never holds it, so it is
+    freed with its last reference. ``kwargs`` go to :class:`matplotlib.figure.Figure` (e.g. ``figsize``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
+    """``plt.subplots(nrows, ncols, figsize=...)`` drawn as :func:`figure` draws: the figure and its axes (one, or an array).
+
+    >>> fig, ax = subplots(figsize=(5, 4)); _ = ax.plot([0, 1], [0, 1], label="a line")
+    >>> legend_beside(ax) is not None and bool(fig.get_size_inches()[0] > 5)
+    True
+    """
+    fig = figure(**kwargs)
+    return fig, fig.subplots(nrows, ncols)
+
+
 def legend_beside(ax: Axes, **kwargs: Any) -> Legend | None:
     """The axes' legend to its right, the figure widened by the legend's width (the axes keep their size
     once the figure is laid out); only entries that draw something (an empty scatter listed "trial (best
     epoch)" where there was none). ``kwargs`` go to ``ax.legend`` (e.g. ``fontsize``). None without entries.
-
-    >>> import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot as plt
-    >>> fig, ax = plt.subplots(figsize=(5, 4)); _ = ax.plot([0, 1], [0, 1], label="a line")
-    >>> legend_beside(ax) is not None and bool(fig.get_size_inches()[0] > 5)
-    True
     """
     shown = [(handle, label) for handle, label in zip(*ax.get_legend_handles_labels(), strict=True) if _draws(handle)]
     if not shown:
@@ -48,14 +69,11 @@ def legend_beside(ax: Axes, **kwargs: Any) -> Legend | None:
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> None:
-    """Lay ``fig`` out and write it to ``path`` with everything it draws, then close it. The saved image grows to hold a
+    """Lay ``fig`` (:func:`figure`'s) out and write it to ``path`` with everything it draws. The saved image grows to hold a
     title or label wider than the figure (``bbox_inches="tight"``): confusion.png, 4.5 inches wide, cut its title to
     "external validation (selection set) at threshold 0.", the threshold it exists to show lost at both ends."""
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
 
 
 def readable_ticks(ax: Axes, most: int = 5) -> None:

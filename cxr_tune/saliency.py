@@ -32,7 +32,7 @@ from torch import nn
 
 from cxr_tune import storage
 from cxr_tune.modelfile import Members
-from cxr_tune.plotting import drawable, save_figure
+from cxr_tune.plotting import drawable, figure, save_figure, subplots
 from cxr_tune.train.intensity import normalize_intensity
 from cxr_tune.train.model import ConvBlock, PneumoniaCNN, TorchvisionNet
 
@@ -123,8 +123,7 @@ def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, captio
     """One image beside its map over it, ``caption`` (file name, probability, label, operating point) above, each
     character the font lacks escaped (:func:`cxr_tune.plotting.drawable`), and ``grid`` (:func:`cam_grid`) below.
     The image is the model's input (squashed to a square), which the map is aligned with."""
-    plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.8))
+    fig, (left, right) = subplots(1, 2, figsize=(7, 3.8))
     left.imshow(image, cmap="gray", vmin=0, vmax=255)
     left.set_title(f"model input ({image.shape[1]}x{image.shape[0]}, aspect ratio not kept)", fontsize=9)
     _overlay(right, image, heat)
@@ -136,10 +135,7 @@ def explain_figure(path: str | Path, image: np.ndarray, heat: np.ndarray, captio
     fig.text(0.5, 0.02, "\n".join(filter(None, [_resolution(grid), SCALED])), ha="center", fontsize=8)
     fig.tight_layout(rect=(0, 0.09 if grid else 0.05, 1, 1))
     drawn = io.BytesIO()
-    try:
-        fig.savefig(drawn, format="png", dpi=100, bbox_inches="tight")  # a long file name in the caption widens it, uncut
-    finally:
-        plt.close(fig)
+    fig.savefig(drawn, format="png", dpi=100, bbox_inches="tight")  # a long file name in the caption widens it, uncut
     storage.write_bytes_atomic(str(path), drawn.getvalue())  # a stop mid-write leaves the figure whole or absent, never cut
 
 
@@ -147,9 +143,8 @@ def plot_gallery(path: str | Path, rows: dict[str, Sequence[tuple[np.ndarray, np
     """A grid of maps over images: one row per ``rows`` key (its title), up to four per row, each
     ``(image, map, caption)`` (captions as :func:`explain_figure`'s), ``grid`` (:func:`cam_grid`) in the title."""
     rows = {title: items for title, items in rows.items() if items}
-    plt = _pyplot()
     columns = max(len(items) for items in rows.values())
-    fig = plt.figure(figsize=(2.6 * columns, 2.9 * len(rows) + 0.5))
+    fig = figure(figsize=(2.6 * columns, 2.9 * len(rows) + 0.5))
     cells = fig.add_gridspec(len(rows) + 1, columns, height_ratios=[1] * len(rows) + [0.06])  # a last, slim row: the colourbar
     axes = [[fig.add_subplot(cells[row, column]) for column in range(columns)] for row in range(len(rows))]
     for row, (title, items) in enumerate(rows.items()):
@@ -187,12 +182,3 @@ def _colourbar(fig: Any, ax: Any, orientation: str) -> None:
     where = {"ax": ax, "fraction": 0.046, "pad": 0.03} if orientation == "vertical" else {"cax": ax}
     bar = fig.colorbar(ScalarMappable(cmap=HEAT_CMAP), orientation=orientation, ticks=[], **where)
     bar.set_label(HEAT_LABEL, fontsize=7)
-
-
-def _pyplot():  # noqa: ANN202 - matplotlib.pyplot, set to files only before its first import
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

@@ -130,3 +130,44 @@ def test_learning_curves_and_the_pareto_front_keep_their_points_clear_of_their_l
     table = pd.DataFrame({"val_sensitivity": [0.9184, 0.97, 0.96], "val_specificity": [0.9453, 0.99, 0.98]})
     assert _plot_pareto(tmp_path / "pareto.png", table, table.iloc[1], "val") is None
     assert [covered(fig) for fig in drawn] == [[], []]
+
+
+DRAW_EACH_WAY = """
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+matplotlib.use(sys.argv[2])
+import cxr_tune.search.report as report
+from cxr_tune.bench.replay import plot_anytime
+from cxr_tune.calibration import plot_reliability
+from cxr_tune.saliency import explain_figure, plot_gallery
+from cxr_tune.search.transfer import plot_transfer
+
+seen = [matplotlib.get_backend()]
+out = Path(sys.argv[1])
+image, heat = np.zeros((8, 8), np.uint8), np.ones((8, 8))
+curve = {"predicted": [0.2, 0.8], "observed": [0.3, 0.7], "count": [5, 5]}
+plot_reliability(out / "reliability.png", {"carved validation": curve})
+plot_transfer(out / "transfer.png", pd.DataFrame({"trial_id": ["a", "b"], "rank": [1, 2], "tied": False, "val_auc": [0.7, 0.6],
+              "ext_auc": [0.6, 0.7], "val_balanced_accuracy": [0.7, 0.6], "ext_balanced_accuracy": [0.6, 0.7]}), "external")
+explain_figure(out / "explain.png", image, heat, "x.png")
+plot_gallery(out / "gallery.png", {"mistakes": [(image, heat, "x.png")]})
+plot_anytime(out / "anytime.png", {"search": pd.Series([0.5, 0.6], index=[1, 2])}, "anytime")
+report._plot_roc(out / "roc.png", pd.DataFrame({"label": [0, 1, 0, 1], "score": [0.1, 0.9, 0.4, 0.6]}), 0.5, "carved validation")
+print(seen[0], matplotlib.get_backend(), len(list(out.glob("*.png"))))
+"""
+
+
+def test_drawing_the_packages_figures_from_python_leaves_the_callers_matplotlib_backend_as_it_was(tmp_path):
+    """A notebook's predict.main([..., "--explain", D]) switched its backend to Agg for good (matplotlib.use("Agg") at
+    report's import and in each plot function), and its own figures stopped showing."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", DRAW_EACH_WAY, str(tmp_path), "svg"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["svg", "svg", "6"]  # after report's import, and after each figure was drawn and saved

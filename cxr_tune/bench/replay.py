@@ -30,7 +30,7 @@ from cxr_tune.bench.common import RESULTS, seed_suffix, write_result
 from cxr_tune.errors import UserError
 from cxr_tune.experiment import Experiment
 from cxr_tune.formatting import code_span
-from cxr_tune.plotting import legend_beside, save_figure
+from cxr_tune.plotting import legend_beside, save_figure, subplots
 from cxr_tune.search.report import objective_words
 from cxr_tune.search.results import asha_rungs
 from cxr_tune.selection import diverged, prefix_of
@@ -219,12 +219,9 @@ def anytime(replay: Replay, curves: list[Curve]) -> pd.Series:
 
 
 def plot_anytime(path: Path, lines: dict[str, pd.Series], title: str) -> None:
-    import matplotlib
+    import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = subplots(figsize=(8, 4.5))
     dashes = ["-", (0, (6, 3)), (0, (2, 2)), (0, (6, 2, 2, 2)), (0, (1, 3))]
     for index, (label, series) in enumerate(lines.items()):  # thinner and dashed over the ones before: identical curves all show
         wider = len(lines) - 1 - index

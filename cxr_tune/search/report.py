@@ -15,29 +15,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only; no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from cxr_tune import storage  # noqa: E402
-from cxr_tune.calibration import plot_reliability, reliability_curves  # noqa: E402
-from cxr_tune.data.imaging import decode_gray  # noqa: E402
-from cxr_tune.experiment import Experiment  # noqa: E402
-from cxr_tune.formatting import against, code_span, fmt, from_spreadsheet, interval_in, search_command  # noqa: E402
-from cxr_tune.modelcard import CARD_FILE, calibration_section, final_fit_line, next_steps, operating_point_section, rerun, subgroup_section, threshold_words  # noqa: E402
-from cxr_tune.modelfile import PREDICTIONS_FILES, load_members  # noqa: E402
-from cxr_tune.plotting import legend_beside, save_figure  # noqa: E402
-from cxr_tune.saliency import cam_grid, grad_cam, plot_gallery  # noqa: E402
-from cxr_tune.search import transfer  # noqa: E402
-from cxr_tune.search.finalfit import describe_changes  # noqa: E402
-from cxr_tune.search.results import ERROR_FILE, pareto_front, selected_metrics  # noqa: E402
-from cxr_tune.search.timing import time_section, time_split  # noqa: E402
-from cxr_tune.selection import prefix_of, selection_label  # noqa: E402
-from cxr_tune.set_metrics import INTERVAL_METHODS, withheld_line  # noqa: E402
-from cxr_tune.train.checkpoints import has_predictions, load_predictions  # noqa: E402
+from cxr_tune import storage
+from cxr_tune.calibration import plot_reliability, reliability_curves
+from cxr_tune.data.imaging import decode_gray
+from cxr_tune.experiment import Experiment
+from cxr_tune.formatting import against, code_span, fmt, from_spreadsheet, interval_in, search_command
+from cxr_tune.modelcard import CARD_FILE, calibration_section, final_fit_line, next_steps, operating_point_section, rerun, subgroup_section, threshold_words
+from cxr_tune.modelfile import PREDICTIONS_FILES, load_members
+from cxr_tune.plotting import legend_beside, save_figure, subplots
+from cxr_tune.saliency import cam_grid, grad_cam, plot_gallery
+from cxr_tune.search import transfer
+from cxr_tune.search.finalfit import describe_changes
+from cxr_tune.search.results import ERROR_FILE, pareto_front, selected_metrics
+from cxr_tune.search.timing import time_section, time_split
+from cxr_tune.selection import prefix_of, selection_label
+from cxr_tune.set_metrics import INTERVAL_METHODS, withheld_line
+from cxr_tune.train.checkpoints import has_predictions, load_predictions
 
 TOP = 10
 SET_NAMES = {"val": "carved validation", "ext": "external validation"}
@@ -317,7 +314,7 @@ def _plot_progress(path: Path, histories: dict[str, pd.DataFrame], objective: st
     seconds = results["timestamp"] - results["timestamp"].min()
     unit, per = ("seconds", 1) if seconds.max() < 120 else ("minutes", 60)  # a short search read 0.0000 to 0.0175 minutes
     elapsed = seconds / per
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     ax.scatter(elapsed, results["objective"], s=12, alpha=0.5, label="an epoch of a trial")
     ax.step(elapsed, results["objective"].cummax(), where="post", color="C3", label="best so far")
     if selected is not None and "epoch" in results:  # an empty star (no such epoch recorded) is left out of the legend
@@ -378,7 +375,7 @@ def plot_importances(path: Path, experiment: Experiment) -> dict[str, str | None
     if len(set(importances.values())) == 1:  # Optuna's way of saying it could not tell them apart: no chart of equal bars
         return {"importances": "Parameter importances are not available: " + (" ".join(doubts) or "Optuna rates every parameter the same.")}
     names, values = list(importances)[::-1], list(importances.values())[::-1]
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.4 * len(names))))
+    fig, ax = subplots(figsize=(7, max(2.5, 0.4 * len(names))))
     ax.barh(names, values)
     ax.set(xlabel="importance (PED-ANOVA)", title=f"Parameter importances, from the {complete} trials that ran every epoch")
     save_figure(fig, path)
@@ -392,7 +389,7 @@ def _plot_pareto(path: Path, table: pd.DataFrame, selected: pd.Series, prefix: s
     sens, spec = done[f"{prefix}_sensitivity"].to_numpy(), done[f"{prefix}_specificity"].to_numpy()
     front = pareto_front(sens, spec)
     order = np.argsort(spec[front])
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = subplots(figsize=(5.5, 5))
     ax.scatter(spec, sens, s=20, alpha=0.6, label="trials (best epoch)")
     ax.plot(spec[front][order], sens[front][order], "-o", color="C2", ms=5, label="Pareto front")
     ax.scatter([selected[f"{prefix}_specificity"]], [selected[f"{prefix}_sensitivity"]], s=120, marker="*", color="C3", label="selected", zorder=5)
@@ -455,7 +452,7 @@ def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float, name: str
     labels, scores = predictions["label"].to_numpy(), predictions["score"].to_numpy()
     if len(np.unique(labels)) < 2:
         return f"The {name} set holds one class only; no ROC curve."
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = subplots(figsize=(5.5, 5))
     _draw_roc(ax, labels, scores, name)
     predicted = scores >= threshold
     sens, spec = predicted[labels == 1].mean(), 1 - predicted[labels == 0].mean()
@@ -469,7 +466,7 @@ def _plot_roc(path: Path, predictions: pd.DataFrame, threshold: float, name: str
 def _plot_confusion(path: Path, predictions: pd.DataFrame, threshold: float, name: str, who: str = "Selected trial") -> str | None:
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig, ax = subplots(figsize=(4.5, 4))
     ConfusionMatrixDisplay.from_predictions(
         predictions["label"], (predictions["score"] >= threshold).astype(int), labels=[0, 1],
         display_labels=["NORMAL", "PNEUMONIA"], ax=ax, colorbar=False,
@@ -485,7 +482,7 @@ def _plot_learning(path: Path, history: pd.DataFrame, deciding: str, mark: tuple
     the epoch selected (:func:`_epoch_mark`), a dotted vertical line on both panels."""
     if history.empty or "epoch" not in history:
         return "No per-epoch history for the selected trial."
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))  # widened by the two legends beside the panels
+    fig, (left, right) = subplots(1, 2, figsize=(9, 4))  # widened by the two legends beside the panels
     left.plot(history["epoch"], history["train_loss"], **SET_STYLES["train"], label="train loss (weighted, augmented)")
     for prefix, name in ((p, selection_label(n, p == deciding)) for p, n in SET_NAMES.items()):
         if f"{prefix}_loss" in history and history[f"{prefix}_loss"].notna().any():
@@ -564,7 +561,7 @@ def _plot_operating_points(path: Path, exported: dict[str, Any], predictions: pd
     if predictions is None or predictions["label"].nunique() < 2 or not points:
         return "No ROC curve: the deciding set's predictions are missing or hold one class."
     name = selection_label(SET_NAMES["ext" if deciding == "external" else "val"])
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = subplots(figsize=(5.5, 5))
     _draw_roc(ax, predictions["label"], predictions["probability"], f"exported model, {name}")
     at: dict[tuple[float, float], list[str]] = {}  # points at the same place are one marker and one entry (else six entries, three markers)
     for point in (p for p in points if p in rates):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr_tune.formatting import fmt
-from cxr_tune.plotting import legend_beside, readable_ticks, save_figure
+from cxr_tune.plotting import legend_beside, readable_ticks, save_figure, subplots
 from cxr_tune.selection import selection_label
 
 PAIRS = (("balanced_accuracy", "balanced accuracy"), ("auc", "AUC"))
@@ -56,16 +56,11 @@ def rank_correlations(table: pd.DataFrame) -> dict[str, float]:
 def plot_transfer(path: Path, table: pd.DataFrame, deciding: str, title: str = "Carved validation vs external set") -> str | None:
     """Scatter of carved vs external balanced accuracy and AUC, one point per trial; selected and tied trials marked; the
     ``deciding`` set's axes (``external`` or ``carved``) labelled a selection set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     done = table.dropna(subset=["val_auc", "ext_auc"])
     if done.empty:
         return "No trial has both carved and external metrics."
     correlations = rank_correlations(done)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig, axes = subplots(1, 2, figsize=(10, 4.5))
     tied = done["tied"].fillna(False).astype(bool) if "tied" in done else pd.Series(False, index=done.index)
     selected = done["rank"] == 1 if "rank" in done else pd.Series(False, index=done.index)
     for ax, (metric, label) in zip(axes, PAIRS, strict=True):
