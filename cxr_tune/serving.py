@@ -100,8 +100,9 @@ def load_model(path: str | Path) -> LoadedModel:
     """
     ort = import_onnxruntime()
 
-    # Local paths and object-store URIs alike (``s3://bucket/exp/best``), through cxr_tune.storage.
-    path = str(path).rstrip("/") if storage.is_uri(str(path)) else str(Path(path))
+    # Local paths and object-store URIs alike (``s3://bucket/exp/best``), through cxr_tune.storage; a local one resolved as
+    # Experiment resolves its folder ("~/exp/best" was read as a folder named "~", which storage.exists had expanded)
+    path = str(path).rstrip("/") if storage.is_uri(str(path)) else storage.resolve(path)
     if not storage.exists(path):
         raise UserError(f"model '{path}' does not exist; pass an export folder such as results/<experiment>/best")
     requested = None

@@ -166,6 +166,18 @@ def test_a_model_folder_reached_through_a_link_loads(tmp_path):
     assert load_model(tmp_path / "link").threshold == 0.5
 
 
+def test_a_model_under_the_home_folder_loads_from_a_path_that_starts_with_a_tilde_as_an_experiment_does(tmp_path, monkeypatch):
+    """load_model("~/exp/s1/best") said "'~/exp/s1/best/model.json' is not readable JSON ([Errno 2] ...)" while
+    Experiment("~/exp/s1") opened the folder above it; predict --model '~/...' (quoted, so the shell kept the ~) alike."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = write_export(tmp_path / "exp" / "best", image_size=16, threshold=0.25)
+    for path in ("~/exp/best", "~/exp/best/model.onnx", "~/exp/best/model.json"):
+        assert load_model(path).folder == folder
+    Image.fromarray(np.full((16, 16), 51, dtype=np.uint8)).save(tmp_path / "x.png")
+    done = call_cli("cxr_tune.predict", "--model", "~/exp/best", str(tmp_path / "x.png"))
+    assert done.returncode == 0 and "x.png" in done.stdout, done.stderr
+
+
 def test_an_unreadable_onnx_file_is_one_line_naming_it(tmp_path, monkeypatch):
     folder = write_export(tmp_path / "best")
     plain_read = Path.read_bytes
