@@ -376,12 +376,15 @@ def _described(args: list[Any]) -> str:
 
 
 def probabilities(model: LoadedModel | Any, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """PNEUMONIA probability per image; ``images`` is ``(N, S, S)`` uint8.
+    """PNEUMONIA probability per image; ``images`` is a ``(N, S, S)`` uint8 array, S the model's ``image_size`` (a loaded
+    model refuses any other form with a UserError saying what it got).
 
     A loaded model's graph that fails inside onnxruntime as it runs (a node that asks for more memory than the machine
     has, a shape that does not fit) stops with one line naming its file, a failure at run time; onnxruntime's own log
     line of it (in colour, on stderr) is not written."""
     session = model.session if isinstance(model, LoadedModel) else model
+    if isinstance(model, LoadedModel):
+        _check_images(model, images)
     if len(images) == 0:
         return np.zeros(0, dtype=np.float32)
     quiet = import_onnxruntime().RunOptions()
@@ -397,6 +400,17 @@ def probabilities(model: LoadedModel | Any, images: np.ndarray, batch_size: int 
     if isinstance(model, LoadedModel):
         _check_scores(model, scores, len(images))
     return scores
+
+
+def _check_images(model: LoadedModel, images: Any) -> None:
+    """The caller's images in the one form a loaded graph takes, checked before onnxruntime sees them: a float array, one
+    image, a ``(N, 1, S, S)`` stack, a list or another side failed inside it and was blamed on the model file (a RunFailure)."""
+    size = model.image_size
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 3 and images.shape[1:] == (size, size):
+        return
+    got = f"{images.dtype} array shaped {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+    raise UserError(f"images must be a numpy array of uint8 shaped (N, {size}, {size}) (N images at the model's image size {size}, "
+                    f"as cxr_tune.data.imaging.decode_gray(path, {size}) makes each), not {'an' if got[0] in 'aeiou' else 'a'} {got}")
 
 
 def _check_scores(model: LoadedModel, scores: np.ndarray, images: int) -> None:

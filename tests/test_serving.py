@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,22 @@ def test_a_good_export_loads_from_its_folder_its_onnx_and_its_json(tmp_path):
         assert model.folder == folder and model.image_size == 16 and model.threshold == 0.25
     images = np.full((3, 16, 16), 51, dtype=np.uint8)
     assert np.allclose(probabilities(model, images), 0.2)
+
+
+@pytest.mark.parametrize(("images", "got"), [
+    (np.full((3, 16, 16), 0.2, np.float32), "float32 array shaped (3, 16, 16)"),
+    (np.full((16, 16), 51, np.uint8), "uint8 array shaped (16, 16)"),  # one image, not a stack of one
+    (np.full((3, 1, 16, 16), 51, np.uint8), "uint8 array shaped (3, 1, 16, 16)"),  # the graph's own layout
+    (np.full((3, 32, 32), 51, np.uint8), "uint8 array shaped (3, 32, 32)"),  # another side than the model's
+    ([np.full((16, 16), 51, np.uint8)] * 3, "list"),
+])
+def test_images_a_caller_passes_in_another_form_are_a_user_error_saying_the_form_not_a_failure_of_the_model_file(tmp_path, images, got):
+    """From a notebook, each was "RunFailure: '.../model.onnx' failed while scoring: ..." (status 1 for a command):
+    the caller's array blamed on the model file, and onnxruntime's line saying which side was wrong dropped."""
+    model = load_model(write_export(tmp_path / "best", image_size=16))
+    with pytest.raises(UserError, match=r"^images must be a numpy array of uint8 shaped \(N, 16, 16\) "
+                                        rf"\(N images at the model's image size 16, as cxr_tune.data.imaging.decode_gray\(path, 16\) makes each\), not an? {re.escape(got)}$"):
+        probabilities(model, images)
 
 
 @pytest.mark.parametrize(("text", "message"), [
