@@ -346,10 +346,18 @@ class Experiment:
         return snapshot
 
     def study(self) -> Any:
-        """The search's Optuna study, read from :attr:`study_path` (the report's importances, bench search's count of random trials)."""
+        """The search's Optuna study, read from :attr:`study_path` (the report's importances, bench search's count of random trials).
+        A folder without one is a UserError naming the file: a reader never creates it (optuna.load_study on a missing
+        SQLite file made an empty one, then raised a bare KeyError 'Record does not exist.')."""
         import optuna
 
-        return optuna.load_study(study_name=self.options.name, storage=f"sqlite:///{self.study_path}")
+        from cxr_tune.search.study import STUDY_FILE
+
+        database = self.study_path
+        if not storage.exists(database):
+            raise UserError(f"'{self.file(STUDY_FILE)}' does not exist: this experiment has no Optuna study (a search writes it "
+                            f"when it starts; a copy of the folder may have left it out)")
+        return optuna.load_study(study_name=self.options.name, storage=f"sqlite:///{database}")
 
     def has_tune_state(self) -> bool:
         """True once Tune has saved the search's state, which it does at its first step."""

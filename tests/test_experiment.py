@@ -22,6 +22,16 @@ def test_a_copied_experiment_opens_its_own_study(tmp_path):
     assert dashboard_command(experiment).startswith(f"optuna-dashboard sqlite:///{copy / 'study.db'}")
 
 
+def test_the_study_of_a_folder_without_study_db_is_a_user_error_naming_it_and_no_study_db_is_made(tmp_path):
+    """From Python, Experiment(folder).study() raised optuna's bare KeyError 'Record does not exist.' and left an empty
+    study.db behind, which later readers took for the search's study."""
+    copy = tmp_path / "copied"
+    shutil.copytree(ROOT / "results" / "real" / "external", copy, ignore=shutil.ignore_patterns("study.db"))
+    with pytest.raises(UserError, match=rf"^'{copy / 'study.db'}' does not exist: this experiment has no Optuna study"):
+        Experiment(str(copy)).study()
+    assert not (copy / "study.db").exists()
+
+
 def test_an_experiment_whose_space_a_later_rule_refuses_is_still_read(tmp_path):
     copy = tmp_path / "carved"
     shutil.copytree(ROOT / "results" / "real" / "carved", copy)
