@@ -250,7 +250,7 @@ def write_model_folder(target: str, files: ModelFiles, meta: dict[str, Any], ext
     returned: what loads the folder's files checks them against) and ``extra`` files beside ``target``,
     then swap the folder in: on a local disk a kill at any moment leaves the old model or the new one, never
     neither. On object storage, which cannot rename, a kill during the swap's copy leaves files of both, which
-    every loader refuses by their hashes ("the folder mixes two exports"): the model must be written again. Refuses a ``target`` that is not a model folder (:func:`check_model_target`).
+    every loader refuses by their hashes ("the file changed since it was exported"): the model must be written again. Refuses a ``target`` that is not a model folder (:func:`check_model_target`).
     ``model.onnx`` is written with :func:`described_onnx`'s metadata, and its hash is that of the file written."""
     check_model_target(target, "the model folder")
     onnx_bytes = described_onnx(files.onnx, meta)

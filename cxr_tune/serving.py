@@ -115,6 +115,9 @@ def load_model(path: str | Path) -> LoadedModel:
         path = storage.parent(path)
     meta_path = storage.join(path, META_FILE)
     if not storage.exists(meta_path):
+        best = storage.join(path, "best")  # an experiment folder: export writes its model there
+        if storage.exists(storage.join(best, META_FILE)):
+            raise UserError(f"model folder '{path}' has no {META_FILE}; it is an experiment whose exported model is in '{best}': pass that folder")
         raise UserError(f"model folder '{path}' has no {META_FILE}; export one with python -m cxr_tune.export EXPERIMENT")
     _check_regular_file(meta_path)
     meta = read_meta(meta_path)
@@ -164,7 +167,8 @@ def check_file_hash(folder: str, meta: dict[str, Any], name: str, data: bytes, *
 
     A loader reads a folder's files by path one after the other, and ``export`` or ``adapt`` swaps a whole new folder in
     at any moment: when ``model.json`` records other files now than when it was read, the folder was replaced while this
-    command read it (run it again), which is not a folder that mixes two exports (written again to mend it)."""
+    command read it (run it again), which is not a file changed since the export (damaged, edited or mixed in from
+    another export: written again to mend it)."""
     files = meta.get("files", {})
     expected = files.get(name, files.get(recorded_as)) if recorded_as else files.get(name)
     meta_path = storage.join(folder, META_FILE)
@@ -178,7 +182,8 @@ def check_file_hash(folder: str, meta: dict[str, Any], name: str, data: bytes, *
         now = None
     if now != files:
         raise UserError(f"the model folder '{folder}' was replaced (by another export or adapt) while this command read it; run the command again")
-    raise UserError(f"'{storage.join(folder, name)}' does not match the hash in '{meta_path}'; the folder mixes two exports: export the model again")
+    raise UserError(f"'{storage.join(folder, name)}' does not match the hash in '{meta_path}': the file changed since it was exported "
+                    f"(damaged, edited, or another export's file mixed in); export the model again")
 
 
 def refuse_external_data(model_path: Path | str, data: bytes) -> None:

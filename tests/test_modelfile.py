@@ -162,8 +162,9 @@ def test_weights_of_a_folder_swapped_in_after_model_json_was_read_are_called_rep
 
     mixed = Path(shutil.copytree(pristine, tmp_path / "mixed"))
     (mixed / "weights.safetensors").write_bytes(build_files(brightness_members(90.0)).weights)  # another export's file alone
-    with pytest.raises(UserError, match=f"^'{mixed / 'weights.safetensors'}' does not match the hash in '{mixed / 'model.json'}'; "
-                                        "the folder mixes two exports: export the model again$"):
+    with pytest.raises(UserError, match=f"^'{mixed / 'weights.safetensors'}' does not match the hash in '{mixed / 'model.json'}': "
+                                        r"the file changed since it was exported \(damaged, edited, or another export's file mixed in\); "
+                                        "export the model again$"):
         load_members(str(mixed), read_meta(mixed / "model.json"))
 
 

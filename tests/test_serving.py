@@ -154,6 +154,16 @@ def test_missing_files_and_other_files_are_refused(tmp_path):
         load_model(folder)
 
 
+def test_an_experiment_folder_passed_as_a_model_names_its_best_folder(tmp_path):
+    """load_model(EXPERIMENT) said "has no model.json; export one with python -m cxr_tune.export EXPERIMENT" of an
+    experiment whose export lay in its best/ folder."""
+    experiment = tmp_path / "exp"
+    write_export(experiment / "best")
+    with pytest.raises(UserError, match=rf"^model folder '{experiment}' has no model.json; it is an experiment whose exported model is "
+                                        rf"in '{experiment / 'best'}': pass that folder$"):
+        load_model(experiment)
+
+
 @pytest.mark.parametrize("name", ["model.json", "model.onnx"])
 def test_a_model_file_that_is_not_a_regular_file_in_its_folder_is_named_for_what_it_is(tmp_path, name):
     folder = write_export(tmp_path / "best")
@@ -225,10 +235,11 @@ def test_an_onnx_file_from_another_export_is_refused_by_its_hash(tmp_path):
     assert load_model(folder).threshold == 0.5
     tiny_onnx(folder / "model.onnx", constant=0.9)  # another network, same interface: the threshold is not its own
     for path in (folder, folder / "model.onnx"):
-        with pytest.raises(UserError, match=r"model\.onnx' does not match the hash in .*model\.json'; the folder mixes two exports"):
-            load_model(path)
+        with pytest.raises(UserError, match=r"model\.onnx' does not match the hash in .*model\.json': the file changed since it was exported "
+                                            r"\(damaged, edited, or another export's file mixed in\); export the model again$"):
+            load_model(path)  # it said "the folder mixes two exports" of a file changed on its own as well
     done = call_cli("cxr_tune.predict", "--model", str(folder), str(folder))
-    assert done.returncode == 2 and "mixes two exports" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "changed since it was exported" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_folder_swapped_in_while_load_model_reads_it_is_called_replaced_not_mixed(tmp_path, monkeypatch):

@@ -343,7 +343,7 @@ def test_a_swap_into_a_model_folder_on_object_storage_cut_short_leaves_a_mix_no_
     with pytest.raises(KeyboardInterrupt):
         storage.replace_dir(new, best)
     assert copied == [storage.join(best, "model.onnx")]  # model.json, which marks a folder complete, comes last
-    with pytest.raises(UserError, match="model.onnx' does not match the hash in .*; the folder mixes two exports: export the model again"):
+    with pytest.raises(UserError, match="model.onnx' does not match the hash in .*: the file changed since it was exported .*another export's file mixed in"):
         load_model(best)
 
 
@@ -376,7 +376,7 @@ def test_a_swap_cut_short_at_any_file_never_leaves_the_new_card_beside_a_model_t
         with pytest.raises(KeyboardInterrupt):
             write_model_folder(best, *export(24), extra={"MODEL_CARD.md": b"new card", "external_predictions.csv": b"new"})
         monkeypatch.setattr(storage, "copy", real_copy)
-        with pytest.raises(UserError, match="the folder mixes two exports"):  # whatever was copied: refused, never a silent mix
+        with pytest.raises(UserError, match="another export's file mixed in"):  # whatever was copied: refused, never a silent mix
             load_model(best)
         assert copied[:2] == ["model.onnx", "weights.safetensors"][:cut]
 

@@ -67,9 +67,12 @@ def trial_histories(experiment_dir: str) -> tuple[list[Any], dict[str, pd.DataFr
             raise UserError(f"{cut}; without it Tune cannot list the trials, so neither "
                             "--resume, --report-only nor export can use this experiment: copy it again if it is a copy, else start "
                             "the search again under another --name (the image cache is reused)") from None
-        if storage.exists(storage.join(experiment_dir, "trials.csv")):  # its table is here, Tune's files and checkpoints are not
+        tables = [table for table in (storage.join(experiment_dir, name) for name in ("trials.csv", "trials.parquet")) if storage.exists(table)]
+        if tables:  # its table is here, Tune's files and checkpoints are not
+            readers = " and ".join(f"'{table}' (pandas.read_{storage.name(table).rpartition('.')[2]})" for table in tables)
             raise UserError(f"'{experiment_dir}' is a copy of a finished experiment without Tune's state and its checkpoints (as the "
-                            "committed results/real/* folders are: report, tables and study only); use the folder the search wrote") from None
+                            f"committed results/real/* folders are: report, tables and study only); its trial table is in {readers}; "
+                            "for checkpoints and Tune's own records use the folder the search wrote") from None
         raise UserError(f"'{experiment_dir}' holds no Tune experiment state yet (did the search start?)") from None
     histories = analysis.trial_dataframes
     events = _event_records(experiment_dir)

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from cxr_tune.errors import UserError
+from cxr_tune.experiment import Experiment
 from cxr_tune.search.results import pareto_front, trial_error, with_checkpointed_epochs
 from cxr_tune.train.checkpoints import save_state
 from tests.conftest import ROOT, call_cli
@@ -112,6 +115,15 @@ def test_a_failed_trials_error_is_the_last_exception_line_of_its_error_file_read
     assert trial_error(str(tmp_path), _TrialAfterRayShutDown("c6d5a24d")) == "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
     # No error file (never persisted): Tune's own message, still without asking Ray.
     assert trial_error(str(tmp_path), _TrialAfterRayShutDown("gone")) == "RayTaskError: wrapped"
+
+
+def test_the_trial_table_of_a_committed_experiment_is_refused_naming_the_tables_that_are_there(tmp_path):
+    """Experiment(folder).trials() said "use the folder the search wrote" beside trials.csv and trials.parquet, which
+    hold the table it asked for."""
+    copy = tmp_path / "copied"
+    shutil.copytree(ROOT / "results" / "real" / "external", copy, ignore=shutil.ignore_patterns("trials.parquet", "plots"))
+    with pytest.raises(UserError, match=rf"its trial table is in '{copy / 'trials.csv'}' \(pandas\.read_csv\); for checkpoints"):
+        Experiment(str(copy)).trials()
 
 
 def test_a_committed_experiment_without_tunes_state_says_what_it_is_in_one_line(tmp_path):
