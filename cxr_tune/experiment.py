@@ -214,15 +214,19 @@ class Experiment:
         return asha_rungs(settings.grace_period, settings.reduction_factor, self.max_epochs) if self.options.early_stopping else ()
 
     def histories(self) -> tuple[list[Any], dict[str, pd.DataFrame]]:
-        """Tune's trials and each trial's per-epoch results (reads Tune's state)."""
+        """Tune's trials and, by trial id, each one's per-epoch results: one row per epoch, ``epoch`` counting from 1, ``lr``
+        the learning rate after the epoch's last step (the schedule's, so 0 after a cosine schedule's last epoch). Reads
+        Tune's state: of a search still running, its last snapshot (statuses lag; ``trial_events.jsonl`` is current)."""
         from cxr_tune.search.results import trial_histories
 
         return trial_histories(self.path)
 
     def trials(self, *, ranked: bool = True) -> pd.DataFrame:
         """The trial table, in trial-id order, with the selection's ``rank`` (1 = selected) and
-        ``tied`` columns unless ``ranked`` is False; works on finished and interrupted experiments
-        alike (reads Tune's state). Ranking raises :class:`UserError` when no trial reported."""
+        ``tied`` columns unless ``ranked`` is False; its columns are ``trials.csv``'s (README, "What an experiment
+        folder holds"). Works on finished and interrupted experiments alike (reads Tune's state: of a search still
+        running, its last snapshot, whose statuses lag; ``trial_events.jsonl`` is current). Ranking raises
+        :class:`UserError` when no trial reported."""
         from cxr_tune.search.results import trials_table
 
         table = trials_table(self.path, self.max_epochs, self.rungs(), self.deciding_set)

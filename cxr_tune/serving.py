@@ -41,6 +41,9 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,40}")
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """An export as :func:`load_model` opened it. :attr:`threshold` is a probability: an image whose
+    :func:`probabilities` score is at or above it (``>=``) is called PNEUMONIA, as ``predict`` calls it."""
+
     folder: Path | str  # a local folder, or the URI of one on object storage
     session: Any  # onnxruntime.InferenceSession
     meta: dict[str, Any]
