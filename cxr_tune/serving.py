@@ -103,9 +103,10 @@ def load_model(path: str | Path) -> LoadedModel:
     """
     ort = import_onnxruntime()
 
-    # Local paths and object-store URIs alike (``s3://bucket/exp/best``), through cxr_tune.storage; a local one resolved as
-    # Experiment resolves its folder ("~/exp/best" was read as a folder named "~", which storage.exists had expanded)
-    path = str(path).rstrip("/") if storage.is_uri(str(path)) else storage.resolve(path)
+    # Local paths and object-store URIs alike (``s3://bucket/exp/best``), through cxr_tune.storage; a local one absolute with
+    # its ~ expanded ("~/exp/best" was read as a folder named "~"), its links not followed: a model file that is a link into a
+    # blob store (a Hugging Face cache, git-annex) belongs to the folder of the link, not of its target
+    path = str(path).rstrip("/") if storage.is_uri(str(path)) else os.path.abspath(os.path.expanduser(str(path)))
     if not storage.exists(path):
         raise UserError(f"model '{path}' does not exist; pass an export folder such as results/<experiment>/best")
     requested = None

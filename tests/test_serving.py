@@ -205,6 +205,21 @@ def test_a_model_under_the_home_folder_loads_from_a_path_that_starts_with_a_tild
     assert done.returncode == 0 and "x.png" in done.stdout, done.stderr
 
 
+def test_a_model_whose_files_are_links_into_a_blob_store_loads_from_its_file_paths(tmp_path):
+    """A Hugging Face cache or git-annex checkout (snapshots/<rev>/model.onnx -> ../../blobs/<sha>): load_model of the
+    link's path said the blob store "is neither an export folder nor its .onnx or model.json file", since the ~ fix
+    followed the link to its target, whose folder holds no model.json."""
+    folder = write_export(tmp_path / "export", image_size=16, threshold=0.25)
+    blobs, snap = tmp_path / "blobs", tmp_path / "snap"
+    blobs.mkdir()
+    snap.mkdir()
+    for file in sorted(folder.iterdir()):
+        file.rename(blobs / f"{file.name}.blob")
+        (snap / file.name).symlink_to(blobs / f"{file.name}.blob")
+    for path in (snap, snap / "model.onnx", snap / "model.json"):
+        assert Path(load_model(path).folder) == snap
+
+
 def test_an_unreadable_onnx_file_is_one_line_naming_it(tmp_path, monkeypatch):
     folder = write_export(tmp_path / "best")
     plain_read = Path.read_bytes
