@@ -177,7 +177,7 @@ class DrawingInterrupted(KeyboardInterrupt):
 
 
 class DrawingFailed(Exception):
-    """An error (a full disk) while :func:`explain` drew, raised from it: ``written`` are the figures saved before it, so
+    """An error (a full disk, too little memory, any other) while :func:`explain` drew, raised from it: ``written`` are the figures saved before it, so
     that ``--csv`` names those and no other before the error goes on to its own line."""
 
     def __init__(self, written: list[Path]) -> None:
@@ -526,7 +526,7 @@ def explain(model: LoadedModel, members: Members, frame: pd.DataFrame, out_dir: 
                     progress(len(written))
     except KeyboardInterrupt:
         raise DrawingInterrupted(written) from None
-    except OSError as exc:
+    except Exception as exc:  # a full disk, a MemoryError in a chunk's Grad-CAM, a drawing error: --csv still names the figures saved
         raise DrawingFailed(written) from exc
     return written
 

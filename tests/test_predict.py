@@ -445,6 +445,36 @@ def test_explain_with_csv_dash_writes_the_csv_to_stdout_once_naming_the_figures_
     assert not (tmp_path / "-").exists()
 
 
+@pytest.mark.parametrize("error", [MemoryError, ValueError])
+def test_explain_with_csv_dash_and_any_error_while_drawing_still_writes_the_csv_to_stdout(error, tmp_path, monkeypatch, capsys):
+    """Before: only a full disk (OSError) or a stop rewrote --csv after the figures, so any other error while drawing
+    (a MemoryError in a chunk's Grad-CAM, a matplotlib error) left --csv - with no prediction on stdout at all."""
+    import io
+
+    import cxr_tune.saliency
+    from cxr_tune.predict import main
+    from tests.model_exports import export_folder, kermany_set, save_images
+
+    export_folder(tmp_path / "model")
+    images = save_images(kermany_set(3, 6), tmp_path / "images")
+    drawn: list[str] = []
+
+    def draw(path, *_args, **_kwargs):  # the first figure is saved, the second fails
+        if drawn:
+            raise error("drawing failed")
+        drawn.append(path.name)
+        path.write_bytes(b"a figure")
+
+    monkeypatch.setattr(cxr_tune.saliency, "explain_figure", draw)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error):  # the error itself goes on, with its traceback where it is not the machine's
+        main(["--model", str(tmp_path / "model"), str(images), "--quiet", "--csv", "-", "--explain", str(tmp_path / "maps")])
+    done = capsys.readouterr()
+    rows = pd.read_csv(io.StringIO(done.out), keep_default_na=False)
+    assert list(rows["explanation"]) == [drawn[0], "", ""] and done.out.count("path,") == 1, done.out
+    assert "Stopped by an error after drawing 1 of 3 Grad-CAM figure(s)" in done.err, done.err
+
+
 def test_explain_says_its_progress_on_stderr_every_few_figures(tmp_path, monkeypatch):
     """Before: 200 figures took 2 min 47 s without a word (about 0.8 s each on a CPU); now a line on stderr every
     _FIGURES_EVERY figures, in the form of scoring's progress lines, and none for a run of no more than that."""
