@@ -691,8 +691,8 @@ def _main(args: argparse.Namespace, out: TextIO) -> int:
     figures_follow = members is not None and not frame.empty
     if args.csv and not (figures_follow and args.csv == STDOUT):
         _write_csv(args.csv, frame, threshold, figures=() if members is not None else None, out=out)
-    if args.csv and (partial := partial_path(args.csv)) != args.csv:
-        storage.remove(partial)  # an earlier stop's rows: this complete file replaces them
+    if args.csv and (partial := partial_path(args.csv)) != args.csv and storage.is_file(partial):
+        storage.remove(partial)  # an earlier stop's rows: this complete file replaces them (a folder of that name is the user's)
     points = {name: {"threshold": value} for name, value in known_points(model.meta).items()}
     metrics = labelled_metrics(frame, threshold, points)
     unlabelled_copies = metrics is None and frame["label"].notna().any()  # read, but every one filed under both classes
@@ -805,9 +805,11 @@ def _keep_partial(args: argparse.Namespace, frame: pd.DataFrame, skipped: pd.Dat
         partial = partial_path(args.csv)
         if not frame.empty:
             _write_csv(partial, frame, threshold, out=out)  # no figure is drawn yet
-        elif partial != args.csv:
+        stale = frame.empty and partial != args.csv and storage.is_file(partial)  # an earlier stop's rows, not this run's
+        if stale:
             storage.remove(partial)
-        kept = f"wrote their {len(frame)} predictions to {output_name(partial)}" if len(frame) else "nothing written"
+        kept = (f"wrote their {len(frame)} predictions to {output_name(partial)}" if len(frame) else
+                f"nothing written (an earlier stop's {partial} removed)" if stale else "nothing written")
         if partial != args.csv:
             left = [path for path in (args.csv, args.metrics) if path and path != STDOUT]  # '-' holds nothing to leave
             kept += f" ({' and '.join(left)} left as {'they were' if len(left) > 1 else 'it was'})"

@@ -798,6 +798,23 @@ def test_a_long_run_says_its_progress_per_chunk_and_an_interrupted_one_keeps_wha
     assert few.returncode == 0 and "scored" not in few.stderr  # one chunk: no progress lines
 
 
+def test_a_complete_run_removes_an_earlier_stops_partial_file_but_never_a_folder_of_that_name(tmp_path):
+    """Before: the partial file's removal (storage.remove) deleted a folder named like it, and all in it, silently."""
+    from tests.model_exports import export_folder, kermany_set, save_images
+
+    export_folder(tmp_path / "model")
+    images = save_images(kermany_set(3, 6), tmp_path / "images")
+    keep = tmp_path / "keep"
+    (keep / "scores.partial.csv").mkdir(parents=True)
+    (keep / "scores.partial.csv" / "notes.txt").write_text("precious")
+    (tmp_path / "out.partial.csv").write_text("path\nan earlier stop's row\n")
+    for csv in (keep / "scores.csv", tmp_path / "out.csv"):
+        done = call_cli("cxr_tune.predict", "--model", str(tmp_path / "model"), str(images), "--quiet", "--csv", str(csv))
+        assert done.returncode == 0, done.stderr
+    assert (keep / "scores.partial.csv" / "notes.txt").read_text() == "precious"
+    assert not (tmp_path / "out.partial.csv").exists()
+
+
 def test_a_stopped_run_writes_its_rows_to_a_partial_file_and_leaves_an_earlier_complete_runs_files_as_they_were(tmp_path, monkeypatch):
     """Before: a stop wrote its rows to --csv's own name, over last night's complete file, with nothing marking them partial,
     beside last night's --metrics; a stop before the first chunk wrote a header-only CSV; "scoring 2" counted an unreadable
