@@ -72,7 +72,8 @@ def out_of_room(exc: BaseException) -> str | None:
         if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and str(exc) == "can't start new thread"):
             said = str(exc).strip().splitlines()
             return f"not enough memory ({said[0] if said else type(exc).__name__})"
-        exc = getattr(exc, "cause", None) or exc.__cause__  # Ray's RayTaskError(OSError) copies the cause's type, not its errno
+        cause = getattr(exc, "cause", None)  # Ray's RayTaskError(OSError) copies the cause's type, not its errno
+        exc = cause if isinstance(cause, BaseException) else exc.__cause__  # another library's `cause` may be a string
     return None
 
 

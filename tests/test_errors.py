@@ -270,3 +270,20 @@ def test_any_other_error_keeps_its_traceback(raised, capsys):
 
     with pytest.raises(type(raised)):
         run_cli(main, [])
+
+
+def test_an_error_whose_cause_attribute_is_not_an_exception_keeps_its_own_traceback():
+    """Before: out_of_room followed any `cause` attribute, and one holding a string raised AttributeError inside
+    run_cli's handler, in place of the error it should have shown."""
+    import errno
+
+    from cxr_tune.errors import out_of_room
+
+    class Odd(Exception):
+        cause = "a library's own words"
+
+    assert out_of_room(Odd()) is None
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/y.csv")
+    wrapped = Odd()
+    wrapped.__cause__ = full
+    assert out_of_room(wrapped) == "cannot write '/x/y.csv': No space left on device"
